@@ -1,0 +1,240 @@
+import { assert } from '../util/assert.ts';
+import { resolveRaftConfig, type RaftConfigInput } from './config.ts';
+import { RaftError } from './errors.ts';
+import { RaftLog } from './log.ts';
+import { Raft } from './raft.ts';
+import type { ConfChange, ConfState, Entry, HardState, Message, NodeId, PersistedState, Ready, Snapshot, SoftState, Status } from './types.ts';
+
+/** Committed entries handed out in one Ready, by size (at least one is always handed out). */
+export const COMMITTED_ENTRIES_BYTES_MAX = 16 * 1024 * 1024;
+
+const EMPTY_HARD_STATE: HardState = { term: 0, vote: 0, commit: 0 };
+
+/**
+ * The synchronous facade over the Raft core, in the shape of etcd's RawNode. Drive it with
+ * `tick()` (time), `step()` (messages from peers) and the request methods; then, whenever
+ * `hasReady()`, take `ready()`, do what its type says (persist, send, apply) and `advance()`.
+ *
+ * `step`, `tick` and requests may be called between `ready()` and `advance()` (for example while
+ * the write is being synced); their effects come out in the next Ready.
+ */
+export class RawNode {
+  readonly #raft: Raft;
+  #prevHardState: HardState;
+  #prevSoftState: SoftState;
+  #inFlight: Ready | null = null;
+
+  /**
+   * A node with the state it persisted, or with none: a brand-new node has no log and no
+   * membership; it either bootstraps a cluster (`bootstrap`) or waits to be added by a leader.
+   */
+  constructor(config: RaftConfigInput, persisted?: PersistedState) {
+    const resolved = resolveRaftConfig(config);
+    const state: PersistedState = persisted ?? { hardState: EMPTY_HARD_STATE, snapshot: null, entries: [] };
+    const log = RaftLog.fromPersisted(state);
+    const confState: ConfState = state.snapshot?.metadata.confState ?? { voters: [], learners: [] };
+    this.#raft = new Raft(resolved, log, state.hardState, confState);
+    this.#prevHardState = persisted === undefined ? EMPTY_HARD_STATE : state.hardState;
+    this.#prevSoftState = this.#raft.softState();
+  }
+
+  get id(): NodeId {
+    return this.#raft.id;
+  }
+
+  /**
+   * Starts a new cluster with these voters: the same conf-change entries (term 1, indexes
+   * 1..n, committed) on every founding node, so their logs agree from the start. Call once, on
+   * a node with an empty log; the entries come out in the next Ready like any others.
+   */
+  bootstrap(voters: readonly NodeId[]): void {
+    const raft = this.#raft;
+    if (raft.log.lastIndex() !== 0 || raft.term !== 0) throw new TypeError('bootstrap needs a node with an empty log');
+    if (voters.length === 0 || new Set(voters).size !== voters.length) {
+      throw new TypeError(`bootstrap needs distinct voters: got ${JSON.stringify(voters)}`);
+    }
+    const entries: Entry[] = voters.map((nodeId, k) => ({ kind: 'conf-change', term: 1, index: k + 1, change: { type: 'add-voter', nodeId } }));
+    raft.log.append(entries);
+    raft.log.commitTo(entries.length);
+    raft.becomeFollower(1, 0);
+  }
+
+  tick(): void {
+    this.#raft.tick();
+  }
+
+  /** A message from a peer, already validated by the transport. */
+  step(message: Message): void {
+    this.#raft.step(message);
+  }
+
+  /** Starts an election now (with pre-vote when enabled). */
+  campaign(): void {
+    this.#raft.campaign();
+  }
+
+  /**
+   * Appends a command on the leader. Returns where it will be in the log: when the entry at
+   * `index` is applied with this `term`, it committed; with another term, it was lost.
+   * Throws RaftError NOT_LEADER (with the leader to retry at), TRANSFER_IN_PROGRESS,
+   * ENTRY_TOO_LARGE or PROPOSALS_BACKLOGGED.
+   */
+  propose(data: Uint8Array): { index: number; term: number } {
+    return this.#raft.propose(data);
+  }
+
+  /** Like `propose`, for a membership change; also CONF_CHANGE_PENDING or CONF_CHANGE_INVALID. */
+  proposeConfChange(change: ConfChange): { index: number; term: number } {
+    return this.#raft.proposeConfChange(change);
+  }
+
+  /**
+   * Asks for a linearizable read point. The answer comes in a later Ready: a ReadState with
+   * the same `context` (serve the read once applied reaches its index) or a ReadRefusal.
+   * Contexts must be unique among reads in progress on this node.
+   */
+  readIndex(context: string): void {
+    this.#raft.readIndex(context);
+  }
+
+  /** Hands leadership to `to` (a voter). Throws NOT_LEADER or TRANSFER_INVALID. */
+  transferLeadership(to: NodeId): void {
+    this.#raft.transferLeadership(to);
+  }
+
+  /** The transport lost its connection to `peer` (see Raft.reportUnreachable). */
+  reportUnreachable(peer: NodeId): void {
+    this.#raft.reportUnreachable(peer);
+  }
+
+  /** The transport finished sending a snapshot to `peer`, or gave up. */
+  reportSnapshot(peer: NodeId, ok: boolean): void {
+    this.#raft.reportSnapshot(peer, ok);
+  }
+
+  hasReady(): boolean {
+    const raft = this.#raft;
+    const hard = raft.hardState();
+    const soft = raft.softState();
+    return (
+      raft.messages.length > 0 ||
+      raft.readHeartbeatPending ||
+      raft.readStates.length > 0 ||
+      raft.readRefusals.length > 0 ||
+      raft.log.unstableEntries().length > 0 ||
+      raft.log.pendingSnapshot !== null ||
+      raft.log.hasNextCommittedEntries() ||
+      !sameHardState(hard, this.#prevHardState) ||
+      soft.lead !== this.#prevSoftState.lead ||
+      soft.role !== this.#prevSoftState.role
+    );
+  }
+
+  ready(): Ready {
+    assert(this.#inFlight === null, 'ready() called again before advance()');
+    const raft = this.#raft;
+    raft.flushReadHeartbeat();
+    const hard = raft.hardState();
+    const soft = raft.softState();
+    const hardChanged = !sameHardState(hard, this.#prevHardState);
+    const entries = raft.log.unstableEntries();
+    const snapshot = raft.log.pendingSnapshot;
+    const ready: Ready = {
+      softState: soft.lead !== this.#prevSoftState.lead || soft.role !== this.#prevSoftState.role ? soft : null,
+      hardState: hardChanged ? hard : null,
+      entries,
+      snapshot,
+      messages: raft.messages,
+      committedEntries: raft.log.nextCommittedEntries(COMMITTED_ENTRIES_BYTES_MAX),
+      readStates: raft.readStates,
+      readRefusals: raft.readRefusals,
+      mustSync:
+        entries.length > 0 ||
+        snapshot !== null ||
+        hard.term !== this.#prevHardState.term ||
+        hard.vote !== this.#prevHardState.vote,
+    };
+    raft.messages = [];
+    raft.readStates = [];
+    raft.readRefusals = [];
+    if (ready.softState !== null) this.#prevSoftState = ready.softState;
+    this.#inFlight = ready;
+    return ready;
+  }
+
+  /** The application did everything the last Ready asked. */
+  advance(): void {
+    const ready = this.#inFlight;
+    assert(ready !== null, 'advance() without a ready()');
+    this.#inFlight = null;
+    const raft = this.#raft;
+    if (ready.hardState !== null) this.#prevHardState = ready.hardState;
+    const lastEntry = ready.entries[ready.entries.length - 1];
+    if (lastEntry !== undefined) raft.log.stableTo(lastEntry.index, lastEntry.term);
+    if (ready.snapshot !== null) raft.log.snapshotApplied(ready.snapshot.metadata.index);
+    // A snapshot received after this Ready was taken supersedes its older conf changes.
+    const supersededUpTo = raft.log.pendingSnapshot?.metadata.index ?? 0;
+    for (const entry of ready.committedEntries) {
+      if (entry.index <= raft.log.applied) continue;
+      if (entry.kind === 'conf-change' && entry.index > supersededUpTo) raft.applyConfChange(entry.change);
+      raft.log.appliedTo(entry.index);
+    }
+  }
+
+  /**
+   * Records a snapshot of the application's state at the applied index (call between Readys),
+   * so lagging followers can be sent it; it does not compact the log by itself.
+   */
+  createSnapshot(data: Uint8Array): Snapshot {
+    assert(this.#inFlight === null, 'createSnapshot() between ready() and advance()');
+    const raft = this.#raft;
+    const index = raft.log.applied;
+    const term = raft.log.term(index);
+    if (term === undefined || index === 0) {
+      throw new RaftError('COMPACTION_INVALID', `no snapshot can be taken at applied index ${index}`);
+    }
+    const current = raft.log.snapshot;
+    if (current !== null && current.metadata.index > index) {
+      throw new RaftError('COMPACTION_INVALID', `a newer snapshot (at ${current.metadata.index}) already exists`);
+    }
+    const snapshot: Snapshot = { metadata: { index, term, confState: raft.confState() }, data };
+    raft.log.setSnapshot(snapshot);
+    return snapshot;
+  }
+
+  /** Drops log entries up to `index`, which the newest snapshot must cover (keep a tail). */
+  compact(index: number): void {
+    assert(this.#inFlight === null, 'compact() between ready() and advance()');
+    const log = this.#raft.log;
+    const snapshotIndex = log.snapshot?.metadata.index ?? 0;
+    if (index <= log.firstIndex() - 1 || index > snapshotIndex || index > log.applied) {
+      throw new RaftError(
+        'COMPACTION_INVALID',
+        `cannot compact to ${index}: compacted to ${log.firstIndex() - 1}, snapshot at ${snapshotIndex}, applied ${log.applied}`,
+      );
+    }
+    log.compact(index);
+  }
+
+  status(): Status {
+    return this.#raft.status();
+  }
+
+  /** The entry at `index` if this node still holds it (for checks and tests). */
+  entry(index: number): Entry | undefined {
+    return this.#raft.log.entry(index);
+  }
+
+  /** The term of the entry at `index`, if known. */
+  termAt(index: number): number | undefined {
+    return this.#raft.log.term(index);
+  }
+
+  checkInvariants(): void {
+    this.#raft.checkInvariants();
+  }
+}
+
+function sameHardState(a: HardState, b: HardState): boolean {
+  return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
+}

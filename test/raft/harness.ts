@@ -1,0 +1,246 @@
+/**
+ * A small, fully controlled cluster for scenario tests: every node's Ready is processed as the
+ * RawNode contract says (persist, send, apply, advance), messages wait in a queue until the test
+ * delivers them, and links can be cut. Crashes keep only what was persisted. Unlike the seeded
+ * simulator (test/sim/), nothing here is random except the election jitter, which is seeded.
+ */
+import { RawNode } from '../../src/raft/raw-node.ts';
+import type { RaftConfigInput } from '../../src/raft/config.ts';
+import type { Entry, HardState, Message, NodeId, PersistedState, ReadRefusal, ReadState, Snapshot } from '../../src/raft/types.ts';
+import { SeededRandom } from '../../src/util/prng.ts';
+
+export const encoder = new TextEncoder();
+export const decoder = new TextDecoder();
+
+/** What a node has on "disk": exactly what its Readys asked to persist. */
+export class MemoryDisk {
+  hardState: HardState = { term: 0, vote: 0, commit: 0 };
+  snapshot: Snapshot | null = null;
+  entries: Entry[] = [];
+
+  persist(hardState: HardState | null, entries: readonly Entry[], snapshot: Snapshot | null): void {
+    if (snapshot !== null) {
+      // A received snapshot replaces the whole log.
+      this.snapshot = snapshot;
+      this.entries = [];
+    }
+    const first = entries[0];
+    if (first !== undefined) {
+      this.entries = this.entries.filter((e) => e.index < first.index).concat(entries);
+    }
+    if (hardState !== null) this.hardState = hardState;
+  }
+
+  compact(index: number): void {
+    this.entries = this.entries.filter((e) => e.index >= index);
+  }
+
+  state(): PersistedState {
+    return { hardState: this.hardState, snapshot: this.snapshot, entries: [...this.entries] };
+  }
+}
+
+export interface HarnessNode {
+  id: NodeId;
+  raw: RawNode;
+  disk: MemoryDisk;
+  up: boolean;
+  /** Data of applied normal entries (the no-op entries excluded), in order. */
+  applied: string[];
+  appliedIndex: number;
+  readStates: ReadState[];
+  readRefusals: ReadRefusal[];
+}
+
+export interface ClusterOptions {
+  /** Voters that bootstrap the cluster. */
+  voters: NodeId[];
+  seed?: number;
+  config?: Partial<RaftConfigInput>;
+}
+
+export class Cluster {
+  readonly nodes = new Map<NodeId, HarnessNode>();
+  /** Messages sent and not yet delivered or dropped. */
+  queue: Message[] = [];
+  /** Directed links that drop every message: "from->to". */
+  readonly cut = new Set<string>();
+  readonly #random: SeededRandom;
+  readonly #config: Partial<RaftConfigInput>;
+
+  constructor(options: ClusterOptions) {
+    this.#random = new SeededRandom(options.seed ?? 1);
+    this.#config = options.config ?? {};
+    for (const id of options.voters) {
+      const node = this.#makeNode(id, undefined);
+      node.raw.bootstrap(options.voters);
+      this.nodes.set(id, node);
+      this.process(id);
+    }
+  }
+
+  #makeNode(id: NodeId, persisted: PersistedState | undefined, disk = new MemoryDisk()): HarnessNode {
+    const raw = new RawNode({ id, random: this.#random.fork(), ...this.#config }, persisted);
+    const applied: string[] = [];
+    let appliedIndex = persisted?.snapshot?.metadata.index ?? 0;
+    if (persisted?.snapshot) applied.push(...(JSON.parse(decoder.decode(persisted.snapshot.data)) as string[]));
+    return { id, raw, disk, up: true, applied, appliedIndex, readStates: [], readRefusals: [] };
+  }
+
+  node(id: NodeId): HarnessNode {
+    const node = this.nodes.get(id);
+    if (node === undefined) throw new Error(`no node ${id}`);
+    return node;
+  }
+
+  raw(id: NodeId): RawNode {
+    return this.node(id).raw;
+  }
+
+  /** Adds a brand-new node with an empty log (to be added to the membership by a leader). */
+  addEmptyNode(id: NodeId): HarnessNode {
+    const node = this.#makeNode(id, undefined);
+    this.nodes.set(id, node);
+    return node;
+  }
+
+  /** Handles every Ready of one node, following the RawNode contract. */
+  process(id: NodeId): void {
+    const node = this.node(id);
+    if (!node.up) return;
+    while (node.raw.hasReady()) {
+      const ready = node.raw.ready();
+      node.disk.persist(ready.hardState, ready.entries, ready.snapshot);
+      for (const m of ready.messages) this.queue.push(m);
+      if (ready.snapshot !== null) {
+        node.applied = JSON.parse(decoder.decode(ready.snapshot.data)) as string[];
+        node.appliedIndex = ready.snapshot.metadata.index;
+      }
+      for (const entry of ready.committedEntries) {
+        if (entry.index <= node.appliedIndex) continue;
+        if (entry.kind === 'normal' && entry.data.byteLength > 0) node.applied.push(decoder.decode(entry.data));
+        node.appliedIndex = entry.index;
+      }
+      node.readStates.push(...ready.readStates);
+      node.readRefusals.push(...ready.readRefusals);
+      node.raw.advance();
+    }
+  }
+
+  processAll(): void {
+    for (const id of this.nodes.keys()) this.process(id);
+  }
+
+  /**
+   * Delivers queued messages (and those they cause) until none is left, or `rounds` passes.
+   * `filter` may drop messages (return false) before delivery.
+   */
+  deliverAll(filter: (m: Message) => boolean = () => true, rounds = 1000): void {
+    for (let round = 0; round < rounds; round++) {
+      this.processAll();
+      if (this.queue.length === 0) return;
+      const batch = this.queue;
+      this.queue = [];
+      for (const m of batch) this.#deliver(m, filter);
+    }
+  }
+
+  /** Delivers only the messages queued now (one hop), then processes the receivers. */
+  deliverOnce(filter: (m: Message) => boolean = () => true): void {
+    this.processAll();
+    const batch = this.queue;
+    this.queue = [];
+    for (const m of batch) this.#deliver(m, filter);
+    this.processAll();
+  }
+
+  #deliver(m: Message, filter: (m: Message) => boolean): void {
+    const target = this.nodes.get(m.to);
+    if (target === undefined || !target.up) return;
+    if (!this.nodes.get(m.from)?.up) return;
+    if (this.cut.has(`${m.from}->${m.to}`) || !filter(m)) return;
+    target.raw.step(m);
+    this.process(m.to);
+  }
+
+  tick(id: NodeId, count = 1): void {
+    for (let i = 0; i < count; i++) {
+      const node = this.node(id);
+      if (!node.up) return;
+      node.raw.tick();
+      this.process(id);
+    }
+  }
+
+  /** Ticks every live node `count` times, delivering all messages after each tick. */
+  tickAll(count = 1): void {
+    for (let i = 0; i < count; i++) {
+      for (const node of this.nodes.values()) if (node.up) node.raw.tick();
+      this.deliverAll();
+    }
+  }
+
+  /** Campaigns `id` and delivers until quiet. */
+  elect(id: NodeId): void {
+    this.raw(id).campaign();
+    this.deliverAll();
+  }
+
+  leader(): NodeId | null {
+    let found: NodeId | null = null;
+    for (const node of this.nodes.values()) {
+      if (node.up && node.raw.status().role === 'leader') {
+        if (found === null || node.raw.status().term > this.raw(found).status().term) found = node.id;
+      }
+    }
+    return found;
+  }
+
+  propose(id: NodeId, value: string): { index: number; term: number } {
+    const result = this.raw(id).propose(encoder.encode(value));
+    this.process(id);
+    return result;
+  }
+
+  /** Cuts both directions between every node in `a` and every node in `b`. */
+  partition(a: NodeId[], b: NodeId[]): void {
+    for (const x of a) for (const y of b) {
+      this.cut.add(`${x}->${y}`);
+      this.cut.add(`${y}->${x}`);
+    }
+  }
+
+  isolate(id: NodeId): void {
+    this.partition([id], [...this.nodes.keys()].filter((x) => x !== id));
+  }
+
+  heal(): void {
+    this.cut.clear();
+  }
+
+  /** Loses everything not persisted, and messages in flight to or from it. */
+  crash(id: NodeId): void {
+    const node = this.node(id);
+    node.up = false;
+    this.queue = this.queue.filter((m) => m.to !== id && m.from !== id);
+  }
+
+  restart(id: NodeId): void {
+    const old = this.node(id);
+    const node = this.#makeNode(id, old.disk.state(), old.disk);
+    this.nodes.set(id, node);
+    this.process(id);
+  }
+
+  /** The application's snapshot: the applied values as JSON. Compacts to `index - keep`. */
+  snapshotAndCompact(id: NodeId, keep = 0): void {
+    const node = this.node(id);
+    const snapshot = node.raw.createSnapshot(encoder.encode(JSON.stringify(node.applied)));
+    node.disk.snapshot = snapshot;
+    const compactTo = snapshot.metadata.index - keep;
+    if (compactTo > node.raw.status().firstIndex - 1) {
+      node.raw.compact(compactTo);
+      node.disk.compact(compactTo);
+    }
+  }
+}
