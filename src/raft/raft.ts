@@ -542,6 +542,8 @@ export class Raft {
     let index = this.log.lastIndex();
     const numbered = entries.map((entry) => ({ ...entry, term: this.term, index: ++index }));
     this.log.append(numbered);
+    // Counted here and released in #maybeCommit, for every entry of this term alike.
+    for (const entry of numbered) this.uncommittedBytes += entryBytes(entry);
     const self = this.progress.get(this.id);
     if (self !== undefined) self.maybeUpdate(index);
     // A single voter commits by itself; otherwise this is a no-op until followers answer.
@@ -652,7 +654,10 @@ export class Raft {
     pr.probeSent = false;
     // A lost append may have left the window full with nothing coming back: make room for one.
     if (pr.state === 'replicate' && pr.inflights.full()) pr.inflights.freeFirstOne();
-    if (pr.match < this.log.lastIndex()) this.#maybeSendAppend(m.from, false);
+    // Behind: send an append even if `next` is past our log. If an earlier append was lost,
+    // the follower rejects this one and the rejection starts the repair; without it, a
+    // follower whose last append vanished would wait for the next proposal forever.
+    if (pr.match < this.log.lastIndex()) this.#maybeSendAppend(m.from, true);
     if (m.readSeq > 0 && this.voters.has(m.from)) {
       this.readAcks.set(m.from, Math.max(this.readAcks.get(m.from) ?? 0, m.readSeq));
       this.#releaseConfirmedReads();
@@ -760,7 +765,6 @@ export class Raft {
     if (this.uncommittedBytes + bytes > this.config.uncommittedBytesMax) {
       throw new RaftError('PROPOSALS_BACKLOGGED', `${this.uncommittedBytes} bytes are proposed but not committed yet; retry later`, this.lead);
     }
-    this.uncommittedBytes += bytes;
     const index = this.#appendEntries([{ kind: 'normal', term: 0, index: 0, data }]);
     this.#broadcastAppend();
     return { index, term: this.term };
