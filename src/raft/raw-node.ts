@@ -3,7 +3,7 @@ import { resolveRaftConfig, type RaftConfigInput } from './config.ts';
 import { RaftError } from './errors.ts';
 import { RaftLog } from './log.ts';
 import { Raft } from './raft.ts';
-import type { ConfChange, ConfState, Entry, HardState, Message, NodeId, PersistedState, Ready, Snapshot, SoftState, Status } from './types.ts';
+import type { BasicStatus, ConfChange, ConfState, Entry, HardState, Message, NodeId, PersistedState, Ready, Snapshot, SoftState, Status } from './types.ts';
 
 /** Committed entries handed out in one Ready, by size (at least one is always handed out). */
 export const COMMITTED_ENTRIES_BYTES_MAX = 16 * 1024 * 1024;
@@ -216,8 +216,15 @@ export class RawNode {
     log.compact(index);
   }
 
+  /** Everything, including the leader's view of each follower (allocates; not for hot paths). */
   status(): Status {
     return this.#raft.status();
+  }
+
+  /** The cheap part of the status, without the leader's progress map. */
+  basicStatus(): BasicStatus {
+    const raft = this.#raft;
+    return { id: raft.id, role: raft.role, lead: raft.lead, term: raft.term, commit: raft.log.committed, applied: raft.log.applied, firstIndex: raft.log.firstIndex(), lastIndex: raft.log.lastIndex() };
   }
 
   /** The entry at `index` if this node still holds it (for checks and tests). */

@@ -256,16 +256,19 @@ export interface ProgressStatus {
   readonly inflight: number;
 }
 
-export interface Status {
+export interface BasicStatus {
   readonly id: NodeId;
   readonly role: Role;
   readonly lead: NodeId;
   readonly term: number;
-  readonly vote: NodeId;
   readonly commit: number;
   readonly applied: number;
   readonly firstIndex: number;
   readonly lastIndex: number;
+}
+
+export interface Status extends BasicStatus {
+  readonly vote: NodeId;
   readonly confState: ConfState;
   readonly leadTransferee: NodeId;
   /** Present on the leader only. */

@@ -48,6 +48,11 @@ export interface HarnessNode {
   /** Data of applied normal entries (the no-op entries excluded), in order. */
   applied: string[];
   appliedIndex: number;
+  /**
+   * Committed entries handed out again after this state machine had applied them (skipped
+   * here, but a core bug: every committed entry is handed out once per state machine).
+   */
+  reappliedEntries: number;
   readStates: ReadState[];
   readRefusals: ReadRefusal[];
 }
@@ -84,7 +89,7 @@ export class Cluster {
     const applied: string[] = [];
     let appliedIndex = persisted?.snapshot?.metadata.index ?? 0;
     if (persisted?.snapshot) applied.push(...(JSON.parse(decoder.decode(persisted.snapshot.data)) as string[]));
-    return { id, raw, disk, up: true, applied, appliedIndex, readStates: [], readRefusals: [] };
+    return { id, raw, disk, up: true, applied, appliedIndex, reappliedEntries: 0, readStates: [], readRefusals: [] };
   }
 
   node(id: NodeId): HarnessNode {
@@ -117,13 +122,21 @@ export class Cluster {
         node.appliedIndex = ready.snapshot.metadata.index;
       }
       for (const entry of ready.committedEntries) {
-        if (entry.index <= node.appliedIndex) continue;
+        if (entry.index <= node.appliedIndex) {
+          node.reappliedEntries++;
+          continue;
+        }
+        if (entry.index !== node.appliedIndex + 1) {
+          throw new Error(`node ${id} was handed entry ${entry.index} to apply after applying up to ${node.appliedIndex}: a gap`);
+        }
         if (entry.kind === 'normal' && entry.data.byteLength > 0) node.applied.push(decoder.decode(entry.data));
         node.appliedIndex = entry.index;
       }
       node.readStates.push(...ready.readStates);
       node.readRefusals.push(...ready.readRefusals);
       node.raw.advance();
+      // The core's own invariants, after every Ready (as the simulator does after every step).
+      node.raw.checkInvariants();
     }
   }
 
@@ -172,12 +185,35 @@ export class Cluster {
     }
   }
 
-  /** Ticks every live node `count` times, delivering all messages after each tick. */
-  tickAll(count = 1): void {
+  /**
+   * Ticks every live node `count` times, delivering all messages after each tick (through
+   * `filter`, which may drop some, as in `deliverAll`).
+   */
+  tickAll(count = 1, filter: (m: Message) => boolean = () => true): void {
     for (let i = 0; i < count; i++) {
       for (const node of this.nodes.values()) if (node.up) node.raw.tick();
-      this.deliverAll();
+      this.deliverAll(filter);
     }
+  }
+
+  /**
+   * Ticks every live node (delivering after each tick) until `done()` holds, at most `ticksMax`
+   * times. Returns how many ticks it took, or null if `done()` never held.
+   */
+  tickUntil(done: () => boolean, ticksMax: number, filter: (m: Message) => boolean = () => true): number | null {
+    for (let i = 1; i <= ticksMax; i++) {
+      this.tickAll(1, filter);
+      if (done()) return i;
+    }
+    return null;
+  }
+
+  /**
+   * Ticks every live node (delivering after each tick) until some node leads, at most
+   * `ticksMax` times. Returns the leader, or null if none emerged.
+   */
+  tickUntilLeader(ticksMax: number, filter: (m: Message) => boolean = () => true): NodeId | null {
+    return this.tickUntil(() => this.leader() !== null, ticksMax, filter) === null ? null : this.leader();
   }
 
   /** Campaigns `id` and delivers until quiet. */
@@ -200,6 +236,25 @@ export class Cluster {
     const result = this.raw(id).propose(encoder.encode(value));
     this.process(id);
     return result;
+  }
+
+  /** Asks `id` for a read index; the answer lands in its `readStates` or `readRefusals`. */
+  readIndex(id: NodeId, context: string): void {
+    this.raw(id).readIndex(context);
+    this.process(id);
+  }
+
+  /** Every entry `id` still holds (after its compaction point), in index order. */
+  log(id: NodeId): Entry[] {
+    const raw = this.raw(id);
+    const { firstIndex, lastIndex } = raw.status();
+    const out: Entry[] = [];
+    for (let index = firstIndex; index <= lastIndex; index++) {
+      const entry = raw.entry(index);
+      if (entry === undefined) throw new Error(`node ${id} has no entry at ${index} in [${firstIndex}, ${lastIndex}]`);
+      out.push(entry);
+    }
+    return out;
   }
 
   /** Cuts both directions between every node in `a` and every node in `b`. */
