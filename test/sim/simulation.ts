@@ -1,0 +1,835 @@
+/**
+ * A deterministic simulator for the Raft core, after TigerBeetle's VOPR: N nodes, one seeded
+ * PRNG for every decision, a simulated clock, and a network that delays, drops, duplicates,
+ * reorders and partitions (symmetric halves, an isolated leader, a "bridge" node that sees both
+ * halves, one-way cuts). Nodes crash (losing all that was not persisted, sometimes between
+ * persisting a Ready and sending it), pause, restart, take snapshots and compact, and change
+ * membership; leaders transfer leadership. After every step the Checker verifies the safety
+ * properties. Then a liveness phase heals everything and demands progress, and a
+ * non-disruption phase checks that a node returning from isolation does not depose the leader.
+ *
+ * The same seed always gives the same run: the trace hash over every event proves it.
+ */
+import { RaftError } from '../../src/raft/errors.ts';
+import { RawNode } from '../../src/raft/raw-node.ts';
+import type { ConfChange, Message, NodeId, Ready, Snapshot } from '../../src/raft/types.ts';
+import { AssertionError } from '../../src/util/assert.ts';
+import { SeededRandom } from '../../src/util/prng.ts';
+import { Checker, SafetyViolation, type Property } from './checker.ts';
+import { SimDisk } from './disk.ts';
+import { MinHeap } from './heap.ts';
+
+/** Simulated time units per tick; messages take a few units, so several fit in a tick. */
+const TICK_UNITS = 10;
+const ELECTION_TIMEOUT_TICKS = 10;
+const MEMBERS_MAX = 7;
+const VOTERS_MIN = 3;
+
+export interface SimOptions {
+  readonly seed: number;
+  /** Founding voters: 3 or 5. */
+  readonly nodes: number;
+  /** Ticks of the fault-injecting phase. */
+  readonly chaosTicks?: number;
+  /** Keep a readable trace of every event (for replaying a failure). */
+  readonly trace?: boolean;
+}
+
+export interface SimStats {
+  events: number;
+  messages: number;
+  dropped: number;
+  leaders: number;
+  highestTerm: number;
+  committed: number;
+  crashes: number;
+  crashesMidReady: number;
+  restarts: number;
+  partitions: number;
+  snapshotsTaken: number;
+  snapshotsInstalled: number;
+  readsServed: number;
+  readsRefused: number;
+  confChangesApplied: number;
+  transfers: number;
+  proposals: number;
+}
+
+export interface SimResult {
+  readonly seed: number;
+  readonly nodes: number;
+  readonly ok: boolean;
+  readonly property?: Property;
+  readonly message?: string;
+  readonly traceHash: string;
+  readonly stats: SimStats;
+  readonly trace?: string[];
+  readonly finalTick: number;
+}
+
+interface SimNode {
+  readonly id: NodeId;
+  raw: RawNode | null;
+  readonly disk: SimDisk;
+  /** Bumped on every crash, so events of an earlier life are ignored. */
+  incarnation: number;
+  retired: boolean;
+  pausedUntil: number;
+  inFlight: Ready | null;
+  appliedIndex: number;
+  state: number;
+  seenCommit: number;
+  ledTerm: number;
+  /** Reads in progress: context -> index committed anywhere when the read began. */
+  readonly reads: Map<string, number>;
+}
+
+type Event =
+  | { time: number; seq: number; kind: 'deliver'; message: Message }
+  | { time: number; seq: number; kind: 'tick'; node: NodeId; incarnation: number }
+  | { time: number; seq: number; kind: 'finish-ready'; node: NodeId; incarnation: number }
+  | { time: number; seq: number; kind: 'report'; node: NodeId; incarnation: number; peer: NodeId; what: 'unreachable' | 'snapshot-ok' | 'snapshot-failed' }
+  | { time: number; seq: number; kind: 'driver' };
+
+type Phase = 'chaos' | 'liveness' | 'probe' | 'done';
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export class Simulation {
+  readonly #options: Required<Omit<SimOptions, 'trace'>> & { trace: boolean };
+  readonly #random: SeededRandom;
+  readonly #checker = new Checker();
+  readonly #nodes = new Map<NodeId, SimNode>();
+  readonly #events = new MinHeap<Event>();
+  #seq = 0;
+  #now = 0;
+  #nextNodeId: NodeId;
+  #proposalSeq = 0;
+  #readSeq = 0;
+  /** Directed links that drop everything: "from>to". */
+  readonly #cut = new Set<string>();
+  #dropRate = 0;
+  #duplicateRate = 0;
+  #longDelayRate = 0;
+  #interleaveRate = 0;
+  #phase: Phase = 'chaos';
+  #phaseDeadline = 0;
+  /** The membership as of the highest applied index anywhere (see #onApplied). */
+  #applyFrontier = 0;
+  readonly #voters = new Set<NodeId>();
+  readonly #learners = new Set<NodeId>();
+  /** Members whose removal is applied: they may be shut down. */
+  readonly #removed = new Set<NodeId>();
+  #liveness: { value: string; index: number; term: number } | null = null;
+  #livenessAttempts = 0;
+  #probe: { leader: NodeId; term: number; isolated: NodeId; healAt: number; checkAt: number } | null = null;
+  #traceHash = 0x811c9dc5;
+  readonly #trace: string[] | null;
+  readonly stats: SimStats = {
+    events: 0, messages: 0, dropped: 0, leaders: 0, highestTerm: 0, committed: 0, crashes: 0, crashesMidReady: 0,
+    restarts: 0, partitions: 0, snapshotsTaken: 0, snapshotsInstalled: 0, readsServed: 0, readsRefused: 0,
+    confChangesApplied: 0, transfers: 0, proposals: 0,
+  };
+
+  constructor(options: SimOptions) {
+    if (!Number.isSafeInteger(options.nodes) || options.nodes < 1 || options.nodes > MEMBERS_MAX) {
+      throw new TypeError(`nodes must be 1..${MEMBERS_MAX}: got ${options.nodes}`);
+    }
+    this.#options = { chaosTicks: 600, ...options, trace: options.trace ?? false };
+    this.#random = new SeededRandom(options.seed);
+    this.#trace = this.#options.trace ? [] : null;
+    this.#nextNodeId = options.nodes + 1;
+    this.#drawNetworkProfile();
+    const voters = Array.from({ length: options.nodes }, (_, k) => k + 1);
+    for (const id of voters) {
+      const node = this.#createNode(id);
+      node.raw!.bootstrap(voters);
+      this.#processReady(node);
+    }
+    this.#schedule({ kind: 'driver' }, TICK_UNITS / 2);
+  }
+
+  run(): SimResult {
+    const chaosEnd = this.#options.chaosTicks * TICK_UNITS;
+    let result: SimResult | null = null;
+    try {
+      while (this.#phase !== 'done') {
+        const event = this.#events.pop();
+        if (event === undefined) throw new SafetyViolation('liveness', 'the event queue ran dry');
+        this.#now = event.time;
+        if (this.#phase === 'chaos' && this.#now >= chaosEnd) this.#startLiveness();
+        this.#handle(event);
+      }
+    } catch (error) {
+      result = this.#result(error);
+    }
+    return result ?? this.#result(null);
+  }
+
+  #result(error: unknown): SimResult {
+    const base = {
+      seed: this.#options.seed,
+      nodes: this.#options.nodes,
+      traceHash: (this.#traceHash >>> 0).toString(16).padStart(8, '0'),
+      stats: this.stats,
+      finalTick: Math.floor(this.#now / TICK_UNITS),
+      ...(this.#trace === null ? {} : { trace: this.#trace }),
+    };
+    if (error === null) return { ...base, ok: true };
+    if (error instanceof SafetyViolation) return { ...base, ok: false, property: error.property, message: error.detail };
+    if (error instanceof AssertionError) return { ...base, ok: false, property: 'core-assertion', message: error.message };
+    const message = error instanceof Error ? `${error.name}: ${error.message}\n${error.stack ?? ''}` : String(error);
+    return { ...base, ok: false, property: 'core-assertion', message: `unexpected error: ${message}` };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Events
+  // -------------------------------------------------------------------------------------------
+
+  #schedule(event: DistributiveOmit<Event, 'time' | 'seq'>, delay: number): void {
+    this.#events.push({ ...event, time: this.#now + delay, seq: this.#seq++ } as Event);
+  }
+
+  #record(text: string): void {
+    for (let k = 0; k < text.length; k++) this.#traceHash = Math.imul(this.#traceHash ^ text.charCodeAt(k), 0x01000193);
+    this.#trace?.push(`${this.#now.toString().padStart(7)} ${text}`);
+  }
+
+  #handle(event: Event): void {
+    this.stats.events++;
+    switch (event.kind) {
+      case 'driver':
+        this.#drive();
+        this.#schedule({ kind: 'driver' }, TICK_UNITS);
+        return;
+      case 'deliver':
+        this.#deliver(event.message);
+        return;
+      case 'tick': {
+        const node = this.#live(event.node, event.incarnation);
+        if (node === null) return;
+        // Clock drift: most ticks come on time, some a unit early or late.
+        this.#schedule({ kind: 'tick', node: node.id, incarnation: node.incarnation }, TICK_UNITS - 1 + this.#random.int(3));
+        if (node.pausedUntil > this.#now) return; // a paused process misses its ticks
+        this.#record(`tick ${node.id}`);
+        node.raw!.tick();
+        this.#afterStep(node);
+        return;
+      }
+      case 'finish-ready': {
+        const node = this.#live(event.node, event.incarnation);
+        if (node === null || node.inFlight === null) return;
+        const ready = node.inFlight;
+        node.inFlight = null;
+        this.#finishReady(node, ready);
+        this.#afterStep(node);
+        return;
+      }
+      case 'report': {
+        const node = this.#live(event.node, event.incarnation);
+        if (node === null) return;
+        this.#record(`report ${node.id} ${event.what} ${event.peer}`);
+        if (event.what === 'unreachable') node.raw!.reportUnreachable(event.peer);
+        else node.raw!.reportSnapshot(event.peer, event.what === 'snapshot-ok');
+        this.#afterStep(node);
+        return;
+      }
+    }
+  }
+
+  #live(id: NodeId, incarnation: number): SimNode | null {
+    const node = this.#nodes.get(id);
+    if (node === undefined || node.raw === null || node.incarnation !== incarnation) return null;
+    return node;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Nodes: the Ready loop, crash and restart
+  // -------------------------------------------------------------------------------------------
+
+  #createNode(id: NodeId): SimNode {
+    const node: SimNode = {
+      id, raw: null, disk: new SimDisk(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null,
+      appliedIndex: 0, state: 0, seenCommit: 0, ledTerm: 0, reads: new Map(),
+    };
+    this.#nodes.set(id, node);
+    this.#start(node);
+    return node;
+  }
+
+  #start(node: SimNode): void {
+    const persisted = node.incarnation === 0 ? undefined : node.disk.state();
+    node.raw = new RawNode(
+      { id: node.id, random: this.#random.fork(), electionTimeoutTicks: ELECTION_TIMEOUT_TICKS, heartbeatIntervalTicks: 1, appendBytesMax: 256, inflightAppendsMax: 8 },
+      persisted,
+    );
+    node.incarnation++;
+    node.inFlight = null;
+    node.reads.clear();
+    node.pausedUntil = 0;
+    const snapshot = node.disk.snapshot;
+    node.appliedIndex = snapshot?.metadata.index ?? 0;
+    node.state = snapshot === null ? 0 : decodeSnapshotState(snapshot);
+    node.seenCommit = node.raw.basicStatus().commit;
+    node.ledTerm = 0;
+    this.#schedule({ kind: 'tick', node: node.id, incarnation: node.incarnation }, 1 + this.#random.int(TICK_UNITS));
+    this.#record(`start ${node.id} life ${node.incarnation}`);
+  }
+
+  #crash(node: SimNode, why: string): void {
+    if (node.raw === null) return;
+    this.#record(`crash ${node.id} (${why})`);
+    this.stats.crashes++;
+    node.raw = null;
+    node.inFlight = null;
+    node.incarnation++;
+    // Its peers' connections to it break: their transports notice soon.
+    for (const peer of this.#nodes.values()) {
+      if (peer.raw !== null && peer.id !== node.id) {
+        this.#schedule({ kind: 'report', node: peer.id, incarnation: peer.incarnation, peer: node.id, what: 'unreachable' }, 1 + this.#random.int(20));
+      }
+    }
+  }
+
+  #restart(node: SimNode): void {
+    if (node.raw !== null || node.retired) return;
+    this.stats.restarts++;
+    this.#start(node);
+    this.#afterStep(node);
+  }
+
+  /** After any input to a node: check its invariants, observe leadership, drain its Readys. */
+  #afterStep(node: SimNode): void {
+    const raw = node.raw;
+    if (raw === null) return;
+    raw.checkInvariants();
+    this.#observe(node);
+    this.#processReady(node);
+  }
+
+  #observe(node: SimNode): void {
+    const raw = node.raw!;
+    const status = raw.basicStatus();
+    if (status.term > this.stats.highestTerm) this.stats.highestTerm = status.term;
+    if (status.role === 'leader' && node.ledTerm !== status.term) {
+      node.ledTerm = status.term;
+      this.stats.leaders++;
+      this.#record(`leader ${node.id} term ${status.term}`);
+      this.#checker.onLeader(node.id, status.term);
+      this.#checker.onBecomeLeader(node.id, status.term, status.firstIndex, status.lastIndex, (i) => raw.termAt(i));
+    }
+  }
+
+  #processReady(node: SimNode): void {
+    while (node.raw !== null && node.inFlight === null && node.raw.hasReady()) {
+      const raw = node.raw;
+      const ready = raw.ready();
+      this.#persist(node, ready);
+      if (this.#phase === 'chaos' && this.#random.float() < 0.002) {
+        // Crash after the write is durable but before anything is sent or applied.
+        this.stats.crashesMidReady++;
+        this.#crash(node, 'after persisting a ready');
+        return;
+      }
+      if (this.#random.float() < this.#interleaveRate) {
+        // Finish later, so messages and ticks can step the node between ready() and advance().
+        node.inFlight = ready;
+        this.#schedule({ kind: 'finish-ready', node: node.id, incarnation: node.incarnation }, 1 + this.#random.int(4));
+        return;
+      }
+      this.#finishReady(node, ready);
+      raw.checkInvariants();
+      this.#observe(node);
+    }
+  }
+
+  #persist(node: SimNode, ready: Ready): void {
+    const raw = node.raw!;
+    node.disk.persist(ready.hardState, ready.entries, ready.snapshot);
+    for (const entry of ready.entries) this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
+    const hard = ready.hardState;
+    if (hard !== null) {
+      this.#checker.onDurableHardState(node.id, hard.term, hard.commit);
+      if (hard.commit > node.seenCommit) {
+        this.#checker.onCommit(node.id, hard.term, node.seenCommit, hard.commit, (i) => raw.entry(i));
+        node.seenCommit = hard.commit;
+        if (hard.commit > this.stats.committed) this.stats.committed = hard.commit;
+      }
+    }
+  }
+
+  #finishReady(node: SimNode, ready: Ready): void {
+    const raw = node.raw!;
+    for (const message of ready.messages) this.#send(message);
+    if (ready.snapshot !== null) {
+      node.state = decodeSnapshotState(ready.snapshot);
+      node.appliedIndex = ready.snapshot.metadata.index;
+      this.#checker.onSnapshotRestored(node.id, ready.snapshot, node.state);
+      this.stats.snapshotsInstalled++;
+      this.#record(`restore ${node.id} snapshot ${ready.snapshot.metadata.index}`);
+    }
+    for (const entry of ready.committedEntries) {
+      if (entry.index <= node.appliedIndex) continue;
+      node.state = this.#checker.onApply(node.id, node.appliedIndex, node.state, entry);
+      node.appliedIndex = entry.index;
+      this.#onApplied(entry.index, entry.kind === 'conf-change' ? entry.change : null);
+    }
+    for (const read of ready.readStates) {
+      const required = node.reads.get(read.context);
+      if (required === undefined) continue; // a duplicate answer, or one for an earlier life
+      node.reads.delete(read.context);
+      this.#checker.onReadState(node.id, read.context, read.index, required);
+      this.stats.readsServed++;
+    }
+    for (const refusal of ready.readRefusals) {
+      if (node.reads.delete(refusal.context)) this.stats.readsRefused++;
+    }
+    raw.advance();
+  }
+
+  /**
+   * The membership as of the highest index any node has applied. Every index is first applied
+   * by a node that applied all before it (snapshots only carry what some node applied), so
+   * following that frontier sees each conf change once, in log order.
+   */
+  #onApplied(index: number, change: ConfChange | null): void {
+    if (index !== this.#applyFrontier + 1) return;
+    this.#applyFrontier = index;
+    if (change === null) return;
+    this.stats.confChangesApplied++;
+    this.#record(`conf ${change.type} ${change.nodeId}`);
+    const { type, nodeId } = change;
+    if (type === 'add-voter') {
+      this.#learners.delete(nodeId);
+      this.#voters.add(nodeId);
+    } else if (type === 'add-learner') {
+      if (!(this.#voters.has(nodeId) && this.#voters.size === 1)) {
+        this.#voters.delete(nodeId);
+        this.#learners.add(nodeId);
+      }
+    } else if (this.#learners.has(nodeId) || (this.#voters.has(nodeId) && this.#voters.size > 1)) {
+      this.#voters.delete(nodeId);
+      this.#learners.delete(nodeId);
+      this.#removed.add(nodeId);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Network
+  // -------------------------------------------------------------------------------------------
+
+  #send(message: Message): void {
+    this.stats.messages++;
+    const copies = this.#random.float() < this.#duplicateRate ? 2 : 1;
+    for (let k = 0; k < copies; k++) {
+      if (this.#cut.has(`${message.from}>${message.to}`) || this.#random.float() < this.#dropRate) {
+        this.#dropped(message);
+        continue;
+      }
+      const delay = this.#random.float() < this.#longDelayRate ? 5 + this.#random.int(60) : 1 + this.#random.int(4);
+      this.#schedule({ kind: 'deliver', message }, delay);
+    }
+  }
+
+  #dropped(message: Message): void {
+    this.stats.dropped++;
+    if (message.type === 'snapshot') this.#reportSnapshot(message, false);
+  }
+
+  #reportSnapshot(message: Message, ok: boolean): void {
+    const sender = this.#nodes.get(message.from);
+    if (sender === undefined || sender.raw === null) return;
+    this.#schedule({ kind: 'report', node: sender.id, incarnation: sender.incarnation, peer: message.to, what: ok ? 'snapshot-ok' : 'snapshot-failed' }, 1);
+  }
+
+  #deliver(message: Message): void {
+    const target = this.#nodes.get(message.to);
+    if (target === undefined || target.raw === null || this.#cut.has(`${message.from}>${message.to}`)) {
+      this.#dropped(message);
+      return;
+    }
+    if (target.pausedUntil > this.#now) {
+      // The kernel buffers it; the paused process reads it when it wakes.
+      this.#schedule({ kind: 'deliver', message }, target.pausedUntil - this.#now + this.#random.int(3));
+      return;
+    }
+    this.#record(`deliver ${message.type} ${message.from}>${message.to} t${message.term}`);
+    target.raw.step(message);
+    if (message.type === 'snapshot') this.#reportSnapshot(message, true);
+    this.#afterStep(target);
+  }
+
+  #drawNetworkProfile(): void {
+    const r = this.#random;
+    this.#dropRate = r.float() < 0.3 ? 0 : r.float() * 0.15;
+    this.#duplicateRate = r.float() < 0.5 ? 0 : r.float() * 0.05;
+    this.#longDelayRate = r.float() < 0.3 ? 0 : r.float() * 0.1;
+    this.#interleaveRate = r.float() < 0.5 ? 0 : r.float() * 0.3;
+  }
+
+  #cutLink(from: NodeId, to: NodeId): void {
+    if (from === to || this.#cut.has(`${from}>${to}`)) return;
+    this.#cut.add(`${from}>${to}`);
+    // A broken link is noticed by the transports on both ends, sometimes, after a while.
+    if (this.#random.float() < 0.6) {
+      for (const [a, b] of [[from, to], [to, from]] as const) {
+        const node = this.#nodes.get(a);
+        if (node?.raw) this.#schedule({ kind: 'report', node: a, incarnation: node.incarnation, peer: b, what: 'unreachable' }, 5 + this.#random.int(40));
+      }
+    }
+  }
+
+  #partition(a: readonly NodeId[], b: readonly NodeId[], oneWay = false): void {
+    for (const x of a) {
+      for (const y of b) {
+        this.#cutLink(x, y);
+        if (!oneWay) this.#cutLink(y, x);
+      }
+    }
+  }
+
+  #heal(): void {
+    if (this.#cut.size > 0) this.#record('heal');
+    this.#cut.clear();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The driver: workload and faults, one decision round per tick
+  // -------------------------------------------------------------------------------------------
+
+  #upNodes(): SimNode[] {
+    return [...this.#nodes.values()].filter((n) => n.raw !== null);
+  }
+
+  #pick<T>(items: readonly T[]): T | undefined {
+    return items.length === 0 ? undefined : items[this.#random.int(items.length)];
+  }
+
+  /** The live leader of the highest term, if any. */
+  #leader(): SimNode | null {
+    let best: SimNode | null = null;
+    let bestTerm = -1;
+    for (const node of this.#nodes.values()) {
+      const status = node.raw?.basicStatus();
+      if (status?.role === 'leader' && status.term > bestTerm) {
+        best = node;
+        bestTerm = status.term;
+      }
+    }
+    return best;
+  }
+
+  #drive(): void {
+    if (this.#phase === 'chaos') this.#driveChaos();
+    else if (this.#phase === 'liveness') this.#driveLiveness();
+    else if (this.#phase === 'probe') this.#driveProbe();
+  }
+
+  #propose(node: SimNode, value: string): { index: number; term: number } | null {
+    if (node.raw === null) return null;
+    try {
+      const at = node.raw!.propose(encoder.encode(value));
+      this.stats.proposals++;
+      this.#record(`propose ${node.id} ${value}`);
+      this.#afterStep(node);
+      return at;
+    } catch (error) {
+      if (error instanceof RaftError) return null;
+      throw error;
+    }
+  }
+
+  #driveChaos(): void {
+    const r = this.#random;
+    let leader = this.#leader();
+    const up = this.#upNodes();
+
+    // Workload: writes, mostly at the leader, and linearizable reads anywhere.
+    const writes = r.int(3);
+    for (let k = 0; k < writes; k++) {
+      const target = leader !== null && r.float() < 0.8 ? leader : this.#pick(up);
+      if (target) this.#propose(target, `v${this.#options.seed}.${++this.#proposalSeq}`);
+    }
+    if (r.float() < 0.3) {
+      const target = this.#pick(up);
+      if (target) this.#read(target);
+    }
+
+    // Faults.
+    if (r.float() < 0.008) {
+      const victim = this.#pick(up.filter((n) => !n.retired));
+      if (victim) this.#crash(victim, 'random');
+    }
+    leader = this.#leader();
+    if (leader !== null && r.float() < 0.004) this.#crash(leader, 'leader');
+    for (const node of this.#nodes.values()) {
+      if (node.raw === null && !node.retired && r.float() < 0.04) this.#restart(node);
+    }
+    if (r.float() < 0.004) {
+      const victim = this.#pick(this.#upNodes());
+      if (victim) {
+        victim.pausedUntil = this.#now + (5 + r.int(40)) * TICK_UNITS;
+        this.#record(`pause ${victim.id}`);
+      }
+    }
+    if (r.float() < 0.01) this.#randomPartition(leader);
+    if (this.#cut.size > 0 && r.float() < 0.03) this.#heal();
+    if (r.float() < 0.005) this.#drawNetworkProfile();
+
+    // Snapshots, membership, leadership transfer (the faults above may have changed the leader).
+    leader = this.#leader();
+    if (r.float() < 0.05) {
+      const node = this.#pick(this.#upNodes());
+      if (node) this.#snapshot(node);
+    }
+    if (leader !== null && r.float() < 0.012) this.#changeMembership(leader);
+    if (leader !== null && r.float() < 0.006) {
+      const target = this.#pick(leader.raw!.status().confState.voters.filter((id) => id !== leader.id));
+      if (target !== undefined) {
+        try {
+          leader.raw!.transferLeadership(target);
+          this.stats.transfers++;
+          this.#record(`transfer ${leader.id} -> ${target}`);
+          this.#afterStep(leader);
+        } catch (error) {
+          if (!(error instanceof RaftError)) throw error;
+        }
+      }
+    }
+    // Removed members are shut down, eventually.
+    for (const node of up) {
+      if (node.raw !== null && !node.retired && this.#removed.has(node.id) && r.float() < 0.05) {
+        node.retired = true;
+        this.#crash(node, 'retired after removal');
+      }
+    }
+  }
+
+  #read(node: SimNode): void {
+    if (node.raw === null) return;
+    const context = `r${++this.#readSeq}`;
+    let required = this.#checker.commitMax;
+    for (const other of this.#nodes.values()) {
+      const commit = other.raw?.basicStatus().commit ?? 0;
+      if (commit > required) required = commit;
+    }
+    node.reads.set(context, required);
+    this.#record(`read ${node.id} ${context}`);
+    node.raw!.readIndex(context);
+    this.#afterStep(node);
+  }
+
+  #randomPartition(leader: SimNode | null): void {
+    const ids = [...this.#nodes.values()].filter((n) => !n.retired).map((n) => n.id);
+    if (ids.length < 2) return;
+    this.#heal();
+    this.stats.partitions++;
+    const r = this.#random;
+    const kind = r.int(5);
+    const shuffled = ids.map((id) => ({ id, key: r.float() })).sort((a, b) => a.key - b.key).map((x) => x.id);
+    if (kind === 0) {
+      const cutAt = 1 + r.int(shuffled.length - 1);
+      this.#record(`partition halves ${shuffled.slice(0, cutAt)} | ${shuffled.slice(cutAt)}`);
+      this.#partition(shuffled.slice(0, cutAt), shuffled.slice(cutAt));
+    } else if (kind === 1 && leader !== null) {
+      this.#record(`partition isolate leader ${leader.id}`);
+      this.#partition([leader.id], ids.filter((id) => id !== leader.id));
+    } else if (kind === 2) {
+      // A bridge: two halves that cannot talk, and one node that talks to both.
+      const bridge = shuffled[0]!;
+      const rest = shuffled.slice(1);
+      const half = Math.ceil(rest.length / 2);
+      this.#record(`partition bridge ${bridge}: ${rest.slice(0, half)} | ${rest.slice(half)}`);
+      this.#partition(rest.slice(0, half), rest.slice(half));
+    } else if (kind === 3) {
+      const a = shuffled[0]!;
+      const b = shuffled[1]!;
+      this.#record(`partition one-way ${a}>${b}`);
+      this.#partition([a], [b], true);
+    } else {
+      const victim = shuffled[0]!;
+      this.#record(`partition isolate ${victim}`);
+      this.#partition([victim], ids.filter((id) => id !== victim));
+    }
+  }
+
+  #snapshot(node: SimNode): void {
+    const raw = node.raw;
+    if (raw === null || node.inFlight !== null) return;
+    const status = raw.basicStatus();
+    const snapshotIndex = node.disk.snapshot?.metadata.index ?? 0;
+    if (status.applied - snapshotIndex < 5 || node.appliedIndex !== status.applied) return;
+    const snapshot = raw.createSnapshot(encodeSnapshotState(node.state));
+    const keep = this.#random.int(10);
+    const compactTo = snapshot.metadata.index - keep;
+    if (compactTo > status.firstIndex - 1) raw.compact(compactTo);
+    node.disk.saveSnapshot(snapshot, Math.max(compactTo, status.firstIndex - 1));
+    this.stats.snapshotsTaken++;
+    this.#record(`snapshot ${node.id} at ${snapshot.metadata.index} compact ${compactTo}`);
+  }
+
+  #changeMembership(leader: SimNode): void {
+    const raw = leader.raw;
+    if (raw === null) return;
+    const status = raw.status();
+    const { voters, learners } = status.confState;
+    const r = this.#random;
+    const choice = r.int(4);
+    let change: { type: 'add-voter' | 'add-learner' | 'remove'; nodeId: NodeId } | null = null;
+    if (choice === 0 && voters.length + learners.length < MEMBERS_MAX) {
+      const id = this.#nextNodeId++;
+      this.#createNode(id);
+      change = { type: 'add-learner', nodeId: id };
+    } else if (choice === 1 && learners.length > 0) {
+      const id = this.#pick(learners)!;
+      const pr = status.progress?.get(id);
+      if (pr !== undefined && status.lastIndex - pr.match < 20) change = { type: 'add-voter', nodeId: id };
+    } else if (choice === 2 && voters.length > VOTERS_MIN) {
+      change = { type: 'remove', nodeId: this.#pick(voters)! };
+    } else if (choice === 3 && learners.length > 0 && r.float() < 0.5) {
+      change = { type: 'remove', nodeId: this.#pick(learners)! };
+    }
+    if (change === null) return;
+    try {
+      raw.proposeConfChange(change);
+      this.#record(`propose conf ${change.type} ${change.nodeId}`);
+      this.#afterStep(leader);
+    } catch (error) {
+      if (!(error instanceof RaftError)) throw error;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Liveness: heal everything; a leader must emerge and commit within a bound
+  // -------------------------------------------------------------------------------------------
+
+  #startLiveness(): void {
+    this.#phase = 'liveness';
+    this.#record('liveness phase');
+    this.#heal();
+    this.#dropRate = 0;
+    this.#duplicateRate = 0;
+    this.#longDelayRate = 0;
+    for (const node of this.#nodes.values()) {
+      node.pausedUntil = 0;
+      if (node.raw === null && !node.retired) this.#restart(node);
+    }
+    // Generous: a few election rounds plus catching up by snapshot.
+    this.#phaseDeadline = this.#now + 60 * ELECTION_TIMEOUT_TICKS * TICK_UNITS;
+  }
+
+  #members(): NodeId[] {
+    return [...this.#voters, ...this.#learners];
+  }
+
+  #driveLiveness(): void {
+    if (this.#now > this.#phaseDeadline) {
+      const leader = this.#leader();
+      if (leader === null) throw new SafetyViolation('liveness', `no leader ${60 * ELECTION_TIMEOUT_TICKS} ticks after healing`);
+      const status = leader.raw!.status();
+      const lagging = this.#members()
+        .filter((id) => (this.#nodes.get(id)?.appliedIndex ?? 0) < (this.#liveness?.index ?? Infinity))
+        .map((id) => {
+          const node = this.#nodes.get(id);
+          const pr = status.progress?.get(id);
+          return `${id} (${node?.raw === null ? 'down' : `applied ${node?.appliedIndex}`}, progress ${JSON.stringify(pr ?? null)})`;
+        });
+      throw new SafetyViolation(
+        'liveness',
+        `value ${String(this.#liveness?.value)} at ${String(this.#liveness?.index)} not applied on every member ` +
+          `${60 * ELECTION_TIMEOUT_TICKS} ticks after healing; leader ${leader.id} term ${status.term} commit ${status.commit}; lagging: ${lagging.join(', ')}`,
+      );
+    }
+    const leader = this.#leader();
+    if (leader === null) return;
+    if (this.#liveness === null) {
+      const value = `live${this.#options.seed}.${++this.#livenessAttempts}`;
+      const at = this.#propose(leader, value);
+      if (at !== null) this.#liveness = { value, ...at };
+      return;
+    }
+    const committed = this.#checker.committedEntry(this.#liveness.index);
+    if (committed === undefined) {
+      // Proposed under a leader that has since lost its term: it may never commit.
+      if (leader.raw!.basicStatus().term !== this.#liveness.term) this.#liveness = null;
+      return;
+    }
+    if (committed.key !== `n:${this.#liveness.value}`) {
+      this.#liveness = null; // lost to a leader change: propose again
+      return;
+    }
+    // Done when every member (as the leader sees the membership) has applied it.
+    const members = this.#members();
+    const index = this.#liveness.index;
+    const allApplied = members.every((id) => {
+      const node = this.#nodes.get(id);
+      return node !== undefined && node.raw !== null && node.appliedIndex >= index;
+    });
+    if (allApplied && members.length > 0) this.#startProbe(leader);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Non-disruption: a voter cut off and brought back must not depose a healthy leader (§9.6)
+  // -------------------------------------------------------------------------------------------
+
+  #startProbe(leader: SimNode): void {
+    this.#phase = 'probe';
+    const status = leader.raw!.status();
+    const followers = status.confState.voters.filter((id) => id !== leader.id);
+    const isolated = this.#pick(followers);
+    if (isolated === undefined) {
+      this.#phase = 'done';
+      return;
+    }
+    const ids = [...this.#nodes.keys()].filter((id) => id !== isolated);
+    this.#record(`probe: isolate ${isolated} under leader ${leader.id} term ${status.term}`);
+    for (const id of ids) {
+      this.#cut.add(`${id}>${isolated}`);
+      this.#cut.add(`${isolated}>${id}`);
+    }
+    // Both ends notice the broken connections, as a real transport would.
+    const isolatedNode = this.#nodes.get(isolated)!;
+    this.#schedule({ kind: 'report', node: isolated, incarnation: isolatedNode.incarnation, peer: leader.id, what: 'unreachable' }, 5);
+    this.#schedule({ kind: 'report', node: leader.id, incarnation: leader.incarnation, peer: isolated, what: 'unreachable' }, 5);
+    const healAt = this.#now + (3 * ELECTION_TIMEOUT_TICKS + this.#random.int(20)) * TICK_UNITS;
+    this.#probe = { leader: leader.id, term: status.term, isolated, healAt, checkAt: healAt + 4 * ELECTION_TIMEOUT_TICKS * TICK_UNITS };
+  }
+
+  #driveProbe(): void {
+    const probe = this.#probe!;
+    if (this.#cut.size > 0 && this.#now >= probe.healAt) this.#heal();
+    for (const node of this.#nodes.values()) {
+      const status = node.raw?.basicStatus();
+      if (status === undefined) continue;
+      if (status.term > probe.term) {
+        throw new SafetyViolation(
+          'non-disruption',
+          `node ${node.id} reached term ${status.term} after node ${probe.isolated} was isolated under leader ${probe.leader} of term ${probe.term}`,
+        );
+      }
+    }
+    if (this.#now >= probe.checkAt) {
+      const leader = this.#nodes.get(probe.leader)?.raw?.basicStatus();
+      if (leader?.role !== 'leader') {
+        throw new SafetyViolation('non-disruption', `leader ${probe.leader} lost leadership after node ${probe.isolated} returned`);
+      }
+      this.#phase = 'done';
+      this.#record('done');
+    }
+  }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+function encodeSnapshotState(state: number): Uint8Array {
+  return encoder.encode(String(state));
+}
+
+function decodeSnapshotState(snapshot: Snapshot): number {
+  return Number(decoder.decode(snapshot.data));
+}
+
+export function runSimulation(options: SimOptions): SimResult {
+  return new Simulation(options).run();
+}
