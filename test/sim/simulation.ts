@@ -80,6 +80,8 @@ interface SimNode {
   state: number;
   seenCommit: number;
   ledTerm: number;
+  /** Crash after persisting the next Ready, before sending it. */
+  doomed: boolean;
   /** Reads in progress: context -> index committed anywhere when the read began. */
   readonly reads: Map<string, number>;
 }
@@ -113,6 +115,7 @@ export class Simulation {
   #duplicateRate = 0;
   #longDelayRate = 0;
   #interleaveRate = 0;
+  readonly #profile: FaultProfile;
   #phase: Phase = 'chaos';
   #phaseDeadline = 0;
   /** The membership as of the highest applied index anywhere (see #onApplied). */
@@ -140,6 +143,7 @@ export class Simulation {
     this.#random = new SeededRandom(options.seed);
     this.#trace = this.#options.trace ? [] : null;
     this.#nextNodeId = options.nodes + 1;
+    this.#profile = drawFaultProfile(this.#random);
     this.#drawNetworkProfile();
     const voters = Array.from({ length: options.nodes }, (_, k) => k + 1);
     for (const id of voters) {
@@ -251,7 +255,7 @@ export class Simulation {
   #createNode(id: NodeId): SimNode {
     const node: SimNode = {
       id, raw: null, disk: new SimDisk(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null,
-      appliedIndex: 0, state: 0, seenCommit: 0, ledTerm: 0, reads: new Map(),
+      appliedIndex: 0, state: 0, seenCommit: 0, ledTerm: 0, doomed: false, reads: new Map(),
     };
     this.#nodes.set(id, node);
     this.#start(node);
@@ -261,7 +265,14 @@ export class Simulation {
   #start(node: SimNode): void {
     const persisted = node.incarnation === 0 ? undefined : node.disk.state();
     node.raw = new RawNode(
-      { id: node.id, random: this.#random.fork(), electionTimeoutTicks: ELECTION_TIMEOUT_TICKS, heartbeatIntervalTicks: 1, appendBytesMax: 256, inflightAppendsMax: 8 },
+      {
+        id: node.id,
+        random: this.#random.fork(),
+        electionTimeoutTicks: ELECTION_TIMEOUT_TICKS,
+        heartbeatIntervalTicks: 1,
+        appendBytesMax: this.#profile.appendBytesMax,
+        inflightAppendsMax: this.#profile.inflightAppendsMax,
+      },
       persisted,
     );
     node.incarnation++;
@@ -273,6 +284,7 @@ export class Simulation {
     node.state = snapshot === null ? 0 : decodeSnapshotState(snapshot);
     node.seenCommit = node.raw.basicStatus().commit;
     node.ledTerm = 0;
+    node.doomed = false;
     this.#schedule({ kind: 'tick', node: node.id, incarnation: node.incarnation }, 1 + this.#random.int(TICK_UNITS));
     this.#record(`start ${node.id} life ${node.incarnation}`);
   }
@@ -318,6 +330,11 @@ export class Simulation {
       this.#record(`leader ${node.id} term ${status.term}`);
       this.#checker.onLeader(node.id, status.term);
       this.#checker.onBecomeLeader(node.id, status.term, status.firstIndex, status.lastIndex, (i) => raw.termAt(i));
+      if (this.#phase === 'chaos' && this.#random.float() < this.#profile.newLeaderDies) {
+        // Dies young: its first appends may not reach anyone, leaving its term's entries on
+        // its disk only (the S5 of Figure 8).
+        node.doomed = true;
+      }
     }
   }
 
@@ -325,7 +342,16 @@ export class Simulation {
     while (node.raw !== null && node.inFlight === null && node.raw.hasReady()) {
       const raw = node.raw;
       const ready = raw.ready();
-      this.#persist(node, ready);
+      const commitAdvanced = this.#persist(node, ready);
+      if (commitAdvanced && this.#phase === 'chaos' && raw.basicStatus().role === 'leader' && this.#random.float() < this.#profile.leaderDiesAfterCommit) {
+        node.doomed = true; // crash right after committing, before telling anyone
+      }
+      if (node.doomed) {
+        node.doomed = false;
+        this.stats.crashesMidReady++;
+        this.#crash(node, 'doomed: dies after persisting, before sending');
+        return;
+      }
       if (this.#phase === 'chaos' && this.#random.float() < 0.002) {
         // Crash after the write is durable but before anything is sent or applied.
         this.stats.crashesMidReady++;
@@ -344,7 +370,8 @@ export class Simulation {
     }
   }
 
-  #persist(node: SimNode, ready: Ready): void {
+  /** Writes the Ready to the node's disk and checks what it wrote; true if commit advanced. */
+  #persist(node: SimNode, ready: Ready): boolean {
     const raw = node.raw!;
     node.disk.persist(ready.hardState, ready.entries, ready.snapshot);
     for (const entry of ready.entries) this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
@@ -355,8 +382,10 @@ export class Simulation {
         this.#checker.onCommit(node.id, hard.term, node.seenCommit, hard.commit, (i) => raw.entry(i));
         node.seenCommit = hard.commit;
         if (hard.commit > this.stats.committed) this.stats.committed = hard.commit;
+        return true;
       }
     }
+    return false;
   }
 
   #finishReady(node: SimNode, ready: Ready): void {
@@ -557,24 +586,27 @@ export class Simulation {
     }
 
     // Faults.
-    if (r.float() < 0.008) {
-      const victim = this.#pick(up.filter((n) => !n.retired));
+    const p = this.#profile;
+    if (r.float() < p.crash) {
+      const victim = this.#pick(up.filter((n) => n.raw !== null && !n.retired));
       if (victim) this.#crash(victim, 'random');
     }
     leader = this.#leader();
-    if (leader !== null && r.float() < 0.004) this.#crash(leader, 'leader');
+    if (leader !== null && r.float() < p.leaderCrash) this.#crash(leader, 'leader');
     for (const node of this.#nodes.values()) {
-      if (node.raw === null && !node.retired && r.float() < 0.04) this.#restart(node);
+      if (node.raw === null && !node.retired && r.float() < p.restart) this.#restart(node);
     }
-    if (r.float() < 0.004) {
+    if (r.float() < p.pause) {
       const victim = this.#pick(this.#upNodes());
       if (victim) {
         victim.pausedUntil = this.#now + (5 + r.int(40)) * TICK_UNITS;
         this.#record(`pause ${victim.id}`);
       }
     }
-    if (r.float() < 0.01) this.#randomPartition(leader);
-    if (this.#cut.size > 0 && r.float() < 0.03) this.#heal();
+    leader = this.#leader();
+    if (r.float() < p.partition) this.#randomPartition(leader);
+    if (leader !== null && r.float() < p.minorityLeader) this.#minorityLeader(leader);
+    if (this.#cut.size > 0 && r.float() < p.heal) this.#heal();
     if (r.float() < 0.005) this.#drawNetworkProfile();
 
     // Snapshots, membership, leadership transfer (the faults above may have changed the leader).
@@ -652,6 +684,23 @@ export class Simulation {
       this.#record(`partition isolate ${victim}`);
       this.#partition([victim], ids.filter((id) => id !== victim));
     }
+  }
+
+  /**
+   * Leaves the leader on the minority side with as many followers as a minority allows: it goes
+   * on taking writes it can replicate to them but never commit (until check-quorum deposes it),
+   * which makes the logs of old terms that Figure 8 is about.
+   */
+  #minorityLeader(leader: SimNode): void {
+    const others = [...this.#voters].filter((id) => id !== leader.id && this.#nodes.get(id)?.raw != null);
+    const shuffled = others.map((id) => ({ id, key: this.#random.float() })).sort((a, b) => a.key - b.key).map((x) => x.id);
+    const minority = Math.floor((this.#voters.size - 1) / 2); // followers that may join the leader
+    const buddies = shuffled.slice(0, minority);
+    const rest = [...this.#nodes.keys()].filter((id) => id !== leader.id && !buddies.includes(id));
+    this.#heal();
+    this.stats.partitions++;
+    this.#record(`partition minority leader ${leader.id} with ${buddies} | ${rest}`);
+    this.#partition([leader.id, ...buddies], rest);
   }
 
   #snapshot(node: SimNode): void {
@@ -818,6 +867,42 @@ export class Simulation {
       this.#record('done');
     }
   }
+}
+
+/** How hard a seed hits the cluster: calm seeds find slow bugs, storms find races. */
+interface FaultProfile {
+  readonly crash: number;
+  readonly leaderCrash: number;
+  readonly restart: number;
+  readonly pause: number;
+  readonly partition: number;
+  readonly minorityLeader: number;
+  readonly heal: number;
+  /** Chance that a node crashes right after winning an election, before its first sends. */
+  readonly newLeaderDies: number;
+  /** Chance that a leader crashes right after its commit index advances, before sending. */
+  readonly leaderDiesAfterCommit: number;
+  /** Small values split old-term and new-term entries into separate appends (Figure 8). */
+  readonly appendBytesMax: number;
+  readonly inflightAppendsMax: number;
+}
+
+function drawFaultProfile(r: SeededRandom): FaultProfile {
+  const storm = r.float() < 0.5;
+  const pickOf = <T>(items: readonly T[]): T => items[r.int(items.length)]!;
+  return {
+    crash: storm ? 0.02 : 0.008,
+    leaderCrash: storm ? 0.02 : 0.004,
+    restart: storm ? 0.1 : 0.04,
+    pause: 0.004,
+    partition: storm ? 0.04 : 0.01,
+    minorityLeader: storm ? 0.04 : 0.005,
+    heal: storm ? 0.08 : 0.03,
+    newLeaderDies: storm ? 0.15 : 0.02,
+    leaderDiesAfterCommit: storm ? 0.03 : 0.002,
+    appendBytesMax: pickOf([1, 48, 256, 4096]),
+    inflightAppendsMax: pickOf([1, 4, 8, 64]),
+  };
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
