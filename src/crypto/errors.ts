@@ -1,0 +1,28 @@
+export type CryptoErrorCode =
+  /** The ciphertext or its associated data was altered, or the key is not the one that sealed it. */
+  | 'DECRYPT_FAILED'
+  /** The data was sealed under a keyring term that was destroyed (key revocation). */
+  | 'KEY_TERM_DESTROYED'
+  /** The data names a keyring term this keyring never had. */
+  | 'KEY_TERM_UNKNOWN'
+  /** The active key reached its use limit; rotate the keyring. */
+  | 'KEY_USES_EXHAUSTED'
+  /** An unlock key that is not of the CFRKEY-1 form, or whose checksum fails (a typo). */
+  | 'UNLOCK_KEY_MALFORMED'
+  /** A well-formed unlock key that does not open this root key. */
+  | 'UNLOCK_KEY_WRONG'
+  /** A key file that is missing, the wrong size or readable by others. */
+  | 'KEY_FILE_INVALID'
+  /** Bytes that are not a sealed envelope at all. */
+  | 'ENVELOPE_MALFORMED';
+
+/** A refused cryptographic operation. Messages never contain key material or plaintext. */
+export class CryptoError extends Error {
+  override name = 'CryptoError';
+  readonly code: CryptoErrorCode;
+
+  constructor(code: CryptoErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}

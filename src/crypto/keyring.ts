@@ -1,0 +1,135 @@
+import { randomBytes } from 'node:crypto';
+import { Packr } from 'msgpackr';
+import { KEY_BYTES, NONCE_BYTES, TAG_BYTES, open, seal } from './aead.ts';
+import { CryptoError } from './errors.ts';
+
+/**
+ * Uses of one data key by one manager before the keyring must rotate. Nonces are random 96-bit
+ * values (several managers encrypt under the same key at once, so a counter would need per-manager
+ * prefixes and persisted state). NIST SP 800-38D bounds random-nonce GCM at 2^32 messages per key;
+ * with at most 8 managers each stopping at 2^29, the cluster stays under that bound.
+ */
+export const KEY_USES_MAX = 2 ** 29;
+const TERM_BYTES = 4;
+
+interface KeyringTerm {
+  readonly term: number;
+  readonly key: Buffer;
+  readonly createdAtMs: number;
+  destroyed: boolean;
+}
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/**
+ * Data encryption keys with term numbers. The newest term encrypts; older terms only decrypt,
+ * until a rewrap moves their data and they are destroyed. Sealed data is
+ * `term (4 bytes, BE) | nonce (12) | ciphertext | tag (16)`, with associated data that binds
+ * the cluster id, the kind of data and the term, so no ciphertext can be replayed as another.
+ */
+export class Keyring {
+  readonly clusterId: string;
+  readonly #terms = new Map<number, KeyringTerm>();
+  #activeTerm = 0;
+  /** Encryptions by this process under each term (not replicated; see KEY_USES_MAX). */
+  readonly #uses = new Map<number, number>();
+
+  private constructor(clusterId: string) {
+    this.clusterId = clusterId;
+  }
+
+  static create(clusterId: string, nowMs: number): Keyring {
+    const keyring = new Keyring(clusterId);
+    keyring.addTerm(1, randomBytes(KEY_BYTES), nowMs);
+    return keyring;
+  }
+
+  get activeTerm(): number {
+    return this.#activeTerm;
+  }
+
+  /** The terms that still exist, oldest first. */
+  terms(): Array<{ term: number; createdAtMs: number; destroyed: boolean }> {
+    return [...this.#terms.values()].map(({ term, createdAtMs, destroyed }) => ({ term, createdAtMs, destroyed }));
+  }
+
+  /** A new data key for the next term (made by the manager that proposes the rotation). */
+  static newKey(): Buffer {
+    return randomBytes(KEY_BYTES);
+  }
+
+  /** Adds the next term, which becomes the active one (applied from the replicated log). */
+  addTerm(term: number, key: Uint8Array, createdAtMs: number): void {
+    if (term !== this.#activeTerm + 1) throw new TypeError(`keyring term ${term} does not follow the active term ${this.#activeTerm}`);
+    if (key.byteLength !== KEY_BYTES) throw new TypeError(`a data key has ${KEY_BYTES} bytes`);
+    this.#terms.set(term, { term, key: Buffer.from(key), createdAtMs, destroyed: false });
+    this.#activeTerm = term;
+  }
+
+  /** Forgets an old term's key for good: its data can no longer be read (key revocation). */
+  destroyTerm(term: number): void {
+    const entry = this.#terms.get(term);
+    if (entry === undefined) throw new TypeError(`keyring term ${term} does not exist`);
+    if (term === this.#activeTerm) throw new TypeError(`keyring term ${term} is active; rotate before destroying it`);
+    entry.key.fill(0);
+    entry.destroyed = true;
+  }
+
+  encrypt(kind: string, plaintext: Uint8Array): Buffer {
+    const term = this.#activeTerm;
+    const entry = this.#terms.get(term)!;
+    const uses = this.#uses.get(term) ?? 0;
+    if (uses >= KEY_USES_MAX) {
+      throw new CryptoError('KEY_USES_EXHAUSTED', `keyring term ${term} has encrypted ${uses} times on this manager; rotate the keyring`);
+    }
+    this.#uses.set(term, uses + 1);
+    const header = Buffer.allocUnsafe(TERM_BYTES);
+    header.writeUInt32BE(term, 0);
+    return Buffer.concat([header, seal(entry.key, plaintext, this.#associatedData(kind, term))]);
+  }
+
+  decrypt(kind: string, sealed: Uint8Array): Buffer {
+    const term = Keyring.termOf(sealed);
+    const entry = this.#terms.get(term);
+    if (entry === undefined) throw new CryptoError('KEY_TERM_UNKNOWN', `${kind} was sealed under keyring term ${term}, which this keyring never had`);
+    if (entry.destroyed) throw new CryptoError('KEY_TERM_DESTROYED', `${kind} was sealed under keyring term ${term}, which was destroyed`);
+    return open(entry.key, sealed.subarray(TERM_BYTES), this.#associatedData(kind, term), kind);
+  }
+
+  /** The keyring term some sealed data was made under (for rewrap bookkeeping). */
+  static termOf(sealed: Uint8Array): number {
+    if (sealed.byteLength < TERM_BYTES + NONCE_BYTES + TAG_BYTES) throw new CryptoError('ENVELOPE_MALFORMED', 'sealed data is too short');
+    return Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength).readUInt32BE(0);
+  }
+
+  usesOfActiveTerm(): number {
+    return this.#uses.get(this.#activeTerm) ?? 0;
+  }
+
+  /** True when the active key is older than `intervalMs` or near its use limit. */
+  needsRotation(nowMs: number, intervalMs: number): boolean {
+    const active = this.#terms.get(this.#activeTerm)!;
+    return nowMs - active.createdAtMs >= intervalMs || this.usesOfActiveTerm() >= KEY_USES_MAX * 0.9;
+  }
+
+  #associatedData(kind: string, term: number): Buffer {
+    return Buffer.from(`coffer/1|${this.clusterId}|${kind}|${term}`, 'utf8');
+  }
+
+  /** The keyring sealed under a root key: the only form in which it is ever stored. */
+  wrap(rootKey: Uint8Array): Buffer {
+    const body = packr.pack([this.clusterId, this.#activeTerm, [...this.#terms.values()].map((t) => [t.term, t.destroyed ? null : t.key, t.createdAtMs])]);
+    return seal(rootKey, body, Buffer.from(`coffer/1|keyring|${this.clusterId}`, 'utf8'));
+  }
+
+  static unwrap(rootKey: Uint8Array, clusterId: string, sealed: Uint8Array): Keyring {
+    const body = open(rootKey, sealed, Buffer.from(`coffer/1|keyring|${clusterId}`, 'utf8'), 'the keyring');
+    const [storedClusterId, activeTerm, terms] = packr.unpack(body) as [string, number, Array<[number, Uint8Array | null, number]>];
+    const keyring = new Keyring(storedClusterId);
+    for (const [term, key, createdAtMs] of terms) {
+      keyring.#terms.set(term, { term, key: key === null ? Buffer.alloc(KEY_BYTES) : Buffer.from(key), createdAtMs, destroyed: key === null });
+    }
+    keyring.#activeTerm = activeTerm;
+    return keyring;
+  }
+}

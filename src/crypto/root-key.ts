@@ -1,0 +1,67 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { KEY_BYTES, open, seal } from './aead.ts';
+import { CryptoError } from './errors.ts';
+import { parseUnlockKey, unlockKeyKek } from './unlock-key.ts';
+
+/**
+ * The root key wraps the keyring; it is itself stored only wrapped by a key-encryption key (KEK):
+ * the key file's contents (default) or one derived from an operator's unlock key (autolock).
+ * Changing the KEK rewraps 32 bytes and touches no data.
+ */
+export function generateRootKey(): Buffer {
+  return randomBytes(KEY_BYTES);
+}
+
+export function wrapRootKey(kek: Uint8Array, rootKey: Uint8Array, clusterId: string): Buffer {
+  return seal(kek, rootKey, rootKeyAd(clusterId));
+}
+
+export function unwrapRootKey(kek: Uint8Array, wrapped: Uint8Array, clusterId: string, how: 'key file' | 'unlock key'): Buffer {
+  try {
+    return open(kek, wrapped, rootKeyAd(clusterId), 'the root key');
+  } catch (error) {
+    if (error instanceof CryptoError && error.code === 'DECRYPT_FAILED') {
+      throw how === 'unlock key'
+        ? new CryptoError('UNLOCK_KEY_WRONG', 'this unlock key does not open this manager (it is well formed, but it is not this cluster\'s)')
+        : new CryptoError('KEY_FILE_INVALID', 'the key file does not open this manager\'s root key (is it another cluster\'s key file?)');
+    }
+    throw error;
+  }
+}
+
+/** The KEK of an unlock key, after its format and checksum are checked. */
+export function kekFromUnlockKey(unlockKey: string, clusterId: string): Buffer {
+  return unlockKeyKek(parseUnlockKey(unlockKey), clusterId);
+}
+
+function rootKeyAd(clusterId: string): Buffer {
+  return Buffer.from(`coffer/1|root-key|${clusterId}`, 'utf8');
+}
+
+/** Creates a key file of 32 random bytes, readable by its owner only; refuses to overwrite one. */
+export function createKeyFile(path: string): Buffer {
+  const kek = randomBytes(KEY_BYTES);
+  writeFileSync(path, kek, { mode: 0o600, flag: 'wx' });
+  chmodSync(path, 0o600);
+  return kek;
+}
+
+/** Reads a key file, refusing one that others can read (as ssh refuses such a private key). */
+export function readKeyFile(path: string): Buffer {
+  let mode: number;
+  let bytes: Buffer;
+  try {
+    mode = statSync(path).mode;
+    bytes = readFileSync(path);
+  } catch (error) {
+    throw new CryptoError('KEY_FILE_INVALID', `cannot read the key file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`, { cause: error });
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} can be read by others (mode ${(mode & 0o777).toString(8)}); run chmod 600 on it`);
+  }
+  if (bytes.byteLength !== KEY_BYTES) {
+    throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} holds ${bytes.byteLength} bytes, not ${KEY_BYTES}`);
+  }
+  return bytes;
+}
