@@ -26,6 +26,8 @@ const MUTANTS = [
     file: 'src/raft/raw-node.ts',
     from: 'hardState: hardChanged ? hard : null,',
     to: 'hardState: hardChanged ? { ...hard, vote: 0 } : null,',
+    // Keep RawNode's own bookkeeping right, so only what reaches storage is wrong.
+    also: [['if (ready.hardState !== null) this.#prevHardState = ready.hardState;', 'if (ready.hardState !== null) this.#prevHardState = { ...ready.hardState, vote: this.#raft.vote };']],
   },
   {
     name: 'pre-vote-ignores-leader-lease',
@@ -61,9 +63,12 @@ for (const mutant of MUTANTS) {
     for (const part of ['src', 'test', 'package.json', 'tsconfig.json']) cpSync(join(root, part), join(dir, part), { recursive: true });
     symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
     const path = join(dir, mutant.file);
-    const text = readFileSync(path, 'utf8');
-    if (!text.includes(mutant.from)) throw new Error(`mutant ${mutant.name}: the code to break is not in ${mutant.file} any more; update this script`);
-    writeFileSync(path, text.replace(mutant.from, mutant.to));
+    let text = readFileSync(path, 'utf8');
+    for (const [from, to] of [[mutant.from, mutant.to], ...(mutant.also ?? [])]) {
+      if (!text.includes(from)) throw new Error(`mutant ${mutant.name}: the code to break is not in ${mutant.file} any more; update this script`);
+      text = text.replace(from, to);
+    }
+    writeFileSync(path, text);
     const started = Date.now();
     const run = spawnSync(process.execPath, ['--import', 'tsx', 'test/sim/cli.ts', '--seeds', String(seeds), '--jobs', '1', '--stop-at-first'], { cwd: dir, encoding: 'utf8' });
     const seconds = ((Date.now() - started) / 1000).toFixed(1);

@@ -24,6 +24,9 @@ const TICK_UNITS = 10;
 const ELECTION_TIMEOUT_TICKS = 10;
 const MEMBERS_MAX = 7;
 const VOTERS_MIN = 3;
+/** Bounds that turn a runaway run into a reported failure: a typical run has ~50,000 events. */
+const EVENTS_MAX = 5_000_000;
+const READY_ROUNDS_MAX = 1_000;
 
 export interface SimOptions {
   readonly seed: number;
@@ -91,6 +94,7 @@ type Event =
   | { time: number; seq: number; kind: 'tick'; node: NodeId; incarnation: number }
   | { time: number; seq: number; kind: 'finish-ready'; node: NodeId; incarnation: number }
   | { time: number; seq: number; kind: 'report'; node: NodeId; incarnation: number; peer: NodeId; what: 'unreachable' | 'snapshot-ok' | 'snapshot-failed' }
+  | { time: number; seq: number; kind: 'restart'; node: NodeId }
   | { time: number; seq: number; kind: 'driver' };
 
 type Phase = 'chaos' | 'liveness' | 'probe' | 'done';
@@ -201,7 +205,7 @@ export class Simulation {
   }
 
   #handle(event: Event): void {
-    this.stats.events++;
+    if (++this.stats.events > EVENTS_MAX) throw new SafetyViolation('liveness', `the run exceeded ${EVENTS_MAX} events`);
     switch (event.kind) {
       case 'driver':
         this.#drive();
@@ -228,6 +232,11 @@ export class Simulation {
         node.inFlight = null;
         this.#finishReady(node, ready);
         this.#afterStep(node);
+        return;
+      }
+      case 'restart': {
+        const node = this.#nodes.get(event.node);
+        if (node !== undefined && this.#phase === 'chaos') this.#restart(node);
         return;
       }
       case 'report': {
@@ -339,7 +348,10 @@ export class Simulation {
   }
 
   #processReady(node: SimNode): void {
+    let rounds = 0;
     while (node.raw !== null && node.inFlight === null && node.raw.hasReady()) {
+      // Each Ready drains what is pending; a loop that never ends is a core bug, not a hang.
+      if (++rounds > READY_ROUNDS_MAX) throw new SafetyViolation('core-assertion', `node ${node.id} still has a Ready after ${READY_ROUNDS_MAX} rounds`);
       const raw = node.raw;
       const ready = raw.ready();
       const commitAdvanced = this.#persist(node, ready);
@@ -365,6 +377,7 @@ export class Simulation {
         return;
       }
       this.#finishReady(node, ready);
+      if (node.raw === null) return; // it crashed on the way
       raw.checkInvariants();
       this.#observe(node);
     }
@@ -390,7 +403,19 @@ export class Simulation {
 
   #finishReady(node: SimNode, ready: Ready): void {
     const raw = node.raw!;
-    for (const message of ready.messages) this.#send(message);
+    let votedFor: NodeId = 0;
+    for (const message of ready.messages) {
+      this.#send(message);
+      if (message.type === 'vote-response' && !message.reject) votedFor = message.to;
+    }
+    if (votedFor !== 0 && this.#phase === 'chaos' && this.#random.float() < this.#profile.voterBounces) {
+      // Crash just after the vote went out, and come back while the election may still run:
+      // a node that forgot its vote would now vote again in the same term.
+      this.#crash(node, `bounces after voting for ${votedFor}`);
+      // Often fast enough that the other candidates' requests of the same term still arrive.
+      this.#schedule({ kind: 'restart', node: node.id }, 1 + this.#random.int(this.#random.float() < 0.7 ? 4 : 3 * TICK_UNITS));
+      return;
+    }
     if (ready.snapshot !== null) {
       node.state = decodeSnapshotState(ready.snapshot);
       node.appliedIndex = ready.snapshot.metadata.index;
@@ -882,6 +907,8 @@ interface FaultProfile {
   readonly newLeaderDies: number;
   /** Chance that a leader crashes right after its commit index advances, before sending. */
   readonly leaderDiesAfterCommit: number;
+  /** Chance that a node crashes right after granting a vote, and restarts within 3 ticks. */
+  readonly voterBounces: number;
   /** Small values split old-term and new-term entries into separate appends (Figure 8). */
   readonly appendBytesMax: number;
   readonly inflightAppendsMax: number;
@@ -900,6 +927,7 @@ function drawFaultProfile(r: SeededRandom): FaultProfile {
     heal: storm ? 0.08 : 0.03,
     newLeaderDies: storm ? 0.15 : 0.02,
     leaderDiesAfterCommit: storm ? 0.03 : 0.002,
+    voterBounces: storm ? 0.1 : 0.01,
     appendBytesMax: pickOf([1, 48, 256, 4096]),
     inflightAppendsMax: pickOf([1, 4, 8, 64]),
   };
