@@ -130,6 +130,7 @@ export class Simulation {
   readonly #removed = new Set<NodeId>();
   #liveness: { value: string; index: number; term: number } | null = null;
   #livenessAttempts = 0;
+  #livenessStartedAt = 0;
   #probe: { leader: NodeId; term: number; isolated: NodeId; healAt: number; checkAt: number } | null = null;
   #traceHash = 0x811c9dc5;
   readonly #trace: string[] | null;
@@ -641,8 +642,8 @@ export class Simulation {
       if (node) this.#snapshot(node);
     }
     if (leader !== null && r.float() < 0.012) this.#changeMembership(leader);
-    if (leader !== null && r.float() < 0.006) {
-      const target = this.#pick(leader.raw!.status().confState.voters.filter((id) => id !== leader.id));
+    if (leader !== null && leader.raw !== null && r.float() < 0.006) {
+      const target = this.#pick(leader.raw.status().confState.voters.filter((id) => id !== leader.id));
       if (target !== undefined) {
         try {
           leader.raw!.transferLeadership(target);
@@ -780,6 +781,7 @@ export class Simulation {
 
   #startLiveness(): void {
     this.#phase = 'liveness';
+    this.#livenessStartedAt = this.#now;
     this.#record('liveness phase');
     this.#heal();
     this.#dropRate = 0;
@@ -788,6 +790,11 @@ export class Simulation {
     for (const node of this.#nodes.values()) {
       node.pausedUntil = 0;
       if (node.raw === null && !node.retired) this.#restart(node);
+    }
+    // Paused nodes wake now: what their kernels buffered arrives now, not at the old pause end.
+    const buffered = this.#events.removeWhere((e) => e.kind === 'deliver' && e.time > this.#now + 100);
+    for (const event of buffered) {
+      if (event.kind === 'deliver') this.#schedule({ kind: 'deliver', message: event.message }, 1 + this.#random.int(4));
     }
     // Generous: a few election rounds plus catching up by snapshot.
     this.#phaseDeadline = this.#now + 60 * ELECTION_TIMEOUT_TICKS * TICK_UNITS;
@@ -840,7 +847,9 @@ export class Simulation {
       const node = this.#nodes.get(id);
       return node !== undefined && node.raw !== null && node.appliedIndex >= index;
     });
-    if (allApplied && members.length > 0) this.#startProbe(leader);
+    // The probe needs a calm cluster: no transfer under way, no chaos-era message still in flight.
+    const calm = leader.raw!.status().leadTransferee === 0 && this.#now >= this.#livenessStartedAt + 100;
+    if (allApplied && members.length > 0 && calm) this.#startProbe(leader);
   }
 
   // -------------------------------------------------------------------------------------------
