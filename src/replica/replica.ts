@@ -1,0 +1,289 @@
+import { RaftError } from '../raft/errors.ts';
+import { RawNode } from '../raft/raw-node.ts';
+import type { RaftConfigInput } from '../raft/config.ts';
+import type { Entry, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
+import type { RaftStorage } from '../storage/types.ts';
+import { assert } from '../util/assert.ts';
+import type { Random } from '../util/prng.ts';
+
+/**
+ * The application state the log drives. `apply` must be deterministic: every manager applies
+ * the same entries in the same order and must end in the same state.
+ */
+export interface StateMachine<Result> {
+  apply(entry: Entry): Result;
+  /** An image of the whole state, as of the last applied entry. */
+  snapshot(): Uint8Array;
+  /** Replaces the whole state with an image made by `snapshot`. */
+  restore(data: Uint8Array): void;
+}
+
+/** Where messages to peers go; the mTLS transport plugs in here (a later issue). */
+export interface PeerSender {
+  send(messages: readonly Message[]): void;
+}
+
+export interface ReplicaOptions<Result> {
+  readonly id: NodeId;
+  readonly storage: RaftStorage;
+  readonly stateMachine: StateMachine<Result>;
+  readonly peers: PeerSender;
+  readonly random: Random;
+  /** Founding voters, used only when the storage is empty (a brand-new cluster). */
+  readonly bootstrapVoters?: readonly NodeId[];
+  readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
+  /** Take a snapshot and compact after this many applied entries (DESIGN.md: 10,000). */
+  readonly snapshotEveryEntries?: number;
+  /** Entries kept before the snapshot for slow followers. */
+  readonly snapshotTailEntries?: number;
+}
+
+export const SNAPSHOT_EVERY_ENTRIES = 10_000;
+export const SNAPSHOT_TAIL_ENTRIES = 1_000;
+/** Reads waiting locally for their read index before the replica refuses more. */
+export const LOCAL_READS_MAX = 65_536;
+
+export type ReplicaErrorCode = 'PROPOSAL_LOST' | 'READ_REFUSED' | 'REPLICA_STOPPED';
+
+export class ReplicaError extends Error {
+  override name = 'ReplicaError';
+  readonly code: ReplicaErrorCode;
+
+  constructor(code: ReplicaErrorCode, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+interface Waiter<T> {
+  resolve(value: T): void;
+  reject(error: Error): void;
+}
+
+export interface ReplicaStats {
+  /** Synced storage writes (one per Ready that had something to persist). */
+  syncs: number;
+  /** Entries persisted through those writes. */
+  entriesPersisted: number;
+  snapshots: number;
+}
+
+/**
+ * The one IO loop of a manager: clock -> tick; peers -> step; Ready -> persist (one synced
+ * write) -> send -> apply -> advance. Proposals that arrive while a write is being synced are
+ * taken by the core at once and leave in the next Ready together: that is the group commit, so
+ * throughput is not one fsync per write.
+ */
+export class Replica<Result> {
+  readonly id: NodeId;
+  readonly #raw: RawNode;
+  readonly #storage: RaftStorage;
+  readonly #stateMachine: StateMachine<Result>;
+  readonly #peers: PeerSender;
+  readonly #snapshotEvery: number;
+  readonly #snapshotTail: number;
+  /** Proposals by index, with the term they must be applied in. */
+  readonly #proposals = new Map<number, { term: number; waiter: Waiter<Result> }>();
+  /** Reads waiting for a read index (by context), then for the applied index to reach it. */
+  readonly #readsAwaitingIndex = new Map<string, Waiter<number>>();
+  #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
+  #readSeq = 0;
+  #applied: number;
+  #lastSnapshotIndex: number;
+  #running = false;
+  #stopped = false;
+  #idle: Promise<void> = Promise.resolve();
+  readonly stats: ReplicaStats = { syncs: 0, entriesPersisted: 0, snapshots: 0 };
+
+  private constructor(options: ReplicaOptions<Result>, raw: RawNode, applied: number) {
+    this.id = options.id;
+    this.#raw = raw;
+    this.#storage = options.storage;
+    this.#stateMachine = options.stateMachine;
+    this.#peers = options.peers;
+    this.#snapshotEvery = options.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES;
+    this.#snapshotTail = options.snapshotTailEntries ?? SNAPSHOT_TAIL_ENTRIES;
+    this.#applied = applied;
+    this.#lastSnapshotIndex = applied;
+  }
+
+  /** Loads the storage, restores the state machine from the snapshot and starts the node. */
+  static async start<Result>(options: ReplicaOptions<Result>): Promise<Replica<Result>> {
+    const persisted = await options.storage.load();
+    const empty = persisted.entries.length === 0 && persisted.snapshot === null && persisted.hardState.term === 0;
+    const raw = new RawNode({ ...options.raft, id: options.id, random: options.random }, empty ? undefined : persisted);
+    if (persisted.snapshot !== null) options.stateMachine.restore(persisted.snapshot.data);
+    if (empty && options.bootstrapVoters !== undefined) raw.bootstrap(options.bootstrapVoters);
+    const replica = new Replica(options, raw, persisted.snapshot?.metadata.index ?? 0);
+    replica.#kick();
+    return replica;
+  }
+
+  get raw(): Pick<RawNode, 'status' | 'basicStatus'> {
+    return this.#raw;
+  }
+
+  tick(): void {
+    this.#raw.tick();
+    this.#kick();
+  }
+
+  step(message: Message): void {
+    this.#raw.step(message);
+    this.#kick();
+  }
+
+  campaign(): void {
+    this.#raw.campaign();
+    this.#kick();
+  }
+
+  /**
+   * Proposes a command; resolves with the state machine's result once it is committed and
+   * applied here. Rejects with RaftError (NOT_LEADER with the leader, ...) at once, or with
+   * ReplicaError PROPOSAL_LOST if a leader change dropped it.
+   */
+  propose(data: Uint8Array): Promise<Result> {
+    if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
+    let at: { index: number; term: number };
+    try {
+      at = this.#raw.propose(data);
+    } catch (error) {
+      return Promise.reject(error instanceof RaftError ? error : new Error(String(error)));
+    }
+    const promise = new Promise<Result>((resolve, reject) => this.#proposals.set(at.index, { term: at.term, waiter: { resolve, reject } }));
+    this.#kick();
+    return promise;
+  }
+
+  /** Resolves with an index once this replica has applied every write committed before the call. */
+  linearizableRead(): Promise<number> {
+    if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
+    if (this.#readsAwaitingIndex.size + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
+      return Promise.reject(new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`));
+    }
+    const context = `${this.id}:${++this.#readSeq}`;
+    const promise = new Promise<number>((resolve, reject) => this.#readsAwaitingIndex.set(context, { resolve, reject }));
+    this.#raw.readIndex(context);
+    this.#kick();
+    return promise;
+  }
+
+  /** Waits until no Ready is being processed. */
+  async settled(): Promise<void> {
+    while (this.#running) await this.#idle;
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.settled();
+    const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
+    for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
+    for (const waiter of this.#readsAwaitingIndex.values()) waiter.reject(stopped);
+    for (const { waiter } of this.#readsAwaitingApply) waiter.reject(stopped);
+    this.#proposals.clear();
+    this.#readsAwaitingIndex.clear();
+    this.#readsAwaitingApply = [];
+  }
+
+  /** Starts the Ready loop unless it is already running (it then picks up the new work). */
+  #kick(): void {
+    if (this.#running || this.#stopped) return;
+    this.#running = true;
+    this.#idle = this.#loop().finally(() => {
+      this.#running = false;
+      // Work that arrived between the loop's last check and now must not wait for a tick.
+      if (!this.#stopped && this.#raw.hasReady()) this.#kick();
+    });
+  }
+
+  async #loop(): Promise<void> {
+    while (!this.#stopped && this.#raw.hasReady()) {
+      const ready = this.#raw.ready();
+      // 1. Persist: one atomic, synced write (the core's contract).
+      if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
+        await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
+        this.stats.syncs++;
+        this.stats.entriesPersisted += ready.entries.length;
+      }
+      if (this.#stopped) return;
+      // 2. Send.
+      if (ready.messages.length > 0) this.#peers.send(ready.messages);
+      // 3. Apply.
+      this.#apply(ready);
+      this.#raw.advance();
+      await this.#maybeSnapshot();
+    }
+  }
+
+  #apply(ready: Ready): void {
+    if (ready.snapshot !== null) {
+      this.#stateMachine.restore(ready.snapshot.data);
+      this.#applied = ready.snapshot.metadata.index;
+      this.#lastSnapshotIndex = this.#applied;
+      for (const [index, proposal] of this.#proposals) {
+        if (index <= this.#applied) {
+          this.#proposals.delete(index);
+          proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${index} was superseded by a snapshot; its outcome is unknown`));
+        }
+      }
+    }
+    for (const entry of ready.committedEntries) {
+      if (entry.index <= this.#applied) continue;
+      assert(entry.index === this.#applied + 1, () => `applying ${entry.index} after ${this.#applied}`);
+      const result = this.#stateMachine.apply(entry);
+      this.#applied = entry.index;
+      const proposal = this.#proposals.get(entry.index);
+      if (proposal !== undefined) {
+        this.#proposals.delete(entry.index);
+        if (proposal.term === entry.term) proposal.waiter.resolve(result);
+        else proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`));
+      }
+    }
+    for (const read of ready.readStates) {
+      const waiter = this.#readsAwaitingIndex.get(read.context);
+      if (waiter === undefined) continue;
+      this.#readsAwaitingIndex.delete(read.context);
+      this.#readsAwaitingApply.push({ index: read.index, waiter });
+    }
+    for (const refusal of ready.readRefusals) {
+      const waiter = this.#readsAwaitingIndex.get(refusal.context);
+      if (waiter === undefined) continue;
+      this.#readsAwaitingIndex.delete(refusal.context);
+      waiter.reject(new ReplicaError('READ_REFUSED', `the read was refused: ${describeRefusal(refusal.reason)}`));
+    }
+    if (this.#readsAwaitingApply.length > 0) {
+      const still: Array<{ index: number; waiter: Waiter<number> }> = [];
+      for (const read of this.#readsAwaitingApply) {
+        if (read.index <= this.#applied) read.waiter.resolve(this.#applied);
+        else still.push(read);
+      }
+      this.#readsAwaitingApply = still;
+    }
+  }
+
+  async #maybeSnapshot(): Promise<void> {
+    if (this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery) return;
+    const snapshot = this.#raw.createSnapshot(this.#stateMachine.snapshot());
+    const index = snapshot.metadata.index;
+    const status = this.#raw.basicStatus();
+    const compactTo = Math.max(status.firstIndex - 1, index - this.#snapshotTail);
+    await this.#storage.saveSnapshot(snapshot, compactTo);
+    if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
+    this.#lastSnapshotIndex = index;
+    this.stats.snapshots++;
+  }
+}
+
+function describeRefusal(reason: ReadRefusalReason): string {
+  switch (reason) {
+    case 'leader-not-ready':
+      return 'a new leader has not committed an entry of its term yet; retry in a moment';
+    case 'no-leader':
+      return 'no leader is known; retry once one is elected';
+    case 'leadership-lost':
+      return 'the leader lost leadership before confirming the read; retry';
+    case 'too-many-pending':
+      return 'too many reads are waiting on the leader; retry later';
+  }
+}
