@@ -418,16 +418,11 @@ export class Raft {
   #stepCandidate(m: Message): void {
     switch (m.type) {
       case 'append':
-        this.becomeFollower(m.term, m.from);
-        this.#handleAppend(m);
-        break;
       case 'heartbeat':
-        this.becomeFollower(m.term, m.from);
-        this.#handleHeartbeat(m);
-        break;
       case 'snapshot':
+        // A leader of our term exists (§5.2): stand down and handle it as a follower would.
         this.becomeFollower(m.term, m.from);
-        this.#handleSnapshot(m);
+        this.#stepFollower(m);
         break;
       case 'vote-response':
       case 'pre-vote-response': {
@@ -446,12 +441,11 @@ export class Raft {
         break;
       }
       case 'read-index':
-        this.#send(this.#readRefusalMessage(m, 'no-leader'));
-        break;
       case 'read-index-response':
-        this.#handleReadIndexResponse(m);
+        this.#stepFollower(m);
         break;
       default:
+        // timeout-now is for followers only; the rest answer a leader we are not.
         break;
     }
   }

@@ -6,44 +6,17 @@
  */
 import { RawNode } from '../../src/raft/raw-node.ts';
 import type { RaftConfigInput } from '../../src/raft/config.ts';
-import type { Entry, HardState, Message, NodeId, PersistedState, ReadRefusal, ReadState, Snapshot } from '../../src/raft/types.ts';
+import type { Entry, Message, NodeId, PersistedState, ReadRefusal, ReadState } from '../../src/raft/types.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
+import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
 
 export const encoder = new TextEncoder();
 export const decoder = new TextDecoder();
 
-/** What a node has on "disk": exactly what its Readys asked to persist. */
-export class MemoryDisk {
-  hardState: HardState = { term: 0, vote: 0, commit: 0 };
-  snapshot: Snapshot | null = null;
-  entries: Entry[] = [];
-
-  persist(hardState: HardState | null, entries: readonly Entry[], snapshot: Snapshot | null): void {
-    if (snapshot !== null) {
-      // A received snapshot replaces the whole log.
-      this.snapshot = snapshot;
-      this.entries = [];
-    }
-    const first = entries[0];
-    if (first !== undefined) {
-      this.entries = this.entries.filter((e) => e.index < first.index).concat(entries);
-    }
-    if (hardState !== null) this.hardState = hardState;
-  }
-
-  compact(index: number): void {
-    this.entries = this.entries.filter((e) => e.index >= index);
-  }
-
-  state(): PersistedState {
-    return { hardState: this.hardState, snapshot: this.snapshot, entries: [...this.entries] };
-  }
-}
-
 export interface HarnessNode {
   id: NodeId;
   raw: RawNode;
-  disk: MemoryDisk;
+  disk: MemoryRaftState;
   up: boolean;
   /** Data of applied normal entries (the no-op entries excluded), in order. */
   applied: string[];
@@ -84,7 +57,7 @@ export class Cluster {
     }
   }
 
-  #makeNode(id: NodeId, persisted: PersistedState | undefined, disk = new MemoryDisk()): HarnessNode {
+  #makeNode(id: NodeId, persisted: PersistedState | undefined, disk = new MemoryRaftState()): HarnessNode {
     const raw = new RawNode({ id, random: this.#random.fork(), ...this.#config }, persisted);
     const applied: string[] = [];
     let appliedIndex = persisted?.snapshot?.metadata.index ?? 0;
@@ -115,7 +88,7 @@ export class Cluster {
     if (!node.up) return;
     while (node.raw.hasReady()) {
       const ready = node.raw.ready();
-      node.disk.persist(ready.hardState, ready.entries, ready.snapshot);
+      node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
       for (const m of ready.messages) this.queue.push(m);
       if (ready.snapshot !== null) {
         node.applied = JSON.parse(decoder.decode(ready.snapshot.data)) as string[];
@@ -291,11 +264,9 @@ export class Cluster {
   snapshotAndCompact(id: NodeId, keep = 0): void {
     const node = this.node(id);
     const snapshot = node.raw.createSnapshot(encoder.encode(JSON.stringify(node.applied)));
-    node.disk.snapshot = snapshot;
     const compactTo = snapshot.metadata.index - keep;
-    if (compactTo > node.raw.status().firstIndex - 1) {
-      node.raw.compact(compactTo);
-      node.disk.compact(compactTo);
-    }
+    const compacting = compactTo > node.raw.status().firstIndex - 1;
+    if (compacting) node.raw.compact(compactTo);
+    node.disk.saveSnapshot(snapshot, compacting ? compactTo : 0);
   }
 }

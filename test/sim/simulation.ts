@@ -16,7 +16,7 @@ import type { ConfChange, Message, NodeId, Ready, Snapshot } from '../../src/raf
 import { AssertionError } from '../../src/util/assert.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { Checker, SafetyViolation, type Property } from './checker.ts';
-import { SimDisk } from './disk.ts';
+import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
 import { MinHeap } from './heap.ts';
 
 /** Simulated time units per tick; messages take a few units, so several fit in a tick. */
@@ -73,7 +73,7 @@ export interface SimResult {
 interface SimNode {
   readonly id: NodeId;
   raw: RawNode | null;
-  readonly disk: SimDisk;
+  readonly disk: MemoryRaftState;
   /** Bumped on every crash, so events of an earlier life are ignored. */
   incarnation: number;
   retired: boolean;
@@ -264,7 +264,7 @@ export class Simulation {
 
   #createNode(id: NodeId): SimNode {
     const node: SimNode = {
-      id, raw: null, disk: new SimDisk(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null,
+      id, raw: null, disk: new MemoryRaftState(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null,
       appliedIndex: 0, state: 0, seenCommit: 0, ledTerm: 0, doomed: false, reads: new Map(),
     };
     this.#nodes.set(id, node);
@@ -387,7 +387,7 @@ export class Simulation {
   /** Writes the Ready to the node's disk and checks what it wrote; true if commit advanced. */
   #persist(node: SimNode, ready: Ready): boolean {
     const raw = node.raw!;
-    node.disk.persist(ready.hardState, ready.entries, ready.snapshot);
+    node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
     for (const entry of ready.entries) this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
     const hard = ready.hardState;
     if (hard !== null) {
