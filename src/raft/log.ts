@@ -212,6 +212,10 @@ export class RaftLog {
     this.#committed = index;
   }
 
+  hasUnstableEntries(): boolean {
+    return this.#stableIndex < this.lastIndex();
+  }
+
   unstableEntries(): Entry[] {
     return this.#entries.slice(this.#stableIndex - this.#offsetIndex);
   }

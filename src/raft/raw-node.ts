@@ -121,7 +121,7 @@ export class RawNode {
       raft.readHeartbeatPending ||
       raft.readStates.length > 0 ||
       raft.readRefusals.length > 0 ||
-      raft.log.unstableEntries().length > 0 ||
+      raft.log.hasUnstableEntries() ||
       raft.log.pendingSnapshot !== null ||
       raft.log.hasNextCommittedEntries() ||
       !sameHardState(hard, this.#prevHardState) ||
