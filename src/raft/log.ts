@@ -3,7 +3,12 @@ import type { Entry, PersistedState, Snapshot } from './types.ts';
 
 /** Bytes an entry counts for in size limits: its payload plus a fixed allowance for framing. */
 export function entryBytes(entry: Entry): number {
-  return entry.kind === 'normal' ? entry.data.byteLength + 16 : 32;
+  return entry.kind === 'normal' ? normalEntryBytes(entry.data) : 32;
+}
+
+/** What a normal entry carrying `data` counts for, before it is numbered. */
+export function normalEntryBytes(data: Uint8Array): number {
+  return data.byteLength + 16;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { assert, unreachable } from '../util/assert.ts';
 import type { RaftConfig } from './config.ts';
 import { RaftError } from './errors.ts';
-import { RaftLog, entryBytes } from './log.ts';
+import { RaftLog, entryBytes, normalEntryBytes } from './log.ts';
 import { Progress, majority, quorumValue } from './progress.ts';
 import {
   NONE,
@@ -752,7 +752,7 @@ export class Raft {
 
   propose(data: Uint8Array): { index: number; term: number } {
     this.#checkCanPropose();
-    const bytes = data.byteLength + 16;
+    const bytes = normalEntryBytes(data);
     if (bytes > this.config.entryBytesMax) {
       throw new RaftError('ENTRY_TOO_LARGE', `entry of ${data.byteLength} bytes exceeds entryBytesMax ${this.config.entryBytesMax}`, this.lead);
     }
