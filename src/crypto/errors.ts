@@ -5,6 +5,8 @@ export type CryptoErrorCode =
   | 'KEY_TERM_DESTROYED'
   /** The data names a keyring term this keyring never had. */
   | 'KEY_TERM_UNKNOWN'
+  /** The keyring has no term yet (a new cluster before its first rotation is applied). */
+  | 'KEYRING_EMPTY'
   /** The active key reached its use limit; rotate the keyring. */
   | 'KEY_USES_EXHAUSTED'
   /** An unlock key that is not of the CFRKEY-1 form, or whose checksum fails (a typo). */
@@ -13,6 +15,10 @@ export type CryptoErrorCode =
   | 'UNLOCK_KEY_WRONG'
   /** A key file that is missing, the wrong size or readable by others. */
   | 'KEY_FILE_INVALID'
+  /** The data directory has no key store (not a manager's, or not initialized). */
+  | 'KEY_STORE_MISSING'
+  /** The key store is damaged (checksum or layout). */
+  | 'KEY_STORE_CORRUPT'
   /** Bytes that are not a sealed envelope at all. */
   | 'ENVELOPE_MALFORMED';
 

@@ -44,6 +44,11 @@ export class Keyring {
     return keyring;
   }
 
+  /** A keyring without terms: a new cluster's, until its first rotation is applied from the log. */
+  static empty(clusterId: string): Keyring {
+    return new Keyring(clusterId);
+  }
+
   get activeTerm(): number {
     return this.#activeTerm;
   }
@@ -77,7 +82,8 @@ export class Keyring {
 
   encrypt(kind: string, plaintext: Uint8Array): Buffer {
     const term = this.#activeTerm;
-    const entry = this.#terms.get(term)!;
+    const entry = this.#terms.get(term);
+    if (entry === undefined) throw new CryptoError('KEYRING_EMPTY', 'the keyring has no key yet: the cluster applies its first keyring term once it has a leader; retry');
     const uses = this.#uses.get(term) ?? 0;
     if (uses >= KEY_USES_MAX) {
       throw new CryptoError('KEY_USES_EXHAUSTED', `keyring term ${term} has encrypted ${uses} times on this manager; rotate the keyring`);
@@ -103,27 +109,45 @@ export class Keyring {
   }
 
   usesOfActiveTerm(): number {
-    return this.#uses.get(this.#activeTerm) ?? 0;
+    return this.usesOf(this.#activeTerm);
   }
 
-  /** True when the active key is older than `intervalMs` or near its use limit. */
+  usesOf(term: number): number {
+    return this.#uses.get(term) ?? 0;
+  }
+
+  /**
+   * Counts `uses` encryptions under `term` as already made: a restarted manager resumes from the
+   * uses it had reserved on disk, so restarts cannot reset the count (see KEY_USES_MAX).
+   */
+  assumeUses(term: number, uses: number): void {
+    if (uses > this.usesOf(term)) this.#uses.set(term, uses);
+  }
+
+  /** True when there is no key yet, or the active key is older than `intervalMs` or near its use limit. */
   needsRotation(nowMs: number, intervalMs: number): boolean {
-    const active = this.#terms.get(this.#activeTerm)!;
+    const active = this.#terms.get(this.#activeTerm);
+    if (active === undefined) return true;
     return nowMs - active.createdAtMs >= intervalMs || this.usesOfActiveTerm() >= KEY_USES_MAX * 0.9;
+  }
+
+  /** When the active term was created (0 without one). */
+  get activeCreatedAtMs(): number {
+    return this.#terms.get(this.#activeTerm)?.createdAtMs ?? 0;
   }
 
   #associatedData(kind: string, term: number): Buffer {
     return Buffer.from(`coffer/1|${this.clusterId}|${kind}|${term}`, 'utf8');
   }
 
-  /** The keyring sealed under a root key: the only form in which it is ever stored. */
-  wrap(rootKey: Uint8Array): Buffer {
+  /** The keyring sealed under a root key (of generation `rootGen`): the only form in which it is ever stored. */
+  wrap(rootKey: Uint8Array, rootGen = 1): Buffer {
     const body = packr.pack([this.clusterId, this.#activeTerm, [...this.#terms.values()].map((t) => [t.term, t.destroyed ? null : t.key, t.createdAtMs])]);
-    return seal(rootKey, body, Buffer.from(`coffer/1|keyring|${this.clusterId}`, 'utf8'));
+    return seal(rootKey, body, keyringAd(this.clusterId, rootGen));
   }
 
-  static unwrap(rootKey: Uint8Array, clusterId: string, sealed: Uint8Array): Keyring {
-    const body = open(rootKey, sealed, Buffer.from(`coffer/1|keyring|${clusterId}`, 'utf8'), 'the keyring');
+  static unwrap(rootKey: Uint8Array, clusterId: string, sealed: Uint8Array, rootGen = 1): Keyring {
+    const body = open(rootKey, sealed, keyringAd(clusterId, rootGen), 'the keyring');
     const [storedClusterId, activeTerm, terms] = packr.unpack(body) as [string, number, Array<[number, Uint8Array | null, number]>];
     const keyring = new Keyring(storedClusterId);
     for (const [term, key, createdAtMs] of terms) {
@@ -132,4 +156,24 @@ export class Keyring {
     keyring.#activeTerm = activeTerm;
     return keyring;
   }
+}
+
+function keyringAd(clusterId: string, rootGen: number): Buffer {
+  return Buffer.from(`coffer/1|keyring|${clusterId}|${rootGen}`, 'utf8');
+}
+
+/**
+ * A new data key as it travels in the log: sealed under the root key of generation `rootGen`,
+ * bound to the cluster, the keyring term it will be and that generation.
+ */
+export function wrapDataKey(rootKey: Uint8Array, clusterId: string, term: number, rootGen: number, key: Uint8Array): Buffer {
+  return seal(rootKey, key, dataKeyAd(clusterId, term, rootGen));
+}
+
+export function unwrapDataKey(rootKey: Uint8Array, clusterId: string, term: number, rootGen: number, wrapped: Uint8Array): Buffer {
+  return open(rootKey, wrapped, dataKeyAd(clusterId, term, rootGen), `the data key of keyring term ${term}`);
+}
+
+function dataKeyAd(clusterId: string, term: number, rootGen: number): Buffer {
+  return Buffer.from(`coffer/1|data-key|${clusterId}|${term}|${rootGen}`, 'utf8');
 }

@@ -65,3 +65,24 @@ export function readKeyFile(path: string): Buffer {
   }
   return bytes;
 }
+
+/**
+ * Root key generation `gen`, sealed under generation `gen - 1`: the link a manager that was down
+ * during a root-key rotation follows to the new generation (replicated in the log and snapshots).
+ */
+export function wrapRootLink(previousRoot: Uint8Array, nextRoot: Uint8Array, clusterId: string, gen: number): Buffer {
+  return seal(previousRoot, nextRoot, Buffer.from(`coffer/1|root-link|${clusterId}|${gen}`, 'utf8'));
+}
+
+export function unwrapRootLink(previousRoot: Uint8Array, wrapped: Uint8Array, clusterId: string, gen: number): Buffer {
+  return open(previousRoot, wrapped, Buffer.from(`coffer/1|root-link|${clusterId}|${gen}`, 'utf8'), `root key generation ${gen}`);
+}
+
+/** An unlock key's KEK as it travels in the log to every manager: sealed under the root key. */
+export function wrapUnlockKek(rootKey: Uint8Array, kek: Uint8Array, clusterId: string, gen: number, rootGen: number): Buffer {
+  return seal(rootKey, kek, Buffer.from(`coffer/1|unlock-kek|${clusterId}|${gen}|${rootGen}`, 'utf8'));
+}
+
+export function unwrapUnlockKek(rootKey: Uint8Array, wrapped: Uint8Array, clusterId: string, gen: number, rootGen: number): Buffer {
+  return open(rootKey, wrapped, Buffer.from(`coffer/1|unlock-kek|${clusterId}|${gen}|${rootGen}`, 'utf8'), `unlock key generation ${gen}`);
+}

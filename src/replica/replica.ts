@@ -16,6 +16,21 @@ export interface StateMachine<Result> {
   snapshot(): Uint8Array;
   /** Replaces the whole state with an image made by `snapshot`. */
   restore(data: Uint8Array): void;
+  /**
+   * Local effects of the entries just applied (e.g. rewrapping this manager's key record), made
+   * durable before their proposers hear back; may ask for a snapshot at once.
+   */
+  afterApply?(): Promise<SnapshotRequest | null>;
+  /** A snapshot made by `snapshot()` is now durable. */
+  snapshotDurable?(): Promise<void>;
+}
+
+export interface SnapshotRequest {
+  readonly reason: string;
+  /** Drop the whole log up to the snapshot, keeping no tail (key rotation: old ciphertext goes). */
+  readonly compactAll: boolean;
+  /** Ask the storage to reclaim the space of deleted records, so they leave the disk too. */
+  readonly reclaimDisk: boolean;
 }
 
 /** Where messages to peers go; the mTLS transport plugs in here (a later issue). */
@@ -209,14 +224,17 @@ export class Replica<Result> {
       if (this.#stopped) return;
       // 2. Send.
       if (ready.messages.length > 0) this.#peers.send(ready.messages);
-      // 3. Apply.
-      this.#apply(ready);
+      // 3. Apply; local effects and snapshots are durable before proposers hear back.
+      const outcomes = this.#apply(ready);
       this.#raw.advance();
-      await this.#maybeSnapshot();
+      const request = (await this.#stateMachine.afterApply?.()) ?? null;
+      await this.#maybeSnapshot(request);
+      for (const settle of outcomes) settle();
     }
   }
 
-  #apply(ready: Ready): void {
+  #apply(ready: Ready): Array<() => void> {
+    const outcomes: Array<() => void> = [];
     if (ready.snapshot !== null) {
       this.#stateMachine.restore(ready.snapshot.data);
       this.#applied = ready.snapshot.metadata.index;
@@ -236,7 +254,7 @@ export class Replica<Result> {
       const proposal = this.#proposals.get(entry.index);
       if (proposal !== undefined) {
         this.#proposals.delete(entry.index);
-        if (proposal.term === entry.term) proposal.waiter.resolve(result);
+        if (proposal.term === entry.term) outcomes.push(() => proposal.waiter.resolve(result));
         else proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`));
       }
     }
@@ -260,18 +278,22 @@ export class Replica<Result> {
       }
       this.#readsAwaitingApply = still;
     }
+    return outcomes;
   }
 
-  async #maybeSnapshot(): Promise<void> {
-    if (this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery) return;
+  async #maybeSnapshot(request: SnapshotRequest | null): Promise<void> {
+    if (request === null && this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery) return;
     const snapshot = this.#raw.createSnapshot(this.#stateMachine.snapshot());
     const index = snapshot.metadata.index;
     const status = this.#raw.basicStatus();
-    const compactTo = Math.max(status.firstIndex - 1, index - this.#snapshotTail);
+    const tail = request?.compactAll === true ? 0 : this.#snapshotTail;
+    const compactTo = Math.max(status.firstIndex - 1, index - tail);
     await this.#storage.saveSnapshot(snapshot, compactTo);
     if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
     this.#lastSnapshotIndex = index;
     this.stats.snapshots++;
+    if (request?.reclaimDisk === true) await this.#storage.reclaim();
+    await this.#stateMachine.snapshotDurable?.();
   }
 }
 

@@ -1,3 +1,4 @@
+import { assert } from '../util/assert.ts';
 import { Level } from 'level';
 import {
   decodeEntry,
@@ -177,6 +178,16 @@ export class LevelStorage implements RaftStorage {
         if (this.#firstIndex === 0) this.#lastIndex = 0;
       }
       await this.#db.batch(batch, { sync: true });
+    });
+  }
+
+  /** Compacts every key range, so deleted entries and snapshots leave LevelDB's files. */
+  reclaim(): Promise<void> {
+    return this.#enqueue(async () => {
+      // `level` types the browser build too; on Node the database is classic-level's, which compacts.
+      const db = this.#db as unknown as { compactRange?: (start: string, end: string) => Promise<void> };
+      assert(typeof db.compactRange === 'function', 'this LevelDB binding cannot compact');
+      await db.compactRange('\u0000', '\uffff');
     });
   }
 

@@ -79,6 +79,11 @@ export class MemoryStorage implements RaftStorage {
     this.#state.saveSnapshot(snapshot, compactTo);
   }
 
+  /** Nothing to do: dropped records are gone from memory at once. */
+  async reclaim(): Promise<void> {
+    this.#checkOpen();
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
   }

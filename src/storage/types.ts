@@ -23,6 +23,11 @@ export interface RaftStorage {
    * the entry at `compactTo` is kept (its term anchors the log), and so is every later one.
    */
   saveSnapshot(snapshot: Snapshot, compactTo: number): Promise<void>;
+  /**
+   * Rewrites the store so deleted records leave the disk too (LevelDB keeps them in older files
+   * until a compaction): used after a key is destroyed. Resolves once done.
+   */
+  reclaim(): Promise<void>;
   close(): Promise<void>;
 }
 

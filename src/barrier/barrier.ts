@@ -1,0 +1,310 @@
+import { Packr } from 'msgpackr';
+import { CryptoError } from '../crypto/errors.ts';
+import { Keyring, unwrapDataKey, wrapDataKey } from '../crypto/keyring.ts';
+import { generateRootKey, unwrapRootLink, unwrapUnlockKek, wrapRootLink, wrapUnlockKek } from '../crypto/root-key.ts';
+import { KEY_USES_RESERVATION_BLOCK } from '../crypto/key-store.ts';
+import type { Entry } from '../raft/types.ts';
+import type { SnapshotRequest, StateMachine } from '../replica/replica.ts';
+import { assert } from '../util/assert.ts';
+import { reached } from '../util/crash-points.ts';
+import { KeyState, decodeKeyStateInto, encodeKeyState } from './key-state.ts';
+import { COMMAND_KIND_PATTERN, PayloadError, decodePayload, encodePayload, type KeyOp } from './payload.ts';
+
+/** The application state behind the barrier: it sees commands and snapshot images in plaintext. */
+export interface InnerStateMachine<Result> {
+  apply(command: { readonly index: number; readonly kind: string; readonly data: Buffer }): Result;
+  snapshot(): Uint8Array;
+  restore(data: Uint8Array): void;
+}
+
+/** The manager's own key record, as the barrier needs it (src/crypto/key-store.ts behind it). */
+export interface LocalKeys {
+  readonly rootGen: number;
+  readonly unlockGen: number;
+  usesReserved(term: number): number;
+  reserveUses(term: number, uses: number, liveTerms: readonly number[]): Promise<void>;
+  /** Rewraps the local root key: a newer generation, and/or a new KEK. */
+  rewrap(options: { rootGen: number; rootKey: Buffer; unlockGen: number; unlockKek: Buffer | null }): Promise<void>;
+}
+
+export type BarrierResult<Result> =
+  | { readonly type: 'applied'; readonly result: Result }
+  | { readonly type: 'key-op'; readonly op: KeyOp['op']; readonly changed: boolean; readonly detail: string }
+  | { readonly type: 'refused'; readonly code: string; readonly message: string }
+  /** Entries without a payload: a new leader's empty entry, membership changes. */
+  | { readonly type: 'none' };
+
+/** Encryptions a snapshot may make between two reservations (see `sealCommand`). */
+const USES_SLACK = 64;
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/**
+ * The encryption barrier between the Raft log and the application state (after Vault's). What
+ * crosses it into the log or a snapshot is sealed by the keyring; keyring operations are entries
+ * too, so every manager rotates, rewraps and destroys keys at the same index. Apply is
+ * deterministic: a command sealed under a destroyed term is refused the same way everywhere.
+ */
+export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
+  readonly #inner: InnerStateMachine<Result>;
+  readonly #local: LocalKeys;
+  readonly #keys: KeyState;
+  #applied = 0;
+  #innerPristine = true;
+  #snapshotRequest: SnapshotRequest | null = null;
+  /** Root generation of the newest snapshot this manager made or installed, once durable. */
+  #durableRootGen: number;
+  #snapshotRootGen = 0;
+  #reserving: Promise<void> = Promise.resolve();
+
+  constructor(options: { clusterId: string; rootKey: Buffer; local: LocalKeys; inner: InnerStateMachine<Result> }) {
+    this.#inner = options.inner;
+    this.#local = options.local;
+    this.#keys = new KeyState(options.clusterId, options.local.rootGen, options.rootKey);
+    this.#durableRootGen = options.local.rootGen;
+  }
+
+  get clusterId(): string {
+    return this.#keys.clusterId;
+  }
+
+  status(): { activeTerm: number; activeCreatedAtMs: number; terms: ReturnType<Keyring['terms']>; rootGen: number; unlockGen: number; lastRewrap: { index: number; term: number } | null; usesOfActiveTerm: number } {
+    const keyring = this.#keys.keyring;
+    return {
+      activeTerm: keyring.activeTerm,
+      activeCreatedAtMs: keyring.activeCreatedAtMs,
+      terms: keyring.terms(),
+      rootGen: this.#keys.rootGen,
+      unlockGen: this.#keys.unlock?.gen ?? 0,
+      lastRewrap: this.#keys.lastRewrap,
+      usesOfActiveTerm: keyring.usesOfActiveTerm(),
+    };
+  }
+
+  needsRotation(nowMs: number, intervalMs: number): boolean {
+    return this.#keys.keyring.needsRotation(nowMs, intervalMs);
+  }
+
+  // ---- proposing side: what a manager puts in the log -------------------------------------
+
+  /** An application command, sealed under the active term, ready to propose. */
+  async sealCommand(kind: string, plaintext: Uint8Array): Promise<Buffer> {
+    if (!COMMAND_KIND_PATTERN.test(kind)) throw new TypeError(`command kind "${kind}" does not match ${String(COMMAND_KIND_PATTERN)}`);
+    // Reserving takes a write; meanwhile a rotation may make another term active: check again.
+    for (let attempt = 0; ; attempt++) {
+      const keyring = this.#keys.keyring;
+      const term = keyring.activeTerm;
+      if (term === 0 || keyring.usesOf(term) + 1 + USES_SLACK <= this.#local.usesReserved(term)) {
+        return encodePayload({ type: 'command', kind, sealed: keyring.encrypt(commandKind(kind), plaintext) });
+      }
+      assert(attempt < 8, () => `uses of keyring term ${term} could not be reserved (reserved ${this.#local.usesReserved(term)}, used ${keyring.usesOf(term)})`);
+      await this.#reserveUses(term);
+    }
+  }
+
+  rotatePayload(nowMs: number): Buffer {
+    const term = this.#keys.keyring.activeTerm + 1;
+    const key = Keyring.newKey();
+    try {
+      return encodePayload({ type: 'key', op: { op: 'rotate', term, rootGen: this.#keys.rootGen, wrappedKey: wrapDataKey(this.#keys.rootKey, this.clusterId, term, this.#keys.rootGen, key), createdAtMs: nowMs } });
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  rewrapPayload(): Buffer {
+    return encodePayload({ type: 'key', op: { op: 'rewrap' } });
+  }
+
+  destroyPayload(term: number): Buffer {
+    return encodePayload({ type: 'key', op: { op: 'destroy', term } });
+  }
+
+  rotateRootPayload(): Buffer {
+    const gen = this.#keys.rootGen + 1;
+    const next = generateRootKey();
+    try {
+      return encodePayload({ type: 'key', op: { op: 'rotate-root', gen, wrappedRoot: wrapRootLink(this.#keys.rootKey, next, this.clusterId, gen) } });
+    } finally {
+      next.fill(0);
+    }
+  }
+
+  rotateUnlockPayload(unlockKek: Uint8Array): Buffer {
+    const gen = (this.#keys.unlock?.gen ?? 0) + 1;
+    const rootGen = this.#keys.rootGen;
+    return encodePayload({ type: 'key', op: { op: 'rotate-unlock', gen, rootGen, wrappedKek: wrapUnlockKek(this.#keys.rootKey, unlockKek, this.clusterId, gen, rootGen) } });
+  }
+
+  // ---- the state machine ---------------------------------------------------------------
+
+  apply(entry: Entry): BarrierResult<Result> {
+    this.#applied = entry.index;
+    if (entry.kind !== 'normal' || entry.data.byteLength === 0) return { type: 'none' };
+    let payload;
+    try {
+      payload = decodePayload(entry.data);
+    } catch (error) {
+      if (error instanceof PayloadError) return { type: 'refused', code: error.code, message: `entry ${entry.index}: ${error.message}` };
+      throw error;
+    }
+    if (payload.type === 'key') return this.#applyKeyOp(entry.index, payload.op);
+    let plaintext: Buffer;
+    try {
+      plaintext = this.#keys.keyring.decrypt(commandKind(payload.kind), payload.sealed);
+    } catch (error) {
+      if (error instanceof CryptoError) return { type: 'refused', code: error.code, message: `the ${payload.kind} command at index ${entry.index} cannot be opened: ${error.message}` };
+      throw error;
+    }
+    this.#keys.sealedMaxIndex.set(Keyring.termOf(payload.sealed), entry.index);
+    this.#innerPristine = false;
+    return { type: 'applied', result: this.#inner.apply({ index: entry.index, kind: payload.kind, data: plaintext }) };
+  }
+
+  #applyKeyOp(index: number, op: KeyOp): BarrierResult<Result> {
+    const keys = this.#keys;
+    const keyring = keys.keyring;
+    const unchanged = (detail: string): BarrierResult<Result> => ({ type: 'key-op', op: op.op, changed: false, detail });
+    const refused = (message: string): BarrierResult<Result> => ({ type: 'refused', code: 'KEY_OP_REFUSED', message });
+    switch (op.op) {
+      case 'rotate': {
+        if (op.term !== keyring.activeTerm + 1) return unchanged(`keyring term ${op.term} was proposed after term ${op.term - 1}, but term ${keyring.activeTerm} is active; propose again`);
+        if (op.rootGen !== keys.rootGen) return unchanged(`the new key was sealed under root generation ${op.rootGen}, but ${keys.rootGen} is current; propose again`);
+        const key = unwrapDataKey(keys.rootKey, this.clusterId, op.term, op.rootGen, op.wrappedKey);
+        keyring.addTerm(op.term, key, op.createdAtMs);
+        key.fill(0);
+        keyring.assumeUses(op.term, this.#local.usesReserved(op.term));
+        reached('rotate:applied');
+        return { type: 'key-op', op: op.op, changed: true, detail: `keyring term ${op.term} is active from index ${index}` };
+      }
+      case 'rewrap': {
+        if (keyring.activeTerm === 0) return refused('the keyring has no term yet; nothing to rewrap');
+        keys.lastRewrap = { index, term: keyring.activeTerm };
+        this.#requestSnapshot('rewrap', false);
+        reached('rewrap:applied');
+        return { type: 'key-op', op: op.op, changed: true, detail: `everything up to index ${index} is rewrapped under keyring term ${keyring.activeTerm}` };
+      }
+      case 'destroy': {
+        const known = keyring.terms().find((t) => t.term === op.term);
+        if (known === undefined) return refused(`keyring term ${op.term} does not exist`);
+        if (known.destroyed) return unchanged(`keyring term ${op.term} is already destroyed`);
+        if (op.term >= keyring.activeTerm) return refused(`keyring term ${op.term} is the active term; rotate, then rewrap, before destroying it`);
+        const rewrap = keys.lastRewrap;
+        const sealedMax = keys.sealedMaxIndex.get(op.term) ?? 0;
+        if (rewrap === null || rewrap.term <= op.term || sealedMax > rewrap.index) {
+          return refused(`data sealed under keyring term ${op.term} may still be stored (last sealed at index ${sealedMax}, last rewrap ${rewrap === null ? 'never' : `at index ${rewrap.index} under term ${rewrap.term}`}); rewrap first`);
+        }
+        keyring.destroyTerm(op.term);
+        keys.sealedMaxIndex.delete(op.term);
+        this.#requestSnapshot('destroy', true);
+        reached('destroy:applied');
+        return { type: 'key-op', op: op.op, changed: true, detail: `keyring term ${op.term} is destroyed` };
+      }
+      case 'rotate-root': {
+        if (op.gen !== keys.rootGen + 1) return unchanged(`root generation ${op.gen} was proposed after ${op.gen - 1}, but ${keys.rootGen} is current; propose again`);
+        const next = unwrapRootLink(keys.rootKey, op.wrappedRoot, this.clusterId, op.gen);
+        if (keys.unlock !== null) {
+          // Keep the unlock KEK openable by the current root generation alone.
+          const kek = unwrapUnlockKek(keys.roots.get(keys.unlock.rootGen)!, keys.unlock.wrappedKek, this.clusterId, keys.unlock.gen, keys.unlock.rootGen);
+          keys.unlock = { gen: keys.unlock.gen, rootGen: op.gen, wrappedKek: wrapUnlockKek(next, kek, this.clusterId, keys.unlock.gen, op.gen) };
+          kek.fill(0);
+        }
+        keys.roots.set(op.gen, next);
+        keys.chain.push([op.gen, op.wrappedRoot]);
+        keys.rootGen = op.gen;
+        this.#requestSnapshot('rotate-root', false);
+        reached('rotate-root:applied');
+        return { type: 'key-op', op: op.op, changed: true, detail: `root key generation ${op.gen} is current` };
+      }
+      case 'rotate-unlock': {
+        const current = keys.unlock?.gen ?? 0;
+        if (op.gen !== current + 1) return unchanged(`unlock key generation ${op.gen} was proposed after ${op.gen - 1}, but ${current} is current; propose again`);
+        if (op.rootGen !== keys.rootGen) return unchanged(`the unlock key was sealed under root generation ${op.rootGen}, but ${keys.rootGen} is current; propose again`);
+        unwrapUnlockKek(keys.rootKey, op.wrappedKek, this.clusterId, op.gen, op.rootGen).fill(0); // proves it opens
+        keys.unlock = { gen: op.gen, rootGen: op.rootGen, wrappedKek: op.wrappedKek };
+        reached('rotate-unlock:applied');
+        return { type: 'key-op', op: op.op, changed: true, detail: `unlock key generation ${op.gen} is current` };
+      }
+    }
+  }
+
+  snapshot(): Uint8Array {
+    const keyring = this.#keys.keyring;
+    let inner: Buffer | null = null;
+    if (keyring.activeTerm === 0) assert(this.#innerPristine, 'the inner state changed before the keyring had a term');
+    else inner = keyring.encrypt('snapshot', this.#inner.snapshot());
+    this.#snapshotRootGen = this.#keys.rootGen;
+    return packr.pack([1, encodeKeyState(this.#keys), inner]);
+  }
+
+  restore(data: Uint8Array): void {
+    const value: unknown = packr.unpack(data);
+    if (!Array.isArray(value) || value[0] !== 1 || value.length !== 3 || !(value[1] instanceof Uint8Array)) throw new PayloadError('the snapshot has an unknown layout');
+    decodeKeyStateInto(this.#keys, value[1] as Uint8Array);
+    for (const { term } of this.#keys.keyring.terms()) this.#keys.keyring.assumeUses(term, this.#local.usesReserved(term));
+    const inner = value[2] as unknown;
+    if (inner instanceof Uint8Array) {
+      this.#inner.restore(this.#keys.keyring.decrypt('snapshot', inner));
+      this.#innerPristine = false;
+    }
+    // Only durable snapshots are restored: the one loaded at start, or one a leader sent (persisted first).
+    this.#durableRootGen = this.#keys.rootGen;
+  }
+
+  /** Local effects of what was just applied; then, whether the replica must snapshot now. */
+  async afterApply(): Promise<SnapshotRequest | null> {
+    await this.#adoptLocally();
+    const request = this.#snapshotRequest;
+    this.#snapshotRequest = null;
+    return request;
+  }
+
+  /** A snapshot this barrier made is durable: the local root key may move to its generation. */
+  async snapshotDurable(): Promise<void> {
+    this.#durableRootGen = Math.max(this.#durableRootGen, this.#snapshotRootGen);
+    reached('snapshot:durable');
+    await this.#adoptLocally();
+  }
+
+  /**
+   * Brings the local key record up to the replicated state: a new unlock key at once; a new root
+   * generation only once a snapshot sealed under it is durable (before that, the old generation
+   * is what opens this manager's stored snapshot, and the log's links lead on from it).
+   */
+  async #adoptLocally(): Promise<void> {
+    const keys = this.#keys;
+    const local = this.#local;
+    const unlock = keys.unlock;
+    const targetRootGen = Math.max(local.rootGen, Math.min(this.#durableRootGen, keys.rootGen));
+    const unlockDue = unlock !== null && unlock.gen > local.unlockGen;
+    if (!unlockDue && targetRootGen === local.rootGen) return;
+    const rootKey = keys.roots.get(targetRootGen);
+    assert(rootKey !== undefined, () => `root generation ${targetRootGen} is not known`);
+    let kek: Buffer | null = null;
+    if (unlockDue) kek = unwrapUnlockKek(keys.roots.get(unlock.rootGen)!, unlock.wrappedKek, this.clusterId, unlock.gen, unlock.rootGen);
+    try {
+      await local.rewrap({ rootGen: targetRootGen, rootKey, unlockGen: unlockDue ? unlock.gen : local.unlockGen, unlockKek: kek });
+    } finally {
+      kek?.fill(0);
+    }
+  }
+
+  #requestSnapshot(reason: string, reclaimDisk: boolean): void {
+    this.#snapshotRequest = { reason, compactAll: true, reclaimDisk: reclaimDisk || (this.#snapshotRequest?.reclaimDisk ?? false) };
+  }
+
+  async #reserveUses(term: number): Promise<void> {
+    const next = this.#reserving.then(async () => {
+      const keyring = this.#keys.keyring;
+      if (keyring.usesOf(term) + 1 + USES_SLACK <= this.#local.usesReserved(term)) return;
+      const live = keyring.terms().filter((t) => !t.destroyed).map((t) => t.term);
+      await this.#local.reserveUses(term, Math.max(this.#local.usesReserved(term), keyring.usesOf(term)) + KEY_USES_RESERVATION_BLOCK, live);
+    });
+    this.#reserving = next.catch(() => undefined);
+    await next;
+  }
+}
+
+function commandKind(kind: string): string {
+  return `command:${kind}`;
+}

@@ -1,0 +1,205 @@
+import { open as openFile, readFile, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Packr } from 'msgpackr';
+import { frame, unframe } from '../codec/frame.ts';
+import { CorruptRecordError } from '../codec/errors.ts';
+import { reached } from '../util/crash-points.ts';
+import { CryptoError } from './errors.ts';
+import { unwrapRootKey, wrapRootKey } from './root-key.ts';
+
+/** How a manager's copy of the root key is protected at rest. */
+export type KeyProtection = 'key-file' | 'unlock-key';
+
+/** Encryptions reserved on disk at a time; a restart forfeits at most this many uses of a key. */
+export const KEY_USES_RESERVATION_BLOCK = 2 ** 16;
+
+const FILE_NAME = 'keys';
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+interface KeyStoreRecord {
+  readonly clusterId: string;
+  readonly protection: KeyProtection;
+  /** Generation of the root key wrapped here (root-key rotation makes a new one). */
+  readonly rootGen: number;
+  readonly wrappedRoot: Uint8Array;
+  /** Generation of the unlock key the root key is wrapped by (0 with a key file). */
+  readonly unlockGen: number;
+  /** Encryptions reserved per keyring term: `[term, uses]`. */
+  readonly usesReserved: ReadonlyArray<readonly [number, number]>;
+}
+
+/**
+ * A manager's local, unreplicated key record, in `<data dir>/keys`: the root key wrapped by the
+ * KEK (key file or unlock key), and the encryptions it has reserved per keyring term. It is
+ * replaced atomically (write a temporary file, fsync, rename, fsync the directory), so a crash
+ * leaves either the old record or the new one.
+ */
+export class KeyStore {
+  readonly dataDir: string;
+  #record: KeyStoreRecord;
+  /** Writes run one at a time, each from the record the previous one left. */
+  #writing: Promise<void> = Promise.resolve();
+
+  private constructor(dataDir: string, record: KeyStoreRecord) {
+    this.dataDir = dataDir;
+    this.#record = record;
+  }
+
+  static async exists(dataDir: string): Promise<boolean> {
+    try {
+      await readFile(join(dataDir, FILE_NAME));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  static async create(
+    dataDir: string,
+    options: { clusterId: string; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen?: number },
+  ): Promise<KeyStore> {
+    const record: KeyStoreRecord = {
+      clusterId: options.clusterId,
+      protection: options.protection,
+      rootGen: 1,
+      wrappedRoot: wrapRootKey(options.kek, options.rootKey, options.clusterId),
+      unlockGen: options.unlockGen ?? 0,
+      usesReserved: [],
+    };
+    const store = new KeyStore(dataDir, record);
+    await store.#write(() => record, 'create');
+    return store;
+  }
+
+  static async read(dataDir: string): Promise<KeyStore> {
+    const path = join(dataDir, FILE_NAME);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(path);
+    } catch (error) {
+      throw new CryptoError('KEY_STORE_MISSING', `${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'}); is ${dataDir} a manager's data directory?`, { cause: error });
+    }
+    let record: KeyStoreRecord;
+    try {
+      record = decodeRecord(unframe(bytes, `the key store ${path}`));
+    } catch (error) {
+      if (error instanceof CorruptRecordError) throw new CryptoError('KEY_STORE_CORRUPT', `${error.message}; restore it from a backup or rejoin this manager`, { cause: error });
+      throw error;
+    }
+    return new KeyStore(dataDir, record);
+  }
+
+  get clusterId(): string {
+    return this.#record.clusterId;
+  }
+
+  get protection(): KeyProtection {
+    return this.#record.protection;
+  }
+
+  get rootGen(): number {
+    return this.#record.rootGen;
+  }
+
+  get unlockGen(): number {
+    return this.#record.unlockGen;
+  }
+
+  /** The root key, unwrapped with the KEK; a wrong KEK gets a clear error and changes nothing. */
+  openRoot(kek: Uint8Array): Buffer {
+    return unwrapRootKey(kek, this.#record.wrappedRoot, this.clusterId, this.protection === 'unlock-key' ? 'unlock key' : 'key file');
+  }
+
+  /** Rewraps: a newer root key generation, or a new KEK (unlock-key rotation, autolock on). */
+  async rewrap(options: { rootGen: number; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen: number }): Promise<void> {
+    if (options.rootGen < this.rootGen) throw new TypeError(`root key generation ${options.rootGen} is older than the stored ${this.rootGen}`);
+    await this.#write(
+      (current) => ({
+        ...current,
+        rootGen: options.rootGen,
+        wrappedRoot: wrapRootKey(options.kek, options.rootKey, this.clusterId),
+        protection: options.protection,
+        unlockGen: options.unlockGen,
+      }),
+      'rewrap',
+    );
+  }
+
+  usesReserved(term: number): number {
+    return this.#record.usesReserved.find(([t]) => t === term)?.[1] ?? 0;
+  }
+
+  allUsesReserved(): ReadonlyArray<readonly [number, number]> {
+    return this.#record.usesReserved;
+  }
+
+  /** Records that up to `uses` encryptions under `term` may be made; durable before it resolves. */
+  async reserveUses(term: number, uses: number, liveTerms: readonly number[]): Promise<void> {
+    await this.#write((current) => {
+      const kept = current.usesReserved.filter(([t]) => t !== term && liveTerms.includes(t));
+      return { ...current, usesReserved: [...kept, [term, Math.max(uses, this.usesReserved(term))]] };
+    }, 'reserve');
+  }
+
+  #write(change: (current: KeyStoreRecord) => KeyStoreRecord, step: string): Promise<void> {
+    const run = this.#writing.then(() => this.#replace(change(this.#record), step));
+    this.#writing = run.catch(() => undefined);
+    return run;
+  }
+
+  async #replace(record: KeyStoreRecord, step: string): Promise<void> {
+    const path = join(this.dataDir, FILE_NAME);
+    const temporary = `${path}.tmp`;
+    const bytes = frame(packr.pack(encodeRecord(record)));
+    const file = await openFile(temporary, 'w', 0o600);
+    try {
+      await file.writeFile(bytes);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    reached(`key-store:${step}:temporary-written`);
+    await rename(temporary, path);
+    reached(`key-store:${step}:renamed`);
+    const dir = await openFile(this.dataDir, 'r');
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+    this.#record = record;
+  }
+
+  /** Removes a temporary file a crash left behind (the record itself is whole either way). */
+  static async tidy(dataDir: string): Promise<void> {
+    await unlink(join(dataDir, `${FILE_NAME}.tmp`)).catch(() => undefined);
+  }
+}
+
+function encodeRecord(record: KeyStoreRecord): unknown[] {
+  return [1, record.clusterId, record.protection, record.rootGen, record.wrappedRoot, record.unlockGen, record.usesReserved];
+}
+
+function decodeRecord(payload: Buffer): KeyStoreRecord {
+  const value: unknown = packr.unpack(payload);
+  if (!Array.isArray(value) || value[0] !== 1 || value.length !== 7) throw new CorruptRecordError('the key store', 'unknown layout');
+  const [, clusterId, protection, rootGen, wrappedRoot, unlockGen, usesReserved] = value as unknown[];
+  const ok =
+    typeof clusterId === 'string' &&
+    (protection === 'key-file' || protection === 'unlock-key') &&
+    Number.isSafeInteger(rootGen) &&
+    (rootGen as number) >= 1 &&
+    wrappedRoot instanceof Uint8Array &&
+    Number.isSafeInteger(unlockGen) &&
+    Array.isArray(usesReserved) &&
+    usesReserved.every((pair) => Array.isArray(pair) && pair.length === 2 && pair.every((n) => Number.isSafeInteger(n)));
+  if (!ok) throw new CorruptRecordError('the key store', 'a field has the wrong type');
+  return {
+    clusterId: clusterId as string,
+    protection: protection as KeyProtection,
+    rootGen: rootGen as number,
+    wrappedRoot: wrappedRoot as Uint8Array,
+    unlockGen: unlockGen as number,
+    usesReserved: usesReserved as Array<[number, number]>,
+  };
+}

@@ -1,0 +1,297 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Barrier, type BarrierResult, type InnerStateMachine } from '../barrier/barrier.ts';
+import { CryptoError } from '../crypto/errors.ts';
+import { KeyStore } from '../crypto/key-store.ts';
+import { createKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
+import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
+import type { RaftConfigInput } from '../raft/config.ts';
+import type { BasicStatus, Message, NodeId } from '../raft/types.ts';
+import { Replica, type PeerSender } from '../replica/replica.ts';
+import { LevelStorage } from '../storage/level-storage.ts';
+import { createLogger, type Logger } from '../util/logger.ts';
+import type { Random } from '../util/prng.ts';
+import { ManagerError } from './errors.ts';
+import { KeyStoreLocalKeys } from './local-keys.ts';
+
+export const TICK_INTERVAL_MS = 100;
+/** Scheduled keyring rotation: a new data key every 30 days. */
+export const KEY_ROTATION_INTERVAL_MS = 30 * 24 * 3600 * 1000;
+
+export interface ManagerOptions<Result> {
+  readonly dataDir: string;
+  readonly id: NodeId;
+  /** The key file that wraps the root key (when autolock is off); keep it outside the data directory. */
+  readonly keyFile?: string;
+  readonly peers: PeerSender;
+  readonly inner: InnerStateMachine<Result>;
+  readonly random: Random;
+  /** Founding voters, for a brand-new cluster only. */
+  readonly bootstrapVoters?: readonly NodeId[];
+  readonly logger?: Logger;
+  readonly tickIntervalMs?: number;
+  readonly keyRotationIntervalMs?: number;
+  readonly nowMs?: () => number;
+  readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
+  readonly snapshotEveryEntries?: number;
+  readonly snapshotTailEntries?: number;
+}
+
+export interface InitResult {
+  readonly clusterId: string;
+  /** With autolock: the unlock key, shown once to the operator and stored nowhere. */
+  readonly unlockKey: string | null;
+}
+
+interface Running<Result> {
+  readonly replica: Replica<BarrierResult<Result>>;
+  readonly barrier: Barrier<Result>;
+  readonly storage: LevelStorage;
+  readonly local: KeyStoreLocalKeys;
+  readonly timer: NodeJS.Timeout;
+}
+
+/**
+ * One manager: its data directory (the Raft log in LevelDB, the key store), the encryption
+ * barrier and the replica, driven by a clock. A manager whose root key is protected by an unlock
+ * key starts locked: it serves nothing and takes no part in elections until `unlock`.
+ */
+export class Manager<Result> {
+  readonly id: NodeId;
+  readonly clusterId: string;
+  readonly #options: ManagerOptions<Result>;
+  readonly #store: KeyStore;
+  readonly #log: Logger;
+  #running: Running<Result> | null = null;
+  #stopped = false;
+  #rotationInFlight = false;
+  #messagesDroppedLocked = 0;
+
+  private constructor(options: ManagerOptions<Result>, store: KeyStore) {
+    this.id = options.id;
+    this.clusterId = store.clusterId;
+    this.#options = options;
+    this.#store = store;
+    this.#log = options.logger ?? createLogger({ component: 'manager' });
+  }
+
+  /**
+   * Creates a data directory's key store: a new root key, wrapped by a new key file (created at
+   * `keyFile`, which must not exist) or, with autolock, by a new unlock key that is returned.
+   */
+  static async init(dataDir: string, options: { clusterId?: string; keyFile?: string; autolock?: boolean }): Promise<InitResult> {
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    if (await KeyStore.exists(dataDir)) throw new ManagerError('ALREADY_INITIALIZED', `${dataDir} already holds a manager's keys; use it as it is, or choose an empty directory`);
+    const clusterId = options.clusterId ?? randomUUID();
+    const rootKey = generateRootKey();
+    try {
+      if (options.autolock === true) {
+        const unlockKey = generateUnlockKey();
+        await KeyStore.create(dataDir, { clusterId, rootKey, kek: kekFromUnlockKey(unlockKey, clusterId), protection: 'unlock-key' });
+        return { clusterId, unlockKey };
+      }
+      if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
+      await KeyStore.create(dataDir, { clusterId, rootKey, kek: createKeyFile(options.keyFile), protection: 'key-file' });
+      return { clusterId, unlockKey: null };
+    } finally {
+      rootKey.fill(0);
+    }
+  }
+
+  /** Opens a manager's data directory; it starts at once with a key file, or stays locked. */
+  static async open<Result>(options: ManagerOptions<Result>): Promise<Manager<Result>> {
+    await KeyStore.tidy(options.dataDir);
+    const store = await KeyStore.read(options.dataDir);
+    const manager = new Manager(options, store);
+    if (store.protection === 'key-file') {
+      if (options.keyFile === undefined) throw new CryptoError('KEY_FILE_INVALID', `the root key of ${options.dataDir} is wrapped by a key file; pass its path`);
+      const kek = readKeyFile(options.keyFile);
+      await manager.#start(store.openRoot(kek), kek);
+    } else {
+      manager.#log.info({ event: 'locked' }, 'manager is locked: unlock it with the unlock key');
+    }
+    return manager;
+  }
+
+  get locked(): boolean {
+    return this.#running === null;
+  }
+
+  /**
+   * Unlocks a locked manager. A malformed key (a typo) is refused before any decryption; a
+   * well-formed wrong key is refused with UNLOCK_KEY_WRONG; neither changes anything.
+   */
+  async unlock(unlockKey: string): Promise<void> {
+    if (this.#running !== null) throw new ManagerError('ALREADY_UNLOCKED', 'the manager is already unlocked');
+    const kek = unlockKeyKek(parseUnlockKey(unlockKey), this.clusterId);
+    try {
+      const root = this.#store.openRoot(kek);
+      await this.#start(root, kek);
+    } finally {
+      kek.fill(0);
+    }
+    this.#log.info({ event: 'unlocked' }, 'manager unlocked');
+  }
+
+  async #start(rootKey: Buffer, kek: Buffer): Promise<void> {
+    const options = this.#options;
+    const local = new KeyStoreLocalKeys(this.#store, kek);
+    const barrier = new Barrier<Result>({ clusterId: this.clusterId, rootKey, local, inner: options.inner });
+    const storage = await LevelStorage.open(join(options.dataDir, 'raft'));
+    let replica: Replica<BarrierResult<Result>>;
+    try {
+      replica = await Replica.start({
+        id: options.id,
+        storage,
+        stateMachine: barrier,
+        peers: options.peers,
+        random: options.random,
+        ...(options.bootstrapVoters === undefined ? {} : { bootstrapVoters: options.bootstrapVoters }),
+        ...(options.raft === undefined ? {} : { raft: options.raft }),
+        ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
+        ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+      });
+      await barrier.afterApply(); // a crash may have left the key store behind the stored snapshot
+    } catch (error) {
+      await storage.close();
+      local.forget();
+      throw error;
+    }
+    const timer = setInterval(() => this.#onTick(), options.tickIntervalMs ?? TICK_INTERVAL_MS);
+    this.#running = { replica, barrier, storage, local, timer };
+  }
+
+  #onTick(): void {
+    const running = this.#running;
+    if (running === null || this.#stopped) return;
+    running.replica.tick();
+    this.#maybeRotate(running);
+  }
+
+  /** Scheduled rotation, by the leader: a keyring without a term, an old key, or one near its use limit. */
+  #maybeRotate(running: Running<Result>): void {
+    if (this.#rotationInFlight || running.replica.raw.basicStatus().role !== 'leader') return;
+    const nowMs = this.#now();
+    if (!running.barrier.needsRotation(nowMs, this.#options.keyRotationIntervalMs ?? KEY_ROTATION_INTERVAL_MS)) return;
+    this.#rotationInFlight = true;
+    running.replica
+      .propose(running.barrier.rotatePayload(nowMs))
+      .then((result) => this.#log.info({ event: 'keyring-rotated', outcome: result.type === 'key-op' ? result.detail : result.type }, 'scheduled keyring rotation'))
+      .catch((error: unknown) => this.#log.warn({ event: 'keyring-rotation-failed', err: error }, 'scheduled keyring rotation did not commit; it will be retried'))
+      .finally(() => {
+        this.#rotationInFlight = false;
+      });
+  }
+
+  /** A message from a peer (the transport calls this). A locked manager drops it: it takes no part. */
+  step(message: Message): void {
+    if (this.#running === null) {
+      this.#messagesDroppedLocked++;
+      return;
+    }
+    this.#running.replica.step(message);
+  }
+
+  get messagesDroppedWhileLocked(): number {
+    return this.#messagesDroppedLocked;
+  }
+
+  status(): { locked: boolean; raft: BasicStatus | null; keys: ReturnType<Barrier<Result>['status']> | null; keyStore: { rootGen: number; unlockGen: number; protection: string } } {
+    const running = this.#running;
+    return {
+      locked: running === null,
+      raft: running?.replica.raw.basicStatus() ?? null,
+      keys: running?.barrier.status() ?? null,
+      keyStore: { rootGen: this.#store.rootGen, unlockGen: this.#store.unlockGen, protection: this.#store.protection },
+    };
+  }
+
+  /** Starts an election now (tests, leadership transfer); otherwise the clock does. */
+  campaign(): void {
+    this.#need().replica.campaign();
+  }
+
+  /** Seals a command and proposes it; resolves with the state machine's result once applied here. */
+  async propose(kind: string, plaintext: Uint8Array): Promise<Result> {
+    const running = this.#need();
+    const result = await running.replica.propose(await running.barrier.sealCommand(kind, plaintext));
+    if (result.type === 'applied') return result.result;
+    if (result.type === 'refused') throw new ManagerError('COMMAND_REFUSED', result.message);
+    throw new ManagerError('COMMAND_REFUSED', `the ${kind} command was not applied as a command`);
+  }
+
+  /** Resolves once this manager has applied every write committed before the call. */
+  linearizableRead(): Promise<number> {
+    return this.#need().replica.linearizableRead();
+  }
+
+  /** Waits until the replica has no Ready in progress. */
+  async settled(): Promise<void> {
+    await this.#running?.replica.settled();
+  }
+
+  rotateKeyring(): Promise<string> {
+    const running = this.#need();
+    return this.#keyOp(running.barrier.rotatePayload(this.#now()));
+  }
+
+  /** Re-encrypts everything under the active term: every manager snapshots and drops its log. */
+  rewrap(): Promise<string> {
+    return this.#keyOp(this.#need().barrier.rewrapPayload());
+  }
+
+  destroyKeyringTerm(term: number): Promise<string> {
+    return this.#keyOp(this.#need().barrier.destroyPayload(term));
+  }
+
+  rotateRootKey(): Promise<string> {
+    return this.#keyOp(this.#need().barrier.rotateRootPayload());
+  }
+
+  /**
+   * A new unlock key for every manager (and autolock on, where it was off). Returns the key to
+   * show the operator once; after it resolves the old key no longer opens this manager.
+   */
+  async rotateUnlockKey(): Promise<string> {
+    const unlockKey = generateUnlockKey();
+    const kek = kekFromUnlockKey(unlockKey, this.clusterId);
+    try {
+      await this.#keyOp(this.#need().barrier.rotateUnlockPayload(kek));
+    } finally {
+      kek.fill(0);
+    }
+    return unlockKey;
+  }
+
+  async #keyOp(payload: Buffer): Promise<string> {
+    const result = await this.#need().replica.propose(payload);
+    if (result.type === 'key-op') {
+      if (!result.changed) throw new ManagerError('KEY_OP_REFUSED', result.detail);
+      this.#log.info({ event: `key-${result.op}`, detail: result.detail }, 'keyring operation applied');
+      return result.detail;
+    }
+    throw new ManagerError('KEY_OP_REFUSED', result.type === 'refused' ? result.message : 'the keyring operation was not applied');
+  }
+
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const running = this.#running;
+    if (running === null) return;
+    clearInterval(running.timer);
+    await running.replica.stop();
+    await running.storage.close();
+    running.local.forget();
+  }
+
+  #need(): Running<Result> {
+    if (this.#stopped) throw new ManagerError('MANAGER_STOPPED', 'the manager is stopped');
+    if (this.#running === null) throw new ManagerError('MANAGER_LOCKED', 'the manager is locked; unlock it with the unlock key (coffer unlock)');
+    return this.#running;
+  }
+
+  #now(): number {
+    return (this.#options.nowMs ?? Date.now)();
+  }
+}
