@@ -250,11 +250,11 @@ export class Manager<Result> {
   }
 
   /**
-   * A new unlock key for every manager (and autolock on, where it was off). Returns the key to
-   * show the operator once; after it resolves the old key no longer opens this manager.
+   * A new unlock key for every manager (and autolock on, where it was off): a fresh one unless
+   * given. Returns the key to show the operator once; after it resolves the old key no longer
+   * opens this manager (others switch when they apply it).
    */
-  async rotateUnlockKey(): Promise<string> {
-    const unlockKey = generateUnlockKey();
+  async rotateUnlockKey(unlockKey = generateUnlockKey()): Promise<string> {
     const kek = kekFromUnlockKey(unlockKey, this.clusterId);
     try {
       await this.#keyOp(this.#need().barrier.rotateUnlockPayload(kek));

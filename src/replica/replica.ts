@@ -4,6 +4,7 @@ import type { RaftConfigInput } from '../raft/config.ts';
 import type { Entry, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
 import { assert } from '../util/assert.ts';
+import { reached } from '../util/crash-points.ts';
 import type { Random } from '../util/prng.ts';
 
 /**
@@ -292,6 +293,7 @@ export class Replica<Result> {
     if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
     this.#lastSnapshotIndex = index;
     this.stats.snapshots++;
+    reached('replica:snapshot-saved');
     if (request?.reclaimDisk === true) await this.#storage.reclaim();
     await this.#stateMachine.snapshotDurable?.();
   }
