@@ -67,6 +67,7 @@ export class Manager<Result> {
   #stopped = false;
   #rotationInFlight = false;
   #messagesDroppedLocked = 0;
+  #lastLeader = 0;
 
   private constructor(options: ManagerOptions<Result>, store: KeyStore) {
     this.id = options.id;
@@ -166,6 +167,11 @@ export class Manager<Result> {
     const running = this.#running;
     if (running === null || this.#stopped) return;
     running.replica.tick();
+    const { lead, term } = running.replica.raw.basicStatus();
+    if (lead !== this.#lastLeader) {
+      this.#lastLeader = lead;
+      this.#log.info({ event: 'leader-changed', leader: lead, term }, lead === 0 ? 'no leader known' : `manager ${lead} leads in term ${term}`);
+    }
     this.#maybeRotate(running);
   }
 
@@ -215,6 +221,8 @@ export class Manager<Result> {
   /** Seals a command and proposes it; resolves with the state machine's result once applied here. */
   async propose(kind: string, plaintext: Uint8Array): Promise<Result> {
     const running = this.#need();
+    // Never the command itself: only its kind and size.
+    this.#log.debug({ event: 'propose', kind, bytes: plaintext.byteLength }, 'proposing a sealed command');
     const result = await running.replica.propose(await running.barrier.sealCommand(kind, plaintext));
     if (result.type === 'applied') return result.result;
     if (result.type === 'refused') throw new ManagerError('COMMAND_REFUSED', result.message);
