@@ -253,7 +253,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
 
   /** Local effects of what was just applied; then, whether the replica must snapshot now. */
   async afterApply(): Promise<SnapshotRequest | null> {
-    await this.#adoptLocally();
+    await this.adoptLocally();
     const request = this.#snapshotRequest;
     this.#snapshotRequest = null;
     return request;
@@ -263,7 +263,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   async snapshotDurable(): Promise<void> {
     this.#durableRootGen = Math.max(this.#durableRootGen, this.#snapshotRootGen);
     reached('snapshot:durable');
-    await this.#adoptLocally();
+    await this.adoptLocally();
   }
 
   /**
@@ -271,7 +271,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
    * generation only once a snapshot sealed under it is durable (before that, the old generation
    * is what opens this manager's stored snapshot, and the log's links lead on from it).
    */
-  async #adoptLocally(): Promise<void> {
+  async adoptLocally(): Promise<void> {
     const keys = this.#keys;
     const local = this.#local;
     const unlock = keys.unlock;

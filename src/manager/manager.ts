@@ -153,7 +153,8 @@ export class Manager<Result> {
         ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
         ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
       });
-      await barrier.afterApply(); // a crash may have left the key store behind the stored snapshot
+      // A crash may have left the key store behind the stored snapshot's root generation.
+      await barrier.adoptLocally();
     } catch (error) {
       await storage.close();
       local.forget();
