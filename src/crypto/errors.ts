@@ -19,6 +19,10 @@ export type CryptoErrorCode =
   | 'KEY_STORE_MISSING'
   /** The key store is damaged (checksum or layout). */
   | 'KEY_STORE_CORRUPT'
+  /** A certificate without the fields Coffer puts in its certificates. */
+  | 'CERTIFICATE_INVALID'
+  /** A join token that is not of the CFRTKN-1 form. */
+  | 'JOIN_TOKEN_MALFORMED'
   /** Bytes that are not a sealed envelope at all. */
   | 'ENVELOPE_MALFORMED';
 

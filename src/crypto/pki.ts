@@ -1,0 +1,161 @@
+import { X509Certificate, createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
+import forge from 'node-forge';
+import { CryptoError } from './errors.ts';
+
+/** What a certificate says about its holder. */
+export type Role = 'manager' | 'client';
+
+export interface Identity {
+  /** CN: a manager's node id (decimal) or a client's name. */
+  readonly id: string;
+  /** OU. */
+  readonly role: Role;
+  /** O. */
+  readonly clusterId: string;
+  readonly serial: string;
+  readonly notAfterMs: number;
+}
+
+export interface KeyAndCertificate {
+  readonly keyPem: string;
+  readonly certPem: string;
+}
+
+export const CA_VALIDITY_DAYS = 3650;
+export const MANAGER_CERT_VALIDITY_DAYS = 90;
+export const CLIENT_CERT_VALIDITY_DAYS = 365;
+/** RSA sizes: the CA signs for ten years; leaves live 90 days to a year (NIST SP 800-57: 2048 until 2030). */
+const CA_KEY_BITS = 3072;
+const LEAF_KEY_BITS = 2048;
+const DAY_MS = 24 * 3600 * 1000;
+
+function newRsaKey(bits: number): { privatePem: string; publicPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
+  return { privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString() };
+}
+
+function serialNumber(): string {
+  // 16 random bytes, first bit cleared so the DER integer stays positive.
+  const bytes = randomBytes(16);
+  bytes[0] = bytes[0]! & 0x7f;
+  return bytes.toString('hex');
+}
+
+/** A new cluster CA (self-signed, RSA 3072, ten years). */
+export function createCa(clusterId: string, nowMs: number): KeyAndCertificate {
+  const key = newRsaKey(CA_KEY_BITS);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
+  cert.serialNumber = serialNumber();
+  cert.validity.notBefore = new Date(nowMs - 60_000);
+  cert.validity.notAfter = new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS);
+  const subject = [
+    { name: 'commonName', value: `Coffer cluster CA ${clusterId}` },
+    { name: 'organizationName', value: clusterId },
+    { shortName: 'OU', value: 'ca' },
+  ];
+  cert.setSubject(subject);
+  cert.setIssuer(subject);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+    { name: 'subjectKeyIdentifier' },
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(key.privatePem), forge.md.sha256.create());
+  return { keyPem: key.privatePem, certPem: forge.pki.certificateToPem(cert) };
+}
+
+export interface IssueOptions {
+  readonly id: string;
+  readonly role: Role;
+  readonly clusterId: string;
+  readonly nowMs: number;
+  readonly validityDays?: number;
+  /** Addresses a manager is reached at (IPs or DNS names), for the subjectAltName. */
+  readonly hosts?: readonly string[];
+  /** For tests of expiry: a certificate whose validity ended before `nowMs`. */
+  readonly notAfterMs?: number;
+}
+
+/** A new key and a certificate for it, signed by the CA. */
+export function issueCertificate(ca: KeyAndCertificate, options: IssueOptions): KeyAndCertificate {
+  const key = newRsaKey(LEAF_KEY_BITS);
+  const caCert = forge.pki.certificateFromPem(ca.certPem);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
+  cert.serialNumber = serialNumber();
+  const days = options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
+  const notAfterMs = options.notAfterMs ?? options.nowMs + days * DAY_MS;
+  cert.validity.notBefore = new Date(Math.min(options.nowMs, notAfterMs) - 3600_000);
+  cert.validity.notAfter = new Date(notAfterMs);
+  cert.setSubject([
+    { name: 'commonName', value: options.id },
+    { name: 'organizationName', value: options.clusterId },
+    { shortName: 'OU', value: options.role },
+  ]);
+  cert.setIssuer(caCert.subject.attributes);
+  const altNames = (options.hosts ?? []).map((host) => (isIP(host) !== 0 ? { type: 7, ip: host } : { type: 2, value: host }));
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: false, critical: true },
+    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+    { name: 'extKeyUsage', serverAuth: options.role === 'manager', clientAuth: true },
+    ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(ca.keyPem), forge.md.sha256.create());
+  return { keyPem: key.privatePem, certPem: forge.pki.certificateToPem(cert) };
+}
+
+/** Reads the identity fields of a certificate (PEM or DER). */
+export function identityOf(cert: string | Buffer): Identity {
+  const x509 = new X509Certificate(cert);
+  const fields = new Map<string, string>();
+  for (const line of x509.subject.split('\n')) {
+    const at = line.indexOf('=');
+    if (at > 0) fields.set(line.slice(0, at), line.slice(at + 1));
+  }
+  const role = fields.get('OU');
+  if (role !== 'manager' && role !== 'client') throw new CryptoError('CERTIFICATE_INVALID', `the certificate's role (OU) is "${role ?? ''}", not manager or client`);
+  return { id: fields.get('CN') ?? '', role, clusterId: fields.get('O') ?? '', serial: x509.serialNumber.toLowerCase(), notAfterMs: Date.parse(x509.validTo) };
+}
+
+/** SHA-256 of the CA certificate's DER, in hex: what a join token pins. */
+export function caDigest(caCertPem: string): string {
+  return createHash('sha256').update(new X509Certificate(caCertPem).raw).digest('hex');
+}
+
+// ---- join tokens --------------------------------------------------------------------------
+
+const TOKEN_PREFIX = 'CFRTKN-1-';
+const TOKEN_SECRET_BYTES = 24;
+
+export interface JoinToken {
+  readonly caDigest: string;
+  readonly secret: Buffer;
+}
+
+/** `CFRTKN-1-<sha256 of the CA certificate, hex>-<random secret, base64url>`. */
+export function formatJoinToken(token: JoinToken): string {
+  return `${TOKEN_PREFIX}${token.caDigest}-${token.secret.toString('base64url')}`;
+}
+
+export function newJoinToken(caCertPem: string): JoinToken {
+  return { caDigest: caDigest(caCertPem), secret: randomBytes(TOKEN_SECRET_BYTES) };
+}
+
+export function parseJoinToken(text: string): JoinToken {
+  const match = /^CFRTKN-1-([0-9a-f]{64})-([A-Za-z0-9_-]{32})$/.exec(text.trim());
+  if (match === null) throw new CryptoError('JOIN_TOKEN_MALFORMED', `a join token looks like ${TOKEN_PREFIX}<64 hex digits>-<32 characters>; this one does not`);
+  return { caDigest: match[1]!, secret: Buffer.from(match[2]!, 'base64url') };
+}
+
+/** What the cluster stores of a token: a hash of its secret, never the secret. */
+export function joinTokenHash(secret: Uint8Array): Buffer {
+  return createHash('sha256').update('coffer join token v1').update(secret).digest();
+}
+
+/** Compares a presented secret with a stored hash in constant time. */
+export function joinTokenMatches(secret: Uint8Array, storedHash: Uint8Array): boolean {
+  const presented = joinTokenHash(secret);
+  return storedHash.byteLength === presented.byteLength && timingSafeEqual(presented, storedHash);
+}
