@@ -9,7 +9,7 @@ const now = Date.now();
 const ca = createCa('cluster-1', now);
 
 /** Connects a client with `client` to a server with `server`, both trusting `trust`; resolves with what each side saw. */
-async function handshake(server: KeyAndCertificate, client: KeyAndCertificate | null, trust: string): Promise<{ clientAuthorized: boolean; serverError: string | null; peerCn: string | null }> {
+async function handshake(server: KeyAndCertificate, client: KeyAndCertificate | null, trust: string): Promise<{ clientAuthorized: boolean; serverError: string | null; peerCn: string }> {
   const tlsServer = createServer({ key: server.keyPem, cert: server.certPem, ca: trust, requestCert: true, rejectUnauthorized: false }, (socket: TLSSocket) => {
     socket.end(socket.authorized ? 'yes' : `no:${String(socket.authorizationError)}`);
   });
@@ -20,7 +20,7 @@ async function handshake(server: KeyAndCertificate, client: KeyAndCertificate | 
       const socket = connect({ host: '127.0.0.1', port, ca: trust, ...(client === null ? {} : { key: client.keyPem, cert: client.certPem }), checkServerIdentity: () => undefined }, () => {
         let text = '';
         socket.on('data', (d) => (text += d.toString()));
-        socket.on('end', () => resolve({ clientAuthorized: text === 'yes', serverError: text.startsWith('no:') ? text.slice(3) : null, peerCn: socket.getPeerCertificate().subject?.CN ?? null }));
+        socket.on('end', () => resolve({ clientAuthorized: text === 'yes', serverError: text.startsWith('no:') ? text.slice(3) : null, peerCn: String(socket.getPeerCertificate().subject?.CN ?? '') }));
       });
       socket.on('error', reject);
     });
