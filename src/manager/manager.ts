@@ -7,7 +7,7 @@ import { KeyStore } from '../crypto/key-store.ts';
 import { createKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
 import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { BasicStatus, Message, NodeId } from '../raft/types.ts';
+import type { BasicStatus, ConfChange, Message, NodeId, Status } from '../raft/types.ts';
 import { Replica, type PeerSender } from '../replica/replica.ts';
 import { LevelStorage } from '../storage/level-storage.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
@@ -198,6 +198,38 @@ export class Manager<Result> {
       return;
     }
     this.#running.replica.step(message);
+  }
+
+  reportUnreachable(peer: NodeId): void {
+    this.#running?.replica.reportUnreachable(peer);
+  }
+
+  reportSnapshot(peer: NodeId, ok: boolean): void {
+    this.#running?.replica.reportSnapshot(peer, ok);
+  }
+
+  /** The leader's full Raft status (progress of each follower), or null while locked. */
+  raftStatus(): Status | null {
+    return this.#running?.replica.raw.status() ?? null;
+  }
+
+  /** Proposes a membership change (on the leader); resolves once applied here. */
+  async proposeConfChange(change: ConfChange): Promise<void> {
+    await this.#need().replica.proposeConfChange(change);
+  }
+
+  /** Proposes an already sealed payload (forwarded from another manager); the leader's result. */
+  proposePayload(payload: Uint8Array): Promise<BarrierResult<Result>> {
+    return this.#need().replica.propose(payload);
+  }
+
+  /** Seals a command for proposing here or on the leader. */
+  sealCommand(kind: string, plaintext: Uint8Array): Promise<Buffer> {
+    return this.#need().barrier.sealCommand(kind, plaintext);
+  }
+
+  transferLeadership(to: NodeId): void {
+    this.#need().replica.transferLeadership(to);
   }
 
   get messagesDroppedWhileLocked(): number {

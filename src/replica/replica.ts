@@ -1,7 +1,7 @@
 import { RaftError } from '../raft/errors.ts';
 import { RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { Entry, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
+import type { ConfChange, Entry, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
 import { assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
@@ -139,6 +139,23 @@ export class Replica<Result> {
     return this.#raw;
   }
 
+  /** The transport lost its stream to `peer`. */
+  reportUnreachable(peer: NodeId): void {
+    this.#raw.reportUnreachable(peer);
+    this.#kick();
+  }
+
+  /** The transport finished sending a snapshot to `peer` (or gave up). */
+  reportSnapshot(peer: NodeId, ok: boolean): void {
+    this.#raw.reportSnapshot(peer, ok);
+    this.#kick();
+  }
+
+  transferLeadership(to: NodeId): void {
+    this.#raw.transferLeadership(to);
+    this.#kick();
+  }
+
   tick(): void {
     this.#raw.tick();
     this.#kick();
@@ -160,10 +177,19 @@ export class Replica<Result> {
    * ReplicaError PROPOSAL_LOST if a leader change dropped it.
    */
   propose(data: Uint8Array): Promise<Result> {
+    return this.#proposeWith(() => this.#raw.propose(data));
+  }
+
+  /** Proposes a membership change; resolves once it is applied here (the change then holds). */
+  proposeConfChange(change: ConfChange): Promise<Result> {
+    return this.#proposeWith(() => this.#raw.proposeConfChange(change));
+  }
+
+  #proposeWith(propose: () => { index: number; term: number }): Promise<Result> {
     if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
     let at: { index: number; term: number };
     try {
-      at = this.#raw.propose(data);
+      at = propose();
     } catch (error) {
       return Promise.reject(error instanceof RaftError ? error : new Error(String(error)));
     }

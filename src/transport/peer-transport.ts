@@ -1,0 +1,312 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Message, NodeId, SnapshotMessage } from '../raft/types.ts';
+import type { Logger } from '../util/logger.ts';
+import { callerIdentity } from './auth.ts';
+import { services, type RaftFrame } from './proto.ts';
+import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from './tls.ts';
+import { WireError, decodeMessages, decodeSnapshotHeader, encodeMessages, encodeSnapshotHeader } from './wire.ts';
+
+/** Messages waiting per peer; beyond this a slow or dead peer costs drops, not memory. */
+export const PEER_QUEUE_MESSAGES_MAX = 8192;
+/** Bytes of entry data in one frame (gRPC's default message limit is 4 MiB). */
+export const FRAME_ENTRY_BYTES_MAX = 2 * 1024 * 1024;
+/** Snapshot data per chunk. */
+export const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+/** Largest snapshot a manager accepts (it is assembled in memory). */
+export const SNAPSHOT_BYTES_MAX = 512 * 1024 * 1024;
+const RECONNECT_DELAY_MS_MIN = 50;
+const RECONNECT_DELAY_MS_MAX = 2000;
+
+export interface PeerTransportOptions {
+  readonly selfId: NodeId;
+  readonly clusterId: string;
+  readonly tls: () => TlsMaterial;
+  /** Where a peer listens (host:port), from the replicated membership. */
+  readonly addressOf: (peer: NodeId) => string | undefined;
+  /** A validated message for this manager. */
+  readonly onMessage: (message: Message) => void;
+  /** The stream to `peer` broke: the core starts fast failover if it was the leader. */
+  readonly onUnreachable: (peer: NodeId) => void;
+  readonly onSnapshotSent: (peer: NodeId, ok: boolean) => void;
+  /** True for a manager that was removed from the cluster: its certificate is refused. */
+  readonly isRemoved: (peer: NodeId) => boolean;
+  readonly logger: Logger;
+  readonly random?: () => number;
+}
+
+export interface PeerTransportStats {
+  framesSent: number;
+  messagesSent: number;
+  messagesDropped: number;
+  messagesReceived: number;
+  malformedDropped: number;
+  refusedStreams: number;
+  reconnects: number;
+  snapshotsSent: number;
+}
+
+/**
+ * Raft messages between managers over mutual-TLS gRPC: one long-lived client stream to each peer,
+ * carrying batches (a busy leader does not pay one RPC per message); snapshots in chunks; a
+ * bounded queue per peer; reconnects with jittered exponential backoff; a broken stream is
+ * reported to the core. What arrives is validated (wire.ts) and must come from the manager named
+ * in the caller's certificate.
+ */
+export class PeerTransport {
+  readonly stats: PeerTransportStats = { framesSent: 0, messagesSent: 0, messagesDropped: 0, messagesReceived: 0, malformedDropped: 0, refusedStreams: 0, reconnects: 0, snapshotsSent: 0 };
+  readonly #options: PeerTransportOptions;
+  readonly #links = new Map<NodeId, PeerLink>();
+  #closed = false;
+
+  constructor(options: PeerTransportOptions) {
+    this.#options = options;
+  }
+
+  send(messages: readonly Message[]): void {
+    if (this.#closed) return;
+    for (const message of messages) {
+      let link = this.#links.get(message.to);
+      if (link === undefined) {
+        link = new PeerLink(message.to, this.#options, this.stats);
+        this.#links.set(message.to, link);
+      }
+      link.enqueue(message);
+    }
+  }
+
+  /** After a certificate renewal or a membership change: reconnect with fresh credentials. */
+  reconnectAll(): void {
+    for (const link of this.#links.values()) link.reset();
+  }
+
+  /** Forgets a removed peer's link. */
+  forget(peer: NodeId): void {
+    this.#links.get(peer)?.close();
+    this.#links.delete(peer);
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const link of this.#links.values()) link.close();
+    this.#links.clear();
+  }
+
+  /** The server side of Peer.Raft. */
+  readonly handleRaftStream = (call: grpc.ServerReadableStream<RaftFrame, object>, callback: grpc.sendUnaryData<object>): void => {
+    const options = this.#options;
+    const identity = callerIdentity(call, options.clusterId);
+    const refuse = (code: grpc.status, details: string): void => {
+      this.stats.refusedStreams++;
+      options.logger.warn({ event: 'peer-stream-refused', code: grpc.status[code], reason: details }, 'refused a Raft stream');
+      callback({ code, details });
+    };
+    if (identity === null) return refuse(grpc.status.UNAUTHENTICATED, 'a manager certificate of this cluster is required');
+    if (identity.role !== 'manager') return refuse(grpc.status.PERMISSION_DENIED, 'Peer.Raft is for managers; this is a client certificate');
+    const peer = Number(identity.id);
+    if (!Number.isSafeInteger(peer) || peer <= 0) return refuse(grpc.status.PERMISSION_DENIED, 'the certificate names no manager id');
+    if (options.isRemoved(peer)) return refuse(grpc.status.PERMISSION_DENIED, `manager ${peer} was removed from the cluster`);
+    let snapshot: { header: ReturnType<typeof decodeSnapshotHeader>; data: Buffer; received: number } | null = null;
+    const deliver = (message: Message): void => {
+      if (message.from !== peer || message.to !== options.selfId) throw new WireError(`a message from ${message.from} to ${message.to} arrived on manager ${peer}'s stream to ${options.selfId}`);
+      this.stats.messagesReceived++;
+      options.onMessage(message);
+    };
+    call.on('data', (frame: RaftFrame) => {
+      try {
+        if (frame.body === 'messages' && frame.messages !== undefined) {
+          for (const message of decodeMessages(frame.messages)) deliver(message);
+        } else if (frame.body === 'snapshotChunk' && frame.snapshotChunk !== undefined) {
+          const chunk = frame.snapshotChunk;
+          if (chunk.offset === 0) {
+            if (chunk.totalBytes > SNAPSHOT_BYTES_MAX) throw new WireError(`a snapshot of ${chunk.totalBytes} bytes is larger than ${SNAPSHOT_BYTES_MAX}`);
+            snapshot = { header: decodeSnapshotHeader(chunk.header), data: Buffer.allocUnsafe(chunk.totalBytes), received: 0 };
+          }
+          if (snapshot === null || chunk.offset !== snapshot.received || chunk.totalBytes !== snapshot.data.byteLength || snapshot.received + chunk.data.byteLength > snapshot.data.byteLength) {
+            snapshot = null;
+            throw new WireError('a snapshot chunk does not follow the previous one');
+          }
+          chunk.data.copy(snapshot.data, snapshot.received);
+          snapshot.received += chunk.data.byteLength;
+          if (snapshot.received === snapshot.data.byteLength) {
+            const { header, data } = snapshot;
+            snapshot = null;
+            deliver({ type: 'snapshot', from: header.from, to: header.to, term: header.term, snapshot: { metadata: header.metadata, data } });
+          }
+        } else {
+          throw new WireError('an empty frame');
+        }
+      } catch (error) {
+        if (!(error instanceof WireError)) throw error;
+        this.stats.malformedDropped++;
+        options.logger.warn({ event: 'peer-message-malformed', peer, reason: error.message }, 'dropped a malformed message');
+      }
+    });
+    call.on('end', () => callback(null, {}));
+    call.on('error', () => undefined);
+  };
+}
+
+type QueueItem = { readonly kind: 'message'; readonly message: Message } | { readonly kind: 'snapshot'; readonly message: SnapshotMessage };
+
+/** The outgoing half to one peer. */
+class PeerLink {
+  readonly #peer: NodeId;
+  readonly #options: PeerTransportOptions;
+  readonly #stats: PeerTransportStats;
+  #queue: QueueItem[] = [];
+  #client: grpc.Client | null = null;
+  #call: grpc.ClientWritableStream<RaftFrame> | null = null;
+  #flushing = false;
+  #delayMs = RECONNECT_DELAY_MS_MIN;
+  #retryTimer: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(peer: NodeId, options: PeerTransportOptions, stats: PeerTransportStats) {
+    this.#peer = peer;
+    this.#options = options;
+    this.#stats = stats;
+  }
+
+  enqueue(message: Message): void {
+    if (this.#queue.length >= PEER_QUEUE_MESSAGES_MAX) {
+      this.#stats.messagesDropped++;
+      if (message.type === 'snapshot') this.#options.onSnapshotSent(this.#peer, false);
+      return;
+    }
+    this.#queue.push(message.type === 'snapshot' ? { kind: 'snapshot', message } : { kind: 'message', message });
+    void this.#flush();
+  }
+
+  #open(): grpc.ClientWritableStream<RaftFrame> | null {
+    if (this.#call !== null) return this.#call;
+    if (this.#retryTimer !== null) return null;
+    const address = this.#options.addressOf(this.#peer);
+    if (address === undefined) {
+      this.#fail('no address is known for it');
+      return null;
+    }
+    if (this.#client === null) {
+      const { Peer } = services();
+      this.#client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), { clusterId: this.#options.clusterId, nodeId: String(this.#peer) }), {
+        ...MANAGER_CHANNEL_OPTIONS,
+        'grpc.keepalive_time_ms': 2000,
+        'grpc.keepalive_timeout_ms': 1000,
+        'grpc.keepalive_permit_without_calls': 1,
+        'grpc.max_send_message_length': 4 * 1024 * 1024,
+      });
+    }
+    const call = (this.#client as unknown as { raft(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<RaftFrame> }).raft((error) => {
+      if (this.#call === call) this.#broken(error === null ? 'the peer ended the stream' : `${grpc.status[error.code] ?? error.code}: ${error.details}`);
+    });
+    call.on('error', () => undefined); // reported through the callback above
+    this.#call = call;
+    return call;
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#flushing || this.#closed) return;
+    this.#flushing = true;
+    try {
+      while (this.#queue.length > 0 && !this.#closed) {
+        const call = this.#open();
+        if (call === null) return;
+        const first = this.#queue[0]!;
+        if (first.kind === 'snapshot') {
+          this.#queue.shift();
+          const ok = await this.#sendSnapshot(call, first.message);
+          this.#options.onSnapshotSent(this.#peer, ok);
+          continue;
+        }
+        const batch: Message[] = [];
+        let bytes = 0;
+        while (this.#queue.length > 0 && this.#queue[0]!.kind === 'message' && batch.length < 4096) {
+          const message = this.#queue[0]!.message;
+          const size = message.type === 'append' ? message.entries.reduce((n, e) => n + 32 + (e.kind === 'normal' ? e.data.byteLength : 0), 64) : 64;
+          if (batch.length > 0 && bytes + size > FRAME_ENTRY_BYTES_MAX) break;
+          this.#queue.shift();
+          batch.push(message);
+          bytes += size;
+        }
+        await this.#write(call, { messages: encodeMessages(batch) });
+        this.#stats.framesSent++;
+        this.#stats.messagesSent += batch.length;
+      }
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  async #sendSnapshot(call: grpc.ClientWritableStream<RaftFrame>, message: SnapshotMessage): Promise<boolean> {
+    const header = encodeSnapshotHeader(message);
+    const data = message.snapshot.data;
+    const total = data.byteLength;
+    let offset = 0;
+    do {
+      const part = data.subarray(offset, offset + SNAPSHOT_CHUNK_BYTES);
+      const written = await this.#write(call, { snapshotChunk: { header: offset === 0 ? header : Buffer.alloc(0), offset, totalBytes: total, data: Buffer.from(part.buffer, part.byteOffset, part.byteLength) } });
+      if (!written) return false;
+      offset += part.byteLength;
+    } while (offset < total);
+    this.#stats.snapshotsSent++;
+    this.#options.logger.info({ event: 'snapshot-sent', peer: this.#peer, bytes: total, index: message.snapshot.metadata.index }, 'sent a snapshot');
+    return true;
+  }
+
+  /** Writes a frame, waiting for the stream to drain when its buffer is full. */
+  #write(call: grpc.ClientWritableStream<RaftFrame>, frame: RaftFrame): Promise<boolean> {
+    return new Promise((resolve) => {
+      if (this.#call !== call) return resolve(false);
+      const flushed = call.write(frame);
+      if (flushed) return resolve(true);
+      const done = (): void => {
+        call.off('drain', done);
+        call.off('close', done);
+        resolve(this.#call === call);
+      };
+      call.on('drain', done);
+      call.on('close', done);
+    });
+  }
+
+  #broken(reason: string): void {
+    this.#call = null;
+    this.#options.logger.debug({ event: 'peer-stream-broken', peer: this.#peer, reason }, 'the stream to a peer broke');
+    this.#fail(reason);
+  }
+
+  /** Drops what is queued (Raft retransmits), tells the core, and retries later. */
+  #fail(reason: string): void {
+    for (const item of this.#queue) {
+      this.#stats.messagesDropped++;
+      if (item.kind === 'snapshot') this.#options.onSnapshotSent(this.#peer, false);
+    }
+    this.#queue = [];
+    this.#options.onUnreachable(this.#peer);
+    if (this.#closed || this.#retryTimer !== null) return;
+    const jitter = 0.5 + (this.#options.random ?? Math.random)();
+    const delay = Math.min(RECONNECT_DELAY_MS_MAX, this.#delayMs) * jitter;
+    this.#delayMs = Math.min(RECONNECT_DELAY_MS_MAX, this.#delayMs * 2);
+    this.#options.logger.debug({ event: 'peer-unreachable', peer: this.#peer, reason, retryMs: Math.round(delay) }, 'peer unreachable');
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      this.#stats.reconnects++;
+      void this.#flush();
+    }, delay);
+  }
+
+  /** New credentials or address: the next message opens a new connection. */
+  reset(): void {
+    const call = this.#call;
+    this.#call = null;
+    call?.end();
+    this.#client?.close();
+    this.#client = null;
+  }
+
+  close(): void {
+    this.#closed = true;
+    if (this.#retryTimer !== null) clearTimeout(this.#retryTimer);
+    this.reset();
+    this.#queue = [];
+  }
+}

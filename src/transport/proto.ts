@@ -1,0 +1,38 @@
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+/** Where the .proto files live (the repository's proto/ folder). */
+export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
+
+const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, includeDirs: [PROTO_ROOT] };
+
+/** A loaded service: its definition (for a server) and its client constructor. */
+export interface LoadedService {
+  readonly service: grpc.ServiceDefinition;
+  readonly Client: grpc.ServiceClientConstructor;
+}
+
+let cache: Record<string, LoadedService> | null = null;
+
+/** Loads the coffer.v1 services once. */
+export function services(): { Peer: LoadedService; Join: LoadedService } {
+  if (cache === null) {
+    const definition = protoLoader.loadSync(['coffer/v1/peer.proto'], LOADER_OPTIONS);
+    const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
+    cache = {};
+    for (const [name, Client] of Object.entries(loaded.coffer.v1)) {
+      if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: Client.service, Client };
+    }
+  }
+  const { Peer, Join } = cache;
+  if (Peer === undefined || Join === undefined) throw new Error('proto/coffer/v1/peer.proto lacks the Peer or Join service');
+  return { Peer, Join };
+}
+
+/** Frames on the Raft stream, as proto-loader gives them (oneof `body` names the set field). */
+export interface RaftFrame {
+  readonly body?: 'messages' | 'snapshotChunk';
+  readonly messages?: Buffer;
+  readonly snapshotChunk?: { readonly header: Buffer; readonly offset: number; readonly totalBytes: number; readonly data: Buffer };
+}
