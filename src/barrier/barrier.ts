@@ -81,6 +81,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     };
   }
 
+  /** The current root key and its generation: what a newly admitted manager receives. */
+  currentRootKey(): { key: Buffer; gen: number } {
+    return { key: Buffer.from(this.#keys.rootKey), gen: this.#keys.rootGen };
+  }
+
   needsRotation(nowMs: number, intervalMs: number): boolean {
     return this.#keys.keyring.needsRotation(nowMs, intervalMs);
   }

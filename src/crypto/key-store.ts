@@ -4,6 +4,7 @@ import { Packr } from 'msgpackr';
 import { frame, unframe } from '../codec/frame.ts';
 import { CorruptRecordError } from '../codec/errors.ts';
 import { reached } from '../util/crash-points.ts';
+import { open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
 import { unwrapRootKey, wrapRootKey } from './root-key.ts';
 
@@ -26,6 +27,8 @@ interface KeyStoreRecord {
   readonly unlockGen: number;
   /** Encryptions reserved per keyring term: `[term, uses]`. */
   readonly usesReserved: ReadonlyArray<readonly [number, number]>;
+  /** This manager's private keys (TLS key, CA key), each sealed under the KEK: `[name, sealed]`. */
+  readonly secrets: ReadonlyArray<readonly [string, Uint8Array]>;
 }
 
 /**
@@ -56,15 +59,16 @@ export class KeyStore {
 
   static async create(
     dataDir: string,
-    options: { clusterId: string; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen?: number },
+    options: { clusterId: string; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen?: number; rootGen?: number },
   ): Promise<KeyStore> {
     const record: KeyStoreRecord = {
       clusterId: options.clusterId,
       protection: options.protection,
-      rootGen: 1,
+      rootGen: options.rootGen ?? 1,
       wrappedRoot: wrapRootKey(options.kek, options.rootKey, options.clusterId),
       unlockGen: options.unlockGen ?? 0,
       usesReserved: [],
+      secrets: [],
     };
     const store = new KeyStore(dataDir, record);
     await store.#write(() => record, 'create');
@@ -110,12 +114,27 @@ export class KeyStore {
     return unwrapRootKey(kek, this.#record.wrappedRoot, this.clusterId, this.protection === 'unlock-key' ? 'unlock key' : 'key file');
   }
 
-  /** Rewraps: a newer root key generation, or a new KEK (unlock-key rotation, autolock on). */
-  async rewrap(options: { rootGen: number; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen: number }): Promise<void> {
+  /** This manager's private keys, opened with the KEK. */
+  openSecrets(kek: Uint8Array): Map<string, Buffer> {
+    return new Map(this.#record.secrets.map(([name, sealed]) => [name, open(kek, sealed, secretAd(this.clusterId, name), `the local secret ${name}`)]));
+  }
+
+  /** Stores (or replaces) a private key, sealed under the KEK. */
+  async setSecret(name: string, value: Uint8Array, kek: Uint8Array): Promise<void> {
+    const sealed = seal(kek, value, secretAd(this.clusterId, name));
+    await this.#write((current) => ({ ...current, secrets: [...current.secrets.filter(([n]) => n !== name), [name, sealed]] }), 'secret');
+  }
+
+  /**
+   * Rewraps: a newer root key generation, or a new KEK (unlock-key rotation, autolock on). The
+   * local secrets move from `oldKek` to the new one in the same atomic write.
+   */
+  async rewrap(options: { rootGen: number; rootKey: Uint8Array; kek: Uint8Array; oldKek: Uint8Array; protection: KeyProtection; unlockGen: number }): Promise<void> {
     if (options.rootGen < this.rootGen) throw new TypeError(`root key generation ${options.rootGen} is older than the stored ${this.rootGen}`);
     await this.#write(
       (current) => ({
         ...current,
+        secrets: current.secrets.map(([name, sealed]) => [name, seal(options.kek, open(options.oldKek, sealed, secretAd(this.clusterId, name), `the local secret ${name}`), secretAd(this.clusterId, name))] as const),
         rootGen: options.rootGen,
         wrappedRoot: wrapRootKey(options.kek, options.rootKey, this.clusterId),
         protection: options.protection,
@@ -176,14 +195,18 @@ export class KeyStore {
   }
 }
 
+function secretAd(clusterId: string, name: string): Buffer {
+  return Buffer.from(`coffer/1|local-secret|${clusterId}|${name}`, 'utf8');
+}
+
 function encodeRecord(record: KeyStoreRecord): unknown[] {
-  return [1, record.clusterId, record.protection, record.rootGen, record.wrappedRoot, record.unlockGen, record.usesReserved];
+  return [1, record.clusterId, record.protection, record.rootGen, record.wrappedRoot, record.unlockGen, record.usesReserved, record.secrets];
 }
 
 function decodeRecord(payload: Buffer): KeyStoreRecord {
   const value: unknown = packr.unpack(payload);
-  if (!Array.isArray(value) || value[0] !== 1 || value.length !== 7) throw new CorruptRecordError('the key store', 'unknown layout');
-  const [, clusterId, protection, rootGen, wrappedRoot, unlockGen, usesReserved] = value as unknown[];
+  if (!Array.isArray(value) || value[0] !== 1 || value.length !== 8) throw new CorruptRecordError('the key store', 'unknown layout');
+  const [, clusterId, protection, rootGen, wrappedRoot, unlockGen, usesReserved, secrets] = value as unknown[];
   const ok =
     typeof clusterId === 'string' &&
     (protection === 'key-file' || protection === 'unlock-key') &&
@@ -192,7 +215,9 @@ function decodeRecord(payload: Buffer): KeyStoreRecord {
     wrappedRoot instanceof Uint8Array &&
     Number.isSafeInteger(unlockGen) &&
     Array.isArray(usesReserved) &&
-    usesReserved.every((pair) => Array.isArray(pair) && pair.length === 2 && pair.every((n) => Number.isSafeInteger(n)));
+    usesReserved.every((pair) => Array.isArray(pair) && pair.length === 2 && pair.every((n) => Number.isSafeInteger(n))) &&
+    Array.isArray(secrets) &&
+    secrets.every((pair) => Array.isArray(pair) && pair.length === 2 && typeof pair[0] === 'string' && pair[1] instanceof Uint8Array);
   if (!ok) throw new CorruptRecordError('the key store', 'a field has the wrong type');
   return {
     clusterId: clusterId as string,
@@ -201,5 +226,6 @@ function decodeRecord(payload: Buffer): KeyStoreRecord {
     wrappedRoot: wrappedRoot as Uint8Array,
     unlockGen: unlockGen as number,
     usesReserved: usesReserved as Array<[number, number]>,
+    secrets: secrets as Array<[string, Uint8Array]>,
   };
 }

@@ -14,6 +14,7 @@ export interface Identity {
   /** O. */
   readonly clusterId: string;
   readonly serial: string;
+  readonly notBeforeMs: number;
   readonly notAfterMs: number;
 }
 
@@ -81,13 +82,30 @@ export interface IssueOptions {
 /** A new key and a certificate for it, signed by the CA. */
 export function issueCertificate(ca: KeyAndCertificate, options: IssueOptions): KeyAndCertificate {
   const key = newRsaKey(LEAF_KEY_BITS);
+  return { keyPem: key.privatePem, certPem: signCertificate(ca, key.publicPem, options) };
+}
+
+/** A new private key for a leaf certificate, and its public half (SPKI PEM) to have signed. */
+export function newLeafKey(): { privatePem: string; publicPem: string } {
+  return newRsaKey(LEAF_KEY_BITS);
+}
+
+/** A certificate for a public key made elsewhere (a joining manager keeps its private key). */
+export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
   const caCert = forge.pki.certificateFromPem(ca.certPem);
   const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
+  let publicKey: forge.pki.PublicKey;
+  try {
+    publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
+  } catch (error) {
+    throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not an RSA public key in PEM form', { cause: error });
+  }
+  cert.publicKey = publicKey;
   cert.serialNumber = serialNumber();
   const days = options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
   const notAfterMs = options.notAfterMs ?? options.nowMs + days * DAY_MS;
-  cert.validity.notBefore = new Date(Math.min(options.nowMs, notAfterMs) - 3600_000);
+  // Backdated a little for clocks that lag: an hour, or a tenth of a short lifetime.
+  cert.validity.notBefore = new Date(Math.min(options.nowMs, notAfterMs) - Math.min(3600_000, (days * DAY_MS) / 10));
   cert.validity.notAfter = new Date(notAfterMs);
   cert.setSubject([
     { name: 'commonName', value: options.id },
@@ -103,7 +121,7 @@ export function issueCertificate(ca: KeyAndCertificate, options: IssueOptions): 
     ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
   ]);
   cert.sign(forge.pki.privateKeyFromPem(ca.keyPem), forge.md.sha256.create());
-  return { keyPem: key.privatePem, certPem: forge.pki.certificateToPem(cert) };
+  return forge.pki.certificateToPem(cert);
 }
 
 /** Reads the identity fields of a certificate (PEM or DER). */
@@ -116,7 +134,7 @@ export function identityOf(cert: string | Buffer): Identity {
   }
   const role = fields.get('OU');
   if (role !== 'manager' && role !== 'client') throw new CryptoError('CERTIFICATE_INVALID', `the certificate's role (OU) is "${role ?? ''}", not manager or client`);
-  return { id: fields.get('CN') ?? '', role, clusterId: fields.get('O') ?? '', serial: x509.serialNumber.toLowerCase(), notAfterMs: Date.parse(x509.validTo) };
+  return { id: fields.get('CN') ?? '', role, clusterId: fields.get('O') ?? '', serial: x509.serialNumber.toLowerCase(), notBeforeMs: Date.parse(x509.validFrom), notAfterMs: Date.parse(x509.validTo) };
 }
 
 /** SHA-256 of the CA certificate's DER, in hex: what a join token pins. */

@@ -33,6 +33,7 @@ export class KeyStoreLocalKeys implements LocalKeys {
       rootGen: options.rootGen,
       rootKey: options.rootKey,
       kek,
+      oldKek: this.#kek,
       protection: options.unlockKek === null ? this.#store.protection : 'unlock-key',
       unlockGen: options.unlockGen,
     });
@@ -40,6 +41,11 @@ export class KeyStoreLocalKeys implements LocalKeys {
       this.#kek.fill(0);
       this.#kek = Buffer.from(options.unlockKek);
     }
+  }
+
+  /** The KEK currently protecting the key store (for sealing local secrets). */
+  get kek(): Buffer {
+    return this.#kek;
   }
 
   forget(): void {

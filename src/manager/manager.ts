@@ -68,6 +68,8 @@ export class Manager<Result> {
   #rotationInFlight = false;
   #messagesDroppedLocked = 0;
   #lastLeader = 0;
+  #localSecrets = new Map<string, Buffer>();
+  #unlockPublished = false;
 
   private constructor(options: ManagerOptions<Result>, store: KeyStore) {
     this.id = options.id;
@@ -81,22 +83,42 @@ export class Manager<Result> {
    * Creates a data directory's key store: a new root key, wrapped by a new key file (created at
    * `keyFile`, which must not exist) or, with autolock, by a new unlock key that is returned.
    */
-  static async init(dataDir: string, options: { clusterId?: string; keyFile?: string; autolock?: boolean }): Promise<InitResult> {
+  static async init(
+    dataDir: string,
+    options: {
+      clusterId?: string;
+      keyFile?: string;
+      autolock?: boolean;
+      /** A joining manager's: the cluster's root key (generation `rootGen`), received from the leader. */
+      rootKey?: Buffer;
+      rootGen?: number;
+      /** Private keys to keep sealed under the KEK (TLS key, CA key). */
+      secrets?: ReadonlyMap<string, Buffer>;
+    },
+  ): Promise<InitResult> {
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     if (await KeyStore.exists(dataDir)) throw new ManagerError('ALREADY_INITIALIZED', `${dataDir} already holds a manager's keys; use it as it is, or choose an empty directory`);
     const clusterId = options.clusterId ?? randomUUID();
-    const rootKey = generateRootKey();
+    const rootKey = options.rootKey ?? generateRootKey();
+    const rootGen = options.rootGen ?? 1;
+    let unlockKey: string | null = null;
+    let kek: Buffer;
     try {
       if (options.autolock === true) {
-        const unlockKey = generateUnlockKey();
-        await KeyStore.create(dataDir, { clusterId, rootKey, kek: kekFromUnlockKey(unlockKey, clusterId), protection: 'unlock-key' });
-        return { clusterId, unlockKey };
+        unlockKey = generateUnlockKey();
+        kek = kekFromUnlockKey(unlockKey, clusterId);
+        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key' });
+        for (const [name, value] of options.secrets ?? []) await store.setSecret(name, value, kek);
+      } else {
+        if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
+        kek = createKeyFile(options.keyFile);
+        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'key-file' });
+        for (const [name, value] of options.secrets ?? []) await store.setSecret(name, value, kek);
       }
-      if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
-      await KeyStore.create(dataDir, { clusterId, rootKey, kek: createKeyFile(options.keyFile), protection: 'key-file' });
-      return { clusterId, unlockKey: null };
+      kek.fill(0);
+      return { clusterId, unlockKey };
     } finally {
-      rootKey.fill(0);
+      if (options.rootKey === undefined) rootKey.fill(0);
     }
   }
 
@@ -161,6 +183,7 @@ export class Manager<Result> {
       throw error;
     }
     const timer = setInterval(() => this.#onTick(), options.tickIntervalMs ?? TICK_INTERVAL_MS);
+    this.#localSecrets = this.#store.openSecrets(kek);
     this.#running = { replica, barrier, storage, local, timer };
   }
 
@@ -174,6 +197,38 @@ export class Manager<Result> {
       this.#log.info({ event: 'leader-changed', leader: lead, term }, lead === 0 ? 'no leader known' : `manager ${lead} leads in term ${term}`);
     }
     this.#maybeRotate(running);
+    this.#maybePublishUnlockKey(running);
+  }
+
+  /**
+   * A cluster made with autolock has an unlock key that only the first manager's key store knows.
+   * Its first leader puts that key's KEK in the log (sealed under the root key), so managers
+   * that join later are autolocked with the same unlock key.
+   */
+  #maybePublishUnlockKey(running: Running<Result>): void {
+    if (this.#unlockPublished || this.#store.protection !== 'unlock-key' || running.replica.raw.basicStatus().role !== 'leader') return;
+    if (running.barrier.status().unlockGen !== 0 || running.barrier.status().activeTerm === 0) return;
+    this.#unlockPublished = true;
+    running.replica.propose(running.barrier.rotateUnlockPayload(running.local.kek)).catch(() => {
+      this.#unlockPublished = false;
+    });
+  }
+
+  /** The cluster's current root key, for a manager being admitted (sent over mutual TLS only). */
+  rootKeyForJoiner(): { key: Buffer; gen: number } {
+    return this.#need().barrier.currentRootKey();
+  }
+
+  /** This manager's private keys (TLS key, CA key), opened at unlock. */
+  localSecret(name: string): Buffer | undefined {
+    return this.#localSecrets.get(name);
+  }
+
+  /** Stores (or replaces) a private key, sealed under the KEK. */
+  async setLocalSecret(name: string, value: Buffer): Promise<void> {
+    const running = this.#need();
+    await this.#store.setSecret(name, value, running.local.kek);
+    this.#localSecrets.set(name, Buffer.from(value));
   }
 
   /** Scheduled rotation, by the leader: a keyring without a term, an old key, or one near its use limit. */

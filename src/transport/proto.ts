@@ -16,18 +16,18 @@ export interface LoadedService {
 let cache: Record<string, LoadedService> | null = null;
 
 /** Loads the coffer.v1 services once. */
-export function services(): { Peer: LoadedService; Join: LoadedService } {
+export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService } {
   if (cache === null) {
-    const definition = protoLoader.loadSync(['coffer/v1/peer.proto'], LOADER_OPTIONS);
+    const definition = protoLoader.loadSync(['coffer/v1/peer.proto', 'coffer/v1/api.proto'], LOADER_OPTIONS);
     const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
     cache = {};
     for (const [name, Client] of Object.entries(loaded.coffer.v1)) {
       if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: Client.service, Client };
     }
   }
-  const { Peer, Join } = cache;
-  if (Peer === undefined || Join === undefined) throw new Error('proto/coffer/v1/peer.proto lacks the Peer or Join service');
-  return { Peer, Join };
+  const { Peer, Join, Secrets, Cluster } = cache;
+  if (Peer === undefined || Join === undefined || Secrets === undefined || Cluster === undefined) throw new Error('proto/coffer/v1 lacks a service');
+  return { Peer, Join, Secrets, Cluster };
 }
 
 /** Frames on the Raft stream, as proto-loader gives them (oneof `body` names the set field). */

@@ -22,12 +22,15 @@ test('the key store keeps the root key wrapped, owner-readable only, and rewraps
     assert.throws(() => store.openRoot(randomBytes(32)), refusedWith('KEY_FILE_INVALID'));
 
     const unlockKek = randomBytes(32);
-    await store.rewrap({ rootGen: 1, rootKey: root, kek: unlockKek, protection: 'unlock-key', unlockGen: 1 });
+    await store.setSecret('tls-key', Buffer.from('private key bytes'), kek);
+    await store.rewrap({ rootGen: 1, rootKey: root, kek: unlockKek, oldKek: kek, protection: 'unlock-key', unlockGen: 1 });
     const again = await KeyStore.read(dir);
     assert.equal(again.protection, 'unlock-key');
     assert.throws(() => again.openRoot(kek), refusedWith('UNLOCK_KEY_WRONG'), 'the old KEK no longer opens it');
     assert.deepEqual(again.openRoot(unlockKek), root);
-    await assert.rejects(again.rewrap({ rootGen: 0, rootKey: root, kek, protection: 'key-file', unlockGen: 1 }), /older than the stored 1/);
+    assert.deepEqual(again.openSecrets(unlockKek).get('tls-key'), Buffer.from('private key bytes'), 'local secrets moved to the new KEK');
+    assert.ok(!readFileSync(join(dir, 'keys')).includes(Buffer.from('private key bytes')));
+    await assert.rejects(again.rewrap({ rootGen: 0, rootKey: root, kek, oldKek: kek, protection: 'key-file', unlockGen: 1 }), /older than the stored 1/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -39,7 +42,7 @@ test('concurrent reservations and rewraps are applied one after another and none
     const root = randomBytes(32);
     const kek = randomBytes(32);
     const store = await KeyStore.create(dir, { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
-    await Promise.all([store.reserveUses(1, 100, [1, 2]), store.rewrap({ rootGen: 2, rootKey: root, kek, protection: 'key-file', unlockGen: 0 }), store.reserveUses(2, 50, [1, 2])]);
+    await Promise.all([store.reserveUses(1, 100, [1, 2]), store.rewrap({ rootGen: 2, rootKey: root, kek, oldKek: kek, protection: 'key-file', unlockGen: 0 }), store.reserveUses(2, 50, [1, 2])]);
     const back = await KeyStore.read(dir);
     assert.equal(back.rootGen, 2);
     assert.equal(back.usesReserved(1), 100);

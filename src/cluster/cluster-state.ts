@@ -1,0 +1,72 @@
+import { Packr } from 'msgpackr';
+import type { NodeId } from '../raft/types.ts';
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/** Command kinds this state handles (all start with `cluster.`). */
+export type ClusterCommand =
+  | { readonly kind: 'cluster.member'; readonly id: NodeId; readonly address: string }
+  | { readonly kind: 'cluster.removed'; readonly id: NodeId }
+  | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array };
+
+export type ClusterResult = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+
+/**
+ * Replicated facts about the cluster itself: where each manager listens, which managers were
+ * removed (their certificates are refused for good), and the hash of the current manager join
+ * token (replacing it makes the old token stop working on every manager at once).
+ */
+export class ClusterState {
+  readonly addresses = new Map<NodeId, string>();
+  readonly removed = new Set<NodeId>();
+  joinTokenHash: Buffer | null = null;
+
+  static encode(command: ClusterCommand): { kind: string; data: Buffer } {
+    switch (command.kind) {
+      case 'cluster.member':
+        return { kind: command.kind, data: packr.pack([command.id, command.address]) };
+      case 'cluster.removed':
+        return { kind: command.kind, data: packr.pack([command.id]) };
+      case 'cluster.join-token':
+        return { kind: command.kind, data: packr.pack([command.hash]) };
+    }
+  }
+
+  apply(kind: string, data: Buffer): ClusterResult {
+    const fields = packr.unpack(data) as unknown[];
+    switch (kind) {
+      case 'cluster.member': {
+        const [id, address] = fields as [number, string];
+        if (this.removed.has(id)) return { ok: false, reason: `manager ${id} was removed; it cannot come back under that id` };
+        this.addresses.set(id, address);
+        return { ok: true };
+      }
+      case 'cluster.removed': {
+        const [id] = fields as [number];
+        this.removed.add(id);
+        this.addresses.delete(id);
+        return { ok: true };
+      }
+      case 'cluster.join-token': {
+        const [hash] = fields as [Uint8Array];
+        this.joinTokenHash = Buffer.from(hash);
+        return { ok: true };
+      }
+      default:
+        return { ok: false, reason: `unknown cluster command ${kind}` };
+    }
+  }
+
+  snapshot(): unknown {
+    return [[...this.addresses], [...this.removed], this.joinTokenHash];
+  }
+
+  restore(image: unknown): void {
+    const [addresses, removed, hash] = image as [Array<[number, string]>, number[], Uint8Array | null];
+    this.addresses.clear();
+    for (const [id, address] of addresses) this.addresses.set(id, address);
+    this.removed.clear();
+    for (const id of removed) this.removed.add(id);
+    this.joinTokenHash = hash === null ? null : Buffer.from(hash);
+  }
+}

@@ -1,0 +1,206 @@
+import * as grpc from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Packr } from 'msgpackr';
+import { MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken } from '../crypto/pki.ts';
+import { Manager } from '../manager/manager.ts';
+import type { NodeId } from '../raft/types.ts';
+import { services } from '../transport/proto.ts';
+import { MANAGER_CHANNEL_OPTIONS } from '../transport/tls.ts';
+import { ServiceError } from './errors.ts';
+import { defaultKeyFile, hostOf } from './node.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, splitHostPort, writeNodeConfig, writeTlsFiles } from './node-config.ts';
+import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './services.ts';
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+export interface InitOptions {
+  readonly dataDir: string;
+  readonly listen: string;
+  readonly advertise?: string;
+  readonly keyFile?: string;
+  readonly autolock?: boolean;
+  /** Where the admin client identity goes (ca.crt, admin.crt, admin.key); default `<data dir>-admin`. */
+  readonly adminDir?: string;
+  /** Lifetime of manager certificates, renewed automatically when a third of it is left. */
+  readonly managerCertValidityDays?: number;
+}
+
+export interface InitOutcome {
+  readonly clusterId: string;
+  readonly joinToken: string;
+  readonly unlockKey: string | null;
+  readonly adminDir: string;
+  readonly keyFile: string | null;
+}
+
+/**
+ * `coffer init`: a new cluster of one manager (node 1). Makes the cluster id, the CA, this
+ * manager's certificate, the root key (wrapped by a new key file, or an unlock key with
+ * autolock), the admin client identity and the first manager join token. The CA key and the TLS
+ * key are kept sealed in the key store; only their certificates are plain files.
+ */
+export async function initCluster(options: InitOptions): Promise<InitOutcome> {
+  const advertise = options.advertise ?? options.listen;
+  splitHostPort(options.listen);
+  splitHostPort(advertise);
+  const clusterId = randomUUID();
+  const now = Date.now();
+  const ca = createCa(clusterId, now);
+  const validityDays = options.managerCertValidityDays ?? MANAGER_CERT_VALIDITY_DAYS;
+  if (!(validityDays > 0)) throw new TypeError('the certificate lifetime must be a positive number of days');
+  const node = issueCertificate(ca, { id: '1', role: 'manager', clusterId, nowMs: now, hosts: [hostOf(advertise)], validityDays });
+  const keyFile = options.autolock === true ? null : (options.keyFile ?? defaultKeyFile(options.dataDir));
+  const init = await Manager.init(options.dataDir, {
+    clusterId,
+    ...(keyFile === null ? { autolock: true } : { keyFile }),
+    secrets: new Map([
+      [TLS_KEY_SECRET, Buffer.from(node.keyPem)],
+      [CA_KEY_SECRET, Buffer.from(ca.keyPem)],
+    ]),
+  });
+  const token = newJoinToken(ca.certPem);
+  await writeTlsFiles(options.dataDir, ca.certPem, node.certPem);
+  await writeNodeConfig(options.dataDir, {
+    format: 1,
+    nodeId: 1,
+    clusterId,
+    listen: options.listen,
+    advertise,
+    bootstrap: true,
+    initialJoinTokenHash: joinTokenHash(token.secret).toString('hex'),
+    peers: [],
+    managerCertValidityDays: validityDays,
+  });
+  const adminDir = options.adminDir ?? `${options.dataDir.replace(/\/+$/, '')}-admin`;
+  const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
+  await mkdir(adminDir, { recursive: true, mode: 0o700 });
+  await writeFile(join(adminDir, 'ca.crt'), ca.certPem);
+  await writeFile(join(adminDir, 'admin.crt'), admin.certPem);
+  await writeFile(join(adminDir, 'admin.key'), admin.keyPem, { mode: 0o600 });
+  return { clusterId, joinToken: formatJoinToken(token), unlockKey: init.unlockKey, adminDir, keyFile };
+}
+
+export interface JoinOptions {
+  readonly dataDir: string;
+  readonly listen: string;
+  readonly advertise?: string;
+  /** Any manager of the cluster (host:port); a follower sends the joiner on to the leader. */
+  readonly join: string;
+  readonly token: string;
+  readonly keyFile?: string;
+  readonly deadlineMs?: number;
+}
+
+/**
+ * `coffer join`: checks the CA a manager presents against the token's digest before trusting
+ * anything, proves the token over TLS, and stores what it receives: a certificate for a key
+ * made here, the root key (wrapped by a new key file) and the CA key. The leader has added this
+ * manager as a learner; it is promoted to voter once it has caught up.
+ */
+export async function joinCluster(options: JoinOptions): Promise<{ nodeId: NodeId; clusterId: string }> {
+  const token = parseJoinToken(options.token);
+  const advertise = options.advertise ?? options.listen;
+  splitHostPort(options.listen);
+  splitHostPort(advertise);
+  const deadline = Date.now() + (options.deadlineMs ?? 30_000);
+  const caPem = await fetchCaCertificate(options.join, deadline);
+  if (caDigest(caPem) !== token.caDigest) {
+    throw new ServiceError(
+      grpc.status.PERMISSION_DENIED,
+      `the manager at ${options.join} presents a CA certificate that does not match the join token: refusing to trust it (a wrong address, or someone in the middle)`,
+    );
+  }
+  const key = newLeafKey();
+  let address = options.join;
+  for (let hop = 0; ; hop++) {
+    try {
+      const response = await callJoin(address, caPem, { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem }, deadline);
+      const members = packr.unpack(response.members) as Array<[number, string]>;
+      await Manager.init(options.dataDir, {
+        clusterId: response.clusterId,
+        keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
+        rootKey: response.rootKey,
+        rootGen: response.rootGeneration,
+        secrets: new Map([
+          [TLS_KEY_SECRET, Buffer.from(key.privatePem)],
+          [CA_KEY_SECRET, Buffer.from(response.caKeyPem)],
+        ]),
+      });
+      response.rootKey.fill(0);
+      await writeTlsFiles(options.dataDir, caPem, response.certificatePem);
+      await writeNodeConfig(options.dataDir, {
+        format: 1,
+        nodeId: response.nodeId,
+        clusterId: response.clusterId,
+        listen: options.listen,
+        advertise,
+        bootstrap: false,
+        initialJoinTokenHash: null,
+        peers: members,
+        managerCertValidityDays: response.managerCertValidityDays,
+      });
+      return { nodeId: response.nodeId, clusterId: response.clusterId };
+    } catch (error) {
+      const redirect = error instanceof JoinRedirect ? error.address : null;
+      if (redirect === null || hop >= 3) throw error;
+      address = redirect;
+    }
+  }
+}
+
+class JoinRedirect extends Error {
+  constructor(readonly address: string) {
+    super(`redirected to ${address}`);
+  }
+}
+
+/** Reads the CA certificate without trusting the server yet (it is checked against the token next). */
+function fetchCaCertificate(address: string, deadline: number): Promise<string> {
+  const { Join } = services();
+  const client = new Join.Client(address, grpc.credentials.createSsl(null, null, null, { rejectUnauthorized: false, checkServerIdentity: () => undefined }), MANAGER_CHANNEL_OPTIONS);
+  return new Promise((resolve, reject) => {
+    (client as unknown as { getCaCertificate(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { pem: string }) => void): void }).getCaCertificate({}, { deadline }, (error, response) => {
+      client.close();
+      if (error !== null) reject(new ServiceError(error.code, `cannot reach ${address} to join: ${error.details}`));
+      else resolve(response!.pem);
+    });
+  });
+}
+
+interface JoinResponse {
+  nodeId: number;
+  clusterId: string;
+  certificatePem: string;
+  rootKey: Buffer;
+  rootGeneration: number;
+  caKeyPem: string;
+  members: Buffer;
+  managerCertValidityDays: number;
+}
+
+/** The join call, on a channel that trusts only the pinned CA and a manager certificate of it. */
+function callJoin(address: string, caPem: string, request: object, deadline: number): Promise<JoinResponse> {
+  const { Join } = services();
+  // The cluster id is not known yet: any manager certificate the pinned CA signed will do.
+  const credentials = grpc.credentials.createSsl(Buffer.from(caPem), null, null, {
+    checkServerIdentity: (_host, cert) => {
+      try {
+        return identityOf(cert.raw).role === 'manager' ? undefined : new Error('the server is not a manager of this cluster');
+      } catch (error) {
+        return error as Error;
+      }
+    },
+  });
+  const client = new Join.Client(address, credentials, MANAGER_CHANNEL_OPTIONS);
+  return new Promise((resolve, reject) => {
+    (client as unknown as { joinCluster(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: JoinResponse) => void): void }).joinCluster(request, { deadline }, (error, response) => {
+      client.close();
+      if (error === null) return resolve(response!);
+      const redirect = error.metadata?.get(LEADER_ADDRESS_METADATA)[0];
+      if (error.code === grpc.status.FAILED_PRECONDITION && typeof redirect === 'string') return reject(new JoinRedirect(redirect));
+      reject(new ServiceError(error.code, `joining through ${address}: ${error.details}`));
+    });
+  });
+}

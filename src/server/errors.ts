@@ -1,0 +1,46 @@
+import * as grpc from '@grpc/grpc-js';
+import { CryptoError } from '../crypto/errors.ts';
+import { ManagerError } from '../manager/errors.ts';
+import { RaftError } from '../raft/errors.ts';
+import { ReplicaError } from '../replica/replica.ts';
+
+/** A refusal with its gRPC status and a message that says what to do; never a stack or a secret. */
+export class ServiceError extends Error {
+  override name = 'ServiceError';
+  readonly status: grpc.status;
+
+  constructor(status: grpc.status, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** The one place where internal error codes become gRPC statuses. */
+export function toStatus(error: unknown): { code: grpc.status; details: string } {
+  if (error instanceof ServiceError) return { code: error.status, details: error.message };
+  if (error instanceof RaftError) {
+    switch (error.code) {
+      case 'NOT_LEADER':
+      case 'TRANSFER_IN_PROGRESS':
+        return { code: grpc.status.UNAVAILABLE, details: `${error.message}; retry` };
+      case 'ENTRY_TOO_LARGE':
+      case 'PROPOSALS_BACKLOGGED':
+        return { code: grpc.status.RESOURCE_EXHAUSTED, details: error.message };
+      default:
+        return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
+    }
+  }
+  if (error instanceof ReplicaError) {
+    if (error.code === 'PROPOSAL_LOST') return { code: grpc.status.ABORTED, details: `${error.message}; check before retrying` };
+    return { code: grpc.status.UNAVAILABLE, details: error.message };
+  }
+  if (error instanceof ManagerError) {
+    if (error.code === 'MANAGER_LOCKED' || error.code === 'MANAGER_STOPPED') return { code: grpc.status.UNAVAILABLE, details: error.message };
+    return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
+  }
+  if (error instanceof CryptoError) {
+    if (error.code === 'KEY_USES_EXHAUSTED' || error.code === 'KEYRING_EMPTY') return { code: grpc.status.UNAVAILABLE, details: error.message };
+    return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
+  }
+  return { code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' };
+}

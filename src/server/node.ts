@@ -1,0 +1,266 @@
+import * as grpc from '@grpc/grpc-js';
+import { randomInt } from 'node:crypto';
+import { Packr } from 'msgpackr';
+import type { BarrierResult } from '../barrier/barrier.ts';
+import { ClusterState } from '../cluster/cluster-state.ts';
+import { identityOf, newLeafKey, signCertificate, type KeyAndCertificate } from '../crypto/pki.ts';
+import { Manager } from '../manager/manager.ts';
+import type { ConfChange, NodeId } from '../raft/types.ts';
+import { ManagerState, type ManagerStateResult } from '../store/manager-state.ts';
+import { PeerTransport } from '../transport/peer-transport.ts';
+import { services } from '../transport/proto.ts';
+import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
+import { createLogger, type Logger } from '../util/logger.ts';
+import { SeededRandom } from '../util/prng.ts';
+import { ServiceError } from './errors.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { registerServices } from './services.ts';
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/** Renew a manager certificate once less than this share of its lifetime is left. */
+export const CERT_RENEW_REMAINING_SHARE = 1 / 3;
+const HOUSEKEEPING_INTERVAL_MS = 250;
+
+export interface NodeOptions {
+  readonly dataDir: string;
+  /** Defaults to `<data dir>.key`, beside (not inside) the data directory. */
+  readonly keyFile?: string;
+  /** For an autolocked manager. */
+  readonly unlockKey?: string;
+  readonly logger?: Logger;
+  readonly tickIntervalMs?: number;
+  readonly snapshotEveryEntries?: number;
+  readonly snapshotTailEntries?: number;
+}
+
+export function defaultKeyFile(dataDir: string): string {
+  return `${dataDir.replace(/\/+$/, '')}.key`;
+}
+
+/**
+ * A running manager process: the Manager (data directory, barrier, replica), the gRPC server
+ * (peers, joiners, clients), the peer transport, and the housekeeping a leader does (its own
+ * address and the join token in the replicated state, promoting caught-up learners) and every
+ * manager does (renewing its certificate before it expires).
+ */
+export class CofferNode {
+  readonly config: NodeConfig;
+  readonly manager: Manager<ManagerStateResult>;
+  readonly state: ManagerState;
+  readonly transport: PeerTransport;
+  readonly server: grpc.Server;
+  readonly log: Logger;
+  readonly #credentials: RenewableServerCredentials;
+  readonly #options: NodeOptions;
+  #tls: TlsMaterial;
+  #caKeyPem: string;
+  #housekeeping: NodeJS.Timeout | null = null;
+  #housekeepingBusy = false;
+  #peerClients = new Map<NodeId, grpc.Client>();
+  boundPort = 0;
+
+  private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger) {
+    this.#options = options;
+    this.config = config;
+    this.manager = manager;
+    this.state = state;
+    this.transport = transport;
+    this.#tls = tls;
+    this.#caKeyPem = caKeyPem;
+    this.log = log;
+    this.#credentials = new RenewableServerCredentials(tls);
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+    registerServices(this);
+  }
+
+  static async start(options: NodeOptions): Promise<CofferNode> {
+    const config = await readNodeConfig(options.dataDir);
+    const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
+    const state = new ManagerState();
+    let node: CofferNode | null = null;
+    const bootstrapPeers = new Map(config.peers);
+    const transport = new PeerTransport({
+      selfId: config.nodeId,
+      clusterId: config.clusterId,
+      tls: () => node!.tls,
+      addressOf: (peer) => state.cluster.addresses.get(peer) ?? bootstrapPeers.get(peer),
+      onMessage: (message) => manager.step(message),
+      onUnreachable: (peer) => manager.reportUnreachable(peer),
+      onSnapshotSent: (peer, ok) => manager.reportSnapshot(peer, ok),
+      isRemoved: (peer) => state.cluster.removed.has(peer),
+      logger: log.child({ component: 'transport' }),
+    });
+    const manager = await Manager.open<ManagerStateResult>({
+      dataDir: options.dataDir,
+      id: config.nodeId,
+      keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
+      peers: transport,
+      inner: state,
+      random: new SeededRandom(randomInt(2 ** 31)),
+      ...(config.bootstrap ? { bootstrapVoters: [config.nodeId] } : {}),
+      logger: log,
+      ...(options.tickIntervalMs === undefined ? {} : { tickIntervalMs: options.tickIntervalMs }),
+      ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
+      ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+    });
+    if (manager.locked) {
+      if (options.unlockKey === undefined) {
+        await manager.stop();
+        throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'this manager is autolocked: give its unlock key (coffer server reads it from stdin)');
+      }
+      await manager.unlock(options.unlockKey);
+    }
+    const files = await readTlsFiles(options.dataDir);
+    const tlsKey = manager.localSecret(TLS_KEY_SECRET);
+    const caKey = manager.localSecret(CA_KEY_SECRET);
+    if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
+    node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem: files.nodeCertPem, keyPem: tlsKey.toString() }, caKey.toString(), log);
+    await node.#listen();
+    node.#housekeeping = setInterval(() => void node!.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
+    log.info({ event: 'started', nodeId: config.nodeId, listen: config.listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${config.listen}`);
+    return node;
+  }
+
+  get tls(): TlsMaterial {
+    return this.#tls;
+  }
+
+  get ca(): KeyAndCertificate {
+    return { certPem: this.#tls.caPem, keyPem: this.#caKeyPem };
+  }
+
+  async #listen(): Promise<void> {
+    this.boundPort = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
+    );
+  }
+
+  /** Where a member listens, from the replicated state or what this manager learned when joining. */
+  addressOf(id: NodeId): string | undefined {
+    return this.state.cluster.addresses.get(id) ?? new Map(this.config.peers).get(id);
+  }
+
+  async #housekeep(): Promise<void> {
+    if (this.#housekeepingBusy) return;
+    this.#housekeepingBusy = true;
+    try {
+      await this.#maybeRenewCertificate();
+      const status = this.manager.raftStatus();
+      if (status === null || status.role !== 'leader' || (this.manager.status().keys?.activeTerm ?? 0) === 0) return;
+      const cluster = this.state.cluster;
+      if (cluster.addresses.get(this.config.nodeId) !== this.config.advertise) {
+        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member', id: this.config.nodeId, address: this.config.advertise }));
+      }
+      if (cluster.joinTokenHash === null && this.config.initialJoinTokenHash !== null) {
+        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex') }));
+      }
+      await this.#maybePromote();
+    } catch (error) {
+      this.log.debug({ event: 'housekeeping-retry', err: error }, 'housekeeping will retry');
+    } finally {
+      this.#housekeepingBusy = false;
+    }
+  }
+
+  /** Promotes a learner to voter once it has every committed entry (one change at a time). */
+  async #maybePromote(): Promise<void> {
+    const status = this.manager.raftStatus();
+    if (status === null || status.progress === null) return;
+    for (const learner of status.confState.learners) {
+      const progress = status.progress.get(learner);
+      if (progress !== undefined && progress.match >= status.commit) {
+        this.log.info({ event: 'promote', nodeId: learner }, `manager ${learner} caught up: promoting it to voter`);
+        await this.manager.proposeConfChange({ type: 'add-voter', nodeId: learner });
+        return;
+      }
+    }
+  }
+
+  async #maybeRenewCertificate(): Promise<void> {
+    const identity = identityOf(this.#tls.certPem);
+    const now = Date.now();
+    const lifetime = identity.notAfterMs - identity.notBeforeMs;
+    if (identity.notAfterMs - now > lifetime * CERT_RENEW_REMAINING_SHARE) return;
+    const key = newLeafKey();
+    const certPem = signCertificate(this.ca, key.publicPem, {
+      id: String(this.config.nodeId),
+      role: 'manager',
+      clusterId: this.config.clusterId,
+      nowMs: now,
+      hosts: [hostOf(this.config.advertise)],
+      validityDays: this.config.managerCertValidityDays,
+    });
+    await this.manager.setLocalSecret(TLS_KEY_SECRET, Buffer.from(key.privatePem));
+    await writeTlsFiles(this.#options.dataDir, this.#tls.caPem, certPem);
+    this.#tls = { caPem: this.#tls.caPem, certPem, keyPem: key.privatePem };
+    this.#credentials.update(this.#tls);
+    this.transport.reconnectAll();
+    for (const client of this.#peerClients.values()) client.close();
+    this.#peerClients.clear();
+    this.log.info({ event: 'certificate-renewed', serial: identityOf(certPem).serial, notAfter: new Date(identityOf(certPem).notAfterMs).toISOString() }, 'renewed this manager\'s certificate');
+  }
+
+  /**
+   * Seals a command here and proposes it on the leader (here, or forwarded over Peer.Propose);
+   * resolves once it is committed and applied on the leader.
+   */
+  async proposeCommand(command: { kind: string; data: Buffer }): Promise<ManagerStateResult> {
+    const payload = await this.manager.sealCommand(command.kind, command.data);
+    const result = await this.proposeSealed(payload);
+    if (result.type === 'applied') return result.result;
+    if (result.type === 'refused') throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.message);
+    throw new ServiceError(grpc.status.INTERNAL, 'the command was not applied as a command');
+  }
+
+  async proposeSealed(payload: Buffer): Promise<BarrierResult<ManagerStateResult>> {
+    const status = this.manager.raftStatus();
+    if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+    if (status.role === 'leader') return this.manager.proposePayload(payload);
+    const answer = await this.#forward(status.lead, { payload });
+    return packr.unpack(answer) as BarrierResult<ManagerStateResult>;
+  }
+
+  async proposeConfChange(change: ConfChange): Promise<void> {
+    const status = this.manager.raftStatus();
+    if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+    if (status.role === 'leader') return this.manager.proposeConfChange(change);
+    await this.#forward(status.lead, { confChange: packr.pack([change.type, change.nodeId]) });
+  }
+
+  #forward(leader: NodeId, body: { payload?: Buffer; confChange?: Buffer }): Promise<Buffer> {
+    if (leader === 0) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected'));
+    let client = this.#peerClients.get(leader);
+    if (client === undefined) {
+      const address = this.addressOf(leader);
+      if (address === undefined) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, `the leader ${leader} has no known address yet; retry`));
+      const { Peer } = services();
+      client = new Peer.Client(address, managerChannelCredentials(this.#tls, { clusterId: this.config.clusterId, nodeId: String(leader) }), MANAGER_CHANNEL_OPTIONS);
+      this.#peerClients.set(leader, client);
+    }
+    return new Promise((resolve, reject) => {
+      (client as unknown as { propose(request: object, options: grpc.CallOptions, cb: (error: grpc.ServiceError | null, response?: { result: Buffer }) => void): void }).propose(
+        body,
+        { deadline: Date.now() + 10_000 },
+        (error, response) => {
+          if (error !== null) reject(new ServiceError(error.code === grpc.status.PERMISSION_DENIED ? grpc.status.INTERNAL : error.code, `forwarding to the leader ${leader}: ${error.details}`));
+          else resolve(response!.result);
+        },
+      );
+    });
+  }
+
+  async stop(): Promise<void> {
+    if (this.#housekeeping !== null) clearInterval(this.#housekeeping);
+    this.transport.close();
+    for (const client of this.#peerClients.values()) client.close();
+    this.server.forceShutdown();
+    await this.manager.stop();
+  }
+}
+
+export function hostOf(address: string): string {
+  const at = address.lastIndexOf(':');
+  return address.slice(0, at).replace(/^\[|\]$/g, '');
+}
+

@@ -1,0 +1,140 @@
+import * as grpc from '@grpc/grpc-js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { services } from '../../src/transport/proto.ts';
+import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
+
+const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+
+/** A free TCP port on 127.0.0.1 (bound and released; fine on loopback in a test). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Runs `coffer ARGS` to completion. */
+export function coffer(args: string[], input?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdin.end(input ?? '');
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Long-running coffer processes, each tracked by PID and killed when the test ends. */
+export class Processes {
+  readonly #children = new Map<string, ChildProcess>();
+
+  constructor(readonly logDir: string) {}
+
+  start(name: string, args: string[]): ChildProcess {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
+    child.stdout!.pipe(log);
+    child.stderr!.pipe(log);
+    child.stdin!.end();
+    this.#children.set(name, child);
+    return child;
+  }
+
+  log(name: string): string {
+    try {
+      return readFileSync(join(this.logDir, `${name}.log`), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** kill -9, and waits for the process to be gone. */
+  async kill(name: string): Promise<void> {
+    const child = this.#children.get(name);
+    this.#children.delete(name);
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    const gone = new Promise((resolve) => child.once('exit', resolve));
+    process.kill(child.pid!, 'SIGKILL');
+    await gone;
+  }
+
+  async killAll(): Promise<void> {
+    for (const name of [...this.#children.keys()]) await this.kill(name);
+  }
+}
+
+export interface StatusReply {
+  nodeId: number;
+  role: string;
+  leaderId: number;
+  term: number;
+  commitIndex: number;
+  appliedIndex: number;
+  voters: number[];
+  learners: number[];
+  keyringTerm: number;
+  certificateSerial: string;
+  certificateNotAfterMs: number;
+  snapshotIndex: number;
+  snapshotsSent: number;
+}
+
+/** A client holding the admin identity made by `coffer init`. */
+export class AdminClient {
+  readonly #credentials: grpc.ChannelCredentials;
+  readonly #clients = new Map<string, Record<string, grpc.Client>>();
+
+  constructor(adminDir: string, clusterId: string) {
+    const read = (name: string) => readFileSync(join(adminDir, name), 'utf8');
+    this.#credentials = managerChannelCredentials({ caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') }, { clusterId });
+  }
+
+  #client(address: string, service: 'Cluster' | 'Secrets'): grpc.Client {
+    let clients = this.#clients.get(address);
+    if (clients === undefined) {
+      const loaded = services();
+      clients = { Cluster: new loaded.Cluster.Client(address, this.#credentials, MANAGER_CHANNEL_OPTIONS), Secrets: new loaded.Secrets.Client(address, this.#credentials, MANAGER_CHANNEL_OPTIONS) };
+      this.#clients.set(address, clients);
+    }
+    return clients[service]!;
+  }
+
+  call<Response>(address: string, service: 'Cluster' | 'Secrets', method: string, request: object, timeoutMs = 5000): Promise<Response> {
+    const client = this.#client(address, service) as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
+    return new Promise((resolve, reject) => {
+      client[method]!.call(client, request, { deadline: Date.now() + timeoutMs }, (error, response) => (error === null ? resolve(response!) : reject(error)));
+    });
+  }
+
+  status(address: string): Promise<StatusReply> {
+    return this.call<StatusReply>(address, 'Cluster', 'status', {});
+  }
+
+  close(): void {
+    for (const clients of this.#clients.values()) for (const client of Object.values(clients)) client.close();
+    this.#clients.clear();
+  }
+}
+
+/** Polls until `probe` returns a value (not undefined), or fails after `timeoutMs`. */
+export async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last === null ? '' : `: ${String((last as Error).message ?? last)}`}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
