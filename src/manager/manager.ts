@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Barrier, type BarrierResult, type InnerStateMachine } from '../barrier/barrier.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { KeyStore } from '../crypto/key-store.ts';
+import { KEY_USES_MAX } from '../crypto/keyring.ts';
 import { createKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
 import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
@@ -266,6 +267,20 @@ export class Manager<Result> {
   /** The leader's full Raft status (progress of each follower), or null while locked. */
   raftStatus(): Status | null {
     return this.#running?.replica.raw.status() ?? null;
+  }
+
+  /**
+   * True when this manager has used the active key nearly up to its limit (KEY_USES_MAX): the
+   * leader does not see other managers' counts, so a follower asks for the rotation itself.
+   */
+  keyUsesNearLimit(): boolean {
+    const keys = this.#running?.barrier.status();
+    return keys !== undefined && keys.activeTerm > 0 && keys.usesOfActiveTerm >= KEY_USES_MAX * 0.9;
+  }
+
+  /** A keyring rotation, sealed for proposing here or on the leader. */
+  rotationPayload(): Buffer {
+    return this.#need().barrier.rotatePayload(this.#now());
   }
 
   /** Proposes a membership change (on the leader); resolves once applied here. */

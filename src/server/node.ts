@@ -147,6 +147,11 @@ export class CofferNode {
     try {
       await this.#maybeRenewCertificate();
       const status = this.manager.raftStatus();
+      if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {
+        this.log.warn({ event: 'key-uses-near-limit' }, 'this manager has nearly used up the active data key: asking the leader to rotate');
+        await this.proposeSealed(this.manager.rotationPayload());
+        return;
+      }
       if (status === null || status.role !== 'leader' || (this.manager.status().keys?.activeTerm ?? 0) === 0) return;
       const cluster = this.state.cluster;
       if (cluster.addresses.get(this.config.nodeId) !== this.config.advertise) {

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import { KeyStore } from '../../src/crypto/key-store.ts';
+import { KEY_USES_MAX } from '../../src/crypto/keyring.ts';
 import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
 import { ServiceError } from '../../src/server/errors.ts';
 import { CofferNode } from '../../src/server/node.ts';
@@ -38,6 +39,36 @@ test('an autolocked manager starts only with its unlock key, and a manager that 
     await assert.rejects(CofferNode.start({ dataDir: join(root, 'm2'), logger }), (e: unknown) => e instanceof ServiceError && /autolocked/.test(e.message));
     nodes.push(await CofferNode.start({ dataDir: join(root, 'm2'), logger, unlockKey: init.unlockKey!, tickIntervalMs: 50 }));
     await eventually('a write through the unlocked joiner', 20_000, async () => client.call(`127.0.0.1:${p2}`, 'Secrets', 'put', { name: 'locked/ok', value: Buffer.from('v') }));
+  } finally {
+    admin?.close();
+    for (const node of nodes) await node.stop();
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a follower that nearly used up the active key asks the leader to rotate, and the cluster moves to a new term', { timeout: 90_000 }, async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-uses-'));
+  const nodes: CofferNode[] = [];
+  let admin: AdminClient | null = null;
+  try {
+    const [p1, p2] = [await freePort(), await freePort()];
+    const init = await initCluster({ dataDir: join(root, 'm1'), listen: `127.0.0.1:${p1}` });
+    const logger = createLogger({ level: 'silent' });
+    nodes.push(await CofferNode.start({ dataDir: join(root, 'm1'), logger, tickIntervalMs: 50 }));
+    admin = new AdminClient(init.adminDir, init.clusterId);
+    const client = admin;
+    await eventually('a leader with a join token', 20_000, async () => (nodes[0]!.state.cluster.joinTokenHash !== null && (await client.status(`127.0.0.1:${p1}`)).role === 'leader' ? true : undefined));
+    await joinCluster({ dataDir: join(root, 'm2'), listen: `127.0.0.1:${p2}`, join: `127.0.0.1:${p1}`, token: init.joinToken });
+    // The follower's key store says it has reserved (so may have made) 95% of term 1's uses.
+    const store = await KeyStore.read(join(root, 'm2'));
+    await store.reserveUses(1, Math.ceil(KEY_USES_MAX * 0.95), [1]);
+    nodes.push(await CofferNode.start({ dataDir: join(root, 'm2'), logger, tickIntervalMs: 50 }));
+    const term = await eventually('a rotation asked for by the follower', 30_000, async () => {
+      const [a, b] = [await client.status(`127.0.0.1:${p1}`), await client.status(`127.0.0.1:${p2}`)];
+      return a.keyringTerm >= 2 && b.keyringTerm >= 2 ? b.keyringTerm : undefined;
+    });
+    assert.ok(term >= 2);
+    assert.equal((await client.status(`127.0.0.1:${p1}`)).role, 'leader', 'the leader did not need the rotation for itself');
   } finally {
     admin?.close();
     for (const node of nodes) await node.stop();
