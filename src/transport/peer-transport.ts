@@ -230,6 +230,8 @@ class PeerLink {
         await this.#write(call, { messages: encodeMessages(batch) });
         this.#stats.framesSent++;
         this.#stats.messagesSent += batch.length;
+        // A connection that carries frames again starts the next backoff from the bottom.
+        if (this.#client?.getChannel().getConnectivityState(false) === grpc.connectivityState.READY) this.#delayMs = RECONNECT_DELAY_MS_MIN;
       }
     } finally {
       this.#flushing = false;
