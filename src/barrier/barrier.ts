@@ -5,7 +5,7 @@ import { generateRootKey, unwrapRootLink, unwrapUnlockKek, wrapRootLink, wrapUnl
 import { KEY_USES_RESERVATION_BLOCK } from '../crypto/key-store.ts';
 import type { Entry } from '../raft/types.ts';
 import type { SnapshotRequest, StateMachine } from '../replica/replica.ts';
-import { assert } from '../util/assert.ts';
+import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
 import { KeyState, decodeKeyStateInto, encodeKeyState } from './key-state.ts';
 import { COMMAND_KIND_PATTERN, PayloadError, decodePayload, encodePayload, type KeyOp } from './payload.ts';
@@ -56,6 +56,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   #durableRootGen: number;
   #snapshotRootGen = 0;
   #reserving: Promise<void> = Promise.resolve();
+  #adopting: Promise<void> = Promise.resolve();
 
   constructor(options: { clusterId: string; rootKey: Buffer; local: LocalKeys; inner: InnerStateMachine<Result> }) {
     this.#inner = options.inner;
@@ -153,7 +154,15 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       if (error instanceof PayloadError) return { type: 'refused', code: error.code, message: `entry ${entry.index}: ${error.message}` };
       throw error;
     }
-    if (payload.type === 'key') return this.#applyKeyOp(entry.index, payload.op);
+    if (payload.type === 'key') {
+      try {
+        return this.#applyKeyOp(entry.index, payload.op);
+      } catch (error) {
+        // Deterministic refusal (e.g. key material that does not open): every manager refuses alike.
+        if (error instanceof AssertionError || !(error instanceof Error)) throw error;
+        return { type: 'refused', code: 'KEY_OP_REFUSED', message: `the ${payload.op.op} at index ${entry.index} was refused: ${error.message}` };
+      }
+    }
     let plaintext: Buffer;
     try {
       plaintext = this.#keys.keyring.decrypt(commandKind(payload.kind), payload.sealed);
@@ -163,7 +172,14 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     }
     this.#keys.sealedMaxIndex.set(Keyring.termOf(payload.sealed), entry.index);
     this.#innerPristine = false;
-    return { type: 'applied', result: this.#inner.apply({ index: entry.index, kind: payload.kind, data: plaintext }) };
+    try {
+      return { type: 'applied', result: this.#inner.apply({ index: entry.index, kind: payload.kind, data: plaintext }) };
+    } catch (error) {
+      // A command the state cannot apply (malformed data) must not stop every manager, then stop
+      // it again at each replay: it is refused, the same way everywhere. Broken invariants still stop.
+      if (error instanceof AssertionError || !(error instanceof Error)) throw error;
+      return { type: 'refused', code: 'COMMAND_MALFORMED', message: `the ${payload.kind} command at index ${entry.index} cannot be applied: ${error.message}` };
+    }
   }
 
   #applyKeyOp(index: number, op: KeyOp): BarrierResult<Result> {
@@ -243,6 +259,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   restore(data: Uint8Array): void {
+    const heldBefore = new Set(this.#keys.keyring.terms().filter((t) => !t.destroyed).map((t) => t.term));
     const value: unknown = packr.unpack(data);
     if (!Array.isArray(value) || value[0] !== 1 || value.length !== 3 || !(value[1] instanceof Uint8Array)) throw new PayloadError('the snapshot has an unknown layout');
     decodeKeyStateInto(this.#keys, value[1] as Uint8Array);
@@ -254,6 +271,9 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     }
     // Only durable snapshots are restored: the one loaded at start, or one a leader sent (persisted first).
     this.#durableRootGen = this.#keys.rootGen;
+    // A leader's snapshot may bring the destruction of a term this manager still held: its old
+    // records (log, previous snapshot) go, and leave LevelDB's files, as after a local destroy.
+    if (this.#keys.keyring.terms().some((t) => t.destroyed && heldBefore.has(t.term))) this.#requestSnapshot('destroyed-by-snapshot', true);
   }
 
   /** Local effects of what was just applied; then, whether the replica must snapshot now. */
@@ -269,6 +289,9 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     this.#durableRootGen = Math.max(this.#durableRootGen, this.#snapshotRootGen);
     reached('snapshot:durable');
     await this.adoptLocally();
+    // The snapshot's own encryption counts against the key too: keep the reservation ahead of it.
+    const term = this.#keys.keyring.activeTerm;
+    if (term !== 0 && this.#keys.keyring.usesOf(term) + USES_SLACK > this.#local.usesReserved(term)) await this.#reserveUses(term);
   }
 
   /**
@@ -276,7 +299,14 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
    * generation only once a snapshot sealed under it is durable (before that, the old generation
    * is what opens this manager's stored snapshot, and the log's links lead on from it).
    */
-  async adoptLocally(): Promise<void> {
+  adoptLocally(): Promise<void> {
+    // One at a time: two concurrent rewraps would each start from the same old record.
+    const run = this.#adopting.then(() => this.#adopt());
+    this.#adopting = run.catch(() => undefined);
+    return run;
+  }
+
+  async #adopt(): Promise<void> {
     const keys = this.#keys;
     const local = this.#local;
     const unlock = keys.unlock;

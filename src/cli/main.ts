@@ -136,5 +136,6 @@ function readLine(prompt: string): Promise<string> {
 program.parseAsync(process.argv).catch((error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
   process.stderr.write(`coffer: ${message}\n`);
-  process.exitCode = 1;
+  // Exit now: a failed command must not linger on open handles.
+  process.exit(1);
 });

@@ -33,22 +33,27 @@ export class ClusterState {
   }
 
   apply(kind: string, data: Buffer): ClusterResult {
-    const fields = packr.unpack(data) as unknown[];
+    const fields: unknown = packr.unpack(data);
+    if (!Array.isArray(fields)) return { ok: false, reason: `a ${kind} command is not a list` };
+    const isId = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
     switch (kind) {
       case 'cluster.member': {
-        const [id, address] = fields as [number, string];
+        const [id, address] = fields as unknown[];
+        if (!isId(id) || typeof address !== 'string' || address.length > 300) return { ok: false, reason: 'a member needs an id and a host:port' };
         if (this.removed.has(id)) return { ok: false, reason: `manager ${id} was removed; it cannot come back under that id` };
         this.addresses.set(id, address);
         return { ok: true };
       }
       case 'cluster.removed': {
-        const [id] = fields as [number];
+        const [id] = fields as unknown[];
+        if (!isId(id)) return { ok: false, reason: 'a removal needs a member id' };
         this.removed.add(id);
         this.addresses.delete(id);
         return { ok: true };
       }
       case 'cluster.join-token': {
-        const [hash] = fields as [Uint8Array];
+        const [hash] = fields as unknown[];
+        if (!(hash instanceof Uint8Array) || hash.byteLength !== 32) return { ok: false, reason: 'a join token hash has 32 bytes' };
         this.joinTokenHash = Buffer.from(hash);
         return { ok: true };
       }

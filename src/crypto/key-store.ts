@@ -42,6 +42,8 @@ export class KeyStore {
   #record: KeyStoreRecord;
   /** Writes run one at a time, each from the record the previous one left. */
   #writing: Promise<void> = Promise.resolve();
+  /** The KEK that opens the record, once `unlock` has checked it; replaced by a rewrap. */
+  #kek: Buffer | null = null;
 
   private constructor(dataDir: string, record: KeyStoreRecord) {
     this.dataDir = dataDir;
@@ -114,33 +116,70 @@ export class KeyStore {
     return unwrapRootKey(kek, this.#record.wrappedRoot, this.clusterId, this.protection === 'unlock-key' ? 'unlock key' : 'key file');
   }
 
+  /** Checks the KEK by opening the root key, and keeps it for sealing and rewrapping. */
+  unlock(kek: Uint8Array): Buffer {
+    const root = this.openRoot(kek);
+    this.#kek?.fill(0);
+    this.#kek = Buffer.from(kek);
+    return root;
+  }
+
+  /** The KEK given to `unlock` (or installed by the last rewrap). */
+  get kek(): Buffer {
+    if (this.#kek === null) throw new TypeError('the key store is not unlocked');
+    return this.#kek;
+  }
+
+  /** Zeroes the KEK held in memory. */
+  forget(): void {
+    this.#kek?.fill(0);
+    this.#kek = null;
+  }
+
   /** This manager's private keys, opened with the KEK. */
-  openSecrets(kek: Uint8Array): Map<string, Buffer> {
+  openSecrets(kek: Uint8Array = this.kek): Map<string, Buffer> {
     return new Map(this.#record.secrets.map(([name, sealed]) => [name, open(kek, sealed, secretAd(this.clusterId, name), `the local secret ${name}`)]));
   }
 
-  /** Stores (or replaces) a private key, sealed under the KEK. */
-  async setSecret(name: string, value: Uint8Array, kek: Uint8Array): Promise<void> {
-    const sealed = seal(kek, value, secretAd(this.clusterId, name));
-    await this.#write((current) => ({ ...current, secrets: [...current.secrets.filter(([n]) => n !== name), [name, sealed]] }), 'secret');
+  /**
+   * Stores (or replaces) private keys, all in one atomic write, sealed under the KEK current when
+   * the write runs (a rewrap queued before it has then already moved to its new KEK).
+   */
+  async setSecrets(entries: ReadonlyMap<string, Uint8Array>): Promise<void> {
+    await this.#write((current) => {
+      const kek = this.kek;
+      const kept = current.secrets.filter(([n]) => !entries.has(n));
+      const added = [...entries].map(([name, value]) => [name, seal(kek, value, secretAd(this.clusterId, name))] as const);
+      return { ...current, secrets: [...kept, ...added] };
+    }, 'secret');
   }
 
   /**
-   * Rewraps: a newer root key generation, or a new KEK (unlock-key rotation, autolock on). The
-   * local secrets move from `oldKek` to the new one in the same atomic write.
+   * Rewraps: a newer root key generation, and/or a new KEK (unlock-key rotation, autolock on;
+   * null keeps the current one). The local secrets move to the new KEK in the same atomic write.
    */
-  async rewrap(options: { rootGen: number; rootKey: Uint8Array; kek: Uint8Array; oldKek: Uint8Array; protection: KeyProtection; unlockGen: number }): Promise<void> {
+  async rewrap(options: { rootGen: number; rootKey: Uint8Array; kek: Uint8Array | null; protection: KeyProtection; unlockGen: number }): Promise<void> {
     if (options.rootGen < this.rootGen) throw new TypeError(`root key generation ${options.rootGen} is older than the stored ${this.rootGen}`);
+    let next: Buffer | null = null;
     await this.#write(
-      (current) => ({
-        ...current,
-        secrets: current.secrets.map(([name, sealed]) => [name, seal(options.kek, open(options.oldKek, sealed, secretAd(this.clusterId, name), `the local secret ${name}`), secretAd(this.clusterId, name))] as const),
-        rootGen: options.rootGen,
-        wrappedRoot: wrapRootKey(options.kek, options.rootKey, this.clusterId),
-        protection: options.protection,
-        unlockGen: options.unlockGen,
-      }),
+      (current) => {
+        const old = this.kek;
+        next = Buffer.from(options.kek ?? old);
+        const kek = next;
+        return {
+          ...current,
+          secrets: current.secrets.map(([name, sealed]) => [name, seal(kek, open(old, sealed, secretAd(this.clusterId, name), `the local secret ${name}`), secretAd(this.clusterId, name))] as const),
+          rootGen: options.rootGen,
+          wrappedRoot: wrapRootKey(kek, options.rootKey, this.clusterId),
+          protection: options.protection,
+          unlockGen: options.unlockGen,
+        };
+      },
       'rewrap',
+      () => {
+        this.#kek?.fill(0);
+        this.#kek = next;
+      },
     );
   }
 
@@ -160,8 +199,11 @@ export class KeyStore {
     }, 'reserve');
   }
 
-  #write(change: (current: KeyStoreRecord) => KeyStoreRecord, step: string): Promise<void> {
-    const run = this.#writing.then(() => this.#replace(change(this.#record), step));
+  #write(change: (current: KeyStoreRecord) => KeyStoreRecord, step: string, after?: () => void): Promise<void> {
+    const run = this.#writing.then(async () => {
+      await this.#replace(change(this.#record), step);
+      after?.();
+    });
     this.#writing = run.catch(() => undefined);
     return run;
   }

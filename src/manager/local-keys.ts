@@ -1,14 +1,12 @@
 import type { LocalKeys } from '../barrier/barrier.ts';
 import type { KeyStore } from '../crypto/key-store.ts';
 
-/** LocalKeys over the key store, holding the KEK that opened it (needed to rewrap). */
+/** LocalKeys over an unlocked key store (which holds the KEK it was opened with). */
 export class KeyStoreLocalKeys implements LocalKeys {
   readonly #store: KeyStore;
-  #kek: Buffer;
 
-  constructor(store: KeyStore, kek: Buffer) {
+  constructor(store: KeyStore) {
     this.#store = store;
-    this.#kek = Buffer.from(kek);
   }
 
   get rootGen(): number {
@@ -28,27 +26,21 @@ export class KeyStoreLocalKeys implements LocalKeys {
   }
 
   async rewrap(options: { rootGen: number; rootKey: Buffer; unlockGen: number; unlockKek: Buffer | null }): Promise<void> {
-    const kek = options.unlockKek ?? this.#kek;
     await this.#store.rewrap({
       rootGen: options.rootGen,
       rootKey: options.rootKey,
-      kek,
-      oldKek: this.#kek,
+      kek: options.unlockKek,
       protection: options.unlockKek === null ? this.#store.protection : 'unlock-key',
       unlockGen: options.unlockGen,
     });
-    if (options.unlockKek !== null) {
-      this.#kek.fill(0);
-      this.#kek = Buffer.from(options.unlockKek);
-    }
   }
 
-  /** The KEK currently protecting the key store (for sealing local secrets). */
+  /** The KEK currently protecting the key store (to publish an unlock key). */
   get kek(): Buffer {
-    return this.#kek;
+    return this.#store.kek;
   }
 
   forget(): void {
-    this.#kek.fill(0);
+    this.#store.forget();
   }
 }

@@ -109,12 +109,16 @@ export class Manager<Result> {
         unlockKey = generateUnlockKey();
         kek = kekFromUnlockKey(unlockKey, clusterId);
         const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key' });
-        for (const [name, value] of options.secrets ?? []) await store.setSecret(name, value, kek);
+        store.unlock(kek);
+        if (options.secrets !== undefined) await store.setSecrets(options.secrets);
+        store.forget();
       } else {
         if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
         kek = createKeyFile(options.keyFile);
         const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'key-file' });
-        for (const [name, value] of options.secrets ?? []) await store.setSecret(name, value, kek);
+        store.unlock(kek);
+        if (options.secrets !== undefined) await store.setSecrets(options.secrets);
+        store.forget();
       }
       kek.fill(0);
       return { clusterId, unlockKey };
@@ -131,7 +135,7 @@ export class Manager<Result> {
     if (store.protection === 'key-file') {
       if (options.keyFile === undefined) throw new CryptoError('KEY_FILE_INVALID', `the root key of ${options.dataDir} is wrapped by a key file; pass its path`);
       const kek = readKeyFile(options.keyFile);
-      await manager.#start(store.openRoot(kek), kek);
+      await manager.#start(store.unlock(kek));
     } else {
       manager.#log.info({ event: 'locked' }, 'manager is locked: unlock it with the unlock key');
     }
@@ -150,17 +154,17 @@ export class Manager<Result> {
     if (this.#running !== null) throw new ManagerError('ALREADY_UNLOCKED', 'the manager is already unlocked');
     const kek = unlockKeyKek(parseUnlockKey(unlockKey), this.clusterId);
     try {
-      const root = this.#store.openRoot(kek);
-      await this.#start(root, kek);
+      const root = this.#store.unlock(kek);
+      await this.#start(root);
     } finally {
       kek.fill(0);
     }
     this.#log.info({ event: 'unlocked' }, 'manager unlocked');
   }
 
-  async #start(rootKey: Buffer, kek: Buffer): Promise<void> {
+  async #start(rootKey: Buffer): Promise<void> {
     const options = this.#options;
-    const local = new KeyStoreLocalKeys(this.#store, kek);
+    const local = new KeyStoreLocalKeys(this.#store);
     const barrier = new Barrier<Result>({ clusterId: this.clusterId, rootKey, local, inner: options.inner });
     const storage = await LevelStorage.open(join(options.dataDir, 'raft'));
     let replica: Replica<BarrierResult<Result>>;
@@ -177,14 +181,15 @@ export class Manager<Result> {
         ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
       });
       // A crash may have left the key store behind the stored snapshot's root generation.
+      await replica.settled();
       await barrier.adoptLocally();
+      this.#localSecrets = this.#store.openSecrets();
     } catch (error) {
       await storage.close();
       local.forget();
       throw error;
     }
     const timer = setInterval(() => this.#onTick(), options.tickIntervalMs ?? TICK_INTERVAL_MS);
-    this.#localSecrets = this.#store.openSecrets(kek);
     this.#running = { replica, barrier, storage, local, timer };
   }
 
@@ -225,11 +230,11 @@ export class Manager<Result> {
     return this.#localSecrets.get(name);
   }
 
-  /** Stores (or replaces) a private key, sealed under the KEK. */
-  async setLocalSecret(name: string, value: Buffer): Promise<void> {
-    const running = this.#need();
-    await this.#store.setSecret(name, value, running.local.kek);
-    this.#localSecrets.set(name, Buffer.from(value));
+  /** Stores (or replaces) private keys, sealed under the KEK, in one atomic write. */
+  async setLocalSecrets(entries: ReadonlyMap<string, Buffer>): Promise<void> {
+    this.#need();
+    await this.#store.setSecrets(entries);
+    for (const [name, value] of entries) this.#localSecrets.set(name, Buffer.from(value));
   }
 
   /** Scheduled rotation, by the leader: a keyring without a term, an old key, or one near its use limit. */

@@ -1,5 +1,5 @@
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { NodeId } from '../raft/types.ts';
 
 /** A manager's own settings, in `<data dir>/node.json` (nothing secret). */
@@ -27,6 +27,8 @@ export const CA_CERT_FILE = 'ca.crt';
 export const NODE_CERT_FILE = 'node.crt';
 /** Names of the private keys kept sealed in the key store. */
 export const TLS_KEY_SECRET = 'tls-key';
+/** The certificate of that key, kept beside it so a renewal replaces both in one atomic write. */
+export const TLS_CERT_SECRET = 'tls-cert';
 export const CA_KEY_SECRET = 'ca-key';
 
 export async function readNodeConfig(dataDir: string): Promise<NodeConfig> {
@@ -53,6 +55,12 @@ export async function writeFileAtomic(path: string, content: string | Buffer, mo
     await file.close();
   }
   await rename(temporary, path);
+  const dir = await open(dirname(path), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
 }
 
 export async function writeNodeConfig(dataDir: string, config: NodeConfig): Promise<void> {

@@ -13,7 +13,7 @@ import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCred
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { registerServices } from './services.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -104,20 +104,39 @@ export class CofferNode {
       ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
       ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
     });
-    if (manager.locked) {
-      if (options.unlockKey === undefined) {
-        await manager.stop();
-        throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'this manager is autolocked: give its unlock key (coffer server reads it from stdin)');
+    try {
+      if (manager.locked) {
+        if (options.unlockKey === undefined) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'this manager is autolocked: give its unlock key (coffer server reads it from stdin)');
+        await manager.unlock(options.unlockKey);
       }
-      await manager.unlock(options.unlockKey);
+      return await CofferNode.#serve(options, config, manager, state, transport, log, (made) => (node = made));
+    } catch (error) {
+      // Nothing may keep running after a failed start: no ticking replica, no dialling transport.
+      transport.close();
+      (node as CofferNode | null)?.server.forceShutdown();
+      await manager.stop();
+      throw error;
     }
+  }
+
+  static async #serve(
+    options: NodeOptions,
+    config: NodeConfig,
+    manager: Manager<ManagerStateResult>,
+    state: ManagerState,
+    transport: PeerTransport,
+    log: Logger,
+    made: (node: CofferNode) => void,
+  ): Promise<CofferNode> {
     const files = await readTlsFiles(options.dataDir);
     const tlsKey = manager.localSecret(TLS_KEY_SECRET);
     const caKey = manager.localSecret(CA_KEY_SECRET);
     if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
-    node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem: files.nodeCertPem, keyPem: tlsKey.toString() }, caKey.toString(), log);
+    const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
+    const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log);
+    made(node);
     await node.#listen();
-    node.#housekeeping = setInterval(() => void node!.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
+    node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
     log.info({ event: 'started', nodeId: config.nodeId, listen: config.listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${config.listen}`);
     return node;
   }
@@ -196,7 +215,8 @@ export class CofferNode {
       hosts: [hostOf(this.config.advertise)],
       validityDays: this.config.managerCertValidityDays,
     });
-    await this.manager.setLocalSecret(TLS_KEY_SECRET, Buffer.from(key.privatePem));
+    // Key and certificate in one atomic write; node.crt is a readable copy, not what starts the server.
+    await this.manager.setLocalSecrets(new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)], [TLS_CERT_SECRET, Buffer.from(certPem)]]));
     await writeTlsFiles(this.#options.dataDir, this.#tls.caPem, certPem);
     this.#tls = { caPem: this.#tls.caPem, certPem, keyPem: key.privatePem };
     this.#credentials.update(this.#tls);

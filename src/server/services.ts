@@ -205,6 +205,7 @@ export function registerServices(node: CofferNode): void {
       await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id }));
       await node.proposeConfChange({ type: 'remove', nodeId: id });
       node.transport.forget(id);
+      node.transport.disconnect(id);
       return {};
     }),
   });

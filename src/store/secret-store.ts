@@ -36,7 +36,9 @@ export class SecretStore {
 
   apply(index: number, kind: string, data: Buffer): StoreResult {
     if (kind !== 'secret.put') return { ok: false, reason: `unknown secret command ${kind}` };
-    const [name, value] = packr.unpack(data) as [string, Uint8Array];
+    const fields: unknown = packr.unpack(data);
+    if (!Array.isArray(fields) || typeof fields[0] !== 'string' || !(fields[1] instanceof Uint8Array)) return { ok: false, reason: 'a put needs a name and a value' };
+    const [name, value] = fields as [string, Uint8Array];
     const problem = secretNameProblem(name);
     if (problem !== null) return { ok: false, reason: problem };
     if (value.byteLength > SECRET_VALUE_BYTES_MAX) return { ok: false, reason: `a secret value has at most ${SECRET_VALUE_BYTES_MAX} bytes` };

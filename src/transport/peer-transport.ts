@@ -91,27 +91,51 @@ export class PeerTransport {
     this.#links.clear();
   }
 
+  /** Open inbound streams by peer: at most one each, cut when the peer is removed. */
+  readonly #inbound = new Map<NodeId, (error: { code: grpc.status; details: string } | null) => void>();
+
+  /** Ends a peer's inbound stream (its removal was applied). */
+  disconnect(peer: NodeId): void {
+    this.#inbound.get(peer)?.({ code: grpc.status.PERMISSION_DENIED, details: `manager ${peer} was removed from the cluster` });
+  }
+
   /** The server side of Peer.Raft. */
   readonly handleRaftStream = (call: grpc.ServerReadableStream<RaftFrame, object>, callback: grpc.sendUnaryData<object>): void => {
     const options = this.#options;
     const identity = callerIdentity(call, options.clusterId);
+    let finished = false;
+    const finish = (error: { code: grpc.status; details: string } | null): void => {
+      if (finished) return;
+      finished = true;
+      if (this.#inbound.get(peer) === finish) this.#inbound.delete(peer);
+      callback(error, error === null ? {} : undefined);
+    };
     const refuse = (code: grpc.status, details: string): void => {
       this.stats.refusedStreams++;
       options.logger.warn({ event: 'peer-stream-refused', code: grpc.status[code], reason: details }, 'refused a Raft stream');
-      callback({ code, details });
+      finish({ code, details });
     };
+    const peer = identity === null ? 0 : Number(identity.id);
     if (identity === null) return refuse(grpc.status.UNAUTHENTICATED, 'a manager certificate of this cluster is required');
     if (identity.role !== 'manager') return refuse(grpc.status.PERMISSION_DENIED, 'Peer.Raft is for managers; this is a client certificate');
-    const peer = Number(identity.id);
     if (!Number.isSafeInteger(peer) || peer <= 0) return refuse(grpc.status.PERMISSION_DENIED, 'the certificate names no manager id');
     if (options.isRemoved(peer)) return refuse(grpc.status.PERMISSION_DENIED, `manager ${peer} was removed from the cluster`);
-    let snapshot: { header: ReturnType<typeof decodeSnapshotHeader>; data: Buffer; received: number } | null = null;
+    // One stream per peer: a reconnecting peer replaces its old stream.
+    this.#inbound.get(peer)?.(null);
+    this.#inbound.set(peer, finish);
+    // Headers now tell the caller its stream was accepted (its backoff starts over).
+    call.sendMetadata(new grpc.Metadata());
+    let snapshot: { header: ReturnType<typeof decodeSnapshotHeader>; parts: Buffer[]; received: number; total: number } | null = null;
     const deliver = (message: Message): void => {
       if (message.from !== peer || message.to !== options.selfId) throw new WireError(`a message from ${message.from} to ${message.to} arrived on manager ${peer}'s stream to ${options.selfId}`);
       this.stats.messagesReceived++;
       options.onMessage(message);
     };
     call.on('data', (frame: RaftFrame) => {
+      if (finished) return;
+      // Checked on every frame: a removal applied, or a certificate expired, ends the stream.
+      if (options.isRemoved(peer)) return refuse(grpc.status.PERMISSION_DENIED, `manager ${peer} was removed from the cluster`);
+      if (Date.now() > identity.notAfterMs) return refuse(grpc.status.UNAUTHENTICATED, `manager ${peer}'s certificate expired`);
       try {
         if (frame.body === 'messages' && frame.messages !== undefined) {
           for (const message of decodeMessages(frame.messages)) deliver(message);
@@ -119,18 +143,19 @@ export class PeerTransport {
           const chunk = frame.snapshotChunk;
           if (chunk.offset === 0) {
             if (chunk.totalBytes > SNAPSHOT_BYTES_MAX) throw new WireError(`a snapshot of ${chunk.totalBytes} bytes is larger than ${SNAPSHOT_BYTES_MAX}`);
-            snapshot = { header: decodeSnapshotHeader(chunk.header), data: Buffer.allocUnsafe(chunk.totalBytes), received: 0 };
+            snapshot = { header: decodeSnapshotHeader(chunk.header), parts: [], received: 0, total: chunk.totalBytes };
           }
-          if (snapshot === null || chunk.offset !== snapshot.received || chunk.totalBytes !== snapshot.data.byteLength || snapshot.received + chunk.data.byteLength > snapshot.data.byteLength) {
+          if (snapshot === null || chunk.offset !== snapshot.received || chunk.totalBytes !== snapshot.total || snapshot.received + chunk.data.byteLength > snapshot.total) {
             snapshot = null;
             throw new WireError('a snapshot chunk does not follow the previous one');
           }
-          chunk.data.copy(snapshot.data, snapshot.received);
+          // Memory grows with what arrives, not with what a header announces.
+          snapshot.parts.push(chunk.data);
           snapshot.received += chunk.data.byteLength;
-          if (snapshot.received === snapshot.data.byteLength) {
-            const { header, data } = snapshot;
+          if (snapshot.received === snapshot.total) {
+            const { header, parts } = snapshot;
             snapshot = null;
-            deliver({ type: 'snapshot', from: header.from, to: header.to, term: header.term, snapshot: { metadata: header.metadata, data } });
+            deliver({ type: 'snapshot', from: header.from, to: header.to, term: header.term, snapshot: { metadata: header.metadata, data: Buffer.concat(parts) } });
           }
         } else {
           throw new WireError('an empty frame');
@@ -141,8 +166,9 @@ export class PeerTransport {
         options.logger.warn({ event: 'peer-message-malformed', peer, reason: error.message }, 'dropped a malformed message');
       }
     });
-    call.on('end', () => callback(null, {}));
-    call.on('error', () => undefined);
+    call.on('end', () => finish(null));
+    call.on('error', () => finish(null));
+    call.on('close', () => finish(null));
   };
 }
 
@@ -160,6 +186,8 @@ class PeerLink {
   #delayMs = RECONNECT_DELAY_MS_MIN;
   #retryTimer: NodeJS.Timeout | null = null;
   #closed = false;
+  /** Ends a write that waits for 'drain' (set while one does). */
+  #wakeWriter: (() => void) | null = null;
 
   constructor(peer: NodeId, options: PeerTransportOptions, stats: PeerTransportStats) {
     this.#peer = peer;
@@ -199,6 +227,10 @@ class PeerLink {
       if (this.#call === call) this.#broken(error === null ? 'the peer ended the stream' : `${grpc.status[error.code] ?? error.code}: ${error.details}`);
     });
     call.on('error', () => undefined); // reported through the callback above
+    // The server sends headers once it has accepted the stream: only then does the backoff reset.
+    call.on('metadata', () => {
+      this.#delayMs = RECONNECT_DELAY_MS_MIN;
+    });
     this.#call = call;
     return call;
   }
@@ -230,8 +262,6 @@ class PeerLink {
         await this.#write(call, { messages: encodeMessages(batch) });
         this.#stats.framesSent++;
         this.#stats.messagesSent += batch.length;
-        // A connection that carries frames again starts the next backoff from the bottom.
-        if (this.#client?.getChannel().getConnectivityState(false) === grpc.connectivityState.READY) this.#delayMs = RECONNECT_DELAY_MS_MIN;
       }
     } finally {
       this.#flushing = false;
@@ -254,7 +284,10 @@ class PeerLink {
     return true;
   }
 
-  /** Writes a frame, waiting for the stream to drain when its buffer is full. */
+  /**
+   * Writes a frame, waiting for the stream to drain when its buffer is full. The wait also ends
+   * when the stream breaks or is reset (grpc-js does not always emit 'close' for a failed call).
+   */
   #write(call: grpc.ClientWritableStream<RaftFrame>, frame: RaftFrame): Promise<boolean> {
     return new Promise((resolve) => {
       if (this.#call !== call) return resolve(false);
@@ -263,8 +296,10 @@ class PeerLink {
       const done = (): void => {
         call.off('drain', done);
         call.off('close', done);
+        if (this.#wakeWriter === done) this.#wakeWriter = null;
         resolve(this.#call === call);
       };
+      this.#wakeWriter = done;
       call.on('drain', done);
       call.on('close', done);
     });
@@ -272,6 +307,7 @@ class PeerLink {
 
   #broken(reason: string): void {
     this.#call = null;
+    this.#wakeWriter?.();
     this.#options.logger.debug({ event: 'peer-stream-broken', peer: this.#peer, reason }, 'the stream to a peer broke');
     this.#fail(reason);
   }
@@ -300,6 +336,7 @@ class PeerLink {
   reset(): void {
     const call = this.#call;
     this.#call = null;
+    this.#wakeWriter?.();
     call?.end();
     this.#client?.close();
     this.#client = null;

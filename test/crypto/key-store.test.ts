@@ -22,15 +22,18 @@ test('the key store keeps the root key wrapped, owner-readable only, and rewraps
     assert.throws(() => store.openRoot(randomBytes(32)), refusedWith('KEY_FILE_INVALID'));
 
     const unlockKek = randomBytes(32);
-    await store.setSecret('tls-key', Buffer.from('private key bytes'), kek);
-    await store.rewrap({ rootGen: 1, rootKey: root, kek: unlockKek, oldKek: kek, protection: 'unlock-key', unlockGen: 1 });
+    store.unlock(kek);
+    await store.setSecrets(new Map([['tls-key', Buffer.from('private key bytes')]]));
+    await store.rewrap({ rootGen: 1, rootKey: root, kek: unlockKek, protection: 'unlock-key', unlockGen: 1 });
+    assert.deepEqual(store.kek, unlockKek, 'the store holds the new KEK after a rewrap');
     const again = await KeyStore.read(dir);
     assert.equal(again.protection, 'unlock-key');
     assert.throws(() => again.openRoot(kek), refusedWith('UNLOCK_KEY_WRONG'), 'the old KEK no longer opens it');
     assert.deepEqual(again.openRoot(unlockKek), root);
     assert.deepEqual(again.openSecrets(unlockKek).get('tls-key'), Buffer.from('private key bytes'), 'local secrets moved to the new KEK');
     assert.ok(!readFileSync(join(dir, 'keys')).includes(Buffer.from('private key bytes')));
-    await assert.rejects(again.rewrap({ rootGen: 0, rootKey: root, kek, oldKek: kek, protection: 'key-file', unlockGen: 1 }), /older than the stored 1/);
+    again.unlock(unlockKek);
+    await assert.rejects(again.rewrap({ rootGen: 0, rootKey: root, kek, protection: 'key-file', unlockGen: 1 }), /older than the stored 1/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -42,11 +45,20 @@ test('concurrent reservations and rewraps are applied one after another and none
     const root = randomBytes(32);
     const kek = randomBytes(32);
     const store = await KeyStore.create(dir, { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
-    await Promise.all([store.reserveUses(1, 100, [1, 2]), store.rewrap({ rootGen: 2, rootKey: root, kek, oldKek: kek, protection: 'key-file', unlockGen: 0 }), store.reserveUses(2, 50, [1, 2])]);
+    store.unlock(kek);
+    const nextKek = randomBytes(32);
+    // A secret written while a rewrap to a new KEK is queued ends up sealed under the new KEK.
+    await Promise.all([
+      store.reserveUses(1, 100, [1, 2]),
+      store.rewrap({ rootGen: 2, rootKey: root, kek: nextKek, protection: 'unlock-key', unlockGen: 1 }),
+      store.setSecrets(new Map([['tls-key', Buffer.from('k')]])),
+      store.reserveUses(2, 50, [1, 2]),
+    ]);
     const back = await KeyStore.read(dir);
     assert.equal(back.rootGen, 2);
     assert.equal(back.usesReserved(1), 100);
     assert.equal(back.usesReserved(2), 50);
+    assert.deepEqual(back.openSecrets(nextKek).get('tls-key'), Buffer.from('k'));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -253,3 +253,20 @@ test('encryptions counted against a key survive restarts, through reservations i
     await cluster.destroy();
   }
 });
+
+test('a command the state cannot apply, or a key operation whose key does not open, is refused alike everywhere instead of stopping the managers', async () => {
+  const reserved = new Map<number, number>();
+  const local = { rootGen: 1, unlockGen: 0, usesReserved: (t: number) => reserved.get(t) ?? 0, reserveUses: async (t: number, u: number) => void reserved.set(t, u), rewrap: async () => undefined };
+  const throwing = { apply(): number { throw new Error('malformed command data'); }, snapshot: () => Buffer.alloc(0), restore: () => undefined };
+  const barrier = new Barrier<number>({ clusterId: 'c', rootKey: Buffer.alloc(32, 1), local, inner: throwing });
+  barrier.apply({ index: 1, term: 1, kind: 'normal', data: barrier.rotatePayload(0) });
+  const result = barrier.apply({ index: 2, term: 1, kind: 'normal', data: await barrier.sealCommand('kv.put', Buffer.from('x')) });
+  assert.equal(result.type, 'refused');
+  assert.equal(result.type === 'refused' && result.code, 'COMMAND_MALFORMED');
+  // A rotation whose key was sealed under another root key (corrupt or forged) is refused too.
+  const stranger = new Barrier<number>({ clusterId: 'c', rootKey: Buffer.alloc(32, 2), local, inner: throwing });
+  stranger.apply({ index: 1, term: 1, kind: 'normal', data: stranger.rotatePayload(0) });
+  const forged = barrier.apply({ index: 3, term: 1, kind: 'normal', data: stranger.rotatePayload(0) });
+  assert.equal(forged.type, 'refused');
+  assert.match(forged.type === 'refused' ? forged.message : '', /rotate at index 3 was refused: the data key of keyring term 2: authentication failed/);
+});

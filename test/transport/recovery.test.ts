@@ -1,0 +1,72 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { createServer, type Socket } from 'node:net';
+import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
+import type { Message } from '../../src/raft/types.ts';
+import { PeerTransport } from '../../src/transport/peer-transport.ts';
+import { services } from '../../src/transport/proto.ts';
+import { RenewableServerCredentials, type TlsMaterial } from '../../src/transport/tls.ts';
+import { createLogger } from '../../src/util/logger.ts';
+import { freePort } from '../cluster/processes.ts';
+
+const clusterId = 'recovery';
+const ca = createCa(clusterId, Date.now());
+const material = (id: number): TlsMaterial => {
+  const leaf = issueCertificate(ca, { id: String(id), role: 'manager', clusterId, nowMs: Date.now() });
+  return { caPem: ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem };
+};
+
+test('a link whose peer accepted TCP and then went silent recovers once a real peer answers at that address', { timeout: 60_000 }, async () => {
+  const port = await freePort();
+  const logger = createLogger({ level: 'silent' });
+  // 1. A peer that accepts connections and never says a word (a hung process, a black hole).
+  const sockets: Socket[] = [];
+  const silent = createServer((socket) => sockets.push(socket));
+  await new Promise<void>((resolve) => silent.listen(port, '127.0.0.1', resolve));
+  const sender = new PeerTransport({
+    selfId: 1,
+    clusterId,
+    tls: () => material(1),
+    addressOf: () => `127.0.0.1:${port}`,
+    onMessage: () => assert.fail('the sender receives nothing'),
+    onUnreachable: () => undefined,
+    onSnapshotSent: () => undefined,
+    isRemoved: () => false,
+    logger,
+  });
+  const big = (n: number): Message => ({ type: 'append', from: 1, to: 2, term: 1, prevIndex: n, prevTerm: 1, commit: 0, entries: [{ kind: 'normal', term: 1, index: n + 1, data: Buffer.alloc(256 * 1024) }] });
+  for (let n = 0; n < 400; n++) sender.send([big(n)]);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  for (const socket of sockets) socket.destroy();
+  await new Promise((resolve) => silent.close(resolve));
+
+  // 2. The real peer comes up at the same address.
+  const received: Message[] = [];
+  const receiver = new PeerTransport({
+    selfId: 2,
+    clusterId,
+    tls: () => material(2),
+    addressOf: () => undefined,
+    onMessage: (message) => received.push(message),
+    onUnreachable: () => undefined,
+    onSnapshotSent: () => undefined,
+    isRemoved: () => false,
+    logger,
+  });
+  const server = new grpc.Server();
+  server.addService(services().Peer.service, { raft: receiver.handleRaftStream, propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }) });
+  await new Promise<number>((resolve, reject) => server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) => (e === null ? resolve(p) : reject(e))));
+  try {
+    const deadline = Date.now() + 20_000;
+    while (!received.some((m) => m.type === 'heartbeat')) {
+      assert.ok(Date.now() < deadline, `no message got through after the peer came back (${JSON.stringify(sender.stats)})`);
+      sender.send([{ type: 'heartbeat', from: 1, to: 2, term: 1, commit: 0, readSeq: 0 }]);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  } finally {
+    sender.close();
+    receiver.close();
+    server.forceShutdown();
+  }
+});
