@@ -49,7 +49,6 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   readonly #inner: InnerStateMachine<Result>;
   readonly #local: LocalKeys;
   readonly #keys: KeyState;
-  #applied = 0;
   #innerPristine = true;
   #snapshotRequest: SnapshotRequest | null = null;
   /** Root generation of the newest snapshot this manager made or installed, once durable. */
@@ -145,7 +144,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   // ---- the state machine ---------------------------------------------------------------
 
   apply(entry: Entry): BarrierResult<Result> {
-    this.#applied = entry.index;
+
     if (entry.kind !== 'normal' || entry.data.byteLength === 0) return { type: 'none' };
     let payload;
     try {

@@ -25,7 +25,6 @@ import {
   type SoftState,
   type Status,
   type VoteMessage,
-  type VoteResponseMessage,
 } from './types.ts';
 
 /** A read waiting on the leader for a quorum to confirm its leadership (§6.4, ReadIndex). */

@@ -9,9 +9,9 @@ import type { NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS } from '../transport/tls.ts';
 import { ServiceError } from './errors.ts';
-import { defaultKeyFile, hostOf } from './node.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, splitHostPort, writeNodeConfig, writeTlsFiles } from './node-config.ts';
-import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './services.ts';
+import { defaultKeyFile } from './node.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig, writeTlsFiles } from './node-config.ts';
+import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 

@@ -3,6 +3,7 @@ import { CryptoError } from '../crypto/errors.ts';
 import { ManagerError } from '../manager/errors.ts';
 import { RaftError } from '../raft/errors.ts';
 import { ReplicaError } from '../replica/replica.ts';
+import { StoreError, type StoreErrorCode } from '../store/secret-store.ts';
 
 /** A refusal with its gRPC status and a message that says what to do; never a stack or a secret. */
 export class ServiceError extends Error {
@@ -15,9 +16,26 @@ export class ServiceError extends Error {
   }
 }
 
+export function storeStatus(code: StoreErrorCode): grpc.status {
+  switch (code) {
+    case 'NOT_FOUND':
+    case 'EXPIRED':
+    case 'DELETED':
+      return grpc.status.NOT_FOUND;
+    case 'CAS_MISMATCH':
+    case 'DESTROYED':
+      return grpc.status.FAILED_PRECONDITION;
+    case 'INVALID':
+      return grpc.status.INVALID_ARGUMENT;
+    case 'LIMIT':
+      return grpc.status.RESOURCE_EXHAUSTED;
+  }
+}
+
 /** The one place where internal error codes become gRPC statuses. */
 export function toStatus(error: unknown): { code: grpc.status; details: string } {
   if (error instanceof ServiceError) return { code: error.status, details: error.message };
+  if (error instanceof StoreError) return { code: storeStatus(error.code), details: error.message };
   if (error instanceof RaftError) {
     switch (error.code) {
       case 'NOT_LEADER':

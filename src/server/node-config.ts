@@ -86,3 +86,9 @@ export function splitHostPort(address: string): { host: string; port: number } {
   if (match === null || port < 1 || port > 65535) throw new Error(`"${address}" is not host:port`);
   return { host: match[1]!.replace(/^\[|\]$/g, ''), port };
 }
+
+/** The host part of host:port (without IPv6 brackets). */
+export function hostOf(address: string): string {
+  const at = address.lastIndexOf(':');
+  return address.slice(0, at).replace(/^\[|\]$/g, '');
+}

@@ -7,13 +7,14 @@ import { identityOf, newLeafKey, signCertificate, type KeyAndCertificate } from 
 import { Manager } from '../manager/manager.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
 import { ManagerState, type ManagerStateResult } from '../store/manager-state.ts';
+import { encodeSecretCommand } from '../store/secret-store.ts';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
-import { CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { registerServices } from './services.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -180,6 +181,9 @@ export class CofferNode {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex') }));
       }
       await this.#maybePromote();
+      // Expiry: the leader wipes what expired, through the log (the time is in the command).
+      const nextExpiryMs = this.state.secrets.nextExpiryMs();
+      if (nextExpiryMs !== null && nextExpiryMs <= Date.now()) await this.proposeCommand(encodeSecretCommand({ op: 'expire', nowMs: Date.now() }));
     } catch (error) {
       this.log.debug({ event: 'housekeeping-retry', err: error }, 'housekeeping will retry');
     } finally {
@@ -284,8 +288,4 @@ export class CofferNode {
   }
 }
 
-export function hostOf(address: string): string {
-  const at = address.lastIndexOf(':');
-  return address.slice(0, at).replace(/^\[|\]$/g, '');
-}
 

@@ -1,80 +1,23 @@
 import * as grpc from '@grpc/grpc-js';
 import { Packr } from 'msgpackr';
 import { ClusterState } from '../cluster/cluster-state.ts';
-import { formatJoinToken, identityOf, joinTokenHash, joinTokenMatches, newJoinToken, signCertificate, type Identity } from '../crypto/pki.ts';
+import { formatJoinToken, identityOf, joinTokenHash, joinTokenMatches, newJoinToken, signCertificate } from '../crypto/pki.ts';
 import type { ConfChangeType } from '../raft/types.ts';
-import { SECRET_VALUE_BYTES_MAX, SecretStore, secretNameProblem } from '../store/secret-store.ts';
-import { callerIdentity } from '../transport/auth.ts';
 import { services } from '../transport/proto.ts';
-import { ServiceError, toStatus } from './errors.ts';
+import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';
-import { hostOf } from './node.ts';
-import { splitHostPort } from './node-config.ts';
+import { hostOf, splitHostPort } from './node-config.ts';
+import { registerSecretsService } from './secrets-service.ts';
+import { LeaderRedirect, requireAdmin, requireCaller, requireManager, unary, type Call } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-/** The identity made by `coffer init`; until policies exist it is the only client allowed. */
-export const ADMIN_IDENTITY = 'admin';
-/** Trailing metadata key a follower sets when a joiner must go to the leader. */
-export const LEADER_ADDRESS_METADATA = 'coffer-leader-address';
-
-type Call<Request> = { request: Request; getAuthContext(): ReturnType<grpc.ServerUnaryCall<Request, unknown>['getAuthContext']> };
-
-/** Runs a unary handler, mapping every refusal to its status in one place. */
-function unary<Request, Response>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<Response>) {
-  return (call: grpc.ServerUnaryCall<Request, Response>, callback: grpc.sendUnaryData<Response>): void => {
-    handler(call).then(
-      (response) => callback(null, response),
-      (error: unknown) => {
-        const status = toStatus(error);
-        if (status.code === grpc.status.INTERNAL) node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-        const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
-        callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
-      },
-    );
-  };
-}
-
-class LeaderRedirect extends ServiceError {
-  readonly address: string;
-  constructor(address: string) {
-    super(grpc.status.FAILED_PRECONDITION, `this manager is not the leader; join through the leader at ${address}`);
-    this.address = address;
-  }
-}
-
-function redirectMetadata(address: string): grpc.Metadata {
-  const metadata = new grpc.Metadata();
-  metadata.set(LEADER_ADDRESS_METADATA, address);
-  return metadata;
-}
-
-function requireCaller(node: CofferNode, call: Call<unknown>): Identity {
-  const identity = callerIdentity(call, node.config.clusterId);
-  if (identity === null) throw new ServiceError(grpc.status.UNAUTHENTICATED, 'a certificate issued by this cluster\'s CA is required');
-  return identity;
-}
-
-function requireManager(node: CofferNode, call: Call<unknown>): number {
-  const identity = requireCaller(node, call);
-  if (identity.role !== 'manager') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
-  const id = Number(identity.id);
-  if (node.state.cluster.removed.has(id)) throw new ServiceError(grpc.status.PERMISSION_DENIED, `manager ${id} was removed from the cluster`);
-  return id;
-}
-
-function requireAdmin(node: CofferNode, call: Call<unknown>): Identity {
-  const identity = requireCaller(node, call);
-  if (identity.role !== 'client' || identity.id !== ADMIN_IDENTITY) {
-    throw new ServiceError(grpc.status.PERMISSION_DENIED, `identity "${identity.id}" (${identity.role}) may not call this; until policies exist only the admin identity may`);
-  }
-  return identity;
-}
+export { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
 const CONF_TYPES: readonly ConfChangeType[] = ['add-voter', 'add-learner', 'remove'];
 
 export function registerServices(node: CofferNode): void {
-  const { Peer, Join, Secrets, Cluster } = services();
+  const { Peer, Join, Cluster } = services();
   const manager = node.manager;
 
   node.server.addService(Peer.service, {
@@ -143,26 +86,7 @@ export function registerServices(node: CofferNode): void {
     }),
   });
 
-  node.server.addService(Secrets.service, {
-    put: unary(node, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer }>) => {
-      requireAdmin(node, call);
-      const { name, value } = call.request;
-      const problem = secretNameProblem(name);
-      if (problem !== null) throw new ServiceError(grpc.status.INVALID_ARGUMENT, `secret name "${name.slice(0, 64)}": ${problem}`);
-      if (value.byteLength > SECRET_VALUE_BYTES_MAX) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, `the value has ${value.byteLength} bytes; the limit is ${SECRET_VALUE_BYTES_MAX}`);
-      const result = await node.proposeCommand(SecretStore.encodePut(name, value));
-      if (!result.ok) throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.reason);
-      return { version: 'version' in result ? result.version : 0 };
-    }),
-    get: unary(node, 'Secrets.Get', async (call: Call<{ name: string; stale: boolean }>) => {
-      requireAdmin(node, call);
-      if (!call.request.stale) await manager.linearizableRead();
-      const secret = node.state.secrets.get(call.request.name);
-      const applied = manager.status().raft?.applied ?? 0;
-      if (secret === undefined) throw new ServiceError(grpc.status.NOT_FOUND, `secret "${call.request.name.slice(0, 256)}" does not exist`);
-      return { value: secret.value, version: secret.version, appliedIndex: applied };
-    }),
-  });
+  registerSecretsService(node);
 
   node.server.addService(Cluster.service, {
     status: unary(node, 'Cluster.Status', async (call: Call<object>) => {

@@ -1,6 +1,9 @@
 import type { InnerStateMachine } from '../barrier/barrier.ts';
 import { ClusterState, type ClusterResult } from '../cluster/cluster-state.ts';
-import { SecretStore, statePackr, type StoreResult } from './secret-store.ts';
+import { Packr } from 'msgpackr';
+import { SecretStore, type StoreResult } from './secret-store.ts';
+
+const statePackr = new Packr({ useRecords: false, moreTypes: false });
 
 export type ManagerStateResult = ClusterResult | StoreResult;
 
@@ -11,7 +14,7 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
 
   apply(command: { index: number; kind: string; data: Buffer }): ManagerStateResult {
     if (command.kind.startsWith('cluster.')) return this.cluster.apply(command.kind, command.data);
-    if (command.kind.startsWith('secret.')) return this.secrets.apply(command.index, command.kind, command.data);
+    if (command.kind.startsWith('secret.')) return this.secrets.apply(command.kind, command.data);
     return { ok: false, reason: `unknown command kind ${command.kind}` };
   }
 

@@ -1,54 +1,231 @@
 import { Packr } from 'msgpackr';
+import { LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem } from './limits.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-/** Secret names: segments of [A-Za-z0-9._-] joined by '/', at most 256 bytes (DESIGN.md, Limits). */
-export const SECRET_NAME_BYTES_MAX = 256;
-export const SECRET_NAME_PATTERN = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
-/** A secret value: at most 512 KiB. */
-export const SECRET_VALUE_BYTES_MAX = 512 * 1024;
+export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT';
 
-export type StoreResult = { readonly ok: true; readonly version: number } | { readonly ok: false; readonly reason: string };
-
-export interface SecretVersion {
-  readonly version: number;
-  readonly value: Buffer;
-  readonly index: number;
+/** A refused read or write, with a stable code (mapped to a gRPC status at the server edge). */
+export class StoreError extends Error {
+  override name = 'StoreError';
+  readonly code: StoreErrorCode;
+  constructor(code: StoreErrorCode, message: string) {
+    super(message);
+    this.code = code;
+  }
 }
 
-/** Why a name is not acceptable, or null. */
-export function secretNameProblem(name: string): string | null {
-  if (Buffer.byteLength(name) > SECRET_NAME_BYTES_MAX) return `a secret name has at most ${SECRET_NAME_BYTES_MAX} bytes`;
-  if (!SECRET_NAME_PATTERN.test(name)) return 'a secret name is segments of letters, digits, ".", "_" and "-" joined by "/"';
-  return null;
+export type StoreResult = { readonly ok: true; readonly version: number } | { readonly ok: false; readonly code: StoreErrorCode; readonly reason: string };
+
+/** Commands, as proposed. Times come from the proposer, so applying them is deterministic. */
+export type SecretCommand =
+  | { readonly op: 'put'; readonly name: string; readonly value: Uint8Array; readonly cas: number | null; readonly expireAtMs: number | null; readonly versionsKept: number | null; readonly nowMs: number }
+  | { readonly op: 'delete'; readonly name: string }
+  | { readonly op: 'undelete'; readonly name: string }
+  | { readonly op: 'destroy'; readonly name: string; readonly versions: readonly number[] }
+  | { readonly op: 'label'; readonly name: string; readonly label: string; readonly version: number }
+  | { readonly op: 'unlabel'; readonly name: string; readonly label: string }
+  | { readonly op: 'expire'; readonly nowMs: number };
+
+export interface VersionMetadata {
+  readonly version: number;
+  readonly createdAtMs: number;
+  readonly expireAtMs: number | null;
+  readonly destroyed: boolean;
+  readonly expired: boolean;
+  readonly labels: readonly string[];
+}
+
+export interface SecretMetadata {
+  readonly name: string;
+  readonly currentVersion: number;
+  readonly versionsKept: number;
+  readonly deleted: boolean;
+  readonly createdAtMs: number;
+  readonly updatedAtMs: number;
+  readonly labels: ReadonlyArray<readonly [string, number]>;
+}
+
+interface Version {
+  readonly version: number;
+  value: Buffer | null;
+  readonly createdAtMs: number;
+  readonly expireAtMs: number | null;
+  expired: boolean;
+}
+
+interface Secret {
+  readonly name: string;
+  readonly versions: Map<number, Version>;
+  lastVersion: number;
+  readonly labels: Map<string, number>;
+  deleted: boolean;
+  versionsKept: number;
+  readonly createdAtMs: number;
+  updatedAtMs: number;
+}
+
+/** Encodes a command for the log (`kind` is `secret.<op>`). */
+export function encodeSecretCommand(command: SecretCommand): { kind: string; data: Buffer } {
+  return { kind: `secret.${command.op}`, data: packr.pack(command) };
 }
 
 /**
- * The secrets (the beginning of the secret service's state machine): each name holds its latest
- * version. Deterministic: every manager applies the same commands to the same result.
+ * The secrets: versions, labels, soft delete, destruction, expiry. Applying is deterministic
+ * (every manager ends in the same state); refusals are results, not exceptions. Reads take the
+ * reader's clock only to hide versions past their expiry before the leader's sweep wipes them.
  */
 export class SecretStore {
-  readonly #secrets = new Map<string, SecretVersion>();
+  readonly #secrets = new Map<string, Secret>();
 
-  static encodePut(name: string, value: Uint8Array): { kind: string; data: Buffer } {
-    return { kind: 'secret.put', data: packr.pack([name, value]) };
+  apply(kind: string, data: Buffer): StoreResult {
+    const command = decodeCommand(kind, data);
+    if (typeof command === 'string') return { ok: false, code: 'INVALID', reason: command };
+    switch (command.op) {
+      case 'put':
+        return this.#put(command);
+      case 'delete':
+      case 'undelete': {
+        const secret = this.#secrets.get(command.name);
+        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        secret.deleted = command.op === 'delete';
+        return { ok: true, version: secret.lastVersion };
+      }
+      case 'destroy': {
+        const secret = this.#secrets.get(command.name);
+        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        for (const n of command.versions) {
+          if (!secret.versions.has(n)) return refuse('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
+        }
+        for (const n of command.versions) wipe(secret.versions.get(n)!);
+        return { ok: true, version: secret.lastVersion };
+      }
+      case 'label': {
+        const secret = this.#secrets.get(command.name);
+        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        const version = secret.versions.get(command.version);
+        if (version === undefined) return refuse('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
+        if (version.value === null) return refuse('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
+        const userLabels = [...secret.labels.keys()].filter((l) => !isReserved(l));
+        if (!secret.labels.has(command.label) && !isReserved(command.label) && userLabels.length >= USER_LABELS_MAX) {
+          return refuse('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
+        }
+        secret.labels.set(command.label, command.version);
+        return { ok: true, version: command.version };
+      }
+      case 'unlabel': {
+        const secret = this.#secrets.get(command.name);
+        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (isReserved(command.label)) return refuse('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
+        if (!secret.labels.delete(command.label)) return refuse('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
+        return { ok: true, version: secret.lastVersion };
+      }
+      case 'expire': {
+        let wiped = 0;
+        for (const secret of this.#secrets.values()) {
+          for (const version of secret.versions.values()) {
+            if (version.value !== null && version.expireAtMs !== null && version.expireAtMs <= command.nowMs) {
+              wipe(version);
+              version.expired = true;
+              wiped++;
+            }
+          }
+        }
+        return { ok: true, version: wiped };
+      }
+    }
   }
 
-  apply(index: number, kind: string, data: Buffer): StoreResult {
-    if (kind !== 'secret.put') return { ok: false, reason: `unknown secret command ${kind}` };
-    const fields: unknown = packr.unpack(data);
-    if (!Array.isArray(fields) || typeof fields[0] !== 'string' || !(fields[1] instanceof Uint8Array)) return { ok: false, reason: 'a put needs a name and a value' };
-    const [name, value] = fields as [string, Uint8Array];
-    const problem = secretNameProblem(name);
-    if (problem !== null) return { ok: false, reason: problem };
-    if (value.byteLength > SECRET_VALUE_BYTES_MAX) return { ok: false, reason: `a secret value has at most ${SECRET_VALUE_BYTES_MAX} bytes` };
-    const version = (this.#secrets.get(name)?.version ?? 0) + 1;
-    this.#secrets.set(name, { version, value: Buffer.from(value), index });
+  #put(command: Extract<SecretCommand, { op: 'put' }>): StoreResult {
+    let secret = this.#secrets.get(command.name);
+    const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
+    if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
+      return refuse('CAS_MISMATCH', command.cas === 0 ? `secret "${command.name}" already exists (version ${secret?.lastVersion})` : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`);
+    }
+    if (secret === undefined) {
+      secret = { name: command.name, versions: new Map(), lastVersion: 0, labels: new Map(), deleted: false, versionsKept: VERSIONS_KEPT_DEFAULT, createdAtMs: command.nowMs, updatedAtMs: command.nowMs };
+      this.#secrets.set(command.name, secret);
+    }
+    if (command.versionsKept !== null) secret.versionsKept = command.versionsKept;
+    const version = secret.lastVersion + 1;
+    secret.versions.set(version, { version, value: Buffer.from(command.value), createdAtMs: command.nowMs, expireAtMs: command.expireAtMs, expired: false });
+    secret.lastVersion = version;
+    secret.deleted = false;
+    secret.updatedAtMs = command.nowMs;
+    if (current !== 0) secret.labels.set('previous', current);
+    secret.labels.set('current', version);
+    // Keep the newest `versionsKept`; older ones are wiped and forgotten, with their labels.
+    for (const old of [...secret.versions.keys()]) {
+      if (old <= version - secret.versionsKept) {
+        wipe(secret.versions.get(old)!);
+        secret.versions.delete(old);
+        for (const [label, at] of secret.labels) if (at === old) secret.labels.delete(label);
+      }
+    }
     return { ok: true, version };
   }
 
-  get(name: string): SecretVersion | undefined {
-    return this.#secrets.get(name);
+  /** A version's value: by number, by label, or the current one. Throws StoreError. */
+  read(name: string, selector: { version?: number; label?: string }, nowMs: number): { value: Buffer; version: number } {
+    const secret = this.#secrets.get(name);
+    if (secret === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" does not exist`);
+    if (secret.deleted) throw new StoreError('DELETED', `secret "${name}" is deleted; undelete it to read it`);
+    let number = selector.version;
+    if (number === undefined) {
+      const label = selector.label ?? 'current';
+      number = secret.labels.get(label);
+      if (number === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" has no label "${label}"`);
+    }
+    const version = secret.versions.get(number);
+    if (version === undefined) {
+      throw new StoreError('NOT_FOUND', number > secret.lastVersion || number < 1 ? `secret "${name}" has no version ${number}` : `secret "${name}": version ${number} is no longer kept (the last ${secret.versionsKept} are)`);
+    }
+    if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs)) throw new StoreError('EXPIRED', `secret "${name}": version ${number} expired`);
+    if (version.value === null) throw new StoreError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
+    return { value: version.value, version: number };
+  }
+
+  metadata(name: string): SecretMetadata {
+    const secret = this.#secrets.get(name);
+    if (secret === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" does not exist`);
+    return describe(secret);
+  }
+
+  versions(name: string, nowMs: number): VersionMetadata[] {
+    const secret = this.#secrets.get(name);
+    if (secret === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" does not exist`);
+    return [...secret.versions.values()]
+      .sort((a, b) => a.version - b.version)
+      .map((v) => ({
+        version: v.version,
+        createdAtMs: v.createdAtMs,
+        expireAtMs: v.expireAtMs,
+        destroyed: v.value === null && !v.expired,
+        expired: v.expired || (v.expireAtMs !== null && v.expireAtMs <= nowMs),
+        labels: [...secret.labels].filter(([, at]) => at === v.version).map(([label]) => label),
+      }));
+  }
+
+  /** Names under a prefix in order, after `after` (the page token), at most `limit`. */
+  list(prefix: string, after: string, limit: number, includeDeleted: boolean): { secrets: SecretMetadata[]; next: string } {
+    const names = [...this.#secrets.keys()].filter((n) => n.startsWith(prefix) && n > after).sort();
+    const page: SecretMetadata[] = [];
+    for (const name of names) {
+      const secret = this.#secrets.get(name)!;
+      if (secret.deleted && !includeDeleted) continue;
+      if (page.length === limit) return { secrets: page, next: page[page.length - 1]!.name };
+      page.push(describe(secret));
+    }
+    return { secrets: page, next: '' };
+  }
+
+  /** The earliest expiry still to wipe (for the leader's sweep), or null. */
+  nextExpiryMs(): number | null {
+    let next: number | null = null;
+    for (const secret of this.#secrets.values()) {
+      for (const v of secret.versions.values()) if (v.value !== null && v.expireAtMs !== null && (next === null || v.expireAtMs < next)) next = v.expireAtMs;
+    }
+    return next;
   }
 
   get size(): number {
@@ -56,16 +233,108 @@ export class SecretStore {
   }
 
   snapshot(): unknown {
-    return [...this.#secrets].map(([name, v]) => [name, v.version, v.value, v.index]);
+    return [...this.#secrets.values()].map((s) => [
+      s.name,
+      [...s.versions.values()].map((v) => [v.version, v.value, v.createdAtMs, v.expireAtMs, v.expired]),
+      s.lastVersion,
+      [...s.labels],
+      s.deleted,
+      s.versionsKept,
+      s.createdAtMs,
+      s.updatedAtMs,
+    ]);
   }
 
   restore(image: unknown): void {
     this.#secrets.clear();
-    for (const [name, version, value, index] of image as Array<[string, number, Uint8Array, number]>) {
-      this.#secrets.set(name, { version, value: Buffer.from(value), index });
+    type Row = [string, Array<[number, Uint8Array | null, number, number | null, boolean]>, number, Array<[string, number]>, boolean, number, number, number];
+    for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs] of image as Row[]) {
+      this.#secrets.set(name, {
+        name,
+        versions: new Map(versions.map(([version, value, created, expireAtMs, expired]) => [version, { version, value: value === null ? null : Buffer.from(value), createdAtMs: created, expireAtMs, expired }])),
+        lastVersion,
+        labels: new Map(labels),
+        deleted,
+        versionsKept,
+        createdAtMs,
+        updatedAtMs,
+      });
     }
   }
 }
 
-/** The msgpack settings of state images. */
-export { packr as statePackr };
+function refuse(code: StoreErrorCode, reason: string): StoreResult {
+  return { ok: false, code, reason };
+}
+
+function isReserved(label: string): boolean {
+  return (RESERVED_LABELS as readonly string[]).includes(label);
+}
+
+/** Overwrites a value's bytes before dropping it (the process's copy; disks hold only ciphertext). */
+function wipe(version: Version): void {
+  version.value?.fill(0);
+  version.value = null;
+}
+
+function describe(secret: Secret): SecretMetadata {
+  return {
+    name: secret.name,
+    currentVersion: secret.labels.get('current') ?? 0,
+    versionsKept: secret.versionsKept,
+    deleted: secret.deleted,
+    createdAtMs: secret.createdAtMs,
+    updatedAtMs: secret.updatedAtMs,
+    labels: [...secret.labels],
+  };
+}
+
+/** Decodes and checks a command; a string says what is wrong with it. */
+function decodeCommand(kind: string, data: Buffer): SecretCommand | string {
+  let value: unknown;
+  try {
+    value = packr.unpack(data);
+  } catch {
+    return `the ${kind} command does not decode`;
+  }
+  if (typeof value !== 'object' || value === null) return `the ${kind} command is not a record`;
+  const c = value as Record<string, unknown>;
+  if (kind !== `secret.${String(c['op'])}`) return `the ${kind} command names another operation`;
+  const int = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
+  if (c['op'] === 'expire') return int(c['nowMs']) ? { op: 'expire', nowMs: c['nowMs'] } : 'an expiry sweep needs a time';
+  const name = c['name'];
+  if (typeof name !== 'string') return 'a secret command needs a name';
+  const nameProblem = secretNameProblem(name);
+  if (nameProblem !== null) return nameProblem;
+  switch (c['op']) {
+    case 'put': {
+      const { value: v, cas, expireAtMs, versionsKept, nowMs } = c;
+      if (!(v instanceof Uint8Array)) return 'a put needs a value';
+      if (v.byteLength > SECRET_VALUE_BYTES_MAX) return `a secret value has at most ${SECRET_VALUE_BYTES_MAX} bytes`;
+      if (!int(nowMs)) return 'a put needs a time';
+      if (cas !== null && !(int(cas) && cas >= 0)) return 'cas is a version number (0: create only)';
+      if (expireAtMs !== null && !(int(expireAtMs) && expireAtMs <= nowMs + TTL_MS_MAX)) return 'an expiry is at most ten years ahead';
+      if (versionsKept !== null && !(int(versionsKept) && versionsKept >= 1 && versionsKept <= VERSIONS_KEPT_MAX)) return `versions kept is between 1 and ${VERSIONS_KEPT_MAX}`;
+      return { op: 'put', name, value: v, cas, expireAtMs, versionsKept, nowMs };
+    }
+    case 'delete':
+    case 'undelete':
+      return { op: c['op'], name };
+    case 'destroy': {
+      const versions = c['versions'];
+      if (!Array.isArray(versions) || versions.length === 0 || !versions.every((n) => int(n) && n > 0)) return 'destroy needs version numbers';
+      return { op: 'destroy', name, versions };
+    }
+    case 'label':
+    case 'unlabel': {
+      const label = c['label'];
+      if (typeof label !== 'string' || !LABEL_PATTERN.test(label)) return labelProblem(String(label)) ?? 'bad label';
+      if (c['op'] === 'unlabel') return { op: 'unlabel', name, label };
+      const version = c['version'];
+      if (!(int(version) && version > 0)) return 'a label needs a version';
+      return { op: 'label', name, label, version };
+    }
+    default:
+      return `unknown secret operation ${String(c['op'])}`;
+  }
+}

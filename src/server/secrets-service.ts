@@ -1,0 +1,138 @@
+import * as grpc from '@grpc/grpc-js';
+import { randomInt } from 'node:crypto';
+import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../store/limits.ts';
+import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../store/secret-store.ts';
+import { services } from '../transport/proto.ts';
+import { ServiceError, storeStatus } from './errors.ts';
+import type { CofferNode } from './node.ts';
+import { requireAdmin, unary, type Call } from './rpc.ts';
+
+type Cas = { version: number } | null;
+
+function invalid(message: string): ServiceError {
+  return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
+}
+
+function checkName(name: string): void {
+  const problem = secretNameProblem(name);
+  if (problem !== null) throw invalid(`secret name "${name.slice(0, 64)}": ${problem}`);
+}
+
+function expiry(ttlSeconds: number, expireAtMs: number, nowMs: number): number | null {
+  if (ttlSeconds !== 0 && expireAtMs !== 0) throw invalid('give ttl_seconds or expire_at_ms, not both');
+  const at = ttlSeconds !== 0 ? nowMs + ttlSeconds * 1000 : expireAtMs !== 0 ? expireAtMs : null;
+  if (at !== null && (at <= nowMs || at > nowMs + TTL_MS_MAX)) throw invalid('an expiry must be in the future and at most ten years ahead');
+  return at;
+}
+
+/** A value of `length` characters drawn uniformly from the charset (randomInt has no modulo bias). */
+export function generateValue(length: number, charset: Charset): Buffer {
+  const alphabet = CHARSETS[charset];
+  let out = '';
+  for (let k = 0; k < length; k++) out += alphabet[randomInt(alphabet.length)];
+  return Buffer.from(out);
+}
+
+function metadataReply(m: SecretMetadata): object {
+  return { ...m, labels: m.labels.map(([label, version]) => ({ label, version })) };
+}
+
+export function registerSecretsService(node: CofferNode): void {
+  const { Secrets } = services();
+  const manager = node.manager;
+  const store = node.state.secrets;
+
+  /** Proposes (forwarding to the leader if needed) and turns a refusal into its status. */
+  const write = async (command: SecretCommand): Promise<number> => {
+    const result = await node.proposeCommand(encodeSecretCommand(command));
+    if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
+    return 'version' in result ? result.version : 0;
+  };
+  /** Linearizable unless stale: waits until this manager has applied every write committed before. */
+  const readPoint = async (stale: boolean): Promise<number> => (stale ? (manager.status().raft?.applied ?? 0) : manager.linearizableRead());
+
+  const put = async (name: string, value: Buffer, cas: Cas, ttlSeconds: number, expireAtMs: number, versionsKept: number): Promise<number> => {
+    checkName(name);
+    if (value.byteLength > SECRET_VALUE_BYTES_MAX) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`);
+    if (versionsKept > VERSIONS_KEPT_MAX) throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`);
+    const nowMs = Date.now();
+    return write({ op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs });
+  };
+
+  node.server.addService(Secrets.service, {
+    put: unary(node, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
+      requireAdmin(node, call);
+      const r = call.request;
+      return { version: await put(r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
+    }),
+    generate: unary(node, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
+      requireAdmin(node, call);
+      const r = call.request;
+      const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
+      if (!(charset in CHARSETS)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
+      if (r.length < 1 || r.length > GENERATE_LENGTH_MAX) throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
+      const value = generateValue(r.length, charset);
+      try {
+        return { version: await put(r.name, value, r.cas, r.ttlSeconds, 0, 0) };
+      } finally {
+        value.fill(0);
+      }
+    }),
+    get: unary(node, 'Secrets.Get', async (call: Call<{ name: string; version: number; label: string; stale: boolean }>) => {
+      requireAdmin(node, call);
+      const r = call.request;
+      checkName(r.name);
+      if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
+      if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      const applied = await readPoint(r.stale);
+      const found = store.read(r.name, r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {}, Date.now());
+      return { value: found.value, version: found.version, appliedIndex: Math.max(applied, manager.status().raft?.applied ?? 0) };
+    }),
+    list: unary(node, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
+      requireAdmin(node, call);
+      const r = call.request;
+      if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
+      const applied = await readPoint(r.stale);
+      const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted);
+      return { secrets: page.secrets.map(metadataReply), nextPageToken: page.next, appliedIndex: applied };
+    }),
+    versions: unary(node, 'Secrets.Versions', async (call: Call<{ name: string; stale: boolean }>) => {
+      requireAdmin(node, call);
+      checkName(call.request.name);
+      const applied = await readPoint(call.request.stale);
+      const nowMs = Date.now();
+      return { secret: metadataReply(store.metadata(call.request.name)), versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })), appliedIndex: applied };
+    }),
+    delete: unary(node, 'Secrets.Delete', async (call: Call<{ name: string }>) => {
+      requireAdmin(node, call);
+      checkName(call.request.name);
+      return { version: await write({ op: 'delete', name: call.request.name }) };
+    }),
+    undelete: unary(node, 'Secrets.Undelete', async (call: Call<{ name: string }>) => {
+      requireAdmin(node, call);
+      checkName(call.request.name);
+      return { version: await write({ op: 'undelete', name: call.request.name }) };
+    }),
+    destroy: unary(node, 'Secrets.Destroy', async (call: Call<{ name: string; versions: number[] }>) => {
+      requireAdmin(node, call);
+      checkName(call.request.name);
+      if (call.request.versions.length === 0) throw invalid('name the versions to destroy');
+      return { version: await write({ op: 'destroy', name: call.request.name, versions: call.request.versions }) };
+    }),
+    label: unary(node, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
+      requireAdmin(node, call);
+      const r = call.request;
+      checkName(r.name);
+      if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      if (r.version === 0) throw invalid('name the version the label points at');
+      return { version: await write({ op: 'label', name: r.name, label: r.label, version: r.version }) };
+    }),
+    unlabel: unary(node, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
+      requireAdmin(node, call);
+      const r = call.request;
+      checkName(r.name);
+      if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      return { version: await write({ op: 'unlabel', name: r.name, label: r.label }) };
+    }),
+  });
+}

@@ -1,0 +1,57 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
+import { CofferNode } from '../../src/server/node.ts';
+import { createLogger } from '../../src/util/logger.ts';
+import { AdminClient, eventually, freePort } from '../cluster/processes.ts';
+
+/** Three managers in this process, made by init and join, over real mutual-TLS gRPC on 127.0.0.1. */
+export class InProcessCluster {
+  readonly root = mkdtempSync(join(tmpdir(), 'coffer-api-'));
+  readonly nodes: CofferNode[] = [];
+  readonly addresses: string[] = [];
+  admin!: AdminClient;
+  adminDir = '';
+  clusterId = '';
+
+  static async start(size = 3): Promise<InProcessCluster> {
+    const cluster = new InProcessCluster();
+    try {
+      await cluster.#start(size);
+    } catch (error) {
+      await cluster.stop();
+      throw error;
+    }
+    return cluster;
+  }
+
+  async #start(size: number): Promise<void> {
+    const logger = createLogger({ level: 'silent' });
+    const ports = await Promise.all(Array.from({ length: size }, () => freePort()));
+    for (const port of ports) this.addresses.push(`127.0.0.1:${port}`);
+    const init = await initCluster({ dataDir: join(this.root, 'm1'), listen: this.addresses[0]! });
+    this.adminDir = init.adminDir;
+    this.clusterId = init.clusterId;
+    this.admin = new AdminClient(init.adminDir, init.clusterId);
+    this.nodes.push(await CofferNode.start({ dataDir: join(this.root, 'm1'), logger, tickIntervalMs: 50 }));
+    await eventually('a leader with a join token', 20_000, async () => (this.nodes[0]!.state.cluster.joinTokenHash !== null && this.nodes[0]!.manager.raftStatus()?.role === 'leader' ? true : undefined));
+    for (let k = 1; k < size; k++) {
+      await joinCluster({ dataDir: join(this.root, `m${k + 1}`), listen: this.addresses[k]!, join: this.addresses[0]!, token: init.joinToken });
+      this.nodes.push(await CofferNode.start({ dataDir: join(this.root, `m${k + 1}`), logger, tickIntervalMs: 50 }));
+      await eventually(`manager ${k + 1} to become a voter`, 30_000, async () => (this.nodes[0]!.manager.raftStatus()?.confState.voters.length === k + 1 ? true : undefined));
+    }
+  }
+
+  /** The address of a manager that is not the leader. */
+  follower(): string {
+    const at = this.nodes.findIndex((n) => n.manager.raftStatus()?.role !== 'leader');
+    return this.addresses[at]!;
+  }
+
+  async stop(): Promise<void> {
+    this.admin?.close();
+    for (const node of this.nodes) await node.stop();
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
