@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ROOT_POLICY, decide, globMatches, policyProblem, type Policy } from '../../src/store/policy.ts';
+
+test('globs match segment by segment: * within a segment, ** across any number of them', () => {
+  assert.equal(globMatches('app/*/password', 'app/db/password'), true);
+  assert.equal(globMatches('app/*/password', 'app/db/x/password'), false);
+  assert.equal(globMatches('app/**', 'app'), true);
+  assert.equal(globMatches('app/**', 'app/a/b/c'), true);
+  assert.equal(globMatches('app/**/key', 'app/key'), true);
+  assert.equal(globMatches('app/**/key', 'app/x/y/key'), true);
+  assert.equal(globMatches('app/db-*', 'app/db-main'), true);
+  assert.equal(globMatches('app/db-*', 'app/cache-main'), false);
+  assert.equal(globMatches('app/*-prod-*', 'app/db-prod-1'), true);
+  assert.equal(globMatches('app/*-prod-*', 'app/db-prod'), false);
+  assert.equal(globMatches('app', 'application'), false);
+});
+
+test('default deny; the most specific rule decides; explicit deny wins a tie', () => {
+  const team: Policy = {
+    name: 'team',
+    rules: [
+      { path: 'app/**', capabilities: ['read', 'list'], deny: false },
+      { path: 'app/prod/**', capabilities: ['read'], deny: true },
+      { path: 'app/prod/public-key', capabilities: ['read'], deny: false },
+    ],
+  };
+  assert.equal(decide([team], 'read', 'app/dev/db').allowed, true);
+  assert.equal(decide([team], 'write', 'app/dev/db').allowed, false, 'no rule names write: default deny');
+  assert.equal(decide([team], 'read', 'app/prod/db').allowed, false, 'the more specific deny');
+  assert.deepEqual(decide([team], 'read', 'app/prod/db').rule, { policy: 'team', path: 'app/prod/**', deny: true });
+  assert.equal(decide([team], 'read', 'app/prod/public-key').allowed, true, 'the most specific allow');
+  assert.equal(decide([team], 'read', 'other/x').rule, null);
+  const tie: Policy = { name: 'tie', rules: [{ path: 'app/dev/db', capabilities: ['read'], deny: true }] };
+  const tie2: Policy = { name: 'tie2', rules: [{ path: 'app/dev/db', capabilities: ['read'], deny: false }] };
+  assert.equal(decide([tie2, tie], 'read', 'app/dev/db').allowed, false);
+  assert.equal(decide([ROOT_POLICY], 'admin', 'sys/policies/x').allowed, true);
+});
+
+test('a malformed policy is refused with what to fix', () => {
+  assert.match(policyProblem({ name: 'Bad', rules: [] }) ?? '', /lower-case letter/);
+  assert.match(policyProblem({ name: 'root', rules: [] }) ?? '', /built in/);
+  assert.match(policyProblem({ name: 'p', rules: [] }) ?? '', /at least one rule/);
+  assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/**x', capabilities: ['read'], deny: false }] }) ?? '', /rule 1: the path/);
+  assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '', /rule 1: capabilities/);
+  assert.equal(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['read'], deny: false }] }), null);
+});
