@@ -61,6 +61,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     ]),
   });
   const token = newJoinToken(ca.certPem);
+  const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
   await writeTlsFiles(options.dataDir, ca.certPem, node.certPem);
   await writeNodeConfig(options.dataDir, {
     format: 1,
@@ -70,11 +71,11 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     advertise,
     bootstrap: true,
     initialJoinTokenHash: joinTokenHash(token.secret).toString('hex'),
+    initialAdminSerial: identityOf(admin.certPem).serial,
     peers: [],
     managerCertValidityDays: validityDays,
   });
   const adminDir = options.adminDir ?? `${options.dataDir.replace(/\/+$/, '')}-admin`;
-  const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
   await mkdir(adminDir, { recursive: true, mode: 0o700 });
   await writeFile(join(adminDir, 'ca.crt'), ca.certPem);
   await writeFile(join(adminDir, 'admin.crt'), admin.certPem);
@@ -138,6 +139,7 @@ export async function joinCluster(options: JoinOptions): Promise<{ nodeId: NodeI
         advertise,
         bootstrap: false,
         initialJoinTokenHash: null,
+        initialAdminSerial: null,
         peers: members,
         managerCertValidityDays: response.managerCertValidityDays,
       });

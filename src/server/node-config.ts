@@ -15,6 +15,8 @@ export interface NodeConfig {
   readonly bootstrap: boolean;
   /** The join token made at init (its hash), installed by the first leader. */
   readonly initialJoinTokenHash: string | null;
+  /** The admin identity's certificate made at init (its serial), registered by the first leader. */
+  readonly initialAdminSerial: string | null;
   /** Members known when this manager joined, until it has the replicated list. */
   readonly peers: ReadonlyArray<readonly [NodeId, string]>;
   /** Lifetime of manager certificates (90 days unless set at init). */

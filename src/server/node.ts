@@ -8,6 +8,9 @@ import { Manager } from '../manager/manager.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
 import { ManagerState, type ManagerStateResult } from '../store/manager-state.ts';
 import { encodeSecretCommand } from '../store/secret-store.ts';
+import { encodeAccessCommand } from '../store/access-state.ts';
+import { ROOT_POLICY } from '../store/policy.ts';
+import { ADMIN_IDENTITY } from './rpc.ts';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
@@ -179,6 +182,9 @@ export class CofferNode {
       }
       if (cluster.joinTokenHash === null && this.config.initialJoinTokenHash !== null) {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex') }));
+      }
+      if (this.config.initialAdminSerial !== null && !this.state.access.identities.has(ADMIN_IDENTITY)) {
+        await this.proposeCommand(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], serial: this.config.initialAdminSerial, nowMs: Date.now() }));
       }
       await this.#maybePromote();
       // Expiry: the leader wipes what expired, through the log (the time is in the command).

@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Identity } from '../crypto/pki.ts';
+import type { Capability } from '../store/policy.ts';
 import { callerIdentity } from '../transport/auth.ts';
 import { ServiceError, toStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
@@ -54,10 +55,35 @@ export function requireManager(node: CofferNode, call: Call<unknown>): number {
   return id;
 }
 
-export function requireAdmin(node: CofferNode, call: Call<unknown>): Identity {
+/**
+ * Authenticates a client and checks its policies for `capability` on `path`: the certificate
+ * must be listed for its identity (not revoked), and the most specific matching rule must allow.
+ */
+export function authorize(node: CofferNode, call: Call<unknown>, capability: Capability, path: string): Identity {
+  const identity = authenticateClient(node, call);
+  const decision = node.state.access.decide(identity.id, capability, path);
+  if (!decision.allowed) {
+    const why = decision.rule === null ? 'no policy allows it' : `denied by policy "${decision.rule.policy}", rule "${decision.rule.path}"`;
+    throw new ServiceError(grpc.status.PERMISSION_DENIED, `identity "${identity.id}" may not ${capability} "${path}": ${why}`);
+  }
+  return identity;
+}
+
+/** A client whose certificate is listed for its identity and not revoked. */
+export function authenticateClient(node: CofferNode, call: Call<unknown>): Identity {
   const identity = requireCaller(node, call);
-  if (identity.role !== 'client' || identity.id !== ADMIN_IDENTITY) {
-    throw new ServiceError(grpc.status.PERMISSION_DENIED, `identity "${identity.id}" (${identity.role}) may not call this; until policies exist only the admin identity may`);
+  if (identity.role !== 'client') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for clients; a manager certificate may not call it');
+  const access = node.state.access;
+  if (!access.certificateValid(identity.id, identity.serial)) {
+    const known = access.identities.get(identity.id);
+    throw new ServiceError(
+      grpc.status.PERMISSION_DENIED,
+      known === undefined
+        ? `identity "${identity.id}" is not known to this cluster (yet)`
+        : known.revoked
+          ? `the certificate of identity "${identity.id}" was revoked`
+          : `this certificate was not issued to identity "${identity.id}" by this cluster, or it was revoked`,
+    );
   }
   return identity;
 }

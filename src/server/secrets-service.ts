@@ -5,7 +5,7 @@ import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '..
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
-import { requireAdmin, unary, type Call } from './rpc.ts';
+import { authenticateClient, authorize, unary, type Call } from './rpc.ts';
 
 type Cas = { version: number } | null;
 
@@ -61,13 +61,13 @@ export function registerSecretsService(node: CofferNode): void {
 
   node.server.addService(Secrets.service, {
     put: unary(node, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
-      requireAdmin(node, call);
       const r = call.request;
+      authorize(node, call, 'write', r.name);
       return { version: await put(r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
     }),
     generate: unary(node, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
-      requireAdmin(node, call);
       const r = call.request;
+      authorize(node, call, 'write', r.name);
       const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
       if (!(charset in CHARSETS)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
       if (r.length < 1 || r.length > GENERATE_LENGTH_MAX) throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
@@ -79,9 +79,9 @@ export function registerSecretsService(node: CofferNode): void {
       }
     }),
     get: unary(node, 'Secrets.Get', async (call: Call<{ name: string; version: number; label: string; stale: boolean }>) => {
-      requireAdmin(node, call);
       const r = call.request;
       checkName(r.name);
+      authorize(node, call, 'read', r.name);
       if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
       if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
       const applied = await readPoint(r.stale);
@@ -89,48 +89,50 @@ export function registerSecretsService(node: CofferNode): void {
       return { value: found.value, version: found.version, appliedIndex: Math.max(applied, manager.status().raft?.applied ?? 0) };
     }),
     list: unary(node, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
-      requireAdmin(node, call);
       const r = call.request;
+      const identity = authenticateClient(node, call);
       if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
       const applied = await readPoint(r.stale);
-      const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted);
+      // Names the caller may not list are left out, not refused: a listing shows what one may see.
+      const visible = (name: string): boolean => node.state.access.decide(identity.id, 'list', name).allowed;
+      const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted, visible);
       return { secrets: page.secrets.map(metadataReply), nextPageToken: page.next, appliedIndex: applied };
     }),
     versions: unary(node, 'Secrets.Versions', async (call: Call<{ name: string; stale: boolean }>) => {
-      requireAdmin(node, call);
       checkName(call.request.name);
+      authorize(node, call, 'read', call.request.name);
       const applied = await readPoint(call.request.stale);
       const nowMs = Date.now();
       return { secret: metadataReply(store.metadata(call.request.name)), versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })), appliedIndex: applied };
     }),
     delete: unary(node, 'Secrets.Delete', async (call: Call<{ name: string }>) => {
-      requireAdmin(node, call);
       checkName(call.request.name);
+      authorize(node, call, 'delete', call.request.name);
       return { version: await write({ op: 'delete', name: call.request.name }) };
     }),
     undelete: unary(node, 'Secrets.Undelete', async (call: Call<{ name: string }>) => {
-      requireAdmin(node, call);
       checkName(call.request.name);
+      authorize(node, call, 'delete', call.request.name);
       return { version: await write({ op: 'undelete', name: call.request.name }) };
     }),
     destroy: unary(node, 'Secrets.Destroy', async (call: Call<{ name: string; versions: number[] }>) => {
-      requireAdmin(node, call);
       checkName(call.request.name);
+      authorize(node, call, 'delete', call.request.name);
       if (call.request.versions.length === 0) throw invalid('name the versions to destroy');
       return { version: await write({ op: 'destroy', name: call.request.name, versions: call.request.versions }) };
     }),
     label: unary(node, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
-      requireAdmin(node, call);
       const r = call.request;
       checkName(r.name);
+      authorize(node, call, 'write', r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
       if (r.version === 0) throw invalid('name the version the label points at');
       return { version: await write({ op: 'label', name: r.name, label: r.label, version: r.version }) };
     }),
     unlabel: unary(node, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
-      requireAdmin(node, call);
       const r = call.request;
       checkName(r.name);
+      authorize(node, call, 'write', r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
       return { version: await write({ op: 'unlabel', name: r.name, label: r.label }) };
     }),

@@ -7,8 +7,9 @@ import { services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
+import { registerAccessServices } from './access-service.ts';
 import { registerSecretsService } from './secrets-service.ts';
-import { LeaderRedirect, requireAdmin, requireCaller, requireManager, unary, type Call } from './rpc.ts';
+import { LeaderRedirect, authorize, requireCaller, requireManager, unary, type Call } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -87,11 +88,12 @@ export function registerServices(node: CofferNode): void {
   });
 
   registerSecretsService(node);
+  registerAccessServices(node);
 
   node.server.addService(Cluster.service, {
     status: unary(node, 'Cluster.Status', async (call: Call<object>) => {
       const identity = requireCaller(node, call);
-      if (identity.role === 'client') requireAdmin(node, call);
+      if (identity.role === 'client') authorize(node, call, 'admin', 'sys/cluster');
       const status = manager.raftStatus();
       if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       const identityOfNode = identityOf(node.tls.certPem);
@@ -114,14 +116,14 @@ export function registerServices(node: CofferNode): void {
       };
     }),
     rotateJoinToken: unary(node, 'Cluster.RotateJoinToken', async (call: Call<object>) => {
-      requireAdmin(node, call);
+      authorize(node, call, 'admin', 'sys/cluster');
       const token = newJoinToken(node.tls.caPem);
       const result = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: joinTokenHash(token.secret) }));
       if (!result.ok) throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.reason);
       return { token: formatJoinToken(token) };
     }),
     removeMember: unary(node, 'Cluster.RemoveMember', async (call: Call<{ nodeId: number }>) => {
-      requireAdmin(node, call);
+      authorize(node, call, 'admin', 'sys/cluster');
       const id = call.request.nodeId;
       const status = manager.raftStatus();
       if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');

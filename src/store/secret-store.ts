@@ -207,12 +207,12 @@ export class SecretStore {
   }
 
   /** Names under a prefix in order, after `after` (the page token), at most `limit`. */
-  list(prefix: string, after: string, limit: number, includeDeleted: boolean): { secrets: SecretMetadata[]; next: string } {
+  list(prefix: string, after: string, limit: number, includeDeleted: boolean, visible: (name: string) => boolean = () => true): { secrets: SecretMetadata[]; next: string } {
     const names = [...this.#secrets.keys()].filter((n) => n.startsWith(prefix) && n > after).sort();
     const page: SecretMetadata[] = [];
     for (const name of names) {
       const secret = this.#secrets.get(name)!;
-      if (secret.deleted && !includeDeleted) continue;
+      if ((secret.deleted && !includeDeleted) || !visible(name)) continue;
       if (page.length === limit) return { secrets: page, next: page[page.length - 1]!.name };
       page.push(describe(secret));
     }

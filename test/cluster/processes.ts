@@ -86,27 +86,29 @@ export interface StatusReply {
   snapshotsSent: number;
 }
 
-/** A client holding the admin identity made by `coffer init`. */
+export type ServiceName = 'Cluster' | 'Secrets' | 'Policies' | 'Identities';
+
+/** A client holding the admin identity made by `coffer init` (or any identity, from PEM). */
 export class AdminClient {
   readonly #credentials: grpc.ChannelCredentials;
-  readonly #clients = new Map<string, Record<string, grpc.Client>>();
+  readonly #clients = new Map<string, grpc.Client>();
 
-  constructor(adminDir: string, clusterId: string) {
+  constructor(adminDir: string, clusterId: string, pem?: { caPem: string; certPem: string; keyPem: string }) {
     const read = (name: string) => readFileSync(join(adminDir, name), 'utf8');
-    this.#credentials = managerChannelCredentials({ caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') }, { clusterId });
+    this.#credentials = managerChannelCredentials(pem ?? { caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') }, { clusterId });
   }
 
-  #client(address: string, service: 'Cluster' | 'Secrets'): grpc.Client {
-    let clients = this.#clients.get(address);
-    if (clients === undefined) {
-      const loaded = services();
-      clients = { Cluster: new loaded.Cluster.Client(address, this.#credentials, MANAGER_CHANNEL_OPTIONS), Secrets: new loaded.Secrets.Client(address, this.#credentials, MANAGER_CHANNEL_OPTIONS) };
-      this.#clients.set(address, clients);
+  #client(address: string, service: ServiceName): grpc.Client {
+    const key = `${address}/${service}`;
+    let client = this.#clients.get(key);
+    if (client === undefined) {
+      client = new (services()[service].Client)(address, this.#credentials, MANAGER_CHANNEL_OPTIONS);
+      this.#clients.set(key, client);
     }
-    return clients[service]!;
+    return client;
   }
 
-  call<Response>(address: string, service: 'Cluster' | 'Secrets', method: string, request: object, timeoutMs = 5000): Promise<Response> {
+  call<Response>(address: string, service: ServiceName, method: string, request: object, timeoutMs = 5000): Promise<Response> {
     const client = this.#client(address, service) as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
     return new Promise((resolve, reject) => {
       client[method]!.call(client, request, { deadline: Date.now() + timeoutMs }, (error, response) => (error === null ? resolve(response!) : reject(error)));
@@ -118,7 +120,7 @@ export class AdminClient {
   }
 
   close(): void {
-    for (const clients of this.#clients.values()) for (const client of Object.values(clients)) client.close();
+    for (const client of this.#clients.values()) client.close();
     this.#clients.clear();
   }
 }
