@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate } from '../crypto/pki.ts';
 import { IDENTITY_NAME_PATTERN, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
+import { verifyAuditDir } from '../audit/audit-log.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
@@ -17,7 +18,7 @@ function invalid(message: string): ServiceError {
 }
 
 export function registerAccessServices(node: CofferNode): void {
-  const { Policies, Identities } = services();
+  const { Policies, Identities, Audit } = services();
   const access = node.state.access;
 
   const write = async (command: AccessCommand): Promise<void> => {
@@ -93,5 +94,17 @@ export function registerAccessServices(node: CofferNode): void {
       };
     }),
   });
-}
 
+  node.server.addService(Audit.service, {
+    tail: unary(node, 'Audit.Tail', async (call: Call<{ count: number }>) => {
+      authorize(node, call, 'admin', 'sys/audit');
+      const count = call.request.count === 0 ? 20 : Math.min(call.request.count, 10_000);
+      return { records: await node.audit.tail(count) };
+    }),
+    verify: unary(node, 'Audit.Verify', async (call: Call<object>) => {
+      authorize(node, call, 'admin', 'sys/audit');
+      const report = await verifyAuditDir(node.audit.dir);
+      return { ok: report.ok, records: report.records, firstBrokenLine: report.firstBroken?.line ?? 0, problem: report.firstBroken?.problem ?? '' };
+    }),
+  });
+}

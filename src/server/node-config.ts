@@ -25,6 +25,8 @@ export interface NodeConfig {
 
 export const NODE_CONFIG_FILE = 'node.json';
 export const TLS_DIR = 'tls';
+/** The manager's audit log (audit.log, audit.head). */
+export const AUDIT_DIR = 'audit';
 export const CA_CERT_FILE = 'ca.crt';
 export const NODE_CERT_FILE = 'node.crt';
 /** Names of the private keys kept sealed in the key store. */

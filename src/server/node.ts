@@ -11,13 +11,15 @@ import { encodeSecretCommand } from '../store/secret-store.ts';
 import { encodeAccessCommand } from '../store/access-state.ts';
 import { ROOT_POLICY } from '../store/policy.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
+import { AuditLog } from '../audit/audit-log.ts';
+import { join } from 'node:path';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
-import { CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { registerServices } from './services.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -55,6 +57,7 @@ export class CofferNode {
   readonly transport: PeerTransport;
   readonly server: grpc.Server;
   readonly log: Logger;
+  readonly audit: AuditLog;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
   #tls: TlsMaterial;
@@ -64,8 +67,9 @@ export class CofferNode {
   #peerClients = new Map<NodeId, grpc.Client>();
   boundPort = 0;
 
-  private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger) {
+  private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger, audit: AuditLog) {
     this.#options = options;
+    this.audit = audit;
     this.config = config;
     this.manager = manager;
     this.state = state;
@@ -137,7 +141,8 @@ export class CofferNode {
     const caKey = manager.localSecret(CA_KEY_SECRET);
     if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
-    const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log);
+    const audit = await AuditLog.open(join(options.dataDir, AUDIT_DIR), config.nodeId);
+    const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log, audit);
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);

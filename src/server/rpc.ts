@@ -12,18 +12,63 @@ export const LEADER_ADDRESS_METADATA = 'coffer-leader-address';
 
 export type Call<Request> = { request: Request; getAuthContext(): ReturnType<grpc.ServerUnaryCall<Request, unknown>['getAuthContext']> };
 
-/** Runs a unary handler, mapping every refusal to its status in one place. */
+/** Who a request was from and what it was about, as the handler learned it (for the audit log). */
+const auditContext = new WeakMap<object, { identity: Identity | null; target: string }>();
+
+function noteCaller(call: object, identity: Identity, target?: string): void {
+  const context = auditContext.get(call);
+  if (context === undefined) return;
+  context.identity = identity;
+  if (target !== undefined) context.target = target;
+}
+
+/** Records what a request is about when no authorization names it (e.g. a secret name). */
+export function noteTarget(call: object, target: string): void {
+  const context = auditContext.get(call);
+  if (context !== undefined) context.target = target;
+}
+
+/**
+ * Runs a unary handler: refusals become their status in one place, and every request, allowed
+ * or denied, is written to the audit log before the reply leaves. If the audit log cannot be
+ * written the request fails (fail closed); while it is broken, requests are refused before they run.
+ */
 export function unary<Request, Response>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<Response>) {
+  const audited = !method.startsWith('Peer.');
   return (call: grpc.ServerUnaryCall<Request, Response>, callback: grpc.sendUnaryData<Response>): void => {
-    handler(call).then(
-      (response) => callback(null, response),
-      (error: unknown) => {
-        const status = toStatus(error);
+    const context = { identity: null as Identity | null, target: '' };
+    auditContext.set(call, context);
+    const started = Date.now();
+    const run = audited && node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
+    run
+      .then(
+        (response) => ({ response, error: null as unknown }),
+        (error: unknown) => ({ response: null, error }),
+      )
+      .then(async ({ response, error }) => {
+        let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
         if (status.code === grpc.status.INTERNAL) node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+        if (context.identity === null && status.code !== grpc.status.UNAUTHENTICATED) context.identity = callerIdentity(call, node.config.clusterId);
+        if (audited) {
+          const outcome = status.code === grpc.status.OK ? 'allowed' : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED ? 'denied' : 'failed';
+          try {
+            await node.audit.append({ identity: context.identity?.id ?? '', role: context.identity?.role ?? '', method, target: context.target, outcome, code: grpc.status[status.code] ?? String(status.code) });
+          } catch (auditError) {
+            node.log.error({ event: 'audit-failed', method, err: auditError }, 'the audit record could not be written: the request fails');
+            status = { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
+            response = null;
+          }
+        }
+        // One line per request: method, identity, status, duration; never the body.
+        node.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Date.now() - started }, 'request');
+        if (status.code === grpc.status.OK) return callback(null, response as Response);
         const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
         callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
-      },
-    );
+      })
+      .catch((error: unknown) => {
+        node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+        callback({ code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
+      });
   };
 }
 
@@ -44,6 +89,7 @@ export function redirectMetadata(address: string): grpc.Metadata {
 export function requireCaller(node: CofferNode, call: Call<unknown>): Identity {
   const identity = callerIdentity(call, node.config.clusterId);
   if (identity === null) throw new ServiceError(grpc.status.UNAUTHENTICATED, 'a certificate issued by this cluster\'s CA is required');
+  noteCaller(call, identity);
   return identity;
 }
 
@@ -60,6 +106,7 @@ export function requireManager(node: CofferNode, call: Call<unknown>): number {
  * must be listed for its identity (not revoked), and the most specific matching rule must allow.
  */
 export function authorize(node: CofferNode, call: Call<unknown>, capability: Capability, path: string): Identity {
+  noteTarget(call, path);
   const identity = authenticateClient(node, call);
   const decision = node.state.access.decide(identity.id, capability, path);
   if (!decision.allowed) {

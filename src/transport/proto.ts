@@ -16,7 +16,7 @@ export interface LoadedService {
 let cache: Record<string, LoadedService> | null = null;
 
 /** Loads the coffer.v1 services once. */
-export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService; Policies: LoadedService; Identities: LoadedService } {
+export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService; Policies: LoadedService; Identities: LoadedService; Audit: LoadedService } {
   if (cache === null) {
     const definition = protoLoader.loadSync(['coffer/v1/peer.proto', 'coffer/v1/api.proto'], LOADER_OPTIONS);
     const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
@@ -25,11 +25,11 @@ export function services(): { Peer: LoadedService; Join: LoadedService; Secrets:
       if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: Client.service, Client };
     }
   }
-  const { Peer, Join, Secrets, Cluster, Policies, Identities } = cache;
-  if (Peer === undefined || Join === undefined || Secrets === undefined || Cluster === undefined || Policies === undefined || Identities === undefined) {
+  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit } = cache;
+  if (Peer === undefined || Join === undefined || Secrets === undefined || Cluster === undefined || Policies === undefined || Identities === undefined || Audit === undefined) {
     throw new Error('proto/coffer/v1 lacks a service');
   }
-  return { Peer, Join, Secrets, Cluster, Policies, Identities };
+  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit };
 }
 
 /** Frames on the Raft stream, as proto-loader gives them (oneof `body` names the set field). */

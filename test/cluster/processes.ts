@@ -86,7 +86,7 @@ export interface StatusReply {
   snapshotsSent: number;
 }
 
-export type ServiceName = 'Cluster' | 'Secrets' | 'Policies' | 'Identities';
+export type ServiceName = 'Cluster' | 'Secrets' | 'Policies' | 'Identities' | 'Audit';
 
 /** A client holding the admin identity made by `coffer init` (or any identity, from PEM). */
 export class AdminClient {

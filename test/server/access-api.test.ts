@@ -1,7 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { readFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { issueCertificate, newLeafKey } from '../../src/crypto/pki.ts';
 import { AdminClient, eventually } from '../cluster/processes.ts';
@@ -104,4 +104,41 @@ test('policy administration: bad policies are refused with what to fix; get, lis
   await admin.call(at, 'Policies', 'remove', { name: 'tmp' });
   await assert.rejects(admin.call(at, 'Policies', 'get', { name: 'tmp' }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
   await assert.rejects(admin.call(at, 'Identities', 'issue', { name: 'x', policies: ['missing'], publicKeyPem: newLeafKey().publicPem }), (e: grpc.ServiceError) => e.code === grpc.status.FAILED_PRECONDITION && /put it first/.test(e.details));
+});
+
+test('every request, allowed or denied, is in the audit log of the manager that served it, without values; a broken audit log fails requests closed', { timeout: 60_000 }, async () => {
+  const at = cluster.addresses[2]!;
+  const value = `audited-${Date.now()}-value`;
+  await cluster.admin.call(at, 'Secrets', 'put', { name: 'audit/me', value: Buffer.from(value) });
+  await cluster.admin.call(at, 'Secrets', 'get', { name: 'audit/me' });
+  const { client } = await issue('nosy', []);
+  try {
+    await eventually('the identity to be known', 10_000, async () => client.call(at, 'Secrets', 'get', { name: 'audit/me' }).then(() => undefined, (e: grpc.ServiceError) => (/no policy allows it/.test(e.details) ? true : undefined)));
+  } finally {
+    client.close();
+  }
+  const tail = await cluster.admin.call<Reply>(at, 'Audit', 'tail', { count: 50 });
+  const records = tail['records'] as Reply[];
+  const find = (identity: string, method: string, outcome: string) => records.find((r) => r['identity'] === identity && r['method'] === method && r['target'] === 'audit/me' && r['outcome'] === outcome);
+  assert.ok(find('admin', 'Secrets.Put', 'allowed'));
+  assert.ok(find('admin', 'Secrets.Get', 'allowed'));
+  assert.equal(find('nosy', 'Secrets.Get', 'denied')?.['code'], 'PERMISSION_DENIED');
+  const node = cluster.nodes[2]!;
+  const text = readFileSync(join(node.audit.dir, 'audit.log'), 'utf8');
+  assert.ok(!text.includes(value) && !text.includes(Buffer.from(value).toString('base64')), 'no value in the audit log');
+  assert.equal(((await cluster.admin.call<Reply>(at, 'Audit', 'verify', {})))['ok'], true);
+
+  // Fail closed: the audit directory becomes unwritable; a read of a secret fails and returns nothing.
+  renameSync(node.audit.dir, `${node.audit.dir}.away`);
+  writeFileSync(node.audit.dir, 'blocked');
+  try {
+    await assert.rejects(cluster.admin.call(at, 'Secrets', 'get', { name: 'audit/me' }), (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE && /audit log cannot be written/.test(e.details));
+    await assert.rejects(cluster.admin.call(at, 'Secrets', 'get', { name: 'audit/me' }), (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE);
+  } finally {
+    rmSync(node.audit.dir);
+    renameSync(`${node.audit.dir}.away`, node.audit.dir);
+  }
+  // Once it can write again, requests are served and the chain is still whole.
+  await eventually('requests to be served again', 10_000, async () => cluster.admin.call(at, 'Secrets', 'get', { name: 'audit/me' }));
+  assert.equal(((await cluster.admin.call<Reply>(at, 'Audit', 'verify', {})))['ok'], true);
 });

@@ -1,0 +1,72 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AUDIT_FILE, AuditError, AuditLog, verifyAuditDir } from '../../src/audit/audit-log.ts';
+
+const event = (k: number) => ({ identity: `user-${k}`, role: 'client', method: 'Secrets.Get', target: `app/k${k}`, outcome: 'allowed' as const, code: 'OK' });
+
+async function logWith(records: number): Promise<{ dir: string; root: string }> {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-audit-'));
+  const dir = join(root, 'audit');
+  const log = await AuditLog.open(dir, 1);
+  await Promise.all(Array.from({ length: records }, (_, k) => log.append(event(k))));
+  return { dir, root };
+}
+
+test('records chain: a whole log verifies, and a reopened log continues the chain', async () => {
+  const { dir, root } = await logWith(10);
+  try {
+    assert.deepEqual(await verifyAuditDir(dir), { ok: true, records: 10, firstBroken: null });
+    const again = await AuditLog.open(dir, 1);
+    await again.append(event(10));
+    const report = await verifyAuditDir(dir);
+    assert.equal(report.ok, true);
+    assert.equal(report.records, 11);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('verify reports the first broken link of an altered, reordered, cut or truncated log', async () => {
+  const { dir, root } = await logWith(8);
+  const path = join(dir, AUDIT_FILE);
+  const original = readFileSync(path, 'utf8');
+  const lines = original.trimEnd().split('\n');
+  const check = async (text: string, line: number, problem: RegExp) => {
+    writeFileSync(path, text);
+    const report = await verifyAuditDir(dir);
+    assert.equal(report.ok, false);
+    assert.equal(report.firstBroken?.line, line);
+    assert.match(report.firstBroken?.problem ?? '', problem);
+  };
+  try {
+    await check(original.replace('"target":"app/k4"', '"target":"app/kX"'), 5, /altered/);
+    await check([lines[0], lines[2], lines[1], ...lines.slice(3)].join('\n') + '\n', 2, /removed, inserted or reordered/);
+    await check([...lines.slice(0, 3), ...lines.slice(4)].join('\n') + '\n', 4, /removed, inserted or reordered/);
+    await check(lines.slice(0, 6).join('\n') + '\n', 7, /truncated/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('when the log cannot be written, appends fail and the log says it is broken; it recovers once it can write', async () => {
+  const { dir, root } = await logWith(3);
+  try {
+    const log = await AuditLog.open(dir, 1);
+    renameSync(dir, `${dir}.away`);
+    writeFileSync(dir, 'not a directory');
+    await assert.rejects(log.append(event(3)), (e: unknown) => e instanceof AuditError && /cannot be written/.test(e.message));
+    assert.notEqual(log.broken, null);
+    rmSync(dir);
+    renameSync(`${dir}.away`, dir);
+    await log.append(event(4));
+    assert.equal(log.broken, null);
+    const report = await verifyAuditDir(dir);
+    assert.equal(report.ok, true, JSON.stringify(report));
+    assert.equal(report.records, 4, 'the failed record was never written; the chain goes on from the last durable one');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
