@@ -3,7 +3,13 @@
  * that exits the process.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import { ClientError } from '../client/client.ts';
 import { KeyStore } from '../crypto/key-store.ts';
+import { auditCommands, clusterCommands, identityCommands, policyCommands } from './admin-commands.ts';
+import { devCommand } from './dev.ts';
+import { runCommand } from './run-command.ts';
+import { secretCommands } from './secret-commands.ts';
 import { createInterface } from 'node:readline';
 import { initCluster, joinCluster } from '../server/bootstrap.ts';
 import { CofferNode } from '../server/node.ts';
@@ -82,13 +88,13 @@ program
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .action(async (options: { data: string; keyFile?: string } & SnapshotFlags) => serve(options));
 
-program
-  .command('dev')
-  .description('run a local cluster of managers (arrives with the secret service)')
-  .action(() => {
-    process.stderr.write('coffer dev: the local cluster arrives with the secret service; until then use coffer init, join and server\n');
-    process.exitCode = 1;
-  });
+program.addCommand(devCommand());
+program.addCommand(secretCommands());
+program.addCommand(policyCommands());
+program.addCommand(identityCommands());
+program.addCommand(auditCommands());
+program.addCommand(clusterCommands());
+program.addCommand(runCommand());
 
 interface SnapshotFlags {
   snapshotEvery?: number;
@@ -134,7 +140,7 @@ function readLine(prompt: string): Promise<string> {
 }
 
 program.parseAsync(process.argv).catch((error: unknown) => {
-  const message = error instanceof Error ? error.message : String(error);
+  const message = error instanceof ClientError ? `${grpcStatus[error.code] ?? error.code}: ${error.message}` : error instanceof Error ? error.message : String(error);
   process.stderr.write(`coffer: ${message}\n`);
   // Exit now: a failed command must not linger on open handles.
   process.exit(1);

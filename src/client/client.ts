@@ -1,0 +1,182 @@
+import * as grpc from '@grpc/grpc-js';
+import { identityOf } from '../crypto/pki.ts';
+import { services } from '../transport/proto.ts';
+import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../transport/tls.ts';
+
+export interface ClientOptions {
+  /** Managers to talk to (host:port); the client fails over between them. */
+  readonly addresses: readonly string[];
+  readonly caPem: string;
+  readonly certPem: string;
+  readonly keyPem: string;
+  /** Per call (default 10 s). */
+  readonly deadlineMs?: number;
+}
+
+type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster';
+
+/** Errors after which a call may be sent to another manager without risking a double write. */
+function safeToRetry(error: grpc.ServiceError, idempotent: boolean): boolean {
+  if (error.code !== grpc.status.UNAVAILABLE && error.code !== grpc.status.DEADLINE_EXCEEDED) return false;
+  if (idempotent) return true;
+  // A write is retried only when it certainly never reached a leader.
+  return /No connection established|no leader is known|is locked|refused until it can/.test(error.details);
+}
+
+export class ClientError extends Error {
+  override name = 'ClientError';
+  readonly code: grpc.status;
+  constructor(code: grpc.status, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/**
+ * A typed client for a Coffer cluster over mutual TLS: it tries the managers in turn, sets a
+ * deadline on every call, and retries on another manager only where that is safe (reads always;
+ * writes only when they cannot have been applied).
+ */
+export class CofferClient {
+  readonly #options: ClientOptions;
+  readonly #credentials: grpc.ChannelCredentials;
+  readonly #clients = new Map<string, grpc.Client>();
+  /** The manager that answered last: tried first next time. */
+  #preferred = 0;
+
+  constructor(options: ClientOptions) {
+    if (options.addresses.length === 0) throw new TypeError('at least one manager address is needed (COFFER_ADDR or --addr)');
+    this.#options = options;
+    const clusterId = identityOf(options.certPem).clusterId;
+    this.#credentials = managerChannelCredentials({ caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem }, { clusterId });
+  }
+
+  async call<Response>(service: ServiceName, method: string, request: object, idempotent: boolean): Promise<Response> {
+    const addresses = this.#options.addresses;
+    let last: grpc.ServiceError | null = null;
+    for (let attempt = 0; attempt < addresses.length; attempt++) {
+      const at = (this.#preferred + attempt) % addresses.length;
+      try {
+        const response = await this.#once<Response>(addresses[at]!, service, method, request);
+        this.#preferred = at;
+        return response;
+      } catch (error) {
+        last = error as grpc.ServiceError;
+        if (!safeToRetry(last, idempotent)) break;
+      }
+    }
+    throw new ClientError(last!.code, last!.details || last!.message);
+  }
+
+  #once<Response>(address: string, service: ServiceName, method: string, request: object): Promise<Response> {
+    const key = `${address}/${service}`;
+    let client = this.#clients.get(key);
+    if (client === undefined) {
+      client = new (services()[service].Client)(address, this.#credentials, MANAGER_CHANNEL_OPTIONS);
+      this.#clients.set(key, client);
+    }
+    const stub = client as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
+    return new Promise((resolve, reject) => {
+      stub[method]!.call(client, request, { deadline: Date.now() + (this.#options.deadlineMs ?? 10_000) }, (error, response) => (error === null ? resolve(response!) : reject(error)));
+    });
+  }
+
+  // ---- secrets --------------------------------------------------------------------------------
+
+  put(name: string, value: Uint8Array, options: { cas?: number; ttlSeconds?: number; versionsKept?: number } = {}): Promise<{ version: number }> {
+    return this.call('Secrets', 'put', { name, value: Buffer.from(value), ...(options.cas === undefined ? {} : { cas: { version: options.cas } }), ttlSeconds: options.ttlSeconds ?? 0, versionsKept: options.versionsKept ?? 0 }, false);
+  }
+
+  get(name: string, options: { version?: number; label?: string; stale?: boolean } = {}): Promise<{ value: Buffer; version: number; appliedIndex: number }> {
+    return this.call('Secrets', 'get', { name, version: options.version ?? 0, label: options.label ?? '', stale: options.stale ?? false }, true);
+  }
+
+  list(prefix = '', options: { pageSize?: number; pageToken?: string; includeDeleted?: boolean; stale?: boolean } = {}): Promise<{ secrets: SecretMetadataReply[]; nextPageToken: string }> {
+    return this.call('Secrets', 'list', { prefix, pageSize: options.pageSize ?? 0, pageToken: options.pageToken ?? '', includeDeleted: options.includeDeleted ?? false, stale: options.stale ?? false }, true);
+  }
+
+  versions(name: string): Promise<{ secret: SecretMetadataReply; versions: Array<{ version: number; createdAtMs: number; expireAtMs: number; destroyed: boolean; expired: boolean; labels: string[] }> }> {
+    return this.call('Secrets', 'versions', { name }, true);
+  }
+
+  delete(name: string): Promise<{ version: number }> {
+    return this.call('Secrets', 'delete', { name }, false);
+  }
+
+  undelete(name: string): Promise<{ version: number }> {
+    return this.call('Secrets', 'undelete', { name }, false);
+  }
+
+  destroy(name: string, versions: number[]): Promise<{ version: number }> {
+    return this.call('Secrets', 'destroy', { name, versions }, false);
+  }
+
+  generate(name: string, options: { length: number; charset?: string; cas?: number; ttlSeconds?: number }): Promise<{ version: number }> {
+    return this.call('Secrets', 'generate', { name, length: options.length, charset: options.charset ?? '', ...(options.cas === undefined ? {} : { cas: { version: options.cas } }), ttlSeconds: options.ttlSeconds ?? 0 }, false);
+  }
+
+  label(name: string, label: string, version: number): Promise<{ version: number }> {
+    return this.call('Secrets', 'label', { name, label, version }, false);
+  }
+
+  unlabel(name: string, label: string): Promise<{ version: number }> {
+    return this.call('Secrets', 'unlabel', { name, label }, false);
+  }
+
+  // ---- policies, identities, audit, cluster ---------------------------------------------------
+
+  putPolicy(name: string, rules: Array<{ path: string; capabilities: string[]; deny?: boolean }>): Promise<object> {
+    return this.call('Policies', 'put', { name, rules: rules.map((r) => ({ ...r, deny: r.deny ?? false })) }, true);
+  }
+
+  getPolicy(name: string): Promise<{ name: string; rules: Array<{ path: string; capabilities: string[]; deny: boolean }> }> {
+    return this.call('Policies', 'get', { name }, true);
+  }
+
+  listPolicies(): Promise<{ policies: Array<{ name: string; rules: Array<{ path: string; capabilities: string[]; deny: boolean }> }> }> {
+    return this.call('Policies', 'list', {}, true);
+  }
+
+  removePolicy(name: string): Promise<object> {
+    return this.call('Policies', 'remove', { name }, false);
+  }
+
+  issueIdentity(name: string, policies: string[], publicKeyPem: string, validityDays = 0): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
+    return this.call('Identities', 'issue', { name, policies, publicKeyPem, validityDays }, false);
+  }
+
+  revokeIdentity(name: string): Promise<object> {
+    return this.call('Identities', 'revoke', { name }, true);
+  }
+
+  listIdentities(): Promise<{ identities: Array<{ name: string; policies: string[]; certificates: number; revoked: boolean; createdAtMs: number }> }> {
+    return this.call('Identities', 'list', {}, true);
+  }
+
+  auditTail(count: number): Promise<{ records: Array<Record<string, unknown>> }> {
+    return this.call('Audit', 'tail', { count }, true);
+  }
+
+  auditVerify(): Promise<{ ok: boolean; records: number; firstBrokenLine: number; problem: string }> {
+    return this.call('Audit', 'verify', {}, true);
+  }
+
+  clusterStatus(): Promise<Record<string, unknown>> {
+    return this.call('Cluster', 'status', {}, true);
+  }
+
+  close(): void {
+    for (const client of this.#clients.values()) client.close();
+    this.#clients.clear();
+  }
+}
+
+export interface SecretMetadataReply {
+  name: string;
+  currentVersion: number;
+  versionsKept: number;
+  deleted: boolean;
+  createdAtMs: number;
+  updatedAtMs: number;
+  labels: Array<{ label: string; version: number }>;
+}
