@@ -15,7 +15,7 @@ import { initCluster, joinCluster } from '../server/bootstrap.ts';
 import { CofferNode } from '../server/node.ts';
 import { createLogger } from '../util/logger.ts';
 
-const program = new Command('coffer').description('Coffer: a replicated, encrypted secret store').version('0.1.0').showHelpAfterError();
+const program = new Command('coffer').description('Coffer: a replicated, encrypted secret store').version('0.1.0').showHelpAfterError().enablePositionalOptions();
 
 program
   .command('init')
