@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** One audited request. No secret values: names, identities, outcomes only. */
@@ -55,6 +55,8 @@ export class AuditLog {
   #broken: Error | null = null;
   /** The last record known durable: where the chain resumes after a failed batch. */
   #durable: { seq: number; hash: string };
+  /** The log's length up to that record: a failed batch is cut back to it. */
+  #durableBytes = 0;
   failures = 0;
 
   private constructor(dir: string, node: number, seq: number, prev: string) {
@@ -65,10 +67,33 @@ export class AuditLog {
     this.#durable = { seq, hash: prev };
   }
 
+  /**
+   * Opens (or starts) a log. The chain resumes from the last complete record in the file (the
+   * head may be one batch behind after a crash between the two writes); a partial last line, left
+   * by a crash mid-write, is cut off. Complete records are never removed, tampered or not.
+   */
   static async open(dir: string, node: number): Promise<AuditLog> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    const head = await readHead(dir);
-    return new AuditLog(dir, node, head?.seq ?? 0, head?.hash ?? GENESIS);
+    const path = join(dir, AUDIT_FILE);
+    const text = await readFile(path, 'utf8').catch(() => '');
+    const complete = text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+    if (complete.length !== text.length) await truncate(path, Buffer.byteLength(complete));
+    const lines = complete.split('\n').filter((l) => l !== '');
+    let seq = 0;
+    let prev = GENESIS;
+    const last = lines[lines.length - 1];
+    if (last !== undefined) {
+      const record = JSON.parse(last) as AuditRecord;
+      seq = record.seq;
+      prev = record.hash;
+    } else {
+      const head = await readHead(dir).catch(() => null);
+      seq = head?.seq ?? 0;
+      prev = head?.hash ?? GENESIS;
+    }
+    const log = new AuditLog(dir, node, seq, prev);
+    log.#durableBytes = Buffer.byteLength(complete);
+    return log;
   }
 
   /** Whether the last write failed (requests are refused until one succeeds). */
@@ -94,23 +119,27 @@ export class AuditLog {
       while (this.#pending.length > 0) {
         const batch = this.#pending;
         this.#pending = [];
+        const text = batch.map((b) => b.line).join('');
         try {
           const file = await open(join(this.dir, AUDIT_FILE), 'a', 0o600);
           try {
-            await file.writeFile(batch.map((b) => b.line).join(''));
+            await file.writeFile(text);
             await file.datasync();
           } finally {
             await file.close();
           }
           const last = batch[batch.length - 1]!.record;
-          await writeHead(this.dir, last.seq, last.hash);
+          this.#durableBytes += Buffer.byteLength(text);
           this.#durable = { seq: last.seq, hash: last.hash };
+          // The head may lag the log by a batch after a crash; open() resumes from the log itself.
+          await writeHead(this.dir, last.seq, last.hash);
           this.#broken = null;
           for (const item of batch) item.done(null);
         } catch (error) {
           this.failures += batch.length;
           this.#broken = error as Error;
-          // The chain continues from the last durable record: what failed was never written.
+          // The chain continues from the last durable record; a partly written batch is cut off.
+          await truncate(join(this.dir, AUDIT_FILE), this.#durableBytes).catch(() => undefined);
           this.#seq = this.#durable.seq;
           this.#prev = this.#durable.hash;
           for (const item of [...batch, ...this.#pending]) item.done(new AuditError(`the audit log in ${this.dir} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'}); the request was refused`));
@@ -139,14 +168,17 @@ async function readHead(dir: string): Promise<{ seq: number; hash: string } | nu
   }
 }
 
+/** Replaces the head atomically (a crash leaves the old head or the new one, never an empty file). */
 async function writeHead(dir: string, seq: number, hash: string): Promise<void> {
-  const file = await open(join(dir, AUDIT_HEAD_FILE), 'w', 0o600);
+  const temporary = join(dir, `${AUDIT_HEAD_FILE}.tmp`);
+  const file = await open(temporary, 'w', 0o600);
   try {
     await file.writeFile(JSON.stringify({ seq, hash }));
     await file.datasync();
   } finally {
     await file.close();
   }
+  await rename(temporary, join(dir, AUDIT_HEAD_FILE));
 }
 
 export interface VerifyReport {
@@ -180,7 +212,8 @@ export function verifyAuditLog(text: string, head: { seq: number; hash: string }
     prev = hash;
     seq = record.seq;
   }
-  if (head !== null && (head.seq !== seq || head.hash !== prev)) {
+  // The head is written after the log, so it may lag by a batch; a log shorter than it was cut.
+  if (head !== null && head.seq > seq) {
     return { ok: false, records: lines.length, firstBroken: { line: lines.length + 1, problem: `the log ends at record ${seq}, but the head says ${head.seq}: it was truncated` } };
   }
   return { ok: true, records: lines.length, firstBroken: null };

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { Command } from 'commander';
 import { addClientOptions, clientFrom, type ClientFlags } from './client-config.ts';
 
@@ -21,6 +22,7 @@ export function runCommand(): Command {
         if (at <= 0 || !ENV_NAME.test(variable) || ref === '') throw new Error(`--env takes VAR=NAME, e.g. DB_PASSWORD=app/db/password; "${pair}" is not that`);
         const [name, label] = ref.split('@') as [string, string | undefined];
         const [plain, version] = name.split('#') as [string, string | undefined];
+        if (version !== undefined && !/^[1-9]\d*$/.test(version)) throw new Error(`--env ${pair}: a version after # is a number`);
         return { variable, name: plain, ...(label === undefined ? {} : { label }), ...(version === undefined ? {} : { version: Number(version) }) };
       });
       const client = clientFrom(flags, process.env);
@@ -42,7 +44,7 @@ export function runCommand(): Command {
           process.stderr.write(`coffer run: cannot start ${program}: ${error.message}\n`);
           resolve(127);
         });
-        child.on('exit', (exitCode, signal) => resolve(exitCode ?? (signal === null ? 1 : 128)));
+        child.on('exit', (exitCode, signal) => resolve(exitCode ?? (signal === null ? 1 : 128 + (osConstants.signals[signal] ?? 0))));
       });
       process.exitCode = code;
     });

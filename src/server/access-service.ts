@@ -65,6 +65,8 @@ export function registerAccessServices(node: CofferNode): void {
       const { name, policies, publicKeyPem, validityDays } = call.request;
       if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
       authorize(node, call, 'admin', `sys/identities/${name}`);
+      // Granting a policy needs the right to administer it: no one hands out more than they hold.
+      for (const policy of policies) authorize(node, call, 'admin', `sys/policies/${policy}`);
       for (const policy of policies) {
         if (policy !== ROOT_POLICY.name && !access.policies.has(policy)) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `policy "${policy}" does not exist; put it first`);
       }
@@ -85,10 +87,11 @@ export function registerAccessServices(node: CofferNode): void {
       return {};
     }),
     list: unary(node, 'Identities.List', async (call: Call<object>) => {
-      authorize(node, call, 'admin', 'sys/identities');
+      const caller = authorize(node, call, 'admin', 'sys/identities');
       await node.manager.linearizableRead();
       return {
         identities: [...access.identities.values()]
+          .filter((i) => access.decide(caller.id, 'admin', `sys/identities/${i.name}`).allowed)
           .sort((a, b) => a.name.localeCompare(b.name))
           .map((i) => ({ name: i.name, policies: i.policies, certificates: i.serials.size, revoked: i.revoked, createdAtMs: i.createdAtMs })),
       };

@@ -29,6 +29,8 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
       return grpc.status.INVALID_ARGUMENT;
     case 'LIMIT':
       return grpc.status.RESOURCE_EXHAUSTED;
+    case 'DENIED':
+      return grpc.status.PERMISSION_DENIED;
   }
 }
 

@@ -42,28 +42,29 @@ export function registerSecretsService(node: CofferNode): void {
   const manager = node.manager;
   const store = node.state.secrets;
 
-  /** Proposes (forwarding to the leader if needed) and turns a refusal into its status. */
-  const write = async (command: SecretCommand): Promise<number> => {
-    const result = await node.proposeCommand(encodeSecretCommand(command));
+  /** Proposes (forwarding to the leader if needed), as the caller, and turns a refusal into its status. */
+  const write = async (call: Call<unknown>, command: SecretCommand): Promise<number> => {
+    const caller = authenticateClient(node, call);
+    const result = await node.proposeCommand(encodeSecretCommand(command, { name: caller.id, serial: caller.serial }));
     if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
     return 'version' in result ? result.version : 0;
   };
   /** Linearizable unless stale: waits until this manager has applied every write committed before. */
   const readPoint = async (stale: boolean): Promise<number> => (stale ? (manager.status().raft?.applied ?? 0) : manager.linearizableRead());
 
-  const put = async (name: string, value: Buffer, cas: Cas, ttlSeconds: number, expireAtMs: number, versionsKept: number): Promise<number> => {
+  const put = async (call: Call<unknown>, name: string, value: Buffer, cas: Cas, ttlSeconds: number, expireAtMs: number, versionsKept: number): Promise<number> => {
     checkName(name);
     if (value.byteLength > SECRET_VALUE_BYTES_MAX) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`);
     if (versionsKept > VERSIONS_KEPT_MAX) throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`);
     const nowMs = Date.now();
-    return write({ op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs });
+    return write(call, { op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs });
   };
 
   node.server.addService(Secrets.service, {
     put: unary(node, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
       const r = call.request;
       authorize(node, call, 'write', r.name);
-      return { version: await put(r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
+      return { version: await put(call, r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
     }),
     generate: unary(node, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
       const r = call.request;
@@ -73,7 +74,7 @@ export function registerSecretsService(node: CofferNode): void {
       if (r.length < 1 || r.length > GENERATE_LENGTH_MAX) throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
       const value = generateValue(r.length, charset);
       try {
-        return { version: await put(r.name, value, r.cas, r.ttlSeconds, 0, 0) };
+        return { version: await put(call, r.name, value, r.cas, r.ttlSeconds, 0, 0) };
       } finally {
         value.fill(0);
       }
@@ -85,14 +86,18 @@ export function registerSecretsService(node: CofferNode): void {
       if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
       if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
       const applied = await readPoint(r.stale);
+      // Checked again at the read point: a revocation committed before the read is honoured here too.
+      authorize(node, call, 'read', r.name);
       const found = store.read(r.name, r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {}, Date.now());
-      return { value: found.value, version: found.version, appliedIndex: Math.max(applied, manager.status().raft?.applied ?? 0) };
+      // A copy: the stored buffer may be wiped (destroy, expiry) while the reply waits for the audit log.
+      return { value: Buffer.from(found.value), version: found.version, appliedIndex: Math.max(applied, manager.status().raft?.applied ?? 0) };
     }),
     list: unary(node, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
       const r = call.request;
-      const identity = authenticateClient(node, call);
+      authenticateClient(node, call);
       if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
       const applied = await readPoint(r.stale);
+      const identity = authenticateClient(node, call);
       // Names the caller may not list are left out, not refused: a listing shows what one may see.
       const visible = (name: string): boolean => node.state.access.decide(identity.id, 'list', name).allowed;
       const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted, visible);
@@ -102,24 +107,25 @@ export function registerSecretsService(node: CofferNode): void {
       checkName(call.request.name);
       authorize(node, call, 'read', call.request.name);
       const applied = await readPoint(call.request.stale);
+      authorize(node, call, 'read', call.request.name);
       const nowMs = Date.now();
       return { secret: metadataReply(store.metadata(call.request.name)), versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })), appliedIndex: applied };
     }),
     delete: unary(node, 'Secrets.Delete', async (call: Call<{ name: string }>) => {
       checkName(call.request.name);
       authorize(node, call, 'delete', call.request.name);
-      return { version: await write({ op: 'delete', name: call.request.name }) };
+      return { version: await write(call, { op: 'delete', name: call.request.name }) };
     }),
     undelete: unary(node, 'Secrets.Undelete', async (call: Call<{ name: string }>) => {
       checkName(call.request.name);
       authorize(node, call, 'delete', call.request.name);
-      return { version: await write({ op: 'undelete', name: call.request.name }) };
+      return { version: await write(call, { op: 'undelete', name: call.request.name }) };
     }),
     destroy: unary(node, 'Secrets.Destroy', async (call: Call<{ name: string; versions: number[] }>) => {
       checkName(call.request.name);
       authorize(node, call, 'delete', call.request.name);
       if (call.request.versions.length === 0) throw invalid('name the versions to destroy');
-      return { version: await write({ op: 'destroy', name: call.request.name, versions: call.request.versions }) };
+      return { version: await write(call, { op: 'destroy', name: call.request.name, versions: call.request.versions }) };
     }),
     label: unary(node, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
       const r = call.request;
@@ -127,14 +133,14 @@ export function registerSecretsService(node: CofferNode): void {
       authorize(node, call, 'write', r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
       if (r.version === 0) throw invalid('name the version the label points at');
-      return { version: await write({ op: 'label', name: r.name, label: r.label, version: r.version }) };
+      return { version: await write(call, { op: 'label', name: r.name, label: r.label, version: r.version }) };
     }),
     unlabel: unary(node, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
       const r = call.request;
       checkName(r.name);
       authorize(node, call, 'write', r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
-      return { version: await write({ op: 'unlabel', name: r.name, label: r.label }) };
+      return { version: await write(call, { op: 'unlabel', name: r.name, label: r.label }) };
     }),
   });
 }

@@ -94,6 +94,7 @@ export function registerServices(node: CofferNode): void {
     status: unary(node, 'Cluster.Status', async (call: Call<object>) => {
       const identity = requireCaller(node, call);
       if (identity.role === 'client') authorize(node, call, 'admin', 'sys/cluster');
+      else requireManager(node, call);
       const status = manager.raftStatus();
       if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       const identityOfNode = identityOf(node.tls.certPem);

@@ -2,7 +2,7 @@ import type { InnerStateMachine } from '../barrier/barrier.ts';
 import { ClusterState, type ClusterResult } from '../cluster/cluster-state.ts';
 import { Packr } from 'msgpackr';
 import { AccessState, type AccessResult } from './access-state.ts';
-import { SecretStore, type StoreResult } from './secret-store.ts';
+import { SecretStore, decodeSecretCommand, type StoreResult } from './secret-store.ts';
 
 const statePackr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -16,9 +16,28 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
 
   apply(command: { index: number; kind: string; data: Buffer }): ManagerStateResult {
     if (command.kind.startsWith('cluster.')) return this.cluster.apply(command.kind, command.data);
-    if (command.kind.startsWith('secret.')) return this.secrets.apply(command.kind, command.data);
+    if (command.kind.startsWith('secret.')) return this.#applySecretCommand(command.kind, command.data);
     if (command.kind.startsWith('access.')) return this.access.apply(command.kind, command.data);
     return { ok: false, reason: `unknown command kind ${command.kind}` };
+  }
+
+  /**
+   * A client's command is authorized again where it applies: the manager that took it may have
+   * been behind (a revocation or a policy change already committed), and every manager must reach
+   * the same verdict, so the check reads only replicated state.
+   */
+  #applySecretCommand(kind: string, data: Buffer): ManagerStateResult {
+    const decoded = decodeSecretCommand(kind, data);
+    if (typeof decoded === 'string') return { ok: false, code: 'INVALID', reason: decoded };
+    const { command, actor } = decoded;
+    const needed = this.secrets.requiredCapabilities(command);
+    if (actor !== null && needed !== null) {
+      if (!this.access.certificateValid(actor.name, actor.serial)) return { ok: false, code: 'DENIED', reason: `the certificate of identity "${actor.name}" was revoked before this write applied` };
+      for (const capability of needed.capabilities) {
+        if (!this.access.decide(actor.name, capability, needed.name).allowed) return { ok: false, code: 'DENIED', reason: `identity "${actor.name}" may not ${capability} "${needed.name}"` };
+      }
+    }
+    return this.secrets.applyCommand(command);
   }
 
   snapshot(): Uint8Array {

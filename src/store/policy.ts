@@ -49,17 +49,22 @@ export function policyProblem(policy: { name: unknown; rules: unknown }): string
 
 /** Whether a glob matches a path (segment by segment; see above). */
 export function globMatches(glob: string, path: string): boolean {
-  return matchSegments(glob.split('/'), 0, path.split('/'), 0);
-}
-
-function matchSegments(glob: string[], g: number, path: string[], p: number): boolean {
-  if (g === glob.length) return p === path.length;
-  if (glob[g] === '**') {
-    for (let skip = p; skip <= path.length; skip++) if (matchSegments(glob, g + 1, path, skip)) return true;
-    return false;
-  }
-  if (p === path.length || !segmentMatches(glob[g]!, path[p]!)) return false;
-  return matchSegments(glob, g + 1, path, p + 1);
+  // Consecutive `**` mean the same as one; the table below keeps matching O(glob x path).
+  const pattern = glob.split('/').filter((s, k, all) => !(s === '**' && all[k - 1] === '**'));
+  const segments = path.split('/');
+  const memo = new Map<number, boolean>();
+  const match = (g: number, p: number): boolean => {
+    const key = g * (segments.length + 1) + p;
+    const known = memo.get(key);
+    if (known !== undefined) return known;
+    let result: boolean;
+    if (g === pattern.length) result = p === segments.length;
+    else if (pattern[g] === '**') result = match(g + 1, p) || (p < segments.length && match(g, p + 1));
+    else result = p < segments.length && segmentMatches(pattern[g]!, segments[p]!) && match(g + 1, p + 1);
+    memo.set(key, result);
+    return result;
+  };
+  return match(0, 0);
 }
 
 function segmentMatches(glob: string, segment: string): boolean {

@@ -3,7 +3,7 @@ import { LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USE
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT';
+export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT' | 'DENIED';
 
 /** A refused read or write, with a stable code (mapped to a gRPC status at the server edge). */
 export class StoreError extends Error {
@@ -65,9 +65,25 @@ interface Secret {
   updatedAtMs: number;
 }
 
-/** Encodes a command for the log (`kind` is `secret.<op>`). */
-export function encodeSecretCommand(command: SecretCommand): { kind: string; data: Buffer } {
-  return { kind: `secret.${command.op}`, data: packr.pack(command) };
+/** Who asked for a command: checked again against the replicated policies when it is applied. */
+export interface Actor {
+  readonly name: string;
+  readonly serial: string;
+}
+
+/** Encodes a command for the log (`kind` is `secret.<op>`), with the client that asked for it. */
+export function encodeSecretCommand(command: SecretCommand, actor: Actor | null = null): { kind: string; data: Buffer } {
+  return { kind: `secret.${command.op}`, data: packr.pack(actor === null ? command : { ...command, actor }) };
+}
+
+/** Decodes a command and its actor (null for the leader's own commands, such as the expiry sweep). */
+export function decodeSecretCommand(kind: string, data: Buffer): { command: SecretCommand; actor: Actor | null } | string {
+  const command = decodeCommand(kind, data);
+  if (typeof command === 'string') return command;
+  const raw = (packr.unpack(data) as Record<string, unknown>)['actor'] as Partial<Actor> | undefined;
+  if (raw === undefined) return { command, actor: null };
+  if (typeof raw !== 'object' || raw === null || typeof raw.name !== 'string' || typeof raw.serial !== 'string') return 'the command names a malformed actor';
+  return { command, actor: { name: raw.name, serial: raw.serial } };
 }
 
 /**
@@ -81,6 +97,24 @@ export class SecretStore {
   apply(kind: string, data: Buffer): StoreResult {
     const command = decodeCommand(kind, data);
     if (typeof command === 'string') return { ok: false, code: 'INVALID', reason: command };
+    return this.applyCommand(command);
+  }
+
+  /**
+   * The capabilities a command needs on its secret, given the state it will apply to: `write` for
+   * puts and labels, `delete` for delete, undelete and destroy, and `delete` too for a put that
+   * would wipe kept versions by lowering the versions kept, or bring back a deleted secret.
+   */
+  requiredCapabilities(command: SecretCommand): { name: string; capabilities: Array<'write' | 'delete'> } | null {
+    if (command.op === 'expire') return null;
+    if (command.op === 'delete' || command.op === 'undelete' || command.op === 'destroy') return { name: command.name, capabilities: ['delete'] };
+    if (command.op !== 'put') return { name: command.name, capabilities: ['write'] };
+    const secret = this.#secrets.get(command.name);
+    const wipes = secret !== undefined && command.versionsKept !== null && command.versionsKept < secret.versions.size;
+    return { name: command.name, capabilities: wipes || secret?.deleted === true ? ['write', 'delete'] : ['write'] };
+  }
+
+  applyCommand(command: SecretCommand): StoreResult {
     switch (command.op) {
       case 'put':
         return this.#put(command);

@@ -70,3 +70,22 @@ test('when the log cannot be written, appends fail and the log says it is broken
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test('a crash between the log and its head, or in the middle of a line, leaves a log that reopens and still verifies', async () => {
+  const { dir, root } = await logWith(4);
+  try {
+    // The head lags one record behind the log (crash before the head was replaced).
+    const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
+    const third = JSON.parse(lines[2]!) as { seq: number; hash: string };
+    writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: third.seq, hash: third.hash }));
+    // And a partial line at the end (crash mid-write).
+    writeFileSync(join(dir, AUDIT_FILE), `${lines.join('\n')}\n{"seq":5,"ti`);
+    const log = await AuditLog.open(dir, 1);
+    await log.append(event(5));
+    const report = await verifyAuditDir(dir);
+    assert.equal(report.ok, true, JSON.stringify(report));
+    assert.equal(report.records, 5);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

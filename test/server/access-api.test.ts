@@ -142,3 +142,20 @@ test('every request, allowed or denied, is in the audit log of the manager that 
   await eventually('requests to be served again', 10_000, async () => cluster.admin.call(at, 'Secrets', 'get', { name: 'audit/me' }));
   assert.equal(((await cluster.admin.call<Reply>(at, 'Audit', 'verify', {})))['ok'], true);
 });
+
+test('an identity that may administer some identities cannot hand out a policy it does not administer (no escalation to root)', { timeout: 30_000 }, async () => {
+  const at = cluster.addresses[0]!;
+  await cluster.admin.call(at, 'Policies', 'put', { name: 'id-admin', rules: [{ path: 'sys/identities/ci-*', capabilities: ['admin'], deny: false }] });
+  const { client } = await issue('helper', ['id-admin']);
+  try {
+    await eventually('helper to be known', 10_000, async () =>
+      client.call(at, 'Identities', 'issue', { name: 'ci-y', policies: [], publicKeyPem: newLeafKey().publicPem }).then(() => true, (e: grpc.ServiceError) => (/not known/.test(e.details) ? undefined : Promise.reject(e))),
+    );
+    await assert.rejects(client.call(at, 'Identities', 'issue', { name: 'ci-x', policies: ['root'], publicKeyPem: newLeafKey().publicPem }), denied(/may not admin "sys\/policies\/root"/));
+    await assert.rejects(client.call(at, 'Identities', 'issue', { name: 'other', policies: [], publicKeyPem: newLeafKey().publicPem }), denied(/may not admin "sys\/identities\/other"/));
+    const listed = await client.call<Reply>(at, 'Identities', 'list', {}).catch((e: grpc.ServiceError) => e);
+    assert.ok(listed instanceof Error, 'listing all identities needs admin on sys/identities');
+  } finally {
+    client.close();
+  }
+});

@@ -45,3 +45,11 @@ test('a malformed policy is refused with what to fix', () => {
   assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '', /rule 1: capabilities/);
   assert.equal(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['read'], deny: false }] }), null);
 });
+
+// The exponential matcher took hours on this input; the test's time bound is what catches it.
+test('matching many ** segments against a long path that does not match finishes (no exponential backtracking)', { timeout: 10_000 }, () => {
+  const glob = Array.from({ length: 12 }, () => '**').join('/a/') + '/z';
+  const path = Array.from({ length: 60 }, () => 'a').join('/');
+  assert.equal(globMatches(glob, path), false);
+  assert.equal(globMatches('**/**/**/x', 'a/b/c/x'), true);
+});

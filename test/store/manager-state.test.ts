@@ -1,0 +1,43 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { encodeAccessCommand } from '../../src/store/access-state.ts';
+import { ManagerState } from '../../src/store/manager-state.ts';
+import { encodeSecretCommand, type SecretCommand } from '../../src/store/secret-store.ts';
+
+const T0 = 1_700_000_000_000;
+const put = (name: string, value: string, versionsKept: number | null = null): SecretCommand => ({ op: 'put', name, value: Buffer.from(value), cas: null, expireAtMs: null, versionsKept, nowMs: T0 });
+
+function stateWithWriter(): { state: ManagerState; apply: (c: { kind: string; data: Buffer }) => ReturnType<ManagerState['apply']> } {
+  const state = new ManagerState();
+  let index = 0;
+  const apply = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data });
+  apply(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write'], deny: false }] }));
+  apply(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], serial: 'aa01', nowMs: T0 }));
+  return { state, apply };
+}
+
+test('a client write is authorized again where it applies: a revocation committed first wins, on every manager alike', () => {
+  const { state, apply } = stateWithWriter();
+  const ci = { name: 'ci', serial: 'aa01' };
+  assert.deepEqual(apply(encodeSecretCommand(put('app/k', 'v1'), ci)), { ok: true, version: 1 });
+  apply(encodeAccessCommand({ op: 'identity-revoke', name: 'ci' }));
+  const late = apply(encodeSecretCommand(put('app/k', 'v2'), ci));
+  assert.equal(late.ok, false);
+  assert.equal(!late.ok && 'code' in late && late.code, 'DENIED');
+  assert.equal(state.secrets.read('app/k', {}, T0).value.toString(), 'v1');
+});
+
+test('write alone cannot wipe history: lowering the versions kept, or reviving a deleted secret, needs delete too', () => {
+  const { state, apply } = stateWithWriter();
+  const ci = { name: 'ci', serial: 'aa01' };
+  for (let k = 1; k <= 3; k++) apply(encodeSecretCommand(put('app/k', `v${k}`), ci));
+  const trim = apply(encodeSecretCommand(put('app/k', 'v4', 1), ci));
+  assert.equal(!trim.ok && 'code' in trim && trim.code, 'DENIED');
+  assert.match(!trim.ok ? trim.reason : '', /may not delete "app\/k"/);
+  assert.deepEqual(state.secrets.versions('app/k', T0).map((v) => v.version), [1, 2, 3]);
+  apply(encodeSecretCommand({ op: 'delete', name: 'app/k' }, null));
+  const revive = apply(encodeSecretCommand(put('app/k', 'v5'), ci));
+  assert.equal(!revive.ok && 'code' in revive && revive.code, 'DENIED');
+  // The leader's own commands (no actor) and admin-level callers are not limited this way.
+  assert.deepEqual(apply(encodeSecretCommand(put('app/k', 'v5', 1), null)), { ok: true, version: 4 });
+});
