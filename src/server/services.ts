@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { ClusterState } from '../cluster/cluster-state.ts';
 import { formatJoinToken, identityOf, joinTokenHash, joinTokenMatches, newJoinToken, signCertificate } from '../crypto/pki.ts';
@@ -114,6 +115,7 @@ export function registerServices(node: CofferNode): void {
         certificateSerial: identityOfNode.serial,
         snapshotIndex: status.firstIndex - 1,
         snapshotsSent: node.transport.stats.snapshotsSent,
+        stateDigest: createHash('sha256').update(node.state.snapshot()).digest('hex'),
       };
     }),
     rotateJoinToken: unary(node, 'Cluster.RotateJoinToken', async (call: Call<object>) => {

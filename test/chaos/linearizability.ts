@@ -194,7 +194,9 @@ export function checkHistory(ops: readonly Operation[]): HistoryVerdict {
 /**
  * Stale reads promise less: the version read was written by an operation invoked before the read
  * returned (no reading from the future), carries that operation's value, and one process never
- * sees a key's version go back.
+ * sees a key's version go back in its stale reads. (A process sends its stale reads to one
+ * manager, a session: a manager's applied state never goes back, across restarts too, since it
+ * replays up to its persisted commit index before serving.)
  */
 export function checkStaleReads(ops: readonly Operation[]): string[] {
   const anomalies: string[] = [];

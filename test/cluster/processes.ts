@@ -65,7 +65,19 @@ export class Processes {
     await gone;
   }
 
+  /** SIGSTOP / SIGCONT: a manager that stops answering without dying. */
+  signal(name: string, signal: 'SIGSTOP' | 'SIGCONT'): void {
+    const child = this.#children.get(name);
+    if (child !== undefined && child.exitCode === null && child.signalCode === null) process.kill(child.pid!, signal);
+  }
+
+  running(name: string): boolean {
+    const child = this.#children.get(name);
+    return child !== undefined && child.exitCode === null && child.signalCode === null;
+  }
+
   async killAll(): Promise<void> {
+    for (const name of this.#children.keys()) this.signal(name, 'SIGCONT');
     for (const name of [...this.#children.keys()]) await this.kill(name);
   }
 }

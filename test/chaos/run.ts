@@ -1,0 +1,173 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SeededRandom } from '../../src/util/prng.ts';
+import { eventually } from '../cluster/processes.ts';
+import { checkHistory, describe, type HistoryVerdict, type Operation } from './linearizability.ts';
+import { ProcessCluster, type Manager } from './process-cluster.ts';
+import { Workload } from './workload.ts';
+
+export const NEMESES = ['kill-leader', 'kill-minority', 'pause', 'restart-all'] as const;
+export type NemesisName = (typeof NEMESES)[number];
+
+export interface ChaosOptions {
+  readonly managers: number;
+  readonly durationS: number;
+  readonly nemeses: readonly NemesisName[];
+  readonly seed: number;
+  readonly clients?: number;
+  readonly keys?: number;
+  /** Where the history goes (kept on failure). */
+  readonly outDir?: string;
+  readonly log?: (line: string) => void;
+}
+
+export interface ChaosSummary {
+  readonly seed: number;
+  readonly network: string;
+  readonly operations: { readonly ok: number; readonly fail: number; readonly info: number };
+  readonly faults: ReadonlyArray<{ readonly atMs: number; readonly nemesis: NemesisName; readonly detail: string }>;
+  readonly failoversMs: readonly number[];
+  readonly converged: boolean;
+  readonly lostWrites: readonly string[];
+  readonly verdict: HistoryVerdict;
+  readonly ok: boolean;
+  readonly historyFile: string | null;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * One chaos run: a cluster of manager processes, a recorded workload, faults from the chosen
+ * nemeses, then healing and the checks: linearizability (and the stale-read promise), no
+ * acknowledged write lost, every manager converged to the same state, failover times.
+ */
+export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
+  const log = options.log ?? (() => undefined);
+  const random = new SeededRandom(options.seed);
+  const root = mkdtempSync(join(tmpdir(), 'coffer-chaos-'));
+  let cluster: ProcessCluster | null = null;
+  try {
+    log(`chaos: seed ${options.seed}, ${options.managers} managers on loopback (network namespaces are not used yet), ${options.durationS} s, nemeses ${options.nemeses.join(',')}`);
+    const interrupted = (): void => {
+      void (cluster?.stop() ?? Promise.resolve()).then(() => {
+        rmSync(root, { recursive: true, force: true });
+        process.exit(130);
+      });
+    };
+    process.once('SIGINT', interrupted);
+    process.once('SIGTERM', interrupted);
+    cluster = await ProcessCluster.start(root, options.managers);
+    const c = cluster;
+    const workload = new Workload(c, { clients: options.clients ?? 5, keys: options.keys ?? 3, random: random.fork() });
+    workload.start();
+    const faults: Array<{ atMs: number; nemesis: NemesisName; detail: string }> = [];
+    const kills: number[] = [];
+    const end = workload.now() + options.durationS * 1000;
+    const pick = <T>(items: readonly T[]): T => items[random.int(items.length)]!;
+    while (workload.now() < end - 5000 && options.nemeses.length > 0) {
+      await sleep(2000 + random.int(3000));
+      const nemesis = pick(options.nemeses);
+      const at = workload.now();
+      if (nemesis === 'kill-leader') {
+        const leader = await c.leader();
+        if (leader === null) continue;
+        kills.push(workload.now());
+        await c.kill(leader);
+        faults.push({ atMs: at, nemesis, detail: `kill -9 ${leader.name}` });
+        await sleep(1500 + random.int(2500));
+        c.restart(leader);
+      } else if (nemesis === 'kill-minority') {
+        const victims = [...c.managers].sort(() => random.float() - 0.5).slice(0, Math.floor((c.managers.length - 1) / 2));
+        for (const v of victims) await c.kill(v);
+        faults.push({ atMs: at, nemesis, detail: `kill -9 ${victims.map((v) => v.name).join(', ')}` });
+        await sleep(1500 + random.int(2500));
+        for (const v of victims) c.restart(v);
+      } else if (nemesis === 'pause') {
+        const victim: Manager = pick(c.managers);
+        c.pause(victim);
+        faults.push({ atMs: at, nemesis, detail: `SIGSTOP ${victim.name}` });
+        await sleep(1500 + random.int(2500));
+        c.resume(victim);
+      } else {
+        for (const m of c.managers) await c.kill(m);
+        faults.push({ atMs: at, nemesis, detail: 'kill -9 every manager, restart all' });
+        for (const m of c.managers) c.restart(m);
+      }
+      log(`  ${(at / 1000).toFixed(1)} s: ${faults[faults.length - 1]!.detail}`);
+    }
+    while (workload.now() < end) await sleep(200);
+    // Heal: every manager running and answering.
+    for (const m of c.managers) {
+      c.resume(m);
+      c.restart(m);
+    }
+    await workload.stop();
+    log(`  healing; ${workload.history.length} operations recorded`);
+    // Convergence: one leader, every manager at the same applied index with the same digest.
+    let converged = false;
+    try {
+      await eventually('every manager to converge', 60_000, async () => {
+        const statuses = await Promise.all(c.managers.map((m) => c.status(m)));
+        const applied = new Set(statuses.map((s) => s.appliedIndex));
+        const digests = new Set(statuses.map((s) => s.stateDigest));
+        return statuses.some((s) => s.role === 'leader') && applied.size === 1 && digests.size === 1 ? true : undefined;
+      });
+      converged = true;
+    } catch (error) {
+      log(`  not converged: ${(error as Error).message}`);
+    }
+    // Final linearizable reads of every key, part of the history.
+    const final: Operation[] = [];
+    const reader = c.client(c.managers[0]!, 5000);
+    let id = 1_000_000_000;
+    for (const key of new Set(workload.history.map((op) => op.key))) {
+      const invokeMs = workload.now();
+      const reply = await eventually(`a final read of ${key}`, 30_000, async () => reader.get(key).catch((e: Error) => (/does not exist/.test(e.message) ? { version: 0, value: null as Buffer | null } : Promise.reject(e))));
+      final.push({ id: id++, process: -1, key, kind: 'get', invokeMs, completeMs: workload.now(), outcome: 'ok', version: reply.version, readValue: reply.value === null ? null : reply.value.toString() });
+    }
+    reader.close();
+    const history = [...workload.history, ...final];
+    const verdict = checkHistory(history);
+    // No acknowledged write lost: each key's final version covers every acknowledged version.
+    const lostWrites: string[] = [];
+    for (const read of final) {
+      const acked = workload.history.filter((op) => op.key === read.key && op.kind !== 'get' && op.outcome === 'ok');
+      const top = Math.max(0, ...acked.map((op) => op.version ?? 0));
+      if ((read.version ?? 0) < top) lostWrites.push(`${read.key}: acknowledged up to v${top}, final read v${read.version}`);
+    }
+    const failoversMs = kills.map((k) => {
+      const first = workload.history.filter((op) => op.kind !== 'get' && op.outcome === 'ok' && op.invokeMs >= k).reduce((min, op) => Math.min(min, op.completeMs), Infinity);
+      return first - k;
+    });
+    const count = (outcome: Operation['outcome']) => workload.history.filter((op) => op.outcome === outcome).length;
+    const ok = verdict.linearizable && converged && lostWrites.length === 0;
+    let historyFile: string | null = null;
+    if (!ok || options.outDir !== undefined) {
+      const dir = options.outDir ?? join(process.cwd(), 'chaos-runs');
+      mkdirSync(dir, { recursive: true });
+      historyFile = join(dir, `history-seed-${options.seed}-${Date.now()}.json`);
+      writeFileSync(historyFile, JSON.stringify({ seed: options.seed, faults, history: history.map((op) => ({ ...op, completeMs: op.completeMs === Infinity ? null : op.completeMs })) }));
+    }
+    return { seed: options.seed, network: 'loopback', operations: { ok: count('ok') + final.length, fail: count('fail'), info: count('info') }, faults, failoversMs, converged, lostWrites, verdict, ok, historyFile };
+  } finally {
+    await cluster?.stop();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+export function formatSummary(s: ChaosSummary): string {
+  const lines = [
+    `seed ${s.seed} (${s.network}): ${s.operations.ok} ok, ${s.operations.fail} fail, ${s.operations.info} info`,
+    `faults: ${s.faults.length} (${[...new Set(s.faults.map((f) => f.nemesis))].join(', ') || 'none'})`,
+    `failovers (kill -9 of the leader to the first acknowledged write): ${s.failoversMs.length === 0 ? 'none' : s.failoversMs.map((ms) => (Number.isFinite(ms) ? `${Math.round(ms)} ms` : 'no write after')).join(', ')}`,
+    `converged: ${s.converged ? 'yes, same state digest on every manager' : 'NO'}`,
+    `lost acknowledged writes: ${s.lostWrites.length === 0 ? 'none' : s.lostWrites.join('; ')}`,
+  ];
+  for (const key of s.verdict.keys) if (!key.linearizable) lines.push(`key ${key.key}: NOT linearizable: ${key.explanation ?? ''}`);
+  for (const anomaly of s.verdict.staleAnomalies) lines.push(`stale read anomaly: ${anomaly}`);
+  lines.push(s.ok ? `verdict: linearizable (${s.verdict.keys.reduce((n, k) => n + k.operations, 0)} operations on ${s.verdict.keys.length} keys checked)` : `verdict: ANOMALY${s.historyFile === null ? '' : `; history kept in ${s.historyFile}`}`);
+  return lines.join('\n');
+}
+
+export { describe };
