@@ -59,6 +59,8 @@ function step(state: State, op: Operation): State | null {
 export interface KeyVerdict {
   readonly key: string;
   readonly linearizable: boolean;
+  /** The search hit its step limit: neither proven linearizable nor shown not to be. */
+  readonly undecided?: boolean;
   readonly operations: number;
   /** When not linearizable: the operations of the longest prefix that could be linearized, and the ones left. */
   readonly explanation?: string;
@@ -74,7 +76,7 @@ interface Entry {
 }
 
 /** Checks one key's history (fail outcomes and stale reads already removed). */
-export function checkKey(key: string, ops: readonly Operation[], stepsMax = 5_000_000): KeyVerdict {
+export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_000_000): KeyVerdict {
   // Events in time order; at equal times, returns before calls (an operation that returned at t
   // happened before one invoked at t).
   const events: Array<{ time: number; isCall: boolean; op: Operation }> = [];
@@ -98,7 +100,23 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 5_00
     }
   }
   const index = new Map(ops.map((op, k) => [op.id, k]));
-  const linearized = new Uint8Array(ops.length);
+  // The linearized set is remembered by a Zobrist hash (two random 32-bit words per operation,
+  // XORed in and out in O(1)); a collision between two different sets needs 64 bits to agree.
+  let seed = 0x9e3779b9;
+  const next32 = (): number => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return seed >>> 0;
+  };
+  const zobrist = ops.map(() => [next32(), next32()] as const);
+  let hashLow = 0;
+  let hashHigh = 0;
+  const toggle = (op: Operation): void => {
+    const [low, high] = zobrist[index.get(op.id)!]!;
+    hashLow = (hashLow ^ low) >>> 0;
+    hashHigh = (hashHigh ^ high) >>> 0;
+  };
   const seen = new Set<string>();
   const stack: Array<{ entry: Entry; state: State }> = [];
   let state: State = { version: 0, value: null };
@@ -119,20 +137,27 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 5_00
     call.prev!.next = call;
     if (call.next !== null) call.next.prev = call;
   };
+  // Operations with an unknown outcome never have to be placed: one not placed by the time every
+  // known operation is has simply not taken effect (or took effect where no one could see it).
+  let knownLeft = ops.filter((op) => op.outcome !== 'info').length;
   let steps = 0;
-  while (head.next !== null) {
-    if (++steps > stepsMax) return { key, linearizable: false, operations: ops.length, explanation: `search gave up after ${stepsMax} steps (undecided)` };
+  while (head.next !== null && knownLeft > 0) {
+    if (++steps > stepsMax) return { key, linearizable: false, undecided: true, operations: ops.length, explanation: `search gave up after ${stepsMax} steps (undecided)` };
     if (entry === null) throw new Error('unreachable: ran past the end of the history');
     if (entry.isCall) {
       const next = step(state, entry.op);
-      if (next !== null) {
-        linearized[index.get(entry.op.id)!] = 1;
-        const memo = `${next.version}|${next.value ?? '\u0000'}|${Buffer.from(linearized).toString('base64')}`;
+      // An unknown-outcome operation that would change nothing here (a CAS on another version) is
+      // as good as not placed: trying it at every point only multiplies the search.
+      const pointless = next !== null && entry.op.outcome === 'info' && next === state;
+      if (next !== null && !pointless) {
+        toggle(entry.op);
+        const memo = `${next.version}|${next.value ?? '\u0000'}|${hashLow}|${hashHigh}`;
         if (!seen.has(memo)) {
           seen.add(memo);
           stack.push({ entry, state });
           state = next;
           lift(entry);
+          if (entry.op.outcome !== 'info') knownLeft--;
           if (stack.length > best) {
             best = stack.length;
             bestOrder = stack.map((s) => s.entry.op);
@@ -140,7 +165,7 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 5_00
           entry = head.next;
           continue;
         }
-        linearized[index.get(entry.op.id)!] = 0;
+        toggle(entry.op);
       }
       entry = entry.next;
     } else {
@@ -155,9 +180,10 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 5_00
           explanation: `linearized at most ${best} of ${ops.length}: ${bestOrder.map(describe).join(' -> ')}; none of these fits next: ${left.slice(0, 6).map(describe).join(', ')}`,
         };
       }
-      linearized[index.get(top.entry.op.id)!] = 0;
+      toggle(top.entry.op);
       state = top.state;
       unlift(top.entry);
+      if (top.entry.op.outcome !== 'info') knownLeft++;
       entry = top.entry.next;
     }
   }
@@ -171,13 +197,14 @@ export function describe(op: Operation): string {
 }
 
 export interface HistoryVerdict {
+  /** True only when every key was proven linearizable and no stale read broke its promise. */
   readonly linearizable: boolean;
   readonly keys: readonly KeyVerdict[];
   readonly staleAnomalies: readonly string[];
 }
 
 /** Checks a whole history: linearizable ops per key, then stale reads against their own promise. */
-export function checkHistory(ops: readonly Operation[]): HistoryVerdict {
+export function checkHistory(ops: readonly Operation[], stepsMax?: number): HistoryVerdict {
   const byKey = new Map<string, Operation[]>();
   for (const op of ops) {
     if (op.outcome === 'fail' && op.kind !== 'cas') continue; // certainly not applied; a failed cas says the precondition did not hold
@@ -186,7 +213,7 @@ export function checkHistory(ops: readonly Operation[]): HistoryVerdict {
     list.push(op);
     byKey.set(op.key, list);
   }
-  const keys = [...byKey].map(([key, list]) => checkKey(key, list));
+  const keys = [...byKey].map(([key, list]) => checkKey(key, list, stepsMax));
   const staleAnomalies = checkStaleReads(ops);
   return { linearizable: keys.every((k) => k.linearizable) && staleAnomalies.length === 0, keys, staleAnomalies };
 }

@@ -17,6 +17,8 @@ export interface ChaosOptions {
   readonly seed: number;
   readonly clients?: number;
   readonly keys?: number;
+  /** Search steps per key before the checker gives up (undecided). */
+  readonly checkStepsMax?: number;
   /** Where the history goes (kept on failure). */
   readonly outDir?: string;
   readonly log?: (line: string) => void;
@@ -128,7 +130,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     }
     reader.close();
     const history = [...workload.history, ...final];
-    const verdict = checkHistory(history);
+    const verdict = checkHistory(history, options.checkStepsMax);
     // No acknowledged write lost: each key's final version covers every acknowledged version.
     const lostWrites: string[] = [];
     for (const read of final) {
@@ -164,7 +166,10 @@ export function formatSummary(s: ChaosSummary): string {
     `converged: ${s.converged ? 'yes, same state digest on every manager' : 'NO'}`,
     `lost acknowledged writes: ${s.lostWrites.length === 0 ? 'none' : s.lostWrites.join('; ')}`,
   ];
-  for (const key of s.verdict.keys) if (!key.linearizable) lines.push(`key ${key.key}: NOT linearizable: ${key.explanation ?? ''}`);
+  for (const key of s.verdict.keys) {
+    if (key.undecided === true) lines.push(`key ${key.key}: UNDECIDED: the search gave up (a limit of the checker, not a proven anomaly)`);
+    else if (!key.linearizable) lines.push(`key ${key.key}: NOT linearizable: ${key.explanation ?? ''}`);
+  }
   for (const anomaly of s.verdict.staleAnomalies) lines.push(`stale read anomaly: ${anomaly}`);
   lines.push(s.ok ? `verdict: linearizable (${s.verdict.keys.reduce((n, k) => n + k.operations, 0)} operations on ${s.verdict.keys.length} keys checked)` : `verdict: ANOMALY${s.historyFile === null ? '' : `; history kept in ${s.historyFile}`}`);
   return lines.join('\n');
