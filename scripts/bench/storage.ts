@@ -90,28 +90,14 @@ async function groupCommit(dir: string, proposers: number): Promise<{ writes: nu
   replica.campaign();
   await replica.settled();
   const payload = randomBytes(256);
-  const latencies: number[] = [];
   const syncsBefore = replica.stats.syncs;
   const entriesBefore = replica.stats.entriesPersisted;
-  const end = performance.now() + SECONDS * 1000;
-  let writes = 0;
-  await Promise.all(
-    Array.from({ length: proposers }, async () => {
-      while (performance.now() < end) {
-        const t0 = performance.now();
-        await replica.propose(payload);
-        latencies.push(performance.now() - t0);
-        writes++;
-      }
-    }),
-  );
+  const measured = await measureConcurrent(proposers, () => replica.propose(payload));
   const syncs = replica.stats.syncs - syncsBefore;
   const entries = replica.stats.entriesPersisted - entriesBefore;
   await replica.stop();
   await storage.close();
-  latencies.sort((a, b) => a - b);
-  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
-  return { writes: writes / SECONDS, perSync: entries / Math.max(1, syncs), p50: at(0.5), p99: at(0.99) };
+  return { writes: measured.perSecond, perSync: entries / Math.max(1, syncs), p50: measured.p50, p99: measured.p99 };
 }
 
 /** Group commit through a one-manager cluster: seal (barrier) -> propose -> sync -> apply (decrypt). */
@@ -132,23 +118,27 @@ async function managerWrites(dir: string, proposers: number): Promise<{ writes: 
   });
   while (manager.status().raft?.role !== 'leader' || (manager.status().keys?.activeTerm ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
   const payload = randomBytes(256);
+  const measured = await measureConcurrent(proposers, () => manager.propose('bench.put', payload));
+  await manager.stop();
+  return { writes: measured.perSecond, p50: measured.p50, p99: measured.p99 };
+}
+
+/** Runs `proposers` loops of `operation` for SECONDS; operations per second and latency percentiles (ms). */
+async function measureConcurrent(proposers: number, operation: () => Promise<unknown>): Promise<{ perSecond: number; p50: number; p99: number }> {
   const latencies: number[] = [];
   const end = performance.now() + SECONDS * 1000;
-  let writes = 0;
   await Promise.all(
     Array.from({ length: proposers }, async () => {
       while (performance.now() < end) {
         const t0 = performance.now();
-        await manager.propose('bench.put', payload);
+        await operation();
         latencies.push(performance.now() - t0);
-        writes++;
       }
     }),
   );
-  await manager.stop();
   latencies.sort((a, b) => a - b);
   const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
-  return { writes: writes / SECONDS, p50: at(0.5), p99: at(0.99) };
+  return { perSecond: latencies.length / SECONDS, p50: at(0.5), p99: at(0.99) };
 }
 
 function sealCost(bytes: number): { microseconds: number; perSecond: number } {

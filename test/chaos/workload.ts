@@ -14,7 +14,6 @@ const NOT_APPLIED = /No connection established|no leader is known|is locked|refu
  */
 export class Workload {
   readonly history: Operation[] = [];
-  readonly #cluster: ProcessCluster;
   readonly #random: Random;
   readonly #clients: CofferClient[];
   readonly #keys: string[];
@@ -25,7 +24,6 @@ export class Workload {
   #nextProcess = 0;
 
   constructor(cluster: ProcessCluster, options: { clients: number; keys: number; random: Random }) {
-    this.#cluster = cluster;
     this.#random = options.random;
     this.#clients = cluster.managers.map((m) => cluster.client(m, 2000));
     this.#keys = Array.from({ length: options.keys }, (_, k) => `chaos/k${k}`);

@@ -18,10 +18,10 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** Runs `coffer ARGS` to completion. */
-export function coffer(args: string[], input?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Runs `coffer ARGS` to completion, with extra environment variables if given. */
+export function coffer(args: string[], input?: string, env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
