@@ -1,6 +1,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
+import type { CofferClient } from '../client/client.ts';
 import { verifyAuditDir } from '../audit/audit-log.ts';
 import { newLeafKey } from '../crypto/pki.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
@@ -137,16 +138,88 @@ export function auditCommands(): Command {
   return audit;
 }
 
-export function clusterCommands(): Command {
-  const cluster = new Command('cluster').description('the cluster, as a manager sees it');
-  addClientOptions(cluster.command('status')).action(async (flags: ClientFlags) => {
-    const client = clientFrom(flags, process.env);
-    try {
-      const s = await client.clusterStatus();
-      print(flags, s, () => Object.entries(s).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join('\n'));
-    } finally {
-      client.close();
+interface MemberStatusReply {
+  nodeId: number;
+  address: string;
+  role: string;
+  healthy: boolean;
+  matchIndex: number;
+  lag: number;
+  held: boolean;
+}
+
+function parseNodeId(value: string): number {
+  const id = Number(value);
+  if (!Number.isSafeInteger(id) || id <= 0) throw new InvalidArgumentError('a manager is named by its node id, a whole number above 0 (see coffer cluster status)');
+  return id;
+}
+
+async function withClient<T>(flags: ClientFlags, run: (client: CofferClient) => Promise<T>): Promise<T> {
+  const client = clientFrom(flags, process.env);
+  try {
+    return await run(client);
+  } finally {
+    client.close();
+  }
+}
+
+/** The members table, from the leader's view when the manager asked is not the leader. */
+async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>): Promise<string> {
+  let members = s.members as MemberStatusReply[];
+  let view = `manager ${String(s.nodeId)}`;
+  if (s.progressKnown !== true) {
+    const leader = members.find((m) => m.role === 'leader');
+    if (leader !== undefined && leader.address !== '') {
+      try {
+        const fromLeader = await withClient({ ...flags, addr: leader.address }, (c) => c.clusterStatus());
+        members = fromLeader.members as MemberStatusReply[];
+        view = `the leader, manager ${leader.nodeId}`;
+      } catch {
+        view += ' (the leader did not answer: health and lag unknown)';
+      }
     }
-  });
+  }
+  const rows = members.map((m) => [String(m.nodeId), m.address, m.role + (m.held ? ' (held)' : ''), m.healthy ? 'healthy' : 'unreachable', String(m.matchIndex), String(m.lag)]);
+  const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG'];
+  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
+  const line = (cells: string[]) => cells.map((c, k) => c.padEnd(widths[k]!)).join('  ').trimEnd();
+  const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
+  return [
+    `manager ${String(s.nodeId)}: ${String(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}`,
+    `keyring term ${String(s.keyringTerm)}; certificate ${String(s.certificateSerial)} valid until ${expiry}`,
+    `members (health and lag as seen by ${view}):`,
+    line(header),
+    ...rows.map(line),
+  ].join('\n');
+}
+
+export function clusterCommands(): Command {
+  const cluster = new Command('cluster').description('the cluster\'s managers: status, membership, leadership');
+  addClientOptions(cluster.command('status'))
+    .description('this manager\'s view, and every member with its role, health and lag')
+    .action(async (flags: ClientFlags) => {
+      const s = await withClient(flags, (c) => c.clusterStatus());
+      const text = flags.output === 'json' ? '' : await clusterStatusText(flags, s);
+      print(flags, s, () => text);
+    });
+  addClientOptions(cluster.command('transfer-leader [node]'))
+    .description('hand leadership to a voter (default: the most caught-up one); waits until it leads')
+    .action(async (node: string | undefined, flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.transferLeader(node === undefined ? 0 : parseNodeId(node)));
+      print(flags, reply, () => `manager ${reply.leaderId} leads`);
+    });
+  const change = (name: 'promote' | 'demote' | 'remove', description: string) =>
+    addClientOptions(cluster.command(`${name} <node>`))
+      .description(description)
+      .option('--force', 'skip the quorum check (only when the missing managers are gone for good)')
+      .action(async (node: string, flags: ClientFlags & { force?: boolean }) => {
+        const id = parseNodeId(node);
+        const options = { force: flags.force === true };
+        const reply = await withClient(flags, (c) => (name === 'promote' ? c.promote(id, options) : name === 'demote' ? c.demote(id, options) : c.removeMember(id, options)));
+        print(flags, reply, () => `voters: ${reply.voters.join(', ') || 'none'}; learners: ${reply.learners.join(', ') || 'none'}`);
+      });
+  change('promote', 'make a learner a voter (it must have caught up)');
+  change('demote', 'make a voter a learner, kept one until promoted; the leader hands over first');
+  change('remove', 'remove a manager for good (its certificate is refused from then on); the leader hands over first');
   return cluster;
 }

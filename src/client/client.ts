@@ -165,6 +165,23 @@ export class CofferClient {
     return this.call('Cluster', 'status', {}, true);
   }
 
+  /** Hands leadership to a voter (0: the most caught-up one); resolves with the new leader. */
+  transferLeader(nodeId = 0): Promise<{ leaderId: number }> {
+    return this.call('Cluster', 'transferLeader', { nodeId }, true);
+  }
+
+  promote(nodeId: number, options: { force?: boolean } = {}): Promise<{ voters: number[]; learners: number[] }> {
+    return this.call('Cluster', 'promote', { nodeId, force: options.force ?? false }, false);
+  }
+
+  demote(nodeId: number, options: { force?: boolean } = {}): Promise<{ voters: number[]; learners: number[] }> {
+    return this.call('Cluster', 'demote', { nodeId, force: options.force ?? false }, false);
+  }
+
+  removeMember(nodeId: number, options: { force?: boolean } = {}): Promise<{ voters: number[]; learners: number[] }> {
+    return this.call('Cluster', 'removeMember', { nodeId, force: options.force ?? false }, false);
+  }
+
   close(): void {
     for (const client of this.#clients.values()) client.close();
     this.#clients.clear();

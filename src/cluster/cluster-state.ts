@@ -7,19 +7,22 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 export type ClusterCommand =
   | { readonly kind: 'cluster.member'; readonly id: NodeId; readonly address: string }
   | { readonly kind: 'cluster.removed'; readonly id: NodeId }
-  | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array };
+  | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array }
+  | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean };
 
 export type ClusterResult = { readonly ok: true } | { readonly ok: false; readonly reason: string };
 
 /**
  * Replicated facts about the cluster itself: where each manager listens, which managers were
  * removed (their certificates are refused for good), and the hash of the current manager join
- * token (replacing it makes the old token stop working on every manager at once).
+ * token (replacing it makes the old token stop working on every manager at once), and which
+ * learners an operator demoted (the leader does not promote those on its own).
  */
 export class ClusterState {
   readonly addresses = new Map<NodeId, string>();
   readonly removed = new Set<NodeId>();
   joinTokenHash: Buffer | null = null;
+  readonly heldLearners = new Set<NodeId>();
 
   static encode(command: ClusterCommand): { kind: string; data: Buffer } {
     switch (command.kind) {
@@ -29,6 +32,8 @@ export class ClusterState {
         return { kind: command.kind, data: packr.pack([command.id]) };
       case 'cluster.join-token':
         return { kind: command.kind, data: packr.pack([command.hash]) };
+      case 'cluster.hold-learner':
+        return { kind: command.kind, data: packr.pack([command.id, command.held]) };
     }
   }
 
@@ -49,6 +54,7 @@ export class ClusterState {
         if (!isId(id)) return { ok: false, reason: 'a removal needs a member id' };
         this.removed.add(id);
         this.addresses.delete(id);
+        this.heldLearners.delete(id);
         return { ok: true };
       }
       case 'cluster.join-token': {
@@ -57,21 +63,31 @@ export class ClusterState {
         this.joinTokenHash = Buffer.from(hash);
         return { ok: true };
       }
+      case 'cluster.hold-learner': {
+        const [id, held] = fields as unknown[];
+        if (!isId(id) || typeof held !== 'boolean') return { ok: false, reason: 'a hold needs a member id and a flag' };
+        if (held) this.heldLearners.add(id);
+        else this.heldLearners.delete(id);
+        return { ok: true };
+      }
       default:
         return { ok: false, reason: `unknown cluster command ${kind}` };
     }
   }
 
   snapshot(): unknown {
-    return [[...this.addresses], [...this.removed], this.joinTokenHash];
+    return [[...this.addresses], [...this.removed], this.joinTokenHash, [...this.heldLearners]];
   }
 
   restore(image: unknown): void {
-    const [addresses, removed, hash] = image as [Array<[number, string]>, number[], Uint8Array | null];
+    // Images written before held learners existed have three fields.
+    const [addresses, removed, hash, held = []] = image as [Array<[number, string]>, number[], Uint8Array | null, number[]?];
     this.addresses.clear();
     for (const [id, address] of addresses) this.addresses.set(id, address);
     this.removed.clear();
     for (const id of removed) this.removed.add(id);
     this.joinTokenHash = hash === null ? null : Buffer.from(hash);
+    this.heldLearners.clear();
+    for (const id of held) this.heldLearners.add(id);
   }
 }

@@ -60,6 +60,8 @@ export class Progress {
   pendingSnapshot = 0;
   /** Heard from within the current check-quorum period. */
   recentActive = false;
+  /** Heard from within the previous check-quorum period (so "healthy" survives the reset). */
+  activeLastPeriod = false;
   learner: boolean;
   readonly inflights: Inflights;
 
@@ -148,7 +150,7 @@ export class Progress {
       next: this.next,
       state: this.state,
       learner: this.learner,
-      recentActive: this.recentActive,
+      recentActive: this.recentActive || this.activeLastPeriod,
       inflight: this.inflights.count,
     };
   }

@@ -248,7 +248,11 @@ export class Raft {
       const pr = this.progress.get(id);
       if (id === this.id || pr?.recentActive === true) active++;
     }
-    for (const [id, pr] of this.progress) if (id !== this.id) pr.recentActive = false;
+    for (const [id, pr] of this.progress) {
+      if (id === this.id) continue;
+      pr.activeLastPeriod = pr.recentActive;
+      pr.recentActive = false;
+    }
     return active >= majority(this.voters.size);
   }
 

@@ -252,6 +252,7 @@ export interface ProgressStatus {
   readonly next: number;
   readonly state: ProgressState;
   readonly learner: boolean;
+  /** Heard from within the current or the previous check-quorum period (an election timeout each). */
   readonly recentActive: boolean;
   readonly inflight: number;
 }

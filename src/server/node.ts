@@ -19,6 +19,7 @@ import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCred
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
+import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
 import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { registerServices } from './services.ts';
 
@@ -207,6 +208,7 @@ export class CofferNode {
     const status = this.manager.raftStatus();
     if (status === null || status.progress === null) return;
     for (const learner of status.confState.learners) {
+      if (this.state.cluster.heldLearners.has(learner)) continue; // demoted by an operator
       const progress = status.progress.get(learner);
       if (progress !== undefined && progress.match >= status.commit) {
         this.log.info({ event: 'promote', nodeId: learner }, `manager ${learner} caught up: promoting it to voter`);
@@ -268,7 +270,12 @@ export class CofferNode {
     await this.#forward(status.lead, { confChange: packr.pack([change.type, change.nodeId]) });
   }
 
-  #forward(leader: NodeId, body: { payload?: Buffer; confChange?: Buffer }): Promise<Buffer> {
+  /** Sends an operator's membership operation to the leader, which runs it. */
+  async forwardMemberOp(leader: NodeId, op: MemberOp): Promise<MemberOpResult> {
+    return decodeMemberOpResult(await this.#forward(leader, { memberOp: encodeMemberOp(op) }));
+  }
+
+  #forward(leader: NodeId, body: { payload?: Buffer; confChange?: Buffer; memberOp?: Buffer }): Promise<Buffer> {
     if (leader === 0) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected'));
     let client = this.#peerClients.get(leader);
     if (client === undefined) {
@@ -281,7 +288,7 @@ export class CofferNode {
     return new Promise((resolve, reject) => {
       (client as unknown as { propose(request: object, options: grpc.CallOptions, cb: (error: grpc.ServiceError | null, response?: { result: Buffer }) => void): void }).propose(
         body,
-        { deadline: Date.now() + 10_000 },
+        { deadline: Date.now() + (body.memberOp === undefined ? 10_000 : 3 * TRANSFER_WAIT_MS) },
         (error, response) => {
           if (error !== null) reject(new ServiceError(error.code === grpc.status.PERMISSION_DENIED ? grpc.status.INTERNAL : error.code, `forwarding to the leader ${leader}: ${error.details}`));
           else resolve(response!.result);

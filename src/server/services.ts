@@ -10,6 +10,7 @@ import type { CofferNode } from './node.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
 import { registerAccessServices } from './access-service.ts';
 import { registerSecretsService } from './secrets-service.ts';
+import { decodeMemberOp, encodeMemberOpResult, isHealthy, runMemberOp, type MemberOp } from './membership.ts';
 import { LeaderRedirect, authorize, requireCaller, requireManager, unary, type Call } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -24,8 +25,11 @@ export function registerServices(node: CofferNode): void {
 
   node.server.addService(Peer.service, {
     raft: node.transport.handleRaftStream,
-    propose: unary(node, 'Peer.Propose', async (call: Call<{ body?: string; payload?: Buffer; confChange?: Buffer }>) => {
+    propose: unary(node, 'Peer.Propose', async (call: Call<{ body?: string; payload?: Buffer; confChange?: Buffer; memberOp?: Buffer }>) => {
       requireManager(node, call);
+      if (call.request.body === 'memberOp' && call.request.memberOp !== undefined) {
+        return { result: encodeMemberOpResult(await runMemberOp(node, decodeMemberOp(call.request.memberOp))) };
+      }
       if (call.request.body === 'payload' && call.request.payload !== undefined) {
         return { result: packr.pack(await manager.proposePayload(call.request.payload)) };
       }
@@ -116,6 +120,19 @@ export function registerServices(node: CofferNode): void {
         snapshotIndex: status.firstIndex - 1,
         snapshotsSent: node.transport.stats.snapshotsSent,
         stateDigest: createHash('sha256').update(node.state.snapshot()).digest('hex'),
+        members: [...status.confState.voters, ...status.confState.learners].map((id) => {
+          const match = id === status.id ? status.lastIndex : (status.progress?.get(id)?.match ?? 0);
+          return {
+            nodeId: id,
+            address: node.addressOf(id) ?? '',
+            role: id === status.lead ? 'leader' : status.confState.voters.includes(id) ? 'voter' : 'learner',
+            healthy: status.progress !== null && isHealthy(status, id),
+            matchIndex: match,
+            lag: status.progress === null ? 0 : Math.max(0, status.commit - match),
+            held: node.state.cluster.heldLearners.has(id),
+          };
+        }),
+        progressKnown: status.progress !== null,
       };
     }),
     rotateJoinToken: unary(node, 'Cluster.RotateJoinToken', async (call: Call<object>) => {
@@ -125,17 +142,22 @@ export function registerServices(node: CofferNode): void {
       if (!result.ok) throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.reason);
       return { token: formatJoinToken(token) };
     }),
-    removeMember: unary(node, 'Cluster.RemoveMember', async (call: Call<{ nodeId: number }>) => {
+    removeMember: memberRpc(node, 'Cluster.RemoveMember', 'remove'),
+    promote: memberRpc(node, 'Cluster.Promote', 'promote'),
+    demote: memberRpc(node, 'Cluster.Demote', 'demote'),
+    transferLeader: unary(node, 'Cluster.TransferLeader', async (call: Call<{ nodeId: number }>) => {
       authorize(node, call, 'admin', 'sys/cluster');
-      const id = call.request.nodeId;
-      const status = manager.raftStatus();
-      if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
-      if (!status.confState.voters.includes(id) && !status.confState.learners.includes(id)) throw new ServiceError(grpc.status.NOT_FOUND, `manager ${id} is not a member`);
-      await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id }));
-      await node.proposeConfChange({ type: 'remove', nodeId: id });
-      node.transport.forget(id);
-      node.transport.disconnect(id);
-      return {};
+      const result = await runMemberOp(node, { op: 'transfer', nodeId: call.request.nodeId, force: false });
+      return { leaderId: result.leaderId };
     }),
+  });
+}
+
+function memberRpc(node: CofferNode, method: string, op: MemberOp['op']) {
+  return unary(node, method, async (call: Call<{ nodeId: number; force?: boolean }>) => {
+    authorize(node, call, 'admin', 'sys/cluster');
+    if (!(call.request.nodeId > 0)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'node_id names the manager (see coffer cluster status)');
+    const result = await runMemberOp(node, { op, nodeId: call.request.nodeId, force: call.request.force === true });
+    return { voters: result.voters, learners: result.learners };
   });
 }

@@ -1,0 +1,159 @@
+import * as grpc from '@grpc/grpc-js';
+import { Packr } from 'msgpackr';
+import { ClusterState } from '../cluster/cluster-state.ts';
+import type { NodeId, Status } from '../raft/types.ts';
+import { ServiceError } from './errors.ts';
+import type { CofferNode } from './node.ts';
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/** An operator's membership operation. The leader runs it; other managers forward it there. */
+export interface MemberOp {
+  readonly op: 'promote' | 'demote' | 'remove' | 'transfer';
+  /** 0 with `transfer`: the most caught-up voter. */
+  readonly nodeId: NodeId;
+  /** Skip the quorum check of demote and remove. */
+  readonly force: boolean;
+}
+
+export interface MemberOpResult {
+  readonly leaderId: NodeId;
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+}
+
+const OPS: ReadonlyArray<MemberOp['op']> = ['promote', 'demote', 'remove', 'transfer'];
+
+/** How long a leadership transfer may take before the operator hears it failed. */
+export const TRANSFER_WAIT_MS = 5000;
+
+export function encodeMemberOp(op: MemberOp): Buffer {
+  return packr.pack(op);
+}
+
+export function decodeMemberOp(data: Buffer): MemberOp {
+  const value = packr.unpack(data) as Partial<MemberOp> | null;
+  if (
+    value === null ||
+    typeof value !== 'object' ||
+    !OPS.includes(value.op as MemberOp['op']) ||
+    !Number.isSafeInteger(value.nodeId) ||
+    (value.nodeId as number) < 0 ||
+    typeof value.force !== 'boolean'
+  ) {
+    throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership operation');
+  }
+  return { op: value.op as MemberOp['op'], nodeId: value.nodeId as number, force: value.force };
+}
+
+export function encodeMemberOpResult(result: MemberOpResult): Buffer {
+  return packr.pack(result);
+}
+
+export function decodeMemberOpResult(data: Buffer): MemberOpResult {
+  return packr.unpack(data) as MemberOpResult;
+}
+
+/**
+ * Runs a membership operation where it must run: on the leader. Other managers forward it; a
+ * leader asked to demote or remove itself hands leadership over first and forwards the operation
+ * to its successor. Demoting or removing a voter is refused when the voters left would not
+ * include a quorum of healthy managers (heard from within the last two election timeouts),
+ * unless forced: the cluster must not lose its quorum to an operator's typo.
+ */
+export async function runMemberOp(node: CofferNode, op: MemberOp): Promise<MemberOpResult> {
+  const status = statusOf(node);
+  if (status.role !== 'leader') {
+    if (status.lead === 0) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected');
+    return node.forwardMemberOp(status.lead, op);
+  }
+  const { voters, learners } = status.confState;
+  const isVoter = voters.includes(op.nodeId);
+  const isLearner = learners.includes(op.nodeId);
+  if (op.op !== 'transfer' && !isVoter && !isLearner) throw new ServiceError(grpc.status.NOT_FOUND, `manager ${op.nodeId} is not a member of this cluster`);
+
+  if (op.op === 'transfer') {
+    await transferLeadership(node, status, op.nodeId);
+    return resultOf(statusOf(node));
+  }
+  if ((op.op === 'demote' || op.op === 'remove') && op.nodeId === status.id) {
+    // The leader leaves the voters: it hands over first, so no election is needed.
+    const successor = await transferLeadership(node, status, 0);
+    return node.forwardMemberOp(successor, op);
+  }
+  if (op.op === 'promote') {
+    if (isVoter) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a voter`);
+    const match = status.progress?.get(op.nodeId)?.match ?? 0;
+    if (match < status.commit && !op.force) {
+      throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is ${status.commit - match} entries behind the commit index; promote it once it has caught up (or with --force)`);
+    }
+    await node.proposeCommand(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: false }));
+    await node.manager.proposeConfChange({ type: 'add-voter', nodeId: op.nodeId });
+    return resultOf(statusOf(node));
+  }
+  if (isVoter) checkQuorumAfterLosing(status, op.nodeId, op.force);
+  if (op.op === 'demote') {
+    if (isLearner) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a learner`);
+    await node.proposeCommand(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: true }));
+    await node.manager.proposeConfChange({ type: 'add-learner', nodeId: op.nodeId });
+    return resultOf(statusOf(node));
+  }
+  await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
+  await node.manager.proposeConfChange({ type: 'remove', nodeId: op.nodeId });
+  node.transport.forget(op.nodeId);
+  node.transport.disconnect(op.nodeId);
+  return resultOf(statusOf(node));
+}
+
+function statusOf(node: CofferNode): Status {
+  const status = node.manager.raftStatus();
+  if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+  return status;
+}
+
+function resultOf(status: Status): MemberOpResult {
+  return { leaderId: status.lead, voters: status.confState.voters, learners: status.confState.learners };
+}
+
+/** True when the leader heard from `id` within the last two election timeouts (itself: always). */
+export function isHealthy(status: Status, id: NodeId): boolean {
+  return id === status.id || status.progress?.get(id)?.recentActive === true;
+}
+
+function checkQuorumAfterLosing(status: Status, leaving: NodeId, force: boolean): void {
+  const remaining = status.confState.voters.filter((id) => id !== leaving);
+  if (remaining.length === 0) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${leaving} is the last voter`);
+  const healthy = remaining.filter((id) => isHealthy(status, id));
+  const needed = Math.floor(remaining.length / 2) + 1;
+  if (healthy.length < needed && !force) {
+    throw new ServiceError(
+      grpc.status.FAILED_PRECONDITION,
+      `without manager ${leaving} the ${remaining.length} voters left need ${needed} healthy to keep a quorum, and only ${healthy.length} (${healthy.join(', ')}) are; ` +
+        'bring the others back first, or use --force if they are gone for good',
+    );
+  }
+}
+
+/**
+ * Hands leadership to `to` (0: the healthy voter with the most entries) and waits until it leads.
+ * Returns the new leader.
+ */
+async function transferLeadership(node: CofferNode, status: Status, to: NodeId): Promise<NodeId> {
+  let target = to;
+  if (target === 0) {
+    const candidates = status.confState.voters.filter((id) => id !== status.id && isHealthy(status, id));
+    candidates.sort((a, b) => (status.progress?.get(b)?.match ?? 0) - (status.progress?.get(a)?.match ?? 0));
+    if (candidates.length === 0) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'no other healthy voter can take over leadership');
+    target = candidates[0]!;
+  }
+  if (target === status.id) return target;
+  if (!status.confState.voters.includes(target)) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${target} is not a voter; only voters can lead`);
+  node.manager.transferLeadership(target);
+  const deadline = Date.now() + TRANSFER_WAIT_MS;
+  while (Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const now = node.manager.raftStatus();
+    if (now !== null && now.role !== 'leader' && now.lead === target) return target;
+  }
+  throw new ServiceError(grpc.status.UNAVAILABLE, `leadership did not move to manager ${target} within ${TRANSFER_WAIT_MS} ms: it may be behind or unreachable; this manager still leads`);
+}
