@@ -9,12 +9,17 @@ const { values } = parseArgs({
     nemesis: { type: 'string', default: NEMESES.join(',') },
     seed: { type: 'string' },
     clients: { type: 'string', default: '5' },
+    network: { type: 'string', default: 'auto' },
   },
 });
 const nemeses = values.nemesis.split(',').filter((n) => n !== '');
 const unknown = nemeses.filter((n) => !(NEMESES as readonly string[]).includes(n));
 if (unknown.length > 0) {
-  console.error(`chaos: unknown nemesis ${unknown.join(', ')}; known: ${NEMESES.join(', ')} (partitions need network namespaces: not built yet)`);
+  console.error(`chaos: unknown nemesis ${unknown.join(', ')}; known: ${NEMESES.join(', ')}`);
+  process.exit(2);
+}
+if (!['auto', 'loopback', 'netns'].includes(values.network)) {
+  console.error('chaos: --network takes auto, loopback or netns');
   process.exit(2);
 }
 const seed = values.seed === undefined ? Math.floor(Math.random() * 1e9) : Number(values.seed);
@@ -24,6 +29,7 @@ const summary = await runChaos({
   nemeses: nemeses as NemesisName[],
   seed,
   clients: Number(values.clients),
+  network: values.network as 'auto' | 'loopback' | 'netns',
   log: (line) => console.log(line),
 });
 console.log(formatSummary(summary));

@@ -1,56 +1,88 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CofferClient } from '../../src/client/client.ts';
 import { Processes, coffer, eventually, freePort, type StatusReply } from '../cluster/processes.ts';
+import type { NetworkNamespaces } from './netns.ts';
 
 export interface Manager {
+  /** The process name (m1, m2, ...); a replacement keeps its predecessor's name and address. */
   readonly name: string;
-  readonly data: string;
+  /** Position, which is also the network namespace's index. */
+  readonly slot: number;
+  data: string;
   readonly address: string;
 }
 
+const PORT_IN_NAMESPACE = 7400;
+
 /**
- * A cluster of manager processes on 127.0.0.1, made with coffer init and join, that the chaos
- * harness kills, pauses and restarts. Every process is tracked by PID and killed at the end.
+ * A cluster of manager processes made with coffer init and join, that the chaos harness kills,
+ * pauses, partitions, reconfigures and restarts. On loopback (127.0.0.1, a port each), or with a
+ * NetworkNamespaces, each manager in its own namespace. Every process is tracked by PID and killed
+ * at the end.
  */
 export class ProcessCluster {
   readonly procs: Processes;
   readonly managers: Manager[] = [];
   adminDir = '';
   clusterId = '';
+  joinToken = '';
+  readonly #network: NetworkNamespaces | null;
+  #flags: string[] = [];
   #status = new Map<string, CofferClient>();
+  #replacements = 0;
 
-  constructor(readonly root: string) {
+  constructor(readonly root: string, network: NetworkNamespaces | null = null) {
     this.procs = new Processes(root);
+    this.#network = network;
   }
 
-  static async start(root: string, size: number, snapshotEvery = 500): Promise<ProcessCluster> {
-    const cluster = new ProcessCluster(root);
-    for (let k = 0; k < size; k++) cluster.managers.push({ name: `m${k + 1}`, data: join(root, `m${k + 1}`), address: `127.0.0.1:${await freePort()}` });
-    const flags = ['--snapshot-every', String(snapshotEvery), '--snapshot-tail', '50'];
+  static async start(root: string, size: number, options: { snapshotEvery?: number; network?: NetworkNamespaces | null } = {}): Promise<ProcessCluster> {
+    const network = options.network ?? null;
+    const cluster = new ProcessCluster(root, network);
+    for (let k = 0; k < size; k++) {
+      const address = network === null ? `127.0.0.1:${await freePort()}` : `${network.host(k)}:${PORT_IN_NAMESPACE}`;
+      cluster.managers.push({ name: `m${k + 1}`, slot: k, data: join(root, `m${k + 1}`), address });
+    }
+    cluster.#flags = ['--snapshot-every', String(options.snapshotEvery ?? 500), '--snapshot-tail', '50'];
     const first = cluster.managers[0]!;
     const init = await coffer(['init', '--data', first.data, '--listen', first.address, '--output', 'json']);
     if (init.code !== 0) throw new Error(`coffer init failed: ${init.stderr}`);
     const made = JSON.parse(init.stdout) as { clusterId: string; joinToken: string; adminDir: string };
     cluster.adminDir = made.adminDir;
     cluster.clusterId = made.clusterId;
-    cluster.#flags = flags;
-    cluster.procs.start(first.name, ['server', '--data', first.data, ...flags]);
+    cluster.joinToken = made.joinToken;
+    cluster.#start(first, ['server', '--data', first.data]);
     await eventually('the first manager to lead', 60_000, async () => ((await cluster.status(first)).role === 'leader' ? true : undefined));
     for (const m of cluster.managers.slice(1)) {
-      cluster.procs.start(m.name, ['join', '--data', m.data, '--listen', m.address, '--join', first.address, '--token', made.joinToken, ...flags]);
+      cluster.#join(m, first);
       const voters = cluster.managers.indexOf(m) + 1;
       await eventually(`${m.name} to become a voter`, 60_000, async () => ((await cluster.status(first)).voters.length === voters ? true : undefined));
     }
     return cluster;
   }
 
-  #flags: string[] = [];
+  get network(): NetworkNamespaces | null {
+    return this.#network;
+  }
+
+  #start(m: Manager, args: string[]): void {
+    this.procs.start(m.name, [...args, ...this.#flags], this.#network?.prefix(m.slot) ?? []);
+  }
+
+  #join(m: Manager, via: Manager): void {
+    this.#start(m, ['join', '--data', m.data, '--listen', m.address, '--join', via.address, '--token', this.joinToken]);
+  }
+
+  /** The admin identity made by coffer init. */
+  adminPem(): { caPem: string; certPem: string; keyPem: string } {
+    const read = (name: string) => readFileSync(join(this.adminDir, name), 'utf8');
+    return { caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') };
+  }
 
   /** A client of one manager only (failover is the workload's business). */
   client(manager: Manager, deadlineMs = 2000): CofferClient {
-    const read = (name: string) => readFileSync(join(this.adminDir, name), 'utf8');
-    return new CofferClient({ addresses: [manager.address], caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key'), deadlineMs });
+    return new CofferClient({ addresses: [manager.address], ...this.adminPem(), deadlineMs });
   }
 
   async status(manager: Manager): Promise<StatusReply & { stateDigest: string }> {
@@ -77,7 +109,7 @@ export class ProcessCluster {
   }
 
   restart(manager: Manager): void {
-    if (!this.procs.running(manager.name)) this.procs.start(manager.name, ['server', '--data', manager.data, ...this.#flags]);
+    if (!this.procs.running(manager.name)) this.#start(manager, ['server', '--data', manager.data]);
   }
 
   pause(manager: Manager): void {
@@ -86,6 +118,20 @@ export class ProcessCluster {
 
   resume(manager: Manager): void {
     this.procs.signal(manager.name, 'SIGCONT');
+  }
+
+  /**
+   * Membership change: `manager` (already removed from the cluster by the caller) is killed and
+   * its data wiped; a new manager with a new id joins in its place, at the same address.
+   */
+  async replace(manager: Manager, via: Manager): Promise<void> {
+    await this.kill(manager);
+    rmSync(manager.data, { recursive: true, force: true });
+    rmSync(`${manager.data}.key`, { force: true });
+    this.#status.get(manager.name)?.close();
+    this.#status.delete(manager.name);
+    manager.data = join(this.root, `${manager.name}-r${++this.#replacements}`);
+    this.#join(manager, via);
   }
 
   async stop(): Promise<void> {

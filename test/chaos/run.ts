@@ -4,11 +4,12 @@ import { join } from 'node:path';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { eventually } from '../cluster/processes.ts';
 import { checkHistory, describe, type HistoryVerdict, type Operation } from './linearizability.ts';
-import { ProcessCluster, type Manager } from './process-cluster.ts';
+import { NetworkNamespaces } from './netns.ts';
+import { injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';
+import { ProcessCluster } from './process-cluster.ts';
 import { Workload } from './workload.ts';
 
-export const NEMESES = ['kill-leader', 'kill-minority', 'pause', 'restart-all'] as const;
-export type NemesisName = (typeof NEMESES)[number];
+export { NEMESES, type NemesisName } from './nemesis.ts';
 
 export interface ChaosOptions {
   readonly managers: number;
@@ -22,13 +23,15 @@ export interface ChaosOptions {
   /** Where the history goes (kept on failure). */
   readonly outDir?: string;
   readonly log?: (line: string) => void;
+  /** auto (default): a network namespace per manager where this process may make them, else loopback. */
+  readonly network?: 'auto' | 'loopback' | 'netns';
 }
 
 export interface ChaosSummary {
   readonly seed: number;
   readonly network: string;
   readonly operations: { readonly ok: number; readonly fail: number; readonly info: number };
-  readonly faults: ReadonlyArray<{ readonly atMs: number; readonly nemesis: NemesisName; readonly detail: string }>;
+  readonly faults: readonly FaultRecord[];
   readonly failoversMs: readonly number[];
   readonly converged: boolean;
   readonly lostWrites: readonly string[];
@@ -49,57 +52,47 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
   const random = new SeededRandom(options.seed);
   const root = mkdtempSync(join(tmpdir(), 'coffer-chaos-'));
   let cluster: ProcessCluster | null = null;
+  let network: NetworkNamespaces | null = null;
+  const cleanUp = async (): Promise<void> => {
+    await cluster?.stop();
+    network?.destroy();
+    rmSync(root, { recursive: true, force: true });
+  };
+  const interrupted = (): void => {
+    void cleanUp().then(() => process.exit(130));
+  };
   try {
-    log(`chaos: seed ${options.seed}, ${options.managers} managers on loopback (network namespaces are not used yet), ${options.durationS} s, nemeses ${options.nemeses.join(',')}`);
-    const interrupted = (): void => {
-      void (cluster?.stop() ?? Promise.resolve()).then(() => {
-        rmSync(root, { recursive: true, force: true });
-        process.exit(130);
-      });
-    };
+    const why = options.network === 'loopback' ? 'asked for' : NetworkNamespaces.unavailableBecause();
+    if (why !== null && options.network === 'netns') throw new Error(`network namespaces are not available: ${why}`);
+    if (why === null) network = NetworkNamespaces.create(options.managers);
+    const where = network === null ? `loopback (no network namespaces: ${why})` : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
+    let nemeses = options.nemeses;
+    if (network === null && nemeses.includes('partition')) {
+      nemeses = nemeses.filter((n) => n !== 'partition');
+      log('chaos: partitions need network namespaces; the partition nemesis is left out of this run');
+    }
+    log(`chaos: seed ${options.seed}, ${options.managers} managers on ${where}, ${options.durationS} s, nemeses ${nemeses.join(',')}`);
     process.once('SIGINT', interrupted);
     process.once('SIGTERM', interrupted);
-    cluster = await ProcessCluster.start(root, options.managers);
+    cluster = await ProcessCluster.start(root, options.managers, { network });
     const c = cluster;
     const workload = new Workload(c, { clients: options.clients ?? 5, keys: options.keys ?? 3, random: random.fork() });
     workload.start();
-    const faults: Array<{ atMs: number; nemesis: NemesisName; detail: string }> = [];
+    const faults: FaultRecord[] = [];
     const kills: number[] = [];
     const end = workload.now() + options.durationS * 1000;
-    const pick = <T>(items: readonly T[]): T => items[random.int(items.length)]!;
-    while (workload.now() < end - 5000 && options.nemeses.length > 0) {
+    while (workload.now() < end - 5000 && nemeses.length > 0) {
       await sleep(2000 + random.int(3000));
-      const nemesis = pick(options.nemeses);
+      const nemesis = nemeses[random.int(nemeses.length)]!;
       const at = workload.now();
-      if (nemesis === 'kill-leader') {
-        const leader = await c.leader();
-        if (leader === null) continue;
-        kills.push(workload.now());
-        await c.kill(leader);
-        faults.push({ atMs: at, nemesis, detail: `kill -9 ${leader.name}` });
-        await sleep(1500 + random.int(2500));
-        c.restart(leader);
-      } else if (nemesis === 'kill-minority') {
-        const victims = [...c.managers].sort(() => random.float() - 0.5).slice(0, Math.floor((c.managers.length - 1) / 2));
-        for (const v of victims) await c.kill(v);
-        faults.push({ atMs: at, nemesis, detail: `kill -9 ${victims.map((v) => v.name).join(', ')}` });
-        await sleep(1500 + random.int(2500));
-        for (const v of victims) c.restart(v);
-      } else if (nemesis === 'pause') {
-        const victim: Manager = pick(c.managers);
-        c.pause(victim);
-        faults.push({ atMs: at, nemesis, detail: `SIGSTOP ${victim.name}` });
-        await sleep(1500 + random.int(2500));
-        c.resume(victim);
-      } else {
-        for (const m of c.managers) await c.kill(m);
-        faults.push({ atMs: at, nemesis, detail: 'kill -9 every manager, restart all' });
-        for (const m of c.managers) c.restart(m);
-      }
-      log(`  ${(at / 1000).toFixed(1)} s: ${faults[faults.length - 1]!.detail}`);
+      const fault = await injectFault(c, nemesis, random, { killedLeader: () => kills.push(workload.now()) });
+      if (fault === null) continue;
+      faults.push({ atMs: at, nemesis, detail: fault });
+      log(`  ${(at / 1000).toFixed(1)} s: ${fault}`);
     }
     while (workload.now() < end) await sleep(200);
-    // Heal: every manager running and answering.
+    // Heal: every link restored, every manager running and answering.
+    await network?.heal();
     for (const m of c.managers) {
       c.resume(m);
       c.restart(m);
@@ -151,10 +144,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       historyFile = join(dir, `history-seed-${options.seed}-${Date.now()}.json`);
       writeFileSync(historyFile, JSON.stringify({ seed: options.seed, faults, history: history.map((op) => ({ ...op, completeMs: op.completeMs === Infinity ? null : op.completeMs })) }));
     }
-    return { seed: options.seed, network: 'loopback', operations: { ok: count('ok') + final.length, fail: count('fail'), info: count('info') }, faults, failoversMs, converged, lostWrites, verdict, ok, historyFile };
+    return { seed: options.seed, network: where, operations: { ok: count('ok') + final.length, fail: count('fail'), info: count('info') }, faults, failoversMs, converged, lostWrites, verdict, ok, historyFile };
   } finally {
-    await cluster?.stop();
-    rmSync(root, { recursive: true, force: true });
+    process.off('SIGINT', interrupted);
+    process.off('SIGTERM', interrupted);
+    await cleanUp();
   }
 }
 

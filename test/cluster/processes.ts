@@ -37,8 +37,10 @@ export class Processes {
 
   constructor(readonly logDir: string) {}
 
-  start(name: string, args: string[]): ChildProcess {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
+  start(name: string, args: string[], prefix: readonly string[] = []): ChildProcess {
+    const argv = [process.execPath, '--import', 'tsx', CLI, ...args];
+    const child = prefix.length === 0 ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);

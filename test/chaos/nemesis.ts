@@ -1,0 +1,179 @@
+import { CofferClient } from '../../src/client/client.ts';
+import type { Random } from '../../src/util/prng.ts';
+import { eventually } from '../cluster/processes.ts';
+import type { Manager, ProcessCluster } from './process-cluster.ts';
+
+export const NEMESES = ['kill-leader', 'kill-minority', 'pause', 'restart-all', 'partition', 'transfer-leader', 'membership'] as const;
+export type NemesisName = (typeof NEMESES)[number];
+
+export interface FaultRecord {
+  readonly atMs: number;
+  readonly nemesis: NemesisName;
+  readonly detail: string;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** How long a fault lasts before it is healed. */
+function faultMs(random: Random): number {
+  return 1500 + random.int(2500);
+}
+
+function shuffled<T>(items: readonly T[], random: Random): T[] {
+  const out = [...items];
+  for (let k = out.length - 1; k > 0; k--) {
+    const j = random.int(k + 1);
+    [out[k], out[j]] = [out[j]!, out[k]!];
+  }
+  return out;
+}
+
+/** One client over every manager: membership calls fail over to whoever answers. */
+function admin(c: ProcessCluster): CofferClient {
+  return new CofferClient({ ...c.adminPem(), addresses: c.managers.map((m) => m.address), deadlineMs: 15_000 });
+}
+
+/**
+ * Injects one fault and heals it (except where healing is the point of a later step). Returns a
+ * line describing what was done, or null when nothing could be (no leader known, say).
+ */
+export async function injectFault(c: ProcessCluster, nemesis: NemesisName, random: Random, hooks: { killedLeader(): void }): Promise<string | null> {
+  const names = (ms: readonly Manager[]) => ms.map((m) => m.name).join(', ');
+  switch (nemesis) {
+    case 'kill-leader': {
+      const leader = await c.leader();
+      if (leader === null) return null;
+      hooks.killedLeader();
+      await c.kill(leader);
+      await sleep(faultMs(random));
+      c.restart(leader);
+      return `kill -9 ${leader.name} (the leader), restarted`;
+    }
+    case 'kill-minority': {
+      const victims = shuffled(c.managers, random).slice(0, Math.floor((c.managers.length - 1) / 2));
+      for (const v of victims) await c.kill(v);
+      await sleep(faultMs(random));
+      for (const v of victims) c.restart(v);
+      return `kill -9 ${names(victims)}, restarted`;
+    }
+    case 'pause': {
+      const victim = c.managers[random.int(c.managers.length)]!;
+      c.pause(victim);
+      await sleep(faultMs(random));
+      c.resume(victim);
+      return `SIGSTOP ${victim.name}, then SIGCONT`;
+    }
+    case 'restart-all': {
+      for (const m of c.managers) await c.kill(m);
+      for (const m of c.managers) c.restart(m);
+      return 'kill -9 every manager, restart all';
+    }
+    case 'partition':
+      return partition(c, random);
+    case 'transfer-leader': {
+      const client = admin(c);
+      try {
+        const voters = (await c.leader()) === null ? [] : c.managers;
+        const target = random.float() < 0.5 || voters.length === 0 ? 0 : (await c.status(voters[random.int(voters.length)]!).catch(() => null))?.nodeId ?? 0;
+        const reply = await client.transferLeader(target);
+        return `transfer leadership to ${target === 0 ? 'the most caught-up voter' : `manager ${target}`}: manager ${reply.leaderId} leads`;
+      } catch (error) {
+        return `transfer leadership: refused (${(error as Error).message})`;
+      } finally {
+        client.close();
+      }
+    }
+    case 'membership':
+      return random.float() < 0.5 ? demotePromote(c, random) : replaceMember(c, random);
+  }
+}
+
+async function partition(c: ProcessCluster, random: Random): Promise<string> {
+  const net = c.network!;
+  const slots = c.managers.map((m) => m.slot);
+  const leader = await c.leader();
+  const shape = random.int(4);
+  let detail: string;
+  const label = (group: readonly number[]) => group.map((k) => c.managers[k]!.name).join(',');
+  if (shape === 0 || leader === null) {
+    const order = shuffled(slots, random);
+    const cut = Math.floor(order.length / 2);
+    const groups = [order.slice(0, cut), order.slice(cut)];
+    await net.partition(groups);
+    detail = `partition into halves ${label(groups[0]!)} | ${label(groups[1]!)}`;
+  } else if (shape === 1) {
+    const others = slots.filter((k) => k !== leader.slot);
+    await net.partition([[leader.slot], others]);
+    detail = `partition isolating the leader ${leader.name} | ${label(others)}`;
+  } else if (shape === 2) {
+    // A bridge: one manager sees both sides, which do not see each other.
+    const order = shuffled(slots, random);
+    const bridge = order[0]!;
+    const rest = order.slice(1);
+    const half = Math.floor(rest.length / 2);
+    const groups = [rest.slice(0, half), rest.slice(half)];
+    await net.partition(groups);
+    detail = `partition with a bridge: ${label(groups[0]!)} | ${label(groups[1]!)}, ${c.managers[bridge]!.name} sees both`;
+  } else {
+    // One way: the leader's packets to the others are dropped; theirs reach it.
+    for (const k of slots) if (k !== leader.slot) await net.cut(leader.slot, k);
+    detail = `asymmetric partition: ${leader.name} (the leader) cannot send to the others`;
+  }
+  await sleep(faultMs(random) + 1000);
+  await net.heal();
+  return `${detail}; healed`;
+}
+
+async function demotePromote(c: ProcessCluster, random: Random): Promise<string> {
+  const victim = c.managers[random.int(c.managers.length)]!;
+  const client = admin(c);
+  try {
+    const id = (await c.status(victim)).nodeId;
+    try {
+      await client.demote(id);
+    } catch (error) {
+      return `demote ${victim.name} (manager ${id}): refused (${(error as Error).message})`;
+    }
+    await sleep(faultMs(random));
+    await eventually(`${victim.name} promoted back`, 30_000, async () => {
+      try {
+        await client.promote(id);
+        return true;
+      } catch (error) {
+        if (/already a voter/.test((error as Error).message)) return true;
+        throw error;
+      }
+    });
+    return `demote ${victim.name} (manager ${id}) to learner under load, then promote it back`;
+  } catch (error) {
+    return `demote/promote ${victim.name}: ${(error as Error).message}`;
+  } finally {
+    client.close();
+  }
+}
+
+async function replaceMember(c: ProcessCluster, random: Random): Promise<string> {
+  const leader = await eventually('a leader', 20_000, async () => (await c.leader()) ?? undefined).catch(() => null);
+  if (leader === null) return 'replace a manager: no leader for 20 s, skipped';
+  const followers = c.managers.filter((m) => m !== leader);
+  const victim = followers[random.int(followers.length)]!;
+  const client = admin(c);
+  try {
+    const id = (await c.status(victim)).nodeId;
+    try {
+      await client.removeMember(id);
+    } catch (error) {
+      return `remove ${victim.name} (manager ${id}): refused (${(error as Error).message})`;
+    }
+    await c.replace(victim, leader);
+    const newId = await eventually(`a replacement for ${victim.name} to become a voter`, 60_000, async () => {
+      const mine = await c.status(victim);
+      const now = await c.leader();
+      const view = now === null ? null : await c.status(now);
+      return view !== null && view.voters.includes(mine.nodeId) && view.voters.length === c.managers.length ? mine.nodeId : undefined;
+    });
+    return `remove ${victim.name} (manager ${id}) and join a new manager ${newId} in its place`;
+  } finally {
+    client.close();
+  }
+}
