@@ -66,6 +66,7 @@ program
   .option('--key-file <path>', 'the key file to create (default: <data>.key)')
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
+  .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
   .action(async (options: { data: string; listen: string; join: string; token: string; advertise?: string; keyFile?: string } & SnapshotFlags) => {
     const joined = await joinCluster({
       dataDir: options.data,
@@ -86,6 +87,7 @@ program
   .option('--key-file <path>', 'the key file (default: <data>.key)')
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
+  .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
   .action(async (options: { data: string; keyFile?: string } & SnapshotFlags) => serve(options));
 
 program.addCommand(devCommand());
@@ -99,6 +101,7 @@ program.addCommand(runCommand());
 interface SnapshotFlags {
   snapshotEvery?: number;
   snapshotTail?: number;
+  metricsListen?: string;
 }
 
 function parsePositive(value: string, flag: string, zeroOk = false): number {
@@ -117,6 +120,7 @@ async function serve(options: { data: string; keyFile?: string } & SnapshotFlags
     ...(unlockKey === undefined ? {} : { unlockKey }),
     ...(options.snapshotEvery === undefined ? {} : { snapshotEveryEntries: options.snapshotEvery }),
     ...(options.snapshotTail === undefined ? {} : { snapshotTailEntries: options.snapshotTail }),
+    ...(options.metricsListen === undefined ? {} : { metricsListen: options.metricsListen }),
     logger,
   });
   const stop = (signal: string): void => {

@@ -9,7 +9,7 @@ import { createKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '.
 import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
 import type { BasicStatus, ConfChange, Message, NodeId, Status } from '../raft/types.ts';
-import { Replica, type PeerSender } from '../replica/replica.ts';
+import { Replica, type PeerSender, type ReplicaObserver } from '../replica/replica.ts';
 import { LevelStorage } from '../storage/level-storage.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import type { Random } from '../util/prng.ts';
@@ -37,6 +37,8 @@ export interface ManagerOptions<Result> {
   readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
   readonly snapshotEveryEntries?: number;
   readonly snapshotTailEntries?: number;
+  /** Timings of the replica's work (metrics). */
+  readonly observer?: ReplicaObserver;
 }
 
 export interface InitResult {
@@ -179,6 +181,7 @@ export class Manager<Result> {
         ...(options.raft === undefined ? {} : { raft: options.raft }),
         ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
         ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+        ...(options.observer === undefined ? {} : { observer: options.observer }),
       });
       // A crash may have left the key store behind the stored snapshot's root generation.
       await replica.settled();

@@ -39,6 +39,23 @@ export interface PeerSender {
   send(messages: readonly Message[]): void;
 }
 
+/**
+ * Timings the replica reports as it works (metrics plug in here; the replica knows no metrics
+ * library). Seconds, measured with performance.now().
+ */
+export interface ReplicaObserver {
+  /** One synced storage write of `entries` entries took `seconds`. */
+  persisted(seconds: number, entries: number): void;
+  /** A proposal made here was committed `seconds` after it was proposed. */
+  committed(seconds: number): void;
+  /** ... and applied here `seconds` after it was proposed (what its proposer waits). */
+  applied(seconds: number): void;
+  /** A linearizable read got its read index, and the state caught up to it, after `seconds`. */
+  readIndex(seconds: number): void;
+  /** The leader this replica knows changed (0: none known). */
+  leaderChanged(lead: NodeId): void;
+}
+
 export interface ReplicaOptions<Result> {
   readonly id: NodeId;
   readonly storage: RaftStorage;
@@ -52,6 +69,7 @@ export interface ReplicaOptions<Result> {
   readonly snapshotEveryEntries?: number;
   /** Entries kept before the snapshot for slow followers. */
   readonly snapshotTailEntries?: number;
+  readonly observer?: ReplicaObserver;
 }
 
 export const SNAPSHOT_EVERY_ENTRIES = 10_000;
@@ -99,10 +117,12 @@ export class Replica<Result> {
   readonly #snapshotEvery: number;
   readonly #snapshotTail: number;
   /** Proposals by index, with the term they must be applied in. */
-  readonly #proposals = new Map<number, { term: number; waiter: Waiter<Result> }>();
+  readonly #proposals = new Map<number, { term: number; waiter: Waiter<Result>; startMs: number }>();
   /** Reads waiting for a read index (by context), then for the applied index to reach it. */
   readonly #readsAwaitingIndex = new Map<string, Waiter<number>>();
   #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
+  readonly #observer: ReplicaObserver | null;
+  #lead: NodeId = 0;
   #readSeq = 0;
   #applied: number;
   #lastSnapshotIndex: number;
@@ -119,6 +139,7 @@ export class Replica<Result> {
     this.#peers = options.peers;
     this.#snapshotEvery = options.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES;
     this.#snapshotTail = options.snapshotTailEntries ?? SNAPSHOT_TAIL_ENTRIES;
+    this.#observer = options.observer ?? null;
     this.#applied = applied;
     this.#lastSnapshotIndex = applied;
   }
@@ -193,7 +214,7 @@ export class Replica<Result> {
     } catch (error) {
       return Promise.reject(error instanceof RaftError ? error : new Error(String(error)));
     }
-    const promise = new Promise<Result>((resolve, reject) => this.#proposals.set(at.index, { term: at.term, waiter: { resolve, reject } }));
+    const promise = new Promise<Result>((resolve, reject) => this.#proposals.set(at.index, { term: at.term, waiter: { resolve, reject }, startMs: performance.now() }));
     this.#kick();
     return promise;
   }
@@ -205,7 +226,17 @@ export class Replica<Result> {
       return Promise.reject(new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`));
     }
     const context = `${this.id}:${++this.#readSeq}`;
-    const promise = new Promise<number>((resolve, reject) => this.#readsAwaitingIndex.set(context, { resolve, reject }));
+    const observer = this.#observer;
+    const startMs = performance.now();
+    const promise = new Promise<number>((resolve, reject) =>
+      this.#readsAwaitingIndex.set(context, {
+        resolve: observer === null ? resolve : (index) => {
+          observer.readIndex((performance.now() - startMs) / 1000);
+          resolve(index);
+        },
+        reject,
+      }),
+    );
     this.#raw.readIndex(context);
     this.#kick();
     return promise;
@@ -243,8 +274,14 @@ export class Replica<Result> {
     while (!this.#stopped && this.#raw.hasReady()) {
       const ready = this.#raw.ready();
       // 1. Persist: one atomic, synced write (the core's contract).
+      if (ready.softState !== null && ready.softState.lead !== this.#lead) {
+        this.#lead = ready.softState.lead;
+        this.#observer?.leaderChanged(this.#lead);
+      }
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
+        const startMs = performance.now();
         await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
+        this.#observer?.persisted((performance.now() - startMs) / 1000, ready.entries.length);
         this.stats.syncs++;
         this.stats.entriesPersisted += ready.entries.length;
       }
@@ -281,7 +318,13 @@ export class Replica<Result> {
       const proposal = this.#proposals.get(entry.index);
       if (proposal !== undefined) {
         this.#proposals.delete(entry.index);
-        if (proposal.term === entry.term) outcomes.push(() => proposal.waiter.resolve(result));
+        const observer = this.#observer;
+        if (observer !== null && proposal.term === entry.term) observer.committed((performance.now() - proposal.startMs) / 1000);
+        if (proposal.term === entry.term)
+          outcomes.push(() => {
+            observer?.applied((performance.now() - proposal.startMs) / 1000);
+            proposal.waiter.resolve(result);
+          });
         else proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`));
       }
     }

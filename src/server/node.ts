@@ -20,8 +20,10 @@ import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
 import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
-import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { registerServices } from './services.ts';
+import { NodeMetrics } from '../metrics/metrics.ts';
+import type { Server as HttpServer } from 'node:http';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -39,6 +41,8 @@ export interface NodeOptions {
   readonly tickIntervalMs?: number;
   readonly snapshotEveryEntries?: number;
   readonly snapshotTailEntries?: number;
+  /** Serve Prometheus metrics over HTTP at host:port (GET /metrics); off when absent. */
+  readonly metricsListen?: string;
 }
 
 export function defaultKeyFile(dataDir: string): string {
@@ -67,9 +71,12 @@ export class CofferNode {
   #housekeepingBusy = false;
   #peerClients = new Map<NodeId, grpc.Client>();
   boundPort = 0;
+  readonly metrics: NodeMetrics;
+  #metricsServer: HttpServer | null = null;
 
-  private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger, audit: AuditLog) {
+  private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger, audit: AuditLog, metrics: NodeMetrics) {
     this.#options = options;
+    this.metrics = metrics;
     this.audit = audit;
     this.config = config;
     this.manager = manager;
@@ -87,6 +94,7 @@ export class CofferNode {
     const config = await readNodeConfig(options.dataDir);
     const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
     const state = new ManagerState();
+    const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });
     let node: CofferNode | null = null;
     const bootstrapPeers = new Map(config.peers);
     const transport = new PeerTransport({
@@ -112,15 +120,34 @@ export class CofferNode {
       ...(options.tickIntervalMs === undefined ? {} : { tickIntervalMs: options.tickIntervalMs }),
       ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
       ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+      observer: metrics,
     });
+    metrics.bind({
+      raft: () => {
+        const s = manager.raftStatus();
+        return s === null ? null : { term: s.term, commit: s.commit, applied: s.applied, isLeader: s.role === 'leader' };
+      },
+      keyringTerm: () => manager.status().keys?.activeTerm ?? 0,
+      locked: () => manager.locked,
+      auditBroken: () => node?.audit.broken !== null && node?.audit.broken !== undefined,
+      transport: () => transport.stats,
+    });
+    let metricsServer: HttpServer | null = null;
     try {
+      if (options.metricsListen !== undefined) {
+        const { host, port } = splitHostPort(options.metricsListen);
+        metricsServer = await metrics.serve(host, port);
+      }
       if (manager.locked) {
         if (options.unlockKey === undefined) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'this manager is autolocked: give its unlock key (coffer server reads it from stdin)');
         await manager.unlock(options.unlockKey);
       }
-      return await CofferNode.#serve(options, config, manager, state, transport, log, (made) => (node = made));
+      const started = await CofferNode.#serve(options, config, manager, state, transport, log, metrics, (made) => (node = made));
+      started.#metricsServer = metricsServer;
+      return started;
     } catch (error) {
       // Nothing may keep running after a failed start: no ticking replica, no dialling transport.
+      metricsServer?.close();
       transport.close();
       (node as CofferNode | null)?.server.forceShutdown();
       await manager.stop();
@@ -135,6 +162,7 @@ export class CofferNode {
     state: ManagerState,
     transport: PeerTransport,
     log: Logger,
+    metrics: NodeMetrics,
     made: (node: CofferNode) => void,
   ): Promise<CofferNode> {
     const files = await readTlsFiles(options.dataDir);
@@ -143,7 +171,7 @@ export class CofferNode {
     if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
     const audit = await AuditLog.open(join(options.dataDir, AUDIT_DIR), config.nodeId);
-    const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log, audit);
+    const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log, audit, metrics);
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
@@ -299,6 +327,7 @@ export class CofferNode {
 
   async stop(): Promise<void> {
     if (this.#housekeeping !== null) clearInterval(this.#housekeeping);
+    this.#metricsServer?.close();
     this.transport.close();
     for (const client of this.#peerClients.values()) client.close();
     this.server.forceShutdown();

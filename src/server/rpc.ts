@@ -38,7 +38,7 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
   return (call: grpc.ServerUnaryCall<Request, Response>, callback: grpc.sendUnaryData<Response>): void => {
     const context = { identity: null as Identity | null, target: '' };
     auditContext.set(call, context);
-    const started = Date.now();
+    const started = performance.now();
     const run = audited && node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
     run
       .then(
@@ -55,12 +55,14 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
             await node.audit.append({ identity: context.identity?.id ?? '', role: context.identity?.role ?? '', method, target: context.target, outcome, code: grpc.status[status.code] ?? String(status.code) });
           } catch (auditError) {
             node.log.error({ event: 'audit-failed', method, err: auditError }, 'the audit record could not be written: the request fails');
+            node.metrics.auditFailed();
             status = { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
             response = null;
           }
         }
         // One line per request: method, identity, status, duration; never the body.
-        node.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Date.now() - started }, 'request');
+        node.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Math.round(performance.now() - started) }, 'request');
+        node.metrics.rpc(method, grpc.status[status.code] ?? String(status.code), (performance.now() - started) / 1000);
         if (status.code === grpc.status.OK) return callback(null, response as Response);
         const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
         callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
