@@ -4,7 +4,8 @@ import { Packr } from 'msgpackr';
 import { ClusterState } from '../cluster/cluster-state.ts';
 import { formatJoinToken, identityOf, joinTokenHash, joinTokenMatches, newJoinToken, signCertificate } from '../crypto/pki.ts';
 import type { ConfChangeType } from '../raft/types.ts';
-import { services } from '../transport/proto.ts';
+import { ReflectionService } from '@grpc/reflection';
+import { packageDefinition, services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
@@ -16,6 +17,9 @@ import { LeaderRedirect, authorize, requireCaller, requireManager, unary, type C
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
 export { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
+
+/** The services clients call, as gRPC reflection lists them. */
+export const CLIENT_SERVICES = ['coffer.v1.Secrets', 'coffer.v1.Cluster', 'coffer.v1.Policies', 'coffer.v1.Identities', 'coffer.v1.Audit'];
 
 const CONF_TYPES: readonly ConfChangeType[] = ['add-voter', 'add-learner', 'remove'];
 
@@ -94,6 +98,9 @@ export function registerServices(node: CofferNode): void {
 
   registerSecretsService(node);
   registerAccessServices(node);
+  // Reflection lets generic tools (grpcurl, Postman) list and call the client API; manager-only
+  // services stay out of the list. It describes the schema only, which is public anyway.
+  new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }).addToServer(node.server);
 
   node.server.addService(Cluster.service, {
     status: unary(node, 'Cluster.Status', async (call: Call<object>) => {

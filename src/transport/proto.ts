@@ -14,11 +14,18 @@ export interface LoadedService {
 }
 
 let cache: Record<string, LoadedService> | null = null;
+let definitionCache: protoLoader.PackageDefinition | null = null;
+
+/** The loaded coffer.v1 package definition (gRPC reflection describes the API from it). */
+export function packageDefinition(): protoLoader.PackageDefinition {
+  definitionCache ??= protoLoader.loadSync(['coffer/v1/peer.proto', 'coffer/v1/api.proto'], LOADER_OPTIONS);
+  return definitionCache;
+}
 
 /** Loads the coffer.v1 services once. */
 export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService; Policies: LoadedService; Identities: LoadedService; Audit: LoadedService } {
   if (cache === null) {
-    const definition = protoLoader.loadSync(['coffer/v1/peer.proto', 'coffer/v1/api.proto'], LOADER_OPTIONS);
+    const definition = packageDefinition();
     const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
     cache = {};
     for (const [name, Client] of Object.entries(loaded.coffer.v1)) {

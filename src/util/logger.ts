@@ -1,4 +1,5 @@
 import { pino, type Logger, type LoggerOptions, type DestinationStream } from 'pino';
+import pretty from 'pino-pretty';
 
 /**
  * The one way Coffer makes loggers. Redaction is configured here, once, so no component can
@@ -41,6 +42,20 @@ export interface LoggerSettings {
   component?: string;
   /** Where lines go; stdout by default. Tests pass a buffer to inspect what was written. */
   destination?: DestinationStream;
+  /** json (one object per line, for machines) or pretty (for people); default: logFormat(). */
+  format?: LogFormat;
+}
+
+export type LogFormat = 'json' | 'pretty';
+
+/**
+ * JSON unless a person is reading: pretty when stdout is a terminal. COFFER_LOG_FORMAT=json or
+ * pretty decides instead.
+ */
+export function logFormat(env: NodeJS.ProcessEnv = process.env, isTerminal = process.stdout.isTTY === true): LogFormat {
+  const chosen = env['COFFER_LOG_FORMAT'];
+  if (chosen === 'json' || chosen === 'pretty') return chosen;
+  return isTerminal ? 'pretty' : 'json';
 }
 
 export function createLogger(settings: LoggerSettings = {}): Logger {
@@ -49,7 +64,10 @@ export function createLogger(settings: LoggerSettings = {}): Logger {
     redact: { paths: redactPaths(), censor: REDACTION_CENSOR },
     base: settings.component === undefined ? {} : { component: settings.component },
   };
-  return settings.destination === undefined ? pino(options) : pino(options, settings.destination);
+  const format = settings.format ?? logFormat();
+  // Pretty printing formats lines pino has already redacted; it runs in this thread, in order.
+  const destination = format === 'pretty' ? pretty({ colorize: settings.destination === undefined && process.stdout.isTTY === true, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', ...(settings.destination === undefined ? {} : { destination: settings.destination }) }) : settings.destination;
+  return destination === undefined ? pino(options) : pino(options, destination);
 }
 
 export type { Logger };

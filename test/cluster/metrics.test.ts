@@ -3,7 +3,35 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { readFileSync } from 'node:fs';
+import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { AdminClient, Processes, coffer, eventually, freePort } from './processes.ts';
+
+/** Asks a manager's gRPC reflection service one question over its bidirectional stream. */
+async function reflect(address: string, adminDir: string, clusterId: string, request: object): Promise<Record<string, unknown>> {
+  const proto = createRequire(import.meta.url).resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
+  const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(proto, { keepCase: false, defaults: true, oneofs: true })) as unknown as {
+    grpc: { reflection: { v1: { ServerReflection: grpc.ServiceClientConstructor } } };
+  };
+  const read = (name: string) => readFileSync(join(adminDir, name), 'utf8');
+  const credentials = managerChannelCredentials({ caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') }, { clusterId });
+  const client = new loaded.grpc.reflection.v1.ServerReflection(address, credentials, MANAGER_CHANNEL_OPTIONS);
+  try {
+    const stream = (client as unknown as { serverReflectionInfo(): grpc.ClientDuplexStream<object, Record<string, unknown>> }).serverReflectionInfo();
+    const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
+      stream.once('data', resolve);
+      stream.once('error', reject);
+    });
+    stream.write(request);
+    stream.end();
+    return await reply;
+  } finally {
+    client.close();
+  }
+}
 
 /** The value of one sample in Prometheus text, by name and a label filter (substring). */
 function sample(text: string, name: string, labels = ''): number | null {
@@ -15,7 +43,7 @@ function sample(text: string, name: string, labels = ''): number | null {
   return null;
 }
 
-test('a manager serves Prometheus metrics: Raft progress, latency histograms, RPCs by method and code, keyring; no secret in them', { timeout: 120_000 }, async () => {
+test('a manager serves Prometheus metrics (Raft progress, latency histograms, RPCs by method and code, keyring; no secret in them) and gRPC reflection of the client API', { timeout: 120_000 }, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-metrics-'));
   const procs = new Processes(root);
   let admin: AdminClient | null = null;
@@ -63,6 +91,12 @@ test('a manager serves Prometheus metrics: Raft progress, latency histograms, RP
     assert.match(text, /node_id="1"/);
     assert.ok(!text.includes(secret), 'no secret value in the metrics');
     assert.equal((await fetch(`http://127.0.0.1:${metricsPort}/other`)).status, 404);
+
+    // Reflection: the client API is listed (not the manager-only services) and described.
+    const listed = (await reflect(address, adminDir, clusterId, { listServices: '*' })) as { listServicesResponse: { service: Array<{ name: string }> } };
+    assert.deepEqual(listed.listServicesResponse.service.map((s) => s.name).sort(), ['coffer.v1.Audit', 'coffer.v1.Cluster', 'coffer.v1.Identities', 'coffer.v1.Policies', 'coffer.v1.Secrets']);
+    const described = (await reflect(address, adminDir, clusterId, { fileContainingSymbol: 'coffer.v1.Secrets' })) as { fileDescriptorResponse: { fileDescriptorProto: Buffer[] } };
+    assert.ok(described.fileDescriptorResponse.fileDescriptorProto.some((file) => file.toString('latin1').includes('PutSecretRequest')), 'the descriptor of Secrets');
   } finally {
     admin?.close();
     await procs.killAll();
