@@ -223,3 +223,56 @@ export function clusterCommands(): Command {
   change('remove', 'remove a manager for good (its certificate is refused from then on); the leader hands over first');
   return cluster;
 }
+
+export function keyCommands(): Command {
+  const key = new Command('key').description('the keyring: data keys, the root key and the unlock key');
+  addClientOptions(key.command('status'))
+    .description('the active data key term, live and destroyed terms, root and unlock generations')
+    .action(async (flags: ClientFlags) => {
+      const s = await withClient(flags, (c) => c.keyStatus());
+      print(flags, s, () =>
+        [
+          `active data key: term ${s.activeTerm}, created ${new Date(s.activeCreatedAtMs).toISOString()}`,
+          `live terms: ${s.terms.join(', ') || 'none'}; destroyed: ${s.destroyedTerms.join(', ') || 'none'}`,
+          `root key generation ${s.rootGeneration}; unlock key generation ${s.unlockGeneration}; this manager's root key is wrapped by its ${s.protection === 'unlock-key' ? 'unlock key (autolock on)' : 'key file (autolock off)'}`,
+          s.lastRewrapIndex === 0 ? 'no rewrap yet' : `last rewrap at index ${s.lastRewrapIndex} under term ${s.lastRewrapTerm}`,
+        ].join('\n'),
+      );
+    });
+  const simple = (name: string, op: 'rotate' | 'rewrap' | 'rotateRoot', description: string) =>
+    addClientOptions(key.command(name))
+      .description(description)
+      .action(async (flags: ClientFlags) => {
+        const reply = await withClient(flags, (c) => c.keyOp(op));
+        print(flags, reply, () => `${reply.detail} (active term ${reply.activeTerm})`);
+      });
+  simple('rotate', 'rotate', 'a new data key: new writes are sealed under it');
+  simple('rewrap', 'rewrap', 're-encrypt everything under the active data key (every manager snapshots and drops its log)');
+  simple('rotate-root', 'rotateRoot', 'a new root key generation (wraps the data keys)');
+  addClientOptions(key.command('destroy <term>'))
+    .description('destroy a data key term for good (refused until a rewrap under a later term)')
+    .action(async (term: string, flags: ClientFlags) => {
+      const n = Number(term);
+      if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('a data key is named by its term, a whole number above 0 (see coffer key status)');
+      const reply = await withClient(flags, (c) => c.keyOp('destroy', n));
+      print(flags, reply, () => reply.detail);
+    });
+  addClientOptions(key.command('rotate-unlock'))
+    .description('a new unlock key for every manager (turns autolock on); printed once')
+    .action(async (flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.rotateUnlock());
+      print(flags, reply, () => `unlock key: ${reply.unlockKey}\nstore it safely: it is shown once, and a restarted manager needs it (${reply.detail})`);
+    });
+  return key;
+}
+
+export function autolockCommand(): Command {
+  const autolock = new Command('autolock').description('whether a restarted manager needs the unlock key');
+  addClientOptions(autolock.command('on'))
+    .description('wrap every manager\'s root key with a new unlock key, printed once (as coffer key rotate-unlock)')
+    .action(async (flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.rotateUnlock());
+      print(flags, reply, () => `autolock on; unlock key: ${reply.unlockKey}\nstore it safely: it is shown once, and a restarted manager needs it`);
+    });
+  return autolock;
+}

@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { ClientError } from '../client/client.ts';
 import { KeyStore } from '../crypto/key-store.ts';
-import { auditCommands, clusterCommands, identityCommands, policyCommands } from './admin-commands.ts';
+import { auditCommands, autolockCommand, clusterCommands, identityCommands, keyCommands, policyCommands } from './admin-commands.ts';
 import { devCommand } from './dev.ts';
 import { runCommand } from './run-command.ts';
 import { secretCommands } from './secret-commands.ts';
@@ -96,6 +96,8 @@ program.addCommand(policyCommands());
 program.addCommand(identityCommands());
 program.addCommand(auditCommands());
 program.addCommand(clusterCommands());
+program.addCommand(keyCommands());
+program.addCommand(autolockCommand());
 program.addCommand(runCommand());
 
 interface SnapshotFlags {
@@ -136,8 +138,8 @@ function readLine(prompt: string): Promise<string> {
   const lines = createInterface({ input: process.stdin, terminal: false });
   return new Promise((resolve, reject) => {
     lines.once('line', (line) => {
+      resolve(line.trim()); // before close(), which emits 'close' at once
       lines.close();
-      resolve(line.trim());
     });
     lines.once('close', () => reject(new Error('stdin closed before the unlock key was given')));
   });

@@ -13,7 +13,7 @@ export interface ClientOptions {
   readonly deadlineMs?: number;
 }
 
-type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster';
+type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys';
 
 /** Errors after which a call may be sent to another manager without risking a double write. */
 function safeToRetry(error: grpc.ServiceError, idempotent: boolean): boolean {
@@ -180,6 +180,22 @@ export class CofferClient {
 
   removeMember(nodeId: number, options: { force?: boolean } = {}): Promise<{ voters: number[]; learners: number[] }> {
     return this.call('Cluster', 'removeMember', { nodeId, force: options.force ?? false }, false);
+  }
+
+  // ---- keys -----------------------------------------------------------------------------------
+
+  /** A keyring operation: rotate, rewrap, rotateRoot (no argument) or destroy (a term). */
+  keyOp(op: 'rotate' | 'rewrap' | 'rotateRoot' | 'destroy', term = 0): Promise<{ detail: string; activeTerm: number }> {
+    return this.call('Keys', op, op === 'destroy' ? { term } : {}, false);
+  }
+
+  /** A new unlock key for every manager (autolock on); returned once. */
+  rotateUnlock(): Promise<{ unlockKey: string; detail: string }> {
+    return this.call('Keys', 'rotateUnlock', {}, false);
+  }
+
+  keyStatus(): Promise<{ activeTerm: number; activeCreatedAtMs: number; terms: number[]; destroyedTerms: number[]; rootGeneration: number; unlockGeneration: number; protection: string; lastRewrapIndex: number; lastRewrapTerm: number }> {
+    return this.call('Keys', 'status', {}, true);
   }
 
   close(): void {

@@ -383,6 +383,32 @@ export class Manager<Result> {
     return unlockKey;
   }
 
+  /**
+   * A keyring operation sealed for proposing here or on the leader (a follower forwards it). With
+   * rotate-unlock, `unlockKey` is the new key (made by the caller, shown to the operator once).
+   */
+  keyOpPayload(op: { op: 'rotate' } | { op: 'rewrap' } | { op: 'destroy'; term: number } | { op: 'rotate-root' } | { op: 'rotate-unlock'; unlockKey: string }): Buffer {
+    const barrier = this.#need().barrier;
+    switch (op.op) {
+      case 'rotate':
+        return barrier.rotatePayload(this.#now());
+      case 'rewrap':
+        return barrier.rewrapPayload();
+      case 'destroy':
+        return barrier.destroyPayload(op.term);
+      case 'rotate-root':
+        return barrier.rotateRootPayload();
+      case 'rotate-unlock': {
+        const kek = kekFromUnlockKey(op.unlockKey, this.clusterId);
+        try {
+          return barrier.rotateUnlockPayload(kek);
+        } finally {
+          kek.fill(0);
+        }
+      }
+    }
+  }
+
   async #keyOp(payload: Buffer): Promise<string> {
     const result = await this.#need().replica.propose(payload);
     if (result.type === 'key-op') {

@@ -66,8 +66,8 @@ export class ProcessCluster {
     return this.#network;
   }
 
-  #start(m: Manager, args: string[]): void {
-    this.procs.start(m.name, [...args, ...this.#flags], this.#network?.prefix(m.slot) ?? []);
+  #start(m: Manager, args: string[], input = ''): void {
+    this.procs.start(m.name, [...args, ...this.#flags], this.#network?.prefix(m.slot) ?? [], input);
   }
 
   #join(m: Manager, via: Manager): void {
@@ -108,8 +108,9 @@ export class ProcessCluster {
     await this.procs.kill(manager.name);
   }
 
-  restart(manager: Manager): void {
-    if (!this.procs.running(manager.name)) this.#start(manager, ['server', '--data', manager.data]);
+  /** Starts a stopped manager again; an autolocked one reads `unlockKey` on stdin. */
+  restart(manager: Manager, unlockKey?: string): void {
+    if (!this.procs.running(manager.name)) this.#start(manager, ['server', '--data', manager.data], unlockKey === undefined ? '' : `${unlockKey}\n`);
   }
 
   pause(manager: Manager): void {

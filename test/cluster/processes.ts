@@ -38,13 +38,13 @@ export class Processes {
   constructor(readonly logDir: string) {}
 
   /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
-  start(name: string, args: string[], prefix: readonly string[] = []): ChildProcess {
+  start(name: string, args: string[], prefix: readonly string[] = [], input = ''): ChildProcess {
     const argv = [process.execPath, '--import', 'tsx', CLI, ...args];
     const child = prefix.length === 0 ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
-    child.stdin!.end();
+    child.stdin!.end(input);
     this.#children.set(name, child);
     return child;
   }

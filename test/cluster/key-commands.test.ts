@@ -1,0 +1,89 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ProcessCluster, type Manager } from '../chaos/process-cluster.ts';
+import { coffer, eventually } from './processes.ts';
+
+// The keyring from the command line, on three manager processes: status, rotate, rewrap, destroy
+// (refused until a rewrap), root-key rotation, and autolock on, after which a restarted manager
+// needs the new unlock key.
+test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on, end to end', { timeout: 240_000 }, async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-keys-cli-'));
+  let cluster: ProcessCluster | null = null;
+  try {
+    cluster = await ProcessCluster.start(root, 3);
+    const c = cluster;
+    const env = { COFFER_CA: join(c.adminDir, 'ca.crt'), COFFER_CERT: join(c.adminDir, 'admin.crt'), COFFER_KEY: join(c.adminDir, 'admin.key') };
+    const cli = async (args: string[], at: Manager) => {
+      const r = await coffer([...args, '--addr', at.address], undefined, env);
+      return r;
+    };
+    const json = async <T>(args: string[], at: Manager): Promise<T> => {
+      const r = await cli([...args, '--output', 'json'], at);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as T;
+    };
+    type KeyStatus = { activeTerm: number; terms: number[]; destroyedTerms: number[]; rootGeneration: number; unlockGeneration: number; protection: string };
+    const leader = (await c.leader())!;
+    const follower = c.managers.find((m) => m !== leader)!;
+    const before = await json<KeyStatus>(['key', 'status'], follower);
+    assert.ok(before.activeTerm >= 1);
+    assert.equal(before.protection, 'key-file');
+    const text = await cli(['key', 'status'], follower);
+    assert.match(text.stdout, /active data key: term \d+/);
+
+    // Rotation asked of a follower: forwarded, applied everywhere at one index.
+    const writer = c.client(leader, 5000);
+    await writer.put('keys/a', Buffer.from('sealed under the first term'));
+    const rotated = await json<{ activeTerm: number }>(['key', 'rotate'], follower);
+    assert.equal(rotated.activeTerm, before.activeTerm + 1);
+    await eventually('every manager on the new term', 10_000, async () => {
+      const all = await Promise.all(c.managers.map((m) => json<KeyStatus>(['key', 'status'], m)));
+      return all.every((s) => s.activeTerm === rotated.activeTerm) ? true : undefined;
+    });
+    // Destroying the old term before a rewrap is refused: data still needs it.
+    const early = await cli(['key', 'destroy', String(before.activeTerm)], leader);
+    assert.notEqual(early.code, 0);
+    assert.match(early.stderr, /FAILED_PRECONDITION/);
+    assert.equal((await writer.get('keys/a')).value.toString(), 'sealed under the first term');
+    // Rewrap, then destroy: the value survives, re-encrypted.
+    await json(['key', 'rewrap'], follower);
+    await json(['key', 'destroy', String(before.activeTerm)], follower);
+    const after = await json<KeyStatus>(['key', 'status'], leader);
+    assert.ok(after.destroyedTerms.includes(before.activeTerm), JSON.stringify(after));
+    assert.ok(!after.terms.includes(before.activeTerm));
+    assert.equal((await writer.get('keys/a')).value.toString(), 'sealed under the first term');
+    const malformed = await cli(['key', 'destroy', 'old'], leader);
+    assert.notEqual(malformed.code, 0);
+    assert.match(malformed.stderr, /term/);
+
+    // Root key rotation.
+    await json(['key', 'rotate-root'], leader);
+    assert.equal((await json<KeyStatus>(['key', 'status'], leader)).rootGeneration, before.rootGeneration + 1);
+
+    // Autolock on: a new unlock key, printed once; every manager's root key now wrapped by it.
+    const locked = await json<{ unlockKey: string }>(['autolock', 'on'], follower);
+    assert.match(locked.unlockKey, /^CFRKEY-1-/);
+    await eventually('every manager autolocked', 10_000, async () => {
+      const all = await Promise.all(c.managers.map((m) => json<KeyStatus>(['key', 'status'], m)));
+      return all.every((s) => s.protection === 'unlock-key') ? true : undefined;
+    });
+    // A restarted manager without the key stays down; with it, it serves the data.
+    await c.kill(follower);
+    c.restart(follower);
+    await eventually(`${follower.name} to refuse to start without the unlock key`, 30_000, async () => (c.procs.running(follower.name) ? undefined : true));
+    c.restart(follower, locked.unlockKey);
+    const reader = c.client(follower, 5000);
+    const got = await eventually(`${follower.name} back with the unlock key`, 30_000, async () => reader.get('keys/a')).catch((error: Error) => {
+      throw new Error(`${error.message}\n${c.procs.log(follower.name).split('\n').slice(-8).join('\n')}`);
+    });
+    assert.equal(got.value.toString(), 'sealed under the first term');
+    reader.close();
+    writer.close();
+  } finally {
+    await cluster?.stop();
+    rmSync(root, { recursive: true, force: true });
+  }
+});
