@@ -295,7 +295,9 @@ export function checkStaleReads(ops: readonly Operation[]): string[] {
  * solution is >= the current vector, so it cannot place F after W_{e+1}). Raising p_e to
  * inv F <= comp F < p_{e+1} never pushes p_{e+1}, so a raise cascades only backwards, and each
  * failed cas fires once (per level, they are sorted by comp and taken while comp < p_{e+1}): the
- * whole sweep is linear after sorting. Any p_k > hi_k is a proof that no order exists; if none
+ * whole sweep is linear after sorting. Lower bounds are invocations (odd ranks) and upper bounds
+ * completions (even ranks), so strict and non-strict comparisons never differ: the tie rule lives
+ * entirely in the ranking. Any p_k > hi_k is a proof that no order exists; if none
  * happens, the vector is a linearization (points, order, values and versions all check), so a
  * "linearizable" verdict is never wrong.
  *
