@@ -213,9 +213,21 @@ export function checkHistory(ops: readonly Operation[], stepsMax?: number): Hist
     list.push(op);
     byKey.set(op.key, list);
   }
-  const keys = [...byKey].map(([key, list]) => checkKey(key, list, stepsMax));
+  const keys = [...byKey].map(([key, list]) => checkKeyFast(key, list, stepsMax));
   const staleAnomalies = checkStaleReads(ops);
   return { linearizable: keys.every((k) => k.linearizable) && staleAnomalies.length === 0, keys, staleAnomalies };
+}
+
+/**
+ * One key: the version-order checker, exact and fast; where it cannot decide (a violation that may
+ * come from its choice between unknown outcomes, or a malformed history) the search of `checkKey`,
+ * which may give up (undecided) but never guesses.
+ */
+export function checkKeyFast(key: string, ops: readonly Operation[], stepsMax?: number): KeyVerdict {
+  const result = checkKeyVersions(key, ops);
+  if (result.verdict !== null) return result.verdict;
+  const searched = checkKey(key, ops, stepsMax);
+  return searched.linearizable ? searched : { ...searched, explanation: `${searched.explanation ?? ''} (the version-order checker could not decide: ${result.reason})` };
 }
 
 /**
@@ -245,4 +257,291 @@ export function checkStaleReads(ops: readonly Operation[]): string[] {
     if (candidates.length === 0) anomalies.push(`${describe(read)}: no write invoked before it could have produced v${version} with that value`);
   }
   return anomalies;
+}
+
+/**
+ * A version-order checker for the same register: exact, and O(n log n) in the common case, where
+ * the search of `checkKey` explodes with many unknown outcomes.
+ *
+ * Why it works. Every write that takes effect moves the key from version k-1 to k, so in any
+ * linearization the applied writes W_1, W_2, ... are ordered by the versions they produce, and
+ * every read of (k, value) sits between W_k and W_{k+1}. Which write is W_k is mostly observed:
+ * an ok write names its version; a read of (k, value) names the write of that (unique) value.
+ * Everything that contradicts that is an anomaly on its own: an ok cas whose version is not
+ * expectedVersion+1; two writes claiming one version (two ok writes, or two reads of one version
+ * with different values); a read of a value that no write (ok or info) wrote, of version 0 with a
+ * value, of a version > 0 with none; a read that puts an ok write at another version than its
+ * own, or an info write at two versions, or an info cas at a version other than
+ * expectedVersion+1. The versions between 1 and the highest observed one that nothing names
+ * (gaps) were made by info writes nobody saw: each info write fills at most one gap, a put any
+ * gap, a cas with expected version e only gap e+1. Versions above the highest observed one are
+ * never needed, except as the escape of a failed cas (below).
+ *
+ * With the writes fixed, real time is a system of bounds. Times become ranks: a completion at t
+ * gets 2·rank(t), an invocation at t gets 2·rank(t)+1, so a return at t comes before an invoke at
+ * t (as in `checkKey`), and an operation that returns at the instant it is invoked has an empty
+ * interval (`checkKey` cannot place it either). A total order of the operations respects real
+ * time exactly when there are points p(op) in the closed ranked intervals [inv, comp] that never
+ * decrease along it (ties in any order: two operations sharing a point overlap). So the history
+ * is linearizable iff there are p_1 <= p_2 <= ... (p_k the point of W_k) with
+ *   lo_k <= p_k <= hi_k, lo_k = max(inv W_k, inv of every read of version k-1),
+ *                        hi_k = min(comp W_k, comp of every read of version k) (info: comp = inf),
+ * (a read of version k then fits at max(p_k, inv) <= min(p_{k+1}, comp)), and for every failed
+ * cas F expecting e, placed where the version was not e (before W_e, or after W_{e+1}):
+ *   p_e >= inv F  or  p_{e+1} <= comp F           (p_0 = -inf, cannot move; no W_{e+1}: +inf).
+ * Every constraint here is closed under pointwise min, so if there is a solution there is a
+ * least one, and the forward sweep finds it: p_k = max(lo_k, p_{k-1}) is forced by the chain,
+ * and when a failed cas F on (e, e+1) has comp F < p_{e+1}, p_e >= inv F is forced (every
+ * solution is >= the current vector, so it cannot place F after W_{e+1}). Raising p_e to
+ * inv F <= comp F < p_{e+1} never pushes p_{e+1}, so a raise cascades only backwards, and each
+ * failed cas fires once (per level, they are sorted by comp and taken while comp < p_{e+1}): the
+ * whole sweep is linear after sorting. Lower bounds are invocations (odd ranks) and upper bounds
+ * completions (even ranks), so strict and non-strict comparisons never differ: the tie rule lives
+ * entirely in the ranking. Any p_k > hi_k is a proof that no order exists; if none
+ * happens, the vector is a linearization (points, order, values and versions all check), so a
+ * "linearizable" verdict is never wrong.
+ *
+ * The one search is which info write fills which gap (and which unused one is W_{m+1}, the
+ * escape of failed cas expecting the top version m). Sweeping gaps in order, the choice is:
+ * an info cas that fits only this gap and does not make p_k later (always as good as any
+ * other: it is useless elsewhere and saves the puts); else, with only puts, the earliest
+ * invoked (exchange argument: sorted assignment minimises every prefix maximum, and only
+ * prefix maxima of the lower bounds matter); else, with only cas, the earliest. The real choice
+ * is a cas that makes p_k later against a put that does not: the cas is taken when its invoke is
+ * below every later upper bound (saving the put), else the put, and the choice is remembered. A
+ * violation found after such a choice may be the choice's fault, so the sweep is run again with
+ * every choice-dependent bound relaxed (gap writes bound by nothing but their version's reads,
+ * any info write usable for any gap it fits, a cas expecting m+1 ignored): a violation there is
+ * a proof. Otherwise the verdict is null and the caller falls back to the exact search (which
+ * may give up: undecided). Values are assumed unique per write (the workload makes them so); a
+ * history where they are not, or with malformed operations, also falls back.
+ */
+export type VersionOrderResult = { readonly verdict: KeyVerdict; readonly reason?: undefined } | { readonly verdict: null; readonly reason: string };
+
+interface Bound {
+  value: number;
+  op: Operation | null;
+  /** How op sets the bound, for explanations. */
+  role: string;
+}
+
+interface Violation {
+  readonly explanation: string;
+  /** The violation may be due to a choice between info writes (or to W_{m+1} under a cas expecting m+1). */
+  readonly choiceDependent: boolean;
+}
+
+export function checkKeyVersions(key: string, ops: readonly Operation[]): VersionOrderResult {
+  const anomaly = (explanation: string): VersionOrderResult => ({ verdict: { key, linearizable: false, operations: ops.length, explanation } });
+  const undecidable = (reason: string): VersionOrderResult => ({ verdict: null, reason });
+
+  const times = [...new Set(ops.flatMap((op) => [op.invokeMs, op.completeMs]).filter((t) => Number.isFinite(t)))].sort((a, b) => a - b);
+  const rank = new Map(times.map((t, k) => [t, k]));
+  const ranked = new Map(ops.map((op) => [op, { inv: 2 * rank.get(op.invokeMs)! + 1, comp: op.completeMs === Infinity ? Infinity : 2 * rank.get(op.completeMs)! }]));
+  const inv = (op: Operation): number => ranked.get(op)!.inv;
+  const comp = (op: Operation): number => ranked.get(op)!.comp;
+
+  const writes: Operation[] = [];
+  const reads: Operation[] = [];
+  const fails: Operation[] = [];
+  for (const op of ops) {
+    if (!Number.isFinite(op.invokeMs) || Number.isNaN(op.completeMs)) return undecidable(`malformed times: ${describe(op)}`);
+    if (op.kind === 'get') {
+      if (op.outcome !== 'ok') continue; // a read without an answer tells nothing
+      if (!Number.isSafeInteger(op.version)) return undecidable(`a read without a version: ${describe(op)}`);
+      reads.push(op);
+    } else {
+      if (op.kind === 'cas' && !Number.isSafeInteger(op.expectedVersion)) return undecidable(`a cas without an expected version: ${describe(op)}`);
+      if (op.outcome === 'fail') {
+        if (op.kind === 'cas') fails.push(op); // a failed put certainly did not take effect
+        continue;
+      }
+      if (op.value === undefined) return undecidable(`a write without a value: ${describe(op)}`);
+      if (op.outcome === 'ok' && !Number.isSafeInteger(op.version)) return undecidable(`an ok write without a version: ${describe(op)}`);
+      writes.push(op);
+    }
+    if (op.outcome !== 'info' && inv(op) > comp(op)) return anomaly(`${describe(op)} returned no later than it was invoked: no point of its interval can be its linearization point`);
+  }
+
+  // 1. Which write made which version.
+  const byValue = new Map<string, Operation>();
+  for (const w of writes) {
+    if (byValue.has(w.value!)) return undecidable(`two writes of one value: ${describe(byValue.get(w.value!)!)} and ${describe(w)}`);
+    byValue.set(w.value!, w);
+  }
+  const writerOf = new Map<number, Operation>();
+  const versionOf = new Map<Operation, number>();
+  /** The operation that placed a write at its version (itself when ok, else the first read of it). */
+  const placedBy = new Map<Operation, Operation>();
+  for (const w of writes) {
+    if (w.outcome !== 'ok') continue;
+    const v = w.version!;
+    if (v < 1) return anomaly(`${describe(w)}: a write cannot make version ${v}`);
+    if (w.kind === 'cas' && v !== w.expectedVersion! + 1) return anomaly(`${describe(w)}: a cas expecting v${w.expectedVersion} can only make v${w.expectedVersion! + 1}`);
+    const other = writerOf.get(v);
+    if (other !== undefined) return anomaly(`two writes made v${v}: ${describe(other)} and ${describe(w)}`);
+    writerOf.set(v, w);
+    versionOf.set(w, v);
+    placedBy.set(w, w);
+  }
+  const failedValues = new Map(fails.map((f) => [f.value ?? '', f]));
+  for (const r of reads) {
+    const v = r.version!;
+    const value = r.readValue ?? null;
+    if (v === 0) {
+      if (value !== null) return anomaly(`${describe(r)}: version 0 (not found) with a value`);
+      continue;
+    }
+    if (v < 0) return anomaly(`${describe(r)}: no write makes a negative version`);
+    if (value === null) return anomaly(`${describe(r)}: version ${v} without a value, which no write wrote`);
+    const w = byValue.get(value);
+    if (w === undefined) {
+      const failed = failedValues.get(value);
+      return anomaly(`${describe(r)} read a value never written${failed === undefined ? '' : ` (only by ${describe(failed)}, which failed)`}`);
+    }
+    if (w.outcome === 'ok' && w.version !== v) return anomaly(`${describe(r)} read the value of ${describe(w)} at v${v}, but that write made v${w.version}`);
+    if (w.kind === 'cas' && v !== w.expectedVersion! + 1) return anomaly(`${describe(r)} read the value of ${describe(w)} at v${v}, but a cas expecting v${w.expectedVersion} can only make v${w.expectedVersion! + 1}`);
+    const known = versionOf.get(w);
+    if (known !== undefined && known !== v) return anomaly(`one write at two versions: ${describe(placedBy.get(w)!)} saw ${describe(w)} at v${known}, ${describe(r)} at v${v}`);
+    const other = writerOf.get(v);
+    if (other !== undefined && other !== w) return anomaly(`two writes made v${v}: ${describe(other)} (seen by ${describe(placedBy.get(other)!)}) and ${describe(w)} (seen by ${describe(r)})`);
+    writerOf.set(v, w);
+    versionOf.set(w, v);
+    if (!placedBy.has(w)) placedBy.set(w, r);
+  }
+  const m = Math.max(0, ...writerOf.keys());
+
+  // 2. Static bounds per version from the reads; failed cas per level (e, e+1), sorted by completion.
+  const readsLo = new Map<number, Bound>(); // of version k: inv of reads of version k-1
+  const readsHi = new Map<number, Bound>(); // of version k: comp of reads of version k
+  for (const r of reads) {
+    const v = r.version!;
+    const lo = readsLo.get(v + 1);
+    if (lo === undefined || inv(r) > lo.value) readsLo.set(v + 1, { value: inv(r), op: r, role: `it read v${v}, so v${v + 1} was written after it began` });
+    const hi = readsHi.get(v);
+    if (hi === undefined || comp(r) < hi.value) readsHi.set(v, { value: comp(r), op: r, role: `it read v${v}` });
+  }
+  const failsAt = new Map<number, Operation[]>();
+  for (const f of fails) {
+    const list = failsAt.get(f.expectedVersion!) ?? [];
+    list.push(f);
+    failsAt.set(f.expectedVersion!, list);
+  }
+  for (const list of failsAt.values()) list.sort((a, b) => comp(a) - comp(b));
+  const unplacedPuts = writes.filter((w) => w.outcome === 'info' && w.kind === 'put' && !versionOf.has(w)).sort((a, b) => inv(a) - inv(b));
+  const unplacedCas = new Map<number, Operation[]>(); // by the only version each can make
+  for (const w of writes) {
+    if (w.outcome !== 'info' || w.kind !== 'cas' || versionOf.has(w)) continue;
+    const list = unplacedCas.get(w.expectedVersion! + 1) ?? [];
+    list.push(w);
+    unplacedCas.set(w.expectedVersion! + 1, list);
+  }
+  for (const list of unplacedCas.values()) list.sort((a, b) => inv(a) - inv(b));
+  // Suffix minima of the static upper bounds: no write of version >= k can take effect after them.
+  const suffixHi: number[] = new Array<number>(m + 2).fill(Infinity);
+  for (let k = m; k >= 1; k--) {
+    const w = writerOf.get(k);
+    suffixHi[k] = Math.min(suffixHi[k + 1]!, readsHi.get(k)?.value ?? Infinity, w === undefined ? Infinity : comp(w));
+  }
+
+  const sweep = (relaxed: boolean): Violation | null => {
+    let choiceMade = false;
+    // The escape version m+1 for failed cas expecting m, when an unplaced info write can make it.
+    const escapeCandidates = (unplacedCas.get(m + 1)?.length ?? 0) + unplacedPuts.length;
+    const top = (failsAt.get(m)?.length ?? 0) > 0 && escapeCandidates > 0 ? m + 1 : m;
+    const higherFails = top === m + 1 && (failsAt.get(m + 1)?.length ?? 0) > 0;
+    const p: number[] = new Array<number>(top + 2).fill(-Infinity);
+    const lowWhy: Bound[] = new Array<Bound>(top + 2);
+    const hiAt: Bound[] = new Array<Bound>(top + 2);
+    const writer: Array<Operation | null> = new Array<Operation | null>(top + 2).fill(null);
+    hiAt[0] = { value: -Infinity, op: null, role: 'nothing was written yet' };
+    const ptr = new Map<number, number>();
+    let nextPut = 0;
+    const violationAt = (k: number): Violation => {
+      const low = lowWhy[k]!;
+      const high = hiAt[k]!;
+      const w = writer[k] ?? null;
+      const tail = relaxed ? '; even with every choice between unknown outcomes relaxed' : '';
+      if (k === 0) {
+        const next = lowWhy[1];
+        const why = next === undefined || next.op === null ? 'no write can have made v1' : `v1 was written at or after the invocation of ${describe(next.op)} (${next.role}), after it returned`;
+        return {
+          choiceDependent: choiceMade || (higherFails && !relaxed),
+          explanation: `no linearization: ${low.op === null ? '?' : describe(low.op)} failed expecting v0, so v1 came before it, yet ${why}${tail}`,
+        };
+      }
+      return {
+        choiceDependent: choiceMade || (higherFails && !relaxed),
+        explanation: `no linearization: the write of v${k}${w === null ? ' (an unobserved info write)' : ` ${describe(w)}`} would have to take effect at or after the invocation of ${low.op === null ? '?' : describe(low.op)} (${low.role}) yet no later than the return of ${high.op === null ? '?' : describe(high.op)} (${high.role})${tail}`,
+      };
+    };
+    // Failed cas on (e, e+1) whose completion is before p_{e+1} must be placed before W_e: raise p_e, cascading down.
+    const settle = (from: number): Violation | null => {
+      for (let e = from; e >= 0; e--) {
+        const list = e === m + 1 && relaxed ? undefined : failsAt.get(e);
+        if (list === undefined) return null;
+        let i = ptr.get(e) ?? 0;
+        let raised = false;
+        const ceiling = e + 1 > top ? Infinity : p[e + 1]!;
+        while (i < list.length && comp(list[i]!) < ceiling) {
+          const f = list[i++]!;
+          if (inv(f) > p[e]!) {
+            p[e] = inv(f);
+            lowWhy[e] = { value: inv(f), op: f, role: `a cas expecting v${e} that failed, and v${e + 1} cannot have come before it returned, so v${e} came after it began` };
+            raised = true;
+          }
+        }
+        ptr.set(e, i);
+        if (p[e]! > hiAt[e]!.value) return violationAt(e);
+        if (!raised) return null;
+      }
+      return null;
+    };
+    for (let k = 1; k <= top; k++) {
+      const fromReads = readsLo.get(k);
+      let low: Bound = lowWhy[k - 1] ?? { value: -Infinity, op: null, role: '' };
+      if (fromReads !== undefined && fromReads.value > p[k - 1]!) low = fromReads;
+      let high: Bound = readsHi.get(k) ?? { value: Infinity, op: null, role: '' };
+      let w = writerOf.get(k) ?? null;
+      if (w === null) {
+        // A gap (or the escape version m+1): an unobserved info write made it.
+        const cas = unplacedCas.get(k)?.[0];
+        const put = relaxed ? unplacedPuts[0] : unplacedPuts[nextPut];
+        if (cas === undefined && put === undefined) {
+          if (k === m + 1) {
+            // No write left for the escape: failed cas expecting m must come before W_m.
+            p[k] = Infinity;
+            return settle(m);
+          }
+          return { choiceDependent: choiceMade, explanation: `no linearization: nothing names the write of v${k} (below v${m}, which was observed), and no unknown-outcome write ${relaxed ? 'exists' : 'is left'} that could have made it` };
+        }
+        if (relaxed) w = null;
+        else if (put === undefined || (cas !== undefined && inv(cas) <= low.value)) w = cas!;
+        else if (cas === undefined) w = put;
+        else if (k === m + 1) w = inv(cas) <= inv(put) ? cas : put;
+        else {
+          // A cas that makes p_k later against a put that may be needed later: a real choice.
+          choiceMade = true;
+          w = inv(cas) <= suffixHi[k]! ? cas : put;
+        }
+        if (w !== null && w === put) nextPut++;
+      } else if (comp(w) < high.value) high = { value: comp(w), op: w, role: `it wrote v${k}` };
+      if (w !== null && !(relaxed && !versionOf.has(w)) && inv(w) > low.value) low = { value: inv(w), op: w, role: `it wrote v${k}` };
+      writer[k] = w;
+      p[k] = Math.max(p[k - 1]!, low.value);
+      lowWhy[k] = low;
+      hiAt[k] = high;
+      if (p[k]! > high.value) return violationAt(k);
+      const broken = settle(k - 1);
+      if (broken !== null) return broken;
+    }
+    return settle(top);
+  };
+
+  const first = sweep(false);
+  if (first === null) return { verdict: { key, linearizable: true, operations: ops.length } };
+  if (!first.choiceDependent) return anomaly(first.explanation);
+  const relaxedRun = sweep(true);
+  if (relaxedRun !== null) return anomaly(relaxedRun.explanation);
+  return undecidable(`a violation that may be due to a choice between unknown outcomes: ${first.explanation}`);
 }
