@@ -88,7 +88,8 @@ program
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
-  .action(async (options: { data: string; keyFile?: string } & SnapshotFlags) => serve(options));
+  .option('--force-new-cluster', 'quorum lost for good: start a one-member cluster from this manager\'s data; every other member is removed, new managers join it')
+  .action(async (options: { data: string; keyFile?: string; forceNewCluster?: boolean } & SnapshotFlags) => serve(options));
 
 program.addCommand(devCommand());
 program.addCommand(secretCommands());
@@ -112,7 +113,7 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
   return n;
 }
 
-async function serve(options: { data: string; keyFile?: string } & SnapshotFlags): Promise<void> {
+async function serve(options: { data: string; keyFile?: string; forceNewCluster?: boolean } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
   if ((await KeyStore.read(options.data)).protection === 'unlock-key') unlockKey = await readLine('unlock key: ');
@@ -123,6 +124,7 @@ async function serve(options: { data: string; keyFile?: string } & SnapshotFlags
     ...(options.snapshotEvery === undefined ? {} : { snapshotEveryEntries: options.snapshotEvery }),
     ...(options.snapshotTail === undefined ? {} : { snapshotTailEntries: options.snapshotTail }),
     ...(options.metricsListen === undefined ? {} : { metricsListen: options.metricsListen }),
+    ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
     logger,
   });
   const stop = (signal: string): void => {

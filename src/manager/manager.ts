@@ -39,6 +39,8 @@ export interface ManagerOptions<Result> {
   readonly snapshotTailEntries?: number;
   /** Timings of the replica's work (metrics). */
   readonly observer?: ReplicaObserver;
+  /** Start a one-member cluster from this data directory (quorum loss). */
+  readonly forceNewCluster?: boolean;
 }
 
 export interface InitResult {
@@ -182,6 +184,7 @@ export class Manager<Result> {
         ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
         ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
         ...(options.observer === undefined ? {} : { observer: options.observer }),
+        ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
       });
       // A crash may have left the key store behind the stored snapshot's root generation.
       await replica.settled();
@@ -273,6 +276,11 @@ export class Manager<Result> {
   }
 
   /** The leader's full Raft status (progress of each follower), or null while locked. */
+  /** Members removed by a force-new-cluster start, to be marked removed in the replicated state. */
+  forcedOut(): readonly NodeId[] {
+    return this.#running?.replica.forcedOut ?? [];
+  }
+
   raftStatus(): Status | null {
     return this.#running?.replica.raw.status() ?? null;
   }

@@ -59,6 +59,45 @@ export class RawNode {
     raft.becomeFollower(1, 0);
   }
 
+  /**
+   * Quorum-loss recovery (`--force-new-cluster`): everything in this node's log is taken as
+   * committed, and conf changes are appended (committed at once) that leave this node the only
+   * voter. Entries the old majority never committed may so become committed: the operator accepts
+   * that by forcing. Call right after construction, before the first Ready. Returns the members
+   * removed.
+   */
+  forceNewCluster(): NodeId[] {
+    const raft = this.#raft;
+    const log = raft.log;
+    const last = log.lastIndex();
+    // The membership once every entry is applied: the snapshot's, then each conf change in order.
+    const voters = new Set(log.snapshot?.metadata.confState.voters ?? raft.confState().voters);
+    const learners = new Set(log.snapshot?.metadata.confState.learners ?? raft.confState().learners);
+    for (let index = log.firstIndex(); index <= last; index++) {
+      const entry = log.entry(index);
+      if (entry?.kind !== 'conf-change') continue;
+      const { type, nodeId } = entry.change;
+      if (type === 'add-voter') {
+        learners.delete(nodeId);
+        voters.add(nodeId);
+      } else if (type === 'add-learner' && !(voters.has(nodeId) && voters.size === 1)) {
+        voters.delete(nodeId);
+        learners.add(nodeId);
+      } else if (type === 'remove' && !(voters.has(nodeId) && voters.size === 1)) {
+        voters.delete(nodeId);
+        learners.delete(nodeId);
+      }
+    }
+    const others = [...voters, ...learners].filter((id) => id !== raft.id);
+    const term = Math.max(raft.term, log.lastTerm());
+    const changes: ConfChange[] = [...(voters.has(raft.id) ? [] : [{ type: 'add-voter' as const, nodeId: raft.id }]), ...others.map((nodeId) => ({ type: 'remove' as const, nodeId }))];
+    const entries: Entry[] = changes.map((change, k) => ({ kind: 'conf-change', term, index: last + 1 + k, change }));
+    if (entries.length > 0) log.append(entries);
+    log.commitTo(log.lastIndex());
+    raft.becomeFollower(term, 0);
+    return others;
+  }
+
   tick(): void {
     this.#raft.tick();
   }

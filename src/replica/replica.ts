@@ -70,6 +70,11 @@ export interface ReplicaOptions<Result> {
   /** Entries kept before the snapshot for slow followers. */
   readonly snapshotTailEntries?: number;
   readonly observer?: ReplicaObserver;
+  /**
+   * Quorum-loss recovery: take this node's whole log as committed and become the only voter
+   * (RawNode.forceNewCluster). Only for a node with a log.
+   */
+  readonly forceNewCluster?: boolean;
 }
 
 export const SNAPSHOT_EVERY_ENTRIES = 10_000;
@@ -130,6 +135,8 @@ export class Replica<Result> {
   #stopped = false;
   #idle: Promise<void> = Promise.resolve();
   readonly stats: ReplicaStats = { syncs: 0, entriesPersisted: 0, snapshots: 0 };
+  /** Members a force-new-cluster start removed (empty otherwise). */
+  forcedOut: readonly NodeId[] = [];
 
   private constructor(options: ReplicaOptions<Result>, raw: RawNode, applied: number) {
     this.id = options.id;
@@ -151,7 +158,10 @@ export class Replica<Result> {
     const raw = new RawNode({ ...options.raft, id: options.id, random: options.random }, empty ? undefined : persisted);
     if (persisted.snapshot !== null) options.stateMachine.restore(persisted.snapshot.data);
     if (empty && options.bootstrapVoters !== undefined) raw.bootstrap(options.bootstrapVoters);
+    if (options.forceNewCluster === true && empty) throw new TypeError('force-new-cluster needs a data directory with a log: this one is empty');
+    const forcedOut = options.forceNewCluster === true ? raw.forceNewCluster() : [];
     const replica = new Replica(options, raw, persisted.snapshot?.metadata.index ?? 0);
+    replica.forcedOut = forcedOut;
     replica.#kick();
     return replica;
   }

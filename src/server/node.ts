@@ -43,6 +43,8 @@ export interface NodeOptions {
   readonly snapshotTailEntries?: number;
   /** Serve Prometheus metrics over HTTP at host:port (GET /metrics); off when absent. */
   readonly metricsListen?: string;
+  /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
+  readonly forceNewCluster?: boolean;
 }
 
 export function defaultKeyFile(dataDir: string): string {
@@ -121,6 +123,7 @@ export class CofferNode {
       ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
       ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
       observer: metrics,
+      ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
     });
     metrics.bind({
       raft: () => {
@@ -211,6 +214,10 @@ export class CofferNode {
       }
       if (status === null || status.role !== 'leader' || (this.manager.status().keys?.activeTerm ?? 0) === 0) return;
       const cluster = this.state.cluster;
+      // After a forced new cluster, the old members' certificates are refused from now on.
+      for (const id of this.manager.forcedOut()) {
+        if (!cluster.removed.has(id)) await this.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id }));
+      }
       if (cluster.addresses.get(this.config.nodeId) !== this.config.advertise) {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member', id: this.config.nodeId, address: this.config.advertise }));
       }

@@ -253,9 +253,11 @@ export class Cluster {
     this.queue = this.queue.filter((m) => m.to !== id && m.from !== id);
   }
 
-  restart(id: NodeId): void {
+  /** Rebuilds a node from its disk; `prepare` runs on the new core before its first Ready. */
+  restart(id: NodeId, prepare?: (raw: RawNode) => void): void {
     const old = this.node(id);
     const node = this.#makeNode(id, old.disk.state(), old.disk);
+    prepare?.(node.raw);
     this.nodes.set(id, node);
     this.process(id);
   }

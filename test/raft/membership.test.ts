@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RAFT_CONFIG_DEFAULTS } from '../../src/raft/config.ts';
 import type { ConfChange, ConfState, Message, NodeId } from '../../src/raft/types.ts';
-import { Cluster } from './harness.ts';
+import { Cluster, decoder } from './harness.ts';
 
 const ELECTION_TICKS = RAFT_CONFIG_DEFAULTS.electionTimeoutTicks;
 
@@ -187,4 +187,36 @@ test('a conf change that makes no sense for the membership is refused with CONF_
   assert.throws(() => c.raw(1).proposeConfChange({ type: 'add-voter', nodeId: 2 }), { name: 'RaftError', code: 'CONF_CHANGE_INVALID' });
   assert.throws(() => c.raw(1).proposeConfChange({ type: 'remove', nodeId: 9 }), { name: 'RaftError', code: 'CONF_CHANGE_INVALID' });
   assert.throws(() => c.raw(1).proposeConfChange({ type: 'add-learner', nodeId: 1 }), { name: 'RaftError', code: 'CONF_CHANGE_INVALID' });
+});
+
+test('force-new-cluster: a survivor of a lost quorum takes its whole log as committed and leads alone', () => {
+  // Reference: etcd's --force-new-cluster and Swarm's --force-new-cluster: the operator accepts
+  // that entries the old majority never committed may become committed.
+  const c = new Cluster({ voters: [1, 2, 3], seed: 211 });
+  c.elect(1);
+  c.propose(1, 'a');
+  c.deliverAll();
+  // 'b' reaches node 3's log, but no acknowledgement gets back: it is not committed.
+  c.propose(1, 'b');
+  c.deliverAll((m) => m.type === 'append' && m.to === 3);
+  assert.ok(c.log(3).some((e) => e.kind === 'normal' && decoder.decode(e.data) === 'b'), 'node 3 has b');
+  assert.deepEqual(c.node(3).applied, ['a']);
+  c.crash(1);
+  c.crash(2);
+  c.crash(3);
+  let removed: number[] = [];
+  c.restart(3, (raw) => (removed = raw.forceNewCluster()));
+  assert.deepEqual(removed.sort(), [1, 2]);
+  assert.deepEqual(c.raw(3).status().confState, { voters: [3], learners: [] });
+  assert.deepEqual(c.node(3).applied, ['a', 'b'], 'the whole surviving log is applied');
+  const leader = c.tickUntil(() => c.raw(3).status().role === 'leader', 100);
+  assert.notEqual(leader, null, 'the survivor elects itself');
+  c.propose(3, 'c');
+  c.process(3);
+  assert.deepEqual(c.node(3).applied, ['a', 'b', 'c'], 'it commits alone');
+  // Forcing again changes nothing: it is already the only voter.
+  c.crash(3);
+  c.restart(3, (raw) => (removed = raw.forceNewCluster()));
+  assert.deepEqual(removed, []);
+  assert.deepEqual(c.raw(3).status().confState, { voters: [3], learners: [] });
 });
