@@ -8,6 +8,7 @@ import { ClientError } from '../client/client.ts';
 import { KeyStore } from '../crypto/key-store.ts';
 import { auditCommands, clusterCommands, identityCommands, policyCommands } from './admin-commands.ts';
 import { devCommand } from './dev.ts';
+import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
 import { secretCommands } from './secret-commands.ts';
 import { createInterface } from 'node:readline';
@@ -95,6 +96,7 @@ program.addCommand(identityCommands());
 program.addCommand(auditCommands());
 program.addCommand(clusterCommands());
 program.addCommand(runCommand());
+program.addCommand(healthCommand());
 
 interface SnapshotFlags {
   snapshotEvery?: number;

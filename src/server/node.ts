@@ -20,6 +20,7 @@ import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
 import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { HealthService } from './health.ts';
 import { registerServices } from './services.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -58,6 +59,7 @@ export class CofferNode {
   readonly server: grpc.Server;
   readonly log: Logger;
   readonly audit: AuditLog;
+  readonly health: HealthService;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
   #tls: TlsMaterial;
@@ -80,6 +82,7 @@ export class CofferNode {
     this.#credentials = new RenewableServerCredentials(tls);
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
     registerServices(this);
+    this.health = new HealthService(this);
   }
 
   static async start(options: NodeOptions): Promise<CofferNode> {
@@ -173,6 +176,7 @@ export class CofferNode {
     if (this.#housekeepingBusy) return;
     this.#housekeepingBusy = true;
     try {
+      this.health.update();
       await this.#maybeRenewCertificate();
       const status = this.manager.raftStatus();
       if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {
