@@ -58,7 +58,8 @@ program
     process.stdout.write(
       [
         `cluster ${outcome.clusterId} created; start its first manager with: coffer server --data ${options.data}`,
-        `manager join token: ${outcome.joinToken}`,
+        // A token handed over in a file stays out of the output (and so out of container logs).
+        options.tokenFile === undefined ? `manager join token: ${outcome.joinToken}` : `manager join token written to ${options.tokenFile}`,
         `admin identity: ${outcome.adminDir}/{ca.crt,admin.crt,admin.key}`,
         outcome.keyFile === null ? '' : `key file: ${outcome.keyFile} (used if it existed, made otherwise; keep it apart from the data directory and its backups)`,
         outcome.unlockKey === null ? '' : `unlock key: ${outcome.unlockKey}\nstore the unlock key safely: it is shown once, and a restarted manager needs it`,
@@ -76,6 +77,7 @@ program
   .requiredOption('--join <host:port>', 'any manager of the cluster')
   .option('--token <token>', 'a manager join token (CFRTKN-1-...)')
   .option('--token-file <path>', 'a file holding the join token (instead of --token)')
+  .option('--join-retry <seconds>', 'keep trying this long while the cluster is not ready for a join (unreachable, no leader, another change in flight)', (v) => parsePositive(v, '--join-retry', true), 120)
   .option('--advertise <host:port>', 'where other managers reach it (default: --listen)')
   .option('--key-file <path>', 'the key file: used if it exists (e.g. a Docker secret), created otherwise (default: <data>.key)')
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
@@ -91,16 +93,17 @@ program
   .requiredOption('--data <dir>', 'the manager\'s data directory')
   .option('--key-file <path>', 'the key file (default: <data>.key)')
   .option('--join <host:port>', 'if --data holds no manager yet: join the cluster through this manager first (then --listen and a token are needed)')
-  .option('--listen <host:port>', 'with --join: where this manager serves gRPC')
+  .option('--listen <host:port>', 'where this manager serves gRPC (default: the address given at init or join); needed with --join')
   .option('--advertise <host:port>', 'with --join: where other managers reach it (default: --listen)')
   .option('--token <token>', 'with --join: a manager join token')
   .option('--token-file <path>', 'with --join: a file holding the join token')
+  .option('--join-retry <seconds>', 'keep trying this long while the cluster is not ready for a join (unreachable, no leader, another change in flight)', (v) => parsePositive(v, '--join-retry', true), 120)
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .action(async (options: JoinFlags & { join?: string; listen?: string } & SnapshotFlags) => {
     const { join: through, listen } = options;
     if (through === undefined) {
-      for (const flag of ['listen', 'advertise', 'token', 'tokenFile'] as const) {
+      for (const flag of ['advertise', 'token', 'tokenFile'] as const) {
         if (options[flag] !== undefined) throw new Error(`--${flag === 'tokenFile' ? 'token-file' : flag} is only for joining: it needs --join`);
       }
     } else if (!isManagerDataDir(options.data)) {
@@ -133,6 +136,7 @@ program.addCommand(healthCommand());
 
 interface JoinFlags {
   data: string;
+  joinRetry?: number;
   listen?: string;
   advertise?: string;
   token?: string;
@@ -151,6 +155,8 @@ async function join(options: JoinFlags & { join: string; listen: string }): Prom
     token,
     ...(options.advertise === undefined ? {} : { advertise: options.advertise }),
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
+    retryMs: (options.joinRetry ?? 0) * 1000,
+    onRetry: (error) => process.stderr.write(`coffer: cannot join yet: ${error.message}; retrying\n`),
   });
   process.stderr.write(`joined cluster ${joined.clusterId} as manager ${joined.nodeId}\n`);
 }
@@ -178,13 +184,14 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
   return n;
 }
 
-async function serve(options: { data: string; keyFile?: string } & SnapshotFlags): Promise<void> {
+async function serve(options: { data: string; keyFile?: string; listen?: string } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
   if ((await KeyStore.read(options.data)).protection === 'unlock-key') unlockKey = await readLine('unlock key: ');
   const node = await CofferNode.start({
     dataDir: options.data,
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
+    ...(options.listen === undefined ? {} : { listen: options.listen }),
     ...(unlockKey === undefined ? {} : { unlockKey }),
     ...(options.snapshotEvery === undefined ? {} : { snapshotEveryEntries: options.snapshotEvery }),
     ...(options.snapshotTail === undefined ? {} : { snapshotTailEntries: options.snapshotTail }),

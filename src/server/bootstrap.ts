@@ -111,7 +111,18 @@ export interface JoinOptions {
   readonly token: string;
   readonly keyFile?: string;
   readonly deadlineMs?: number;
+  /**
+   * Keep trying this long while the cluster refuses for a passing reason that left nothing
+   * behind: no manager reachable yet, no leader yet, another membership change in flight. A
+   * container started beside the cluster's first manager needs this: start order is no promise.
+   */
+  readonly retryMs?: number;
+  /** Told of each refusal that will be retried. */
+  readonly onRetry?: (error: Error) => void;
 }
+
+/** How long to wait between join attempts while the cluster is not ready for one. */
+export const JOIN_RETRY_INTERVAL_MS = 1000;
 
 /**
  * `coffer join`: checks the CA a manager presents against the token's digest before trusting
@@ -120,6 +131,30 @@ export interface JoinOptions {
  * manager as a learner; it is promoted to voter once it has caught up.
  */
 export async function joinCluster(options: JoinOptions): Promise<{ nodeId: NodeId; clusterId: string }> {
+  const retryUntil = Date.now() + (options.retryMs ?? 0);
+  for (;;) {
+    try {
+      return await joinOnce(options);
+    } catch (error) {
+      if (!isPassingRefusal(error) || Date.now() + JOIN_RETRY_INTERVAL_MS > retryUntil) throw error;
+      options.onRetry?.(error);
+      await new Promise((resolve) => setTimeout(resolve, JOIN_RETRY_INTERVAL_MS));
+    }
+  }
+}
+
+/**
+ * A refusal after which a new attempt is safe: nothing reached the log for this joiner (the
+ * manager was unreachable, locked or without a leader), or only its address did and the learner
+ * was not added (another membership change was still being applied). Never a timeout: the join
+ * may have gone through.
+ */
+function isPassingRefusal(error: unknown): error is ServiceError {
+  if (!(error instanceof ServiceError)) return false;
+  return error.status === grpc.status.UNAVAILABLE || (error.status === grpc.status.FAILED_PRECONDITION && /is not applied yet/.test(error.message));
+}
+
+async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; clusterId: string }> {
   const token = parseJoinToken(options.token);
   const advertise = options.advertise ?? options.listen;
   splitHostPort(options.listen);

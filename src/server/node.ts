@@ -35,6 +35,8 @@ export interface NodeOptions {
   readonly keyFile?: string;
   /** For an autolocked manager. */
   readonly unlockKey?: string;
+  /** Where to bind, instead of the listen address written at init or join (a container's own). */
+  readonly listen?: string;
   readonly logger?: Logger;
   readonly tickIntervalMs?: number;
   readonly snapshotEveryEntries?: number;
@@ -149,7 +151,8 @@ export class CofferNode {
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
-    log.info({ event: 'started', nodeId: config.nodeId, listen: config.listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${config.listen}`);
+    const listen = options.listen ?? config.listen;
+    log.info({ event: 'started', nodeId: config.nodeId, listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${listen}`);
     return node;
   }
 
@@ -163,7 +166,7 @@ export class CofferNode {
 
   async #listen(): Promise<void> {
     this.boundPort = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
+      this.server.bindAsync(this.#options.listen ?? this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
     );
   }
 
