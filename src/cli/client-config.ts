@@ -22,6 +22,11 @@ export interface ClientFlags {
 
 /** A client from flags, falling back to COFFER_ADDR, COFFER_CA, COFFER_CERT and COFFER_KEY. */
 export function clientFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): CofferClient {
+  return new CofferClient(clientMaterialFrom(flags, env));
+}
+
+/** The addresses and the PEM files a client needs, from flags or the environment. */
+export function clientMaterialFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): { addresses: string[]; caPem: string; certPem: string; keyPem: string } {
   const need = (flag: string | undefined, variable: string, what: string): string => {
     const value = flag ?? env[variable];
     if (value === undefined || value === '') throw new Error(`${what} is not set: pass --${what} or set ${variable}`);
@@ -34,12 +39,12 @@ export function clientFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): CofferCl
       throw new Error(`cannot read the ${what} file ${path}`);
     }
   };
-  return new CofferClient({
+  return {
     addresses: need(flags.addr, 'COFFER_ADDR', 'addr').split(',').map((a) => a.trim()).filter((a) => a !== ''),
     caPem: read(need(flags.ca, 'COFFER_CA', 'ca'), 'CA certificate'),
     certPem: read(need(flags.cert, 'COFFER_CERT', 'cert'), 'certificate'),
     keyPem: read(need(flags.key, 'COFFER_KEY', 'key'), 'private key'),
-  });
+  };
 }
 
 /** Prints a result as JSON (scripts) or with the given text formatter (people). */

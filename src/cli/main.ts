@@ -8,9 +8,13 @@ import { ClientError } from '../client/client.ts';
 import { KeyStore } from '../crypto/key-store.ts';
 import { auditCommands, autolockCommand, clusterCommands, identityCommands, keyCommands, policyCommands } from './admin-commands.ts';
 import { devCommand } from './dev.ts';
+import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
 import { secretCommands } from './secret-commands.ts';
+import { existsSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { createKeyFile } from '../crypto/root-key.ts';
+import { isManagerDataDir } from '../server/node-config.ts';
 import { initCluster, joinCluster } from '../server/bootstrap.ts';
 import { CofferNode } from '../server/node.ts';
 import { createLogger } from '../util/logger.ts';
@@ -27,8 +31,15 @@ program
   .option('--autolock', 'wrap the root key with an unlock key instead of a key file; a restarted manager stays locked until given it')
   .option('--admin-dir <dir>', 'where to write the admin client identity (default: <data>-admin)')
   .option('--cert-validity-days <days>', 'lifetime of manager certificates; renewed when a third is left', parseFloat, 90)
+  .option('--token-file <path>', 'also write the join token to this file (mode 600), for managers that read it with --token-file')
+  .option('--health-dir <dir>', 'also write a client identity that may only check health (ca.crt, health.crt, health.key)')
+  .option('--if-missing', 'do nothing (and exit 0) if --data already holds a manager: for a start command that runs on every boot')
   .addOption(new Option('--output <format>', 'text or json').choices(['text', 'json']).default('text'))
-  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; output: string }) => {
+  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; ifMissing?: boolean; output: string }) => {
+    if (options.ifMissing === true && isManagerDataDir(options.data)) {
+      process.stderr.write(`coffer: ${options.data} already holds a manager: nothing to do\n`);
+      return;
+    }
     const outcome = await initCluster({
       dataDir: options.data,
       listen: options.listen,
@@ -37,6 +48,8 @@ program
       ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
       ...(options.autolock === true ? { autolock: true } : {}),
       ...(options.adminDir === undefined ? {} : { adminDir: options.adminDir }),
+      ...(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile }),
+      ...(options.healthDir === undefined ? {} : { healthDir: options.healthDir }),
     });
     if (options.output === 'json') {
       process.stdout.write(`${JSON.stringify(outcome)}\n`);
@@ -45,9 +58,10 @@ program
     process.stdout.write(
       [
         `cluster ${outcome.clusterId} created; start its first manager with: coffer server --data ${options.data}`,
-        `manager join token: ${outcome.joinToken}`,
+        // A token handed over in a file stays out of the output (and so out of container logs).
+        options.tokenFile === undefined ? `manager join token: ${outcome.joinToken}` : `manager join token written to ${options.tokenFile}`,
         `admin identity: ${outcome.adminDir}/{ca.crt,admin.crt,admin.key}`,
-        outcome.keyFile === null ? '' : `key file: ${outcome.keyFile} (keep it apart from the data directory and its backups)`,
+        outcome.keyFile === null ? '' : `key file: ${outcome.keyFile} (used if it existed, made otherwise; keep it apart from the data directory and its backups)`,
         outcome.unlockKey === null ? '' : `unlock key: ${outcome.unlockKey}\nstore the unlock key safely: it is shown once, and a restarted manager needs it`,
       ]
         .filter((line) => line !== '')
@@ -58,38 +72,61 @@ program
 program
   .command('join')
   .description('add a manager to a cluster (as a learner, promoted to voter once caught up), then serve')
-  .requiredOption('--data <dir>', 'the new manager\'s data directory (must not exist yet)')
+  .requiredOption('--data <dir>', 'the new manager\'s data directory (must not hold a manager yet)')
   .requiredOption('--listen <host:port>', 'where this manager serves gRPC')
   .requiredOption('--join <host:port>', 'any manager of the cluster')
-  .requiredOption('--token <token>', 'a manager join token (CFRTKN-1-...)')
+  .option('--token <token>', 'a manager join token (CFRTKN-1-...)')
+  .option('--token-file <path>', 'a file holding the join token (instead of --token)')
+  .option('--join-retry <seconds>', 'keep trying this long while the cluster is not ready for a join (unreachable, no leader, another change in flight)', (v) => parsePositive(v, '--join-retry', true), 120)
   .option('--advertise <host:port>', 'where other managers reach it (default: --listen)')
-  .option('--key-file <path>', 'the key file to create (default: <data>.key)')
+  .option('--key-file <path>', 'the key file: used if it exists (e.g. a Docker secret), created otherwise (default: <data>.key)')
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
-  .action(async (options: { data: string; listen: string; join: string; token: string; advertise?: string; keyFile?: string } & SnapshotFlags) => {
-    const joined = await joinCluster({
-      dataDir: options.data,
-      listen: options.listen,
-      join: options.join,
-      token: options.token,
-      ...(options.advertise === undefined ? {} : { advertise: options.advertise }),
-      ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
-    });
-    process.stderr.write(`joined cluster ${joined.clusterId} as manager ${joined.nodeId}\n`);
+  .action(async (options: JoinFlags & { join: string; listen: string } & SnapshotFlags) => {
+    await join(options);
     await serve(options);
   });
 
 program
   .command('server')
-  .description('run an existing manager (an autolocked one reads its unlock key from stdin)')
+  .description('run a manager (an autolocked one reads its unlock key from stdin); with --join, first join a cluster if --data holds no manager yet')
   .requiredOption('--data <dir>', 'the manager\'s data directory')
   .option('--key-file <path>', 'the key file (default: <data>.key)')
+  .option('--join <host:port>', 'if --data holds no manager yet: join the cluster through this manager first (then --listen and a token are needed)')
+  .option('--listen <host:port>', 'where this manager serves gRPC (default: the address given at init or join); needed with --join')
+  .option('--advertise <host:port>', 'with --join: where other managers reach it (default: --listen)')
+  .option('--token <token>', 'with --join: a manager join token')
+  .option('--token-file <path>', 'with --join: a file holding the join token')
+  .option('--join-retry <seconds>', 'keep trying this long while the cluster is not ready for a join (unreachable, no leader, another change in flight)', (v) => parsePositive(v, '--join-retry', true), 120)
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
   .option('--force-new-cluster', 'quorum lost for good: start a one-member cluster from this manager\'s data; every other member is removed, new managers join it')
-  .action(async (options: { data: string; keyFile?: string; forceNewCluster?: boolean } & SnapshotFlags) => serve(options));
+  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean } & SnapshotFlags) => {
+    const { join: through, listen } = options;
+    if (through === undefined) {
+      for (const flag of ['advertise', 'token', 'tokenFile'] as const) {
+        if (options[flag] !== undefined) throw new Error(`--${flag === 'tokenFile' ? 'token-file' : flag} is only for joining: it needs --join`);
+      }
+    } else if (!isManagerDataDir(options.data)) {
+      if (listen === undefined) throw new Error('--join needs --listen: where this manager will serve');
+      await join({ ...options, join: through, listen });
+    }
+    await serve(options);
+  });
+
+program
+  .command('keyfile')
+  .description('key files, which wrap a manager\'s root key')
+  .command('new')
+  .description('make a new key file (32 random bytes, mode 600) for init or join to use, e.g. as a Docker secret')
+  .argument('<path>', 'where to write it (must not exist)')
+  .action((path: string) => {
+    if (existsSync(path)) throw new Error(`${path} exists: a key file is never overwritten (its cluster could not be opened without it)`);
+    createKeyFile(path).fill(0);
+    process.stderr.write(`key file ${path} written (mode 600); keep it apart from the data directory and its backups\n`);
+  });
 
 program.addCommand(devCommand());
 program.addCommand(secretCommands());
@@ -100,6 +137,46 @@ program.addCommand(clusterCommands());
 program.addCommand(keyCommands());
 program.addCommand(autolockCommand());
 program.addCommand(runCommand());
+program.addCommand(healthCommand());
+
+interface JoinFlags {
+  data: string;
+  joinRetry?: number;
+  listen?: string;
+  advertise?: string;
+  token?: string;
+  tokenFile?: string;
+  keyFile?: string;
+}
+
+/** Joins a cluster (`coffer join`, or `coffer server --join` on a first start). */
+async function join(options: JoinFlags & { join: string; listen: string }): Promise<void> {
+  if ((options.token === undefined) === (options.tokenFile === undefined)) throw new Error('give the join token with --token or --token-file (one of them)');
+  const token = options.token ?? readTokenFile(options.tokenFile!);
+  const joined = await joinCluster({
+    dataDir: options.data,
+    listen: options.listen,
+    join: options.join,
+    token,
+    ...(options.advertise === undefined ? {} : { advertise: options.advertise }),
+    ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
+    retryMs: (options.joinRetry ?? 0) * 1000,
+    onRetry: (error) => process.stderr.write(`coffer: cannot join yet: ${error.message}; retrying\n`),
+  });
+  process.stderr.write(`joined cluster ${joined.clusterId} as manager ${joined.nodeId}\n`);
+}
+
+function readTokenFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new Error(`cannot read the join token file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  const token = text.trim();
+  if (token === '') throw new Error(`the join token file ${path} is empty`);
+  return token;
+}
 
 interface SnapshotFlags {
   snapshotEvery?: number;
@@ -113,13 +190,14 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
   return n;
 }
 
-async function serve(options: { data: string; keyFile?: string; forceNewCluster?: boolean } & SnapshotFlags): Promise<void> {
+async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
   if ((await KeyStore.read(options.data)).protection === 'unlock-key') unlockKey = await readLine('unlock key: ');
   const node = await CofferNode.start({
     dataDir: options.data,
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
+    ...(options.listen === undefined ? {} : { listen: options.listen }),
     ...(unlockKey === undefined ? {} : { unlockKey }),
     ...(options.snapshotEvery === undefined ? {} : { snapshotEveryEntries: options.snapshotEvery }),
     ...(options.snapshotTail === undefined ? {} : { snapshotTailEntries: options.snapshotTail }),

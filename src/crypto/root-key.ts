@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { KEY_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
 import { parseUnlockKey, unlockKeyKek } from './unlock-key.ts';
@@ -47,6 +47,15 @@ export function createKeyFile(path: string): Buffer {
   return kek;
 }
 
+/**
+ * The key file at `path`: used as it is when it exists (a Docker secret, or one made by
+ * `coffer keyfile new`), after the checks of readKeyFile; created otherwise.
+ */
+export function adoptOrCreateKeyFile(path: string): { kek: Buffer; adopted: boolean } {
+  if (existsSync(path)) return { kek: readKeyFile(path), adopted: true };
+  return { kek: createKeyFile(path), adopted: false };
+}
+
 /** Reads a key file, refusing one that others can read (as ssh refuses such a private key). */
 export function readKeyFile(path: string): Buffer {
   let mode: number;
@@ -61,7 +70,7 @@ export function readKeyFile(path: string): Buffer {
     throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} can be read by others (mode ${(mode & 0o777).toString(8)}); run chmod 600 on it`);
   }
   if (bytes.byteLength !== KEY_BYTES) {
-    throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} holds ${bytes.byteLength} bytes, not ${KEY_BYTES}`);
+    throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} holds ${bytes.byteLength} bytes, not ${KEY_BYTES}: it is not a Coffer key file (make one with coffer keyfile new)`);
   }
   return bytes;
 }

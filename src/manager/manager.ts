@@ -5,7 +5,7 @@ import { Barrier, type BarrierResult, type InnerStateMachine } from '../barrier/
 import { CryptoError } from '../crypto/errors.ts';
 import { KeyStore } from '../crypto/key-store.ts';
 import { KEY_USES_MAX } from '../crypto/keyring.ts';
-import { createKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
+import { adoptOrCreateKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
 import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
 import type { BasicStatus, ConfChange, Message, NodeId, Status } from '../raft/types.ts';
@@ -85,8 +85,9 @@ export class Manager<Result> {
   }
 
   /**
-   * Creates a data directory's key store: a new root key, wrapped by a new key file (created at
-   * `keyFile`, which must not exist) or, with autolock, by a new unlock key that is returned.
+   * Creates a data directory's key store: a new root key, wrapped by the key file at `keyFile`
+   * (used as it is if it exists, e.g. a Docker secret; created otherwise) or, with autolock, by a
+   * new unlock key that is returned.
    */
   static async init(
     dataDir: string,
@@ -118,7 +119,7 @@ export class Manager<Result> {
         store.forget();
       } else {
         if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
-        kek = createKeyFile(options.keyFile);
+        kek = adoptOrCreateKeyFile(options.keyFile).kek;
         const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'key-file' });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);

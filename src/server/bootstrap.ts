@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken } from '../crypto/pki.ts';
@@ -10,7 +10,7 @@ import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS } from '../transport/tls.ts';
 import { ServiceError } from './errors.ts';
 import { defaultKeyFile } from './node.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig, writeTlsFiles } from './node-config.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeFileAtomic, writeNodeConfig, writeTlsFiles } from './node-config.ts';
 import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -25,7 +25,17 @@ export interface InitOptions {
   readonly adminDir?: string;
   /** Lifetime of manager certificates, renewed automatically when a third of it is left. */
   readonly managerCertValidityDays?: number;
+  /** Also write the join token here (mode 0600), for managers started by a script to read. */
+  readonly tokenFile?: string;
+  /**
+   * Also write a client identity for health checks here (ca.crt, health.crt, health.key): a
+   * certificate of the cluster CA listed in no policy, so it can ask for health and nothing else.
+   */
+  readonly healthDir?: string;
 }
+
+/** The client identity `initCluster` writes to `healthDir`: it may call Health, nothing else. */
+export const HEALTH_IDENTITY = 'health';
 
 export interface InitOutcome {
   readonly clusterId: string;
@@ -62,7 +72,14 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   });
   const token = newJoinToken(ca.certPem);
   const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
+  const adminDir = options.adminDir ?? `${options.dataDir.replace(/\/+$/, '')}-admin`;
+  await writeIdentity(adminDir, ca.certPem, ADMIN_IDENTITY, admin);
+  if (options.healthDir !== undefined) {
+    await writeIdentity(options.healthDir, ca.certPem, HEALTH_IDENTITY, issueCertificate(ca, { id: HEALTH_IDENTITY, role: 'client', clusterId, nowMs: now }));
+  }
+  if (options.tokenFile !== undefined) await writeFileAtomic(options.tokenFile, `${formatJoinToken(token)}\n`, 0o600);
   await writeTlsFiles(options.dataDir, ca.certPem, node.certPem);
+  // node.json last: once it exists the directory is a manager's and everything init writes is there.
   await writeNodeConfig(options.dataDir, {
     format: 1,
     nodeId: 1,
@@ -75,12 +92,14 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     peers: [],
     managerCertValidityDays: validityDays,
   });
-  const adminDir = options.adminDir ?? `${options.dataDir.replace(/\/+$/, '')}-admin`;
-  await mkdir(adminDir, { recursive: true, mode: 0o700 });
-  await writeFile(join(adminDir, 'ca.crt'), ca.certPem);
-  await writeFile(join(adminDir, 'admin.crt'), admin.certPem);
-  await writeFile(join(adminDir, 'admin.key'), admin.keyPem, { mode: 0o600 });
   return { clusterId, joinToken: formatJoinToken(token), unlockKey: init.unlockKey, adminDir, keyFile };
+}
+
+async function writeIdentity(dir: string, caPem: string, name: string, identity: { certPem: string; keyPem: string }): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(join(dir, 'ca.crt'), caPem);
+  await writeFileAtomic(join(dir, `${name}.crt`), identity.certPem);
+  await writeFileAtomic(join(dir, `${name}.key`), identity.keyPem, 0o600);
 }
 
 export interface JoinOptions {
@@ -92,7 +111,18 @@ export interface JoinOptions {
   readonly token: string;
   readonly keyFile?: string;
   readonly deadlineMs?: number;
+  /**
+   * Keep trying this long while the cluster refuses for a passing reason that left nothing
+   * behind: no manager reachable yet, no leader yet, another membership change in flight. A
+   * container started beside the cluster's first manager needs this: start order is no promise.
+   */
+  readonly retryMs?: number;
+  /** Told of each refusal that will be retried. */
+  readonly onRetry?: (error: Error) => void;
 }
+
+/** How long to wait between join attempts while the cluster is not ready for one. */
+export const JOIN_RETRY_INTERVAL_MS = 1000;
 
 /**
  * `coffer join`: checks the CA a manager presents against the token's digest before trusting
@@ -101,6 +131,30 @@ export interface JoinOptions {
  * manager as a learner; it is promoted to voter once it has caught up.
  */
 export async function joinCluster(options: JoinOptions): Promise<{ nodeId: NodeId; clusterId: string }> {
+  const retryUntil = Date.now() + (options.retryMs ?? 0);
+  for (;;) {
+    try {
+      return await joinOnce(options);
+    } catch (error) {
+      if (!isPassingRefusal(error) || Date.now() + JOIN_RETRY_INTERVAL_MS > retryUntil) throw error;
+      options.onRetry?.(error);
+      await new Promise((resolve) => setTimeout(resolve, JOIN_RETRY_INTERVAL_MS));
+    }
+  }
+}
+
+/**
+ * A refusal after which a new attempt is safe: nothing reached the log for this joiner (the
+ * manager was unreachable, locked or without a leader), or only its address did and the learner
+ * was not added (another membership change was still being applied). Never a timeout: the join
+ * may have gone through.
+ */
+function isPassingRefusal(error: unknown): error is ServiceError {
+  if (!(error instanceof ServiceError)) return false;
+  return error.status === grpc.status.UNAVAILABLE || (error.status === grpc.status.FAILED_PRECONDITION && /is not applied yet/.test(error.message));
+}
+
+async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; clusterId: string }> {
   const token = parseJoinToken(options.token);
   const advertise = options.advertise ?? options.listen;
   splitHostPort(options.listen);

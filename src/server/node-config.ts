@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { NodeId } from '../raft/types.ts';
@@ -34,6 +35,14 @@ export const TLS_KEY_SECRET = 'tls-key';
 /** The certificate of that key, kept beside it so a renewal replaces both in one atomic write. */
 export const TLS_CERT_SECRET = 'tls-cert';
 export const CA_KEY_SECRET = 'ca-key';
+
+/**
+ * Whether `dataDir` is a manager's (init or join finished there: node.json is the last file they
+ * write). What lets a container's start command decide between joining and serving.
+ */
+export function isManagerDataDir(dataDir: string): boolean {
+  return existsSync(join(dataDir, NODE_CONFIG_FILE));
+}
 
 export async function readNodeConfig(dataDir: string): Promise<NodeConfig> {
   const path = join(dataDir, NODE_CONFIG_FILE);

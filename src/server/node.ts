@@ -21,6 +21,7 @@ import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
 import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
 import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { HealthService } from './health.ts';
 import { registerServices } from './services.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
 import type { Server as HttpServer } from 'node:http';
@@ -37,6 +38,8 @@ export interface NodeOptions {
   readonly keyFile?: string;
   /** For an autolocked manager. */
   readonly unlockKey?: string;
+  /** Where to bind, instead of the listen address written at init or join (a container's own). */
+  readonly listen?: string;
   readonly logger?: Logger;
   readonly tickIntervalMs?: number;
   readonly snapshotEveryEntries?: number;
@@ -65,6 +68,7 @@ export class CofferNode {
   readonly server: grpc.Server;
   readonly log: Logger;
   readonly audit: AuditLog;
+  readonly health: HealthService;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
   #tls: TlsMaterial;
@@ -90,6 +94,7 @@ export class CofferNode {
     this.#credentials = new RenewableServerCredentials(tls);
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
     registerServices(this);
+    this.health = new HealthService(this);
   }
 
   static async start(options: NodeOptions): Promise<CofferNode> {
@@ -178,7 +183,8 @@ export class CofferNode {
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
-    log.info({ event: 'started', nodeId: config.nodeId, listen: config.listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${config.listen}`);
+    const listen = options.listen ?? config.listen;
+    log.info({ event: 'started', nodeId: config.nodeId, listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${listen}`);
     return node;
   }
 
@@ -192,7 +198,7 @@ export class CofferNode {
 
   async #listen(): Promise<void> {
     this.boundPort = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
+      this.server.bindAsync(this.#options.listen ?? this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
     );
   }
 
@@ -205,6 +211,7 @@ export class CofferNode {
     if (this.#housekeepingBusy) return;
     this.#housekeepingBusy = true;
     try {
+      this.health.update();
       await this.#maybeRenewCertificate();
       const status = this.manager.raftStatus();
       if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {

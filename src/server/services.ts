@@ -53,7 +53,9 @@ export function registerServices(node: CofferNode): void {
     joinCluster: unary(node, 'Join.JoinCluster', async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string }>) => {
       const { tokenSecret, address, publicKeyPem } = call.request;
       const stored = node.state.cluster.joinTokenHash;
-      if (stored === null || !joinTokenMatches(tokenSecret, stored)) {
+      // None yet: a new cluster's leader installs the token from init a moment after its election.
+      if (stored === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has no join token installed yet; retry in a moment');
+      if (!joinTokenMatches(tokenSecret, stored)) {
         node.log.warn({ event: 'join-refused', reason: 'token' }, 'refused a join with an invalid token');
         throw new ServiceError(grpc.status.PERMISSION_DENIED, 'the join token is not valid: it was rotated, or it is not this cluster\'s');
       }

@@ -1,0 +1,82 @@
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import type { BasicStatus, NodeId } from '../raft/types.ts';
+import { callerIdentity } from '../transport/auth.ts';
+import type { CofferNode } from './node.ts';
+
+/** The service name of a manager's overall health, as the gRPC health protocol defines it. */
+export const OVERALL_HEALTH = '';
+
+/** What a manager's health is decided from; a small surface so it can be tested alone. */
+export interface HealthFacts {
+  /** Null while the manager is locked (or stopped). */
+  readonly raft: BasicStatus | null;
+  readonly removed: boolean;
+  readonly auditBroken: boolean;
+}
+
+/**
+ * SERVING only when this manager can answer a linearizable read now: it is unlocked, knows a
+ * leader, and has applied every entry it knows to be committed (a follower's commit index will
+ * do: it trails the leader's by a heartbeat at most). Also NOT_SERVING when it was removed or its
+ * audit log is broken, since it then refuses every request.
+ */
+export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: string } {
+  const raft = facts.raft;
+  if (raft === null) return { status: 'NOT_SERVING', reason: 'locked' };
+  if (facts.removed) return { status: 'NOT_SERVING', reason: 'removed from the cluster' };
+  if (facts.auditBroken) return { status: 'NOT_SERVING', reason: 'the audit log cannot be written' };
+  if (raft.lead === 0) return { status: 'NOT_SERVING', reason: 'no leader known' };
+  if (raft.applied < raft.commit) return { status: 'NOT_SERVING', reason: `catching up: applied ${raft.applied} of ${raft.commit}` };
+  return { status: 'SERVING', reason: raft.role === 'leader' ? 'leader' : `following ${raft.lead}` };
+}
+
+/**
+ * `grpc.health.v1.Health` on the manager's port, from grpc-health-check. The status is computed
+ * again on every Check (so it is never stale) and on the node's housekeeping (for Watch). Any
+ * certificate of this cluster's CA may ask, with no policy; a caller without one is refused, as
+ * on every other service of the port.
+ */
+export class HealthService {
+  readonly #implementation = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });
+  readonly #node: CofferNode;
+  #last: ServingStatus = 'NOT_SERVING';
+
+  constructor(node: CofferNode) {
+    this.#node = node;
+    this.#implementation.addToServer({
+      addService: (service, implementation) => node.server.addService(service as grpc.ServiceDefinition, this.#guard(implementation as grpc.UntypedServiceImplementation)),
+    });
+  }
+
+  /** Recomputes the status; the implementation tells watchers when it changes. */
+  update(): ServingStatus {
+    const node = this.#node;
+    const id: NodeId = node.config.nodeId;
+    const { status, reason } = healthOf({ raft: node.manager.status().raft, removed: node.state.cluster.removed.has(id), auditBroken: node.audit.broken !== null });
+    if (status !== this.#last) {
+      node.log.info({ event: 'health', status, reason }, `health: ${status} (${reason})`);
+      this.#last = status;
+      this.#implementation.setStatus(OVERALL_HEALTH, status);
+    }
+    return status;
+  }
+
+  #guard(implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+    const clusterId = this.#node.config.clusterId;
+    const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
+    const guarded: grpc.UntypedServiceImplementation = {};
+    for (const [method, handler] of Object.entries(implementation)) {
+      guarded[method] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+        if (callerIdentity(call, clusterId) === null) {
+          if (callback !== undefined) return callback(refusal);
+          // Watch is server-streaming: an error event ends it with that status.
+          return void call.emit('error', refusal);
+        }
+        this.update();
+        return (handler as (call: unknown, callback?: unknown) => void)(call, callback);
+      }) as grpc.UntypedHandleCall;
+    }
+    return guarded;
+  }
+}

@@ -1,0 +1,353 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
+import { isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+
+/**
+ * docker compose without Docker: each service of a compose file runs as a local process, its
+ * command after the image's entrypoint (`coffer`, replaced by the CLI run through tsx), with its
+ * environment, its volumes and secrets mapped to directories and files under a temporary
+ * directory, and its hostname (and its own 0.0.0.0, 127.0.0.1, localhost) mapped to a loopback
+ * address of its own, as if it had its own network namespace. Services start as Compose starts
+ * them: each as soon as its depends_on conditions hold, all at once otherwise. A published port is
+ * a TCP forwarder on HOST_ADDRESS. No restart policy is emulated: a correct file brings the
+ * cluster up without a crash, so a long-running service that exits fails the run.
+ */
+
+export const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const CLI = join(REPO, 'src/cli/main.ts');
+/** The Docker host's address, where published ports listen (not 127.0.0.1: other tests use it). */
+export const HOST_ADDRESS = '127.0.0.2';
+const OWN_HOSTS = new Set(['0.0.0.0', '127.0.0.1', 'localhost']);
+
+type Condition = 'service_started' | 'service_healthy' | 'service_completed_successfully';
+
+export interface ComposeService {
+  readonly name: string;
+  readonly address: string;
+  readonly command: string[];
+  readonly environment: Record<string, string>;
+  readonly healthcheck: { command: string[]; intervalMs: number; timeoutMs: number; startPeriodMs: number } | null;
+  readonly dependsOn: ReadonlyMap<string, Condition>;
+  readonly oneShot: boolean;
+  readonly restart: string;
+  /** Published "host:container" port pairs. */
+  readonly ports: ReadonlyArray<{ published: number; target: number }>;
+  /** Container path -> local path, for volumes and secrets. */
+  readonly mounts: ReadonlyMap<string, string>;
+  readonly secrets: readonly string[];
+  /** As written in the file, before any rewriting (for checks on what the file says). */
+  readonly raw: { command: string[]; environment: Record<string, string>; healthcheck: string[] | null };
+}
+
+export interface ComposeModel {
+  readonly services: ReadonlyMap<string, ComposeService>;
+  /** Secret name -> local file. */
+  readonly secretFiles: ReadonlyMap<string, string>;
+  readonly entrypoint: string[];
+  /** Named volume -> local directory. */
+  readonly volumeDirs: ReadonlyMap<string, string>;
+}
+
+/** The Dockerfile's ENTRYPOINT (exec form); the harness knows how to run `coffer` only. */
+export function dockerfileEntrypoint(dockerfile: string): string[] {
+  const line = readFileSync(dockerfile, 'utf8').split('\n').find((l) => /^ENTRYPOINT\s/.test(l));
+  if (line === undefined) throw new Error(`${dockerfile} has no ENTRYPOINT`);
+  return JSON.parse(line.replace(/^ENTRYPOINT\s+/, '')) as string[];
+}
+
+function durationMs(value: unknown, fallbackMs: number): number {
+  if (value === undefined) return fallbackMs;
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m)$/.exec(String(value));
+  if (match === null) throw new Error(`"${String(value)}" is not a duration this harness reads (like 10s)`);
+  return Number(match[1]) * { ms: 1, s: 1000, m: 60_000 }[match[2] as 'ms' | 's' | 'm'];
+}
+
+/**
+ * Reads a compose file (its text, and the directory it is in for build contexts) into what the
+ * harness runs; volumes and relative paths under `root`.
+ */
+export function loadCompose(source: { text: string; dir: string }, root: string, options: { profiles?: readonly string[] } = {}): ComposeModel {
+  const doc = parse(source.text, { merge: true }) as {
+    services: Record<string, Record<string, unknown>>;
+    volumes?: Record<string, unknown>;
+    secrets?: Record<string, { file?: string }>;
+  };
+  const profiles = new Set(options.profiles ?? []);
+  const secretFiles = new Map<string, string>();
+  for (const [name, secret] of Object.entries(doc.secrets ?? {})) {
+    if (typeof secret?.file !== 'string') throw new Error(`secret ${name} has no file`);
+    // Relative to the compose file's directory, which the harness moves to `root`.
+    secretFiles.set(name, isAbsolute(secret.file) ? secret.file : resolve(root, secret.file));
+  }
+  const volumeDirs = new Map(Object.keys(doc.volumes ?? {}).map((name) => [name, join(root, 'volumes', name)]));
+  const names = Object.keys(doc.services).filter((name) => {
+    const p = doc.services[name]!['profiles'] as string[] | undefined;
+    return p === undefined || p.some((x) => profiles.has(x));
+  });
+  const addressOf = new Map<string, string>();
+  Object.keys(doc.services).forEach((name, k) => {
+    addressOf.set(name, `127.0.0.${11 + k}`);
+    const hostname = doc.services[name]!['hostname'];
+    if (typeof hostname === 'string') addressOf.set(hostname, `127.0.0.${11 + k}`);
+  });
+  const dockerfile = resolve(source.dir, ((doc.services[names[0]!]!['build'] as { context: string; dockerfile: string } | undefined) ?? { context: '.', dockerfile: 'Dockerfile' }).context, ((doc.services[names[0]!]!['build'] as { dockerfile?: string } | undefined)?.dockerfile ?? 'Dockerfile'));
+  const entrypoint = dockerfileEntrypoint(dockerfile);
+  const services = new Map<string, ComposeService>();
+  for (const name of names) {
+    const s = doc.services[name]!;
+    const own = addressOf.get(name)!;
+    const mounts = new Map<string, string>();
+    for (const volume of (s['volumes'] as string[] | undefined) ?? []) {
+      const [source, target] = volume.split(':') as [string, string];
+      if (source.startsWith('.') || source.startsWith('/')) mounts.set(target, resolve(root, source));
+      else {
+        const dir = volumeDirs.get(source);
+        if (dir === undefined) throw new Error(`service ${name} mounts volume ${source}, which is not declared under volumes:`);
+        mounts.set(target, dir);
+      }
+    }
+    const secrets: string[] = [];
+    for (const secret of (s['secrets'] as Array<string | { source: string; target?: string }> | undefined) ?? []) {
+      const source = typeof secret === 'string' ? secret : secret.source;
+      const target = typeof secret === 'string' || secret.target === undefined ? `/run/secrets/${source}` : secret.target.startsWith('/') ? secret.target : `/run/secrets/${secret.target}`;
+      const local = secretFiles.get(source);
+      if (local === undefined) throw new Error(`service ${name} uses secret ${source}, which is not declared under secrets:`);
+      mounts.set(target, local);
+      secrets.push(source);
+    }
+    const rewrite = (arg: string): string => {
+      const eq = /^(--[^=]+=)(.*)$/.exec(arg);
+      if (eq !== null) return eq[1]! + rewrite(eq[2]!);
+      const hostPort = /^([^:/]+):(\d+)$/.exec(arg);
+      if (hostPort !== null) {
+        const host = hostPort[1]!;
+        const mapped = OWN_HOSTS.has(host) ? own : addressOf.get(host);
+        if (mapped === undefined) throw new Error(`service ${name}: ${arg} names no service of this file`);
+        return `${mapped}:${hostPort[2]}`;
+      }
+      let best = '';
+      for (const target of mounts.keys()) if ((arg === target || arg.startsWith(`${target}/`)) && target.length > best.length) best = target;
+      return best === '' ? arg : mounts.get(best)! + arg.slice(best.length);
+    };
+    const replaceEntrypoint = (argv: string[]): string[] => {
+      if (argv[0] !== 'coffer') throw new Error(`service ${name}: the harness runs the coffer command only, not ${argv[0]}`);
+      return [process.execPath, '--import', 'tsx', CLI, ...argv.slice(1)];
+    };
+    const rawCommand = [...((s['entrypoint'] as string[] | undefined) ?? entrypoint), ...((s['command'] as string[] | undefined) ?? [])];
+    if (typeof s['command'] === 'string' || typeof s['entrypoint'] === 'string') throw new Error(`service ${name}: write command and entrypoint in exec form (a list)`);
+    const rawEnv: Record<string, string> = {};
+    const env = s['environment'];
+    if (Array.isArray(env)) for (const pair of env as string[]) rawEnv[pair.split('=')[0]!] = pair.slice(pair.indexOf('=') + 1);
+    else if (env !== undefined && env !== null) for (const [k, v] of Object.entries(env as Record<string, unknown>)) rawEnv[k] = String(v ?? '');
+    const health = s['healthcheck'] as { test: string[]; interval?: string; timeout?: string; start_period?: string; start_interval?: string } | undefined;
+    let healthcheck: ComposeService['healthcheck'] = null;
+    if (health !== undefined) {
+      if (!Array.isArray(health.test) || health.test[0] !== 'CMD') throw new Error(`service ${name}: the healthcheck test must be ["CMD", ...]`);
+      healthcheck = {
+        command: replaceEntrypoint(health.test.slice(1)).map((a, k) => (k < 4 ? a : rewrite(a))),
+        intervalMs: durationMs(health.start_interval ?? health.interval, 5000),
+        timeoutMs: durationMs(health.timeout, 30_000),
+        startPeriodMs: durationMs(health.start_period, 0),
+      };
+    }
+    const dependsOn = new Map<string, Condition>();
+    const deps = s['depends_on'];
+    if (Array.isArray(deps)) for (const dep of deps as string[]) dependsOn.set(dep, 'service_started');
+    else for (const [dep, how] of Object.entries((deps ?? {}) as Record<string, { condition?: Condition }>)) dependsOn.set(dep, how.condition ?? 'service_started');
+    for (const dep of dependsOn.keys()) if (!names.includes(dep)) throw new Error(`service ${name} depends on ${dep}, which is not a service (of the active profiles)`);
+    const restart = String(s['restart'] ?? 'no');
+    services.set(name, {
+      name,
+      address: own,
+      command: replaceEntrypoint(rawCommand).map((a, k) => (k < 4 ? a : rewrite(a))),
+      environment: Object.fromEntries(Object.entries(rawEnv).map(([k, v]) => [k, rewrite(v)])),
+      healthcheck,
+      dependsOn,
+      oneShot: restart === 'no',
+      restart,
+      ports: ((s['ports'] as string[] | undefined) ?? []).map((p) => {
+        const [published, target] = String(p).split(':').map(Number);
+        return { published: published!, target: target! };
+      }),
+      mounts,
+      secrets,
+      raw: { command: rawCommand, environment: rawEnv, healthcheck: health?.test ?? null },
+    });
+  }
+  checkAcyclic(services);
+  return { services, secretFiles, entrypoint, volumeDirs };
+}
+
+function checkAcyclic(services: ReadonlyMap<string, ComposeService>): void {
+  const state = new Map<string, 'visiting' | 'done'>();
+  const visit = (name: string, path: string[]): void => {
+    if (state.get(name) === 'done') return;
+    if (state.get(name) === 'visiting') throw new Error(`depends_on has a cycle: ${[...path, name].join(' -> ')}`);
+    state.set(name, 'visiting');
+    for (const dep of services.get(name)!.dependsOn.keys()) visit(dep, [...path, name]);
+    state.set(name, 'done');
+  };
+  for (const name of services.keys()) visit(name, []);
+}
+
+/** The running services of one `up`, tracked by PID; `down` kills every one. */
+export class ComposeRun {
+  readonly #children = new Map<string, ChildProcess>();
+  readonly #exits = new Map<string, Promise<number | null>>();
+  readonly #forwarders: Server[] = [];
+  /** A long-running service that exited: the run has failed. */
+  #died: Error | null = null;
+  #down = false;
+
+  constructor(
+    readonly model: ComposeModel,
+    readonly logDir: string,
+  ) {}
+
+  /**
+   * Starts every service as Compose would, and resolves once each has started and each one-shot
+   * has finished; with `wait`, also once every healthcheck passes (docker compose up --wait).
+   */
+  async up(timeoutMs: number, options: { wait?: boolean } = {}): Promise<void> {
+    mkdirSync(this.logDir, { recursive: true });
+    for (const dir of this.model.volumeDirs.values()) mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const deadline = Date.now() + timeoutMs;
+    const started = new Map<string, Promise<void>>();
+    const start = (name: string): Promise<void> => {
+      let promise = started.get(name);
+      if (promise === undefined) {
+        const service = this.model.services.get(name)!;
+        promise = (async () => {
+          await Promise.all([...service.dependsOn].map(async ([dep, condition]) => {
+            await start(dep);
+            if (condition === 'service_completed_successfully') await this.#completed(dep, deadline);
+            if (condition === 'service_healthy') await this.#healthy(dep, deadline);
+          }));
+          this.#start(service);
+        })();
+        started.set(name, promise);
+      }
+      return promise;
+    };
+    await Promise.all([...this.model.services.keys()].map(start));
+    for (const service of this.model.services.values()) if (service.oneShot) await this.#completed(service.name, deadline);
+    if (options.wait === true) for (const service of this.model.services.values()) if (service.healthcheck !== null) await this.#healthy(service.name, deadline);
+    this.#check();
+  }
+
+  #start(service: ComposeService): void {
+    this.#check();
+    const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp', ...service.environment };
+    const child = spawn(service.command[0]!, service.command.slice(1), { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const log = createWriteStream(join(this.logDir, `${service.name}.log`), { flags: 'a' });
+    child.stdout!.pipe(log);
+    child.stderr!.pipe(log);
+    this.#children.set(service.name, child);
+    this.#exits.set(service.name, new Promise((done) => child.once('exit', (code) => done(code))));
+    child.once('exit', (code, signal) => {
+      if (!service.oneShot && !this.#down && this.#children.get(service.name) === child) {
+        this.#died ??= new Error(`service ${service.name} exited (code ${code}, signal ${signal}); its log:\n${this.log(service.name).slice(-3000)}`);
+      }
+    });
+    for (const port of service.ports) this.#forward(port.published, service.address, port.target);
+  }
+
+  #forward(published: number, address: string, target: number): void {
+    const server = createServer((socket) => {
+      const upstream = createConnection({ host: address, port: target });
+      socket.pipe(upstream).pipe(socket);
+      const close = (): void => {
+        socket.destroy();
+        upstream.destroy();
+      };
+      socket.on('error', close);
+      upstream.on('error', close);
+    });
+    server.on('error', (error) => (this.#died ??= new Error(`cannot publish port ${published} on ${HOST_ADDRESS}: ${error.message}`)));
+    server.listen(published, HOST_ADDRESS);
+    this.#forwarders.push(server);
+  }
+
+  #check(): void {
+    if (this.#died !== null) throw this.#died;
+  }
+
+  async #completed(name: string, deadline: number): Promise<void> {
+    const exit = this.#exits.get(name)!;
+    const code = await Promise.race([exit, new Promise<'timeout'>((done) => setTimeout(() => done('timeout'), Math.max(0, deadline - Date.now())).unref())]);
+    if (code === 'timeout') throw new Error(`service ${name} did not complete in time; its log:\n${this.log(name).slice(-3000)}`);
+    if (code !== 0) throw new Error(`service ${name} exited with code ${code}, not 0; its log:\n${this.log(name).slice(-3000)}`);
+  }
+
+  /** Waits until a service's healthcheck passes; fails at once if a service has died. */
+  waitHealthy(name: string, timeoutMs: number): Promise<void> {
+    return this.#healthy(name, Date.now() + timeoutMs);
+  }
+
+  async #healthy(name: string, deadline: number): Promise<void> {
+    const check = this.model.services.get(name)!.healthcheck;
+    if (check === null) throw new Error(`service_healthy on ${name}, which has no healthcheck`);
+    let last = '';
+    for (;;) {
+      this.#check();
+      const result = await this.healthcheck(name);
+      if (result.code === 0) return;
+      last = result.output;
+      if (Date.now() > deadline) throw new Error(`service ${name} never became healthy: ${last}\nits log:\n${this.log(name).slice(-3000)}`);
+      await new Promise((done) => setTimeout(done, check.intervalMs));
+    }
+  }
+
+  /** Runs a service's healthcheck command once, with its timeout. */
+  healthcheck(name: string): Promise<{ code: number | null; output: string }> {
+    const service = this.model.services.get(name)!;
+    const check = service.healthcheck!;
+    return new Promise((done) => {
+      const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp', ...service.environment };
+      const child = spawn(check.command[0]!, check.command.slice(1), { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+      const timer = setTimeout(() => process.kill(child.pid!, 'SIGKILL'), check.timeoutMs);
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        done({ code, output: output.trim() });
+      });
+    });
+  }
+
+  log(name: string): string {
+    try {
+      return readFileSync(join(this.logDir, `${name}.log`), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Whether a service's process is running now. */
+  running(name: string): boolean {
+    const child = this.#children.get(name);
+    return child !== undefined && child.exitCode === null && child.signalCode === null;
+  }
+
+  /** docker compose down: SIGTERM to every process by PID, SIGKILL after a grace period; ports closed. */
+  async down(graceMs = 5000): Promise<void> {
+    this.#down = true;
+    for (const server of this.#forwarders) server.close();
+    this.#forwarders.length = 0;
+    await Promise.all(
+      [...this.#children.entries()].map(async ([name, child]) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const gone = this.#exits.get(name)!;
+        process.kill(child.pid!, 'SIGTERM');
+        const timer = setTimeout(() => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'), graceMs);
+        await gone;
+        clearTimeout(timer);
+      }),
+    );
+    this.#children.clear();
+  }
+}

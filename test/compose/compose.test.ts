@@ -1,0 +1,175 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { identityOf } from '../../src/crypto/pki.ts';
+import { AdminClient, eventually } from '../cluster/processes.ts';
+import { ComposeRun, HOST_ADDRESS, REPO, loadCompose, type ComposeModel } from './compose-harness.ts';
+
+const COMPOSE = { text: readFileSync(join(REPO, 'docker-compose.yml'), 'utf8'), dir: REPO };
+const MANAGERS = ['m1', 'm2', 'm3'];
+const UP_TIMEOUT_MS = 120_000;
+
+/** Secrets for a run, made by the script the README tells operators to run, in the temp dir. */
+function makeSecrets(root: string): void {
+  execFileSync('sh', [join(REPO, 'scripts/compose-secrets.sh'), join(root, 'secrets'), '5'], { stdio: 'pipe' });
+}
+
+/** Everything that would be key material: the secret files' bytes in any encoding, tokens, PEM keys. */
+function assertNoSecretMaterial(model: ComposeModel, text: string, where: string): void {
+  assert.doesNotMatch(text, /CFRTKN-|CFRKEY-|PRIVATE KEY/, `${where} holds a join token, an unlock key or a private key`);
+  for (const [name, file] of model.secretFiles) {
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(file);
+    } catch {
+      continue;
+    }
+    for (const encoded of [bytes.toString('hex'), bytes.toString('base64'), bytes.toString('base64url'), bytes.toString('latin1')]) {
+      assert.ok(!text.includes(encoded), `${where} holds the contents of secret ${name}`);
+    }
+  }
+}
+
+test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, restart policies, published ports, key files as secrets, nothing secret in the environment or the image', () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-compose-static-'));
+  try {
+    makeSecrets(root);
+    const model = loadCompose(COMPOSE, root, { profiles: ['five'] });
+    assert.deepEqual([...model.services.keys()], ['init', 'm1', 'm2', 'm3', 'm4', 'm5']);
+    assert.deepEqual(model.entrypoint, ['coffer']);
+    const published = new Set<number>();
+    for (const [name, service] of model.services) {
+      const env = JSON.stringify(service.raw.environment);
+      assertNoSecretMaterial(model, env, `the environment of ${name}`);
+      assertNoSecretMaterial(model, JSON.stringify(service.raw.command), `the command of ${name}`);
+      for (const variable of Object.keys(service.raw.environment)) {
+        if (/KEY|TOKEN|SECRET|PASSWORD/i.test(variable)) assert.match(service.raw.environment[variable]!, /^\//, `${name}: ${variable} must be a path, not the value`);
+      }
+      assert.ok(!service.raw.command.includes('--token'), `${name} must read the join token from a file, not argv`);
+      if (name === 'init') {
+        assert.equal(service.oneShot, true, 'init runs once');
+        continue;
+      }
+      assert.equal(service.restart, 'unless-stopped', name);
+      assert.deepEqual(service.raw.healthcheck?.slice(0, 3), ['CMD', 'coffer', 'health'], `${name} is checked by coffer health`);
+      assert.equal(service.ports.length, 1, `${name} publishes its client port`);
+      const port = service.ports[0]!;
+      assert.equal(port.target, 7400);
+      assert.ok(!published.has(port.published), `port ${port.published} is published twice`);
+      published.add(port.published);
+      assert.ok(service.secrets.length === 1 && [...service.mounts.keys()].some((target) => target.startsWith('/run/secrets/')), `${name} gets its key file as a secret`);
+      assert.ok(service.raw.command.includes('--key-file'), `${name} is told where its key file is`);
+    }
+    const dockerfile = readFileSync(join(REPO, 'cluster/Dockerfile'), 'utf8');
+    assert.match(dockerfile, /^FROM node:20-slim$/m);
+    assert.match(dockerfile, /^USER node$/m, 'the manager runs as a non-root user');
+    assert.match(dockerfile, /npm ci --omit=dev/);
+    assert.doesNotMatch(dockerfile, /^(ENV|ARG)\s+\S*(KEY|TOKEN|SECRET|PASSWORD)/im, 'no secret in the image\'s environment');
+    assert.doesNotMatch(dockerfile, /COPY\s+(\.|secrets)\s/, 'the image copies only what it needs');
+    assert.match(readFileSync(join(REPO, '.dockerignore'), 'utf8'), /^secrets$/m);
+    assert.match(readFileSync(join(REPO, '.gitignore'), 'utf8'), /^\/secrets\/$/m);
+    // The script never overwrites a key file.
+    const before = readFileSync(join(root, 'secrets', 'm1.key'));
+    assert.equal(before.byteLength, 32);
+    assert.equal((readdirSync(join(root, 'secrets')).length), 5);
+    makeSecrets(root);
+    assert.deepEqual(readFileSync(join(root, 'secrets', 'm1.key')), before);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('docker compose up, run as local processes in the order of depends_on: three voters, a write through one manager read on the others, every healthcheck passes; then the same commands again (a restart) change nothing', { timeout: 360_000 }, async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-compose-'));
+  let run: ComposeRun | null = null;
+  let admin: AdminClient | null = null;
+  try {
+    makeSecrets(root);
+    const model = loadCompose(COMPOSE, root);
+    assert.deepEqual([...model.services.keys()], ['init', ...MANAGERS], 'the five-manager profile is off by default');
+    run = new ComposeRun(model, join(root, 'logs-1'));
+    const started = Date.now();
+    await run.up(UP_TIMEOUT_MS, { wait: true });
+    const first = run;
+    for (const name of MANAGERS) assert.equal((await first.healthcheck(name)).code, 0, `the healthcheck of ${name}`);
+    const upMs = Date.now() - started;
+
+    // The operator's view: the admin identity from the shared volume, managers at the published ports.
+    const adminDir = join(model.volumeDirs.get('shared')!, 'admin');
+    admin = new AdminClient(adminDir, identityOf(readFileSync(join(adminDir, 'admin.crt'), 'utf8')).clusterId);
+    const client = admin;
+    const published = MANAGERS.map((name) => `${HOST_ADDRESS}:${model.services.get(name)!.ports[0]!.published}`);
+    const voters = await eventually('three voters and no learner', 60_000, async () => {
+      const s = await client.status(published[0]!);
+      return s.voters.length === 3 && s.learners.length === 0 ? [...s.voters].sort() : undefined;
+    });
+    for (const address of published) assert.deepEqual([...(await client.status(address)).voters].sort(), voters);
+    await client.call(published[1]!, 'Secrets', 'put', { name: 'app/db/password', value: Buffer.from('compose-value-1') });
+    for (const address of [published[2]!, published[0]!]) {
+      const got = await client.call<{ value: Buffer }>(address, 'Secrets', 'get', { name: 'app/db/password' });
+      assert.equal(got.value.toString(), 'compose-value-1', `read at ${address}`);
+    }
+    for (const name of run.model.services.keys()) assertNoSecretMaterial(model, run.log(name), `the log of ${name}`);
+
+    // docker compose stop, then up again: init finds the cluster and does nothing; m2 and m3 serve
+    // what they hold instead of joining again; no member is added.
+    await run.down();
+    run = new ComposeRun(model, join(root, 'logs-2'));
+    await run.up(UP_TIMEOUT_MS, { wait: true });
+    const second = run;
+    assert.match(second.log('init'), /already holds a manager: nothing to do/);
+    for (const name of MANAGERS) {
+      assert.equal((await second.healthcheck(name)).code, 0, `the healthcheck of ${name} after the restart`);
+      assert.doesNotMatch(second.log(name), /joined cluster/, `${name} does not join again`);
+    }
+    admin.close();
+    admin = new AdminClient(adminDir, identityOf(readFileSync(join(adminDir, 'admin.crt'), 'utf8')).clusterId);
+    const again = admin;
+    await eventually('the same three voters', 60_000, async () => {
+      const s = await again.status(published[2]!);
+      return JSON.stringify([...s.voters].sort()) === JSON.stringify(voters) && s.learners.length === 0 ? true : undefined;
+    });
+    const got = await eventually('the value written before the restart', 30_000, async () => (await again.call<{ value: Buffer }>(published[2]!, 'Secrets', 'get', { name: 'app/db/password' })).value.toString());
+    assert.equal(got, 'compose-value-1');
+    process.stderr.write(`# compose: cluster up and healthy in ${upMs} ms\n`);
+  } catch (error) {
+    // The services' logs say why; the temporary directory goes with them.
+    const logs = run === null ? '' : [...run.model.services.keys()].map((name) => `--- ${name}\n${run!.log(name).slice(-2500)}`).join('\n');
+    throw new Error(`${(error as Error).message}\n${logs}`, { cause: error });
+  } finally {
+    admin?.close();
+    await run?.down();
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a broken compose file fails the run: a wrong flag, a manager that does not wait for init, a dependency cycle', { timeout: 240_000 }, async () => {
+  const cases: Array<{ what: string; edit: (text: string) => string; error: RegExp }> = [
+    { what: 'a misspelt flag in m2', edit: (t) => t.replace('"--join", "m1:7400", "--token-file", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"', '"--join", "m1:7400", "--token-fil", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"'), error: /service m2 exited/ },
+    { what: 'm1 not waiting for init', edit: (t) => t.replace(/(  m1:[\s\S]*?)    depends_on:\n      init:\n        condition: service_completed_successfully\n/, '$1'), error: /service m1 exited|never became healthy/ },
+    { what: 'a dependency cycle', edit: (t) => t.replace(/(  m1:[\s\S]*?depends_on:\n)/, '$1      m3:\n        condition: service_healthy\n'), error: /cycle/ },
+  ];
+  for (const { what, edit, error } of cases) {
+    const text = edit(COMPOSE.text);
+    assert.notEqual(text, COMPOSE.text, `the edit for "${what}" applies`);
+    const root = mkdtempSync(join(tmpdir(), 'coffer-compose-broken-'));
+    let run: ComposeRun | null = null;
+    try {
+      makeSecrets(root);
+      await assert.rejects(
+        (async () => {
+          run = new ComposeRun(loadCompose({ text, dir: REPO }, root), join(root, 'logs'));
+          await run.up(60_000, { wait: true });
+        })(),
+        error,
+        what,
+      );
+    } finally {
+      await (run as ComposeRun | null)?.down();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }
+});
