@@ -249,11 +249,21 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   snapshot(): Uint8Array {
+    const image = this.image();
+    this.#snapshotRootGen = this.#keys.rootGen;
+    return image;
+  }
+
+  /**
+   * The state as of the last applied entry, sealed as a snapshot is (keyring wrapped by the root
+   * key, state under the active data key), without marking it as a snapshot of this manager's:
+   * what a backup holds.
+   */
+  image(): Uint8Array {
     const keyring = this.#keys.keyring;
     let inner: Buffer | null = null;
     if (keyring.activeTerm === 0) assert(this.#innerPristine, 'the inner state changed before the keyring had a term');
     else inner = keyring.encrypt('snapshot', this.#inner.snapshot());
-    this.#snapshotRootGen = this.#keys.rootGen;
     return packr.pack([1, encodeKeyState(this.#keys), inner]);
   }
 

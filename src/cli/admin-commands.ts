@@ -208,6 +208,12 @@ export function clusterCommands(): Command {
       const reply = await withClient(flags, (c) => c.transferLeader(node === undefined ? 0 : parseNodeId(node)));
       print(flags, reply, () => `manager ${reply.leaderId} leads`);
     });
+  addClientOptions(cluster.command('rotate-join-token'))
+    .description('a new manager join token; the old one stops working on every manager at once')
+    .action(async (flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.call<{ token: string }>('Cluster', 'rotateJoinToken', {}, false));
+      print(flags, reply, () => `manager join token: ${reply.token}`);
+    });
   const change = (name: 'promote' | 'demote' | 'remove', description: string) =>
     addClientOptions(cluster.command(`${name} <node>`))
       .description(description)
@@ -256,6 +262,12 @@ export function keyCommands(): Command {
       if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('a data key is named by its term, a whole number above 0 (see coffer key status)');
       const reply = await withClient(flags, (c) => c.keyOp('destroy', n));
       print(flags, reply, () => reply.detail);
+    });
+  addClientOptions(key.command('rotate-recovery'))
+    .description('a new recovery key (opens backups made from now on); printed once')
+    .action(async (flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.rotateRecovery());
+      print(flags, reply, () => `recovery key: ${reply.recoveryKey}\nstore it offline: it is shown once; backups made from now on open with it (older ones with the older key)`);
     });
   addClientOptions(key.command('rotate-unlock'))
     .description('a new unlock key for every manager (turns autolock on); printed once')

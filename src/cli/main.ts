@@ -10,6 +10,7 @@ import { auditCommands, autolockCommand, clusterCommands, identityCommands, keyC
 import { devCommand } from './dev.ts';
 import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
+import { snapshotCommands } from './snapshot-commands.ts';
 import { secretCommands } from './secret-commands.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -33,9 +34,10 @@ program
   .option('--cert-validity-days <days>', 'lifetime of manager certificates; renewed when a third is left', parseFloat, 90)
   .option('--token-file <path>', 'also write the join token to this file (mode 600), for managers that read it with --token-file')
   .option('--health-dir <dir>', 'also write a client identity that may only check health (ca.crt, health.crt, health.key)')
+  .option('--recovery-key-file <path>', 'write the recovery key to this file (mode 600) instead of printing it')
   .option('--if-missing', 'do nothing (and exit 0) if --data already holds a manager: for a start command that runs on every boot')
   .addOption(new Option('--output <format>', 'text or json').choices(['text', 'json']).default('text'))
-  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; ifMissing?: boolean; output: string }) => {
+  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; recoveryKeyFile?: string; ifMissing?: boolean; output: string }) => {
     if (options.ifMissing === true && isManagerDataDir(options.data)) {
       process.stderr.write(`coffer: ${options.data} already holds a manager: nothing to do\n`);
       return;
@@ -49,6 +51,7 @@ program
       ...(options.autolock === true ? { autolock: true } : {}),
       ...(options.adminDir === undefined ? {} : { adminDir: options.adminDir }),
       ...(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile }),
+      ...(options.recoveryKeyFile === undefined ? {} : { recoveryKeyFile: options.recoveryKeyFile }),
       ...(options.healthDir === undefined ? {} : { healthDir: options.healthDir }),
     });
     if (options.output === 'json') {
@@ -63,6 +66,7 @@ program
         `admin identity: ${outcome.adminDir}/{ca.crt,admin.crt,admin.key}`,
         outcome.keyFile === null ? '' : `key file: ${outcome.keyFile} (used if it existed, made otherwise; keep it apart from the data directory and its backups)`,
         outcome.unlockKey === null ? '' : `unlock key: ${outcome.unlockKey}\nstore the unlock key safely: it is shown once, and a restarted manager needs it`,
+        outcome.recoveryKey === null ? `recovery key written to ${options.recoveryKeyFile}` : `recovery key: ${outcome.recoveryKey}\nstore the recovery key offline: it is shown once, and it opens backups (coffer snapshot restore) when every manager is lost`,
       ]
         .filter((line) => line !== '')
         .join('\n') + '\n',
@@ -136,6 +140,7 @@ program.addCommand(auditCommands());
 program.addCommand(clusterCommands());
 program.addCommand(keyCommands());
 program.addCommand(autolockCommand());
+program.addCommand(snapshotCommands());
 program.addCommand(runCommand());
 program.addCommand(healthCommand());
 

@@ -13,7 +13,7 @@ export interface ClientOptions {
   readonly deadlineMs?: number;
 }
 
-type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys';
+type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup';
 
 /** Errors after which a call may be sent to another manager without risking a double write. */
 function safeToRetry(error: grpc.ServiceError, idempotent: boolean): boolean {
@@ -68,13 +68,18 @@ export class CofferClient {
     throw new ClientError(last!.code, last!.details || last!.message);
   }
 
-  #once<Response>(address: string, service: ServiceName, method: string, request: object): Promise<Response> {
+  #stub(address: string, service: ServiceName): grpc.Client {
     const key = `${address}/${service}`;
     let client = this.#clients.get(key);
     if (client === undefined) {
       client = new (services()[service].Client)(address, this.#credentials, MANAGER_CHANNEL_OPTIONS);
       this.#clients.set(key, client);
     }
+    return client;
+  }
+
+  #once<Response>(address: string, service: ServiceName, method: string, request: object): Promise<Response> {
+    const client = this.#stub(address, service);
     const stub = client as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
     return new Promise((resolve, reject) => {
       stub[method]!.call(client, request, { deadline: Date.now() + (this.#options.deadlineMs ?? 10_000) }, (error, response) => (error === null ? resolve(response!) : reject(error)));
@@ -194,7 +199,54 @@ export class CofferClient {
     return this.call('Keys', 'rotateUnlock', {}, false);
   }
 
-  keyStatus(): Promise<{ activeTerm: number; activeCreatedAtMs: number; terms: number[]; destroyedTerms: number[]; rootGeneration: number; unlockGeneration: number; protection: string; lastRewrapIndex: number; lastRewrapTerm: number }> {
+  /** A new recovery key (opens backups made from now on); returned once. */
+  rotateRecovery(): Promise<{ recoveryKey: string }> {
+    return this.call('Keys', 'rotateRecovery', {}, false);
+  }
+
+  /** A consistent, encrypted backup of the whole cluster, as one buffer; `onProgress` hears each chunk. */
+  saveBackup(onProgress?: (received: number, total: number) => void): Promise<{ data: Buffer; index: number }> {
+    type Chunk = { data: Buffer; totalBytes: number; index: number };
+    return this.stream<Chunk, { data: Buffer; index: number }>(
+      'Backup',
+      'save',
+      {},
+      (chunks) => ({ data: Buffer.concat(chunks.map((c) => c.data)), index: chunks[chunks.length - 1]?.index ?? 0 }),
+      (chunk, received) => onProgress?.(received + chunk.data.byteLength, chunk.totalBytes),
+    );
+  }
+
+  /** A server-streaming call on the managers in turn (only before any message arrived may it move on). */
+  async stream<Message extends { data: Buffer }, Result>(service: ServiceName, method: string, request: object, collect: (messages: Message[]) => Result, onMessage?: (message: Message, receivedBytes: number) => void): Promise<Result> {
+    const addresses = this.#options.addresses;
+    let last: grpc.ServiceError | null = null;
+    for (let attempt = 0; attempt < addresses.length; attempt++) {
+      const at = (this.#preferred + attempt) % addresses.length;
+      const messages: Message[] = [];
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const stub = this.#stub(addresses[at]!, service) as unknown as Record<string, (r: object, o: grpc.CallOptions) => grpc.ClientReadableStream<Message>>;
+          const call = stub[method]!.call(this.#stub(addresses[at]!, service), request, { deadline: Date.now() + Math.max(60_000, this.#options.deadlineMs ?? 10_000) });
+          let received = 0;
+          call.on('data', (message: Message) => {
+            onMessage?.(message, received);
+            received += message.data.byteLength;
+            messages.push(message);
+          });
+          call.on('error', reject);
+          call.on('end', resolve);
+        });
+        this.#preferred = at;
+        return collect(messages);
+      } catch (error) {
+        last = error as grpc.ServiceError;
+        if (messages.length > 0 || !safeToRetry(last, true)) break;
+      }
+    }
+    throw new ClientError(last!.code, last!.details || last!.message);
+  }
+
+  keyStatus(): Promise<{ hasRecoveryKey: boolean; activeTerm: number; activeCreatedAtMs: number; terms: number[]; destroyedTerms: number[]; rootGeneration: number; unlockGeneration: number; protection: string; lastRewrapIndex: number; lastRewrapTerm: number }> {
     return this.call('Keys', 'status', {}, true);
   }
 

@@ -8,7 +8,8 @@ export type ClusterCommand =
   | { readonly kind: 'cluster.member'; readonly id: NodeId; readonly address: string }
   | { readonly kind: 'cluster.removed'; readonly id: NodeId }
   | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array }
-  | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean };
+  | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean }
+  | { readonly kind: 'cluster.recovery-key'; readonly publicKey: Uint8Array };
 
 export type ClusterResult = { readonly ok: true } | { readonly ok: false; readonly reason: string };
 
@@ -23,6 +24,8 @@ export class ClusterState {
   readonly removed = new Set<NodeId>();
   joinTokenHash: Buffer | null = null;
   readonly heldLearners = new Set<NodeId>();
+  /** The public half of the recovery key: backups wrap the root key for it. */
+  recoveryPublicKey: Buffer | null = null;
 
   static encode(command: ClusterCommand): { kind: string; data: Buffer } {
     switch (command.kind) {
@@ -34,6 +37,8 @@ export class ClusterState {
         return { kind: command.kind, data: packr.pack([command.hash]) };
       case 'cluster.hold-learner':
         return { kind: command.kind, data: packr.pack([command.id, command.held]) };
+      case 'cluster.recovery-key':
+        return { kind: command.kind, data: packr.pack([command.publicKey]) };
     }
   }
 
@@ -70,18 +75,24 @@ export class ClusterState {
         else this.heldLearners.delete(id);
         return { ok: true };
       }
+      case 'cluster.recovery-key': {
+        const [key] = fields as unknown[];
+        if (!(key instanceof Uint8Array) || key.byteLength !== 32) return { ok: false, reason: 'a recovery public key has 32 bytes' };
+        this.recoveryPublicKey = Buffer.from(key);
+        return { ok: true };
+      }
       default:
         return { ok: false, reason: `unknown cluster command ${kind}` };
     }
   }
 
   snapshot(): unknown {
-    return [[...this.addresses], [...this.removed], this.joinTokenHash, [...this.heldLearners]];
+    return [[...this.addresses], [...this.removed], this.joinTokenHash, [...this.heldLearners], this.recoveryPublicKey];
   }
 
   restore(image: unknown): void {
     // Images written before held learners existed have three fields.
-    const [addresses, removed, hash, held = []] = image as [Array<[number, string]>, number[], Uint8Array | null, number[]?];
+    const [addresses, removed, hash, held = [], recovery = null] = image as [Array<[number, string]>, number[], Uint8Array | null, number[]?, (Uint8Array | null)?];
     this.addresses.clear();
     for (const [id, address] of addresses) this.addresses.set(id, address);
     this.removed.clear();
@@ -89,5 +100,6 @@ export class ClusterState {
     this.joinTokenHash = hash === null ? null : Buffer.from(hash);
     this.heldLearners.clear();
     for (const id of held) this.heldLearners.add(id);
+    this.recoveryPublicKey = recovery === null ? null : Buffer.from(recovery);
   }
 }

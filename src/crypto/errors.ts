@@ -13,6 +13,12 @@ export type CryptoErrorCode =
   | 'UNLOCK_KEY_MALFORMED'
   /** A well-formed unlock key that does not open this root key. */
   | 'UNLOCK_KEY_WRONG'
+  /** A recovery key that is not of the CFRREC-1 form, or whose checksum fails (a typo). */
+  | 'RECOVERY_KEY_MALFORMED'
+  /** A key (recovery or unlock) that does not open this backup. */
+  | 'BACKUP_KEY_WRONG'
+  /** A backup file that is not one, or was altered. */
+  | 'BACKUP_INVALID'
   /** A key file that is missing, the wrong size or readable by others. */
   | 'KEY_FILE_INVALID'
   /** The data directory has no key store (not a manager's, or not initialized). */

@@ -17,23 +17,31 @@ export function generateUnlockKey(): string {
 }
 
 export function formatUnlockKey(secret: Uint8Array): string {
-  if (secret.byteLength !== KEY_BYTES) throw new TypeError(`an unlock key holds ${KEY_BYTES} bytes`);
-  const body = base32(secret);
-  return `${PREFIX}${body}-${checksum(body)}`;
+  return formatKeyText(PREFIX, secret);
 }
 
 /** The 32 secret bytes of an unlock key; tolerant of case and surrounding whitespace. */
 export function parseUnlockKey(text: string): Buffer {
+  return parseKeyText(PREFIX, text, 'an unlock key', 'UNLOCK_KEY_MALFORMED');
+}
+
+/** 32 secret bytes as `<prefix><base32>-<checksum>` (unlock keys, recovery keys). */
+export function formatKeyText(prefix: string, secret: Uint8Array): string {
+  if (secret.byteLength !== KEY_BYTES) throw new TypeError(`a key holds ${KEY_BYTES} bytes`);
+  const body = base32(secret);
+  return `${prefix}${body}-${checksum(body)}`;
+}
+
+/** The 32 bytes of a key written by formatKeyText; a typo is told apart by the checksum. */
+export function parseKeyText(prefix: string, text: string, what: string, code: 'UNLOCK_KEY_MALFORMED' | 'RECOVERY_KEY_MALFORMED'): Buffer {
   const normalized = text.trim().toUpperCase();
-  const match = /^CFRKEY-1-([A-Z2-7]+)-([A-Z2-7]+)$/.exec(normalized);
+  const body = normalized.startsWith(prefix) ? normalized.slice(prefix.length) : null;
+  const match = body === null ? null : /^([A-Z2-7]+)-([A-Z2-7]+)$/.exec(body);
   if (match === null || match[1]!.length !== BODY_CHARS || match[2]!.length !== CHECK_CHARS) {
-    throw new CryptoError(
-      'UNLOCK_KEY_MALFORMED',
-      `an unlock key looks like ${PREFIX}<${BODY_CHARS} characters>-<${CHECK_CHARS} characters>; this one does not`,
-    );
+    throw new CryptoError(code, `${what} looks like ${prefix}<${BODY_CHARS} characters>-<${CHECK_CHARS} characters>; this one does not`);
   }
   if (checksum(match[1]!) !== match[2]) {
-    throw new CryptoError('UNLOCK_KEY_MALFORMED', 'the unlock key has a typo: its checksum does not match; check every character');
+    throw new CryptoError(code, `${what} has a typo: its checksum does not match; check every character`);
   }
   return unbase32(match[1]!).subarray(0, KEY_BYTES);
 }

@@ -277,6 +277,20 @@ export class Manager<Result> {
   }
 
   /** The leader's full Raft status (progress of each follower), or null while locked. */
+  /**
+   * What a backup needs, taken in one synchronous step so the image is exactly the state at
+   * `index`: the sealed image, the root key that opens it, and, when this manager is autolocked,
+   * its unlock KEK (so the unlock key opens the backup too).
+   */
+  backupMaterial(): { image: Buffer; index: number; term: number; rootKey: Buffer; rootGen: number; unlockKek: Buffer | null } {
+    const running = this.#need();
+    const status = running.replica.raw.basicStatus();
+    const image = Buffer.from(running.barrier.image());
+    const root = running.barrier.currentRootKey();
+    const unlockKek = this.#store.protection === 'unlock-key' ? Buffer.from(this.#store.kek) : null;
+    return { image, index: status.applied, term: status.term, rootKey: root.key, rootGen: root.gen, unlockKek };
+  }
+
   /** Members removed by a force-new-cluster start, to be marked removed in the replicated state. */
   forcedOut(): readonly NodeId[] {
     return this.#running?.replica.forcedOut ?? [];

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken } from '../crypto/pki.ts';
 import { Manager } from '../manager/manager.ts';
+import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import type { NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS } from '../transport/tls.ts';
@@ -32,6 +33,8 @@ export interface InitOptions {
    * certificate of the cluster CA listed in no policy, so it can ask for health and nothing else.
    */
   readonly healthDir?: string;
+  /** Write the recovery key here (mode 600) instead of returning it (containers: not in their logs). */
+  readonly recoveryKeyFile?: string;
 }
 
 /** The client identity `initCluster` writes to `healthDir`: it may call Health, nothing else. */
@@ -41,6 +44,8 @@ export interface InitOutcome {
   readonly clusterId: string;
   readonly joinToken: string;
   readonly unlockKey: string | null;
+  /** Opens backups when every manager is lost; shown once (or written to recoveryKeyFile). */
+  readonly recoveryKey: string | null;
   readonly adminDir: string;
   readonly keyFile: string | null;
 }
@@ -71,6 +76,8 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     ]),
   });
   const token = newJoinToken(ca.certPem);
+  const recovery = generateRecoveryKey();
+  if (options.recoveryKeyFile !== undefined) await writeFileAtomic(options.recoveryKeyFile, `${recovery.recoveryKey}\n`, 0o600);
   const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
   const adminDir = options.adminDir ?? `${options.dataDir.replace(/\/+$/, '')}-admin`;
   await writeIdentity(adminDir, ca.certPem, ADMIN_IDENTITY, admin);
@@ -89,10 +96,11 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     bootstrap: true,
     initialJoinTokenHash: joinTokenHash(token.secret).toString('hex'),
     initialAdminSerial: identityOf(admin.certPem).serial,
+    initialRecoveryPublicKey: recovery.publicKey.toString('hex'),
     peers: [],
     managerCertValidityDays: validityDays,
   });
-  return { clusterId, joinToken: formatJoinToken(token), unlockKey: init.unlockKey, adminDir, keyFile };
+  return { clusterId, joinToken: formatJoinToken(token), unlockKey: init.unlockKey, recoveryKey: options.recoveryKeyFile === undefined ? recovery.recoveryKey : null, adminDir, keyFile };
 }
 
 async function writeIdentity(dir: string, caPem: string, name: string, identity: { certPem: string; keyPem: string }): Promise<void> {

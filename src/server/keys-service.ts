@@ -1,5 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { generateUnlockKey } from '../crypto/unlock-key.ts';
+import { generateRecoveryKey } from '../crypto/recovery-key.ts';
+import { ClusterState } from '../cluster/cluster-state.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';
@@ -46,6 +48,13 @@ export function registerKeysService(node: CofferNode): void {
       const { detail } = await run({ op: 'rotate-unlock', unlockKey });
       return { unlockKey, detail };
     }),
+    rotateRecovery: unary(node, 'Keys.RotateRecovery', async (call: Call<object>) => {
+      authorize(node, call, 'admin', 'sys/keys');
+      const { recoveryKey, publicKey } = generateRecoveryKey();
+      const result = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey }));
+      if (!result.ok) throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.reason);
+      return { recoveryKey };
+    }),
     status: unary(node, 'Keys.Status', async (call: Call<object>) => {
       authorize(node, call, 'admin', 'sys/keys');
       const status = node.manager.status();
@@ -60,6 +69,7 @@ export function registerKeysService(node: CofferNode): void {
         protection: status.keyStore.protection,
         lastRewrapIndex: status.keys.lastRewrap?.index ?? 0,
         lastRewrapTerm: status.keys.lastRewrap?.term ?? 0,
+        hasRecoveryKey: node.state.cluster.recoveryPublicKey !== null,
       };
     }),
   });

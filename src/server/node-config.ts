@@ -18,6 +18,10 @@ export interface NodeConfig {
   readonly initialJoinTokenHash: string | null;
   /** The admin identity's certificate made at init (its serial), registered by the first leader. */
   readonly initialAdminSerial: string | null;
+  /** The recovery key made at init (its public half, hex), installed by the first leader. */
+  readonly initialRecoveryPublicKey?: string | null;
+  /** Members of the cluster a backup came from (or a forced new cluster left), marked removed by the first leader. */
+  readonly retiredMembers?: readonly NodeId[];
   /** Members known when this manager joined, until it has the replicated list. */
   readonly peers: ReadonlyArray<readonly [NodeId, string]>;
   /** Lifetime of manager certificates (90 days unless set at init). */

@@ -221,12 +221,15 @@ export class CofferNode {
       }
       if (status === null || status.role !== 'leader' || (this.manager.status().keys?.activeTerm ?? 0) === 0) return;
       const cluster = this.state.cluster;
-      // After a forced new cluster, the old members' certificates are refused from now on.
-      for (const id of this.manager.forcedOut()) {
+      // After a forced new cluster or a restore, the old members' certificates are refused from now on.
+      for (const id of [...this.manager.forcedOut(), ...(this.config.retiredMembers ?? [])]) {
         if (!cluster.removed.has(id)) await this.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id }));
       }
       if (cluster.addresses.get(this.config.nodeId) !== this.config.advertise) {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member', id: this.config.nodeId, address: this.config.advertise }));
+      }
+      if (cluster.recoveryPublicKey === null && (this.config.initialRecoveryPublicKey ?? null) !== null) {
+        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey: Buffer.from(this.config.initialRecoveryPublicKey!, 'hex') }));
       }
       if (cluster.joinTokenHash === null && this.config.initialJoinTokenHash !== null) {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex') }));

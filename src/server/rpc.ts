@@ -46,23 +46,7 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
         (error: unknown) => ({ response: null, error }),
       )
       .then(async ({ response, error }) => {
-        let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
-        if (status.code === grpc.status.INTERNAL) node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-        if (context.identity === null && status.code !== grpc.status.UNAUTHENTICATED) context.identity = callerIdentity(call, node.config.clusterId);
-        if (audited) {
-          const outcome = status.code === grpc.status.OK ? 'allowed' : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED ? 'denied' : 'failed';
-          try {
-            await node.audit.append({ identity: context.identity?.id ?? '', role: context.identity?.role ?? '', method, target: context.target, outcome, code: grpc.status[status.code] ?? String(status.code) });
-          } catch (auditError) {
-            node.log.error({ event: 'audit-failed', method, err: auditError }, 'the audit record could not be written: the request fails');
-            node.metrics.auditFailed();
-            status = { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
-            response = null;
-          }
-        }
-        // One line per request: method, identity, status, duration; never the body.
-        node.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Math.round(performance.now() - started) }, 'request');
-        node.metrics.rpc(method, grpc.status[status.code] ?? String(status.code), (performance.now() - started) / 1000);
+        const status = await finishRequest(node, method, call, context, started, error, audited);
         if (status.code === grpc.status.OK) return callback(null, response as Response);
         const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
         callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
@@ -70,6 +54,71 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
       .catch((error: unknown) => {
         node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
         callback({ code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
+      });
+  };
+}
+
+/**
+ * What every request does as it ends: its audit record (allowed, denied or failed; a request
+ * whose record cannot be written fails), one log line, the metrics. Returns the final status.
+ */
+async function finishRequest(
+  node: CofferNode,
+  method: string,
+  call: Call<unknown>,
+  context: { identity: Identity | null; target: string },
+  started: number,
+  error: unknown,
+  audited: boolean,
+): Promise<{ code: grpc.status; details: string }> {
+  let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
+  if (status.code === grpc.status.INTERNAL) node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+  if (context.identity === null && status.code !== grpc.status.UNAUTHENTICATED) context.identity = callerIdentity(call, node.config.clusterId);
+  if (audited) {
+    const outcome = status.code === grpc.status.OK ? 'allowed' : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED ? 'denied' : 'failed';
+    try {
+      await node.audit.append({ identity: context.identity?.id ?? '', role: context.identity?.role ?? '', method, target: context.target, outcome, code: grpc.status[status.code] ?? String(status.code) });
+    } catch (auditError) {
+      node.log.error({ event: 'audit-failed', method, err: auditError }, 'the audit record could not be written: the request fails');
+      node.metrics.auditFailed();
+      status = { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
+    }
+  }
+  // One line per request: method, identity, status, duration; never the body.
+  node.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Math.round(performance.now() - started) }, 'request');
+  node.metrics.rpc(method, grpc.status[status.code] ?? String(status.code), (performance.now() - started) / 1000);
+  return status;
+}
+
+/**
+ * A server-streaming handler with the same audit, log and metrics as `unary`: the handler makes
+ * the whole answer first (so a refusal is a status, not half a stream), then it is streamed.
+ */
+export function serverStream<Request, Message>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<readonly Message[]>) {
+  return (call: grpc.ServerWritableStream<Request, Message>): void => {
+    const context = { identity: null as Identity | null, target: '' };
+    auditContext.set(call, context);
+    const started = performance.now();
+    const run = node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
+    run
+      .then(
+        (messages) => ({ messages, error: null as unknown }),
+        (error: unknown) => ({ messages: [] as readonly Message[], error }),
+      )
+      .then(async ({ messages, error }) => {
+        const status = await finishRequest(node, method, call, context, started, error, true);
+        if (status.code !== grpc.status.OK) {
+          call.destroy(Object.assign(new Error(status.details), { code: status.code, details: status.details }));
+          return;
+        }
+        for (const message of messages) {
+          if (!call.write(message)) await new Promise((resolve) => call.once('drain', resolve));
+        }
+        call.end();
+      })
+      .catch((error: unknown) => {
+        node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+        call.destroy(Object.assign(new Error('internal error; the manager logged it'), { code: grpc.status.INTERNAL }));
       });
   };
 }

@@ -12,6 +12,7 @@ import { hostOf, splitHostPort } from './node-config.ts';
 import { registerAccessServices } from './access-service.ts';
 import { registerSecretsService } from './secrets-service.ts';
 import { registerKeysService } from './keys-service.ts';
+import { registerBackupService } from './backup-service.ts';
 import { decodeMemberOp, encodeMemberOpResult, isHealthy, runMemberOp, type MemberOp } from './membership.ts';
 import { LeaderRedirect, authorize, requireCaller, requireManager, unary, type Call } from './rpc.ts';
 
@@ -20,7 +21,7 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 export { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
 /** The services clients call, as gRPC reflection lists them. */
-export const CLIENT_SERVICES = ['coffer.v1.Secrets', 'coffer.v1.Cluster', 'coffer.v1.Policies', 'coffer.v1.Identities', 'coffer.v1.Audit', 'coffer.v1.Keys'];
+export const CLIENT_SERVICES = ['coffer.v1.Secrets', 'coffer.v1.Cluster', 'coffer.v1.Policies', 'coffer.v1.Identities', 'coffer.v1.Audit', 'coffer.v1.Keys', 'coffer.v1.Backup'];
 
 const CONF_TYPES: readonly ConfChangeType[] = ['add-voter', 'add-learner', 'remove'];
 
@@ -102,6 +103,7 @@ export function registerServices(node: CofferNode): void {
   registerSecretsService(node);
   registerAccessServices(node);
   registerKeysService(node);
+  registerBackupService(node);
   // Reflection lets generic tools (grpcurl, Postman) list and call the client API; manager-only
   // services stay out of the list. It describes the schema only, which is public anyway.
   new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }).addToServer(node.server);

@@ -23,7 +23,7 @@ export function packageDefinition(): protoLoader.PackageDefinition {
 }
 
 /** Loads the coffer.v1 services once. */
-export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService; Policies: LoadedService; Identities: LoadedService; Audit: LoadedService; Keys: LoadedService } {
+export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService; Policies: LoadedService; Identities: LoadedService; Audit: LoadedService; Keys: LoadedService; Backup: LoadedService } {
   if (cache === null) {
     const definition = packageDefinition();
     const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
@@ -32,11 +32,11 @@ export function services(): { Peer: LoadedService; Join: LoadedService; Secrets:
       if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: Client.service, Client };
     }
   }
-  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys } = cache;
-  if (Peer === undefined || Join === undefined || Secrets === undefined || Cluster === undefined || Policies === undefined || Identities === undefined || Audit === undefined || Keys === undefined) {
+  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup } = cache;
+  if (Peer === undefined || Join === undefined || Secrets === undefined || Cluster === undefined || Policies === undefined || Identities === undefined || Audit === undefined || Keys === undefined || Backup === undefined) {
     throw new Error('proto/coffer/v1 lacks a service');
   }
-  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys };
+  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup };
 }
 
 /** Frames on the Raft stream, as proto-loader gives them (oneof `body` names the set field). */

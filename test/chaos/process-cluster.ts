@@ -27,6 +27,8 @@ export class ProcessCluster {
   adminDir = '';
   clusterId = '';
   joinToken = '';
+  /** Printed by init: opens backups. */
+  recoveryKey = '';
   readonly #network: NetworkNamespaces | null;
   #flags: string[] = [];
   #status = new Map<string, CofferClient>();
@@ -48,10 +50,11 @@ export class ProcessCluster {
     const first = cluster.managers[0]!;
     const init = await coffer(['init', '--data', first.data, '--listen', first.address, '--output', 'json']);
     if (init.code !== 0) throw new Error(`coffer init failed: ${init.stderr}`);
-    const made = JSON.parse(init.stdout) as { clusterId: string; joinToken: string; adminDir: string };
+    const made = JSON.parse(init.stdout) as { clusterId: string; joinToken: string; adminDir: string; recoveryKey: string };
     cluster.adminDir = made.adminDir;
     cluster.clusterId = made.clusterId;
     cluster.joinToken = made.joinToken;
+    cluster.recoveryKey = made.recoveryKey;
     cluster.#start(first, ['server', '--data', first.data]);
     await eventually('the first manager to lead', 60_000, async () => ((await cluster.status(first)).role === 'leader' ? true : undefined));
     for (const m of cluster.managers.slice(1)) {

@@ -94,7 +94,7 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
 
     // Reflection: the client API is listed (not the manager-only services) and described.
     const listed = (await reflect(address, adminDir, clusterId, { listServices: '*' })) as { listServicesResponse: { service: Array<{ name: string }> } };
-    assert.deepEqual(listed.listServicesResponse.service.map((s) => s.name).sort(), ['coffer.v1.Audit', 'coffer.v1.Cluster', 'coffer.v1.Identities', 'coffer.v1.Keys', 'coffer.v1.Policies', 'coffer.v1.Secrets']);
+    assert.deepEqual(listed.listServicesResponse.service.map((s) => s.name).sort(), ['coffer.v1.Audit', 'coffer.v1.Backup', 'coffer.v1.Cluster', 'coffer.v1.Identities', 'coffer.v1.Keys', 'coffer.v1.Policies', 'coffer.v1.Secrets']);
     const described = (await reflect(address, adminDir, clusterId, { fileContainingSymbol: 'coffer.v1.Secrets' })) as { fileDescriptorResponse: { fileDescriptorProto: Buffer[] } };
     assert.ok(described.fileDescriptorResponse.fileDescriptorProto.some((file) => file.toString('latin1').includes('PutSecretRequest')), 'the descriptor of Secrets');
   } finally {
