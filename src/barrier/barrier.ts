@@ -23,8 +23,11 @@ export interface LocalKeys {
   readonly unlockGen: number;
   usesReserved(term: number): number;
   reserveUses(term: number, uses: number, liveTerms: readonly number[]): Promise<void>;
-  /** Rewraps the local root key: a newer generation, and/or a new KEK. */
-  rewrap(options: { rootGen: number; rootKey: Buffer; unlockGen: number; unlockKek: Buffer | null }): Promise<void>;
+  /**
+   * Rewraps the local root key: a newer generation, and/or a new KEK (an unlock key's), or, with
+   * `autolockOff`, the manager's own key file again.
+   */
+  rewrap(options: { rootGen: number; rootKey: Buffer; unlockGen: number; unlockKek: Buffer | null; autolockOff?: boolean }): Promise<void>;
 }
 
 export type BarrierResult<Result> =
@@ -135,6 +138,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     }
   }
 
+  /** Autolock off: the next unlock generation is "none" (managers go back to their key files). */
+  autolockOffPayload(): Buffer {
+    return encodePayload({ type: 'key', op: { op: 'autolock-off', gen: (this.#keys.unlock?.gen ?? 0) + 1 } });
+  }
+
   rotateUnlockPayload(unlockKek: Uint8Array): Buffer {
     const gen = (this.#keys.unlock?.gen ?? 0) + 1;
     const rootGen = this.#keys.rootGen;
@@ -223,7 +231,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       case 'rotate-root': {
         if (op.gen !== keys.rootGen + 1) return unchanged(`root generation ${op.gen} was proposed after ${op.gen - 1}, but ${keys.rootGen} is current; propose again`);
         const next = unwrapRootLink(keys.rootKey, op.wrappedRoot, this.clusterId, op.gen);
-        if (keys.unlock !== null) {
+        if (keys.unlock !== null && keys.unlock.wrappedKek.byteLength > 0) {
           // Keep the unlock KEK openable by the current root generation alone.
           const kek = unwrapUnlockKek(keys.roots.get(keys.unlock.rootGen)!, keys.unlock.wrappedKek, this.clusterId, keys.unlock.gen, keys.unlock.rootGen);
           keys.unlock = { gen: keys.unlock.gen, rootGen: op.gen, wrappedKek: wrapUnlockKek(next, kek, this.clusterId, keys.unlock.gen, op.gen) };
@@ -244,6 +252,13 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
         keys.unlock = { gen: op.gen, rootGen: op.rootGen, wrappedKek: op.wrappedKek };
         reached('rotate-unlock:applied');
         return { type: 'key-op', op: op.op, changed: true, detail: `unlock key generation ${op.gen} is current` };
+      }
+      case 'autolock-off': {
+        const current = keys.unlock;
+        if (current === null || current.wrappedKek.byteLength === 0) return unchanged('autolock is already off');
+        if (op.gen !== current.gen + 1) return unchanged(`autolock-off was proposed as unlock generation ${op.gen}, but ${current.gen} is current; propose again`);
+        keys.unlock = { gen: op.gen, rootGen: keys.rootGen, wrappedKek: new Uint8Array(0) };
+        return { type: 'key-op', op: op.op, changed: true, detail: `autolock is off (unlock generation ${op.gen}): every manager wraps its root key with its key file` };
       }
     }
   }
@@ -325,9 +340,10 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     const rootKey = keys.roots.get(targetRootGen);
     assert(rootKey !== undefined, () => `root generation ${targetRootGen} is not known`);
     let kek: Buffer | null = null;
-    if (unlockDue) kek = unwrapUnlockKek(keys.roots.get(unlock.rootGen)!, unlock.wrappedKek, this.clusterId, unlock.gen, unlock.rootGen);
+    const autolockOff = unlockDue && unlock.wrappedKek.byteLength === 0;
+    if (unlockDue && !autolockOff) kek = unwrapUnlockKek(keys.roots.get(unlock.rootGen)!, unlock.wrappedKek, this.clusterId, unlock.gen, unlock.rootGen);
     try {
-      await local.rewrap({ rootGen: targetRootGen, rootKey, unlockGen: unlockDue ? unlock.gen : local.unlockGen, unlockKek: kek });
+      await local.rewrap({ rootGen: targetRootGen, rootKey, unlockGen: unlockDue ? unlock.gen : local.unlockGen, unlockKek: kek, autolockOff });
     } finally {
       kek?.fill(0);
     }

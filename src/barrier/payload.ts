@@ -18,7 +18,9 @@ export type KeyOp =
   /** Root key generation `gen`, sealed under generation `gen - 1`. */
   | { readonly op: 'rotate-root'; readonly gen: number; readonly wrappedRoot: Uint8Array }
   /** Unlock key generation `gen`: its KEK, sealed under root key generation `rootGen`. */
-  | { readonly op: 'rotate-unlock'; readonly gen: number; readonly rootGen: number; readonly wrappedKek: Uint8Array };
+  | { readonly op: 'rotate-unlock'; readonly gen: number; readonly rootGen: number; readonly wrappedKek: Uint8Array }
+  /** Unlock key generation `gen` is "none": every manager wraps its root key with its key file again. */
+  | { readonly op: 'autolock-off'; readonly gen: number };
 
 /** Command kinds: short names such as `secret.put`. */
 export const COMMAND_KIND_PATTERN = /^[a-z][a-z0-9.-]{0,63}$/;
@@ -44,6 +46,8 @@ export function encodePayload(payload: EntryPayload): Buffer {
       return packr.pack([1, 'k', op.op, op.gen, op.wrappedRoot]);
     case 'rotate-unlock':
       return packr.pack([1, 'k', op.op, op.gen, op.rootGen, op.wrappedKek]);
+    case 'autolock-off':
+      return packr.pack([1, 'k', op.op, op.gen]);
   }
 }
 
@@ -93,6 +97,9 @@ export function decodePayload(bytes: Uint8Array): EntryPayload {
     case 'rotate-unlock':
       arity(6);
       return { type: 'key', op: { op: 'rotate-unlock', gen: int(3), rootGen: int(4), wrappedKek: bytesAt(5) } };
+    case 'autolock-off':
+      arity(4);
+      return { type: 'key', op: { op: 'autolock-off', gen: int(3) } };
     default:
       throw new PayloadError('the entry names an unknown keyring operation');
   }

@@ -286,5 +286,11 @@ export function autolockCommand(): Command {
       const reply = await withClient(flags, (c) => c.rotateUnlock());
       print(flags, reply, () => `autolock on; unlock key: ${reply.unlockKey}\nstore it safely: it is shown once, and a restarted manager needs it`);
     });
+  addClientOptions(autolock.command('off'))
+    .description('every manager wraps its root key with its key file again (made beside its data directory where missing)')
+    .action(async (flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.keyOp('autolockOff'));
+      print(flags, reply, () => reply.detail);
+    });
   return autolock;
 }

@@ -11,6 +11,7 @@ import { devCommand } from './dev.ts';
 import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
 import { snapshotCommands } from './snapshot-commands.ts';
+import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
 import { secretCommands } from './secret-commands.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -106,8 +107,9 @@ program
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
+  .option('--unlock-key-file <path>', 'an autolocked manager: read the unlock key from this file (e.g. a Docker secret); otherwise from stdin, or else it waits for coffer unlock')
   .option('--force-new-cluster', 'quorum lost for good: start a one-member cluster from this manager\'s data; every other member is removed, new managers join it')
-  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean } & SnapshotFlags) => {
+  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags) => {
     const { join: through, listen } = options;
     if (through === undefined) {
       for (const flag of ['advertise', 'token', 'tokenFile'] as const) {
@@ -130,6 +132,18 @@ program
     if (existsSync(path)) throw new Error(`${path} exists: a key file is never overwritten (its cluster could not be opened without it)`);
     createKeyFile(path).fill(0);
     process.stderr.write(`key file ${path} written (mode 600); keep it apart from the data directory and its backups\n`);
+  });
+
+program
+  .command('unlock')
+  .description('give a locked manager on this host its unlock key (prompted, or one line on stdin); it then starts serving')
+  .requiredOption('--data <dir>', 'the locked manager\'s data directory')
+  .option('--unlock-key-file <path>', 'read the unlock key from this file instead')
+  .action(async (options: { data: string; unlockKeyFile?: string }) => {
+    const key = options.unlockKeyFile !== undefined ? readSecretFile(options.unlockKeyFile, 'unlock key') : await readLine('unlock key: ');
+    const reply = await sendUnlockKey(options.data, key);
+    if (!reply.startsWith('ok')) throw new Error(reply.replace(/^error: /, ''));
+    process.stderr.write(`${reply}\n`);
   });
 
 program.addCommand(devCommand());
@@ -195,10 +209,17 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
   return n;
 }
 
-async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean } & SnapshotFlags): Promise<void> {
+async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
-  if ((await KeyStore.read(options.data)).protection === 'unlock-key') unlockKey = await readLine('unlock key: ');
+  if ((await KeyStore.read(options.data)).protection === 'unlock-key') {
+    if (options.unlockKeyFile !== undefined) unlockKey = readSecretFile(options.unlockKeyFile, 'unlock key');
+    else {
+      // A key on stdin (or typed at a terminal); with none, wait locked for coffer unlock.
+      unlockKey = await readLine('unlock key: ').catch(() => undefined);
+      if (unlockKey === undefined || unlockKey === '') unlockKey = await waitForUnlockKey(options.data, (line) => logger.info({ event: 'locked' }, line));
+    }
+  }
   const node = await CofferNode.start({
     dataDir: options.data,
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
@@ -216,6 +237,14 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+}
+
+function readSecretFile(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (error) {
+    throw new Error(`cannot read the ${what} file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
 }
 
 function readLine(prompt: string): Promise<string> {

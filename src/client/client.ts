@@ -190,7 +190,7 @@ export class CofferClient {
   // ---- keys -----------------------------------------------------------------------------------
 
   /** A keyring operation: rotate, rewrap, rotateRoot (no argument) or destroy (a term). */
-  keyOp(op: 'rotate' | 'rewrap' | 'rotateRoot' | 'destroy', term = 0): Promise<{ detail: string; activeTerm: number }> {
+  keyOp(op: 'rotate' | 'rewrap' | 'rotateRoot' | 'destroy' | 'autolockOff', term = 0): Promise<{ detail: string; activeTerm: number }> {
     return this.call('Keys', op, op === 'destroy' ? { term } : {}, false);
   }
 

@@ -169,7 +169,7 @@ export class Manager<Result> {
 
   async #start(rootKey: Buffer): Promise<void> {
     const options = this.#options;
-    const local = new KeyStoreLocalKeys(this.#store);
+    const local = new KeyStoreLocalKeys(this.#store, options.keyFile ?? null);
     const barrier = new Barrier<Result>({ clusterId: this.clusterId, rootKey, local, inner: options.inner });
     const storage = await LevelStorage.open(join(options.dataDir, 'raft'));
     let replica: Replica<BarrierResult<Result>>;
@@ -410,7 +410,7 @@ export class Manager<Result> {
    * A keyring operation sealed for proposing here or on the leader (a follower forwards it). With
    * rotate-unlock, `unlockKey` is the new key (made by the caller, shown to the operator once).
    */
-  keyOpPayload(op: { op: 'rotate' } | { op: 'rewrap' } | { op: 'destroy'; term: number } | { op: 'rotate-root' } | { op: 'rotate-unlock'; unlockKey: string }): Buffer {
+  keyOpPayload(op: { op: 'rotate' } | { op: 'rewrap' } | { op: 'destroy'; term: number } | { op: 'rotate-root' } | { op: 'rotate-unlock'; unlockKey: string } | { op: 'autolock-off' }): Buffer {
     const barrier = this.#need().barrier;
     switch (op.op) {
       case 'rotate':
@@ -421,6 +421,8 @@ export class Manager<Result> {
         return barrier.destroyPayload(op.term);
       case 'rotate-root':
         return barrier.rotateRootPayload();
+      case 'autolock-off':
+        return barrier.autolockOffPayload();
       case 'rotate-unlock': {
         const kek = kekFromUnlockKey(op.unlockKey, this.clusterId);
         try {

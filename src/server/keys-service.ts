@@ -37,6 +37,7 @@ export function registerKeysService(node: CofferNode): void {
     rotate: op('Rotate', () => ({ op: 'rotate' })),
     rewrap: op('Rewrap', () => ({ op: 'rewrap' })),
     rotateRoot: op('RotateRoot', () => ({ op: 'rotate-root' })),
+    autolockOff: op('AutolockOff', () => ({ op: 'autolock-off' })),
     destroy: op('Destroy', (call) => {
       const term = call.request.term ?? 0;
       if (!(term > 0)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'term names the data key to destroy (see coffer key status)');

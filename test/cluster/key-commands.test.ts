@@ -4,12 +4,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProcessCluster, type Manager } from '../chaos/process-cluster.ts';
+import { generateUnlockKey } from '../../src/crypto/unlock-key.ts';
 import { coffer, eventually } from './processes.ts';
 
 // The keyring from the command line, on three manager processes: status, rotate, rewrap, destroy
 // (refused until a rewrap), root-key rotation, and autolock on, after which a restarted manager
 // needs the new unlock key.
-test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on, end to end', { timeout: 240_000 }, async () => {
+test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on|off, end to end', { timeout: 240_000 }, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-keys-cli-'));
   let cluster: ProcessCluster | null = null;
   try {
@@ -70,16 +71,37 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
       const all = await Promise.all(c.managers.map((m) => json<KeyStatus>(['key', 'status'], m)));
       return all.every((s) => s.protection === 'unlock-key') ? true : undefined;
     });
-    // A restarted manager without the key stays down; with it, it serves the data.
+    // A restarted manager without the key waits, locked, for coffer unlock; with the key, it serves.
     await c.kill(follower);
     c.restart(follower);
-    await eventually(`${follower.name} to refuse to start without the unlock key`, 30_000, async () => (c.procs.running(follower.name) ? undefined : true));
-    c.restart(follower, locked.unlockKey);
+    await eventually(`${follower.name} to wait for its unlock key`, 30_000, async () => (c.procs.log(follower.name).includes('waiting for the unlock key') ? true : undefined));
+    const wrongKey = await coffer(['unlock', '--data', follower.data], 'CFRKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-AAAA\n');
+    assert.notEqual(wrongKey.code, 0);
+    assert.match(wrongKey.stderr, /UNLOCK_KEY_MALFORMED|typo/);
+    const otherKey = await coffer(['unlock', '--data', follower.data], `${generateUnlockKey()}\n`);
+    assert.notEqual(otherKey.code, 0);
+    assert.match(otherKey.stderr, /UNLOCK_KEY_WRONG/);
+    assert.ok(c.procs.running(follower.name), 'a wrong key leaves it waiting');
+    const unlocked = await coffer(['unlock', '--data', follower.data], `${locked.unlockKey}\n`);
+    assert.equal(unlocked.code, 0, unlocked.stderr);
     const reader = c.client(follower, 5000);
     const got = await eventually(`${follower.name} back with the unlock key`, 30_000, async () => reader.get('keys/a')).catch((error: Error) => {
       throw new Error(`${error.message}\n${c.procs.log(follower.name).split('\n').slice(-8).join('\n')}`);
     });
     assert.equal(got.value.toString(), 'sealed under the first term');
+
+    // Autolock off: every manager back on its key file; a restart needs no key again.
+    const off = await cli(['autolock', 'off'], leader);
+    assert.equal(off.code, 0, off.stderr);
+    await eventually('every manager on its key file', 15_000, async () => {
+      const all = await Promise.all(c.managers.map((m) => json<KeyStatus>(['key', 'status'], m)));
+      return all.every((s) => s.protection === 'key-file') ? true : undefined;
+    });
+    const again = await cli(['autolock', 'off'], leader);
+    assert.match(again.stderr, /FAILED_PRECONDITION: autolock is already off/);
+    await c.kill(follower);
+    c.restart(follower);
+    assert.equal((await eventually(`${follower.name} back without a key`, 30_000, async () => reader.get('keys/a'))).value.toString(), 'sealed under the first term');
     reader.close();
     writer.close();
   } finally {
