@@ -179,14 +179,34 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
       }
     }
   }
-  const rows = members.map((m) => [String(m.nodeId), m.address, m.role + (m.held ? ' (held)' : ''), m.healthy ? 'healthy' : 'unreachable', String(m.matchIndex), String(m.lag)]);
-  const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG'];
+  // Each member's own view (term, indexes, certificate); a locked or stopped one does not answer.
+  const own = await Promise.all(
+    members.map((m) => (m.address === '' ? Promise.resolve(null) : withClient({ ...flags, addr: m.address }, (c) => c.clusterStatus()).catch(() => null))),
+  );
+  const keys = await withClient(flags, (c) => c.keyStatus()).catch(() => null);
+  const day = (ms: unknown) => new Date(Number(ms)).toISOString().slice(0, 10);
+  const rows = members.map((m, k) => {
+    const o = own[k];
+    return [
+      String(m.nodeId),
+      m.address,
+      m.role + (m.held ? ' (held)' : ''),
+      m.healthy ? 'healthy' : 'unreachable',
+      String(m.matchIndex),
+      String(m.lag),
+      o === null || o === undefined ? 'no answer (down or locked)' : `${String(o.term)} ${String(o.commitIndex)}/${String(o.appliedIndex)} ${day(o.certificateNotAfterMs)}`,
+    ];
+  });
+  const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG', 'TERM COMMIT/APPLIED CERT-EXPIRES'];
   const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
   const line = (cells: string[]) => cells.map((c, k) => c.padEnd(widths[k]!)).join('  ').trimEnd();
   const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
   return [
-    `manager ${String(s.nodeId)}: ${String(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}`,
-    `keyring term ${String(s.keyringTerm)}; certificate ${String(s.certificateSerial)} valid until ${expiry}`,
+    `manager ${String(s.nodeId)}: ${String(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
+    keys === null
+      ? `keyring term ${String(s.keyringTerm)}`
+      : `keyring term ${keys.activeTerm}, rotated ${new Date(keys.activeCreatedAtMs).toISOString()}; root key generation ${keys.rootGeneration}; autolock ${keys.protection === 'unlock-key' ? 'on' : 'off'}; recovery key ${keys.hasRecoveryKey ? 'set' : 'NOT SET (coffer key rotate-recovery)'}`,
+    `certificate ${String(s.certificateSerial)} valid until ${expiry}`,
     `members (health and lag as seen by ${view}):`,
     line(header),
     ...rows.map(line),

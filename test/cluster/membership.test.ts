@@ -37,6 +37,8 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     assert.match(status.stdout, /as seen by the leader, manager \d+/);
     for (const m of c.managers) assert.ok(status.stdout.includes(m.address), status.stdout);
     assert.equal((status.stdout.match(/ leader +healthy/g) ?? []).length, 1, status.stdout);
+    assert.match(status.stdout, /keyring term \d+, rotated \d{4}-\d\d-\d\dT.*autolock off; recovery key set/);
+    assert.equal((status.stdout.match(/ \d+ \d+\/\d+ \d{4}-\d\d-\d\d/g) ?? []).length, 3, `each member's own term, commit/applied and certificate expiry:\n${status.stdout}`);
 
     // Leadership to a named voter, asked of a manager that is neither.
     const target = c.managers.find((m) => m !== leader && m !== follower) ?? follower;
@@ -87,6 +89,7 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     assert.match(refused.stderr, /FAILED_PRECONDITION: .*need 2 healthy to keep a quorum/);
     assert.equal((await c.status(leader)).voters.length, 3);
     await writer.put('members/a', Buffer.from('two'));
+    assert.match((await cli(['cluster', 'status'], leader)).stdout, new RegExp(`${downId} .*unreachable .*no answer \\(down or locked\\)`));
     c.restart(down);
     await eventually(`manager ${downId} healthy again`, 30_000, async () => ((await cli(['cluster', 'status'], leader)).stdout.match(/healthy/g) ?? []).length === 3 || undefined);
 
