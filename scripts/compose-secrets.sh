@@ -1,7 +1,8 @@
 #!/bin/sh
 # Makes the key files docker-compose.yml hands to the managers as secrets: 32 random bytes each,
-# mode 600, one per manager (m1.key ... m5.key), in DIR (default: secrets, beside the compose
-# file). An existing file is never overwritten: a manager's data cannot be opened without it.
+# mode 600, one per manager (m1.key ... m5.key), and the unlock key docker-compose.autolock.yml
+# uses (unlock.key, 32 random bytes too), in DIR (default: secrets, beside the compose file). An
+# existing file is never overwritten: a manager's data cannot be opened without it.
 #
 #   sh scripts/compose-secrets.sh [DIR] [COUNT]
 #
@@ -13,8 +14,9 @@ count="${2:-5}"
 umask 077
 mkdir -p "$dir"
 i=1
-while [ "$i" -le "$count" ]; do
+while [ "$i" -le "$((count + 1))" ]; do
   file="$dir/m$i.key"
+  if [ "$i" -gt "$count" ]; then file="$dir/unlock.key"; fi
   if [ -e "$file" ]; then
     echo "$file exists: kept as it is"
   else

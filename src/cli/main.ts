@@ -12,6 +12,7 @@ import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
 import { snapshotCommands } from './snapshot-commands.ts';
 import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
+import { formatUnlockKey } from '../crypto/unlock-key.ts';
 import { secretCommands } from './secret-commands.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -31,6 +32,7 @@ program
   .option('--advertise <host:port>', 'where other managers reach it (default: --listen)')
   .option('--key-file <path>', 'the key file that wraps the root key, outside the data directory (default: <data>.key)')
   .option('--autolock', 'wrap the root key with an unlock key instead of a key file; a restarted manager stays locked until given it')
+  .option('--unlock-key-file <path>', 'with --autolock: the unlock key to use, from this file (its text, or 32 random bytes, e.g. a Docker secret), instead of a new one')
   .option('--admin-dir <dir>', 'where to write the admin client identity (default: <data>-admin)')
   .option('--cert-validity-days <days>', 'lifetime of manager certificates; renewed when a third is left', parseFloat, 90)
   .option('--token-file <path>', 'also write the join token to this file (mode 600), for managers that read it with --token-file')
@@ -38,7 +40,8 @@ program
   .option('--recovery-key-file <path>', 'write the recovery key to this file (mode 600) instead of printing it')
   .option('--if-missing', 'do nothing (and exit 0) if --data already holds a manager: for a start command that runs on every boot')
   .addOption(new Option('--output <format>', 'text or json').choices(['text', 'json']).default('text'))
-  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; recoveryKeyFile?: string; ifMissing?: boolean; output: string }) => {
+  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; recoveryKeyFile?: string; unlockKeyFile?: string; ifMissing?: boolean; output: string }) => {
+    if (options.unlockKeyFile !== undefined && options.autolock !== true) throw new Error('--unlock-key-file is for an autolocked cluster: add --autolock');
     if (options.ifMissing === true && isManagerDataDir(options.data)) {
       process.stderr.write(`coffer: ${options.data} already holds a manager: nothing to do\n`);
       return;
@@ -50,6 +53,7 @@ program
       ...(options.advertise === undefined ? {} : { advertise: options.advertise }),
       ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
       ...(options.autolock === true ? { autolock: true } : {}),
+      ...(options.unlockKeyFile === undefined ? {} : { unlockKey: readUnlockKeyFile(options.unlockKeyFile) }),
       ...(options.adminDir === undefined ? {} : { adminDir: options.adminDir }),
       ...(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile }),
       ...(options.recoveryKeyFile === undefined ? {} : { recoveryKeyFile: options.recoveryKeyFile }),
@@ -140,7 +144,7 @@ program
   .requiredOption('--data <dir>', 'the locked manager\'s data directory')
   .option('--unlock-key-file <path>', 'read the unlock key from this file instead')
   .action(async (options: { data: string; unlockKeyFile?: string }) => {
-    const key = options.unlockKeyFile !== undefined ? readSecretFile(options.unlockKeyFile, 'unlock key') : await readLine('unlock key: ');
+    const key = options.unlockKeyFile !== undefined ? readUnlockKeyFile(options.unlockKeyFile) : await readLine('unlock key: ');
     const reply = await sendUnlockKey(options.data, key);
     if (!reply.startsWith('ok')) throw new Error(reply.replace(/^error: /, ''));
     process.stderr.write(`${reply}\n`);
@@ -213,7 +217,7 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
   if ((await KeyStore.read(options.data)).protection === 'unlock-key') {
-    if (options.unlockKeyFile !== undefined) unlockKey = readSecretFile(options.unlockKeyFile, 'unlock key');
+    if (options.unlockKeyFile !== undefined) unlockKey = readUnlockKeyFile(options.unlockKeyFile);
     else {
       // A key on stdin (or typed at a terminal); with none, wait locked for coffer unlock.
       unlockKey = await readLine('unlock key: ').catch(() => undefined);
@@ -239,12 +243,19 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
   process.once('SIGINT', () => stop('SIGINT'));
 }
 
-function readSecretFile(path: string, what: string): string {
+/**
+ * An unlock key from a file: its text (CFRKEY-1-...), or exactly 32 random bytes (what
+ * scripts/compose-secrets.sh writes for Docker secrets), which stand for the key they encode.
+ */
+function readUnlockKeyFile(path: string): string {
+  let bytes: Buffer;
   try {
-    return readFileSync(path, 'utf8').trim();
+    bytes = readFileSync(path);
   } catch (error) {
-    throw new Error(`cannot read the ${what} file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    throw new Error(`cannot read the unlock key file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
   }
+  if (bytes.byteLength === 32 && !bytes.toString('latin1').startsWith('CFRKEY')) return formatUnlockKey(bytes);
+  return bytes.toString('utf8').trim();
 }
 
 function readLine(prompt: string): Promise<string> {

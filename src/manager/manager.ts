@@ -95,6 +95,8 @@ export class Manager<Result> {
       clusterId?: string;
       keyFile?: string;
       autolock?: boolean;
+      /** With autolock: this unlock key (e.g. from a Docker secret) instead of a new one. */
+      unlockKey?: string;
       /** A joining manager's: the cluster's root key (generation `rootGen`), received from the leader. */
       rootKey?: Buffer;
       rootGen?: number;
@@ -111,7 +113,7 @@ export class Manager<Result> {
     let kek: Buffer;
     try {
       if (options.autolock === true) {
-        unlockKey = generateUnlockKey();
+        unlockKey = options.unlockKey ?? generateUnlockKey();
         kek = kekFromUnlockKey(unlockKey, clusterId);
         const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key' });
         store.unlock(kek);

@@ -35,6 +35,8 @@ export interface InitOptions {
   readonly healthDir?: string;
   /** Write the recovery key here (mode 600) instead of returning it (containers: not in their logs). */
   readonly recoveryKeyFile?: string;
+  /** With autolock: use this unlock key instead of making one (it is then not returned). */
+  readonly unlockKey?: string;
 }
 
 /** The client identity `initCluster` writes to `healthDir`: it may call Health, nothing else. */
@@ -69,7 +71,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   const keyFile = options.autolock === true ? null : (options.keyFile ?? defaultKeyFile(options.dataDir));
   const init = await Manager.init(options.dataDir, {
     clusterId,
-    ...(keyFile === null ? { autolock: true } : { keyFile }),
+    ...(keyFile === null ? { autolock: true, ...(options.unlockKey === undefined ? {} : { unlockKey: options.unlockKey }) } : { keyFile }),
     secrets: new Map([
       [TLS_KEY_SECRET, Buffer.from(node.keyPem)],
       [CA_KEY_SECRET, Buffer.from(ca.keyPem)],
@@ -100,7 +102,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     peers: [],
     managerCertValidityDays: validityDays,
   });
-  return { clusterId, joinToken: formatJoinToken(token), unlockKey: init.unlockKey, recoveryKey: options.recoveryKeyFile === undefined ? recovery.recoveryKey : null, adminDir, keyFile };
+  return { clusterId, joinToken: formatJoinToken(token), unlockKey: options.unlockKey === undefined ? init.unlockKey : null, recoveryKey: options.recoveryKeyFile === undefined ? recovery.recoveryKey : null, adminDir, keyFile };
 }
 
 async function writeIdentity(dir: string, caPem: string, name: string, identity: { certPem: string; keyPem: string }): Promise<void> {

@@ -69,12 +69,9 @@ function durationMs(value: unknown, fallbackMs: number): number {
  * Reads a compose file (its text, and the directory it is in for build contexts) into what the
  * harness runs; volumes and relative paths under `root`.
  */
-export function loadCompose(source: { text: string; dir: string }, root: string, options: { profiles?: readonly string[] } = {}): ComposeModel {
-  const doc = parse(source.text, { merge: true }) as {
-    services: Record<string, Record<string, unknown>>;
-    volumes?: Record<string, unknown>;
-    secrets?: Record<string, { file?: string }>;
-  };
+export function loadCompose(source: { text: string; dir: string }, root: string, options: { profiles?: readonly string[]; overrides?: readonly string[] } = {}): ComposeModel {
+  const doc = parse(source.text, { merge: true }) as ComposeDocument;
+  for (const text of options.overrides ?? []) mergeOverride(doc, parse(text, { merge: true }) as Partial<ComposeDocument>);
   const profiles = new Set(options.profiles ?? []);
   const secretFiles = new Map<string, string>();
   for (const [name, secret] of Object.entries(doc.secrets ?? {})) {
@@ -179,6 +176,34 @@ export function loadCompose(source: { text: string; dir: string }, root: string,
   }
   checkAcyclic(services);
   return { services, secretFiles, entrypoint, volumeDirs };
+}
+
+interface ComposeDocument {
+  services: Record<string, Record<string, unknown>>;
+  volumes?: Record<string, unknown>;
+  secrets?: Record<string, { file?: string }>;
+}
+
+/**
+ * `docker compose -f base -f override`, for what our files use: an override's service keys
+ * replace the base's (command, entrypoint, healthcheck, ...), except secrets, volumes and ports,
+ * whose lists are joined; top-level secrets and volumes are merged by name.
+ */
+function mergeOverride(base: ComposeDocument, override: Partial<ComposeDocument>): void {
+  for (const [name, service] of Object.entries(override.services ?? {})) {
+    const into = base.services[name];
+    if (into === undefined) {
+      base.services[name] = service;
+      continue;
+    }
+    for (const [key, value] of Object.entries(service)) {
+      if ((key === 'secrets' || key === 'volumes' || key === 'ports') && Array.isArray(into[key]) && Array.isArray(value)) {
+        into[key] = [...(into[key] as unknown[]), ...(value as unknown[]).filter((v) => !(into[key] as unknown[]).some((w) => JSON.stringify(w) === JSON.stringify(v)))];
+      } else into[key] = value;
+    }
+  }
+  base.secrets = { ...base.secrets, ...override.secrets };
+  base.volumes = { ...base.volumes, ...override.volumes };
 }
 
 function checkAcyclic(services: ReadonlyMap<string, ComposeService>): void {

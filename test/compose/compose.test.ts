@@ -9,6 +9,7 @@ import { AdminClient, eventually } from '../cluster/processes.ts';
 import { ComposeRun, HOST_ADDRESS, REPO, loadCompose, type ComposeModel } from './compose-harness.ts';
 
 const COMPOSE = { text: readFileSync(join(REPO, 'docker-compose.yml'), 'utf8'), dir: REPO };
+const AUTOLOCK = readFileSync(join(REPO, 'docker-compose.autolock.yml'), 'utf8');
 const MANAGERS = ['m1', 'm2', 'm3'];
 const UP_TIMEOUT_MS = 120_000;
 
@@ -19,7 +20,7 @@ function makeSecrets(root: string): void {
 
 /** Everything that would be key material: the secret files' bytes in any encoding, tokens, PEM keys. */
 function assertNoSecretMaterial(model: ComposeModel, text: string, where: string): void {
-  assert.doesNotMatch(text, /CFRTKN-|CFRKEY-|PRIVATE KEY/, `${where} holds a join token, an unlock key or a private key`);
+  assert.doesNotMatch(text, /CFRTKN-|CFRKEY-|CFRREC-|PRIVATE KEY/, `${where} holds a join token, an unlock key, a recovery key or a private key`);
   for (const [name, file] of model.secretFiles) {
     let bytes: Buffer;
     try {
@@ -74,7 +75,7 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
     // The script never overwrites a key file.
     const before = readFileSync(join(root, 'secrets', 'm1.key'));
     assert.equal(before.byteLength, 32);
-    assert.equal((readdirSync(join(root, 'secrets')).length), 5);
+    assert.deepEqual(readdirSync(join(root, 'secrets')).sort(), ['m1.key', 'm2.key', 'm3.key', 'm4.key', 'm5.key', 'unlock.key']);
     makeSecrets(root);
     assert.deepEqual(readFileSync(join(root, 'secrets', 'm1.key')), before);
   } finally {
@@ -82,13 +83,17 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
   }
 });
 
-test('docker compose up, run as local processes in the order of depends_on: three voters, a write through one manager read on the others, every healthcheck passes; then the same commands again (a restart) change nothing', { timeout: 360_000 }, async () => {
+/**
+ * `docker compose up --wait`, the checks, `stop`, and `up` again, as local processes; `check` adds
+ * what a variant must also hold (with the admin client and the published addresses), after each up.
+ */
+async function upTwice(overrides: readonly string[], check: (client: AdminClient, published: string[], round: number) => Promise<void>): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-compose-'));
   let run: ComposeRun | null = null;
   let admin: AdminClient | null = null;
   try {
     makeSecrets(root);
-    const model = loadCompose(COMPOSE, root);
+    const model = loadCompose(COMPOSE, root, { overrides });
     assert.deepEqual([...model.services.keys()], ['init', ...MANAGERS], 'the five-manager profile is off by default');
     run = new ComposeRun(model, join(root, 'logs-1'));
     const started = Date.now();
@@ -113,6 +118,8 @@ test('docker compose up, run as local processes in the order of depends_on: thre
       assert.equal(got.value.toString(), 'compose-value-1', `read at ${address}`);
     }
     for (const name of run.model.services.keys()) assertNoSecretMaterial(model, run.log(name), `the log of ${name}`);
+    assert.match(readFileSync(join(model.volumeDirs.get('shared')!, 'recovery-key'), 'utf8'), /^CFRREC-1-/, 'init wrote the recovery key to the shared volume, not its log');
+    await check(client, published, 1);
 
     // docker compose stop, then up again: init finds the cluster and does nothing; m2 and m3 serve
     // what they hold instead of joining again; no member is added.
@@ -134,7 +141,8 @@ test('docker compose up, run as local processes in the order of depends_on: thre
     });
     const got = await eventually('the value written before the restart', 30_000, async () => (await again.call<{ value: Buffer }>(published[2]!, 'Secrets', 'get', { name: 'app/db/password' })).value.toString());
     assert.equal(got, 'compose-value-1');
-    process.stderr.write(`# compose: cluster up and healthy in ${upMs} ms\n`);
+    await check(again, published, 2);
+    process.stderr.write(`# compose${overrides.length === 0 ? '' : ' (with an override)'}: cluster up and healthy in ${upMs} ms\n`);
   } catch (error) {
     // The services' logs say why; the temporary directory goes with them.
     const logs = run === null ? '' : [...run.model.services.keys()].map((name) => `--- ${name}\n${run!.log(name).slice(-2500)}`).join('\n');
@@ -144,6 +152,21 @@ test('docker compose up, run as local processes in the order of depends_on: thre
     await run?.down();
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+test('docker compose up, run as local processes in the order of depends_on: three voters, a write through one manager read on the others, every healthcheck passes; then the same commands again (a restart) change nothing', { timeout: 360_000 }, async () => {
+  await upTwice([], async (client, published) => {
+    for (const address of published) assert.equal((await client.call<{ protection: string }>(address, 'Keys', 'status', {})).protection, 'key-file');
+  });
+});
+
+test('docker-compose.autolock.yml over docker-compose.yml: every manager autolocked with the unlock key from a secret, and a restart unlocks them from it', { timeout: 360_000 }, async () => {
+  await upTwice([AUTOLOCK], async (client, published, round) => {
+    await eventually(`every manager autolocked (round ${round})`, 30_000, async () => {
+      const all = await Promise.all(published.map((address) => client.call<{ protection: string }>(address, 'Keys', 'status', {})));
+      return all.every((k) => k.protection === 'unlock-key') ? true : undefined;
+    });
+  });
 });
 
 test('a broken compose file fails the run: a wrong flag, a manager that does not wait for init, a dependency cycle', { timeout: 240_000 }, async () => {
