@@ -27,6 +27,7 @@ export class NodeMetrics implements ReplicaObserver {
   readonly #leaderChanges: Counter;
   readonly #fsyncSeconds: Histogram;
   readonly #entriesPerSync: Histogram;
+  readonly #proposalSeconds: Histogram;
   readonly #commitSeconds: Histogram;
   readonly #applySeconds: Histogram;
   readonly #readIndexSeconds: Histogram;
@@ -69,6 +70,7 @@ export class NodeMetrics implements ReplicaObserver {
     this.#leaderChanges = new Counter({ name: 'coffer_raft_leader_changes_total', help: 'Times the leader this manager knows changed.', registers });
     this.#fsyncSeconds = new Histogram({ name: 'coffer_storage_fsync_seconds', help: 'One synced write of the Raft log (entries and state).', buckets: LATENCY_BUCKETS_S, registers });
     this.#entriesPerSync = new Histogram({ name: 'coffer_storage_entries_per_sync', help: 'Entries in one synced write (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], registers });
+    this.#proposalSeconds = new Histogram({ name: 'coffer_raft_proposal_seconds', help: 'From proposing here to the entry durably in this manager\'s log.', buckets: LATENCY_BUCKETS_S, registers });
     this.#commitSeconds = new Histogram({ name: 'coffer_raft_commit_seconds', help: 'From proposing here to the entry committed.', buckets: LATENCY_BUCKETS_S, registers });
     this.#applySeconds = new Histogram({ name: 'coffer_raft_apply_seconds', help: 'From proposing here to the entry applied (what the proposer waits).', buckets: LATENCY_BUCKETS_S, registers });
     this.#readIndexSeconds = new Histogram({ name: 'coffer_raft_read_index_seconds', help: 'A linearizable read: from asking to the state caught up with the read index.', buckets: LATENCY_BUCKETS_S, registers });
@@ -85,6 +87,10 @@ export class NodeMetrics implements ReplicaObserver {
   persisted(seconds: number, entries: number): void {
     this.#fsyncSeconds.observe(seconds);
     if (entries > 0) this.#entriesPerSync.observe(entries);
+  }
+
+  proposed(seconds: number): void {
+    this.#proposalSeconds.observe(seconds);
   }
 
   committed(seconds: number): void {

@@ -46,6 +46,8 @@ export interface PeerSender {
 export interface ReplicaObserver {
   /** One synced storage write of `entries` entries took `seconds`. */
   persisted(seconds: number, entries: number): void;
+  /** A proposal made here was durably in this manager's log `seconds` after it was proposed. */
+  proposed(seconds: number): void;
   /** A proposal made here was committed `seconds` after it was proposed. */
   committed(seconds: number): void;
   /** ... and applied here `seconds` after it was proposed (what its proposer waits). */
@@ -291,7 +293,15 @@ export class Replica<Result> {
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
         await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
-        this.#observer?.persisted((performance.now() - startMs) / 1000, ready.entries.length);
+        const observer = this.#observer;
+        if (observer !== null) {
+          const now = performance.now();
+          observer.persisted((now - startMs) / 1000, ready.entries.length);
+          for (const entry of ready.entries) {
+            const proposal = this.#proposals.get(entry.index);
+            if (proposal !== undefined && proposal.term === entry.term) observer.proposed((now - proposal.startMs) / 1000);
+          }
+        }
         this.stats.syncs++;
         this.stats.entriesPersisted += ready.entries.length;
       }

@@ -84,6 +84,7 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
     assert.equal(sample(text, 'coffer_rpc_requests_total', 'method="Secrets.Get",code="NOT_FOUND"'), 1);
     assert.ok((sample(text, 'coffer_raft_apply_seconds_count') ?? 0) >= applyBefore + 7, 'apply latency observed per write');
     assert.ok((sample(text, 'coffer_raft_commit_seconds_count') ?? 0) >= 7);
+    assert.ok((sample(text, 'coffer_raft_proposal_seconds_count') ?? 0) >= 7, 'proposal latency observed per write');
     assert.ok((sample(text, 'coffer_storage_fsync_seconds_count') ?? 0) >= 7, 'fsyncs observed');
     assert.ok((sample(text, 'coffer_raft_read_index_seconds_count') ?? 0) >= 1, 'linearizable reads observed');
     assert.ok((sample(text, 'coffer_raft_leader_changes_total') ?? 0) >= 1);

@@ -63,15 +63,46 @@ test('pretty lines are redacted as JSON lines are, and readable', () => {
   assert.throws(() => JSON.parse(all.trim()), 'pretty lines are not JSON');
 });
 
-test('a process whose stdout is a terminal (a pseudo-terminal from script) logs pretty lines; on a pipe, JSON', { timeout: 60_000 }, async () => {
-  // `script` gives the child a pseudo-terminal; the child logs one line through the managers' logger.
-  const { execFileSync } = await import('node:child_process');
-  const program = "import('./src/util/logger.ts').then((m) => m.createLogger({ component: 't' }).info({ method: 'Secrets.Get', token: 'tok-3141' }, 'hello'))";
-  const viaPipe = execFileSync(process.execPath, ['--import', 'tsx', '-e', program], { encoding: 'utf8', env: { ...process.env, COFFER_LOG_FORMAT: '' } });
-  assert.equal((JSON.parse(viaPipe.trim()) as { msg: string }).msg, 'hello');
-  const command = `${process.execPath} --import tsx -e "${program.replace(/"/g, '\\"')}"`;
-  const viaTerminal = execFileSync('script', ['-qec', command, '/dev/null'], { encoding: 'utf8', env: { ...process.env, COFFER_LOG_FORMAT: '' } });
-  assert.match(viaTerminal, /INFO.*hello/);
-  assert.doesNotMatch(viaTerminal, /tok-3141/);
-  assert.throws(() => JSON.parse(viaTerminal.trim()));
+test('coffer server on a terminal (a pseudo-terminal from script) logs pretty lines; on a pipe, JSON lines', { timeout: 90_000 }, async () => {
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { coffer, freePort } = await import('../cluster/processes.ts');
+  const root = mkdtempSync(join(tmpdir(), 'coffer-pretty-'));
+  const cli = join(import.meta.dirname, '../../src/cli/main.ts');
+  // Runs `coffer server` until it says it serves; returns what it wrote.
+  const serve = (viaTerminal: boolean): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const command = [process.execPath, '--import', 'tsx', cli, 'server', '--data', join(root, 'm1')];
+      const env = { ...process.env, COFFER_LOG_FORMAT: '' };
+      const child = viaTerminal ? spawn('script', ['-qec', command.join(' '), '/dev/null'], { env, detached: true }) : spawn(command[0]!, command.slice(1), { env, detached: true });
+      let out = '';
+      const timer = setTimeout(() => finish(new Error(`no "serving" line in 30 s:\n${out}`)), 30_000);
+      const finish = (error?: Error): void => {
+        clearTimeout(timer);
+        try {
+          process.kill(-child.pid!, 'SIGKILL'); // the whole group: script and the manager under it
+        } catch {
+          // already gone
+        }
+        child.once('exit', () => (error === undefined ? resolve(out) : reject(error)));
+      };
+      child.stdout!.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        if (/serving on/.test(out)) finish();
+      });
+    });
+  try {
+    const init = await coffer(['init', '--data', join(root, 'm1'), '--listen', `127.0.0.1:${await freePort()}`, '--output', 'json']);
+    assert.equal(init.code, 0, init.stderr);
+    const pretty = await serve(true);
+    assert.match(pretty, /INFO.*manager 1 serving on/);
+    assert.ok(!pretty.split('\n').some((line) => line.trim().startsWith('{"level"')), `no JSON line on a terminal:\n${pretty}`);
+    const json = await serve(false);
+    const line = json.split('\n').find((l) => l.includes('serving on'))!;
+    assert.equal((JSON.parse(line) as { event: string }).event, 'started');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });
