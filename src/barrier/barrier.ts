@@ -138,6 +138,13 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     }
   }
 
+  /** The replicated unlock KEK (a copy), or null when autolock is off. */
+  unlockKek(): Buffer | null {
+    const unlock = this.#keys.unlock;
+    if (unlock === null || unlock.wrappedKek.byteLength === 0) return null;
+    return unwrapUnlockKek(this.#keys.roots.get(unlock.rootGen)!, unlock.wrappedKek, this.clusterId, unlock.gen, unlock.rootGen);
+  }
+
   /** Autolock off: the next unlock generation is "none" (managers go back to their key files). */
   autolockOffPayload(): Buffer {
     return encodePayload({ type: 'key', op: { op: 'autolock-off', gen: (this.#keys.unlock?.gen ?? 0) + 1 } });

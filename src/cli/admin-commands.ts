@@ -2,6 +2,8 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type { CofferClient } from '../client/client.ts';
+import { generateRecoveryKey } from '../crypto/recovery-key.ts';
+import { generateUnlockKey } from '../crypto/unlock-key.ts';
 import { verifyAuditDir } from '../audit/audit-log.ts';
 import { newLeafKey } from '../crypto/pki.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
@@ -286,26 +288,38 @@ export function keyCommands(): Command {
   addClientOptions(key.command('rotate-recovery'))
     .description('a new recovery key (opens backups made from now on); printed once')
     .action(async (flags: ClientFlags) => {
-      const reply = await withClient(flags, (c) => c.rotateRecovery());
-      print(flags, reply, () => `recovery key: ${reply.recoveryKey}\nstore it offline: it is shown once; backups made from now on open with it (older ones with the older key)`);
+      // Made here; only its public half goes to the cluster. Shown before it is sent.
+      const { recoveryKey, publicKey } = generateRecoveryKey();
+      showKeyFirst(flags, 'recovery key', recoveryKey);
+      await withClient(flags, (c) => c.rotateRecovery(publicKey));
+      print(flags, { recoveryKey }, () => 'applied: backups made from now on open with this recovery key (older ones with the older key); store it offline');
     });
   addClientOptions(key.command('rotate-unlock'))
     .description('a new unlock key for every manager (turns autolock on); printed once')
-    .action(async (flags: ClientFlags) => {
-      const reply = await withClient(flags, (c) => c.rotateUnlock());
-      print(flags, reply, () => `unlock key: ${reply.unlockKey}\nstore it safely: it is shown once, and a restarted manager needs it (${reply.detail})`);
-    });
+    .action(async (flags: ClientFlags) => rotateUnlock(flags, 'unlock key'));
   return key;
+}
+
+/**
+ * Keys made here are shown before they are sent (text output): if the reply is lost after the
+ * cluster applied the key, the operator still has it. JSON output prints them after success.
+ */
+function showKeyFirst(flags: ClientFlags, what: string, key: string): void {
+  if (flags.output !== 'json') process.stdout.write(`${what}: ${key}\n(keep it now: it is shown once; it takes effect only if this command says "applied")\n`);
+}
+
+async function rotateUnlock(flags: ClientFlags, what: string): Promise<void> {
+  const unlockKey = generateUnlockKey();
+  showKeyFirst(flags, what, unlockKey);
+  const reply = await withClient(flags, (c) => c.rotateUnlock(unlockKey));
+  print(flags, { unlockKey, detail: reply.detail }, () => `applied: ${reply.detail}; a restarted manager needs this unlock key`);
 }
 
 export function autolockCommand(): Command {
   const autolock = new Command('autolock').description('whether a restarted manager needs the unlock key');
   addClientOptions(autolock.command('on'))
     .description('wrap every manager\'s root key with a new unlock key, printed once (as coffer key rotate-unlock)')
-    .action(async (flags: ClientFlags) => {
-      const reply = await withClient(flags, (c) => c.rotateUnlock());
-      print(flags, reply, () => `autolock on; unlock key: ${reply.unlockKey}\nstore it safely: it is shown once, and a restarted manager needs it`);
-    });
+    .action(async (flags: ClientFlags) => rotateUnlock(flags, 'autolock on; unlock key'));
   addClientOptions(autolock.command('off'))
     .description('every manager wraps its root key with its key file again (made beside its data directory where missing)')
     .action(async (flags: ClientFlags) => {

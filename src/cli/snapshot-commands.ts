@@ -1,4 +1,5 @@
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Command, Option } from 'commander';
 import { readBackupHeader } from '../backup/backup-file.ts';
@@ -26,10 +27,11 @@ function progress(what: string): { update(done: number, total: number): void; en
   };
 }
 
-/** Writes a file whole or not at all: temporary file (mode 600), fsync, rename. */
+/** Writes a file whole or not at all: a new temporary file (mode 600), fsync, rename, fsync of the directory. */
 function writeFileDurably(path: string, data: Buffer): void {
   const temporary = `${path}.partial`;
-  const fd = openSync(temporary, 'w', 0o600);
+  rmSync(temporary, { force: true }); // one left by an interrupted save keeps its old mode: start afresh
+  const fd = openSync(temporary, 'wx', 0o600);
   try {
     for (let offset = 0; offset < data.byteLength; ) offset += writeSync(fd, data, offset);
     fsyncSync(fd);
@@ -37,6 +39,12 @@ function writeFileDurably(path: string, data: Buffer): void {
     closeSync(fd);
   }
   renameSync(temporary, path);
+  const dir = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
 }
 
 function readKeyLine(prompt: string): Promise<string> {

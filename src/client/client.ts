@@ -194,14 +194,14 @@ export class CofferClient {
     return this.call('Keys', op, op === 'destroy' ? { term } : {}, false);
   }
 
-  /** A new unlock key for every manager (autolock on); returned once. */
-  rotateUnlock(): Promise<{ unlockKey: string; detail: string }> {
-    return this.call('Keys', 'rotateUnlock', {}, false);
+  /** `unlockKey` becomes every manager's unlock key (autolock on). Keep it before calling. */
+  rotateUnlock(unlockKey: string): Promise<{ detail: string }> {
+    return this.call('Keys', 'rotateUnlock', { unlockKey }, false);
   }
 
-  /** A new recovery key (opens backups made from now on); returned once. */
-  rotateRecovery(): Promise<{ recoveryKey: string }> {
-    return this.call('Keys', 'rotateRecovery', {}, false);
+  /** Backups made from now on open with the recovery key of this X25519 public key. */
+  rotateRecovery(publicKey: Buffer): Promise<object> {
+    return this.call('Keys', 'rotateRecovery', { publicKey }, false);
   }
 
   /** A consistent, encrypted backup of the whole cluster, as one buffer; `onProgress` hears each chunk. */

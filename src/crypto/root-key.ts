@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fchmodSync, fsyncSync, linkSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { KEY_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
 import { parseUnlockKey, unlockKeyKek } from './unlock-key.ts';
@@ -39,11 +40,34 @@ function rootKeyAd(clusterId: string): Buffer {
   return Buffer.from(`coffer/1|root-key|${clusterId}`, 'utf8');
 }
 
-/** Creates a key file of 32 random bytes, readable by its owner only; refuses to overwrite one. */
+/**
+ * Creates a key file of 32 random bytes, readable by its owner only; refuses to overwrite one.
+ * Durable before it returns (temporary file, fsync, link into place, fsync of the directory): a
+ * key store is about to be wrapped under it, and a power loss must not leave that store pointing
+ * at an empty file.
+ */
 export function createKeyFile(path: string): Buffer {
   const kek = randomBytes(KEY_BYTES);
-  writeFileSync(path, kek, { mode: 0o600, flag: 'wx' });
-  chmodSync(path, 0o600);
+  const temporary = `${path}.${process.pid}.tmp`;
+  const fd = openSync(temporary, 'w', 0o600);
+  try {
+    writeSync(fd, kek);
+    fchmodSync(fd, 0o600);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    linkSync(temporary, path); // fails if `path` exists: never overwrite a key file
+  } finally {
+    unlinkSync(temporary);
+  }
+  const dir = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
   return kek;
 }
 

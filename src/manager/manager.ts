@@ -97,6 +97,8 @@ export class Manager<Result> {
       autolock?: boolean;
       /** With autolock: this unlock key (e.g. from a Docker secret) instead of a new one. */
       unlockKey?: string;
+      /** A restored manager's: the unlock generation of the backup's state (so it keeps its own key). */
+      unlockGen?: number;
       /** A joining manager's: the cluster's root key (generation `rootGen`), received from the leader. */
       rootKey?: Buffer;
       rootGen?: number;
@@ -115,14 +117,14 @@ export class Manager<Result> {
       if (options.autolock === true) {
         unlockKey = options.unlockKey ?? generateUnlockKey();
         kek = kekFromUnlockKey(unlockKey, clusterId);
-        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key' });
+        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key', unlockGen: options.unlockGen ?? 0 });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);
         store.forget();
       } else {
         if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
         kek = adoptOrCreateKeyFile(options.keyFile).kek;
-        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'key-file' });
+        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'key-file', unlockGen: options.unlockGen ?? 0 });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);
         store.forget();
@@ -221,10 +223,23 @@ export class Manager<Result> {
    * that join later are autolocked with the same unlock key.
    */
   #maybePublishUnlockKey(running: Running<Result>): void {
-    if (this.#unlockPublished || this.#store.protection !== 'unlock-key' || running.replica.raw.basicStatus().role !== 'leader') return;
-    if (running.barrier.status().unlockGen !== 0 || running.barrier.status().activeTerm === 0) return;
+    if (this.#unlockPublished || running.replica.raw.basicStatus().role !== 'leader' || running.barrier.status().activeTerm === 0) return;
+    // A newer replicated generation is adopted first (rotate-unlock or autolock-off in flight).
+    if (running.barrier.status().unlockGen !== this.#store.unlockGen) return;
+    const replicated = running.barrier.unlockKek();
+    let payload: Buffer | null = null;
+    if (this.#store.protection === 'unlock-key') {
+      const ours = running.local.kek;
+      // The cluster's first unlock key (made by init), or a restored manager's own new one.
+      if (replicated === null || !replicated.equals(ours)) payload = running.barrier.rotateUnlockPayload(ours);
+    } else if (replicated !== null) {
+      // A manager restored without autolock from an autolocked backup: the cluster follows it.
+      payload = running.barrier.autolockOffPayload();
+    }
+    replicated?.fill(0);
     this.#unlockPublished = true;
-    running.replica.propose(running.barrier.rotateUnlockPayload(running.local.kek)).catch(() => {
+    if (payload === null) return;
+    running.replica.propose(payload).catch(() => {
       this.#unlockPublished = false;
     });
   }

@@ -1,6 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { generateUnlockKey } from '../crypto/unlock-key.ts';
-import { generateRecoveryKey } from '../crypto/recovery-key.ts';
+import { parseUnlockKey } from '../crypto/unlock-key.ts';
 import { ClusterState } from '../cluster/cluster-state.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
@@ -43,18 +42,24 @@ export function registerKeysService(node: CofferNode): void {
       if (!(term > 0)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'term names the data key to destroy (see coffer key status)');
       return { op: 'destroy', term };
     }),
-    rotateUnlock: unary(node, 'Keys.RotateUnlock', async (call: Call<object>) => {
+    rotateUnlock: unary(node, 'Keys.RotateUnlock', async (call: Call<{ unlockKey?: string }>) => {
       authorize(node, call, 'admin', 'sys/keys');
-      const unlockKey = generateUnlockKey();
+      const unlockKey = call.request.unlockKey ?? '';
+      try {
+        parseUnlockKey(unlockKey);
+      } catch (error) {
+        throw new ServiceError(grpc.status.INVALID_ARGUMENT, `unlock_key: ${(error as Error).message} (coffer key rotate-unlock makes one)`);
+      }
       const { detail } = await run({ op: 'rotate-unlock', unlockKey });
-      return { unlockKey, detail };
+      return { detail };
     }),
-    rotateRecovery: unary(node, 'Keys.RotateRecovery', async (call: Call<object>) => {
+    rotateRecovery: unary(node, 'Keys.RotateRecovery', async (call: Call<{ publicKey?: Buffer }>) => {
       authorize(node, call, 'admin', 'sys/keys');
-      const { recoveryKey, publicKey } = generateRecoveryKey();
+      const publicKey = call.request.publicKey ?? Buffer.alloc(0);
+      if (publicKey.byteLength !== 32) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'public_key is the 32-byte X25519 public half of the new recovery key (coffer key rotate-recovery makes the pair)');
       const result = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey }));
       if (!result.ok) throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.reason);
-      return { recoveryKey };
+      return {};
     }),
     status: unary(node, 'Keys.Status', async (call: Call<object>) => {
       authorize(node, call, 'admin', 'sys/keys');

@@ -70,6 +70,12 @@ export async function runMemberOp(node: CofferNode, op: MemberOp): Promise<Membe
   const { voters, learners } = status.confState;
   const isVoter = voters.includes(op.nodeId);
   const isLearner = learners.includes(op.nodeId);
+  const cluster = node.state.cluster;
+  if (op.op === 'remove' && !isVoter && !isLearner && cluster.addresses.has(op.nodeId) && !cluster.removed.has(op.nodeId)) {
+    // A removal that left the membership but failed before marking the manager removed: finish it.
+    await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
+    return resultOf(statusOf(node));
+  }
   if (op.op !== 'transfer' && !isVoter && !isLearner) throw new ServiceError(grpc.status.NOT_FOUND, `manager ${op.nodeId} is not a member of this cluster`);
 
   if (op.op === 'transfer') {
@@ -77,9 +83,12 @@ export async function runMemberOp(node: CofferNode, op: MemberOp): Promise<Membe
     return resultOf(statusOf(node));
   }
   if ((op.op === 'demote' || op.op === 'remove') && op.nodeId === status.id) {
-    // The leader leaves the voters: it hands over first, so no election is needed.
+    // The leader leaves the voters: it hands over first, so no election is needed. The quorum is
+    // checked here, where the progress of every voter is known, before anything moves.
+    checkQuorumAfterLosing(status, op.nodeId, op.force);
     const successor = await transferLeadership(node, status, 0);
-    return node.forwardMemberOp(successor, op);
+    // Checked above; the successor has only just started hearing from the others.
+    return node.forwardMemberOp(successor, { ...op, force: true });
   }
   if (op.op === 'promote') {
     if (isVoter) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a voter`);
@@ -98,8 +107,11 @@ export async function runMemberOp(node: CofferNode, op: MemberOp): Promise<Membe
     await node.manager.proposeConfChange({ type: 'add-learner', nodeId: op.nodeId });
     return resultOf(statusOf(node));
   }
-  await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
+  // Out of the membership first, then marked removed (its certificate refused from then on): if
+  // the mark fails, the manager is no longer counted in the quorum, and a repeated remove
+  // finishes the job (above). The other order could leave a refused manager counted as a voter.
   await node.manager.proposeConfChange({ type: 'remove', nodeId: op.nodeId });
+  await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
   node.transport.forget(op.nodeId);
   node.transport.disconnect(op.nodeId);
   return resultOf(statusOf(node));

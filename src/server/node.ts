@@ -20,7 +20,7 @@ import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
 import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
-import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeNodeConfig, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { HealthService } from './health.ts';
 import { registerServices } from './services.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
@@ -98,7 +98,7 @@ export class CofferNode {
   }
 
   static async start(options: NodeOptions): Promise<CofferNode> {
-    const config = await readNodeConfig(options.dataDir);
+    let config = await readNodeConfig(options.dataDir);
     const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
     const state = new ManagerState();
     const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });
@@ -149,6 +149,13 @@ export class CofferNode {
       if (manager.locked) {
         if (options.unlockKey === undefined) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'this manager is autolocked: give its unlock key (coffer server reads it from stdin)');
         await manager.unlock(options.unlockKey);
+      }
+      if (manager.forcedOut().length > 0) {
+        // Durable before anything is served: if this process stops before the new leader marks
+        // them removed, the next start (without the flag) still does.
+        config = { ...config, retiredMembers: [...new Set([...(config.retiredMembers ?? []), ...manager.forcedOut()])] };
+        await writeNodeConfig(options.dataDir, config);
+        log.warn({ event: 'forced-new-cluster', removed: manager.forcedOut() }, `forced a new one-member cluster: managers ${manager.forcedOut().join(', ')} are removed; start this manager without --force-new-cluster from now on`);
       }
       const started = await CofferNode.#serve(options, config, manager, state, transport, log, metrics, (made) => (node = made));
       started.#metricsServer = metricsServer;

@@ -73,6 +73,9 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
       ...(keyFile === null ? { autolock: true } : { keyFile }),
       rootKey: opened.rootKey,
       rootGen: opened.rootGen,
+      // At the backup's unlock generation: this manager keeps the protection chosen here, and once
+      // it leads, the cluster follows it (its new unlock key, or autolock off).
+      unlockGen: barrier.status().unlockGen,
       secrets: new Map([
         [TLS_KEY_SECRET, Buffer.from(node.keyPem)],
         [CA_KEY_SECRET, Buffer.from(opened.caKeyPem)],

@@ -107,18 +107,35 @@ export function serverStream<Request, Message>(node: CofferNode, method: string,
       )
       .then(async ({ messages, error }) => {
         const status = await finishRequest(node, method, call, context, started, error, true);
+        // emit('error') sends the status; destroy() would drop it and leave the client waiting.
         if (status.code !== grpc.status.OK) {
-          call.destroy(Object.assign(new Error(status.details), { code: status.code, details: status.details }));
+          call.emit('error', { code: status.code, details: status.details });
           return;
         }
+        let cancelled = call.cancelled;
+        call.once('cancelled', () => (cancelled = true));
         for (const message of messages) {
-          if (!call.write(message)) await new Promise((resolve) => call.once('drain', resolve));
+          if (cancelled) return;
+          if (!call.write(message)) {
+            // Wait for room, or for the client to go away (then nothing is kept waiting).
+            await new Promise<void>((resolve) => {
+              const done = (): void => {
+                call.off('drain', done);
+                call.off('cancelled', done);
+                call.off('close', done);
+                resolve();
+              };
+              call.once('drain', done);
+              call.once('cancelled', done);
+              call.once('close', done);
+            });
+          }
         }
-        call.end();
+        if (!cancelled) call.end();
       })
       .catch((error: unknown) => {
         node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-        call.destroy(Object.assign(new Error('internal error; the manager logged it'), { code: grpc.status.INTERNAL }));
+        call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
       });
   };
 }
@@ -149,6 +166,21 @@ export function requireManager(node: CofferNode, call: Call<unknown>): number {
   if (identity.role !== 'manager') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
   const id = Number(identity.id);
   if (node.state.cluster.removed.has(id)) throw new ServiceError(grpc.status.PERMISSION_DENIED, `manager ${id} was removed from the cluster`);
+  return id;
+}
+
+/**
+ * A manager that is a member now (voter or learner, as this manager's membership says), not just
+ * one holding a certificate of this CA that was never removed: a manager of a restored copy of
+ * this cluster, or one a forced new cluster left behind, must not propose here.
+ */
+export function requireMember(node: CofferNode, call: Call<unknown>): number {
+  const id = requireManager(node, call);
+  const status = node.manager.raftStatus();
+  if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+  if (!status.confState.voters.includes(id) && !status.confState.learners.includes(id)) {
+    throw new ServiceError(grpc.status.PERMISSION_DENIED, `manager ${id} is not a member of this cluster`);
+  }
   return id;
 }
 

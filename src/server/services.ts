@@ -14,7 +14,7 @@ import { registerSecretsService } from './secrets-service.ts';
 import { registerKeysService } from './keys-service.ts';
 import { registerBackupService } from './backup-service.ts';
 import { decodeMemberOp, encodeMemberOpResult, isHealthy, runMemberOp, type MemberOp } from './membership.ts';
-import { LeaderRedirect, authorize, requireCaller, requireManager, unary, type Call } from './rpc.ts';
+import { LeaderRedirect, authorize, requireCaller, requireManager, requireMember, unary, type Call } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -32,7 +32,7 @@ export function registerServices(node: CofferNode): void {
   node.server.addService(Peer.service, {
     raft: node.transport.handleRaftStream,
     propose: unary(node, 'Peer.Propose', async (call: Call<{ body?: string; payload?: Buffer; confChange?: Buffer; memberOp?: Buffer }>) => {
-      requireManager(node, call);
+      requireMember(node, call);
       if (call.request.body === 'memberOp' && call.request.memberOp !== undefined) {
         return { result: encodeMemberOpResult(await runMemberOp(node, decodeMemberOp(call.request.memberOp))) };
       }

@@ -138,6 +138,17 @@ export class ProcessCluster {
     this.#join(manager, via);
   }
 
+  /** A new manager, joined through `via` (the cluster grows by one). */
+  async add(via: Manager): Promise<Manager> {
+    const slot = this.managers.length;
+    const name = `m${slot + 1}`;
+    const address = this.#network === null ? `127.0.0.1:${await freePort()}` : `${this.#network.host(slot)}:${PORT_IN_NAMESPACE}`;
+    const manager: Manager = { name, slot, data: join(this.root, name), address };
+    this.managers.push(manager);
+    this.#join(manager, via);
+    return manager;
+  }
+
   async stop(): Promise<void> {
     for (const client of this.#status.values()) client.close();
     this.#status.clear();

@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CofferClient } from '../../src/client/client.ts';
+import * as grpc from '@grpc/grpc-js';
+import { ClientError, CofferClient } from '../../src/client/client.ts';
+import { newLeafKey } from '../../src/crypto/pki.ts';
 import { generateRecoveryKey } from '../../src/crypto/recovery-key.ts';
 import { ProcessCluster } from '../chaos/process-cluster.ts';
 import { Processes, coffer, eventually, freePort } from './processes.ts';
@@ -50,6 +52,15 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     await client.putPolicy('readers', [{ path: 'app/**', capabilities: ['read', 'list'] }]);
     const before = await everything(client);
     assert.equal(before.size, 25);
+
+    // Backups need admin on sys/backup: a reader is refused at once, with the status (not a hang).
+    const readerKey = newLeafKey();
+    const issued = await client.issueIdentity('reader', ['readers'], readerKey.publicPem);
+    const reader = new CofferClient({ addresses: [c.managers[0]!.address], caPem: issued.caCertificatePem, certPem: issued.certificatePem, keyPem: readerKey.privatePem, deadlineMs: 5000 });
+    const refusedAt = Date.now();
+    await assert.rejects(reader.saveBackup(), (e: unknown) => e instanceof ClientError && e.code === grpc.status.PERMISSION_DENIED && /sys\/backup/.test(e.message));
+    assert.ok(Date.now() - refusedAt < 5000, 'the refusal arrives as a status, not after a deadline');
+    reader.close();
 
     // Backup A: the recovery key opens it (the cluster is not autolocked).
     const fileA = join(root, 'a.backup');
@@ -107,10 +118,13 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     // Restore A with the recovery key (read from stdin) and compare everything.
     const addressA = `127.0.0.1:${await freePort()}`;
     const dirA = join(root, 'restored-a');
-    const outA = await coffer([...restoreArgs(fileA, dirA, addressA, []), '--output', 'json'], `${c.recoveryKey}\n`);
+    // With --autolock: the restored manager gets a new unlock key, and keeps it across restarts.
+    const outA = await coffer([...restoreArgs(fileA, dirA, addressA, ['--autolock']), '--output', 'json'], `${c.recoveryKey}\n`);
     assert.equal(outA.code, 0, outA.stderr);
-    assert.equal((JSON.parse(outA.stdout) as { secrets: number }).secrets, 25);
-    restored.start('ra', ['server', '--data', dirA]);
+    const restoredA = JSON.parse(outA.stdout) as { secrets: number; unlockKey: string };
+    assert.equal(restoredA.secrets, 25);
+    assert.match(restoredA.unlockKey, /^CFRKEY-1-/);
+    restored.start('ra', ['server', '--data', dirA], [], `${restoredA.unlockKey}\n`);
     const read = (address: string) => new CofferClient({ addresses: [address], caPem: readFileSync(env.COFFER_CA, 'utf8'), certPem: readFileSync(env.COFFER_CERT, 'utf8'), keyPem: readFileSync(env.COFFER_KEY, 'utf8'), deadlineMs: 5000 });
     const clientA = read(addressA);
     await eventually('the restored manager to serve', 30_000, async () => clientA.get('app/s0'));
@@ -125,6 +139,9 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     const joinerAddress = `127.0.0.1:${await freePort()}`;
     restored.start('rj', ['join', '--data', join(root, 'restored-joiner'), '--listen', joinerAddress, '--join', addressA, '--token', c.joinToken]);
     await eventually('the joiner to become a voter', 60_000, async () => (((await clientA.clusterStatus()) as { voters: number[] }).voters.length === 2 ? true : undefined));
+    await restored.kill('ra');
+    restored.start('ra', ['server', '--data', dirA], [], `${restoredA.unlockKey}\n`);
+    assert.equal((await eventually('the restored manager back with its own unlock key', 30_000, async () => clientA.get('app/after-restore'))).value.toString(), 'new');
     clientA.close();
 
     // Restore B with the unlock key into another directory.
@@ -136,6 +153,12 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     const clientB = read(addressB);
     await eventually('the second restored manager to serve', 30_000, async () => clientB.get('app/s0'));
     assert.deepEqual(await everything(clientB), before);
+    // Restored without --autolock from an autolocked backup: the cluster follows (autolock off),
+    // and a restart needs no unlock key.
+    await eventually('the restored cluster on key files', 20_000, async () => ((await clientB.keyStatus()).protection === 'key-file' ? true : undefined));
+    await restored.kill('rb');
+    restored.start('rb', ['server', '--data', dirB]);
+    await eventually('the second restored manager back without a key', 30_000, async () => clientB.get('app/s0'));
     clientB.close();
   } finally {
     await cluster?.stop();

@@ -73,6 +73,11 @@ export class Processes {
     if (child !== undefined && child.exitCode === null && child.signalCode === null) process.kill(child.pid!, signal);
   }
 
+  /** The PID of a running process (the manager itself: no shell in between). */
+  pid(name: string): number | undefined {
+    return this.running(name) ? this.#children.get(name)!.pid : undefined;
+  }
+
   running(name: string): boolean {
     const child = this.#children.get(name);
     return child !== undefined && child.exitCode === null && child.signalCode === null;

@@ -1,0 +1,210 @@
+/**
+ * Coffer beside etcd, on this machine, in one run: a three-manager Coffer cluster and a
+ * three-member etcd cluster (both on 127.0.0.1, TLS with client certificates, fsync on), driven
+ * one after the other by the same closed-loop Node gRPC load (CofferClient; the etcd3 package),
+ * the same concurrency, value sizes and keys. Prints tables with the etcd figure and the ratio
+ * beside each Coffer figure, and writes the results as JSON and a PNG chart (bench-results/).
+ *
+ *   npm run bench -- cluster [--full]      (BENCH_SECONDS sets the seconds per cell)
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { drawChart } from './chart.ts';
+import { percentile, rssBytes as rssBytesOf, runLoad, type LoadResult } from './load.ts';
+import { eventually } from '../../test/cluster/processes.ts';
+import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
+
+const KEYS = 1000;
+
+interface SystemResults {
+  writes: Array<{ bytes: number; inflight: number; result: LoadResult }>;
+  reads: Array<{ kind: 'linearizable' | 'stale'; where: 'leader' | 'spread'; inflight: number; result: LoadResult }>;
+  failoverMs: number[];
+  bigStore?: { secrets: number; loadSeconds: number; rssBytes: number; restartMs: number; catchUpMs: number };
+}
+
+const fmt = (n: number, digits = 0): string => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '-');
+const ratio = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(2)}x` : '-');
+
+function table(title: string, header: string[], rows: string[][]): void {
+  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
+  const line = (cells: string[]): string => cells.map((c, k) => (k === 0 ? c.padEnd(widths[k]!) : c.padStart(widths[k]!))).join('  ');
+  console.log(`\n${title}`);
+  console.log(line(header));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const row of rows) console.log(line(row));
+}
+
+async function measure(target: Target, options: { seconds: number; sizes: number[]; inflights: number[]; kills: number }, log: (line: string) => void): Promise<SystemResults> {
+  const results: SystemResults = { writes: [], reads: [], failoverMs: [] };
+  const pids = () => Array.from({ length: target.size }, (_, k) => target.pid(k));
+  const key = () => `bench/k${Math.floor(Math.random() * KEYS)}`;
+  let leader = await target.leader();
+  // Warm up: connections, JIT, every key written once (reads need them).
+  const seed = randomBytes(256);
+  await runLoad({ inflight: 16, seconds: 1, op: async (w, n) => target.put(leader, `bench/k${(w * 7919 + n) % KEYS}`, seed), pids });
+  for (let k = 0; k < KEYS; k += 64) await Promise.all(Array.from({ length: Math.min(64, KEYS - k) }, (_, j) => target.put(leader, `bench/k${k + j}`, seed)));
+  for (const bytes of options.sizes) {
+    const value = randomBytes(bytes);
+    for (const inflight of options.inflights) {
+      const result = await runLoad({ inflight, seconds: options.seconds, op: () => target.put(leader, key(), value), pids });
+      results.writes.push({ bytes, inflight, result });
+      log(`  ${target.name} writes ${bytes} B x${inflight}: ${fmt(result.opsPerSecond)}/s, p99 ${fmt(result.p99Ms, 1)} ms${result.errors > 0 ? `, ${result.errors} errors` : ''}`);
+    }
+  }
+  for (const kind of ['linearizable', 'stale'] as const) {
+    for (const where of ['leader', 'spread'] as const) {
+      const inflight = 64;
+      const result = await runLoad({ inflight, seconds: options.seconds, op: (w) => target.get(where === 'leader' ? leader : w % target.size, key(), kind === 'stale'), pids });
+      results.reads.push({ kind, where, inflight, result });
+      log(`  ${target.name} ${kind} reads at the ${where === 'leader' ? 'leader' : 'managers, spread'}: ${fmt(result.opsPerSecond)}/s`);
+    }
+  }
+  // Failover: kill -9 of the leader, then writes through a client that knows every member until
+  // one is acknowledged; the time is from the kill to that acknowledgement.
+  const value = randomBytes(256);
+  for (let k = 0; k < options.kills; k++) {
+    leader = await target.leader();
+    const killedAt = performance.now();
+    await target.kill(leader);
+    for (;;) {
+      try {
+        await target.putAnywhere(key(), value, 1000);
+        break;
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      if (performance.now() - killedAt > 60_000) throw new Error(`${target.name}: no write acknowledged within 60 s of killing the leader`);
+    }
+    results.failoverMs.push(performance.now() - killedAt);
+    log(`  ${target.name} failover ${k + 1}/${options.kills}: ${fmt(results.failoverMs[results.failoverMs.length - 1]!)} ms`);
+    target.restart(leader);
+    await target.ready(leader, 60_000);
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // settle: the restarted member catches up
+  }
+  return results;
+}
+
+/** A member holding `count` secrets: its RSS, its restart time, and a new member's catch-up time. */
+async function bigStore(target: Target, count: number, log: (line: string) => void): Promise<NonNullable<SystemResults['bigStore']>> {
+  const leader = await target.leader();
+  const value = randomBytes(256);
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 256 }, async () => {
+      while (next < count) await target.put(leader, `big/s${next++}`, value);
+    }),
+  );
+  const loadSeconds = (performance.now() - started) / 1000;
+  const rssBytes = rssBytesOf(target.pid(leader));
+  const follower = (leader + 1) % target.size;
+  await target.kill(follower);
+  const restartAt = performance.now();
+  target.restart(follower);
+  await target.ready(follower, 120_000);
+  const restartMs = performance.now() - restartAt;
+  const goal = await target.applied(leader);
+  const addAt = performance.now();
+  const added = await target.addMember();
+  await eventually(`the new ${target.name} member to catch up`, 300_000, async () => ((await target.applied(added).catch(() => 0)) >= goal ? true : undefined));
+  const catchUpMs = performance.now() - addAt;
+  log(`  ${target.name} with ${count} secrets: loaded in ${fmt(loadSeconds, 1)} s, leader RSS ${fmt(rssBytes / 2 ** 20)} MiB, restart ${fmt(restartMs)} ms, new member caught up in ${fmt(catchUpMs)} ms`);
+  return { secrets: count, loadSeconds, rssBytes, restartMs, catchUpMs };
+}
+
+export async function benchCluster(args: readonly string[]): Promise<void> {
+  const full = args.includes('--full');
+  const seconds = Number(process.env['BENCH_SECONDS'] ?? (full ? 10 : 3));
+  const options = { seconds, sizes: full ? [256, 4096] : [256], inflights: [1, 16, 64, 256], kills: full ? 10 : 5 };
+  const etcdVersion = ensureEtcd();
+  console.log(`\nCluster benchmark: Coffer beside ${etcdVersion}, 3 members each on 127.0.0.1, TLS with client certificates, fsync on; ${seconds} s per cell${full ? ' (--full)' : ''}`);
+  const root = mkdtempSync(join(tmpdir(), 'coffer-bench-'));
+  const all: Record<'coffer' | 'etcd', SystemResults> = {} as Record<'coffer' | 'etcd', SystemResults>;
+  const log = (line: string): void => console.log(line);
+  try {
+    for (const name of ['coffer', 'etcd'] as const) {
+      const target: Target = name === 'coffer' ? await CofferTarget.start(join(root, 'coffer'), 3) : await EtcdTarget.start(join(root, 'etcd'), 3);
+      try {
+        all[name] = await measure(target, options, log);
+        if (full) all[name].bigStore = await bigStore(target, Number(process.env['BENCH_SECRETS'] ?? 100_000), log);
+      } finally {
+        await target.stop();
+      }
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  const c = all.coffer;
+  const e = all.etcd;
+  table(
+    'Writes (closed loop, to the leader; keys from 1,000)',
+    ['value, in flight', 'coffer w/s', 'p50 ms', 'p99 ms', 'p999 ms', 'etcd w/s', 'p50 ms', 'p99 ms', 'p999 ms', 'coffer/etcd w/s'],
+    c.writes.map((w, k) => {
+      const x = e.writes[k]!.result;
+      const r = w.result;
+      return [`${w.bytes} B, ${w.inflight}`, fmt(r.opsPerSecond), fmt(r.p50Ms, 2), fmt(r.p99Ms, 2), fmt(r.p999Ms, 2), fmt(x.opsPerSecond), fmt(x.p50Ms, 2), fmt(x.p99Ms, 2), fmt(x.p999Ms, 2), ratio(r.opsPerSecond, x.opsPerSecond)];
+    }),
+  );
+  table(
+    'Reads (64 in flight, 256 B values)',
+    ['kind, sent to', 'coffer r/s', 'p99 ms', 'etcd r/s', 'p99 ms', 'coffer/etcd r/s'],
+    c.reads.map((r, k) => {
+      const x = e.reads[k]!.result;
+      return [`${r.kind}, ${r.where === 'leader' ? 'the leader' : 'every member'}`, fmt(r.result.opsPerSecond), fmt(r.result.p99Ms, 2), fmt(x.opsPerSecond), fmt(x.p99Ms, 2), ratio(r.result.opsPerSecond, x.opsPerSecond)];
+    }),
+  );
+  const cpuPer1000 = (r: LoadResult) => (r.ops === 0 ? NaN : (r.serverCpuSeconds / r.ops) * 1000);
+  const w64 = (s: SystemResults) => s.writes.find((w) => w.bytes === 256 && w.inflight === 64)!.result;
+  const rSpread = (s: SystemResults) => s.reads.find((r) => r.kind === 'linearizable' && r.where === 'spread')!.result;
+  table(
+    'Server CPU (user + system, summed over the three members)',
+    ['per 1,000', 'coffer CPU s', 'etcd CPU s', 'coffer/etcd'],
+    [
+      ['writes (256 B, 64 in flight)', fmt(cpuPer1000(w64(c)), 3), fmt(cpuPer1000(w64(e)), 3), ratio(cpuPer1000(w64(c)), cpuPer1000(w64(e)))],
+      ['linearizable reads (spread)', fmt(cpuPer1000(rSpread(c)), 3), fmt(cpuPer1000(rSpread(e)), 3), ratio(cpuPer1000(rSpread(c)), cpuPer1000(rSpread(e)))],
+    ],
+  );
+  const sortedC = [...c.failoverMs].sort((a, b) => a - b);
+  const sortedE = [...e.failoverMs].sort((a, b) => a - b);
+  table(
+    `Failover: kill -9 of the leader to the first acknowledged write (${options.kills} kills)`,
+    ['', 'coffer ms', 'etcd ms', 'coffer/etcd'],
+    [
+      ['median', fmt(percentile(sortedC, 0.5)), fmt(percentile(sortedE, 0.5)), ratio(percentile(sortedC, 0.5), percentile(sortedE, 0.5))],
+      ['max', fmt(sortedC[sortedC.length - 1]!), fmt(sortedE[sortedE.length - 1]!), ratio(sortedC[sortedC.length - 1]!, sortedE[sortedE.length - 1]!)],
+    ],
+  );
+  if (c.bigStore !== undefined && e.bigStore !== undefined) {
+    const b = c.bigStore;
+    const x = e.bigStore;
+    table(
+      `A member with ${fmt(b.secrets)} secrets (256 B)`,
+      ['', 'coffer', 'etcd', 'coffer/etcd'],
+      [
+        ['load (256 in flight), s', fmt(b.loadSeconds, 1), fmt(x.loadSeconds, 1), ratio(b.loadSeconds, x.loadSeconds)],
+        ['leader RSS, MiB', fmt(b.rssBytes / 2 ** 20), fmt(x.rssBytes / 2 ** 20), ratio(b.rssBytes, x.rssBytes)],
+        ['restart of a member, ms', fmt(b.restartMs), fmt(x.restartMs), ratio(b.restartMs, x.restartMs)],
+        ['a new member caught up, ms', fmt(b.catchUpMs), fmt(x.catchUpMs), ratio(b.catchUpMs, x.catchUpMs)],
+      ],
+    );
+  }
+  const out = join(process.cwd(), 'bench-results');
+  mkdirSync(out, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const jsonFile = join(out, `cluster-${stamp}.json`);
+  writeFileSync(jsonFile, JSON.stringify({ etcdVersion, options, coffer: c, etcd: e }, null, 2));
+  const pngFile = join(out, `cluster-${stamp}.png`);
+  await drawChart(pngFile, {
+    title: 'Writes, 256 B: p99 latency against throughput (1, 16, 64, 256 in flight)',
+    xLabel: 'writes/s',
+    yLabel: 'p99 ms',
+    series: [
+      { name: 'coffer', color: '#1f77b4', points: c.writes.filter((w) => w.bytes === 256).map((w) => ({ x: w.result.opsPerSecond, y: w.result.p99Ms, label: String(w.inflight) })) },
+      { name: 'etcd', color: '#d62728', points: e.writes.filter((w) => w.bytes === 256).map((w) => ({ x: w.result.opsPerSecond, y: w.result.p99Ms, label: String(w.inflight) })) },
+    ],
+  });
+  console.log(`\nresults: ${jsonFile}\nchart:   ${pngFile}`);
+}

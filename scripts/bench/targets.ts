@@ -1,0 +1,300 @@
+/**
+ * The two systems the cluster benchmark drives, behind one interface: a three-manager Coffer
+ * cluster (coffer init/join processes, mutual TLS, fsync on) and a three-member etcd cluster
+ * (Debian's etcd-server, client and peer TLS with client certificates, its default fsync). Both
+ * on 127.0.0.1, both driven by Node gRPC clients (CofferClient; the etcd3 package), one client
+ * per member so requests go where the benchmark says.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { noop } from 'cockatiel';
+import { Etcd3 } from 'etcd3';
+import { CofferClient } from '../../src/client/client.ts';
+import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
+import { ProcessCluster } from '../../test/chaos/process-cluster.ts';
+import { eventually, freePort } from '../../test/cluster/processes.ts';
+
+export interface Target {
+  readonly name: 'coffer' | 'etcd';
+  readonly size: number;
+  /** A write at member `at` (writes are forwarded to the leader by either system). */
+  put(at: number, key: string, value: Buffer): Promise<void>;
+  get(at: number, key: string, stale: boolean): Promise<void>;
+  /** A write through a client that knows every member (for failover: it finds the new leader). */
+  putAnywhere(key: string, value: Buffer, deadlineMs: number): Promise<void>;
+  leader(): Promise<number>;
+  pid(at: number): number | undefined;
+  kill(at: number): Promise<void>;
+  restart(at: number): void;
+  /** Until member `at` answers a linearizable read. */
+  ready(at: number, timeoutMs: number): Promise<void>;
+  applied(at: number): Promise<number>;
+  /** A new member joins; returns its index once it was asked to (catching up is the caller's to time). */
+  addMember(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+export class CofferTarget implements Target {
+  readonly name = 'coffer' as const;
+  readonly #clients: CofferClient[];
+  readonly #anywhere: CofferClient;
+
+  private constructor(readonly cluster: ProcessCluster) {
+    this.#clients = cluster.managers.map((m) => cluster.client(m, 10_000));
+    this.#anywhere = new CofferClient({ ...cluster.adminPem(), addresses: cluster.managers.map((m) => m.address), deadlineMs: 1000 });
+  }
+
+  static async start(root: string, size: number): Promise<CofferTarget> {
+    mkdirSync(root, { recursive: true });
+    return new CofferTarget(await ProcessCluster.start(root, size, { snapshotEvery: 10_000 }));
+  }
+
+  get size(): number {
+    return this.cluster.managers.length;
+  }
+
+  async put(at: number, key: string, value: Buffer): Promise<void> {
+    await this.#clients[at]!.put(key, value);
+  }
+
+  async get(at: number, key: string, stale: boolean): Promise<void> {
+    await this.#clients[at]!.get(key, { stale });
+  }
+
+  async putAnywhere(key: string, value: Buffer, deadlineMs: number): Promise<void> {
+    const client = new CofferClient({ ...this.cluster.adminPem(), addresses: this.cluster.managers.map((m) => m.address), deadlineMs });
+    try {
+      await client.put(key, value);
+    } finally {
+      client.close();
+    }
+  }
+
+  async leader(): Promise<number> {
+    const leader = await eventually('a Coffer leader', 30_000, async () => (await this.cluster.leader()) ?? undefined);
+    return this.cluster.managers.indexOf(leader);
+  }
+
+  pid(at: number): number | undefined {
+    return this.cluster.procs.pid(this.cluster.managers[at]!.name);
+  }
+
+  kill(at: number): Promise<void> {
+    return this.cluster.kill(this.cluster.managers[at]!);
+  }
+
+  restart(at: number): void {
+    this.cluster.restart(this.cluster.managers[at]!);
+  }
+
+  async ready(at: number, timeoutMs: number): Promise<void> {
+    const client = this.cluster.client(this.cluster.managers[at]!, 1000);
+    try {
+      await eventually(`Coffer manager ${at + 1} to answer`, timeoutMs, async () => client.get('bench/ready').catch((e: Error) => (/does not exist/.test(e.message) ? true : Promise.reject(e))));
+    } finally {
+      client.close();
+    }
+  }
+
+  async applied(at: number): Promise<number> {
+    return (await this.cluster.status(this.cluster.managers[at]!)).appliedIndex;
+  }
+
+  async addMember(): Promise<number> {
+    const leader = this.cluster.managers[await this.leader()]!;
+    const added = await this.cluster.add(leader);
+    this.#clients.push(this.cluster.client(added, 10_000));
+    return this.cluster.managers.length - 1;
+  }
+
+  async stop(): Promise<void> {
+    for (const c of this.#clients) c.close();
+    this.#anywhere.close();
+    await this.cluster.stop();
+  }
+}
+
+/** Whether etcd is here; if not, installs Debian's etcd-server when root, or says how. */
+export function ensureEtcd(): string {
+  const found = spawnSync('etcd', ['--version'], { encoding: 'utf8' });
+  if (found.status === 0) return found.stdout.split('\n')[0]!.trim();
+  if (process.getuid?.() !== 0) throw new Error('etcd is not installed: run `sudo apt-get install -y etcd-server` (Debian), then the benchmark again');
+  console.log('etcd is not installed: installing Debian\'s etcd-server with apt-get ...');
+  spawnSync('apt-get', ['update'], { stdio: 'ignore' });
+  const installed = spawnSync('apt-get', ['install', '-y', 'etcd-server'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (installed.status !== 0) throw new Error('apt-get install etcd-server failed: install it by hand, then run the benchmark again');
+  return spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]!.trim();
+}
+
+interface EtcdMember {
+  readonly name: string;
+  readonly clientUrl: string;
+  readonly peerUrl: string;
+  readonly dataDir: string;
+  process: ChildProcess | null;
+}
+
+export class EtcdTarget implements Target {
+  readonly name = 'etcd' as const;
+  readonly #members: EtcdMember[];
+  #args: (m: EtcdMember) => string[];
+  readonly #credentials: { rootCertificate: Buffer; privateKey: Buffer; certChain: Buffer };
+  readonly #clients: Etcd3[];
+  readonly #logDir: string;
+
+  private constructor(members: EtcdMember[], args: (m: EtcdMember) => string[], credentials: EtcdTarget['credentials'], logDir: string) {
+    this.#members = members;
+    this.#args = args;
+    this.#credentials = credentials;
+    this.#logDir = logDir;
+    this.#clients = members.map((m) => this.#client([m.clientUrl], 10_000));
+  }
+
+  get credentials(): { rootCertificate: Buffer; privateKey: Buffer; certChain: Buffer } {
+    return this.#credentials;
+  }
+
+  #client(hosts: string[], deadlineMs: number): Etcd3 {
+    // No retries or circuit breakers in the client: the benchmark sees what the servers do.
+    return new Etcd3({ hosts, credentials: this.#credentials, faultHandling: { host: () => noop, global: noop }, defaultCallOptions: () => ({ deadline: Date.now() + deadlineMs }) });
+  }
+
+  static async start(root: string, size: number): Promise<EtcdTarget> {
+    const tls = join(root, 'tls');
+    mkdirSync(tls, { recursive: true });
+    const now = Date.now();
+    const ca = createCa('etcd-bench', now);
+    const server = issueCertificate(ca, { id: 'etcd', role: 'manager', clusterId: 'etcd-bench', nowMs: now, hosts: ['127.0.0.1'] });
+    const client = issueCertificate(ca, { id: 'bench', role: 'client', clusterId: 'etcd-bench', nowMs: now });
+    const file = (name: string, text: string): string => {
+      writeFileSync(join(tls, name), text, { mode: 0o600 });
+      return join(tls, name);
+    };
+    const caFile = file('ca.crt', ca.certPem);
+    const certFile = file('server.crt', server.certPem);
+    const keyFile = file('server.key', server.keyPem);
+    const members: EtcdMember[] = [];
+    for (let k = 0; k < size; k++) {
+      members.push({ name: `e${k + 1}`, clientUrl: `https://127.0.0.1:${await freePort()}`, peerUrl: `https://127.0.0.1:${await freePort()}`, dataDir: join(root, `e${k + 1}`), process: null });
+    }
+    const initial = members.map((m) => `${m.name}=${m.peerUrl}`).join(',');
+    const args = (m: EtcdMember): string[] => [
+      '--name', m.name, '--data-dir', m.dataDir,
+      '--listen-client-urls', m.clientUrl, '--advertise-client-urls', m.clientUrl,
+      '--listen-peer-urls', m.peerUrl, '--initial-advertise-peer-urls', m.peerUrl,
+      '--initial-cluster', initial, '--initial-cluster-state', 'new', '--initial-cluster-token', 'bench',
+      '--cert-file', certFile, '--key-file', keyFile, '--client-cert-auth', '--trusted-ca-file', caFile,
+      '--peer-cert-file', certFile, '--peer-key-file', keyFile, '--peer-client-cert-auth', '--peer-trusted-ca-file', caFile,
+      '--logger', 'zap', '--log-level', 'error',
+    ];
+    const target = new EtcdTarget(members, args, { rootCertificate: Buffer.from(ca.certPem), privateKey: Buffer.from(client.keyPem), certChain: Buffer.from(client.certPem) }, root);
+    for (let k = 0; k < size; k++) target.restart(k);
+    await target.leader();
+    return target;
+  }
+
+  get size(): number {
+    return this.#members.length;
+  }
+
+  async put(at: number, key: string, value: Buffer): Promise<void> {
+    await this.#clients[at]!.put(key).value(value).exec();
+  }
+
+  async get(at: number, key: string, stale: boolean): Promise<void> {
+    await this.#clients[at]!.get(key).serializable(stale).buffer();
+  }
+
+  async putAnywhere(key: string, value: Buffer, deadlineMs: number): Promise<void> {
+    const client = this.#client(this.#members.map((m) => m.clientUrl), deadlineMs);
+    try {
+      await client.put(key).value(value).exec();
+    } finally {
+      client.close();
+    }
+  }
+
+  async #status(at: number): Promise<{ memberId: string; leader: string; raftIndex: number }> {
+    const s = await this.#clients[at]!.maintenance.status();
+    return { memberId: String(s.header.member_id), leader: String(s.leader), raftIndex: Number(s.raftIndex) };
+  }
+
+  async leader(): Promise<number> {
+    return eventually('an etcd leader', 30_000, async () => {
+      for (let k = 0; k < this.#members.length; k++) {
+        if (this.#members[k]!.process === null) continue;
+        const s = await this.#status(k).catch(() => null);
+        if (s !== null && s.leader !== '0' && s.leader === s.memberId) return k;
+      }
+      return undefined;
+    });
+  }
+
+  pid(at: number): number | undefined {
+    return this.#members[at]!.process?.pid;
+  }
+
+  async kill(at: number): Promise<void> {
+    const child = this.#members[at]!.process;
+    this.#members[at]!.process = null;
+    if (child === null || child.exitCode !== null) return;
+    const gone = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await gone;
+  }
+
+  restart(at: number): void {
+    const m = this.#members[at]!;
+    if (m.process !== null) return;
+    const child = spawn('etcd', this.#args(m), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const log = createWriteStream(join(this.#logDir, `${m.name}.log`), { flags: 'a' });
+    child.stdout.pipe(log);
+    child.stderr.pipe(log);
+    m.process = child;
+  }
+
+  async ready(at: number, timeoutMs: number): Promise<void> {
+    await eventually(`etcd member ${at + 1} to answer`, timeoutMs, async () => {
+      await this.#clients[at]!.get('bench/ready').buffer();
+      return true;
+    });
+  }
+
+  async applied(at: number): Promise<number> {
+    return (await this.#status(at)).raftIndex;
+  }
+
+  async addMember(): Promise<number> {
+    const k = this.#members.length;
+    const m: EtcdMember = { name: `e${k + 1}`, clientUrl: `https://127.0.0.1:${await freePort()}`, peerUrl: `https://127.0.0.1:${await freePort()}`, dataDir: join(this.#logDir, `e${k + 1}`), process: null };
+    await this.#clients[await this.leader()]!.cluster.memberAdd({ peerURLs: [m.peerUrl] });
+    this.#members.push(m);
+    const base = this.#args;
+    const initial = this.#members.map((x) => `${x.name}=${x.peerUrl}`).join(',');
+    // The new member starts with the whole membership and joins an existing cluster.
+    this.#args = (x) => {
+      const args = base(x);
+      if (x !== m) return args;
+      args[args.indexOf('--initial-cluster') + 1] = initial;
+      args[args.indexOf('--initial-cluster-state') + 1] = 'existing';
+      return args;
+    };
+    this.#clients.push(this.#client([m.clientUrl], 10_000));
+    this.restart(k);
+    return k;
+  }
+
+  async stop(): Promise<void> {
+    for (const c of this.#clients) c.close();
+    for (let k = 0; k < this.#members.length; k++) await this.kill(k);
+  }
+
+  log(at: number): string {
+    try {
+      return readFileSync(join(this.#logDir, `${this.#members[at]!.name}.log`), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+}
