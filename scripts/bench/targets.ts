@@ -47,6 +47,9 @@ export class CofferTarget implements Target {
 
   static async start(root: string, size: number): Promise<CofferTarget> {
     mkdirSync(root, { recursive: true });
+    // As etcd runs at --log-level error: no line per request (the managers' logs would otherwise
+    // flow through this process, which is also the load generator).
+    process.env['COFFER_LOG_LEVEL'] ??= 'warn';
     return new CofferTarget(await ProcessCluster.start(root, size, { snapshotEvery: 10_000 }));
   }
 

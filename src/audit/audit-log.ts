@@ -96,6 +96,11 @@ export class AuditLog {
     return log;
   }
 
+  /** Resolves once every record appended so far is written, with the head (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.#flushing || this.#pending.length > 0) await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+
   /** Whether the last write failed (requests are refused until one succeeds). */
   get broken(): Error | null {
     return this.#broken;
@@ -131,10 +136,17 @@ export class AuditLog {
           const last = batch[batch.length - 1]!.record;
           this.#durableBytes += Buffer.byteLength(text);
           this.#durable = { seq: last.seq, hash: last.hash };
-          // The head may lag the log by a batch after a crash; open() resumes from the log itself.
-          await writeHead(this.dir, last.seq, last.hash);
+          // The records are durable: their requests may be answered now. The head follows (it
+          // may lag the log by a batch after a crash; open() resumes from the log itself), off
+          // the requests' path; if it cannot be written, later requests are refused.
           this.#broken = null;
           for (const item of batch) item.done(null);
+          try {
+            await writeHead(this.dir, last.seq, last.hash);
+          } catch (error) {
+            // The batch is durable and answered; only later requests are refused until a write works.
+            this.#broken = error as Error;
+          }
         } catch (error) {
           this.failures += batch.length;
           this.#broken = error as Error;

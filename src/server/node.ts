@@ -355,6 +355,7 @@ export class CofferNode {
     this.transport.close();
     for (const client of this.#peerClients.values()) client.close();
     this.server.forceShutdown();
+    await this.audit.settled();
     await this.manager.stop();
   }
 }

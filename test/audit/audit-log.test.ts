@@ -12,6 +12,7 @@ async function logWith(records: number): Promise<{ dir: string; root: string }> 
   const dir = join(root, 'audit');
   const log = await AuditLog.open(dir, 1);
   await Promise.all(Array.from({ length: records }, (_, k) => log.append(event(k))));
+  await log.settled(); // the head is written after the records are answered
   return { dir, root };
 }
 
