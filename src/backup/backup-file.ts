@@ -3,8 +3,7 @@ import { Packr } from 'msgpackr';
 import { KEY_BYTES, open, seal } from '../crypto/aead.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { unwrapWithRecovery, wrapForRecovery, type RecoveryWrap } from '../crypto/recovery-key.ts';
-import { unwrapRootKey, wrapRootKey } from '../crypto/root-key.ts';
-import { kekFromUnlockKey } from '../crypto/root-key.ts';
+import { kekFromUnlockKey, unwrapRootKey, wrapRootKey } from '../crypto/root-key.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 

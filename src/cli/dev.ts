@@ -58,7 +58,7 @@ export function devCommand(): Command {
         mkdirSync(dir, { recursive: true, mode: 0o700 });
         const managers = [];
         for (let k = 0; k < flags.managers; k++) managers.push({ data: join(dir, `m${k + 1}`), listen: `127.0.0.1:${await freePort()}` });
-        const init = await initCluster({ dataDir: managers[0]!.data, listen: managers[0]!.listen, adminDir: join(dir, 'admin') });
+        const init = await initCluster({ dataDir: managers[0]!.data, listen: managers[0]!.listen, adminDir: join(dir, 'admin'), recoveryKeyFile: join(dir, 'recovery-key') });
         nodes.push(await CofferNode.start({ dataDir: managers[0]!.data, logger }));
         await waitFor('the first manager to lead', () => nodes[0]!.state.cluster.joinTokenHash !== null && nodes[0]!.manager.raftStatus()?.role === 'leader');
         for (const m of managers.slice(1)) {
@@ -83,6 +83,7 @@ export function devCommand(): Command {
           '  echo -n hunter2 | npx coffer secret put app/db/password',
           '  npx coffer secret get app/db/password',
           '  npx coffer run --env DB_PASSWORD=app/db/password -- sh -c \'echo "got ${#DB_PASSWORD} characters"\'',
+          `  npx coffer snapshot save backup.coffer     # restore: coffer snapshot restore --recovery-key-file ${join(dir, 'recovery-key')} ...`,
           'Ctrl-C stops the cluster; run again to reuse it.',
           '',
         ].join('\n'),
