@@ -225,6 +225,11 @@ export class RaftLog {
     return this.#entries.slice(this.#stableIndex - this.#offsetIndex);
   }
 
+  /** Entries up to this index are persisted (or covered by a snapshot). */
+  stableIndex(): number {
+    return this.#stableIndex;
+  }
+
   /** Marks entries up to `index` stable if the log still holds `term` there (it may have changed). */
   stableTo(index: number, term: number): void {
     if (index > this.#stableIndex && this.matchTerm(index, term)) this.#stableIndex = index;

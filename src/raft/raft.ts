@@ -195,7 +195,9 @@ export class Raft {
     const self = this.progress.get(this.id);
     assert(self !== undefined, 'a leader is a member');
     self.becomeReplicate();
-    self.match = last;
+    // The leader counts itself only for what it has persisted: its appends may leave before its
+    // own write (thesis §10.2.1), so an unpersisted entry must not count towards a quorum.
+    self.match = this.log.stableIndex();
     self.next = last + 1;
     self.recentActive = true;
     this.readAcks.clear();
@@ -541,11 +543,20 @@ export class Raft {
     this.log.append(numbered);
     // Counted here and released in #maybeCommit, for every entry of this term alike.
     for (const entry of numbered) this.uncommittedBytes += entryBytes(entry);
-    const self = this.progress.get(this.id);
-    if (self !== undefined) self.maybeUpdate(index);
-    // A single voter commits by itself; otherwise this is a no-op until followers answer.
-    this.#maybeCommit();
+    // The leader's own acknowledgement comes once the entries are persisted (onStable).
     return index;
+  }
+
+  /**
+   * The application persisted the log up to `index` (RawNode.advance). A leader counts itself for
+   * it now, not when it appended: its appends may go out before its own write, and only durable
+   * copies may form a quorum.
+   */
+  onStable(index: number): void {
+    if (this.role !== 'leader') return;
+    const self = this.progress.get(this.id);
+    if (self === undefined || !self.maybeUpdate(index)) return;
+    if (this.#maybeCommit()) this.#broadcastAppend();
   }
 
   /**
@@ -936,7 +947,7 @@ export class Raft {
       assert(this.lead === this.id, 'a leader leads');
       assert(this.vote === this.id, 'a leader voted for itself in its term');
       const self = this.progress.get(this.id);
-      if (self !== undefined) assert(self.match === this.log.lastIndex(), 'a leader matches its own log');
+      if (self !== undefined) assert(self.match === this.log.stableIndex(), () => `a leader counts itself for exactly what it persisted: match ${self.match}, stable ${this.log.stableIndex()}`);
     }
     assert(this.role === 'leader' || this.progress.size === 0, 'only a leader tracks progress');
     for (const id of this.voters) assert(!this.learners.has(id), () => `node ${id} is both voter and learner`);

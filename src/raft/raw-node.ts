@@ -209,7 +209,10 @@ export class RawNode {
     const raft = this.#raft;
     if (ready.hardState !== null) this.#prevHardState = ready.hardState;
     const lastEntry = ready.entries[ready.entries.length - 1];
-    if (lastEntry !== undefined) raft.log.stableTo(lastEntry.index, lastEntry.term);
+    if (lastEntry !== undefined) {
+      raft.log.stableTo(lastEntry.index, lastEntry.term);
+      raft.onStable(raft.log.stableIndex());
+    }
     if (ready.snapshot !== null) raft.log.snapshotApplied(ready.snapshot.metadata.index);
     // A snapshot received after this Ready was taken supersedes its older conf changes.
     const supersededUpTo = raft.log.pendingSnapshot?.metadata.index ?? 0;

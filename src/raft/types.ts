@@ -209,7 +209,10 @@ export type MessageType = Message['type'];
  *    replace every persisted entry from `entries[0].index` on), and `snapshot` (if set; it
  *    replaces the whole persisted log, and `entries`, if any, follow it). Nothing of this Ready may be sent or applied
  *    before this write is durable: a vote or an acknowledgement sent before its record is on
- *    disk can be forgotten by a crash, and Raft's safety rests on not forgetting.
+ *    disk can be forgotten by a crash, and Raft's safety rests on not forgetting. The one
+ *    exception: `append` messages (a leader's) may be sent before or during the write, so the
+ *    followers' writes overlap the leader's (thesis §10.2.1). That is safe because a leader
+ *    counts itself towards a quorum only for entries it has persisted (advance() tells it).
  * 2. Send `messages` (after step 1; unreliable delivery is fine, Raft retries).
  * 3. If `snapshot` is set, restore the state machine from it; then apply `committedEntries` in
  *    order. Conf-change entries are applied to the Raft configuration by the core itself at

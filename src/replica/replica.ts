@@ -290,6 +290,11 @@ export class Replica<Result> {
         this.#lead = ready.softState.lead;
         this.#observer?.leaderChanged(this.#lead);
       }
+      // A leader's appends leave before its own write, so the followers' writes overlap it (the
+      // Ready contract allows it for appends only); everything else waits for the write.
+      const early = ready.messages.filter((m) => m.type === 'append');
+      const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== 'append');
+      if (early.length > 0) this.#peers.send(early);
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
         await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
@@ -306,8 +311,8 @@ export class Replica<Result> {
         this.stats.entriesPersisted += ready.entries.length;
       }
       if (this.#stopped) return;
-      // 2. Send.
-      if (ready.messages.length > 0) this.#peers.send(ready.messages);
+      // 2. Send (what did not go out early).
+      if (late.length > 0) this.#peers.send(late);
       // 3. Apply; local effects and snapshots are durable before proposers hear back.
       const outcomes = this.#apply(ready);
       this.#raw.advance();

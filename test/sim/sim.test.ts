@@ -23,7 +23,7 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     assert.equal(result.ok, true, `seed ${seed}: ${result.property}: ${result.message}`);
     for (const [key, value] of Object.entries(result.stats)) totals[key] = (totals[key] ?? 0) + value;
   }
-  for (const key of ['dropped', 'crashes', 'crashesMidReady', 'restarts', 'partitions', 'snapshotsTaken', 'snapshotsInstalled', 'readsServed', 'readsRefused', 'confChangesApplied', 'transfers']) {
+  for (const key of ['dropped', 'crashes', 'crashesMidReady', 'crashesAfterEarlyAppends', 'restarts', 'partitions', 'snapshotsTaken', 'snapshotsInstalled', 'readsServed', 'readsRefused', 'confChangesApplied', 'transfers']) {
     assert.ok((totals[key] ?? 0) > 0, `no ${key} in 12 seeds: the simulator is not exercising it`);
   }
   assert.ok(totals['leaders']! > 12 * 3, 'leaders should change many times per run');

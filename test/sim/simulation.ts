@@ -47,6 +47,8 @@ export interface SimStats {
   committed: number;
   crashes: number;
   crashesMidReady: number;
+  /** Leaders that crashed after their appends went out and before they persisted them. */
+  crashesAfterEarlyAppends: number;
   restarts: number;
   partitions: number;
   snapshotsTaken: number;
@@ -79,6 +81,8 @@ interface SimNode {
   retired: boolean;
   pausedUntil: number;
   inFlight: Ready | null;
+  /** The in-flight Ready's write has not happened yet (a slow disk; its appends already left). */
+  inFlightUnpersisted: boolean;
   appliedIndex: number;
   state: number;
   seenCommit: number;
@@ -135,7 +139,7 @@ export class Simulation {
   #traceHash = 0x811c9dc5;
   readonly #trace: string[] | null;
   readonly stats: SimStats = {
-    events: 0, messages: 0, dropped: 0, leaders: 0, highestTerm: 0, committed: 0, crashes: 0, crashesMidReady: 0,
+    events: 0, messages: 0, dropped: 0, leaders: 0, highestTerm: 0, committed: 0, crashes: 0, crashesMidReady: 0, crashesAfterEarlyAppends: 0,
     restarts: 0, partitions: 0, snapshotsTaken: 0, snapshotsInstalled: 0, readsServed: 0, readsRefused: 0,
     confChangesApplied: 0, transfers: 0, proposals: 0,
   };
@@ -231,6 +235,18 @@ export class Simulation {
         if (node === null || node.inFlight === null) return;
         const ready = node.inFlight;
         node.inFlight = null;
+        if (node.inFlightUnpersisted) {
+          node.inFlightUnpersisted = false;
+          if (this.#phase === 'chaos' && this.#random.float() < 0.3) {
+            // The slow write never finished: the followers may hold (and have acknowledged)
+            // entries this leader never persisted.
+            this.stats.crashesMidReady++;
+            this.stats.crashesAfterEarlyAppends++;
+            this.#crash(node, 'a slow write of entries whose appends already left');
+            return;
+          }
+          this.#persist(node, ready);
+        }
         this.#finishReady(node, ready);
         this.#afterStep(node);
         return;
@@ -264,7 +280,7 @@ export class Simulation {
 
   #createNode(id: NodeId): SimNode {
     const node: SimNode = {
-      id, raw: null, disk: new MemoryRaftState(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null,
+      id, raw: null, disk: new MemoryRaftState(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null, inFlightUnpersisted: false,
       appliedIndex: 0, state: 0, seenCommit: 0, ledTerm: 0, doomed: false, reads: new Map(),
     };
     this.#nodes.set(id, node);
@@ -287,6 +303,7 @@ export class Simulation {
     );
     node.incarnation++;
     node.inFlight = null;
+    node.inFlightUnpersisted = false;
     node.reads.clear();
     node.pausedUntil = 0;
     const snapshot = node.disk.snapshot;
@@ -305,6 +322,7 @@ export class Simulation {
     this.stats.crashes++;
     node.raw = null;
     node.inFlight = null;
+    node.inFlightUnpersisted = false;
     node.incarnation++;
     // Its peers' connections to it break: their transports notice soon.
     for (const peer of this.#nodes.values()) {
@@ -355,10 +373,30 @@ export class Simulation {
       if (++rounds > READY_ROUNDS_MAX) throw new SafetyViolation('core-assertion', `node ${node.id} still has a Ready after ${READY_ROUNDS_MAX} rounds`);
       const raw = node.raw;
       const ready = raw.ready();
+      // A leader's appends go out before its own write (the Ready contract allows it), and a
+      // crash may come between the two: the followers then hold entries the leader lost.
+      for (const message of ready.messages) if (message.type === 'append') this.#send(message);
+      if (this.#phase === 'chaos' && ready.entries.length > 0 && raw.basicStatus().role === 'leader') {
+        const roll = this.#random.float();
+        if (roll < 0.01) {
+          this.stats.crashesMidReady++;
+          this.stats.crashesAfterEarlyAppends++;
+          this.#crash(node, 'after sending appends, before persisting them');
+          return;
+        }
+        if (roll < 0.08) {
+          // A slow write: the followers' acknowledgements may come back before it finishes.
+          node.inFlight = ready;
+          node.inFlightUnpersisted = true;
+          this.#schedule({ kind: 'finish-ready', node: node.id, incarnation: node.incarnation }, 2 + this.#random.int(10));
+          return;
+        }
+      }
       const commitAdvanced = this.#persist(node, ready);
       if (commitAdvanced && this.#phase === 'chaos' && raw.basicStatus().role === 'leader' && this.#random.float() < this.#profile.leaderDiesAfterCommit) {
         node.doomed = true; // crash right after committing, before telling anyone
       }
+      if (node.doomed && this.#phase !== 'chaos') node.doomed = false; // liveness: no more faults
       if (node.doomed) {
         node.doomed = false;
         this.stats.crashesMidReady++;
@@ -406,6 +444,7 @@ export class Simulation {
     const raw = node.raw!;
     let votedFor: NodeId = 0;
     for (const message of ready.messages) {
+      if (message.type === 'append') continue; // sent before the write (#processReady)
       this.#send(message);
       if (message.type === 'vote-response' && !message.reject) votedFor = message.to;
     }
