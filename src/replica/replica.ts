@@ -1,7 +1,7 @@
 import { RaftError } from '../raft/errors.ts';
 import { RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { ConfChange, Entry, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
+import type { ConfChange, Entry, HardState, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
 import { assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
@@ -130,6 +130,8 @@ export class Replica<Result> {
   #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
   readonly #observer: ReplicaObserver | null;
   #lead: NodeId = 0;
+  /** The hard state last written (to tell a commit-only change). */
+  #savedHard: HardState | null = null;
   #readSeq = 0;
   #applied: number;
   #lastSnapshotIndex: number;
@@ -164,6 +166,7 @@ export class Replica<Result> {
     const forcedOut = options.forceNewCluster === true ? raw.forceNewCluster() : [];
     const replica = new Replica(options, raw, persisted.snapshot?.metadata.index ?? 0);
     replica.forcedOut = forcedOut;
+    replica.#savedHard = persisted.hardState;
     replica.#kick();
     return replica;
   }
@@ -297,7 +300,11 @@ export class Replica<Result> {
       if (early.length > 0) this.#peers.send(early);
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
-        await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
+        // Only the commit index moved: written, not synced (the leader's acknowledgement of its own
+        // entries now comes after its write, so a lone voter commits in a Ready of its own).
+        const commitOnly = ready.entries.length === 0 && ready.snapshot === null && ready.hardState !== null && this.#savedHard !== null && ready.hardState.term === this.#savedHard.term && ready.hardState.vote === this.#savedHard.vote;
+        await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot, sync: !commitOnly });
+        if (ready.hardState !== null) this.#savedHard = ready.hardState;
         const observer = this.#observer;
         if (observer !== null) {
           const now = performance.now();
@@ -307,7 +314,7 @@ export class Replica<Result> {
             if (proposal !== undefined && proposal.term === entry.term) observer.proposed((now - proposal.startMs) / 1000);
           }
         }
-        this.stats.syncs++;
+        if (!commitOnly) this.stats.syncs++;
         this.stats.entriesPersisted += ready.entries.length;
       }
       if (this.#stopped) return;

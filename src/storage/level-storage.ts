@@ -157,7 +157,7 @@ export class LevelStorage implements RaftStorage {
         this.#lastIndex = newLast;
       }
       if (update.hardState !== null) batch.push({ type: 'put', key: KEY_HARD_STATE, value: encodeHardState(update.hardState) });
-      if (batch.length > 0) await this.#db.batch(batch, { sync: true });
+      if (batch.length > 0) await this.#db.batch(batch, { sync: update.sync !== false });
     });
   }
 

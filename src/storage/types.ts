@@ -7,6 +7,12 @@ export interface StorageUpdate {
   readonly entries: readonly Entry[];
   /** A received snapshot: replaces the whole stored log; `entries` then follow it. */
   readonly snapshot: Snapshot | null;
+  /**
+   * False when the update only moves the commit index forward: it is written but not synced (as
+   * etcd's MustSync decides). A commit index lost to a power cut is learned again from the
+   * quorum that holds the entries; terms, votes and entries are always synced.
+   */
+  readonly sync?: boolean;
 }
 
 /**

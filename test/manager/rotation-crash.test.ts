@@ -54,7 +54,12 @@ async function reopen(dataDir: string, keyFile: string, unlockKeys: string[]): P
     assert.equal(manager.locked, false, 'neither the old nor the new unlock key opens the manager');
   }
   const deadline = Date.now() + 10_000;
-  while (manager.status().raft?.role !== 'leader' || manager.status().raft!.applied < manager.status().raft!.commit) {
+  // A leader, with its own term's first entry committed (commit reaches its last index) and applied.
+  const ready = (): boolean => {
+    const raft = manager.status().raft;
+    return raft !== null && raft.role === 'leader' && raft.commit === raft.lastIndex && raft.applied === raft.commit;
+  };
+  while (!ready()) {
     assert.ok(Date.now() < deadline, 'the restarted manager did not become leader and catch up');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

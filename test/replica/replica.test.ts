@@ -107,11 +107,15 @@ test('every N applied entries a snapshot is stored and the log compacted, and a 
 test('a linearizable read resolves once everything committed before it is applied', async () => {
   const { replica, machine } = await single(new MemoryStorage());
   await replica.propose(encoder.encode('a'));
-  const pending = replica.propose(encoder.encode('b'));
+  await replica.propose(encoder.encode('b'));
+  // A write still in flight may or may not be seen; every acknowledged one must be.
+  const pending = replica.propose(encoder.encode('c'));
   const readAt = await replica.linearizableRead();
-  assert.ok(machine.values.includes('b'), 'a read issued after a proposal returned sees it');
+  assert.ok(machine.values.includes('a') && machine.values.includes('b'), 'a read issued after proposals returned sees them');
   assert.ok(readAt >= 3);
   await pending;
+  assert.ok((await replica.linearizableRead()) >= 4);
+  assert.ok(machine.values.includes('c'), 'and once the third returned, a read sees it too');
   await replica.stop();
 });
 
