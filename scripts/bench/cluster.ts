@@ -15,6 +15,7 @@ import { drawChart } from './chart.ts';
 import { percentile, rssBytes as rssBytesOf, runLoad, type LoadResult } from './load.ts';
 import { eventually } from '../../test/cluster/processes.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
+import { fmt, table } from './format.ts';
 
 const KEYS = 1000;
 
@@ -25,17 +26,8 @@ interface SystemResults {
   bigStore?: { secrets: number; loadSeconds: number; rssBytes: number; restartMs: number; catchUpMs: number };
 }
 
-const fmt = (n: number, digits = 0): string => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '-');
 const ratio = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(2)}x` : '-');
 
-function table(title: string, header: string[], rows: string[][]): void {
-  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
-  const line = (cells: string[]): string => cells.map((c, k) => (k === 0 ? c.padEnd(widths[k]!) : c.padStart(widths[k]!))).join('  ');
-  console.log(`\n${title}`);
-  console.log(line(header));
-  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const row of rows) console.log(line(row));
-}
 
 async function measure(target: Target, options: { seconds: number; sizes: number[]; inflights: number[]; kills: number }, log: (line: string) => void): Promise<SystemResults> {
   const results: SystemResults = { writes: [], reads: [], failoverMs: [] };

@@ -18,19 +18,11 @@ import { Replica, type StateMachine } from '../../src/replica/replica.ts';
 import type { Entry } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
+import { fmt, table } from './format.ts';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 3);
 
-function table(title: string, header: string[], rows: string[][]): void {
-  const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
-  const line = (cells: string[]): string => cells.map((c, k) => (k === 0 ? c.padEnd(widths[k]!) : c.padStart(widths[k]!))).join('  ');
-  console.log(`\n${title}`);
-  console.log(line(header));
-  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const row of rows) console.log(line(row));
-}
 
-const fmt = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
 function rawFdatasyncPerSecond(dir: string): number {
   const fd = openSync(join(dir, 'fsync.bin'), 'w');
