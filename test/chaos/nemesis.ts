@@ -159,7 +159,10 @@ async function replaceMember(c: ProcessCluster, random: Random): Promise<string>
   const victim = followers[random.int(followers.length)]!;
   const client = admin(c);
   try {
-    const id = (await c.status(victim)).nodeId;
+    // A manager just restarted by another fault may not answer yet: then nothing is changed.
+    const answer = await c.status(victim).catch((error: Error) => error);
+    if (answer instanceof Error) return `replace ${victim.name}: skipped, it does not answer (${answer.message.slice(0, 60)})`;
+    const id = answer.nodeId;
     try {
       await client.removeMember(id);
     } catch (error) {
