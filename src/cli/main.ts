@@ -12,10 +12,9 @@ import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
 import { snapshotCommands } from './snapshot-commands.ts';
 import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
-import { formatUnlockKey } from '../crypto/unlock-key.ts';
+import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
 import { secretCommands } from './secret-commands.ts';
 import { existsSync, readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { createKeyFile } from '../crypto/root-key.ts';
 import { isManagerDataDir } from '../server/node-config.ts';
 import { initCluster, joinCluster } from '../server/bootstrap.ts';
@@ -144,7 +143,7 @@ program
   .requiredOption('--data <dir>', 'the locked manager\'s data directory')
   .option('--unlock-key-file <path>', 'read the unlock key from this file instead')
   .action(async (options: { data: string; unlockKeyFile?: string }) => {
-    const key = options.unlockKeyFile !== undefined ? readUnlockKeyFile(options.unlockKeyFile) : await readLine('unlock key: ');
+    const key = options.unlockKeyFile !== undefined ? readUnlockKeyFile(options.unlockKeyFile) : await readKeyLine('unlock key: ', 'the unlock key');
     const reply = await sendUnlockKey(options.data, key);
     if (!reply.startsWith('ok')) throw new Error(reply.replace(/^error: /, ''));
     process.stderr.write(`${reply}\n`);
@@ -220,7 +219,7 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
     if (options.unlockKeyFile !== undefined) unlockKey = readUnlockKeyFile(options.unlockKeyFile);
     else {
       // A key on stdin (or typed at a terminal); with none, wait locked for coffer unlock.
-      unlockKey = await readLine('unlock key: ').catch(() => undefined);
+      unlockKey = await readKeyLine('unlock key: ', 'the unlock key').catch(() => undefined);
       if (unlockKey === undefined || unlockKey === '') unlockKey = await waitForUnlockKey(options.data, (line) => logger.info({ event: 'locked' }, line));
     }
   }
@@ -241,33 +240,6 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
-}
-
-/**
- * An unlock key from a file: its text (CFRKEY-1-...), or exactly 32 random bytes (what
- * scripts/compose-secrets.sh writes for Docker secrets), which stand for the key they encode.
- */
-function readUnlockKeyFile(path: string): string {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (error) {
-    throw new Error(`cannot read the unlock key file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  if (bytes.byteLength === 32 && !bytes.toString('latin1').startsWith('CFRKEY')) return formatUnlockKey(bytes);
-  return bytes.toString('utf8').trim();
-}
-
-function readLine(prompt: string): Promise<string> {
-  if (process.stdin.isTTY) process.stderr.write(prompt);
-  const lines = createInterface({ input: process.stdin, terminal: false });
-  return new Promise((resolve, reject) => {
-    lines.once('line', (line) => {
-      resolve(line.trim()); // before close(), which emits 'close' at once
-      lines.close();
-    });
-    lines.once('close', () => reject(new Error('stdin closed before the unlock key was given')));
-  });
 }
 
 program.parseAsync(process.argv).catch((error: unknown) => {

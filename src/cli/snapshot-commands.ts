@@ -1,9 +1,9 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { createInterface } from 'node:readline';
 import { Command, Option } from 'commander';
 import { readBackupHeader } from '../backup/backup-file.ts';
 import { restoreBackup } from '../server/restore.ts';
+import { readKeyLine, readTextKeyFile, readUnlockKeyFile } from './key-input.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
 
 const MiB = 1024 * 1024;
@@ -47,26 +47,6 @@ function writeFileDurably(path: string, data: Buffer): void {
   }
 }
 
-function readKeyLine(prompt: string): Promise<string> {
-  if (process.stdin.isTTY) process.stderr.write(prompt);
-  const lines = createInterface({ input: process.stdin, terminal: false });
-  return new Promise((resolve, reject) => {
-    lines.once('line', (line) => {
-      resolve(line.trim());
-      lines.close();
-    });
-    lines.once('close', () => reject(new Error('stdin closed before the key was given')));
-  });
-}
-
-function readKeyFile(path: string, what: string): string {
-  try {
-    return readFileSync(path, 'utf8').trim();
-  } catch (error) {
-    throw new Error(`cannot read the ${what} file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-}
-
 export function snapshotCommands(): Command {
   const snapshot = new Command('snapshot').description('backups: save the whole cluster to a file, restore a new cluster from one');
   addClientOptions(snapshot.command('save <file>'))
@@ -105,7 +85,7 @@ export function snapshotCommands(): Command {
         throw new Error(`cannot read the backup ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
       }
       const text =
-        flags.recoveryKeyFile !== undefined ? readKeyFile(flags.recoveryKeyFile, 'recovery key') : flags.unlockKeyFile !== undefined ? readKeyFile(flags.unlockKeyFile, 'unlock key') : await readKeyLine('recovery key (or unlock key): ');
+        flags.recoveryKeyFile !== undefined ? readTextKeyFile(flags.recoveryKeyFile, 'recovery key') : flags.unlockKeyFile !== undefined ? readUnlockKeyFile(flags.unlockKeyFile) : await readKeyLine('recovery key (or unlock key): ');
       const key = /^CFRKEY-/i.test(text) ? { unlockKey: text } : { recoveryKey: text };
       const outcome = await restoreBackup({
         file: bytes,
