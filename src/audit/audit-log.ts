@@ -27,6 +27,8 @@ export interface AuditRecord extends AuditEvent {
 export const AUDIT_FILE = 'audit.log';
 export const AUDIT_HEAD_FILE = 'audit.head';
 const GENESIS = '0'.repeat(64);
+/** The head is rewritten at most this often (it may lag the log by as much). */
+export const HEAD_INTERVAL_MS = 100;
 
 export class AuditError extends Error {
   override name = 'AuditError';
@@ -43,7 +45,7 @@ function recordHash(r: Omit<AuditRecord, 'hash'>): string {
  * in batches (group commit) before the requests they describe are answered. If a batch cannot
  * be written, its requests fail and the log refuses further requests until it can write again
  * (fail closed). `audit.head` holds the last sequence number and hash, so a truncated log is
- * told apart from a short one.
+ * told apart from a short one (a cut within the last HEAD_INTERVAL_MS of records goes unseen).
  */
 export class AuditLog {
   readonly dir: string;
@@ -57,6 +59,11 @@ export class AuditLog {
   #durable: { seq: number; hash: string };
   /** The log's length up to that record: a failed batch is cut back to it. */
   #durableBytes = 0;
+  /** The head: the sequence number it holds, when it was last written, and a write under way. */
+  #headSeq = -1;
+  #headWrittenMs = -Infinity;
+  #headWriting: Promise<void> | null = null;
+  #headTimer: NodeJS.Timeout | null = null;
   failures = 0;
 
   private constructor(dir: string, node: number, seq: number, prev: string) {
@@ -98,7 +105,46 @@ export class AuditLog {
 
   /** Resolves once every record appended so far is written, with the head (tests, shutdown). */
   async settled(): Promise<void> {
-    while (this.#flushing || this.#pending.length > 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    while (this.#flushing || this.#pending.length > 0 || this.#headWriting !== null || this.#headTimer !== null) {
+      if (this.#headTimer !== null && !this.#flushing && this.#pending.length === 0) {
+        clearTimeout(this.#headTimer);
+        this.#headTimer = null;
+        this.#writeHead();
+      }
+      await (this.#headWriting ?? new Promise((resolve) => setTimeout(resolve, 1)));
+    }
+  }
+
+  /**
+   * The head follows the log off the requests' path, and at most every HEAD_INTERVAL_MS (each
+   * write is a synced file and a rename: once per batch it cost as much as the log itself). It
+   * may lag the log by that much; open() resumes from the log. If it cannot be written, later
+   * requests are refused until a write works.
+   */
+  #headDue(): void {
+    if (this.#headTimer !== null || this.#headWriting !== null) return;
+    const waitMs = Math.max(0, this.#headWrittenMs + HEAD_INTERVAL_MS - performance.now());
+    this.#headTimer = setTimeout(() => {
+      this.#headTimer = null;
+      this.#writeHead();
+    }, waitMs);
+  }
+
+  #writeHead(): void {
+    const { seq, hash } = this.#durable;
+    if (seq === this.#headSeq) return;
+    this.#headWrittenMs = performance.now();
+    this.#headWriting = writeHead(this.dir, seq, hash)
+      .then(() => {
+        this.#headSeq = seq;
+      })
+      .catch((error: unknown) => {
+        this.#broken = error as Error;
+      })
+      .finally(() => {
+        this.#headWriting = null;
+        if (this.#durable.seq !== this.#headSeq && this.#broken === null) this.#headDue();
+      });
   }
 
   /** Whether the last write failed (requests are refused until one succeeds). */
@@ -136,17 +182,10 @@ export class AuditLog {
           const last = batch[batch.length - 1]!.record;
           this.#durableBytes += Buffer.byteLength(text);
           this.#durable = { seq: last.seq, hash: last.hash };
-          // The records are durable: their requests may be answered now. The head follows (it
-          // may lag the log by a batch after a crash; open() resumes from the log itself), off
-          // the requests' path; if it cannot be written, later requests are refused.
+          // The records are durable: their requests may be answered now; the head follows.
           this.#broken = null;
           for (const item of batch) item.done(null);
-          try {
-            await writeHead(this.dir, last.seq, last.hash);
-          } catch (error) {
-            // The batch is durable and answered; only later requests are refused until a write works.
-            this.#broken = error as Error;
-          }
+          this.#headDue();
         } catch (error) {
           this.failures += batch.length;
           this.#broken = error as Error;

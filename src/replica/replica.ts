@@ -81,6 +81,8 @@ export interface ReplicaOptions<Result> {
 
 export const SNAPSHOT_EVERY_ENTRIES = 10_000;
 export const SNAPSHOT_TAIL_ENTRIES = 1_000;
+/** Ticks a read-index request may go unanswered before it is sent again (an election timeout). */
+export const READ_INDEX_RETRY_TICKS = 10;
 /** Reads waiting locally for their read index before the replica refuses more. */
 export const LOCAL_READS_MAX = 65_536;
 
@@ -125,9 +127,16 @@ export class Replica<Result> {
   readonly #snapshotTail: number;
   /** Proposals by index, with the term they must be applied in. */
   readonly #proposals = new Map<number, { term: number; waiter: Waiter<Result>; startMs: number }>();
-  /** Reads waiting for a read index (by context), then for the applied index to reach it. */
-  readonly #readsAwaitingIndex = new Map<string, Waiter<number>>();
+  /**
+   * Linearizable reads, batched as etcd does: reads that arrive while a read-index request is out
+   * wait for the next one, and one request (one context, one heartbeat round on the leader)
+   * serves every read queued before it was made. Any read index obtained after a read arrived is
+   * a valid one for it. Then they wait for the applied index to reach it.
+   */
+  #readsQueued: Array<Waiter<number>> = [];
+  #readInFlight: { readonly context: string; readonly waiters: Array<Waiter<number>>; ticks: number } | null = null;
   #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
+  #readRequestDue = false;
   readonly #observer: ReplicaObserver | null;
   #lead: NodeId = 0;
   /** The hard state last written (to tell a commit-only change). */
@@ -194,7 +203,28 @@ export class Replica<Result> {
 
   tick(): void {
     this.#raw.tick();
+    // A read-index request or its answer can be lost (the leader died, the stream broke): ask
+    // again, for the same reads, after an election timeout without an answer.
+    const inFlight = this.#readInFlight;
+    if (inFlight !== null && ++inFlight.ticks >= READ_INDEX_RETRY_TICKS) this.#retryReadIndex();
     this.#kick();
+  }
+
+  /** Sends one read-index request for every queued read, unless one is already out. */
+  #requestReadIndex(): void {
+    if (this.#readInFlight !== null || this.#readsQueued.length === 0 || this.#stopped) return;
+    const context = `${this.id}:${++this.#readSeq}`;
+    this.#readInFlight = { context, waiters: this.#readsQueued, ticks: 0 };
+    this.#readsQueued = [];
+    this.#raw.readIndex(context);
+  }
+
+  #retryReadIndex(): void {
+    const inFlight = this.#readInFlight;
+    if (inFlight === null) return;
+    this.#readInFlight = null;
+    this.#readsQueued = inFlight.waiters.concat(this.#readsQueued);
+    this.#requestReadIndex();
   }
 
   step(message: Message): void {
@@ -237,14 +267,13 @@ export class Replica<Result> {
   /** Resolves with an index once this replica has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
     if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
-    if (this.#readsAwaitingIndex.size + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
+    if (this.#readsQueued.length + (this.#readInFlight?.waiters.length ?? 0) + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
       return Promise.reject(new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`));
     }
-    const context = `${this.id}:${++this.#readSeq}`;
     const observer = this.#observer;
     const startMs = performance.now();
     const promise = new Promise<number>((resolve, reject) =>
-      this.#readsAwaitingIndex.set(context, {
+      this.#readsQueued.push({
         resolve: observer === null ? resolve : (index) => {
           observer.readIndex((performance.now() - startMs) / 1000);
           resolve(index);
@@ -252,8 +281,15 @@ export class Replica<Result> {
         reject,
       }),
     );
-    this.#raw.readIndex(context);
-    this.#kick();
+    // Reads that arrive in the same turn of the event loop share the request.
+    if (!this.#readRequestDue) {
+      this.#readRequestDue = true;
+      queueMicrotask(() => {
+        this.#readRequestDue = false;
+        this.#requestReadIndex();
+        this.#kick();
+      });
+    }
     return promise;
   }
 
@@ -267,10 +303,11 @@ export class Replica<Result> {
     await this.settled();
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
-    for (const waiter of this.#readsAwaitingIndex.values()) waiter.reject(stopped);
+    for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(stopped);
     for (const { waiter } of this.#readsAwaitingApply) waiter.reject(stopped);
     this.#proposals.clear();
-    this.#readsAwaitingIndex.clear();
+    this.#readsQueued = [];
+    this.#readInFlight = null;
     this.#readsAwaitingApply = [];
   }
 
@@ -292,6 +329,8 @@ export class Replica<Result> {
       if (ready.softState !== null && ready.softState.lead !== this.#lead) {
         this.#lead = ready.softState.lead;
         this.#observer?.leaderChanged(this.#lead);
+        // A request sent to the old leader may never be answered.
+        if (this.#lead !== 0) this.#retryReadIndex();
       }
       // A leader's appends leave before its own write, so the followers' writes overlap it (the
       // Ready contract allows it for appends only); everything else waits for the write.
@@ -360,18 +399,22 @@ export class Replica<Result> {
         else proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`));
       }
     }
+    // Answers to requests given up on (a retry replaced them) are ignored.
     for (const read of ready.readStates) {
-      const waiter = this.#readsAwaitingIndex.get(read.context);
-      if (waiter === undefined) continue;
-      this.#readsAwaitingIndex.delete(read.context);
-      this.#readsAwaitingApply.push({ index: read.index, waiter });
+      const inFlight = this.#readInFlight;
+      if (inFlight === null || read.context !== inFlight.context) continue;
+      this.#readInFlight = null;
+      for (const waiter of inFlight.waiters) this.#readsAwaitingApply.push({ index: read.index, waiter });
     }
     for (const refusal of ready.readRefusals) {
-      const waiter = this.#readsAwaitingIndex.get(refusal.context);
-      if (waiter === undefined) continue;
-      this.#readsAwaitingIndex.delete(refusal.context);
-      waiter.reject(new ReplicaError('READ_REFUSED', `the read was refused: ${describeRefusal(refusal.reason)}`));
+      const inFlight = this.#readInFlight;
+      if (inFlight === null || refusal.context !== inFlight.context) continue;
+      this.#readInFlight = null;
+      const error = new ReplicaError('READ_REFUSED', `the read was refused: ${describeRefusal(refusal.reason)}`);
+      for (const waiter of inFlight.waiters) waiter.reject(error);
     }
+    // The reads that arrived meanwhile go out in the next Ready.
+    this.#requestReadIndex();
     if (this.#readsAwaitingApply.length > 0) {
       const still: Array<{ index: number; waiter: Waiter<number> }> = [];
       for (const read of this.#readsAwaitingApply) {

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
+import { rememberPeerCertificates } from '../transport/auth.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
@@ -92,6 +93,7 @@ export class CofferNode {
     this.#caKeyPem = caKeyPem;
     this.log = log;
     this.#credentials = new RenewableServerCredentials(tls);
+    rememberPeerCertificates();
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
     registerServices(this);
     this.health = new HealthService(this);

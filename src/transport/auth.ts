@@ -1,4 +1,4 @@
-import type { PeerCertificate } from 'node:tls';
+import { TLSSocket, type PeerCertificate } from 'node:tls';
 import { identityOf, type Identity } from '../crypto/pki.ts';
 
 /**
@@ -33,3 +33,31 @@ export function callerIdentity(call: { getAuthContext(): { sslPeerCertificate?: 
 /** Identities of certificates seen, by fingerprint (oldest dropped first beyond the bound). */
 const identities = new Map<string, Identity | null>();
 const IDENTITIES_CACHED_MAX = 4096;
+
+/**
+ * grpc-js asks the TLS socket for the peer certificate on every call (getAuthContext), and Node
+ * builds a fresh object from the certificate each time: 15% of a leader's CPU under writes. The
+ * certificate of a TLS connection does not change once the handshake is done, so the first
+ * complete answer is kept per socket (a WeakMap: it goes with the socket). To keep that true, a
+ * socket whose certificate was read no longer accepts renegotiation (only TLS 1.2 has it; HTTP/2
+ * forbids it anyway). Only the summary form (`getPeerCertificate()`, not `(true)`) is kept.
+ * Installed once per process, by the server.
+ */
+export function rememberPeerCertificates(): void {
+  if (installed) return;
+  installed = true;
+  const original = TLSSocket.prototype.getPeerCertificate;
+  const remembered = new WeakMap<TLSSocket, PeerCertificate>();
+  TLSSocket.prototype.getPeerCertificate = function getPeerCertificate(this: TLSSocket, detailed?: boolean) {
+    if (detailed === true) return original.call(this, true);
+    const known = remembered.get(this);
+    if (known !== undefined) return known;
+    const cert = original.call(this, false) as PeerCertificate;
+    if (this.authorized && cert.raw !== undefined) {
+      this.disableRenegotiation();
+      remembered.set(this, cert);
+    }
+    return cert;
+  } as typeof TLSSocket.prototype.getPeerCertificate;
+}
+let installed = false;

@@ -62,8 +62,10 @@ export class PeerTransport {
     this.#options = options;
   }
 
+  /** Queues every message first, then flushes each link once: a Ready's messages to a peer share a frame. */
   send(messages: readonly Message[]): void {
     if (this.#closed) return;
+    const touched = new Set<PeerLink>();
     for (const message of messages) {
       let link = this.#links.get(message.to);
       if (link === undefined) {
@@ -71,7 +73,9 @@ export class PeerTransport {
         this.#links.set(message.to, link);
       }
       link.enqueue(message);
+      touched.add(link);
     }
+    for (const link of touched) link.flush();
   }
 
   /** After a certificate renewal or a membership change: reconnect with fresh credentials. */
@@ -202,6 +206,9 @@ class PeerLink {
       return;
     }
     this.#queue.push(message.type === 'snapshot' ? { kind: 'snapshot', message } : { kind: 'message', message });
+  }
+
+  flush(): void {
     void this.#flush();
   }
 

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Replica, ReplicaError, type StateMachine } from '../../src/replica/replica.ts';
+import { READ_INDEX_RETRY_TICKS, Replica, ReplicaError, type StateMachine } from '../../src/replica/replica.ts';
 import { RaftError } from '../../src/raft/errors.ts';
-import type { Entry } from '../../src/raft/types.ts';
+import type { Entry, Message, ReadIndexMessage } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { MemoryStorage } from '../../src/storage/memory-storage.ts';
 import type { RaftStorage } from '../../src/storage/types.ts';
@@ -130,5 +130,54 @@ test('a proposal to a replica that is not the leader is refused at once with NOT
   });
   await assert.rejects(replica.propose(encoder.encode('x')), (e: unknown) => e instanceof RaftError && e.code === 'NOT_LEADER');
   await assert.rejects(replica.linearizableRead(), (e: unknown) => e instanceof ReplicaError && e.code === 'READ_REFUSED' && /no leader/.test(e.message));
+  await replica.stop();
+});
+
+test('a follower asks its leader for one read index per batch of reads, and asks again when an answer is lost', async () => {
+  const sent: Message[] = [];
+  const replica = await Replica.start({
+    id: 2,
+    storage: new MemoryStorage(),
+    stateMachine: new ListMachine(),
+    peers: { send: (messages) => void sent.push(...messages) },
+    random: new SeededRandom(1),
+    bootstrapVoters: [1, 2, 3],
+  });
+  await replica.settled();
+  replica.step({ type: 'heartbeat', from: 1, to: 2, term: 1, commit: 0, readSeq: 0 });
+  await replica.settled();
+  const requests = () => sent.filter((m): m is ReadIndexMessage => m.type === 'read-index');
+  const answer = (request: ReadIndexMessage) => replica.step({ type: 'read-index-response', from: 1, to: 2, term: 1, context: request.context, index: 0, refusal: null });
+
+  // 50 reads at once: one request; they all resolve with its answer.
+  const first = Array.from({ length: 50 }, () => replica.linearizableRead());
+  await replica.settled();
+  assert.equal(requests().length, 1, 'one read-index request for 50 reads that arrived together');
+  // Reads that arrive while it is out wait for the next request, made only once it is answered.
+  const second = Array.from({ length: 10 }, () => replica.linearizableRead());
+  await replica.settled();
+  assert.equal(requests().length, 1, 'no second request while the first is out');
+  answer(requests()[0]!);
+  assert.equal((await Promise.all(first)).length, 50);
+  await replica.settled();
+  assert.equal(requests().length, 2, 'the reads that arrived meanwhile got a request of their own');
+  assert.notEqual(requests()[1]!.context, requests()[0]!.context);
+
+  // The second request is lost: after an election timeout of ticks it is sent again, and the
+  // answer to the lost one (should it come late) releases nothing on its own.
+  for (let k = 0; k < READ_INDEX_RETRY_TICKS - 1; k++) replica.tick();
+  await replica.settled();
+  assert.equal(requests().length, 2, 'not sent again before the timeout');
+  replica.tick();
+  await replica.settled();
+  assert.equal(requests().length, 3, 'sent again after the timeout');
+  let released = false;
+  const secondDone = Promise.all(second).then(() => (released = true));
+  answer(requests()[1]!);
+  await replica.settled();
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(released, false, 'an answer to a request given up on is ignored');
+  answer(requests()[2]!);
+  await secondDone;
   await replica.stop();
 });
