@@ -11,6 +11,8 @@ export interface LoadResult {
   readonly p999Ms: number;
   /** Server CPU (user + system) over the run, summed over the members, in seconds. */
   readonly serverCpuSeconds: number;
+  /** CPU of the load generator (this process) over the run, in seconds. */
+  readonly clientCpuSeconds: number;
 }
 
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -47,6 +49,7 @@ export async function runLoad(options: { inflight: number; seconds: number; op: 
   const latencies: number[] = [];
   let errors = 0;
   const cpuBefore = options.pids().map(cpuSeconds);
+  const clientBefore = process.cpuUsage();
   const start = performance.now();
   const end = start + options.seconds * 1000;
   const worker = async (w: number): Promise<void> => {
@@ -64,6 +67,7 @@ export async function runLoad(options: { inflight: number; seconds: number; op: 
   await Promise.all(Array.from({ length: options.inflight }, (_, w) => worker(w)));
   const seconds = (performance.now() - start) / 1000;
   const cpuAfter = options.pids().map(cpuSeconds);
+  const client = process.cpuUsage(clientBefore);
   const serverCpuSeconds = cpuAfter.reduce((sum, c, k) => sum + Math.max(0, c - (cpuBefore[k] ?? 0)), 0);
   latencies.sort((a, b) => a - b);
   return {
@@ -75,5 +79,6 @@ export async function runLoad(options: { inflight: number; seconds: number; op: 
     p99Ms: percentile(latencies, 0.99),
     p999Ms: percentile(latencies, 0.999),
     serverCpuSeconds,
+    clientCpuSeconds: (client.user + client.system) / 1e6,
   };
 }

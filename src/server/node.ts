@@ -94,7 +94,7 @@ export class CofferNode {
     this.log = log;
     this.#credentials = new RenewableServerCredentials(tls);
     rememberPeerCertificates();
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.enable_channelz': 0 });
     registerServices(this);
     this.health = new HealthService(this);
   }

@@ -78,9 +78,15 @@ export function encodeSecretCommand(command: SecretCommand, actor: Actor | null 
 
 /** Decodes a command and its actor (null for the leader's own commands, such as the expiry sweep). */
 export function decodeSecretCommand(kind: string, data: Buffer): { command: SecretCommand; actor: Actor | null } | string {
-  const command = decodeCommand(kind, data);
+  let value: unknown;
+  try {
+    value = packr.unpack(data);
+  } catch {
+    return `the ${kind} command does not decode`;
+  }
+  const command = commandOf(kind, value);
   if (typeof command === 'string') return command;
-  const raw = (packr.unpack(data) as Record<string, unknown>)['actor'] as Partial<Actor> | undefined;
+  const raw = (value as Record<string, unknown>)['actor'] as Partial<Actor> | undefined;
   if (raw === undefined) return { command, actor: null };
   if (typeof raw !== 'object' || raw === null || typeof raw.name !== 'string' || typeof raw.serial !== 'string') return 'the command names a malformed actor';
   return { command, actor: { name: raw.name, serial: raw.serial } };
@@ -331,6 +337,11 @@ function decodeCommand(kind: string, data: Buffer): SecretCommand | string {
   } catch {
     return `the ${kind} command does not decode`;
   }
+  return commandOf(kind, value);
+}
+
+/** A decoded command, checked field by field. */
+function commandOf(kind: string, value: unknown): SecretCommand | string {
   if (typeof value !== 'object' || value === null) return `the ${kind} command is not a record`;
   const c = value as Record<string, unknown>;
   if (kind !== `secret.${String(c['op'])}`) return `the ${kind} command names another operation`;
