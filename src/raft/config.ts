@@ -13,7 +13,8 @@ export interface RaftConfig {
   readonly heartbeatIntervalTicks: number;
   /**
    * After the IO layer reports that the connection to the leader broke, a follower campaigns
-   * within a random [0, this] ticks instead of a full election timeout (fast failover).
+   * within [1, this] ticks instead of a full election timeout (fast failover): the voters that
+   * lost the leader go a tick apart, lowest id first, so their campaigns do not split the vote.
    */
   readonly leaderLostCampaignTicksMax: number;
   /** Run a pre-vote round before a real election, so a node that cannot win does not bump terms. */

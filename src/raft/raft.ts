@@ -908,7 +908,8 @@ export class Raft {
 
   /**
    * The transport lost its connection to `peer`. A leader stops pipelining to it. A follower
-   * whose leader it is gives up the leader's lease and campaigns within a few ticks: if the
+   * whose leader it is gives up the leader's lease and campaigns within a few ticks (its turn
+   * among the voters, by id, at most leaderLostCampaignTicksMax): if the
    * leader really died, the others lost it too and will grant the pre-vote; if only this link
    * broke, they still hear the leader and refuse, so nothing is disrupted.
    */
@@ -919,9 +920,15 @@ export class Raft {
       return;
     }
     if (this.role === 'follower' && peer === this.lead && this.lead !== NONE) {
+      // The followers that lost the same leader take turns by id, a tick apart, instead of
+      // drawing lots: two that campaigned in the same tick would split the vote and wait a full
+      // randomized election timeout (1 to 2 s at 100 ms ticks). When one's turn comes while a
+      // lower one is already campaigning, it has voted for it already, or grants it now.
+      let rank = 0;
+      for (const id of this.voters) if (id !== peer && id < this.id) rank++;
       const base = this.config.electionTimeoutTicks;
       this.electionElapsed = base;
-      this.randomizedElectionTimeout = base + this.config.random.int(this.config.leaderLostCampaignTicksMax + 1);
+      this.randomizedElectionTimeout = base + 1 + Math.min(rank, Math.max(0, this.config.leaderLostCampaignTicksMax - 1));
     }
   }
 

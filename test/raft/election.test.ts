@@ -186,6 +186,24 @@ test('followers told by their transport that the leader is unreachable elect a n
   assert.ok(c.raw(c.leader()!).status().term > term);
 });
 
+test('followers that lose the leader together do not split the vote: a leader within a few ticks on every seed, three or five voters', () => {
+  // Drawing the campaign tick at random let two followers campaign in the same tick about once
+  // in three failovers; both then became candidates, split the vote and waited a full election
+  // timeout. They now go a tick apart, by id.
+  for (const voters of [[1, 2, 3], [1, 2, 3, 4, 5]]) {
+    for (let seed = 1; seed <= 100; seed++) {
+      const c = new Cluster({ voters, seed });
+      const first = voters[seed % voters.length]!;
+      c.elect(first);
+      c.tickAll(2);
+      c.crash(first);
+      for (const id of voters) if (id !== first) c.raw(id).reportUnreachable(first);
+      const ticks = c.tickUntil(() => c.leader() !== null, 3 * ELECTION_TICKS);
+      assert.ok(ticks !== null && ticks <= RAFT_CONFIG_DEFAULTS.leaderLostCampaignTicksMax, `${voters.length} voters, seed ${seed}: a leader took ${ticks ?? 'more than 30'} ticks`);
+    }
+  }
+});
+
 test('a follower whose own link to a live leader broke campaigns, but cannot depose it', () => {
   // Reference: Ongaro thesis §9.6 and §4.2.3: the others still hear the leader and refuse the
   // pre-vote.
