@@ -16,6 +16,7 @@ import { percentile, rssBytes as rssBytesOf, runLoad, type LoadResult } from './
 import { eventually } from '../../test/cluster/processes.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
 import { fmt, table } from './format.ts';
+import { measureFloor } from './floor.ts';
 
 const KEYS = 1000;
 /** Seconds of writes, then of reads, before anything is measured. */
@@ -135,6 +136,7 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+  const floor = await measureFloor({ seconds, inflights: [1, 64], bytes: 256 });
   const c = all.coffer;
   const e = all.etcd;
   table(
@@ -194,6 +196,14 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
       ],
     );
   }
+  table(
+    'The floor: an empty grpc-js service (echo, 256 B) in one Node process, same TLS and load',
+    ['in flight', 'requests/s', 'p50 ms', 'server CPU s per 1,000', 'client CPU s per 1,000', 'etcd writes/s at this in flight'],
+    floor.map(({ inflight, result }) => {
+      const etcdWrites = e.writes.find((w) => w.bytes === 256 && w.inflight === inflight)?.result.opsPerSecond ?? NaN;
+      return [String(inflight), fmt(result.opsPerSecond), fmt(result.p50Ms, 2), fmt((result.serverCpuSeconds / result.ops) * 1000, 3), fmt((result.clientCpuSeconds / result.ops) * 1000, 3), fmt(etcdWrites)];
+    }),
+  );
   // The goals this machine is measured against (issue 8), met or not, from the figures above.
   const w64 = cpuRows[0]![1];
   const linSpread = cpuRows[2]![1];
@@ -212,7 +222,7 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
   mkdirSync(out, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const jsonFile = join(out, `cluster-${stamp}.json`);
-  writeFileSync(jsonFile, JSON.stringify({ etcdVersion, options, coffer: c, etcd: e }, null, 2));
+  writeFileSync(jsonFile, JSON.stringify({ etcdVersion, options, coffer: c, etcd: e, grpcFloor: floor }, null, 2));
   const pngFile = join(out, `cluster-${stamp}.png`);
   await drawChart(pngFile, {
     title: 'Writes, 256 B: p99 latency against throughput (1, 16, 64, 256 in flight)',
