@@ -64,6 +64,8 @@ export class AuditLog {
   #headWrittenMs = -Infinity;
   #headWriting: Promise<void> | null = null;
   #headTimer: NodeJS.Timeout | null = null;
+  /** The last head write failed (cleared only by a head write that works). */
+  #headBroken: Error | null = null;
   failures = 0;
 
   private constructor(dir: string, node: number, seq: number, prev: string) {
@@ -76,7 +78,7 @@ export class AuditLog {
 
   /**
    * Opens (or starts) a log. The chain resumes from the last complete record in the file (the
-   * head may be one batch behind after a crash between the two writes); a partial last line, left
+   * head may be up to HEAD_INTERVAL_MS behind after a crash); a partial last line, left
    * by a crash mid-write, is cut off. Complete records are never removed, tampered or not.
    */
   static async open(dir: string, node: number): Promise<AuditLog> {
@@ -103,23 +105,24 @@ export class AuditLog {
     return log;
   }
 
-  /** Resolves once every record appended so far is written, with the head (tests, shutdown). */
+  /** Resolves once every record appended so far is written, and the head once tried (tests, shutdown). */
   async settled(): Promise<void> {
-    while (this.#flushing || this.#pending.length > 0 || this.#headWriting !== null || this.#headTimer !== null) {
-      if (this.#headTimer !== null && !this.#flushing && this.#pending.length === 0) {
-        clearTimeout(this.#headTimer);
-        this.#headTimer = null;
-        this.#writeHead();
-      }
-      await (this.#headWriting ?? new Promise((resolve) => setTimeout(resolve, 1)));
+    while (this.#flushing || this.#pending.length > 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    if (this.#headWriting !== null) await this.#headWriting;
+    if (this.#headTimer !== null) {
+      clearTimeout(this.#headTimer);
+      this.#headTimer = null;
+      this.#writeHead();
     }
+    if (this.#headWriting !== null) await this.#headWriting;
   }
 
   /**
    * The head follows the log off the requests' path, and at most every HEAD_INTERVAL_MS (each
    * write is a synced file and a rename: once per batch it cost as much as the log itself). It
-   * may lag the log by that much; open() resumes from the log. If it cannot be written, later
-   * requests are refused until a write works.
+   * may lag the log by that much; open() resumes from the log. If it cannot be written, requests
+   * are refused (a log batch that succeeds meanwhile does not lift that) and it is tried again
+   * every HEAD_INTERVAL_MS until it can.
    */
   #headDue(): void {
     if (this.#headTimer !== null || this.#headWriting !== null) return;
@@ -128,6 +131,8 @@ export class AuditLog {
       this.#headTimer = null;
       this.#writeHead();
     }, waitMs);
+    // It never holds the process open: shutdown writes the head through settled().
+    this.#headTimer.unref();
   }
 
   #writeHead(): void {
@@ -137,19 +142,20 @@ export class AuditLog {
     this.#headWriting = writeHead(this.dir, seq, hash)
       .then(() => {
         this.#headSeq = seq;
+        this.#headBroken = null;
       })
       .catch((error: unknown) => {
-        this.#broken = error as Error;
+        this.#headBroken = error as Error;
       })
       .finally(() => {
         this.#headWriting = null;
-        if (this.#durable.seq !== this.#headSeq && this.#broken === null) this.#headDue();
+        if (this.#durable.seq !== this.#headSeq) this.#headDue();
       });
   }
 
-  /** Whether the last write failed (requests are refused until one succeeds). */
+  /** Whether the last write of the log, or of its head, failed (requests are refused until one succeeds). */
   get broken(): Error | null {
-    return this.#broken;
+    return this.#broken ?? this.#headBroken;
   }
 
   /** Appends a record; resolves once it is durable; rejects with AuditError if it cannot be. */
@@ -263,7 +269,7 @@ export function verifyAuditLog(text: string, head: { seq: number; hash: string }
     prev = hash;
     seq = record.seq;
   }
-  // The head is written after the log, so it may lag by a batch; a log shorter than it was cut.
+  // The head is written after the log, so it may lag; a log shorter than it was cut.
   if (head !== null && head.seq > seq) {
     return { ok: false, records: lines.length, firstBroken: { line: lines.length + 1, problem: `the log ends at record ${seq}, but the head says ${head.seq}: it was truncated` } };
   }

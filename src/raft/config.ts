@@ -40,7 +40,7 @@ export type RaftConfigInput = Pick<RaftConfig, 'id' | 'random'> & Partial<RaftCo
 export const RAFT_CONFIG_DEFAULTS = {
   electionTimeoutTicks: 10,
   heartbeatIntervalTicks: 1,
-  leaderLostCampaignTicksMax: 2,
+  leaderLostCampaignTicksMax: 4,
   preVote: true,
   checkQuorum: true,
   appendBytesMax: 1024 * 1024,

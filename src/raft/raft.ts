@@ -923,7 +923,9 @@ export class Raft {
       // The followers that lost the same leader take turns by id, a tick apart, instead of
       // drawing lots: two that campaigned in the same tick would split the vote and wait a full
       // randomized election timeout (1 to 2 s at 100 ms ticks). When one's turn comes while a
-      // lower one is already campaigning, it has voted for it already, or grants it now.
+      // lower one is already campaigning, it has voted for it already, or grants it now. If the
+      // lower ones cannot win (down, cut off, behind), the next in turn still goes alone, up to
+      // leaderLostCampaignTicksMax turns (4 by default: every follower of five voters).
       let rank = 0;
       for (const id of this.voters) if (id !== peer && id < this.id) rank++;
       const base = this.config.electionTimeoutTicks;

@@ -83,6 +83,8 @@ export const SNAPSHOT_EVERY_ENTRIES = 10_000;
 export const SNAPSHOT_TAIL_ENTRIES = 1_000;
 /** Ticks a read-index request may go unanswered before it is sent again (an election timeout). */
 export const READ_INDEX_RETRY_TICKS = 10;
+/** Unanswered read-index requests remembered (the oldest is forgotten beyond). */
+const READ_CONTEXTS_MAX = 64;
 /** Reads waiting locally for their read index before the replica refuses more. */
 export const LOCAL_READS_MAX = 65_536;
 
@@ -101,6 +103,12 @@ export class ReplicaError extends Error {
 interface Waiter<T> {
   resolve(value: T): void;
   reject(error: Error): void;
+}
+
+/** Reads that share one read index; `done` once an answer (or a refusal) released them. */
+interface ReadBatch {
+  readonly waiters: Array<Waiter<number>>;
+  done: boolean;
 }
 
 export interface ReplicaStats {
@@ -134,7 +142,16 @@ export class Replica<Result> {
    * a valid one for it. Then they wait for the applied index to reach it.
    */
   #readsQueued: Array<Waiter<number>> = [];
-  #readInFlight: { readonly context: string; readonly waiters: Array<Waiter<number>>; ticks: number } | null = null;
+  /** The batch whose request is out, and ticks since it was (last) sent. */
+  #readInFlight: { readonly batch: ReadBatch; ticks: number } | null = null;
+  /**
+   * Requests not yet answered, by context. A batch asked again keeps its earlier contexts: an
+   * answer to any of them was obtained after all of its reads arrived, so the first to come
+   * releases it (a retry must not throw away an answer that was merely slow).
+   */
+  readonly #readContexts = new Map<string, ReadBatch>();
+  /** Tells this replica's contexts from an earlier one's in the same process (lock, unlock). */
+  readonly #readContextPrefix: string;
   #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
   #readRequestDue = false;
   readonly #observer: ReplicaObserver | null;
@@ -160,6 +177,7 @@ export class Replica<Result> {
     this.#snapshotEvery = options.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES;
     this.#snapshotTail = options.snapshotTailEntries ?? SNAPSHOT_TAIL_ENTRIES;
     this.#observer = options.observer ?? null;
+    this.#readContextPrefix = `${options.id}.${options.random.int(2 ** 31).toString(36)}`;
     this.#applied = applied;
     this.#lastSnapshotIndex = applied;
   }
@@ -213,18 +231,35 @@ export class Replica<Result> {
   /** Sends one read-index request for every queued read, unless one is already out. */
   #requestReadIndex(): void {
     if (this.#readInFlight !== null || this.#readsQueued.length === 0 || this.#stopped) return;
-    const context = `${this.id}:${++this.#readSeq}`;
-    this.#readInFlight = { context, waiters: this.#readsQueued, ticks: 0 };
+    const batch: ReadBatch = { waiters: this.#readsQueued, done: false };
     this.#readsQueued = [];
+    this.#sendReadIndex(batch);
+  }
+
+  /** Asks again for the batch that is out (reads queued since wait for their own request). */
+  #retryReadIndex(): void {
+    const inFlight = this.#readInFlight;
+    if (inFlight === null || this.#stopped) return;
+    this.#sendReadIndex(inFlight.batch);
+  }
+
+  #sendReadIndex(batch: ReadBatch): void {
+    const context = `${this.#readContextPrefix}:${++this.#readSeq}`;
+    // Bounded: a batch nobody answers is asked again once per election timeout.
+    if (this.#readContexts.size >= READ_CONTEXTS_MAX) this.#readContexts.delete(this.#readContexts.keys().next().value!);
+    this.#readContexts.set(context, batch);
+    this.#readInFlight = { batch, ticks: 0 };
     this.#raw.readIndex(context);
   }
 
-  #retryReadIndex(): void {
-    const inFlight = this.#readInFlight;
-    if (inFlight === null) return;
-    this.#readInFlight = null;
-    this.#readsQueued = inFlight.waiters.concat(this.#readsQueued);
-    this.#requestReadIndex();
+  /** The batch a context asked for, once: later answers for it (or its other contexts) find nothing. */
+  #takeReadBatch(context: string): ReadBatch | null {
+    const batch = this.#readContexts.get(context);
+    if (batch === undefined || batch.done) return null;
+    batch.done = true;
+    for (const [other, b] of this.#readContexts) if (b === batch) this.#readContexts.delete(other);
+    if (this.#readInFlight?.batch === batch) this.#readInFlight = null;
+    return batch;
   }
 
   step(message: Message): void {
@@ -267,7 +302,7 @@ export class Replica<Result> {
   /** Resolves with an index once this replica has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
     if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
-    if (this.#readsQueued.length + (this.#readInFlight?.waiters.length ?? 0) + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
+    if (this.#readsQueued.length + (this.#readInFlight?.batch.waiters.length ?? 0) + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
       return Promise.reject(new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`));
     }
     const observer = this.#observer;
@@ -303,11 +338,12 @@ export class Replica<Result> {
     await this.settled();
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
-    for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(stopped);
+    for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.batch.waiters ?? [])]) waiter.reject(stopped);
     for (const { waiter } of this.#readsAwaitingApply) waiter.reject(stopped);
     this.#proposals.clear();
     this.#readsQueued = [];
     this.#readInFlight = null;
+    this.#readContexts.clear();
     this.#readsAwaitingApply = [];
   }
 
@@ -399,19 +435,16 @@ export class Replica<Result> {
         else proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`));
       }
     }
-    // Answers to requests given up on (a retry replaced them) are ignored.
     for (const read of ready.readStates) {
-      const inFlight = this.#readInFlight;
-      if (inFlight === null || read.context !== inFlight.context) continue;
-      this.#readInFlight = null;
-      for (const waiter of inFlight.waiters) this.#readsAwaitingApply.push({ index: read.index, waiter });
+      const batch = this.#takeReadBatch(read.context);
+      if (batch === null) continue;
+      for (const waiter of batch.waiters) this.#readsAwaitingApply.push({ index: read.index, waiter });
     }
     for (const refusal of ready.readRefusals) {
-      const inFlight = this.#readInFlight;
-      if (inFlight === null || refusal.context !== inFlight.context) continue;
-      this.#readInFlight = null;
+      const batch = this.#takeReadBatch(refusal.context);
+      if (batch === null) continue;
       const error = new ReplicaError('READ_REFUSED', `the read was refused: ${describeRefusal(refusal.reason)}`);
-      for (const waiter of inFlight.waiters) waiter.reject(error);
+      for (const waiter of batch.waiters) waiter.reject(error);
     }
     // The reads that arrived meanwhile go out in the next Ready.
     this.#requestReadIndex();

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AUDIT_FILE, AuditError, AuditLog, verifyAuditDir } from '../../src/audit/audit-log.ts';
+import { AUDIT_FILE, AUDIT_HEAD_FILE, AuditError, AuditLog, HEAD_INTERVAL_MS, verifyAuditDir } from '../../src/audit/audit-log.ts';
 
 const event = (k: number) => ({ identity: `user-${k}`, role: 'client', method: 'Secrets.Get', target: `app/k${k}`, outcome: 'allowed' as const, code: 'OK' });
 
@@ -86,6 +86,31 @@ test('a crash between the log and its head, or in the middle of a line, leaves a
     const report = await verifyAuditDir(dir);
     assert.equal(report.ok, true, JSON.stringify(report));
     assert.equal(report.records, 5);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('while the head cannot be written the log stays broken, even as records still append; it recovers by itself', async () => {
+  const { dir, root } = await logWith(2);
+  try {
+    const log = await AuditLog.open(dir, 1);
+    // The head is replaced through audit.head.tmp: a directory there makes every head write fail
+    // while the log itself can still be appended to.
+    mkdirSync(join(dir, `${AUDIT_HEAD_FILE}.tmp`));
+    await log.append(event(2));
+    await log.settled();
+    assert.notEqual(log.broken, null, 'a head that cannot be written breaks the log');
+    await log.append(event(3)); // a refused request's own record still goes in
+    await new Promise((resolve) => setTimeout(resolve, HEAD_INTERVAL_MS + 50));
+    assert.notEqual(log.broken, null, 'a record appended meanwhile does not lift it');
+    rmSync(join(dir, `${AUDIT_HEAD_FILE}.tmp`), { recursive: true });
+    const deadline = Date.now() + 10 * HEAD_INTERVAL_MS;
+    while (log.broken !== null && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(log.broken, null, 'the head is retried until it can be written');
+    const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8')) as { seq: number };
+    assert.equal(head.seq, 4);
+    assert.equal((await verifyAuditDir(dir)).ok, true);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
