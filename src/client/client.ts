@@ -166,8 +166,9 @@ export class CofferClient {
     return this.call('Audit', 'verify', {}, true);
   }
 
-  clusterStatus(): Promise<Record<string, unknown>> {
-    return this.call('Cluster', 'status', {}, true);
+  /** This manager's view of the cluster; `withStateDigest` also hashes the whole state (costly). */
+  clusterStatus(options: { withStateDigest?: boolean } = {}): Promise<Record<string, unknown>> {
+    return this.call('Cluster', 'status', { withStateDigest: options.withStateDigest ?? false }, true);
   }
 
   /** Hands leadership to a voter (0: the most caught-up one); resolves with the new leader. */

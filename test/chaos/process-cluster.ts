@@ -88,13 +88,14 @@ export class ProcessCluster {
     return new CofferClient({ addresses: [manager.address], ...this.adminPem(), deadlineMs });
   }
 
-  async status(manager: Manager): Promise<StatusReply & { stateDigest: string }> {
+  /** A manager's status; the state digest (a hash of its whole state) only when asked for. */
+  async status(manager: Manager, options: { withStateDigest?: boolean } = {}): Promise<StatusReply & { stateDigest: string }> {
     let client = this.#status.get(manager.name);
     if (client === undefined) {
       client = this.client(manager, 1500);
       this.#status.set(manager.name, client);
     }
-    return (await client.clusterStatus()) as unknown as StatusReply & { stateDigest: string };
+    return (await client.clusterStatus(options)) as unknown as StatusReply & { stateDigest: string };
   }
 
   /** The manager that says it leads (and is answering), or null. */

@@ -103,7 +103,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     let converged = false;
     try {
       await eventually('every manager to converge', 60_000, async () => {
-        const statuses = await Promise.all(c.managers.map((m) => c.status(m)));
+        const statuses = await Promise.all(c.managers.map((m) => c.status(m, { withStateDigest: true })));
         const applied = new Set(statuses.map((s) => s.appliedIndex));
         const digests = new Set(statuses.map((s) => s.stateDigest));
         return statuses.some((s) => s.role === 'leader') && applied.size === 1 && digests.size === 1 ? true : undefined;
