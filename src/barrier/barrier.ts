@@ -1,3 +1,4 @@
+import { packLarge } from '../codec/pack-large.ts';
 import { Packr } from 'msgpackr';
 import { CryptoError } from '../crypto/errors.ts';
 import { Keyring, unwrapDataKey, wrapDataKey } from '../crypto/keyring.ts';
@@ -286,7 +287,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     let inner: Buffer | null = null;
     if (keyring.activeTerm === 0) assert(this.#innerPristine, 'the inner state changed before the keyring had a term');
     else inner = keyring.encrypt('snapshot', this.#inner.snapshot());
-    return packr.pack([1, encodeKeyState(this.#keys), inner]);
+    return packLarge(packr, [1, encodeKeyState(this.#keys), inner]);
   }
 
   restore(data: Uint8Array): void {

@@ -32,7 +32,17 @@ export class PayloadError extends Error {
   readonly code = 'PAYLOAD_MALFORMED';
 }
 
+/**
+ * The bytes of a log entry, in a buffer of their own. msgpackr packs into one shared buffer and
+ * returns a view of it; that buffer grows to the size of the largest thing packed (a state image
+ * for a snapshot: 25 MB at 50,000 secrets), and an entry held in the Raft log kept a whole one
+ * alive. With 100,000 secrets a manager held 292 MB of such buffers for 25 MB of values.
+ */
 export function encodePayload(payload: EntryPayload): Buffer {
+  return Buffer.from(packPayload(payload));
+}
+
+function packPayload(payload: EntryPayload): Buffer {
   if (payload.type === 'command') return packr.pack([1, 'c', payload.kind, payload.sealed]);
   const op = payload.op;
   switch (op.op) {

@@ -1,6 +1,7 @@
 import type { InnerStateMachine } from '../barrier/barrier.ts';
 import { ClusterState, type ClusterResult } from '../cluster/cluster-state.ts';
 import { Packr } from 'msgpackr';
+import { packLarge } from '../codec/pack-large.ts';
 import { AccessState, type AccessResult } from './access-state.ts';
 import { SecretStore, decodeSecretCommand, type StoreResult } from './secret-store.ts';
 
@@ -41,7 +42,7 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
   }
 
   snapshot(): Uint8Array {
-    return statePackr.pack([1, this.cluster.snapshot(), this.secrets.snapshot(), this.access.snapshot()]);
+    return packLarge(statePackr, [1, this.cluster.snapshot(), this.secrets.snapshot(), this.access.snapshot()]);
   }
 
   restore(data: Uint8Array): void {

@@ -71,6 +71,16 @@ export interface Actor {
   readonly serial: string;
 }
 
+/**
+ * A value's own copy, outside Node's shared 8 KiB buffer pool: Buffer.from copies a small value
+ * into a slice of that pool, and a long-lived slice keeps its whole slab alive.
+ */
+function ownedCopy(bytes: Uint8Array): Buffer {
+  const copy = Buffer.allocUnsafeSlow(bytes.byteLength);
+  copy.set(bytes);
+  return copy;
+}
+
 /** Encodes a command for the log (`kind` is `secret.<op>`), with the client that asked for it. */
 export function encodeSecretCommand(command: SecretCommand, actor: Actor | null = null): { kind: string; data: Buffer } {
   return { kind: `secret.${command.op}`, data: packr.pack(actor === null ? command : { ...command, actor }) };
@@ -188,7 +198,7 @@ export class SecretStore {
     }
     if (command.versionsKept !== null) secret.versionsKept = command.versionsKept;
     const version = secret.lastVersion + 1;
-    secret.versions.set(version, { version, value: Buffer.from(command.value), createdAtMs: command.nowMs, expireAtMs: command.expireAtMs, expired: false });
+    secret.versions.set(version, { version, value: ownedCopy(command.value), createdAtMs: command.nowMs, expireAtMs: command.expireAtMs, expired: false });
     secret.lastVersion = version;
     secret.deleted = false;
     secret.updatedAtMs = command.nowMs;
@@ -291,7 +301,7 @@ export class SecretStore {
     for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs] of image as Row[]) {
       this.#secrets.set(name, {
         name,
-        versions: new Map(versions.map(([version, value, created, expireAtMs, expired]) => [version, { version, value: value === null ? null : Buffer.from(value), createdAtMs: created, expireAtMs, expired }])),
+        versions: new Map(versions.map(([version, value, created, expireAtMs, expired]) => [version, { version, value: value === null ? null : ownedCopy(value), createdAtMs: created, expireAtMs, expired }])),
         lastVersion,
         labels: new Map(labels),
         deleted,
