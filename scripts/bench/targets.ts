@@ -272,7 +272,17 @@ export class EtcdTarget implements Target {
   async addMember(): Promise<number> {
     const k = this.#members.length;
     const m: EtcdMember = { name: `e${k + 1}`, clientUrl: `https://127.0.0.1:${await freePort()}`, peerUrl: `https://127.0.0.1:${await freePort()}`, dataDir: join(this.#logDir, `e${k + 1}`), process: null };
-    await this.#clients[await this.leader()]!.cluster.memberAdd({ peerURLs: [m.peerUrl] });
+    // etcd refuses a new member ("unhealthy cluster") until every member has been connected for
+    // a few seconds (strict reconfiguration check): a member restarted just before must settle.
+    await eventually('etcd to accept a new member', 60_000, async () => {
+      try {
+        await this.#clients[await this.leader()]!.cluster.memberAdd({ peerURLs: [m.peerUrl] });
+        return true;
+      } catch (error) {
+        if (/unhealthy cluster/.test(String(error))) return undefined;
+        throw error;
+      }
+    });
     this.#members.push(m);
     const base = this.#args;
     const initial = this.#members.map((x) => `${x.name}=${x.peerUrl}`).join(',');
