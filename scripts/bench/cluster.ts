@@ -160,6 +160,8 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-bench-'));
   const all: Record<'coffer' | 'etcd', SystemResults> = {} as Record<'coffer' | 'etcd', SystemResults>;
   const log = (line: string): void => console.log(line);
+  // The floor, before and after the clusters (the machine's speed drifts; both are printed).
+  const floorBefore = await measureFloor({ seconds, inflights: [1, 64], bytes: 256 });
   const targets: Target[] = [];
   try {
     targets.push(await CofferTarget.start(join(root, 'coffer'), 3));
@@ -173,7 +175,8 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
     for (const target of targets) await target.stop();
     rmSync(root, { recursive: true, force: true });
   }
-  const floor = await measureFloor({ seconds, inflights: [1, 64], bytes: 256 });
+  const floorAfter = await measureFloor({ seconds, inflights: [1, 64], bytes: 256 });
+  const floor = [...floorBefore.map((f) => ({ ...f, when: 'before' })), ...floorAfter.map((f) => ({ ...f, when: 'after' }))];
   const c = all.coffer;
   const e = all.etcd;
   table(
@@ -235,11 +238,11 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
     );
   }
   table(
-    'The floor: an empty grpc-js service (echo, 256 B) in one Node process, same TLS and load',
+    'The floor: an empty grpc-js service (echo, 256 B) in one Node process, same TLS and load, measured before and after the clusters',
     ['in flight', 'requests/s', 'p50 ms', 'server CPU s per 1,000', 'client CPU s per 1,000', 'etcd writes/s at this in flight'],
-    floor.map(({ inflight, result }) => {
+    floor.map(({ inflight, result, when }) => {
       const etcdWrites = e.writes.find((w) => w.bytes === 256 && w.inflight === inflight)?.result.opsPerSecond ?? NaN;
-      return [String(inflight), fmt(result.opsPerSecond), fmt(result.p50Ms, 2), fmt((result.serverCpuSeconds / result.ops) * 1000, 3), fmt((result.clientCpuSeconds / result.ops) * 1000, 3), fmt(etcdWrites)];
+      return [`${inflight} (${when})`, fmt(result.opsPerSecond), fmt(result.p50Ms, 2), fmt((result.serverCpuSeconds / result.ops) * 1000, 3), fmt((result.clientCpuSeconds / result.ops) * 1000, 3), fmt(etcdWrites)];
     }),
   );
   // The goals this machine is measured against (issue 8), met or not, from the figures above.
