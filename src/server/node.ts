@@ -94,7 +94,10 @@ export class CofferNode {
     this.log = log;
     this.#credentials = new RenewableServerCredentials(tls);
     rememberPeerCertificates();
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.enable_channelz': 0 });
+    // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
+    // when it is on, and with it off a stopped server left its connections open (a manager
+    // stopped and started again in one process kept talking to the old one's sessions).
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
     registerServices(this);
     this.health = new HealthService(this);
   }

@@ -63,7 +63,8 @@ export function managerChannelCredentials(material: TlsMaterial | { caPem: strin
 /**
  * Channel options to pass with managerChannelCredentials: a fixed TLS server name (SNI), since a
  * manager is identified by its certificate's fields, and Node warns about IP addresses as names.
- * Channelz (grpc-js's live introspection, which Coffer does not serve) is off: it tracks every call.
+ * Channelz (grpc-js's live introspection, which Coffer does not serve) is off: it tracks every
+ * call. (Servers keep it on: see CofferNode.)
  */
 export const MANAGER_CHANNEL_OPTIONS: grpc.ChannelOptions = { 'grpc.ssl_target_name_override': 'coffer-manager', 'grpc.enable_channelz': 0 };
 
