@@ -52,12 +52,13 @@ export function rememberPeerCertificates(): void {
     if (detailed === true) return original.call(this, true);
     const known = remembered.get(this);
     if (known !== undefined) return known;
-    const cert = original.call(this, false) as PeerCertificate;
-    if (this.authorized && cert.raw !== undefined) {
+    // Null once the socket has lost its handle, as the original returns it.
+    const cert = original.call(this, false) as PeerCertificate | null;
+    if (cert !== null && this.authorized && cert.raw !== undefined) {
       this.disableRenegotiation();
       remembered.set(this, cert);
     }
-    return cert;
+    return cert as PeerCertificate;
   } as typeof TLSSocket.prototype.getPeerCertificate;
 }
 let installed = false;
