@@ -1,5 +1,5 @@
-import { packLarge } from '../codec/pack-large.ts';
 import { Packr } from 'msgpackr';
+import { packLarge } from '../codec/pack-large.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { Keyring, unwrapDataKey, wrapDataKey } from '../crypto/keyring.ts';
 import { generateRootKey, unwrapRootLink, unwrapUnlockKek, wrapRootLink, wrapUnlockKek } from '../crypto/root-key.ts';

@@ -83,7 +83,7 @@ export const SNAPSHOT_EVERY_ENTRIES = 10_000;
 export const SNAPSHOT_TAIL_ENTRIES = 1_000;
 /** Ticks a read-index request may go unanswered before it is sent again (an election timeout). */
 export const READ_INDEX_RETRY_TICKS = 10;
-/** Unanswered read-index requests remembered (the oldest is forgotten beyond). */
+/** Requests remembered for the batch that is out (the oldest is forgotten beyond). */
 const READ_CONTEXTS_MAX = 64;
 /** Reads waiting locally for their read index before the replica refuses more. */
 export const LOCAL_READS_MAX = 65_536;
@@ -103,12 +103,6 @@ export class ReplicaError extends Error {
 interface Waiter<T> {
   resolve(value: T): void;
   reject(error: Error): void;
-}
-
-/** Reads that share one read index; `done` once an answer (or a refusal) released them. */
-interface ReadBatch {
-  readonly waiters: Array<Waiter<number>>;
-  done: boolean;
 }
 
 export interface ReplicaStats {
@@ -142,14 +136,13 @@ export class Replica<Result> {
    * a valid one for it. Then they wait for the applied index to reach it.
    */
   #readsQueued: Array<Waiter<number>> = [];
-  /** The batch whose request is out, and ticks since it was (last) sent. */
-  #readInFlight: { readonly batch: ReadBatch; ticks: number } | null = null;
   /**
-   * Requests not yet answered, by context. A batch asked again keeps its earlier contexts: an
-   * answer to any of them was obtained after all of its reads arrived, so the first to come
-   * releases it (a retry must not throw away an answer that was merely slow).
+   * The batch whose request is out (one at a time), the contexts it was sent under, and ticks
+   * since it was last sent. A batch asked again keeps its earlier contexts: an answer to any of
+   * them was obtained after all of its reads arrived, so the first to come releases it (a retry
+   * must not throw away an answer that was merely slow). Answers to other contexts are ignored.
    */
-  readonly #readContexts = new Map<string, ReadBatch>();
+  #readInFlight: { readonly waiters: Array<Waiter<number>>; readonly contexts: Set<string>; ticks: number } | null = null;
   /** Tells this replica's contexts from an earlier one's in the same process (lock, unlock). */
   readonly #readContextPrefix: string;
   #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
@@ -224,42 +217,36 @@ export class Replica<Result> {
     // A read-index request or its answer can be lost (the leader died, the stream broke): ask
     // again, for the same reads, after an election timeout without an answer.
     const inFlight = this.#readInFlight;
-    if (inFlight !== null && ++inFlight.ticks >= READ_INDEX_RETRY_TICKS) this.#retryReadIndex();
+    if (inFlight !== null && ++inFlight.ticks >= READ_INDEX_RETRY_TICKS) this.#sendReadIndex();
     this.#kick();
   }
 
   /** Sends one read-index request for every queued read, unless one is already out. */
   #requestReadIndex(): void {
     if (this.#readInFlight !== null || this.#readsQueued.length === 0 || this.#stopped) return;
-    const batch: ReadBatch = { waiters: this.#readsQueued, done: false };
+    this.#readInFlight = { waiters: this.#readsQueued, contexts: new Set(), ticks: 0 };
     this.#readsQueued = [];
-    this.#sendReadIndex(batch);
+    this.#sendReadIndex();
   }
 
-  /** Asks again for the batch that is out (reads queued since wait for their own request). */
-  #retryReadIndex(): void {
+  /** Sends the request for the batch that is out, first or again (reads queued since wait for their own). */
+  #sendReadIndex(): void {
     const inFlight = this.#readInFlight;
     if (inFlight === null || this.#stopped) return;
-    this.#sendReadIndex(inFlight.batch);
-  }
-
-  #sendReadIndex(batch: ReadBatch): void {
     const context = `${this.#readContextPrefix}:${++this.#readSeq}`;
     // Bounded: a batch nobody answers is asked again once per election timeout.
-    if (this.#readContexts.size >= READ_CONTEXTS_MAX) this.#readContexts.delete(this.#readContexts.keys().next().value!);
-    this.#readContexts.set(context, batch);
-    this.#readInFlight = { batch, ticks: 0 };
+    if (inFlight.contexts.size >= READ_CONTEXTS_MAX) inFlight.contexts.delete(inFlight.contexts.values().next().value!);
+    inFlight.contexts.add(context);
+    inFlight.ticks = 0;
     this.#raw.readIndex(context);
   }
 
-  /** The batch a context asked for, once: later answers for it (or its other contexts) find nothing. */
-  #takeReadBatch(context: string): ReadBatch | null {
-    const batch = this.#readContexts.get(context);
-    if (batch === undefined || batch.done) return null;
-    batch.done = true;
-    for (const [other, b] of this.#readContexts) if (b === batch) this.#readContexts.delete(other);
-    if (this.#readInFlight?.batch === batch) this.#readInFlight = null;
-    return batch;
+  /** The reads out under `context`, once: answers to any other context find nothing. */
+  #takeReadBatch(context: string): Array<Waiter<number>> | null {
+    const inFlight = this.#readInFlight;
+    if (inFlight === null || !inFlight.contexts.has(context)) return null;
+    this.#readInFlight = null;
+    return inFlight.waiters;
   }
 
   step(message: Message): void {
@@ -302,7 +289,7 @@ export class Replica<Result> {
   /** Resolves with an index once this replica has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
     if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
-    if (this.#readsQueued.length + (this.#readInFlight?.batch.waiters.length ?? 0) + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
+    if (this.#readsQueued.length + (this.#readInFlight?.waiters.length ?? 0) + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
       return Promise.reject(new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`));
     }
     const observer = this.#observer;
@@ -338,12 +325,11 @@ export class Replica<Result> {
     await this.settled();
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
-    for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.batch.waiters ?? [])]) waiter.reject(stopped);
+    for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(stopped);
     for (const { waiter } of this.#readsAwaitingApply) waiter.reject(stopped);
     this.#proposals.clear();
     this.#readsQueued = [];
     this.#readInFlight = null;
-    this.#readContexts.clear();
     this.#readsAwaitingApply = [];
   }
 
@@ -366,7 +352,7 @@ export class Replica<Result> {
         this.#lead = ready.softState.lead;
         this.#observer?.leaderChanged(this.#lead);
         // A request sent to the old leader may never be answered.
-        if (this.#lead !== 0) this.#retryReadIndex();
+        if (this.#lead !== 0) this.#sendReadIndex();
       }
       // A leader's appends leave before its own write, so the followers' writes overlap it (the
       // Ready contract allows it for appends only); everything else waits for the write.
@@ -436,15 +422,15 @@ export class Replica<Result> {
       }
     }
     for (const read of ready.readStates) {
-      const batch = this.#takeReadBatch(read.context);
-      if (batch === null) continue;
-      for (const waiter of batch.waiters) this.#readsAwaitingApply.push({ index: read.index, waiter });
+      const waiters = this.#takeReadBatch(read.context);
+      if (waiters === null) continue;
+      for (const waiter of waiters) this.#readsAwaitingApply.push({ index: read.index, waiter });
     }
     for (const refusal of ready.readRefusals) {
-      const batch = this.#takeReadBatch(refusal.context);
-      if (batch === null) continue;
+      const waiters = this.#takeReadBatch(refusal.context);
+      if (waiters === null) continue;
       const error = new ReplicaError('READ_REFUSED', `the read was refused: ${describeRefusal(refusal.reason)}`);
-      for (const waiter of batch.waiters) waiter.reject(error);
+      for (const waiter of waiters) waiter.reject(error);
     }
     // The reads that arrived meanwhile go out in the next Ready.
     this.#requestReadIndex();
