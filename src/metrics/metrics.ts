@@ -34,6 +34,7 @@ export class NodeMetrics implements ReplicaObserver {
   readonly #rpcs: Counter<'method' | 'code'>;
   readonly #rpcSeconds: Histogram<'method'>;
   readonly #auditFailures: Counter;
+  readonly #refusals: Counter<'reason'>;
 
   constructor(labels: { nodeId: NodeId; clusterId: string }) {
     this.registry.setDefaultLabels({ node_id: String(labels.nodeId), cluster_id: labels.clusterId });
@@ -76,6 +77,7 @@ export class NodeMetrics implements ReplicaObserver {
     this.#readIndexSeconds = new Histogram({ name: 'coffer_raft_read_index_seconds', help: 'A linearizable read: from asking to the state caught up with the read index.', buckets: LATENCY_BUCKETS_S, registers });
     this.#rpcs = new Counter({ name: 'coffer_rpc_requests_total', help: 'gRPC requests by method and status code.', labelNames: ['method', 'code'], registers });
     this.#rpcSeconds = new Histogram({ name: 'coffer_rpc_duration_seconds', help: 'gRPC request duration by method.', labelNames: ['method'], buckets: LATENCY_BUCKETS_S, registers });
+    this.#refusals = new Counter({ name: 'coffer_rpc_refusals_total', help: 'Requests refused before or by authorization, by reason (unauthenticated, permission-denied, malformed, rate-limited).', labelNames: ['reason'], registers });
     this.#auditFailures = new Counter({ name: 'coffer_audit_failures_total', help: 'Audit records that could not be written (each failed its request).', registers });
   }
 
@@ -112,6 +114,11 @@ export class NodeMetrics implements ReplicaObserver {
   rpc(method: string, code: string, seconds: number): void {
     this.#rpcs.inc({ method, code });
     this.#rpcSeconds.observe({ method }, seconds);
+  }
+
+  /** A request refused for who sent it or how: no certificate, no permission, a malformed message, a rate limit. */
+  refused(reason: 'unauthenticated' | 'permission-denied' | 'malformed' | 'rate-limited'): void {
+    this.#refusals.inc({ reason });
   }
 
   auditFailed(): void {

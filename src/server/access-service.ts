@@ -53,6 +53,7 @@ export function registerAccessServices(node: CofferNode): void {
     }),
     remove: unary(node, 'Policies.Remove', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
+      if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
       if (name === ROOT_POLICY.name) throw invalid('the root policy is built in');
       authorize(node, call, 'admin', `sys/policies/${name}`);
       await write({ op: 'policy-remove', name });

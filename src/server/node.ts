@@ -22,6 +22,7 @@ import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
 import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
 import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeNodeConfig, writeTlsFiles, type NodeConfig } from './node-config.ts';
+import { AnonymousAudit } from './anonymous-audit.ts';
 import { HealthService } from './health.ts';
 import { registerServices } from './services.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
@@ -69,6 +70,8 @@ export class CofferNode {
   readonly server: grpc.Server;
   readonly log: Logger;
   readonly audit: AuditLog;
+  /** Audit records of requests without a certificate: small, and rate-limited. */
+  readonly anonymousAudit: AnonymousAudit;
   readonly health: HealthService;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
@@ -85,6 +88,7 @@ export class CofferNode {
     this.#options = options;
     this.metrics = metrics;
     this.audit = audit;
+    this.anonymousAudit = new AnonymousAudit((event) => audit.append(event));
     this.config = config;
     this.manager = manager;
     this.state = state;
@@ -360,6 +364,7 @@ export class CofferNode {
     this.transport.close();
     for (const client of this.#peerClients.values()) client.close();
     this.server.forceShutdown();
+    this.anonymousAudit.flush();
     await this.audit.settled();
     await this.manager.stop();
   }

@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Identity } from '../crypto/pki.ts';
 import type { Capability } from '../store/policy.ts';
 import { callerIdentity } from '../transport/auth.ts';
+import { boundedSource } from './anonymous-audit.ts';
 import { ServiceError, toStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
 
@@ -10,22 +11,67 @@ export const ADMIN_IDENTITY = 'admin';
 /** Trailing metadata key a follower sets when a joiner must go to the leader. */
 export const LEADER_ADDRESS_METADATA = 'coffer-leader-address';
 
-export type Call<Request> = { request: Request; getAuthContext(): ReturnType<grpc.ServerUnaryCall<Request, unknown>['getAuthContext']> };
+export type Call<Request> = { request: Request; getAuthContext(): ReturnType<grpc.ServerUnaryCall<Request, unknown>['getAuthContext']>; getPeer(): string };
 
 /** Who a request was from and what it was about, as the handler learned it (for the audit log). */
 const auditContext = new WeakMap<object, { identity: Identity | null; target: string }>();
+
+/** An audited target is at most this long: names are validated before they are noted, this is the backstop. */
+export const AUDIT_TARGET_CHARS_MAX = 512;
 
 function noteCaller(call: object, identity: Identity, target?: string): void {
   const context = auditContext.get(call);
   if (context === undefined) return;
   context.identity = identity;
-  if (target !== undefined) context.target = target;
+  if (target !== undefined) context.target = boundedTarget(target);
 }
 
 /** Records what a request is about when no authorization names it (e.g. a secret name). */
 export function noteTarget(call: object, target: string): void {
   const context = auditContext.get(call);
-  if (context !== undefined) context.target = target;
+  if (context !== undefined) context.target = boundedTarget(target);
+}
+
+function boundedTarget(target: string): string {
+  return target.length <= AUDIT_TARGET_CHARS_MAX ? target : `${target.slice(0, AUDIT_TARGET_CHARS_MAX)}... (${target.length} characters)`;
+}
+
+export interface MethodOptions {
+  /**
+   * Reachable without a certificate (the Join service: a joiner has none yet). Every other
+   * method refuses such a caller before its handler runs, so nothing of the request is read,
+   * noted or audited.
+   */
+  readonly anonymous?: boolean;
+}
+
+const UNAUTHENTICATED_DETAILS = 'a certificate issued by this cluster\'s CA is required';
+
+/**
+ * How every request starts: the caller is authenticated from its TLS certificate first; one
+ * without a certificate of this cluster is refused unless the method is for anonymous callers.
+ * Returns the refusal (already audited and counted) or the audit context to run the handler in.
+ */
+function begin(node: CofferNode, method: string, call: Call<unknown> & { getPeer(): string }, options: MethodOptions): Promise<{ code: grpc.status; details: string }> | { identity: Identity | null; target: string } {
+  const identity = callerIdentity(call, node.config.clusterId);
+  if (identity === null && options.anonymous !== true) {
+    const started = performance.now();
+    node.metrics.rpc(method, 'UNAUTHENTICATED', 0);
+    node.metrics.refused('unauthenticated');
+    return node.anonymousAudit.record({ method, source: call.getPeer(), outcome: 'denied', code: 'UNAUTHENTICATED' }).then(
+      () => ({ code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_DETAILS }),
+      (auditError: unknown) => auditFailed(node, method, auditError, started),
+    );
+  }
+  const context = { identity, target: '' };
+  auditContext.set(call, context);
+  return context;
+}
+
+function auditFailed(node: CofferNode, method: string, auditError: unknown, started: number): { code: grpc.status; details: string } {
+  node.log.error({ event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) }, 'the audit record could not be written: the request fails');
+  node.metrics.auditFailed();
+  return { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
 }
 
 /**
@@ -33,12 +79,15 @@ export function noteTarget(call: object, target: string): void {
  * or denied, is written to the audit log before the reply leaves. If the audit log cannot be
  * written the request fails (fail closed); while it is broken, requests are refused before they run.
  */
-export function unary<Request, Response>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<Response>) {
+export function unary<Request, Response>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<Response>, options: MethodOptions = {}) {
   const audited = !method.startsWith('Peer.');
   return (call: grpc.ServerUnaryCall<Request, Response>, callback: grpc.sendUnaryData<Response>): void => {
-    const context = { identity: null as Identity | null, target: '' };
-    auditContext.set(call, context);
     const started = performance.now();
+    const context = begin(node, method, call, options);
+    if (context instanceof Promise) {
+      void context.then((status) => callback({ code: status.code, details: status.details }));
+      return;
+    }
     const run = audited && node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
     run
       .then(
@@ -61,11 +110,13 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
 /**
  * What every request does as it ends: its audit record (allowed, denied or failed; a request
  * whose record cannot be written fails), one log line, the metrics. Returns the final status.
+ * A caller without a certificate (only the Join service lets one in) is audited as an anonymous
+ * request: a small, rate-limited record.
  */
 async function finishRequest(
   node: CofferNode,
   method: string,
-  call: Call<unknown>,
+  call: Call<unknown> & { getPeer(): string },
   context: { identity: Identity | null; target: string },
   started: number,
   error: unknown,
@@ -73,15 +124,17 @@ async function finishRequest(
 ): Promise<{ code: grpc.status; details: string }> {
   let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
   if (status.code === grpc.status.INTERNAL) node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-  if (context.identity === null && status.code !== grpc.status.UNAUTHENTICATED) context.identity = callerIdentity(call, node.config.clusterId);
+  if (status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED) node.metrics.refused(status.code === grpc.status.UNAUTHENTICATED ? 'unauthenticated' : 'permission-denied');
   if (audited) {
     const outcome = status.code === grpc.status.OK ? 'allowed' : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED ? 'denied' : 'failed';
+    const code = grpc.status[status.code] ?? String(status.code);
     try {
-      await node.audit.append({ identity: context.identity?.id ?? '', role: context.identity?.role ?? '', method, target: context.target, outcome, code: grpc.status[status.code] ?? String(status.code) });
+      if (context.identity !== null) await node.audit.append({ identity: context.identity.id, role: context.identity.role, method, target: context.target, outcome, code });
+      // An anonymous request whose handler named what it did (a manager that joined) is recorded in full.
+      else if (context.target !== '') await node.audit.append({ identity: '', role: '', method, target: `${context.target}, from ${boundedSource(call.getPeer())}`, outcome, code });
+      else await node.anonymousAudit.record({ method, source: call.getPeer(), outcome, code });
     } catch (auditError) {
-      node.log.error({ event: 'audit-failed', method, err: auditError }, 'the audit record could not be written: the request fails');
-      node.metrics.auditFailed();
-      status = { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
+      status = auditFailed(node, method, auditError, started);
     }
   }
   // One line per request: method, identity, status, duration; never the body.
@@ -96,9 +149,12 @@ async function finishRequest(
  */
 export function serverStream<Request, Message>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<readonly Message[]>) {
   return (call: grpc.ServerWritableStream<Request, Message>): void => {
-    const context = { identity: null as Identity | null, target: '' };
-    auditContext.set(call, context);
     const started = performance.now();
+    const context = begin(node, method, call, {});
+    if (context instanceof Promise) {
+      void context.then((status) => call.emit('error', { code: status.code, details: status.details }));
+      return;
+    }
     const run = node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
     run
       .then(
@@ -156,7 +212,7 @@ export function redirectMetadata(address: string): grpc.Metadata {
 
 export function requireCaller(node: CofferNode, call: Call<unknown>): Identity {
   const identity = callerIdentity(call, node.config.clusterId);
-  if (identity === null) throw new ServiceError(grpc.status.UNAUTHENTICATED, 'a certificate issued by this cluster\'s CA is required');
+  if (identity === null) throw new ServiceError(grpc.status.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS);
   noteCaller(call, identity);
   return identity;
 }

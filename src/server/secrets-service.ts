@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
-import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../store/limits.ts';
+import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_NAME_BYTES_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../store/limits.ts';
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../store/secret-store.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
@@ -13,9 +13,10 @@ function invalid(message: string): ServiceError {
   return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
 }
 
+/** Checked before anything else of the request is used: an invalid name is never authorized, audited or logged. */
 function checkName(name: string): void {
   const problem = secretNameProblem(name);
-  if (problem !== null) throw invalid(`secret name "${name.slice(0, 64)}": ${problem}`);
+  if (problem !== null) throw invalid(`secret name ${JSON.stringify(name.slice(0, 64))}${name.length > 64 ? '...' : ''}: ${problem}`);
 }
 
 function expiry(ttlSeconds: number, expireAtMs: number, nowMs: number): number | null {
@@ -63,14 +64,17 @@ export function registerSecretsService(node: CofferNode): void {
   node.server.addService(Secrets.service, {
     put: unary(node, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
       const r = call.request;
+      checkName(r.name);
       authorize(node, call, 'write', r.name);
       return { version: await put(call, r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
     }),
     generate: unary(node, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
       const r = call.request;
+      checkName(r.name);
       authorize(node, call, 'write', r.name);
       const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
-      if (!(charset in CHARSETS)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
+      // An own property: "constructor" or "__proto__" are in every object, not charsets.
+      if (!Object.hasOwn(CHARSETS, charset)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
       if (r.length < 1 || r.length > GENERATE_LENGTH_MAX) throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
       const value = generateValue(r.length, charset);
       try {
@@ -95,6 +99,8 @@ export function registerSecretsService(node: CofferNode): void {
     list: unary(node, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
       const r = call.request;
       authenticateClient(node, call);
+      if (Buffer.byteLength(r.prefix) > SECRET_NAME_BYTES_MAX) throw invalid(`a prefix has at most ${SECRET_NAME_BYTES_MAX} bytes`);
+      if (Buffer.byteLength(r.pageToken) > SECRET_NAME_BYTES_MAX) throw invalid('page_token is the next_page_token of an earlier answer');
       if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
       const applied = await readPoint(r.stale);
       const identity = authenticateClient(node, call);
@@ -130,16 +136,16 @@ export function registerSecretsService(node: CofferNode): void {
     label: unary(node, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
       const r = call.request;
       checkName(r.name);
-      authorize(node, call, 'write', r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      authorize(node, call, 'write', r.name);
       if (r.version === 0) throw invalid('name the version the label points at');
       return { version: await write(call, { op: 'label', name: r.name, label: r.label, version: r.version }) };
     }),
     unlabel: unary(node, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
       const r = call.request;
       checkName(r.name);
-      authorize(node, call, 'write', r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      authorize(node, call, 'write', r.name);
       return { version: await write(call, { op: 'unlabel', name: r.name, label: r.label }) };
     }),
   });

@@ -7,6 +7,7 @@ import type { ConfChangeType } from '../raft/types.ts';
 import { ReflectionService } from '@grpc/reflection';
 import { packageDefinition, services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
+import { callerIdentity } from '../transport/auth.ts';
 import type { CofferNode } from './node.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
 import { registerAccessServices } from './access-service.ts';
@@ -50,7 +51,7 @@ export function registerServices(node: CofferNode): void {
   });
 
   node.server.addService(Join.service, {
-    getCaCertificate: unary(node, 'Join.GetCaCertificate', async () => ({ pem: node.tls.caPem })),
+    getCaCertificate: unary(node, 'Join.GetCaCertificate', async () => ({ pem: node.tls.caPem }), { anonymous: true }),
     joinCluster: unary(node, 'Join.JoinCluster', async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string }>) => {
       const { tokenSecret, address, publicKeyPem } = call.request;
       const stored = node.state.cluster.joinTokenHash;
@@ -97,7 +98,7 @@ export function registerServices(node: CofferNode): void {
         members: packr.pack([...node.state.cluster.addresses]),
         managerCertValidityDays: node.config.managerCertValidityDays,
       };
-    }),
+    }, { anonymous: true }),
   });
 
   registerSecretsService(node);
@@ -106,7 +107,7 @@ export function registerServices(node: CofferNode): void {
   registerBackupService(node);
   // Reflection lets generic tools (grpcurl, Postman) list and call the client API; manager-only
   // services stay out of the list. It describes the schema only, which is public anyway.
-  new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }).addToServer(node.server);
+  new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }).addToServer(guardedServer(node));
 
   node.server.addService(Cluster.service, {
     status: unary(node, 'Cluster.Status', async (call: Call<{ withStateDigest?: boolean }>) => {
@@ -175,4 +176,28 @@ function memberRpc(node: CofferNode, method: string, op: MemberOp['op']) {
     const result = await runMemberOp(node, { op, nodeId: call.request.nodeId, force: call.request.force === true });
     return { voters: result.voters, learners: result.learners };
   });
+}
+
+/**
+ * The server as a library's service sees it when it adds itself (reflection): every method it
+ * adds first checks for a certificate of this cluster, as every Coffer method does.
+ */
+function guardedServer(node: CofferNode): Pick<grpc.Server, 'addService'> {
+  const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
+  return {
+    addService: (service, implementation) => {
+      const guarded: grpc.UntypedServiceImplementation = {};
+      for (const [method, handler] of Object.entries(implementation)) {
+        guarded[method] = ((call: grpc.ServerDuplexStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+          if (callerIdentity(call, node.config.clusterId) === null) {
+            node.metrics.refused('unauthenticated');
+            if (callback !== undefined) return callback(refusal);
+            return void call.emit('error', refusal);
+          }
+          return (handler as (call: unknown, callback?: unknown) => void)(call, callback);
+        }) as grpc.UntypedHandleCall;
+      }
+      node.server.addService(service, guarded);
+    },
+  };
 }

@@ -1,0 +1,118 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { statSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { services } from '../../src/transport/proto.ts';
+import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
+import { AUDIT_FILE } from '../../src/audit/audit-log.ts';
+import { ANONYMOUS_RECORDS_PER_SECOND_MAX } from '../../src/server/anonymous-audit.ts';
+import { InProcessCluster } from './in-process-cluster.ts';
+
+// Attacks on one manager by callers outside the cluster or with a narrow certificate.
+let cluster: InProcessCluster;
+before(async () => {
+  cluster = await InProcessCluster.start(1);
+});
+after(async () => {
+  await cluster?.stop();
+});
+
+type Reply = Record<string, unknown>;
+
+/** A caller that trusts the cluster CA but has no certificate of its own. */
+function anonymousCall<Response>(service: 'Secrets' | 'Policies' | 'Identities' | 'Audit', method: string, request: object): Promise<Response> {
+  const credentials = managerChannelCredentials({ caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'), certPem: null, keyPem: null }, { clusterId: cluster.clusterId });
+  const client = new (services()[service].Client)(cluster.addresses[0]!, credentials, { ...MANAGER_CHANNEL_OPTIONS, 'grpc.max_send_message_length': 8 * 1024 * 1024 });
+  const stub = client as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
+  return new Promise<Response>((resolve, reject) => {
+    stub[method]!.call(client, request, { deadline: Date.now() + 10_000 }, (error, response) => (error === null ? resolve(response!) : reject(error)));
+  }).finally(() => client.close());
+}
+
+const auditPath = (): string => join(cluster.nodes[0]!.audit.dir, AUDIT_FILE);
+const auditBytes = (): number => {
+  try {
+    return statSync(auditPath()).size;
+  } catch {
+    return 0;
+  }
+};
+const code = (name: keyof typeof grpc.status) => (error: grpc.ServiceError) => {
+  assert.equal(grpc.status[error.code], name, error.details);
+  return true;
+};
+
+test('a caller without a certificate is refused before its request is used: 4 MB names leave only small audit records, and none of the name', { timeout: 60_000 }, async () => {
+  await cluster.nodes[0]!.audit.settled();
+  const before = auditBytes();
+  const name = `x${'A'.repeat(4_000_000)}`;
+  for (let k = 0; k < 20; k++) {
+    const method = ['put', 'generate', 'label', 'unlabel'][k % 4]!;
+    await assert.rejects(anonymousCall('Secrets', method, { name, value: Buffer.from('v'), label: 'l', length: 8, version: 1 }), code('UNAUTHENTICATED'));
+  }
+  await assert.rejects(anonymousCall('Policies', 'remove', { name }), code('UNAUTHENTICATED'));
+  await cluster.nodes[0]!.audit.settled();
+  const grown = auditBytes() - before;
+  assert.ok(grown < 21 * 1024, `21 refusals added ${grown} bytes to the audit log`);
+  const text = readFileSync(auditPath(), 'utf8');
+  assert.ok(!text.includes('AAAAAAAAAAAAAAAA'), 'no part of the name reaches the audit log');
+  const refused = text.split('\n').filter((l) => l.includes('"UNAUTHENTICATED"'));
+  assert.ok(refused.length >= 1 && refused.every((l) => /"target":"from [^"]{1,70}"/.test(l)), 'each anonymous record names only where it came from');
+});
+
+test('a flood of anonymous requests is audited one by one only up to a rate, then counted in a summary record', { timeout: 60_000 }, async () => {
+  await new Promise((resolve) => setTimeout(resolve, 1200)); // a summary of earlier refusals is written first
+  await cluster.nodes[0]!.audit.settled();
+  const before = auditBytes();
+  const flood = 200;
+  const started = Date.now();
+  await Promise.all(Array.from({ length: flood }, () => assert.rejects(anonymousCall('Secrets', 'get', { name: 'a' }), code('UNAUTHENTICATED'))));
+  const seconds = Math.ceil((Date.now() - started) / 1000) + 1;
+  await new Promise((resolve) => setTimeout(resolve, 1200)); // the summary follows within a second
+  await cluster.nodes[0]!.audit.settled();
+  const lines = readFileSync(auditPath(), 'utf8').slice(before).split('\n').filter((l) => l !== '');
+  const individual = lines.filter((l) => /"target":"from /.test(l)).length;
+  const summaries = lines.filter((l) => /more requests without a certificate/.test(l));
+  assert.ok(individual <= ANONYMOUS_RECORDS_PER_SECOND_MAX * seconds, `${individual} records one by one in about ${seconds} s`);
+  const counted = summaries.reduce((n, l) => n + Number(/(\d+) more requests/.exec(l)![1]), 0);
+  assert.equal(individual + counted, flood, `every anonymous request is either recorded (${individual}) or counted (${counted})`);
+});
+
+test('an authenticated caller\'s oversized or malformed name is refused as INVALID_ARGUMENT before it is authorized or audited', { timeout: 60_000 }, async () => {
+  const admin = cluster.admin;
+  const address = cluster.addresses[0]!;
+  await cluster.nodes[0]!.audit.settled();
+  const before = auditBytes();
+  const name = `a/${'B'.repeat(1_000_000)}`;
+  await assert.rejects(admin.call(address, 'Secrets', 'put', { name, value: Buffer.from('v') }, 10_000), code('INVALID_ARGUMENT'));
+  await assert.rejects(admin.call(address, 'Secrets', 'generate', { name, length: 8 }, 10_000), code('INVALID_ARGUMENT'));
+  await assert.rejects(admin.call(address, 'Secrets', 'label', { name, label: 'x', version: 1 }, 10_000), code('INVALID_ARGUMENT'));
+  await assert.rejects(admin.call(address, 'Secrets', 'unlabel', { name, label: 'x' }, 10_000), code('INVALID_ARGUMENT'));
+  await assert.rejects(admin.call(address, 'Secrets', 'list', { prefix: name }, 10_000), code('INVALID_ARGUMENT'));
+  await assert.rejects(admin.call(address, 'Policies', 'remove', { name: `p${'c'.repeat(1_000_000)}` }, 10_000), code('INVALID_ARGUMENT'));
+  await assert.rejects(admin.call(address, 'Secrets', 'put', { name: 'a/\u001b[2Jbad', value: Buffer.from('v') }), (error: grpc.ServiceError) => {
+    assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+    assert.ok(!error.details.includes('\u001b'), 'the refusal quotes the name escaped');
+    return true;
+  });
+  await cluster.nodes[0]!.audit.settled();
+  const grown = auditBytes() - before;
+  assert.ok(grown < 7 * 1024, `7 refusals added ${grown} bytes to the audit log`);
+  assert.ok(!readFileSync(auditPath(), 'utf8').includes('BBBBBBBBBBBBBBBB'));
+});
+
+test('generate refuses charsets that every object has as a property (constructor, toString, __proto__, hasOwnProperty)', { timeout: 30_000 }, async () => {
+  for (const charset of ['constructor', 'toString', '__proto__', 'hasOwnProperty', 'valueOf']) {
+    await assert.rejects(cluster.admin.call(cluster.addresses[0]!, 'Secrets', 'generate', { name: 'gen/x', length: 16, charset }), (error: grpc.ServiceError) => {
+      assert.equal(grpc.status[error.code], 'INVALID_ARGUMENT', `${charset}: ${error.details}`);
+      assert.match(error.details, /charset is one of alphanumeric, hex/);
+      return true;
+    });
+  }
+  await assert.rejects(cluster.admin.call(cluster.addresses[0]!, 'Secrets', 'get', { name: 'gen/x' }), code('NOT_FOUND'));
+  const made = await cluster.admin.call<Reply>(cluster.addresses[0]!, 'Secrets', 'generate', { name: 'gen/x', length: 16, charset: 'hex' });
+  assert.equal(made['version'], 1);
+  const got = await cluster.admin.call<Reply>(cluster.addresses[0]!, 'Secrets', 'get', { name: 'gen/x' });
+  assert.match((got['value'] as Buffer).toString(), /^[0-9a-f]{16}$/);
+});
