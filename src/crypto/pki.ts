@@ -1,4 +1,4 @@
-import { X509Certificate, createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 import { CryptoError } from './errors.ts';
@@ -14,6 +14,12 @@ export interface Identity {
   /** O. */
   readonly clusterId: string;
   readonly serial: string;
+  /**
+   * SHA-256 of the certificate's public key (DER SubjectPublicKeyInfo), hex: what an identity or
+   * a manager is bound to. A certificate minted with a stolen CA key for a registered name and
+   * serial still carries the forger's own key, so it does not match.
+   */
+  readonly spki: string;
   readonly notBeforeMs: number;
   readonly notAfterMs: number;
 }
@@ -77,6 +83,8 @@ export interface IssueOptions {
   readonly hosts?: readonly string[];
   /** For tests of expiry: a certificate whose validity ended before `nowMs`. */
   readonly notAfterMs?: number;
+  /** For tests of forgery: this serial (hex) instead of a random one. */
+  readonly serial?: string;
 }
 
 /** A new key and a certificate for it, signed by the CA. */
@@ -101,7 +109,7 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
     throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not an RSA public key in PEM form', { cause: error });
   }
   cert.publicKey = publicKey;
-  cert.serialNumber = serialNumber();
+  cert.serialNumber = options.serial ?? serialNumber();
   const days = options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
   const notAfterMs = options.notAfterMs ?? options.nowMs + days * DAY_MS;
   // Backdated a little for clocks that lag: an hour, or a tenth of a short lifetime.
@@ -134,8 +142,25 @@ export function identityOf(cert: string | Buffer): Identity {
   }
   const role = fields.get('OU');
   if (role !== 'manager' && role !== 'client') throw new CryptoError('CERTIFICATE_INVALID', `the certificate's role (OU) is "${role ?? ''}", not manager or client`);
-  return { id: fields.get('CN') ?? '', role, clusterId: fields.get('O') ?? '', serial: x509.serialNumber.toLowerCase(), notBeforeMs: Date.parse(x509.validFrom), notAfterMs: Date.parse(x509.validTo) };
+  return {
+    id: fields.get('CN') ?? '',
+    role,
+    clusterId: fields.get('O') ?? '',
+    serial: x509.serialNumber.toLowerCase(),
+    spki: spkiDigest(x509.publicKey),
+    notBeforeMs: Date.parse(x509.validFrom),
+    notAfterMs: Date.parse(x509.validTo),
+  };
 }
+
+/** SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo: a certificate's, or a PEM public key's. */
+export function spkiDigest(key: KeyObject | string): string {
+  const object = typeof key === 'string' ? createPublicKey(key) : key;
+  return createHash('sha256').update(object.export({ type: 'spki', format: 'der' })).digest('hex');
+}
+
+/** An SPKI digest as spkiDigest writes it. */
+export const SPKI_DIGEST_PATTERN = /^[0-9a-f]{64}$/;
 
 /** SHA-256 of the CA certificate's DER, in hex: what a join token pins. */
 export function caDigest(caCertPem: string): string {

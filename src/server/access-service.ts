@@ -1,12 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
 import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate } from '../crypto/pki.ts';
-import { IDENTITY_NAME_PATTERN, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
+import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
 import { verifyAuditDir } from '../audit/audit-log.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
-import { authorize, unary, type Call } from './rpc.ts';
+import { authenticateClient, authorize, noteTarget, unary, type Call } from './rpc.ts';
+import type { Identity } from '../crypto/pki.ts';
 
 /** Longest client certificate lifetime an issuer may ask for. */
 export const CLIENT_CERT_VALIDITY_DAYS_MAX = 825;
@@ -21,8 +22,9 @@ export function registerAccessServices(node: CofferNode): void {
   const { Policies, Identities, Audit } = services();
   const access = node.state.access;
 
-  const write = async (command: AccessCommand): Promise<void> => {
-    const result = await node.proposeCommand(encodeAccessCommand(command));
+  /** Proposes as the caller: the change is checked again where it applies, against the state then. */
+  const write = async (command: AccessCommand, caller: Identity): Promise<void> => {
+    const result = await node.proposeCommand(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
     if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
   };
   const policyReply = (name: string, rules: readonly PolicyRule[]) => ({ name, rules: rules.map((r) => ({ path: r.path, capabilities: [...r.capabilities], deny: r.deny })) });
@@ -31,10 +33,10 @@ export function registerAccessServices(node: CofferNode): void {
     put: unary(node, 'Policies.Put', async (call: Call<{ name: string; rules: RuleMessage[] }>) => {
       const { name, rules } = call.request;
       if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
-      authorize(node, call, 'admin', `sys/policies/${name}`);
+      const caller = authorize(node, call, 'admin', `sys/policies/${name}`);
       const problem = policyProblem({ name, rules });
       if (problem !== null) throw invalid(`policy "${name}": ${problem}`);
-      await write({ op: 'policy-put', name, rules: rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny })) });
+      await write({ op: 'policy-put', name, rules: rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny })) }, caller);
       return {};
     }),
     get: unary(node, 'Policies.Get', async (call: Call<{ name: string }>) => {
@@ -55,17 +57,19 @@ export function registerAccessServices(node: CofferNode): void {
       const { name } = call.request;
       if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
       if (name === ROOT_POLICY.name) throw invalid('the root policy is built in');
-      authorize(node, call, 'admin', `sys/policies/${name}`);
-      await write({ op: 'policy-remove', name });
+      const caller = authorize(node, call, 'admin', `sys/policies/${name}`);
+      await write({ op: 'policy-remove', name }, caller);
       return {};
     }),
   });
 
   node.server.addService(Identities.service, {
-    issue: unary(node, 'Identities.Issue', async (call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number }>) => {
+    issue: unary(node, 'Identities.Issue', async (call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number; reissue?: boolean }>) => {
       const { name, policies, publicKeyPem, validityDays } = call.request;
       if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
-      authorize(node, call, 'admin', `sys/identities/${name}`);
+      if (policies.length > IDENTITY_POLICIES_MAX) throw invalid(`an identity has at most ${IDENTITY_POLICIES_MAX} policies`);
+      for (const policy of policies) if (!POLICY_NAME_PATTERN.test(policy)) throw invalid(`policy name ${JSON.stringify(policy.slice(0, 64))}: a lower-case letter then up to 63 of [a-z0-9_-]`);
+      const caller = authorize(node, call, 'admin', `sys/identities/${name}`);
       // Granting a policy needs the right to administer it: no one hands out more than they hold.
       for (const policy of policies) authorize(node, call, 'admin', `sys/policies/${policy}`);
       for (const policy of policies) {
@@ -75,15 +79,27 @@ export function registerAccessServices(node: CofferNode): void {
       const nowMs = Date.now();
       const certificatePem = signCertificate(node.ca, publicKeyPem, { id: name, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
       const issued = identityOf(certificatePem);
-      await write({ op: 'identity-issue', name, policies, serial: issued.serial, nowMs });
-      node.log.info({ event: 'identity-issued', identity: name, serial: issued.serial }, `issued a certificate to identity ${name}`);
+      await write({ op: 'identity-issue', name, policies, key: issued.spki, serial: issued.serial, nowMs, ...(call.request.reissue === true ? { reissue: true } : {}) }, caller);
+      node.log.info({ event: 'identity-issued', identity: name, serial: issued.serial, reissue: call.request.reissue === true }, `issued a certificate to identity ${name}`);
+      return { certificatePem, caCertificatePem: node.tls.caPem, serial: issued.serial, notAfterMs: issued.notAfterMs };
+    }),
+    renew: unary(node, 'Identities.Renew', async (call: Call<{ publicKeyPem: string; validityDays: number }>) => {
+      const caller = authenticateClient(node, call);
+      const { publicKeyPem, validityDays } = call.request;
+      if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
+      noteTarget(call, `sys/identities/${caller.id}`);
+      const nowMs = Date.now();
+      const certificatePem = signCertificate(node.ca, publicKeyPem, { id: caller.id, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
+      const issued = identityOf(certificatePem);
+      await write({ op: 'identity-renew', name: caller.id, key: issued.spki, serial: issued.serial, nowMs }, caller);
+      node.log.info({ event: 'identity-renewed', identity: caller.id, serial: issued.serial }, `renewed the certificate of identity ${caller.id}`);
       return { certificatePem, caCertificatePem: node.tls.caPem, serial: issued.serial, notAfterMs: issued.notAfterMs };
     }),
     revoke: unary(node, 'Identities.Revoke', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
       if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
-      authorize(node, call, 'admin', `sys/identities/${name}`);
-      await write({ op: 'identity-revoke', name });
+      const caller = authorize(node, call, 'admin', `sys/identities/${name}`);
+      await write({ op: 'identity-revoke', name }, caller);
       node.log.info({ event: 'identity-revoked', identity: name }, `revoked identity ${name}`);
       return {};
     }),
@@ -94,7 +110,7 @@ export function registerAccessServices(node: CofferNode): void {
         identities: [...access.identities.values()]
           .filter((i) => access.decide(caller.id, 'admin', `sys/identities/${i.name}`).allowed)
           .sort((a, b) => a.name.localeCompare(b.name))
-          .map((i) => ({ name: i.name, policies: i.policies, certificates: i.serials.size, revoked: i.revoked, createdAtMs: i.createdAtMs })),
+          .map((i) => ({ name: i.name, policies: i.policies, certificates: i.keys.length, revoked: i.revoked, createdAtMs: i.createdAtMs })),
       };
     }),
   });

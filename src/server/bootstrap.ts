@@ -97,7 +97,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     advertise,
     bootstrap: true,
     initialJoinTokenHash: joinTokenHash(token.secret).toString('hex'),
-    initialAdminSerial: identityOf(admin.certPem).serial,
+    initialAdmin: { key: identityOf(admin.certPem).spki, serial: identityOf(admin.certPem).serial },
     initialRecoveryPublicKey: recovery.publicKey.toString('hex'),
     peers: [],
     managerCertValidityDays: validityDays,
@@ -203,7 +203,7 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
         advertise,
         bootstrap: false,
         initialJoinTokenHash: null,
-        initialAdminSerial: null,
+        initialAdmin: null,
         peers: members,
         managerCertValidityDays: response.managerCertValidityDays,
       });

@@ -31,6 +31,8 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
       return grpc.status.RESOURCE_EXHAUSTED;
     case 'DENIED':
       return grpc.status.PERMISSION_DENIED;
+    case 'EXISTS':
+      return grpc.status.ALREADY_EXISTS;
   }
 }
 

@@ -16,8 +16,8 @@ export interface NodeConfig {
   readonly bootstrap: boolean;
   /** The join token made at init (its hash), installed by the first leader. */
   readonly initialJoinTokenHash: string | null;
-  /** The admin identity's certificate made at init (its serial), registered by the first leader. */
-  readonly initialAdminSerial: string | null;
+  /** The admin identity's certificate made at init (its public key's SPKI digest and serial), registered by the first leader. */
+  readonly initialAdmin: { readonly key: string; readonly serial: string } | null;
   /** The recovery key made at init (its public half, hex), installed by the first leader. */
   readonly initialRecoveryPublicKey?: string | null;
   /** Members of the cluster a backup came from (or a forced new cluster left), marked removed by the first leader. */

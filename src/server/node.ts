@@ -250,8 +250,9 @@ export class CofferNode {
       if (cluster.joinTokenHash === null && this.config.initialJoinTokenHash !== null) {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex') }));
       }
-      if (this.config.initialAdminSerial !== null && !this.state.access.identities.has(ADMIN_IDENTITY)) {
-        await this.proposeCommand(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], serial: this.config.initialAdminSerial, nowMs: Date.now() }));
+      const admin = this.config.initialAdmin ?? null;
+      if (admin !== null && !this.state.access.identities.has(ADMIN_IDENTITY)) {
+        await this.proposeCommand(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], key: admin.key, serial: admin.serial, nowMs: Date.now() }));
       }
       await this.#maybePromote();
       // Expiry: the leader wipes what expired, through the log (the time is in the command).

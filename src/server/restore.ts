@@ -101,7 +101,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
       advertise,
       bootstrap: false,
       initialJoinTokenHash: null,
-      initialAdminSerial: null,
+      initialAdmin: null,
       retiredMembers: retired,
       peers: [],
       managerCertValidityDays: MANAGER_CERT_VALIDITY_DAYS,

@@ -260,7 +260,7 @@ export function authenticateClient(node: CofferNode, call: Call<unknown>): Ident
   const identity = requireCaller(node, call);
   if (identity.role !== 'client') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for clients; a manager certificate may not call it');
   const access = node.state.access;
-  if (!access.certificateValid(identity.id, identity.serial)) {
+  if (!access.certificateValid(identity.id, identity.spki)) {
     const known = access.identities.get(identity.id);
     throw new ServiceError(
       grpc.status.PERMISSION_DENIED,

@@ -46,7 +46,7 @@ export function registerSecretsService(node: CofferNode): void {
   /** Proposes (forwarding to the leader if needed), as the caller, and turns a refusal into its status. */
   const write = async (call: Call<unknown>, command: SecretCommand): Promise<number> => {
     const caller = authenticateClient(node, call);
-    const result = await node.proposeCommand(encodeSecretCommand(command, { name: caller.id, serial: caller.serial }));
+    const result = await node.proposeCommand(encodeSecretCommand(command, { name: caller.id, key: caller.spki }));
     if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
     return 'version' in result ? result.version : 0;
   };

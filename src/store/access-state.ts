@@ -3,110 +3,215 @@ import { ROOT_POLICY, decide, policyProblem, type Capability, type Decision, typ
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
+/** Who asked for a command (a client identity and the key its certificate holds). */
+export interface Actor {
+  readonly name: string;
+  /** SHA-256 of the certificate's public key (hex): see `Identity.spki`. */
+  readonly key: string;
+}
+
 export type AccessCommand =
   | { readonly op: 'policy-put'; readonly name: string; readonly rules: readonly PolicyRule[] }
   | { readonly op: 'policy-remove'; readonly name: string }
-  /** A certificate issued to an identity: its serial becomes valid, with these policies. */
-  | { readonly op: 'identity-issue'; readonly name: string; readonly policies: readonly string[]; readonly serial: string; readonly nowMs: number }
+  /**
+   * A certificate issued to an identity: its key becomes valid for that name. A new name (or
+   * one that was revoked) starts a new identity with these policies; an existing identity is
+   * changed only with `reissue`, which replaces its policies and adds the key.
+   */
+  | { readonly op: 'identity-issue'; readonly name: string; readonly policies: readonly string[]; readonly key: string; readonly serial: string; readonly nowMs: number; readonly reissue?: boolean }
+  /** An identity renews its own certificate: a new key for the same identity and policies. */
+  | { readonly op: 'identity-renew'; readonly name: string; readonly key: string; readonly serial: string; readonly nowMs: number }
   /** Every certificate of the identity is refused from the index this applies at. */
   | { readonly op: 'identity-revoke'; readonly name: string };
 
-export type AccessResult = { readonly ok: true } | { readonly ok: false; readonly code: 'NOT_FOUND' | 'INVALID'; readonly reason: string };
+export type AccessResultCode = 'NOT_FOUND' | 'INVALID' | 'EXISTS' | 'DENIED';
+export type AccessResult = { readonly ok: true } | { readonly ok: false; readonly code: AccessResultCode; readonly reason: string };
+
+/** A certificate key an identity may act with. */
+export interface IdentityKey {
+  /** SHA-256 of the public key (DER SPKI), hex. */
+  readonly key: string;
+  /** Of the certificate issued for it (for people reading listings; not what is checked). */
+  readonly serial: string;
+  readonly issuedAtMs: number;
+}
 
 export interface IdentityRecord {
   readonly name: string;
   policies: string[];
-  /** Serials of the certificates that may act as this identity. */
-  readonly serials: Set<string>;
+  /** The keys whose certificates may act as this identity, oldest first. */
+  keys: IdentityKey[];
   revoked: boolean;
   readonly createdAtMs: number;
 }
 
 export const IDENTITY_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+/** Policies bound to one identity. */
+export const IDENTITY_POLICIES_MAX = 32;
+/** Keys kept per identity: renewals and re-issues add one; beyond this the oldest stops working. */
+export const IDENTITY_KEYS_MAX = 4;
+const KEY_PATTERN = /^[0-9a-f]{64}$/;
 const SERIAL_PATTERN = /^[0-9a-f]{1,64}$/;
 
-export function encodeAccessCommand(command: AccessCommand): { kind: string; data: Buffer } {
-  return { kind: `access.${command.op}`, data: packr.pack(command) };
+export function encodeAccessCommand(command: AccessCommand, actor: Actor | null = null): { kind: string; data: Buffer } {
+  return { kind: `access.${command.op}`, data: packr.pack(actor === null ? command : { ...command, actor }) };
 }
 
+/** The rule that decides who may run an access command, given the state it applies to. */
+export type AccessGuard = (state: AccessState, command: AccessCommand, actor: Actor) => string | null;
+
 /**
- * Who may do what, replicated: policies, and identities with the serials of their certificates.
- * A certificate is accepted only if its serial is listed for its identity (an allow list), so a
- * revocation applies on every manager at the same index.
+ * Who may do what, replicated: policies, and identities with the public keys of their
+ * certificates. A certificate is accepted only if its key is listed for its identity (an allow
+ * list), so a revocation applies on every manager at the same index, and a certificate made with
+ * a stolen CA key (a known name and serial, another key) is refused.
  */
 export class AccessState {
   readonly policies = new Map<string, Policy>();
   readonly identities = new Map<string, IdentityRecord>();
+  readonly #guard: AccessGuard | null;
+
+  /** `guard` checks a client's access command against the state it applies to (see ManagerState). */
+  constructor(guard: AccessGuard | null = null) {
+    this.#guard = guard;
+  }
 
   apply(kind: string, data: Buffer): AccessResult {
     let c: Record<string, unknown>;
     try {
       c = packr.unpack(data) as Record<string, unknown>;
     } catch {
-      return { ok: false, code: 'INVALID', reason: `the ${kind} command does not decode` };
+      return invalid(`the ${kind} command does not decode`);
     }
-    if (typeof c !== 'object' || c === null || kind !== `access.${String(c['op'])}`) return { ok: false, code: 'INVALID', reason: `the ${kind} command is malformed` };
-    const name = c['name'];
-    if (typeof name !== 'string') return { ok: false, code: 'INVALID', reason: 'a name is required' };
-    switch (c['op']) {
-      case 'policy-put': {
-        const problem = policyProblem({ name, rules: c['rules'] });
-        if (problem !== null) return { ok: false, code: 'INVALID', reason: problem };
-        this.policies.set(name, { name, rules: c['rules'] as PolicyRule[] });
+    if (typeof c !== 'object' || c === null || kind !== `access.${String(c['op'])}`) return invalid(`the ${kind} command is malformed`);
+    const command = commandOf(c);
+    if (typeof command === 'string') return invalid(command);
+    const actor = actorOf(c['actor']);
+    if (typeof actor === 'string') return invalid(actor);
+    if (actor !== null) {
+      if (!this.certificateValid(actor.name, actor.key)) return { ok: false, code: 'DENIED', reason: `the certificate of identity "${actor.name}" was revoked before this change applied` };
+      const refusal = this.#guard?.(this, command, actor) ?? null;
+      if (refusal !== null) return { ok: false, code: 'DENIED', reason: refusal };
+    }
+    return this.#apply(command);
+  }
+
+  #apply(command: AccessCommand): AccessResult {
+    switch (command.op) {
+      case 'policy-put':
+        this.policies.set(command.name, { name: command.name, rules: command.rules });
         return { ok: true };
-      }
       case 'policy-remove':
-        if (!this.policies.delete(name)) return { ok: false, code: 'NOT_FOUND', reason: `policy "${name}" does not exist` };
+        if (!this.policies.delete(command.name)) return { ok: false, code: 'NOT_FOUND', reason: `policy "${command.name}" does not exist` };
         return { ok: true };
       case 'identity-issue': {
-        const { policies, serial, nowMs } = c as { policies: unknown; serial: unknown; nowMs: unknown };
-        if (!IDENTITY_NAME_PATTERN.test(name)) return { ok: false, code: 'INVALID', reason: 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]' };
-        if (typeof serial !== 'string' || !SERIAL_PATTERN.test(serial) || typeof nowMs !== 'number') return { ok: false, code: 'INVALID', reason: 'an issued certificate needs a serial and a time' };
-        if (!Array.isArray(policies) || !policies.every((p) => typeof p === 'string')) return { ok: false, code: 'INVALID', reason: 'policies are names' };
-        const record = this.identities.get(name);
+        const record = this.identities.get(command.name);
+        const key = { key: command.key, serial: command.serial, issuedAtMs: command.nowMs };
         if (record === undefined || record.revoked) {
-          this.identities.set(name, { name, policies: [...policies], serials: new Set([serial]), revoked: false, createdAtMs: nowMs });
-        } else {
-          record.policies = [...policies];
-          record.serials.add(serial);
+          this.identities.set(command.name, { name: command.name, policies: [...command.policies], keys: [key], revoked: false, createdAtMs: command.nowMs });
+          return { ok: true };
         }
+        if (command.reissue !== true) return { ok: false, code: 'EXISTS', reason: `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue` };
+        record.policies = [...command.policies];
+        addKey(record, key);
+        return { ok: true };
+      }
+      case 'identity-renew': {
+        const record = this.identities.get(command.name);
+        if (record === undefined || record.revoked) return { ok: false, code: 'NOT_FOUND', reason: `identity "${command.name}" does not exist or was revoked` };
+        addKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs });
         return { ok: true };
       }
       case 'identity-revoke': {
-        const record = this.identities.get(name);
-        if (record === undefined) return { ok: false, code: 'NOT_FOUND', reason: `identity "${name}" does not exist` };
-        record.serials.clear();
+        const record = this.identities.get(command.name);
+        if (record === undefined) return { ok: false, code: 'NOT_FOUND', reason: `identity "${command.name}" does not exist` };
+        record.keys = [];
         record.revoked = true;
         return { ok: true };
       }
-      default:
-        return { ok: false, code: 'INVALID', reason: `unknown access operation ${String(c['op'])}` };
     }
   }
 
-  /** Whether the certificate `serial` may act as `name` (listed, not revoked). */
-  certificateValid(name: string, serial: string): boolean {
+  /** Whether a certificate with public key `key` (SPKI digest) may act as `name` (listed, not revoked). */
+  certificateValid(name: string, key: string): boolean {
     const record = this.identities.get(name);
-    return record !== undefined && !record.revoked && record.serials.has(serial);
+    return record !== undefined && !record.revoked && record.keys.some((k) => k.key === key);
+  }
+
+  /** The policies an identity has, as they are now (names that no longer exist grant nothing). */
+  policiesOf(name: string): Policy[] {
+    const record = this.identities.get(name);
+    if (record === undefined) return [];
+    return record.policies.map((p) => (p === ROOT_POLICY.name ? ROOT_POLICY : this.policies.get(p))).filter((p): p is Policy => p !== undefined);
   }
 
   /** The decision for an identity; policies that do not exist (any more) grant nothing. */
   decide(name: string, capability: Capability, path: string): Decision {
-    const record = this.identities.get(name);
-    if (record === undefined) return { allowed: false, rule: null };
-    const policies = record.policies.map((p) => (p === ROOT_POLICY.name ? ROOT_POLICY : this.policies.get(p))).filter((p): p is Policy => p !== undefined);
-    return decide(policies, capability, path);
+    if (!this.identities.has(name)) return { allowed: false, rule: null };
+    return decide(this.policiesOf(name), capability, path);
   }
 
   snapshot(): unknown {
-    return [[...this.policies.values()].map((p) => [p.name, p.rules]), [...this.identities.values()].map((i) => [i.name, i.policies, [...i.serials], i.revoked, i.createdAtMs])];
+    return [
+      [...this.policies.values()].map((p) => [p.name, p.rules]),
+      [...this.identities.values()].map((i) => [i.name, i.policies, i.keys.map((k) => [k.key, k.serial, k.issuedAtMs]), i.revoked, i.createdAtMs]),
+    ];
   }
 
   restore(image: unknown): void {
-    const [policies, identities] = image as [Array<[string, PolicyRule[]]>, Array<[string, string[], string[], boolean, number]>];
+    const [policies, identities] = image as [Array<[string, PolicyRule[]]>, Array<[string, string[], unknown[], boolean, number]>];
     this.policies.clear();
     for (const [name, rules] of policies) this.policies.set(name, { name, rules });
     this.identities.clear();
-    for (const [name, ps, serials, revoked, createdAtMs] of identities) this.identities.set(name, { name, policies: ps, serials: new Set(serials), revoked, createdAtMs });
+    for (const [name, ps, keys, revoked, createdAtMs] of identities) {
+      // Images from before keys were recorded list serials (strings): those certificates are not
+      // bound to a key, so they are not accepted; such identities must be issued again.
+      const bound = keys.filter((k): k is [string, string, number] => Array.isArray(k)).map(([key, serial, issuedAtMs]) => ({ key, serial, issuedAtMs }));
+      this.identities.set(name, { name, policies: ps, keys: bound, revoked, createdAtMs });
+    }
   }
+}
+
+function addKey(record: IdentityRecord, key: IdentityKey): void {
+  record.keys = [...record.keys.filter((k) => k.key !== key.key), key].slice(-IDENTITY_KEYS_MAX);
+}
+
+function invalid(reason: string): AccessResult {
+  return { ok: false, code: 'INVALID', reason };
+}
+
+/** Checks a decoded command field by field (it came through the log: trust nothing). */
+function commandOf(c: Record<string, unknown>): AccessCommand | string {
+  const name = c['name'];
+  if (typeof name !== 'string') return 'a name is required';
+  switch (c['op']) {
+    case 'policy-put': {
+      const problem = policyProblem({ name, rules: c['rules'] });
+      if (problem !== null) return problem;
+      return { op: 'policy-put', name, rules: c['rules'] as PolicyRule[] };
+    }
+    case 'policy-remove':
+      return { op: 'policy-remove', name };
+    case 'identity-issue':
+    case 'identity-renew': {
+      const { policies, key, serial, nowMs, reissue } = c;
+      if (!IDENTITY_NAME_PATTERN.test(name)) return 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]';
+      if (typeof key !== 'string' || !KEY_PATTERN.test(key)) return 'an issued certificate names its public key (a SHA-256 digest)';
+      if (typeof serial !== 'string' || !SERIAL_PATTERN.test(serial) || typeof nowMs !== 'number') return 'an issued certificate needs a serial and a time';
+      if (c['op'] === 'identity-renew') return { op: 'identity-renew', name, key, serial, nowMs };
+      if (!Array.isArray(policies) || policies.length > IDENTITY_POLICIES_MAX || !policies.every((p) => typeof p === 'string')) return `policies are at most ${IDENTITY_POLICIES_MAX} names`;
+      return { op: 'identity-issue', name, policies: policies as string[], key, serial, nowMs, ...(reissue === true ? { reissue: true } : {}) };
+    }
+    case 'identity-revoke':
+      return { op: 'identity-revoke', name };
+    default:
+      return `unknown access operation ${String(c['op']).slice(0, 40)}`;
+  }
+}
+
+export function actorOf(raw: unknown): Actor | null | string {
+  if (raw === undefined) return null;
+  const a = raw as Partial<Actor> | null;
+  if (typeof a !== 'object' || a === null || typeof a.name !== 'string' || typeof a.key !== 'string') return 'the command names a malformed actor';
+  return { name: a.name, key: a.key };
 }

@@ -33,7 +33,7 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
     const { command, actor } = decoded;
     const needed = this.secrets.requiredCapabilities(command);
     if (actor !== null && needed !== null) {
-      if (!this.access.certificateValid(actor.name, actor.serial)) return { ok: false, code: 'DENIED', reason: `the certificate of identity "${actor.name}" was revoked before this write applied` };
+      if (!this.access.certificateValid(actor.name, actor.key)) return { ok: false, code: 'DENIED', reason: `the certificate of identity "${actor.name}" was revoked before this write applied` };
       for (const capability of needed.capabilities) {
         if (!this.access.decide(actor.name, capability, needed.name).allowed) return { ok: false, code: 'DENIED', reason: `identity "${actor.name}" may not ${capability} "${needed.name}"` };
       }

@@ -1,9 +1,10 @@
 import { Packr } from 'msgpackr';
+import { actorOf, type Actor } from './access-state.ts';
 import { LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem } from './limits.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT' | 'DENIED';
+export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT' | 'DENIED' | 'EXISTS';
 
 /** A refused read or write, with a stable code (mapped to a gRPC status at the server edge). */
 export class StoreError extends Error {
@@ -66,10 +67,7 @@ interface Secret {
 }
 
 /** Who asked for a command: checked again against the replicated policies when it is applied. */
-export interface Actor {
-  readonly name: string;
-  readonly serial: string;
-}
+export type { Actor };
 
 /**
  * A value's own copy, outside Node's shared 8 KiB buffer pool: Buffer.from copies a small value
@@ -96,10 +94,9 @@ export function decodeSecretCommand(kind: string, data: Buffer): { command: Secr
   }
   const command = commandOf(kind, value);
   if (typeof command === 'string') return command;
-  const raw = (value as Record<string, unknown>)['actor'] as Partial<Actor> | undefined;
-  if (raw === undefined) return { command, actor: null };
-  if (typeof raw !== 'object' || raw === null || typeof raw.name !== 'string' || typeof raw.serial !== 'string') return 'the command names a malformed actor';
-  return { command, actor: { name: raw.name, serial: raw.serial } };
+  const actor = actorOf((value as Record<string, unknown>)['actor']);
+  if (typeof actor === 'string') return actor;
+  return { command, actor };
 }
 
 /**

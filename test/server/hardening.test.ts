@@ -7,6 +7,8 @@ import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { AUDIT_FILE } from '../../src/audit/audit-log.ts';
 import { ANONYMOUS_RECORDS_PER_SECOND_MAX } from '../../src/server/anonymous-audit.ts';
+import { identityOf, issueCertificate, newLeafKey } from '../../src/crypto/pki.ts';
+import { AdminClient } from '../cluster/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 // Attacks on one manager by callers outside the cluster or with a narrow certificate.
@@ -115,4 +117,25 @@ test('generate refuses charsets that every object has as a property (constructor
   assert.equal(made['version'], 1);
   const got = await cluster.admin.call<Reply>(cluster.addresses[0]!, 'Secrets', 'get', { name: 'gen/x' });
   assert.match((got['value'] as Buffer).toString(), /^[0-9a-f]{16}$/);
+});
+
+test('a certificate minted with the CA key for the admin\'s name and serial, but another key, is refused: identities are bound to keys', { timeout: 30_000 }, async () => {
+  const node = cluster.nodes[0]!;
+  const real = identityOf(readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'));
+  const forged = issueCertificate(node.ca, { id: 'admin', role: 'client', clusterId: cluster.clusterId, nowMs: Date.now(), serial: real.serial });
+  assert.equal(identityOf(forged.certPem).serial, real.serial, 'the forgery carries the admin\'s serial');
+  const forger = new AdminClient('', cluster.clusterId, { caPem: node.tls.caPem, certPem: forged.certPem, keyPem: forged.keyPem });
+  try {
+    for (const [service, method, request] of [['Secrets', 'get', { name: 'gen/x' }], ['Policies', 'list', {}], ['Identities', 'issue', { name: 'mine', policies: ['root'], publicKeyPem: newLeafKey().publicPem }]] as const) {
+      await assert.rejects(forger.call(cluster.addresses[0]!, service, method, request), (error: grpc.ServiceError) => {
+        assert.equal(grpc.status[error.code], 'PERMISSION_DENIED', `${service}.${method}: ${error.details}`);
+        assert.match(error.details, /this certificate was not issued to identity "admin"/);
+        return true;
+      });
+    }
+  } finally {
+    forger.close();
+  }
+  // The real admin is still admin.
+  await cluster.admin.call(cluster.addresses[0]!, 'Policies', 'list', {});
 });

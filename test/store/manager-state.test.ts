@@ -5,6 +5,7 @@ import { ManagerState } from '../../src/store/manager-state.ts';
 import { encodeSecretCommand, type SecretCommand } from '../../src/store/secret-store.ts';
 
 const T0 = 1_700_000_000_000;
+const CI_KEY = 'c1'.repeat(32);
 const put = (name: string, value: string, versionsKept: number | null = null): SecretCommand => ({ op: 'put', name, value: Buffer.from(value), cas: null, expireAtMs: null, versionsKept, nowMs: T0 });
 
 function stateWithWriter(): { state: ManagerState; apply: (c: { kind: string; data: Buffer }) => ReturnType<ManagerState['apply']> } {
@@ -12,13 +13,13 @@ function stateWithWriter(): { state: ManagerState; apply: (c: { kind: string; da
   let index = 0;
   const apply = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data });
   apply(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write'], deny: false }] }));
-  apply(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], serial: 'aa01', nowMs: T0 }));
+  apply(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], key: CI_KEY, serial: 'aa01', nowMs: T0 }));
   return { state, apply };
 }
 
 test('a client write is authorized again where it applies: a revocation committed first wins, on every manager alike', () => {
   const { state, apply } = stateWithWriter();
-  const ci = { name: 'ci', serial: 'aa01' };
+  const ci = { name: 'ci', key: CI_KEY };
   assert.deepEqual(apply(encodeSecretCommand(put('app/k', 'v1'), ci)), { ok: true, version: 1 });
   apply(encodeAccessCommand({ op: 'identity-revoke', name: 'ci' }));
   const late = apply(encodeSecretCommand(put('app/k', 'v2'), ci));
@@ -29,7 +30,7 @@ test('a client write is authorized again where it applies: a revocation committe
 
 test('write alone cannot wipe history: lowering the versions kept, or reviving a deleted secret, needs delete too', () => {
   const { state, apply } = stateWithWriter();
-  const ci = { name: 'ci', serial: 'aa01' };
+  const ci = { name: 'ci', key: CI_KEY };
   for (let k = 1; k <= 3; k++) apply(encodeSecretCommand(put('app/k', `v${k}`), ci));
   const trim = apply(encodeSecretCommand(put('app/k', 'v4', 1), ci));
   assert.equal(!trim.ok && 'code' in trim && trim.code, 'DENIED');
