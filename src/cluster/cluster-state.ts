@@ -1,13 +1,45 @@
+import { timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import type { NodeId } from '../raft/types.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
+/** A cluster CA: the certificate and key managers sign with, replicated so a rotation applies everywhere at one index. */
+export interface CaRecord {
+  readonly gen: number;
+  readonly certPem: string;
+  readonly keyPem: string;
+  /** This CA's certificate signed by the CA before it (null for the first): holders that trust only the old CA accept leaves of this one. */
+  readonly crossPem: string | null;
+}
+
+/** A key a manager's certificate may hold (SPKI digest), and the CA generation that certified it. */
+export interface MemberKey {
+  readonly key: string;
+  readonly caGen: number;
+}
+
+/** Keys kept per manager: the current one and the one before it (a renewal in flight). */
+export const MEMBER_KEYS_MAX = 2;
+/** CAs trusted at once: the active one and, during a rotation, the one it replaces. */
+export const CAS_MAX = 2;
+
 /** Command kinds this state handles (all start with `cluster.`). */
 export type ClusterCommand =
-  | { readonly kind: 'cluster.member'; readonly id: NodeId; readonly address: string }
+  | { readonly kind: 'cluster.member'; readonly id: NodeId; readonly address: string; readonly key?: MemberKey }
+  | { readonly kind: 'cluster.member-key'; readonly id: NodeId; readonly key: MemberKey }
+  | { readonly kind: 'cluster.ca-install'; readonly certPem: string; readonly keyPem: string }
+  | { readonly kind: 'cluster.ca-add'; readonly ca: CaRecord }
+  | { readonly kind: 'cluster.ca-retire'; readonly gen: number }
   | { readonly kind: 'cluster.removed'; readonly id: NodeId }
-  | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array }
+  /** A new join token (its hash): until `expiresAtMs` (proposer's clock), for `uses` joins (null: any number). */
+  | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array; readonly expiresAtMs: number | null; readonly uses: number | null }
+  /**
+   * A manager joins with the token whose hash is given: checked and counted where it applies (so
+   * a single-use token admits one manager however many leaders saw it), at the joiner's request
+   * time; then the member is recorded with its address and key.
+   */
+  | { readonly kind: 'cluster.join'; readonly tokenHash: Uint8Array; readonly nowMs: number; readonly id: NodeId; readonly address: string; readonly key: MemberKey }
   | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean }
   | { readonly kind: 'cluster.recovery-key'; readonly publicKey: Uint8Array };
 
@@ -21,8 +53,16 @@ export type ClusterResult = { readonly ok: true } | { readonly ok: false; readon
  */
 export class ClusterState {
   readonly addresses = new Map<NodeId, string>();
+  /** The keys each manager's certificate may hold: a Raft stream or a proposal from any other key is refused. */
+  readonly memberKeys = new Map<NodeId, MemberKey[]>();
+  /** The cluster CAs, oldest first; the last is the active one (empty until the first leader installs it). */
+  cas: CaRecord[] = [];
   readonly removed = new Set<NodeId>();
   joinTokenHash: Buffer | null = null;
+  /** When the join token stops working (the proposer's clock), or null for never (tokens from before expiry existed). */
+  joinTokenExpiresAtMs: number | null = null;
+  /** Joins the token still admits, or null for any number. */
+  joinTokenUsesLeft: number | null = null;
   readonly heldLearners = new Set<NodeId>();
   /** The public half of the recovery key: backups wrap the root key for it. */
   recoveryPublicKey: Buffer | null = null;
@@ -30,11 +70,21 @@ export class ClusterState {
   static encode(command: ClusterCommand): { kind: string; data: Buffer } {
     switch (command.kind) {
       case 'cluster.member':
-        return { kind: command.kind, data: packr.pack([command.id, command.address]) };
+        return { kind: command.kind, data: packr.pack(command.key === undefined ? [command.id, command.address] : [command.id, command.address, command.key.key, command.key.caGen]) };
+      case 'cluster.member-key':
+        return { kind: command.kind, data: packr.pack([command.id, command.key.key, command.key.caGen]) };
+      case 'cluster.ca-install':
+        return { kind: command.kind, data: packr.pack([command.certPem, command.keyPem]) };
+      case 'cluster.ca-add':
+        return { kind: command.kind, data: packr.pack([command.ca.gen, command.ca.certPem, command.ca.keyPem, command.ca.crossPem]) };
+      case 'cluster.ca-retire':
+        return { kind: command.kind, data: packr.pack([command.gen]) };
       case 'cluster.removed':
         return { kind: command.kind, data: packr.pack([command.id]) };
       case 'cluster.join-token':
-        return { kind: command.kind, data: packr.pack([command.hash]) };
+        return { kind: command.kind, data: packr.pack([command.hash, command.expiresAtMs, command.uses]) };
+      case 'cluster.join':
+        return { kind: command.kind, data: packr.pack([command.tokenHash, command.nowMs, command.id, command.address, command.key.key, command.key.caGen]) };
       case 'cluster.hold-learner':
         return { kind: command.kind, data: packr.pack([command.id, command.held]) };
       case 'cluster.recovery-key':
@@ -48,10 +98,44 @@ export class ClusterState {
     const isId = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
     switch (kind) {
       case 'cluster.member': {
-        const [id, address] = fields as unknown[];
+        const [id, address, key, caGen] = fields as unknown[];
         if (!isId(id) || typeof address !== 'string' || address.length > 300) return { ok: false, reason: 'a member needs an id and a host:port' };
         if (this.removed.has(id)) return { ok: false, reason: `manager ${id} was removed; it cannot come back under that id` };
+        if (key !== undefined && !isMemberKey(key, caGen)) return { ok: false, reason: 'a member key is a SHA-256 digest and a CA generation' };
         this.addresses.set(id, address);
+        if (key !== undefined) this.#addMemberKey(id, { key: key as string, caGen: caGen as number });
+        return { ok: true };
+      }
+      case 'cluster.member-key': {
+        const [id, key, caGen] = fields as unknown[];
+        if (!isId(id) || !isMemberKey(key, caGen)) return { ok: false, reason: 'a member key needs a member id, a SHA-256 digest and a CA generation' };
+        if (this.removed.has(id)) return { ok: false, reason: `manager ${id} was removed` };
+        this.#addMemberKey(id, { key: key as string, caGen: caGen as number });
+        return { ok: true };
+      }
+      case 'cluster.ca-install': {
+        const [certPem, keyPem] = fields as unknown[];
+        if (typeof certPem !== 'string' || typeof keyPem !== 'string') return { ok: false, reason: 'a CA needs a certificate and a key' };
+        if (this.cas.length > 0) return { ok: false, reason: 'the cluster CA is installed already' };
+        this.cas = [{ gen: 1, certPem, keyPem, crossPem: null }];
+        return { ok: true };
+      }
+      case 'cluster.ca-add': {
+        const [gen, certPem, keyPem, crossPem] = fields as unknown[];
+        if (typeof gen !== 'number' || typeof certPem !== 'string' || typeof keyPem !== 'string' || typeof crossPem !== 'string') return { ok: false, reason: 'a new CA needs a generation, a certificate, a key and a cross-signed certificate' };
+        const active = this.cas[this.cas.length - 1];
+        if (active === undefined) return { ok: false, reason: 'no CA is installed yet' };
+        if (this.cas.length >= CAS_MAX) return { ok: false, reason: `CA generation ${this.cas[0]!.gen} is still trusted: retire it first (coffer ca retire)` };
+        if (gen !== active.gen + 1) return { ok: false, reason: `the next CA generation is ${active.gen + 1}, not ${gen}` };
+        this.cas = [...this.cas, { gen, certPem, keyPem, crossPem }];
+        return { ok: true };
+      }
+      case 'cluster.ca-retire': {
+        const [gen] = fields as unknown[];
+        if (this.cas.length < 2 || this.cas[0]!.gen !== gen) return { ok: false, reason: `CA generation ${String(gen)} is not the one being replaced` };
+        this.cas = this.cas.slice(1);
+        // Managers' keys certified only by the retired CA go with it.
+        for (const [id, keys] of this.memberKeys) this.memberKeys.set(id, keys.filter((k) => k.caGen > gen));
         return { ok: true };
       }
       case 'cluster.removed': {
@@ -59,13 +143,29 @@ export class ClusterState {
         if (!isId(id)) return { ok: false, reason: 'a removal needs a member id' };
         this.removed.add(id);
         this.addresses.delete(id);
+        this.memberKeys.delete(id);
         this.heldLearners.delete(id);
         return { ok: true };
       }
       case 'cluster.join-token': {
-        const [hash] = fields as unknown[];
+        const [hash, expiresAtMs = null, uses = null] = fields as unknown[];
         if (!(hash instanceof Uint8Array) || hash.byteLength !== 32) return { ok: false, reason: 'a join token hash has 32 bytes' };
+        if (expiresAtMs !== null && typeof expiresAtMs !== 'number') return { ok: false, reason: 'a join token expiry is a time' };
+        if (uses !== null && !(typeof uses === 'number' && Number.isSafeInteger(uses) && uses >= 1)) return { ok: false, reason: 'a join token admits at least one join' };
         this.joinTokenHash = Buffer.from(hash);
+        this.joinTokenExpiresAtMs = expiresAtMs;
+        this.joinTokenUsesLeft = uses;
+        return { ok: true };
+      }
+      case 'cluster.join': {
+        const [tokenHash, nowMs, id, address, key, caGen] = fields as unknown[];
+        if (!(tokenHash instanceof Uint8Array) || typeof nowMs !== 'number' || !isId(id) || typeof address !== 'string' || address.length > 300 || !isMemberKey(key, caGen)) return { ok: false, reason: 'a join needs a token, a time, an id, an address and a key' };
+        const refusal = this.joinTokenRefusal(tokenHash, nowMs);
+        if (refusal !== null) return { ok: false, reason: refusal };
+        if (this.removed.has(id) || this.addresses.has(id)) return { ok: false, reason: `manager id ${id} is taken` };
+        if (this.joinTokenUsesLeft !== null) this.joinTokenUsesLeft--;
+        this.addresses.set(id, address);
+        this.#addMemberKey(id, { key: key as string, caGen: caGen as number });
         return { ok: true };
       }
       case 'cluster.hold-learner': {
@@ -86,20 +186,65 @@ export class ClusterState {
     }
   }
 
+  /** Null if a join with the token whose hash is `tokenHash` may proceed at `nowMs`; else why not. */
+  joinTokenRefusal(tokenHash: Uint8Array, nowMs: number): string | null {
+    if (this.joinTokenHash === null || tokenHash.byteLength !== this.joinTokenHash.byteLength || !timingSafeEqual(this.joinTokenHash, tokenHash)) return 'the join token is not valid: it was rotated, or it is not this cluster\'s';
+    if (this.joinTokenExpiresAtMs !== null && nowMs >= this.joinTokenExpiresAtMs) return `the join token expired at ${new Date(this.joinTokenExpiresAtMs).toISOString()}; make a new one with coffer cluster rotate-join-token`;
+    if (this.joinTokenUsesLeft !== null && this.joinTokenUsesLeft <= 0) return 'the join token was used up (it was made for a limited number of joins); make a new one with coffer cluster rotate-join-token';
+    return null;
+  }
+
+  /** The active CA (the newest), or null before the first leader installed it. */
+  get activeCa(): CaRecord | null {
+    return this.cas[this.cas.length - 1] ?? null;
+  }
+
+  #addMemberKey(id: NodeId, key: MemberKey): void {
+    const keys = (this.memberKeys.get(id) ?? []).filter((k) => k.key !== key.key);
+    this.memberKeys.set(id, [...keys, key].slice(-MEMBER_KEYS_MAX));
+  }
+
   snapshot(): unknown {
-    return [[...this.addresses], [...this.removed], this.joinTokenHash, [...this.heldLearners], this.recoveryPublicKey];
+    return [
+      [...this.addresses],
+      [...this.removed],
+      this.joinTokenHash,
+      [...this.heldLearners],
+      this.recoveryPublicKey,
+      this.cas.map((c) => [c.gen, c.certPem, c.keyPem, c.crossPem]),
+      [...this.memberKeys].map(([id, keys]) => [id, keys.map((k) => [k.key, k.caGen])]),
+      [this.joinTokenExpiresAtMs, this.joinTokenUsesLeft],
+    ];
   }
 
   restore(image: unknown): void {
     // Images written before held learners existed have three fields.
-    const [addresses, removed, hash, held = [], recovery = null] = image as [Array<[number, string]>, number[], Uint8Array | null, number[]?, (Uint8Array | null)?];
+    const [addresses, removed, hash, held = [], recovery = null, cas = [], memberKeys = [], [tokenExpiresAtMs, tokenUsesLeft] = [null, null]] = image as [
+      Array<[number, string]>,
+      number[],
+      Uint8Array | null,
+      number[]?,
+      (Uint8Array | null)?,
+      Array<[number, string, string, string | null]>?,
+      Array<[number, Array<[string, number]>]>?,
+      [number | null, number | null]?,
+    ];
     this.addresses.clear();
     for (const [id, address] of addresses) this.addresses.set(id, address);
     this.removed.clear();
     for (const id of removed) this.removed.add(id);
     this.joinTokenHash = hash === null ? null : Buffer.from(hash);
+    this.joinTokenExpiresAtMs = tokenExpiresAtMs;
+    this.joinTokenUsesLeft = tokenUsesLeft;
     this.heldLearners.clear();
     for (const id of held) this.heldLearners.add(id);
     this.recoveryPublicKey = recovery === null ? null : Buffer.from(recovery);
+    this.cas = cas.map(([gen, certPem, keyPem, crossPem]) => ({ gen, certPem, keyPem, crossPem }));
+    this.memberKeys.clear();
+    for (const [id, keys] of memberKeys) this.memberKeys.set(id, keys.map(([key, caGen]) => ({ key, caGen })));
   }
+}
+
+function isMemberKey(key: unknown, caGen: unknown): boolean {
+  return typeof key === 'string' && /^[0-9a-f]{64}$/.test(key) && typeof caGen === 'number' && Number.isSafeInteger(caGen) && caGen >= 1;
 }

@@ -49,19 +49,18 @@ function serialNumber(): string {
   return bytes.toString('hex');
 }
 
-/** A new cluster CA (self-signed, RSA 3072, ten years). */
-export function createCa(clusterId: string, nowMs: number): KeyAndCertificate {
+/**
+ * A new cluster CA (self-signed, RSA 3072, ten years). Generations after the first carry their
+ * number in the name, so a leaf's issuer names one CA even while two are trusted.
+ */
+export function createCa(clusterId: string, nowMs: number, gen = 1): KeyAndCertificate {
   const key = newRsaKey(CA_KEY_BITS);
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = new Date(nowMs - 60_000);
   cert.validity.notAfter = new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS);
-  const subject = [
-    { name: 'commonName', value: `Coffer cluster CA ${clusterId}` },
-    { name: 'organizationName', value: clusterId },
-    { shortName: 'OU', value: 'ca' },
-  ];
+  const subject = caSubject(clusterId, gen);
   cert.setSubject(subject);
   cert.setIssuer(subject);
   cert.setExtensions([
@@ -85,6 +84,45 @@ export interface IssueOptions {
   readonly notAfterMs?: number;
   /** For tests of forgery: this serial (hex) instead of a random one. */
   readonly serial?: string;
+}
+
+function caSubject(clusterId: string, gen: number): forge.pki.CertificateField[] {
+  return [
+    { name: 'commonName', value: gen === 1 ? `Coffer cluster CA ${clusterId}` : `Coffer cluster CA ${clusterId} generation ${gen}` },
+    { name: 'organizationName', value: clusterId },
+    { shortName: 'OU', value: 'ca' },
+  ];
+}
+
+/**
+ * The new CA's certificate signed by the old CA (a cross-signed intermediate): a manager serves
+ * it after its own certificate, so a client that still trusts only the old CA verifies leaves
+ * of the new one through it. Valid no longer than either CA.
+ */
+export function crossSignCa(newCaCertPem: string, oldCa: KeyAndCertificate): string {
+  const fresh = forge.pki.certificateFromPem(newCaCertPem);
+  const old = forge.pki.certificateFromPem(oldCa.certPem);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = fresh.publicKey;
+  cert.serialNumber = serialNumber();
+  cert.validity.notBefore = fresh.validity.notBefore;
+  cert.validity.notAfter = new Date(Math.min(fresh.validity.notAfter.getTime(), old.validity.notAfter.getTime()));
+  cert.setSubject(fresh.subject.attributes);
+  cert.setIssuer(old.subject.attributes);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+    { name: 'subjectKeyIdentifier' },
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(oldCa.keyPem), forge.md.sha256.create());
+  return forge.pki.certificateToPem(cert);
+}
+
+/** Whether `caCertPem` issued (signed) `certPem`. */
+export function issuedBy(certPem: string, caCertPem: string): boolean {
+  const cert = new X509Certificate(certPem);
+  const ca = new X509Certificate(caCertPem);
+  return cert.checkIssued(ca) && cert.verify(ca.publicKey);
 }
 
 /** A new key and a certificate for it, signed by the CA. */
@@ -132,6 +170,23 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
   return forge.pki.certificateToPem(cert);
 }
 
+/**
+ * A self-signed certificate for a key pair: what a joining manager serves at its address while it
+ * joins, so the leader can check that the address answers with the joiner's key.
+ */
+export function selfSignedCertificate(key: { privatePem: string; publicPem: string }, nowMs: number): string {
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
+  cert.serialNumber = serialNumber();
+  cert.validity.notBefore = new Date(nowMs - 60_000);
+  cert.validity.notAfter = new Date(nowMs + DAY_MS);
+  const subject = [{ name: 'commonName', value: 'coffer joining manager' }];
+  cert.setSubject(subject);
+  cert.setIssuer(subject);
+  cert.sign(forge.pki.privateKeyFromPem(key.privatePem), forge.md.sha256.create());
+  return forge.pki.certificateToPem(cert);
+}
+
 /** Reads the identity fields of a certificate (PEM or DER). */
 export function identityOf(cert: string | Buffer): Identity {
   const x509 = new X509Certificate(cert);
@@ -170,6 +225,9 @@ export function caDigest(caCertPem: string): string {
 // ---- join tokens --------------------------------------------------------------------------
 
 const TOKEN_PREFIX = 'CFRTKN-1-';
+/** A join token works this long unless told otherwise (Swarm's never expire; a leaked one should not work for ever). */
+export const JOIN_TOKEN_TTL_MS_DEFAULT = 24 * 3600 * 1000;
+export const JOIN_TOKEN_TTL_MS_MAX = 365 * 24 * 3600 * 1000;
 const TOKEN_SECRET_BYTES = 24;
 
 export interface JoinToken {

@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
-import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate } from '../crypto/pki.ts';
+import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate, type IssueOptions, type KeyAndCertificate } from '../crypto/pki.ts';
+import { CryptoError } from '../crypto/errors.ts';
 import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
 import { verifyAuditDir } from '../audit/audit-log.ts';
@@ -13,6 +14,16 @@ import type { Identity } from '../crypto/pki.ts';
 export const CLIENT_CERT_VALIDITY_DAYS_MAX = 825;
 
 type RuleMessage = { path: string; capabilities: string[]; deny: boolean };
+
+/** Signs a client's public key; a key that is not an RSA public key in PEM is the caller's mistake. */
+function sign(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
+  try {
+    return signCertificate(ca, publicKeyPem, options);
+  } catch (error) {
+    if (error instanceof CryptoError) throw invalid(`public_key_pem: ${error.message}`);
+    throw error;
+  }
+}
 
 function invalid(message: string): ServiceError {
   return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
@@ -77,9 +88,10 @@ export function registerAccessServices(node: CofferNode): void {
       }
       if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
       const nowMs = Date.now();
-      const certificatePem = signCertificate(node.ca, publicKeyPem, { id: name, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
+      const ca = node.ca;
+      const certificatePem = sign(ca, publicKeyPem, { id: name, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
       const issued = identityOf(certificatePem);
-      await write({ op: 'identity-issue', name, policies, key: issued.spki, serial: issued.serial, nowMs, ...(call.request.reissue === true ? { reissue: true } : {}) }, caller);
+      await write({ op: 'identity-issue', name, policies, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs, ...(call.request.reissue === true ? { reissue: true } : {}) }, caller);
       node.log.info({ event: 'identity-issued', identity: name, serial: issued.serial, reissue: call.request.reissue === true }, `issued a certificate to identity ${name}`);
       return { certificatePem, caCertificatePem: node.tls.caPem, serial: issued.serial, notAfterMs: issued.notAfterMs };
     }),
@@ -89,9 +101,10 @@ export function registerAccessServices(node: CofferNode): void {
       if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
       noteTarget(call, `sys/identities/${caller.id}`);
       const nowMs = Date.now();
-      const certificatePem = signCertificate(node.ca, publicKeyPem, { id: caller.id, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
+      const ca = node.ca;
+      const certificatePem = sign(ca, publicKeyPem, { id: caller.id, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
       const issued = identityOf(certificatePem);
-      await write({ op: 'identity-renew', name: caller.id, key: issued.spki, serial: issued.serial, nowMs }, caller);
+      await write({ op: 'identity-renew', name: caller.id, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs }, caller);
       node.log.info({ event: 'identity-renewed', identity: caller.id, serial: issued.serial }, `renewed the certificate of identity ${caller.id}`);
       return { certificatePem, caCertificatePem: node.tls.caPem, serial: issued.serial, notAfterMs: issued.notAfterMs };
     }),

@@ -3,7 +3,6 @@ import { encodeBackup } from '../backup/backup-file.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';
-import { CA_KEY_SECRET } from './node-config.ts';
 import { authorize, serverStream, type Call } from './rpc.ts';
 
 /** Backups are streamed in chunks of this size. */
@@ -22,8 +21,7 @@ export function registerBackupService(node: CofferNode): void {
       if (node.manager.locked) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       await node.manager.linearizableRead();
       const material = node.manager.backupMaterial();
-      const caKey = node.manager.localSecret(CA_KEY_SECRET);
-      if (caKey === undefined) throw new ServiceError(grpc.status.INTERNAL, 'this manager lacks the CA key');
+      const ca = node.ca;
       const recoveryPublicKey = node.state.cluster.recoveryPublicKey;
       if (recoveryPublicKey === null && material.unlockKek === null) {
         throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'nothing could open this backup: the cluster has no recovery key and this manager is not autolocked; make one with coffer key rotate-recovery');
@@ -31,8 +29,8 @@ export function registerBackupService(node: CofferNode): void {
       let file: Buffer;
       try {
         file = encodeBackup(
-          { clusterId: node.config.clusterId, createdAtMs: Date.now(), index: material.index, term: material.term, rootGen: material.rootGen, image: material.image, caCertPem: node.tls.caPem },
-          { rootKey: material.rootKey, caKeyPem: caKey.toString(), recoveryPublicKey, unlockKek: material.unlockKek },
+          { clusterId: node.config.clusterId, createdAtMs: Date.now(), index: material.index, term: material.term, rootGen: material.rootGen, image: material.image, caCertPem: ca.certPem },
+          { rootKey: material.rootKey, caKeyPem: ca.keyPem, recoveryPublicKey, unlockKek: material.unlockKek },
         );
       } finally {
         material.rootKey.fill(0);

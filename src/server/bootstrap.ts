@@ -3,12 +3,14 @@ import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
-import { MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken } from '../crypto/pki.ts';
+import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken, selfSignedCertificate } from '../crypto/pki.ts';
 import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import type { NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS } from '../transport/tls.ts';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
+import { decodeMembers } from './peer-trust.ts';
 import { ServiceError } from './errors.ts';
 import { defaultKeyFile } from './node.ts';
 import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeFileAtomic, writeNodeConfig, writeTlsFiles } from './node-config.ts';
@@ -37,6 +39,8 @@ export interface InitOptions {
   readonly recoveryKeyFile?: string;
   /** With autolock: use this unlock key instead of making one (it is then not returned). */
   readonly unlockKey?: string;
+  /** How long the first join token works (default JOIN_TOKEN_TTL_MS_DEFAULT). */
+  readonly joinTokenTtlMs?: number;
 }
 
 /** The client identity `initCluster` writes to `healthDir`: it may call Health, nothing else. */
@@ -66,6 +70,8 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   const now = Date.now();
   const ca = createCa(clusterId, now);
   const validityDays = options.managerCertValidityDays ?? MANAGER_CERT_VALIDITY_DAYS;
+  const joinTokenTtlMs = options.joinTokenTtlMs ?? JOIN_TOKEN_TTL_MS_DEFAULT;
+  if (!(joinTokenTtlMs > 0 && joinTokenTtlMs <= JOIN_TOKEN_TTL_MS_MAX)) throw new TypeError('the join token lifetime must be positive and at most 365 days');
   if (!(validityDays > 0)) throw new TypeError('the certificate lifetime must be a positive number of days');
   const node = issueCertificate(ca, { id: '1', role: 'manager', clusterId, nowMs: now, hosts: [hostOf(advertise)], validityDays });
   const keyFile = options.autolock === true ? null : (options.keyFile ?? defaultKeyFile(options.dataDir));
@@ -97,6 +103,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     advertise,
     bootstrap: true,
     initialJoinTokenHash: joinTokenHash(token.secret).toString('hex'),
+    initialJoinTokenExpiresAtMs: now + joinTokenTtlMs,
     initialAdmin: { key: identityOf(admin.certPem).spki, serial: identityOf(admin.certPem).serial },
     initialRecoveryPublicKey: recovery.publicKey.toString('hex'),
     peers: [],
@@ -178,42 +185,60 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
     );
   }
   const key = newLeafKey();
-  let address = options.join;
-  for (let hop = 0; ; hop++) {
-    try {
-      const response = await callJoin(address, caPem, { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem }, deadline);
-      const members = packr.unpack(response.members) as Array<[number, string]>;
-      await Manager.init(options.dataDir, {
-        clusterId: response.clusterId,
-        keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
-        rootKey: response.rootKey,
-        rootGen: response.rootGeneration,
-        secrets: new Map([
-          [TLS_KEY_SECRET, Buffer.from(key.privatePem)],
-          [CA_KEY_SECRET, Buffer.from(response.caKeyPem)],
-        ]),
-      });
-      response.rootKey.fill(0);
-      await writeTlsFiles(options.dataDir, caPem, response.certificatePem);
-      await writeNodeConfig(options.dataDir, {
-        format: 1,
-        nodeId: response.nodeId,
-        clusterId: response.clusterId,
-        listen: options.listen,
-        advertise,
-        bootstrap: false,
-        initialJoinTokenHash: null,
-        initialAdmin: null,
-        peers: members,
-        managerCertValidityDays: response.managerCertValidityDays,
-      });
-      return { nodeId: response.nodeId, clusterId: response.clusterId };
-    } catch (error) {
-      const redirect = error instanceof JoinRedirect ? error.address : null;
-      if (redirect === null || hop >= 3) throw error;
-      address = redirect;
+  // The leader checks that the address this manager advertises answers with this key.
+  const proof = await serveKeyProof(options.listen, key);
+  try {
+    let address = options.join;
+    for (let hop = 0; ; hop++) {
+      try {
+        const response = await callJoin(address, caPem, { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem }, deadline);
+        const members = decodeMembers(response.members);
+        await Manager.init(options.dataDir, {
+          clusterId: response.clusterId,
+          keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
+          rootKey: response.rootKey,
+          rootGen: response.rootGeneration,
+          secrets: new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)]]),
+        });
+        response.rootKey.fill(0);
+        await writeTlsFiles(options.dataDir, caPem, response.certificatePem);
+        await writeNodeConfig(options.dataDir, {
+          format: 1,
+          nodeId: response.nodeId,
+          clusterId: response.clusterId,
+          listen: options.listen,
+          advertise,
+          bootstrap: false,
+          initialJoinTokenHash: null,
+          initialAdmin: null,
+          peers: members.map(([id, memberAddress, keys]) => [id, memberAddress, keys]),
+          managerCertValidityDays: response.managerCertValidityDays,
+        });
+        return { nodeId: response.nodeId, clusterId: response.clusterId };
+      } catch (error) {
+        const redirect = error instanceof JoinRedirect ? error.address : null;
+        if (redirect === null || hop >= 3) throw error;
+        address = redirect;
+      }
     }
+  } finally {
+    await new Promise((resolve) => proof.close(resolve));
   }
+}
+
+/**
+ * While it joins, a manager answers TLS at its listen address with a self-signed certificate for
+ * its new key, and nothing else: the leader dials the advertised address and checks the key.
+ */
+async function serveKeyProof(listen: string, key: { privatePem: string; publicPem: string }): Promise<TlsServer> {
+  const { host, port } = splitHostPort(listen);
+  const server = createTlsServer({ key: key.privatePem, cert: selfSignedCertificate(key, Date.now()) }, (socket) => socket.end());
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => reject(new ServiceError(grpc.status.FAILED_PRECONDITION, `cannot listen on ${listen} while joining (${error.code ?? error.message}): is another process using it?`)));
+    server.listen(port, host, () => resolve());
+  });
+  return server;
 }
 
 class JoinRedirect extends Error {
@@ -241,7 +266,6 @@ interface JoinResponse {
   certificatePem: string;
   rootKey: Buffer;
   rootGeneration: number;
-  caKeyPem: string;
   members: Buffer;
   managerCertValidityDays: number;
 }

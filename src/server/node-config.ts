@@ -16,14 +16,19 @@ export interface NodeConfig {
   readonly bootstrap: boolean;
   /** The join token made at init (its hash), installed by the first leader. */
   readonly initialJoinTokenHash: string | null;
+  /** When that token stops working (null: made before tokens expired). */
+  readonly initialJoinTokenExpiresAtMs?: number | null;
   /** The admin identity's certificate made at init (its public key's SPKI digest and serial), registered by the first leader. */
   readonly initialAdmin: { readonly key: string; readonly serial: string } | null;
   /** The recovery key made at init (its public half, hex), installed by the first leader. */
   readonly initialRecoveryPublicKey?: string | null;
   /** Members of the cluster a backup came from (or a forced new cluster left), marked removed by the first leader. */
   readonly retiredMembers?: readonly NodeId[];
-  /** Members known when this manager joined, until it has the replicated list. */
-  readonly peers: ReadonlyArray<readonly [NodeId, string]>;
+  /**
+   * Members known when this manager joined, until it has the replicated list: [id, address] and,
+   * from joins since members are bound to keys, the keys their certificates may hold.
+   */
+  readonly peers: ReadonlyArray<readonly [NodeId, string, ReadonlyArray<readonly [string, number]>?]>;
   /** Lifetime of manager certificates (90 days unless set at init). */
   readonly managerCertValidityDays: number;
 }

@@ -3,7 +3,9 @@ import { randomInt } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import type { BarrierResult } from '../barrier/barrier.ts';
 import { ClusterState } from '../cluster/cluster-state.ts';
-import { identityOf, newLeafKey, signCertificate, type KeyAndCertificate } from '../crypto/pki.ts';
+import { identityOf, issuedBy, newLeafKey, signCertificate } from '../crypto/pki.ts';
+import { ClusterCa, type SigningCa } from './cluster-ca.ts';
+import { PeerTrust } from './peer-trust.ts';
 import { Manager } from '../manager/manager.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
 import { ManagerState, type ManagerStateResult } from '../store/manager-state.ts';
@@ -73,10 +75,16 @@ export class CofferNode {
   /** Audit records of requests without a certificate: small, and rate-limited. */
   readonly anonymousAudit: AnonymousAudit;
   readonly health: HealthService;
+  /** Which managers may talk Raft to this one, with which keys. */
+  readonly trust: PeerTrust;
+  /** The cluster CAs: what this manager trusts, signs with and presents. */
+  readonly cas: ClusterCa;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
+  /** This manager's own certificate and key; `#tls` adds the trusted CAs and the chain to present. */
+  #leafPem: string;
+  readonly #keyPem: { current: string };
   #tls: TlsMaterial;
-  #caKeyPem: string;
   #housekeeping: NodeJS.Timeout | null = null;
   #housekeepingBusy = false;
   #peerClients = new Map<NodeId, grpc.Client>();
@@ -84,7 +92,18 @@ export class CofferNode {
   readonly metrics: NodeMetrics;
   #metricsServer: HttpServer | null = null;
 
-  private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger, audit: AuditLog, metrics: NodeMetrics) {
+  private constructor(
+    options: NodeOptions,
+    config: NodeConfig,
+    parts: { manager: Manager<ManagerStateResult>; state: ManagerState; transport: PeerTransport; trust: PeerTrust; cas: ClusterCa },
+    own: { certPem: string; keyPem: string },
+    log: Logger,
+    audit: AuditLog,
+    metrics: NodeMetrics,
+  ) {
+    const { manager, state, transport } = parts;
+    this.trust = parts.trust;
+    this.cas = parts.cas;
     this.#options = options;
     this.metrics = metrics;
     this.audit = audit;
@@ -93,10 +112,11 @@ export class CofferNode {
     this.manager = manager;
     this.state = state;
     this.transport = transport;
-    this.#tls = tls;
-    this.#caKeyPem = caKeyPem;
+    this.#leafPem = own.certPem;
+    this.#keyPem = { current: own.keyPem };
+    this.#tls = this.#material();
     this.log = log;
-    this.#credentials = new RenewableServerCredentials(tls);
+    this.#credentials = new RenewableServerCredentials(this.#tls);
     rememberPeerCertificates();
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
     // when it is on, and with it off a stopped server left its connections open (a manager
@@ -112,8 +132,17 @@ export class CofferNode {
     const state = new ManagerState();
     const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });
     let node: CofferNode | null = null;
-    const bootstrapPeers = new Map(config.peers);
-    const transport = new PeerTransport({
+    const bootstrapPeers = new Map(config.peers.map(([id, address]) => [id, address]));
+    const trust: PeerTrust = new PeerTrust({
+      selfId: config.nodeId,
+      clusterId: config.clusterId,
+      cluster: state.cluster,
+      confState: () => manager.raftStatus()?.confState ?? null,
+      bootstrap: config.peers.map(([id, address, keys = []]) => [id, address, keys]),
+      tls: () => node!.tls,
+      logger: log.child({ component: 'peer-trust' }),
+    });
+    const transport: PeerTransport = new PeerTransport({
       selfId: config.nodeId,
       clusterId: config.clusterId,
       tls: () => node!.tls,
@@ -121,10 +150,12 @@ export class CofferNode {
       onMessage: (message) => manager.step(message),
       onUnreachable: (peer) => manager.reportUnreachable(peer),
       onSnapshotSent: (peer, ok) => manager.reportSnapshot(peer, ok),
-      isRemoved: (peer) => state.cluster.removed.has(peer),
+      admits: (peer, spki) => trust.admits(peer, spki),
+      onRefused: (peer) => trust.askAbout(peer),
+      keysOf: (peer) => trust.knownKeys(peer),
       logger: log.child({ component: 'transport' }),
     });
-    const manager = await Manager.open<ManagerStateResult>({
+    const manager: Manager<ManagerStateResult> = await Manager.open<ManagerStateResult>({
       dataDir: options.dataDir,
       id: config.nodeId,
       keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
@@ -166,7 +197,7 @@ export class CofferNode {
         await writeNodeConfig(options.dataDir, config);
         log.warn({ event: 'forced-new-cluster', removed: manager.forcedOut() }, `forced a new one-member cluster: managers ${manager.forcedOut().join(', ')} are removed; start this manager without --force-new-cluster from now on`);
       }
-      const started = await CofferNode.#serve(options, config, manager, state, transport, log, metrics, (made) => (node = made));
+      const started = await CofferNode.#serve(options, config, { manager, state, transport, trust }, log, metrics, (made) => (node = made));
       started.#metricsServer = metricsServer;
       return started;
     } catch (error) {
@@ -174,6 +205,7 @@ export class CofferNode {
       metricsServer?.close();
       transport.close();
       (node as CofferNode | null)?.server.forceShutdown();
+      trust.close();
       await manager.stop();
       throw error;
     }
@@ -182,20 +214,20 @@ export class CofferNode {
   static async #serve(
     options: NodeOptions,
     config: NodeConfig,
-    manager: Manager<ManagerStateResult>,
-    state: ManagerState,
-    transport: PeerTransport,
+    parts: { manager: Manager<ManagerStateResult>; state: ManagerState; transport: PeerTransport; trust: PeerTrust },
     log: Logger,
     metrics: NodeMetrics,
     made: (node: CofferNode) => void,
   ): Promise<CofferNode> {
+    const { manager, state } = parts;
     const files = await readTlsFiles(options.dataDir);
     const tlsKey = manager.localSecret(TLS_KEY_SECRET);
-    const caKey = manager.localSecret(CA_KEY_SECRET);
-    if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
+    if (tlsKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
+    // The CA key is in the key store of the first manager only, until its first leader installs it in the replicated state.
+    const cas = new ClusterCa(state.cluster, { certPem: firstPem(files.caCertPem), keyPem: manager.localSecret(CA_KEY_SECRET)?.toString() ?? null });
     const audit = await AuditLog.open(join(options.dataDir, AUDIT_DIR), config.nodeId);
-    const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log, audit, metrics);
+    const node = new CofferNode(options, config, { ...parts, cas }, { certPem, keyPem: tlsKey.toString() }, log, audit, metrics);
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
@@ -208,8 +240,26 @@ export class CofferNode {
     return this.#tls;
   }
 
-  get ca(): KeyAndCertificate {
-    return { certPem: this.#tls.caPem, keyPem: this.#caKeyPem };
+  /** The CA to sign with now; refused while this manager has none (a joiner not yet caught up). */
+  get ca(): SigningCa {
+    const ca = this.cas.signing();
+    if (ca === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has not received the cluster CA yet; retry on another manager');
+    return ca;
+  }
+
+  /** This manager's TLS material: the CAs it trusts now, its certificate with the chain to present, its key. */
+  #material(): TlsMaterial {
+    return { caPem: this.cas.trustPem(), certPem: this.cas.chainPem(this.#leafPem), keyPem: this.#keyPem.current };
+  }
+
+  /** Follows the replicated CAs: a rotation or retirement changes what this manager trusts and presents. */
+  async #followCas(): Promise<void> {
+    const material = this.#material();
+    if (material.caPem === this.#tls.caPem && material.certPem === this.#tls.certPem) return;
+    this.#tls = material;
+    this.#credentials.update(material);
+    await writeTlsFiles(this.#options.dataDir, material.caPem, this.#leafPem);
+    this.log.info({ event: 'trust-changed', cas: this.state.cluster.cas.map((c) => c.gen) }, 'the cluster CAs changed: this manager trusts and presents the new set');
   }
 
   async #listen(): Promise<void> {
@@ -220,7 +270,7 @@ export class CofferNode {
 
   /** Where a member listens, from the replicated state or what this manager learned when joining. */
   addressOf(id: NodeId): string | undefined {
-    return this.state.cluster.addresses.get(id) ?? new Map(this.config.peers).get(id);
+    return this.state.cluster.addresses.get(id) ?? this.config.peers.find(([peer]) => peer === id)?.[1];
   }
 
   async #housekeep(): Promise<void> {
@@ -228,6 +278,8 @@ export class CofferNode {
     this.#housekeepingBusy = true;
     try {
       this.health.update();
+      await this.#followCas();
+      await this.#maybeRecordOwnKey();
       await this.#maybeRenewCertificate();
       const status = this.manager.raftStatus();
       if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {
@@ -237,6 +289,9 @@ export class CofferNode {
       }
       if (status === null || status.role !== 'leader' || (this.manager.status().keys?.activeTerm ?? 0) === 0) return;
       const cluster = this.state.cluster;
+      // The CA made at init moves into the replicated state, where rotations happen.
+      const install = this.cas.toInstall();
+      if (install !== null) await this.proposeCommand(ClusterState.encode({ kind: 'cluster.ca-install', certPem: install.certPem, keyPem: install.keyPem }));
       // After a forced new cluster or a restore, the old members' certificates are refused from now on.
       for (const id of [...this.manager.forcedOut(), ...(this.config.retiredMembers ?? [])]) {
         if (!cluster.removed.has(id)) await this.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id }));
@@ -248,11 +303,11 @@ export class CofferNode {
         await this.proposeCommand(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey: Buffer.from(this.config.initialRecoveryPublicKey!, 'hex') }));
       }
       if (cluster.joinTokenHash === null && this.config.initialJoinTokenHash !== null) {
-        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex') }));
+        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex'), expiresAtMs: this.config.initialJoinTokenExpiresAtMs ?? null, uses: null }));
       }
       const admin = this.config.initialAdmin ?? null;
       if (admin !== null && !this.state.access.identities.has(ADMIN_IDENTITY)) {
-        await this.proposeCommand(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], key: admin.key, serial: admin.serial, nowMs: Date.now() }));
+        await this.proposeCommand(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], key: admin.key, serial: admin.serial, caGen: 1, nowMs: Date.now() }));
       }
       await this.#maybePromote();
       // Expiry: the leader wipes what expired, through the log (the time is in the command).
@@ -280,13 +335,23 @@ export class CofferNode {
     }
   }
 
+  /**
+   * A new key and certificate when a third of the lifetime is left, or when the cluster moved to
+   * a new CA. The new key is recorded in the replicated state first (peers admit both while the
+   * switch happens), then stored with its certificate in one atomic key-store write, then used.
+   */
   async #maybeRenewCertificate(): Promise<void> {
-    const identity = identityOf(this.#tls.certPem);
+    const signing = this.cas.signing();
+    if (signing === null) return;
+    const identity = identityOf(this.#leafPem);
     const now = Date.now();
     const lifetime = identity.notAfterMs - identity.notBeforeMs;
-    if (identity.notAfterMs - now > lifetime * CERT_RENEW_REMAINING_SHARE) return;
+    const expiring = identity.notAfterMs - now <= lifetime * CERT_RENEW_REMAINING_SHARE;
+    const underOldCa = this.state.cluster.cas.length > 0 && !issuedBy(this.#leafPem, signing.certPem);
+    if (!expiring && !underOldCa) return;
+    if ((this.manager.raftStatus()?.lead ?? 0) === 0) return;
     const key = newLeafKey();
-    const certPem = signCertificate(this.ca, key.publicPem, {
+    const certPem = signCertificate(signing, key.publicPem, {
       id: String(this.config.nodeId),
       role: 'manager',
       clusterId: this.config.clusterId,
@@ -294,15 +359,32 @@ export class CofferNode {
       hosts: [hostOf(this.config.advertise)],
       validityDays: this.config.managerCertValidityDays,
     });
+    const renewed = identityOf(certPem);
+    const recorded = await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member-key', id: this.config.nodeId, key: { key: renewed.spki, caGen: signing.gen } }));
+    if (!recorded.ok) throw new Error(`the new key could not be recorded: ${recorded.reason}`);
     // Key and certificate in one atomic write; node.crt is a readable copy, not what starts the server.
     await this.manager.setLocalSecrets(new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)], [TLS_CERT_SECRET, Buffer.from(certPem)]]));
-    await writeTlsFiles(this.#options.dataDir, this.#tls.caPem, certPem);
-    this.#tls = { caPem: this.#tls.caPem, certPem, keyPem: key.privatePem };
+    await writeTlsFiles(this.#options.dataDir, this.cas.trustPem(), certPem);
+    this.#leafPem = certPem;
+    this.#keyPem.current = key.privatePem;
+    this.#tls = this.#material();
     this.#credentials.update(this.#tls);
     this.transport.reconnectAll();
+    this.trust.reset();
     for (const client of this.#peerClients.values()) client.close();
     this.#peerClients.clear();
-    this.log.info({ event: 'certificate-renewed', serial: identityOf(certPem).serial, notAfter: new Date(identityOf(certPem).notAfterMs).toISOString() }, 'renewed this manager\'s certificate');
+    this.log.info({ event: 'certificate-renewed', serial: renewed.serial, caGeneration: signing.gen, notAfter: new Date(renewed.notAfterMs).toISOString() }, 'renewed this manager\'s certificate');
+  }
+
+  /** This manager's own key in the replicated state (the first manager's, a restored one's), so peers admit it. */
+  async #maybeRecordOwnKey(): Promise<void> {
+    const status = this.manager.raftStatus();
+    if (status === null || status.lead === 0) return;
+    const spki = identityOf(this.#leafPem).spki;
+    if ((this.state.cluster.memberKeys.get(this.config.nodeId) ?? []).some((k) => k.key === spki)) return;
+    const caGen = this.cas.generationOf(this.#leafPem);
+    if (caGen === null) return;
+    await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member-key', id: this.config.nodeId, key: { key: spki, caGen } }));
   }
 
   /**
@@ -363,6 +445,7 @@ export class CofferNode {
     if (this.#housekeeping !== null) clearInterval(this.#housekeeping);
     this.#metricsServer?.close();
     this.transport.close();
+    this.trust.close();
     for (const client of this.#peerClients.values()) client.close();
     this.server.forceShutdown();
     this.anonymousAudit.flush();
@@ -372,3 +455,9 @@ export class CofferNode {
 }
 
 
+
+/** The first certificate of a PEM bundle. */
+function firstPem(pem: string): string {
+  const end = pem.indexOf('-----END CERTIFICATE-----');
+  return end < 0 ? pem : `${pem.slice(0, end + '-----END CERTIFICATE-----'.length)}\n`;
+}

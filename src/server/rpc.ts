@@ -231,12 +231,12 @@ export function requireManager(node: CofferNode, call: Call<unknown>): number {
  * this cluster, or one a forced new cluster left behind, must not propose here.
  */
 export function requireMember(node: CofferNode, call: Call<unknown>): number {
-  const id = requireManager(node, call);
-  const status = node.manager.raftStatus();
-  if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
-  if (!status.confState.voters.includes(id) && !status.confState.learners.includes(id)) {
-    throw new ServiceError(grpc.status.PERMISSION_DENIED, `manager ${id} is not a member of this cluster`);
-  }
+  const identity = requireCaller(node, call);
+  if (identity.role !== 'manager') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
+  const id = Number(identity.id);
+  const refusal = node.trust.admits(id, identity.spki);
+  if (refusal === 'this manager is locked') throw new ServiceError(grpc.status.UNAVAILABLE, refusal);
+  if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
   return id;
 }
 

@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { ClusterState } from '../cluster/cluster-state.ts';
-import { formatJoinToken, identityOf, joinTokenHash, joinTokenMatches, newJoinToken, signCertificate } from '../crypto/pki.ts';
+import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, formatJoinToken, identityOf, joinTokenHash, newJoinToken } from '../crypto/pki.ts';
 import type { ConfChangeType } from '../raft/types.ts';
 import { ReflectionService } from '@grpc/reflection';
 import { packageDefinition, services } from '../transport/proto.ts';
@@ -11,10 +11,12 @@ import { callerIdentity } from '../transport/auth.ts';
 import type { CofferNode } from './node.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
 import { registerAccessServices } from './access-service.ts';
+import { registerJoinService } from './join-service.ts';
 import { registerSecretsService } from './secrets-service.ts';
 import { registerKeysService } from './keys-service.ts';
 import { registerBackupService } from './backup-service.ts';
 import { decodeMemberOp, encodeMemberOpResult, isHealthy, runMemberOp, type MemberOp } from './membership.ts';
+import { encodeMembers } from './peer-trust.ts';
 import { LeaderRedirect, authorize, requireCaller, requireManager, requireMember, unary, type Call } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -27,7 +29,7 @@ export const CLIENT_SERVICES = ['coffer.v1.Secrets', 'coffer.v1.Cluster', 'coffe
 const CONF_TYPES: readonly ConfChangeType[] = ['add-voter', 'add-learner', 'remove'];
 
 export function registerServices(node: CofferNode): void {
-  const { Peer, Join, Cluster } = services();
+  const { Peer, Cluster } = services();
   const manager = node.manager;
 
   node.server.addService(Peer.service, {
@@ -48,59 +50,13 @@ export function registerServices(node: CofferNode): void {
       }
       throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a proposal needs a payload or a membership change');
     }),
+    members: unary(node, 'Peer.Members', async (call: Call<object>) => {
+      requireMember(node, call);
+      return { members: encodeMembers(node.trust.members()) };
+    }),
   });
 
-  node.server.addService(Join.service, {
-    getCaCertificate: unary(node, 'Join.GetCaCertificate', async () => ({ pem: node.tls.caPem }), { anonymous: true }),
-    joinCluster: unary(node, 'Join.JoinCluster', async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string }>) => {
-      const { tokenSecret, address, publicKeyPem } = call.request;
-      const stored = node.state.cluster.joinTokenHash;
-      // None yet: a new cluster's leader installs the token from init a moment after its election.
-      if (stored === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has no join token installed yet; retry in a moment');
-      if (!joinTokenMatches(tokenSecret, stored)) {
-        node.log.warn({ event: 'join-refused', reason: 'token' }, 'refused a join with an invalid token');
-        throw new ServiceError(grpc.status.PERMISSION_DENIED, 'the join token is not valid: it was rotated, or it is not this cluster\'s');
-      }
-      const status = manager.raftStatus();
-      if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
-      if (status.role !== 'leader') {
-        const leaderAddress = status.lead === 0 ? undefined : node.addressOf(status.lead);
-        if (leaderAddress === undefined) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry in a moment');
-        throw new LeaderRedirect(leaderAddress);
-      }
-      try {
-        splitHostPort(address);
-      } catch (error) {
-        throw new ServiceError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
-      }
-      const taken = new Set([...status.confState.voters, ...status.confState.learners, ...node.state.cluster.addresses.keys(), ...node.state.cluster.removed]);
-      let nodeId = 0;
-      while (nodeId === 0 || taken.has(nodeId)) nodeId = 2 + Math.floor(Math.random() * (2 ** 31 - 2));
-      const certificatePem = signCertificate(node.ca, publicKeyPem, {
-        id: String(nodeId),
-        role: 'manager',
-        clusterId: node.config.clusterId,
-        nowMs: Date.now(),
-        hosts: [hostOf(address)],
-        validityDays: node.config.managerCertValidityDays,
-      });
-      await node.proposeCommand(ClusterState.encode({ kind: 'cluster.member', id: nodeId, address }));
-      await node.proposeConfChange({ type: 'add-learner', nodeId });
-      const root = manager.rootKeyForJoiner();
-      node.log.info({ event: 'joined', nodeId, address }, `manager ${nodeId} joined as a learner`);
-      return {
-        nodeId,
-        clusterId: node.config.clusterId,
-        certificatePem,
-        rootKey: root.key,
-        rootGeneration: root.gen,
-        caKeyPem: node.ca.keyPem,
-        members: packr.pack([...node.state.cluster.addresses]),
-        managerCertValidityDays: node.config.managerCertValidityDays,
-      };
-    }, { anonymous: true }),
-  });
-
+  registerJoinService(node);
   registerSecretsService(node);
   registerAccessServices(node);
   registerKeysService(node);
@@ -151,12 +107,15 @@ export function registerServices(node: CofferNode): void {
         progressKnown: status.progress !== null,
       };
     }),
-    rotateJoinToken: unary(node, 'Cluster.RotateJoinToken', async (call: Call<object>) => {
+    rotateJoinToken: unary(node, 'Cluster.RotateJoinToken', async (call: Call<{ ttlSeconds: number; uses: number }>) => {
       authorize(node, call, 'admin', 'sys/cluster');
-      const token = newJoinToken(node.tls.caPem);
-      const result = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: joinTokenHash(token.secret) }));
+      const ttlMs = call.request.ttlSeconds === 0 ? JOIN_TOKEN_TTL_MS_DEFAULT : call.request.ttlSeconds * 1000;
+      if (ttlMs > JOIN_TOKEN_TTL_MS_MAX) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'ttl_seconds is at most 365 days');
+      const token = newJoinToken(node.cas.activeCertPem());
+      const expiresAtMs = Date.now() + ttlMs;
+      const result = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: joinTokenHash(token.secret), expiresAtMs, uses: call.request.uses === 0 ? null : call.request.uses }));
       if (!result.ok) throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.reason);
-      return { token: formatJoinToken(token) };
+      return { token: formatJoinToken(token), expiresAtMs };
     }),
     removeMember: memberRpc(node, 'Cluster.RemoveMember', 'remove'),
     promote: memberRpc(node, 'Cluster.Promote', 'promote'),

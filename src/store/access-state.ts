@@ -18,9 +18,9 @@ export type AccessCommand =
    * one that was revoked) starts a new identity with these policies; an existing identity is
    * changed only with `reissue`, which replaces its policies and adds the key.
    */
-  | { readonly op: 'identity-issue'; readonly name: string; readonly policies: readonly string[]; readonly key: string; readonly serial: string; readonly nowMs: number; readonly reissue?: boolean }
+  | { readonly op: 'identity-issue'; readonly name: string; readonly policies: readonly string[]; readonly key: string; readonly serial: string; readonly caGen: number; readonly nowMs: number; readonly reissue?: boolean }
   /** An identity renews its own certificate: a new key for the same identity and policies. */
-  | { readonly op: 'identity-renew'; readonly name: string; readonly key: string; readonly serial: string; readonly nowMs: number }
+  | { readonly op: 'identity-renew'; readonly name: string; readonly key: string; readonly serial: string; readonly caGen: number; readonly nowMs: number }
   /** Every certificate of the identity is refused from the index this applies at. */
   | { readonly op: 'identity-revoke'; readonly name: string };
 
@@ -34,6 +34,8 @@ export interface IdentityKey {
   /** Of the certificate issued for it (for people reading listings; not what is checked). */
   readonly serial: string;
   readonly issuedAtMs: number;
+  /** The generation of the cluster CA that certified it: retiring that CA retires the key. */
+  readonly caGen: number;
 }
 
 export interface IdentityRecord {
@@ -106,7 +108,7 @@ export class AccessState {
         return { ok: true };
       case 'identity-issue': {
         const record = this.identities.get(command.name);
-        const key = { key: command.key, serial: command.serial, issuedAtMs: command.nowMs };
+        const key = { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen };
         if (record === undefined || record.revoked) {
           this.identities.set(command.name, { name: command.name, policies: [...command.policies], keys: [key], revoked: false, createdAtMs: command.nowMs });
           return { ok: true };
@@ -119,7 +121,7 @@ export class AccessState {
       case 'identity-renew': {
         const record = this.identities.get(command.name);
         if (record === undefined || record.revoked) return { ok: false, code: 'NOT_FOUND', reason: `identity "${command.name}" does not exist or was revoked` };
-        addKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs });
+        addKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen });
         return { ok: true };
       }
       case 'identity-revoke': {
@@ -130,6 +132,11 @@ export class AccessState {
         return { ok: true };
       }
     }
+  }
+
+  /** A CA generation was retired: keys it certified stop working (their certificates no longer verify anyway). */
+  retireCaGeneration(gen: number): void {
+    for (const record of this.identities.values()) record.keys = record.keys.filter((k) => k.caGen > gen);
   }
 
   /** Whether a certificate with public key `key` (SPKI digest) may act as `name` (listed, not revoked). */
@@ -154,7 +161,7 @@ export class AccessState {
   snapshot(): unknown {
     return [
       [...this.policies.values()].map((p) => [p.name, p.rules]),
-      [...this.identities.values()].map((i) => [i.name, i.policies, i.keys.map((k) => [k.key, k.serial, k.issuedAtMs]), i.revoked, i.createdAtMs]),
+      [...this.identities.values()].map((i) => [i.name, i.policies, i.keys.map((k) => [k.key, k.serial, k.issuedAtMs, k.caGen]), i.revoked, i.createdAtMs]),
     ];
   }
 
@@ -166,7 +173,7 @@ export class AccessState {
     for (const [name, ps, keys, revoked, createdAtMs] of identities) {
       // Images from before keys were recorded list serials (strings): those certificates are not
       // bound to a key, so they are not accepted; such identities must be issued again.
-      const bound = keys.filter((k): k is [string, string, number] => Array.isArray(k)).map(([key, serial, issuedAtMs]) => ({ key, serial, issuedAtMs }));
+      const bound = keys.filter((k): k is [string, string, number, number] => Array.isArray(k)).map(([key, serial, issuedAtMs, caGen]) => ({ key, serial, issuedAtMs, caGen }));
       this.identities.set(name, { name, policies: ps, keys: bound, revoked, createdAtMs });
     }
   }
@@ -194,13 +201,14 @@ function commandOf(c: Record<string, unknown>): AccessCommand | string {
       return { op: 'policy-remove', name };
     case 'identity-issue':
     case 'identity-renew': {
-      const { policies, key, serial, nowMs, reissue } = c;
+      const { policies, key, serial, nowMs, reissue, caGen } = c;
       if (!IDENTITY_NAME_PATTERN.test(name)) return 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]';
       if (typeof key !== 'string' || !KEY_PATTERN.test(key)) return 'an issued certificate names its public key (a SHA-256 digest)';
       if (typeof serial !== 'string' || !SERIAL_PATTERN.test(serial) || typeof nowMs !== 'number') return 'an issued certificate needs a serial and a time';
-      if (c['op'] === 'identity-renew') return { op: 'identity-renew', name, key, serial, nowMs };
+      if (typeof caGen !== 'number' || !Number.isSafeInteger(caGen) || caGen < 1) return 'an issued certificate names the CA generation that signed it';
+      if (c['op'] === 'identity-renew') return { op: 'identity-renew', name, key, serial, caGen, nowMs };
       if (!Array.isArray(policies) || policies.length > IDENTITY_POLICIES_MAX || !policies.every((p) => typeof p === 'string')) return `policies are at most ${IDENTITY_POLICIES_MAX} names`;
-      return { op: 'identity-issue', name, policies: policies as string[], key, serial, nowMs, ...(reissue === true ? { reissue: true } : {}) };
+      return { op: 'identity-issue', name, policies: policies as string[], key, serial, caGen, nowMs, ...(reissue === true ? { reissue: true } : {}) };
     }
     case 'identity-revoke':
       return { op: 'identity-revoke', name };

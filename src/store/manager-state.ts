@@ -16,7 +16,12 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
   readonly access = new AccessState();
 
   apply(command: { index: number; kind: string; data: Buffer }): ManagerStateResult {
-    if (command.kind.startsWith('cluster.')) return this.cluster.apply(command.kind, command.data);
+    if (command.kind.startsWith('cluster.')) {
+      const result = this.cluster.apply(command.kind, command.data);
+      // Identities' keys certified by a retired CA go with it, at the same index.
+      if (result.ok && command.kind === 'cluster.ca-retire') this.access.retireCaGeneration((this.cluster.cas[0]?.gen ?? 1) - 1);
+      return result;
+    }
     if (command.kind.startsWith('secret.')) return this.#applySecretCommand(command.kind, command.data);
     if (command.kind.startsWith('access.')) return this.access.apply(command.kind, command.data);
     return { ok: false, reason: `unknown command kind ${command.kind}` };

@@ -28,8 +28,16 @@ export interface PeerTransportOptions {
   /** The stream to `peer` broke: the core starts fast failover if it was the leader. */
   readonly onUnreachable: (peer: NodeId) => void;
   readonly onSnapshotSent: (peer: NodeId, ok: boolean) => void;
-  /** True for a manager that was removed from the cluster: its certificate is refused. */
-  readonly isRemoved: (peer: NodeId) => boolean;
+  /**
+   * Null if `peer`, with a certificate holding key `spki`, may talk Raft to this manager (a
+   * member now, with a key the cluster records for it); else why not. Asked when a stream opens
+   * and on every frame, so a removal or a new key takes effect on open streams too.
+   */
+  readonly admits: (peer: NodeId, spki: string) => string | null;
+  /** A stream was refused for who sent it: the server may ask its members about that manager. */
+  readonly onRefused?: (peer: NodeId) => void;
+  /** The keys a peer's certificate may hold (empty: not known), checked when dialling it. */
+  readonly keysOf?: (peer: NodeId) => readonly string[];
   readonly logger: Logger;
   readonly random?: () => number;
 }
@@ -123,7 +131,11 @@ export class PeerTransport {
     if (identity === null) return refuse(grpc.status.UNAUTHENTICATED, 'a manager certificate of this cluster is required');
     if (identity.role !== 'manager') return refuse(grpc.status.PERMISSION_DENIED, 'Peer.Raft is for managers; this is a client certificate');
     if (!Number.isSafeInteger(peer) || peer <= 0) return refuse(grpc.status.PERMISSION_DENIED, 'the certificate names no manager id');
-    if (options.isRemoved(peer)) return refuse(grpc.status.PERMISSION_DENIED, `manager ${peer} was removed from the cluster`);
+    const refusal = options.admits(peer, identity.spki);
+    if (refusal !== null) {
+      options.onRefused?.(peer);
+      return refuse(grpc.status.PERMISSION_DENIED, refusal);
+    }
     // One stream per peer: a reconnecting peer replaces its old stream.
     this.#inbound.get(peer)?.(null);
     this.#inbound.set(peer, finish);
@@ -137,8 +149,9 @@ export class PeerTransport {
     };
     call.on('data', (frame: RaftFrame) => {
       if (finished) return;
-      // Checked on every frame: a removal applied, or a certificate expired, ends the stream.
-      if (options.isRemoved(peer)) return refuse(grpc.status.PERMISSION_DENIED, `manager ${peer} was removed from the cluster`);
+      // Checked on every frame: a removal applied, a key retired, or a certificate expired, ends the stream.
+      const refusal = options.admits(peer, identity.spki);
+      if (refusal !== null) return refuse(grpc.status.PERMISSION_DENIED, refusal);
       if (Date.now() > identity.notAfterMs) return refuse(grpc.status.UNAUTHENTICATED, `manager ${peer}'s certificate expired`);
       try {
         if (frame.body === 'messages' && frame.messages !== undefined) {
@@ -222,7 +235,9 @@ class PeerLink {
     }
     if (this.#client === null) {
       const { Peer } = services();
-      this.#client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), { clusterId: this.#options.clusterId, nodeId: String(this.#peer) }), {
+      const keysOf = this.#options.keysOf;
+      const expect = { clusterId: this.#options.clusterId, nodeId: String(this.#peer), ...(keysOf === undefined ? {} : { keys: () => keysOf(this.#peer) }) };
+      this.#client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), expect), {
         ...MANAGER_CHANNEL_OPTIONS,
         'grpc.keepalive_time_ms': 2000,
         'grpc.keepalive_timeout_ms': 1000,

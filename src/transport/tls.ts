@@ -51,7 +51,19 @@ export class RenewableServerCredentials {
  * cluster CA naming this cluster (O) and the manager role (OU), and, when known, the expected
  * node id (CN). Host names are not what identifies a manager here; the certificate fields are.
  */
-export function managerChannelCredentials(material: TlsMaterial | { caPem: string; certPem: null; keyPem: null }, expect: { clusterId: string; nodeId?: string }): grpc.ChannelCredentials {
+export interface ManagerExpectation {
+  readonly clusterId: string;
+  /** The manager's node id, when a particular one is dialled. */
+  readonly nodeId?: string;
+  /**
+   * The keys (SPKI digests) that manager's certificate may hold, as the caller knows them when
+   * the handshake happens; empty or absent when unknown. A certificate of the right CA and id but
+   * another key (minted with a stolen CA key) is refused.
+   */
+  readonly keys?: () => readonly string[];
+}
+
+export function managerChannelCredentials(material: TlsMaterial | { caPem: string; certPem: null; keyPem: null }, expect: ManagerExpectation): grpc.ChannelCredentials {
   return grpc.credentials.createSsl(
     Buffer.from(material.caPem),
     material.keyPem === null ? null : Buffer.from(material.keyPem),
@@ -68,13 +80,15 @@ export function managerChannelCredentials(material: TlsMaterial | { caPem: strin
  */
 export const MANAGER_CHANNEL_OPTIONS: grpc.ChannelOptions = { 'grpc.ssl_target_name_override': 'coffer-manager', 'grpc.enable_channelz': 0 };
 
-function checkManager(cert: PeerCertificate, expect: { clusterId: string; nodeId?: string }): Error | undefined {
+function checkManager(cert: PeerCertificate, expect: ManagerExpectation): Error | undefined {
   try {
     const identity = identityOf(cert.raw);
     const role: Role = identity.role;
     if (identity.clusterId !== expect.clusterId) return new Error(`the server belongs to cluster ${identity.clusterId}, not ${expect.clusterId}`);
     if (role !== 'manager') return new Error(`the server's certificate is a ${role}'s, not a manager's`);
     if (expect.nodeId !== undefined && identity.id !== expect.nodeId) return new Error(`the server is manager ${identity.id}, not ${expect.nodeId}`);
+    const keys = expect.keys?.() ?? [];
+    if (keys.length > 0 && !keys.includes(identity.spki)) return new Error(`the server's certificate holds a key the cluster does not know for manager ${identity.id}`);
     return undefined;
   } catch (error) {
     return error instanceof Error ? error : new Error(String(error));

@@ -13,7 +13,7 @@ function stateWithWriter(): { state: ManagerState; apply: (c: { kind: string; da
   let index = 0;
   const apply = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data });
   apply(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write'], deny: false }] }));
-  apply(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], key: CI_KEY, serial: 'aa01', nowMs: T0 }));
+  apply(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], key: CI_KEY, serial: 'aa01', caGen: 1, nowMs: T0 }));
   return { state, apply };
 }
 

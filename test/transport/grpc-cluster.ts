@@ -62,7 +62,7 @@ export class GrpcCluster {
       onMessage: (message) => manager?.step(message),
       onUnreachable: (peer) => manager?.reportUnreachable(peer),
       onSnapshotSent: (peer, ok) => manager?.reportSnapshot(peer, ok),
-      isRemoved: (peer) => this.removed.has(peer),
+      admits: (peer) => (this.removed.has(peer) ? `manager ${peer} was removed from the cluster` : null),
       logger,
     });
     const server = new grpc.Server();

@@ -32,7 +32,7 @@ test('a link whose peer accepted TCP and then went silent recovers once a real p
     onMessage: () => assert.fail('the sender receives nothing'),
     onUnreachable: () => undefined,
     onSnapshotSent: () => undefined,
-    isRemoved: () => false,
+    admits: () => null,
     logger,
   });
   const big = (n: number): Message => ({ type: 'append', from: 1, to: 2, term: 1, prevIndex: n, prevTerm: 1, commit: 0, entries: [{ kind: 'normal', term: 1, index: n + 1, data: Buffer.alloc(256 * 1024) }] });
@@ -51,7 +51,7 @@ test('a link whose peer accepted TCP and then went silent recovers once a real p
     onMessage: (message) => received.push(message),
     onUnreachable: () => undefined,
     onSnapshotSent: () => undefined,
-    isRemoved: () => false,
+    admits: () => null,
     logger,
   });
   const server = new grpc.Server();

@@ -1,0 +1,194 @@
+import * as grpc from '@grpc/grpc-js';
+import { X509Certificate } from 'node:crypto';
+import { connect } from 'node:tls';
+import { ClusterState } from '../cluster/cluster-state.ts';
+import { CryptoError } from '../crypto/errors.ts';
+import { identityOf, joinTokenHash, signCertificate, spkiDigest } from '../crypto/pki.ts';
+import type { NodeId } from '../raft/types.ts';
+import { services } from '../transport/proto.ts';
+import { ServiceError } from './errors.ts';
+import type { CofferNode } from './node.ts';
+import { hostOf, splitHostPort } from './node-config.ts';
+import { encodeMembers } from './peer-trust.ts';
+import { LeaderRedirect, noteTarget, unary, type Call } from './rpc.ts';
+
+/** Failed join attempts a source address may make within JOIN_FAILURE_WINDOW_MS before it is refused outright. */
+export const JOIN_FAILURES_PER_SOURCE_MAX = 5;
+export const JOIN_FAILURE_WINDOW_MS = 60_000;
+/** Sources whose failures are remembered (oldest forgotten first): a bound on memory, not on attackers. */
+const JOIN_SOURCES_TRACKED_MAX = 4096;
+/** How long the leader waits for a joiner's address to answer with the joiner's key. */
+export const JOIN_ADDRESS_PROOF_TIMEOUT_MS = 3000;
+/** Sizes a join request may have: a token secret is 24 bytes, an RSA public key well under 1 KiB. */
+const TOKEN_SECRET_BYTES_MAX = 64;
+const PUBLIC_KEY_PEM_CHARS_MAX = 4096;
+const ADDRESS_CHARS_MAX = 300;
+
+/**
+ * Failed joins per source address, so a token cannot be guessed at network speed. Local to each
+ * manager (joins go to the leader anyway); counted in a sliding window.
+ */
+export class JoinAttempts {
+  readonly #failures = new Map<string, number[]>();
+  readonly #nowMs: () => number;
+
+  constructor(nowMs: () => number = Date.now) {
+    this.#nowMs = nowMs;
+  }
+
+  /** Null if `source` may try; else how long it must wait, in a message. */
+  refusal(source: string): string | null {
+    const recent = this.#recent(source);
+    if (recent.length < JOIN_FAILURES_PER_SOURCE_MAX) return null;
+    const waitS = Math.ceil((recent[0]! + JOIN_FAILURE_WINDOW_MS - this.#nowMs()) / 1000);
+    return `too many failed joins from ${source}: ${JOIN_FAILURES_PER_SOURCE_MAX} in ${JOIN_FAILURE_WINDOW_MS / 1000} s; try again in ${waitS} s`;
+  }
+
+  failed(source: string): void {
+    const recent = this.#recent(source);
+    this.#failures.delete(source);
+    if (this.#failures.size >= JOIN_SOURCES_TRACKED_MAX) this.#failures.delete(this.#failures.keys().next().value!);
+    this.#failures.set(source, [...recent, this.#nowMs()]);
+  }
+
+  #recent(source: string): number[] {
+    const since = this.#nowMs() - JOIN_FAILURE_WINDOW_MS;
+    return (this.#failures.get(source) ?? []).filter((t) => t > since);
+  }
+}
+
+/** The host part of grpc-js's peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"). */
+export function sourceHost(peer: string): string {
+  const withoutScheme = peer.replace(/^(ipv4|ipv6|unix):/, '');
+  const at = withoutScheme.lastIndexOf(':');
+  return (at > 0 ? withoutScheme.slice(0, at) : withoutScheme).replace(/^\[|\]$/g, '').slice(0, 64);
+}
+
+/**
+ * Dials the address a joiner gave and checks that it answers TLS with the joiner's own key (the
+ * joiner serves a self-signed certificate for its new key there while it joins). So a token
+ * holder cannot make the cluster record, and keep dialling, an address that is not theirs.
+ */
+export function proveAddress(address: string, spki: string, timeoutMs = JOIN_ADDRESS_PROOF_TIMEOUT_MS): Promise<void> {
+  const { host, port } = splitHostPort(address);
+  return new Promise((resolve, reject) => {
+    const fail = (why: string): void => {
+      socket.destroy();
+      reject(new ServiceError(grpc.status.FAILED_PRECONDITION, `the joiner's address ${address} did not answer with the joiner's key (${why}); give an --advertise address the cluster can reach`));
+    };
+    const socket = connect({ host, port, rejectUnauthorized: false, ...(hostIsName(host) ? { servername: host } : {}) }, () => {
+      try {
+        const raw = socket.getPeerCertificate().raw;
+        if (raw === undefined) return fail('no certificate');
+        if (spkiDigest(new X509Certificate(raw).publicKey) !== spki) return fail('another key');
+        socket.end();
+        resolve();
+      } catch (error) {
+        fail((error as Error).message);
+      }
+    });
+    socket.setTimeout(timeoutMs, () => fail(`no answer within ${timeoutMs} ms`));
+    socket.on('error', (error) => fail((error as NodeJS.ErrnoException).code ?? error.message));
+  });
+}
+
+function hostIsName(host: string): boolean {
+  return !/^[0-9.]+$/.test(host) && !host.includes(':');
+}
+
+/**
+ * The Join service: the active CA's certificate for anyone (a joiner checks it against its
+ * token), and JoinCluster for a token holder. A join is refused unless the token is valid, not
+ * expired and not used up (checked again, and counted, where the join applies), the source has
+ * not failed too often, and the joiner's address answers with the joiner's key. The reply holds
+ * the root key (every manager decrypts the log) but not the CA key: that reaches the joiner with
+ * the replicated state. Every join is audited with the new manager's id and address.
+ */
+export function registerJoinService(node: CofferNode): void {
+  const { Join } = services();
+  const attempts = new JoinAttempts();
+  node.server.addService(Join.service, {
+    getCaCertificate: unary(node, 'Join.GetCaCertificate', async () => ({ pem: node.cas.activeCertPem() }), { anonymous: true }),
+    joinCluster: unary(
+      node,
+      'Join.JoinCluster',
+      async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string }>) => {
+        const source = sourceHost(call.getPeer());
+        const wait = attempts.refusal(source);
+        if (wait !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, wait);
+        const { tokenSecret, address, publicKeyPem } = call.request;
+        if (tokenSecret.byteLength > TOKEN_SECRET_BYTES_MAX || address.length > ADDRESS_CHARS_MAX || publicKeyPem.length > PUBLIC_KEY_PEM_CHARS_MAX) {
+          attempts.failed(source);
+          throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a join request holds a token secret, a host:port and a PEM public key; this one is too large');
+        }
+        const cluster = node.state.cluster;
+        // None yet: a new cluster's leader installs the token from init a moment after its election.
+        if (cluster.joinTokenHash === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has no join token installed yet; retry in a moment');
+        const tokenHash = joinTokenHash(tokenSecret);
+        const nowMs = Date.now();
+        const refusal = cluster.joinTokenRefusal(tokenHash, nowMs);
+        if (refusal !== null) {
+          attempts.failed(source);
+          node.log.warn({ event: 'join-refused', source, reason: refusal }, 'refused a join');
+          throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
+        }
+        const status = node.manager.raftStatus();
+        if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+        if (status.role !== 'leader') {
+          const leaderAddress = status.lead === 0 ? undefined : node.addressOf(status.lead);
+          if (leaderAddress === undefined) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry in a moment');
+          throw new LeaderRedirect(leaderAddress);
+        }
+        try {
+          splitHostPort(address);
+        } catch (error) {
+          throw new ServiceError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+        }
+        let spki: string;
+        try {
+          spki = spkiDigest(publicKeyPem);
+        } catch {
+          throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'public_key_pem is not a public key in PEM form');
+        }
+        await proveAddress(address, spki);
+        const nodeId = freshNodeId(node, status.confState.voters, status.confState.learners);
+        const ca = node.ca;
+        let certificatePem: string;
+        try {
+          certificatePem = signCertificate(ca, publicKeyPem, { id: String(nodeId), role: 'manager', clusterId: node.config.clusterId, nowMs, hosts: [hostOf(address)], validityDays: node.config.managerCertValidityDays });
+        } catch (error) {
+          if (error instanceof CryptoError) throw new ServiceError(grpc.status.INVALID_ARGUMENT, `public_key_pem: ${error.message}`);
+          throw error;
+        }
+        const recorded = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.join', tokenHash, nowMs, id: nodeId, address, key: { key: identityOf(certificatePem).spki, caGen: ca.gen } }));
+        if (!recorded.ok) {
+          attempts.failed(source);
+          throw new ServiceError(grpc.status.PERMISSION_DENIED, recorded.reason);
+        }
+        await node.proposeConfChange({ type: 'add-learner', nodeId });
+        const root = node.manager.rootKeyForJoiner();
+        noteTarget(call, `manager ${nodeId} at ${address}`);
+        node.log.info({ event: 'joined', nodeId, address, source }, `manager ${nodeId} joined as a learner`);
+        return {
+          nodeId,
+          clusterId: node.config.clusterId,
+          certificatePem,
+          rootKey: root.key,
+          rootGeneration: root.gen,
+          members: encodeMembers(node.trust.members()),
+          managerCertValidityDays: node.config.managerCertValidityDays,
+        };
+      },
+      { anonymous: true },
+    ),
+  });
+}
+
+/** An id never used in this cluster (ids are never reused, so a removed manager cannot come back). */
+function freshNodeId(node: CofferNode, voters: readonly NodeId[], learners: readonly NodeId[]): NodeId {
+  const cluster = node.state.cluster;
+  const taken = new Set([...voters, ...learners, ...cluster.addresses.keys(), ...cluster.removed]);
+  let nodeId = 0;
+  while (nodeId === 0 || taken.has(nodeId)) nodeId = 2 + Math.floor(Math.random() * (2 ** 31 - 2));
+  return nodeId;
+}
