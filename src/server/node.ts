@@ -45,6 +45,8 @@ export interface NodeOptions {
   readonly tickIntervalMs?: number;
   readonly snapshotEveryEntries?: number;
   readonly snapshotTailEntries?: number;
+  readonly snapshotEveryBytes?: number;
+  readonly snapshotTailBytesMax?: number;
   /** Serve Prometheus metrics over HTTP at host:port (GET /metrics); off when absent. */
   readonly metricsListen?: string;
   /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
@@ -132,6 +134,8 @@ export class CofferNode {
       ...(options.tickIntervalMs === undefined ? {} : { tickIntervalMs: options.tickIntervalMs }),
       ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
       ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+      ...(options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: options.snapshotEveryBytes }),
+      ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
       observer: metrics,
       ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
     });
