@@ -23,6 +23,7 @@ import { ServiceError } from './errors.ts';
 import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
 import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeNodeConfig, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { HealthService } from './health.ts';
+import { IdentityRateLimiter } from './rate-limit.ts';
 import { registerServices } from './services.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
 import type { Server as HttpServer } from 'node:http';
@@ -47,6 +48,9 @@ export interface NodeOptions {
   readonly snapshotTailEntries?: number;
   readonly snapshotEveryBytes?: number;
   readonly snapshotTailBytesMax?: number;
+  /** Per-identity limits at this manager's edge (rate-limit.ts defaults; 0: off). */
+  readonly identityRequestsPerSecond?: number;
+  readonly identityWriteBytesPerMinute?: number;
   /** Serve Prometheus metrics over HTTP at host:port (GET /metrics); off when absent. */
   readonly metricsListen?: string;
   /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
@@ -72,6 +76,8 @@ export class CofferNode {
   readonly log: Logger;
   readonly audit: AuditLog;
   readonly health: HealthService;
+  /** Requests and bytes written per identity, at this manager (rpc.ts asks it). */
+  readonly rateLimit: IdentityRateLimiter;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
   #tls: TlsMaterial;
@@ -85,6 +91,7 @@ export class CofferNode {
 
   private constructor(options: NodeOptions, config: NodeConfig, manager: Manager<ManagerStateResult>, state: ManagerState, transport: PeerTransport, tls: TlsMaterial, caKeyPem: string, log: Logger, audit: AuditLog, metrics: NodeMetrics) {
     this.#options = options;
+    this.rateLimit = new IdentityRateLimiter({ ...(options.identityRequestsPerSecond === undefined ? {} : { requestsPerSecond: options.identityRequestsPerSecond }), ...(options.identityWriteBytesPerMinute === undefined ? {} : { writeBytesPerMinute: options.identityWriteBytesPerMinute }) });
     this.metrics = metrics;
     this.audit = audit;
     this.config = config;
