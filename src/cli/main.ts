@@ -91,6 +91,8 @@ program
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
+  .option('--identity-requests-per-second <n>', 'requests one client identity may make of this manager per second (0: no limit; default 5000)', (v) => parsePositive(v, '--identity-requests-per-second', true))
+  .option('--identity-write-bytes-per-minute <bytes>', 'bytes of secret values one client identity may write through this manager per minute (0: no limit; default 1 GiB)', (v) => parsePositive(v, '--identity-write-bytes-per-minute', true))
   .action(async (options: JoinFlags & { join: string; listen: string } & SnapshotFlags) => {
     await join(options);
     await serve(options);
@@ -110,6 +112,8 @@ program
   .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) => parsePositive(v, '--snapshot-every'))
   .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) => parsePositive(v, '--snapshot-tail', true))
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
+  .option('--identity-requests-per-second <n>', 'requests one client identity may make of this manager per second (0: no limit; default 5000)', (v) => parsePositive(v, '--identity-requests-per-second', true))
+  .option('--identity-write-bytes-per-minute <bytes>', 'bytes of secret values one client identity may write through this manager per minute (0: no limit; default 1 GiB)', (v) => parsePositive(v, '--identity-write-bytes-per-minute', true))
   .option('--unlock-key-file <path>', 'an autolocked manager: read the unlock key from this file (e.g. a Docker secret); otherwise from stdin, or else it waits for coffer unlock')
   .option('--force-new-cluster', 'quorum lost for good: start a one-member cluster from this manager\'s data; every other member is removed, new managers join it')
   .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags) => {
@@ -204,6 +208,8 @@ interface SnapshotFlags {
   snapshotEvery?: number;
   snapshotTail?: number;
   metricsListen?: string;
+  identityRequestsPerSecond?: number;
+  identityWriteBytesPerMinute?: number;
 }
 
 function parsePositive(value: string, flag: string, zeroOk = false): number {
@@ -231,6 +237,8 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
     ...(options.snapshotEvery === undefined ? {} : { snapshotEveryEntries: options.snapshotEvery }),
     ...(options.snapshotTail === undefined ? {} : { snapshotTailEntries: options.snapshotTail }),
     ...(options.metricsListen === undefined ? {} : { metricsListen: options.metricsListen }),
+    ...(options.identityRequestsPerSecond === undefined ? {} : { identityRequestsPerSecond: options.identityRequestsPerSecond }),
+    ...(options.identityWriteBytesPerMinute === undefined ? {} : { identityWriteBytesPerMinute: options.identityWriteBytesPerMinute }),
     ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
     logger,
   });

@@ -37,6 +37,9 @@ export interface ManagerOptions<Result> {
   readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
   readonly snapshotEveryEntries?: number;
   readonly snapshotTailEntries?: number;
+  /** Bytes bounds of the log in memory (Replica: SNAPSHOT_EVERY_BYTES, SNAPSHOT_TAIL_BYTES_MAX). */
+  readonly snapshotEveryBytes?: number;
+  readonly snapshotTailBytesMax?: number;
   /** Timings of the replica's work (metrics). */
   readonly observer?: ReplicaObserver;
   /** Start a one-member cluster from this data directory (quorum loss). */
@@ -188,6 +191,8 @@ export class Manager<Result> {
         ...(options.raft === undefined ? {} : { raft: options.raft }),
         ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
         ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+        ...(options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: options.snapshotEveryBytes }),
+        ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
         ...(options.observer === undefined ? {} : { observer: options.observer }),
         ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
       });

@@ -152,6 +152,7 @@ export class Progress {
       learner: this.learner,
       recentActive: this.recentActive || this.activeLastPeriod,
       inflight: this.inflights.count,
+      pendingSnapshot: this.state === 'snapshot' ? this.pendingSnapshot : 0,
     };
   }
 }

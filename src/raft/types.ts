@@ -258,6 +258,8 @@ export interface ProgressStatus {
   /** Heard from within the current or the previous check-quorum period (an election timeout each). */
   readonly recentActive: boolean;
   readonly inflight: number;
+  /** In the snapshot state: the index of the snapshot being sent (0 otherwise). */
+  readonly pendingSnapshot: number;
 }
 
 export interface BasicStatus {

@@ -1,7 +1,8 @@
 import { RaftError } from '../raft/errors.ts';
+import { entryBytes } from '../raft/log.ts';
 import { RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { ConfChange, Entry, HardState, Message, NodeId, Ready, ReadRefusalReason } from '../raft/types.ts';
+import type { ConfChange, Entry, HardState, Message, NodeId, Ready, ReadRefusalReason, Status } from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
 import { assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
@@ -69,8 +70,12 @@ export interface ReplicaOptions<Result> {
   readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
   /** Take a snapshot and compact after this many applied entries (DESIGN.md: 10,000). */
   readonly snapshotEveryEntries?: number;
+  /** ... or once the entries applied since the last snapshot hold this many bytes, if sooner. */
+  readonly snapshotEveryBytes?: number;
   /** Entries kept before the snapshot for slow followers. */
   readonly snapshotTailEntries?: number;
+  /** ... and at most this many bytes of them. */
+  readonly snapshotTailBytesMax?: number;
   readonly observer?: ReplicaObserver;
   /**
    * Quorum-loss recovery: take this node's whole log as committed and become the only voter
@@ -80,7 +85,20 @@ export interface ReplicaOptions<Result> {
 }
 
 export const SNAPSHOT_EVERY_ENTRIES = 10_000;
+/**
+ * A snapshot also once the entries applied since the last one hold 64 MiB (entryBytes: data plus
+ * 16), whichever comes first: the count alone let 10,000 entries of 1 MiB (10 GiB) pile up in
+ * memory. 64 MiB matches the core's uncommittedBytesMax, so the log in memory holds at most about
+ * 64 MiB uncommitted + 64 MiB applied + the tail (+ one Ready's 16 MiB of committed entries).
+ * The cost: a whole-state snapshot per 64 MiB written.
+ */
+export const SNAPSHOT_EVERY_BYTES = 64 * 1024 * 1024;
 export const SNAPSHOT_TAIL_ENTRIES = 1_000;
+/**
+ * The tail kept behind a snapshot holds at most 16 MiB too (16 entries of the largest size): a
+ * follower further behind than that is sent the snapshot.
+ */
+export const SNAPSHOT_TAIL_BYTES_MAX = 16 * 1024 * 1024;
 /** Ticks a read-index request may go unanswered before it is sent again (an election timeout). */
 export const READ_INDEX_RETRY_TICKS = 10;
 /** Requests remembered for the batch that is out (the oldest is forgotten beyond). */
@@ -126,7 +144,11 @@ export class Replica<Result> {
   readonly #stateMachine: StateMachine<Result>;
   readonly #peers: PeerSender;
   readonly #snapshotEvery: number;
+  readonly #snapshotEveryBytes: number;
   readonly #snapshotTail: number;
+  readonly #snapshotTailBytes: number;
+  /** Bytes of the entries applied since the last snapshot (entryBytes). */
+  #bytesSinceSnapshot = 0;
   /** Proposals by index, with the term they must be applied in. */
   readonly #proposals = new Map<number, { term: number; waiter: Waiter<Result>; startMs: number }>();
   /**
@@ -168,7 +190,9 @@ export class Replica<Result> {
     this.#stateMachine = options.stateMachine;
     this.#peers = options.peers;
     this.#snapshotEvery = options.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES;
+    this.#snapshotEveryBytes = options.snapshotEveryBytes ?? SNAPSHOT_EVERY_BYTES;
     this.#snapshotTail = options.snapshotTailEntries ?? SNAPSHOT_TAIL_ENTRIES;
+    this.#snapshotTailBytes = options.snapshotTailBytesMax ?? SNAPSHOT_TAIL_BYTES_MAX;
     this.#observer = options.observer ?? null;
     this.#readContextPrefix = `${options.id}.${options.random.int(2 ** 31).toString(36)}`;
     this.#applied = applied;
@@ -177,6 +201,10 @@ export class Replica<Result> {
 
   /** Loads the storage, restores the state machine from the snapshot and starts the node. */
   static async start<Result>(options: ReplicaOptions<Result>): Promise<Replica<Result>> {
+    for (const [name, min] of [['snapshotEveryEntries', 1], ['snapshotEveryBytes', 1], ['snapshotTailEntries', 0], ['snapshotTailBytesMax', 0]] as const) {
+      const value = options[name];
+      if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) throw new TypeError(`replica option ${name} must be a whole number of at least ${min}: got ${value}`);
+    }
     const persisted = await options.storage.load();
     const empty = persisted.entries.length === 0 && persisted.snapshot === null && persisted.hardState.term === 0;
     const raw = new RawNode({ ...options.raft, id: options.id, random: options.random }, empty ? undefined : persisted);
@@ -191,7 +219,7 @@ export class Replica<Result> {
     return replica;
   }
 
-  get raw(): Pick<RawNode, 'status' | 'basicStatus'> {
+  get raw(): Pick<RawNode, 'status' | 'basicStatus' | 'entry'> {
     return this.#raw;
   }
 
@@ -396,6 +424,7 @@ export class Replica<Result> {
       this.#stateMachine.restore(ready.snapshot.data);
       this.#applied = ready.snapshot.metadata.index;
       this.#lastSnapshotIndex = this.#applied;
+      this.#bytesSinceSnapshot = 0;
       for (const [index, proposal] of this.#proposals) {
         if (index <= this.#applied) {
           this.#proposals.delete(index);
@@ -408,6 +437,7 @@ export class Replica<Result> {
       assert(entry.index === this.#applied + 1, () => `applying ${entry.index} after ${this.#applied}`);
       const result = this.#stateMachine.apply(entry);
       this.#applied = entry.index;
+      this.#bytesSinceSnapshot += entryBytes(entry);
       const proposal = this.#proposals.get(entry.index);
       if (proposal !== undefined) {
         this.#proposals.delete(entry.index);
@@ -446,20 +476,89 @@ export class Replica<Result> {
   }
 
   async #maybeSnapshot(request: SnapshotRequest | null): Promise<void> {
-    if (request === null && this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery) return;
+    if (request === null && this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery && this.#bytesSinceSnapshot < this.#snapshotEveryBytes) return;
     const snapshot = this.#raw.createSnapshot(this.#stateMachine.snapshot());
     const index = snapshot.metadata.index;
     const status = this.#raw.basicStatus();
-    const tail = request?.compactAll === true ? 0 : this.#snapshotTail;
-    const compactTo = Math.max(status.firstIndex - 1, index - tail);
+    const compactTo =
+      request?.compactAll === true
+        ? Math.max(status.firstIndex - 1, index)
+        : compactionIndex({
+            snapshotIndex: index,
+            firstIndex: status.firstIndex,
+            entryBytesAt: (i) => {
+              const entry = this.#raw.entry(i);
+              return entry === undefined ? 0 : entryBytes(entry);
+            },
+            tailEntries: this.#snapshotTail,
+            tailBytesMax: this.#snapshotTailBytes,
+            followersNeed: status.role === 'leader' ? followersNeed(this.#raw.status()) : null,
+            needEntriesMax: this.#snapshotEvery,
+            needBytesMax: this.#snapshotEveryBytes,
+          });
     await this.#storage.saveSnapshot(snapshot, compactTo);
     if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
     this.#lastSnapshotIndex = index;
+    this.#bytesSinceSnapshot = 0;
     this.stats.snapshots++;
     reached('replica:snapshot-saved');
     if (request?.reclaimDisk === true) await this.#storage.reclaim();
     await this.#stateMachine.snapshotDurable?.();
   }
+}
+
+/**
+ * Where to compact after a snapshot at `snapshotIndex`: entries up to the returned index are
+ * dropped, the later ones stay in memory. The tail kept behind the snapshot has at most
+ * `tailEntries` entries and at most `tailBytesMax` bytes. Beyond that, the one thing worth keeping
+ * is what a follower that is heard from still needs (`followersNeed`): above all the entries after
+ * a snapshot it is being sent, or it would need another one as soon as it has installed this one,
+ * and under a steady write load never catch up. That is kept only while it is at most one
+ * snapshot interval (`needEntriesMax`, `needBytesMax`); a follower further behind is sent a
+ * snapshot anyway, and memory stays bounded. Never before the log's first index.
+ */
+export function compactionIndex(input: {
+  readonly snapshotIndex: number;
+  readonly firstIndex: number;
+  readonly entryBytesAt: (index: number) => number;
+  readonly tailEntries: number;
+  readonly tailBytesMax: number;
+  /** The lowest index a follower that is heard from still needs the term of (it needs the entries after it), or null. */
+  readonly followersNeed: number | null;
+  readonly needEntriesMax: number;
+  readonly needBytesMax: number;
+}): number {
+  const floor = input.firstIndex - 1;
+  let point = input.snapshotIndex;
+  let bytes = 0;
+  while (point > floor && input.snapshotIndex - point < input.tailEntries) {
+    const next = bytes + input.entryBytesAt(point);
+    if (next > input.tailBytesMax) break;
+    bytes = next;
+    point--;
+  }
+  const need = input.followersNeed;
+  if (need !== null && need < point && need >= floor && input.snapshotIndex - need <= input.needEntriesMax) {
+    let kept = point;
+    while (kept > need && bytes <= input.needBytesMax) bytes += input.entryBytesAt(kept--);
+    if (bytes <= input.needBytesMax) point = need;
+  }
+  return Math.max(floor, point);
+}
+
+/**
+ * The lowest index a follower the leader hears from still needs, given its progress: the snapshot
+ * being sent to it, where its probing stands, or what it acknowledged (entries after it may be
+ * sent again after a lost message). Null when no follower is heard from.
+ */
+export function followersNeed(status: Status): number | null {
+  let need: number | null = null;
+  for (const [id, pr] of status.progress ?? []) {
+    if (id === status.id || !pr.recentActive) continue;
+    const index = pr.state === 'snapshot' ? pr.pendingSnapshot : pr.state === 'probe' ? pr.next - 1 : pr.match;
+    need = need === null ? index : Math.min(need, index);
+  }
+  return need;
 }
 
 function describeRefusal(reason: ReadRefusalReason): string {

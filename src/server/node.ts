@@ -26,6 +26,7 @@ import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, 
 import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeNodeConfig, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { AnonymousAudit } from './anonymous-audit.ts';
 import { HealthService } from './health.ts';
+import { IdentityRateLimiter } from './rate-limit.ts';
 import { registerServices } from './services.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
 import type { Server as HttpServer } from 'node:http';
@@ -48,6 +49,11 @@ export interface NodeOptions {
   readonly tickIntervalMs?: number;
   readonly snapshotEveryEntries?: number;
   readonly snapshotTailEntries?: number;
+  readonly snapshotEveryBytes?: number;
+  readonly snapshotTailBytesMax?: number;
+  /** Per-identity limits at this manager's edge (rate-limit.ts defaults; 0: off). */
+  readonly identityRequestsPerSecond?: number;
+  readonly identityWriteBytesPerMinute?: number;
   /** Serve Prometheus metrics over HTTP at host:port (GET /metrics); off when absent. */
   readonly metricsListen?: string;
   /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
@@ -79,6 +85,8 @@ export class CofferNode {
   readonly trust: PeerTrust;
   /** The cluster CAs: what this manager trusts, signs with and presents. */
   readonly cas: ClusterCa;
+  /** Requests and bytes written per identity, at this manager (rpc.ts asks it). */
+  readonly rateLimit: IdentityRateLimiter;
   readonly #credentials: RenewableServerCredentials;
   readonly #options: NodeOptions;
   /** This manager's own certificate and key; `#tls` adds the trusted CAs and the chain to present. */
@@ -105,6 +113,7 @@ export class CofferNode {
     this.trust = parts.trust;
     this.cas = parts.cas;
     this.#options = options;
+    this.rateLimit = new IdentityRateLimiter({ ...(options.identityRequestsPerSecond === undefined ? {} : { requestsPerSecond: options.identityRequestsPerSecond }), ...(options.identityWriteBytesPerMinute === undefined ? {} : { writeBytesPerMinute: options.identityWriteBytesPerMinute }) });
     this.metrics = metrics;
     this.audit = audit;
     this.anonymousAudit = new AnonymousAudit((event) => audit.append(event));
@@ -167,6 +176,8 @@ export class CofferNode {
       ...(options.tickIntervalMs === undefined ? {} : { tickIntervalMs: options.tickIntervalMs }),
       ...(options.snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries: options.snapshotEveryEntries }),
       ...(options.snapshotTailEntries === undefined ? {} : { snapshotTailEntries: options.snapshotTailEntries }),
+      ...(options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: options.snapshotEveryBytes }),
+      ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
       observer: metrics,
       ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
     });

@@ -75,6 +75,19 @@ function auditFailed(node: CofferNode, method: string, auditError: unknown, star
 }
 
 /**
+ * Why an authenticated request is refused before its handler runs, or null: the audit log is
+ * broken (fail closed), or the client went over its rate on this manager.
+ */
+function refusedBeforeRunning(node: CofferNode, identity: Identity | null): ServiceError | null {
+  if (node.audit.broken !== null) return new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can');
+  if (identity === null || identity.role !== 'client') return null;
+  const limited = node.rateLimit.request(identity.id);
+  if (limited === null) return null;
+  node.metrics.refused('rate-limited');
+  return new ServiceError(grpc.status.RESOURCE_EXHAUSTED, limited);
+}
+
+/**
  * Runs a unary handler: refusals become their status in one place, and every request, allowed
  * or denied, is written to the audit log before the reply leaves. If the audit log cannot be
  * written the request fails (fail closed); while it is broken, requests are refused before they run.
@@ -88,7 +101,8 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
       void context.then((status) => callback({ code: status.code, details: status.details }));
       return;
     }
-    const run = audited && node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
+    const refusal = audited ? refusedBeforeRunning(node, context.identity) : null;
+    const run = refusal !== null ? Promise.reject(refusal) : handler(call);
     run
       .then(
         (response) => ({ response, error: null as unknown }),
@@ -155,7 +169,8 @@ export function serverStream<Request, Message>(node: CofferNode, method: string,
       void context.then((status) => call.emit('error', { code: status.code, details: status.details }));
       return;
     }
-    const run = node.audit.broken !== null ? Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can')) : handler(call);
+    const refusal = refusedBeforeRunning(node, context.identity);
+    const run = refusal !== null ? Promise.reject(refusal) : handler(call);
     run
       .then(
         (messages) => ({ messages, error: null as unknown }),

@@ -58,7 +58,17 @@ export function registerSecretsService(node: CofferNode): void {
     if (value.byteLength > SECRET_VALUE_BYTES_MAX) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`);
     if (versionsKept > VERSIONS_KEPT_MAX) throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`);
     const nowMs = Date.now();
-    return write(call, { op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs });
+    const command: SecretCommand = { op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs };
+    // Refused here when it surely would be where it applies (a quota), or over this manager's rate: no log entry spent.
+    const caller = authenticateClient(node, call);
+    const overQuota = store.putQuotaProblem(caller.id, command);
+    if (overQuota !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, overQuota);
+    const overRate = node.rateLimit.write(caller.id, value.byteLength);
+    if (overRate !== null) {
+      node.metrics.refused('rate-limited');
+      throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, overRate);
+    }
+    return write(call, command);
   };
 
   node.server.addService(Secrets.service, {

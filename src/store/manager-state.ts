@@ -43,7 +43,7 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
         if (!this.access.decide(actor.name, capability, needed.name).allowed) return { ok: false, code: 'DENIED', reason: `identity "${actor.name}" may not ${capability} "${needed.name}"` };
       }
     }
-    return this.secrets.applyCommand(command);
+    return this.secrets.applyCommand(command, actor);
   }
 
   snapshot(): Uint8Array {

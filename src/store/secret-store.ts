@@ -1,6 +1,6 @@
 import { Packr } from 'msgpackr';
 import { actorOf, type Actor } from './access-state.ts';
-import { LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem } from './limits.ts';
+import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX, LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, formatBytes, labelProblem, secretNameProblem } from './limits.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -53,6 +53,8 @@ interface Version {
   readonly createdAtMs: number;
   readonly expireAtMs: number | null;
   expired: boolean;
+  /** The identity charged for the value while it is kept (null: the leader's own, or an older image). */
+  readonly writer: string | null;
 }
 
 interface Secret {
@@ -64,6 +66,20 @@ interface Secret {
   versionsKept: number;
   readonly createdAtMs: number;
   updatedAtMs: number;
+  /** The identity charged for the secret (null: the leader's own, or an older image). */
+  readonly creator: string | null;
+}
+
+/** What an identity is charged for (IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX). */
+export interface IdentityUsage {
+  readonly secrets: number;
+  readonly valueBytes: number;
+}
+
+/** The quotas a store enforces; the defaults are the limits of limits.ts (tests set smaller ones). */
+export interface SecretStoreLimits {
+  readonly identitySecretsMax?: number;
+  readonly identityValueBytesMax?: number;
 }
 
 /** Who asked for a command: checked again against the replicated policies when it is applied. */
@@ -107,10 +123,27 @@ export function decodeSecretCommand(kind: string, data: Buffer): { command: Secr
 export class SecretStore {
   readonly #secrets = new Map<string, Secret>();
 
+  /** Per identity: secrets created and value bytes held (recomputed from the versions at restore). */
+  readonly #usage = new Map<string, { secrets: number; valueBytes: number }>();
+  readonly #secretsMax: number;
+  readonly #valueBytesMax: number;
+
+  constructor(limits: SecretStoreLimits = {}) {
+    this.#secretsMax = limits.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
+    this.#valueBytesMax = limits.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
+  }
+
+  /** Applies an encoded command, charging the actor it names (no authorization: ManagerState does that). */
   apply(kind: string, data: Buffer): StoreResult {
-    const command = decodeCommand(kind, data);
-    if (typeof command === 'string') return { ok: false, code: 'INVALID', reason: command };
-    return this.applyCommand(command);
+    const decoded = decodeSecretCommand(kind, data);
+    if (typeof decoded === 'string') return { ok: false, code: 'INVALID', reason: decoded };
+    return this.applyCommand(decoded.command, decoded.actor);
+  }
+
+  /** What `identity` is charged for now. */
+  usage(identity: string): IdentityUsage {
+    const usage = this.#usage.get(identity);
+    return { secrets: usage?.secrets ?? 0, valueBytes: usage?.valueBytes ?? 0 };
   }
 
   /**
@@ -127,10 +160,11 @@ export class SecretStore {
     return { name: command.name, capabilities: wipes || secret?.deleted === true ? ['write', 'delete'] : ['write'] };
   }
 
-  applyCommand(command: SecretCommand): StoreResult {
+  /** Applies a command; a put by `actor` is charged to it, within its quotas (null: nobody). */
+  applyCommand(command: SecretCommand, actor: Actor | null = null): StoreResult {
     switch (command.op) {
       case 'put':
-        return this.#put(command);
+        return this.#put(command, actor?.name ?? null);
       case 'delete':
       case 'undelete': {
         const secret = this.#secrets.get(command.name);
@@ -144,7 +178,7 @@ export class SecretStore {
         for (const n of command.versions) {
           if (!secret.versions.has(n)) return refuse('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
         }
-        for (const n of command.versions) wipe(secret.versions.get(n)!);
+        for (const n of command.versions) this.#wipe(secret.versions.get(n)!);
         return { ok: true, version: secret.lastVersion };
       }
       case 'label': {
@@ -172,7 +206,7 @@ export class SecretStore {
         for (const secret of this.#secrets.values()) {
           for (const version of secret.versions.values()) {
             if (version.value !== null && version.expireAtMs !== null && version.expireAtMs <= command.nowMs) {
-              wipe(version);
+              this.#wipe(version);
               version.expired = true;
               wiped++;
             }
@@ -183,19 +217,26 @@ export class SecretStore {
     }
   }
 
-  #put(command: Extract<SecretCommand, { op: 'put' }>): StoreResult {
+  #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null): StoreResult {
     let secret = this.#secrets.get(command.name);
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
       return refuse('CAS_MISMATCH', command.cas === 0 ? `secret "${command.name}" already exists (version ${secret?.lastVersion})` : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`);
     }
+    if (writer !== null) {
+      const problem = this.#quotaProblem(writer, secret, command);
+      if (problem !== null) return refuse('LIMIT', problem);
+    }
     if (secret === undefined) {
-      secret = { name: command.name, versions: new Map(), lastVersion: 0, labels: new Map(), deleted: false, versionsKept: VERSIONS_KEPT_DEFAULT, createdAtMs: command.nowMs, updatedAtMs: command.nowMs };
+      secret = { name: command.name, versions: new Map(), lastVersion: 0, labels: new Map(), deleted: false, versionsKept: VERSIONS_KEPT_DEFAULT, createdAtMs: command.nowMs, updatedAtMs: command.nowMs, creator: writer };
       this.#secrets.set(command.name, secret);
+      this.#charge(writer, 1, 0);
     }
     if (command.versionsKept !== null) secret.versionsKept = command.versionsKept;
     const version = secret.lastVersion + 1;
-    secret.versions.set(version, { version, value: ownedCopy(command.value), createdAtMs: command.nowMs, expireAtMs: command.expireAtMs, expired: false });
+    const value = ownedCopy(command.value);
+    secret.versions.set(version, { version, value, createdAtMs: command.nowMs, expireAtMs: command.expireAtMs, expired: false, writer });
+    this.#charge(writer, 0, value.byteLength);
     secret.lastVersion = version;
     secret.deleted = false;
     secret.updatedAtMs = command.nowMs;
@@ -204,12 +245,59 @@ export class SecretStore {
     // Keep the newest `versionsKept`; older ones are wiped and forgotten, with their labels.
     for (const old of [...secret.versions.keys()]) {
       if (old <= version - secret.versionsKept) {
-        wipe(secret.versions.get(old)!);
+        this.#wipe(secret.versions.get(old)!);
         secret.versions.delete(old);
         for (const [label, at] of secret.labels) if (at === old) secret.labels.delete(label);
       }
     }
     return { ok: true, version };
+  }
+
+  /**
+   * The same check against this manager's state, for the server edge to refuse early (before a
+   * doomed put takes a log entry); the verdict that counts is the one where the command applies.
+   */
+  putQuotaProblem(writer: string, command: Extract<SecretCommand, { op: 'put' }>): string | null {
+    return this.#quotaProblem(writer, this.#secrets.get(command.name), command);
+  }
+
+  /**
+   * Why a put by `writer` would take it past a quota, or null. A new secret counts once for its
+   * creator; the value's bytes count for the writer, less what the versions it drops (versions
+   * kept) held for the same writer, so a put that frees as much as it adds always passes.
+   */
+  #quotaProblem(writer: string, secret: Secret | undefined, command: Extract<SecretCommand, { op: 'put' }>): string | null {
+    const usage = this.usage(writer);
+    if (secret === undefined && usage.secrets >= this.#secretsMax) {
+      return `identity "${writer}" has created ${usage.secrets} secrets, the most one identity may (IDENTITY_SECRETS_MAX); write new versions of its secrets instead (a name stays taken after delete and destroy)`;
+    }
+    let freed = 0;
+    if (secret !== undefined) {
+      const oldest = secret.lastVersion + 1 - (command.versionsKept ?? secret.versionsKept);
+      for (const v of secret.versions.values()) if (v.version <= oldest && v.writer === writer && v.value !== null) freed += v.value.byteLength;
+    }
+    const after = usage.valueBytes - freed + command.value.byteLength;
+    if (after > this.#valueBytesMax && after > usage.valueBytes) {
+      return `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#valueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`;
+    }
+    return null;
+  }
+
+  #charge(identity: string | null, secrets: number, valueBytes: number): void {
+    if (identity === null) return;
+    const usage = this.#usage.get(identity) ?? { secrets: 0, valueBytes: 0 };
+    usage.secrets += secrets;
+    usage.valueBytes += valueBytes;
+    if (usage.secrets === 0 && usage.valueBytes === 0) this.#usage.delete(identity);
+    else this.#usage.set(identity, usage);
+  }
+
+  /** Overwrites a value's bytes before dropping it (the process's copy; disks hold only ciphertext), and uncharges its writer. */
+  #wipe(version: Version): void {
+    if (version.value === null) return;
+    this.#charge(version.writer, 0, -version.value.byteLength);
+    version.value.fill(0);
+    version.value = null;
   }
 
   /** A version's value: by number, by label, or the current one. Throws StoreError. */
@@ -279,33 +367,42 @@ export class SecretStore {
     return this.#secrets.size;
   }
 
+  /** The image: each version remembers its writer and each secret its creator (the quotas are recomputed from them). */
   snapshot(): unknown {
     return [...this.#secrets.values()].map((s) => [
       s.name,
-      [...s.versions.values()].map((v) => [v.version, v.value, v.createdAtMs, v.expireAtMs, v.expired]),
+      [...s.versions.values()].map((v) => [v.version, v.value, v.createdAtMs, v.expireAtMs, v.expired, v.writer]),
       s.lastVersion,
       [...s.labels],
       s.deleted,
       s.versionsKept,
       s.createdAtMs,
       s.updatedAtMs,
+      s.creator,
     ]);
   }
 
+  /** Reads an image; one made before quotas (no writers, no creators) charges nobody. */
   restore(image: unknown): void {
     this.#secrets.clear();
-    type Row = [string, Array<[number, Uint8Array | null, number, number | null, boolean]>, number, Array<[string, number]>, boolean, number, number, number];
-    for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs] of image as Row[]) {
-      this.#secrets.set(name, {
+    this.#usage.clear();
+    const identity = (value: unknown): string | null => (typeof value === 'string' ? value : null);
+    type Row = [string, Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>, number, Array<[string, number]>, boolean, number, number, number, unknown?];
+    for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator] of image as Row[]) {
+      const secret: Secret = {
         name,
-        versions: new Map(versions.map(([version, value, created, expireAtMs, expired]) => [version, { version, value: value === null ? null : ownedCopy(value), createdAtMs: created, expireAtMs, expired }])),
+        versions: new Map(versions.map(([version, value, created, expireAtMs, expired, writer]) => [version, { version, value: value === null ? null : ownedCopy(value), createdAtMs: created, expireAtMs, expired, writer: identity(writer) }])),
         lastVersion,
         labels: new Map(labels),
         deleted,
         versionsKept,
         createdAtMs,
         updatedAtMs,
-      });
+        creator: identity(creator),
+      };
+      this.#secrets.set(name, secret);
+      this.#charge(secret.creator, 1, 0);
+      for (const v of secret.versions.values()) if (v.value !== null) this.#charge(v.writer, 0, v.value.byteLength);
     }
   }
 }
@@ -318,12 +415,6 @@ function isReserved(label: string): boolean {
   return (RESERVED_LABELS as readonly string[]).includes(label);
 }
 
-/** Overwrites a value's bytes before dropping it (the process's copy; disks hold only ciphertext). */
-function wipe(version: Version): void {
-  version.value?.fill(0);
-  version.value = null;
-}
-
 function describe(secret: Secret): SecretMetadata {
   return {
     name: secret.name,
@@ -334,17 +425,6 @@ function describe(secret: Secret): SecretMetadata {
     updatedAtMs: secret.updatedAtMs,
     labels: [...secret.labels],
   };
-}
-
-/** Decodes and checks a command; a string says what is wrong with it. */
-function decodeCommand(kind: string, data: Buffer): SecretCommand | string {
-  let value: unknown;
-  try {
-    value = packr.unpack(data);
-  } catch {
-    return `the ${kind} command does not decode`;
-  }
-  return commandOf(kind, value);
 }
 
 /** A decoded command, checked field by field. */

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { READ_INDEX_RETRY_TICKS, Replica, ReplicaError, type StateMachine } from '../../src/replica/replica.ts';
+import { READ_INDEX_RETRY_TICKS, Replica, ReplicaError, compactionIndex, followersNeed, type StateMachine } from '../../src/replica/replica.ts';
 import { RaftError } from '../../src/raft/errors.ts';
-import type { Entry, Message, ReadIndexMessage } from '../../src/raft/types.ts';
+import type { Entry, Message, ProgressStatus, ReadIndexMessage, Status } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { MemoryStorage } from '../../src/storage/memory-storage.ts';
 import type { RaftStorage } from '../../src/storage/types.ts';
@@ -29,7 +29,7 @@ class ListMachine implements StateMachine<number> {
   }
 }
 
-async function single(storage: RaftStorage, machine = new ListMachine(), snapshotEveryEntries?: number): Promise<{ replica: Replica<number>; machine: ListMachine }> {
+async function single(storage: RaftStorage, machine = new ListMachine(), snapshotEveryEntries?: number, bytes: { snapshotEveryBytes?: number; snapshotTailBytesMax?: number } = {}): Promise<{ replica: Replica<number>; machine: ListMachine }> {
   const replica = await Replica.start({
     id: 1,
     storage,
@@ -38,6 +38,7 @@ async function single(storage: RaftStorage, machine = new ListMachine(), snapsho
     random: new SeededRandom(1),
     bootstrapVoters: [1],
     ...(snapshotEveryEntries === undefined ? {} : { snapshotEveryEntries, snapshotTailEntries: 10 }),
+    ...bytes,
   });
   await replica.settled(); // the bootstrap membership is applied once its first write is synced
   replica.campaign();
@@ -102,6 +103,81 @@ test('every N applied entries a snapshot is stored and the log compacted, and a 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('large entries: a snapshot every N bytes of applied entries bounds the log in memory, the tail is bounded by bytes too, and a restart restores every value', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'coffer-replica-'));
+  // 16 KiB entries; a snapshot every 256 KiB (about 16 entries, far below the 10,000-entry count)
+  // and a tail of at most 64 KiB (3 entries, far below the 1,000-entry tail).
+  const valueBytes = 16 * 1024;
+  const everyBytes = 256 * 1024;
+  const tailBytes = 64 * 1024;
+  const perEntry = valueBytes + 16;
+  const value = (k: number) => `${String(k).padStart(6, '0')}${'x'.repeat(valueBytes - 6)}`;
+  try {
+    let storage = await LevelStorage.open(dir);
+    const options = { snapshotEveryBytes: everyBytes, snapshotTailBytesMax: tailBytes };
+    const first = await single(storage, new ListMachine(), undefined, options);
+    let heldMax = 0;
+    let snapshots = 0;
+    for (let k = 0; k < 200; k++) {
+      await first.replica.propose(encoder.encode(value(k)));
+      const { firstIndex, lastIndex } = first.replica.raw.basicStatus();
+      const held = lastIndex - firstIndex + 1;
+      heldMax = Math.max(heldMax, held);
+      if (first.replica.stats.snapshots > snapshots) {
+        snapshots = first.replica.stats.snapshots;
+        // Right after a snapshot at the last index, the log holds only the tail.
+        assert.ok(held * perEntry <= tailBytes, `${held} entries of ${perEntry} bytes kept as the tail, over ${tailBytes} bytes`);
+      }
+    }
+    assert.ok(snapshots >= 10, `only ${snapshots} snapshots for ${200 * perEntry} bytes applied`);
+    const bound = Math.ceil((everyBytes + tailBytes) / perEntry) + 1;
+    assert.ok(heldMax <= bound, `the log held up to ${heldMax} entries in memory; the bound is ${bound}`);
+    await first.replica.stop();
+    await storage.close();
+
+    storage = await LevelStorage.open(dir);
+    const persisted = await storage.load();
+    await storage.close();
+    assert.ok(persisted.entries.length <= bound + 1, `${persisted.entries.length} entries persisted: the stored log was not compacted by bytes`);
+
+    storage = await LevelStorage.open(dir);
+    const restored = new ListMachine();
+    const second = await single(storage, restored, undefined, options);
+    assert.equal(restored.values.length, 200);
+    assert.deepEqual(restored.values, first.machine.values);
+    assert.equal(restored.values[199], value(199));
+    await second.replica.stop();
+    await storage.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the compaction point: the tail is bounded by entries and by bytes; a follower being sent a snapshot keeps the entries after it, up to one snapshot interval', () => {
+  const base = { snapshotIndex: 100, firstIndex: 1, entryBytesAt: () => 1000, tailEntries: 1000, tailBytesMax: 1_000_000, followersNeed: null, needEntriesMax: 10_000, needBytesMax: 64_000 };
+  assert.equal(compactionIndex({ ...base, tailEntries: 5 }), 95, 'by entries');
+  assert.equal(compactionIndex({ ...base, tailBytesMax: 2500 }), 98, 'by bytes: two entries of 1000 fit in 2500');
+  assert.equal(compactionIndex({ ...base, tailBytesMax: 999 }), 100, 'no entry fits: no tail');
+  assert.equal(compactionIndex({ ...base, firstIndex: 99 }), 98, 'never before the first index');
+  assert.equal(compactionIndex({ ...base, entryBytesAt: (i) => (i > 97 ? 10 : 5000), tailBytesMax: 5100 }), 96, 'mixed sizes: 30 bytes, then one of 5000, then the next does not fit');
+  const sending = { ...base, tailBytesMax: 2500, followersNeed: 90 };
+  assert.equal(compactionIndex(sending), 90, 'a follower being sent the snapshot at 90 finds the entries after it');
+  assert.equal(compactionIndex({ ...sending, needBytesMax: 9999 }), 98, 'unless they hold more than one interval of bytes: it gets another snapshot');
+  assert.equal(compactionIndex({ ...sending, needEntriesMax: 9 }), 98, '... or of entries');
+  assert.equal(compactionIndex({ ...sending, followersNeed: 99 }), 98, 'a need the tail covers changes nothing');
+  assert.equal(compactionIndex({ ...sending, firstIndex: 95 }), 98, 'a need already compacted away is a snapshot anyway');
+});
+
+test('what followers need: the snapshot being sent, where a probe stands, what was acknowledged; not what an unheard follower needs', () => {
+  const pr = (p: Partial<ProgressStatus>): ProgressStatus => ({ match: 0, next: 1, state: 'replicate', learner: false, recentActive: true, inflight: 0, pendingSnapshot: 0, ...p });
+  const status = (progress: Array<[number, ProgressStatus]> | null) => ({ id: 1, progress: progress === null ? null : new Map(progress) }) as unknown as Status;
+  assert.equal(followersNeed(status(null)), null, 'a follower knows no progress');
+  assert.equal(followersNeed(status([[1, pr({ match: 5 })]])), null, 'the leader itself does not count');
+  assert.equal(followersNeed(status([[1, pr({ match: 500 })], [2, pr({ match: 480, next: 500 })], [3, pr({ state: 'snapshot', match: 10, pendingSnapshot: 300 })]])), 300);
+  assert.equal(followersNeed(status([[2, pr({ state: 'probe', match: 10, next: 200 })], [3, pr({ match: 400 })]])), 199);
+  assert.equal(followersNeed(status([[2, pr({ match: 3, recentActive: false })], [3, pr({ match: 400 })]])), 400);
 });
 
 test('a linearizable read resolves once everything committed before it is applied', async () => {
