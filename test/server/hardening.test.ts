@@ -14,7 +14,7 @@ import { InProcessCluster } from './in-process-cluster.ts';
 // Attacks on one manager by callers outside the cluster or with a narrow certificate.
 let cluster: InProcessCluster;
 before(async () => {
-  cluster = await InProcessCluster.start(1);
+  cluster = await InProcessCluster.start(1, { identityRequestsPerSecond: 200, identityWriteBytesPerMinute: 4 * 1024 * 1024 });
 });
 after(async () => {
   await cluster?.stop();
@@ -138,4 +138,27 @@ test('a certificate minted with the CA key for the admin\'s name and serial, but
   }
   // The real admin is still admin.
   await cluster.admin.call(cluster.addresses[0]!, 'Policies', 'list', {});
+});
+
+test('an identity over its request rate, or its bytes written per minute, is refused with RESOURCE_EXHAUSTED naming the limit, and served again later', { timeout: 60_000 }, async () => {
+  const address = cluster.addresses[0]!;
+  await cluster.admin.call(address, 'Secrets', 'put', { name: 'rate/x', value: Buffer.from('v') });
+  await new Promise((resolve) => setTimeout(resolve, 1100)); // a full bucket
+  const outcomes = await Promise.all(Array.from({ length: 400 }, () => cluster.admin.call(address, 'Secrets', 'get', { name: 'rate/x', stale: true }).then(() => 'ok', (error: grpc.ServiceError) => `${grpc.status[error.code]}: ${error.details}`)));
+  const limited = outcomes.filter((o) => o.startsWith('RESOURCE_EXHAUSTED'));
+  assert.ok(outcomes.filter((o) => o === 'ok').length >= 150, 'the burst allowed is served');
+  assert.ok(limited.length >= 100, `${limited.length} of 400 requests in a burst refused`);
+  assert.match(limited[0]!, /identity "admin" .*requests\/s on this manager \(--identity-requests-per-second\)/);
+  await new Promise((resolve) => setTimeout(resolve, 1100));
+  await cluster.admin.call(address, 'Secrets', 'get', { name: 'rate/x' });
+
+  const value = Buffer.alloc(512 * 1024, 1);
+  let refused: grpc.ServiceError | null = null;
+  for (let k = 0; k < 12 && refused === null; k++) {
+    await cluster.admin.call(address, 'Secrets', 'put', { name: `rate/big${k}`, value }, 10_000).catch((error: grpc.ServiceError) => (refused = error));
+  }
+  assert.ok(refused !== null, 'writing 6 MiB within a minute is refused under a 4 MiB/min limit');
+  const error = refused as grpc.ServiceError;
+  assert.equal(grpc.status[error.code], 'RESOURCE_EXHAUSTED');
+  assert.match(error.details, /--identity-write-bytes-per-minute/);
 });

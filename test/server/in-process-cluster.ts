@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
-import { CofferNode } from '../../src/server/node.ts';
+import { CofferNode, type NodeOptions } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { AdminClient, eventually, freePort } from '../cluster/processes.ts';
 
@@ -15,10 +15,11 @@ export class InProcessCluster {
   adminDir = '';
   clusterId = '';
 
-  static async start(size = 3): Promise<InProcessCluster> {
+  /** `options` are given to every manager (limits, say). */
+  static async start(size = 3, options: Partial<NodeOptions> = {}): Promise<InProcessCluster> {
     const cluster = new InProcessCluster();
     try {
-      await cluster.#start(size);
+      await cluster.#start(size, options);
     } catch (error) {
       await cluster.stop();
       throw error;
@@ -26,7 +27,7 @@ export class InProcessCluster {
     return cluster;
   }
 
-  async #start(size: number): Promise<void> {
+  async #start(size: number, options: Partial<NodeOptions>): Promise<void> {
     const logger = createLogger({ level: 'silent' });
     const ports = await Promise.all(Array.from({ length: size }, () => freePort()));
     for (const port of ports) this.addresses.push(`127.0.0.1:${port}`);
@@ -34,11 +35,11 @@ export class InProcessCluster {
     this.adminDir = init.adminDir;
     this.clusterId = init.clusterId;
     this.admin = new AdminClient(init.adminDir, init.clusterId);
-    this.nodes.push(await CofferNode.start({ dataDir: join(this.root, 'm1'), logger, tickIntervalMs: 50 }));
+    this.nodes.push(await CofferNode.start({ ...options, dataDir: join(this.root, 'm1'), logger, tickIntervalMs: 50 }));
     await eventually('a leader with a join token', 20_000, async () => (this.nodes[0]!.state.cluster.joinTokenHash !== null && this.nodes[0]!.manager.raftStatus()?.role === 'leader' ? true : undefined));
     for (let k = 1; k < size; k++) {
       await joinCluster({ dataDir: join(this.root, `m${k + 1}`), listen: this.addresses[k]!, join: this.addresses[0]!, token: init.joinToken });
-      this.nodes.push(await CofferNode.start({ dataDir: join(this.root, `m${k + 1}`), logger, tickIntervalMs: 50 }));
+      this.nodes.push(await CofferNode.start({ ...options, dataDir: join(this.root, `m${k + 1}`), logger, tickIntervalMs: 50 }));
       await eventually(`manager ${k + 1} to become a voter`, 30_000, async () => (this.nodes[0]!.manager.raftStatus()?.confState.voters.length === k + 1 ? true : undefined));
     }
   }
