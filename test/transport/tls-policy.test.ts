@@ -11,32 +11,13 @@ import { createCa, formatJoinToken, issueCertificate, newJoinToken, type KeyAndC
 import { joinCluster } from '../../src/server/bootstrap.ts';
 import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../../src/transport/tls.ts';
+import { HANDSHAKE_TIMEOUT_MS, handshake } from './tls-handshake.ts';
 
 const CLUSTER_ID = 'tls-policy-cluster';
-/** Each handshake attempt is bounded: a hung one fails the test instead of holding it. */
-const HANDSHAKE_TIMEOUT_MS = 3000;
 
 function managerMaterial(ca: KeyAndCertificate): TlsMaterial {
   const leaf = issueCertificate(ca, { id: '1', role: 'manager', clusterId: CLUSTER_ID, nowMs: Date.now(), hosts: ['127.0.0.1'] });
   return { caPem: ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem };
-}
-
-type Handshake = { ok: true; protocol: string | null; cipher: string } | { ok: false; error: string };
-
-/** A node:tls client handshake with these options against 127.0.0.1:port; the socket is always closed. */
-export function handshake(port: number, options: tls.ConnectionOptions): Promise<Handshake> {
-  return new Promise((resolve) => {
-    const socket = tls.connect({ host: '127.0.0.1', port, ALPNProtocols: ['h2'], rejectUnauthorized: false, ...options });
-    const timer = setTimeout(() => finish({ ok: false, error: 'timed out' }), HANDSHAKE_TIMEOUT_MS);
-    function finish(result: Handshake): void {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(result);
-    }
-    socket.once('secureConnect', () => finish({ ok: true, protocol: socket.getProtocol(), cipher: socket.getCipher().name }));
-    socket.once('error', (error) => finish({ ok: false, error: error.message }));
-    socket.once('close', () => finish({ ok: false, error: 'closed before the handshake finished' }));
-  });
 }
 
 /** Only TLS 1.2 (so the suite list is the one that counts) and one suite. */
