@@ -17,6 +17,8 @@ import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { rememberPeerCertificates } from '../transport/auth.ts';
+import { CONNECTION_IDLE_MS, DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
+import { listenGuarded, type GuardedListener } from '../transport/listener.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
@@ -49,6 +51,8 @@ export interface NodeOptions {
   readonly metricsListen?: string;
   /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
   readonly forceNewCluster?: boolean;
+  /** Limits on the connections the gRPC port holds (tests shorten them); see connection-guard.ts. */
+  readonly connectionLimits?: Partial<ConnectionLimits>;
 }
 
 export function defaultKeyFile(dataDir: string): string {
@@ -78,6 +82,7 @@ export class CofferNode {
   #housekeepingBusy = false;
   #peerClients = new Map<NodeId, grpc.Client>();
   boundPort = 0;
+  #listener: GuardedListener | null = null;
   readonly metrics: NodeMetrics;
   #metricsServer: HttpServer | null = null;
 
@@ -97,7 +102,7 @@ export class CofferNode {
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
     // when it is on, and with it off a stopped server left its connections open (a manager
     // stopped and started again in one process kept talking to the old one's sessions).
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.max_connection_idle_ms': CONNECTION_IDLE_MS });
     registerServices(this);
     this.health = new HealthService(this);
   }
@@ -208,10 +213,16 @@ export class CofferNode {
     return { certPem: this.#tls.caPem, keyPem: this.#caKeyPem };
   }
 
+  /** Serves the gRPC port through the connection guard (limits per source, in total, and on silent connections). */
   async #listen(): Promise<void> {
-    this.boundPort = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.#options.listen ?? this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
-    );
+    const limits = { ...DEFAULT_CONNECTION_LIMITS, ...this.#options.connectionLimits };
+    this.#listener = await listenGuarded({ server: this.server, credentials: this.#credentials.credentials, address: this.#options.listen ?? this.config.listen, limits, log: this.log.child({ component: 'listener' }) });
+    this.boundPort = this.#listener.port;
+  }
+
+  /** The gRPC port's connections: held, authenticated, refused, evicted, timed out. */
+  get connectionStats(): ConnectionGuardStats | null {
+    return this.#listener?.stats ?? null;
   }
 
   /** Where a member listens, from the replicated state or what this manager learned when joining. */
@@ -359,6 +370,7 @@ export class CofferNode {
     this.#metricsServer?.close();
     this.transport.close();
     for (const client of this.#peerClients.values()) client.close();
+    await this.#listener?.close();
     this.server.forceShutdown();
     await this.audit.settled();
     await this.manager.stop();
