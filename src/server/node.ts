@@ -17,7 +17,7 @@ import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { rememberPeerCertificates } from '../transport/auth.ts';
-import { CONNECTION_IDLE_MS, DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
+import { DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
 import { listenGuarded, type GuardedListener } from '../transport/listener.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
@@ -83,6 +83,7 @@ export class CofferNode {
   #peerClients = new Map<NodeId, grpc.Client>();
   boundPort = 0;
   #listener: GuardedListener | null = null;
+  readonly #connectionLimits: ConnectionLimits;
   readonly metrics: NodeMetrics;
   #metricsServer: HttpServer | null = null;
 
@@ -97,12 +98,13 @@ export class CofferNode {
     this.#tls = tls;
     this.#caKeyPem = caKeyPem;
     this.log = log;
+    this.#connectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits };
     this.#credentials = new RenewableServerCredentials(tls);
     rememberPeerCertificates();
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
     // when it is on, and with it off a stopped server left its connections open (a manager
     // stopped and started again in one process kept talking to the old one's sessions).
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.max_connection_idle_ms': CONNECTION_IDLE_MS });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.max_connection_idle_ms': this.#connectionLimits.connectionIdleMs });
     registerServices(this);
     this.health = new HealthService(this);
   }
@@ -215,8 +217,7 @@ export class CofferNode {
 
   /** Serves the gRPC port through the connection guard (limits per source, in total, and on silent connections). */
   async #listen(): Promise<void> {
-    const limits = { ...DEFAULT_CONNECTION_LIMITS, ...this.#options.connectionLimits };
-    this.#listener = await listenGuarded({ server: this.server, credentials: this.#credentials.credentials, address: this.#options.listen ?? this.config.listen, limits, log: this.log.child({ component: 'listener' }) });
+    this.#listener = await listenGuarded({ server: this.server, credentials: this.#credentials.credentials, address: this.#options.listen ?? this.config.listen, limits: this.#connectionLimits, log: this.log.child({ component: 'listener' }) });
     this.boundPort = this.#listener.port;
   }
 

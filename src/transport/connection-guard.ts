@@ -33,12 +33,15 @@ export interface ConnectionLimits {
   readonly connectionsPerSourceMax: number;
   readonly connectionsMax: number;
   readonly firstRequestTimeoutMs: number;
+  /** Enforced by grpc-js (a server option), not by the guard. */
+  readonly connectionIdleMs: number;
 }
 
 export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
   connectionsPerSourceMax: CONNECTIONS_PER_SOURCE_MAX,
   connectionsMax: CONNECTIONS_MAX,
   firstRequestTimeoutMs: FIRST_REQUEST_TIMEOUT_MS,
+  connectionIdleMs: CONNECTION_IDLE_MS,
 };
 
 /** What the guard did since it started. */

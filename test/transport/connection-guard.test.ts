@@ -222,6 +222,24 @@ test('at the total cap the oldest connection without a request makes room, then 
   }
 });
 
+test('a connection that made requests is closed once it has had no call for the idle time, and its client dials again on its next call', { timeout: 60_000 }, async () => {
+  const manager = await SingleManager.start({ connectionIdleMs: 1000, firstRequestTimeoutMs: 60_000 });
+  let joiner: grpc.Client | null = null;
+  try {
+    const admin = manager.admin();
+    await manager.leaderAnswers(admin);
+    joiner = await anonymousRequest(manager.address);
+    const joinerChannel = joiner.getChannel();
+    assert.equal(joinerChannel.getConnectivityState(false), grpc.connectivityState.READY);
+    await eventually('the idle connections to be closed', 10_000, async () => (joinerChannel.getConnectivityState(false) !== grpc.connectivityState.READY && manager.stats.open === 0 ? true : undefined));
+    assert.equal((await admin.status(manager.address)).role, 'leader', 'the admin is answered on a new connection');
+    assert.equal(manager.stats.authenticated, 1);
+  } finally {
+    joiner?.close();
+    await manager.stop();
+  }
+});
+
 test('stop() closes the listener and every connection, and a manager started again on the same port serves', { timeout: 60_000 }, async () => {
   const manager = await SingleManager.start({});
   const clients: Opened[] = [];
