@@ -8,7 +8,7 @@ import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import type { NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
-import { MANAGER_CHANNEL_OPTIONS } from '../transport/tls.ts';
+import { MANAGER_CHANNEL_OPTIONS, policyChannelCredentials } from '../transport/tls.ts';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { decodeMembers } from './peer-trust.ts';
 import { ServiceError } from './errors.ts';
@@ -250,7 +250,7 @@ class JoinRedirect extends Error {
 /** Reads the CA certificate without trusting the server yet (it is checked against the token next). */
 function fetchCaCertificate(address: string, deadline: number): Promise<string> {
   const { Join } = services();
-  const client = new Join.Client(address, grpc.credentials.createSsl(null, null, null, { rejectUnauthorized: false, checkServerIdentity: () => undefined }), MANAGER_CHANNEL_OPTIONS);
+  const client = new Join.Client(address, policyChannelCredentials({ caPem: null, certPem: null, keyPem: null }, { rejectUnauthorized: false, checkServerIdentity: () => undefined }), MANAGER_CHANNEL_OPTIONS);
   return new Promise((resolve, reject) => {
     (client as unknown as { getCaCertificate(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { pem: string }) => void): void }).getCaCertificate({}, { deadline }, (error, response) => {
       client.close();
@@ -274,7 +274,7 @@ interface JoinResponse {
 function callJoin(address: string, caPem: string, request: object, deadline: number): Promise<JoinResponse> {
   const { Join } = services();
   // The cluster id is not known yet: any manager certificate the pinned CA signed will do.
-  const credentials = grpc.credentials.createSsl(Buffer.from(caPem), null, null, {
+  const credentials = policyChannelCredentials({ caPem, certPem: null, keyPem: null }, {
     checkServerIdentity: (_host, cert) => {
       try {
         return identityOf(cert.raw).role === 'manager' ? undefined : new Error('the server is not a manager of this cluster');

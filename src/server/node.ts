@@ -19,6 +19,8 @@ import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { rememberPeerCertificates } from '../transport/auth.ts';
+import { DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
+import { listenGuarded, type GuardedListener } from '../transport/listener.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { ServiceError } from './errors.ts';
@@ -58,6 +60,8 @@ export interface NodeOptions {
   readonly metricsListen?: string;
   /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
   readonly forceNewCluster?: boolean;
+  /** Limits on the connections the gRPC port holds (tests shorten them); see connection-guard.ts. */
+  readonly connectionLimits?: Partial<ConnectionLimits>;
 }
 
 export function defaultKeyFile(dataDir: string): string {
@@ -97,6 +101,8 @@ export class CofferNode {
   #housekeepingBusy = false;
   #peerClients = new Map<NodeId, grpc.Client>();
   boundPort = 0;
+  #listener: GuardedListener | null = null;
+  readonly #connectionLimits: ConnectionLimits;
   readonly metrics: NodeMetrics;
   #metricsServer: HttpServer | null = null;
 
@@ -125,12 +131,13 @@ export class CofferNode {
     this.#keyPem = { current: own.keyPem };
     this.#tls = this.#material();
     this.log = log;
+    this.#connectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits };
     this.#credentials = new RenewableServerCredentials(this.#tls);
     rememberPeerCertificates();
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
     // when it is on, and with it off a stopped server left its connections open (a manager
     // stopped and started again in one process kept talking to the old one's sessions).
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.max_connection_idle_ms': this.#connectionLimits.connectionIdleMs });
     registerServices(this);
     this.health = new HealthService(this);
   }
@@ -273,10 +280,15 @@ export class CofferNode {
     this.log.info({ event: 'trust-changed', cas: this.state.cluster.cas.map((c) => c.gen) }, 'the cluster CAs changed: this manager trusts and presents the new set');
   }
 
+  /** Serves the gRPC port through the connection guard (limits per source, in total, and on silent connections). */
   async #listen(): Promise<void> {
-    this.boundPort = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.#options.listen ?? this.config.listen, this.#credentials.credentials, (error, port) => (error === null ? resolve(port) : reject(error))),
-    );
+    this.#listener = await listenGuarded({ server: this.server, credentials: this.#credentials.credentials, address: this.#options.listen ?? this.config.listen, limits: this.#connectionLimits, log: this.log.child({ component: 'listener' }) });
+    this.boundPort = this.#listener.port;
+  }
+
+  /** The gRPC port's connections: held, authenticated, refused, evicted, timed out. */
+  get connectionStats(): ConnectionGuardStats | null {
+    return this.#listener?.stats ?? null;
   }
 
   /** Where a member listens, from the replicated state or what this manager learned when joining. */
@@ -458,6 +470,7 @@ export class CofferNode {
     this.transport.close();
     this.trust.close();
     for (const client of this.#peerClients.values()) client.close();
+    await this.#listener?.close();
     this.server.forceShutdown();
     this.anonymousAudit.flush();
     await this.audit.settled();

@@ -1,6 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { experimental } from '@grpc/grpc-js';
-import type { PeerCertificate } from 'node:tls';
+import { createSecureContext, type PeerCertificate, type SecureContextOptions, type SecureVersion } from 'node:tls';
 import { identityOf, type Role } from '../crypto/pki.ts';
 
 /** A manager's current TLS material (replaced on certificate renewal). */
@@ -11,39 +10,95 @@ export interface TlsMaterial {
 }
 
 /**
+ * The oldest TLS version Coffer speaks, on its server and on every channel it opens. Node's
+ * default is the same, but a process flag (--tls-min-v1.0) or tls.DEFAULT_MIN_VERSION can lower
+ * it; a secret store does not follow them.
+ */
+export const TLS_MIN_VERSION: SecureVersion = 'TLSv1.2';
+
+/**
+ * The suites Coffer offers and accepts. TLS 1.3: all three of its suites (AEAD, forward secrecy
+ * by construction). TLS 1.2: only ECDHE key exchange (forward secrecy) with AES-GCM or
+ * ChaCha20-Poly1305 (AEAD: no CBC, no SHA-1 MAC, no static RSA key exchange, no finite-field DHE).
+ * Coffer's certificates are RSA; the ECDSA suites are there for a later certificate type.
+ * The TLS 1.3 names must stay in the list: Node turns TLS 1.3 off when `ciphers` names none.
+ * grpc-js reads suites only from GRPC_SSL_CIPHER_SUITES (at import), so they are passed explicitly.
+ */
+export const TLS_CIPHERS = [
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+const TLS_POLICY = { minVersion: TLS_MIN_VERSION, ciphers: TLS_CIPHERS } as const satisfies SecureContextOptions;
+
+function serverContext(material: TlsMaterial): SecureContextOptions {
+  return { ca: material.caPem, cert: material.certPem, key: material.keyPem, ...TLS_POLICY };
+}
+
+/**
+ * grpc-js server credentials with Coffer's TLS policy in both places grpc-js passes options to
+ * Node: the server's constructor options, and the secure-context options it hands to
+ * setSecureContext when they are replaced. The second matters: setSecureContext resets every
+ * option it is not given (ciphers, minVersion) to Node's defaults, so grpc-js's own certificate
+ * provider credentials (which pass only ca, cert and key) would lose the policy at the first
+ * certificate. The client certificate is requested (verified against the CA) but not required.
+ */
+class PolicyServerCredentials extends grpc.ServerCredentials {
+  constructor(material: TlsMaterial) {
+    super({ requestCert: true, rejectUnauthorized: false, ...TLS_POLICY }, serverContext(material));
+  }
+
+  replace(material: TlsMaterial): void {
+    this.updateSecureContextOptions(serverContext(material));
+  }
+
+  override _equals(other: grpc.ServerCredentials): boolean {
+    return other === this;
+  }
+}
+
+/**
  * Server credentials that request a client certificate (verified against the cluster CA) without
  * requiring one, so joiners can reach the Join service; every other handler checks the caller's
- * identity itself. The identity can be replaced at run time (certificate renewal, no restart).
+ * identity itself. The identity can be replaced at run time (certificate renewal, no restart):
+ * grpc-js gives the listening servers the new secure context; connections already open keep theirs.
  */
 export class RenewableServerCredentials {
-  readonly credentials: grpc.ServerCredentials;
-  readonly #caListeners = new Set<experimental.CaCertificateUpdateListener>();
-  readonly #identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
-  #material: TlsMaterial;
+  readonly #credentials: PolicyServerCredentials;
 
   constructor(material: TlsMaterial) {
-    this.#material = material;
-    const provider: experimental.CertificateProvider = {
-      // grpc-js registers its own watcher only after adding these listeners: answer on the next tick.
-      addCaCertificateListener: (listener) => {
-        this.#caListeners.add(listener);
-        queueMicrotask(() => listener({ caCertificate: Buffer.from(this.#material.caPem) }));
-      },
-      removeCaCertificateListener: (listener) => void this.#caListeners.delete(listener),
-      addIdentityCertificateListener: (listener) => {
-        this.#identityListeners.add(listener);
-        queueMicrotask(() => listener({ certificate: Buffer.from(this.#material.certPem), privateKey: Buffer.from(this.#material.keyPem) }));
-      },
-      removeIdentityCertificateListener: (listener) => void this.#identityListeners.delete(listener),
-    };
-    this.credentials = experimental.createCertificateProviderServerCredentials(provider, provider, false);
+    this.#credentials = new PolicyServerCredentials(material);
+  }
+
+  get credentials(): grpc.ServerCredentials {
+    return this.#credentials;
   }
 
   update(material: TlsMaterial): void {
-    this.#material = material;
-    for (const listener of this.#caListeners) listener({ caCertificate: Buffer.from(material.caPem) });
-    for (const listener of this.#identityListeners) listener({ certificate: Buffer.from(material.certPem), privateKey: Buffer.from(material.keyPem) });
+    this.#credentials.replace(material);
   }
+}
+
+/**
+ * Channel credentials with Coffer's TLS policy (every channel Coffer opens goes through here):
+ * trusting `caPem` (Node's default roots when null, for a channel that does not verify), with a
+ * client certificate when one is given.
+ */
+export function policyChannelCredentials(material: { caPem: string | null; certPem: string | null; keyPem: string | null }, verify: grpc.VerifyOptions): grpc.ChannelCredentials {
+  if ((material.certPem === null) !== (material.keyPem === null)) throw new TypeError('a client certificate needs its key, and a key its certificate');
+  const context = createSecureContext({
+    ...(material.caPem === null ? {} : { ca: material.caPem }),
+    ...(material.certPem === null || material.keyPem === null ? {} : { cert: material.certPem, key: material.keyPem }),
+    ...TLS_POLICY,
+  });
+  return grpc.credentials.createFromSecureContext(context, verify);
 }
 
 /**
@@ -64,12 +119,7 @@ export interface ManagerExpectation {
 }
 
 export function managerChannelCredentials(material: TlsMaterial | { caPem: string; certPem: null; keyPem: null }, expect: ManagerExpectation): grpc.ChannelCredentials {
-  return grpc.credentials.createSsl(
-    Buffer.from(material.caPem),
-    material.keyPem === null ? null : Buffer.from(material.keyPem),
-    material.certPem === null ? null : Buffer.from(material.certPem),
-    { checkServerIdentity: (_host: string, cert: PeerCertificate) => checkManager(cert, expect) },
-  );
+  return policyChannelCredentials(material, { checkServerIdentity: (_host: string, cert: PeerCertificate) => checkManager(cert, expect) });
 }
 
 /**
