@@ -162,7 +162,7 @@ export class CofferNode {
       selfId: config.nodeId,
       clusterId: config.clusterId,
       tls: () => node!.tls,
-      addressOf: (peer) => state.cluster.addresses.get(peer) ?? bootstrapPeers.get(peer),
+      addressOf: (peer) => state.cluster.addresses.get(peer) ?? bootstrapPeers.get(peer) ?? trust.vouchedAddress(peer),
       onMessage: (message) => manager.step(message),
       onUnreachable: (peer) => manager.reportUnreachable(peer),
       onSnapshotSent: (peer, ok) => manager.reportSnapshot(peer, ok),
@@ -293,7 +293,7 @@ export class CofferNode {
 
   /** Where a member listens, from the replicated state or what this manager learned when joining. */
   addressOf(id: NodeId): string | undefined {
-    return this.state.cluster.addresses.get(id) ?? this.config.peers.find(([peer]) => peer === id)?.[1];
+    return this.state.cluster.addresses.get(id) ?? this.config.peers.find(([peer]) => peer === id)?.[1] ?? this.trust.vouchedAddress(id);
   }
 
   async #housekeep(): Promise<void> {

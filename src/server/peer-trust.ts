@@ -43,7 +43,7 @@ export interface PeerTrustOptions {
 export class PeerTrust {
   readonly #options: PeerTrustOptions;
   readonly #bootstrapKeys = new Map<NodeId, string[]>();
-  readonly #vouched = new Map<NodeId, { keys: string[]; untilMs: number; by: NodeId }>();
+  readonly #vouched = new Map<NodeId, { keys: string[]; address: string; untilMs: number; by: NodeId }>();
   readonly #askedAtMs = new Map<NodeId, number>();
   readonly #clients = new Map<NodeId, grpc.Client>();
 
@@ -71,6 +71,12 @@ export class PeerTrust {
   knownKeys(peer: NodeId): readonly string[] {
     const vouch = this.#vouched.get(peer);
     return [...this.#stateKeys(peer), ...(vouch !== undefined && vouch.untilMs > Date.now() ? vouch.keys : [])];
+  }
+
+  /** Where a manager that a member vouched for listens (this manager's state does not know it yet). */
+  vouchedAddress(peer: NodeId): string | undefined {
+    const vouch = this.#vouched.get(peer);
+    return vouch !== undefined && vouch.untilMs > Date.now() && vouch.address !== '' ? vouch.address : undefined;
   }
 
   #stateKeys(peer: NodeId): string[] {
@@ -107,7 +113,7 @@ export class PeerTrust {
           const entry = entries.find(([id]) => id === peer);
           if (entry === undefined) return;
           if (this.#vouched.size >= VOUCHES_MAX && !this.#vouched.has(peer)) this.#vouched.delete(this.#vouched.keys().next().value!);
-          this.#vouched.set(peer, { keys: entry[2].map(([key]) => key), untilMs: Date.now() + VOUCH_TTL_MS, by: member });
+          this.#vouched.set(peer, { keys: entry[2].map(([key]) => key), address: entry[1], untilMs: Date.now() + VOUCH_TTL_MS, by: member });
           this.#options.logger.info({ event: 'member-vouched', peer, by: member }, `manager ${member} vouched that manager ${peer} is a member`);
         },
         (error: unknown) => this.#options.logger.debug({ event: 'vouch-ask-failed', peer, member, err: error }, 'could not ask a member about a manager'),

@@ -14,6 +14,8 @@ export class InProcessCluster {
   admin!: AdminClient;
   adminDir = '';
   clusterId = '';
+  /** The join token made at init. */
+  joinToken = '';
 
   /** `options` are given to every manager (limits, say). */
   static async start(size = 3, options: Partial<NodeOptions> = {}): Promise<InProcessCluster> {
@@ -34,6 +36,7 @@ export class InProcessCluster {
     const init = await initCluster({ dataDir: join(this.root, 'm1'), listen: this.addresses[0]! });
     this.adminDir = init.adminDir;
     this.clusterId = init.clusterId;
+    this.joinToken = init.joinToken;
     this.admin = new AdminClient(init.adminDir, init.clusterId);
     this.nodes.push(await CofferNode.start({ ...options, dataDir: join(this.root, 'm1'), logger, tickIntervalMs: 50 }));
     await eventually('a leader with a join token', 20_000, async () => (this.nodes[0]!.state.cluster.joinTokenHash !== null && this.nodes[0]!.manager.raftStatus()?.role === 'leader' ? true : undefined));
