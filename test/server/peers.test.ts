@@ -106,3 +106,37 @@ test('a manager that was down while another joined and took the lead admits the 
   assert.equal(restarted.state.secrets.read('peers/after-transfer', {}, Date.now()).value.toString(), 'v');
   assert.ok(restarted.state.cluster.memberKeys.get(joined.nodeId)!.some((k) => k.key === identityOf(newcomer.tls.certPem).spki), 'now from its own state');
 });
+
+test('join tokens expire and can be single-use, failed joins are limited per source, a joiner must answer at its address with its key, and joins are audited', { timeout: 90_000 }, async () => {
+  const leader = cluster.nodes.find((n) => n.manager.raftStatus()?.role === 'leader')!;
+  const leaderAddress = cluster.addresses[cluster.nodes.indexOf(leader)] ?? `127.0.0.1:${leader.boundPort}`;
+  const rotate = (request: { ttlSeconds: number; uses: number }) => cluster.admin.call<{ token: string; expiresAtMs: number }>(leaderAddress, 'Cluster', 'rotateJoinToken', request);
+  let n = 0;
+  const joinWith = async (token: string, advertise?: string) => {
+    const listen = `127.0.0.1:${await freePort()}`;
+    return joinCluster({ dataDir: join(cluster.root, `joiner-${n++}`), listen, join: leaderAddress, token, deadlineMs: 10_000, ...(advertise === undefined ? {} : { advertise }) });
+  };
+  const single = await rotate({ ttlSeconds: 600, uses: 1 });
+  assert.ok(single.expiresAtMs > Date.now() + 590_000 && single.expiresAtMs <= Date.now() + 600_000);
+  const elsewhere = `127.0.0.1:${await freePort()}`;
+  await assert.rejects(joinWith(single.token, elsewhere), (error: Error) => {
+    assert.match(error.message, new RegExp(`address ${elsewhere} did not answer with the joiner's key`));
+    return true;
+  });
+  assert.ok(![...leader.state.cluster.addresses.values()].includes(elsewhere), 'an address that did not prove itself is not recorded');
+
+  const first = await joinWith(single.token);
+  await leader.audit.settled();
+  const records = await leader.audit.tail(50);
+  assert.ok(records.some((r) => r.method === 'Join.JoinCluster' && r.outcome === 'allowed' && r.target.startsWith(`manager ${first.nodeId} at 127.0.0.1:`)), 'the join is audited with the new manager\'s id and address');
+  await assert.rejects(joinWith(single.token), /the join token was used up/);
+
+  const short = await rotate({ ttlSeconds: 1, uses: 0 });
+  await new Promise((resolve) => setTimeout(resolve, 1200));
+  await assert.rejects(joinWith(short.token), /the join token expired at/);
+  await assert.rejects(joinWith(single.token), /it was rotated/);
+  // Two more failures reach five within the minute; then this source is refused before any check.
+  await assert.rejects(joinWith(single.token), /PERMISSION_DENIED|not valid/);
+  await assert.rejects(joinWith(single.token), /not valid/);
+  await assert.rejects(joinWith((await rotate({ ttlSeconds: 600, uses: 0 })).token), /too many failed joins from 127\.0\.0\.1/);
+});
