@@ -5,7 +5,8 @@ import type { CofferClient } from '../client/client.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import { generateUnlockKey } from '../crypto/unlock-key.ts';
 import { verifyAuditDir } from '../audit/audit-log.ts';
-import { newLeafKey } from '../crypto/pki.ts';
+import { identityOf, newLeafKey } from '../crypto/pki.ts';
+import { durationSeconds } from './secret-commands.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
 
 type Rule = { path: string; capabilities: string[]; deny?: boolean };
@@ -66,18 +67,30 @@ export function identityCommands(): Command {
     .option('--policy <policy>', 'a policy to bind (repeatable)', (value: string, all: string[]) => [...all, value], [] as string[])
     .requiredOption('--out <dir>', 'where to write the identity')
     .option('--validity-days <days>', 'certificate lifetime (default 365)', (v) => Number(v))
-    .action(async (name: string, flags: ClientFlags & { policy: string[]; out: string; validityDays?: number }) => {
+    .option('--reissue', 'the identity exists: replace its policies and add a new key (needs the right to grant its policies)')
+    .action(async (name: string, flags: ClientFlags & { policy: string[]; out: string; validityDays?: number; reissue?: boolean }) => {
       const key = newLeafKey();
       const client = clientFrom(flags, process.env);
       try {
-        const issued = await client.issueIdentity(name, flags.policy, key.publicPem, flags.validityDays ?? 0);
-        mkdirSync(flags.out, { recursive: true, mode: 0o700 });
-        writeFileSync(join(flags.out, 'ca.crt'), issued.caCertificatePem);
-        writeFileSync(join(flags.out, `${name}.crt`), issued.certificatePem);
-        writeFileSync(join(flags.out, `${name}.key`), key.privatePem, { mode: 0o600 });
-        const addr = flags.addr ?? process.env['COFFER_ADDR'] ?? '';
-        writeFileSync(join(flags.out, 'client.env'), `COFFER_ADDR=${addr}\nCOFFER_CA=${join(flags.out, 'ca.crt')}\nCOFFER_CERT=${join(flags.out, `${name}.crt`)}\nCOFFER_KEY=${join(flags.out, `${name}.key`)}\n`);
+        const issued = await client.issueIdentity(name, flags.policy, key.publicPem, flags.validityDays ?? 0, { reissue: flags.reissue === true });
+        writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
         print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${name} issued (serial ${issued.serial}, until ${new Date(issued.notAfterMs).toISOString()}) in ${flags.out}`);
+      } finally {
+        client.close();
+      }
+    });
+  addClientOptions(identity.command('renew'))
+    .description('a new key and certificate for the identity you are (after coffer ca rotate, or before yours expires); writes them to --out')
+    .requiredOption('--out <dir>', 'where to write ca.crt, NAME.crt, NAME.key and client.env (may be the current directory of the identity)')
+    .option('--validity-days <days>', 'certificate lifetime (default 365)', (v) => Number(v))
+    .action(async (flags: ClientFlags & { out: string; validityDays?: number }) => {
+      const key = newLeafKey();
+      const client = clientFrom(flags, process.env);
+      try {
+        const issued = await client.renewIdentity(key.publicPem, flags.validityDays ?? 0);
+        const name = identityOf(issued.certificatePem).id;
+        writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
+        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${name} renewed (serial ${issued.serial}, until ${new Date(issued.notAfterMs).toISOString()}) in ${flags.out}; its older certificates keep working until revoked or their CA is retired`);
       } finally {
         client.close();
       }
@@ -102,6 +115,36 @@ export function identityCommands(): Command {
     }
   });
   return identity;
+}
+
+/** An identity's files: the trusted CAs, its certificate and key (mode 600), and a client.env for them. */
+function writeIdentityDir(dir: string, name: string, issued: { caCertificatePem: string; certificatePem: string }, keyPem: string, addr: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, 'ca.crt'), issued.caCertificatePem);
+  writeFileSync(join(dir, `${name}.crt`), issued.certificatePem);
+  writeFileSync(join(dir, `${name}.key`), keyPem, { mode: 0o600 });
+  writeFileSync(join(dir, 'client.env'), `COFFER_ADDR=${addr}\nCOFFER_CA=${join(dir, 'ca.crt')}\nCOFFER_CERT=${join(dir, `${name}.crt`)}\nCOFFER_KEY=${join(dir, `${name}.key`)}\n`);
+}
+
+/** The cluster CA: rotate it (a new CA, cross-signed) and retire the old one once everyone moved. */
+export function caCommands(): Command {
+  const ca = new Command('ca').description('the cluster CA that certifies managers and clients');
+  addClientOptions(ca.command('rotate'))
+    .description('a new CA, cross-signed by the active one: managers move to it at once; then each client runs coffer identity renew, then coffer ca retire')
+    .option('--ca-out <path>', 'write every trusted CA certificate (the new one first) here: the CA file for clients')
+    .action(async (flags: ClientFlags & { caOut?: string }) => {
+      const reply = await withClient(flags, (c) => c.rotateCa());
+      if (flags.caOut !== undefined) writeFileSync(flags.caOut, reply.caCertificatesPem);
+      print(flags, { generation: reply.generation, ...(flags.caOut === undefined ? {} : { caOut: flags.caOut }) }, () => `CA generation ${reply.generation} is active; the one before stays trusted until coffer ca retire${flags.caOut === undefined ? '' : `; CA file written to ${flags.caOut}`}`);
+    });
+  addClientOptions(ca.command('retire'))
+    .description('stop trusting the CA the last rotation replaced: certificates only it signed stop working')
+    .option('--force', 'retire even though some identities have no certificate of the new CA (they are cut off)')
+    .action(async (flags: ClientFlags & { force?: boolean }) => {
+      const reply = await withClient(flags, (c) => c.retireCa({ force: flags.force === true }));
+      print(flags, reply, () => `CA generation ${reply.retiredGeneration} retired${reply.identitiesCutOff.length === 0 ? '' : `; cut off: ${reply.identitiesCutOff.join(', ')}`}`);
+    });
+  return ca;
 }
 
 export function auditCommands(): Command {
@@ -148,6 +191,12 @@ interface MemberStatusReply {
   matchIndex: number;
   lag: number;
   held: boolean;
+}
+
+function positiveInteger(value: string, flag: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${flag} is a whole number of at least 1`);
+  return n;
 }
 
 function parseNodeId(value: string): number {
@@ -232,9 +281,18 @@ export function clusterCommands(): Command {
     });
   addClientOptions(cluster.command('rotate-join-token'))
     .description('a new manager join token; the old one stops working on every manager at once')
-    .action(async (flags: ClientFlags) => {
-      const reply = await withClient(flags, (c) => c.call<{ token: string }>('Cluster', 'rotateJoinToken', {}, false));
-      print(flags, reply, () => `manager join token: ${reply.token}`);
+    .option('--ttl <duration>', 'how long it works (e.g. 1h, 7d; default 24h, at most 365d)', durationSeconds)
+    .option('--uses <n>', 'how many managers may join with it (default: any number until it expires)', (v) => positiveInteger(v, '--uses'))
+    .option('--token-file <path>', 'write the token to this file (mode 600) instead of printing it')
+    .action(async (flags: ClientFlags & { ttl?: number; uses?: number; tokenFile?: string }) => {
+      const reply = await withClient(flags, (c) => c.rotateJoinToken({ ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }), ...(flags.uses === undefined ? {} : { uses: flags.uses }) }));
+      const until = new Date(reply.expiresAtMs).toISOString();
+      if (flags.tokenFile !== undefined) {
+        writeFileSync(flags.tokenFile, `${reply.token}\n`, { mode: 0o600 });
+        print(flags, { tokenFile: flags.tokenFile, expiresAtMs: reply.expiresAtMs }, () => `manager join token written to ${flags.tokenFile} (works until ${until}${flags.uses === undefined ? '' : ` for ${flags.uses} join(s)`})`);
+        return;
+      }
+      print(flags, reply, () => `manager join token: ${reply.token}\nworks until ${until}${flags.uses === undefined ? '' : ` for ${flags.uses} join(s)`}; hand it over in a file (coffer join --token-file), not on a command line`);
     });
   const change = (name: 'promote' | 'demote' | 'remove', description: string) =>
     addClientOptions(cluster.command(`${name} <node>`))

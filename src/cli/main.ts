@@ -6,14 +6,14 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { ClientError } from '../client/client.ts';
 import { KeyStore } from '../crypto/key-store.ts';
-import { auditCommands, autolockCommand, clusterCommands, identityCommands, keyCommands, policyCommands } from './admin-commands.ts';
+import { auditCommands, autolockCommand, caCommands, clusterCommands, identityCommands, keyCommands, policyCommands } from './admin-commands.ts';
 import { devCommand } from './dev.ts';
 import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
 import { snapshotCommands } from './snapshot-commands.ts';
 import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
-import { secretCommands } from './secret-commands.ts';
+import { durationSeconds, secretCommands } from './secret-commands.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createKeyFile } from '../crypto/root-key.ts';
 import { isManagerDataDir } from '../server/node-config.ts';
@@ -35,11 +35,12 @@ program
   .option('--admin-dir <dir>', 'where to write the admin client identity (default: <data>-admin)')
   .option('--cert-validity-days <days>', 'lifetime of manager certificates; renewed when a third is left', parseFloat, 90)
   .option('--token-file <path>', 'also write the join token to this file (mode 600), for managers that read it with --token-file')
+  .option('--join-token-ttl <duration>', 'how long the first join token works (e.g. 1h, 7d; default 24h)', durationSeconds)
   .option('--health-dir <dir>', 'also write a client identity that may only check health (ca.crt, health.crt, health.key)')
   .option('--recovery-key-file <path>', 'write the recovery key to this file (mode 600) instead of printing it')
   .option('--if-missing', 'do nothing (and exit 0) if --data already holds a manager: for a start command that runs on every boot')
   .addOption(new Option('--output <format>', 'text or json').choices(['text', 'json']).default('text'))
-  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; recoveryKeyFile?: string; unlockKeyFile?: string; ifMissing?: boolean; output: string }) => {
+  .action(async (options: { data: string; listen: string; advertise?: string; keyFile?: string; autolock?: boolean; adminDir?: string; certValidityDays: number; tokenFile?: string; healthDir?: string; recoveryKeyFile?: string; unlockKeyFile?: string; ifMissing?: boolean; output: string; joinTokenTtl?: number }) => {
     if (options.unlockKeyFile !== undefined && options.autolock !== true) throw new Error('--unlock-key-file is for an autolocked cluster: add --autolock');
     if (options.ifMissing === true && isManagerDataDir(options.data)) {
       process.stderr.write(`coffer: ${options.data} already holds a manager: nothing to do\n`);
@@ -57,6 +58,7 @@ program
       ...(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile }),
       ...(options.recoveryKeyFile === undefined ? {} : { recoveryKeyFile: options.recoveryKeyFile }),
       ...(options.healthDir === undefined ? {} : { healthDir: options.healthDir }),
+      ...(options.joinTokenTtl === undefined ? {} : { joinTokenTtlMs: options.joinTokenTtl * 1000 }),
     });
     if (options.output === 'json') {
       process.stdout.write(`${JSON.stringify(outcome)}\n`);
@@ -159,6 +161,7 @@ program.addCommand(policyCommands());
 program.addCommand(identityCommands());
 program.addCommand(auditCommands());
 program.addCommand(clusterCommands());
+program.addCommand(caCommands());
 program.addCommand(keyCommands());
 program.addCommand(autolockCommand());
 program.addCommand(snapshotCommands());
@@ -177,7 +180,8 @@ interface JoinFlags {
 
 /** Joins a cluster (`coffer join`, or `coffer server --join` on a first start). */
 async function join(options: JoinFlags & { join: string; listen: string }): Promise<void> {
-  if ((options.token === undefined) === (options.tokenFile === undefined)) throw new Error('give the join token with --token or --token-file (one of them)');
+  if ((options.token === undefined) === (options.tokenFile === undefined)) throw new Error('give the join token with --token-file (or --token, one of them)');
+  if (options.token !== undefined) process.stderr.write('coffer: warning: a join token on the command line can be read by other users of this host (ps, /proc); prefer --token-file\n');
   const token = options.token ?? readTokenFile(options.tokenFile!);
   const joined = await joinCluster({
     dataDir: options.data,

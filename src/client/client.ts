@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { identityOf } from '../crypto/pki.ts';
+import { identityOf, type Identity } from '../crypto/pki.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../transport/tls.ts';
 
@@ -12,6 +12,9 @@ export interface ClientOptions {
   /** Per call (default 10 s). */
   readonly deadlineMs?: number;
 }
+
+/** How long a client trusts the member list it learned before asking again. */
+export const MEMBERS_REFRESH_MS = 60_000;
 
 type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup';
 
@@ -43,15 +46,59 @@ export class CofferClient {
   readonly #clients = new Map<string, grpc.Client>();
   /** The manager that answered last: tried first next time. */
   #preferred = 0;
+  /** The members and removed managers, as a linearizable read told (null: not asked yet, or it failed). */
+  #members: { readonly keys: ReadonlyMap<string, readonly string[]>; readonly removed: ReadonlySet<string>; readonly atMs: number } | null = null;
+  #membersAsked: Promise<void> | null = null;
 
   constructor(options: ClientOptions) {
     if (options.addresses.length === 0) throw new TypeError('at least one manager address is needed (COFFER_ADDR or --addr)');
     this.#options = options;
     const clusterId = identityOf(options.certPem).clusterId;
-    this.#credentials = managerChannelCredentials({ caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem }, { clusterId });
+    this.#credentials = managerChannelCredentials({ caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem }, { clusterId, check: (identity) => this.#checkManager(identity) });
+  }
+
+  /**
+   * A manager's certificate passes the CA and cluster checks; this refuses one the cluster removed
+   * (its certificate stays valid until it expires) or one whose key is not the member's.
+   */
+  #checkManager(identity: Identity): string | null {
+    const members = this.#members;
+    if (members === null) return null;
+    if (members.removed.has(identity.id)) return `manager ${identity.id} was removed from the cluster: refusing it`;
+    const keys = members.keys.get(identity.id);
+    if (keys !== undefined && keys.length > 0 && !keys.includes(identity.spki)) return `manager ${identity.id}'s certificate holds a key the cluster does not know for it`;
+    return null;
+  }
+
+  /**
+   * Learns the members (Cluster.Members, a linearizable read, which a removed manager cannot make)
+   * before the first call and every MEMBERS_REFRESH_MS. A failure leaves the CA checks alone in force.
+   */
+  async #knowMembers(): Promise<void> {
+    if (this.#members !== null && Date.now() - this.#members.atMs < MEMBERS_REFRESH_MS) return;
+    this.#membersAsked ??= this.#askMembers().finally(() => (this.#membersAsked = null));
+    await this.#membersAsked;
+  }
+
+  async #askMembers(): Promise<void> {
+    const addresses = this.#options.addresses;
+    for (let attempt = 0; attempt < addresses.length; attempt++) {
+      const at = (this.#preferred + attempt) % addresses.length;
+      try {
+        const reply = await this.#once<{ members: Array<{ nodeId: number; keys: string[] }>; removed: number[] }>(addresses[at]!, 'Cluster', 'members', {});
+        const before = this.#members;
+        this.#members = { keys: new Map(reply.members.map((m) => [String(m.nodeId), m.keys])), removed: new Set(reply.removed.map(String)), atMs: Date.now() };
+        // Channels already open were checked against no list or an older one: they connect again.
+        if (before === null || [...this.#members.removed].some((id) => !before.removed.has(id))) this.close();
+        return;
+      } catch {
+        // Another manager may answer; with none, the next call tries again.
+      }
+    }
   }
 
   async call<Response>(service: ServiceName, method: string, request: object, idempotent: boolean): Promise<Response> {
+    await this.#knowMembers();
     const addresses = this.#options.addresses;
     let last: grpc.ServiceError | null = null;
     for (let attempt = 0; attempt < addresses.length; attempt++) {
@@ -146,8 +193,14 @@ export class CofferClient {
     return this.call('Policies', 'remove', { name }, false);
   }
 
-  issueIdentity(name: string, policies: string[], publicKeyPem: string, validityDays = 0): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
-    return this.call('Identities', 'issue', { name, policies, publicKeyPem, validityDays }, false);
+  /** `reissue`: the identity exists; replace its policies and add this key. */
+  issueIdentity(name: string, policies: string[], publicKeyPem: string, validityDays = 0, options: { reissue?: boolean } = {}): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
+    return this.call('Identities', 'issue', { name, policies, publicKeyPem, validityDays, reissue: options.reissue ?? false }, false);
+  }
+
+  /** A new certificate for this client's own identity, for a key made by the caller (after a CA rotation, or to change keys). */
+  renewIdentity(publicKeyPem: string, validityDays = 0): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
+    return this.call('Identities', 'renew', { publicKeyPem, validityDays }, false);
   }
 
   revokeIdentity(name: string): Promise<object> {
@@ -188,6 +241,26 @@ export class CofferClient {
     return this.call('Cluster', 'removeMember', { nodeId, force: options.force ?? false }, false);
   }
 
+  /** A new join token: it works for `ttlSeconds` (0: 24 hours) and `uses` joins (0: any number). */
+  rotateJoinToken(options: { ttlSeconds?: number; uses?: number } = {}): Promise<{ token: string; expiresAtMs: number }> {
+    return this.call('Cluster', 'rotateJoinToken', { ttlSeconds: options.ttlSeconds ?? 0, uses: options.uses ?? 0 }, false);
+  }
+
+  /** A new cluster CA, cross-signed by the active one; answers with every CA now trusted. */
+  rotateCa(): Promise<{ generation: number; caCertificatesPem: string }> {
+    return this.call('Cluster', 'rotateCa', {}, false);
+  }
+
+  /** Stops trusting the CA a rotation replaced (`force`: even if identities have no newer certificate). */
+  retireCa(options: { force?: boolean } = {}): Promise<{ retiredGeneration: number; identitiesCutOff: string[] }> {
+    return this.call('Cluster', 'retireCa', { force: options.force ?? false }, false);
+  }
+
+  /** The members and the keys their certificates hold, and the managers removed for good. */
+  members(): Promise<{ members: Array<{ nodeId: number; address: string; keys: string[] }>; removed: number[] }> {
+    return this.call('Cluster', 'members', {}, true);
+  }
+
   // ---- keys -----------------------------------------------------------------------------------
 
   /** A keyring operation: rotate, rewrap, rotateRoot (no argument) or destroy (a term). */
@@ -219,6 +292,7 @@ export class CofferClient {
 
   /** A server-streaming call on the managers in turn (only before any message arrived may it move on). */
   async stream<Message extends { data: Buffer }, Result>(service: ServiceName, method: string, request: object, collect: (messages: Message[]) => Result, onMessage?: (message: Message, receivedBytes: number) => void): Promise<Result> {
+    await this.#knowMembers();
     const addresses = this.#options.addresses;
     let last: grpc.ServiceError | null = null;
     for (let attempt = 0; attempt < addresses.length; attempt++) {

@@ -1,4 +1,4 @@
-import { X509Certificate, createHash, createPublicKey, generateKeyPairSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey, generateKeyPair, generateKeyPairSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 import { CryptoError } from './errors.ts';
@@ -54,7 +54,20 @@ function serialNumber(): string {
  * number in the name, so a leaf's issuer names one CA even while two are trusted.
  */
 export function createCa(clusterId: string, nowMs: number, gen = 1): KeyAndCertificate {
-  const key = newRsaKey(CA_KEY_BITS);
+  return caCertificateFor(newRsaKey(CA_KEY_BITS), clusterId, nowMs, gen);
+}
+
+/** createCa with the key made off the event loop (an RSA 3072 key takes up to seconds: a running manager must keep its heartbeats going). */
+export async function createCaAsync(clusterId: string, nowMs: number, gen: number): Promise<KeyAndCertificate> {
+  const key = await new Promise<{ privatePem: string; publicPem: string }>((resolve, reject) =>
+    generateKeyPair('rsa', { modulusLength: CA_KEY_BITS }, (error, publicKey, privateKey) =>
+      error === null ? resolve({ privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString() }) : reject(error),
+    ),
+  );
+  return caCertificateFor(key, clusterId, nowMs, gen);
+}
+
+function caCertificateFor(key: { privatePem: string; publicPem: string }, clusterId: string, nowMs: number, gen: number): KeyAndCertificate {
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();

@@ -17,7 +17,7 @@ export function registerBackupService(node: CofferNode): void {
   const { Backup } = services();
   node.server.addService(Backup.service, {
     save: serverStream(node, 'Backup.Save', async (call: Call<object>) => {
-      authorize(node, call, 'admin', 'sys/backup');
+      authorize(node, call, 'sudo', 'sys/backup');
       if (node.manager.locked) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       await node.manager.linearizableRead();
       const material = node.manager.backupMaterial();

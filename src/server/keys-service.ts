@@ -9,7 +9,7 @@ import { authorize, unary, type Call } from './rpc.ts';
 type KeyOp = Parameters<CofferNode['manager']['keyOpPayload']>[0];
 
 /**
- * Keyring operations for operators. The manager asked seals the operation; the leader proposes it
+ * Keyring operations for operators: `sudo` on sys/keys (status: `admin`). The manager asked seals the operation; the leader proposes it
  * (a follower forwards it), and the reply comes once the leader has applied it. A refusal (say,
  * destroying a term that a rewrap has not yet replaced) is FAILED_PRECONDITION with the reason.
  */
@@ -29,7 +29,7 @@ export function registerKeysService(node: CofferNode): void {
   };
   const op = (method: string, make: (call: Call<{ term?: number }>) => KeyOp) =>
     unary(node, `Keys.${method}`, async (call: Call<{ term?: number }>) => {
-      authorize(node, call, 'admin', 'sys/keys');
+      authorize(node, call, 'sudo', 'sys/keys');
       return run(make(call));
     });
   node.server.addService(Keys.service, {
@@ -43,7 +43,7 @@ export function registerKeysService(node: CofferNode): void {
       return { op: 'destroy', term };
     }),
     rotateUnlock: unary(node, 'Keys.RotateUnlock', async (call: Call<{ unlockKey?: string }>) => {
-      authorize(node, call, 'admin', 'sys/keys');
+      authorize(node, call, 'sudo', 'sys/keys');
       const unlockKey = call.request.unlockKey ?? '';
       try {
         parseUnlockKey(unlockKey);
@@ -54,7 +54,7 @@ export function registerKeysService(node: CofferNode): void {
       return { detail };
     }),
     rotateRecovery: unary(node, 'Keys.RotateRecovery', async (call: Call<{ publicKey?: Buffer }>) => {
-      authorize(node, call, 'admin', 'sys/keys');
+      authorize(node, call, 'sudo', 'sys/keys');
       const publicKey = call.request.publicKey ?? Buffer.alloc(0);
       if (publicKey.byteLength !== 32) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'public_key is the 32-byte X25519 public half of the new recovery key (coffer key rotate-recovery makes the pair)');
       const result = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey }));

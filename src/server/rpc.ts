@@ -81,6 +81,8 @@ function auditFailed(node: CofferNode, method: string, auditError: unknown, star
 function refusedBeforeRunning(node: CofferNode, identity: Identity | null): ServiceError | null {
   if (node.audit.broken !== null) return new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can');
   if (identity === null || identity.role !== 'client') return null;
+  // A removed manager may not know it is out of date; it sends clients elsewhere.
+  if (node.state.cluster.removed.has(node.config.nodeId)) return new ServiceError(grpc.status.UNAVAILABLE, `manager ${node.config.nodeId} was removed from the cluster; ask another manager`);
   const limited = node.rateLimit.request(identity.id);
   if (limited === null) return null;
   node.metrics.refused('rate-limited');

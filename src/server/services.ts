@@ -12,6 +12,7 @@ import type { CofferNode } from './node.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
 import { registerAccessServices } from './access-service.ts';
 import { registerJoinService } from './join-service.ts';
+import { caHandlers } from './ca-service.ts';
 import { registerSecretsService } from './secrets-service.ts';
 import { registerKeysService } from './keys-service.ts';
 import { registerBackupService } from './backup-service.ts';
@@ -108,7 +109,7 @@ export function registerServices(node: CofferNode): void {
       };
     }),
     rotateJoinToken: unary(node, 'Cluster.RotateJoinToken', async (call: Call<{ ttlSeconds: number; uses: number }>) => {
-      authorize(node, call, 'admin', 'sys/cluster');
+      authorize(node, call, 'sudo', 'sys/cluster');
       const ttlMs = call.request.ttlSeconds === 0 ? JOIN_TOKEN_TTL_MS_DEFAULT : call.request.ttlSeconds * 1000;
       if (ttlMs > JOIN_TOKEN_TTL_MS_MAX) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'ttl_seconds is at most 365 days');
       const token = newJoinToken(node.cas.activeCertPem());
@@ -120,8 +121,9 @@ export function registerServices(node: CofferNode): void {
     removeMember: memberRpc(node, 'Cluster.RemoveMember', 'remove'),
     promote: memberRpc(node, 'Cluster.Promote', 'promote'),
     demote: memberRpc(node, 'Cluster.Demote', 'demote'),
+    ...caHandlers(node),
     transferLeader: unary(node, 'Cluster.TransferLeader', async (call: Call<{ nodeId: number }>) => {
-      authorize(node, call, 'admin', 'sys/cluster');
+      authorize(node, call, 'sudo', 'sys/cluster');
       const result = await runMemberOp(node, { op: 'transfer', nodeId: call.request.nodeId, force: false });
       return { leaderId: result.leaderId };
     }),
@@ -130,7 +132,7 @@ export function registerServices(node: CofferNode): void {
 
 function memberRpc(node: CofferNode, method: string, op: MemberOp['op']) {
   return unary(node, method, async (call: Call<{ nodeId: number; force?: boolean }>) => {
-    authorize(node, call, 'admin', 'sys/cluster');
+    authorize(node, call, 'sudo', 'sys/cluster');
     if (!(call.request.nodeId > 0)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'node_id names the manager (see coffer cluster status)');
     const result = await runMemberOp(node, { op, nodeId: call.request.nodeId, force: call.request.force === true });
     return { voters: result.voters, learners: result.learners };

@@ -8,7 +8,7 @@
  * Administration is the `admin` capability on `sys/...` paths: `sys/policies/NAME`,
  * `sys/identities/NAME`, `sys/audit`, `sys/cluster`.
  */
-export const CAPABILITIES = ['read', 'write', 'list', 'delete', 'admin'] as const;
+export const CAPABILITIES = ['read', 'write', 'list', 'delete', 'admin', 'sudo'] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
 export interface PolicyRule {

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { createSecureContext, type PeerCertificate, type SecureContextOptions, type SecureVersion } from 'node:tls';
-import { identityOf, type Role } from '../crypto/pki.ts';
+import { identityOf, type Identity, type Role } from '../crypto/pki.ts';
 
 /** A manager's current TLS material (replaced on certificate renewal). */
 export interface TlsMaterial {
@@ -116,6 +116,8 @@ export interface ManagerExpectation {
    * another key (minted with a stolen CA key) is refused.
    */
   readonly keys?: () => readonly string[];
+  /** A further check of the manager's identity (null: accepted), e.g. a client's list of removed managers. */
+  readonly check?: (identity: Identity) => string | null;
 }
 
 export function managerChannelCredentials(material: TlsMaterial | { caPem: string; certPem: null; keyPem: null }, expect: ManagerExpectation): grpc.ChannelCredentials {
@@ -139,7 +141,8 @@ function checkManager(cert: PeerCertificate, expect: ManagerExpectation): Error 
     if (expect.nodeId !== undefined && identity.id !== expect.nodeId) return new Error(`the server is manager ${identity.id}, not ${expect.nodeId}`);
     const keys = expect.keys?.() ?? [];
     if (keys.length > 0 && !keys.includes(identity.spki)) return new Error(`the server's certificate holds a key the cluster does not know for manager ${identity.id}`);
-    return undefined;
+    const refusal = expect.check?.(identity) ?? null;
+    return refusal === null ? undefined : new Error(refusal);
   } catch (error) {
     return error instanceof Error ? error : new Error(String(error));
   }
