@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Identity } from '../crypto/pki.ts';
 import type { Capability } from '../store/policy.ts';
 import { callerIdentity } from '../transport/auth.ts';
+import { isMalformedRequest } from '../transport/proto.ts';
 import { boundedSource } from './anonymous-audit.ts';
 import { ServiceError, toStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
@@ -68,6 +69,13 @@ function begin(node: CofferNode, method: string, call: Call<unknown> & { getPeer
   return context;
 }
 
+/** Why the request itself is refused before its handler sees it (it did not decode), or null. */
+function malformed(node: CofferNode, method: string, call: Call<unknown>): ServiceError | null {
+  if (!isMalformedRequest(call.request)) return null;
+  node.metrics.refused('malformed');
+  return new ServiceError(grpc.status.INVALID_ARGUMENT, `the request is not a valid ${method} message (protobuf)`);
+}
+
 function auditFailed(node: CofferNode, method: string, auditError: unknown, started: number): { code: grpc.status; details: string } {
   node.log.error({ event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) }, 'the audit record could not be written: the request fails');
   node.metrics.auditFailed();
@@ -103,7 +111,7 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
       void context.then((status) => callback({ code: status.code, details: status.details }));
       return;
     }
-    const refusal = audited ? refusedBeforeRunning(node, context.identity) : null;
+    const refusal = malformed(node, method, call) ?? (audited ? refusedBeforeRunning(node, context.identity) : null);
     const run = refusal !== null ? Promise.reject(refusal) : handler(call);
     run
       .then(
@@ -171,7 +179,7 @@ export function serverStream<Request, Message>(node: CofferNode, method: string,
       void context.then((status) => call.emit('error', { code: status.code, details: status.details }));
       return;
     }
-    const refusal = refusedBeforeRunning(node, context.identity);
+    const refusal = malformed(node, method, call) ?? refusedBeforeRunning(node, context.identity);
     const run = refusal !== null ? Promise.reject(refusal) : handler(call);
     run
       .then(

@@ -29,7 +29,7 @@ export function services(): { Peer: LoadedService; Join: LoadedService; Secrets:
     const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
     cache = {};
     for (const [name, Client] of Object.entries(loaded.coffer.v1)) {
-      if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: Client.service, Client };
+      if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: tolerantService(Client.service), Client };
     }
   }
   const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup } = cache;
@@ -37,6 +37,37 @@ export function services(): { Peer: LoadedService; Join: LoadedService; Secrets:
     throw new Error('proto/coffer/v1 lacks a service');
   }
   return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup };
+}
+
+/**
+ * What a server handler receives for a request that is not a valid message of its type. grpc-js
+ * answers INTERNAL for a request it cannot decode, before any handler runs, so such requests
+ * were neither audited nor told apart from a server fault; with this marker the handler's
+ * wrapper answers INVALID_ARGUMENT, audited, once it has authenticated the caller.
+ */
+export const MALFORMED_REQUEST: Readonly<{ malformed: true }> = Object.freeze({ malformed: true });
+
+export function isMalformedRequest(request: unknown): boolean {
+  return request === MALFORMED_REQUEST;
+}
+
+/** A service definition whose request decoders give MALFORMED_REQUEST instead of throwing. */
+function tolerantService(service: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const tolerant: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(service)) {
+    const decode = method.requestDeserialize;
+    tolerant[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return decode(bytes);
+        } catch {
+          return MALFORMED_REQUEST;
+        }
+      },
+    };
+  }
+  return tolerant as grpc.ServiceDefinition;
 }
 
 /** Frames on the Raft stream, as proto-loader gives them (oneof `body` names the set field). */

@@ -162,3 +162,25 @@ test('an identity over its request rate, or its bytes written per minute, is ref
   assert.equal(grpc.status[error.code], 'RESOURCE_EXHAUSTED');
   assert.match(error.details, /--identity-write-bytes-per-minute/);
 });
+
+test('a request that is not a valid protobuf message is refused as INVALID_ARGUMENT and audited (not INTERNAL); without a certificate it is UNAUTHENTICATED', { timeout: 30_000 }, async () => {
+  const caPem = readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8');
+  const raw = (material: { certPem: string | null; keyPem: string | null }, path: string, bytes: Buffer) => {
+    const credentials = managerChannelCredentials({ caPem, certPem: material.certPem, keyPem: material.keyPem } as never, { clusterId: cluster.clusterId });
+    const client = new grpc.Client(cluster.addresses[0]!, credentials, MANAGER_CHANNEL_OPTIONS);
+    return new Promise<grpc.ServiceError | null>((resolve) => client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, bytes, { deadline: Date.now() + 5000 }, (error) => resolve(error))).finally(() => client.close());
+  };
+  const admin = { certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'), keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8') };
+  const garbage = Buffer.from([0x0f, 0xff]); // field 1 with wire type 7, which does not exist
+  await cluster.nodes[0]!.audit.settled();
+  for (const path of ['/coffer.v1.Secrets/Put', '/coffer.v1.Policies/Put', '/coffer.v1.Identities/Issue']) {
+    const error = await raw(admin, path, garbage);
+    assert.equal(error === null ? 'OK' : grpc.status[error.code], 'INVALID_ARGUMENT', `${path}: ${error?.details}`);
+    assert.match(error!.details, /is not a valid .* message/);
+  }
+  const anonymous = await raw({ certPem: null, keyPem: null }, '/coffer.v1.Secrets/Put', garbage);
+  assert.equal(anonymous === null ? 'OK' : grpc.status[anonymous.code], 'UNAUTHENTICATED');
+  await cluster.nodes[0]!.audit.settled();
+  const records = await cluster.nodes[0]!.audit.tail(10);
+  assert.ok(records.some((r) => r.method === 'Secrets.Put' && r.identity === 'admin' && r.code === 'INVALID_ARGUMENT'), 'the malformed request is audited');
+});
