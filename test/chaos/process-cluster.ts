@@ -27,6 +27,8 @@ export class ProcessCluster {
   adminDir = '';
   clusterId = '';
   joinToken = '';
+  /** The join token in a file (mode 600): managers read it with --token-file, never from argv. */
+  joinTokenFile = '';
   /** Printed by init: opens backups. */
   recoveryKey = '';
   readonly #network: NetworkNamespaces | null;
@@ -48,7 +50,8 @@ export class ProcessCluster {
     }
     cluster.#flags = ['--snapshot-every', String(options.snapshotEvery ?? 500), '--snapshot-tail', '50'];
     const first = cluster.managers[0]!;
-    const init = await coffer(['init', '--data', first.data, '--listen', first.address, '--output', 'json']);
+    cluster.joinTokenFile = join(root, 'join-token');
+    const init = await coffer(['init', '--data', first.data, '--listen', first.address, '--token-file', cluster.joinTokenFile, '--output', 'json']);
     if (init.code !== 0) throw new Error(`coffer init failed: ${init.stderr}`);
     const made = JSON.parse(init.stdout) as { clusterId: string; joinToken: string; adminDir: string; recoveryKey: string };
     cluster.adminDir = made.adminDir;
@@ -74,7 +77,7 @@ export class ProcessCluster {
   }
 
   #join(m: Manager, via: Manager): void {
-    this.#start(m, ['join', '--data', m.data, '--listen', m.address, '--join', via.address, '--token', this.joinToken]);
+    this.#start(m, ['join', '--data', m.data, '--listen', m.address, '--join', via.address, '--token-file', this.joinTokenFile]);
   }
 
   /** The admin identity made by coffer init. */

@@ -137,7 +137,7 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     await clientA.put('app/after-restore', Buffer.from('new'));
     // A new manager joins the restored cluster with the backup's join token.
     const joinerAddress = `127.0.0.1:${await freePort()}`;
-    restored.start('rj', ['join', '--data', join(root, 'restored-joiner'), '--listen', joinerAddress, '--join', addressA, '--token', c.joinToken]);
+    restored.start('rj', ['join', '--data', join(root, 'restored-joiner'), '--listen', joinerAddress, '--join', addressA, '--token-file', c.joinTokenFile]);
     await eventually('the joiner to become a voter', 60_000, async () => (((await clientA.clusterStatus()) as { voters: number[] }).voters.length === 2 ? true : undefined));
     await restored.kill('ra');
     restored.start('ra', ['server', '--data', dirA], [], `${restoredA.unlockKey}\n`);

@@ -43,7 +43,7 @@ test('coffer server --force-new-cluster starts a one-member cluster from a survi
 
     // A new manager joins the new cluster with the old join token (it is in the replicated state).
     const m4 = { name: 'm4', slot: 3, data: join(root, 'm4'), address: `127.0.0.1:${await freePort()}` };
-    c.procs.start(m4.name, ['join', '--data', m4.data, '--listen', m4.address, '--join', m2.address, '--token', c.joinToken]);
+    c.procs.start(m4.name, ['join', '--data', m4.data, '--listen', m4.address, '--join', m2.address, '--token-file', c.joinTokenFile]);
     await eventually('the new manager to become a voter', 60_000, async () => ((await c.status(m2)).voters.length === 2 ? true : undefined));
     c.managers.push(m4);
     const fromNew = c.client(m4, 5000);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { KeyStore } from '../../src/crypto/key-store.ts';
 import { readKeyFile } from '../../src/crypto/root-key.ts';
 import { services } from '../../src/transport/proto.ts';
@@ -20,10 +20,19 @@ test('three manager processes made by coffer init and coffer join elect, replica
     const ports = [await freePort(), await freePort(), await freePort()];
     const address = (k: number) => `127.0.0.1:${ports[k]}`;
     const data = (k: number) => join(root, `m${k + 1}`);
-    const init = await coffer(['init', '--data', data(0), '--listen', address(0), '--output', 'json']);
+    const tokenFile = join(root, 'join-token');
+    const init = await coffer(['init', '--data', data(0), '--listen', address(0), '--token-file', tokenFile, '--output', 'json']);
     assert.equal(init.code, 0, init.stderr);
     const { clusterId, joinToken, adminDir } = JSON.parse(init.stdout) as { clusterId: string; joinToken: string; adminDir: string };
     assert.match(joinToken, /^CFRTKN-1-[0-9a-f]{64}-/);
+    assert.equal(readFileSync(tokenFile, 'utf8').trim(), joinToken);
+    assert.equal(statSync(tokenFile).mode & 0o777, 0o600, 'the token file is for its owner only');
+    /** A token in a file of its own, as managers are given it (never on a command line). */
+    const inFile = (token: string, name: string): string => {
+      const path = join(root, name);
+      writeFileSync(path, `${token}\n`, { mode: 0o600 });
+      return path;
+    };
     admin = new AdminClient(adminDir, clusterId);
     const client = admin;
 
@@ -33,9 +42,9 @@ test('three manager processes made by coffer init and coffer join elect, replica
       return s.role === 'leader' && s.keyringTerm > 0 ? s : undefined;
     });
     // The second joins through the leader, the third through a follower, which sends it on to the leader.
-    procs.start('m2', ['join', '--data', data(1), '--listen', address(1), '--join', address(0), '--token', joinToken, ...SNAPSHOT_FLAGS]);
+    procs.start('m2', ['join', '--data', data(1), '--listen', address(1), '--join', address(0), '--token-file', tokenFile, ...SNAPSHOT_FLAGS]);
     await eventually('manager 2 to become a voter', 60_000, async () => ((await client.status(address(0))).voters.length === 2 ? true : undefined));
-    procs.start('m3', ['join', '--data', data(2), '--listen', address(2), '--join', address(1), '--token', joinToken, ...SNAPSHOT_FLAGS]);
+    procs.start('m3', ['join', '--data', data(2), '--listen', address(2), '--join', address(1), '--token-file', tokenFile, ...SNAPSHOT_FLAGS]);
     await eventually('three voters', 60_000, async () => {
       const s = await client.status(address(0));
       return s.voters.length === 3 && s.learners.length === 0 ? true : undefined;
@@ -88,12 +97,12 @@ test('three manager processes made by coffer init and coffer join elect, replica
     // Token rotation: the old token stops working at once; the new one is what joins now.
     const rotated = await client.call<{ token: string }>(address(leaderNow), 'Cluster', 'rotateJoinToken', {});
     assert.notEqual(rotated.token, joinToken);
-    const stale = await coffer(['join', '--data', join(root, 'm4'), '--listen', `127.0.0.1:${await freePort()}`, '--join', address(leaderNow), '--token', joinToken]);
+    const stale = await coffer(['join', '--data', join(root, 'm4'), '--listen', `127.0.0.1:${await freePort()}`, '--join', address(leaderNow), '--token-file', inFile(joinToken, 'stale-token')]);
     assert.notEqual(stale.code, 0);
     assert.match(stale.stderr, /join token is not valid/);
     // A token pinning another CA is refused before anything is sent (a man in the middle gets nothing).
     const foreign = rotated.token.replace(/^CFRTKN-1-[0-9a-f]{64}/, `CFRTKN-1-${'ab'.repeat(32)}`);
-    const mitm = await coffer(['join', '--data', join(root, 'm5'), '--listen', `127.0.0.1:${await freePort()}`, '--join', address(leaderNow), '--token', foreign]);
+    const mitm = await coffer(['join', '--data', join(root, 'm5'), '--listen', `127.0.0.1:${await freePort()}`, '--join', address(leaderNow), '--token-file', inFile(foreign, 'foreign-token')]);
     assert.notEqual(mitm.code, 0);
     assert.match(mitm.stderr, /does not match the join token/);
 
