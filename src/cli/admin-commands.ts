@@ -4,9 +4,13 @@ import { Command, InvalidArgumentError } from 'commander';
 import type { CofferClient } from '../client/client.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import { generateUnlockKey } from '../crypto/unlock-key.ts';
-import { verifyAuditDir } from '../audit/audit-log.ts';
+import { AUDIT_FILE, verifyAuditDir, type AuditAnchor } from '../audit/audit-log.ts';
 import { newLeafKey } from '../crypto/pki.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
+import { readAuditKey } from '../server/audit-key.ts';
+import { AUDIT_DIR } from '../server/node-config.ts';
+import { defaultKeyFile } from '../server/node.ts';
 
 type Rule = { path: string; capabilities: string[]; deny?: boolean };
 
@@ -104,6 +108,13 @@ export function identityCommands(): Command {
   return identity;
 }
 
+/** `--anchor SEQ:HASH`: a record of the chain the cluster knows (see AuditAnchor). */
+function parseAnchor(value: string): AuditAnchor {
+  const match = /^(\d+):([0-9a-f]{64})$/.exec(value);
+  if (match === null) throw new InvalidArgumentError('an anchor is SEQ:HASH, a record number and its 64 hex hash');
+  return { seq: Number(match[1]), hash: match[2]! };
+}
+
 export function auditCommands(): Command {
   const audit = new Command('audit').description('the audit log of a manager');
   addClientOptions(audit.command('tail'))
@@ -118,14 +129,32 @@ export function auditCommands(): Command {
       }
     });
   addClientOptions(audit.command('verify'))
-    .description('check the hash chain: of the manager asked, or of a copied audit directory with --dir')
-    .option('--dir <dir>', 'a directory holding audit.log and audit.head (checked here, offline)')
-    .action(async (flags: ClientFlags & { dir?: string }) => {
+    .description('check the audit chain: of the manager asked; or here, offline, of a manager\'s data directory (--data), or of a copy of its audit directory (--dir, with --data for the key)')
+    .option('--data <dir>', 'a manager\'s data directory, running or not: its key store holds the audit key; its audit log is checked unless --dir')
+    .option('--dir <dir>', 'with --data: check this copy of the manager\'s audit directory (audit.log, audit.head) instead')
+    .option('--key-file <path>', 'with --data: the manager\'s key file (default: <data>.key)')
+    .option('--unlock-key-file <path>', 'with --data, an autolocked manager: its unlock key, from this file (otherwise it is read from stdin)')
+    .option('--anchor <seq:hash>', 'with --data: a record the cluster anchored for this manager; the log must reach it and hold it', parseAnchor)
+    .action(async (flags: ClientFlags & { data?: string; dir?: string; keyFile?: string; unlockKeyFile?: string; anchor?: AuditAnchor }) => {
       let report: { ok: boolean; records: number; line: number; problem: string };
-      if (flags.dir !== undefined) {
-        const r = await verifyAuditDir(flags.dir);
-        report = { ok: r.ok, records: r.records, line: r.firstBroken?.line ?? 0, problem: r.firstBroken?.problem ?? '' };
+      if (flags.data !== undefined) {
+        const data = flags.data;
+        // The key is read from the key store without starting the manager (nothing is written).
+        const key = await readAuditKey(data, {
+          keyFile: flags.keyFile ?? defaultKeyFile(data),
+          unlockKey: () => (flags.unlockKeyFile !== undefined ? Promise.resolve(readUnlockKeyFile(flags.unlockKeyFile)) : readKeyLine('unlock key: ', 'the unlock key')),
+        });
+        try {
+          const r = await verifyAuditDir(flags.dir ?? join(data, AUDIT_DIR), key, flags.anchor ?? null);
+          report = { ok: r.ok, records: r.records, line: r.firstBroken?.line ?? 0, problem: r.firstBroken?.problem ?? '' };
+        } finally {
+          key.fill(0);
+        }
       } else {
+        if (flags.dir !== undefined) throw new Error(`--dir needs --data MANAGER_DATA_DIR: the chain is keyed, and the key is in that manager's key store (a copied ${AUDIT_FILE} cannot be checked without it)`);
+        for (const flag of ['keyFile', 'unlockKeyFile', 'anchor'] as const) {
+          if (flags[flag] !== undefined) throw new Error(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for a check here, offline: it needs --data`);
+        }
         const client = clientFrom(flags, process.env);
         try {
           const r = await client.auditVerify();
@@ -134,7 +163,7 @@ export function auditCommands(): Command {
           client.close();
         }
       }
-      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken at line ${report.line}: ${report.problem}`));
+      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${report.problem}`));
       if (!report.ok) process.exitCode = 3;
     });
   return audit;

@@ -2,7 +2,6 @@ import * as grpc from '@grpc/grpc-js';
 import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate } from '../crypto/pki.ts';
 import { IDENTITY_NAME_PATTERN, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
-import { verifyAuditDir } from '../audit/audit-log.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
@@ -106,7 +105,7 @@ export function registerAccessServices(node: CofferNode): void {
     }),
     verify: unary(node, 'Audit.Verify', async (call: Call<object>) => {
       authorize(node, call, 'admin', 'sys/audit');
-      const report = await verifyAuditDir(node.audit.dir);
+      const report = await node.audit.verify();
       return { ok: report.ok, records: report.records, firstBrokenLine: report.firstBroken?.line ?? 0, problem: report.firstBroken?.problem ?? '' };
     }),
   });

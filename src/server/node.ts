@@ -11,7 +11,8 @@ import { encodeSecretCommand } from '../store/secret-store.ts';
 import { encodeAccessCommand } from '../store/access-state.ts';
 import { ROOT_POLICY } from '../store/policy.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
-import { AuditLog } from '../audit/audit-log.ts';
+import type { AuditLog } from '../audit/audit-log.ts';
+import { openManagerAuditLog } from './audit-key.ts';
 import { join } from 'node:path';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
@@ -190,7 +191,7 @@ export class CofferNode {
     const caKey = manager.localSecret(CA_KEY_SECRET);
     if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
-    const audit = await AuditLog.open(join(options.dataDir, AUDIT_DIR), config.nodeId);
+    const audit = await openManagerAuditLog(manager, join(options.dataDir, AUDIT_DIR), config.nodeId, log);
     const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log, audit, metrics);
     made(node);
     await node.#listen();
