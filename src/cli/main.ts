@@ -112,7 +112,8 @@ program
   .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
   .option('--unlock-key-file <path>', 'an autolocked manager: read the unlock key from this file (e.g. a Docker secret); otherwise from stdin, or else it waits for coffer unlock')
   .option('--force-new-cluster', 'quorum lost for good: start a one-member cluster from this manager\'s data; every other member is removed, new managers join it')
-  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags) => {
+  .option('--new-audit-log', 'this manager\'s audit log is missing or does not verify (it will not start on it): move what is left aside and start a new log')
+  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string; newAuditLog?: boolean } & SnapshotFlags) => {
     const { join: through, listen } = options;
     if (through === undefined) {
       for (const flag of ['advertise', 'token', 'tokenFile'] as const) {
@@ -212,7 +213,7 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
   return n;
 }
 
-async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags): Promise<void> {
+async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string; newAuditLog?: boolean } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
   if ((await KeyStore.read(options.data)).protection === 'unlock-key') {
@@ -232,6 +233,7 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
     ...(options.snapshotTail === undefined ? {} : { snapshotTailEntries: options.snapshotTail }),
     ...(options.metricsListen === undefined ? {} : { metricsListen: options.metricsListen }),
     ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
+    ...(options.newAuditLog === true ? { newAuditLog: true } : {}),
     logger,
   });
   const stop = (signal: string): void => {

@@ -50,6 +50,8 @@ export interface NodeOptions {
   readonly metricsListen?: string;
   /** Quorum loss: start a one-member cluster from this manager's data (the others are removed). */
   readonly forceNewCluster?: boolean;
+  /** Move a missing or broken audit log aside and start a new one (see openManagerAuditLog). */
+  readonly newAuditLog?: boolean;
 }
 
 export function defaultKeyFile(dataDir: string): string {
@@ -191,7 +193,7 @@ export class CofferNode {
     const caKey = manager.localSecret(CA_KEY_SECRET);
     if (tlsKey === undefined || caKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS or CA key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
-    const audit = await openManagerAuditLog(manager, join(options.dataDir, AUDIT_DIR), config.nodeId, log);
+    const audit = await openManagerAuditLog(manager, join(options.dataDir, AUDIT_DIR), config.nodeId, log, options.newAuditLog === true);
     const node = new CofferNode(options, config, manager, state, transport, { caPem: files.caCertPem, certPem, keyPem: tlsKey.toString() }, caKey.toString(), log, audit, metrics);
     made(node);
     await node.#listen();
