@@ -8,6 +8,7 @@ import { AUDIT_FILE, verifyAuditDir, type AuditAnchor } from '../audit/audit-log
 import { newLeafKey } from '../crypto/pki.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
+import { printable, printableJson } from './printable.ts';
 import { readAuditKey } from '../server/audit-key.ts';
 import { AUDIT_DIR } from '../server/node-config.ts';
 import { defaultKeyFile } from '../server/node.ts';
@@ -29,7 +30,7 @@ export function policyCommands(): Command {
       }
       const client = clientFrom(flags, process.env);
       try {
-        print(flags, await client.putPolicy(name, rules), () => `policy ${name}: ${rules.length} rule(s)`);
+        print(flags, await client.putPolicy(name, rules), () => `policy ${printable(name)}: ${rules.length} rule(s)`);
       } finally {
         client.close();
       }
@@ -38,7 +39,7 @@ export function policyCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.getPolicy(name);
-      print(flags, reply, () => JSON.stringify(reply.rules, null, 2));
+      print(flags, reply, () => printableJson(JSON.stringify(reply.rules, null, 2)));
     } finally {
       client.close();
     }
@@ -47,7 +48,7 @@ export function policyCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.listPolicies();
-      print(flags, reply.policies, () => reply.policies.map((p) => `${p.name}\t${p.rules.length} rule(s)`).join('\n'));
+      print(flags, reply.policies, () => reply.policies.map((p) => `${printable(p.name)}\t${p.rules.length} rule(s)`).join('\n'));
     } finally {
       client.close();
     }
@@ -55,7 +56,7 @@ export function policyCommands(): Command {
   addClientOptions(policy.command('rm <name>')).action(async (name: string, flags: ClientFlags) => {
     const client = clientFrom(flags, process.env);
     try {
-      print(flags, await client.removePolicy(name), () => `policy ${name} removed`);
+      print(flags, await client.removePolicy(name), () => `policy ${printable(name)} removed`);
     } finally {
       client.close();
     }
@@ -81,7 +82,7 @@ export function identityCommands(): Command {
         writeFileSync(join(flags.out, `${name}.key`), key.privatePem, { mode: 0o600 });
         const addr = flags.addr ?? process.env['COFFER_ADDR'] ?? '';
         writeFileSync(join(flags.out, 'client.env'), `COFFER_ADDR=${addr}\nCOFFER_CA=${join(flags.out, 'ca.crt')}\nCOFFER_CERT=${join(flags.out, `${name}.crt`)}\nCOFFER_KEY=${join(flags.out, `${name}.key`)}\n`);
-        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${name} issued (serial ${issued.serial}, until ${new Date(issued.notAfterMs).toISOString()}) in ${flags.out}`);
+        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${printable(name)} issued (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}`);
       } finally {
         client.close();
       }
@@ -91,7 +92,7 @@ export function identityCommands(): Command {
     .action(async (name: string, flags: ClientFlags) => {
       const client = clientFrom(flags, process.env);
       try {
-        print(flags, await client.revokeIdentity(name), () => `identity ${name} revoked`);
+        print(flags, await client.revokeIdentity(name), () => `identity ${printable(name)} revoked`);
       } finally {
         client.close();
       }
@@ -100,12 +101,17 @@ export function identityCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.listIdentities();
-      print(flags, reply.identities, () => reply.identities.map((i) => `${i.name}\t${i.policies.join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`).join('\n'));
+      print(flags, reply.identities, () => reply.identities.map((i) => `${printable(i.name)}\t${i.policies.map(printable).join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`).join('\n'));
     } finally {
       client.close();
     }
   });
   return identity;
+}
+
+/** `coffer audit tail` as text: one line per record, its fields (written by whoever made the request) escaped, tab-separated. */
+export function formatAuditTail(records: ReadonlyArray<Record<string, unknown>>): string {
+  return records.map((r) => ['time', 'identity', 'method', 'target', 'outcome', 'code'].map((field) => printable(r[field] ?? '')).join('\t')).join('\n');
 }
 
 /** `--anchor SEQ:HASH`: a record of the chain the cluster knows (see AuditAnchor). */
@@ -123,7 +129,7 @@ export function auditCommands(): Command {
       const client = clientFrom(flags, process.env);
       try {
         const reply = await client.auditTail(flags.count);
-        print(flags, reply.records, () => reply.records.map((r) => `${String(r['time'])}\t${String(r['identity'])}\t${String(r['method'])}\t${String(r['target'])}\t${String(r['outcome'])}\t${String(r['code'])}`).join('\n'));
+        print(flags, reply.records, () => formatAuditTail(reply.records));
       } finally {
         client.close();
       }
@@ -163,7 +169,7 @@ export function auditCommands(): Command {
           client.close();
         }
       }
-      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${report.problem}`));
+      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${printable(report.problem)}`));
       if (!report.ok) process.exitCode = 3;
     });
   return audit;
@@ -220,8 +226,8 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
     const o = own[k];
     return [
       String(m.nodeId),
-      m.address,
-      m.role + (m.held ? ' (held)' : ''),
+      printable(m.address),
+      printable(m.role) + (m.held ? ' (held)' : ''),
       m.healthy ? 'healthy' : 'unreachable',
       String(m.matchIndex),
       String(m.lag),
@@ -233,11 +239,11 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
   const line = (cells: string[]) => cells.map((c, k) => c.padEnd(widths[k]!)).join('  ').trimEnd();
   const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
   return [
-    `manager ${String(s.nodeId)}: ${String(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
+    `manager ${String(s.nodeId)}: ${printable(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
     keys === null
       ? `keyring term ${String(s.keyringTerm)}`
       : `keyring term ${keys.activeTerm}, rotated ${new Date(keys.activeCreatedAtMs).toISOString()}; root key generation ${keys.rootGeneration}; autolock ${keys.protection === 'unlock-key' ? 'on' : 'off'}; recovery key ${keys.hasRecoveryKey ? 'set' : 'NOT SET (coffer key rotate-recovery)'}`,
-    `certificate ${String(s.certificateSerial)} valid until ${expiry}`,
+    `certificate ${printable(s.certificateSerial)} valid until ${expiry}`,
     `members (health and lag as seen by ${view}):`,
     line(header),
     ...rows.map(line),
@@ -301,7 +307,7 @@ export function keyCommands(): Command {
       .description(description)
       .action(async (flags: ClientFlags) => {
         const reply = await withClient(flags, (c) => c.keyOp(op));
-        print(flags, reply, () => `${reply.detail} (active term ${reply.activeTerm})`);
+        print(flags, reply, () => `${printable(reply.detail)} (active term ${reply.activeTerm})`);
       });
   simple('rotate', 'rotate', 'a new data key: new writes are sealed under it');
   simple('rewrap', 'rewrap', 're-encrypt everything under the active data key (every manager snapshots and drops its log)');
@@ -312,7 +318,7 @@ export function keyCommands(): Command {
       const n = Number(term);
       if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('a data key is named by its term, a whole number above 0 (see coffer key status)');
       const reply = await withClient(flags, (c) => c.keyOp('destroy', n));
-      print(flags, reply, () => reply.detail);
+      print(flags, reply, () => printable(reply.detail));
     });
   addClientOptions(key.command('rotate-recovery'))
     .description('a new recovery key (opens backups made from now on); printed once')
@@ -341,7 +347,7 @@ async function rotateUnlock(flags: ClientFlags, what: string): Promise<void> {
   const unlockKey = generateUnlockKey();
   showKeyFirst(flags, what, unlockKey);
   const reply = await withClient(flags, (c) => c.rotateUnlock(unlockKey));
-  print(flags, { unlockKey, detail: reply.detail }, () => `applied: ${reply.detail}; a restarted manager needs this unlock key`);
+  print(flags, { unlockKey, detail: reply.detail }, () => `applied: ${printable(reply.detail)}; a restarted manager needs this unlock key`);
 }
 
 export function autolockCommand(): Command {
@@ -353,7 +359,7 @@ export function autolockCommand(): Command {
     .description('every manager wraps its root key with its key file again (made beside its data directory where missing)')
     .action(async (flags: ClientFlags) => {
       const reply = await withClient(flags, (c) => c.keyOp('autolockOff'));
-      print(flags, reply, () => reply.detail);
+      print(flags, reply, () => printable(reply.detail));
     });
   return autolock;
 }

@@ -14,6 +14,7 @@ import { snapshotCommands } from './snapshot-commands.ts';
 import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
 import { secretCommands } from './secret-commands.ts';
+import { printable } from './printable.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createKeyFile } from '../crypto/root-key.ts';
 import { isManagerDataDir } from '../server/node-config.ts';
@@ -147,7 +148,7 @@ program
     const key = options.unlockKeyFile !== undefined ? readUnlockKeyFile(options.unlockKeyFile) : await readKeyLine('unlock key: ', 'the unlock key');
     const reply = await sendUnlockKey(options.data, key);
     if (!reply.startsWith('ok')) throw new Error(reply.replace(/^error: /, ''));
-    process.stderr.write(`${reply}\n`);
+    process.stderr.write(`${printable(reply)}\n`);
   });
 
 program.addCommand(devCommand());
@@ -246,7 +247,8 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   const message = error instanceof ClientError ? `${grpcStatus[error.code] ?? error.code}: ${error.message}` : error instanceof Error ? error.message : String(error);
-  process.stderr.write(`coffer: ${message}\n`);
+  // A server's details (and names in them) are others' text: escaped like every other.
+  process.stderr.write(`coffer: ${printable(message)}\n`);
   // Exit now: a failed command must not linger on open handles.
   process.exit(1);
 });
