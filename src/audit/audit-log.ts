@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { mkdir, open, readFile, rename, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -18,15 +18,30 @@ export interface AuditRecord extends AuditEvent {
   readonly seq: number;
   readonly time: string;
   readonly node: number;
-  /** Hash of the previous record (64 zeros for the first). */
+  /** The hash of the previous record (for the first: a value of the audit key and the node, see genesisHash). */
   readonly prev: string;
-  /** SHA-256 over `prev` and this record's other fields, in a fixed order. */
+  /**
+   * HMAC-SHA256 under the manager's audit key of `prev` (64 hex characters) followed by the
+   * exact bytes of this record's line without its hash: the JSON of every other field. It is
+   * the line's last field, so the line is `{...the fields...,"hash":"<64 hex>"}`.
+   */
+  readonly hash: string;
+}
+
+/**
+ * A point of a manager's chain known from outside it (the cluster replicates each manager's
+ * latest `anchor` through the Raft log): the log must reach record `seq`, and that record must
+ * have this hash. What catches an older head copied back over a log cut down to it.
+ */
+export interface AuditAnchor {
+  readonly seq: number;
   readonly hash: string;
 }
 
 export const AUDIT_FILE = 'audit.log';
 export const AUDIT_HEAD_FILE = 'audit.head';
-const GENESIS = '0'.repeat(64);
+/** The audit key: 32 random bytes per manager, kept sealed in its key store. */
+export const AUDIT_KEY_BYTES = 32;
 /** The head is rewritten at most this often (it may lag the log by as much). */
 export const HEAD_INTERVAL_MS = 100;
 
@@ -35,26 +50,163 @@ export class AuditError extends Error {
   readonly code = 'AUDIT_UNAVAILABLE';
 }
 
-function recordHash(r: Omit<AuditRecord, 'hash'>): string {
-  const fields = [r.seq, r.time, r.node, r.identity, r.role, r.method, r.target, r.outcome, r.code];
-  return createHash('sha256').update(r.prev).update(JSON.stringify(fields)).digest('hex');
+function hmac(key: Uint8Array, ...parts: string[]): string {
+  const h = createHmac('sha256', key);
+  for (const part of parts) h.update(part, 'utf8');
+  return h.digest('hex');
+}
+
+/** What the first record follows: bound to the key and the node, so no other chain starts the same way. */
+export function genesisHash(key: Uint8Array, node: number): string {
+  return hmac(key, `audit-genesis\n${node}`);
+}
+
+function recordHash(key: Uint8Array, prev: string, body: string): string {
+  return hmac(key, prev, body);
+}
+
+function headMac(key: Uint8Array, body: string): string {
+  return hmac(key, 'audit-head\n', body);
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+function sameHex(a: string, b: string): boolean {
+  return a.length === b.length && timingSafeEqual(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1'));
+}
+
+/** `body` (a JSON object) with `"field":"hex"` appended as its last field. */
+function withLast(body: string, field: string, hex: string): string {
+  return `${body.slice(0, -1)},"${field}":"${hex}"}`;
+}
+
+/** The inverse of withLast: the exact body bytes and the hex, or null if the line does not end that way. */
+function splitLast(line: string, field: string): { body: string; hex: string } | null {
+  const tail = `,"${field}":"`;
+  const end = line.length - 66; // 64 hex characters, then `"}`
+  if (end - tail.length < 1 || !line.endsWith('"}') || line[0] !== '{') return null;
+  const hex = line.slice(end, end + 64);
+  if (!HEX64.test(hex) || line.slice(end - tail.length, end) !== tail) return null;
+  return { body: `${line.slice(0, end - tail.length)}}`, hex };
+}
+
+/** The line of a record: its JSON without the hash, then the hash over exactly those bytes. */
+function recordLine(key: Uint8Array, base: Omit<AuditRecord, 'hash'>): { line: string; hash: string } {
+  const body = JSON.stringify({
+    seq: base.seq,
+    time: base.time,
+    node: base.node,
+    identity: base.identity,
+    role: base.role,
+    method: base.method,
+    target: base.target,
+    outcome: base.outcome,
+    code: base.code,
+    prev: base.prev,
+  });
+  const hash = recordHash(key, base.prev, body);
+  return { line: withLast(body, 'hash', hash), hash };
+}
+
+interface Head {
+  readonly seq: number;
+  readonly hash: string;
+  readonly node: number;
+}
+
+/** The head's text: `{"seq":N,"hash":"<hex>","node":N,"mac":"<hex>"}`, the MAC over the bytes before it. */
+function headText(key: Uint8Array, head: Head): string {
+  const body = JSON.stringify({ seq: head.seq, hash: head.hash, node: head.node });
+  return withLast(body, 'mac', headMac(key, body));
+}
+
+/** The head, if its MAC is this key's; otherwise what is wrong with it. */
+function openHead(text: string, key: Uint8Array): Head | string {
+  const split = splitLast(text, 'mac');
+  if (split === null) return `${AUDIT_HEAD_FILE} is not a keyed head (its last field is not a MAC): it was rewritten or replaced`;
+  if (!sameHex(headMac(key, split.body), split.hex)) return `${AUDIT_HEAD_FILE} does not carry this manager's MAC: it was rewritten or forged (or the key given is not this manager's)`;
+  let head: unknown;
+  try {
+    head = JSON.parse(split.body);
+  } catch {
+    return `${AUDIT_HEAD_FILE} is not JSON`;
+  }
+  const h = head as Partial<Head>;
+  if (!Number.isSafeInteger(h.seq) || h.seq! < 0 || typeof h.hash !== 'string' || !HEX64.test(h.hash) || !Number.isSafeInteger(h.node)) return `${AUDIT_HEAD_FILE} has a field missing or of the wrong type`;
+  return { seq: h.seq!, hash: h.hash, node: h.node! };
+}
+
+function isRecord(value: unknown): value is AuditRecord {
+  const r = value as Record<string, unknown> | null;
+  return (
+    typeof r === 'object' &&
+    r !== null &&
+    Number.isSafeInteger(r['seq']) &&
+    Number.isSafeInteger(r['node']) &&
+    ['time', 'identity', 'role', 'method', 'target', 'outcome', 'code', 'prev', 'hash'].every((k) => typeof r[k] === 'string')
+  );
+}
+
+/** The complete lines of a log's text: a last line without its newline (a crash, or a write under way) is left out. */
+function completeLines(text: string): string {
+  return text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A file's text, or null if it is missing. Strict UTF-8: a lenient decoding would map different
+ * bytes to the same text, and the hashes must cover exactly what is on disk.
+ */
+async function readOrNull(path: string): Promise<string | null> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw error;
+  }
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    throw new AuditError(`${path} is not UTF-8 text: it was altered`);
+  }
+}
+
+/** Syncs a directory, so the files just made or renamed in it are durable. */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
- * A manager's audit log: JSON lines, each hash-chained to the one before, appended and fsynced
- * in batches (group commit) before the requests they describe are answered. If a batch cannot
- * be written, its requests fail and the log refuses further requests until it can write again
- * (fail closed). `audit.head` holds the last sequence number and hash, so a truncated log is
- * told apart from a short one (a cut within the last HEAD_INTERVAL_MS of records goes unseen).
+ * A manager's audit log: JSON lines, each chained to the one before by an HMAC under the
+ * manager's audit key, appended and fsynced in batches (group commit) before the requests they
+ * describe are answered. If a batch cannot be written, its requests fail and the log refuses
+ * further requests until it can write again (fail closed). `audit.head` holds the last sequence
+ * number and hash under its own MAC, so a truncated log is told apart from a short one (a cut
+ * within the last HEAD_INTERVAL_MS of records goes unseen, as does an older head put back over
+ * a log cut down to it: an anchor kept outside the manager catches those).
+ *
+ * The log and its head are made together, so once a manager has an audit key a missing file is
+ * tampering: `open` refuses it, as it refuses any log that does not verify (appending to it would
+ * write a new head over the damage). Complete records are never removed, tampered or not.
  */
 export class AuditLog {
   readonly dir: string;
   readonly #node: number;
+  readonly #key: Buffer;
   #seq: number;
   #prev: string;
   #pending: Array<{ line: string; record: AuditRecord; done: (error: Error | null) => void }> = [];
   #flushing = false;
   #broken: Error | null = null;
+  /** A failed batch could not be cut off the log: it must be, before anything more is appended. */
+  #cutPending = false;
   /** The last record known durable: where the chain resumes after a failed batch. */
   #durable: { seq: number; hash: string };
   /** The log's length up to that record: a failed batch is cut back to it. */
@@ -67,41 +219,75 @@ export class AuditLog {
   /** The last head write failed (cleared only by a head write that works). */
   #headBroken: Error | null = null;
   failures = 0;
+  /** Files an `open` with `newLog` moved aside (their new names), for the manager to log. */
+  readonly archived: readonly string[];
 
-  private constructor(dir: string, node: number, seq: number, prev: string) {
+  private constructor(dir: string, node: number, key: Uint8Array, seq: number, prev: string, archived: readonly string[]) {
     this.dir = dir;
     this.#node = node;
+    this.#key = Buffer.from(key);
     this.#seq = seq;
     this.#prev = prev;
     this.#durable = { seq, hash: prev };
+    this.archived = archived;
   }
 
   /**
-   * Opens (or starts) a log. The chain resumes from the last complete record in the file (the
-   * head may be up to HEAD_INTERVAL_MS behind after a crash); a partial last line, left
-   * by a crash mid-write, is cut off. Complete records are never removed, tampered or not.
+   * Opens a manager's log with its audit key. It must verify, head and all (a missing log or head
+   * is an AuditError, as is any broken record): the chain resumes from its last record (the head
+   * may be up to HEAD_INTERVAL_MS behind after a crash), and a partial last line, left by a crash
+   * mid-write, is cut off.
+   *
+   * With `newLog` (a manager's first start, when its audit key was just made; or an operator's
+   * choice after a log was lost) whatever is in `dir` is moved aside, not removed, and a new log
+   * and its head (record 0, the genesis hash) are made before this resolves.
    */
-  static async open(dir: string, node: number): Promise<AuditLog> {
+  static async open(dir: string, node: number, key: Uint8Array, options: { newLog?: boolean } = {}): Promise<AuditLog> {
+    if (key.byteLength !== AUDIT_KEY_BYTES) throw new TypeError(`an audit key is ${AUDIT_KEY_BYTES} bytes`);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const path = join(dir, AUDIT_FILE);
-    const text = await readFile(path, 'utf8').catch(() => '');
-    const complete = text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
-    if (complete.length !== text.length) await truncate(path, Buffer.byteLength(complete));
-    const lines = complete.split('\n').filter((l) => l !== '');
-    let seq = 0;
-    let prev = GENESIS;
-    const last = lines[lines.length - 1];
-    if (last !== undefined) {
-      const record = JSON.parse(last) as AuditRecord;
-      seq = record.seq;
-      prev = record.hash;
-    } else {
-      const head = await readHead(dir).catch(() => null);
-      seq = head?.seq ?? 0;
-      prev = head?.hash ?? GENESIS;
+    if (options.newLog === true) {
+      const archived: string[] = [];
+      const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+      for (const name of [AUDIT_FILE, AUDIT_HEAD_FILE]) {
+        const aside = `${name}.${stamp}.old`;
+        try {
+          await rename(join(dir, name), join(dir, aside));
+          archived.push(aside);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+        }
+      }
+      const file = await open(path, 'wx', 0o600);
+      try {
+        await file.datasync();
+      } finally {
+        await file.close();
+      }
+      const genesis = genesisHash(key, node);
+      await writeHead(dir, key, { seq: 0, hash: genesis, node });
+      await syncDir(dir);
+      const log = new AuditLog(dir, node, key, 0, genesis, archived);
+      log.#headSeq = 0;
+      return log;
     }
-    const log = new AuditLog(dir, node, seq, prev);
-    log.#durableBytes = Buffer.byteLength(complete);
+    const head = await readOrNull(join(dir, AUDIT_HEAD_FILE));
+    const text = await readOrNull(path);
+    const complete = text === null ? null : completeLines(text);
+    const report = verifyAuditLog(complete, head, key);
+    if (!report.ok) {
+      const where = report.firstBroken!.line === 0 ? '' : `at line ${report.firstBroken!.line}: `;
+      throw new AuditError(
+        `the audit log in ${dir} does not verify (${where}${report.firstBroken!.problem}); this manager will not add to it. Keep it as evidence; restore it from a copy, or start a new log beside it (coffer server --new-audit-log)`,
+      );
+    }
+    if (complete!.length !== text!.length) await truncate(path, Buffer.byteLength(complete!));
+    const lines = complete!.split('\n').filter((l) => l !== '');
+    const last = lines[lines.length - 1];
+    const resume = last === undefined ? { seq: 0, hash: genesisHash(key, node) } : (JSON.parse(last) as AuditRecord);
+    const log = new AuditLog(dir, node, key, resume.seq, resume.hash, []);
+    log.#durableBytes = Buffer.byteLength(complete!);
+    log.#headSeq = (JSON.parse(head!) as Head).seq;
     return log;
   }
 
@@ -139,7 +325,7 @@ export class AuditLog {
     const { seq, hash } = this.#durable;
     if (seq === this.#headSeq) return;
     this.#headWrittenMs = performance.now();
-    this.#headWriting = writeHead(this.dir, seq, hash)
+    this.#headWriting = writeHead(this.dir, this.#key, { seq, hash, node: this.#node })
       .then(() => {
         this.#headSeq = seq;
         this.#headBroken = null;
@@ -158,13 +344,22 @@ export class AuditLog {
     return this.#broken ?? this.#headBroken;
   }
 
+  /**
+   * The last durable record: what the cluster should replicate (every few seconds) as this
+   * manager's anchor, and give back to `verify`. It is on disk (synced) when this returns it.
+   */
+  get anchor(): AuditAnchor {
+    return { seq: this.#durable.seq, hash: this.#durable.hash };
+  }
+
   /** Appends a record; resolves once it is durable; rejects with AuditError if it cannot be. */
   append(event: AuditEvent): Promise<AuditRecord> {
     const base = { ...event, seq: ++this.#seq, time: new Date().toISOString(), node: this.#node, prev: this.#prev };
-    const record: AuditRecord = { ...base, hash: recordHash(base) };
-    this.#prev = record.hash;
+    const { line, hash } = recordLine(this.#key, base);
+    const record: AuditRecord = { ...base, hash };
+    this.#prev = hash;
     return new Promise((resolve, reject) => {
-      this.#pending.push({ line: `${JSON.stringify(record)}\n`, record, done: (error) => (error === null ? resolve(record) : reject(error)) });
+      this.#pending.push({ line: `${line}\n`, record, done: (error) => (error === null ? resolve(record) : reject(error)) });
       void this.#flush();
     });
   }
@@ -178,6 +373,11 @@ export class AuditLog {
         this.#pending = [];
         const text = batch.map((b) => b.line).join('');
         try {
+          // What a failed batch left must go first: records appended after it would follow a broken line.
+          if (this.#cutPending) {
+            await truncate(join(this.dir, AUDIT_FILE), this.#durableBytes);
+            this.#cutPending = false;
+          }
           const file = await open(join(this.dir, AUDIT_FILE), 'a', 0o600);
           try {
             await file.writeFile(text);
@@ -196,7 +396,10 @@ export class AuditLog {
           this.failures += batch.length;
           this.#broken = error as Error;
           // The chain continues from the last durable record; a partly written batch is cut off.
-          await truncate(join(this.dir, AUDIT_FILE), this.#durableBytes).catch(() => undefined);
+          await truncate(join(this.dir, AUDIT_FILE), this.#durableBytes).then(
+            () => (this.#cutPending = false),
+            () => (this.#cutPending = true),
+          );
           this.#seq = this.#durable.seq;
           this.#prev = this.#durable.hash;
           for (const item of [...batch, ...this.#pending]) item.done(new AuditError(`the audit log in ${this.dir} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'}); the request was refused`));
@@ -210,27 +413,33 @@ export class AuditLog {
 
   /** The last `count` records. */
   async tail(count: number): Promise<AuditRecord[]> {
-    const text = await readFile(join(this.dir, AUDIT_FILE), 'utf8').catch(() => '');
+    const text = completeLines((await readOrNull(join(this.dir, AUDIT_FILE))) ?? '');
     return text.split('\n').filter((l) => l !== '').slice(-count).map((l) => JSON.parse(l) as AuditRecord);
   }
-}
 
-async function readHead(dir: string): Promise<{ seq: number; hash: string } | null> {
-  try {
-    const head = JSON.parse(await readFile(join(dir, AUDIT_HEAD_FILE), 'utf8')) as { seq: number; hash: string };
-    return head;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw error;
+  /**
+   * Verifies this log as it is on disk, with its head and key, and against the cluster's anchor
+   * if given. The head is read before the log (so the log read holds every record the head
+   * names), and a last line still being written is left out.
+   */
+  async verify(anchor: AuditAnchor | null = null): Promise<VerifyReport> {
+    try {
+      const head = await readOrNull(join(this.dir, AUDIT_HEAD_FILE));
+      const text = await readOrNull(join(this.dir, AUDIT_FILE));
+      return verifyAuditLog(text === null ? null : completeLines(text), head, this.#key, anchor);
+    } catch (error) {
+      if (error instanceof AuditError) return { ok: false, records: 0, firstBroken: { line: 0, problem: error.message } };
+      throw error;
+    }
   }
 }
 
 /** Replaces the head atomically (a crash leaves the old head or the new one, never an empty file). */
-async function writeHead(dir: string, seq: number, hash: string): Promise<void> {
+async function writeHead(dir: string, key: Uint8Array, head: Head): Promise<void> {
   const temporary = join(dir, `${AUDIT_HEAD_FILE}.tmp`);
   const file = await open(temporary, 'w', 0o600);
   try {
-    await file.writeFile(JSON.stringify({ seq, hash }));
+    await file.writeFile(headText(key, head));
     await file.datasync();
   } finally {
     await file.close();
@@ -241,43 +450,68 @@ async function writeHead(dir: string, seq: number, hash: string): Promise<void> 
 export interface VerifyReport {
   readonly ok: boolean;
   readonly records: number;
-  /** The first broken link: the line number (1-based) and what is wrong there. */
+  /** The first broken link: the line number (1-based; 0 for a problem of a whole file) and what is wrong there. */
   readonly firstBroken: { readonly line: number; readonly problem: string } | null;
 }
 
 /**
- * Checks the chain of an audit log: each record's hash, its link to the one before, consecutive
- * sequence numbers; and, given the head, that nothing was cut off the end.
+ * Checks an audit log (`text`, null if the file is missing) with its head (`head`, the text of
+ * audit.head, null if missing) under the manager's audit key: the head's MAC; each record's
+ * hash over its exact bytes, its link to the one before, consecutive sequence numbers, the
+ * manager's node id; that the log reaches the head and holds the record it names; and, given
+ * the cluster's anchor, that it reaches the anchor and holds that record too.
  */
-export function verifyAuditLog(text: string, head: { seq: number; hash: string } | null): VerifyReport {
+export function verifyAuditLog(text: string | null, head: string | null, key: Uint8Array, anchor: AuditAnchor | null = null): VerifyReport {
+  const fail = (line: number, records: number, problem: string): VerifyReport => ({ ok: false, records, firstBroken: { line, problem } });
+  if (text === null) return fail(0, 0, `${AUDIT_FILE} is missing: a manager's log is made with its head and never removed, so it was deleted`);
+  if (head === null) return fail(0, 0, `${AUDIT_HEAD_FILE} is missing: a manager's head is made with its log and only ever replaced, so it was deleted`);
+  const opened = openHead(head, key);
+  if (typeof opened === 'string') return fail(0, 0, opened);
   const lines = text.split('\n');
-  if (lines[lines.length - 1] === '') lines.pop();
-  let prev = GENESIS;
+  const partial = lines.pop()!; // '' when the text ends with a newline
+  let prev = genesisHash(key, opened.node);
   let seq = 0;
+  let headHash = opened.seq === 0 ? prev : null;
+  let anchorHash = anchor?.seq === 0 ? prev : null;
   for (const [k, line] of lines.entries()) {
-    const broken = (problem: string): VerifyReport => ({ ok: false, records: k, firstBroken: { line: k + 1, problem } });
-    let record: AuditRecord;
+    const broken = (problem: string): VerifyReport => fail(k + 1, k, problem);
+    const split = splitLast(line, 'hash');
+    let record: unknown;
     try {
-      record = JSON.parse(line) as AuditRecord;
+      record = JSON.parse(line);
     } catch {
       return broken('not a JSON record');
     }
+    if (split === null || !isRecord(record)) return broken('not an audit record (a field is missing or of the wrong type, or the hash is not the last field)');
     if (record.prev !== prev) return broken(`it does not follow the record before it (a record was removed, inserted or reordered)`);
     if (record.seq !== seq + 1) return broken(`sequence number ${record.seq} after ${seq}`);
-    const { hash, ...rest } = record;
-    if (recordHash(rest) !== hash) return broken('its contents were altered (the hash does not match)');
-    prev = hash;
+    if (record.node !== opened.node) return broken(`it names manager ${record.node}, but this is manager ${opened.node}'s log`);
+    if (!sameHex(recordHash(key, prev, split.body), split.hex)) return broken('its contents were altered (the hash does not match its bytes under this manager\'s key)');
+    prev = split.hex;
     seq = record.seq;
+    if (seq === opened.seq) headHash = prev;
+    if (seq === anchor?.seq) anchorHash = prev;
   }
+  const records = lines.length;
+  if (partial !== '') return fail(records + 1, records, 'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log');
   // The head is written after the log, so it may lag; a log shorter than it was cut.
-  if (head !== null && head.seq > seq) {
-    return { ok: false, records: lines.length, firstBroken: { line: lines.length + 1, problem: `the log ends at record ${seq}, but the head says ${head.seq}: it was truncated` } };
+  if (opened.seq > seq) return fail(records + 1, records, `the log ends at record ${seq}, but the head says ${opened.seq}: it was truncated`);
+  if (headHash === null || !sameHex(headHash, opened.hash)) return fail(opened.seq, records, `record ${opened.seq} is not the one the head names: the log was replaced`);
+  if (anchor !== null) {
+    if (anchor.seq > seq) return fail(records + 1, records, `the log ends at record ${seq}, but the cluster's anchor is record ${anchor.seq}: it was truncated (and any head that agrees with it is an older one put back)`);
+    if (anchorHash === null || !sameHex(anchorHash, anchor.hash)) return fail(anchor.seq, records, `record ${anchor.seq} is not the one the cluster's anchor names: the log was replaced or rewritten`);
   }
-  return { ok: true, records: lines.length, firstBroken: null };
+  return { ok: true, records, firstBroken: null };
 }
 
-/** Verifies the log in a directory, with its head. */
-export async function verifyAuditDir(dir: string): Promise<VerifyReport> {
-  const text = await readFile(join(dir, AUDIT_FILE), 'utf8').catch(() => '');
-  return verifyAuditLog(text, await readHead(dir));
+/** Verifies the log in a directory, with its head, under the manager's audit key (and the cluster's anchor). */
+export async function verifyAuditDir(dir: string, key: Uint8Array, anchor: AuditAnchor | null = null): Promise<VerifyReport> {
+  try {
+    const head = await readOrNull(join(dir, AUDIT_HEAD_FILE));
+    const text = await readOrNull(join(dir, AUDIT_FILE));
+    return verifyAuditLog(text, head, key, anchor);
+  } catch (error) {
+    if (error instanceof AuditError) return { ok: false, records: 0, firstBroken: { line: 0, problem: error.message } };
+    throw error;
+  }
 }

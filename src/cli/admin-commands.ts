@@ -4,10 +4,15 @@ import { Command, InvalidArgumentError } from 'commander';
 import type { CofferClient } from '../client/client.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import { generateUnlockKey } from '../crypto/unlock-key.ts';
-import { verifyAuditDir } from '../audit/audit-log.ts';
+import { AUDIT_FILE, verifyAuditDir, type AuditAnchor } from '../audit/audit-log.ts';
 import { identityOf, newLeafKey } from '../crypto/pki.ts';
 import { durationSeconds } from './secret-commands.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
+import { printable, printableJson } from './printable.ts';
+import { readAuditKey } from '../server/audit-key.ts';
+import { AUDIT_DIR } from '../server/node-config.ts';
+import { defaultKeyFile } from '../server/node.ts';
 
 type Rule = { path: string; capabilities: string[]; deny?: boolean };
 
@@ -26,7 +31,7 @@ export function policyCommands(): Command {
       }
       const client = clientFrom(flags, process.env);
       try {
-        print(flags, await client.putPolicy(name, rules), () => `policy ${name}: ${rules.length} rule(s)`);
+        print(flags, await client.putPolicy(name, rules), () => `policy ${printable(name)}: ${rules.length} rule(s)`);
       } finally {
         client.close();
       }
@@ -35,7 +40,7 @@ export function policyCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.getPolicy(name);
-      print(flags, reply, () => JSON.stringify(reply.rules, null, 2));
+      print(flags, reply, () => printableJson(JSON.stringify(reply.rules, null, 2)));
     } finally {
       client.close();
     }
@@ -44,7 +49,7 @@ export function policyCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.listPolicies();
-      print(flags, reply.policies, () => reply.policies.map((p) => `${p.name}\t${p.rules.length} rule(s)`).join('\n'));
+      print(flags, reply.policies, () => reply.policies.map((p) => `${printable(p.name)}\t${p.rules.length} rule(s)`).join('\n'));
     } finally {
       client.close();
     }
@@ -52,7 +57,7 @@ export function policyCommands(): Command {
   addClientOptions(policy.command('rm <name>')).action(async (name: string, flags: ClientFlags) => {
     const client = clientFrom(flags, process.env);
     try {
-      print(flags, await client.removePolicy(name), () => `policy ${name} removed`);
+      print(flags, await client.removePolicy(name), () => `policy ${printable(name)} removed`);
     } finally {
       client.close();
     }
@@ -74,7 +79,7 @@ export function identityCommands(): Command {
       try {
         const issued = await client.issueIdentity(name, flags.policy, key.publicPem, flags.validityDays ?? 0, { reissue: flags.reissue === true });
         writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
-        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${name} issued (serial ${issued.serial}, until ${new Date(issued.notAfterMs).toISOString()}) in ${flags.out}`);
+        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${printable(name)} issued (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}`);
       } finally {
         client.close();
       }
@@ -90,7 +95,7 @@ export function identityCommands(): Command {
         const issued = await client.renewIdentity(key.publicPem, flags.validityDays ?? 0);
         const name = identityOf(issued.certificatePem).id;
         writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
-        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${name} renewed (serial ${issued.serial}, until ${new Date(issued.notAfterMs).toISOString()}) in ${flags.out}; its older certificates keep working until revoked or their CA is retired`);
+        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${printable(name)} renewed (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}; its older certificates keep working until revoked or their CA is retired`);
       } finally {
         client.close();
       }
@@ -100,7 +105,7 @@ export function identityCommands(): Command {
     .action(async (name: string, flags: ClientFlags) => {
       const client = clientFrom(flags, process.env);
       try {
-        print(flags, await client.revokeIdentity(name), () => `identity ${name} revoked`);
+        print(flags, await client.revokeIdentity(name), () => `identity ${printable(name)} revoked`);
       } finally {
         client.close();
       }
@@ -109,7 +114,7 @@ export function identityCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.listIdentities();
-      print(flags, reply.identities, () => reply.identities.map((i) => `${i.name}\t${i.policies.join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`).join('\n'));
+      print(flags, reply.identities, () => reply.identities.map((i) => `${printable(i.name)}\t${i.policies.map(printable).join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`).join('\n'));
     } finally {
       client.close();
     }
@@ -142,9 +147,21 @@ export function caCommands(): Command {
     .option('--force', 'retire even though some identities have no certificate of the new CA (they are cut off)')
     .action(async (flags: ClientFlags & { force?: boolean }) => {
       const reply = await withClient(flags, (c) => c.retireCa({ force: flags.force === true }));
-      print(flags, reply, () => `CA generation ${reply.retiredGeneration} retired${reply.identitiesCutOff.length === 0 ? '' : `; cut off: ${reply.identitiesCutOff.join(', ')}`}`);
+      print(flags, reply, () => `CA generation ${reply.retiredGeneration} retired${reply.identitiesCutOff.length === 0 ? '' : `; cut off: ${reply.identitiesCutOff.map(printable).join(', ')}`}`);
     });
   return ca;
+}
+
+/** `coffer audit tail` as text: one line per record, its fields (written by whoever made the request) escaped, tab-separated. */
+export function formatAuditTail(records: ReadonlyArray<Record<string, unknown>>): string {
+  return records.map((r) => ['time', 'identity', 'method', 'target', 'outcome', 'code'].map((field) => printable(r[field] ?? '')).join('\t')).join('\n');
+}
+
+/** `--anchor SEQ:HASH`: a record of the chain the cluster knows (see AuditAnchor). */
+function parseAnchor(value: string): AuditAnchor {
+  const match = /^(\d+):([0-9a-f]{64})$/.exec(value);
+  if (match === null) throw new InvalidArgumentError('an anchor is SEQ:HASH, a record number and its 64 hex hash');
+  return { seq: Number(match[1]), hash: match[2]! };
 }
 
 export function auditCommands(): Command {
@@ -155,20 +172,38 @@ export function auditCommands(): Command {
       const client = clientFrom(flags, process.env);
       try {
         const reply = await client.auditTail(flags.count);
-        print(flags, reply.records, () => reply.records.map((r) => `${String(r['time'])}\t${String(r['identity'])}\t${String(r['method'])}\t${String(r['target'])}\t${String(r['outcome'])}\t${String(r['code'])}`).join('\n'));
+        print(flags, reply.records, () => formatAuditTail(reply.records));
       } finally {
         client.close();
       }
     });
   addClientOptions(audit.command('verify'))
-    .description('check the hash chain: of the manager asked, or of a copied audit directory with --dir')
-    .option('--dir <dir>', 'a directory holding audit.log and audit.head (checked here, offline)')
-    .action(async (flags: ClientFlags & { dir?: string }) => {
+    .description('check the audit chain: of the manager asked; or here, offline, of a manager\'s data directory (--data), or of a copy of its audit directory (--dir, with --data for the key)')
+    .option('--data <dir>', 'a manager\'s data directory, running or not: its key store holds the audit key; its audit log is checked unless --dir')
+    .option('--dir <dir>', 'with --data: check this copy of the manager\'s audit directory (audit.log, audit.head) instead')
+    .option('--key-file <path>', 'with --data: the manager\'s key file (default: <data>.key)')
+    .option('--unlock-key-file <path>', 'with --data, an autolocked manager: its unlock key, from this file (otherwise it is read from stdin)')
+    .option('--anchor <seq:hash>', 'with --data: a record the cluster anchored for this manager; the log must reach it and hold it', parseAnchor)
+    .action(async (flags: ClientFlags & { data?: string; dir?: string; keyFile?: string; unlockKeyFile?: string; anchor?: AuditAnchor }) => {
       let report: { ok: boolean; records: number; line: number; problem: string };
-      if (flags.dir !== undefined) {
-        const r = await verifyAuditDir(flags.dir);
-        report = { ok: r.ok, records: r.records, line: r.firstBroken?.line ?? 0, problem: r.firstBroken?.problem ?? '' };
+      if (flags.data !== undefined) {
+        const data = flags.data;
+        // The key is read from the key store without starting the manager (nothing is written).
+        const key = await readAuditKey(data, {
+          keyFile: flags.keyFile ?? defaultKeyFile(data),
+          unlockKey: () => (flags.unlockKeyFile !== undefined ? Promise.resolve(readUnlockKeyFile(flags.unlockKeyFile)) : readKeyLine('unlock key: ', 'the unlock key')),
+        });
+        try {
+          const r = await verifyAuditDir(flags.dir ?? join(data, AUDIT_DIR), key, flags.anchor ?? null);
+          report = { ok: r.ok, records: r.records, line: r.firstBroken?.line ?? 0, problem: r.firstBroken?.problem ?? '' };
+        } finally {
+          key.fill(0);
+        }
       } else {
+        if (flags.dir !== undefined) throw new Error(`--dir needs --data MANAGER_DATA_DIR: the chain is keyed, and the key is in that manager's key store (a copied ${AUDIT_FILE} cannot be checked without it)`);
+        for (const flag of ['keyFile', 'unlockKeyFile', 'anchor'] as const) {
+          if (flags[flag] !== undefined) throw new Error(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for a check here, offline: it needs --data`);
+        }
         const client = clientFrom(flags, process.env);
         try {
           const r = await client.auditVerify();
@@ -177,7 +212,7 @@ export function auditCommands(): Command {
           client.close();
         }
       }
-      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken at line ${report.line}: ${report.problem}`));
+      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${printable(report.problem)}`));
       if (!report.ok) process.exitCode = 3;
     });
   return audit;
@@ -240,8 +275,8 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
     const o = own[k];
     return [
       String(m.nodeId),
-      m.address,
-      m.role + (m.held ? ' (held)' : ''),
+      printable(m.address),
+      printable(m.role) + (m.held ? ' (held)' : ''),
       m.healthy ? 'healthy' : 'unreachable',
       String(m.matchIndex),
       String(m.lag),
@@ -253,11 +288,11 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
   const line = (cells: string[]) => cells.map((c, k) => c.padEnd(widths[k]!)).join('  ').trimEnd();
   const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
   return [
-    `manager ${String(s.nodeId)}: ${String(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
+    `manager ${String(s.nodeId)}: ${printable(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
     keys === null
       ? `keyring term ${String(s.keyringTerm)}`
       : `keyring term ${keys.activeTerm}, rotated ${new Date(keys.activeCreatedAtMs).toISOString()}; root key generation ${keys.rootGeneration}; autolock ${keys.protection === 'unlock-key' ? 'on' : 'off'}; recovery key ${keys.hasRecoveryKey ? 'set' : 'NOT SET (coffer key rotate-recovery)'}`,
-    `certificate ${String(s.certificateSerial)} valid until ${expiry}`,
+    `certificate ${printable(s.certificateSerial)} valid until ${expiry}`,
     `members (health and lag as seen by ${view}):`,
     line(header),
     ...rows.map(line),
@@ -330,7 +365,7 @@ export function keyCommands(): Command {
       .description(description)
       .action(async (flags: ClientFlags) => {
         const reply = await withClient(flags, (c) => c.keyOp(op));
-        print(flags, reply, () => `${reply.detail} (active term ${reply.activeTerm})`);
+        print(flags, reply, () => `${printable(reply.detail)} (active term ${reply.activeTerm})`);
       });
   simple('rotate', 'rotate', 'a new data key: new writes are sealed under it');
   simple('rewrap', 'rewrap', 're-encrypt everything under the active data key (every manager snapshots and drops its log)');
@@ -341,7 +376,7 @@ export function keyCommands(): Command {
       const n = Number(term);
       if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('a data key is named by its term, a whole number above 0 (see coffer key status)');
       const reply = await withClient(flags, (c) => c.keyOp('destroy', n));
-      print(flags, reply, () => reply.detail);
+      print(flags, reply, () => printable(reply.detail));
     });
   addClientOptions(key.command('rotate-recovery'))
     .description('a new recovery key (opens backups made from now on); printed once')
@@ -370,7 +405,7 @@ async function rotateUnlock(flags: ClientFlags, what: string): Promise<void> {
   const unlockKey = generateUnlockKey();
   showKeyFirst(flags, what, unlockKey);
   const reply = await withClient(flags, (c) => c.rotateUnlock(unlockKey));
-  print(flags, { unlockKey, detail: reply.detail }, () => `applied: ${reply.detail}; a restarted manager needs this unlock key`);
+  print(flags, { unlockKey, detail: reply.detail }, () => `applied: ${printable(reply.detail)}; a restarted manager needs this unlock key`);
 }
 
 export function autolockCommand(): Command {
@@ -382,7 +417,7 @@ export function autolockCommand(): Command {
     .description('every manager wraps its root key with its key file again (made beside its data directory where missing)')
     .action(async (flags: ClientFlags) => {
       const reply = await withClient(flags, (c) => c.keyOp('autolockOff'));
-      print(flags, reply, () => reply.detail);
+      print(flags, reply, () => printable(reply.detail));
     });
   return autolock;
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { CofferClient } from '../client/client.ts';
+import { printableJson } from './printable.ts';
 
 /** Client flags shared by every command that talks to a cluster. */
 export function addClientOptions(command: Command): Command {
@@ -47,7 +48,10 @@ export function clientMaterialFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): 
   };
 }
 
-/** Prints a result as JSON (scripts) or with the given text formatter (people). */
+/**
+ * Prints a result as JSON (scripts) or with the given text formatter (people). The formatter
+ * passes what others wrote through `printable`; JSON escapes it (the rest by printableJson).
+ */
 export function print(flags: ClientFlags, value: unknown, text: () => string): void {
-  process.stdout.write(flags.output === 'json' ? `${JSON.stringify(value, (_k, v: unknown) => (Buffer.isBuffer(v) ? v.toString('base64') : v))}\n` : `${text()}\n`);
+  process.stdout.write(flags.output === 'json' ? `${printableJson(JSON.stringify(value, (_k, v: unknown) => (Buffer.isBuffer(v) ? v.toString('base64') : v)))}\n` : `${text()}\n`);
 }

@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { HEALTH_CHECK_TIMEOUT_MS, checkHealth } from '../client/health-client.ts';
 import { addClientOptions, clientMaterialFrom, type ClientFlags } from './client-config.ts';
+import { printable, printableJson } from './printable.ts';
 
 /**
  * `coffer health`: the gRPC health check of each manager given (what a container healthcheck
@@ -17,14 +18,14 @@ export function healthCommand(): Command {
     .action(async (flags: ClientFlags & { timeout: number }) => {
       const { addresses, ...pem } = clientMaterialFrom(flags, process.env);
       const answers = await Promise.all(addresses.map(async (address) => ({ address, ...(await checkHealth(address, pem, flags.timeout)) })));
-      if (flags.output === 'json') process.stdout.write(`${JSON.stringify(answers)}\n`);
+      if (flags.output === 'json') process.stdout.write(`${printableJson(JSON.stringify(answers))}\n`);
       for (const answer of answers) {
         if (answer.status === 'SERVING') {
           if (flags.output !== 'json') process.stdout.write(`${answer.address}: SERVING\n`);
         } else if (answer.status === 'UNREACHABLE') {
-          process.stderr.write(`coffer: ${answer.address} is not healthy: cannot check it: ${answer.detail}\n`);
+          process.stderr.write(`coffer: ${answer.address} is not healthy: cannot check it: ${printable(answer.detail)}\n`);
         } else {
-          process.stderr.write(`coffer: ${answer.address} is not healthy: ${answer.status} (locked, no leader known, or still catching up; its log says which)\n`);
+          process.stderr.write(`coffer: ${answer.address} is not healthy: ${printable(answer.status)} (locked, no leader known, or still catching up; its log says which)\n`);
         }
       }
       if (answers.some((answer) => answer.status !== 'SERVING')) process.exitCode = 1;

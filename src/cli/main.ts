@@ -14,6 +14,7 @@ import { snapshotCommands } from './snapshot-commands.ts';
 import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
 import { durationSeconds, secretCommands } from './secret-commands.ts';
+import { printable } from './printable.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createKeyFile } from '../crypto/root-key.ts';
 import { isManagerDataDir } from '../server/node-config.ts';
@@ -118,7 +119,8 @@ program
   .option('--identity-write-bytes-per-minute <bytes>', 'bytes of secret values one client identity may write through this manager per minute (0: no limit; default 1 GiB)', (v) => parsePositive(v, '--identity-write-bytes-per-minute', true))
   .option('--unlock-key-file <path>', 'an autolocked manager: read the unlock key from this file (e.g. a Docker secret); otherwise from stdin, or else it waits for coffer unlock')
   .option('--force-new-cluster', 'quorum lost for good: start a one-member cluster from this manager\'s data; every other member is removed, new managers join it')
-  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags) => {
+  .option('--new-audit-log', 'this manager\'s audit log is missing or does not verify (it will not start on it): move what is left aside and start a new log')
+  .action(async (options: JoinFlags & { join?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string; newAuditLog?: boolean } & SnapshotFlags) => {
     const { join: through, listen } = options;
     if (through === undefined) {
       for (const flag of ['advertise', 'token', 'tokenFile'] as const) {
@@ -152,7 +154,7 @@ program
     const key = options.unlockKeyFile !== undefined ? readUnlockKeyFile(options.unlockKeyFile) : await readKeyLine('unlock key: ', 'the unlock key');
     const reply = await sendUnlockKey(options.data, key);
     if (!reply.startsWith('ok')) throw new Error(reply.replace(/^error: /, ''));
-    process.stderr.write(`${reply}\n`);
+    process.stderr.write(`${printable(reply)}\n`);
   });
 
 program.addCommand(devCommand());
@@ -222,7 +224,7 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
   return n;
 }
 
-async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string } & SnapshotFlags): Promise<void> {
+async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string; newAuditLog?: boolean } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
   if ((await KeyStore.read(options.data)).protection === 'unlock-key') {
@@ -244,6 +246,7 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
     ...(options.identityRequestsPerSecond === undefined ? {} : { identityRequestsPerSecond: options.identityRequestsPerSecond }),
     ...(options.identityWriteBytesPerMinute === undefined ? {} : { identityWriteBytesPerMinute: options.identityWriteBytesPerMinute }),
     ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
+    ...(options.newAuditLog === true ? { newAuditLog: true } : {}),
     logger,
   });
   const stop = (signal: string): void => {
@@ -256,7 +259,8 @@ async function serve(options: { data: string; keyFile?: string; listen?: string;
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   const message = error instanceof ClientError ? `${grpcStatus[error.code] ?? error.code}: ${error.message}` : error instanceof Error ? error.message : String(error);
-  process.stderr.write(`coffer: ${message}\n`);
+  // A server's details (and names in them) are others' text: escaped like every other.
+  process.stderr.write(`coffer: ${printable(message)}\n`);
   // Exit now: a failed command must not linger on open handles.
   process.exit(1);
 });

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import type { SecretMetadataReply } from '../client/client.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import { printable } from './printable.ts';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -39,7 +40,7 @@ export function secretCommands(): Command {
       const client = clientFrom(flags, process.env);
       try {
         const reply = await client.put(name, value, { ...(flags.cas === undefined ? {} : { cas: flags.cas }), ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }), ...(flags.versionsKept === undefined ? {} : { versionsKept: flags.versionsKept }) });
-        print(flags, reply, () => `${name}: version ${reply.version}`);
+        print(flags, reply, () => `${printable(name)}: version ${reply.version}`);
       } finally {
         value.fill(0);
         client.close();
@@ -75,7 +76,7 @@ export function secretCommands(): Command {
           secrets.push(...page.secrets);
           token = page.nextPageToken;
         } while (token !== '');
-        print(flags, secrets, () => secrets.map((s) => `${s.name}\tv${s.currentVersion}${s.deleted ? '\t(deleted)' : ''}`).join('\n'));
+        print(flags, secrets, () => secrets.map((s) => `${printable(s.name)}\tv${s.currentVersion}${s.deleted ? '\t(deleted)' : ''}`).join('\n'));
       } finally {
         client.close();
       }
@@ -88,7 +89,7 @@ export function secretCommands(): Command {
       try {
         const reply = await client.versions(name);
         print(flags, reply, () =>
-          reply.versions.map((v) => `v${v.version}\t${time(v.createdAtMs)}\t${v.destroyed ? 'destroyed' : v.expired ? 'expired' : 'live'}${v.expireAtMs !== 0 ? `\texpires ${time(v.expireAtMs)}` : ''}${v.labels.length > 0 ? `\t[${v.labels.join(', ')}]` : ''}`).join('\n'),
+          reply.versions.map((v) => `v${v.version}\t${time(v.createdAtMs)}\t${v.destroyed ? 'destroyed' : v.expired ? 'expired' : 'live'}${v.expireAtMs !== 0 ? `\texpires ${time(v.expireAtMs)}` : ''}${v.labels.length > 0 ? `\t[${v.labels.map(printable).join(', ')}]` : ''}`).join('\n'),
         );
       } finally {
         client.close();
@@ -102,7 +103,7 @@ export function secretCommands(): Command {
         const client = clientFrom(flags, process.env);
         try {
           const reply = await run(client, name);
-          print(flags, reply, () => `${name}: ${verb} done`);
+          print(flags, reply, () => `${printable(name)}: ${verb} done`);
         } finally {
           client.close();
         }
@@ -117,7 +118,7 @@ export function secretCommands(): Command {
       const client = clientFrom(flags, process.env);
       try {
         const reply = await client.destroy(name, flags.versions);
-        print(flags, reply, () => `${name}: destroyed version${flags.versions.length > 1 ? 's' : ''} ${flags.versions.join(', ')}`);
+        print(flags, reply, () => `${printable(name)}: destroyed version${flags.versions.length > 1 ? 's' : ''} ${flags.versions.join(', ')}`);
       } finally {
         client.close();
       }
@@ -133,7 +134,7 @@ export function secretCommands(): Command {
       const client = clientFrom(flags, process.env);
       try {
         const reply = await client.generate(name, { length: flags.length, charset: flags.charset, ...(flags.cas === undefined ? {} : { cas: flags.cas }), ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }) });
-        print(flags, reply, () => `${name}: version ${reply.version} (generated)`);
+        print(flags, reply, () => `${printable(name)}: version ${reply.version} (generated)`);
       } finally {
         client.close();
       }
@@ -146,10 +147,10 @@ export function secretCommands(): Command {
       const client = clientFrom(flags, process.env);
       try {
         if (flags.remove === true) {
-          print(flags, await client.unlabel(name, label), () => `${name}: label ${label} removed`);
+          print(flags, await client.unlabel(name, label), () => `${printable(name)}: label ${printable(label)} removed`);
         } else {
           if (version === undefined) throw new Error('give the version the label points at');
-          print(flags, await client.label(name, label, positiveInt(version)), () => `${name}: ${label} -> v${version}`);
+          print(flags, await client.label(name, label, positiveInt(version)), () => `${printable(name)}: ${printable(label)} -> v${version}`);
         }
       } finally {
         client.close();

@@ -31,6 +31,12 @@ export type ClusterCommand =
   | { readonly kind: 'cluster.ca-install'; readonly certPem: string; readonly keyPem: string }
   | { readonly kind: 'cluster.ca-add'; readonly ca: CaRecord }
   | { readonly kind: 'cluster.ca-retire'; readonly gen: number }
+  /**
+   * The last durable record of a manager's audit log, replicated now and then, so someone who can
+   * rewrite that manager's audit directory cannot cut or replace what it held without verify
+   * noticing. It only moves forward, unless `reset` (the manager started a new log on purpose).
+   */
+  | { readonly kind: 'cluster.audit-anchor'; readonly id: NodeId; readonly seq: number; readonly hash: string; readonly reset: boolean }
   | { readonly kind: 'cluster.removed'; readonly id: NodeId }
   /** A new join token (its hash): until `expiresAtMs` (proposer's clock), for `uses` joins (null: any number). */
   | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array; readonly expiresAtMs: number | null; readonly uses: number | null }
@@ -55,6 +61,8 @@ export class ClusterState {
   readonly addresses = new Map<NodeId, string>();
   /** The keys each manager's certificate may hold: a Raft stream or a proposal from any other key is refused. */
   readonly memberKeys = new Map<NodeId, MemberKey[]>();
+  /** Each manager's audit anchor: its log's last durable record as last replicated, and how often it was reset. */
+  readonly auditAnchors = new Map<NodeId, { readonly seq: number; readonly hash: string; readonly resets: number }>();
   /** The cluster CAs, oldest first; the last is the active one (empty until the first leader installs it). */
   cas: CaRecord[] = [];
   readonly removed = new Set<NodeId>();
@@ -79,6 +87,8 @@ export class ClusterState {
         return { kind: command.kind, data: packr.pack([command.ca.gen, command.ca.certPem, command.ca.keyPem, command.ca.crossPem]) };
       case 'cluster.ca-retire':
         return { kind: command.kind, data: packr.pack([command.gen]) };
+      case 'cluster.audit-anchor':
+        return { kind: command.kind, data: packr.pack([command.id, command.seq, command.hash, command.reset]) };
       case 'cluster.removed':
         return { kind: command.kind, data: packr.pack([command.id]) };
       case 'cluster.join-token':
@@ -128,6 +138,14 @@ export class ClusterState {
         if (this.cas.length >= CAS_MAX) return { ok: false, reason: `CA generation ${this.cas[0]!.gen} is still trusted: retire it first (coffer ca retire)` };
         if (gen !== active.gen + 1) return { ok: false, reason: `the next CA generation is ${active.gen + 1}, not ${gen}` };
         this.cas = [...this.cas, { gen, certPem, keyPem, crossPem }];
+        return { ok: true };
+      }
+      case 'cluster.audit-anchor': {
+        const [id, seq, hash, reset] = fields as unknown[];
+        if (!isId(id) || typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0 || typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash) || typeof reset !== 'boolean') return { ok: false, reason: 'an audit anchor is a manager id, a record number, its hash and a reset flag' };
+        const known = this.auditAnchors.get(id);
+        if (known !== undefined && seq < known.seq && !reset) return { ok: false, reason: `manager ${id}'s audit log went back from record ${known.seq} to ${seq} without a reset: it was cut or replaced` };
+        this.auditAnchors.set(id, { seq, hash, resets: (known?.resets ?? 0) + (reset ? 1 : 0) });
         return { ok: true };
       }
       case 'cluster.ca-retire': {
@@ -214,12 +232,13 @@ export class ClusterState {
       this.cas.map((c) => [c.gen, c.certPem, c.keyPem, c.crossPem]),
       [...this.memberKeys].map(([id, keys]) => [id, keys.map((k) => [k.key, k.caGen])]),
       [this.joinTokenExpiresAtMs, this.joinTokenUsesLeft],
+      [...this.auditAnchors].map(([id, a]) => [id, a.seq, a.hash, a.resets]),
     ];
   }
 
   restore(image: unknown): void {
     // Images written before held learners existed have three fields.
-    const [addresses, removed, hash, held = [], recovery = null, cas = [], memberKeys = [], [tokenExpiresAtMs, tokenUsesLeft] = [null, null]] = image as [
+    const [addresses, removed, hash, held = [], recovery = null, cas = [], memberKeys = [], [tokenExpiresAtMs, tokenUsesLeft] = [null, null], anchors = []] = image as [
       Array<[number, string]>,
       number[],
       Uint8Array | null,
@@ -228,6 +247,7 @@ export class ClusterState {
       Array<[number, string, string, string | null]>?,
       Array<[number, Array<[string, number]>]>?,
       [number | null, number | null]?,
+      Array<[number, number, string, number]>?,
     ];
     this.addresses.clear();
     for (const [id, address] of addresses) this.addresses.set(id, address);
@@ -236,6 +256,8 @@ export class ClusterState {
     this.joinTokenHash = hash === null ? null : Buffer.from(hash);
     this.joinTokenExpiresAtMs = tokenExpiresAtMs;
     this.joinTokenUsesLeft = tokenUsesLeft;
+    this.auditAnchors.clear();
+    for (const [id, seq, anchorHash, resets] of anchors) this.auditAnchors.set(id, { seq, hash: anchorHash, resets });
     this.heldLearners.clear();
     for (const id of held) this.heldLearners.add(id);
     this.recoveryPublicKey = recovery === null ? null : Buffer.from(recovery);

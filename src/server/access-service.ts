@@ -3,12 +3,15 @@ import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate, type IssueOptio
 import { CryptoError } from '../crypto/errors.ts';
 import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
-import { verifyAuditDir } from '../audit/audit-log.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
 import { authenticateClient, authorize, noteTarget, unary, type Call } from './rpc.ts';
 import type { Identity } from '../crypto/pki.ts';
+
+/** Records one Audit.Tail may ask for, and the bytes of them it answers with (the newest that fit). */
+export const AUDIT_TAIL_RECORDS_MAX = 10_000;
+export const AUDIT_TAIL_BYTES_MAX = 2 * 1024 * 1024;
 
 /** Longest client certificate lifetime an issuer may ask for. */
 export const CLIENT_CERT_VALIDITY_DAYS_MAX = 825;
@@ -131,13 +134,19 @@ export function registerAccessServices(node: CofferNode): void {
   node.server.addService(Audit.service, {
     tail: unary(node, 'Audit.Tail', async (call: Call<{ count: number }>) => {
       authorize(node, call, 'admin', 'sys/audit');
-      const count = call.request.count === 0 ? 20 : Math.min(call.request.count, 10_000);
-      return { records: await node.audit.tail(count) };
+      const count = call.request.count === 0 ? 20 : Math.min(call.request.count, AUDIT_TAIL_RECORDS_MAX);
+      const records = await node.audit.tail(count);
+      // The newest records that fit in one reply (a client takes 4 MiB by default).
+      let bytes = 0;
+      let first = records.length;
+      while (first > 0 && bytes + JSON.stringify(records[first - 1]).length <= AUDIT_TAIL_BYTES_MAX) bytes += JSON.stringify(records[--first]).length;
+      return { records: records.slice(first) };
     }),
     verify: unary(node, 'Audit.Verify', async (call: Call<object>) => {
       authorize(node, call, 'admin', 'sys/audit');
-      const report = await verifyAuditDir(node.audit.dir);
-      return { ok: report.ok, records: report.records, firstBrokenLine: report.firstBroken?.line ?? 0, problem: report.firstBroken?.problem ?? '' };
+      const anchor = node.state.cluster.auditAnchors.get(node.config.nodeId) ?? null;
+      const report = await node.audit.verify(anchor);
+      return { ok: report.ok, records: report.records, firstBrokenLine: report.firstBroken?.line ?? 0, problem: report.firstBroken?.problem ?? '', anchorSeq: anchor?.seq ?? 0, anchorHash: anchor?.hash ?? '' };
     }),
   });
 }

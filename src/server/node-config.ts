@@ -44,6 +44,8 @@ export const TLS_KEY_SECRET = 'tls-key';
 /** The certificate of that key, kept beside it so a renewal replaces both in one atomic write. */
 export const TLS_CERT_SECRET = 'tls-cert';
 export const CA_KEY_SECRET = 'ca-key';
+/** The key of this manager's audit log HMACs (32 bytes), made on its first start. */
+export const AUDIT_KEY_SECRET = 'audit-hmac-key';
 
 /**
  * Whether `dataDir` is a manager's (init or join finished there: node.json is the last file they

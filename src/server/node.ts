@@ -13,7 +13,8 @@ import { encodeSecretCommand } from '../store/secret-store.ts';
 import { encodeAccessCommand } from '../store/access-state.ts';
 import { ROOT_POLICY } from '../store/policy.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
-import { AuditLog } from '../audit/audit-log.ts';
+import type { AuditLog } from '../audit/audit-log.ts';
+import { openManagerAuditLog } from './audit-key.ts';
 import { join } from 'node:path';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
@@ -38,6 +39,8 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 /** Renew a manager certificate once less than this share of its lifetime is left. */
 export const CERT_RENEW_REMAINING_SHARE = 1 / 3;
 const HOUSEKEEPING_INTERVAL_MS = 250;
+/** How often a manager replicates its audit log's last durable record (its anchor), if it moved. */
+export const AUDIT_ANCHOR_INTERVAL_MS = 10_000;
 
 export interface NodeOptions {
   readonly dataDir: string;
@@ -62,6 +65,10 @@ export interface NodeOptions {
   readonly forceNewCluster?: boolean;
   /** Limits on the connections the gRPC port holds (tests shorten them); see connection-guard.ts. */
   readonly connectionLimits?: Partial<ConnectionLimits>;
+  /** Move a missing or broken audit log aside and start a new one (see openManagerAuditLog). */
+  readonly newAuditLog?: boolean;
+  /** How often the audit anchor is replicated (default AUDIT_ANCHOR_INTERVAL_MS; tests shorten it). */
+  readonly auditAnchorIntervalMs?: number;
 }
 
 export function defaultKeyFile(dataDir: string): string {
@@ -99,6 +106,9 @@ export class CofferNode {
   #tls: TlsMaterial;
   #housekeeping: NodeJS.Timeout | null = null;
   #housekeepingBusy = false;
+  #anchoredAtMs = -Infinity;
+  /** Started with a new audit log: its first anchor says so (anchors otherwise only move forward). */
+  #auditLogReset: boolean;
   #peerClients = new Map<NodeId, grpc.Client>();
   boundPort = 0;
   #listener: GuardedListener | null = null;
@@ -132,6 +142,7 @@ export class CofferNode {
     this.#tls = this.#material();
     this.log = log;
     this.#connectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits };
+    this.#auditLogReset = options.newAuditLog === true;
     this.#credentials = new RenewableServerCredentials(this.#tls);
     rememberPeerCertificates();
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
@@ -244,7 +255,7 @@ export class CofferNode {
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
     // The CA key is in the key store of the first manager only, until its first leader installs it in the replicated state.
     const cas = new ClusterCa(state.cluster, { certPem: firstPem(files.caCertPem), keyPem: manager.localSecret(CA_KEY_SECRET)?.toString() ?? null });
-    const audit = await AuditLog.open(join(options.dataDir, AUDIT_DIR), config.nodeId);
+    const audit = await openManagerAuditLog(manager, join(options.dataDir, AUDIT_DIR), config.nodeId, log, options.newAuditLog === true);
     const node = new CofferNode(options, config, { ...parts, cas }, { certPem, keyPem: tlsKey.toString() }, log, audit, metrics);
     made(node);
     await node.#listen();
@@ -304,6 +315,7 @@ export class CofferNode {
       await this.#followCas();
       await this.#maybeRecordOwnKey();
       await this.#maybeRenewCertificate();
+      await this.#maybeAnchorAudit();
       const status = this.manager.raftStatus();
       if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {
         this.log.warn({ event: 'key-uses-near-limit' }, 'this manager has nearly used up the active data key: asking the leader to rotate');
@@ -397,6 +409,23 @@ export class CofferNode {
     for (const client of this.#peerClients.values()) client.close();
     this.#peerClients.clear();
     this.log.info({ event: 'certificate-renewed', serial: renewed.serial, caGeneration: signing.gen, notAfter: new Date(renewed.notAfterMs).toISOString() }, 'renewed this manager\'s certificate');
+  }
+
+  /**
+   * Replicates this manager's audit anchor (its log's last durable record) when it moved, at most
+   * every AUDIT_ANCHOR_INTERVAL_MS: whoever can rewrite this manager's audit directory cannot then
+   * cut or replace records written before it without `coffer audit verify` noticing.
+   */
+  async #maybeAnchorAudit(): Promise<void> {
+    const now = Date.now();
+    if (now - this.#anchoredAtMs < (this.#options.auditAnchorIntervalMs ?? AUDIT_ANCHOR_INTERVAL_MS) || (this.manager.raftStatus()?.lead ?? 0) === 0) return;
+    const anchor = this.audit.anchor;
+    const known = this.state.cluster.auditAnchors.get(this.config.nodeId);
+    if (!this.#auditLogReset && known !== undefined && known.seq >= anchor.seq) return;
+    this.#anchoredAtMs = now;
+    const result = await this.proposeCommand(ClusterState.encode({ kind: 'cluster.audit-anchor', id: this.config.nodeId, seq: anchor.seq, hash: anchor.hash, reset: this.#auditLogReset }));
+    if (result.ok) this.#auditLogReset = false;
+    else this.log.error({ event: 'audit-anchor-refused', reason: result.reason }, `the cluster refused this manager's audit anchor: ${result.reason}`);
   }
 
   /** This manager's own key in the replicated state (the first manager's, a restored one's), so peers admit it. */

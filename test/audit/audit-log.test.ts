@@ -1,16 +1,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AUDIT_FILE, AUDIT_HEAD_FILE, AuditError, AuditLog, HEAD_INTERVAL_MS, verifyAuditDir } from '../../src/audit/audit-log.ts';
 
+const KEY = randomBytes(32);
 const event = (k: number) => ({ identity: `user-${k}`, role: 'client', method: 'Secrets.Get', target: `app/k${k}`, outcome: 'allowed' as const, code: 'OK' });
 
 async function logWith(records: number): Promise<{ dir: string; root: string }> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-audit-'));
   const dir = join(root, 'audit');
-  const log = await AuditLog.open(dir, 1);
+  const log = await AuditLog.open(dir, 1, KEY, { newLog: true });
   await Promise.all(Array.from({ length: records }, (_, k) => log.append(event(k))));
   await log.settled(); // the head is written after the records are answered
   return { dir, root };
@@ -19,10 +21,10 @@ async function logWith(records: number): Promise<{ dir: string; root: string }> 
 test('records chain: a whole log verifies, and a reopened log continues the chain', async () => {
   const { dir, root } = await logWith(10);
   try {
-    assert.deepEqual(await verifyAuditDir(dir), { ok: true, records: 10, firstBroken: null });
-    const again = await AuditLog.open(dir, 1);
+    assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 10, firstBroken: null });
+    const again = await AuditLog.open(dir, 1, KEY);
     await again.append(event(10));
-    const report = await verifyAuditDir(dir);
+    const report = await verifyAuditDir(dir, KEY);
     assert.equal(report.ok, true);
     assert.equal(report.records, 11);
   } finally {
@@ -37,7 +39,7 @@ test('verify reports the first broken link of an altered, reordered, cut or trun
   const lines = original.trimEnd().split('\n');
   const check = async (text: string, line: number, problem: RegExp) => {
     writeFileSync(path, text);
-    const report = await verifyAuditDir(dir);
+    const report = await verifyAuditDir(dir, KEY);
     assert.equal(report.ok, false);
     assert.equal(report.firstBroken?.line, line);
     assert.match(report.firstBroken?.problem ?? '', problem);
@@ -55,7 +57,7 @@ test('verify reports the first broken link of an altered, reordered, cut or trun
 test('when the log cannot be written, appends fail and the log says it is broken; it recovers once it can write', async () => {
   const { dir, root } = await logWith(3);
   try {
-    const log = await AuditLog.open(dir, 1);
+    const log = await AuditLog.open(dir, 1, KEY);
     renameSync(dir, `${dir}.away`);
     writeFileSync(dir, 'not a directory');
     await assert.rejects(log.append(event(3)), (e: unknown) => e instanceof AuditError && /cannot be written/.test(e.message));
@@ -64,7 +66,7 @@ test('when the log cannot be written, appends fail and the log says it is broken
     renameSync(`${dir}.away`, dir);
     await log.append(event(4));
     assert.equal(log.broken, null);
-    const report = await verifyAuditDir(dir);
+    const report = await verifyAuditDir(dir, KEY);
     assert.equal(report.ok, true, JSON.stringify(report));
     assert.equal(report.records, 4, 'the failed record was never written; the chain goes on from the last durable one');
   } finally {
@@ -76,16 +78,20 @@ test('a crash between the log and its head, or in the middle of a line, leaves a
   const { dir, root } = await logWith(4);
   try {
     // The head lags one record behind the log (crash before the head was replaced).
+    const lagging = readFileSync(join(dir, AUDIT_HEAD_FILE));
+    const more = await AuditLog.open(dir, 1, KEY);
+    await more.append(event(4));
+    await more.settled();
+    writeFileSync(join(dir, AUDIT_HEAD_FILE), lagging);
     const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
-    const third = JSON.parse(lines[2]!) as { seq: number; hash: string };
-    writeFileSync(join(dir, 'audit.head'), JSON.stringify({ seq: third.seq, hash: third.hash }));
     // And a partial line at the end (crash mid-write).
-    writeFileSync(join(dir, AUDIT_FILE), `${lines.join('\n')}\n{"seq":5,"ti`);
-    const log = await AuditLog.open(dir, 1);
+    writeFileSync(join(dir, AUDIT_FILE), `${lines.join('\n')}\n{"seq":6,"ti`);
+    assert.match((await verifyAuditDir(dir, KEY)).firstBroken?.problem ?? '', /incomplete last line/, 'offline, before the manager cuts it');
+    const log = await AuditLog.open(dir, 1, KEY);
     await log.append(event(5));
-    const report = await verifyAuditDir(dir);
+    const report = await verifyAuditDir(dir, KEY);
     assert.equal(report.ok, true, JSON.stringify(report));
-    assert.equal(report.records, 5);
+    assert.equal(report.records, 6);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -94,7 +100,7 @@ test('a crash between the log and its head, or in the middle of a line, leaves a
 test('while the head cannot be written the log stays broken, even as records still append; it recovers by itself', async () => {
   const { dir, root } = await logWith(2);
   try {
-    const log = await AuditLog.open(dir, 1);
+    const log = await AuditLog.open(dir, 1, KEY);
     // The head is replaced through audit.head.tmp: a directory there makes every head write fail
     // while the log itself can still be appended to.
     mkdirSync(join(dir, `${AUDIT_HEAD_FILE}.tmp`));
@@ -110,7 +116,49 @@ test('while the head cannot be written the log stays broken, even as records sti
     assert.equal(log.broken, null, 'the head is retried until it can be written');
     const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8')) as { seq: number };
     assert.equal(head.seq, 4);
-    assert.equal((await verifyAuditDir(dir)).ok, true);
+    assert.equal((await verifyAuditDir(dir, KEY)).ok, true);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('the layout: each line is a record\'s JSON with its hash last; the head carries seq, hash, node and its MAC last; the anchor is the last durable record', async () => {
+  const { dir, root } = await logWith(2);
+  try {
+    const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
+    for (const line of lines) {
+      const record = JSON.parse(line) as Record<string, unknown>;
+      assert.deepEqual(Object.keys(record), ['seq', 'time', 'node', 'identity', 'role', 'method', 'target', 'outcome', 'code', 'prev', 'hash']);
+      assert.match(line, /,"hash":"[0-9a-f]{64}"\}$/);
+    }
+    const head = readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8');
+    assert.match(head, /^\{"seq":2,"hash":"[0-9a-f]{64}","node":1,"mac":"[0-9a-f]{64}"\}$/);
+    const log = await AuditLog.open(dir, 1, KEY);
+    assert.deepEqual(log.anchor, { seq: 2, hash: (JSON.parse(lines[1]!) as { hash: string }).hash });
+    assert.equal((await log.verify(log.anchor)).ok, true);
+    // Under another key nothing verifies, and the log is not opened.
+    const other = randomBytes(32);
+    assert.match((await verifyAuditDir(dir, other)).firstBroken?.problem ?? '', /MAC/);
+    await assert.rejects(AuditLog.open(dir, 1, other), (e: unknown) => e instanceof AuditError && /does not verify/.test(e.message));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a new log moves what was there aside (an older, unkeyed log; or one whose key is gone) and starts a verified chain', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-audit-'));
+  const dir = join(root, 'audit');
+  try {
+    mkdirSync(dir);
+    writeFileSync(join(dir, AUDIT_FILE), '{"identity":"a","seq":1,"prev":"0","hash":"1"}\n');
+    writeFileSync(join(dir, AUDIT_HEAD_FILE), '{"seq":1,"hash":"1"}');
+    const log = await AuditLog.open(dir, 3, KEY, { newLog: true });
+    assert.equal(log.archived.length, 2);
+    assert.match(readFileSync(join(dir, log.archived[0]!), 'utf8'), /"identity":"a"/);
+    assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 0, firstBroken: null });
+    await log.append(event(1));
+    await log.settled();
+    assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 1, firstBroken: null });
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -1,20 +1,23 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { statSync, readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { AUDIT_FILE } from '../../src/audit/audit-log.ts';
 import { ANONYMOUS_RECORDS_PER_SECOND_MAX } from '../../src/server/anonymous-audit.ts';
 import { identityOf, issueCertificate, newLeafKey } from '../../src/crypto/pki.ts';
-import { AdminClient } from '../cluster/processes.ts';
+import { AdminClient, eventually } from '../cluster/processes.ts';
+import { CofferNode } from '../../src/server/node.ts';
+import { createLogger } from '../../src/util/logger.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 // Attacks on one manager by callers outside the cluster or with a narrow certificate.
 let cluster: InProcessCluster;
 before(async () => {
-  cluster = await InProcessCluster.start(1, { identityRequestsPerSecond: 200, identityWriteBytesPerMinute: 4 * 1024 * 1024 });
+  cluster = await InProcessCluster.start(1, { identityRequestsPerSecond: 200, identityWriteBytesPerMinute: 4 * 1024 * 1024, auditAnchorIntervalMs: 200 });
 });
 after(async () => {
   await cluster?.stop();
@@ -183,4 +186,33 @@ test('a request that is not a valid protobuf message is refused as INVALID_ARGUM
   await cluster.nodes[0]!.audit.settled();
   const records = await cluster.nodes[0]!.audit.tail(10);
   assert.ok(records.some((r) => r.method === 'Secrets.Put' && r.identity === 'admin' && r.code === 'INVALID_ARGUMENT'), 'the malformed request is audited');
+});
+
+test('an older copy of the audit log and its head, put back while the manager was down, is caught by the anchor the cluster replicated', { timeout: 60_000 }, async () => {
+  const node = cluster.nodes[0]!;
+  const dir = node.audit.dir;
+  const options = { identityRequestsPerSecond: 200, identityWriteBytesPerMinute: 4 * 1024 * 1024, auditAnchorIntervalMs: 200 };
+  await cluster.admin.call(cluster.addresses[0]!, 'Secrets', 'get', { name: 'gen/x' });
+  await node.audit.settled();
+  const copy = mkdtempSync(join(tmpdir(), 'coffer-audit-copy-'));
+  try {
+    cpSync(dir, copy, { recursive: true });
+    const copiedSeq = node.audit.anchor.seq;
+    for (let k = 0; k < 5; k++) await cluster.admin.call(cluster.addresses[0]!, 'Secrets', 'get', { name: 'gen/x' });
+    await eventually('an anchor past the copy', 10_000, async () => ((node.state.cluster.auditAnchors.get(node.config.nodeId)?.seq ?? 0) > copiedSeq + 3 ? true : undefined));
+    const intact = await cluster.admin.call<Reply>(cluster.addresses[0]!, 'Audit', 'verify', {});
+    assert.equal(intact['ok'], true, String(intact['problem']));
+    assert.ok((intact['anchorSeq'] as number) > copiedSeq);
+
+    await node.stop();
+    rmSync(dir, { recursive: true });
+    cpSync(copy, dir, { recursive: true });
+    const restarted = await CofferNode.start({ ...options, dataDir: join(cluster.root, 'm1'), logger: createLogger({ level: 'silent' }), tickIntervalMs: 50 });
+    cluster.nodes[0] = restarted;
+    const report = await eventually('an answer', 20_000, async () => cluster.admin.call<Reply>(cluster.addresses[0]!, 'Audit', 'verify', {}).catch(() => undefined));
+    assert.equal(report['ok'], false, 'the older copy is not reported intact');
+    assert.match(String(report['problem']), /anchor|record \d+/);
+  } finally {
+    rmSync(copy, { recursive: true, force: true });
+  }
 });
