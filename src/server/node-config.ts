@@ -105,9 +105,10 @@ export async function readTlsFiles(dataDir: string): Promise<{ caCertPem: string
 
 /** Splits host:port (IPv6 in brackets), checking the port. */
 export function splitHostPort(address: string): { host: string; port: number } {
-  const match = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(address);
+  // A host name, an IPv4 address, or an IPv6 address in brackets: nothing that could carry control characters into a log.
+  const match = /^(\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/.exec(address);
   const port = Number(match?.[2]);
-  if (match === null || port < 1 || port > 65535) throw new Error(`"${address}" is not host:port`);
+  if (match === null || port < 1 || port > 65535) throw new Error(`${JSON.stringify(address.slice(0, 300))} is not host:port (a host name, an IPv4 address or [an IPv6 address], then a port)`);
   return { host: match[1]!.replace(/^\[|\]$/g, ''), port };
 }
 

@@ -89,21 +89,22 @@ test('the coffer CLI against npm start\'s local cluster: every secret operation,
     await fails(['secret', 'get', 'app/db/password'], /PERMISSION_DENIED: .*revoked/, '', reader);
     assert.match(await ok(['identity', 'ls']), /reader\tapp-reader\trevoked/);
 
-    // A name that would forge lines and recolour the terminal: the server's error and the audit
-    // tail show it escaped (the name reaches the audit log before it is found invalid).
+    // A name that would forge lines and recolour the terminal: the server's error shows it escaped,
+    // and it never reaches the audit log (names are checked before they are noted; the tail's own
+    // escaping is tested with such a record in test/cli/printable.test.ts).
     const nasty = 'app/\u001b[31mred\n2026-01-01T00:00:00.000Z\tadmin\tSecrets.Get\tforged';
     const refused = await coffer(admin, ['secret', 'put', nasty, '--addr', admin['COFFER_ADDR']!.split(',')[0]!], 'x');
     assert.equal(refused.code, 1);
-    assert.match(refused.stderr, /^coffer: INVALID_ARGUMENT: secret name "app\/\\x1b\[31mred\\n2026.*\\tforged"/);
+    assert.match(refused.stderr, /^coffer: INVALID_ARGUMENT: secret name "app\/\\\\u001b\[31mred\\\\n2026.*\\\\tforged"/);
     assert.doesNotMatch(refused.stderr.trimEnd(), /[\u001b\n]/);
 
     // Audit: allowed and denied requests are there; verify passes, then finds a tampered record.
     const tail = await ok(['audit', 'tail', '-n', '200', '--addr', admin['COFFER_ADDR']!.split(',')[0]!]);
     assert.match(tail, /admin\tSecrets\.Put\tapp\/db\/password\tallowed\tOK/);
     assert.doesNotMatch(tail, /\u001b|\tforged/, 'no raw escape, and no forged column');
-    assert.match(tail, /\tSecrets\.Put\tapp\/\\x1b\[31mred\\n2026-01-01T00:00:00\.000Z\\tadmin\\tSecrets\.Get\\tforged\tfailed\tINVALID_ARGUMENT$/m);
+    assert.match(tail, /\tadmin\tSecrets\.Put\t\tfailed\tINVALID_ARGUMENT$/m, 'the refused put is audited without its name');
     const tailJson = JSON.parse(await ok(['audit', 'tail', '-n', '200', '--output', 'json', '--addr', admin['COFFER_ADDR']!.split(',')[0]!])) as Array<{ target: string }>;
-    assert.ok(tailJson.some((r) => r.target === nasty), 'JSON output stays JSON, with the exact name');
+    assert.ok(!tailJson.some((r) => r.target.includes('forged')), 'JSON output stays JSON, and the invalid name is not in it');
     assert.match(await ok(['audit', 'verify', '--addr', admin['COFFER_ADDR']!.split(',')[0]!]), /audit log intact/);
     const auditDir = join(dir, 'm1', 'audit');
     const copy = join(root, 'audit-copy');
