@@ -185,7 +185,7 @@ export function auditCommands(): Command {
     .option('--unlock-key-file <path>', 'with --data, an autolocked manager: its unlock key, from this file (otherwise it is read from stdin)')
     .option('--anchor <seq:hash>', 'with --data: a record the cluster anchored for this manager; the log must reach it and hold it', parseAnchor)
     .action(async (flags: ClientFlags & { data?: string; dir?: string; keyFile?: string; unlockKeyFile?: string; anchor?: AuditAnchor }) => {
-      let report: { ok: boolean; records: number; line: number; problem: string };
+      let report: { ok: boolean; records: number; line: number; problem: string; anchor?: string };
       if (flags.data !== undefined) {
         const data = flags.data;
         // The key is read from the key store without starting the manager (nothing is written).
@@ -207,12 +207,13 @@ export function auditCommands(): Command {
         const client = clientFrom(flags, process.env);
         try {
           const r = await client.auditVerify();
-          report = { ok: r.ok, records: r.records, line: r.firstBrokenLine, problem: r.problem };
+          report = { ok: r.ok, records: r.records, line: r.firstBrokenLine, problem: r.problem, ...(r.anchorHash === '' ? {} : { anchor: `${r.anchorSeq}:${r.anchorHash}` }) };
         } finally {
           client.close();
         }
       }
-      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${printable(report.problem)}`));
+      const anchored = report.anchor === undefined ? '' : ` (checked against the cluster's anchor ${report.anchor}; keep it for an offline check with --anchor)`;
+      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records${anchored}` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${printable(report.problem)}${anchored}`));
       if (!report.ok) process.exitCode = 3;
     });
   return audit;

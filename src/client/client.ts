@@ -215,7 +215,8 @@ export class CofferClient {
     return this.call('Audit', 'tail', { count }, true);
   }
 
-  auditVerify(): Promise<{ ok: boolean; records: number; firstBrokenLine: number; problem: string }> {
+  /** Checks the manager's audit chain, against the anchor the cluster replicated for it (reported back). */
+  auditVerify(): Promise<{ ok: boolean; records: number; firstBrokenLine: number; problem: string; anchorSeq: number; anchorHash: string }> {
     return this.call('Audit', 'verify', {}, true);
   }
 
