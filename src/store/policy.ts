@@ -17,9 +17,11 @@
  * Which policy holds a rule, and the order of rules, do not matter.
  *
  * Administration is the `admin` capability on `sys/...` paths: `sys/policies/NAME`,
- * `sys/identities/NAME`, `sys/audit`, `sys/cluster`.
+ * `sys/identities/NAME`, `sys/audit`, `sys/cluster`. `sudo` is the capability of the operations
+ * reserved to root: cluster membership, join tokens, the keyring, backups. Like every capability,
+ * only rules that name it grant it (`admin` on `**` does not); the root policy names them all.
  */
-export const CAPABILITIES = ['read', 'write', 'list', 'delete', 'admin'] as const;
+export const CAPABILITIES = ['read', 'write', 'list', 'delete', 'admin', 'sudo'] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
 export interface PolicyRule {
