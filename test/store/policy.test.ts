@@ -44,6 +44,17 @@ test('a malformed policy is refused with what to fix', () => {
   assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/**x', capabilities: ['read'], deny: false }] }) ?? '', /rule 1: the path/);
   assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '', /rule 1: capabilities/);
   assert.equal(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['read'], deny: false }] }), null);
+  assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '', /read, write, list, delete, admin, sudo$/);
+});
+
+test('sudo: root holds it; only a rule that names it grants it, admin on ** does not', () => {
+  assert.equal(decide([ROOT_POLICY], 'sudo', 'sys/cluster/members').allowed, true);
+  const operator: Policy = { name: 'operator', rules: [{ path: '**', capabilities: ['read', 'write', 'list', 'delete', 'admin'], deny: false }] };
+  assert.equal(decide([operator], 'sudo', 'sys/cluster/members').allowed, false);
+  const keyring: Policy = { name: 'keyring', rules: [{ path: 'sys/keyring', capabilities: ['sudo'], deny: false }] };
+  assert.equal(policyProblem(keyring), null);
+  assert.equal(decide([operator, keyring], 'sudo', 'sys/keyring').allowed, true);
+  assert.equal(decide([operator, keyring], 'sudo', 'sys/backups').allowed, false);
 });
 
 // The exponential matcher took hours on this input; the test's time bound is what catches it.
