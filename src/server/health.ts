@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { BasicStatus, NodeId } from '../raft/types.ts';
 import { callerIdentity } from '../transport/auth.ts';
+import { isMalformedRequest, methodPath, tolerantService } from '../transport/proto.ts';
 import type { CofferNode } from './node.ts';
 
 /** The service name of a manager's overall health, as the gRPC health protocol defines it. */
@@ -45,7 +46,9 @@ export class HealthService {
   constructor(node: CofferNode) {
     this.#node = node;
     this.#implementation.addToServer({
-      addService: (service, implementation) => node.server.addService(service as grpc.ServiceDefinition, this.#guard(implementation as grpc.UntypedServiceImplementation)),
+      // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
+      // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
+      addService: (service, implementation) => node.server.addService(tolerantService(service as grpc.ServiceDefinition), this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation)),
     });
   }
 
@@ -62,7 +65,7 @@ export class HealthService {
     return status;
   }
 
-  #guard(implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+  #guard(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
     const clusterId = this.#node.config.clusterId;
     const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
     const guarded: grpc.UntypedServiceImplementation = {};
@@ -72,6 +75,12 @@ export class HealthService {
           if (callback !== undefined) return callback(refusal);
           // Watch is server-streaming: an error event ends it with that status.
           return void call.emit('error', refusal);
+        }
+        if (isMalformedRequest(call.request)) {
+          this.#node.metrics.refused('malformed');
+          const malformed = { code: grpc.status.INVALID_ARGUMENT, details: `the request is not a valid ${methodPath(service, method)} message (protobuf)` };
+          if (callback !== undefined) return callback(malformed);
+          return void call.emit('error', malformed);
         }
         this.update();
         return (handler as (call: unknown, callback?: unknown) => void)(call, callback);
