@@ -12,9 +12,11 @@
  * - A caller with a certificate of the cluster CA is never UNAUTHENTICATED: what it may do is
  *   decided by identity and policy (PERMISSION_DENIED), not by authentication.
  * - JoinCluster never succeeds here: the fuzzer cannot make an address answer with a joiner's key.
- * - OK is allowed only where the caller's rights reach. The admin (root policy) may do anything.
- *   The others, by a list of what they may do (so a new method that lets them in shows up as a
- *   failure until someone decides it should):
+ * - Beyond the caller's rights, only a refusal (PERMISSION_DENIED, INVALID_ARGUMENT for a request
+ *   checked before authorization, RESOURCE_EXHAUSTED, UNAVAILABLE): never OK, and never an answer
+ *   that says something about what is there (NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION). The
+ *   admin (root policy) may do anything. The others, by a list of what they may do (so a new
+ *   method that lets them in shows up as a failure until someone decides it should):
  *     narrow (read and list on fuzz/**): Secrets.Get and Versions of names under fuzz/**,
  *       Secrets.List (only names under fuzz/** listed), Identities.Renew (its own certificate,
  *       no policy needed), and what any certificate may do;
@@ -83,23 +85,26 @@ export function judge(method: MethodFacts, caller: CallerName, outcome: Outcome,
   }
 
   if (code === grpc.status.UNAUTHENTICATED) return `a caller with a certificate of the cluster CA got UNAUTHENTICATED: ${outcome.details}`;
-  if (code !== grpc.status.OK) return null;
+  if (method.name === 'Join.JoinCluster') return code === grpc.status.OK ? 'JoinCluster succeeded, though no fuzzed address can prove a joiner\'s key' : null;
+  if (caller === 'admin' || anyCertificateMayCall(method) || (caller === 'forged-manager' && method.name === 'Cluster.Status')) return null;
 
-  // OK: only where the caller's rights reach.
-  if (method.name === 'Join.JoinCluster') return 'JoinCluster succeeded, though no fuzzed address can prove a joiner\'s key';
-  if (caller === 'admin' || anyCertificateMayCall(method)) return null;
-  if (caller === 'forged-manager' && method.name === 'Cluster.Status') return null;
   if (caller === 'narrow') {
     if (method.name === 'Identities.Renew') return null;
-    if (method.name === 'Secrets.Get' || method.name === 'Secrets.Versions') {
-      const name = observed.request?.['name'];
-      return typeof name === 'string' && globMatches(NARROW_GLOB, name) ? null : `the narrow identity (read on ${NARROW_GLOB}) read ${JSON.stringify(String(name).slice(0, 80))}`;
-    }
     if (method.name === 'Secrets.List') {
+      if (code !== grpc.status.OK) return null;
       const listed = observed.responses.flatMap((r) => ((r?.['secrets'] as Array<{ name?: string }> | undefined) ?? []).map((s) => String(s.name)));
       const outside = listed.filter((n) => !globMatches(NARROW_GLOB, n));
       return outside.length === 0 ? null : `the narrow identity (list on ${NARROW_GLOB}) was shown ${outside.slice(0, 3).map((n) => JSON.stringify(n)).join(', ')}`;
     }
+    const name = observed.request?.['name'];
+    if ((method.name === 'Secrets.Get' || method.name === 'Secrets.Versions') && typeof name === 'string' && globMatches(NARROW_GLOB, name)) return null;
   }
-  return `${caller} got OK, which needs rights it does not have`;
+  // Beyond the caller's rights: only a refusal, and one that tells nothing of what is there
+  // (NOT_FOUND, ALREADY_EXISTS or FAILED_PRECONDITION would say whether a name exists).
+  if (REFUSALS.has(code)) return null;
+  const asked = typeof observed.request?.['name'] === 'string' ? ` (name ${JSON.stringify(String(observed.request['name']).slice(0, 80))})` : '';
+  return `${caller} got ${statusName(code)}${asked}, beyond its rights, where only a refusal may come (PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE): ${outcome.details}`;
 }
+
+/** What a caller without the rights for a request may be told. */
+const REFUSALS = new Set([grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE]);
