@@ -204,7 +204,7 @@ function plausibleString(rng: SeededRandom, field: string, service: string, hint
       if (service.endsWith('.Identities')) return pick(rng, hints.identityNames);
       return pick(rng, hints.secretNames);
     case 'label':
-      return pick(rng, ['prod', 'stable', 'current', 'previous', 'v2', 'x']);
+      return pick(rng, ['', 'prod', 'stable', 'current', 'previous', 'v2', 'x']);
     case 'charset':
       return pick(rng, ['', 'hex', 'alphanumeric', 'base64url', 'printable', 'emoji']);
     case 'prefix':
@@ -241,6 +241,7 @@ function plausibleString(rng: SeededRandom, field: string, service: string, hint
 function plausibleNumber(rng: SeededRandom, field: string, hints: Hints): number {
   switch (field) {
     case 'version':
+      return chance(rng, 0.4) ? 0 : between(rng, 1, 5);
     case 'versions':
     case 'term':
       return between(rng, 0, 5);
@@ -294,7 +295,9 @@ function fieldValue(rng: SeededRandom, field: FieldDescriptor, target: PayloadTa
   const bad = hostile && chance(rng, 0.4);
   if (field.type === 'TYPE_MESSAGE' || field.type === 'TYPE_GROUP') {
     const nested = target.resolve(field.typeName);
-    return nested === null || depth >= 4 ? undefined : randomMessage(rng, nested, target, hints, hostile, depth + 1);
+    // Optional parts (a CAS condition) are left out half the time, so plain requests are common.
+    if (nested === null || depth >= 4 || (field.label !== 'LABEL_REPEATED' && chance(rng, 0.5))) return undefined;
+    return randomMessage(rng, nested, target, hints, hostile, depth + 1);
   }
   if (field.type === 'TYPE_STRING') return bad ? hostileString(rng) : plausibleString(rng, field.name, target.service, hints);
   if (field.type === 'TYPE_BYTES') return bad ? hostileBytes(rng) : plausibleBytes(rng, field.name, hints);
