@@ -180,7 +180,9 @@ function hostileString(rng: SeededRandom): string {
   }
   if (roll < 0.8) return 'a/'.repeat(between(rng, 100, 2000)) + 'b'; // deep paths
   if (roll < 0.9) return pick(rng, ['A', 'a/', '*', '\u001b', 'é']).repeat(pick(rng, [63, 64, 65, 127, 128, 129, 255, 256, 257, 300, 4096, 4097]));
-  if (roll < 0.995) return 'x'.repeat(between(rng, 10_000, 70_000));
+  if (roll < 0.97) return 'x'.repeat(between(rng, 10_000, 70_000));
+  // Past 64 KiB: a server that quotes one in a status exceeds HTTP/2's header list limit.
+  if (roll < 0.995) return 'z'.repeat(between(rng, 70_000, 300_000));
   return 'y'.repeat(between(rng, 1_000_000, 1_500_000)); // rare: a megabyte of name
 }
 
