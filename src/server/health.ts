@@ -2,10 +2,18 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { BasicStatus, NodeId } from '../raft/types.ts';
 import { callerIdentity } from '../transport/auth.ts';
+import { isMalformedRequest, methodPath, tolerantService } from '../transport/proto.ts';
 import type { CofferNode } from './node.ts';
 
 /** The service name of a manager's overall health, as the gRPC health protocol defines it. */
 export const OVERALL_HEALTH = '';
+
+/**
+ * Longest service name a health request may ask about. The health library quotes the name in its
+ * NOT_FOUND status, and a status over HTTP/2's header list limit (64 KiB) is never sent: the call
+ * went unanswered and its connection stalled for seconds (found by npm run fuzz).
+ */
+export const HEALTH_SERVICE_NAME_CHARS_MAX = 256;
 
 /** What a manager's health is decided from; a small surface so it can be tested alone. */
 export interface HealthFacts {
@@ -45,7 +53,9 @@ export class HealthService {
   constructor(node: CofferNode) {
     this.#node = node;
     this.#implementation.addToServer({
-      addService: (service, implementation) => node.server.addService(service as grpc.ServiceDefinition, this.#guard(implementation as grpc.UntypedServiceImplementation)),
+      // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
+      // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
+      addService: (service, implementation) => node.server.addService(tolerantService(service as grpc.ServiceDefinition), this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation)),
     });
   }
 
@@ -62,16 +72,22 @@ export class HealthService {
     return status;
   }
 
-  #guard(implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+  #guard(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
     const clusterId = this.#node.config.clusterId;
     const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
     const guarded: grpc.UntypedServiceImplementation = {};
     for (const [method, handler] of Object.entries(implementation)) {
       guarded[method] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
-        if (callerIdentity(call, clusterId) === null) {
-          if (callback !== undefined) return callback(refusal);
-          // Watch is server-streaming: an error event ends it with that status.
-          return void call.emit('error', refusal);
+        // Watch is server-streaming: an error event ends it with that status.
+        const refuse = (status: { code: grpc.status; details: string }): void => (callback !== undefined ? callback(status) : void call.emit('error', status));
+        if (callerIdentity(call, clusterId) === null) return refuse(refusal);
+        if (isMalformedRequest(call.request)) {
+          this.#node.metrics.refused('malformed');
+          return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `the request is not a valid ${methodPath(service, method)} message (protobuf)` });
+        }
+        const asked = (call.request as { service?: unknown } | undefined)?.service;
+        if (typeof asked === 'string' && asked.length > HEALTH_SERVICE_NAME_CHARS_MAX) {
+          return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `a health service name has at most ${HEALTH_SERVICE_NAME_CHARS_MAX} characters; this one has ${asked.length}` });
         }
         this.update();
         return (handler as (call: unknown, callback?: unknown) => void)(call, callback);

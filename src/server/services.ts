@@ -5,7 +5,7 @@ import { ClusterState } from '../cluster/cluster-state.ts';
 import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, formatJoinToken, identityOf, joinTokenHash, newJoinToken } from '../crypto/pki.ts';
 import type { ConfChangeType } from '../raft/types.ts';
 import { ReflectionService } from '@grpc/reflection';
-import { packageDefinition, services } from '../transport/proto.ts';
+import { isMalformedRequest, methodPath, packageDefinition, services, tolerantService } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
 import { callerIdentity } from '../transport/auth.ts';
 import type { CofferNode } from './node.ts';
@@ -141,7 +141,11 @@ function memberRpc(node: CofferNode, method: string, op: MemberOp['op']) {
 
 /**
  * The server as a library's service sees it when it adds itself (reflection): every method it
- * adds first checks for a certificate of this cluster, as every Coffer method does.
+ * adds first checks for a certificate of this cluster, as every Coffer method does. Its requests
+ * are decoded tolerantly, so one that does not decode is not answered INTERNAL by grpc-js (before
+ * the certificate check): a single request is refused INVALID_ARGUMENT after the check; a message
+ * on a request stream (reflection's) reaches the library as MALFORMED_REQUEST, which reflection
+ * answers in its own protocol, with an error response for that message.
  */
 function guardedServer(node: CofferNode): Pick<grpc.Server, 'addService'> {
   const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
@@ -149,16 +153,22 @@ function guardedServer(node: CofferNode): Pick<grpc.Server, 'addService'> {
     addService: (service, implementation) => {
       const guarded: grpc.UntypedServiceImplementation = {};
       for (const [method, handler] of Object.entries(implementation)) {
-        guarded[method] = ((call: grpc.ServerDuplexStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+        guarded[method] = ((call: grpc.ServerDuplexStream<unknown, unknown> & { request?: unknown }, callback?: grpc.sendUnaryData<unknown>) => {
           if (callerIdentity(call, node.config.clusterId) === null) {
             node.metrics.refused('unauthenticated');
             if (callback !== undefined) return callback(refusal);
             return void call.emit('error', refusal);
           }
+          if (isMalformedRequest(call.request)) {
+            node.metrics.refused('malformed');
+            const malformed = { code: grpc.status.INVALID_ARGUMENT, details: `the request is not a valid ${methodPath(service, method)} message (protobuf)` };
+            if (callback !== undefined) return callback(malformed);
+            return void call.emit('error', malformed);
+          }
           return (handler as (call: unknown, callback?: unknown) => void)(call, callback);
         }) as grpc.UntypedHandleCall;
       }
-      node.server.addService(service, guarded);
+      node.server.addService(tolerantService(service), guarded);
     },
   };
 }

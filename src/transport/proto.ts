@@ -51,8 +51,17 @@ export function isMalformedRequest(request: unknown): boolean {
   return request === MALFORMED_REQUEST;
 }
 
-/** A service definition whose request decoders give MALFORMED_REQUEST instead of throwing. */
-function tolerantService(service: grpc.ServiceDefinition): grpc.ServiceDefinition {
+/** The path of a method (/package.Service/Method), by its key in a definition or in an implementation (originalName). */
+export function methodPath(service: grpc.ServiceDefinition, key: string): string {
+  const method = service[key] ?? Object.values(service).find((m) => (m as { originalName?: string }).originalName === key);
+  return method?.path ?? key;
+}
+
+/**
+ * A service definition whose request decoders give MALFORMED_REQUEST instead of throwing. The
+ * coffer.v1 services get it here; the server applies it to the health and reflection services too.
+ */
+export function tolerantService(service: grpc.ServiceDefinition): grpc.ServiceDefinition {
   const tolerant: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const [name, method] of Object.entries(service)) {
     const decode = method.requestDeserialize;

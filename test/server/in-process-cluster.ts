@@ -17,7 +17,7 @@ export class InProcessCluster {
   /** The join token made at init. */
   joinToken = '';
 
-  /** `options` are given to every manager (limits, say). */
+  /** `options` are given to every manager (limits, say; a logger, else a silent one). */
   static async start(size = 3, options: Partial<NodeOptions> = {}): Promise<InProcessCluster> {
     const cluster = new InProcessCluster();
     try {
@@ -30,7 +30,7 @@ export class InProcessCluster {
   }
 
   async #start(size: number, options: Partial<NodeOptions>): Promise<void> {
-    const logger = createLogger({ level: 'silent' });
+    const logger = options.logger ?? createLogger({ level: 'silent' });
     const ports = await Promise.all(Array.from({ length: size }, () => freePort()));
     for (const port of ports) this.addresses.push(`127.0.0.1:${port}`);
     const init = await initCluster({ dataDir: join(this.root, 'm1'), listen: this.addresses[0]! });
