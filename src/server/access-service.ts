@@ -2,7 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate, type IssueOptions, type KeyAndCertificate } from '../crypto/pki.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
-import { POLICY_NAME_PATTERN, ROOT_POLICY, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
+import { accessGuard } from '../store/access-guard.ts';
+import { POLICY_NAME_PATTERN, ROOT_POLICY, normalizePolicyRules, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
@@ -38,6 +39,9 @@ export function registerAccessServices(node: CofferNode): void {
 
   /** Proposes as the caller: the change is checked again where it applies, against the state then. */
   const write = async (command: AccessCommand, caller: Identity): Promise<void> => {
+    // Refused here if it surely would be where it applies (same rule, this manager's state).
+    const refusal = accessGuard(access, command, { name: caller.id, key: caller.spki });
+    if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
     const result = await node.proposeCommand(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
     if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
   };
@@ -50,7 +54,8 @@ export function registerAccessServices(node: CofferNode): void {
       const caller = authorize(node, call, 'admin', `sys/policies/${name}`);
       const problem = policyProblem({ name, rules });
       if (problem !== null) throw invalid(`policy "${name}": ${problem}`);
-      await write({ op: 'policy-put', name, rules: rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny })) }, caller);
+      // Stored in normal form (redundant ** collapsed): what Policies.Get shows is what ranks.
+      await write({ op: 'policy-put', name, rules: normalizePolicyRules(rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny }))) }, caller);
       return {};
     }),
     get: unary(node, 'Policies.Get', async (call: Call<{ name: string }>) => {

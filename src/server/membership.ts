@@ -32,7 +32,12 @@ export function encodeMemberOp(op: MemberOp): Buffer {
 }
 
 export function decodeMemberOp(data: Buffer): MemberOp {
-  const value = packr.unpack(data) as Partial<MemberOp> | null;
+  let value: Partial<MemberOp> | null;
+  try {
+    value = packr.unpack(data) as Partial<MemberOp> | null;
+  } catch {
+    value = null;
+  }
   if (
     value === null ||
     typeof value !== 'object' ||

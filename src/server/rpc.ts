@@ -242,14 +242,6 @@ export function requireCaller(node: CofferNode, call: Call<unknown>): Identity {
   return identity;
 }
 
-export function requireManager(node: CofferNode, call: Call<unknown>): number {
-  const identity = requireCaller(node, call);
-  if (identity.role !== 'manager') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
-  const id = Number(identity.id);
-  if (node.state.cluster.removed.has(id)) throw new ServiceError(grpc.status.PERMISSION_DENIED, `manager ${id} was removed from the cluster`);
-  return id;
-}
-
 /**
  * A manager that is a member now (voter or learner, as this manager's membership says), not just
  * one holding a certificate of this CA that was never removed: a manager of a restored copy of

@@ -18,7 +18,7 @@ import { registerKeysService } from './keys-service.ts';
 import { registerBackupService } from './backup-service.ts';
 import { decodeMemberOp, encodeMemberOpResult, isHealthy, runMemberOp, type MemberOp } from './membership.ts';
 import { encodeMembers } from './peer-trust.ts';
-import { LeaderRedirect, authorize, requireCaller, requireManager, requireMember, unary, type Call } from './rpc.ts';
+import { LeaderRedirect, authorize, requireCaller, requireMember, unary, type Call } from './rpc.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -44,7 +44,14 @@ export function registerServices(node: CofferNode): void {
         return { result: packr.pack(await manager.proposePayload(call.request.payload)) };
       }
       if (call.request.body === 'confChange' && call.request.confChange !== undefined) {
-        const [type, nodeId] = packr.unpack(call.request.confChange) as [ConfChangeType, number];
+        let change: unknown;
+        try {
+          change = packr.unpack(call.request.confChange);
+        } catch {
+          change = null;
+        }
+        if (!Array.isArray(change)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
+        const [type, nodeId] = change as [ConfChangeType, number];
         if (!CONF_TYPES.includes(type) || !Number.isSafeInteger(nodeId) || nodeId <= 0) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
         await manager.proposeConfChange({ type, nodeId });
         return { result: packr.pack({ type: 'none' }) };
@@ -70,7 +77,7 @@ export function registerServices(node: CofferNode): void {
     status: unary(node, 'Cluster.Status', async (call: Call<{ withStateDigest?: boolean }>) => {
       const identity = requireCaller(node, call);
       if (identity.role === 'client') authorize(node, call, 'admin', 'sys/cluster');
-      else requireManager(node, call);
+      else requireMember(node, call);
       const status = manager.raftStatus();
       if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       const identityOfNode = identityOf(node.tls.certPem);

@@ -3,6 +3,7 @@ import { ClusterState, type ClusterResult } from '../cluster/cluster-state.ts';
 import { Packr } from 'msgpackr';
 import { packLarge } from '../codec/pack-large.ts';
 import { AccessState, type AccessResult } from './access-state.ts';
+import { accessGuard } from './access-guard.ts';
 import { SecretStore, decodeSecretCommand, type StoreResult } from './secret-store.ts';
 
 const statePackr = new Packr({ useRecords: false, moreTypes: false });
@@ -13,7 +14,7 @@ export type ManagerStateResult = ClusterResult | StoreResult | AccessResult;
 export class ManagerState implements InnerStateMachine<ManagerStateResult> {
   readonly cluster = new ClusterState();
   readonly secrets = new SecretStore();
-  readonly access = new AccessState();
+  readonly access = new AccessState(accessGuard);
 
   apply(command: { index: number; kind: string; data: Buffer }): ManagerStateResult {
     if (command.kind.startsWith('cluster.')) {

@@ -159,3 +159,32 @@ test('an identity that may administer some identities cannot hand out a policy i
     client.close();
   }
 });
+
+test('a delegated administrator of team-* policies and identities cannot climb to root over gRPC: no wider policy, no takeover of admin, no join token, keys or membership', { timeout: 60_000 }, async () => {
+  const at = cluster.addresses[0]!;
+  await cluster.admin.call(at, 'Policies', 'put', {
+    name: 'team-admin',
+    rules: [
+      { path: 'sys/policies/team-*', capabilities: ['admin'], deny: false },
+      { path: 'sys/identities/team-*', capabilities: ['admin'], deny: false },
+      { path: 'sys/**', capabilities: ['admin'], deny: false },
+      { path: 'team/**', capabilities: ['read', 'write', 'list'], deny: false },
+    ],
+  });
+  const { client } = await issue('team-lead', ['team-admin']);
+  try {
+    await eventually('the team lead to be known', 10_000, async () => client.call(at, 'Policies', 'put', { name: 'team-ok', rules: [{ path: 'team/app/**', capabilities: ['read'], deny: false }] }).then(() => true, () => undefined));
+    await assert.rejects(client.call(at, 'Policies', 'put', { name: 'team-x', rules: [{ path: '**', capabilities: ['read', 'write', 'list', 'delete', 'admin', 'sudo'], deny: false }] }), denied(/rule "\*\*" grants read, which you do not hold/));
+    await assert.rejects(client.call(at, 'Policies', 'put', { name: 'team-x', rules: [{ path: 'prod/**', capabilities: ['read'], deny: false }] }), denied(/grants read/));
+    await assert.rejects(client.call(at, 'Identities', 'issue', { name: 'admin', policies: [], publicKeyPem: newLeafKey().publicPem, reissue: true }), denied(/policy "root" grants more than identity "team-lead" holds/));
+    await assert.rejects(client.call(at, 'Identities', 'issue', { name: 'team-bot', policies: ['root'], publicKeyPem: newLeafKey().publicPem }), denied(/hand out policy "root"|grants more/));
+    // Admin on sys/** is not sudo: the join token (which hands out the root key), keys and membership stay root's.
+    await assert.rejects(client.call(at, 'Cluster', 'rotateJoinToken', {}), denied(/may not sudo "sys\/cluster"/));
+    await assert.rejects(client.call(at, 'Keys', 'rotate', {}), denied(/may not sudo "sys\/keys"/));
+    await assert.rejects(client.call(at, 'Cluster', 'removeMember', { nodeId: 2 }), denied(/may not sudo "sys\/cluster"/));
+    const existing = await cluster.admin.call<Reply>(at, 'Identities', 'issue', { name: 'team-lead', policies: ['team-admin'], publicKeyPem: newLeafKey().publicPem }).catch((e: grpc.ServiceError) => e);
+    assert.ok(existing instanceof Error && (existing as grpc.ServiceError).code === grpc.status.ALREADY_EXISTS, 'issuing an existing name needs --reissue');
+  } finally {
+    client.close();
+  }
+});

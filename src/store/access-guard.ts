@@ -1,0 +1,58 @@
+import type { AccessCommand, AccessGuard, AccessState, Actor } from './access-state.ts';
+import { ROOT_POLICY, decide, policyWithinRights, type Capability, type Policy } from './policy.ts';
+
+/**
+ * Who may change who may do what: nobody grants more than they hold. Checked where an access
+ * command applies (from replicated state only, so every manager agrees, and a change of the
+ * writer's own rights committed first wins), and at the request edge to fail fast.
+ *
+ * - A policy may be written (or removed) by whoever has `admin` on `sys/policies/NAME` and holds
+ *   every capability of every rule of it, the new rules and the ones it replaces, on every path
+ *   they cover (`policyWithinRights`): a delegated administrator cannot write `**`.
+ * - An identity may be issued by whoever has `admin` on `sys/identities/NAME` and could have
+ *   written each policy it binds; an existing identity is re-issued only on purpose (`reissue`)
+ *   and only by one who could grant every policy it has now, and the same holds for revoking
+ *   one, so a delegated administrator can neither take over nor lock out `admin`.
+ * - An identity renews only its own certificate.
+ */
+export const accessGuard: AccessGuard = (state: AccessState, command: AccessCommand, actor: Actor): string | null => {
+  const holder = state.policiesOf(actor.name);
+  const may = (capability: Capability, path: string): string | null => (decide(holder, capability, path).allowed ? null : `identity "${actor.name}" may not ${capability} "${path}"`);
+  /** Null if the actor could have written policy `name` as it is now (and so may hand it out). */
+  const canGrant = (name: string): string | null => {
+    const policy: Policy | undefined = name === ROOT_POLICY.name ? ROOT_POLICY : state.policies.get(name);
+    if (policy === undefined) return `policy "${name}" does not exist`;
+    const administer = may('admin', `sys/policies/${name}`);
+    if (administer !== null) return `${administer}, so it may not hand out policy "${name}"`;
+    const beyond = policyWithinRights(holder, policy.rules);
+    return beyond === null ? null : `policy "${name}" grants more than identity "${actor.name}" holds: ${beyond}`;
+  };
+  const canGrantAll = (names: readonly string[]): string | null => {
+    for (const name of names) {
+      const refusal = canGrant(name);
+      if (refusal !== null) return refusal;
+    }
+    return null;
+  };
+  switch (command.op) {
+    case 'policy-put': {
+      const existing = state.policies.get(command.name);
+      return may('admin', `sys/policies/${command.name}`) ?? policyWithinRights(holder, command.rules) ?? (existing === undefined ? null : policyWithinRights(holder, existing.rules));
+    }
+    case 'policy-remove': {
+      const existing = state.policies.get(command.name);
+      return may('admin', `sys/policies/${command.name}`) ?? (existing === undefined ? null : policyWithinRights(holder, existing.rules));
+    }
+    case 'identity-issue': {
+      const record = state.identities.get(command.name);
+      const current = record !== undefined && !record.revoked ? record.policies : [];
+      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(command.policies) ?? (command.reissue === true ? canGrantAll(current) : null);
+    }
+    case 'identity-revoke': {
+      const record = state.identities.get(command.name);
+      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
+    }
+    case 'identity-renew':
+      return command.name === actor.name ? null : `identity "${actor.name}" may renew only its own certificate, not "${command.name}"'s`;
+  }
+};
