@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { drawChart } from './chart.ts';
 import { percentile, rssBytes as rssBytesOf, runLoad, type LoadResult } from './load.ts';
-import { eventually } from '../../test/cluster/processes.ts';
+import { eventually } from '../../test/processes/processes.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
 import { fmt, table } from './format.ts';
 import { measureFloor } from './floor.ts';

@@ -13,7 +13,7 @@ import { Etcd3 } from 'etcd3';
 import { CofferClient } from '../../src/client/client.ts';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { ProcessCluster } from '../../test/chaos/process-cluster.ts';
-import { eventually, freePort } from '../../test/cluster/processes.ts';
+import { eventually, freePort } from '../../test/processes/processes.ts';
 
 export interface Target {
   readonly name: 'coffer' | 'etcd';

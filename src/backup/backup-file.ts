@@ -1,11 +1,11 @@
 import { createHash, hkdfSync } from 'node:crypto';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { KEY_BYTES, open, seal } from '../crypto/aead.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { unwrapWithRecovery, wrapForRecovery, type RecoveryWrap } from '../crypto/recovery-key.ts';
 import { kekFromUnlockKey, unwrapRootKey, wrapRootKey } from '../crypto/root-key.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /**
  * A backup file: `CFRBAK1\n`, a 4-byte header length, the header (msgpack), then the image.

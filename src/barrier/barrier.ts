@@ -1,4 +1,5 @@
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { packLarge } from '../codec/pack-large.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { Keyring, unwrapDataKey, wrapDataKey } from '../crypto/keyring.ts';
@@ -41,7 +42,6 @@ export type BarrierResult<Result> =
 /** Encryptions a snapshot may make between two reservations (see `sealCommand`). */
 const USES_SLACK = 64;
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /**
  * The encryption barrier between the Raft log and the application state (after Vault's). What

@@ -1,4 +1,5 @@
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { CorruptRecordError } from '../codec/errors.ts';
 import { Keyring } from '../crypto/keyring.ts';
 import { unwrapRootLink } from '../crypto/root-key.ts';
@@ -52,7 +53,6 @@ export class KeyState {
   }
 }
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** `[1, rootGen, chain, keyring sealed under that root, unlock, sealedMaxIndex, lastRewrap]`. */
 export function encodeKeyState(state: KeyState): Buffer {

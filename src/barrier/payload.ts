@@ -1,4 +1,5 @@
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 
 /**
  * What a normal Raft entry carries, as `[1, type, ...]` in msgpack:
@@ -25,7 +26,6 @@ export type KeyOp =
 /** Command kinds: short names such as `secret.put`. */
 export const COMMAND_KIND_PATTERN = /^[a-z][a-z0-9.-]{0,63}$/;
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 export class PayloadError extends Error {
   override name = 'PayloadError';

@@ -1,4 +1,5 @@
 import { Packr } from 'msgpackr';
+import { packr } from './msgpack.ts';
 import type { ConfChangeType, ConfState, Entry, HardState, SnapshotMetadata } from '../raft/types.ts';
 import { CorruptRecordError } from './errors.ts';
 import { frame, unframe } from './frame.ts';
@@ -7,7 +8,6 @@ import { frame, unframe } from './frame.ts';
  * msgpackr encodings of what the Raft core persists, as compact arrays. Decoding validates every
  * field, so what comes back from disk is as trustworthy as what the transport lets through.
  */
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 const CONF_CHANGE_TYPES: readonly ConfChangeType[] = ['add-voter', 'add-learner', 'remove'];
 

@@ -1,6 +1,7 @@
 import { open as openFile, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { frame, unframe } from '../codec/frame.ts';
 import { CorruptRecordError } from '../codec/errors.ts';
 import { reached } from '../util/crash-points.ts';
@@ -15,7 +16,6 @@ export type KeyProtection = 'key-file' | 'unlock-key';
 export const KEY_USES_RESERVATION_BLOCK = 2 ** 16;
 
 const FILE_NAME = 'keys';
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 interface KeyStoreRecord {
   readonly clusterId: string;

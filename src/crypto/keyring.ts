@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { KEY_BYTES, NONCE_BYTES, TAG_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
 
@@ -19,7 +20,6 @@ interface KeyringTerm {
   destroyed: boolean;
 }
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /**
  * Data encryption keys with term numbers. The newest term encrypts; older terms only decrypt,

@@ -1,9 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate, type IssueOptions, type KeyAndCertificate } from '../crypto/pki.ts';
 import { CryptoError } from '../crypto/errors.ts';
-import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../store/access-state.ts';
-import { accessGuard } from '../store/access-guard.ts';
-import { POLICY_NAME_PATTERN, ROOT_POLICY, normalizePolicyRules, policyProblem, type Capability, type PolicyRule } from '../store/policy.ts';
+import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../state/access-state.ts';
+import { accessGuard } from '../state/access-guard.ts';
+import { POLICY_NAME_PATTERN, ROOT_POLICY, normalizePolicyRules, policyProblem, type Capability, type PolicyRule } from '../state/policy.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken, selfSignedCertificate } from '../crypto/pki.ts';
 import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
@@ -16,7 +17,6 @@ import { defaultKeyFile } from './node.ts';
 import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeFileAtomic, writeNodeConfig, writeTlsFiles } from './node-config.ts';
 import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 export interface InitOptions {
   readonly dataDir: string;

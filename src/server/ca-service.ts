@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { ClusterState } from '../cluster/cluster-state.ts';
+import { ClusterState } from '../state/cluster-state.ts';
 import { ServiceError } from './errors.ts';
 import { nextCa } from './cluster-ca.ts';
 import type { CofferNode } from './node.ts';

@@ -1,4 +1,4 @@
-import type { CaRecord, ClusterState } from '../cluster/cluster-state.ts';
+import type { CaRecord, ClusterState } from '../state/cluster-state.ts';
 import { createCaAsync, crossSignCa, issuedBy, type KeyAndCertificate } from '../crypto/pki.ts';
 
 /** A CA this manager can sign with: the replicated one, or before it is installed, its own. */

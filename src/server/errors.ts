@@ -3,7 +3,7 @@ import { CryptoError } from '../crypto/errors.ts';
 import { ManagerError } from '../manager/errors.ts';
 import { RaftError } from '../raft/errors.ts';
 import { ReplicaError } from '../replica/replica.ts';
-import { StoreError, type StoreErrorCode } from '../store/secret-store.ts';
+import { StoreError, type StoreErrorCode } from '../state/secret-store.ts';
 
 /** A refusal with its gRPC status and a message that says what to do; never a stack or a secret. */
 export class ServiceError extends Error {

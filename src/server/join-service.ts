@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { X509Certificate } from 'node:crypto';
 import { connect } from 'node:tls';
-import { ClusterState } from '../cluster/cluster-state.ts';
+import { ClusterState } from '../state/cluster-state.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { identityOf, joinTokenHash, signCertificate, spkiDigest } from '../crypto/pki.ts';
 import type { NodeId } from '../raft/types.ts';

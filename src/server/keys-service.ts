@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { parseUnlockKey } from '../crypto/unlock-key.ts';
-import { ClusterState } from '../cluster/cluster-state.ts';
+import { ClusterState } from '../state/cluster-state.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';

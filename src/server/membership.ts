@@ -1,11 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { Packr } from 'msgpackr';
-import { ClusterState } from '../cluster/cluster-state.ts';
+import { packr } from '../codec/msgpack.ts';
+import { ClusterState } from '../state/cluster-state.ts';
 import type { NodeId, Status } from '../raft/types.ts';
 import { ServiceError } from './errors.ts';
 import type { CofferNode } from './node.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** An operator's membership operation. The leader runs it; other managers forward it there. */
 export interface MemberOp {

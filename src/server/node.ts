@@ -1,17 +1,18 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import type { BarrierResult } from '../barrier/barrier.ts';
-import { ClusterState } from '../cluster/cluster-state.ts';
+import { ClusterState } from '../state/cluster-state.ts';
 import { identityOf, issuedBy, newLeafKey, signCertificate } from '../crypto/pki.ts';
 import { ClusterCa, type SigningCa } from './cluster-ca.ts';
 import { PeerTrust } from './peer-trust.ts';
 import { Manager } from '../manager/manager.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
-import { ManagerState, type ManagerStateResult } from '../store/manager-state.ts';
-import { encodeSecretCommand } from '../store/secret-store.ts';
-import { encodeAccessCommand } from '../store/access-state.ts';
-import { ROOT_POLICY } from '../store/policy.ts';
+import { AppliedState, type AppliedResult } from '../state/applied-state.ts';
+import { encodeSecretCommand } from '../state/secret-store.ts';
+import { encodeAccessCommand } from '../state/access-state.ts';
+import { ROOT_POLICY } from '../state/policy.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { openManagerAuditLog } from './audit-key.ts';
@@ -34,7 +35,6 @@ import { registerServices } from './services.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
 import type { Server as HttpServer } from 'node:http';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** Renew a manager certificate once less than this share of its lifetime is left. */
 export const CERT_RENEW_REMAINING_SHARE = 1 / 3;
@@ -83,8 +83,8 @@ export function defaultKeyFile(dataDir: string): string {
  */
 export class CofferNode {
   readonly config: NodeConfig;
-  readonly manager: Manager<ManagerStateResult>;
-  readonly state: ManagerState;
+  readonly manager: Manager<AppliedResult>;
+  readonly state: AppliedState;
   readonly transport: PeerTransport;
   readonly server: grpc.Server;
   readonly log: Logger;
@@ -119,7 +119,7 @@ export class CofferNode {
   private constructor(
     options: NodeOptions,
     config: NodeConfig,
-    parts: { manager: Manager<ManagerStateResult>; state: ManagerState; transport: PeerTransport; trust: PeerTrust; cas: ClusterCa },
+    parts: { manager: Manager<AppliedResult>; state: AppliedState; transport: PeerTransport; trust: PeerTrust; cas: ClusterCa },
     own: { certPem: string; keyPem: string },
     log: Logger,
     audit: AuditLog,
@@ -156,7 +156,7 @@ export class CofferNode {
   static async start(options: NodeOptions): Promise<CofferNode> {
     let config = await readNodeConfig(options.dataDir);
     const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
-    const state = new ManagerState();
+    const state = new AppliedState();
     const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });
     let node: CofferNode | null = null;
     const bootstrapPeers = new Map(config.peers.map(([id, address]) => [id, address]));
@@ -182,7 +182,7 @@ export class CofferNode {
       keysOf: (peer) => trust.knownKeys(peer),
       logger: log.child({ component: 'transport' }),
     });
-    const manager: Manager<ManagerStateResult> = await Manager.open<ManagerStateResult>({
+    const manager: Manager<AppliedResult> = await Manager.open<AppliedResult>({
       dataDir: options.dataDir,
       id: config.nodeId,
       keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
@@ -243,7 +243,7 @@ export class CofferNode {
   static async #serve(
     options: NodeOptions,
     config: NodeConfig,
-    parts: { manager: Manager<ManagerStateResult>; state: ManagerState; transport: PeerTransport; trust: PeerTrust },
+    parts: { manager: Manager<AppliedResult>; state: AppliedState; transport: PeerTransport; trust: PeerTrust },
     log: Logger,
     metrics: NodeMetrics,
     made: (node: CofferNode) => void,
@@ -443,7 +443,7 @@ export class CofferNode {
    * Seals a command here and proposes it on the leader (here, or forwarded over Peer.Propose);
    * resolves once it is committed and applied on the leader.
    */
-  async proposeCommand(command: { kind: string; data: Buffer }): Promise<ManagerStateResult> {
+  async proposeCommand(command: { kind: string; data: Buffer }): Promise<AppliedResult> {
     const payload = await this.manager.sealCommand(command.kind, command.data);
     const result = await this.proposeSealed(payload);
     if (result.type === 'applied') return result.result;
@@ -451,12 +451,12 @@ export class CofferNode {
     throw new ServiceError(grpc.status.INTERNAL, 'the command was not applied as a command');
   }
 
-  async proposeSealed(payload: Buffer): Promise<BarrierResult<ManagerStateResult>> {
+  async proposeSealed(payload: Buffer): Promise<BarrierResult<AppliedResult>> {
     const status = this.manager.raftStatus();
     if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
     if (status.role === 'leader') return this.manager.proposePayload(payload);
     const answer = await this.#forward(status.lead, { payload });
-    return packr.unpack(answer) as BarrierResult<ManagerStateResult>;
+    return packr.unpack(answer) as BarrierResult<AppliedResult>;
   }
 
   async proposeConfChange(change: ConfChange): Promise<void> {

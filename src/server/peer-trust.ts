@@ -1,12 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
 import { Packr } from 'msgpackr';
-import type { ClusterState, MemberKey } from '../cluster/cluster-state.ts';
+import { packr } from '../codec/msgpack.ts';
+import type { ClusterState, MemberKey } from '../state/cluster-state.ts';
 import type { ConfState, NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import type { Logger } from '../util/logger.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** How long a member's word that a manager belongs (a vouch) is trusted without its own state agreeing. */
 export const VOUCH_TTL_MS = 30_000;

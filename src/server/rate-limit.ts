@@ -1,4 +1,4 @@
-import { formatBytes } from '../store/limits.ts';
+import { formatBytes } from '../state/limits.ts';
 
 /**
  * Requests per second one identity may make of one manager. A benchmark with one identity drives

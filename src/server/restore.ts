@@ -6,7 +6,7 @@ import { MANAGER_CERT_VALIDITY_DAYS, issueCertificate } from '../crypto/pki.ts';
 import { Manager } from '../manager/manager.ts';
 import type { NodeId } from '../raft/types.ts';
 import { LevelStorage } from '../storage/level-storage.ts';
-import { ManagerState } from '../store/manager-state.ts';
+import { AppliedState } from '../state/applied-state.ts';
 import { defaultKeyFile } from './node.ts';
 import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, isManagerDataDir, splitHostPort, writeNodeConfig, writeTlsFiles } from './node-config.ts';
 
@@ -58,7 +58,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
   if (isManagerDataDir(options.dataDir)) throw new Error(`${options.dataDir} already holds a manager: restore into a new directory`);
   const opened = openBackup(options.file, options.key);
   try {
-    const state = new ManagerState();
+    const state = new AppliedState();
     const barrier = new Barrier({ clusterId: opened.clusterId, rootKey: Buffer.from(opened.rootKey), local: readOnlyLocalKeys(opened.rootGen), inner: state });
     barrier.restore(opened.image);
     const retired = [...new Set([...state.cluster.addresses.keys()])].filter((id) => !state.cluster.removed.has(id));

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Identity } from '../crypto/pki.ts';
-import type { Capability } from '../store/policy.ts';
+import type { Capability } from '../state/policy.ts';
 import { callerIdentity } from '../transport/auth.ts';
 import { isMalformedRequest } from '../transport/proto.ts';
 import { boundedSource } from './anonymous-audit.ts';

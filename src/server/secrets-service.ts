@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
-import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_NAME_BYTES_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../store/limits.ts';
-import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../store/secret-store.ts';
+import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_NAME_BYTES_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../state/limits.ts';
+import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
 import { services } from '../transport/proto.ts';
 import { ServiceError, storeStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';

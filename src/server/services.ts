@@ -1,7 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
-import { ClusterState } from '../cluster/cluster-state.ts';
+import { packr } from '../codec/msgpack.ts';
+import { ClusterState } from '../state/cluster-state.ts';
 import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, formatJoinToken, identityOf, joinTokenHash, newJoinToken } from '../crypto/pki.ts';
 import type { ConfChangeType } from '../raft/types.ts';
 import { ReflectionService } from '@grpc/reflection';
@@ -20,7 +21,6 @@ import { decodeMemberOp, encodeMemberOpResult, isHealthy, runMemberOp, type Memb
 import { encodeMembers } from './peer-trust.ts';
 import { LeaderRedirect, authorize, requireCaller, requireMember, unary, type Call } from './rpc.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 export { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 

@@ -1,4 +1,5 @@
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import type { ConfChangeType, Entry, Message, ReadRefusalReason, SnapshotMetadata } from '../raft/types.ts';
 
 /**
@@ -6,7 +7,6 @@ import type { ConfChangeType, Entry, Message, ReadRefusalReason, SnapshotMetadat
  * gateway: every field is checked (types, ranges, sizes) before the core sees a message, and a
  * malformed one is a WireError, dropped and counted by the transport.
  */
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** A batch of messages in one frame (not counting snapshots, which travel in chunks). */
 export const WIRE_BATCH_MESSAGES_MAX = 4096;

@@ -1,6 +1,6 @@
 import { CofferClient } from '../../src/client/client.ts';
 import type { Random } from '../../src/util/prng.ts';
-import { eventually } from '../cluster/processes.ts';
+import { eventually } from '../processes/processes.ts';
 import type { Manager, ProcessCluster } from './process-cluster.ts';
 
 export const NEMESES = ['kill-leader', 'kill-minority', 'pause', 'restart-all', 'partition', 'transfer-leader', 'membership'] as const;

@@ -1,7 +1,7 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CofferClient } from '../../src/client/client.ts';
-import { Processes, coffer, eventually, freePort, type StatusReply } from '../cluster/processes.ts';
+import { Processes, coffer, eventually, freePort, type StatusReply } from '../processes/processes.ts';
 import type { NetworkNamespaces } from './netns.ts';
 
 export interface Manager {

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SeededRandom } from '../../src/util/prng.ts';
-import { eventually } from '../cluster/processes.ts';
+import { eventually } from '../processes/processes.ts';
 import { checkHistory, describe, type HistoryVerdict, type Operation } from './linearizability.ts';
 import { NetworkNamespaces } from './netns.ts';
 import { injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';

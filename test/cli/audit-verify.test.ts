@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { AUDIT_FILE, AuditLog } from '../../src/audit/audit-log.ts';
 import { Manager } from '../../src/manager/manager.ts';
 import { AUDIT_KEY_SECRET } from '../../src/server/node-config.ts';
-import { coffer } from '../cluster/processes.ts';
+import { coffer } from '../processes/processes.ts';
 
 async function managerWithLog(root: string, name: string, autolock: boolean): Promise<{ data: string; unlockKey: string | null; anchor: { seq: number; hash: string } }> {
   const data = join(root, name);

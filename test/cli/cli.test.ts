@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Processes, coffer as runCoffer, eventually } from '../cluster/processes.ts';
+import { Processes, coffer as runCoffer, eventually } from '../processes/processes.ts';
 
 function readEnv(file: string): Record<string, string> {
   return Object.fromEntries(readFileSync(file, 'utf8').trim().split('\n').map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]));

@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { identityOf } from '../../src/crypto/pki.ts';
-import { AdminClient, eventually } from '../cluster/processes.ts';
+import { AdminClient, eventually } from '../processes/processes.ts';
 import { ComposeRun, HOST_ADDRESS, REPO, loadCompose, type ComposeModel } from './compose-harness.ts';
 
 const COMPOSE = { text: readFileSync(join(REPO, 'docker-compose.yml'), 'utf8'), dir: REPO };

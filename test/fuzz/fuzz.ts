@@ -21,7 +21,7 @@ import { packageDefinition } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
-import { eventually } from '../cluster/processes.ts';
+import { eventually } from '../processes/processes.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
 import { CALLERS, NARROW_GLOB, judge, type CallerName, type MethodFacts, type Outcome } from './oracle.ts';
 import { MAX_RECEIVE_BYTES, between, chance, makePayload, pick, type Hints, type MessageDescriptor, type Payload, type PayloadTarget, type ResolveType } from './payloads.ts';

@@ -29,7 +29,7 @@
  *   before any of this runs.
  */
 import * as grpc from '@grpc/grpc-js';
-import { globMatches } from '../../src/store/policy.ts';
+import { globMatches } from '../../src/state/policy.ts';
 
 export const CALLERS = ['anonymous', 'admin', 'narrow', 'forged-client', 'forged-manager'] as const;
 export type CallerName = (typeof CALLERS)[number];

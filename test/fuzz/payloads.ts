@@ -5,7 +5,7 @@
  * seed gives the same payloads again (key material and clock-relative values aside).
  */
 import type { SeededRandom } from '../../src/util/prng.ts';
-import { CAPABILITIES } from '../../src/store/policy.ts';
+import { CAPABILITIES } from '../../src/state/policy.ts';
 
 /** The server's limit on a received message ('grpc.max_receive_message_length' in node.ts). */
 export const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;

@@ -9,7 +9,7 @@ import { createKeyFile, readKeyFile } from '../../src/crypto/root-key.ts';
 import { Manager } from '../../src/manager/manager.ts';
 import { initCluster } from '../../src/server/bootstrap.ts';
 import { isManagerDataDir } from '../../src/server/node-config.ts';
-import { ManagerState } from '../../src/store/manager-state.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
@@ -25,7 +25,7 @@ test('init uses a key file that already exists (a Docker secret) instead of maki
     for (const name of ['ca.crt', 'health.crt', 'health.key']) assert.ok(existsSync(join(root, 'shared', 'health', name)), name);
     const store = await KeyStore.read(join(root, 'm1'));
     assert.ok(store.openSecrets(readKeyFile(keyFile)).size > 0, 'the key store is wrapped by that key file');
-    const manager = await Manager.open({ dataDir: join(root, 'm1'), id: 1, keyFile, peers: { send: () => undefined }, inner: new ManagerState(), random: new SeededRandom(randomInt(2 ** 31)), bootstrapVoters: [1], logger: createLogger({ level: 'silent' }) });
+    const manager = await Manager.open({ dataDir: join(root, 'm1'), id: 1, keyFile, peers: { send: () => undefined }, inner: new AppliedState(), random: new SeededRandom(randomInt(2 ** 31)), bootstrapVoters: [1], logger: createLogger({ level: 'silent' }) });
     assert.equal(manager.locked, false);
     await manager.stop();
   } finally {

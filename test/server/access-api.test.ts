@@ -4,7 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { issueCertificate, newLeafKey } from '../../src/crypto/pki.ts';
-import { AdminClient, eventually } from '../cluster/processes.ts';
+import { AdminClient, eventually } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 let cluster: InProcessCluster;

@@ -7,7 +7,7 @@ import { CofferClient } from '../../src/client/client.ts';
 import { identityOf, issuedBy, newLeafKey } from '../../src/crypto/pki.ts';
 import { CofferNode } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { AdminClient, eventually } from '../cluster/processes.ts';
+import { AdminClient, eventually } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 // The cluster CA is rotated in place: a new CA, cross-signed; managers move; clients renew; the old one retires.

@@ -9,7 +9,7 @@ import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/tr
 import { AUDIT_FILE } from '../../src/audit/audit-log.ts';
 import { ANONYMOUS_RECORDS_PER_SECOND_MAX } from '../../src/server/anonymous-audit.ts';
 import { identityOf, issueCertificate, newLeafKey } from '../../src/crypto/pki.ts';
-import { AdminClient, eventually } from '../cluster/processes.ts';
+import { AdminClient, eventually } from '../processes/processes.ts';
 import { CofferNode } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { InProcessCluster } from './in-process-cluster.ts';

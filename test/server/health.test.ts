@@ -11,11 +11,11 @@ import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { Manager } from '../../src/manager/manager.ts';
 import { initCluster } from '../../src/server/bootstrap.ts';
 import { healthOf } from '../../src/server/health.ts';
-import { ManagerState } from '../../src/store/manager-state.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { coffer, eventually } from '../cluster/processes.ts';
+import { coffer, eventually } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
@@ -52,7 +52,7 @@ test('an autolocked manager that was not given its unlock key is NOT_SERVING', a
       dataDir: join(root, 'm1'),
       id: 1,
       peers: { send: () => undefined },
-      inner: new ManagerState(),
+      inner: new AppliedState(),
       random: new SeededRandom(randomInt(2 ** 31)),
       logger: createLogger({ level: 'silent' }),
     });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
 import { CofferNode, type NodeOptions } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { AdminClient, eventually, freePort } from '../cluster/processes.ts';
+import { AdminClient, eventually, freePort } from '../processes/processes.ts';
 
 /** Three managers in this process, made by init and join, over real mutual-TLS gRPC on 127.0.0.1. */
 export class InProcessCluster {

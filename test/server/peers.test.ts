@@ -10,7 +10,7 @@ import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { encodeMessages } from '../../src/transport/wire.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { eventually, freePort } from '../cluster/processes.ts';
+import { eventually, freePort } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 // Attacks on the managers' own channel: certificates of the cluster CA that are not members'.

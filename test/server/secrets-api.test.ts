@@ -1,7 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { eventually } from '../cluster/processes.ts';
+import { eventually } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
 let cluster: InProcessCluster;

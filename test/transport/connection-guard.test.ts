@@ -12,7 +12,7 @@ import { sourceOf, type ConnectionGuardStats, type ConnectionLimits } from '../.
 import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, policyChannelCredentials } from '../../src/transport/tls.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { AdminClient, eventually, freePort } from '../cluster/processes.ts';
+import { AdminClient, eventually, freePort } from '../processes/processes.ts';
 import { handshake } from './tls-handshake.ts';
 
 /** One manager (init, then started in this process), its admin identity, and a way to clean up. */

@@ -8,7 +8,7 @@ import { PeerTransport } from '../../src/transport/peer-transport.ts';
 import { services } from '../../src/transport/proto.ts';
 import { RenewableServerCredentials, type TlsMaterial } from '../../src/transport/tls.ts';
 import { createLogger } from '../../src/util/logger.ts';
-import { freePort } from '../cluster/processes.ts';
+import { freePort } from '../processes/processes.ts';
 
 const clusterId = 'recovery';
 const ca = createCa(clusterId, Date.now());

@@ -68,7 +68,7 @@ test('coffer server on a terminal (a pseudo-terminal from script) logs pretty li
   const { mkdtempSync, rmSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
-  const { coffer, freePort } = await import('../cluster/processes.ts');
+  const { coffer, freePort } = await import('../processes/processes.ts');
   const root = mkdtempSync(join(tmpdir(), 'coffer-pretty-'));
   const cli = join(import.meta.dirname, '../../src/cli/main.ts');
   // Runs `coffer server` until it says it serves; returns what it wrote.

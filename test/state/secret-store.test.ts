@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SecretStore, StoreError, encodeSecretCommand, type SecretCommand, type StoreErrorCode } from '../../src/store/secret-store.ts';
+import { SecretStore, StoreError, encodeSecretCommand, type SecretCommand, type StoreErrorCode } from '../../src/state/secret-store.ts';
 
 const T0 = 1_700_000_000_000;
 

@@ -1,8 +1,8 @@
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { actorOf, type Actor } from './access-state.ts';
 import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX, LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, formatBytes, labelProblem, secretNameProblem } from './limits.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT' | 'DENIED' | 'EXISTS';
 
@@ -133,7 +133,7 @@ export class SecretStore {
     this.#valueBytesMax = limits.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
   }
 
-  /** Applies an encoded command, charging the actor it names (no authorization: ManagerState does that). */
+  /** Applies an encoded command, charging the actor it names (no authorization: AppliedState does that). */
   apply(kind: string, data: Buffer): StoreResult {
     const decoded = decodeSecretCommand(kind, data);
     if (typeof decoded === 'string') return { ok: false, code: 'INVALID', reason: decoded };

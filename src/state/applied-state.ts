@@ -1,22 +1,22 @@
 import type { InnerStateMachine } from '../barrier/barrier.ts';
-import { ClusterState, type ClusterResult } from '../cluster/cluster-state.ts';
+import { ClusterState, type ClusterResult } from './cluster-state.ts';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { packLarge } from '../codec/pack-large.ts';
 import { AccessState, type AccessResult } from './access-state.ts';
 import { accessGuard } from './access-guard.ts';
 import { SecretStore, decodeSecretCommand, type StoreResult } from './secret-store.ts';
 
-const statePackr = new Packr({ useRecords: false, moreTypes: false });
 
-export type ManagerStateResult = ClusterResult | StoreResult | AccessResult;
+export type AppliedResult = ClusterResult | StoreResult | AccessResult;
 
 /** What a manager replicates behind the barrier: cluster facts and secrets, in one image. */
-export class ManagerState implements InnerStateMachine<ManagerStateResult> {
+export class AppliedState implements InnerStateMachine<AppliedResult> {
   readonly cluster = new ClusterState();
   readonly secrets = new SecretStore();
   readonly access = new AccessState(accessGuard);
 
-  apply(command: { index: number; kind: string; data: Buffer }): ManagerStateResult {
+  apply(command: { index: number; kind: string; data: Buffer }): AppliedResult {
     if (command.kind.startsWith('cluster.')) {
       const result = this.cluster.apply(command.kind, command.data);
       // Identities' keys certified by a retired CA go with it, at the same index.
@@ -33,7 +33,7 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
    * been behind (a revocation or a policy change already committed), and every manager must reach
    * the same verdict, so the check reads only replicated state.
    */
-  #applySecretCommand(kind: string, data: Buffer): ManagerStateResult {
+  #applySecretCommand(kind: string, data: Buffer): AppliedResult {
     const decoded = decodeSecretCommand(kind, data);
     if (typeof decoded === 'string') return { ok: false, code: 'INVALID', reason: decoded };
     const { command, actor } = decoded;
@@ -48,11 +48,11 @@ export class ManagerState implements InnerStateMachine<ManagerStateResult> {
   }
 
   snapshot(): Uint8Array {
-    return packLarge(statePackr, [1, this.cluster.snapshot(), this.secrets.snapshot(), this.access.snapshot()]);
+    return packLarge(packr, [1, this.cluster.snapshot(), this.secrets.snapshot(), this.access.snapshot()]);
   }
 
   restore(data: Uint8Array): void {
-    const [version, cluster, secrets, access] = statePackr.unpack(data) as [number, unknown, unknown, unknown];
+    const [version, cluster, secrets, access] = packr.unpack(data) as [number, unknown, unknown, unknown];
     if (version !== 1) throw new Error(`unknown state image version ${version}`);
     this.cluster.restore(cluster);
     this.secrets.restore(secrets);

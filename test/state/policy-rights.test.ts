@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ROOT_POLICY, decide, globCovers, globsIntersect, policyWithinRights, ruleWithinRights, type Capability, type Policy, type PolicyRule } from '../../src/store/policy.ts';
+import { ROOT_POLICY, decide, globCovers, globsIntersect, policyWithinRights, ruleWithinRights, type Capability, type Policy, type PolicyRule } from '../../src/state/policy.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
 const SEED = Number(process.env['POLICY_SEED'] ?? 20_240_602);

@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import { ROOT_POLICY, decide, policyProblem, type Capability, type Decision, type Policy, type PolicyRule } from './policy.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** Who asked for a command (a client identity and the key its certificate holds). */
 export interface Actor {
@@ -73,7 +73,7 @@ export class AccessState {
   readonly identities = new Map<string, IdentityRecord>();
   readonly #guard: AccessGuard | null;
 
-  /** `guard` checks a client's access command against the state it applies to (see ManagerState). */
+  /** `guard` checks a client's access command against the state it applies to (see AppliedState). */
   constructor(guard: AccessGuard | null = null) {
     this.#guard = guard;
   }

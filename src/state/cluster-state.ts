@@ -1,8 +1,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
+import { packr } from '../codec/msgpack.ts';
 import type { NodeId } from '../raft/types.ts';
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** A cluster CA: the certificate and key managers sign with, replicated so a rotation applies everywhere at one index. */
 export interface CaRecord {

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { encodeAccessCommand } from '../../src/store/access-state.ts';
-import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX } from '../../src/store/limits.ts';
-import { ManagerState } from '../../src/store/manager-state.ts';
-import { SecretStore, encodeSecretCommand, type Actor, type SecretCommand, type StoreResult } from '../../src/store/secret-store.ts';
+import { encodeAccessCommand } from '../../src/state/access-state.ts';
+import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX } from '../../src/state/limits.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
+import { SecretStore, encodeSecretCommand, type Actor, type SecretCommand, type StoreResult } from '../../src/state/secret-store.ts';
 
 const T0 = 1_700_000_000_000;
 const ci: Actor = { name: 'ci', key: 'c1'.repeat(32) };
@@ -125,8 +125,8 @@ test('two stores applying the same commands agree: the same verdicts, the same a
   assert.deepEqual(a.store.snapshot(), b.store.snapshot());
 });
 
-test('through ManagerState: the client that asked is charged (not the leader\'s sweep), with the default secret limit, and the image keeps it', () => {
-  const state = new ManagerState();
+test('through AppliedState: the client that asked is charged (not the leader\'s sweep), with the default secret limit, and the image keeps it', () => {
+  const state = new AppliedState();
   let index = 0;
   const step = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data }) as StoreResult;
   step(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write', 'delete'], deny: false }] }));
@@ -137,7 +137,7 @@ test('through ManagerState: the client that asked is charged (not the leader\'s 
   assert.equal(step(encodeSecretCommand(put('app/by-leader', 1000), null)).ok, true, 'commands without an actor are not charged');
   assert.equal(step(encodeSecretCommand({ op: 'destroy', name: 'app/s1', versions: [1] }, ci)).ok, true);
   assert.deepEqual(state.secrets.usage('ci'), { secrets: IDENTITY_SECRETS_MAX, valueBytes: IDENTITY_SECRETS_MAX - 1 + 1000 });
-  const restored = new ManagerState();
+  const restored = new AppliedState();
   restored.restore(state.snapshot());
   assert.deepEqual(restored.secrets.usage('ci'), state.secrets.usage('ci'));
   refusedLimit(restored.apply({ index: ++index, ...encodeSecretCommand(put('app/one-more', 1), ci) }) as StoreResult, /IDENTITY_SECRETS_MAX/);

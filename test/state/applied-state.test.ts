@@ -1,15 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { encodeAccessCommand } from '../../src/store/access-state.ts';
-import { ManagerState } from '../../src/store/manager-state.ts';
-import { encodeSecretCommand, type SecretCommand } from '../../src/store/secret-store.ts';
+import { encodeAccessCommand } from '../../src/state/access-state.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
+import { encodeSecretCommand, type SecretCommand } from '../../src/state/secret-store.ts';
 
 const T0 = 1_700_000_000_000;
 const CI_KEY = 'c1'.repeat(32);
 const put = (name: string, value: string, versionsKept: number | null = null): SecretCommand => ({ op: 'put', name, value: Buffer.from(value), cas: null, expireAtMs: null, versionsKept, nowMs: T0 });
 
-function stateWithWriter(): { state: ManagerState; apply: (c: { kind: string; data: Buffer }) => ReturnType<ManagerState['apply']> } {
-  const state = new ManagerState();
+function stateWithWriter(): { state: AppliedState; apply: (c: { kind: string; data: Buffer }) => ReturnType<AppliedState['apply']> } {
+  const state = new AppliedState();
   let index = 0;
   const apply = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data });
   apply(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write'], deny: false }] }));

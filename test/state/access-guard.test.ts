@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { encodeAccessCommand, type AccessCommand, type Actor } from '../../src/store/access-state.ts';
-import { ManagerState } from '../../src/store/manager-state.ts';
-import type { PolicyRule } from '../../src/store/policy.ts';
+import { encodeAccessCommand, type AccessCommand, type Actor } from '../../src/state/access-state.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
+import type { PolicyRule } from '../../src/state/policy.ts';
 
 const T0 = 1_700_000_000_000;
 const key = (n: number): string => n.toString(16).padStart(2, '0').repeat(32);
@@ -10,8 +10,8 @@ const ROOT: Actor = { name: 'admin', key: key(1) };
 const TEAM_ADMIN: Actor = { name: 'team-lead', key: key(2) };
 
 /** A cluster's access state: the root admin, and a team lead who administers team-* policies and identities. */
-function delegated(extra: PolicyRule[] = []): { state: ManagerState; apply: (command: AccessCommand, actor: Actor | null) => { ok: boolean; reason?: string; code?: string } } {
-  const state = new ManagerState();
+function delegated(extra: PolicyRule[] = []): { state: AppliedState; apply: (command: AccessCommand, actor: Actor | null) => { ok: boolean; reason?: string; code?: string } } {
+  const state = new AppliedState();
   let index = 0;
   const apply = (command: AccessCommand, actor: Actor | null) => state.apply({ index: ++index, ...encodeAccessCommand(command, actor) }) as { ok: boolean; reason?: string; code?: string };
   apply({ op: 'identity-issue', name: 'admin', policies: ['root'], key: ROOT.key, serial: '01', caGen: 1, nowMs: T0 }, null);

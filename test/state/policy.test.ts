@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ROOT_POLICY, decide, globMatches, policyProblem, type Policy } from '../../src/store/policy.ts';
+import { ROOT_POLICY, decide, globMatches, policyProblem, type Policy } from '../../src/state/policy.ts';
 
 test('globs match segment by segment: * within a segment, ** across any number of them', () => {
   assert.equal(globMatches('app/*/password', 'app/db/password'), true);
