@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { ClusterState } from '../state/cluster-state.ts';
 import type { NodeId, Status } from '../raft/types.ts';

@@ -1,6 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import type { BarrierResult } from '../barrier/barrier.ts';
 import { ClusterState } from '../state/cluster-state.ts';

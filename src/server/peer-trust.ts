@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import type { ClusterState, MemberKey } from '../state/cluster-state.ts';
 import type { ConfState, NodeId } from '../raft/types.ts';

@@ -1,6 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { ClusterState } from '../state/cluster-state.ts';
 import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, formatJoinToken, identityOf, joinTokenHash, newJoinToken } from '../crypto/pki.ts';

@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { ROOT_POLICY, decide, policyProblem, type Capability, type Decision, type Policy, type PolicyRule } from './policy.ts';
 

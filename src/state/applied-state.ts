@@ -1,6 +1,5 @@
 import type { InnerStateMachine } from '../barrier/barrier.ts';
 import { ClusterState, type ClusterResult } from './cluster-state.ts';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { packLarge } from '../codec/pack-large.ts';
 import { AccessState, type AccessResult } from './access-state.ts';

@@ -1,5 +1,4 @@
 import { timingSafeEqual } from 'node:crypto';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import type { NodeId } from '../raft/types.ts';
 

@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { actorOf, type Actor } from './access-state.ts';
 import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX, LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, formatBytes, labelProblem, secretNameProblem } from './limits.ts';
