@@ -19,6 +19,7 @@ import type { Entry } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { fmt, table } from './format.ts';
+import { operator } from '../../test/manager/operator.ts';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 3);
 
@@ -110,7 +111,7 @@ async function managerWrites(dir: string, proposers: number): Promise<{ writes: 
   });
   while (manager.status().raft?.role !== 'leader' || (manager.status().keys?.activeTerm ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
   const payload = randomBytes(256);
-  const measured = await measureConcurrent(proposers, () => manager.propose('bench.put', payload));
+  const measured = await measureConcurrent(proposers, () => operator(manager).propose('bench.put', payload));
   await manager.stop();
   return { writes: measured.perSecond, p50: measured.p50, p99: measured.p99 };
 }

@@ -3,11 +3,9 @@ export type ManagerErrorCode =
   | 'MANAGER_LOCKED'
   | 'ALREADY_UNLOCKED'
   | 'ALREADY_INITIALIZED'
-  /** A keyring operation the replicated state refused (e.g. destroying a term before a rewrap). */
-  | 'KEY_OP_REFUSED'
-  /** A command that reached the log but could not be opened (e.g. sealed under a destroyed term). */
-  | 'COMMAND_REFUSED'
-  | 'MANAGER_STOPPED';
+  | 'MANAGER_STOPPED'
+  /** This manager does not lead and knows no leader to forward a proposal to. */
+  | 'NO_LEADER';
 
 export class ManagerError extends Error {
   override name = 'ManagerError';
@@ -15,6 +13,26 @@ export class ManagerError extends Error {
 
   constructor(code: ManagerErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
+    this.code = code;
+  }
+}
+
+/** Where a proposal was refused: by the state machine, by the barrier, or a keyring operation that changed nothing. */
+export type RefusalSource = 'state' | 'barrier' | 'key-op';
+
+/**
+ * A proposal the leader answered with a refusal (Proposer reads every outcome in one place).
+ * `code` is the refusing layer's own: a state machine's refusal code, a barrier payload code, or
+ * NOT_CHANGED / NOT_APPLIED.
+ */
+export class ProposalRefused extends Error {
+  override name = 'ProposalRefused';
+  readonly source: RefusalSource;
+  readonly code: string;
+
+  constructor(source: RefusalSource, code: string, message: string) {
+    super(message);
+    this.source = source;
     this.code = code;
   }
 }

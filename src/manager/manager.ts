@@ -52,6 +52,9 @@ export interface InitResult {
   readonly unlockKey: string | null;
 }
 
+/** A keyring operation as an operator asks for it (rotate-unlock carries the new unlock key, made by the caller). */
+export type KeyOperation = { op: 'rotate' } | { op: 'rewrap' } | { op: 'destroy'; term: number } | { op: 'rotate-root' } | { op: 'rotate-unlock'; unlockKey: string } | { op: 'autolock-off' };
+
 interface Running<Result> {
   readonly replica: Replica<BarrierResult<Result>>;
   readonly barrier: Barrier<Result>;
@@ -331,11 +334,6 @@ export class Manager<Result> {
     return keys !== undefined && keys.activeTerm > 0 && keys.usesOfActiveTerm >= KEY_USES_MAX * 0.9;
   }
 
-  /** A keyring rotation, sealed for proposing here or on the leader. */
-  rotationPayload(): Buffer {
-    return this.#need().barrier.rotatePayload(this.#now());
-  }
-
   /** Proposes a membership change (on the leader); resolves once applied here. */
   async proposeConfChange(change: ConfChange): Promise<void> {
     await this.#need().replica.proposeConfChange(change);
@@ -374,17 +372,6 @@ export class Manager<Result> {
     this.#need().replica.campaign();
   }
 
-  /** Seals a command and proposes it; resolves with the state machine's result once applied here. */
-  async propose(kind: string, plaintext: Uint8Array): Promise<Result> {
-    const running = this.#need();
-    // Never the command itself: only its kind and size.
-    this.#log.debug({ event: 'propose', kind, bytes: plaintext.byteLength }, 'proposing a sealed command');
-    const result = await running.replica.propose(await running.barrier.sealCommand(kind, plaintext));
-    if (result.type === 'applied') return result.result;
-    if (result.type === 'refused') throw new ManagerError('COMMAND_REFUSED', result.message);
-    throw new ManagerError('COMMAND_REFUSED', `the ${kind} command was not applied as a command`);
-  }
-
   /** Resolves once this manager has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
     return this.#need().replica.linearizableRead();
@@ -395,44 +382,11 @@ export class Manager<Result> {
     await this.#running?.replica.settled();
   }
 
-  rotateKeyring(): Promise<string> {
-    const running = this.#need();
-    return this.#keyOp(running.barrier.rotatePayload(this.#now()));
-  }
-
-  /** Re-encrypts everything under the active term: every manager snapshots and drops its log. */
-  rewrap(): Promise<string> {
-    return this.#keyOp(this.#need().barrier.rewrapPayload());
-  }
-
-  destroyKeyringTerm(term: number): Promise<string> {
-    return this.#keyOp(this.#need().barrier.destroyPayload(term));
-  }
-
-  rotateRootKey(): Promise<string> {
-    return this.#keyOp(this.#need().barrier.rotateRootPayload());
-  }
-
-  /**
-   * A new unlock key for every manager (and autolock on, where it was off): a fresh one unless
-   * given. Returns the key to show the operator once; after it resolves the old key no longer
-   * opens this manager (others switch when they apply it).
-   */
-  async rotateUnlockKey(unlockKey = generateUnlockKey()): Promise<string> {
-    const kek = kekFromUnlockKey(unlockKey, this.clusterId);
-    try {
-      await this.#keyOp(this.#need().barrier.rotateUnlockPayload(kek));
-    } finally {
-      kek.fill(0);
-    }
-    return unlockKey;
-  }
-
   /**
    * A keyring operation sealed for proposing here or on the leader (a follower forwards it). With
    * rotate-unlock, `unlockKey` is the new key (made by the caller, shown to the operator once).
    */
-  keyOpPayload(op: { op: 'rotate' } | { op: 'rewrap' } | { op: 'destroy'; term: number } | { op: 'rotate-root' } | { op: 'rotate-unlock'; unlockKey: string } | { op: 'autolock-off' }): Buffer {
+  keyOpPayload(op: KeyOperation): Buffer {
     const barrier = this.#need().barrier;
     switch (op.op) {
       case 'rotate':
@@ -454,16 +408,6 @@ export class Manager<Result> {
         }
       }
     }
-  }
-
-  async #keyOp(payload: Buffer): Promise<string> {
-    const result = await this.#need().replica.propose(payload);
-    if (result.type === 'key-op') {
-      if (!result.changed) throw new ManagerError('KEY_OP_REFUSED', result.detail);
-      this.#log.info({ event: `key-${result.op}`, detail: result.detail }, 'keyring operation applied');
-      return result.detail;
-    }
-    throw new ManagerError('KEY_OP_REFUSED', result.type === 'refused' ? result.message : 'the keyring operation was not applied');
   }
 
   async stop(): Promise<void> {

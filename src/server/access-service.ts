@@ -4,9 +4,8 @@ import { CryptoError } from '../crypto/errors.ts';
 import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../state/access-state.ts';
 import { accessGuard } from '../state/access-guard.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, normalizePolicyRules, policyProblem, type Capability, type PolicyRule } from '../state/policy.ts';
-import { services } from '../transport/proto.ts';
-import { ServiceError, storeStatus } from './errors.ts';
-import type { CofferNode } from './node.ts';
+import { ServiceError } from './errors.ts';
+import type { ServiceContext } from './context.ts';
 import { authenticateClient, authorize, noteTarget, unary, type Call } from './rpc.ts';
 import type { Identity } from '../crypto/pki.ts';
 
@@ -33,100 +32,99 @@ function invalid(message: string): ServiceError {
   return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
 }
 
-export function registerAccessServices(node: CofferNode): void {
-  const { Policies, Identities, Audit } = services();
-  const access = node.state.access;
+/** The Policies, Identities and Audit services (coffer.v1): who may do what, and the record of it. */
+export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedServiceImplementation; identities: grpc.UntypedServiceImplementation; audit: grpc.UntypedServiceImplementation } {
+  const access = ctx.state.access;
 
   /** Proposes as the caller: the change is checked again where it applies, against the state then. */
   const write = async (command: AccessCommand, caller: Identity): Promise<void> => {
     // Refused here if it surely would be where it applies (same rule, this manager's state).
     const refusal = accessGuard(access, command, { name: caller.id, key: caller.spki });
     if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
-    const result = await node.proposeCommand(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
-    if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
+    await ctx.propose(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
   };
   const policyReply = (name: string, rules: readonly PolicyRule[]) => ({ name, rules: rules.map((r) => ({ path: r.path, capabilities: [...r.capabilities], deny: r.deny })) });
 
-  node.server.addService(Policies.service, {
-    put: unary(node, 'Policies.Put', async (call: Call<{ name: string; rules: RuleMessage[] }>) => {
+  const policies: grpc.UntypedServiceImplementation = {
+    put: unary(ctx, 'Policies.Put', async (call: Call<{ name: string; rules: RuleMessage[] }>) => {
       const { name, rules } = call.request;
       if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
-      const caller = authorize(node, call, 'admin', `sys/policies/${name}`);
+      const caller = authorize(ctx, call, 'admin', `sys/policies/${name}`);
       const problem = policyProblem({ name, rules });
       if (problem !== null) throw invalid(`policy "${name}": ${problem}`);
       // Stored in normal form (redundant ** collapsed): what Policies.Get shows is what ranks.
       await write({ op: 'policy-put', name, rules: normalizePolicyRules(rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny }))) }, caller);
       return {};
     }),
-    get: unary(node, 'Policies.Get', async (call: Call<{ name: string }>) => {
+    get: unary(ctx, 'Policies.Get', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
       if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
-      authorize(node, call, 'admin', `sys/policies/${name}`);
-      await node.manager.linearizableRead();
+      authorize(ctx, call, 'admin', `sys/policies/${name}`);
+      await ctx.readPoint();
       const policy = name === ROOT_POLICY.name ? ROOT_POLICY : access.policies.get(name);
       if (policy === undefined) throw new ServiceError(grpc.status.NOT_FOUND, `policy "${name}" does not exist`);
       return policyReply(policy.name, policy.rules);
     }),
-    list: unary(node, 'Policies.List', async (call: Call<object>) => {
-      authorize(node, call, 'admin', 'sys/policies');
-      await node.manager.linearizableRead();
+    list: unary(ctx, 'Policies.List', async (call: Call<object>) => {
+      authorize(ctx, call, 'admin', 'sys/policies');
+      await ctx.readPoint();
       return { policies: [ROOT_POLICY, ...[...access.policies.values()].sort((a, b) => a.name.localeCompare(b.name))].map((p) => policyReply(p.name, p.rules)) };
     }),
-    remove: unary(node, 'Policies.Remove', async (call: Call<{ name: string }>) => {
+    remove: unary(ctx, 'Policies.Remove', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
       if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
       if (name === ROOT_POLICY.name) throw invalid('the root policy is built in');
-      const caller = authorize(node, call, 'admin', `sys/policies/${name}`);
+      const caller = authorize(ctx, call, 'admin', `sys/policies/${name}`);
       await write({ op: 'policy-remove', name }, caller);
       return {};
     }),
-  });
+  };
 
-  node.server.addService(Identities.service, {
-    issue: unary(node, 'Identities.Issue', async (call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number; reissue?: boolean }>) => {
+  const identities: grpc.UntypedServiceImplementation = {
+    issue: unary(ctx, 'Identities.Issue', async (call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number; reissue?: boolean }>) => {
       const { name, policies, publicKeyPem, validityDays } = call.request;
       if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
       if (policies.length > IDENTITY_POLICIES_MAX) throw invalid(`an identity has at most ${IDENTITY_POLICIES_MAX} policies`);
       for (const policy of policies) if (!POLICY_NAME_PATTERN.test(policy)) throw invalid(`policy name ${JSON.stringify(policy.slice(0, 64))}: a lower-case letter then up to 63 of [a-z0-9_-]`);
-      const caller = authorize(node, call, 'admin', `sys/identities/${name}`);
+      const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
       // Granting a policy needs the right to administer it: no one hands out more than they hold.
-      for (const policy of policies) authorize(node, call, 'admin', `sys/policies/${policy}`);
+      for (const policy of policies) authorize(ctx, call, 'admin', `sys/policies/${policy}`);
       for (const policy of policies) {
         if (policy !== ROOT_POLICY.name && !access.policies.has(policy)) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `policy "${policy}" does not exist; put it first`);
       }
       if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
       const nowMs = Date.now();
-      const ca = node.ca;
-      const certificatePem = sign(ca, publicKeyPem, { id: name, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
+      const ca = ctx.pki.signing();
+      const certificatePem = sign(ca, publicKeyPem, { id: name, role: 'client', clusterId: ctx.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
       const issued = identityOf(certificatePem);
       await write({ op: 'identity-issue', name, policies, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs, ...(call.request.reissue === true ? { reissue: true } : {}) }, caller);
-      node.log.info({ event: 'identity-issued', identity: name, serial: issued.serial, reissue: call.request.reissue === true }, `issued a certificate to identity ${name}`);
-      return { certificatePem, caCertificatePem: node.tls.caPem, serial: issued.serial, notAfterMs: issued.notAfterMs };
+      ctx.log.info({ event: 'identity-issued', identity: name, serial: issued.serial, reissue: call.request.reissue === true }, `issued a certificate to identity ${name}`);
+      return { certificatePem, caCertificatePem: ctx.pki.trustPem(), serial: issued.serial, notAfterMs: issued.notAfterMs };
     }),
-    renew: unary(node, 'Identities.Renew', async (call: Call<{ publicKeyPem: string; validityDays: number }>) => {
-      const caller = authenticateClient(node, call);
+    renew: unary(ctx, 'Identities.Renew', async (call: Call<{ publicKeyPem: string; validityDays: number }>) => {
+      const caller = authenticateClient(ctx, call);
       const { publicKeyPem, validityDays } = call.request;
       if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
       noteTarget(call, `sys/identities/${caller.id}`);
       const nowMs = Date.now();
-      const ca = node.ca;
-      const certificatePem = sign(ca, publicKeyPem, { id: caller.id, role: 'client', clusterId: node.config.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
+      const ca = ctx.pki.signing();
+      const certificatePem = sign(ca, publicKeyPem, { id: caller.id, role: 'client', clusterId: ctx.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
       const issued = identityOf(certificatePem);
       await write({ op: 'identity-renew', name: caller.id, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs }, caller);
-      node.log.info({ event: 'identity-renewed', identity: caller.id, serial: issued.serial }, `renewed the certificate of identity ${caller.id}`);
-      return { certificatePem, caCertificatePem: node.tls.caPem, serial: issued.serial, notAfterMs: issued.notAfterMs };
+      ctx.log.info({ event: 'identity-renewed', identity: caller.id, serial: issued.serial }, `renewed the certificate of identity ${caller.id}`);
+      return { certificatePem, caCertificatePem: ctx.pki.trustPem(), serial: issued.serial, notAfterMs: issued.notAfterMs };
     }),
-    revoke: unary(node, 'Identities.Revoke', async (call: Call<{ name: string }>) => {
+    revoke: unary(ctx, 'Identities.Revoke', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
       if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
-      const caller = authorize(node, call, 'admin', `sys/identities/${name}`);
+      const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
       await write({ op: 'identity-revoke', name }, caller);
-      node.log.info({ event: 'identity-revoked', identity: name }, `revoked identity ${name}`);
+      ctx.log.info({ event: 'identity-revoked', identity: name }, `revoked identity ${name}`);
       return {};
     }),
-    list: unary(node, 'Identities.List', async (call: Call<object>) => {
-      const caller = authorize(node, call, 'admin', 'sys/identities');
-      await node.manager.linearizableRead();
+    list: unary(ctx, 'Identities.List', async (call: Call<object>) => {
+      const caller = authorize(ctx, call, 'admin', 'sys/identities');
+      await ctx.readPoint();
       return {
         identities: [...access.identities.values()]
           .filter((i) => access.decide(caller.id, 'admin', `sys/identities/${i.name}`).allowed)
@@ -134,24 +132,25 @@ export function registerAccessServices(node: CofferNode): void {
           .map((i) => ({ name: i.name, policies: i.policies, certificates: i.keys.length, revoked: i.revoked, createdAtMs: i.createdAtMs })),
       };
     }),
-  });
+  };
 
-  node.server.addService(Audit.service, {
-    tail: unary(node, 'Audit.Tail', async (call: Call<{ count: number }>) => {
-      authorize(node, call, 'admin', 'sys/audit');
+  const audit: grpc.UntypedServiceImplementation = {
+    tail: unary(ctx, 'Audit.Tail', async (call: Call<{ count: number }>) => {
+      authorize(ctx, call, 'admin', 'sys/audit');
       const count = call.request.count === 0 ? 20 : Math.min(call.request.count, AUDIT_TAIL_RECORDS_MAX);
-      const records = await node.audit.tail(count);
+      const records = await ctx.audit.tail(count);
       // The newest records that fit in one reply (a client takes 4 MiB by default).
       let bytes = 0;
       let first = records.length;
       while (first > 0 && bytes + JSON.stringify(records[first - 1]).length <= AUDIT_TAIL_BYTES_MAX) bytes += JSON.stringify(records[--first]).length;
       return { records: records.slice(first) };
     }),
-    verify: unary(node, 'Audit.Verify', async (call: Call<object>) => {
-      authorize(node, call, 'admin', 'sys/audit');
-      const anchor = node.state.cluster.auditAnchors.get(node.config.nodeId) ?? null;
-      const report = await node.audit.verify(anchor);
+    verify: unary(ctx, 'Audit.Verify', async (call: Call<object>) => {
+      authorize(ctx, call, 'admin', 'sys/audit');
+      const anchor = ctx.state.cluster.auditAnchors.get(ctx.nodeId) ?? null;
+      const report = await ctx.audit.verify(anchor);
       return { ok: report.ok, records: report.records, firstBrokenLine: report.firstBroken?.line ?? 0, problem: report.firstBroken?.problem ?? '', anchorSeq: anchor?.seq ?? 0, anchorHash: anchor?.hash ?? '' };
     }),
-  });
+  };
+  return { policies, identities, audit };
 }

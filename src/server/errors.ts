@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { CryptoError } from '../crypto/errors.ts';
-import { ManagerError } from '../manager/errors.ts';
+import { ManagerError, ProposalRefused } from '../manager/errors.ts';
 import { RaftError } from '../raft/errors.ts';
 import { ReplicaError } from '../replica/replica.ts';
 import { StoreError, type StoreErrorCode } from '../state/secret-store.ts';
@@ -15,6 +15,8 @@ export class ServiceError extends Error {
     this.status = status;
   }
 }
+
+const STORE_CODES: ReadonlySet<string> = new Set<StoreErrorCode>(['NOT_FOUND', 'EXPIRED', 'DELETED', 'CAS_MISMATCH', 'DESTROYED', 'INVALID', 'LIMIT', 'DENIED', 'EXISTS']);
 
 export function storeStatus(code: StoreErrorCode): grpc.status {
   switch (code) {
@@ -40,6 +42,11 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
 export function toStatus(error: unknown): { code: grpc.status; details: string } {
   if (error instanceof ServiceError) return { code: error.status, details: error.message };
   if (error instanceof StoreError) return { code: storeStatus(error.code), details: error.message };
+  if (error instanceof ProposalRefused) {
+    // The applied state's refusals carry their own code; the barrier's and keyring operations' are preconditions.
+    const known = error.source === 'state' && STORE_CODES.has(error.code);
+    return { code: known ? storeStatus(error.code as StoreErrorCode) : grpc.status.FAILED_PRECONDITION, details: error.message };
+  }
   if (error instanceof RaftError) {
     switch (error.code) {
       case 'NOT_LEADER':
@@ -57,7 +64,7 @@ export function toStatus(error: unknown): { code: grpc.status; details: string }
     return { code: grpc.status.UNAVAILABLE, details: error.message };
   }
   if (error instanceof ManagerError) {
-    if (error.code === 'MANAGER_LOCKED' || error.code === 'MANAGER_STOPPED') return { code: grpc.status.UNAVAILABLE, details: error.message };
+    if (error.code === 'MANAGER_LOCKED' || error.code === 'MANAGER_STOPPED' || error.code === 'NO_LEADER') return { code: grpc.status.UNAVAILABLE, details: error.message };
     return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
   }
   if (error instanceof CryptoError) {

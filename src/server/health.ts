@@ -1,9 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
-import type { BasicStatus, NodeId } from '../raft/types.ts';
+import type { NodeMetrics } from '../metrics/metrics.ts';
+import type { BasicStatus } from '../raft/types.ts';
+import type { Logger } from '../util/logger.ts';
 import { callerIdentity } from '../transport/auth.ts';
 import { isMalformedRequest, methodPath, tolerantService } from '../transport/proto.ts';
-import type { CofferNode } from './node.ts';
 
 /** The service name of a manager's overall health, as the gRPC health protocol defines it. */
 export const OVERALL_HEALTH = '';
@@ -45,27 +46,34 @@ export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: s
  * certificate of this cluster's CA may ask, with no policy; a caller without one is refused, as
  * on every other service of the port.
  */
+export interface HealthServiceDeps {
+  readonly server: Pick<grpc.Server, 'addService'>;
+  readonly clusterId: string;
+  /** This manager's facts now. */
+  facts(): HealthFacts;
+  readonly log: Logger;
+  readonly metrics: NodeMetrics;
+}
+
 export class HealthService {
   readonly #implementation = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });
-  readonly #node: CofferNode;
+  readonly #deps: HealthServiceDeps;
   #last: ServingStatus = 'NOT_SERVING';
 
-  constructor(node: CofferNode) {
-    this.#node = node;
+  constructor(deps: HealthServiceDeps) {
+    this.#deps = deps;
     this.#implementation.addToServer({
       // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
       // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
-      addService: (service, implementation) => node.server.addService(tolerantService(service as grpc.ServiceDefinition), this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation)),
+      addService: (service, implementation) => deps.server.addService(tolerantService(service as grpc.ServiceDefinition), this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation)),
     });
   }
 
   /** Recomputes the status; the implementation tells watchers when it changes. */
   update(): ServingStatus {
-    const node = this.#node;
-    const id: NodeId = node.config.nodeId;
-    const { status, reason } = healthOf({ raft: node.manager.status().raft, removed: node.state.cluster.removed.has(id), auditBroken: node.audit.broken !== null });
+    const { status, reason } = healthOf(this.#deps.facts());
     if (status !== this.#last) {
-      node.log.info({ event: 'health', status, reason }, `health: ${status} (${reason})`);
+      this.#deps.log.info({ event: 'health', status, reason }, `health: ${status} (${reason})`);
       this.#last = status;
       this.#implementation.setStatus(OVERALL_HEALTH, status);
     }
@@ -73,7 +81,7 @@ export class HealthService {
   }
 
   #guard(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
-    const clusterId = this.#node.config.clusterId;
+    const clusterId = this.#deps.clusterId;
     const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
     const guarded: grpc.UntypedServiceImplementation = {};
     for (const [method, handler] of Object.entries(implementation)) {
@@ -82,7 +90,7 @@ export class HealthService {
         const refuse = (status: { code: grpc.status; details: string }): void => (callback !== undefined ? callback(status) : void call.emit('error', status));
         if (callerIdentity(call, clusterId) === null) return refuse(refusal);
         if (isMalformedRequest(call.request)) {
-          this.#node.metrics.refused('malformed');
+          this.#deps.metrics.refused('malformed');
           return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `the request is not a valid ${methodPath(service, method)} message (protobuf)` });
         }
         const asked = (call.request as { service?: unknown } | undefined)?.service;

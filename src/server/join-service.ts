@@ -5,9 +5,11 @@ import { ClusterState } from '../state/cluster-state.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { identityOf, joinTokenHash, signCertificate, spkiDigest } from '../crypto/pki.ts';
 import type { NodeId } from '../raft/types.ts';
-import { services } from '../transport/proto.ts';
 import { ServiceError } from './errors.ts';
-import type { CofferNode } from './node.ts';
+import type { Manager } from '../manager/manager.ts';
+import { ProposalRefused } from '../manager/errors.ts';
+import type { AppliedResult } from '../state/applied-state.ts';
+import type { ServiceContext } from './context.ts';
 import { hostOf, splitHostPort } from './node-config.ts';
 import { encodeMembers } from './peer-trust.ts';
 import { LeaderRedirect, noteTarget, unary, type Call } from './rpc.ts';
@@ -104,13 +106,12 @@ function hostIsName(host: string): boolean {
  * the root key (every manager decrypts the log) but not the CA key: that reaches the joiner with
  * the replicated state. Every join is audited with the new manager's id and address.
  */
-export function registerJoinService(node: CofferNode): void {
-  const { Join } = services();
+export function joinService(ctx: ServiceContext, deps: { readonly manager: Pick<Manager<AppliedResult>, 'rootKeyForJoiner'>; readonly managerCertValidityDays: number }): grpc.UntypedServiceImplementation {
   const attempts = new JoinAttempts();
-  node.server.addService(Join.service, {
-    getCaCertificate: unary(node, 'Join.GetCaCertificate', async () => ({ pem: node.cas.activeCertPem() }), { anonymous: true }),
+  return {
+    getCaCertificate: unary(ctx, 'Join.GetCaCertificate', async () => ({ pem: ctx.pki.activeCertPem() }), { anonymous: true }),
     joinCluster: unary(
-      node,
+      ctx,
       'Join.JoinCluster',
       async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string }>) => {
         const source = sourceHost(call.getPeer());
@@ -121,7 +122,7 @@ export function registerJoinService(node: CofferNode): void {
           attempts.failed(source);
           throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a join request holds a token secret, a host:port and a PEM public key; this one is too large');
         }
-        const cluster = node.state.cluster;
+        const cluster = ctx.state.cluster;
         // None yet: a new cluster's leader installs the token from init a moment after its election.
         if (cluster.joinTokenHash === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has no join token installed yet; retry in a moment');
         const tokenHash = joinTokenHash(tokenSecret);
@@ -129,13 +130,13 @@ export function registerJoinService(node: CofferNode): void {
         const refusal = cluster.joinTokenRefusal(tokenHash, nowMs);
         if (refusal !== null) {
           attempts.failed(source);
-          node.log.warn({ event: 'join-refused', source, reason: refusal }, 'refused a join');
+          ctx.log.warn({ event: 'join-refused', source, reason: refusal }, 'refused a join');
           throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
         }
-        const status = node.manager.raftStatus();
+        const status = ctx.replica.raftStatus();
         if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
         if (status.role !== 'leader') {
-          const leaderAddress = status.lead === 0 ? undefined : node.addressOf(status.lead);
+          const leaderAddress = status.lead === 0 ? undefined : ctx.addressOf(status.lead);
           if (leaderAddress === undefined) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry in a moment');
           throw new LeaderRedirect(leaderAddress);
         }
@@ -151,42 +152,45 @@ export function registerJoinService(node: CofferNode): void {
           throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'public_key_pem is not a public key in PEM form');
         }
         await proveAddress(address, spki);
-        const nodeId = freshNodeId(node, status.confState.voters, status.confState.learners);
-        const ca = node.ca;
+        const nodeId = freshNodeId(ctx, status.confState.voters, status.confState.learners);
+        const ca = ctx.pki.signing();
         let certificatePem: string;
         try {
-          certificatePem = signCertificate(ca, publicKeyPem, { id: String(nodeId), role: 'manager', clusterId: node.config.clusterId, nowMs, hosts: [hostOf(address)], validityDays: node.config.managerCertValidityDays });
+          certificatePem = signCertificate(ca, publicKeyPem, { id: String(nodeId), role: 'manager', clusterId: ctx.clusterId, nowMs, hosts: [hostOf(address)], validityDays: deps.managerCertValidityDays });
         } catch (error) {
           if (error instanceof CryptoError) throw new ServiceError(grpc.status.INVALID_ARGUMENT, `public_key_pem: ${error.message}`);
           throw error;
         }
-        const recorded = await node.proposeCommand(ClusterState.encode({ kind: 'cluster.join', tokenHash, nowMs, id: nodeId, address, key: { key: identityOf(certificatePem).spki, caGen: ca.gen } }));
-        if (!recorded.ok) {
+        try {
+          await ctx.propose(ClusterState.encode({ kind: 'cluster.join', tokenHash, nowMs, id: nodeId, address, key: { key: identityOf(certificatePem).spki, caGen: ca.gen } }));
+        } catch (error) {
+          if (!(error instanceof ProposalRefused) || error.source !== 'state') throw error;
+          // Where the join applies, the token was found expired, used up or replaced.
           attempts.failed(source);
-          throw new ServiceError(grpc.status.PERMISSION_DENIED, recorded.reason);
+          throw new ServiceError(grpc.status.PERMISSION_DENIED, error.message);
         }
-        await node.proposeConfChange({ type: 'add-learner', nodeId });
-        const root = node.manager.rootKeyForJoiner();
+        await ctx.proposeConfChange({ type: 'add-learner', nodeId });
+        const root = deps.manager.rootKeyForJoiner();
         noteTarget(call, `manager ${nodeId} at ${address}`);
-        node.log.info({ event: 'joined', nodeId, address, source }, `manager ${nodeId} joined as a learner`);
+        ctx.log.info({ event: 'joined', nodeId, address, source }, `manager ${nodeId} joined as a learner`);
         return {
           nodeId,
-          clusterId: node.config.clusterId,
+          clusterId: ctx.clusterId,
           certificatePem,
           rootKey: root.key,
           rootGeneration: root.gen,
-          members: encodeMembers(node.trust.members()),
-          managerCertValidityDays: node.config.managerCertValidityDays,
+          members: encodeMembers(ctx.trust.members()),
+          managerCertValidityDays: deps.managerCertValidityDays,
         };
       },
       { anonymous: true },
     ),
-  });
+  };
 }
 
 /** An id never used in this cluster (ids are never reused, so a removed manager cannot come back). */
-function freshNodeId(node: CofferNode, voters: readonly NodeId[], learners: readonly NodeId[]): NodeId {
-  const cluster = node.state.cluster;
+function freshNodeId(ctx: ServiceContext, voters: readonly NodeId[], learners: readonly NodeId[]): NodeId {
+  const cluster = ctx.state.cluster;
   const taken = new Set([...voters, ...learners, ...cluster.addresses.keys(), ...cluster.removed]);
   let nodeId = 0;
   while (nodeId === 0 || taken.has(nodeId)) nodeId = 2 + Math.floor(Math.random() * (2 ** 31 - 2));

@@ -1,9 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { packr } from '../codec/msgpack.ts';
 import { ClusterState } from '../state/cluster-state.ts';
-import type { NodeId, Status } from '../raft/types.ts';
+import type { ConfChange, NodeId, Status } from '../raft/types.ts';
 import { ServiceError } from './errors.ts';
-import type { CofferNode } from './node.ts';
+import type { Manager } from '../manager/manager.ts';
+import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
+import type { StateCommand } from './context.ts';
 
 
 /** An operator's membership operation. The leader runs it; other managers forward it there. */
@@ -19,6 +21,18 @@ export interface MemberOpResult {
   readonly leaderId: NodeId;
   readonly voters: readonly NodeId[];
   readonly learners: readonly NodeId[];
+}
+
+/** What a membership operation uses: the replica, the write path, the way to the leader, the transport. */
+export interface MembershipDeps {
+  readonly replica: Pick<Manager<AppliedResult>, 'raftStatus' | 'transferLeadership'>;
+  readonly state: AppliedState;
+  propose(command: StateCommand): Promise<unknown>;
+  proposeConfChange(change: ConfChange): Promise<void>;
+  /** Runs `op` on `leader` (Peer.Propose). */
+  forwardMemberOp(leader: NodeId, op: MemberOp): Promise<MemberOpResult>;
+  /** Stops talking to a removed manager. */
+  forgetPeer(id: NodeId): void;
 }
 
 const OPS: ReadonlyArray<MemberOp['op']> = ['promote', 'demote', 'remove', 'transfer'];
@@ -65,34 +79,34 @@ export function decodeMemberOpResult(data: Buffer): MemberOpResult {
  * include a quorum of healthy managers (heard from within the last two election timeouts),
  * unless forced: the cluster must not lose its quorum to an operator's typo.
  */
-export async function runMemberOp(node: CofferNode, op: MemberOp): Promise<MemberOpResult> {
-  const status = statusOf(node);
+export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<MemberOpResult> {
+  const status = statusOf(deps);
   if (status.role !== 'leader') {
     if (status.lead === 0) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected');
-    return node.forwardMemberOp(status.lead, op);
+    return deps.forwardMemberOp(status.lead, op);
   }
   const { voters, learners } = status.confState;
   const isVoter = voters.includes(op.nodeId);
   const isLearner = learners.includes(op.nodeId);
-  const cluster = node.state.cluster;
+  const cluster = deps.state.cluster;
   if (op.op === 'remove' && !isVoter && !isLearner && cluster.addresses.has(op.nodeId) && !cluster.removed.has(op.nodeId)) {
     // A removal that left the membership but failed before marking the manager removed: finish it.
-    await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
-    return resultOf(statusOf(node));
+    await deps.propose(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
+    return resultOf(statusOf(deps));
   }
   if (op.op !== 'transfer' && !isVoter && !isLearner) throw new ServiceError(grpc.status.NOT_FOUND, `manager ${op.nodeId} is not a member of this cluster`);
 
   if (op.op === 'transfer') {
-    await transferLeadership(node, status, op.nodeId);
-    return resultOf(statusOf(node));
+    await transferLeadership(deps, status, op.nodeId);
+    return resultOf(statusOf(deps));
   }
   if ((op.op === 'demote' || op.op === 'remove') && op.nodeId === status.id) {
     // The leader leaves the voters: it hands over first, so no election is needed. The quorum is
     // checked here, where the progress of every voter is known, before anything moves.
     checkQuorumAfterLosing(status, op.nodeId, op.force);
-    const successor = await transferLeadership(node, status, 0);
+    const successor = await transferLeadership(deps, status, 0);
     // Checked above; the successor has only just started hearing from the others.
-    return node.forwardMemberOp(successor, { ...op, force: true });
+    return deps.forwardMemberOp(successor, { ...op, force: true });
   }
   if (op.op === 'promote') {
     if (isVoter) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a voter`);
@@ -100,29 +114,28 @@ export async function runMemberOp(node: CofferNode, op: MemberOp): Promise<Membe
     if (match < status.commit && !op.force) {
       throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is ${status.commit - match} entries behind the commit index; promote it once it has caught up (or with --force)`);
     }
-    await node.proposeCommand(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: false }));
-    await node.manager.proposeConfChange({ type: 'add-voter', nodeId: op.nodeId });
-    return resultOf(statusOf(node));
+    await deps.propose(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: false }));
+    await deps.proposeConfChange({ type: 'add-voter', nodeId: op.nodeId });
+    return resultOf(statusOf(deps));
   }
   if (isVoter) checkQuorumAfterLosing(status, op.nodeId, op.force);
   if (op.op === 'demote') {
     if (isLearner) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a learner`);
-    await node.proposeCommand(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: true }));
-    await node.manager.proposeConfChange({ type: 'add-learner', nodeId: op.nodeId });
-    return resultOf(statusOf(node));
+    await deps.propose(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: true }));
+    await deps.proposeConfChange({ type: 'add-learner', nodeId: op.nodeId });
+    return resultOf(statusOf(deps));
   }
   // Out of the membership first, then marked removed (its certificate refused from then on): if
   // the mark fails, the manager is no longer counted in the quorum, and a repeated remove
   // finishes the job (above). The other order could leave a refused manager counted as a voter.
-  await node.manager.proposeConfChange({ type: 'remove', nodeId: op.nodeId });
-  await node.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
-  node.transport.forget(op.nodeId);
-  node.transport.disconnect(op.nodeId);
-  return resultOf(statusOf(node));
+  await deps.proposeConfChange({ type: 'remove', nodeId: op.nodeId });
+  await deps.propose(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
+  deps.forgetPeer(op.nodeId);
+  return resultOf(statusOf(deps));
 }
 
-function statusOf(node: CofferNode): Status {
-  const status = node.manager.raftStatus();
+function statusOf(deps: MembershipDeps): Status {
+  const status = deps.replica.raftStatus();
   if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
   return status;
 }
@@ -154,7 +167,7 @@ function checkQuorumAfterLosing(status: Status, leaving: NodeId, force: boolean)
  * Hands leadership to `to` (0: the healthy voter with the most entries) and waits until it leads.
  * Returns the new leader.
  */
-async function transferLeadership(node: CofferNode, status: Status, to: NodeId): Promise<NodeId> {
+async function transferLeadership(deps: MembershipDeps, status: Status, to: NodeId): Promise<NodeId> {
   let target = to;
   if (target === 0) {
     const candidates = status.confState.voters.filter((id) => id !== status.id && isHealthy(status, id));
@@ -164,11 +177,11 @@ async function transferLeadership(node: CofferNode, status: Status, to: NodeId):
   }
   if (target === status.id) return target;
   if (!status.confState.voters.includes(target)) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${target} is not a voter; only voters can lead`);
-  node.manager.transferLeadership(target);
+  deps.replica.transferLeadership(target);
   const deadline = Date.now() + TRANSFER_WAIT_MS;
   while (Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 20));
-    const now = node.manager.raftStatus();
+    const now = deps.replica.raftStatus();
     if (now !== null && now.role !== 'leader' && now.lead === target) return target;
   }
   throw new ServiceError(grpc.status.UNAVAILABLE, `leadership did not move to manager ${target} within ${TRANSFER_WAIT_MS} ms: it may be behind or unreachable; this manager still leads`);

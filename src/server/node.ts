@@ -1,45 +1,41 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
-import { packr } from '../codec/msgpack.ts';
-import type { BarrierResult } from '../barrier/barrier.ts';
-import { ClusterState } from '../state/cluster-state.ts';
-import { identityOf, issuedBy, newLeafKey, signCertificate } from '../crypto/pki.ts';
-import { ClusterCa, type SigningCa } from './cluster-ca.ts';
-import { PeerTrust } from './peer-trust.ts';
+import type { Server as HttpServer } from 'node:http';
+import { join } from 'node:path';
+import type { AuditLog } from '../audit/audit-log.ts';
+import { ProposalRefused } from '../manager/errors.ts';
 import { Manager } from '../manager/manager.ts';
+import { Proposer } from '../manager/proposer.ts';
+import { NodeMetrics } from '../metrics/metrics.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
 import { AppliedState, type AppliedResult } from '../state/applied-state.ts';
-import { encodeSecretCommand } from '../state/secret-store.ts';
-import { encodeAccessCommand } from '../state/access-state.ts';
-import { ROOT_POLICY } from '../state/policy.ts';
-import { ADMIN_IDENTITY } from './rpc.ts';
-import type { AuditLog } from '../audit/audit-log.ts';
-import { openManagerAuditLog } from './audit-key.ts';
-import { join } from 'node:path';
-import { PeerTransport } from '../transport/peer-transport.ts';
-import { services } from '../transport/proto.ts';
-import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { rememberPeerCertificates } from '../transport/auth.ts';
 import { DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
 import { listenGuarded, type GuardedListener } from '../transport/listener.ts';
+import { PeerTransport } from '../transport/peer-transport.ts';
+import type { TlsMaterial } from '../transport/tls.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
-import { ServiceError } from './errors.ts';
-import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
-import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, readNodeConfig, splitHostPort, readTlsFiles, writeNodeConfig, writeTlsFiles, type NodeConfig } from './node-config.ts';
 import { AnonymousAudit } from './anonymous-audit.ts';
+import { AUDIT_ANCHOR_INTERVAL_MS, AuditAnchoring } from './audit-anchor.ts';
+import { openManagerAuditLog } from './audit-key.ts';
+import { ManagerCertificate } from './certificates.ts';
+import { ClusterCa, type SigningCa } from './cluster-ca.ts';
+import { type AppliedOk, type ServiceContext, type StateCommand, signingOrUnavailable } from './context.ts';
+import { ServiceError } from './errors.ts';
 import { HealthService } from './health.ts';
+import { LeaderDuties } from './leader-duties.ts';
+import { GrpcLeaderLink } from './leader-link.ts';
+import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
+import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, readNodeConfig, readTlsFiles, splitHostPort, writeNodeConfig, type NodeConfig } from './node-config.ts';
+import { PeerTrust } from './peer-trust.ts';
 import { IdentityRateLimiter } from './rate-limit.ts';
 import { registerServices } from './services.ts';
-import { NodeMetrics } from '../metrics/metrics.ts';
-import type { Server as HttpServer } from 'node:http';
 
+export { CERT_RENEW_REMAINING_SHARE } from './certificates.ts';
+export { AUDIT_ANCHOR_INTERVAL_MS } from './audit-anchor.ts';
 
-/** Renew a manager certificate once less than this share of its lifetime is left. */
-export const CERT_RENEW_REMAINING_SHARE = 1 / 3;
 const HOUSEKEEPING_INTERVAL_MS = 250;
-/** How often a manager replicates its audit log's last durable record (its anchor), if it moved. */
-export const AUDIT_ANCHOR_INTERVAL_MS = 10_000;
 
 export interface NodeOptions {
   readonly dataDir: string;
@@ -75,10 +71,11 @@ export function defaultKeyFile(dataDir: string): string {
 }
 
 /**
- * A running manager process: the Manager (data directory, barrier, replica), the gRPC server
- * (peers, joiners, clients), the peer transport, and the housekeeping a leader does (its own
- * address and the join token in the replicated state, promoting caught-up learners) and every
- * manager does (renewing its certificate before it expires).
+ * A running manager process, composed: the Manager (data directory, barrier, replica), the write
+ * path (Proposer, with a gRPC link to the leader), the gRPC server and its services (each given
+ * a ServiceContext, never this class), the peer transport, this manager's certificate, and the
+ * housekeeping timer that runs the duties: every manager's (health, certificate, audit anchor,
+ * key use) and the leader's (leader-duties.ts).
  */
 export class CofferNode {
   readonly config: NodeConfig;
@@ -88,32 +85,27 @@ export class CofferNode {
   readonly server: grpc.Server;
   readonly log: Logger;
   readonly audit: AuditLog;
-  /** Audit records of requests without a certificate: small, and rate-limited. */
-  readonly anonymousAudit: AnonymousAudit;
   readonly health: HealthService;
   /** Which managers may talk Raft to this one, with which keys. */
   readonly trust: PeerTrust;
   /** The cluster CAs: what this manager trusts, signs with and presents. */
   readonly cas: ClusterCa;
-  /** Requests and bytes written per identity, at this manager (rpc.ts asks it). */
-  readonly rateLimit: IdentityRateLimiter;
-  readonly #credentials: RenewableServerCredentials;
+  readonly metrics: NodeMetrics;
+  /** The one write path: seal here, propose here or on the leader. */
+  readonly proposer: Proposer<AppliedResult>;
+  /** What every service handler is given. */
+  readonly context: ServiceContext;
+  readonly #certificate: ManagerCertificate;
+  readonly #leaderLink: GrpcLeaderLink;
+  readonly #leaderDuties: LeaderDuties;
+  readonly #anchoring: AuditAnchoring;
   readonly #options: NodeOptions;
-  /** This manager's own certificate and key; `#tls` adds the trusted CAs and the chain to present. */
-  #leafPem: string;
-  readonly #keyPem: { current: string };
-  #tls: TlsMaterial;
+  readonly #connectionLimits: ConnectionLimits;
   #housekeeping: NodeJS.Timeout | null = null;
   #housekeepingBusy = false;
-  #anchoredAtMs = -Infinity;
-  /** Started with a new audit log: its first anchor says so (anchors otherwise only move forward). */
-  #auditLogReset: boolean;
-  #peerClients = new Map<NodeId, grpc.Client>();
-  boundPort = 0;
   #listener: GuardedListener | null = null;
-  readonly #connectionLimits: ConnectionLimits;
-  readonly metrics: NodeMetrics;
   #metricsServer: HttpServer | null = null;
+  boundPort = 0;
 
   private constructor(
     options: NodeOptions,
@@ -124,32 +116,118 @@ export class CofferNode {
     audit: AuditLog,
     metrics: NodeMetrics,
   ) {
-    const { manager, state, transport } = parts;
-    this.trust = parts.trust;
-    this.cas = parts.cas;
+    const { manager, state, transport, trust, cas } = parts;
     this.#options = options;
-    this.rateLimit = new IdentityRateLimiter({ ...(options.identityRequestsPerSecond === undefined ? {} : { requestsPerSecond: options.identityRequestsPerSecond }), ...(options.identityWriteBytesPerMinute === undefined ? {} : { writeBytesPerMinute: options.identityWriteBytesPerMinute }) });
-    this.metrics = metrics;
-    this.audit = audit;
-    this.anonymousAudit = new AnonymousAudit((event) => audit.append(event));
     this.config = config;
     this.manager = manager;
     this.state = state;
     this.transport = transport;
-    this.#leafPem = own.certPem;
-    this.#keyPem = { current: own.keyPem };
-    this.#tls = this.#material();
+    this.trust = trust;
+    this.cas = cas;
     this.log = log;
+    this.audit = audit;
+    this.metrics = metrics;
     this.#connectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits };
-    this.#auditLogReset = options.newAuditLog === true;
-    this.#credentials = new RenewableServerCredentials(this.#tls);
+    const propose = (command: StateCommand): Promise<AppliedOk> => this.propose(command);
+    this.#certificate = new ManagerCertificate(
+      {
+        dataDir: options.dataDir,
+        nodeId: config.nodeId,
+        clusterId: config.clusterId,
+        advertise: config.advertise,
+        validityDays: config.managerCertValidityDays,
+        cas,
+        cluster: state.cluster,
+        manager,
+        propose,
+        onRenewed: () => {
+          transport.reconnectAll();
+          trust.reset();
+          this.#leaderLink.reset();
+        },
+        log,
+      },
+      own,
+    );
+    this.#leaderLink = new GrpcLeaderLink({ clusterId: config.clusterId, tls: () => this.tls, addressOf: (id) => this.addressOf(id) });
+    this.proposer = new Proposer<AppliedResult>({
+      manager,
+      leader: this.#leaderLink,
+      refusalOf: (result) => (result.ok ? null : { code: 'code' in result ? result.code : 'PRECONDITION', reason: result.reason }),
+      logger: log,
+    });
+    this.#leaderDuties = new LeaderDuties({ config, state, cas, manager, propose, proposeConfChange: (change) => this.proposer.confChange(change), log });
+    this.#anchoring = new AuditAnchoring({
+      nodeId: config.nodeId,
+      audit,
+      cluster: state.cluster,
+      hasLeader: () => (manager.raftStatus()?.lead ?? 0) !== 0,
+      propose,
+      ...(options.auditAnchorIntervalMs === undefined ? {} : { intervalMs: options.auditAnchorIntervalMs }),
+      logReset: options.newAuditLog === true,
+      log,
+    });
     rememberPeerCertificates();
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
     // when it is on, and with it off a stopped server left its connections open (a manager
     // stopped and started again in one process kept talking to the old one's sessions).
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.max_connection_idle_ms': this.#connectionLimits.connectionIdleMs });
-    registerServices(this);
-    this.health = new HealthService(this);
+    this.context = {
+      nodeId: config.nodeId,
+      clusterId: config.clusterId,
+      state,
+      audit,
+      anonymousAudit: new AnonymousAudit((event) => audit.append(event)),
+      rateLimit: new IdentityRateLimiter({
+        ...(options.identityRequestsPerSecond === undefined ? {} : { requestsPerSecond: options.identityRequestsPerSecond }),
+        ...(options.identityWriteBytesPerMinute === undefined ? {} : { writeBytesPerMinute: options.identityWriteBytesPerMinute }),
+      }),
+      trust,
+      log,
+      metrics,
+      propose,
+      proposeConfChange: (change) => this.proposer.confChange(change),
+      readPoint: async (stale = false) => (stale ? (manager.status().raft?.applied ?? 0) : manager.linearizableRead()),
+      replica: manager,
+      pki: { signing: () => this.ca, trustPem: () => cas.trustPem(), activeCertPem: () => cas.activeCertPem() },
+      addressOf: (id) => this.addressOf(id),
+    };
+    const memberOp = (op: MemberOp): Promise<MemberOpResult> =>
+      runMemberOp(
+        {
+          replica: manager,
+          state,
+          propose,
+          proposeConfChange: (change) => this.proposer.confChange(change),
+          forwardMemberOp: (leader, forwarded) => this.#leaderLink.memberOp(leader, forwarded),
+          forgetPeer: (id) => {
+            transport.forget(id);
+            transport.disconnect(id);
+          },
+        },
+        op,
+      );
+    registerServices(this.server, {
+      ctx: this.context,
+      peer: {
+        raftStream: transport.handleRaftStream,
+        acceptForwarded: (payload) => this.proposer.acceptForwarded(payload),
+        acceptConfChange: (change: ConfChange) => manager.proposeConfChange(change),
+        runMemberOp: memberOp,
+        members: () => trust.members(),
+      },
+      cluster: { runMemberOp: memberOp, certificatePem: () => this.#certificate.leafPem, snapshotsSent: () => transport.stats.snapshotsSent },
+      keys: this.proposer,
+      manager,
+      managerCertValidityDays: config.managerCertValidityDays,
+    });
+    this.health = new HealthService({
+      server: this.server,
+      clusterId: config.clusterId,
+      facts: () => ({ raft: manager.status().raft, removed: state.cluster.removed.has(config.nodeId), auditBroken: audit.broken !== null }),
+      log,
+      metrics,
+    });
   }
 
   static async start(options: NodeOptions): Promise<CofferNode> {
@@ -265,34 +343,35 @@ export class CofferNode {
   }
 
   get tls(): TlsMaterial {
-    return this.#tls;
+    return this.#certificate.tls;
   }
 
   /** The CA to sign with now; refused while this manager has none (a joiner not yet caught up). */
   get ca(): SigningCa {
-    const ca = this.cas.signing();
-    if (ca === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has not received the cluster CA yet; retry on another manager');
-    return ca;
+    return signingOrUnavailable(this.cas.signing());
   }
 
-  /** This manager's TLS material: the CAs it trusts now, its certificate with the chain to present, its key. */
-  #material(): TlsMaterial {
-    return { caPem: this.cas.trustPem(), certPem: this.cas.chainPem(this.#leafPem), keyPem: this.#keyPem.current };
+  /** Audit records of requests without a certificate: small, and rate-limited. */
+  get anonymousAudit(): AnonymousAudit {
+    return this.context.anonymousAudit;
   }
 
-  /** Follows the replicated CAs: a rotation or retirement changes what this manager trusts and presents. */
-  async #followCas(): Promise<void> {
-    const material = this.#material();
-    if (material.caPem === this.#tls.caPem && material.certPem === this.#tls.certPem) return;
-    this.#tls = material;
-    this.#credentials.update(material);
-    await writeTlsFiles(this.#options.dataDir, material.caPem, this.#leafPem);
-    this.log.info({ event: 'trust-changed', cas: this.state.cluster.cas.map((c) => c.gen) }, 'the cluster CAs changed: this manager trusts and presents the new set');
+  /** Requests and bytes written per identity, at this manager (rpc.ts asks it). */
+  get rateLimit(): IdentityRateLimiter {
+    return this.context.rateLimit;
+  }
+
+  /**
+   * A command of the applied state through the one write path; its result, or a
+   * ProposalRefused (errors.ts gives it its status).
+   */
+  async propose(command: StateCommand): Promise<AppliedOk> {
+    return (await this.proposer.command(command.kind, command.data)) as AppliedOk;
   }
 
   /** Serves the gRPC port through the connection guard (limits per source, in total, and on silent connections). */
   async #listen(): Promise<void> {
-    this.#listener = await listenGuarded({ server: this.server, credentials: this.#credentials.credentials, address: this.#options.listen ?? this.config.listen, limits: this.#connectionLimits, log: this.log.child({ component: 'listener' }) });
+    this.#listener = await listenGuarded({ server: this.server, credentials: this.#certificate.credentials.credentials, address: this.#options.listen ?? this.config.listen, limits: this.#connectionLimits, log: this.log.child({ component: 'listener' }) });
     this.boundPort = this.#listener.port;
   }
 
@@ -311,42 +390,17 @@ export class CofferNode {
     this.#housekeepingBusy = true;
     try {
       this.health.update();
-      await this.#followCas();
-      await this.#maybeRecordOwnKey();
-      await this.#maybeRenewCertificate();
-      await this.#maybeAnchorAudit();
+      await this.#certificate.followCas();
+      await this.#certificate.recordOwnKey();
+      await this.#certificate.maybeRenew();
+      await this.#anchoring.maybeAnchor();
       const status = this.manager.raftStatus();
       if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {
         this.log.warn({ event: 'key-uses-near-limit' }, 'this manager has nearly used up the active data key: asking the leader to rotate');
-        await this.proposeSealed(this.manager.rotationPayload());
+        await this.proposer.keyOperation({ op: 'rotate' });
         return;
       }
-      if (status === null || status.role !== 'leader' || (this.manager.status().keys?.activeTerm ?? 0) === 0) return;
-      const cluster = this.state.cluster;
-      // The CA made at init moves into the replicated state, where rotations happen.
-      const install = this.cas.toInstall();
-      if (install !== null) await this.proposeCommand(ClusterState.encode({ kind: 'cluster.ca-install', certPem: install.certPem, keyPem: install.keyPem }));
-      // After a forced new cluster or a restore, the old members' certificates are refused from now on.
-      for (const id of [...this.manager.forcedOut(), ...(this.config.retiredMembers ?? [])]) {
-        if (!cluster.removed.has(id)) await this.proposeCommand(ClusterState.encode({ kind: 'cluster.removed', id }));
-      }
-      if (cluster.addresses.get(this.config.nodeId) !== this.config.advertise) {
-        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member', id: this.config.nodeId, address: this.config.advertise }));
-      }
-      if (cluster.recoveryPublicKey === null && (this.config.initialRecoveryPublicKey ?? null) !== null) {
-        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey: Buffer.from(this.config.initialRecoveryPublicKey!, 'hex') }));
-      }
-      if (cluster.joinTokenHash === null && this.config.initialJoinTokenHash !== null) {
-        await this.proposeCommand(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(this.config.initialJoinTokenHash, 'hex'), expiresAtMs: this.config.initialJoinTokenExpiresAtMs ?? null, uses: null }));
-      }
-      const admin = this.config.initialAdmin ?? null;
-      if (admin !== null && !this.state.access.identities.has(ADMIN_IDENTITY)) {
-        await this.proposeCommand(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], key: admin.key, serial: admin.serial, caGen: 1, nowMs: Date.now() }));
-      }
-      await this.#maybePromote();
-      // Expiry: the leader wipes what expired, through the log (the time is in the command).
-      const nextExpiryMs = this.state.secrets.nextExpiryMs();
-      if (nextExpiryMs !== null && nextExpiryMs <= Date.now()) await this.proposeCommand(encodeSecretCommand({ op: 'expire', nowMs: Date.now() }));
+      await this.#leaderDuties.run();
     } catch (error) {
       this.log.debug({ event: 'housekeeping-retry', err: error }, 'housekeeping will retry');
     } finally {
@@ -354,153 +408,15 @@ export class CofferNode {
     }
   }
 
-  /** Promotes a learner to voter once it has every committed entry (one change at a time). */
-  async #maybePromote(): Promise<void> {
-    const status = this.manager.raftStatus();
-    if (status === null || status.progress === null) return;
-    for (const learner of status.confState.learners) {
-      if (this.state.cluster.heldLearners.has(learner)) continue; // demoted by an operator
-      const progress = status.progress.get(learner);
-      if (progress !== undefined && progress.match >= status.commit) {
-        this.log.info({ event: 'promote', nodeId: learner }, `manager ${learner} caught up: promoting it to voter`);
-        await this.manager.proposeConfChange({ type: 'add-voter', nodeId: learner });
-        return;
-      }
-    }
-  }
-
-  /**
-   * A new key and certificate when a third of the lifetime is left, or when the cluster moved to
-   * a new CA. The new key is recorded in the replicated state first (peers admit both while the
-   * switch happens), then stored with its certificate in one atomic key-store write, then used.
-   */
-  async #maybeRenewCertificate(): Promise<void> {
-    const signing = this.cas.signing();
-    if (signing === null) return;
-    const identity = identityOf(this.#leafPem);
-    const now = Date.now();
-    const lifetime = identity.notAfterMs - identity.notBeforeMs;
-    const expiring = identity.notAfterMs - now <= lifetime * CERT_RENEW_REMAINING_SHARE;
-    const underOldCa = this.state.cluster.cas.length > 0 && !issuedBy(this.#leafPem, signing.certPem);
-    if (!expiring && !underOldCa) return;
-    if ((this.manager.raftStatus()?.lead ?? 0) === 0) return;
-    const key = newLeafKey();
-    const certPem = signCertificate(signing, key.publicPem, {
-      id: String(this.config.nodeId),
-      role: 'manager',
-      clusterId: this.config.clusterId,
-      nowMs: now,
-      hosts: [hostOf(this.config.advertise)],
-      validityDays: this.config.managerCertValidityDays,
-    });
-    const renewed = identityOf(certPem);
-    const recorded = await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member-key', id: this.config.nodeId, key: { key: renewed.spki, caGen: signing.gen } }));
-    if (!recorded.ok) throw new Error(`the new key could not be recorded: ${recorded.reason}`);
-    // Key and certificate in one atomic write; node.crt is a readable copy, not what starts the server.
-    await this.manager.setLocalSecrets(new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)], [TLS_CERT_SECRET, Buffer.from(certPem)]]));
-    await writeTlsFiles(this.#options.dataDir, this.cas.trustPem(), certPem);
-    this.#leafPem = certPem;
-    this.#keyPem.current = key.privatePem;
-    this.#tls = this.#material();
-    this.#credentials.update(this.#tls);
-    this.transport.reconnectAll();
-    this.trust.reset();
-    for (const client of this.#peerClients.values()) client.close();
-    this.#peerClients.clear();
-    this.log.info({ event: 'certificate-renewed', serial: renewed.serial, caGeneration: signing.gen, notAfter: new Date(renewed.notAfterMs).toISOString() }, 'renewed this manager\'s certificate');
-  }
-
-  /**
-   * Replicates this manager's audit anchor (its log's last durable record) when it moved, at most
-   * every AUDIT_ANCHOR_INTERVAL_MS: whoever can rewrite this manager's audit directory cannot then
-   * cut or replace records written before it without `coffer audit verify` noticing.
-   */
-  async #maybeAnchorAudit(): Promise<void> {
-    const now = Date.now();
-    if (now - this.#anchoredAtMs < (this.#options.auditAnchorIntervalMs ?? AUDIT_ANCHOR_INTERVAL_MS) || (this.manager.raftStatus()?.lead ?? 0) === 0) return;
-    const anchor = this.audit.anchor;
-    const known = this.state.cluster.auditAnchors.get(this.config.nodeId);
-    if (!this.#auditLogReset && known !== undefined && known.seq >= anchor.seq) return;
-    this.#anchoredAtMs = now;
-    const result = await this.proposeCommand(ClusterState.encode({ kind: 'cluster.audit-anchor', id: this.config.nodeId, seq: anchor.seq, hash: anchor.hash, reset: this.#auditLogReset }));
-    if (result.ok) this.#auditLogReset = false;
-    else this.log.error({ event: 'audit-anchor-refused', reason: result.reason }, `the cluster refused this manager's audit anchor: ${result.reason}`);
-  }
-
-  /** This manager's own key in the replicated state (the first manager's, a restored one's), so peers admit it. */
-  async #maybeRecordOwnKey(): Promise<void> {
-    const status = this.manager.raftStatus();
-    if (status === null || status.lead === 0) return;
-    const spki = identityOf(this.#leafPem).spki;
-    if ((this.state.cluster.memberKeys.get(this.config.nodeId) ?? []).some((k) => k.key === spki)) return;
-    const caGen = this.cas.generationOf(this.#leafPem);
-    if (caGen === null) return;
-    await this.proposeCommand(ClusterState.encode({ kind: 'cluster.member-key', id: this.config.nodeId, key: { key: spki, caGen } }));
-  }
-
-  /**
-   * Seals a command here and proposes it on the leader (here, or forwarded over Peer.Propose);
-   * resolves once it is committed and applied on the leader.
-   */
-  async proposeCommand(command: { kind: string; data: Buffer }): Promise<AppliedResult> {
-    const payload = await this.manager.sealCommand(command.kind, command.data);
-    const result = await this.proposeSealed(payload);
-    if (result.type === 'applied') return result.result;
-    if (result.type === 'refused') throw new ServiceError(grpc.status.FAILED_PRECONDITION, result.message);
-    throw new ServiceError(grpc.status.INTERNAL, 'the command was not applied as a command');
-  }
-
-  async proposeSealed(payload: Buffer): Promise<BarrierResult<AppliedResult>> {
-    const status = this.manager.raftStatus();
-    if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
-    if (status.role === 'leader') return this.manager.proposePayload(payload);
-    const answer = await this.#forward(status.lead, { payload });
-    return packr.unpack(answer) as BarrierResult<AppliedResult>;
-  }
-
-  async proposeConfChange(change: ConfChange): Promise<void> {
-    const status = this.manager.raftStatus();
-    if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
-    if (status.role === 'leader') return this.manager.proposeConfChange(change);
-    await this.#forward(status.lead, { confChange: packr.pack([change.type, change.nodeId]) });
-  }
-
-  /** Sends an operator's membership operation to the leader, which runs it. */
-  async forwardMemberOp(leader: NodeId, op: MemberOp): Promise<MemberOpResult> {
-    return decodeMemberOpResult(await this.#forward(leader, { memberOp: encodeMemberOp(op) }));
-  }
-
-  #forward(leader: NodeId, body: { payload?: Buffer; confChange?: Buffer; memberOp?: Buffer }): Promise<Buffer> {
-    if (leader === 0) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected'));
-    let client = this.#peerClients.get(leader);
-    if (client === undefined) {
-      const address = this.addressOf(leader);
-      if (address === undefined) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, `the leader ${leader} has no known address yet; retry`));
-      const { Peer } = services();
-      client = new Peer.Client(address, managerChannelCredentials(this.#tls, { clusterId: this.config.clusterId, nodeId: String(leader) }), MANAGER_CHANNEL_OPTIONS);
-      this.#peerClients.set(leader, client);
-    }
-    return new Promise((resolve, reject) => {
-      (client as unknown as { propose(request: object, options: grpc.CallOptions, cb: (error: grpc.ServiceError | null, response?: { result: Buffer }) => void): void }).propose(
-        body,
-        { deadline: Date.now() + (body.memberOp === undefined ? 10_000 : 3 * TRANSFER_WAIT_MS) },
-        (error, response) => {
-          if (error !== null) reject(new ServiceError(error.code === grpc.status.PERMISSION_DENIED ? grpc.status.INTERNAL : error.code, `forwarding to the leader ${leader}: ${error.details}`));
-          else resolve(response!.result);
-        },
-      );
-    });
-  }
-
   async stop(): Promise<void> {
     if (this.#housekeeping !== null) clearInterval(this.#housekeeping);
     this.#metricsServer?.close();
     this.transport.close();
     this.trust.close();
-    for (const client of this.#peerClients.values()) client.close();
+    this.#leaderLink.reset();
     await this.#listener?.close();
     this.server.forceShutdown();
-    this.anonymousAudit.flush();
+    this.context.anonymousAudit.flush();
     await this.audit.settled();
     await this.manager.stop();
   }

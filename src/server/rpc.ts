@@ -5,7 +5,7 @@ import { callerIdentity } from '../transport/auth.ts';
 import { isMalformedRequest } from '../transport/proto.ts';
 import { boundedSource } from './anonymous-audit.ts';
 import { ServiceError, toStatus } from './errors.ts';
-import type { CofferNode } from './node.ts';
+import type { RequestContext } from './context.ts';
 
 /** The identity made by `coffer init`; until policies exist it is the only client allowed. */
 export const ADMIN_IDENTITY = 'admin';
@@ -53,15 +53,15 @@ const UNAUTHENTICATED_DETAILS = 'a certificate issued by this cluster\'s CA is r
  * without a certificate of this cluster is refused unless the method is for anonymous callers.
  * Returns the refusal (already audited and counted) or the audit context to run the handler in.
  */
-function begin(node: CofferNode, method: string, call: Call<unknown> & { getPeer(): string }, options: MethodOptions): Promise<{ code: grpc.status; details: string }> | { identity: Identity | null; target: string } {
-  const identity = callerIdentity(call, node.config.clusterId);
+function begin(ctx: RequestContext, method: string, call: Call<unknown> & { getPeer(): string }, options: MethodOptions): Promise<{ code: grpc.status; details: string }> | { identity: Identity | null; target: string } {
+  const identity = callerIdentity(call, ctx.clusterId);
   if (identity === null && options.anonymous !== true) {
     const started = performance.now();
-    node.metrics.rpc(method, 'UNAUTHENTICATED', 0);
-    node.metrics.refused('unauthenticated');
-    return node.anonymousAudit.record({ method, source: call.getPeer(), outcome: 'denied', code: 'UNAUTHENTICATED' }).then(
+    ctx.metrics.rpc(method, 'UNAUTHENTICATED', 0);
+    ctx.metrics.refused('unauthenticated');
+    return ctx.anonymousAudit.record({ method, source: call.getPeer(), outcome: 'denied', code: 'UNAUTHENTICATED' }).then(
       () => ({ code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_DETAILS }),
-      (auditError: unknown) => auditFailed(node, method, auditError, started),
+      (auditError: unknown) => auditFailed(ctx, method, auditError, started),
     );
   }
   const context = { identity, target: '' };
@@ -70,15 +70,15 @@ function begin(node: CofferNode, method: string, call: Call<unknown> & { getPeer
 }
 
 /** Why the request itself is refused before its handler sees it (it did not decode), or null. */
-function malformed(node: CofferNode, method: string, call: Call<unknown>): ServiceError | null {
+function malformed(ctx: RequestContext, method: string, call: Call<unknown>): ServiceError | null {
   if (!isMalformedRequest(call.request)) return null;
-  node.metrics.refused('malformed');
+  ctx.metrics.refused('malformed');
   return new ServiceError(grpc.status.INVALID_ARGUMENT, `the request is not a valid ${method} message (protobuf)`);
 }
 
-function auditFailed(node: CofferNode, method: string, auditError: unknown, started: number): { code: grpc.status; details: string } {
-  node.log.error({ event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) }, 'the audit record could not be written: the request fails');
-  node.metrics.auditFailed();
+function auditFailed(ctx: RequestContext, method: string, auditError: unknown, started: number): { code: grpc.status; details: string } {
+  ctx.log.error({ event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) }, 'the audit record could not be written: the request fails');
+  ctx.metrics.auditFailed();
   return { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
 }
 
@@ -86,14 +86,14 @@ function auditFailed(node: CofferNode, method: string, auditError: unknown, star
  * Why an authenticated request is refused before its handler runs, or null: the audit log is
  * broken (fail closed), or the client went over its rate on this manager.
  */
-function refusedBeforeRunning(node: CofferNode, identity: Identity | null): ServiceError | null {
-  if (node.audit.broken !== null) return new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can');
+function refusedBeforeRunning(ctx: RequestContext, identity: Identity | null): ServiceError | null {
+  if (ctx.audit.broken !== null) return new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can');
   if (identity === null || identity.role !== 'client') return null;
   // A removed manager may not know it is out of date; it sends clients elsewhere.
-  if (node.state.cluster.removed.has(node.config.nodeId)) return new ServiceError(grpc.status.UNAVAILABLE, `manager ${node.config.nodeId} was removed from the cluster; ask another manager`);
-  const limited = node.rateLimit.request(identity.id);
+  if (ctx.state.cluster.removed.has(ctx.nodeId)) return new ServiceError(grpc.status.UNAVAILABLE, `manager ${ctx.nodeId} was removed from the cluster; ask another manager`);
+  const limited = ctx.rateLimit.request(identity.id);
   if (limited === null) return null;
-  node.metrics.refused('rate-limited');
+  ctx.metrics.refused('rate-limited');
   return new ServiceError(grpc.status.RESOURCE_EXHAUSTED, limited);
 }
 
@@ -102,16 +102,16 @@ function refusedBeforeRunning(node: CofferNode, identity: Identity | null): Serv
  * or denied, is written to the audit log before the reply leaves. If the audit log cannot be
  * written the request fails (fail closed); while it is broken, requests are refused before they run.
  */
-export function unary<Request, Response>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<Response>, options: MethodOptions = {}) {
+export function unary<Request, Response>(ctx: RequestContext, method: string, handler: (call: Call<Request>) => Promise<Response>, options: MethodOptions = {}) {
   const audited = !method.startsWith('Peer.');
   return (call: grpc.ServerUnaryCall<Request, Response>, callback: grpc.sendUnaryData<Response>): void => {
     const started = performance.now();
-    const context = begin(node, method, call, options);
+    const context = begin(ctx, method, call, options);
     if (context instanceof Promise) {
       void context.then((status) => callback({ code: status.code, details: status.details }));
       return;
     }
-    const refusal = malformed(node, method, call) ?? (audited ? refusedBeforeRunning(node, context.identity) : null);
+    const refusal = malformed(ctx, method, call) ?? (audited ? refusedBeforeRunning(ctx, context.identity) : null);
     const run = refusal !== null ? Promise.reject(refusal) : handler(call);
     run
       .then(
@@ -119,13 +119,13 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
         (error: unknown) => ({ response: null, error }),
       )
       .then(async ({ response, error }) => {
-        const status = await finishRequest(node, method, call, context, started, error, audited);
+        const status = await finishRequest(ctx, method, call, context, started, error, audited);
         if (status.code === grpc.status.OK) return callback(null, response as Response);
         const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
         callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
       })
       .catch((error: unknown) => {
-        node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+        ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
         callback({ code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
       });
   };
@@ -138,7 +138,7 @@ export function unary<Request, Response>(node: CofferNode, method: string, handl
  * request: a small, rate-limited record.
  */
 async function finishRequest(
-  node: CofferNode,
+  ctx: RequestContext,
   method: string,
   call: Call<unknown> & { getPeer(): string },
   context: { identity: Identity | null; target: string },
@@ -147,23 +147,23 @@ async function finishRequest(
   audited: boolean,
 ): Promise<{ code: grpc.status; details: string }> {
   let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
-  if (status.code === grpc.status.INTERNAL) node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-  if (status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED) node.metrics.refused(status.code === grpc.status.UNAUTHENTICATED ? 'unauthenticated' : 'permission-denied');
+  if (status.code === grpc.status.INTERNAL) ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+  if (status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED) ctx.metrics.refused(status.code === grpc.status.UNAUTHENTICATED ? 'unauthenticated' : 'permission-denied');
   if (audited) {
     const outcome = status.code === grpc.status.OK ? 'allowed' : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED ? 'denied' : 'failed';
     const code = grpc.status[status.code] ?? String(status.code);
     try {
-      if (context.identity !== null) await node.audit.append({ identity: context.identity.id, role: context.identity.role, method, target: context.target, outcome, code });
+      if (context.identity !== null) await ctx.audit.append({ identity: context.identity.id, role: context.identity.role, method, target: context.target, outcome, code });
       // An anonymous request whose handler named what it did (a manager that joined) is recorded in full.
-      else if (context.target !== '') await node.audit.append({ identity: '', role: '', method, target: `${context.target}, from ${boundedSource(call.getPeer())}`, outcome, code });
-      else await node.anonymousAudit.record({ method, source: call.getPeer(), outcome, code });
+      else if (context.target !== '') await ctx.audit.append({ identity: '', role: '', method, target: `${context.target}, from ${boundedSource(call.getPeer())}`, outcome, code });
+      else await ctx.anonymousAudit.record({ method, source: call.getPeer(), outcome, code });
     } catch (auditError) {
-      status = auditFailed(node, method, auditError, started);
+      status = auditFailed(ctx, method, auditError, started);
     }
   }
   // One line per request: method, identity, status, duration; never the body.
-  node.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Math.round(performance.now() - started) }, 'request');
-  node.metrics.rpc(method, grpc.status[status.code] ?? String(status.code), (performance.now() - started) / 1000);
+  ctx.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Math.round(performance.now() - started) }, 'request');
+  ctx.metrics.rpc(method, grpc.status[status.code] ?? String(status.code), (performance.now() - started) / 1000);
   return status;
 }
 
@@ -171,15 +171,15 @@ async function finishRequest(
  * A server-streaming handler with the same audit, log and metrics as `unary`: the handler makes
  * the whole answer first (so a refusal is a status, not half a stream), then it is streamed.
  */
-export function serverStream<Request, Message>(node: CofferNode, method: string, handler: (call: Call<Request>) => Promise<readonly Message[]>) {
+export function serverStream<Request, Message>(ctx: RequestContext, method: string, handler: (call: Call<Request>) => Promise<readonly Message[]>) {
   return (call: grpc.ServerWritableStream<Request, Message>): void => {
     const started = performance.now();
-    const context = begin(node, method, call, {});
+    const context = begin(ctx, method, call, {});
     if (context instanceof Promise) {
       void context.then((status) => call.emit('error', { code: status.code, details: status.details }));
       return;
     }
-    const refusal = malformed(node, method, call) ?? refusedBeforeRunning(node, context.identity);
+    const refusal = malformed(ctx, method, call) ?? refusedBeforeRunning(ctx, context.identity);
     const run = refusal !== null ? Promise.reject(refusal) : handler(call);
     run
       .then(
@@ -187,7 +187,7 @@ export function serverStream<Request, Message>(node: CofferNode, method: string,
         (error: unknown) => ({ messages: [] as readonly Message[], error }),
       )
       .then(async ({ messages, error }) => {
-        const status = await finishRequest(node, method, call, context, started, error, true);
+        const status = await finishRequest(ctx, method, call, context, started, error, true);
         // emit('error') sends the status; destroy() would drop it and leave the client waiting.
         if (status.code !== grpc.status.OK) {
           call.emit('error', { code: status.code, details: status.details });
@@ -215,7 +215,7 @@ export function serverStream<Request, Message>(node: CofferNode, method: string,
         if (!cancelled) call.end();
       })
       .catch((error: unknown) => {
-        node.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+        ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
         call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
       });
   };
@@ -235,8 +235,8 @@ export function redirectMetadata(address: string): grpc.Metadata {
   return metadata;
 }
 
-export function requireCaller(node: CofferNode, call: Call<unknown>): Identity {
-  const identity = callerIdentity(call, node.config.clusterId);
+export function requireCaller(ctx: RequestContext, call: Call<unknown>): Identity {
+  const identity = callerIdentity(call, ctx.clusterId);
   if (identity === null) throw new ServiceError(grpc.status.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS);
   noteCaller(call, identity);
   return identity;
@@ -247,11 +247,11 @@ export function requireCaller(node: CofferNode, call: Call<unknown>): Identity {
  * one holding a certificate of this CA that was never removed: a manager of a restored copy of
  * this cluster, or one a forced new cluster left behind, must not propose here.
  */
-export function requireMember(node: CofferNode, call: Call<unknown>): number {
-  const identity = requireCaller(node, call);
+export function requireMember(ctx: RequestContext, call: Call<unknown>): number {
+  const identity = requireCaller(ctx, call);
   if (identity.role !== 'manager') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
   const id = Number(identity.id);
-  const refusal = node.trust.admits(id, identity.spki);
+  const refusal = ctx.trust.admits(id, identity.spki);
   if (refusal === 'this manager is locked') throw new ServiceError(grpc.status.UNAVAILABLE, refusal);
   if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
   return id;
@@ -261,10 +261,10 @@ export function requireMember(node: CofferNode, call: Call<unknown>): number {
  * Authenticates a client and checks its policies for `capability` on `path`: the certificate
  * must be listed for its identity (not revoked), and the most specific matching rule must allow.
  */
-export function authorize(node: CofferNode, call: Call<unknown>, capability: Capability, path: string): Identity {
+export function authorize(ctx: RequestContext, call: Call<unknown>, capability: Capability, path: string): Identity {
   noteTarget(call, path);
-  const identity = authenticateClient(node, call);
-  const decision = node.state.access.decide(identity.id, capability, path);
+  const identity = authenticateClient(ctx, call);
+  const decision = ctx.state.access.decide(identity.id, capability, path);
   if (!decision.allowed) {
     const why = decision.rule === null ? 'no policy allows it' : `denied by policy "${decision.rule.policy}", rule "${decision.rule.path}"`;
     throw new ServiceError(grpc.status.PERMISSION_DENIED, `identity "${identity.id}" may not ${capability} "${path}": ${why}`);
@@ -273,10 +273,10 @@ export function authorize(node: CofferNode, call: Call<unknown>, capability: Cap
 }
 
 /** A client whose certificate is listed for its identity and not revoked. */
-export function authenticateClient(node: CofferNode, call: Call<unknown>): Identity {
-  const identity = requireCaller(node, call);
+export function authenticateClient(ctx: RequestContext, call: Call<unknown>): Identity {
+  const identity = requireCaller(ctx, call);
   if (identity.role !== 'client') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for clients; a manager certificate may not call it');
-  const access = node.state.access;
+  const access = ctx.state.access;
   if (!access.certificateValid(identity.id, identity.spki)) {
     const known = access.identities.get(identity.id);
     throw new ServiceError(

@@ -2,9 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_NAME_BYTES_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../state/limits.ts';
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
-import { services } from '../transport/proto.ts';
-import { ServiceError, storeStatus } from './errors.ts';
-import type { CofferNode } from './node.ts';
+import { ServiceError } from './errors.ts';
+import type { ServiceContext } from './context.ts';
 import { authenticateClient, authorize, unary, type Call } from './rpc.ts';
 
 type Cas = { version: number } | null;
@@ -38,20 +37,18 @@ function metadataReply(m: SecretMetadata): object {
   return { ...m, labels: m.labels.map(([label, version]) => ({ label, version })) };
 }
 
-export function registerSecretsService(node: CofferNode): void {
-  const { Secrets } = services();
-  const manager = node.manager;
-  const store = node.state.secrets;
+/** The Secrets service (coffer.v1.Secrets): every name checked first, then authorized, audited by rpc.ts. */
+export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplementation {
+  const store = ctx.state.secrets;
 
   /** Proposes (forwarding to the leader if needed), as the caller, and turns a refusal into its status. */
   const write = async (call: Call<unknown>, command: SecretCommand): Promise<number> => {
-    const caller = authenticateClient(node, call);
-    const result = await node.proposeCommand(encodeSecretCommand(command, { name: caller.id, key: caller.spki }));
-    if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
+    const caller = authenticateClient(ctx, call);
+    const result = await ctx.propose(encodeSecretCommand(command, { name: caller.id, key: caller.spki }));
     return 'version' in result ? result.version : 0;
   };
   /** Linearizable unless stale: waits until this manager has applied every write committed before. */
-  const readPoint = async (stale: boolean): Promise<number> => (stale ? (manager.status().raft?.applied ?? 0) : manager.linearizableRead());
+  const readPoint = (stale: boolean): Promise<number> => ctx.readPoint(stale);
 
   const put = async (call: Call<unknown>, name: string, value: Buffer, cas: Cas, ttlSeconds: number, expireAtMs: number, versionsKept: number): Promise<number> => {
     checkName(name);
@@ -60,28 +57,28 @@ export function registerSecretsService(node: CofferNode): void {
     const nowMs = Date.now();
     const command: SecretCommand = { op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs };
     // Refused here when it surely would be where it applies (a quota), or over this manager's rate: no log entry spent.
-    const caller = authenticateClient(node, call);
+    const caller = authenticateClient(ctx, call);
     const overQuota = store.putQuotaProblem(caller.id, command);
     if (overQuota !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, overQuota);
-    const overRate = node.rateLimit.write(caller.id, value.byteLength);
+    const overRate = ctx.rateLimit.write(caller.id, value.byteLength);
     if (overRate !== null) {
-      node.metrics.refused('rate-limited');
+      ctx.metrics.refused('rate-limited');
       throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, overRate);
     }
     return write(call, command);
   };
 
-  node.server.addService(Secrets.service, {
-    put: unary(node, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
+  return {
+    put: unary(ctx, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
       const r = call.request;
       checkName(r.name);
-      authorize(node, call, 'write', r.name);
+      authorize(ctx, call, 'write', r.name);
       return { version: await put(call, r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
     }),
-    generate: unary(node, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
+    generate: unary(ctx, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
       const r = call.request;
       checkName(r.name);
-      authorize(node, call, 'write', r.name);
+      authorize(ctx, call, 'write', r.name);
       const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
       // An own property: "constructor" or "__proto__" are in every object, not charsets.
       if (!Object.hasOwn(CHARSETS, charset)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
@@ -93,70 +90,70 @@ export function registerSecretsService(node: CofferNode): void {
         value.fill(0);
       }
     }),
-    get: unary(node, 'Secrets.Get', async (call: Call<{ name: string; version: number; label: string; stale: boolean }>) => {
+    get: unary(ctx, 'Secrets.Get', async (call: Call<{ name: string; version: number; label: string; stale: boolean }>) => {
       const r = call.request;
       checkName(r.name);
-      authorize(node, call, 'read', r.name);
+      authorize(ctx, call, 'read', r.name);
       if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
       if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
       const applied = await readPoint(r.stale);
       // Checked again at the read point: a revocation committed before the read is honoured here too.
-      authorize(node, call, 'read', r.name);
+      authorize(ctx, call, 'read', r.name);
       const found = store.read(r.name, r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {}, Date.now());
       // A copy: the stored buffer may be wiped (destroy, expiry) while the reply waits for the audit log.
-      return { value: Buffer.from(found.value), version: found.version, appliedIndex: Math.max(applied, manager.status().raft?.applied ?? 0) };
+      return { value: Buffer.from(found.value), version: found.version, appliedIndex: Math.max(applied, ctx.replica.status().raft?.applied ?? 0) };
     }),
-    list: unary(node, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
+    list: unary(ctx, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
       const r = call.request;
-      authenticateClient(node, call);
+      authenticateClient(ctx, call);
       if (Buffer.byteLength(r.prefix) > SECRET_NAME_BYTES_MAX) throw invalid(`a prefix has at most ${SECRET_NAME_BYTES_MAX} bytes`);
       if (Buffer.byteLength(r.pageToken) > SECRET_NAME_BYTES_MAX) throw invalid('page_token is the next_page_token of an earlier answer');
       if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
       const applied = await readPoint(r.stale);
-      const identity = authenticateClient(node, call);
+      const identity = authenticateClient(ctx, call);
       // Names the caller may not list are left out, not refused: a listing shows what one may see.
-      const visible = (name: string): boolean => node.state.access.decide(identity.id, 'list', name).allowed;
+      const visible = (name: string): boolean => ctx.state.access.decide(identity.id, 'list', name).allowed;
       const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted, visible);
       return { secrets: page.secrets.map(metadataReply), nextPageToken: page.next, appliedIndex: applied };
     }),
-    versions: unary(node, 'Secrets.Versions', async (call: Call<{ name: string; stale: boolean }>) => {
+    versions: unary(ctx, 'Secrets.Versions', async (call: Call<{ name: string; stale: boolean }>) => {
       checkName(call.request.name);
-      authorize(node, call, 'read', call.request.name);
+      authorize(ctx, call, 'read', call.request.name);
       const applied = await readPoint(call.request.stale);
-      authorize(node, call, 'read', call.request.name);
+      authorize(ctx, call, 'read', call.request.name);
       const nowMs = Date.now();
       return { secret: metadataReply(store.metadata(call.request.name)), versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })), appliedIndex: applied };
     }),
-    delete: unary(node, 'Secrets.Delete', async (call: Call<{ name: string }>) => {
+    delete: unary(ctx, 'Secrets.Delete', async (call: Call<{ name: string }>) => {
       checkName(call.request.name);
-      authorize(node, call, 'delete', call.request.name);
+      authorize(ctx, call, 'delete', call.request.name);
       return { version: await write(call, { op: 'delete', name: call.request.name }) };
     }),
-    undelete: unary(node, 'Secrets.Undelete', async (call: Call<{ name: string }>) => {
+    undelete: unary(ctx, 'Secrets.Undelete', async (call: Call<{ name: string }>) => {
       checkName(call.request.name);
-      authorize(node, call, 'delete', call.request.name);
+      authorize(ctx, call, 'delete', call.request.name);
       return { version: await write(call, { op: 'undelete', name: call.request.name }) };
     }),
-    destroy: unary(node, 'Secrets.Destroy', async (call: Call<{ name: string; versions: number[] }>) => {
+    destroy: unary(ctx, 'Secrets.Destroy', async (call: Call<{ name: string; versions: number[] }>) => {
       checkName(call.request.name);
-      authorize(node, call, 'delete', call.request.name);
+      authorize(ctx, call, 'delete', call.request.name);
       if (call.request.versions.length === 0) throw invalid('name the versions to destroy');
       return { version: await write(call, { op: 'destroy', name: call.request.name, versions: call.request.versions }) };
     }),
-    label: unary(node, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
+    label: unary(ctx, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
       const r = call.request;
       checkName(r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
-      authorize(node, call, 'write', r.name);
+      authorize(ctx, call, 'write', r.name);
       if (r.version === 0) throw invalid('name the version the label points at');
       return { version: await write(call, { op: 'label', name: r.name, label: r.label, version: r.version }) };
     }),
-    unlabel: unary(node, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
+    unlabel: unary(ctx, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
       const r = call.request;
       checkName(r.name);
       if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
-      authorize(node, call, 'write', r.name);
+      authorize(ctx, call, 'write', r.name);
       return { version: await write(call, { op: 'unlabel', name: r.name, label: r.label }) };
     }),
-  });
+  };
 }

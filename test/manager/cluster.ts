@@ -4,9 +4,11 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Manager, type ManagerOptions } from '../../src/manager/manager.ts';
 import type { Message, NodeId } from '../../src/raft/types.ts';
-import { createLogger } from '../../src/util/logger.ts';
+import type { LeaderLink } from '../../src/manager/proposer.ts';
+import { createLogger, type Logger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { KvMachine, putCommand } from './kv-machine.ts';
+import { operator } from './operator.ts';
 
 /**
  * Managers of one cluster in this process, on real data directories, with messages delivered
@@ -16,6 +18,12 @@ export class LocalCluster {
   readonly root: string;
   readonly managers = new Map<NodeId, Manager<number>>();
   readonly machines = new Map<NodeId, KvMachine>();
+  readonly #loggers = new Map<NodeId, Logger>();
+  /** The way to the leader in this process: what gRPC's Peer.Propose is between processes. */
+  readonly leaderLink: LeaderLink<number> = {
+    proposeSealed: (leader, payload) => this.operator(this.#running(leader)).proposer.acceptForwarded(payload),
+    proposeConfChange: (leader, change) => this.#running(leader).proposeConfChange(change),
+  };
   readonly ids: NodeId[];
   /** Every log line written by any manager. */
   readonly logLines: string[] = [];
@@ -57,6 +65,8 @@ export class LocalCluster {
         done();
       },
     });
+    const logger = createLogger({ component: `manager-${id}`, destination: sink, level: 'debug' });
+    this.#loggers.set(id, logger);
     const manager = await Manager.open<number>({
       dataDir: this.dataDir(id),
       id,
@@ -65,12 +75,23 @@ export class LocalCluster {
       inner: machine,
       random: new SeededRandom(id * 7919),
       bootstrapVoters: this.ids,
-      logger: createLogger({ component: `manager-${id}`, destination: sink, level: 'debug' }),
+      logger,
       tickIntervalMs: 20,
       ...extra,
     });
     this.managers.set(id, manager);
     this.machines.set(id, machine);
+    return manager;
+  }
+
+  /** The write path of `manager` as the server has it: sealed there, forwarded to the leader in this process. */
+  operator(manager: Manager<number>) {
+    return operator(manager, this.leaderLink, this.#loggers.get(manager.id));
+  }
+
+  #running(id: NodeId): Manager<number> {
+    const manager = this.managers.get(id);
+    if (manager === undefined) throw new Error(`manager ${id} is not running`);
     return manager;
   }
 
@@ -125,7 +146,7 @@ export class LocalCluster {
     for (;;) {
       const leader = await this.leader();
       try {
-        return await leader.propose('kv.put', putCommand(key, value));
+        return await this.operator(leader).propose('kv.put', putCommand(key, value));
       } catch (error) {
         if (Date.now() > deadline) throw error;
         await new Promise((resolve) => setTimeout(resolve, 20));

@@ -5,14 +5,17 @@ import { decodePayload } from '../../src/barrier/payload.ts';
 import { CryptoError, type CryptoErrorCode } from '../../src/crypto/errors.ts';
 import { KeyStore } from '../../src/crypto/key-store.ts';
 import { Keyring } from '../../src/crypto/keyring.ts';
-import { ManagerError, type ManagerErrorCode } from '../../src/manager/errors.ts';
+import { ManagerError, ProposalRefused, type ManagerErrorCode } from '../../src/manager/errors.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { join } from 'node:path';
 import { LocalCluster } from './cluster.ts';
 import { putCommand } from './kv-machine.ts';
+import { operator } from './operator.ts';
 
 const refusedWith = (code: CryptoErrorCode | ManagerErrorCode) => (error: unknown) =>
   (error instanceof CryptoError || error instanceof ManagerError) && error.code === code;
+/** A keyring operation the replicated state refused, or one that changed nothing. */
+const keyOpRefused = (error: unknown) => error instanceof ProposalRefused && error.source === 'key-op';
 
 /** The keyring terms of the commands in a manager's stored log, by index. */
 async function sealedTerms(dataDir: string): Promise<Map<number, number>> {
@@ -60,7 +63,7 @@ test('a rotation switches every manager to the new term at the same index; old c
     await cluster.startAll();
     await cluster.put('before', 'old-term-value');
     const leader = await cluster.leader();
-    assert.match(await leader.rotateKeyring(), /keyring term 2 is active from index (\d+)/);
+    assert.match(await cluster.operator(leader).key({ op: 'rotate' }), /keyring term 2 is active from index (\d+)/);
     await cluster.put('after', 'new-term-value');
     await cluster.converged();
     await cluster.stopAll();
@@ -88,12 +91,12 @@ test('an old term can be destroyed only after a rewrap; afterwards its ciphertex
     await cluster.startAll();
     await cluster.put('a', 'term-1-value');
     const leader = await cluster.leader();
-    await leader.rotateKeyring();
-    await assert.rejects(leader.destroyKeyringTerm(1), (e: unknown) => refusedWith('KEY_OP_REFUSED')(e) && /rewrap first/.test((e as Error).message));
-    await assert.rejects(leader.destroyKeyringTerm(2), (e: unknown) => refusedWith('KEY_OP_REFUSED')(e) && /active term/.test((e as Error).message));
-    await leader.rewrap();
-    assert.match(await leader.destroyKeyringTerm(1), /term 1 is destroyed/);
-    await assert.rejects(leader.destroyKeyringTerm(1), (e: unknown) => refusedWith('KEY_OP_REFUSED')(e) && /already destroyed/.test((e as Error).message));
+    await cluster.operator(leader).key({ op: 'rotate' });
+    await assert.rejects(cluster.operator(leader).key({ op: 'destroy', term: 1 }), (e: unknown) => keyOpRefused(e) && /rewrap first/.test((e as Error).message));
+    await assert.rejects(cluster.operator(leader).key({ op: 'destroy', term: 2 }), (e: unknown) => keyOpRefused(e) && /active term/.test((e as Error).message));
+    await cluster.operator(leader).key({ op: 'rewrap' });
+    assert.match(await cluster.operator(leader).key({ op: 'destroy', term: 1 }), /term 1 is destroyed/);
+    await assert.rejects(cluster.operator(leader).key({ op: 'destroy', term: 1 }), (e: unknown) => keyOpRefused(e) && /already destroyed/.test((e as Error).message));
     await cluster.put('b', 'term-2-value');
     await cluster.converged();
     for (const id of cluster.ids) {
@@ -159,7 +162,7 @@ test('with autolock a restarted manager is locked and takes no part until unlock
     await cluster.stop(3);
     const locked = await cluster.start(3);
     assert.equal(locked.locked, true);
-    await assert.rejects(locked.propose('kv.put', putCommand('y', 'z')), refusedWith('MANAGER_LOCKED'));
+    await assert.rejects(operator(locked).propose('kv.put', putCommand('y', 'z')), refusedWith('MANAGER_LOCKED'));
     assert.throws(() => locked.campaign(), refusedWith('MANAGER_LOCKED'));
     await cluster.put('while-locked', 'v');
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -190,9 +193,9 @@ test('unlock-key rotation: afterwards only the new key opens each manager; root-
     await cluster.startAll();
     await cluster.put('k', 'before-rotations');
     const leader = await cluster.leader();
-    assert.match(await leader.rotateRootKey(), /root key generation 2 is current/);
+    assert.match(await cluster.operator(leader).key({ op: 'rotate-root' }), /root key generation 2 is current/);
     await cluster.put('k2', 'after-root-rotation');
-    const unlockKey = await leader.rotateUnlockKey();
+    const unlockKey = await cluster.operator(leader).rotateUnlock();
     await cluster.converged();
     await cluster.stopAll();
     for (const id of cluster.ids) {
@@ -269,4 +272,27 @@ test('a command the state cannot apply, or a key operation whose key does not op
   const forged = barrier.apply({ index: 3, term: 1, kind: 'normal', data: stranger.rotatePayload(0) });
   assert.equal(forged.type, 'refused');
   assert.match(forged.type === 'refused' ? forged.message : '', /rotate at index 3 was refused: the data key of keyring term 2: authentication failed/);
+});
+
+test('one write path: a follower seals a command and forwards it to the leader, which applies it on every manager; a refusal comes back typed', { timeout: 30_000 }, async () => {
+  const cluster = new LocalCluster(3);
+  try {
+    await cluster.init();
+    await cluster.startAll();
+    await cluster.put('warm', 'up');
+    const leader = await cluster.leader();
+    const follower = [...cluster.managers.values()].find((m) => m !== leader)!;
+    assert.notEqual(follower.status().raft?.role, 'leader');
+    const usesBefore = follower.status().keys!.usesOfActiveTerm;
+    const applied = await cluster.operator(follower).propose('kv.put', putCommand('via-follower', 'v'));
+    assert.equal(applied, cluster.machines.get(leader.id)!.puts, 'the answer is the leader\'s result');
+    assert.ok(follower.status().keys!.usesOfActiveTerm > usesBefore, 'the follower sealed it, under its own key uses');
+    await cluster.converged();
+    for (const id of cluster.ids) assert.equal(cluster.machines.get(id)!.map.get('via-follower'), 'v');
+    // Keyring operations take the same path; a refusal is typed, whoever asked.
+    assert.match(await cluster.operator(follower).key({ op: 'rotate' }), /keyring term 2 is active/);
+    await assert.rejects(cluster.operator(follower).key({ op: 'destroy', term: 2 }), (e: unknown) => keyOpRefused(e) && /active term/.test((e as Error).message));
+  } finally {
+    await cluster.destroy();
+  }
 });

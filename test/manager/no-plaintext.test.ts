@@ -53,9 +53,9 @@ test('no value, root key or unlock key is in any file of the data directories or
       const value = randomValue();
       secrets.set(`value ${k}`, Buffer.from(value));
       await cluster.put(`db/password-${k}`, value);
-      if (k === 150) await (await cluster.leader()).rotateKeyring();
+      if (k === 150) await cluster.operator(await cluster.leader()).key({ op: 'rotate' });
     }
-    const unlockKey = await (await cluster.leader()).rotateUnlockKey();
+    const unlockKey = await cluster.operator(await cluster.leader()).rotateUnlock();
     await cluster.converged();
     await cluster.stopAll();
     // Restart (locked), unlock, read: restarts write too.

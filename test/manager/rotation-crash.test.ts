@@ -6,10 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Manager } from '../../src/manager/manager.ts';
-import { ManagerError } from '../../src/manager/errors.ts';
+import { ProposalRefused } from '../../src/manager/errors.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { KvMachine, putCommand } from './kv-machine.ts';
+import { operator } from './operator.ts';
 
 const fixture = fileURLToPath(new URL('./fixtures/rotation-crash.ts', import.meta.url));
 
@@ -85,18 +86,18 @@ for (const [operation, crashPoint] of CASES) {
       // Finish the operation; it may have committed before the crash already.
       const finish = async (): Promise<void> => {
         const tolerate = (error: unknown) => {
-          if (!(error instanceof ManagerError && error.code === 'KEY_OP_REFUSED')) throw error;
+          if (!(error instanceof ProposalRefused && error.source === 'key-op')) throw error;
         };
-        if (operation === 'rotate-root') await manager.rotateRootKey();
-        else if (operation === 'rotate-unlock') unlockKeys.unshift(await manager.rotateUnlockKey());
+        if (operation === 'rotate-root') await operator(manager).key({ op: 'rotate-root' });
+        else if (operation === 'rotate-unlock') unlockKeys.unshift(await operator(manager).rotateUnlock());
         else {
-          if (manager.status().keys!.activeTerm < 2) await manager.rotateKeyring();
-          if (operation !== 'rotate') await manager.rewrap();
-          if (operation === 'destroy') await manager.destroyKeyringTerm(1).catch(tolerate);
+          if (manager.status().keys!.activeTerm < 2) await operator(manager).key({ op: 'rotate' });
+          if (operation !== 'rotate') await operator(manager).key({ op: 'rewrap' });
+          if (operation === 'destroy') await operator(manager).key({ op: 'destroy', term: 1 }).catch(tolerate);
         }
       };
       await finish();
-      await manager.propose('kv.put', putCommand('after-recovery', 'ok'));
+      await operator(manager).propose('kv.put', putCommand('after-recovery', 'ok'));
       await manager.stop();
 
       ({ manager, machine } = await reopen(dataDir, keyFile, unlockKeys));

@@ -11,6 +11,7 @@ import { RenewableServerCredentials, type TlsMaterial } from '../../src/transpor
 import { createLogger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { KvMachine, putCommand } from '../manager/kv-machine.ts';
+import { operator } from '../manager/operator.ts';
 
 export interface GrpcMember {
   readonly id: NodeId;
@@ -118,7 +119,7 @@ export class GrpcCluster {
     const deadline = Date.now() + 15_000;
     for (;;) {
       try {
-        await (await this.leader()).manager.propose('kv.put', putCommand(key, value));
+        await operator((await this.leader()).manager).propose('kv.put', putCommand(key, value));
         return;
       } catch (error) {
         if (Date.now() > deadline) throw error;

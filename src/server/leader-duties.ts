@@ -1,0 +1,84 @@
+import type { Manager } from '../manager/manager.ts';
+import type { ConfChange } from '../raft/types.ts';
+import { encodeAccessCommand } from '../state/access-state.ts';
+import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
+import { ClusterState } from '../state/cluster-state.ts';
+import { ROOT_POLICY } from '../state/policy.ts';
+import { encodeSecretCommand } from '../state/secret-store.ts';
+import type { Logger } from '../util/logger.ts';
+import type { ClusterCa } from './cluster-ca.ts';
+import type { StateCommand } from './context.ts';
+import type { NodeConfig } from './node-config.ts';
+import { ADMIN_IDENTITY } from './rpc.ts';
+
+export interface LeaderDutiesOptions {
+  readonly config: NodeConfig;
+  readonly state: AppliedState;
+  readonly cas: ClusterCa;
+  readonly manager: Pick<Manager<AppliedResult>, 'raftStatus' | 'status' | 'forcedOut'>;
+  propose(command: StateCommand): Promise<unknown>;
+  proposeConfChange(change: ConfChange): Promise<void>;
+  readonly log: Logger;
+}
+
+/**
+ * What only the leader does, a few times a second: it puts what `coffer init` decided into the
+ * replicated state (the CA, its own address, the recovery key, the join token, the admin
+ * identity), marks the managers a forced new cluster or a restore left behind as removed,
+ * promotes learners that caught up, and wipes expired secrets (through the log, with the time in
+ * the command, so every manager wipes the same ones).
+ */
+export class LeaderDuties {
+  readonly #o: LeaderDutiesOptions;
+
+  constructor(options: LeaderDutiesOptions) {
+    this.#o = options;
+  }
+
+  /** Does what is due, if this manager leads with a keyring; one command at a time. */
+  async run(): Promise<void> {
+    const { config, state, manager } = this.#o;
+    const status = manager.raftStatus();
+    if (status === null || status.role !== 'leader' || (manager.status().keys?.activeTerm ?? 0) === 0) return;
+    const cluster = state.cluster;
+    // The CA made at init moves into the replicated state, where rotations happen.
+    const install = this.#o.cas.toInstall();
+    if (install !== null) await this.#o.propose(ClusterState.encode({ kind: 'cluster.ca-install', certPem: install.certPem, keyPem: install.keyPem }));
+    // After a forced new cluster or a restore, the old members' certificates are refused from now on.
+    for (const id of [...manager.forcedOut(), ...(config.retiredMembers ?? [])]) {
+      if (!cluster.removed.has(id)) await this.#o.propose(ClusterState.encode({ kind: 'cluster.removed', id }));
+    }
+    if (cluster.addresses.get(config.nodeId) !== config.advertise) {
+      await this.#o.propose(ClusterState.encode({ kind: 'cluster.member', id: config.nodeId, address: config.advertise }));
+    }
+    if (cluster.recoveryPublicKey === null && (config.initialRecoveryPublicKey ?? null) !== null) {
+      await this.#o.propose(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey: Buffer.from(config.initialRecoveryPublicKey!, 'hex') }));
+    }
+    if (cluster.joinTokenHash === null && config.initialJoinTokenHash !== null) {
+      await this.#o.propose(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(config.initialJoinTokenHash, 'hex'), expiresAtMs: config.initialJoinTokenExpiresAtMs ?? null, uses: null }));
+    }
+    const admin = config.initialAdmin ?? null;
+    if (admin !== null && !state.access.identities.has(ADMIN_IDENTITY)) {
+      await this.#o.propose(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], key: admin.key, serial: admin.serial, caGen: 1, nowMs: Date.now() }));
+    }
+    await this.#maybePromote();
+    const nextExpiryMs = state.secrets.nextExpiryMs();
+    if (nextExpiryMs !== null && nextExpiryMs <= Date.now()) await this.#o.propose(encodeSecretCommand({ op: 'expire', nowMs: Date.now() }));
+  }
+
+  /** Promotes a learner to voter once it has every committed entry (one change at a time). */
+  async #maybePromote(): Promise<void> {
+    const status = this.#o.manager.raftStatus();
+    if (status === null || status.progress === null) return;
+    for (const learner of status.confState.learners) {
+      if (this.#o.state.cluster.heldLearners.has(learner)) continue; // demoted by an operator
+      const progress = status.progress.get(learner);
+      if (progress !== undefined && progress.match >= status.commit) {
+        this.#o.log.info({ event: 'promote', nodeId: learner }, `manager ${learner} caught up: promoting it to voter`);
+        await this.#o.proposeConfChange({ type: 'add-voter', nodeId: learner });
+        return;
+      }
+    }
+  }
+}
+
