@@ -3,7 +3,7 @@ import type { NodeId } from './types.ts';
 
 /**
  * Settings of one Raft node. Time is counted in ticks (calls to `tick()`); the IO layer decides
- * how long a tick is (DESIGN.md: 100 ms). Every queue and batch has a named maximum.
+ * how long a tick is (100 ms: docs/design.md, "Time"). Every queue and batch has a named maximum.
  */
 export interface RaftConfig {
   readonly id: NodeId;

@@ -68,7 +68,7 @@ export interface ReplicaOptions<Result> {
   /** Founding voters, used only when the storage is empty (a brand-new cluster). */
   readonly bootstrapVoters?: readonly NodeId[];
   readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
-  /** Take a snapshot and compact after this many applied entries (DESIGN.md: 10,000). */
+  /** Take a snapshot and compact after this many applied entries (10,000: docs/design.md, "Snapshots and compaction"). */
   readonly snapshotEveryEntries?: number;
   /** ... or once the entries applied since the last snapshot hold this many bytes, if sooner. */
   readonly snapshotEveryBytes?: number;

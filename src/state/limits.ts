@@ -1,5 +1,5 @@
 /**
- * Limits of the secret store (DESIGN.md, Limits). Each is enforced with an error that says what
+ * Limits of the secret store (docs/design.md, "Limits"). Each is enforced with an error that says what
  * to fix, at the server edge and again when a command is applied.
  */
 /** A secret value: at most 512 KiB (Swarm: 500 KB; Vault: 1 MiB per entry). */
