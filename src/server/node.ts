@@ -16,6 +16,7 @@ import { ROOT_POLICY } from '../state/policy.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { openManagerAuditLog } from './audit-key.ts';
+import { defaultKeyFile } from '../manager/data-dir.ts';
 import { join } from 'node:path';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
@@ -71,9 +72,8 @@ export interface NodeOptions {
   readonly auditAnchorIntervalMs?: number;
 }
 
-export function defaultKeyFile(dataDir: string): string {
-  return `${dataDir.replace(/\/+$/, '')}.key`;
-}
+// The key file's default place is the data directory's layout (src/manager/data-dir.ts); still exported here for old importers.
+export { defaultKeyFile };
 
 /**
  * A running manager process: the Manager (data directory, barrier, replica), the gRPC server
