@@ -11,8 +11,7 @@ import { addClientOptions, clientFrom, print, type ClientFlags } from './client-
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
 import { printable, printableJson } from './printable.ts';
 import { readAuditKey } from '../server/audit-key.ts';
-import { AUDIT_DIR } from '../server/node-config.ts';
-import { defaultKeyFile } from '../server/node.ts';
+import { DataDir } from '../manager/data-dir.ts';
 
 type Rule = { path: string; capabilities: string[]; deny?: boolean };
 
@@ -187,14 +186,14 @@ export function auditCommands(): Command {
     .action(async (flags: ClientFlags & { data?: string; dir?: string; keyFile?: string; unlockKeyFile?: string; anchor?: AuditAnchor }) => {
       let report: { ok: boolean; records: number; line: number; problem: string; anchor?: string };
       if (flags.data !== undefined) {
-        const data = flags.data;
+        const data = new DataDir(flags.data);
         // The key is read from the key store without starting the manager (nothing is written).
-        const key = await readAuditKey(data, {
-          keyFile: flags.keyFile ?? defaultKeyFile(data),
+        const key = await readAuditKey(data.root, {
+          keyFile: flags.keyFile ?? data.defaultKeyFile,
           unlockKey: () => (flags.unlockKeyFile !== undefined ? Promise.resolve(readUnlockKeyFile(flags.unlockKeyFile)) : readKeyLine('unlock key: ', 'the unlock key')),
         });
         try {
-          const r = await verifyAuditDir(flags.dir ?? join(data, AUDIT_DIR), key, flags.anchor ?? null);
+          const r = await verifyAuditDir(flags.dir ?? data.audit, key, flags.anchor ?? null);
           report = { ok: r.ok, records: r.records, line: r.firstBroken?.line ?? 0, problem: r.firstBroken?.problem ?? '' };
         } finally {
           key.fill(0);

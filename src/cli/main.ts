@@ -17,7 +17,7 @@ import { durationSeconds, secretCommands } from './secret-commands.ts';
 import { printable } from './printable.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createKeyFile } from '../crypto/root-key.ts';
-import { isManagerDataDir } from '../server/node-config.ts';
+import { DataDir, isManagerDataDir } from '../manager/data-dir.ts';
 import { initCluster, joinCluster } from '../server/bootstrap.ts';
 import { CofferNode } from '../server/node.ts';
 import { createLogger } from '../util/logger.ts';
@@ -227,7 +227,7 @@ function parsePositive(value: string, flag: string, zeroOk = false): number {
 async function serve(options: { data: string; keyFile?: string; listen?: string; forceNewCluster?: boolean; unlockKeyFile?: string; newAuditLog?: boolean } & SnapshotFlags): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
   let unlockKey: string | undefined;
-  if ((await KeyStore.read(options.data)).protection === 'unlock-key') {
+  if ((await KeyStore.read(new DataDir(options.data).keyStore)).protection === 'unlock-key') {
     if (options.unlockKeyFile !== undefined) unlockKey = readUnlockKeyFile(options.unlockKeyFile);
     else {
       // A key on stdin (or typed at a terminal); with none, wait locked for coffer unlock.

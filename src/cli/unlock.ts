@@ -1,17 +1,14 @@
 import { existsSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { CryptoError } from '../crypto/errors.ts';
 import { KeyStore } from '../crypto/key-store.ts';
 import { kekFromUnlockKey } from '../crypto/root-key.ts';
-
-/** The socket a locked manager waits on for its unlock key, inside its data directory (mode 700). */
-export const UNLOCK_SOCKET = 'unlock.sock';
+import { DataDir } from '../manager/data-dir.ts';
 
 /** Throws (UNLOCK_KEY_MALFORMED / UNLOCK_KEY_WRONG) unless `unlockKey` opens this data directory's root key. */
 export async function checkUnlockKey(dataDir: string, unlockKey: string): Promise<void> {
-  const store = await KeyStore.read(dataDir);
+  const store = await KeyStore.read(new DataDir(dataDir).keyStore);
   const kek = kekFromUnlockKey(unlockKey, store.clusterId);
   try {
     store.unlock(kek);
@@ -27,7 +24,7 @@ export async function checkUnlockKey(dataDir: string, unlockKey: string): Promis
  * connection sends one line, the unlock key; a wrong key is answered and the wait goes on.
  */
 export function waitForUnlockKey(dataDir: string, log: (line: string) => void): Promise<string> {
-  const path = join(dataDir, UNLOCK_SOCKET);
+  const path = new DataDir(dataDir).unlockSocket;
   if (existsSync(path)) rmSync(path); // left by a manager that was killed while it waited
   return new Promise((resolve, reject) => {
     const server = createServer({ allowHalfOpen: false }, (socket) => {
@@ -56,7 +53,7 @@ export function waitForUnlockKey(dataDir: string, log: (line: string) => void): 
 
 /** `coffer unlock`: gives a locked manager on this host its unlock key over its socket. */
 export function sendUnlockKey(dataDir: string, unlockKey: string): Promise<string> {
-  const path = join(dataDir, UNLOCK_SOCKET);
+  const path = new DataDir(dataDir).unlockSocket;
   return new Promise((resolve, reject) => {
     const socket = connect(path);
     let reply = '';

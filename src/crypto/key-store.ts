@@ -1,5 +1,5 @@
 import { open as openFile, readFile, rename, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname } from 'node:path';
 import { packr } from '../codec/msgpack.ts';
 import { frame, unframe } from '../codec/frame.ts';
 import { CorruptRecordError } from '../codec/errors.ts';
@@ -13,8 +13,6 @@ export type KeyProtection = 'key-file' | 'unlock-key';
 
 /** Encryptions reserved on disk at a time; a restart forfeits at most this many uses of a key. */
 export const KEY_USES_RESERVATION_BLOCK = 2 ** 16;
-
-const FILE_NAME = 'keys';
 
 interface KeyStoreRecord {
   readonly clusterId: string;
@@ -31,27 +29,30 @@ interface KeyStoreRecord {
 }
 
 /**
- * A manager's local, unreplicated key record, in `<data dir>/keys`: the root key wrapped by the
+ * A manager's local, unreplicated key record, in one file (`<data dir>/keys`, named by
+ * src/manager/data-dir.ts; `path` here is that file, and its directory is fsynced on each
+ * replace): the root key wrapped by the
  * KEK (key file or unlock key), and the encryptions it has reserved per keyring term. It is
  * replaced atomically (write a temporary file, fsync, rename, fsync the directory), so a crash
  * leaves either the old record or the new one.
  */
 export class KeyStore {
-  readonly dataDir: string;
+  /** The key store file. */
+  readonly path: string;
   #record: KeyStoreRecord;
   /** Writes run one at a time, each from the record the previous one left. */
   #writing: Promise<void> = Promise.resolve();
   /** The KEK that opens the record, once `unlock` has checked it; replaced by a rewrap. */
   #kek: Buffer | null = null;
 
-  private constructor(dataDir: string, record: KeyStoreRecord) {
-    this.dataDir = dataDir;
+  private constructor(path: string, record: KeyStoreRecord) {
+    this.path = path;
     this.#record = record;
   }
 
-  static async exists(dataDir: string): Promise<boolean> {
+  static async exists(path: string): Promise<boolean> {
     try {
-      await readFile(join(dataDir, FILE_NAME));
+      await readFile(path);
       return true;
     } catch {
       return false;
@@ -59,7 +60,7 @@ export class KeyStore {
   }
 
   static async create(
-    dataDir: string,
+    path: string,
     options: { clusterId: string; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen?: number; rootGen?: number },
   ): Promise<KeyStore> {
     const record: KeyStoreRecord = {
@@ -71,18 +72,17 @@ export class KeyStore {
       usesReserved: [],
       secrets: [],
     };
-    const store = new KeyStore(dataDir, record);
+    const store = new KeyStore(path, record);
     await store.#write(() => record, 'create');
     return store;
   }
 
-  static async read(dataDir: string): Promise<KeyStore> {
-    const path = join(dataDir, FILE_NAME);
+  static async read(path: string): Promise<KeyStore> {
     let bytes: Buffer;
     try {
       bytes = await readFile(path);
     } catch (error) {
-      throw new CryptoError('KEY_STORE_MISSING', `${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'}); is ${dataDir} a manager's data directory?`, { cause: error });
+      throw new CryptoError('KEY_STORE_MISSING', `${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'}); is ${dirname(path)} a manager's data directory?`, { cause: error });
     }
     let record: KeyStoreRecord;
     try {
@@ -91,7 +91,7 @@ export class KeyStore {
       if (error instanceof CorruptRecordError) throw new CryptoError('KEY_STORE_CORRUPT', `${error.message}; restore it from a backup or rejoin this manager`, { cause: error });
       throw error;
     }
-    return new KeyStore(dataDir, record);
+    return new KeyStore(path, record);
   }
 
   get clusterId(): string {
@@ -208,7 +208,7 @@ export class KeyStore {
   }
 
   async #replace(record: KeyStoreRecord, step: string): Promise<void> {
-    const path = join(this.dataDir, FILE_NAME);
+    const path = this.path;
     const temporary = `${path}.tmp`;
     const bytes = frame(packr.pack(encodeRecord(record)));
     const file = await openFile(temporary, 'w', 0o600);
@@ -221,7 +221,7 @@ export class KeyStore {
     reached(`key-store:${step}:temporary-written`);
     await rename(temporary, path);
     reached(`key-store:${step}:renamed`);
-    const dir = await openFile(this.dataDir, 'r');
+    const dir = await openFile(dirname(path), 'r');
     try {
       await dir.sync();
     } finally {
@@ -231,8 +231,8 @@ export class KeyStore {
   }
 
   /** Removes a temporary file a crash left behind (the record itself is whole either way). */
-  static async tidy(dataDir: string): Promise<void> {
-    await unlink(join(dataDir, `${FILE_NAME}.tmp`)).catch(() => undefined);
+  static async tidy(path: string): Promise<void> {
+    await unlink(`${path}.tmp`).catch(() => undefined);
   }
 }
 

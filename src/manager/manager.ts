@@ -1,6 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Barrier, type BarrierResult, type InnerStateMachine } from '../barrier/barrier.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { KeyStore } from '../crypto/key-store.ts';
@@ -10,9 +8,10 @@ import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unloc
 import type { RaftConfigInput } from '../raft/config.ts';
 import type { BasicStatus, ConfChange, Message, NodeId, Status } from '../raft/types.ts';
 import { Replica, type PeerSender, type ReplicaObserver } from '../replica/replica.ts';
-import { LevelStorage } from '../storage/level-storage.ts';
+import type { LevelStorage } from '../storage/level-storage.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import type { Random } from '../util/prng.ts';
+import { DataDir } from './data-dir.ts';
 import { ManagerError } from './errors.ts';
 import { KeyStoreLocalKeys } from './local-keys.ts';
 
@@ -112,8 +111,9 @@ export class Manager<Result> {
       secrets?: ReadonlyMap<string, Buffer>;
     },
   ): Promise<InitResult> {
-    await mkdir(dataDir, { recursive: true, mode: 0o700 });
-    if (await KeyStore.exists(dataDir)) throw new ManagerError('ALREADY_INITIALIZED', `${dataDir} already holds a manager's keys; use it as it is, or choose an empty directory`);
+    const dir = new DataDir(dataDir);
+    await dir.create();
+    if (await KeyStore.exists(dir.keyStore)) throw new ManagerError('ALREADY_INITIALIZED', `${dataDir} already holds a manager's keys; use it as it is, or choose an empty directory`);
     const clusterId = options.clusterId ?? randomUUID();
     const rootKey = options.rootKey ?? generateRootKey();
     const rootGen = options.rootGen ?? 1;
@@ -123,14 +123,14 @@ export class Manager<Result> {
       if (options.autolock === true) {
         unlockKey = options.unlockKey ?? generateUnlockKey();
         kek = kekFromUnlockKey(unlockKey, clusterId);
-        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key', unlockGen: options.unlockGen ?? 0 });
+        const store = await KeyStore.create(dir.keyStore, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key', unlockGen: options.unlockGen ?? 0 });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);
         store.forget();
       } else {
         if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
         kek = adoptOrCreateKeyFile(options.keyFile).kek;
-        const store = await KeyStore.create(dataDir, { clusterId, rootKey, rootGen, kek, protection: 'key-file', unlockGen: options.unlockGen ?? 0 });
+        const store = await KeyStore.create(dir.keyStore, { clusterId, rootKey, rootGen, kek, protection: 'key-file', unlockGen: options.unlockGen ?? 0 });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);
         store.forget();
@@ -144,8 +144,9 @@ export class Manager<Result> {
 
   /** Opens a manager's data directory; it starts at once with a key file, or stays locked. */
   static async open<Result>(options: ManagerOptions<Result>): Promise<Manager<Result>> {
-    await KeyStore.tidy(options.dataDir);
-    const store = await KeyStore.read(options.dataDir);
+    const dir = new DataDir(options.dataDir);
+    await KeyStore.tidy(dir.keyStore);
+    const store = await KeyStore.read(dir.keyStore);
     const manager = new Manager(options, store);
     if (store.protection === 'key-file') {
       if (options.keyFile === undefined) throw new CryptoError('KEY_FILE_INVALID', `the root key of ${options.dataDir} is wrapped by a key file; pass its path`);
@@ -181,7 +182,7 @@ export class Manager<Result> {
     const options = this.#options;
     const local = new KeyStoreLocalKeys(this.#store, options.keyFile ?? null);
     const barrier = new Barrier<Result>({ clusterId: this.clusterId, rootKey, local, inner: options.inner });
-    const storage = await LevelStorage.open(join(options.dataDir, 'raft'));
+    const storage = await new DataDir(options.dataDir).openRaftStorage();
     let replica: Replica<BarrierResult<Result>>;
     try {
       replica = await Replica.start({

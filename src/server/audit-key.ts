@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { AUDIT_KEY_BYTES, AuditLog } from '../audit/audit-log.ts';
 import { KeyStore } from '../crypto/key-store.ts';
+import { DataDir } from '../manager/data-dir.ts';
 import { kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
 import type { Logger } from '../util/logger.ts';
 import { AUDIT_KEY_SECRET } from './node-config.ts';
@@ -35,7 +36,7 @@ export async function openManagerAuditLog(manager: LocalSecrets, dir: string, no
  * manager, the unlock key (asked for only then).
  */
 export async function readAuditKey(dataDir: string, opener: { keyFile: string; unlockKey: () => Promise<string> }): Promise<Buffer> {
-  const store = await KeyStore.read(dataDir);
+  const store = await KeyStore.read(new DataDir(dataDir).keyStore);
   const kek = store.protection === 'key-file' ? readKeyFile(opener.keyFile) : kekFromUnlockKey(await opener.unlockKey(), store.clusterId);
   try {
     store.openRoot(kek).fill(0); // a wrong key file or unlock key is told apart here, clearly

@@ -4,6 +4,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { packr } from '../codec/msgpack.ts';
 import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken, selfSignedCertificate } from '../crypto/pki.ts';
+import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
 import type { NodeId } from '../raft/types.ts';
@@ -12,8 +13,8 @@ import { MANAGER_CHANNEL_OPTIONS, policyChannelCredentials } from '../transport/
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { decodeMembers } from './peer-trust.ts';
 import { ServiceError } from './errors.ts';
-import { defaultKeyFile } from './node.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeFileAtomic, writeNodeConfig, writeTlsFiles } from './node-config.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig } from './node-config.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
 
@@ -73,7 +74,8 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   if (!(joinTokenTtlMs > 0 && joinTokenTtlMs <= JOIN_TOKEN_TTL_MS_MAX)) throw new TypeError('the join token lifetime must be positive and at most 365 days');
   if (!(validityDays > 0)) throw new TypeError('the certificate lifetime must be a positive number of days');
   const node = issueCertificate(ca, { id: '1', role: 'manager', clusterId, nowMs: now, hosts: [hostOf(advertise)], validityDays });
-  const keyFile = options.autolock === true ? null : (options.keyFile ?? defaultKeyFile(options.dataDir));
+  const dir = new DataDir(options.dataDir);
+  const keyFile = options.autolock === true ? null : (options.keyFile ?? dir.defaultKeyFile);
   const init = await Manager.init(options.dataDir, {
     clusterId,
     ...(keyFile === null ? { autolock: true, ...(options.unlockKey === undefined ? {} : { unlockKey: options.unlockKey }) } : { keyFile }),
@@ -86,13 +88,13 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   const recovery = generateRecoveryKey();
   if (options.recoveryKeyFile !== undefined) await writeFileAtomic(options.recoveryKeyFile, `${recovery.recoveryKey}\n`, 0o600);
   const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
-  const adminDir = options.adminDir ?? `${options.dataDir.replace(/\/+$/, '')}-admin`;
+  const adminDir = options.adminDir ?? dir.defaultAdminDir;
   await writeIdentity(adminDir, ca.certPem, ADMIN_IDENTITY, admin);
   if (options.healthDir !== undefined) {
     await writeIdentity(options.healthDir, ca.certPem, HEALTH_IDENTITY, issueCertificate(ca, { id: HEALTH_IDENTITY, role: 'client', clusterId, nowMs: now }));
   }
   if (options.tokenFile !== undefined) await writeFileAtomic(options.tokenFile, `${formatJoinToken(token)}\n`, 0o600);
-  await writeTlsFiles(options.dataDir, ca.certPem, node.certPem);
+  await dir.writeTlsFiles(ca.certPem, node.certPem);
   // node.json last: once it exists the directory is a manager's and everything init writes is there.
   await writeNodeConfig(options.dataDir, {
     format: 1,
@@ -192,15 +194,16 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
       try {
         const response = await callJoin(address, caPem, { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem }, deadline);
         const members = decodeMembers(response.members);
+        const dir = new DataDir(options.dataDir);
         await Manager.init(options.dataDir, {
           clusterId: response.clusterId,
-          keyFile: options.keyFile ?? defaultKeyFile(options.dataDir),
+          keyFile: options.keyFile ?? dir.defaultKeyFile,
           rootKey: response.rootKey,
           rootGen: response.rootGeneration,
           secrets: new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)]]),
         });
         response.rootKey.fill(0);
-        await writeTlsFiles(options.dataDir, caPem, response.certificatePem);
+        await dir.writeTlsFiles(caPem, response.certificatePem);
         await writeNodeConfig(options.dataDir, {
           format: 1,
           nodeId: response.nodeId,

@@ -6,7 +6,8 @@ import { RenewableServerCredentials, type TlsMaterial } from '../transport/tls.t
 import type { Logger } from '../util/logger.ts';
 import type { ClusterCa } from './cluster-ca.ts';
 import type { StateCommand } from './context.ts';
-import { TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf, writeTlsFiles } from './node-config.ts';
+import { DataDir } from '../manager/data-dir.ts';
+import { TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf } from './node-config.ts';
 
 /** Renew a manager certificate once less than this share of its lifetime is left. */
 export const CERT_RENEW_REMAINING_SHARE = 1 / 3;
@@ -69,7 +70,7 @@ export class ManagerCertificate {
     if (material.caPem === this.#tls.caPem && material.certPem === this.#tls.certPem) return;
     this.#tls = material;
     this.credentials.update(material);
-    await writeTlsFiles(this.#options.dataDir, material.caPem, this.#leafPem);
+    await new DataDir(this.#options.dataDir).writeTlsFiles(material.caPem, this.#leafPem);
     this.#options.log.info({ event: 'trust-changed', cas: this.#options.cluster.cas.map((c) => c.gen) }, 'the cluster CAs changed: this manager trusts and presents the new set');
   }
 
@@ -106,7 +107,7 @@ export class ManagerCertificate {
     await o.propose(ClusterState.encode({ kind: 'cluster.member-key', id: o.nodeId, key: { key: renewed.spki, caGen: signing.gen } }));
     // Key and certificate in one atomic write; node.crt is a readable copy, not what starts the server.
     await o.manager.setLocalSecrets(new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)], [TLS_CERT_SECRET, Buffer.from(certPem)]]));
-    await writeTlsFiles(o.dataDir, o.cas.trustPem(), certPem);
+    await new DataDir(o.dataDir).writeTlsFiles(o.cas.trustPem(), certPem);
     this.#leafPem = certPem;
     this.#keyPem = key.privatePem;
     this.#tls = this.#material();

@@ -1,9 +1,13 @@
-import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { DataDir } from '../manager/data-dir.ts';
 import type { NodeId } from '../raft/types.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 
-/** A manager's own settings, in `<data dir>/node.json` (nothing secret). */
+/**
+ * A manager's own settings, in `<data dir>/node.json` (nothing secret). Where it and the other
+ * files of a data directory are is src/manager/data-dir.ts's to say; this module says what
+ * node.json holds.
+ */
 export interface NodeConfig {
   readonly format: 1;
   readonly nodeId: NodeId;
@@ -33,12 +37,6 @@ export interface NodeConfig {
   readonly managerCertValidityDays: number;
 }
 
-export const NODE_CONFIG_FILE = 'node.json';
-export const TLS_DIR = 'tls';
-/** The manager's audit log (audit.log, audit.head). */
-export const AUDIT_DIR = 'audit';
-export const CA_CERT_FILE = 'ca.crt';
-export const NODE_CERT_FILE = 'node.crt';
 /** Names of the private keys kept sealed in the key store. */
 export const TLS_KEY_SECRET = 'tls-key';
 /** The certificate of that key, kept beside it so a renewal replaces both in one atomic write. */
@@ -47,16 +45,8 @@ export const CA_KEY_SECRET = 'ca-key';
 /** The key of this manager's audit log HMACs (32 bytes), made on its first start. */
 export const AUDIT_KEY_SECRET = 'audit-hmac-key';
 
-/**
- * Whether `dataDir` is a manager's (init or join finished there: node.json is the last file they
- * write). What lets a container's start command decide between joining and serving.
- */
-export function isManagerDataDir(dataDir: string): boolean {
-  return existsSync(join(dataDir, NODE_CONFIG_FILE));
-}
-
 export async function readNodeConfig(dataDir: string): Promise<NodeConfig> {
-  const path = join(dataDir, NODE_CONFIG_FILE);
+  const path = new DataDir(dataDir).nodeConfig;
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -68,40 +58,11 @@ export async function readNodeConfig(dataDir: string): Promise<NodeConfig> {
   return config;
 }
 
-/** Writes a small file atomically: temporary file, fsync, rename. */
-export async function writeFileAtomic(path: string, content: string | Buffer, mode = 0o644): Promise<void> {
-  const temporary = `${path}.tmp`;
-  const file = await open(temporary, 'w', mode);
-  try {
-    await file.writeFile(content);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  await rename(temporary, path);
-  const dir = await open(dirname(path), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
-
+/** Replaces node.json atomically (readable by others: it holds nothing secret). */
 export async function writeNodeConfig(dataDir: string, config: NodeConfig): Promise<void> {
-  await writeFileAtomic(join(dataDir, NODE_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+  await writeFileAtomic(new DataDir(dataDir).nodeConfig, `${JSON.stringify(config, null, 2)}\n`, DataDir.PUBLIC_MODE);
 }
 
-export async function writeTlsFiles(dataDir: string, caCertPem: string, nodeCertPem: string): Promise<void> {
-  const dir = join(dataDir, TLS_DIR);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await writeFileAtomic(join(dir, CA_CERT_FILE), caCertPem);
-  await writeFileAtomic(join(dir, NODE_CERT_FILE), nodeCertPem);
-}
-
-export async function readTlsFiles(dataDir: string): Promise<{ caCertPem: string; nodeCertPem: string }> {
-  const dir = join(dataDir, TLS_DIR);
-  return { caCertPem: await readFile(join(dir, CA_CERT_FILE), 'utf8'), nodeCertPem: await readFile(join(dir, NODE_CERT_FILE), 'utf8') };
-}
 
 /** Splits host:port (IPv6 in brackets), checking the port. */
 export function splitHostPort(address: string): { host: string; port: number } {

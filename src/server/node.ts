@@ -9,6 +9,7 @@ import { Proposer } from '../manager/proposer.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
 import { AppliedState, type AppliedResult } from '../state/applied-state.ts';
+import { DataDir, defaultKeyFile } from '../manager/data-dir.ts';
 import { rememberPeerCertificates } from '../transport/auth.ts';
 import { DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
 import { listenGuarded, type GuardedListener } from '../transport/listener.ts';
@@ -27,7 +28,7 @@ import { HealthService } from './health.ts';
 import { LeaderDuties } from './leader-duties.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
 import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
-import { AUDIT_DIR, CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, readNodeConfig, readTlsFiles, splitHostPort, writeNodeConfig, type NodeConfig } from './node-config.ts';
+import { CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, readNodeConfig, splitHostPort, writeNodeConfig, type NodeConfig } from './node-config.ts';
 import { PeerTrust } from './peer-trust.ts';
 import { IdentityRateLimiter } from './rate-limit.ts';
 import { registerServices } from './services.ts';
@@ -66,9 +67,6 @@ export interface NodeOptions {
   readonly auditAnchorIntervalMs?: number;
 }
 
-export function defaultKeyFile(dataDir: string): string {
-  return `${dataDir.replace(/\/+$/, '')}.key`;
-}
 
 /**
  * A running manager process, composed: the Manager (data directory, barrier, replica), the write
@@ -326,13 +324,13 @@ export class CofferNode {
     made: (node: CofferNode) => void,
   ): Promise<CofferNode> {
     const { manager, state } = parts;
-    const files = await readTlsFiles(options.dataDir);
+    const files = await new DataDir(options.dataDir).readTlsFiles();
     const tlsKey = manager.localSecret(TLS_KEY_SECRET);
     if (tlsKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
     // The CA key is in the key store of the first manager only, until its first leader installs it in the replicated state.
     const cas = new ClusterCa(state.cluster, { certPem: firstPem(files.caCertPem), keyPem: manager.localSecret(CA_KEY_SECRET)?.toString() ?? null });
-    const audit = await openManagerAuditLog(manager, join(options.dataDir, AUDIT_DIR), config.nodeId, log, options.newAuditLog === true);
+    const audit = await openManagerAuditLog(manager, new DataDir(options.dataDir).audit, config.nodeId, log, options.newAuditLog === true);
     const node = new CofferNode(options, config, { ...parts, cas }, { certPem, keyPem: tlsKey.toString() }, log, audit, metrics);
     made(node);
     await node.#listen();

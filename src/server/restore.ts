@@ -1,14 +1,12 @@
 import { randomInt } from 'node:crypto';
-import { join } from 'node:path';
 import { openBackup } from '../backup/backup-file.ts';
 import { Barrier, type LocalKeys } from '../barrier/barrier.ts';
 import { MANAGER_CERT_VALIDITY_DAYS, issueCertificate } from '../crypto/pki.ts';
+import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';
 import type { NodeId } from '../raft/types.ts';
-import { LevelStorage } from '../storage/level-storage.ts';
 import { AppliedState } from '../state/applied-state.ts';
-import { defaultKeyFile } from './node.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, isManagerDataDir, splitHostPort, writeNodeConfig, writeTlsFiles } from './node-config.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig } from './node-config.ts';
 
 export interface RestoreOptions {
   readonly file: Buffer;
@@ -55,7 +53,8 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
   const advertise = options.advertise ?? options.listen;
   splitHostPort(options.listen);
   splitHostPort(advertise);
-  if (isManagerDataDir(options.dataDir)) throw new Error(`${options.dataDir} already holds a manager: restore into a new directory`);
+  const dir = new DataDir(options.dataDir);
+  if (dir.isManager()) throw new Error(`${options.dataDir} already holds a manager: restore into a new directory`);
   const opened = openBackup(options.file, options.key);
   try {
     const state = new AppliedState();
@@ -67,7 +66,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
     while (nodeId === 0 || taken.has(nodeId)) nodeId = 2 + randomInt(2 ** 31 - 2);
     const ca = { certPem: opened.caCertPem, keyPem: opened.caKeyPem };
     const node = issueCertificate(ca, { id: String(nodeId), role: 'manager', clusterId: opened.clusterId, nowMs: Date.now(), hosts: [hostOf(advertise)], validityDays: MANAGER_CERT_VALIDITY_DAYS });
-    const keyFile = options.autolock === true ? null : (options.keyFile ?? defaultKeyFile(options.dataDir));
+    const keyFile = options.autolock === true ? null : (options.keyFile ?? dir.defaultKeyFile);
     const init = await Manager.init(options.dataDir, {
       clusterId: opened.clusterId,
       ...(keyFile === null ? { autolock: true } : { keyFile }),
@@ -81,18 +80,8 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
         [CA_KEY_SECRET, Buffer.from(opened.caKeyPem)],
       ]),
     });
-    const storage = await LevelStorage.open(join(options.dataDir, 'raft'));
-    try {
-      await storage.load();
-      await storage.save({
-        hardState: { term: opened.term, vote: 0, commit: opened.index },
-        entries: [],
-        snapshot: { metadata: { index: opened.index, term: opened.term, confState: { voters: [nodeId], learners: [] } }, data: opened.image },
-      });
-    } finally {
-      await storage.close();
-    }
-    await writeTlsFiles(options.dataDir, opened.caCertPem, node.certPem);
+    await dir.writeRestoredRaft({ metadata: { index: opened.index, term: opened.term, confState: { voters: [nodeId], learners: [] } }, data: opened.image });
+    await dir.writeTlsFiles(opened.caCertPem, node.certPem);
     await writeNodeConfig(options.dataDir, {
       format: 1,
       nodeId,

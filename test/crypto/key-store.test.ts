@@ -14,10 +14,10 @@ test('the key store keeps the root key wrapped, owner-readable only, and rewraps
   try {
     const root = randomBytes(32);
     const kek = randomBytes(32);
-    await KeyStore.create(dir, { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
+    await KeyStore.create(join(dir, 'keys'), { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
     assert.equal(statSync(join(dir, 'keys')).mode & 0o777, 0o600);
     assert.ok(!readFileSync(join(dir, 'keys')).includes(root), 'the root key is not stored in the clear');
-    const store = await KeyStore.read(dir);
+    const store = await KeyStore.read(join(dir, 'keys'));
     assert.deepEqual(store.openRoot(kek), root);
     assert.throws(() => store.openRoot(randomBytes(32)), refusedWith('KEY_FILE_INVALID'));
 
@@ -26,7 +26,7 @@ test('the key store keeps the root key wrapped, owner-readable only, and rewraps
     await store.setSecrets(new Map([['tls-key', Buffer.from('private key bytes')]]));
     await store.rewrap({ rootGen: 1, rootKey: root, kek: unlockKek, protection: 'unlock-key', unlockGen: 1 });
     assert.deepEqual(store.kek, unlockKek, 'the store holds the new KEK after a rewrap');
-    const again = await KeyStore.read(dir);
+    const again = await KeyStore.read(join(dir, 'keys'));
     assert.equal(again.protection, 'unlock-key');
     assert.throws(() => again.openRoot(kek), refusedWith('UNLOCK_KEY_WRONG'), 'the old KEK no longer opens it');
     assert.deepEqual(again.openRoot(unlockKek), root);
@@ -44,7 +44,7 @@ test('concurrent reservations and rewraps are applied one after another and none
   try {
     const root = randomBytes(32);
     const kek = randomBytes(32);
-    const store = await KeyStore.create(dir, { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
+    const store = await KeyStore.create(join(dir, 'keys'), { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
     store.unlock(kek);
     const nextKek = randomBytes(32);
     // A secret written while a rewrap to a new KEK is queued ends up sealed under the new KEK.
@@ -54,7 +54,7 @@ test('concurrent reservations and rewraps are applied one after another and none
       store.setSecrets(new Map([['tls-key', Buffer.from('k')]])),
       store.reserveUses(2, 50, [1, 2]),
     ]);
-    const back = await KeyStore.read(dir);
+    const back = await KeyStore.read(join(dir, 'keys'));
     assert.equal(back.rootGen, 2);
     assert.equal(back.usesReserved(1), 100);
     assert.equal(back.usesReserved(2), 50);
@@ -67,12 +67,12 @@ test('concurrent reservations and rewraps are applied one after another and none
 test('a damaged or missing key store is refused with an error that says what and where', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'coffer-keystore-'));
   try {
-    await assert.rejects(KeyStore.read(dir), (e: unknown) => refusedWith('KEY_STORE_MISSING')(e) && (e as Error).message.includes(dir));
-    await KeyStore.create(dir, { clusterId: 'c1', rootKey: randomBytes(32), kek: randomBytes(32), protection: 'key-file' });
+    await assert.rejects(KeyStore.read(join(dir, 'keys')), (e: unknown) => refusedWith('KEY_STORE_MISSING')(e) && (e as Error).message.includes(dir));
+    await KeyStore.create(join(dir, 'keys'), { clusterId: 'c1', rootKey: randomBytes(32), kek: randomBytes(32), protection: 'key-file' });
     const bytes = readFileSync(join(dir, 'keys'));
     bytes[bytes.length - 3]! ^= 0x10;
     writeFileSync(join(dir, 'keys'), bytes);
-    await assert.rejects(KeyStore.read(dir), (e: unknown) => refusedWith('KEY_STORE_CORRUPT')(e) && /checksum mismatch/.test((e as Error).message) && (e as Error).message.includes(join(dir, 'keys')));
+    await assert.rejects(KeyStore.read(join(dir, 'keys')), (e: unknown) => refusedWith('KEY_STORE_CORRUPT')(e) && /checksum mismatch/.test((e as Error).message) && (e as Error).message.includes(join(dir, 'keys')));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Manager, type ManagerOptions } from '../../src/manager/manager.ts';
+import { DataDir } from '../../src/manager/data-dir.ts';
 import type { Message, NodeId } from '../../src/raft/types.ts';
 import type { LeaderLink } from '../../src/manager/proposer.ts';
 import { createLogger, type Logger } from '../../src/util/logger.ts';
@@ -52,7 +53,7 @@ export class LocalCluster {
     // Until join tokens exist (the transport issue), the other managers get a copy of the first one's key store.
     for (const id of this.ids.slice(1)) {
       mkdirSync(this.dataDir(id), { recursive: true, mode: 0o700 });
-      cpSync(join(this.dataDir(1), 'keys'), join(this.dataDir(id), 'keys'), { recursive: true });
+      cpSync(new DataDir(this.dataDir(1)).keyStore, new DataDir(this.dataDir(id)).keyStore);
       if (first.unlockKey === null) cpSync(this.keyFile(1), this.keyFile(id));
     }
   }

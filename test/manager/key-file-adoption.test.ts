@@ -5,10 +5,10 @@ import { randomInt } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyStore } from '../../src/crypto/key-store.ts';
+import { DataDir, isManagerDataDir } from '../../src/manager/data-dir.ts';
 import { createKeyFile, readKeyFile } from '../../src/crypto/root-key.ts';
 import { Manager } from '../../src/manager/manager.ts';
 import { initCluster } from '../../src/server/bootstrap.ts';
-import { isManagerDataDir } from '../../src/server/node-config.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -23,7 +23,7 @@ test('init uses a key file that already exists (a Docker secret) instead of maki
     assert.ok(isManagerDataDir(join(root, 'm1')));
     assert.equal(readFileSync(join(root, 'shared', 'join-token'), 'utf8').trim(), outcome.joinToken);
     for (const name of ['ca.crt', 'health.crt', 'health.key']) assert.ok(existsSync(join(root, 'shared', 'health', name)), name);
-    const store = await KeyStore.read(join(root, 'm1'));
+    const store = await KeyStore.read(new DataDir(join(root, 'm1')).keyStore);
     assert.ok(store.openSecrets(readKeyFile(keyFile)).size > 0, 'the key store is wrapped by that key file');
     const manager = await Manager.open({ dataDir: join(root, 'm1'), id: 1, keyFile, peers: { send: () => undefined }, inner: new AppliedState(), random: new SeededRandom(randomInt(2 ** 31)), bootstrapVoters: [1], logger: createLogger({ level: 'silent' }) });
     assert.equal(manager.locked, false);
@@ -42,7 +42,7 @@ test('init refuses a malformed key file with an error that names it, and leaves 
     writeFileSync(join(root, 'open.key'), Buffer.alloc(32), { mode: 0o644 });
     await assert.rejects(initCluster({ dataDir: join(root, 'm2'), listen: '127.0.0.1:7400', keyFile: join(root, 'open.key') }), /can be read by others/);
     assert.equal(isManagerDataDir(join(root, 'm1')), false);
-    assert.equal(await KeyStore.exists(join(root, 'm1')), false);
+    assert.equal(await KeyStore.exists(new DataDir(join(root, 'm1')).keyStore), false);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -4,6 +4,7 @@ import { Barrier } from '../../src/barrier/barrier.ts';
 import { decodePayload } from '../../src/barrier/payload.ts';
 import { CryptoError, type CryptoErrorCode } from '../../src/crypto/errors.ts';
 import { KeyStore } from '../../src/crypto/key-store.ts';
+import { DataDir } from '../../src/manager/data-dir.ts';
 import { Keyring } from '../../src/crypto/keyring.ts';
 import { ManagerError, ProposalRefused, type ManagerErrorCode } from '../../src/manager/errors.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
@@ -19,7 +20,7 @@ const keyOpRefused = (error: unknown) => error instanceof ProposalRefused && err
 
 /** The keyring terms of the commands in a manager's stored log, by index. */
 async function sealedTerms(dataDir: string): Promise<Map<number, number>> {
-  const storage = await LevelStorage.open(join(dataDir, 'raft'));
+  const storage = await LevelStorage.open(new DataDir(dataDir).raft);
   try {
     const state = await storage.load();
     const terms = new Map<number, number>();
@@ -199,7 +200,7 @@ test('unlock-key rotation: afterwards only the new key opens each manager; root-
     await cluster.converged();
     await cluster.stopAll();
     for (const id of cluster.ids) {
-      const store = await KeyStore.read(cluster.dataDir(id));
+      const store = await KeyStore.read(new DataDir(cluster.dataDir(id)).keyStore);
       assert.equal(store.protection, 'unlock-key', `manager ${id} switched to autolock`);
       assert.equal(store.unlockGen, 1);
       assert.equal(store.rootGen, 2, `manager ${id} rewrapped its root key at generation 2 once a snapshot under it was durable`);
@@ -247,7 +248,7 @@ test('encryptions counted against a key survive restarts, through reservations i
     const before = cluster.managers.get(1)!.status().keys!.usesOfActiveTerm;
     assert.ok(before >= 1);
     await cluster.stopAll();
-    const reserved = (await KeyStore.read(cluster.dataDir(1))).usesReserved(1);
+    const reserved = (await KeyStore.read(new DataDir(cluster.dataDir(1)).keyStore)).usesReserved(1);
     assert.ok(reserved >= before, `reserved ${reserved} < used ${before}`);
     await cluster.startAll();
     await cluster.converged();

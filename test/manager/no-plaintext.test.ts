@@ -5,6 +5,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { KeyStore } from '../../src/crypto/key-store.ts';
+import { DataDir } from '../../src/manager/data-dir.ts';
 import { readKeyFile } from '../../src/crypto/root-key.ts';
 import { parseUnlockKey, unlockKeyKek } from '../../src/crypto/unlock-key.ts';
 import { LocalCluster } from './cluster.ts';
@@ -63,7 +64,7 @@ test('no value, root key or unlock key is in any file of the data directories or
     for (const manager of cluster.managers.values()) await manager.unlock(unlockKey);
     await cluster.converged();
     for (const id of cluster.ids) assert.equal(cluster.machines.get(id)!.map.size, 300);
-    const rootKey = (await KeyStore.read(cluster.dataDir(1))).openRoot(unlockKeyKek(parseUnlockKey(unlockKey), cluster.clusterId));
+    const rootKey = (await KeyStore.read(new DataDir(cluster.dataDir(1)).keyStore)).openRoot(unlockKeyKek(parseUnlockKey(unlockKey), cluster.clusterId));
     secrets.set('the root key', rootKey);
     secrets.set('the unlock key', Buffer.from(unlockKey));
     secrets.set('the first key file', readKeyFile(cluster.keyFile(1)));

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import { KeyStore } from '../../src/crypto/key-store.ts';
+import { DataDir } from '../../src/manager/data-dir.ts';
 import { KEY_USES_MAX } from '../../src/crypto/keyring.ts';
 import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
 import { ServiceError } from '../../src/server/errors.ts';
@@ -31,9 +32,9 @@ test('an autolocked manager starts only with its unlock key, and a manager that 
     await eventually('a leader with a join token', 20_000, async () => (nodes[0]!.state.cluster.joinTokenHash !== null && (await client.status(`127.0.0.1:${p1}`)).role === 'leader' ? true : undefined));
 
     await joinCluster({ dataDir: join(root, 'm2'), listen: `127.0.0.1:${p2}`, join: `127.0.0.1:${p1}`, token: init.joinToken });
-    assert.equal((await KeyStore.read(join(root, 'm2'))).protection, 'key-file', 'a joiner starts with a key file');
+    assert.equal((await KeyStore.read(new DataDir(join(root, 'm2')).keyStore)).protection, 'key-file', 'a joiner starts with a key file');
     nodes.push(await CofferNode.start({ dataDir: join(root, 'm2'), logger, tickIntervalMs: 50 }));
-    await eventually('the joiner to adopt the cluster\'s unlock key', 30_000, async () => ((await KeyStore.read(join(root, 'm2'))).protection === 'unlock-key' ? true : undefined));
+    await eventually('the joiner to adopt the cluster\'s unlock key', 30_000, async () => ((await KeyStore.read(new DataDir(join(root, 'm2')).keyStore)).protection === 'unlock-key' ? true : undefined));
     await nodes[1]!.stop();
     nodes.pop();
     await assert.rejects(CofferNode.start({ dataDir: join(root, 'm2'), logger }), (e: unknown) => e instanceof ServiceError && /autolocked/.test(e.message));
@@ -60,7 +61,7 @@ test('a follower that nearly used up the active key asks the leader to rotate, a
     await eventually('a leader with a join token', 20_000, async () => (nodes[0]!.state.cluster.joinTokenHash !== null && (await client.status(`127.0.0.1:${p1}`)).role === 'leader' ? true : undefined));
     await joinCluster({ dataDir: join(root, 'm2'), listen: `127.0.0.1:${p2}`, join: `127.0.0.1:${p1}`, token: init.joinToken });
     // The follower's key store says it has reserved (so may have made) 95% of term 1's uses.
-    const store = await KeyStore.read(join(root, 'm2'));
+    const store = await KeyStore.read(new DataDir(join(root, 'm2')).keyStore);
     await store.reserveUses(1, Math.ceil(KEY_USES_MAX * 0.95), [1]);
     nodes.push(await CofferNode.start({ dataDir: join(root, 'm2'), logger, tickIntervalMs: 50 }));
     const term = await eventually('a rotation asked for by the follower', 30_000, async () => {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { KeyStore } from '../../src/crypto/key-store.ts';
+import { DataDir } from '../../src/manager/data-dir.ts';
 import { readKeyFile } from '../../src/crypto/root-key.ts';
 import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
@@ -122,7 +123,7 @@ test('three manager processes made by coffer init and coffer join elect, replica
     );
     assert.deepEqual((await client.status(address(leaderNow))).voters.includes(removedId), false);
     // Its own certificate and key, opened from its data directory, no longer get a Raft stream.
-    const store = await KeyStore.read(data(removed));
+    const store = await KeyStore.read(new DataDir(data(removed)).keyStore);
     const credentials = managerChannelCredentials(
       { caPem: readFileSync(join(data(removed), 'tls', 'ca.crt'), 'utf8'), certPem: readFileSync(join(data(removed), 'tls', 'node.crt'), 'utf8'), keyPem: store.openSecrets(readKeyFile(`${data(removed)}.key`)).get('tls-key')!.toString() },
       { clusterId },

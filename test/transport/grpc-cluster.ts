@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCa, issueCertificate, type KeyAndCertificate } from '../../src/crypto/pki.ts';
 import { Manager } from '../../src/manager/manager.ts';
+import { DataDir } from '../../src/manager/data-dir.ts';
 import type { NodeId } from '../../src/raft/types.ts';
 import { PeerTransport } from '../../src/transport/peer-transport.ts';
 import { services } from '../../src/transport/proto.ts';
@@ -46,7 +47,7 @@ export class GrpcCluster {
     await Manager.init(join(first, 'data'), { clusterId: this.clusterId, keyFile: join(first, 'key') });
     for (const id of this.ids.slice(1)) {
       mkdirSync(join(this.root, `m${id}`, 'data'), { recursive: true });
-      cpSync(join(first, 'data', 'keys'), join(this.root, `m${id}`, 'data', 'keys'));
+      cpSync(new DataDir(join(first, 'data')).keyStore, new DataDir(join(this.root, `m${id}`, 'data')).keyStore);
       cpSync(join(first, 'key'), join(this.root, `m${id}`, 'key'));
     }
   }
