@@ -1,5 +1,4 @@
 import { createHash, hkdfSync } from 'node:crypto';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { KEY_BYTES, open, seal } from '../crypto/aead.ts';
 import { CryptoError } from '../crypto/errors.ts';

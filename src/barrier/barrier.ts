@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { packLarge } from '../codec/pack-large.ts';
 import { CryptoError } from '../crypto/errors.ts';

@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 
 /**

@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { packr } from './msgpack.ts';
 import type { ConfChangeType, ConfState, Entry, HardState, SnapshotMetadata } from '../raft/types.ts';
 import { CorruptRecordError } from './errors.ts';

@@ -1,6 +1,5 @@
 import { open as openFile, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { frame, unframe } from '../codec/frame.ts';
 import { CorruptRecordError } from '../codec/errors.ts';

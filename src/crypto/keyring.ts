@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import { KEY_BYTES, NONCE_BYTES, TAG_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';

@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { packr } from '../codec/msgpack.ts';
 import type { ConfChangeType, Entry, Message, ReadRefusalReason, SnapshotMetadata } from '../raft/types.ts';
 

@@ -24,7 +24,7 @@ import { SeededRandom } from '../../src/util/prng.ts';
 import { eventually } from '../processes/processes.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
 import { CALLERS, NARROW_GLOB, judge, type CallerName, type MethodFacts, type Outcome } from './oracle.ts';
-import { MAX_RECEIVE_BYTES, between, chance, makePayload, pick, type Hints, type MessageDescriptor, type Payload, type PayloadTarget, type ResolveType } from './payloads.ts';
+import { MAX_RECEIVE_BYTES, between, makePayload, pick, type Hints, type MessageDescriptor, type Payload, type PayloadTarget, type ResolveType } from './payloads.ts';
 
 export interface FuzzOptions {
   readonly seed: number;
