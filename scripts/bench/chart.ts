@@ -82,7 +82,10 @@ export async function drawChart(path: string, chart: { title: string; xLabel: st
     ctx.fillStyle = series.color;
     ctx.lineWidth = 3;
     ctx.beginPath();
-    valid.forEach((p, k) => (k === 0 ? ctx.moveTo(px(p.x), py(p.y)) : ctx.lineTo(px(p.x), py(p.y))));
+    for (const [k, p] of valid.entries()) {
+      if (k === 0) ctx.moveTo(px(p.x), py(p.y));
+      else ctx.lineTo(px(p.x), py(p.y));
+    }
     ctx.stroke();
     for (const p of valid) {
       ctx.fillRect(px(p.x) - 4, py(p.y) - 4, 8, 8);

@@ -9,7 +9,7 @@ import type { SnapshotRequest, StateMachine } from '../replica/replica.ts';
 import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
 import { KeyState, decodeKeyStateInto, encodeKeyState } from './key-state.ts';
-import { COMMAND_KIND_PATTERN, PayloadError, decodePayload, encodePayload, type KeyOp } from './payload.ts';
+import { COMMAND_KIND_PATTERN, PayloadError, decodePayload, encodePayload, type EntryPayload, type KeyOp } from './payload.ts';
 
 /** The application state behind the barrier: it sees commands and snapshot images in plaintext. */
 export interface InnerStateMachine<Result> {
@@ -161,7 +161,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   apply(entry: Entry): BarrierResult<Result> {
 
     if (entry.kind !== 'normal' || entry.data.byteLength === 0) return { type: 'none' };
-    let payload;
+    let payload: EntryPayload;
     try {
       payload = decodePayload(entry.data);
     } catch (error) {

@@ -82,6 +82,7 @@ export function devCommand(): Command {
           `  set -a; . ${env}; set +a`,
           '  echo -n hunter2 | npx coffer secret put app/db/password',
           '  npx coffer secret get app/db/password',
+          // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell expansion, printed for the user to run
           '  npx coffer run --env DB_PASSWORD=app/db/password -- sh -c \'echo "got ${#DB_PASSWORD} characters"\'',
           `  npx coffer snapshot save backup.coffer     # restore: coffer snapshot restore --recovery-key-file ${join(dir, 'recovery-key')} ...`,
           'Ctrl-C stops the cluster; run again to reuse it.',

@@ -1,7 +1,7 @@
 import { assert, unreachable } from '../util/assert.ts';
 import type { RaftConfig } from './config.ts';
 import { RaftError } from './errors.ts';
-import { RaftLog, entryBytes, normalEntryBytes } from './log.ts';
+import { type RaftLog, entryBytes, normalEntryBytes } from './log.ts';
 import { Progress, majority, quorumValue } from './progress.ts';
 import {
   NONE,

@@ -11,7 +11,13 @@ import { createLogger } from '../../src/util/logger.ts';
 /** A manager's local secrets, in memory. */
 function secrets(): { localSecret(name: string): Buffer | undefined; setLocalSecrets(entries: ReadonlyMap<string, Buffer>): Promise<void>; map: Map<string, Buffer> } {
   const map = new Map<string, Buffer>();
-  return { map, localSecret: (name) => map.get(name), setLocalSecrets: async (entries) => entries.forEach((v, k) => map.set(k, Buffer.from(v))) };
+  return {
+    map,
+    localSecret: (name) => map.get(name),
+    setLocalSecrets: async (entries) => {
+      for (const [k, v] of entries) map.set(k, Buffer.from(v));
+    },
+  };
 }
 
 test('a manager\'s first start makes its audit key and log; later starts reopen them; a deleted log stops the start until --new-audit-log', async () => {

@@ -69,7 +69,10 @@ test('stale reads keep their weaker promise: no reading from the future, no goin
 test('a larger concurrent history from a correct register is linearizable, and corrupting one read breaks it', () => {
   // Simulate a correct register: each op takes effect at a random instant inside its interval.
   let seed = 7;
-  const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
   const ops: Operation[] = [];
   const effects: Array<{ at: number; apply: () => void }> = [];
   let version = 0;
@@ -82,11 +85,24 @@ test('a larger concurrent history from a correct register is linearizable, and c
     if (random() < 0.5) {
       const op = { id: ++ids, process, key: 'k', kind: 'put' as const, value: `v${k}`, invokeMs: invoke, completeMs: complete, outcome: 'ok' as const, version: 0 };
       ops.push(op);
-      effects.push({ at, apply: () => ((version += 1), (value = op.value), (op.version = version)) });
+      effects.push({
+        at,
+        apply: () => {
+          version += 1;
+          value = op.value;
+          op.version = version;
+        },
+      });
     } else {
       const op = { id: ++ids, process, key: 'k', kind: 'get' as const, invokeMs: invoke, completeMs: complete, outcome: 'ok' as const, version: 0, readValue: null as string | null };
       ops.push(op);
-      effects.push({ at, apply: () => ((op.version = version), (op.readValue = value)) });
+      effects.push({
+        at,
+        apply: () => {
+          op.version = version;
+          op.readValue = value;
+        },
+      });
     }
   }
   for (const effect of effects.sort((a, b) => a.at - b.at)) effect.apply();
@@ -121,7 +137,7 @@ const bad = (ops: Operation[], message: string, names: Operation[]) => {
 };
 
 test('version order: known-bad histories are flagged, naming the operations involved', () => {
-  let a, b, r, w;
+  let a: Operation, b: Operation, r: Operation, w: Operation;
   a = put(1, 'a', 0, 1, 1);
   b = put(1, 'b', 2, 3, 2);
   r = get(2, 4, 5, 1, 'a');

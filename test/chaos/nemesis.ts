@@ -174,7 +174,7 @@ async function replaceMember(c: ProcessCluster, random: Random): Promise<string>
       const mine = await c.status(victim);
       const now = await c.leader();
       const view = now === null ? null : await c.status(now);
-      return view !== null && view.voters.includes(mine.nodeId) && view.voters.length === c.managers.length ? mine.nodeId : undefined;
+      return view?.voters.includes(mine.nodeId) && view.voters.length === c.managers.length ? mine.nodeId : undefined;
     }).catch((error: Error) => `none yet (${error.message.slice(0, 80)})`);
     return `remove ${victim.name} (manager ${id}) and join a new manager ${newId} in its place`;
   } finally {

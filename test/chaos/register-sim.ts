@@ -70,7 +70,13 @@ export function simulateRegister(random: SeededRandom, options: SimOptions): Ope
     } else {
       const op: Mutable<Operation> = { id: id++, process, key, kind: 'get', invokeMs, completeMs, outcome: 'ok', version: 0, readValue: null };
       ops.push(op);
-      effects.push({ at, apply: () => ((op.version = state.version), (op.readValue = state.value)) });
+      effects.push({
+        at,
+        apply: () => {
+          op.version = state.version;
+          op.readValue = state.value;
+        },
+      });
     }
   }
   for (const effect of effects.sort((a, b) => a.at - b.at)) effect.apply();

@@ -96,11 +96,13 @@ test('the coffer CLI against npm start\'s local cluster: every secret operation,
     const refused = await coffer(admin, ['secret', 'put', nasty, '--addr', admin['COFFER_ADDR']!.split(',')[0]!], 'x');
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /^coffer: INVALID_ARGUMENT: secret name "app\/\\\\u001b\[31mred\\\\n2026.*\\\\tforged"/);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: no raw ESC may reach the terminal
     assert.doesNotMatch(refused.stderr.trimEnd(), /[\u001b\n]/);
 
     // Audit: allowed and denied requests are there; verify passes, then finds a tampered record.
     const tail = await ok(['audit', 'tail', '-n', '200', '--addr', admin['COFFER_ADDR']!.split(',')[0]!]);
     assert.match(tail, /admin\tSecrets\.Put\tapp\/db\/password\tallowed\tOK/);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: no raw ESC may reach the terminal
     assert.doesNotMatch(tail, /\u001b|\tforged/, 'no raw escape, and no forged column');
     assert.match(tail, /\tadmin\tSecrets\.Put\t\tfailed\tINVALID_ARGUMENT$/m, 'the refused put is audited without its name');
     const tailJson = JSON.parse(await ok(['audit', 'tail', '-n', '200', '--output', 'json', '--addr', admin['COFFER_ADDR']!.split(',')[0]!])) as Array<{ target: string }>;

@@ -9,6 +9,7 @@ import { formatAuditTail } from '../../src/cli/admin-commands.ts';
 import { printable, printableJson } from '../../src/cli/printable.ts';
 
 /** Anything that acts on a terminal or fakes a line or a column: none may reach it raw. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: the test looks for raw control characters on purpose
 const RAW = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]/;
 
 const NASTY = [

@@ -172,8 +172,8 @@ test('docker-compose.autolock.yml over docker-compose.yml: every manager autoloc
 test('a broken compose file fails the run: a wrong flag, a manager that does not wait for init, a dependency cycle', { timeout: 240_000 }, async () => {
   const cases: Array<{ what: string; edit: (text: string) => string; error: RegExp }> = [
     { what: 'a misspelt flag in m2', edit: (t) => t.replace('"--join", "m1:7400", "--token-file", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"', '"--join", "m1:7400", "--token-fil", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"'), error: /service m2 exited/ },
-    { what: 'm1 not waiting for init', edit: (t) => t.replace(/(  m1:[\s\S]*?)    depends_on:\n      init:\n        condition: service_completed_successfully\n/, '$1'), error: /service m1 exited|never became healthy/ },
-    { what: 'a dependency cycle', edit: (t) => t.replace(/(  m1:[\s\S]*?depends_on:\n)/, '$1      m3:\n        condition: service_healthy\n'), error: /cycle/ },
+    { what: 'm1 not waiting for init', edit: (t) => t.replace(/( {2}m1:[\s\S]*?) {4}depends_on:\n {6}init:\n {8}condition: service_completed_successfully\n/, '$1'), error: /service m1 exited|never became healthy/ },
+    { what: 'a dependency cycle', edit: (t) => t.replace(/( {2}m1:[\s\S]*?depends_on:\n)/, '$1      m3:\n        condition: service_healthy\n'), error: /cycle/ },
   ];
   for (const { what, edit, error } of cases) {
     const text = edit(COMPOSE.text);

@@ -24,7 +24,7 @@ import { SeededRandom } from '../../src/util/prng.ts';
 import { eventually } from '../processes/processes.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
 import { CALLERS, NARROW_GLOB, judge, type CallerName, type MethodFacts, type Outcome } from './oracle.ts';
-import { MAX_RECEIVE_BYTES, between, chance, makePayload, pick, type Hints, type MessageDescriptor, type Payload, type PayloadTarget, type ResolveType } from './payloads.ts';
+import { MAX_RECEIVE_BYTES, between, makePayload, pick, type Hints, type MessageDescriptor, type Payload, type PayloadTarget, type ResolveType } from './payloads.ts';
 
 export interface FuzzOptions {
   readonly seed: number;
@@ -251,6 +251,13 @@ function bump(counts: Record<string, number>, key: string): void {
   counts[key] = (counts[key] ?? 0) + 1;
 }
 
+/** The counts kept under `name`, made on first use. */
+function group(groups: Record<string, Record<string, number>>, name: string): Record<string, number> {
+  const counts = groups[name] ?? {};
+  groups[name] = counts;
+  return counts;
+}
+
 const codeName = (code: grpc.status): string => grpc.status[code] ?? String(code);
 
 export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
@@ -424,8 +431,8 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
 
       const code = codeName(sent.outcome.code);
       bump(codes, code);
-      bump((byCaller[caller] ??= {}), code);
-      bump((byMethod[method.name] ??= {}), code);
+      bump(group(byCaller, caller), code);
+      bump(group(byMethod, method.name), code);
       for (const p of payloads) bump(byPayload, p.kind);
 
       const largest = Math.max(...payloads.map((p) => p.bytes.length));

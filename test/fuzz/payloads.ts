@@ -143,6 +143,7 @@ const HOSTILE_STRINGS: readonly string[] = [
   'root',
   'admin',
   '%s%s%s%n',
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a log-injection payload, literally
   '${jndi:ldap://127.0.0.1/a}',
   "' OR '1'='1' --",
   '\u202egnp.exe',

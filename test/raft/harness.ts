@@ -60,7 +60,7 @@ export class Cluster {
   #makeNode(id: NodeId, persisted: PersistedState | undefined, disk = new MemoryRaftState()): HarnessNode {
     const raw = new RawNode({ id, random: this.#random.fork(), ...this.#config }, persisted);
     const applied: string[] = [];
-    let appliedIndex = persisted?.snapshot?.metadata.index ?? 0;
+    const appliedIndex = persisted?.snapshot?.metadata.index ?? 0;
     if (persisted?.snapshot) applied.push(...(JSON.parse(decoder.decode(persisted.snapshot.data)) as string[]));
     return { id, raw, disk, up: true, applied, appliedIndex, reappliedEntries: 0, readStates: [], readRefusals: [] };
   }
