@@ -2,7 +2,6 @@ import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { packr } from '../codec/msgpack.ts';
 import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken, selfSignedCertificate } from '../crypto/pki.ts';
 import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';

@@ -1,9 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
-import { join } from 'node:path';
 import type { AuditLog } from '../audit/audit-log.ts';
-import { ProposalRefused } from '../manager/errors.ts';
 import { Manager } from '../manager/manager.ts';
 import { Proposer } from '../manager/proposer.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
@@ -18,7 +16,7 @@ import type { TlsMaterial } from '../transport/tls.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import { SeededRandom } from '../util/prng.ts';
 import { AnonymousAudit } from './anonymous-audit.ts';
-import { AUDIT_ANCHOR_INTERVAL_MS, AuditAnchoring } from './audit-anchor.ts';
+import { AuditAnchoring } from './audit-anchor.ts';
 import { openManagerAuditLog } from './audit-key.ts';
 import { ManagerCertificate } from './certificates.ts';
 import { ClusterCa, type SigningCa } from './cluster-ca.ts';

@@ -1,4 +1,4 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { packr } from '../codec/msgpack.ts';
 import type { ClusterState, MemberKey } from '../state/cluster-state.ts';
 import type { ConfState, NodeId } from '../raft/types.ts';

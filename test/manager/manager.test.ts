@@ -8,7 +8,6 @@ import { DataDir } from '../../src/manager/data-dir.ts';
 import { Keyring } from '../../src/crypto/keyring.ts';
 import { ManagerError, ProposalRefused, type ManagerErrorCode } from '../../src/manager/errors.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
-import { join } from 'node:path';
 import { LocalCluster } from './cluster.ts';
 import { putCommand } from './kv-machine.ts';
 import { operator } from './operator.ts';

@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { join } from 'node:path';
-import { issueCertificate, newLeafKey, identityOf } from '../../src/crypto/pki.ts';
+import { issueCertificate, identityOf } from '../../src/crypto/pki.ts';
 import type { Message } from '../../src/raft/types.ts';
 import { joinCluster } from '../../src/server/bootstrap.ts';
 import { CofferNode } from '../../src/server/node.ts';

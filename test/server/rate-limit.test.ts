@@ -5,7 +5,10 @@ import { IDENTITY_REQUESTS_PER_SECOND_DEFAULT, IDENTITY_WRITE_BYTES_PER_MINUTE_D
 /** A clock the test moves by hand. */
 function fakeClock(): { now: () => number; advance: (ms: number) => void } {
   let ms = 1_000_000;
-  return { now: () => ms, advance: (by) => void (ms += by) };
+  return { now: () => ms, advance: (by) => {
+      ms += by;
+    },
+  };
 }
 
 test('requests: a burst of one second\'s worth, then refused with the limit and the flag named, then refilled over time', () => {
