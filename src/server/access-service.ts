@@ -5,7 +5,7 @@ import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type
 import { accessGuard } from '../state/access-guard.ts';
 import { POLICY_NAME_PATTERN, ROOT_POLICY, normalizePolicyRules, policyProblem, type Capability, type PolicyRule } from '../state/policy.ts';
 import { services } from '../transport/proto.ts';
-import { ServiceError, storeStatus } from './errors.ts';
+import { ServiceError, refusalStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
 import { authenticateClient, authorize, noteTarget, unary, type Call } from './rpc.ts';
 import type { Identity } from '../crypto/pki.ts';
@@ -43,7 +43,7 @@ export function registerAccessServices(node: CofferNode): void {
     const refusal = accessGuard(access, command, { name: caller.id, key: caller.spki });
     if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
     const result = await node.proposeCommand(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
-    if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
+    if (!result.ok) throw new ServiceError('code' in result ? refusalStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
   };
   const policyReply = (name: string, rules: readonly PolicyRule[]) => ({ name, rules: rules.map((r) => ({ path: r.path, capabilities: [...r.capabilities], deny: r.deny })) });
 

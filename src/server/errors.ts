@@ -3,7 +3,7 @@ import { CryptoError } from '../crypto/errors.ts';
 import { ManagerError } from '../manager/errors.ts';
 import { RaftError } from '../raft/errors.ts';
 import { ReplicaError } from '../replica/replica.ts';
-import { StoreError, type StoreErrorCode } from '../state/secret-store.ts';
+import { RefusalError, type RefusalCode } from '../state/state-part.ts';
 
 /** A refusal with its gRPC status and a message that says what to do; never a stack or a secret. */
 export class ServiceError extends Error {
@@ -16,7 +16,8 @@ export class ServiceError extends Error {
   }
 }
 
-export function storeStatus(code: StoreErrorCode): grpc.status {
+/** The gRPC status of each refusal code of the applied state (src/state/state-part.ts). */
+export function refusalStatus(code: RefusalCode): grpc.status {
   switch (code) {
     case 'NOT_FOUND':
     case 'EXPIRED':
@@ -24,6 +25,7 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
       return grpc.status.NOT_FOUND;
     case 'CAS_MISMATCH':
     case 'DESTROYED':
+    case 'PRECONDITION':
       return grpc.status.FAILED_PRECONDITION;
     case 'INVALID':
       return grpc.status.INVALID_ARGUMENT;
@@ -33,13 +35,17 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
       return grpc.status.PERMISSION_DENIED;
     case 'EXISTS':
       return grpc.status.ALREADY_EXISTS;
+    default: {
+      const unmapped: never = code;
+      throw new TypeError(`no gRPC status for refusal code ${String(unmapped)}`);
+    }
   }
 }
 
 /** The one place where internal error codes become gRPC statuses. */
 export function toStatus(error: unknown): { code: grpc.status; details: string } {
   if (error instanceof ServiceError) return { code: error.status, details: error.message };
-  if (error instanceof StoreError) return { code: storeStatus(error.code), details: error.message };
+  if (error instanceof RefusalError) return { code: refusalStatus(error.code), details: error.message };
   if (error instanceof RaftError) {
     switch (error.code) {
       case 'NOT_LEADER':

@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_NAME_BYTES_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../state/limits.ts';
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
 import { services } from '../transport/proto.ts';
-import { ServiceError, storeStatus } from './errors.ts';
+import { ServiceError, refusalStatus } from './errors.ts';
 import type { CofferNode } from './node.ts';
 import { authenticateClient, authorize, unary, type Call } from './rpc.ts';
 
@@ -47,7 +47,7 @@ export function registerSecretsService(node: CofferNode): void {
   const write = async (call: Call<unknown>, command: SecretCommand): Promise<number> => {
     const caller = authenticateClient(node, call);
     const result = await node.proposeCommand(encodeSecretCommand(command, { name: caller.id, key: caller.spki }));
-    if (!result.ok) throw new ServiceError('code' in result ? storeStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
+    if (!result.ok) throw new ServiceError('code' in result ? refusalStatus(result.code) : grpc.status.FAILED_PRECONDITION, result.reason);
     return 'version' in result ? result.version : 0;
   };
   /** Linearizable unless stale: waits until this manager has applied every write committed before. */
