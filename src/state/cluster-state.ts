@@ -311,7 +311,7 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
     }
     case 'cluster.ca-retire': {
       const [gen] = fields as unknown[];
-      if (typeof gen !== 'number') return 'a CA retirement names a CA generation';
+      if (typeof gen !== 'number' || !Number.isSafeInteger(gen) || gen < 1) return 'a CA retirement names a CA generation';
       return { kind, gen };
     }
     case 'cluster.audit-anchor': {
