@@ -126,13 +126,13 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         }
         if (command.reissue !== true) return refusal('EXISTS', `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue`);
         record.policies = [...command.policies];
-        addKey(record, key);
+        addIdentityKey(record, key);
         return APPLIED;
       }
       case 'identity-renew': {
         const record = this.identities.get(command.name);
         if (record === undefined || record.revoked) return refusal('NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
-        addKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen });
+        addIdentityKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen });
         return APPLIED;
       }
       case 'identity-revoke': {
@@ -190,7 +190,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   }
 }
 
-function addKey(record: IdentityRecord, key: IdentityKey): void {
+function addIdentityKey(record: IdentityRecord, key: IdentityKey): void {
   record.keys = [...record.keys.filter((k) => k.key !== key.key), key].slice(-IDENTITY_KEYS_MAX);
 }
 

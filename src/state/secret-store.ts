@@ -40,7 +40,7 @@ export interface SecretMetadata {
   readonly labels: ReadonlyArray<readonly [string, number]>;
 }
 
-interface Version {
+interface VersionRecord {
   readonly version: number;
   value: Buffer | null;
   readonly createdAtMs: number;
@@ -50,9 +50,9 @@ interface Version {
   readonly writer: string | null;
 }
 
-interface Secret {
+interface SecretRecord {
   readonly name: string;
-  readonly versions: Map<number, Version>;
+  readonly versions: Map<number, VersionRecord>;
   lastVersion: number;
   readonly labels: Map<string, number>;
   deleted: boolean;
@@ -115,16 +115,16 @@ export function decodeSecretCommand(kind: string, data: Uint8Array): DecodedComm
  */
 export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   readonly prefix = 'secret.';
-  readonly #secrets = new Map<string, Secret>();
+  readonly #secrets = new Map<string, SecretRecord>();
 
   /** Per identity: secrets created and value bytes held (recomputed from the versions at restore). */
   readonly #usage = new Map<string, { secrets: number; valueBytes: number }>();
-  readonly #secretsMax: number;
-  readonly #valueBytesMax: number;
+  readonly #identitySecretsMax: number;
+  readonly #identityValueBytesMax: number;
 
   constructor(quotas: IdentityQuotas = {}) {
-    this.#secretsMax = quotas.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
-    this.#valueBytesMax = quotas.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
+    this.#identitySecretsMax = quotas.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
+    this.#identityValueBytesMax = quotas.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
   }
 
   encode(command: SecretCommand, actor: Actor | null): EncodedCommand {
@@ -200,8 +200,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         const version = secret.versions.get(command.version);
         if (version === undefined) return refusal('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
         if (version.value === null) return refusal('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
-        const userLabels = [...secret.labels.keys()].filter((l) => !isReserved(l));
-        if (!secret.labels.has(command.label) && !isReserved(command.label) && userLabels.length >= USER_LABELS_MAX) {
+        const userLabels = [...secret.labels.keys()].filter((l) => !isReservedLabel(l));
+        if (!secret.labels.has(command.label) && !isReservedLabel(command.label) && userLabels.length >= USER_LABELS_MAX) {
           return refusal('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
         }
         secret.labels.set(command.label, command.version);
@@ -210,7 +210,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       case 'unlabel': {
         const secret = this.#secrets.get(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
-        if (isReserved(command.label)) return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
+        if (isReservedLabel(command.label)) return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
         if (!secret.labels.delete(command.label)) return refusal('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
         return { ok: true, version: secret.lastVersion };
       }
@@ -279,9 +279,9 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    * creator; the value's bytes count for the writer, less what the versions it drops (versions
    * kept) held for the same writer, so a put that frees as much as it adds always passes.
    */
-  #quotaProblem(writer: string, secret: Secret | undefined, command: Extract<SecretCommand, { op: 'put' }>): string | null {
+  #quotaProblem(writer: string, secret: SecretRecord | undefined, command: Extract<SecretCommand, { op: 'put' }>): string | null {
     const usage = this.usage(writer);
-    if (secret === undefined && usage.secrets >= this.#secretsMax) {
+    if (secret === undefined && usage.secrets >= this.#identitySecretsMax) {
       return `identity "${writer}" has created ${usage.secrets} secrets, the most one identity may (IDENTITY_SECRETS_MAX); write new versions of its secrets instead (a name stays taken after delete and destroy)`;
     }
     let freed = 0;
@@ -290,8 +290,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       for (const v of secret.versions.values()) if (v.version <= oldest && v.writer === writer && v.value !== null) freed += v.value.byteLength;
     }
     const after = usage.valueBytes - freed + command.value.byteLength;
-    if (after > this.#valueBytesMax && after > usage.valueBytes) {
-      return `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#valueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`;
+    if (after > this.#identityValueBytesMax && after > usage.valueBytes) {
+      return `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#identityValueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`;
     }
     return null;
   }
@@ -306,7 +306,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   /** Overwrites a value's bytes before dropping it (the process's copy; disks hold only ciphertext), and uncharges its writer. */
-  #wipe(version: Version): void {
+  #wipe(version: VersionRecord): void {
     if (version.value === null) return;
     this.#charge(version.writer, 0, -version.value.byteLength);
     version.value.fill(0);
@@ -336,7 +336,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   metadata(name: string): SecretMetadata {
     const secret = this.#secrets.get(name);
     if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
-    return describe(secret);
+    return metadataOf(secret);
   }
 
   versions(name: string, nowMs: number): VersionMetadata[] {
@@ -362,7 +362,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       const secret = this.#secrets.get(name)!;
       if ((secret.deleted && !includeDeleted) || !visible(name)) continue;
       if (page.length === limit) return { secrets: page, next: page[page.length - 1]!.name };
-      page.push(describe(secret));
+      page.push(metadataOf(secret));
     }
     return { secrets: page, next: '' };
   }
@@ -402,7 +402,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     const identity = (value: unknown): string | null => (typeof value === 'string' ? value : null);
     type Row = [string, Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>, number, Array<[string, number]>, boolean, number, number, number, unknown?];
     for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator] of image as Row[]) {
-      const secret: Secret = {
+      const secret: SecretRecord = {
         name,
         versions: new Map(versions.map(([version, value, created, expireAtMs, expired, writer]) => [version, { version, value: value === null ? null : ownedCopy(value), createdAtMs: created, expireAtMs, expired, writer: identity(writer) }])),
         lastVersion,
@@ -420,11 +420,11 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 }
 
-function isReserved(label: string): boolean {
+function isReservedLabel(label: string): boolean {
   return (RESERVED_LABELS as readonly string[]).includes(label);
 }
 
-function describe(secret: Secret): SecretMetadata {
+function metadataOf(secret: SecretRecord): SecretMetadata {
   return {
     name: secret.name,
     currentVersion: secret.labels.get('current') ?? 0,
