@@ -90,8 +90,14 @@ export function certificateRefusal(authority: Authority, actor: Actor, what: str
  * order: `decode`; `authorize` if the command names an actor (a client); then `apply`.
  *
  * Every step reads only replicated state, so every manager reaches the same verdict at the same
- * index, and none throws on bad input: a refusal is a result. A part's image (`snapshot`) is
- * plain data for msgpack; AppliedState packs the parts' images into one, in table order.
+ * index, and none throws on bad input: a refusal is a result, and a refused command changes
+ * nothing. A part's image (`snapshot`) is plain data for msgpack; AppliedState packs the parts'
+ * images into one, in table order.
+ *
+ * The steps are kept apart for the move of the applied state to a key-value store on disk:
+ * `decode` reads nothing, `authorize` only reads, `apply` is the one step that writes (a refusal
+ * is decided before any write, so a part can gather its writes into one batch), and
+ * `snapshot`/`restore` are the whole part out and in.
  */
 export interface StatePart<Command, Applied extends { readonly ok: true }> {
   readonly prefix: PartPrefix;
