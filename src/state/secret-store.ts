@@ -94,7 +94,7 @@ export function encodeSecretCommand(command: SecretCommand, actor: Actor | null 
 }
 
 /** Decodes a command and its actor (null for the leader's own commands, such as the expiry sweep). */
-export function decodeSecretCommand(kind: string, data: Uint8Array): DecodedCommand<SecretCommand> | Refusal {
+function decodeSecretCommand(kind: string, data: Uint8Array): DecodedCommand<SecretCommand> | Refusal {
   let value: unknown;
   try {
     value = packr.unpack(data);
