@@ -205,7 +205,7 @@ export type MessageType = Message['type'];
 /**
  * What the application must do, in this order, before calling `advance()`:
  *
- * 1. Persist, in ONE atomic and synced write: `hardState` (if set), `entries` (if any; they
+ * 1. Persist, in ONE atomic write, synced if `mustSync`: `hardState` (if set), `entries` (if any; they
  *    replace every persisted entry from `entries[0].index` on), and `snapshot` (if set; it
  *    replaces the whole persisted log, and `entries`, if any, follow it). Nothing of this Ready may be sent or applied
  *    before this write is durable: a vote or an acknowledgement sent before its record is on
@@ -231,7 +231,12 @@ export interface Ready {
   readonly committedEntries: readonly Entry[];
   readonly readStates: readonly ReadState[];
   readonly readRefusals: readonly ReadRefusal[];
-  /** True when step 1 has anything to write; false means no fsync is needed. */
+  /**
+   * Whether step 1's write must be synced before anything of this Ready goes out: true when it
+   * holds entries, a snapshot, or a new term or vote (what votes and acknowledgements rest on).
+   * False when there is nothing to write, or when only the commit index moved: that is written
+   * without a sync, since a commit index lost in a crash is learnt again from the leader.
+   */
   readonly mustSync: boolean;
 }
 

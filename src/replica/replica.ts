@@ -2,7 +2,7 @@ import { RaftError } from '../raft/errors.ts';
 import { entryBytes } from '../raft/log.ts';
 import { RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { ConfChange, Entry, HardState, Message, NodeId, Ready, ReadRefusalReason, Status } from '../raft/types.ts';
+import type { ConfChange, Entry, Message, NodeId, Ready, ReadRefusalReason, Status } from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
 import { assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
@@ -171,8 +171,6 @@ export class Replica<Result> {
   #readRequestDue = false;
   readonly #observer: ReplicaObserver | null;
   #lead: NodeId = 0;
-  /** The hard state last written (to tell a commit-only change). */
-  #savedHard: HardState | null = null;
   #readSeq = 0;
   #applied: number;
   #lastSnapshotIndex: number;
@@ -214,7 +212,6 @@ export class Replica<Result> {
     const forcedOut = options.forceNewCluster === true ? raw.forceNewCluster() : [];
     const replica = new Replica(options, raw, persisted.snapshot?.metadata.index ?? 0);
     replica.forcedOut = forcedOut;
-    replica.#savedHard = persisted.hardState;
     replica.#kick();
     return replica;
   }
@@ -389,11 +386,12 @@ export class Replica<Result> {
       if (early.length > 0) this.#peers.send(early);
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
-        // Only the commit index moved: written, not synced (the leader's acknowledgement of its own
-        // entries now comes after its write, so a lone voter commits in a Ready of its own).
-        const commitOnly = ready.entries.length === 0 && ready.snapshot === null && ready.hardState !== null && this.#savedHard !== null && ready.hardState.term === this.#savedHard.term && ready.hardState.vote === this.#savedHard.vote;
-        await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot, sync: !commitOnly });
-        if (ready.hardState !== null) this.#savedHard = ready.hardState;
+        // The core says whether the write must be synced: entries, a snapshot, a new term or vote
+        // must (they are acknowledged after this write); a hard state where only the commit index
+        // moved is written, not synced (a lost commit index is learnt again from the leader; the
+        // leader's acknowledgement of its own entries comes after its write, so a lone voter
+        // commits in a Ready of its own).
+        await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot, sync: ready.mustSync });
         const observer = this.#observer;
         if (observer !== null) {
           const now = performance.now();
@@ -403,7 +401,7 @@ export class Replica<Result> {
             if (proposal !== undefined && proposal.term === entry.term) observer.proposed((now - proposal.startMs) / 1000);
           }
         }
-        if (!commitOnly) this.stats.syncs++;
+        if (ready.mustSync) this.stats.syncs++;
         this.stats.entriesPersisted += ready.entries.length;
       }
       if (this.#stopped) return;

@@ -3,7 +3,7 @@ import { CryptoError } from '../crypto/errors.ts';
 import { ManagerError, ProposalRefused } from '../manager/errors.ts';
 import { RaftError } from '../raft/errors.ts';
 import { ReplicaError } from '../replica/replica.ts';
-import { StoreError, type StoreErrorCode } from '../state/secret-store.ts';
+import { RefusalError, type RefusalCode } from '../state/state-part.ts';
 
 /** A refusal with its gRPC status and a message that says what to do; never a stack or a secret. */
 export class ServiceError extends Error {
@@ -16,9 +16,10 @@ export class ServiceError extends Error {
   }
 }
 
-const STORE_CODES: ReadonlySet<string> = new Set<StoreErrorCode>(['NOT_FOUND', 'EXPIRED', 'DELETED', 'CAS_MISMATCH', 'DESTROYED', 'INVALID', 'LIMIT', 'DENIED', 'EXISTS']);
+const REFUSAL_CODES: ReadonlySet<string> = new Set<RefusalCode>(['NOT_FOUND', 'EXPIRED', 'DELETED', 'CAS_MISMATCH', 'DESTROYED', 'INVALID', 'LIMIT', 'DENIED', 'EXISTS', 'PRECONDITION']);
 
-export function storeStatus(code: StoreErrorCode): grpc.status {
+/** The gRPC status of each refusal code of the applied state (src/state/state-part.ts). */
+export function refusalStatus(code: RefusalCode): grpc.status {
   switch (code) {
     case 'NOT_FOUND':
     case 'EXPIRED':
@@ -26,6 +27,7 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
       return grpc.status.NOT_FOUND;
     case 'CAS_MISMATCH':
     case 'DESTROYED':
+    case 'PRECONDITION':
       return grpc.status.FAILED_PRECONDITION;
     case 'INVALID':
       return grpc.status.INVALID_ARGUMENT;
@@ -35,17 +37,21 @@ export function storeStatus(code: StoreErrorCode): grpc.status {
       return grpc.status.PERMISSION_DENIED;
     case 'EXISTS':
       return grpc.status.ALREADY_EXISTS;
+    default: {
+      const unmapped: never = code;
+      throw new TypeError(`no gRPC status for refusal code ${String(unmapped)}`);
+    }
   }
 }
 
 /** The one place where internal error codes become gRPC statuses. */
 export function toStatus(error: unknown): { code: grpc.status; details: string } {
   if (error instanceof ServiceError) return { code: error.status, details: error.message };
-  if (error instanceof StoreError) return { code: storeStatus(error.code), details: error.message };
+  if (error instanceof RefusalError) return { code: refusalStatus(error.code), details: error.message };
   if (error instanceof ProposalRefused) {
     // The applied state's refusals carry their own code; the barrier's and keyring operations' are preconditions.
-    const known = error.source === 'state' && STORE_CODES.has(error.code);
-    return { code: known ? storeStatus(error.code as StoreErrorCode) : grpc.status.FAILED_PRECONDITION, details: error.message };
+    const known = error.source === 'state' && REFUSAL_CODES.has(error.code);
+    return { code: known ? refusalStatus(error.code as RefusalCode) : grpc.status.FAILED_PRECONDITION, details: error.message };
   }
   if (error instanceof RaftError) {
     switch (error.code) {

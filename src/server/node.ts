@@ -149,7 +149,7 @@ export class CofferNode {
     this.proposer = new Proposer<AppliedResult>({
       manager,
       leader: this.#leaderLink,
-      refusalOf: (result) => (result.ok ? null : { code: 'code' in result ? result.code : 'PRECONDITION', reason: result.reason }),
+      refusalOf: (result) => (result.ok ? null : { code: result.code, reason: result.reason }),
       logger: log,
     });
     this.#leaderDuties = new LeaderDuties({ config, state, cas, manager, propose, proposeConfChange: (change) => this.proposer.confChange(change), log });

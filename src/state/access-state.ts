@@ -1,5 +1,6 @@
 import { packr } from '../codec/msgpack.ts';
 import { ROOT_POLICY, decide, policyProblem, type Capability, type Decision, type Policy, type PolicyRule } from './policy.ts';
+import { certificateRefusal, refusal, type Authority, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
 
 
 /** Who asked for a command (a client identity and the key its certificate holds). */
@@ -23,8 +24,11 @@ export type AccessCommand =
   /** Every certificate of the identity is refused from the index this applies at. */
   | { readonly op: 'identity-revoke'; readonly name: string };
 
-export type AccessResultCode = 'NOT_FOUND' | 'INVALID' | 'EXISTS' | 'DENIED';
-export type AccessResult = { readonly ok: true } | { readonly ok: false; readonly code: AccessResultCode; readonly reason: string };
+/** What an access command returns when it applies (a refusal otherwise). */
+export interface AccessApplied {
+  readonly ok: true;
+}
+export type AccessResult = AccessApplied | Refusal;
 
 /** A certificate key an identity may act with. */
 export interface IdentityKey {
@@ -54,7 +58,7 @@ export const IDENTITY_KEYS_MAX = 4;
 const KEY_PATTERN = /^[0-9a-f]{64}$/;
 const SERIAL_PATTERN = /^[0-9a-f]{1,64}$/;
 
-export function encodeAccessCommand(command: AccessCommand, actor: Actor | null = null): { kind: string; data: Buffer } {
+export function encodeAccessCommand(command: AccessCommand, actor: Actor | null = null): EncodedCommand {
   return { kind: `access.${command.op}`, data: packr.pack(actor === null ? command : { ...command, actor }) };
 }
 
@@ -67,68 +71,76 @@ export type AccessGuard = (state: AccessState, command: AccessCommand, actor: Ac
  * list), so a revocation applies on every manager at the same index, and a certificate made with
  * a stolen CA key (a known name and serial, another key) is refused.
  */
-export class AccessState {
+export class AccessState implements StatePart<AccessCommand, AccessApplied>, Authority {
+  readonly prefix = 'access.';
   readonly policies = new Map<string, Policy>();
   readonly identities = new Map<string, IdentityRecord>();
   readonly #guard: AccessGuard | null;
 
-  /** `guard` checks a client's access command against the state it applies to (see AppliedState). */
+  /** `guard` checks a client's access command against the state it applies to (see `authorize`). */
   constructor(guard: AccessGuard | null = null) {
     this.#guard = guard;
   }
 
-  apply(kind: string, data: Buffer): AccessResult {
+  encode(command: AccessCommand, actor: Actor | null): EncodedCommand {
+    return encodeAccessCommand(command, actor);
+  }
+
+  decode(kind: string, data: Uint8Array): DecodedCommand<AccessCommand> | Refusal {
     let c: Record<string, unknown>;
     try {
       c = packr.unpack(data) as Record<string, unknown>;
     } catch {
-      return invalid(`the ${kind} command does not decode`);
+      return refusal('INVALID', `the ${kind.slice(0, 60)} command does not decode`);
     }
-    if (typeof c !== 'object' || c === null || kind !== `access.${String(c['op'])}`) return invalid(`the ${kind} command is malformed`);
-    const command = commandOf(c);
-    if (typeof command === 'string') return invalid(command);
+    if (typeof c !== 'object' || c === null || kind !== `access.${String(c['op'])}`) return refusal('INVALID', `the ${kind.slice(0, 60)} command is malformed`);
+    const command = checkedAccessCommand(c);
+    if (typeof command === 'string') return refusal('INVALID', command);
     const actor = actorOf(c['actor']);
-    if (typeof actor === 'string') return invalid(actor);
-    if (actor !== null) {
-      if (!this.certificateValid(actor.name, actor.key)) return { ok: false, code: 'DENIED', reason: `the certificate of identity "${actor.name}" was revoked before this change applied` };
-      const refusal = this.#guard?.(this, command, actor) ?? null;
-      if (refusal !== null) return { ok: false, code: 'DENIED', reason: refusal };
-    }
-    return this.#apply(command);
+    if (typeof actor === 'string') return refusal('INVALID', actor);
+    return { ok: true, command, actor };
   }
 
-  #apply(command: AccessCommand): AccessResult {
+  /** Who may change who may do what: a valid certificate, then this state's own guard (access-guard.ts), read from this state. */
+  authorize(command: AccessCommand, actor: Actor): Refusal | null {
+    const revoked = certificateRefusal(this, actor, 'change');
+    if (revoked !== null) return revoked;
+    const refused = this.#guard?.(this, command, actor) ?? null;
+    return refused === null ? null : refusal('DENIED', refused);
+  }
+
+  apply(command: AccessCommand): AccessResult {
     switch (command.op) {
       case 'policy-put':
         this.policies.set(command.name, { name: command.name, rules: command.rules });
-        return { ok: true };
+        return APPLIED;
       case 'policy-remove':
-        if (!this.policies.delete(command.name)) return { ok: false, code: 'NOT_FOUND', reason: `policy "${command.name}" does not exist` };
-        return { ok: true };
+        if (!this.policies.delete(command.name)) return refusal('NOT_FOUND', `policy "${command.name}" does not exist`);
+        return APPLIED;
       case 'identity-issue': {
         const record = this.identities.get(command.name);
         const key = { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen };
         if (record === undefined || record.revoked) {
           this.identities.set(command.name, { name: command.name, policies: [...command.policies], keys: [key], revoked: false, createdAtMs: command.nowMs });
-          return { ok: true };
+          return APPLIED;
         }
-        if (command.reissue !== true) return { ok: false, code: 'EXISTS', reason: `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue` };
+        if (command.reissue !== true) return refusal('EXISTS', `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue`);
         record.policies = [...command.policies];
-        addKey(record, key);
-        return { ok: true };
+        addIdentityKey(record, key);
+        return APPLIED;
       }
       case 'identity-renew': {
         const record = this.identities.get(command.name);
-        if (record === undefined || record.revoked) return { ok: false, code: 'NOT_FOUND', reason: `identity "${command.name}" does not exist or was revoked` };
-        addKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen });
-        return { ok: true };
+        if (record === undefined || record.revoked) return refusal('NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
+        addIdentityKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen });
+        return APPLIED;
       }
       case 'identity-revoke': {
         const record = this.identities.get(command.name);
-        if (record === undefined) return { ok: false, code: 'NOT_FOUND', reason: `identity "${command.name}" does not exist` };
+        if (record === undefined) return refusal('NOT_FOUND', `identity "${command.name}" does not exist`);
         record.keys = [];
         record.revoked = true;
-        return { ok: true };
+        return APPLIED;
       }
     }
   }
@@ -178,16 +190,14 @@ export class AccessState {
   }
 }
 
-function addKey(record: IdentityRecord, key: IdentityKey): void {
+function addIdentityKey(record: IdentityRecord, key: IdentityKey): void {
   record.keys = [...record.keys.filter((k) => k.key !== key.key), key].slice(-IDENTITY_KEYS_MAX);
 }
 
-function invalid(reason: string): AccessResult {
-  return { ok: false, code: 'INVALID', reason };
-}
+const APPLIED: AccessApplied = Object.freeze({ ok: true });
 
-/** Checks a decoded command field by field (it came through the log: trust nothing). */
-function commandOf(c: Record<string, unknown>): AccessCommand | string {
+/** Checks a decoded command field by field (it came through the log: trust nothing), or says why it is not one. */
+function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | string {
   const name = c['name'];
   if (typeof name !== 'string') return 'a name is required';
   switch (c['op']) {

@@ -1,6 +1,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import { packr } from '../codec/msgpack.ts';
 import type { NodeId } from '../raft/types.ts';
+import type { Actor } from './access-state.ts';
+import { refusal, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
 
 
 /** A cluster CA: the certificate and key managers sign with, replicated so a rotation applies everywhere at one index. */
@@ -23,7 +25,7 @@ export const MEMBER_KEYS_MAX = 2;
 /** CAs trusted at once: the active one and, during a rotation, the one it replaces. */
 export const CAS_MAX = 2;
 
-/** Command kinds this state handles (all start with `cluster.`). */
+/** The commands of the cluster part (every kind starts with `cluster.`). */
 export type ClusterCommand =
   | { readonly kind: 'cluster.member'; readonly id: NodeId; readonly address: string; readonly key?: MemberKey }
   | { readonly kind: 'cluster.member-key'; readonly id: NodeId; readonly key: MemberKey }
@@ -48,7 +50,11 @@ export type ClusterCommand =
   | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean }
   | { readonly kind: 'cluster.recovery-key'; readonly publicKey: Uint8Array };
 
-export type ClusterResult = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+/** What a cluster command returns when it applies (a refusal otherwise). */
+export interface ClusterApplied {
+  readonly ok: true;
+}
+export type ClusterResult = ClusterApplied | Refusal;
 
 /**
  * Replicated facts about the cluster itself: where each manager listens, which managers were
@@ -56,7 +62,8 @@ export type ClusterResult = { readonly ok: true } | { readonly ok: false; readon
  * token (replacing it makes the old token stop working on every manager at once), and which
  * learners an operator demoted (the leader does not promote those on its own).
  */
-export class ClusterState {
+export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
+  readonly prefix = 'cluster.';
   readonly addresses = new Map<NodeId, string>();
   /** The keys each manager's certificate may hold: a Raft stream or a proposal from any other key is refused. */
   readonly memberKeys = new Map<NodeId, MemberKey[]>();
@@ -73,8 +80,14 @@ export class ClusterState {
   readonly heldLearners = new Set<NodeId>();
   /** The public half of the recovery key: backups wrap the root key for it. */
   recoveryPublicKey: Buffer | null = null;
+  readonly #onCaRetired: (gen: number) => void;
 
-  static encode(command: ClusterCommand): { kind: string; data: Buffer } {
+  /** `onCaRetired` runs when a CA generation is retired, at the same index (AppliedState retires the identity keys it certified). */
+  constructor(options: { onCaRetired?: (gen: number) => void } = {}) {
+    this.#onCaRetired = options.onCaRetired ?? (() => undefined);
+  }
+
+  static encode(command: ClusterCommand): EncodedCommand {
     switch (command.kind) {
       case 'cluster.member':
         return { kind: command.kind, data: packr.pack(command.key === undefined ? [command.id, command.address] : [command.id, command.address, command.key.key, command.key.caGen]) };
@@ -101,105 +114,98 @@ export class ClusterState {
     }
   }
 
-  apply(kind: string, data: Buffer): ClusterResult {
-    const fields: unknown = packr.unpack(data);
-    if (!Array.isArray(fields)) return { ok: false, reason: `a ${kind} command is not a list` };
-    const isId = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
-    switch (kind) {
+  /** Cluster commands are the managers' own: they name no client. */
+  encode(command: ClusterCommand, actor: Actor | null = null): EncodedCommand {
+    if (actor !== null) throw new TypeError(`a cluster command names no client (got "${actor.name}")`);
+    return ClusterState.encode(command);
+  }
+
+  decode(kind: string, data: Uint8Array): DecodedCommand<ClusterCommand> | Refusal {
+    const command = decodeClusterCommand(kind, data);
+    return typeof command === 'string' ? refusal('INVALID', command) : { ok: true, command, actor: null };
+  }
+
+  /** Never reached (cluster commands decode with no actor); were one to name a client, it is refused. */
+  authorize(command: ClusterCommand, actor: Actor): Refusal | null {
+    return refusal('DENIED', `a ${command.kind} command is a manager's own, not identity "${actor.name}"'s`);
+  }
+
+  apply(command: ClusterCommand): ClusterResult {
+    switch (command.kind) {
       case 'cluster.member': {
-        const [id, address, key, caGen] = fields as unknown[];
-        if (!isId(id) || typeof address !== 'string' || address.length > 300) return { ok: false, reason: 'a member needs an id and a host:port' };
-        if (this.removed.has(id)) return { ok: false, reason: `manager ${id} was removed; it cannot come back under that id` };
-        if (key !== undefined && !isMemberKey(key, caGen)) return { ok: false, reason: 'a member key is a SHA-256 digest and a CA generation' };
-        this.addresses.set(id, address);
-        if (key !== undefined) this.#addMemberKey(id, { key: key as string, caGen: caGen as number });
-        return { ok: true };
+        if (this.removed.has(command.id)) return refusal('PRECONDITION', `manager ${command.id} was removed; it cannot come back under that id`);
+        this.addresses.set(command.id, command.address);
+        if (command.key !== undefined) this.#addMemberKey(command.id, command.key);
+        return APPLIED;
       }
       case 'cluster.member-key': {
-        const [id, key, caGen] = fields as unknown[];
-        if (!isId(id) || !isMemberKey(key, caGen)) return { ok: false, reason: 'a member key needs a member id, a SHA-256 digest and a CA generation' };
-        if (this.removed.has(id)) return { ok: false, reason: `manager ${id} was removed` };
-        this.#addMemberKey(id, { key: key as string, caGen: caGen as number });
-        return { ok: true };
+        if (this.removed.has(command.id)) return refusal('PRECONDITION', `manager ${command.id} was removed`);
+        this.#addMemberKey(command.id, command.key);
+        return APPLIED;
       }
       case 'cluster.ca-install': {
-        const [certPem, keyPem] = fields as unknown[];
-        if (typeof certPem !== 'string' || typeof keyPem !== 'string') return { ok: false, reason: 'a CA needs a certificate and a key' };
-        if (this.cas.length > 0) return { ok: false, reason: 'the cluster CA is installed already' };
-        this.cas = [{ gen: 1, certPem, keyPem, crossPem: null }];
-        return { ok: true };
+        if (this.cas.length > 0) return refusal('PRECONDITION', 'the cluster CA is installed already');
+        this.cas = [{ gen: 1, certPem: command.certPem, keyPem: command.keyPem, crossPem: null }];
+        return APPLIED;
       }
       case 'cluster.ca-add': {
-        const [gen, certPem, keyPem, crossPem] = fields as unknown[];
-        if (typeof gen !== 'number' || typeof certPem !== 'string' || typeof keyPem !== 'string' || typeof crossPem !== 'string') return { ok: false, reason: 'a new CA needs a generation, a certificate, a key and a cross-signed certificate' };
+        const { gen } = command.ca;
         const active = this.cas[this.cas.length - 1];
-        if (active === undefined) return { ok: false, reason: 'no CA is installed yet' };
-        if (this.cas.length >= CAS_MAX) return { ok: false, reason: `CA generation ${this.cas[0]!.gen} is still trusted: retire it first (coffer ca retire)` };
-        if (gen !== active.gen + 1) return { ok: false, reason: `the next CA generation is ${active.gen + 1}, not ${gen}` };
-        this.cas = [...this.cas, { gen, certPem, keyPem, crossPem }];
-        return { ok: true };
+        if (active === undefined) return refusal('PRECONDITION', 'no CA is installed yet');
+        if (this.cas.length >= CAS_MAX) return refusal('PRECONDITION', `CA generation ${this.cas[0]!.gen} is still trusted: retire it first (coffer ca retire)`);
+        if (gen !== active.gen + 1) return refusal('PRECONDITION', `the next CA generation is ${active.gen + 1}, not ${gen}`);
+        this.cas = [...this.cas, command.ca];
+        return APPLIED;
       }
       case 'cluster.audit-anchor': {
-        const [id, seq, hash, reset] = fields as unknown[];
-        if (!isId(id) || typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0 || typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash) || typeof reset !== 'boolean') return { ok: false, reason: 'an audit anchor is a manager id, a record number, its hash and a reset flag' };
+        const { id, seq, hash, reset } = command;
         const known = this.auditAnchors.get(id);
-        if (known !== undefined && seq < known.seq && !reset) return { ok: false, reason: `manager ${id}'s audit log went back from record ${known.seq} to ${seq} without a reset: it was cut or replaced` };
+        if (known !== undefined && seq < known.seq && !reset) return refusal('PRECONDITION', `manager ${id}'s audit log went back from record ${known.seq} to ${seq} without a reset: it was cut or replaced`);
         this.auditAnchors.set(id, { seq, hash, resets: (known?.resets ?? 0) + (reset ? 1 : 0) });
-        return { ok: true };
+        return APPLIED;
       }
       case 'cluster.ca-retire': {
-        const [gen] = fields as unknown[];
-        if (this.cas.length < 2 || this.cas[0]!.gen !== gen) return { ok: false, reason: `CA generation ${String(gen)} is not the one being replaced` };
+        const { gen } = command;
+        if (this.cas.length < 2 || this.cas[0]!.gen !== gen) return refusal('PRECONDITION', `CA generation ${gen} is not the one being replaced`);
         this.cas = this.cas.slice(1);
         // Managers' keys certified only by the retired CA go with it.
         for (const [id, keys] of this.memberKeys) this.memberKeys.set(id, keys.filter((k) => k.caGen > gen));
-        return { ok: true };
+        this.#onCaRetired(gen);
+        return APPLIED;
       }
       case 'cluster.removed': {
-        const [id] = fields as unknown[];
-        if (!isId(id)) return { ok: false, reason: 'a removal needs a member id' };
+        const { id } = command;
         this.removed.add(id);
         this.addresses.delete(id);
         this.memberKeys.delete(id);
         this.heldLearners.delete(id);
-        return { ok: true };
+        return APPLIED;
       }
       case 'cluster.join-token': {
-        const [hash, expiresAtMs = null, uses = null] = fields as unknown[];
-        if (!(hash instanceof Uint8Array) || hash.byteLength !== 32) return { ok: false, reason: 'a join token hash has 32 bytes' };
-        if (expiresAtMs !== null && typeof expiresAtMs !== 'number') return { ok: false, reason: 'a join token expiry is a time' };
-        if (uses !== null && !(typeof uses === 'number' && Number.isSafeInteger(uses) && uses >= 1)) return { ok: false, reason: 'a join token admits at least one join' };
-        this.joinTokenHash = Buffer.from(hash);
-        this.joinTokenExpiresAtMs = expiresAtMs;
-        this.joinTokenUsesLeft = uses;
-        return { ok: true };
+        this.joinTokenHash = Buffer.from(command.hash);
+        this.joinTokenExpiresAtMs = command.expiresAtMs;
+        this.joinTokenUsesLeft = command.uses;
+        return APPLIED;
       }
       case 'cluster.join': {
-        const [tokenHash, nowMs, id, address, key, caGen] = fields as unknown[];
-        if (!(tokenHash instanceof Uint8Array) || typeof nowMs !== 'number' || !isId(id) || typeof address !== 'string' || address.length > 300 || !isMemberKey(key, caGen)) return { ok: false, reason: 'a join needs a token, a time, an id, an address and a key' };
-        const refusal = this.joinTokenRefusal(tokenHash, nowMs);
-        if (refusal !== null) return { ok: false, reason: refusal };
-        if (this.removed.has(id) || this.addresses.has(id)) return { ok: false, reason: `manager id ${id} is taken` };
+        const { id } = command;
+        const tokenRefusal = this.joinTokenRefusal(command.tokenHash, command.nowMs);
+        if (tokenRefusal !== null) return refusal('DENIED', tokenRefusal);
+        if (this.removed.has(id) || this.addresses.has(id)) return refusal('PRECONDITION', `manager id ${id} is taken`);
         if (this.joinTokenUsesLeft !== null) this.joinTokenUsesLeft--;
-        this.addresses.set(id, address);
-        this.#addMemberKey(id, { key: key as string, caGen: caGen as number });
-        return { ok: true };
+        this.addresses.set(id, command.address);
+        this.#addMemberKey(id, command.key);
+        return APPLIED;
       }
       case 'cluster.hold-learner': {
-        const [id, held] = fields as unknown[];
-        if (!isId(id) || typeof held !== 'boolean') return { ok: false, reason: 'a hold needs a member id and a flag' };
-        if (held) this.heldLearners.add(id);
-        else this.heldLearners.delete(id);
-        return { ok: true };
+        if (command.held) this.heldLearners.add(command.id);
+        else this.heldLearners.delete(command.id);
+        return APPLIED;
       }
       case 'cluster.recovery-key': {
-        const [key] = fields as unknown[];
-        if (!(key instanceof Uint8Array) || key.byteLength !== 32) return { ok: false, reason: 'a recovery public key has 32 bytes' };
-        this.recoveryPublicKey = Buffer.from(key);
-        return { ok: true };
+        this.recoveryPublicKey = Buffer.from(command.publicKey);
+        return APPLIED;
       }
-      default:
-        return { ok: false, reason: `unknown cluster command ${kind}` };
     }
   }
 
@@ -266,6 +272,88 @@ export class ClusterState {
   }
 }
 
-function isMemberKey(key: unknown, caGen: unknown): boolean {
-  return typeof key === 'string' && /^[0-9a-f]{64}$/.test(key) && typeof caGen === 'number' && Number.isSafeInteger(caGen) && caGen >= 1;
+const APPLIED: ClusterApplied = Object.freeze({ ok: true });
+
+/** A logged cluster command checked field by field, or why it is not one. */
+function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | string {
+  let fields: unknown;
+  try {
+    fields = packr.unpack(data);
+  } catch {
+    return `the ${kind.slice(0, 60)} command does not decode`;
+  }
+  if (!Array.isArray(fields)) return `a ${kind.slice(0, 60)} command is not a list`;
+  const isId = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+  switch (kind) {
+    case 'cluster.member': {
+      const [id, address, key, caGen] = fields as unknown[];
+      if (!isId(id) || typeof address !== 'string' || address.length > 300) return 'a member needs an id and a host:port';
+      if (key === undefined) return { kind, id, address };
+      const memberKey = memberKeyOf(key, caGen);
+      if (memberKey === null) return 'a member key is a SHA-256 digest and a CA generation';
+      return { kind, id, address, key: memberKey };
+    }
+    case 'cluster.member-key': {
+      const [id, key, caGen] = fields as unknown[];
+      const memberKey = memberKeyOf(key, caGen);
+      if (!isId(id) || memberKey === null) return 'a member key needs a member id, a SHA-256 digest and a CA generation';
+      return { kind, id, key: memberKey };
+    }
+    case 'cluster.ca-install': {
+      const [certPem, keyPem] = fields as unknown[];
+      if (typeof certPem !== 'string' || typeof keyPem !== 'string') return 'a CA needs a certificate and a key';
+      return { kind, certPem, keyPem };
+    }
+    case 'cluster.ca-add': {
+      const [gen, certPem, keyPem, crossPem] = fields as unknown[];
+      if (typeof gen !== 'number' || typeof certPem !== 'string' || typeof keyPem !== 'string' || typeof crossPem !== 'string') return 'a new CA needs a generation, a certificate, a key and a cross-signed certificate';
+      return { kind, ca: { gen, certPem, keyPem, crossPem } };
+    }
+    case 'cluster.ca-retire': {
+      const [gen] = fields as unknown[];
+      if (typeof gen !== 'number' || !Number.isSafeInteger(gen) || gen < 1) return 'a CA retirement names a CA generation';
+      return { kind, gen };
+    }
+    case 'cluster.audit-anchor': {
+      const [id, seq, hash, reset] = fields as unknown[];
+      if (!isId(id) || typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0 || typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash) || typeof reset !== 'boolean') return 'an audit anchor is a manager id, a record number, its hash and a reset flag';
+      return { kind, id, seq, hash, reset };
+    }
+    case 'cluster.removed': {
+      const [id] = fields as unknown[];
+      if (!isId(id)) return 'a removal needs a member id';
+      return { kind, id };
+    }
+    case 'cluster.join-token': {
+      // Tokens from before expiry and uses existed carry the hash alone.
+      const [hash, expiresAtMs = null, uses = null] = fields as unknown[];
+      if (!(hash instanceof Uint8Array) || hash.byteLength !== 32) return 'a join token hash has 32 bytes';
+      if (expiresAtMs !== null && typeof expiresAtMs !== 'number') return 'a join token expiry is a time';
+      if (uses !== null && !(typeof uses === 'number' && Number.isSafeInteger(uses) && uses >= 1)) return 'a join token admits at least one join';
+      return { kind, hash, expiresAtMs, uses };
+    }
+    case 'cluster.join': {
+      const [tokenHash, nowMs, id, address, key, caGen] = fields as unknown[];
+      const memberKey = memberKeyOf(key, caGen);
+      if (!(tokenHash instanceof Uint8Array) || typeof nowMs !== 'number' || !isId(id) || typeof address !== 'string' || address.length > 300 || memberKey === null) return 'a join needs a token, a time, an id, an address and a key';
+      return { kind, tokenHash, nowMs, id, address, key: memberKey };
+    }
+    case 'cluster.hold-learner': {
+      const [id, held] = fields as unknown[];
+      if (!isId(id) || typeof held !== 'boolean') return 'a hold needs a member id and a flag';
+      return { kind, id, held };
+    }
+    case 'cluster.recovery-key': {
+      const [publicKey] = fields as unknown[];
+      if (!(publicKey instanceof Uint8Array) || publicKey.byteLength !== 32) return 'a recovery public key has 32 bytes';
+      return { kind, publicKey };
+    }
+    default:
+      return `unknown cluster command ${kind.slice(0, 60)}`;
+  }
+}
+
+/** A member key (a SHA-256 digest, hex, and the CA generation that certified it), or null if these are not one. */
+function memberKeyOf(key: unknown, caGen: unknown): MemberKey | null {
+  return typeof key === 'string' && /^[0-9a-f]{64}$/.test(key) && typeof caGen === 'number' && Number.isSafeInteger(caGen) && caGen >= 1 ? { key, caGen } : null;
 }

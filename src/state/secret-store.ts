@@ -1,21 +1,15 @@
 import { packr } from '../codec/msgpack.ts';
 import { actorOf, type Actor } from './access-state.ts';
+import { RefusalError, certificateRefusal, refusal, type Authority, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
 import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX, LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, formatBytes, labelProblem, secretNameProblem } from './limits.ts';
 
 
-export type StoreErrorCode = 'NOT_FOUND' | 'CAS_MISMATCH' | 'DESTROYED' | 'EXPIRED' | 'DELETED' | 'INVALID' | 'LIMIT' | 'DENIED' | 'EXISTS';
-
-/** A refused read or write, with a stable code (mapped to a gRPC status at the server edge). */
-export class StoreError extends Error {
-  override name = 'StoreError';
-  readonly code: StoreErrorCode;
-  constructor(code: StoreErrorCode, message: string) {
-    super(message);
-    this.code = code;
-  }
+/** What a secret command returns when it applies: the version it wrote or left current (for the sweep: how many it wiped). */
+export interface SecretApplied {
+  readonly ok: true;
+  readonly version: number;
 }
-
-export type StoreResult = { readonly ok: true; readonly version: number } | { readonly ok: false; readonly code: StoreErrorCode; readonly reason: string };
+export type SecretResult = SecretApplied | Refusal;
 
 /** Commands, as proposed. Times come from the proposer, so applying them is deterministic. */
 export type SecretCommand =
@@ -46,7 +40,7 @@ export interface SecretMetadata {
   readonly labels: ReadonlyArray<readonly [string, number]>;
 }
 
-interface Version {
+interface VersionRecord {
   readonly version: number;
   value: Buffer | null;
   readonly createdAtMs: number;
@@ -56,9 +50,9 @@ interface Version {
   readonly writer: string | null;
 }
 
-interface Secret {
+interface SecretRecord {
   readonly name: string;
-  readonly versions: Map<number, Version>;
+  readonly versions: Map<number, VersionRecord>;
   lastVersion: number;
   readonly labels: Map<string, number>;
   deleted: boolean;
@@ -75,8 +69,8 @@ export interface IdentityUsage {
   readonly valueBytes: number;
 }
 
-/** The quotas a store enforces; the defaults are the limits of limits.ts (tests set smaller ones). */
-export interface SecretStoreLimits {
+/** The quotas per identity a store enforces; the defaults are the limits of limits.ts (tests set smaller ones). */
+export interface IdentityQuotas {
   readonly identitySecretsMax?: number;
   readonly identityValueBytesMax?: number;
 }
@@ -95,23 +89,23 @@ function ownedCopy(bytes: Uint8Array): Buffer {
 }
 
 /** Encodes a command for the log (`kind` is `secret.<op>`), with the client that asked for it. */
-export function encodeSecretCommand(command: SecretCommand, actor: Actor | null = null): { kind: string; data: Buffer } {
+export function encodeSecretCommand(command: SecretCommand, actor: Actor | null = null): EncodedCommand {
   return { kind: `secret.${command.op}`, data: packr.pack(actor === null ? command : { ...command, actor }) };
 }
 
 /** Decodes a command and its actor (null for the leader's own commands, such as the expiry sweep). */
-export function decodeSecretCommand(kind: string, data: Buffer): { command: SecretCommand; actor: Actor | null } | string {
+function decodeSecretCommand(kind: string, data: Uint8Array): DecodedCommand<SecretCommand> | Refusal {
   let value: unknown;
   try {
     value = packr.unpack(data);
   } catch {
-    return `the ${kind} command does not decode`;
+    return refusal('INVALID', `the ${kind.slice(0, 60)} command does not decode`);
   }
-  const command = commandOf(kind, value);
-  if (typeof command === 'string') return command;
+  const command = checkedSecretCommand(kind, value);
+  if (typeof command === 'string') return refusal('INVALID', command);
   const actor = actorOf((value as Record<string, unknown>)['actor']);
-  if (typeof actor === 'string') return actor;
-  return { command, actor };
+  if (typeof actor === 'string') return refusal('INVALID', actor);
+  return { ok: true, command, actor };
 }
 
 /**
@@ -119,24 +113,44 @@ export function decodeSecretCommand(kind: string, data: Buffer): { command: Secr
  * (every manager ends in the same state); refusals are results, not exceptions. Reads take the
  * reader's clock only to hide versions past their expiry before the leader's sweep wipes them.
  */
-export class SecretStore {
-  readonly #secrets = new Map<string, Secret>();
+export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
+  readonly prefix = 'secret.';
+  readonly #secrets = new Map<string, SecretRecord>();
 
   /** Per identity: secrets created and value bytes held (recomputed from the versions at restore). */
   readonly #usage = new Map<string, { secrets: number; valueBytes: number }>();
-  readonly #secretsMax: number;
-  readonly #valueBytesMax: number;
+  readonly #identitySecretsMax: number;
+  readonly #identityValueBytesMax: number;
 
-  constructor(limits: SecretStoreLimits = {}) {
-    this.#secretsMax = limits.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
-    this.#valueBytesMax = limits.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
+  constructor(quotas: IdentityQuotas = {}) {
+    this.#identitySecretsMax = quotas.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
+    this.#identityValueBytesMax = quotas.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
   }
 
-  /** Applies an encoded command, charging the actor it names (no authorization: AppliedState does that). */
-  apply(kind: string, data: Buffer): StoreResult {
-    const decoded = decodeSecretCommand(kind, data);
-    if (typeof decoded === 'string') return { ok: false, code: 'INVALID', reason: decoded };
-    return this.applyCommand(decoded.command, decoded.actor);
+  encode(command: SecretCommand, actor: Actor | null): EncodedCommand {
+    return encodeSecretCommand(command, actor);
+  }
+
+  decode(kind: string, data: Uint8Array): DecodedCommand<SecretCommand> | Refusal {
+    return decodeSecretCommand(kind, data);
+  }
+
+  /**
+   * A client's command is authorized again where it applies: the manager that took it may have
+   * been behind (a revocation or a policy change already committed), and every manager must reach
+   * the same verdict, so the check reads only replicated state: the actor's certificate, then the
+   * capabilities the command needs on its secret (requiredCapabilities), each allowed by its policies.
+   */
+  authorize(command: SecretCommand, actor: Actor, authority: Authority): Refusal | null {
+    const needed = this.requiredCapabilities(command);
+    // The expiry sweep needs no right (it wipes only what expired), so nobody's certificate is checked.
+    if (needed === null) return null;
+    const revoked = certificateRefusal(authority, actor, 'write');
+    if (revoked !== null) return revoked;
+    for (const capability of needed.capabilities) {
+      if (!authority.decide(actor.name, capability, needed.name).allowed) return refusal('DENIED', `identity "${actor.name}" may not ${capability} "${needed.name}"`);
+    }
+    return null;
   }
 
   /** What `identity` is charged for now. */
@@ -159,45 +173,45 @@ export class SecretStore {
     return { name: command.name, capabilities: wipes || secret?.deleted === true ? ['write', 'delete'] : ['write'] };
   }
 
-  /** Applies a command; a put by `actor` is charged to it, within its quotas (null: nobody). */
-  applyCommand(command: SecretCommand, actor: Actor | null = null): StoreResult {
+  /** Applies a command; a put by `actor` is charged to it, within its quotas (null: nobody). No authorization: see `authorize`. */
+  apply(command: SecretCommand, actor: Actor | null = null): SecretResult {
     switch (command.op) {
       case 'put':
         return this.#put(command, actor?.name ?? null);
       case 'delete':
       case 'undelete': {
         const secret = this.#secrets.get(command.name);
-        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         secret.deleted = command.op === 'delete';
         return { ok: true, version: secret.lastVersion };
       }
       case 'destroy': {
         const secret = this.#secrets.get(command.name);
-        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         for (const n of command.versions) {
-          if (!secret.versions.has(n)) return refuse('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
+          if (!secret.versions.has(n)) return refusal('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
         }
         for (const n of command.versions) this.#wipe(secret.versions.get(n)!);
         return { ok: true, version: secret.lastVersion };
       }
       case 'label': {
         const secret = this.#secrets.get(command.name);
-        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         const version = secret.versions.get(command.version);
-        if (version === undefined) return refuse('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
-        if (version.value === null) return refuse('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
-        const userLabels = [...secret.labels.keys()].filter((l) => !isReserved(l));
-        if (!secret.labels.has(command.label) && !isReserved(command.label) && userLabels.length >= USER_LABELS_MAX) {
-          return refuse('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
+        if (version === undefined) return refusal('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
+        if (version.value === null) return refusal('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
+        const userLabels = [...secret.labels.keys()].filter((l) => !isReservedLabel(l));
+        if (!secret.labels.has(command.label) && !isReservedLabel(command.label) && userLabels.length >= USER_LABELS_MAX) {
+          return refusal('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
         }
         secret.labels.set(command.label, command.version);
         return { ok: true, version: command.version };
       }
       case 'unlabel': {
         const secret = this.#secrets.get(command.name);
-        if (secret === undefined) return refuse('NOT_FOUND', `secret "${command.name}" does not exist`);
-        if (isReserved(command.label)) return refuse('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
-        if (!secret.labels.delete(command.label)) return refuse('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
+        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (isReservedLabel(command.label)) return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
+        if (!secret.labels.delete(command.label)) return refusal('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
         return { ok: true, version: secret.lastVersion };
       }
       case 'expire': {
@@ -216,15 +230,15 @@ export class SecretStore {
     }
   }
 
-  #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null): StoreResult {
+  #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null): SecretResult {
     let secret = this.#secrets.get(command.name);
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
-      return refuse('CAS_MISMATCH', command.cas === 0 ? `secret "${command.name}" already exists (version ${secret?.lastVersion})` : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`);
+      return refusal('CAS_MISMATCH', command.cas === 0 ? `secret "${command.name}" already exists (version ${secret?.lastVersion})` : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`);
     }
     if (writer !== null) {
       const problem = this.#quotaProblem(writer, secret, command);
-      if (problem !== null) return refuse('LIMIT', problem);
+      if (problem !== null) return refusal('LIMIT', problem);
     }
     if (secret === undefined) {
       secret = { name: command.name, versions: new Map(), lastVersion: 0, labels: new Map(), deleted: false, versionsKept: VERSIONS_KEPT_DEFAULT, createdAtMs: command.nowMs, updatedAtMs: command.nowMs, creator: writer };
@@ -265,9 +279,9 @@ export class SecretStore {
    * creator; the value's bytes count for the writer, less what the versions it drops (versions
    * kept) held for the same writer, so a put that frees as much as it adds always passes.
    */
-  #quotaProblem(writer: string, secret: Secret | undefined, command: Extract<SecretCommand, { op: 'put' }>): string | null {
+  #quotaProblem(writer: string, secret: SecretRecord | undefined, command: Extract<SecretCommand, { op: 'put' }>): string | null {
     const usage = this.usage(writer);
-    if (secret === undefined && usage.secrets >= this.#secretsMax) {
+    if (secret === undefined && usage.secrets >= this.#identitySecretsMax) {
       return `identity "${writer}" has created ${usage.secrets} secrets, the most one identity may (IDENTITY_SECRETS_MAX); write new versions of its secrets instead (a name stays taken after delete and destroy)`;
     }
     let freed = 0;
@@ -276,8 +290,8 @@ export class SecretStore {
       for (const v of secret.versions.values()) if (v.version <= oldest && v.writer === writer && v.value !== null) freed += v.value.byteLength;
     }
     const after = usage.valueBytes - freed + command.value.byteLength;
-    if (after > this.#valueBytesMax && after > usage.valueBytes) {
-      return `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#valueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`;
+    if (after > this.#identityValueBytesMax && after > usage.valueBytes) {
+      return `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#identityValueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`;
     }
     return null;
   }
@@ -292,42 +306,42 @@ export class SecretStore {
   }
 
   /** Overwrites a value's bytes before dropping it (the process's copy; disks hold only ciphertext), and uncharges its writer. */
-  #wipe(version: Version): void {
+  #wipe(version: VersionRecord): void {
     if (version.value === null) return;
     this.#charge(version.writer, 0, -version.value.byteLength);
     version.value.fill(0);
     version.value = null;
   }
 
-  /** A version's value: by number, by label, or the current one. Throws StoreError. */
+  /** A version's value: by number, by label, or the current one. Throws RefusalError. */
   read(name: string, selector: { version?: number; label?: string }, nowMs: number): { value: Buffer; version: number } {
     const secret = this.#secrets.get(name);
-    if (secret === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" does not exist`);
-    if (secret.deleted) throw new StoreError('DELETED', `secret "${name}" is deleted; undelete it to read it`);
+    if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
+    if (secret.deleted) throw new RefusalError('DELETED', `secret "${name}" is deleted; undelete it to read it`);
     let number = selector.version;
     if (number === undefined) {
       const label = selector.label ?? 'current';
       number = secret.labels.get(label);
-      if (number === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" has no label "${label}"`);
+      if (number === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" has no label "${label}"`);
     }
     const version = secret.versions.get(number);
     if (version === undefined) {
-      throw new StoreError('NOT_FOUND', number > secret.lastVersion || number < 1 ? `secret "${name}" has no version ${number}` : `secret "${name}": version ${number} is no longer kept (the last ${secret.versionsKept} are)`);
+      throw new RefusalError('NOT_FOUND', number > secret.lastVersion || number < 1 ? `secret "${name}" has no version ${number}` : `secret "${name}": version ${number} is no longer kept (the last ${secret.versionsKept} are)`);
     }
-    if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs)) throw new StoreError('EXPIRED', `secret "${name}": version ${number} expired`);
-    if (version.value === null) throw new StoreError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
+    if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs)) throw new RefusalError('EXPIRED', `secret "${name}": version ${number} expired`);
+    if (version.value === null) throw new RefusalError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
     return { value: version.value, version: number };
   }
 
   metadata(name: string): SecretMetadata {
     const secret = this.#secrets.get(name);
-    if (secret === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" does not exist`);
-    return describe(secret);
+    if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
+    return metadataOf(secret);
   }
 
   versions(name: string, nowMs: number): VersionMetadata[] {
     const secret = this.#secrets.get(name);
-    if (secret === undefined) throw new StoreError('NOT_FOUND', `secret "${name}" does not exist`);
+    if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
     return [...secret.versions.values()]
       .sort((a, b) => a.version - b.version)
       .map((v) => ({
@@ -348,7 +362,7 @@ export class SecretStore {
       const secret = this.#secrets.get(name)!;
       if ((secret.deleted && !includeDeleted) || !visible(name)) continue;
       if (page.length === limit) return { secrets: page, next: page[page.length - 1]!.name };
-      page.push(describe(secret));
+      page.push(metadataOf(secret));
     }
     return { secrets: page, next: '' };
   }
@@ -388,7 +402,7 @@ export class SecretStore {
     const identity = (value: unknown): string | null => (typeof value === 'string' ? value : null);
     type Row = [string, Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>, number, Array<[string, number]>, boolean, number, number, number, unknown?];
     for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator] of image as Row[]) {
-      const secret: Secret = {
+      const secret: SecretRecord = {
         name,
         versions: new Map(versions.map(([version, value, created, expireAtMs, expired, writer]) => [version, { version, value: value === null ? null : ownedCopy(value), createdAtMs: created, expireAtMs, expired, writer: identity(writer) }])),
         lastVersion,
@@ -406,15 +420,11 @@ export class SecretStore {
   }
 }
 
-function refuse(code: StoreErrorCode, reason: string): StoreResult {
-  return { ok: false, code, reason };
-}
-
-function isReserved(label: string): boolean {
+function isReservedLabel(label: string): boolean {
   return (RESERVED_LABELS as readonly string[]).includes(label);
 }
 
-function describe(secret: Secret): SecretMetadata {
+function metadataOf(secret: SecretRecord): SecretMetadata {
   return {
     name: secret.name,
     currentVersion: secret.labels.get('current') ?? 0,
@@ -426,8 +436,8 @@ function describe(secret: Secret): SecretMetadata {
   };
 }
 
-/** A decoded command, checked field by field. */
-function commandOf(kind: string, value: unknown): SecretCommand | string {
+/** A decoded command, checked field by field, or why it is not one. */
+function checkedSecretCommand(kind: string, value: unknown): SecretCommand | string {
   if (typeof value !== 'object' || value === null) return `the ${kind} command is not a record`;
   const c = value as Record<string, unknown>;
   if (kind !== `secret.${String(c['op'])}`) return `the ${kind} command names another operation`;

@@ -6,9 +6,22 @@
  */
 import { RawNode } from '../../src/raft/raw-node.ts';
 import type { RaftConfigInput } from '../../src/raft/config.ts';
-import type { Entry, Message, NodeId, PersistedState, ReadRefusal, ReadState } from '../../src/raft/types.ts';
+import type { Entry, HardState, Message, NodeId, PersistedState, Ready, ReadRefusal, ReadState } from '../../src/raft/types.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
+
+/**
+ * The Ready contract's sync rule, checked on every Ready: a write must be synced exactly when it
+ * holds entries, a snapshot, or a term or vote other than the one on disk (what votes and
+ * acknowledgements rest on); a write that only moves the commit index need not be.
+ */
+export function assertMustSync(id: NodeId, ready: Ready, onDisk: HardState): void {
+  const hard = ready.hardState;
+  const expected = ready.entries.length > 0 || ready.snapshot !== null || (hard !== null && (hard.term !== onDisk.term || hard.vote !== onDisk.vote));
+  if (ready.mustSync !== expected) {
+    throw new Error(`node ${id}: a Ready with ${ready.entries.length} entries, ${ready.snapshot === null ? 'no' : 'a'} snapshot and hard state ${JSON.stringify(hard)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`);
+  }
+}
 
 export const encoder = new TextEncoder();
 export const decoder = new TextDecoder();
@@ -88,6 +101,7 @@ export class Cluster {
     if (!node.up) return;
     while (node.raw.hasReady()) {
       const ready = node.raw.ready();
+      assertMustSync(id, ready, node.disk.hardState);
       node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
       for (const m of ready.messages) this.queue.push(m);
       if (ready.snapshot !== null) {

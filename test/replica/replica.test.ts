@@ -8,7 +8,7 @@ import { RaftError } from '../../src/raft/errors.ts';
 import type { Entry, Message, ProgressStatus, ReadIndexMessage, Status } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { MemoryStorage } from '../../src/storage/memory-storage.ts';
-import type { RaftStorage } from '../../src/storage/types.ts';
+import type { RaftStorage, StorageUpdate } from '../../src/storage/types.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
 const encoder = new TextEncoder();
@@ -55,6 +55,41 @@ test('concurrent proposals share synced writes (group commit) and each resolves 
   const syncs = replica.stats.syncs - syncsBefore;
   assert.ok(syncs <= 10, `200 proposals took ${syncs} synced writes; group commit should need a handful`);
   await replica.stop();
+});
+
+/** Remembers each write: what it held, whether it was synced, and what had been answered when it was made. */
+class RecordingStorage extends MemoryStorage {
+  readonly writes: Array<{ term: number | null; vote: number | null; commit: number | null; entries: number; snapshot: boolean; sync: boolean; answered: number }> = [];
+  answered = 0;
+  override async save(update: StorageUpdate): Promise<void> {
+    const hard = update.hardState;
+    this.writes.push({ term: hard?.term ?? null, vote: hard?.vote ?? null, commit: hard?.commit ?? null, entries: update.entries.length, snapshot: update.snapshot !== null, sync: update.sync !== false, answered: this.answered });
+    await super.save(update);
+  }
+}
+
+test('a write is synced when the core says it must be (entries, a snapshot, a new term or vote); only commit-only writes go unsynced', async () => {
+  const storage = new RecordingStorage();
+  const { replica } = await single(storage);
+  for (let k = 0; k < 20; k++) {
+    await replica.propose(encoder.encode(`v${k}`));
+    storage.answered++;
+  }
+  await replica.stop();
+  let last = { term: 0, vote: 0 };
+  let votes = 0;
+  for (const [n, write] of storage.writes.entries()) {
+    const newTermOrVote = write.term !== null && (write.term !== last.term || write.vote !== last.vote);
+    if (newTermOrVote) votes++;
+    if (write.entries > 0 || write.snapshot || newTermOrVote) assert.ok(write.sync, `write ${n} (${JSON.stringify(write)}) holds what votes and acknowledgements rest on: it is synced`);
+    else assert.ok(!write.sync && write.commit !== null, `write ${n} (${JSON.stringify(write)}) only moves the commit index: written, not synced`);
+    if (write.term !== null) last = { term: write.term, vote: write.vote! };
+  }
+  assert.ok(votes >= 2, 'the bootstrap term and the campaign\'s new term and vote were written (synced)');
+  assert.ok(storage.writes.some((w) => !w.sync), 'commit-only writes happened (and were not synced)');
+  // Each proposal was answered only after the synced write of its entry.
+  const entryWrites = storage.writes.filter((w) => w.entries > 0);
+  for (const [k, write] of entryWrites.slice(-20).entries()) assert.ok(write.answered <= k, `proposal ${k} was answered before its entry was synced`);
 });
 
 test('a replica restarted on its LevelDB directory re-applies its log and ends in the same state', async () => {

@@ -425,6 +425,12 @@ export class Simulation {
   /** Writes the Ready to the node's disk and checks what it wrote; true if commit advanced. */
   #persist(node: SimNode, ready: Ready): boolean {
     const raw = node.raw!;
+    // The Ready contract's sync rule: synced exactly when it holds entries, a snapshot, or a term
+    // or vote other than the one on disk (a commit-only write need not be).
+    const onDisk = node.disk.hardState;
+    const next = ready.hardState;
+    const mustSync = ready.entries.length > 0 || ready.snapshot !== null || (next !== null && (next.term !== onDisk.term || next.vote !== onDisk.vote));
+    if (ready.mustSync !== mustSync) throw new SafetyViolation('core-assertion', `node ${node.id}: a Ready with ${ready.entries.length} entries and hard state ${JSON.stringify(next)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`);
     node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
     for (const entry of ready.entries) this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
     const hard = ready.hardState;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { encodeAccessCommand } from '../../src/state/access-state.ts';
 import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX } from '../../src/state/limits.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
-import { SecretStore, encodeSecretCommand, type Actor, type SecretCommand, type StoreResult } from '../../src/state/secret-store.ts';
+import { SecretStore, encodeSecretCommand, type Actor, type SecretCommand, type SecretResult } from '../../src/state/secret-store.ts';
 
 const T0 = 1_700_000_000_000;
 const ci: Actor = { name: 'ci', key: 'c1'.repeat(32) };
@@ -12,12 +12,13 @@ const ops: Actor = { name: 'ops', key: 'b2'.repeat(32) };
 const put = (name: string, bytes: number, extra: Partial<Extract<SecretCommand, { op: 'put' }>> = {}): SecretCommand => ({ op: 'put', name, value: Buffer.alloc(bytes, 7), cas: null, expireAtMs: null, versionsKept: null, nowMs: T0, ...extra });
 
 /** Applies through the encoded form, as the log carries it (the actor travels with the command). */
-function apply(store: SecretStore, command: SecretCommand, actor: Actor | null): StoreResult {
+function apply(store: SecretStore, command: SecretCommand, actor: Actor | null): SecretResult {
   const { kind, data } = encodeSecretCommand(command, actor);
-  return store.apply(kind, data);
+  const decoded = store.decode(kind, data);
+  return decoded.ok ? store.apply(decoded.command, decoded.actor) : decoded;
 }
 
-function refusedLimit(result: StoreResult, pattern: RegExp): void {
+function refusedLimit(result: SecretResult, pattern: RegExp): void {
   assert.equal(result.ok, false, 'the write was refused');
   assert.equal(!result.ok && result.code, 'LIMIT');
   assert.match(!result.ok ? result.reason : '', pattern);
@@ -105,9 +106,9 @@ test('snapshot and restore keep the accounting; an image without writers (older)
 });
 
 test('two stores applying the same commands agree: the same verdicts, the same accounting, the same image', () => {
-  const run = (): { store: SecretStore; results: StoreResult[] } => {
+  const run = (): { store: SecretStore; results: SecretResult[] } => {
     const store = new SecretStore({ identityValueBytesMax: 4000, identitySecretsMax: 4 });
-    const results: StoreResult[] = [];
+    const results: SecretResult[] = [];
     for (let k = 0; k < 60; k++) {
       const actor = k % 3 === 0 ? ops : ci;
       const command: SecretCommand =
@@ -128,7 +129,7 @@ test('two stores applying the same commands agree: the same verdicts, the same a
 test('through AppliedState: the client that asked is charged (not the leader\'s sweep), with the default secret limit, and the image keeps it', () => {
   const state = new AppliedState();
   let index = 0;
-  const step = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data }) as StoreResult;
+  const step = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data }) as SecretResult;
   step(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write', 'delete'], deny: false }] }));
   step(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], key: ci.key, serial: 'aa01', caGen: 1, nowMs: T0 }));
   for (let k = 0; k < IDENTITY_SECRETS_MAX; k++) assert.equal(step(encodeSecretCommand(put(`app/s${k}`, 1), ci)).ok, true);
@@ -140,7 +141,7 @@ test('through AppliedState: the client that asked is charged (not the leader\'s 
   const restored = new AppliedState();
   restored.restore(state.snapshot());
   assert.deepEqual(restored.secrets.usage('ci'), state.secrets.usage('ci'));
-  refusedLimit(restored.apply({ index: ++index, ...encodeSecretCommand(put('app/one-more', 1), ci) }) as StoreResult, /IDENTITY_SECRETS_MAX/);
+  refusedLimit(restored.apply({ index: ++index, ...encodeSecretCommand(put('app/one-more', 1), ci) }) as SecretResult, /IDENTITY_SECRETS_MAX/);
 });
 
 test('the edge can ask the same question before proposing (the apply-time verdict is the one that counts)', () => {

@@ -1,16 +1,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SecretStore, StoreError, encodeSecretCommand, type SecretCommand, type StoreErrorCode } from '../../src/state/secret-store.ts';
+import { SecretStore, encodeSecretCommand, type SecretCommand, type SecretResult } from '../../src/state/secret-store.ts';
+import { RefusalError, type RefusalCode } from '../../src/state/state-part.ts';
 
 const T0 = 1_700_000_000_000;
 
-function apply(store: SecretStore, command: SecretCommand) {
+/** Decodes, then applies, as AppliedState does (without authorization: these commands name no actor). */
+function applyLogged(store: SecretStore, kind: string, data: Buffer): SecretResult {
+  const decoded = store.decode(kind, data);
+  return decoded.ok ? store.apply(decoded.command, decoded.actor) : decoded;
+}
+function apply(store: SecretStore, command: SecretCommand): SecretResult {
   const { kind, data } = encodeSecretCommand(command);
-  return store.apply(kind, data);
+  return applyLogged(store, kind, data);
 }
 const put = (name: string, value: string, extra: Partial<Extract<SecretCommand, { op: 'put' }>> = {}) =>
   ({ op: 'put', name, value: Buffer.from(value), cas: null, expireAtMs: null, versionsKept: null, nowMs: T0, ...extra }) as const;
-const refusedWith = (code: StoreErrorCode, pattern?: RegExp) => (e: unknown) => e instanceof StoreError && e.code === code && (pattern === undefined || pattern.test(e.message));
+const refusedWith = (code: RefusalCode, pattern?: RegExp) => (e: unknown) => e instanceof RefusalError && e.code === code && (pattern === undefined || pattern.test(e.message));
 
 test('each put makes a new version; current and previous follow; a version or label reads back', () => {
   const store = new SecretStore();
@@ -91,8 +97,9 @@ test('expiry: reads fail once the time has passed, and the sweep wipes the value
 test('bad commands are refused as results, never thrown, and leave the state as it was', () => {
   const store = new SecretStore();
   const bad = (kind: string, data: Buffer, pattern: RegExp) => {
-    const result = store.apply(kind, data);
+    const result = applyLogged(store, kind, data);
     assert.equal(result.ok, false);
+    assert.equal(!result.ok && result.code, 'INVALID');
     assert.match(!result.ok ? result.reason : '', pattern);
   };
   bad('secret.put', Buffer.from([0x92, 0x01]), /does not decode/);
