@@ -62,6 +62,6 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     if (version !== IMAGE_VERSION) throw new Error(`unknown state image version ${String(version)}`);
     const partImages = (image as unknown[]).slice(1);
     if (partImages.length < this.parts.length) throw new Error(`a state image of version ${IMAGE_VERSION} holds ${this.parts.length} parts, this one ${partImages.length}`);
-    this.parts.forEach((part, k) => part.restore(partImages[k]));
+    for (const [k, part] of this.parts.entries()) part.restore(partImages[k]);
   }
 }

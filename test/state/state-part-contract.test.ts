@@ -85,7 +85,7 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
   }
 
   const mustRefuse = (part: AnyStatePart, kind: string, data: Uint8Array, what: string): void => {
-    let decoded;
+    let decoded: ReturnType<AnyStatePart['decode']> | undefined;
     assert.doesNotThrow(() => (decoded = part.decode(kind, data)), `${what}: decode threw`);
     assert.equal(decoded!.ok, false, `${what}: accepted ${JSON.stringify(decoded)}`);
     assert.equal(!decoded!.ok && decoded!.code, 'INVALID', what);
@@ -95,7 +95,7 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
   };
   /** Random bytes may, rarely, spell a real command: then it must be one (it encodes back to itself). */
   const refuseOrRoundTrip = (part: AnyStatePart, kind: string, data: Uint8Array, what: string): boolean => {
-    let decoded;
+    let decoded: ReturnType<AnyStatePart['decode']> | undefined;
     assert.doesNotThrow(() => (decoded = part.decode(kind, data)), `${what}: decode threw`);
     const d = decoded!;
     if (!d.ok) {
