@@ -27,7 +27,12 @@ const MUTANTS = [
     from: 'hardState: hardChanged ? hard : null,',
     to: 'hardState: hardChanged ? { ...hard, vote: 0 } : null,',
     // Keep RawNode's own bookkeeping right, so only what reaches storage is wrong.
-    also: [['if (ready.hardState !== null) this.#prevHardState = ready.hardState;', 'if (ready.hardState !== null) this.#prevHardState = { ...ready.hardState, vote: this.#raft.vote };']],
+    also: [
+      [
+        'if (ready.hardState !== null) this.#prevHardState = ready.hardState;',
+        'if (ready.hardState !== null) this.#prevHardState = { ...ready.hardState, vote: this.#raft.vote };',
+      ],
+    ],
   },
   {
     name: 'pre-vote-ignores-leader-lease',
@@ -60,17 +65,25 @@ for (const mutant of MUTANTS) {
   if (values.only !== undefined && mutant.name !== values.only) continue;
   const dir = mkdtempSync(join(tmpdir(), `coffer-mutant-${mutant.name}-`));
   try {
-    for (const part of ['src', 'test', 'package.json', 'tsconfig.json']) cpSync(join(root, part), join(dir, part), { recursive: true });
+    for (const part of ['src', 'test', 'package.json', 'tsconfig.json'])
+      cpSync(join(root, part), join(dir, part), { recursive: true });
     symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
     const path = join(dir, mutant.file);
     let text = readFileSync(path, 'utf8');
     for (const [from, to] of [[mutant.from, mutant.to], ...(mutant.also ?? [])]) {
-      if (!text.includes(from)) throw new Error(`mutant ${mutant.name}: the code to break is not in ${mutant.file} any more; update this script`);
+      if (!text.includes(from))
+        throw new Error(
+          `mutant ${mutant.name}: the code to break is not in ${mutant.file} any more; update this script`,
+        );
       text = text.replace(from, to);
     }
     writeFileSync(path, text);
     const started = Date.now();
-    const run = spawnSync(process.execPath, ['--import', 'tsx', 'test/sim/cli.ts', '--seeds', String(seeds), '--jobs', '1', '--stop-at-first'], { cwd: dir, encoding: 'utf8' });
+    const run = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'test/sim/cli.ts', '--seeds', String(seeds), '--jobs', '1', '--stop-at-first'],
+      { cwd: dir, encoding: 'utf8' },
+    );
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     const fail = /FAIL seed (\d+) \((\d+) nodes\): ([a-z-]+): (.*)/.exec(run.stderr);
     if (fail === null) {
@@ -78,7 +91,9 @@ for (const mutant of MUTANTS) {
       console.log(`SURVIVED ${mutant.name} (${mutant.what}): no violation in ${seeds} seeds (${seconds} s)`);
     } else {
       console.log(`caught   ${mutant.name} (${mutant.what})`);
-      console.log(`         seed ${fail[1]}, ${fail[2]} nodes, after ${seconds} s: ${fail[3]}: ${fail[4].slice(0, 240)}`);
+      console.log(
+        `         seed ${fail[1]}, ${fail[2]} nodes, after ${seconds} s: ${fail[3]}: ${fail[4].slice(0, 240)}`,
+      );
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

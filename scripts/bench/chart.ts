@@ -22,7 +22,10 @@ function niceMax(value: number): number {
   return 10 * magnitude;
 }
 
-export async function drawChart(path: string, chart: { title: string; xLabel: string; yLabel: string; series: readonly Series[] }): Promise<void> {
+export async function drawChart(
+  path: string,
+  chart: { title: string; xLabel: string; yLabel: string; series: readonly Series[] },
+): Promise<void> {
   const width = 900;
   const height = 560;
   const left = 80;

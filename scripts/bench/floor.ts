@@ -15,7 +15,15 @@ import { runLoad, type LoadResult } from './load.ts';
 
 const identity = (b: Buffer): Buffer => b;
 const SERVICE: grpc.ServiceDefinition = {
-  echo: { path: '/bench.Echo/Echo', requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
+  echo: {
+    path: '/bench.Echo/Echo',
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+  },
 };
 
 interface Material {
@@ -26,8 +34,15 @@ interface Material {
 
 function serve(material: Material): void {
   const server = new grpc.Server({ 'grpc.enable_channelz': 0 });
-  server.addService(SERVICE, { echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => callback(null, call.request) });
-  const credentials = grpc.ServerCredentials.createSsl(Buffer.from(material.caPem), [{ private_key: Buffer.from(material.keyPem), cert_chain: Buffer.from(material.certPem) }], true);
+  server.addService(SERVICE, {
+    echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) =>
+      callback(null, call.request),
+  });
+  const credentials = grpc.ServerCredentials.createSsl(
+    Buffer.from(material.caPem),
+    [{ private_key: Buffer.from(material.keyPem), cert_chain: Buffer.from(material.certPem) }],
+    true,
+  );
   server.bindAsync('127.0.0.1:0', credentials, (error, port) => {
     if (error !== null) throw error;
     process.send!(port);
@@ -35,12 +50,25 @@ function serve(material: Material): void {
 }
 
 /** Requests/s, latency and CPU per request of the empty service, at each concurrency. */
-export async function measureFloor(options: { seconds: number; inflights: readonly number[]; bytes: number }): Promise<Array<{ inflight: number; result: LoadResult }>> {
+export async function measureFloor(options: {
+  seconds: number;
+  inflights: readonly number[];
+  bytes: number;
+}): Promise<Array<{ inflight: number; result: LoadResult }>> {
   const nowMs = Date.now();
   const ca = createCa('bench-floor', nowMs);
-  const server = issueCertificate(ca, { id: 'echo', role: 'manager', clusterId: 'bench-floor', nowMs, hosts: ['127.0.0.1'] });
+  const server = issueCertificate(ca, {
+    id: 'echo',
+    role: 'manager',
+    clusterId: 'bench-floor',
+    nowMs,
+    hosts: ['127.0.0.1'],
+  });
   const client = issueCertificate(ca, { id: 'bench', role: 'client', clusterId: 'bench-floor', nowMs });
-  const child = fork(fileURLToPath(import.meta.url), ['serve'], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(fileURLToPath(import.meta.url), ['serve'], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   try {
     const port = await new Promise<number>((resolve, reject) => {
       child.once('message', (m) => resolve(m as number));
@@ -48,16 +76,26 @@ export async function measureFloor(options: { seconds: number; inflights: readon
       child.send({ caPem: ca.certPem, certPem: server.certPem, keyPem: server.keyPem });
     });
     const Client = grpc.makeGenericClientConstructor(SERVICE, 'Echo');
-    const stub = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(client.keyPem), Buffer.from(client.certPem), { checkServerIdentity: () => undefined }), MANAGER_CHANNEL_OPTIONS) as unknown as {
+    const stub = new Client(
+      `127.0.0.1:${port}`,
+      grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(client.keyPem), Buffer.from(client.certPem), {
+        checkServerIdentity: () => undefined,
+      }),
+      MANAGER_CHANNEL_OPTIONS,
+    ) as unknown as {
       echo(request: Buffer, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void;
       close(): void;
     };
     const payload = Buffer.alloc(options.bytes, 7);
-    const echo = (): Promise<void> => new Promise((resolve, reject) => stub.echo(payload, { deadline: Date.now() + 10_000 }, (error) => (error === null ? resolve() : reject(error))));
+    const echo = (): Promise<void> =>
+      new Promise((resolve, reject) =>
+        stub.echo(payload, { deadline: Date.now() + 10_000 }, (error) => (error === null ? resolve() : reject(error))),
+      );
     const pids = () => [child.pid];
     await runLoad({ inflight: 64, seconds: 3, op: echo, pids }); // warm-up, as for the clusters
     const results: Array<{ inflight: number; result: LoadResult }> = [];
-    for (const inflight of options.inflights) results.push({ inflight, result: await runLoad({ inflight, seconds: options.seconds, op: echo, pids }) });
+    for (const inflight of options.inflights)
+      results.push({ inflight, result: await runLoad({ inflight, seconds: options.seconds, op: echo, pids }) });
     stub.close();
     return results;
   } finally {

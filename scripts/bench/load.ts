@@ -45,7 +45,12 @@ export function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
-export async function runLoad(options: { inflight: number; seconds: number; op: (worker: number, n: number) => Promise<void>; pids: () => Array<number | undefined> }): Promise<LoadResult> {
+export async function runLoad(options: {
+  inflight: number;
+  seconds: number;
+  op: (worker: number, n: number) => Promise<void>;
+  pids: () => Array<number | undefined>;
+}): Promise<LoadResult> {
   const latencies: number[] = [];
   let errors = 0;
   const cpuBefore = options.pids().map(cpuSeconds);

@@ -23,8 +23,6 @@ import { operator } from '../../test/manager/operator.ts';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 3);
 
-
-
 function rawFdatasyncPerSecond(dir: string): number {
   const fd = openSync(join(dir, 'fsync.bin'), 'w');
   const block = randomBytes(4096);
@@ -69,7 +67,10 @@ class CountingMachine implements StateMachine<number> {
   }
 }
 
-async function groupCommit(dir: string, proposers: number): Promise<{ writes: number; perSync: number; p50: number; p99: number }> {
+async function groupCommit(
+  dir: string,
+  proposers: number,
+): Promise<{ writes: number; perSync: number; p50: number; p99: number }> {
   const storage = await LevelStorage.open(join(dir, `replica-${proposers}`));
   const replica = await Replica.start({
     id: 1,
@@ -109,7 +110,8 @@ async function managerWrites(dir: string, proposers: number): Promise<{ writes: 
     logger: createLogger({ level: 'silent' }),
     tickIntervalMs: 10,
   });
-  while (manager.status().raft?.role !== 'leader' || (manager.status().keys?.activeTerm ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
+  while (manager.status().raft?.role !== 'leader' || (manager.status().keys?.activeTerm ?? 0) === 0)
+    await new Promise((r) => setTimeout(r, 5));
   const payload = randomBytes(256);
   const measured = await measureConcurrent(proposers, () => operator(manager).propose('bench.put', payload));
   await manager.stop();
@@ -117,7 +119,10 @@ async function managerWrites(dir: string, proposers: number): Promise<{ writes: 
 }
 
 /** Runs `proposers` loops of `operation` for SECONDS; operations per second and latency percentiles (ms). */
-async function measureConcurrent(proposers: number, operation: () => Promise<unknown>): Promise<{ perSecond: number; p50: number; p99: number }> {
+async function measureConcurrent(
+  proposers: number,
+  operation: () => Promise<unknown>,
+): Promise<{ perSecond: number; p50: number; p99: number }> {
   const latencies: number[] = [];
   const end = performance.now() + SECONDS * 1000;
   await Promise.all(
@@ -153,30 +158,60 @@ export async function benchStorage(): Promise<void> {
     const rows: string[][] = [['raw write+fdatasync (4 KiB)', fmt(fsync), fmt(fsync), '1.00']];
     for (const perBatch of [1, 10, 100]) {
       const r = await levelBatches(dir, perBatch);
-      rows.push([`LevelStorage, ${perBatch} entr${perBatch === 1 ? 'y' : 'ies'}/Ready`, fmt(r.batches), fmt(r.entries), (r.batches / fsync).toFixed(2)]);
+      rows.push([
+        `LevelStorage, ${perBatch} entr${perBatch === 1 ? 'y' : 'ies'}/Ready`,
+        fmt(r.batches),
+        fmt(r.entries),
+        (r.batches / fsync).toFixed(2),
+      ]);
     }
     table('Synced writes (256 B entries)', ['what', 'syncs/s', 'entries/s', 'syncs vs raw fdatasync'], rows);
 
     const group: string[][] = [];
     for (const proposers of [1, 64]) {
       const r = await groupCommit(dir, proposers);
-      group.push([`${proposers} proposer${proposers === 1 ? '' : 's'}`, fmt(r.writes), fmt(r.perSync, 1), fmt(r.p50, 2), fmt(r.p99, 2), (r.writes / fsync).toFixed(2)]);
+      group.push([
+        `${proposers} proposer${proposers === 1 ? '' : 's'}`,
+        fmt(r.writes),
+        fmt(r.perSync, 1),
+        fmt(r.p50, 2),
+        fmt(r.p99, 2),
+        (r.writes / fsync).toFixed(2),
+      ]);
     }
-    table('Group commit: single-voter Replica on LevelStorage, 256 B proposals', ['concurrency', 'writes/s', 'entries per sync', 'p50 ms', 'p99 ms', 'writes vs raw fdatasync'], group);
+    table(
+      'Group commit: single-voter Replica on LevelStorage, 256 B proposals',
+      ['concurrency', 'writes/s', 'entries per sync', 'p50 ms', 'p99 ms', 'writes vs raw fdatasync'],
+      group,
+    );
 
     const sealed: string[][] = [];
     for (const proposers of [1, 64]) {
       const r = await managerWrites(dir, proposers);
       const plain = Number(group[proposers === 1 ? 0 : 1]![1]!.replaceAll(',', ''));
-      sealed.push([`${proposers} proposer${proposers === 1 ? '' : 's'}`, fmt(r.writes), fmt(r.p50, 2), fmt(r.p99, 2), (r.writes / plain).toFixed(2)]);
+      sealed.push([
+        `${proposers} proposer${proposers === 1 ? '' : 's'}`,
+        fmt(r.writes),
+        fmt(r.p50, 2),
+        fmt(r.p99, 2),
+        (r.writes / plain).toFixed(2),
+      ]);
     }
-    table('Encrypted writes: one-manager cluster, each 256 B command sealed before proposing and opened when applied', ['concurrency', 'writes/s', 'p50 ms', 'p99 ms', 'vs unencrypted Replica'], sealed);
+    table(
+      'Encrypted writes: one-manager cluster, each 256 B command sealed before proposing and opened when applied',
+      ['concurrency', 'writes/s', 'p50 ms', 'p99 ms', 'vs unencrypted Replica'],
+      sealed,
+    );
 
     const seal = [256, 4096].map((bytes) => {
       const r = sealCost(bytes);
       return [`${bytes === 256 ? '256 B' : '4 KiB'} command`, fmt(r.microseconds, 2), fmt(r.perSecond)];
     });
-    table('Sealing a command (AES-256-GCM, random nonce, keyring term header)', ['size', 'µs each', 'per second'], seal);
+    table(
+      'Sealing a command (AES-256-GCM, random nonce, keyring term header)',
+      ['size', 'µs each', 'per second'],
+      seal,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

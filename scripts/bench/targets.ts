@@ -42,7 +42,11 @@ export class CofferTarget implements Target {
 
   private constructor(readonly cluster: ProcessCluster) {
     this.#clients = cluster.managers.map((m) => cluster.client(m, 10_000));
-    this.#anywhere = new CofferClient({ ...cluster.adminPem(), addresses: cluster.managers.map((m) => m.address), deadlineMs: 1000 });
+    this.#anywhere = new CofferClient({
+      ...cluster.adminPem(),
+      addresses: cluster.managers.map((m) => m.address),
+      deadlineMs: 1000,
+    });
   }
 
   static async start(root: string, size: number): Promise<CofferTarget> {
@@ -66,7 +70,11 @@ export class CofferTarget implements Target {
   }
 
   async putAnywhere(key: string, value: Buffer, deadlineMs: number): Promise<void> {
-    const client = new CofferClient({ ...this.cluster.adminPem(), addresses: this.cluster.managers.map((m) => m.address), deadlineMs });
+    const client = new CofferClient({
+      ...this.cluster.adminPem(),
+      addresses: this.cluster.managers.map((m) => m.address),
+      deadlineMs,
+    });
     try {
       await client.put(key, value);
     } finally {
@@ -94,7 +102,9 @@ export class CofferTarget implements Target {
   async ready(at: number, timeoutMs: number): Promise<void> {
     const client = this.cluster.client(this.cluster.managers[at]!, 1000);
     try {
-      await eventually(`Coffer manager ${at + 1} to answer`, timeoutMs, async () => client.get('bench/ready').catch((e: Error) => (/does not exist/.test(e.message) ? true : Promise.reject(e))));
+      await eventually(`Coffer manager ${at + 1} to answer`, timeoutMs, async () =>
+        client.get('bench/ready').catch((e: Error) => (/does not exist/.test(e.message) ? true : Promise.reject(e))),
+      );
     } finally {
       client.close();
     }
@@ -122,11 +132,18 @@ export class CofferTarget implements Target {
 export function ensureEtcd(): string {
   const found = spawnSync('etcd', ['--version'], { encoding: 'utf8' });
   if (found.status === 0) return found.stdout.split('\n')[0]!.trim();
-  if (process.getuid?.() !== 0) throw new Error('etcd is not installed: run `sudo apt-get install -y etcd-server` (Debian), then the benchmark again');
-  console.log('etcd is not installed: installing Debian\'s etcd-server with apt-get ...');
+  if (process.getuid?.() !== 0)
+    throw new Error(
+      'etcd is not installed: run `sudo apt-get install -y etcd-server` (Debian), then the benchmark again',
+    );
+  console.log("etcd is not installed: installing Debian's etcd-server with apt-get ...");
   spawnSync('apt-get', ['update'], { stdio: 'ignore' });
-  const installed = spawnSync('apt-get', ['install', '-y', 'etcd-server'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-  if (installed.status !== 0) throw new Error('apt-get install etcd-server failed: install it by hand, then run the benchmark again');
+  const installed = spawnSync('apt-get', ['install', '-y', 'etcd-server'], {
+    stdio: 'ignore',
+    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+  });
+  if (installed.status !== 0)
+    throw new Error('apt-get install etcd-server failed: install it by hand, then run the benchmark again');
   return spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]!.trim();
 }
 
@@ -146,7 +163,12 @@ export class EtcdTarget implements Target {
   readonly #clients: Etcd3[];
   readonly #logDir: string;
 
-  private constructor(members: EtcdMember[], args: (m: EtcdMember) => string[], credentials: EtcdTarget['credentials'], logDir: string) {
+  private constructor(
+    members: EtcdMember[],
+    args: (m: EtcdMember) => string[],
+    credentials: EtcdTarget['credentials'],
+    logDir: string,
+  ) {
     this.#members = members;
     this.#args = args;
     this.#credentials = credentials;
@@ -161,7 +183,13 @@ export class EtcdTarget implements Target {
   #client(hosts: string[], deadlineMs: number): Etcd3 {
     // No retries or circuit breakers in the client: the benchmark sees what the servers do.
     // Channelz off, as in CofferClient (MANAGER_CHANNEL_OPTIONS): the clients cost the same.
-    return new Etcd3({ hosts, credentials: this.#credentials, faultHandling: { host: () => noop, global: noop }, grpcOptions: { 'grpc.enable_channelz': 0 }, defaultCallOptions: () => ({ deadline: Date.now() + deadlineMs }) });
+    return new Etcd3({
+      hosts,
+      credentials: this.#credentials,
+      faultHandling: { host: () => noop, global: noop },
+      grpcOptions: { 'grpc.enable_channelz': 0 },
+      defaultCallOptions: () => ({ deadline: Date.now() + deadlineMs }),
+    });
   }
 
   static async start(root: string, size: number): Promise<EtcdTarget> {
@@ -169,7 +197,13 @@ export class EtcdTarget implements Target {
     mkdirSync(tls, { recursive: true });
     const now = Date.now();
     const ca = createCa('etcd-bench', now);
-    const server = issueCertificate(ca, { id: 'etcd', role: 'manager', clusterId: 'etcd-bench', nowMs: now, hosts: ['127.0.0.1'] });
+    const server = issueCertificate(ca, {
+      id: 'etcd',
+      role: 'manager',
+      clusterId: 'etcd-bench',
+      nowMs: now,
+      hosts: ['127.0.0.1'],
+    });
     const client = issueCertificate(ca, { id: 'bench', role: 'client', clusterId: 'etcd-bench', nowMs: now });
     const file = (name: string, text: string): string => {
       writeFileSync(join(tls, name), text, { mode: 0o600 });
@@ -180,19 +214,63 @@ export class EtcdTarget implements Target {
     const keyFile = file('server.key', server.keyPem);
     const members: EtcdMember[] = [];
     for (let k = 0; k < size; k++) {
-      members.push({ name: `e${k + 1}`, clientUrl: `https://127.0.0.1:${await freePort()}`, peerUrl: `https://127.0.0.1:${await freePort()}`, dataDir: join(root, `e${k + 1}`), process: null });
+      members.push({
+        name: `e${k + 1}`,
+        clientUrl: `https://127.0.0.1:${await freePort()}`,
+        peerUrl: `https://127.0.0.1:${await freePort()}`,
+        dataDir: join(root, `e${k + 1}`),
+        process: null,
+      });
     }
     const initial = members.map((m) => `${m.name}=${m.peerUrl}`).join(',');
     const args = (m: EtcdMember): string[] => [
-      '--name', m.name, '--data-dir', m.dataDir,
-      '--listen-client-urls', m.clientUrl, '--advertise-client-urls', m.clientUrl,
-      '--listen-peer-urls', m.peerUrl, '--initial-advertise-peer-urls', m.peerUrl,
-      '--initial-cluster', initial, '--initial-cluster-state', 'new', '--initial-cluster-token', 'bench',
-      '--cert-file', certFile, '--key-file', keyFile, '--client-cert-auth', '--trusted-ca-file', caFile,
-      '--peer-cert-file', certFile, '--peer-key-file', keyFile, '--peer-client-cert-auth', '--peer-trusted-ca-file', caFile,
-      '--logger', 'zap', '--log-level', 'error',
+      '--name',
+      m.name,
+      '--data-dir',
+      m.dataDir,
+      '--listen-client-urls',
+      m.clientUrl,
+      '--advertise-client-urls',
+      m.clientUrl,
+      '--listen-peer-urls',
+      m.peerUrl,
+      '--initial-advertise-peer-urls',
+      m.peerUrl,
+      '--initial-cluster',
+      initial,
+      '--initial-cluster-state',
+      'new',
+      '--initial-cluster-token',
+      'bench',
+      '--cert-file',
+      certFile,
+      '--key-file',
+      keyFile,
+      '--client-cert-auth',
+      '--trusted-ca-file',
+      caFile,
+      '--peer-cert-file',
+      certFile,
+      '--peer-key-file',
+      keyFile,
+      '--peer-client-cert-auth',
+      '--peer-trusted-ca-file',
+      caFile,
+      '--logger',
+      'zap',
+      '--log-level',
+      'error',
     ];
-    const target = new EtcdTarget(members, args, { rootCertificate: Buffer.from(ca.certPem), privateKey: Buffer.from(client.keyPem), certChain: Buffer.from(client.certPem) }, root);
+    const target = new EtcdTarget(
+      members,
+      args,
+      {
+        rootCertificate: Buffer.from(ca.certPem),
+        privateKey: Buffer.from(client.keyPem),
+        certChain: Buffer.from(client.certPem),
+      },
+      root,
+    );
     for (let k = 0; k < size; k++) target.restart(k);
     await target.leader();
     return target;
@@ -211,7 +289,10 @@ export class EtcdTarget implements Target {
   }
 
   async putAnywhere(key: string, value: Buffer, deadlineMs: number): Promise<void> {
-    const client = this.#client(this.#members.map((m) => m.clientUrl), deadlineMs);
+    const client = this.#client(
+      this.#members.map((m) => m.clientUrl),
+      deadlineMs,
+    );
     try {
       await client.put(key).value(value).exec();
     } finally {
@@ -271,7 +352,13 @@ export class EtcdTarget implements Target {
 
   async addMember(): Promise<number> {
     const k = this.#members.length;
-    const m: EtcdMember = { name: `e${k + 1}`, clientUrl: `https://127.0.0.1:${await freePort()}`, peerUrl: `https://127.0.0.1:${await freePort()}`, dataDir: join(this.#logDir, `e${k + 1}`), process: null };
+    const m: EtcdMember = {
+      name: `e${k + 1}`,
+      clientUrl: `https://127.0.0.1:${await freePort()}`,
+      peerUrl: `https://127.0.0.1:${await freePort()}`,
+      dataDir: join(this.#logDir, `e${k + 1}`),
+      process: null,
+    };
     // etcd refuses a new member ("unhealthy cluster") until every member has been connected for
     // a few seconds (strict reconfiguration check): a member restarted just before must settle.
     await eventually('etcd to accept a new member', 60_000, async () => {

@@ -123,8 +123,10 @@ function headText(key: Uint8Array, head: Head): string {
 /** The head, if its MAC is this key's; otherwise what is wrong with it. */
 function openHead(text: string, key: Uint8Array): Head | string {
   const split = splitLast(text, 'mac');
-  if (split === null) return `${AUDIT_HEAD_FILE} is not a keyed head (its last field is not a MAC): it was rewritten or replaced`;
-  if (!sameHex(headMac(key, split.body), split.hex)) return `${AUDIT_HEAD_FILE} does not carry this manager's MAC: it was rewritten or forged (or the key given is not this manager's)`;
+  if (split === null)
+    return `${AUDIT_HEAD_FILE} is not a keyed head (its last field is not a MAC): it was rewritten or replaced`;
+  if (!sameHex(headMac(key, split.body), split.hex))
+    return `${AUDIT_HEAD_FILE} does not carry this manager's MAC: it was rewritten or forged (or the key given is not this manager's)`;
   let head: unknown;
   try {
     head = JSON.parse(split.body);
@@ -132,7 +134,14 @@ function openHead(text: string, key: Uint8Array): Head | string {
     return `${AUDIT_HEAD_FILE} is not JSON`;
   }
   const h = head as Partial<Head>;
-  if (!Number.isSafeInteger(h.seq) || h.seq! < 0 || typeof h.hash !== 'string' || !HEX64.test(h.hash) || !Number.isSafeInteger(h.node)) return `${AUDIT_HEAD_FILE} has a field missing or of the wrong type`;
+  if (
+    !Number.isSafeInteger(h.seq) ||
+    h.seq! < 0 ||
+    typeof h.hash !== 'string' ||
+    !HEX64.test(h.hash) ||
+    !Number.isSafeInteger(h.node)
+  )
+    return `${AUDIT_HEAD_FILE} has a field missing or of the wrong type`;
   return { seq: h.seq!, hash: h.hash, node: h.node! };
 }
 
@@ -143,7 +152,9 @@ function isRecord(value: unknown): value is AuditRecord {
     r !== null &&
     Number.isSafeInteger(r['seq']) &&
     Number.isSafeInteger(r['node']) &&
-    ['time', 'identity', 'role', 'method', 'target', 'outcome', 'code', 'prev', 'hash'].every((k) => typeof r[k] === 'string')
+    ['time', 'identity', 'role', 'method', 'target', 'outcome', 'code', 'prev', 'hash'].every(
+      (k) => typeof r[k] === 'string',
+    )
   );
 }
 
@@ -222,7 +233,14 @@ export class AuditLog {
   /** Files an `open` with `newLog` moved aside (their new names), for the manager to log. */
   readonly archived: readonly string[];
 
-  private constructor(dir: string, node: number, key: Uint8Array, seq: number, prev: string, archived: readonly string[]) {
+  private constructor(
+    dir: string,
+    node: number,
+    key: Uint8Array,
+    seq: number,
+    prev: string,
+    archived: readonly string[],
+  ) {
     this.dir = dir;
     this.#node = node;
     this.#key = Buffer.from(key);
@@ -359,7 +377,11 @@ export class AuditLog {
     const record: AuditRecord = { ...base, hash };
     this.#prev = hash;
     return new Promise((resolve, reject) => {
-      this.#pending.push({ line: `${line}\n`, record, done: (error) => (error === null ? resolve(record) : reject(error)) });
+      this.#pending.push({
+        line: `${line}\n`,
+        record,
+        done: (error) => (error === null ? resolve(record) : reject(error)),
+      });
       void this.#flush();
     });
   }
@@ -402,7 +424,12 @@ export class AuditLog {
           );
           this.#seq = this.#durable.seq;
           this.#prev = this.#durable.hash;
-          for (const item of [...batch, ...this.#pending]) item.done(new AuditError(`the audit log in ${this.dir} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'}); the request was refused`));
+          for (const item of [...batch, ...this.#pending])
+            item.done(
+              new AuditError(
+                `the audit log in ${this.dir} cannot be written (${(error as NodeJS.ErrnoException).code ?? 'error'}); the request was refused`,
+              ),
+            );
           this.#pending = [];
         }
       }
@@ -414,7 +441,11 @@ export class AuditLog {
   /** The last `count` records. */
   async tail(count: number): Promise<AuditRecord[]> {
     const text = completeLines((await readOrNull(join(this.dir, AUDIT_FILE))) ?? '');
-    return text.split('\n').filter((l) => l !== '').slice(-count).map((l) => JSON.parse(l) as AuditRecord);
+    return text
+      .split('\n')
+      .filter((l) => l !== '')
+      .slice(-count)
+      .map((l) => JSON.parse(l) as AuditRecord);
   }
 
   /**
@@ -428,7 +459,8 @@ export class AuditLog {
       const text = await readOrNull(join(this.dir, AUDIT_FILE));
       return verifyAuditLog(text === null ? null : completeLines(text), head, this.#key, anchor);
     } catch (error) {
-      if (error instanceof AuditError) return { ok: false, records: 0, firstBroken: { line: 0, problem: error.message } };
+      if (error instanceof AuditError)
+        return { ok: false, records: 0, firstBroken: { line: 0, problem: error.message } };
       throw error;
     }
   }
@@ -461,10 +493,29 @@ export interface VerifyReport {
  * manager's node id; that the log reaches the head and holds the record it names; and, given
  * the cluster's anchor, that it reaches the anchor and holds that record too.
  */
-export function verifyAuditLog(text: string | null, head: string | null, key: Uint8Array, anchor: AuditAnchor | null = null): VerifyReport {
-  const fail = (line: number, records: number, problem: string): VerifyReport => ({ ok: false, records, firstBroken: { line, problem } });
-  if (text === null) return fail(0, 0, `${AUDIT_FILE} is missing: a manager's log is made with its head and never removed, so it was deleted`);
-  if (head === null) return fail(0, 0, `${AUDIT_HEAD_FILE} is missing: a manager's head is made with its log and only ever replaced, so it was deleted`);
+export function verifyAuditLog(
+  text: string | null,
+  head: string | null,
+  key: Uint8Array,
+  anchor: AuditAnchor | null = null,
+): VerifyReport {
+  const fail = (line: number, records: number, problem: string): VerifyReport => ({
+    ok: false,
+    records,
+    firstBroken: { line, problem },
+  });
+  if (text === null)
+    return fail(
+      0,
+      0,
+      `${AUDIT_FILE} is missing: a manager's log is made with its head and never removed, so it was deleted`,
+    );
+  if (head === null)
+    return fail(
+      0,
+      0,
+      `${AUDIT_HEAD_FILE} is missing: a manager's head is made with its log and only ever replaced, so it was deleted`,
+    );
   const opened = openHead(head, key);
   if (typeof opened === 'string') return fail(0, 0, opened);
   const lines = text.split('\n');
@@ -482,30 +533,59 @@ export function verifyAuditLog(text: string | null, head: string | null, key: Ui
     } catch {
       return broken('not a JSON record');
     }
-    if (split === null || !isRecord(record)) return broken('not an audit record (a field is missing or of the wrong type, or the hash is not the last field)');
-    if (record.prev !== prev) return broken(`it does not follow the record before it (a record was removed, inserted or reordered)`);
+    if (split === null || !isRecord(record))
+      return broken('not an audit record (a field is missing or of the wrong type, or the hash is not the last field)');
+    if (record.prev !== prev)
+      return broken(`it does not follow the record before it (a record was removed, inserted or reordered)`);
     if (record.seq !== seq + 1) return broken(`sequence number ${record.seq} after ${seq}`);
-    if (record.node !== opened.node) return broken(`it names manager ${record.node}, but this is manager ${opened.node}'s log`);
-    if (!sameHex(recordHash(key, prev, split.body), split.hex)) return broken('its contents were altered (the hash does not match its bytes under this manager\'s key)');
+    if (record.node !== opened.node)
+      return broken(`it names manager ${record.node}, but this is manager ${opened.node}'s log`);
+    if (!sameHex(recordHash(key, prev, split.body), split.hex))
+      return broken("its contents were altered (the hash does not match its bytes under this manager's key)");
     prev = split.hex;
     seq = record.seq;
     if (seq === opened.seq) headHash = prev;
     if (seq === anchor?.seq) anchorHash = prev;
   }
   const records = lines.length;
-  if (partial !== '') return fail(records + 1, records, 'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log');
+  if (partial !== '')
+    return fail(
+      records + 1,
+      records,
+      'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log',
+    );
   // The head is written after the log, so it may lag; a log shorter than it was cut.
-  if (opened.seq > seq) return fail(records + 1, records, `the log ends at record ${seq}, but the head says ${opened.seq}: it was truncated`);
-  if (headHash === null || !sameHex(headHash, opened.hash)) return fail(opened.seq, records, `record ${opened.seq} is not the one the head names: the log was replaced`);
+  if (opened.seq > seq)
+    return fail(
+      records + 1,
+      records,
+      `the log ends at record ${seq}, but the head says ${opened.seq}: it was truncated`,
+    );
+  if (headHash === null || !sameHex(headHash, opened.hash))
+    return fail(opened.seq, records, `record ${opened.seq} is not the one the head names: the log was replaced`);
   if (anchor !== null) {
-    if (anchor.seq > seq) return fail(records + 1, records, `the log ends at record ${seq}, but the cluster's anchor is record ${anchor.seq}: it was truncated (and any head that agrees with it is an older one put back)`);
-    if (anchorHash === null || !sameHex(anchorHash, anchor.hash)) return fail(anchor.seq, records, `record ${anchor.seq} is not the one the cluster's anchor names: the log was replaced or rewritten`);
+    if (anchor.seq > seq)
+      return fail(
+        records + 1,
+        records,
+        `the log ends at record ${seq}, but the cluster's anchor is record ${anchor.seq}: it was truncated (and any head that agrees with it is an older one put back)`,
+      );
+    if (anchorHash === null || !sameHex(anchorHash, anchor.hash))
+      return fail(
+        anchor.seq,
+        records,
+        `record ${anchor.seq} is not the one the cluster's anchor names: the log was replaced or rewritten`,
+      );
   }
   return { ok: true, records, firstBroken: null };
 }
 
 /** Verifies the log in a directory, with its head, under the manager's audit key (and the cluster's anchor). */
-export async function verifyAuditDir(dir: string, key: Uint8Array, anchor: AuditAnchor | null = null): Promise<VerifyReport> {
+export async function verifyAuditDir(
+  dir: string,
+  key: Uint8Array,
+  anchor: AuditAnchor | null = null,
+): Promise<VerifyReport> {
   try {
     const head = await readOrNull(join(dir, AUDIT_HEAD_FILE));
     const text = await readOrNull(join(dir, AUDIT_FILE));

@@ -5,7 +5,6 @@ import { CryptoError } from '../crypto/errors.ts';
 import { unwrapWithRecovery, wrapForRecovery, type RecoveryWrap } from '../crypto/recovery-key.ts';
 import { kekFromUnlockKey, unwrapRootKey, wrapRootKey } from '../crypto/root-key.ts';
 
-
 /**
  * A backup file: `CFRBAK1\n`, a 4-byte header length, the header (msgpack), then the image.
  *
@@ -48,12 +47,27 @@ export interface BackupContents {
 /** The header fields that the sealed parts are bound to. */
 function boundFields(h: Omit<BackupHeader, 'caKeySealed' | 'recovery' | 'unlock'>): Buffer {
   return createHash('sha256')
-    .update(packr.pack(['coffer backup v1', h.format, h.clusterId, h.createdAtMs, h.index, h.term, h.rootGen, h.imageBytes, h.imageSha256, h.caCertPem]))
+    .update(
+      packr.pack([
+        'coffer backup v1',
+        h.format,
+        h.clusterId,
+        h.createdAtMs,
+        h.index,
+        h.term,
+        h.rootGen,
+        h.imageBytes,
+        h.imageSha256,
+        h.caCertPem,
+      ]),
+    )
     .digest();
 }
 
 function caKeyKey(rootKey: Uint8Array, clusterId: string): Buffer {
-  return Buffer.from(hkdfSync('sha256', rootKey, Buffer.from(clusterId, 'utf8'), Buffer.from('coffer backup ca key v1'), KEY_BYTES));
+  return Buffer.from(
+    hkdfSync('sha256', rootKey, Buffer.from(clusterId, 'utf8'), Buffer.from('coffer backup ca key v1'), KEY_BYTES),
+  );
 }
 
 export function encodeBackup(
@@ -76,7 +90,10 @@ export function encodeBackup(
   const header: BackupHeader = {
     ...fields,
     caKeySealed: seal(key, Buffer.from(keys.caKeyPem), ad),
-    recovery: keys.recoveryPublicKey === null ? null : wrapForRecovery(keys.recoveryPublicKey, keys.rootKey, contents.clusterId, ad),
+    recovery:
+      keys.recoveryPublicKey === null
+        ? null
+        : wrapForRecovery(keys.recoveryPublicKey, keys.rootKey, contents.clusterId, ad),
     unlock: keys.unlockKek === null ? null : wrapRootKey(keys.unlockKek, keys.rootKey, contents.clusterId),
   };
   key.fill(0);
@@ -88,8 +105,10 @@ export function encodeBackup(
 
 /** Reads a backup's header (no key needed: it says which keys open it). */
 export function readBackupHeader(file: Buffer): { header: BackupHeader; image: Buffer } {
-  const invalid = (why: string): CryptoError => new CryptoError('BACKUP_INVALID', `not a Coffer backup, or a damaged one: ${why}`);
-  if (file.byteLength < BACKUP_MAGIC.byteLength + 4 || !file.subarray(0, BACKUP_MAGIC.byteLength).equals(BACKUP_MAGIC)) throw invalid('it does not start with CFRBAK1');
+  const invalid = (why: string): CryptoError =>
+    new CryptoError('BACKUP_INVALID', `not a Coffer backup, or a damaged one: ${why}`);
+  if (file.byteLength < BACKUP_MAGIC.byteLength + 4 || !file.subarray(0, BACKUP_MAGIC.byteLength).equals(BACKUP_MAGIC))
+    throw invalid('it does not start with CFRBAK1');
   const headLength = file.readUInt32BE(BACKUP_MAGIC.byteLength);
   const headStart = BACKUP_MAGIC.byteLength + 4;
   if (headStart + headLength > file.byteLength) throw invalid('it is cut short');
@@ -99,10 +118,13 @@ export function readBackupHeader(file: Buffer): { header: BackupHeader; image: B
   } catch {
     throw invalid('its header does not decode');
   }
-  if (header === null || typeof header !== 'object' || header.format !== 1 || typeof header.clusterId !== 'string') throw invalid('its header has an unknown format');
+  if (header === null || typeof header !== 'object' || header.format !== 1 || typeof header.clusterId !== 'string')
+    throw invalid('its header has an unknown format');
   const image = file.subarray(headStart + headLength);
-  if (image.byteLength !== header.imageBytes) throw invalid(`the state should have ${header.imageBytes} bytes and has ${image.byteLength} (cut short?)`);
-  if (!createHash('sha256').update(image).digest().equals(Buffer.from(header.imageSha256))) throw invalid('the state does not match its checksum');
+  if (image.byteLength !== header.imageBytes)
+    throw invalid(`the state should have ${header.imageBytes} bytes and has ${image.byteLength} (cut short?)`);
+  if (!createHash('sha256').update(image).digest().equals(Buffer.from(header.imageSha256)))
+    throw invalid('the state does not match its checksum');
   return { header, image };
 }
 
@@ -110,20 +132,37 @@ export function readBackupHeader(file: Buffer): { header: BackupHeader; image: B
  * Opens a backup with the recovery key or the unlock key: the root key and the CA key, checked
  * against every header field (a wrong key or an altered file is refused by name).
  */
-export function openBackup(file: Buffer, key: { recoveryKey: string } | { unlockKey: string }): BackupContents & { rootKey: Buffer; caKeyPem: string } {
+export function openBackup(
+  file: Buffer,
+  key: { recoveryKey: string } | { unlockKey: string },
+): BackupContents & { rootKey: Buffer; caKeyPem: string } {
   const { header, image } = readBackupHeader(file);
   const ad = boundFields(header);
   let rootKey: Buffer;
   if ('recoveryKey' in key) {
-    if (header.recovery === null) throw new CryptoError('BACKUP_KEY_WRONG', 'this backup was made before the cluster had a recovery key: open it with the unlock key');
-    rootKey = unwrapWithRecovery(key.recoveryKey, { ephemeralPublic: Buffer.from(header.recovery.ephemeralPublic), wrapped: Buffer.from(header.recovery.wrapped) }, header.clusterId, ad);
+    if (header.recovery === null)
+      throw new CryptoError(
+        'BACKUP_KEY_WRONG',
+        'this backup was made before the cluster had a recovery key: open it with the unlock key',
+      );
+    rootKey = unwrapWithRecovery(
+      key.recoveryKey,
+      { ephemeralPublic: Buffer.from(header.recovery.ephemeralPublic), wrapped: Buffer.from(header.recovery.wrapped) },
+      header.clusterId,
+      ad,
+    );
   } else {
-    if (header.unlock === null) throw new CryptoError('BACKUP_KEY_WRONG', 'the manager that made this backup was not autolocked, so no unlock key opens it: use the recovery key');
+    if (header.unlock === null)
+      throw new CryptoError(
+        'BACKUP_KEY_WRONG',
+        'the manager that made this backup was not autolocked, so no unlock key opens it: use the recovery key',
+      );
     const kek = kekFromUnlockKey(key.unlockKey, header.clusterId);
     try {
       rootKey = unwrapRootKey(kek, Buffer.from(header.unlock), header.clusterId, 'unlock key');
     } catch (error) {
-      if (error instanceof CryptoError && error.code === 'UNLOCK_KEY_WRONG') throw new CryptoError('BACKUP_KEY_WRONG', 'this unlock key does not open the backup');
+      if (error instanceof CryptoError && error.code === 'UNLOCK_KEY_WRONG')
+        throw new CryptoError('BACKUP_KEY_WRONG', 'this unlock key does not open the backup');
       throw error;
     } finally {
       kek.fill(0);
@@ -132,11 +171,21 @@ export function openBackup(file: Buffer, key: { recoveryKey: string } | { unlock
   const caKey = caKeyKey(rootKey, header.clusterId);
   let caKeyPem: string;
   try {
-    caKeyPem = open(caKey, Buffer.from(header.caKeySealed), ad, 'the backup\'s CA key').toString();
+    caKeyPem = open(caKey, Buffer.from(header.caKeySealed), ad, "the backup's CA key").toString();
   } catch {
-    throw new CryptoError('BACKUP_INVALID', 'the backup\'s header was altered (its sealed CA key no longer matches it)');
+    throw new CryptoError('BACKUP_INVALID', "the backup's header was altered (its sealed CA key no longer matches it)");
   } finally {
     caKey.fill(0);
   }
-  return { clusterId: header.clusterId, createdAtMs: header.createdAtMs, index: header.index, term: header.term, rootGen: header.rootGen, image, caCertPem: header.caCertPem, rootKey, caKeyPem };
+  return {
+    clusterId: header.clusterId,
+    createdAtMs: header.createdAtMs,
+    index: header.index,
+    term: header.term,
+    rootGen: header.rootGen,
+    image,
+    caCertPem: header.caCertPem,
+    rootKey,
+    caKeyPem,
+  };
 }

@@ -9,7 +9,14 @@ import type { SnapshotRequest, StateMachine } from '../replica/replica.ts';
 import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
 import { KeyState, decodeKeyStateInto, encodeKeyState } from './key-state.ts';
-import { COMMAND_KIND_PATTERN, PayloadError, decodePayload, encodePayload, type EntryPayload, type KeyOp } from './payload.ts';
+import {
+  COMMAND_KIND_PATTERN,
+  PayloadError,
+  decodePayload,
+  encodePayload,
+  type EntryPayload,
+  type KeyOp,
+} from './payload.ts';
 
 /** The application state behind the barrier: it sees commands and snapshot images in plaintext. */
 export interface InnerStateMachine<Result> {
@@ -28,7 +35,13 @@ export interface LocalKeys {
    * Rewraps the local root key: a newer generation, and/or a new KEK (an unlock key's), or, with
    * `autolockOff`, the manager's own key file again.
    */
-  rewrap(options: { rootGen: number; rootKey: Buffer; unlockGen: number; unlockKek: Buffer | null; autolockOff?: boolean }): Promise<void>;
+  rewrap(options: {
+    rootGen: number;
+    rootKey: Buffer;
+    unlockGen: number;
+    unlockKek: Buffer | null;
+    autolockOff?: boolean;
+  }): Promise<void>;
 }
 
 export type BarrierResult<Result> =
@@ -40,7 +53,6 @@ export type BarrierResult<Result> =
 
 /** Encryptions a snapshot may make between two reservations (see `sealCommand`). */
 const USES_SLACK = 64;
-
 
 /**
  * The encryption barrier between the Raft log and the application state (after Vault's). What
@@ -71,7 +83,15 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     return this.#keys.clusterId;
   }
 
-  status(): { activeTerm: number; activeCreatedAtMs: number; terms: ReturnType<Keyring['terms']>; rootGen: number; unlockGen: number; lastRewrap: { index: number; term: number } | null; usesOfActiveTerm: number } {
+  status(): {
+    activeTerm: number;
+    activeCreatedAtMs: number;
+    terms: ReturnType<Keyring['terms']>;
+    rootGen: number;
+    unlockGen: number;
+    lastRewrap: { index: number; term: number } | null;
+    usesOfActiveTerm: number;
+  } {
     const keyring = this.#keys.keyring;
     return {
       activeTerm: keyring.activeTerm,
@@ -97,7 +117,8 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
 
   /** An application command, sealed under the active term, ready to propose. */
   async sealCommand(kind: string, plaintext: Uint8Array): Promise<Buffer> {
-    if (!COMMAND_KIND_PATTERN.test(kind)) throw new TypeError(`command kind "${kind}" does not match ${String(COMMAND_KIND_PATTERN)}`);
+    if (!COMMAND_KIND_PATTERN.test(kind))
+      throw new TypeError(`command kind "${kind}" does not match ${String(COMMAND_KIND_PATTERN)}`);
     // Reserving takes a write; meanwhile a rotation may make another term active: check again.
     for (let attempt = 0; ; attempt++) {
       const keyring = this.#keys.keyring;
@@ -105,7 +126,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       if (term === 0 || keyring.usesOf(term) + 1 + USES_SLACK <= this.#local.usesReserved(term)) {
         return encodePayload({ type: 'command', kind, sealed: keyring.encrypt(commandKind(kind), plaintext) });
       }
-      assert(attempt < 8, () => `uses of keyring term ${term} could not be reserved (reserved ${this.#local.usesReserved(term)}, used ${keyring.usesOf(term)})`);
+      assert(
+        attempt < 8,
+        () =>
+          `uses of keyring term ${term} could not be reserved (reserved ${this.#local.usesReserved(term)}, used ${keyring.usesOf(term)})`,
+      );
       await this.#reserveUses(term);
     }
   }
@@ -114,7 +139,16 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     const term = this.#keys.keyring.activeTerm + 1;
     const key = Keyring.newKey();
     try {
-      return encodePayload({ type: 'key', op: { op: 'rotate', term, rootGen: this.#keys.rootGen, wrappedKey: wrapDataKey(this.#keys.rootKey, this.clusterId, term, this.#keys.rootGen, key), createdAtMs: nowMs } });
+      return encodePayload({
+        type: 'key',
+        op: {
+          op: 'rotate',
+          term,
+          rootGen: this.#keys.rootGen,
+          wrappedKey: wrapDataKey(this.#keys.rootKey, this.clusterId, term, this.#keys.rootGen, key),
+          createdAtMs: nowMs,
+        },
+      });
     } finally {
       key.fill(0);
     }
@@ -132,7 +166,10 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     const gen = this.#keys.rootGen + 1;
     const next = generateRootKey();
     try {
-      return encodePayload({ type: 'key', op: { op: 'rotate-root', gen, wrappedRoot: wrapRootLink(this.#keys.rootKey, next, this.clusterId, gen) } });
+      return encodePayload({
+        type: 'key',
+        op: { op: 'rotate-root', gen, wrappedRoot: wrapRootLink(this.#keys.rootKey, next, this.clusterId, gen) },
+      });
     } finally {
       next.fill(0);
     }
@@ -142,7 +179,13 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   unlockKek(): Buffer | null {
     const unlock = this.#keys.unlock;
     if (unlock === null || unlock.wrappedKek.byteLength === 0) return null;
-    return unwrapUnlockKek(this.#keys.roots.get(unlock.rootGen)!, unlock.wrappedKek, this.clusterId, unlock.gen, unlock.rootGen);
+    return unwrapUnlockKek(
+      this.#keys.roots.get(unlock.rootGen)!,
+      unlock.wrappedKek,
+      this.clusterId,
+      unlock.gen,
+      unlock.rootGen,
+    );
   }
 
   /** Autolock off: the next unlock generation is "none" (managers go back to their key files). */
@@ -153,19 +196,27 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   rotateUnlockPayload(unlockKek: Uint8Array): Buffer {
     const gen = (this.#keys.unlock?.gen ?? 0) + 1;
     const rootGen = this.#keys.rootGen;
-    return encodePayload({ type: 'key', op: { op: 'rotate-unlock', gen, rootGen, wrappedKek: wrapUnlockKek(this.#keys.rootKey, unlockKek, this.clusterId, gen, rootGen) } });
+    return encodePayload({
+      type: 'key',
+      op: {
+        op: 'rotate-unlock',
+        gen,
+        rootGen,
+        wrappedKek: wrapUnlockKek(this.#keys.rootKey, unlockKek, this.clusterId, gen, rootGen),
+      },
+    });
   }
 
   // ---- the state machine ---------------------------------------------------------------
 
   apply(entry: Entry): BarrierResult<Result> {
-
     if (entry.kind !== 'normal' || entry.data.byteLength === 0) return { type: 'none' };
     let payload: EntryPayload;
     try {
       payload = decodePayload(entry.data);
     } catch (error) {
-      if (error instanceof PayloadError) return { type: 'refused', code: error.code, message: `entry ${entry.index}: ${error.message}` };
+      if (error instanceof PayloadError)
+        return { type: 'refused', code: error.code, message: `entry ${entry.index}: ${error.message}` };
       throw error;
     }
     if (payload.type === 'key') {
@@ -174,60 +225,100 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       } catch (error) {
         // Deterministic refusal (e.g. key material that does not open): every manager refuses alike.
         if (error instanceof AssertionError || !(error instanceof Error)) throw error;
-        return { type: 'refused', code: 'KEY_OP_REFUSED', message: `the ${payload.op.op} at index ${entry.index} was refused: ${error.message}` };
+        return {
+          type: 'refused',
+          code: 'KEY_OP_REFUSED',
+          message: `the ${payload.op.op} at index ${entry.index} was refused: ${error.message}`,
+        };
       }
     }
     let plaintext: Buffer;
     try {
       plaintext = this.#keys.keyring.decrypt(commandKind(payload.kind), payload.sealed);
     } catch (error) {
-      if (error instanceof CryptoError) return { type: 'refused', code: error.code, message: `the ${payload.kind} command at index ${entry.index} cannot be opened: ${error.message}` };
+      if (error instanceof CryptoError)
+        return {
+          type: 'refused',
+          code: error.code,
+          message: `the ${payload.kind} command at index ${entry.index} cannot be opened: ${error.message}`,
+        };
       throw error;
     }
     this.#keys.sealedMaxIndex.set(Keyring.termOf(payload.sealed), entry.index);
     this.#innerPristine = false;
     try {
-      return { type: 'applied', result: this.#inner.apply({ index: entry.index, kind: payload.kind, data: plaintext }) };
+      return {
+        type: 'applied',
+        result: this.#inner.apply({ index: entry.index, kind: payload.kind, data: plaintext }),
+      };
     } catch (error) {
       // A command the state cannot apply (malformed data) must not stop every manager, then stop
       // it again at each replay: it is refused, the same way everywhere. Broken invariants still stop.
       if (error instanceof AssertionError || !(error instanceof Error)) throw error;
-      return { type: 'refused', code: 'COMMAND_MALFORMED', message: `the ${payload.kind} command at index ${entry.index} cannot be applied: ${error.message}` };
+      return {
+        type: 'refused',
+        code: 'COMMAND_MALFORMED',
+        message: `the ${payload.kind} command at index ${entry.index} cannot be applied: ${error.message}`,
+      };
     }
   }
 
   #applyKeyOp(index: number, op: KeyOp): BarrierResult<Result> {
     const keys = this.#keys;
     const keyring = keys.keyring;
-    const unchanged = (detail: string): BarrierResult<Result> => ({ type: 'key-op', op: op.op, changed: false, detail });
+    const unchanged = (detail: string): BarrierResult<Result> => ({
+      type: 'key-op',
+      op: op.op,
+      changed: false,
+      detail,
+    });
     const refused = (message: string): BarrierResult<Result> => ({ type: 'refused', code: 'KEY_OP_REFUSED', message });
     switch (op.op) {
       case 'rotate': {
-        if (op.term !== keyring.activeTerm + 1) return unchanged(`keyring term ${op.term} was proposed after term ${op.term - 1}, but term ${keyring.activeTerm} is active; propose again`);
-        if (op.rootGen !== keys.rootGen) return unchanged(`the new key was sealed under root generation ${op.rootGen}, but ${keys.rootGen} is current; propose again`);
+        if (op.term !== keyring.activeTerm + 1)
+          return unchanged(
+            `keyring term ${op.term} was proposed after term ${op.term - 1}, but term ${keyring.activeTerm} is active; propose again`,
+          );
+        if (op.rootGen !== keys.rootGen)
+          return unchanged(
+            `the new key was sealed under root generation ${op.rootGen}, but ${keys.rootGen} is current; propose again`,
+          );
         const key = unwrapDataKey(keys.rootKey, this.clusterId, op.term, op.rootGen, op.wrappedKey);
         keyring.addTerm(op.term, key, op.createdAtMs);
         key.fill(0);
         keyring.assumeUses(op.term, this.#local.usesReserved(op.term));
         reached('rotate:applied');
-        return { type: 'key-op', op: op.op, changed: true, detail: `keyring term ${op.term} is active from index ${index}` };
+        return {
+          type: 'key-op',
+          op: op.op,
+          changed: true,
+          detail: `keyring term ${op.term} is active from index ${index}`,
+        };
       }
       case 'rewrap': {
         if (keyring.activeTerm === 0) return refused('the keyring has no term yet; nothing to rewrap');
         keys.lastRewrap = { index, term: keyring.activeTerm };
         this.#requestSnapshot('rewrap', false);
         reached('rewrap:applied');
-        return { type: 'key-op', op: op.op, changed: true, detail: `everything up to index ${index} is rewrapped under keyring term ${keyring.activeTerm}` };
+        return {
+          type: 'key-op',
+          op: op.op,
+          changed: true,
+          detail: `everything up to index ${index} is rewrapped under keyring term ${keyring.activeTerm}`,
+        };
       }
       case 'destroy': {
         const known = keyring.terms().find((t) => t.term === op.term);
         if (known === undefined) return refused(`keyring term ${op.term} does not exist`);
         if (known.destroyed) return unchanged(`keyring term ${op.term} is already destroyed`);
-        if (op.term >= keyring.activeTerm) return refused(`keyring term ${op.term} is the active term; rotate, then rewrap, before destroying it`);
+        if (op.term >= keyring.activeTerm)
+          return refused(`keyring term ${op.term} is the active term; rotate, then rewrap, before destroying it`);
         const rewrap = keys.lastRewrap;
         const sealedMax = keys.sealedMaxIndex.get(op.term) ?? 0;
         if (rewrap === null || rewrap.term <= op.term || sealedMax > rewrap.index) {
-          return refused(`data sealed under keyring term ${op.term} may still be stored (last sealed at index ${sealedMax}, last rewrap ${rewrap === null ? 'never' : `at index ${rewrap.index} under term ${rewrap.term}`}); rewrap first`);
+          return refused(
+            `data sealed under keyring term ${op.term} may still be stored (last sealed at index ${sealedMax}, last rewrap ${rewrap === null ? 'never' : `at index ${rewrap.index} under term ${rewrap.term}`}); rewrap first`,
+          );
         }
         keyring.destroyTerm(op.term);
         keys.sealedMaxIndex.delete(op.term);
@@ -236,12 +327,25 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
         return { type: 'key-op', op: op.op, changed: true, detail: `keyring term ${op.term} is destroyed` };
       }
       case 'rotate-root': {
-        if (op.gen !== keys.rootGen + 1) return unchanged(`root generation ${op.gen} was proposed after ${op.gen - 1}, but ${keys.rootGen} is current; propose again`);
+        if (op.gen !== keys.rootGen + 1)
+          return unchanged(
+            `root generation ${op.gen} was proposed after ${op.gen - 1}, but ${keys.rootGen} is current; propose again`,
+          );
         const next = unwrapRootLink(keys.rootKey, op.wrappedRoot, this.clusterId, op.gen);
         if (keys.unlock !== null && keys.unlock.wrappedKek.byteLength > 0) {
           // Keep the unlock KEK openable by the current root generation alone.
-          const kek = unwrapUnlockKek(keys.roots.get(keys.unlock.rootGen)!, keys.unlock.wrappedKek, this.clusterId, keys.unlock.gen, keys.unlock.rootGen);
-          keys.unlock = { gen: keys.unlock.gen, rootGen: op.gen, wrappedKek: wrapUnlockKek(next, kek, this.clusterId, keys.unlock.gen, op.gen) };
+          const kek = unwrapUnlockKek(
+            keys.roots.get(keys.unlock.rootGen)!,
+            keys.unlock.wrappedKek,
+            this.clusterId,
+            keys.unlock.gen,
+            keys.unlock.rootGen,
+          );
+          keys.unlock = {
+            gen: keys.unlock.gen,
+            rootGen: op.gen,
+            wrappedKek: wrapUnlockKek(next, kek, this.clusterId, keys.unlock.gen, op.gen),
+          };
           kek.fill(0);
         }
         keys.roots.set(op.gen, next);
@@ -253,8 +357,14 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       }
       case 'rotate-unlock': {
         const current = keys.unlock?.gen ?? 0;
-        if (op.gen !== current + 1) return unchanged(`unlock key generation ${op.gen} was proposed after ${op.gen - 1}, but ${current} is current; propose again`);
-        if (op.rootGen !== keys.rootGen) return unchanged(`the unlock key was sealed under root generation ${op.rootGen}, but ${keys.rootGen} is current; propose again`);
+        if (op.gen !== current + 1)
+          return unchanged(
+            `unlock key generation ${op.gen} was proposed after ${op.gen - 1}, but ${current} is current; propose again`,
+          );
+        if (op.rootGen !== keys.rootGen)
+          return unchanged(
+            `the unlock key was sealed under root generation ${op.rootGen}, but ${keys.rootGen} is current; propose again`,
+          );
         unwrapUnlockKek(keys.rootKey, op.wrappedKek, this.clusterId, op.gen, op.rootGen).fill(0); // proves it opens
         keys.unlock = { gen: op.gen, rootGen: op.rootGen, wrappedKek: op.wrappedKek };
         reached('rotate-unlock:applied');
@@ -263,9 +373,17 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       case 'autolock-off': {
         const current = keys.unlock;
         if (current === null || current.wrappedKek.byteLength === 0) return unchanged('autolock is already off');
-        if (op.gen !== current.gen + 1) return unchanged(`autolock-off was proposed as unlock generation ${op.gen}, but ${current.gen} is current; propose again`);
+        if (op.gen !== current.gen + 1)
+          return unchanged(
+            `autolock-off was proposed as unlock generation ${op.gen}, but ${current.gen} is current; propose again`,
+          );
         keys.unlock = { gen: op.gen, rootGen: keys.rootGen, wrappedKek: new Uint8Array(0) };
-        return { type: 'key-op', op: op.op, changed: true, detail: `autolock is off (unlock generation ${op.gen}): every manager wraps its root key with its key file` };
+        return {
+          type: 'key-op',
+          op: op.op,
+          changed: true,
+          detail: `autolock is off (unlock generation ${op.gen}): every manager wraps its root key with its key file`,
+        };
       }
     }
   }
@@ -290,11 +408,18 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   restore(data: Uint8Array): void {
-    const heldBefore = new Set(this.#keys.keyring.terms().filter((t) => !t.destroyed).map((t) => t.term));
+    const heldBefore = new Set(
+      this.#keys.keyring
+        .terms()
+        .filter((t) => !t.destroyed)
+        .map((t) => t.term),
+    );
     const value: unknown = packr.unpack(data);
-    if (!Array.isArray(value) || value[0] !== 1 || value.length !== 3 || !(value[1] instanceof Uint8Array)) throw new PayloadError('the snapshot has an unknown layout');
+    if (!Array.isArray(value) || value[0] !== 1 || value.length !== 3 || !(value[1] instanceof Uint8Array))
+      throw new PayloadError('the snapshot has an unknown layout');
     decodeKeyStateInto(this.#keys, value[1] as Uint8Array);
-    for (const { term } of this.#keys.keyring.terms()) this.#keys.keyring.assumeUses(term, this.#local.usesReserved(term));
+    for (const { term } of this.#keys.keyring.terms())
+      this.#keys.keyring.assumeUses(term, this.#local.usesReserved(term));
     const inner = value[2] as unknown;
     if (inner instanceof Uint8Array) {
       this.#inner.restore(this.#keys.keyring.decrypt('snapshot', inner));
@@ -304,7 +429,8 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     this.#durableRootGen = this.#keys.rootGen;
     // A leader's snapshot may bring the destruction of a term this manager still held: its old
     // records (log, previous snapshot) go, and leave LevelDB's files, as after a local destroy.
-    if (this.#keys.keyring.terms().some((t) => t.destroyed && heldBefore.has(t.term))) this.#requestSnapshot('destroyed-by-snapshot', true);
+    if (this.#keys.keyring.terms().some((t) => t.destroyed && heldBefore.has(t.term)))
+      this.#requestSnapshot('destroyed-by-snapshot', true);
   }
 
   /** Local effects of what was just applied; then, whether the replica must snapshot now. */
@@ -322,7 +448,8 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     await this.adoptLocally();
     // The snapshot's own encryption counts against the key too: keep the reservation ahead of it.
     const term = this.#keys.keyring.activeTerm;
-    if (term !== 0 && this.#keys.keyring.usesOf(term) + USES_SLACK > this.#local.usesReserved(term)) await this.#reserveUses(term);
+    if (term !== 0 && this.#keys.keyring.usesOf(term) + USES_SLACK > this.#local.usesReserved(term))
+      await this.#reserveUses(term);
   }
 
   /**
@@ -348,24 +475,48 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     assert(rootKey !== undefined, () => `root generation ${targetRootGen} is not known`);
     let kek: Buffer | null = null;
     const autolockOff = unlockDue && unlock.wrappedKek.byteLength === 0;
-    if (unlockDue && !autolockOff) kek = unwrapUnlockKek(keys.roots.get(unlock.rootGen)!, unlock.wrappedKek, this.clusterId, unlock.gen, unlock.rootGen);
+    if (unlockDue && !autolockOff)
+      kek = unwrapUnlockKek(
+        keys.roots.get(unlock.rootGen)!,
+        unlock.wrappedKek,
+        this.clusterId,
+        unlock.gen,
+        unlock.rootGen,
+      );
     try {
-      await local.rewrap({ rootGen: targetRootGen, rootKey, unlockGen: unlockDue ? unlock.gen : local.unlockGen, unlockKek: kek, autolockOff });
+      await local.rewrap({
+        rootGen: targetRootGen,
+        rootKey,
+        unlockGen: unlockDue ? unlock.gen : local.unlockGen,
+        unlockKek: kek,
+        autolockOff,
+      });
     } finally {
       kek?.fill(0);
     }
   }
 
   #requestSnapshot(reason: string, reclaimDisk: boolean): void {
-    this.#snapshotRequest = { reason, compactAll: true, reclaimDisk: reclaimDisk || (this.#snapshotRequest?.reclaimDisk ?? false) };
+    this.#snapshotRequest = {
+      reason,
+      compactAll: true,
+      reclaimDisk: reclaimDisk || (this.#snapshotRequest?.reclaimDisk ?? false),
+    };
   }
 
   async #reserveUses(term: number): Promise<void> {
     const next = this.#reserving.then(async () => {
       const keyring = this.#keys.keyring;
       if (keyring.usesOf(term) + 1 + USES_SLACK <= this.#local.usesReserved(term)) return;
-      const live = keyring.terms().filter((t) => !t.destroyed).map((t) => t.term);
-      await this.#local.reserveUses(term, Math.max(this.#local.usesReserved(term), keyring.usesOf(term)) + KEY_USES_RESERVATION_BLOCK, live);
+      const live = keyring
+        .terms()
+        .filter((t) => !t.destroyed)
+        .map((t) => t.term);
+      await this.#local.reserveUses(
+        term,
+        Math.max(this.#local.usesReserved(term), keyring.usesOf(term)) + KEY_USES_RESERVATION_BLOCK,
+        live,
+      );
     });
     this.#reserving = next.catch(() => undefined);
     await next;

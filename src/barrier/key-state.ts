@@ -47,11 +47,14 @@ export class KeyState {
   followLink(gen: number, wrapped: Uint8Array): void {
     if (this.roots.has(gen)) return;
     const previous = this.roots.get(gen - 1);
-    if (previous === undefined) throw new CorruptRecordError('the key state', `root key generation ${gen} follows ${gen - 1}, which this manager does not hold`);
+    if (previous === undefined)
+      throw new CorruptRecordError(
+        'the key state',
+        `root key generation ${gen} follows ${gen - 1}, which this manager does not hold`,
+      );
     this.roots.set(gen, unwrapRootLink(previous, wrapped, this.clusterId, gen));
   }
 }
-
 
 /** `[1, rootGen, chain, keyring sealed under that root, unlock, sealedMaxIndex, lastRewrap]`. */
 export function encodeKeyState(state: KeyState): Buffer {
@@ -70,14 +73,16 @@ export function encodeKeyState(state: KeyState): Buffer {
 export function decodeKeyStateInto(state: KeyState, bytes: Uint8Array): void {
   const value: unknown = packr.unpack(bytes);
   const fail = (what: string): never => {
-    throw new CorruptRecordError('the snapshot\'s key state', what);
+    throw new CorruptRecordError("the snapshot's key state", what);
   };
   if (!Array.isArray(value) || value[0] !== 1 || value.length !== 7) fail('unknown layout');
   const [, rootGen, chain, wrappedKeyring, unlock, sealedMax, lastRewrap] = value as unknown[];
   if (!Number.isSafeInteger(rootGen) || (rootGen as number) < 1) fail('root generation');
-  if (!Array.isArray(chain) || !(wrappedKeyring instanceof Uint8Array) || !Array.isArray(sealedMax)) fail('field types');
+  if (!Array.isArray(chain) || !(wrappedKeyring instanceof Uint8Array) || !Array.isArray(sealedMax))
+    fail('field types');
   const known = Math.max(...state.roots.keys());
-  if ((rootGen as number) < known) fail(`it is sealed under root key generation ${String(rootGen)}, older than this manager's ${known}`);
+  if ((rootGen as number) < known)
+    fail(`it is sealed under root key generation ${String(rootGen)}, older than this manager's ${known}`);
   for (const link of chain as unknown[]) {
     if (!Array.isArray(link) || !Number.isSafeInteger(link[0]) || !(link[1] instanceof Uint8Array)) fail('a root link');
     const [gen, wrapped] = link as [number, Uint8Array];

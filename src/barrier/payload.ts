@@ -6,11 +6,19 @@ import { packr } from '../codec/msgpack.ts';
  *   (it is bound into the associated data, so a ciphertext cannot be replayed as another kind);
  * - `key`: a keyring operation. New key material in it is sealed under the root key.
  */
-export type EntryPayload = { readonly type: 'command'; readonly kind: string; readonly sealed: Uint8Array } | { readonly type: 'key'; readonly op: KeyOp };
+export type EntryPayload =
+  | { readonly type: 'command'; readonly kind: string; readonly sealed: Uint8Array }
+  | { readonly type: 'key'; readonly op: KeyOp };
 
 export type KeyOp =
   /** Adds keyring term `term` (must follow the active one); the data key is sealed under root key generation `rootGen`. */
-  | { readonly op: 'rotate'; readonly term: number; readonly rootGen: number; readonly wrappedKey: Uint8Array; readonly createdAtMs: number }
+  | {
+      readonly op: 'rotate';
+      readonly term: number;
+      readonly rootGen: number;
+      readonly wrappedKey: Uint8Array;
+      readonly createdAtMs: number;
+    }
   /** Every manager snapshots at this index under the active term and drops its log up to it. */
   | { readonly op: 'rewrap' }
   /** Forgets an old term's key on every manager (allowed once a rewrap has moved all its data). */
@@ -24,7 +32,6 @@ export type KeyOp =
 
 /** Command kinds: short names such as `secret.put`. */
 export const COMMAND_KIND_PATTERN = /^[a-z][a-z0-9.-]{0,63}$/;
-
 
 export class PayloadError extends Error {
   override name = 'PayloadError';
@@ -72,7 +79,8 @@ export function decodePayload(bytes: Uint8Array): EntryPayload {
   const fields = value as unknown[];
   const int = (at: number): number => {
     const n = fields[at];
-    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new PayloadError(`field ${at} is not a non-negative integer`);
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
+      throw new PayloadError(`field ${at} is not a non-negative integer`);
     return n;
   };
   const bytesAt = (at: number): Uint8Array => {
@@ -81,19 +89,24 @@ export function decodePayload(bytes: Uint8Array): EntryPayload {
     return b;
   };
   const arity = (n: number): void => {
-    if (fields.length !== n) throw new PayloadError(`a ${String(fields[2] ?? fields[1])} payload has ${n} fields, not ${fields.length}`);
+    if (fields.length !== n)
+      throw new PayloadError(`a ${String(fields[2] ?? fields[1])} payload has ${n} fields, not ${fields.length}`);
   };
   if (fields[1] === 'c') {
     arity(4);
     const kind = fields[2];
-    if (typeof kind !== 'string' || !COMMAND_KIND_PATTERN.test(kind)) throw new PayloadError('the command kind is malformed');
+    if (typeof kind !== 'string' || !COMMAND_KIND_PATTERN.test(kind))
+      throw new PayloadError('the command kind is malformed');
     return { type: 'command', kind, sealed: bytesAt(3) };
   }
   if (fields[1] !== 'k') throw new PayloadError('the entry has an unknown payload type');
   switch (fields[2]) {
     case 'rotate':
       arity(7);
-      return { type: 'key', op: { op: 'rotate', term: int(3), rootGen: int(4), wrappedKey: bytesAt(5), createdAtMs: int(6) } };
+      return {
+        type: 'key',
+        op: { op: 'rotate', term: int(3), rootGen: int(4), wrappedKey: bytesAt(5), createdAtMs: int(6) },
+      };
     case 'rewrap':
       arity(3);
       return { type: 'key', op: { op: 'rewrap' } };

@@ -18,7 +18,9 @@ type Rule = { path: string; capabilities: string[]; deny?: boolean };
 export function policyCommands(): Command {
   const policy = new Command('policy').description('manage policies (rules of path globs and capabilities)');
   addClientOptions(policy.command('put <name>'))
-    .description('create or replace a policy from a JSON file: [{"path": "app/**", "capabilities": ["read"], "deny": false}, ...]')
+    .description(
+      'create or replace a policy from a JSON file: [{"path": "app/**", "capabilities": ["read"], "deny": false}, ...]',
+    )
     .requiredOption('--file <file>', 'the rules, as JSON (- for stdin)')
     .action(async (name: string, flags: ClientFlags & { file: string }) => {
       const text = readFileSync(flags.file === '-' ? 0 : flags.file, 'utf8');
@@ -48,7 +50,9 @@ export function policyCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.listPolicies();
-      print(flags, reply.policies, () => reply.policies.map((p) => `${printable(p.name)}\t${p.rules.length} rule(s)`).join('\n'));
+      print(flags, reply.policies, () =>
+        reply.policies.map((p) => `${printable(p.name)}\t${p.rules.length} rule(s)`).join('\n'),
+      );
     } finally {
       client.close();
     }
@@ -67,25 +71,52 @@ export function policyCommands(): Command {
 export function identityCommands(): Command {
   const identity = new Command('identity').description('client identities: certificates bound to policies');
   addClientOptions(identity.command('issue <name>'))
-    .description('make a key here and have the cluster certify it; writes ca.crt, NAME.crt, NAME.key and client.env to --out')
-    .option('--policy <policy>', 'a policy to bind (repeatable)', (value: string, all: string[]) => [...all, value], [] as string[])
+    .description(
+      'make a key here and have the cluster certify it; writes ca.crt, NAME.crt, NAME.key and client.env to --out',
+    )
+    .option(
+      '--policy <policy>',
+      'a policy to bind (repeatable)',
+      (value: string, all: string[]) => [...all, value],
+      [] as string[],
+    )
     .requiredOption('--out <dir>', 'where to write the identity')
     .option('--validity-days <days>', 'certificate lifetime (default 365)', (v) => Number(v))
-    .option('--reissue', 'the identity exists: replace its policies and add a new key (needs the right to grant its policies)')
-    .action(async (name: string, flags: ClientFlags & { policy: string[]; out: string; validityDays?: number; reissue?: boolean }) => {
-      const key = newLeafKey();
-      const client = clientFrom(flags, process.env);
-      try {
-        const issued = await client.issueIdentity(name, flags.policy, key.publicPem, flags.validityDays ?? 0, { reissue: flags.reissue === true });
-        writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
-        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${printable(name)} issued (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}`);
-      } finally {
-        client.close();
-      }
-    });
+    .option(
+      '--reissue',
+      'the identity exists: replace its policies and add a new key (needs the right to grant its policies)',
+    )
+    .action(
+      async (
+        name: string,
+        flags: ClientFlags & { policy: string[]; out: string; validityDays?: number; reissue?: boolean },
+      ) => {
+        const key = newLeafKey();
+        const client = clientFrom(flags, process.env);
+        try {
+          const issued = await client.issueIdentity(name, flags.policy, key.publicPem, flags.validityDays ?? 0, {
+            reissue: flags.reissue === true,
+          });
+          writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
+          print(
+            flags,
+            { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out },
+            () =>
+              `identity ${printable(name)} issued (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}`,
+          );
+        } finally {
+          client.close();
+        }
+      },
+    );
   addClientOptions(identity.command('renew'))
-    .description('a new key and certificate for the identity you are (after coffer ca rotate, or before yours expires); writes them to --out')
-    .requiredOption('--out <dir>', 'where to write ca.crt, NAME.crt, NAME.key and client.env (may be the current directory of the identity)')
+    .description(
+      'a new key and certificate for the identity you are (after coffer ca rotate, or before yours expires); writes them to --out',
+    )
+    .requiredOption(
+      '--out <dir>',
+      'where to write ca.crt, NAME.crt, NAME.key and client.env (may be the current directory of the identity)',
+    )
     .option('--validity-days <days>', 'certificate lifetime (default 365)', (v) => Number(v))
     .action(async (flags: ClientFlags & { out: string; validityDays?: number }) => {
       const key = newLeafKey();
@@ -94,7 +125,12 @@ export function identityCommands(): Command {
         const issued = await client.renewIdentity(key.publicPem, flags.validityDays ?? 0);
         const name = identityOf(issued.certificatePem).id;
         writeIdentityDir(flags.out, name, issued, key.privatePem, flags.addr ?? process.env['COFFER_ADDR'] ?? '');
-        print(flags, { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out }, () => `identity ${printable(name)} renewed (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}; its older certificates keep working until revoked or their CA is retired`);
+        print(
+          flags,
+          { name, serial: issued.serial, notAfterMs: issued.notAfterMs, dir: flags.out },
+          () =>
+            `identity ${printable(name)} renewed (serial ${printable(issued.serial)}, until ${new Date(issued.notAfterMs).toISOString()}) in ${printable(flags.out)}; its older certificates keep working until revoked or their CA is retired`,
+        );
       } finally {
         client.close();
       }
@@ -113,7 +149,14 @@ export function identityCommands(): Command {
     const client = clientFrom(flags, process.env);
     try {
       const reply = await client.listIdentities();
-      print(flags, reply.identities, () => reply.identities.map((i) => `${printable(i.name)}\t${i.policies.map(printable).join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`).join('\n'));
+      print(flags, reply.identities, () =>
+        reply.identities
+          .map(
+            (i) =>
+              `${printable(i.name)}\t${i.policies.map(printable).join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`,
+          )
+          .join('\n'),
+      );
     } finally {
       client.close();
     }
@@ -122,38 +165,63 @@ export function identityCommands(): Command {
 }
 
 /** An identity's files: the trusted CAs, its certificate and key (mode 600), and a client.env for them. */
-function writeIdentityDir(dir: string, name: string, issued: { caCertificatePem: string; certificatePem: string }, keyPem: string, addr: string): void {
+function writeIdentityDir(
+  dir: string,
+  name: string,
+  issued: { caCertificatePem: string; certificatePem: string },
+  keyPem: string,
+  addr: string,
+): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeFileSync(join(dir, 'ca.crt'), issued.caCertificatePem);
   writeFileSync(join(dir, `${name}.crt`), issued.certificatePem);
   writeFileSync(join(dir, `${name}.key`), keyPem, { mode: 0o600 });
-  writeFileSync(join(dir, 'client.env'), `COFFER_ADDR=${addr}\nCOFFER_CA=${join(dir, 'ca.crt')}\nCOFFER_CERT=${join(dir, `${name}.crt`)}\nCOFFER_KEY=${join(dir, `${name}.key`)}\n`);
+  writeFileSync(
+    join(dir, 'client.env'),
+    `COFFER_ADDR=${addr}\nCOFFER_CA=${join(dir, 'ca.crt')}\nCOFFER_CERT=${join(dir, `${name}.crt`)}\nCOFFER_KEY=${join(dir, `${name}.key`)}\n`,
+  );
 }
 
 /** The cluster CA: rotate it (a new CA, cross-signed) and retire the old one once everyone moved. */
 export function caCommands(): Command {
   const ca = new Command('ca').description('the cluster CA that certifies managers and clients');
   addClientOptions(ca.command('rotate'))
-    .description('a new CA, cross-signed by the active one: managers move to it at once; then each client runs coffer identity renew, then coffer ca retire')
+    .description(
+      'a new CA, cross-signed by the active one: managers move to it at once; then each client runs coffer identity renew, then coffer ca retire',
+    )
     .option('--ca-out <path>', 'write every trusted CA certificate (the new one first) here: the CA file for clients')
     .action(async (flags: ClientFlags & { caOut?: string }) => {
       const reply = await withClient(flags, (c) => c.rotateCa());
       if (flags.caOut !== undefined) writeFileSync(flags.caOut, reply.caCertificatesPem);
-      print(flags, { generation: reply.generation, ...(flags.caOut === undefined ? {} : { caOut: flags.caOut }) }, () => `CA generation ${reply.generation} is active; the one before stays trusted until coffer ca retire${flags.caOut === undefined ? '' : `; CA file written to ${flags.caOut}`}`);
+      print(
+        flags,
+        { generation: reply.generation, ...(flags.caOut === undefined ? {} : { caOut: flags.caOut }) },
+        () =>
+          `CA generation ${reply.generation} is active; the one before stays trusted until coffer ca retire${flags.caOut === undefined ? '' : `; CA file written to ${flags.caOut}`}`,
+      );
     });
   addClientOptions(ca.command('retire'))
     .description('stop trusting the CA the last rotation replaced: certificates only it signed stop working')
     .option('--force', 'retire even though some identities have no certificate of the new CA (they are cut off)')
     .action(async (flags: ClientFlags & { force?: boolean }) => {
       const reply = await withClient(flags, (c) => c.retireCa({ force: flags.force === true }));
-      print(flags, reply, () => `CA generation ${reply.retiredGeneration} retired${reply.identitiesCutOff.length === 0 ? '' : `; cut off: ${reply.identitiesCutOff.map(printable).join(', ')}`}`);
+      print(
+        flags,
+        reply,
+        () =>
+          `CA generation ${reply.retiredGeneration} retired${reply.identitiesCutOff.length === 0 ? '' : `; cut off: ${reply.identitiesCutOff.map(printable).join(', ')}`}`,
+      );
     });
   return ca;
 }
 
 /** `coffer audit tail` as text: one line per record, its fields (written by whoever made the request) escaped, tab-separated. */
 export function formatAuditTail(records: ReadonlyArray<Record<string, unknown>>): string {
-  return records.map((r) => ['time', 'identity', 'method', 'target', 'outcome', 'code'].map((field) => printable(r[field] ?? '')).join('\t')).join('\n');
+  return records
+    .map((r) =>
+      ['time', 'identity', 'method', 'target', 'outcome', 'code'].map((field) => printable(r[field] ?? '')).join('\t'),
+    )
+    .join('\n');
 }
 
 /** `--anchor SEQ:HASH`: a record of the chain the cluster knows (see AuditAnchor). */
@@ -177,44 +245,96 @@ export function auditCommands(): Command {
       }
     });
   addClientOptions(audit.command('verify'))
-    .description('check the audit chain: of the manager asked; or here, offline, of a manager\'s data directory (--data), or of a copy of its audit directory (--dir, with --data for the key)')
-    .option('--data <dir>', 'a manager\'s data directory, running or not: its key store holds the audit key; its audit log is checked unless --dir')
-    .option('--dir <dir>', 'with --data: check this copy of the manager\'s audit directory (audit.log, audit.head) instead')
-    .option('--key-file <path>', 'with --data: the manager\'s key file (default: <data>.key)')
-    .option('--unlock-key-file <path>', 'with --data, an autolocked manager: its unlock key, from this file (otherwise it is read from stdin)')
-    .option('--anchor <seq:hash>', 'with --data: a record the cluster anchored for this manager; the log must reach it and hold it', parseAnchor)
-    .action(async (flags: ClientFlags & { data?: string; dir?: string; keyFile?: string; unlockKeyFile?: string; anchor?: AuditAnchor }) => {
-      let report: { ok: boolean; records: number; line: number; problem: string; anchor?: string };
-      if (flags.data !== undefined) {
-        const data = new DataDir(flags.data);
-        // The key is read from the key store without starting the manager (nothing is written).
-        const key = await readAuditKey(data.root, {
-          keyFile: flags.keyFile ?? data.defaultKeyFile,
-          unlockKey: () => (flags.unlockKeyFile !== undefined ? Promise.resolve(readUnlockKeyFile(flags.unlockKeyFile)) : readKeyLine('unlock key: ', 'the unlock key')),
-        });
-        try {
-          const r = await verifyAuditDir(flags.dir ?? data.audit, key, flags.anchor ?? null);
-          report = { ok: r.ok, records: r.records, line: r.firstBroken?.line ?? 0, problem: r.firstBroken?.problem ?? '' };
-        } finally {
-          key.fill(0);
+    .description(
+      "check the audit chain: of the manager asked; or here, offline, of a manager's data directory (--data), or of a copy of its audit directory (--dir, with --data for the key)",
+    )
+    .option(
+      '--data <dir>',
+      "a manager's data directory, running or not: its key store holds the audit key; its audit log is checked unless --dir",
+    )
+    .option(
+      '--dir <dir>',
+      "with --data: check this copy of the manager's audit directory (audit.log, audit.head) instead",
+    )
+    .option('--key-file <path>', "with --data: the manager's key file (default: <data>.key)")
+    .option(
+      '--unlock-key-file <path>',
+      'with --data, an autolocked manager: its unlock key, from this file (otherwise it is read from stdin)',
+    )
+    .option(
+      '--anchor <seq:hash>',
+      'with --data: a record the cluster anchored for this manager; the log must reach it and hold it',
+      parseAnchor,
+    )
+    .action(
+      async (
+        flags: ClientFlags & {
+          data?: string;
+          dir?: string;
+          keyFile?: string;
+          unlockKeyFile?: string;
+          anchor?: AuditAnchor;
+        },
+      ) => {
+        let report: { ok: boolean; records: number; line: number; problem: string; anchor?: string };
+        if (flags.data !== undefined) {
+          const data = new DataDir(flags.data);
+          // The key is read from the key store without starting the manager (nothing is written).
+          const key = await readAuditKey(data.root, {
+            keyFile: flags.keyFile ?? data.defaultKeyFile,
+            unlockKey: () =>
+              flags.unlockKeyFile !== undefined
+                ? Promise.resolve(readUnlockKeyFile(flags.unlockKeyFile))
+                : readKeyLine('unlock key: ', 'the unlock key'),
+          });
+          try {
+            const r = await verifyAuditDir(flags.dir ?? data.audit, key, flags.anchor ?? null);
+            report = {
+              ok: r.ok,
+              records: r.records,
+              line: r.firstBroken?.line ?? 0,
+              problem: r.firstBroken?.problem ?? '',
+            };
+          } finally {
+            key.fill(0);
+          }
+        } else {
+          if (flags.dir !== undefined)
+            throw new Error(
+              `--dir needs --data MANAGER_DATA_DIR: the chain is keyed, and the key is in that manager's key store (a copied ${AUDIT_FILE} cannot be checked without it)`,
+            );
+          for (const flag of ['keyFile', 'unlockKeyFile', 'anchor'] as const) {
+            if (flags[flag] !== undefined)
+              throw new Error(
+                `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for a check here, offline: it needs --data`,
+              );
+          }
+          const client = clientFrom(flags, process.env);
+          try {
+            const r = await client.auditVerify();
+            report = {
+              ok: r.ok,
+              records: r.records,
+              line: r.firstBrokenLine,
+              problem: r.problem,
+              ...(r.anchorHash === '' ? {} : { anchor: `${r.anchorSeq}:${r.anchorHash}` }),
+            };
+          } finally {
+            client.close();
+          }
         }
-      } else {
-        if (flags.dir !== undefined) throw new Error(`--dir needs --data MANAGER_DATA_DIR: the chain is keyed, and the key is in that manager's key store (a copied ${AUDIT_FILE} cannot be checked without it)`);
-        for (const flag of ['keyFile', 'unlockKeyFile', 'anchor'] as const) {
-          if (flags[flag] !== undefined) throw new Error(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for a check here, offline: it needs --data`);
-        }
-        const client = clientFrom(flags, process.env);
-        try {
-          const r = await client.auditVerify();
-          report = { ok: r.ok, records: r.records, line: r.firstBrokenLine, problem: r.problem, ...(r.anchorHash === '' ? {} : { anchor: `${r.anchorSeq}:${r.anchorHash}` }) };
-        } finally {
-          client.close();
-        }
-      }
-      const anchored = report.anchor === undefined ? '' : ` (checked against the cluster's anchor ${report.anchor}; keep it for an offline check with --anchor)`;
-      print(flags, report, () => (report.ok ? `audit log intact: ${report.records} records${anchored}` : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${printable(report.problem)}${anchored}`));
-      if (!report.ok) process.exitCode = 3;
-    });
+        const anchored =
+          report.anchor === undefined
+            ? ''
+            : ` (checked against the cluster's anchor ${report.anchor}; keep it for an offline check with --anchor)`;
+        print(flags, report, () =>
+          report.ok
+            ? `audit log intact: ${report.records} records${anchored}`
+            : `audit log broken${report.line === 0 ? '' : ` at line ${report.line}`}: ${printable(report.problem)}${anchored}`,
+        );
+        if (!report.ok) process.exitCode = 3;
+      },
+    );
   return audit;
 }
 
@@ -236,7 +356,10 @@ function positiveInteger(value: string, flag: string): number {
 
 function parseNodeId(value: string): number {
   const id = Number(value);
-  if (!Number.isSafeInteger(id) || id <= 0) throw new InvalidArgumentError('a manager is named by its node id, a whole number above 0 (see coffer cluster status)');
+  if (!Number.isSafeInteger(id) || id <= 0)
+    throw new InvalidArgumentError(
+      'a manager is named by its node id, a whole number above 0 (see coffer cluster status)',
+    );
   return id;
 }
 
@@ -267,7 +390,11 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
   }
   // Each member's own view (term, indexes, certificate); a locked or stopped one does not answer.
   const own = await Promise.all(
-    members.map((m) => (m.address === '' ? Promise.resolve(null) : withClient({ ...flags, addr: m.address }, (c) => c.clusterStatus()).catch(() => null))),
+    members.map((m) =>
+      m.address === ''
+        ? Promise.resolve(null)
+        : withClient({ ...flags, addr: m.address }, (c) => c.clusterStatus()).catch(() => null),
+    ),
   );
   const keys = await withClient(flags, (c) => c.keyStatus()).catch(() => null);
   const day = (ms: unknown) => new Date(Number(ms)).toISOString().slice(0, 10);
@@ -280,12 +407,18 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
       m.healthy ? 'healthy' : 'unreachable',
       String(m.matchIndex),
       String(m.lag),
-      o === null || o === undefined ? 'no answer (down or locked)' : `${String(o.term)} ${String(o.commitIndex)}/${String(o.appliedIndex)} ${day(o.certificateNotAfterMs)}`,
+      o === null || o === undefined
+        ? 'no answer (down or locked)'
+        : `${String(o.term)} ${String(o.commitIndex)}/${String(o.appliedIndex)} ${day(o.certificateNotAfterMs)}`,
     ];
   });
   const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG', 'TERM COMMIT/APPLIED CERT-EXPIRES'];
   const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
-  const line = (cells: string[]) => cells.map((c, k) => c.padEnd(widths[k]!)).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, k) => c.padEnd(widths[k]!))
+      .join('  ')
+      .trimEnd();
   const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
   return [
     `manager ${String(s.nodeId)}: ${printable(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
@@ -300,9 +433,9 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
 }
 
 export function clusterCommands(): Command {
-  const cluster = new Command('cluster').description('the cluster\'s managers: status, membership, leadership');
+  const cluster = new Command('cluster').description("the cluster's managers: status, membership, leadership");
   addClientOptions(cluster.command('status'))
-    .description('this manager\'s view, and every member with its role, health and lag')
+    .description("this manager's view, and every member with its role, health and lag")
     .action(async (flags: ClientFlags) => {
       const s = await withClient(flags, (c) => c.clusterStatus());
       const text = flags.output === 'json' ? '' : await clusterStatusText(flags, s);
@@ -317,17 +450,34 @@ export function clusterCommands(): Command {
   addClientOptions(cluster.command('rotate-join-token'))
     .description('a new manager join token; the old one stops working on every manager at once')
     .option('--ttl <duration>', 'how long it works (e.g. 1h, 7d; default 24h, at most 365d)', durationSeconds)
-    .option('--uses <n>', 'how many managers may join with it (default: any number until it expires)', (v) => positiveInteger(v, '--uses'))
+    .option('--uses <n>', 'how many managers may join with it (default: any number until it expires)', (v) =>
+      positiveInteger(v, '--uses'),
+    )
     .option('--token-file <path>', 'write the token to this file (mode 600) instead of printing it')
     .action(async (flags: ClientFlags & { ttl?: number; uses?: number; tokenFile?: string }) => {
-      const reply = await withClient(flags, (c) => c.rotateJoinToken({ ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }), ...(flags.uses === undefined ? {} : { uses: flags.uses }) }));
+      const reply = await withClient(flags, (c) =>
+        c.rotateJoinToken({
+          ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }),
+          ...(flags.uses === undefined ? {} : { uses: flags.uses }),
+        }),
+      );
       const until = new Date(reply.expiresAtMs).toISOString();
       if (flags.tokenFile !== undefined) {
         writeFileSync(flags.tokenFile, `${reply.token}\n`, { mode: 0o600 });
-        print(flags, { tokenFile: flags.tokenFile, expiresAtMs: reply.expiresAtMs }, () => `manager join token written to ${flags.tokenFile} (works until ${until}${flags.uses === undefined ? '' : ` for ${flags.uses} join(s)`})`);
+        print(
+          flags,
+          { tokenFile: flags.tokenFile, expiresAtMs: reply.expiresAtMs },
+          () =>
+            `manager join token written to ${flags.tokenFile} (works until ${until}${flags.uses === undefined ? '' : ` for ${flags.uses} join(s)`})`,
+        );
         return;
       }
-      print(flags, reply, () => `manager join token: ${reply.token}\nworks until ${until}${flags.uses === undefined ? '' : ` for ${flags.uses} join(s)`}; hand it over in a file (coffer join --token-file), not on a command line`);
+      print(
+        flags,
+        reply,
+        () =>
+          `manager join token: ${reply.token}\nworks until ${until}${flags.uses === undefined ? '' : ` for ${flags.uses} join(s)`}; hand it over in a file (coffer join --token-file), not on a command line`,
+      );
     });
   const change = (name: 'promote' | 'demote' | 'remove', description: string) =>
     addClientOptions(cluster.command(`${name} <node>`))
@@ -336,8 +486,18 @@ export function clusterCommands(): Command {
       .action(async (node: string, flags: ClientFlags & { force?: boolean }) => {
         const id = parseNodeId(node);
         const options = { force: flags.force === true };
-        const reply = await withClient(flags, (c) => (name === 'promote' ? c.promote(id, options) : name === 'demote' ? c.demote(id, options) : c.removeMember(id, options)));
-        print(flags, reply, () => `voters: ${reply.voters.join(', ') || 'none'}; learners: ${reply.learners.join(', ') || 'none'}`);
+        const reply = await withClient(flags, (c) =>
+          name === 'promote'
+            ? c.promote(id, options)
+            : name === 'demote'
+              ? c.demote(id, options)
+              : c.removeMember(id, options),
+        );
+        print(
+          flags,
+          reply,
+          () => `voters: ${reply.voters.join(', ') || 'none'}; learners: ${reply.learners.join(', ') || 'none'}`,
+        );
       });
   change('promote', 'make a learner a voter (it must have caught up)');
   change('demote', 'make a voter a learner, kept one until promoted; the leader hands over first');
@@ -356,7 +516,9 @@ export function keyCommands(): Command {
           `active data key: term ${s.activeTerm}, created ${new Date(s.activeCreatedAtMs).toISOString()}`,
           `live terms: ${s.terms.join(', ') || 'none'}; destroyed: ${s.destroyedTerms.join(', ') || 'none'}`,
           `root key generation ${s.rootGeneration}; unlock key generation ${s.unlockGeneration}; this manager's root key is wrapped by its ${s.protection === 'unlock-key' ? 'unlock key (autolock on)' : 'key file (autolock off)'}`,
-          s.lastRewrapIndex === 0 ? 'no rewrap yet' : `last rewrap at index ${s.lastRewrapIndex} under term ${s.lastRewrapTerm}`,
+          s.lastRewrapIndex === 0
+            ? 'no rewrap yet'
+            : `last rewrap at index ${s.lastRewrapIndex} under term ${s.lastRewrapTerm}`,
         ].join('\n'),
       );
     });
@@ -368,13 +530,20 @@ export function keyCommands(): Command {
         print(flags, reply, () => `${printable(reply.detail)} (active term ${reply.activeTerm})`);
       });
   simple('rotate', 'rotate', 'a new data key: new writes are sealed under it');
-  simple('rewrap', 'rewrap', 're-encrypt everything under the active data key (every manager snapshots and drops its log)');
+  simple(
+    'rewrap',
+    'rewrap',
+    're-encrypt everything under the active data key (every manager snapshots and drops its log)',
+  );
   simple('rotate-root', 'rotateRoot', 'a new root key generation (wraps the data keys)');
   addClientOptions(key.command('destroy <term>'))
     .description('destroy a data key term for good (refused until a rewrap under a later term)')
     .action(async (term: string, flags: ClientFlags) => {
       const n = Number(term);
-      if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('a data key is named by its term, a whole number above 0 (see coffer key status)');
+      if (!Number.isSafeInteger(n) || n <= 0)
+        throw new InvalidArgumentError(
+          'a data key is named by its term, a whole number above 0 (see coffer key status)',
+        );
       const reply = await withClient(flags, (c) => c.keyOp('destroy', n));
       print(flags, reply, () => printable(reply.detail));
     });
@@ -385,7 +554,12 @@ export function keyCommands(): Command {
       const { recoveryKey, publicKey } = generateRecoveryKey();
       showKeyFirst(flags, 'recovery key', recoveryKey);
       await withClient(flags, (c) => c.rotateRecovery(publicKey));
-      print(flags, { recoveryKey }, () => 'applied: backups made from now on open with this recovery key (older ones with the older key); store it offline');
+      print(
+        flags,
+        { recoveryKey },
+        () =>
+          'applied: backups made from now on open with this recovery key (older ones with the older key); store it offline',
+      );
     });
   addClientOptions(key.command('rotate-unlock'))
     .description('a new unlock key for every manager (turns autolock on); printed once')
@@ -398,23 +572,32 @@ export function keyCommands(): Command {
  * cluster applied the key, the operator still has it. JSON output prints them after success.
  */
 function showKeyFirst(flags: ClientFlags, what: string, key: string): void {
-  if (flags.output !== 'json') process.stdout.write(`${what}: ${key}\n(keep it now: it is shown once; it takes effect only if this command says "applied")\n`);
+  if (flags.output !== 'json')
+    process.stdout.write(
+      `${what}: ${key}\n(keep it now: it is shown once; it takes effect only if this command says "applied")\n`,
+    );
 }
 
 async function rotateUnlock(flags: ClientFlags, what: string): Promise<void> {
   const unlockKey = generateUnlockKey();
   showKeyFirst(flags, what, unlockKey);
   const reply = await withClient(flags, (c) => c.rotateUnlock(unlockKey));
-  print(flags, { unlockKey, detail: reply.detail }, () => `applied: ${printable(reply.detail)}; a restarted manager needs this unlock key`);
+  print(
+    flags,
+    { unlockKey, detail: reply.detail },
+    () => `applied: ${printable(reply.detail)}; a restarted manager needs this unlock key`,
+  );
 }
 
 export function autolockCommand(): Command {
   const autolock = new Command('autolock').description('whether a restarted manager needs the unlock key');
   addClientOptions(autolock.command('on'))
-    .description('wrap every manager\'s root key with a new unlock key, printed once (as coffer key rotate-unlock)')
+    .description("wrap every manager's root key with a new unlock key, printed once (as coffer key rotate-unlock)")
     .action(async (flags: ClientFlags) => rotateUnlock(flags, 'autolock on; unlock key'));
   addClientOptions(autolock.command('off'))
-    .description('every manager wraps its root key with its key file again (made beside its data directory where missing)')
+    .description(
+      'every manager wraps its root key with its key file again (made beside its data directory where missing)',
+    )
     .action(async (flags: ClientFlags) => {
       const reply = await withClient(flags, (c) => c.keyOp('autolockOff'));
       print(flags, reply, () => printable(reply.detail));

@@ -8,8 +8,8 @@ export function addClientOptions(command: Command): Command {
   return command
     .option('--addr <host:port,...>', 'managers to talk to (default: $COFFER_ADDR)')
     .option('--ca <file>', 'the cluster CA certificate (default: $COFFER_CA)')
-    .option('--cert <file>', 'this client\'s certificate (default: $COFFER_CERT)')
-    .option('--key <file>', 'this client\'s private key (default: $COFFER_KEY)')
+    .option('--cert <file>', "this client's certificate (default: $COFFER_CERT)")
+    .option('--key <file>', "this client's private key (default: $COFFER_KEY)")
     .option('--output <format>', 'text or json', 'text');
 }
 
@@ -27,7 +27,10 @@ export function clientFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): CofferCl
 }
 
 /** The addresses and the PEM files a client needs, from flags or the environment. */
-export function clientMaterialFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): { addresses: string[]; caPem: string; certPem: string; keyPem: string } {
+export function clientMaterialFrom(
+  flags: ClientFlags,
+  env: NodeJS.ProcessEnv,
+): { addresses: string[]; caPem: string; certPem: string; keyPem: string } {
   const need = (flag: string | undefined, variable: string, what: string): string => {
     const value = flag ?? env[variable];
     if (value === undefined || value === '') throw new Error(`${what} is not set: pass --${what} or set ${variable}`);
@@ -41,7 +44,10 @@ export function clientMaterialFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): 
     }
   };
   return {
-    addresses: need(flags.addr, 'COFFER_ADDR', 'addr').split(',').map((a) => a.trim()).filter((a) => a !== ''),
+    addresses: need(flags.addr, 'COFFER_ADDR', 'addr')
+      .split(',')
+      .map((a) => a.trim())
+      .filter((a) => a !== ''),
     caPem: read(need(flags.ca, 'COFFER_CA', 'ca'), 'CA certificate'),
     certPem: read(need(flags.cert, 'COFFER_CERT', 'cert'), 'certificate'),
     keyPem: read(need(flags.key, 'COFFER_KEY', 'key'), 'private key'),
@@ -53,5 +59,9 @@ export function clientMaterialFrom(flags: ClientFlags, env: NodeJS.ProcessEnv): 
  * passes what others wrote through `printable`; JSON escapes it (the rest by printableJson).
  */
 export function print(flags: ClientFlags, value: unknown, text: () => string): void {
-  process.stdout.write(flags.output === 'json' ? `${printableJson(JSON.stringify(value, (_k, v: unknown) => (Buffer.isBuffer(v) ? v.toString('base64') : v)))}\n` : `${text()}\n`);
+  process.stdout.write(
+    flags.output === 'json'
+      ? `${printableJson(JSON.stringify(value, (_k, v: unknown) => (Buffer.isBuffer(v) ? v.toString('base64') : v)))}\n`
+      : `${text()}\n`,
+  );
 }

@@ -35,11 +35,16 @@ export function devCommand(): Command {
   return new Command('dev')
     .description('run a local cluster of managers on 127.0.0.1 (its data under --dir), until Ctrl-C')
     .option('--dir <dir>', 'where the cluster lives', '.coffer/dev')
-    .option('--managers <n>', 'managers (on the first run)', (v) => {
-      const n = Number(v);
-      if (![1, 3, 5, 7].includes(n)) throw new InvalidArgumentError('1, 3, 5 or 7 managers');
-      return n;
-    }, 3)
+    .option(
+      '--managers <n>',
+      'managers (on the first run)',
+      (v) => {
+        const n = Number(v);
+        if (![1, 3, 5, 7].includes(n)) throw new InvalidArgumentError('1, 3, 5 or 7 managers');
+        return n;
+      },
+      3,
+    )
     .action(async (flags: { dir: string; managers: number }) => {
       const dir = resolve(flags.dir);
       const layoutFile = join(dir, 'dev.json');
@@ -57,14 +62,26 @@ export function devCommand(): Command {
       } else {
         mkdirSync(dir, { recursive: true, mode: 0o700 });
         const managers = [];
-        for (let k = 0; k < flags.managers; k++) managers.push({ data: join(dir, `m${k + 1}`), listen: `127.0.0.1:${await freePort()}` });
-        const init = await initCluster({ dataDir: managers[0]!.data, listen: managers[0]!.listen, adminDir: join(dir, 'admin'), recoveryKeyFile: join(dir, 'recovery-key') });
+        for (let k = 0; k < flags.managers; k++)
+          managers.push({ data: join(dir, `m${k + 1}`), listen: `127.0.0.1:${await freePort()}` });
+        const init = await initCluster({
+          dataDir: managers[0]!.data,
+          listen: managers[0]!.listen,
+          adminDir: join(dir, 'admin'),
+          recoveryKeyFile: join(dir, 'recovery-key'),
+        });
         nodes.push(await CofferNode.start({ dataDir: managers[0]!.data, logger }));
-        await waitFor('the first manager to lead', () => nodes[0]!.state.cluster.joinTokenHash !== null && nodes[0]!.manager.raftStatus()?.role === 'leader');
+        await waitFor(
+          'the first manager to lead',
+          () => nodes[0]!.state.cluster.joinTokenHash !== null && nodes[0]!.manager.raftStatus()?.role === 'leader',
+        );
         for (const m of managers.slice(1)) {
           await joinCluster({ dataDir: m.data, listen: m.listen, join: managers[0]!.listen, token: init.joinToken });
           nodes.push(await CofferNode.start({ dataDir: m.data, logger }));
-          await waitFor(`${m.listen} to become a voter`, () => nodes[0]!.manager.raftStatus()?.confState.voters.length === nodes.length);
+          await waitFor(
+            `${m.listen} to become a voter`,
+            () => nodes[0]!.manager.raftStatus()?.confState.voters.length === nodes.length,
+          );
         }
         layout = { managers, adminDir: init.adminDir };
         writeFileSync(layoutFile, `${JSON.stringify(layout, null, 2)}\n`);
@@ -73,7 +90,13 @@ export function devCommand(): Command {
       const env = join(dir, 'client.env');
       writeFileSync(
         env,
-        [`COFFER_ADDR=${layout.managers.map((m) => m.listen).join(',')}`, `COFFER_CA=${join(layout.adminDir, 'ca.crt')}`, `COFFER_CERT=${join(layout.adminDir, 'admin.crt')}`, `COFFER_KEY=${join(layout.adminDir, 'admin.key')}`, ''].join('\n'),
+        [
+          `COFFER_ADDR=${layout.managers.map((m) => m.listen).join(',')}`,
+          `COFFER_CA=${join(layout.adminDir, 'ca.crt')}`,
+          `COFFER_CERT=${join(layout.adminDir, 'admin.crt')}`,
+          `COFFER_KEY=${join(layout.adminDir, 'admin.key')}`,
+          '',
+        ].join('\n'),
       );
       process.stdout.write(
         [

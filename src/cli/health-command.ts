@@ -9,23 +9,37 @@ import { printable, printableJson } from './printable.ts';
  */
 export function healthCommand(): Command {
   return addClientOptions(new Command('health'))
-    .description('check the gRPC health of managers: exit 0 if every one is SERVING (unlocked, a leader known, caught up), 1 otherwise')
-    .option('--timeout <ms>', 'deadline of each check', (value: string) => {
-      const ms = Number(value);
-      if (!Number.isSafeInteger(ms) || ms < 1) throw new InvalidArgumentError('--timeout takes a whole number of milliseconds above 0');
-      return ms;
-    }, HEALTH_CHECK_TIMEOUT_MS)
+    .description(
+      'check the gRPC health of managers: exit 0 if every one is SERVING (unlocked, a leader known, caught up), 1 otherwise',
+    )
+    .option(
+      '--timeout <ms>',
+      'deadline of each check',
+      (value: string) => {
+        const ms = Number(value);
+        if (!Number.isSafeInteger(ms) || ms < 1)
+          throw new InvalidArgumentError('--timeout takes a whole number of milliseconds above 0');
+        return ms;
+      },
+      HEALTH_CHECK_TIMEOUT_MS,
+    )
     .action(async (flags: ClientFlags & { timeout: number }) => {
       const { addresses, ...pem } = clientMaterialFrom(flags, process.env);
-      const answers = await Promise.all(addresses.map(async (address) => ({ address, ...(await checkHealth(address, pem, flags.timeout)) })));
+      const answers = await Promise.all(
+        addresses.map(async (address) => ({ address, ...(await checkHealth(address, pem, flags.timeout)) })),
+      );
       if (flags.output === 'json') process.stdout.write(`${printableJson(JSON.stringify(answers))}\n`);
       for (const answer of answers) {
         if (answer.status === 'SERVING') {
           if (flags.output !== 'json') process.stdout.write(`${answer.address}: SERVING\n`);
         } else if (answer.status === 'UNREACHABLE') {
-          process.stderr.write(`coffer: ${answer.address} is not healthy: cannot check it: ${printable(answer.detail)}\n`);
+          process.stderr.write(
+            `coffer: ${answer.address} is not healthy: cannot check it: ${printable(answer.detail)}\n`,
+          );
         } else {
-          process.stderr.write(`coffer: ${answer.address} is not healthy: ${printable(answer.status)} (locked, no leader known, or still catching up; its log says which)\n`);
+          process.stderr.write(
+            `coffer: ${answer.address} is not healthy: ${printable(answer.status)} (locked, no leader known, or still catching up; its log says which)\n`,
+          );
         }
       }
       if (answers.some((answer) => answer.status !== 'SERVING')) process.exitCode = 1;

@@ -35,17 +35,26 @@ export function secretCommands(): Command {
     .option('--cas <version>', 'only if the secret is at this version (0: only if it does not exist)', positiveInt)
     .option('--ttl <duration>', 'expire after this long (e.g. 30d)', durationSeconds)
     .option('--versions-kept <n>', 'versions to keep for this secret', positiveInt)
-    .action(async (name: string, flags: ClientFlags & { fromFile?: string; cas?: number; ttl?: number; versionsKept?: number }) => {
-      const value = flags.fromFile === undefined ? await readStdin() : readFileSync(flags.fromFile);
-      const client = clientFrom(flags, process.env);
-      try {
-        const reply = await client.put(name, value, { ...(flags.cas === undefined ? {} : { cas: flags.cas }), ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }), ...(flags.versionsKept === undefined ? {} : { versionsKept: flags.versionsKept }) });
-        print(flags, reply, () => `${printable(name)}: version ${reply.version}`);
-      } finally {
-        value.fill(0);
-        client.close();
-      }
-    });
+    .action(
+      async (
+        name: string,
+        flags: ClientFlags & { fromFile?: string; cas?: number; ttl?: number; versionsKept?: number },
+      ) => {
+        const value = flags.fromFile === undefined ? await readStdin() : readFileSync(flags.fromFile);
+        const client = clientFrom(flags, process.env);
+        try {
+          const reply = await client.put(name, value, {
+            ...(flags.cas === undefined ? {} : { cas: flags.cas }),
+            ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }),
+            ...(flags.versionsKept === undefined ? {} : { versionsKept: flags.versionsKept }),
+          });
+          print(flags, reply, () => `${printable(name)}: version ${reply.version}`);
+        } finally {
+          value.fill(0);
+          client.close();
+        }
+      },
+    );
 
   addClientOptions(secret.command('get <name>'))
     .description('print a value alone on stdout (the current version unless --version or --label)')
@@ -55,8 +64,17 @@ export function secretCommands(): Command {
     .action(async (name: string, flags: ClientFlags & { version?: number; label?: string; stale?: boolean }) => {
       const client = clientFrom(flags, process.env);
       try {
-        const reply = await client.get(name, { ...(flags.version === undefined ? {} : { version: flags.version }), ...(flags.label === undefined ? {} : { label: flags.label }), stale: flags.stale === true });
-        if (flags.output === 'json') print(flags, { name, version: reply.version, appliedIndex: reply.appliedIndex, value: reply.value.toString('base64') }, () => '');
+        const reply = await client.get(name, {
+          ...(flags.version === undefined ? {} : { version: flags.version }),
+          ...(flags.label === undefined ? {} : { label: flags.label }),
+          stale: flags.stale === true,
+        });
+        if (flags.output === 'json')
+          print(
+            flags,
+            { name, version: reply.version, appliedIndex: reply.appliedIndex, value: reply.value.toString('base64') },
+            () => '',
+          );
         else process.stdout.write(reply.value);
       } finally {
         client.close();
@@ -76,7 +94,9 @@ export function secretCommands(): Command {
           secrets.push(...page.secrets);
           token = page.nextPageToken;
         } while (token !== '');
-        print(flags, secrets, () => secrets.map((s) => `${printable(s.name)}\tv${s.currentVersion}${s.deleted ? '\t(deleted)' : ''}`).join('\n'));
+        print(flags, secrets, () =>
+          secrets.map((s) => `${printable(s.name)}\tv${s.currentVersion}${s.deleted ? '\t(deleted)' : ''}`).join('\n'),
+        );
       } finally {
         client.close();
       }
@@ -89,14 +109,23 @@ export function secretCommands(): Command {
       try {
         const reply = await client.versions(name);
         print(flags, reply, () =>
-          reply.versions.map((v) => `v${v.version}\t${time(v.createdAtMs)}\t${v.destroyed ? 'destroyed' : v.expired ? 'expired' : 'live'}${v.expireAtMs !== 0 ? `\texpires ${time(v.expireAtMs)}` : ''}${v.labels.length > 0 ? `\t[${v.labels.map(printable).join(', ')}]` : ''}`).join('\n'),
+          reply.versions
+            .map(
+              (v) =>
+                `v${v.version}\t${time(v.createdAtMs)}\t${v.destroyed ? 'destroyed' : v.expired ? 'expired' : 'live'}${v.expireAtMs !== 0 ? `\texpires ${time(v.expireAtMs)}` : ''}${v.labels.length > 0 ? `\t[${v.labels.map(printable).join(', ')}]` : ''}`,
+            )
+            .join('\n'),
         );
       } finally {
         client.close();
       }
     });
 
-  const simple = (verb: string, description: string, run: (client: ReturnType<typeof clientFrom>, name: string) => Promise<{ version: number }>) =>
+  const simple = (
+    verb: string,
+    description: string,
+    run: (client: ReturnType<typeof clientFrom>, name: string) => Promise<{ version: number }>,
+  ) =>
     addClientOptions(secret.command(`${verb} <name>`))
       .description(description)
       .action(async (name: string, flags: ClientFlags) => {
@@ -113,12 +142,19 @@ export function secretCommands(): Command {
 
   addClientOptions(secret.command('destroy <name>'))
     .description('wipe versions for good')
-    .requiredOption('--versions <n,...>', 'the versions to destroy', (v) => v.split(',').map((x) => positiveInt(x.trim())))
+    .requiredOption('--versions <n,...>', 'the versions to destroy', (v) =>
+      v.split(',').map((x) => positiveInt(x.trim())),
+    )
     .action(async (name: string, flags: ClientFlags & { versions: number[] }) => {
       const client = clientFrom(flags, process.env);
       try {
         const reply = await client.destroy(name, flags.versions);
-        print(flags, reply, () => `${printable(name)}: destroyed version${flags.versions.length > 1 ? 's' : ''} ${flags.versions.join(', ')}`);
+        print(
+          flags,
+          reply,
+          () =>
+            `${printable(name)}: destroyed version${flags.versions.length > 1 ? 's' : ''} ${flags.versions.join(', ')}`,
+        );
       } finally {
         client.close();
       }
@@ -130,31 +166,48 @@ export function secretCommands(): Command {
     .option('--charset <charset>', 'alphanumeric, hex, base64url or printable', 'alphanumeric')
     .option('--cas <version>', 'only if the secret is at this version (0: only if it does not exist)', positiveInt)
     .option('--ttl <duration>', 'expire after this long', durationSeconds)
-    .action(async (name: string, flags: ClientFlags & { length: number; charset: string; cas?: number; ttl?: number }) => {
-      const client = clientFrom(flags, process.env);
-      try {
-        const reply = await client.generate(name, { length: flags.length, charset: flags.charset, ...(flags.cas === undefined ? {} : { cas: flags.cas }), ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }) });
-        print(flags, reply, () => `${printable(name)}: version ${reply.version} (generated)`);
-      } finally {
-        client.close();
-      }
-    });
+    .action(
+      async (name: string, flags: ClientFlags & { length: number; charset: string; cas?: number; ttl?: number }) => {
+        const client = clientFrom(flags, process.env);
+        try {
+          const reply = await client.generate(name, {
+            length: flags.length,
+            charset: flags.charset,
+            ...(flags.cas === undefined ? {} : { cas: flags.cas }),
+            ...(flags.ttl === undefined ? {} : { ttlSeconds: flags.ttl }),
+          });
+          print(flags, reply, () => `${printable(name)}: version ${reply.version} (generated)`);
+        } finally {
+          client.close();
+        }
+      },
+    );
 
   addClientOptions(secret.command('label <name> <label> [version]'))
     .description('point a label at a version (moving "current" back is a rollback); --remove takes a label off')
     .option('--remove', 'remove the label')
-    .action(async (name: string, label: string, version: string | undefined, flags: ClientFlags & { remove?: boolean }) => {
-      const client = clientFrom(flags, process.env);
-      try {
-        if (flags.remove === true) {
-          print(flags, await client.unlabel(name, label), () => `${printable(name)}: label ${printable(label)} removed`);
-        } else {
-          if (version === undefined) throw new Error('give the version the label points at');
-          print(flags, await client.label(name, label, positiveInt(version)), () => `${printable(name)}: ${printable(label)} -> v${version}`);
+    .action(
+      async (name: string, label: string, version: string | undefined, flags: ClientFlags & { remove?: boolean }) => {
+        const client = clientFrom(flags, process.env);
+        try {
+          if (flags.remove === true) {
+            print(
+              flags,
+              await client.unlabel(name, label),
+              () => `${printable(name)}: label ${printable(label)} removed`,
+            );
+          } else {
+            if (version === undefined) throw new Error('give the version the label points at');
+            print(
+              flags,
+              await client.label(name, label, positiveInt(version)),
+              () => `${printable(name)}: ${printable(label)} -> v${version}`,
+            );
+          }
+        } finally {
+          client.close();
         }
-      } finally {
-        client.close();
-      }
-    });
+      },
+    );
   return secret;
 }

@@ -39,7 +39,8 @@ export function waitForUnlockKey(dataDir: string, log: (line: string) => void): 
             resolve(key);
           },
           (error: unknown) => {
-            const message = error instanceof CryptoError ? `${error.code}: ${error.message}` : 'the key could not be checked';
+            const message =
+              error instanceof CryptoError ? `${error.code}: ${error.message}` : 'the key could not be checked';
             socket.end(`error: ${message}\n`);
             log(`unlock refused: ${error instanceof CryptoError ? error.code : 'error'}`);
           },
@@ -61,7 +62,13 @@ export function sendUnlockKey(dataDir: string, unlockKey: string): Promise<strin
     socket.on('data', (chunk: Buffer) => (reply += chunk.toString()));
     socket.on('end', () => resolve(reply.trim()));
     socket.on('error', (error: NodeJS.ErrnoException) =>
-      reject(new Error(error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? `no manager is waiting to be unlocked at ${dataDir} (is it running, and locked?)` : `cannot reach ${path}: ${error.code ?? error.message}`)),
+      reject(
+        new Error(
+          error.code === 'ENOENT' || error.code === 'ECONNREFUSED'
+            ? `no manager is waiting to be unlocked at ${dataDir} (is it running, and locked?)`
+            : `cannot reach ${path}: ${error.code ?? error.message}`,
+        ),
+      ),
     );
   });
 }

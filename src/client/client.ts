@@ -47,14 +47,22 @@ export class CofferClient {
   /** The manager that answered last: tried first next time. */
   #preferred = 0;
   /** The members and removed managers, as a linearizable read told (null: not asked yet, or it failed). */
-  #members: { readonly keys: ReadonlyMap<string, readonly string[]>; readonly removed: ReadonlySet<string>; readonly atMs: number } | null = null;
+  #members: {
+    readonly keys: ReadonlyMap<string, readonly string[]>;
+    readonly removed: ReadonlySet<string>;
+    readonly atMs: number;
+  } | null = null;
   #membersAsked: Promise<void> | null = null;
 
   constructor(options: ClientOptions) {
-    if (options.addresses.length === 0) throw new TypeError('at least one manager address is needed (COFFER_ADDR or --addr)');
+    if (options.addresses.length === 0)
+      throw new TypeError('at least one manager address is needed (COFFER_ADDR or --addr)');
     this.#options = options;
     const clusterId = identityOf(options.certPem).clusterId;
-    this.#credentials = managerChannelCredentials({ caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem }, { clusterId, check: (identity) => this.#checkManager(identity) });
+    this.#credentials = managerChannelCredentials(
+      { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem },
+      { clusterId, check: (identity) => this.#checkManager(identity) },
+    );
   }
 
   /**
@@ -66,7 +74,8 @@ export class CofferClient {
     if (members === null) return null;
     if (members.removed.has(identity.id)) return `manager ${identity.id} was removed from the cluster: refusing it`;
     const keys = members.keys.get(identity.id);
-    if (keys !== undefined && keys.length > 0 && !keys.includes(identity.spki)) return `manager ${identity.id}'s certificate holds a key the cluster does not know for it`;
+    if (keys !== undefined && keys.length > 0 && !keys.includes(identity.spki))
+      return `manager ${identity.id}'s certificate holds a key the cluster does not know for it`;
     return null;
   }
 
@@ -85,9 +94,18 @@ export class CofferClient {
     for (let attempt = 0; attempt < addresses.length; attempt++) {
       const at = (this.#preferred + attempt) % addresses.length;
       try {
-        const reply = await this.#once<{ members: Array<{ nodeId: number; keys: string[] }>; removed: number[] }>(addresses[at]!, 'Cluster', 'members', {});
+        const reply = await this.#once<{ members: Array<{ nodeId: number; keys: string[] }>; removed: number[] }>(
+          addresses[at]!,
+          'Cluster',
+          'members',
+          {},
+        );
         const before = this.#members;
-        this.#members = { keys: new Map(reply.members.map((m) => [String(m.nodeId), m.keys])), removed: new Set(reply.removed.map(String)), atMs: Date.now() };
+        this.#members = {
+          keys: new Map(reply.members.map((m) => [String(m.nodeId), m.keys])),
+          removed: new Set(reply.removed.map(String)),
+          atMs: Date.now(),
+        };
         // Channels already open were checked against no list or an older one: they connect again.
         if (before === null || [...this.#members.removed].some((id) => !before.removed.has(id))) this.close();
         return;
@@ -127,27 +145,82 @@ export class CofferClient {
 
   #once<Response>(address: string, service: ServiceName, method: string, request: object): Promise<Response> {
     const client = this.#stub(address, service);
-    const stub = client as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
+    const stub = client as unknown as Record<
+      string,
+      (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void
+    >;
     return new Promise((resolve, reject) => {
-      stub[method]!.call(client, request, { deadline: Date.now() + (this.#options.deadlineMs ?? 10_000) }, (error, response) => (error === null ? resolve(response!) : reject(error)));
+      stub[method]!.call(
+        client,
+        request,
+        { deadline: Date.now() + (this.#options.deadlineMs ?? 10_000) },
+        (error, response) => (error === null ? resolve(response!) : reject(error)),
+      );
     });
   }
 
   // ---- secrets --------------------------------------------------------------------------------
 
-  put(name: string, value: Uint8Array, options: { cas?: number; ttlSeconds?: number; versionsKept?: number } = {}): Promise<{ version: number }> {
-    return this.call('Secrets', 'put', { name, value: Buffer.from(value), ...(options.cas === undefined ? {} : { cas: { version: options.cas } }), ttlSeconds: options.ttlSeconds ?? 0, versionsKept: options.versionsKept ?? 0 }, false);
+  put(
+    name: string,
+    value: Uint8Array,
+    options: { cas?: number; ttlSeconds?: number; versionsKept?: number } = {},
+  ): Promise<{ version: number }> {
+    return this.call(
+      'Secrets',
+      'put',
+      {
+        name,
+        value: Buffer.from(value),
+        ...(options.cas === undefined ? {} : { cas: { version: options.cas } }),
+        ttlSeconds: options.ttlSeconds ?? 0,
+        versionsKept: options.versionsKept ?? 0,
+      },
+      false,
+    );
   }
 
-  get(name: string, options: { version?: number; label?: string; stale?: boolean } = {}): Promise<{ value: Buffer; version: number; appliedIndex: number }> {
-    return this.call('Secrets', 'get', { name, version: options.version ?? 0, label: options.label ?? '', stale: options.stale ?? false }, true);
+  get(
+    name: string,
+    options: { version?: number; label?: string; stale?: boolean } = {},
+  ): Promise<{ value: Buffer; version: number; appliedIndex: number }> {
+    return this.call(
+      'Secrets',
+      'get',
+      { name, version: options.version ?? 0, label: options.label ?? '', stale: options.stale ?? false },
+      true,
+    );
   }
 
-  list(prefix = '', options: { pageSize?: number; pageToken?: string; includeDeleted?: boolean; stale?: boolean } = {}): Promise<{ secrets: SecretMetadataReply[]; nextPageToken: string }> {
-    return this.call('Secrets', 'list', { prefix, pageSize: options.pageSize ?? 0, pageToken: options.pageToken ?? '', includeDeleted: options.includeDeleted ?? false, stale: options.stale ?? false }, true);
+  list(
+    prefix = '',
+    options: { pageSize?: number; pageToken?: string; includeDeleted?: boolean; stale?: boolean } = {},
+  ): Promise<{ secrets: SecretMetadataReply[]; nextPageToken: string }> {
+    return this.call(
+      'Secrets',
+      'list',
+      {
+        prefix,
+        pageSize: options.pageSize ?? 0,
+        pageToken: options.pageToken ?? '',
+        includeDeleted: options.includeDeleted ?? false,
+        stale: options.stale ?? false,
+      },
+      true,
+    );
   }
 
-  versions(name: string): Promise<{ secret: SecretMetadataReply; versions: Array<{ version: number; createdAtMs: number; expireAtMs: number; destroyed: boolean; expired: boolean; labels: string[] }> }> {
+  versions(name: string): Promise<{
+    secret: SecretMetadataReply;
+    versions: Array<{
+      version: number;
+      createdAtMs: number;
+      expireAtMs: number;
+      destroyed: boolean;
+      expired: boolean;
+      labels: string[];
+    }>;
+  }> {
     return this.call('Secrets', 'versions', { name }, true);
   }
 
@@ -163,8 +236,22 @@ export class CofferClient {
     return this.call('Secrets', 'destroy', { name, versions }, false);
   }
 
-  generate(name: string, options: { length: number; charset?: string; cas?: number; ttlSeconds?: number }): Promise<{ version: number }> {
-    return this.call('Secrets', 'generate', { name, length: options.length, charset: options.charset ?? '', ...(options.cas === undefined ? {} : { cas: { version: options.cas } }), ttlSeconds: options.ttlSeconds ?? 0 }, false);
+  generate(
+    name: string,
+    options: { length: number; charset?: string; cas?: number; ttlSeconds?: number },
+  ): Promise<{ version: number }> {
+    return this.call(
+      'Secrets',
+      'generate',
+      {
+        name,
+        length: options.length,
+        charset: options.charset ?? '',
+        ...(options.cas === undefined ? {} : { cas: { version: options.cas } }),
+        ttlSeconds: options.ttlSeconds ?? 0,
+      },
+      false,
+    );
   }
 
   label(name: string, label: string, version: number): Promise<{ version: number }> {
@@ -181,11 +268,15 @@ export class CofferClient {
     return this.call('Policies', 'put', { name, rules: rules.map((r) => ({ ...r, deny: r.deny ?? false })) }, true);
   }
 
-  getPolicy(name: string): Promise<{ name: string; rules: Array<{ path: string; capabilities: string[]; deny: boolean }> }> {
+  getPolicy(
+    name: string,
+  ): Promise<{ name: string; rules: Array<{ path: string; capabilities: string[]; deny: boolean }> }> {
     return this.call('Policies', 'get', { name }, true);
   }
 
-  listPolicies(): Promise<{ policies: Array<{ name: string; rules: Array<{ path: string; capabilities: string[]; deny: boolean }> }> }> {
+  listPolicies(): Promise<{
+    policies: Array<{ name: string; rules: Array<{ path: string; capabilities: string[]; deny: boolean }> }>;
+  }> {
     return this.call('Policies', 'list', {}, true);
   }
 
@@ -194,12 +285,26 @@ export class CofferClient {
   }
 
   /** `reissue`: the identity exists; replace its policies and add this key. */
-  issueIdentity(name: string, policies: string[], publicKeyPem: string, validityDays = 0, options: { reissue?: boolean } = {}): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
-    return this.call('Identities', 'issue', { name, policies, publicKeyPem, validityDays, reissue: options.reissue ?? false }, false);
+  issueIdentity(
+    name: string,
+    policies: string[],
+    publicKeyPem: string,
+    validityDays = 0,
+    options: { reissue?: boolean } = {},
+  ): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
+    return this.call(
+      'Identities',
+      'issue',
+      { name, policies, publicKeyPem, validityDays, reissue: options.reissue ?? false },
+      false,
+    );
   }
 
   /** A new certificate for this client's own identity, for a key made by the caller (after a CA rotation, or to change keys). */
-  renewIdentity(publicKeyPem: string, validityDays = 0): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
+  renewIdentity(
+    publicKeyPem: string,
+    validityDays = 0,
+  ): Promise<{ certificatePem: string; caCertificatePem: string; serial: string; notAfterMs: number }> {
     return this.call('Identities', 'renew', { publicKeyPem, validityDays }, false);
   }
 
@@ -207,7 +312,15 @@ export class CofferClient {
     return this.call('Identities', 'revoke', { name }, true);
   }
 
-  listIdentities(): Promise<{ identities: Array<{ name: string; policies: string[]; certificates: number; revoked: boolean; createdAtMs: number }> }> {
+  listIdentities(): Promise<{
+    identities: Array<{
+      name: string;
+      policies: string[];
+      certificates: number;
+      revoked: boolean;
+      createdAtMs: number;
+    }>;
+  }> {
     return this.call('Identities', 'list', {}, true);
   }
 
@@ -216,7 +329,14 @@ export class CofferClient {
   }
 
   /** Checks the manager's audit chain, against the anchor the cluster replicated for it (reported back). */
-  auditVerify(): Promise<{ ok: boolean; records: number; firstBrokenLine: number; problem: string; anchorSeq: number; anchorHash: string }> {
+  auditVerify(): Promise<{
+    ok: boolean;
+    records: number;
+    firstBrokenLine: number;
+    problem: string;
+    anchorSeq: number;
+    anchorHash: string;
+  }> {
     return this.call('Audit', 'verify', {}, true);
   }
 
@@ -243,8 +363,15 @@ export class CofferClient {
   }
 
   /** A new join token: it works for `ttlSeconds` (0: 24 hours) and `uses` joins (0: any number). */
-  rotateJoinToken(options: { ttlSeconds?: number; uses?: number } = {}): Promise<{ token: string; expiresAtMs: number }> {
-    return this.call('Cluster', 'rotateJoinToken', { ttlSeconds: options.ttlSeconds ?? 0, uses: options.uses ?? 0 }, false);
+  rotateJoinToken(
+    options: { ttlSeconds?: number; uses?: number } = {},
+  ): Promise<{ token: string; expiresAtMs: number }> {
+    return this.call(
+      'Cluster',
+      'rotateJoinToken',
+      { ttlSeconds: options.ttlSeconds ?? 0, uses: options.uses ?? 0 },
+      false,
+    );
   }
 
   /** A new cluster CA, cross-signed by the active one; answers with every CA now trusted. */
@@ -265,7 +392,10 @@ export class CofferClient {
   // ---- keys -----------------------------------------------------------------------------------
 
   /** A keyring operation: rotate, rewrap, rotateRoot (no argument) or destroy (a term). */
-  keyOp(op: 'rotate' | 'rewrap' | 'rotateRoot' | 'destroy' | 'autolockOff', term = 0): Promise<{ detail: string; activeTerm: number }> {
+  keyOp(
+    op: 'rotate' | 'rewrap' | 'rotateRoot' | 'destroy' | 'autolockOff',
+    term = 0,
+  ): Promise<{ detail: string; activeTerm: number }> {
     return this.call('Keys', op, op === 'destroy' ? { term } : {}, false);
   }
 
@@ -292,7 +422,13 @@ export class CofferClient {
   }
 
   /** A server-streaming call on the managers in turn (only before any message arrived may it move on). */
-  async stream<Message extends { data: Buffer }, Result>(service: ServiceName, method: string, request: object, collect: (messages: Message[]) => Result, onMessage?: (message: Message, receivedBytes: number) => void): Promise<Result> {
+  async stream<Message extends { data: Buffer }, Result>(
+    service: ServiceName,
+    method: string,
+    request: object,
+    collect: (messages: Message[]) => Result,
+    onMessage?: (message: Message, receivedBytes: number) => void,
+  ): Promise<Result> {
     await this.#knowMembers();
     const addresses = this.#options.addresses;
     let last: grpc.ServiceError | null = null;
@@ -301,8 +437,13 @@ export class CofferClient {
       const messages: Message[] = [];
       try {
         await new Promise<void>((resolve, reject) => {
-          const stub = this.#stub(addresses[at]!, service) as unknown as Record<string, (r: object, o: grpc.CallOptions) => grpc.ClientReadableStream<Message>>;
-          const call = stub[method]!.call(this.#stub(addresses[at]!, service), request, { deadline: Date.now() + Math.max(60_000, this.#options.deadlineMs ?? 10_000) });
+          const stub = this.#stub(addresses[at]!, service) as unknown as Record<
+            string,
+            (r: object, o: grpc.CallOptions) => grpc.ClientReadableStream<Message>
+          >;
+          const call = stub[method]!.call(this.#stub(addresses[at]!, service), request, {
+            deadline: Date.now() + Math.max(60_000, this.#options.deadlineMs ?? 10_000),
+          });
           let received = 0;
           call.on('data', (message: Message) => {
             onMessage?.(message, received);
@@ -322,7 +463,18 @@ export class CofferClient {
     throw new ClientError(last!.code, last!.details || last!.message);
   }
 
-  keyStatus(): Promise<{ hasRecoveryKey: boolean; activeTerm: number; activeCreatedAtMs: number; terms: number[]; destroyedTerms: number[]; rootGeneration: number; unlockGeneration: number; protection: string; lastRewrapIndex: number; lastRewrapTerm: number }> {
+  keyStatus(): Promise<{
+    hasRecoveryKey: boolean;
+    activeTerm: number;
+    activeCreatedAtMs: number;
+    terms: number[];
+    destroyedTerms: number[];
+    rootGeneration: number;
+    unlockGeneration: number;
+    protection: string;
+    lastRewrapIndex: number;
+    lastRewrapTerm: number;
+  }> {
     return this.call('Keys', 'status', {}, true);
   }
 

@@ -20,7 +20,8 @@ export function frame(payload: Uint8Array): Buffer {
 /** The payload of a framed value, after checking its version and checksum. */
 export function unframe(value: Uint8Array, record: string): Buffer {
   const bytes = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-  if (bytes.byteLength < HEADER_BYTES) throw new CorruptRecordError(record, `${bytes.byteLength} bytes is shorter than a record header`);
+  if (bytes.byteLength < HEADER_BYTES)
+    throw new CorruptRecordError(record, `${bytes.byteLength} bytes is shorter than a record header`);
   if (bytes[0] !== FRAME_VERSION) throw new CorruptRecordError(record, `unknown record format version ${bytes[0]}`);
   const payload = bytes.subarray(HEADER_BYTES);
   const expected = bytes.readUInt32BE(1);

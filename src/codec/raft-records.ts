@@ -42,7 +42,11 @@ export function encodeHardState(state: HardState): Buffer {
 
 export function decodeHardState(value: Uint8Array, record: string): HardState {
   const body = decodeArray(value, record);
-  return { term: index(body[0], record, 'term'), vote: index(body[1], record, 'vote'), commit: index(body[2], record, 'commit') };
+  return {
+    term: index(body[0], record, 'term'),
+    vote: index(body[1], record, 'vote'),
+    commit: index(body[2], record, 'commit'),
+  };
 }
 
 /** Snapshot metadata, with how many data chunks follow it and their total size. */
@@ -54,7 +58,16 @@ export interface StoredSnapshotMetadata {
 
 export function encodeSnapshotMetadata(stored: StoredSnapshotMetadata): Buffer {
   const { metadata } = stored;
-  return frame(packr.pack([metadata.index, metadata.term, metadata.confState.voters, metadata.confState.learners, stored.chunks, stored.bytes]));
+  return frame(
+    packr.pack([
+      metadata.index,
+      metadata.term,
+      metadata.confState.voters,
+      metadata.confState.learners,
+      stored.chunks,
+      stored.bytes,
+    ]),
+  );
 }
 
 export function decodeSnapshotMetadata(value: Uint8Array, record: string): StoredSnapshotMetadata {

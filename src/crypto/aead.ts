@@ -30,6 +30,8 @@ export function open(key: Uint8Array, sealed: Uint8Array, associatedData: Uint8A
   try {
     return Buffer.concat([decipher.update(body), decipher.final()]);
   } catch (error) {
-    throw new CryptoError('DECRYPT_FAILED', `${what}: authentication failed (altered data, or another key)`, { cause: error });
+    throw new CryptoError('DECRYPT_FAILED', `${what}: authentication failed (altered data, or another key)`, {
+      cause: error,
+    });
   }
 }

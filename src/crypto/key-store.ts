@@ -61,7 +61,14 @@ export class KeyStore {
 
   static async create(
     path: string,
-    options: { clusterId: string; rootKey: Uint8Array; kek: Uint8Array; protection: KeyProtection; unlockGen?: number; rootGen?: number },
+    options: {
+      clusterId: string;
+      rootKey: Uint8Array;
+      kek: Uint8Array;
+      protection: KeyProtection;
+      unlockGen?: number;
+      rootGen?: number;
+    },
   ): Promise<KeyStore> {
     const record: KeyStoreRecord = {
       clusterId: options.clusterId,
@@ -82,13 +89,22 @@ export class KeyStore {
     try {
       bytes = await readFile(path);
     } catch (error) {
-      throw new CryptoError('KEY_STORE_MISSING', `${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'}); is ${dirname(path)} a manager's data directory?`, { cause: error });
+      throw new CryptoError(
+        'KEY_STORE_MISSING',
+        `${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'}); is ${dirname(path)} a manager's data directory?`,
+        { cause: error },
+      );
     }
     let record: KeyStoreRecord;
     try {
       record = decodeRecord(unframe(bytes, `the key store ${path}`));
     } catch (error) {
-      if (error instanceof CorruptRecordError) throw new CryptoError('KEY_STORE_CORRUPT', `${error.message}; restore it from a backup or rejoin this manager`, { cause: error });
+      if (error instanceof CorruptRecordError)
+        throw new CryptoError(
+          'KEY_STORE_CORRUPT',
+          `${error.message}; restore it from a backup or rejoin this manager`,
+          { cause: error },
+        );
       throw error;
     }
     return new KeyStore(path, record);
@@ -112,7 +128,12 @@ export class KeyStore {
 
   /** The root key, unwrapped with the KEK; a wrong KEK gets a clear error and changes nothing. */
   openRoot(kek: Uint8Array): Buffer {
-    return unwrapRootKey(kek, this.#record.wrappedRoot, this.clusterId, this.protection === 'unlock-key' ? 'unlock key' : 'key file');
+    return unwrapRootKey(
+      kek,
+      this.#record.wrappedRoot,
+      this.clusterId,
+      this.protection === 'unlock-key' ? 'unlock key' : 'key file',
+    );
   }
 
   /** Checks the KEK by opening the root key, and keeps it for sealing and rewrapping. */
@@ -137,7 +158,12 @@ export class KeyStore {
 
   /** This manager's private keys, opened with the KEK. */
   openSecrets(kek: Uint8Array = this.kek): Map<string, Buffer> {
-    return new Map(this.#record.secrets.map(([name, sealed]) => [name, open(kek, sealed, secretAd(this.clusterId, name), `the local secret ${name}`)]));
+    return new Map(
+      this.#record.secrets.map(([name, sealed]) => [
+        name,
+        open(kek, sealed, secretAd(this.clusterId, name), `the local secret ${name}`),
+      ]),
+    );
   }
 
   /**
@@ -148,7 +174,9 @@ export class KeyStore {
     await this.#write((current) => {
       const kek = this.kek;
       const kept = current.secrets.filter(([n]) => !entries.has(n));
-      const added = [...entries].map(([name, value]) => [name, seal(kek, value, secretAd(this.clusterId, name))] as const);
+      const added = [...entries].map(
+        ([name, value]) => [name, seal(kek, value, secretAd(this.clusterId, name))] as const,
+      );
       return { ...current, secrets: [...kept, ...added] };
     }, 'secret');
   }
@@ -157,8 +185,15 @@ export class KeyStore {
    * Rewraps: a newer root key generation, and/or a new KEK (unlock-key rotation, autolock on;
    * null keeps the current one). The local secrets move to the new KEK in the same atomic write.
    */
-  async rewrap(options: { rootGen: number; rootKey: Uint8Array; kek: Uint8Array | null; protection: KeyProtection; unlockGen: number }): Promise<void> {
-    if (options.rootGen < this.rootGen) throw new TypeError(`root key generation ${options.rootGen} is older than the stored ${this.rootGen}`);
+  async rewrap(options: {
+    rootGen: number;
+    rootKey: Uint8Array;
+    kek: Uint8Array | null;
+    protection: KeyProtection;
+    unlockGen: number;
+  }): Promise<void> {
+    if (options.rootGen < this.rootGen)
+      throw new TypeError(`root key generation ${options.rootGen} is older than the stored ${this.rootGen}`);
     let next: Buffer | null = null;
     await this.#write(
       (current) => {
@@ -167,7 +202,17 @@ export class KeyStore {
         const kek = next;
         return {
           ...current,
-          secrets: current.secrets.map(([name, sealed]) => [name, seal(kek, open(old, sealed, secretAd(this.clusterId, name), `the local secret ${name}`), secretAd(this.clusterId, name))] as const),
+          secrets: current.secrets.map(
+            ([name, sealed]) =>
+              [
+                name,
+                seal(
+                  kek,
+                  open(old, sealed, secretAd(this.clusterId, name), `the local secret ${name}`),
+                  secretAd(this.clusterId, name),
+                ),
+              ] as const,
+          ),
           rootGen: options.rootGen,
           wrappedRoot: wrapRootKey(kek, options.rootKey, this.clusterId),
           protection: options.protection,
@@ -241,12 +286,22 @@ function secretAd(clusterId: string, name: string): Buffer {
 }
 
 function encodeRecord(record: KeyStoreRecord): unknown[] {
-  return [1, record.clusterId, record.protection, record.rootGen, record.wrappedRoot, record.unlockGen, record.usesReserved, record.secrets];
+  return [
+    1,
+    record.clusterId,
+    record.protection,
+    record.rootGen,
+    record.wrappedRoot,
+    record.unlockGen,
+    record.usesReserved,
+    record.secrets,
+  ];
 }
 
 function decodeRecord(payload: Buffer): KeyStoreRecord {
   const value: unknown = packr.unpack(payload);
-  if (!Array.isArray(value) || value[0] !== 1 || value.length !== 8) throw new CorruptRecordError('the key store', 'unknown layout');
+  if (!Array.isArray(value) || value[0] !== 1 || value.length !== 8)
+    throw new CorruptRecordError('the key store', 'unknown layout');
   const [, clusterId, protection, rootGen, wrappedRoot, unlockGen, usesReserved, secrets] = value as unknown[];
   const ok =
     typeof clusterId === 'string' &&
@@ -256,9 +311,14 @@ function decodeRecord(payload: Buffer): KeyStoreRecord {
     wrappedRoot instanceof Uint8Array &&
     Number.isSafeInteger(unlockGen) &&
     Array.isArray(usesReserved) &&
-    usesReserved.every((pair) => Array.isArray(pair) && pair.length === 2 && pair.every((n) => Number.isSafeInteger(n))) &&
+    usesReserved.every(
+      (pair) => Array.isArray(pair) && pair.length === 2 && pair.every((n) => Number.isSafeInteger(n)),
+    ) &&
     Array.isArray(secrets) &&
-    secrets.every((pair) => Array.isArray(pair) && pair.length === 2 && typeof pair[0] === 'string' && pair[1] instanceof Uint8Array);
+    secrets.every(
+      (pair) =>
+        Array.isArray(pair) && pair.length === 2 && typeof pair[0] === 'string' && pair[1] instanceof Uint8Array,
+    );
   if (!ok) throw new CorruptRecordError('the key store', 'a field has the wrong type');
   return {
     clusterId: clusterId as string,

@@ -19,7 +19,6 @@ interface KeyringTerm {
   destroyed: boolean;
 }
 
-
 /**
  * Data encryption keys with term numbers. The newest term encrypts; older terms only decrypt,
  * until a rewrap moves their data and they are destroyed. Sealed data is
@@ -64,7 +63,8 @@ export class Keyring {
 
   /** Adds the next term, which becomes the active one (applied from the replicated log). */
   addTerm(term: number, key: Uint8Array, createdAtMs: number): void {
-    if (term !== this.#activeTerm + 1) throw new TypeError(`keyring term ${term} does not follow the active term ${this.#activeTerm}`);
+    if (term !== this.#activeTerm + 1)
+      throw new TypeError(`keyring term ${term} does not follow the active term ${this.#activeTerm}`);
     if (key.byteLength !== KEY_BYTES) throw new TypeError(`a data key has ${KEY_BYTES} bytes`);
     this.#terms.set(term, { term, key: Buffer.from(key), createdAtMs, destroyed: false });
     this.#activeTerm = term;
@@ -82,10 +82,17 @@ export class Keyring {
   encrypt(kind: string, plaintext: Uint8Array): Buffer {
     const term = this.#activeTerm;
     const entry = this.#terms.get(term);
-    if (entry === undefined) throw new CryptoError('KEYRING_EMPTY', 'the keyring has no key yet: the cluster applies its first keyring term once it has a leader; retry');
+    if (entry === undefined)
+      throw new CryptoError(
+        'KEYRING_EMPTY',
+        'the keyring has no key yet: the cluster applies its first keyring term once it has a leader; retry',
+      );
     const uses = this.#uses.get(term) ?? 0;
     if (uses >= KEY_USES_MAX) {
-      throw new CryptoError('KEY_USES_EXHAUSTED', `keyring term ${term} has encrypted ${uses} times on this manager; rotate the keyring`);
+      throw new CryptoError(
+        'KEY_USES_EXHAUSTED',
+        `keyring term ${term} has encrypted ${uses} times on this manager; rotate the keyring`,
+      );
     }
     this.#uses.set(term, uses + 1);
     const header = Buffer.allocUnsafe(TERM_BYTES);
@@ -96,14 +103,20 @@ export class Keyring {
   decrypt(kind: string, sealed: Uint8Array): Buffer {
     const term = Keyring.termOf(sealed);
     const entry = this.#terms.get(term);
-    if (entry === undefined) throw new CryptoError('KEY_TERM_UNKNOWN', `${kind} was sealed under keyring term ${term}, which this keyring never had`);
-    if (entry.destroyed) throw new CryptoError('KEY_TERM_DESTROYED', `${kind} was sealed under keyring term ${term}, which was destroyed`);
+    if (entry === undefined)
+      throw new CryptoError(
+        'KEY_TERM_UNKNOWN',
+        `${kind} was sealed under keyring term ${term}, which this keyring never had`,
+      );
+    if (entry.destroyed)
+      throw new CryptoError('KEY_TERM_DESTROYED', `${kind} was sealed under keyring term ${term}, which was destroyed`);
     return open(entry.key, sealed.subarray(TERM_BYTES), this.#associatedData(kind, term), kind);
   }
 
   /** The keyring term some sealed data was made under (for rewrap bookkeeping). */
   static termOf(sealed: Uint8Array): number {
-    if (sealed.byteLength < TERM_BYTES + NONCE_BYTES + TAG_BYTES) throw new CryptoError('ENVELOPE_MALFORMED', 'sealed data is too short');
+    if (sealed.byteLength < TERM_BYTES + NONCE_BYTES + TAG_BYTES)
+      throw new CryptoError('ENVELOPE_MALFORMED', 'sealed data is too short');
     return Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength).readUInt32BE(0);
   }
 
@@ -141,16 +154,29 @@ export class Keyring {
 
   /** The keyring sealed under a root key (of generation `rootGen`): the only form in which it is ever stored. */
   wrap(rootKey: Uint8Array, rootGen = 1): Buffer {
-    const body = packr.pack([this.clusterId, this.#activeTerm, [...this.#terms.values()].map((t) => [t.term, t.destroyed ? null : t.key, t.createdAtMs])]);
+    const body = packr.pack([
+      this.clusterId,
+      this.#activeTerm,
+      [...this.#terms.values()].map((t) => [t.term, t.destroyed ? null : t.key, t.createdAtMs]),
+    ]);
     return seal(rootKey, body, keyringAd(this.clusterId, rootGen));
   }
 
   static unwrap(rootKey: Uint8Array, clusterId: string, sealed: Uint8Array, rootGen = 1): Keyring {
     const body = open(rootKey, sealed, keyringAd(clusterId, rootGen), 'the keyring');
-    const [storedClusterId, activeTerm, terms] = packr.unpack(body) as [string, number, Array<[number, Uint8Array | null, number]>];
+    const [storedClusterId, activeTerm, terms] = packr.unpack(body) as [
+      string,
+      number,
+      Array<[number, Uint8Array | null, number]>,
+    ];
     const keyring = new Keyring(storedClusterId);
     for (const [term, key, createdAtMs] of terms) {
-      keyring.#terms.set(term, { term, key: key === null ? Buffer.alloc(KEY_BYTES) : Buffer.from(key), createdAtMs, destroyed: key === null });
+      keyring.#terms.set(term, {
+        term,
+        key: key === null ? Buffer.alloc(KEY_BYTES) : Buffer.from(key),
+        createdAtMs,
+        destroyed: key === null,
+      });
     }
     keyring.#activeTerm = activeTerm;
     return keyring;
@@ -165,11 +191,23 @@ function keyringAd(clusterId: string, rootGen: number): Buffer {
  * A new data key as it travels in the log: sealed under the root key of generation `rootGen`,
  * bound to the cluster, the keyring term it will be and that generation.
  */
-export function wrapDataKey(rootKey: Uint8Array, clusterId: string, term: number, rootGen: number, key: Uint8Array): Buffer {
+export function wrapDataKey(
+  rootKey: Uint8Array,
+  clusterId: string,
+  term: number,
+  rootGen: number,
+  key: Uint8Array,
+): Buffer {
   return seal(rootKey, key, dataKeyAd(clusterId, term, rootGen));
 }
 
-export function unwrapDataKey(rootKey: Uint8Array, clusterId: string, term: number, rootGen: number, wrapped: Uint8Array): Buffer {
+export function unwrapDataKey(
+  rootKey: Uint8Array,
+  clusterId: string,
+  term: number,
+  rootGen: number,
+  wrapped: Uint8Array,
+): Buffer {
   return open(rootKey, wrapped, dataKeyAd(clusterId, term, rootGen), `the data key of keyring term ${term}`);
 }
 

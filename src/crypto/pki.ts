@@ -1,4 +1,13 @@
-import { X509Certificate, createHash, createPublicKey, generateKeyPair, generateKeyPairSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import {
+  X509Certificate,
+  createHash,
+  createPublicKey,
+  generateKeyPair,
+  generateKeyPairSync,
+  randomBytes,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 import { CryptoError } from './errors.ts';
@@ -39,7 +48,10 @@ const DAY_MS = 24 * 3600 * 1000;
 
 function newRsaKey(bits: number): { privatePem: string; publicPem: string } {
   const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
-  return { privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString() };
+  return {
+    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
 }
 
 function serialNumber(): string {
@@ -61,13 +73,23 @@ export function createCa(clusterId: string, nowMs: number, gen = 1): KeyAndCerti
 export async function createCaAsync(clusterId: string, nowMs: number, gen: number): Promise<KeyAndCertificate> {
   const key = await new Promise<{ privatePem: string; publicPem: string }>((resolve, reject) =>
     generateKeyPair('rsa', { modulusLength: CA_KEY_BITS }, (error, publicKey, privateKey) =>
-      error === null ? resolve({ privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString() }) : reject(error),
+      error === null
+        ? resolve({
+            privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+            publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+          })
+        : reject(error),
     ),
   );
   return caCertificateFor(key, clusterId, nowMs, gen);
 }
 
-function caCertificateFor(key: { privatePem: string; publicPem: string }, clusterId: string, nowMs: number, gen: number): KeyAndCertificate {
+function caCertificateFor(
+  key: { privatePem: string; publicPem: string },
+  clusterId: string,
+  nowMs: number,
+  gen: number,
+): KeyAndCertificate {
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
@@ -101,7 +123,10 @@ export interface IssueOptions {
 
 function caSubject(clusterId: string, gen: number): forge.pki.CertificateField[] {
   return [
-    { name: 'commonName', value: gen === 1 ? `Coffer cluster CA ${clusterId}` : `Coffer cluster CA ${clusterId} generation ${gen}` },
+    {
+      name: 'commonName',
+      value: gen === 1 ? `Coffer cluster CA ${clusterId}` : `Coffer cluster CA ${clusterId} generation ${gen}`,
+    },
     { name: 'organizationName', value: clusterId },
     { shortName: 'OU', value: 'ca' },
   ];
@@ -157,11 +182,14 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
   try {
     publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
   } catch (error) {
-    throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not an RSA public key in PEM form', { cause: error });
+    throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not an RSA public key in PEM form', {
+      cause: error,
+    });
   }
   cert.publicKey = publicKey;
   cert.serialNumber = options.serial ?? serialNumber();
-  const days = options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
+  const days =
+    options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
   const notAfterMs = options.notAfterMs ?? options.nowMs + days * DAY_MS;
   // Backdated a little for clocks that lag: an hour, or a tenth of a short lifetime.
   cert.validity.notBefore = new Date(Math.min(options.nowMs, notAfterMs) - Math.min(3600_000, (days * DAY_MS) / 10));
@@ -172,7 +200,9 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
     { shortName: 'OU', value: options.role },
   ]);
   cert.setIssuer(caCert.subject.attributes);
-  const altNames = (options.hosts ?? []).map((host) => (isIP(host) !== 0 ? { type: 7, ip: host } : { type: 2, value: host }));
+  const altNames = (options.hosts ?? []).map((host) =>
+    isIP(host) !== 0 ? { type: 7, ip: host } : { type: 2, value: host },
+  );
   cert.setExtensions([
     { name: 'basicConstraints', cA: false, critical: true },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
@@ -209,7 +239,11 @@ export function identityOf(cert: string | Buffer): Identity {
     if (at > 0) fields.set(line.slice(0, at), line.slice(at + 1));
   }
   const role = fields.get('OU');
-  if (role !== 'manager' && role !== 'client') throw new CryptoError('CERTIFICATE_INVALID', `the certificate's role (OU) is "${role ?? ''}", not manager or client`);
+  if (role !== 'manager' && role !== 'client')
+    throw new CryptoError(
+      'CERTIFICATE_INVALID',
+      `the certificate's role (OU) is "${role ?? ''}", not manager or client`,
+    );
   return {
     id: fields.get('CN') ?? '',
     role,
@@ -224,7 +258,9 @@ export function identityOf(cert: string | Buffer): Identity {
 /** SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo: a certificate's, or a PEM public key's. */
 export function spkiDigest(key: KeyObject | string): string {
   const object = typeof key === 'string' ? createPublicKey(key) : key;
-  return createHash('sha256').update(object.export({ type: 'spki', format: 'der' })).digest('hex');
+  return createHash('sha256')
+    .update(object.export({ type: 'spki', format: 'der' }))
+    .digest('hex');
 }
 
 /** An SPKI digest as spkiDigest writes it. */
@@ -259,7 +295,11 @@ export function newJoinToken(caCertPem: string): JoinToken {
 
 export function parseJoinToken(text: string): JoinToken {
   const match = /^CFRTKN-1-([0-9a-f]{64})-([A-Za-z0-9_-]{32})$/.exec(text.trim());
-  if (match === null) throw new CryptoError('JOIN_TOKEN_MALFORMED', `a join token looks like ${TOKEN_PREFIX}<64 hex digits>-<32 characters>; this one does not`);
+  if (match === null)
+    throw new CryptoError(
+      'JOIN_TOKEN_MALFORMED',
+      `a join token looks like ${TOKEN_PREFIX}<64 hex digits>-<32 characters>; this one does not`,
+    );
   return { caDigest: match[1]!, secret: Buffer.from(match[2]!, 'base64url') };
 }
 

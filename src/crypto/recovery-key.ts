@@ -1,4 +1,11 @@
-import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, type KeyObject } from 'node:crypto';
+import {
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  type KeyObject,
+} from 'node:crypto';
 import { KEY_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
 import { formatKeyText, parseKeyText } from './unlock-key.ts';
@@ -46,11 +53,18 @@ function publicKeyOf(raw: Uint8Array): KeyObject {
 }
 
 function wrapKey(shared: Buffer, clusterId: string): Buffer {
-  return Buffer.from(hkdfSync('sha256', shared, Buffer.from(clusterId, 'utf8'), Buffer.from('coffer recovery wrap v1'), KEY_BYTES));
+  return Buffer.from(
+    hkdfSync('sha256', shared, Buffer.from(clusterId, 'utf8'), Buffer.from('coffer recovery wrap v1'), KEY_BYTES),
+  );
 }
 
 /** Wraps `secret` (a root key) so that only the recovery key of `publicKey` opens it. */
-export function wrapForRecovery(publicKey: Uint8Array, secret: Uint8Array, clusterId: string, associatedData: Uint8Array): RecoveryWrap {
+export function wrapForRecovery(
+  publicKey: Uint8Array,
+  secret: Uint8Array,
+  clusterId: string,
+  associatedData: Uint8Array,
+): RecoveryWrap {
   const ephemeral = generateKeyPairSync('x25519');
   const shared = diffieHellman({ privateKey: ephemeral.privateKey, publicKey: publicKeyOf(publicKey) });
   const key = wrapKey(shared, clusterId);
@@ -62,13 +76,21 @@ export function wrapForRecovery(publicKey: Uint8Array, secret: Uint8Array, clust
   }
 }
 
-export function unwrapWithRecovery(recoveryKey: string, wrap: RecoveryWrap, clusterId: string, associatedData: Uint8Array): Buffer {
+export function unwrapWithRecovery(
+  recoveryKey: string,
+  wrap: RecoveryWrap,
+  clusterId: string,
+  associatedData: Uint8Array,
+): Buffer {
   const shared = diffieHellman({ privateKey: privateKeyOf(recoveryKey), publicKey: publicKeyOf(wrap.ephemeralPublic) });
   const key = wrapKey(shared, clusterId);
   try {
-    return open(key, wrap.wrapped, associatedData, 'the backup\'s root key (recovery wrap)');
+    return open(key, wrap.wrapped, associatedData, "the backup's root key (recovery wrap)");
   } catch {
-    throw new CryptoError('BACKUP_KEY_WRONG', 'this recovery key does not open the backup: it is another cluster\'s, or an older one that was rotated');
+    throw new CryptoError(
+      'BACKUP_KEY_WRONG',
+      "this recovery key does not open the backup: it is another cluster's, or an older one that was rotated",
+    );
   } finally {
     key.fill(0);
     shared.fill(0);

@@ -1,5 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fchmodSync, fsyncSync, linkSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fchmodSync,
+  fsyncSync,
+  linkSync,
+  openSync,
+  readFileSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import { KEY_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
@@ -18,14 +29,25 @@ export function wrapRootKey(kek: Uint8Array, rootKey: Uint8Array, clusterId: str
   return seal(kek, rootKey, rootKeyAd(clusterId));
 }
 
-export function unwrapRootKey(kek: Uint8Array, wrapped: Uint8Array, clusterId: string, how: 'key file' | 'unlock key'): Buffer {
+export function unwrapRootKey(
+  kek: Uint8Array,
+  wrapped: Uint8Array,
+  clusterId: string,
+  how: 'key file' | 'unlock key',
+): Buffer {
   try {
     return open(kek, wrapped, rootKeyAd(clusterId), 'the root key');
   } catch (error) {
     if (error instanceof CryptoError && error.code === 'DECRYPT_FAILED') {
       throw how === 'unlock key'
-        ? new CryptoError('UNLOCK_KEY_WRONG', 'this unlock key does not open this manager (it is well formed, but it is not this cluster\'s)')
-        : new CryptoError('KEY_FILE_INVALID', 'the key file does not open this manager\'s root key (is it another cluster\'s key file?)');
+        ? new CryptoError(
+            'UNLOCK_KEY_WRONG',
+            "this unlock key does not open this manager (it is well formed, but it is not this cluster's)",
+          )
+        : new CryptoError(
+            'KEY_FILE_INVALID',
+            "the key file does not open this manager's root key (is it another cluster's key file?)",
+          );
     }
     throw error;
   }
@@ -88,13 +110,23 @@ export function readKeyFile(path: string): Buffer {
     mode = statSync(path).mode;
     bytes = readFileSync(path);
   } catch (error) {
-    throw new CryptoError('KEY_FILE_INVALID', `cannot read the key file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`, { cause: error });
+    throw new CryptoError(
+      'KEY_FILE_INVALID',
+      `cannot read the key file ${path}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+      { cause: error },
+    );
   }
   if ((mode & 0o077) !== 0) {
-    throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} can be read by others (mode ${(mode & 0o777).toString(8)}); run chmod 600 on it`);
+    throw new CryptoError(
+      'KEY_FILE_INVALID',
+      `the key file ${path} can be read by others (mode ${(mode & 0o777).toString(8)}); run chmod 600 on it`,
+    );
   }
   if (bytes.byteLength !== KEY_BYTES) {
-    throw new CryptoError('KEY_FILE_INVALID', `the key file ${path} holds ${bytes.byteLength} bytes, not ${KEY_BYTES}: it is not a Coffer key file (make one with coffer keyfile new)`);
+    throw new CryptoError(
+      'KEY_FILE_INVALID',
+      `the key file ${path} holds ${bytes.byteLength} bytes, not ${KEY_BYTES}: it is not a Coffer key file (make one with coffer keyfile new)`,
+    );
   }
   return bytes;
 }
@@ -108,14 +140,36 @@ export function wrapRootLink(previousRoot: Uint8Array, nextRoot: Uint8Array, clu
 }
 
 export function unwrapRootLink(previousRoot: Uint8Array, wrapped: Uint8Array, clusterId: string, gen: number): Buffer {
-  return open(previousRoot, wrapped, Buffer.from(`coffer/1|root-link|${clusterId}|${gen}`, 'utf8'), `root key generation ${gen}`);
+  return open(
+    previousRoot,
+    wrapped,
+    Buffer.from(`coffer/1|root-link|${clusterId}|${gen}`, 'utf8'),
+    `root key generation ${gen}`,
+  );
 }
 
 /** An unlock key's KEK as it travels in the log to every manager: sealed under the root key. */
-export function wrapUnlockKek(rootKey: Uint8Array, kek: Uint8Array, clusterId: string, gen: number, rootGen: number): Buffer {
+export function wrapUnlockKek(
+  rootKey: Uint8Array,
+  kek: Uint8Array,
+  clusterId: string,
+  gen: number,
+  rootGen: number,
+): Buffer {
   return seal(rootKey, kek, Buffer.from(`coffer/1|unlock-kek|${clusterId}|${gen}|${rootGen}`, 'utf8'));
 }
 
-export function unwrapUnlockKek(rootKey: Uint8Array, wrapped: Uint8Array, clusterId: string, gen: number, rootGen: number): Buffer {
-  return open(rootKey, wrapped, Buffer.from(`coffer/1|unlock-kek|${clusterId}|${gen}|${rootGen}`, 'utf8'), `unlock key generation ${gen}`);
+export function unwrapUnlockKek(
+  rootKey: Uint8Array,
+  wrapped: Uint8Array,
+  clusterId: string,
+  gen: number,
+  rootGen: number,
+): Buffer {
+  return open(
+    rootKey,
+    wrapped,
+    Buffer.from(`coffer/1|unlock-kek|${clusterId}|${gen}|${rootGen}`, 'utf8'),
+    `unlock key generation ${gen}`,
+  );
 }

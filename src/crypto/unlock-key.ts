@@ -33,12 +33,20 @@ export function formatKeyText(prefix: string, secret: Uint8Array): string {
 }
 
 /** The 32 bytes of a key written by formatKeyText; a typo is told apart by the checksum. */
-export function parseKeyText(prefix: string, text: string, what: string, code: 'UNLOCK_KEY_MALFORMED' | 'RECOVERY_KEY_MALFORMED'): Buffer {
+export function parseKeyText(
+  prefix: string,
+  text: string,
+  what: string,
+  code: 'UNLOCK_KEY_MALFORMED' | 'RECOVERY_KEY_MALFORMED',
+): Buffer {
   const normalized = text.trim().toUpperCase();
   const body = normalized.startsWith(prefix) ? normalized.slice(prefix.length) : null;
   const match = body === null ? null : /^([A-Z2-7]+)-([A-Z2-7]+)$/.exec(body);
   if (match === null || match[1]!.length !== BODY_CHARS || match[2]!.length !== CHECK_CHARS) {
-    throw new CryptoError(code, `${what} looks like ${prefix}<${BODY_CHARS} characters>-<${CHECK_CHARS} characters>; this one does not`);
+    throw new CryptoError(
+      code,
+      `${what} looks like ${prefix}<${BODY_CHARS} characters>-<${CHECK_CHARS} characters>; this one does not`,
+    );
   }
   if (checksum(match[1]!) !== match[2]) {
     throw new CryptoError(code, `${what} has a typo: its checksum does not match; check every character`);
@@ -48,7 +56,9 @@ export function parseKeyText(prefix: string, text: string, what: string, code: '
 
 /** The key-encryption key an unlock key stands for, bound to one cluster. */
 export function unlockKeyKek(secret: Uint8Array, clusterId: string): Buffer {
-  return Buffer.from(hkdfSync('sha256', secret, Buffer.from(clusterId, 'utf8'), Buffer.from('coffer unlock key v1'), KEY_BYTES));
+  return Buffer.from(
+    hkdfSync('sha256', secret, Buffer.from(clusterId, 'utf8'), Buffer.from('coffer unlock key v1'), KEY_BYTES),
+  );
 }
 
 function checksum(body: string): string {

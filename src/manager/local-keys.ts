@@ -29,13 +29,26 @@ export class KeyStoreLocalKeys implements LocalKeys {
     return this.#store.reserveUses(term, uses, liveTerms);
   }
 
-  async rewrap(options: { rootGen: number; rootKey: Buffer; unlockGen: number; unlockKek: Buffer | null; autolockOff?: boolean }): Promise<void> {
+  async rewrap(options: {
+    rootGen: number;
+    rootKey: Buffer;
+    unlockGen: number;
+    unlockKek: Buffer | null;
+    autolockOff?: boolean;
+  }): Promise<void> {
     if (options.autolockOff === true && this.#store.protection === 'unlock-key') {
       // The key file first: a crash before the key store moves leaves it to be adopted next time.
-      if (this.#keyFile === null) throw new Error('autolock is being turned off, but this manager was given no key file path');
+      if (this.#keyFile === null)
+        throw new Error('autolock is being turned off, but this manager was given no key file path');
       const kek = adoptOrCreateKeyFile(this.#keyFile).kek;
       try {
-        await this.#store.rewrap({ rootGen: options.rootGen, rootKey: options.rootKey, kek, protection: 'key-file', unlockGen: options.unlockGen });
+        await this.#store.rewrap({
+          rootGen: options.rootGen,
+          rootKey: options.rootKey,
+          kek,
+          protection: 'key-file',
+          unlockGen: options.unlockGen,
+        });
       } finally {
         kek.fill(0);
       }

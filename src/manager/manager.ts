@@ -52,7 +52,13 @@ export interface InitResult {
 }
 
 /** A keyring operation as an operator asks for it (rotate-unlock carries the new unlock key, made by the caller). */
-export type KeyOperation = { op: 'rotate' } | { op: 'rewrap' } | { op: 'destroy'; term: number } | { op: 'rotate-root' } | { op: 'rotate-unlock'; unlockKey: string } | { op: 'autolock-off' };
+export type KeyOperation =
+  | { op: 'rotate' }
+  | { op: 'rewrap' }
+  | { op: 'destroy'; term: number }
+  | { op: 'rotate-root' }
+  | { op: 'rotate-unlock'; unlockKey: string }
+  | { op: 'autolock-off' };
 
 interface Running<Result> {
   readonly replica: Replica<BarrierResult<Result>>;
@@ -113,7 +119,11 @@ export class Manager<Result> {
   ): Promise<InitResult> {
     const dir = new DataDir(dataDir);
     await dir.create();
-    if (await KeyStore.exists(dir.keyStore)) throw new ManagerError('ALREADY_INITIALIZED', `${dataDir} already holds a manager's keys; use it as it is, or choose an empty directory`);
+    if (await KeyStore.exists(dir.keyStore))
+      throw new ManagerError(
+        'ALREADY_INITIALIZED',
+        `${dataDir} already holds a manager's keys; use it as it is, or choose an empty directory`,
+      );
     const clusterId = options.clusterId ?? randomUUID();
     const rootKey = options.rootKey ?? generateRootKey();
     const rootGen = options.rootGen ?? 1;
@@ -123,14 +133,28 @@ export class Manager<Result> {
       if (options.autolock === true) {
         unlockKey = options.unlockKey ?? generateUnlockKey();
         kek = kekFromUnlockKey(unlockKey, clusterId);
-        const store = await KeyStore.create(dir.keyStore, { clusterId, rootKey, rootGen, kek, protection: 'unlock-key', unlockGen: options.unlockGen ?? 0 });
+        const store = await KeyStore.create(dir.keyStore, {
+          clusterId,
+          rootKey,
+          rootGen,
+          kek,
+          protection: 'unlock-key',
+          unlockGen: options.unlockGen ?? 0,
+        });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);
         store.forget();
       } else {
         if (options.keyFile === undefined) throw new TypeError('a key file path is needed when autolock is off');
         kek = adoptOrCreateKeyFile(options.keyFile).kek;
-        const store = await KeyStore.create(dir.keyStore, { clusterId, rootKey, rootGen, kek, protection: 'key-file', unlockGen: options.unlockGen ?? 0 });
+        const store = await KeyStore.create(dir.keyStore, {
+          clusterId,
+          rootKey,
+          rootGen,
+          kek,
+          protection: 'key-file',
+          unlockGen: options.unlockGen ?? 0,
+        });
         store.unlock(kek);
         if (options.secrets !== undefined) await store.setSecrets(options.secrets);
         store.forget();
@@ -149,7 +173,11 @@ export class Manager<Result> {
     const store = await KeyStore.read(dir.keyStore);
     const manager = new Manager(options, store);
     if (store.protection === 'key-file') {
-      if (options.keyFile === undefined) throw new CryptoError('KEY_FILE_INVALID', `the root key of ${options.dataDir} is wrapped by a key file; pass its path`);
+      if (options.keyFile === undefined)
+        throw new CryptoError(
+          'KEY_FILE_INVALID',
+          `the root key of ${options.dataDir} is wrapped by a key file; pass its path`,
+        );
       const kek = readKeyFile(options.keyFile);
       await manager.#start(store.unlock(kek));
     } else {
@@ -220,7 +248,10 @@ export class Manager<Result> {
     const { lead, term } = running.replica.raw.basicStatus();
     if (lead !== this.#lastLeader) {
       this.#lastLeader = lead;
-      this.#log.info({ event: 'leader-changed', leader: lead, term }, lead === 0 ? 'no leader known' : `manager ${lead} leads in term ${term}`);
+      this.#log.info(
+        { event: 'leader-changed', leader: lead, term },
+        lead === 0 ? 'no leader known' : `manager ${lead} leads in term ${term}`,
+      );
     }
     this.#maybeRotate(running);
     this.#maybePublishUnlockKey(running);
@@ -232,7 +263,12 @@ export class Manager<Result> {
    * that join later are autolocked with the same unlock key.
    */
   #maybePublishUnlockKey(running: Running<Result>): void {
-    if (this.#unlockPublished || running.replica.raw.basicStatus().role !== 'leader' || running.barrier.status().activeTerm === 0) return;
+    if (
+      this.#unlockPublished ||
+      running.replica.raw.basicStatus().role !== 'leader' ||
+      running.barrier.status().activeTerm === 0
+    )
+      return;
     // A newer replicated generation is adopted first (rotate-unlock or autolock-off in flight).
     if (running.barrier.status().unlockGen !== this.#store.unlockGen) return;
     const replicated = running.barrier.unlockKek();
@@ -278,8 +314,18 @@ export class Manager<Result> {
     this.#rotationInFlight = true;
     running.replica
       .propose(running.barrier.rotatePayload(nowMs))
-      .then((result) => this.#log.info({ event: 'keyring-rotated', outcome: result.type === 'key-op' ? result.detail : result.type }, 'scheduled keyring rotation'))
-      .catch((error: unknown) => this.#log.warn({ event: 'keyring-rotation-failed', err: error }, 'scheduled keyring rotation did not commit; it will be retried'))
+      .then((result) =>
+        this.#log.info(
+          { event: 'keyring-rotated', outcome: result.type === 'key-op' ? result.detail : result.type },
+          'scheduled keyring rotation',
+        ),
+      )
+      .catch((error: unknown) =>
+        this.#log.warn(
+          { event: 'keyring-rotation-failed', err: error },
+          'scheduled keyring rotation did not commit; it will be retried',
+        ),
+      )
       .finally(() => {
         this.#rotationInFlight = false;
       });
@@ -308,7 +354,14 @@ export class Manager<Result> {
    * `index`: the sealed image, the root key that opens it, and, when this manager is autolocked,
    * its unlock KEK (so the unlock key opens the backup too).
    */
-  backupMaterial(): { image: Buffer; index: number; term: number; rootKey: Buffer; rootGen: number; unlockKek: Buffer | null } {
+  backupMaterial(): {
+    image: Buffer;
+    index: number;
+    term: number;
+    rootKey: Buffer;
+    rootGen: number;
+    unlockKek: Buffer | null;
+  } {
     const running = this.#need();
     const status = running.replica.raw.basicStatus();
     const image = Buffer.from(running.barrier.image());
@@ -358,7 +411,12 @@ export class Manager<Result> {
     return this.#messagesDroppedLocked;
   }
 
-  status(): { locked: boolean; raft: BasicStatus | null; keys: ReturnType<Barrier<Result>['status']> | null; keyStore: { rootGen: number; unlockGen: number; protection: string } } {
+  status(): {
+    locked: boolean;
+    raft: BasicStatus | null;
+    keys: ReturnType<Barrier<Result>['status']> | null;
+    keyStore: { rootGen: number; unlockGen: number; protection: string };
+  } {
     const running = this.#running;
     return {
       locked: running === null,
@@ -424,7 +482,8 @@ export class Manager<Result> {
 
   #need(): Running<Result> {
     if (this.#stopped) throw new ManagerError('MANAGER_STOPPED', 'the manager is stopped');
-    if (this.#running === null) throw new ManagerError('MANAGER_LOCKED', 'the manager is locked; unlock it with the unlock key (coffer unlock)');
+    if (this.#running === null)
+      throw new ManagerError('MANAGER_LOCKED', 'the manager is locked; unlock it with the unlock key (coffer unlock)');
     return this.#running;
   }
 

@@ -62,14 +62,23 @@ export class Proposer<Result> {
     this.#log?.debug({ event: 'propose', kind, bytes: data.byteLength }, 'proposing a sealed command');
     const payload = await this.#manager.sealCommand(kind, data);
     const outcome = this.#read(await this.#propose(payload), `the ${kind} command`);
-    if (outcome.type !== 'applied') throw new ProposalRefused('barrier', 'NOT_APPLIED', `the ${kind} command was applied as a keyring operation`);
+    if (outcome.type !== 'applied')
+      throw new ProposalRefused('barrier', 'NOT_APPLIED', `the ${kind} command was applied as a keyring operation`);
     return outcome.result;
   }
 
   /** A keyring operation (rotate, rewrap, destroy, rotate-root, rotate-unlock, autolock-off). */
   async keyOperation(operation: KeyOperation): Promise<KeyOperationDone> {
-    const outcome = this.#read(await this.#propose(this.#manager.keyOpPayload(operation)), `the keyring operation ${operation.op}`);
-    if (outcome.type !== 'key-op') throw new ProposalRefused('barrier', 'NOT_APPLIED', `the keyring operation ${operation.op} was not applied as one`);
+    const outcome = this.#read(
+      await this.#propose(this.#manager.keyOpPayload(operation)),
+      `the keyring operation ${operation.op}`,
+    );
+    if (outcome.type !== 'key-op')
+      throw new ProposalRefused(
+        'barrier',
+        'NOT_APPLIED',
+        `the keyring operation ${operation.op} was not applied as one`,
+      );
     this.#log?.info({ event: `key-${outcome.op}`, detail: outcome.detail }, 'keyring operation applied');
     return { op: outcome.op, detail: outcome.detail };
   }
@@ -102,12 +111,16 @@ export class Proposer<Result> {
   }
 
   #link(): LeaderLink<Result> {
-    if (this.#leader === null) throw new ManagerError('NO_LEADER', 'this manager does not lead and has no link to the leader');
+    if (this.#leader === null)
+      throw new ManagerError('NO_LEADER', 'this manager does not lead and has no link to the leader');
     return this.#leader;
   }
 
   /** The one reader of what the leader answered. */
-  #read(outcome: BarrierResult<Result>, what: string): { type: 'applied'; result: Result } | { type: 'key-op'; op: string; detail: string } {
+  #read(
+    outcome: BarrierResult<Result>,
+    what: string,
+  ): { type: 'applied'; result: Result } | { type: 'key-op'; op: string; detail: string } {
     switch (outcome.type) {
       case 'applied': {
         const refusal = this.#refusalOf(outcome.result);
@@ -119,7 +132,11 @@ export class Proposer<Result> {
         return outcome;
       case 'refused':
         // A keyring operation the barrier refused (destroy before a rewrap) is the operation's refusal.
-        throw new ProposalRefused(outcome.code === 'KEY_OP_REFUSED' ? 'key-op' : 'barrier', outcome.code, outcome.message);
+        throw new ProposalRefused(
+          outcome.code === 'KEY_OP_REFUSED' ? 'key-op' : 'barrier',
+          outcome.code,
+          outcome.message,
+        );
       case 'none':
         throw new ProposalRefused('barrier', 'NOT_APPLIED', `${what} was not applied as a command`);
     }

@@ -9,12 +9,20 @@ export interface MetricsSource {
   keyringTerm(): number;
   locked(): boolean;
   auditBroken(): boolean;
-  transport(): { messagesSent: number; messagesDropped: number; messagesReceived: number; reconnects: number; snapshotsSent: number };
+  transport(): {
+    messagesSent: number;
+    messagesDropped: number;
+    messagesReceived: number;
+    reconnects: number;
+    snapshotsSent: number;
+  };
 }
 
 // Buckets from 0.1 ms to 10 s: fsyncs are sub-millisecond to tens of ms; a write under a fault
 // can take seconds.
-const LATENCY_BUCKETS_S = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const LATENCY_BUCKETS_S = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
 
 /**
  * A manager's metrics in Prometheus text format (prom-client): Raft progress, latencies of each
@@ -60,25 +68,93 @@ export class NodeMetrics implements ReplicaObserver {
       const raft = s.raft();
       return raft === null ? null : raft.isLeader ? 1 : 0;
     });
-    live('coffer_keyring_term', 'The active data key\'s term (0 before the first key).', (s) => s.keyringTerm());
+    live('coffer_keyring_term', "The active data key's term (0 before the first key).", (s) => s.keyringTerm());
     live('coffer_locked', '1 while the manager waits for its unlock key.', (s) => (s.locked() ? 1 : 0));
-    live('coffer_audit_broken', '1 while the audit log cannot be written (requests are refused).', (s) => (s.auditBroken() ? 1 : 0));
+    live('coffer_audit_broken', '1 while the audit log cannot be written (requests are refused).', (s) =>
+      s.auditBroken() ? 1 : 0,
+    );
     live('coffer_peer_messages_sent_total', 'Raft messages sent to peers.', (s) => s.transport().messagesSent);
-    live('coffer_peer_messages_received_total', 'Raft messages received from peers.', (s) => s.transport().messagesReceived);
-    live('coffer_peer_messages_dropped_total', 'Raft messages dropped (a full queue or a broken link).', (s) => s.transport().messagesDropped);
-    live('coffer_peer_reconnects_total', 'Streams to peers opened again after a failure.', (s) => s.transport().reconnects);
+    live(
+      'coffer_peer_messages_received_total',
+      'Raft messages received from peers.',
+      (s) => s.transport().messagesReceived,
+    );
+    live(
+      'coffer_peer_messages_dropped_total',
+      'Raft messages dropped (a full queue or a broken link).',
+      (s) => s.transport().messagesDropped,
+    );
+    live(
+      'coffer_peer_reconnects_total',
+      'Streams to peers opened again after a failure.',
+      (s) => s.transport().reconnects,
+    );
     live('coffer_peer_snapshots_sent_total', 'Snapshots sent to peers.', (s) => s.transport().snapshotsSent);
-    this.#leaderChanges = new Counter({ name: 'coffer_raft_leader_changes_total', help: 'Times the leader this manager knows changed.', registers });
-    this.#fsyncSeconds = new Histogram({ name: 'coffer_storage_fsync_seconds', help: 'One synced write of the Raft log (entries and state).', buckets: LATENCY_BUCKETS_S, registers });
-    this.#entriesPerSync = new Histogram({ name: 'coffer_storage_entries_per_sync', help: 'Entries in one synced write (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], registers });
-    this.#proposalSeconds = new Histogram({ name: 'coffer_raft_proposal_seconds', help: 'From proposing here to the entry durably in this manager\'s log.', buckets: LATENCY_BUCKETS_S, registers });
-    this.#commitSeconds = new Histogram({ name: 'coffer_raft_commit_seconds', help: 'From proposing here to the entry committed.', buckets: LATENCY_BUCKETS_S, registers });
-    this.#applySeconds = new Histogram({ name: 'coffer_raft_apply_seconds', help: 'From proposing here to the entry applied (what the proposer waits).', buckets: LATENCY_BUCKETS_S, registers });
-    this.#readIndexSeconds = new Histogram({ name: 'coffer_raft_read_index_seconds', help: 'A linearizable read: from asking to the state caught up with the read index.', buckets: LATENCY_BUCKETS_S, registers });
-    this.#rpcs = new Counter({ name: 'coffer_rpc_requests_total', help: 'gRPC requests by method and status code.', labelNames: ['method', 'code'], registers });
-    this.#rpcSeconds = new Histogram({ name: 'coffer_rpc_duration_seconds', help: 'gRPC request duration by method.', labelNames: ['method'], buckets: LATENCY_BUCKETS_S, registers });
-    this.#refusals = new Counter({ name: 'coffer_rpc_refusals_total', help: 'Requests refused before or by authorization, by reason (unauthenticated, permission-denied, malformed, rate-limited).', labelNames: ['reason'], registers });
-    this.#auditFailures = new Counter({ name: 'coffer_audit_failures_total', help: 'Audit records that could not be written (each failed its request).', registers });
+    this.#leaderChanges = new Counter({
+      name: 'coffer_raft_leader_changes_total',
+      help: 'Times the leader this manager knows changed.',
+      registers,
+    });
+    this.#fsyncSeconds = new Histogram({
+      name: 'coffer_storage_fsync_seconds',
+      help: 'One synced write of the Raft log (entries and state).',
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.#entriesPerSync = new Histogram({
+      name: 'coffer_storage_entries_per_sync',
+      help: 'Entries in one synced write (group commit).',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+      registers,
+    });
+    this.#proposalSeconds = new Histogram({
+      name: 'coffer_raft_proposal_seconds',
+      help: "From proposing here to the entry durably in this manager's log.",
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.#commitSeconds = new Histogram({
+      name: 'coffer_raft_commit_seconds',
+      help: 'From proposing here to the entry committed.',
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.#applySeconds = new Histogram({
+      name: 'coffer_raft_apply_seconds',
+      help: 'From proposing here to the entry applied (what the proposer waits).',
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.#readIndexSeconds = new Histogram({
+      name: 'coffer_raft_read_index_seconds',
+      help: 'A linearizable read: from asking to the state caught up with the read index.',
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.#rpcs = new Counter({
+      name: 'coffer_rpc_requests_total',
+      help: 'gRPC requests by method and status code.',
+      labelNames: ['method', 'code'],
+      registers,
+    });
+    this.#rpcSeconds = new Histogram({
+      name: 'coffer_rpc_duration_seconds',
+      help: 'gRPC request duration by method.',
+      labelNames: ['method'],
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.#refusals = new Counter({
+      name: 'coffer_rpc_refusals_total',
+      help: 'Requests refused before or by authorization, by reason (unauthenticated, permission-denied, malformed, rate-limited).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#auditFailures = new Counter({
+      name: 'coffer_audit_failures_total',
+      help: 'Audit records that could not be written (each failed its request).',
+      registers,
+    });
   }
 
   /** Where the live gauges read from; set once the manager runs. */
@@ -138,7 +214,10 @@ export class NodeMetrics implements ReplicaObserver {
       }
       this.text().then(
         (body) => response.writeHead(200, { 'content-type': this.registry.contentType }).end(body),
-        (error: unknown) => response.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${(error as Error).message}\n`),
+        (error: unknown) =>
+          response
+            .writeHead(500, { 'content-type': 'text/plain' })
+            .end(`metrics failed: ${(error as Error).message}\n`),
       );
     });
     await new Promise<void>((resolve, reject) => {

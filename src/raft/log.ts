@@ -182,8 +182,14 @@ export class RaftLog {
     const first = entries[0];
     if (first === undefined) return;
     assert(first.index > this.#committed, () => `cannot append at ${first.index}: committed up to ${this.#committed}`);
-    assert(first.index > this.#offsetIndex, () => `cannot append at ${first.index}: compacted up to ${this.#offsetIndex}`);
-    assert(first.index <= this.lastIndex() + 1, () => `append at ${first.index} leaves a gap after ${this.lastIndex()}`);
+    assert(
+      first.index > this.#offsetIndex,
+      () => `cannot append at ${first.index}: compacted up to ${this.#offsetIndex}`,
+    );
+    assert(
+      first.index <= this.lastIndex() + 1,
+      () => `append at ${first.index} leaves a gap after ${this.lastIndex()}`,
+    );
     if (first.index <= this.lastIndex()) {
       this.#entries.length = first.index - this.#offsetIndex - 1;
       this.#stableIndex = Math.min(this.#stableIndex, first.index - 1);
@@ -192,14 +198,23 @@ export class RaftLog {
   }
 
   #pushChecked(entry: Entry): void {
-    assert(entry.index === this.lastIndex() + 1, () => `entry ${entry.index} is not contiguous after ${this.lastIndex()}`);
-    assert(entry.term >= this.lastTerm(), () => `entry ${entry.index} has term ${entry.term} below the previous ${this.lastTerm()}`);
+    assert(
+      entry.index === this.lastIndex() + 1,
+      () => `entry ${entry.index} is not contiguous after ${this.lastIndex()}`,
+    );
+    assert(
+      entry.term >= this.lastTerm(),
+      () => `entry ${entry.index} has term ${entry.term} below the previous ${this.lastTerm()}`,
+    );
     this.#entries.push(entry);
   }
 
   /** Entries in [lo, hi), at most `bytesMax` of them but always at least one. */
   slice(lo: number, hi: number, bytesMax: number): Entry[] {
-    assert(lo > this.#offsetIndex && hi <= this.lastIndex() + 1 && lo <= hi, () => `slice [${lo}, ${hi}) is out of range`);
+    assert(
+      lo > this.#offsetIndex && hi <= this.lastIndex() + 1 && lo <= hi,
+      () => `slice [${lo}, ${hi}) is out of range`,
+    );
     const out: Entry[] = [];
     let bytes = 0;
     for (let index = lo; index < hi; index++) {
@@ -247,7 +262,10 @@ export class RaftLog {
   }
 
   appliedTo(index: number): void {
-    assert(index >= this.#applied && index <= this.#committed, () => `applied ${index} outside [${this.#applied}, ${this.#committed}]`);
+    assert(
+      index >= this.#applied && index <= this.#committed,
+      () => `applied ${index} outside [${this.#applied}, ${this.#committed}]`,
+    );
     this.#applied = index;
   }
 
@@ -283,7 +301,10 @@ export class RaftLog {
   compact(index: number): void {
     assert(index > this.#offsetIndex, 'compact index must be past the compaction point');
     assert(index <= this.#applied && index <= this.#stableIndex, 'only applied, stable entries can be compacted');
-    assert(this.#snapshot !== null && this.#snapshot.metadata.index >= index, 'compacted entries must be covered by a snapshot');
+    assert(
+      this.#snapshot !== null && this.#snapshot.metadata.index >= index,
+      'compacted entries must be covered by a snapshot',
+    );
     const term = this.term(index)!;
     this.#entries = this.#entries.slice(index - this.#offsetIndex);
     this.#offsetIndex = index;

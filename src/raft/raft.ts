@@ -341,7 +341,16 @@ export class Raft {
       if ((this.config.checkQuorum || this.config.preVote) && (m.type === 'heartbeat' || m.type === 'append')) {
         // A leader of an older term: possibly one that cannot learn of the newer term any other
         // way (we ignore its votes under the lease). Tell it our term so it steps down.
-        this.#send({ type: 'append-response', from: this.id, to: m.from, term: this.term, index: 0, reject: false, hintIndex: 0, hintTerm: 0 });
+        this.#send({
+          type: 'append-response',
+          from: this.id,
+          to: m.from,
+          term: this.term,
+          index: 0,
+          reject: false,
+          hintIndex: 0,
+          hintTerm: 0,
+        });
       } else if (m.type === 'pre-vote') {
         this.#send({ type: 'pre-vote-response', from: this.id, to: m.from, term: this.term, reject: true });
       }
@@ -499,7 +508,13 @@ export class Raft {
 
   #handleHeartbeat(m: HeartbeatMessage): void {
     this.log.commitTo(m.commit);
-    const response: HeartbeatResponseMessage = { type: 'heartbeat-response', from: this.id, to: m.from, term: this.term, readSeq: m.readSeq };
+    const response: HeartbeatResponseMessage = {
+      type: 'heartbeat-response',
+      from: this.id,
+      to: m.from,
+      term: this.term,
+      readSeq: m.readSeq,
+    };
     this.#send(response);
   }
 
@@ -528,7 +543,16 @@ export class Raft {
   }
 
   #sendAppendResponse(to: NodeId, index: number, reject: boolean, hintIndex: number, hintTerm: number): void {
-    const response: AppendResponseMessage = { type: 'append-response', from: this.id, to, term: this.term, index, reject, hintIndex, hintTerm };
+    const response: AppendResponseMessage = {
+      type: 'append-response',
+      from: this.id,
+      to,
+      term: this.term,
+      index,
+      reject,
+      hintIndex,
+      hintTerm,
+    };
     this.#send(response);
   }
 
@@ -607,9 +631,21 @@ export class Raft {
     if (prevTerm === undefined || prevIndex < this.log.firstIndex() - 1) {
       return this.#sendSnapshot(to, pr);
     }
-    const entries = pr.next <= this.log.lastIndex() ? this.log.slice(pr.next, this.log.lastIndex() + 1, this.config.appendBytesMax) : [];
+    const entries =
+      pr.next <= this.log.lastIndex()
+        ? this.log.slice(pr.next, this.log.lastIndex() + 1, this.config.appendBytesMax)
+        : [];
     if (entries.length === 0 && !sendIfEmpty) return false;
-    const message: AppendMessage = { type: 'append', from: this.id, to, term: this.term, prevIndex, prevTerm, entries, commit: this.log.committed };
+    const message: AppendMessage = {
+      type: 'append',
+      from: this.id,
+      to,
+      term: this.term,
+      prevIndex,
+      prevTerm,
+      entries,
+      commit: this.log.committed,
+    };
     this.#send(message);
     const last = entries[entries.length - 1];
     if (last !== undefined) pr.sentEntries(last.index);
@@ -697,7 +733,8 @@ export class Raft {
     if (this.voters.size === 1 && this.voters.has(this.id)) {
       return this.#releaseRead({ seq: 0, index: this.log.committed, context, from });
     }
-    if (this.pendingReads.length >= this.config.pendingReadsMax) return this.#refuseRead(context, from, 'too-many-pending');
+    if (this.pendingReads.length >= this.config.pendingReadsMax)
+      return this.#refuseRead(context, from, 'too-many-pending');
     this.readSeq++;
     this.pendingReads.push({ seq: this.readSeq, index: this.log.committed, context, from });
     this.readHeartbeatPending = true;
@@ -741,7 +778,16 @@ export class Raft {
 
   #refuseRead(context: string, from: NodeId, reason: ReadRefusalReason): void {
     if (from === this.id) this.readRefusals.push({ context, reason });
-    else this.#send({ type: 'read-index-response', from: this.id, to: from, term: this.term, context, index: 0, refusal: reason });
+    else
+      this.#send({
+        type: 'read-index-response',
+        from: this.id,
+        to: from,
+        term: this.term,
+        context,
+        index: 0,
+        refusal: reason,
+      });
   }
 
   #refusePendingReads(reason: ReadRefusalReason): void {
@@ -752,7 +798,15 @@ export class Raft {
   }
 
   #readRefusalMessage(m: ReadIndexMessage, reason: ReadRefusalReason): ReadIndexResponseMessage {
-    return { type: 'read-index-response', from: this.id, to: m.from, term: this.term, context: m.context, index: 0, refusal: reason };
+    return {
+      type: 'read-index-response',
+      from: this.id,
+      to: m.from,
+      term: this.term,
+      context: m.context,
+      index: 0,
+      refusal: reason,
+    };
   }
 
   #handleReadIndexResponse(m: ReadIndexResponseMessage): void {
@@ -768,10 +822,18 @@ export class Raft {
     this.#checkCanPropose();
     const bytes = normalEntryBytes(data);
     if (bytes > this.config.entryBytesMax) {
-      throw new RaftError('ENTRY_TOO_LARGE', `entry of ${data.byteLength} bytes exceeds entryBytesMax ${this.config.entryBytesMax}`, this.lead);
+      throw new RaftError(
+        'ENTRY_TOO_LARGE',
+        `entry of ${data.byteLength} bytes exceeds entryBytesMax ${this.config.entryBytesMax}`,
+        this.lead,
+      );
     }
     if (this.uncommittedBytes + bytes > this.config.uncommittedBytesMax) {
-      throw new RaftError('PROPOSALS_BACKLOGGED', `${this.uncommittedBytes} bytes are proposed but not committed yet; retry later`, this.lead);
+      throw new RaftError(
+        'PROPOSALS_BACKLOGGED',
+        `${this.uncommittedBytes} bytes are proposed but not committed yet; retry later`,
+        this.lead,
+      );
     }
     const index = this.#appendEntries([{ kind: 'normal', term: 0, index: 0, data }]);
     this.#broadcastAppend();
@@ -781,7 +843,11 @@ export class Raft {
   #checkCanPropose(): void {
     if (this.role !== 'leader') throw new RaftError('NOT_LEADER', `node ${this.id} is not the leader`, this.lead);
     if (this.leadTransferee !== NONE) {
-      throw new RaftError('TRANSFER_IN_PROGRESS', `leadership is being transferred to ${this.leadTransferee}`, this.lead);
+      throw new RaftError(
+        'TRANSFER_IN_PROGRESS',
+        `leadership is being transferred to ${this.leadTransferee}`,
+        this.lead,
+      );
     }
   }
 
@@ -850,7 +916,10 @@ export class Raft {
     else {
       const existing = this.progress.get(nodeId);
       if (existing === undefined) {
-        this.progress.set(nodeId, new Progress(this.log.lastIndex() + 1, type === 'add-learner', this.config.inflightAppendsMax));
+        this.progress.set(
+          nodeId,
+          new Progress(this.log.lastIndex() + 1, type === 'add-learner', this.config.inflightAppendsMax),
+        );
       } else {
         existing.learner = type === 'add-learner';
       }
@@ -930,7 +999,8 @@ export class Raft {
       for (const id of this.voters) if (id !== peer && id < this.id) rank++;
       const base = this.config.electionTimeoutTicks;
       this.electionElapsed = base;
-      this.randomizedElectionTimeout = base + 1 + Math.min(rank, Math.max(0, this.config.leaderLostCampaignTicksMax - 1));
+      this.randomizedElectionTimeout =
+        base + 1 + Math.min(rank, Math.max(0, this.config.leaderLostCampaignTicksMax - 1));
     }
   }
 
@@ -956,7 +1026,12 @@ export class Raft {
       assert(this.lead === this.id, 'a leader leads');
       assert(this.vote === this.id, 'a leader voted for itself in its term');
       const self = this.progress.get(this.id);
-      if (self !== undefined) assert(self.match === this.log.stableIndex(), () => `a leader counts itself for exactly what it persisted: match ${self.match}, stable ${this.log.stableIndex()}`);
+      if (self !== undefined)
+        assert(
+          self.match === this.log.stableIndex(),
+          () =>
+            `a leader counts itself for exactly what it persisted: match ${self.match}, stable ${this.log.stableIndex()}`,
+        );
     }
     assert(this.role === 'leader' || this.progress.size === 0, 'only a leader tracks progress');
     for (const id of this.voters) assert(!this.learners.has(id), () => `node ${id} is both voter and learner`);

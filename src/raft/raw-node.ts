@@ -3,7 +3,20 @@ import { resolveRaftConfig, type RaftConfigInput } from './config.ts';
 import { RaftError } from './errors.ts';
 import { RaftLog } from './log.ts';
 import { Raft } from './raft.ts';
-import type { BasicStatus, ConfChange, ConfState, Entry, HardState, Message, NodeId, PersistedState, Ready, Snapshot, SoftState, Status } from './types.ts';
+import type {
+  BasicStatus,
+  ConfChange,
+  ConfState,
+  Entry,
+  HardState,
+  Message,
+  NodeId,
+  PersistedState,
+  Ready,
+  Snapshot,
+  SoftState,
+  Status,
+} from './types.ts';
 
 /** Committed entries handed out in one Ready, by size (at least one is always handed out). */
 export const COMMITTED_ENTRIES_BYTES_MAX = 16 * 1024 * 1024;
@@ -53,7 +66,12 @@ export class RawNode {
     if (voters.length === 0 || new Set(voters).size !== voters.length) {
       throw new TypeError(`bootstrap needs distinct voters: got ${JSON.stringify(voters)}`);
     }
-    const entries: Entry[] = voters.map((nodeId, k) => ({ kind: 'conf-change', term: 1, index: k + 1, change: { type: 'add-voter', nodeId } }));
+    const entries: Entry[] = voters.map((nodeId, k) => ({
+      kind: 'conf-change',
+      term: 1,
+      index: k + 1,
+      change: { type: 'add-voter', nodeId },
+    }));
     raft.log.append(entries);
     raft.log.commitTo(entries.length);
     raft.becomeFollower(1, 0);
@@ -90,7 +108,10 @@ export class RawNode {
     }
     const others = [...voters, ...learners].filter((id) => id !== raft.id);
     const term = Math.max(raft.term, log.lastTerm());
-    const changes: ConfChange[] = [...(voters.has(raft.id) ? [] : [{ type: 'add-voter' as const, nodeId: raft.id }]), ...others.map((nodeId) => ({ type: 'remove' as const, nodeId }))];
+    const changes: ConfChange[] = [
+      ...(voters.has(raft.id) ? [] : [{ type: 'add-voter' as const, nodeId: raft.id }]),
+      ...others.map((nodeId) => ({ type: 'remove' as const, nodeId })),
+    ];
     const entries: Entry[] = changes.map((change, k) => ({ kind: 'conf-change', term, index: last + 1 + k, change }));
     if (entries.length > 0) log.append(entries);
     log.commitTo(log.lastIndex());
@@ -266,7 +287,16 @@ export class RawNode {
   /** The cheap part of the status, without the leader's progress map. */
   basicStatus(): BasicStatus {
     const raft = this.#raft;
-    return { id: raft.id, role: raft.role, lead: raft.lead, term: raft.term, commit: raft.log.committed, applied: raft.log.applied, firstIndex: raft.log.firstIndex(), lastIndex: raft.log.lastIndex() };
+    return {
+      id: raft.id,
+      role: raft.role,
+      lead: raft.lead,
+      term: raft.term,
+      commit: raft.log.committed,
+      applied: raft.log.applied,
+      firstIndex: raft.log.firstIndex(),
+      lastIndex: raft.log.lastIndex(),
+    };
   }
 
   /** The entry at `index` if this node still holds it (for checks and tests). */

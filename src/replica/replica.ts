@@ -164,7 +164,8 @@ export class Replica<Result> {
    * them was obtained after all of its reads arrived, so the first to come releases it (a retry
    * must not throw away an answer that was merely slow). Answers to other contexts are ignored.
    */
-  #readInFlight: { readonly waiters: Array<Waiter<number>>; readonly contexts: Set<string>; ticks: number } | null = null;
+  #readInFlight: { readonly waiters: Array<Waiter<number>>; readonly contexts: Set<string>; ticks: number } | null =
+    null;
   /** Tells this replica's contexts from an earlier one's in the same process (lock, unlock). */
   readonly #readContextPrefix: string;
   #readsAwaitingApply: Array<{ index: number; waiter: Waiter<number> }> = [];
@@ -199,16 +200,23 @@ export class Replica<Result> {
 
   /** Loads the storage, restores the state machine from the snapshot and starts the node. */
   static async start<Result>(options: ReplicaOptions<Result>): Promise<Replica<Result>> {
-    for (const [name, min] of [['snapshotEveryEntries', 1], ['snapshotEveryBytes', 1], ['snapshotTailEntries', 0], ['snapshotTailBytesMax', 0]] as const) {
+    for (const [name, min] of [
+      ['snapshotEveryEntries', 1],
+      ['snapshotEveryBytes', 1],
+      ['snapshotTailEntries', 0],
+      ['snapshotTailBytesMax', 0],
+    ] as const) {
       const value = options[name];
-      if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) throw new TypeError(`replica option ${name} must be a whole number of at least ${min}: got ${value}`);
+      if (value !== undefined && !(Number.isSafeInteger(value) && value >= min))
+        throw new TypeError(`replica option ${name} must be a whole number of at least ${min}: got ${value}`);
     }
     const persisted = await options.storage.load();
     const empty = persisted.entries.length === 0 && persisted.snapshot === null && persisted.hardState.term === 0;
     const raw = new RawNode({ ...options.raft, id: options.id, random: options.random }, empty ? undefined : persisted);
     if (persisted.snapshot !== null) options.stateMachine.restore(persisted.snapshot.data);
     if (empty && options.bootstrapVoters !== undefined) raw.bootstrap(options.bootstrapVoters);
-    if (options.forceNewCluster === true && empty) throw new TypeError('force-new-cluster needs a data directory with a log: this one is empty');
+    if (options.forceNewCluster === true && empty)
+      throw new TypeError('force-new-cluster needs a data directory with a log: this one is empty');
     const forcedOut = options.forceNewCluster === true ? raw.forceNewCluster() : [];
     const replica = new Replica(options, raw, persisted.snapshot?.metadata.index ?? 0);
     replica.forcedOut = forcedOut;
@@ -306,7 +314,9 @@ export class Replica<Result> {
     } catch (error) {
       return Promise.reject(error instanceof RaftError ? error : new Error(String(error)));
     }
-    const promise = new Promise<Result>((resolve, reject) => this.#proposals.set(at.index, { term: at.term, waiter: { resolve, reject }, startMs: performance.now() }));
+    const promise = new Promise<Result>((resolve, reject) =>
+      this.#proposals.set(at.index, { term: at.term, waiter: { resolve, reject }, startMs: performance.now() }),
+    );
     this.#kick();
     return promise;
   }
@@ -314,17 +324,25 @@ export class Replica<Result> {
   /** Resolves with an index once this replica has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
     if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
-    if (this.#readsQueued.length + (this.#readInFlight?.waiters.length ?? 0) + this.#readsAwaitingApply.length >= LOCAL_READS_MAX) {
-      return Promise.reject(new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`));
+    if (
+      this.#readsQueued.length + (this.#readInFlight?.waiters.length ?? 0) + this.#readsAwaitingApply.length >=
+      LOCAL_READS_MAX
+    ) {
+      return Promise.reject(
+        new ReplicaError('READ_REFUSED', `more than ${LOCAL_READS_MAX} reads are waiting; retry later`),
+      );
     }
     const observer = this.#observer;
     const startMs = performance.now();
     const promise = new Promise<number>((resolve, reject) =>
       this.#readsQueued.push({
-        resolve: observer === null ? resolve : (index) => {
-          observer.readIndex((performance.now() - startMs) / 1000);
-          resolve(index);
-        },
+        resolve:
+          observer === null
+            ? resolve
+            : (index) => {
+                observer.readIndex((performance.now() - startMs) / 1000);
+                resolve(index);
+              },
         reject,
       }),
     );
@@ -391,14 +409,20 @@ export class Replica<Result> {
         // moved is written, not synced (a lost commit index is learnt again from the leader; the
         // leader's acknowledgement of its own entries comes after its write, so a lone voter
         // commits in a Ready of its own).
-        await this.#storage.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot, sync: ready.mustSync });
+        await this.#storage.save({
+          hardState: ready.hardState,
+          entries: ready.entries,
+          snapshot: ready.snapshot,
+          sync: ready.mustSync,
+        });
         const observer = this.#observer;
         if (observer !== null) {
           const now = performance.now();
           observer.persisted((now - startMs) / 1000, ready.entries.length);
           for (const entry of ready.entries) {
             const proposal = this.#proposals.get(entry.index);
-            if (proposal !== undefined && proposal.term === entry.term) observer.proposed((now - proposal.startMs) / 1000);
+            if (proposal !== undefined && proposal.term === entry.term)
+              observer.proposed((now - proposal.startMs) / 1000);
           }
         }
         if (ready.mustSync) this.stats.syncs++;
@@ -426,7 +450,12 @@ export class Replica<Result> {
       for (const [index, proposal] of this.#proposals) {
         if (index <= this.#applied) {
           this.#proposals.delete(index);
-          proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${index} was superseded by a snapshot; its outcome is unknown`));
+          proposal.waiter.reject(
+            new ReplicaError(
+              'PROPOSAL_LOST',
+              `the proposal at index ${index} was superseded by a snapshot; its outcome is unknown`,
+            ),
+          );
         }
       }
     }
@@ -440,13 +469,20 @@ export class Replica<Result> {
       if (proposal !== undefined) {
         this.#proposals.delete(entry.index);
         const observer = this.#observer;
-        if (observer !== null && proposal.term === entry.term) observer.committed((performance.now() - proposal.startMs) / 1000);
+        if (observer !== null && proposal.term === entry.term)
+          observer.committed((performance.now() - proposal.startMs) / 1000);
         if (proposal.term === entry.term)
           outcomes.push(() => {
             observer?.applied((performance.now() - proposal.startMs) / 1000);
             proposal.waiter.resolve(result);
           });
-        else proposal.waiter.reject(new ReplicaError('PROPOSAL_LOST', `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`));
+        else
+          proposal.waiter.reject(
+            new ReplicaError(
+              'PROPOSAL_LOST',
+              `the proposal at index ${entry.index} was replaced by a new leader's entry; it was not applied`,
+            ),
+          );
       }
     }
     for (const read of ready.readStates) {
@@ -474,7 +510,12 @@ export class Replica<Result> {
   }
 
   async #maybeSnapshot(request: SnapshotRequest | null): Promise<void> {
-    if (request === null && this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery && this.#bytesSinceSnapshot < this.#snapshotEveryBytes) return;
+    if (
+      request === null &&
+      this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery &&
+      this.#bytesSinceSnapshot < this.#snapshotEveryBytes
+    )
+      return;
     const snapshot = this.#raw.createSnapshot(this.#stateMachine.snapshot());
     const index = snapshot.metadata.index;
     const status = this.#raw.basicStatus();

@@ -1,9 +1,27 @@
 import * as grpc from '@grpc/grpc-js';
-import { CLIENT_CERT_VALIDITY_DAYS, identityOf, signCertificate, type IssueOptions, type KeyAndCertificate } from '../crypto/pki.ts';
+import {
+  CLIENT_CERT_VALIDITY_DAYS,
+  identityOf,
+  signCertificate,
+  type IssueOptions,
+  type KeyAndCertificate,
+} from '../crypto/pki.ts';
 import { CryptoError } from '../crypto/errors.ts';
-import { IDENTITY_NAME_PATTERN, IDENTITY_POLICIES_MAX, encodeAccessCommand, type AccessCommand } from '../state/access-state.ts';
+import {
+  IDENTITY_NAME_PATTERN,
+  IDENTITY_POLICIES_MAX,
+  encodeAccessCommand,
+  type AccessCommand,
+} from '../state/access-state.ts';
 import { accessGuard } from '../state/access-guard.ts';
-import { POLICY_NAME_PATTERN, ROOT_POLICY, normalizePolicyRules, policyProblem, type Capability, type PolicyRule } from '../state/policy.ts';
+import {
+  POLICY_NAME_PATTERN,
+  ROOT_POLICY,
+  normalizePolicyRules,
+  policyProblem,
+  type Capability,
+  type PolicyRule,
+} from '../state/policy.ts';
 import { ServiceError } from './errors.ts';
 import type { ServiceContext } from './context.ts';
 import { authenticateClient, authorize, noteTarget, unary, type Call } from './rpc.ts';
@@ -33,7 +51,11 @@ function invalid(message: string): ServiceError {
 }
 
 /** The Policies, Identities and Audit services (coffer.v1): who may do what, and the record of it. */
-export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedServiceImplementation; identities: grpc.UntypedServiceImplementation; audit: grpc.UntypedServiceImplementation } {
+export function accessServices(ctx: ServiceContext): {
+  policies: grpc.UntypedServiceImplementation;
+  identities: grpc.UntypedServiceImplementation;
+  audit: grpc.UntypedServiceImplementation;
+} {
   const access = ctx.state.access;
 
   /** Proposes as the caller: the change is checked again where it applies, against the state then. */
@@ -43,22 +65,36 @@ export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedSer
     if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
     await ctx.propose(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
   };
-  const policyReply = (name: string, rules: readonly PolicyRule[]) => ({ name, rules: rules.map((r) => ({ path: r.path, capabilities: [...r.capabilities], deny: r.deny })) });
+  const policyReply = (name: string, rules: readonly PolicyRule[]) => ({
+    name,
+    rules: rules.map((r) => ({ path: r.path, capabilities: [...r.capabilities], deny: r.deny })),
+  });
 
   const policies: grpc.UntypedServiceImplementation = {
     put: unary(ctx, 'Policies.Put', async (call: Call<{ name: string; rules: RuleMessage[] }>) => {
       const { name, rules } = call.request;
-      if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
+      if (!POLICY_NAME_PATTERN.test(name))
+        throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
       const caller = authorize(ctx, call, 'admin', `sys/policies/${name}`);
       const problem = policyProblem({ name, rules });
       if (problem !== null) throw invalid(`policy "${name}": ${problem}`);
       // Stored in normal form (redundant ** collapsed): what Policies.Get shows is what ranks.
-      await write({ op: 'policy-put', name, rules: normalizePolicyRules(rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny }))) }, caller);
+      await write(
+        {
+          op: 'policy-put',
+          name,
+          rules: normalizePolicyRules(
+            rules.map((r) => ({ path: r.path, capabilities: r.capabilities as Capability[], deny: r.deny })),
+          ),
+        },
+        caller,
+      );
       return {};
     }),
     get: unary(ctx, 'Policies.Get', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
+      if (!POLICY_NAME_PATTERN.test(name))
+        throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
       authorize(ctx, call, 'admin', `sys/policies/${name}`);
       await ctx.readPoint();
       const policy = name === ROOT_POLICY.name ? ROOT_POLICY : access.policies.get(name);
@@ -68,11 +104,16 @@ export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedSer
     list: unary(ctx, 'Policies.List', async (call: Call<object>) => {
       authorize(ctx, call, 'admin', 'sys/policies');
       await ctx.readPoint();
-      return { policies: [ROOT_POLICY, ...[...access.policies.values()].sort((a, b) => a.name.localeCompare(b.name))].map((p) => policyReply(p.name, p.rules)) };
+      return {
+        policies: [ROOT_POLICY, ...[...access.policies.values()].sort((a, b) => a.name.localeCompare(b.name))].map(
+          (p) => policyReply(p.name, p.rules),
+        ),
+      };
     }),
     remove: unary(ctx, 'Policies.Remove', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!POLICY_NAME_PATTERN.test(name)) throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
+      if (!POLICY_NAME_PATTERN.test(name))
+        throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
       if (name === ROOT_POLICY.name) throw invalid('the root policy is built in');
       const caller = authorize(ctx, call, 'admin', `sys/policies/${name}`);
       await write({ op: 'policy-remove', name }, caller);
@@ -81,42 +122,101 @@ export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedSer
   };
 
   const identities: grpc.UntypedServiceImplementation = {
-    issue: unary(ctx, 'Identities.Issue', async (call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number; reissue?: boolean }>) => {
-      const { name, policies, publicKeyPem, validityDays } = call.request;
-      if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
-      if (policies.length > IDENTITY_POLICIES_MAX) throw invalid(`an identity has at most ${IDENTITY_POLICIES_MAX} policies`);
-      for (const policy of policies) if (!POLICY_NAME_PATTERN.test(policy)) throw invalid(`policy name ${JSON.stringify(policy.slice(0, 64))}: a lower-case letter then up to 63 of [a-z0-9_-]`);
-      const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
-      // Granting a policy needs the right to administer it: no one hands out more than they hold.
-      for (const policy of policies) authorize(ctx, call, 'admin', `sys/policies/${policy}`);
-      for (const policy of policies) {
-        if (policy !== ROOT_POLICY.name && !access.policies.has(policy)) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `policy "${policy}" does not exist; put it first`);
-      }
-      if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
-      const nowMs = Date.now();
-      const ca = ctx.pki.signing();
-      const certificatePem = sign(ca, publicKeyPem, { id: name, role: 'client', clusterId: ctx.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
-      const issued = identityOf(certificatePem);
-      await write({ op: 'identity-issue', name, policies, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs, ...(call.request.reissue === true ? { reissue: true } : {}) }, caller);
-      ctx.log.info({ event: 'identity-issued', identity: name, serial: issued.serial, reissue: call.request.reissue === true }, `issued a certificate to identity ${name}`);
-      return { certificatePem, caCertificatePem: ctx.pki.trustPem(), serial: issued.serial, notAfterMs: issued.notAfterMs };
-    }),
+    issue: unary(
+      ctx,
+      'Identities.Issue',
+      async (
+        call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number; reissue?: boolean }>,
+      ) => {
+        const { name, policies, publicKeyPem, validityDays } = call.request;
+        if (!IDENTITY_NAME_PATTERN.test(name))
+          throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
+        if (policies.length > IDENTITY_POLICIES_MAX)
+          throw invalid(`an identity has at most ${IDENTITY_POLICIES_MAX} policies`);
+        for (const policy of policies)
+          if (!POLICY_NAME_PATTERN.test(policy))
+            throw invalid(
+              `policy name ${JSON.stringify(policy.slice(0, 64))}: a lower-case letter then up to 63 of [a-z0-9_-]`,
+            );
+        const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
+        // Granting a policy needs the right to administer it: no one hands out more than they hold.
+        for (const policy of policies) authorize(ctx, call, 'admin', `sys/policies/${policy}`);
+        for (const policy of policies) {
+          if (policy !== ROOT_POLICY.name && !access.policies.has(policy))
+            throw new ServiceError(grpc.status.FAILED_PRECONDITION, `policy "${policy}" does not exist; put it first`);
+        }
+        if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX)
+          throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
+        const nowMs = Date.now();
+        const ca = ctx.pki.signing();
+        const certificatePem = sign(ca, publicKeyPem, {
+          id: name,
+          role: 'client',
+          clusterId: ctx.clusterId,
+          nowMs,
+          validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays,
+        });
+        const issued = identityOf(certificatePem);
+        await write(
+          {
+            op: 'identity-issue',
+            name,
+            policies,
+            key: issued.spki,
+            serial: issued.serial,
+            caGen: ca.gen,
+            nowMs,
+            ...(call.request.reissue === true ? { reissue: true } : {}),
+          },
+          caller,
+        );
+        ctx.log.info(
+          { event: 'identity-issued', identity: name, serial: issued.serial, reissue: call.request.reissue === true },
+          `issued a certificate to identity ${name}`,
+        );
+        return {
+          certificatePem,
+          caCertificatePem: ctx.pki.trustPem(),
+          serial: issued.serial,
+          notAfterMs: issued.notAfterMs,
+        };
+      },
+    ),
     renew: unary(ctx, 'Identities.Renew', async (call: Call<{ publicKeyPem: string; validityDays: number }>) => {
       const caller = authenticateClient(ctx, call);
       const { publicKeyPem, validityDays } = call.request;
-      if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX) throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
+      if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX)
+        throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
       noteTarget(call, `sys/identities/${caller.id}`);
       const nowMs = Date.now();
       const ca = ctx.pki.signing();
-      const certificatePem = sign(ca, publicKeyPem, { id: caller.id, role: 'client', clusterId: ctx.clusterId, nowMs, validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays });
+      const certificatePem = sign(ca, publicKeyPem, {
+        id: caller.id,
+        role: 'client',
+        clusterId: ctx.clusterId,
+        nowMs,
+        validityDays: validityDays === 0 ? CLIENT_CERT_VALIDITY_DAYS : validityDays,
+      });
       const issued = identityOf(certificatePem);
-      await write({ op: 'identity-renew', name: caller.id, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs }, caller);
-      ctx.log.info({ event: 'identity-renewed', identity: caller.id, serial: issued.serial }, `renewed the certificate of identity ${caller.id}`);
-      return { certificatePem, caCertificatePem: ctx.pki.trustPem(), serial: issued.serial, notAfterMs: issued.notAfterMs };
+      await write(
+        { op: 'identity-renew', name: caller.id, key: issued.spki, serial: issued.serial, caGen: ca.gen, nowMs },
+        caller,
+      );
+      ctx.log.info(
+        { event: 'identity-renewed', identity: caller.id, serial: issued.serial },
+        `renewed the certificate of identity ${caller.id}`,
+      );
+      return {
+        certificatePem,
+        caCertificatePem: ctx.pki.trustPem(),
+        serial: issued.serial,
+        notAfterMs: issued.notAfterMs,
+      };
     }),
     revoke: unary(ctx, 'Identities.Revoke', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!IDENTITY_NAME_PATTERN.test(name)) throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
+      if (!IDENTITY_NAME_PATTERN.test(name))
+        throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
       const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
       await write({ op: 'identity-revoke', name }, caller);
       ctx.log.info({ event: 'identity-revoked', identity: name }, `revoked identity ${name}`);
@@ -129,7 +229,13 @@ export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedSer
         identities: [...access.identities.values()]
           .filter((i) => access.decide(caller.id, 'admin', `sys/identities/${i.name}`).allowed)
           .sort((a, b) => a.name.localeCompare(b.name))
-          .map((i) => ({ name: i.name, policies: i.policies, certificates: i.keys.length, revoked: i.revoked, createdAtMs: i.createdAtMs })),
+          .map((i) => ({
+            name: i.name,
+            policies: i.policies,
+            certificates: i.keys.length,
+            revoked: i.revoked,
+            createdAtMs: i.createdAtMs,
+          })),
       };
     }),
   };
@@ -142,14 +248,22 @@ export function accessServices(ctx: ServiceContext): { policies: grpc.UntypedSer
       // The newest records that fit in one reply (a client takes 4 MiB by default).
       let bytes = 0;
       let first = records.length;
-      while (first > 0 && bytes + JSON.stringify(records[first - 1]).length <= AUDIT_TAIL_BYTES_MAX) bytes += JSON.stringify(records[--first]).length;
+      while (first > 0 && bytes + JSON.stringify(records[first - 1]).length <= AUDIT_TAIL_BYTES_MAX)
+        bytes += JSON.stringify(records[--first]).length;
       return { records: records.slice(first) };
     }),
     verify: unary(ctx, 'Audit.Verify', async (call: Call<object>) => {
       authorize(ctx, call, 'admin', 'sys/audit');
       const anchor = ctx.state.cluster.auditAnchors.get(ctx.nodeId) ?? null;
       const report = await ctx.audit.verify(anchor);
-      return { ok: report.ok, records: report.records, firstBrokenLine: report.firstBroken?.line ?? 0, problem: report.firstBroken?.problem ?? '', anchorSeq: anchor?.seq ?? 0, anchorHash: anchor?.hash ?? '' };
+      return {
+        ok: report.ok,
+        records: report.records,
+        firstBrokenLine: report.firstBroken?.line ?? 0,
+        problem: report.firstBroken?.problem ?? '',
+        anchorSeq: anchor?.seq ?? 0,
+        anchorHash: anchor?.hash ?? '',
+      };
     }),
   };
   return { policies, identities, audit };

@@ -44,7 +44,14 @@ export class AnonymousAudit {
     }
     if (this.#recordedInWindow < ANONYMOUS_RECORDS_PER_SECOND_MAX) {
       this.#recordedInWindow++;
-      return this.#append({ identity: '', role: '', method: event.method, target: `from ${boundedSource(event.source)}`, outcome: event.outcome, code: event.code }).then(() => undefined);
+      return this.#append({
+        identity: '',
+        role: '',
+        method: event.method,
+        target: `from ${boundedSource(event.source)}`,
+        outcome: event.outcome,
+        code: event.code,
+      }).then(() => undefined);
     }
     this.#suppressed++;
     this.suppressedTotal++;
@@ -59,7 +66,14 @@ export class AnonymousAudit {
     this.#suppressed = 0;
     if (count === 0) return;
     // A failure here breaks the audit log like any other, and requests are refused until it can write.
-    void this.#append({ identity: '', role: '', method: 'anonymous', target: `${count} more requests without a certificate in one second, not recorded one by one`, outcome: 'denied', code: 'UNAUTHENTICATED' }).catch(() => undefined);
+    void this.#append({
+      identity: '',
+      role: '',
+      method: 'anonymous',
+      target: `${count} more requests without a certificate in one second, not recorded one by one`,
+      outcome: 'denied',
+      code: 'UNAUTHENTICATED',
+    }).catch(() => undefined);
   }
 
   /** Writes a pending summary now (shutdown). */

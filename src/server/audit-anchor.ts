@@ -43,11 +43,22 @@ export class AuditAnchoring {
     if (!this.#logReset && known !== undefined && known.seq >= anchor.seq) return;
     this.#anchoredAtMs = now;
     try {
-      await this.#o.propose(ClusterState.encode({ kind: 'cluster.audit-anchor', id: this.#o.nodeId, seq: anchor.seq, hash: anchor.hash, reset: this.#logReset }));
+      await this.#o.propose(
+        ClusterState.encode({
+          kind: 'cluster.audit-anchor',
+          id: this.#o.nodeId,
+          seq: anchor.seq,
+          hash: anchor.hash,
+          reset: this.#logReset,
+        }),
+      );
       this.#logReset = false;
     } catch (error) {
       if (!(error instanceof ProposalRefused)) throw error;
-      this.#o.log.error({ event: 'audit-anchor-refused', err: error }, `the cluster refused this manager's audit anchor: ${(error as Error).message}`);
+      this.#o.log.error(
+        { event: 'audit-anchor-refused', err: error },
+        `the cluster refused this manager's audit anchor: ${(error as Error).message}`,
+      );
     }
   }
 }

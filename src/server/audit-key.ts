@@ -19,13 +19,22 @@ interface LocalSecrets {
  * repeats this. Once the key exists, a missing or broken log stops the start (AuditError),
  * unless `newLog` (the operator's `coffer server --new-audit-log`) moves it aside for a new one.
  */
-export async function openManagerAuditLog(manager: LocalSecrets, dir: string, nodeId: number, log: Logger, newLog = false): Promise<AuditLog> {
+export async function openManagerAuditLog(
+  manager: LocalSecrets,
+  dir: string,
+  nodeId: number,
+  log: Logger,
+  newLog = false,
+): Promise<AuditLog> {
   const stored = manager.localSecret(AUDIT_KEY_SECRET);
   const key = stored ?? randomBytes(AUDIT_KEY_BYTES);
   const audit = await AuditLog.open(dir, nodeId, key, { newLog: newLog || stored === undefined });
   if (stored === undefined) await manager.setLocalSecrets(new Map([[AUDIT_KEY_SECRET, key]]));
   if (audit.archived.length > 0) {
-    log.warn({ event: 'audit-log-archived', dir, files: audit.archived }, `a new audit log was started; what was there is kept in ${dir} as ${audit.archived.join(', ')} (${stored === undefined ? 'it was not under this manager\'s audit key' : 'as asked'})`);
+    log.warn(
+      { event: 'audit-log-archived', dir, files: audit.archived },
+      `a new audit log was started; what was there is kept in ${dir} as ${audit.archived.join(', ')} (${stored === undefined ? "it was not under this manager's audit key" : 'as asked'})`,
+    );
   }
   return audit;
 }
@@ -35,15 +44,24 @@ export async function openManagerAuditLog(manager: LocalSecrets, dir: string, no
  * `coffer audit verify --data`. The key store is opened with the key file, or, for an autolocked
  * manager, the unlock key (asked for only then).
  */
-export async function readAuditKey(dataDir: string, opener: { keyFile: string; unlockKey: () => Promise<string> }): Promise<Buffer> {
+export async function readAuditKey(
+  dataDir: string,
+  opener: { keyFile: string; unlockKey: () => Promise<string> },
+): Promise<Buffer> {
   const store = await KeyStore.read(new DataDir(dataDir).keyStore);
-  const kek = store.protection === 'key-file' ? readKeyFile(opener.keyFile) : kekFromUnlockKey(await opener.unlockKey(), store.clusterId);
+  const kek =
+    store.protection === 'key-file'
+      ? readKeyFile(opener.keyFile)
+      : kekFromUnlockKey(await opener.unlockKey(), store.clusterId);
   try {
     store.openRoot(kek).fill(0); // a wrong key file or unlock key is told apart here, clearly
     const secrets = store.openSecrets(kek);
     const key = secrets.get(AUDIT_KEY_SECRET);
     for (const [name, value] of secrets) if (name !== AUDIT_KEY_SECRET) value.fill(0);
-    if (key === undefined) throw new Error(`the key store of ${dataDir} holds no audit key: this manager has not started since it was made (or upgraded), so it has no keyed audit log yet`);
+    if (key === undefined)
+      throw new Error(
+        `the key store of ${dataDir} holds no audit key: this manager has not started since it was made (or upgraded), so it has no keyed audit log yet`,
+      );
     return key;
   } finally {
     kek.fill(0);

@@ -14,7 +14,10 @@ export const BACKUP_CHUNK_BYTES = 1024 * 1024;
  * request), then the state image, sealed as a snapshot is, with its root key wrapped for the
  * recovery key (and the unlock key on an autolocked manager).
  */
-export function backupService(ctx: ServiceContext, manager: Pick<Manager<AppliedResult>, 'backupMaterial'>): grpc.UntypedServiceImplementation {
+export function backupService(
+  ctx: ServiceContext,
+  manager: Pick<Manager<AppliedResult>, 'backupMaterial'>,
+): grpc.UntypedServiceImplementation {
   return {
     save: serverStream(ctx, 'Backup.Save', async (call: Call<object>) => {
       authorize(ctx, call, 'sudo', 'sys/backup');
@@ -24,12 +27,23 @@ export function backupService(ctx: ServiceContext, manager: Pick<Manager<Applied
       const ca = ctx.pki.signing();
       const recoveryPublicKey = ctx.state.cluster.recoveryPublicKey;
       if (recoveryPublicKey === null && material.unlockKek === null) {
-        throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'nothing could open this backup: the cluster has no recovery key and this manager is not autolocked; make one with coffer key rotate-recovery');
+        throw new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          'nothing could open this backup: the cluster has no recovery key and this manager is not autolocked; make one with coffer key rotate-recovery',
+        );
       }
       let file: Buffer;
       try {
         file = encodeBackup(
-          { clusterId: ctx.clusterId, createdAtMs: Date.now(), index: material.index, term: material.term, rootGen: material.rootGen, image: material.image, caCertPem: ca.certPem },
+          {
+            clusterId: ctx.clusterId,
+            createdAtMs: Date.now(),
+            index: material.index,
+            term: material.term,
+            rootGen: material.rootGen,
+            image: material.image,
+            caCertPem: ca.certPem,
+          },
           { rootKey: material.rootKey, caKeyPem: ca.keyPem, recoveryPublicKey, unlockKek: material.unlockKek },
         );
       } finally {
@@ -39,7 +53,11 @@ export function backupService(ctx: ServiceContext, manager: Pick<Manager<Applied
       ctx.log.info({ event: 'backup', index: material.index, bytes: file.byteLength }, 'backup made');
       const chunks: Array<{ data: Buffer; totalBytes: number; index: number }> = [];
       for (let offset = 0; offset < file.byteLength; offset += BACKUP_CHUNK_BYTES) {
-        chunks.push({ data: file.subarray(offset, offset + BACKUP_CHUNK_BYTES), totalBytes: file.byteLength, index: material.index });
+        chunks.push({
+          data: file.subarray(offset, offset + BACKUP_CHUNK_BYTES),
+          totalBytes: file.byteLength,
+          index: material.index,
+        });
       }
       return chunks;
     }),

@@ -2,7 +2,21 @@ import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, MANAGER_CERT_VALIDITY_DAYS, caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, newJoinToken, newLeafKey, parseJoinToken, selfSignedCertificate } from '../crypto/pki.ts';
+import {
+  JOIN_TOKEN_TTL_MS_DEFAULT,
+  JOIN_TOKEN_TTL_MS_MAX,
+  MANAGER_CERT_VALIDITY_DAYS,
+  caDigest,
+  createCa,
+  formatJoinToken,
+  identityOf,
+  issueCertificate,
+  joinTokenHash,
+  newJoinToken,
+  newLeafKey,
+  parseJoinToken,
+  selfSignedCertificate,
+} from '../crypto/pki.ts';
 import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
@@ -15,7 +29,6 @@ import { ServiceError } from './errors.ts';
 import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig } from './node-config.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
-
 
 export interface InitOptions {
   readonly dataDir: string;
@@ -70,14 +83,24 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   const ca = createCa(clusterId, now);
   const validityDays = options.managerCertValidityDays ?? MANAGER_CERT_VALIDITY_DAYS;
   const joinTokenTtlMs = options.joinTokenTtlMs ?? JOIN_TOKEN_TTL_MS_DEFAULT;
-  if (!(joinTokenTtlMs > 0 && joinTokenTtlMs <= JOIN_TOKEN_TTL_MS_MAX)) throw new TypeError('the join token lifetime must be positive and at most 365 days');
+  if (!(joinTokenTtlMs > 0 && joinTokenTtlMs <= JOIN_TOKEN_TTL_MS_MAX))
+    throw new TypeError('the join token lifetime must be positive and at most 365 days');
   if (!(validityDays > 0)) throw new TypeError('the certificate lifetime must be a positive number of days');
-  const node = issueCertificate(ca, { id: '1', role: 'manager', clusterId, nowMs: now, hosts: [hostOf(advertise)], validityDays });
+  const node = issueCertificate(ca, {
+    id: '1',
+    role: 'manager',
+    clusterId,
+    nowMs: now,
+    hosts: [hostOf(advertise)],
+    validityDays,
+  });
   const dir = new DataDir(options.dataDir);
   const keyFile = options.autolock === true ? null : (options.keyFile ?? dir.defaultKeyFile);
   const init = await Manager.init(options.dataDir, {
     clusterId,
-    ...(keyFile === null ? { autolock: true, ...(options.unlockKey === undefined ? {} : { unlockKey: options.unlockKey }) } : { keyFile }),
+    ...(keyFile === null
+      ? { autolock: true, ...(options.unlockKey === undefined ? {} : { unlockKey: options.unlockKey }) }
+      : { keyFile }),
     secrets: new Map([
       [TLS_KEY_SECRET, Buffer.from(node.keyPem)],
       [CA_KEY_SECRET, Buffer.from(ca.keyPem)],
@@ -85,12 +108,18 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   });
   const token = newJoinToken(ca.certPem);
   const recovery = generateRecoveryKey();
-  if (options.recoveryKeyFile !== undefined) await writeFileAtomic(options.recoveryKeyFile, `${recovery.recoveryKey}\n`, 0o600);
+  if (options.recoveryKeyFile !== undefined)
+    await writeFileAtomic(options.recoveryKeyFile, `${recovery.recoveryKey}\n`, 0o600);
   const admin = issueCertificate(ca, { id: ADMIN_IDENTITY, role: 'client', clusterId, nowMs: now });
   const adminDir = options.adminDir ?? dir.defaultAdminDir;
   await writeIdentity(adminDir, ca.certPem, ADMIN_IDENTITY, admin);
   if (options.healthDir !== undefined) {
-    await writeIdentity(options.healthDir, ca.certPem, HEALTH_IDENTITY, issueCertificate(ca, { id: HEALTH_IDENTITY, role: 'client', clusterId, nowMs: now }));
+    await writeIdentity(
+      options.healthDir,
+      ca.certPem,
+      HEALTH_IDENTITY,
+      issueCertificate(ca, { id: HEALTH_IDENTITY, role: 'client', clusterId, nowMs: now }),
+    );
   }
   if (options.tokenFile !== undefined) await writeFileAtomic(options.tokenFile, `${formatJoinToken(token)}\n`, 0o600);
   await dir.writeTlsFiles(ca.certPem, node.certPem);
@@ -109,10 +138,22 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     peers: [],
     managerCertValidityDays: validityDays,
   });
-  return { clusterId, joinToken: formatJoinToken(token), unlockKey: options.unlockKey === undefined ? init.unlockKey : null, recoveryKey: options.recoveryKeyFile === undefined ? recovery.recoveryKey : null, adminDir, keyFile };
+  return {
+    clusterId,
+    joinToken: formatJoinToken(token),
+    unlockKey: options.unlockKey === undefined ? init.unlockKey : null,
+    recoveryKey: options.recoveryKeyFile === undefined ? recovery.recoveryKey : null,
+    adminDir,
+    keyFile,
+  };
 }
 
-async function writeIdentity(dir: string, caPem: string, name: string, identity: { certPem: string; keyPem: string }): Promise<void> {
+async function writeIdentity(
+  dir: string,
+  caPem: string,
+  name: string,
+  identity: { certPem: string; keyPem: string },
+): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await writeFileAtomic(join(dir, 'ca.crt'), caPem);
   await writeFileAtomic(join(dir, `${name}.crt`), identity.certPem);
@@ -168,7 +209,10 @@ export async function joinCluster(options: JoinOptions): Promise<{ nodeId: NodeI
  */
 function isPassingRefusal(error: unknown): error is ServiceError {
   if (!(error instanceof ServiceError)) return false;
-  return error.status === grpc.status.UNAVAILABLE || (error.status === grpc.status.FAILED_PRECONDITION && /is not applied yet/.test(error.message));
+  return (
+    error.status === grpc.status.UNAVAILABLE ||
+    (error.status === grpc.status.FAILED_PRECONDITION && /is not applied yet/.test(error.message))
+  );
 }
 
 async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; clusterId: string }> {
@@ -191,7 +235,12 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
     let address = options.join;
     for (let hop = 0; ; hop++) {
       try {
-        const response = await callJoin(address, caPem, { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem }, deadline);
+        const response = await callJoin(
+          address,
+          caPem,
+          { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem },
+          deadline,
+        );
         const members = decodeMembers(response.members);
         const dir = new DataDir(options.dataDir);
         await Manager.init(options.dataDir, {
@@ -233,10 +282,19 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
  */
 async function serveKeyProof(listen: string, key: { privatePem: string; publicPem: string }): Promise<TlsServer> {
   const { host, port } = splitHostPort(listen);
-  const server = createTlsServer({ key: key.privatePem, cert: selfSignedCertificate(key, Date.now()) }, (socket) => socket.end());
+  const server = createTlsServer({ key: key.privatePem, cert: selfSignedCertificate(key, Date.now()) }, (socket) =>
+    socket.end(),
+  );
   server.on('tlsClientError', () => undefined);
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => reject(new ServiceError(grpc.status.FAILED_PRECONDITION, `cannot listen on ${listen} while joining (${error.code ?? error.message}): is another process using it?`)));
+    server.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          `cannot listen on ${listen} while joining (${error.code ?? error.message}): is another process using it?`,
+        ),
+      ),
+    );
     server.listen(port, host, () => resolve());
   });
   return server;
@@ -251,9 +309,24 @@ class JoinRedirect extends Error {
 /** Reads the CA certificate without trusting the server yet (it is checked against the token next). */
 function fetchCaCertificate(address: string, deadline: number): Promise<string> {
   const { Join } = services();
-  const client = new Join.Client(address, policyChannelCredentials({ caPem: null, certPem: null, keyPem: null }, { rejectUnauthorized: false, checkServerIdentity: () => undefined }), MANAGER_CHANNEL_OPTIONS);
+  const client = new Join.Client(
+    address,
+    policyChannelCredentials(
+      { caPem: null, certPem: null, keyPem: null },
+      { rejectUnauthorized: false, checkServerIdentity: () => undefined },
+    ),
+    MANAGER_CHANNEL_OPTIONS,
+  );
   return new Promise((resolve, reject) => {
-    (client as unknown as { getCaCertificate(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { pem: string }) => void): void }).getCaCertificate({}, { deadline }, (error, response) => {
+    (
+      client as unknown as {
+        getCaCertificate(
+          r: object,
+          o: grpc.CallOptions,
+          cb: (e: grpc.ServiceError | null, r?: { pem: string }) => void,
+        ): void;
+      }
+    ).getCaCertificate({}, { deadline }, (error, response) => {
       client.close();
       if (error !== null) reject(new ServiceError(error.code, `cannot reach ${address} to join: ${error.details}`));
       else resolve(response!.pem);
@@ -275,22 +348,32 @@ interface JoinResponse {
 function callJoin(address: string, caPem: string, request: object, deadline: number): Promise<JoinResponse> {
   const { Join } = services();
   // The cluster id is not known yet: any manager certificate the pinned CA signed will do.
-  const credentials = policyChannelCredentials({ caPem, certPem: null, keyPem: null }, {
-    checkServerIdentity: (_host, cert) => {
-      try {
-        return identityOf(cert.raw).role === 'manager' ? undefined : new Error('the server is not a manager of this cluster');
-      } catch (error) {
-        return error as Error;
-      }
+  const credentials = policyChannelCredentials(
+    { caPem, certPem: null, keyPem: null },
+    {
+      checkServerIdentity: (_host, cert) => {
+        try {
+          return identityOf(cert.raw).role === 'manager'
+            ? undefined
+            : new Error('the server is not a manager of this cluster');
+        } catch (error) {
+          return error as Error;
+        }
+      },
     },
-  });
+  );
   const client = new Join.Client(address, credentials, MANAGER_CHANNEL_OPTIONS);
   return new Promise((resolve, reject) => {
-    (client as unknown as { joinCluster(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: JoinResponse) => void): void }).joinCluster(request, { deadline }, (error, response) => {
+    (
+      client as unknown as {
+        joinCluster(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: JoinResponse) => void): void;
+      }
+    ).joinCluster(request, { deadline }, (error, response) => {
       client.close();
       if (error === null) return resolve(response!);
       const redirect = error.metadata?.get(LEADER_ADDRESS_METADATA)[0];
-      if (error.code === grpc.status.FAILED_PRECONDITION && typeof redirect === 'string') return reject(new JoinRedirect(redirect));
+      if (error.code === grpc.status.FAILED_PRECONDITION && typeof redirect === 'string')
+        return reject(new JoinRedirect(redirect));
       reject(new ServiceError(error.code, `joining through ${address}: ${error.details}`));
     });
   });

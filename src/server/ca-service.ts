@@ -20,32 +20,61 @@ export function caHandlers(ctx: ServiceContext): grpc.UntypedServiceImplementati
       authorize(ctx, call, 'sudo', 'sys/cluster');
       await ctx.readPoint();
       const cas = ctx.state.cluster.cas;
-      if (cas.length === 0) throw new ServiceError(grpc.status.UNAVAILABLE, 'the cluster CA is not in the replicated state yet (the leader installs it a moment after it starts); retry');
-      if (cas.length > 1) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `CA generation ${cas[0]!.gen} is still trusted beside ${cas[1]!.gen}: retire it first (coffer ca retire)`);
+      if (cas.length === 0)
+        throw new ServiceError(
+          grpc.status.UNAVAILABLE,
+          'the cluster CA is not in the replicated state yet (the leader installs it a moment after it starts); retry',
+        );
+      if (cas.length > 1)
+        throw new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          `CA generation ${cas[0]!.gen} is still trusted beside ${cas[1]!.gen}: retire it first (coffer ca retire)`,
+        );
       const next = await nextCa(ctx.clusterId, ctx.pki.signing(), Date.now());
       await ctx.propose(ClusterState.encode({ kind: 'cluster.ca-add', ca: next }));
-      ctx.log.warn({ event: 'ca-rotated', generation: next.gen }, `a new cluster CA (generation ${next.gen}) is trusted; managers move to it now, clients renew with coffer identity renew, then coffer ca retire`);
+      ctx.log.warn(
+        { event: 'ca-rotated', generation: next.gen },
+        `a new cluster CA (generation ${next.gen}) is trusted; managers move to it now, clients renew with coffer identity renew, then coffer ca retire`,
+      );
       return { generation: next.gen, caCertificatesPem: ctx.pki.trustPem() };
     }),
     retireCa: unary(ctx, 'Cluster.RetireCa', async (call: Call<{ force?: boolean }>) => {
       authorize(ctx, call, 'sudo', 'sys/cluster');
       await ctx.readPoint();
       const cluster = ctx.state.cluster;
-      if (cluster.cas.length < 2) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'no CA rotation is in progress: there is one CA (coffer ca rotate starts one)');
+      if (cluster.cas.length < 2)
+        throw new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          'no CA rotation is in progress: there is one CA (coffer ca rotate starts one)',
+        );
       const old = cluster.cas[0]!;
       const active = cluster.cas[1]!;
       const status = ctx.replica.raftStatus();
       if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       const members = [...status.confState.voters, ...status.confState.learners];
       const behind = members.filter((id) => !(cluster.memberKeys.get(id) ?? []).some((k) => k.caGen >= active.gen));
-      if (behind.length > 0) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `managers ${behind.join(', ')} have no certificate of CA generation ${active.gen} yet (a running manager moves within a second or two; a stopped one when it starts): retry`);
-      const stranded = [...ctx.state.access.identities.values()].filter((i) => !i.revoked && !i.keys.some((k) => k.caGen >= active.gen)).map((i) => i.name);
+      if (behind.length > 0)
+        throw new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          `managers ${behind.join(', ')} have no certificate of CA generation ${active.gen} yet (a running manager moves within a second or two; a stopped one when it starts): retry`,
+        );
+      const stranded = [...ctx.state.access.identities.values()]
+        .filter((i) => !i.revoked && !i.keys.some((k) => k.caGen >= active.gen))
+        .map((i) => i.name);
       if (stranded.length > 0 && call.request.force !== true) {
-        const named = stranded.slice(0, NAMED_IN_REFUSAL_MAX).join(', ') + (stranded.length > NAMED_IN_REFUSAL_MAX ? ` and ${stranded.length - NAMED_IN_REFUSAL_MAX} more` : '');
-        throw new ServiceError(grpc.status.FAILED_PRECONDITION, `identities ${named} have no certificate of CA generation ${active.gen}: each renews with coffer identity renew (or is issued again); retire anyway with --force, and they stop working`);
+        const named =
+          stranded.slice(0, NAMED_IN_REFUSAL_MAX).join(', ') +
+          (stranded.length > NAMED_IN_REFUSAL_MAX ? ` and ${stranded.length - NAMED_IN_REFUSAL_MAX} more` : '');
+        throw new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          `identities ${named} have no certificate of CA generation ${active.gen}: each renews with coffer identity renew (or is issued again); retire anyway with --force, and they stop working`,
+        );
       }
       await ctx.propose(ClusterState.encode({ kind: 'cluster.ca-retire', gen: old.gen }));
-      ctx.log.warn({ event: 'ca-retired', generation: old.gen, cutOff: stranded.length }, `CA generation ${old.gen} is no longer trusted`);
+      ctx.log.warn(
+        { event: 'ca-retired', generation: old.gen, cutOff: stranded.length },
+        `CA generation ${old.gen} is no longer trusted`,
+      );
       return { retiredGeneration: old.gen, identitiesCutOff: stranded };
     }),
     members: unary(ctx, 'Cluster.Members', async (call: Call<object>) => {
@@ -53,7 +82,9 @@ export function caHandlers(ctx: ServiceContext): grpc.UntypedServiceImplementati
       requireCaller(ctx, call);
       await ctx.readPoint();
       return {
-        members: ctx.trust.members().map(([nodeId, address, keys]) => ({ nodeId, address, keys: keys.map(([key]) => key) })),
+        members: ctx.trust
+          .members()
+          .map(([nodeId, address, keys]) => ({ nodeId, address, keys: keys.map(([key]) => key) })),
         removed: [...ctx.state.cluster.removed],
       };
     }),

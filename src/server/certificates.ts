@@ -71,7 +71,10 @@ export class ManagerCertificate {
     this.#tls = material;
     this.credentials.update(material);
     await new DataDir(this.#options.dataDir).writeTlsFiles(material.caPem, this.#leafPem);
-    this.#options.log.info({ event: 'trust-changed', cas: this.#options.cluster.cas.map((c) => c.gen) }, 'the cluster CAs changed: this manager trusts and presents the new set');
+    this.#options.log.info(
+      { event: 'trust-changed', cas: this.#options.cluster.cas.map((c) => c.gen) },
+      'the cluster CAs changed: this manager trusts and presents the new set',
+    );
   }
 
   /** This manager's own key in the replicated state (the first manager's, a restored one's), so peers admit it. */
@@ -82,7 +85,9 @@ export class ManagerCertificate {
     if ((this.#options.cluster.memberKeys.get(this.#options.nodeId) ?? []).some((k) => k.key === spki)) return;
     const caGen = this.#options.cas.generationOf(this.#leafPem);
     if (caGen === null) return;
-    await this.#options.propose(ClusterState.encode({ kind: 'cluster.member-key', id: this.#options.nodeId, key: { key: spki, caGen } }));
+    await this.#options.propose(
+      ClusterState.encode({ kind: 'cluster.member-key', id: this.#options.nodeId, key: { key: spki, caGen } }),
+    );
   }
 
   /**
@@ -102,17 +107,39 @@ export class ManagerCertificate {
     if (!expiring && !underOldCa) return;
     if ((o.manager.raftStatus()?.lead ?? 0) === 0) return;
     const key = newLeafKey();
-    const certPem = signCertificate(signing, key.publicPem, { id: String(o.nodeId), role: 'manager', clusterId: o.clusterId, nowMs: now, hosts: [hostOf(o.advertise)], validityDays: o.validityDays });
+    const certPem = signCertificate(signing, key.publicPem, {
+      id: String(o.nodeId),
+      role: 'manager',
+      clusterId: o.clusterId,
+      nowMs: now,
+      hosts: [hostOf(o.advertise)],
+      validityDays: o.validityDays,
+    });
     const renewed = identityOf(certPem);
-    await o.propose(ClusterState.encode({ kind: 'cluster.member-key', id: o.nodeId, key: { key: renewed.spki, caGen: signing.gen } }));
+    await o.propose(
+      ClusterState.encode({ kind: 'cluster.member-key', id: o.nodeId, key: { key: renewed.spki, caGen: signing.gen } }),
+    );
     // Key and certificate in one atomic write; node.crt is a readable copy, not what starts the server.
-    await o.manager.setLocalSecrets(new Map([[TLS_KEY_SECRET, Buffer.from(key.privatePem)], [TLS_CERT_SECRET, Buffer.from(certPem)]]));
+    await o.manager.setLocalSecrets(
+      new Map([
+        [TLS_KEY_SECRET, Buffer.from(key.privatePem)],
+        [TLS_CERT_SECRET, Buffer.from(certPem)],
+      ]),
+    );
     await new DataDir(o.dataDir).writeTlsFiles(o.cas.trustPem(), certPem);
     this.#leafPem = certPem;
     this.#keyPem = key.privatePem;
     this.#tls = this.#material();
     this.credentials.update(this.#tls);
     o.onRenewed();
-    o.log.info({ event: 'certificate-renewed', serial: renewed.serial, caGeneration: signing.gen, notAfter: new Date(renewed.notAfterMs).toISOString() }, "renewed this manager's certificate");
+    o.log.info(
+      {
+        event: 'certificate-renewed',
+        serial: renewed.serial,
+        caGeneration: signing.gen,
+        notAfter: new Date(renewed.notAfterMs).toISOString(),
+      },
+      "renewed this manager's certificate",
+    );
   }
 }

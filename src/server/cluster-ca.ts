@@ -26,7 +26,9 @@ export class ClusterCa {
   signing(): SigningCa | null {
     const active = this.#cluster.activeCa;
     if (active !== null) return { gen: active.gen, certPem: active.certPem, keyPem: active.keyPem };
-    return this.#fallback.keyPem === null ? null : { gen: 1, certPem: this.#fallback.certPem, keyPem: this.#fallback.keyPem };
+    return this.#fallback.keyPem === null
+      ? null
+      : { gen: 1, certPem: this.#fallback.certPem, keyPem: this.#fallback.keyPem };
   }
 
   /** The active CA's certificate: what a join token pins and a joiner trusts. */
@@ -43,7 +45,12 @@ export class ClusterCa {
   /** Every CA trusted now, one PEM after the other (the active one first). */
   trustPem(): string {
     const cas = this.#cluster.cas;
-    return cas.length === 0 ? this.#fallback.certPem : [...cas].reverse().map((c) => c.certPem.trim()).join('\n') + '\n';
+    return cas.length === 0
+      ? this.#fallback.certPem
+      : [...cas]
+          .reverse()
+          .map((c) => c.certPem.trim())
+          .join('\n') + '\n';
   }
 
   /**
@@ -54,7 +61,8 @@ export class ClusterCa {
   chainPem(leafPem: string): string {
     const cas = this.#cluster.cas;
     const active = cas[cas.length - 1];
-    if (cas.length < 2 || active === undefined || active.crossPem === null || !issuedBy(leafPem, active.certPem)) return leafPem;
+    if (cas.length < 2 || active === undefined || active.crossPem === null || !issuedBy(leafPem, active.certPem))
+      return leafPem;
     return `${leafPem.trim()}\n${active.crossPem.trim()}\n`;
   }
 

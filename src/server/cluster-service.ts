@@ -1,6 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
-import { JOIN_TOKEN_TTL_MS_DEFAULT, JOIN_TOKEN_TTL_MS_MAX, formatJoinToken, identityOf, joinTokenHash, newJoinToken } from '../crypto/pki.ts';
+import {
+  JOIN_TOKEN_TTL_MS_DEFAULT,
+  JOIN_TOKEN_TTL_MS_MAX,
+  formatJoinToken,
+  identityOf,
+  joinTokenHash,
+  newJoinToken,
+} from '../crypto/pki.ts';
 import { ClusterState } from '../state/cluster-state.ts';
 import { caHandlers } from './ca-service.ts';
 import type { ServiceContext } from './context.ts';
@@ -24,7 +31,8 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
   const memberRpc = (method: string, op: MemberOp['op']) =>
     unary(ctx, method, async (call: Call<{ nodeId: number; force?: boolean }>) => {
       authorize(ctx, call, 'sudo', 'sys/cluster');
-      if (!(call.request.nodeId > 0)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'node_id names the manager (see coffer cluster status)');
+      if (!(call.request.nodeId > 0))
+        throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'node_id names the manager (see coffer cluster status)');
       const result = await deps.runMemberOp({ op, nodeId: call.request.nodeId, force: call.request.force === true });
       return { voters: result.voters, learners: result.learners };
     });
@@ -55,7 +63,8 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
         snapshotsSent: deps.snapshotsSent(),
         // A full image of the state: only when asked (at 100,000 secrets it stalled the manager long
         // enough for status calls to time out).
-        stateDigest: call.request.withStateDigest === true ? createHash('sha256').update(ctx.state.snapshot()).digest('hex') : '',
+        stateDigest:
+          call.request.withStateDigest === true ? createHash('sha256').update(ctx.state.snapshot()).digest('hex') : '',
         members: [...status.confState.voters, ...status.confState.learners].map((id) => {
           const match = id === status.id ? status.lastIndex : (status.progress?.get(id)?.match ?? 0);
           return {
@@ -74,10 +83,18 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
     rotateJoinToken: unary(ctx, 'Cluster.RotateJoinToken', async (call: Call<{ ttlSeconds: number; uses: number }>) => {
       authorize(ctx, call, 'sudo', 'sys/cluster');
       const ttlMs = call.request.ttlSeconds === 0 ? JOIN_TOKEN_TTL_MS_DEFAULT : call.request.ttlSeconds * 1000;
-      if (ttlMs > JOIN_TOKEN_TTL_MS_MAX) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'ttl_seconds is at most 365 days');
+      if (ttlMs > JOIN_TOKEN_TTL_MS_MAX)
+        throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'ttl_seconds is at most 365 days');
       const token = newJoinToken(ctx.pki.activeCertPem());
       const expiresAtMs = Date.now() + ttlMs;
-      await ctx.propose(ClusterState.encode({ kind: 'cluster.join-token', hash: joinTokenHash(token.secret), expiresAtMs, uses: call.request.uses === 0 ? null : call.request.uses }));
+      await ctx.propose(
+        ClusterState.encode({
+          kind: 'cluster.join-token',
+          hash: joinTokenHash(token.secret),
+          expiresAtMs,
+          uses: call.request.uses === 0 ? null : call.request.uses,
+        }),
+      );
       return { token: formatJoinToken(token), expiresAtMs };
     }),
     removeMember: memberRpc('Cluster.RemoveMember', 'remove'),

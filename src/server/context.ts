@@ -74,6 +74,10 @@ export interface ServicePki {
 
 /** The signing CA, or UNAVAILABLE: a manager that joined has the CA once it has the replicated state. */
 export function signingOrUnavailable(signing: SigningCa | null): SigningCa {
-  if (signing === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has not received the cluster CA yet; retry on another manager');
+  if (signing === null)
+    throw new ServiceError(
+      grpc.status.UNAVAILABLE,
+      'this manager has not received the cluster CA yet; retry on another manager',
+    );
   return signing;
 }

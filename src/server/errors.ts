@@ -16,7 +16,18 @@ export class ServiceError extends Error {
   }
 }
 
-const REFUSAL_CODES: ReadonlySet<string> = new Set<RefusalCode>(['NOT_FOUND', 'EXPIRED', 'DELETED', 'CAS_MISMATCH', 'DESTROYED', 'INVALID', 'LIMIT', 'DENIED', 'EXISTS', 'PRECONDITION']);
+const REFUSAL_CODES: ReadonlySet<string> = new Set<RefusalCode>([
+  'NOT_FOUND',
+  'EXPIRED',
+  'DELETED',
+  'CAS_MISMATCH',
+  'DESTROYED',
+  'INVALID',
+  'LIMIT',
+  'DENIED',
+  'EXISTS',
+  'PRECONDITION',
+]);
 
 /** The gRPC status of each refusal code of the applied state (src/state/state-part.ts). */
 export function refusalStatus(code: RefusalCode): grpc.status {
@@ -51,7 +62,10 @@ export function toStatus(error: unknown): { code: grpc.status; details: string }
   if (error instanceof ProposalRefused) {
     // The applied state's refusals carry their own code; the barrier's and keyring operations' are preconditions.
     const known = error.source === 'state' && REFUSAL_CODES.has(error.code);
-    return { code: known ? refusalStatus(error.code as RefusalCode) : grpc.status.FAILED_PRECONDITION, details: error.message };
+    return {
+      code: known ? refusalStatus(error.code as RefusalCode) : grpc.status.FAILED_PRECONDITION,
+      details: error.message,
+    };
   }
   if (error instanceof RaftError) {
     switch (error.code) {
@@ -66,15 +80,18 @@ export function toStatus(error: unknown): { code: grpc.status; details: string }
     }
   }
   if (error instanceof ReplicaError) {
-    if (error.code === 'PROPOSAL_LOST') return { code: grpc.status.ABORTED, details: `${error.message}; check before retrying` };
+    if (error.code === 'PROPOSAL_LOST')
+      return { code: grpc.status.ABORTED, details: `${error.message}; check before retrying` };
     return { code: grpc.status.UNAVAILABLE, details: error.message };
   }
   if (error instanceof ManagerError) {
-    if (error.code === 'MANAGER_LOCKED' || error.code === 'MANAGER_STOPPED' || error.code === 'NO_LEADER') return { code: grpc.status.UNAVAILABLE, details: error.message };
+    if (error.code === 'MANAGER_LOCKED' || error.code === 'MANAGER_STOPPED' || error.code === 'NO_LEADER')
+      return { code: grpc.status.UNAVAILABLE, details: error.message };
     return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
   }
   if (error instanceof CryptoError) {
-    if (error.code === 'KEY_USES_EXHAUSTED' || error.code === 'KEYRING_EMPTY') return { code: grpc.status.UNAVAILABLE, details: error.message };
+    if (error.code === 'KEY_USES_EXHAUSTED' || error.code === 'KEYRING_EMPTY')
+      return { code: grpc.status.UNAVAILABLE, details: error.message };
     return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
   }
   return { code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' };

@@ -36,7 +36,8 @@ export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: s
   if (facts.removed) return { status: 'NOT_SERVING', reason: 'removed from the cluster' };
   if (facts.auditBroken) return { status: 'NOT_SERVING', reason: 'the audit log cannot be written' };
   if (raft.lead === 0) return { status: 'NOT_SERVING', reason: 'no leader known' };
-  if (raft.applied < raft.commit) return { status: 'NOT_SERVING', reason: `catching up: applied ${raft.applied} of ${raft.commit}` };
+  if (raft.applied < raft.commit)
+    return { status: 'NOT_SERVING', reason: `catching up: applied ${raft.applied} of ${raft.commit}` };
   return { status: 'SERVING', reason: raft.role === 'leader' ? 'leader' : `following ${raft.lead}` };
 }
 
@@ -65,7 +66,11 @@ export class HealthService {
     this.#implementation.addToServer({
       // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
       // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
-      addService: (service, implementation) => deps.server.addService(tolerantService(service as grpc.ServiceDefinition), this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation)),
+      addService: (service, implementation) =>
+        deps.server.addService(
+          tolerantService(service as grpc.ServiceDefinition),
+          this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation),
+        ),
     });
   }
 
@@ -80,22 +85,35 @@ export class HealthService {
     return status;
   }
 
-  #guard(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+  #guard(
+    service: grpc.ServiceDefinition,
+    implementation: grpc.UntypedServiceImplementation,
+  ): grpc.UntypedServiceImplementation {
     const clusterId = this.#deps.clusterId;
-    const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
+    const refusal = {
+      code: grpc.status.UNAUTHENTICATED,
+      details: "a certificate issued by this cluster's CA is required",
+    };
     const guarded: grpc.UntypedServiceImplementation = {};
     for (const [method, handler] of Object.entries(implementation)) {
       guarded[method] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
         // Watch is server-streaming: an error event ends it with that status.
-        const refuse = (status: { code: grpc.status; details: string }): void => (callback !== undefined ? callback(status) : void call.emit('error', status));
+        const refuse = (status: { code: grpc.status; details: string }): void =>
+          callback !== undefined ? callback(status) : void call.emit('error', status);
         if (callerIdentity(call, clusterId) === null) return refuse(refusal);
         if (isMalformedRequest(call.request)) {
           this.#deps.metrics.refused('malformed');
-          return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `the request is not a valid ${methodPath(service, method)} message (protobuf)` });
+          return refuse({
+            code: grpc.status.INVALID_ARGUMENT,
+            details: `the request is not a valid ${methodPath(service, method)} message (protobuf)`,
+          });
         }
         const asked = (call.request as { service?: unknown } | undefined)?.service;
         if (typeof asked === 'string' && asked.length > HEALTH_SERVICE_NAME_CHARS_MAX) {
-          return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `a health service name has at most ${HEALTH_SERVICE_NAME_CHARS_MAX} characters; this one has ${asked.length}` });
+          return refuse({
+            code: grpc.status.INVALID_ARGUMENT,
+            details: `a health service name has at most ${HEALTH_SERVICE_NAME_CHARS_MAX} characters; this one has ${asked.length}`,
+          });
         }
         this.update();
         return (handler as (call: unknown, callback?: unknown) => void)(call, callback);

@@ -76,19 +76,27 @@ export function proveAddress(address: string, spki: string, timeoutMs = JOIN_ADD
   return new Promise((resolve, reject) => {
     const fail = (why: string): void => {
       socket.destroy();
-      reject(new ServiceError(grpc.status.FAILED_PRECONDITION, `the joiner's address ${address} did not answer with the joiner's key (${why}); give an --advertise address the cluster can reach`));
+      reject(
+        new ServiceError(
+          grpc.status.FAILED_PRECONDITION,
+          `the joiner's address ${address} did not answer with the joiner's key (${why}); give an --advertise address the cluster can reach`,
+        ),
+      );
     };
-    const socket = connect({ host, port, rejectUnauthorized: false, ...(hostIsName(host) ? { servername: host } : {}) }, () => {
-      try {
-        const raw = socket.getPeerCertificate().raw;
-        if (raw === undefined) return fail('no certificate');
-        if (spkiDigest(new X509Certificate(raw).publicKey) !== spki) return fail('another key');
-        socket.end();
-        resolve();
-      } catch (error) {
-        fail((error as Error).message);
-      }
-    });
+    const socket = connect(
+      { host, port, rejectUnauthorized: false, ...(hostIsName(host) ? { servername: host } : {}) },
+      () => {
+        try {
+          const raw = socket.getPeerCertificate().raw;
+          if (raw === undefined) return fail('no certificate');
+          if (spkiDigest(new X509Certificate(raw).publicKey) !== spki) return fail('another key');
+          socket.end();
+          resolve();
+        } catch (error) {
+          fail((error as Error).message);
+        }
+      },
+    );
     socket.setTimeout(timeoutMs, () => fail(`no answer within ${timeoutMs} ms`));
     socket.on('error', (error) => fail((error as NodeJS.ErrnoException).code ?? error.message));
   });
@@ -106,10 +114,18 @@ function hostIsName(host: string): boolean {
  * the root key (every manager decrypts the log) but not the CA key: that reaches the joiner with
  * the replicated state. Every join is audited with the new manager's id and address.
  */
-export function joinService(ctx: ServiceContext, deps: { readonly manager: Pick<Manager<AppliedResult>, 'rootKeyForJoiner'>; readonly managerCertValidityDays: number }): grpc.UntypedServiceImplementation {
+export function joinService(
+  ctx: ServiceContext,
+  deps: {
+    readonly manager: Pick<Manager<AppliedResult>, 'rootKeyForJoiner'>;
+    readonly managerCertValidityDays: number;
+  },
+): grpc.UntypedServiceImplementation {
   const attempts = new JoinAttempts();
   return {
-    getCaCertificate: unary(ctx, 'Join.GetCaCertificate', async () => ({ pem: ctx.pki.activeCertPem() }), { anonymous: true }),
+    getCaCertificate: unary(ctx, 'Join.GetCaCertificate', async () => ({ pem: ctx.pki.activeCertPem() }), {
+      anonymous: true,
+    }),
     joinCluster: unary(
       ctx,
       'Join.JoinCluster',
@@ -118,13 +134,24 @@ export function joinService(ctx: ServiceContext, deps: { readonly manager: Pick<
         const wait = attempts.refusal(source);
         if (wait !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, wait);
         const { tokenSecret, address, publicKeyPem } = call.request;
-        if (tokenSecret.byteLength > TOKEN_SECRET_BYTES_MAX || address.length > ADDRESS_CHARS_MAX || publicKeyPem.length > PUBLIC_KEY_PEM_CHARS_MAX) {
+        if (
+          tokenSecret.byteLength > TOKEN_SECRET_BYTES_MAX ||
+          address.length > ADDRESS_CHARS_MAX ||
+          publicKeyPem.length > PUBLIC_KEY_PEM_CHARS_MAX
+        ) {
           attempts.failed(source);
-          throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a join request holds a token secret, a host:port and a PEM public key; this one is too large');
+          throw new ServiceError(
+            grpc.status.INVALID_ARGUMENT,
+            'a join request holds a token secret, a host:port and a PEM public key; this one is too large',
+          );
         }
         const cluster = ctx.state.cluster;
         // None yet: a new cluster's leader installs the token from init a moment after its election.
-        if (cluster.joinTokenHash === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager has no join token installed yet; retry in a moment');
+        if (cluster.joinTokenHash === null)
+          throw new ServiceError(
+            grpc.status.UNAVAILABLE,
+            'this manager has no join token installed yet; retry in a moment',
+          );
         const tokenHash = joinTokenHash(tokenSecret);
         const nowMs = Date.now();
         const refusal = cluster.joinTokenRefusal(tokenHash, nowMs);
@@ -137,7 +164,8 @@ export function joinService(ctx: ServiceContext, deps: { readonly manager: Pick<
         if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
         if (status.role !== 'leader') {
           const leaderAddress = status.lead === 0 ? undefined : ctx.addressOf(status.lead);
-          if (leaderAddress === undefined) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry in a moment');
+          if (leaderAddress === undefined)
+            throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry in a moment');
           throw new LeaderRedirect(leaderAddress);
         }
         try {
@@ -156,13 +184,30 @@ export function joinService(ctx: ServiceContext, deps: { readonly manager: Pick<
         const ca = ctx.pki.signing();
         let certificatePem: string;
         try {
-          certificatePem = signCertificate(ca, publicKeyPem, { id: String(nodeId), role: 'manager', clusterId: ctx.clusterId, nowMs, hosts: [hostOf(address)], validityDays: deps.managerCertValidityDays });
+          certificatePem = signCertificate(ca, publicKeyPem, {
+            id: String(nodeId),
+            role: 'manager',
+            clusterId: ctx.clusterId,
+            nowMs,
+            hosts: [hostOf(address)],
+            validityDays: deps.managerCertValidityDays,
+          });
         } catch (error) {
-          if (error instanceof CryptoError) throw new ServiceError(grpc.status.INVALID_ARGUMENT, `public_key_pem: ${error.message}`);
+          if (error instanceof CryptoError)
+            throw new ServiceError(grpc.status.INVALID_ARGUMENT, `public_key_pem: ${error.message}`);
           throw error;
         }
         try {
-          await ctx.propose(ClusterState.encode({ kind: 'cluster.join', tokenHash, nowMs, id: nodeId, address, key: { key: identityOf(certificatePem).spki, caGen: ca.gen } }));
+          await ctx.propose(
+            ClusterState.encode({
+              kind: 'cluster.join',
+              tokenHash,
+              nowMs,
+              id: nodeId,
+              address,
+              key: { key: identityOf(certificatePem).spki, caGen: ca.gen },
+            }),
+          );
         } catch (error) {
           if (!(error instanceof ProposalRefused) || error.source !== 'state') throw error;
           // Where the join applies, the token was found expired, used up or replaced.

@@ -37,7 +37,11 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
     autolockOff: op('AutolockOff', () => ({ op: 'autolock-off' })),
     destroy: op('Destroy', (call) => {
       const term = call.request.term ?? 0;
-      if (!(term > 0)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'term names the data key to destroy (see coffer key status)');
+      if (!(term > 0))
+        throw new ServiceError(
+          grpc.status.INVALID_ARGUMENT,
+          'term names the data key to destroy (see coffer key status)',
+        );
       return { op: 'destroy', term };
     }),
     rotateUnlock: unary(ctx, 'Keys.RotateUnlock', async (call: Call<{ unlockKey?: string }>) => {
@@ -46,7 +50,10 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
       try {
         parseUnlockKey(unlockKey);
       } catch (error) {
-        throw new ServiceError(grpc.status.INVALID_ARGUMENT, `unlock_key: ${(error as Error).message} (coffer key rotate-unlock makes one)`);
+        throw new ServiceError(
+          grpc.status.INVALID_ARGUMENT,
+          `unlock_key: ${(error as Error).message} (coffer key rotate-unlock makes one)`,
+        );
       }
       const { detail } = await run({ op: 'rotate-unlock', unlockKey });
       return { detail };
@@ -54,7 +61,11 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
     rotateRecovery: unary(ctx, 'Keys.RotateRecovery', async (call: Call<{ publicKey?: Buffer }>) => {
       authorize(ctx, call, 'sudo', 'sys/keys');
       const publicKey = call.request.publicKey ?? Buffer.alloc(0);
-      if (publicKey.byteLength !== 32) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'public_key is the 32-byte X25519 public half of the new recovery key (coffer key rotate-recovery makes the pair)');
+      if (publicKey.byteLength !== 32)
+        throw new ServiceError(
+          grpc.status.INVALID_ARGUMENT,
+          'public_key is the 32-byte X25519 public half of the new recovery key (coffer key rotate-recovery makes the pair)',
+        );
       await ctx.propose(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey }));
       return {};
     }),

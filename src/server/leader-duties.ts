@@ -43,27 +43,55 @@ export class LeaderDuties {
     const cluster = state.cluster;
     // The CA made at init moves into the replicated state, where rotations happen.
     const install = this.#o.cas.toInstall();
-    if (install !== null) await this.#o.propose(ClusterState.encode({ kind: 'cluster.ca-install', certPem: install.certPem, keyPem: install.keyPem }));
+    if (install !== null)
+      await this.#o.propose(
+        ClusterState.encode({ kind: 'cluster.ca-install', certPem: install.certPem, keyPem: install.keyPem }),
+      );
     // After a forced new cluster or a restore, the old members' certificates are refused from now on.
     for (const id of [...manager.forcedOut(), ...(config.retiredMembers ?? [])]) {
       if (!cluster.removed.has(id)) await this.#o.propose(ClusterState.encode({ kind: 'cluster.removed', id }));
     }
     if (cluster.addresses.get(config.nodeId) !== config.advertise) {
-      await this.#o.propose(ClusterState.encode({ kind: 'cluster.member', id: config.nodeId, address: config.advertise }));
+      await this.#o.propose(
+        ClusterState.encode({ kind: 'cluster.member', id: config.nodeId, address: config.advertise }),
+      );
     }
     if (cluster.recoveryPublicKey === null && (config.initialRecoveryPublicKey ?? null) !== null) {
-      await this.#o.propose(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey: Buffer.from(config.initialRecoveryPublicKey!, 'hex') }));
+      await this.#o.propose(
+        ClusterState.encode({
+          kind: 'cluster.recovery-key',
+          publicKey: Buffer.from(config.initialRecoveryPublicKey!, 'hex'),
+        }),
+      );
     }
     if (cluster.joinTokenHash === null && config.initialJoinTokenHash !== null) {
-      await this.#o.propose(ClusterState.encode({ kind: 'cluster.join-token', hash: Buffer.from(config.initialJoinTokenHash, 'hex'), expiresAtMs: config.initialJoinTokenExpiresAtMs ?? null, uses: null }));
+      await this.#o.propose(
+        ClusterState.encode({
+          kind: 'cluster.join-token',
+          hash: Buffer.from(config.initialJoinTokenHash, 'hex'),
+          expiresAtMs: config.initialJoinTokenExpiresAtMs ?? null,
+          uses: null,
+        }),
+      );
     }
     const admin = config.initialAdmin ?? null;
     if (admin !== null && !state.access.identities.has(ADMIN_IDENTITY)) {
-      await this.#o.propose(encodeAccessCommand({ op: 'identity-issue', name: ADMIN_IDENTITY, policies: [ROOT_POLICY.name], key: admin.key, serial: admin.serial, caGen: 1, nowMs: Date.now() }));
+      await this.#o.propose(
+        encodeAccessCommand({
+          op: 'identity-issue',
+          name: ADMIN_IDENTITY,
+          policies: [ROOT_POLICY.name],
+          key: admin.key,
+          serial: admin.serial,
+          caGen: 1,
+          nowMs: Date.now(),
+        }),
+      );
     }
     await this.#maybePromote();
     const nextExpiryMs = state.secrets.nextExpiryMs();
-    if (nextExpiryMs !== null && nextExpiryMs <= Date.now()) await this.#o.propose(encodeSecretCommand({ op: 'expire', nowMs: Date.now() }));
+    if (nextExpiryMs !== null && nextExpiryMs <= Date.now())
+      await this.#o.propose(encodeSecretCommand({ op: 'expire', nowMs: Date.now() }));
   }
 
   /** Promotes a learner to voter once it has every committed entry (one change at a time). */
@@ -81,4 +109,3 @@ export class LeaderDuties {
     }
   }
 }
-

@@ -7,7 +7,13 @@ import type { AppliedResult } from '../state/applied-state.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import { ServiceError } from './errors.ts';
-import { TRANSFER_WAIT_MS, decodeMemberOpResult, encodeMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
+import {
+  TRANSFER_WAIT_MS,
+  decodeMemberOpResult,
+  encodeMemberOp,
+  type MemberOp,
+  type MemberOpResult,
+} from './membership.ts';
 
 /** How long a forwarded proposal may take at the leader. */
 export const FORWARD_DEADLINE_MS = 10_000;
@@ -19,7 +25,13 @@ export interface GrpcLeaderLinkOptions {
 }
 
 type ProposeBody = { payload?: Buffer; confChange?: Buffer; memberOp?: Buffer };
-type ProposeClient = { propose(request: ProposeBody, options: grpc.CallOptions, cb: (error: grpc.ServiceError | null, response?: { result: Buffer }) => void): void };
+type ProposeClient = {
+  propose(
+    request: ProposeBody,
+    options: grpc.CallOptions,
+    cb: (error: grpc.ServiceError | null, response?: { result: Buffer }) => void,
+  ): void;
+};
 
 /**
  * The way to the leader over mutual TLS (Peer.Propose): a sealed payload, a membership change, or
@@ -54,20 +66,34 @@ export class GrpcLeaderLink implements LeaderLink<AppliedResult> {
   }
 
   #call(leader: NodeId, body: ProposeBody): Promise<Buffer> {
-    if (leader === 0) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected'));
+    if (leader === 0)
+      return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected'));
     let client = this.#clients.get(leader);
     if (client === undefined) {
       const address = this.#options.addressOf(leader);
-      if (address === undefined) return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, `the leader ${leader} has no known address yet; retry`));
+      if (address === undefined)
+        return Promise.reject(
+          new ServiceError(grpc.status.UNAVAILABLE, `the leader ${leader} has no known address yet; retry`),
+        );
       const { Peer } = services();
-      client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), { clusterId: this.#options.clusterId, nodeId: String(leader) }), MANAGER_CHANNEL_OPTIONS);
+      client = new Peer.Client(
+        address,
+        managerChannelCredentials(this.#options.tls(), { clusterId: this.#options.clusterId, nodeId: String(leader) }),
+        MANAGER_CHANNEL_OPTIONS,
+      );
       this.#clients.set(leader, client);
     }
     const deadline = Date.now() + (body.memberOp === undefined ? FORWARD_DEADLINE_MS : 3 * TRANSFER_WAIT_MS);
     return new Promise((resolve, reject) => {
       (client as unknown as ProposeClient).propose(body, { deadline }, (error, response) => {
         // The leader refusing this manager is not the client's fault: INTERNAL, not PERMISSION_DENIED.
-        if (error !== null) reject(new ServiceError(error.code === grpc.status.PERMISSION_DENIED ? grpc.status.INTERNAL : error.code, `forwarding to the leader ${leader}: ${error.details}`));
+        if (error !== null)
+          reject(
+            new ServiceError(
+              error.code === grpc.status.PERMISSION_DENIED ? grpc.status.INTERNAL : error.code,
+              `forwarding to the leader ${leader}: ${error.details}`,
+            ),
+          );
         else resolve(response!.result);
       });
     });

@@ -7,7 +7,6 @@ import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
 import type { StateCommand } from './context.ts';
 
-
 /** An operator's membership operation. The leader runs it; other managers forward it there. */
 export interface MemberOp {
   readonly op: 'promote' | 'demote' | 'remove' | 'transfer';
@@ -82,19 +81,27 @@ export function decodeMemberOpResult(data: Buffer): MemberOpResult {
 export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<MemberOpResult> {
   const status = statusOf(deps);
   if (status.role !== 'leader') {
-    if (status.lead === 0) throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected');
+    if (status.lead === 0)
+      throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected');
     return deps.forwardMemberOp(status.lead, op);
   }
   const { voters, learners } = status.confState;
   const isVoter = voters.includes(op.nodeId);
   const isLearner = learners.includes(op.nodeId);
   const cluster = deps.state.cluster;
-  if (op.op === 'remove' && !isVoter && !isLearner && cluster.addresses.has(op.nodeId) && !cluster.removed.has(op.nodeId)) {
+  if (
+    op.op === 'remove' &&
+    !isVoter &&
+    !isLearner &&
+    cluster.addresses.has(op.nodeId) &&
+    !cluster.removed.has(op.nodeId)
+  ) {
     // A removal that left the membership but failed before marking the manager removed: finish it.
     await deps.propose(ClusterState.encode({ kind: 'cluster.removed', id: op.nodeId }));
     return resultOf(statusOf(deps));
   }
-  if (op.op !== 'transfer' && !isVoter && !isLearner) throw new ServiceError(grpc.status.NOT_FOUND, `manager ${op.nodeId} is not a member of this cluster`);
+  if (op.op !== 'transfer' && !isVoter && !isLearner)
+    throw new ServiceError(grpc.status.NOT_FOUND, `manager ${op.nodeId} is not a member of this cluster`);
 
   if (op.op === 'transfer') {
     await transferLeadership(deps, status, op.nodeId);
@@ -112,7 +119,10 @@ export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<M
     if (isVoter) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a voter`);
     const match = status.progress?.get(op.nodeId)?.match ?? 0;
     if (match < status.commit && !op.force) {
-      throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is ${status.commit - match} entries behind the commit index; promote it once it has caught up (or with --force)`);
+      throw new ServiceError(
+        grpc.status.FAILED_PRECONDITION,
+        `manager ${op.nodeId} is ${status.commit - match} entries behind the commit index; promote it once it has caught up (or with --force)`,
+      );
     }
     await deps.propose(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: false }));
     await deps.proposeConfChange({ type: 'add-voter', nodeId: op.nodeId });
@@ -151,7 +161,8 @@ export function isHealthy(status: Status, id: NodeId): boolean {
 
 function checkQuorumAfterLosing(status: Status, leaving: NodeId, force: boolean): void {
   const remaining = status.confState.voters.filter((id) => id !== leaving);
-  if (remaining.length === 0) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${leaving} is the last voter`);
+  if (remaining.length === 0)
+    throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${leaving} is the last voter`);
   const healthy = remaining.filter((id) => isHealthy(status, id));
   const needed = Math.floor(remaining.length / 2) + 1;
   if (healthy.length < needed && !force) {
@@ -172,11 +183,13 @@ async function transferLeadership(deps: MembershipDeps, status: Status, to: Node
   if (target === 0) {
     const candidates = status.confState.voters.filter((id) => id !== status.id && isHealthy(status, id));
     candidates.sort((a, b) => (status.progress?.get(b)?.match ?? 0) - (status.progress?.get(a)?.match ?? 0));
-    if (candidates.length === 0) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'no other healthy voter can take over leadership');
+    if (candidates.length === 0)
+      throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'no other healthy voter can take over leadership');
     target = candidates[0]!;
   }
   if (target === status.id) return target;
-  if (!status.confState.voters.includes(target)) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${target} is not a voter; only voters can lead`);
+  if (!status.confState.voters.includes(target))
+    throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${target} is not a voter; only voters can lead`);
   deps.replica.transferLeadership(target);
   const deadline = Date.now() + TRANSFER_WAIT_MS;
   while (Date.now() < deadline) {
@@ -184,5 +197,8 @@ async function transferLeadership(deps: MembershipDeps, status: Status, to: Node
     const now = deps.replica.raftStatus();
     if (now !== null && now.role !== 'leader' && now.lead === target) return target;
   }
-  throw new ServiceError(grpc.status.UNAVAILABLE, `leadership did not move to manager ${target} within ${TRANSFER_WAIT_MS} ms: it may be behind or unreachable; this manager still leads`);
+  throw new ServiceError(
+    grpc.status.UNAVAILABLE,
+    `leadership did not move to manager ${target} within ${TRANSFER_WAIT_MS} ms: it may be behind or unreachable; this manager still leads`,
+  );
 }

@@ -51,10 +51,13 @@ export async function readNodeConfig(dataDir: string): Promise<NodeConfig> {
   try {
     text = await readFile(path, 'utf8');
   } catch {
-    throw new Error(`${path} is missing: ${dataDir} is not a manager's data directory (run coffer init or coffer join first)`);
+    throw new Error(
+      `${path} is missing: ${dataDir} is not a manager's data directory (run coffer init or coffer join first)`,
+    );
   }
   const config = JSON.parse(text) as NodeConfig;
-  if (config.format !== 1 || !Number.isSafeInteger(config.nodeId)) throw new Error(`${path} is not a Coffer node configuration`);
+  if (config.format !== 1 || !Number.isSafeInteger(config.nodeId))
+    throw new Error(`${path} is not a Coffer node configuration`);
   return config;
 }
 
@@ -63,13 +66,15 @@ export async function writeNodeConfig(dataDir: string, config: NodeConfig): Prom
   await writeFileAtomic(new DataDir(dataDir).nodeConfig, `${JSON.stringify(config, null, 2)}\n`, DataDir.PUBLIC_MODE);
 }
 
-
 /** Splits host:port (IPv6 in brackets), checking the port. */
 export function splitHostPort(address: string): { host: string; port: number } {
   // A host name, an IPv4 address, or an IPv6 address in brackets: nothing that could carry control characters into a log.
   const match = /^(\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/.exec(address);
   const port = Number(match?.[2]);
-  if (match === null || port < 1 || port > 65535) throw new Error(`${JSON.stringify(address.slice(0, 300))} is not host:port (a host name, an IPv4 address or [an IPv6 address], then a port)`);
+  if (match === null || port < 1 || port > 65535)
+    throw new Error(
+      `${JSON.stringify(address.slice(0, 300))} is not host:port (a host name, an IPv4 address or [an IPv6 address], then a port)`,
+    );
   return { host: match[1]!.replace(/^\[|\]$/g, ''), port };
 }
 

@@ -9,7 +9,11 @@ import type { ConfChange, NodeId } from '../raft/types.ts';
 import { AppliedState, type AppliedResult } from '../state/applied-state.ts';
 import { DataDir, defaultKeyFile } from '../manager/data-dir.ts';
 import { rememberPeerCertificates } from '../transport/auth.ts';
-import { DEFAULT_CONNECTION_LIMITS, type ConnectionGuardStats, type ConnectionLimits } from '../transport/connection-guard.ts';
+import {
+  DEFAULT_CONNECTION_LIMITS,
+  type ConnectionGuardStats,
+  type ConnectionLimits,
+} from '../transport/connection-guard.ts';
 import { listenGuarded, type GuardedListener } from '../transport/listener.ts';
 import { PeerTransport } from '../transport/peer-transport.ts';
 import type { TlsMaterial } from '../transport/tls.ts';
@@ -26,7 +30,15 @@ import { HealthService } from './health.ts';
 import { LeaderDuties } from './leader-duties.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
 import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
-import { CA_KEY_SECRET, TLS_CERT_SECRET, TLS_KEY_SECRET, readNodeConfig, splitHostPort, writeNodeConfig, type NodeConfig } from './node-config.ts';
+import {
+  CA_KEY_SECRET,
+  TLS_CERT_SECRET,
+  TLS_KEY_SECRET,
+  readNodeConfig,
+  splitHostPort,
+  writeNodeConfig,
+  type NodeConfig,
+} from './node-config.ts';
 import { PeerTrust } from './peer-trust.ts';
 import { IdentityRateLimiter } from './rate-limit.ts';
 import { registerServices } from './services.ts';
@@ -64,7 +76,6 @@ export interface NodeOptions {
   /** How often the audit anchor is replicated (default AUDIT_ANCHOR_INTERVAL_MS; tests shorten it). */
   readonly auditAnchorIntervalMs?: number;
 }
-
 
 /**
  * A running manager process, composed: the Manager (data directory, barrier, replica), the write
@@ -106,7 +117,13 @@ export class CofferNode {
   private constructor(
     options: NodeOptions,
     config: NodeConfig,
-    parts: { manager: Manager<AppliedResult>; state: AppliedState; transport: PeerTransport; trust: PeerTrust; cas: ClusterCa },
+    parts: {
+      manager: Manager<AppliedResult>;
+      state: AppliedState;
+      transport: PeerTransport;
+      trust: PeerTrust;
+      cas: ClusterCa;
+    },
     own: { certPem: string; keyPem: string },
     log: Logger,
     audit: AuditLog,
@@ -145,14 +162,26 @@ export class CofferNode {
       },
       own,
     );
-    this.#leaderLink = new GrpcLeaderLink({ clusterId: config.clusterId, tls: () => this.tls, addressOf: (id) => this.addressOf(id) });
+    this.#leaderLink = new GrpcLeaderLink({
+      clusterId: config.clusterId,
+      tls: () => this.tls,
+      addressOf: (id) => this.addressOf(id),
+    });
     this.proposer = new Proposer<AppliedResult>({
       manager,
       leader: this.#leaderLink,
       refusalOf: (result) => (result.ok ? null : { code: result.code, reason: result.reason }),
       logger: log,
     });
-    this.#leaderDuties = new LeaderDuties({ config, state, cas, manager, propose, proposeConfChange: (change) => this.proposer.confChange(change), log });
+    this.#leaderDuties = new LeaderDuties({
+      config,
+      state,
+      cas,
+      manager,
+      propose,
+      proposeConfChange: (change) => this.proposer.confChange(change),
+      log,
+    });
     this.#anchoring = new AuditAnchoring({
       nodeId: config.nodeId,
       audit,
@@ -167,7 +196,10 @@ export class CofferNode {
     // Channelz stays on for the server: grpc-js 1.14 tracks sessions for forceShutdown() only
     // when it is on, and with it off a stopped server left its connections open (a manager
     // stopped and started again in one process kept talking to the old one's sessions).
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.max_connection_idle_ms': this.#connectionLimits.connectionIdleMs });
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': 4 * 1024 * 1024,
+      'grpc.max_connection_idle_ms': this.#connectionLimits.connectionIdleMs,
+    });
     this.context = {
       nodeId: config.nodeId,
       clusterId: config.clusterId,
@@ -175,8 +207,12 @@ export class CofferNode {
       audit,
       anonymousAudit: new AnonymousAudit((event) => audit.append(event)),
       rateLimit: new IdentityRateLimiter({
-        ...(options.identityRequestsPerSecond === undefined ? {} : { requestsPerSecond: options.identityRequestsPerSecond }),
-        ...(options.identityWriteBytesPerMinute === undefined ? {} : { writeBytesPerMinute: options.identityWriteBytesPerMinute }),
+        ...(options.identityRequestsPerSecond === undefined
+          ? {}
+          : { requestsPerSecond: options.identityRequestsPerSecond }),
+        ...(options.identityWriteBytesPerMinute === undefined
+          ? {}
+          : { writeBytesPerMinute: options.identityWriteBytesPerMinute }),
       }),
       trust,
       log,
@@ -212,7 +248,11 @@ export class CofferNode {
         runMemberOp: memberOp,
         members: () => trust.members(),
       },
-      cluster: { runMemberOp: memberOp, certificatePem: () => this.#certificate.leafPem, snapshotsSent: () => transport.stats.snapshotsSent },
+      cluster: {
+        runMemberOp: memberOp,
+        certificatePem: () => this.#certificate.leafPem,
+        snapshotsSent: () => transport.stats.snapshotsSent,
+      },
       keys: this.proposer,
       manager,
       managerCertValidityDays: config.managerCertValidityDays,
@@ -220,7 +260,11 @@ export class CofferNode {
     this.health = new HealthService({
       server: this.server,
       clusterId: config.clusterId,
-      facts: () => ({ raft: manager.status().raft, removed: state.cluster.removed.has(config.nodeId), auditBroken: audit.broken !== null }),
+      facts: () => ({
+        raft: manager.status().raft,
+        removed: state.cluster.removed.has(config.nodeId),
+        auditBroken: audit.broken !== null,
+      }),
       log,
       metrics,
     });
@@ -275,7 +319,9 @@ export class CofferNode {
     metrics.bind({
       raft: () => {
         const s = manager.raftStatus();
-        return s === null ? null : { term: s.term, commit: s.commit, applied: s.applied, isLeader: s.role === 'leader' };
+        return s === null
+          ? null
+          : { term: s.term, commit: s.commit, applied: s.applied, isLeader: s.role === 'leader' };
       },
       keyringTerm: () => manager.status().keys?.activeTerm ?? 0,
       locked: () => manager.locked,
@@ -289,17 +335,34 @@ export class CofferNode {
         metricsServer = await metrics.serve(host, port);
       }
       if (manager.locked) {
-        if (options.unlockKey === undefined) throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'this manager is autolocked: give its unlock key (coffer server reads it from stdin)');
+        if (options.unlockKey === undefined)
+          throw new ServiceError(
+            grpc.status.FAILED_PRECONDITION,
+            'this manager is autolocked: give its unlock key (coffer server reads it from stdin)',
+          );
         await manager.unlock(options.unlockKey);
       }
       if (manager.forcedOut().length > 0) {
         // Durable before anything is served: if this process stops before the new leader marks
         // them removed, the next start (without the flag) still does.
-        config = { ...config, retiredMembers: [...new Set([...(config.retiredMembers ?? []), ...manager.forcedOut()])] };
+        config = {
+          ...config,
+          retiredMembers: [...new Set([...(config.retiredMembers ?? []), ...manager.forcedOut()])],
+        };
         await writeNodeConfig(options.dataDir, config);
-        log.warn({ event: 'forced-new-cluster', removed: manager.forcedOut() }, `forced a new one-member cluster: managers ${manager.forcedOut().join(', ')} are removed; start this manager without --force-new-cluster from now on`);
+        log.warn(
+          { event: 'forced-new-cluster', removed: manager.forcedOut() },
+          `forced a new one-member cluster: managers ${manager.forcedOut().join(', ')} are removed; start this manager without --force-new-cluster from now on`,
+        );
       }
-      const started = await CofferNode.#serve(options, config, { manager, state, transport, trust }, log, metrics, (made) => (node = made));
+      const started = await CofferNode.#serve(
+        options,
+        config,
+        { manager, state, transport, trust },
+        log,
+        metrics,
+        (made) => (node = made),
+      );
       started.#metricsServer = metricsServer;
       return started;
     } catch (error) {
@@ -327,14 +390,34 @@ export class CofferNode {
     if (tlsKey === undefined) throw new Error(`the key store of ${options.dataDir} lacks this manager's TLS key`);
     const certPem = manager.localSecret(TLS_CERT_SECRET)?.toString() ?? files.nodeCertPem;
     // The CA key is in the key store of the first manager only, until its first leader installs it in the replicated state.
-    const cas = new ClusterCa(state.cluster, { certPem: firstPem(files.caCertPem), keyPem: manager.localSecret(CA_KEY_SECRET)?.toString() ?? null });
-    const audit = await openManagerAuditLog(manager, new DataDir(options.dataDir).audit, config.nodeId, log, options.newAuditLog === true);
-    const node = new CofferNode(options, config, { ...parts, cas }, { certPem, keyPem: tlsKey.toString() }, log, audit, metrics);
+    const cas = new ClusterCa(state.cluster, {
+      certPem: firstPem(files.caCertPem),
+      keyPem: manager.localSecret(CA_KEY_SECRET)?.toString() ?? null,
+    });
+    const audit = await openManagerAuditLog(
+      manager,
+      new DataDir(options.dataDir).audit,
+      config.nodeId,
+      log,
+      options.newAuditLog === true,
+    );
+    const node = new CofferNode(
+      options,
+      config,
+      { ...parts, cas },
+      { certPem, keyPem: tlsKey.toString() },
+      log,
+      audit,
+      metrics,
+    );
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
     const listen = options.listen ?? config.listen;
-    log.info({ event: 'started', nodeId: config.nodeId, listen, port: node.boundPort }, `manager ${config.nodeId} serving on ${listen}`);
+    log.info(
+      { event: 'started', nodeId: config.nodeId, listen, port: node.boundPort },
+      `manager ${config.nodeId} serving on ${listen}`,
+    );
     return node;
   }
 
@@ -367,7 +450,13 @@ export class CofferNode {
 
   /** Serves the gRPC port through the connection guard (limits per source, in total, and on silent connections). */
   async #listen(): Promise<void> {
-    this.#listener = await listenGuarded({ server: this.server, credentials: this.#certificate.credentials.credentials, address: this.#options.listen ?? this.config.listen, limits: this.#connectionLimits, log: this.log.child({ component: 'listener' }) });
+    this.#listener = await listenGuarded({
+      server: this.server,
+      credentials: this.#certificate.credentials.credentials,
+      address: this.#options.listen ?? this.config.listen,
+      limits: this.#connectionLimits,
+      log: this.log.child({ component: 'listener' }),
+    });
     this.boundPort = this.#listener.port;
   }
 
@@ -378,7 +467,11 @@ export class CofferNode {
 
   /** Where a member listens, from the replicated state or what this manager learned when joining. */
   addressOf(id: NodeId): string | undefined {
-    return this.state.cluster.addresses.get(id) ?? this.config.peers.find(([peer]) => peer === id)?.[1] ?? this.trust.vouchedAddress(id);
+    return (
+      this.state.cluster.addresses.get(id) ??
+      this.config.peers.find(([peer]) => peer === id)?.[1] ??
+      this.trust.vouchedAddress(id)
+    );
   }
 
   async #housekeep(): Promise<void> {
@@ -392,7 +485,10 @@ export class CofferNode {
       await this.#anchoring.maybeAnchor();
       const status = this.manager.raftStatus();
       if (status !== null && status.role !== 'leader' && this.manager.keyUsesNearLimit()) {
-        this.log.warn({ event: 'key-uses-near-limit' }, 'this manager has nearly used up the active data key: asking the leader to rotate');
+        this.log.warn(
+          { event: 'key-uses-near-limit' },
+          'this manager has nearly used up the active data key: asking the leader to rotate',
+        );
         await this.proposer.keyOperation({ op: 'rotate' });
         return;
       }
@@ -417,8 +513,6 @@ export class CofferNode {
     await this.manager.stop();
   }
 }
-
-
 
 /** The first certificate of a PEM bundle. */
 function firstPem(pem: string): string {

@@ -28,20 +28,24 @@ export interface PeerServiceDeps {
 export function peerService(ctx: RequestContext, deps: PeerServiceDeps): grpc.UntypedServiceImplementation {
   return {
     raft: deps.raftStream,
-    propose: unary(ctx, 'Peer.Propose', async (call: Call<{ body?: string; payload?: Buffer; confChange?: Buffer; memberOp?: Buffer }>) => {
-      requireMember(ctx, call);
-      if (call.request.body === 'memberOp' && call.request.memberOp !== undefined) {
-        return { result: encodeMemberOpResult(await deps.runMemberOp(decodeMemberOp(call.request.memberOp))) };
-      }
-      if (call.request.body === 'payload' && call.request.payload !== undefined) {
-        return { result: packr.pack(await deps.acceptForwarded(call.request.payload)) };
-      }
-      if (call.request.body === 'confChange' && call.request.confChange !== undefined) {
-        await deps.acceptConfChange(decodeConfChange(call.request.confChange));
-        return { result: packr.pack({ type: 'none' }) };
-      }
-      throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a proposal needs a payload or a membership change');
-    }),
+    propose: unary(
+      ctx,
+      'Peer.Propose',
+      async (call: Call<{ body?: string; payload?: Buffer; confChange?: Buffer; memberOp?: Buffer }>) => {
+        requireMember(ctx, call);
+        if (call.request.body === 'memberOp' && call.request.memberOp !== undefined) {
+          return { result: encodeMemberOpResult(await deps.runMemberOp(decodeMemberOp(call.request.memberOp))) };
+        }
+        if (call.request.body === 'payload' && call.request.payload !== undefined) {
+          return { result: packr.pack(await deps.acceptForwarded(call.request.payload)) };
+        }
+        if (call.request.body === 'confChange' && call.request.confChange !== undefined) {
+          await deps.acceptConfChange(decodeConfChange(call.request.confChange));
+          return { result: packr.pack({ type: 'none' }) };
+        }
+        throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a proposal needs a payload or a membership change');
+      },
+    ),
     members: unary(ctx, 'Peer.Members', async (call: Call<object>) => {
       requireMember(ctx, call);
       return { members: encodeMembers(deps.members()) };
@@ -58,6 +62,7 @@ function decodeConfChange(data: Buffer): ConfChange {
   }
   if (!Array.isArray(change)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
   const [type, nodeId] = change as [ConfChangeType, number];
-  if (!CONF_TYPES.includes(type) || !Number.isSafeInteger(nodeId) || nodeId <= 0) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
+  if (!CONF_TYPES.includes(type) || !Number.isSafeInteger(nodeId) || nodeId <= 0)
+    throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
   return { type, nodeId };
 }

@@ -6,7 +6,6 @@ import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import type { Logger } from '../util/logger.ts';
 
-
 /** How long a member's word that a manager belongs (a vouch) is trusted without its own state agreeing. */
 export const VOUCH_TTL_MS = 30_000;
 /** Members are asked about an unknown manager at most this often. */
@@ -48,7 +47,11 @@ export class PeerTrust {
 
   constructor(options: PeerTrustOptions) {
     this.#options = options;
-    for (const [id, , keys] of options.bootstrap) this.#bootstrapKeys.set(id, keys.map(([key]) => key));
+    for (const [id, , keys] of options.bootstrap)
+      this.#bootstrapKeys.set(
+        id,
+        keys.map(([key]) => key),
+      );
   }
 
   /** Null if `peer` holding a certificate with key `spki` may talk Raft to this manager; else why not. */
@@ -62,7 +65,8 @@ export class PeerTrust {
     if ((member || !known) && this.#stateKeys(peer).includes(spki)) return null;
     const vouch = this.#vouched.get(peer);
     if (vouch !== undefined && vouch.untilMs > Date.now() && vouch.keys.includes(spki)) return null;
-    if (member || this.#stateKeys(peer).length > 0) return `manager ${peer}'s certificate holds a key the cluster does not know for it`;
+    if (member || this.#stateKeys(peer).length > 0)
+      return `manager ${peer}'s certificate holds a key the cluster does not know for it`;
     return `manager ${peer} is not a member of this cluster (as far as this manager knows)`;
   }
 
@@ -91,7 +95,13 @@ export class PeerTrust {
     const cluster = this.#options.cluster;
     return [...conf.voters, ...conf.learners]
       .filter((id) => !cluster.removed.has(id))
-      .map((id): MemberEntry => [id, cluster.addresses.get(id) ?? '', (cluster.memberKeys.get(id) ?? []).map((k: MemberKey) => [k.key, k.caGen] as const)]);
+      .map(
+        (id): MemberEntry => [
+          id,
+          cluster.addresses.get(id) ?? '',
+          (cluster.memberKeys.get(id) ?? []).map((k: MemberKey) => [k.key, k.caGen] as const),
+        ],
+      );
   }
 
   /**
@@ -111,26 +121,55 @@ export class PeerTrust {
         (entries) => {
           const entry = entries.find(([id]) => id === peer);
           if (entry === undefined) return;
-          if (this.#vouched.size >= VOUCHES_MAX && !this.#vouched.has(peer)) this.#vouched.delete(this.#vouched.keys().next().value!);
-          this.#vouched.set(peer, { keys: entry[2].map(([key]) => key), address: entry[1], untilMs: Date.now() + VOUCH_TTL_MS, by: member });
-          this.#options.logger.info({ event: 'member-vouched', peer, by: member }, `manager ${member} vouched that manager ${peer} is a member`);
+          if (this.#vouched.size >= VOUCHES_MAX && !this.#vouched.has(peer))
+            this.#vouched.delete(this.#vouched.keys().next().value!);
+          this.#vouched.set(peer, {
+            keys: entry[2].map(([key]) => key),
+            address: entry[1],
+            untilMs: Date.now() + VOUCH_TTL_MS,
+            by: member,
+          });
+          this.#options.logger.info(
+            { event: 'member-vouched', peer, by: member },
+            `manager ${member} vouched that manager ${peer} is a member`,
+          );
         },
-        (error: unknown) => this.#options.logger.debug({ event: 'vouch-ask-failed', peer, member, err: error }, 'could not ask a member about a manager'),
+        (error: unknown) =>
+          this.#options.logger.debug(
+            { event: 'vouch-ask-failed', peer, member, err: error },
+            'could not ask a member about a manager',
+          ),
       );
     }
   }
 
   #ask(member: NodeId): Promise<MemberEntry[]> {
-    const address = this.#options.cluster.addresses.get(member) ?? this.#options.bootstrap.find(([id]) => id === member)?.[1];
-    if (address === undefined || address === '') return Promise.reject(new Error(`no address is known for manager ${member}`));
+    const address =
+      this.#options.cluster.addresses.get(member) ?? this.#options.bootstrap.find(([id]) => id === member)?.[1];
+    if (address === undefined || address === '')
+      return Promise.reject(new Error(`no address is known for manager ${member}`));
     let client = this.#clients.get(member);
     if (client === undefined) {
       const { Peer } = services();
       // The member must prove it is the one this manager knows (its recorded key), not any CA-signed manager.
-      client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), { clusterId: this.#options.clusterId, nodeId: String(member), keys: () => this.#stateKeys(member) }), MANAGER_CHANNEL_OPTIONS);
+      client = new Peer.Client(
+        address,
+        managerChannelCredentials(this.#options.tls(), {
+          clusterId: this.#options.clusterId,
+          nodeId: String(member),
+          keys: () => this.#stateKeys(member),
+        }),
+        MANAGER_CHANNEL_OPTIONS,
+      );
       this.#clients.set(member, client);
     }
-    const stub = client as unknown as { members(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response?: { members: Buffer }) => void): void };
+    const stub = client as unknown as {
+      members(
+        request: object,
+        options: grpc.CallOptions,
+        callback: (error: grpc.ServiceError | null, response?: { members: Buffer }) => void,
+      ): void;
+    };
     return new Promise((resolve, reject) => {
       stub.members({}, { deadline: Date.now() + VOUCH_ASK_DEADLINE_MS }, (error, response) => {
         if (error !== null) return reject(error);
@@ -165,12 +204,22 @@ export function decodeMembers(data: Uint8Array): MemberEntry[] {
   return value.map((entry: unknown): MemberEntry => {
     if (!Array.isArray(entry)) throw new Error('a member is [id, address, keys]');
     const [id, address, keys = []] = entry as [unknown, unknown, unknown];
-    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id <= 0 || typeof address !== 'string' || address.length > 300 || !Array.isArray(keys) || keys.length > 4) throw new Error('a member is [id, address, keys]');
+    if (
+      typeof id !== 'number' ||
+      !Number.isSafeInteger(id) ||
+      id <= 0 ||
+      typeof address !== 'string' ||
+      address.length > 300 ||
+      !Array.isArray(keys) ||
+      keys.length > 4
+    )
+      throw new Error('a member is [id, address, keys]');
     return [
       id,
       address,
       keys.map((k: unknown) => {
-        if (!Array.isArray(k) || typeof k[0] !== 'string' || !/^[0-9a-f]{64}$/.test(k[0]) || typeof k[1] !== 'number') throw new Error('a member key is [SHA-256 digest, CA generation]');
+        if (!Array.isArray(k) || typeof k[0] !== 'string' || !/^[0-9a-f]{64}$/.test(k[0]) || typeof k[1] !== 'number')
+          throw new Error('a member key is [SHA-256 digest, CA generation]');
         return [k[0], k[1]] as const;
       }),
     ];

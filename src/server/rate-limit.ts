@@ -81,10 +81,15 @@ export class IdentityRateLimiter {
     this.#writeBytesPerMinute = options.writeBytesPerMinute ?? IDENTITY_WRITE_BYTES_PER_MINUTE_DEFAULT;
     this.#identitiesMax = options.identitiesMax ?? RATE_LIMIT_IDENTITIES_MAX;
     this.#nowMs = options.nowMs ?? (() => performance.now());
-    for (const [name, value] of [['requestsPerSecond', this.#requestsPerSecond], ['writeBytesPerMinute', this.#writeBytesPerMinute]] as const) {
-      if (!(Number.isFinite(value) && value >= 0)) throw new TypeError(`rate limit ${name} must be a number of at least 0 (0: no limit): got ${value}`);
+    for (const [name, value] of [
+      ['requestsPerSecond', this.#requestsPerSecond],
+      ['writeBytesPerMinute', this.#writeBytesPerMinute],
+    ] as const) {
+      if (!(Number.isFinite(value) && value >= 0))
+        throw new TypeError(`rate limit ${name} must be a number of at least 0 (0: no limit): got ${value}`);
     }
-    if (!(Number.isSafeInteger(this.#identitiesMax) && this.#identitiesMax >= 1)) throw new TypeError(`rate limit identitiesMax must be a whole number above 0: got ${this.#identitiesMax}`);
+    if (!(Number.isSafeInteger(this.#identitiesMax) && this.#identitiesMax >= 1))
+      throw new TypeError(`rate limit identitiesMax must be a whole number above 0: got ${this.#identitiesMax}`);
   }
 
   /** One request by `identity`: null if it may go on, or why not (for RESOURCE_EXHAUSTED). */

@@ -58,14 +58,26 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
   const opened = openBackup(options.file, options.key);
   try {
     const state = new AppliedState();
-    const barrier = new Barrier({ clusterId: opened.clusterId, rootKey: Buffer.from(opened.rootKey), local: readOnlyLocalKeys(opened.rootGen), inner: state });
+    const barrier = new Barrier({
+      clusterId: opened.clusterId,
+      rootKey: Buffer.from(opened.rootKey),
+      local: readOnlyLocalKeys(opened.rootGen),
+      inner: state,
+    });
     barrier.restore(opened.image);
     const retired = [...new Set([...state.cluster.addresses.keys()])].filter((id) => !state.cluster.removed.has(id));
     const taken = new Set<NodeId>([...state.cluster.addresses.keys(), ...state.cluster.removed]);
     let nodeId = 0;
     while (nodeId === 0 || taken.has(nodeId)) nodeId = 2 + randomInt(2 ** 31 - 2);
     const ca = { certPem: opened.caCertPem, keyPem: opened.caKeyPem };
-    const node = issueCertificate(ca, { id: String(nodeId), role: 'manager', clusterId: opened.clusterId, nowMs: Date.now(), hosts: [hostOf(advertise)], validityDays: MANAGER_CERT_VALIDITY_DAYS });
+    const node = issueCertificate(ca, {
+      id: String(nodeId),
+      role: 'manager',
+      clusterId: opened.clusterId,
+      nowMs: Date.now(),
+      hosts: [hostOf(advertise)],
+      validityDays: MANAGER_CERT_VALIDITY_DAYS,
+    });
     const keyFile = options.autolock === true ? null : (options.keyFile ?? dir.defaultKeyFile);
     const init = await Manager.init(options.dataDir, {
       clusterId: opened.clusterId,
@@ -80,7 +92,10 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
         [CA_KEY_SECRET, Buffer.from(opened.caKeyPem)],
       ]),
     });
-    await dir.writeRestoredRaft({ metadata: { index: opened.index, term: opened.term, confState: { voters: [nodeId], learners: [] } }, data: opened.image });
+    await dir.writeRestoredRaft({
+      metadata: { index: opened.index, term: opened.term, confState: { voters: [nodeId], learners: [] } },
+      data: opened.image,
+    });
     await dir.writeTlsFiles(opened.caCertPem, node.certPem);
     await writeNodeConfig(options.dataDir, {
       format: 1,
@@ -95,7 +110,15 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
       peers: [],
       managerCertValidityDays: MANAGER_CERT_VALIDITY_DAYS,
     });
-    return { clusterId: opened.clusterId, nodeId, index: opened.index, secrets: state.secrets.size, createdAtMs: opened.createdAtMs, unlockKey: init.unlockKey, keyFile };
+    return {
+      clusterId: opened.clusterId,
+      nodeId,
+      index: opened.index,
+      secrets: state.secrets.size,
+      createdAtMs: opened.createdAtMs,
+      unlockKey: init.unlockKey,
+      keyFile,
+    };
   } finally {
     opened.rootKey.fill(0);
   }

@@ -12,7 +12,11 @@ export const ADMIN_IDENTITY = 'admin';
 /** Trailing metadata key a follower sets when a joiner must go to the leader. */
 export const LEADER_ADDRESS_METADATA = 'coffer-leader-address';
 
-export type Call<Request> = { request: Request; getAuthContext(): ReturnType<grpc.ServerUnaryCall<Request, unknown>['getAuthContext']>; getPeer(): string };
+export type Call<Request> = {
+  request: Request;
+  getAuthContext(): ReturnType<grpc.ServerUnaryCall<Request, unknown>['getAuthContext']>;
+  getPeer(): string;
+};
 
 /** Who a request was from and what it was about, as the handler learned it (for the audit log). */
 const auditContext = new WeakMap<object, { identity: Identity | null; target: string }>();
@@ -34,7 +38,9 @@ export function noteTarget(call: object, target: string): void {
 }
 
 function boundedTarget(target: string): string {
-  return target.length <= AUDIT_TARGET_CHARS_MAX ? target : `${target.slice(0, AUDIT_TARGET_CHARS_MAX)}... (${target.length} characters)`;
+  return target.length <= AUDIT_TARGET_CHARS_MAX
+    ? target
+    : `${target.slice(0, AUDIT_TARGET_CHARS_MAX)}... (${target.length} characters)`;
 }
 
 export interface MethodOptions {
@@ -46,23 +52,30 @@ export interface MethodOptions {
   readonly anonymous?: boolean;
 }
 
-const UNAUTHENTICATED_DETAILS = 'a certificate issued by this cluster\'s CA is required';
+const UNAUTHENTICATED_DETAILS = "a certificate issued by this cluster's CA is required";
 
 /**
  * How every request starts: the caller is authenticated from its TLS certificate first; one
  * without a certificate of this cluster is refused unless the method is for anonymous callers.
  * Returns the refusal (already audited and counted) or the audit context to run the handler in.
  */
-function begin(ctx: RequestContext, method: string, call: Call<unknown> & { getPeer(): string }, options: MethodOptions): Promise<{ code: grpc.status; details: string }> | { identity: Identity | null; target: string } {
+function begin(
+  ctx: RequestContext,
+  method: string,
+  call: Call<unknown> & { getPeer(): string },
+  options: MethodOptions,
+): Promise<{ code: grpc.status; details: string }> | { identity: Identity | null; target: string } {
   const identity = callerIdentity(call, ctx.clusterId);
   if (identity === null && options.anonymous !== true) {
     const started = performance.now();
     ctx.metrics.rpc(method, 'UNAUTHENTICATED', 0);
     ctx.metrics.refused('unauthenticated');
-    return ctx.anonymousAudit.record({ method, source: call.getPeer(), outcome: 'denied', code: 'UNAUTHENTICATED' }).then(
-      () => ({ code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_DETAILS }),
-      (auditError: unknown) => auditFailed(ctx, method, auditError, started),
-    );
+    return ctx.anonymousAudit
+      .record({ method, source: call.getPeer(), outcome: 'denied', code: 'UNAUTHENTICATED' })
+      .then(
+        () => ({ code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_DETAILS }),
+        (auditError: unknown) => auditFailed(ctx, method, auditError, started),
+      );
   }
   const context = { identity, target: '' };
   auditContext.set(call, context);
@@ -76,8 +89,16 @@ function malformed(ctx: RequestContext, method: string, call: Call<unknown>): Se
   return new ServiceError(grpc.status.INVALID_ARGUMENT, `the request is not a valid ${method} message (protobuf)`);
 }
 
-function auditFailed(ctx: RequestContext, method: string, auditError: unknown, started: number): { code: grpc.status; details: string } {
-  ctx.log.error({ event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) }, 'the audit record could not be written: the request fails');
+function auditFailed(
+  ctx: RequestContext,
+  method: string,
+  auditError: unknown,
+  started: number,
+): { code: grpc.status; details: string } {
+  ctx.log.error(
+    { event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) },
+    'the audit record could not be written: the request fails',
+  );
   ctx.metrics.auditFailed();
   return { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
 }
@@ -87,10 +108,18 @@ function auditFailed(ctx: RequestContext, method: string, auditError: unknown, s
  * broken (fail closed), or the client went over its rate on this manager.
  */
 function refusedBeforeRunning(ctx: RequestContext, identity: Identity | null): ServiceError | null {
-  if (ctx.audit.broken !== null) return new ServiceError(grpc.status.UNAVAILABLE, 'the audit log cannot be written; requests are refused until it can');
+  if (ctx.audit.broken !== null)
+    return new ServiceError(
+      grpc.status.UNAVAILABLE,
+      'the audit log cannot be written; requests are refused until it can',
+    );
   if (identity === null || identity.role !== 'client') return null;
   // A removed manager may not know it is out of date; it sends clients elsewhere.
-  if (ctx.state.cluster.removed.has(ctx.nodeId)) return new ServiceError(grpc.status.UNAVAILABLE, `manager ${ctx.nodeId} was removed from the cluster; ask another manager`);
+  if (ctx.state.cluster.removed.has(ctx.nodeId))
+    return new ServiceError(
+      grpc.status.UNAVAILABLE,
+      `manager ${ctx.nodeId} was removed from the cluster; ask another manager`,
+    );
   const limited = ctx.rateLimit.request(identity.id);
   if (limited === null) return null;
   ctx.metrics.refused('rate-limited');
@@ -102,7 +131,12 @@ function refusedBeforeRunning(ctx: RequestContext, identity: Identity | null): S
  * or denied, is written to the audit log before the reply leaves. If the audit log cannot be
  * written the request fails (fail closed); while it is broken, requests are refused before they run.
  */
-export function unary<Request, Response>(ctx: RequestContext, method: string, handler: (call: Call<Request>) => Promise<Response>, options: MethodOptions = {}) {
+export function unary<Request, Response>(
+  ctx: RequestContext,
+  method: string,
+  handler: (call: Call<Request>) => Promise<Response>,
+  options: MethodOptions = {},
+) {
   const audited = !method.startsWith('Peer.');
   return (call: grpc.ServerUnaryCall<Request, Response>, callback: grpc.sendUnaryData<Response>): void => {
     const started = performance.now();
@@ -147,22 +181,54 @@ async function finishRequest(
   audited: boolean,
 ): Promise<{ code: grpc.status; details: string }> {
   let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
-  if (status.code === grpc.status.INTERNAL) ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-  if (status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED) ctx.metrics.refused(status.code === grpc.status.UNAUTHENTICATED ? 'unauthenticated' : 'permission-denied');
+  if (status.code === grpc.status.INTERNAL)
+    ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
+  if (status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED)
+    ctx.metrics.refused(status.code === grpc.status.UNAUTHENTICATED ? 'unauthenticated' : 'permission-denied');
   if (audited) {
-    const outcome = status.code === grpc.status.OK ? 'allowed' : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED ? 'denied' : 'failed';
+    const outcome =
+      status.code === grpc.status.OK
+        ? 'allowed'
+        : status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED
+          ? 'denied'
+          : 'failed';
     const code = grpc.status[status.code] ?? String(status.code);
     try {
-      if (context.identity !== null) await ctx.audit.append({ identity: context.identity.id, role: context.identity.role, method, target: context.target, outcome, code });
+      if (context.identity !== null)
+        await ctx.audit.append({
+          identity: context.identity.id,
+          role: context.identity.role,
+          method,
+          target: context.target,
+          outcome,
+          code,
+        });
       // An anonymous request whose handler named what it did (a manager that joined) is recorded in full.
-      else if (context.target !== '') await ctx.audit.append({ identity: '', role: '', method, target: `${context.target}, from ${boundedSource(call.getPeer())}`, outcome, code });
+      else if (context.target !== '')
+        await ctx.audit.append({
+          identity: '',
+          role: '',
+          method,
+          target: `${context.target}, from ${boundedSource(call.getPeer())}`,
+          outcome,
+          code,
+        });
       else await ctx.anonymousAudit.record({ method, source: call.getPeer(), outcome, code });
     } catch (auditError) {
       status = auditFailed(ctx, method, auditError, started);
     }
   }
   // One line per request: method, identity, status, duration; never the body.
-  ctx.log.info({ event: 'rpc', method, identity: context.identity?.id ?? null, status: grpc.status[status.code], durationMs: Math.round(performance.now() - started) }, 'request');
+  ctx.log.info(
+    {
+      event: 'rpc',
+      method,
+      identity: context.identity?.id ?? null,
+      status: grpc.status[status.code],
+      durationMs: Math.round(performance.now() - started),
+    },
+    'request',
+  );
   ctx.metrics.rpc(method, grpc.status[status.code] ?? String(status.code), (performance.now() - started) / 1000);
   return status;
 }
@@ -171,7 +237,11 @@ async function finishRequest(
  * A server-streaming handler with the same audit, log and metrics as `unary`: the handler makes
  * the whole answer first (so a refusal is a status, not half a stream), then it is streamed.
  */
-export function serverStream<Request, Message>(ctx: RequestContext, method: string, handler: (call: Call<Request>) => Promise<readonly Message[]>) {
+export function serverStream<Request, Message>(
+  ctx: RequestContext,
+  method: string,
+  handler: (call: Call<Request>) => Promise<readonly Message[]>,
+) {
   return (call: grpc.ServerWritableStream<Request, Message>): void => {
     const started = performance.now();
     const context = begin(ctx, method, call, {});
@@ -249,7 +319,8 @@ export function requireCaller(ctx: RequestContext, call: Call<unknown>): Identit
  */
 export function requireMember(ctx: RequestContext, call: Call<unknown>): number {
   const identity = requireCaller(ctx, call);
-  if (identity.role !== 'manager') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
+  if (identity.role !== 'manager')
+    throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
   const id = Number(identity.id);
   const refusal = ctx.trust.admits(id, identity.spki);
   if (refusal === 'this manager is locked') throw new ServiceError(grpc.status.UNAVAILABLE, refusal);
@@ -266,8 +337,14 @@ export function authorize(ctx: RequestContext, call: Call<unknown>, capability: 
   const identity = authenticateClient(ctx, call);
   const decision = ctx.state.access.decide(identity.id, capability, path);
   if (!decision.allowed) {
-    const why = decision.rule === null ? 'no policy allows it' : `denied by policy "${decision.rule.policy}", rule "${decision.rule.path}"`;
-    throw new ServiceError(grpc.status.PERMISSION_DENIED, `identity "${identity.id}" may not ${capability} "${path}": ${why}`);
+    const why =
+      decision.rule === null
+        ? 'no policy allows it'
+        : `denied by policy "${decision.rule.policy}", rule "${decision.rule.path}"`;
+    throw new ServiceError(
+      grpc.status.PERMISSION_DENIED,
+      `identity "${identity.id}" may not ${capability} "${path}": ${why}`,
+    );
   }
   return identity;
 }
@@ -275,7 +352,11 @@ export function authorize(ctx: RequestContext, call: Call<unknown>, capability: 
 /** A client whose certificate is listed for its identity and not revoked. */
 export function authenticateClient(ctx: RequestContext, call: Call<unknown>): Identity {
   const identity = requireCaller(ctx, call);
-  if (identity.role !== 'client') throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for clients; a manager certificate may not call it');
+  if (identity.role !== 'client')
+    throw new ServiceError(
+      grpc.status.PERMISSION_DENIED,
+      'this method is for clients; a manager certificate may not call it',
+    );
   const access = ctx.state.access;
   if (!access.certificateValid(identity.id, identity.spki)) {
     const known = access.identities.get(identity.id);
@@ -290,4 +371,3 @@ export function authenticateClient(ctx: RequestContext, call: Call<unknown>): Id
   }
   return identity;
 }
-

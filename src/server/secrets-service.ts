@@ -1,6 +1,17 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
-import { CHARSETS, GENERATE_LENGTH_MAX, LIST_PAGE_SIZE_MAX, SECRET_NAME_BYTES_MAX, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, labelProblem, secretNameProblem, type Charset } from '../state/limits.ts';
+import {
+  CHARSETS,
+  GENERATE_LENGTH_MAX,
+  LIST_PAGE_SIZE_MAX,
+  SECRET_NAME_BYTES_MAX,
+  SECRET_VALUE_BYTES_MAX,
+  TTL_MS_MAX,
+  VERSIONS_KEPT_MAX,
+  labelProblem,
+  secretNameProblem,
+  type Charset,
+} from '../state/limits.ts';
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
 import { ServiceError } from './errors.ts';
 import type { ServiceContext } from './context.ts';
@@ -15,13 +26,15 @@ function invalid(message: string): ServiceError {
 /** Checked before anything else of the request is used: an invalid name is never authorized, audited or logged. */
 function checkName(name: string): void {
   const problem = secretNameProblem(name);
-  if (problem !== null) throw invalid(`secret name ${JSON.stringify(name.slice(0, 64))}${name.length > 64 ? '...' : ''}: ${problem}`);
+  if (problem !== null)
+    throw invalid(`secret name ${JSON.stringify(name.slice(0, 64))}${name.length > 64 ? '...' : ''}: ${problem}`);
 }
 
 function expiry(ttlSeconds: number, expireAtMs: number, nowMs: number): number | null {
   if (ttlSeconds !== 0 && expireAtMs !== 0) throw invalid('give ttl_seconds or expire_at_ms, not both');
   const at = ttlSeconds !== 0 ? nowMs + ttlSeconds * 1000 : expireAtMs !== 0 ? expireAtMs : null;
-  if (at !== null && (at <= nowMs || at > nowMs + TTL_MS_MAX)) throw invalid('an expiry must be in the future and at most ten years ahead');
+  if (at !== null && (at <= nowMs || at > nowMs + TTL_MS_MAX))
+    throw invalid('an expiry must be in the future and at most ten years ahead');
   return at;
 }
 
@@ -50,12 +63,32 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
   /** Linearizable unless stale: waits until this manager has applied every write committed before. */
   const readPoint = (stale: boolean): Promise<number> => ctx.readPoint(stale);
 
-  const put = async (call: Call<unknown>, name: string, value: Buffer, cas: Cas, ttlSeconds: number, expireAtMs: number, versionsKept: number): Promise<number> => {
+  const put = async (
+    call: Call<unknown>,
+    name: string,
+    value: Buffer,
+    cas: Cas,
+    ttlSeconds: number,
+    expireAtMs: number,
+    versionsKept: number,
+  ): Promise<number> => {
     checkName(name);
-    if (value.byteLength > SECRET_VALUE_BYTES_MAX) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`);
+    if (value.byteLength > SECRET_VALUE_BYTES_MAX)
+      throw new ServiceError(
+        grpc.status.RESOURCE_EXHAUSTED,
+        `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`,
+      );
     if (versionsKept > VERSIONS_KEPT_MAX) throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`);
     const nowMs = Date.now();
-    const command: SecretCommand = { op: 'put', name, value, cas: cas === null ? null : cas.version, expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs), versionsKept: versionsKept === 0 ? null : versionsKept, nowMs };
+    const command: SecretCommand = {
+      op: 'put',
+      name,
+      value,
+      cas: cas === null ? null : cas.version,
+      expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs),
+      versionsKept: versionsKept === 0 ? null : versionsKept,
+      nowMs,
+    };
     // Refused here when it surely would be where it applies (a quota), or over this manager's rate: no log entry spent.
     const caller = authenticateClient(ctx, call);
     const overQuota = store.putQuotaProblem(caller.id, command);
@@ -69,60 +102,102 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
   };
 
   return {
-    put: unary(ctx, 'Secrets.Put', async (call: Call<{ name: string; value: Buffer; cas: Cas; ttlSeconds: number; expireAtMs: number; versionsKept: number }>) => {
-      const r = call.request;
-      checkName(r.name);
-      authorize(ctx, call, 'write', r.name);
-      return { version: await put(call, r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
-    }),
-    generate: unary(ctx, 'Secrets.Generate', async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
-      const r = call.request;
-      checkName(r.name);
-      authorize(ctx, call, 'write', r.name);
-      const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
-      // An own property: "constructor" or "__proto__" are in every object, not charsets.
-      if (!Object.hasOwn(CHARSETS, charset)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
-      if (r.length < 1 || r.length > GENERATE_LENGTH_MAX) throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
-      const value = generateValue(r.length, charset);
-      try {
-        return { version: await put(call, r.name, value, r.cas, r.ttlSeconds, 0, 0) };
-      } finally {
-        value.fill(0);
-      }
-    }),
-    get: unary(ctx, 'Secrets.Get', async (call: Call<{ name: string; version: number; label: string; stale: boolean }>) => {
-      const r = call.request;
-      checkName(r.name);
-      authorize(ctx, call, 'read', r.name);
-      if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
-      if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
-      const applied = await readPoint(r.stale);
-      // Checked again at the read point: a revocation committed before the read is honoured here too.
-      authorize(ctx, call, 'read', r.name);
-      const found = store.read(r.name, r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {}, Date.now());
-      // A copy: the stored buffer may be wiped (destroy, expiry) while the reply waits for the audit log.
-      return { value: Buffer.from(found.value), version: found.version, appliedIndex: Math.max(applied, ctx.replica.status().raft?.applied ?? 0) };
-    }),
-    list: unary(ctx, 'Secrets.List', async (call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>) => {
-      const r = call.request;
-      authenticateClient(ctx, call);
-      if (Buffer.byteLength(r.prefix) > SECRET_NAME_BYTES_MAX) throw invalid(`a prefix has at most ${SECRET_NAME_BYTES_MAX} bytes`);
-      if (Buffer.byteLength(r.pageToken) > SECRET_NAME_BYTES_MAX) throw invalid('page_token is the next_page_token of an earlier answer');
-      if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
-      const applied = await readPoint(r.stale);
-      const identity = authenticateClient(ctx, call);
-      // Names the caller may not list are left out, not refused: a listing shows what one may see.
-      const visible = (name: string): boolean => ctx.state.access.decide(identity.id, 'list', name).allowed;
-      const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted, visible);
-      return { secrets: page.secrets.map(metadataReply), nextPageToken: page.next, appliedIndex: applied };
-    }),
+    put: unary(
+      ctx,
+      'Secrets.Put',
+      async (
+        call: Call<{
+          name: string;
+          value: Buffer;
+          cas: Cas;
+          ttlSeconds: number;
+          expireAtMs: number;
+          versionsKept: number;
+        }>,
+      ) => {
+        const r = call.request;
+        checkName(r.name);
+        authorize(ctx, call, 'write', r.name);
+        return { version: await put(call, r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
+      },
+    ),
+    generate: unary(
+      ctx,
+      'Secrets.Generate',
+      async (call: Call<{ name: string; length: number; charset: string; cas: Cas; ttlSeconds: number }>) => {
+        const r = call.request;
+        checkName(r.name);
+        authorize(ctx, call, 'write', r.name);
+        const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
+        // An own property: "constructor" or "__proto__" are in every object, not charsets.
+        if (!Object.hasOwn(CHARSETS, charset)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
+        if (r.length < 1 || r.length > GENERATE_LENGTH_MAX)
+          throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
+        const value = generateValue(r.length, charset);
+        try {
+          return { version: await put(call, r.name, value, r.cas, r.ttlSeconds, 0, 0) };
+        } finally {
+          value.fill(0);
+        }
+      },
+    ),
+    get: unary(
+      ctx,
+      'Secrets.Get',
+      async (call: Call<{ name: string; version: number; label: string; stale: boolean }>) => {
+        const r = call.request;
+        checkName(r.name);
+        authorize(ctx, call, 'read', r.name);
+        if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
+        if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+        const applied = await readPoint(r.stale);
+        // Checked again at the read point: a revocation committed before the read is honoured here too.
+        authorize(ctx, call, 'read', r.name);
+        const found = store.read(
+          r.name,
+          r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {},
+          Date.now(),
+        );
+        // A copy: the stored buffer may be wiped (destroy, expiry) while the reply waits for the audit log.
+        return {
+          value: Buffer.from(found.value),
+          version: found.version,
+          appliedIndex: Math.max(applied, ctx.replica.status().raft?.applied ?? 0),
+        };
+      },
+    ),
+    list: unary(
+      ctx,
+      'Secrets.List',
+      async (
+        call: Call<{ prefix: string; pageSize: number; pageToken: string; includeDeleted: boolean; stale: boolean }>,
+      ) => {
+        const r = call.request;
+        authenticateClient(ctx, call);
+        if (Buffer.byteLength(r.prefix) > SECRET_NAME_BYTES_MAX)
+          throw invalid(`a prefix has at most ${SECRET_NAME_BYTES_MAX} bytes`);
+        if (Buffer.byteLength(r.pageToken) > SECRET_NAME_BYTES_MAX)
+          throw invalid('page_token is the next_page_token of an earlier answer');
+        if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
+        const applied = await readPoint(r.stale);
+        const identity = authenticateClient(ctx, call);
+        // Names the caller may not list are left out, not refused: a listing shows what one may see.
+        const visible = (name: string): boolean => ctx.state.access.decide(identity.id, 'list', name).allowed;
+        const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted, visible);
+        return { secrets: page.secrets.map(metadataReply), nextPageToken: page.next, appliedIndex: applied };
+      },
+    ),
     versions: unary(ctx, 'Secrets.Versions', async (call: Call<{ name: string; stale: boolean }>) => {
       checkName(call.request.name);
       authorize(ctx, call, 'read', call.request.name);
       const applied = await readPoint(call.request.stale);
       authorize(ctx, call, 'read', call.request.name);
       const nowMs = Date.now();
-      return { secret: metadataReply(store.metadata(call.request.name)), versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })), appliedIndex: applied };
+      return {
+        secret: metadataReply(store.metadata(call.request.name)),
+        versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })),
+        appliedIndex: applied,
+      };
     }),
     delete: unary(ctx, 'Secrets.Delete', async (call: Call<{ name: string }>) => {
       checkName(call.request.name);
@@ -138,7 +213,9 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
       checkName(call.request.name);
       authorize(ctx, call, 'delete', call.request.name);
       if (call.request.versions.length === 0) throw invalid('name the versions to destroy');
-      return { version: await write(call, { op: 'destroy', name: call.request.name, versions: call.request.versions }) };
+      return {
+        version: await write(call, { op: 'destroy', name: call.request.name, versions: call.request.versions }),
+      };
     }),
     label: unary(ctx, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
       const r = call.request;

@@ -16,7 +16,15 @@ import { secretsService } from './secrets-service.ts';
 export { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
 /** The services clients call, as gRPC reflection lists them. */
-export const CLIENT_SERVICES = ['coffer.v1.Secrets', 'coffer.v1.Cluster', 'coffer.v1.Policies', 'coffer.v1.Identities', 'coffer.v1.Audit', 'coffer.v1.Keys', 'coffer.v1.Backup'];
+export const CLIENT_SERVICES = [
+  'coffer.v1.Secrets',
+  'coffer.v1.Cluster',
+  'coffer.v1.Policies',
+  'coffer.v1.Identities',
+  'coffer.v1.Audit',
+  'coffer.v1.Keys',
+  'coffer.v1.Backup',
+];
 
 /** Everything the services of a manager's port are made from: the service context and a few narrow extras. */
 export interface ServiceParts {
@@ -33,7 +41,10 @@ export function registerServices(server: grpc.Server, parts: ServiceParts): void
   const { Peer, Join, Secrets, Policies, Identities, Audit, Keys, Backup, Cluster } = services();
   const { ctx } = parts;
   server.addService(Peer.service, peerService(ctx, parts.peer));
-  server.addService(Join.service, joinService(ctx, { manager: parts.manager, managerCertValidityDays: parts.managerCertValidityDays }));
+  server.addService(
+    Join.service,
+    joinService(ctx, { manager: parts.manager, managerCertValidityDays: parts.managerCertValidityDays }),
+  );
   server.addService(Secrets.service, secretsService(ctx));
   const access = accessServices(ctx);
   server.addService(Policies.service, access.policies);
@@ -56,12 +67,18 @@ export function registerServices(server: grpc.Server, parts: ServiceParts): void
  * answers in its own protocol, with an error response for that message.
  */
 function guardedServer(server: grpc.Server, ctx: RequestContext): Pick<grpc.Server, 'addService'> {
-  const refusal = { code: grpc.status.UNAUTHENTICATED, details: 'a certificate issued by this cluster\'s CA is required' };
+  const refusal = {
+    code: grpc.status.UNAUTHENTICATED,
+    details: "a certificate issued by this cluster's CA is required",
+  };
   return {
     addService: (service, implementation) => {
       const guarded: grpc.UntypedServiceImplementation = {};
       for (const [method, handler] of Object.entries(implementation)) {
-        guarded[method] = ((call: grpc.ServerDuplexStream<unknown, unknown> & { request?: unknown }, callback?: grpc.sendUnaryData<unknown>) => {
+        guarded[method] = ((
+          call: grpc.ServerDuplexStream<unknown, unknown> & { request?: unknown },
+          callback?: grpc.sendUnaryData<unknown>,
+        ) => {
           if (callerIdentity(call, ctx.clusterId) === null) {
             ctx.metrics.refused('unauthenticated');
             if (callback !== undefined) return callback(refusal);
@@ -69,7 +86,10 @@ function guardedServer(server: grpc.Server, ctx: RequestContext): Pick<grpc.Serv
           }
           if (isMalformedRequest(call.request)) {
             ctx.metrics.refused('malformed');
-            const malformed = { code: grpc.status.INVALID_ARGUMENT, details: `the request is not a valid ${methodPath(service, method)} message (protobuf)` };
+            const malformed = {
+              code: grpc.status.INVALID_ARGUMENT,
+              details: `the request is not a valid ${methodPath(service, method)} message (protobuf)`,
+            };
             if (callback !== undefined) return callback(malformed);
             return void call.emit('error', malformed);
           }

@@ -17,7 +17,8 @@ import { ROOT_POLICY, decide, policyWithinRights, type Capability, type Policy }
  */
 export const accessGuard: AccessGuard = (state: AccessState, command: AccessCommand, actor: Actor): string | null => {
   const holder = state.policiesOf(actor.name);
-  const may = (capability: Capability, path: string): string | null => (decide(holder, capability, path).allowed ? null : `identity "${actor.name}" may not ${capability} "${path}"`);
+  const may = (capability: Capability, path: string): string | null =>
+    decide(holder, capability, path).allowed ? null : `identity "${actor.name}" may not ${capability} "${path}"`;
   /** Null if the actor could have written policy `name` as it is now (and so may hand it out). */
   const canGrant = (name: string): string | null => {
     const policy: Policy | undefined = name === ROOT_POLICY.name ? ROOT_POLICY : state.policies.get(name);
@@ -37,22 +38,35 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
   switch (command.op) {
     case 'policy-put': {
       const existing = state.policies.get(command.name);
-      return may('admin', `sys/policies/${command.name}`) ?? policyWithinRights(holder, command.rules) ?? (existing === undefined ? null : policyWithinRights(holder, existing.rules));
+      return (
+        may('admin', `sys/policies/${command.name}`) ??
+        policyWithinRights(holder, command.rules) ??
+        (existing === undefined ? null : policyWithinRights(holder, existing.rules))
+      );
     }
     case 'policy-remove': {
       const existing = state.policies.get(command.name);
-      return may('admin', `sys/policies/${command.name}`) ?? (existing === undefined ? null : policyWithinRights(holder, existing.rules));
+      return (
+        may('admin', `sys/policies/${command.name}`) ??
+        (existing === undefined ? null : policyWithinRights(holder, existing.rules))
+      );
     }
     case 'identity-issue': {
       const record = state.identities.get(command.name);
       const current = record !== undefined && !record.revoked ? record.policies : [];
-      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(command.policies) ?? (command.reissue === true ? canGrantAll(current) : null);
+      return (
+        may('admin', `sys/identities/${command.name}`) ??
+        canGrantAll(command.policies) ??
+        (command.reissue === true ? canGrantAll(current) : null)
+      );
     }
     case 'identity-revoke': {
       const record = state.identities.get(command.name);
       return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
     }
     case 'identity-renew':
-      return command.name === actor.name ? null : `identity "${actor.name}" may renew only its own certificate, not "${command.name}"'s`;
+      return command.name === actor.name
+        ? null
+        : `identity "${actor.name}" may renew only its own certificate, not "${command.name}"'s`;
   }
 };

@@ -1,7 +1,22 @@
 import { packr } from '../codec/msgpack.ts';
-import { ROOT_POLICY, decide, policyProblem, type Capability, type Decision, type Policy, type PolicyRule } from './policy.ts';
-import { certificateRefusal, refusal, type Authority, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
-
+import {
+  ROOT_POLICY,
+  decide,
+  policyProblem,
+  type Capability,
+  type Decision,
+  type Policy,
+  type PolicyRule,
+} from './policy.ts';
+import {
+  certificateRefusal,
+  refusal,
+  type Authority,
+  type DecodedCommand,
+  type EncodedCommand,
+  type Refusal,
+  type StatePart,
+} from './state-part.ts';
 
 /** Who asked for a command (a client identity and the key its certificate holds). */
 export interface Actor {
@@ -18,9 +33,25 @@ export type AccessCommand =
    * one that was revoked) starts a new identity with these policies; an existing identity is
    * changed only with `reissue`, which replaces its policies and adds the key.
    */
-  | { readonly op: 'identity-issue'; readonly name: string; readonly policies: readonly string[]; readonly key: string; readonly serial: string; readonly caGen: number; readonly nowMs: number; readonly reissue?: boolean }
+  | {
+      readonly op: 'identity-issue';
+      readonly name: string;
+      readonly policies: readonly string[];
+      readonly key: string;
+      readonly serial: string;
+      readonly caGen: number;
+      readonly nowMs: number;
+      readonly reissue?: boolean;
+    }
   /** An identity renews its own certificate: a new key for the same identity and policies. */
-  | { readonly op: 'identity-renew'; readonly name: string; readonly key: string; readonly serial: string; readonly caGen: number; readonly nowMs: number }
+  | {
+      readonly op: 'identity-renew';
+      readonly name: string;
+      readonly key: string;
+      readonly serial: string;
+      readonly caGen: number;
+      readonly nowMs: number;
+    }
   /** Every certificate of the identity is refused from the index this applies at. */
   | { readonly op: 'identity-revoke'; readonly name: string };
 
@@ -93,7 +124,8 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
     } catch {
       return refusal('INVALID', `the ${kind.slice(0, 60)} command does not decode`);
     }
-    if (typeof c !== 'object' || c === null || kind !== `access.${String(c['op'])}`) return refusal('INVALID', `the ${kind.slice(0, 60)} command is malformed`);
+    if (typeof c !== 'object' || c === null || kind !== `access.${String(c['op'])}`)
+      return refusal('INVALID', `the ${kind.slice(0, 60)} command is malformed`);
     const command = checkedAccessCommand(c);
     if (typeof command === 'string') return refusal('INVALID', command);
     const actor = actorOf(c['actor']);
@@ -121,18 +153,34 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         const record = this.identities.get(command.name);
         const key = { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen };
         if (record === undefined || record.revoked) {
-          this.identities.set(command.name, { name: command.name, policies: [...command.policies], keys: [key], revoked: false, createdAtMs: command.nowMs });
+          this.identities.set(command.name, {
+            name: command.name,
+            policies: [...command.policies],
+            keys: [key],
+            revoked: false,
+            createdAtMs: command.nowMs,
+          });
           return APPLIED;
         }
-        if (command.reissue !== true) return refusal('EXISTS', `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue`);
+        if (command.reissue !== true)
+          return refusal(
+            'EXISTS',
+            `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue`,
+          );
         record.policies = [...command.policies];
         addIdentityKey(record, key);
         return APPLIED;
       }
       case 'identity-renew': {
         const record = this.identities.get(command.name);
-        if (record === undefined || record.revoked) return refusal('NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
-        addIdentityKey(record, { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen });
+        if (record === undefined || record.revoked)
+          return refusal('NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
+        addIdentityKey(record, {
+          key: command.key,
+          serial: command.serial,
+          issuedAtMs: command.nowMs,
+          caGen: command.caGen,
+        });
         return APPLIED;
       }
       case 'identity-revoke': {
@@ -160,7 +208,9 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   policiesOf(name: string): Policy[] {
     const record = this.identities.get(name);
     if (record === undefined) return [];
-    return record.policies.map((p) => (p === ROOT_POLICY.name ? ROOT_POLICY : this.policies.get(p))).filter((p): p is Policy => p !== undefined);
+    return record.policies
+      .map((p) => (p === ROOT_POLICY.name ? ROOT_POLICY : this.policies.get(p)))
+      .filter((p): p is Policy => p !== undefined);
   }
 
   /** The decision for an identity; policies that do not exist (any more) grant nothing. */
@@ -172,19 +222,30 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   snapshot(): unknown {
     return [
       [...this.policies.values()].map((p) => [p.name, p.rules]),
-      [...this.identities.values()].map((i) => [i.name, i.policies, i.keys.map((k) => [k.key, k.serial, k.issuedAtMs, k.caGen]), i.revoked, i.createdAtMs]),
+      [...this.identities.values()].map((i) => [
+        i.name,
+        i.policies,
+        i.keys.map((k) => [k.key, k.serial, k.issuedAtMs, k.caGen]),
+        i.revoked,
+        i.createdAtMs,
+      ]),
     ];
   }
 
   restore(image: unknown): void {
-    const [policies, identities] = image as [Array<[string, PolicyRule[]]>, Array<[string, string[], unknown[], boolean, number]>];
+    const [policies, identities] = image as [
+      Array<[string, PolicyRule[]]>,
+      Array<[string, string[], unknown[], boolean, number]>,
+    ];
     this.policies.clear();
     for (const [name, rules] of policies) this.policies.set(name, { name, rules });
     this.identities.clear();
     for (const [name, ps, keys, revoked, createdAtMs] of identities) {
       // Images from before keys were recorded list serials (strings): those certificates are not
       // bound to a key, so they are not accepted; such identities must be issued again.
-      const bound = keys.filter((k): k is [string, string, number, number] => Array.isArray(k)).map(([key, serial, issuedAtMs, caGen]) => ({ key, serial, issuedAtMs, caGen }));
+      const bound = keys
+        .filter((k): k is [string, string, number, number] => Array.isArray(k))
+        .map(([key, serial, issuedAtMs, caGen]) => ({ key, serial, issuedAtMs, caGen }));
       this.identities.set(name, { name, policies: ps, keys: bound, revoked, createdAtMs });
     }
   }
@@ -211,13 +272,31 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
     case 'identity-issue':
     case 'identity-renew': {
       const { policies, key, serial, nowMs, reissue, caGen } = c;
-      if (!IDENTITY_NAME_PATTERN.test(name)) return 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]';
-      if (typeof key !== 'string' || !KEY_PATTERN.test(key)) return 'an issued certificate names its public key (a SHA-256 digest)';
-      if (typeof serial !== 'string' || !SERIAL_PATTERN.test(serial) || typeof nowMs !== 'number') return 'an issued certificate needs a serial and a time';
-      if (typeof caGen !== 'number' || !Number.isSafeInteger(caGen) || caGen < 1) return 'an issued certificate names the CA generation that signed it';
+      if (!IDENTITY_NAME_PATTERN.test(name))
+        return 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]';
+      if (typeof key !== 'string' || !KEY_PATTERN.test(key))
+        return 'an issued certificate names its public key (a SHA-256 digest)';
+      if (typeof serial !== 'string' || !SERIAL_PATTERN.test(serial) || typeof nowMs !== 'number')
+        return 'an issued certificate needs a serial and a time';
+      if (typeof caGen !== 'number' || !Number.isSafeInteger(caGen) || caGen < 1)
+        return 'an issued certificate names the CA generation that signed it';
       if (c['op'] === 'identity-renew') return { op: 'identity-renew', name, key, serial, caGen, nowMs };
-      if (!Array.isArray(policies) || policies.length > IDENTITY_POLICIES_MAX || !policies.every((p) => typeof p === 'string')) return `policies are at most ${IDENTITY_POLICIES_MAX} names`;
-      return { op: 'identity-issue', name, policies: policies as string[], key, serial, caGen, nowMs, ...(reissue === true ? { reissue: true } : {}) };
+      if (
+        !Array.isArray(policies) ||
+        policies.length > IDENTITY_POLICIES_MAX ||
+        !policies.every((p) => typeof p === 'string')
+      )
+        return `policies are at most ${IDENTITY_POLICIES_MAX} names`;
+      return {
+        op: 'identity-issue',
+        name,
+        policies: policies as string[],
+        key,
+        serial,
+        caGen,
+        nowMs,
+        ...(reissue === true ? { reissue: true } : {}),
+      };
     }
     case 'identity-revoke':
       return { op: 'identity-revoke', name };
@@ -229,6 +308,7 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
 export function actorOf(raw: unknown): Actor | null | string {
   if (raw === undefined) return null;
   const a = raw as Partial<Actor> | null;
-  if (typeof a !== 'object' || a === null || typeof a.name !== 'string' || typeof a.key !== 'string') return 'the command names a malformed actor';
+  if (typeof a !== 'object' || a === null || typeof a.name !== 'string' || typeof a.key !== 'string')
+    return 'the command names a malformed actor';
   return { name: a.name, key: a.key };
 }

@@ -61,7 +61,10 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     const version: unknown = Array.isArray(image) ? image[0] : undefined;
     if (version !== IMAGE_VERSION) throw new Error(`unknown state image version ${String(version)}`);
     const partImages = (image as unknown[]).slice(1);
-    if (partImages.length < this.parts.length) throw new Error(`a state image of version ${IMAGE_VERSION} holds ${this.parts.length} parts, this one ${partImages.length}`);
+    if (partImages.length < this.parts.length)
+      throw new Error(
+        `a state image of version ${IMAGE_VERSION} holds ${this.parts.length} parts, this one ${partImages.length}`,
+      );
     for (const [k, part] of this.parts.entries()) part.restore(partImages[k]);
   }
 }

@@ -4,7 +4,6 @@ import type { NodeId } from '../raft/types.ts';
 import type { Actor } from './access-state.ts';
 import { refusal, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
 
-
 /** A cluster CA: the certificate and key managers sign with, replicated so a rotation applies everywhere at one index. */
 export interface CaRecord {
   readonly gen: number;
@@ -37,16 +36,34 @@ export type ClusterCommand =
    * rewrite that manager's audit directory cannot cut or replace what it held without verify
    * noticing. It only moves forward, unless `reset` (the manager started a new log on purpose).
    */
-  | { readonly kind: 'cluster.audit-anchor'; readonly id: NodeId; readonly seq: number; readonly hash: string; readonly reset: boolean }
+  | {
+      readonly kind: 'cluster.audit-anchor';
+      readonly id: NodeId;
+      readonly seq: number;
+      readonly hash: string;
+      readonly reset: boolean;
+    }
   | { readonly kind: 'cluster.removed'; readonly id: NodeId }
   /** A new join token (its hash): until `expiresAtMs` (proposer's clock), for `uses` joins (null: any number). */
-  | { readonly kind: 'cluster.join-token'; readonly hash: Uint8Array; readonly expiresAtMs: number | null; readonly uses: number | null }
+  | {
+      readonly kind: 'cluster.join-token';
+      readonly hash: Uint8Array;
+      readonly expiresAtMs: number | null;
+      readonly uses: number | null;
+    }
   /**
    * A manager joins with the token whose hash is given: checked and counted where it applies (so
    * a single-use token admits one manager however many leaders saw it), at the joiner's request
    * time; then the member is recorded with its address and key.
    */
-  | { readonly kind: 'cluster.join'; readonly tokenHash: Uint8Array; readonly nowMs: number; readonly id: NodeId; readonly address: string; readonly key: MemberKey }
+  | {
+      readonly kind: 'cluster.join';
+      readonly tokenHash: Uint8Array;
+      readonly nowMs: number;
+      readonly id: NodeId;
+      readonly address: string;
+      readonly key: MemberKey;
+    }
   | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean }
   | { readonly kind: 'cluster.recovery-key'; readonly publicKey: Uint8Array };
 
@@ -90,13 +107,23 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
   static encode(command: ClusterCommand): EncodedCommand {
     switch (command.kind) {
       case 'cluster.member':
-        return { kind: command.kind, data: packr.pack(command.key === undefined ? [command.id, command.address] : [command.id, command.address, command.key.key, command.key.caGen]) };
+        return {
+          kind: command.kind,
+          data: packr.pack(
+            command.key === undefined
+              ? [command.id, command.address]
+              : [command.id, command.address, command.key.key, command.key.caGen],
+          ),
+        };
       case 'cluster.member-key':
         return { kind: command.kind, data: packr.pack([command.id, command.key.key, command.key.caGen]) };
       case 'cluster.ca-install':
         return { kind: command.kind, data: packr.pack([command.certPem, command.keyPem]) };
       case 'cluster.ca-add':
-        return { kind: command.kind, data: packr.pack([command.ca.gen, command.ca.certPem, command.ca.keyPem, command.ca.crossPem]) };
+        return {
+          kind: command.kind,
+          data: packr.pack([command.ca.gen, command.ca.certPem, command.ca.keyPem, command.ca.crossPem]),
+        };
       case 'cluster.ca-retire':
         return { kind: command.kind, data: packr.pack([command.gen]) };
       case 'cluster.audit-anchor':
@@ -106,7 +133,17 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
       case 'cluster.join-token':
         return { kind: command.kind, data: packr.pack([command.hash, command.expiresAtMs, command.uses]) };
       case 'cluster.join':
-        return { kind: command.kind, data: packr.pack([command.tokenHash, command.nowMs, command.id, command.address, command.key.key, command.key.caGen]) };
+        return {
+          kind: command.kind,
+          data: packr.pack([
+            command.tokenHash,
+            command.nowMs,
+            command.id,
+            command.address,
+            command.key.key,
+            command.key.caGen,
+          ]),
+        };
       case 'cluster.hold-learner':
         return { kind: command.kind, data: packr.pack([command.id, command.held]) };
       case 'cluster.recovery-key':
@@ -133,7 +170,8 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
   apply(command: ClusterCommand): ClusterResult {
     switch (command.kind) {
       case 'cluster.member': {
-        if (this.removed.has(command.id)) return refusal('PRECONDITION', `manager ${command.id} was removed; it cannot come back under that id`);
+        if (this.removed.has(command.id))
+          return refusal('PRECONDITION', `manager ${command.id} was removed; it cannot come back under that id`);
         this.addresses.set(command.id, command.address);
         if (command.key !== undefined) this.#addMemberKey(command.id, command.key);
         return APPLIED;
@@ -152,24 +190,38 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
         const { gen } = command.ca;
         const active = this.cas[this.cas.length - 1];
         if (active === undefined) return refusal('PRECONDITION', 'no CA is installed yet');
-        if (this.cas.length >= CAS_MAX) return refusal('PRECONDITION', `CA generation ${this.cas[0]!.gen} is still trusted: retire it first (coffer ca retire)`);
-        if (gen !== active.gen + 1) return refusal('PRECONDITION', `the next CA generation is ${active.gen + 1}, not ${gen}`);
+        if (this.cas.length >= CAS_MAX)
+          return refusal(
+            'PRECONDITION',
+            `CA generation ${this.cas[0]!.gen} is still trusted: retire it first (coffer ca retire)`,
+          );
+        if (gen !== active.gen + 1)
+          return refusal('PRECONDITION', `the next CA generation is ${active.gen + 1}, not ${gen}`);
         this.cas = [...this.cas, command.ca];
         return APPLIED;
       }
       case 'cluster.audit-anchor': {
         const { id, seq, hash, reset } = command;
         const known = this.auditAnchors.get(id);
-        if (known !== undefined && seq < known.seq && !reset) return refusal('PRECONDITION', `manager ${id}'s audit log went back from record ${known.seq} to ${seq} without a reset: it was cut or replaced`);
+        if (known !== undefined && seq < known.seq && !reset)
+          return refusal(
+            'PRECONDITION',
+            `manager ${id}'s audit log went back from record ${known.seq} to ${seq} without a reset: it was cut or replaced`,
+          );
         this.auditAnchors.set(id, { seq, hash, resets: (known?.resets ?? 0) + (reset ? 1 : 0) });
         return APPLIED;
       }
       case 'cluster.ca-retire': {
         const { gen } = command;
-        if (this.cas.length < 2 || this.cas[0]!.gen !== gen) return refusal('PRECONDITION', `CA generation ${gen} is not the one being replaced`);
+        if (this.cas.length < 2 || this.cas[0]!.gen !== gen)
+          return refusal('PRECONDITION', `CA generation ${gen} is not the one being replaced`);
         this.cas = this.cas.slice(1);
         // Managers' keys certified only by the retired CA go with it.
-        for (const [id, keys] of this.memberKeys) this.memberKeys.set(id, keys.filter((k) => k.caGen > gen));
+        for (const [id, keys] of this.memberKeys)
+          this.memberKeys.set(
+            id,
+            keys.filter((k) => k.caGen > gen),
+          );
         this.#onCaRetired(gen);
         return APPLIED;
       }
@@ -211,9 +263,16 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
 
   /** Null if a join with the token whose hash is `tokenHash` may proceed at `nowMs`; else why not. */
   joinTokenRefusal(tokenHash: Uint8Array, nowMs: number): string | null {
-    if (this.joinTokenHash === null || tokenHash.byteLength !== this.joinTokenHash.byteLength || !timingSafeEqual(this.joinTokenHash, tokenHash)) return 'the join token is not valid: it was rotated, or it is not this cluster\'s';
-    if (this.joinTokenExpiresAtMs !== null && nowMs >= this.joinTokenExpiresAtMs) return `the join token expired at ${new Date(this.joinTokenExpiresAtMs).toISOString()}; make a new one with coffer cluster rotate-join-token`;
-    if (this.joinTokenUsesLeft !== null && this.joinTokenUsesLeft <= 0) return 'the join token was used up (it was made for a limited number of joins); make a new one with coffer cluster rotate-join-token';
+    if (
+      this.joinTokenHash === null ||
+      tokenHash.byteLength !== this.joinTokenHash.byteLength ||
+      !timingSafeEqual(this.joinTokenHash, tokenHash)
+    )
+      return "the join token is not valid: it was rotated, or it is not this cluster's";
+    if (this.joinTokenExpiresAtMs !== null && nowMs >= this.joinTokenExpiresAtMs)
+      return `the join token expired at ${new Date(this.joinTokenExpiresAtMs).toISOString()}; make a new one with coffer cluster rotate-join-token`;
+    if (this.joinTokenUsesLeft !== null && this.joinTokenUsesLeft <= 0)
+      return 'the join token was used up (it was made for a limited number of joins); make a new one with coffer cluster rotate-join-token';
     return null;
   }
 
@@ -243,7 +302,17 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
 
   restore(image: unknown): void {
     // Images written before held learners existed have three fields.
-    const [addresses, removed, hash, held = [], recovery = null, cas = [], memberKeys = [], [tokenExpiresAtMs, tokenUsesLeft] = [null, null], anchors = []] = image as [
+    const [
+      addresses,
+      removed,
+      hash,
+      held = [],
+      recovery = null,
+      cas = [],
+      memberKeys = [],
+      [tokenExpiresAtMs, tokenUsesLeft] = [null, null],
+      anchors = [],
+    ] = image as [
       Array<[number, string]>,
       number[],
       Uint8Array | null,
@@ -268,7 +337,11 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
     this.recoveryPublicKey = recovery === null ? null : Buffer.from(recovery);
     this.cas = cas.map(([gen, certPem, keyPem, crossPem]) => ({ gen, certPem, keyPem, crossPem }));
     this.memberKeys.clear();
-    for (const [id, keys] of memberKeys) this.memberKeys.set(id, keys.map(([key, caGen]) => ({ key, caGen })));
+    for (const [id, keys] of memberKeys)
+      this.memberKeys.set(
+        id,
+        keys.map(([key, caGen]) => ({ key, caGen })),
+      );
   }
 }
 
@@ -287,7 +360,8 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
   switch (kind) {
     case 'cluster.member': {
       const [id, address, key, caGen] = fields as unknown[];
-      if (!isId(id) || typeof address !== 'string' || address.length > 300) return 'a member needs an id and a host:port';
+      if (!isId(id) || typeof address !== 'string' || address.length > 300)
+        return 'a member needs an id and a host:port';
       if (key === undefined) return { kind, id, address };
       const memberKey = memberKeyOf(key, caGen);
       if (memberKey === null) return 'a member key is a SHA-256 digest and a CA generation';
@@ -296,7 +370,8 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
     case 'cluster.member-key': {
       const [id, key, caGen] = fields as unknown[];
       const memberKey = memberKeyOf(key, caGen);
-      if (!isId(id) || memberKey === null) return 'a member key needs a member id, a SHA-256 digest and a CA generation';
+      if (!isId(id) || memberKey === null)
+        return 'a member key needs a member id, a SHA-256 digest and a CA generation';
       return { kind, id, key: memberKey };
     }
     case 'cluster.ca-install': {
@@ -306,17 +381,33 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
     }
     case 'cluster.ca-add': {
       const [gen, certPem, keyPem, crossPem] = fields as unknown[];
-      if (typeof gen !== 'number' || typeof certPem !== 'string' || typeof keyPem !== 'string' || typeof crossPem !== 'string') return 'a new CA needs a generation, a certificate, a key and a cross-signed certificate';
+      if (
+        typeof gen !== 'number' ||
+        typeof certPem !== 'string' ||
+        typeof keyPem !== 'string' ||
+        typeof crossPem !== 'string'
+      )
+        return 'a new CA needs a generation, a certificate, a key and a cross-signed certificate';
       return { kind, ca: { gen, certPem, keyPem, crossPem } };
     }
     case 'cluster.ca-retire': {
       const [gen] = fields as unknown[];
-      if (typeof gen !== 'number' || !Number.isSafeInteger(gen) || gen < 1) return 'a CA retirement names a CA generation';
+      if (typeof gen !== 'number' || !Number.isSafeInteger(gen) || gen < 1)
+        return 'a CA retirement names a CA generation';
       return { kind, gen };
     }
     case 'cluster.audit-anchor': {
       const [id, seq, hash, reset] = fields as unknown[];
-      if (!isId(id) || typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0 || typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash) || typeof reset !== 'boolean') return 'an audit anchor is a manager id, a record number, its hash and a reset flag';
+      if (
+        !isId(id) ||
+        typeof seq !== 'number' ||
+        !Number.isSafeInteger(seq) ||
+        seq < 0 ||
+        typeof hash !== 'string' ||
+        !/^[0-9a-f]{64}$/.test(hash) ||
+        typeof reset !== 'boolean'
+      )
+        return 'an audit anchor is a manager id, a record number, its hash and a reset flag';
       return { kind, id, seq, hash, reset };
     }
     case 'cluster.removed': {
@@ -329,13 +420,22 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
       const [hash, expiresAtMs = null, uses = null] = fields as unknown[];
       if (!(hash instanceof Uint8Array) || hash.byteLength !== 32) return 'a join token hash has 32 bytes';
       if (expiresAtMs !== null && typeof expiresAtMs !== 'number') return 'a join token expiry is a time';
-      if (uses !== null && !(typeof uses === 'number' && Number.isSafeInteger(uses) && uses >= 1)) return 'a join token admits at least one join';
+      if (uses !== null && !(typeof uses === 'number' && Number.isSafeInteger(uses) && uses >= 1))
+        return 'a join token admits at least one join';
       return { kind, hash, expiresAtMs, uses };
     }
     case 'cluster.join': {
       const [tokenHash, nowMs, id, address, key, caGen] = fields as unknown[];
       const memberKey = memberKeyOf(key, caGen);
-      if (!(tokenHash instanceof Uint8Array) || typeof nowMs !== 'number' || !isId(id) || typeof address !== 'string' || address.length > 300 || memberKey === null) return 'a join needs a token, a time, an id, an address and a key';
+      if (
+        !(tokenHash instanceof Uint8Array) ||
+        typeof nowMs !== 'number' ||
+        !isId(id) ||
+        typeof address !== 'string' ||
+        address.length > 300 ||
+        memberKey === null
+      )
+        return 'a join needs a token, a time, an id, an address and a key';
       return { kind, tokenHash, nowMs, id, address, key: memberKey };
     }
     case 'cluster.hold-learner': {
@@ -345,7 +445,8 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
     }
     case 'cluster.recovery-key': {
       const [publicKey] = fields as unknown[];
-      if (!(publicKey instanceof Uint8Array) || publicKey.byteLength !== 32) return 'a recovery public key has 32 bytes';
+      if (!(publicKey instanceof Uint8Array) || publicKey.byteLength !== 32)
+        return 'a recovery public key has 32 bytes';
       return { kind, publicKey };
     }
     default:
@@ -355,5 +456,11 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
 
 /** A member key (a SHA-256 digest, hex, and the CA generation that certified it), or null if these are not one. */
 function memberKeyOf(key: unknown, caGen: unknown): MemberKey | null {
-  return typeof key === 'string' && /^[0-9a-f]{64}$/.test(key) && typeof caGen === 'number' && Number.isSafeInteger(caGen) && caGen >= 1 ? { key, caGen } : null;
+  return typeof key === 'string' &&
+    /^[0-9a-f]{64}$/.test(key) &&
+    typeof caGen === 'number' &&
+    Number.isSafeInteger(caGen) &&
+    caGen >= 1
+    ? { key, caGen }
+    : null;
 }

@@ -51,21 +51,29 @@ export const IDENTITY_VALUE_BYTES_MAX = 256 * 1024 * 1024;
 /** Why a secret name is not acceptable, or null. */
 export function secretNameProblem(name: string): string | null {
   if (typeof name !== 'string' || name.length === 0) return 'a secret name is required';
-  if (Buffer.byteLength(name) > SECRET_NAME_BYTES_MAX) return `a secret name has at most ${SECRET_NAME_BYTES_MAX} bytes`;
-  if (!SECRET_NAME_PATTERN.test(name)) return 'a secret name is segments of letters, digits, ".", "_" and "-" joined by "/"';
+  if (Buffer.byteLength(name) > SECRET_NAME_BYTES_MAX)
+    return `a secret name has at most ${SECRET_NAME_BYTES_MAX} bytes`;
+  if (!SECRET_NAME_PATTERN.test(name))
+    return 'a secret name is segments of letters, digits, ".", "_" and "-" joined by "/"';
   // "." and ".." would read like paths to policies and people; they are not names.
-  if (name.split('/').some((segment) => segment === '.' || segment === '..')) return 'a secret name has no "." or ".." segments';
+  if (name.split('/').some((segment) => segment === '.' || segment === '..'))
+    return 'a secret name has no "." or ".." segments';
   return null;
 }
 
 export function labelProblem(label: string): string | null {
-  if (!LABEL_PATTERN.test(label)) return `a label is a lower-case letter then up to 31 of [a-z0-9_-]; "${label.slice(0, 40)}" is not`;
+  if (!LABEL_PATTERN.test(label))
+    return `a label is a lower-case letter then up to 31 of [a-z0-9_-]; "${label.slice(0, 40)}" is not`;
   return null;
 }
 
 /** Bytes for a message: `512 KiB`, `1.5 MiB`, `800 bytes`. */
 export function formatBytes(bytes: number): string {
-  const units: Array<[number, string]> = [[1024 ** 3, 'GiB'], [1024 ** 2, 'MiB'], [1024, 'KiB']];
+  const units: Array<[number, string]> = [
+    [1024 ** 3, 'GiB'],
+    [1024 ** 2, 'MiB'],
+    [1024, 'KiB'],
+  ];
   for (const [size, unit] of units) {
     if (bytes >= size) return `${Math.floor((bytes / size) * 10) / 10} ${unit}`;
   }

@@ -46,16 +46,26 @@ export const ROOT_POLICY: Policy = { name: 'root', rules: [{ path: '**', capabil
 
 /** What is wrong with a policy, or null. */
 export function policyProblem(policy: { name: unknown; rules: unknown }): string | null {
-  if (typeof policy.name !== 'string' || !POLICY_NAME_PATTERN.test(policy.name)) return 'a policy name is a lower-case letter then up to 63 of [a-z0-9_-]';
+  if (typeof policy.name !== 'string' || !POLICY_NAME_PATTERN.test(policy.name))
+    return 'a policy name is a lower-case letter then up to 63 of [a-z0-9_-]';
   if (policy.name === ROOT_POLICY.name) return 'the root policy is built in and cannot be changed';
   if (!Array.isArray(policy.rules) || policy.rules.length === 0) return 'a policy needs at least one rule';
   if (policy.rules.length > POLICY_RULES_MAX) return `a policy has at most ${POLICY_RULES_MAX} rules`;
   for (const [k, rule] of (policy.rules as unknown[]).entries()) {
     const r = rule as Partial<PolicyRule>;
-    if (typeof r.path !== 'string' || r.path.length === 0 || r.path.length > 256 || !r.path.split('/').every((s) => GLOB_SEGMENT.test(s) && (s === '**' || !s.includes('**')))) {
+    if (
+      typeof r.path !== 'string' ||
+      r.path.length === 0 ||
+      r.path.length > 256 ||
+      !r.path.split('/').every((s) => GLOB_SEGMENT.test(s) && (s === '**' || !s.includes('**')))
+    ) {
       return `rule ${k + 1}: the path is segments of [A-Za-z0-9._-] and "*" joined by "/", "**" standing alone`;
     }
-    if (!Array.isArray(r.capabilities) || r.capabilities.length === 0 || !r.capabilities.every((c) => (CAPABILITIES as readonly string[]).includes(c))) {
+    if (
+      !Array.isArray(r.capabilities) ||
+      r.capabilities.length === 0 ||
+      !r.capabilities.every((c) => (CAPABILITIES as readonly string[]).includes(c))
+    ) {
       return `rule ${k + 1}: capabilities are some of ${CAPABILITIES.join(', ')}`;
     }
     if (typeof r.deny !== 'boolean') return `rule ${k + 1}: deny is true or false`;
@@ -73,7 +83,10 @@ const ANY_SEGMENT = '*';
  * least one `**` matches exactly the sequences of k or more segments, whatever its order, since
  * `*` matches any one segment: every rewrite below keeps k and a `**`, so keeps the meaning.
  */
-function rewriteWildcardRuns(segments: readonly string[], rewrite: (stars: number, hasAnySegments: boolean) => string[]): string[] {
+function rewriteWildcardRuns(
+  segments: readonly string[],
+  rewrite: (stars: number, hasAnySegments: boolean) => string[],
+): string[] {
   const out: string[] = [];
   let run: string[] = [];
   const endRun = (): void => {
@@ -98,7 +111,9 @@ function repeat(segment: string, times: number): string[] {
 
 /** The normal form: a run with a `**` is its `*` segments then one `**`; other runs are left alone. */
 function normalSegments(glob: string): string[] {
-  return rewriteWildcardRuns(glob.split('/'), (stars, hasAnySegments) => (hasAnySegments ? [...repeat(ANY_SEGMENT, stars), ANY_SEGMENTS] : repeat(ANY_SEGMENT, stars)));
+  return rewriteWildcardRuns(glob.split('/'), (stars, hasAnySegments) =>
+    hasAnySegments ? [...repeat(ANY_SEGMENT, stars), ANY_SEGMENTS] : repeat(ANY_SEGMENT, stars),
+  );
 }
 
 /**
@@ -112,7 +127,11 @@ export function normalizeGlob(glob: string): string {
 
 /** The rules with their globs in normal form, as a policy is to be stored (call after policyProblem). */
 export function normalizePolicyRules(rules: readonly PolicyRule[]): PolicyRule[] {
-  return rules.map((rule) => ({ path: normalizeGlob(rule.path), capabilities: [...rule.capabilities], deny: rule.deny }));
+  return rules.map((rule) => ({
+    path: normalizeGlob(rule.path),
+    capabilities: [...rule.capabilities],
+    deny: rule.deny,
+  }));
 }
 
 // --- Compiled globs ------------------------------------------------------------------------------
@@ -136,7 +155,9 @@ interface CompiledGlob {
 
 function compileGlob(glob: string): CompiledGlob {
   const normal = normalSegments(glob);
-  const segments = normal.map((s): SegmentPattern => (s === ANY_SEGMENTS ? ANY_SEGMENTS : { text: s, parts: s.split('*') }));
+  const segments = normal.map(
+    (s): SegmentPattern => (s === ANY_SEGMENTS ? ANY_SEGMENTS : { text: s, parts: s.split('*') }),
+  );
   const texts = normal.filter((s) => s !== ANY_SEGMENTS);
   const wildcards = texts.reduce((n, s) => n + s.split('*').length - 1, 0);
   const literals = texts.reduce((n, s) => n + s.length, 0) - wildcards;
@@ -205,7 +226,8 @@ function segmentGlobMatches(pattern: { readonly parts: readonly string[] }, segm
   const first = parts[0]!;
   if (parts.length === 1) return segment === first;
   const last = parts[parts.length - 1]!;
-  if (segment.length < first.length + last.length || !segment.startsWith(first) || !segment.endsWith(last)) return false;
+  if (segment.length < first.length + last.length || !segment.startsWith(first) || !segment.endsWith(last))
+    return false;
   let at = first.length;
   const end = segment.length - last.length;
   for (let k = 1; k < parts.length - 1; k++) {
@@ -256,7 +278,11 @@ export function decide(policies: readonly Policy[], capability: Capability, path
  * Solves a predicate on pairs (i, j), 0 <= i <= rows, 0 <= j <= cols, whose `step` reads other
  * pairs with larger i or j only: each pair is worked out once, so O(rows x cols) steps.
  */
-function solvePairs(rows: number, cols: number, step: (i: number, j: number, at: (i: number, j: number) => boolean) => boolean): boolean {
+function solvePairs(
+  rows: number,
+  cols: number,
+  step: (i: number, j: number, at: (i: number, j: number) => boolean) => boolean,
+): boolean {
   const known = new Uint8Array((rows + 1) * (cols + 1)); // 0: not yet, 1: true, 2: false
   const at = (i: number, j: number): boolean => {
     const key = i * (cols + 1) + j;
@@ -273,7 +299,12 @@ function solvePairs(rows: number, cols: number, step: (i: number, j: number, at:
  * by outer's stars: then every element sequence inner matches, outer matches (fill in inner's
  * stars; outer's stars take the same). `itemCovers` decides for two non-star items.
  */
-function wordCovers<T>(outer: readonly T[], inner: readonly T[], isStar: (item: T) => boolean, itemCovers: (outer: T, inner: T) => boolean): boolean {
+function wordCovers<T>(
+  outer: readonly T[],
+  inner: readonly T[],
+  isStar: (item: T) => boolean,
+  itemCovers: (outer: T, inner: T) => boolean,
+): boolean {
   return solvePairs(outer.length, inner.length, (i, j, at) => {
     if (i === outer.length) return j === inner.length;
     if (isStar(outer[i]!)) return at(i + 1, j) || (j < inner.length && at(i, j + 1));
@@ -287,7 +318,12 @@ function wordCovers<T>(outer: readonly T[], inner: readonly T[], isStar: (item: 
  * each next element is taken by a star on one side (i or j moves on, or the other side's star is
  * done) or by two non-star items that share an element.
  */
-function wordsIntersect<T>(a: readonly T[], b: readonly T[], isStar: (item: T) => boolean, itemsIntersect: (a: T, b: T) => boolean): boolean {
+function wordsIntersect<T>(
+  a: readonly T[],
+  b: readonly T[],
+  isStar: (item: T) => boolean,
+  itemsIntersect: (a: T, b: T) => boolean,
+): boolean {
   return solvePairs(a.length, b.length, (i, j, at) => {
     if (i < a.length && isStar(a[i]!)) return at(i + 1, j) || (j < b.length && at(i, j + 1));
     if (j < b.length && isStar(b[j]!)) return at(i, j + 1) || (i < a.length && at(i + 1, j));
@@ -322,7 +358,9 @@ function segmentGlobsIntersect(a: string, b: string): boolean {
  */
 function outerSegments(glob: string): string[] {
   return rewriteWildcardRuns(glob.split('/'), (stars, hasAnySegments) =>
-    hasAnySegments ? [ANY_SEGMENTS, ...repeat(ANY_SEGMENT, stars).flatMap((s) => [s, ANY_SEGMENTS])] : repeat(ANY_SEGMENT, stars),
+    hasAnySegments
+      ? [ANY_SEGMENTS, ...repeat(ANY_SEGMENT, stars).flatMap((s) => [s, ANY_SEGMENTS])]
+      : repeat(ANY_SEGMENT, stars),
   );
 }
 

@@ -1,8 +1,29 @@
 import { packr } from '../codec/msgpack.ts';
 import { actorOf, type Actor } from './access-state.ts';
-import { RefusalError, certificateRefusal, refusal, type Authority, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
-import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX, LABEL_PATTERN, RESERVED_LABELS, SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, USER_LABELS_MAX, VERSIONS_KEPT_DEFAULT, VERSIONS_KEPT_MAX, formatBytes, labelProblem, secretNameProblem } from './limits.ts';
-
+import {
+  RefusalError,
+  certificateRefusal,
+  refusal,
+  type Authority,
+  type DecodedCommand,
+  type EncodedCommand,
+  type Refusal,
+  type StatePart,
+} from './state-part.ts';
+import {
+  IDENTITY_SECRETS_MAX,
+  IDENTITY_VALUE_BYTES_MAX,
+  LABEL_PATTERN,
+  RESERVED_LABELS,
+  SECRET_VALUE_BYTES_MAX,
+  TTL_MS_MAX,
+  USER_LABELS_MAX,
+  VERSIONS_KEPT_DEFAULT,
+  VERSIONS_KEPT_MAX,
+  formatBytes,
+  labelProblem,
+  secretNameProblem,
+} from './limits.ts';
 
 /** What a secret command returns when it applies: the version it wrote or left current (for the sweep: how many it wiped). */
 export interface SecretApplied {
@@ -13,7 +34,15 @@ export type SecretResult = SecretApplied | Refusal;
 
 /** Commands, as proposed. Times come from the proposer, so applying them is deterministic. */
 export type SecretCommand =
-  | { readonly op: 'put'; readonly name: string; readonly value: Uint8Array; readonly cas: number | null; readonly expireAtMs: number | null; readonly versionsKept: number | null; readonly nowMs: number }
+  | {
+      readonly op: 'put';
+      readonly name: string;
+      readonly value: Uint8Array;
+      readonly cas: number | null;
+      readonly expireAtMs: number | null;
+      readonly versionsKept: number | null;
+      readonly nowMs: number;
+    }
   | { readonly op: 'delete'; readonly name: string }
   | { readonly op: 'undelete'; readonly name: string }
   | { readonly op: 'destroy'; readonly name: string; readonly versions: readonly number[] }
@@ -148,7 +177,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     const revoked = certificateRefusal(authority, actor, 'write');
     if (revoked !== null) return revoked;
     for (const capability of needed.capabilities) {
-      if (!authority.decide(actor.name, capability, needed.name).allowed) return refusal('DENIED', `identity "${actor.name}" may not ${capability} "${needed.name}"`);
+      if (!authority.decide(actor.name, capability, needed.name).allowed)
+        return refusal('DENIED', `identity "${actor.name}" may not ${capability} "${needed.name}"`);
     }
     return null;
   }
@@ -166,7 +196,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    */
   requiredCapabilities(command: SecretCommand): { name: string; capabilities: Array<'write' | 'delete'> } | null {
     if (command.op === 'expire') return null;
-    if (command.op === 'delete' || command.op === 'undelete' || command.op === 'destroy') return { name: command.name, capabilities: ['delete'] };
+    if (command.op === 'delete' || command.op === 'undelete' || command.op === 'destroy')
+      return { name: command.name, capabilities: ['delete'] };
     if (command.op !== 'put') return { name: command.name, capabilities: ['write'] };
     const secret = this.#secrets.get(command.name);
     const wipes = secret !== undefined && command.versionsKept !== null && command.versionsKept < secret.versions.size;
@@ -198,10 +229,16 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         const secret = this.#secrets.get(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         const version = secret.versions.get(command.version);
-        if (version === undefined) return refusal('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
-        if (version.value === null) return refusal('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
+        if (version === undefined)
+          return refusal('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
+        if (version.value === null)
+          return refusal('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
         const userLabels = [...secret.labels.keys()].filter((l) => !isReservedLabel(l));
-        if (!secret.labels.has(command.label) && !isReservedLabel(command.label) && userLabels.length >= USER_LABELS_MAX) {
+        if (
+          !secret.labels.has(command.label) &&
+          !isReservedLabel(command.label) &&
+          userLabels.length >= USER_LABELS_MAX
+        ) {
           return refusal('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
         }
         secret.labels.set(command.label, command.version);
@@ -210,8 +247,10 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       case 'unlabel': {
         const secret = this.#secrets.get(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
-        if (isReservedLabel(command.label)) return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
-        if (!secret.labels.delete(command.label)) return refusal('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
+        if (isReservedLabel(command.label))
+          return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
+        if (!secret.labels.delete(command.label))
+          return refusal('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
         return { ok: true, version: secret.lastVersion };
       }
       case 'expire': {
@@ -234,21 +273,43 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     let secret = this.#secrets.get(command.name);
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
-      return refusal('CAS_MISMATCH', command.cas === 0 ? `secret "${command.name}" already exists (version ${secret?.lastVersion})` : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`);
+      return refusal(
+        'CAS_MISMATCH',
+        command.cas === 0
+          ? `secret "${command.name}" already exists (version ${secret?.lastVersion})`
+          : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`,
+      );
     }
     if (writer !== null) {
       const problem = this.#quotaProblem(writer, secret, command);
       if (problem !== null) return refusal('LIMIT', problem);
     }
     if (secret === undefined) {
-      secret = { name: command.name, versions: new Map(), lastVersion: 0, labels: new Map(), deleted: false, versionsKept: VERSIONS_KEPT_DEFAULT, createdAtMs: command.nowMs, updatedAtMs: command.nowMs, creator: writer };
+      secret = {
+        name: command.name,
+        versions: new Map(),
+        lastVersion: 0,
+        labels: new Map(),
+        deleted: false,
+        versionsKept: VERSIONS_KEPT_DEFAULT,
+        createdAtMs: command.nowMs,
+        updatedAtMs: command.nowMs,
+        creator: writer,
+      };
       this.#secrets.set(command.name, secret);
       this.#charge(writer, 1, 0);
     }
     if (command.versionsKept !== null) secret.versionsKept = command.versionsKept;
     const version = secret.lastVersion + 1;
     const value = ownedCopy(command.value);
-    secret.versions.set(version, { version, value, createdAtMs: command.nowMs, expireAtMs: command.expireAtMs, expired: false, writer });
+    secret.versions.set(version, {
+      version,
+      value,
+      createdAtMs: command.nowMs,
+      expireAtMs: command.expireAtMs,
+      expired: false,
+      writer,
+    });
     this.#charge(writer, 0, value.byteLength);
     secret.lastVersion = version;
     secret.deleted = false;
@@ -279,7 +340,11 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    * creator; the value's bytes count for the writer, less what the versions it drops (versions
    * kept) held for the same writer, so a put that frees as much as it adds always passes.
    */
-  #quotaProblem(writer: string, secret: SecretRecord | undefined, command: Extract<SecretCommand, { op: 'put' }>): string | null {
+  #quotaProblem(
+    writer: string,
+    secret: SecretRecord | undefined,
+    command: Extract<SecretCommand, { op: 'put' }>,
+  ): string | null {
     const usage = this.usage(writer);
     if (secret === undefined && usage.secrets >= this.#identitySecretsMax) {
       return `identity "${writer}" has created ${usage.secrets} secrets, the most one identity may (IDENTITY_SECRETS_MAX); write new versions of its secrets instead (a name stays taken after delete and destroy)`;
@@ -287,7 +352,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     let freed = 0;
     if (secret !== undefined) {
       const oldest = secret.lastVersion + 1 - (command.versionsKept ?? secret.versionsKept);
-      for (const v of secret.versions.values()) if (v.version <= oldest && v.writer === writer && v.value !== null) freed += v.value.byteLength;
+      for (const v of secret.versions.values())
+        if (v.version <= oldest && v.writer === writer && v.value !== null) freed += v.value.byteLength;
     }
     const after = usage.valueBytes - freed + command.value.byteLength;
     if (after > this.#identityValueBytesMax && after > usage.valueBytes) {
@@ -314,7 +380,11 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   /** A version's value: by number, by label, or the current one. Throws RefusalError. */
-  read(name: string, selector: { version?: number; label?: string }, nowMs: number): { value: Buffer; version: number } {
+  read(
+    name: string,
+    selector: { version?: number; label?: string },
+    nowMs: number,
+  ): { value: Buffer; version: number } {
     const secret = this.#secrets.get(name);
     if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
     if (secret.deleted) throw new RefusalError('DELETED', `secret "${name}" is deleted; undelete it to read it`);
@@ -326,10 +396,17 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     }
     const version = secret.versions.get(number);
     if (version === undefined) {
-      throw new RefusalError('NOT_FOUND', number > secret.lastVersion || number < 1 ? `secret "${name}" has no version ${number}` : `secret "${name}": version ${number} is no longer kept (the last ${secret.versionsKept} are)`);
+      throw new RefusalError(
+        'NOT_FOUND',
+        number > secret.lastVersion || number < 1
+          ? `secret "${name}" has no version ${number}`
+          : `secret "${name}": version ${number} is no longer kept (the last ${secret.versionsKept} are)`,
+      );
     }
-    if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs)) throw new RefusalError('EXPIRED', `secret "${name}": version ${number} expired`);
-    if (version.value === null) throw new RefusalError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
+    if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs))
+      throw new RefusalError('EXPIRED', `secret "${name}": version ${number} expired`);
+    if (version.value === null)
+      throw new RefusalError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
     return { value: version.value, version: number };
   }
 
@@ -355,7 +432,13 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   /** Names under a prefix in order, after `after` (the page token), at most `limit`. */
-  list(prefix: string, after: string, limit: number, includeDeleted: boolean, visible: (name: string) => boolean = () => true): { secrets: SecretMetadata[]; next: string } {
+  list(
+    prefix: string,
+    after: string,
+    limit: number,
+    includeDeleted: boolean,
+    visible: (name: string) => boolean = () => true,
+  ): { secrets: SecretMetadata[]; next: string } {
     const names = [...this.#secrets.keys()].filter((n) => n.startsWith(prefix) && n > after).sort();
     const page: SecretMetadata[] = [];
     for (const name of names) {
@@ -371,7 +454,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   nextExpiryMs(): number | null {
     let next: number | null = null;
     for (const secret of this.#secrets.values()) {
-      for (const v of secret.versions.values()) if (v.value !== null && v.expireAtMs !== null && (next === null || v.expireAtMs < next)) next = v.expireAtMs;
+      for (const v of secret.versions.values())
+        if (v.value !== null && v.expireAtMs !== null && (next === null || v.expireAtMs < next)) next = v.expireAtMs;
     }
     return next;
   }
@@ -400,11 +484,43 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     this.#secrets.clear();
     this.#usage.clear();
     const identity = (value: unknown): string | null => (typeof value === 'string' ? value : null);
-    type Row = [string, Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>, number, Array<[string, number]>, boolean, number, number, number, unknown?];
-    for (const [name, versions, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator] of image as Row[]) {
+    type Row = [
+      string,
+      Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>,
+      number,
+      Array<[string, number]>,
+      boolean,
+      number,
+      number,
+      number,
+      unknown?,
+    ];
+    for (const [
+      name,
+      versions,
+      lastVersion,
+      labels,
+      deleted,
+      versionsKept,
+      createdAtMs,
+      updatedAtMs,
+      creator,
+    ] of image as Row[]) {
       const secret: SecretRecord = {
         name,
-        versions: new Map(versions.map(([version, value, created, expireAtMs, expired, writer]) => [version, { version, value: value === null ? null : ownedCopy(value), createdAtMs: created, expireAtMs, expired, writer: identity(writer) }])),
+        versions: new Map(
+          versions.map(([version, value, created, expireAtMs, expired, writer]) => [
+            version,
+            {
+              version,
+              value: value === null ? null : ownedCopy(value),
+              createdAtMs: created,
+              expireAtMs,
+              expired,
+              writer: identity(writer),
+            },
+          ]),
+        ),
         lastVersion,
         labels: new Map(labels),
         deleted,
@@ -442,7 +558,8 @@ function checkedSecretCommand(kind: string, value: unknown): SecretCommand | str
   const c = value as Record<string, unknown>;
   if (kind !== `secret.${String(c['op'])}`) return `the ${kind} command names another operation`;
   const int = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
-  if (c['op'] === 'expire') return int(c['nowMs']) ? { op: 'expire', nowMs: c['nowMs'] } : 'an expiry sweep needs a time';
+  if (c['op'] === 'expire')
+    return int(c['nowMs']) ? { op: 'expire', nowMs: c['nowMs'] } : 'an expiry sweep needs a time';
   const name = c['name'];
   if (typeof name !== 'string') return 'a secret command needs a name';
   const nameProblem = secretNameProblem(name);
@@ -454,8 +571,10 @@ function checkedSecretCommand(kind: string, value: unknown): SecretCommand | str
       if (v.byteLength > SECRET_VALUE_BYTES_MAX) return `a secret value has at most ${SECRET_VALUE_BYTES_MAX} bytes`;
       if (!int(nowMs)) return 'a put needs a time';
       if (cas !== null && !(int(cas) && cas >= 0)) return 'cas is a version number (0: create only)';
-      if (expireAtMs !== null && !(int(expireAtMs) && expireAtMs <= nowMs + TTL_MS_MAX)) return 'an expiry is at most ten years ahead';
-      if (versionsKept !== null && !(int(versionsKept) && versionsKept >= 1 && versionsKept <= VERSIONS_KEPT_MAX)) return `versions kept is between 1 and ${VERSIONS_KEPT_MAX}`;
+      if (expireAtMs !== null && !(int(expireAtMs) && expireAtMs <= nowMs + TTL_MS_MAX))
+        return 'an expiry is at most ten years ahead';
+      if (versionsKept !== null && !(int(versionsKept) && versionsKept >= 1 && versionsKept <= VERSIONS_KEPT_MAX))
+        return `versions kept is between 1 and ${VERSIONS_KEPT_MAX}`;
       return { op: 'put', name, value: v, cas, expireAtMs, versionsKept, nowMs };
     }
     case 'delete':
@@ -463,7 +582,8 @@ function checkedSecretCommand(kind: string, value: unknown): SecretCommand | str
       return { op: c['op'], name };
     case 'destroy': {
       const versions = c['versions'];
-      if (!Array.isArray(versions) || versions.length === 0 || !versions.every((n) => int(n) && n > 0)) return 'destroy needs version numbers';
+      if (!Array.isArray(versions) || versions.length === 0 || !versions.every((n) => int(n) && n > 0))
+        return 'destroy needs version numbers';
       return { op: 'destroy', name, versions };
     }
     case 'label':

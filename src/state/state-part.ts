@@ -27,7 +27,18 @@ export type RefusalCode =
   /** The state is not one the command can apply to (a CA still trusted, an id taken, an audit log that went back). */
   | 'PRECONDITION';
 
-export const REFUSAL_CODES: readonly RefusalCode[] = ['INVALID', 'NOT_FOUND', 'EXPIRED', 'DELETED', 'DESTROYED', 'CAS_MISMATCH', 'EXISTS', 'LIMIT', 'DENIED', 'PRECONDITION'];
+export const REFUSAL_CODES: readonly RefusalCode[] = [
+  'INVALID',
+  'NOT_FOUND',
+  'EXPIRED',
+  'DELETED',
+  'DESTROYED',
+  'CAS_MISMATCH',
+  'EXISTS',
+  'LIMIT',
+  'DENIED',
+  'PRECONDITION',
+];
 
 /** A refused command (or read): the same shape from every part, so callers need no part-specific checks. */
 export interface Refusal {
@@ -81,7 +92,9 @@ export interface Authority {
  * that checks anything. `what` is the command, as the refusal says it ("write", "change").
  */
 export function certificateRefusal(authority: Authority, actor: Actor, what: string): Refusal | null {
-  return authority.certificateValid(actor.name, actor.key) ? null : refusal('DENIED', `the certificate of identity "${actor.name}" was revoked before this ${what} applied`);
+  return authority.certificateValid(actor.name, actor.key)
+    ? null
+    : refusal('DENIED', `the certificate of identity "${actor.name}" was revoked before this ${what} applied`);
 }
 
 /**

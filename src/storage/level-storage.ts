@@ -76,7 +76,8 @@ export class LevelStorage implements RaftStorage {
 
   async #read(): Promise<PersistedState> {
     const hardValue = await this.#db.get(KEY_HARD_STATE);
-    const hardState: HardState = hardValue === undefined ? { term: 0, vote: 0, commit: 0 } : decodeHardState(hardValue, 'the hard state');
+    const hardState: HardState =
+      hardValue === undefined ? { term: 0, vote: 0, commit: 0 } : decodeHardState(hardValue, 'the hard state');
 
     let snapshot: Snapshot | null = null;
     const metaValue = await this.#db.get(KEY_SNAPSHOT_METADATA);
@@ -86,13 +87,19 @@ export class LevelStorage implements RaftStorage {
       let offset = 0;
       for (let n = 0; n < stored.chunks; n++) {
         const value = await this.#db.get(chunkKey(n));
-        if (value === undefined) throw new CorruptRecordError(`snapshot chunk ${n} of ${stored.chunks}`, 'it is missing');
+        if (value === undefined)
+          throw new CorruptRecordError(`snapshot chunk ${n} of ${stored.chunks}`, 'it is missing');
         const payload = unframe(value, `snapshot chunk ${n} of ${stored.chunks}`);
-        if (offset + payload.byteLength > stored.bytes) throw new CorruptRecordError(`snapshot chunk ${n}`, 'the chunks hold more than the recorded size');
+        if (offset + payload.byteLength > stored.bytes)
+          throw new CorruptRecordError(`snapshot chunk ${n}`, 'the chunks hold more than the recorded size');
         payload.copy(data, offset);
         offset += payload.byteLength;
       }
-      if (offset !== stored.bytes) throw new CorruptRecordError('the snapshot', `its chunks hold ${offset} bytes, not the recorded ${stored.bytes}`);
+      if (offset !== stored.bytes)
+        throw new CorruptRecordError(
+          'the snapshot',
+          `its chunks hold ${offset} bytes, not the recorded ${stored.bytes}`,
+        );
       snapshot = { metadata: stored.metadata, data };
       this.#snapshotIndex = stored.metadata.index;
       this.#snapshotChunks = stored.chunks;
@@ -118,17 +125,27 @@ export class LevelStorage implements RaftStorage {
 
     if (snapshot !== null && entries.length > 0) {
       const { index, term } = snapshot.metadata;
-      if (this.#firstIndex > index + 1) throw new CorruptRecordError(`raft entry ${this.#firstIndex}`, `the log starts after a gap following the snapshot at ${index}`);
+      if (this.#firstIndex > index + 1)
+        throw new CorruptRecordError(
+          `raft entry ${this.#firstIndex}`,
+          `the log starts after a gap following the snapshot at ${index}`,
+        );
       if (this.#firstIndex <= index) {
         const at = entries[index - this.#firstIndex];
         if (at === undefined || at.term !== term) {
-          throw new CorruptRecordError(`raft entry ${index}`, `it does not match the snapshot's term ${term} at that index`);
+          throw new CorruptRecordError(
+            `raft entry ${index}`,
+            `it does not match the snapshot's term ${term} at that index`,
+          );
         }
       }
     }
     const lastKnown = Math.max(this.#lastIndex, this.#snapshotIndex);
     if (hardState.commit > lastKnown) {
-      throw new CorruptRecordError('the hard state', `its commit index ${hardState.commit} is beyond the stored log (${lastKnown})`);
+      throw new CorruptRecordError(
+        'the hard state',
+        `its commit index ${hardState.commit} is beyond the stored log (${lastKnown})`,
+      );
     }
     return { hardState, snapshot, entries };
   }
@@ -147,16 +164,21 @@ export class LevelStorage implements RaftStorage {
       if (first !== undefined) {
         const base = this.#lastIndex === 0 ? this.#snapshotIndex : this.#lastIndex;
         if (first.index > base + 1 || (this.#firstIndex !== 0 && first.index < this.#firstIndex)) {
-          throw new StorageError('STORAGE_INVALID_UPDATE', `entries start at ${first.index}, but the stored log holds ${this.#firstIndex}..${this.#lastIndex}`);
+          throw new StorageError(
+            'STORAGE_INVALID_UPDATE',
+            `entries start at ${first.index}, but the stored log holds ${this.#firstIndex}..${this.#lastIndex}`,
+          );
         }
         const newLast = first.index + update.entries.length - 1;
         // Entries past the new last index belong to a replaced suffix.
         this.#deleteEntries(batch, newLast + 1, this.#lastIndex);
-        for (const entry of update.entries) batch.push({ type: 'put', key: entryKey(entry.index), value: encodeEntry(entry) });
+        for (const entry of update.entries)
+          batch.push({ type: 'put', key: entryKey(entry.index), value: encodeEntry(entry) });
         if (this.#firstIndex === 0) this.#firstIndex = first.index;
         this.#lastIndex = newLast;
       }
-      if (update.hardState !== null) batch.push({ type: 'put', key: KEY_HARD_STATE, value: encodeHardState(update.hardState) });
+      if (update.hardState !== null)
+        batch.push({ type: 'put', key: KEY_HARD_STATE, value: encodeHardState(update.hardState) });
       if (batch.length > 0) await this.#db.batch(batch, { sync: update.sync !== false });
     });
   }
@@ -164,10 +186,16 @@ export class LevelStorage implements RaftStorage {
   saveSnapshot(snapshot: Snapshot, compactTo: number): Promise<void> {
     return this.#enqueue(async () => {
       if (snapshot.metadata.index < this.#snapshotIndex) {
-        throw new StorageError('STORAGE_INVALID_UPDATE', `snapshot at ${snapshot.metadata.index} is older than the stored one at ${this.#snapshotIndex}`);
+        throw new StorageError(
+          'STORAGE_INVALID_UPDATE',
+          `snapshot at ${snapshot.metadata.index} is older than the stored one at ${this.#snapshotIndex}`,
+        );
       }
       if (compactTo > snapshot.metadata.index) {
-        throw new StorageError('STORAGE_INVALID_UPDATE', `cannot compact to ${compactTo}, past the snapshot at ${snapshot.metadata.index}`);
+        throw new StorageError(
+          'STORAGE_INVALID_UPDATE',
+          `cannot compact to ${compactTo}, past the snapshot at ${snapshot.metadata.index}`,
+        );
       }
       const batch: Batch = [];
       this.#putSnapshot(batch, snapshot);
@@ -197,7 +225,8 @@ export class LevelStorage implements RaftStorage {
   }
 
   #enqueue(write: () => Promise<void>): Promise<void> {
-    if (!this.#loaded) return Promise.reject(new StorageError('STORAGE_INVALID_UPDATE', 'load() must come before any write'));
+    if (!this.#loaded)
+      return Promise.reject(new StorageError('STORAGE_INVALID_UPDATE', 'load() must come before any write'));
     const run = this.#tail.then(write);
     this.#tail = run.catch(() => undefined);
     return run;
@@ -216,7 +245,11 @@ export class LevelStorage implements RaftStorage {
       batch.push({ type: 'put', key: chunkKey(n), value: frame(part) });
     }
     for (let n = chunks; n < this.#snapshotChunks; n++) batch.push({ type: 'del', key: chunkKey(n) });
-    batch.push({ type: 'put', key: KEY_SNAPSHOT_METADATA, value: encodeSnapshotMetadata({ metadata: snapshot.metadata, chunks, bytes: data.byteLength }) });
+    batch.push({
+      type: 'put',
+      key: KEY_SNAPSHOT_METADATA,
+      value: encodeSnapshotMetadata({ metadata: snapshot.metadata, chunks, bytes: data.byteLength }),
+    });
     this.#snapshotChunks = chunks;
     this.#snapshotIndex = snapshot.metadata.index;
   }

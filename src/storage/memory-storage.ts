@@ -20,7 +20,10 @@ export class MemoryRaftState {
       const kept = update.snapshot !== null ? [] : this.entries.filter((e) => e.index < first.index);
       const base = kept[kept.length - 1]?.index ?? (update.snapshot ?? this.snapshot)?.metadata.index ?? 0;
       if (first.index !== base + 1) {
-        throw new StorageError('STORAGE_INVALID_UPDATE', `entries start at ${first.index}, but the stored log ends at ${base}`);
+        throw new StorageError(
+          'STORAGE_INVALID_UPDATE',
+          `entries start at ${first.index}, but the stored log ends at ${base}`,
+        );
       }
     }
     if (update.snapshot !== null) {

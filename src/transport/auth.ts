@@ -7,7 +7,10 @@ import { identityOf, type Identity } from '../crypto/pki.ts';
  * from another CA, an expired one (the server requests certificates but lets such connections
  * through, so the join service can be reached before a joiner has one).
  */
-export function callerIdentity(call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } | null }, clusterId: string): Identity | null {
+export function callerIdentity(
+  call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } | null },
+  clusterId: string,
+): Identity | null {
   const cert = call.getAuthContext()?.sslPeerCertificate;
   if (cert?.raw === undefined) return null;
   // Parsing a certificate costs about as much as the rest of a request: the identity is read once

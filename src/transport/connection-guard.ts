@@ -85,7 +85,14 @@ export class ConnectionGuard {
   readonly #anonymous = new Map<string, Connection>();
   /** New and anonymous connections per source. */
   readonly #unprovenBySource = new Map<string, number>();
-  readonly #stats: ConnectionGuardStats = { open: 0, authenticated: 0, refusedPerSource: 0, refusedTotal: 0, evicted: 0, timedOut: 0 };
+  readonly #stats: ConnectionGuardStats = {
+    open: 0,
+    authenticated: 0,
+    refusedPerSource: 0,
+    refusedTotal: 0,
+    evicted: 0,
+    timedOut: 0,
+  };
   readonly #onLimit: () => void;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
@@ -147,9 +154,12 @@ export class ConnectionGuard {
    */
   readonly interceptor: grpc.ServerInterceptor = (_method, call) => {
     const info = call.getConnectionInfo();
-    const connection = this.#all.get(keyOf(info.remoteAddress, info.remotePort, info.localAddress, info.localPort) ?? '');
+    const connection = this.#all.get(
+      keyOf(info.remoteAddress, info.remotePort, info.localAddress, info.localPort) ?? '',
+    );
     // A connection's certificate does not change: only its first request is looked at.
-    if (connection?.standing === 'new') this.#firstRequest(connection, call.getAuthContext().sslPeerCertificate !== undefined);
+    if (connection?.standing === 'new')
+      this.#firstRequest(connection, call.getAuthContext().sslPeerCertificate !== undefined);
     return call as grpc.ServerInterceptingCall;
   };
 
@@ -225,7 +235,12 @@ function first<V>(map: Map<string, V>): V | undefined {
   return undefined;
 }
 
-function keyOf(remoteAddress: string | undefined, remotePort: number | undefined, localAddress: string | undefined, localPort: number | undefined): string | null {
+function keyOf(
+  remoteAddress: string | undefined,
+  remotePort: number | undefined,
+  localAddress: string | undefined,
+  localPort: number | undefined,
+): string | null {
   if (remoteAddress === undefined || remotePort === undefined) return null;
   return `${remoteAddress}|${remotePort}|${localAddress ?? ''}|${localPort ?? ''}`;
 }
@@ -244,7 +259,14 @@ export function sourceOf(address: string): string {
   const [head = '', tail] = withoutTail.split('::');
   const headGroups = head === '' ? [] : head.split(':');
   const tailGroups = tail === undefined || tail === '' ? [] : tail.split(':');
-  const groups = tail === undefined ? headGroups : [...headGroups, ...Array<string>(Math.max(0, 8 - headGroups.length - tailGroups.length)).fill('0'), ...tailGroups];
+  const groups =
+    tail === undefined
+      ? headGroups
+      : [
+          ...headGroups,
+          ...Array<string>(Math.max(0, 8 - headGroups.length - tailGroups.length)).fill('0'),
+          ...tailGroups,
+        ];
   return `${groups
     .slice(0, 4)
     .map((group) => Number.parseInt(group, 16).toString(16))

@@ -22,12 +22,23 @@ export interface GuardedListener {
  * a bound port). As bindAsync did, a host name binds every address it resolves to (localhost: IPv4
  * and IPv6), all on one port, and the listen succeeds if at least one address binds.
  */
-export async function listenGuarded(options: { server: grpc.Server; credentials: grpc.ServerCredentials; address: string; limits: ConnectionLimits; log: Logger }): Promise<GuardedListener> {
+export async function listenGuarded(options: {
+  server: grpc.Server;
+  credentials: grpc.ServerCredentials;
+  address: string;
+  limits: ConnectionLimits;
+  log: Logger;
+}): Promise<GuardedListener> {
   const { host, port } = splitListenAddress(options.address);
   const resolved = await lookup(host, { all: true });
   const hosts = [...new Set(resolved.map((entry) => entry.address))];
-  const guard: ConnectionGuard = new ConnectionGuard(options.limits, limitWarner(() => guard.stats, options.log));
-  const injector = options.server.createConnectionInjector(grpc.experimental.createServerCredentialsWithInterceptors(options.credentials, [guard.interceptor]));
+  const guard: ConnectionGuard = new ConnectionGuard(
+    options.limits,
+    limitWarner(() => guard.stats, options.log),
+  );
+  const injector = options.server.createConnectionInjector(
+    grpc.experimental.createServerCredentialsWithInterceptors(options.credentials, [guard.interceptor]),
+  );
   const servers: Server[] = [];
   const errors: string[] = [];
   const onConnection = (socket: Socket): void => {
@@ -39,7 +50,9 @@ export async function listenGuarded(options: { server: grpc.Server; credentials:
     try {
       bound = await listenOn(server, at, bound);
       // Accept errors (EMFILE, ENFILE) come here after listen: logged, not thrown (no crash).
-      server.on('error', (error) => options.log.warn({ event: 'accept-failed', err: error }, `accepting a connection on ${options.address} failed`));
+      server.on('error', (error) =>
+        options.log.warn({ event: 'accept-failed', err: error }, `accepting a connection on ${options.address} failed`),
+      );
       servers.push(server);
     } catch (error) {
       errors.push(`${at}: ${(error as Error).message}`);
@@ -54,7 +67,11 @@ export async function listenGuarded(options: { server: grpc.Server; credentials:
     await close();
     throw new Error(`cannot listen on ${options.address}: ${errors.join('; ') || 'it resolves to no address'}`);
   }
-  if (errors.length > 0) options.log.warn({ event: 'listen-partial', errors }, `listening on ${servers.length} of the ${hosts.length} addresses of ${options.address}`);
+  if (errors.length > 0)
+    options.log.warn(
+      { event: 'listen-partial', errors },
+      `listening on ${servers.length} of the ${hosts.length} addresses of ${options.address}`,
+    );
   return {
     port: bound,
     get stats() {
@@ -90,6 +107,9 @@ function limitWarner(stats: () => ConnectionGuardStats, log: Logger): () => void
     if (now - lastMs < LIMIT_WARNING_INTERVAL_MS) return;
     lastMs = now;
     const { open, authenticated, refusedPerSource, refusedTotal, evicted, timedOut } = stats();
-    log.warn({ event: 'connection-limit', open, authenticated, refusedPerSource, refusedTotal, evicted, timedOut }, 'connections refused or closed at a limit (per source or in total); totals since start');
+    log.warn(
+      { event: 'connection-limit', open, authenticated, refusedPerSource, refusedTotal, evicted, timedOut },
+      'connections refused or closed at a limit (per source or in total); totals since start',
+    );
   };
 }

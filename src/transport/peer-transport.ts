@@ -61,7 +61,16 @@ export interface PeerTransportStats {
  * in the caller's certificate.
  */
 export class PeerTransport {
-  readonly stats: PeerTransportStats = { framesSent: 0, messagesSent: 0, messagesDropped: 0, messagesReceived: 0, malformedDropped: 0, refusedStreams: 0, reconnects: 0, snapshotsSent: 0 };
+  readonly stats: PeerTransportStats = {
+    framesSent: 0,
+    messagesSent: 0,
+    messagesDropped: 0,
+    messagesReceived: 0,
+    malformedDropped: 0,
+    refusedStreams: 0,
+    reconnects: 0,
+    snapshotsSent: 0,
+  };
   readonly #options: PeerTransportOptions;
   readonly #links = new Map<NodeId, PeerLink>();
   #closed = false;
@@ -108,11 +117,17 @@ export class PeerTransport {
 
   /** Ends a peer's inbound stream (its removal was applied). */
   disconnect(peer: NodeId): void {
-    this.#inbound.get(peer)?.({ code: grpc.status.PERMISSION_DENIED, details: `manager ${peer} was removed from the cluster` });
+    this.#inbound.get(peer)?.({
+      code: grpc.status.PERMISSION_DENIED,
+      details: `manager ${peer} was removed from the cluster`,
+    });
   }
 
   /** The server side of Peer.Raft. */
-  readonly handleRaftStream = (call: grpc.ServerReadableStream<RaftFrame, object>, callback: grpc.sendUnaryData<object>): void => {
+  readonly handleRaftStream = (
+    call: grpc.ServerReadableStream<RaftFrame, object>,
+    callback: grpc.sendUnaryData<object>,
+  ): void => {
     const options = this.#options;
     const identity = callerIdentity(call, options.clusterId);
     let finished = false;
@@ -124,13 +139,19 @@ export class PeerTransport {
     };
     const refuse = (code: grpc.status, details: string): void => {
       this.stats.refusedStreams++;
-      options.logger.warn({ event: 'peer-stream-refused', code: grpc.status[code], reason: details }, 'refused a Raft stream');
+      options.logger.warn(
+        { event: 'peer-stream-refused', code: grpc.status[code], reason: details },
+        'refused a Raft stream',
+      );
       finish({ code, details });
     };
     const peer = identity === null ? 0 : Number(identity.id);
-    if (identity === null) return refuse(grpc.status.UNAUTHENTICATED, 'a manager certificate of this cluster is required');
-    if (identity.role !== 'manager') return refuse(grpc.status.PERMISSION_DENIED, 'Peer.Raft is for managers; this is a client certificate');
-    if (!Number.isSafeInteger(peer) || peer <= 0) return refuse(grpc.status.PERMISSION_DENIED, 'the certificate names no manager id');
+    if (identity === null)
+      return refuse(grpc.status.UNAUTHENTICATED, 'a manager certificate of this cluster is required');
+    if (identity.role !== 'manager')
+      return refuse(grpc.status.PERMISSION_DENIED, 'Peer.Raft is for managers; this is a client certificate');
+    if (!Number.isSafeInteger(peer) || peer <= 0)
+      return refuse(grpc.status.PERMISSION_DENIED, 'the certificate names no manager id');
     const refusal = options.admits(peer, identity.spki);
     if (refusal !== null) {
       options.onRefused?.(peer);
@@ -141,9 +162,17 @@ export class PeerTransport {
     this.#inbound.set(peer, finish);
     // Headers now tell the caller its stream was accepted (its backoff starts over).
     call.sendMetadata(new grpc.Metadata());
-    let snapshot: { header: ReturnType<typeof decodeSnapshotHeader>; parts: Buffer[]; received: number; total: number } | null = null;
+    let snapshot: {
+      header: ReturnType<typeof decodeSnapshotHeader>;
+      parts: Buffer[];
+      received: number;
+      total: number;
+    } | null = null;
     const deliver = (message: Message): void => {
-      if (message.from !== peer || message.to !== options.selfId) throw new WireError(`a message from ${message.from} to ${message.to} arrived on manager ${peer}'s stream to ${options.selfId}`);
+      if (message.from !== peer || message.to !== options.selfId)
+        throw new WireError(
+          `a message from ${message.from} to ${message.to} arrived on manager ${peer}'s stream to ${options.selfId}`,
+        );
       this.stats.messagesReceived++;
       options.onMessage(message);
     };
@@ -152,17 +181,24 @@ export class PeerTransport {
       // Checked on every frame: a removal applied, a key retired, or a certificate expired, ends the stream.
       const refusal = options.admits(peer, identity.spki);
       if (refusal !== null) return refuse(grpc.status.PERMISSION_DENIED, refusal);
-      if (Date.now() > identity.notAfterMs) return refuse(grpc.status.UNAUTHENTICATED, `manager ${peer}'s certificate expired`);
+      if (Date.now() > identity.notAfterMs)
+        return refuse(grpc.status.UNAUTHENTICATED, `manager ${peer}'s certificate expired`);
       try {
         if (frame.body === 'messages' && frame.messages !== undefined) {
           for (const message of decodeMessages(frame.messages)) deliver(message);
         } else if (frame.body === 'snapshotChunk' && frame.snapshotChunk !== undefined) {
           const chunk = frame.snapshotChunk;
           if (chunk.offset === 0) {
-            if (chunk.totalBytes > SNAPSHOT_BYTES_MAX) throw new WireError(`a snapshot of ${chunk.totalBytes} bytes is larger than ${SNAPSHOT_BYTES_MAX}`);
+            if (chunk.totalBytes > SNAPSHOT_BYTES_MAX)
+              throw new WireError(`a snapshot of ${chunk.totalBytes} bytes is larger than ${SNAPSHOT_BYTES_MAX}`);
             snapshot = { header: decodeSnapshotHeader(chunk.header), parts: [], received: 0, total: chunk.totalBytes };
           }
-          if (snapshot === null || chunk.offset !== snapshot.received || chunk.totalBytes !== snapshot.total || snapshot.received + chunk.data.byteLength > snapshot.total) {
+          if (
+            snapshot === null ||
+            chunk.offset !== snapshot.received ||
+            chunk.totalBytes !== snapshot.total ||
+            snapshot.received + chunk.data.byteLength > snapshot.total
+          ) {
             snapshot = null;
             throw new WireError('a snapshot chunk does not follow the previous one');
           }
@@ -172,7 +208,13 @@ export class PeerTransport {
           if (snapshot.received === snapshot.total) {
             const { header, parts } = snapshot;
             snapshot = null;
-            deliver({ type: 'snapshot', from: header.from, to: header.to, term: header.term, snapshot: { metadata: header.metadata, data: Buffer.concat(parts) } });
+            deliver({
+              type: 'snapshot',
+              from: header.from,
+              to: header.to,
+              term: header.term,
+              snapshot: { metadata: header.metadata, data: Buffer.concat(parts) },
+            });
           }
         } else {
           throw new WireError('an empty frame');
@@ -180,7 +222,10 @@ export class PeerTransport {
       } catch (error) {
         if (!(error instanceof WireError)) throw error;
         this.stats.malformedDropped++;
-        options.logger.warn({ event: 'peer-message-malformed', peer, reason: error.message }, 'dropped a malformed message');
+        options.logger.warn(
+          { event: 'peer-message-malformed', peer, reason: error.message },
+          'dropped a malformed message',
+        );
       }
     });
     call.on('end', () => finish(null));
@@ -189,7 +234,9 @@ export class PeerTransport {
   };
 }
 
-type QueueItem = { readonly kind: 'message'; readonly message: Message } | { readonly kind: 'snapshot'; readonly message: SnapshotMessage };
+type QueueItem =
+  | { readonly kind: 'message'; readonly message: Message }
+  | { readonly kind: 'snapshot'; readonly message: SnapshotMessage };
 
 /** The outgoing half to one peer. */
 class PeerLink {
@@ -236,7 +283,11 @@ class PeerLink {
     if (this.#client === null) {
       const { Peer } = services();
       const keysOf = this.#options.keysOf;
-      const expect = { clusterId: this.#options.clusterId, nodeId: String(this.#peer), ...(keysOf === undefined ? {} : { keys: () => keysOf(this.#peer) }) };
+      const expect = {
+        clusterId: this.#options.clusterId,
+        nodeId: String(this.#peer),
+        ...(keysOf === undefined ? {} : { keys: () => keysOf(this.#peer) }),
+      };
       this.#client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), expect), {
         ...MANAGER_CHANNEL_OPTIONS,
         'grpc.keepalive_time_ms': 2000,
@@ -245,8 +296,15 @@ class PeerLink {
         'grpc.max_send_message_length': 4 * 1024 * 1024,
       });
     }
-    const call = (this.#client as unknown as { raft(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<RaftFrame> }).raft((error) => {
-      if (this.#call === call) this.#broken(error === null ? 'the peer ended the stream' : `${grpc.status[error.code] ?? error.code}: ${error.details}`);
+    const call = (
+      this.#client as unknown as {
+        raft(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<RaftFrame>;
+      }
+    ).raft((error) => {
+      if (this.#call === call)
+        this.#broken(
+          error === null ? 'the peer ended the stream' : `${grpc.status[error.code] ?? error.code}: ${error.details}`,
+        );
     });
     call.on('error', () => undefined); // reported through the callback above
     // The server sends headers once it has accepted the stream: only then does the backoff reset.
@@ -275,7 +333,10 @@ class PeerLink {
         let bytes = 0;
         while (this.#queue.length > 0 && this.#queue[0]!.kind === 'message' && batch.length < 4096) {
           const message = this.#queue[0]!.message;
-          const size = message.type === 'append' ? message.entries.reduce((n, e) => n + 32 + (e.kind === 'normal' ? e.data.byteLength : 0), 64) : 64;
+          const size =
+            message.type === 'append'
+              ? message.entries.reduce((n, e) => n + 32 + (e.kind === 'normal' ? e.data.byteLength : 0), 64)
+              : 64;
           if (batch.length > 0 && bytes + size > FRAME_ENTRY_BYTES_MAX) break;
           this.#queue.shift();
           batch.push(message);
@@ -297,12 +358,22 @@ class PeerLink {
     let offset = 0;
     do {
       const part = data.subarray(offset, offset + SNAPSHOT_CHUNK_BYTES);
-      const written = await this.#write(call, { snapshotChunk: { header: offset === 0 ? header : Buffer.alloc(0), offset, totalBytes: total, data: Buffer.from(part.buffer, part.byteOffset, part.byteLength) } });
+      const written = await this.#write(call, {
+        snapshotChunk: {
+          header: offset === 0 ? header : Buffer.alloc(0),
+          offset,
+          totalBytes: total,
+          data: Buffer.from(part.buffer, part.byteOffset, part.byteLength),
+        },
+      });
       if (!written) return false;
       offset += part.byteLength;
     } while (offset < total);
     this.#stats.snapshotsSent++;
-    this.#options.logger.info({ event: 'snapshot-sent', peer: this.#peer, bytes: total, index: message.snapshot.metadata.index }, 'sent a snapshot');
+    this.#options.logger.info(
+      { event: 'snapshot-sent', peer: this.#peer, bytes: total, index: message.snapshot.metadata.index },
+      'sent a snapshot',
+    );
     return true;
   }
 
@@ -346,7 +417,10 @@ class PeerLink {
     const jitter = 0.5 + (this.#options.random ?? Math.random)();
     const delay = Math.min(RECONNECT_DELAY_MS_MAX, this.#delayMs) * jitter;
     this.#delayMs = Math.min(RECONNECT_DELAY_MS_MAX, this.#delayMs * 2);
-    this.#options.logger.debug({ event: 'peer-unreachable', peer: this.#peer, reason, retryMs: Math.round(delay) }, 'peer unreachable');
+    this.#options.logger.debug(
+      { event: 'peer-unreachable', peer: this.#peer, reason, retryMs: Math.round(delay) },
+      'peer unreachable',
+    );
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = null;
       this.#stats.reconnects++;

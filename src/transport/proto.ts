@@ -5,7 +5,15 @@ import * as protoLoader from '@grpc/proto-loader';
 /** Where the .proto files live (the repository's proto/ folder). */
 export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
 
-const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, includeDirs: [PROTO_ROOT] };
+const LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  bytes: Buffer,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [PROTO_ROOT],
+};
 
 /** A loaded service: its definition (for a server) and its client constructor. */
 export interface LoadedService {
@@ -23,17 +31,40 @@ export function packageDefinition(): protoLoader.PackageDefinition {
 }
 
 /** Loads the coffer.v1 services once. */
-export function services(): { Peer: LoadedService; Join: LoadedService; Secrets: LoadedService; Cluster: LoadedService; Policies: LoadedService; Identities: LoadedService; Audit: LoadedService; Keys: LoadedService; Backup: LoadedService } {
+export function services(): {
+  Peer: LoadedService;
+  Join: LoadedService;
+  Secrets: LoadedService;
+  Cluster: LoadedService;
+  Policies: LoadedService;
+  Identities: LoadedService;
+  Audit: LoadedService;
+  Keys: LoadedService;
+  Backup: LoadedService;
+} {
   if (cache === null) {
     const definition = packageDefinition();
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as { coffer: { v1: Record<string, grpc.ServiceClientConstructor> } };
+    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
+      coffer: { v1: Record<string, grpc.ServiceClientConstructor> };
+    };
     cache = {};
     for (const [name, Client] of Object.entries(loaded.coffer.v1)) {
-      if (typeof Client === 'function' && 'service' in Client) cache[name] = { service: tolerantService(Client.service), Client };
+      if (typeof Client === 'function' && 'service' in Client)
+        cache[name] = { service: tolerantService(Client.service), Client };
     }
   }
   const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup } = cache;
-  if (Peer === undefined || Join === undefined || Secrets === undefined || Cluster === undefined || Policies === undefined || Identities === undefined || Audit === undefined || Keys === undefined || Backup === undefined) {
+  if (
+    Peer === undefined ||
+    Join === undefined ||
+    Secrets === undefined ||
+    Cluster === undefined ||
+    Policies === undefined ||
+    Identities === undefined ||
+    Audit === undefined ||
+    Keys === undefined ||
+    Backup === undefined
+  ) {
     throw new Error('proto/coffer/v1 lacks a service');
   }
   return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup };
@@ -53,7 +84,8 @@ export function isMalformedRequest(request: unknown): boolean {
 
 /** The path of a method (/package.Service/Method), by its key in a definition or in an implementation (originalName). */
 export function methodPath(service: grpc.ServiceDefinition, key: string): string {
-  const method = service[key] ?? Object.values(service).find((m) => (m as { originalName?: string }).originalName === key);
+  const method =
+    service[key] ?? Object.values(service).find((m) => (m as { originalName?: string }).originalName === key);
   return method?.path ?? key;
 }
 
@@ -83,5 +115,10 @@ export function tolerantService(service: grpc.ServiceDefinition): grpc.ServiceDe
 export interface RaftFrame {
   readonly body?: 'messages' | 'snapshotChunk';
   readonly messages?: Buffer;
-  readonly snapshotChunk?: { readonly header: Buffer; readonly offset: number; readonly totalBytes: number; readonly data: Buffer };
+  readonly snapshotChunk?: {
+    readonly header: Buffer;
+    readonly offset: number;
+    readonly totalBytes: number;
+    readonly data: Buffer;
+  };
 }

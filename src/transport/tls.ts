@@ -91,8 +91,12 @@ export class RenewableServerCredentials {
  * trusting `caPem` (Node's default roots when null, for a channel that does not verify), with a
  * client certificate when one is given.
  */
-export function policyChannelCredentials(material: { caPem: string | null; certPem: string | null; keyPem: string | null }, verify: grpc.VerifyOptions): grpc.ChannelCredentials {
-  if ((material.certPem === null) !== (material.keyPem === null)) throw new TypeError('a client certificate needs its key, and a key its certificate');
+export function policyChannelCredentials(
+  material: { caPem: string | null; certPem: string | null; keyPem: string | null },
+  verify: grpc.VerifyOptions,
+): grpc.ChannelCredentials {
+  if ((material.certPem === null) !== (material.keyPem === null))
+    throw new TypeError('a client certificate needs its key, and a key its certificate');
   const context = createSecureContext({
     ...(material.caPem === null ? {} : { ca: material.caPem }),
     ...(material.certPem === null || material.keyPem === null ? {} : { cert: material.certPem, key: material.keyPem }),
@@ -120,8 +124,13 @@ export interface ManagerExpectation {
   readonly check?: (identity: Identity) => string | null;
 }
 
-export function managerChannelCredentials(material: TlsMaterial | { caPem: string; certPem: null; keyPem: null }, expect: ManagerExpectation): grpc.ChannelCredentials {
-  return policyChannelCredentials(material, { checkServerIdentity: (_host: string, cert: PeerCertificate) => checkManager(cert, expect) });
+export function managerChannelCredentials(
+  material: TlsMaterial | { caPem: string; certPem: null; keyPem: null },
+  expect: ManagerExpectation,
+): grpc.ChannelCredentials {
+  return policyChannelCredentials(material, {
+    checkServerIdentity: (_host: string, cert: PeerCertificate) => checkManager(cert, expect),
+  });
 }
 
 /**
@@ -130,17 +139,23 @@ export function managerChannelCredentials(material: TlsMaterial | { caPem: strin
  * Channelz (grpc-js's live introspection, which Coffer does not serve) is off: it tracks every
  * call. (Servers keep it on: see CofferNode.)
  */
-export const MANAGER_CHANNEL_OPTIONS: grpc.ChannelOptions = { 'grpc.ssl_target_name_override': 'coffer-manager', 'grpc.enable_channelz': 0 };
+export const MANAGER_CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.ssl_target_name_override': 'coffer-manager',
+  'grpc.enable_channelz': 0,
+};
 
 function checkManager(cert: PeerCertificate, expect: ManagerExpectation): Error | undefined {
   try {
     const identity = identityOf(cert.raw);
     const role: Role = identity.role;
-    if (identity.clusterId !== expect.clusterId) return new Error(`the server belongs to cluster ${identity.clusterId}, not ${expect.clusterId}`);
+    if (identity.clusterId !== expect.clusterId)
+      return new Error(`the server belongs to cluster ${identity.clusterId}, not ${expect.clusterId}`);
     if (role !== 'manager') return new Error(`the server's certificate is a ${role}'s, not a manager's`);
-    if (expect.nodeId !== undefined && identity.id !== expect.nodeId) return new Error(`the server is manager ${identity.id}, not ${expect.nodeId}`);
+    if (expect.nodeId !== undefined && identity.id !== expect.nodeId)
+      return new Error(`the server is manager ${identity.id}, not ${expect.nodeId}`);
     const keys = expect.keys?.() ?? [];
-    if (keys.length > 0 && !keys.includes(identity.spki)) return new Error(`the server's certificate holds a key the cluster does not know for manager ${identity.id}`);
+    if (keys.length > 0 && !keys.includes(identity.spki))
+      return new Error(`the server's certificate holds a key the cluster does not know for manager ${identity.id}`);
     const refusal = expect.check?.(identity) ?? null;
     return refusal === null ? undefined : new Error(refusal);
   } catch (error) {

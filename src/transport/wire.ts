@@ -12,7 +12,20 @@ export const WIRE_BATCH_MESSAGES_MAX = 4096;
 /** One context string (ReadIndex) at most this long. */
 const CONTEXT_CHARS_MAX = 256;
 
-const TYPES = ['append', 'append-response', 'vote', 'pre-vote', 'vote-response', 'pre-vote-response', 'heartbeat', 'heartbeat-response', 'snapshot', 'timeout-now', 'read-index', 'read-index-response'] as const;
+const TYPES = [
+  'append',
+  'append-response',
+  'vote',
+  'pre-vote',
+  'vote-response',
+  'pre-vote-response',
+  'heartbeat',
+  'heartbeat-response',
+  'snapshot',
+  'timeout-now',
+  'read-index',
+  'read-index-response',
+] as const;
 const CONF_TYPES: readonly ConfChangeType[] = ['add-voter', 'add-learner', 'remove'];
 const REFUSALS: readonly ReadRefusalReason[] = ['leader-not-ready', 'no-leader', 'leadership-lost', 'too-many-pending'];
 
@@ -22,7 +35,9 @@ export class WireError extends Error {
 }
 
 function encodeEntry(entry: Entry): unknown[] {
-  return entry.kind === 'normal' ? [entry.term, entry.index, 0, entry.data] : [entry.term, entry.index, 1, CONF_TYPES.indexOf(entry.change.type), entry.change.nodeId];
+  return entry.kind === 'normal'
+    ? [entry.term, entry.index, 0, entry.data]
+    : [entry.term, entry.index, 1, CONF_TYPES.indexOf(entry.change.type), entry.change.nodeId];
 }
 
 function fields(message: Message): unknown[] {
@@ -49,7 +64,12 @@ function fields(message: Message): unknown[] {
     case 'read-index':
       return [...base, message.context];
     case 'read-index-response':
-      return [...base, message.context, message.index, message.refusal === null ? -1 : REFUSALS.indexOf(message.refusal)];
+      return [
+        ...base,
+        message.context,
+        message.index,
+        message.refusal === null ? -1 : REFUSALS.indexOf(message.refusal),
+      ];
   }
 }
 
@@ -61,7 +81,8 @@ export function encodeMessages(messages: readonly Message[]): Buffer {
 export function decodeMessages(bytes: Uint8Array): Message[] {
   const value = unpack(bytes);
   if (!Array.isArray(value)) throw new WireError('a message batch is not a list');
-  if (value.length > WIRE_BATCH_MESSAGES_MAX) throw new WireError(`a batch holds ${value.length} messages, more than ${WIRE_BATCH_MESSAGES_MAX}`);
+  if (value.length > WIRE_BATCH_MESSAGES_MAX)
+    throw new WireError(`a batch holds ${value.length} messages, more than ${WIRE_BATCH_MESSAGES_MAX}`);
   return value.map((item) => decodeMessage(item));
 }
 
@@ -83,7 +104,8 @@ class Reader {
   }
   int(at: number, what: string): number {
     const v = this.#values[at];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new WireError(`${what} is not a non-negative integer`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+      throw new WireError(`${what} is not a non-negative integer`);
     return v;
   }
   id(at: number, what: string): number {
@@ -98,7 +120,8 @@ class Reader {
   }
   text(at: number, what: string): string {
     const v = this.#values[at];
-    if (typeof v !== 'string' || v.length > CONTEXT_CHARS_MAX) throw new WireError(`${what} is not a string of at most ${CONTEXT_CHARS_MAX} characters`);
+    if (typeof v !== 'string' || v.length > CONTEXT_CHARS_MAX)
+      throw new WireError(`${what} is not a string of at most ${CONTEXT_CHARS_MAX} characters`);
     return v;
   }
   list(at: number, what: string): unknown[] {
@@ -143,17 +166,31 @@ function decodeMessage(value: unknown): Message {
       const entries = r.list(7, 'entries').map(decodeEntry);
       const prevIndex = r.int(4, 'prevIndex');
       entries.forEach((entry, k) => {
-        if (entry.index !== prevIndex + 1 + k) throw new WireError('append entries are not consecutive after prevIndex');
+        if (entry.index !== prevIndex + 1 + k)
+          throw new WireError('append entries are not consecutive after prevIndex');
       });
       return { type, ...base, prevIndex, prevTerm: r.int(5, 'prevTerm'), commit: r.int(6, 'commit'), entries };
     }
     case 'append-response':
       r.count(8, type);
-      return { type, ...base, index: r.int(4, 'index'), reject: r.bool(5, 'reject'), hintIndex: r.int(6, 'hintIndex'), hintTerm: r.int(7, 'hintTerm') };
+      return {
+        type,
+        ...base,
+        index: r.int(4, 'index'),
+        reject: r.bool(5, 'reject'),
+        hintIndex: r.int(6, 'hintIndex'),
+        hintTerm: r.int(7, 'hintTerm'),
+      };
     case 'vote':
     case 'pre-vote':
       r.count(7, type);
-      return { type, ...base, lastIndex: r.int(4, 'lastIndex'), lastTerm: r.int(5, 'lastTerm'), transfer: r.bool(6, 'transfer') };
+      return {
+        type,
+        ...base,
+        lastIndex: r.int(4, 'lastIndex'),
+        lastTerm: r.int(5, 'lastTerm'),
+        transfer: r.bool(6, 'transfer'),
+      };
     case 'vote-response':
     case 'pre-vote-response':
       r.count(5, type);
@@ -185,10 +222,23 @@ function decodeMessage(value: unknown): Message {
 /** The snapshot message without its data: travels in the first chunk. */
 export function encodeSnapshotHeader(message: Extract<Message, { type: 'snapshot' }>): Buffer {
   const m = message.snapshot.metadata;
-  return packr.pack([message.from, message.to, message.term, m.index, m.term, m.confState.voters, m.confState.learners]);
+  return packr.pack([
+    message.from,
+    message.to,
+    message.term,
+    m.index,
+    m.term,
+    m.confState.voters,
+    m.confState.learners,
+  ]);
 }
 
-export function decodeSnapshotHeader(bytes: Uint8Array): { from: number; to: number; term: number; metadata: SnapshotMetadata } {
+export function decodeSnapshotHeader(bytes: Uint8Array): {
+  from: number;
+  to: number;
+  term: number;
+  metadata: SnapshotMetadata;
+} {
   const value = unpack(bytes);
   if (!Array.isArray(value)) throw new WireError('a snapshot header is not a list');
   const r = new Reader(value);
@@ -198,6 +248,10 @@ export function decodeSnapshotHeader(bytes: Uint8Array): { from: number; to: num
     from: r.id(0, 'from'),
     to: r.id(1, 'to'),
     term: r.int(2, 'term'),
-    metadata: { index: r.int(3, 'snapshot index'), term: r.int(4, 'snapshot term'), confState: { voters: ids(5, 'voters'), learners: ids(6, 'learners') } },
+    metadata: {
+      index: r.int(3, 'snapshot index'),
+      term: r.int(4, 'snapshot term'),
+      confState: { voters: ids(5, 'voters'), learners: ids(6, 'learners') },
+    },
   };
 }

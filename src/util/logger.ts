@@ -66,7 +66,16 @@ export function createLogger(settings: LoggerSettings = {}): Logger {
   };
   const format = settings.format ?? logFormat();
   // Pretty printing formats lines pino has already redacted; it runs in this thread, in order.
-  const destination = format === 'pretty' ? pretty({ colorize: settings.destination === undefined && process.stdout.isTTY === true, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', ...(settings.destination === undefined ? {} : { destination: settings.destination }) }) : settings.destination;
+  const destination =
+    format === 'pretty'
+      ? pretty({
+          colorize: settings.destination === undefined && process.stdout.isTTY === true,
+          sync: true,
+          translateTime: 'SYS:HH:MM:ss.l',
+          ignore: 'pid,hostname',
+          ...(settings.destination === undefined ? {} : { destination: settings.destination }),
+        })
+      : settings.destination;
   return destination === undefined ? pino(options) : pino(options, destination);
 }
 

@@ -23,7 +23,9 @@ function sourceFiles(dir: string): string[] {
 /** Relative imports of a file (static, dynamic and re-exports), resolved to paths under src/. */
 export function importsOf(file: string, text = readFileSync(file, 'utf8')): string[] {
   const code = text.replace(/\/\*[\s\S]*?\*\/|^\s*\/\/.*$/gm, '');
-  const specifiers = [...code.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)['"](\.[^'"]+)['"]/gm)].map((m) => m[1]!);
+  const specifiers = [...code.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)['"](\.[^'"]+)['"]/gm)].map(
+    (m) => m[1]!,
+  );
   return specifiers.map((s) => normalize(join(dirname(file), s)));
 }
 
@@ -46,7 +48,21 @@ const ALLOWED: Record<string, readonly string[]> = {
   metrics: ['raft', 'replica', 'util'],
   transport: ['codec', 'crypto', 'raft', 'util'],
   client: ['crypto', 'transport', 'util'],
-  server: ['audit', 'backup', 'barrier', 'codec', 'crypto', 'manager', 'metrics', 'raft', 'replica', 'state', 'storage', 'transport', 'util'],
+  server: [
+    'audit',
+    'backup',
+    'barrier',
+    'codec',
+    'crypto',
+    'manager',
+    'metrics',
+    'raft',
+    'replica',
+    'state',
+    'storage',
+    'transport',
+    'util',
+  ],
   cli: ['audit', 'backup', 'client', 'codec', 'crypto', 'manager', 'server', 'state', 'transport', 'util'],
   index: ['client'],
 };
@@ -63,7 +79,8 @@ test('each folder of src/ imports only the folders below it (the arrows point on
     }
     for (const target of importsOf(file)) {
       const to = folderOf(target);
-      if (to !== from && !allowed.includes(to)) problems.push(`${relative(SRC, file)} imports src/${relative(SRC, target)}`);
+      if (to !== from && !allowed.includes(to))
+        problems.push(`${relative(SRC, file)} imports src/${relative(SRC, target)}`);
     }
   }
   assert.deepEqual(problems, []);
@@ -90,7 +107,10 @@ export function cyclesOf(graph: ReadonlyMap<string, readonly string[]>): string[
 
 test('no import circle anywhere in src/: not between folders, not between files', () => {
   const fileGraph = new Map(files.map((f) => [relative(SRC, f), importsOf(f).map((t) => relative(SRC, t))]));
-  assert.deepEqual(cyclesOf(fileGraph).map((c) => c.join(' -> ')), []);
+  assert.deepEqual(
+    cyclesOf(fileGraph).map((c) => c.join(' -> ')),
+    [],
+  );
   const folderGraph = new Map<string, string[]>();
   for (const [file, targets] of fileGraph) {
     const from = file.split('/')[0]!;
@@ -98,27 +118,49 @@ test('no import circle anywhere in src/: not between folders, not between files'
     for (const t of targets) if (t.split('/')[0] !== from) list.push(t.split('/')[0]!);
     folderGraph.set(from, list);
   }
-  assert.deepEqual(cyclesOf(folderGraph).map((c) => c.join(' -> ')), []);
+  assert.deepEqual(
+    cyclesOf(folderGraph).map((c) => c.join(' -> ')),
+    [],
+  );
 });
 
 test('the server layer: services and the request edge get a context, never the node; only the composition knows it', () => {
   const server = files.filter((f) => folderOf(f) === 'server');
   const node = join(SRC, 'server/node.ts');
   const services = join(SRC, 'server/services.ts');
-  const handlerFiles = server.filter((f) => /-service\.ts$|\/rpc\.ts$|\/health\.ts$|\/membership\.ts$|\/context\.ts$/.test(f));
+  const handlerFiles = server.filter((f) =>
+    /-service\.ts$|\/rpc\.ts$|\/health\.ts$|\/membership\.ts$|\/context\.ts$/.test(f),
+  );
   assert.ok(handlerFiles.length >= 10, `found ${handlerFiles.length} handler files`);
   for (const file of handlerFiles) {
     const imports = importsOf(file);
-    assert.ok(!imports.includes(node), `${relative(SRC, file)} imports the node: give it what it needs through the context`);
+    assert.ok(
+      !imports.includes(node),
+      `${relative(SRC, file)} imports the node: give it what it needs through the context`,
+    );
     assert.ok(!imports.includes(services), `${relative(SRC, file)} imports the service registry`);
   }
   // Nothing in src/server imports node.ts: it is the composition, and only the CLI starts one.
-  const importersOfNode = files.filter((f) => importsOf(f).includes(node)).map((f) => relative(SRC, f)).sort();
-  assert.deepEqual(importersOfNode.filter((f) => !f.startsWith('cli/')), []);
+  const importersOfNode = files
+    .filter((f) => importsOf(f).includes(node))
+    .map((f) => relative(SRC, f))
+    .sort();
+  assert.deepEqual(
+    importersOfNode.filter((f) => !f.startsWith('cli/')),
+    [],
+  );
   // Every service file (and context.ts) is imported by the registry or the composition, not by peers.
   for (const file of server.filter((f) => f.endsWith('-service.ts'))) {
-    const importers = server.filter((f) => importsOf(f).includes(file)).map((f) => relative(SRC, f)).sort();
-    for (const importer of importers) assert.match(importer, /^server\/(services|cluster-service)\.ts$/, `${relative(SRC, file)} is imported by ${importer}`);
+    const importers = server
+      .filter((f) => importsOf(f).includes(file))
+      .map((f) => relative(SRC, f))
+      .sort();
+    for (const importer of importers)
+      assert.match(
+        importer,
+        /^server\/(services|cluster-service)\.ts$/,
+        `${relative(SRC, file)} is imported by ${importer}`,
+      );
   }
 });
 
@@ -138,6 +180,24 @@ test('the import reader sees static, type-only, multi-line, dynamic and re-expor
   ].join('\n');
   const found = importsOf('/x/src/server/file.ts', text).map((p) => relative('/x/src', p));
   assert.deepEqual(found, ['server/a.ts', 'b/b.ts', 'server/c.ts', 'server/d.ts', 'server/e.ts', 'server/f.ts']);
-  assert.deepEqual(cyclesOf(new Map([['a', ['b']], ['b', ['c']], ['c', ['a']], ['d', ['a']]])), [['a', 'b', 'c', 'a']]);
-  assert.deepEqual(cyclesOf(new Map([['a', ['b']], ['b', []]])), []);
+  assert.deepEqual(
+    cyclesOf(
+      new Map([
+        ['a', ['b']],
+        ['b', ['c']],
+        ['c', ['a']],
+        ['d', ['a']],
+      ]),
+    ),
+    [['a', 'b', 'c', 'a']],
+  );
+  assert.deepEqual(
+    cyclesOf(
+      new Map([
+        ['a', ['b']],
+        ['b', []],
+      ]),
+    ),
+    [],
+  );
 });

@@ -4,10 +4,24 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AUDIT_FILE, AUDIT_HEAD_FILE, AuditError, AuditLog, HEAD_INTERVAL_MS, verifyAuditDir } from '../../src/audit/audit-log.ts';
+import {
+  AUDIT_FILE,
+  AUDIT_HEAD_FILE,
+  AuditError,
+  AuditLog,
+  HEAD_INTERVAL_MS,
+  verifyAuditDir,
+} from '../../src/audit/audit-log.ts';
 
 const KEY = randomBytes(32);
-const event = (k: number) => ({ identity: `user-${k}`, role: 'client', method: 'Secrets.Get', target: `app/k${k}`, outcome: 'allowed' as const, code: 'OK' });
+const event = (k: number) => ({
+  identity: `user-${k}`,
+  role: 'client',
+  method: 'Secrets.Get',
+  target: `app/k${k}`,
+  outcome: 'allowed' as const,
+  code: 'OK',
+});
 
 async function logWith(records: number): Promise<{ dir: string; root: string }> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-audit-'));
@@ -46,7 +60,11 @@ test('verify reports the first broken link of an altered, reordered, cut or trun
   };
   try {
     await check(original.replace('"target":"app/k4"', '"target":"app/kX"'), 5, /altered/);
-    await check([lines[0], lines[2], lines[1], ...lines.slice(3)].join('\n') + '\n', 2, /removed, inserted or reordered/);
+    await check(
+      [lines[0], lines[2], lines[1], ...lines.slice(3)].join('\n') + '\n',
+      2,
+      /removed, inserted or reordered/,
+    );
     await check([...lines.slice(0, 3), ...lines.slice(4)].join('\n') + '\n', 4, /removed, inserted or reordered/);
     await check(lines.slice(0, 6).join('\n') + '\n', 7, /truncated/);
   } finally {
@@ -60,7 +78,10 @@ test('when the log cannot be written, appends fail and the log says it is broken
     const log = await AuditLog.open(dir, 1, KEY);
     renameSync(dir, `${dir}.away`);
     writeFileSync(dir, 'not a directory');
-    await assert.rejects(log.append(event(3)), (e: unknown) => e instanceof AuditError && /cannot be written/.test(e.message));
+    await assert.rejects(
+      log.append(event(3)),
+      (e: unknown) => e instanceof AuditError && /cannot be written/.test(e.message),
+    );
     assert.notEqual(log.broken, null);
     rmSync(dir);
     renameSync(`${dir}.away`, dir);
@@ -86,7 +107,11 @@ test('a crash between the log and its head, or in the middle of a line, leaves a
     const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
     // And a partial line at the end (crash mid-write).
     writeFileSync(join(dir, AUDIT_FILE), `${lines.join('\n')}\n{"seq":6,"ti`);
-    assert.match((await verifyAuditDir(dir, KEY)).firstBroken?.problem ?? '', /incomplete last line/, 'offline, before the manager cuts it');
+    assert.match(
+      (await verifyAuditDir(dir, KEY)).firstBroken?.problem ?? '',
+      /incomplete last line/,
+      'offline, before the manager cuts it',
+    );
     const log = await AuditLog.open(dir, 1, KEY);
     await log.append(event(5));
     const report = await verifyAuditDir(dir, KEY);
@@ -122,13 +147,25 @@ test('while the head cannot be written the log stays broken, even as records sti
   }
 });
 
-test('the layout: each line is a record\'s JSON with its hash last; the head carries seq, hash, node and its MAC last; the anchor is the last durable record', async () => {
+test("the layout: each line is a record's JSON with its hash last; the head carries seq, hash, node and its MAC last; the anchor is the last durable record", async () => {
   const { dir, root } = await logWith(2);
   try {
     const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
     for (const line of lines) {
       const record = JSON.parse(line) as Record<string, unknown>;
-      assert.deepEqual(Object.keys(record), ['seq', 'time', 'node', 'identity', 'role', 'method', 'target', 'outcome', 'code', 'prev', 'hash']);
+      assert.deepEqual(Object.keys(record), [
+        'seq',
+        'time',
+        'node',
+        'identity',
+        'role',
+        'method',
+        'target',
+        'outcome',
+        'code',
+        'prev',
+        'hash',
+      ]);
       assert.match(line, /,"hash":"[0-9a-f]{64}"\}$/);
     }
     const head = readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8');
@@ -139,7 +176,10 @@ test('the layout: each line is a record\'s JSON with its hash last; the head car
     // Under another key nothing verifies, and the log is not opened.
     const other = randomBytes(32);
     assert.match((await verifyAuditDir(dir, other)).firstBroken?.problem ?? '', /MAC/);
-    await assert.rejects(AuditLog.open(dir, 1, other), (e: unknown) => e instanceof AuditError && /does not verify/.test(e.message));
+    await assert.rejects(
+      AuditLog.open(dir, 1, other),
+      (e: unknown) => e instanceof AuditError && /does not verify/.test(e.message),
+    );
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -8,7 +8,14 @@ import { join } from 'node:path';
 import { AUDIT_FILE, AUDIT_HEAD_FILE, AuditLog, verifyAuditDir } from '../../src/audit/audit-log.ts';
 
 const KEY = randomBytes(32);
-const event = (k: number) => ({ identity: `user-${k}`, role: 'client', method: 'Secrets.Get', target: `app/k${k}`, outcome: 'allowed' as const, code: 'OK' });
+const event = (k: number) => ({
+  identity: `user-${k}`,
+  role: 'client',
+  method: 'Secrets.Get',
+  target: `app/k${k}`,
+  outcome: 'allowed' as const,
+  code: 'OK',
+});
 
 /** A manager's audit directory with `records` records, its head written. */
 async function logWith(records: number): Promise<{ dir: string; root: string; log: AuditLog }> {
@@ -21,7 +28,8 @@ async function logWith(records: number): Promise<{ dir: string; root: string; lo
 }
 
 const linesOf = (dir: string): string[] => readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
-const keepLines = (dir: string, lines: string[]): void => writeFileSync(join(dir, AUDIT_FILE), lines.map((l) => `${l}\n`).join(''));
+const keepLines = (dir: string, lines: string[]): void =>
+  writeFileSync(join(dir, AUDIT_FILE), lines.map((l) => `${l}\n`).join(''));
 
 async function assertBroken(dir: string, problem: RegExp, anchor?: { seq: number; hash: string }): Promise<void> {
   const report = await verifyAuditDir(dir, KEY, anchor);
@@ -102,7 +110,17 @@ test('tamper: a whole chain rewritten without the key (plain SHA-256, or HMAC un
     let prev = '0'.repeat(64);
     const plain = records.map((r) => {
       const target = r['seq'] === 3 ? 'app/innocent' : r['target'];
-      const fields = [r['seq'], r['time'], r['node'], r['identity'], r['role'], r['method'], target, r['outcome'], r['code']];
+      const fields = [
+        r['seq'],
+        r['time'],
+        r['node'],
+        r['identity'],
+        r['role'],
+        r['method'],
+        target,
+        r['outcome'],
+        r['code'],
+      ];
       const hash = createHash('sha256').update(prev).update(JSON.stringify(fields)).digest('hex');
       const line = JSON.stringify({ ...r, target, prev, hash });
       prev = hash;
@@ -123,7 +141,10 @@ test('tamper: a whole chain rewritten without the key (plain SHA-256, or HMAC un
     });
     keepLines(dir, forged);
     const headBody = JSON.stringify({ seq: records.length, hash: prev, node: 1 });
-    writeFileSync(join(dir, AUDIT_HEAD_FILE), `${headBody.slice(0, -1)},"mac":"${createHmac('sha256', other).update(`audit-head\n${headBody}`).digest('hex')}"}`);
+    writeFileSync(
+      join(dir, AUDIT_HEAD_FILE),
+      `${headBody.slice(0, -1)},"mac":"${createHmac('sha256', other).update(`audit-head\n${headBody}`).digest('hex')}"}`,
+    );
     await assertBroken(dir, /./);
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -183,7 +204,10 @@ test('tamper: bytes that decode to the same text (invalid UTF-8 for a U+FFFD) ar
     await log.settled();
     const bytes = readFileSync(join(dir, AUDIT_FILE));
     const at = bytes.indexOf(Buffer.from('\uFFFD'));
-    writeFileSync(join(dir, AUDIT_FILE), Buffer.concat([bytes.subarray(0, at), Buffer.from([0xff]), bytes.subarray(at + 3)]));
+    writeFileSync(
+      join(dir, AUDIT_FILE),
+      Buffer.concat([bytes.subarray(0, at), Buffer.from([0xff]), bytes.subarray(at + 3)]),
+    );
     await assertBroken(dir, /not UTF-8/);
   } finally {
     rmSync(root, { recursive: true, force: true });

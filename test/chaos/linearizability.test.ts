@@ -1,23 +1,88 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SeededRandom } from '../../src/util/prng.ts';
-import { checkHistory, checkKey, checkKeyVersions, checkStaleReads, describe, type Operation } from './linearizability.ts';
+import {
+  checkHistory,
+  checkKey,
+  checkKeyVersions,
+  checkStaleReads,
+  describe,
+  type Operation,
+} from './linearizability.ts';
 import { simulateRegister } from './register-sim.ts';
 
 let ids = 0;
-const put = (process: number, value: string, invokeMs: number, completeMs: number, version?: number, key = 'k'): Operation =>
-  ({ id: ++ids, process, key, kind: 'put', value, invokeMs, completeMs: version === undefined ? Infinity : completeMs, outcome: version === undefined ? 'info' : 'ok', ...(version === undefined ? {} : { version }) });
-const cas = (process: number, expectedVersion: number, value: string, invokeMs: number, completeMs: number, outcome: 'ok' | 'fail' | 'info', version?: number): Operation =>
-  ({ id: ++ids, process, key: 'k', kind: 'cas', value, expectedVersion, invokeMs, completeMs: outcome === 'info' ? Infinity : completeMs, outcome, ...(version === undefined ? {} : { version }) });
-const get = (process: number, invokeMs: number, completeMs: number, version: number, value: string | null, stale = false, key = 'k'): Operation =>
-  ({ id: ++ids, process, key, kind: 'get', invokeMs, completeMs, outcome: 'ok', version, readValue: value, stale });
+const put = (
+  process: number,
+  value: string,
+  invokeMs: number,
+  completeMs: number,
+  version?: number,
+  key = 'k',
+): Operation => ({
+  id: ++ids,
+  process,
+  key,
+  kind: 'put',
+  value,
+  invokeMs,
+  completeMs: version === undefined ? Infinity : completeMs,
+  outcome: version === undefined ? 'info' : 'ok',
+  ...(version === undefined ? {} : { version }),
+});
+const cas = (
+  process: number,
+  expectedVersion: number,
+  value: string,
+  invokeMs: number,
+  completeMs: number,
+  outcome: 'ok' | 'fail' | 'info',
+  version?: number,
+): Operation => ({
+  id: ++ids,
+  process,
+  key: 'k',
+  kind: 'cas',
+  value,
+  expectedVersion,
+  invokeMs,
+  completeMs: outcome === 'info' ? Infinity : completeMs,
+  outcome,
+  ...(version === undefined ? {} : { version }),
+});
+const get = (
+  process: number,
+  invokeMs: number,
+  completeMs: number,
+  version: number,
+  value: string | null,
+  stale = false,
+  key = 'k',
+): Operation => ({
+  id: ++ids,
+  process,
+  key,
+  kind: 'get',
+  invokeMs,
+  completeMs,
+  outcome: 'ok',
+  version,
+  readValue: value,
+  stale,
+});
 
 const linearizable = (ops: Operation[]) => checkHistory(ops).linearizable;
 
 test('sequential and properly overlapping histories are linearizable', () => {
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), get(2, 2, 3, 1, 'a'), put(1, 'b', 4, 5, 2), get(2, 6, 7, 2, 'b')]), true);
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), get(2, 2, 3, 1, 'a'), put(1, 'b', 4, 5, 2), get(2, 6, 7, 2, 'b')]),
+    true,
+  );
   // A read overlapping a write may see either value.
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 10, 2), get(2, 3, 4, 1, 'a'), get(3, 5, 6, 2, 'b')]), true);
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 10, 2), get(2, 3, 4, 1, 'a'), get(3, 5, 6, 2, 'b')]),
+    true,
+  );
   // Reads before any write see nothing (version 0).
   assert.equal(linearizable([get(1, 0, 1, 0, null), put(2, 'a', 2, 3, 1)]), true);
 });
@@ -32,36 +97,81 @@ test('a read that misses a write which completed before it began is not lineariz
 test('a new-then-old inversion between two reads is not linearizable (the tricky one)', () => {
   // The write overlaps both reads, but the first read (which saw the new value) returned before
   // the second (which saw the old one) began.
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 20, 2), get(2, 3, 4, 2, 'b'), get(3, 5, 6, 1, 'a')]), false);
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 20, 2), get(2, 3, 4, 2, 'b'), get(3, 5, 6, 1, 'a')]),
+    false,
+  );
   // The same reads overlapping each other are fine.
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 20, 2), get(2, 3, 6, 2, 'b'), get(3, 5, 7, 1, 'a')]), true);
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 20, 2), get(2, 3, 6, 2, 'b'), get(3, 5, 7, 1, 'a')]),
+    true,
+  );
 });
 
 test('unknown outcomes: an info write may take effect late, or never, but not before it was invoked', () => {
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), get(3, 50, 51, 2, 'x')]), true, 'applied, seen later');
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), get(3, 50, 51, 2, 'x')]),
+    true,
+    'applied, seen later',
+  );
   assert.equal(linearizable([put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), get(3, 50, 51, 1, 'a')]), true, 'never applied');
   assert.equal(linearizable([get(3, 0, 1, 1, 'x'), put(2, 'x', 2, 0)]), false, 'seen before it was invoked');
 });
 
 test('versions must add up: two concurrent CAS on one version cannot both succeed; a wrong version number is caught', () => {
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 5, 'ok', 2), cas(3, 1, 'c', 3, 6, 'ok', 2)]), false);
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 5, 'ok', 2), cas(3, 1, 'c', 3, 6, 'fail')]), true, 'one wins, the other sees a mismatch');
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 3, 'fail')]), false, 'a CAS refused although its version was current');
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 5, 'ok', 2), cas(3, 1, 'c', 3, 6, 'ok', 2)]),
+    false,
+  );
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 5, 'ok', 2), cas(3, 1, 'c', 3, 6, 'fail')]),
+    true,
+    'one wins, the other sees a mismatch',
+  );
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 3, 'fail')]),
+    false,
+    'a CAS refused although its version was current',
+  );
   assert.equal(linearizable([put(1, 'a', 0, 1, 1), put(2, 'b', 2, 3, 3)]), false, 'version 3 after version 1');
-  assert.equal(linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 0, 'info'), get(3, 10, 11, 2, 'b')]), true, 'an info CAS that applied');
+  assert.equal(
+    linearizable([put(1, 'a', 0, 1, 1), cas(2, 1, 'b', 2, 0, 'info'), get(3, 10, 11, 2, 'b')]),
+    true,
+    'an info CAS that applied',
+  );
 });
 
 test('keys are independent; each verdict names its key', () => {
-  const verdict = checkHistory([put(1, 'a', 0, 1, 1, 'x'), get(2, 2, 3, 1, 'a', false, 'x'), put(1, 'b', 0, 1, 1, 'y'), get(2, 2, 3, 0, null, false, 'y')]);
+  const verdict = checkHistory([
+    put(1, 'a', 0, 1, 1, 'x'),
+    get(2, 2, 3, 1, 'a', false, 'x'),
+    put(1, 'b', 0, 1, 1, 'y'),
+    get(2, 2, 3, 0, null, false, 'y'),
+  ]);
   assert.equal(verdict.linearizable, false);
-  assert.deepEqual(verdict.keys.map((k) => [k.key, k.linearizable]), [['x', true], ['y', false]]);
+  assert.deepEqual(
+    verdict.keys.map((k) => [k.key, k.linearizable]),
+    [
+      ['x', true],
+      ['y', false],
+    ],
+  );
 });
 
 test('stale reads keep their weaker promise: no reading from the future, no going back for one process', () => {
   const history = [put(1, 'a', 0, 1, 1), put(1, 'b', 2, 3, 2), get(2, 4, 5, 1, 'a', true), get(2, 6, 7, 2, 'b', true)];
   assert.deepEqual(checkStaleReads(history), [], 'behind is allowed for a stale read');
   assert.equal(checkHistory(history).linearizable, true);
-  assert.equal(checkStaleReads([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 3, 2), get(2, 4, 5, 2, 'b', true), get(2, 6, 7, 1, 'a', true)]).length, 1, 'went back');
+  assert.equal(
+    checkStaleReads([
+      put(1, 'a', 0, 1, 1),
+      put(1, 'b', 2, 3, 2),
+      get(2, 4, 5, 2, 'b', true),
+      get(2, 6, 7, 1, 'a', true),
+    ]).length,
+    1,
+    'went back',
+  );
   assert.equal(checkStaleReads([get(2, 0, 1, 1, 'a', true), put(1, 'a', 2, 3, 1)]).length, 1, 'from the future');
   assert.equal(checkStaleReads([put(1, 'a', 0, 1, 1), get(2, 4, 5, 1, 'zzz', true)]).length, 1, 'a value nobody wrote');
 });
@@ -83,7 +193,17 @@ test('a larger concurrent history from a correct register is linearizable, and c
     const at = invoke + random() * (complete - invoke);
     const process = k % 6;
     if (random() < 0.5) {
-      const op = { id: ++ids, process, key: 'k', kind: 'put' as const, value: `v${k}`, invokeMs: invoke, completeMs: complete, outcome: 'ok' as const, version: 0 };
+      const op = {
+        id: ++ids,
+        process,
+        key: 'k',
+        kind: 'put' as const,
+        value: `v${k}`,
+        invokeMs: invoke,
+        completeMs: complete,
+        outcome: 'ok' as const,
+        version: 0,
+      };
       ops.push(op);
       effects.push({
         at,
@@ -94,7 +214,17 @@ test('a larger concurrent history from a correct register is linearizable, and c
         },
       });
     } else {
-      const op = { id: ++ids, process, key: 'k', kind: 'get' as const, invokeMs: invoke, completeMs: complete, outcome: 'ok' as const, version: 0, readValue: null as string | null };
+      const op = {
+        id: ++ids,
+        process,
+        key: 'k',
+        kind: 'get' as const,
+        invokeMs: invoke,
+        completeMs: complete,
+        outcome: 'ok' as const,
+        version: 0,
+        readValue: null as string | null,
+      };
       ops.push(op);
       effects.push({
         at,
@@ -110,8 +240,14 @@ test('a larger concurrent history from a correct register is linearizable, and c
   // Make one read return a real but overwritten value: one whose overwrite completed before the read began.
   const writes = ops.filter((op) => op.kind === 'put');
   let corrupted = false;
-  for (const read of ops.filter((op) => op.kind === 'get') as Array<{ version: number; readValue: string | null; invokeMs: number }>) {
-    const old = writes.find((w) => writes.some((later) => (later.version ?? 0) > (w.version ?? 0) && later.completeMs < read.invokeMs));
+  for (const read of ops.filter((op) => op.kind === 'get') as Array<{
+    version: number;
+    readValue: string | null;
+    invokeMs: number;
+  }>) {
+    const old = writes.find((w) =>
+      writes.some((later) => (later.version ?? 0) > (w.version ?? 0) && later.completeMs < read.invokeMs),
+    );
     if (old === undefined) continue;
     read.version = old.version!;
     read.readValue = old.value!;
@@ -128,12 +264,17 @@ const versions = (ops: Operation[]) => {
   assert.notEqual(result.verdict, null, `decided: ${result.reason}`);
   return result.verdict!;
 };
-const good = (ops: Operation[], message: string) => assert.equal(versions(ops).linearizable, true, `${message}: ${versions(ops).explanation}`);
+const good = (ops: Operation[], message: string) =>
+  assert.equal(versions(ops).linearizable, true, `${message}: ${versions(ops).explanation}`);
 const bad = (ops: Operation[], message: string, names: Operation[]) => {
   const verdict = versions(ops);
   assert.equal(verdict.linearizable, false, message);
   assert.equal(checkKey('k', ops).linearizable, false, `the search agrees: ${message}`);
-  for (const op of names) assert.ok((verdict.explanation ?? '').includes(describe(op)), `${message}: the explanation names ${describe(op)}: ${verdict.explanation}`);
+  for (const op of names)
+    assert.ok(
+      (verdict.explanation ?? '').includes(describe(op)),
+      `${message}: the explanation names ${describe(op)}: ${verdict.explanation}`,
+    );
 };
 
 test('version order: known-bad histories are flagged, naming the operations involved', () => {
@@ -203,15 +344,31 @@ test('version order: a failed cas forces earlier versions, and the forcing casca
 
 test('version order: tricky good histories', () => {
   // Info writes that take effect much later, filling gaps in another order than they were invoked.
-  good([put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), put(3, 'y', 3, 0), put(1, 'b', 500, 501, 4), get(4, 502, 503, 4, 'b')], 'two unseen info writes fill v2 and v3');
-  good([put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), get(3, 900, 901, 2, 'x'), get(3, 902, 903, 2, 'x')], 'an info write seen 900 ms later');
+  good(
+    [put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), put(3, 'y', 3, 0), put(1, 'b', 500, 501, 4), get(4, 502, 503, 4, 'b')],
+    'two unseen info writes fill v2 and v3',
+  );
+  good(
+    [put(1, 'a', 0, 1, 1), put(2, 'x', 2, 0), get(3, 900, 901, 2, 'x'), get(3, 902, 903, 2, 'x')],
+    'an info write seen 900 ms later',
+  );
   // An info cas fits only its gap; a put fills the other one.
-  good([put(1, 'a', 0, 1, 1), cas(2, 2, 'x', 2, 0, 'info'), put(3, 'y', 3, 0), get(4, 10, 11, 3, 'x')], 'info cas at expected+1, info put below it');
+  good(
+    [put(1, 'a', 0, 1, 1), cas(2, 2, 'x', 2, 0, 'info'), put(3, 'y', 3, 0), get(4, 10, 11, 3, 'x')],
+    'info cas at expected+1, info put below it',
+  );
   // Concurrent reads of two versions, both overlapping the write between them.
-  good([put(1, 'a', 0, 1, 1), put(1, 'b', 2, 10, 2), get(2, 3, 9, 2, 'b'), get(3, 4, 8, 1, 'a')], 'concurrent reads of v2 then v1');
+  good(
+    [put(1, 'a', 0, 1, 1), put(1, 'b', 2, 10, 2), get(2, 3, 9, 2, 'b'), get(3, 4, 8, 1, 'a')],
+    'concurrent reads of v2 then v1',
+  );
   // Equal timestamps: a return at t comes before an invoke at t.
   good([put(1, 'a', 0, 5, 1), get(2, 5, 6, 1, 'a')], 'a read invoked at the instant the write returned');
-  assert.equal(versions([put(1, 'a', 0, 5, 1), put(1, 'b', 5, 6, 2), get(2, 6, 7, 1, 'a')]).linearizable, false, 'but then it must see it');
+  assert.equal(
+    versions([put(1, 'a', 0, 5, 1), put(1, 'b', 5, 6, 2), get(2, 6, 7, 1, 'a')]).linearizable,
+    false,
+    'but then it must see it',
+  );
   // A failed cas concurrent with the write that made its version current.
   good([put(1, 'a', 0, 10, 1), cas(2, 1, 'f', 1, 2, 'fail')], 'a failed cas before the write it expected');
 });
@@ -231,7 +388,8 @@ function mutate(random: SeededRandom, ops: readonly Operation[]): Operation[] {
   };
   if (target.kind === 'get') {
     const w = writes[random.int(Math.max(1, writes.length))];
-    if (roll < 3 && w !== undefined) [target.readValue, target.version] = [w.value!, w.version ?? target.version! + random.int(3) - 1];
+    if (roll < 3 && w !== undefined)
+      [target.readValue, target.version] = [w.value!, w.version ?? target.version! + random.int(3) - 1];
     else if (roll < 5) target.version = Math.max(0, target.version! + (random.int(2) === 0 ? -1 : 1));
     else shift(10);
   } else if (target.outcome === 'ok') {
@@ -243,7 +401,8 @@ function mutate(random: SeededRandom, ops: readonly Operation[]): Operation[] {
     else shift(10);
   } else {
     target.invokeMs += random.int(30);
-    if (target.kind === 'cas' && roll < 3) target.expectedVersion = Math.max(0, target.expectedVersion! + (random.int(2) === 0 ? -1 : 1));
+    if (target.kind === 'cas' && roll < 3)
+      target.expectedVersion = Math.max(0, target.expectedVersion! + (random.int(2) === 0 ? -1 : 1));
   }
   for (const o of out) if (o.completeMs <= o.invokeMs) o.completeMs = o.invokeMs + 1;
   return out;
@@ -253,11 +412,27 @@ test('version order and the search agree on random small histories and their mut
   const random = new SeededRandom(20_261_123);
   const stats = { decided: 0, nonLinearizable: 0, fallback: 0, searchUndecided: 0 };
   for (let n = 0; n < 1000; n++) {
-    const base = simulateRegister(random, { ops: 4 + random.int(30), processes: 2 + random.int(5), infoRate: random.float() * 0.7, maxDuration: 1 + random.int(15), maxInfoDelay: random.int(60), integerTimes: random.int(2) === 0 });
-    for (const [label, ops] of [['correct', base], ['mutant', mutate(random, base)], ['double mutant', mutate(random, mutate(random, base))]] as const) {
+    const base = simulateRegister(random, {
+      ops: 4 + random.int(30),
+      processes: 2 + random.int(5),
+      infoRate: random.float() * 0.7,
+      maxDuration: 1 + random.int(15),
+      maxInfoDelay: random.int(60),
+      integerTimes: random.int(2) === 0,
+    });
+    for (const [label, ops] of [
+      ['correct', base],
+      ['mutant', mutate(random, base)],
+      ['double mutant', mutate(random, mutate(random, base))],
+    ] as const) {
       const fast = checkKeyVersions('k', ops);
       const searched = checkKey('k', ops, 1_000_000);
-      if (label === 'correct') assert.notEqual(fast.verdict?.linearizable, false, `a correct register's history: ${fast.verdict?.explanation}`);
+      if (label === 'correct')
+        assert.notEqual(
+          fast.verdict?.linearizable,
+          false,
+          `a correct register's history: ${fast.verdict?.explanation}`,
+        );
       if (fast.verdict === null) {
         stats.fallback++;
         continue;
@@ -268,7 +443,11 @@ test('version order and the search agree on random small histories and their mut
       }
       stats.decided++;
       if (!searched.linearizable) stats.nonLinearizable++;
-      assert.equal(fast.verdict.linearizable, searched.linearizable, `${label} (seed ${n}): version order says ${fast.verdict.explanation ?? 'linearizable'}; the search says ${searched.explanation ?? 'linearizable'}\n${ops.map(describe).join('\n')}`);
+      assert.equal(
+        fast.verdict.linearizable,
+        searched.linearizable,
+        `${label} (seed ${n}): version order says ${fast.verdict.explanation ?? 'linearizable'}; the search says ${searched.explanation ?? 'linearizable'}\n${ops.map(describe).join('\n')}`,
+      );
     }
   }
   assert.ok(stats.decided > 2700, `most were decided by both: ${JSON.stringify(stats)}`);
@@ -278,7 +457,13 @@ test('version order and the search agree on random small histories and their mut
 
 test('scale: 20,000 operations on one key with ~300 unknown outcomes are decided in well under a few seconds', () => {
   const random = new SeededRandom(2);
-  const ops = simulateRegister(random, { ops: 20_000, processes: 10, infoRate: 0.03, maxDuration: 20, maxInfoDelay: 5000 });
+  const ops = simulateRegister(random, {
+    ops: 20_000,
+    processes: 10,
+    infoRate: 0.03,
+    maxDuration: 20,
+    maxInfoDelay: 5000,
+  });
   const infos = ops.filter((op) => op.outcome === 'info').length;
   assert.ok(infos > 250 && infos < 350, `about 300 info operations: ${infos}`);
   let start = performance.now();
@@ -291,13 +476,19 @@ test('scale: 20,000 operations on one key with ~300 unknown outcomes are decided
   const okWrites = new Map(ops.filter((op) => op.kind !== 'get' && op.outcome === 'ok').map((op) => [op.version!, op]));
   const reads = ops.filter((op) => op.kind === 'get');
   const victim = reads[Math.floor(reads.length * 0.8)]!;
-  const old = [...okWrites.values()].find((w) => (okWrites.get(w.version! + 1)?.completeMs ?? Infinity) < victim.invokeMs && w.version! < victim.version! - 50)!;
+  const old = [...okWrites.values()].find(
+    (w) =>
+      (okWrites.get(w.version! + 1)?.completeMs ?? Infinity) < victim.invokeMs && w.version! < victim.version! - 50,
+  )!;
   const stale = ops.map((op) => (op === victim ? { ...op, version: old.version!, readValue: old.value! } : op));
   start = performance.now();
   const broken = checkHistory(stale);
   const badMs = performance.now() - start;
   assert.equal(broken.keys[0]!.undecided, undefined);
   assert.equal(broken.linearizable, false);
-  assert.ok(broken.keys[0]!.explanation!.includes(describe({ ...victim, version: old.version!, readValue: old.value! })), broken.keys[0]!.explanation);
+  assert.ok(
+    broken.keys[0]!.explanation!.includes(describe({ ...victim, version: old.version!, readValue: old.value! })),
+    broken.keys[0]!.explanation,
+  );
   assert.ok(goodMs + badMs < 5000, `took ${Math.round(goodMs)} + ${Math.round(badMs)} ms`);
 });

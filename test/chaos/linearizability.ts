@@ -142,7 +142,14 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
   let knownLeft = ops.filter((op) => op.outcome !== 'info').length;
   let steps = 0;
   while (head.next !== null && knownLeft > 0) {
-    if (++steps > stepsMax) return { key, linearizable: false, undecided: true, operations: ops.length, explanation: `search gave up after ${stepsMax} steps (undecided)` };
+    if (++steps > stepsMax)
+      return {
+        key,
+        linearizable: false,
+        undecided: true,
+        operations: ops.length,
+        explanation: `search gave up after ${stepsMax} steps (undecided)`,
+      };
     if (entry === null) throw new Error('unreachable: ran past the end of the history');
     if (entry.isCall) {
       const next = step(state, entry.op);
@@ -191,8 +198,20 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
 }
 
 export function describe(op: Operation): string {
-  const result = op.outcome === 'info' ? 'info' : op.kind === 'get' ? `v${op.version}=${JSON.stringify(op.readValue ?? null)}` : op.outcome === 'ok' ? `v${op.version}` : 'fail';
-  const args = op.kind === 'put' ? JSON.stringify(op.value) : op.kind === 'cas' ? `v${op.expectedVersion} ${JSON.stringify(op.value)}` : '';
+  const result =
+    op.outcome === 'info'
+      ? 'info'
+      : op.kind === 'get'
+        ? `v${op.version}=${JSON.stringify(op.readValue ?? null)}`
+        : op.outcome === 'ok'
+          ? `v${op.version}`
+          : 'fail';
+  const args =
+    op.kind === 'put'
+      ? JSON.stringify(op.value)
+      : op.kind === 'cas'
+        ? `v${op.expectedVersion} ${JSON.stringify(op.value)}`
+        : '';
   return `#${op.id} p${op.process} ${op.kind}(${args}) -> ${result} [${op.invokeMs}, ${op.completeMs === Infinity ? 'inf' : op.completeMs}]`;
 }
 
@@ -227,7 +246,12 @@ export function checkKeyFast(key: string, ops: readonly Operation[], stepsMax?: 
   const result = checkKeyVersions(key, ops);
   if (result.verdict !== null) return result.verdict;
   const searched = checkKey(key, ops, stepsMax);
-  return searched.linearizable ? searched : { ...searched, explanation: `${searched.explanation ?? ''} (the version-order checker could not decide: ${result.reason})` };
+  return searched.linearizable
+    ? searched
+    : {
+        ...searched,
+        explanation: `${searched.explanation ?? ''} (the version-order checker could not decide: ${result.reason})`,
+      };
 }
 
 /**
@@ -247,14 +271,24 @@ export function checkStaleReads(ops: readonly Operation[]): string[] {
     writes.set(op.key, list);
   }
   const lastSeen = new Map<string, number>();
-  for (const read of [...ops].filter((op) => op.kind === 'get' && op.stale === true && op.outcome === 'ok').sort((a, b) => a.invokeMs - b.invokeMs)) {
+  for (const read of [...ops]
+    .filter((op) => op.kind === 'get' && op.stale === true && op.outcome === 'ok')
+    .sort((a, b) => a.invokeMs - b.invokeMs)) {
     const version = read.version ?? 0;
     const mark = `${read.process}|${read.key}`;
-    if (version < (lastSeen.get(mark) ?? 0)) anomalies.push(`${describe(read)}: version went back from v${lastSeen.get(mark)} for this process`);
+    if (version < (lastSeen.get(mark) ?? 0))
+      anomalies.push(`${describe(read)}: version went back from v${lastSeen.get(mark)} for this process`);
     lastSeen.set(mark, Math.max(version, lastSeen.get(mark) ?? 0));
     if (version === 0) continue;
-    const candidates = (writes.get(read.key) ?? []).filter((w) => w.invokeMs <= read.completeMs && w.outcome !== 'fail' && (w.outcome === 'info' || w.version === version) && w.value === read.readValue);
-    if (candidates.length === 0) anomalies.push(`${describe(read)}: no write invoked before it could have produced v${version} with that value`);
+    const candidates = (writes.get(read.key) ?? []).filter(
+      (w) =>
+        w.invokeMs <= read.completeMs &&
+        w.outcome !== 'fail' &&
+        (w.outcome === 'info' || w.version === version) &&
+        w.value === read.readValue,
+    );
+    if (candidates.length === 0)
+      anomalies.push(`${describe(read)}: no write invoked before it could have produced v${version} with that value`);
   }
   return anomalies;
 }
@@ -316,7 +350,9 @@ export function checkStaleReads(ops: readonly Operation[]): string[] {
  * may give up: undecided). Values are assumed unique per write (the workload makes them so); a
  * history where they are not, or with malformed operations, also falls back.
  */
-export type VersionOrderResult = { readonly verdict: KeyVerdict; readonly reason?: undefined } | { readonly verdict: null; readonly reason: string };
+export type VersionOrderResult =
+  | { readonly verdict: KeyVerdict; readonly reason?: undefined }
+  | { readonly verdict: null; readonly reason: string };
 
 interface Bound {
   value: number;
@@ -332,12 +368,24 @@ interface Violation {
 }
 
 export function checkKeyVersions(key: string, ops: readonly Operation[]): VersionOrderResult {
-  const anomaly = (explanation: string): VersionOrderResult => ({ verdict: { key, linearizable: false, operations: ops.length, explanation } });
+  const anomaly = (explanation: string): VersionOrderResult => ({
+    verdict: { key, linearizable: false, operations: ops.length, explanation },
+  });
   const undecidable = (reason: string): VersionOrderResult => ({ verdict: null, reason });
 
-  const times = [...new Set(ops.flatMap((op) => [op.invokeMs, op.completeMs]).filter((t) => Number.isFinite(t)))].sort((a, b) => a - b);
+  const times = [...new Set(ops.flatMap((op) => [op.invokeMs, op.completeMs]).filter((t) => Number.isFinite(t)))].sort(
+    (a, b) => a - b,
+  );
   const rank = new Map(times.map((t, k) => [t, k]));
-  const ranked = new Map(ops.map((op) => [op, { inv: 2 * rank.get(op.invokeMs)! + 1, comp: op.completeMs === Infinity ? Infinity : 2 * rank.get(op.completeMs)! }]));
+  const ranked = new Map(
+    ops.map((op) => [
+      op,
+      {
+        inv: 2 * rank.get(op.invokeMs)! + 1,
+        comp: op.completeMs === Infinity ? Infinity : 2 * rank.get(op.completeMs)!,
+      },
+    ]),
+  );
   const inv = (op: Operation): number => ranked.get(op)!.inv;
   const comp = (op: Operation): number => ranked.get(op)!.comp;
 
@@ -345,28 +393,35 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
   const reads: Operation[] = [];
   const fails: Operation[] = [];
   for (const op of ops) {
-    if (!Number.isFinite(op.invokeMs) || Number.isNaN(op.completeMs)) return undecidable(`malformed times: ${describe(op)}`);
+    if (!Number.isFinite(op.invokeMs) || Number.isNaN(op.completeMs))
+      return undecidable(`malformed times: ${describe(op)}`);
     if (op.kind === 'get') {
       if (op.outcome !== 'ok') continue; // a read without an answer tells nothing
       if (!Number.isSafeInteger(op.version)) return undecidable(`a read without a version: ${describe(op)}`);
       reads.push(op);
     } else {
-      if (op.kind === 'cas' && !Number.isSafeInteger(op.expectedVersion)) return undecidable(`a cas without an expected version: ${describe(op)}`);
+      if (op.kind === 'cas' && !Number.isSafeInteger(op.expectedVersion))
+        return undecidable(`a cas without an expected version: ${describe(op)}`);
       if (op.outcome === 'fail') {
         if (op.kind === 'cas') fails.push(op); // a failed put certainly did not take effect
         continue;
       }
       if (op.value === undefined) return undecidable(`a write without a value: ${describe(op)}`);
-      if (op.outcome === 'ok' && !Number.isSafeInteger(op.version)) return undecidable(`an ok write without a version: ${describe(op)}`);
+      if (op.outcome === 'ok' && !Number.isSafeInteger(op.version))
+        return undecidable(`an ok write without a version: ${describe(op)}`);
       writes.push(op);
     }
-    if (op.outcome !== 'info' && inv(op) > comp(op)) return anomaly(`${describe(op)} returned no later than it was invoked: no point of its interval can be its linearization point`);
+    if (op.outcome !== 'info' && inv(op) > comp(op))
+      return anomaly(
+        `${describe(op)} returned no later than it was invoked: no point of its interval can be its linearization point`,
+      );
   }
 
   // 1. Which write made which version.
   const byValue = new Map<string, Operation>();
   for (const w of writes) {
-    if (byValue.has(w.value!)) return undecidable(`two writes of one value: ${describe(byValue.get(w.value!)!)} and ${describe(w)}`);
+    if (byValue.has(w.value!))
+      return undecidable(`two writes of one value: ${describe(byValue.get(w.value!)!)} and ${describe(w)}`);
     byValue.set(w.value!, w);
   }
   const writerOf = new Map<number, Operation>();
@@ -377,7 +432,8 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
     if (w.outcome !== 'ok') continue;
     const v = w.version!;
     if (v < 1) return anomaly(`${describe(w)}: a write cannot make version ${v}`);
-    if (w.kind === 'cas' && v !== w.expectedVersion! + 1) return anomaly(`${describe(w)}: a cas expecting v${w.expectedVersion} can only make v${w.expectedVersion! + 1}`);
+    if (w.kind === 'cas' && v !== w.expectedVersion! + 1)
+      return anomaly(`${describe(w)}: a cas expecting v${w.expectedVersion} can only make v${w.expectedVersion! + 1}`);
     const other = writerOf.get(v);
     if (other !== undefined) return anomaly(`two writes made v${v}: ${describe(other)} and ${describe(w)}`);
     writerOf.set(v, w);
@@ -397,14 +453,26 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
     const w = byValue.get(value);
     if (w === undefined) {
       const failed = failedValues.get(value);
-      return anomaly(`${describe(r)} read a value never written${failed === undefined ? '' : ` (only by ${describe(failed)}, which failed)`}`);
+      return anomaly(
+        `${describe(r)} read a value never written${failed === undefined ? '' : ` (only by ${describe(failed)}, which failed)`}`,
+      );
     }
-    if (w.outcome === 'ok' && w.version !== v) return anomaly(`${describe(r)} read the value of ${describe(w)} at v${v}, but that write made v${w.version}`);
-    if (w.kind === 'cas' && v !== w.expectedVersion! + 1) return anomaly(`${describe(r)} read the value of ${describe(w)} at v${v}, but a cas expecting v${w.expectedVersion} can only make v${w.expectedVersion! + 1}`);
+    if (w.outcome === 'ok' && w.version !== v)
+      return anomaly(`${describe(r)} read the value of ${describe(w)} at v${v}, but that write made v${w.version}`);
+    if (w.kind === 'cas' && v !== w.expectedVersion! + 1)
+      return anomaly(
+        `${describe(r)} read the value of ${describe(w)} at v${v}, but a cas expecting v${w.expectedVersion} can only make v${w.expectedVersion! + 1}`,
+      );
     const known = versionOf.get(w);
-    if (known !== undefined && known !== v) return anomaly(`one write at two versions: ${describe(placedBy.get(w)!)} saw ${describe(w)} at v${known}, ${describe(r)} at v${v}`);
+    if (known !== undefined && known !== v)
+      return anomaly(
+        `one write at two versions: ${describe(placedBy.get(w)!)} saw ${describe(w)} at v${known}, ${describe(r)} at v${v}`,
+      );
     const other = writerOf.get(v);
-    if (other !== undefined && other !== w) return anomaly(`two writes made v${v}: ${describe(other)} (seen by ${describe(placedBy.get(other)!)}) and ${describe(w)} (seen by ${describe(r)})`);
+    if (other !== undefined && other !== w)
+      return anomaly(
+        `two writes made v${v}: ${describe(other)} (seen by ${describe(placedBy.get(other)!)}) and ${describe(w)} (seen by ${describe(r)})`,
+      );
     writerOf.set(v, w);
     versionOf.set(w, v);
     if (!placedBy.has(w)) placedBy.set(w, r);
@@ -417,7 +485,8 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
   for (const r of reads) {
     const v = r.version!;
     const lo = readsLo.get(v + 1);
-    if (lo === undefined || inv(r) > lo.value) readsLo.set(v + 1, { value: inv(r), op: r, role: `it read v${v}, so v${v + 1} was written after it began` });
+    if (lo === undefined || inv(r) > lo.value)
+      readsLo.set(v + 1, { value: inv(r), op: r, role: `it read v${v}, so v${v + 1} was written after it began` });
     const hi = readsHi.get(v);
     if (hi === undefined || comp(r) < hi.value) readsHi.set(v, { value: comp(r), op: r, role: `it read v${v}` });
   }
@@ -428,7 +497,9 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
     failsAt.set(f.expectedVersion!, list);
   }
   for (const list of failsAt.values()) list.sort((a, b) => comp(a) - comp(b));
-  const unplacedPuts = writes.filter((w) => w.outcome === 'info' && w.kind === 'put' && !versionOf.has(w)).sort((a, b) => inv(a) - inv(b));
+  const unplacedPuts = writes
+    .filter((w) => w.outcome === 'info' && w.kind === 'put' && !versionOf.has(w))
+    .sort((a, b) => inv(a) - inv(b));
   const unplacedCas = new Map<number, Operation[]>(); // by the only version each can make
   for (const w of writes) {
     if (w.outcome !== 'info' || w.kind !== 'cas' || versionOf.has(w)) continue;
@@ -464,7 +535,10 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
       const tail = relaxed ? '; even with every choice between unknown outcomes relaxed' : '';
       if (k === 0) {
         const next = lowWhy[1];
-        const why = next === undefined || next.op === null ? 'no write can have made v1' : `v1 was written at or after the invocation of ${describe(next.op)} (${next.role}), after it returned`;
+        const why =
+          next === undefined || next.op === null
+            ? 'no write can have made v1'
+            : `v1 was written at or after the invocation of ${describe(next.op)} (${next.role}), after it returned`;
         return {
           choiceDependent: choiceMade || (higherFails && !relaxed),
           explanation: `no linearization: ${low.op === null ? '?' : describe(low.op)} failed expecting v0, so v1 came before it, yet ${why}${tail}`,
@@ -487,7 +561,11 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
           const f = list[i++]!;
           if (inv(f) > p[e]!) {
             p[e] = inv(f);
-            lowWhy[e] = { value: inv(f), op: f, role: `a cas expecting v${e} that failed, and v${e + 1} cannot have come before it returned, so v${e} came after it began` };
+            lowWhy[e] = {
+              value: inv(f),
+              op: f,
+              role: `a cas expecting v${e} that failed, and v${e + 1} cannot have come before it returned, so v${e} came after it began`,
+            };
             raised = true;
           }
         }
@@ -513,7 +591,10 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
             p[k] = Infinity;
             return settle(m);
           }
-          return { choiceDependent: choiceMade, explanation: `no linearization: nothing names the write of v${k} (below v${m}, which was observed), and no unknown-outcome write ${relaxed ? 'exists' : 'is left'} that could have made it` };
+          return {
+            choiceDependent: choiceMade,
+            explanation: `no linearization: nothing names the write of v${k} (below v${m}, which was observed), and no unknown-outcome write ${relaxed ? 'exists' : 'is left'} that could have made it`,
+          };
         }
         if (relaxed) w = null;
         else if (put === undefined || (cas !== undefined && inv(cas) <= low.value)) w = cas!;
@@ -526,7 +607,8 @@ export function checkKeyVersions(key: string, ops: readonly Operation[]): Versio
         }
         if (w !== null && w === put) nextPut++;
       } else if (comp(w) < high.value) high = { value: comp(w), op: w, role: `it wrote v${k}` };
-      if (w !== null && !(relaxed && !versionOf.has(w)) && inv(w) > low.value) low = { value: inv(w), op: w, role: `it wrote v${k}` };
+      if (w !== null && !(relaxed && !versionOf.has(w)) && inv(w) > low.value)
+        low = { value: inv(w), op: w, role: `it wrote v${k}` };
       writer[k] = w;
       p[k] = Math.max(p[k - 1]!, low.value);
       lowWhy[k] = low;

@@ -3,7 +3,15 @@ import type { Random } from '../../src/util/prng.ts';
 import { eventually } from '../processes/processes.ts';
 import type { Manager, ProcessCluster } from './process-cluster.ts';
 
-export const NEMESES = ['kill-leader', 'kill-minority', 'pause', 'restart-all', 'partition', 'transfer-leader', 'membership'] as const;
+export const NEMESES = [
+  'kill-leader',
+  'kill-minority',
+  'pause',
+  'restart-all',
+  'partition',
+  'transfer-leader',
+  'membership',
+] as const;
 export type NemesisName = (typeof NEMESES)[number];
 
 export interface FaultRecord {
@@ -37,7 +45,12 @@ function admin(c: ProcessCluster): CofferClient {
  * Injects one fault and heals it (except where healing is the point of a later step). Returns a
  * line describing what was done, or null when nothing could be (no leader known, say).
  */
-export async function injectFault(c: ProcessCluster, nemesis: NemesisName, random: Random, hooks: { killedLeader(): void }): Promise<string | null> {
+export async function injectFault(
+  c: ProcessCluster,
+  nemesis: NemesisName,
+  random: Random,
+  hooks: { killedLeader(): void },
+): Promise<string | null> {
   const names = (ms: readonly Manager[]) => ms.map((m) => m.name).join(', ');
   switch (nemesis) {
     case 'kill-leader': {
@@ -74,7 +87,10 @@ export async function injectFault(c: ProcessCluster, nemesis: NemesisName, rando
       const client = admin(c);
       try {
         const voters = (await c.leader()) === null ? [] : c.managers;
-        const target = random.float() < 0.5 || voters.length === 0 ? 0 : (await c.status(voters[random.int(voters.length)]!).catch(() => null))?.nodeId ?? 0;
+        const target =
+          random.float() < 0.5 || voters.length === 0
+            ? 0
+            : ((await c.status(voters[random.int(voters.length)]!).catch(() => null))?.nodeId ?? 0);
         const reply = await client.transferLeader(target);
         return `transfer leadership to ${target === 0 ? 'the most caught-up voter' : `manager ${target}`}: manager ${reply.leaderId} leads`;
       } catch (error) {
@@ -161,7 +177,8 @@ async function replaceMember(c: ProcessCluster, random: Random): Promise<string>
   try {
     // A manager just restarted by another fault may not answer yet: then nothing is changed.
     const answer = await c.status(victim).catch((error: Error) => error);
-    if (answer instanceof Error) return `replace ${victim.name}: skipped, it does not answer (${answer.message.slice(0, 60)})`;
+    if (answer instanceof Error)
+      return `replace ${victim.name}: skipped, it does not answer (${answer.message.slice(0, 60)})`;
     const id = answer.nodeId;
     try {
       await client.removeMember(id);

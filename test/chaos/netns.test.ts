@@ -7,21 +7,34 @@ import { NetworkNamespaces } from './netns.ts';
 function connects(net: NetworkNamespaces, from: number, host: string, port: number): Promise<boolean> {
   const script = `const s=require('net').connect(${port},'${host}',()=>{s.end();process.exit(0)});s.on('error',()=>process.exit(1));setTimeout(()=>process.exit(2),1000)`;
   return new Promise((resolve) => {
-    const child = spawn(net.prefix(from)[0]!, [...net.prefix(from).slice(1), process.execPath, '-e', script], { stdio: 'ignore' });
+    const child = spawn(net.prefix(from)[0]!, [...net.prefix(from).slice(1), process.execPath, '-e', script], {
+      stdio: 'ignore',
+    });
     child.on('exit', (code) => resolve(code === 0));
   });
 }
 
 const unavailable = NetworkNamespaces.unavailableBecause();
 
-test('network namespaces: a bridge joins them, a cut drops traffic both ways until healed, and nothing is left behind', { timeout: 60_000 }, async () => {
+test('network namespaces: a bridge joins them, a cut drops traffic both ways until healed, and nothing is left behind', {
+  timeout: 60_000,
+}, async () => {
   if (unavailable !== null) {
     // Without root the harness runs on loopback; it must say why.
     assert.match(unavailable, /root|Linux|ip netns/);
     return;
   }
   const net = NetworkNamespaces.create(3);
-  const server = spawn(net.prefix(0)[0]!, [...net.prefix(0).slice(1), process.execPath, '-e', `require('net').createServer((s)=>s.end()).listen(7400,'${net.host(0)}');setTimeout(()=>{},60000)`], { stdio: 'ignore' });
+  const server = spawn(
+    net.prefix(0)[0]!,
+    [
+      ...net.prefix(0).slice(1),
+      process.execPath,
+      '-e',
+      `require('net').createServer((s)=>s.end()).listen(7400,'${net.host(0)}');setTimeout(()=>{},60000)`,
+    ],
+    { stdio: 'ignore' },
+  );
   try {
     await new Promise((resolve) => setTimeout(resolve, 500));
     assert.equal(await connects(net, 1, net.host(0), 7400), true, 'manager 2 reaches manager 1');

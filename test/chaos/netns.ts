@@ -55,7 +55,9 @@ export class NetworkNamespaces {
   /** Removes namespaces and bridges of harnesses that are no longer running. */
   static sweepStale(): string[] {
     const removed: string[] = [];
-    const names = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').map((line) => line.split(' ')[0]!);
+    const names = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .split('\n')
+      .map((line) => line.split(' ')[0]!);
     for (const name of names) {
       const m = /^cf(\d+)[a-z]-m\d+$/.exec(name);
       if (m !== null && !alive(Number(m[1]))) {
@@ -135,12 +137,14 @@ export class NetworkNamespaces {
 
   /** No traffic between the groups; inside each group, and to the harness, traffic flows. */
   async partition(groups: ReadonlyArray<readonly number[]>): Promise<void> {
-    for (const a of groups) for (const b of groups) if (a !== b) for (const x of a) for (const y of b) await this.cut(x, y);
+    for (const a of groups)
+      for (const b of groups) if (a !== b) for (const x of a) for (const y of b) await this.cut(x, y);
   }
 
   /** Every cut link restored. */
   async heal(): Promise<void> {
-    for (let k = 0; k < this.#size; k++) await run('ip', ['-n', this.namespace(k), 'route', 'flush', 'type', 'blackhole']);
+    for (let k = 0; k < this.#size; k++)
+      await run('ip', ['-n', this.namespace(k), 'route', 'flush', 'type', 'blackhole']);
   }
 
   destroy(): void {

@@ -36,12 +36,19 @@ export class ProcessCluster {
   #status = new Map<string, CofferClient>();
   #replacements = 0;
 
-  constructor(readonly root: string, network: NetworkNamespaces | null = null) {
+  constructor(
+    readonly root: string,
+    network: NetworkNamespaces | null = null,
+  ) {
     this.procs = new Processes(root);
     this.#network = network;
   }
 
-  static async start(root: string, size: number, options: { snapshotEvery?: number; network?: NetworkNamespaces | null } = {}): Promise<ProcessCluster> {
+  static async start(
+    root: string,
+    size: number,
+    options: { snapshotEvery?: number; network?: NetworkNamespaces | null } = {},
+  ): Promise<ProcessCluster> {
     const network = options.network ?? null;
     const cluster = new ProcessCluster(root, network);
     for (let k = 0; k < size; k++) {
@@ -51,19 +58,38 @@ export class ProcessCluster {
     cluster.#flags = ['--snapshot-every', String(options.snapshotEvery ?? 500), '--snapshot-tail', '50'];
     const first = cluster.managers[0]!;
     cluster.joinTokenFile = join(root, 'join-token');
-    const init = await coffer(['init', '--data', first.data, '--listen', first.address, '--token-file', cluster.joinTokenFile, '--output', 'json']);
+    const init = await coffer([
+      'init',
+      '--data',
+      first.data,
+      '--listen',
+      first.address,
+      '--token-file',
+      cluster.joinTokenFile,
+      '--output',
+      'json',
+    ]);
     if (init.code !== 0) throw new Error(`coffer init failed: ${init.stderr}`);
-    const made = JSON.parse(init.stdout) as { clusterId: string; joinToken: string; adminDir: string; recoveryKey: string };
+    const made = JSON.parse(init.stdout) as {
+      clusterId: string;
+      joinToken: string;
+      adminDir: string;
+      recoveryKey: string;
+    };
     cluster.adminDir = made.adminDir;
     cluster.clusterId = made.clusterId;
     cluster.joinToken = made.joinToken;
     cluster.recoveryKey = made.recoveryKey;
     cluster.#start(first, ['server', '--data', first.data]);
-    await eventually('the first manager to lead', 60_000, async () => ((await cluster.status(first)).role === 'leader' ? true : undefined));
+    await eventually('the first manager to lead', 60_000, async () =>
+      (await cluster.status(first)).role === 'leader' ? true : undefined,
+    );
     for (const m of cluster.managers.slice(1)) {
       cluster.#join(m, first);
       const voters = cluster.managers.indexOf(m) + 1;
-      await eventually(`${m.name} to become a voter`, 60_000, async () => ((await cluster.status(first)).voters.length === voters ? true : undefined));
+      await eventually(`${m.name} to become a voter`, 60_000, async () =>
+        (await cluster.status(first)).voters.length === voters ? true : undefined,
+      );
     }
     return cluster;
   }
@@ -77,7 +103,17 @@ export class ProcessCluster {
   }
 
   #join(m: Manager, via: Manager): void {
-    this.#start(m, ['join', '--data', m.data, '--listen', m.address, '--join', via.address, '--token-file', this.joinTokenFile]);
+    this.#start(m, [
+      'join',
+      '--data',
+      m.data,
+      '--listen',
+      m.address,
+      '--join',
+      via.address,
+      '--token-file',
+      this.joinTokenFile,
+    ]);
   }
 
   /** The admin identity made by coffer init. */
@@ -92,7 +128,10 @@ export class ProcessCluster {
   }
 
   /** A manager's status; the state digest (a hash of its whole state) only when asked for. */
-  async status(manager: Manager, options: { withStateDigest?: boolean } = {}): Promise<StatusReply & { stateDigest: string }> {
+  async status(
+    manager: Manager,
+    options: { withStateDigest?: boolean } = {},
+  ): Promise<StatusReply & { stateDigest: string }> {
     let client = this.#status.get(manager.name);
     if (client === undefined) {
       client = this.client(manager, 1500);
@@ -103,10 +142,13 @@ export class ProcessCluster {
 
   /** The manager that says it leads (and is answering), or null. */
   async leader(): Promise<Manager | null> {
-    const replies = await Promise.all(this.managers.map((m) => (this.procs.running(m.name) ? this.status(m).catch(() => null) : Promise.resolve(null))));
+    const replies = await Promise.all(
+      this.managers.map((m) => (this.procs.running(m.name) ? this.status(m).catch(() => null) : Promise.resolve(null))),
+    );
     let best: { manager: Manager; term: number } | null = null;
     replies.forEach((s, k) => {
-      if (s !== null && s.role === 'leader' && (best === null || s.term > best.term)) best = { manager: this.managers[k]!, term: s.term };
+      if (s !== null && s.role === 'leader' && (best === null || s.term > best.term))
+        best = { manager: this.managers[k]!, term: s.term };
     });
     return (best as { manager: Manager } | null)?.manager ?? null;
   }
@@ -117,7 +159,8 @@ export class ProcessCluster {
 
   /** Starts a stopped manager again; an autolocked one reads `unlockKey` on stdin. */
   restart(manager: Manager, unlockKey?: string): void {
-    if (!this.procs.running(manager.name)) this.#start(manager, ['server', '--data', manager.data], unlockKey === undefined ? '' : `${unlockKey}\n`);
+    if (!this.procs.running(manager.name))
+      this.#start(manager, ['server', '--data', manager.data], unlockKey === undefined ? '' : `${unlockKey}\n`);
   }
 
   pause(manager: Manager): void {
@@ -146,7 +189,8 @@ export class ProcessCluster {
   async add(via: Manager): Promise<Manager> {
     const slot = this.managers.length;
     const name = `m${slot + 1}`;
-    const address = this.#network === null ? `127.0.0.1:${await freePort()}` : `${this.#network.host(slot)}:${PORT_IN_NAMESPACE}`;
+    const address =
+      this.#network === null ? `127.0.0.1:${await freePort()}` : `${this.#network.host(slot)}:${PORT_IN_NAMESPACE}`;
     const manager: Manager = { name, slot, data: join(this.root, name), address };
     this.managers.push(manager);
     this.#join(manager, via);

@@ -35,13 +35,26 @@ export function simulateRegister(random: SeededRandom, options: SimOptions): Ope
     const invokeMs = time(clock[process]! + random.float() * 3);
     const completeMs = time(invokeMs + 1 + random.float() * options.maxDuration);
     clock[process] = completeMs + (options.integerTimes === true ? 0 : 0.01);
-    const at = invokeMs + (options.integerTimes === true ? 0.5 + random.int(Math.max(1, completeMs - invokeMs - 1)) + random.float() * 0.4 : random.float() * (completeMs - invokeMs));
+    const at =
+      invokeMs +
+      (options.integerTimes === true
+        ? 0.5 + random.int(Math.max(1, completeMs - invokeMs - 1)) + random.float() * 0.4
+        : random.float() * (completeMs - invokeMs));
     const roll = random.float();
     const value = `v${id}`;
     if (roll < 0.5) {
       const kind = roll < 0.3 ? 'put' : 'cas';
       const info = random.float() < options.infoRate;
-      const op: Mutable<Operation> = { id: id++, process, key, kind, value, invokeMs, completeMs: info ? Infinity : completeMs, outcome: info ? 'info' : 'ok' };
+      const op: Mutable<Operation> = {
+        id: id++,
+        process,
+        key,
+        kind,
+        value,
+        invokeMs,
+        completeMs: info ? Infinity : completeMs,
+        outcome: info ? 'info' : 'ok',
+      };
       ops.push(op);
       const infoAt = invokeMs + random.float() * options.maxInfoDelay;
       const applies = !info || random.float() < 0.6;
@@ -68,7 +81,17 @@ export function simulateRegister(random: SeededRandom, options: SimOptions): Ope
         },
       });
     } else {
-      const op: Mutable<Operation> = { id: id++, process, key, kind: 'get', invokeMs, completeMs, outcome: 'ok', version: 0, readValue: null };
+      const op: Mutable<Operation> = {
+        id: id++,
+        process,
+        key,
+        kind: 'get',
+        invokeMs,
+        completeMs,
+        outcome: 'ok',
+        version: 0,
+        readValue: null,
+      };
       ops.push(op);
       effects.push({
         at,

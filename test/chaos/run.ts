@@ -65,13 +65,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     const why = options.network === 'loopback' ? 'asked for' : NetworkNamespaces.unavailableBecause();
     if (why !== null && options.network === 'netns') throw new Error(`network namespaces are not available: ${why}`);
     if (why === null) network = NetworkNamespaces.create(options.managers);
-    const where = network === null ? `loopback (no network namespaces: ${why})` : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
+    const where =
+      network === null
+        ? `loopback (no network namespaces: ${why})`
+        : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
     let nemeses = options.nemeses;
     if (network === null && nemeses.includes('partition')) {
       nemeses = nemeses.filter((n) => n !== 'partition');
       log('chaos: partitions need network namespaces; the partition nemesis is left out of this run');
     }
-    log(`chaos: seed ${options.seed}, ${options.managers} managers on ${where}, ${options.durationS} s, nemeses ${nemeses.join(',')}`);
+    log(
+      `chaos: seed ${options.seed}, ${options.managers} managers on ${where}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
+    );
     process.once('SIGINT', interrupted);
     process.once('SIGTERM', interrupted);
     cluster = await ProcessCluster.start(root, options.managers, { network });
@@ -118,8 +123,24 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     let id = 1_000_000_000;
     for (const key of new Set(workload.history.map((op) => op.key))) {
       const invokeMs = workload.now();
-      const reply = await eventually(`a final read of ${key}`, 30_000, async () => reader.get(key).catch((e: Error) => (/does not exist/.test(e.message) ? { version: 0, value: null as Buffer | null } : Promise.reject(e))));
-      final.push({ id: id++, process: -1, key, kind: 'get', invokeMs, completeMs: workload.now(), outcome: 'ok', version: reply.version, readValue: reply.value === null ? null : reply.value.toString() });
+      const reply = await eventually(`a final read of ${key}`, 30_000, async () =>
+        reader
+          .get(key)
+          .catch((e: Error) =>
+            /does not exist/.test(e.message) ? { version: 0, value: null as Buffer | null } : Promise.reject(e),
+          ),
+      );
+      final.push({
+        id: id++,
+        process: -1,
+        key,
+        kind: 'get',
+        invokeMs,
+        completeMs: workload.now(),
+        outcome: 'ok',
+        version: reply.version,
+        readValue: reply.value === null ? null : reply.value.toString(),
+      });
     }
     reader.close();
     const history = [...workload.history, ...final];
@@ -129,10 +150,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     for (const read of final) {
       const acked = workload.history.filter((op) => op.key === read.key && op.kind !== 'get' && op.outcome === 'ok');
       const top = Math.max(0, ...acked.map((op) => op.version ?? 0));
-      if ((read.version ?? 0) < top) lostWrites.push(`${read.key}: acknowledged up to v${top}, final read v${read.version}`);
+      if ((read.version ?? 0) < top)
+        lostWrites.push(`${read.key}: acknowledged up to v${top}, final read v${read.version}`);
     }
     const failoversMs = kills.map((k) => {
-      const first = workload.history.filter((op) => op.kind !== 'get' && op.outcome === 'ok' && op.invokeMs >= k).reduce((min, op) => Math.min(min, op.completeMs), Infinity);
+      const first = workload.history
+        .filter((op) => op.kind !== 'get' && op.outcome === 'ok' && op.invokeMs >= k)
+        .reduce((min, op) => Math.min(min, op.completeMs), Infinity);
       return first - k;
     });
     const count = (outcome: Operation['outcome']) => workload.history.filter((op) => op.outcome === outcome).length;
@@ -142,9 +166,27 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       const dir = options.outDir ?? join(process.cwd(), 'chaos-runs');
       mkdirSync(dir, { recursive: true });
       historyFile = join(dir, `history-seed-${options.seed}-${Date.now()}.json`);
-      writeFileSync(historyFile, JSON.stringify({ seed: options.seed, faults, history: history.map((op) => ({ ...op, completeMs: op.completeMs === Infinity ? null : op.completeMs })) }));
+      writeFileSync(
+        historyFile,
+        JSON.stringify({
+          seed: options.seed,
+          faults,
+          history: history.map((op) => ({ ...op, completeMs: op.completeMs === Infinity ? null : op.completeMs })),
+        }),
+      );
     }
-    return { seed: options.seed, network: where, operations: { ok: count('ok') + final.length, fail: count('fail'), info: count('info') }, faults, failoversMs, converged, lostWrites, verdict, ok, historyFile };
+    return {
+      seed: options.seed,
+      network: where,
+      operations: { ok: count('ok') + final.length, fail: count('fail'), info: count('info') },
+      faults,
+      failoversMs,
+      converged,
+      lostWrites,
+      verdict,
+      ok,
+      historyFile,
+    };
   } finally {
     process.off('SIGINT', interrupted);
     process.off('SIGTERM', interrupted);
@@ -161,11 +203,16 @@ export function formatSummary(s: ChaosSummary): string {
     `lost acknowledged writes: ${s.lostWrites.length === 0 ? 'none' : s.lostWrites.join('; ')}`,
   ];
   for (const key of s.verdict.keys) {
-    if (key.undecided === true) lines.push(`key ${key.key}: UNDECIDED: the search gave up (a limit of the checker, not a proven anomaly)`);
+    if (key.undecided === true)
+      lines.push(`key ${key.key}: UNDECIDED: the search gave up (a limit of the checker, not a proven anomaly)`);
     else if (!key.linearizable) lines.push(`key ${key.key}: NOT linearizable: ${key.explanation ?? ''}`);
   }
   for (const anomaly of s.verdict.staleAnomalies) lines.push(`stale read anomaly: ${anomaly}`);
-  lines.push(s.ok ? `verdict: linearizable (${s.verdict.keys.reduce((n, k) => n + k.operations, 0)} operations on ${s.verdict.keys.length} keys checked)` : `verdict: ANOMALY${s.historyFile === null ? '' : `; history kept in ${s.historyFile}`}`);
+  lines.push(
+    s.ok
+      ? `verdict: linearizable (${s.verdict.keys.reduce((n, k) => n + k.operations, 0)} operations on ${s.verdict.keys.length} keys checked)`
+      : `verdict: ANOMALY${s.historyFile === null ? '' : `; history kept in ${s.historyFile}`}`,
+  );
   return lines.join('\n');
 }
 

@@ -5,7 +5,8 @@ import type { Operation } from './linearizability.ts';
 import type { ProcessCluster } from './process-cluster.ts';
 
 /** Errors after which a write certainly did not take effect (it never reached a leader). */
-const NOT_APPLIED = /No connection established|no leader is known|is locked|refused until it can|not known to this cluster/;
+const NOT_APPLIED =
+  /No connection established|no leader is known|is locked|refused until it can|not known to this cluster/;
 
 /**
  * Clients that write and read a few keys on random managers and record a history: invoke, then
@@ -63,18 +64,50 @@ export class Workload {
       try {
         if (roll < 0.35) {
           const reply = await client.put(key, Buffer.from(value));
-          this.history.push({ id, process, key, kind: 'put', value, invokeMs, completeMs: this.now(), outcome: 'ok', version: reply.version });
+          this.history.push({
+            id,
+            process,
+            key,
+            kind: 'put',
+            value,
+            invokeMs,
+            completeMs: this.now(),
+            outcome: 'ok',
+            version: reply.version,
+          });
           lastVersion.set(key, reply.version);
         } else if (roll < 0.5) {
           const expectedVersion = lastVersion.get(key) ?? 0;
           const reply = await client.put(key, Buffer.from(value), { cas: expectedVersion });
-          this.history.push({ id, process, key, kind: 'cas', value, expectedVersion, invokeMs, completeMs: this.now(), outcome: 'ok', version: reply.version });
+          this.history.push({
+            id,
+            process,
+            key,
+            kind: 'cas',
+            value,
+            expectedVersion,
+            invokeMs,
+            completeMs: this.now(),
+            outcome: 'ok',
+            version: reply.version,
+          });
           lastVersion.set(key, reply.version);
         } else {
           const stale = roll > 0.85;
           const reply = await client.get(key, { stale });
           const readValue = reply.value.toString();
-          this.history.push({ id, process, key, kind: 'get', invokeMs, completeMs: this.now(), outcome: 'ok', version: reply.version, readValue, stale });
+          this.history.push({
+            id,
+            process,
+            key,
+            kind: 'get',
+            invokeMs,
+            completeMs: this.now(),
+            outcome: 'ok',
+            version: reply.version,
+            readValue,
+            stale,
+          });
           lastVersion.set(key, reply.version);
         }
       } catch (error) {
@@ -82,19 +115,50 @@ export class Workload {
         const message = error instanceof Error ? error.message : String(error);
         if (roll >= 0.5) {
           if (code === grpcStatus.NOT_FOUND) {
-            this.history.push({ id, process, key, kind: 'get', invokeMs, completeMs: this.now(), outcome: 'ok', version: 0, readValue: null, stale: roll > 0.85 });
+            this.history.push({
+              id,
+              process,
+              key,
+              kind: 'get',
+              invokeMs,
+              completeMs: this.now(),
+              outcome: 'ok',
+              version: 0,
+              readValue: null,
+              stale: roll > 0.85,
+            });
             lastVersion.set(key, 0);
           }
           // A read without an answer tells nothing.
         } else if (roll >= 0.35 && code === grpcStatus.FAILED_PRECONDITION) {
-          this.history.push({ id, process, key, kind: 'cas', value, expectedVersion: lastVersion.get(key) ?? 0, invokeMs, completeMs: this.now(), outcome: 'fail' });
+          this.history.push({
+            id,
+            process,
+            key,
+            kind: 'cas',
+            value,
+            expectedVersion: lastVersion.get(key) ?? 0,
+            invokeMs,
+            completeMs: this.now(),
+            outcome: 'fail',
+          });
           lastVersion.delete(key);
         } else if (NOT_APPLIED.test(message)) {
           // Certainly not applied: recorded as nothing.
         } else {
           // Unknown: it may take effect at any later time. This client continues as a new process.
           const kind = roll < 0.35 ? 'put' : 'cas';
-          this.history.push({ id, process, key, kind, value, ...(kind === 'cas' ? { expectedVersion: lastVersion.get(key) ?? 0 } : {}), invokeMs, completeMs: Infinity, outcome: 'info' });
+          this.history.push({
+            id,
+            process,
+            key,
+            kind,
+            value,
+            ...(kind === 'cas' ? { expectedVersion: lastVersion.get(key) ?? 0 } : {}),
+            invokeMs,
+            completeMs: Infinity,
+            outcome: 'info',
+          });
           process = this.#nextProcess++;
           lastVersion.clear();
           await new Promise((resolve) => setTimeout(resolve, 50));

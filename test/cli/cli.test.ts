@@ -7,7 +7,12 @@ import { join } from 'node:path';
 import { Processes, coffer as runCoffer, eventually } from '../processes/processes.ts';
 
 function readEnv(file: string): Record<string, string> {
-  return Object.fromEntries(readFileSync(file, 'utf8').trim().split('\n').map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]));
+  return Object.fromEntries(
+    readFileSync(file, 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]),
+  );
 }
 
 function coffer(env: Record<string, string>, args: string[], input = ''): ReturnType<typeof runCoffer> {
@@ -21,13 +26,17 @@ function filesUnder(dir: string): string[] {
   });
 }
 
-test('the coffer CLI against npm start\'s local cluster: every secret operation, policies, identities, revocation, audit, run, bad input; no value on disk or in a log', { timeout: 300_000 }, async () => {
+test("the coffer CLI against npm start's local cluster: every secret operation, policies, identities, revocation, audit, run, bad input; no value on disk or in a log", {
+  timeout: 300_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-cli-'));
   const procs = new Processes(root);
   try {
     const dir = join(root, 'dev');
     procs.start('dev', ['dev', '--dir', dir]);
-    await eventually('the dev cluster', 90_000, async () => (/managers running/.test(procs.log('dev')) ? true : undefined));
+    await eventually('the dev cluster', 90_000, async () =>
+      /managers running/.test(procs.log('dev')) ? true : undefined,
+    );
     const admin = readEnv(join(dir, 'client.env'));
     assert.equal(admin['COFFER_ADDR']!.split(',').length, 3);
     const ok = async (args: string[], input = '', env = admin) => {
@@ -48,13 +57,23 @@ test('the coffer CLI against npm start\'s local cluster: every secret operation,
     await ok(['secret', 'put', 'app/db/password', '--from-file', join(root, 'value')]);
     assert.equal(await ok(['secret', 'get', 'app/db/password']), values[1]);
     assert.equal(await ok(['secret', 'get', 'app/db/password', '--version', '1']), values[0]);
-    assert.equal(await ok(['secret', 'get', 'app/db/password', '--stale', '--addr', admin['COFFER_ADDR']!.split(',')[2]!]), values[1], 'stale read on one chosen manager');
-    const json = JSON.parse(await ok(['secret', 'get', 'app/db/password', '--output', 'json'])) as { version: number; appliedIndex: number };
+    assert.equal(
+      await ok(['secret', 'get', 'app/db/password', '--stale', '--addr', admin['COFFER_ADDR']!.split(',')[2]!]),
+      values[1],
+      'stale read on one chosen manager',
+    );
+    const json = JSON.parse(await ok(['secret', 'get', 'app/db/password', '--output', 'json'])) as {
+      version: number;
+      appliedIndex: number;
+    };
     assert.equal(json.version, 2);
     // Labels and rollback, versions, listing, soft delete, destroy, generate.
     await ok(['secret', 'label', 'app/db/password', 'current', '1']);
     assert.equal(await ok(['secret', 'get', 'app/db/password']), values[0]);
-    assert.match(await ok(['secret', 'versions', 'app/db/password']), /^v1\t.*live\t\[(previous, current|current, previous)\]$/m);
+    assert.match(
+      await ok(['secret', 'versions', 'app/db/password']),
+      /^v1\t.*live\t\[(previous, current|current, previous)\]$/m,
+    );
     await ok(['secret', 'generate', 'app/api-key', '--length', '24', '--charset', 'hex']);
     assert.match(await ok(['secret', 'get', 'app/api-key']), /^[0-9a-f]{24}$/);
     assert.match(await ok(['secret', 'ls', 'app/']), /app\/api-key[\s\S]*app\/db\/password/);
@@ -62,21 +81,42 @@ test('the coffer CLI against npm start\'s local cluster: every secret operation,
     await fails(['secret', 'get', 'app/api-key'], /NOT_FOUND: .*is deleted/);
     await ok(['secret', 'undelete', 'app/api-key']);
     await ok(['secret', 'destroy', 'app/db/password', '--versions', '2']);
-    await fails(['secret', 'get', 'app/db/password', '--version', '2'], /FAILED_PRECONDITION: .*version 2 was destroyed/);
+    await fails(
+      ['secret', 'get', 'app/db/password', '--version', '2'],
+      /FAILED_PRECONDITION: .*version 2 was destroyed/,
+    );
     // Bad input, with the right codes.
     await fails(['secret', 'put', 'bad name'], /INVALID_ARGUMENT: .*segments of letters/, 'x');
     await fails(['secret', 'put', 'big'], /RESOURCE_EXHAUSTED: .*at most 524288/, 'x'.repeat(512 * 1024 + 1));
-    await fails(['secret', 'put', 'app/db/password', '--cas', '1'], /FAILED_PRECONDITION: .*is at version 2, not 1/, 'x');
+    await fails(
+      ['secret', 'put', 'app/db/password', '--cas', '1'],
+      /FAILED_PRECONDITION: .*is at version 2, not 1/,
+      'x',
+    );
     await fails(['secret', 'get', 'app/db/password', '--version', '99'], /NOT_FOUND: .*no version 99/);
     // coffer run: the secret reaches the child's environment and nothing else.
-    const runResult = await coffer({ ...admin, EXPECTED: values[0]! }, ['run', '--env', 'DB_PASSWORD=app/db/password', '--', 'sh', '-c', 'test "$DB_PASSWORD" = "$EXPECTED" && echo match']);
+    const runResult = await coffer({ ...admin, EXPECTED: values[0]! }, [
+      'run',
+      '--env',
+      'DB_PASSWORD=app/db/password',
+      '--',
+      'sh',
+      '-c',
+      'test "$DB_PASSWORD" = "$EXPECTED" && echo match',
+    ]);
     assert.equal(runResult.stdout.trim(), 'match');
     assert.ok(!runResult.stdout.includes(values[0]!) && !runResult.stderr.includes(values[0]!));
     const exit = await coffer(admin, ['run', '--env', 'X=app/db/password', '--', 'sh', '-c', 'exit 7']);
-    assert.equal(exit.code, 7, 'run passes the command\'s exit code through');
+    assert.equal(exit.code, 7, "run passes the command's exit code through");
 
     // Policies and identities: allow, deny, revoke.
-    writeFileSync(join(root, 'policy.json'), JSON.stringify([{ path: 'app/**', capabilities: ['read', 'list'] }, { path: 'app/api-key', capabilities: ['read'], deny: true }]));
+    writeFileSync(
+      join(root, 'policy.json'),
+      JSON.stringify([
+        { path: 'app/**', capabilities: ['read', 'list'] },
+        { path: 'app/api-key', capabilities: ['read'], deny: true },
+      ]),
+    );
     await ok(['policy', 'put', 'app-reader', '--file', join(root, 'policy.json')]);
     assert.match(await ok(['policy', 'ls']), /app-reader/);
     const out = join(root, 'reader');
@@ -95,7 +135,10 @@ test('the coffer CLI against npm start\'s local cluster: every secret operation,
     const nasty = 'app/\u001b[31mred\n2026-01-01T00:00:00.000Z\tadmin\tSecrets.Get\tforged';
     const refused = await coffer(admin, ['secret', 'put', nasty, '--addr', admin['COFFER_ADDR']!.split(',')[0]!], 'x');
     assert.equal(refused.code, 1);
-    assert.match(refused.stderr, /^coffer: INVALID_ARGUMENT: secret name "app\/\\\\u001b\[31mred\\\\n2026.*\\\\tforged"/);
+    assert.match(
+      refused.stderr,
+      /^coffer: INVALID_ARGUMENT: secret name "app\/\\\\u001b\[31mred\\\\n2026.*\\\\tforged"/,
+    );
     // biome-ignore lint/suspicious/noControlCharactersInRegex: no raw ESC may reach the terminal
     assert.doesNotMatch(refused.stderr.trimEnd(), /[\u001b\n]/);
 
@@ -104,16 +147,28 @@ test('the coffer CLI against npm start\'s local cluster: every secret operation,
     assert.match(tail, /admin\tSecrets\.Put\tapp\/db\/password\tallowed\tOK/);
     // biome-ignore lint/suspicious/noControlCharactersInRegex: no raw ESC may reach the terminal
     assert.doesNotMatch(tail, /\u001b|\tforged/, 'no raw escape, and no forged column');
-    assert.match(tail, /\tadmin\tSecrets\.Put\t\tfailed\tINVALID_ARGUMENT$/m, 'the refused put is audited without its name');
-    const tailJson = JSON.parse(await ok(['audit', 'tail', '-n', '200', '--output', 'json', '--addr', admin['COFFER_ADDR']!.split(',')[0]!])) as Array<{ target: string }>;
-    assert.ok(!tailJson.some((r) => r.target.includes('forged')), 'JSON output stays JSON, and the invalid name is not in it');
+    assert.match(
+      tail,
+      /\tadmin\tSecrets\.Put\t\tfailed\tINVALID_ARGUMENT$/m,
+      'the refused put is audited without its name',
+    );
+    const tailJson = JSON.parse(
+      await ok(['audit', 'tail', '-n', '200', '--output', 'json', '--addr', admin['COFFER_ADDR']!.split(',')[0]!]),
+    ) as Array<{ target: string }>;
+    assert.ok(
+      !tailJson.some((r) => r.target.includes('forged')),
+      'JSON output stays JSON, and the invalid name is not in it',
+    );
     assert.match(await ok(['audit', 'verify', '--addr', admin['COFFER_ADDR']!.split(',')[0]!]), /audit log intact/);
     const auditDir = join(dir, 'm1', 'audit');
     const copy = join(root, 'audit-copy');
     for (const name of ['audit.log', 'audit.head']) {
       const text = readFileSync(join(auditDir, name), 'utf8');
       mkdirSync(copy, { recursive: true });
-      writeFileSync(join(copy, name), name === 'audit.log' ? text.replace(/"outcome":"denied"/, '"outcome":"allowed"') : text);
+      writeFileSync(
+        join(copy, name),
+        name === 'audit.log' ? text.replace(/"outcome":"denied"/, '"outcome":"allowed"') : text,
+      );
     }
     // The chain is keyed: a copy is checked with the key in the manager's key store.
     const verify = await coffer(admin, ['audit', 'verify', '--dir', copy, '--data', join(dir, 'm1')]);

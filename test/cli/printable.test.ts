@@ -48,7 +48,14 @@ test('audit tail text: a record whose fields hold newlines, tabs and escapes pri
   try {
     const log = await AuditLog.open(join(root, 'audit'), 1, randomBytes(32), { newLog: true });
     for (const [k, target] of NASTY.entries()) {
-      await log.append({ identity: k === 0 ? 'evil\u001b[1A\u001b[2K' : '', role: '', method: 'Secrets.Get', target, outcome: 'denied', code: 'UNAUTHENTICATED' });
+      await log.append({
+        identity: k === 0 ? 'evil\u001b[1A\u001b[2K' : '',
+        role: '',
+        method: 'Secrets.Get',
+        target,
+        outcome: 'denied',
+        code: 'UNAUTHENTICATED',
+      });
     }
     const records = (await log.tail(100)) as unknown as Array<Record<string, unknown>>;
     const text = formatAuditTail(records);

@@ -53,7 +53,9 @@ export interface ComposeModel {
 
 /** The Dockerfile's ENTRYPOINT (exec form); the harness knows how to run `coffer` only. */
 export function dockerfileEntrypoint(dockerfile: string): string[] {
-  const line = readFileSync(dockerfile, 'utf8').split('\n').find((l) => /^ENTRYPOINT\s/.test(l));
+  const line = readFileSync(dockerfile, 'utf8')
+    .split('\n')
+    .find((l) => /^ENTRYPOINT\s/.test(l));
   if (line === undefined) throw new Error(`${dockerfile} has no ENTRYPOINT`);
   return JSON.parse(line.replace(/^ENTRYPOINT\s+/, '')) as string[];
 }
@@ -69,9 +71,14 @@ function durationMs(value: unknown, fallbackMs: number): number {
  * Reads a compose file (its text, and the directory it is in for build contexts) into what the
  * harness runs; volumes and relative paths under `root`.
  */
-export function loadCompose(source: { text: string; dir: string }, root: string, options: { profiles?: readonly string[]; overrides?: readonly string[] } = {}): ComposeModel {
+export function loadCompose(
+  source: { text: string; dir: string },
+  root: string,
+  options: { profiles?: readonly string[]; overrides?: readonly string[] } = {},
+): ComposeModel {
   const doc = parse(source.text, { merge: true }) as ComposeDocument;
-  for (const text of options.overrides ?? []) mergeOverride(doc, parse(text, { merge: true }) as Partial<ComposeDocument>);
+  for (const text of options.overrides ?? [])
+    mergeOverride(doc, parse(text, { merge: true }) as Partial<ComposeDocument>);
   const profiles = new Set(options.profiles ?? []);
   const secretFiles = new Map<string, string>();
   for (const [name, secret] of Object.entries(doc.secrets ?? {})) {
@@ -90,7 +97,16 @@ export function loadCompose(source: { text: string; dir: string }, root: string,
     const hostname = doc.services[name]!['hostname'];
     if (typeof hostname === 'string') addressOf.set(hostname, `127.0.0.${11 + k}`);
   });
-  const dockerfile = resolve(source.dir, ((doc.services[names[0]!]!['build'] as { context: string; dockerfile: string } | undefined) ?? { context: '.', dockerfile: 'Dockerfile' }).context, ((doc.services[names[0]!]!['build'] as { dockerfile?: string } | undefined)?.dockerfile ?? 'Dockerfile'));
+  const dockerfile = resolve(
+    source.dir,
+    (
+      (doc.services[names[0]!]!['build'] as { context: string; dockerfile: string } | undefined) ?? {
+        context: '.',
+        dockerfile: 'Dockerfile',
+      }
+    ).context,
+    (doc.services[names[0]!]!['build'] as { dockerfile?: string } | undefined)?.dockerfile ?? 'Dockerfile',
+  );
   const entrypoint = dockerfileEntrypoint(dockerfile);
   const services = new Map<string, ComposeService>();
   for (const name of names) {
@@ -102,16 +118,23 @@ export function loadCompose(source: { text: string; dir: string }, root: string,
       if (source.startsWith('.') || source.startsWith('/')) mounts.set(target, resolve(root, source));
       else {
         const dir = volumeDirs.get(source);
-        if (dir === undefined) throw new Error(`service ${name} mounts volume ${source}, which is not declared under volumes:`);
+        if (dir === undefined)
+          throw new Error(`service ${name} mounts volume ${source}, which is not declared under volumes:`);
         mounts.set(target, dir);
       }
     }
     const secrets: string[] = [];
     for (const secret of (s['secrets'] as Array<string | { source: string; target?: string }> | undefined) ?? []) {
       const source = typeof secret === 'string' ? secret : secret.source;
-      const target = typeof secret === 'string' || secret.target === undefined ? `/run/secrets/${source}` : secret.target.startsWith('/') ? secret.target : `/run/secrets/${secret.target}`;
+      const target =
+        typeof secret === 'string' || secret.target === undefined
+          ? `/run/secrets/${source}`
+          : secret.target.startsWith('/')
+            ? secret.target
+            : `/run/secrets/${secret.target}`;
       const local = secretFiles.get(source);
-      if (local === undefined) throw new Error(`service ${name} uses secret ${source}, which is not declared under secrets:`);
+      if (local === undefined)
+        throw new Error(`service ${name} uses secret ${source}, which is not declared under secrets:`);
       mounts.set(target, local);
       secrets.push(source);
     }
@@ -126,23 +149,34 @@ export function loadCompose(source: { text: string; dir: string }, root: string,
         return `${mapped}:${hostPort[2]}`;
       }
       let best = '';
-      for (const target of mounts.keys()) if ((arg === target || arg.startsWith(`${target}/`)) && target.length > best.length) best = target;
+      for (const target of mounts.keys())
+        if ((arg === target || arg.startsWith(`${target}/`)) && target.length > best.length) best = target;
       return best === '' ? arg : mounts.get(best)! + arg.slice(best.length);
     };
     const replaceEntrypoint = (argv: string[]): string[] => {
-      if (argv[0] !== 'coffer') throw new Error(`service ${name}: the harness runs the coffer command only, not ${argv[0]}`);
+      if (argv[0] !== 'coffer')
+        throw new Error(`service ${name}: the harness runs the coffer command only, not ${argv[0]}`);
       return [process.execPath, '--import', 'tsx', CLI, ...argv.slice(1)];
     };
-    const rawCommand = [...((s['entrypoint'] as string[] | undefined) ?? entrypoint), ...((s['command'] as string[] | undefined) ?? [])];
-    if (typeof s['command'] === 'string' || typeof s['entrypoint'] === 'string') throw new Error(`service ${name}: write command and entrypoint in exec form (a list)`);
+    const rawCommand = [
+      ...((s['entrypoint'] as string[] | undefined) ?? entrypoint),
+      ...((s['command'] as string[] | undefined) ?? []),
+    ];
+    if (typeof s['command'] === 'string' || typeof s['entrypoint'] === 'string')
+      throw new Error(`service ${name}: write command and entrypoint in exec form (a list)`);
     const rawEnv: Record<string, string> = {};
     const env = s['environment'];
-    if (Array.isArray(env)) for (const pair of env as string[]) rawEnv[pair.split('=')[0]!] = pair.slice(pair.indexOf('=') + 1);
-    else if (env !== undefined && env !== null) for (const [k, v] of Object.entries(env as Record<string, unknown>)) rawEnv[k] = String(v ?? '');
-    const health = s['healthcheck'] as { test: string[]; interval?: string; timeout?: string; start_period?: string; start_interval?: string } | undefined;
+    if (Array.isArray(env))
+      for (const pair of env as string[]) rawEnv[pair.split('=')[0]!] = pair.slice(pair.indexOf('=') + 1);
+    else if (env !== undefined && env !== null)
+      for (const [k, v] of Object.entries(env as Record<string, unknown>)) rawEnv[k] = String(v ?? '');
+    const health = s['healthcheck'] as
+      | { test: string[]; interval?: string; timeout?: string; start_period?: string; start_interval?: string }
+      | undefined;
     let healthcheck: ComposeService['healthcheck'] = null;
     if (health !== undefined) {
-      if (!Array.isArray(health.test) || health.test[0] !== 'CMD') throw new Error(`service ${name}: the healthcheck test must be ["CMD", ...]`);
+      if (!Array.isArray(health.test) || health.test[0] !== 'CMD')
+        throw new Error(`service ${name}: the healthcheck test must be ["CMD", ...]`);
       healthcheck = {
         command: replaceEntrypoint(health.test.slice(1)).map((a, k) => (k < 4 ? a : rewrite(a))),
         intervalMs: durationMs(health.start_interval ?? health.interval, 5000),
@@ -153,8 +187,12 @@ export function loadCompose(source: { text: string; dir: string }, root: string,
     const dependsOn = new Map<string, Condition>();
     const deps = s['depends_on'];
     if (Array.isArray(deps)) for (const dep of deps as string[]) dependsOn.set(dep, 'service_started');
-    else for (const [dep, how] of Object.entries((deps ?? {}) as Record<string, { condition?: Condition }>)) dependsOn.set(dep, how.condition ?? 'service_started');
-    for (const dep of dependsOn.keys()) if (!names.includes(dep)) throw new Error(`service ${name} depends on ${dep}, which is not a service (of the active profiles)`);
+    else
+      for (const [dep, how] of Object.entries((deps ?? {}) as Record<string, { condition?: Condition }>))
+        dependsOn.set(dep, how.condition ?? 'service_started');
+    for (const dep of dependsOn.keys())
+      if (!names.includes(dep))
+        throw new Error(`service ${name} depends on ${dep}, which is not a service (of the active profiles)`);
     const restart = String(s['restart'] ?? 'no');
     services.set(name, {
       name,
@@ -197,8 +235,17 @@ function mergeOverride(base: ComposeDocument, override: Partial<ComposeDocument>
       continue;
     }
     for (const [key, value] of Object.entries(service)) {
-      if ((key === 'secrets' || key === 'volumes' || key === 'ports') && Array.isArray(into[key]) && Array.isArray(value)) {
-        into[key] = [...(into[key] as unknown[]), ...(value as unknown[]).filter((v) => !(into[key] as unknown[]).some((w) => JSON.stringify(w) === JSON.stringify(v)))];
+      if (
+        (key === 'secrets' || key === 'volumes' || key === 'ports') &&
+        Array.isArray(into[key]) &&
+        Array.isArray(value)
+      ) {
+        into[key] = [
+          ...(into[key] as unknown[]),
+          ...(value as unknown[]).filter(
+            (v) => !(into[key] as unknown[]).some((w) => JSON.stringify(w) === JSON.stringify(v)),
+          ),
+        ];
       } else into[key] = value;
     }
   }
@@ -246,11 +293,13 @@ export class ComposeRun {
       if (promise === undefined) {
         const service = this.model.services.get(name)!;
         promise = (async () => {
-          await Promise.all([...service.dependsOn].map(async ([dep, condition]) => {
-            await start(dep);
-            if (condition === 'service_completed_successfully') await this.#completed(dep, deadline);
-            if (condition === 'service_healthy') await this.#healthy(dep, deadline);
-          }));
+          await Promise.all(
+            [...service.dependsOn].map(async ([dep, condition]) => {
+              await start(dep);
+              if (condition === 'service_completed_successfully') await this.#completed(dep, deadline);
+              if (condition === 'service_healthy') await this.#healthy(dep, deadline);
+            }),
+          );
           this.#start(service);
         })();
         started.set(name, promise);
@@ -258,15 +307,26 @@ export class ComposeRun {
       return promise;
     };
     await Promise.all([...this.model.services.keys()].map(start));
-    for (const service of this.model.services.values()) if (service.oneShot) await this.#completed(service.name, deadline);
-    if (options.wait === true) for (const service of this.model.services.values()) if (service.healthcheck !== null) await this.#healthy(service.name, deadline);
+    for (const service of this.model.services.values())
+      if (service.oneShot) await this.#completed(service.name, deadline);
+    if (options.wait === true)
+      for (const service of this.model.services.values())
+        if (service.healthcheck !== null) await this.#healthy(service.name, deadline);
     this.#check();
   }
 
   #start(service: ComposeService): void {
     this.#check();
-    const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp', ...service.environment };
-    const child = spawn(service.command[0]!, service.command.slice(1), { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const env: Record<string, string> = {
+      PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+      HOME: process.env['HOME'] ?? '/tmp',
+      ...service.environment,
+    };
+    const child = spawn(service.command[0]!, service.command.slice(1), {
+      cwd: REPO,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const log = createWriteStream(join(this.logDir, `${service.name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
@@ -274,7 +334,9 @@ export class ComposeRun {
     this.#exits.set(service.name, new Promise((done) => child.once('exit', (code) => done(code))));
     child.once('exit', (code, signal) => {
       if (!service.oneShot && !this.#down && this.#children.get(service.name) === child) {
-        this.#died ??= new Error(`service ${service.name} exited (code ${code}, signal ${signal}); its log:\n${this.log(service.name).slice(-3000)}`);
+        this.#died ??= new Error(
+          `service ${service.name} exited (code ${code}, signal ${signal}); its log:\n${this.log(service.name).slice(-3000)}`,
+        );
       }
     });
     for (const port of service.ports) this.#forward(port.published, service.address, port.target);
@@ -291,7 +353,10 @@ export class ComposeRun {
       socket.on('error', close);
       upstream.on('error', close);
     });
-    server.on('error', (error) => (this.#died ??= new Error(`cannot publish port ${published} on ${HOST_ADDRESS}: ${error.message}`)));
+    server.on(
+      'error',
+      (error) => (this.#died ??= new Error(`cannot publish port ${published} on ${HOST_ADDRESS}: ${error.message}`)),
+    );
     server.listen(published, HOST_ADDRESS);
     this.#forwarders.push(server);
   }
@@ -302,9 +367,14 @@ export class ComposeRun {
 
   async #completed(name: string, deadline: number): Promise<void> {
     const exit = this.#exits.get(name)!;
-    const code = await Promise.race([exit, new Promise<'timeout'>((done) => setTimeout(() => done('timeout'), Math.max(0, deadline - Date.now())).unref())]);
-    if (code === 'timeout') throw new Error(`service ${name} did not complete in time; its log:\n${this.log(name).slice(-3000)}`);
-    if (code !== 0) throw new Error(`service ${name} exited with code ${code}, not 0; its log:\n${this.log(name).slice(-3000)}`);
+    const code = await Promise.race([
+      exit,
+      new Promise<'timeout'>((done) => setTimeout(() => done('timeout'), Math.max(0, deadline - Date.now())).unref()),
+    ]);
+    if (code === 'timeout')
+      throw new Error(`service ${name} did not complete in time; its log:\n${this.log(name).slice(-3000)}`);
+    if (code !== 0)
+      throw new Error(`service ${name} exited with code ${code}, not 0; its log:\n${this.log(name).slice(-3000)}`);
   }
 
   /** Waits until a service's healthcheck passes; fails at once if a service has died. */
@@ -321,7 +391,8 @@ export class ComposeRun {
       const result = await this.healthcheck(name);
       if (result.code === 0) return;
       last = result.output;
-      if (Date.now() > deadline) throw new Error(`service ${name} never became healthy: ${last}\nits log:\n${this.log(name).slice(-3000)}`);
+      if (Date.now() > deadline)
+        throw new Error(`service ${name} never became healthy: ${last}\nits log:\n${this.log(name).slice(-3000)}`);
       await new Promise((done) => setTimeout(done, check.intervalMs));
     }
   }
@@ -331,8 +402,16 @@ export class ComposeRun {
     const service = this.model.services.get(name)!;
     const check = service.healthcheck!;
     return new Promise((done) => {
-      const env: Record<string, string> = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp', ...service.environment };
-      const child = spawn(check.command[0]!, check.command.slice(1), { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const env: Record<string, string> = {
+        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+        HOME: process.env['HOME'] ?? '/tmp',
+        ...service.environment,
+      };
+      const child = spawn(check.command[0]!, check.command.slice(1), {
+        cwd: REPO,
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let output = '';
       child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
       child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
@@ -368,7 +447,10 @@ export class ComposeRun {
         if (child.exitCode !== null || child.signalCode !== null) return;
         const gone = this.#exits.get(name)!;
         process.kill(child.pid!, 'SIGTERM');
-        const timer = setTimeout(() => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'), graceMs);
+        const timer = setTimeout(
+          () => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'),
+          graceMs,
+        );
         await gone;
         clearTimeout(timer);
       }),

@@ -20,7 +20,11 @@ function makeSecrets(root: string): void {
 
 /** Everything that would be key material: the secret files' bytes in any encoding, tokens, PEM keys. */
 function assertNoSecretMaterial(model: ComposeModel, text: string, where: string): void {
-  assert.doesNotMatch(text, /CFRTKN-|CFRKEY-|CFRREC-|PRIVATE KEY/, `${where} holds a join token, an unlock key, a recovery key or a private key`);
+  assert.doesNotMatch(
+    text,
+    /CFRTKN-|CFRKEY-|CFRREC-|PRIVATE KEY/,
+    `${where} holds a join token, an unlock key, a recovery key or a private key`,
+  );
   for (const [name, file] of model.secretFiles) {
     let bytes: Buffer;
     try {
@@ -28,7 +32,12 @@ function assertNoSecretMaterial(model: ComposeModel, text: string, where: string
     } catch {
       continue;
     }
-    for (const encoded of [bytes.toString('hex'), bytes.toString('base64'), bytes.toString('base64url'), bytes.toString('latin1')]) {
+    for (const encoded of [
+      bytes.toString('hex'),
+      bytes.toString('base64'),
+      bytes.toString('base64url'),
+      bytes.toString('latin1'),
+    ]) {
       assert.ok(!text.includes(encoded), `${where} holds the contents of secret ${name}`);
     }
   }
@@ -47,7 +56,8 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
       assertNoSecretMaterial(model, env, `the environment of ${name}`);
       assertNoSecretMaterial(model, JSON.stringify(service.raw.command), `the command of ${name}`);
       for (const variable of Object.keys(service.raw.environment)) {
-        if (/KEY|TOKEN|SECRET|PASSWORD/i.test(variable)) assert.match(service.raw.environment[variable]!, /^\//, `${name}: ${variable} must be a path, not the value`);
+        if (/KEY|TOKEN|SECRET|PASSWORD/i.test(variable))
+          assert.match(service.raw.environment[variable]!, /^\//, `${name}: ${variable} must be a path, not the value`);
       }
       assert.ok(!service.raw.command.includes('--token'), `${name} must read the join token from a file, not argv`);
       if (name === 'init') {
@@ -55,27 +65,45 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
         continue;
       }
       assert.equal(service.restart, 'unless-stopped', name);
-      assert.deepEqual(service.raw.healthcheck?.slice(0, 3), ['CMD', 'coffer', 'health'], `${name} is checked by coffer health`);
+      assert.deepEqual(
+        service.raw.healthcheck?.slice(0, 3),
+        ['CMD', 'coffer', 'health'],
+        `${name} is checked by coffer health`,
+      );
       assert.equal(service.ports.length, 1, `${name} publishes its client port`);
       const port = service.ports[0]!;
       assert.equal(port.target, 7400);
       assert.ok(!published.has(port.published), `port ${port.published} is published twice`);
       published.add(port.published);
-      assert.ok(service.secrets.length === 1 && [...service.mounts.keys()].some((target) => target.startsWith('/run/secrets/')), `${name} gets its key file as a secret`);
+      assert.ok(
+        service.secrets.length === 1 && [...service.mounts.keys()].some((target) => target.startsWith('/run/secrets/')),
+        `${name} gets its key file as a secret`,
+      );
       assert.ok(service.raw.command.includes('--key-file'), `${name} is told where its key file is`);
     }
     const dockerfile = readFileSync(join(REPO, 'cluster/Dockerfile'), 'utf8');
     assert.match(dockerfile, /^FROM node:20-slim$/m);
     assert.match(dockerfile, /^USER node$/m, 'the manager runs as a non-root user');
     assert.match(dockerfile, /npm ci --omit=dev/);
-    assert.doesNotMatch(dockerfile, /^(ENV|ARG)\s+\S*(KEY|TOKEN|SECRET|PASSWORD)/im, 'no secret in the image\'s environment');
+    assert.doesNotMatch(
+      dockerfile,
+      /^(ENV|ARG)\s+\S*(KEY|TOKEN|SECRET|PASSWORD)/im,
+      "no secret in the image's environment",
+    );
     assert.doesNotMatch(dockerfile, /COPY\s+(\.|secrets)\s/, 'the image copies only what it needs');
     assert.match(readFileSync(join(REPO, '.dockerignore'), 'utf8'), /^secrets$/m);
     assert.match(readFileSync(join(REPO, '.gitignore'), 'utf8'), /^\/secrets\/$/m);
     // The script never overwrites a key file.
     const before = readFileSync(join(root, 'secrets', 'm1.key'));
     assert.equal(before.byteLength, 32);
-    assert.deepEqual(readdirSync(join(root, 'secrets')).sort(), ['m1.key', 'm2.key', 'm3.key', 'm4.key', 'm5.key', 'unlock.key']);
+    assert.deepEqual(readdirSync(join(root, 'secrets')).sort(), [
+      'm1.key',
+      'm2.key',
+      'm3.key',
+      'm4.key',
+      'm5.key',
+      'unlock.key',
+    ]);
     makeSecrets(root);
     assert.deepEqual(readFileSync(join(root, 'secrets', 'm1.key')), before);
   } finally {
@@ -87,7 +115,10 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
  * `docker compose up --wait`, the checks, `stop`, and `up` again, as local processes; `check` adds
  * what a variant must also hold (with the admin client and the published addresses), after each up.
  */
-async function upTwice(overrides: readonly string[], check: (client: AdminClient, published: string[], round: number) => Promise<void>): Promise<void> {
+async function upTwice(
+  overrides: readonly string[],
+  check: (client: AdminClient, published: string[], round: number) => Promise<void>,
+): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-compose-'));
   let run: ComposeRun | null = null;
   let admin: AdminClient | null = null;
@@ -112,13 +143,20 @@ async function upTwice(overrides: readonly string[], check: (client: AdminClient
       return s.voters.length === 3 && s.learners.length === 0 ? [...s.voters].sort() : undefined;
     });
     for (const address of published) assert.deepEqual([...(await client.status(address)).voters].sort(), voters);
-    await client.call(published[1]!, 'Secrets', 'put', { name: 'app/db/password', value: Buffer.from('compose-value-1') });
+    await client.call(published[1]!, 'Secrets', 'put', {
+      name: 'app/db/password',
+      value: Buffer.from('compose-value-1'),
+    });
     for (const address of [published[2]!, published[0]!]) {
       const got = await client.call<{ value: Buffer }>(address, 'Secrets', 'get', { name: 'app/db/password' });
       assert.equal(got.value.toString(), 'compose-value-1', `read at ${address}`);
     }
     for (const name of run.model.services.keys()) assertNoSecretMaterial(model, run.log(name), `the log of ${name}`);
-    assert.match(readFileSync(join(model.volumeDirs.get('shared')!, 'recovery-key'), 'utf8'), /^CFRREC-1-/, 'init wrote the recovery key to the shared volume, not its log');
+    assert.match(
+      readFileSync(join(model.volumeDirs.get('shared')!, 'recovery-key'), 'utf8'),
+      /^CFRREC-1-/,
+      'init wrote the recovery key to the shared volume, not its log',
+    );
     await check(client, published, 1);
 
     // docker compose stop, then up again: init finds the cluster and does nothing; m2 and m3 serve
@@ -137,15 +175,26 @@ async function upTwice(overrides: readonly string[], check: (client: AdminClient
     const again = admin;
     await eventually('the same three voters', 60_000, async () => {
       const s = await again.status(published[2]!);
-      return JSON.stringify([...s.voters].sort()) === JSON.stringify(voters) && s.learners.length === 0 ? true : undefined;
+      return JSON.stringify([...s.voters].sort()) === JSON.stringify(voters) && s.learners.length === 0
+        ? true
+        : undefined;
     });
-    const got = await eventually('the value written before the restart', 30_000, async () => (await again.call<{ value: Buffer }>(published[2]!, 'Secrets', 'get', { name: 'app/db/password' })).value.toString());
+    const got = await eventually('the value written before the restart', 30_000, async () =>
+      (
+        await again.call<{ value: Buffer }>(published[2]!, 'Secrets', 'get', { name: 'app/db/password' })
+      ).value.toString(),
+    );
     assert.equal(got, 'compose-value-1');
     await check(again, published, 2);
-    process.stderr.write(`# compose${overrides.length === 0 ? '' : ' (with an override)'}: cluster up and healthy in ${upMs} ms\n`);
+    process.stderr.write(
+      `# compose${overrides.length === 0 ? '' : ' (with an override)'}: cluster up and healthy in ${upMs} ms\n`,
+    );
   } catch (error) {
     // The services' logs say why; the temporary directory goes with them.
-    const logs = run === null ? '' : [...run.model.services.keys()].map((name) => `--- ${name}\n${run!.log(name).slice(-2500)}`).join('\n');
+    const logs =
+      run === null
+        ? ''
+        : [...run.model.services.keys()].map((name) => `--- ${name}\n${run!.log(name).slice(-2500)}`).join('\n');
     throw new Error(`${(error as Error).message}\n${logs}`, { cause: error });
   } finally {
     admin?.close();
@@ -154,26 +203,52 @@ async function upTwice(overrides: readonly string[], check: (client: AdminClient
   }
 }
 
-test('docker compose up, run as local processes in the order of depends_on: three voters, a write through one manager read on the others, every healthcheck passes; then the same commands again (a restart) change nothing', { timeout: 360_000 }, async () => {
+test('docker compose up, run as local processes in the order of depends_on: three voters, a write through one manager read on the others, every healthcheck passes; then the same commands again (a restart) change nothing', {
+  timeout: 360_000,
+}, async () => {
   await upTwice([], async (client, published) => {
-    for (const address of published) assert.equal((await client.call<{ protection: string }>(address, 'Keys', 'status', {})).protection, 'key-file');
+    for (const address of published)
+      assert.equal((await client.call<{ protection: string }>(address, 'Keys', 'status', {})).protection, 'key-file');
   });
 });
 
-test('docker-compose.autolock.yml over docker-compose.yml: every manager autolocked with the unlock key from a secret, and a restart unlocks them from it', { timeout: 360_000 }, async () => {
+test('docker-compose.autolock.yml over docker-compose.yml: every manager autolocked with the unlock key from a secret, and a restart unlocks them from it', {
+  timeout: 360_000,
+}, async () => {
   await upTwice([AUTOLOCK], async (client, published, round) => {
     await eventually(`every manager autolocked (round ${round})`, 30_000, async () => {
-      const all = await Promise.all(published.map((address) => client.call<{ protection: string }>(address, 'Keys', 'status', {})));
+      const all = await Promise.all(
+        published.map((address) => client.call<{ protection: string }>(address, 'Keys', 'status', {})),
+      );
       return all.every((k) => k.protection === 'unlock-key') ? true : undefined;
     });
   });
 });
 
-test('a broken compose file fails the run: a wrong flag, a manager that does not wait for init, a dependency cycle', { timeout: 240_000 }, async () => {
+test('a broken compose file fails the run: a wrong flag, a manager that does not wait for init, a dependency cycle', {
+  timeout: 240_000,
+}, async () => {
   const cases: Array<{ what: string; edit: (text: string) => string; error: RegExp }> = [
-    { what: 'a misspelt flag in m2', edit: (t) => t.replace('"--join", "m1:7400", "--token-file", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"', '"--join", "m1:7400", "--token-fil", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"'), error: /service m2 exited/ },
-    { what: 'm1 not waiting for init', edit: (t) => t.replace(/( {2}m1:[\s\S]*?) {4}depends_on:\n {6}init:\n {8}condition: service_completed_successfully\n/, '$1'), error: /service m1 exited|never became healthy/ },
-    { what: 'a dependency cycle', edit: (t) => t.replace(/( {2}m1:[\s\S]*?depends_on:\n)/, '$1      m3:\n        condition: service_healthy\n'), error: /cycle/ },
+    {
+      what: 'a misspelt flag in m2',
+      edit: (t) =>
+        t.replace(
+          '"--join", "m1:7400", "--token-file", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"',
+          '"--join", "m1:7400", "--token-fil", "/shared/join-token", "--listen", "0.0.0.0:7400", "--advertise", "m2:7400"',
+        ),
+      error: /service m2 exited/,
+    },
+    {
+      what: 'm1 not waiting for init',
+      edit: (t) =>
+        t.replace(/( {2}m1:[\s\S]*?) {4}depends_on:\n {6}init:\n {8}condition: service_completed_successfully\n/, '$1'),
+      error: /service m1 exited|never became healthy/,
+    },
+    {
+      what: 'a dependency cycle',
+      edit: (t) => t.replace(/( {2}m1:[\s\S]*?depends_on:\n)/, '$1      m3:\n        condition: service_healthy\n'),
+      error: /cycle/,
+    },
   ];
   for (const { what, edit, error } of cases) {
     const text = edit(COMPOSE.text);

@@ -30,10 +30,17 @@ test('the key store keeps the root key wrapped, owner-readable only, and rewraps
     assert.equal(again.protection, 'unlock-key');
     assert.throws(() => again.openRoot(kek), refusedWith('UNLOCK_KEY_WRONG'), 'the old KEK no longer opens it');
     assert.deepEqual(again.openRoot(unlockKek), root);
-    assert.deepEqual(again.openSecrets(unlockKek).get('tls-key'), Buffer.from('private key bytes'), 'local secrets moved to the new KEK');
+    assert.deepEqual(
+      again.openSecrets(unlockKek).get('tls-key'),
+      Buffer.from('private key bytes'),
+      'local secrets moved to the new KEK',
+    );
     assert.ok(!readFileSync(join(dir, 'keys')).includes(Buffer.from('private key bytes')));
     again.unlock(unlockKek);
-    await assert.rejects(again.rewrap({ rootGen: 0, rootKey: root, kek, protection: 'key-file', unlockGen: 1 }), /older than the stored 1/);
+    await assert.rejects(
+      again.rewrap({ rootGen: 0, rootKey: root, kek, protection: 'key-file', unlockGen: 1 }),
+      /older than the stored 1/,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -44,7 +51,12 @@ test('concurrent reservations and rewraps are applied one after another and none
   try {
     const root = randomBytes(32);
     const kek = randomBytes(32);
-    const store = await KeyStore.create(join(dir, 'keys'), { clusterId: 'c1', rootKey: root, kek, protection: 'key-file' });
+    const store = await KeyStore.create(join(dir, 'keys'), {
+      clusterId: 'c1',
+      rootKey: root,
+      kek,
+      protection: 'key-file',
+    });
     store.unlock(kek);
     const nextKek = randomBytes(32);
     // A secret written while a rewrap to a new KEK is queued ends up sealed under the new KEK.
@@ -67,12 +79,26 @@ test('concurrent reservations and rewraps are applied one after another and none
 test('a damaged or missing key store is refused with an error that says what and where', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'coffer-keystore-'));
   try {
-    await assert.rejects(KeyStore.read(join(dir, 'keys')), (e: unknown) => refusedWith('KEY_STORE_MISSING')(e) && (e as Error).message.includes(dir));
-    await KeyStore.create(join(dir, 'keys'), { clusterId: 'c1', rootKey: randomBytes(32), kek: randomBytes(32), protection: 'key-file' });
+    await assert.rejects(
+      KeyStore.read(join(dir, 'keys')),
+      (e: unknown) => refusedWith('KEY_STORE_MISSING')(e) && (e as Error).message.includes(dir),
+    );
+    await KeyStore.create(join(dir, 'keys'), {
+      clusterId: 'c1',
+      rootKey: randomBytes(32),
+      kek: randomBytes(32),
+      protection: 'key-file',
+    });
     const bytes = readFileSync(join(dir, 'keys'));
     bytes[bytes.length - 3]! ^= 0x10;
     writeFileSync(join(dir, 'keys'), bytes);
-    await assert.rejects(KeyStore.read(join(dir, 'keys')), (e: unknown) => refusedWith('KEY_STORE_CORRUPT')(e) && /checksum mismatch/.test((e as Error).message) && (e as Error).message.includes(join(dir, 'keys')));
+    await assert.rejects(
+      KeyStore.read(join(dir, 'keys')),
+      (e: unknown) =>
+        refusedWith('KEY_STORE_CORRUPT')(e) &&
+        /checksum mismatch/.test((e as Error).message) &&
+        (e as Error).message.includes(join(dir, 'keys')),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -22,7 +22,11 @@ test('sealed data cannot be opened as another kind of data, or after any byte of
   for (let at = 0; at < sealed.byteLength; at++) {
     const altered = Buffer.from(sealed);
     altered[at]! ^= 0x40;
-    assert.throws(() => keyring.decrypt('command', altered), (e: unknown) => e instanceof CryptoError, `a change at byte ${at} went unnoticed`);
+    assert.throws(
+      () => keyring.decrypt('command', altered),
+      (e: unknown) => e instanceof CryptoError,
+      `a change at byte ${at} went unnoticed`,
+    );
   }
 });
 
@@ -51,14 +55,18 @@ test('a wrapped keyring opens only with its root key and keeps its terms, destro
   assert.throws(() => Keyring.unwrap(root, 'cluster-b', wrapped), refusedWith('DECRYPT_FAILED'));
   const back = Keyring.unwrap(root, 'cluster-a', wrapped);
   assert.equal(back.activeTerm, 2);
-  assert.deepEqual(back.terms(), [{ term: 1, createdAtMs: 5, destroyed: true }, { term: 2, createdAtMs: 6, destroyed: false }]);
+  assert.deepEqual(back.terms(), [
+    { term: 1, createdAtMs: 5, destroyed: true },
+    { term: 2, createdAtMs: 6, destroyed: false },
+  ]);
   assert.deepEqual(back.decrypt('command', sealed), Buffer.from('x'));
 });
 
 test('nonces do not repeat over many encryptions under one key', () => {
   const keyring = Keyring.create('cluster-a', 0);
   const seen = new Set<string>();
-  for (let k = 0; k < 20_000; k++) seen.add(keyring.encrypt('command', Buffer.from('same')).subarray(4, 16).toString('hex'));
+  for (let k = 0; k < 20_000; k++)
+    seen.add(keyring.encrypt('command', Buffer.from('same')).subarray(4, 16).toString('hex'));
   assert.equal(seen.size, 20_000);
   assert.equal(keyring.usesOfActiveTerm(), 20_000);
 });

@@ -3,25 +3,58 @@ import assert from 'node:assert/strict';
 import { connect, createServer, type TLSSocket } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { CryptoError } from '../../src/crypto/errors.ts';
-import { caDigest, createCa, formatJoinToken, identityOf, issueCertificate, joinTokenHash, joinTokenMatches, newJoinToken, parseJoinToken, type KeyAndCertificate } from '../../src/crypto/pki.ts';
+import {
+  caDigest,
+  createCa,
+  formatJoinToken,
+  identityOf,
+  issueCertificate,
+  joinTokenHash,
+  joinTokenMatches,
+  newJoinToken,
+  parseJoinToken,
+  type KeyAndCertificate,
+} from '../../src/crypto/pki.ts';
 
 const now = Date.now();
 const ca = createCa('cluster-1', now);
 
 /** Connects a client with `client` to a server with `server`, both trusting `trust`; resolves with what each side saw. */
-async function handshake(server: KeyAndCertificate, client: KeyAndCertificate | null, trust: string): Promise<{ clientAuthorized: boolean; serverError: string | null; peerCn: string }> {
-  const tlsServer = createServer({ key: server.keyPem, cert: server.certPem, ca: trust, requestCert: true, rejectUnauthorized: false }, (socket: TLSSocket) => {
-    socket.end(socket.authorized ? 'yes' : `no:${String(socket.authorizationError)}`);
-  });
+async function handshake(
+  server: KeyAndCertificate,
+  client: KeyAndCertificate | null,
+  trust: string,
+): Promise<{ clientAuthorized: boolean; serverError: string | null; peerCn: string }> {
+  const tlsServer = createServer(
+    { key: server.keyPem, cert: server.certPem, ca: trust, requestCert: true, rejectUnauthorized: false },
+    (socket: TLSSocket) => {
+      socket.end(socket.authorized ? 'yes' : `no:${String(socket.authorizationError)}`);
+    },
+  );
   await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve));
   try {
     const port = (tlsServer.address() as AddressInfo).port;
     return await new Promise((resolve, reject) => {
-      const socket = connect({ host: '127.0.0.1', port, ca: trust, ...(client === null ? {} : { key: client.keyPem, cert: client.certPem }), checkServerIdentity: () => undefined }, () => {
-        let text = '';
-        socket.on('data', (d) => (text += d.toString()));
-        socket.on('end', () => resolve({ clientAuthorized: text === 'yes', serverError: text.startsWith('no:') ? text.slice(3) : null, peerCn: String(socket.getPeerCertificate().subject?.CN ?? '') }));
-      });
+      const socket = connect(
+        {
+          host: '127.0.0.1',
+          port,
+          ca: trust,
+          ...(client === null ? {} : { key: client.keyPem, cert: client.certPem }),
+          checkServerIdentity: () => undefined,
+        },
+        () => {
+          let text = '';
+          socket.on('data', (d) => (text += d.toString()));
+          socket.on('end', () =>
+            resolve({
+              clientAuthorized: text === 'yes',
+              serverError: text.startsWith('no:') ? text.slice(3) : null,
+              peerCn: String(socket.getPeerCertificate().subject?.CN ?? ''),
+            }),
+          );
+        },
+      );
       socket.on('error', reject);
     });
   } finally {
@@ -30,7 +63,13 @@ async function handshake(server: KeyAndCertificate, client: KeyAndCertificate | 
 }
 
 test('a manager certificate names the node, its role and the cluster, and works for mutual TLS under the cluster CA', async () => {
-  const manager = issueCertificate(ca, { id: '1', role: 'manager', clusterId: 'cluster-1', nowMs: now, hosts: ['127.0.0.1', 'localhost'] });
+  const manager = issueCertificate(ca, {
+    id: '1',
+    role: 'manager',
+    clusterId: 'cluster-1',
+    nowMs: now,
+    hosts: ['127.0.0.1', 'localhost'],
+  });
   const client = issueCertificate(ca, { id: 'admin', role: 'client', clusterId: 'cluster-1', nowMs: now });
   const identity = identityOf(manager.certPem);
   assert.equal(identity.id, '1');
@@ -44,11 +83,23 @@ test('a manager certificate names the node, its role and the cluster, and works 
 });
 
 test('a certificate from another CA, or an expired one, is not authorized', async () => {
-  const manager = issueCertificate(ca, { id: '1', role: 'manager', clusterId: 'cluster-1', nowMs: now, hosts: ['127.0.0.1'] });
+  const manager = issueCertificate(ca, {
+    id: '1',
+    role: 'manager',
+    clusterId: 'cluster-1',
+    nowMs: now,
+    hosts: ['127.0.0.1'],
+  });
   const otherCa = createCa('cluster-2', now);
   const stranger = issueCertificate(otherCa, { id: 'admin', role: 'client', clusterId: 'cluster-2', nowMs: now });
   assert.equal((await handshake(manager, stranger, ca.certPem)).clientAuthorized, false);
-  const expired = issueCertificate(ca, { id: 'old', role: 'client', clusterId: 'cluster-1', nowMs: now, notAfterMs: now - 60_000 });
+  const expired = issueCertificate(ca, {
+    id: 'old',
+    role: 'client',
+    clusterId: 'cluster-1',
+    nowMs: now,
+    notAfterMs: now - 60_000,
+  });
   const seen = await handshake(manager, expired, ca.certPem);
   assert.equal(seen.clientAuthorized, false);
   assert.equal(seen.serverError, 'CERT_HAS_EXPIRED');
@@ -64,6 +115,9 @@ test('a join token pins the CA certificate and carries a secret; the cluster kee
   const stored = joinTokenHash(token.secret);
   assert.equal(joinTokenMatches(parsed.secret, stored), true);
   assert.equal(joinTokenMatches(newJoinToken(ca.certPem).secret, stored), false);
-  assert.throws(() => parseJoinToken(text.slice(0, -1)), (e: unknown) => e instanceof CryptoError && e.code === 'JOIN_TOKEN_MALFORMED');
+  assert.throws(
+    () => parseJoinToken(text.slice(0, -1)),
+    (e: unknown) => e instanceof CryptoError && e.code === 'JOIN_TOKEN_MALFORMED',
+  );
   assert.notEqual(caDigest(createCa('cluster-1', now).certPem), parsed.caDigest, 'another CA has another digest');
 });

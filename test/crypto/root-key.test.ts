@@ -4,7 +4,14 @@ import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CryptoError, type CryptoErrorCode } from '../../src/crypto/errors.ts';
-import { createKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile, unwrapRootKey, wrapRootKey } from '../../src/crypto/root-key.ts';
+import {
+  createKeyFile,
+  generateRootKey,
+  kekFromUnlockKey,
+  readKeyFile,
+  unwrapRootKey,
+  wrapRootKey,
+} from '../../src/crypto/root-key.ts';
 import { formatUnlockKey, generateUnlockKey, parseUnlockKey } from '../../src/crypto/unlock-key.ts';
 
 const refusedWith = (code: CryptoErrorCode) => (error: unknown) => error instanceof CryptoError && error.code === code;
@@ -23,7 +30,10 @@ test('a typo in an unlock key is caught by its checksum, before any decryption',
   for (const at of [9, 20, 60]) {
     const char = key[at]!;
     const typo = key.slice(0, at) + (char === 'A' ? 'B' : 'A') + key.slice(at + 1);
-    assert.throws(() => parseUnlockKey(typo), (e: unknown) => refusedWith('UNLOCK_KEY_MALFORMED')(e) && /typo/.test((e as Error).message));
+    assert.throws(
+      () => parseUnlockKey(typo),
+      (e: unknown) => refusedWith('UNLOCK_KEY_MALFORMED')(e) && /typo/.test((e as Error).message),
+    );
   }
   assert.throws(() => parseUnlockKey('CFRKEY-2-ABC'), refusedWith('UNLOCK_KEY_MALFORMED'));
   assert.throws(() => parseUnlockKey(''), refusedWith('UNLOCK_KEY_MALFORMED'));
@@ -34,7 +44,10 @@ test('the root key opens with the right unlock key; a well-formed wrong one gets
   const unlock = generateUnlockKey();
   const wrapped = wrapRootKey(kekFromUnlockKey(unlock, 'c1'), root, 'c1');
   assert.deepEqual(unwrapRootKey(kekFromUnlockKey(unlock, 'c1'), wrapped, 'c1', 'unlock key'), root);
-  assert.throws(() => unwrapRootKey(kekFromUnlockKey(generateUnlockKey(), 'c1'), wrapped, 'c1', 'unlock key'), refusedWith('UNLOCK_KEY_WRONG'));
+  assert.throws(
+    () => unwrapRootKey(kekFromUnlockKey(generateUnlockKey(), 'c1'), wrapped, 'c1', 'unlock key'),
+    refusedWith('UNLOCK_KEY_WRONG'),
+  );
   const message = (() => {
     try {
       unwrapRootKey(kekFromUnlockKey(generateUnlockKey(), 'c1'), wrapped, 'c1', 'unlock key');
@@ -55,7 +68,10 @@ test('a key file is created readable by its owner only, and refused when others 
     assert.deepEqual(readKeyFile(path), kek);
     assert.throws(() => createKeyFile(path), /EEXIST/);
     chmodSync(path, 0o644);
-    assert.throws(() => readKeyFile(path), (e: unknown) => refusedWith('KEY_FILE_INVALID')(e) && /chmod 600/.test((e as Error).message));
+    assert.throws(
+      () => readKeyFile(path),
+      (e: unknown) => refusedWith('KEY_FILE_INVALID')(e) && /chmod 600/.test((e as Error).message),
+    );
     writeFileSync(join(dir, 'short.key'), Buffer.alloc(7), { mode: 0o600 });
     assert.throws(() => readKeyFile(join(dir, 'short.key')), /holds 7 bytes, not 32/);
     assert.throws(() => readKeyFile(join(dir, 'missing.key')), /ENOENT/);

@@ -33,7 +33,8 @@ function scannedFiles(): string[] {
  * policy paths (`sys/cluster`) and paths inside other paths are not taken; not followed by a word
  * character, `*` or `/`, so globs (`test/**\/*.ts`) and extension-less names are not taken.
  */
-const PREFIXED_PATH = /(?<![\w./-])((?:\.\.?\/)*(?:src|test|docs|scripts|proto|cluster)\/(?:[\w.-]+\/)*(?:[\w-][\w.-]*\.[A-Za-z0-9]+)?)(?![\w*/-])/g;
+const PREFIXED_PATH =
+  /(?<![\w./-])((?:\.\.?\/)*(?:src|test|docs|scripts|proto|cluster)\/(?:[\w.-]+\/)*(?:[\w-][\w.-]*\.[A-Za-z0-9]+)?)(?![\w*/-])/g;
 /** Any file name ending in `.md`, with the folders before it; not code such as `forge.md.sha256`. */
 const MARKDOWN_FILE = /(?<![\w./-])((?:\.\.?\/)*(?:[\w.-]+\/)*[\w-][\w.-]*\.md)(?![\w(-]|\.\w)/gi;
 /** A URL, removed before scanning: what it names is not a file of this repository. */
@@ -63,7 +64,9 @@ function referencesIn(file: string, text: string): Reference[] {
 
 /** Where a reference points: `./` and `../` from the naming file's folder, anything else from the repository root. */
 function resolveReference(ref: Reference): string {
-  return ref.text.startsWith('./') || ref.text.startsWith('../') ? resolve(dirname(ref.file), ref.text) : resolve(root, ref.text);
+  return ref.text.startsWith('./') || ref.text.startsWith('../')
+    ? resolve(dirname(ref.file), ref.text)
+    : resolve(root, ref.text);
 }
 
 /** Why a reference is broken, or null. */
@@ -72,7 +75,8 @@ function brokenReference(ref: Reference): string | null {
   const where = `${relative(root, ref.file)}:${ref.line}`;
   if (target !== root && !target.startsWith(root + sep)) return `${where} points outside the repository: ${ref.text}`;
   if (!existsSync(target)) return `${where} points at ${ref.text}, which does not exist`;
-  if (ref.text.endsWith('/') && !statSync(target).isDirectory()) return `${where} names ${ref.text} as a folder, but it is a file`;
+  if (ref.text.endsWith('/') && !statSync(target).isDirectory())
+    return `${where} names ${ref.text} as a folder, but it is a file`;
   return null;
 }
 
@@ -91,7 +95,12 @@ function headingsOf(path: string): { titles: Set<string>; anchors: Set<string> }
     if (match === null) continue;
     const title = match[1]!.trim();
     titles.add(title);
-    anchors.add(title.toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-'));
+    anchors.add(
+      title
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N} _-]/gu, '')
+        .replace(/ /g, '-'),
+    );
   }
   return { titles, anchors };
 }
@@ -99,7 +108,11 @@ function headingsOf(path: string): { titles: Set<string>; anchors: Set<string> }
 test('the scanner finds references, and skips URLs, globs, policy paths and code', () => {
   const file = join(root, 'README.md');
   const found = (text: string): string[] => referencesIn(file, text).map((r) => r.text);
-  assert.deepEqual(found('see `src/raft/config.ts`, the folder src/raft/ and [design](docs/design.md).'), ['src/raft/config.ts', 'src/raft/', 'docs/design.md']);
+  assert.deepEqual(found('see `src/raft/config.ts`, the folder src/raft/ and [design](docs/design.md).'), [
+    'src/raft/config.ts',
+    'src/raft/',
+    'docs/design.md',
+  ]);
   assert.deepEqual(found('at https://github.com/o/r/blob/main/src/raft/x.ts and https://x.org/README.md'), []);
   assert.deepEqual(found('scan test/**/*.test.ts and src/**/*.ts'), []);
   assert.deepEqual(found('`sudo` on `sys/cluster`, `sys/keys/`; cluster/Dockerfile'), []);
@@ -109,8 +122,14 @@ test('the scanner finds references, and skips URLs, globs, policy paths and code
 
 test('a reference to a file that does not exist is reported', () => {
   const file = join(root, 'src/raft/config.ts');
-  const [missing, outside, present] = referencesIn(file, 'see src/raft/no-such-file.ts and ../../../elsewhere/DESIGN.md and ../../src/raft/config.ts');
-  assert.match(brokenReference(missing!) ?? '', /src\/raft\/config\.ts:1 points at src\/raft\/no-such-file\.ts, which does not exist/);
+  const [missing, outside, present] = referencesIn(
+    file,
+    'see src/raft/no-such-file.ts and ../../../elsewhere/DESIGN.md and ../../src/raft/config.ts',
+  );
+  assert.match(
+    brokenReference(missing!) ?? '',
+    /src\/raft\/config\.ts:1 points at src\/raft\/no-such-file\.ts, which does not exist/,
+  );
   assert.match(brokenReference(outside!) ?? '', /points outside the repository/);
   assert.equal(brokenReference(present!), null);
 });
@@ -125,13 +144,17 @@ test('every path and Markdown file named in README.md, docs/ and src/ exists in 
 test('DESIGN.md is named only where the name resolves to a file of the repository', () => {
   const mentions: string[] = [];
   for (const file of scannedFiles()) {
-    readFileSync(file, 'utf8').split('\n').forEach((line, k) => {
-      if (!/design\.md/i.test(line)) return;
-      const resolved = referencesIn(file, line).filter((r) => /design\.md$/i.test(r.text) && brokenReference(r) === null);
-      // Every mention on the line must be one of the references that resolve.
-      const count = (line.match(/design\.md/gi) ?? []).length;
-      if (resolved.length < count) mentions.push(`${relative(root, file)}:${k + 1}: ${line.trim()}`);
-    });
+    readFileSync(file, 'utf8')
+      .split('\n')
+      .forEach((line, k) => {
+        if (!/design\.md/i.test(line)) return;
+        const resolved = referencesIn(file, line).filter(
+          (r) => /design\.md$/i.test(r.text) && brokenReference(r) === null,
+        );
+        // Every mention on the line must be one of the references that resolve.
+        const count = (line.match(/design\.md/gi) ?? []).length;
+        if (resolved.length < count) mentions.push(`${relative(root, file)}:${k + 1}: ${line.trim()}`);
+      });
   }
   assert.deepEqual(mentions, []);
   assert.ok(existsSync(join(root, 'docs/design.md')), 'docs/design.md holds the design notes');
@@ -142,21 +165,25 @@ test('sections of docs/design.md cited by name or anchor exist', () => {
   const { titles, anchors } = headingsOf(design);
   const problems: string[] = [];
   for (const file of scannedFiles()) {
-    readFileSync(file, 'utf8').split('\n').forEach((line, k) => {
-      const where = `${relative(root, file)}:${k + 1}`;
-      // `docs/design.md, "Limits"` and `[docs/design.md](docs/design.md), "PKI and identities"`
-      for (const match of line.matchAll(/design\.md\)?, "([^"]+)"/g)) {
-        if (!titles.has(match[1]!)) problems.push(`${where} cites section "${match[1]}" of docs/design.md, which has no such heading`);
-      }
-      for (const match of line.matchAll(/design\.md#([\w-]+)/g)) {
-        if (!anchors.has(match[1]!)) problems.push(`${where} links to docs/design.md#${match[1]}, which has no such heading`);
-      }
-      if (file === design) {
-        for (const match of line.matchAll(/\]\(#([\w-]+)\)/g)) {
-          if (!anchors.has(match[1]!)) problems.push(`${where} links to #${match[1]}, which has no such heading`);
+    readFileSync(file, 'utf8')
+      .split('\n')
+      .forEach((line, k) => {
+        const where = `${relative(root, file)}:${k + 1}`;
+        // `docs/design.md, "Limits"` and `[docs/design.md](docs/design.md), "PKI and identities"`
+        for (const match of line.matchAll(/design\.md\)?, "([^"]+)"/g)) {
+          if (!titles.has(match[1]!))
+            problems.push(`${where} cites section "${match[1]}" of docs/design.md, which has no such heading`);
         }
-      }
-    });
+        for (const match of line.matchAll(/design\.md#([\w-]+)/g)) {
+          if (!anchors.has(match[1]!))
+            problems.push(`${where} links to docs/design.md#${match[1]}, which has no such heading`);
+        }
+        if (file === design) {
+          for (const match of line.matchAll(/\]\(#([\w-]+)\)/g)) {
+            if (!anchors.has(match[1]!)) problems.push(`${where} links to #${match[1]}, which has no such heading`);
+          }
+        }
+      });
   }
   assert.deepEqual(problems, []);
 });

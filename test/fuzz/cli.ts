@@ -44,13 +44,21 @@ if (values.help === true) {
 const seed = values.seed === undefined ? Math.floor(Math.random() * 1e9) : Number(values.seed);
 if (!Number.isSafeInteger(seed)) usageError(`--seed takes an integer, not ${JSON.stringify(values.seed)}`);
 const durationS = Number(values.duration);
-if (!Number.isFinite(durationS) || durationS <= 0) usageError(`--duration takes a positive number of seconds, not ${JSON.stringify(values.duration)}`);
+if (!Number.isFinite(durationS) || durationS <= 0)
+  usageError(`--duration takes a positive number of seconds, not ${JSON.stringify(values.duration)}`);
 const managers = Number(values.managers);
 if (managers !== 1 && managers !== 3) usageError(`--managers takes 1 or 3, not ${JSON.stringify(values.managers)}`);
 const iterations = values.iterations === undefined ? undefined : Number(values.iterations);
-if (iterations !== undefined && (!Number.isSafeInteger(iterations) || iterations <= 0)) usageError(`--iterations takes a positive integer, not ${JSON.stringify(values.iterations)}`);
+if (iterations !== undefined && (!Number.isSafeInteger(iterations) || iterations <= 0))
+  usageError(`--iterations takes a positive integer, not ${JSON.stringify(values.iterations)}`);
 
 console.log(`fuzz: seed ${seed} (reproduce with --seed ${seed})`);
-const summary = await runFuzz({ seed, durationS, managers, ...(iterations === undefined ? {} : { iterations }), log: (line) => console.log(line) });
+const summary = await runFuzz({
+  seed,
+  durationS,
+  managers,
+  ...(iterations === undefined ? {} : { iterations }),
+  log: (line) => console.log(line),
+});
 console.log(formatSummary(summary));
 process.exit(summary.ok ? 0 : 1);

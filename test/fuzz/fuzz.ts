@@ -24,7 +24,17 @@ import { SeededRandom } from '../../src/util/prng.ts';
 import { eventually } from '../processes/processes.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
 import { CALLERS, NARROW_GLOB, judge, type CallerName, type MethodFacts, type Outcome } from './oracle.ts';
-import { MAX_RECEIVE_BYTES, between, makePayload, pick, type Hints, type MessageDescriptor, type Payload, type PayloadTarget, type ResolveType } from './payloads.ts';
+import {
+  MAX_RECEIVE_BYTES,
+  between,
+  makePayload,
+  pick,
+  type Hints,
+  type MessageDescriptor,
+  type Payload,
+  type PayloadTarget,
+  type ResolveType,
+} from './payloads.ts';
 
 export interface FuzzOptions {
   readonly seed: number;
@@ -48,7 +58,12 @@ export interface FailureRecord {
   readonly method?: string;
   readonly caller?: CallerName;
   readonly manager?: number;
-  readonly payload?: { readonly kind: string; readonly how: string; readonly bytes: number; readonly hexPrefix: string };
+  readonly payload?: {
+    readonly kind: string;
+    readonly how: string;
+    readonly bytes: number;
+    readonly hexPrefix: string;
+  };
   /** How many failures had the same signature (this record is the first). */
   count: number;
 }
@@ -64,7 +79,12 @@ export interface FuzzSummary {
   readonly byCaller: Record<string, Record<string, number>>;
   readonly byMethod: Record<string, Record<string, number>>;
   readonly byPayload: Record<string, number>;
-  readonly slowest: { readonly method: string; readonly caller: string; readonly ms: number; readonly iteration: number } | null;
+  readonly slowest: {
+    readonly method: string;
+    readonly caller: string;
+    readonly ms: number;
+    readonly iteration: number;
+  } | null;
   /** Distinct failures, each the first of its kind with a count. */
   readonly failures: readonly FailureRecord[];
   readonly failureCount: number;
@@ -138,9 +158,12 @@ export function discoverMethods(): FuzzMethod[] {
     return entry !== undefined && 'format' in entry ? (entry.type as MessageDescriptor) : null;
   };
   const services: grpc.ServiceDefinition[] = [];
-  for (const entry of Object.values(definition)) if (!('format' in entry)) services.push(entry as grpc.ServiceDefinition);
+  for (const entry of Object.values(definition))
+    if (!('format' in entry)) services.push(entry as grpc.ServiceDefinition);
   // Health and reflection: their definitions, as they add themselves to the server.
-  const capture = { addService: (service: grpc.ServiceDefinition) => void services.push(service) } as unknown as grpc.Server;
+  const capture = {
+    addService: (service: grpc.ServiceDefinition) => void services.push(service),
+  } as unknown as grpc.Server;
   new HealthImplementation({ '': 'SERVING' }).addToServer(capture);
   new ReflectionService(definition, {}).addToServer(capture);
 
@@ -151,9 +174,12 @@ export function discoverMethods(): FuzzMethod[] {
       const serviceName = method.path.slice(1, method.path.lastIndexOf('/'));
       const pkg = serviceName.slice(0, serviceName.lastIndexOf('.'));
       // Field types are named relative to the package; types of other packages' protos are out of reach (fields left out).
-      const resolve: ResolveType = (typeName) => messageType(typeName.replace(/^\./, '')) ?? messageType(`${pkg}.${typeName}`);
+      const resolve: ResolveType = (typeName) =>
+        messageType(typeName.replace(/^\./, '')) ?? messageType(`${pkg}.${typeName}`);
       methods.push({
-        name: serviceName.startsWith('coffer.v1.') ? `${serviceName.slice('coffer.v1.'.length)}.${methodName}` : `${serviceName}.${methodName}`,
+        name: serviceName.startsWith('coffer.v1.')
+          ? `${serviceName.slice('coffer.v1.'.length)}.${methodName}`
+          : `${serviceName}.${methodName}`,
         service: serviceName,
         path: method.path,
         requestStream: method.requestStream,
@@ -170,7 +196,18 @@ export function discoverMethods(): FuzzMethod[] {
 }
 
 /** Callers as drawn: the admin more often than the others, since only it reaches most handlers' depths. */
-const CALLER_DRAW: readonly CallerName[] = ['admin', 'admin', 'admin', 'anonymous', 'anonymous', 'narrow', 'narrow', 'forged-client', 'forged-client', 'forged-manager'];
+const CALLER_DRAW: readonly CallerName[] = [
+  'admin',
+  'admin',
+  'admin',
+  'anonymous',
+  'anonymous',
+  'narrow',
+  'narrow',
+  'forged-client',
+  'forged-client',
+  'forged-manager',
+];
 
 const identity = (bytes: Buffer): Buffer => bytes;
 /** A server stream that has sent something is cut this long after its first message. */
@@ -188,7 +225,8 @@ function send(client: grpc.Client, method: FuzzMethod, messages: readonly Buffer
   const options: grpc.CallOptions = { deadline: Date.now() + deadlineMs };
   const responses: Buffer[] = [];
   return new Promise<Sent>((resolve) => {
-    const done = (code: grpc.status, details: string, streamed = false): void => resolve({ outcome: { code, details, streamedBeforeDeadline: streamed }, responses });
+    const done = (code: grpc.status, details: string, streamed = false): void =>
+      resolve({ outcome: { code, details, streamedBeforeDeadline: streamed }, responses });
     if (!method.requestStream && !method.responseStream) {
       client.makeUnaryRequest(method.path, identity, identity, messages[0]!, options, (error, response) => {
         if (response !== undefined) responses.push(response);
@@ -208,7 +246,9 @@ function send(client: grpc.Client, method: FuzzMethod, messages: readonly Buffer
     }
     // Server or bidirectional streaming: answers are collected until the status; a stream that
     // has sent something is cut shortly after (a watch never ends by itself).
-    const call = method.requestStream ? client.makeBidiStreamRequest(method.path, identity, identity, options) : client.makeServerStreamRequest(method.path, identity, identity, messages[0]!, options);
+    const call = method.requestStream
+      ? client.makeBidiStreamRequest(method.path, identity, identity, options)
+      : client.makeServerStreamRequest(method.path, identity, identity, messages[0]!, options);
     let cut = false;
     let timer: NodeJS.Timeout | null = null;
     call.on('data', (message: Buffer) => {
@@ -221,7 +261,8 @@ function send(client: grpc.Client, method: FuzzMethod, messages: readonly Buffer
     call.on('error', () => undefined); // the status event has it
     call.on('status', (status: grpc.StatusObject) => {
       if (timer !== null) clearTimeout(timer);
-      if (cut && status.code === grpc.status.CANCELLED) return done(grpc.status.OK, `cut after ${responses.length} messages`, true);
+      if (cut && status.code === grpc.status.CANCELLED)
+        return done(grpc.status.OK, `cut after ${responses.length} messages`, true);
       done(status.code, status.details, responses.length > 0);
     });
     if (method.requestStream) {
@@ -243,7 +284,16 @@ function decode(decoder: (bytes: Buffer) => unknown, bytes: Buffer | undefined):
 }
 
 function describe(error: unknown): string {
-  if (error instanceof Error) return `${error.name}: ${error.message}${error.stack === undefined ? '' : ` (${error.stack.split('\n').slice(1, 4).map((l) => l.trim()).join(' < ')})`}`;
+  if (error instanceof Error)
+    return `${error.name}: ${error.message}${
+      error.stack === undefined
+        ? ''
+        : ` (${error.stack
+            .split('\n')
+            .slice(1, 4)
+            .map((l) => l.trim())
+            .join(' < ')})`
+    }`;
   return String(error);
 }
 
@@ -276,18 +326,35 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
     const known = failures.get(signature);
     if (known !== undefined) known.count++;
     else failures.set(signature, { ...record, count: 1 });
-    if (failureCount <= 20) log(`fuzz: FAILURE at iteration ${record.iteration}: ${record.method ?? record.kind}${record.caller === undefined ? '' : ` as ${record.caller}`}: ${record.reason}`);
+    if (failureCount <= 20)
+      log(
+        `fuzz: FAILURE at iteration ${record.iteration}: ${record.method ?? record.kind}${record.caller === undefined ? '' : ` as ${record.caller}`}: ${record.reason}`,
+      );
   };
 
   // Crashes: nothing may throw or reject unhandled in this process, where the managers run.
-  const onRejection = (reason: unknown): void => fail(`unhandled-rejection ${describe(reason).slice(0, 120)}`, { kind: 'process', reason: `unhandled rejection: ${describe(reason)}`, iteration });
-  const onException = (error: unknown): void => fail(`uncaught-exception ${describe(error).slice(0, 120)}`, { kind: 'process', reason: `uncaught exception: ${describe(error)}`, iteration });
+  const onRejection = (reason: unknown): void =>
+    fail(`unhandled-rejection ${describe(reason).slice(0, 120)}`, {
+      kind: 'process',
+      reason: `unhandled rejection: ${describe(reason)}`,
+      iteration,
+    });
+  const onException = (error: unknown): void =>
+    fail(`uncaught-exception ${describe(error).slice(0, 120)}`, {
+      kind: 'process',
+      reason: `uncaught exception: ${describe(error)}`,
+      iteration,
+    });
   process.on('unhandledRejection', onRejection);
   process.on('uncaughtException', onException);
 
   // Errors the managers log (a request that failed inside, an audit record that could not be written).
   const errorLines: string[] = [];
-  const logger = createLogger({ level: 'error', format: 'json', destination: { write: (line: string) => void errorLines.push(line) } });
+  const logger = createLogger({
+    level: 'error',
+    format: 'json',
+    destination: { write: (line: string) => void errorLines.push(line) },
+  });
 
   const codes: Record<string, number> = {};
   const byCaller: Record<string, Record<string, number>> = {};
@@ -309,19 +376,42 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
     const nowMs = Date.now();
 
     // The narrow identity: a policy of read and list on fuzz/**, and a certificate for it.
-    await c.admin.call(leader, 'Policies', 'put', { name: NARROW_POLICY, rules: [{ path: NARROW_GLOB, capabilities: ['read', 'list'], deny: false }] });
+    await c.admin.call(leader, 'Policies', 'put', {
+      name: NARROW_POLICY,
+      rules: [{ path: NARROW_GLOB, capabilities: ['read', 'list'], deny: false }],
+    });
     const narrowKey = newLeafKey();
-    const issued = await c.admin.call<{ certificatePem: string }>(leader, 'Identities', 'issue', { name: NARROW_IDENTITY, policies: [NARROW_POLICY], publicKeyPem: narrowKey.publicPem });
-    for (const [name, value] of [['fuzz/a', 'a'], ['fuzz/b/c', 'bc'], ['app/db', 'outside the narrow glob']] as const) {
+    const issued = await c.admin.call<{ certificatePem: string }>(leader, 'Identities', 'issue', {
+      name: NARROW_IDENTITY,
+      policies: [NARROW_POLICY],
+      publicKeyPem: narrowKey.publicPem,
+    });
+    for (const [name, value] of [
+      ['fuzz/a', 'a'],
+      ['fuzz/b/c', 'bc'],
+      ['app/db', 'outside the narrow glob'],
+    ] as const) {
       await c.admin.call(leader, 'Secrets', 'put', { name, value: Buffer.from(value) });
     }
-    await eventually('every manager to know the narrow identity', 20_000, async () => (c.nodes.every((n) => n.state.access.identities.has(NARROW_IDENTITY)) ? true : undefined));
+    await eventually('every manager to know the narrow identity', 20_000, async () =>
+      c.nodes.every((n) => n.state.access.identities.has(NARROW_IDENTITY)) ? true : undefined,
+    );
     const ghost = issueCertificate(ca, { id: GHOST_IDENTITY, role: 'client', clusterId: c.clusterId, nowMs });
-    const ghostManager = issueCertificate(ca, { id: String(GHOST_MANAGER_ID), role: 'manager', clusterId: c.clusterId, nowMs, hosts: ['127.0.0.1'] });
+    const ghostManager = issueCertificate(ca, {
+      id: String(GHOST_MANAGER_ID),
+      role: 'manager',
+      clusterId: c.clusterId,
+      nowMs,
+      hosts: ['127.0.0.1'],
+    });
 
     const material: Record<CallerName, { caPem: string; certPem: string | null; keyPem: string | null }> = {
       anonymous: { caPem, certPem: null, keyPem: null },
-      admin: { caPem, certPem: readFileSync(join(c.adminDir, 'admin.crt'), 'utf8'), keyPem: readFileSync(join(c.adminDir, 'admin.key'), 'utf8') },
+      admin: {
+        caPem,
+        certPem: readFileSync(join(c.adminDir, 'admin.crt'), 'utf8'),
+        keyPem: readFileSync(join(c.adminDir, 'admin.key'), 'utf8'),
+      },
       narrow: { caPem, certPem: issued.certificatePem, keyPem: narrowKey.privatePem },
       'forged-client': { caPem, certPem: ghost.certPem, keyPem: ghost.keyPem },
       'forged-manager': { caPem, certPem: ghostManager.certPem, keyPem: ghostManager.keyPem },
@@ -333,7 +423,11 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
       let client = channels.get(key);
       if (client === undefined) {
         const credentials = managerChannelCredentials(material[caller] as never, { clusterId: c.clusterId });
-        client = new grpc.Client(c.addresses[manager]!, credentials, { ...MANAGER_CHANNEL_OPTIONS, 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 });
+        client = new grpc.Client(c.addresses[manager]!, credentials, {
+          ...MANAGER_CHANNEL_OPTIONS,
+          'grpc.max_receive_message_length': -1,
+          'grpc.max_send_message_length': -1,
+        });
         channels.set(key, client);
         clients.push(client);
       }
@@ -361,13 +455,21 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
           const address = c.addresses[k]!;
           const name = `${CANARY_PREFIX}/m${k + 1}`;
           const value = Buffer.from(`seed ${seed} iteration ${iteration}`);
-          const what = (step: string): Omit<FailureRecord, 'count'> => ({ kind: 'check', reason: '', iteration, manager: k + 1, method: step });
-          if (node.manager.locked) return fail(`check locked m${k}`, { ...what('manager'), reason: `manager ${k + 1} is locked` });
+          const what = (step: string): Omit<FailureRecord, 'count'> => ({
+            kind: 'check',
+            reason: '',
+            iteration,
+            manager: k + 1,
+            method: step,
+          });
+          if (node.manager.locked)
+            return fail(`check locked m${k}`, { ...what('manager'), reason: `manager ${k + 1} is locked` });
           try {
             await eventually(`manager ${k + 1} to answer a canary write and read`, 10_000, async () => {
               await c.admin.call(address, 'Secrets', 'put', { name, value }, 3000);
               const got = await c.admin.call<{ value: Buffer }>(address, 'Secrets', 'get', { name }, 3000);
-              if (!Buffer.from(got.value).equals(value)) throw new Error(`read ${JSON.stringify(Buffer.from(got.value).toString())} back`);
+              if (!Buffer.from(got.value).equals(value))
+                throw new Error(`read ${JSON.stringify(Buffer.from(got.value).toString())} back`);
               return true;
             });
           } catch (error) {
@@ -377,8 +479,10 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
             await eventually(`manager ${k + 1} to say SERVING`, 10_000, async () => {
               const sent = await send(channel('admin', k), health, [health.requestSerialize({ service: '' })], 3000);
               const reply = decode(health.responseDeserialize, sent.responses[0]);
-              if (sent.outcome.code !== grpc.status.OK) throw new Error(`${codeName(sent.outcome.code)}: ${sent.outcome.details}`);
-              if (reply?.['status'] !== 'SERVING' && reply?.['status'] !== 1) throw new Error(`status ${String(reply?.['status'])}`);
+              if (sent.outcome.code !== grpc.status.OK)
+                throw new Error(`${codeName(sent.outcome.code)}: ${sent.outcome.details}`);
+              if (reply?.['status'] !== 'SERVING' && reply?.['status'] !== 1)
+                throw new Error(`status ${String(reply?.['status'])}`);
               return true;
             });
           } catch (error) {
@@ -386,8 +490,15 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
           }
           if (final) {
             try {
-              const report = await c.admin.call<{ ok: boolean; problem: string }>(address, 'Audit', 'verify', {}, 30_000);
-              if (!report.ok) fail(`check audit m${k}`, { ...what('audit'), reason: `the audit chain is broken: ${report.problem}` });
+              const report = await c.admin.call<{ ok: boolean; problem: string }>(
+                address,
+                'Audit',
+                'verify',
+                {},
+                30_000,
+              );
+              if (!report.ok)
+                fail(`check audit m${k}`, { ...what('audit'), reason: `the audit chain is broken: ${report.problem}` });
             } catch (error) {
               fail(`check audit m${k}`, { ...what('audit'), reason: (error as Error).message });
             }
@@ -401,8 +512,18 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
         } catch {
           entry = { msg: line };
         }
-        const where = entry.err?.stack?.split('\n').slice(1, 4).map((l) => l.trim()).join(' < ') ?? '';
-        fail(`log ${entry.event} ${entry.method} ${entry.err?.message?.slice(0, 80)}`, { kind: 'log', reason: `a manager logged an error: ${entry.msg} (${entry.event ?? ''} ${entry.method ?? ''}): ${entry.err?.message ?? ''} ${where}`, iteration, ...(entry.method === undefined ? {} : { method: entry.method }) });
+        const where =
+          entry.err?.stack
+            ?.split('\n')
+            .slice(1, 4)
+            .map((l) => l.trim())
+            .join(' < ') ?? '';
+        fail(`log ${entry.event} ${entry.method} ${entry.err?.message?.slice(0, 80)}`, {
+          kind: 'log',
+          reason: `a manager logged an error: ${entry.msg} (${entry.event ?? ''} ${entry.method ?? ''}): ${entry.err?.message ?? ''} ${where}`,
+          iteration,
+          ...(entry.method === undefined ? {} : { method: entry.method }),
+        });
       }
     };
 
@@ -414,7 +535,11 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
     let lastProgress = performance.now();
     const others = CALLERS.filter((k) => k !== 'admin');
 
-    for (iteration = 0; performance.now() < endAt && (options.iterations === undefined || iteration < options.iterations); iteration++) {
+    for (
+      iteration = 0;
+      performance.now() < endAt && (options.iterations === undefined || iteration < options.iterations);
+      iteration++
+    ) {
       const method = pick(rng, methods);
       const count = method.requestStream ? between(rng, 1, 3) : 1;
       const payloads: Payload[] = [];
@@ -425,7 +550,12 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
       const manager = rng.int(managers);
 
       const sentAt = performance.now();
-      const sent = await send(channel(caller, manager), method, payloads.map((p) => p.bytes), deadlineMs);
+      const sent = await send(
+        channel(caller, manager),
+        method,
+        payloads.map((p) => p.bytes),
+        deadlineMs,
+      );
       const ms = performance.now() - sentAt;
       if (slowest === null || ms > slowest.ms) slowest = { method: method.name, caller, ms: Math.round(ms), iteration };
 
@@ -436,7 +566,17 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
       for (const p of payloads) bump(byPayload, p.kind);
 
       const largest = Math.max(...payloads.map((p) => p.bytes.length));
-      const wrong = judge(method, caller, sent.outcome, { request, responses: sent.responses.map((r) => decode(method.responseDeserialize, r)), largestMessageBytes: largest }, MAX_RECEIVE_BYTES);
+      const wrong = judge(
+        method,
+        caller,
+        sent.outcome,
+        {
+          request,
+          responses: sent.responses.map((r) => decode(method.responseDeserialize, r)),
+          largestMessageBytes: largest,
+        },
+        MAX_RECEIVE_BYTES,
+      );
       if (wrong !== null) {
         const first = payloads[0]!;
         fail(`response ${method.name} ${caller} ${code} ${wrong.slice(0, 60)}`, {
@@ -446,7 +586,12 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
           method: method.name,
           caller,
           manager: manager + 1,
-          payload: { kind: payloads.map((p) => p.kind).join('+'), how: payloads.map((p) => p.how).join(' | '), bytes: first.bytes.length, hexPrefix: first.bytes.subarray(0, 64).toString('hex') },
+          payload: {
+            kind: payloads.map((p) => p.kind).join('+'),
+            how: payloads.map((p) => p.how).join(' | '),
+            bytes: first.bytes.length,
+            hexPrefix: first.bytes.subarray(0, 64).toString('hex'),
+          },
         });
       }
 
@@ -457,16 +602,26 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzSummary> {
       }
       if (now - lastProgress > 10_000) {
         const memory = process.memoryUsage();
-        log(`fuzz: ${((now - fuzzStarted) / 1000).toFixed(0)} s, ${iteration + 1} iterations, ${failureCount} failures; heap ${Math.round(memory.heapUsed / 2 ** 20)} MiB, rss ${Math.round(memory.rss / 2 ** 20)} MiB`);
+        log(
+          `fuzz: ${((now - fuzzStarted) / 1000).toFixed(0)} s, ${iteration + 1} iterations, ${failureCount} failures; heap ${Math.round(memory.heapUsed / 2 ** 20)} MiB, rss ${Math.round(memory.rss / 2 ** 20)} MiB`,
+        );
         lastProgress = now;
       }
     }
     await check(true);
   } catch (error) {
-    fail(`setup ${describe(error).slice(0, 80)}`, { kind: 'process', reason: `the fuzzer itself failed: ${describe(error)}`, iteration });
+    fail(`setup ${describe(error).slice(0, 80)}`, {
+      kind: 'process',
+      reason: `the fuzzer itself failed: ${describe(error)}`,
+      iteration,
+    });
   } finally {
     for (const client of clients) client.close();
-    await cluster?.stop().catch((error: unknown) => fail('stop', { kind: 'process', reason: `stopping the managers failed: ${describe(error)}`, iteration }));
+    await cluster
+      ?.stop()
+      .catch((error: unknown) =>
+        fail('stop', { kind: 'process', reason: `stopping the managers failed: ${describe(error)}`, iteration }),
+      );
     // Late rejections of the managers' work surface on the next turns.
     await new Promise((resolve) => setTimeout(resolve, 100));
     process.off('unhandledRejection', onRejection);
@@ -504,22 +659,38 @@ function counts(record: Record<string, number>): string {
 export function formatSummary(summary: FuzzSummary): string {
   const lines: string[] = [];
   const rate = summary.durationS > 0 ? Math.round(summary.iterations / summary.durationS) : 0;
-  lines.push(`fuzz: seed ${summary.seed}, ${summary.managers} manager(s), ${summary.durationS} s, ${summary.iterations} iterations (${rate}/s), ${summary.methods.length} methods, ${summary.checks} liveness checks`);
+  lines.push(
+    `fuzz: seed ${summary.seed}, ${summary.managers} manager(s), ${summary.durationS} s, ${summary.iterations} iterations (${rate}/s), ${summary.methods.length} methods, ${summary.checks} liveness checks`,
+  );
   lines.push(`status codes: ${counts(summary.codes)}`);
   lines.push(`payloads: ${counts(summary.byPayload)}`);
   lines.push('by caller:');
-  for (const caller of CALLERS) if (summary.byCaller[caller] !== undefined) lines.push(`  ${caller.padEnd(15)} ${counts(summary.byCaller[caller]!)}`);
+  for (const caller of CALLERS)
+    if (summary.byCaller[caller] !== undefined)
+      lines.push(`  ${caller.padEnd(15)} ${counts(summary.byCaller[caller]!)}`);
   lines.push('by method:');
-  for (const method of summary.methods) lines.push(`  ${method.padEnd(44)} ${summary.byMethod[method] === undefined ? '(not drawn)' : counts(summary.byMethod[method]!)}`);
-  if (summary.slowest !== null) lines.push(`slowest answer: ${summary.slowest.method} as ${summary.slowest.caller}, ${summary.slowest.ms} ms (iteration ${summary.slowest.iteration})`);
+  for (const method of summary.methods)
+    lines.push(
+      `  ${method.padEnd(44)} ${summary.byMethod[method] === undefined ? '(not drawn)' : counts(summary.byMethod[method]!)}`,
+    );
+  if (summary.slowest !== null)
+    lines.push(
+      `slowest answer: ${summary.slowest.method} as ${summary.slowest.caller}, ${summary.slowest.ms} ms (iteration ${summary.slowest.iteration})`,
+    );
   if (summary.ok) {
     lines.push('failures: none');
   } else {
     lines.push(`failures: ${summary.failureCount} (${summary.failures.length} distinct)`);
     for (const f of summary.failures) {
-      const who = f.method === undefined ? f.kind : `${f.method}${f.caller === undefined ? '' : ` as ${f.caller}`}${f.manager === undefined ? '' : ` on manager ${f.manager}`}`;
+      const who =
+        f.method === undefined
+          ? f.kind
+          : `${f.method}${f.caller === undefined ? '' : ` as ${f.caller}`}${f.manager === undefined ? '' : ` on manager ${f.manager}`}`;
       lines.push(`  - iteration ${f.iteration}: ${who}${f.count > 1 ? ` (${f.count} times)` : ''}: ${f.reason}`);
-      if (f.payload !== undefined) lines.push(`    payload: ${f.payload.kind}, ${f.payload.bytes} bytes (${f.payload.how}); hex ${f.payload.hexPrefix}${f.payload.bytes > 64 ? '...' : ''}`);
+      if (f.payload !== undefined)
+        lines.push(
+          `    payload: ${f.payload.kind}, ${f.payload.bytes} bytes (${f.payload.how}); hex ${f.payload.hexPrefix}${f.payload.bytes > 64 ? '...' : ''}`,
+        );
     }
   }
   lines.push(`${summary.ok ? 'ok' : 'FAILED'}; reproduce with --seed ${summary.seed}: ${summary.reproduce}`);

@@ -60,51 +60,97 @@ export interface Observed {
 const NEVER = new Set([grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.UNIMPLEMENTED, grpc.status.DATA_LOSS]);
 
 function anyCertificateMayCall(method: MethodFacts): boolean {
-  return method.name === 'Cluster.Members' || method.name === 'Join.GetCaCertificate' || method.service === 'grpc.health.v1.Health' || method.service.startsWith('grpc.reflection.');
+  return (
+    method.name === 'Cluster.Members' ||
+    method.name === 'Join.GetCaCertificate' ||
+    method.service === 'grpc.health.v1.Health' ||
+    method.service.startsWith('grpc.reflection.')
+  );
 }
 
 const statusName = (code: grpc.status): string => grpc.status[code] ?? String(code);
 
 /** Why this answer is wrong, or null if it is one the server may give. */
-export function judge(method: MethodFacts, caller: CallerName, outcome: Outcome, observed: Observed, maxReceiveBytes: number): string | null {
+export function judge(
+  method: MethodFacts,
+  caller: CallerName,
+  outcome: Outcome,
+  observed: Observed,
+  maxReceiveBytes: number,
+): string | null {
   const { code } = outcome;
   if (NEVER.has(code)) return `answered ${statusName(code)}: ${outcome.details}`;
-  if (code === grpc.status.DEADLINE_EXCEEDED && !outcome.streamedBeforeDeadline) return `no answer before the deadline (a hang?): ${outcome.details}`;
+  if (code === grpc.status.DEADLINE_EXCEEDED && !outcome.streamedBeforeDeadline)
+    return `no answer before the deadline (a hang?): ${outcome.details}`;
   const oversized = observed.largestMessageBytes > maxReceiveBytes;
   if (oversized && code === grpc.status.RESOURCE_EXHAUSTED) return null;
 
   if (caller === 'anonymous') {
     if (method.name === 'Join.GetCaCertificate') {
-      return code === grpc.status.OK || code === grpc.status.INVALID_ARGUMENT ? null : `a caller without a certificate got ${statusName(code)} from GetCaCertificate (expected OK, or INVALID_ARGUMENT for a malformed request): ${outcome.details}`;
+      return code === grpc.status.OK || code === grpc.status.INVALID_ARGUMENT
+        ? null
+        : `a caller without a certificate got ${statusName(code)} from GetCaCertificate (expected OK, or INVALID_ARGUMENT for a malformed request): ${outcome.details}`;
     }
     if (method.name === 'Join.JoinCluster') {
-      const allowed = [grpc.status.INVALID_ARGUMENT, grpc.status.PERMISSION_DENIED, grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE, grpc.status.FAILED_PRECONDITION];
-      return allowed.includes(code) ? null : `a caller without a certificate got ${statusName(code)} from JoinCluster: ${outcome.details}`;
+      const allowed = [
+        grpc.status.INVALID_ARGUMENT,
+        grpc.status.PERMISSION_DENIED,
+        grpc.status.RESOURCE_EXHAUSTED,
+        grpc.status.UNAVAILABLE,
+        grpc.status.FAILED_PRECONDITION,
+      ];
+      return allowed.includes(code)
+        ? null
+        : `a caller without a certificate got ${statusName(code)} from JoinCluster: ${outcome.details}`;
     }
-    return code === grpc.status.UNAUTHENTICATED ? null : `a caller without a certificate got ${statusName(code)}, not UNAUTHENTICATED: ${outcome.details}`;
+    return code === grpc.status.UNAUTHENTICATED
+      ? null
+      : `a caller without a certificate got ${statusName(code)}, not UNAUTHENTICATED: ${outcome.details}`;
   }
 
-  if (code === grpc.status.UNAUTHENTICATED) return `a caller with a certificate of the cluster CA got UNAUTHENTICATED: ${outcome.details}`;
-  if (method.name === 'Join.JoinCluster') return code === grpc.status.OK ? 'JoinCluster succeeded, though no fuzzed address can prove a joiner\'s key' : null;
+  if (code === grpc.status.UNAUTHENTICATED)
+    return `a caller with a certificate of the cluster CA got UNAUTHENTICATED: ${outcome.details}`;
+  if (method.name === 'Join.JoinCluster')
+    return code === grpc.status.OK ? "JoinCluster succeeded, though no fuzzed address can prove a joiner's key" : null;
   if (caller === 'admin' || anyCertificateMayCall(method)) return null;
 
   if (caller === 'narrow') {
     if (method.name === 'Identities.Renew') return null;
     if (method.name === 'Secrets.List') {
       if (code !== grpc.status.OK) return null;
-      const listed = observed.responses.flatMap((r) => ((r?.['secrets'] as Array<{ name?: string }> | undefined) ?? []).map((s) => String(s.name)));
+      const listed = observed.responses.flatMap((r) =>
+        ((r?.['secrets'] as Array<{ name?: string }> | undefined) ?? []).map((s) => String(s.name)),
+      );
       const outside = listed.filter((n) => !globMatches(NARROW_GLOB, n));
-      return outside.length === 0 ? null : `the narrow identity (list on ${NARROW_GLOB}) was shown ${outside.slice(0, 3).map((n) => JSON.stringify(n)).join(', ')}`;
+      return outside.length === 0
+        ? null
+        : `the narrow identity (list on ${NARROW_GLOB}) was shown ${outside
+            .slice(0, 3)
+            .map((n) => JSON.stringify(n))
+            .join(', ')}`;
     }
     const name = observed.request?.['name'];
-    if ((method.name === 'Secrets.Get' || method.name === 'Secrets.Versions') && typeof name === 'string' && globMatches(NARROW_GLOB, name)) return null;
+    if (
+      (method.name === 'Secrets.Get' || method.name === 'Secrets.Versions') &&
+      typeof name === 'string' &&
+      globMatches(NARROW_GLOB, name)
+    )
+      return null;
   }
   // Beyond the caller's rights: only a refusal, and one that tells nothing of what is there
   // (NOT_FOUND, ALREADY_EXISTS or FAILED_PRECONDITION would say whether a name exists).
   if (REFUSALS.has(code)) return null;
-  const asked = typeof observed.request?.['name'] === 'string' ? ` (name ${JSON.stringify(String(observed.request['name']).slice(0, 80))})` : '';
+  const asked =
+    typeof observed.request?.['name'] === 'string'
+      ? ` (name ${JSON.stringify(String(observed.request['name']).slice(0, 80))})`
+      : '';
   return `${caller} got ${statusName(code)}${asked}, beyond its rights, where only a refusal may come (PERMISSION_DENIED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE): ${outcome.details}`;
 }
 
 /** What a caller without the rights for a request may be told. */
-const REFUSALS = new Set([grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE]);
+const REFUSALS = new Set([
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.UNAVAILABLE,
+]);

@@ -170,7 +170,10 @@ function hostileString(rng: SeededRandom): string {
   if (roll < 0.65) {
     // Control characters and escapes mixed with name characters.
     let s = '';
-    for (let k = between(rng, 1, 40); k > 0; k--) s += chance(rng, 0.3) ? String.fromCharCode(rng.int(32)) : pick(rng, ['a', '/', '.', '-', '\u007f', '\u009b', '\u001b[']);
+    for (let k = between(rng, 1, 40); k > 0; k--)
+      s += chance(rng, 0.3)
+        ? String.fromCharCode(rng.int(32))
+        : pick(rng, ['a', '/', '.', '-', '\u007f', '\u009b', '\u001b[']);
     return s;
   }
   if (roll < 0.72) {
@@ -180,15 +183,48 @@ function hostileString(rng: SeededRandom): string {
     return s;
   }
   if (roll < 0.8) return 'a/'.repeat(between(rng, 100, 2000)) + 'b'; // deep paths
-  if (roll < 0.9) return pick(rng, ['A', 'a/', '*', '\u001b', 'é']).repeat(pick(rng, [63, 64, 65, 127, 128, 129, 255, 256, 257, 300, 4096, 4097]));
+  if (roll < 0.9)
+    return pick(rng, ['A', 'a/', '*', '\u001b', 'é']).repeat(
+      pick(rng, [63, 64, 65, 127, 128, 129, 255, 256, 257, 300, 4096, 4097]),
+    );
   if (roll < 0.97) return 'x'.repeat(between(rng, 10_000, 70_000));
   // Past 64 KiB: a server that quotes one in a status exceeds HTTP/2's header list limit.
   if (roll < 0.995) return 'z'.repeat(between(rng, 70_000, 300_000));
   return 'y'.repeat(between(rng, 1_000_000, 1_500_000)); // rare: a megabyte of name
 }
 
-const HOSTILE_INT64: readonly number[] = [0, -1, 1, 2 ** 31 - 1, 2 ** 31, -(2 ** 31), 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1, 2 ** 53, 2 ** 63, -(2 ** 63), 2 ** 64 - 1, -(2 ** 53), 1e300, Date.UTC(9999, 0), -8.64e15];
-const HOSTILE_INT32: readonly number[] = [0, -1, 1, 2 ** 31 - 1, 2 ** 31, -(2 ** 31), 2 ** 32 - 1, 2 ** 32, 2 ** 53, 65535, 65536];
+const HOSTILE_INT64: readonly number[] = [
+  0,
+  -1,
+  1,
+  2 ** 31 - 1,
+  2 ** 31,
+  -(2 ** 31),
+  2 ** 32 - 1,
+  2 ** 32,
+  2 ** 53 - 1,
+  2 ** 53,
+  2 ** 63,
+  -(2 ** 63),
+  2 ** 64 - 1,
+  -(2 ** 53),
+  1e300,
+  Date.UTC(9999, 0),
+  -8.64e15,
+];
+const HOSTILE_INT32: readonly number[] = [
+  0,
+  -1,
+  1,
+  2 ** 31 - 1,
+  2 ** 31,
+  -(2 ** 31),
+  2 ** 32 - 1,
+  2 ** 32,
+  2 ** 53,
+  65535,
+  65536,
+];
 const HOSTILE_DOUBLE: readonly number[] = [Number.NaN, Infinity, -Infinity, -0, 1e308, 5e-324, -1, 0, 1e9, 365.5];
 
 function isInt64(type: string): boolean {
@@ -196,7 +232,10 @@ function isInt64(type: string): boolean {
 }
 
 function isInteger(type: string): boolean {
-  return isInt64(type) || ['TYPE_INT32', 'TYPE_UINT32', 'TYPE_SINT32', 'TYPE_FIXED32', 'TYPE_SFIXED32', 'TYPE_ENUM'].includes(type);
+  return (
+    isInt64(type) ||
+    ['TYPE_INT32', 'TYPE_UINT32', 'TYPE_SINT32', 'TYPE_FIXED32', 'TYPE_SFIXED32', 'TYPE_ENUM'].includes(type)
+  );
 }
 
 /** Plausible strings by field name (and service, where one name means different things). */
@@ -214,13 +253,24 @@ function plausibleString(rng: SeededRandom, field: string, service: string, hint
     case 'pageToken':
       return pick(rng, ['', 'fuzz', 'fuzz/', 'fuzz/b', 'app', ...hints.secretNames]);
     case 'path':
-      return pick(rng, ['fuzz/**', 'fuzz/*', 'fuzz/b/*', 'app/db', '**', 'sys/cluster', 'sys/policies/*', 'sys/identities/**']);
+      return pick(rng, [
+        'fuzz/**',
+        'fuzz/*',
+        'fuzz/b/*',
+        'app/db',
+        '**',
+        'sys/cluster',
+        'sys/policies/*',
+        'sys/identities/**',
+      ]);
     case 'capabilities':
       return pick(rng, CAPABILITIES);
     case 'policies':
       return pick(rng, hints.policyNames);
     case 'publicKeyPem':
-      return chance(rng, 0.8) ? hints.publicKeyPem : hints.publicKeyPem.slice(0, between(rng, 0, hints.publicKeyPem.length));
+      return chance(rng, 0.8)
+        ? hints.publicKeyPem
+        : hints.publicKeyPem.slice(0, between(rng, 0, hints.publicKeyPem.length));
     case 'address':
       return pick(rng, [...hints.addresses, '127.0.0.1:1', 'localhost:0', 'no-port']);
     case 'service':
@@ -229,7 +279,13 @@ function plausibleString(rng: SeededRandom, field: string, service: string, hint
       return '*';
     case 'fileContainingSymbol':
     case 'allExtensionNumbersOfType':
-      return pick(rng, ['coffer.v1.Secrets', 'coffer.v1.PutSecretRequest', 'coffer.v1.Peer', 'grpc.health.v1.Health', 'nope.Nope']);
+      return pick(rng, [
+        'coffer.v1.Secrets',
+        'coffer.v1.PutSecretRequest',
+        'coffer.v1.Peer',
+        'grpc.health.v1.Health',
+        'nope.Nope',
+      ]);
     case 'fileByFilename':
       return pick(rng, ['coffer/v1/api.proto', 'coffer/v1/peer.proto', 'coffer.v1.proto', 'nope.proto']);
     default: {
@@ -290,11 +346,30 @@ function hostileBytes(rng: SeededRandom): Buffer {
   if (fill === 0) return Buffer.alloc(length, 0);
   if (fill === 1) return Buffer.alloc(length, 0xff);
   // msgpack-looking starts: a map, an array, an extension, a huge str32 length.
-  if (fill === 2 && length >= 5) return Buffer.concat([Buffer.from(pick(rng, [[0xdf, 0xff, 0xff, 0xff, 0xff], [0xdd, 0x7f, 0xff, 0xff, 0xff], [0xc7, 0xff, 0x00], [0xdb, 0xff, 0xff, 0xff, 0xf0], [0x93, 0xa3, 0x61, 0x64, 0x64]])), randomBytes(rng, length - 5)]);
+  if (fill === 2 && length >= 5)
+    return Buffer.concat([
+      Buffer.from(
+        pick(rng, [
+          [0xdf, 0xff, 0xff, 0xff, 0xff],
+          [0xdd, 0x7f, 0xff, 0xff, 0xff],
+          [0xc7, 0xff, 0x00],
+          [0xdb, 0xff, 0xff, 0xff, 0xf0],
+          [0x93, 0xa3, 0x61, 0x64, 0x64],
+        ]),
+      ),
+      randomBytes(rng, length - 5),
+    ]);
   return randomBytes(rng, length);
 }
 
-function fieldValue(rng: SeededRandom, field: FieldDescriptor, target: PayloadTarget, hints: Hints, hostile: boolean, depth: number): unknown {
+function fieldValue(
+  rng: SeededRandom,
+  field: FieldDescriptor,
+  target: PayloadTarget,
+  hints: Hints,
+  hostile: boolean,
+  depth: number,
+): unknown {
   const bad = hostile && chance(rng, 0.4);
   if (field.type === 'TYPE_MESSAGE' || field.type === 'TYPE_GROUP') {
     const nested = target.resolve(field.typeName);
@@ -302,10 +377,12 @@ function fieldValue(rng: SeededRandom, field: FieldDescriptor, target: PayloadTa
     if (nested === null || depth >= 4 || (field.label !== 'LABEL_REPEATED' && chance(rng, 0.5))) return undefined;
     return randomMessage(rng, nested, target, hints, hostile, depth + 1);
   }
-  if (field.type === 'TYPE_STRING') return bad ? hostileString(rng) : plausibleString(rng, field.name, target.service, hints);
+  if (field.type === 'TYPE_STRING')
+    return bad ? hostileString(rng) : plausibleString(rng, field.name, target.service, hints);
   if (field.type === 'TYPE_BYTES') return bad ? hostileBytes(rng) : plausibleBytes(rng, field.name, hints);
   if (field.type === 'TYPE_BOOL') return chance(rng, 0.5);
-  if (field.type === 'TYPE_DOUBLE' || field.type === 'TYPE_FLOAT') return bad ? pick(rng, HOSTILE_DOUBLE) : between(rng, 0, 400);
+  if (field.type === 'TYPE_DOUBLE' || field.type === 'TYPE_FLOAT')
+    return bad ? pick(rng, HOSTILE_DOUBLE) : between(rng, 0, 400);
   if (isInteger(field.type)) {
     if (!bad) return plausibleNumber(rng, field.name, hints);
     return pick(rng, isInt64(field.type) ? HOSTILE_INT64 : HOSTILE_INT32);
@@ -314,7 +391,14 @@ function fieldValue(rng: SeededRandom, field: FieldDescriptor, target: PayloadTa
 }
 
 /** A message of `type` as a plain object for requestSerialize; fields left out now and then. */
-export function randomMessage(rng: SeededRandom, type: MessageDescriptor, target: PayloadTarget, hints: Hints, hostile: boolean, depth = 0): Record<string, unknown> {
+export function randomMessage(
+  rng: SeededRandom,
+  type: MessageDescriptor,
+  target: PayloadTarget,
+  hints: Hints,
+  hostile: boolean,
+  depth = 0,
+): Record<string, unknown> {
   const message: Record<string, unknown> = {};
   for (const field of type.field) {
     if (chance(rng, 0.15)) continue;
@@ -324,9 +408,11 @@ export function randomMessage(rng: SeededRandom, type: MessageDescriptor, target
       // Long lists repeat a few plausible (small) values: the length is what is hostile, and a
       // list of 20,000 hostile 70 KB strings would be more than a gigabyte to encode.
       const distinct = Math.min(count, 8);
-      for (let k = 0; k < distinct; k++) values.push(fieldValue(rng, field, target, hints, hostile && count <= 8, depth));
+      for (let k = 0; k < distinct; k++)
+        values.push(fieldValue(rng, field, target, hints, hostile && count <= 8, depth));
       const filled = values.filter((v) => v !== undefined);
-      message[field.name] = filled.length === 0 ? [] : Array.from({ length: count }, (_, k) => filled[k % filled.length]);
+      message[field.name] =
+        filled.length === 0 ? [] : Array.from({ length: count }, (_, k) => filled[k % filled.length]);
     } else {
       const value = fieldValue(rng, field, target, hints, hostile, depth);
       if (value !== undefined) message[field.name] = value;
@@ -338,7 +424,16 @@ export function randomMessage(rng: SeededRandom, type: MessageDescriptor, target
 // ---------------------------------------------------------------------------------------------
 // Mutations of serialized messages
 
-const HUGE_LENGTHS: readonly bigint[] = [0x7fff_ffffn, 0x8000_0000n, 0xffff_ffffn, 1n << 53n, (1n << 63n) - 1n, (1n << 64n) - 1n, 4n * 1024n * 1024n, 1000n];
+const HUGE_LENGTHS: readonly bigint[] = [
+  0x7fff_ffffn,
+  0x8000_0000n,
+  0xffff_ffffn,
+  1n << 53n,
+  (1n << 63n) - 1n,
+  (1n << 64n) - 1n,
+  4n * 1024n * 1024n,
+  1000n,
+];
 
 type Mutation = (rng: SeededRandom, bytes: Buffer) => Buffer;
 
@@ -356,8 +451,23 @@ const MUTATIONS: ReadonlyArray<readonly [string, Mutation]> = [
     },
   ],
   ['truncate', (rng, b) => b.subarray(0, b.length === 0 ? 0 : rng.int(b.length))],
-  ['duplicate', (rng, b) => (chance(rng, 0.5) ? Buffer.concat([b, b]) : insertAt(rng, b, b.subarray(rng.int(b.length + 1))))],
-  ['huge-length', (rng, b) => insertAt(rng, b, Buffer.concat([tag(between(rng, 1, 20), 2), varint(pick(rng, HUGE_LENGTHS)), randomBytes(rng, between(rng, 0, 8))]))],
+  [
+    'duplicate',
+    (rng, b) => (chance(rng, 0.5) ? Buffer.concat([b, b]) : insertAt(rng, b, b.subarray(rng.int(b.length + 1)))),
+  ],
+  [
+    'huge-length',
+    (rng, b) =>
+      insertAt(
+        rng,
+        b,
+        Buffer.concat([
+          tag(between(rng, 1, 20), 2),
+          varint(pick(rng, HUGE_LENGTHS)),
+          randomBytes(rng, between(rng, 0, 8)),
+        ]),
+      ),
+  ],
   [
     'wrong-wire-type',
     (rng, b) => {
@@ -369,13 +479,31 @@ const MUTATIONS: ReadonlyArray<readonly [string, Mutation]> = [
       return out;
     },
   ],
-  ['overlong-varint', (rng, b) => insertAt(rng, b, Buffer.concat([tag(between(rng, 1, 20), 0), Buffer.alloc(between(rng, 10, 12), 0xff), Buffer.from([0x01])]))],
+  [
+    'overlong-varint',
+    (rng, b) =>
+      insertAt(
+        rng,
+        b,
+        Buffer.concat([tag(between(rng, 1, 20), 0), Buffer.alloc(between(rng, 10, 12), 0xff), Buffer.from([0x01])]),
+      ),
+  ],
   [
     'unknown-field',
     (rng, b) => {
       const field = pick(rng, [between(rng, 1, 20), between(rng, 100, 1000), 2 ** 29 - 1, 19_000]);
       const wireType = pick(rng, [0, 1, 2, 5]);
-      const body = wireType === 0 ? varint(BigInt(rng.int(2 ** 31))) : wireType === 1 ? randomBytes(rng, 8) : wireType === 5 ? randomBytes(rng, 4) : (() => { const data = randomBytes(rng, between(rng, 0, 32)); return Buffer.concat([varint(BigInt(data.length)), data]); })();
+      const body =
+        wireType === 0
+          ? varint(BigInt(rng.int(2 ** 31)))
+          : wireType === 1
+            ? randomBytes(rng, 8)
+            : wireType === 5
+              ? randomBytes(rng, 4)
+              : (() => {
+                  const data = randomBytes(rng, between(rng, 0, 32));
+                  return Buffer.concat([varint(BigInt(data.length)), data]);
+                })();
       return insertAt(rng, b, Buffer.concat([tag(field, wireType), body]));
     },
   ],
@@ -431,7 +559,11 @@ export function makePayload(rng: SeededRandom, target: PayloadTarget, hints: Hin
   const roll = rng.float();
   if (roll < 0.003) {
     const length = between(rng, MAX_RECEIVE_BYTES - 2048, MAX_RECEIVE_BYTES + 2048);
-    return { kind: 'huge', how: `random bytes, ${length} (limit ${MAX_RECEIVE_BYTES})`, bytes: randomBytes(rng, length) };
+    return {
+      kind: 'huge',
+      how: `random bytes, ${length} (limit ${MAX_RECEIVE_BYTES})`,
+      bytes: randomBytes(rng, length),
+    };
   }
   if (roll < 0.15) {
     const length = randomLength(rng);
@@ -451,5 +583,9 @@ export function makePayload(rng: SeededRandom, target: PayloadTarget, hints: Hin
     }
   }
   const length = randomLength(rng);
-  return { kind: 'random', how: `random bytes, ${length} (the message could not be made)`, bytes: randomBytes(rng, length) };
+  return {
+    kind: 'random',
+    how: `random bytes, ${length} (the message could not be made)`,
+    bytes: randomBytes(rng, length),
+  };
 }

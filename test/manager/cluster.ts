@@ -47,7 +47,10 @@ export class LocalCluster {
 
   /** Initializes the first manager's keys; the others share its root key (as joining will give them). */
   async init(options: { autolock?: boolean } = {}): Promise<void> {
-    const first = await Manager.init(this.dataDir(1), { keyFile: this.keyFile(1), ...(options.autolock === true ? { autolock: true } : {}) });
+    const first = await Manager.init(this.dataDir(1), {
+      keyFile: this.keyFile(1),
+      ...(options.autolock === true ? { autolock: true } : {}),
+    });
     this.clusterId = first.clusterId;
     this.unlockKey = first.unlockKey;
     // Until join tokens exist (the transport issue), the other managers get a copy of the first one's key store.
@@ -163,7 +166,8 @@ export class LocalCluster {
       const commits = [...this.managers.values()].map((m) => m.status().raft?.commit ?? -1);
       const top = Math.max(...commits);
       if (applied.every((a) => a === top)) return;
-      if (Date.now() > deadline) throw new Error(`managers did not converge: applied ${applied.join(', ')}, commit ${top}`);
+      if (Date.now() > deadline)
+        throw new Error(`managers did not converge: applied ${applied.join(', ')}, commit ${top}`);
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
   }

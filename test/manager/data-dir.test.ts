@@ -62,7 +62,9 @@ test('isManagerDataDir: not for a missing, empty, foreign or half-made directory
   }
 });
 
-test('init writes the layout with its modes; a restore writes it too, with Raft storage that holds only the backup at its index', { timeout: 60_000 }, async () => {
+test('init writes the layout with its modes; a restore writes it too, with Raft storage that holds only the backup at its index', {
+  timeout: 60_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-datadir-'));
   try {
     const m1 = new DataDir(join(root, 'm1'));
@@ -79,18 +81,44 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
     assert.deepEqual(names(m1.defaultAdminDir), ['admin.crt', 'admin.key', 'ca.crt']);
 
     // Start it (in-process, no network) until it has a keyring, then take a backup of it.
-    const manager = await Manager.open({ dataDir: m1.root, id: 1, keyFile: m1.defaultKeyFile, peers: { send: () => undefined }, inner: new AppliedState(), random: new SeededRandom(randomInt(2 ** 31)), bootstrapVoters: [1], logger: createLogger({ level: 'silent' }), tickIntervalMs: 10 });
+    const manager = await Manager.open({
+      dataDir: m1.root,
+      id: 1,
+      keyFile: m1.defaultKeyFile,
+      peers: { send: () => undefined },
+      inner: new AppliedState(),
+      random: new SeededRandom(randomInt(2 ** 31)),
+      bootstrapVoters: [1],
+      logger: createLogger({ level: 'silent' }),
+      tickIntervalMs: 10,
+    });
     let file: Buffer;
     let material: ReturnType<Manager<unknown>['backupMaterial']>;
     const recovery = generateRecoveryKey();
     try {
-      await until('manager 1 to lead with a keyring', () => manager.status().raft?.role === 'leader' && (manager.status().keys?.activeTerm ?? 0) > 0);
+      await until(
+        'manager 1 to lead with a keyring',
+        () => manager.status().raft?.role === 'leader' && (manager.status().keys?.activeTerm ?? 0) > 0,
+      );
       assert.deepEqual(names(m1.root), ['keys', 'node.json', 'raft', 'tls'], 'the first start makes raft/');
       assert.equal(mode(m1.raft), 0o700);
       material = manager.backupMaterial();
       file = encodeBackup(
-        { clusterId: manager.clusterId, createdAtMs: Date.now(), index: material.index, term: material.term, rootGen: material.rootGen, image: material.image, caCertPem: readFileSync(m1.caCert, 'utf8') },
-        { rootKey: material.rootKey, caKeyPem: manager.localSecret(CA_KEY_SECRET)!.toString(), recoveryPublicKey: recovery.publicKey, unlockKek: null },
+        {
+          clusterId: manager.clusterId,
+          createdAtMs: Date.now(),
+          index: material.index,
+          term: material.term,
+          rootGen: material.rootGen,
+          image: material.image,
+          caCertPem: readFileSync(m1.caCert, 'utf8'),
+        },
+        {
+          rootKey: material.rootKey,
+          caKeyPem: manager.localSecret(CA_KEY_SECRET)!.toString(),
+          recoveryPublicKey: recovery.publicKey,
+          unlockKek: null,
+        },
       );
     } finally {
       await manager.stop();
@@ -98,7 +126,12 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
     assert.ok(material.index > 0 && material.term > 0);
 
     const r1 = new DataDir(join(root, 'r1'));
-    const outcome = await restoreBackup({ file, key: { recoveryKey: recovery.recoveryKey }, dataDir: r1.root, listen: '127.0.0.1:7401' });
+    const outcome = await restoreBackup({
+      file,
+      key: { recoveryKey: recovery.recoveryKey },
+      dataDir: r1.root,
+      listen: '127.0.0.1:7401',
+    });
     assert.equal(outcome.keyFile, r1.defaultKeyFile);
     assert.deepEqual(names(r1.root), ['keys', 'node.json', 'raft', 'tls']);
     assert.deepEqual(names(r1.tls), ['ca.crt', 'node.crt']);
@@ -127,8 +160,18 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
       await storage.close();
     }
 
-    await assert.rejects(restoreBackup({ file, key: { recoveryKey: recovery.recoveryKey }, dataDir: r1.root, listen: '127.0.0.1:7401' }), /already holds a manager/);
-    await assert.rejects(r1.writeRestoredRaft({ metadata: { index: 1, term: 1, confState: { voters: [2], learners: [] } }, data: Buffer.alloc(1) }), /already holds Raft state/, 'a restore never writes over a log');
+    await assert.rejects(
+      restoreBackup({ file, key: { recoveryKey: recovery.recoveryKey }, dataDir: r1.root, listen: '127.0.0.1:7401' }),
+      /already holds a manager/,
+    );
+    await assert.rejects(
+      r1.writeRestoredRaft({
+        metadata: { index: 1, term: 1, confState: { voters: [2], learners: [] } },
+        data: Buffer.alloc(1),
+      }),
+      /already holds Raft state/,
+      'a restore never writes over a log',
+    );
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

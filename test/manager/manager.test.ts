@@ -34,7 +34,9 @@ async function sealedTerms(dataDir: string): Promise<Map<number, number>> {
   }
 }
 
-test('the first leader adds keyring term 1 through the log, and every command in the log is sealed under it', { timeout: 30_000 }, async () => {
+test('the first leader adds keyring term 1 through the log, and every command in the log is sealed under it', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init();
@@ -56,7 +58,9 @@ test('the first leader adds keyring term 1 through the log, and every command in
   }
 });
 
-test('a rotation switches every manager to the new term at the same index; old commands still open after a restart', { timeout: 30_000 }, async () => {
+test('a rotation switches every manager to the new term at the same index; old commands still open after a restart', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init();
@@ -68,8 +72,17 @@ test('a rotation switches every manager to the new term at the same index; old c
     await cluster.converged();
     await cluster.stopAll();
     const perManager = await Promise.all(cluster.ids.map((id) => sealedTerms(cluster.dataDir(id))));
-    for (const terms of perManager) assert.deepEqual([...terms.values()], [1, 2], 'the command before the rotation is under term 1, the one after under term 2');
-    assert.deepEqual([...perManager[1]!.keys()], [...perManager[0]!.keys()], 'every manager holds the same sealed commands at the same indexes');
+    for (const terms of perManager)
+      assert.deepEqual(
+        [...terms.values()],
+        [1, 2],
+        'the command before the rotation is under term 1, the one after under term 2',
+      );
+    assert.deepEqual(
+      [...perManager[1]!.keys()],
+      [...perManager[0]!.keys()],
+      'every manager holds the same sealed commands at the same indexes',
+    );
 
     await cluster.startAll();
     await cluster.converged();
@@ -84,7 +97,9 @@ test('a rotation switches every manager to the new term at the same index; old c
   }
 });
 
-test('an old term can be destroyed only after a rewrap; afterwards its ciphertext is refused with a clear error on every manager', { timeout: 30_000 }, async () => {
+test('an old term can be destroyed only after a rewrap; afterwards its ciphertext is refused with a clear error on every manager', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init();
@@ -92,21 +107,44 @@ test('an old term can be destroyed only after a rewrap; afterwards its ciphertex
     await cluster.put('a', 'term-1-value');
     const leader = await cluster.leader();
     await cluster.operator(leader).key({ op: 'rotate' });
-    await assert.rejects(cluster.operator(leader).key({ op: 'destroy', term: 1 }), (e: unknown) => keyOpRefused(e) && /rewrap first/.test((e as Error).message));
-    await assert.rejects(cluster.operator(leader).key({ op: 'destroy', term: 2 }), (e: unknown) => keyOpRefused(e) && /active term/.test((e as Error).message));
+    await assert.rejects(
+      cluster.operator(leader).key({ op: 'destroy', term: 1 }),
+      (e: unknown) => keyOpRefused(e) && /rewrap first/.test((e as Error).message),
+    );
+    await assert.rejects(
+      cluster.operator(leader).key({ op: 'destroy', term: 2 }),
+      (e: unknown) => keyOpRefused(e) && /active term/.test((e as Error).message),
+    );
     await cluster.operator(leader).key({ op: 'rewrap' });
     assert.match(await cluster.operator(leader).key({ op: 'destroy', term: 1 }), /term 1 is destroyed/);
-    await assert.rejects(cluster.operator(leader).key({ op: 'destroy', term: 1 }), (e: unknown) => keyOpRefused(e) && /already destroyed/.test((e as Error).message));
+    await assert.rejects(
+      cluster.operator(leader).key({ op: 'destroy', term: 1 }),
+      (e: unknown) => keyOpRefused(e) && /already destroyed/.test((e as Error).message),
+    );
     await cluster.put('b', 'term-2-value');
     await cluster.converged();
     for (const id of cluster.ids) {
       const status = cluster.managers.get(id)!.status().keys!;
-      assert.deepEqual(status.terms.map((t) => [t.term, t.destroyed]), [[1, true], [2, false]]);
-      assert.equal(cluster.machines.get(id)!.map.get('a'), 'term-1-value', 'the rewrap kept the data, now under term 2');
+      assert.deepEqual(
+        status.terms.map((t) => [t.term, t.destroyed]),
+        [
+          [1, true],
+          [2, false],
+        ],
+      );
+      assert.equal(
+        cluster.machines.get(id)!.map.get('a'),
+        'term-1-value',
+        'the rewrap kept the data, now under term 2',
+      );
     }
     // Every manager dropped its log up to the rewrap: no command sealed under term 1 is left on disk.
     await cluster.stopAll();
-    for (const id of cluster.ids) assert.ok(![...(await sealedTerms(cluster.dataDir(id))).values()].includes(1), `manager ${id} still stores term 1 ciphertext`);
+    for (const id of cluster.ids)
+      assert.ok(
+        ![...(await sealedTerms(cluster.dataDir(id))).values()].includes(1),
+        `manager ${id} still stores term 1 ciphertext`,
+      );
     await cluster.startAll();
     await cluster.converged();
     for (const id of cluster.ids) assert.equal(cluster.machines.get(id)!.map.get('a'), 'term-1-value');
@@ -125,12 +163,31 @@ test('a command sealed under a term that is destroyed before it commits is refus
     rewrap: async () => undefined,
   };
   const root = Buffer.alloc(32, 7);
-  const machines = [0, 1].map(() => new (class { seen: string[] = []; apply(c: { data: Buffer }) { this.seen.push(c.data.toString()); return this.seen.length; } snapshot() { return Buffer.from(JSON.stringify(this.seen)); } restore(d: Uint8Array) { this.seen = JSON.parse(Buffer.from(d).toString()) as string[]; } })());
-  const barriers = machines.map((inner) => new Barrier<number>({ clusterId: 'c', rootKey: root, local: keyStoreless, inner }));
+  const machines = [0, 1].map(
+    () =>
+      new (class {
+        seen: string[] = [];
+        apply(c: { data: Buffer }) {
+          this.seen.push(c.data.toString());
+          return this.seen.length;
+        }
+        snapshot() {
+          return Buffer.from(JSON.stringify(this.seen));
+        }
+        restore(d: Uint8Array) {
+          this.seen = JSON.parse(Buffer.from(d).toString()) as string[];
+        }
+      })(),
+  );
+  const barriers = machines.map(
+    (inner) => new Barrier<number>({ clusterId: 'c', rootKey: root, local: keyStoreless, inner }),
+  );
   const proposer = barriers[0]!;
   const log: Buffer[] = [proposer.rotatePayload(1)];
   const applyAll = (from: number) => {
-    const results = barriers.map((b) => log.slice(from).map((data, k) => b.apply({ index: from + k + 1, term: 1, kind: 'normal', data })));
+    const results = barriers.map((b) =>
+      log.slice(from).map((data, k) => b.apply({ index: from + k + 1, term: 1, kind: 'normal', data })),
+    );
     return results;
   };
   applyAll(0);
@@ -138,16 +195,27 @@ test('a command sealed under a term that is destroyed before it commits is refus
   log.push(proposer.rotatePayload(2), proposer.rewrapPayload(), proposer.destroyPayload(1), early);
   const results = applyAll(1);
   for (const perBarrier of results) {
-    assert.deepEqual(perBarrier.slice(0, 3).map((r) => r.type), ['key-op', 'key-op', 'key-op']);
+    assert.deepEqual(
+      perBarrier.slice(0, 3).map((r) => r.type),
+      ['key-op', 'key-op', 'key-op'],
+    );
     const last = perBarrier[3]!;
     assert.equal(last.type, 'refused');
     assert.equal(last.type === 'refused' && last.code, 'KEY_TERM_DESTROYED');
-    assert.match(last.type === 'refused' ? last.message : '', /kv\.put command at index 5 cannot be opened: .*keyring term 1, which was destroyed/);
+    assert.match(
+      last.type === 'refused' ? last.message : '',
+      /kv\.put command at index 5 cannot be opened: .*keyring term 1, which was destroyed/,
+    );
   }
-  assert.deepEqual(machines.map((m) => m.seen), [[], []]);
+  assert.deepEqual(
+    machines.map((m) => m.seen),
+    [[], []],
+  );
 });
 
-test('with autolock a restarted manager is locked and takes no part until unlocked; a typo and a wrong key change nothing', { timeout: 30_000 }, async () => {
+test('with autolock a restarted manager is locked and takes no part until unlocked; a typo and a wrong key change nothing', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init({ autolock: true });
@@ -170,7 +238,10 @@ test('with autolock a restarted manager is locked and takes no part until unlock
     assert.equal(cluster.machines.get(3)!.map.size, 0, 'a locked manager applies nothing');
 
     const typo = unlockKey.slice(0, 20) + (unlockKey[20] === 'A' ? 'B' : 'A') + unlockKey.slice(21);
-    await assert.rejects(locked.unlock(typo), (e: unknown) => refusedWith('UNLOCK_KEY_MALFORMED')(e) && /typo/.test((e as Error).message));
+    await assert.rejects(
+      locked.unlock(typo),
+      (e: unknown) => refusedWith('UNLOCK_KEY_MALFORMED')(e) && /typo/.test((e as Error).message),
+    );
     const other = await new LocalCluster(1);
     await other.init({ autolock: true });
     await assert.rejects(locked.unlock(other.unlockKey!), refusedWith('UNLOCK_KEY_WRONG'));
@@ -186,7 +257,9 @@ test('with autolock a restarted manager is locked and takes no part until unlock
   }
 });
 
-test('unlock-key rotation: afterwards only the new key opens each manager; root-key rotation: everything still reads after restarts', { timeout: 30_000 }, async () => {
+test('unlock-key rotation: afterwards only the new key opens each manager; root-key rotation: everything still reads after restarts', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init();
@@ -202,7 +275,11 @@ test('unlock-key rotation: afterwards only the new key opens each manager; root-
       const store = await KeyStore.read(new DataDir(cluster.dataDir(id)).keyStore);
       assert.equal(store.protection, 'unlock-key', `manager ${id} switched to autolock`);
       assert.equal(store.unlockGen, 1);
-      assert.equal(store.rootGen, 2, `manager ${id} rewrapped its root key at generation 2 once a snapshot under it was durable`);
+      assert.equal(
+        store.rootGen,
+        2,
+        `manager ${id} rewrapped its root key at generation 2 once a snapshot under it was durable`,
+      );
     }
     await cluster.startAll();
     for (const id of cluster.ids) {
@@ -220,7 +297,9 @@ test('unlock-key rotation: afterwards only the new key opens each manager; root-
   }
 });
 
-test('the leader rotates the keyring by itself when the active key is older than the interval', { timeout: 30_000 }, async () => {
+test('the leader rotates the keyring by itself when the active key is older than the interval', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(1);
   try {
     await cluster.init();
@@ -238,7 +317,9 @@ test('the leader rotates the keyring by itself when the active key is older than
   }
 });
 
-test('encryptions counted against a key survive restarts, through reservations in the key store', { timeout: 30_000 }, async () => {
+test('encryptions counted against a key survive restarts, through reservations in the key store', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(1);
   try {
     await cluster.init();
@@ -251,7 +332,10 @@ test('encryptions counted against a key survive restarts, through reservations i
     assert.ok(reserved >= before, `reserved ${reserved} < used ${before}`);
     await cluster.startAll();
     await cluster.converged();
-    assert.ok(cluster.managers.get(1)!.status().keys!.usesOfActiveTerm >= reserved, 'a restart resumes from the reservation, not from zero');
+    assert.ok(
+      cluster.managers.get(1)!.status().keys!.usesOfActiveTerm >= reserved,
+      'a restart resumes from the reservation, not from zero',
+    );
   } finally {
     await cluster.destroy();
   }
@@ -259,11 +343,28 @@ test('encryptions counted against a key survive restarts, through reservations i
 
 test('a command the state cannot apply, or a key operation whose key does not open, is refused alike everywhere instead of stopping the managers', async () => {
   const reserved = new Map<number, number>();
-  const local = { rootGen: 1, unlockGen: 0, usesReserved: (t: number) => reserved.get(t) ?? 0, reserveUses: async (t: number, u: number) => void reserved.set(t, u), rewrap: async () => undefined };
-  const throwing = { apply(): number { throw new Error('malformed command data'); }, snapshot: () => Buffer.alloc(0), restore: () => undefined };
+  const local = {
+    rootGen: 1,
+    unlockGen: 0,
+    usesReserved: (t: number) => reserved.get(t) ?? 0,
+    reserveUses: async (t: number, u: number) => void reserved.set(t, u),
+    rewrap: async () => undefined,
+  };
+  const throwing = {
+    apply(): number {
+      throw new Error('malformed command data');
+    },
+    snapshot: () => Buffer.alloc(0),
+    restore: () => undefined,
+  };
   const barrier = new Barrier<number>({ clusterId: 'c', rootKey: Buffer.alloc(32, 1), local, inner: throwing });
   barrier.apply({ index: 1, term: 1, kind: 'normal', data: barrier.rotatePayload(0) });
-  const result = barrier.apply({ index: 2, term: 1, kind: 'normal', data: await barrier.sealCommand('kv.put', Buffer.from('x')) });
+  const result = barrier.apply({
+    index: 2,
+    term: 1,
+    kind: 'normal',
+    data: await barrier.sealCommand('kv.put', Buffer.from('x')),
+  });
   assert.equal(result.type, 'refused');
   assert.equal(result.type === 'refused' && result.code, 'COMMAND_MALFORMED');
   // A rotation whose key was sealed under another root key (corrupt or forged) is refused too.
@@ -271,10 +372,15 @@ test('a command the state cannot apply, or a key operation whose key does not op
   stranger.apply({ index: 1, term: 1, kind: 'normal', data: stranger.rotatePayload(0) });
   const forged = barrier.apply({ index: 3, term: 1, kind: 'normal', data: stranger.rotatePayload(0) });
   assert.equal(forged.type, 'refused');
-  assert.match(forged.type === 'refused' ? forged.message : '', /rotate at index 3 was refused: the data key of keyring term 2: authentication failed/);
+  assert.match(
+    forged.type === 'refused' ? forged.message : '',
+    /rotate at index 3 was refused: the data key of keyring term 2: authentication failed/,
+  );
 });
 
-test('one write path: a follower seals a command and forwards it to the leader, which applies it on every manager; a refusal comes back typed', { timeout: 30_000 }, async () => {
+test('one write path: a follower seals a command and forwards it to the leader, which applies it on every manager; a refusal comes back typed', {
+  timeout: 30_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init();
@@ -285,13 +391,16 @@ test('one write path: a follower seals a command and forwards it to the leader, 
     assert.notEqual(follower.status().raft?.role, 'leader');
     const usesBefore = follower.status().keys!.usesOfActiveTerm;
     const applied = await cluster.operator(follower).propose('kv.put', putCommand('via-follower', 'v'));
-    assert.equal(applied, cluster.machines.get(leader.id)!.puts, 'the answer is the leader\'s result');
+    assert.equal(applied, cluster.machines.get(leader.id)!.puts, "the answer is the leader's result");
     assert.ok(follower.status().keys!.usesOfActiveTerm > usesBefore, 'the follower sealed it, under its own key uses');
     await cluster.converged();
     for (const id of cluster.ids) assert.equal(cluster.machines.get(id)!.map.get('via-follower'), 'v');
     // Keyring operations take the same path; a refusal is typed, whoever asked.
     assert.match(await cluster.operator(follower).key({ op: 'rotate' }), /keyring term 2 is active/);
-    await assert.rejects(cluster.operator(follower).key({ op: 'destroy', term: 2 }), (e: unknown) => keyOpRefused(e) && /active term/.test((e as Error).message));
+    await assert.rejects(
+      cluster.operator(follower).key({ op: 'destroy', term: 2 }),
+      (e: unknown) => keyOpRefused(e) && /active term/.test((e as Error).message),
+    );
   } finally {
     await cluster.destroy();
   }

@@ -18,7 +18,13 @@ function randomValue(): string {
 
 /** The forms a secret could leak in: raw, hex and base64 (standard and URL-safe). */
 function forms(secret: Buffer): Buffer[] {
-  return [secret, Buffer.from(secret.toString('hex')), Buffer.from(secret.toString('hex').toUpperCase()), Buffer.from(secret.toString('base64')), Buffer.from(secret.toString('base64url'))];
+  return [
+    secret,
+    Buffer.from(secret.toString('hex')),
+    Buffer.from(secret.toString('hex').toUpperCase()),
+    Buffer.from(secret.toString('base64')),
+    Buffer.from(secret.toString('base64url')),
+  ];
 }
 
 function filesUnder(dir: string): string[] {
@@ -32,7 +38,10 @@ function filesUnder(dir: string): string[] {
 }
 
 /** Which secrets (by label) appear in any of the files or log lines. */
-function leaks(haystacks: ReadonlyArray<{ where: string; bytes: Buffer }>, secrets: ReadonlyMap<string, Buffer>): string[] {
+function leaks(
+  haystacks: ReadonlyArray<{ where: string; bytes: Buffer }>,
+  secrets: ReadonlyMap<string, Buffer>,
+): string[] {
   const found: string[] = [];
   for (const [label, secret] of secrets) {
     for (const form of forms(secret)) {
@@ -43,7 +52,9 @@ function leaks(haystacks: ReadonlyArray<{ where: string; bytes: Buffer }>, secre
   return found;
 }
 
-test('no value, root key or unlock key is in any file of the data directories or in any log line, in plain, hex or base64', { timeout: 120_000 }, async () => {
+test('no value, root key or unlock key is in any file of the data directories or in any log line, in plain, hex or base64', {
+  timeout: 120_000,
+}, async () => {
   const cluster = new LocalCluster(3);
   try {
     await cluster.init();
@@ -64,14 +75,18 @@ test('no value, root key or unlock key is in any file of the data directories or
     for (const manager of cluster.managers.values()) await manager.unlock(unlockKey);
     await cluster.converged();
     for (const id of cluster.ids) assert.equal(cluster.machines.get(id)!.map.size, 300);
-    const rootKey = (await KeyStore.read(new DataDir(cluster.dataDir(1)).keyStore)).openRoot(unlockKeyKek(parseUnlockKey(unlockKey), cluster.clusterId));
+    const rootKey = (await KeyStore.read(new DataDir(cluster.dataDir(1)).keyStore)).openRoot(
+      unlockKeyKek(parseUnlockKey(unlockKey), cluster.clusterId),
+    );
     secrets.set('the root key', rootKey);
     secrets.set('the unlock key', Buffer.from(unlockKey));
     secrets.set('the first key file', readKeyFile(cluster.keyFile(1)));
     await cluster.stopAll();
 
     const haystacks = [
-      ...cluster.ids.flatMap((id) => filesUnder(cluster.dataDir(id)).map((path) => ({ where: path, bytes: readFileSync(path) }))),
+      ...cluster.ids.flatMap((id) =>
+        filesUnder(cluster.dataDir(id)).map((path) => ({ where: path, bytes: readFileSync(path) })),
+      ),
       ...cluster.logLines.map((line, n) => ({ where: `log line ${n}`, bytes: Buffer.from(line) })),
     ];
     assert.ok(haystacks.length > 20 && cluster.logLines.length > 10, 'there are files and log lines to search');
@@ -84,8 +99,17 @@ test('no value, root key or unlock key is in any file of the data directories or
     await db.put('k', planted);
     await db.close();
     const controlFiles = filesUnder(control).map((path) => ({ where: path, bytes: readFileSync(path) }));
-    assert.ok(leaks(controlFiles, new Map([['planted', Buffer.from(planted)]])).length >= 1, 'a plaintext value in LevelDB files is found');
-    assert.ok(leaks([{ where: 'line', bytes: Buffer.from(`{"v":"${Buffer.from(planted).toString('hex')}"}`) }], new Map([['planted', Buffer.from(planted)]])).length >= 1, 'a hex value in a log line is found');
+    assert.ok(
+      leaks(controlFiles, new Map([['planted', Buffer.from(planted)]])).length >= 1,
+      'a plaintext value in LevelDB files is found',
+    );
+    assert.ok(
+      leaks(
+        [{ where: 'line', bytes: Buffer.from(`{"v":"${Buffer.from(planted).toString('hex')}"}`) }],
+        new Map([['planted', Buffer.from(planted)]]),
+      ).length >= 1,
+      'a hex value in a log line is found',
+    );
   } finally {
     await cluster.destroy();
   }

@@ -33,7 +33,11 @@ const CASES: ReadonlyArray<readonly [operation: string, crashPoint: string]> = [
   ['rotate-unlock', 'key-store:rewrap:renamed'],
 ];
 
-async function reopen(dataDir: string, keyFile: string, unlockKeys: string[]): Promise<{ manager: Manager<number>; machine: KvMachine }> {
+async function reopen(
+  dataDir: string,
+  keyFile: string,
+  unlockKeys: string[],
+): Promise<{ manager: Manager<number>; machine: KvMachine }> {
   const machine = new KvMachine();
   const manager = await Manager.open<number>({
     dataDir,
@@ -50,7 +54,10 @@ async function reopen(dataDir: string, keyFile: string, unlockKeys: string[]): P
     const opened = [];
     for (const key of unlockKeys) {
       if (!manager.locked) break;
-      await manager.unlock(key).then(() => opened.push(key), () => undefined);
+      await manager.unlock(key).then(
+        () => opened.push(key),
+        () => undefined,
+      );
     }
     assert.equal(manager.locked, false, 'neither the old nor the new unlock key opens the manager');
   }
@@ -69,14 +76,23 @@ async function reopen(dataDir: string, keyFile: string, unlockKeys: string[]): P
 }
 
 for (const [operation, crashPoint] of CASES) {
-  test(`a kill -9 at "${crashPoint}" during ${operation} leaves a manager that starts and reads everything`, { timeout: 60_000 }, async () => {
+  test(`a kill -9 at "${crashPoint}" during ${operation} leaves a manager that starts and reads everything`, {
+    timeout: 60_000,
+  }, async () => {
     const root = mkdtempSync(join(tmpdir(), 'coffer-rotation-crash-'));
     try {
       const dataDir = join(root, 'data');
       const keyFile = join(root, 'key');
       await Manager.init(dataDir, { keyFile });
-      const child = spawnSync(process.execPath, ['--import', 'tsx', fixture, dataDir, keyFile, operation, crashPoint], { encoding: 'utf8', timeout: 45_000 });
-      assert.equal(child.signal, 'SIGKILL', `the fixture should die at ${crashPoint}; it exited with ${child.status}: ${child.stderr}`);
+      const child = spawnSync(process.execPath, ['--import', 'tsx', fixture, dataDir, keyFile, operation, crashPoint], {
+        encoding: 'utf8',
+        timeout: 45_000,
+      });
+      assert.equal(
+        child.signal,
+        'SIGKILL',
+        `the fixture should die at ${crashPoint}; it exited with ${child.status}: ${child.stderr}`,
+      );
 
       const nextUnlockKey = join(root, 'next-unlock-key');
       const unlockKeys = existsSync(nextUnlockKey) ? [readFileSync(nextUnlockKey, 'utf8')] : [];
@@ -101,10 +117,15 @@ for (const [operation, crashPoint] of CASES) {
       await manager.stop();
 
       ({ manager, machine } = await reopen(dataDir, keyFile, unlockKeys));
-      for (let k = 0; k < 20; k++) assert.equal(machine.map.get(`k${k}`), `value-${k}`, `k${k} after finishing ${operation}`);
+      for (let k = 0; k < 20; k++)
+        assert.equal(machine.map.get(`k${k}`), `value-${k}`, `k${k} after finishing ${operation}`);
       assert.equal(machine.map.get('after-recovery'), 'ok');
       const keys = manager.status().keys!;
-      if (operation === 'destroy') assert.deepEqual(keys.terms.map((t) => t.destroyed), [true, false]);
+      if (operation === 'destroy')
+        assert.deepEqual(
+          keys.terms.map((t) => t.destroyed),
+          [true, false],
+        );
       if (operation === 'rotate-root') assert.ok(keys.rootGen >= 2);
       if (operation === 'rotate-unlock') assert.equal(manager.status().keyStore.protection, 'unlock-key');
       await manager.stop();

@@ -10,7 +10,10 @@ import { generateRecoveryKey } from '../../src/crypto/recovery-key.ts';
 import { ProcessCluster } from '../chaos/process-cluster.ts';
 import { Processes, coffer, eventually, freePort } from './processes.ts';
 
-type Snapshot = Map<string, { current: number; deleted: boolean; versions: Array<{ version: number; value: string | null; labels: string[] }> }>;
+type Snapshot = Map<
+  string,
+  { current: number; deleted: boolean; versions: Array<{ version: number; value: string | null; labels: string[] }> }
+>;
 
 /** Every secret with every version (value, or null when destroyed) and label, as a client sees them. */
 async function everything(client: CofferClient): Promise<Snapshot> {
@@ -20,7 +23,10 @@ async function everything(client: CofferClient): Promise<Snapshot> {
     const v = await client.versions(meta.name);
     const versions = [];
     for (const version of v.versions) {
-      const value = version.destroyed || meta.deleted ? null : (await client.get(meta.name, { version: version.version })).value.toString();
+      const value =
+        version.destroyed || meta.deleted
+          ? null
+          : (await client.get(meta.name, { version: version.version })).value.toString();
       versions.push({ version: version.version, value, labels: [...version.labels].sort() });
     }
     out.set(meta.name, { current: meta.currentVersion, deleted: meta.deleted, versions });
@@ -31,7 +37,9 @@ async function everything(client: CofferClient): Promise<Snapshot> {
 // Save a backup, lose every data directory, restore a new cluster from it, and compare every
 // secret, version and label; with the recovery key printed at init, and with the unlock key of an
 // autolocked cluster; wrong keys and altered files refused by name.
-test('coffer snapshot save, every data directory destroyed, coffer snapshot restore: every secret and version back', { timeout: 300_000 }, async () => {
+test('coffer snapshot save, every data directory destroyed, coffer snapshot restore: every secret and version back', {
+  timeout: 300_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-backup-'));
   let cluster: ProcessCluster | null = null;
   const restored = new Processes(root);
@@ -39,7 +47,12 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     cluster = await ProcessCluster.start(root, 3);
     const c = cluster;
     assert.match(c.recoveryKey, /^CFRREC-1-/, 'init printed a recovery key');
-    const env = { COFFER_ADDR: c.managers.map((m) => m.address).join(','), COFFER_CA: join(c.adminDir, 'ca.crt'), COFFER_CERT: join(c.adminDir, 'admin.crt'), COFFER_KEY: join(c.adminDir, 'admin.key') };
+    const env = {
+      COFFER_ADDR: c.managers.map((m) => m.address).join(','),
+      COFFER_CA: join(c.adminDir, 'ca.crt'),
+      COFFER_CERT: join(c.adminDir, 'admin.crt'),
+      COFFER_KEY: join(c.adminDir, 'admin.key'),
+    };
     const client = c.client(c.managers[0]!, 10_000);
     for (let k = 0; k < 25; k++) await client.put(`app/s${k}`, Buffer.from(`value ${k} v1`));
     for (let k = 0; k < 5; k++) {
@@ -56,9 +69,19 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     // Backups need admin on sys/backup: a reader is refused at once, with the status (not a hang).
     const readerKey = newLeafKey();
     const issued = await client.issueIdentity('reader', ['readers'], readerKey.publicPem);
-    const reader = new CofferClient({ addresses: [c.managers[0]!.address], caPem: issued.caCertificatePem, certPem: issued.certificatePem, keyPem: readerKey.privatePem, deadlineMs: 5000 });
+    const reader = new CofferClient({
+      addresses: [c.managers[0]!.address],
+      caPem: issued.caCertificatePem,
+      certPem: issued.certificatePem,
+      keyPem: readerKey.privatePem,
+      deadlineMs: 5000,
+    });
     const refusedAt = Date.now();
-    await assert.rejects(reader.saveBackup(), (e: unknown) => e instanceof ClientError && e.code === grpc.status.PERMISSION_DENIED && /sys\/backup/.test(e.message));
+    await assert.rejects(
+      reader.saveBackup(),
+      (e: unknown) =>
+        e instanceof ClientError && e.code === grpc.status.PERMISSION_DENIED && /sys\/backup/.test(e.message),
+    );
     assert.ok(Date.now() - refusedAt < 5000, 'the refusal arrives as a status, not after a deadline');
     reader.close();
 
@@ -69,7 +92,9 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     assert.equal((JSON.parse(saveA.stdout) as { opensWith: string }).opensWith, 'the recovery key');
     // No value in the clear in the backup.
     const bytesA = readFileSync(fileA);
-    for (const [, secret] of before) for (const v of secret.versions) if (v.value !== null) assert.ok(!bytesA.includes(Buffer.from(v.value)), 'a value in the clear in the backup');
+    for (const [, secret] of before)
+      for (const v of secret.versions)
+        if (v.value !== null) assert.ok(!bytesA.includes(Buffer.from(v.value)), 'a value in the clear in the backup');
 
     // Backup B after autolock on: the unlock key opens it too.
     const locked = await coffer(['autolock', 'on', '--output', 'json'], undefined, env);
@@ -80,7 +105,11 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
       return all.every((s) => s.protection === 'unlock-key') ? true : undefined;
     });
     const fileB = join(root, 'b.backup');
-    const saveB = await coffer(['snapshot', 'save', fileB, '--output', 'json', '--addr', c.managers[1]!.address], undefined, env);
+    const saveB = await coffer(
+      ['snapshot', 'save', fileB, '--output', 'json', '--addr', c.managers[1]!.address],
+      undefined,
+      env,
+    );
     assert.equal(saveB.code, 0, saveB.stderr);
     assert.equal((JSON.parse(saveB.stdout) as { opensWith: string }).opensWith, 'the recovery key or the unlock key');
     client.close();
@@ -100,16 +129,31 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     writeFileSync(otherRecovery, `${generateRecoveryKey().recoveryKey}\n`, { mode: 0o600 });
     const unlockFile = join(root, 'unlock.key');
     writeFileSync(unlockFile, `${unlockKey}\n`, { mode: 0o600 });
-    const restoreArgs = (file: string, dir: string, address: string, keyFlag: string[]) => ['snapshot', 'restore', file, '--data', dir, '--listen', address, ...keyFlag];
-    const wrong = await coffer(restoreArgs(fileA, join(root, 'r0'), '127.0.0.1:1', ['--recovery-key-file', otherRecovery]));
+    const restoreArgs = (file: string, dir: string, address: string, keyFlag: string[]) => [
+      'snapshot',
+      'restore',
+      file,
+      '--data',
+      dir,
+      '--listen',
+      address,
+      ...keyFlag,
+    ];
+    const wrong = await coffer(
+      restoreArgs(fileA, join(root, 'r0'), '127.0.0.1:1', ['--recovery-key-file', otherRecovery]),
+    );
     assert.notEqual(wrong.code, 0);
     assert.match(wrong.stderr, /recovery key does not open the backup/);
-    const noUnlock = await coffer(restoreArgs(fileA, join(root, 'r0'), '127.0.0.1:1', ['--unlock-key-file', unlockFile]));
+    const noUnlock = await coffer(
+      restoreArgs(fileA, join(root, 'r0'), '127.0.0.1:1', ['--unlock-key-file', unlockFile]),
+    );
     assert.match(noUnlock.stderr, /not autolocked, so no unlock key opens it/);
     const altered = Buffer.from(bytesA);
     altered[altered.byteLength - 10]! ^= 0x01;
     writeFileSync(join(root, 'altered.backup'), altered);
-    const damaged = await coffer(restoreArgs(join(root, 'altered.backup'), join(root, 'r0'), '127.0.0.1:1', ['--recovery-key-file', recoveryFile]));
+    const damaged = await coffer(
+      restoreArgs(join(root, 'altered.backup'), join(root, 'r0'), '127.0.0.1:1', ['--recovery-key-file', recoveryFile]),
+    );
     assert.match(damaged.stderr, /damaged/);
     const typoKey = `${c.recoveryKey.slice(0, 12)}${c.recoveryKey[12] === 'A' ? 'B' : 'A'}${c.recoveryKey.slice(13)}`;
     const typo = await coffer(restoreArgs(fileA, join(root, 'r0'), '127.0.0.1:1', []), `${typoKey}\n`);
@@ -119,17 +163,30 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     const addressA = `127.0.0.1:${await freePort()}`;
     const dirA = join(root, 'restored-a');
     // With --autolock: the restored manager gets a new unlock key, and keeps it across restarts.
-    const outA = await coffer([...restoreArgs(fileA, dirA, addressA, ['--autolock']), '--output', 'json'], `${c.recoveryKey}\n`);
+    const outA = await coffer(
+      [...restoreArgs(fileA, dirA, addressA, ['--autolock']), '--output', 'json'],
+      `${c.recoveryKey}\n`,
+    );
     assert.equal(outA.code, 0, outA.stderr);
     const restoredA = JSON.parse(outA.stdout) as { secrets: number; unlockKey: string };
     assert.equal(restoredA.secrets, 25);
     assert.match(restoredA.unlockKey, /^CFRKEY-1-/);
     restored.start('ra', ['server', '--data', dirA], [], `${restoredA.unlockKey}\n`);
-    const read = (address: string) => new CofferClient({ addresses: [address], caPem: readFileSync(env.COFFER_CA, 'utf8'), certPem: readFileSync(env.COFFER_CERT, 'utf8'), keyPem: readFileSync(env.COFFER_KEY, 'utf8'), deadlineMs: 5000 });
+    const read = (address: string) =>
+      new CofferClient({
+        addresses: [address],
+        caPem: readFileSync(env.COFFER_CA, 'utf8'),
+        certPem: readFileSync(env.COFFER_CERT, 'utf8'),
+        keyPem: readFileSync(env.COFFER_KEY, 'utf8'),
+        deadlineMs: 5000,
+      });
     const clientA = read(addressA);
     await eventually('the restored manager to serve', 30_000, async () => clientA.get('app/s0'));
     assert.deepEqual(await everything(clientA), before, 'every secret, version, label and deletion is back');
-    assert.deepEqual((await clientA.getPolicy('readers')).rules.map((r) => r.path), ['app/**']);
+    assert.deepEqual(
+      (await clientA.getPolicy('readers')).rules.map((r) => r.path),
+      ['app/**'],
+    );
     const status = (await clientA.clusterStatus()) as { voters: number[]; role: string };
     assert.equal(status.role, 'leader');
     assert.equal(status.voters.length, 1);
@@ -137,11 +194,30 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     await clientA.put('app/after-restore', Buffer.from('new'));
     // A new manager joins the restored cluster with the backup's join token.
     const joinerAddress = `127.0.0.1:${await freePort()}`;
-    restored.start('rj', ['join', '--data', join(root, 'restored-joiner'), '--listen', joinerAddress, '--join', addressA, '--token-file', c.joinTokenFile]);
-    await eventually('the joiner to become a voter', 60_000, async () => (((await clientA.clusterStatus()) as { voters: number[] }).voters.length === 2 ? true : undefined));
+    restored.start('rj', [
+      'join',
+      '--data',
+      join(root, 'restored-joiner'),
+      '--listen',
+      joinerAddress,
+      '--join',
+      addressA,
+      '--token-file',
+      c.joinTokenFile,
+    ]);
+    await eventually('the joiner to become a voter', 60_000, async () =>
+      ((await clientA.clusterStatus()) as { voters: number[] }).voters.length === 2 ? true : undefined,
+    );
     await restored.kill('ra');
     restored.start('ra', ['server', '--data', dirA], [], `${restoredA.unlockKey}\n`);
-    assert.equal((await eventually('the restored manager back with its own unlock key', 30_000, async () => clientA.get('app/after-restore'))).value.toString(), 'new');
+    assert.equal(
+      (
+        await eventually('the restored manager back with its own unlock key', 30_000, async () =>
+          clientA.get('app/after-restore'),
+        )
+      ).value.toString(),
+      'new',
+    );
     clientA.close();
 
     // Restore B with the unlock key into another directory.
@@ -155,7 +231,9 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     assert.deepEqual(await everything(clientB), before);
     // Restored without --autolock from an autolocked backup: the cluster follows (autolock off),
     // and a restart needs no unlock key.
-    await eventually('the restored cluster on key files', 20_000, async () => ((await clientB.keyStatus()).protection === 'key-file' ? true : undefined));
+    await eventually('the restored cluster on key files', 20_000, async () =>
+      (await clientB.keyStatus()).protection === 'key-file' ? true : undefined,
+    );
     await restored.kill('rb');
     restored.start('rb', ['server', '--data', dirB]);
     await eventually('the second restored manager back without a key', 30_000, async () => clientB.get('app/s0'));

@@ -10,13 +10,19 @@ import { coffer, eventually } from './processes.ts';
 // The keyring from the command line, on three manager processes: status, rotate, rewrap, destroy
 // (refused until a rewrap), root-key rotation, and autolock on, after which a restarted manager
 // needs the new unlock key.
-test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on|off, end to end', { timeout: 240_000 }, async () => {
+test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on|off, end to end', {
+  timeout: 240_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-keys-cli-'));
   let cluster: ProcessCluster | null = null;
   try {
     cluster = await ProcessCluster.start(root, 3);
     const c = cluster;
-    const env = { COFFER_CA: join(c.adminDir, 'ca.crt'), COFFER_CERT: join(c.adminDir, 'admin.crt'), COFFER_KEY: join(c.adminDir, 'admin.key') };
+    const env = {
+      COFFER_CA: join(c.adminDir, 'ca.crt'),
+      COFFER_CERT: join(c.adminDir, 'admin.crt'),
+      COFFER_KEY: join(c.adminDir, 'admin.key'),
+    };
     const cli = async (args: string[], at: Manager) => {
       const r = await coffer([...args, '--addr', at.address], undefined, env);
       return r;
@@ -26,7 +32,14 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
       assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
       return JSON.parse(r.stdout) as T;
     };
-    type KeyStatus = { activeTerm: number; terms: number[]; destroyedTerms: number[]; rootGeneration: number; unlockGeneration: number; protection: string };
+    type KeyStatus = {
+      activeTerm: number;
+      terms: number[];
+      destroyedTerms: number[];
+      rootGeneration: number;
+      unlockGeneration: number;
+      protection: string;
+    };
     const leader = (await c.leader())!;
     const follower = c.managers.find((m) => m !== leader)!;
     const before = await json<KeyStatus>(['key', 'status'], follower);
@@ -74,8 +87,13 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
     // A restarted manager without the key waits, locked, for coffer unlock; with the key, it serves.
     await c.kill(follower);
     c.restart(follower);
-    await eventually(`${follower.name} to wait for its unlock key`, 30_000, async () => (c.procs.log(follower.name).includes('waiting for the unlock key') ? true : undefined));
-    const wrongKey = await coffer(['unlock', '--data', follower.data], 'CFRKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-AAAA\n');
+    await eventually(`${follower.name} to wait for its unlock key`, 30_000, async () =>
+      c.procs.log(follower.name).includes('waiting for the unlock key') ? true : undefined,
+    );
+    const wrongKey = await coffer(
+      ['unlock', '--data', follower.data],
+      'CFRKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-AAAA\n',
+    );
     assert.notEqual(wrongKey.code, 0);
     assert.match(wrongKey.stderr, /UNLOCK_KEY_MALFORMED|typo/);
     const otherKey = await coffer(['unlock', '--data', follower.data], `${generateUnlockKey()}\n`);
@@ -85,7 +103,9 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
     const unlocked = await coffer(['unlock', '--data', follower.data], `${locked.unlockKey}\n`);
     assert.equal(unlocked.code, 0, unlocked.stderr);
     const reader = c.client(follower, 5000);
-    const got = await eventually(`${follower.name} back with the unlock key`, 30_000, async () => reader.get('keys/a')).catch((error: Error) => {
+    const got = await eventually(`${follower.name} back with the unlock key`, 30_000, async () =>
+      reader.get('keys/a'),
+    ).catch((error: Error) => {
       throw new Error(`${error.message}\n${c.procs.log(follower.name).split('\n').slice(-8).join('\n')}`);
     });
     assert.equal(got.value.toString(), 'sealed under the first term');
@@ -101,7 +121,12 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
     assert.match(again.stderr, /FAILED_PRECONDITION: autolock is already off/);
     await c.kill(follower);
     c.restart(follower);
-    assert.equal((await eventually(`${follower.name} back without a key`, 30_000, async () => reader.get('keys/a'))).value.toString(), 'sealed under the first term');
+    assert.equal(
+      (
+        await eventually(`${follower.name} back without a key`, 30_000, async () => reader.get('keys/a'))
+      ).value.toString(),
+      'sealed under the first term',
+    );
     reader.close();
     writer.close();
   } finally {

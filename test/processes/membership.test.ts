@@ -9,7 +9,9 @@ import { coffer, eventually } from './processes.ts';
 
 // Membership and leadership by an operator, on three manager processes: the CLI, the RPCs behind
 // it, forwarding from followers, and the refusals that protect the quorum.
-test('coffer cluster status, transfer-leader, demote, promote and remove on three manager processes', { timeout: 240_000 }, async () => {
+test('coffer cluster status, transfer-leader, demote, promote and remove on three manager processes', {
+  timeout: 240_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-members-'));
   let cluster: ProcessCluster | null = null;
   try {
@@ -21,7 +23,8 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
       COFFER_CERT: join(c.adminDir, 'admin.crt'),
       COFFER_KEY: join(c.adminDir, 'admin.key'),
     };
-    const cli = async (args: string[], at?: Manager) => coffer([...args, ...(at === undefined ? [] : ['--addr', at.address])], undefined, env);
+    const cli = async (args: string[], at?: Manager) =>
+      coffer([...args, ...(at === undefined ? [] : ['--addr', at.address])], undefined, env);
     const idOf = async (m: Manager) => (await c.status(m)).nodeId;
     const leaderNow = async () => eventually('a leader', 20_000, async () => (await c.leader()) ?? undefined);
 
@@ -38,12 +41,19 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     for (const m of c.managers) assert.ok(status.stdout.includes(m.address), status.stdout);
     assert.equal((status.stdout.match(/ leader +healthy/g) ?? []).length, 1, status.stdout);
     assert.match(status.stdout, /keyring term \d+, rotated \d{4}-\d\d-\d\dT.*autolock off; recovery key set/);
-    assert.equal((status.stdout.match(/ \d+ \d+\/\d+ \d{4}-\d\d-\d\d/g) ?? []).length, 3, `each member's own term, commit/applied and certificate expiry:\n${status.stdout}`);
+    assert.equal(
+      (status.stdout.match(/ \d+ \d+\/\d+ \d{4}-\d\d-\d\d/g) ?? []).length,
+      3,
+      `each member's own term, commit/applied and certificate expiry:\n${status.stdout}`,
+    );
 
     // Leadership to a named voter, asked of a manager that is neither.
     const target = c.managers.find((m) => m !== leader && m !== follower) ?? follower;
     const targetId = await idOf(target);
-    const moved = await cli(['cluster', 'transfer-leader', String(targetId), '--output', 'json'], c.managers.find((m) => m !== target)!);
+    const moved = await cli(
+      ['cluster', 'transfer-leader', String(targetId), '--output', 'json'],
+      c.managers.find((m) => m !== target)!,
+    );
     assert.equal(moved.code, 0, moved.stderr);
     assert.equal((JSON.parse(moved.stdout) as { leaderId: number }).leaderId, targetId);
     assert.equal((await c.status(target)).role, 'leader');
@@ -66,7 +76,9 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     assert.match((await cli(['cluster', 'status'], leader)).stdout, /learner \(held\)/);
     const promote = await cli(['cluster', 'promote', String(demotedId)], demoted);
     assert.equal(promote.code, 0, promote.stderr);
-    await eventually('three voters again', 10_000, async () => ((await c.status(leader)).voters.length === 3 ? true : undefined));
+    await eventually('three voters again', 10_000, async () =>
+      (await c.status(leader)).voters.length === 3 ? true : undefined,
+    );
 
     // Refusals: a voter promoted again, an unknown manager, a malformed id.
     const twice = await cli(['cluster', 'promote', String(demotedId)]);
@@ -89,9 +101,16 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     assert.match(refused.stderr, /FAILED_PRECONDITION: .*need 2 healthy to keep a quorum/);
     assert.equal((await c.status(leader)).voters.length, 3);
     await writer.put('members/a', Buffer.from('two'));
-    assert.match((await cli(['cluster', 'status'], leader)).stdout, new RegExp(`${downId} .*unreachable .*no answer \\(down or locked\\)`));
+    assert.match(
+      (await cli(['cluster', 'status'], leader)).stdout,
+      new RegExp(`${downId} .*unreachable .*no answer \\(down or locked\\)`),
+    );
     c.restart(down);
-    await eventually(`manager ${downId} healthy again`, 30_000, async () => ((await cli(['cluster', 'status'], leader)).stdout.match(/healthy/g) ?? []).length === 3 || undefined);
+    await eventually(
+      `manager ${downId} healthy again`,
+      30_000,
+      async () => ((await cli(['cluster', 'status'], leader)).stdout.match(/healthy/g) ?? []).length === 3 || undefined,
+    );
 
     // Removing the leader hands leadership over first; the others carry on with the data.
     const leaderId = await idOf(leader);
@@ -108,7 +127,11 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     await reader.put('members/b', Buffer.from('three'));
     assert.equal((await reader.get('members/a')).value.toString(), 'two');
     const gone = c.client(leader, 3000);
-    await assert.rejects(gone.get('members/a'), (e: unknown) => e instanceof ClientError, 'the removed manager no longer serves');
+    await assert.rejects(
+      gone.get('members/a'),
+      (e: unknown) => e instanceof ClientError,
+      'the removed manager no longer serves',
+    );
     gone.close();
     writer.close();
     reader.close();

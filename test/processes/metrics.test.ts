@@ -11,16 +11,30 @@ import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/tr
 import { AdminClient, Processes, coffer, eventually, freePort } from './processes.ts';
 
 /** Asks a manager's gRPC reflection service one question over its bidirectional stream. */
-async function reflect(address: string, adminDir: string, clusterId: string, request: object): Promise<Record<string, unknown>> {
-  const proto = createRequire(import.meta.url).resolve('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto');
-  const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(proto, { keepCase: false, defaults: true, oneofs: true })) as unknown as {
+async function reflect(
+  address: string,
+  adminDir: string,
+  clusterId: string,
+  request: object,
+): Promise<Record<string, unknown>> {
+  const proto = createRequire(import.meta.url).resolve(
+    '@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto',
+  );
+  const loaded = grpc.loadPackageDefinition(
+    protoLoader.loadSync(proto, { keepCase: false, defaults: true, oneofs: true }),
+  ) as unknown as {
     grpc: { reflection: { v1: { ServerReflection: grpc.ServiceClientConstructor } } };
   };
   const read = (name: string) => readFileSync(join(adminDir, name), 'utf8');
-  const credentials = managerChannelCredentials({ caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') }, { clusterId });
+  const credentials = managerChannelCredentials(
+    { caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') },
+    { clusterId },
+  );
   const client = new loaded.grpc.reflection.v1.ServerReflection(address, credentials, MANAGER_CHANNEL_OPTIONS);
   try {
-    const stream = (client as unknown as { serverReflectionInfo(): grpc.ClientDuplexStream<object, Record<string, unknown>> }).serverReflectionInfo();
+    const stream = (
+      client as unknown as { serverReflectionInfo(): grpc.ClientDuplexStream<object, Record<string, unknown>> }
+    ).serverReflectionInfo();
     const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
       stream.once('data', resolve);
       stream.once('error', reject);
@@ -43,7 +57,9 @@ function sample(text: string, name: string, labels = ''): number | null {
   return null;
 }
 
-test('a manager serves Prometheus metrics (Raft progress, latency histograms, RPCs by method and code, keyring; no secret in them) and gRPC reflection of the client API', { timeout: 120_000 }, async () => {
+test('a manager serves Prometheus metrics (Raft progress, latency histograms, RPCs by method and code, keyring; no secret in them) and gRPC reflection of the client API', {
+  timeout: 120_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'coffer-metrics-'));
   const procs = new Processes(root);
   let admin: AdminClient | null = null;
@@ -66,7 +82,8 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
     const putsBefore = sample(before, 'coffer_rpc_requests_total', 'method="Secrets.Put",code="OK"') ?? 0;
     const applyBefore = sample(before, 'coffer_raft_apply_seconds_count') ?? 0;
     const secret = 'metrics-must-not-show-this-value';
-    for (let k = 0; k < 7; k++) await client.call(address, 'Secrets', 'put', { name: `app/m${k}`, value: Buffer.from(`${secret}-${k}`) });
+    for (let k = 0; k < 7; k++)
+      await client.call(address, 'Secrets', 'put', { name: `app/m${k}`, value: Buffer.from(`${secret}-${k}`) });
     await client.call(address, 'Secrets', 'get', { name: 'app/m1' });
     await assert.rejects(client.call(address, 'Secrets', 'get', { name: 'app/none' }));
 
@@ -82,7 +99,10 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
     assert.equal(sample(text, 'coffer_audit_broken'), 0);
     assert.equal(sample(text, 'coffer_rpc_requests_total', 'method="Secrets.Put",code="OK"'), putsBefore + 7);
     assert.equal(sample(text, 'coffer_rpc_requests_total', 'method="Secrets.Get",code="NOT_FOUND"'), 1);
-    assert.ok((sample(text, 'coffer_raft_apply_seconds_count') ?? 0) >= applyBefore + 7, 'apply latency observed per write');
+    assert.ok(
+      (sample(text, 'coffer_raft_apply_seconds_count') ?? 0) >= applyBefore + 7,
+      'apply latency observed per write',
+    );
     assert.ok((sample(text, 'coffer_raft_commit_seconds_count') ?? 0) >= 7);
     assert.ok((sample(text, 'coffer_raft_proposal_seconds_count') ?? 0) >= 7, 'proposal latency observed per write');
     assert.ok((sample(text, 'coffer_storage_fsync_seconds_count') ?? 0) >= 7, 'fsyncs observed');
@@ -94,10 +114,27 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
     assert.equal((await fetch(`http://127.0.0.1:${metricsPort}/other`)).status, 404);
 
     // Reflection: the client API is listed (not the manager-only services) and described.
-    const listed = (await reflect(address, adminDir, clusterId, { listServices: '*' })) as { listServicesResponse: { service: Array<{ name: string }> } };
-    assert.deepEqual(listed.listServicesResponse.service.map((s) => s.name).sort(), ['coffer.v1.Audit', 'coffer.v1.Backup', 'coffer.v1.Cluster', 'coffer.v1.Identities', 'coffer.v1.Keys', 'coffer.v1.Policies', 'coffer.v1.Secrets']);
-    const described = (await reflect(address, adminDir, clusterId, { fileContainingSymbol: 'coffer.v1.Secrets' })) as { fileDescriptorResponse: { fileDescriptorProto: Buffer[] } };
-    assert.ok(described.fileDescriptorResponse.fileDescriptorProto.some((file) => file.toString('latin1').includes('PutSecretRequest')), 'the descriptor of Secrets');
+    const listed = (await reflect(address, adminDir, clusterId, { listServices: '*' })) as {
+      listServicesResponse: { service: Array<{ name: string }> };
+    };
+    assert.deepEqual(listed.listServicesResponse.service.map((s) => s.name).sort(), [
+      'coffer.v1.Audit',
+      'coffer.v1.Backup',
+      'coffer.v1.Cluster',
+      'coffer.v1.Identities',
+      'coffer.v1.Keys',
+      'coffer.v1.Policies',
+      'coffer.v1.Secrets',
+    ]);
+    const described = (await reflect(address, adminDir, clusterId, { fileContainingSymbol: 'coffer.v1.Secrets' })) as {
+      fileDescriptorResponse: { fileDescriptorProto: Buffer[] };
+    };
+    assert.ok(
+      described.fileDescriptorResponse.fileDescriptorProto.some((file) =>
+        file.toString('latin1').includes('PutSecretRequest'),
+      ),
+      'the descriptor of Secrets',
+    );
   } finally {
     admin?.close();
     await procs.killAll();

@@ -19,9 +19,16 @@ export async function freePort(): Promise<number> {
 }
 
 /** Runs `coffer ARGS` to completion, with extra environment variables if given. */
-export function coffer(args: string[], input?: string, env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function coffer(
+  args: string[],
+  input?: string,
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -40,7 +47,10 @@ export class Processes {
   /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
   start(name: string, args: string[], prefix: readonly string[] = [], input = ''): ChildProcess {
     const argv = [process.execPath, '--import', 'tsx', CLI, ...args];
-    const child = prefix.length === 0 ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child =
+      prefix.length === 0
+        ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
+        : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
@@ -114,7 +124,10 @@ export class AdminClient {
 
   constructor(adminDir: string, clusterId: string, pem?: { caPem: string; certPem: string; keyPem: string }) {
     const read = (name: string) => readFileSync(join(adminDir, name), 'utf8');
-    this.#credentials = managerChannelCredentials(pem ?? { caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') }, { clusterId });
+    this.#credentials = managerChannelCredentials(
+      pem ?? { caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') },
+      { clusterId },
+    );
   }
 
   #client(address: string, service: ServiceName): grpc.Client {
@@ -127,10 +140,21 @@ export class AdminClient {
     return client;
   }
 
-  call<Response>(address: string, service: ServiceName, method: string, request: object, timeoutMs = 5000): Promise<Response> {
-    const client = this.#client(address, service) as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void>;
+  call<Response>(
+    address: string,
+    service: ServiceName,
+    method: string,
+    request: object,
+    timeoutMs = 5000,
+  ): Promise<Response> {
+    const client = this.#client(address, service) as unknown as Record<
+      string,
+      (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Response) => void) => void
+    >;
     return new Promise((resolve, reject) => {
-      client[method]!.call(client, request, { deadline: Date.now() + timeoutMs }, (error, response) => (error === null ? resolve(response!) : reject(error)));
+      client[method]!.call(client, request, { deadline: Date.now() + timeoutMs }, (error, response) =>
+        error === null ? resolve(response!) : reject(error),
+      );
     });
   }
 
@@ -155,7 +179,10 @@ export async function eventually<T>(what: string, timeoutMs: number, probe: () =
     } catch (error) {
       last = error;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last === null ? '' : `: ${String((last as Error).message ?? last)}`}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out waiting for ${what}${last === null ? '' : `: ${String((last as Error).message ?? last)}`}`,
+      );
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }

@@ -191,7 +191,11 @@ test('followers that lose the leader together do not split the vote: a leader wi
   // in three failovers; both then became candidates, split the vote and waited a full election
   // timeout. They now go a tick apart, by id.
   // With five voters, also when the follower whose turn is first went down with the leader.
-  for (const [voters, down] of [[[1, 2, 3], 1], [[1, 2, 3, 4, 5], 1], [[1, 2, 3, 4, 5], 2]] as const) {
+  for (const [voters, down] of [
+    [[1, 2, 3], 1],
+    [[1, 2, 3, 4, 5], 1],
+    [[1, 2, 3, 4, 5], 2],
+  ] as const) {
     for (let seed = 1; seed <= 100; seed++) {
       const c = new Cluster({ voters: [...voters], seed });
       const first = voters[seed % voters.length]!;
@@ -201,7 +205,10 @@ test('followers that lose the leader together do not split the vote: a leader wi
       if (down === 2) c.crash(Math.min(...voters.filter((id) => id !== first)));
       for (const id of voters) if (id !== first && c.node(id).up) c.raw(id).reportUnreachable(first);
       const ticks = c.tickUntil(() => c.leader() !== null, 3 * ELECTION_TICKS);
-      assert.ok(ticks !== null && ticks <= RAFT_CONFIG_DEFAULTS.leaderLostCampaignTicksMax, `${voters.length} voters, ${down} down, seed ${seed}: a leader took ${ticks ?? 'more than 30'} ticks`);
+      assert.ok(
+        ticks !== null && ticks <= RAFT_CONFIG_DEFAULTS.leaderLostCampaignTicksMax,
+        `${voters.length} voters, ${down} down, seed ${seed}: a leader took ${ticks ?? 'more than 30'} ticks`,
+      );
     }
   }
 });

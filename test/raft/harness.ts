@@ -6,7 +6,16 @@
  */
 import { RawNode } from '../../src/raft/raw-node.ts';
 import type { RaftConfigInput } from '../../src/raft/config.ts';
-import type { Entry, HardState, Message, NodeId, PersistedState, Ready, ReadRefusal, ReadState } from '../../src/raft/types.ts';
+import type {
+  Entry,
+  HardState,
+  Message,
+  NodeId,
+  PersistedState,
+  Ready,
+  ReadRefusal,
+  ReadState,
+} from '../../src/raft/types.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
 
@@ -17,9 +26,14 @@ import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
  */
 export function assertMustSync(id: NodeId, ready: Ready, onDisk: HardState): void {
   const hard = ready.hardState;
-  const expected = ready.entries.length > 0 || ready.snapshot !== null || (hard !== null && (hard.term !== onDisk.term || hard.vote !== onDisk.vote));
+  const expected =
+    ready.entries.length > 0 ||
+    ready.snapshot !== null ||
+    (hard !== null && (hard.term !== onDisk.term || hard.vote !== onDisk.vote));
   if (ready.mustSync !== expected) {
-    throw new Error(`node ${id}: a Ready with ${ready.entries.length} entries, ${ready.snapshot === null ? 'no' : 'a'} snapshot and hard state ${JSON.stringify(hard)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`);
+    throw new Error(
+      `node ${id}: a Ready with ${ready.entries.length} entries, ${ready.snapshot === null ? 'no' : 'a'} snapshot and hard state ${JSON.stringify(hard)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`,
+    );
   }
 }
 
@@ -114,7 +128,9 @@ export class Cluster {
           continue;
         }
         if (entry.index !== node.appliedIndex + 1) {
-          throw new Error(`node ${id} was handed entry ${entry.index} to apply after applying up to ${node.appliedIndex}: a gap`);
+          throw new Error(
+            `node ${id} was handed entry ${entry.index} to apply after applying up to ${node.appliedIndex}: a gap`,
+          );
         }
         if (entry.kind === 'normal' && entry.data.byteLength > 0) node.applied.push(decoder.decode(entry.data));
         node.appliedIndex = entry.index;
@@ -246,14 +262,18 @@ export class Cluster {
 
   /** Cuts both directions between every node in `a` and every node in `b`. */
   partition(a: NodeId[], b: NodeId[]): void {
-    for (const x of a) for (const y of b) {
-      this.cut.add(`${x}->${y}`);
-      this.cut.add(`${y}->${x}`);
-    }
+    for (const x of a)
+      for (const y of b) {
+        this.cut.add(`${x}->${y}`);
+        this.cut.add(`${y}->${x}`);
+      }
   }
 
   isolate(id: NodeId): void {
-    this.partition([id], [...this.nodes.keys()].filter((x) => x !== id));
+    this.partition(
+      [id],
+      [...this.nodes.keys()].filter((x) => x !== id),
+    );
   }
 
   heal(): void {

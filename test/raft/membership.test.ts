@@ -39,7 +39,7 @@ test('a learner added to the cluster receives the whole log but never campaigns'
   const c = clusterWithNewNode(89);
   change(c, 1, { type: 'add-learner', nodeId: 4 });
   assertConfState(c, [1, 2, 3, 4], { voters: [1, 2, 3], learners: [4] });
-  assert.deepEqual(c.log(4), c.log(1), 'the learner holds the leader\'s whole log');
+  assert.deepEqual(c.log(4), c.log(1), "the learner holds the leader's whole log");
   assert.deepEqual(c.node(4).applied, ['a']);
   c.propose(1, 'b');
   c.deliverAll();
@@ -54,7 +54,7 @@ test('a learner added to the cluster receives the whole log but never campaigns'
   assert.equal(c.raw(4).status().term, term);
 });
 
-test('learners\' acknowledgements count neither for commitment nor for the leader\'s quorum check', () => {
+test("learners' acknowledgements count neither for commitment nor for the leader's quorum check", () => {
   // Reference: Ongaro thesis §4.2.1: non-voting members are not counted in majorities; §6.2 for
   // check-quorum. With the leader, the two learners would make a majority of all five nodes.
   const c = clusterWithNewNode(97);
@@ -71,10 +71,10 @@ test('learners\' acknowledgements count neither for commitment nor for the leade
   const status = c.raw(1).status();
   assert.equal(status.progress?.get(4)?.match, index, 'learner 4 acknowledged the entry');
   assert.equal(status.progress?.get(5)?.match, index, 'learner 5 acknowledged the entry');
-  assert.equal(status.commit, commit, 'the leader committed an entry with only learners\' acknowledgements');
+  assert.equal(status.commit, commit, "the leader committed an entry with only learners' acknowledgements");
 
   c.tickAll(2 * ELECTION_TICKS);
-  assert.notEqual(c.raw(1).status().role, 'leader', 'learners kept the leader\'s quorum check alive');
+  assert.notEqual(c.raw(1).status().role, 'leader', "learners kept the leader's quorum check alive");
   assert.deepEqual(c.node(4).applied, ['a']);
 });
 
@@ -184,9 +184,18 @@ test('a conf change that makes no sense for the membership is refused with CONF_
   // Reference: Ongaro thesis §4.1; a guard at the proposal, not a surprise at apply time.
   const c = new Cluster({ voters: [1, 2, 3], seed: 113 });
   c.elect(1);
-  assert.throws(() => c.raw(1).proposeConfChange({ type: 'add-voter', nodeId: 2 }), { name: 'RaftError', code: 'CONF_CHANGE_INVALID' });
-  assert.throws(() => c.raw(1).proposeConfChange({ type: 'remove', nodeId: 9 }), { name: 'RaftError', code: 'CONF_CHANGE_INVALID' });
-  assert.throws(() => c.raw(1).proposeConfChange({ type: 'add-learner', nodeId: 1 }), { name: 'RaftError', code: 'CONF_CHANGE_INVALID' });
+  assert.throws(() => c.raw(1).proposeConfChange({ type: 'add-voter', nodeId: 2 }), {
+    name: 'RaftError',
+    code: 'CONF_CHANGE_INVALID',
+  });
+  assert.throws(() => c.raw(1).proposeConfChange({ type: 'remove', nodeId: 9 }), {
+    name: 'RaftError',
+    code: 'CONF_CHANGE_INVALID',
+  });
+  assert.throws(() => c.raw(1).proposeConfChange({ type: 'add-learner', nodeId: 1 }), {
+    name: 'RaftError',
+    code: 'CONF_CHANGE_INVALID',
+  });
 });
 
 test('force-new-cluster: a survivor of a lost quorum takes its whole log as committed and leads alone', () => {
@@ -199,7 +208,10 @@ test('force-new-cluster: a survivor of a lost quorum takes its whole log as comm
   // 'b' reaches node 3's log, but no acknowledgement gets back: it is not committed.
   c.propose(1, 'b');
   c.deliverAll((m) => m.type === 'append' && m.to === 3);
-  assert.ok(c.log(3).some((e) => e.kind === 'normal' && decoder.decode(e.data) === 'b'), 'node 3 has b');
+  assert.ok(
+    c.log(3).some((e) => e.kind === 'normal' && decoder.decode(e.data) === 'b'),
+    'node 3 has b',
+  );
   assert.deepEqual(c.node(3).applied, ['a']);
   c.crash(1);
   c.crash(2);

@@ -53,7 +53,7 @@ test('a new leader refuses reads until it has committed an entry of its own term
   assert.equal(c.node(1).readRefusals.length, 1, 'the late read was not refused');
 });
 
-test('a read asked on a follower is confirmed by the leader and released on the follower at the leader\'s commit index', () => {
+test("a read asked on a follower is confirmed by the leader and released on the follower at the leader's commit index", () => {
   // Reference: Ongaro thesis §6.4: "followers can also serve read-only queries" by asking the
   // leader for its read index, then waiting until they have applied that far.
   const c = readyCluster(53);
@@ -69,7 +69,7 @@ test('a read asked on a follower is confirmed by the leader and released on the 
   });
   assert.deepEqual(c.node(2).readStates, [{ context: 'f1', index: commit }]);
   assert.deepEqual(c.node(2).readRefusals, []);
-  assert.deepEqual(c.node(1).readStates, [], 'the follower\'s read is released on the follower, not the leader');
+  assert.deepEqual(c.node(1).readStates, [], "the follower's read is released on the follower, not the leader");
   assert.ok(readHeartbeats >= 1, 'the leader confirmed its leadership with a heartbeat round first');
   c.tickAll(1);
   assert.ok(c.node(2).appliedIndex >= commit, 'the follower can serve the read once it applies that far');
@@ -143,5 +143,8 @@ test('reads beyond pendingReadsMax waiting for confirmation are refused with too
   }
   assert.deepEqual(c.node(1).readRefusals, [{ context: 'r3', reason: 'too-many-pending' }]);
   c.tickAll(1);
-  assert.deepEqual(c.node(1).readStates.map((r) => r.context), ['r1', 'r2']);
+  assert.deepEqual(
+    c.node(1).readStates.map((r) => r.context),
+    ['r1', 'r2'],
+  );
 });

@@ -13,7 +13,7 @@ function dataOf(entry: Entry): string {
   return entry.kind === 'normal' ? decoder.decode(entry.data) : `conf:${entry.change.type}:${entry.change.nodeId}`;
 }
 
-test('an old leader\'s conflicting uncommitted entries are replaced by the leader\'s log, in few round trips', () => {
+test("an old leader's conflicting uncommitted entries are replaced by the leader's log, in few round trips", () => {
   // Reference: Raft paper §5.3 (Log replication): the leader forces followers' logs to duplicate
   // its own; the optimization at the end of §5.3 (and etcd's findConflictByTerm) lets it skip a
   // whole term of conflicting entries per rejection instead of one entry.
@@ -29,7 +29,10 @@ test('an old leader\'s conflicting uncommitted entries are replaced by the leade
   c.deliverAll();
 
   // The majority elects a new leader, which writes entries of a later term at the same indexes.
-  const newLeaderTicks = c.tickUntil(() => c.raw(2).status().role === 'leader' || c.raw(3).status().role === 'leader', 4 * ELECTION_TICKS);
+  const newLeaderTicks = c.tickUntil(
+    () => c.raw(2).status().role === 'leader' || c.raw(3).status().role === 'leader',
+    4 * ELECTION_TICKS,
+  );
   assert.notEqual(newLeaderTicks, null, 'the majority side elected no leader');
   const second = c.raw(2).status().role === 'leader' ? 2 : 3;
   const other = second === 2 ? 3 : 2;
@@ -56,12 +59,18 @@ test('an old leader\'s conflicting uncommitted entries are replaced by the leade
   };
   c.tickAll(3, countRejections);
 
-  assert.deepEqual(c.log(1), c.log(leader), 'node 1\'s log converged to the leader\'s');
+  assert.deepEqual(c.log(1), c.log(leader), "node 1's log converged to the leader's");
   assert.ok(!c.log(1).some((e) => dataOf(e).startsWith('old-')), 'a conflicting entry survived');
   assert.deepEqual(c.node(1).applied, c.node(leader).applied);
-  assert.deepEqual(c.node(1).applied, Array.from({ length: 10 }, (_, i) => `new-${i}`));
+  assert.deepEqual(
+    c.node(1).applied,
+    Array.from({ length: 10 }, (_, i) => `new-${i}`),
+  );
   assert.ok(rejections >= 1, 'the divergence must be found through at least one rejection');
-  assert.ok(rejections <= 2, `${rejections} rejections for ${CONFLICTING} conflicting entries: backtracking is not fast`);
+  assert.ok(
+    rejections <= 2,
+    `${rejections} rejections for ${CONFLICTING} conflicting entries: backtracking is not fast`,
+  );
 });
 
 /**
@@ -79,7 +88,11 @@ test('an old leader\'s conflicting uncommitted entries are replaced by the leade
  * Returns the cluster and the held append carrying index 8 to S3.
  */
 function figure8(): { c: Cluster; held: Message[] } {
-  const c = new Cluster({ voters: [1, 2, 3, 4, 5], seed: 31, config: { preVote: false, checkQuorum: false, appendBytesMax: 1 } });
+  const c = new Cluster({
+    voters: [1, 2, 3, 4, 5],
+    seed: 31,
+    config: { preVote: false, checkQuorum: false, appendBytesMax: 1 },
+  });
   c.elect(1);
   c.tickAll(1);
   assert.equal(c.raw(1).status().term, 2);
@@ -124,7 +137,7 @@ function figure8(): { c: Cluster; held: Message[] } {
   return { c, held };
 }
 
-test('an entry of an earlier term on a majority is not committed until an entry of the leader\'s term is (Figure 8)', () => {
+test("an entry of an earlier term on a majority is not committed until an entry of the leader's term is (Figure 8)", () => {
   // Reference: Raft paper §5.4.2 (Committing entries from previous terms), Figure 8.
   const { c } = figure8();
   for (const id of [1, 2, 3]) assert.equal(c.raw(id).termAt(7), 2, `S${id} holds index 7 of term 2`);
@@ -145,7 +158,7 @@ test('an entry of an earlier term on a majority is not committed until an entry 
   }
 });
 
-test('once an entry of the leader\'s term is on a majority, the earlier-term entries before it commit too', () => {
+test("once an entry of the leader's term is on a majority, the earlier-term entries before it commit too", () => {
   // Reference: Raft paper §5.4.2, Figure 8 (e): committing index 8 (term 4) commits index 7 with
   // it, and from then on S5 can no longer be elected.
   const { c, held } = figure8();
@@ -169,7 +182,7 @@ test('once an entry of the leader\'s term is on a majority, the earlier-term ent
   }
 });
 
-test('a follower whose appends were all lost is caught up by the leader\'s heartbeats, with no new proposal', () => {
+test("a follower whose appends were all lost is caught up by the leader's heartbeats, with no new proposal", () => {
   // Reference: Raft paper §5.3: "If followers crash or run slowly, or if network packets are lost,
   // the leader retries AppendEntries RPCs indefinitely until all followers eventually store all
   // log entries." Here the leader's only traffic afterwards is heartbeats.
@@ -193,7 +206,11 @@ test('a proposal on a follower is refused with NOT_LEADER, naming the leader', (
   c.elect(1);
   const lastIndex = c.raw(2).status().lastIndex;
   assert.throws(() => c.propose(2, 'v'), { name: 'RaftError', code: 'NOT_LEADER', leader: 1 });
-  assert.throws(() => c.raw(3).proposeConfChange({ type: 'add-learner', nodeId: 4 }), { name: 'RaftError', code: 'NOT_LEADER', leader: 1 });
+  assert.throws(() => c.raw(3).proposeConfChange({ type: 'add-learner', nodeId: 4 }), {
+    name: 'RaftError',
+    code: 'NOT_LEADER',
+    leader: 1,
+  });
   assert.equal(c.raw(2).status().lastIndex, lastIndex, 'the refused proposal left a trace in the log');
 });
 

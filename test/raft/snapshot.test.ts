@@ -28,7 +28,8 @@ test('a follower that missed compacted entries is sent a snapshot and ends with 
   let appendsBelowSnapshot = 0;
   const watch = (m: Message): boolean => {
     if (m.type === 'snapshot' && m.to === 3) snapshotsSent++;
-    if (m.type === 'append' && m.to === 3 && m.entries.length > 0 && m.entries[0]!.index < leader.firstIndex) appendsBelowSnapshot++;
+    if (m.type === 'append' && m.to === 3 && m.entries.length > 0 && m.entries[0]!.index < leader.firstIndex)
+      appendsBelowSnapshot++;
     return true;
   };
   c.tickAll(3, watch);
@@ -178,7 +179,7 @@ test('a snapshot lost in transit is sent again once the transport reports the fa
     return false;
   };
   c.tickAll(3, dropFirstSnapshot);
-  assert.equal(snapshotsSent, 1, 'the leader waits for the transport\'s report before resending');
+  assert.equal(snapshotsSent, 1, "the leader waits for the transport's report before resending");
   assert.deepEqual(c.node(3).applied, []);
   assert.equal(c.raw(1).status().progress?.get(3)?.state, 'snapshot');
 

@@ -83,7 +83,10 @@ test('a transfer to an unreachable node blocks proposals, then is abandoned afte
   c.process(1);
   assert.equal(c.raw(1).status().leadTransferee, 3);
   assert.throws(() => c.propose(1, 'during'), { name: 'RaftError', code: 'TRANSFER_IN_PROGRESS', leader: 1 });
-  assert.throws(() => c.raw(1).proposeConfChange({ type: 'remove', nodeId: 3 }), { name: 'RaftError', code: 'TRANSFER_IN_PROGRESS' });
+  assert.throws(() => c.raw(1).proposeConfChange({ type: 'remove', nodeId: 3 }), {
+    name: 'RaftError',
+    code: 'TRANSFER_IN_PROGRESS',
+  });
 
   c.tickAll(ELECTION_TICKS - 1);
   assert.equal(c.raw(1).status().leadTransferee, 3, 'the transfer gave up before an election timeout');

@@ -3,7 +3,14 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { READ_INDEX_RETRY_TICKS, Replica, ReplicaError, compactionIndex, followersNeed, type StateMachine } from '../../src/replica/replica.ts';
+import {
+  READ_INDEX_RETRY_TICKS,
+  Replica,
+  ReplicaError,
+  compactionIndex,
+  followersNeed,
+  type StateMachine,
+} from '../../src/replica/replica.ts';
 import { RaftError } from '../../src/raft/errors.ts';
 import type { Entry, Message, ProgressStatus, ReadIndexMessage, Status } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
@@ -29,7 +36,12 @@ class ListMachine implements StateMachine<number> {
   }
 }
 
-async function single(storage: RaftStorage, machine = new ListMachine(), snapshotEveryEntries?: number, bytes: { snapshotEveryBytes?: number; snapshotTailBytesMax?: number } = {}): Promise<{ replica: Replica<number>; machine: ListMachine }> {
+async function single(
+  storage: RaftStorage,
+  machine = new ListMachine(),
+  snapshotEveryEntries?: number,
+  bytes: { snapshotEveryBytes?: number; snapshotTailBytesMax?: number } = {},
+): Promise<{ replica: Replica<number>; machine: ListMachine }> {
   const replica = await Replica.start({
     id: 1,
     storage,
@@ -50,8 +62,14 @@ test('concurrent proposals share synced writes (group commit) and each resolves 
   const { replica, machine } = await single(new MemoryStorage());
   const syncsBefore = replica.stats.syncs;
   const results = await Promise.all(Array.from({ length: 200 }, (_, k) => replica.propose(encoder.encode(`v${k}`))));
-  assert.deepEqual(results, Array.from({ length: 200 }, (_, k) => k + 1));
-  assert.deepEqual(machine.values, Array.from({ length: 200 }, (_, k) => `v${k}`));
+  assert.deepEqual(
+    results,
+    Array.from({ length: 200 }, (_, k) => k + 1),
+  );
+  assert.deepEqual(
+    machine.values,
+    Array.from({ length: 200 }, (_, k) => `v${k}`),
+  );
   const syncs = replica.stats.syncs - syncsBefore;
   assert.ok(syncs <= 10, `200 proposals took ${syncs} synced writes; group commit should need a handful`);
   await replica.stop();
@@ -59,11 +77,27 @@ test('concurrent proposals share synced writes (group commit) and each resolves 
 
 /** Remembers each write: what it held, whether it was synced, and what had been answered when it was made. */
 class RecordingStorage extends MemoryStorage {
-  readonly writes: Array<{ term: number | null; vote: number | null; commit: number | null; entries: number; snapshot: boolean; sync: boolean; answered: number }> = [];
+  readonly writes: Array<{
+    term: number | null;
+    vote: number | null;
+    commit: number | null;
+    entries: number;
+    snapshot: boolean;
+    sync: boolean;
+    answered: number;
+  }> = [];
   answered = 0;
   override async save(update: StorageUpdate): Promise<void> {
     const hard = update.hardState;
-    this.writes.push({ term: hard?.term ?? null, vote: hard?.vote ?? null, commit: hard?.commit ?? null, entries: update.entries.length, snapshot: update.snapshot !== null, sync: update.sync !== false, answered: this.answered });
+    this.writes.push({
+      term: hard?.term ?? null,
+      vote: hard?.vote ?? null,
+      commit: hard?.commit ?? null,
+      entries: update.entries.length,
+      snapshot: update.snapshot !== null,
+      sync: update.sync !== false,
+      answered: this.answered,
+    });
     await super.save(update);
   }
 }
@@ -81,15 +115,27 @@ test('a write is synced when the core says it must be (entries, a snapshot, a ne
   for (const [n, write] of storage.writes.entries()) {
     const newTermOrVote = write.term !== null && (write.term !== last.term || write.vote !== last.vote);
     if (newTermOrVote) votes++;
-    if (write.entries > 0 || write.snapshot || newTermOrVote) assert.ok(write.sync, `write ${n} (${JSON.stringify(write)}) holds what votes and acknowledgements rest on: it is synced`);
-    else assert.ok(!write.sync && write.commit !== null, `write ${n} (${JSON.stringify(write)}) only moves the commit index: written, not synced`);
+    if (write.entries > 0 || write.snapshot || newTermOrVote)
+      assert.ok(
+        write.sync,
+        `write ${n} (${JSON.stringify(write)}) holds what votes and acknowledgements rest on: it is synced`,
+      );
+    else
+      assert.ok(
+        !write.sync && write.commit !== null,
+        `write ${n} (${JSON.stringify(write)}) only moves the commit index: written, not synced`,
+      );
     if (write.term !== null) last = { term: write.term, vote: write.vote! };
   }
-  assert.ok(votes >= 2, 'the bootstrap term and the campaign\'s new term and vote were written (synced)');
-  assert.ok(storage.writes.some((w) => !w.sync), 'commit-only writes happened (and were not synced)');
+  assert.ok(votes >= 2, "the bootstrap term and the campaign's new term and vote were written (synced)");
+  assert.ok(
+    storage.writes.some((w) => !w.sync),
+    'commit-only writes happened (and were not synced)',
+  );
   // Each proposal was answered only after the synced write of its entry.
   const entryWrites = storage.writes.filter((w) => w.entries > 0);
-  for (const [k, write] of entryWrites.slice(-20).entries()) assert.ok(write.answered <= k, `proposal ${k} was answered before its entry was synced`);
+  for (const [k, write] of entryWrites.slice(-20).entries())
+    assert.ok(write.answered <= k, `proposal ${k} was answered before its entry was synced`);
 });
 
 test('a replica restarted on its LevelDB directory re-applies its log and ends in the same state', async () => {
@@ -125,8 +171,14 @@ test('every N applied entries a snapshot is stored and the log compacted, and a 
     storage = await LevelStorage.open(dir);
     const persisted = await storage.load();
     await storage.close();
-    assert.ok(persisted.snapshot !== null && persisted.snapshot.metadata.index >= 300, 'a snapshot covers the first 300 entries');
-    assert.ok(persisted.entries.length <= 100 + 10 + 2, `the log holds ${persisted.entries.length} entries: it was not compacted`);
+    assert.ok(
+      persisted.snapshot !== null && persisted.snapshot.metadata.index >= 300,
+      'a snapshot covers the first 300 entries',
+    );
+    assert.ok(
+      persisted.entries.length <= 100 + 10 + 2,
+      `the log holds ${persisted.entries.length} entries: it was not compacted`,
+    );
 
     storage = await LevelStorage.open(dir);
     const restored = new ListMachine();
@@ -163,7 +215,10 @@ test('large entries: a snapshot every N bytes of applied entries bounds the log 
       if (first.replica.stats.snapshots > snapshots) {
         snapshots = first.replica.stats.snapshots;
         // Right after a snapshot at the last index, the log holds only the tail.
-        assert.ok(held * perEntry <= tailBytes, `${held} entries of ${perEntry} bytes kept as the tail, over ${tailBytes} bytes`);
+        assert.ok(
+          held * perEntry <= tailBytes,
+          `${held} entries of ${perEntry} bytes kept as the tail, over ${tailBytes} bytes`,
+        );
       }
     }
     assert.ok(snapshots >= 10, `only ${snapshots} snapshots for ${200 * perEntry} bytes applied`);
@@ -175,7 +230,10 @@ test('large entries: a snapshot every N bytes of applied entries bounds the log 
     storage = await LevelStorage.open(dir);
     const persisted = await storage.load();
     await storage.close();
-    assert.ok(persisted.entries.length <= bound + 1, `${persisted.entries.length} entries persisted: the stored log was not compacted by bytes`);
+    assert.ok(
+      persisted.entries.length <= bound + 1,
+      `${persisted.entries.length} entries persisted: the stored log was not compacted by bytes`,
+    );
 
     storage = await LevelStorage.open(dir);
     const restored = new ListMachine();
@@ -191,28 +249,84 @@ test('large entries: a snapshot every N bytes of applied entries bounds the log 
 });
 
 test('the compaction point: the tail is bounded by entries and by bytes; a follower being sent a snapshot keeps the entries after it, up to one snapshot interval', () => {
-  const base = { snapshotIndex: 100, firstIndex: 1, entryBytesAt: () => 1000, tailEntries: 1000, tailBytesMax: 1_000_000, followersNeed: null, needEntriesMax: 10_000, needBytesMax: 64_000 };
+  const base = {
+    snapshotIndex: 100,
+    firstIndex: 1,
+    entryBytesAt: () => 1000,
+    tailEntries: 1000,
+    tailBytesMax: 1_000_000,
+    followersNeed: null,
+    needEntriesMax: 10_000,
+    needBytesMax: 64_000,
+  };
   assert.equal(compactionIndex({ ...base, tailEntries: 5 }), 95, 'by entries');
   assert.equal(compactionIndex({ ...base, tailBytesMax: 2500 }), 98, 'by bytes: two entries of 1000 fit in 2500');
   assert.equal(compactionIndex({ ...base, tailBytesMax: 999 }), 100, 'no entry fits: no tail');
   assert.equal(compactionIndex({ ...base, firstIndex: 99 }), 98, 'never before the first index');
-  assert.equal(compactionIndex({ ...base, entryBytesAt: (i) => (i > 97 ? 10 : 5000), tailBytesMax: 5100 }), 96, 'mixed sizes: 30 bytes, then one of 5000, then the next does not fit');
+  assert.equal(
+    compactionIndex({ ...base, entryBytesAt: (i) => (i > 97 ? 10 : 5000), tailBytesMax: 5100 }),
+    96,
+    'mixed sizes: 30 bytes, then one of 5000, then the next does not fit',
+  );
   const sending = { ...base, tailBytesMax: 2500, followersNeed: 90 };
   assert.equal(compactionIndex(sending), 90, 'a follower being sent the snapshot at 90 finds the entries after it');
-  assert.equal(compactionIndex({ ...sending, needBytesMax: 9999 }), 98, 'unless they hold more than one interval of bytes: it gets another snapshot');
+  assert.equal(
+    compactionIndex({ ...sending, needBytesMax: 9999 }),
+    98,
+    'unless they hold more than one interval of bytes: it gets another snapshot',
+  );
   assert.equal(compactionIndex({ ...sending, needEntriesMax: 9 }), 98, '... or of entries');
   assert.equal(compactionIndex({ ...sending, followersNeed: 99 }), 98, 'a need the tail covers changes nothing');
-  assert.equal(compactionIndex({ ...sending, firstIndex: 95 }), 98, 'a need already compacted away is a snapshot anyway');
+  assert.equal(
+    compactionIndex({ ...sending, firstIndex: 95 }),
+    98,
+    'a need already compacted away is a snapshot anyway',
+  );
 });
 
 test('what followers need: the snapshot being sent, where a probe stands, what was acknowledged; not what an unheard follower needs', () => {
-  const pr = (p: Partial<ProgressStatus>): ProgressStatus => ({ match: 0, next: 1, state: 'replicate', learner: false, recentActive: true, inflight: 0, pendingSnapshot: 0, ...p });
-  const status = (progress: Array<[number, ProgressStatus]> | null) => ({ id: 1, progress: progress === null ? null : new Map(progress) }) as unknown as Status;
+  const pr = (p: Partial<ProgressStatus>): ProgressStatus => ({
+    match: 0,
+    next: 1,
+    state: 'replicate',
+    learner: false,
+    recentActive: true,
+    inflight: 0,
+    pendingSnapshot: 0,
+    ...p,
+  });
+  const status = (progress: Array<[number, ProgressStatus]> | null) =>
+    ({ id: 1, progress: progress === null ? null : new Map(progress) }) as unknown as Status;
   assert.equal(followersNeed(status(null)), null, 'a follower knows no progress');
   assert.equal(followersNeed(status([[1, pr({ match: 5 })]])), null, 'the leader itself does not count');
-  assert.equal(followersNeed(status([[1, pr({ match: 500 })], [2, pr({ match: 480, next: 500 })], [3, pr({ state: 'snapshot', match: 10, pendingSnapshot: 300 })]])), 300);
-  assert.equal(followersNeed(status([[2, pr({ state: 'probe', match: 10, next: 200 })], [3, pr({ match: 400 })]])), 199);
-  assert.equal(followersNeed(status([[2, pr({ match: 3, recentActive: false })], [3, pr({ match: 400 })]])), 400);
+  assert.equal(
+    followersNeed(
+      status([
+        [1, pr({ match: 500 })],
+        [2, pr({ match: 480, next: 500 })],
+        [3, pr({ state: 'snapshot', match: 10, pendingSnapshot: 300 })],
+      ]),
+    ),
+    300,
+  );
+  assert.equal(
+    followersNeed(
+      status([
+        [2, pr({ state: 'probe', match: 10, next: 200 })],
+        [3, pr({ match: 400 })],
+      ]),
+    ),
+    199,
+  );
+  assert.equal(
+    followersNeed(
+      status([
+        [2, pr({ match: 3, recentActive: false })],
+        [3, pr({ match: 400 })],
+      ]),
+    ),
+    400,
+  );
 });
 
 test('a linearizable read resolves once everything committed before it is applied', async () => {
@@ -222,7 +336,10 @@ test('a linearizable read resolves once everything committed before it is applie
   // A write still in flight may or may not be seen; every acknowledged one must be.
   const pending = replica.propose(encoder.encode('c'));
   const readAt = await replica.linearizableRead();
-  assert.ok(machine.values.includes('a') && machine.values.includes('b'), 'a read issued after proposals returned sees them');
+  assert.ok(
+    machine.values.includes('a') && machine.values.includes('b'),
+    'a read issued after proposals returned sees them',
+  );
   assert.ok(readAt >= 3);
   await pending;
   assert.ok((await replica.linearizableRead()) >= 4);
@@ -239,8 +356,14 @@ test('a proposal to a replica that is not the leader is refused at once with NOT
     random: new SeededRandom(1),
     bootstrapVoters: [1, 2, 3],
   });
-  await assert.rejects(replica.propose(encoder.encode('x')), (e: unknown) => e instanceof RaftError && e.code === 'NOT_LEADER');
-  await assert.rejects(replica.linearizableRead(), (e: unknown) => e instanceof ReplicaError && e.code === 'READ_REFUSED' && /no leader/.test(e.message));
+  await assert.rejects(
+    replica.propose(encoder.encode('x')),
+    (e: unknown) => e instanceof RaftError && e.code === 'NOT_LEADER',
+  );
+  await assert.rejects(
+    replica.linearizableRead(),
+    (e: unknown) => e instanceof ReplicaError && e.code === 'READ_REFUSED' && /no leader/.test(e.message),
+  );
   await replica.stop();
 });
 
@@ -258,7 +381,16 @@ test('a follower asks its leader for one read index per batch of reads, and asks
   replica.step({ type: 'heartbeat', from: 1, to: 2, term: 1, commit: 0, readSeq: 0 });
   await replica.settled();
   const requests = () => sent.filter((m): m is ReadIndexMessage => m.type === 'read-index');
-  const answer = (request: ReadIndexMessage) => replica.step({ type: 'read-index-response', from: 1, to: 2, term: 1, context: request.context, index: 0, refusal: null });
+  const answer = (request: ReadIndexMessage) =>
+    replica.step({
+      type: 'read-index-response',
+      from: 1,
+      to: 2,
+      term: 1,
+      context: request.context,
+      index: 0,
+      refusal: null,
+    });
 
   // 50 reads at once: one request; they all resolve with its answer.
   const first = Array.from({ length: 50 }, () => replica.linearizableRead());

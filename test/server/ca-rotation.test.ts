@@ -29,8 +29,16 @@ function adminMaterial(): Material {
 
 async function issue(name: string, policies: string[]): Promise<Material> {
   const key = newLeafKey();
-  const issued = await cluster.admin.call<Reply>(cluster.addresses[0]!, 'Identities', 'issue', { name, policies, publicKeyPem: key.publicPem });
-  return { caPem: issued['caCertificatePem'] as string, certPem: issued['certificatePem'] as string, keyPem: key.privatePem };
+  const issued = await cluster.admin.call<Reply>(cluster.addresses[0]!, 'Identities', 'issue', {
+    name,
+    policies,
+    publicKeyPem: key.publicPem,
+  });
+  return {
+    caPem: issued['caCertificatePem'] as string,
+    certPem: issued['certificatePem'] as string,
+    keyPem: key.privatePem,
+  };
 }
 
 async function read(material: Material, address: string): Promise<string> {
@@ -43,7 +51,9 @@ async function read(material: Material, address: string): Promise<string> {
   }
 }
 
-test('a CA rotation: managers move to the new CA and keep replicating, old clients keep working through the cross-signed CA, renewed ones after retirement, the rest are cut off', { timeout: 120_000 }, async () => {
+test('a CA rotation: managers move to the new CA and keep replicating, old clients keep working through the cross-signed CA, renewed ones after retirement, the rest are cut off', {
+  timeout: 120_000,
+}, async () => {
   const address = cluster.addresses[0]!;
   await cluster.admin.call(address, 'Secrets', 'put', { name: 'ca/x', value: Buffer.from('before') });
   const laptop = await issue('laptop', ['root']);
@@ -53,8 +63,14 @@ test('a CA rotation: managers move to the new CA and keep replicating, old clien
   assert.equal(rotated['generation'], 2);
   const bundle = rotated['caCertificatesPem'] as string;
   const newCaPem = bundle.slice(0, bundle.indexOf('-----END CERTIFICATE-----') + 25);
-  await eventually('every manager to move its certificate to the new CA', 20_000, async () => (cluster.nodes.every((n) => issuedBy(firstPem(n.tls.certPem), newCaPem)) ? true : undefined));
-  await assert.rejects(cluster.admin.call(address, 'Cluster', 'rotateCa', {}), (error: grpc.ServiceError) => error.code === grpc.status.FAILED_PRECONDITION && /retire it first/.test(error.details));
+  await eventually('every manager to move its certificate to the new CA', 20_000, async () =>
+    cluster.nodes.every((n) => issuedBy(firstPem(n.tls.certPem), newCaPem)) ? true : undefined,
+  );
+  await assert.rejects(
+    cluster.admin.call(address, 'Cluster', 'rotateCa', {}),
+    (error: grpc.ServiceError) =>
+      error.code === grpc.status.FAILED_PRECONDITION && /retire it first/.test(error.details),
+  );
 
   // Writes still replicate between managers that all present new certificates.
   await cluster.admin.call(address, 'Secrets', 'put', { name: 'ca/x', value: Buffer.from('during') });
@@ -64,7 +80,11 @@ test('a CA rotation: managers move to the new CA and keep replicating, old clien
   // The admin renews its own certificate (a new key) and gets the CA file with both CAs.
   const key = newLeafKey();
   const renewed = await cluster.admin.call<Reply>(address, 'Identities', 'renew', { publicKeyPem: key.publicPem });
-  const newAdmin: Material = { caPem: renewed['caCertificatePem'] as string, certPem: renewed['certificatePem'] as string, keyPem: key.privatePem };
+  const newAdmin: Material = {
+    caPem: renewed['caCertificatePem'] as string,
+    certPem: renewed['certificatePem'] as string,
+    keyPem: key.privatePem,
+  };
   assert.ok(issuedBy(newAdmin.certPem, newCaPem));
   assert.equal(identityOf(newAdmin.certPem).id, 'admin');
 
@@ -72,13 +92,20 @@ test('a CA rotation: managers move to the new CA and keep replicating, old clien
     () => null,
     (error: grpc.ServiceError) => error,
   );
-  assert.ok(stuck !== null && stuck.code === grpc.status.FAILED_PRECONDITION, 'retiring is refused while an identity has no certificate of the new CA');
+  assert.ok(
+    stuck !== null && stuck.code === grpc.status.FAILED_PRECONDITION,
+    'retiring is refused while an identity has no certificate of the new CA',
+  );
   assert.match(stuck.details, /identities laptop have no certificate of CA generation 2/);
-  const retired = await new AdminClient('', cluster.clusterId, newAdmin).call<Reply>(address, 'Cluster', 'retireCa', { force: true });
+  const retired = await new AdminClient('', cluster.clusterId, newAdmin).call<Reply>(address, 'Cluster', 'retireCa', {
+    force: true,
+  });
   assert.deepEqual(retired['identitiesCutOff'], ['laptop']);
   assert.equal(retired['retiredGeneration'], 1);
 
-  await eventually('every manager to stop trusting the old CA', 10_000, async () => (cluster.nodes.every((n) => !n.tls.caPem.includes(oldAdmin.caPem.trim().split('\n')[1]!)) ? true : undefined));
+  await eventually('every manager to stop trusting the old CA', 10_000, async () =>
+    cluster.nodes.every((n) => !n.tls.caPem.includes(oldAdmin.caPem.trim().split('\n')[1]!)) ? true : undefined,
+  );
   const renewedClient = new AdminClient('', cluster.clusterId, newAdmin);
   await renewedClient.call(address, 'Secrets', 'put', { name: 'ca/x', value: Buffer.from('after') });
   renewedClient.close();
@@ -88,7 +115,10 @@ test('a CA rotation: managers move to the new CA and keep replicating, old clien
     await assert.rejects(read(laptop, a), 'an identity that never renewed is cut off');
   }
   const keysOfMembers = [...cluster.nodes[0]!.state.cluster.memberKeys.values()].flat();
-  assert.ok(keysOfMembers.every((k) => k.caGen === 2), 'managers\' keys of the retired CA are gone');
+  assert.ok(
+    keysOfMembers.every((k) => k.caGen === 2),
+    "managers' keys of the retired CA are gone",
+  );
   renewedAdmin = newAdmin;
 });
 
@@ -96,7 +126,9 @@ function firstPem(pem: string): string {
   return pem.slice(0, pem.indexOf('-----END CERTIFICATE-----') + 25);
 }
 
-test('a client refuses a manager the cluster removed while it was down (it runs again, with a valid certificate and old data), and goes to another', { timeout: 60_000 }, async () => {
+test('a client refuses a manager the cluster removed while it was down (it runs again, with a valid certificate and old data), and goes to another', {
+  timeout: 60_000,
+}, async () => {
   const admin = adminAfterRotation();
   const leader = cluster.nodes.find((n) => n.manager.raftStatus()?.role === 'leader')!;
   const at = cluster.nodes.findIndex((n) => n !== leader);
@@ -110,12 +142,21 @@ test('a client refuses a manager the cluster removed while it was down (it runs 
   await operator.put('ca/x', Buffer.from('after-removal'));
   operator.close();
   // Back up: it does not know it was removed (its peers refuse it), and would answer stale reads with old data.
-  const back = await CofferNode.start({ dataDir: join(cluster.root, `m${at + 1}`), logger: createLogger({ level: 'silent' }), tickIntervalMs: 50 });
+  const back = await CofferNode.start({
+    dataDir: join(cluster.root, `m${at + 1}`),
+    logger: createLogger({ level: 'silent' }),
+    tickIntervalMs: 50,
+  });
   cluster.nodes[at] = back;
   assert.equal(back.state.cluster.removed.has(back.config.nodeId), false);
   const client = new CofferClient({ addresses: [victimAddress, leaderAddress], ...admin, deadlineMs: 5000 });
   try {
-    for (let k = 0; k < 3; k++) assert.equal((await client.get('ca/x', { stale: true })).value.toString(), 'after-removal', 'never the removed manager\'s old value');
+    for (let k = 0; k < 3; k++)
+      assert.equal(
+        (await client.get('ca/x', { stale: true })).value.toString(),
+        'after-removal',
+        "never the removed manager's old value",
+      );
     assert.ok((await client.members()).removed.includes(victim.config.nodeId));
   } finally {
     client.close();

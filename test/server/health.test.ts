@@ -21,25 +21,52 @@ import { InProcessCluster } from './in-process-cluster.ts';
 const HealthClient = grpc.makeClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
 
 /** A Check that verifies the server as the CLI does but presents whatever certificate it is given (or none). */
-function rawCheck(address: string, pem: { caPem: string; certPem: string | null; keyPem: string | null }, clusterId: string): Promise<string> {
-  const client = new HealthClient(address, managerChannelCredentials(pem as { caPem: string; certPem: null; keyPem: null }, { clusterId }), MANAGER_CHANNEL_OPTIONS);
+function rawCheck(
+  address: string,
+  pem: { caPem: string; certPem: string | null; keyPem: string | null },
+  clusterId: string,
+): Promise<string> {
+  const client = new HealthClient(
+    address,
+    managerChannelCredentials(pem as { caPem: string; certPem: null; keyPem: null }, { clusterId }),
+    MANAGER_CHANNEL_OPTIONS,
+  );
   return new Promise((resolve) => {
-    (client as unknown as { check(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void): void }).check({ service: '' }, { deadline: Date.now() + 3000 }, (error, response) => {
+    (
+      client as unknown as {
+        check(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void): void;
+      }
+    ).check({ service: '' }, { deadline: Date.now() + 3000 }, (error, response) => {
       client.close();
       resolve(error === null ? response!.status : `${grpc.status[error.code]}: ${error.details}`);
     });
   });
 }
 
-const RAFT = { id: 1, role: 'follower' as const, lead: 2, term: 3, commit: 10, applied: 10, firstIndex: 1, lastIndex: 10 };
+const RAFT = {
+  id: 1,
+  role: 'follower' as const,
+  lead: 2,
+  term: 3,
+  commit: 10,
+  applied: 10,
+  firstIndex: 1,
+  lastIndex: 10,
+};
 
 test('health is SERVING only for an unlocked manager that knows a leader and has applied what it knows committed', () => {
   const facts = { removed: false, auditBroken: false };
   assert.equal(healthOf({ ...facts, raft: RAFT }).status, 'SERVING');
   assert.equal(healthOf({ ...facts, raft: { ...RAFT, role: 'leader', lead: 1 } }).status, 'SERVING');
   assert.deepEqual(healthOf({ ...facts, raft: null }), { status: 'NOT_SERVING', reason: 'locked' });
-  assert.deepEqual(healthOf({ ...facts, raft: { ...RAFT, lead: 0 } }), { status: 'NOT_SERVING', reason: 'no leader known' });
-  assert.deepEqual(healthOf({ ...facts, raft: { ...RAFT, applied: 7 } }), { status: 'NOT_SERVING', reason: 'catching up: applied 7 of 10' });
+  assert.deepEqual(healthOf({ ...facts, raft: { ...RAFT, lead: 0 } }), {
+    status: 'NOT_SERVING',
+    reason: 'no leader known',
+  });
+  assert.deepEqual(healthOf({ ...facts, raft: { ...RAFT, applied: 7 } }), {
+    status: 'NOT_SERVING',
+    reason: 'catching up: applied 7 of 10',
+  });
   assert.equal(healthOf({ ...facts, raft: RAFT, removed: true }).status, 'NOT_SERVING');
   assert.equal(healthOf({ ...facts, raft: RAFT, auditBroken: true }).status, 'NOT_SERVING');
 });
@@ -64,30 +91,59 @@ test('an autolocked manager that was not given its unlock key is NOT_SERVING', a
   }
 });
 
-test('grpc.health.v1.Health on three managers: SERVING for a cluster certificate, refused without one, NOT_SERVING once a lone manager has no leader; coffer health exits 0 or 1', { timeout: 120_000 }, async () => {
+test('grpc.health.v1.Health on three managers: SERVING for a cluster certificate, refused without one, NOT_SERVING once a lone manager has no leader; coffer health exits 0 or 1', {
+  timeout: 120_000,
+}, async () => {
   const cluster = await InProcessCluster.start(3);
   try {
-    const pem = { caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'), certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'), keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8') };
+    const pem = {
+      caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'),
+      certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'),
+      keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8'),
+    };
     // Followers learn the commit index by a heartbeat: wait until every one has caught up.
-    for (const address of cluster.addresses) await eventually(`${address} to serve`, 20_000, async () => ((await checkHealth(address, pem)).status === 'SERVING' ? true : undefined));
-    const env = { COFFER_ADDR: cluster.addresses.join(','), COFFER_CA: join(cluster.adminDir, 'ca.crt'), COFFER_CERT: join(cluster.adminDir, 'admin.crt'), COFFER_KEY: join(cluster.adminDir, 'admin.key') };
+    for (const address of cluster.addresses)
+      await eventually(`${address} to serve`, 20_000, async () =>
+        (await checkHealth(address, pem)).status === 'SERVING' ? true : undefined,
+      );
+    const env = {
+      COFFER_ADDR: cluster.addresses.join(','),
+      COFFER_CA: join(cluster.adminDir, 'ca.crt'),
+      COFFER_CERT: join(cluster.adminDir, 'admin.crt'),
+      COFFER_KEY: join(cluster.adminDir, 'admin.key'),
+    };
     const healthy = await coffer(['health'], '', env);
     assert.equal(healthy.code, 0, healthy.stderr);
     assert.equal(healthy.stdout.trim().split('\n').length, 3);
 
     // Any certificate of the cluster's CA will do, with no policy; none, or another CA's, will not.
     const other = createCa('another-cluster', Date.now());
-    const stranger = issueCertificate(other, { id: 'x', role: 'client', clusterId: 'another-cluster', nowMs: Date.now() });
-    const withoutCertificate = await rawCheck(cluster.addresses[0]!, { caPem: pem.caPem, certPem: null, keyPem: null }, cluster.clusterId);
+    const stranger = issueCertificate(other, {
+      id: 'x',
+      role: 'client',
+      clusterId: 'another-cluster',
+      nowMs: Date.now(),
+    });
+    const withoutCertificate = await rawCheck(
+      cluster.addresses[0]!,
+      { caPem: pem.caPem, certPem: null, keyPem: null },
+      cluster.clusterId,
+    );
     assert.match(withoutCertificate, /UNAUTHENTICATED|handshake|certificate/i);
-    const withForeignCertificate = await rawCheck(cluster.addresses[0]!, { caPem: pem.caPem, certPem: stranger.certPem, keyPem: stranger.keyPem }, cluster.clusterId);
+    const withForeignCertificate = await rawCheck(
+      cluster.addresses[0]!,
+      { caPem: pem.caPem, certPem: stranger.certPem, keyPem: stranger.keyPem },
+      cluster.clusterId,
+    );
     assert.notEqual(withForeignCertificate, 'SERVING');
     assert.equal(await rawCheck(cluster.addresses[0]!, pem, cluster.clusterId), 'SERVING');
 
     // One of three left: it loses its leader (check-quorum or an election it cannot win).
     await cluster.nodes[1]!.stop();
     await cluster.nodes[2]!.stop();
-    await eventually('the lone manager to stop serving', 20_000, async () => ((await checkHealth(cluster.addresses[0]!, pem)).status === 'NOT_SERVING' ? true : undefined));
+    await eventually('the lone manager to stop serving', 20_000, async () =>
+      (await checkHealth(cluster.addresses[0]!, pem)).status === 'NOT_SERVING' ? true : undefined,
+    );
     const lone = await coffer(['health', '--addr', cluster.addresses[0]!], '', env);
     assert.equal(lone.code, 1);
     assert.match(lone.stderr, /is not healthy: NOT_SERVING/);

@@ -39,11 +39,24 @@ export class InProcessCluster {
     this.joinToken = init.joinToken;
     this.admin = new AdminClient(init.adminDir, init.clusterId);
     this.nodes.push(await CofferNode.start({ ...options, dataDir: join(this.root, 'm1'), logger, tickIntervalMs: 50 }));
-    await eventually('a leader with a join token', 20_000, async () => (this.nodes[0]!.state.cluster.joinTokenHash !== null && this.nodes[0]!.manager.raftStatus()?.role === 'leader' ? true : undefined));
+    await eventually('a leader with a join token', 20_000, async () =>
+      this.nodes[0]!.state.cluster.joinTokenHash !== null && this.nodes[0]!.manager.raftStatus()?.role === 'leader'
+        ? true
+        : undefined,
+    );
     for (let k = 1; k < size; k++) {
-      await joinCluster({ dataDir: join(this.root, `m${k + 1}`), listen: this.addresses[k]!, join: this.addresses[0]!, token: init.joinToken });
-      this.nodes.push(await CofferNode.start({ ...options, dataDir: join(this.root, `m${k + 1}`), logger, tickIntervalMs: 50 }));
-      await eventually(`manager ${k + 1} to become a voter`, 30_000, async () => (this.nodes[0]!.manager.raftStatus()?.confState.voters.length === k + 1 ? true : undefined));
+      await joinCluster({
+        dataDir: join(this.root, `m${k + 1}`),
+        listen: this.addresses[k]!,
+        join: this.addresses[0]!,
+        token: init.joinToken,
+      });
+      this.nodes.push(
+        await CofferNode.start({ ...options, dataDir: join(this.root, `m${k + 1}`), logger, tickIntervalMs: 50 }),
+      );
+      await eventually(`manager ${k + 1} to become a voter`, 30_000, async () =>
+        this.nodes[0]!.manager.raftStatus()?.confState.voters.length === k + 1 ? true : undefined,
+      );
     }
   }
 

@@ -1,21 +1,30 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { IDENTITY_REQUESTS_PER_SECOND_DEFAULT, IDENTITY_WRITE_BYTES_PER_MINUTE_DEFAULT, IdentityRateLimiter } from '../../src/server/rate-limit.ts';
+import {
+  IDENTITY_REQUESTS_PER_SECOND_DEFAULT,
+  IDENTITY_WRITE_BYTES_PER_MINUTE_DEFAULT,
+  IdentityRateLimiter,
+} from '../../src/server/rate-limit.ts';
 
 /** A clock the test moves by hand. */
 function fakeClock(): { now: () => number; advance: (ms: number) => void } {
   let ms = 1_000_000;
-  return { now: () => ms, advance: (by) => {
+  return {
+    now: () => ms,
+    advance: (by) => {
       ms += by;
     },
   };
 }
 
-test('requests: a burst of one second\'s worth, then refused with the limit and the flag named, then refilled over time', () => {
+test("requests: a burst of one second's worth, then refused with the limit and the flag named, then refilled over time", () => {
   const clock = fakeClock();
   const limiter = new IdentityRateLimiter({ requestsPerSecond: 1000, nowMs: clock.now });
   for (let k = 0; k < 1000; k++) assert.equal(limiter.request('ci'), null, `request ${k}`);
-  assert.equal(limiter.request('ci'), 'identity "ci" exceeded 1000 requests/s on this manager (--identity-requests-per-second); retry in 1 ms');
+  assert.equal(
+    limiter.request('ci'),
+    'identity "ci" exceeded 1000 requests/s on this manager (--identity-requests-per-second); retry in 1 ms',
+  );
   assert.equal(limiter.request('ops'), null, 'each identity has its own bucket');
   clock.advance(1);
   assert.equal(limiter.request('ci'), null, 'one token a millisecond at 1000/s');
@@ -33,7 +42,10 @@ test('writes: bytes per minute, a refusal that says when to retry; a write large
   const limiter = new IdentityRateLimiter({ writeBytesPerMinute: 60_000, nowMs: clock.now });
   assert.equal(limiter.write('ci', 50_000), null);
   assert.equal(limiter.write('ci', 10_000), null);
-  assert.equal(limiter.write('ci', 1000), 'identity "ci" exceeded 58.5 KiB of writes per minute on this manager (--identity-write-bytes-per-minute); retry in 1 s');
+  assert.equal(
+    limiter.write('ci', 1000),
+    'identity "ci" exceeded 58.5 KiB of writes per minute on this manager (--identity-write-bytes-per-minute); retry in 1 s',
+  );
   clock.advance(999);
   assert.notEqual(limiter.write('ci', 1000), null);
   clock.advance(1);
@@ -42,7 +54,11 @@ test('writes: bytes per minute, a refusal that says when to retry; a write large
   clock.advance(60_000);
   assert.equal(limiter.write('ci', 100_000), null, 'more than the bucket holds, on a full bucket');
   clock.advance(30_000);
-  assert.match(limiter.write('ci', 1) ?? '', /retry in 11 s$/, 'in debt: 40,000 under, 30,000 back since: 10,001 bytes short at 1000 a second');
+  assert.match(
+    limiter.write('ci', 1) ?? '',
+    /retry in 11 s$/,
+    'in debt: 40,000 under, 30,000 back since: 10,001 bytes short at 1000 a second',
+  );
   assert.equal(limiter.write('ci', 0), null, 'no bytes, no limit');
 });
 
@@ -52,7 +68,10 @@ test('0 turns a limit off; bad settings are refused', () => {
   for (let k = 0; k < 100_000; k++) assert.equal(off.request('ci'), null);
   assert.equal(off.write('ci', 10 * 1024 ** 3), null);
   assert.equal(off.tracked, 0, 'nothing tracked when off');
-  assert.throws(() => new IdentityRateLimiter({ requestsPerSecond: -1 }), /requestsPerSecond must be a number of at least 0/);
+  assert.throws(
+    () => new IdentityRateLimiter({ requestsPerSecond: -1 }),
+    /requestsPerSecond must be a number of at least 0/,
+  );
   assert.throws(() => new IdentityRateLimiter({ writeBytesPerMinute: Number.NaN }), /writeBytesPerMinute/);
   assert.throws(() => new IdentityRateLimiter({ identitiesMax: 0 }), /identitiesMax/);
 });

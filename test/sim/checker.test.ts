@@ -6,7 +6,12 @@ import type { Entry } from '../../src/raft/types.ts';
 // The checker is the simulator's judge: each property must actually fire on a violating history.
 
 const encoder = new TextEncoder();
-const entry = (index: number, term: number, value: string): Entry => ({ kind: 'normal', index, term, data: encoder.encode(value) });
+const entry = (index: number, term: number, value: string): Entry => ({
+  kind: 'normal',
+  index,
+  term,
+  data: encoder.encode(value),
+});
 
 function violates(property: Property, run: () => void): void {
   assert.throws(run, (error: unknown) => error instanceof SafetyViolation && error.property === property);
@@ -30,8 +35,14 @@ test('different entries at the same index and term, or different terms before it
 
 test('committing another entry where one was committed violates state machine safety', () => {
   const c = new Checker();
-  const logA = new Map([[1, entry(1, 1, 'x')], [2, entry(2, 1, 'y')]]);
-  const logB = new Map([[1, entry(1, 1, 'x')], [2, entry(2, 2, 'z')]]);
+  const logA = new Map([
+    [1, entry(1, 1, 'x')],
+    [2, entry(2, 1, 'y')],
+  ]);
+  const logB = new Map([
+    [1, entry(1, 1, 'x')],
+    [2, entry(2, 2, 'z')],
+  ]);
   c.onCommit(1, 1, 0, 2, (i) => logA.get(i));
   c.onCommit(2, 1, 0, 1, (i) => logB.get(i));
   violates('state-machine-safety', () => c.onCommit(2, 2, 1, 2, (i) => logB.get(i)));
@@ -39,7 +50,10 @@ test('committing another entry where one was committed violates state machine sa
 
 test('a leader lacking an entry committed in an earlier term violates leader completeness', () => {
   const c = new Checker();
-  const log = new Map([[1, entry(1, 1, 'x')], [2, entry(2, 1, 'y')]]);
+  const log = new Map([
+    [1, entry(1, 1, 'x')],
+    [2, entry(2, 1, 'y')],
+  ]);
   c.onCommit(1, 1, 0, 2, (i) => log.get(i));
   c.onBecomeLeader(2, 2, 1, 2, (i) => log.get(i)?.term);
   violates('leader-completeness', () => c.onBecomeLeader(3, 3, 1, 1, (i) => log.get(i)?.term));
@@ -48,7 +62,10 @@ test('a leader lacking an entry committed in an earlier term violates leader com
 
 test('applying with a gap, or an entry nobody committed, violates apply order', () => {
   const c = new Checker();
-  const log = new Map([[1, entry(1, 1, 'x')], [2, entry(2, 1, 'y')]]);
+  const log = new Map([
+    [1, entry(1, 1, 'x')],
+    [2, entry(2, 1, 'y')],
+  ]);
   c.onCommit(1, 1, 0, 1, (i) => log.get(i));
   const s1 = c.onApply(1, 0, 0, log.get(1)!);
   violates('apply-order', () => c.onApply(2, 0, 0, log.get(2)!));

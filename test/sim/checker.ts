@@ -87,7 +87,8 @@ export class Checker {
   /** Terms and commit indexes on stable storage never go back, not even across a crash. */
   onDurableHardState(id: NodeId, term: number, commit: number): void {
     const last = this.#durable.get(id) ?? { term: 0, commit: 0 };
-    if (term < last.term) throw new SafetyViolation('monotonic-term', `node ${id} persisted term ${term} after ${last.term}`);
+    if (term < last.term)
+      throw new SafetyViolation('monotonic-term', `node ${id} persisted term ${term} after ${last.term}`);
     if (commit < last.commit) {
       throw new SafetyViolation('monotonic-commit', `node ${id} persisted commit ${commit} after ${last.commit}`);
     }
@@ -124,7 +125,13 @@ export class Checker {
    * never change (State Machine Safety, §5.4.3): whatever any node ever committed at an index,
    * every node commits the same there.
    */
-  onCommit(id: NodeId, term: number, fromExclusive: number, commit: number, entryAt: (index: number) => Entry | undefined): void {
+  onCommit(
+    id: NodeId,
+    term: number,
+    fromExclusive: number,
+    commit: number,
+    entryAt: (index: number) => Entry | undefined,
+  ): void {
     for (let index = fromExclusive + 1; index <= commit; index++) {
       const entry = entryAt(index);
       if (entry === undefined) continue; // covered by a snapshot just installed
@@ -151,12 +158,21 @@ export class Checker {
    * Leader Completeness (§5.4): a leader of `term` holds every entry committed in an earlier
    * term. Entries it has compacted away are covered by its snapshot.
    */
-  onBecomeLeader(id: NodeId, term: number, firstIndex: number, lastIndex: number, termAt: (index: number) => number | undefined): void {
+  onBecomeLeader(
+    id: NodeId,
+    term: number,
+    firstIndex: number,
+    lastIndex: number,
+    termAt: (index: number) => number | undefined,
+  ): void {
     for (let index = 1; index <= this.commitMax; index++) {
       const committed = this.#committed.get(index);
       if (committed === undefined || committed.commitTerm >= term) continue;
       if (index > lastIndex) {
-        throw new SafetyViolation('leader-completeness', `leader ${id} of term ${term} lacks committed index ${index} (its last is ${lastIndex})`);
+        throw new SafetyViolation(
+          'leader-completeness',
+          `leader ${id} of term ${term} lacks committed index ${index} (its last is ${lastIndex})`,
+        );
       }
       if (index < firstIndex - 1) continue;
       const held = termAt(index);
@@ -180,7 +196,10 @@ export class Checker {
     }
     const committed = this.#committed.get(entry.index);
     if (committed === undefined) {
-      throw new SafetyViolation('apply-order', `node ${id} applied index ${entry.index}, which no node reported committed`);
+      throw new SafetyViolation(
+        'apply-order',
+        `node ${id} applied index ${entry.index}, which no node reported committed`,
+      );
     }
     const key = entryKey(entry);
     if (committed.term !== entry.term || committed.key !== key) {
@@ -200,10 +219,16 @@ export class Checker {
     this.#checkState(id, index, state);
     const committed = this.#committed.get(index);
     if (committed === undefined) {
-      throw new SafetyViolation('state-machine-safety', `node ${id} restored a snapshot at ${index}, which no node reported committed`);
+      throw new SafetyViolation(
+        'state-machine-safety',
+        `node ${id} restored a snapshot at ${index}, which no node reported committed`,
+      );
     }
     if (committed.term !== term) {
-      throw new SafetyViolation('state-machine-safety', `node ${id} restored a snapshot of term ${term} at ${index}, where term ${committed.term} was committed`);
+      throw new SafetyViolation(
+        'state-machine-safety',
+        `node ${id} restored a snapshot of term ${term} at ${index}, where term ${committed.term} was committed`,
+      );
     }
   }
 
@@ -211,7 +236,10 @@ export class Checker {
     const known = this.#stateAt.get(index);
     if (known === undefined) this.#stateAt.set(index, state);
     else if (known !== state) {
-      throw new SafetyViolation('state-machine-safety', `node ${id} has state ${state} at index ${index}, others had ${known}`);
+      throw new SafetyViolation(
+        'state-machine-safety',
+        `node ${id} has state ${state} at index ${index}, others had ${known}`,
+      );
     }
   }
 

@@ -67,7 +67,15 @@ if (values.worker) {
 const started = Date.now();
 const failures: SimResult[] = [];
 let done = 0;
-const totals = { messages: 0, leaders: 0, crashes: 0, snapshotsInstalled: 0, readsServed: 0, confChangesApplied: 0, transfers: 0 };
+const totals = {
+  messages: 0,
+  leaders: 0,
+  crashes: 0,
+  snapshotsInstalled: 0,
+  readsServed: 0,
+  confChangesApplied: 0,
+  transfers: 0,
+};
 
 function onResult(result: SimResult): void {
   done++;
@@ -78,7 +86,8 @@ function onResult(result: SimResult): void {
     console.error(`  replay: ${replayCommand(result)}`);
   }
   if (values.trace && result.trace) for (const line of result.trace) console.log(line);
-  if (count >= 1000 && done % 1000 === 0) console.log(`${done}/${count} seeds, ${failures.length} failed, ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  if (count >= 1000 && done % 1000 === 0)
+    console.log(`${done}/${count} seeds, ${failures.length} failed, ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 
 if (jobs === 1) {
@@ -93,9 +102,22 @@ if (jobs === 1) {
     const n = Math.min(per, first + count - from);
     if (n <= 0) continue;
     running++;
-    const child = fork(script, ['--worker', '--seed', String(from), '--seeds', String(n), '--ticks', String(ticks), ...(fixedNodes === null ? [] : ['--nodes', String(fixedNodes)])], {
-      execArgv: ['--import', 'tsx'],
-    });
+    const child = fork(
+      script,
+      [
+        '--worker',
+        '--seed',
+        String(from),
+        '--seeds',
+        String(n),
+        '--ticks',
+        String(ticks),
+        ...(fixedNodes === null ? [] : ['--nodes', String(fixedNodes)]),
+      ],
+      {
+        execArgv: ['--import', 'tsx'],
+      },
+    );
     child.on('message', (m) => onResult(m as SimResult));
     child.on('exit', (code) => {
       if (code !== 0) {

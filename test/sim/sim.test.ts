@@ -23,18 +23,35 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     assert.equal(result.ok, true, `seed ${seed}: ${result.property}: ${result.message}`);
     for (const [key, value] of Object.entries(result.stats)) totals[key] = (totals[key] ?? 0) + value;
   }
-  for (const key of ['dropped', 'crashes', 'crashesMidReady', 'crashesAfterEarlyAppends', 'restarts', 'partitions', 'snapshotsTaken', 'snapshotsInstalled', 'readsServed', 'readsRefused', 'confChangesApplied', 'transfers']) {
+  for (const key of [
+    'dropped',
+    'crashes',
+    'crashesMidReady',
+    'crashesAfterEarlyAppends',
+    'restarts',
+    'partitions',
+    'snapshotsTaken',
+    'snapshotsInstalled',
+    'readsServed',
+    'readsRefused',
+    'confChangesApplied',
+    'transfers',
+  ]) {
     assert.ok((totals[key] ?? 0) > 0, `no ${key} in 12 seeds: the simulator is not exercising it`);
   }
   assert.ok(totals['leaders']! > 12 * 3, 'leaders should change many times per run');
 });
 
 test('a few hundred seeds of 3 and 5 nodes pass every safety, liveness and non-disruption check', () => {
-  const run = spawnSync(process.execPath, ['--import', 'tsx', 'test/sim/cli.ts', '--seeds', '300', '--seed', '100000'], {
-    cwd: root,
-    encoding: 'utf8',
-    timeout: 300_000,
-  });
+  const run = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', 'test/sim/cli.ts', '--seeds', '300', '--seed', '100000'],
+    {
+      cwd: root,
+      encoding: 'utf8',
+      timeout: 300_000,
+    },
+  );
   assert.equal(run.status, 0, `${run.stdout}\n${run.stderr}`);
   assert.match(run.stdout, /sim: all 300 seeds passed/);
 });

@@ -97,7 +97,15 @@ type Event =
   | { time: number; seq: number; kind: 'deliver'; message: Message }
   | { time: number; seq: number; kind: 'tick'; node: NodeId; incarnation: number }
   | { time: number; seq: number; kind: 'finish-ready'; node: NodeId; incarnation: number }
-  | { time: number; seq: number; kind: 'report'; node: NodeId; incarnation: number; peer: NodeId; what: 'unreachable' | 'snapshot-ok' | 'snapshot-failed' }
+  | {
+      time: number;
+      seq: number;
+      kind: 'report';
+      node: NodeId;
+      incarnation: number;
+      peer: NodeId;
+      what: 'unreachable' | 'snapshot-ok' | 'snapshot-failed';
+    }
   | { time: number; seq: number; kind: 'restart'; node: NodeId }
   | { time: number; seq: number; kind: 'driver' };
 
@@ -139,9 +147,24 @@ export class Simulation {
   #traceHash = 0x811c9dc5;
   readonly #trace: string[] | null;
   readonly stats: SimStats = {
-    events: 0, messages: 0, dropped: 0, leaders: 0, highestTerm: 0, committed: 0, crashes: 0, crashesMidReady: 0, crashesAfterEarlyAppends: 0,
-    restarts: 0, partitions: 0, snapshotsTaken: 0, snapshotsInstalled: 0, readsServed: 0, readsRefused: 0,
-    confChangesApplied: 0, transfers: 0, proposals: 0,
+    events: 0,
+    messages: 0,
+    dropped: 0,
+    leaders: 0,
+    highestTerm: 0,
+    committed: 0,
+    crashes: 0,
+    crashesMidReady: 0,
+    crashesAfterEarlyAppends: 0,
+    restarts: 0,
+    partitions: 0,
+    snapshotsTaken: 0,
+    snapshotsInstalled: 0,
+    readsServed: 0,
+    readsRefused: 0,
+    confChangesApplied: 0,
+    transfers: 0,
+    proposals: 0,
   };
 
   constructor(options: SimOptions) {
@@ -190,8 +213,10 @@ export class Simulation {
       ...(this.#trace === null ? {} : { trace: this.#trace }),
     };
     if (error === null) return { ...base, ok: true };
-    if (error instanceof SafetyViolation) return { ...base, ok: false, property: error.property, message: error.detail };
-    if (error instanceof AssertionError) return { ...base, ok: false, property: 'core-assertion', message: error.message };
+    if (error instanceof SafetyViolation)
+      return { ...base, ok: false, property: error.property, message: error.detail };
+    if (error instanceof AssertionError)
+      return { ...base, ok: false, property: 'core-assertion', message: error.message };
     const message = error instanceof Error ? `${error.name}: ${error.message}\n${error.stack ?? ''}` : String(error);
     return { ...base, ok: false, property: 'core-assertion', message: `unexpected error: ${message}` };
   }
@@ -210,7 +235,8 @@ export class Simulation {
   }
 
   #handle(event: Event): void {
-    if (++this.stats.events > EVENTS_MAX) throw new SafetyViolation('liveness', `the run exceeded ${EVENTS_MAX} events`);
+    if (++this.stats.events > EVENTS_MAX)
+      throw new SafetyViolation('liveness', `the run exceeded ${EVENTS_MAX} events`);
     switch (event.kind) {
       case 'driver':
         this.#drive();
@@ -223,7 +249,10 @@ export class Simulation {
         const node = this.#live(event.node, event.incarnation);
         if (node === null) return;
         // Clock drift: most ticks come on time, some a unit early or late.
-        this.#schedule({ kind: 'tick', node: node.id, incarnation: node.incarnation }, TICK_UNITS - 1 + this.#random.int(3));
+        this.#schedule(
+          { kind: 'tick', node: node.id, incarnation: node.incarnation },
+          TICK_UNITS - 1 + this.#random.int(3),
+        );
         if (node.pausedUntil > this.#now) return; // a paused process misses its ticks
         this.#record(`tick ${node.id}`);
         node.raw!.tick();
@@ -280,8 +309,20 @@ export class Simulation {
 
   #createNode(id: NodeId): SimNode {
     const node: SimNode = {
-      id, raw: null, disk: new MemoryRaftState(), incarnation: 0, retired: false, pausedUntil: 0, inFlight: null, inFlightUnpersisted: false,
-      appliedIndex: 0, state: 0, seenCommit: 0, ledTerm: 0, doomed: false, reads: new Map(),
+      id,
+      raw: null,
+      disk: new MemoryRaftState(),
+      incarnation: 0,
+      retired: false,
+      pausedUntil: 0,
+      inFlight: null,
+      inFlightUnpersisted: false,
+      appliedIndex: 0,
+      state: 0,
+      seenCommit: 0,
+      ledTerm: 0,
+      doomed: false,
+      reads: new Map(),
     };
     this.#nodes.set(id, node);
     this.#start(node);
@@ -327,7 +368,10 @@ export class Simulation {
     // Its peers' connections to it break: their transports notice soon.
     for (const peer of this.#nodes.values()) {
       if (peer.raw !== null && peer.id !== node.id) {
-        this.#schedule({ kind: 'report', node: peer.id, incarnation: peer.incarnation, peer: node.id, what: 'unreachable' }, 1 + this.#random.int(20));
+        this.#schedule(
+          { kind: 'report', node: peer.id, incarnation: peer.incarnation, peer: node.id, what: 'unreachable' },
+          1 + this.#random.int(20),
+        );
       }
     }
   }
@@ -370,7 +414,11 @@ export class Simulation {
     let rounds = 0;
     while (node.raw !== null && node.inFlight === null && node.raw.hasReady()) {
       // Each Ready drains what is pending; a loop that never ends is a core bug, not a hang.
-      if (++rounds > READY_ROUNDS_MAX) throw new SafetyViolation('core-assertion', `node ${node.id} still has a Ready after ${READY_ROUNDS_MAX} rounds`);
+      if (++rounds > READY_ROUNDS_MAX)
+        throw new SafetyViolation(
+          'core-assertion',
+          `node ${node.id} still has a Ready after ${READY_ROUNDS_MAX} rounds`,
+        );
       const raw = node.raw;
       const ready = raw.ready();
       // A leader's appends go out before its own write (the Ready contract allows it), and a
@@ -388,12 +436,20 @@ export class Simulation {
           // A slow write: the followers' acknowledgements may come back before it finishes.
           node.inFlight = ready;
           node.inFlightUnpersisted = true;
-          this.#schedule({ kind: 'finish-ready', node: node.id, incarnation: node.incarnation }, 2 + this.#random.int(10));
+          this.#schedule(
+            { kind: 'finish-ready', node: node.id, incarnation: node.incarnation },
+            2 + this.#random.int(10),
+          );
           return;
         }
       }
       const commitAdvanced = this.#persist(node, ready);
-      if (commitAdvanced && this.#phase === 'chaos' && raw.basicStatus().role === 'leader' && this.#random.float() < this.#profile.leaderDiesAfterCommit) {
+      if (
+        commitAdvanced &&
+        this.#phase === 'chaos' &&
+        raw.basicStatus().role === 'leader' &&
+        this.#random.float() < this.#profile.leaderDiesAfterCommit
+      ) {
         node.doomed = true; // crash right after committing, before telling anyone
       }
       if (node.doomed && this.#phase !== 'chaos') node.doomed = false; // liveness: no more faults
@@ -429,10 +485,18 @@ export class Simulation {
     // or vote other than the one on disk (a commit-only write need not be).
     const onDisk = node.disk.hardState;
     const next = ready.hardState;
-    const mustSync = ready.entries.length > 0 || ready.snapshot !== null || (next !== null && (next.term !== onDisk.term || next.vote !== onDisk.vote));
-    if (ready.mustSync !== mustSync) throw new SafetyViolation('core-assertion', `node ${node.id}: a Ready with ${ready.entries.length} entries and hard state ${JSON.stringify(next)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`);
+    const mustSync =
+      ready.entries.length > 0 ||
+      ready.snapshot !== null ||
+      (next !== null && (next.term !== onDisk.term || next.vote !== onDisk.vote));
+    if (ready.mustSync !== mustSync)
+      throw new SafetyViolation(
+        'core-assertion',
+        `node ${node.id}: a Ready with ${ready.entries.length} entries and hard state ${JSON.stringify(next)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`,
+      );
     node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
-    for (const entry of ready.entries) this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
+    for (const entry of ready.entries)
+      this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
     const hard = ready.hardState;
     if (hard !== null) {
       this.#checker.onDurableHardState(node.id, hard.term, hard.commit);
@@ -459,7 +523,10 @@ export class Simulation {
       // a node that forgot its vote would now vote again in the same term.
       this.#crash(node, `bounces after voting for ${votedFor}`);
       // Often fast enough that the other candidates' requests of the same term still arrive.
-      this.#schedule({ kind: 'restart', node: node.id }, 1 + this.#random.int(this.#random.float() < 0.7 ? 4 : 3 * TICK_UNITS));
+      this.#schedule(
+        { kind: 'restart', node: node.id },
+        1 + this.#random.int(this.#random.float() < 0.7 ? 4 : 3 * TICK_UNITS),
+      );
       return;
     }
     if (ready.snapshot !== null) {
@@ -540,7 +607,16 @@ export class Simulation {
   #reportSnapshot(message: Message, ok: boolean): void {
     const sender = this.#nodes.get(message.from);
     if (sender === undefined || sender.raw === null) return;
-    this.#schedule({ kind: 'report', node: sender.id, incarnation: sender.incarnation, peer: message.to, what: ok ? 'snapshot-ok' : 'snapshot-failed' }, 1);
+    this.#schedule(
+      {
+        kind: 'report',
+        node: sender.id,
+        incarnation: sender.incarnation,
+        peer: message.to,
+        what: ok ? 'snapshot-ok' : 'snapshot-failed',
+      },
+      1,
+    );
   }
 
   #deliver(message: Message): void {
@@ -573,9 +649,16 @@ export class Simulation {
     this.#cut.add(`${from}>${to}`);
     // A broken link is noticed by the transports on both ends, sometimes, after a while.
     if (this.#random.float() < 0.6) {
-      for (const [a, b] of [[from, to], [to, from]] as const) {
+      for (const [a, b] of [
+        [from, to],
+        [to, from],
+      ] as const) {
         const node = this.#nodes.get(a);
-        if (node?.raw) this.#schedule({ kind: 'report', node: a, incarnation: node.incarnation, peer: b, what: 'unreachable' }, 5 + this.#random.int(40));
+        if (node?.raw)
+          this.#schedule(
+            { kind: 'report', node: a, incarnation: node.incarnation, peer: b, what: 'unreachable' },
+            5 + this.#random.int(40),
+          );
       }
     }
   }
@@ -730,14 +813,20 @@ export class Simulation {
     this.stats.partitions++;
     const r = this.#random;
     const kind = r.int(5);
-    const shuffled = ids.map((id) => ({ id, key: r.float() })).sort((a, b) => a.key - b.key).map((x) => x.id);
+    const shuffled = ids
+      .map((id) => ({ id, key: r.float() }))
+      .sort((a, b) => a.key - b.key)
+      .map((x) => x.id);
     if (kind === 0) {
       const cutAt = 1 + r.int(shuffled.length - 1);
       this.#record(`partition halves ${shuffled.slice(0, cutAt)} | ${shuffled.slice(cutAt)}`);
       this.#partition(shuffled.slice(0, cutAt), shuffled.slice(cutAt));
     } else if (kind === 1 && leader !== null) {
       this.#record(`partition isolate leader ${leader.id}`);
-      this.#partition([leader.id], ids.filter((id) => id !== leader.id));
+      this.#partition(
+        [leader.id],
+        ids.filter((id) => id !== leader.id),
+      );
     } else if (kind === 2) {
       // A bridge: two halves that cannot talk, and one node that talks to both.
       const bridge = shuffled[0]!;
@@ -753,7 +842,10 @@ export class Simulation {
     } else {
       const victim = shuffled[0]!;
       this.#record(`partition isolate ${victim}`);
-      this.#partition([victim], ids.filter((id) => id !== victim));
+      this.#partition(
+        [victim],
+        ids.filter((id) => id !== victim),
+      );
     }
   }
 
@@ -764,7 +856,10 @@ export class Simulation {
    */
   #minorityLeader(leader: SimNode): void {
     const others = [...this.#voters].filter((id) => id !== leader.id && this.#nodes.get(id)?.raw != null);
-    const shuffled = others.map((id) => ({ id, key: this.#random.float() })).sort((a, b) => a.key - b.key).map((x) => x.id);
+    const shuffled = others
+      .map((id) => ({ id, key: this.#random.float() }))
+      .sort((a, b) => a.key - b.key)
+      .map((x) => x.id);
     const minority = Math.floor((this.#voters.size - 1) / 2); // followers that may join the leader
     const buddies = shuffled.slice(0, minority);
     const rest = [...this.#nodes.keys()].filter((id) => id !== leader.id && !buddies.includes(id));
@@ -839,7 +934,8 @@ export class Simulation {
     // Paused nodes wake now: what their kernels buffered arrives now, not at the old pause end.
     const buffered = this.#events.removeWhere((e) => e.kind === 'deliver' && e.time > this.#now + 100);
     for (const event of buffered) {
-      if (event.kind === 'deliver') this.#schedule({ kind: 'deliver', message: event.message }, 1 + this.#random.int(4));
+      if (event.kind === 'deliver')
+        this.#schedule({ kind: 'deliver', message: event.message }, 1 + this.#random.int(4));
     }
     // Generous: a few election rounds plus catching up by snapshot.
     this.#phaseDeadline = this.#now + 60 * ELECTION_TIMEOUT_TICKS * TICK_UNITS;
@@ -852,7 +948,8 @@ export class Simulation {
   #driveLiveness(): void {
     if (this.#now > this.#phaseDeadline) {
       const leader = this.#leader();
-      if (leader === null) throw new SafetyViolation('liveness', `no leader ${60 * ELECTION_TIMEOUT_TICKS} ticks after healing`);
+      if (leader === null)
+        throw new SafetyViolation('liveness', `no leader ${60 * ELECTION_TIMEOUT_TICKS} ticks after healing`);
       const status = leader.raw!.status();
       const lagging = this.#members()
         .filter((id) => (this.#nodes.get(id)?.appliedIndex ?? 0) < (this.#liveness?.index ?? Infinity))
@@ -918,10 +1015,22 @@ export class Simulation {
     }
     // Both ends notice the broken connections, as a real transport would.
     const isolatedNode = this.#nodes.get(isolated)!;
-    this.#schedule({ kind: 'report', node: isolated, incarnation: isolatedNode.incarnation, peer: leader.id, what: 'unreachable' }, 5);
-    this.#schedule({ kind: 'report', node: leader.id, incarnation: leader.incarnation, peer: isolated, what: 'unreachable' }, 5);
+    this.#schedule(
+      { kind: 'report', node: isolated, incarnation: isolatedNode.incarnation, peer: leader.id, what: 'unreachable' },
+      5,
+    );
+    this.#schedule(
+      { kind: 'report', node: leader.id, incarnation: leader.incarnation, peer: isolated, what: 'unreachable' },
+      5,
+    );
     const healAt = this.#now + (3 * ELECTION_TIMEOUT_TICKS + this.#random.int(20)) * TICK_UNITS;
-    this.#probe = { leader: leader.id, term: status.term, isolated, healAt, checkAt: healAt + 4 * ELECTION_TIMEOUT_TICKS * TICK_UNITS };
+    this.#probe = {
+      leader: leader.id,
+      term: status.term,
+      isolated,
+      healAt,
+      checkAt: healAt + 4 * ELECTION_TIMEOUT_TICKS * TICK_UNITS,
+    };
   }
 
   #driveProbe(): void {
@@ -940,7 +1049,10 @@ export class Simulation {
     if (this.#now >= probe.checkAt) {
       const leader = this.#nodes.get(probe.leader)?.raw?.basicStatus();
       if (leader?.role !== 'leader') {
-        throw new SafetyViolation('non-disruption', `leader ${probe.leader} lost leadership after node ${probe.isolated} returned`);
+        throw new SafetyViolation(
+          'non-disruption',
+          `leader ${probe.leader} lost leadership after node ${probe.isolated} returned`,
+        );
       }
       this.#phase = 'done';
       this.#record('done');

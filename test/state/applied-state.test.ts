@@ -6,14 +6,41 @@ import { encodeSecretCommand, type SecretCommand } from '../../src/state/secret-
 
 const T0 = 1_700_000_000_000;
 const CI_KEY = 'c1'.repeat(32);
-const put = (name: string, value: string, versionsKept: number | null = null): SecretCommand => ({ op: 'put', name, value: Buffer.from(value), cas: null, expireAtMs: null, versionsKept, nowMs: T0 });
+const put = (name: string, value: string, versionsKept: number | null = null): SecretCommand => ({
+  op: 'put',
+  name,
+  value: Buffer.from(value),
+  cas: null,
+  expireAtMs: null,
+  versionsKept,
+  nowMs: T0,
+});
 
-function stateWithWriter(): { state: AppliedState; apply: (c: { kind: string; data: Buffer }) => ReturnType<AppliedState['apply']> } {
+function stateWithWriter(): {
+  state: AppliedState;
+  apply: (c: { kind: string; data: Buffer }) => ReturnType<AppliedState['apply']>;
+} {
   const state = new AppliedState();
   let index = 0;
   const apply = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data });
-  apply(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write'], deny: false }] }));
-  apply(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], key: CI_KEY, serial: 'aa01', caGen: 1, nowMs: T0 }));
+  apply(
+    encodeAccessCommand({
+      op: 'policy-put',
+      name: 'writer',
+      rules: [{ path: 'app/**', capabilities: ['read', 'write'], deny: false }],
+    }),
+  );
+  apply(
+    encodeAccessCommand({
+      op: 'identity-issue',
+      name: 'ci',
+      policies: ['writer'],
+      key: CI_KEY,
+      serial: 'aa01',
+      caGen: 1,
+      nowMs: T0,
+    }),
+  );
   return { state, apply };
 }
 
@@ -35,7 +62,10 @@ test('write alone cannot wipe history: lowering the versions kept, or reviving a
   const trim = apply(encodeSecretCommand(put('app/k', 'v4', 1), ci));
   assert.equal(!trim.ok && 'code' in trim && trim.code, 'DENIED');
   assert.match(!trim.ok ? trim.reason : '', /may not delete "app\/k"/);
-  assert.deepEqual(state.secrets.versions('app/k', T0).map((v) => v.version), [1, 2, 3]);
+  assert.deepEqual(
+    state.secrets.versions('app/k', T0).map((v) => v.version),
+    [1, 2, 3],
+  );
   apply(encodeSecretCommand({ op: 'delete', name: 'app/k' }, null));
   const revive = apply(encodeSecretCommand(put('app/k', 'v5'), ci));
   assert.equal(!revive.ok && 'code' in revive && revive.code, 'DENIED');

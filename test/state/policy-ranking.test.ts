@@ -5,7 +5,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decide, globMatches, normalizeGlob, normalizePolicyRules, type Capability, type Policy, type PolicyRule } from '../../src/state/policy.ts';
+import {
+  decide,
+  globMatches,
+  normalizeGlob,
+  normalizePolicyRules,
+  type Capability,
+  type Policy,
+  type PolicyRule,
+} from '../../src/state/policy.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
 const SEED = Number(process.env['POLICY_SEED'] ?? 20_240_601);
@@ -71,8 +79,12 @@ function compareRanks(a: readonly number[], b: readonly number[]): number {
 
 /** The matching rules naming `capability`, most specific first, a deny before an allow of equal rank. */
 function referenceRanking(policies: readonly Policy[], capability: Capability, path: string): PolicyRule[] {
-  const matching = policies.flatMap((p) => p.rules).filter((r) => r.capabilities.includes(capability) && referenceMatches(r.path, path));
-  return matching.sort((a, b) => compareRanks(referenceRank(b.path), referenceRank(a.path)) || Number(b.deny) - Number(a.deny));
+  const matching = policies
+    .flatMap((p) => p.rules)
+    .filter((r) => r.capabilities.includes(capability) && referenceMatches(r.path, path));
+  return matching.sort(
+    (a, b) => compareRanks(referenceRank(b.path), referenceRank(a.path)) || Number(b.deny) - Number(a.deny),
+  );
 }
 
 function referenceAllowed(policies: readonly Policy[], capability: Capability, path: string): boolean {
@@ -100,11 +112,18 @@ function randomPath(random: SeededRandom): string {
 
 function randomRule(random: SeededRandom): PolicyRule {
   const capabilities = TEST_CAPABILITIES.filter(() => random.int(3) > 0);
-  return { path: randomGlob(random), capabilities: capabilities.length > 0 ? capabilities : ['read'], deny: random.int(3) === 0 };
+  return {
+    path: randomGlob(random),
+    capabilities: capabilities.length > 0 ? capabilities : ['read'],
+    deny: random.int(3) === 0,
+  };
 }
 
 function randomPolicies(random: SeededRandom): Policy[] {
-  return Array.from({ length: 1 + random.int(2) }, (_, k) => ({ name: `p${k}`, rules: Array.from({ length: 1 + random.int(4) }, () => randomRule(random)) }));
+  return Array.from({ length: 1 + random.int(2) }, (_, k) => ({
+    name: `p${k}`,
+    rules: Array.from({ length: 1 + random.int(4) }, () => randomRule(random)),
+  }));
 }
 
 /** Runs `check` on CASES random cases, each from its own fork, naming the seed and case on failure. */
@@ -122,7 +141,9 @@ function withRedundantAnySegments(random: SeededRandom, glob: string): string {
   const at = segments.map((s, k) => (s === '**' ? k : -1)).filter((k) => k >= 0);
   if (at.length === 0) return glob;
   const k = pick(random, at);
-  return [...segments.slice(0, k), ...Array.from({ length: 1 + random.int(3) }, () => '**'), ...segments.slice(k)].join('/');
+  return [...segments.slice(0, k), ...Array.from({ length: 1 + random.int(3) }, () => '**'), ...segments.slice(k)].join(
+    '/',
+  );
 }
 
 // --- Tests ---------------------------------------------------------------------------------------
@@ -157,7 +178,10 @@ test('property: decide agrees with the reference (RegExp matching, explicit rank
 test('property: adding redundant ** segments to a rule never changes a decision', () => {
   forEachCase((random) => {
     const policies = randomPolicies(random);
-    const padded = policies.map((p) => ({ ...p, rules: p.rules.map((r) => ({ ...r, path: withRedundantAnySegments(random, r.path) })) }));
+    const padded = policies.map((p) => ({
+      ...p,
+      rules: p.rules.map((r) => ({ ...r, path: withRedundantAnySegments(random, r.path) })),
+    }));
     const capability = pick(random, TEST_CAPABILITIES);
     const path = randomPath(random);
     const before = decide(policies, capability, path).allowed;
@@ -172,9 +196,16 @@ test('property: a matching deny ranked at or above the best matching allow alway
     const policies = randomPolicies(random);
     const capability = pick(random, TEST_CAPABILITIES);
     const path = randomPath(random);
-    const matching = policies.flatMap((p) => p.rules).filter((r) => r.capabilities.includes(capability) && referenceMatches(r.path, path));
-    const bestAllow = matching.filter((r) => !r.deny).sort((a, b) => compareRanks(referenceRank(b.path), referenceRank(a.path)))[0];
-    const strongDeny = matching.find((r) => r.deny && (bestAllow === undefined || compareRanks(referenceRank(r.path), referenceRank(bestAllow.path)) >= 0));
+    const matching = policies
+      .flatMap((p) => p.rules)
+      .filter((r) => r.capabilities.includes(capability) && referenceMatches(r.path, path));
+    const bestAllow = matching
+      .filter((r) => !r.deny)
+      .sort((a, b) => compareRanks(referenceRank(b.path), referenceRank(a.path)))[0];
+    const strongDeny = matching.find(
+      (r) =>
+        r.deny && (bestAllow === undefined || compareRanks(referenceRank(r.path), referenceRank(bestAllow.path)) >= 0),
+    );
     if (strongDeny === undefined || !decide(policies, capability, path).allowed) return null;
     return `${JSON.stringify(policies)} on ${capability} ${JSON.stringify(path)}: deny ${strongDeny.path} ranks at or above allow ${bestAllow?.path} yet the request is allowed`;
   });
@@ -205,7 +236,8 @@ test('property: the normal form matches the same paths, is a fixpoint, and agree
   forEachCase((random) => {
     const glob = randomGlob(random);
     const normal = normalizeGlob(glob);
-    if (normal !== referenceNormalize(glob)) return `normalizeGlob(${glob}) = ${normal}, the reference rewriting gives ${referenceNormalize(glob)}`;
+    if (normal !== referenceNormalize(glob))
+      return `normalizeGlob(${glob}) = ${normal}, the reference rewriting gives ${referenceNormalize(glob)}`;
     if (normalizeGlob(normal) !== normal) return `normalizeGlob(${normal}) = ${normalizeGlob(normal)}: not a fixpoint`;
     for (let k = 0; k < 8; k++) {
       const path = randomPath(random);

@@ -5,7 +5,17 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ROOT_POLICY, decide, globCovers, globsIntersect, policyWithinRights, ruleWithinRights, type Capability, type Policy, type PolicyRule } from '../../src/state/policy.ts';
+import {
+  ROOT_POLICY,
+  decide,
+  globCovers,
+  globsIntersect,
+  policyWithinRights,
+  ruleWithinRights,
+  type Capability,
+  type Policy,
+  type PolicyRule,
+} from '../../src/state/policy.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
 const SEED = Number(process.env['POLICY_SEED'] ?? 20_240_602);
@@ -32,7 +42,15 @@ const SHALLOW_PATHS = allPaths(3);
 function referenceRegExp(glob: string): RegExp {
   const body = glob
     .split('/')
-    .map((s) => (s === '**' ? '(?:/[^/]*)*' : '/' + s.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&')).join('[^/]*')))
+    .map((s) =>
+      s === '**'
+        ? '(?:/[^/]*)*'
+        : '/' +
+          s
+            .split('*')
+            .map((part) => part.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&'))
+            .join('[^/]*'),
+    )
     .join('');
   return new RegExp(`^${body}$`);
 }
@@ -87,7 +105,10 @@ function randomRule(random: SeededRandom, denyOneIn: number): PolicyRule {
 
 /** A holder: some allows (often broad, so that grants are possible at all) and some denies. */
 function randomHolder(random: SeededRandom): Policy[] {
-  const broad: PolicyRule[] = random.int(2) === 0 ? [{ path: pick(random, ['**', 'a/**', '*/**', '**/b']), capabilities: randomCapabilities(random), deny: false }] : [];
+  const broad: PolicyRule[] =
+    random.int(2) === 0
+      ? [{ path: pick(random, ['**', 'a/**', '*/**', '**/b']), capabilities: randomCapabilities(random), deny: false }]
+      : [];
   const rules = [...broad, ...Array.from({ length: 1 + random.int(3) }, () => randomRule(random, 3))];
   return [{ name: 'holder', rules }];
 }
@@ -110,9 +131,11 @@ test('property: globCovers is sound (and, on these paths, exact) against brute f
     const escaping = escapingPath(outer, inner);
     const covers = globCovers(outer, inner);
     if (covers) covered++;
-    if (covers && escaping !== undefined) return `globCovers(${outer}, ${inner}) but ${JSON.stringify(escaping)} escapes`;
+    if (covers && escaping !== undefined)
+      return `globCovers(${outer}, ${inner}) but ${JSON.stringify(escaping)} escapes`;
     // Not part of the safety claim: no containment is missed that these paths can show.
-    if (!covers && escaping === undefined) return `globCovers(${outer}, ${inner}) is false, yet no path of up to ${DEPTH} segments escapes`;
+    if (!covers && escaping === undefined)
+      return `globCovers(${outer}, ${inner}) is false, yet no path of up to ${DEPTH} segments escapes`;
     return null;
   });
   assert.ok(covered > 300, `only ${covered} cases were containments: the generator no longer tests much`);
@@ -126,7 +149,8 @@ test('property: globsIntersect is sound (never false when a path matches both) a
     const common = commonPath(a, b);
     const intersect = globsIntersect(a, b);
     if (!intersect) disjoint++;
-    if (!intersect && common !== undefined) return `globsIntersect(${a}, ${b}) is false but ${JSON.stringify(common)} matches both`;
+    if (!intersect && common !== undefined)
+      return `globsIntersect(${a}, ${b}) is false but ${JSON.stringify(common)} matches both`;
     if (intersect !== globsIntersect(b, a)) return `globsIntersect(${a}, ${b}) is not symmetric`;
     return null;
   });
@@ -155,7 +179,7 @@ test('globCovers: exact on the cases that need care (run order, ** alone, segmen
 
 // --- ruleWithinRights ----------------------------------------------------------------------------
 
-test('property: a rule within the holder\'s rights grants nothing the holder is not allowed', () => {
+test("property: a rule within the holder's rights grants nothing the holder is not allowed", () => {
   let granted = 0;
   forEachCase(2000, (random) => {
     const holder = randomHolder(random);
@@ -166,7 +190,8 @@ test('property: a rule within the holder\'s rights grants nothing the holder is 
     for (const path of SHALLOW_PATHS) {
       if (!re.test('/' + path)) continue;
       for (const capability of rule.capabilities) {
-        if (!decide(holder, capability, path).allowed) return `${JSON.stringify(rule)} passes for ${JSON.stringify(holder)}, which may not ${capability} ${JSON.stringify(path)}`;
+        if (!decide(holder, capability, path).allowed)
+          return `${JSON.stringify(rule)} passes for ${JSON.stringify(holder)}, which may not ${capability} ${JSON.stringify(path)}`;
       }
     }
     return null;
@@ -177,31 +202,51 @@ test('property: a rule within the holder\'s rights grants nothing the holder is 
 const read = (path: string, deny = false): PolicyRule => ({ path, capabilities: ['read'], deny });
 
 test('ruleWithinRights: not uselessly strict, on the cases a delegated administrator meets', () => {
-  const everything: PolicyRule = { path: '**/**', capabilities: ['read', 'write', 'list', 'delete', 'admin', 'sudo'], deny: false };
+  const everything: PolicyRule = {
+    path: '**/**',
+    capabilities: ['read', 'write', 'list', 'delete', 'admin', 'sudo'],
+    deny: false,
+  };
   assert.equal(ruleWithinRights([ROOT_POLICY], everything), null, 'root can grant anything');
   assert.equal(ruleWithinRights([ROOT_POLICY], { ...everything, deny: true }), null, 'and deny anything');
 
   const team: Policy[] = [{ name: 'team', rules: [read('team/**')] }];
   assert.equal(ruleWithinRights(team, read('team/x/*')), null);
-  assert.equal(ruleWithinRights(team, { path: 'team/**', capabilities: ['write'], deny: false }), 'rule "team/**" grants write, which you do not hold on all of "team/**"');
+  assert.equal(
+    ruleWithinRights(team, { path: 'team/**', capabilities: ['write'], deny: false }),
+    'rule "team/**" grants write, which you do not hold on all of "team/**"',
+  );
   assert.equal(ruleWithinRights(team, read('**')), 'rule "**" grants read, which you do not hold on all of "**"');
 
   const notProd: Policy[] = [{ name: 'not-prod', rules: [read('**'), read('prod/**', true)] }];
   assert.equal(ruleWithinRights(notProd, read('**')), 'rule "**" grants read, which you do not hold on all of "**"');
   assert.equal(ruleWithinRights(notProd, read('dev/**')), null);
-  assert.equal(ruleWithinRights(notProd, read('prod/**')), 'rule "prod/**" grants read, which you do not hold on all of "prod/**"');
+  assert.equal(
+    ruleWithinRights(notProd, read('prod/**')),
+    'rule "prod/**" grants read, which you do not hold on all of "prod/**"',
+  );
 
-  const publicProd: Policy[] = [{ name: 'a', rules: [read('**'), read('prod/**', true)] }, { name: 'b', rules: [read('prod/public/**')] }];
-  assert.equal(ruleWithinRights(publicProd, read('prod/public/**')), null, 'the more specific allow outranks the deny on all of it');
+  const publicProd: Policy[] = [
+    { name: 'a', rules: [read('**'), read('prod/**', true)] },
+    { name: 'b', rules: [read('prod/public/**')] },
+  ];
+  assert.equal(
+    ruleWithinRights(publicProd, read('prod/public/**')),
+    null,
+    'the more specific allow outranks the deny on all of it',
+  );
 });
 
 test('ruleWithinRights: a deny rule is checked like an allow, and the message says it denies', () => {
   const team: Policy[] = [{ name: 'team', rules: [read('team/**')] }];
   assert.equal(ruleWithinRights(team, read('team/secret/**', true)), null);
-  assert.equal(ruleWithinRights(team, read('other/**', true)), 'rule "other/**" denies read, which you do not hold on all of "other/**"');
+  assert.equal(
+    ruleWithinRights(team, read('other/**', true)),
+    'rule "other/**" denies read, which you do not hold on all of "other/**"',
+  );
 });
 
-test('ruleWithinRights: the ranking is decide\'s: a deny of equal rank is not outranked, redundant ** buy nothing', () => {
+test("ruleWithinRights: the ranking is decide's: a deny of equal rank is not outranked, redundant ** buy nothing", () => {
   // Equal rank: the deny wins in decide, so the allow does not make read held there.
   const tie: Policy[] = [{ name: 'tie', rules: [read('a/**'), read('a/**', true)] }];
   assert.equal(decide(tie, 'read', 'a/x').allowed, false);
@@ -213,9 +258,16 @@ test('ruleWithinRights: the ranking is decide\'s: a deny of equal rank is not ou
 
 test('policyWithinRights: the first rule not held, or null', () => {
   const team: Policy[] = [{ name: 'team', rules: [{ path: 'team/**', capabilities: ['read', 'list'], deny: false }] }];
-  assert.equal(policyWithinRights(team, [read('team/a'), { path: 'team/b/**', capabilities: ['list'], deny: false }]), null);
   assert.equal(
-    policyWithinRights(team, [read('team/a'), { path: 'team/b', capabilities: ['list', 'write', 'delete'], deny: false }, read('x')]),
+    policyWithinRights(team, [read('team/a'), { path: 'team/b/**', capabilities: ['list'], deny: false }]),
+    null,
+  );
+  assert.equal(
+    policyWithinRights(team, [
+      read('team/a'),
+      { path: 'team/b', capabilities: ['list', 'write', 'delete'], deny: false },
+      read('x'),
+    ]),
     'rule "team/b" grants write, which you do not hold on all of "team/b"',
   );
 });

@@ -41,15 +41,27 @@ test('a malformed policy is refused with what to fix', () => {
   assert.match(policyProblem({ name: 'Bad', rules: [] }) ?? '', /lower-case letter/);
   assert.match(policyProblem({ name: 'root', rules: [] }) ?? '', /built in/);
   assert.match(policyProblem({ name: 'p', rules: [] }) ?? '', /at least one rule/);
-  assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/**x', capabilities: ['read'], deny: false }] }) ?? '', /rule 1: the path/);
-  assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '', /rule 1: capabilities/);
+  assert.match(
+    policyProblem({ name: 'p', rules: [{ path: 'a/**x', capabilities: ['read'], deny: false }] }) ?? '',
+    /rule 1: the path/,
+  );
+  assert.match(
+    policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '',
+    /rule 1: capabilities/,
+  );
   assert.equal(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['read'], deny: false }] }), null);
-  assert.match(policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '', /read, write, list, delete, admin, sudo$/);
+  assert.match(
+    policyProblem({ name: 'p', rules: [{ path: 'a/*', capabilities: ['fly'], deny: false }] }) ?? '',
+    /read, write, list, delete, admin, sudo$/,
+  );
 });
 
 test('sudo: root holds it; only a rule that names it grants it, admin on ** does not', () => {
   assert.equal(decide([ROOT_POLICY], 'sudo', 'sys/cluster/members').allowed, true);
-  const operator: Policy = { name: 'operator', rules: [{ path: '**', capabilities: ['read', 'write', 'list', 'delete', 'admin'], deny: false }] };
+  const operator: Policy = {
+    name: 'operator',
+    rules: [{ path: '**', capabilities: ['read', 'write', 'list', 'delete', 'admin'], deny: false }],
+  };
   assert.equal(decide([operator], 'sudo', 'sys/cluster/members').allowed, false);
   const keyring: Policy = { name: 'keyring', rules: [{ path: 'sys/keyring', capabilities: ['sudo'], deny: false }] };
   assert.equal(policyProblem(keyring), null);
@@ -58,7 +70,9 @@ test('sudo: root holds it; only a rule that names it grants it, admin on ** does
 });
 
 // The exponential matcher took hours on this input; the test's time bound is what catches it.
-test('matching many ** segments against a long path that does not match finishes (no exponential backtracking)', { timeout: 10_000 }, () => {
+test('matching many ** segments against a long path that does not match finishes (no exponential backtracking)', {
+  timeout: 10_000,
+}, () => {
   const glob = Array.from({ length: 12 }, () => '**').join('/a/') + '/z';
   const path = Array.from({ length: 60 }, () => 'a').join('/');
   assert.equal(globMatches(glob, path), false);

@@ -3,13 +3,32 @@ import assert from 'node:assert/strict';
 import { encodeAccessCommand } from '../../src/state/access-state.ts';
 import { IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX } from '../../src/state/limits.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
-import { SecretStore, encodeSecretCommand, type Actor, type SecretCommand, type SecretResult } from '../../src/state/secret-store.ts';
+import {
+  SecretStore,
+  encodeSecretCommand,
+  type Actor,
+  type SecretCommand,
+  type SecretResult,
+} from '../../src/state/secret-store.ts';
 
 const T0 = 1_700_000_000_000;
 const ci: Actor = { name: 'ci', key: 'c1'.repeat(32) };
 const ops: Actor = { name: 'ops', key: 'b2'.repeat(32) };
 
-const put = (name: string, bytes: number, extra: Partial<Extract<SecretCommand, { op: 'put' }>> = {}): SecretCommand => ({ op: 'put', name, value: Buffer.alloc(bytes, 7), cas: null, expireAtMs: null, versionsKept: null, nowMs: T0, ...extra });
+const put = (
+  name: string,
+  bytes: number,
+  extra: Partial<Extract<SecretCommand, { op: 'put' }>> = {},
+): SecretCommand => ({
+  op: 'put',
+  name,
+  value: Buffer.alloc(bytes, 7),
+  cas: null,
+  expireAtMs: null,
+  versionsKept: null,
+  nowMs: T0,
+  ...extra,
+});
 
 /** Applies through the encoded form, as the log carries it (the actor travels with the command). */
 function apply(store: SecretStore, command: SecretCommand, actor: Actor | null): SecretResult {
@@ -35,7 +54,10 @@ test('value bytes: the write that would cross the limit is refused, and changes 
   assert.deepEqual(apply(store, put('a', 400), ci), { ok: true, version: 2 });
   assert.deepEqual(store.usage('ci'), { secrets: 1, valueBytes: 800 });
   const before = store.snapshot();
-  refusedLimit(apply(store, put('a', 201), ci), /^identity "ci" holds 800 bytes of secret values; this value of 201 bytes would take it past 1000 bytes, the most one identity may \(IDENTITY_VALUE_BYTES_MAX\); destroy old versions or lower versions_kept$/);
+  refusedLimit(
+    apply(store, put('a', 201), ci),
+    /^identity "ci" holds 800 bytes of secret values; this value of 201 bytes would take it past 1000 bytes, the most one identity may \(IDENTITY_VALUE_BYTES_MAX\); destroy old versions or lower versions_kept$/,
+  );
   refusedLimit(apply(store, put('b', 201), ci), /IDENTITY_VALUE_BYTES_MAX/);
   assert.deepEqual(store.snapshot(), before, 'a refused write leaves the state as it was');
   assert.deepEqual(store.usage('ci'), { secrets: 1, valueBytes: 800 });
@@ -74,7 +96,10 @@ test('value bytes: versions dropped by versions_kept and wiped by expiry are unc
 test('secrets: an identity creates at most the limit; new versions of its secrets, and secrets made by others, still go', () => {
   const store = new SecretStore({ identitySecretsMax: 3 });
   for (const name of ['a', 'b', 'c']) assert.equal(apply(store, put(name, 1), ci).ok, true);
-  refusedLimit(apply(store, put('d', 1), ci), /^identity "ci" has created 3 secrets, the most one identity may \(IDENTITY_SECRETS_MAX\); write new versions of its secrets instead \(a name stays taken after delete and destroy\)$/);
+  refusedLimit(
+    apply(store, put('d', 1), ci),
+    /^identity "ci" has created 3 secrets, the most one identity may \(IDENTITY_SECRETS_MAX\); write new versions of its secrets instead \(a name stays taken after delete and destroy\)$/,
+  );
   assert.throws(() => store.read('d', {}, T0), /does not exist/);
   assert.equal(apply(store, put('a', 1), ci).ok, true, 'a new version of an existing secret');
   assert.equal(apply(store, put('d', 1), ops).ok, true, 'another identity');
@@ -97,7 +122,11 @@ test('snapshot and restore keep the accounting; an image without writers (older)
   refusedLimit(apply(copy, put('a', 501), ci), /holds 500 bytes/);
   // An image made before quotas: version rows of five fields, secret rows of eight.
   type Row = [string, Array<unknown[]>, ...unknown[]];
-  const old = (store.snapshot() as Row[]).map(([name, versions, ...rest]) => [name, versions.map((v) => v.slice(0, 5)), ...rest.slice(0, 6)]);
+  const old = (store.snapshot() as Row[]).map(([name, versions, ...rest]) => [
+    name,
+    versions.map((v) => v.slice(0, 5)),
+    ...rest.slice(0, 6),
+  ]);
   const fromOld = new SecretStore({ identityValueBytesMax: 1000, identitySecretsMax: 5 });
   fromOld.restore(old);
   assert.deepEqual(fromOld.usage('ci'), { secrets: 0, valueBytes: 0 });
@@ -112,43 +141,90 @@ test('two stores applying the same commands agree: the same verdicts, the same a
     for (let k = 0; k < 60; k++) {
       const actor = k % 3 === 0 ? ops : ci;
       const command: SecretCommand =
-        k % 7 === 6 ? { op: 'destroy', name: `s${k % 5}`, versions: [1] } : k % 11 === 10 ? { op: 'expire', nowMs: T0 + k } : put(`s${k % 5}`, 100 + 37 * k, { versionsKept: 1 + (k % 4), expireAtMs: k % 5 === 0 ? T0 + k + 5 : null });
+        k % 7 === 6
+          ? { op: 'destroy', name: `s${k % 5}`, versions: [1] }
+          : k % 11 === 10
+            ? { op: 'expire', nowMs: T0 + k }
+            : put(`s${k % 5}`, 100 + 37 * k, {
+                versionsKept: 1 + (k % 4),
+                expireAtMs: k % 5 === 0 ? T0 + k + 5 : null,
+              });
       results.push(apply(store, command, actor));
     }
     return { store, results };
   };
   const a = run();
   const b = run();
-  assert.ok(a.results.some((r) => !r.ok && r.code === 'LIMIT'), 'the run hits the limits');
+  assert.ok(
+    a.results.some((r) => !r.ok && r.code === 'LIMIT'),
+    'the run hits the limits',
+  );
   assert.deepEqual(a.results, b.results);
   assert.deepEqual(a.store.usage('ci'), b.store.usage('ci'));
   assert.deepEqual(a.store.usage('ops'), b.store.usage('ops'));
   assert.deepEqual(a.store.snapshot(), b.store.snapshot());
 });
 
-test('through AppliedState: the client that asked is charged (not the leader\'s sweep), with the default secret limit, and the image keeps it', () => {
+test("through AppliedState: the client that asked is charged (not the leader's sweep), with the default secret limit, and the image keeps it", () => {
   const state = new AppliedState();
   let index = 0;
-  const step = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data }) as SecretResult;
-  step(encodeAccessCommand({ op: 'policy-put', name: 'writer', rules: [{ path: 'app/**', capabilities: ['read', 'write', 'delete'], deny: false }] }));
-  step(encodeAccessCommand({ op: 'identity-issue', name: 'ci', policies: ['writer'], key: ci.key, serial: 'aa01', caGen: 1, nowMs: T0 }));
-  for (let k = 0; k < IDENTITY_SECRETS_MAX; k++) assert.equal(step(encodeSecretCommand(put(`app/s${k}`, 1), ci)).ok, true);
-  refusedLimit(step(encodeSecretCommand(put('app/one-more', 1), ci)), /identity "ci" has created 10000 secrets, the most one identity may \(IDENTITY_SECRETS_MAX\)/);
+  const step = (c: { kind: string; data: Buffer }) =>
+    state.apply({ index: ++index, kind: c.kind, data: c.data }) as SecretResult;
+  step(
+    encodeAccessCommand({
+      op: 'policy-put',
+      name: 'writer',
+      rules: [{ path: 'app/**', capabilities: ['read', 'write', 'delete'], deny: false }],
+    }),
+  );
+  step(
+    encodeAccessCommand({
+      op: 'identity-issue',
+      name: 'ci',
+      policies: ['writer'],
+      key: ci.key,
+      serial: 'aa01',
+      caGen: 1,
+      nowMs: T0,
+    }),
+  );
+  for (let k = 0; k < IDENTITY_SECRETS_MAX; k++)
+    assert.equal(step(encodeSecretCommand(put(`app/s${k}`, 1), ci)).ok, true);
+  refusedLimit(
+    step(encodeSecretCommand(put('app/one-more', 1), ci)),
+    /identity "ci" has created 10000 secrets, the most one identity may \(IDENTITY_SECRETS_MAX\)/,
+  );
   assert.equal(step(encodeSecretCommand(put('app/s0', 1000), ci)).ok, true, 'a new version of one of its secrets');
-  assert.equal(step(encodeSecretCommand(put('app/by-leader', 1000), null)).ok, true, 'commands without an actor are not charged');
+  assert.equal(
+    step(encodeSecretCommand(put('app/by-leader', 1000), null)).ok,
+    true,
+    'commands without an actor are not charged',
+  );
   assert.equal(step(encodeSecretCommand({ op: 'destroy', name: 'app/s1', versions: [1] }, ci)).ok, true);
-  assert.deepEqual(state.secrets.usage('ci'), { secrets: IDENTITY_SECRETS_MAX, valueBytes: IDENTITY_SECRETS_MAX - 1 + 1000 });
+  assert.deepEqual(state.secrets.usage('ci'), {
+    secrets: IDENTITY_SECRETS_MAX,
+    valueBytes: IDENTITY_SECRETS_MAX - 1 + 1000,
+  });
   const restored = new AppliedState();
   restored.restore(state.snapshot());
   assert.deepEqual(restored.secrets.usage('ci'), state.secrets.usage('ci'));
-  refusedLimit(restored.apply({ index: ++index, ...encodeSecretCommand(put('app/one-more', 1), ci) }) as SecretResult, /IDENTITY_SECRETS_MAX/);
+  refusedLimit(
+    restored.apply({ index: ++index, ...encodeSecretCommand(put('app/one-more', 1), ci) }) as SecretResult,
+    /IDENTITY_SECRETS_MAX/,
+  );
 });
 
 test('the edge can ask the same question before proposing (the apply-time verdict is the one that counts)', () => {
   const store = new SecretStore({ identityValueBytesMax: 1000, identitySecretsMax: 1 });
   apply(store, put('a', 900), ci);
   assert.equal(store.putQuotaProblem('ci', put('a', 100) as Extract<SecretCommand, { op: 'put' }>), null);
-  assert.match(store.putQuotaProblem('ci', put('a', 101) as Extract<SecretCommand, { op: 'put' }>) ?? '', /IDENTITY_VALUE_BYTES_MAX/);
-  assert.match(store.putQuotaProblem('ci', put('b', 1) as Extract<SecretCommand, { op: 'put' }>) ?? '', /IDENTITY_SECRETS_MAX/);
+  assert.match(
+    store.putQuotaProblem('ci', put('a', 101) as Extract<SecretCommand, { op: 'put' }>) ?? '',
+    /IDENTITY_VALUE_BYTES_MAX/,
+  );
+  assert.match(
+    store.putQuotaProblem('ci', put('b', 1) as Extract<SecretCommand, { op: 'put' }>) ?? '',
+    /IDENTITY_SECRETS_MAX/,
+  );
   assert.equal(store.putQuotaProblem('ops', put('b', 1000) as Extract<SecretCommand, { op: 'put' }>), null);
 });

@@ -18,10 +18,19 @@ export type RandomCommand =
 export const T0 = 1_700_000_000_000;
 const hex = (n: number, bytes: number): string => n.toString(16).padStart(2, '0').repeat(bytes);
 const IDENTITIES = ['admin', 'ci', 'ops', 'team-lead'] as const;
-const keyOf = (name: string, gen = 0): string => hex(IDENTITIES.indexOf(name as (typeof IDENTITIES)[number]) * 16 + gen + 1, 32);
+const keyOf = (name: string, gen = 0): string =>
+  hex(IDENTITIES.indexOf(name as (typeof IDENTITIES)[number]) * 16 + gen + 1, 32);
 const POLICIES = ['readers', 'writers', 'team-admin', 'root', 'missing'] as const;
 const SECRETS = ['app/a', 'app/b', 'team/c', 'prod/d'] as const;
-const PATHS = ['app/**', 'team/**', 'prod/*', '**', 'sys/policies/team-*', 'sys/identities/*', 'sys/policies/*'] as const;
+const PATHS = [
+  'app/**',
+  'team/**',
+  'prod/*',
+  '**',
+  'sys/policies/team-*',
+  'sys/identities/*',
+  'sys/policies/*',
+] as const;
 const CAPS = ['read', 'write', 'list', 'delete', 'admin'] as const;
 
 export function randomCommand(random: SeededRandom, step: number): RandomCommand {
@@ -45,14 +54,31 @@ function randomClusterCommand(random: SeededRandom, pick: Pick, nowMs: number): 
   const memberKey = { key: hex(0x40 + random.int(6), 32), caGen: 1 + random.int(3) };
   const tokenHash = (): Buffer => Buffer.alloc(32, 1 + random.int(2));
   const kinds: Array<() => ClusterCommand> = [
-    () => (random.float() < 0.5 ? { kind: 'cluster.member', id, address: `m${id}:7000` } : { kind: 'cluster.member', id, address: `m${id}:7000`, key: memberKey }),
+    () =>
+      random.float() < 0.5
+        ? { kind: 'cluster.member', id, address: `m${id}:7000` }
+        : { kind: 'cluster.member', id, address: `m${id}:7000`, key: memberKey },
     () => ({ kind: 'cluster.member-key', id, key: memberKey }),
     () => ({ kind: 'cluster.ca-install', certPem: `cert-${random.int(3)}`, keyPem: 'key' }),
-    () => ({ kind: 'cluster.ca-add', ca: { gen: 1 + random.int(4), certPem: 'cert', keyPem: 'key', crossPem: 'cross' } }),
+    () => ({
+      kind: 'cluster.ca-add',
+      ca: { gen: 1 + random.int(4), certPem: 'cert', keyPem: 'key', crossPem: 'cross' },
+    }),
     () => ({ kind: 'cluster.ca-retire', gen: 1 + random.int(3) }),
-    () => ({ kind: 'cluster.audit-anchor', id, seq: random.int(20), hash: hex(random.int(256), 32), reset: random.float() < 0.2 }),
+    () => ({
+      kind: 'cluster.audit-anchor',
+      id,
+      seq: random.int(20),
+      hash: hex(random.int(256), 32),
+      reset: random.float() < 0.2,
+    }),
     () => ({ kind: 'cluster.removed', id: 4 + random.int(3) }),
-    () => ({ kind: 'cluster.join-token', hash: tokenHash(), expiresAtMs: random.float() < 0.5 ? null : nowMs + random.int(5) * 1000, uses: random.float() < 0.5 ? null : 1 + random.int(2) }),
+    () => ({
+      kind: 'cluster.join-token',
+      hash: tokenHash(),
+      expiresAtMs: random.float() < 0.5 ? null : nowMs + random.int(5) * 1000,
+      uses: random.float() < 0.5 ? null : 1 + random.int(2),
+    }),
     () => ({ kind: 'cluster.join', tokenHash: tokenHash(), nowMs, id, address: `m${id}:7000`, key: memberKey }),
     () => ({ kind: 'cluster.hold-learner', id, held: random.float() < 0.5 }),
     () => ({ kind: 'cluster.recovery-key', publicKey: Buffer.alloc(32, random.int(256)) }),
@@ -90,22 +116,45 @@ function randomSecretCommand(random: SeededRandom, pick: Pick, nowMs: number): S
 }
 
 function randomAccessCommand(random: SeededRandom, pick: Pick, nowMs: number): AccessCommand {
-  const rule = (): PolicyRule => ({ path: pick(PATHS), capabilities: [...new Set([pick(CAPS), pick(CAPS)])], deny: random.float() < 0.15 });
+  const rule = (): PolicyRule => ({
+    path: pick(PATHS),
+    capabilities: [...new Set([pick(CAPS), pick(CAPS)])],
+    deny: random.float() < 0.15,
+  });
   const identity = pick(IDENTITIES);
   const serial = hex(random.int(256), 2);
   switch (random.int(6)) {
     case 0:
     case 1:
-      return { op: 'policy-put', name: pick(POLICIES.filter((p) => p !== 'root')), rules: Array.from({ length: 1 + random.int(3) }, rule) };
+      return {
+        op: 'policy-put',
+        name: pick(POLICIES.filter((p) => p !== 'root')),
+        rules: Array.from({ length: 1 + random.int(3) }, rule),
+      };
     case 2:
       return { op: 'policy-remove', name: pick(POLICIES) };
     case 3: {
       const policies = [...new Set(Array.from({ length: random.int(3) }, () => pick(POLICIES)))];
-      const command = { op: 'identity-issue', name: identity, policies, key: keyOf(identity, random.int(2)), serial, caGen: 1 + random.int(2), nowMs } as const;
+      const command = {
+        op: 'identity-issue',
+        name: identity,
+        policies,
+        key: keyOf(identity, random.int(2)),
+        serial,
+        caGen: 1 + random.int(2),
+        nowMs,
+      } as const;
       return random.float() < 0.3 ? { ...command, reissue: true } : command;
     }
     case 4:
-      return { op: 'identity-renew', name: identity, key: keyOf(identity, random.int(2)), serial, caGen: 1 + random.int(2), nowMs };
+      return {
+        op: 'identity-renew',
+        name: identity,
+        key: keyOf(identity, random.int(2)),
+        serial,
+        caGen: 1 + random.int(2),
+        nowMs,
+      };
     default:
       return { op: 'identity-revoke', name: identity };
   }

@@ -1,6 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SecretStore, encodeSecretCommand, type SecretCommand, type SecretResult } from '../../src/state/secret-store.ts';
+import {
+  SecretStore,
+  encodeSecretCommand,
+  type SecretCommand,
+  type SecretResult,
+} from '../../src/state/secret-store.ts';
 import { RefusalError, type RefusalCode } from '../../src/state/state-part.ts';
 
 const T0 = 1_700_000_000_000;
@@ -15,8 +20,18 @@ function apply(store: SecretStore, command: SecretCommand): SecretResult {
   return applyLogged(store, kind, data);
 }
 const put = (name: string, value: string, extra: Partial<Extract<SecretCommand, { op: 'put' }>> = {}) =>
-  ({ op: 'put', name, value: Buffer.from(value), cas: null, expireAtMs: null, versionsKept: null, nowMs: T0, ...extra }) as const;
-const refusedWith = (code: RefusalCode, pattern?: RegExp) => (e: unknown) => e instanceof RefusalError && e.code === code && (pattern === undefined || pattern.test(e.message));
+  ({
+    op: 'put',
+    name,
+    value: Buffer.from(value),
+    cas: null,
+    expireAtMs: null,
+    versionsKept: null,
+    nowMs: T0,
+    ...extra,
+  }) as const;
+const refusedWith = (code: RefusalCode, pattern?: RegExp) => (e: unknown) =>
+  e instanceof RefusalError && e.code === code && (pattern === undefined || pattern.test(e.message));
 
 test('each put makes a new version; current and previous follow; a version or label reads back', () => {
   const store = new SecretStore();
@@ -44,8 +59,14 @@ test('compare-and-set: 0 creates only; a stale version is refused and changes no
 test('only the newest versions are kept; older ones are wiped and say so', () => {
   const store = new SecretStore();
   for (let k = 1; k <= 5; k++) apply(store, put('k', `v${k}`, { versionsKept: 3 }));
-  assert.deepEqual(store.versions('k', T0).map((v) => v.version), [3, 4, 5]);
-  assert.throws(() => store.read('k', { version: 2 }, T0), refusedWith('NOT_FOUND', /no longer kept \(the last 3 are\)/));
+  assert.deepEqual(
+    store.versions('k', T0).map((v) => v.version),
+    [3, 4, 5],
+  );
+  assert.throws(
+    () => store.read('k', { version: 2 }, T0),
+    refusedWith('NOT_FOUND', /no longer kept \(the last 3 are\)/),
+  );
 });
 
 test('soft delete hides a secret until undeleted; destroy wipes chosen versions for good', () => {
@@ -91,7 +112,10 @@ test('expiry: reads fail once the time has passed, and the sweep wipes the value
   assert.deepEqual(apply(store, { op: 'expire', nowMs: T0 + 1000 }), { ok: true, version: 1 });
   assert.equal(store.nextExpiryMs(), null);
   assert.throws(() => store.read('k', {}, T0), refusedWith('EXPIRED'), 'wiped: even an earlier clock cannot read it');
-  assert.deepEqual(store.versions('k', T0).map((v) => v.expired), [true]);
+  assert.deepEqual(
+    store.versions('k', T0).map((v) => v.expired),
+    [true],
+  );
 });
 
 test('bad commands are refused as results, never thrown, and leave the state as it was', () => {

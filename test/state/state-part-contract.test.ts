@@ -37,16 +37,24 @@ function assertResultShape(result: AppliedResult, what: string): void {
   assert.ok(REFUSAL_CODES.includes(result.code), `${what}: refusal code ${String(result.code)} is one of RefusalCode`);
   assert.equal(typeof result.reason, 'string', `${what}: a refusal says why`);
   assert.ok(result.reason.length > 0, `${what}: a refusal says why`);
-  assert.deepEqual(Object.keys(result).sort(), ['code', 'ok', 'reason'], `${what}: a refusal is {ok, code, reason}, the same from every part`);
+  assert.deepEqual(
+    Object.keys(result).sort(),
+    ['code', 'ok', 'reason'],
+    `${what}: a refusal is {ok, code, reason}, the same from every part`,
+  );
 }
 
 test('the table: one part per prefix, cluster, secrets and access, in image order', () => {
   const state = new AppliedState();
-  assert.deepEqual(state.parts.map((p) => p.prefix), ['cluster.', 'secret.', 'access.']);
+  assert.deepEqual(
+    state.parts.map((p) => p.prefix),
+    ['cluster.', 'secret.', 'access.'],
+  );
   assert.equal(state.partOf('cluster.member'), state.cluster);
   assert.equal(state.partOf('secret.put'), state.secrets);
   assert.equal(state.partOf('access.policy-put'), state.access);
-  for (const kind of ['kv.put', 'secret', 'secrets.put', '', '.put', 'cluster']) assert.equal(state.partOf(kind), undefined, kind);
+  for (const kind of ['kv.put', 'secret', 'secrets.put', '', '.put', 'cluster'])
+    assert.equal(state.partOf(kind), undefined, kind);
 });
 
 test('every part decodes what it encodes: the same command, the same actor', () => {
@@ -108,7 +116,30 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
   };
 
   // Each is garbage under every kind (no kind takes a lone string, boolean, list or map as its first field).
-  const shapes: unknown[] = [null, true, 0, -1, 2 ** 60, 'x', '', [], [null], [[]], [0], [-1], [1.5], ['a'], [true], [{}], {}, { op: null }, { op: 'put' }, { op: 'policy-put', name: 7 }, Buffer.alloc(3), { actor: 'x' }];
+  const shapes: unknown[] = [
+    null,
+    true,
+    0,
+    -1,
+    2 ** 60,
+    'x',
+    '',
+    [],
+    [null],
+    [[]],
+    [0],
+    [-1],
+    [1.5],
+    ['a'],
+    [true],
+    [{}],
+    {},
+    { op: null },
+    { op: 'put' },
+    { op: 'policy-put', name: 7 },
+    Buffer.alloc(3),
+    { actor: 'x' },
+  ];
   for (const part of state.parts) {
     const kindsOfPart = [...samples.keys()].filter((k) => k.startsWith(part.prefix));
     for (const kind of [...kindsOfPart, `${part.prefix}no-such-command`, part.prefix]) {
@@ -117,7 +148,8 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
       for (const shape of shapes) mustRefuse(part, kind, packr.pack(shape), `${kind}: ${JSON.stringify(shape)}`);
       const sample = samples.get(kind);
       if (sample !== undefined) {
-        for (let cut = 0; cut < sample.data.length; cut++) mustRefuse(part, kind, sample.data.subarray(0, cut), `${kind}: cut to ${cut} bytes`);
+        for (let cut = 0; cut < sample.data.length; cut++)
+          mustRefuse(part, kind, sample.data.subarray(0, cut), `${kind}: cut to ${cut} bytes`);
         // Every field of a real command, replaced by a map (a type no field takes), is refused.
         // (`reissue` is read as "true or not", as it always was.)
         const fields = packr.unpack(sample.data) as unknown[] | Record<string, unknown>;
@@ -132,7 +164,9 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
     // Secret and access commands say their operation in the data: under another kind they are refused.
     if (part.prefix !== 'cluster.') {
       for (const [kind, sample] of samples) {
-        for (const other of kindsOfPart) if (kind.startsWith(part.prefix) && other !== kind) mustRefuse(part, other, sample.data, `${kind} data as ${other}`);
+        for (const other of kindsOfPart)
+          if (kind.startsWith(part.prefix) && other !== kind)
+            mustRefuse(part, other, sample.data, `${kind} data as ${other}`);
       }
     }
     let refused = 0;
@@ -140,8 +174,12 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
     for (const kind of kindsOfPart) {
       const sample = samples.get(kind)!;
       for (let k = 0; k < 200; k++, tries++) {
-        const bytes = k % 2 === 0 ? Buffer.from(Array.from({ length: 1 + random.int(40) }, () => random.int(256))) : Buffer.from(sample.data);
-        if (k % 2 === 1) for (let flips = 1 + random.int(3); flips > 0; flips--) bytes[random.int(bytes.length)] = random.int(256);
+        const bytes =
+          k % 2 === 0
+            ? Buffer.from(Array.from({ length: 1 + random.int(40) }, () => random.int(256)))
+            : Buffer.from(sample.data);
+        if (k % 2 === 1)
+          for (let flips = 1 + random.int(3); flips > 0; flips--) bytes[random.int(bytes.length)] = random.int(256);
         if (refuseOrRoundTrip(part, kind, bytes, `${kind}: garbage ${bytes.toString('hex')}`)) refused++;
       }
     }
@@ -164,7 +202,10 @@ test('every part restores its own image to an equal image, at every stage of a r
         copy.parts[k]!.restore(packr.unpack(packr.pack(image)));
         assert.deepEqual(copy.parts[k]!.snapshot(), image, `seed ${seed}, step ${step}: ${part.prefix} round-trips`);
       }
-      assert.ok(Buffer.from(copy.snapshot()).equals(Buffer.from(state.snapshot())), `seed ${seed}, step ${step}: the whole image round-trips`);
+      assert.ok(
+        Buffer.from(copy.snapshot()).equals(Buffer.from(state.snapshot())),
+        `seed ${seed}, step ${step}: the whole image round-trips`,
+      );
     }
   }
 });
@@ -176,14 +217,20 @@ test('two applied states given the same random commands agree (one of them resto
     const resultsA = run.map(({ command }, step) => {
       const before = Buffer.from(a.snapshot());
       const result = applyAt(a, step + 1, command);
-      if (!result.ok) assert.ok(Buffer.from(a.snapshot()).equals(before), `seed ${seed}, step ${step}: the refused ${command.kind} (${result.reason}) changed nothing`);
+      if (!result.ok)
+        assert.ok(
+          Buffer.from(a.snapshot()).equals(before),
+          `seed ${seed}, step ${step}: the refused ${command.kind} (${result.reason}) changed nothing`,
+        );
       return result;
     });
     // The other manager applies them later (a clock read while applying would show), as a
     // follower that installs a snapshot now and then instead of applying the entries it covers.
     await new Promise((resolve) => setTimeout(resolve, 5));
     let b = new AppliedState();
-    const counts = new Map<string, { ok: number; refused: number }>(a.parts.map((p) => [p.prefix, { ok: 0, refused: 0 }]));
+    const counts = new Map<string, { ok: number; refused: number }>(
+      a.parts.map((p) => [p.prefix, { ok: 0, refused: 0 }]),
+    );
     for (const [step, { prefix, command }] of run.entries()) {
       const ra = resultsA[step]!;
       const rb = applyAt(b, step + 1, command);
@@ -200,18 +247,28 @@ test('two applied states given the same random commands agree (one of them resto
     }
     assert.ok(Buffer.from(b.snapshot()).equals(Buffer.from(a.snapshot())), `seed ${seed}: the same image`);
     // Not vacuous: every part applied commands and refused some.
-    for (const [prefix, { ok, refused }] of counts) assert.ok(ok > 10 && refused > 10, `seed ${seed}: ${prefix} applied ${ok}, refused ${refused}`);
+    for (const [prefix, { ok, refused }] of counts)
+      assert.ok(ok > 10 && refused > 10, `seed ${seed}: ${prefix} applied ${ok}, refused ${refused}`);
   }
 });
 
 test('an image written before the StatePart contract (version 1) restores byte for byte, and the same commands still make it', () => {
   // Made by AppliedState at 007ca17 (before the contract) from commands(1, 600) of random-commands.ts.
-  const fixture = Buffer.from(readFileSync(new URL('./fixtures/applied-state-v1.b64', import.meta.url), 'utf8').replace(/\s/g, ''), 'base64');
+  const fixture = Buffer.from(
+    readFileSync(new URL('./fixtures/applied-state-v1.b64', import.meta.url), 'utf8').replace(/\s/g, ''),
+    'base64',
+  );
   const restored = new AppliedState();
   restored.restore(fixture);
   assert.ok(Buffer.from(restored.snapshot()).equals(fixture), 'restored, it writes the same image');
-  assert.ok(restored.cluster.cas.length > 0 && restored.access.identities.size > 0 && restored.secrets.size > 0, 'every part holds something');
+  assert.ok(
+    restored.cluster.cas.length > 0 && restored.access.identities.size > 0 && restored.secrets.size > 0,
+    'every part holds something',
+  );
   const replayed = new AppliedState();
   for (const [step, c] of commands(1, 600).entries()) applyAt(replayed, step + 1, encoded(replayed, c));
-  assert.ok(Buffer.from(replayed.snapshot()).equals(fixture), 'the same commands give the same image as before the contract');
+  assert.ok(
+    Buffer.from(replayed.snapshot()).equals(fixture),
+    'the same commands give the same image as before the contract',
+  );
 });

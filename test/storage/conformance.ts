@@ -17,8 +17,14 @@ export interface StorageFactory {
   cleanup(): Promise<void>;
 }
 
-const normal = (index: number, term: number, data: Uint8Array = randomBytes(1 + (index % 40))): Entry => ({ kind: 'normal', index, term, data });
-const range = (from: number, to: number, term: number): Entry[] => Array.from({ length: to - from + 1 }, (_, k) => normal(from + k, term));
+const normal = (index: number, term: number, data: Uint8Array = randomBytes(1 + (index % 40))): Entry => ({
+  kind: 'normal',
+  index,
+  term,
+  data,
+});
+const range = (from: number, to: number, term: number): Entry[] =>
+  Array.from({ length: to - from + 1 }, (_, k) => normal(from + k, term));
 const snapshotAt = (index: number, term: number, bytes = 100): Snapshot => ({
   metadata: { index, term, confState: { voters: [1, 2, 3], learners: [4] } },
   data: randomBytes(bytes),
@@ -78,7 +84,18 @@ export function storageConformance(name: string, makeFactory: () => StorageFacto
     await s.save({ hardState: { term: 3, vote: 2, commit: 3 }, entries: range(6, 7, 3), snapshot: null });
     s = await f.reopen(s);
     const { entries, hardState } = await s.load();
-    assert.deepEqual(entries.map((e) => [e.index, e.term]), [[1, 2], [2, 2], [3, 2], [4, 2], [5, 2], [6, 3], [7, 3]]);
+    assert.deepEqual(
+      entries.map((e) => [e.index, e.term]),
+      [
+        [1, 2],
+        [2, 2],
+        [3, 2],
+        [4, 2],
+        [5, 2],
+        [6, 3],
+        [7, 3],
+      ],
+    );
     assert.deepEqual(hardState, { term: 3, vote: 2, commit: 3 });
     await s.close();
   });
@@ -92,29 +109,35 @@ export function storageConformance(name: string, makeFactory: () => StorageFacto
     const state = await s.load();
     assert.deepEqual(state.snapshot?.metadata, snapshot.metadata);
     assert.deepEqual(Buffer.from(state.snapshot!.data), Buffer.from(snapshot.data));
-    assert.deepEqual(state.entries.map((e) => e.index), [31, 32, 33]);
+    assert.deepEqual(
+      state.entries.map((e) => e.index),
+      [31, 32, 33],
+    );
     await s.close();
   });
 
-  run('a snapshot with compaction keeps the tail from compactTo, and a restarted RawNode accepts the result', async (f) => {
-    let s = await loaded(f);
-    await s.save({ hardState: { term: 3, vote: 1, commit: 100 }, entries: range(1, 120, 3), snapshot: null });
-    const snapshot = snapshotAt(100, 3, 3 * 1024 * 1024 + 17); // several chunks on LevelDB
-    await s.saveSnapshot(snapshot, 90);
-    s = await f.reopen(s);
-    const state = await s.load();
-    assert.equal(state.entries[0]!.index, 90);
-    assert.equal(state.entries[state.entries.length - 1]!.index, 120);
-    assert.deepEqual(Buffer.from(state.snapshot!.data), Buffer.from(snapshot.data));
-    const node = new RawNode({ id: 1, random: new SeededRandom(1) }, state);
-    const status = node.status();
-    assert.equal(status.commit, 100);
-    assert.equal(status.applied, 100);
-    assert.equal(status.firstIndex, 91);
-    assert.equal(status.lastIndex, 120);
-    assert.deepEqual(status.confState, { voters: [1, 2, 3], learners: [4] });
-    await s.close();
-  });
+  run(
+    'a snapshot with compaction keeps the tail from compactTo, and a restarted RawNode accepts the result',
+    async (f) => {
+      let s = await loaded(f);
+      await s.save({ hardState: { term: 3, vote: 1, commit: 100 }, entries: range(1, 120, 3), snapshot: null });
+      const snapshot = snapshotAt(100, 3, 3 * 1024 * 1024 + 17); // several chunks on LevelDB
+      await s.saveSnapshot(snapshot, 90);
+      s = await f.reopen(s);
+      const state = await s.load();
+      assert.equal(state.entries[0]!.index, 90);
+      assert.equal(state.entries[state.entries.length - 1]!.index, 120);
+      assert.deepEqual(Buffer.from(state.snapshot!.data), Buffer.from(snapshot.data));
+      const node = new RawNode({ id: 1, random: new SeededRandom(1) }, state);
+      const status = node.status();
+      assert.equal(status.commit, 100);
+      assert.equal(status.applied, 100);
+      assert.equal(status.firstIndex, 91);
+      assert.equal(status.lastIndex, 120);
+      assert.deepEqual(status.confState, { voters: [1, 2, 3], learners: [4] });
+      await s.close();
+    },
+  );
 
   run('an update that breaks the Ready contract is refused and changes nothing', async (f) => {
     let s = await loaded(f);
@@ -130,7 +153,10 @@ export function storageConformance(name: string, makeFactory: () => StorageFacto
     s = await f.reopen(s);
     const state = await s.load();
     assert.deepEqual(state.hardState, { term: 1, vote: 1, commit: 0 });
-    assert.deepEqual(state.entries.map((e) => e.index), [1, 2, 3]);
+    assert.deepEqual(
+      state.entries.map((e) => e.index),
+      [1, 2, 3],
+    );
     await s.close();
   });
 }

@@ -47,9 +47,16 @@ test('after kill -9 at random moments, every acknowledged write is there and no 
       const state = await storage.load();
       await storage.close();
       const last = state.entries[state.entries.length - 1]!;
-      assert.ok(last.index >= acked, `round ${round}: write ${acked} was acknowledged but the log ends at ${last.index}`);
+      assert.ok(
+        last.index >= acked,
+        `round ${round}: write ${acked} was acknowledged but the log ends at ${last.index}`,
+      );
       // Entry i and the hard state of term i were one batch: they survive together or not at all.
-      assert.equal(state.hardState.term, last.index, `round ${round}: hard state and entries were not written atomically`);
+      assert.equal(
+        state.hardState.term,
+        last.index,
+        `round ${round}: hard state and entries were not written atomically`,
+      );
       assert.equal(state.entries.length, last.index, 'the log is contiguous from index 1');
     }
   } finally {

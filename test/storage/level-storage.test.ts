@@ -26,7 +26,12 @@ storageConformance('LevelStorage', () => {
 });
 
 const entries = (from: number, to: number): Entry[] =>
-  Array.from({ length: to - from + 1 }, (_, k) => ({ kind: 'normal', index: from + k, term: 2, data: Buffer.from(`value-${from + k}`) }));
+  Array.from({ length: to - from + 1 }, (_, k) => ({
+    kind: 'normal',
+    index: from + k,
+    term: 2,
+    data: Buffer.from(`value-${from + k}`),
+  }));
 
 /** Writes a small log, then lets `damage` change the raw LevelDB contents. */
 async function damaged(damage: (db: Level<string, Buffer>) => Promise<void>): Promise<{ dir: string; error: unknown }> {

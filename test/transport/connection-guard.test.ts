@@ -48,7 +48,12 @@ class SingleManager {
   }
 
   async startNode(): Promise<void> {
-    this.node = await CofferNode.start({ dataDir: join(this.root, 'm1'), logger: createLogger({ level: 'silent' }), tickIntervalMs: 50, connectionLimits: this.limits });
+    this.node = await CofferNode.start({
+      dataDir: join(this.root, 'm1'),
+      logger: createLogger({ level: 'silent' }),
+      tickIntervalMs: 50,
+      connectionLimits: this.limits,
+    });
   }
 
   async stopNode(): Promise<void> {
@@ -65,7 +70,9 @@ class SingleManager {
   }
 
   async leaderAnswers(admin: AdminClient): Promise<void> {
-    await eventually('the admin to be answered by a leader', 20_000, async () => ((await admin.status(this.address)).role === 'leader' ? true : undefined));
+    await eventually('the admin to be answered by a leader', 20_000, async () =>
+      (await admin.status(this.address)).role === 'leader' ? true : undefined,
+    );
   }
 
   async stop(): Promise<void> {
@@ -126,35 +133,63 @@ function tlsWithoutCertificate(port: number): Promise<Opened> {
 /** Whether `opened` closes within `ms`. */
 async function closesWithin(opened: Opened, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
-  const result = await Promise.race([opened.closed.then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)))]);
+  const result = await Promise.race([
+    opened.closed.then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+  ]);
   clearTimeout(timer);
   return result;
 }
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, k) => k);
 
-test('silent connections are closed after the first-request timeout, those beyond the per-source cap at once, and an authenticated client is answered throughout', { timeout: 60_000 }, async () => {
+test('silent connections are closed after the first-request timeout, those beyond the per-source cap at once, and an authenticated client is answered throughout', {
+  timeout: 60_000,
+}, async () => {
   const FIRST_REQUEST_MS = 1500;
   const PER_SOURCE = 16;
-  const manager = await SingleManager.start({ firstRequestTimeoutMs: FIRST_REQUEST_MS, connectionsPerSourceMax: PER_SOURCE, connectionsMax: 1000 });
+  const manager = await SingleManager.start({
+    firstRequestTimeoutMs: FIRST_REQUEST_MS,
+    connectionsPerSourceMax: PER_SOURCE,
+    connectionsMax: 1000,
+  });
   const clients: Opened[] = [];
   try {
     const admin = manager.admin();
     await manager.leaderAnswers(admin);
     // The TLS policy holds on the manager's own port (finding 13), not only in tls-policy.test.ts.
-    assert.equal((await handshake(manager.port, { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2', ciphers: 'AES128-SHA' })).ok, false);
+    assert.equal(
+      (await handshake(manager.port, { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2', ciphers: 'AES128-SHA' })).ok,
+      false,
+    );
 
     // All from 127.0.0.1, like the admin: raw TCP, and TLS without a certificate, up to the cap.
-    const held = [...(await Promise.all(range(PER_SOURCE - 4).map(() => tcp(manager.port)))), ...(await Promise.all(range(4).map(() => tlsWithoutCertificate(manager.port))))];
+    const held = [
+      ...(await Promise.all(range(PER_SOURCE - 4).map(() => tcp(manager.port)))),
+      ...(await Promise.all(range(4).map(() => tlsWithoutCertificate(manager.port)))),
+    ];
     clients.push(...held);
     const over = await Promise.all(range(4).map(() => tcp(manager.port)));
     clients.push(...over);
-    for (const opened of over) assert.ok(await closesWithin(opened, 1000), 'a connection beyond the per-source cap is closed at once');
+    for (const opened of over)
+      assert.ok(await closesWithin(opened, 1000), 'a connection beyond the per-source cap is closed at once');
     for (const opened of held) assert.equal(opened.closedAtMs, null, 'the connections within the cap are still open');
-    assert.equal((await admin.status(manager.address)).role, 'leader', 'the admin is answered while the cap is reached');
+    assert.equal(
+      (await admin.status(manager.address)).role,
+      'leader',
+      'the admin is answered while the cap is reached',
+    );
 
-    for (const [k, opened] of held.entries()) assert.ok(await closesWithin(opened, FIRST_REQUEST_MS + 5000), `silent connection ${k} is closed after the first-request timeout ${JSON.stringify(manager.stats)}`);
-    for (const opened of held) assert.ok(opened.closedAtMs! - opened.openedAtMs >= FIRST_REQUEST_MS - 50, `not before the timeout (${Math.round(opened.closedAtMs! - opened.openedAtMs)} ms)`);
+    for (const [k, opened] of held.entries())
+      assert.ok(
+        await closesWithin(opened, FIRST_REQUEST_MS + 5000),
+        `silent connection ${k} is closed after the first-request timeout ${JSON.stringify(manager.stats)}`,
+      );
+    for (const opened of held)
+      assert.ok(
+        opened.closedAtMs! - opened.openedAtMs >= FIRST_REQUEST_MS - 50,
+        `not before the timeout (${Math.round(opened.closedAtMs! - opened.openedAtMs)} ms)`,
+      );
     assert.equal((await admin.status(manager.address)).role, 'leader', 'the admin is still answered');
     // The admin's connection made requests, so it was not closed with the silent ones.
     const stats = manager.stats;
@@ -174,15 +209,32 @@ test('silent connections are closed after the first-request timeout, those beyon
 
 /** Calls Join.GetCaCertificate without a client certificate (what a joiner does first); the client stays open. */
 async function anonymousRequest(address: string): Promise<grpc.Client> {
-  const client = new (services().Join.Client)(address, policyChannelCredentials({ caPem: null, certPem: null, keyPem: null }, { rejectUnauthorized: false, checkServerIdentity: () => undefined }), MANAGER_CHANNEL_OPTIONS);
+  const client = new (services().Join.Client)(
+    address,
+    policyChannelCredentials(
+      { caPem: null, certPem: null, keyPem: null },
+      { rejectUnauthorized: false, checkServerIdentity: () => undefined },
+    ),
+    MANAGER_CHANNEL_OPTIONS,
+  );
   await new Promise<void>((resolve, reject) =>
-    (client as unknown as { getCaCertificate(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void): void }).getCaCertificate({}, { deadline: Date.now() + 5000 }, (error) => (error === null ? resolve() : reject(error))),
+    (
+      client as unknown as {
+        getCaCertificate(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void): void;
+      }
+    ).getCaCertificate({}, { deadline: Date.now() + 5000 }, (error) => (error === null ? resolve() : reject(error))),
   );
   return client;
 }
 
-test('at the total cap the oldest connection without a request makes room, then one whose requests had no certificate; when all are authenticated a new one is refused', { timeout: 60_000 }, async () => {
-  const manager = await SingleManager.start({ connectionsMax: 4, connectionsPerSourceMax: 100, firstRequestTimeoutMs: 60_000 });
+test('at the total cap the oldest connection without a request makes room, then one whose requests had no certificate; when all are authenticated a new one is refused', {
+  timeout: 60_000,
+}, async () => {
+  const manager = await SingleManager.start({
+    connectionsMax: 4,
+    connectionsPerSourceMax: 100,
+    firstRequestTimeoutMs: 60_000,
+  });
   const clients: Opened[] = [];
   let joiner: grpc.Client | null = null;
   try {
@@ -196,7 +248,9 @@ test('at the total cap the oldest connection without a request makes room, then 
 
     const r1 = await tcp(manager.port);
     clients.push(r1);
-    await eventually('the connection without a certificate to be closed for the new one', 3000, async () => (joinerChannel.getConnectivityState(false) !== grpc.connectivityState.READY ? true : undefined));
+    await eventually('the connection without a certificate to be closed for the new one', 3000, async () =>
+      joinerChannel.getConnectivityState(false) !== grpc.connectivityState.READY ? true : undefined,
+    );
     assert.equal(await closesWithin(r1, 200), false, 'the new connection is held');
 
     const r2 = await tcp(manager.port);
@@ -206,15 +260,32 @@ test('at the total cap the oldest connection without a request makes room, then 
 
     const fourth = manager.admin();
     admins.push(fourth);
-    assert.equal((await fourth.status(manager.address)).role, 'leader', 'a new authenticated client gets in at the cap');
+    assert.equal(
+      (await fourth.status(manager.address)).role,
+      'leader',
+      'a new authenticated client gets in at the cap',
+    );
     assert.ok(await closesWithin(r2, 2000), 'by closing the connection that made no request');
 
     const r3 = await tcp(manager.port);
     clients.push(r3);
     assert.ok(await closesWithin(r3, 1000), 'with only authenticated connections held, a new one is refused at once');
-    for (const admin of admins) assert.equal((await admin.status(manager.address)).role, 'leader', 'and every authenticated client is still answered');
+    for (const admin of admins)
+      assert.equal(
+        (await admin.status(manager.address)).role,
+        'leader',
+        'and every authenticated client is still answered',
+      );
     const stats = manager.stats;
-    assert.deepEqual({ open: stats.open, authenticated: stats.authenticated, evicted: stats.evicted, refusedTotal: stats.refusedTotal }, { open: 4, authenticated: 4, evicted: 3, refusedTotal: 1 });
+    assert.deepEqual(
+      {
+        open: stats.open,
+        authenticated: stats.authenticated,
+        evicted: stats.evicted,
+        refusedTotal: stats.refusedTotal,
+      },
+      { open: 4, authenticated: 4, evicted: 3, refusedTotal: 1 },
+    );
   } finally {
     joiner?.close();
     for (const opened of clients) opened.socket.destroy();
@@ -222,7 +293,9 @@ test('at the total cap the oldest connection without a request makes room, then 
   }
 });
 
-test('a connection that made requests is closed once it has had no call for the idle time, and its client dials again on its next call', { timeout: 60_000 }, async () => {
+test('a connection that made requests is closed once it has had no call for the idle time, and its client dials again on its next call', {
+  timeout: 60_000,
+}, async () => {
   const manager = await SingleManager.start({ connectionIdleMs: 1000, firstRequestTimeoutMs: 60_000 });
   let joiner: grpc.Client | null = null;
   try {
@@ -231,7 +304,11 @@ test('a connection that made requests is closed once it has had no call for the 
     joiner = await anonymousRequest(manager.address);
     const joinerChannel = joiner.getChannel();
     assert.equal(joinerChannel.getConnectivityState(false), grpc.connectivityState.READY);
-    await eventually('the idle connections to be closed', 10_000, async () => (joinerChannel.getConnectivityState(false) !== grpc.connectivityState.READY && manager.stats.open === 0 ? true : undefined));
+    await eventually('the idle connections to be closed', 10_000, async () =>
+      joinerChannel.getConnectivityState(false) !== grpc.connectivityState.READY && manager.stats.open === 0
+        ? true
+        : undefined,
+    );
     assert.equal((await admin.status(manager.address)).role, 'leader', 'the admin is answered on a new connection');
     assert.equal(manager.stats.authenticated, 1);
   } finally {
@@ -240,7 +317,9 @@ test('a connection that made requests is closed once it has had no call for the 
   }
 });
 
-test('stop() closes the listener and every connection, and a manager started again on the same port serves', { timeout: 60_000 }, async () => {
+test('stop() closes the listener and every connection, and a manager started again on the same port serves', {
+  timeout: 60_000,
+}, async () => {
   const manager = await SingleManager.start({});
   const clients: Opened[] = [];
   try {

@@ -38,7 +38,13 @@ export class GrpcCluster {
   }
 
   material(id: NodeId): TlsMaterial {
-    const leaf = issueCertificate(this.ca, { id: String(id), role: 'manager', clusterId: this.clusterId, nowMs: Date.now(), hosts: ['127.0.0.1'] });
+    const leaf = issueCertificate(this.ca, {
+      id: String(id),
+      role: 'manager',
+      clusterId: this.clusterId,
+      nowMs: Date.now(),
+      hosts: ['127.0.0.1'],
+    });
     return { caPem: this.ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem };
   }
 
@@ -74,7 +80,9 @@ export class GrpcCluster {
     });
     const credentials = new RenewableServerCredentials(tls);
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(`127.0.0.1:${this.ports.get(id) ?? 0}`, credentials.credentials, (error, bound) => (error === null ? resolve(bound) : reject(error))),
+      server.bindAsync(`127.0.0.1:${this.ports.get(id) ?? 0}`, credentials.credentials, (error, bound) =>
+        error === null ? resolve(bound) : reject(error),
+      ),
     );
     this.ports.set(id, port);
     manager = await Manager.open<number>({
@@ -135,7 +143,8 @@ export class GrpcCluster {
       const statuses = [...this.members.values()].map((m) => m.manager.status().raft);
       const commit = Math.max(...statuses.map((s) => s?.commit ?? 0));
       if (statuses.every((s) => s !== null && s.applied === commit)) return;
-      if (Date.now() > deadline) throw new Error(`not converged: ${statuses.map((s) => `${s?.applied}/${s?.commit}`).join(' ')}`);
+      if (Date.now() > deadline)
+        throw new Error(`not converged: ${statuses.map((s) => `${s?.applied}/${s?.commit}`).join(' ')}`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }

@@ -6,7 +6,11 @@ import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { DEFAULT_CONNECTION_LIMITS } from '../../src/transport/connection-guard.ts';
 import { listenGuarded, splitListenAddress, type GuardedListener } from '../../src/transport/listener.ts';
 import { services } from '../../src/transport/proto.ts';
-import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials } from '../../src/transport/tls.ts';
+import {
+  MANAGER_CHANNEL_OPTIONS,
+  RenewableServerCredentials,
+  managerChannelCredentials,
+} from '../../src/transport/tls.ts';
 import { createLogger } from '../../src/util/logger.ts';
 
 const CLUSTER_ID = 'listener-cluster';
@@ -21,9 +25,19 @@ async function serve(address: string): Promise<{ server: grpc.Server; listener: 
     propose: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { result: Buffer.from('ok') }),
     raft: () => {},
   });
-  const credentials = new RenewableServerCredentials({ caPem: ca.certPem, certPem: managerLeaf.certPem, keyPem: managerLeaf.keyPem });
+  const credentials = new RenewableServerCredentials({
+    caPem: ca.certPem,
+    certPem: managerLeaf.certPem,
+    keyPem: managerLeaf.keyPem,
+  });
   try {
-    const listener = await listenGuarded({ server, credentials: credentials.credentials, address, limits: DEFAULT_CONNECTION_LIMITS, log: createLogger({ level: 'silent' }) });
+    const listener = await listenGuarded({
+      server,
+      credentials: credentials.credentials,
+      address,
+      limits: DEFAULT_CONNECTION_LIMITS,
+      log: createLogger({ level: 'silent' }),
+    });
     return { server, listener };
   } catch (error) {
     server.forceShutdown();
@@ -33,10 +47,25 @@ async function serve(address: string): Promise<{ server: grpc.Server; listener: 
 
 /** One call with a client certificate; the channel is closed after. */
 async function propose(target: string): Promise<string> {
-  const client = new (services().Peer.Client)(target, managerChannelCredentials({ caPem: ca.certPem, certPem: clientLeaf.certPem, keyPem: clientLeaf.keyPem }, { clusterId: CLUSTER_ID }), MANAGER_CHANNEL_OPTIONS);
+  const client = new (services().Peer.Client)(
+    target,
+    managerChannelCredentials(
+      { caPem: ca.certPem, certPem: clientLeaf.certPem, keyPem: clientLeaf.keyPem },
+      { clusterId: CLUSTER_ID },
+    ),
+    MANAGER_CHANNEL_OPTIONS,
+  );
   try {
     return await new Promise<string>((resolve, reject) =>
-      (client as unknown as { propose(r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { result: Buffer }) => void): void }).propose({}, { deadline: Date.now() + 5000 }, (error, response) =>
+      (
+        client as unknown as {
+          propose(
+            r: object,
+            o: grpc.CallOptions,
+            cb: (e: grpc.ServiceError | null, r?: { result: Buffer }) => void,
+          ): void;
+        }
+      ).propose({}, { deadline: Date.now() + 5000 }, (error, response) =>
         error === null ? resolve(response!.result.toString()) : reject(error),
       ),
     );
@@ -45,7 +74,9 @@ async function propose(target: string): Promise<string> {
   }
 }
 
-test('the guarded listener serves IPv4, IPv6, a dual-stack IPv6 socket reached over IPv4, and a host name, on the port the system chose, and sees who is authenticated on each', { timeout: 60_000 }, async () => {
+test('the guarded listener serves IPv4, IPv6, a dual-stack IPv6 socket reached over IPv4, and a host name, on the port the system chose, and sees who is authenticated on each', {
+  timeout: 60_000,
+}, async () => {
   for (const [address, target] of [
     ['127.0.0.1:0', '127.0.0.1'],
     ['[::1]:0', '[::1]'],
@@ -80,5 +111,6 @@ test('listen addresses are host:port, IPv6 in brackets, port 0 allowed', () => {
   assert.deepEqual(splitListenAddress('0.0.0.0:7400'), { host: '0.0.0.0', port: 7400 });
   assert.deepEqual(splitListenAddress('[::]:0'), { host: '::', port: 0 });
   assert.deepEqual(splitListenAddress('m1:7400'), { host: 'm1', port: 7400 });
-  for (const bad of ['7400', '::1:7400', 'host:', 'host:70000', '[::1]']) assert.throws(() => splitListenAddress(bad), /is not host:port/, bad);
+  for (const bad of ['7400', '::1:7400', 'host:', 'host:70000', '[::1]'])
+    assert.throws(() => splitListenAddress(bad), /is not host:port/, bad);
 });

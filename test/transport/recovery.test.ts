@@ -17,7 +17,9 @@ const material = (id: number): TlsMaterial => {
   return { caPem: ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem };
 };
 
-test('a link whose peer accepted TCP and then went silent recovers once a real peer answers at that address', { timeout: 60_000 }, async () => {
+test('a link whose peer accepted TCP and then went silent recovers once a real peer answers at that address', {
+  timeout: 60_000,
+}, async () => {
   const port = await freePort();
   const logger = createLogger({ level: 'silent' });
   // 1. A peer that accepts connections and never says a word (a hung process, a black hole).
@@ -35,7 +37,16 @@ test('a link whose peer accepted TCP and then went silent recovers once a real p
     admits: () => null,
     logger,
   });
-  const big = (n: number): Message => ({ type: 'append', from: 1, to: 2, term: 1, prevIndex: n, prevTerm: 1, commit: 0, entries: [{ kind: 'normal', term: 1, index: n + 1, data: Buffer.alloc(256 * 1024) }] });
+  const big = (n: number): Message => ({
+    type: 'append',
+    from: 1,
+    to: 2,
+    term: 1,
+    prevIndex: n,
+    prevTerm: 1,
+    commit: 0,
+    entries: [{ kind: 'normal', term: 1, index: n + 1, data: Buffer.alloc(256 * 1024) }],
+  });
   for (let n = 0; n < 400; n++) sender.send([big(n)]);
   await new Promise((resolve) => setTimeout(resolve, 3000));
   for (const socket of sockets) socket.destroy();
@@ -55,12 +66,22 @@ test('a link whose peer accepted TCP and then went silent recovers once a real p
     logger,
   });
   const server = new grpc.Server();
-  server.addService(services().Peer.service, { raft: receiver.handleRaftStream, propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }) });
-  await new Promise<number>((resolve, reject) => server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) => (e === null ? resolve(p) : reject(e))));
+  server.addService(services().Peer.service, {
+    raft: receiver.handleRaftStream,
+    propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+  });
+  await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) =>
+      e === null ? resolve(p) : reject(e),
+    ),
+  );
   try {
     const deadline = Date.now() + 20_000;
     while (!received.some((m) => m.type === 'heartbeat')) {
-      assert.ok(Date.now() < deadline, `no message got through after the peer came back (${JSON.stringify(sender.stats)})`);
+      assert.ok(
+        Date.now() < deadline,
+        `no message got through after the peer came back (${JSON.stringify(sender.stats)})`,
+      );
       sender.send([{ type: 'heartbeat', from: 1, to: 2, term: 1, commit: 0, readSeq: 0 }]);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }

@@ -7,16 +7,33 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { createCa, formatJoinToken, issueCertificate, newJoinToken, type KeyAndCertificate } from '../../src/crypto/pki.ts';
+import {
+  createCa,
+  formatJoinToken,
+  issueCertificate,
+  newJoinToken,
+  type KeyAndCertificate,
+} from '../../src/crypto/pki.ts';
 import { joinCluster } from '../../src/server/bootstrap.ts';
 import { services } from '../../src/transport/proto.ts';
-import { MANAGER_CHANNEL_OPTIONS, RenewableServerCredentials, managerChannelCredentials, type TlsMaterial } from '../../src/transport/tls.ts';
+import {
+  MANAGER_CHANNEL_OPTIONS,
+  RenewableServerCredentials,
+  managerChannelCredentials,
+  type TlsMaterial,
+} from '../../src/transport/tls.ts';
 import { HANDSHAKE_TIMEOUT_MS, handshake } from './tls-handshake.ts';
 
 const CLUSTER_ID = 'tls-policy-cluster';
 
 function managerMaterial(ca: KeyAndCertificate): TlsMaterial {
-  const leaf = issueCertificate(ca, { id: '1', role: 'manager', clusterId: CLUSTER_ID, nowMs: Date.now(), hosts: ['127.0.0.1'] });
+  const leaf = issueCertificate(ca, {
+    id: '1',
+    role: 'manager',
+    clusterId: CLUSTER_ID,
+    nowMs: Date.now(),
+    hosts: ['127.0.0.1'],
+  });
   return { caPem: ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem };
 }
 
@@ -25,7 +42,13 @@ const tls12 = (ciphers: string): tls.ConnectionOptions => ({ minVersion: 'TLSv1.
 
 /** What a server must refuse and accept; checked again after a certificate renewal. */
 async function checkServerPolicy(port: number, when: string): Promise<void> {
-  for (const weak of ['AES128-SHA', 'ECDHE-RSA-AES128-SHA', 'AES128-GCM-SHA256', 'ECDHE-RSA-AES128-SHA256', 'DHE-RSA-AES128-GCM-SHA256']) {
+  for (const weak of [
+    'AES128-SHA',
+    'ECDHE-RSA-AES128-SHA',
+    'AES128-GCM-SHA256',
+    'ECDHE-RSA-AES128-SHA256',
+    'DHE-RSA-AES128-GCM-SHA256',
+  ]) {
     const result = await handshake(port, tls12(weak));
     assert.equal(result.ok, false, `${when}: TLS 1.2 with ${weak} must be refused, got ${JSON.stringify(result)}`);
   }
@@ -34,18 +57,28 @@ async function checkServerPolicy(port: number, when: string): Promise<void> {
     assert.deepEqual(result, { ok: true, protocol: 'TLSv1.2', cipher: strong }, `${when}: TLS 1.2 with ${strong}`);
   }
   const byDefault = await handshake(port, {});
-  assert.equal(byDefault.ok && byDefault.protocol, 'TLSv1.3', `${when}: a default client negotiates TLS 1.3, got ${JSON.stringify(byDefault)}`);
+  assert.equal(
+    byDefault.ok && byDefault.protocol,
+    'TLSv1.3',
+    `${when}: a default client negotiates TLS 1.3, got ${JSON.stringify(byDefault)}`,
+  );
   // SECLEVEL=0 so that this client can offer TLS 1.1 at all (OpenSSL 3 refuses it by default).
   const old = await handshake(port, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' });
   assert.equal(old.ok, false, `${when}: TLS 1.1 must be refused, got ${JSON.stringify(old)}`);
 }
 
-test('a manager\'s TLS offers 1.3, and in 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305, before and after a certificate renewal', { timeout: 60_000 }, async () => {
+test("a manager's TLS offers 1.3, and in 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305, before and after a certificate renewal", {
+  timeout: 60_000,
+}, async () => {
   const ca = createCa(CLUSTER_ID, Date.now());
   const credentials = new RenewableServerCredentials(managerMaterial(ca));
   const server = new grpc.Server();
   try {
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', credentials.credentials, (error, bound) => (error === null ? resolve(bound) : reject(error))));
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', credentials.credentials, (error, bound) =>
+        error === null ? resolve(bound) : reject(error),
+      ),
+    );
     await checkServerPolicy(port, 'at start');
     // Renewal replaces the server's secure context (Node's setSecureContext forgets any option it
     // is not given again): the policy must survive it.
@@ -61,10 +94,19 @@ test('a manager\'s TLS offers 1.3, and in 1.2 only ECDHE with AES-GCM or ChaCha2
  * A node:tls server with this policy that counts finished handshakes and failed ones; Coffer's own
  * channel dials it (nothing speaks gRPC there: only the handshake matters).
  */
-async function clientHandshakeAgainst(ca: KeyAndCertificate, serverOptions: tls.TlsOptions, dial: (address: string) => Promise<void>): Promise<{ secured: number; failed: string[] }> {
+async function clientHandshakeAgainst(
+  ca: KeyAndCertificate,
+  serverOptions: tls.TlsOptions,
+  dial: (address: string) => Promise<void>,
+): Promise<{ secured: number; failed: string[] }> {
   const material = managerMaterial(ca);
   const seen = { secured: 0, failed: [] as string[] };
-  const server = tls.createServer({ key: material.keyPem, cert: material.certPem, ALPNProtocols: ['h2'], ...serverOptions });
+  const server = tls.createServer({
+    key: material.keyPem,
+    cert: material.certPem,
+    ALPNProtocols: ['h2'],
+    ...serverOptions,
+  });
   const sockets = new Set<tls.TLSSocket>();
   server.on('secureConnection', (socket) => {
     seen.secured++;
@@ -87,10 +129,18 @@ async function clientHandshakeAgainst(ca: KeyAndCertificate, serverOptions: tls.
 /** A manager channel (peers, clients, health) making one call. */
 function dialAsClient(ca: KeyAndCertificate): (address: string) => Promise<void> {
   return async (address) => {
-    const client = new (services().Peer.Client)(address, managerChannelCredentials({ caPem: ca.certPem, certPem: null, keyPem: null }, { clusterId: CLUSTER_ID }), MANAGER_CHANNEL_OPTIONS);
+    const client = new (services().Peer.Client)(
+      address,
+      managerChannelCredentials({ caPem: ca.certPem, certPem: null, keyPem: null }, { clusterId: CLUSTER_ID }),
+      MANAGER_CHANNEL_OPTIONS,
+    );
     try {
       await new Promise<void>((resolve) => {
-        (client as unknown as { propose(r: object, o: grpc.CallOptions, cb: () => void): void }).propose({}, { deadline: Date.now() + HANDSHAKE_TIMEOUT_MS }, () => resolve());
+        (client as unknown as { propose(r: object, o: grpc.CallOptions, cb: () => void): void }).propose(
+          {},
+          { deadline: Date.now() + HANDSHAKE_TIMEOUT_MS },
+          () => resolve(),
+        );
       });
     } finally {
       client.close();
@@ -101,19 +151,39 @@ function dialAsClient(ca: KeyAndCertificate): (address: string) => Promise<void>
 /** `coffer join`'s first step (fetching the CA certificate without trusting it yet); it fails either way here. */
 function dialAsJoiner(ca: KeyAndCertificate, dataDir: string): (address: string) => Promise<void> {
   return async (address) => {
-    await assert.rejects(joinCluster({ dataDir, listen: '127.0.0.1:1', join: address, token: formatJoinToken(newJoinToken(ca.certPem)), deadlineMs: HANDSHAKE_TIMEOUT_MS }));
+    await assert.rejects(
+      joinCluster({
+        dataDir,
+        listen: '127.0.0.1:1',
+        join: address,
+        token: formatJoinToken(newJoinToken(ca.certPem)),
+        deadlineMs: HANDSHAKE_TIMEOUT_MS,
+      }),
+    );
   };
 }
 
-test('Coffer\'s own channels (manager and join) refuse a server that offers only a CBC suite in TLS 1.2, and finish the handshake with ECDHE-RSA-AES128-GCM-SHA256', { timeout: 60_000 }, async () => {
+test("Coffer's own channels (manager and join) refuse a server that offers only a CBC suite in TLS 1.2, and finish the handshake with ECDHE-RSA-AES128-GCM-SHA256", {
+  timeout: 60_000,
+}, async () => {
   const ca = createCa(CLUSTER_ID, Date.now());
   const root = mkdtempSync(join(tmpdir(), 'coffer-tls-'));
   try {
-    for (const [what, dial] of [['manager channel', dialAsClient(ca)], ['join', dialAsJoiner(ca, join(root, 'joiner'))]] as const) {
+    for (const [what, dial] of [
+      ['manager channel', dialAsClient(ca)],
+      ['join', dialAsJoiner(ca, join(root, 'joiner'))],
+    ] as const) {
       const weak = await clientHandshakeAgainst(ca, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-SHA' }, dial);
       assert.equal(weak.secured, 0, `${what}: no handshake finished with a CBC-SHA1 suite`);
-      assert.ok(weak.failed.length > 0 && weak.failed.every((message) => /no shared cipher|NO_SHARED_CIPHER/i.test(message)), `${what}: the server saw no shared cipher: ${weak.failed.join('; ')}`);
-      const strong = await clientHandshakeAgainst(ca, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-GCM-SHA256' }, dial);
+      assert.ok(
+        weak.failed.length > 0 && weak.failed.every((message) => /no shared cipher|NO_SHARED_CIPHER/i.test(message)),
+        `${what}: the server saw no shared cipher: ${weak.failed.join('; ')}`,
+      );
+      const strong = await clientHandshakeAgainst(
+        ca,
+        { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-GCM-SHA256' },
+        dial,
+      );
       assert.ok(strong.secured > 0, `${what}: the control handshake finished (failures: ${strong.failed.join('; ')})`);
     }
   } finally {

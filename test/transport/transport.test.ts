@@ -7,7 +7,9 @@ import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/tr
 import { encodeMessages } from '../../src/transport/wire.ts';
 import { GrpcCluster } from './grpc-cluster.ts';
 
-test('three managers over mutual-TLS gRPC elect a leader, replicate, fail over, and a far-behind manager catches up by snapshot', { timeout: 90_000 }, async () => {
+test('three managers over mutual-TLS gRPC elect a leader, replicate, fail over, and a far-behind manager catches up by snapshot', {
+  timeout: 90_000,
+}, async () => {
   const cluster = new GrpcCluster([1, 2, 3]);
   try {
     await cluster.init();
@@ -26,7 +28,10 @@ test('three managers over mutual-TLS gRPC elect a leader, replicate, fail over, 
     await cluster.converged(30_000);
     assert.equal(restarted.machine.map.get('later299'), 'w299');
     assert.equal(restarted.machine.map.get('k0'), 'v0');
-    assert.ok(next.transport.stats.framesSent > 0 && next.transport.stats.messagesSent > next.transport.stats.framesSent, 'messages travel in batches');
+    assert.ok(
+      next.transport.stats.framesSent > 0 && next.transport.stats.messagesSent > next.transport.stats.framesSent,
+      'messages travel in batches',
+    );
     const snapshotsSent = [...cluster.members.values()].reduce((n, m) => n + m.transport.stats.snapshotsSent, 0);
     assert.ok(snapshotsSent >= 1, 'the restarted manager was sent a snapshot in chunks');
   } finally {
@@ -39,7 +44,9 @@ function raftStreamStatus(port: number, credentials: grpc.ChannelCredentials): P
   const { Peer } = services();
   const client = new Peer.Client(`127.0.0.1:${port}`, credentials, MANAGER_CHANNEL_OPTIONS);
   return new Promise((resolve) => {
-    const call = (client as unknown as { raft(cb: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object> }).raft((error) => {
+    const call = (
+      client as unknown as { raft(cb: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object> }
+    ).raft((error) => {
       client.close();
       resolve(error === null ? grpc.status.OK : error.code);
     });
@@ -48,7 +55,9 @@ function raftStreamStatus(port: number, credentials: grpc.ChannelCredentials): P
   });
 }
 
-test('a Raft stream is refused without a certificate, with another CA\'s, an expired one, a client\'s, or a removed manager\'s', { timeout: 60_000 }, async () => {
+test("a Raft stream is refused without a certificate, with another CA's, an expired one, a client's, or a removed manager's", {
+  timeout: 60_000,
+}, async () => {
   const cluster = new GrpcCluster([1]);
   try {
     await cluster.init();
@@ -57,16 +66,61 @@ test('a Raft stream is refused without a certificate, with another CA\'s, an exp
     const now = Date.now();
     const expect = { clusterId: cluster.clusterId };
     const asManager = (id: string, options: { notAfterMs?: number } = {}) => {
-      const leaf = issueCertificate(cluster.ca, { id, role: 'manager', clusterId: cluster.clusterId, nowMs: now, ...options });
-      return managerChannelCredentials({ caPem: cluster.ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem }, expect);
+      const leaf = issueCertificate(cluster.ca, {
+        id,
+        role: 'manager',
+        clusterId: cluster.clusterId,
+        nowMs: now,
+        ...options,
+      });
+      return managerChannelCredentials(
+        { caPem: cluster.ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem },
+        expect,
+      );
     };
-    assert.equal(await raftStreamStatus(port, managerChannelCredentials({ caPem: cluster.ca.certPem, certPem: null, keyPem: null }, expect)), grpc.status.UNAUTHENTICATED, 'no client certificate');
+    assert.equal(
+      await raftStreamStatus(
+        port,
+        managerChannelCredentials({ caPem: cluster.ca.certPem, certPem: null, keyPem: null }, expect),
+      ),
+      grpc.status.UNAUTHENTICATED,
+      'no client certificate',
+    );
     const otherCa = createCa('other', now);
     const stranger = issueCertificate(otherCa, { id: '9', role: 'manager', clusterId: cluster.clusterId, nowMs: now });
-    assert.equal(await raftStreamStatus(port, managerChannelCredentials({ caPem: cluster.ca.certPem, certPem: stranger.certPem, keyPem: stranger.keyPem }, expect)), grpc.status.UNAUTHENTICATED, 'another CA');
-    assert.equal(await raftStreamStatus(port, asManager('9', { notAfterMs: now - 60_000 })), grpc.status.UNAUTHENTICATED, 'expired');
-    const client = issueCertificate(cluster.ca, { id: 'admin', role: 'client', clusterId: cluster.clusterId, nowMs: now });
-    assert.equal(await raftStreamStatus(port, managerChannelCredentials({ caPem: cluster.ca.certPem, certPem: client.certPem, keyPem: client.keyPem }, expect)), grpc.status.PERMISSION_DENIED, 'a client certificate on a peer-only RPC');
+    assert.equal(
+      await raftStreamStatus(
+        port,
+        managerChannelCredentials(
+          { caPem: cluster.ca.certPem, certPem: stranger.certPem, keyPem: stranger.keyPem },
+          expect,
+        ),
+      ),
+      grpc.status.UNAUTHENTICATED,
+      'another CA',
+    );
+    assert.equal(
+      await raftStreamStatus(port, asManager('9', { notAfterMs: now - 60_000 })),
+      grpc.status.UNAUTHENTICATED,
+      'expired',
+    );
+    const client = issueCertificate(cluster.ca, {
+      id: 'admin',
+      role: 'client',
+      clusterId: cluster.clusterId,
+      nowMs: now,
+    });
+    assert.equal(
+      await raftStreamStatus(
+        port,
+        managerChannelCredentials(
+          { caPem: cluster.ca.certPem, certPem: client.certPem, keyPem: client.keyPem },
+          expect,
+        ),
+      ),
+      grpc.status.PERMISSION_DENIED,
+      'a client certificate on a peer-only RPC',
+    );
     cluster.removed.add(9);
     assert.equal(await raftStreamStatus(port, asManager('9')), grpc.status.PERMISSION_DENIED, 'a removed manager');
     cluster.removed.delete(9);
@@ -80,25 +134,58 @@ test('a Raft stream is refused without a certificate, with another CA\'s, an exp
   }
 });
 
-test('a message that claims another sender than the certificate, or does not decode, is dropped and counted', { timeout: 60_000 }, async () => {
+test('a message that claims another sender than the certificate, or does not decode, is dropped and counted', {
+  timeout: 60_000,
+}, async () => {
   const cluster = new GrpcCluster([1]);
   try {
     await cluster.init();
     const member = await cluster.start(1);
-    const leaf = issueCertificate(cluster.ca, { id: '7', role: 'manager', clusterId: cluster.clusterId, nowMs: Date.now() });
+    const leaf = issueCertificate(cluster.ca, {
+      id: '7',
+      role: 'manager',
+      clusterId: cluster.clusterId,
+      nowMs: Date.now(),
+    });
     const { Peer } = services();
-    const client = new Peer.Client(`127.0.0.1:${member.port}`, managerChannelCredentials({ caPem: cluster.ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem }, { clusterId: cluster.clusterId }), MANAGER_CHANNEL_OPTIONS);
+    const client = new Peer.Client(
+      `127.0.0.1:${member.port}`,
+      managerChannelCredentials(
+        { caPem: cluster.ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem },
+        { clusterId: cluster.clusterId },
+      ),
+      MANAGER_CHANNEL_OPTIONS,
+    );
     await new Promise<void>((resolve) => {
-      const call = (client as unknown as { raft(cb: () => void): grpc.ClientWritableStream<object> }).raft(() => resolve());
+      const call = (client as unknown as { raft(cb: () => void): grpc.ClientWritableStream<object> }).raft(() =>
+        resolve(),
+      );
       call.write({ messages: encodeMessages([{ type: 'heartbeat', from: 8, to: 1, term: 1, commit: 0, readSeq: 0 }]) }); // from 8 on 7's stream
       call.write({ messages: Buffer.from([0xc1, 0x00]) }); // not msgpack
-      call.write({ messages: encodeMessages([{ type: 'append', from: 7, to: 1, term: 1, prevIndex: 0, prevTerm: 0, commit: 0, entries: [{ kind: 'normal', term: 1, index: 5, data: Buffer.alloc(1) }] }]) }); // not after prevIndex
+      call.write({
+        messages: encodeMessages([
+          {
+            type: 'append',
+            from: 7,
+            to: 1,
+            term: 1,
+            prevIndex: 0,
+            prevTerm: 0,
+            commit: 0,
+            entries: [{ kind: 'normal', term: 1, index: 5, data: Buffer.alloc(1) }],
+          },
+        ]),
+      }); // not after prevIndex
       call.end();
     });
     client.close();
     assert.equal(member.transport.stats.malformedDropped, 3);
     assert.equal(member.transport.stats.messagesReceived, 0);
-    assert.equal(member.manager.status().raft!.term, member.manager.status().raft!.term, 'the manager is still running');
+    assert.equal(
+      member.manager.status().raft!.term,
+      member.manager.status().raft!.term,
+      'the manager is still running',
+    );
   } finally {
     await cluster.destroy();
   }

@@ -2,12 +2,30 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import type { Message } from '../../src/raft/types.ts';
-import { WireError, decodeMessages, decodeSnapshotHeader, encodeMessages, encodeSnapshotHeader } from '../../src/transport/wire.ts';
+import {
+  WireError,
+  decodeMessages,
+  decodeSnapshotHeader,
+  encodeMessages,
+  encodeSnapshotHeader,
+} from '../../src/transport/wire.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
 const EXAMPLES: Message[] = [
-  { type: 'append', from: 1, to: 2, term: 3, prevIndex: 4, prevTerm: 2, commit: 4, entries: [{ kind: 'normal', term: 3, index: 5, data: Buffer.from('x') }, { kind: 'conf-change', term: 3, index: 6, change: { type: 'add-learner', nodeId: 9 } }] },
+  {
+    type: 'append',
+    from: 1,
+    to: 2,
+    term: 3,
+    prevIndex: 4,
+    prevTerm: 2,
+    commit: 4,
+    entries: [
+      { kind: 'normal', term: 3, index: 5, data: Buffer.from('x') },
+      { kind: 'conf-change', term: 3, index: 6, change: { type: 'add-learner', nodeId: 9 } },
+    ],
+  },
   { type: 'append-response', from: 2, to: 1, term: 3, index: 6, reject: false, hintIndex: 0, hintTerm: 0 },
   { type: 'vote', from: 1, to: 2, term: 3, lastIndex: 6, lastTerm: 3, transfer: true },
   { type: 'pre-vote', from: 1, to: 2, term: 4, lastIndex: 6, lastTerm: 3, transfer: false },
@@ -23,13 +41,26 @@ const EXAMPLES: Message[] = [
 
 test('every message type survives the wire unchanged', () => {
   assert.deepEqual(decodeMessages(encodeMessages(EXAMPLES)), EXAMPLES);
-  const snapshot = { type: 'snapshot' as const, from: 1, to: 3, term: 5, snapshot: { metadata: { index: 100, term: 4, confState: { voters: [1, 2, 3], learners: [4] } }, data: Buffer.alloc(0) } };
+  const snapshot = {
+    type: 'snapshot' as const,
+    from: 1,
+    to: 3,
+    term: 5,
+    snapshot: {
+      metadata: { index: 100, term: 4, confState: { voters: [1, 2, 3], learners: [4] } },
+      data: Buffer.alloc(0),
+    },
+  };
   const header = decodeSnapshotHeader(encodeSnapshotHeader(snapshot));
   assert.deepEqual(header, { from: 1, to: 3, term: 5, metadata: snapshot.snapshot.metadata });
 });
 
 test('a malformed field is refused with a WireError that names it, before the core sees anything', () => {
-  const bad = (fields: unknown[][], pattern: RegExp) => assert.throws(() => decodeMessages(packr.pack(fields)), (e: unknown) => e instanceof WireError && pattern.test(e.message));
+  const bad = (fields: unknown[][], pattern: RegExp) =>
+    assert.throws(
+      () => decodeMessages(packr.pack(fields)),
+      (e: unknown) => e instanceof WireError && pattern.test(e.message),
+    );
   bad([[6, 1, 2, -1, 0, 0]], /term is not a non-negative integer/);
   bad([[6, 0, 2, 1, 0, 0]], /from is 0/);
   bad([[6, 1, 2, 1, 0]], /has 5 fields, not 6/);

@@ -37,7 +37,10 @@ test('secret-bearing fields are redacted at the top level and one or two objects
 
 test('fields that carry no secret are logged as they are', () => {
   const { lines, stream } = capture();
-  createLogger({ destination: stream, component: 'server' }).info({ method: 'Get', name: 'db/password', status: 'OK' }, 'done');
+  createLogger({ destination: stream, component: 'server' }).info(
+    { method: 'Get', name: 'db/password', status: 'OK' },
+    'done',
+  );
   const line = JSON.parse(lines[0]!) as Record<string, unknown>;
   assert.equal(line['method'], 'Get');
   assert.equal(line['name'], 'db/password');
@@ -54,7 +57,10 @@ test('log format: JSON for machines, pretty on a terminal, COFFER_LOG_FORMAT dec
 test('pretty lines are redacted as JSON lines are, and readable', () => {
   const { lines, stream } = capture();
   const secret = randomBytes(12).toString('hex');
-  createLogger({ destination: stream, format: 'pretty', component: 'server' }).info({ method: 'Secrets.Put', value: secret, request: { password: secret } }, 'request');
+  createLogger({ destination: stream, format: 'pretty', component: 'server' }).info(
+    { method: 'Secrets.Put', value: secret, request: { password: secret } },
+    'request',
+  );
   const all = lines.join('');
   assert.ok(!all.includes(secret), 'a secret value reached a pretty log line');
   assert.ok(all.includes(REDACTION_CENSOR));
@@ -63,7 +69,9 @@ test('pretty lines are redacted as JSON lines are, and readable', () => {
   assert.throws(() => JSON.parse(all.trim()), 'pretty lines are not JSON');
 });
 
-test('coffer server on a terminal (a pseudo-terminal from script) logs pretty lines; on a pipe, JSON lines', { timeout: 90_000 }, async () => {
+test('coffer server on a terminal (a pseudo-terminal from script) logs pretty lines; on a pipe, JSON lines', {
+  timeout: 90_000,
+}, async () => {
   const { spawn } = await import('node:child_process');
   const { mkdtempSync, rmSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
@@ -76,7 +84,9 @@ test('coffer server on a terminal (a pseudo-terminal from script) logs pretty li
     new Promise((resolve, reject) => {
       const command = [process.execPath, '--import', 'tsx', cli, 'server', '--data', join(root, 'm1')];
       const env = { ...process.env, COFFER_LOG_FORMAT: '' };
-      const child = viaTerminal ? spawn('script', ['-qec', command.join(' '), '/dev/null'], { env, detached: true }) : spawn(command[0]!, command.slice(1), { env, detached: true });
+      const child = viaTerminal
+        ? spawn('script', ['-qec', command.join(' '), '/dev/null'], { env, detached: true })
+        : spawn(command[0]!, command.slice(1), { env, detached: true });
       let out = '';
       const timer = setTimeout(() => finish(new Error(`no "serving" line in 30 s:\n${out}`)), 30_000);
       const finish = (error?: Error): void => {
@@ -94,11 +104,22 @@ test('coffer server on a terminal (a pseudo-terminal from script) logs pretty li
       });
     });
   try {
-    const init = await coffer(['init', '--data', join(root, 'm1'), '--listen', `127.0.0.1:${await freePort()}`, '--output', 'json']);
+    const init = await coffer([
+      'init',
+      '--data',
+      join(root, 'm1'),
+      '--listen',
+      `127.0.0.1:${await freePort()}`,
+      '--output',
+      'json',
+    ]);
     assert.equal(init.code, 0, init.stderr);
     const pretty = await serve(true);
     assert.match(pretty, /INFO.*manager 1 serving on/);
-    assert.ok(!pretty.split('\n').some((line) => line.trim().startsWith('{"level"')), `no JSON line on a terminal:\n${pretty}`);
+    assert.ok(
+      !pretty.split('\n').some((line) => line.trim().startsWith('{"level"')),
+      `no JSON line on a terminal:\n${pretty}`,
+    );
     const json = await serve(false);
     const line = json.split('\n').find((l) => l.includes('serving on'))!;
     assert.equal((JSON.parse(line) as { event: string }).event, 'started');
