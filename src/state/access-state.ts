@@ -16,14 +16,10 @@ import {
   type EncodedCommand,
   type Refusal,
   type StatePart,
+  type Actor,
 } from './state-part.ts';
 
-/** Who asked for a command (a client identity and the key its certificate holds). */
-export interface Actor {
-  readonly name: string;
-  /** SHA-256 of the certificate's public key (hex): see `Identity.spki`. */
-  readonly key: string;
-}
+export type { Actor } from './state-part.ts';
 
 export type AccessCommand =
   | { readonly op: 'policy-put'; readonly name: string; readonly rules: readonly PolicyRule[] }

@@ -1,5 +1,11 @@
-import type { Actor } from './access-state.ts';
 import type { Capability, Decision } from './policy.ts';
+
+/** Who asked for a command (a client identity and the key its certificate holds). */
+export interface Actor {
+  readonly name: string;
+  /** SHA-256 of the certificate's public key (hex): see `Identity.spki`. */
+  readonly key: string;
+}
 
 /**
  * Why a command or a read was refused, one set for every part of the applied state. The server
