@@ -407,38 +407,27 @@ export class Manager<Result> {
     this.#need().replica.transferLeadership(to);
   }
 
-  get messagesDroppedWhileLocked(): number {
-    return this.#messagesDroppedLocked;
-  }
-
   status(): {
     locked: boolean;
     raft: BasicStatus | null;
     keys: ReturnType<Barrier<Result>['status']> | null;
     keyStore: { rootGen: number; unlockGen: number; protection: string };
+    /** Raft messages that reached this manager while it was locked, and were dropped. */
+    messagesDroppedWhileLocked: number;
   } {
     const running = this.#running;
     return {
       locked: running === null,
+      messagesDroppedWhileLocked: this.#messagesDroppedLocked,
       raft: running?.replica.raw.basicStatus() ?? null,
       keys: running?.barrier.status() ?? null,
       keyStore: { rootGen: this.#store.rootGen, unlockGen: this.#store.unlockGen, protection: this.#store.protection },
     };
   }
 
-  /** Starts an election now (tests, leadership transfer); otherwise the clock does. */
-  campaign(): void {
-    this.#need().replica.campaign();
-  }
-
   /** Resolves once this manager has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
     return this.#need().replica.linearizableRead();
-  }
-
-  /** Waits until the replica has no Ready in progress. */
-  async settled(): Promise<void> {
-    await this.#running?.replica.settled();
   }
 
   /**
