@@ -1,0 +1,73 @@
+/**
+ * The applied state's storage: an ordered key-value store of byte strings, small on purpose (as
+ * Vault's physical backend is: get, put, delete, list), plus what a replicated state machine
+ * needs beyond it: atomic batches, and point-in-time reads for snapshots.
+ *
+ * Reads during `apply` are synchronous (`get`): a Raft state machine applies entries in order
+ * and must decide each one from what the entries before it left, so the applier reads through a
+ * `WriteSet` (its own uncommitted writes first, then the store) and writes into it; the write set
+ * is committed, with the applied index, in one atomic `write`. Ranges are asynchronous: they serve
+ * requests, snapshots and background work, never `apply`.
+ *
+ * Keys and values are opaque bytes here. Order is unsigned lexicographic byte order. Nothing in
+ * this module knows what a secret is, and nothing it stores is plaintext of a secret: the applied
+ * state seals values and names before they reach it.
+ */
+
+/** One change of an atomic batch. */
+export type StateWrite =
+  | { readonly type: 'put'; readonly key: Uint8Array; readonly value: Uint8Array }
+  | { readonly type: 'del'; readonly key: Uint8Array };
+
+/** A key range: `gte` inclusive, `lt` exclusive (either may be absent: unbounded). */
+export interface KeyRange {
+  readonly gte?: Uint8Array;
+  readonly lt?: Uint8Array;
+  /** At most this many records (default: no limit). */
+  readonly limit?: number;
+  readonly reverse?: boolean;
+}
+
+export interface StateRecord {
+  readonly key: Uint8Array;
+  readonly value: Uint8Array;
+}
+
+/** Reads of the store as it was at one moment (a snapshot); it must be closed. */
+export interface StateView {
+  get(key: Uint8Array): Promise<Uint8Array | undefined>;
+  /** Records in key order (or reverse), read in pages; stop early by breaking out of the loop. */
+  range(range: KeyRange): AsyncIterable<StateRecord>;
+  close(): Promise<void>;
+}
+
+export interface StateStore extends StateView {
+  /** The current value, synchronously (the applier's read). */
+  getSync(key: Uint8Array): Uint8Array | undefined;
+  /** Applies every change or none. `sync` waits for the disk (fsync) before resolving. */
+  write(changes: readonly StateWrite[], options?: { readonly sync?: boolean }): Promise<void>;
+  /** A point-in-time view: later writes are not visible through it. */
+  view(): StateView;
+  /**
+   * Replaces the whole content with what `records` yields (a snapshot being installed): written
+   * aside and switched to atomically, so a crash in the middle leaves the old content whole.
+   */
+  replaceAll(records: AsyncIterable<StateRecord>): Promise<void>;
+}
+
+/** Keys compare as unsigned bytes. */
+export function compareKeys(a: Uint8Array, b: Uint8Array): number {
+  return Buffer.compare(a, b);
+}
+
+/** The smallest key greater than every key that starts with `prefix` (for `lt`), or undefined (no bound). */
+export function prefixEnd(prefix: Uint8Array): Uint8Array | undefined {
+  const end = Buffer.from(prefix);
+  for (let k = end.length - 1; k >= 0; k--) {
+    if (end[k]! < 0xff) {
+      end[k]! += 1;
+      return end.subarray(0, k + 1);
+    }
+  }
+  return undefined;
+}
