@@ -1,0 +1,79 @@
+import type { StateStore, StateWrite } from './state-store.ts';
+
+/**
+ * The applier's uncommitted writes over a StateStore: reads see the write set first (a deleted
+ * key reads as absent), then the store. Entries of one Ready are applied into one write set, which
+ * is then committed with the applied index in one atomic batch (`commit`), so the store never holds
+ * half of an entry's effects, and the applied index always names the last entry whose effects it
+ * holds: after a crash the replica replays exactly the entries after it, none twice.
+ */
+export class WriteSet {
+  readonly #store: Pick<StateStore, 'getSync' | 'write'>;
+  /** latin1 strings are a one-to-one image of byte strings: usable as Map keys. */
+  readonly #changes = new Map<string, Uint8Array | null>();
+  #bytes = 0;
+
+  constructor(store: Pick<StateStore, 'getSync' | 'write'>) {
+    this.#store = store;
+  }
+
+  get(key: Uint8Array): Uint8Array | undefined {
+    const pending = this.#changes.get(latin1(key));
+    if (pending === null) return undefined;
+    return pending ?? this.#store.getSync(key);
+  }
+
+  put(key: Uint8Array, value: Uint8Array): void {
+    this.#set(key, value);
+  }
+
+  del(key: Uint8Array): void {
+    this.#set(key, null);
+  }
+
+  /** Changes not yet committed. */
+  get size(): number {
+    return this.#changes.size;
+  }
+
+  /** Bytes of keys and values not yet committed (the replica bounds a Ready's apply by it). */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** The changes as one batch, in key order. */
+  changes(): StateWrite[] {
+    return [...this.#changes.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([k, v]): StateWrite => {
+        const key = Buffer.from(k, 'latin1');
+        return v === null ? { type: 'del', key } : { type: 'put', key, value: v };
+      });
+  }
+
+  /**
+   * Writes the changes and `extra` (the applied index record) in one atomic batch, then forgets
+   * them. Reads during the write still see them; a failed write keeps them for a retry.
+   */
+  async commit(extra: readonly StateWrite[] = [], options?: { readonly sync?: boolean }): Promise<void> {
+    const batch = [...this.changes(), ...extra];
+    const committed = new Map(this.#changes);
+    await this.#store.write(batch, options);
+    // Forget what was written, unless it was changed again while the write ran.
+    for (const [k, v] of committed) if (this.#changes.get(k) === v) this.#changes.delete(k);
+    this.#bytes = 0;
+    for (const [k, v] of this.#changes) this.#bytes += k.length + (v?.byteLength ?? 0);
+  }
+
+  #set(key: Uint8Array, value: Uint8Array | null): void {
+    const k = latin1(key);
+    const old = this.#changes.get(k);
+    if (old !== undefined) this.#bytes -= k.length + (old?.byteLength ?? 0);
+    this.#changes.set(k, value);
+    this.#bytes += k.length + (value?.byteLength ?? 0);
+  }
+}
+
+function latin1(key: Uint8Array): string {
+  return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('latin1');
+}

@@ -1,0 +1,120 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { StateStore, StateWrite } from '../../src/kv/state-store.ts';
+import { WriteSet } from '../../src/kv/write-set.ts';
+import { SeededRandom } from '../../src/util/prng.ts';
+
+/** A store of a sorted Map, with every batch it was given. */
+function mapStore(): Pick<StateStore, 'getSync' | 'write'> & {
+  map: Map<string, Buffer>;
+  batches: StateWrite[][];
+  failNext: boolean;
+} {
+  const store = {
+    map: new Map<string, Buffer>(),
+    batches: [] as StateWrite[][],
+    failNext: false,
+    getSync: (key: Uint8Array) => store.map.get(Buffer.from(key).toString('latin1')),
+    write: async (changes: readonly StateWrite[]) => {
+      await Promise.resolve();
+      if (store.failNext) {
+        store.failNext = false;
+        throw new Error('disk full');
+      }
+      store.batches.push([...changes]);
+      for (const c of changes) {
+        const k = Buffer.from(c.key).toString('latin1');
+        if (c.type === 'put') store.map.set(k, Buffer.from(c.value));
+        else store.map.delete(k);
+      }
+    },
+  };
+  return store;
+}
+
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
+
+test('reads see the write set first, then the store; a delete hides the stored value', async () => {
+  const store = mapStore();
+  await store.write([
+    { type: 'put', key: b('a'), value: b('stored-a') },
+    { type: 'put', key: b('b'), value: b('stored-b') },
+  ]);
+  const set = new WriteSet(store);
+  assert.equal(set.get(b('a'))?.toString(), 'stored-a');
+  set.put(b('a'), b('new-a'));
+  set.del(b('b'));
+  set.put(b('c'), b('new-c'));
+  assert.equal(set.get(b('a'))?.toString(), 'new-a');
+  assert.equal(set.get(b('b')), undefined);
+  assert.equal(set.get(b('c'))?.toString(), 'new-c');
+  assert.equal(store.map.get('a')?.toString(), 'stored-a', 'nothing reaches the store before commit');
+  assert.equal(set.size, 3);
+});
+
+test('commit writes every change and the extra records in one batch, in key order, then forgets them', async () => {
+  const store = mapStore();
+  const set = new WriteSet(store);
+  set.put(b('z'), b('1'));
+  set.put(b('\x00'), b('2'));
+  set.put(b('\xff'), b('3'));
+  set.del(b('m'));
+  await set.commit([{ type: 'put', key: b('applied'), value: b('7') }]);
+  assert.equal(store.batches.length, 1, 'one atomic batch');
+  assert.deepEqual(
+    store.batches[0]!.map((c) => `${c.type}:${Buffer.from(c.key).toString('latin1')}`),
+    ['put:\x00', 'del:m', 'put:z', 'put:\xff', 'put:applied'],
+  );
+  assert.equal(set.size, 0);
+  assert.equal(set.bytes, 0);
+  assert.equal(set.get(b('z'))?.toString(), '1', 'now read from the store');
+});
+
+test('a failed commit keeps the changes for a retry; a change made while the write ran is kept too', async () => {
+  const store = mapStore();
+  const set = new WriteSet(store);
+  set.put(b('k'), b('v1'));
+  store.failNext = true;
+  await assert.rejects(set.commit(), /disk full/);
+  assert.equal(set.size, 1);
+  assert.equal(set.get(b('k'))?.toString(), 'v1');
+  const writing = set.commit();
+  set.put(b('k'), b('v2'));
+  await writing;
+  assert.equal(store.map.get('k')?.toString(), 'v1');
+  assert.equal(set.get(b('k'))?.toString(), 'v2', 'the newer change is still pending');
+  await set.commit();
+  assert.equal(store.map.get('k')?.toString(), 'v2');
+});
+
+test('property: after any sequence of puts, deletes and commits, reads equal a plain map of the same operations', async () => {
+  const random = new SeededRandom(20261203);
+  const store = mapStore();
+  const set = new WriteSet(store);
+  const reference = new Map<string, string>();
+  const keys = Array.from({ length: 40 }, (_, k) => String.fromCharCode(k * 6));
+  for (let step = 0; step < 3000; step++) {
+    const key = keys[random.int(keys.length)]!;
+    const roll = random.int(10);
+    if (roll < 5) {
+      const value = `v${step}`;
+      set.put(b(key), b(value));
+      reference.set(key, value);
+    } else if (roll < 8) {
+      set.del(b(key));
+      reference.delete(key);
+    } else if (roll === 8) {
+      await set.commit();
+    }
+    const probe = keys[random.int(keys.length)]!;
+    const read = set.get(b(probe));
+    assert.equal(
+      read === undefined ? undefined : Buffer.from(read).toString('latin1'),
+      reference.get(probe),
+      `step ${step}`,
+    );
+  }
+  let pendingBytes = 0;
+  for (const c of set.changes()) pendingBytes += c.key.byteLength + (c.type === 'put' ? c.value.byteLength : 0);
+  assert.equal(set.bytes, pendingBytes);
+});
