@@ -506,5 +506,7 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
     lastOfName.set(item.name, task);
   }
   await Promise.all(inFlight);
+  // Answers come in any order; the list reads in file order.
+  summary.failures.sort((a, b) => a.line - b.line);
   return summary;
 }

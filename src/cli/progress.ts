@@ -11,7 +11,7 @@ export interface Progress {
   update(done: number, total: number): void;
   /** Takes the bar off the line, so a message can be written; the next update draws it again. */
   clear(): void;
-  /** The last state drawn, then a new line (if anything was drawn). */
+  /** The last state drawn, then a new line (if anything was drawn); once. */
   end(): void;
 }
 
@@ -59,6 +59,7 @@ export function progress(
       if (!terminal || last === null) return;
       draw(last[0], last[1]);
       stream.write('\n');
+      last = null;
     },
   };
 }
