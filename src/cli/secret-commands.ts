@@ -255,10 +255,10 @@ function importCommand(): Command {
         'env',
       ]),
     )
-    .option('--prefix <prefix>', 'put before every name (e.g. app/prod/: KEY becomes app/prod/KEY)', '')
+    .option('--prefix <prefix>', 'put before every name (e.g. app/prod/: KEY becomes app/prod/KEY)')
     .option(
       '--concurrency <n>',
-      `puts in flight at once, 1 to 1024 (default ${IMPORT_CONCURRENCY_DEFAULT})`,
+      'puts in flight at once, 1 to 1024',
       (v) => {
         const n = Number(v);
         if (!Number.isSafeInteger(n) || n < 1 || n > 1024) throw new InvalidArgumentError('1 to 1024');
@@ -275,14 +275,15 @@ function importCommand(): Command {
       file: string,
       flags: ClientFlags & {
         format?: ImportFormat;
-        prefix: string;
+        prefix?: string;
         concurrency: number;
         ifAbsent?: boolean;
         dryRun?: boolean;
       },
     ) => {
       const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2 });
-      const problem = prefixProblem(flags.prefix);
+      const prefix = flags.prefix ?? '';
+      const problem = prefixProblem(prefix);
       if (problem !== null) usage(problem);
       const stdin = file === '-';
       let input: Readable;
@@ -314,7 +315,7 @@ function importCommand(): Command {
         const summary = await importSecrets(
           parseImport(input, {
             format: flags.format ?? (stdin ? null : formatFromName(file)),
-            prefix: flags.prefix,
+            prefix,
           }),
           {
             ...(client === null ? {} : { put: (name, value, options) => client.put(name, value, options) }),
