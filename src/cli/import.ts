@@ -357,15 +357,24 @@ export const RATE_LIMIT_RETRIES = 20;
 const PAUSE_MIN_MS = 50;
 const PAUSE_MAX_MS = 60_000;
 
-/** How long a rate-limit refusal asks to wait (ms), or null if the refusal is no rate limit (a quota). */
-export function rateLimitWaitMs(message: string, attempt: number): number | null {
+/** What a rate-limit refusal says to wait (ms, 0 if it does not say), or null if it is no rate limit (a quota). */
+export function rateLimitHintMs(message: string): number | null {
   const hint = /retry in (\d+(?:\.\d+)?) ?(ms|s)\b/.exec(message);
   if (hint !== null) return Number(hint[1]) * (hint[2] === 's' ? 1000 : 1);
-  if (/requests\/s|per (second|minute)|\brate\b/i.test(message)) return 200 * 2 ** attempt;
-  return null;
+  return /requests\/s|per (second|minute)|\brate\b/i.test(message) ? 0 : null;
 }
 
-const jitter = (ms: number): number => Math.min(PAUSE_MAX_MS, Math.max(PAUSE_MIN_MS, ms)) * (1 + Math.random() * 0.2);
+/**
+ * How long a line waits before its retry number `attempt` (0 first) after a rate-limit refusal:
+ * the time the refusal names, or more, doubling from 50 ms with each retry of the line (the
+ * refusal names when one token is back, which every waiting line would race for); at most 60 s.
+ */
+export function rateLimitWaitMs(hintMs: number, attempt: number): number {
+  return Math.min(PAUSE_MAX_MS, Math.max(hintMs, PAUSE_MIN_MS * 2 ** attempt));
+}
+
+/** A pause made 0 to 50% longer at random, so lines that waited together do not retry together. */
+const jitter = (ms: number): number => Math.min(PAUSE_MAX_MS, Math.max(0, ms)) * (1 + Math.random() * 0.5);
 
 export interface ImportOptions {
   /** Omitted with dryRun. */
@@ -413,6 +422,8 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
   };
   /** Shared by every put: a rate limit pauses them all, not just the line it refused. */
   let pauseUntil = 0;
+  /** Puts let in flight: the concurrency asked, halved by each rate-limit refusal, grown back by one per put stored. */
+  let window = options.concurrency;
   let unavailable: string | null = null;
 
   const send = async (entry: ImportEntry): Promise<void> => {
@@ -430,6 +441,7 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
             ...(entry.versionsKept === undefined ? {} : { versionsKept: entry.versionsKept }),
           });
           summary.imported++;
+          if (window < options.concurrency) window++;
           return;
         } catch (error) {
           const code = error instanceof ClientError ? error.code : null;
@@ -443,11 +455,13 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
             unavailable ??= message;
           }
           if (code === grpcStatus.RESOURCE_EXHAUSTED) {
-            const waitMs = rateLimitWaitMs(message, rateTries);
-            if (waitMs !== null && rateTries < RATE_LIMIT_RETRIES) {
-              rateTries++;
+            const hintMs = rateLimitHintMs(message);
+            if (hintMs !== null && rateTries < RATE_LIMIT_RETRIES) {
               summary.retries++;
-              pauseUntil = Math.max(pauseUntil, Date.now() + jitter(waitMs));
+              // Every put waits what the cluster named; fewer go at once; this line backs off further.
+              pauseUntil = Math.max(pauseUntil, Date.now() + jitter(hintMs));
+              window = Math.max(1, Math.floor(window / 2));
+              await sleep(jitter(rateLimitWaitMs(hintMs, rateTries++)));
               continue;
             }
           }
@@ -491,7 +505,7 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
       advance(item.lines);
       continue;
     }
-    while (inFlight.size >= options.concurrency && unavailable === null) await Promise.race(inFlight);
+    while (inFlight.size >= window && unavailable === null) await Promise.race(inFlight);
     if (unavailable !== null) {
       item.value.fill(0);
       summary.stoppedAtLine = item.line;

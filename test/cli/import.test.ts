@@ -18,6 +18,7 @@ import {
   isEntry,
   parseImport,
   parseJsonLine,
+  rateLimitHintMs,
   rateLimitWaitMs,
 } from '../../src/cli/import.ts';
 import { SECRET_VALUE_BYTES_MAX } from '../../src/state/limits.ts';
@@ -266,10 +267,14 @@ test('sending: a bounded window, names in file order, values wiped; refusals rep
 });
 
 test('retries: a rate limit pauses and retries (its hint read), UNAVAILABLE a few times then the import stops; --if-absent counts existing names', async () => {
-  assert.equal(rateLimitWaitMs('exceeded 10 requests/s on this manager (--x); retry in 37 ms', 0), 37);
-  assert.equal(rateLimitWaitMs('exceeded 1 MiB of writes per minute; retry in 3 s', 0), 3000);
-  assert.equal(rateLimitWaitMs('exceeded the write rate', 2), 800);
-  assert.equal(rateLimitWaitMs('identity "a" holds 256 MiB of secret values', 0), null);
+  assert.equal(rateLimitHintMs('exceeded 10 requests/s on this manager (--x); retry in 37 ms'), 37);
+  assert.equal(rateLimitHintMs('exceeded 1 MiB of writes per minute; retry in 3 s'), 3000);
+  assert.equal(rateLimitHintMs('exceeded the write rate'), 0);
+  assert.equal(rateLimitHintMs('identity "a" holds 256 MiB of secret values'), null, 'a quota: not retried');
+  assert.equal(rateLimitWaitMs(37, 0), 50);
+  assert.equal(rateLimitWaitMs(3000, 0), 3000);
+  assert.equal(rateLimitWaitMs(37, 3), 400, 'doubling per retry of the line');
+  assert.equal(rateLimitWaitMs(0, 30), 60_000, 'bounded');
 
   const waits: number[] = [];
   const sleep = async (ms: number) => {
@@ -457,6 +462,34 @@ test('coffer secret import against a three-manager cluster: good lines stored, b
     assert.equal(result.imported, 2000);
     t.diagnostic(`2,000 lines in ${result.seconds} s: ${result.linesPerSecond} lines/s`);
     assert.equal((await run(['secret', 'get', 'load/s1999'])).stdout, `v1999-${'x'.repeat(64)}`);
+  } finally {
+    await cluster.stop();
+  }
+});
+
+test("coffer secret import under the cluster's rate limit: refusals paused and retried, every line imported", {
+  timeout: 120_000,
+}, async (t) => {
+  const cluster = await InProcessCluster.start(1, { identityRequestsPerSecond: 40 });
+  try {
+    const admin = {
+      COFFER_ADDR: cluster.addresses.join(','),
+      COFFER_CA: join(cluster.adminDir, 'ca.crt'),
+      COFFER_CERT: join(cluster.adminDir, 'admin.crt'),
+      COFFER_KEY: join(cluster.adminDir, 'admin.key'),
+    };
+    const file = join(cluster.root, 'limited.jsonl');
+    writeFileSync(
+      file,
+      Array.from({ length: 200 }, (_, k) => JSON.stringify({ name: `rl/s${k}`, value: `v${k}` })).join('\n'),
+    );
+    const r = await coffer(['secret', 'import', file, '--output', 'json'], '', admin);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const summary = JSON.parse(r.stdout) as { imported: number; retries: number; refused: number };
+    assert.equal(summary.imported, 200);
+    assert.ok(summary.retries > 0, 'the rate limit was met (else this test proves nothing)');
+    t.diagnostic(`200 lines at 40 requests/s: ${summary.retries} retries`);
+    assert.equal((await coffer(['secret', 'get', 'rl/s199'], '', admin)).stdout, 'v199');
   } finally {
     await cluster.stop();
   }
