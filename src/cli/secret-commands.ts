@@ -1,8 +1,18 @@
-import { readFileSync } from 'node:fs';
-import { Command, InvalidArgumentError } from 'commander';
+import { createReadStream, readFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import type { SecretMetadataReply } from '../client/client.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import {
+  formatFromName,
+  type ImportFailure,
+  type ImportFormat,
+  importSecrets,
+  parseImport,
+  prefixProblem,
+} from './import.ts';
 import { printable } from './printable.ts';
+import { progress } from './progress.ts';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -209,5 +219,148 @@ export function secretCommands(): Command {
         }
       },
     );
+  secret.addCommand(importCommand());
   return secret;
+}
+
+/** Puts in flight at once by default: enough for the leader to batch many into one fsync. */
+export const IMPORT_CONCURRENCY_DEFAULT = 32;
+
+/** Lines in a file (for the progress bar), counted without keeping any. */
+async function countLines(path: string): Promise<number> {
+  let lines = 0;
+  let last = 0x0a;
+  for await (const chunk of createReadStream(path)) {
+    const bytes = chunk as Buffer;
+    for (let at = bytes.indexOf(0x0a); at >= 0; at = bytes.indexOf(0x0a, at + 1)) lines++;
+    if (bytes.byteLength > 0) last = bytes[bytes.byteLength - 1]!;
+    bytes.fill(0);
+  }
+  return last === 0x0a ? lines : lines + 1;
+}
+
+const describeFailure = (f: ImportFailure): string =>
+  `line ${f.line}${f.name === null ? '' : ` "${printable(f.name)}"`}: ${
+    f.kind === 'bad' ? `skipped: ${f.reason}` : `refused: ${f.code ?? 'error'}: ${f.reason}`
+  }`;
+
+function importCommand(): Command {
+  const command = addClientOptions(new Command('import').argument('<file>'))
+    .description(
+      'store many secrets from JSON lines ({"name","value"|"value_base64","ttl_seconds","versions_kept"}) or a .env file (KEY=value); FILE - reads stdin. Bad lines are reported and skipped, the others sent. Exit 0: every line imported; 1: some line bad or refused; 2: usage',
+    )
+    .addOption(
+      new Option('--format <format>', 'the file format (default: from the name, else the first line)').choices([
+        'jsonl',
+        'env',
+      ]),
+    )
+    .option('--prefix <prefix>', 'put before every name (e.g. app/prod/: KEY becomes app/prod/KEY)')
+    .option(
+      '--concurrency <n>',
+      'puts in flight at once, 1 to 1024',
+      (v) => {
+        const n = Number(v);
+        if (!Number.isSafeInteger(n) || n < 1 || n > 1024) throw new InvalidArgumentError('1 to 1024');
+        return n;
+      },
+      IMPORT_CONCURRENCY_DEFAULT,
+    )
+    .option('--if-absent', 'only create: a name that exists is left alone (counted, not a failure)')
+    .option('--dry-run', 'check every line; send nothing')
+    // Usage errors exit 2 (1 is for lines that failed).
+    .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));
+  return command.action(
+    async (
+      file: string,
+      flags: ClientFlags & {
+        format?: ImportFormat;
+        prefix?: string;
+        concurrency: number;
+        ifAbsent?: boolean;
+        dryRun?: boolean;
+      },
+    ) => {
+      const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2 });
+      const prefix = flags.prefix ?? '';
+      const problem = prefixProblem(prefix);
+      if (problem !== null) usage(problem);
+      const stdin = file === '-';
+      let input: Readable;
+      if (stdin) input = process.stdin;
+      else {
+        const stream = createReadStream(file);
+        // Open errors (missing file, a directory, no permission) before anything is sent.
+        const opened = await new Promise<NodeJS.ErrnoException | null>((resolve) => {
+          stream.once('ready', () => resolve(null));
+          stream.once('error', resolve);
+        });
+        if (opened !== null) usage(`cannot read ${printable(file)}: ${opened.code ?? opened.message}`);
+        input = stream;
+      }
+      const dryRun = flags.dryRun === true;
+      let client: ReturnType<typeof clientFrom> | null = null;
+      if (!dryRun) {
+        try {
+          client = clientFrom(flags, process.env);
+        } catch (error) {
+          usage((error as Error).message);
+        }
+      }
+      const json = flags.output === 'json';
+      const bar = progress(dryRun ? 'checking' : 'importing', { unit: 'lines' });
+      const total = !stdin && process.stderr.isTTY === true ? await countLines(file) : 0;
+      const startedAt = Date.now();
+      try {
+        const summary = await importSecrets(
+          parseImport(input, {
+            format: flags.format ?? (stdin ? null : formatFromName(file)),
+            prefix,
+          }),
+          {
+            ...(client === null ? {} : { put: (name, value, options) => client.put(name, value, options) }),
+            concurrency: flags.concurrency,
+            ifAbsent: flags.ifAbsent === true,
+            dryRun,
+            onProgress: (done) => bar.update(done, total),
+            onFailure: (failure) => {
+              if (json) return;
+              bar.clear();
+              process.stderr.write(`coffer: ${describeFailure(failure)}\n`);
+            },
+          },
+        );
+        bar.end();
+        const seconds = (Date.now() - startedAt) / 1000;
+        const failed = summary.bad + summary.refused > 0 || summary.stoppedAtLine !== null;
+        print(
+          flags,
+          {
+            ok: !failed,
+            dryRun,
+            ...summary,
+            seconds,
+            linesPerSecond: seconds > 0 ? Math.round(summary.lines / seconds) : 0,
+          },
+          () =>
+            [
+              dryRun
+                ? `dry run: ${summary.valid} secrets valid, nothing sent`
+                : `imported ${summary.imported} of ${summary.valid} secrets from ${summary.lines} lines in ${seconds.toFixed(1)} s`,
+              `${summary.bad} bad line${summary.bad === 1 ? '' : 's'} skipped`,
+              ...(dryRun ? [] : [`${summary.refused} refused`]),
+              ...(flags.ifAbsent === true ? [`${summary.existing} already existed`] : []),
+              ...(summary.stoppedAtLine === null
+                ? []
+                : [`stopped at line ${summary.stoppedAtLine}: the cluster stayed unavailable`]),
+            ].join('; '),
+        );
+        if (failed) process.exitCode = 1;
+      } finally {
+        bar.end();
+        client?.close();
+        if (!stdin) input.destroy();
+      }
+    },
+  );
 }

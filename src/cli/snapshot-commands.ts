@@ -5,29 +5,7 @@ import { readBackupHeader } from '../backup/backup-file.ts';
 import { restoreBackup } from '../server/restore.ts';
 import { readKeyLine, readTextKeyFile, readUnlockKeyFile } from './key-input.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
-
-const MiB = 1024 * 1024;
-
-/** A one-line progress bar on a terminal; nothing elsewhere (scripts, logs). */
-function progress(what: string): { update(done: number, total: number): void; end(): void } {
-  const terminal = process.stderr.isTTY === true;
-  let shown = false;
-  return {
-    update(done, total) {
-      if (!terminal || total < MiB) return;
-      const share = total === 0 ? 1 : done / total;
-      const width = 30;
-      const filled = Math.round(share * width);
-      process.stderr.write(
-        `\r${what} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(share * 100).toFixed(0)}% of ${(total / MiB).toFixed(1)} MiB`,
-      );
-      shown = true;
-    },
-    end() {
-      if (shown) process.stderr.write('\n');
-    },
-  };
-}
+import { progress } from './progress.ts';
 
 /** Writes a file whole or not at all: a new temporary file (mode 600), fsync, rename, fsync of the directory. */
 function writeFileDurably(path: string, data: Buffer): void {

@@ -171,7 +171,8 @@ export class CofferClient {
       'put',
       {
         name,
-        value: Buffer.from(value),
+        // A Buffer is sent as it is, not copied: the caller can then wipe the only copy it made.
+        value: Buffer.isBuffer(value) ? value : Buffer.from(value),
         ...(options.cas === undefined ? {} : { cas: { version: options.cas } }),
         ttlSeconds: options.ttlSeconds ?? 0,
         versionsKept: options.versionsKept ?? 0,

@@ -1,0 +1,526 @@
+/**
+ * `coffer secret import`: secrets from JSON lines or a .env file, read line by line (never the
+ * whole file), each line checked here first, then sent as concurrent puts in a bounded window so
+ * the leader's group commit batches them. A bad line is reported (its number and why, never its
+ * value) and skipped; the good ones still go.
+ */
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import { ClientError } from '../client/client.ts';
+import { SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, secretNameProblem } from '../state/limits.ts';
+
+export type ImportFormat = 'jsonl' | 'env';
+
+/** A line (or, for a quoted .env value over several lines, lines) that makes a secret. */
+export interface ImportEntry {
+  readonly line: number;
+  /** Lines it spans in the file. */
+  readonly lines: number;
+  readonly name: string;
+  readonly value: Buffer;
+  readonly ttlSeconds?: number;
+  readonly versionsKept?: number;
+}
+
+/** A line refused before sending: why, and its name when one could be read (never its value). */
+export interface BadLine {
+  readonly line: number;
+  readonly lines: number;
+  readonly name: string | null;
+  readonly reason: string;
+}
+
+/** A blank or comment line: nothing to send, counted for progress. */
+export interface SkippedLine {
+  readonly line: number;
+  readonly lines: number;
+  readonly skipped: true;
+}
+
+export type ParsedLine = ImportEntry | BadLine | SkippedLine;
+
+export const isBad = (p: ParsedLine): p is BadLine => 'reason' in p;
+export const isEntry = (p: ParsedLine): p is ImportEntry => 'value' in p;
+
+/** The format a file name says (`.jsonl`, `.ndjson`; `.env`, `.env.*`, `*.env`), or null: sniff. */
+export function formatFromName(path: string): ImportFormat | null {
+  const base = path.split(/[\\/]/).pop() ?? '';
+  if (/\.(jsonl|ndjson)$/i.test(base)) return 'jsonl';
+  if (/^\.env(\..*)?$/i.test(base) || /\.env$/i.test(base)) return 'env';
+  return null;
+}
+
+/** The format of a file whose name says none: JSON lines if the first line that is not blank starts with `{`. */
+export function sniffFormat(firstLine: string): ImportFormat {
+  return firstLine.trimStart().startsWith('{') ? 'jsonl' : 'env';
+}
+
+/** Why a prefix cannot go before names, or null. */
+export function prefixProblem(prefix: string): string | null {
+  if (prefix === '') return null;
+  return secretNameProblem(`${prefix}x`) === null
+    ? null
+    : `--prefix ${JSON.stringify(prefix)} cannot start a secret name (segments of letters, digits, ".", "_" and "-" joined by "/")`;
+}
+
+const valueProblem = (value: Buffer): string | null =>
+  value.byteLength > SECRET_VALUE_BYTES_MAX
+    ? `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`
+    : null;
+
+/** A UTF-16 surrogate without its pair: no UTF-8 for it (it would become U+FFFD silently). */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2,3})?$/;
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
+const JSON_FIELDS = new Set(['name', 'value', 'value_base64', 'ttl_seconds', 'versions_kept']);
+
+/** An entry or why not, for a name and value read from line `line`. */
+function entry(
+  line: number,
+  lines: number,
+  name: string,
+  value: Buffer,
+  extra: { ttlSeconds?: number; versionsKept?: number } = {},
+): ImportEntry | BadLine {
+  const problem = secretNameProblem(name) ?? valueProblem(value);
+  if (problem !== null) {
+    value.fill(0);
+    return { line, lines, name, reason: problem };
+  }
+  return { line, lines, name, value, ...extra };
+}
+
+/**
+ * One JSON line: `{"name": "...", "value": "..."}` or `"value_base64"` instead of `"value"`;
+ * optional `"ttl_seconds"` (0: no expiry) and `"versions_kept"` (0: the default). Blank lines
+ * are skipped; nothing else is (no comments in JSON).
+ */
+export function parseJsonLine(text: string, line: number, prefix = ''): ParsedLine {
+  if (text.trim() === '') return { line, lines: 1, skipped: true };
+  const bad = (reason: string, name: string | null = null): BadLine => ({ line, lines: 1, name, reason });
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // JSON.parse's message quotes the text, which holds the value: never shown.
+    return bad('not valid JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    return bad('not a JSON object {"name": ..., "value": ...}');
+  const record = parsed as Record<string, unknown>;
+  const rawName = record['name'];
+  if (typeof rawName !== 'string') return bad('no "name" (a string)');
+  const name = prefix + rawName;
+  const unknown = Object.keys(record).find((k) => !JSON_FIELDS.has(k));
+  if (unknown !== undefined)
+    return bad(
+      `unknown field ${JSON.stringify(unknown.slice(0, 40))} (fields: name, value or value_base64, ttl_seconds, versions_kept)`,
+      name,
+    );
+  const nameProblem = secretNameProblem(name);
+  if (nameProblem !== null) return bad(nameProblem, name);
+  const text64 = record['value_base64'];
+  const plain = record['value'];
+  if ((text64 === undefined) === (plain === undefined)) return bad('give "value" or "value_base64", one of them', name);
+  let value: Buffer;
+  if (plain !== undefined) {
+    if (typeof plain !== 'string') return bad('"value" is a string (binary values go in "value_base64")', name);
+    if (LONE_SURROGATE.test(plain)) return bad('"value" is not valid Unicode (use "value_base64")', name);
+    value = Buffer.from(plain, 'utf8');
+  } else {
+    if (typeof text64 !== 'string' || !(BASE64.test(text64) || BASE64URL.test(text64)) || text64.length % 4 === 1)
+      return bad('"value_base64" is not base64', name);
+    value = Buffer.from(text64, 'base64');
+  }
+  const extra: { ttlSeconds?: number; versionsKept?: number } = {};
+  const ttl = record['ttl_seconds'];
+  if (ttl !== undefined) {
+    if (!(Number.isSafeInteger(ttl) && (ttl as number) >= 0 && (ttl as number) * 1000 <= TTL_MS_MAX))
+      return bad(`"ttl_seconds" is a whole number from 0 (no expiry) to ${TTL_MS_MAX / 1000}`, name);
+    extra.ttlSeconds = ttl as number;
+  }
+  const kept = record['versions_kept'];
+  if (kept !== undefined) {
+    if (!(Number.isSafeInteger(kept) && (kept as number) >= 0 && (kept as number) <= VERSIONS_KEPT_MAX))
+      return bad(`"versions_kept" is a whole number from 0 (the default) to ${VERSIONS_KEPT_MAX}`, name);
+    extra.versionsKept = kept as number;
+  }
+  return entry(line, 1, name, value, extra);
+}
+
+/** `KEY=`, `export KEY=`, `KEY: ` (dotenv's keys: letters, digits, `_`, `.`, `-`); the rest of the line after. */
+const ENV_LINE = /^\s*(?:export\s+)?([\w.-]+)(?:\s*=|:(?=\s|$))\s*(.*)$/;
+const QUOTES = new Set(['"', "'", '`']);
+/** What may follow a closing quote: spaces, then a comment. */
+const AFTER_QUOTE = /^\s*(?:#.*)?$/;
+
+/** The index of the quote that closes, from `from`; `\` before the quote keeps it open (and stays). */
+function closingQuote(text: string, from: number, quote: string): number {
+  for (let k = from; k < text.length; k++) {
+    if (text[k] === '\\' && text[k + 1] === quote) k++;
+    else if (text[k] === quote) return k;
+  }
+  return -1;
+}
+
+/**
+ * A .env file, line by line, by dotenv's rules (dotenv 16's `parse`):
+ * - `KEY=value`, `export KEY=value`, `KEY: value`; spaces around `=` and the value are trimmed;
+ * - blank lines and lines starting with `#` are skipped;
+ * - an unquoted value ends at the first `#` (an inline comment): quote a value that holds one;
+ * - a value in '...', "..." or `...` is taken as it is inside, and may run over several lines
+ *   (a PEM key); in "..." alone `\n` and `\r` become a new line and a carriage return, and no
+ *   other escape is read (`\"` keeps the quote open and stays as `\"`, as in dotenv);
+ * - a comment may follow a closing quote.
+ * Unlike dotenv, which skips them silently, a line that is none of these is a bad line, as is
+ * text after a closing quote and a quote never closed (the lines it swallowed are then read
+ * again, as lines of their own, so one stray quote costs one line).
+ */
+export class EnvParser {
+  readonly #prefix: string;
+  #open: {
+    line: number;
+    name: string;
+    quote: string;
+    parts: string[];
+    bytes: number;
+    raw: Array<[string, number]>;
+  } | null = null;
+
+  constructor(prefix = '') {
+    this.#prefix = prefix;
+  }
+
+  push(text: string, line: number): ParsedLine[] {
+    const out: ParsedLine[] = [];
+    this.#feed(text, line, out);
+    return out;
+  }
+
+  /** At the end of the file: a quote still open is a bad line; the lines after it are read again. */
+  end(): ParsedLine[] {
+    const out: ParsedLine[] = [];
+    while (this.#open !== null) this.#giveUp('the quote opened here is never closed', out);
+    return out;
+  }
+
+  #giveUp(reason: string, out: ParsedLine[]): void {
+    const open = this.#open!;
+    this.#open = null;
+    out.push({ line: open.line, lines: 1, name: open.name, reason });
+    for (const [text, line] of open.raw) this.#feed(text, line, out);
+  }
+
+  #feed(text: string, line: number, out: ParsedLine[]): void {
+    const open = this.#open;
+    if (open !== null) {
+      open.raw.push([text, line]);
+      const close = closingQuote(text, 0, open.quote);
+      if (close < 0) {
+        open.parts.push(text);
+        open.bytes += Buffer.byteLength(text) + 1;
+        if (open.bytes > SECRET_VALUE_BYTES_MAX)
+          this.#giveUp(`the quote opened here is not closed within ${SECRET_VALUE_BYTES_MAX} bytes`, out);
+        return;
+      }
+      if (!AFTER_QUOTE.test(text.slice(close + 1))) {
+        this.#giveUp('text after the closing quote (quote it all, or put a # before a comment)', out);
+        return;
+      }
+      open.parts.push(text.slice(0, close));
+      this.#open = null;
+      out.push(this.#entry(open.line, line - open.line + 1, open.name, open.quote, open.parts.join('\n')));
+      return;
+    }
+    const trimmed = text.trim();
+    if (trimmed === '' || trimmed.startsWith('#')) {
+      out.push({ line, lines: 1, skipped: true });
+      return;
+    }
+    const match = ENV_LINE.exec(text);
+    // No name shown: a line that is not KEY=value may be a value on its own.
+    if (match === null) {
+      out.push({ line, lines: 1, name: null, reason: 'not KEY=value, a comment or a blank line' });
+      return;
+    }
+    const name = this.#prefix + match[1]!;
+    const rest = match[2]!;
+    const quote = rest[0] ?? '';
+    if (!QUOTES.has(quote)) {
+      const hash = rest.indexOf('#');
+      out.push(this.#entry(line, 1, name, '', (hash < 0 ? rest : rest.slice(0, hash)).trim()));
+      return;
+    }
+    const close = closingQuote(rest, 1, quote);
+    if (close < 0) {
+      this.#open = { line, name, quote, parts: [rest.slice(1)], bytes: Buffer.byteLength(rest), raw: [] };
+      return;
+    }
+    if (!AFTER_QUOTE.test(rest.slice(close + 1))) {
+      out.push({
+        line,
+        lines: 1,
+        name,
+        reason: 'text after the closing quote (quote it all, or put a # before a comment)',
+      });
+      return;
+    }
+    out.push(this.#entry(line, 1, name, quote, rest.slice(1, close)));
+  }
+
+  #entry(line: number, lines: number, name: string, quote: string, text: string): ImportEntry | BadLine {
+    const value = quote === '"' ? text.replace(/\\n/g, '\n').replace(/\\r/g, '\r') : text;
+    return entry(line, lines, name, Buffer.from(value, 'utf8'));
+  }
+}
+
+/**
+ * The lines of `input` parsed, as they are read (a byte-order mark and CRLF endings are fine).
+ * `format` null: from the first line that is not blank.
+ */
+export async function* parseImport(
+  input: Readable,
+  options: { format: ImportFormat | null; prefix?: string },
+): AsyncGenerator<ParsedLine> {
+  const prefix = options.prefix ?? '';
+  const reader = createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
+  let format = options.format;
+  let env: EnvParser | null = null;
+  let line = 0;
+  try {
+    for await (let text of reader) {
+      line++;
+      if (line === 1 && text.startsWith('\ufeff')) text = text.slice(1);
+      if (format === null) {
+        if (text.trim() === '') {
+          yield { line, lines: 1, skipped: true };
+          continue;
+        }
+        format = sniffFormat(text);
+      }
+      if (format === 'jsonl') yield parseJsonLine(text, line, prefix);
+      else {
+        env ??= new EnvParser(prefix);
+        yield* env.push(text, line);
+      }
+    }
+    if (env !== null) yield* env.end();
+  } finally {
+    reader.close();
+  }
+}
+
+/** A put as the client makes it: throws ClientError when the cluster refuses. */
+export type PutFunction = (
+  name: string,
+  value: Buffer,
+  options: { cas?: number; ttlSeconds?: number; versionsKept?: number },
+) => Promise<unknown>;
+
+export interface ImportFailure {
+  readonly line: number;
+  readonly name: string | null;
+  /** bad: refused here, never sent; refused: by the cluster. */
+  readonly kind: 'bad' | 'refused';
+  /** The gRPC status name, for a refusal. */
+  readonly code: string | null;
+  readonly reason: string;
+}
+
+export interface ImportSummary {
+  /** Lines read. */
+  lines: number;
+  /** Lines (or multi-line entries) that passed the checks here. */
+  valid: number;
+  imported: number;
+  /** With ifAbsent: names that already existed, left alone. */
+  existing: number;
+  bad: number;
+  refused: number;
+  /** Rate-limit and UNAVAILABLE retries made. */
+  retries: number;
+  /** The first line not sent after the cluster stayed unavailable (null: it never did). */
+  stoppedAtLine: number | null;
+  failures: ImportFailure[];
+  /** Failures beyond the first FAILURES_LISTED_MAX, counted but not listed. */
+  failuresOmitted: number;
+}
+
+/** Failures kept for the summary: a file of a million bad lines must not fill memory. */
+export const FAILURES_LISTED_MAX = 10_000;
+/** Retries of a line whose put met UNAVAILABLE or DEADLINE_EXCEEDED; then the import stops. */
+export const UNAVAILABLE_RETRIES = 4;
+/** Retries of a line refused by a rate limit (RESOURCE_EXHAUSTED that says "retry in"). */
+export const RATE_LIMIT_RETRIES = 20;
+/** Bounds of one pause. */
+const PAUSE_MIN_MS = 50;
+const PAUSE_MAX_MS = 60_000;
+
+/** What a rate-limit refusal says to wait (ms, 0 if it does not say), or null if it is no rate limit (a quota). */
+export function rateLimitHintMs(message: string): number | null {
+  const hint = /retry in (\d+(?:\.\d+)?) ?(ms|s)\b/.exec(message);
+  if (hint !== null) return Number(hint[1]) * (hint[2] === 's' ? 1000 : 1);
+  return /requests\/s|per (second|minute)|\brate\b/i.test(message) ? 0 : null;
+}
+
+/**
+ * How long a line waits before its retry number `attempt` (0 first) after a rate-limit refusal:
+ * the time the refusal names, or more, doubling from 50 ms with each retry of the line (the
+ * refusal names when one token is back, which every waiting line would race for); at most 60 s.
+ */
+export function rateLimitWaitMs(hintMs: number, attempt: number): number {
+  return Math.min(PAUSE_MAX_MS, Math.max(hintMs, PAUSE_MIN_MS * 2 ** attempt));
+}
+
+/** A pause made 0 to 50% longer at random, so lines that waited together do not retry together. */
+const jitter = (ms: number): number => Math.min(PAUSE_MAX_MS, Math.max(0, ms)) * (1 + Math.random() * 0.5);
+
+export interface ImportOptions {
+  /** Omitted with dryRun. */
+  readonly put?: PutFunction;
+  readonly concurrency: number;
+  /** cas 0: only create; a name that exists is counted in `existing`, not as a failure. */
+  readonly ifAbsent?: boolean;
+  readonly dryRun?: boolean;
+  readonly onFailure?: (failure: ImportFailure) => void;
+  /** Lines done (read and, if sent, answered). */
+  readonly onProgress?: (linesDone: number) => void;
+  readonly sleep?: (ms: number) => Promise<void>;
+}
+
+/**
+ * Sends the good lines as puts, at most `concurrency` at a time; lines of the same name go one
+ * after the other in file order (the last is the current version). Every value is wiped once
+ * its put is answered.
+ */
+export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: ImportOptions): Promise<ImportSummary> {
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const summary: ImportSummary = {
+    lines: 0,
+    valid: 0,
+    imported: 0,
+    existing: 0,
+    bad: 0,
+    refused: 0,
+    retries: 0,
+    stoppedAtLine: null,
+    failures: [],
+    failuresOmitted: 0,
+  };
+  let done = 0;
+  const advance = (lines: number): void => {
+    done += lines;
+    options.onProgress?.(done);
+  };
+  const fail = (failure: ImportFailure): void => {
+    if (failure.kind === 'bad') summary.bad++;
+    else summary.refused++;
+    if (summary.failures.length < FAILURES_LISTED_MAX) summary.failures.push(failure);
+    else summary.failuresOmitted++;
+    options.onFailure?.(failure);
+  };
+  /** Shared by every put: a rate limit pauses them all, not just the line it refused. */
+  let pauseUntil = 0;
+  /** Puts let in flight: the concurrency asked, halved by each rate-limit refusal, grown back by one per put stored. */
+  let window = options.concurrency;
+  let unavailable: string | null = null;
+
+  const send = async (entry: ImportEntry): Promise<void> => {
+    const put = options.put!;
+    let unavailableTries = 0;
+    let rateTries = 0;
+    try {
+      for (;;) {
+        const wait = pauseUntil - Date.now();
+        if (wait > 0) await sleep(wait);
+        try {
+          await put(entry.name, entry.value, {
+            ...(options.ifAbsent === true ? { cas: 0 } : {}),
+            ...(entry.ttlSeconds === undefined ? {} : { ttlSeconds: entry.ttlSeconds }),
+            ...(entry.versionsKept === undefined ? {} : { versionsKept: entry.versionsKept }),
+          });
+          summary.imported++;
+          if (window < options.concurrency) window++;
+          return;
+        } catch (error) {
+          const code = error instanceof ClientError ? error.code : null;
+          const message = error instanceof Error ? error.message : String(error);
+          if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) {
+            if (unavailableTries < UNAVAILABLE_RETRIES) {
+              summary.retries++;
+              await sleep(jitter(250 * 2 ** unavailableTries++));
+              continue;
+            }
+            unavailable ??= message;
+          }
+          if (code === grpcStatus.RESOURCE_EXHAUSTED) {
+            const hintMs = rateLimitHintMs(message);
+            if (hintMs !== null && rateTries < RATE_LIMIT_RETRIES) {
+              summary.retries++;
+              // Every put waits what the cluster named; fewer go at once; this line backs off further.
+              pauseUntil = Math.max(pauseUntil, Date.now() + jitter(hintMs));
+              window = Math.max(1, Math.floor(window / 2));
+              await sleep(jitter(rateLimitWaitMs(hintMs, rateTries++)));
+              continue;
+            }
+          }
+          if (code === grpcStatus.FAILED_PRECONDITION && options.ifAbsent === true) {
+            summary.existing++;
+            return;
+          }
+          fail({
+            line: entry.line,
+            name: entry.name,
+            kind: 'refused',
+            code: code === null ? null : (grpcStatus[code] ?? String(code)),
+            reason: message,
+          });
+          return;
+        }
+      }
+    } finally {
+      entry.value.fill(0);
+      advance(entry.lines);
+    }
+  };
+
+  const inFlight = new Set<Promise<void>>();
+  /** The last put of each name in flight: the next of that name waits for it. */
+  const lastOfName = new Map<string, Promise<void>>();
+  for await (const item of parsed) {
+    summary.lines = Math.max(summary.lines, item.line + item.lines - 1);
+    if ('skipped' in item) {
+      advance(item.lines);
+      continue;
+    }
+    if (isBad(item)) {
+      fail({ line: item.line, name: item.name, kind: 'bad', code: null, reason: item.reason });
+      advance(item.lines);
+      continue;
+    }
+    summary.valid++;
+    if (options.dryRun === true) {
+      item.value.fill(0);
+      advance(item.lines);
+      continue;
+    }
+    while (inFlight.size >= window && unavailable === null) await Promise.race(inFlight);
+    if (unavailable !== null) {
+      item.value.fill(0);
+      summary.stoppedAtLine = item.line;
+      break;
+    }
+    const before = lastOfName.get(item.name);
+    const task: Promise<void> = (before === undefined ? send(item) : before.then(() => send(item))).finally(() => {
+      inFlight.delete(task);
+      if (lastOfName.get(item.name) === task) lastOfName.delete(item.name);
+    });
+    inFlight.add(task);
+    lastOfName.set(item.name, task);
+  }
+  await Promise.all(inFlight);
+  // Answers come in any order; the list reads in file order.
+  summary.failures.sort((a, b) => a.line - b.line);
+  return summary;
+}
