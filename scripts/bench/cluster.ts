@@ -4,6 +4,7 @@
  * one after the other by the same closed-loop Node gRPC load (CofferClient; the etcd3 package),
  * the same concurrency, value sizes and keys. Prints tables with the etcd figure and the ratio
  * beside each Coffer figure, and writes the results as JSON and a PNG chart (bench-results/).
+ * Many secrets (memory, disk, restart, catch-up) are the scale suite's (scale.ts).
  *
  *   npm run bench -- cluster [--full]      (BENCH_SECONDS sets the seconds per cell)
  */
@@ -12,8 +13,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { drawChart } from './chart.ts';
-import { percentile, rssBytes as rssBytesOf, runLoad, type LoadResult } from './load.ts';
-import { eventually } from '../../test/processes/processes.ts';
+import { percentile, runLoad, type LoadResult } from './load.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
 import { fmt, table } from './format.ts';
 import { measureFloor } from './floor.ts';
@@ -26,14 +26,6 @@ interface SystemResults {
   writes: Array<{ bytes: number; inflight: number; result: LoadResult }>;
   reads: Array<{ kind: 'linearizable' | 'stale'; where: 'leader' | 'spread'; inflight: number; result: LoadResult }>;
   failoverMs: number[];
-  bigStore?: {
-    secrets: number;
-    loadSeconds: number;
-    failedWrites: number;
-    rssBytes: number;
-    restartMs: number;
-    catchUpMs: number;
-  };
 }
 
 const ratio = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(2)}x` : '-');
@@ -138,60 +130,6 @@ async function measure(
   return results;
 }
 
-/** A member holding `count` secrets: its RSS, its restart time, and a new member's catch-up time. */
-async function bigStore(
-  target: Target,
-  count: number,
-  log: (line: string) => void,
-): Promise<NonNullable<SystemResults['bigStore']>> {
-  let leader = await target.leader();
-  const value = randomBytes(256);
-  const started = performance.now();
-  let next = 0;
-  // A write that fails (a leader change: a long pause of the leader can cost it its office) is
-  // sent again to whoever leads then; the failures are counted and printed, not hidden.
-  let failedWrites = 0;
-  let finding: Promise<number> | null = null;
-  await Promise.all(
-    Array.from({ length: 256 }, async () => {
-      while (next < count) {
-        const name = `big/s${next++}`;
-        for (let attempt = 0; ; attempt++) {
-          try {
-            await target.put(leader, name, value);
-            break;
-          } catch (error) {
-            failedWrites++;
-            if (attempt >= 20) throw error;
-            finding ??= target.leader().finally(() => (finding = null));
-            leader = await finding;
-          }
-        }
-      }
-    }),
-  );
-  const loadSeconds = (performance.now() - started) / 1000;
-  leader = await target.leader();
-  const rssBytes = rssBytesOf(target.pid(leader));
-  const follower = (leader + 1) % target.size;
-  await target.kill(follower);
-  const restartAt = performance.now();
-  target.restart(follower);
-  await target.ready(follower, 120_000);
-  const restartMs = performance.now() - restartAt;
-  const goal = await target.applied(leader);
-  const addAt = performance.now();
-  const added = await target.addMember();
-  await eventually(`the new ${target.name} member to catch up`, 300_000, async () =>
-    (await target.applied(added).catch(() => 0)) >= goal ? true : undefined,
-  );
-  const catchUpMs = performance.now() - addAt;
-  log(
-    `  ${target.name} with ${count} secrets: loaded in ${fmt(loadSeconds, 1)} s (${failedWrites} writes failed and were sent again), leader RSS ${fmt(rssBytes / 2 ** 20)} MiB, restart ${fmt(restartMs)} ms, new member caught up in ${fmt(catchUpMs)} ms`,
-  );
-  return { secrets: count, loadSeconds, failedWrites, rssBytes, restartMs, catchUpMs };
-}
-
 export async function benchCluster(args: readonly string[]): Promise<void> {
   const full = args.includes('--full');
   const seconds = Number(process.env['BENCH_SECONDS'] ?? (full ? 10 : 3));
@@ -210,11 +148,7 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
     targets.push(await CofferTarget.start(join(root, 'coffer'), 3));
     targets.push(await EtcdTarget.start(join(root, 'etcd'), 3));
     const measured = await measure(targets, options, log);
-    for (const target of targets) {
-      all[target.name] = measured.get(target)!;
-      if (full)
-        all[target.name].bigStore = await bigStore(target, Number(process.env['BENCH_SECRETS'] ?? 100_000), log);
-    }
+    for (const target of targets) all[target.name] = measured.get(target)!;
   } finally {
     for (const target of targets) await target.stop();
     rmSync(root, { recursive: true, force: true });
@@ -318,21 +252,6 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
       ],
     ],
   );
-  if (c.bigStore !== undefined && e.bigStore !== undefined) {
-    const b = c.bigStore;
-    const x = e.bigStore;
-    table(
-      `A member with ${fmt(b.secrets)} secrets (256 B)`,
-      ['', 'coffer', 'etcd', 'coffer/etcd'],
-      [
-        ['load (256 in flight), s', fmt(b.loadSeconds, 1), fmt(x.loadSeconds, 1), ratio(b.loadSeconds, x.loadSeconds)],
-        ['writes that failed in the load (sent again)', fmt(b.failedWrites), fmt(x.failedWrites), '-'],
-        ['leader RSS, MiB', fmt(b.rssBytes / 2 ** 20), fmt(x.rssBytes / 2 ** 20), ratio(b.rssBytes, x.rssBytes)],
-        ['restart of a member, ms', fmt(b.restartMs), fmt(x.restartMs), ratio(b.restartMs, x.restartMs)],
-        ['a new member caught up, ms', fmt(b.catchUpMs), fmt(x.catchUpMs), ratio(b.catchUpMs, x.catchUpMs)],
-      ],
-    );
-  }
   table(
     'The floor: an empty grpc-js service (echo, 256 B) in one Node process, same TLS and load, measured before and after the clusters',
     [

@@ -1,14 +1,21 @@
 /**
- * npm run bench -- [suite ...] [--full]. Suites: cluster (Coffer beside etcd), storage. With no
- * suite named, runs them all.
+ * npm run bench -- [suite ...] [--full] [--secrets N]. Suites: cluster (Coffer beside etcd),
+ * scale (Coffer beside etcd with many secrets; --secrets), storage. With no suite named, runs them all.
  */
 import { benchCluster } from './cluster.ts';
+import { benchScale } from './scale.ts';
 import { benchStorage } from './storage.ts';
 
-const flags = process.argv.slice(2).filter((a) => a.startsWith('--'));
-const SUITES: Record<string, () => Promise<void>> = { cluster: () => benchCluster(flags), storage: benchStorage };
+/** Flags that take a value (the next argument): it is not a suite name. */
+const WITH_VALUE = new Set(['--secrets']);
+const args = process.argv.slice(2);
+const asked = args.filter((a, k) => !a.startsWith('--') && !WITH_VALUE.has(args[k - 1] ?? ''));
+const SUITES: Record<string, () => Promise<void>> = {
+  cluster: () => benchCluster(args),
+  scale: () => benchScale(args),
+  storage: benchStorage,
+};
 
-const asked = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 for (const name of asked) {
   if (!(name in SUITES)) {
     console.error(`unknown benchmark suite "${name}"; known: ${Object.keys(SUITES).join(', ')}`);

@@ -29,11 +29,13 @@ export function cpuSeconds(pid: number | undefined): number {
   }
 }
 
-/** Resident memory of a process in bytes (Linux /proc). */
-export function rssBytes(pid: number | undefined): number {
+/** Resident memory of a process in bytes (Linux /proc); `peak`: the most it has had (VmHWM). */
+export function rssBytes(pid: number | undefined, peak = false): number {
   if (pid === undefined) return 0;
   try {
-    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const match = new RegExp(`${peak ? 'VmHWM' : 'VmRSS'}:\\s+(\\d+) kB`).exec(
+      readFileSync(`/proc/${pid}/status`, 'utf8'),
+    );
     return match === null ? 0 : Number(match[1]) * 1024;
   } catch {
     return 0;
@@ -50,6 +52,8 @@ export async function runLoad(options: {
   seconds: number;
   op: (worker: number, n: number) => Promise<void>;
   pids: () => Array<number | undefined>;
+  /** Stop early when this settles (`seconds` is then the most it runs). */
+  until?: Promise<unknown>;
 }): Promise<LoadResult> {
   const latencies: number[] = [];
   let errors = 0;
@@ -57,9 +61,11 @@ export async function runLoad(options: {
   const clientBefore = process.cpuUsage();
   const start = performance.now();
   const end = start + options.seconds * 1000;
+  let stopped = false;
+  void options.until?.finally(() => (stopped = true)).catch(() => {});
   const worker = async (w: number): Promise<void> => {
     let n = 0;
-    while (performance.now() < end) {
+    while (!stopped && performance.now() < end) {
       const t0 = performance.now();
       try {
         await options.op(w, n++);

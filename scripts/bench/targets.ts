@@ -7,6 +7,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as https from 'node:https';
 import { join } from 'node:path';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
@@ -27,12 +28,55 @@ export interface Target {
   pid(at: number): number | undefined;
   kill(at: number): Promise<void>;
   restart(at: number): void;
-  /** Until member `at` answers a linearizable read. */
+  /** Until member `at` answers a linearizable read (polled every 20 ms, a new connection each try). */
   ready(at: number, timeoutMs: number): Promise<void>;
   applied(at: number): Promise<number>;
-  /** A new member joins; returns its index once it was asked to (catching up is the caller's to time). */
-  addMember(): Promise<number>;
+  /** Until member `at` has applied `index` (polled as `ready` is). */
+  caughtUp(at: number, index: number, timeoutMs: number): Promise<void>;
+  /** Snapshots member `at` has sent to other members since it started. */
+  snapshotsSent(at: number): Promise<number>;
+  /** Member `at`'s data directory. */
+  dataDir(at: number): string;
+  /**
+   * A new member joins: returns its index and when its process was started (performance.now());
+   * catching up is the caller's to time.
+   */
+  addMember(): Promise<{ at: number; startedAt: number }>;
   stop(): Promise<void>;
+}
+
+/**
+ * Polls a member through a connection of its own, opened again after each failure, every 20 ms:
+ * a client that stays open while the member is down backs off (grpc-js reconnects after 1 s, then
+ * longer), which would be added to the restart and catch-up times measured.
+ */
+async function pollMember<C>(
+  what: string,
+  timeoutMs: number,
+  open: () => C,
+  close: (client: C) => void,
+  done: (client: C) => Promise<boolean>,
+): Promise<void> {
+  let client: C | null = null;
+  try {
+    await eventually(
+      what,
+      timeoutMs,
+      async () => {
+        client ??= open();
+        try {
+          return (await done(client)) ? true : undefined;
+        } catch (error) {
+          close(client);
+          client = null;
+          throw error;
+        }
+      },
+      20,
+    );
+  } finally {
+    if (client !== null) close(client);
+  }
 }
 
 export class CofferTarget implements Target {
@@ -99,26 +143,53 @@ export class CofferTarget implements Target {
     this.cluster.restart(this.cluster.managers[at]!);
   }
 
-  async ready(at: number, timeoutMs: number): Promise<void> {
-    const client = this.cluster.client(this.cluster.managers[at]!, 1000);
-    try {
-      await eventually(`Coffer manager ${at + 1} to answer`, timeoutMs, async () =>
-        client.get('bench/ready').catch((e: Error) => (/does not exist/.test(e.message) ? true : Promise.reject(e))),
-      );
-    } finally {
-      client.close();
-    }
+  #poll(at: number, what: string, timeoutMs: number, done: (client: CofferClient) => Promise<boolean>): Promise<void> {
+    const manager = this.cluster.managers[at]!;
+    return pollMember(
+      what,
+      timeoutMs,
+      () => this.cluster.client(manager, 1000),
+      (client) => client.close(),
+      done,
+    );
+  }
+
+  ready(at: number, timeoutMs: number): Promise<void> {
+    return this.#poll(at, `Coffer manager ${at + 1} to answer`, timeoutMs, (client) =>
+      client
+        .get('bench/ready')
+        .then(() => true)
+        .catch((e: Error) => (/does not exist/.test(e.message) ? true : Promise.reject(e))),
+    );
   }
 
   async applied(at: number): Promise<number> {
     return (await this.cluster.status(this.cluster.managers[at]!)).appliedIndex;
   }
 
-  async addMember(): Promise<number> {
+  caughtUp(at: number, index: number, timeoutMs: number): Promise<void> {
+    return this.#poll(
+      at,
+      `Coffer manager ${at + 1} to apply index ${index}`,
+      timeoutMs,
+      async (client) => Number((await client.clusterStatus())['appliedIndex']) >= index,
+    );
+  }
+
+  async snapshotsSent(at: number): Promise<number> {
+    return Number((await this.cluster.status(this.cluster.managers[at]!)).snapshotsSent);
+  }
+
+  dataDir(at: number): string {
+    return this.cluster.managers[at]!.data;
+  }
+
+  async addMember(): Promise<{ at: number; startedAt: number }> {
     const leader = this.cluster.managers[await this.leader()]!;
+    const startedAt = performance.now();
     const added = await this.cluster.add(leader);
     this.#clients.push(this.cluster.client(added, 10_000));
-    return this.cluster.managers.length - 1;
+    return { at: this.cluster.managers.length - 1, startedAt };
   }
 
   async stop(): Promise<void> {
@@ -300,9 +371,20 @@ export class EtcdTarget implements Target {
     }
   }
 
-  async #status(at: number): Promise<{ memberId: string; leader: string; raftIndex: number }> {
+  async #status(at: number): Promise<{ memberId: string; leader: string; appliedIndex: number }> {
     const s = await this.#clients[at]!.maintenance.status();
-    return { memberId: String(s.header.member_id), leader: String(s.leader), raftIndex: Number(s.raftIndex) };
+    return {
+      memberId: String(s.header.member_id),
+      leader: String(s.leader),
+      appliedIndex: Number(s.raftAppliedIndex),
+    };
+  }
+
+  /** Puts in one transaction (no comparisons): one Raft entry, one fsync, for all of them. */
+  async putMany(at: number, puts: ReadonlyArray<readonly [string, Buffer]>): Promise<void> {
+    await this.#clients[at]!.kv.txn({
+      success: puts.map(([key, value]) => ({ request_put: { key: Buffer.from(key), value } })),
+    });
   }
 
   async leader(): Promise<number> {
@@ -339,18 +421,63 @@ export class EtcdTarget implements Target {
     m.process = child;
   }
 
-  async ready(at: number, timeoutMs: number): Promise<void> {
-    await eventually(`etcd member ${at + 1} to answer`, timeoutMs, async () => {
-      await this.#clients[at]!.get('bench/ready').buffer();
+  #poll(at: number, what: string, timeoutMs: number, done: (client: Etcd3) => Promise<boolean>): Promise<void> {
+    return pollMember(
+      what,
+      timeoutMs,
+      () => this.#client([this.#members[at]!.clientUrl], 1000),
+      (client) => client.close(),
+      done,
+    );
+  }
+
+  ready(at: number, timeoutMs: number): Promise<void> {
+    // A get is linearizable unless asked to be serializable.
+    return this.#poll(at, `etcd member ${at + 1} to answer`, timeoutMs, async (client) => {
+      await client.get('bench/ready').buffer();
       return true;
     });
   }
 
   async applied(at: number): Promise<number> {
-    return (await this.#status(at)).raftIndex;
+    return (await this.#status(at)).appliedIndex;
   }
 
-  async addMember(): Promise<number> {
+  caughtUp(at: number, index: number, timeoutMs: number): Promise<void> {
+    return this.#poll(
+      at,
+      `etcd member ${at + 1} to apply index ${index}`,
+      timeoutMs,
+      async (client) => Number((await client.maintenance.status()).raftAppliedIndex) >= index,
+    );
+  }
+
+  /** From the member's Prometheus metrics (the counter appears once a snapshot was sent). */
+  async snapshotsSent(at: number): Promise<number> {
+    const text = await new Promise<string>((resolve, reject) => {
+      const request = https.get(
+        `${this.#members[at]!.clientUrl}/metrics`,
+        { ca: this.#credentials.rootCertificate, cert: this.#credentials.certChain, key: this.#credentials.privateKey },
+        (response) => {
+          let body = '';
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (body += chunk));
+          response.on('end', () => resolve(body));
+        },
+      );
+      request.on('error', reject);
+    });
+    return text
+      .split('\n')
+      .filter((line) => line.startsWith('etcd_network_snapshot_send_success{'))
+      .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
+  }
+
+  dataDir(at: number): string {
+    return this.#members[at]!.dataDir;
+  }
+
+  async addMember(): Promise<{ at: number; startedAt: number }> {
     const k = this.#members.length;
     const m: EtcdMember = {
       name: `e${k + 1}`,
@@ -382,8 +509,9 @@ export class EtcdTarget implements Target {
       return args;
     };
     this.#clients.push(this.#client([m.clientUrl], 10_000));
+    const startedAt = performance.now();
     this.restart(k);
-    return k;
+    return { at: k, startedAt };
   }
 
   async stop(): Promise<void> {

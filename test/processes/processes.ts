@@ -169,7 +169,12 @@ export class AdminClient {
 }
 
 /** Polls until `probe` returns a value (not undefined), or fails after `timeoutMs`. */
-export async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+export async function eventually<T>(
+  what: string,
+  timeoutMs: number,
+  probe: () => Promise<T | undefined>,
+  intervalMs = 100,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   for (;;) {
@@ -183,6 +188,6 @@ export async function eventually<T>(what: string, timeoutMs: number, probe: () =
       throw new Error(
         `timed out waiting for ${what}${last === null ? '' : `: ${String((last as Error).message ?? last)}`}`,
       );
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
 }

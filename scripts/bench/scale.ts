@@ -1,0 +1,347 @@
+/**
+ * Coffer beside etcd with many secrets (issue 17): a three-manager Coffer cluster and a
+ * three-member etcd cluster (127.0.0.1, TLS with client certificates, fsync on), both up for the
+ * whole run and measured phase by phase, Coffer then etcd (this machine's speed drifts):
+ *   - load: N secrets of 256 random bytes, named scale/d{k % 1000}/s{k}; Coffer by single puts,
+ *     256 in flight (loadCoffer), etcd by transactions of 128 puts, 2 in flight (loadEtcd);
+ *   - leader and follower RSS (/proc VmRSS, and the leader's peak VmHWM), and disk bytes per
+ *     secret (du of the leader's data directory, divided by N);
+ *   - restart: kill -9 of a follower, then from the spawn of its process to the first
+ *     linearizable read it serves (a client of that member only);
+ *   - catch-up: a new member is added (coffer join; etcd member add and start), from the spawn of
+ *     its process until it has applied the leader's applied index as of just before it was added;
+ *     whether the leader streamed it a snapshot is reported;
+ *   - writes to the leader (16 in flight, 256 B, over the loaded secrets): p50 and p99 for
+ *     STEADY_SECONDS just before the new member is added, and over the catch-up.
+ * Prints a table per N (figure, etcd's, the ratio, the goal, met or not) and writes JSON and a
+ * PNG bar chart to bench-results/.
+ *
+ *   npm run bench -- scale [--secrets N] [--full]      (N 100,000; --full: 100,000 then 1,000,000)
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { drawBars, type Panel } from './chart.ts';
+import { fmt, table } from './format.ts';
+import { rssBytes, runLoad, type LoadResult } from './load.ts';
+import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
+
+const STEADY_SECONDS = Number(process.env['BENCH_SECONDS'] ?? 10);
+const WRITE_INFLIGHT = 16;
+const MB = 1e6;
+
+interface Figures {
+  loadSeconds: number;
+  /** Requests that failed in the load (a leader change) and were sent again. */
+  failedWrites: number;
+  leaderRssBytes: number;
+  leaderPeakRssBytes: number;
+  /** The larger of the two followers'. */
+  followerRssBytes: number;
+  leaderDiskBytes: number;
+  restartMs: number;
+  catchUpMs: number;
+  snapshotStreamed: boolean;
+  steady: LoadResult;
+  duringCatchUp: LoadResult;
+}
+
+interface Run {
+  secrets: number;
+  coffer: Figures;
+  etcd: Figures;
+}
+
+export const secretName = (k: number): string => `scale/d${k % 1000}/s${k}`;
+
+/**
+ * Writes secrets 0 .. count-1 to the leader, `batch` to a request and `window` requests in flight.
+ * A request that fails (a leader change: a long pause can cost a leader its office) is sent again
+ * to whoever leads then; the failures are counted and printed, not hidden.
+ */
+async function loadSecrets(
+  target: Target,
+  count: number,
+  shape: { batch: number; window: number },
+  send: (leader: number, puts: Array<[string, Buffer]>) => Promise<void>,
+): Promise<{ loadSeconds: number; failedWrites: number }> {
+  let leader = await target.leader();
+  const started = performance.now();
+  let next = 0;
+  let failedWrites = 0;
+  let finding: Promise<number> | null = null;
+  await Promise.all(
+    Array.from({ length: shape.window }, async () => {
+      while (next < count) {
+        const first = next;
+        next = Math.min(count, next + shape.batch);
+        const puts = Array.from({ length: next - first }, (_, j): [string, Buffer] => [
+          secretName(first + j),
+          randomBytes(256),
+        ]);
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await send(leader, puts);
+            break;
+          } catch (error) {
+            failedWrites++;
+            if (attempt >= 20) throw error;
+            finding ??= target.leader().finally(() => (finding = null));
+            leader = await finding;
+          }
+        }
+      }
+    }),
+  );
+  return { loadSeconds: (performance.now() - started) / 1000, failedWrites };
+}
+
+/** Coffer's loader: single puts through CofferClient, 256 in flight. */
+export const loadCoffer = (target: CofferTarget, count: number) =>
+  loadSecrets(target, count, { batch: 1, window: 256 }, (leader, puts) => target.put(leader, puts[0]![0], puts[0]![1]));
+
+/** etcd's loader: transactions of 128 puts (etcd's default --max-txn-ops), 2 in flight (256 puts). */
+export const loadEtcd = (target: EtcdTarget, count: number) =>
+  loadSecrets(target, count, { batch: 128, window: 2 }, (leader, puts) => target.putMany(leader, puts));
+
+/** What a directory takes on disk (du: allocated blocks, so etcd's preallocated WAL counts in full). */
+function diskBytes(path: string): number {
+  const s = statSync(path);
+  if (!s.isDirectory()) return s.blocks * 512;
+  return readdirSync(path).reduce((sum, name) => sum + diskBytes(join(path, name)), s.blocks * 512);
+}
+
+const pidsOf = (target: Target) => () => Array.from({ length: target.size }, (_, k) => target.pid(k));
+const settle = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function measureRun(
+  coffer: CofferTarget,
+  etcd: EtcdTarget,
+  secrets: number,
+  log: (line: string) => void,
+): Promise<Run> {
+  const targets: Target[] = [coffer, etcd];
+  const figures = new Map<Target, Partial<Figures>>(targets.map((t) => [t, {}]));
+  const set = (target: Target, values: Partial<Figures>) => Object.assign(figures.get(target)!, values);
+  for (const target of targets) {
+    const loaded = target === coffer ? await loadCoffer(coffer, secrets) : await loadEtcd(etcd, secrets);
+    set(target, loaded);
+    log(
+      `  ${target.name}: ${fmt(secrets)} secrets loaded in ${fmt(loaded.loadSeconds, 1)} s (${loaded.failedWrites} requests failed and were sent again)`,
+    );
+  }
+  await settle(2000);
+  for (const target of targets) {
+    const leader = await target.leader();
+    const followers = Array.from({ length: target.size }, (_, k) => k).filter((k) => k !== leader);
+    set(target, {
+      leaderRssBytes: rssBytes(target.pid(leader)),
+      leaderPeakRssBytes: rssBytes(target.pid(leader), true),
+      followerRssBytes: Math.max(...followers.map((k) => rssBytes(target.pid(k)))),
+      leaderDiskBytes: diskBytes(target.dataDir(leader)),
+    });
+    const f = figures.get(target)!;
+    log(
+      `  ${target.name}: leader RSS ${fmt(f.leaderRssBytes! / MB)} MB (peak ${fmt(f.leaderPeakRssBytes! / MB)}), follower ${fmt(f.followerRssBytes! / MB)} MB, ${fmt(f.leaderDiskBytes! / secrets)} bytes on disk per secret`,
+    );
+  }
+  for (const target of targets) {
+    const follower = ((await target.leader()) + 1) % target.size;
+    await target.kill(follower);
+    const startedAt = performance.now();
+    target.restart(follower);
+    await target.ready(follower, 600_000);
+    set(target, { restartMs: performance.now() - startedAt });
+    log(
+      `  ${target.name}: a follower restarted to its first linearizable read in ${fmt(figures.get(target)!.restartMs!)} ms`,
+    );
+  }
+  for (const target of targets) {
+    const leader = await target.leader();
+    const value = randomBytes(256);
+    const write = () => target.put(leader, secretName(Math.floor(Math.random() * secrets)), value);
+    const steady = await runLoad({
+      inflight: WRITE_INFLIGHT,
+      seconds: STEADY_SECONDS,
+      op: write,
+      pids: pidsOf(target),
+    });
+    const snapshotsBefore = await target.snapshotsSent(leader);
+    const goal = await target.applied(leader);
+    const added = await target.addMember();
+    const caughtUp = target.caughtUp(added.at, goal, 1_800_000);
+    const duringCatchUp = await runLoad({
+      inflight: WRITE_INFLIGHT,
+      seconds: 1_800,
+      op: write,
+      pids: pidsOf(target),
+      until: caughtUp,
+    });
+    await caughtUp;
+    const catchUpMs = performance.now() - added.startedAt;
+    const snapshotStreamed = (await target.snapshotsSent(leader)) > snapshotsBefore;
+    set(target, { steady, duringCatchUp, catchUpMs, snapshotStreamed });
+    log(
+      `  ${target.name}: a new member caught up in ${fmt(catchUpMs)} ms (${snapshotStreamed ? 'a snapshot was streamed' : 'no snapshot: the log was sent'}); write p99 ${fmt(duringCatchUp.p99Ms, 1)} ms meanwhile, ${fmt(steady.p99Ms, 1)} ms steady`,
+    );
+  }
+  return { secrets, coffer: figures.get(coffer) as Figures, etcd: figures.get(etcd) as Figures };
+}
+
+const ratio = (a: number, b: number): number => (b > 0 ? a / b : NaN);
+const times = (x: number): string => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
+const verdict = (met: boolean | null): string => (met === null ? 'n/a' : met ? 'yes' : 'no');
+
+/** The table of one run: each figure, etcd's, the ratio, the goal and whether it is met. */
+function report(run: Run, smaller: Run | undefined): void {
+  const c = run.coffer;
+  const e = run.etcd;
+  const atMillion = run.secrets === 1_000_000;
+  const onlyAtMillion = (met: boolean): boolean | null => (atMillion ? met : null);
+  type Row = [label: string, coffer: number, etcd: number, digits: number, goal: string, met: boolean | null];
+  const rows: Row[] = [
+    ['load, s', c.loadSeconds, e.loadSeconds, 1, '', null],
+    ['requests failed in the load (sent again)', c.failedWrites, e.failedWrites, 0, '', null],
+    [
+      'leader RSS, MB',
+      c.leaderRssBytes / MB,
+      e.leaderRssBytes / MB,
+      0,
+      '<= 300 MB and <= 0.50x, at 1,000,000',
+      onlyAtMillion(c.leaderRssBytes <= 300 * MB && c.leaderRssBytes <= 0.5 * e.leaderRssBytes),
+    ],
+    ['leader peak RSS (VmHWM), MB', c.leaderPeakRssBytes / MB, e.leaderPeakRssBytes / MB, 0, '', null],
+    ['follower RSS (the larger), MB', c.followerRssBytes / MB, e.followerRssBytes / MB, 0, '', null],
+    [
+      'disk bytes per secret (the leader)',
+      c.leaderDiskBytes / run.secrets,
+      e.leaderDiskBytes / run.secrets,
+      0,
+      '',
+      null,
+    ],
+    [
+      'restart of a follower to its first linearizable read, ms',
+      c.restartMs,
+      e.restartMs,
+      0,
+      '<= 1.00x',
+      c.restartMs <= e.restartMs,
+    ],
+    ['a new member caught up, ms', c.catchUpMs, e.catchUpMs, 0, '<= 1.00x', c.catchUpMs <= e.catchUpMs],
+    ['steady writes (16 in flight), w/s', c.steady.opsPerSecond, e.steady.opsPerSecond, 0, '', null],
+    ['steady write p50, ms', c.steady.p50Ms, e.steady.p50Ms, 1, '', null],
+    ['steady write p99, ms', c.steady.p99Ms, e.steady.p99Ms, 1, '', null],
+    ['writes during the catch-up, w/s', c.duringCatchUp.opsPerSecond, e.duringCatchUp.opsPerSecond, 0, '', null],
+    ['write p50 during the catch-up, ms', c.duringCatchUp.p50Ms, e.duringCatchUp.p50Ms, 1, '', null],
+    ['write p99 during the catch-up, ms', c.duringCatchUp.p99Ms, e.duringCatchUp.p99Ms, 1, '', null],
+  ];
+  const lines = rows.map(([label, cv, ev, digits, goal, met]) => [
+    label,
+    fmt(cv, digits),
+    fmt(ev, digits),
+    times(ratio(cv, ev)),
+    goal,
+    goal === '' ? '' : verdict(met),
+  ]);
+  // Goals on a system's own ratio: etcd's is printed beside it, for comparison.
+  const p99Growth = (f: Figures) => ratio(f.duringCatchUp.p99Ms, f.steady.p99Ms);
+  lines.push([
+    'write p99 during the catch-up / steady p99',
+    times(p99Growth(c)),
+    times(p99Growth(e)),
+    '-',
+    '<= 2.00x (its own)',
+    verdict(p99Growth(c) <= 2),
+  ]);
+  lines.push([
+    'a snapshot was streamed to the new member',
+    c.snapshotStreamed ? 'yes' : 'no',
+    e.snapshotStreamed ? 'yes' : 'no',
+    '-',
+    '',
+    '',
+  ]);
+  if (smaller !== undefined) {
+    const growth = (f: (r: Run) => Figures) => ratio(f(run).leaderRssBytes, f(smaller).leaderRssBytes);
+    lines.push([
+      `leader RSS at ${fmt(run.secrets)} / at ${fmt(smaller.secrets)}`,
+      times(growth((r) => r.coffer)),
+      times(growth((r) => r.etcd)),
+      '-',
+      '<= 1.30x (its own)',
+      verdict(atMillion && smaller.secrets === 100_000 ? growth((r) => r.coffer) <= 1.3 : null),
+    ]);
+  }
+  table(`${fmt(run.secrets)} secrets of 256 B`, ['', 'coffer', 'etcd', 'coffer/etcd', 'goal', 'met'], lines);
+  const failed = c.steady.errors + c.duringCatchUp.errors + e.steady.errors + e.duringCatchUp.errors;
+  if (failed > 0) console.log(`(${failed} writes failed during the steady and catch-up loads: not in the latencies)`);
+}
+
+function panels(runs: readonly Run[]): Panel[] {
+  const figure = (title: string, pick: (f: Figures, secrets: number) => number): Panel => ({
+    title,
+    bars: runs.flatMap((run) => {
+      const suffix =
+        runs.length > 1 ? ` ${run.secrets >= 1e6 ? `${run.secrets / 1e6}M` : `${run.secrets / 1e3}k`}` : '';
+      return [
+        { name: `coffer${suffix}`, color: '#1f77b4', value: pick(run.coffer, run.secrets) },
+        { name: `etcd${suffix}`, color: '#d62728', value: pick(run.etcd, run.secrets) },
+      ];
+    }),
+  });
+  return [
+    figure('load, s', (f) => f.loadSeconds),
+    figure('leader RSS, MB', (f) => f.leaderRssBytes / MB),
+    figure('follower RSS, MB', (f) => f.followerRssBytes / MB),
+    figure('disk bytes per secret', (f, n) => f.leaderDiskBytes / n),
+    figure('restart to first read, ms', (f) => f.restartMs),
+    figure('new member caught up, ms', (f) => f.catchUpMs),
+    figure('steady write p99, ms', (f) => f.steady.p99Ms),
+    figure('write p99 in catch-up, ms', (f) => f.duringCatchUp.p99Ms),
+  ];
+}
+
+export async function benchScale(args: readonly string[]): Promise<void> {
+  const at = args.indexOf('--secrets');
+  const asked = at >= 0 ? Number(args[at + 1]) : 100_000;
+  if (!Number.isInteger(asked) || asked < 1)
+    throw new Error(`--secrets wants a positive whole number, not ${args[at + 1]}`);
+  const counts = args.includes('--full') ? [asked, 1_000_000] : [asked];
+  const etcdVersion = ensureEtcd();
+  console.log(
+    `\nScale benchmark: Coffer beside ${etcdVersion}, 3 members each on 127.0.0.1, TLS with client certificates, fsync on; ${counts.map((n) => fmt(n)).join(' then ')} secrets`,
+  );
+  const log = (line: string): void => console.log(line);
+  const runs: Run[] = [];
+  for (const secrets of counts) {
+    const root = mkdtempSync(join(tmpdir(), 'coffer-bench-scale-'));
+    const targets: Target[] = [];
+    try {
+      const coffer = await CofferTarget.start(join(root, 'coffer'), 3);
+      targets.push(coffer);
+      const etcd = await EtcdTarget.start(join(root, 'etcd'), 3);
+      targets.push(etcd);
+      runs.push(await measureRun(coffer, etcd, secrets, log));
+    } finally {
+      for (const target of targets) await target.stop();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }
+  for (const [k, run] of runs.entries()) report(run, runs[k - 1]);
+  const out = join(process.cwd(), 'bench-results');
+  mkdirSync(out, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const jsonFile = join(out, `scale-${stamp}.json`);
+  writeFileSync(
+    jsonFile,
+    JSON.stringify({ etcdVersion, steadySeconds: STEADY_SECONDS, writeInflight: WRITE_INFLIGHT, runs }, null, 2),
+  );
+  const pngFile = join(out, `scale-${stamp}.png`);
+  await drawBars(pngFile, {
+    title: `Coffer beside etcd with ${counts.map((n) => fmt(n)).join(' and ')} secrets`,
+    panels: panels(runs),
+  });
+  console.log(`\nresults: ${jsonFile}\nchart:   ${pngFile}`);
+}
