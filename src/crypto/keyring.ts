@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { packr } from '../codec/msgpack.ts';
 import { KEY_BYTES, NONCE_BYTES, TAG_BYTES, open, seal } from './aead.ts';
 import { CryptoError } from './errors.ts';
+import { deriveIndexKey, deriveRecordsKey, type RecordKeys } from './record-seal.ts';
 
 /**
  * Uses of one data key by one manager before the keyring must rotate. Nonces are random 96-bit
@@ -25,10 +26,14 @@ interface KeyringTerm {
  * `term (4 bytes, BE) | nonce (12) | ciphertext | tag (16)`, with associated data that binds
  * the cluster id, the kind of data and the term, so no ciphertext can be replayed as another.
  */
-export class Keyring {
+export class Keyring implements RecordKeys {
   readonly clusterId: string;
   readonly #terms = new Map<number, KeyringTerm>();
   #activeTerm = 0;
+  /** The name index key (src/crypto/record-seal.ts): derived from term 1 when it is added, kept after it is destroyed. */
+  #indexKey: Buffer | null = null;
+  /** Records keys derived so far, by term (dropped when the term is destroyed). */
+  readonly #recordsKeys = new Map<number, Buffer>();
   /** Encryptions by this process under each term (not replicated; see KEY_USES_MAX). */
   readonly #uses = new Map<number, number>();
 
@@ -68,6 +73,37 @@ export class Keyring {
     if (key.byteLength !== KEY_BYTES) throw new TypeError(`a data key has ${KEY_BYTES} bytes`);
     this.#terms.set(term, { term, key: Buffer.from(key), createdAtMs, destroyed: false });
     this.#activeTerm = term;
+    if (term === 1) this.#indexKey = deriveIndexKey(key, this.clusterId);
+  }
+
+  /** The key the name tags of the applied state's records are made with (RecordKeys). */
+  get indexKey(): Buffer {
+    if (this.#indexKey === null)
+      throw new CryptoError(
+        'KEYRING_EMPTY',
+        'the keyring has no key yet: the cluster applies its first keyring term once it has a leader; retry',
+      );
+    return this.#indexKey;
+  }
+
+  /** The key records are sealed under in `term` (RecordKeys): derived from the term's data key, never the data key itself. */
+  recordsKey(term: number): Buffer {
+    const cached = this.#recordsKeys.get(term);
+    if (cached !== undefined) return cached;
+    const entry = this.#terms.get(term);
+    if (entry === undefined)
+      throw new CryptoError(
+        'KEY_TERM_UNKNOWN',
+        `a record was sealed under keyring term ${term}, which this keyring never had`,
+      );
+    if (entry.destroyed)
+      throw new CryptoError(
+        'KEY_TERM_DESTROYED',
+        `a record was sealed under keyring term ${term}, which was destroyed`,
+      );
+    const key = deriveRecordsKey(entry.key, this.clusterId, term);
+    this.#recordsKeys.set(term, key);
+    return key;
   }
 
   /** Forgets an old term's key for good: its data can no longer be read (key revocation). */
@@ -77,6 +113,8 @@ export class Keyring {
     if (term === this.#activeTerm) throw new TypeError(`keyring term ${term} is active; rotate before destroying it`);
     entry.key.fill(0);
     entry.destroyed = true;
+    this.#recordsKeys.get(term)?.fill(0);
+    this.#recordsKeys.delete(term);
   }
 
   encrypt(kind: string, plaintext: Uint8Array): Buffer {
@@ -158,16 +196,18 @@ export class Keyring {
       this.clusterId,
       this.#activeTerm,
       [...this.#terms.values()].map((t) => [t.term, t.destroyed ? null : t.key, t.createdAtMs]),
+      this.#indexKey,
     ]);
     return seal(rootKey, body, keyringAd(this.clusterId, rootGen));
   }
 
   static unwrap(rootKey: Uint8Array, clusterId: string, sealed: Uint8Array, rootGen = 1): Keyring {
     const body = open(rootKey, sealed, keyringAd(clusterId, rootGen), 'the keyring');
-    const [storedClusterId, activeTerm, terms] = packr.unpack(body) as [
+    const [storedClusterId, activeTerm, terms, indexKey] = packr.unpack(body) as [
       string,
       number,
       Array<[number, Uint8Array | null, number]>,
+      Uint8Array | null | undefined,
     ];
     const keyring = new Keyring(storedClusterId);
     for (const [term, key, createdAtMs] of terms) {
@@ -179,6 +219,12 @@ export class Keyring {
       });
     }
     keyring.#activeTerm = activeTerm;
+    if (indexKey instanceof Uint8Array) keyring.#indexKey = Buffer.from(indexKey);
+    else {
+      // A keyring wrapped before the index key existed: derive it from term 1 if that is still held.
+      const first = keyring.#terms.get(1);
+      if (first !== undefined && !first.destroyed) keyring.#indexKey = deriveIndexKey(first.key, storedClusterId);
+    }
     return keyring;
   }
 }

@@ -1,0 +1,87 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CryptoError } from '../../src/crypto/errors.ts';
+import { Keyring } from '../../src/crypto/keyring.ts';
+import {
+  NAME_TAG_BYTES,
+  keyedTag,
+  nameKey,
+  openRecord,
+  recordTerm,
+  sealRecord,
+  segmentsKey,
+} from '../../src/crypto/record-seal.ts';
+
+const failsWith = (code: string) => (e: unknown) => e instanceof CryptoError && e.code === code;
+
+test('a record opens under its key only: altered bytes, another key (a swap), another keyring all fail', () => {
+  const keys = Keyring.create('c1', 0);
+  const key = Buffer.from('sv-key-of-a/b-version-1');
+  const sealed = sealRecord(keys, key, Buffer.from('hunter2'), { index: 7, seq: 0 });
+  assert.equal(openRecord(keys, key, sealed, 'a value').toString(), 'hunter2');
+  assert.equal(recordTerm(sealed), 1);
+  assert.equal(sealed.includes(Buffer.from('hunter2')), false, 'no plaintext in the sealed bytes');
+  for (let k = 0; k < sealed.length; k++) {
+    const altered = Buffer.from(sealed);
+    altered[k]! ^= 0x01;
+    assert.throws(() => openRecord(keys, key, altered, 'a value'), CryptoError, `byte ${k} altered`);
+  }
+  assert.throws(
+    () => openRecord(keys, Buffer.from('sv-key-of-a/b-version-2'), sealed, 'a value'),
+    failsWith('DECRYPT_FAILED'),
+  );
+  assert.throws(() => openRecord(Keyring.create('c1', 0), key, sealed, 'a value'), failsWith('DECRYPT_FAILED'));
+  assert.throws(() => openRecord(keys, key, sealed.subarray(0, 20), 'a value'), failsWith('ENVELOPE_MALFORMED'));
+});
+
+test('sealing is deterministic per (term, index, counter) and differs across them: equal stores on every manager, no nonce reused for two messages', () => {
+  const keys = Keyring.create('c1', 0);
+  const key = Buffer.from('k');
+  const a = sealRecord(keys, key, Buffer.from('same'), { index: 5, seq: 0 });
+  assert.deepEqual(sealRecord(keys, key, Buffer.from('same'), { index: 5, seq: 0 }), a);
+  assert.notDeepEqual(sealRecord(keys, key, Buffer.from('same'), { index: 5, seq: 1 }), a);
+  assert.notDeepEqual(sealRecord(keys, key, Buffer.from('same'), { index: 6, seq: 0 }), a);
+  assert.throws(() => sealRecord(keys, key, Buffer.from('x'), { index: -1, seq: 0 }), TypeError);
+  assert.throws(() => sealRecord(keys, key, Buffer.from('x'), { index: 1, seq: 2 ** 32 }), TypeError);
+});
+
+test('the records key is not the data key, and a destroyed term opens nothing', () => {
+  const keys = Keyring.create('c1', 0);
+  const sealed = sealRecord(keys, Buffer.from('k'), Buffer.from('v'), { index: 1, seq: 0 });
+  keys.addTerm(2, Keyring.newKey(), 1);
+  const newer = sealRecord(keys, Buffer.from('k'), Buffer.from('v'), { index: 2, seq: 0 });
+  assert.equal(recordTerm(newer), 2);
+  keys.destroyTerm(1);
+  assert.throws(() => openRecord(keys, Buffer.from('k'), sealed, 'a value'), failsWith('KEY_TERM_DESTROYED'));
+  assert.equal(openRecord(keys, Buffer.from('k'), newer, 'a value').toString(), 'v');
+  assert.throws(() => keys.recordsKey(9), failsWith('KEY_TERM_UNKNOWN'));
+});
+
+test('the name index key survives the destruction of term 1 and the keyring round trip', () => {
+  const keys = Keyring.create('c1', 0);
+  const before = Buffer.from(keys.indexKey);
+  keys.addTerm(2, Keyring.newKey(), 1);
+  keys.destroyTerm(1);
+  assert.deepEqual(keys.indexKey, before);
+  const root = Buffer.alloc(32, 3);
+  assert.deepEqual(Keyring.unwrap(root, 'c1', keys.wrap(root)).indexKey, before);
+  assert.throws(() => Keyring.empty('c1').indexKey, failsWith('KEYRING_EMPTY'));
+});
+
+test('name keys: a tag per segment, shared by names under one parent; no segment text; keyed', () => {
+  const index = Keyring.create('c1', 0).indexKey;
+  const abc = nameKey(index, 'app/db/password');
+  assert.equal(abc.length, 3 * NAME_TAG_BYTES);
+  const abd = nameKey(index, 'app/db/user');
+  assert.deepEqual(abc.subarray(0, 2 * NAME_TAG_BYTES), abd.subarray(0, 2 * NAME_TAG_BYTES), 'the parent app/db');
+  assert.notDeepEqual(abc.subarray(2 * NAME_TAG_BYTES), abd.subarray(2 * NAME_TAG_BYTES));
+  assert.deepEqual(segmentsKey(index, 'app/db'), abc.subarray(0, 2 * NAME_TAG_BYTES));
+  assert.equal(segmentsKey(index, '').length, 0);
+  // The same segment under two parents has unrelated tags.
+  assert.notDeepEqual(nameKey(index, 'a/x').subarray(NAME_TAG_BYTES), nameKey(index, 'b/x').subarray(NAME_TAG_BYTES));
+  // Segment boundaries count: "ab/c" and "a/bc" differ from the first tag on.
+  assert.notDeepEqual(nameKey(index, 'ab/c').subarray(0, 16), nameKey(index, 'a/bc').subarray(0, 16));
+  assert.equal(abc.includes(Buffer.from('app')), false);
+  assert.notDeepEqual(nameKey(Keyring.create('c1', 0).indexKey, 'app/db/password'), abc, 'another cluster, other tags');
+  assert.notDeepEqual(keyedTag(index, 'identity', 'ci'), keyedTag(index, 'other', 'ci'));
+});
