@@ -1,4 +1,5 @@
-import type { StateStore, StateWrite } from './state-store.ts';
+import { assert } from '../util/assert.ts';
+import { compareKeys, type KeyRange, type StateRecord, type StateStore, type StateWrite } from './state-store.ts';
 
 /**
  * The applier's uncommitted writes over a StateStore: reads see the write set first (a deleted
@@ -7,13 +8,13 @@ import type { StateStore, StateWrite } from './state-store.ts';
  * half of an entry's effects, and the applied index always names the last entry whose effects it
  * holds: after a crash the replica replays exactly the entries after it, none twice.
  */
-export class WriteSet {
-  readonly #store: Pick<StateStore, 'getSync' | 'write'>;
+export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = StateStore> {
+  readonly #store: Store;
   /** latin1 strings are a one-to-one image of byte strings: usable as Map keys. */
   readonly #changes = new Map<string, Uint8Array | null>();
   #bytes = 0;
 
-  constructor(store: Pick<StateStore, 'getSync' | 'write'>) {
+  constructor(store: Store) {
     this.#store = store;
   }
 
@@ -63,6 +64,62 @@ export class WriteSet {
     for (const [k, v] of committed) if (this.#changes.get(k) === v) this.#changes.delete(k);
     this.#bytes = 0;
     for (const [k, v] of this.#changes) this.#bytes += k.length + (v?.byteLength ?? 0);
+  }
+
+  /**
+   * Records in a range as the applier left them: the store's content at this moment (a
+   * point-in-time view) with the uncommitted changes of this moment laid over it. Later applies
+   * and commits do not show through, so a read that starts after the entries it must see were
+   * applied sees them, however long it pages.
+   */
+  async *range(this: WriteSet<StateStore>, range: KeyRange): AsyncGenerator<StateRecord> {
+    const inRange = (key: Buffer): boolean =>
+      (range.gte === undefined || compareKeys(key, range.gte) >= 0) &&
+      (range.lt === undefined || compareKeys(key, range.lt) < 0);
+    const pending = [...this.#changes.entries()]
+      .map(([k, v]) => [Buffer.from(k, 'latin1'), v] as const)
+      .filter(([key]) => inRange(key))
+      .sort(([a], [b]) => compareKeys(a, b) * (range.reverse === true ? -1 : 1));
+    const view = this.#store.view();
+    const limit = range.limit ?? Number.POSITIVE_INFINITY;
+    const before = (a: Uint8Array, b: Uint8Array): boolean => compareKeys(a, b) * (range.reverse === true ? -1 : 1) < 0;
+    let given = 0;
+    let p = 0;
+    try {
+      if (limit <= 0) return;
+      // The store's records, without the limit: pending deletes may hide some of them.
+      for await (const record of view.range({ ...range, limit: undefined })) {
+        while (p < pending.length && before(pending[p]![0], record.key)) {
+          const [key, value] = pending[p++]!;
+          if (value === null) continue;
+          yield { key, value };
+          if (++given >= limit) return;
+        }
+        if (p < pending.length && compareKeys(pending[p]![0], record.key) === 0) {
+          const [key, value] = pending[p++]!;
+          if (value === null) continue;
+          yield { key, value };
+        } else yield record;
+        if (++given >= limit) return;
+      }
+      for (; p < pending.length; p++) {
+        const [key, value] = pending[p]!;
+        if (value === null) continue;
+        yield { key, value };
+        if (++given >= limit) return;
+      }
+    } finally {
+      await view.close();
+    }
+  }
+
+  /**
+   * Replaces the store's whole content (a snapshot being installed). Only between applies: the
+   * applier's changes must have been committed (or there were none).
+   */
+  async replaceAll(this: WriteSet<StateStore>, records: AsyncIterable<StateRecord>): Promise<void> {
+    assert(this.#changes.size === 0, () => `a snapshot install found ${this.#changes.size} uncommitted changes`);
+    await this.#store.replaceAll(records);
   }
 
   #set(key: Uint8Array, value: Uint8Array | null): void {

@@ -1,0 +1,226 @@
+import { Level } from 'level';
+import { assert } from '../util/assert.ts';
+import {
+  prefixEnd,
+  type KeyRange,
+  type StateRecord,
+  type StateStore,
+  type StateView,
+  type StateWrite,
+} from './state-store.ts';
+
+/** LevelDB's block cache for the applied state: what bounds its reads' memory, not the number of records. */
+export const STATE_CACHE_BYTES_DEFAULT = 8 * 1024 * 1024;
+/** LevelDB's write buffer (memtable) for the applied state. */
+export const STATE_WRITE_BUFFER_BYTES_DEFAULT = 4 * 1024 * 1024;
+/** Records read per step of a range (one native call each). */
+export const STATE_RANGE_PAGE_RECORDS = 256;
+/** A snapshot install writes its records in batches of at most this many bytes... */
+export const STATE_REPLACE_BATCH_BYTES_MAX = 1024 * 1024;
+/** ... and at most this many records. */
+export const STATE_REPLACE_BATCH_RECORDS_MAX = 4096;
+
+/** `0x00 'g'`: the current generation (u32 BE). User keys live under `0x01 | generation (u32 BE)`. */
+const GENERATION_KEY = Buffer.from([0x00, 0x67]);
+const DATA_TAG = 0x01;
+const PREFIX_BYTES = 5;
+
+type Db = Level<Buffer, Buffer>;
+type Snapshot = ReturnType<Db['snapshot']>;
+
+export class StateStoreError extends Error {
+  override name = 'StateStoreError';
+}
+
+/**
+ * The applied state's StateStore in LevelDB (a directory of its own beside the Raft storage).
+ *
+ * `replaceAll` (a snapshot install) is crash safe through generations: every user key is stored
+ * under a prefix naming the generation it belongs to; a replace writes the new content under the
+ * next generation, then one synced batch moves the generation record to it, then the old
+ * generation is cleared. A crash before the switch leaves the old content current (the partial
+ * new generation is cleared when the store opens); after it, the new one.
+ */
+export class LevelStateStore implements StateStore {
+  readonly path: string;
+  readonly #db: Db;
+  #generation: number;
+  #prefix: Buffer;
+  #replacing = false;
+
+  private constructor(path: string, db: Db, generation: number) {
+    this.path = path;
+    this.#db = db;
+    this.#generation = generation;
+    this.#prefix = prefixOf(generation);
+  }
+
+  static async open(
+    path: string,
+    options: { readonly cacheBytes?: number; readonly writeBufferBytes?: number } = {},
+  ): Promise<LevelStateStore> {
+    const db: Db = new Level<Buffer, Buffer>(path, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+      cacheSize: options.cacheBytes ?? STATE_CACHE_BYTES_DEFAULT,
+      writeBufferSize: options.writeBufferBytes ?? STATE_WRITE_BUFFER_BYTES_DEFAULT,
+    });
+    try {
+      await db.open();
+    } catch (error) {
+      throw new StateStoreError(`cannot open the applied state's store in ${path}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    try {
+      const stored = await db.get(GENERATION_KEY);
+      let generation = 0;
+      if (stored === undefined) {
+        // A new store, or a directory that is not one: it must then be empty.
+        for await (const _ of db.keys({ limit: 1 }))
+          throw new StateStoreError(
+            `${path} holds data but no state store generation record: it is not an applied state's store`,
+          );
+        await db.put(GENERATION_KEY, u32(0), { sync: true });
+      } else {
+        if (stored.byteLength !== 4)
+          throw new StateStoreError(`${path}: the state store's generation record has an unknown layout`);
+        generation = stored.readUInt32BE(0);
+      }
+      // Leftovers of a replace that crashed before its switch (or of one whose clearing did not finish).
+      const current = prefixOf(generation);
+      await db.clear({ gte: Buffer.of(DATA_TAG), lt: current });
+      const next = prefixEnd(current);
+      if (next !== undefined) await db.clear({ gte: next, lt: Buffer.of(DATA_TAG + 1) });
+      return new LevelStateStore(path, db, generation);
+    } catch (error) {
+      await db.close();
+      throw error;
+    }
+  }
+
+  /** The generation whose content is current (a test reads it; it grows by one per replaceAll). */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  getSync(key: Uint8Array): Uint8Array | undefined {
+    return this.#db.getSync(this.#key(key));
+  }
+
+  async get(key: Uint8Array): Promise<Uint8Array | undefined> {
+    return this.#db.get(this.#key(key));
+  }
+
+  range(range: KeyRange): AsyncIterable<StateRecord> {
+    return this.#range(range, this.#prefix, undefined);
+  }
+
+  async write(changes: readonly StateWrite[], options: { readonly sync?: boolean } = {}): Promise<void> {
+    assert(!this.#replacing, () => `a write to the state store in ${this.path} while a snapshot is installed`);
+    if (changes.length === 0) return;
+    const batch = this.#db.batch();
+    for (const change of changes) {
+      if (change.type === 'put')
+        batch.put(
+          this.#key(change.key),
+          Buffer.from(change.value.buffer, change.value.byteOffset, change.value.byteLength),
+        );
+      else batch.del(this.#key(change.key));
+    }
+    try {
+      await batch.write({ sync: options.sync === true });
+    } catch (error) {
+      throw new StateStoreError(`a write to the state store in ${this.path} failed: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  view(): StateView {
+    const snapshot = this.#db.snapshot();
+    const prefix = this.#prefix;
+    const db = this.#db;
+    return {
+      get: async (key) => db.get(Buffer.concat([prefix, key]), { snapshot }),
+      range: (range) => this.#range(range, prefix, snapshot),
+      close: () => snapshot.close(),
+    };
+  }
+
+  async replaceAll(records: AsyncIterable<StateRecord>): Promise<void> {
+    assert(!this.#replacing, () => `two snapshot installs at once in ${this.path}`);
+    this.#replacing = true;
+    const generation = this.#generation + 1;
+    const prefix = prefixOf(generation);
+    try {
+      let batch = this.#db.batch();
+      let bytes = 0;
+      for await (const record of records) {
+        batch.put(Buffer.concat([prefix, record.key]), Buffer.from(record.value));
+        bytes += record.key.byteLength + record.value.byteLength;
+        if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
+          await batch.write();
+          batch = this.#db.batch();
+          bytes = 0;
+        }
+      }
+      await batch.write();
+    } catch (error) {
+      // The old generation is still current: drop what was written of the new one.
+      await this.#db.clear({ gte: prefix, lt: prefixOf(generation + 1) }).catch(() => undefined);
+      this.#replacing = false;
+      throw error;
+    }
+    // The switch: one synced write. Before it the old content is current, after it the new.
+    await this.#db.put(GENERATION_KEY, u32(generation), { sync: true });
+    const old = this.#prefix;
+    this.#generation = generation;
+    this.#prefix = prefix;
+    this.#replacing = false;
+    await this.#db.clear({ gte: old, lt: prefix });
+  }
+
+  async close(): Promise<void> {
+    await this.#db.close();
+  }
+
+  #key(key: Uint8Array): Buffer {
+    return Buffer.concat([this.#prefix, key]);
+  }
+
+  async *#range(range: KeyRange, prefix: Buffer, snapshot: Snapshot | undefined): AsyncGenerator<StateRecord> {
+    const gte = Buffer.concat([prefix, range.gte ?? Buffer.alloc(0)]);
+    const lt = range.lt !== undefined ? Buffer.concat([prefix, range.lt]) : prefixEnd(prefix);
+    if (range.limit !== undefined && range.limit <= 0) return;
+    const iterator = this.#db.iterator({
+      gte,
+      ...(lt === undefined ? {} : { lt }),
+      ...(range.limit === undefined ? {} : { limit: range.limit }),
+      reverse: range.reverse === true,
+      ...(snapshot === undefined ? {} : { snapshot }),
+    });
+    try {
+      for (;;) {
+        const page = await iterator.nextv(STATE_RANGE_PAGE_RECORDS);
+        if (page.length === 0) return;
+        for (const [key, value] of page) yield { key: key.subarray(PREFIX_BYTES), value };
+      }
+    } finally {
+      await iterator.close();
+    }
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}
+
+function prefixOf(generation: number): Buffer {
+  const b = Buffer.alloc(PREFIX_BYTES);
+  b[0] = DATA_TAG;
+  b.writeUInt32BE(generation, 1);
+  return b;
+}
