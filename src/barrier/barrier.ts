@@ -4,6 +4,7 @@ import { CryptoError } from '../crypto/errors.ts';
 import { Keyring, unwrapDataKey, wrapDataKey } from '../crypto/keyring.ts';
 import { generateRootKey, unwrapRootLink, unwrapUnlockKek, wrapRootLink, wrapUnlockKek } from '../crypto/root-key.ts';
 import { KEY_USES_RESERVATION_BLOCK } from '../crypto/key-store.ts';
+import type { RecordKeys } from '../crypto/record-seal.ts';
 import type { Entry } from '../raft/types.ts';
 import type { SnapshotRequest, StateMachine } from '../replica/replica.ts';
 import { AssertionError, assert } from '../util/assert.ts';
@@ -21,8 +22,20 @@ import {
 /** The application state behind the barrier: it sees commands and snapshot images in plaintext. */
 export interface InnerStateMachine<Result> {
   apply(command: { readonly index: number; readonly kind: string; readonly data: Buffer }): Result;
-  snapshot(): Uint8Array;
-  restore(data: Uint8Array): void;
+  snapshot(): Uint8Array | Promise<Uint8Array>;
+  /** Replaces the state with an image of the state at log index `index`. */
+  restore(data: Uint8Array, index: number): void | Promise<void>;
+  /** Makes what the entries applied so far changed durable in the state's own store (after each batch). */
+  commit?(): Promise<void>;
+  /** The keys a state on disk seals its records under: the barrier's keyring, whichever it holds now. */
+  attachKeys?(keys: RecordKeys): void;
+  /**
+   * Forgets everything stored (a store on disk keeps what an earlier run applied): the replica
+   * then rebuilds the state from the newest snapshot and the log after it, each entry once.
+   */
+  reset?(): Promise<void>;
+  /** How many of its stored records are sealed under a keyring term (a term in use is not destroyed). */
+  recordsSealedUnder?(term: number): number;
 }
 
 /** The manager's own key record, as the barrier needs it (src/crypto/key-store.ts behind it). */
@@ -77,6 +90,16 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     this.#local = options.local;
     this.#keys = new KeyState(options.clusterId, options.local.rootGen, options.rootKey);
     this.#durableRootGen = options.local.rootGen;
+    const keyState = this.#keys;
+    this.#inner.attachKeys?.({
+      get activeTerm() {
+        return keyState.keyring.activeTerm;
+      },
+      get indexKey() {
+        return keyState.keyring.indexKey;
+      },
+      recordsKey: (term) => keyState.keyring.recordsKey(term),
+    });
   }
 
   get clusterId(): string {
@@ -320,6 +343,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
             `data sealed under keyring term ${op.term} may still be stored (last sealed at index ${sealedMax}, last rewrap ${rewrap === null ? 'never' : `at index ${rewrap.index} under term ${rewrap.term}`}); rewrap first`,
           );
         }
+        const stillSealed = this.#inner.recordsSealedUnder?.(op.term) ?? 0;
+        if (stillSealed > 0)
+          return refused(
+            `${stillSealed} records of the applied state are still sealed under keyring term ${op.term}; the leader re-seals them in the background after a rewrap; retry once none is left`,
+          );
         keyring.destroyTerm(op.term);
         keys.sealedMaxIndex.delete(op.term);
         this.#requestSnapshot('destroy', true);
@@ -388,8 +416,8 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     }
   }
 
-  snapshot(): Uint8Array {
-    const image = this.image();
+  async snapshot(): Promise<Uint8Array> {
+    const image = await this.image();
     this.#snapshotRootGen = this.#keys.rootGen;
     return image;
   }
@@ -399,15 +427,18 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
    * key, state under the active data key), without marking it as a snapshot of this manager's:
    * what a backup holds.
    */
-  image(): Uint8Array {
+  async image(): Promise<Uint8Array> {
+    // The key state first: the inner image is read asynchronously, and the replica applies
+    // nothing meanwhile, so both are of the same index.
+    const keyState = encodeKeyState(this.#keys);
     const keyring = this.#keys.keyring;
     let inner: Buffer | null = null;
     if (keyring.activeTerm === 0) assert(this.#innerPristine, 'the inner state changed before the keyring had a term');
-    else inner = keyring.encrypt('snapshot', this.#inner.snapshot());
-    return packLarge(packr, [1, encodeKeyState(this.#keys), inner]);
+    else inner = keyring.encrypt('snapshot', await this.#inner.snapshot());
+    return packLarge(packr, [1, keyState, inner]);
   }
 
-  restore(data: Uint8Array): void {
+  async restore(data: Uint8Array, index: number): Promise<void> {
     const heldBefore = new Set(
       this.#keys.keyring
         .terms()
@@ -422,7 +453,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       this.#keys.keyring.assumeUses(term, this.#local.usesReserved(term));
     const inner = value[2] as unknown;
     if (inner instanceof Uint8Array) {
-      this.#inner.restore(this.#keys.keyring.decrypt('snapshot', inner));
+      await this.#inner.restore(this.#keys.keyring.decrypt('snapshot', inner), index);
       this.#innerPristine = false;
     }
     // Only durable snapshots are restored: the one loaded at start, or one a leader sent (persisted first).
@@ -435,6 +466,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
 
   /** Local effects of what was just applied; then, whether the replica must snapshot now. */
   async afterApply(): Promise<SnapshotRequest | null> {
+    await this.#inner.commit?.();
     await this.adoptLocally();
     const request = this.#snapshotRequest;
     this.#snapshotRequest = null;

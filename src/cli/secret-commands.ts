@@ -104,6 +104,8 @@ export function secretCommands(): Command {
           secrets.push(...page.secrets);
           token = page.nextPageToken;
         } while (token !== '');
+        // The store lists in its keys' order (keyed tags of the names), not alphabetically.
+        secrets.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
         print(flags, secrets, () =>
           secrets.map((s) => `${printable(s.name)}\tv${s.currentVersion}${s.deleted ? '\t(deleted)' : ''}`).join('\n'),
         );

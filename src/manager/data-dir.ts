@@ -3,6 +3,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Snapshot } from '../raft/types.ts';
 import { LevelStorage } from '../storage/level-storage.ts';
+import { LevelStateStore } from '../kv/level-state-store.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 
 /**
@@ -40,6 +41,7 @@ import { writeFileAtomic } from '../util/atomic-file.ts';
 export const DATA_DIR_NAMES = {
   keyStore: 'keys',
   raft: 'raft',
+  state: 'state',
   tls: 'tls',
   caCert: 'ca.crt',
   nodeCert: 'node.crt',
@@ -58,6 +60,8 @@ export class DataDir {
   readonly keyStore: string;
   /** The LevelDB directory of the Raft storage. */
   readonly raft: string;
+  /** The LevelDB directory of the applied state (src/kv/level-state-store.ts): sealed records only. */
+  readonly state: string;
   readonly tls: string;
   readonly caCert: string;
   readonly nodeCert: string;
@@ -77,6 +81,7 @@ export class DataDir {
     const names = DATA_DIR_NAMES;
     this.keyStore = join(root, names.keyStore);
     this.raft = join(root, names.raft);
+    this.state = join(root, names.state);
     this.tls = join(root, names.tls);
     this.caCert = join(this.tls, names.caCert);
     this.nodeCert = join(this.tls, names.nodeCert);
@@ -99,6 +104,11 @@ export class DataDir {
   }
 
   /** The Raft storage, its directory made owner-only if it is new. */
+  async openStateStore(): Promise<LevelStateStore> {
+    await mkdir(this.state, { recursive: true, mode: DataDir.DIR_MODE });
+    return LevelStateStore.open(this.state);
+  }
+
   async openRaftStorage(): Promise<LevelStorage> {
     await mkdir(this.raft, { recursive: true, mode: DataDir.DIR_MODE });
     return LevelStorage.open(this.raft);

@@ -213,6 +213,8 @@ export class Manager<Result> {
     const storage = await new DataDir(options.dataDir).openRaftStorage();
     let replica: Replica<BarrierResult<Result>>;
     try {
+      // The applied index is not stored with the state yet (issue 17): rebuild it from the snapshot and the log.
+      await options.inner.reset?.();
       replica = await Replica.start({
         id: options.id,
         storage,
@@ -354,17 +356,18 @@ export class Manager<Result> {
    * `index`: the sealed image, the root key that opens it, and, when this manager is autolocked,
    * its unlock KEK (so the unlock key opens the backup too).
    */
-  backupMaterial(): {
+  async backupMaterial(): Promise<{
     image: Buffer;
     index: number;
     term: number;
     rootKey: Buffer;
     rootGen: number;
     unlockKek: Buffer | null;
-  } {
+  }> {
     const running = this.#need();
+    // The status and the image's reads begin in the same turn: the image is of the applied index.
     const status = running.replica.raw.basicStatus();
-    const image = Buffer.from(running.barrier.image());
+    const image = Buffer.from(await running.barrier.image());
     const root = running.barrier.currentRootKey();
     const unlockKek = this.#store.protection === 'unlock-key' ? Buffer.from(this.#store.kek) : null;
     return { image, index: status.applied, term: status.term, rootKey: root.key, rootGen: root.gen, unlockKek };

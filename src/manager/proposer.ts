@@ -56,11 +56,16 @@ export class Proposer<Result> {
     this.#log = options.logger ?? null;
   }
 
-  /** Seals and proposes a command of the inner state machine; its result once the leader applied it. */
+  /**
+   * Seals and proposes a command of the inner state machine; its result once the leader applied
+   * it. `data` is zeroed once sealed (it may hold a secret's value, packed into msgpackr's shared
+   * buffer, which lives on): the caller gives it up.
+   */
   async command(kind: string, data: Uint8Array): Promise<Result> {
     // Never the command itself: only its kind and size.
     this.#log?.debug({ event: 'propose', kind, bytes: data.byteLength }, 'proposing a sealed command');
     const payload = await this.#manager.sealCommand(kind, data);
+    data.fill(0);
     const outcome = this.#read(await this.#propose(payload), `the ${kind} command`);
     if (outcome.type !== 'applied')
       throw new ProposalRefused('barrier', 'NOT_APPLIED', `the ${kind} command was applied as a keyring operation`);

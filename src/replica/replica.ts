@@ -14,10 +14,10 @@ import type { Random } from '../util/prng.ts';
  */
 export interface StateMachine<Result> {
   apply(entry: Entry): Result;
-  /** An image of the whole state, as of the last applied entry. */
-  snapshot(): Uint8Array;
-  /** Replaces the whole state with an image made by `snapshot`. */
-  restore(data: Uint8Array): void;
+  /** An image of the whole state, as of the last applied entry (the replica applies nothing until it resolves). */
+  snapshot(): Uint8Array | Promise<Uint8Array>;
+  /** Replaces the whole state with an image made by `snapshot`, of the state at log index `index`. */
+  restore(data: Uint8Array, index: number): void | Promise<void>;
   /**
    * Local effects of the entries just applied (e.g. rewrapping this manager's key record), made
    * durable before their proposers hear back; may ask for a snapshot at once.
@@ -213,7 +213,8 @@ export class Replica<Result> {
     const persisted = await options.storage.load();
     const empty = persisted.entries.length === 0 && persisted.snapshot === null && persisted.hardState.term === 0;
     const raw = new RawNode({ ...options.raft, id: options.id, random: options.random }, empty ? undefined : persisted);
-    if (persisted.snapshot !== null) options.stateMachine.restore(persisted.snapshot.data);
+    if (persisted.snapshot !== null)
+      await options.stateMachine.restore(persisted.snapshot.data, persisted.snapshot.metadata.index);
     if (empty && options.bootstrapVoters !== undefined) raw.bootstrap(options.bootstrapVoters);
     if (options.forceNewCluster === true && empty)
       throw new TypeError('force-new-cluster needs a data directory with a log: this one is empty');
@@ -432,6 +433,7 @@ export class Replica<Result> {
       // 2. Send (what did not go out early).
       if (late.length > 0) this.#peers.send(late);
       // 3. Apply; local effects and snapshots are durable before proposers hear back.
+      if (ready.snapshot !== null) await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
       const outcomes = this.#apply(ready);
       this.#raw.advance();
       const request = (await this.#stateMachine.afterApply?.()) ?? null;
@@ -443,7 +445,6 @@ export class Replica<Result> {
   #apply(ready: Ready): Array<() => void> {
     const outcomes: Array<() => void> = [];
     if (ready.snapshot !== null) {
-      this.#stateMachine.restore(ready.snapshot.data);
       this.#applied = ready.snapshot.metadata.index;
       this.#lastSnapshotIndex = this.#applied;
       this.#bytesSinceSnapshot = 0;
@@ -516,7 +517,7 @@ export class Replica<Result> {
       this.#bytesSinceSnapshot < this.#snapshotEveryBytes
     )
       return;
-    const snapshot = this.#raw.createSnapshot(this.#stateMachine.snapshot());
+    const snapshot = this.#raw.createSnapshot(await this.#stateMachine.snapshot());
     const index = snapshot.metadata.index;
     const status = this.#raw.basicStatus();
     const compactTo =

@@ -23,7 +23,7 @@ export function backupService(
       authorize(ctx, call, 'sudo', 'sys/backup');
       if (ctx.replica.locked) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
       await ctx.readPoint();
-      const material = manager.backupMaterial();
+      const material = await manager.backupMaterial();
       const ca = ctx.pki.signing();
       const recoveryPublicKey = ctx.state.cluster.recoveryPublicKey;
       if (recoveryPublicKey === null && material.unlockKek === null) {

@@ -64,7 +64,11 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
         // A full image of the state: only when asked (at 100,000 secrets it stalled the manager long
         // enough for status calls to time out).
         stateDigest:
-          call.request.withStateDigest === true ? createHash('sha256').update(ctx.state.snapshot()).digest('hex') : '',
+          call.request.withStateDigest === true
+            ? createHash('sha256')
+                .update(await ctx.state.snapshot())
+                .digest('hex')
+            : '',
         members: [...status.confState.voters, ...status.confState.learners].map((id) => {
           const match = id === status.id ? status.lastIndex : (status.progress?.get(id)?.match ?? 0);
           return {

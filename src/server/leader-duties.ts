@@ -25,11 +25,17 @@ export interface LeaderDutiesOptions {
  * What only the leader does, a few times a second: it puts what `coffer init` decided into the
  * replicated state (the CA, its own address, the recovery key, the join token, the admin
  * identity), marks the managers a forced new cluster or a restore left behind as removed,
- * promotes learners that caught up, and wipes expired secrets (through the log, with the time in
- * the command, so every manager wipes the same ones).
+ * promotes learners that caught up, wipes expired secrets (through the log, with the time and the
+ * versions in the command, so every manager wipes the same ones), and after a rewrap re-seals the
+ * records still sealed under older keyring terms.
  */
+/** Re-seal commands one run of the duties proposes at most (RESEAL_RECORDS_MAX records each). */
+const RESEAL_BATCHES_PER_RUN = 8;
+
 export class LeaderDuties {
   readonly #o: LeaderDutiesOptions;
+  /** Where the background re-seal goes on from (a record key), or null: from the start. */
+  #resealCursor: Uint8Array | null = null;
 
   constructor(options: LeaderDutiesOptions) {
     this.#o = options;
@@ -89,9 +95,36 @@ export class LeaderDuties {
       );
     }
     await this.#maybePromote();
-    const nextExpiryMs = state.secrets.nextExpiryMs();
-    if (nextExpiryMs !== null && nextExpiryMs <= Date.now())
-      await this.#o.propose(encodeSecretCommand({ op: 'expire', nowMs: Date.now() }));
+    // The sweep names the versions it found expired (at most EXPIRY_SWEEP_VERSIONS_MAX; the next tick takes the rest).
+    const sweep = await state.secrets.expiryCommand(Date.now());
+    if (sweep !== null) await this.#o.propose(encodeSecretCommand(sweep));
+    await this.#reseal();
+  }
+
+  /**
+   * After a rewrap, records still sealed under older terms are sealed again under the active one,
+   * RESEAL_RECORDS_MAX per command, a few batches per run, so writes go on between them; a term
+   * is destroyed only once none is left (the barrier refuses before).
+   */
+  async #reseal(): Promise<void> {
+    const { state, manager } = this.#o;
+    const rewrapTerm = manager.status().keys?.lastRewrap?.term ?? 0;
+    if (rewrapTerm === 0) return;
+    const inUse = await state.secrets.termsInUse();
+    if (!inUse.some(({ term }) => term < rewrapTerm)) {
+      this.#resealCursor = null;
+      return;
+    }
+    for (let batch = 0; batch < RESEAL_BATCHES_PER_RUN; batch++) {
+      const next = await state.secrets.resealCommand(rewrapTerm, this.#resealCursor);
+      if (next === null) {
+        // From the start again next run: records before the cursor may have been written meanwhile.
+        this.#resealCursor = null;
+        return;
+      }
+      this.#resealCursor = next.last;
+      await this.#o.propose(encodeSecretCommand(next.command));
+    }
   }
 
   /** Promotes a learner to voter once it has every committed entry (one change at a time). */

@@ -271,9 +271,14 @@ export class CofferNode {
   }
 
   static async start(options: NodeOptions): Promise<CofferNode> {
+    // No shared Buffer pool in a manager: Node carves small Buffers (a request's or a reply's
+    // frames, a decoded value) out of shared 8 KiB slabs that any live neighbour keeps alive, so a
+    // secret's bytes would outlive the request that needed them. Each buffer is its own, freed
+    // with it (test/server/heap-residency.test.ts searches the live buffers).
+    Buffer.poolSize = 0;
     let config = await readNodeConfig(options.dataDir);
     const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
-    const state = new AppliedState();
+    const state = new AppliedState({ store: await new DataDir(options.dataDir).openStateStore() });
     const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });
     let node: CofferNode | null = null;
     const bootstrapPeers = new Map(config.peers.map(([id, address]) => [id, address]));
@@ -315,6 +320,11 @@ export class CofferNode {
       ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
       observer: metrics,
       ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
+    }).catch(async (error: unknown) => {
+      transport.close();
+      trust.close();
+      await state.close();
+      throw error;
     });
     metrics.bind({
       raft: () => {
@@ -372,6 +382,7 @@ export class CofferNode {
       (node as CofferNode | null)?.server.forceShutdown();
       trust.close();
       await manager.stop();
+      await state.close();
       throw error;
     }
   }
@@ -511,6 +522,7 @@ export class CofferNode {
     this.context.anonymousAudit.flush();
     await this.audit.settled();
     await this.manager.stop();
+    await this.state.close();
   }
 }
 

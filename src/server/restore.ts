@@ -64,7 +64,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
       local: readOnlyLocalKeys(opened.rootGen),
       inner: state,
     });
-    barrier.restore(opened.image);
+    await barrier.restore(opened.image, opened.index);
     const retired = [...new Set([...state.cluster.addresses.keys()])].filter((id) => !state.cluster.removed.has(id));
     const taken = new Set<NodeId>([...state.cluster.addresses.keys(), ...state.cluster.removed]);
     let nodeId = 0;
@@ -114,7 +114,7 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
       clusterId: opened.clusterId,
       nodeId,
       index: opened.index,
-      secrets: state.secrets.size,
+      secrets: await state.secrets.count(),
       createdAtMs: opened.createdAtMs,
       unlockKey: init.unlockKey,
       keyFile,

@@ -131,6 +131,12 @@ function refusedBeforeRunning(ctx: RequestContext, identity: Identity | null): S
  * or denied, is written to the audit log before the reply leaves. If the audit log cannot be
  * written the request fails (fail closed); while it is broken, requests are refused before they run.
  */
+/** A reply may name buffers (a secret's value) to be zeroed once it is serialized: `{ ..., [WIPE_AFTER_REPLY]: [value] }`. */
+export const WIPE_AFTER_REPLY: unique symbol = Symbol('wipe after reply');
+interface WipedAfterReply {
+  readonly [WIPE_AFTER_REPLY]?: readonly Buffer[];
+}
+
 export function unary<Request, Response>(
   ctx: RequestContext,
   method: string,
@@ -154,7 +160,15 @@ export function unary<Request, Response>(
       )
       .then(async ({ response, error }) => {
         const status = await finishRequest(ctx, method, call, context, started, error, audited);
-        if (status.code === grpc.status.OK) return callback(null, response as Response);
+        // grpc-js serializes the reply within callback(): the plaintext buffers it named go after it (or unsent).
+        const wipe = (): void => {
+          for (const buffer of (response as WipedAfterReply | null)?.[WIPE_AFTER_REPLY] ?? []) buffer.fill(0);
+        };
+        if (status.code === grpc.status.OK) {
+          callback(null, response as Response);
+          return wipe();
+        }
+        wipe();
         const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
         callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
       })

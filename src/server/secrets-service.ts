@@ -15,7 +15,7 @@ import {
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
 import { ServiceError } from './errors.ts';
 import type { ServiceContext } from './context.ts';
-import { authenticateClient, authorize, unary, type Call } from './rpc.ts';
+import { WIPE_AFTER_REPLY, authenticateClient, authorize, unary, type Call } from './rpc.ts';
 
 type Cas = { version: number } | null;
 
@@ -158,11 +158,12 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
           r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {},
           Date.now(),
         );
-        // A copy: the stored buffer may be wiped (destroy, expiry) while the reply waits for the audit log.
+        // Opened for this reply only, and zeroed once the reply is serialized.
         return {
-          value: Buffer.from(found.value),
+          value: found.value,
           version: found.version,
           appliedIndex: Math.max(applied, ctx.replica.status().raft?.applied ?? 0),
+          [WIPE_AFTER_REPLY]: [found.value],
         };
       },
     ),
@@ -183,7 +184,13 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         const identity = authenticateClient(ctx, call);
         // Names the caller may not list are left out, not refused: a listing shows what one may see.
         const visible = (name: string): boolean => ctx.state.access.decide(identity.id, 'list', name).allowed;
-        const page = store.list(r.prefix, r.pageToken, r.pageSize === 0 ? 100 : r.pageSize, r.includeDeleted, visible);
+        const page = await store.list(
+          r.prefix,
+          r.pageToken,
+          r.pageSize === 0 ? 100 : r.pageSize,
+          r.includeDeleted,
+          visible,
+        );
         return { secrets: page.secrets.map(metadataReply), nextPageToken: page.next, appliedIndex: applied };
       },
     ),

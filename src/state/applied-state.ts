@@ -1,10 +1,15 @@
 import type { InnerStateMachine } from '../barrier/barrier.ts';
 import { packr } from '../codec/msgpack.ts';
 import { packLarge } from '../codec/pack-large.ts';
+import { CryptoError } from '../crypto/errors.ts';
+import type { RecordKeys } from '../crypto/record-seal.ts';
+import { MemoryStateStore } from '../kv/memory-state-store.ts';
+import type { StateStore } from '../kv/state-store.ts';
+import { WriteSet } from '../kv/write-set.ts';
 import { AccessState, type AccessApplied, type AccessResult } from './access-state.ts';
 import { accessGuard } from './access-guard.ts';
 import { ClusterState, type ClusterApplied, type ClusterResult } from './cluster-state.ts';
-import { SecretStore, type SecretApplied, type SecretResult } from './secret-store.ts';
+import { SecretStore, type IdentityQuotas, type SecretApplied, type SecretResult } from './secret-store.ts';
 import { refusal, type PartPrefix, type StatePart } from './state-part.ts';
 
 /** What applying a command returns: the part's own success shape, or a refusal (the same shape from every part). */
@@ -26,10 +31,52 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   readonly access = new AccessState(accessGuard);
   // Identities' keys certified by a retired CA go with it, at the same index.
   readonly cluster = new ClusterState({ onCaRetired: (gen) => this.access.retireCaGeneration(gen) });
-  readonly secrets = new SecretStore();
+  readonly secrets: SecretStore;
   /** The parts, in the order of their images in the state image (do not reorder: backups would not restore). */
-  readonly parts: readonly AnyStatePart[] = [this.cluster, this.secrets, this.access];
-  readonly #partsByPrefix = new Map<string, AnyStatePart>(this.parts.map((part) => [part.prefix, part]));
+  readonly parts: readonly AnyStatePart[];
+  readonly #partsByPrefix: Map<string, AnyStatePart>;
+  /** The applier's writes over the state store: committed after each batch of entries (`commit`). */
+  readonly #records: WriteSet;
+  readonly #store: StateStore;
+  readonly #keys = new AttachedKeys();
+
+  /**
+   * `store`: where the secrets live (LevelDB on a manager; in memory by default, for tests and
+   * tools). `keys`: what their records are sealed under; the barrier attaches its keyring
+   * (`attachKeys`) when there is none here.
+   */
+  constructor(options: { store?: StateStore; keys?: RecordKeys; quotas?: IdentityQuotas } = {}) {
+    this.#store = options.store ?? new MemoryStateStore();
+    this.#records = new WriteSet(this.#store);
+    if (options.keys !== undefined) this.#keys.attach(options.keys);
+    this.secrets = new SecretStore({ ...options.quotas, records: this.#records, keys: this.#keys });
+    this.parts = [this.cluster, this.secrets, this.access];
+    this.#partsByPrefix = new Map(this.parts.map((part) => [part.prefix, part]));
+  }
+
+  /** The keys the records are sealed under (the barrier's keyring, which it replaces on a snapshot install). */
+  attachKeys(keys: RecordKeys): void {
+    this.#keys.attach(keys);
+  }
+
+  /** Empties the store: the replica restores the newest snapshot and replays the log after it. */
+  async reset(): Promise<void> {
+    await this.#records.replaceAll((async function* () {})());
+  }
+
+  recordsSealedUnder(term: number): number {
+    return this.secrets.recordsSealedUnder(term);
+  }
+
+  /** Closes the state store (after the replica stopped). */
+  async close(): Promise<void> {
+    await this.#store.close();
+  }
+
+  /** Writes what the entries applied since the last commit changed, in one atomic batch. */
+  async commit(): Promise<void> {
+    if (this.#records.size > 0) await this.#records.commit();
+  }
 
   /** The part whose commands' kinds start as `kind` does (`secret.put`: the secrets), or undefined. */
   partOf(kind: string): AnyStatePart | undefined {
@@ -49,14 +96,17 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
       const refused = part.authorize(decoded.command, actor, this.access);
       if (refused !== null) return refused;
     }
-    return part.apply(decoded.command, actor);
+    return part.apply(decoded.command, actor, command.index);
   }
 
-  snapshot(): Uint8Array {
-    return packLarge(packr, [IMAGE_VERSION, ...this.parts.map((part) => part.snapshot())]);
+  async snapshot(): Promise<Uint8Array> {
+    // Every part's image is begun in this turn of the event loop, so all are of the same index
+    // (a part on the store reads a point-in-time view).
+    const images = await Promise.all(this.parts.map((part) => part.snapshot()));
+    return packLarge(packr, [IMAGE_VERSION, ...images]);
   }
 
-  restore(data: Uint8Array): void {
+  async restore(data: Uint8Array, index = 0): Promise<void> {
     const image: unknown = packr.unpack(data);
     const version: unknown = Array.isArray(image) ? image[0] : undefined;
     if (version !== IMAGE_VERSION) throw new Error(`unknown state image version ${String(version)}`);
@@ -65,6 +115,33 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
       throw new Error(
         `a state image of version ${IMAGE_VERSION} holds ${this.parts.length} parts, this one ${partImages.length}`,
       );
-    for (const [k, part] of this.parts.entries()) part.restore(partImages[k]);
+    for (const [k, part] of this.parts.entries()) await part.restore(partImages[k], index);
+  }
+}
+
+/** RecordKeys that forward to keys attached later (the barrier's keyring), with a clear error before. */
+class AttachedKeys implements RecordKeys {
+  #keys: RecordKeys | null = null;
+
+  attach(keys: RecordKeys): void {
+    this.#keys = keys;
+  }
+
+  get #attached(): RecordKeys {
+    if (this.#keys === null)
+      throw new CryptoError('KEYRING_EMPTY', 'the applied state has no keys to seal its records with yet');
+    return this.#keys;
+  }
+
+  get activeTerm(): number {
+    return this.#attached.activeTerm;
+  }
+
+  get indexKey(): Buffer {
+    return this.#attached.indexKey;
+  }
+
+  recordsKey(term: number): Buffer {
+    return this.#attached.recordsKey(term);
   }
 }

@@ -1,4 +1,15 @@
 import { packr } from '../codec/msgpack.ts';
+import {
+  keyedTag,
+  nameKey,
+  openRecord,
+  recordTerm,
+  sealRecord,
+  segmentsKey,
+  type RecordKeys,
+} from '../crypto/record-seal.ts';
+import { prefixEnd, type KeyRange, type StateRecord } from '../kv/state-store.ts';
+import { assert } from '../util/assert.ts';
 import { actorOf, type Actor } from './access-state.ts';
 import {
   RefusalError,
@@ -48,7 +59,10 @@ export type SecretCommand =
   | { readonly op: 'destroy'; readonly name: string; readonly versions: readonly number[] }
   | { readonly op: 'label'; readonly name: string; readonly label: string; readonly version: number }
   | { readonly op: 'unlabel'; readonly name: string; readonly label: string }
-  | { readonly op: 'expire'; readonly nowMs: number };
+  /** The leader's sweep: the versions it found expired by `nowMs` (each checked again where it applies). */
+  | { readonly op: 'expire'; readonly nowMs: number; readonly targets: ReadonlyArray<readonly [string, number]> }
+  /** The leader's background re-seal: records under terms older than `belowTerm`, sealed again under the active term. */
+  | { readonly op: 'reseal'; readonly belowTerm: number; readonly keys: readonly Uint8Array[] };
 
 export interface VersionMetadata {
   readonly version: number;
@@ -69,26 +83,33 @@ export interface SecretMetadata {
   readonly labels: ReadonlyArray<readonly [string, number]>;
 }
 
+/** A version as its secret's record keeps it (the value is a record of its own). */
 interface VersionRecord {
   readonly version: number;
-  value: Buffer | null;
   readonly createdAtMs: number;
   readonly expireAtMs: number | null;
+  /** The value was wiped: destroyed, or expired if `expired`. */
+  wiped: boolean;
   expired: boolean;
-  /** The identity charged for the value while it is kept (null: the leader's own, or an older image). */
+  /** The identity charged for the value while it is kept (null: the leader's own). */
   readonly writer: string | null;
+  /** The value's size (what the writer is charged). */
+  readonly valueBytes: number;
 }
 
+/** A secret's record, as decoded from its sealed metadata record. */
 interface SecretRecord {
   readonly name: string;
-  readonly versions: Map<number, VersionRecord>;
+  readonly key: Buffer;
+  /** Kept versions, oldest first. */
+  versions: VersionRecord[];
   lastVersion: number;
   readonly labels: Map<string, number>;
   deleted: boolean;
   versionsKept: number;
   readonly createdAtMs: number;
   updatedAtMs: number;
-  /** The identity charged for the secret (null: the leader's own, or an older image). */
+  /** The identity charged for the secret (null: the leader's own). */
   readonly creator: string | null;
 }
 
@@ -106,16 +127,6 @@ export interface IdentityQuotas {
 
 /** Who asked for a command: checked again against the replicated policies when it is applied. */
 export type { Actor };
-
-/**
- * A value's own copy, outside Node's shared 8 KiB buffer pool: Buffer.from copies a small value
- * into a slice of that pool, and a long-lived slice keeps its whole slab alive.
- */
-function ownedCopy(bytes: Uint8Array): Buffer {
-  const copy = Buffer.allocUnsafeSlow(bytes.byteLength);
-  copy.set(bytes);
-  return copy;
-}
 
 /** Encodes a command for the log (`kind` is `secret.<op>`), with the client that asked for it. */
 export function encodeSecretCommand(command: SecretCommand, actor: Actor | null = null): EncodedCommand {
@@ -137,23 +148,94 @@ function decodeSecretCommand(kind: string, data: Uint8Array): DecodedCommand<Sec
   return { ok: true, command, actor };
 }
 
+/** Expired versions one sweep command wipes at most (the leader proposes more sweeps for the rest). */
+export const EXPIRY_SWEEP_VERSIONS_MAX = 1_000;
+
 /**
- * The secrets: versions, labels, soft delete, destruction, expiry. Applying is deterministic
- * (every manager ends in the same state); refusals are results, not exceptions. Reads take the
- * reader's clock only to hide versions past their expiry before the leader's sweep wipes them.
+ * The secrets part's records in the state store. Every key starts with `s`; the second byte is
+ * the record's kind. `nameKey` is the name's keyed tags (src/crypto/record-seal.ts), never its text.
+ *   s m <nameKey>                         sealed metadata: name, versions, labels, flags
+ *   s v <nameKey> <version u32>           sealed value of one version
+ *   s x <expireAtMs u64> <nameKey> <ver>  expiry index (empty value): what the sweep wipes next
+ *   s u <identity tag>                    quota usage of one identity: secrets, value bytes (6 bytes each)
+ *   s t <term u32>                        how many records are sealed under a keyring term (6 bytes)
+ */
+const PART_PREFIX = Buffer.from('s');
+const META = Buffer.from('sm');
+const VALUE = Buffer.from('sv');
+const EXPIRY = Buffer.from('sx');
+const USAGE = Buffer.from('su');
+const TERM_COUNT = Buffer.from('st');
+const termCountKey = (term: number): Buffer => {
+  const key = Buffer.allocUnsafe(TERM_COUNT.length + 4);
+  TERM_COUNT.copy(key, 0);
+  key.writeUInt32BE(term, TERM_COUNT.length);
+  return key;
+};
+
+/** Records one re-seal command names at most (the leader proposes batches until none is left). */
+export const RESEAL_RECORDS_MAX = 256;
+const EMPTY = Buffer.alloc(0);
+
+const metaKey = (nk: Uint8Array): Buffer => Buffer.concat([META, nk]);
+function valueKey(nk: Uint8Array, version: number): Buffer {
+  const key = Buffer.allocUnsafe(VALUE.length + nk.byteLength + 4);
+  VALUE.copy(key, 0);
+  key.set(nk, VALUE.length);
+  key.writeUInt32BE(version, VALUE.length + nk.byteLength);
+  return key;
+}
+function expiryKey(expireAtMs: number, nk: Uint8Array, version: number): Buffer {
+  const key = Buffer.allocUnsafe(EXPIRY.length + 8 + nk.byteLength + 4);
+  EXPIRY.copy(key, 0);
+  key.writeBigUInt64BE(BigInt(expireAtMs), EXPIRY.length);
+  key.set(nk, EXPIRY.length + 8);
+  key.writeUInt32BE(version, key.length - 4);
+  return key;
+}
+
+/** The applied state's records as the secrets part reads and writes them (src/kv/write-set.ts). */
+export interface SecretRecords {
+  get(key: Uint8Array): Uint8Array | undefined;
+  put(key: Uint8Array, value: Uint8Array): void;
+  del(key: Uint8Array): void;
+  range(range: KeyRange): AsyncIterable<StateRecord>;
+  replaceAll(records: AsyncIterable<StateRecord>): Promise<void>;
+}
+
+export interface SecretStoreOptions extends IdentityQuotas {
+  /** The applier's write set over the state store. */
+  readonly records: SecretRecords;
+  /** The keys records are sealed under (the barrier's keyring). */
+  readonly keys: RecordKeys;
+}
+
+/**
+ * The secrets: versions, labels, soft delete, destruction, expiry, in the state store (LevelDB on
+ * a manager) and never in the heap: each secret is a sealed metadata record and one sealed record
+ * per kept value, under keys made of the name's keyed tags. A value is opened only to answer a
+ * read, into a buffer the caller wipes.
+ *
+ * Applying is deterministic (every manager ends with the same records, byte for byte: sealing is
+ * deterministic per log index, see src/crypto/record-seal.ts); refusals are results, not
+ * exceptions, and a refused command writes nothing. Reads take the reader's clock only to hide
+ * versions past their expiry before the leader's sweep wipes them.
  */
 export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   readonly prefix = 'secret.';
-  readonly #secrets = new Map<string, SecretRecord>();
-
-  /** Per identity: secrets created and value bytes held (recomputed from the versions at restore). */
-  readonly #usage = new Map<string, { secrets: number; valueBytes: number }>();
+  readonly #records: SecretRecords;
+  readonly #keys: RecordKeys;
   readonly #identitySecretsMax: number;
   readonly #identityValueBytesMax: number;
+  /** The log index of the command being applied, and the seals made for it so far (the nonce). */
+  #index = 0;
+  #seq = 0;
 
-  constructor(quotas: IdentityQuotas = {}) {
-    this.#identitySecretsMax = quotas.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
-    this.#identityValueBytesMax = quotas.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
+  constructor(options: SecretStoreOptions) {
+    this.#records = options.records;
+    this.#keys = options.keys;
+    this.#identitySecretsMax = options.identitySecretsMax ?? IDENTITY_SECRETS_MAX;
+    this.#identityValueBytesMax = options.identityValueBytesMax ?? IDENTITY_VALUE_BYTES_MAX;
   }
 
   encode(command: SecretCommand, actor: Actor | null): EncodedCommand {
@@ -185,8 +267,10 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
 
   /** What `identity` is charged for now. */
   usage(identity: string): IdentityUsage {
-    const usage = this.#usage.get(identity);
-    return { secrets: usage?.secrets ?? 0, valueBytes: usage?.valueBytes ?? 0 };
+    const stored = this.#records.get(this.#usageKey(identity));
+    if (stored === undefined) return { secrets: 0, valueBytes: 0 };
+    const bytes = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
+    return { secrets: bytes.readUIntBE(0, 6), valueBytes: bytes.readUIntBE(6, 6) };
   }
 
   /**
@@ -195,43 +279,53 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    * would wipe kept versions by lowering the versions kept, or bring back a deleted secret.
    */
   requiredCapabilities(command: SecretCommand): { name: string; capabilities: Array<'write' | 'delete'> } | null {
-    if (command.op === 'expire') return null;
+    if (command.op === 'expire' || command.op === 'reseal') return null;
     if (command.op === 'delete' || command.op === 'undelete' || command.op === 'destroy')
       return { name: command.name, capabilities: ['delete'] };
     if (command.op !== 'put') return { name: command.name, capabilities: ['write'] };
-    const secret = this.#secrets.get(command.name);
-    const wipes = secret !== undefined && command.versionsKept !== null && command.versionsKept < secret.versions.size;
+    const secret = this.#load(command.name);
+    const wipes =
+      secret !== undefined && command.versionsKept !== null && command.versionsKept < secret.versions.length;
     return { name: command.name, capabilities: wipes || secret?.deleted === true ? ['write', 'delete'] : ['write'] };
   }
 
-  /** Applies a command; a put by `actor` is charged to it, within its quotas (null: nobody). No authorization: see `authorize`. */
-  apply(command: SecretCommand, actor: Actor | null = null): SecretResult {
+  /**
+   * Applies a command at log index `index` (the records it writes are sealed with it); a put by
+   * `actor` is charged to it, within its quotas (null: nobody). No authorization: see `authorize`.
+   */
+  apply(command: SecretCommand, actor: Actor | null = null, index = this.#index + 1): SecretResult {
+    assert(index > this.#index || index === this.#index, () => `secret command at index ${index} after ${this.#index}`);
+    if (index !== this.#index) this.#seq = 0;
+    this.#index = index;
     switch (command.op) {
       case 'put':
         return this.#put(command, actor?.name ?? null);
       case 'delete':
       case 'undelete': {
-        const secret = this.#secrets.get(command.name);
+        const secret = this.#load(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         secret.deleted = command.op === 'delete';
+        this.#save(secret);
         return { ok: true, version: secret.lastVersion };
       }
       case 'destroy': {
-        const secret = this.#secrets.get(command.name);
+        const secret = this.#load(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         for (const n of command.versions) {
-          if (!secret.versions.has(n)) return refusal('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
+          if (!secret.versions.some((v) => v.version === n))
+            return refusal('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
         }
-        for (const n of command.versions) this.#wipe(secret.versions.get(n)!);
+        for (const v of secret.versions) if (command.versions.includes(v.version)) this.#wipe(secret, v);
+        this.#save(secret);
         return { ok: true, version: secret.lastVersion };
       }
       case 'label': {
-        const secret = this.#secrets.get(command.name);
+        const secret = this.#load(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
-        const version = secret.versions.get(command.version);
+        const version = secret.versions.find((v) => v.version === command.version);
         if (version === undefined)
           return refusal('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
-        if (version.value === null)
+        if (version.wiped)
           return refusal('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
         const userLabels = [...secret.labels.keys()].filter((l) => !isReservedLabel(l));
         if (
@@ -242,27 +336,47 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
           return refusal('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
         }
         secret.labels.set(command.label, command.version);
+        this.#save(secret);
         return { ok: true, version: command.version };
       }
       case 'unlabel': {
-        const secret = this.#secrets.get(command.name);
+        const secret = this.#load(command.name);
         if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
         if (isReservedLabel(command.label))
           return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
         if (!secret.labels.delete(command.label))
           return refusal('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
+        this.#save(secret);
         return { ok: true, version: secret.lastVersion };
       }
+      case 'reseal': {
+        // Records the leader found under older terms, sealed again under the active one (a record
+        // changed since, or already under a newer term, is left as it is).
+        let resealed = 0;
+        for (const key of command.keys) {
+          const sealed = this.#records.get(key);
+          if (sealed === undefined || recordTerm(sealed) >= command.belowTerm) continue;
+          if (recordTerm(sealed) >= this.#keys.activeTerm) continue;
+          const plaintext = openRecord(this.#keys, key, sealed, 'a record being re-sealed');
+          this.#putSealed(key, plaintext);
+          plaintext.fill(0);
+          resealed++;
+        }
+        return { ok: true, version: resealed };
+      }
       case 'expire': {
+        // The leader named what it found expired (expiryTargets); each is checked here against the
+        // sweep's time, so every manager wipes the same versions whatever its own clock says.
         let wiped = 0;
-        for (const secret of this.#secrets.values()) {
-          for (const version of secret.versions.values()) {
-            if (version.value !== null && version.expireAtMs !== null && version.expireAtMs <= command.nowMs) {
-              this.#wipe(version);
-              version.expired = true;
-              wiped++;
-            }
-          }
+        for (const [name, number] of command.targets) {
+          const secret = this.#load(name);
+          const version = secret?.versions.find((v) => v.version === number);
+          if (secret === undefined || version === undefined || version.wiped) continue;
+          if (version.expireAtMs === null || version.expireAtMs > command.nowMs) continue;
+          this.#wipe(secret, version);
+          version.expired = true;
+          this.#save(secret);
+          wiped++;
         }
         return { ok: true, version: wiped };
       }
@@ -270,7 +384,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null): SecretResult {
-    let secret = this.#secrets.get(command.name);
+    let secret = this.#load(command.name);
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
       return refusal(
@@ -287,7 +401,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     if (secret === undefined) {
       secret = {
         name: command.name,
-        versions: new Map(),
+        key: nameKey(this.#keys.indexKey, command.name),
+        versions: [],
         lastVersion: 0,
         labels: new Map(),
         deleted: false,
@@ -296,34 +411,37 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         updatedAtMs: command.nowMs,
         creator: writer,
       };
-      this.#secrets.set(command.name, secret);
       this.#charge(writer, 1, 0);
     }
     if (command.versionsKept !== null) secret.versionsKept = command.versionsKept;
     const version = secret.lastVersion + 1;
-    const value = ownedCopy(command.value);
-    secret.versions.set(version, {
+    const key = valueKey(secret.key, version);
+    this.#putSealed(key, command.value);
+    if (command.expireAtMs !== null) this.#records.put(expiryKey(command.expireAtMs, secret.key, version), EMPTY);
+    secret.versions.push({
       version,
-      value,
       createdAtMs: command.nowMs,
       expireAtMs: command.expireAtMs,
+      wiped: false,
       expired: false,
       writer,
+      valueBytes: command.value.byteLength,
     });
-    this.#charge(writer, 0, value.byteLength);
+    this.#charge(writer, 0, command.value.byteLength);
     secret.lastVersion = version;
     secret.deleted = false;
     secret.updatedAtMs = command.nowMs;
     if (current !== 0) secret.labels.set('previous', current);
     secret.labels.set('current', version);
     // Keep the newest `versionsKept`; older ones are wiped and forgotten, with their labels.
-    for (const old of [...secret.versions.keys()]) {
-      if (old <= version - secret.versionsKept) {
-        this.#wipe(secret.versions.get(old)!);
-        secret.versions.delete(old);
-        for (const [label, at] of secret.labels) if (at === old) secret.labels.delete(label);
-      }
+    const oldest = version - secret.versionsKept;
+    for (const old of secret.versions) {
+      if (old.version > oldest) continue;
+      this.#wipe(secret, old);
+      for (const [label, at] of secret.labels) if (at === old.version) secret.labels.delete(label);
     }
+    secret.versions = secret.versions.filter((v) => v.version > oldest);
+    this.#save(secret);
     return { ok: true, version };
   }
 
@@ -332,7 +450,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    * doomed put takes a log entry); the verdict that counts is the one where the command applies.
    */
   putQuotaProblem(writer: string, command: Extract<SecretCommand, { op: 'put' }>): string | null {
-    return this.#quotaProblem(writer, this.#secrets.get(command.name), command);
+    return this.#quotaProblem(writer, this.#load(command.name), command);
   }
 
   /**
@@ -352,8 +470,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     let freed = 0;
     if (secret !== undefined) {
       const oldest = secret.lastVersion + 1 - (command.versionsKept ?? secret.versionsKept);
-      for (const v of secret.versions.values())
-        if (v.version <= oldest && v.writer === writer && v.value !== null) freed += v.value.byteLength;
+      for (const v of secret.versions)
+        if (v.version <= oldest && v.writer === writer && !v.wiped) freed += v.valueBytes;
     }
     const after = usage.valueBytes - freed + command.value.byteLength;
     if (after > this.#identityValueBytesMax && after > usage.valueBytes) {
@@ -362,30 +480,179 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     return null;
   }
 
+  #usageKey(identity: string): Buffer {
+    return Buffer.concat([USAGE, keyedTag(this.#keys.indexKey, 'identity', identity)]);
+  }
+
   #charge(identity: string | null, secrets: number, valueBytes: number): void {
     if (identity === null) return;
-    const usage = this.#usage.get(identity) ?? { secrets: 0, valueBytes: 0 };
-    usage.secrets += secrets;
-    usage.valueBytes += valueBytes;
-    if (usage.secrets === 0 && usage.valueBytes === 0) this.#usage.delete(identity);
-    else this.#usage.set(identity, usage);
+    const usage = this.usage(identity);
+    const after: [number, number] = [usage.secrets + secrets, usage.valueBytes + valueBytes];
+    assert(after[0] >= 0 && after[1] >= 0, () => `the usage of an identity went below zero: ${after.join(', ')}`);
+    if (after[0] === 0 && after[1] === 0) this.#records.del(this.#usageKey(identity));
+    else this.#records.put(this.#usageKey(identity), encodeUsage(after[0], after[1]));
   }
 
-  /** Overwrites a value's bytes before dropping it (the process's copy; disks hold only ciphertext), and uncharges its writer. */
-  #wipe(version: VersionRecord): void {
-    if (version.value === null) return;
-    this.#charge(version.writer, 0, -version.value.byteLength);
-    version.value.fill(0);
-    version.value = null;
+  /** Deletes a version's value record (disks hold only its ciphertext, and LevelDB compacts it away) and uncharges its writer. */
+  #wipe(secret: SecretRecord, version: VersionRecord): void {
+    if (version.wiped) return;
+    this.#charge(version.writer, 0, -version.valueBytes);
+    this.#delSealed(valueKey(secret.key, version.version));
+    if (version.expireAtMs !== null) this.#records.del(expiryKey(version.expireAtMs, secret.key, version.version));
+    version.wiped = true;
   }
 
-  /** A version's value: by number, by label, or the current one. Throws RefusalError. */
+  /** Seals `plaintext` as the record at `key` under the active term, keeping the count of records per term. */
+  #putSealed(key: Uint8Array, plaintext: Uint8Array): void {
+    const old = this.#records.get(key);
+    if (old !== undefined) this.#countTerm(recordTerm(old), -1);
+    const sealed = this.#seal(key, plaintext);
+    this.#countTerm(recordTerm(sealed), 1);
+    this.#records.put(key, sealed);
+  }
+
+  #delSealed(key: Uint8Array): void {
+    const old = this.#records.get(key);
+    if (old === undefined) return;
+    this.#countTerm(recordTerm(old), -1);
+    this.#records.del(key);
+  }
+
+  #countTerm(term: number, delta: number): void {
+    const key = termCountKey(term);
+    const stored = this.#records.get(key);
+    const count = (stored === undefined ? 0 : Buffer.from(stored).readUIntBE(0, 6)) + delta;
+    assert(count >= 0, () => `the count of records sealed under keyring term ${term} went below zero`);
+    if (count === 0) this.#records.del(key);
+    else {
+      const value = Buffer.alloc(6);
+      value.writeUIntBE(count, 0, 6);
+      this.#records.put(key, value);
+    }
+  }
+
+  /**
+   * How many records are sealed under `term` (a term is destroyed only at 0: see the barrier's
+   * destroy, and `resealCommand`).
+   */
+  recordsSealedUnder(term: number): number {
+    const stored = this.#records.get(termCountKey(term));
+    return stored === undefined ? 0 : Buffer.from(stored).readUIntBE(0, 6);
+  }
+
+  /** Terms that still seal records, with their counts, oldest first. */
+  async termsInUse(): Promise<Array<{ term: number; records: number }>> {
+    const out: Array<{ term: number; records: number }> = [];
+    for await (const record of this.#records.range({ gte: TERM_COUNT, lt: prefixEnd(TERM_COUNT)! }))
+      out.push({
+        term: Buffer.from(record.key).readUInt32BE(TERM_COUNT.length),
+        records: Buffer.from(record.value).readUIntBE(0, 6),
+      });
+    return out;
+  }
+
+  /**
+   * A re-seal of up to `limit` records sealed under terms older than `belowTerm`, found from
+   * `after` on (a key; the leader keeps the cursor between batches), or null if none is left.
+   */
+  async resealCommand(
+    belowTerm: number,
+    after: Uint8Array | null,
+    limit = RESEAL_RECORDS_MAX,
+  ): Promise<{ command: Extract<SecretCommand, { op: 'reseal' }>; last: Uint8Array } | null> {
+    const keys: Uint8Array[] = [];
+    for (const kind of [META, VALUE]) {
+      const gte = after !== null && Buffer.compare(after, kind) > 0 ? Buffer.concat([after, Buffer.of(0)]) : kind;
+      for await (const record of this.#records.range({ gte, lt: prefixEnd(kind)! })) {
+        if (recordTerm(record.value) >= belowTerm) continue;
+        keys.push(Buffer.from(record.key));
+        if (keys.length >= limit) break;
+      }
+      if (keys.length >= limit) break;
+    }
+    if (keys.length === 0) return null;
+    return { command: { op: 'reseal', belowTerm, keys }, last: keys[keys.length - 1]! };
+  }
+
+  #seal(key: Uint8Array, plaintext: Uint8Array): Buffer {
+    return sealRecord(this.#keys, key, plaintext, { index: this.#index, seq: this.#seq++ });
+  }
+
+  #save(secret: SecretRecord): void {
+    const key = metaKey(secret.key);
+    this.#putSealed(key, this.#encodeMeta(secret));
+  }
+
+  #encodeMeta(secret: SecretRecord): Buffer {
+    return packr.pack([
+      secret.name,
+      secret.lastVersion,
+      [...secret.labels],
+      secret.deleted,
+      secret.versionsKept,
+      secret.createdAtMs,
+      secret.updatedAtMs,
+      secret.creator,
+      secret.versions.map((v) => [v.version, v.createdAtMs, v.expireAtMs, v.wiped, v.expired, v.writer, v.valueBytes]),
+    ]);
+  }
+
+  /** A secret's record, opened (throws CryptoError if the record was altered or moved). */
+  #load(name: string): SecretRecord | undefined {
+    return this.#loadKey(nameKey(this.#keys.indexKey, name));
+  }
+
+  #loadKey(nk: Buffer): SecretRecord | undefined {
+    const key = metaKey(nk);
+    const sealed = this.#records.get(key);
+    return sealed === undefined ? undefined : this.#decodeMeta(nk, key, sealed);
+  }
+
+  #decodeMeta(nk: Buffer, key: Uint8Array, sealed: Uint8Array): SecretRecord {
+    const [name, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator, versions] =
+      packr.unpack(openRecord(this.#keys, key, sealed, "a secret's record")) as [
+        string,
+        number,
+        Array<[string, number]>,
+        boolean,
+        number,
+        number,
+        number,
+        string | null,
+        Array<[number, number, number | null, boolean, boolean, string | null, number]>,
+      ];
+    return {
+      name,
+      key: nk,
+      lastVersion,
+      labels: new Map(labels),
+      deleted,
+      versionsKept,
+      createdAtMs,
+      updatedAtMs,
+      creator,
+      versions: versions.map(([version, created, expireAtMs, wiped, expired, writer, valueBytes]) => ({
+        version,
+        createdAtMs: created,
+        expireAtMs,
+        wiped,
+        expired,
+        writer,
+        valueBytes,
+      })),
+    };
+  }
+
+  /**
+   * A version's value: by number, by label, or the current one. Throws RefusalError. The value is
+   * opened into a buffer of its own: the caller wipes it (fill(0)) once the reply is written.
+   */
   read(
     name: string,
     selector: { version?: number; label?: string },
     nowMs: number,
   ): { value: Buffer; version: number } {
-    const secret = this.#secrets.get(name);
+    const secret = this.#load(name);
     if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
     if (secret.deleted) throw new RefusalError('DELETED', `secret "${name}" is deleted; undelete it to read it`);
     let number = selector.version;
@@ -394,7 +661,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       number = secret.labels.get(label);
       if (number === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" has no label "${label}"`);
     }
-    const version = secret.versions.get(number);
+    const version = secret.versions.find((v) => v.version === number);
     if (version === undefined) {
       throw new RefusalError(
         'NOT_FOUND',
@@ -405,45 +672,57 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     }
     if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs))
       throw new RefusalError('EXPIRED', `secret "${name}": version ${number} expired`);
-    if (version.value === null)
-      throw new RefusalError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
-    return { value: version.value, version: number };
+    if (version.wiped) throw new RefusalError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
+    const key = valueKey(secret.key, number);
+    const sealed = this.#records.get(key);
+    assert(sealed !== undefined, () => `the value record of a kept version (${number}) is missing`);
+    return { value: openRecord(this.#keys, key, sealed, 'a secret value'), version: number };
   }
 
   metadata(name: string): SecretMetadata {
-    const secret = this.#secrets.get(name);
+    const secret = this.#load(name);
     if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
     return metadataOf(secret);
   }
 
   versions(name: string, nowMs: number): VersionMetadata[] {
-    const secret = this.#secrets.get(name);
+    const secret = this.#load(name);
     if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
-    return [...secret.versions.values()]
-      .sort((a, b) => a.version - b.version)
-      .map((v) => ({
-        version: v.version,
-        createdAtMs: v.createdAtMs,
-        expireAtMs: v.expireAtMs,
-        destroyed: v.value === null && !v.expired,
-        expired: v.expired || (v.expireAtMs !== null && v.expireAtMs <= nowMs),
-        labels: [...secret.labels].filter(([, at]) => at === v.version).map(([label]) => label),
-      }));
+    return secret.versions.map((v) => ({
+      version: v.version,
+      createdAtMs: v.createdAtMs,
+      expireAtMs: v.expireAtMs,
+      destroyed: v.wiped && !v.expired,
+      expired: v.expired || (v.expireAtMs !== null && v.expireAtMs <= nowMs),
+      labels: [...secret.labels].filter(([, at]) => at === v.version).map(([label]) => label),
+    }));
   }
 
-  /** Names under a prefix in order, after `after` (the page token), at most `limit`. */
-  list(
+  /**
+   * Names under a prefix, after `after` (the page token), at most `limit`. The order is the
+   * store's key order (the names' keyed tags), stable but not alphabetical: the store does not
+   * know the names' order. Cost: the records under the prefix's last whole segment are read.
+   */
+  async list(
     prefix: string,
     after: string,
     limit: number,
     includeDeleted: boolean,
     visible: (name: string) => boolean = () => true,
-  ): { secrets: SecretMetadata[]; next: string } {
-    const names = [...this.#secrets.keys()].filter((n) => n.startsWith(prefix) && n > after).sort();
+  ): Promise<{ secrets: SecretMetadata[]; next: string }> {
+    const slash = prefix.lastIndexOf('/');
+    const base = Buffer.concat([META, segmentsKey(this.#keys.indexKey, slash < 0 ? '' : prefix.slice(0, slash))]);
+    const lt = prefixEnd(base);
+    const start =
+      after === '' || secretNameProblem(after) !== null
+        ? base
+        : Buffer.concat([metaKey(nameKey(this.#keys.indexKey, after)), Buffer.of(0)]);
+    const gte = Buffer.compare(start, base) > 0 ? start : base;
     const page: SecretMetadata[] = [];
-    for (const name of names) {
-      const secret = this.#secrets.get(name)!;
-      if ((secret.deleted && !includeDeleted) || !visible(name)) continue;
+    for await (const record of this.#records.range(lt === undefined ? { gte } : { gte, lt })) {
+      const nk = Buffer.from(record.key.subarray(META.length));
+      const secret = this.#decodeMeta(nk, record.key, record.value);
+      if (!secret.name.startsWith(prefix) || (secret.deleted && !includeDeleted) || !visible(secret.name)) continue;
       if (page.length === limit) return { secrets: page, next: page[page.length - 1]!.name };
       page.push(metadataOf(secret));
     }
@@ -451,50 +730,73 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   /** The earliest expiry still to wipe (for the leader's sweep), or null. */
-  nextExpiryMs(): number | null {
-    let next: number | null = null;
-    for (const secret of this.#secrets.values()) {
-      for (const v of secret.versions.values())
-        if (v.value !== null && v.expireAtMs !== null && (next === null || v.expireAtMs < next)) next = v.expireAtMs;
+  async nextExpiryMs(): Promise<number | null> {
+    for await (const record of this.#records.range({ gte: EXPIRY, lt: prefixEnd(EXPIRY)!, limit: 1 }))
+      return Number(Buffer.from(record.key).readBigUInt64BE(EXPIRY.length));
+    return null;
+  }
+
+  /** A sweep of versions expired by `nowMs` (at most EXPIRY_SWEEP_VERSIONS_MAX), or null if none is due. */
+  async expiryCommand(nowMs: number): Promise<Extract<SecretCommand, { op: 'expire' }> | null> {
+    const lt = expiryKey(nowMs + 1, Buffer.alloc(0), 0).subarray(0, EXPIRY.length + 8);
+    const targets: Array<[string, number]> = [];
+    for await (const record of this.#records.range({ gte: EXPIRY, lt, limit: EXPIRY_SWEEP_VERSIONS_MAX })) {
+      const key = Buffer.from(record.key);
+      const nk = key.subarray(EXPIRY.length + 8, key.length - 4);
+      const secret = this.#loadKey(Buffer.from(nk));
+      if (secret !== undefined) targets.push([secret.name, key.readUInt32BE(key.length - 4)]);
     }
-    return next;
+    return targets.length === 0 ? null : { op: 'expire', nowMs, targets };
   }
 
-  get size(): number {
-    return this.#secrets.size;
+  /** How many secrets there are (reads every metadata key: for reports, not for requests). */
+  async count(): Promise<number> {
+    let n = 0;
+    for await (const _ of this.#records.range({ gte: META, lt: prefixEnd(META)! })) n++;
+    return n;
   }
 
-  /** The image: each version remembers its writer and each secret its creator (the quotas are recomputed from them). */
-  snapshot(): unknown {
-    return [...this.#secrets.values()].map((s) => [
-      s.name,
-      [...s.versions.values()].map((v) => [v.version, v.value, v.createdAtMs, v.expireAtMs, v.expired, v.writer]),
-      s.lastVersion,
-      [...s.labels],
-      s.deleted,
-      s.versionsKept,
-      s.createdAtMs,
-      s.updatedAtMs,
-      s.creator,
-    ]);
+  /** The image: every record of the part, in key order, as stored (sealed): equal states give equal images. */
+  async snapshot(): Promise<unknown> {
+    const records: Array<[Uint8Array, Uint8Array]> = [];
+    for await (const record of this.#records.range({ gte: PART_PREFIX, lt: prefixEnd(PART_PREFIX)! }))
+      records.push([record.key, record.value]);
+    return records;
   }
 
-  /** Reads an image; one made before quotas (no writers, no creators) charges nobody. */
-  restore(image: unknown): void {
-    this.#secrets.clear();
-    this.#usage.clear();
-    const identity = (value: unknown): string | null => (typeof value === 'string' ? value : null);
-    type Row = [
-      string,
-      Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>,
-      number,
-      Array<[string, number]>,
-      boolean,
-      number,
-      number,
-      number,
-      unknown?,
-    ];
+  /**
+   * Replaces the store's content with an image's records (checked to be records of this part), of
+   * the state at log index `index`. An image of the version before the state store (rows of
+   * plaintext secrets) is converted: its records sealed at `index`, as every manager does alike.
+   */
+  async restore(image: unknown, index: number): Promise<void> {
+    if (!Array.isArray(image)) throw new TypeError('the secrets image is not a list of records');
+    this.#index = index;
+    this.#seq = 0;
+    const rows = image as unknown[];
+    const records =
+      rows.length > 0 && Array.isArray(rows[0]) && typeof rows[0][0] === 'string'
+        ? this.#convertRows(rows as V1Row[])
+        : checkedRecords(rows);
+    await this.#records.replaceAll(
+      (async function* () {
+        for (const [key, value] of records) yield { key, value };
+      })(),
+    );
+  }
+
+  /** The records of an image of rows (before the state store), sealed here at the restore's index. */
+  #convertRows(rows: readonly V1Row[]): Array<[Uint8Array, Uint8Array]> {
+    const out = new Map<string, [Uint8Array, Uint8Array]>();
+    const usage = new Map<string, [number, number]>();
+    const charge = (identity: unknown, secrets: number, bytes: number): void => {
+      if (typeof identity !== 'string') return;
+      const u = usage.get(identity) ?? [0, 0];
+      usage.set(identity, [u[0] + secrets, u[1] + bytes]);
+    };
+    const put = (key: Buffer, value: Uint8Array): void => {
+      out.set(key.toString('latin1'), [key, value]);
+    };
     for (const [
       name,
       versions,
@@ -505,35 +807,85 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       createdAtMs,
       updatedAtMs,
       creator,
-    ] of image as Row[]) {
+    ] of rows) {
+      if (secretNameProblem(name) !== null) throw new TypeError('the secrets image holds a bad name');
+      const nk = nameKey(this.#keys.indexKey, name);
+      charge(creator, 1, 0);
       const secret: SecretRecord = {
         name,
-        versions: new Map(
-          versions.map(([version, value, created, expireAtMs, expired, writer]) => [
-            version,
-            {
-              version,
-              value: value === null ? null : ownedCopy(value),
-              createdAtMs: created,
-              expireAtMs,
-              expired,
-              writer: identity(writer),
-            },
-          ]),
-        ),
+        key: nk,
+        versions: [],
         lastVersion,
         labels: new Map(labels),
         deleted,
         versionsKept,
         createdAtMs,
         updatedAtMs,
-        creator: identity(creator),
+        creator: typeof creator === 'string' ? creator : null,
       };
-      this.#secrets.set(name, secret);
-      this.#charge(secret.creator, 1, 0);
-      for (const v of secret.versions.values()) if (v.value !== null) this.#charge(v.writer, 0, v.value.byteLength);
+      for (const [version, value, created, expireAtMs, expired, writer] of [...versions].sort((a, b) => a[0] - b[0])) {
+        secret.versions.push({
+          version,
+          createdAtMs: created,
+          expireAtMs,
+          wiped: value === null,
+          expired,
+          writer: typeof writer === 'string' ? writer : null,
+          valueBytes: value?.byteLength ?? 0,
+        });
+        if (value === null) continue;
+        charge(writer, 0, value.byteLength);
+        const key = valueKey(nk, version);
+        put(key, this.#seal(key, value));
+        if (expireAtMs !== null) put(expiryKey(expireAtMs, nk, version), EMPTY);
+      }
+      const key = metaKey(nk);
+      put(key, this.#seal(key, this.#encodeMeta(secret)));
     }
+    for (const [identity, counts] of usage) put(this.#usageKey(identity), encodeUsage(counts[0], counts[1]));
+    const sealed = [...out.keys()].filter((k) => k.startsWith('sm') || k.startsWith('sv')).length;
+    if (sealed > 0) {
+      const count = Buffer.alloc(6);
+      count.writeUIntBE(sealed, 0, 6);
+      put(termCountKey(this.#keys.activeTerm), count);
+    }
+    return [...out.values()].sort(([a], [b]) => Buffer.compare(a, b));
   }
+}
+
+/** A secret as an image before the state store held it: `[name, versions, lastVersion, labels, deleted, versionsKept, created, updated, creator?]`. */
+type V1Row = [
+  string,
+  Array<[number, Uint8Array | null, number, number | null, boolean, unknown?]>,
+  number,
+  Array<[string, number]>,
+  boolean,
+  number,
+  number,
+  number,
+  unknown?,
+];
+
+/** A usage record: secrets created and value bytes held, 6 bytes each (big-endian). */
+function encodeUsage(secrets: number, valueBytes: number): Buffer {
+  const value = Buffer.alloc(12);
+  value.writeUIntBE(secrets, 0, 6);
+  value.writeUIntBE(valueBytes, 6, 6);
+  return value;
+}
+
+function checkedRecords(rows: readonly unknown[]): Array<[Uint8Array, Uint8Array]> {
+  for (const record of rows) {
+    if (
+      !Array.isArray(record) ||
+      record.length !== 2 ||
+      !(record[0] instanceof Uint8Array) ||
+      !(record[1] instanceof Uint8Array) ||
+      record[0][0] !== PART_PREFIX[0]
+    )
+      throw new TypeError('the secrets image holds a record that is not one of this part');
+  }
+  return rows as Array<[Uint8Array, Uint8Array]>;
 }
 
 function isReservedLabel(label: string): boolean {
@@ -558,8 +910,39 @@ function checkedSecretCommand(kind: string, value: unknown): SecretCommand | str
   const c = value as Record<string, unknown>;
   if (kind !== `secret.${String(c['op'])}`) return `the ${kind} command names another operation`;
   const int = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
-  if (c['op'] === 'expire')
-    return int(c['nowMs']) ? { op: 'expire', nowMs: c['nowMs'] } : 'an expiry sweep needs a time';
+  if (c['op'] === 'expire') {
+    if (!int(c['nowMs'])) return 'an expiry sweep needs a time';
+    const targets = c['targets'];
+    if (
+      !Array.isArray(targets) ||
+      targets.length > EXPIRY_SWEEP_VERSIONS_MAX ||
+      !targets.every(
+        (t) =>
+          Array.isArray(t) &&
+          t.length === 2 &&
+          typeof t[0] === 'string' &&
+          secretNameProblem(t[0]) === null &&
+          int(t[1]) &&
+          t[1] > 0,
+      )
+    )
+      return `an expiry sweep names at most ${EXPIRY_SWEEP_VERSIONS_MAX} versions as [name, version]`;
+    return { op: 'expire', nowMs: c['nowMs'], targets: targets as Array<[string, number]> };
+  }
+  if (c['op'] === 'reseal') {
+    const { belowTerm, keys } = c;
+    if (!(int(belowTerm) && belowTerm > 0)) return 'a re-seal needs a term';
+    if (
+      !Array.isArray(keys) ||
+      keys.length > RESEAL_RECORDS_MAX ||
+      !keys.every(
+        (k) =>
+          k instanceof Uint8Array && k.byteLength > 2 && (k[1] === META[1] || k[1] === VALUE[1]) && k[0] === META[0],
+      )
+    )
+      return `a re-seal names at most ${RESEAL_RECORDS_MAX} keys of sealed records`;
+    return { op: 'reseal', belowTerm, keys };
+  }
   const name = c['name'];
   if (typeof name !== 'string') return 'a secret command needs a name';
   const nameProblem = secretNameProblem(name);

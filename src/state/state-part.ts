@@ -131,10 +131,13 @@ export interface StatePart<Command, Applied extends { readonly ok: true }> {
    * authorized; a manager's own commands (actor null) are not.
    */
   authorize(command: Command, actor: Actor, authority: Authority): Refusal | null;
-  /** Applies a decoded (and, if it names an actor, authorized) command; `actor` is who is charged for it. */
-  apply(command: Command, actor: Actor | null): Applied | Refusal;
+  /**
+   * Applies a decoded (and, if it names an actor, authorized) command; `actor` is who is charged
+   * for it, `index` the log index of its entry (a part on the state store seals with it).
+   */
+  apply(command: Command, actor: Actor | null, index: number): Applied | Refusal;
   /** The part's state as plain data (msgpack-able); equal states give equal images. */
-  snapshot(): unknown;
-  /** Replaces the whole state with an image `snapshot` made (by this version or an older one). */
-  restore(image: unknown): void;
+  snapshot(): unknown | Promise<unknown>;
+  /** Replaces the whole state with an image `snapshot` made (by this version or an older one) at log index `index`. */
+  restore(image: unknown, index: number): void | Promise<void>;
 }

@@ -93,7 +93,7 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
       tickIntervalMs: 10,
     });
     let file: Buffer;
-    let material: ReturnType<Manager<unknown>['backupMaterial']>;
+    let material: Awaited<ReturnType<Manager<unknown>['backupMaterial']>>;
     const recovery = generateRecoveryKey();
     try {
       await until(
@@ -102,7 +102,7 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
       );
       assert.deepEqual(names(m1.root), ['keys', 'node.json', 'raft', 'tls'], 'the first start makes raft/');
       assert.equal(mode(m1.raft), 0o700);
-      material = manager.backupMaterial();
+      material = await manager.backupMaterial();
       file = encodeBackup(
         {
           clusterId: manager.clusterId,

@@ -71,7 +71,7 @@ test('policies allow and deny by path and capability, the most specific rule win
     }
     const listed = await client.call<Reply>(cluster.addresses[1]!, 'Secrets', 'list', { prefix: '' });
     assert.deepEqual(
-      (listed['secrets'] as Reply[]).map((s) => s['name']),
+      (listed['secrets'] as Reply[]).map((s) => s['name']).sort(),
       ['team/dev/db', 'team/prod/db'],
       'a listing shows only what the identity may list',
     );

@@ -1,3 +1,4 @@
+import { testRecordKeys } from './stores.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { encodeAccessCommand, type AccessCommand, type Actor } from '../../src/state/access-state.ts';
@@ -14,7 +15,7 @@ function delegated(extra: PolicyRule[] = []): {
   state: AppliedState;
   apply: (command: AccessCommand, actor: Actor | null) => { ok: boolean; reason?: string; code?: string };
 } {
-  const state = new AppliedState();
+  const state = new AppliedState({ keys: testRecordKeys() });
   let index = 0;
   const apply = (command: AccessCommand, actor: Actor | null) =>
     state.apply({ index: ++index, ...encodeAccessCommand(command, actor) }) as {

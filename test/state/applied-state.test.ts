@@ -1,3 +1,4 @@
+import { testRecordKeys } from './stores.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { encodeAccessCommand } from '../../src/state/access-state.ts';
@@ -20,7 +21,7 @@ function stateWithWriter(): {
   state: AppliedState;
   apply: (c: { kind: string; data: Buffer }) => ReturnType<AppliedState['apply']>;
 } {
-  const state = new AppliedState();
+  const state = new AppliedState({ keys: testRecordKeys() });
   let index = 0;
   const apply = (c: { kind: string; data: Buffer }) => state.apply({ index: ++index, kind: c.kind, data: c.data });
   apply(

@@ -22,6 +22,8 @@ const keyOf = (name: string, gen = 0): string =>
   hex(IDENTITIES.indexOf(name as (typeof IDENTITIES)[number]) * 16 + gen + 1, 32);
 const POLICIES = ['readers', 'writers', 'team-admin', 'root', 'missing'] as const;
 const SECRETS = ['app/a', 'app/b', 'team/c', 'prod/d'] as const;
+/** Versions of each secret an expiry sweep names (a run of 600 commands makes fewer per secret). */
+const EXPIRE_TARGET_VERSIONS = 200;
 const PATHS = [
   'app/**',
   'team/**',
@@ -111,7 +113,14 @@ function randomSecretCommand(random: SeededRandom, pick: Pick, nowMs: number): S
     case 6:
       return { op: 'unlabel', name, label: pick(['pinned', 'previous', 'stable']) };
     default:
-      return { op: 'expire', nowMs };
+      // The leader names what it found expired; here, every version a run makes (each checked where it applies).
+      return {
+        op: 'expire',
+        nowMs,
+        targets: SECRETS.flatMap((secret) =>
+          Array.from({ length: EXPIRE_TARGET_VERSIONS }, (_, v) => [secret, v + 1] as [string, number]),
+        ),
+      };
   }
 }
 

@@ -1,7 +1,8 @@
+import { newSecretStore, testRecordKeys } from './stores.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  SecretStore,
+  type SecretStore,
   encodeSecretCommand,
   type SecretCommand,
   type SecretResult,
@@ -34,7 +35,7 @@ const refusedWith = (code: RefusalCode, pattern?: RegExp) => (e: unknown) =>
   e instanceof RefusalError && e.code === code && (pattern === undefined || pattern.test(e.message));
 
 test('each put makes a new version; current and previous follow; a version or label reads back', () => {
-  const store = new SecretStore();
+  const store = newSecretStore();
   assert.deepEqual(apply(store, put('db/password', 'one')), { ok: true, version: 1 });
   assert.deepEqual(apply(store, put('db/password', 'two')), { ok: true, version: 2 });
   assert.equal(store.read('db/password', {}, T0).value.toString(), 'two');
@@ -45,7 +46,7 @@ test('each put makes a new version; current and previous follow; a version or la
 });
 
 test('compare-and-set: 0 creates only; a stale version is refused and changes nothing', () => {
-  const store = new SecretStore();
+  const store = newSecretStore();
   assert.deepEqual(apply(store, put('k', 'a', { cas: 0 })), { ok: true, version: 1 });
   const again = apply(store, put('k', 'b', { cas: 0 }));
   assert.equal(again.ok, false);
@@ -57,7 +58,7 @@ test('compare-and-set: 0 creates only; a stale version is refused and changes no
 });
 
 test('only the newest versions are kept; older ones are wiped and say so', () => {
-  const store = new SecretStore();
+  const store = newSecretStore();
   for (let k = 1; k <= 5; k++) apply(store, put('k', `v${k}`, { versionsKept: 3 }));
   assert.deepEqual(
     store.versions('k', T0).map((v) => v.version),
@@ -69,14 +70,14 @@ test('only the newest versions are kept; older ones are wiped and say so', () =>
   );
 });
 
-test('soft delete hides a secret until undeleted; destroy wipes chosen versions for good', () => {
-  const store = new SecretStore();
+test('soft delete hides a secret until undeleted; destroy wipes chosen versions for good', async () => {
+  const store = newSecretStore();
   apply(store, put('k', 'v1'));
   apply(store, put('k', 'v2'));
   apply(store, { op: 'delete', name: 'k' });
   assert.throws(() => store.read('k', {}, T0), refusedWith('DELETED'));
-  assert.equal(store.list('', '', 10, false).secrets.length, 0);
-  assert.equal(store.list('', '', 10, true).secrets.length, 1);
+  assert.equal((await store.list('', '', 10, false)).secrets.length, 0);
+  assert.equal((await store.list('', '', 10, true)).secrets.length, 1);
   apply(store, { op: 'undelete', name: 'k' });
   assert.equal(store.read('k', {}, T0).value.toString(), 'v2');
   apply(store, { op: 'destroy', name: 'k', versions: [1] });
@@ -87,7 +88,7 @@ test('soft delete hides a secret until undeleted; destroy wipes chosen versions 
 });
 
 test('labels: current can be moved back (rollback), user labels come and go, a destroyed version takes none', () => {
-  const store = new SecretStore();
+  const store = newSecretStore();
   apply(store, put('k', 'v1'));
   apply(store, put('k', 'v2'));
   apply(store, { op: 'label', name: 'k', label: 'current', version: 1 });
@@ -103,14 +104,22 @@ test('labels: current can be moved back (rollback), user labels come and go, a d
   assert.equal(!onDestroyed.ok && onDestroyed.code, 'DESTROYED');
 });
 
-test('expiry: reads fail once the time has passed, and the sweep wipes the value', () => {
-  const store = new SecretStore();
+test('expiry: reads fail once the time has passed, and the sweep wipes the value', async () => {
+  const store = newSecretStore();
   apply(store, put('k', 'short', { expireAtMs: T0 + 1000 }));
+  apply(store, put('later', 'long', { expireAtMs: T0 + 9000 }));
   assert.equal(store.read('k', {}, T0 + 999).value.toString(), 'short');
   assert.throws(() => store.read('k', {}, T0 + 1000), refusedWith('EXPIRED'));
-  assert.equal(store.nextExpiryMs(), T0 + 1000);
-  assert.deepEqual(apply(store, { op: 'expire', nowMs: T0 + 1000 }), { ok: true, version: 1 });
-  assert.equal(store.nextExpiryMs(), null);
+  assert.equal(await store.nextExpiryMs(), T0 + 1000);
+  assert.equal(await store.expiryCommand(T0 + 999), null, 'nothing is due before the time');
+  const sweep = await store.expiryCommand(T0 + 1000);
+  assert.deepEqual(sweep, { op: 'expire', nowMs: T0 + 1000, targets: [['k', 1]] });
+  // A sweep that names a version not yet expired at its time (a leader's clock ahead) wipes nothing of it.
+  assert.deepEqual(apply(store, { op: 'expire', nowMs: T0 + 1000, targets: [['later', 1]] }), { ok: true, version: 0 });
+  assert.deepEqual(apply(store, sweep!), { ok: true, version: 1 });
+  assert.deepEqual(apply(store, sweep!), { ok: true, version: 0 }, 'a sweep applied twice wipes nothing more');
+  assert.equal(await store.nextExpiryMs(), T0 + 9000);
+  assert.equal(store.read('later', {}, T0 + 1000).value.toString(), 'long');
   assert.throws(() => store.read('k', {}, T0), refusedWith('EXPIRED'), 'wiped: even an earlier clock cannot read it');
   assert.deepEqual(
     store.versions('k', T0).map((v) => v.expired),
@@ -118,8 +127,8 @@ test('expiry: reads fail once the time has passed, and the sweep wipes the value
   );
 });
 
-test('bad commands are refused as results, never thrown, and leave the state as it was', () => {
-  const store = new SecretStore();
+test('bad commands are refused as results, never thrown, and leave the state as it was', async () => {
+  const store = newSecretStore();
   const bad = (kind: string, data: Buffer, pattern: RegExp) => {
     const result = applyLogged(store, kind, data);
     assert.equal(result.ok, false);
@@ -131,19 +140,118 @@ test('bad commands are refused as results, never thrown, and leave the state as 
   bad('secret.put', encodeSecretCommand(put('a b', 'x')).data, /segments of letters/);
   bad('secret.put', encodeSecretCommand(put('k', 'x'.repeat(512 * 1024 + 1))).data, /at most 524288 bytes/);
   bad('secret.delete', encodeSecretCommand(put('k', 'x')).data, /names another operation/);
-  assert.equal(store.size, 0);
+  bad('secret.expire', encodeSecretCommand({ op: 'expire', nowMs: T0, targets: [['../x', 1]] }).data, /expiry sweep/);
+  assert.equal(await store.count(), 0);
 });
 
-test('a snapshot restores the same secrets, versions, labels and flags', () => {
-  const store = new SecretStore();
+test('a snapshot restores the same secrets, versions, labels and flags', async () => {
+  const keys = testRecordKeys();
+  const store = newSecretStore({}, keys);
   apply(store, put('a', '1'));
   apply(store, put('a', '2', { expireAtMs: T0 + 5000 }));
   apply(store, { op: 'label', name: 'a', label: 'pinned', version: 1 });
   apply(store, put('b', 'x'));
   apply(store, { op: 'delete', name: 'b' });
-  const copy = new SecretStore();
-  copy.restore(store.snapshot());
-  assert.deepEqual(copy.snapshot(), store.snapshot());
+  const copy = newSecretStore({}, keys);
+  await copy.restore(await store.snapshot(), 100);
+  assert.deepEqual(await copy.snapshot(), await store.snapshot());
   assert.equal(copy.read('a', { label: 'pinned' }, T0).value.toString(), '1');
   assert.throws(() => copy.read('b', {}, T0), refusedWith('DELETED'));
+});
+
+test('list: by prefix (whole segments or a partial last one), paged without gaps or repeats; cost within the prefix', async () => {
+  const store = newSecretStore();
+  const names = ['app/db/password', 'app/db/user', 'app/dash', 'app/web/key', 'app', 'other/app/x', 'apple'];
+  for (const name of names) apply(store, put(name, `v-${name}`));
+  const all = async (prefix: string, pageSize: number): Promise<string[]> => {
+    const seen: string[] = [];
+    let after = '';
+    for (let pages = 0; pages < 50; pages++) {
+      const page = await store.list(prefix, after, pageSize, false);
+      seen.push(...page.secrets.map((s) => s.name));
+      if (page.next === '') return seen;
+      after = page.next;
+    }
+    throw new Error('paging did not end');
+  };
+  const sorted = (xs: string[]) => [...xs].sort();
+  assert.deepEqual(sorted(await all('app/', 100)), ['app/dash', 'app/db/password', 'app/db/user', 'app/web/key']);
+  assert.deepEqual(sorted(await all('app/d', 1)), ['app/dash', 'app/db/password', 'app/db/user']);
+  assert.deepEqual(sorted(await all('app/db/', 1)), ['app/db/password', 'app/db/user']);
+  assert.deepEqual(sorted(await all('app', 2)), [
+    'app',
+    'app/dash',
+    'app/db/password',
+    'app/db/user',
+    'app/web/key',
+    'apple',
+  ]);
+  assert.deepEqual(sorted(await all('', 3)), sorted(names));
+  assert.deepEqual(await all('nothing/', 10), []);
+});
+
+test('at rest: no secret name, value or identity in the store, only sealed records under keyed tags', async () => {
+  const store = newSecretStore();
+  const value = 'correct-horse-battery-staple';
+  apply(store, put('payments/stripe/api-key', value, { expireAtMs: T0 + 60_000 }));
+  apply(store, put('payments/stripe/api-key', `${value}-2`));
+  const ci = { name: 'ci-deployer', key: 'aa'.repeat(32) };
+  const { kind, data } = encodeSecretCommand(put('payments/other', value), ci);
+  applyLogged(store, kind, data);
+  const image = (await store.snapshot()) as Array<[Uint8Array, Uint8Array]>;
+  assert.ok(image.length >= 6, 'meta, values, expiry, usage and term counts are records');
+  const raw = Buffer.concat(image.flat());
+  for (const text of [value, 'payments', 'stripe', 'api-key', 'other', 'ci-deployer'])
+    assert.equal(raw.includes(Buffer.from(text)), false, `"${text}" is not readable in the records`);
+  assert.equal(store.read('payments/stripe/api-key', { version: 1 }, T0).value.toString(), value);
+});
+
+test('a record moved to another key (one secret swapped for another) does not open', async () => {
+  const keys = testRecordKeys();
+  const store = newSecretStore({}, keys);
+  apply(store, put('a', 'value of a'));
+  apply(store, put('b', 'value of b'));
+  const image = (await store.snapshot()) as Array<[Uint8Array, Uint8Array]>;
+  const values = image.filter(([k]) => k[0] === 0x73 && k[1] === 0x76);
+  assert.equal(values.length, 2);
+  const swapped = image.map(([k, v]): [Uint8Array, Uint8Array] => {
+    if (Buffer.compare(k, values[0]![0]) === 0) return [k, values[1]![1]];
+    if (Buffer.compare(k, values[1]![0]) === 0) return [k, values[0]![1]];
+    return [k, v];
+  });
+  const copy = newSecretStore({}, keys);
+  await copy.restore(swapped, 10);
+  assert.throws(() => copy.read('a', {}, T0), /authentication failed/);
+  assert.throws(() => copy.read('b', {}, T0), /authentication failed/);
+});
+
+test('records per keyring term are counted; a re-seal moves them to the active term, in batches, and reads still work', async () => {
+  const keys = testRecordKeys() as ReturnType<typeof testRecordKeys> & {
+    addTerm(t: number, k: Buffer, ms: number): void;
+  };
+  const store = newSecretStore({}, keys);
+  for (let k = 0; k < 5; k++) apply(store, put(`s${k}`, `v${k}`));
+  apply(store, { op: 'destroy', name: 's4', versions: [1] });
+  // Five metadata records and four values under term 1.
+  assert.equal(store.recordsSealedUnder(1), 9);
+  keys.addTerm(2, Buffer.alloc(32, 9), 0);
+  apply(store, put('s0', 'newer'));
+  assert.equal(store.recordsSealedUnder(2), 2, 'the new value and the rewritten metadata');
+  assert.equal(store.recordsSealedUnder(1), 8);
+  let cursor: Uint8Array | null = null;
+  let batches = 0;
+  for (;;) {
+    const next = await store.resealCommand(2, cursor, 3);
+    if (next === null) break;
+    batches++;
+    assert.ok(next.command.keys.length <= 3);
+    apply(store, next.command);
+    cursor = next.last;
+  }
+  assert.equal(batches, 3);
+  assert.equal(store.recordsSealedUnder(1), 0);
+  assert.equal(store.recordsSealedUnder(2), 10);
+  assert.deepEqual(await store.termsInUse(), [{ term: 2, records: 10 }]);
+  for (let k = 1; k < 4; k++) assert.equal(store.read(`s${k}`, {}, T0).value.toString(), `v${k}`);
+  assert.equal(store.read('s0', { version: 1 }, T0).value.toString(), 'v0');
 });

@@ -1,3 +1,4 @@
+import { testRecordKeys } from './stores.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -14,6 +15,8 @@ import { randomCommand, type RandomCommand } from './random-commands.ts';
  */
 
 const SEEDS = [11, 12, 13, 14];
+/** One set of record keys for every state here: their images are compared byte for byte. */
+const KEYS = testRecordKeys();
 const STEPS = 500;
 
 function commands(seed: number, steps = STEPS): RandomCommand[] {
@@ -45,7 +48,7 @@ function assertResultShape(result: AppliedResult, what: string): void {
 }
 
 test('the table: one part per prefix, cluster, secrets and access, in image order', () => {
-  const state = new AppliedState();
+  const state = new AppliedState({ keys: KEYS });
   assert.deepEqual(
     state.parts.map((p) => p.prefix),
     ['cluster.', 'secret.', 'access.'],
@@ -58,7 +61,7 @@ test('the table: one part per prefix, cluster, secrets and access, in image orde
 });
 
 test('every part decodes what it encodes: the same command, the same actor', () => {
-  const state = new AppliedState();
+  const state = new AppliedState({ keys: KEYS });
   const kinds = new Map<string, Set<string>>(state.parts.map((p) => [p.prefix, new Set()]));
   for (const seed of SEEDS) {
     for (const c of commands(seed)) {
@@ -75,12 +78,12 @@ test('every part decodes what it encodes: the same command, the same actor', () 
   assert.equal(kinds.get('access.')!.size, 5);
 });
 
-test('every part refuses garbage with INVALID and never throws; through AppliedState it changes nothing', () => {
-  const state = new AppliedState();
+test('every part refuses garbage with INVALID and never throws; through AppliedState it changes nothing', async () => {
+  const state = new AppliedState({ keys: KEYS });
   let index = 0;
   // A state with something in every part, so garbage could have something to break.
   for (const c of commands(SEEDS[0]!)) applyAt(state, ++index, encoded(state, c));
-  const image = Buffer.from(state.snapshot());
+  const image = Buffer.from(await state.snapshot());
   const random = new SeededRandom(99);
   const samples = new Map<string, { kind: string; data: Buffer }>();
   // The last of each kind, but a member with a key (the fuller form) where there is one.
@@ -185,25 +188,29 @@ test('every part refuses garbage with INVALID and never throws; through AppliedS
     }
     assert.ok(refused > tries / 2, `${part.prefix}: most garbage is refused (${refused} of ${tries})`);
   }
-  assert.ok(Buffer.from(state.snapshot()).equals(image), 'refused garbage left the state as it was');
+  assert.ok(Buffer.from(await state.snapshot()).equals(image), 'refused garbage left the state as it was');
 });
 
-test('every part restores its own image to an equal image, at every stage of a random run', () => {
+test('every part restores its own image to an equal image, at every stage of a random run', async () => {
   for (const seed of SEEDS) {
-    const state = new AppliedState();
+    const state = new AppliedState({ keys: KEYS });
     let index = 0;
     for (const [step, c] of commands(seed).entries()) {
       applyAt(state, ++index, encoded(state, c));
       if (step % 50 !== 49) continue;
-      const copy = new AppliedState();
+      const copy = new AppliedState({ keys: KEYS });
       for (const [k, part] of state.parts.entries()) {
-        const image = part.snapshot();
+        const image = await part.snapshot();
         // Images travel as msgpack: restore what came through it, as a follower would.
-        copy.parts[k]!.restore(packr.unpack(packr.pack(image)));
-        assert.deepEqual(copy.parts[k]!.snapshot(), image, `seed ${seed}, step ${step}: ${part.prefix} round-trips`);
+        await copy.parts[k]!.restore(packr.unpack(packr.pack(image)), index);
+        assert.deepEqual(
+          await copy.parts[k]!.snapshot(),
+          image,
+          `seed ${seed}, step ${step}: ${part.prefix} round-trips`,
+        );
       }
       assert.ok(
-        Buffer.from(copy.snapshot()).equals(Buffer.from(state.snapshot())),
+        Buffer.from(await copy.snapshot()).equals(Buffer.from(await state.snapshot())),
         `seed ${seed}, step ${step}: the whole image round-trips`,
       );
     }
@@ -212,22 +219,26 @@ test('every part restores its own image to an equal image, at every stage of a r
 
 test('two applied states given the same random commands agree (one of them restored from its own image every 37 commands), and a refused command changes nothing', async () => {
   for (const seed of SEEDS) {
-    const run = commands(seed).map((c) => ({ prefix: c.prefix, command: encoded(new AppliedState(), c) }));
-    const a = new AppliedState();
-    const resultsA = run.map(({ command }, step) => {
-      const before = Buffer.from(a.snapshot());
+    const run = commands(seed).map((c) => ({
+      prefix: c.prefix,
+      command: encoded(new AppliedState({ keys: KEYS }), c),
+    }));
+    const a = new AppliedState({ keys: KEYS });
+    const resultsA: AppliedResult[] = [];
+    for (const [step, { command }] of run.entries()) {
+      const before = Buffer.from(await a.snapshot());
       const result = applyAt(a, step + 1, command);
       if (!result.ok)
         assert.ok(
-          Buffer.from(a.snapshot()).equals(before),
+          Buffer.from(await a.snapshot()).equals(before),
           `seed ${seed}, step ${step}: the refused ${command.kind} (${result.reason}) changed nothing`,
         );
-      return result;
-    });
+      resultsA.push(result);
+    }
     // The other manager applies them later (a clock read while applying would show), as a
     // follower that installs a snapshot now and then instead of applying the entries it covers.
     await new Promise((resolve) => setTimeout(resolve, 5));
-    let b = new AppliedState();
+    let b = new AppliedState({ keys: KEYS });
     const counts = new Map<string, { ok: number; refused: number }>(
       a.parts.map((p) => [p.prefix, { ok: 0, refused: 0 }]),
     );
@@ -240,35 +251,60 @@ test('two applied states given the same random commands agree (one of them resto
       if (ra.ok) count.ok++;
       else count.refused++;
       if (step % 37 === 36) {
-        const restored = new AppliedState();
-        restored.restore(b.snapshot());
+        const restored = new AppliedState({ keys: KEYS });
+        await restored.restore(await b.snapshot(), step + 1);
         b = restored;
       }
     }
-    assert.ok(Buffer.from(b.snapshot()).equals(Buffer.from(a.snapshot())), `seed ${seed}: the same image`);
+    assert.ok(Buffer.from(await b.snapshot()).equals(Buffer.from(await a.snapshot())), `seed ${seed}: the same image`);
     // Not vacuous: every part applied commands and refused some.
     for (const [prefix, { ok, refused }] of counts)
       assert.ok(ok > 10 && refused > 10, `seed ${seed}: ${prefix} applied ${ok}, refused ${refused}`);
   }
 });
 
-test('an image written before the StatePart contract (version 1) restores byte for byte, and the same commands still make it', () => {
-  // Made by AppliedState at 007ca17 (before the contract) from commands(1, 600) of random-commands.ts.
+test('an image written before the state store (version 1, plaintext rows) converts on restore: the same secrets as the same commands make now', async () => {
+  // Made by AppliedState at 007ca17 (before the contract and the state store) from commands(1, 600) of random-commands.ts,
+  // whose expiry sweeps then wiped every version expired by their time (now they name the versions).
   const fixture = Buffer.from(
     readFileSync(new URL('./fixtures/applied-state-v1.b64', import.meta.url), 'utf8').replace(/\s/g, ''),
     'base64',
   );
-  const restored = new AppliedState();
-  restored.restore(fixture);
-  assert.ok(Buffer.from(restored.snapshot()).equals(fixture), 'restored, it writes the same image');
+  const restored = new AppliedState({ keys: KEYS });
+  await restored.restore(fixture, 600);
   assert.ok(
-    restored.cluster.cas.length > 0 && restored.access.identities.size > 0 && restored.secrets.size > 0,
+    restored.cluster.cas.length > 0 && restored.access.identities.size > 0 && (await restored.secrets.count()) > 0,
     'every part holds something',
   );
-  const replayed = new AppliedState();
+  const replayed = new AppliedState({ keys: KEYS });
   for (const [step, c] of commands(1, 600).entries()) applyAt(replayed, step + 1, encoded(replayed, c));
-  assert.ok(
-    Buffer.from(replayed.snapshot()).equals(fixture),
-    'the same commands give the same image as before the contract',
-  );
+  assert.deepEqual(await contentOf(restored), await contentOf(replayed), 'the same secrets, versions and values');
+  const image = await restored.snapshot();
+  const again = new AppliedState({ keys: KEYS });
+  await again.restore(image, 600);
+  assert.ok(Buffer.from(await again.snapshot()).equals(Buffer.from(image)), 'the converted state round-trips');
 });
+
+/** What a client could read of every secret (metadata, versions, values), with the cluster and access images. */
+async function contentOf(state: AppliedState): Promise<unknown> {
+  const { secrets } = await state.secrets.list('', '', 10_000, true);
+  return {
+    cluster: state.cluster.snapshot(),
+    access: state.access.snapshot(),
+    usage: ['admin', 'ci', 'ops', 'team-lead'].map((who) => state.secrets.usage(who)),
+    secrets: secrets
+      .map((m) => ({
+        m,
+        versions: state.secrets.versions(m.name, 0).map((v) => {
+          let value: string;
+          try {
+            value = state.secrets.read(m.name, { version: v.version }, 0).value.toString('hex');
+          } catch (error) {
+            value = String((error as Error).message);
+          }
+          return { ...v, value };
+        }),
+      }))
+      .sort((a, b) => (a.m.name < b.m.name ? -1 : 1)),
+  };
+}
