@@ -1,0 +1,258 @@
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Level } from 'level';
+import { LevelStateStore } from '../../src/kv/level-state-store.ts';
+import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
+import { prefixEnd, type StateRecord, type StateStore, type StateWrite } from '../../src/kv/state-store.ts';
+import { SeededRandom } from '../../src/util/prng.ts';
+
+/** One conformance suite for both StateStores: the applier and the snapshots rely on every line of it. */
+
+const root = mkdtempSync(join(tmpdir(), 'coffer-kv-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+let dirs = 0;
+
+const kinds: Array<{ name: string; open: () => Promise<StateStore & { path?: string }> }> = [
+  { name: 'memory', open: async () => new MemoryStateStore() },
+  { name: 'LevelDB', open: () => LevelStateStore.open(join(root, `s${++dirs}`)) },
+];
+
+const b = (...bytes: number[]): Buffer => Buffer.from(bytes);
+const s = (text: string): Buffer => Buffer.from(text);
+const put = (key: Buffer, value: Buffer): StateWrite => ({ type: 'put', key, value });
+const del = (key: Buffer): StateWrite => ({ type: 'del', key });
+
+async function collect(records: AsyncIterable<StateRecord>): Promise<string[]> {
+  const out: string[] = [];
+  for await (const r of records) out.push(`${Buffer.from(r.key).toString('hex')}=${Buffer.from(r.value).toString()}`);
+  return out;
+}
+
+async function* from(records: Array<[Buffer, Buffer]>, failAt = -1): AsyncGenerator<StateRecord> {
+  for (const [k, [key, value]] of records.entries()) {
+    if (k === failAt) throw new Error('the sender went away');
+    yield { key, value };
+  }
+}
+
+for (const kind of kinds) {
+  test(`${kind.name}: a batch applies whole; get and getSync agree; writes copy their values`, async () => {
+    const store = await kind.open();
+    try {
+      const value = s('one');
+      await store.write([put(s('a'), value), put(s('b'), s('two')), put(s('c'), s('three'))]);
+      value.fill(0);
+      assert.equal(
+        Buffer.from(store.getSync(s('a'))!).toString(),
+        'one',
+        'the caller wiping its buffer changes nothing',
+      );
+      await store.write([del(s('b')), put(s('c'), s('3')), del(s('never'))]);
+      assert.equal(store.getSync(s('b')), undefined);
+      assert.equal(Buffer.from((await store.get(s('c')))!).toString(), '3');
+      assert.equal(await store.get(s('b')), undefined);
+      await store.write([]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test(`${kind.name}: keys in unsigned byte order; ranges with bounds, limits, reverse and prefixes`, async () => {
+    const store = await kind.open();
+    try {
+      const keys = [
+        b(0x00),
+        b(0x00, 0x00),
+        b(0x01),
+        b(0x7f),
+        b(0x80),
+        b(0xff),
+        b(0xff, 0x00),
+        b(0xff, 0xff),
+        s('ab'),
+        s('abc'),
+        s('abd'),
+        s('b'),
+      ];
+      await store.write(keys.map((k, n) => put(k, s(String(n)))));
+      const hex = (k: Buffer) => k.toString('hex');
+      const sorted = [...keys].sort(Buffer.compare);
+      const keysOf = async (range: Parameters<StateStore['range']>[0]) =>
+        (await collect(store.range(range))).map((r) => r.split('=')[0]);
+      assert.deepEqual(await keysOf({}), sorted.map(hex));
+      assert.deepEqual(await keysOf({ reverse: true }), [...sorted].reverse().map(hex));
+      assert.deepEqual(
+        await keysOf({ gte: b(0x01), lt: b(0xff) }),
+        sorted.filter((k) => Buffer.compare(k, b(0x01)) >= 0 && Buffer.compare(k, b(0xff)) < 0).map(hex),
+      );
+      assert.deepEqual(await keysOf({ gte: s('ab'), lt: prefixEnd(s('ab')) }), [s('ab'), s('abc'), s('abd')].map(hex));
+      assert.deepEqual(await keysOf({ gte: s('ab'), lt: prefixEnd(s('ab')), limit: 2 }), [s('ab'), s('abc')].map(hex));
+      assert.deepEqual(
+        await keysOf({ gte: s('ab'), lt: prefixEnd(s('ab')), limit: 2, reverse: true }),
+        [s('abd'), s('abc')].map(hex),
+      );
+      assert.deepEqual(
+        await keysOf({ gte: b(0xff), lt: prefixEnd(b(0xff)) }),
+        [b(0xff), b(0xff, 0x00), b(0xff, 0xff)].map(hex),
+      );
+      assert.deepEqual(await keysOf({ limit: 0 }), []);
+      assert.equal(prefixEnd(b(0xff, 0xff)), undefined);
+      // Breaking out early closes the range: the store goes on working.
+      for await (const _ of store.range({})) break;
+      await store.write([put(s('z'), s('after a break'))]);
+      assert.equal(Buffer.from(store.getSync(s('z'))!).toString(), 'after a break');
+    } finally {
+      await store.close();
+    }
+  });
+
+  test(`${kind.name}: a view sees the moment it was taken; later writes and other views do not show through`, async () => {
+    const store = await kind.open();
+    try {
+      await store.write([put(s('k1'), s('old')), put(s('k2'), s('gone later'))]);
+      const first = store.view();
+      await store.write([put(s('k1'), s('new')), del(s('k2')), put(s('k3'), s('added'))]);
+      const second = store.view();
+      await store.write([put(s('k4'), s('after both'))]);
+      assert.equal(Buffer.from((await first.get(s('k1')))!).toString(), 'old');
+      assert.deepEqual(await collect(first.range({})), ['6b31=old', '6b32=gone later']);
+      assert.deepEqual(await collect(second.range({})), ['6b31=new', '6b33=added']);
+      assert.deepEqual(await collect(store.range({})), ['6b31=new', '6b33=added', '6b34=after both']);
+      await first.close();
+      await second.close();
+    } finally {
+      await store.close();
+    }
+  });
+
+  test(`${kind.name}: replaceAll swaps the whole content; one whose source fails leaves the old content whole`, async () => {
+    const store = await kind.open();
+    try {
+      await store.write([put(s('old-1'), s('a')), put(s('old-2'), s('b'))]);
+      const many: Array<[Buffer, Buffer]> = Array.from({ length: 5000 }, (_, n) => [
+        s(`new-${String(n).padStart(5, '0')}`),
+        s(`v${n}`),
+      ]);
+      await assert.rejects(store.replaceAll(from(many, 4500)), /went away/);
+      assert.deepEqual(await collect(store.range({})), ['6f6c642d31=a', '6f6c642d32=b'], 'the old content, whole');
+      const view = store.view();
+      await store.replaceAll(from(many));
+      assert.equal(store.getSync(s('old-1')), undefined);
+      assert.equal(Buffer.from(store.getSync(s('new-04999'))!).toString(), 'v4999');
+      assert.equal((await collect(store.range({}))).length, 5000);
+      assert.deepEqual(
+        await collect(view.range({})),
+        ['6f6c642d31=a', '6f6c642d32=b'],
+        'a view from before still reads the old',
+      );
+      await view.close();
+      await store.replaceAll(from([]));
+      assert.deepEqual(await collect(store.range({})), []);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test(`${kind.name}: random batches, views and ranges agree with a sorted-map model`, async () => {
+    const store = await kind.open();
+    try {
+      const random = new SeededRandom(17);
+      const model = new Map<string, string>();
+      const key = () =>
+        Buffer.from(Array.from({ length: 1 + random.int(3) }, () => [0x00, 0x01, 0x7f, 0x80, 0xff][random.int(5)]!));
+      const modelRange = (m: Map<string, string>, gte?: Buffer, lt?: Buffer) =>
+        [...m.entries()]
+          .filter(
+            ([k]) =>
+              (gte === undefined || Buffer.compare(Buffer.from(k, 'hex'), gte) >= 0) &&
+              (lt === undefined || Buffer.compare(Buffer.from(k, 'hex'), lt) < 0),
+          )
+          .sort(([a], [c]) => Buffer.compare(Buffer.from(a, 'hex'), Buffer.from(c, 'hex')))
+          .map(([k, v]) => `${k}=${v}`);
+      const views: Array<{ view: ReturnType<StateStore['view']>; model: Map<string, string> }> = [];
+      for (let step = 0; step < 300; step++) {
+        const batch: StateWrite[] = [];
+        for (let n = random.int(5); n >= 0; n--) {
+          const k = key();
+          if (random.float() < 0.3) {
+            batch.push(del(k));
+          } else batch.push(put(k, s(`v${step}.${n}`)));
+        }
+        await store.write(batch);
+        for (const w of batch) {
+          if (w.type === 'put') model.set(Buffer.from(w.key).toString('hex'), Buffer.from(w.value).toString());
+          else model.delete(Buffer.from(w.key).toString('hex'));
+        }
+        if (step % 50 === 10) views.push({ view: store.view(), model: new Map(model) });
+        const probe = key();
+        const stored = store.getSync(probe);
+        assert.equal(
+          stored === undefined ? undefined : Buffer.from(stored).toString(),
+          model.get(probe.toString('hex')),
+          `step ${step}`,
+        );
+        if (step % 25 === 0) {
+          const gte = key();
+          const lt = key();
+          assert.deepEqual(
+            await collect(store.range({ gte, lt })),
+            modelRange(model, gte, lt),
+            `step ${step}: a range`,
+          );
+        }
+      }
+      assert.deepEqual(await collect(store.range({})), modelRange(model));
+      for (const { view, model: then } of views) {
+        assert.deepEqual(await collect(view.range({})), modelRange(then), 'a view taken midway');
+        await view.close();
+      }
+    } finally {
+      await store.close();
+    }
+  });
+}
+
+test('LevelDB: the content survives a close and an open; a replace cut by a crash before its switch leaves the old content and no leftovers', async () => {
+  const path = join(root, 'crash');
+  let store = await LevelStateStore.open(path);
+  await store.write([put(s('kept'), s('yes'))], { sync: true });
+  const generation = store.generation;
+  await store.close();
+  // A crash in the middle of a replace: records of the next generation written, the switch not.
+  const raw = new Level<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await raw.open();
+  const next = Buffer.alloc(5);
+  next[0] = 0x01;
+  next.writeUInt32BE(generation + 1, 1);
+  await raw.batch([
+    { type: 'put', key: Buffer.concat([next, s('half')]), value: s('written') },
+    { type: 'put', key: Buffer.concat([next, s('kept')]), value: s('replaced') },
+  ]);
+  await raw.close();
+  store = await LevelStateStore.open(path);
+  assert.equal(store.generation, generation);
+  assert.deepEqual(await collect(store.range({})), ['6b657074=yes']);
+  await store.close();
+  const check = new Level<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await check.open();
+  const all: Buffer[] = [];
+  for await (const k of check.keys()) all.push(k);
+  await check.close();
+  assert.equal(
+    all.filter((k) => k[0] === 0x01 && k.readUInt32BE(1) !== generation).length,
+    0,
+    'the partial generation was cleared',
+  );
+});
+
+test('LevelDB: a directory that holds something else is refused with what it is', async () => {
+  const path = join(root, 'other');
+  const raw = new Level<string, string>(path);
+  await raw.open();
+  await raw.put('hello', 'world');
+  await raw.close();
+  await assert.rejects(LevelStateStore.open(path), /not an applied state's store/);
+});
