@@ -9,7 +9,13 @@ import { WriteSet } from '../kv/write-set.ts';
 import { AccessState, type AccessApplied, type AccessResult } from './access-state.ts';
 import { accessGuard } from './access-guard.ts';
 import { ClusterState, type ClusterApplied, type ClusterResult } from './cluster-state.ts';
-import { SecretStore, type IdentityQuotas, type SecretApplied, type SecretResult } from './secret-store.ts';
+import {
+  SecretStore,
+  type IdentityQuotas,
+  type SecretApplied,
+  type SecretCommand,
+  type SecretResult,
+} from './secret-store.ts';
 import { refusal, type PartPrefix, type StatePart } from './state-part.ts';
 
 /** What applying a command returns: the part's own success shape, or a refusal (the same shape from every part). */
@@ -17,6 +23,9 @@ export type AppliedResult = ClusterResult | SecretResult | AccessResult;
 
 /** Any part of the applied state, whatever its commands (what AppliedState's table holds). */
 export type AnyStatePart = StatePart<unknown, ClusterApplied | SecretApplied | AccessApplied>;
+
+/** Who holds `sudo` on this path is counted by the quotas of src/state/limits.ts, not limited by them. */
+export const QUOTAS_PATH = 'sys/quotas';
 
 /** The version of the image `snapshot` writes: `[1, cluster image, secrets image, access image]`. */
 const IMAGE_VERSION = 1;
@@ -96,6 +105,10 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
       const refused = part.authorize(decoded.command, actor, this.access);
       if (refused !== null) return refused;
     }
+    // Quotas bound what a client can take; an identity that may change them (`sudo` on
+    // `sys/quotas`: root) is counted, not limited (it could issue itself more identities anyway).
+    if (part === this.secrets && actor !== null && this.access.decide(actor.name, 'sudo', QUOTAS_PATH).allowed)
+      return this.secrets.apply(decoded.command as SecretCommand, actor, command.index, { quotaExempt: true });
     return part.apply(decoded.command, actor, command.index);
   }
 

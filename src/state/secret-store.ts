@@ -293,13 +293,18 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    * Applies a command at log index `index` (the records it writes are sealed with it); a put by
    * `actor` is charged to it, within its quotas (null: nobody). No authorization: see `authorize`.
    */
-  apply(command: SecretCommand, actor: Actor | null = null, index = this.#index + 1): SecretResult {
+  apply(
+    command: SecretCommand,
+    actor: Actor | null = null,
+    index = this.#index + 1,
+    options: { readonly quotaExempt?: boolean } = {},
+  ): SecretResult {
     assert(index > this.#index || index === this.#index, () => `secret command at index ${index} after ${this.#index}`);
     if (index !== this.#index) this.#seq = 0;
     this.#index = index;
     switch (command.op) {
       case 'put':
-        return this.#put(command, actor?.name ?? null);
+        return this.#put(command, actor?.name ?? null, options.quotaExempt === true);
       case 'delete':
       case 'undelete': {
         const secret = this.#load(command.name);
@@ -383,7 +388,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     }
   }
 
-  #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null): SecretResult {
+  #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null, quotaExempt: boolean): SecretResult {
     let secret = this.#load(command.name);
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
@@ -394,7 +399,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
           : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`,
       );
     }
-    if (writer !== null) {
+    if (writer !== null && !quotaExempt) {
       const problem = this.#quotaProblem(writer, secret, command);
       if (problem !== null) return refusal('LIMIT', problem);
     }

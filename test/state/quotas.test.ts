@@ -230,3 +230,27 @@ test('the edge can ask the same question before proposing (the apply-time verdic
   );
   assert.equal(store.putQuotaProblem('ops', put('b', 1000) as Extract<SecretCommand, { op: 'put' }>), null);
 });
+
+test('an identity with sudo on sys/quotas (root) is counted but not limited; one without it is limited', async () => {
+  const keys = testRecordKeys();
+  const state = new AppliedState({ keys, quotas: { identitySecretsMax: 3 } });
+  let index = 0;
+  const step = (c: { kind: string; data: Buffer }) =>
+    state.apply({ index: ++index, kind: c.kind, data: c.data }) as SecretResult;
+  step(
+    encodeAccessCommand({
+      op: 'policy-put',
+      name: 'writer',
+      rules: [{ path: 'app/**', capabilities: ['write'], deny: false }],
+    }),
+  );
+  const issue = (name: string, policies: string[], key: string, serial: string) =>
+    step(encodeAccessCommand({ op: 'identity-issue', name, policies, key, serial, caGen: 1, nowMs: T0 }));
+  assert.equal(issue('ci', ['writer'], ci.key, 'aa01').ok, true);
+  assert.equal(issue('ops', ['root'], ops.key, 'bb01').ok, true);
+  for (let k = 0; k < 3; k++) assert.equal(step(encodeSecretCommand(put(`app/ci${k}`, 1), ci)).ok, true);
+  refusedLimit(step(encodeSecretCommand(put('app/ci-more', 1), ci)), /IDENTITY_SECRETS_MAX/);
+  for (let k = 0; k < 5; k++)
+    assert.equal(step(encodeSecretCommand(put(`app/ops${k}`, 1), ops)).ok, true, `root's secret ${k}`);
+  assert.deepEqual(state.secrets.usage('ops'), { secrets: 5, valueBytes: 5 }, 'counted all the same');
+});
