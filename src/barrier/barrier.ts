@@ -417,8 +417,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   async snapshot(): Promise<Uint8Array> {
+    // The root generation the image's key state is sealed under, taken with it (the replica may
+    // apply a root rotation while the image is read).
+    const rootGen = this.#keys.rootGen;
     const image = await this.image();
-    this.#snapshotRootGen = this.#keys.rootGen;
+    this.#snapshotRootGen = rootGen;
     return image;
   }
 
@@ -428,14 +431,19 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
    * what a backup holds.
    */
   async image(): Promise<Uint8Array> {
-    // The key state first: the inner image is read asynchronously, and the replica applies
-    // nothing meanwhile, so both are of the same index.
+    // Everything of one index, taken in this turn: the key state, the keyring and its active term,
+    // and the inner image's reads (a point-in-time view). The replica may apply more entries
+    // while the inner image is read; the image is then sealed under the term that was active here,
+    // which the key state taken here holds.
     const keyState = encodeKeyState(this.#keys);
     const keyring = this.#keys.keyring;
-    let inner: Buffer | null = null;
-    if (keyring.activeTerm === 0) assert(this.#innerPristine, 'the inner state changed before the keyring had a term');
-    else inner = keyring.encrypt('snapshot', await this.#inner.snapshot());
-    return packLarge(packr, [1, keyState, inner]);
+    const term = keyring.activeTerm;
+    if (term === 0) {
+      assert(this.#innerPristine, 'the inner state changed before the keyring had a term');
+      return packLarge(packr, [1, keyState, null]);
+    }
+    const plain = await this.#inner.snapshot();
+    return packLarge(packr, [1, keyState, keyring.encryptUnder(term, 'snapshot', plain)]);
   }
 
   async restore(data: Uint8Array, index: number): Promise<void> {

@@ -118,13 +118,22 @@ export class Keyring implements RecordKeys {
   }
 
   encrypt(kind: string, plaintext: Uint8Array): Buffer {
-    const term = this.#activeTerm;
+    return this.encryptUnder(this.#activeTerm, kind, plaintext);
+  }
+
+  /**
+   * Encrypts under `term`, which need not be the active one any more (a snapshot built in the
+   * background is sealed under the term that was active at its point); refused if destroyed.
+   */
+  encryptUnder(term: number, kind: string, plaintext: Uint8Array): Buffer {
     const entry = this.#terms.get(term);
     if (entry === undefined)
       throw new CryptoError(
         'KEYRING_EMPTY',
         'the keyring has no key yet: the cluster applies its first keyring term once it has a leader; retry',
       );
+    if (entry !== undefined && entry.destroyed)
+      throw new CryptoError('KEY_TERM_DESTROYED', `keyring term ${term} was destroyed; nothing is sealed under it`);
     const uses = this.#uses.get(term) ?? 0;
     if (uses >= KEY_USES_MAX) {
       throw new CryptoError(

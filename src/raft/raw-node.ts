@@ -14,6 +14,7 @@ import type {
   PersistedState,
   Ready,
   Snapshot,
+  SnapshotMetadata,
   SoftState,
   Status,
 } from './types.ts';
@@ -248,19 +249,39 @@ export class RawNode {
    * Records a snapshot of the application's state at the applied index (call between Readys),
    * so lagging followers can be sent it; it does not compact the log by itself.
    */
-  createSnapshot(data: Uint8Array): Snapshot {
-    assert(this.#inFlight === null, 'createSnapshot() between ready() and advance()');
+  /**
+   * What a snapshot taken now covers: the applied index, its term and the membership as of it.
+   * The application may build the snapshot's data later (from a point-in-time view of its state)
+   * and hand both to `createSnapshot`, while entries go on being applied.
+   */
+  snapshotPoint(): SnapshotMetadata {
+    assert(this.#inFlight === null, 'snapshotPoint() between ready() and advance()');
     const raft = this.#raft;
     const index = raft.log.applied;
     const term = raft.log.term(index);
     if (term === undefined || index === 0) {
       throw new RaftError('COMPACTION_INVALID', `no snapshot can be taken at applied index ${index}`);
     }
+    return { index, term, confState: raft.confState() };
+  }
+
+  /** Records a snapshot of `data`, the state as of `at` (a `snapshotPoint()`, by default now). */
+  createSnapshot(data: Uint8Array, at?: SnapshotMetadata): Snapshot {
+    assert(this.#inFlight === null, 'createSnapshot() between ready() and advance()');
+    const raft = this.#raft;
+    const metadata = at ?? this.snapshotPoint();
+    const { index } = metadata;
+    if (index > raft.log.applied || raft.log.term(index) !== metadata.term) {
+      throw new RaftError(
+        'COMPACTION_INVALID',
+        `no snapshot can be taken at index ${index} (term ${metadata.term}): applied ${raft.log.applied}, term there ${String(raft.log.term(index))}`,
+      );
+    }
     const current = raft.log.snapshot;
     if (current !== null && current.metadata.index > index) {
       throw new RaftError('COMPACTION_INVALID', `a newer snapshot (at ${current.metadata.index}) already exists`);
     }
-    const snapshot: Snapshot = { metadata: { index, term, confState: raft.confState() }, data };
+    const snapshot: Snapshot = { metadata, data };
     raft.log.setSnapshot(snapshot);
     return snapshot;
   }

@@ -2,7 +2,16 @@ import { RaftError } from '../raft/errors.ts';
 import { entryBytes } from '../raft/log.ts';
 import { RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { ConfChange, Entry, Message, NodeId, Ready, ReadRefusalReason, Status } from '../raft/types.ts';
+import type {
+  ConfChange,
+  Entry,
+  Message,
+  NodeId,
+  Ready,
+  ReadRefusalReason,
+  SnapshotMetadata,
+  Status,
+} from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
 import { assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
@@ -129,6 +138,8 @@ export interface ReplicaStats {
   /** Entries persisted through those writes. */
   entriesPersisted: number;
   snapshots: number;
+  /** Background snapshot builds that failed and were dropped (the next interval tries again). */
+  snapshotBuildsDropped: number;
 }
 
 /**
@@ -175,10 +186,13 @@ export class Replica<Result> {
   #readSeq = 0;
   #applied: number;
   #lastSnapshotIndex: number;
+  /** A periodic snapshot being built in the background (see #maybeSnapshot), and one built, to save. */
+  #building: Promise<void> | null = null;
+  #built: { at: SnapshotMetadata; data: Uint8Array | null; error: unknown } | null = null;
   #running = false;
   #stopped = false;
   #idle: Promise<void> = Promise.resolve();
-  readonly stats: ReplicaStats = { syncs: 0, entriesPersisted: 0, snapshots: 0 };
+  readonly stats: ReplicaStats = { syncs: 0, entriesPersisted: 0, snapshots: 0, snapshotBuildsDropped: 0 };
   /** Members a force-new-cluster start removed (empty otherwise). */
   forcedOut: readonly NodeId[] = [];
 
@@ -367,6 +381,8 @@ export class Replica<Result> {
   async stop(): Promise<void> {
     this.#stopped = true;
     await this.settled();
+    // A background snapshot still reading the state: let it end before the state is closed.
+    while (this.#building !== null) await this.#building;
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
     for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(stopped);
@@ -384,12 +400,17 @@ export class Replica<Result> {
     this.#idle = this.#loop().finally(() => {
       this.#running = false;
       // Work that arrived between the loop's last check and now must not wait for a tick.
-      if (!this.#stopped && this.#raw.hasReady()) this.#kick();
+      if (!this.#stopped && (this.#raw.hasReady() || this.#built !== null)) this.#kick();
     });
   }
 
   async #loop(): Promise<void> {
-    while (!this.#stopped && this.#raw.hasReady()) {
+    while (!this.#stopped && (this.#raw.hasReady() || this.#built !== null)) {
+      if (!this.#raw.hasReady()) {
+        // Only a background snapshot to save.
+        await this.#saveBuilt();
+        continue;
+      }
       const ready = this.#raw.ready();
       // 1. Persist: one atomic, synced write (the core's contract).
       if (ready.softState !== null && ready.softState.lead !== this.#lead) {
@@ -510,14 +531,74 @@ export class Replica<Result> {
     return outcomes;
   }
 
+  /**
+   * Snapshots when one is due. A periodic one (every `snapshotEvery` entries or bytes) is built in
+   * the background: its point (index, term, membership) is taken now and the state machine's
+   * `snapshot()` begins now (from a point-in-time view), while entries go on being applied; it
+   * is saved by a later turn of the loop. One the state machine asks for (a rewrap, a destroy)
+   * is built and saved before the entries that asked for it are answered, as before.
+   */
   async #maybeSnapshot(request: SnapshotRequest | null): Promise<void> {
+    if (this.#built !== null) await this.#saveBuilt();
+    if (request !== null) {
+      // One at a time: let a background build finish (and save it) first.
+      while (this.#building !== null) {
+        await this.#building;
+        if (this.#built !== null) await this.#saveBuilt();
+      }
+      const at = this.#raw.snapshotPoint();
+      await this.#save(at, await this.#stateMachine.snapshot(), request);
+      return;
+    }
     if (
-      request === null &&
-      this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery &&
-      this.#bytesSinceSnapshot < this.#snapshotEveryBytes
+      this.#building !== null ||
+      (this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery &&
+        this.#bytesSinceSnapshot < this.#snapshotEveryBytes)
     )
       return;
-    const snapshot = this.#raw.createSnapshot(await this.#stateMachine.snapshot());
+    const at = this.#raw.snapshotPoint();
+    const image = this.#stateMachine.snapshot();
+    // A state machine whose image is at hand (in memory) is snapshotted at once.
+    if (!(image instanceof Promise)) return this.#save(at, image, null);
+    // Counted from the point taken: the next is due an interval after it, not after the save.
+    this.#lastSnapshotIndex = at.index;
+    this.#bytesSinceSnapshot = 0;
+    const building = image.then(
+      (data) => {
+        this.#built = { at, data, error: null };
+      },
+      (error: unknown) => {
+        this.#built = { at, data: null, error };
+      },
+    );
+    this.#building = building.finally(() => {
+      this.#building = null;
+      this.#kick();
+    });
+  }
+
+  /** Saves the snapshot the background build finished, unless a newer one came meanwhile (a leader's). */
+  async #saveBuilt(): Promise<void> {
+    const built = this.#built!;
+    this.#built = null;
+    if (built.data === null) {
+      // Dropped (a key destroyed meanwhile, the state closing): the next interval builds again.
+      this.stats.snapshotBuildsDropped++;
+      return;
+    }
+    const current = this.#raw.basicStatus().firstIndex - 1;
+    if (built.at.index <= current) return;
+    try {
+      await this.#save(built.at, built.data, null);
+    } catch (error) {
+      // A leader's snapshot installed while this one was built supersedes it.
+      if (error instanceof RaftError && error.code === 'COMPACTION_INVALID') return;
+      throw error;
+    }
+  }
+
+  async #save(at: SnapshotMetadata, data: Uint8Array, request: SnapshotRequest | null): Promise<void> {
+    const snapshot = this.#raw.createSnapshot(data, at);
     const index = snapshot.metadata.index;
     const status = this.#raw.basicStatus();
     const compactTo =
@@ -538,8 +619,10 @@ export class Replica<Result> {
           });
     await this.#storage.saveSnapshot(snapshot, compactTo);
     if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
-    this.#lastSnapshotIndex = index;
-    this.#bytesSinceSnapshot = 0;
+    if (this.#lastSnapshotIndex < index) {
+      this.#lastSnapshotIndex = index;
+      this.#bytesSinceSnapshot = 0;
+    }
     this.stats.snapshots++;
     reached('replica:snapshot-saved');
     if (request?.reclaimDisk === true) await this.#storage.reclaim();

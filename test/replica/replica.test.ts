@@ -430,3 +430,73 @@ test('a follower asks its leader for one read index per batch of reads, and asks
   await third;
   await replica.stop();
 });
+
+/** A machine whose images are read later (as a state store's are): the image is of the moment it was asked, held until released. */
+class SlowImageMachine extends ListMachine {
+  readonly pending: Array<() => void> = [];
+  /** How many values the state held when the last image was asked for. */
+  askedAt = -1;
+  override snapshot(): Uint8Array {
+    throw new Error('only the asynchronous image is used');
+  }
+  snapshotLater(): Promise<Uint8Array> {
+    const image = encoder.encode(JSON.stringify(this.values));
+    this.askedAt = this.values.length;
+    return new Promise((resolve) => this.pending.push(() => resolve(image)));
+  }
+}
+
+test('a periodic snapshot is built in the background: writes go on meanwhile; it is saved at its point, and a restart restores it and replays the rest', async () => {
+  const machine = new SlowImageMachine();
+  const asynchronous: StateMachine<number> = {
+    apply: (entry) => machine.apply(entry),
+    snapshot: () => machine.snapshotLater(),
+    restore: (data) => machine.restore(data),
+  };
+  const storage = new MemoryStorage();
+  const replica = await Replica.start({
+    id: 1,
+    storage,
+    stateMachine: asynchronous,
+    peers: { send: () => assert.fail('a single voter has no peers') },
+    random: new SeededRandom(1),
+    bootstrapVoters: [1],
+    snapshotEveryEntries: 5,
+    snapshotTailEntries: 0,
+  });
+  await replica.settled();
+  replica.campaign();
+  await replica.settled();
+  for (let k = 0; k < 6; k++) await replica.propose(encoder.encode(`v${k}`));
+  assert.equal(machine.pending.length, 1, 'one image asked for');
+  const point = machine.askedAt;
+  // Proposals are answered while the image is being read.
+  for (let k = 6; k < 12; k++) await replica.propose(encoder.encode(`v${k}`));
+  assert.equal(replica.stats.snapshots, 0, 'not saved before its image is ready');
+  assert.equal(machine.pending.length, 1, 'one build at a time');
+  machine.pending.shift()!();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  await replica.settled();
+  assert.equal(replica.stats.snapshots, 1);
+  const saved = (await storage.load()).snapshot!;
+  assert.deepEqual(JSON.parse(decoder.decode(saved.data)), machine.values.slice(0, point), 'the image of its point');
+  assert.ok(
+    saved.metadata.index < replica.raw.basicStatus().lastIndex,
+    'entries applied after the point stay in the log',
+  );
+  await replica.stop();
+
+  const restarted = new ListMachine();
+  const again = await Replica.start({
+    id: 1,
+    storage,
+    stateMachine: restarted,
+    peers: { send: () => assert.fail('a single voter has no peers') },
+    random: new SeededRandom(2),
+  });
+  again.campaign();
+  await again.settled();
+  await again.propose(encoder.encode('after'));
+  assert.deepEqual(restarted.values, [...Array.from({ length: 12 }, (_, k) => `v${k}`), 'after'], 'each entry once');
+  await again.stop();
+});
