@@ -132,7 +132,7 @@ export class Keyring implements RecordKeys {
         'KEYRING_EMPTY',
         'the keyring has no key yet: the cluster applies its first keyring term once it has a leader; retry',
       );
-    if (entry !== undefined && entry.destroyed)
+    if (entry.destroyed)
       throw new CryptoError('KEY_TERM_DESTROYED', `keyring term ${term} was destroyed; nothing is sealed under it`);
     const uses = this.#uses.get(term) ?? 0;
     if (uses >= KEY_USES_MAX) {

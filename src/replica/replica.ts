@@ -23,7 +23,11 @@ import type { Random } from '../util/prng.ts';
  */
 export interface StateMachine<Result> {
   apply(entry: Entry): Result;
-  /** An image of the whole state, as of the last applied entry (the replica applies nothing until it resolves). */
+  /**
+   * An image of the whole state as of the last applied entry. A promise must capture that
+   * moment when it is made (a point-in-time view): the replica goes on applying while a periodic
+   * snapshot's image is read.
+   */
   snapshot(): Uint8Array | Promise<Uint8Array>;
   /** Replaces the whole state with an image made by `snapshot`, of the state at log index `index`. */
   restore(data: Uint8Array, index: number): void | Promise<void>;
