@@ -519,6 +519,7 @@ export function keyCommands(): Command {
           s.lastRewrapIndex === 0
             ? 'no rewrap yet'
             : `last rewrap at index ${s.lastRewrapIndex} under term ${s.lastRewrapTerm}`,
+          `records sealed per term: ${s.recordsByTerm.map((r) => `term ${r.term}: ${r.records}`).join(', ') || 'none'}`,
         ].join('\n'),
       );
     });

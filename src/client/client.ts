@@ -475,6 +475,7 @@ export class CofferClient {
     protection: string;
     lastRewrapIndex: number;
     lastRewrapTerm: number;
+    recordsByTerm: Array<{ term: number; records: number }>;
   }> {
     return this.call('Keys', 'status', {}, true);
   }

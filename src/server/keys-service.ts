@@ -84,6 +84,7 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
         lastRewrapIndex: status.keys.lastRewrap?.index ?? 0,
         lastRewrapTerm: status.keys.lastRewrap?.term ?? 0,
         hasRecoveryKey: ctx.state.cluster.recoveryPublicKey !== null,
+        recordsByTerm: await ctx.state.secrets.termsInUse(),
       };
     }),
   };

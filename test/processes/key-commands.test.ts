@@ -36,6 +36,7 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
       activeTerm: number;
       terms: number[];
       destroyedTerms: number[];
+      recordsByTerm: Array<{ term: number; records: number }>;
       rootGeneration: number;
       unlockGeneration: number;
       protection: string;
@@ -73,6 +74,11 @@ test('coffer key status|rotate|rewrap|destroy|rotate-root and coffer autolock on
     });
     const after = await json<KeyStatus>(['key', 'status'], leader);
     assert.ok(after.destroyedTerms.includes(before.activeTerm), JSON.stringify(after));
+    assert.ok(
+      !after.recordsByTerm.some((r) => r.term === before.activeTerm) &&
+        after.recordsByTerm.some((r) => r.term === rotated.activeTerm && r.records >= 2),
+      `the records moved to the new term: ${JSON.stringify(after.recordsByTerm)}`,
+    );
     assert.ok(!after.terms.includes(before.activeTerm));
     assert.equal((await writer.get('keys/a')).value.toString(), 'sealed under the first term');
     const malformed = await cli(['key', 'destroy', 'old'], leader);
