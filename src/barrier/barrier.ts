@@ -30,8 +30,9 @@ export interface InnerStateMachine<Result> {
   /** The keys a state on disk seals its records under: the barrier's keyring, whichever it holds now. */
   attachKeys?(keys: RecordKeys): void;
   /**
-   * Forgets everything stored (a store on disk keeps what an earlier run applied): the replica
-   * then rebuilds the state from the newest snapshot and the log after it, each entry once.
+   * Before the replica starts: a state on disk finds how far an earlier run took it (or forgets
+   * what it cannot vouch for); the replica then restores the newest snapshot and replays the log
+   * after it, and the state applies each entry's effects once.
    */
   reset?(): Promise<void>;
   /** How many of its stored records are sealed under a keyring term (a term in use is not destroyed). */

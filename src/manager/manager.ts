@@ -213,7 +213,7 @@ export class Manager<Result> {
     const storage = await new DataDir(options.dataDir).openRaftStorage();
     let replica: Replica<BarrierResult<Result>>;
     try {
-      // The applied index is not stored with the state yet (issue 17): rebuild it from the snapshot and the log.
+      // A state on disk says how far it is; what it lacks is rebuilt from the snapshot and the log.
       await options.inner.reset?.();
       replica = await Replica.start({
         id: options.id,

@@ -1,3 +1,4 @@
+import { assert } from '../util/assert.ts';
 import type { InnerStateMachine } from '../barrier/barrier.ts';
 import { packr } from '../codec/msgpack.ts';
 import { packLarge } from '../codec/pack-large.ts';
@@ -27,6 +28,9 @@ export type AnyStatePart = StatePart<unknown, ClusterApplied | SecretApplied | A
 /** Who holds `sudo` on this path is counted by the quotas of src/state/limits.ts, not limited by them. */
 export const QUOTAS_PATH = 'sys/quotas';
 
+/** The state store's record of the last index whose effects it holds (outside the parts' prefixes). */
+const APPLIED_KEY = Buffer.from([0x00, 0x61]);
+
 /** The version of the image `snapshot` writes: `[1, cluster image, secrets image, access image]`. */
 const IMAGE_VERSION = 1;
 
@@ -47,6 +51,11 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   /** The applier's writes over the state store: committed after each batch of entries (`commit`). */
   readonly #records: WriteSet;
   readonly #store: StateStore;
+  /** The store held the secrets part's effects of every entry up to this index when the replica started. */
+  #storedThrough = 0;
+  /** The last secrets command applied, and the last one whose effects were committed. */
+  #appliedThrough = 0;
+  #committedThrough = 0;
   readonly #keys = new AttachedKeys();
 
   /**
@@ -68,10 +77,32 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     this.#keys.attach(keys);
   }
 
-  /** Empties the store: the replica restores the newest snapshot and replays the log after it. */
+  /**
+   * Before the replica starts: the index of the last command whose effects the store holds (it
+   * is written in the same batch as them). The replica restores the newest snapshot and replays
+   * the log after it; the store's part of every entry up to that index is already there, so it is
+   * neither restored again from an older snapshot nor applied twice. A store without the record
+   * (an older version's, or empty) is emptied and rebuilt from the snapshot and the log.
+   */
   async reset(): Promise<void> {
-    await this.#records.replaceAll((async function* () {})());
+    const stored = await this.#store.get(APPLIED_KEY);
+    if (stored === undefined) {
+      await this.#records.replaceAll((async function* () {})());
+      this.#storedThrough = 0;
+    } else {
+      assert(
+        stored.byteLength === 8,
+        () => `the applied index record of the state store has ${stored.byteLength} bytes`,
+      );
+      this.#storedThrough = Number(Buffer.from(stored).readBigUInt64BE(0));
+    }
+    this.#committedThrough = this.#storedThrough;
+    this.#appliedThrough = this.#storedThrough;
+    this.stats.skippedOnStart = 0;
   }
+
+  /** Commands of the secrets part replayed at start but already in the store (not applied again). */
+  readonly stats = { skippedOnStart: 0 };
 
   recordsSealedUnder(term: number): number {
     return this.secrets.recordsSealedUnder(term);
@@ -82,9 +113,18 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     await this.#store.close();
   }
 
-  /** Writes what the entries applied since the last commit changed, in one atomic batch. */
+  /**
+   * Writes what the entries applied since the last commit changed, and the index of the last of
+   * them, in one atomic batch (not fsynced: the entries are in the fsynced Raft log, and a store
+   * that lost its tail replays it).
+   */
   async commit(): Promise<void> {
-    if (this.#records.size > 0) await this.#records.commit();
+    const through = this.#appliedThrough;
+    if (this.#records.size === 0 && through <= this.#committedThrough) return;
+    const index = Buffer.alloc(8);
+    index.writeBigUInt64BE(BigInt(through), 0);
+    await this.#records.commit([{ type: 'put', key: APPLIED_KEY, value: index }]);
+    this.#committedThrough = through;
   }
 
   /** The part whose commands' kinds start as `kind` does (`secret.put`: the secrets), or undefined. */
@@ -95,6 +135,14 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   apply(command: { readonly index: number; readonly kind: string; readonly data: Uint8Array }): AppliedResult {
     const part = this.partOf(command.kind);
     if (part === undefined) return refusal('INVALID', `unknown command kind ${command.kind.slice(0, 60)}`);
+    if (part === this.secrets) {
+      // Replayed at start, and already in the store: its effects are there (nobody waits for it).
+      if (command.index <= this.#storedThrough) {
+        this.stats.skippedOnStart++;
+        return { ok: true, version: 0 };
+      }
+      this.#appliedThrough = command.index;
+    }
     const decoded = part.decode(command.kind, command.data);
     if (!decoded.ok) return decoded;
     const { actor } = decoded;
@@ -128,7 +176,19 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
       throw new Error(
         `a state image of version ${IMAGE_VERSION} holds ${this.parts.length} parts, this one ${partImages.length}`,
       );
-    for (const [k, part] of this.parts.entries()) await part.restore(partImages[k], index);
+    for (const [k, part] of this.parts.entries()) {
+      // The store already holds this snapshot's secrets or later ones (a restart): keep them.
+      if (part === this.secrets && this.#storedThrough > 0 && index <= this.#storedThrough) continue;
+      await part.restore(partImages[k], index);
+      if (part === this.secrets) {
+        const record = Buffer.alloc(8);
+        record.writeBigUInt64BE(BigInt(index), 0);
+        // After the switch: a crash between leaves a store without the record, rebuilt at start.
+        await this.#store.write([{ type: 'put', key: APPLIED_KEY, value: record }]);
+        this.#appliedThrough = index;
+        this.#committedThrough = index;
+      }
+    }
   }
 }
 

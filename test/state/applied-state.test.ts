@@ -73,3 +73,63 @@ test('write alone cannot wipe history: lowering the versions kept, or reviving a
   // The leader's own commands (no actor) and admin-level callers are not limited this way.
   assert.deepEqual(apply(encodeSecretCommand(put('app/k', 'v5', 1), null)), { ok: true, version: 4 });
 });
+
+test('a state on a store restarts where its last commit left it: replayed entries already there are not applied twice, before or after a snapshot', async () => {
+  const keys = testRecordKeys();
+  const { MemoryStateStore } = await import('../../src/kv/memory-state-store.ts');
+  const { encodeSecretCommand } = await import('../../src/state/secret-store.ts');
+  const entries = Array.from({ length: 30 }, (_, k) => ({
+    index: k + 1,
+    ...encodeSecretCommand({
+      op: 'put',
+      name: `app/s${k % 4}`,
+      value: Buffer.from(`v${k}`),
+      cas: null,
+      expireAtMs: null,
+      versionsKept: 50,
+      nowMs: 1_700_000_000_000,
+    }),
+  }));
+  // The reference: every entry applied once.
+  const reference = new AppliedState({ keys });
+  for (const e of entries) reference.apply(e);
+  await reference.commit();
+  const expected = Buffer.from(await reference.secrets.snapshot().then((i) => Buffer.from(JSON.stringify(i))));
+
+  for (const committedThrough of [0, 7, 19, 30]) {
+    for (const snapshotAt of [0, 5, 12, 25]) {
+      const store = new MemoryStateStore();
+      const first = new AppliedState({ store, keys });
+      await first.reset();
+      let image: Uint8Array | null = null;
+      for (const e of entries) {
+        first.apply(e);
+        if (e.index === snapshotAt) {
+          await first.commit();
+          image = await first.snapshot();
+        }
+        if (e.index === committedThrough) await first.commit();
+        if (e.index > committedThrough && e.index > snapshotAt) break; // a crash: nothing later committed
+      }
+      // The process dies; a new one opens the same store, restores the newest snapshot, replays the rest.
+      const second = new AppliedState({ store, keys });
+      await second.reset();
+      const from = image === null ? 0 : snapshotAt;
+      if (image !== null) await second.restore(image, snapshotAt);
+      for (const e of entries) if (e.index > from) second.apply(e);
+      await second.commit();
+      const got = Buffer.from(JSON.stringify(await second.secrets.snapshot()));
+      assert.ok(
+        got.equals(expected),
+        `committed through ${committedThrough}, snapshot at ${snapshotAt}: the same records`,
+      );
+      assert.deepEqual(
+        second.secrets.versions('app/s0', 0).map((v) => v.version),
+        Array.from({ length: 8 }, (_, k) => k + 1),
+        `committed through ${committedThrough}, snapshot at ${snapshotAt}: no version applied twice`,
+      );
+      const already = Math.max(committedThrough, snapshotAt);
+      assert.equal(second.stats.skippedOnStart, Math.max(0, already - from), 'what the store held was skipped');
+    }
+  }
+});
