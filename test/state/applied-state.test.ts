@@ -133,3 +133,62 @@ test('a state on a store restarts where its last commit left it: replayed entrie
     }
   }
 });
+
+test('a crash at any write of the store (the write lost) costs nothing but a replay: the applied index is in the same batch as the changes', async () => {
+  const keys = testRecordKeys();
+  const { MemoryStateStore } = await import('../../src/kv/memory-state-store.ts');
+  const { encodeSecretCommand } = await import('../../src/state/secret-store.ts');
+  const entries = Array.from({ length: 20 }, (_, k) => ({
+    index: k + 1,
+    ...encodeSecretCommand({
+      op: 'put',
+      name: `app/s${k % 3}`,
+      value: Buffer.from(`v${k}`),
+      cas: null,
+      expireAtMs: null,
+      versionsKept: 50,
+      nowMs: 1_700_000_000_000,
+    }),
+  }));
+  const reference = new AppliedState({ keys });
+  for (const e of entries) reference.apply(e);
+  const expected = JSON.stringify(await reference.secrets.snapshot());
+
+  class Crashed extends Error {}
+  for (let crashAt = 1; crashAt <= 8; crashAt++) {
+    const inner = new MemoryStateStore();
+    let writes = 0;
+    // The store as a process sees it until it dies at its `crashAt`-th write (which is lost).
+    const dying = Object.assign(Object.create(inner) as typeof inner, {
+      write: async (...args: Parameters<typeof inner.write>) => {
+        if (++writes === crashAt) throw new Crashed(`died at write ${crashAt}`);
+        return inner.write(...args);
+      },
+      view: () => inner.view(),
+      getSync: (key: Uint8Array) => inner.getSync(key),
+      get: (key: Uint8Array) => inner.get(key),
+      range: (range: Parameters<typeof inner.range>[0]) => inner.range(range),
+      replaceAll: (records: Parameters<typeof inner.replaceAll>[0]) => inner.replaceAll(records),
+    });
+    const first = new AppliedState({ store: dying, keys });
+    await first.reset();
+    try {
+      for (const e of entries) {
+        first.apply(e);
+        if (e.index % 3 === 0) await first.commit();
+      }
+      await first.commit();
+    } catch (error) {
+      if (!(error instanceof Crashed)) throw error;
+    }
+    const second = new AppliedState({ store: inner, keys });
+    await second.reset();
+    for (const e of entries) second.apply(e);
+    await second.commit();
+    assert.equal(
+      JSON.stringify(await second.secrets.snapshot()),
+      expected,
+      `a crash at write ${crashAt}: the same records`,
+    );
+  }
+});
