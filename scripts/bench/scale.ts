@@ -2,8 +2,9 @@
  * Coffer beside etcd with many secrets (issue 17): a three-manager Coffer cluster and a
  * three-member etcd cluster (127.0.0.1, TLS with client certificates, fsync on), both up for the
  * whole run and measured phase by phase, Coffer then etcd (this machine's speed drifts):
- *   - load: N secrets of 256 random bytes, named scale/d{k % 1000}/s{k}; Coffer by single puts,
- *     256 in flight (loadCoffer), etcd by transactions of 128 puts, 2 in flight (loadEtcd);
+ *   - load: N secrets of 256 random bytes, named scale/d{k % 1000}/s{k}; Coffer through
+ *     `coffer secret import`'s code from a JSON-lines file, 256 puts in flight (loadCoffer), etcd
+ *     by transactions of 128 puts, 2 in flight (loadEtcd);
  *   - leader and follower RSS (/proc VmRSS, and the leader's peak VmHWM), and disk bytes per
  *     secret (du of the leader's data directory, divided by N);
  *   - restart: kill -9 of a follower, then from the spawn of its process to the first
@@ -19,9 +20,20 @@
  *   npm run bench -- scale [--secrets N] [--full]      (N 100,000; --full: 100,000 then 1,000,000)
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  createReadStream,
+  createWriteStream,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { importSecrets, parseImport } from '../../src/cli/import.ts';
 import { drawBars, type Panel } from './chart.ts';
 import { fmt, table } from './format.ts';
 import { rssBytes, runLoad, type LoadResult } from './load.ts';
@@ -97,9 +109,44 @@ async function loadSecrets(
   return { loadSeconds: (performance.now() - started) / 1000, failedWrites };
 }
 
-/** Coffer's loader: single puts through CofferClient, 256 in flight. */
-export const loadCoffer = (target: CofferTarget, count: number) =>
-  loadSecrets(target, count, { batch: 1, window: 256 }, (leader, puts) => target.put(leader, puts[0]![0], puts[0]![1]));
+/**
+ * Coffer's loader: `coffer secret import`'s own code (src/cli/import.ts) reading a JSON-lines
+ * file of the N secrets, 256 puts in flight to the leader, its retries on rate limits and
+ * unavailability. The file is written first, outside the timing.
+ */
+export async function loadCoffer(
+  target: CofferTarget,
+  count: number,
+): Promise<{ loadSeconds: number; failedWrites: number }> {
+  const dir = mkdtempSync(join(tmpdir(), 'coffer-scale-import-'));
+  try {
+    const file = join(dir, 'secrets.jsonl');
+    const out = createWriteStream(file);
+    for (let k = 0; k < count; k++) {
+      const line = `${JSON.stringify({ name: secretName(k), value_base64: randomBytes(256).toString('base64') })}\n`;
+      if (!out.write(line)) await once(out, 'drain');
+    }
+    out.end();
+    await once(out, 'finish');
+    const leader = await target.leader();
+    const started = performance.now();
+    const summary = await importSecrets(parseImport(createReadStream(file), { format: 'jsonl' }), {
+      concurrency: 256,
+      put: (name, value) => target.put(leader, name, value),
+    });
+    const loadSeconds = (performance.now() - started) / 1000;
+    if (summary.imported !== count)
+      throw new Error(
+        `the import loaded ${summary.imported} of ${count} secrets: ${summary.failures
+          .slice(0, 3)
+          .map((f) => f.reason)
+          .join('; ')}`,
+      );
+    return { loadSeconds, failedWrites: summary.retries };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 /** etcd's loader: transactions of 128 puts (etcd's default --max-txn-ops), 2 in flight (256 puts). */
 export const loadEtcd = (target: EtcdTarget, count: number) =>
