@@ -349,7 +349,7 @@ export interface ImportSummary {
 
 /** Failures kept for the summary: a file of a million bad lines must not fill memory. */
 export const FAILURES_LISTED_MAX = 10_000;
-/** Retries of a line whose put met UNAVAILABLE or DEADLINE_EXCEEDED; then the import stops. */
+/** Retries of a line whose put met UNAVAILABLE or DEADLINE_EXCEEDED (then the import stops), or ABORTED (then the line is refused). */
 export const UNAVAILABLE_RETRIES = 4;
 /** Retries of a line refused by a rate limit (RESOURCE_EXHAUSTED that says "retry in"). */
 export const RATE_LIMIT_RETRIES = 20;
@@ -446,13 +446,16 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
         } catch (error) {
           const code = error instanceof ClientError ? error.code : null;
           const message = error instanceof Error ? error.message : String(error);
-          if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) {
+          // ABORTED: a leader change dropped the put (or left its outcome unknown). Sent again like
+          // an unavailable one: at worst the secret gets one more version with the same value.
+          const lost = code === grpcStatus.ABORTED;
+          if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED || lost) {
             if (unavailableTries < UNAVAILABLE_RETRIES) {
               summary.retries++;
               await sleep(jitter(250 * 2 ** unavailableTries++));
               continue;
             }
-            unavailable ??= message;
+            if (!lost) unavailable ??= message;
           }
           if (code === grpcStatus.RESOURCE_EXHAUSTED) {
             const hintMs = rateLimitHintMs(message);

@@ -494,3 +494,34 @@ test("coffer secret import under the cluster's rate limit: refusals paused and r
     await cluster.stop();
   }
 });
+
+test('a put a leader change dropped (ABORTED) is sent again; one dropped every time is reported, and the import goes on', async () => {
+  const sleep = async () => {};
+  const tries = new Map<string, number>();
+  const summary = await importSecrets(
+    lines([
+      ['once', '1'],
+      ['always', '2'],
+      ['after', '3'],
+    ]),
+    {
+      concurrency: 1,
+      sleep,
+      put: async (name) => {
+        const k = (tries.get(name) ?? 0) + 1;
+        tries.set(name, k);
+        if (name === 'always' || (name === 'once' && k === 1))
+          throw new ClientError(status.ABORTED, 'the proposal was replaced by a new leader entry; it was not applied');
+        return {};
+      },
+    },
+  );
+  assert.equal(tries.get('once'), 2);
+  assert.equal(tries.get('always'), UNAVAILABLE_RETRIES + 1, 'bounded');
+  assert.equal(summary.imported, 2);
+  assert.equal(summary.stoppedAtLine, null, 'a dropped put does not stop the import');
+  assert.deepEqual(
+    summary.failures.map((f) => [f.line, f.code]),
+    [[2, 'ABORTED']],
+  );
+});
