@@ -1,7 +1,9 @@
 import { Level } from 'level';
 import { assert } from '../util/assert.ts';
 import {
+  StateStoreError,
   prefixEnd,
+  type PreparedContent,
   type KeyRange,
   type StateRecord,
   type StateStore,
@@ -28,9 +30,7 @@ const PREFIX_BYTES = 5;
 type Db = Level<Buffer, Buffer>;
 type Snapshot = ReturnType<Db['snapshot']>;
 
-export class StateStoreError extends Error {
-  override name = 'StateStoreError';
-}
+export { StateStoreError };
 
 /**
  * The applied state's StateStore in LevelDB (a directory of its own beside the Raft storage).
@@ -47,6 +47,9 @@ export class LevelStateStore implements StateStore {
   #generation: number;
   #prefix: Buffer;
   #replacing = false;
+  /** Counts prepares (a newer one replaces an older one), and the one writing now. */
+  #prepareToken = 0;
+  #prepareRun: Promise<void> = Promise.resolve();
 
   private constructor(path: string, db: Db, generation: number) {
     this.path = path;
@@ -151,13 +154,43 @@ export class LevelStateStore implements StateStore {
   async replaceAll(records: AsyncIterable<StateRecord>): Promise<void> {
     assert(!this.#replacing, () => `two snapshot installs at once in ${this.path}`);
     this.#replacing = true;
+    try {
+      await (await this.prepare(records)).install();
+    } finally {
+      this.#replacing = false;
+    }
+  }
+
+  /**
+   * Writes the records under the next generation's prefix in bounded batches (not synced: the
+   * switch in `install` is, and LevelDB's log is written in order, so a synced write makes every
+   * earlier one durable). The current generation is untouched, and writes to it go on meanwhile.
+   */
+  async prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent> {
+    const token = ++this.#prepareToken;
+    const previous = this.#prepareRun;
+    let finished!: () => void;
+    this.#prepareRun = new Promise<void>((resolve) => {
+      finished = resolve;
+    });
+    const replaced = (): StateStoreError =>
+      new StateStoreError(`a newer snapshot replaced the one being written to ${this.path}`);
     const generation = this.#generation + 1;
     const prefix = prefixOf(generation);
+    const clear = (): Promise<void> =>
+      this.#db.clear({ gte: prefix, lt: prefixOf(generation + 1) }).catch(() => undefined);
+    let count = 0;
     try {
+      // The prepare before this one stops at its next record and clears what it wrote.
+      await previous;
+      if (token !== this.#prepareToken) throw replaced();
+      await clear();
       let batch = this.#db.batch();
       let bytes = 0;
       for await (const record of records) {
+        if (token !== this.#prepareToken) throw replaced();
         batch.put(Buffer.concat([prefix, record.key]), Buffer.from(record.value));
+        count++;
         bytes += record.key.byteLength + record.value.byteLength;
         if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
           await batch.write();
@@ -166,19 +199,36 @@ export class LevelStateStore implements StateStore {
         }
       }
       await batch.write();
+      if (token !== this.#prepareToken) throw replaced();
     } catch (error) {
-      // The old generation is still current: drop what was written of the new one.
-      await this.#db.clear({ gte: prefix, lt: prefixOf(generation + 1) }).catch(() => undefined);
-      this.#replacing = false;
+      // The current generation is untouched: drop what was written of the next one.
+      await clear();
       throw error;
+    } finally {
+      finished();
     }
-    // The switch: one synced write. Before it the old content is current, after it the new.
-    await this.#db.put(GENERATION_KEY, u32(generation), { sync: true });
-    const old = this.#prefix;
-    this.#generation = generation;
-    this.#prefix = prefix;
-    this.#replacing = false;
-    await this.#db.clear({ gte: old, lt: prefix });
+    let done = false;
+    return {
+      records: count,
+      install: async () => {
+        assert(
+          !done && token === this.#prepareToken && generation === this.#generation + 1,
+          () => `installing a prepared content of ${this.path} that was discarded or replaced`,
+        );
+        done = true;
+        // The switch: one synced write. Before it the old content is current, after it the new.
+        await this.#db.put(GENERATION_KEY, u32(generation), { sync: true });
+        const old = this.#prefix;
+        this.#generation = generation;
+        this.#prefix = prefix;
+        await this.#db.clear({ gte: old, lt: prefix });
+      },
+      discard: async () => {
+        if (done) return;
+        done = true;
+        if (token === this.#prepareToken && generation === this.#generation + 1) await clear();
+      },
+    };
   }
 
   async close(): Promise<void> {

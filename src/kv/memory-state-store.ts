@@ -1,5 +1,13 @@
 import { assert, assertIndex } from '../util/assert.ts';
-import type { KeyRange, StateRecord, StateStore, StateView, StateWrite } from './state-store.ts';
+import {
+  StateStoreError,
+  type KeyRange,
+  type PreparedContent,
+  type StateRecord,
+  type StateStore,
+  type StateView,
+  type StateWrite,
+} from './state-store.ts';
 
 /**
  * One version of the content: values by latin1 key (latin1 strings are a one-to-one image of byte
@@ -27,6 +35,8 @@ interface Version {
 export class MemoryStateStore implements StateStore {
   #version: Version = { values: new Map(), keys: [], readers: 0 };
   #replacing = false;
+  /** Counts prepares: a prepare whose number is not the latest was replaced. */
+  #preparing = 0;
   #closed = false;
 
   getSync(key: Uint8Array): Uint8Array | undefined {
@@ -101,14 +111,38 @@ export class MemoryStateStore implements StateStore {
     assert(!this.#replacing, 'two replaceAll calls at once on the memory state store');
     this.#replacing = true;
     try {
-      const values = new Map<string, Buffer>();
-      for await (const record of records) values.set(latin1(record.key), Buffer.from(record.value));
-      this.#assertOpen();
-      // Default string order compares UTF-16 code units: for latin1 strings, unsigned byte order.
-      this.#version = { values, keys: [...values.keys()].sort(), readers: 0 };
+      await (await this.prepare(records)).install();
     } finally {
       this.#replacing = false;
     }
+  }
+
+  async prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent> {
+    this.#assertOpen();
+    // A newer prepare discards the one before it.
+    const generation = ++this.#preparing;
+    const values = new Map<string, Buffer>();
+    for await (const record of records) {
+      if (generation !== this.#preparing)
+        throw new StateStoreError('a newer snapshot replaced this one while it was written');
+      values.set(latin1(record.key), Buffer.from(record.value));
+    }
+    this.#assertOpen();
+    let done = false;
+    return {
+      records: values.size,
+      install: async () => {
+        this.#assertOpen();
+        assert(!done && generation === this.#preparing, 'installing a prepared content that was discarded or replaced');
+        done = true;
+        // Default string order compares UTF-16 code units: for latin1 strings, unsigned byte order.
+        this.#version = { values, keys: [...values.keys()].sort(), readers: 0 };
+      },
+      discard: async () => {
+        done = true;
+        values.clear();
+      },
+    };
   }
 
   async close(): Promise<void> {

@@ -51,8 +51,31 @@ export interface StateStore extends StateView {
   /**
    * Replaces the whole content with what `records` yields (a snapshot being installed): written
    * aside and switched to atomically, so a crash in the middle leaves the old content whole.
+   * The same as `prepare` then `install`.
    */
   replaceAll(records: AsyncIterable<StateRecord>): Promise<void>;
+  /**
+   * Writes what `records` yields aside, as a content to switch to later (a snapshot streamed from
+   * a leader, before Raft has accepted it): the store goes on serving reads and writes meanwhile.
+   * One prepared content at a time: a new one discards the one before. Nothing of it is visible
+   * until `install`; a crash before that leaves nothing of it.
+   */
+  prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent>;
+}
+
+/** A content written aside by `StateStore.prepare`. */
+export interface PreparedContent {
+  /** Records written. */
+  readonly records: number;
+  /** Makes it the store's whole content in one synced step (between writes); the old content goes. */
+  install(): Promise<void>;
+  /** Drops it (a snapshot Raft did not accept, or a newer one); idempotent. */
+  discard(): Promise<void>;
+}
+
+/** The store failed (a disk error, a directory that is not a state store, a prepare replaced by a newer one). */
+export class StateStoreError extends Error {
+  override name = 'StateStoreError';
 }
 
 /** Keys compare as unsigned bytes. */

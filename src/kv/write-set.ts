@@ -1,5 +1,13 @@
 import { assert } from '../util/assert.ts';
-import { compareKeys, type KeyRange, type StateRecord, type StateStore, type StateWrite } from './state-store.ts';
+import {
+  compareKeys,
+  type KeyRange,
+  type PreparedContent,
+  type StateRecord,
+  type StateStore,
+  type StateView,
+  type StateWrite,
+} from './state-store.ts';
 
 /**
  * The applier's uncommitted writes over a StateStore: reads see the write set first (a deleted
@@ -72,7 +80,8 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
    * and commits do not show through, so a read that starts after the entries it must see were
    * applied sees them, however long it pages.
    */
-  async *range(this: WriteSet<StateStore>, range: KeyRange): AsyncGenerator<StateRecord> {
+  range(this: WriteSet<StateStore>, range: KeyRange): AsyncIterableIterator<StateRecord> {
+    // Taken now, not at the first step of the iteration: the caller's moment is the point.
     const inRange = (key: Buffer): boolean =>
       (range.gte === undefined || compareKeys(key, range.gte) >= 0) &&
       (range.lt === undefined || compareKeys(key, range.lt) < 0);
@@ -81,36 +90,35 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
       .filter(([key]) => inRange(key))
       .sort(([a], [b]) => compareKeys(a, b) * (range.reverse === true ? -1 : 1));
     const view = this.#store.view();
-    const limit = range.limit ?? Number.POSITIVE_INFINITY;
-    const before = (a: Uint8Array, b: Uint8Array): boolean => compareKeys(a, b) * (range.reverse === true ? -1 : 1) < 0;
-    let given = 0;
-    let p = 0;
-    try {
-      if (limit <= 0) return;
-      // The store's records, without the limit: pending deletes may hide some of them.
-      for await (const record of view.range({ ...range, limit: undefined })) {
-        while (p < pending.length && before(pending[p]![0], record.key)) {
-          const [key, value] = pending[p++]!;
-          if (value === null) continue;
-          yield { key, value };
-          if (++given >= limit) return;
+    const records = overlay(view, pending, range);
+    // The view is open from now: a range never read is closed by `return()` (which a `for await`
+    // that stops early calls), not only one that was begun.
+    let begun = false;
+    return {
+      next: () => {
+        begun = true;
+        return records.next();
+      },
+      return: async () => {
+        if (!begun) {
+          begun = true;
+          await view.close();
         }
-        if (p < pending.length && compareKeys(pending[p]![0], record.key) === 0) {
-          const [key, value] = pending[p++]!;
-          if (value === null) continue;
-          yield { key, value };
-        } else yield record;
-        if (++given >= limit) return;
-      }
-      for (; p < pending.length; p++) {
-        const [key, value] = pending[p]!;
-        if (value === null) continue;
-        yield { key, value };
-        if (++given >= limit) return;
-      }
-    } finally {
-      await view.close();
-    }
+        return records.return(undefined);
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  /**
+   * Installs a content a snapshot brought (written aside by `StateStore.prepare`). Only between
+   * applies: the applier's changes must have been committed (or there were none).
+   */
+  async install(prepared: PreparedContent): Promise<void> {
+    assert(this.#changes.size === 0, () => `a snapshot install found ${this.#changes.size} uncommitted changes`);
+    await prepared.install();
   }
 
   /**
@@ -133,4 +141,42 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
 
 function latin1(key: Uint8Array): string {
   return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('latin1');
+}
+
+/** The view's records in a range with the pending changes laid over them (deletes hide, puts replace). */
+async function* overlay(
+  view: StateView,
+  pending: ReadonlyArray<readonly [Buffer, Uint8Array | null]>,
+  range: KeyRange,
+): AsyncGenerator<StateRecord> {
+  const limit = range.limit ?? Number.POSITIVE_INFINITY;
+  const before = (a: Uint8Array, b: Uint8Array): boolean => compareKeys(a, b) * (range.reverse === true ? -1 : 1) < 0;
+  let given = 0;
+  let p = 0;
+  try {
+    if (limit <= 0) return;
+    // The store's records, without the limit: pending deletes may hide some of them.
+    for await (const record of view.range({ ...range, limit: undefined })) {
+      while (p < pending.length && before(pending[p]![0], record.key)) {
+        const [key, value] = pending[p++]!;
+        if (value === null) continue;
+        yield { key, value };
+        if (++given >= limit) return;
+      }
+      if (p < pending.length && compareKeys(pending[p]![0], record.key) === 0) {
+        const [key, value] = pending[p++]!;
+        if (value === null) continue;
+        yield { key, value };
+      } else yield record;
+      if (++given >= limit) return;
+    }
+    for (; p < pending.length; p++) {
+      const [key, value] = pending[p]!;
+      if (value === null) continue;
+      yield { key, value };
+      if (++given >= limit) return;
+    }
+  } finally {
+    await view.close();
+  }
 }

@@ -156,6 +156,57 @@ for (const kind of kinds) {
     }
   });
 
+  test(`${kind.name}: prepare writes a content aside while writes go on; install switches to it, discard drops it, a newer prepare replaces an older one`, async () => {
+    const store = await kind.open();
+    try {
+      await store.write([put(s('live'), s('1'))]);
+      const incoming: Array<[Buffer, Buffer]> = Array.from({ length: 3000 }, (_, n) => [
+        s(`snap-${String(n).padStart(4, '0')}`),
+        s(`v${n}`),
+      ]);
+      // The store is written to while the content streams in, as a follower applies meanwhile.
+      async function* interleaved(): AsyncGenerator<StateRecord> {
+        for (const [k, record] of incoming.entries()) {
+          if (k === 1500) await store.write([put(s('live'), s('2')), put(s('during'), s('yes'))]);
+          yield { key: record[0], value: record[1] };
+        }
+      }
+      const prepared = await store.prepare(interleaved());
+      assert.equal(prepared.records, 3000);
+      assert.deepEqual(
+        await collect(store.range({})),
+        ['647572696e67=yes', '6c697665=2'],
+        'nothing prepared is visible before install',
+      );
+      await prepared.discard();
+      assert.deepEqual((await collect(store.range({}))).length, 2, 'discard leaves the current content');
+
+      // A failing source leaves nothing; a newer prepare makes the older one fail or refuse to install.
+      await assert.rejects(store.prepare(from(incoming, 10)), /went away/);
+      const older = await store.prepare(from(incoming.slice(0, 5)));
+      const newer = await store.prepare(from(incoming.slice(100, 103)));
+      await assert.rejects(older.install(), /discarded or replaced/);
+      const view = store.view();
+      await newer.install();
+      assert.deepEqual(await collect(store.range({})), [
+        '736e61702d30313030=v100',
+        '736e61702d30313031=v101',
+        '736e61702d30313032=v102',
+      ]);
+      assert.deepEqual(
+        (await collect(view.range({}))).length,
+        2,
+        'a view from before the install reads the old content',
+      );
+      await view.close();
+      await store.write([put(s('after'), s('x'))]);
+      assert.equal(Buffer.from(store.getSync(s('after'))!).toString(), 'x', 'writes go to the installed content');
+      assert.equal(store.getSync(s('live')), undefined);
+    } finally {
+      await store.close();
+    }
+  });
+
   test(`${kind.name}: random batches, views and ranges agree with a sorted-map model`, async () => {
     const store = await kind.open();
     try {
