@@ -6,10 +6,12 @@ import { generateRootKey, unwrapRootLink, unwrapUnlockKek, wrapRootLink, wrapUnl
 import { KEY_USES_RESERVATION_BLOCK } from '../crypto/key-store.ts';
 import type { RecordKeys } from '../crypto/record-seal.ts';
 import type { Entry } from '../raft/types.ts';
-import type { SnapshotRequest, StateMachine } from '../replica/replica.ts';
+import type { SnapshotChunks, SnapshotRequest, StateMachine } from '../replica/replica.ts';
 import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
 import { KeyState, decodeKeyStateInto, encodeKeyState } from './key-state.ts';
+import { decodeRecordChunks, encodeRecordChunks } from '../kv/record-chunks.ts';
+import type { StateRecord } from '../kv/state-store.ts';
 import {
   COMMAND_KIND_PATTERN,
   PayloadError,
@@ -37,6 +39,21 @@ export interface InnerStateMachine<Result> {
   reset?(): Promise<void>;
   /** How many of its stored records are sealed under a keyring term (a term in use is not destroyed). */
   recordsSealedUnder?(term: number): number;
+  /**
+   * A state on disk: its snapshot without its records, taken now (see AppliedState.descriptor),
+   * and the records as of the same moment, to stream to another manager beside it.
+   */
+  descriptor?(): Uint8Array;
+  snapshotRecords?(): AsyncIterableIterator<StateRecord>;
+  /** Writes the records a leader streams for its snapshot at `index` aside, until `installSnapshot`. */
+  prepareSnapshot?(index: number, records: AsyncIterable<StateRecord>): Promise<void>;
+  /** Switches to the records prepared for the snapshot at `index`, if there are (true). */
+  installSnapshot?(index: number): Promise<boolean>;
+  /**
+   * Makes the state's store durable through every entry applied, up to `appliedIndex` (entries the
+   * barrier kept, such as key operations, included): before a snapshot standing for it is saved.
+   */
+  sync?(appliedIndex: number): Promise<void>;
 }
 
 /** The manager's own key record, as the barrier needs it (src/crypto/key-store.ts behind it). */
@@ -417,13 +434,81 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     }
   }
 
-  async snapshot(): Promise<Uint8Array> {
+  snapshot(): Uint8Array | Promise<Uint8Array> {
     // The root generation the image's key state is sealed under, taken with it (the replica may
     // apply a root rotation while the image is read).
     const rootGen = this.#keys.rootGen;
-    const image = await this.image();
-    this.#snapshotRootGen = rootGen;
-    return image;
+    const descriptor = this.#sealedDescriptor();
+    if (descriptor !== null) {
+      this.#snapshotRootGen = rootGen;
+      return descriptor;
+    }
+    return this.image().then((image) => {
+      this.#snapshotRootGen = rootGen;
+      return image;
+    });
+  }
+
+  /**
+   * A state on disk's descriptor, sealed as an image is (key state, then the descriptor under the
+   * active term), taken now; null if the inner state has none (a whole image is made instead) or
+   * the keyring has no term yet.
+   */
+  #sealedDescriptor(): Uint8Array | null {
+    const inner = this.#inner;
+    const keyring = this.#keys.keyring;
+    const term = keyring.activeTerm;
+    if (inner.descriptor === undefined || term === 0) return null;
+    const keyState = encodeKeyState(this.#keys);
+    return packr.pack([1, keyState, keyring.encryptUnder(term, 'snapshot', inner.descriptor())]);
+  }
+
+  /**
+   * A snapshot to send to another manager, as of now: the sealed descriptor, and the inner
+   * state's records of the same moment as chunks (the store's own sealed bytes: no plaintext);
+   * null when the inner state has no records apart (the snapshot's data is then the whole image).
+   */
+  snapshotStream(): { readonly data: Uint8Array; readonly records: SnapshotChunks } | null {
+    const snapshotRecords = this.#inner.snapshotRecords;
+    const data = this.#sealedDescriptor();
+    if (data === null || snapshotRecords === undefined) return null;
+    const records = snapshotRecords.call(this.#inner);
+    const chunks = encodeRecordChunks(records);
+    return {
+      data,
+      records: {
+        [Symbol.asyncIterator]: () => chunks,
+        // Not read to the end (a send that failed or never began): the records' view is closed.
+        close: async () => {
+          await chunks.return(undefined);
+          await records.return?.();
+        },
+      },
+    };
+  }
+
+  /** Before a snapshot is sealed to send: its seal counts against the active term's reserved uses. */
+  async beforeSnapshotStream(): Promise<void> {
+    const term = this.#keys.keyring.activeTerm;
+    if (term !== 0 && this.#keys.keyring.usesOf(term) + 1 + USES_SLACK > this.#local.usesReserved(term))
+      await this.#reserveUses(term);
+  }
+
+  /** Writes the record chunks a leader streams for its snapshot at `index` aside (checked as they come). */
+  async prepareSnapshot(index: number, chunks: AsyncIterable<Uint8Array>): Promise<void> {
+    if (this.#inner.prepareSnapshot === undefined)
+      throw new PayloadError('this manager keeps no records apart from its snapshots; a streamed one is refused');
+    await this.#inner.prepareSnapshot(index, decodeRecordChunks(chunks));
+  }
+
+  /** Raft accepted the snapshot at `index`: its streamed records, if any, become the state's store. */
+  async installSnapshot(index: number): Promise<void> {
+    await this.#inner.installSnapshot?.(index);
+  }
+
+  /** Makes the inner state's store durable through every entry applied, up to `appliedIndex`. */
+  async syncState(appliedIndex: number): Promise<void> {
+    await this.#inner.sync?.(appliedIndex);
   }
 
   /**

@@ -6,7 +6,7 @@ import { KEY_USES_MAX } from '../crypto/keyring.ts';
 import { adoptOrCreateKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } from '../crypto/root-key.ts';
 import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
-import type { BasicStatus, ConfChange, Message, NodeId, Status } from '../raft/types.ts';
+import type { BasicStatus, ConfChange, Message, NodeId, SnapshotMessage, Status } from '../raft/types.ts';
 import { Replica, type PeerSender, type ReplicaObserver } from '../replica/replica.ts';
 import type { LevelStorage } from '../storage/level-storage.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
@@ -340,6 +340,27 @@ export class Manager<Result> {
       return;
     }
     this.#running.replica.step(message);
+  }
+
+  /**
+   * A snapshot whose records a leader streams (the transport calls this): the records are written
+   * aside, then the replica sees the snapshot. A locked manager drains and drops them.
+   */
+  receiveSnapshot(message: SnapshotMessage, chunks: AsyncIterable<Uint8Array>): void {
+    const running = this.#running;
+    const received =
+      running === null
+        ? (async () => {
+            this.#messagesDroppedLocked++;
+            for await (const _ of chunks);
+          })()
+        : running.replica.receiveSnapshot(message, chunks);
+    received.catch((error: unknown) =>
+      this.#log.warn(
+        { event: 'snapshot-receive-failed', from: message.from, index: message.snapshot.metadata.index, err: error },
+        'a snapshot from the leader was not taken; it will be sent again',
+      ),
+    );
   }
 
   reportUnreachable(peer: NodeId): void {

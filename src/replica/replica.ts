@@ -9,6 +9,7 @@ import type {
   NodeId,
   Ready,
   ReadRefusalReason,
+  SnapshotMessage,
   SnapshotMetadata,
   Status,
 } from '../raft/types.ts';
@@ -38,6 +39,24 @@ export interface StateMachine<Result> {
   afterApply?(): Promise<SnapshotRequest | null>;
   /** A snapshot made by `snapshot()` is now durable. */
   snapshotDurable?(): Promise<void>;
+  /**
+   * A state whose bulk lives in a store of its own: `snapshot()` is then a small descriptor that
+   * stands for the store, and a snapshot sent to another manager is that descriptor plus the
+   * store's records as a stream of chunks, both as of the moment of the call (synchronous).
+   * Null: the descriptor alone is the whole state (send it as it is).
+   */
+  snapshotStream?(): { readonly data: Uint8Array; readonly records: SnapshotChunks } | null;
+  /** Before a `snapshotStream()` is taken (the barrier reserves the nonce uses of its seal). */
+  beforeSnapshotStream?(): Promise<void>;
+  /** Writes the record chunks a leader streams for its snapshot at `index` aside, before Raft sees the snapshot. */
+  prepareSnapshot?(index: number, chunks: AsyncIterable<Uint8Array>): Promise<void>;
+  /** Raft accepted the snapshot at `index`: switch to its prepared records (before its descriptor is persisted). */
+  installSnapshot?(index: number): Promise<void>;
+  /**
+   * Makes the state's store durable through every entry applied, up to `appliedIndex` (entries
+   * that changed nothing in it included): before a snapshot standing for it is saved.
+   */
+  syncState?(appliedIndex: number): Promise<void>;
 }
 
 export interface SnapshotRequest {
@@ -51,6 +70,16 @@ export interface SnapshotRequest {
 /** Where messages to peers go; the mTLS transport plugs in here (a later issue). */
 export interface PeerSender {
   send(messages: readonly Message[]): void;
+  /** A snapshot whose records follow its descriptor as a stream of chunks (read as they are sent). */
+  sendSnapshot?(message: SnapshotMessage, records: SnapshotChunks): void;
+}
+
+/**
+ * A snapshot's records as chunks, read as they are sent. They hold a point-in-time view of the
+ * state's store open: whoever takes them reads them to the end or calls `close`.
+ */
+export interface SnapshotChunks extends AsyncIterable<Uint8Array> {
+  close(): Promise<void>;
 }
 
 /**
@@ -426,8 +455,19 @@ export class Replica<Result> {
       // A leader's appends leave before its own write, so the followers' writes overlap it (the
       // Ready contract allows it for appends only); everything else waits for the write.
       const early = ready.messages.filter((m) => m.type === 'append');
-      const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== 'append');
+      let late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== 'append');
+      // A state with a store of its own sends snapshots as of its applied point, streamed: taken
+      // after this Ready is applied and advanced (the point must not be between the two).
+      let snapshots: SnapshotMessage[] = [];
+      if (this.#stateMachine.snapshotStream !== undefined && this.#peers.sendSnapshot !== undefined) {
+        snapshots = late.filter((m): m is SnapshotMessage => m.type === 'snapshot');
+        if (snapshots.length > 0) late = late.filter((m) => m.type !== 'snapshot');
+      }
       if (early.length > 0) this.#peers.send(early);
+      // A streamed snapshot's records, prepared aside, become the state's store before the
+      // snapshot is persisted: a crash between leaves a store ahead of the log, which the replay
+      // skips; the other order would leave a persisted snapshot whose records are not there.
+      if (ready.snapshot !== null) await this.#stateMachine.installSnapshot?.(ready.snapshot.metadata.index);
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
         // The core says whether the write must be synced: entries, a snapshot, a new term or vote
@@ -461,10 +501,48 @@ export class Replica<Result> {
       if (ready.snapshot !== null) await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
       const outcomes = this.#apply(ready);
       this.#raw.advance();
+      if (snapshots.length > 0) await this.#sendSnapshots(snapshots);
       const request = (await this.#stateMachine.afterApply?.()) ?? null;
       await this.#maybeSnapshot(request);
       for (const settle of outcomes) settle();
     }
+  }
+
+  /**
+   * Sends each snapshot the core asked for as the state is now: the point applied here (at or after
+   * the snapshot the core holds, and committed, so the follower may take it), the state's
+   * descriptor and its records' stream, all taken in one turn.
+   */
+  async #sendSnapshots(messages: readonly SnapshotMessage[]): Promise<void> {
+    await this.#stateMachine.beforeSnapshotStream?.();
+    if (this.#stopped) return;
+    for (const message of messages) {
+      const stream = this.#stateMachine.snapshotStream!();
+      if (stream === null) {
+        this.#peers.send([message]);
+        continue;
+      }
+      const at = this.#raw.snapshotPoint();
+      assert(
+        at.index >= message.snapshot.metadata.index,
+        () => `a snapshot sent at ${at.index}, behind the one the core holds (${message.snapshot.metadata.index})`,
+      );
+      this.#peers.sendSnapshot!({ ...message, snapshot: { metadata: at, data: stream.data } }, stream.records);
+    }
+  }
+
+  /**
+   * A snapshot a leader streamed: its records are written aside first (the state keeps serving),
+   * then the core sees the snapshot; if it takes it, the records are switched to before the
+   * snapshot is persisted (see the loop). A stream that fails leaves nothing installed.
+   */
+  async receiveSnapshot(message: SnapshotMessage, chunks: AsyncIterable<Uint8Array>): Promise<void> {
+    if (this.#stopped) throw new ReplicaError('REPLICA_STOPPED', 'the replica is stopped');
+    const prepare = this.#stateMachine.prepareSnapshot;
+    if (prepare === undefined) throw new TypeError('this state keeps no records apart from its snapshots');
+    await prepare.call(this.#stateMachine, message.snapshot.metadata.index, chunks);
+    if (this.#stopped) return;
+    this.step(message);
   }
 
   #apply(ready: Ready): Array<() => void> {
@@ -621,6 +699,9 @@ export class Replica<Result> {
             needEntriesMax: this.#snapshotEvery,
             needBytesMax: this.#snapshotEveryBytes,
           });
+    // The snapshot may stand for the state's store (a descriptor): the store must hold its point
+    // durably before the log behind it goes.
+    await this.#stateMachine.syncState?.(this.#applied);
     await this.#storage.saveSnapshot(snapshot, compactTo);
     if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
     if (this.#lastSnapshotIndex < index) {

@@ -299,6 +299,7 @@ export class CofferNode {
       onMessage: (message) => manager.step(message),
       onUnreachable: (peer) => manager.reportUnreachable(peer),
       onSnapshotSent: (peer, ok) => manager.reportSnapshot(peer, ok),
+      onSnapshot: (message, chunks) => manager.receiveSnapshot(message, chunks),
       admits: (peer, spki) => trust.admits(peer, spki),
       onRefused: (peer) => trust.askAbout(peer),
       keysOf: (peer) => trust.knownKeys(peer),

@@ -5,7 +5,7 @@ import { packLarge } from '../codec/pack-large.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import type { RecordKeys } from '../crypto/record-seal.ts';
 import { MemoryStateStore } from '../kv/memory-state-store.ts';
-import type { StateStore } from '../kv/state-store.ts';
+import { StateStoreError, type PreparedContent, type StateRecord, type StateStore } from '../kv/state-store.ts';
 import { WriteSet } from '../kv/write-set.ts';
 import { AccessState, type AccessApplied, type AccessResult } from './access-state.ts';
 import { accessGuard } from './access-guard.ts';
@@ -31,8 +31,14 @@ export const QUOTAS_PATH = 'sys/quotas';
 /** The state store's record of the last index whose effects it holds (outside the parts' prefixes). */
 const APPLIED_KEY = Buffer.from([0x00, 0x61]);
 
-/** The version of the image `snapshot` writes: `[1, cluster image, secrets image, access image]`. */
+/** The version of the whole image `snapshot` writes: `[1, cluster image, secrets image, access image]`. */
 const IMAGE_VERSION = 1;
+/**
+ * The version of the image `descriptor` writes: `[2, cluster image, null, access image]`: the
+ * secrets are the state store's records at (or after) the snapshot's index, on this manager's
+ * disk or streamed beside the descriptor (`snapshotRecords`).
+ */
+const DESCRIPTOR_VERSION = 2;
 
 /**
  * What a manager replicates behind the barrier: cluster facts, secrets and who may do what, in
@@ -57,6 +63,8 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   #appliedThrough = 0;
   #committedThrough = 0;
   readonly #keys = new AttachedKeys();
+  /** Records a leader streamed for a snapshot at `index`, written aside until Raft accepts it. */
+  #prepared: { readonly index: number; readonly content: PreparedContent } | null = null;
 
   /**
    * `store`: where the secrets live (LevelDB on a manager; in memory by default, for tests and
@@ -101,8 +109,11 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     this.stats.skippedOnStart = 0;
   }
 
-  /** Commands of the secrets part replayed at start but already in the store (not applied again). */
-  readonly stats = { skippedOnStart: 0 };
+  /**
+   * `skippedOnStart`: commands of the secrets part replayed at start but already in the store (not
+   * applied again). `snapshotsInstalled`: snapshots whose records were streamed in and installed.
+   */
+  readonly stats = { skippedOnStart: 0, snapshotsInstalled: 0 };
 
   recordsSealedUnder(term: number): number {
     return this.secrets.recordsSealedUnder(term);
@@ -160,6 +171,93 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     return part.apply(decoded.command, actor, command.index);
   }
 
+  /**
+   * The snapshot a replica keeps and sends: the small parts' images, and a mark that the secrets
+   * are the store's records, taken now, synchronously (no record is read). Kept on this manager,
+   * it stands for the store it sits beside, which holds this index or a later one (the replica
+   * syncs the store before it saves a snapshot: `sync`). Sent to another manager, it goes with
+   * `snapshotRecords()` taken in the same turn.
+   */
+  descriptor(): Uint8Array {
+    const images = this.parts.map((part) => {
+      if (part === this.secrets) return null;
+      const image = part.snapshot();
+      assert(!(image instanceof Promise), () => `the ${part.prefix} part's image is not at hand`);
+      return image;
+    });
+    return packr.pack([DESCRIPTOR_VERSION, ...images]);
+  }
+
+  /**
+   * The secrets' records as of now (the same moment as a `descriptor()` taken in this turn): what
+   * a snapshot streams to another manager beside its descriptor.
+   */
+  snapshotRecords(): AsyncIterableIterator<StateRecord> {
+    return this.secrets.records();
+  }
+
+  /**
+   * Writes the records a leader streams for its snapshot at `index` aside (the store keeps
+   * serving); `installSnapshot(index)` switches to them once Raft accepts the snapshot. Records
+   * not of the secrets part are refused, and the applied index is written with them.
+   */
+  async prepareSnapshot(index: number, records: AsyncIterable<StateRecord>): Promise<void> {
+    const previous = this.#prepared;
+    this.#prepared = null;
+    await previous?.content.discard();
+    async function* checked(): AsyncGenerator<StateRecord> {
+      for await (const record of records) {
+        if (!SecretStore.holdsKey(record.key))
+          throw new StateStoreError('a streamed snapshot holds a record that is not one of the secrets');
+        yield record;
+      }
+      yield { key: APPLIED_KEY, value: u64(index) };
+    }
+    const content = await this.#store.prepare(checked());
+    // A newer snapshot may have been prepared meanwhile: the store refused this one then.
+    this.#prepared = { index, content };
+  }
+
+  /**
+   * Raft accepted the snapshot at `index` (before its descriptor is persisted): switches the store
+   * to the records prepared for it (true), or says there are none (false: the snapshot is a whole
+   * image, restored by `restore`). A crash after the switch leaves a store ahead of the Raft
+   * storage: the replay skips the secrets part up to it, and the leader sends the snapshot again.
+   */
+  async installSnapshot(index: number): Promise<boolean> {
+    const prepared = this.#prepared;
+    this.#prepared = null;
+    if (prepared === null) return false;
+    if (prepared.index !== index) {
+      await prepared.content.discard();
+      return false;
+    }
+    await this.commit();
+    await this.#records.install(prepared.content);
+    this.#storedThrough = index;
+    this.#appliedThrough = index;
+    this.#committedThrough = index;
+    this.stats.snapshotsInstalled++;
+    return true;
+  }
+
+  /**
+   * Commits what is applied and makes the store durable through it (a synced write): before a
+   * snapshot that stands for the store is saved and the log behind it compacted. `appliedIndex`
+   * is the replica's: every entry up to it is applied, those that reached no part (a key
+   * operation, a membership change, a new leader's empty entry) included, so the store's record
+   * moves to it and a descriptor at any point up to it finds the store far enough.
+   */
+  async sync(appliedIndex: number): Promise<void> {
+    await this.commit();
+    // A restart's replay may still be behind what the store held when it began.
+    this.#committedThrough = Math.max(this.#committedThrough, appliedIndex);
+    this.#appliedThrough = Math.max(this.#appliedThrough, appliedIndex);
+    await this.#store.write([{ type: 'put', key: APPLIED_KEY, value: u64(this.#committedThrough) }], {
+      sync: true,
+    });
+  }
+
   async snapshot(): Promise<Uint8Array> {
     // Every part's image is begun in this turn of the event loop, so all are of the same index
     // (a part on the store reads a point-in-time view).
@@ -170,6 +268,7 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   async restore(data: Uint8Array, index = 0): Promise<void> {
     const image: unknown = packr.unpack(data);
     const version: unknown = Array.isArray(image) ? image[0] : undefined;
+    if (version === DESCRIPTOR_VERSION) return this.#restoreDescriptor(image as unknown[], index);
     if (version !== IMAGE_VERSION) throw new Error(`unknown state image version ${String(version)}`);
     const partImages = (image as unknown[]).slice(1);
     if (partImages.length < this.parts.length)
@@ -190,6 +289,23 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
       }
     }
   }
+
+  /** A descriptor's small parts; the secrets must already be in the store (on disk, or installed from a stream). */
+  async #restoreDescriptor(image: unknown[], index: number): Promise<void> {
+    if (image.length !== this.parts.length + 1)
+      throw new Error(`a state descriptor holds ${image.length - 1} parts, this version ${this.parts.length}`);
+    if (index > this.#committedThrough)
+      throw new Error(
+        `the snapshot at index ${index} stands for the state store's records, but the store in this data directory holds only index ${this.#committedThrough}: it was lost or replaced. Remove this manager's data directory and join it again (coffer cluster join), or restore a backup`,
+      );
+    for (const [k, part] of this.parts.entries()) if (part !== this.secrets) await part.restore(image[k + 1], index);
+  }
+}
+
+function u64(n: number): Buffer {
+  const record = Buffer.alloc(8);
+  record.writeBigUInt64BE(BigInt(n), 0);
+  return record;
 }
 
 /** RecordKeys that forward to keys attached later (the barrier's keyring), with a clear error before. */

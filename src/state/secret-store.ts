@@ -199,7 +199,7 @@ export interface SecretRecords {
   get(key: Uint8Array): Uint8Array | undefined;
   put(key: Uint8Array, value: Uint8Array): void;
   del(key: Uint8Array): void;
-  range(range: KeyRange): AsyncIterable<StateRecord>;
+  range(range: KeyRange): AsyncIterableIterator<StateRecord>;
   replaceAll(records: AsyncIterable<StateRecord>): Promise<void>;
 }
 
@@ -759,6 +759,19 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     let n = 0;
     for await (const _ of this.#records.range({ gte: META, lt: prefixEnd(META)! })) n++;
     return n;
+  }
+
+  /**
+   * Every record of the part as stored (sealed), in key order, as of this call (a point-in-time
+   * read: later applies do not show through): what a snapshot streams to another manager.
+   */
+  records(): AsyncIterableIterator<StateRecord> {
+    return this.#records.range({ gte: PART_PREFIX, lt: prefixEnd(PART_PREFIX)! });
+  }
+
+  /** Whether a record streamed from another manager may be one of this part's (its key says so). */
+  static holdsKey(key: Uint8Array): boolean {
+    return key.byteLength > PART_PREFIX.byteLength && key[0] === PART_PREFIX[0];
   }
 
   /** The image: every record of the part, in key order, as stored (sealed): equal states give equal images. */

@@ -6,6 +6,11 @@ import { services, type RaftFrame } from './proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from './tls.ts';
 import { WireError, decodeMessages, decodeSnapshotHeader, encodeMessages, encodeSnapshotHeader } from './wire.ts';
 
+/** A snapshot's records as chunks to send (the replica's SnapshotChunks): read to the end, or closed. */
+export interface SnapshotChunks extends AsyncIterable<Uint8Array> {
+  close(): Promise<void>;
+}
+
 /** Messages waiting per peer; beyond this a slow or dead peer costs drops, not memory. */
 export const PEER_QUEUE_MESSAGES_MAX = 8192;
 /** Bytes of entry data in one frame (gRPC's default message limit is 4 MiB). */
@@ -29,6 +34,12 @@ export interface PeerTransportOptions {
   readonly onUnreachable: (peer: NodeId) => void;
   readonly onSnapshotSent: (peer: NodeId, ok: boolean) => void;
   /**
+   * A snapshot whose records follow its descriptor: `chunks` yields them as they arrive (read them
+   * to the end; the stream is paused while too many wait) and fails if the stream breaks first.
+   * Without this option such a snapshot is refused as malformed.
+   */
+  readonly onSnapshot?: (message: SnapshotMessage, chunks: AsyncIterable<Uint8Array>) => void;
+  /**
    * Null if `peer`, with a certificate holding key `spki`, may talk Raft to this manager (a
    * member now, with a key the cluster records for it); else why not. Asked when a stream opens
    * and on every frame, so a removal or a new key takes effect on open streams too.
@@ -51,6 +62,8 @@ export interface PeerTransportStats {
   refusedStreams: number;
   reconnects: number;
   snapshotsSent: number;
+  /** Bytes of state store records streamed after snapshot descriptors. */
+  snapshotRecordBytesSent: number;
 }
 
 /**
@@ -70,6 +83,7 @@ export class PeerTransport {
     refusedStreams: 0,
     reconnects: 0,
     snapshotsSent: 0,
+    snapshotRecordBytesSent: 0,
   };
   readonly #options: PeerTransportOptions;
   readonly #links = new Map<NodeId, PeerLink>();
@@ -77,6 +91,21 @@ export class PeerTransport {
 
   constructor(options: PeerTransportOptions) {
     this.#options = options;
+  }
+
+  /** Queues a snapshot whose records stream after its descriptor (closed unread if the link drops it). */
+  sendSnapshot(message: SnapshotMessage, records: SnapshotChunks): void {
+    if (this.#closed) {
+      void records.close();
+      return;
+    }
+    let link = this.#links.get(message.to);
+    if (link === undefined) {
+      link = new PeerLink(message.to, this.#options, this.stats);
+      this.#links.set(message.to, link);
+    }
+    link.enqueue(message, records);
+    link.flush();
   }
 
   /** Queues every message first, then flushes each link once: a Ready's messages to a peer share a frame. */
@@ -168,12 +197,21 @@ export class PeerTransport {
       received: number;
       total: number;
     } | null = null;
-    const deliver = (message: Message): void => {
+    /** The records of a snapshot being received after its descriptor. */
+    let records: ChunkQueue | null = null;
+    const abandonRecords = (reason: string): void => {
+      records?.fail(new WireError(reason));
+      records = null;
+    };
+    const checkSender = (message: Message): void => {
       if (message.from !== peer || message.to !== options.selfId)
         throw new WireError(
           `a message from ${message.from} to ${message.to} arrived on manager ${peer}'s stream to ${options.selfId}`,
         );
       this.stats.messagesReceived++;
+    };
+    const deliver = (message: Message): void => {
+      checkSender(message);
       options.onMessage(message);
     };
     call.on('data', (frame: RaftFrame) => {
@@ -189,6 +227,7 @@ export class PeerTransport {
         } else if (frame.body === 'snapshotChunk' && frame.snapshotChunk !== undefined) {
           const chunk = frame.snapshotChunk;
           if (chunk.offset === 0) {
+            abandonRecords('another snapshot began before the records of the one before ended');
             if (chunk.totalBytes > SNAPSHOT_BYTES_MAX)
               throw new WireError(`a snapshot of ${chunk.totalBytes} bytes is larger than ${SNAPSHOT_BYTES_MAX}`);
             snapshot = { header: decodeSnapshotHeader(chunk.header), parts: [], received: 0, total: chunk.totalBytes };
@@ -208,19 +247,41 @@ export class PeerTransport {
           if (snapshot.received === snapshot.total) {
             const { header, parts } = snapshot;
             snapshot = null;
-            deliver({
+            const message: SnapshotMessage = {
               type: 'snapshot',
               from: header.from,
               to: header.to,
               term: header.term,
               snapshot: { metadata: header.metadata, data: Buffer.concat(parts) },
-            });
+            };
+            if (!header.records) deliver(message);
+            else {
+              const onSnapshot = options.onSnapshot;
+              if (onSnapshot === undefined)
+                throw new WireError('a snapshot with streamed records came to a manager that takes none');
+              checkSender(message);
+              // Flow control: the stream pauses while the receiver has too many chunks waiting.
+              records = new ChunkQueue(
+                () => call.pause(),
+                () => call.resume(),
+              );
+              onSnapshot(message, records);
+            }
+          }
+        } else if (frame.body === 'snapshotRecords' && frame.snapshotRecords !== undefined) {
+          const part = frame.snapshotRecords;
+          if (records === null) throw new WireError('snapshot records came without a snapshot before them');
+          if (part.data.byteLength > 0) records.push(part.data);
+          if (part.last) {
+            records.end();
+            records = null;
           }
         } else {
           throw new WireError('an empty frame');
         }
       } catch (error) {
         if (!(error instanceof WireError)) throw error;
+        abandonRecords(`a malformed frame interrupted the snapshot's records: ${error.message}`);
         this.stats.malformedDropped++;
         options.logger.warn(
           { event: 'peer-message-malformed', peer, reason: error.message },
@@ -228,15 +289,105 @@ export class PeerTransport {
         );
       }
     });
-    call.on('end', () => finish(null));
-    call.on('error', () => finish(null));
-    call.on('close', () => finish(null));
+    const ended = (): void => {
+      abandonRecords("the stream ended before the snapshot's records did");
+      finish(null);
+    };
+    call.on('end', ended);
+    call.on('error', ended);
+    call.on('close', ended);
   };
+}
+
+/** Chunks a receiver waits for beyond this pause the stream (flow control): about 8 MiB. */
+export const SNAPSHOT_CHUNKS_BUFFERED_MAX = 8;
+
+/**
+ * Chunks from a stream to one reader, in order: `push` as frames come, `end` after the last,
+ * `fail` if the stream breaks; the stream is paused while more than SNAPSHOT_CHUNKS_BUFFERED_MAX
+ * wait, and resumed as the reader takes them.
+ */
+class ChunkQueue implements AsyncIterable<Uint8Array> {
+  readonly #pause: () => void;
+  readonly #resume: () => void;
+  readonly #chunks: Uint8Array[] = [];
+  #paused = false;
+  #done = false;
+  #error: Error | null = null;
+  #wake: (() => void) | null = null;
+  #taken = false;
+
+  constructor(pause: () => void, resume: () => void) {
+    this.#pause = pause;
+    this.#resume = resume;
+  }
+
+  push(chunk: Uint8Array): void {
+    if (this.#done) return;
+    this.#chunks.push(chunk);
+    if (!this.#paused && this.#chunks.length > SNAPSHOT_CHUNKS_BUFFERED_MAX) {
+      this.#paused = true;
+      this.#pause();
+    }
+    this.#signal();
+  }
+
+  end(): void {
+    this.#done = true;
+    this.#signal();
+  }
+
+  fail(error: Error): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#error = error;
+    this.#chunks.length = 0;
+    this.#release();
+    this.#signal();
+  }
+
+  #signal(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+
+  #release(): void {
+    if (this.#paused) {
+      this.#paused = false;
+      this.#resume();
+    }
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    if (this.#taken) throw new TypeError('the chunks of a snapshot are read once');
+    this.#taken = true;
+    try {
+      for (;;) {
+        if (this.#error !== null) throw this.#error;
+        const chunk = this.#chunks.shift();
+        if (chunk !== undefined) {
+          if (this.#chunks.length <= SNAPSHOT_CHUNKS_BUFFERED_MAX / 2) this.#release();
+          yield chunk;
+          continue;
+        }
+        if (this.#done) return;
+        await new Promise<void>((resolve) => {
+          this.#wake = resolve;
+        });
+      }
+    } finally {
+      // A reader that stops early: what still comes is dropped, and the stream flows again.
+      this.#done = true;
+      this.#chunks.length = 0;
+      this.#release();
+    }
+  }
 }
 
 type QueueItem =
   | { readonly kind: 'message'; readonly message: Message }
-  | { readonly kind: 'snapshot'; readonly message: SnapshotMessage };
+  | { readonly kind: 'snapshot'; readonly message: SnapshotMessage; readonly records: SnapshotChunks | null };
 
 /** The outgoing half to one peer. */
 class PeerLink {
@@ -259,13 +410,16 @@ class PeerLink {
     this.#stats = stats;
   }
 
-  enqueue(message: Message): void {
+  enqueue(message: Message, records: SnapshotChunks | null = null): void {
     if (this.#queue.length >= PEER_QUEUE_MESSAGES_MAX) {
       this.#stats.messagesDropped++;
       if (message.type === 'snapshot') this.#options.onSnapshotSent(this.#peer, false);
+      void records?.close();
       return;
     }
-    this.#queue.push(message.type === 'snapshot' ? { kind: 'snapshot', message } : { kind: 'message', message });
+    this.#queue.push(
+      message.type === 'snapshot' ? { kind: 'snapshot', message, records } : { kind: 'message', message },
+    );
   }
 
   flush(): void {
@@ -325,34 +479,57 @@ class PeerLink {
         const first = this.#queue[0]!;
         if (first.kind === 'snapshot') {
           this.#queue.shift();
-          const ok = await this.#sendSnapshot(call, first.message);
+          let ok = false;
+          try {
+            ok = await this.#sendSnapshot(call, first.message, first.records);
+          } catch (error) {
+            // The records could not be read (the store failed): the follower is sent one again later.
+            this.#options.logger.warn(
+              { event: 'snapshot-send-failed', peer: this.#peer, reason: (error as Error).message },
+              'a snapshot could not be sent',
+            );
+            this.reset();
+          } finally {
+            await first.records?.close();
+          }
           this.#options.onSnapshotSent(this.#peer, ok);
           continue;
         }
-        const batch: Message[] = [];
-        let bytes = 0;
-        while (this.#queue.length > 0 && this.#queue[0]!.kind === 'message' && batch.length < 4096) {
-          const message = this.#queue[0]!.message;
-          const size =
-            message.type === 'append'
-              ? message.entries.reduce((n, e) => n + 32 + (e.kind === 'normal' ? e.data.byteLength : 0), 64)
-              : 64;
-          if (batch.length > 0 && bytes + size > FRAME_ENTRY_BYTES_MAX) break;
-          this.#queue.shift();
-          batch.push(message);
-          bytes += size;
-        }
-        await this.#write(call, { messages: encodeMessages(batch) });
-        this.#stats.framesSent++;
-        this.#stats.messagesSent += batch.length;
+        await this.#sendMessages(call);
       }
     } finally {
       this.#flushing = false;
     }
   }
 
-  async #sendSnapshot(call: grpc.ClientWritableStream<RaftFrame>, message: SnapshotMessage): Promise<boolean> {
-    const header = encodeSnapshotHeader(message);
+  /** Sends the messages at the head of the queue (up to a snapshot) in one frame. */
+  async #sendMessages(call: grpc.ClientWritableStream<RaftFrame>): Promise<boolean> {
+    const batch: Message[] = [];
+    let bytes = 0;
+    while (this.#queue.length > 0 && this.#queue[0]!.kind === 'message' && batch.length < 4096) {
+      const message = this.#queue[0]!.message;
+      const size =
+        message.type === 'append'
+          ? message.entries.reduce((n, e) => n + 32 + (e.kind === 'normal' ? e.data.byteLength : 0), 64)
+          : 64;
+      if (batch.length > 0 && bytes + size > FRAME_ENTRY_BYTES_MAX) break;
+      this.#queue.shift();
+      batch.push(message);
+      bytes += size;
+    }
+    if (batch.length === 0) return true;
+    const written = await this.#write(call, { messages: encodeMessages(batch) });
+    this.#stats.framesSent++;
+    this.#stats.messagesSent += batch.length;
+    return written;
+  }
+
+  async #sendSnapshot(
+    call: grpc.ClientWritableStream<RaftFrame>,
+    message: SnapshotMessage,
+    records: SnapshotChunks | null,
+  ): Promise<boolean> {
+    const header = encodeSnapshotHeader(message, records !== null);
     const data = message.snapshot.data;
     const total = data.byteLength;
     let offset = 0;
@@ -369,9 +546,28 @@ class PeerLink {
       if (!written) return false;
       offset += part.byteLength;
     } while (offset < total);
+    let recordBytes = 0;
+    if (records !== null) {
+      // Written as the store's view is read: the stream's flow control paces the reads, and the
+      // messages queued meanwhile (heartbeats) go between chunks, so the follower keeps its leader.
+      for await (const chunk of records) {
+        const data = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+        if (!(await this.#write(call, { snapshotRecords: { data, last: false } }))) return false;
+        recordBytes += chunk.byteLength;
+        if (!(await this.#sendMessages(call))) return false;
+      }
+      if (!(await this.#write(call, { snapshotRecords: { data: Buffer.alloc(0), last: true } }))) return false;
+    }
     this.#stats.snapshotsSent++;
+    this.#stats.snapshotRecordBytesSent += recordBytes;
     this.#options.logger.info(
-      { event: 'snapshot-sent', peer: this.#peer, bytes: total, index: message.snapshot.metadata.index },
+      {
+        event: 'snapshot-sent',
+        peer: this.#peer,
+        bytes: total,
+        recordBytes,
+        index: message.snapshot.metadata.index,
+      },
       'sent a snapshot',
     );
     return true;
@@ -409,7 +605,10 @@ class PeerLink {
   #fail(reason: string): void {
     for (const item of this.#queue) {
       this.#stats.messagesDropped++;
-      if (item.kind === 'snapshot') this.#options.onSnapshotSent(this.#peer, false);
+      if (item.kind === 'snapshot') {
+        void item.records?.close();
+        this.#options.onSnapshotSent(this.#peer, false);
+      }
     }
     this.#queue = [];
     this.#options.onUnreachable(this.#peer);
@@ -442,6 +641,7 @@ class PeerLink {
     this.#closed = true;
     if (this.#retryTimer !== null) clearTimeout(this.#retryTimer);
     this.reset();
+    for (const item of this.#queue) if (item.kind === 'snapshot') void item.records?.close();
     this.#queue = [];
   }
 }

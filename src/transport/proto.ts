@@ -113,12 +113,16 @@ export function tolerantService(service: grpc.ServiceDefinition): grpc.ServiceDe
 
 /** Frames on the Raft stream, as proto-loader gives them (oneof `body` names the set field). */
 export interface RaftFrame {
-  readonly body?: 'messages' | 'snapshotChunk';
+  readonly body?: 'messages' | 'snapshotChunk' | 'snapshotRecords';
   readonly messages?: Buffer;
   readonly snapshotChunk?: {
     readonly header: Buffer;
     readonly offset: number;
     readonly totalBytes: number;
     readonly data: Buffer;
+  };
+  readonly snapshotRecords?: {
+    readonly data: Buffer;
+    readonly last: boolean;
   };
 }

@@ -219,8 +219,12 @@ function decodeMessage(value: unknown): Message {
   }
 }
 
-/** The snapshot message without its data: travels in the first chunk. */
-export function encodeSnapshotHeader(message: Extract<Message, { type: 'snapshot' }>): Buffer {
+/**
+ * The snapshot message without its data: travels in the first chunk. `records`: the data is a
+ * descriptor, and the state store's records follow it (an eighth field; a header of seven, from
+ * a version before streamed snapshots, has none).
+ */
+export function encodeSnapshotHeader(message: Extract<Message, { type: 'snapshot' }>, records = false): Buffer {
   const m = message.snapshot.metadata;
   return packr.pack([
     message.from,
@@ -230,6 +234,7 @@ export function encodeSnapshotHeader(message: Extract<Message, { type: 'snapshot
     m.term,
     m.confState.voters,
     m.confState.learners,
+    ...(records ? [1] : []),
   ]);
 }
 
@@ -238,11 +243,14 @@ export function decodeSnapshotHeader(bytes: Uint8Array): {
   to: number;
   term: number;
   metadata: SnapshotMetadata;
+  records: boolean;
 } {
   const value = unpack(bytes);
   if (!Array.isArray(value)) throw new WireError('a snapshot header is not a list');
   const r = new Reader(value);
-  r.count(7, 'snapshot header');
+  if (value.length !== 8) r.count(7, 'snapshot header');
+  if (value.length === 8 && value[7] !== 1)
+    throw new WireError('a snapshot header says records follow with a value other than 1');
   const ids = (at: number, what: string): number[] => r.list(at, what).map((v) => new Reader([v]).id(0, what));
   return {
     from: r.id(0, 'from'),
@@ -253,5 +261,6 @@ export function decodeSnapshotHeader(bytes: Uint8Array): {
       term: r.int(4, 'snapshot term'),
       confState: { voters: ids(5, 'voters'), learners: ids(6, 'learners') },
     },
+    records: value.length === 8,
   };
 }

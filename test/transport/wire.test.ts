@@ -52,7 +52,12 @@ test('every message type survives the wire unchanged', () => {
     },
   };
   const header = decodeSnapshotHeader(encodeSnapshotHeader(snapshot));
-  assert.deepEqual(header, { from: 1, to: 3, term: 5, metadata: snapshot.snapshot.metadata });
+  assert.deepEqual(header, { from: 1, to: 3, term: 5, metadata: snapshot.snapshot.metadata, records: false });
+  // A descriptor whose records follow says so in an eighth field; a header of seven (an older
+  // manager's) has none, and any other value there is refused.
+  assert.equal(decodeSnapshotHeader(encodeSnapshotHeader(snapshot, true)).records, true);
+  const eight = packr.unpack(encodeSnapshotHeader(snapshot, true)) as unknown[];
+  assert.throws(() => decodeSnapshotHeader(packr.pack([...eight.slice(0, 7), 2])), /records follow/);
 });
 
 test('a malformed field is refused with a WireError that names it, before the core sees anything', () => {

@@ -1,0 +1,201 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { packr } from '../../src/codec/msgpack.ts';
+import { LevelStateStore } from '../../src/kv/level-state-store.ts';
+import { decodeRecordChunks, encodeRecordChunks } from '../../src/kv/record-chunks.ts';
+import type { StateRecord } from '../../src/kv/state-store.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
+import { encodeSecretCommand } from '../../src/state/secret-store.ts';
+import { testRecordKeys } from './stores.ts';
+
+/**
+ * A snapshot of a state on disk is a small descriptor plus the store's records, streamed in
+ * chunks: the receiver writes them aside, installs them only once Raft accepts the snapshot, and
+ * a stream cut short or a crash before the install leaves its old state whole.
+ */
+
+const keys = testRecordKeys();
+const entries = Array.from({ length: 60 }, (_, k) => ({
+  index: k + 1,
+  ...encodeSecretCommand({
+    op: 'put',
+    name: `app/stream/s${k % 7}`,
+    value: Buffer.from(`stream-value-${k}`),
+    cas: null,
+    expireAtMs: null,
+    versionsKept: 50,
+    nowMs: 1_700_000_000_000,
+  }),
+}));
+
+async function image(state: AppliedState): Promise<string> {
+  return JSON.stringify(await state.secrets.snapshot());
+}
+
+async function* cutAfter(chunks: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {
+  let k = 0;
+  for await (const chunk of chunks) {
+    if (k++ === n) throw new Error('the leader went away mid-stream');
+    yield chunk;
+  }
+}
+
+async function* listOf(records: StateRecord[]): AsyncGenerator<StateRecord> {
+  yield* records;
+}
+
+test('a descriptor and streamed records rebuild the state on another store; a cut stream or a crash before the install leaves the old state; after it a restart repeats nothing', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-stream-'));
+  try {
+    // The leader: 50 entries applied and committed.
+    const leader = new AppliedState({ keys });
+    await leader.reset();
+    for (const e of entries.slice(0, 50)) leader.apply(e);
+    await leader.commit();
+    const descriptor = leader.descriptor();
+    assert.ok(descriptor.byteLength < 2048, `the descriptor is small (${descriptor.byteLength} bytes)`);
+    assert.equal(Buffer.from(descriptor).includes('stream-value'), false, 'and holds no value');
+    const chunks = async (): Promise<Uint8Array[]> => {
+      const out: Uint8Array[] = [];
+      for await (const chunk of encodeRecordChunks(leader.snapshotRecords(), 300)) out.push(chunk);
+      return out;
+    };
+    const streamed = await chunks();
+    assert.ok(streamed.length > 5, `the records go in several chunks (${streamed.length})`);
+    assert.equal(
+      streamed.some((c) => Buffer.from(c).includes('stream-value')),
+      false,
+      'no chunk holds a value in plaintext',
+    );
+
+    // The follower: 10 entries of its own so far, on LevelDB.
+    const path = join(root, 'follower');
+    let store = await LevelStateStore.open(path);
+    let follower = new AppliedState({ store, keys });
+    await follower.reset();
+    for (const e of entries.slice(0, 10)) follower.apply(e);
+    await follower.commit();
+    const before = await image(follower);
+
+    // A stream cut short: refused, nothing of it visible, the old state serves on.
+    await assert.rejects(
+      follower.prepareSnapshot(50, decodeRecordChunks(cutAfter(listOf2(streamed), 3))),
+      /went away mid-stream/,
+    );
+    assert.equal(await follower.installSnapshot(50), false, 'nothing prepared to install');
+    assert.equal(await image(follower), before);
+
+    // Prepared in full, then a crash before Raft accepted it: a restart finds the old state.
+    await follower.prepareSnapshot(50, decodeRecordChunks(listOf2(streamed)));
+    assert.equal(await image(follower), before, 'prepared records are not visible');
+    await store.close();
+    store = await LevelStateStore.open(path);
+    follower = new AppliedState({ store, keys });
+    await follower.reset();
+    assert.equal(await image(follower), before, 'a crash before the install leaves the old state');
+    await assert.rejects(
+      follower.restore(descriptor, 50),
+      /holds only index 10/,
+      "the descriptor is refused while the store is behind it, with what to do: it names the store's index",
+    );
+
+    // Prepared and installed (Raft took it): the leader's state, index and all.
+    await follower.prepareSnapshot(50, decodeRecordChunks(listOf2(streamed)));
+    assert.equal(await follower.installSnapshot(50), true);
+    await follower.restore(descriptor, 50);
+    assert.equal(await image(follower), await image(leader));
+    // The next entries apply once; a restart (from the same descriptor, as the Raft storage holds it) skips what is there.
+    for (const e of entries.slice(50, 55)) follower.apply(e);
+    await follower.commit();
+    await store.close();
+    store = await LevelStateStore.open(path);
+    follower = new AppliedState({ store, keys });
+    await follower.reset();
+    await follower.restore(descriptor, 50);
+    for (const e of entries.slice(50)) follower.apply(e);
+    await follower.commit();
+    for (const e of entries.slice(50)) leader.apply(e);
+    await leader.commit();
+    assert.equal(await image(follower), await image(leader), 'the same state, no entry applied twice');
+    assert.equal(follower.stats.skippedOnStart, 5);
+    assert.deepEqual(
+      follower.secrets.versions('app/stream/s0', 0).map((v) => v.version),
+      Array.from({ length: 9 }, (_, k) => k + 1),
+    );
+    await store.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+function listOf2(chunks: Uint8Array[]): AsyncIterable<Uint8Array> {
+  return (async function* () {
+    yield* chunks;
+  })();
+}
+
+test('streamed records that are not the secrets, out of order, or not pairs of byte strings are refused, and nothing is installed', async () => {
+  const state = new AppliedState({ keys });
+  await state.reset();
+  state.apply(entries[0]!);
+  await state.commit();
+  const before = await image(state);
+  const secretKey = Buffer.from('sm-some-key');
+  const cases: Array<[string, AsyncIterable<Uint8Array>, RegExp]> = [
+    [
+      'a record of another part',
+      encodeRecordChunks(listOf([{ key: Buffer.from('x-other'), value: Buffer.from('v') }])),
+      /not one of the secrets/,
+    ],
+    [
+      'keys out of order',
+      encodeRecordChunks(
+        listOf([
+          { key: Buffer.from('sm-b'), value: Buffer.from('v') },
+          { key: Buffer.from('sm-a'), value: Buffer.from('v') },
+        ]),
+      ),
+      /out of order/,
+    ],
+    ['an odd list', listOf2([packr.pack([secretKey])]), /pairs/],
+    ['a value that is not bytes', listOf2([packr.pack([secretKey, 'text'])]), /two byte strings/],
+    ['garbage', listOf2([Buffer.from([0xc1, 0xc1])]), /does not decode/],
+    ['an empty key', listOf2([packr.pack([Buffer.alloc(0), Buffer.from('v')])]), /key of 0 bytes/],
+  ];
+  for (const [what, chunks, pattern] of cases) {
+    await assert.rejects(state.prepareSnapshot(9, decodeRecordChunks(chunks)), pattern, what);
+    assert.equal(await state.installSnapshot(9), false, `${what}: nothing to install`);
+    assert.equal(await image(state), before, `${what}: the state is unchanged`);
+  }
+});
+
+test('a kept descriptor at an entry that reached no part (a key operation, a new leader) finds the store far enough once the replica synced it through its applied index', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-stream-'));
+  try {
+    const path = join(root, 'kept');
+    let store = await LevelStateStore.open(path);
+    let state = new AppliedState({ store, keys });
+    await state.reset();
+    for (const e of entries.slice(0, 5)) state.apply(e);
+    await state.commit();
+    // Entries 6 to 8 were the barrier's own (no part applied them); the replica snapshots at 8.
+    await state.sync(8);
+    const descriptor = state.descriptor();
+    await store.close();
+    store = await LevelStateStore.open(path);
+    state = new AppliedState({ store, keys });
+    await state.reset();
+    await state.restore(descriptor, 8);
+    assert.deepEqual(
+      state.secrets.versions('app/stream/s0', 0).map((v) => v.version),
+      [1],
+      'the secrets are those of the store',
+    );
+    await store.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
