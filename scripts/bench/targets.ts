@@ -16,6 +16,9 @@ import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { ProcessCluster } from '../../test/chaos/process-cluster.ts';
 import { eventually, freePort } from '../../test/processes/processes.ts';
 
+/** The project's root (where package.json is). */
+const ROOT = join(import.meta.dirname, '../..');
+
 export interface Target {
   readonly name: 'coffer' | 'etcd';
   readonly size: number;
@@ -98,7 +101,10 @@ export class CofferTarget implements Target {
     // As etcd runs at --log-level error: no line per request (the managers' logs would otherwise
     // flow through this process, which is also the load generator).
     process.env['COFFER_LOG_LEVEL'] ??= 'warn';
-    return new CofferTarget(await ProcessCluster.start(root, size, { snapshotEvery: 10_000 }));
+    // Managers run compiled JavaScript, as the coffer bin and the image do (tsx is for development).
+    const built = spawnSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
+    if (built.status !== 0) throw new Error('npm run build failed: the managers would run stale code');
+    return new CofferTarget(await ProcessCluster.start(root, size, { snapshotEvery: 10_000, compiled: true }));
   }
 
   get size(): number {

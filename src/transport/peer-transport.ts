@@ -124,6 +124,25 @@ export class PeerTransport {
     for (const link of touched) link.flush();
   }
 
+  /**
+   * Opens the stream to each peer now, without waiting for a message to send (a manager that just
+   * started): the peer sees its inbound stream and dials back at once (see `handleRaftStream`), so
+   * a restarted follower hears its leader's next heartbeat instead of waiting out the leader's
+   * reconnect backoff.
+   */
+  dial(peers: readonly NodeId[]): void {
+    if (this.#closed) return;
+    for (const peer of peers) {
+      if (peer === this.#options.selfId) continue;
+      let link = this.#links.get(peer);
+      if (link === undefined) {
+        link = new PeerLink(peer, this.#options, this.stats);
+        this.#links.set(peer, link);
+      }
+      link.wake();
+    }
+  }
+
   /** After a certificate renewal or a membership change: reconnect with fresh credentials. */
   reconnectAll(): void {
     for (const link of this.#links.values()) link.reset();
@@ -189,6 +208,8 @@ export class PeerTransport {
     // One stream per peer: a reconnecting peer replaces its old stream.
     this.#inbound.get(peer)?.(null);
     this.#inbound.set(peer, finish);
+    // The peer is up (again): the link to it retries now instead of at the end of its backoff.
+    this.#links.get(peer)?.wake();
     // Headers now tell the caller its stream was accepted (its backoff starts over).
     call.sendMetadata(new grpc.Metadata());
     let snapshot: {
@@ -423,6 +444,19 @@ class PeerLink {
   }
 
   flush(): void {
+    void this.#flush();
+  }
+
+  /** The peer is reachable (it dialled in, or this manager just started): connect now, backoff reset. */
+  wake(): void {
+    if (this.#closed) return;
+    if (this.#retryTimer !== null) {
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = null;
+      this.#stats.reconnects++;
+    }
+    this.#delayMs = RECONNECT_DELAY_MS_MIN;
+    if (this.#call === null) this.#open();
     void this.#flush();
   }
 

@@ -39,18 +39,20 @@ export class ProcessCluster {
   constructor(
     readonly root: string,
     network: NetworkNamespaces | null = null,
+    options: { readonly compiled?: boolean } = {},
   ) {
-    this.procs = new Processes(root);
+    this.procs = new Processes(root, options);
     this.#network = network;
   }
 
+  /** `compiled`: managers run the CLI `npm run build` made (see Processes). */
   static async start(
     root: string,
     size: number,
-    options: { snapshotEvery?: number; network?: NetworkNamespaces | null } = {},
+    options: { snapshotEvery?: number; network?: NetworkNamespaces | null; compiled?: boolean } = {},
   ): Promise<ProcessCluster> {
     const network = options.network ?? null;
-    const cluster = new ProcessCluster(root, network);
+    const cluster = new ProcessCluster(root, network, { compiled: options.compiled === true });
     for (let k = 0; k < size; k++) {
       const address = network === null ? `127.0.0.1:${await freePort()}` : `${network.host(k)}:${PORT_IN_NAMESPACE}`;
       cluster.managers.push({ name: `m${k + 1}`, slot: k, data: join(root, `m${k + 1}`), address });

@@ -8,6 +8,8 @@ import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+/** The CLI as `npm run build` compiles it. */
+export const COMPILED_CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 
 /** A free TCP port on 127.0.0.1 (bound and released; fine on loopback in a test). */
 export async function freePort(): Promise<number> {
@@ -41,12 +43,24 @@ export function coffer(
 /** Long-running coffer processes, each tracked by PID and killed when the test ends. */
 export class Processes {
   readonly #children = new Map<string, ChildProcess>();
+  readonly #compiled: boolean;
 
-  constructor(readonly logDir: string) {}
+  /**
+   * `compiled`: run the CLI compiled by `npm run build` (dist/), as an installed coffer runs, not
+   * the sources through tsx (the benchmarks time process starts).
+   */
+  constructor(
+    readonly logDir: string,
+    options: { readonly compiled?: boolean } = {},
+  ) {
+    this.#compiled = options.compiled === true;
+  }
 
   /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
   start(name: string, args: string[], prefix: readonly string[] = [], input = ''): ChildProcess {
-    const argv = [process.execPath, '--import', 'tsx', CLI, ...args];
+    const argv = this.#compiled
+      ? [process.execPath, COMPILED_CLI, ...args]
+      : [process.execPath, '--import', 'tsx', CLI, ...args];
     const child =
       prefix.length === 0
         ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
