@@ -348,6 +348,7 @@ export class Manager<Result> {
    */
   receiveSnapshot(message: SnapshotMessage, chunks: AsyncIterable<Uint8Array>): void {
     const running = this.#running;
+    const startMs = performance.now();
     const received =
       running === null
         ? (async () => {
@@ -355,11 +356,22 @@ export class Manager<Result> {
             for await (const _ of chunks);
           })()
         : running.replica.receiveSnapshot(message, chunks);
-    received.catch((error: unknown) =>
-      this.#log.warn(
-        { event: 'snapshot-receive-failed', from: message.from, index: message.snapshot.metadata.index, err: error },
-        'a snapshot from the leader was not taken; it will be sent again',
-      ),
+    received.then(
+      () =>
+        this.#log.info(
+          {
+            event: 'snapshot-received',
+            from: message.from,
+            index: message.snapshot.metadata.index,
+            ms: Math.round(performance.now() - startMs),
+          },
+          'received a streamed snapshot',
+        ),
+      (error: unknown) =>
+        this.#log.warn(
+          { event: 'snapshot-receive-failed', from: message.from, index: message.snapshot.metadata.index, err: error },
+          'a snapshot from the leader was not taken; it will be sent again',
+        ),
     );
   }
 

@@ -450,13 +450,22 @@ class PeerLink {
   /** The peer is reachable (it dialled in, or this manager just started): connect now, backoff reset. */
   wake(): void {
     if (this.#closed) return;
+    this.#options.logger.debug(
+      { event: 'peer-wake', peer: this.#peer, hadCall: this.#call !== null, retrying: this.#retryTimer !== null },
+      'waking the link to a peer',
+    );
     if (this.#retryTimer !== null) {
       clearTimeout(this.#retryTimer);
       this.#retryTimer = null;
       this.#stats.reconnects++;
     }
     this.#delayMs = RECONNECT_DELAY_MS_MIN;
-    if (this.#call === null) this.#open();
+    if (this.#call === null) {
+      // A channel that failed waits out its own backoff before it dials again: take a new one.
+      this.#client?.close();
+      this.#client = null;
+      this.#open();
+    }
     void this.#flush();
   }
 
@@ -482,6 +491,11 @@ class PeerLink {
         'grpc.keepalive_timeout_ms': 1000,
         'grpc.keepalive_permit_without_calls': 1,
         'grpc.max_send_message_length': 4 * 1024 * 1024,
+        // The link paces its own retries (jittered, 50 ms to 2 s, and at once when the peer dials
+        // in); grpc-js's own channel backoff (1 s, growing to minutes) would add to them: a peer
+        // back from a restart was refused for another second or more.
+        'grpc.initial_reconnect_backoff_ms': RECONNECT_DELAY_MS_MIN,
+        'grpc.max_reconnect_backoff_ms': RECONNECT_DELAY_MS_MAX,
       });
     }
     const call = (
