@@ -9,7 +9,7 @@ import type { Entry } from '../raft/types.ts';
 import type { SnapshotChunks, SnapshotRequest, StateMachine } from '../replica/replica.ts';
 import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
-import { KeyState, decodeKeyStateInto, encodeKeyState } from './key-state.ts';
+import { KeyState, decodeKeyStateInto, decodeMarksInto, encodeKeyState, encodeMarks } from './key-state.ts';
 import { decodeRecordChunks, encodeRecordChunks } from '../kv/record-chunks.ts';
 import type { StateRecord } from '../kv/state-store.ts';
 import {
@@ -27,8 +27,19 @@ export interface InnerStateMachine<Result> {
   snapshot(): Uint8Array | Promise<Uint8Array>;
   /** Replaces the state with an image of the state at log index `index`. */
   restore(data: Uint8Array, index: number): void | Promise<void>;
-  /** Makes what the entries applied so far changed durable in the state's own store (after each batch). */
-  commit?(): Promise<void>;
+  /**
+   * Makes what the entries applied so far changed durable in the state's own store (after each
+   * batch), with the barrier's side records: its applied index, and its image (key state and the
+   * small parts, when either changed) and marks, so a restart starts from the store. Says whether
+   * the image was stored (not during a restart's replay below what the store already held).
+   */
+  commit?(side?: { appliedIndex: number; image: Uint8Array | null; marks?: Uint8Array }): Promise<boolean>;
+  /** Whether the part of the state the barrier's image holds changed since the image was stored. */
+  readonly smallPartsChanged?: boolean;
+  /** The barrier's image and marks the store holds, and the index they and the store are at. */
+  storedImage?(): Promise<{ index: number; image: Uint8Array; marks: Uint8Array | undefined } | null>;
+  /** Rewrites the store's files so deleted records leave the disk. */
+  reclaim?(): Promise<void>;
   /** The keys a state on disk seals its records under: the barrier's keyring, whichever it holds now. */
   attachKeys?(keys: RecordKeys): void;
   /**
@@ -101,6 +112,10 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   #durableRootGen: number;
   #snapshotRootGen = 0;
   #reserving: Promise<void> = Promise.resolve();
+  /** The last entry applied (every kind), and whether the stored image is older than the key state or small parts. */
+  #appliedIndex = 0;
+  #imageStale = true;
+  #marksChanged = true;
   #adopting: Promise<void> = Promise.resolve();
 
   constructor(options: { clusterId: string; rootKey: Buffer; local: LocalKeys; inner: InnerStateMachine<Result> }) {
@@ -251,6 +266,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   // ---- the state machine ---------------------------------------------------------------
 
   apply(entry: Entry): BarrierResult<Result> {
+    this.#appliedIndex = entry.index;
     if (entry.kind !== 'normal' || entry.data.byteLength === 0) return { type: 'none' };
     let payload: EntryPayload;
     try {
@@ -261,6 +277,8 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       throw error;
     }
     if (payload.type === 'key') {
+      this.#imageStale = true;
+      this.#marksChanged = true;
       try {
         return this.#applyKeyOp(entry.index, payload.op);
       } catch (error) {
@@ -286,6 +304,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       throw error;
     }
     this.#keys.sealedMaxIndex.set(Keyring.termOf(payload.sealed), entry.index);
+    this.#marksChanged = true;
     this.#innerPristine = false;
     try {
       return {
@@ -508,8 +527,89 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
 
   /** Makes the inner state's store durable through every entry applied, up to `appliedIndex`. */
   async syncState(appliedIndex: number): Promise<void> {
+    await this.#commitInner();
     await this.#inner.sync?.(appliedIndex);
   }
+
+  /** Rewrites the inner state's store so deleted records (a destroyed term's) leave the disk. */
+  async reclaimState(): Promise<void> {
+    await this.#inner.reclaim?.();
+  }
+
+  /**
+   * Commits the inner state's writes with the barrier's side records: the applied index, the
+   * marks, and a new image when the key state or the small parts changed since the last one (or
+   * none is stored yet). The image is sealed as a snapshot is, under the active term.
+   */
+  async #commitInner(): Promise<void> {
+    const inner = this.#inner;
+    if (inner.commit === undefined) return;
+    let image: Uint8Array | null = null;
+    if (inner.storedImage !== undefined && (this.#imageStale || inner.smallPartsChanged === true)) {
+      await this.beforeSnapshotStream();
+      image = this.#sealedDescriptor();
+    }
+    const marks = this.#marksChanged || image !== null ? encodeMarks(this.#keys) : undefined;
+    const written = await inner.commit({
+      appliedIndex: this.#appliedIndex,
+      image,
+      ...(marks === undefined ? {} : { marks }),
+    });
+    if (written === true) {
+      if (image !== null) this.#imageStale = false;
+      this.#marksChanged = false;
+    }
+  }
+
+  /**
+   * At start, before the replica restores its newest snapshot: the state as the store last held
+   * it (the barrier's image, the marks, and the store's records), if the store holds an image at
+   * `atLeast` or later that this manager's root key opens. Returns its index, or null: the replica
+   * then restores the snapshot and replays the log as before (an older store, a root key that
+   * moved on, an image that does not open).
+   */
+  async restoreStored(atLeast: number): Promise<number | null> {
+    const stored = (await this.#inner.storedImage?.()) ?? null;
+    if (stored === null || stored.index < atLeast) return null;
+    // Everything is opened and checked on a key state of its own first: a failure then leaves
+    // this barrier untouched for the snapshot and the log to rebuild.
+    let keyStateBytes: Uint8Array;
+    let descriptor: Buffer;
+    try {
+      const value: unknown = packr.unpack(stored.image);
+      if (
+        !Array.isArray(value) ||
+        value[0] !== 1 ||
+        value.length !== 3 ||
+        !(value[1] instanceof Uint8Array) ||
+        !(value[2] instanceof Uint8Array)
+      )
+        throw new PayloadError('the stored image has an unknown layout');
+      keyStateBytes = value[1];
+      const trial = new KeyState(this.#keys.clusterId, this.#keys.rootGen, this.#keys.rootKey);
+      decodeKeyStateInto(trial, keyStateBytes);
+      if (stored.marks !== undefined) decodeMarksInto(trial, stored.marks);
+      descriptor = trial.keyring.decrypt('snapshot', value[2]);
+    } catch (error) {
+      if (error instanceof AssertionError) throw error;
+      this.restoreStoredFailure = (error as Error).message;
+      return null;
+    }
+    // It opens: from here a failure is a fault to stop on, not a reason to fall back.
+    decodeKeyStateInto(this.#keys, keyStateBytes);
+    if (stored.marks !== undefined) decodeMarksInto(this.#keys, stored.marks);
+    for (const { term } of this.#keys.keyring.terms())
+      this.#keys.keyring.assumeUses(term, this.#local.usesReserved(term));
+    await this.#inner.restore(descriptor, stored.index);
+    // Not a durable snapshot: the local root key does not move on for it (#durableRootGen stays).
+    this.#innerPristine = false;
+    this.#appliedIndex = stored.index;
+    this.#imageStale = false;
+    return stored.index;
+  }
+
+  /** Why the last `restoreStored` fell back to the snapshot (null: it did not). */
+  restoreStoredFailure: string | null = null;
 
   /**
    * The state as of the last applied entry, sealed as a snapshot is (keyring wrapped by the root
@@ -533,6 +633,8 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   async restore(data: Uint8Array, index: number): Promise<void> {
+    this.#appliedIndex = index;
+    this.#imageStale = true;
     const heldBefore = new Set(
       this.#keys.keyring
         .terms()
@@ -560,7 +662,7 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
 
   /** Local effects of what was just applied; then, whether the replica must snapshot now. */
   async afterApply(): Promise<SnapshotRequest | null> {
-    await this.#inner.commit?.();
+    await this.#commitInner();
     await this.adoptLocally();
     const request = this.#snapshotRequest;
     this.#snapshotRequest = null;

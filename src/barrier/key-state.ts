@@ -110,3 +110,25 @@ export function decodeKeyStateInto(state: KeyState, bytes: Uint8Array): void {
     state.lastRewrap = { index: (lastRewrap as number[])[0]!, term: (lastRewrap as number[])[1]! };
   }
 }
+
+/**
+ * The marks that change with every command, kept beside the stored image so it need not be sealed
+ * again per batch: `[1, [[term, last index sealed under it], ...]]`. Not secret: indexes and terms.
+ */
+export function encodeMarks(state: KeyState): Uint8Array {
+  return packr.pack([1, [...state.sealedMaxIndex]]);
+}
+
+export function decodeMarksInto(state: KeyState, bytes: Uint8Array): void {
+  const value: unknown = packr.unpack(bytes);
+  if (!Array.isArray(value) || value[0] !== 1 || !Array.isArray(value[1]))
+    throw new CorruptRecordError("the state store's key marks", 'unknown layout');
+  const marks = new Map<number, number>();
+  for (const pair of value[1] as unknown[]) {
+    if (!Array.isArray(pair) || !Number.isSafeInteger(pair[0]) || !Number.isSafeInteger(pair[1]))
+      throw new CorruptRecordError("the state store's key marks", 'a mark');
+    marks.set(pair[0] as number, pair[1] as number);
+  }
+  state.sealedMaxIndex.clear();
+  for (const [term, index] of marks) state.sealedMaxIndex.set(term, index);
+}

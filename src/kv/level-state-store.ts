@@ -231,6 +231,13 @@ export class LevelStateStore implements StateStore {
     };
   }
 
+  async reclaim(): Promise<void> {
+    // `level` types the browser build too; on Node the database is classic-level's, which compacts.
+    const db = this.#db as unknown as { compactRange?: (start: Buffer, end: Buffer) => Promise<void> };
+    assert(typeof db.compactRange === 'function', 'this LevelDB binding cannot compact');
+    await db.compactRange(Buffer.of(0x00), Buffer.alloc(8, 0xff));
+  }
+
   async close(): Promise<void> {
     await this.#db.close();
   }

@@ -61,6 +61,8 @@ export interface StateStore extends StateView {
    * until `install`; a crash before that leaves nothing of it.
    */
   prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent>;
+  /** Rewrites the files so deleted and replaced records leave the disk (LevelDB keeps them until a compaction). */
+  reclaim?(): Promise<void>;
 }
 
 /** A content written aside by `StateStore.prepare`. */

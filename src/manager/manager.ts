@@ -80,6 +80,15 @@ export class Manager<Result> {
   readonly #store: KeyStore;
   readonly #log: Logger;
   #running: Running<Result> | null = null;
+  #startedFrom: { index: number; fromStore: boolean; fallback: string | null } | null = null;
+
+  /**
+   * Where the replica started: from the state store at its index (nothing replayed up to it), or
+   * from the newest snapshot (and why the store could not serve, if it had an image). Null while locked.
+   */
+  startedFrom(): { index: number; fromStore: boolean; fallback: string | null } | null {
+    return this.#startedFrom;
+  }
   #stopped = false;
   #rotationInFlight = false;
   #messagesDroppedLocked = 0;
@@ -230,6 +239,19 @@ export class Manager<Result> {
         ...(options.observer === undefined ? {} : { observer: options.observer }),
         ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
       });
+      const from = replica.startedFrom;
+      this.#startedFrom = { ...from, fallback: barrier.restoreStoredFailure };
+      this.#log.info(
+        {
+          event: 'state-restored',
+          index: from.index,
+          fromStore: from.fromStore,
+          fallback: barrier.restoreStoredFailure,
+        },
+        from.fromStore
+          ? `the state store holds index ${from.index}: nothing up to it is replayed`
+          : `restored the newest snapshot (index ${from.index}) and replays the log after it`,
+      );
       // A crash may have left the key store behind the stored snapshot's root generation.
       await replica.settled();
       await barrier.adoptLocally();

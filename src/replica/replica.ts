@@ -57,6 +57,14 @@ export interface StateMachine<Result> {
    * that changed nothing in it included): before a snapshot standing for it is saved.
    */
   syncState?(appliedIndex: number): Promise<void>;
+  /**
+   * At start: restores the state its own store holds, if that is at `atLeast` (the newest
+   * snapshot's index) or later; returns its index (the replica then applies only what follows),
+   * or null (the replica restores the snapshot and replays the log after it).
+   */
+  restoreStored?(atLeast: number): Promise<number | null>;
+  /** After a key was destroyed: rewrite the state's store so its deleted records leave the disk. */
+  reclaimState?(): Promise<void>;
 }
 
 export interface SnapshotRequest {
@@ -226,6 +234,8 @@ export class Replica<Result> {
   #stopped = false;
   #idle: Promise<void> = Promise.resolve();
   readonly stats: ReplicaStats = { syncs: 0, entriesPersisted: 0, snapshots: 0, snapshotBuildsDropped: 0 };
+  /** Where the state stood when the replica started, and whether its own store gave it (nothing replayed up to there). */
+  startedFrom: { readonly index: number; readonly fromStore: boolean } = { index: 0, fromStore: false };
   /** Members a force-new-cluster start removed (empty otherwise). */
   forcedOut: readonly NodeId[] = [];
 
@@ -260,13 +270,19 @@ export class Replica<Result> {
     const persisted = await options.storage.load();
     const empty = persisted.entries.length === 0 && persisted.snapshot === null && persisted.hardState.term === 0;
     const raw = new RawNode({ ...options.raft, id: options.id, random: options.random }, empty ? undefined : persisted);
-    if (persisted.snapshot !== null)
+    const snapshotIndex = persisted.snapshot?.metadata.index ?? 0;
+    // The state's own store may hold it as of a later index than the snapshot (every batch is
+    // written with its index): then nothing up to there is restored or applied again.
+    const stored = empty ? null : ((await options.stateMachine.restoreStored?.(snapshotIndex)) ?? null);
+    if (stored === null && persisted.snapshot !== null)
       await options.stateMachine.restore(persisted.snapshot.data, persisted.snapshot.metadata.index);
+    const applied = stored ?? snapshotIndex;
     if (empty && options.bootstrapVoters !== undefined) raw.bootstrap(options.bootstrapVoters);
     if (options.forceNewCluster === true && empty)
       throw new TypeError('force-new-cluster needs a data directory with a log: this one is empty');
     const forcedOut = options.forceNewCluster === true ? raw.forceNewCluster() : [];
-    const replica = new Replica(options, raw, persisted.snapshot?.metadata.index ?? 0);
+    const replica = new Replica(options, raw, applied);
+    replica.startedFrom = { index: applied, fromStore: stored !== null };
     replica.forcedOut = forcedOut;
     replica.#kick();
     return replica;
@@ -517,6 +533,12 @@ export class Replica<Result> {
     await this.#stateMachine.beforeSnapshotStream?.();
     if (this.#stopped) return;
     for (const message of messages) {
+      if (this.#coreBehind()) {
+        // Started from the state's store, ahead of what the core has applied yet: no point to
+        // take. The core sends the snapshot again once it has caught up.
+        this.#raw.reportSnapshot(message.to, false);
+        continue;
+      }
       const stream = this.#stateMachine.snapshotStream!();
       if (stream === null) {
         this.#peers.send([message]);
@@ -543,6 +565,11 @@ export class Replica<Result> {
     await prepare.call(this.#stateMachine, message.snapshot.metadata.index, chunks);
     if (this.#stopped) return;
     this.step(message);
+  }
+
+  /** Whether the state is ahead of the core's applied index (a start from the state's store, until the core catches up). */
+  #coreBehind(): boolean {
+    return this.#raw.basicStatus().applied < this.#applied;
   }
 
   #apply(ready: Ready): Array<() => void> {
@@ -622,6 +649,9 @@ export class Replica<Result> {
    */
   async #maybeSnapshot(request: SnapshotRequest | null): Promise<void> {
     if (this.#built !== null) await this.#saveBuilt();
+    // The state is ahead of the core's applied index (started from its store): the core's point
+    // would not be the state's. Committed entries bring the core there; snapshots wait for it.
+    if (this.#coreBehind()) return;
     if (request !== null) {
       // One at a time: let a background build finish (and save it) first.
       while (this.#building !== null) {
@@ -710,7 +740,10 @@ export class Replica<Result> {
     }
     this.stats.snapshots++;
     reached('replica:snapshot-saved');
-    if (request?.reclaimDisk === true) await this.#storage.reclaim();
+    if (request?.reclaimDisk === true) {
+      await this.#storage.reclaim();
+      await this.#stateMachine.reclaimState?.();
+    }
     await this.#stateMachine.snapshotDurable?.();
   }
 }

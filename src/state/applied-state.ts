@@ -5,7 +5,13 @@ import { packLarge } from '../codec/pack-large.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import type { RecordKeys } from '../crypto/record-seal.ts';
 import { MemoryStateStore } from '../kv/memory-state-store.ts';
-import { StateStoreError, type PreparedContent, type StateRecord, type StateStore } from '../kv/state-store.ts';
+import {
+  StateStoreError,
+  type PreparedContent,
+  type StateRecord,
+  type StateStore,
+  type StateWrite,
+} from '../kv/state-store.ts';
 import { WriteSet } from '../kv/write-set.ts';
 import { AccessState, type AccessApplied, type AccessResult } from './access-state.ts';
 import { accessGuard } from './access-guard.ts';
@@ -28,8 +34,29 @@ export type AnyStatePart = StatePart<unknown, ClusterApplied | SecretApplied | A
 /** Who holds `sudo` on this path is counted by the quotas of src/state/limits.ts, not limited by them. */
 export const QUOTAS_PATH = 'sys/quotas';
 
-/** The state store's record of the last index whose effects it holds (outside the parts' prefixes). */
+/**
+ * The state store's record of the last index whose effects it holds (outside the parts' prefixes):
+ * every entry up to it, those the barrier kept (key operations) and those that changed nothing
+ * included, once the barrier commits with its applied index.
+ */
 const APPLIED_KEY = Buffer.from([0x00, 0x61]);
+/**
+ * The barrier's image of everything but the secrets (its key state, the cluster and access parts)
+ * as of APPLIED_KEY's index, written in the same batches (`commit`): a restart starts from it and
+ * the store, replaying nothing they hold. Sealed as a snapshot is.
+ */
+const IMAGE_KEY = Buffer.from([0x00, 0x69]);
+/** The barrier's marks that change with every command (the last index sealed under each key term), unsealed. */
+const MARKS_KEY = Buffer.from([0x00, 0x6d]);
+
+/** What the barrier commits beside the applier's writes (see `commit`). */
+export interface SideRecords {
+  /** The replica's applied index: every entry up to it is applied (the store's record moves to it). */
+  readonly appliedIndex?: number;
+  /** A new image of the small parts and key state, or null/absent: the stored one still holds. */
+  readonly image?: Uint8Array | null;
+  readonly marks?: Uint8Array;
+}
 
 /** The version of the whole image `snapshot` writes: `[1, cluster image, secrets image, access image]`. */
 const IMAGE_VERSION = 1;
@@ -63,6 +90,7 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   #appliedThrough = 0;
   #committedThrough = 0;
   readonly #keys = new AttachedKeys();
+  #smallPartsChanged = false;
   /** Records a leader streamed for a snapshot at `index`, written aside until Raft accepts it. */
   #prepared: { readonly index: number; readonly content: PreparedContent } | null = null;
 
@@ -127,15 +155,50 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   /**
    * Writes what the entries applied since the last commit changed, and the index of the last of
    * them, in one atomic batch (not fsynced: the entries are in the fsynced Raft log, and a store
-   * that lost its tail replays it).
+   * that lost its tail replays it), with the barrier's side records (see SideRecords). Says whether
+   * the side records were written: not while a restart replays entries below what the store held.
    */
-  async commit(): Promise<void> {
-    const through = this.#appliedThrough;
-    if (this.#records.size === 0 && through <= this.#committedThrough) return;
-    const index = Buffer.alloc(8);
-    index.writeBigUInt64BE(BigInt(through), 0);
-    await this.#records.commit([{ type: 'put', key: APPLIED_KEY, value: index }]);
-    this.#committedThrough = through;
+  async commit(side: SideRecords = {}): Promise<boolean> {
+    const through = Math.max(this.#appliedThrough, side.appliedIndex ?? 0);
+    // A restart's replay below what the store held (the fallback path) writes no image: the one
+    // stored is the state at the stored index, and an image of an earlier index would claim it.
+    const current = through >= this.#committedThrough;
+    const extra: StateWrite[] = [
+      { type: 'put', key: APPLIED_KEY, value: u64(Math.max(through, this.#committedThrough)) },
+    ];
+    if (current && side.image !== undefined && side.image !== null)
+      extra.push({ type: 'put', key: IMAGE_KEY, value: side.image });
+    if (current && side.marks !== undefined) extra.push({ type: 'put', key: MARKS_KEY, value: side.marks });
+    if (this.#records.size === 0 && through <= this.#committedThrough && extra.length === 1) return current;
+    await this.#records.commit(extra);
+    this.#committedThrough = Math.max(this.#committedThrough, through);
+    this.#appliedThrough = this.#committedThrough;
+    if (current && side.image !== undefined && side.image !== null) this.#smallPartsChanged = false;
+    return current;
+  }
+
+  /**
+   * Whether a command of the small parts (cluster, access) applied since the last commit that
+   * stored an image: the barrier then stores a new image with the next commit.
+   */
+  get smallPartsChanged(): boolean {
+    return this.#smallPartsChanged;
+  }
+
+  /**
+   * What the last commits left for a restart to start from: the index the store holds, and the
+   * barrier's image and marks as of it (null: none stored, an older version's store, or a store
+   * just installed from a leader's snapshot).
+   */
+  async storedImage(): Promise<{ index: number; image: Uint8Array; marks: Uint8Array | undefined } | null> {
+    const image = await this.#store.get(IMAGE_KEY);
+    if (image === undefined || this.#committedThrough === 0) return null;
+    return { index: this.#committedThrough, image, marks: await this.#store.get(MARKS_KEY) };
+  }
+
+  /** Rewrites the store's files so records deleted or replaced leave the disk (after a key is destroyed). */
+  async reclaim(): Promise<void> {
+    await this.#store.reclaim?.();
   }
 
   /** The part whose commands' kinds start as `kind` does (`secret.put`: the secrets), or undefined. */
@@ -146,6 +209,7 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   apply(command: { readonly index: number; readonly kind: string; readonly data: Uint8Array }): AppliedResult {
     const part = this.partOf(command.kind);
     if (part === undefined) return refusal('INVALID', `unknown command kind ${command.kind.slice(0, 60)}`);
+    if (part !== this.secrets) this.#smallPartsChanged = true;
     if (part === this.secrets) {
       // Replayed at start, and already in the store: its effects are there (nobody waits for it).
       if (command.index <= this.#storedThrough) {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { LevelStateStore } from '../../src/kv/level-state-store.ts';
 import { DataDir } from '../../src/manager/data-dir.ts';
 import { CofferNode } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
@@ -26,8 +27,8 @@ after(async () => {
   await cluster?.stop();
 });
 
-async function restart(options: { snapshotEveryEntries?: number } = {}): Promise<void> {
-  await cluster.nodes[0]!.stop();
+async function restart(options: { snapshotEveryEntries?: number } = {}, stopped = false): Promise<void> {
+  if (!stopped) await cluster.nodes[0]!.stop();
   cluster.nodes[0] = await CofferNode.start({
     ...options,
     dataDir: join(cluster.root, 'm1'),
@@ -89,6 +90,25 @@ test('a restart applies every entry once: the same versions, values and listing;
   await check('before a restart');
   await restart();
   await check('after a restart with no snapshot');
+  const from = cluster.nodes[0]!.manager.startedFrom()!;
+  assert.equal(from.fromStore, true, `the restart started from state/ (${String(from.fallback)})`);
+  assert.ok(from.index >= 4, `at the index state/ held (${from.index})`);
+  assert.equal(cluster.nodes[0]!.state.stats.skippedOnStart, 0, 'and replayed nothing state/ already held');
+
+  // An image in state/ that does not open (tampered, or sealed under a root key this manager no
+  // longer reaches): the restart falls back to the snapshot and the log, and loses nothing.
+  await cluster.nodes[0]!.stop();
+  const store = await LevelStateStore.open(new DataDir(join(cluster.root, 'm1')).state);
+  const imageKey = Buffer.from([0x00, 0x69]);
+  const image = Buffer.from((await store.get(imageKey))!);
+  image[image.length - 5]! ^= 0x01;
+  await store.write([{ type: 'put', key: imageKey, value: image }], { sync: true });
+  await store.close();
+  await restart({}, true);
+  await check('after a restart whose stored image did not open');
+  const fallback = cluster.nodes[0]!.manager.startedFrom()!;
+  assert.equal(fallback.fromStore, false, 'the tampered image was not used');
+  assert.match(String(fallback.fallback), /./, 'and why is said');
   assert.ok(
     cluster.nodes[0]!.state.stats.skippedOnStart >= 4,
     `the replayed puts were already in state/ (${cluster.nodes[0]!.state.stats.skippedOnStart} skipped)`,
