@@ -151,6 +151,12 @@ export const SNAPSHOT_TAIL_ENTRIES = 1_000;
 export const SNAPSHOT_TAIL_BYTES_MAX = 16 * 1024 * 1024;
 /** Ticks a read-index request may go unanswered before it is sent again (an election timeout). */
 export const READ_INDEX_RETRY_TICKS = 10;
+/**
+ * Ticks a follower has to answer a snapshot sent to it (30 election timeouts: it writes what
+ * the stream buffered, switches its store, persists the descriptor) before the snapshot is taken
+ * as lost and sent again.
+ */
+export const SNAPSHOT_ACK_TIMEOUT_TICKS = 300;
 /** Requests remembered for the batch that is out (the oldest is forgotten beyond). */
 const READ_CONTEXTS_MAX = 64;
 /** Reads waiting locally for their read index before the replica refuses more. */
@@ -199,6 +205,8 @@ export class Replica<Result> {
   readonly #snapshotEveryBytes: number;
   readonly #snapshotTail: number;
   readonly #snapshotTailBytes: number;
+  /** Followers sent a snapshot, and the ticks left for their answer (see reportSnapshot). */
+  readonly #snapshotAcks = new Map<NodeId, number>();
   /** Bytes of the entries applied since the last snapshot (entryBytes). */
   #bytesSinceSnapshot = 0;
   /** Proposals by index, with the term they must be applied in. */
@@ -300,7 +308,16 @@ export class Replica<Result> {
 
   /** The transport finished sending a snapshot to `peer` (or gave up). */
   reportSnapshot(peer: NodeId, ok: boolean): void {
-    this.#raw.reportSnapshot(peer, ok);
+    if (ok) {
+      // Sent is not yet installed: the follower may still be writing what the stream buffered.
+      // Its answer to the snapshot moves its progress on; told "done" now, the core would probe
+      // it, hear that it lacks the log, and send the whole snapshot again (a catch-up under load
+      // streamed twice). If no answer comes in time, the snapshot is taken as lost.
+      this.#snapshotAcks.set(peer, SNAPSHOT_ACK_TIMEOUT_TICKS);
+      return;
+    }
+    this.#snapshotAcks.delete(peer);
+    this.#raw.reportSnapshot(peer, false);
     this.#kick();
   }
 
@@ -311,6 +328,15 @@ export class Replica<Result> {
 
   tick(): void {
     this.#raw.tick();
+    for (const [peer, left] of this.#snapshotAcks) {
+      if (left > 1) this.#snapshotAcks.set(peer, left - 1);
+      else {
+        this.#snapshotAcks.delete(peer);
+        // Still unanswered: the core sends it again if the follower still needs it (a follower
+        // that did answer left the snapshot state, and this changes nothing).
+        this.#raw.reportSnapshot(peer, false);
+      }
+    }
     // A read-index request or its answer can be lost (the leader died, the stream broke): ask
     // again, for the same reads, after an election timeout without an answer.
     const inFlight = this.#readInFlight;
@@ -544,6 +570,7 @@ export class Replica<Result> {
         this.#peers.send([message]);
         continue;
       }
+      this.#snapshotAcks.delete(message.to);
       const at = this.#raw.snapshotPoint();
       assert(
         at.index >= message.snapshot.metadata.index,

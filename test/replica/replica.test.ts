@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   READ_INDEX_RETRY_TICKS,
+  SNAPSHOT_ACK_TIMEOUT_TICKS,
   Replica,
   ReplicaError,
   compactionIndex,
@@ -499,4 +500,129 @@ test('a periodic snapshot is built in the background: writes go on meanwhile; it
   await again.propose(encoder.encode('after'));
   assert.deepEqual(restarted.values, [...Array.from({ length: 12 }, (_, k) => `v${k}`), 'after'], 'each entry once');
   await again.stop();
+});
+
+test('a snapshot sent is not taken as installed: the leader waits for the follower to answer it (sending it neither entries it would reject nor the snapshot again), and sends it again only after SNAPSHOT_ACK_TIMEOUT_TICKS without an answer', async () => {
+  const sent: Message[] = [];
+  const replica = await Replica.start({
+    id: 1,
+    storage: new MemoryStorage(),
+    stateMachine: new ListMachine(),
+    peers: { send: (messages) => void sent.push(...messages) },
+    random: new SeededRandom(7),
+    bootstrapVoters: [1, 2, 3],
+    snapshotEveryEntries: 5,
+    snapshotTailEntries: 0,
+  });
+  await replica.settled();
+  let last = 0;
+  /** Snapshots sent to peer 2 (pump counts them: peer 2 never answers one by itself). */
+  let count = 0;
+  // Peer 3 answers everything; peer 2 answers what `twoAnswers` lets it.
+  let twoAnswers: 'all' | 'heartbeats' | 'reject' | 'votes' = 'votes';
+  const pump = async (): Promise<void> => {
+    for (let round = 0; round < 20; round++) {
+      await replica.settled();
+      const batch = sent.splice(0);
+      if (batch.length === 0) return;
+      for (const m of batch) {
+        if (m.to === 2 && m.type === 'snapshot') {
+          count++;
+          continue;
+        }
+        if (m.to === 2 && twoAnswers === 'votes' && m.type !== 'pre-vote' && m.type !== 'vote') continue;
+        if (m.to === 2 && twoAnswers === 'heartbeats' && m.type !== 'heartbeat') continue;
+        if (m.to === 2 && twoAnswers === 'reject' && m.type === 'append') {
+          replica.step({
+            type: 'append-response',
+            from: 2,
+            to: 1,
+            term: m.term,
+            index: m.prevIndex,
+            reject: true,
+            hintIndex: 0,
+            hintTerm: 0,
+          });
+          continue;
+        }
+
+        if (m.type === 'pre-vote' || m.type === 'vote')
+          replica.step({ type: `${m.type}-response`, from: m.to, to: 1, term: m.term, reject: false });
+        else if (m.type === 'append') {
+          const index = m.entries.at(-1)?.index ?? m.prevIndex;
+          last = Math.max(last, index);
+          replica.step({
+            type: 'append-response',
+            from: m.to,
+            to: 1,
+            term: m.term,
+            index,
+            reject: false,
+            hintIndex: 0,
+            hintTerm: 0,
+          });
+        } else if (m.type === 'heartbeat')
+          replica.step({ type: 'heartbeat-response', from: m.to, to: 1, term: m.term, readSeq: m.readSeq });
+      }
+    }
+  };
+  replica.campaign();
+  await pump();
+  assert.equal(replica.raw.basicStatus().role, 'leader');
+  for (let k = 0; k < 12; k++) {
+    const done = replica.propose(encoder.encode(`v${k}`));
+    await pump();
+    await done;
+  }
+  // Peer 2 was cut off while the others went on and compacted: it answers again, rejects the
+  // entries (its log is empty), and what it needs is gone: a snapshot.
+  const term = replica.raw.basicStatus().term;
+  const countSnapshots = pump;
+  twoAnswers = 'reject';
+  for (let k = 0; k < 30 && count === 0; k++) {
+    replica.tick();
+    await countSnapshots();
+  }
+  // It is still writing the snapshot: it answers heartbeats, and would reject entries (its log is still empty).
+  twoAnswers = 'reject';
+  assert.equal(count, 1, 'the follower is sent a snapshot');
+  replica.reportSnapshot(2, true);
+  // Nothing is sent again meanwhile: not the snapshot, and no entries it would reject.
+  for (let k = 0; k < SNAPSHOT_ACK_TIMEOUT_TICKS - 1; k++) {
+    replica.tick();
+    if (k % 10 === 0) await countSnapshots();
+  }
+  await countSnapshots();
+  assert.equal(count, 1, 'no second snapshot while the follower may still be installing the first');
+  // No answer in time: taken as lost, and sent again once the follower is heard from.
+  for (let k = 0; k < 30 && count < 2; k++) {
+    replica.tick();
+    await countSnapshots();
+  }
+  assert.equal(count, 2, 'after the timeout the snapshot is sent again');
+  // This time peer 2 answers it: it gets entries from then on, never a third snapshot.
+  replica.reportSnapshot(2, true);
+  const snapshotIndex = replica.raw.basicStatus().applied;
+  replica.step({
+    type: 'append-response',
+    from: 2,
+    to: 1,
+    term,
+    index: snapshotIndex,
+    reject: false,
+    hintIndex: 0,
+    hintTerm: 0,
+  });
+  twoAnswers = 'all';
+  for (let k = 0; k < SNAPSHOT_ACK_TIMEOUT_TICKS + 20; k++) {
+    replica.tick();
+    if (k % 10 === 0) await countSnapshots();
+  }
+  const done = replica.propose(encoder.encode('after'));
+  await pump();
+  await done;
+  await countSnapshots();
+  assert.equal(count, 2, 'an answered snapshot is not sent again when the timeout passes');
+  assert.ok(last > snapshotIndex, 'the follower is replicated to after its snapshot');
+  await replica.stop();
 });
