@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// Proves the simulator catches real bugs: for each mutant (one Raft rule deliberately broken),
+// Proves the simulator catches real bugs: for each mutant (one Raft rule, or one rule of the
+// applied state's store, deliberately broken),
 // copy the tree to a temporary directory, apply the mutation there (src/ is never touched), run
 // the simulator over seeds until one fails, and print the seed and the violated property.
 // A mutant that survives every seed makes this script fail.
+// The simulator runs as `npm run sim` does: every node applies through the real AppliedState.
 // Usage: npm run sim:mutants -- [--seeds N] [--only NAME]
 import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -54,6 +56,14 @@ const MUTANTS = [
     file: 'src/raft/raft.ts',
     from: 'if (this.voters.size === 1 && this.voters.has(this.id)) {',
     to: 'if (true) {',
+  },
+  {
+    name: 'applied-index-not-in-the-same-batch',
+    what: 'the applied state writes its applied index in a store write of its own, before the changes it covers (a crash between them skips entries at the replay)',
+    file: 'src/state/applied-state.ts',
+    // In AppliedState.commit(): extra[0] is the applied index record.
+    from: 'await this.#records.commit(extra);',
+    to: 'await this.#store.write(extra.slice(0, 1)); await this.#records.commit(extra.slice(1));',
   },
 ];
 

@@ -84,3 +84,45 @@ test('a persisted term or commit that goes back, even across a restart, is caugh
   violates('monotonic-term', () => c.onDurableHardState(1, 2, 10));
   violates('monotonic-commit', () => c.onDurableHardState(1, 3, 9));
 });
+
+test('a put applied twice, one not applied, or a wrong value violates applied-exactly-once, naming the node and the entry', async () => {
+  const { secretNameOf } = await import('./applied-secrets.ts');
+  const c = new Checker();
+  // Three puts to one name (found by trying texts), committed at 1, 2 and 4; entry 3 is empty.
+  const texts: string[] = [];
+  for (let k = 0; texts.length < 3; k++) if (secretNameOf(`p${k}`) === secretNameOf('p0')) texts.push(`p${k}`);
+  const name = secretNameOf('p0');
+  const log = new Map([
+    [1, entry(1, 1, texts[0]!)],
+    [2, entry(2, 1, texts[1]!)],
+    [3, entry(3, 1, '')],
+    [4, entry(4, 1, texts[2]!)],
+  ]);
+  c.onCommit(1, 1, 0, 4, (i) => log.get(i));
+  const v = (version: number, value: string | null) => ({ version, value });
+  c.onSecretRead(1, 3, name, [v(1, texts[0]!), v(2, texts[1]!)]);
+  c.onSecretRead(1, 4, name, [v(1, null), v(2, null), v(3, texts[2]!)]);
+  c.onSecretRead(2, 0, name, []);
+  const message = (run: () => void): string => {
+    try {
+      run();
+    } catch (error) {
+      assert.ok(error instanceof SafetyViolation && error.property === 'applied-exactly-once', String(error));
+      return error.detail;
+    }
+    assert.fail('no violation');
+  };
+  const twice = message(() => c.onSecretRead(2, 4, name, [v(1, null), v(2, null), v(3, null), v(4, null)]));
+  assert.match(twice, /node 2 .*index 4.*versions 1\.\.4.*versions 1\.\.3: a put applied twice .*entry 4/);
+  const missing = message(() => c.onSecretRead(3, 4, name, [v(1, null), v(2, null)]));
+  assert.match(missing, /node 3 .*the put of entry 4 \(version 3, .*\) is not applied/);
+  const wrong = message(() => c.onSecretRead(3, 2, name, [v(1, texts[0]!), v(2, texts[0]!)]));
+  assert.match(
+    wrong,
+    /version 2 holds .* \(the put of entry 1\), where the committed log applied once gives .* \(entry 2\)/,
+  );
+  violates('applied-exactly-once', () => c.onSecretRead(3, 5, name, []));
+  c.onSecretsImage(1, 4, 'aa');
+  c.onSecretsImage(2, 4, 'aa');
+  violates('applied-exactly-once', () => c.onSecretsImage(3, 4, 'bb'));
+});

@@ -4,6 +4,7 @@
  * the property; the simulator adds the seed and a replay command.
  */
 import type { Entry, NodeId, Snapshot } from '../../src/raft/types.ts';
+import { putOf, VERSIONS_KEPT, type ReadVersion } from './applied-secrets.ts';
 
 export type Property =
   | 'election-safety'
@@ -14,6 +15,7 @@ export type Property =
   | 'monotonic-term'
   | 'monotonic-commit'
   | 'read-linearizability'
+  | 'applied-exactly-once'
   | 'core-assertion'
   | 'liveness'
   | 'non-disruption'
@@ -49,6 +51,8 @@ export function nextState(state: number, entry: Entry): number {
 interface CommittedEntry {
   readonly term: number;
   readonly key: string;
+  /** The secret.put it carries (applied-secrets.ts), or null. */
+  readonly put: { readonly name: string; readonly value: string } | null;
   /** The term of the node that first reported it committed: the term of the committing leader. */
   readonly commitTerm: number;
 }
@@ -66,6 +70,12 @@ export class Checker {
   commitMax = 0;
   /** Per node, the highest term and commit ever persisted (across restarts). */
   readonly #durable = new Map<NodeId, { term: number; commit: number }>();
+  /** Secret name -> the committed indexes that put it, ascending. */
+  readonly #putsByName = new Map<string, number[]>();
+  /** Every index up to this one is known committed. */
+  #committedPrefix = 0;
+  /** Index -> a digest of the secrets' records (sealed, so byte-equal on every node) at that index, and who had it. */
+  readonly #secretsAt = new Map<number, { digest: string; node: NodeId }>();
 
   constructor() {
     this.#stateAt.set(0, 0);
@@ -135,15 +145,37 @@ export class Checker {
     for (let index = fromExclusive + 1; index <= commit; index++) {
       const entry = entryAt(index);
       if (entry === undefined) continue; // covered by a snapshot just installed
-      this.#recordCommitted(id, index, entry.term, entryKey(entry), term);
+      this.#recordCommitted(
+        id,
+        index,
+        entry.term,
+        entryKey(entry),
+        term,
+        entry.kind === 'normal' ? putOf(entry.data) : null,
+      );
     }
     if (commit > this.commitMax) this.commitMax = commit;
   }
 
-  #recordCommitted(id: NodeId, index: number, entryTerm: number, key: string, commitTerm: number): void {
+  #recordCommitted(
+    id: NodeId,
+    index: number,
+    entryTerm: number,
+    key: string,
+    commitTerm: number,
+    put: CommittedEntry['put'],
+  ): void {
     const known = this.#committed.get(index);
     if (known === undefined) {
-      this.#committed.set(index, { term: entryTerm, key, commitTerm });
+      this.#committed.set(index, { term: entryTerm, key, commitTerm, put });
+      if (put !== null) {
+        const indexes = this.#putsByName.get(put.name) ?? [];
+        let at = indexes.length;
+        while (at > 0 && indexes[at - 1]! > index) at--;
+        indexes.splice(at, 0, index);
+        this.#putsByName.set(put.name, indexes);
+      }
+      while (this.#committed.has(this.#committedPrefix + 1)) this.#committedPrefix++;
     } else if (known.term !== entryTerm || known.key !== key) {
       throw new SafetyViolation(
         'state-machine-safety',
@@ -241,6 +273,83 @@ export class Checker {
         `node ${id} has state ${state} at index ${index}, others had ${known}`,
       );
     }
+  }
+
+  /**
+   * Applied exactly once: a node whose applied state holds the effects of every committed entry up
+   * to `index` (and of none after it) holds under `name` exactly what applying the committed log
+   * once, up to `index`, gives: the same versions (the newest VERSIONS_KEPT of one per put), each
+   * with the value of its put. `actual` is what the node's AppliedState returns through its secrets
+   * API; a value not read is null. A put applied twice shows as a version too many, one skipped or
+   * lost with the store's tail as one too few, one applied out of place as a wrong value.
+   */
+  onSecretRead(id: NodeId, index: number, name: string, actual: readonly ReadVersion[]): void {
+    if (index > this.#committedPrefix) {
+      throw new SafetyViolation(
+        'applied-exactly-once',
+        `node ${id} holds the secrets of index ${index}, but index ${this.#committedPrefix + 1} was never reported committed`,
+      );
+    }
+    const expected = this.expectedSecret(name, index);
+    const show = (versions: readonly { version: number }[]): string =>
+      versions.length === 0
+        ? 'no versions'
+        : `versions ${versions[0]!.version}..${versions[versions.length - 1]!.version}`;
+    const where = `node ${id} (its applied state at index ${index}): secret ${name}`;
+    const n = Math.max(expected.length, actual.length);
+    for (let k = 0; k < n; k++) {
+      const want = expected[k];
+      const got = actual[k];
+      if (want !== undefined && got !== undefined && want.version === got.version) {
+        if (got.value !== null && got.value !== want.value) {
+          throw new SafetyViolation(
+            'applied-exactly-once',
+            `${where}: version ${got.version} holds ${got.value}${this.#entryOf(got.value)}, where the committed log applied once gives ${want.value} (entry ${want.index})`,
+          );
+        }
+        continue;
+      }
+      const differs = `${where} has ${show(actual)}, where the committed log applied once gives ${show(expected)}`;
+      if (actual.length > expected.length || (got !== undefined && want !== undefined && got.version > want.version)) {
+        // More versions than puts: some put was applied again.
+        const last = expected[expected.length - 1];
+        throw new SafetyViolation(
+          'applied-exactly-once',
+          `${differs}: a put applied twice (the last put to it at or below ${index} is entry ${last?.index ?? 'none'}` +
+            `${got?.value != null ? `; version ${got.version} holds ${got.value}${this.#entryOf(got.value)}` : ''})`,
+        );
+      }
+      throw new SafetyViolation(
+        'applied-exactly-once',
+        `${differs}: the put of entry ${want?.index} (version ${want?.version}, ${want?.value}) is not applied`,
+      );
+    }
+  }
+
+  /** What applying the committed log once, up to `index`, leaves under `name`. */
+  expectedSecret(name: string, index: number): Array<{ version: number; value: string; index: number }> {
+    const indexes = (this.#putsByName.get(name) ?? []).filter((i) => i <= index);
+    const kept = indexes.slice(Math.max(0, indexes.length - VERSIONS_KEPT));
+    const first = indexes.length - kept.length + 1;
+    return kept.map((i, k) => ({ version: first + k, value: this.#committed.get(i)!.put!.value, index: i }));
+  }
+
+  /** All nodes whose applied state is at the same index hold the same secrets' records, byte for byte. */
+  onSecretsImage(id: NodeId, index: number, digest: string): void {
+    const known = this.#secretsAt.get(index);
+    if (known === undefined) this.#secretsAt.set(index, { digest, node: id });
+    else if (known.digest !== digest) {
+      throw new SafetyViolation(
+        'applied-exactly-once',
+        `node ${id} holds other secrets' records at index ${index} than node ${known.node} did there (digest ${digest}, not ${known.digest})`,
+      );
+    }
+  }
+
+  /** ` (the put of entry N)` for a value some committed entry put, or ''. */
+  #entryOf(value: string): string {
+    for (const [index, entry] of this.#committed) if (entry.put?.value === value) return ` (the put of entry ${index})`;
+    return ' (no committed entry puts it)';
   }
 
   /** ReadIndex (§6.4): a read point covers every write committed before the read began. */

@@ -1,10 +1,12 @@
 /**
- * npm run sim -- [--seeds N] [--seed S] [--nodes 3|5] [--ticks T] [--jobs J] [--trace]
+ * npm run sim -- [--seeds N] [--seed S] [--nodes 3|5] [--ticks T] [--jobs J] [--state applied|hash] [--trace]
  *
  * Runs N seeds (from S, default 1) of the simulator, spread over J processes (default: cores),
  * alternating 3 and 5 nodes unless --nodes is given. Exits non-zero on any violation, printing
  * the seed, the property and the command that replays it. `--seed S` alone replays one seed;
- * with --trace it prints every event of the run.
+ * with --trace it prints every event of the run. `--state applied` (the default): each node
+ * applies through a real AppliedState over a state store that loses its unsynced tail at a crash;
+ * `--state hash`: the hash chain alone (faster; the Raft properties only).
  */
 import { availableParallelism } from 'node:os';
 import { fork } from 'node:child_process';
@@ -20,6 +22,7 @@ const { values } = parseArgs({
     ticks: { type: 'string' },
     jobs: { type: 'string' },
     trace: { type: 'boolean', default: false },
+    state: { type: 'string', default: 'applied' },
     'stop-at-first': { type: 'boolean', default: false },
     worker: { type: 'boolean', default: false },
   },
@@ -41,18 +44,29 @@ const count = int('seeds', values.seeds, values.seed === undefined ? 100 : 1);
 const fixedNodes = values.nodes === undefined ? null : int('nodes', values.nodes, 3);
 const ticks = int('ticks', values.ticks, 600);
 const jobs = Math.max(1, Math.min(int('jobs', values.jobs, availableParallelism()), count));
+if (values.state !== 'applied' && values.state !== 'hash') {
+  console.error(`--state must be applied or hash: got ${values.state}`);
+  process.exit(2);
+}
+const appliedState = values.state === 'applied';
 
 function nodesFor(seed: number): number {
   return fixedNodes ?? (seed % 2 === 0 ? 5 : 3);
 }
 
 export function replayCommand(result: Pick<SimResult, 'seed' | 'nodes'>, ticksUsed = ticks): string {
-  return `npm run sim -- --seed ${result.seed} --nodes ${result.nodes}${ticksUsed === 600 ? '' : ` --ticks ${ticksUsed}`} --trace`;
+  return `npm run sim -- --seed ${result.seed} --nodes ${result.nodes}${ticksUsed === 600 ? '' : ` --ticks ${ticksUsed}`}${appliedState ? '' : ' --state hash'} --trace`;
 }
 
-function runRange(from: number, n: number, report: (r: SimResult) => void): void {
+async function runRange(from: number, n: number, report: (r: SimResult) => void): Promise<void> {
   for (let seed = from; seed < from + n; seed++) {
-    const result = runSimulation({ seed, nodes: nodesFor(seed), chaosTicks: ticks, trace: values.trace });
+    const result = await runSimulation({
+      seed,
+      nodes: nodesFor(seed),
+      chaosTicks: ticks,
+      trace: values.trace,
+      appliedState,
+    });
     report(result);
     if (!result.ok && values['stop-at-first']) return;
   }
@@ -60,7 +74,7 @@ function runRange(from: number, n: number, report: (r: SimResult) => void): void
 
 if (values.worker) {
   // Child process: run the range, one JSON line per seed.
-  runRange(first, count, (r) => process.send!({ ...r, trace: undefined }));
+  await runRange(first, count, (r) => process.send!({ ...r, trace: undefined }));
   process.exit(0);
 }
 
@@ -91,7 +105,7 @@ function onResult(result: SimResult): void {
 }
 
 if (jobs === 1) {
-  runRange(first, count, onResult);
+  await runRange(first, count, onResult);
   finish(values['stop-at-first'] && failures.length > 0);
 } else {
   const per = Math.ceil(count / jobs);
@@ -112,6 +126,8 @@ if (jobs === 1) {
         String(n),
         '--ticks',
         String(ticks),
+        '--state',
+        values.state,
         ...(fixedNodes === null ? [] : ['--nodes', String(fixedNodes)]),
       ],
       {

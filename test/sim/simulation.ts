@@ -8,8 +8,20 @@
  * properties. Then a liveness phase heals everything and demands progress, and a
  * non-disruption phase checks that a node returning from isolation does not depose the leader.
  *
+ * Each node applies its committed entries twice: into a hash chain (the checker compares it
+ * across nodes at every index), and (unless `appliedState: false`) through a real AppliedState
+ * over a state store that is the node's disk (state-disk.ts): it survives the node's crashes, but
+ * its batches are not synced, so a crash may lose the newest of them, which the replay of the
+ * Raft log (fsynced) must make good. As the replica does, each Ready is persisted, sent, applied,
+ * advanced, and then the state batch (the changes and the applied index) is committed; a node may
+ * die on either side of that batch and at any write of its store. A start opens the store as the
+ * crash left it, `reset()`s the state, restores the newest snapshot (whole images of the
+ * AppliedState) and replays the log. The checker demands that every committed secret.put is
+ * applied exactly once on every node (applied-secrets.ts says what an entry puts).
+ *
  * The same seed always gives the same run: the trace hash over every event proves it.
  */
+import { createHash } from 'node:crypto';
 import { RaftError } from '../../src/raft/errors.ts';
 import { RawNode } from '../../src/raft/raw-node.ts';
 import type { ConfChange, Message, NodeId, Ready, Snapshot } from '../../src/raft/types.ts';
@@ -18,6 +30,10 @@ import { SeededRandom } from '../../src/util/prng.ts';
 import { Checker, SafetyViolation, type Property } from './checker.ts';
 import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
 import { MinHeap } from './heap.ts';
+import { AppliedState } from '../../src/state/applied-state.ts';
+import type { RecordKeys } from '../../src/crypto/record-seal.ts';
+import { encodePut, putOf, readSecret, secretNames, simRecordKeys } from './applied-secrets.ts';
+import { SimCrash, SimStateDisk } from './state-disk.ts';
 
 /** Simulated time units per tick; messages take a few units, so several fit in a tick. */
 const TICK_UNITS = 10;
@@ -27,6 +43,12 @@ const VOTERS_MIN = 3;
 /** Bounds that turn a runaway run into a reported failure: a typical run has ~50,000 events. */
 const EVENTS_MAX = 5_000_000;
 const READY_ROUNDS_MAX = 1_000;
+/** Applied-state mode, chaos phase: chances that a node dies right before its state batch, right after it, and at any write of its store. */
+const STATE_CRASH_BEFORE_COMMIT = 0.003;
+const STATE_CRASH_AFTER_COMMIT = 0.003;
+const STATE_CRASH_AT_WRITE = 0.003;
+/** The state store's record of its applied index (AppliedState's APPLIED_KEY): read to know where a replay skips to. */
+const APPLIED_INDEX_KEY = Buffer.from([0x00, 0x61]);
 
 export interface SimOptions {
   readonly seed: number;
@@ -36,6 +58,14 @@ export interface SimOptions {
   readonly chaosTicks?: number;
   /** Keep a readable trace of every event (for replaying a failure). */
   readonly trace?: boolean;
+  /**
+   * Each node also applies its committed entries through a real AppliedState over a state store
+   * that survives its crashes and loses its unsynced tail (state-disk.ts), committing the state
+   * batch after each Ready's applies as the replica does; the checker then demands that every
+   * committed secret.put is applied exactly once on every node (default true; false: the hash
+   * chain alone, as before).
+   */
+  readonly appliedState?: boolean;
 }
 
 export interface SimStats {
@@ -58,6 +88,19 @@ export interface SimStats {
   confChangesApplied: number;
   transfers: number;
   proposals: number;
+  /** Applied-state mode: batches written to the nodes' state stores, and lost with a crash. */
+  stateBatches: number;
+  stateBatchesLost: number;
+  /** ... crashes after a Ready's applies, before its state batch was committed. */
+  crashesBeforeStateCommit: number;
+  /** ... crashes after the state batch was committed, before the next Ready was persisted. */
+  crashesAfterStateCommit: number;
+  /** ... crashes at a write of the state store (the write lost; after a snapshot's content, before its index). */
+  crashesAtStateWrite: number;
+  /** ... replayed secret commands the state store already held at a restart (skipped, not applied again). */
+  skippedOnStart: number;
+  /** ... checks of a node's secrets against the committed log applied once. */
+  secretsChecked: number;
 }
 
 export interface SimResult {
@@ -89,6 +132,13 @@ interface SimNode {
   ledTerm: number;
   /** Crash after persisting the next Ready, before sending it. */
   doomed: boolean;
+  /** Applied-state mode: the node's state store (its disk: it survives crashes), and the state over it in this life. */
+  readonly stateDisk: SimStateDisk | null;
+  applied: AppliedState | null;
+  /** The index the state store held when this life started (the replay skips the secrets up to it). */
+  storedAtStart: number;
+  /** Of this life's state's stats.skippedOnStart, how many are in the run's stats. */
+  skippedCounted: number;
   /** Reads in progress: context -> index committed anywhere when the read began. */
   readonly reads: Map<string, number>;
 }
@@ -116,6 +166,8 @@ const decoder = new TextDecoder();
 
 export class Simulation {
   readonly #options: Required<Omit<SimOptions, 'trace'>> & { trace: boolean };
+  /** The cluster's record keys (the barrier's keyring on a manager), in applied-state mode. */
+  readonly #keys: RecordKeys | null;
   readonly #random: SeededRandom;
   readonly #checker = new Checker();
   readonly #nodes = new Map<NodeId, SimNode>();
@@ -165,37 +217,57 @@ export class Simulation {
     confChangesApplied: 0,
     transfers: 0,
     proposals: 0,
+    stateBatches: 0,
+    stateBatchesLost: 0,
+    crashesBeforeStateCommit: 0,
+    crashesAfterStateCommit: 0,
+    crashesAtStateWrite: 0,
+    skippedOnStart: 0,
+    secretsChecked: 0,
   };
 
   constructor(options: SimOptions) {
     if (!Number.isSafeInteger(options.nodes) || options.nodes < 1 || options.nodes > MEMBERS_MAX) {
       throw new TypeError(`nodes must be 1..${MEMBERS_MAX}: got ${options.nodes}`);
     }
-    this.#options = { chaosTicks: 600, ...options, trace: options.trace ?? false };
+    this.#options = {
+      chaosTicks: 600,
+      ...options,
+      trace: options.trace ?? false,
+      appliedState: options.appliedState ?? true,
+    };
     this.#random = new SeededRandom(options.seed);
     this.#trace = this.#options.trace ? [] : null;
     this.#nextNodeId = options.nodes + 1;
-    this.#profile = drawFaultProfile(this.#random);
+    this.#keys = this.#options.appliedState ? simRecordKeys() : null;
+    this.#profile = drawFaultProfile(this.#random, this.#options.appliedState);
     this.#drawNetworkProfile();
-    const voters = Array.from({ length: options.nodes }, (_, k) => k + 1);
-    for (const id of voters) {
-      const node = this.#createNode(id);
-      node.raw!.bootstrap(voters);
-      this.#processReady(node);
-    }
-    this.#schedule({ kind: 'driver' }, TICK_UNITS / 2);
   }
 
-  run(): SimResult {
+  /** Runs once (the nodes' states apply asynchronously: every step is awaited, in event order). */
+  async run(): Promise<SimResult> {
     const chaosEnd = this.#options.chaosTicks * TICK_UNITS;
     let result: SimResult | null = null;
     try {
+      const voters = Array.from({ length: this.#options.nodes }, (_, k) => k + 1);
+      for (const id of voters) {
+        const node = await this.#createNode(id);
+        node.raw!.bootstrap(voters);
+        await this.#processReady(node);
+      }
+      this.#schedule({ kind: 'driver' }, TICK_UNITS / 2);
       while (this.#phase !== 'done') {
         const event = this.#events.pop();
         if (event === undefined) throw new SafetyViolation('liveness', 'the event queue ran dry');
         this.#now = event.time;
-        if (this.#phase === 'chaos' && this.#now >= chaosEnd) this.#startLiveness();
-        this.#handle(event);
+        if (this.#phase === 'chaos' && this.#now >= chaosEnd) await this.#startLiveness();
+        await this.#handle(event);
+      }
+      // Every node up holds what applying the committed log once gives, whatever it lived through.
+      for (const node of this.#nodes.values()) {
+        if (node.applied === null) continue;
+        await this.#checkAllSecrets(node, true);
+        this.#countSkipped(node);
       }
     } catch (error) {
       result = this.#result(error);
@@ -234,16 +306,16 @@ export class Simulation {
     this.#trace?.push(`${this.#now.toString().padStart(7)} ${text}`);
   }
 
-  #handle(event: Event): void {
+  async #handle(event: Event): Promise<void> {
     if (++this.stats.events > EVENTS_MAX)
       throw new SafetyViolation('liveness', `the run exceeded ${EVENTS_MAX} events`);
     switch (event.kind) {
       case 'driver':
-        this.#drive();
+        await this.#drive();
         this.#schedule({ kind: 'driver' }, TICK_UNITS);
         return;
       case 'deliver':
-        this.#deliver(event.message);
+        await this.#deliver(event.message);
         return;
       case 'tick': {
         const node = this.#live(event.node, event.incarnation);
@@ -256,7 +328,7 @@ export class Simulation {
         if (node.pausedUntil > this.#now) return; // a paused process misses its ticks
         this.#record(`tick ${node.id}`);
         node.raw!.tick();
-        this.#afterStep(node);
+        await this.#afterStep(node);
         return;
       }
       case 'finish-ready': {
@@ -276,13 +348,13 @@ export class Simulation {
           }
           this.#persist(node, ready);
         }
-        this.#finishReady(node, ready);
-        this.#afterStep(node);
+        await this.#finishReady(node, ready);
+        await this.#afterStep(node);
         return;
       }
       case 'restart': {
         const node = this.#nodes.get(event.node);
-        if (node !== undefined && this.#phase === 'chaos') this.#restart(node);
+        if (node !== undefined && this.#phase === 'chaos') await this.#restart(node);
         return;
       }
       case 'report': {
@@ -291,7 +363,7 @@ export class Simulation {
         this.#record(`report ${node.id} ${event.what} ${event.peer}`);
         if (event.what === 'unreachable') node.raw!.reportUnreachable(event.peer);
         else node.raw!.reportSnapshot(event.peer, event.what === 'snapshot-ok');
-        this.#afterStep(node);
+        await this.#afterStep(node);
         return;
       }
     }
@@ -307,7 +379,7 @@ export class Simulation {
   // Nodes: the Ready loop, crash and restart
   // -------------------------------------------------------------------------------------------
 
-  #createNode(id: NodeId): SimNode {
+  async #createNode(id: NodeId): Promise<SimNode> {
     const node: SimNode = {
       id,
       raw: null,
@@ -323,13 +395,17 @@ export class Simulation {
       ledTerm: 0,
       doomed: false,
       reads: new Map(),
+      stateDisk: this.#options.appliedState ? new SimStateDisk(this.#profile.stateUnsyncedMax) : null,
+      applied: null,
+      storedAtStart: 0,
+      skippedCounted: 0,
     };
     this.#nodes.set(id, node);
-    this.#start(node);
+    await this.#start(node);
     return node;
   }
 
-  #start(node: SimNode): void {
+  async #start(node: SimNode): Promise<void> {
     const persisted = node.incarnation === 0 ? undefined : node.disk.state();
     node.raw = new RawNode(
       {
@@ -355,6 +431,56 @@ export class Simulation {
     node.doomed = false;
     this.#schedule({ kind: 'tick', node: node.id, incarnation: node.incarnation }, 1 + this.#random.int(TICK_UNITS));
     this.#record(`start ${node.id} life ${node.incarnation}`);
+    if (node.stateDisk !== null) await this.#startState(node, snapshot);
+  }
+
+  /**
+   * A life's applied state, as a manager starts one: the store opened as the crash left it,
+   * `reset()` (the index it holds), then the newest snapshot restored; the replica then replays
+   * the log after the snapshot (the core's first Readys), and the state skips the secrets part of
+   * what the store already held.
+   */
+  async #startState(node: SimNode, snapshot: Snapshot | null): Promise<void> {
+    const disk = node.stateDisk!;
+    if (disk.dead) await disk.recover();
+    const state = new AppliedState({ store: disk, keys: this.#keys! });
+    await state.reset();
+    const stored = await disk.get(APPLIED_INDEX_KEY);
+    node.storedAtStart = stored === undefined ? 0 : Number(Buffer.from(stored).readBigUInt64BE(0));
+    if (snapshot !== null) await state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index);
+    node.applied = state;
+    node.skippedCounted = 0;
+    this.#record(`state ${node.id} store at ${node.storedAtStart}, snapshot at ${node.appliedIndex}`);
+    await this.#checkAllSecrets(node);
+  }
+
+  /** Adds the replayed secret commands the node's state skipped (already in its store) to the stats. */
+  #countSkipped(node: SimNode): void {
+    const skipped = node.applied?.stats.skippedOnStart ?? 0;
+    this.stats.skippedOnStart += skipped - node.skippedCounted;
+    node.skippedCounted = skipped;
+  }
+
+  /** The index a node's applied state holds the secrets of: its applied index, or the store's while the replay is below it. */
+  #stateIndex(node: SimNode): number {
+    return Math.max(node.appliedIndex, node.storedAtStart);
+  }
+
+  /**
+   * Every name's versions against the committed log applied once, with the newest value of each
+   * (after a start or a snapshot restored), or (`whole`: at the end of the run) every kept value
+   * and a digest of the records, which nodes at the same index must share byte for byte.
+   */
+  async #checkAllSecrets(node: SimNode, whole = false): Promise<void> {
+    const state = node.applied!;
+    const index = this.#stateIndex(node);
+    for (const name of secretNames())
+      this.#checker.onSecretRead(node.id, index, name, readSecret(state, name, whole ? 'all' : 'last'));
+    this.stats.secretsChecked++;
+    if (!whole) return;
+    const hash = createHash('sha256');
+    for await (const record of state.snapshotRecords()) hash.update(record.key).update(record.value);
+    this.#checker.onSecretsImage(node.id, index, hash.digest('hex').slice(0, 16));
   }
 
   #crash(node: SimNode, why: string): void {
@@ -365,6 +491,15 @@ export class Simulation {
     node.inFlight = null;
     node.inFlightUnpersisted = false;
     node.incarnation++;
+    node.applied = null;
+    if (node.stateDisk !== null && !node.stateDisk.dead) {
+      // The state store was not synced: the disk may lose the newest batches (the log replays them).
+      const unsynced = node.stateDisk.unsynced;
+      const lose = unsynced === 0 || this.#random.float() < 0.4 ? 0 : 1 + this.#random.int(unsynced);
+      node.stateDisk.crash(lose);
+      this.stats.stateBatchesLost += lose;
+      if (lose > 0) this.#record(`crash ${node.id} loses ${lose} of ${unsynced} unsynced state batches`);
+    }
     // Its peers' connections to it break: their transports notice soon.
     for (const peer of this.#nodes.values()) {
       if (peer.raw !== null && peer.id !== node.id) {
@@ -376,20 +511,20 @@ export class Simulation {
     }
   }
 
-  #restart(node: SimNode): void {
+  async #restart(node: SimNode): Promise<void> {
     if (node.raw !== null || node.retired) return;
     this.stats.restarts++;
-    this.#start(node);
-    this.#afterStep(node);
+    await this.#start(node);
+    await this.#afterStep(node);
   }
 
   /** After any input to a node: check its invariants, observe leadership, drain its Readys. */
-  #afterStep(node: SimNode): void {
+  async #afterStep(node: SimNode): Promise<void> {
     const raw = node.raw;
     if (raw === null) return;
     raw.checkInvariants();
     this.#observe(node);
-    this.#processReady(node);
+    await this.#processReady(node);
   }
 
   #observe(node: SimNode): void {
@@ -410,7 +545,7 @@ export class Simulation {
     }
   }
 
-  #processReady(node: SimNode): void {
+  async #processReady(node: SimNode): Promise<void> {
     let rounds = 0;
     while (node.raw !== null && node.inFlight === null && node.raw.hasReady()) {
       // Each Ready drains what is pending; a loop that never ends is a core bug, not a hang.
@@ -471,7 +606,7 @@ export class Simulation {
         this.#schedule({ kind: 'finish-ready', node: node.id, incarnation: node.incarnation }, 1 + this.#random.int(4));
         return;
       }
-      this.#finishReady(node, ready);
+      await this.#finishReady(node, ready);
       if (node.raw === null) return; // it crashed on the way
       raw.checkInvariants();
       this.#observe(node);
@@ -510,7 +645,7 @@ export class Simulation {
     return false;
   }
 
-  #finishReady(node: SimNode, ready: Ready): void {
+  async #finishReady(node: SimNode, ready: Ready): Promise<void> {
     const raw = node.raw!;
     let votedFor: NodeId = 0;
     for (const message of ready.messages) {
@@ -529,17 +664,44 @@ export class Simulation {
       );
       return;
     }
+    const state = node.applied;
+    /** Whether this Ready changed the applied state, and the secrets its puts wrote. */
+    let applied = false;
+    const touched = new Set<string>();
     if (ready.snapshot !== null) {
-      node.state = decodeSnapshotState(ready.snapshot);
-      node.appliedIndex = ready.snapshot.metadata.index;
-      this.#checker.onSnapshotRestored(node.id, ready.snapshot, node.state);
+      const snapshot = ready.snapshot;
+      node.state = decodeSnapshotState(snapshot);
+      node.appliedIndex = snapshot.metadata.index;
+      this.#checker.onSnapshotRestored(node.id, snapshot, node.state);
       this.stats.snapshotsInstalled++;
-      this.#record(`restore ${node.id} snapshot ${ready.snapshot.metadata.index}`);
+      this.#record(`restore ${node.id} snapshot ${snapshot.metadata.index}`);
+      if (state !== null) {
+        // The replica restores a leader's snapshot after persisting it, before applying entries.
+        const restored = await this.#stateWrite(node, 'restoring a snapshot', () =>
+          state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index),
+        );
+        if (!restored) return;
+        await this.#checkAllSecrets(node);
+        applied = true;
+      }
     }
     for (const entry of ready.committedEntries) {
       if (entry.index <= node.appliedIndex) continue;
       node.state = this.#checker.onApply(node.id, node.appliedIndex, node.state, entry);
       node.appliedIndex = entry.index;
+      if (state !== null) {
+        applied = true;
+        const put = entry.kind === 'normal' ? putOf(entry.data) : null;
+        if (put !== null) {
+          const result = state.apply({ index: entry.index, ...encodePut(put) });
+          if (!result.ok)
+            throw new SafetyViolation(
+              'core-assertion',
+              `node ${node.id}: AppliedState refused the put of entry ${entry.index}: ${'reason' in result ? result.reason : JSON.stringify(result)}`,
+            );
+          touched.add(put.name);
+        }
+      }
       this.#onApplied(entry.index, entry.kind === 'conf-change' ? entry.change : null);
     }
     for (const read of ready.readStates) {
@@ -553,6 +715,55 @@ export class Simulation {
       if (node.reads.delete(refusal.context)) this.stats.readsRefused++;
     }
     raw.advance();
+    if (applied) await this.#commitState(node, touched);
+  }
+
+  /**
+   * After a Ready's applies and advance, as the barrier's afterApply does: the state's changes and
+   * the applied index in one batch (not synced), each side of it a point where the node may die.
+   * Then the versions of the names this Ready wrote are read back and checked.
+   */
+  async #commitState(node: SimNode, touched: ReadonlySet<string>): Promise<void> {
+    const state = node.applied!;
+    if (this.#phase === 'chaos' && this.#random.float() < STATE_CRASH_BEFORE_COMMIT) {
+      this.stats.crashesBeforeStateCommit++;
+      this.#crash(node, 'after applying, before committing the state batch');
+      return;
+    }
+    const committed = await this.#stateWrite(node, 'committing the state batch', () =>
+      state.commit({ appliedIndex: node.appliedIndex }),
+    );
+    if (!committed) return;
+    this.#countSkipped(node);
+    const index = this.#stateIndex(node);
+    // The versions only (their values are read at every start, snapshot restored and run's end).
+    for (const name of touched) this.#checker.onSecretRead(node.id, index, name, readSecret(state, name, 'none'));
+    if (this.#phase === 'chaos' && this.#random.float() < STATE_CRASH_AFTER_COMMIT) {
+      this.stats.crashesAfterStateCommit++;
+      this.#crash(node, 'after committing the state batch, before the next Ready');
+    }
+  }
+
+  /**
+   * Runs one operation of the applied state that writes its store, with a chance (in the chaos
+   * phase) that the process dies at any of its writes, which then never happen; false if it died.
+   */
+  async #stateWrite(node: SimNode, what: string, operation: () => Promise<unknown>): Promise<boolean> {
+    const disk = node.stateDisk!;
+    const before = disk.stats.batches;
+    if (this.#phase === 'chaos') disk.dieAtWrite = () => this.#random.float() < STATE_CRASH_AT_WRITE;
+    try {
+      await operation();
+      return true;
+    } catch (error) {
+      if (!(error instanceof SimCrash)) throw error;
+      this.stats.crashesAtStateWrite++;
+      this.#crash(node, `at a write of the state store, ${what}`);
+      return false;
+    } finally {
+      disk.dieAtWrite = null;
+      this.stats.stateBatches += disk.stats.batches - before;
+    }
   }
 
   /**
@@ -619,7 +830,7 @@ export class Simulation {
     );
   }
 
-  #deliver(message: Message): void {
+  async #deliver(message: Message): Promise<void> {
     const target = this.#nodes.get(message.to);
     if (target === undefined || target.raw === null || this.#cut.has(`${message.from}>${message.to}`)) {
       this.#dropped(message);
@@ -633,7 +844,7 @@ export class Simulation {
     this.#record(`deliver ${message.type} ${message.from}>${message.to} t${message.term}`);
     target.raw.step(message);
     if (message.type === 'snapshot') this.#reportSnapshot(message, true);
-    this.#afterStep(target);
+    await this.#afterStep(target);
   }
 
   #drawNetworkProfile(): void {
@@ -703,19 +914,19 @@ export class Simulation {
     return best;
   }
 
-  #drive(): void {
-    if (this.#phase === 'chaos') this.#driveChaos();
-    else if (this.#phase === 'liveness') this.#driveLiveness();
+  async #drive(): Promise<void> {
+    if (this.#phase === 'chaos') await this.#driveChaos();
+    else if (this.#phase === 'liveness') await this.#driveLiveness();
     else if (this.#phase === 'probe') this.#driveProbe();
   }
 
-  #propose(node: SimNode, value: string): { index: number; term: number } | null {
+  async #propose(node: SimNode, value: string): Promise<{ index: number; term: number } | null> {
     if (node.raw === null) return null;
     try {
       const at = node.raw!.propose(encoder.encode(value));
       this.stats.proposals++;
       this.#record(`propose ${node.id} ${value}`);
-      this.#afterStep(node);
+      await this.#afterStep(node);
       return at;
     } catch (error) {
       if (error instanceof RaftError) return null;
@@ -723,7 +934,7 @@ export class Simulation {
     }
   }
 
-  #driveChaos(): void {
+  async #driveChaos(): Promise<void> {
     const r = this.#random;
     let leader = this.#leader();
     const up = this.#upNodes();
@@ -732,11 +943,11 @@ export class Simulation {
     const writes = r.int(3);
     for (let k = 0; k < writes; k++) {
       const target = leader !== null && r.float() < 0.8 ? leader : this.#pick(up);
-      if (target) this.#propose(target, `v${this.#options.seed}.${++this.#proposalSeq}`);
+      if (target) await this.#propose(target, `v${this.#options.seed}.${++this.#proposalSeq}`);
     }
     if (r.float() < 0.3) {
       const target = this.#pick(up);
-      if (target) this.#read(target);
+      if (target) await this.#read(target);
     }
 
     // Faults.
@@ -748,7 +959,7 @@ export class Simulation {
     leader = this.#leader();
     if (leader !== null && r.float() < p.leaderCrash) this.#crash(leader, 'leader');
     for (const node of this.#nodes.values()) {
-      if (node.raw === null && !node.retired && r.float() < p.restart) this.#restart(node);
+      if (node.raw === null && !node.retired && r.float() < p.restart) await this.#restart(node);
     }
     if (r.float() < p.pause) {
       const victim = this.#pick(this.#upNodes());
@@ -767,9 +978,9 @@ export class Simulation {
     leader = this.#leader();
     if (r.float() < 0.05) {
       const node = this.#pick(this.#upNodes());
-      if (node) this.#snapshot(node);
+      if (node) await this.#snapshot(node);
     }
-    if (leader !== null && r.float() < 0.012) this.#changeMembership(leader);
+    if (leader !== null && r.float() < 0.012) await this.#changeMembership(leader);
     if (leader !== null && leader.raw !== null && r.float() < 0.006) {
       const target = this.#pick(leader.raw.status().confState.voters.filter((id) => id !== leader.id));
       if (target !== undefined) {
@@ -777,7 +988,7 @@ export class Simulation {
           leader.raw!.transferLeadership(target);
           this.stats.transfers++;
           this.#record(`transfer ${leader.id} -> ${target}`);
-          this.#afterStep(leader);
+          await this.#afterStep(leader);
         } catch (error) {
           if (!(error instanceof RaftError)) throw error;
         }
@@ -792,7 +1003,7 @@ export class Simulation {
     }
   }
 
-  #read(node: SimNode): void {
+  async #read(node: SimNode): Promise<void> {
     if (node.raw === null) return;
     const context = `r${++this.#readSeq}`;
     let required = this.#checker.commitMax;
@@ -803,7 +1014,7 @@ export class Simulation {
     node.reads.set(context, required);
     this.#record(`read ${node.id} ${context}`);
     node.raw!.readIndex(context);
-    this.#afterStep(node);
+    await this.#afterStep(node);
   }
 
   #randomPartition(leader: SimNode | null): void {
@@ -869,13 +1080,18 @@ export class Simulation {
     this.#partition([leader.id, ...buddies], rest);
   }
 
-  #snapshot(node: SimNode): void {
+  async #snapshot(node: SimNode): Promise<void> {
     const raw = node.raw;
     if (raw === null || node.inFlight !== null) return;
     const status = raw.basicStatus();
     const snapshotIndex = node.disk.snapshot?.metadata.index ?? 0;
     if (status.applied - snapshotIndex < 5 || node.appliedIndex !== status.applied) return;
-    const snapshot = raw.createSnapshot(encodeSnapshotState(node.state));
+    // A whole image is the state as of now: not while a restart's replay is still below the index
+    // the store held (its secrets are the store's, of a later index), as the replica does not
+    // snapshot while its core is behind the state.
+    if (node.applied !== null && node.appliedIndex < node.storedAtStart) return;
+    const image = node.applied === null ? null : await node.applied.snapshot();
+    const snapshot = raw.createSnapshot(encodeSnapshotState(node.state, image));
     const keep = this.#random.int(10);
     const compactTo = snapshot.metadata.index - keep;
     if (compactTo > status.firstIndex - 1) raw.compact(compactTo);
@@ -884,7 +1100,7 @@ export class Simulation {
     this.#record(`snapshot ${node.id} at ${snapshot.metadata.index} compact ${compactTo}`);
   }
 
-  #changeMembership(leader: SimNode): void {
+  async #changeMembership(leader: SimNode): Promise<void> {
     const raw = leader.raw;
     if (raw === null) return;
     const status = raw.status();
@@ -894,7 +1110,7 @@ export class Simulation {
     let change: { type: 'add-voter' | 'add-learner' | 'remove'; nodeId: NodeId } | null = null;
     if (choice === 0 && voters.length + learners.length < MEMBERS_MAX) {
       const id = this.#nextNodeId++;
-      this.#createNode(id);
+      await this.#createNode(id);
       change = { type: 'add-learner', nodeId: id };
     } else if (choice === 1 && learners.length > 0) {
       const id = this.#pick(learners)!;
@@ -909,7 +1125,7 @@ export class Simulation {
     try {
       raw.proposeConfChange(change);
       this.#record(`propose conf ${change.type} ${change.nodeId}`);
-      this.#afterStep(leader);
+      await this.#afterStep(leader);
     } catch (error) {
       if (!(error instanceof RaftError)) throw error;
     }
@@ -919,7 +1135,7 @@ export class Simulation {
   // Liveness: heal everything; a leader must emerge and commit within a bound
   // -------------------------------------------------------------------------------------------
 
-  #startLiveness(): void {
+  async #startLiveness(): Promise<void> {
     this.#phase = 'liveness';
     this.#livenessStartedAt = this.#now;
     this.#record('liveness phase');
@@ -929,7 +1145,7 @@ export class Simulation {
     this.#longDelayRate = 0;
     for (const node of this.#nodes.values()) {
       node.pausedUntil = 0;
-      if (node.raw === null && !node.retired) this.#restart(node);
+      if (node.raw === null && !node.retired) await this.#restart(node);
     }
     // Paused nodes wake now: what their kernels buffered arrives now, not at the old pause end.
     const buffered = this.#events.removeWhere((e) => e.kind === 'deliver' && e.time > this.#now + 100);
@@ -945,7 +1161,7 @@ export class Simulation {
     return [...this.#voters, ...this.#learners];
   }
 
-  #driveLiveness(): void {
+  async #driveLiveness(): Promise<void> {
     if (this.#now > this.#phaseDeadline) {
       const leader = this.#leader();
       if (leader === null)
@@ -968,7 +1184,7 @@ export class Simulation {
     if (leader === null) return;
     if (this.#liveness === null) {
       const value = `live${this.#options.seed}.${++this.#livenessAttempts}`;
-      const at = this.#propose(leader, value);
+      const at = await this.#propose(leader, value);
       if (at !== null) this.#liveness = { value, ...at };
       return;
     }
@@ -1078,9 +1294,11 @@ interface FaultProfile {
   /** Small values split old-term and new-term entries into separate appends (Figure 8). */
   readonly appendBytesMax: number;
   readonly inflightAppendsMax: number;
+  /** Applied-state mode: the unsynced state batches a crash may lose at most (state-disk.ts). */
+  readonly stateUnsyncedMax: number;
 }
 
-function drawFaultProfile(r: SeededRandom): FaultProfile {
+function drawFaultProfile(r: SeededRandom, appliedState: boolean): FaultProfile {
   const storm = r.float() < 0.5;
   const pickOf = <T>(items: readonly T[]): T => items[r.int(items.length)]!;
   return {
@@ -1096,19 +1314,30 @@ function drawFaultProfile(r: SeededRandom): FaultProfile {
     voterBounces: storm ? 0.1 : 0.01,
     appendBytesMax: pickOf([1, 48, 256, 4096]),
     inflightAppendsMax: pickOf([1, 4, 8, 64]),
+    // Drawn last, and only when there are state stores: hash-chain runs stay as they were.
+    stateUnsyncedMax: appliedState ? pickOf([1, 2, 4, 16]) : 0,
   };
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
-function encodeSnapshotState(state: number): Uint8Array {
-  return encoder.encode(String(state));
+/** A snapshot's data: the hash chain's state, then (applied-state mode) a line break and the AppliedState image. */
+function encodeSnapshotState(state: number, image: Uint8Array | null): Uint8Array {
+  if (image === null) return encoder.encode(String(state));
+  return Buffer.concat([encoder.encode(`${state}\n`), image]);
 }
 
 function decodeSnapshotState(snapshot: Snapshot): number {
-  return Number(decoder.decode(snapshot.data));
+  const end = snapshot.data.indexOf(0x0a);
+  return Number(decoder.decode(end < 0 ? snapshot.data : snapshot.data.subarray(0, end)));
 }
 
-export function runSimulation(options: SimOptions): SimResult {
+function decodeSnapshotImage(snapshot: Snapshot): Uint8Array {
+  const end = snapshot.data.indexOf(0x0a);
+  if (end < 0) throw new Error(`the snapshot at ${snapshot.metadata.index} holds no applied state image`);
+  return snapshot.data.subarray(end + 1);
+}
+
+export function runSimulation(options: SimOptions): Promise<SimResult> {
   return new Simulation(options).run();
 }
