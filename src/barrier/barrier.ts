@@ -576,20 +576,13 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     let keyStateBytes: Uint8Array;
     let descriptor: Buffer;
     try {
-      const value: unknown = packr.unpack(stored.image);
-      if (
-        !Array.isArray(value) ||
-        value[0] !== 1 ||
-        value.length !== 3 ||
-        !(value[1] instanceof Uint8Array) ||
-        !(value[2] instanceof Uint8Array)
-      )
-        throw new PayloadError('the stored image has an unknown layout');
-      keyStateBytes = value[1];
+      const image = unpackImage(stored.image, 'the stored image');
+      if (image.sealed === null) throw new PayloadError('the stored image holds no state');
+      keyStateBytes = image.keyState;
       const trial = new KeyState(this.#keys.clusterId, this.#keys.rootGen, this.#keys.rootKey);
       decodeKeyStateInto(trial, keyStateBytes);
       if (stored.marks !== undefined) decodeMarksInto(trial, stored.marks);
-      descriptor = trial.keyring.decrypt('snapshot', value[2]);
+      descriptor = trial.keyring.decrypt('snapshot', image.sealed);
     } catch (error) {
       if (error instanceof AssertionError) throw error;
       this.restoreStoredFailure = (error as Error).message;
@@ -641,14 +634,12 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
         .filter((t) => !t.destroyed)
         .map((t) => t.term),
     );
-    const value: unknown = packr.unpack(data);
-    if (!Array.isArray(value) || value[0] !== 1 || value.length !== 3 || !(value[1] instanceof Uint8Array))
-      throw new PayloadError('the snapshot has an unknown layout');
-    decodeKeyStateInto(this.#keys, value[1] as Uint8Array);
+    const image = unpackImage(data, 'the snapshot');
+    decodeKeyStateInto(this.#keys, image.keyState);
     for (const { term } of this.#keys.keyring.terms())
       this.#keys.keyring.assumeUses(term, this.#local.usesReserved(term));
-    const inner = value[2] as unknown;
-    if (inner instanceof Uint8Array) {
+    const inner = image.sealed;
+    if (inner !== null) {
       await this.#inner.restore(this.#keys.keyring.decrypt('snapshot', inner), index);
       this.#innerPristine = false;
     }
@@ -753,4 +744,21 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
 
 function commandKind(kind: string): string {
   return `command:${kind}`;
+}
+
+/**
+ * An image as `snapshot`/`image` write it: `[1, key state, inner state sealed under a data key, or
+ * null before the keyring's first term]`; a snapshot and the image stored beside the state share it.
+ */
+function unpackImage(bytes: Uint8Array, what: string): { keyState: Uint8Array; sealed: Uint8Array | null } {
+  const value: unknown = packr.unpack(bytes);
+  if (
+    !Array.isArray(value) ||
+    value[0] !== 1 ||
+    value.length !== 3 ||
+    !(value[1] instanceof Uint8Array) ||
+    !(value[2] === null || value[2] instanceof Uint8Array)
+  )
+    throw new PayloadError(`${what} has an unknown layout`);
+  return { keyState: value[1], sealed: value[2] };
 }

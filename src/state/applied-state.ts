@@ -344,10 +344,8 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
       if (part === this.secrets && this.#storedThrough > 0 && index <= this.#storedThrough) continue;
       await part.restore(partImages[k], index);
       if (part === this.secrets) {
-        const record = Buffer.alloc(8);
-        record.writeBigUInt64BE(BigInt(index), 0);
         // After the switch: a crash between leaves a store without the record, rebuilt at start.
-        await this.#store.write([{ type: 'put', key: APPLIED_KEY, value: record }]);
+        await this.#store.write([{ type: 'put', key: APPLIED_KEY, value: u64(index) }]);
         this.#appliedThrough = index;
         this.#committedThrough = index;
       }

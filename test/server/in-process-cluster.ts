@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { status } from '@grpc/grpc-js';
 import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
 import { CofferNode, type NodeOptions } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
@@ -58,6 +59,22 @@ export class InProcessCluster {
         this.nodes[0]!.manager.raftStatus()?.confState.voters.length === k + 1 ? true : undefined,
       );
     }
+  }
+
+  /**
+   * Until manager `k` serves a linearizable read (a leader does once an entry of its term has
+   * committed; until then it answers UNAVAILABLE). A read of a name that is not there answers NOT_FOUND.
+   */
+  async servesReads(k = 0, timeoutMs = 20_000): Promise<void> {
+    await eventually(`manager ${k + 1} to serve a linearizable read`, timeoutMs, async () => {
+      try {
+        await this.admin.call(this.addresses[k]!, 'Secrets', 'get', { name: 'in-process-cluster/absent' }, 5_000);
+        return true;
+      } catch (error) {
+        if ((error as { code?: number }).code === status.NOT_FOUND) return true;
+        throw error;
+      }
+    });
   }
 
   /** The address of a manager that is not the leader. */

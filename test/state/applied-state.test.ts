@@ -1,4 +1,4 @@
-import { testRecordKeys } from './stores.ts';
+import { secretPutEntries, testRecordKeys } from './stores.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { encodeAccessCommand } from '../../src/state/access-state.ts';
@@ -77,19 +77,11 @@ test('write alone cannot wipe history: lowering the versions kept, or reviving a
 test('a state on a store restarts where its last commit left it: replayed entries already there are not applied twice, before or after a snapshot', async () => {
   const keys = testRecordKeys();
   const { MemoryStateStore } = await import('../../src/kv/memory-state-store.ts');
-  const { encodeSecretCommand } = await import('../../src/state/secret-store.ts');
-  const entries = Array.from({ length: 30 }, (_, k) => ({
-    index: k + 1,
-    ...encodeSecretCommand({
-      op: 'put',
-      name: `app/s${k % 4}`,
-      value: Buffer.from(`v${k}`),
-      cas: null,
-      expireAtMs: null,
-      versionsKept: 50,
-      nowMs: 1_700_000_000_000,
-    }),
-  }));
+  const entries = secretPutEntries(
+    30,
+    (k) => `app/s${k % 4}`,
+    (k) => `v${k}`,
+  );
   // The reference: every entry applied once.
   const reference = new AppliedState({ keys });
   for (const e of entries) reference.apply(e);
@@ -137,19 +129,11 @@ test('a state on a store restarts where its last commit left it: replayed entrie
 test('a crash at any write of the store (the write lost) costs nothing but a replay: the applied index is in the same batch as the changes', async () => {
   const keys = testRecordKeys();
   const { MemoryStateStore } = await import('../../src/kv/memory-state-store.ts');
-  const { encodeSecretCommand } = await import('../../src/state/secret-store.ts');
-  const entries = Array.from({ length: 20 }, (_, k) => ({
-    index: k + 1,
-    ...encodeSecretCommand({
-      op: 'put',
-      name: `app/s${k % 3}`,
-      value: Buffer.from(`v${k}`),
-      cas: null,
-      expireAtMs: null,
-      versionsKept: 50,
-      nowMs: 1_700_000_000_000,
-    }),
-  }));
+  const entries = secretPutEntries(
+    20,
+    (k) => `app/s${k % 3}`,
+    (k) => `v${k}`,
+  );
   const reference = new AppliedState({ keys });
   for (const e of entries) reference.apply(e);
   const expected = JSON.stringify(await reference.secrets.snapshot());

@@ -6,10 +6,8 @@ import { join } from 'node:path';
 import { packr } from '../../src/codec/msgpack.ts';
 import { LevelStateStore } from '../../src/kv/level-state-store.ts';
 import { decodeRecordChunks, encodeRecordChunks } from '../../src/kv/record-chunks.ts';
-import type { StateRecord } from '../../src/kv/state-store.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
-import { encodeSecretCommand } from '../../src/state/secret-store.ts';
-import { testRecordKeys } from './stores.ts';
+import { secretPutEntries, testRecordKeys } from './stores.ts';
 
 /**
  * A snapshot of a state on disk is a small descriptor plus the store's records, streamed in
@@ -18,18 +16,11 @@ import { testRecordKeys } from './stores.ts';
  */
 
 const keys = testRecordKeys();
-const entries = Array.from({ length: 60 }, (_, k) => ({
-  index: k + 1,
-  ...encodeSecretCommand({
-    op: 'put',
-    name: `app/stream/s${k % 7}`,
-    value: Buffer.from(`stream-value-${k}`),
-    cas: null,
-    expireAtMs: null,
-    versionsKept: 50,
-    nowMs: 1_700_000_000_000,
-  }),
-}));
+const entries = secretPutEntries(
+  60,
+  (k) => `app/stream/s${k % 7}`,
+  (k) => `stream-value-${k}`,
+);
 
 async function image(state: AppliedState): Promise<string> {
   return JSON.stringify(await state.secrets.snapshot());
@@ -43,8 +34,9 @@ async function* cutAfter(chunks: AsyncIterable<Uint8Array>, n: number): AsyncGen
   }
 }
 
-async function* listOf(records: StateRecord[]): AsyncGenerator<StateRecord> {
-  yield* records;
+/** The items, one at a time, as a stream gives them. */
+async function* listOf<T>(items: readonly T[]): AsyncGenerator<T> {
+  yield* items;
 }
 
 test('a descriptor and streamed records rebuild the state on another store; a cut stream or a crash before the install leaves the old state; after it a restart repeats nothing', async () => {
@@ -82,14 +74,14 @@ test('a descriptor and streamed records rebuild the state on another store; a cu
 
     // A stream cut short: refused, nothing of it visible, the old state serves on.
     await assert.rejects(
-      follower.prepareSnapshot(50, decodeRecordChunks(cutAfter(listOf2(streamed), 3))),
+      follower.prepareSnapshot(50, decodeRecordChunks(cutAfter(listOf(streamed), 3))),
       /went away mid-stream/,
     );
     assert.equal(await follower.installSnapshot(50), false, 'nothing prepared to install');
     assert.equal(await image(follower), before);
 
     // Prepared in full, then a crash before Raft accepted it: a restart finds the old state.
-    await follower.prepareSnapshot(50, decodeRecordChunks(listOf2(streamed)));
+    await follower.prepareSnapshot(50, decodeRecordChunks(listOf(streamed)));
     assert.equal(await image(follower), before, 'prepared records are not visible');
     await store.close();
     store = await LevelStateStore.open(path);
@@ -103,7 +95,7 @@ test('a descriptor and streamed records rebuild the state on another store; a cu
     );
 
     // Prepared and installed (Raft took it): the leader's state, index and all.
-    await follower.prepareSnapshot(50, decodeRecordChunks(listOf2(streamed)));
+    await follower.prepareSnapshot(50, decodeRecordChunks(listOf(streamed)));
     assert.equal(await follower.installSnapshot(50), true);
     await follower.restore(descriptor, 50);
     assert.equal(await image(follower), await image(leader));
@@ -131,12 +123,6 @@ test('a descriptor and streamed records rebuild the state on another store; a cu
   }
 });
 
-function listOf2(chunks: Uint8Array[]): AsyncIterable<Uint8Array> {
-  return (async function* () {
-    yield* chunks;
-  })();
-}
-
 test('streamed records that are not the secrets, out of order, or not pairs of byte strings are refused, and nothing is installed', async () => {
   const state = new AppliedState({ keys });
   await state.reset();
@@ -160,10 +146,10 @@ test('streamed records that are not the secrets, out of order, or not pairs of b
       ),
       /out of order/,
     ],
-    ['an odd list', listOf2([packr.pack([secretKey])]), /pairs/],
-    ['a value that is not bytes', listOf2([packr.pack([secretKey, 'text'])]), /two byte strings/],
-    ['garbage', listOf2([Buffer.from([0xc1, 0xc1])]), /does not decode/],
-    ['an empty key', listOf2([packr.pack([Buffer.alloc(0), Buffer.from('v')])]), /key of 0 bytes/],
+    ['an odd list', listOf([packr.pack([secretKey])]), /pairs/],
+    ['a value that is not bytes', listOf([packr.pack([secretKey, 'text'])]), /two byte strings/],
+    ['garbage', listOf([Buffer.from([0xc1, 0xc1])]), /does not decode/],
+    ['an empty key', listOf([packr.pack([Buffer.alloc(0), Buffer.from('v')])]), /key of 0 bytes/],
   ];
   for (const [what, chunks, pattern] of cases) {
     await assert.rejects(state.prepareSnapshot(9, decodeRecordChunks(chunks)), pattern, what);
