@@ -15,8 +15,14 @@ import {
 export const STATE_CACHE_BYTES_DEFAULT = 8 * 1024 * 1024;
 /** LevelDB's write buffer (memtable) for the applied state. */
 export const STATE_WRITE_BUFFER_BYTES_DEFAULT = 4 * 1024 * 1024;
-/** Records read per step of a range (one native call each). */
-export const STATE_RANGE_PAGE_RECORDS = 256;
+/** Records read per step of a range (one native call, and one turn of the event loop, each)... */
+export const STATE_RANGE_PAGE_RECORDS = 1024;
+/**
+ * ... and at most about this many bytes (classic-level's `highWaterMarkBytes`; its default, 16 KiB,
+ * ends a step after about 30 secrets: a snapshot of 40,000 streamed one native call at a time for
+ * every 30 records, and under load each call waited its turn of a busy loop).
+ */
+export const STATE_RANGE_PAGE_BYTES = 1024 * 1024;
 /** A snapshot install writes its records in batches of at most this many bytes... */
 export const STATE_REPLACE_BATCH_BYTES_MAX = 1024 * 1024;
 /** ... and at most this many records. */
@@ -256,6 +262,7 @@ export class LevelStateStore implements StateStore {
       ...(range.limit === undefined ? {} : { limit: range.limit }),
       reverse: range.reverse === true,
       ...(snapshot === undefined ? {} : { snapshot }),
+      highWaterMarkBytes: STATE_RANGE_PAGE_BYTES,
     });
     try {
       for (;;) {

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packr } from '../../src/codec/msgpack.ts';
 import { LevelStateStore } from '../../src/kv/level-state-store.ts';
-import { decodeRecordChunks, encodeRecordChunks } from '../../src/kv/record-chunks.ts';
+import { decodeRecordChunks, encodeRecordChunks, RECORD_CHUNK_FORMAT } from '../../src/kv/record-chunks.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import { secretPutEntries, testRecordKeys } from './stores.ts';
 
@@ -123,6 +123,17 @@ test('a descriptor and streamed records rebuild the state on another store; a cu
   }
 });
 
+/** A chunk in the record format holding these fields, each after its length (keys and values alternate). */
+function chunkOf(fields: Buffer[]): Buffer {
+  const parts: Buffer[] = [Buffer.of(RECORD_CHUNK_FORMAT)];
+  for (const field of fields) {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(field.byteLength, 0);
+    parts.push(length, field);
+  }
+  return Buffer.concat(parts);
+}
+
 test('streamed records that are not the secrets, out of order, or not pairs of byte strings are refused, and nothing is installed', async () => {
   const state = new AppliedState({ keys });
   await state.reset();
@@ -146,10 +157,21 @@ test('streamed records that are not the secrets, out of order, or not pairs of b
       ),
       /out of order/,
     ],
-    ['an odd list', listOf([packr.pack([secretKey])]), /pairs/],
-    ['a value that is not bytes', listOf([packr.pack([secretKey, 'text'])]), /two byte strings/],
-    ['garbage', listOf([Buffer.from([0xc1, 0xc1])]), /does not decode/],
-    ['an empty key', listOf([packr.pack([Buffer.alloc(0), Buffer.from('v')])]), /key of 0 bytes/],
+    ['a key without its value', listOf([chunkOf([secretKey])]), /cut short in the length of a value/],
+    ['a value cut short', listOf([chunkOf([secretKey, Buffer.from('value')]).subarray(0, -2)]), /cut short in a value/],
+    [
+      'a length beyond the chunk',
+      listOf([Buffer.concat([Buffer.of(RECORD_CHUNK_FORMAT, 0xff, 0xff, 0xff, 0x00), secretKey])]),
+      /cut short in a key of 4294967040 bytes/,
+    ],
+    ['msgpack (another format)', listOf([packr.pack([secretKey, Buffer.from('v')])]), /not of record format/],
+    ['an empty chunk', listOf([Buffer.alloc(0)]), /not of record format/],
+    ['an empty key', listOf([chunkOf([Buffer.alloc(0), Buffer.from('v')])]), /key of 0 bytes/],
+    [
+      'a key over the limit',
+      listOf([chunkOf([Buffer.alloc(16 * 1024 + 1, 0x73), Buffer.from('v')])]),
+      /key of 16385 bytes/,
+    ],
   ];
   for (const [what, chunks, pattern] of cases) {
     await assert.rejects(state.prepareSnapshot(9, decodeRecordChunks(chunks)), pattern, what);
