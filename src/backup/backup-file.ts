@@ -85,18 +85,7 @@ export function encodeBackup(
     imageSha256: createHash('sha256').update(contents.image).digest(),
     caCertPem: contents.caCertPem,
   };
-  const ad = boundFields(fields);
-  const key = caKeyKey(keys.rootKey, contents.clusterId);
-  const header: BackupHeader = {
-    ...fields,
-    caKeySealed: seal(key, Buffer.from(keys.caKeyPem), ad),
-    recovery:
-      keys.recoveryPublicKey === null
-        ? null
-        : wrapForRecovery(keys.recoveryPublicKey, keys.rootKey, contents.clusterId, ad),
-    unlock: keys.unlockKek === null ? null : wrapRootKey(keys.unlockKek, keys.rootKey, contents.clusterId),
-  };
-  key.fill(0);
+  const header: BackupHeader = { ...fields, ...sealBackupKeys(contents.clusterId, boundFields(fields), keys) };
   const head = packr.pack(header);
   const length = Buffer.alloc(4);
   length.writeUInt32BE(head.byteLength);
@@ -137,7 +126,58 @@ export function openBackup(
   key: { recoveryKey: string } | { unlockKey: string },
 ): BackupContents & { rootKey: Buffer; caKeyPem: string } {
   const { header, image } = readBackupHeader(file);
-  const ad = boundFields(header);
+  const { rootKey, caKeyPem } = openBackupKeys(header, boundFields(header), key);
+  return {
+    clusterId: header.clusterId,
+    createdAtMs: header.createdAtMs,
+    index: header.index,
+    term: header.term,
+    rootGen: header.rootGen,
+    image,
+    caCertPem: header.caCertPem,
+    rootKey,
+    caKeyPem,
+  };
+}
+
+/** The keys' part of a header, bound to `ad` (the digest of the header's other fields). */
+export function sealBackupKeys(
+  clusterId: string,
+  ad: Buffer,
+  keys: { rootKey: Buffer; caKeyPem: string; recoveryPublicKey: Buffer | null; unlockKek: Buffer | null },
+): SealedBackupKeys & { caKeySealed: Buffer; unlock: Buffer | null } {
+  const key = caKeyKey(keys.rootKey, clusterId);
+  try {
+    return {
+      clusterId,
+      caKeySealed: seal(key, Buffer.from(keys.caKeyPem), ad),
+      recovery:
+        keys.recoveryPublicKey === null ? null : wrapForRecovery(keys.recoveryPublicKey, keys.rootKey, clusterId, ad),
+      unlock: keys.unlockKek === null ? null : wrapRootKey(keys.unlockKek, keys.rootKey, clusterId),
+    };
+  } finally {
+    key.fill(0);
+  }
+}
+
+/** The header fields every format has that the keys are opened with. */
+export interface SealedBackupKeys {
+  readonly clusterId: string;
+  readonly caKeySealed: Uint8Array;
+  readonly recovery: RecoveryWrap | null;
+  readonly unlock: Uint8Array | null;
+}
+
+/**
+ * The root key and the CA key of a backup, opened with the recovery key or the unlock key and
+ * checked against `ad` (the digest of the header's fields): a wrong key, or a header altered, is
+ * refused by name.
+ */
+export function openBackupKeys(
+  header: SealedBackupKeys,
+  ad: Buffer,
+  key: { recoveryKey: string } | { unlockKey: string },
+): { rootKey: Buffer; caKeyPem: string } {
   let rootKey: Buffer;
   if ('recoveryKey' in key) {
     if (header.recovery === null)
@@ -177,15 +217,5 @@ export function openBackup(
   } finally {
     caKey.fill(0);
   }
-  return {
-    clusterId: header.clusterId,
-    createdAtMs: header.createdAtMs,
-    index: header.index,
-    term: header.term,
-    rootGen: header.rootGen,
-    image,
-    caCertPem: header.caCertPem,
-    rootKey,
-    caKeyPem,
-  };
+  return { rootKey, caKeyPem };
 }

@@ -161,6 +161,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   /** The current root key and its generation: what a newly admitted manager receives. */
+  /** The index of the last entry applied (the state, its side records and its snapshots are of it). */
+  get appliedIndex(): number {
+    return this.#appliedIndex;
+  }
+
   currentRootKey(): { key: Buffer; gen: number } {
     return { key: Buffer.from(this.#keys.rootKey), gen: this.#keys.rootGen };
   }

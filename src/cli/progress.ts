@@ -7,7 +7,7 @@ const WIDTH = 30;
 const REDRAW_MS = 100;
 
 export interface Progress {
-  /** `total` 0 or less: not known (stdin); the bar then shows the count and the rate alone. */
+  /** `total` 0 or less: not known (stdin, a backup being made); the bar then shows the count and the rate alone. */
   update(done: number, total: number): void;
   /** Takes the bar off the line, so a message can be written; the next update draws it again. */
   clear(): void;
@@ -32,9 +32,12 @@ export function progress(
     const filled = Math.round(share * WIDTH);
     const bar = known ? ` [${'#'.repeat(filled)}${'.'.repeat(WIDTH - filled)}] ${(share * 100).toFixed(0)}%` : '';
     let tail: string;
-    if (unit === 'bytes') tail = ` of ${(total / MiB).toFixed(1)} MiB`;
+    const seconds = (Date.now() - startedAt) / 1000;
+    if (unit === 'bytes')
+      tail = known
+        ? ` of ${(total / MiB).toFixed(1)} MiB`
+        : ` ${(done / MiB).toFixed(1)} MiB, ${(seconds > 0 ? done / MiB / seconds : 0).toFixed(1)} MiB/s`;
     else {
-      const seconds = (Date.now() - startedAt) / 1000;
       const rate = seconds > 0 ? Math.round(done / seconds) : 0;
       tail = ` ${done}${known ? `/${total}` : ''} lines, ${rate} lines/s`;
     }
@@ -45,7 +48,7 @@ export function progress(
   return {
     update(done, total) {
       // Byte counts under a MiB go too fast to watch.
-      if (!terminal || (unit === 'bytes' && total < MiB)) return;
+      if (!terminal || (unit === 'bytes' && (total > 0 ? total : done) < MiB)) return;
       last = [done, total];
       if (Date.now() - drawnAt >= REDRAW_MS || (total > 0 && done >= total)) draw(done, total);
     },

@@ -1,29 +1,60 @@
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Command, Option } from 'commander';
-import { readBackupHeader } from '../backup/backup-file.ts';
+import { readBackupFile, type BackupFile } from '../backup/backup-stream.ts';
 import { restoreBackup } from '../server/restore.ts';
 import { readKeyLine, readTextKeyFile, readUnlockKeyFile } from './key-input.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
 import { progress } from './progress.ts';
 
-/** Writes a file whole or not at all: a new temporary file (mode 600), fsync, rename, fsync of the directory. */
-function writeFileDurably(path: string, data: Buffer): void {
+/**
+ * A file written whole or not at all, as its bytes arrive: a new temporary file (mode 600) that
+ * `write` appends to; `finish` fsyncs it, has it checked, renames it into place and fsyncs the
+ * directory; `abandon` removes it.
+ */
+function durableFile(path: string): {
+  write(data: Buffer): void;
+  finish(check: (temporary: string) => Promise<void>): Promise<void>;
+  abandon(): void;
+} {
   const temporary = `${path}.partial`;
   rmSync(temporary, { force: true }); // one left by an interrupted save keeps its old mode: start afresh
-  const fd = openSync(temporary, 'wx', 0o600);
+  let fd: number | null = openSync(temporary, 'wx', 0o600);
+  const close = (): void => {
+    if (fd !== null) closeSync(fd);
+    fd = null;
+  };
+  return {
+    write(data) {
+      for (let offset = 0; offset < data.byteLength; ) offset += writeSync(fd!, data, offset);
+    },
+    async finish(check) {
+      fsyncSync(fd!);
+      close();
+      await check(temporary);
+      renameSync(temporary, path);
+      const dir = openSync(dirname(path), 'r');
+      try {
+        fsyncSync(dir);
+      } finally {
+        closeSync(dir);
+      }
+    },
+    abandon() {
+      close();
+      rmSync(temporary, { force: true });
+    },
+  };
+}
+
+/** Reads a backup file through, checking its structure and checksums (no key: that is the restore's). */
+async function checkBackupFile(path: string): Promise<BackupFile> {
+  const { backup, handle } = await readBackupFile(path);
   try {
-    for (let offset = 0; offset < data.byteLength; ) offset += writeSync(fd, data, offset);
-    fsyncSync(fd);
+    if (backup.format === 2) for await (const _ of backup.chunks(null));
+    return backup;
   } finally {
-    closeSync(fd);
-  }
-  renameSync(temporary, path);
-  const dir = openSync(dirname(path), 'r');
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
+    await handle.close();
   }
 }
 
@@ -38,11 +69,18 @@ export function snapshotCommands(): Command {
     .action(async (file: string, flags: ClientFlags) => {
       const client = clientFrom(flags, process.env);
       const bar = progress('saving');
+      const out = durableFile(file);
       try {
-        const backup = await client.saveBackup((done, total) => bar.update(done, total));
+        const saved = await client.saveBackup(
+          (data) => out.write(data),
+          (done, total) => bar.update(done, total),
+        );
         bar.end();
-        writeFileDurably(file, backup.data);
-        const header = readBackupHeader(backup.data).header;
+        let backup: BackupFile | null = null;
+        await out.finish(async (temporary) => {
+          backup = await checkBackupFile(temporary);
+        });
+        const header = (backup as BackupFile | null)!.header;
         const opens = [
           header.recovery === null ? '' : 'the recovery key',
           header.unlock === null ? '' : 'the unlock key',
@@ -51,10 +89,12 @@ export function snapshotCommands(): Command {
           .join(' or ');
         print(
           flags,
-          { file, bytes: backup.data.byteLength, index: backup.index, opensWith: opens },
-          () =>
-            `backup of index ${backup.index} written to ${file} (${backup.data.byteLength} bytes); it opens with ${opens}`,
+          { file, bytes: saved.bytes, index: saved.index, opensWith: opens },
+          () => `backup of index ${saved.index} written to ${file} (${saved.bytes} bytes); it opens with ${opens}`,
         );
+      } catch (error) {
+        out.abandon();
+        throw error;
       } finally {
         client.close();
       }
@@ -88,9 +128,8 @@ export function snapshotCommands(): Command {
       ) => {
         if (flags.recoveryKeyFile !== undefined && flags.unlockKeyFile !== undefined)
           throw new Error('give --recovery-key-file or --unlock-key-file, not both');
-        let bytes: Buffer;
         try {
-          bytes = readFileSync(file);
+          accessSync(file, constants.R_OK);
         } catch (error) {
           throw new Error(`cannot read the backup ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
         }
@@ -101,15 +140,18 @@ export function snapshotCommands(): Command {
               ? readUnlockKeyFile(flags.unlockKeyFile)
               : await readKeyLine('recovery key (or unlock key): ');
         const key = /^CFRKEY-/i.test(text) ? { unlockKey: text } : { recoveryKey: text };
+        const bar = progress('restoring');
         const outcome = await restoreBackup({
-          file: bytes,
+          file,
           key,
+          onProgress: (done, total) => bar.update(done, total),
           dataDir: flags.data,
           listen: flags.listen,
           ...(flags.advertise === undefined ? {} : { advertise: flags.advertise }),
           ...(flags.keyFile === undefined ? {} : { keyFile: flags.keyFile }),
           ...(flags.autolock === true ? { autolock: true } : {}),
         });
+        bar.end();
         print({ output: flags.output }, outcome, () =>
           [
             `restored cluster ${outcome.clusterId} as of index ${outcome.index} (${outcome.secrets} secrets, backup of ${new Date(outcome.createdAtMs).toISOString()}) into ${flags.data} as manager ${outcome.nodeId}`,

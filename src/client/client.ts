@@ -15,6 +15,8 @@ export interface ClientOptions {
 
 /** How long a client trusts the member list it learned before asking again. */
 export const MEMBERS_REFRESH_MS = 60_000;
+/** The longest a backup stream may take (a million secrets are most of a gigabyte). */
+export const BACKUP_DEADLINE_MS = 60 * 60 * 1000;
 
 type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup';
 
@@ -411,14 +413,30 @@ export class CofferClient {
   }
 
   /** A consistent, encrypted backup of the whole cluster, as one buffer; `onProgress` hears each chunk. */
-  saveBackup(onProgress?: (received: number, total: number) => void): Promise<{ data: Buffer; index: number }> {
+  /**
+   * A backup, its bytes handed to `write` in order as they arrive (nothing is kept here: a backup
+   * of a large state is never held whole). `total` is 0 while the size is not known.
+   */
+  saveBackup(
+    write: (data: Buffer) => void,
+    onProgress?: (received: number, total: number) => void,
+  ): Promise<{ bytes: number; index: number }> {
     type Chunk = { data: Buffer; totalBytes: number; index: number };
-    return this.stream<Chunk, { data: Buffer; index: number }>(
+    let bytes = 0;
+    let index = 0;
+    return this.stream<Chunk, { bytes: number; index: number }>(
       'Backup',
       'save',
       {},
-      (chunks) => ({ data: Buffer.concat(chunks.map((c) => c.data)), index: chunks[chunks.length - 1]?.index ?? 0 }),
-      (chunk, received) => onProgress?.(received + chunk.data.byteLength, chunk.totalBytes),
+      () => ({ bytes, index }),
+      (chunk) => {
+        write(chunk.data);
+        bytes += chunk.data.byteLength;
+        index = chunk.index;
+        onProgress?.(bytes, chunk.totalBytes);
+      },
+      // A backup of a million secrets is most of a gigabyte: the stream may take minutes.
+      { keep: false, deadlineMs: BACKUP_DEADLINE_MS },
     );
   }
 
@@ -429,13 +447,18 @@ export class CofferClient {
     request: object,
     collect: (messages: Message[]) => Result,
     onMessage?: (message: Message, receivedBytes: number) => void,
+    options: { readonly keep?: boolean; readonly deadlineMs?: number } = {},
   ): Promise<Result> {
+    // keep false: messages go to onMessage only (collect is handed none). deadlineMs: for the
+    // whole stream (default the client's, at least a minute).
+    const keep = options.keep !== false;
     await this.#knowMembers();
     const addresses = this.#options.addresses;
     let last: grpc.ServiceError | null = null;
     for (let attempt = 0; attempt < addresses.length; attempt++) {
       const at = (this.#preferred + attempt) % addresses.length;
       const messages: Message[] = [];
+      let received = 0;
       try {
         await new Promise<void>((resolve, reject) => {
           const stub = this.#stub(addresses[at]!, service) as unknown as Record<
@@ -443,13 +466,12 @@ export class CofferClient {
             (r: object, o: grpc.CallOptions) => grpc.ClientReadableStream<Message>
           >;
           const call = stub[method]!.call(this.#stub(addresses[at]!, service), request, {
-            deadline: Date.now() + Math.max(60_000, this.#options.deadlineMs ?? 10_000),
+            deadline: Date.now() + (options.deadlineMs ?? Math.max(60_000, this.#options.deadlineMs ?? 10_000)),
           });
-          let received = 0;
           call.on('data', (message: Message) => {
             onMessage?.(message, received);
             received += message.data.byteLength;
-            messages.push(message);
+            if (keep) messages.push(message);
           });
           call.on('error', reject);
           call.on('end', resolve);
@@ -458,7 +480,7 @@ export class CofferClient {
         return collect(messages);
       } catch (error) {
         last = error as grpc.ServiceError;
-        if (messages.length > 0 || !safeToRetry(last, true)) break;
+        if (messages.length > 0 || received > 0 || !safeToRetry(last, true)) break;
       }
     }
     throw new ClientError(last!.code, last!.details || last!.message);

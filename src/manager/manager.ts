@@ -7,7 +7,7 @@ import { adoptOrCreateKeyFile, generateRootKey, kekFromUnlockKey, readKeyFile } 
 import { generateUnlockKey, parseUnlockKey, unlockKeyKek } from '../crypto/unlock-key.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
 import type { BasicStatus, ConfChange, Message, NodeId, SnapshotMessage, Status } from '../raft/types.ts';
-import { Replica, type PeerSender, type ReplicaObserver } from '../replica/replica.ts';
+import { Replica, type PeerSender, type ReplicaObserver, type SnapshotChunks } from '../replica/replica.ts';
 import type { LevelStorage } from '../storage/level-storage.ts';
 import { createLogger, type Logger } from '../util/logger.ts';
 import type { Random } from '../util/prng.ts';
@@ -405,7 +405,40 @@ export class Manager<Result> {
     this.#running?.replica.reportSnapshot(peer, ok);
   }
 
-  /** The leader's full Raft status (progress of each follower), or null while locked. */
+  /**
+   * What a streamed backup needs, taken in one turn so the records are exactly the state at
+   * `index`: the sealed descriptor and the record chunks of that moment (read them to the end, or
+   * close them), the root key that opens the descriptor, and, when this manager is autolocked, its
+   * unlock KEK. Null when the state keeps no records apart from its image (then: backupMaterial).
+   */
+  async backupStream(): Promise<{
+    descriptor: Uint8Array;
+    chunks: SnapshotChunks;
+    index: number;
+    term: number;
+    rootKey: Buffer;
+    rootGen: number;
+    unlockKek: Buffer | null;
+  } | null> {
+    const running = this.#need();
+    // The descriptor's seal counts against the active term's reserved uses, as a snapshot's does.
+    await running.barrier.beforeSnapshotStream();
+    const term = running.replica.raw.basicStatus().term;
+    const stream = running.barrier.snapshotStream();
+    if (stream === null) return null;
+    const root = running.barrier.currentRootKey();
+    const unlockKek = this.#store.protection === 'unlock-key' ? Buffer.from(this.#store.kek) : null;
+    return {
+      descriptor: stream.data,
+      chunks: stream.records,
+      index: running.barrier.appliedIndex,
+      term,
+      rootKey: root.key,
+      rootGen: root.gen,
+      unlockKek,
+    };
+  }
+
   /**
    * What a backup needs, taken in one synchronous step so the image is exactly the state at
    * `index`: the sealed image, the root key that opens it, and, when this manager is autolocked,

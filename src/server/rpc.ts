@@ -254,7 +254,7 @@ async function finishRequest(
 export function serverStream<Request, Message>(
   ctx: RequestContext,
   method: string,
-  handler: (call: Call<Request>) => Promise<readonly Message[]>,
+  handler: (call: Call<Request>) => Promise<Iterable<Message> | AsyncIterable<Message>>,
 ) {
   return (call: grpc.ServerWritableStream<Request, Message>): void => {
     const started = performance.now();
@@ -268,7 +268,7 @@ export function serverStream<Request, Message>(
     run
       .then(
         (messages) => ({ messages, error: null as unknown }),
-        (error: unknown) => ({ messages: [] as readonly Message[], error }),
+        (error: unknown) => ({ messages: [] as Iterable<Message> | AsyncIterable<Message>, error }),
       )
       .then(async ({ messages, error }) => {
         const status = await finishRequest(ctx, method, call, context, started, error, true);
@@ -279,7 +279,9 @@ export function serverStream<Request, Message>(
         }
         let cancelled = call.cancelled;
         call.once('cancelled', () => (cancelled = true));
-        for (const message of messages) {
+        // Messages made as they are sent (a backup's records) stop being made when the client goes:
+        // leaving the loop returns the iterator, which closes what it reads.
+        for await (const message of messages) {
           if (cancelled) return;
           if (!call.write(message)) {
             // Wait for room, or for the client to go away (then nothing is kept waiting).

@@ -32,7 +32,7 @@ export interface ServiceParts {
   readonly peer: PeerServiceDeps;
   readonly cluster: ClusterServiceDeps;
   readonly keys: KeyOperations;
-  readonly manager: Pick<Manager<AppliedResult>, 'backupMaterial' | 'rootKeyForJoiner'>;
+  readonly manager: Pick<Manager<AppliedResult>, 'backupMaterial' | 'backupStream' | 'rootKeyForJoiner'>;
   readonly managerCertValidityDays: number;
 }
 

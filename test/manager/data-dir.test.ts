@@ -125,9 +125,12 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
     }
     assert.ok(material.index > 0 && material.term > 0);
 
+    // A backup of format 1 (one image), as managers before the state store made: still restored.
+    const backupFile = join(root, 'image.backup');
+    writeFileSync(backupFile, file, { mode: 0o600 });
     const r1 = new DataDir(join(root, 'r1'));
     const outcome = await restoreBackup({
-      file,
+      file: backupFile,
       key: { recoveryKey: recovery.recoveryKey },
       dataDir: r1.root,
       listen: '127.0.0.1:7401',
@@ -161,7 +164,12 @@ test('init writes the layout with its modes; a restore writes it too, with Raft 
     }
 
     await assert.rejects(
-      restoreBackup({ file, key: { recoveryKey: recovery.recoveryKey }, dataDir: r1.root, listen: '127.0.0.1:7401' }),
+      restoreBackup({
+        file: backupFile,
+        key: { recoveryKey: recovery.recoveryKey },
+        dataDir: r1.root,
+        listen: '127.0.0.1:7401',
+      }),
       /already holds a manager/,
     );
     await assert.rejects(

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -78,7 +78,7 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     });
     const refusedAt = Date.now();
     await assert.rejects(
-      reader.saveBackup(),
+      reader.saveBackup(() => assert.fail('no byte of a backup reaches a reader')),
       (e: unknown) =>
         e instanceof ClientError && e.code === grpc.status.PERMISSION_DENIED && /sys\/backup/.test(e.message),
     );
@@ -92,6 +92,8 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     assert.equal((JSON.parse(saveA.stdout) as { opensWith: string }).opensWith, 'the recovery key');
     // No value in the clear in the backup.
     const bytesA = readFileSync(fileA);
+    assert.equal(bytesA.subarray(0, 8).toString('latin1'), 'CFRBAK2\n', 'a state on disk is backed up as a stream');
+    assert.equal(existsSync(`${fileA}.partial`), false, 'the partial file was renamed into place');
     for (const [, secret] of before)
       for (const v of secret.versions)
         if (v.value !== null) assert.ok(!bytesA.includes(Buffer.from(v.value)), 'a value in the clear in the backup');
@@ -154,7 +156,15 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     const damaged = await coffer(
       restoreArgs(join(root, 'altered.backup'), join(root, 'r0'), '127.0.0.1:1', ['--recovery-key-file', recoveryFile]),
     );
-    assert.match(damaged.stderr, /damaged/);
+    // The last bytes of a streamed backup are the MAC that binds its records to its header.
+    assert.match(damaged.stderr, /altered: its records do not match its header/);
+    assert.equal(existsSync(join(root, 'r0')) && readdirSync(join(root, 'r0')).length > 0, false, 'nothing written');
+    const cut = bytesA.subarray(0, bytesA.byteLength >> 1);
+    writeFileSync(join(root, 'cut.backup'), cut);
+    const short = await coffer(
+      restoreArgs(join(root, 'cut.backup'), join(root, 'r0'), '127.0.0.1:1', ['--recovery-key-file', recoveryFile]),
+    );
+    assert.match(short.stderr, /damaged one: it is cut short/);
     const typoKey = `${c.recoveryKey.slice(0, 12)}${c.recoveryKey[12] === 'A' ? 'B' : 'A'}${c.recoveryKey.slice(13)}`;
     const typo = await coffer(restoreArgs(fileA, join(root, 'r0'), '127.0.0.1:1', []), `${typoKey}\n`);
     assert.match(typo.stderr, /typo/);
