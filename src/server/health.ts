@@ -25,10 +25,20 @@ export interface HealthFacts {
 }
 
 /**
+ * Committed entries a manager may have yet to apply and still be SERVING. A busy manager always
+ * trails by the batch it is writing (a leader under load commits entries a turn before it
+ * applies them): counting that as catching up flapped a loaded leader's health a few times a
+ * second, and a health check that caught it would have taken the leader out. A manager further
+ * behind (a new one, one back from a restart or a partition) is catching up.
+ */
+export const HEALTH_APPLY_LAG_ENTRIES_MAX = 1024;
+
+/**
  * SERVING only when this manager can answer a linearizable read now: it is unlocked, knows a
- * leader, and has applied every entry it knows to be committed (a follower's commit index will
- * do: it trails the leader's by a heartbeat at most). Also NOT_SERVING when it was removed or its
- * audit log is broken, since it then refuses every request.
+ * leader, and has applied what it knows to be committed but the batch in hand (see
+ * HEALTH_APPLY_LAG_ENTRIES_MAX; a follower's commit index will do: it trails the leader's by a
+ * heartbeat at most). Also NOT_SERVING when it was removed or its audit log is broken, since it
+ * then refuses every request.
  */
 export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: string } {
   const raft = facts.raft;
@@ -36,7 +46,7 @@ export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: s
   if (facts.removed) return { status: 'NOT_SERVING', reason: 'removed from the cluster' };
   if (facts.auditBroken) return { status: 'NOT_SERVING', reason: 'the audit log cannot be written' };
   if (raft.lead === 0) return { status: 'NOT_SERVING', reason: 'no leader known' };
-  if (raft.applied < raft.commit)
+  if (raft.commit - raft.applied > HEALTH_APPLY_LAG_ENTRIES_MAX)
     return { status: 'NOT_SERVING', reason: `catching up: applied ${raft.applied} of ${raft.commit}` };
   return { status: 'SERVING', reason: raft.role === 'leader' ? 'leader' : `following ${raft.lead}` };
 }

@@ -45,7 +45,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   manager: ['barrier', 'codec', 'crypto', 'kv', 'raft', 'replica', 'storage', 'util'],
   state: ['barrier', 'codec', 'crypto', 'kv', 'raft', 'util'],
   audit: ['codec', 'crypto', 'util'],
-  backup: ['codec', 'crypto', 'util'],
+  backup: ['codec', 'crypto', 'kv', 'util'],
   metrics: ['raft', 'replica', 'util'],
   transport: ['codec', 'crypto', 'raft', 'util'],
   client: ['crypto', 'transport', 'util'],

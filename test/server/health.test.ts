@@ -10,7 +10,7 @@ import { checkHealth } from '../../src/client/health-client.ts';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { Manager } from '../../src/manager/manager.ts';
 import { initCluster } from '../../src/server/bootstrap.ts';
-import { healthOf } from '../../src/server/health.ts';
+import { HEALTH_APPLY_LAG_ENTRIES_MAX, healthOf } from '../../src/server/health.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -63,9 +63,13 @@ test('health is SERVING only for an unlocked manager that knows a leader and has
     status: 'NOT_SERVING',
     reason: 'no leader known',
   });
-  assert.deepEqual(healthOf({ ...facts, raft: { ...RAFT, applied: 7 } }), {
+  // The batch in hand is not catching up (a loaded leader always has one); further behind is.
+  const lagging = (behind: number) => ({ ...RAFT, commit: 5000, applied: 5000 - behind });
+  assert.equal(healthOf({ ...facts, raft: lagging(HEALTH_APPLY_LAG_ENTRIES_MAX) }).status, 'SERVING');
+  assert.equal(healthOf({ ...facts, raft: { ...lagging(3), role: 'leader', lead: 1 } }).status, 'SERVING');
+  assert.deepEqual(healthOf({ ...facts, raft: lagging(HEALTH_APPLY_LAG_ENTRIES_MAX + 1) }), {
     status: 'NOT_SERVING',
-    reason: 'catching up: applied 7 of 10',
+    reason: `catching up: applied ${5000 - HEALTH_APPLY_LAG_ENTRIES_MAX - 1} of 5000`,
   });
   assert.equal(healthOf({ ...facts, raft: RAFT, removed: true }).status, 'NOT_SERVING');
   assert.equal(healthOf({ ...facts, raft: RAFT, auditBroken: true }).status, 'NOT_SERVING');
