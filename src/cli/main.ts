@@ -30,6 +30,9 @@ import { initCluster, joinCluster } from '../server/bootstrap.ts';
 import { CofferNode } from '../server/node.ts';
 import { createLogger } from '../util/logger.ts';
 
+/** The exit status of a manager whose replica stopped on an error (sysexits EX_SOFTWARE). */
+const EXIT_REPLICA_FAILED = 70;
+
 const program = new Command('coffer')
   .description('Coffer: a replicated, encrypted secret store')
   .version('0.1.0')
@@ -387,6 +390,12 @@ async function serve(
   }
   const node = await CofferNode.start({
     dataDir: options.data,
+    // Logged at fatal by the node; exit so a supervisor (compose's restart policy, systemd)
+    // starts the manager again from what is on disk.
+    onFatal: () => {
+      process.exitCode = EXIT_REPLICA_FAILED;
+      void node.stop().finally(() => process.exit(EXIT_REPLICA_FAILED));
+    },
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
     ...(options.listen === undefined ? {} : { listen: options.listen }),
     ...(unlockKey === undefined ? {} : { unlockKey }),

@@ -41,6 +41,8 @@ export interface ManagerOptions<Result> {
   readonly snapshotTailBytesMax?: number;
   /** Timings of the replica's work (metrics). */
   readonly observer?: ReplicaObserver;
+  /** The replica's Ready loop failed and stopped it (ReplicaOptions.onFailure). */
+  readonly onReplicaFailure?: (error: Error) => void;
   /** Start a one-member cluster from this data directory (quorum loss). */
   readonly forceNewCluster?: boolean;
 }
@@ -237,6 +239,7 @@ export class Manager<Result> {
         ...(options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: options.snapshotEveryBytes }),
         ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
         ...(options.observer === undefined ? {} : { observer: options.observer }),
+        ...(options.onReplicaFailure === undefined ? {} : { onFailure: options.onReplicaFailure }),
         ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
       });
       const from = replica.startedFrom;
@@ -464,6 +467,11 @@ export class Manager<Result> {
   /** Members removed by a force-new-cluster start, to be marked removed in the replicated state. */
   forcedOut(): readonly NodeId[] {
     return this.#running?.replica.forcedOut ?? [];
+  }
+
+  /** Why this manager's replica stopped on its own, if it did (it then refuses every request). */
+  replicaFailure(): Error | null {
+    return this.#running?.replica.failure ?? null;
   }
 
   raftStatus(): Status | null {

@@ -128,6 +128,12 @@ export interface ReplicaOptions<Result> {
   readonly snapshotTailBytesMax?: number;
   readonly observer?: ReplicaObserver;
   /**
+   * The Ready loop failed (a write to the Raft storage or the state refused, an invariant broken):
+   * the replica stopped there, every request waiting on it was refused, and so is every later
+   * one. The process should say why and exit; a supervisor restarts it from what is on disk.
+   */
+  readonly onFailure?: (error: Error) => void;
+  /**
    * Quorum-loss recovery: take this node's whole log as committed and become the only voter
    * (RawNode.forceNewCluster). Only for a node with a log.
    */
@@ -162,7 +168,7 @@ const READ_CONTEXTS_MAX = 64;
 /** Reads waiting locally for their read index before the replica refuses more. */
 export const LOCAL_READS_MAX = 65_536;
 
-export type ReplicaErrorCode = 'PROPOSAL_LOST' | 'READ_REFUSED' | 'REPLICA_STOPPED';
+export type ReplicaErrorCode = 'PROPOSAL_LOST' | 'READ_REFUSED' | 'REPLICA_STOPPED' | 'REPLICA_FAILED';
 
 export class ReplicaError extends Error {
   override name = 'ReplicaError';
@@ -240,6 +246,9 @@ export class Replica<Result> {
   #built: { at: SnapshotMetadata; data: Uint8Array | null; error: unknown } | null = null;
   #running = false;
   #stopped = false;
+  /** Why the Ready loop stopped the replica (null while it runs, or after a plain stop). */
+  #failure: Error | null = null;
+  readonly #onFailure: ((error: Error) => void) | null;
   #idle: Promise<void> = Promise.resolve();
   readonly stats: ReplicaStats = { syncs: 0, entriesPersisted: 0, snapshots: 0, snapshotBuildsDropped: 0 };
   /** Where the state stood when the replica started, and whether its own store gave it (nothing replayed up to there). */
@@ -258,6 +267,7 @@ export class Replica<Result> {
     this.#snapshotTail = options.snapshotTailEntries ?? SNAPSHOT_TAIL_ENTRIES;
     this.#snapshotTailBytes = options.snapshotTailBytesMax ?? SNAPSHOT_TAIL_BYTES_MAX;
     this.#observer = options.observer ?? null;
+    this.#onFailure = options.onFailure ?? null;
     this.#readContextPrefix = `${options.id}.${options.random.int(2 ** 31).toString(36)}`;
     this.#applied = applied;
     this.#lastSnapshotIndex = applied;
@@ -397,7 +407,7 @@ export class Replica<Result> {
   }
 
   #proposeWith(propose: () => { index: number; term: number }): Promise<Result> {
-    if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
+    if (this.#stopped) return Promise.reject(this.#stoppedError());
     let at: { index: number; term: number };
     try {
       at = propose();
@@ -413,7 +423,7 @@ export class Replica<Result> {
 
   /** Resolves with an index once this replica has applied every write committed before the call. */
   linearizableRead(): Promise<number> {
-    if (this.#stopped) return Promise.reject(new ReplicaError('REPLICA_STOPPED', 'the replica is stopped'));
+    if (this.#stopped) return Promise.reject(this.#stoppedError());
     if (
       this.#readsQueued.length + (this.#readInFlight?.waiters.length ?? 0) + this.#readsAwaitingApply.length >=
       LOCAL_READS_MAX
@@ -468,15 +478,51 @@ export class Replica<Result> {
     this.#readsAwaitingApply = [];
   }
 
+  /** Why the replica failed, if its Ready loop stopped it (see ReplicaOptions.onFailure). */
+  get failure(): Error | null {
+    return this.#failure;
+  }
+
+  #stoppedError(): ReplicaError {
+    return this.#failure === null
+      ? new ReplicaError('REPLICA_STOPPED', 'the replica is stopped')
+      : new ReplicaError(
+          'REPLICA_FAILED',
+          "this manager's replica stopped on an error it cannot recover from (the manager's log says which); another manager can serve",
+        );
+  }
+
+  /**
+   * The Ready loop threw: the core is between ready() and advance() and nothing it handed out can
+   * be taken as done, so the replica stops here (a loop that went on would ask the core for a
+   * Ready it cannot give, again and again) and says why.
+   */
+  #fail(error: unknown): void {
+    if (this.#failure !== null) return;
+    this.#failure = error instanceof Error ? error : new Error(String(error));
+    this.#stopped = true;
+    const failed = this.#stoppedError();
+    for (const { waiter } of this.#proposals.values()) waiter.reject(failed);
+    for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(failed);
+    for (const { waiter } of this.#readsAwaitingApply) waiter.reject(failed);
+    this.#proposals.clear();
+    this.#readsQueued = [];
+    this.#readInFlight = null;
+    this.#readsAwaitingApply = [];
+    this.#onFailure?.(this.#failure);
+  }
+
   /** Starts the Ready loop unless it is already running (it then picks up the new work). */
   #kick(): void {
     if (this.#running || this.#stopped) return;
     this.#running = true;
-    this.#idle = this.#loop().finally(() => {
-      this.#running = false;
-      // Work that arrived between the loop's last check and now must not wait for a tick.
-      if (!this.#stopped && (this.#raw.hasReady() || this.#built !== null)) this.#kick();
-    });
+    this.#idle = this.#loop()
+      .catch((error: unknown) => this.#fail(error))
+      .finally(() => {
+        this.#running = false;
+        // Work that arrived between the loop's last check and now must not wait for a tick.
+        if (!this.#stopped && (this.#raw.hasReady() || this.#built !== null)) this.#kick();
+      });
   }
 
   async #loop(): Promise<void> {
@@ -586,7 +632,7 @@ export class Replica<Result> {
    * snapshot is persisted (see the loop). A stream that fails leaves nothing installed.
    */
   async receiveSnapshot(message: SnapshotMessage, chunks: AsyncIterable<Uint8Array>): Promise<void> {
-    if (this.#stopped) throw new ReplicaError('REPLICA_STOPPED', 'the replica is stopped');
+    if (this.#stopped) throw this.#stoppedError();
     const prepare = this.#stateMachine.prepareSnapshot;
     if (prepare === undefined) throw new TypeError('this state keeps no records apart from its snapshots');
     await prepare.call(this.#stateMachine, message.snapshot.metadata.index, chunks);

@@ -22,6 +22,8 @@ export interface HealthFacts {
   readonly raft: BasicStatus | null;
   readonly removed: boolean;
   readonly auditBroken: boolean;
+  /** The replica stopped on an error (it refuses every request until the manager restarts). */
+  readonly replicaFailed?: boolean;
 }
 
 /**
@@ -45,6 +47,7 @@ export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: s
   if (raft === null) return { status: 'NOT_SERVING', reason: 'locked' };
   if (facts.removed) return { status: 'NOT_SERVING', reason: 'removed from the cluster' };
   if (facts.auditBroken) return { status: 'NOT_SERVING', reason: 'the audit log cannot be written' };
+  if (facts.replicaFailed === true) return { status: 'NOT_SERVING', reason: 'the replica stopped on an error' };
   if (raft.lead === 0) return { status: 'NOT_SERVING', reason: 'no leader known' };
   if (raft.commit - raft.applied > HEALTH_APPLY_LAG_ENTRIES_MAX)
     return { status: 'NOT_SERVING', reason: `catching up: applied ${raft.applied} of ${raft.commit}` };

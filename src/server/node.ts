@@ -75,6 +75,11 @@ export interface NodeOptions {
   readonly newAuditLog?: boolean;
   /** How often the audit anchor is replicated (default AUDIT_ANCHOR_INTERVAL_MS; tests shorten it). */
   readonly auditAnchorIntervalMs?: number;
+  /**
+   * The manager cannot go on (its replica stopped on an error): logged at fatal first. The CLI
+   * exits; a test may look. Without it the manager stays up, NOT_SERVING, refusing requests.
+   */
+  readonly onFatal?: (error: Error) => void;
 }
 
 /**
@@ -264,6 +269,7 @@ export class CofferNode {
         raft: manager.status().raft,
         removed: state.cluster.removed.has(config.nodeId),
         auditBroken: audit.broken !== null,
+        replicaFailed: manager.replicaFailure() !== null,
       }),
       log,
       metrics,
@@ -320,6 +326,13 @@ export class CofferNode {
       ...(options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: options.snapshotEveryBytes }),
       ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
       observer: metrics,
+      onReplicaFailure: (error) => {
+        log.fatal(
+          { event: 'replica-failed', reason: error.message, stack: error.stack },
+          'the replica stopped on an error it cannot recover from: this manager refuses every request until it is restarted',
+        );
+        options.onFatal?.(error);
+      },
       ...(options.forceNewCluster === true ? { forceNewCluster: true } : {}),
     }).catch(async (error: unknown) => {
       transport.close();

@@ -626,3 +626,48 @@ test('a snapshot sent is not taken as installed: the leader waits for the follow
   assert.ok(last > snapshotIndex, 'the follower is replicated to after its snapshot');
   await replica.stop();
 });
+
+test('an error in the Ready loop stops the replica and says why: waiting and later requests are refused REPLICA_FAILED, onFailure hears it once, nothing spins', {
+  timeout: 10_000,
+}, async () => {
+  let failNext = false;
+  // A storage whose next save fails (a full disk, a broken file): the core is then between
+  // ready() and advance(), and nothing it handed out may be taken as done.
+  const storage = new (class extends MemoryStorage {
+    override async save(update: StorageUpdate): Promise<void> {
+      if (failNext) throw new Error('the disk is full');
+      return super.save(update);
+    }
+  })();
+  const failures: Error[] = [];
+  const replica = await Replica.start({
+    id: 1,
+    storage,
+    stateMachine: new ListMachine(),
+    peers: { send: () => assert.fail('a single voter has no peers') },
+    random: new SeededRandom(1),
+    bootstrapVoters: [1],
+    onFailure: (error) => failures.push(error),
+  });
+  await replica.settled();
+  replica.campaign();
+  await replica.settled();
+  assert.equal(await replica.propose(encoder.encode('before')), 1);
+  failNext = true;
+  const waiting = replica.propose(encoder.encode('lost'));
+  await assert.rejects(waiting, (e: unknown) => e instanceof ReplicaError && e.code === 'REPLICA_FAILED');
+  await replica.settled();
+  assert.equal(failures.length, 1);
+  assert.match(failures[0]!.message, /the disk is full/);
+  assert.equal(replica.failure, failures[0]);
+  // Refused at once afterwards, with the same code; ticks do not restart the loop.
+  await assert.rejects(
+    replica.propose(encoder.encode('after')),
+    (e: unknown) => e instanceof ReplicaError && e.code === 'REPLICA_FAILED' && !/disk is full/.test(e.message),
+    'the reason stays in the log, not in what clients are told',
+  );
+  for (let k = 0; k < 50; k++) replica.tick();
+  await replica.settled();
+  assert.equal(failures.length, 1, 'onFailure once');
+  await replica.stop();
+});

@@ -73,6 +73,10 @@ test('health is SERVING only for an unlocked manager that knows a leader and has
   });
   assert.equal(healthOf({ ...facts, raft: RAFT, removed: true }).status, 'NOT_SERVING');
   assert.equal(healthOf({ ...facts, raft: RAFT, auditBroken: true }).status, 'NOT_SERVING');
+  assert.deepEqual(healthOf({ ...facts, raft: RAFT, replicaFailed: true }), {
+    status: 'NOT_SERVING',
+    reason: 'the replica stopped on an error',
+  });
 });
 
 test('an autolocked manager that was not given its unlock key is NOT_SERVING', async () => {
