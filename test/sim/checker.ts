@@ -16,6 +16,7 @@ export type Property =
   | 'monotonic-commit'
   | 'read-linearizability'
   | 'applied-exactly-once'
+  | 'snapshot-install'
   | 'core-assertion'
   | 'liveness'
   | 'non-disruption'

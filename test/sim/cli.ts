@@ -89,6 +89,12 @@ const totals = {
   readsServed: 0,
   confChangesApplied: 0,
   transfers: 0,
+  snapshotsStreamed: 0,
+  crashesAtStateWrite: 0,
+  crashesPreparingSnapshot: 0,
+  crashesBeforeSnapshotSwitch: 0,
+  crashesAfterSnapshotSwitch: 0,
+  installsCheckedAfterCrash: 0,
 };
 
 function onResult(result: SimResult): void {
@@ -152,6 +158,12 @@ function finish(stoppedEarly = false): void {
       `${totals.snapshotsInstalled} snapshots installed, ${totals.readsServed} reads served, ` +
       `${totals.confChangesApplied} conf changes, ${totals.transfers} transfers, ${totals.messages} messages`,
   );
+  if (appliedState)
+    console.log(
+      `sim: state store: ${totals.snapshotsStreamed} snapshots streamed; crashes at a write ${totals.crashesAtStateWrite}, ` +
+        `writing a snapshot's records aside ${totals.crashesPreparingSnapshot}, before its switch ${totals.crashesBeforeSnapshotSwitch}, ` +
+        `after its switch ${totals.crashesAfterSnapshotSwitch}; ${totals.installsCheckedAfterCrash} stores checked after a crash in an install`,
+    );
   if (failures.length > 0 || done !== count) {
     const missing = done !== count && !stoppedEarly ? ` (${count - done} did not report)` : '';
     console.log(`sim: ${failures.length} of ${done} seeds run FAILED${missing}`);

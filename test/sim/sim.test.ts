@@ -50,6 +50,14 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     'crashesAtStateWrite',
     'skippedOnStart',
     'secretsChecked',
+    // Streamed snapshots: sent with their records, written aside, and a crash at each point of
+    // their install (writing aside, before the switch, after it), checked at the next start.
+    'snapshotsStreamed',
+    'snapshotBatchesAside',
+    'crashesPreparingSnapshot',
+    'crashesBeforeSnapshotSwitch',
+    'crashesAfterSnapshotSwitch',
+    'installsCheckedAfterCrash',
   ]) {
     assert.ok((totals[key] ?? 0) > 0, `no ${key} in 12 seeds: the simulator is not exercising it`);
   }

@@ -15,16 +15,28 @@
  * Raft log (fsynced) must make good. As the replica does, each Ready is persisted, sent, applied,
  * advanced, and then the state batch (the changes and the applied index) is committed; a node may
  * die on either side of that batch and at any write of its store. A start opens the store as the
- * crash left it, `reset()`s the state, restores the newest snapshot (whole images of the
- * AppliedState) and replays the log. The checker demands that every committed secret.put is
- * applied exactly once on every node (applied-secrets.ts says what an entry puts).
+ * crash left it, `reset()`s the state, restores the newest snapshot and replays the log. The
+ * checker demands that every committed secret.put is applied exactly once on every node
+ * (applied-secrets.ts says what an entry puts).
+ *
+ * Snapshots go as the replica's do (src/replica/replica.ts): one a node takes for itself is the
+ * state's descriptor, saved after `sync` made the store durable through the applied index; one a
+ * leader sends is its descriptor at its applied point plus the store's records streamed from a
+ * point-in-time view taken in the same turn (after the Ready is applied and advanced). The
+ * receiver writes the records aside (`prepareSnapshot`) before its core steps the message,
+ * switches to them (`installSnapshot`) before the snapshot is persisted, then restores the
+ * descriptor. A node may die while the records are written aside, between the last of them and
+ * the switch, and right after the switch (before Raft persisted the snapshot); when it starts
+ * again, its store must hold either the old content or exactly the snapshot's records with the
+ * snapshot's index, never a mix.
  *
  * The same seed always gives the same run: the trace hash over every event proves it.
  */
 import { createHash } from 'node:crypto';
 import { RaftError } from '../../src/raft/errors.ts';
 import { RawNode } from '../../src/raft/raw-node.ts';
-import type { ConfChange, Message, NodeId, Ready, Snapshot } from '../../src/raft/types.ts';
+import type { ConfChange, Message, NodeId, Ready, Snapshot, SnapshotMessage } from '../../src/raft/types.ts';
+import type { StateRecord } from '../../src/kv/state-store.ts';
 import { AssertionError } from '../../src/util/assert.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { Checker, SafetyViolation, type Property } from './checker.ts';
@@ -33,7 +45,7 @@ import { MinHeap } from './heap.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import type { RecordKeys } from '../../src/crypto/record-seal.ts';
 import { encodePut, putOf, readSecret, secretNames, simRecordKeys } from './applied-secrets.ts';
-import { SimCrash, SimStateDisk } from './state-disk.ts';
+import { SimCrash, SimStateDisk, type CrashPoint } from './state-disk.ts';
 
 /** Simulated time units per tick; messages take a few units, so several fit in a tick. */
 const TICK_UNITS = 10;
@@ -47,6 +59,16 @@ const READY_ROUNDS_MAX = 1_000;
 const STATE_CRASH_BEFORE_COMMIT = 0.003;
 const STATE_CRASH_AFTER_COMMIT = 0.003;
 const STATE_CRASH_AT_WRITE = 0.003;
+/**
+ * ... and, in a streamed snapshot's install, that it dies at a batch of records written aside, at
+ * the switch, and right after the switch (before the snapshot is persisted). Installs are few (a
+ * few per run), so these are high enough that every few seeds hit each.
+ */
+const SNAPSHOT_CRASH: Readonly<Record<Exclude<CrashPoint, 'write'>, number>> = {
+  prepare: 0.02,
+  switch: 0.06,
+  'after-switch': 0.06,
+};
 /** The state store's record of its applied index (AppliedState's APPLIED_KEY): read to know where a replay skips to. */
 const APPLIED_INDEX_KEY = Buffer.from([0x00, 0x61]);
 
@@ -101,6 +123,15 @@ export interface SimStats {
   skippedOnStart: number;
   /** ... checks of a node's secrets against the committed log applied once. */
   secretsChecked: number;
+  /** ... snapshots sent as a descriptor and streamed records, and batches of records written aside by receivers. */
+  snapshotsStreamed: number;
+  snapshotBatchesAside: number;
+  /** ... crashes while a snapshot's records were written aside, between the last of them and the switch, and right after the switch. */
+  crashesPreparingSnapshot: number;
+  crashesBeforeSnapshotSwitch: number;
+  crashesAfterSnapshotSwitch: number;
+  /** ... starts after a crash in a snapshot's install whose store was checked (old content, or the snapshot's records whole). */
+  installsCheckedAfterCrash: number;
 }
 
 export interface SimResult {
@@ -139,6 +170,14 @@ interface SimNode {
   storedAtStart: number;
   /** Of this life's state's stats.skippedOnStart, how many are in the run's stats. */
   skippedCounted: number;
+  /**
+   * A streamed snapshot being prepared or installed and not yet persisted: its index, the digest
+   * of its records, and the index the state held before. A crash leaves it set for the next start
+   * to check.
+   */
+  installing: { readonly index: number; readonly digest: string; readonly before: number } | null;
+  /** The last snapshot whose records this node prepared (what `installing` takes at the switch). */
+  prepared: { readonly index: number; readonly digest: string } | null;
   /** Reads in progress: context -> index committed anywhere when the read began. */
   readonly reads: Map<string, number>;
 }
@@ -224,7 +263,15 @@ export class Simulation {
     crashesAtStateWrite: 0,
     skippedOnStart: 0,
     secretsChecked: 0,
+    snapshotsStreamed: 0,
+    snapshotBatchesAside: 0,
+    crashesPreparingSnapshot: 0,
+    crashesBeforeSnapshotSwitch: 0,
+    crashesAfterSnapshotSwitch: 0,
+    installsCheckedAfterCrash: 0,
   };
+  /** The records streamed beside a snapshot message (applied-state mode), read from the sender's view when it was sent. */
+  readonly #streams = new WeakMap<Message, readonly StateRecord[]>();
 
   constructor(options: SimOptions) {
     if (!Number.isSafeInteger(options.nodes) || options.nodes < 1 || options.nodes > MEMBERS_MAX) {
@@ -399,6 +446,8 @@ export class Simulation {
       applied: null,
       storedAtStart: 0,
       skippedCounted: 0,
+      installing: null,
+      prepared: null,
     };
     this.#nodes.set(id, node);
     await this.#start(node);
@@ -447,11 +496,50 @@ export class Simulation {
     await state.reset();
     const stored = await disk.get(APPLIED_INDEX_KEY);
     node.storedAtStart = stored === undefined ? 0 : Number(Buffer.from(stored).readBigUInt64BE(0));
-    if (snapshot !== null) await state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index);
+    node.prepared = null;
+    if (node.installing !== null) await this.#checkInterruptedInstall(node, state);
+    if (snapshot !== null) {
+      try {
+        await state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index);
+      } catch (error) {
+        // A persisted snapshot stands for the store's records: they must be there, durably.
+        throw new SafetyViolation(
+          'snapshot-install',
+          `node ${node.id} cannot restore its snapshot at ${snapshot.metadata.index} over its state store (at ${node.storedAtStart}): ${(error as Error).message}`,
+        );
+      }
+    }
     node.applied = state;
     node.skippedCounted = 0;
     this.#record(`state ${node.id} store at ${node.storedAtStart}, snapshot at ${node.appliedIndex}`);
     await this.#checkAllSecrets(node);
+  }
+
+  /**
+   * The node died while a streamed snapshot was prepared or installed, before Raft persisted it:
+   * its store must hold the old content (at most the index the state held then) or the
+   * snapshot's records exactly, with the snapshot's index, never a mix. (The old content's
+   * secrets are then checked against the log, as at every start.)
+   */
+  async #checkInterruptedInstall(node: SimNode, state: AppliedState): Promise<void> {
+    const { index, digest, before } = node.installing!;
+    node.installing = null;
+    const stored = node.storedAtStart;
+    const actual = await secretsDigest(state);
+    if (stored === index && actual !== digest)
+      throw new SafetyViolation(
+        'snapshot-install',
+        `node ${node.id} started after a crash in the install of a snapshot at ${index} with a store at that index but other records (digest ${actual}, the snapshot's ${digest})`,
+      );
+    if (stored !== index && stored > before)
+      throw new SafetyViolation(
+        'snapshot-install',
+        `node ${node.id} started after a crash in the install of a snapshot at ${index} with a store at ${stored}: neither the snapshot's index nor at most the ${before} it held before`,
+      );
+    // Nodes at the same index hold the same records: a mix would differ from the others'.
+    if (stored > 0) this.#checker.onSecretsImage(node.id, stored, actual);
+    this.stats.installsCheckedAfterCrash++;
+    this.#record(`state ${node.id} after a crash installing ${index}: store at ${stored}`);
   }
 
   /** Adds the replayed secret commands the node's state skipped (already in its store) to the stats. */
@@ -478,9 +566,7 @@ export class Simulation {
       this.#checker.onSecretRead(node.id, index, name, readSecret(state, name, whole ? 'all' : 'last'));
     this.stats.secretsChecked++;
     if (!whole) return;
-    const hash = createHash('sha256');
-    for await (const record of state.snapshotRecords()) hash.update(record.key).update(record.value);
-    this.#checker.onSecretsImage(node.id, index, hash.digest('hex').slice(0, 16));
+    this.#checker.onSecretsImage(node.id, index, await secretsDigest(state));
   }
 
   #crash(node: SimNode, why: string): void {
@@ -559,6 +645,10 @@ export class Simulation {
       // A leader's appends go out before its own write (the Ready contract allows it), and a
       // crash may come between the two: the followers then hold entries the leader lost.
       for (const message of ready.messages) if (message.type === 'append') this.#send(message);
+      // A streamed snapshot's records become the store before the snapshot is persisted (the
+      // replica's order): a crash between leaves a store ahead of the log, which the replay skips.
+      if (ready.snapshot !== null && node.applied !== null && !(await this.#installSnapshot(node, ready.snapshot)))
+        return;
       if (this.#phase === 'chaos' && ready.entries.length > 0 && raw.basicStatus().role === 'leader') {
         const roll = this.#random.float();
         if (roll < 0.01) {
@@ -630,6 +720,7 @@ export class Simulation {
         `node ${node.id}: a Ready with ${ready.entries.length} entries and hard state ${JSON.stringify(next)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`,
       );
     node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
+    if (ready.snapshot !== null) node.installing = null;
     for (const entry of ready.entries)
       this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
     const hard = ready.hardState;
@@ -648,8 +739,14 @@ export class Simulation {
   async #finishReady(node: SimNode, ready: Ready): Promise<void> {
     const raw = node.raw!;
     let votedFor: NodeId = 0;
+    // Applied-state mode: snapshots go streamed, as of the point applied once this Ready is advanced.
+    const snapshots: SnapshotMessage[] = [];
     for (const message of ready.messages) {
       if (message.type === 'append') continue; // sent before the write (#processReady)
+      if (message.type === 'snapshot' && node.applied !== null) {
+        snapshots.push(message);
+        continue;
+      }
       this.#send(message);
       if (message.type === 'vote-response' && !message.reject) votedFor = message.to;
     }
@@ -676,7 +773,8 @@ export class Simulation {
       this.stats.snapshotsInstalled++;
       this.#record(`restore ${node.id} snapshot ${snapshot.metadata.index}`);
       if (state !== null) {
-        // The replica restores a leader's snapshot after persisting it, before applying entries.
+        // The replica restores a leader's snapshot (its descriptor: the records are installed)
+        // after persisting it, before applying entries.
         const restored = await this.#stateWrite(node, 'restoring a snapshot', () =>
           state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index),
         );
@@ -715,7 +813,90 @@ export class Simulation {
       if (node.reads.delete(refusal.context)) this.stats.readsRefused++;
     }
     raw.advance();
+    if (snapshots.length > 0) await this.#sendSnapshots(node, snapshots);
     if (applied) await this.#commitState(node, touched);
+  }
+
+  /**
+   * As the replica's #sendSnapshots: each snapshot the core asked for goes as the state is now,
+   * the core's applied point, the state's descriptor and its records read from a point-in-time
+   * view, all taken in this turn. Not while a restart's replay is below what the store held.
+   */
+  async #sendSnapshots(node: SimNode, messages: readonly SnapshotMessage[]): Promise<void> {
+    const raw = node.raw!;
+    const state = node.applied!;
+    for (const message of messages) {
+      if (node.appliedIndex < node.storedAtStart || raw.basicStatus().applied !== node.appliedIndex) {
+        this.#record(`snapshot ${node.id}>${message.to} refused: the core is behind the state`);
+        raw.reportSnapshot(message.to, false);
+        continue;
+      }
+      const at = raw.snapshotPoint();
+      const data = encodeSnapshotState(node.state, state.descriptor());
+      const view = state.snapshotRecords();
+      const records: StateRecord[] = [];
+      for await (const record of view) records.push({ key: Buffer.from(record.key), value: Buffer.from(record.value) });
+      const streamed: SnapshotMessage = { ...message, snapshot: { metadata: at, data } };
+      this.#streams.set(streamed, records);
+      // The sender's records at its applied point: any node's at that index must be the same.
+      this.#checker.onSecretsImage(node.id, at.index, digestOf(records));
+      this.stats.snapshotsStreamed++;
+      this.#record(`snapshot ${node.id}>${message.to} streamed at ${at.index}: ${records.length} records`);
+      this.#send(streamed);
+    }
+  }
+
+  /**
+   * A receiver writes a streamed snapshot's records aside before its core steps the message; false
+   * if it died doing so (the stream is lost with it).
+   */
+  async #prepareSnapshot(node: SimNode, message: SnapshotMessage): Promise<boolean> {
+    const records = this.#streams.get(message);
+    if (records === undefined)
+      throw new SafetyViolation(
+        'core-assertion',
+        `a snapshot from ${message.from} to ${message.to} came without its records`,
+      );
+    const state = node.applied!;
+    const index = message.snapshot.metadata.index;
+    const digest = digestOf(records);
+    node.installing = { index, digest, before: this.#stateIndex(node) };
+    const ok = await this.#stateWrite(node, `preparing the snapshot at ${index}`, () =>
+      state.prepareSnapshot(index, iterate(records)),
+    );
+    if (!ok) return false;
+    node.installing = null;
+    node.prepared = { index, digest };
+    return true;
+  }
+
+  /**
+   * Raft accepted a snapshot: the node switches its store to the records prepared for it, before
+   * the snapshot is persisted, and may die right after (before persisting it); false if it died.
+   */
+  async #installSnapshot(node: SimNode, snapshot: Snapshot): Promise<boolean> {
+    const state = node.applied!;
+    const index = snapshot.metadata.index;
+    const prepared = node.prepared;
+    node.prepared = null;
+    node.installing =
+      prepared !== null && prepared.index === index
+        ? { index, digest: prepared.digest, before: this.#stateIndex(node) }
+        : null;
+    let installed = false;
+    const ok = await this.#stateWrite(node, `installing the snapshot at ${index}`, async () => {
+      installed = await state.installSnapshot(index);
+    });
+    if (!ok) return false;
+    if (!installed)
+      throw new SafetyViolation(
+        'snapshot-install',
+        `node ${node.id}: Raft accepted the snapshot at ${index}, but no records were prepared for it`,
+      );
+    // The store holds the snapshot's index now, not what it held at the start of this life.
+    node.storedAtStart = 0;
+    this.#record(`install ${node.id} snapshot ${index}`);
+    return true;
   }
 
   /**
@@ -751,18 +932,25 @@ export class Simulation {
   async #stateWrite(node: SimNode, what: string, operation: () => Promise<unknown>): Promise<boolean> {
     const disk = node.stateDisk!;
     const before = disk.stats.batches;
-    if (this.#phase === 'chaos') disk.dieAtWrite = () => this.#random.float() < STATE_CRASH_AT_WRITE;
+    const asideBefore = disk.stats.asideBatches;
+    if (this.#phase === 'chaos')
+      disk.dieAtWrite = (point) =>
+        this.#random.float() < (point === 'write' ? STATE_CRASH_AT_WRITE : SNAPSHOT_CRASH[point]);
     try {
       await operation();
       return true;
     } catch (error) {
       if (!(error instanceof SimCrash)) throw error;
-      this.stats.crashesAtStateWrite++;
-      this.#crash(node, `at a write of the state store, ${what}`);
+      if (error.point === 'write') this.stats.crashesAtStateWrite++;
+      else if (error.point === 'prepare') this.stats.crashesPreparingSnapshot++;
+      else if (error.point === 'switch') this.stats.crashesBeforeSnapshotSwitch++;
+      else this.stats.crashesAfterSnapshotSwitch++;
+      this.#crash(node, `at a write of the state store (${error.point}), ${what}`);
       return false;
     } finally {
       disk.dieAtWrite = null;
       this.stats.stateBatches += disk.stats.batches - before;
+      this.stats.snapshotBatchesAside += disk.stats.asideBatches - asideBefore;
     }
   }
 
@@ -842,7 +1030,11 @@ export class Simulation {
       return;
     }
     this.#record(`deliver ${message.type} ${message.from}>${message.to} t${message.term}`);
-    target.raw.step(message);
+    if (message.type === 'snapshot' && target.applied !== null && !(await this.#prepareSnapshot(target, message))) {
+      this.#reportSnapshot(message, false);
+      return;
+    }
+    target.raw!.step(message);
     if (message.type === 'snapshot') this.#reportSnapshot(message, true);
     await this.#afterStep(target);
   }
@@ -1086,11 +1278,17 @@ export class Simulation {
     const status = raw.basicStatus();
     const snapshotIndex = node.disk.snapshot?.metadata.index ?? 0;
     if (status.applied - snapshotIndex < 5 || node.appliedIndex !== status.applied) return;
-    // A whole image is the state as of now: not while a restart's replay is still below the index
-    // the store held (its secrets are the store's, of a later index), as the replica does not
-    // snapshot while its core is behind the state.
-    if (node.applied !== null && node.appliedIndex < node.storedAtStart) return;
-    const image = node.applied === null ? null : await node.applied.snapshot();
+    // Not while a restart's replay is still below the index the store held, as the replica does
+    // not snapshot while its core is behind the state.
+    const state = node.applied;
+    if (state !== null && node.appliedIndex < node.storedAtStart) return;
+    // The descriptor stands for the store: the store is made durable through the applied index first.
+    if (
+      state !== null &&
+      !(await this.#stateWrite(node, 'syncing before a snapshot', () => state.sync(node.appliedIndex)))
+    )
+      return;
+    const image = state === null ? null : state.descriptor();
     const snapshot = raw.createSnapshot(encodeSnapshotState(node.state, image));
     const keep = this.#random.int(10);
     const compactTo = snapshot.metadata.index - keep;
@@ -1336,6 +1534,23 @@ function decodeSnapshotImage(snapshot: Snapshot): Uint8Array {
   const end = snapshot.data.indexOf(0x0a);
   if (end < 0) throw new Error(`the snapshot at ${snapshot.metadata.index} holds no applied state image`);
   return snapshot.data.subarray(end + 1);
+}
+
+/** A digest of a state's secrets records (a point-in-time view), as nodes at the same index must share. */
+async function secretsDigest(state: AppliedState): Promise<string> {
+  const records: StateRecord[] = [];
+  for await (const record of state.snapshotRecords()) records.push(record);
+  return digestOf(records);
+}
+
+function digestOf(records: readonly StateRecord[]): string {
+  const hash = createHash('sha256');
+  for (const record of records) hash.update(record.key).update(record.value);
+  return hash.digest('hex').slice(0, 16);
+}
+
+async function* iterate(records: readonly StateRecord[]): AsyncGenerator<StateRecord> {
+  yield* records;
 }
 
 export function runSimulation(options: SimOptions): Promise<SimResult> {
