@@ -60,6 +60,8 @@ export interface InnerStateMachine<Result> {
   prepareSnapshot?(index: number, records: AsyncIterable<StateRecord>): Promise<void>;
   /** Switches to the records prepared for the snapshot at `index`, if there are (true). */
   installSnapshot?(index: number): Promise<boolean>;
+  /** Drops the records prepared for the snapshot at `index`, if they are still aside. */
+  discardSnapshot?(index: number): Promise<void>;
   /**
    * Makes the state's store durable through every entry applied, up to `appliedIndex` (entries the
    * barrier kept, such as key operations, included): before a snapshot standing for it is saved.
@@ -528,6 +530,11 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   /** Raft accepted the snapshot at `index`: its streamed records, if any, become the state's store. */
   async installSnapshot(index: number): Promise<void> {
     await this.#inner.installSnapshot?.(index);
+  }
+
+  /** Raft did not take the snapshot at `index`: its streamed records, if still aside, are dropped. */
+  async discardSnapshot(index: number): Promise<void> {
+    await this.#inner.discardSnapshot?.(index);
   }
 
   /** Makes the inner state's store durable through every entry applied, up to `appliedIndex`. */

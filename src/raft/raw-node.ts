@@ -306,6 +306,11 @@ export class RawNode {
   }
 
   /** The cheap part of the status, without the leader's progress map. */
+  /** The index of a snapshot the core took and has not yet seen advanced past (null: none). */
+  pendingSnapshotIndex(): number | null {
+    return this.#raft.log.pendingSnapshot?.metadata.index ?? null;
+  }
+
   basicStatus(): BasicStatus {
     const raft = this.#raft;
     return {

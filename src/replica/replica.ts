@@ -52,6 +52,8 @@ export interface StateMachine<Result> {
   prepareSnapshot?(index: number, chunks: AsyncIterable<Uint8Array>): Promise<void>;
   /** Raft accepted the snapshot at `index`: switch to its prepared records (before its descriptor is persisted). */
   installSnapshot?(index: number): Promise<void>;
+  /** Raft did not take the snapshot at `index`: drop its records prepared aside, if they are still there. */
+  discardSnapshot?(index: number): Promise<void>;
   /**
    * Makes the state's store durable through every entry applied, up to `appliedIndex` (entries
    * that changed nothing in it included): before a snapshot standing for it is saved.
@@ -246,6 +248,10 @@ export class Replica<Result> {
   #built: { at: SnapshotMetadata; data: Uint8Array | null; error: unknown } | null = null;
   #running = false;
   #stopped = false;
+  /** The streamed snapshot being received, until its records are installed or dropped (receiveSnapshot). */
+  #receiving: Promise<void> = Promise.resolve();
+  /** Receipts waiting for the loop to handle the snapshot the core took (resolved at each one handled). */
+  #snapshotsHandled: Array<() => void> = [];
   /** Why the Ready loop stopped the replica (null while it runs, or after a plain stop). */
   #failure: Error | null = null;
   readonly #onFailure: ((error: Error) => void) | null;
@@ -468,6 +474,7 @@ export class Replica<Result> {
     await this.settled();
     // A background snapshot still reading the state: let it end before the state is closed.
     while (this.#building !== null) await this.#building;
+    this.#releaseSnapshotWaiters();
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
     for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(stopped);
@@ -476,6 +483,12 @@ export class Replica<Result> {
     this.#readsQueued = [];
     this.#readInFlight = null;
     this.#readsAwaitingApply = [];
+  }
+
+  #releaseSnapshotWaiters(): void {
+    const waiting = this.#snapshotsHandled;
+    this.#snapshotsHandled = [];
+    for (const resolve of waiting) resolve();
   }
 
   /** Why the replica failed, if its Ready loop stopped it (see ReplicaOptions.onFailure). */
@@ -501,6 +514,7 @@ export class Replica<Result> {
     if (this.#failure !== null) return;
     this.#failure = error instanceof Error ? error : new Error(String(error));
     this.#stopped = true;
+    this.#releaseSnapshotWaiters();
     const failed = this.#stoppedError();
     for (const { waiter } of this.#proposals.values()) waiter.reject(failed);
     for (const waiter of [...this.#readsQueued, ...(this.#readInFlight?.waiters ?? [])]) waiter.reject(failed);
@@ -555,7 +569,10 @@ export class Replica<Result> {
       // A streamed snapshot's records, prepared aside, become the state's store before the
       // snapshot is persisted: a crash between leaves a store ahead of the log, which the replay
       // skips; the other order would leave a persisted snapshot whose records are not there.
-      if (ready.snapshot !== null) await this.#stateMachine.installSnapshot?.(ready.snapshot.metadata.index);
+      if (ready.snapshot !== null) {
+        await this.#stateMachine.installSnapshot?.(ready.snapshot.metadata.index);
+        this.#releaseSnapshotWaiters();
+      }
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
         // The core says whether the write must be synced: entries, a snapshot, a new term or vote
@@ -635,9 +652,31 @@ export class Replica<Result> {
     if (this.#stopped) throw this.#stoppedError();
     const prepare = this.#stateMachine.prepareSnapshot;
     if (prepare === undefined) throw new TypeError('this state keeps no records apart from its snapshots');
-    await prepare.call(this.#stateMachine, message.snapshot.metadata.index, chunks);
-    if (this.#stopped) return;
-    this.step(message);
+    const index = message.snapshot.metadata.index;
+    // One at a time. The records of a snapshot the core took wait aside until the loop installs
+    // them; a second snapshot prepared meanwhile (a new leader's, or one sent again) would drop
+    // them from under the Ready about to install them, and its descriptor would be restored over
+    // a store without its records.
+    const before = this.#receiving;
+    let finished!: () => void;
+    this.#receiving = new Promise<void>((resolve) => {
+      finished = resolve;
+    });
+    try {
+      await before;
+      if (this.#stopped) return;
+      await prepare.call(this.#stateMachine, index, chunks);
+      if (this.#stopped) return;
+      this.step(message);
+      // Taken: the loop installs its records with the Ready that holds it; wait for that (not for
+      // the loop to be idle, which a busy follower may not be for long). Not taken (older than
+      // the log, a stale term): its records go now.
+      if (this.#raw.pendingSnapshotIndex() === index)
+        await new Promise<void>((resolve) => this.#snapshotsHandled.push(resolve));
+      await this.#stateMachine.discardSnapshot?.(index);
+    } finally {
+      finished();
+    }
   }
 
   /** Whether the state is ahead of the core's applied index (a start from the state's store, until the core catches up). */

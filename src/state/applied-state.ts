@@ -305,6 +305,14 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     return true;
   }
 
+  /** Drops the records prepared for the snapshot at `index`, if they are still aside (Raft did not take it). */
+  async discardSnapshot(index: number): Promise<void> {
+    const prepared = this.#prepared;
+    if (prepared === null || prepared.index !== index) return;
+    this.#prepared = null;
+    await prepared.content.discard();
+  }
+
   /**
    * Commits what is applied and makes the store durable through it (a synced write): before a
    * snapshot that stands for the store is saved and the log behind it compacted. `appliedIndex`

@@ -671,3 +671,62 @@ test('an error in the Ready loop stops the replica and says why: waiting and lat
   assert.equal(failures.length, 1, 'onFailure once');
   await replica.stop();
 });
+
+test('streamed snapshots are received one at a time: a second waits until the first is installed, and one the core does not take has its records dropped', {
+  timeout: 20_000,
+}, async () => {
+  const calls: string[] = [];
+  let releaseInstall!: () => void;
+  const installGate = new Promise<void>((resolve) => {
+    releaseInstall = resolve;
+  });
+  class StreamedMachine extends ListMachine {
+    async prepareSnapshot(index: number, chunks: AsyncIterable<Uint8Array>): Promise<void> {
+      calls.push(`prepare ${index}`);
+      for await (const _ of chunks);
+    }
+    async installSnapshot(index: number): Promise<void> {
+      calls.push(`install ${index}`);
+      if (index === 10) await installGate; // the loop is slow to install the first
+    }
+    async discardSnapshot(index: number): Promise<void> {
+      calls.push(`discard ${index}`);
+    }
+  }
+  const replica = await Replica.start({
+    id: 2,
+    storage: new MemoryStorage(),
+    stateMachine: new StreamedMachine(),
+    peers: { send: () => undefined },
+    random: new SeededRandom(1),
+    bootstrapVoters: [1, 2, 3],
+  });
+  await replica.settled();
+  const snapshot = (index: number, values: string[]) => ({
+    type: 'snapshot' as const,
+    from: 1,
+    to: 2,
+    term: 1,
+    snapshot: {
+      metadata: { index, term: 1, confState: { voters: [1, 2, 3], learners: [] } },
+      data: encoder.encode(JSON.stringify(values)),
+    },
+  });
+  async function* noChunks(): AsyncGenerator<Uint8Array> {}
+  const first = replica.receiveSnapshot(snapshot(10, ['a']), noChunks());
+  while (!calls.includes('install 10')) await new Promise((resolve) => setTimeout(resolve, 5));
+  // A newer snapshot arrives while the first's records are being installed: its records are not
+  // written aside (over the first's) until the first is done.
+  const second = replica.receiveSnapshot(snapshot(20, ['a', 'b']), noChunks());
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.deepEqual(calls, ['prepare 10', 'install 10'], 'the second waits for the first');
+  releaseInstall();
+  await first;
+  await second;
+  assert.deepEqual(calls.slice(0, 5), ['prepare 10', 'install 10', 'discard 10', 'prepare 20', 'install 20']);
+  // Older than what the follower has: the core does not take it, and its records are dropped.
+  await replica.receiveSnapshot(snapshot(5, []), noChunks());
+  assert.deepEqual(calls.slice(-2), ['prepare 5', 'discard 5']);
+  assert.ok(!calls.includes('install 5'));
+  await replica.stop();
+});

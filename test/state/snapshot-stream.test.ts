@@ -94,6 +94,13 @@ test('a descriptor and streamed records rebuild the state on another store; a cu
       "the descriptor is refused while the store is behind it, with what to do: it names the store's index",
     );
 
+    // Prepared, and Raft did not take it: dropped (only for its own index), nothing installs.
+    await follower.prepareSnapshot(50, decodeRecordChunks(listOf(streamed)));
+    await follower.discardSnapshot(49);
+    await follower.discardSnapshot(50);
+    assert.equal(await follower.installSnapshot(50), false, 'a discarded snapshot does not install');
+    assert.equal(await image(follower), before);
+
     // Prepared and installed (Raft took it): the leader's state, index and all.
     await follower.prepareSnapshot(50, decodeRecordChunks(listOf(streamed)));
     assert.equal(await follower.installSnapshot(50), true);
