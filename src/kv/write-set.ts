@@ -155,8 +155,10 @@ async function* overlay(
   let p = 0;
   try {
     if (limit <= 0) return;
-    // The store's records, without the limit: pending deletes may hide some of them.
-    for await (const record of view.range({ ...range, limit: undefined })) {
+    // The store's records, as many as the limit could need: each pending change hides or replaces
+    // at most one of them. (Unbounded, a range of one record read a whole page of 1 MiB.)
+    const storedLimit = range.limit === undefined ? undefined : range.limit + pending.length;
+    for await (const record of view.range({ ...range, limit: storedLimit })) {
       while (p < pending.length && before(pending[p]![0], record.key)) {
         const [key, value] = pending[p++]!;
         if (value === null) continue;

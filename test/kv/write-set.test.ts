@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { StateStore, StateWrite } from '../../src/kv/state-store.ts';
+import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
 import { WriteSet } from '../../src/kv/write-set.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
@@ -118,3 +119,40 @@ test('property: after any sequence of puts, deletes and commits, reads equal a p
   for (const c of set.changes()) pendingBytes += c.key.byteLength + (c.type === 'put' ? c.value.byteLength : 0);
   assert.equal(set.bytes, pendingBytes);
 });
+
+test('property: a range with a limit over pending puts and deletes equals the same range of a plain map (the store is asked for no more than the limit could need)', async () => {
+  const random = new SeededRandom(20261204);
+  const keys = Array.from({ length: 30 }, (_, k) => `k${String(k).padStart(2, '0')}`);
+  for (let round = 0; round < 200; round++) {
+    const store = new MemoryStateStore();
+    const reference = new Map<string, string>();
+    await store.write(
+      keys
+        .filter(() => random.int(3) > 0)
+        .map((key) => {
+          reference.set(key, `stored-${key}`);
+          return { type: 'put' as const, key: b(key), value: b(`stored-${key}`) };
+        }),
+    );
+    const set = new WriteSet(store);
+    for (let k = 0; k < 12; k++) {
+      const key = keys[random.int(keys.length)]!;
+      if (random.int(2) === 0) {
+        set.del(b(key));
+        reference.delete(key);
+      } else {
+        set.put(b(key), b(`new-${key}`));
+        reference.set(key, `new-${key}`);
+      }
+    }
+    const limit = random.int(8);
+    const reverse = random.int(2) === 0;
+    const got: string[] = [];
+    for await (const record of set.range({ limit, reverse })) got.push(`${latin1(record.key)}=${latin1(record.value)}`);
+    const sorted = [...reference].sort(([x], [y]) => (x < y ? -1 : 1));
+    const expected = (reverse ? sorted.reverse() : sorted).slice(0, limit).map(([key, value]) => `${key}=${value}`);
+    assert.deepEqual(got, expected, `round ${round}, limit ${limit}${reverse ? ', reverse' : ''}`);
+  }
+});
+
+const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('latin1');
