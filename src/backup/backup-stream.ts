@@ -174,6 +174,18 @@ class FileCursor {
   async u32(what: string): Promise<number> {
     return (await this.read(4, what)).readUInt32BE(0);
   }
+
+  /** A msgpack value after its u32 length (the header, the trailer), at most HEAD_BYTES_MAX. */
+  async packed(what: 'header' | 'trailer'): Promise<unknown> {
+    const length = await this.u32(`its ${what}`);
+    if (length > HEAD_BYTES_MAX) throw invalid(`its ${what} would have ${length} bytes`);
+    const bytes = await this.read(length, `its ${what}`);
+    try {
+      return packr.unpack(bytes);
+    } catch {
+      throw invalid(`its ${what} does not decode`);
+    }
+  }
 }
 
 /** A backup file as read from disk: format 1 (one image, read whole) or 2 (streamed), header first. */
@@ -208,15 +220,7 @@ export class StreamedBackupFile {
   static async read(file: FileHandle, size: number): Promise<StreamedBackupFile> {
     const cursor = new FileCursor(file, size);
     await cursor.read(BACKUP_MAGIC_V2.byteLength, 'its first bytes');
-    const headLength = await cursor.u32('its header length');
-    if (headLength > HEAD_BYTES_MAX) throw invalid(`its header would have ${headLength} bytes`);
-    let header: StreamedBackupHeader;
-    try {
-      header = packr.unpack(await cursor.read(headLength, 'its header')) as StreamedBackupHeader;
-    } catch (error) {
-      if (error instanceof CryptoError) throw error;
-      throw invalid('its header does not decode');
-    }
+    const header = (await cursor.packed('header')) as StreamedBackupHeader;
     if (
       header === null ||
       typeof header !== 'object' ||
@@ -261,15 +265,7 @@ export class StreamedBackupFile {
       onBytes?.(4 + length);
       yield chunk;
     }
-    const trailerLength = await cursor.u32('its trailer');
-    if (trailerLength > HEAD_BYTES_MAX) throw invalid(`its trailer would have ${trailerLength} bytes`);
-    let trailer: Trailer;
-    try {
-      trailer = packr.unpack(await cursor.read(trailerLength, 'its trailer')) as Trailer;
-    } catch (error) {
-      if (error instanceof CryptoError) throw error;
-      throw invalid('its trailer does not decode');
-    }
+    const trailer = (await cursor.packed('trailer')) as Trailer;
     if (cursor.position !== cursor.size) throw invalid('bytes follow its trailer');
     const recordsSha256 = digest.digest();
     if (

@@ -248,8 +248,10 @@ async function finishRequest(
 }
 
 /**
- * A server-streaming handler with the same audit, log and metrics as `unary`: the handler makes
- * the whole answer first (so a refusal is a status, not half a stream), then it is streamed.
+ * A server-streaming handler with the same audit, log and metrics as `unary`: the handler does
+ * every check first (so a refusal is a status, not half a stream), then returns the messages, a
+ * list or an async iterable made as they are sent (a backup's records); a failure while that
+ * iterable is read ends the stream INTERNAL, and is logged.
  */
 export function serverStream<Request, Message>(
   ctx: RequestContext,
