@@ -468,8 +468,18 @@ export class CofferClient {
           const call = stub[method]!.call(this.#stub(addresses[at]!, service), request, {
             deadline: Date.now() + (options.deadlineMs ?? Math.max(60_000, this.#options.deadlineMs ?? 10_000)),
           });
+          let failed = false;
           call.on('data', (message: Message) => {
-            onMessage?.(message, received);
+            if (failed) return;
+            try {
+              onMessage?.(message, received);
+            } catch (error) {
+              // The caller could not take it (a backup's disk full): end the call, not the process.
+              failed = true;
+              call.cancel();
+              reject(error);
+              return;
+            }
             received += message.data.byteLength;
             if (keep) messages.push(message);
           });
@@ -479,6 +489,7 @@ export class CofferClient {
         this.#preferred = at;
         return collect(messages);
       } catch (error) {
+        if (!(error instanceof Error && 'code' in error && typeof error.code === 'number')) throw error;
         last = error as grpc.ServiceError;
         if (messages.length > 0 || received > 0 || !safeToRetry(last, true)) break;
       }

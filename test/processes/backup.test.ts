@@ -84,6 +84,14 @@ test('coffer snapshot save, every data directory destroyed, coffer snapshot rest
     );
     assert.ok(Date.now() - refusedAt < 5000, 'the refusal arrives as a status, not after a deadline');
     reader.close();
+    // A caller that cannot take the bytes (a full disk): the save fails with its error, the call
+    // is cancelled, and the process goes on (the error does not escape the stream's handler).
+    await assert.rejects(
+      client.saveBackup(() => {
+        throw new Error('no space left on the backup disk');
+      }),
+      /no space left on the backup disk/,
+    );
 
     // Backup A: the recovery key opens it (the cluster is not autolocked).
     const fileA = join(root, 'a.backup');
