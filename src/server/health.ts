@@ -24,23 +24,49 @@ export interface HealthFacts {
   readonly auditBroken: boolean;
   /** The replica stopped on an error (it refuses every request until the manager restarts). */
   readonly replicaFailed?: boolean;
+  /** The commit index HEALTH_APPLY_GRACE_MS ago (CommitSamples), when known. */
+  readonly committedBefore?: number;
 }
 
 /**
- * Committed entries a manager may have yet to apply and still be SERVING. A busy manager always
- * trails by the batch it is writing (a leader under load commits entries a turn before it
- * applies them): counting that as catching up flapped a loaded leader's health a few times a
- * second, and a health check that caught it would have taken the leader out. A manager further
- * behind (a new one, one back from a restart or a partition) is catching up.
+ * How long a committed entry may wait to be applied before the manager counts as catching up. A
+ * busy manager always trails its commit index by the batch in hand (a leader under load commits
+ * entries a turn before it applies them): counting that flapped a loaded leader's health a few
+ * times a second, and a health check that caught it would have taken the leader out. So a
+ * manager is behind when it has not applied what was committed this long ago, or, before it has
+ * watched its commit index that long (just started), what is committed now: SERVING still
+ * means caught up with everything committed before it was asked.
  */
-export const HEALTH_APPLY_LAG_ENTRIES_MAX = 1024;
+export const HEALTH_APPLY_GRACE_MS = 500;
+/** Samples of the commit index closer together than this are not kept (a flood of checks keeps a few). */
+const COMMIT_SAMPLE_SPACING_MS = 50;
+
+/**
+ * The commit index as it was HEALTH_APPLY_GRACE_MS ago, from samples taken at each evaluation of
+ * the health (every check and the node's housekeeping); undefined until the samples reach that far.
+ */
+export class CommitSamples {
+  readonly #samples: Array<{ readonly atMs: number; readonly commit: number }> = [];
+
+  /** Records `commit` as of `nowMs`; returns the commit index of HEALTH_APPLY_GRACE_MS ago, if known. */
+  observe(nowMs: number, commit: number): number | undefined {
+    const last = this.#samples[this.#samples.length - 1];
+    if (last === undefined || nowMs - last.atMs >= COMMIT_SAMPLE_SPACING_MS)
+      this.#samples.push({ atMs: nowMs, commit });
+    const horizon = nowMs - HEALTH_APPLY_GRACE_MS;
+    // Keep the newest sample at or before the horizon, and everything after it.
+    while (this.#samples.length > 1 && this.#samples[1]!.atMs <= horizon) this.#samples.shift();
+    const oldest = this.#samples[0]!;
+    return oldest.atMs <= horizon ? oldest.commit : undefined;
+  }
+}
 
 /**
  * SERVING only when this manager can answer a linearizable read now: it is unlocked, knows a
- * leader, and has applied what it knows to be committed but the batch in hand (see
- * HEALTH_APPLY_LAG_ENTRIES_MAX; a follower's commit index will do: it trails the leader's by a
- * heartbeat at most). Also NOT_SERVING when it was removed or its audit log is broken, since it
- * then refuses every request.
+ * leader, and has applied what it knew to be committed HEALTH_APPLY_GRACE_MS ago (`committedBefore`;
+ * without it, everything committed now; a follower's commit index will do: it trails the
+ * leader's by a heartbeat at most). Also NOT_SERVING when it was removed, its audit log is
+ * broken or its replica stopped, since it then refuses every request.
  */
 export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: string } {
   const raft = facts.raft;
@@ -49,7 +75,7 @@ export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: s
   if (facts.auditBroken) return { status: 'NOT_SERVING', reason: 'the audit log cannot be written' };
   if (facts.replicaFailed === true) return { status: 'NOT_SERVING', reason: 'the replica stopped on an error' };
   if (raft.lead === 0) return { status: 'NOT_SERVING', reason: 'no leader known' };
-  if (raft.commit - raft.applied > HEALTH_APPLY_LAG_ENTRIES_MAX)
+  if (raft.applied < (facts.committedBefore ?? raft.commit))
     return { status: 'NOT_SERVING', reason: `catching up: applied ${raft.applied} of ${raft.commit}` };
   return { status: 'SERVING', reason: raft.role === 'leader' ? 'leader' : `following ${raft.lead}` };
 }
@@ -73,6 +99,7 @@ export class HealthService {
   readonly #implementation = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });
   readonly #deps: HealthServiceDeps;
   #last: ServingStatus = 'NOT_SERVING';
+  readonly #commits = new CommitSamples();
 
   constructor(deps: HealthServiceDeps) {
     this.#deps = deps;
@@ -89,7 +116,9 @@ export class HealthService {
 
   /** Recomputes the status; the implementation tells watchers when it changes. */
   update(): ServingStatus {
-    const { status, reason } = healthOf(this.#deps.facts());
+    const facts = this.#deps.facts();
+    const committedBefore = facts.raft === null ? undefined : this.#commits.observe(Date.now(), facts.raft.commit);
+    const { status, reason } = healthOf(committedBefore === undefined ? facts : { ...facts, committedBefore });
     if (status !== this.#last) {
       this.#deps.log.info({ event: 'health', status, reason }, `health: ${status} (${reason})`);
       this.#last = status;

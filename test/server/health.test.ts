@@ -10,7 +10,7 @@ import { checkHealth } from '../../src/client/health-client.ts';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { Manager } from '../../src/manager/manager.ts';
 import { initCluster } from '../../src/server/bootstrap.ts';
-import { HEALTH_APPLY_LAG_ENTRIES_MAX, healthOf } from '../../src/server/health.ts';
+import { CommitSamples, HEALTH_APPLY_GRACE_MS, healthOf } from '../../src/server/health.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -63,13 +63,18 @@ test('health is SERVING only for an unlocked manager that knows a leader and has
     status: 'NOT_SERVING',
     reason: 'no leader known',
   });
-  // The batch in hand is not catching up (a loaded leader always has one); further behind is.
-  const lagging = (behind: number) => ({ ...RAFT, commit: 5000, applied: 5000 - behind });
-  assert.equal(healthOf({ ...facts, raft: lagging(HEALTH_APPLY_LAG_ENTRIES_MAX) }).status, 'SERVING');
-  assert.equal(healthOf({ ...facts, raft: { ...lagging(3), role: 'leader', lead: 1 } }).status, 'SERVING');
-  assert.deepEqual(healthOf({ ...facts, raft: lagging(HEALTH_APPLY_LAG_ENTRIES_MAX + 1) }), {
+  // Behind what is committed now, with no older commit index known (just started): catching up.
+  assert.deepEqual(healthOf({ ...facts, raft: { ...RAFT, applied: 7 } }), {
     status: 'NOT_SERVING',
-    reason: `catching up: applied ${5000 - HEALTH_APPLY_LAG_ENTRIES_MAX - 1} of 5000`,
+    reason: 'catching up: applied 7 of 10',
+  });
+  // The batch in hand is not catching up (a loaded leader always has one): what was committed
+  // HEALTH_APPLY_GRACE_MS ago is applied. Behind that, it is.
+  const lagging = { ...RAFT, role: 'leader' as const, lead: 1, commit: 5000, applied: 4990 };
+  assert.equal(healthOf({ ...facts, raft: lagging, committedBefore: 4990 }).status, 'SERVING');
+  assert.deepEqual(healthOf({ ...facts, raft: lagging, committedBefore: 4991 }), {
+    status: 'NOT_SERVING',
+    reason: 'catching up: applied 4990 of 5000',
   });
   assert.equal(healthOf({ ...facts, raft: RAFT, removed: true }).status, 'NOT_SERVING');
   assert.equal(healthOf({ ...facts, raft: RAFT, auditBroken: true }).status, 'NOT_SERVING');
@@ -77,6 +82,17 @@ test('health is SERVING only for an unlocked manager that knows a leader and has
     status: 'NOT_SERVING',
     reason: 'the replica stopped on an error',
   });
+});
+
+test('the commit index of HEALTH_APPLY_GRACE_MS ago: unknown until the samples reach that far, then the newest sample at or before it; a flood of checks keeps few samples', () => {
+  const samples = new CommitSamples();
+  assert.equal(samples.observe(1000, 10), undefined, 'just started');
+  for (let t = 1001; t < 1000 + HEALTH_APPLY_GRACE_MS; t++) assert.equal(samples.observe(t, t), undefined);
+  assert.equal(samples.observe(1000 + HEALTH_APPLY_GRACE_MS, 2000), 10, 'the first sample, now old enough');
+  // Checks every millisecond: samples are kept 50 ms apart, so the answer is at most that stale.
+  for (let t = 1501; t <= 3000; t++) samples.observe(t, t);
+  const before = samples.observe(3001, 3001)!;
+  assert.ok(before <= 3001 - HEALTH_APPLY_GRACE_MS && before > 3001 - HEALTH_APPLY_GRACE_MS - 50, `got ${before}`);
 });
 
 test('an autolocked manager that was not given its unlock key is NOT_SERVING', async () => {
