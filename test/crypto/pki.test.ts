@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import { connect, createServer, type TLSSocket } from 'node:tls';
+import forge from 'node-forge';
 import type { AddressInfo } from 'node:net';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import {
@@ -120,4 +122,33 @@ test('a join token pins the CA certificate and carries a secret; the cluster kee
     (e: unknown) => e instanceof CryptoError && e.code === 'JOIN_TOKEN_MALFORMED',
   );
   assert.notEqual(caDigest(createCa('cluster-1', now).certPem), parsed.caDigest, 'another CA has another digest');
+});
+
+test("certificates are signed by OpenSSL with the very signature forge's own RSA would make (PKCS#1 v1.5 is deterministic), and a changed byte breaks it", () => {
+  const leaf = issueCertificate(ca, {
+    id: '7',
+    role: 'manager',
+    clusterId: 'cluster-1',
+    hosts: ['127.0.0.1'],
+    nowMs: now,
+  });
+  for (const [pem, signerKeyPem] of [
+    [leaf.certPem, ca.keyPem],
+    [ca.certPem, ca.keyPem],
+  ] as const) {
+    const parsed = forge.pki.certificateFromPem(pem);
+    const md = forge.md.sha256.create();
+    md.update(forge.asn1.toDer(parsed.tbsCertificate).getBytes());
+    const byForge = forge.pki.privateKeyFromPem(signerKeyPem).sign(md);
+    assert.equal(
+      Buffer.from(parsed.signature as string, 'binary').toString('hex'),
+      Buffer.from(byForge, 'binary').toString('hex'),
+    );
+    assert.equal(new X509Certificate(pem).verify(new X509Certificate(ca.certPem).publicKey), true);
+  }
+  const der = Buffer.from(new X509Certificate(leaf.certPem).raw);
+  const serialAt = der.indexOf(Buffer.from(new X509Certificate(leaf.certPem).serialNumber, 'hex'));
+  assert.ok(serialAt > 0);
+  der[serialAt]! ^= 0x01;
+  assert.equal(new X509Certificate(der).verify(new X509Certificate(ca.certPem).publicKey), false);
 });
