@@ -193,17 +193,27 @@ export class LevelStateStore implements StateStore {
       await clear();
       let batch = this.#db.batch();
       let bytes = 0;
-      for await (const record of records) {
-        if (token !== this.#prepareToken) throw replaced();
-        batch.put(Buffer.concat([prefix, record.key]), Buffer.from(record.value));
-        count++;
-        bytes += record.key.byteLength + record.value.byteLength;
-        if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
-          await batch.write();
-          batch = this.#db.batch();
-          bytes = 0;
+      // One batch is written while the next is filled (the keys are distinct, so the order in
+      // which LevelDB takes the two does not matter); never more than one, so memory stays bounded.
+      let writing: Promise<void> = Promise.resolve();
+      try {
+        for await (const record of records) {
+          if (token !== this.#prepareToken) throw replaced();
+          batch.put(Buffer.concat([prefix, record.key]), Buffer.from(record.value));
+          count++;
+          bytes += record.key.byteLength + record.value.byteLength;
+          if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
+            await writing;
+            writing = batch.write();
+            batch = this.#db.batch();
+            bytes = 0;
+          }
         }
+      } finally {
+        // A failed stream waits for the write in flight before clearing what was written.
+        await writing.catch(() => undefined);
       }
+      await writing;
       await batch.write();
       if (token !== this.#prepareToken) throw replaced();
     } catch (error) {
@@ -264,13 +274,21 @@ export class LevelStateStore implements StateStore {
       ...(snapshot === undefined ? {} : { snapshot }),
       highWaterMarkBytes: STATE_RANGE_PAGE_BYTES,
     });
+    // After a full page, the next one is read while the caller takes this one (a snapshot stream
+    // then waits for LevelDB and for its consumer at once, not in turn); a short page ends reading.
+    let next: ReturnType<typeof iterator.nextv> | null = null;
     try {
-      for (;;) {
-        const page = await iterator.nextv(STATE_RANGE_PAGE_RECORDS);
-        if (page.length === 0) return;
+      let page = await iterator.nextv(STATE_RANGE_PAGE_RECORDS);
+      while (page.length > 0) {
+        next = fullPage(page) ? iterator.nextv(STATE_RANGE_PAGE_RECORDS) : null;
         for (const [key, value] of page) yield { key: key.subarray(PREFIX_BYTES), value };
+        if (next === null) return;
+        page = await next;
+        next = null;
       }
     } finally {
+      // A caller that stopped early leaves a read in flight: it ends before the iterator closes.
+      if (next !== null) await next.catch(() => undefined);
       await iterator.close();
     }
   }
@@ -287,4 +305,12 @@ function prefixOf(generation: number): Buffer {
   b[0] = DATA_TAG;
   b.writeUInt32BE(generation, 1);
   return b;
+}
+
+/** Whether a page ended at a page limit (more may follow), not at the end of the range. */
+function fullPage(page: ReadonlyArray<readonly [Uint8Array, Uint8Array]>): boolean {
+  if (page.length >= STATE_RANGE_PAGE_RECORDS) return true;
+  let bytes = 0;
+  for (const [key, value] of page) bytes += key.byteLength + value.byteLength;
+  return bytes >= STATE_RANGE_PAGE_BYTES;
 }

@@ -207,6 +207,42 @@ for (const kind of kinds) {
     }
   });
 
+  test(`${kind.name}: ranges over many pages: whole, page-sized, stopped early (a read ahead in flight), and through a view`, async () => {
+    const store = await kind.open();
+    try {
+      const key = (k: number): Buffer => Buffer.from(`k${String(k).padStart(6, '0')}`);
+      // Values of 600 bytes: 1,024 records (a page) pass 1 MiB-sized pages' worth of bytes too.
+      const value = (k: number): Buffer => Buffer.alloc(600, k % 251);
+      const writes: StateWrite[] = [];
+      for (let k = 0; k < 5000; k++) writes.push(put(key(k), value(k)));
+      await store.write(writes);
+      const view = store.view();
+      await store.write([del(key(0)), put(key(4999), s('later'))]);
+      for (const [gte, lt, expected] of [
+        [0, 5000, 5000],
+        [0, 1024, 1024],
+        [100, 2148, 2048],
+        [4990, 5000, 10],
+      ] as const) {
+        let n = 0;
+        for await (const r of view.range({ gte: key(gte), lt: key(lt) })) {
+          assert.deepEqual(Buffer.from(r.key), key(gte + n), 'in order, none missed');
+          assert.deepEqual(Buffer.from(r.value), value(gte + n), 'the view, not the later write');
+          n++;
+        }
+        assert.equal(n, expected);
+      }
+      for (const stopAt of [1, 1023, 1024, 1500, 3000]) {
+        let n = 0;
+        for await (const _ of store.range({})) if (++n === stopAt) break;
+        assert.equal(n, stopAt);
+      }
+      await view.close();
+    } finally {
+      await store.close();
+    }
+  });
+
   test(`${kind.name}: random batches, views and ranges agree with a sorted-map model`, async () => {
     const store = await kind.open();
     try {
