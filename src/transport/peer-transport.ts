@@ -1,7 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Message, NodeId, SnapshotMessage } from '../raft/types.ts';
 import type { Logger } from '../util/logger.ts';
-import { widenReceiveWindows } from './receive-window.ts';
 import { callerIdentity } from './auth.ts';
 import { services, type RaftFrame } from './proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from './tls.ts';
@@ -61,8 +60,6 @@ export interface PeerTransportStats {
   messagesReceived: number;
   malformedDropped: number;
   refusedStreams: number;
-  /** Inbound streams whose HTTP/2 receive windows were widened (see receive-window.ts). */
-  windowsWidened: number;
   reconnects: number;
   snapshotsSent: number;
   /** Bytes of state store records streamed after snapshot descriptors. */
@@ -84,7 +81,6 @@ export class PeerTransport {
     messagesReceived: 0,
     malformedDropped: 0,
     refusedStreams: 0,
-    windowsWidened: 0,
     reconnects: 0,
     snapshotsSent: 0,
     snapshotRecordBytesSent: 0,
@@ -214,8 +210,6 @@ export class PeerTransport {
     this.#inbound.set(peer, finish);
     // The peer is up (again): the link to it retries now instead of at the end of its backoff.
     this.#links.get(peer)?.wake();
-    // Snapshot chunks of 1 MiB would otherwise cross in 64 KiB windows, each waiting a round trip.
-    if (widenReceiveWindows(call)) this.stats.windowsWidened++;
     // Headers now tell the caller its stream was accepted (its backoff starts over).
     call.sendMetadata(new grpc.Metadata());
     let snapshot: {
