@@ -14,8 +14,9 @@
  *     whether the leader streamed it a snapshot is reported;
  *   - writes to the leader (16 in flight, 256 B, over the loaded secrets): p50 and p99 for
  *     STEADY_SECONDS just before the new member is added, and over the catch-up.
- * Prints a table per N (figure, etcd's, the ratio, the goal, met or not) and writes JSON and a
- * PNG bar chart to bench-results/.
+ * Prints a table per N (figure, etcd's, the ratio, the goal, met or not), then the floor under a
+ * restart here (start-floor.ts: an empty grpc-js server's spawn to first answer), and writes JSON
+ * and a PNG bar chart to bench-results/.
  *
  *   npm run bench -- scale [--secrets N] [--full]      (N 100,000; --full: 100,000 then 1,000,000)
  */
@@ -37,6 +38,7 @@ import { importSecrets, parseImport } from '../../src/cli/import.ts';
 import { drawBars, type Panel } from './chart.ts';
 import { fmt, table } from './format.ts';
 import { rssBytes, runLoad, type LoadResult } from './load.ts';
+import { measureStartFloor } from './start-floor.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
 
 const STEADY_SECONDS = Number(process.env['BENCH_SECONDS'] ?? 10);
@@ -377,13 +379,23 @@ export async function benchScale(args: readonly string[]): Promise<void> {
     }
   }
   for (const [k, run] of runs.entries()) report(run, runs[k - 1]);
+  // What any Node gRPC manager pays before its own start work: the restart figure's floor here.
+  const startFloorMs = await measureStartFloor();
+  const floorMedianMs = [...startFloorMs].sort((a, b) => a - b)[Math.floor(startFloorMs.length / 2)]!;
+  console.log(
+    `\nthe floor under a restart here: an empty grpc-js server over mutual TLS answers ${fmt(floorMedianMs)} ms after its spawn (median of ${startFloorMs.length}: ${startFloorMs.map((t) => fmt(t)).join(', ')} ms); the rest of Coffer's restart is its own start work`,
+  );
   const out = join(process.cwd(), 'bench-results');
   mkdirSync(out, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const jsonFile = join(out, `scale-${stamp}.json`);
   writeFileSync(
     jsonFile,
-    JSON.stringify({ etcdVersion, steadySeconds: STEADY_SECONDS, writeInflight: WRITE_INFLIGHT, runs }, null, 2),
+    JSON.stringify(
+      { etcdVersion, steadySeconds: STEADY_SECONDS, writeInflight: WRITE_INFLIGHT, startFloorMs, runs },
+      null,
+      2,
+    ),
   );
   const pngFile = join(out, `scale-${stamp}.png`);
   await drawBars(pngFile, {
