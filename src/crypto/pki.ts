@@ -5,8 +5,6 @@ import {
   createPrivateKey,
   createPublicKey,
   privateEncrypt,
-  generateKeyPair,
-  generateKeyPairSync,
   randomBytes,
   timingSafeEqual,
   type KeyObject,
@@ -14,6 +12,7 @@ import {
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 import { CryptoError } from './errors.ts';
+import { CA_KEY_BITS, LEAF_KEY_BITS, newRsaKey, newRsaKeyAsync, type RsaKeyPem } from './rsa-key.ts';
 
 /** What a certificate says about its holder. */
 export type Role = 'manager' | 'client';
@@ -44,18 +43,7 @@ export interface KeyAndCertificate {
 export const CA_VALIDITY_DAYS = 3650;
 export const MANAGER_CERT_VALIDITY_DAYS = 90;
 export const CLIENT_CERT_VALIDITY_DAYS = 365;
-/** RSA sizes: the CA signs for ten years; leaves live 90 days to a year (NIST SP 800-57: 2048 until 2030). */
-const CA_KEY_BITS = 3072;
-const LEAF_KEY_BITS = 2048;
 const DAY_MS = 24 * 3600 * 1000;
-
-function newRsaKey(bits: number): { privatePem: string; publicPem: string } {
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
-  return {
-    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
-  };
-}
 
 /** DER DigestInfo of a SHA-256 digest, up to the digest itself (RFC 8017, section 9.2, note 1). */
 const SHA256_DIGEST_INFO_PREFIX = Buffer.from('3031300d060960864801650304020105000420', 'hex');
@@ -99,17 +87,7 @@ export function createCa(clusterId: string, nowMs: number, gen = 1): KeyAndCerti
 
 /** createCa with the key made off the event loop (an RSA 3072 key takes up to seconds: a running manager must keep its heartbeats going). */
 export async function createCaAsync(clusterId: string, nowMs: number, gen: number): Promise<KeyAndCertificate> {
-  const key = await new Promise<{ privatePem: string; publicPem: string }>((resolve, reject) =>
-    generateKeyPair('rsa', { modulusLength: CA_KEY_BITS }, (error, publicKey, privateKey) =>
-      error === null
-        ? resolve({
-            privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-            publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
-          })
-        : reject(error),
-    ),
-  );
-  return caCertificateFor(key, clusterId, nowMs, gen);
+  return caCertificateFor(await newRsaKeyAsync(CA_KEY_BITS), clusterId, nowMs, gen);
 }
 
 function caCertificateFor(
@@ -200,6 +178,11 @@ export function issueCertificate(ca: KeyAndCertificate, options: IssueOptions): 
 /** A new private key for a leaf certificate, and its public half (SPKI PEM) to have signed. */
 export function newLeafKey(): { privatePem: string; publicPem: string } {
   return newRsaKey(LEAF_KEY_BITS);
+}
+
+/** newLeafKey made in the thread pool, for a running manager (a renewal must not stall its loop). */
+export function newLeafKeyAsync(): Promise<RsaKeyPem> {
+  return newRsaKeyAsync(LEAF_KEY_BITS);
 }
 
 /** A certificate for a public key made elsewhere (a joining manager keeps its private key). */

@@ -13,13 +13,13 @@ import {
   issueCertificate,
   joinTokenHash,
   newJoinToken,
-  newLeafKey,
   parseJoinToken,
   selfSignedCertificate,
 } from '../crypto/pki.ts';
 import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
+import { takeLeafKey } from '../crypto/rsa-key.ts';
 import type { NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, policyChannelCredentials } from '../transport/tls.ts';
@@ -221,6 +221,11 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
   splitHostPort(options.listen);
   splitHostPort(advertise);
   const deadline = Date.now() + (options.deadlineMs ?? 30_000);
+  // The key is made in the thread pool while the CA certificate is fetched (or was begun before
+  // the command line loaded its modules: startLeafKeyEarly).
+  const leafKey = takeLeafKey();
+  // Left behind if the fetch fails: its own failure then is not an unhandled rejection.
+  leafKey.catch(() => undefined);
   const caPem = await fetchCaCertificate(options.join, deadline);
   if (caDigest(caPem) !== token.caDigest) {
     throw new ServiceError(
@@ -228,7 +233,7 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
       `the manager at ${options.join} presents a CA certificate that does not match the join token: refusing to trust it (a wrong address, or someone in the middle)`,
     );
   }
-  const key = newLeafKey();
+  const key = await leafKey;
   // The leader checks that the address this manager advertises answers with this key.
   const proof = await serveKeyProof(options.listen, key);
   try {

@@ -1,4 +1,4 @@
-import { identityOf, issuedBy, newLeafKey, signCertificate } from '../crypto/pki.ts';
+import { identityOf, issuedBy, newLeafKeyAsync, signCertificate } from '../crypto/pki.ts';
 import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import { ClusterState } from '../state/cluster-state.ts';
@@ -106,7 +106,8 @@ export class ManagerCertificate {
     const underOldCa = o.cluster.cas.length > 0 && !issuedBy(this.#leafPem, signing.certPem);
     if (!expiring && !underOldCa) return;
     if ((o.manager.raftStatus()?.lead ?? 0) === 0) return;
-    const key = newLeafKey();
+    // Made in the thread pool: 0.1-0.4 s of prime search would stall this manager's heartbeats.
+    const key = await newLeafKeyAsync();
     const certPem = signCertificate(signing, key.publicPem, {
       id: String(o.nodeId),
       role: 'manager',
