@@ -229,6 +229,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   readonly #identityValueBytesMax: number;
   /** The log index of the command being applied, and the seals made for it so far (the nonce). */
   #index = 0;
+  /** The record requiredCapabilities read for a put, for the apply of that same command object. */
+  #loadedForCommand: { readonly command: SecretCommand; readonly secret: SecretRecord | undefined } | null = null;
   #seq = 0;
 
   constructor(options: SecretStoreOptions) {
@@ -284,6 +286,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       return { name: command.name, capabilities: ['delete'] };
     if (command.op !== 'put') return { name: command.name, capabilities: ['write'] };
     const secret = this.#load(command.name);
+    this.#loadedForCommand = { command, secret };
     const wipes =
       secret !== undefined && command.versionsKept !== null && command.versionsKept < secret.versions.length;
     return { name: command.name, capabilities: wipes || secret?.deleted === true ? ['write', 'delete'] : ['write'] };
@@ -302,9 +305,18 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     assert(index > this.#index || index === this.#index, () => `secret command at index ${index} after ${this.#index}`);
     if (index !== this.#index) this.#seq = 0;
     this.#index = index;
+    // What requiredCapabilities read for this very command (the same object, checked just before
+    // it applies, nothing written between): read once, not twice. Taken here whatever the command.
+    const loaded = this.#loadedForCommand;
+    this.#loadedForCommand = null;
     switch (command.op) {
       case 'put':
-        return this.#put(command, actor?.name ?? null, options.quotaExempt === true);
+        return this.#put(
+          command,
+          actor?.name ?? null,
+          options.quotaExempt === true,
+          loaded?.command === command ? loaded : null,
+        );
       case 'delete':
       case 'undelete': {
         const secret = this.#load(command.name);
@@ -388,8 +400,13 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     }
   }
 
-  #put(command: Extract<SecretCommand, { op: 'put' }>, writer: string | null, quotaExempt: boolean): SecretResult {
-    let secret = this.#load(command.name);
+  #put(
+    command: Extract<SecretCommand, { op: 'put' }>,
+    writer: string | null,
+    quotaExempt: boolean,
+    loaded: { readonly secret: SecretRecord | undefined } | null,
+  ): SecretResult {
+    let secret = loaded === null ? this.#load(command.name) : loaded.secret;
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
       return refusal(

@@ -255,3 +255,23 @@ test('records per keyring term are counted; a re-seal moves them to the active t
   for (let k = 1; k < 4; k++) assert.equal(store.read(`s${k}`, {}, T0).value.toString(), `v${k}`);
   assert.equal(store.read('s0', { version: 1 }, T0).value.toString(), 'v0');
 });
+
+test('a put checked (requiredCapabilities) and then applied reads the secret once; a record read for another command is never reused', () => {
+  const store = newSecretStore();
+  assert.deepEqual(apply(store, put('k', 'one')), { ok: true, version: 1 });
+  // Checked, then another command on the same secret applies first: the checked one must see it.
+  const checked = put('k', 'three', { cas: 1 });
+  assert.deepEqual(store.requiredCapabilities(checked), { name: 'k', capabilities: ['write'] });
+  assert.deepEqual(store.apply(put('k', 'two')), { ok: true, version: 2 });
+  const stale = store.apply(checked);
+  assert.equal(!stale.ok && stale.code, 'CAS_MISMATCH', 'it saw version 2, not the version 1 read when it was checked');
+  // Checked and applied in turn, as AppliedState does: the read made by the check serves the put.
+  const next = put('k', 'four', { cas: 2 });
+  store.requiredCapabilities(next);
+  assert.deepEqual(store.apply(next), { ok: true, version: 3 });
+  assert.equal(store.read('k', {}, T0).value.toString(), 'four');
+  assert.equal(store.read('k', { label: 'previous' }, T0).value.toString(), 'two');
+  // A put applied without a check (a manager's own) reads afresh, not what the last check read.
+  assert.deepEqual(store.apply(put('k', 'five')), { ok: true, version: 4 });
+  assert.equal(store.read('k', { label: 'previous' }, T0).value.toString(), 'four');
+});
