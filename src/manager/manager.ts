@@ -400,6 +400,10 @@ export class Manager<Result> {
     );
   }
 
+  reportReachable(peer: NodeId): void {
+    this.#running?.replica.reportReachable(peer);
+  }
+
   reportUnreachable(peer: NodeId): void {
     this.#running?.replica.reportUnreachable(peer);
   }

@@ -163,6 +163,11 @@ export class RawNode {
     this.#raft.transferLeadership(to);
   }
 
+  /** The transport found `peer` reachable again (see Raft.reportReachable). */
+  reportReachable(peer: NodeId): void {
+    this.#raft.reportReachable(peer);
+  }
+
   /** The transport lost its connection to `peer` (see Raft.reportUnreachable). */
   reportUnreachable(peer: NodeId): void {
     this.#raft.reportUnreachable(peer);

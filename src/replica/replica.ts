@@ -316,6 +316,12 @@ export class Replica<Result> {
     return this.#raw;
   }
 
+  /** The transport found `peer` reachable again (it dialled in). */
+  reportReachable(peer: NodeId): void {
+    this.#raw.reportReachable(peer);
+    this.#kick();
+  }
+
   /** The transport lost its stream to `peer`. */
   reportUnreachable(peer: NodeId): void {
     this.#raw.reportUnreachable(peer);

@@ -304,6 +304,7 @@ export class CofferNode {
       addressOf: (peer) => state.cluster.addresses.get(peer) ?? bootstrapPeers.get(peer) ?? trust.vouchedAddress(peer),
       onMessage: (message) => manager.step(message),
       onUnreachable: (peer) => manager.reportUnreachable(peer),
+      onReachable: (peer) => manager.reportReachable(peer),
       onSnapshotSent: (peer, ok) => manager.reportSnapshot(peer, ok),
       onSnapshot: (message, chunks) => manager.receiveSnapshot(message, chunks),
       admits: (peer, spki) => trust.admits(peer, spki),

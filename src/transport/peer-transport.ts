@@ -32,6 +32,8 @@ export interface PeerTransportOptions {
   readonly onMessage: (message: Message) => void;
   /** The stream to `peer` broke: the core starts fast failover if it was the leader. */
   readonly onUnreachable: (peer: NodeId) => void;
+  /** A peer's stream was accepted (it is up, perhaps just restarted). */
+  readonly onReachable?: (peer: NodeId) => void;
   readonly onSnapshotSent: (peer: NodeId, ok: boolean) => void;
   /**
    * A snapshot whose records follow its descriptor: `chunks` yields them as they arrive (read them
@@ -208,8 +210,10 @@ export class PeerTransport {
     // One stream per peer: a reconnecting peer replaces its old stream.
     this.#inbound.get(peer)?.(null);
     this.#inbound.set(peer, finish);
-    // The peer is up (again): the link to it retries now instead of at the end of its backoff.
+    // The peer is up (again): the link to it retries now instead of at the end of its backoff,
+    // and a leader heartbeats it at once (a restarted follower then knows its leader).
     this.#links.get(peer)?.wake();
+    options.onReachable?.(peer);
     // Headers now tell the caller its stream was accepted (its backoff starts over).
     call.sendMetadata(new grpc.Metadata());
     let snapshot: {

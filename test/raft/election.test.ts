@@ -232,3 +232,34 @@ test('a follower whose own link to a live leader broke campaigns, but cannot dep
   assert.equal(c.raw(1).status().term, term);
   assert.equal(c.raw(3).status().term, term);
 });
+
+test('a restarted follower learns its leader from the heartbeat its reconnection prompts, not at the next tick; no one else is told anything', () => {
+  const c = new Cluster({ voters: [1, 2, 3], seed: 7 });
+  c.elect(1);
+  c.propose(1, 'a');
+  c.deliverAll();
+  c.processAll();
+  const term = c.raw(1).status().term;
+  c.crash(3);
+  c.restart(3);
+  assert.equal(c.raw(3).status().lead, 0, 'just restarted: no leader known');
+  c.queue = [];
+  // The transport reports 3 reachable on every manager; only the leader acts, and only towards 3.
+  for (const id of [1, 2, 3]) {
+    c.raw(id).reportReachable(3);
+    c.process(id);
+  }
+  assert.deepEqual(
+    c.queue.map((m) => [m.type, m.from, m.to, m.term]),
+    [['heartbeat', 1, 3, term]],
+  );
+  c.deliverAll();
+  c.processAll();
+  assert.equal(c.raw(3).status().lead, 1, 'no tick passed, and the follower knows its leader');
+  assert.equal(c.raw(3).status().term, term);
+  // A follower told its own id, or of an unknown peer, sends nothing.
+  c.raw(1).reportReachable(1);
+  c.raw(1).reportReachable(9);
+  c.process(1);
+  assert.equal(c.queue.filter((m) => m.type === 'heartbeat').length, 0);
+});
