@@ -28,6 +28,39 @@ function safeToRetry(error: grpc.ServiceError, idempotent: boolean): boolean {
   return /No connection established|no leader is known|is locked|refused until it can/.test(error.details);
 }
 
+/** Whether a failed call reached no manager (a connection failure), rather than being a manager's answer. */
+function reachedNoManager(error: grpc.ServiceError): boolean {
+  return (
+    error.code === grpc.status.UNAVAILABLE &&
+    /No connection established|ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|Failed to connect/.test(
+      error.details,
+    )
+  );
+}
+
+/**
+ * The error to report after trying managers in turn: a manager's own answer (say "no leader is
+ * known" from the one manager still up) says more than the connection refused by the next one
+ * tried, which is only the last; with no answer at all, every manager tried is named.
+ */
+function failoverError(tried: ReadonlyArray<{ address: string; error: grpc.ServiceError }>): ClientError {
+  const answered = tried.find((t) => !reachedNoManager(t.error));
+  const unreached = tried.filter((t) => reachedNoManager(t.error));
+  if (answered !== undefined) {
+    const others =
+      unreached.length === 0
+        ? ''
+        : ` (${unreached.length === 1 ? 'another manager' : `${unreached.length} other managers`} could not be reached: ${unreached.map((t) => t.address).join(', ')})`;
+    return new ClientError(answered.error.code, `${answered.error.details || answered.error.message}${others}`);
+  }
+  const last = tried[tried.length - 1]!.error;
+  if (tried.length === 1) return new ClientError(last.code, last.details || last.message);
+  return new ClientError(
+    last.code,
+    `no manager could be reached (${tried.map((t) => t.address).join(', ')}): ${last.details || last.message}`,
+  );
+}
+
 export class ClientError extends Error {
   override name = 'ClientError';
   readonly code: grpc.status;
@@ -120,7 +153,7 @@ export class CofferClient {
   async call<Response>(service: ServiceName, method: string, request: object, idempotent: boolean): Promise<Response> {
     await this.#knowMembers();
     const addresses = this.#options.addresses;
-    let last: grpc.ServiceError | null = null;
+    const tried: Array<{ address: string; error: grpc.ServiceError }> = [];
     for (let attempt = 0; attempt < addresses.length; attempt++) {
       const at = (this.#preferred + attempt) % addresses.length;
       try {
@@ -128,11 +161,13 @@ export class CofferClient {
         this.#preferred = at;
         return response;
       } catch (error) {
-        last = error as grpc.ServiceError;
-        if (!safeToRetry(last, idempotent)) break;
+        const failed = error as grpc.ServiceError;
+        tried.push({ address: addresses[at]!, error: failed });
+        // Not retried elsewhere: this answer is the outcome, whatever came before it.
+        if (!safeToRetry(failed, idempotent)) throw new ClientError(failed.code, failed.details || failed.message);
       }
     }
-    throw new ClientError(last!.code, last!.details || last!.message);
+    throw failoverError(tried);
   }
 
   #stub(address: string, service: ServiceName): grpc.Client {
@@ -454,7 +489,7 @@ export class CofferClient {
     const keep = options.keep !== false;
     await this.#knowMembers();
     const addresses = this.#options.addresses;
-    let last: grpc.ServiceError | null = null;
+    const tried: Array<{ address: string; error: grpc.ServiceError }> = [];
     for (let attempt = 0; attempt < addresses.length; attempt++) {
       const at = (this.#preferred + attempt) % addresses.length;
       const messages: Message[] = [];
@@ -490,11 +525,13 @@ export class CofferClient {
         return collect(messages);
       } catch (error) {
         if (!(error instanceof Error && 'code' in error && typeof error.code === 'number')) throw error;
-        last = error as grpc.ServiceError;
-        if (messages.length > 0 || received > 0 || !safeToRetry(last, true)) break;
+        const failed = error as grpc.ServiceError;
+        tried.push({ address: addresses[at]!, error: failed });
+        if (messages.length > 0 || received > 0 || !safeToRetry(failed, true))
+          throw new ClientError(failed.code, failed.details || failed.message);
       }
     }
-    throw new ClientError(last!.code, last!.details || last!.message);
+    throw failoverError(tried);
   }
 
   keyStatus(): Promise<{
