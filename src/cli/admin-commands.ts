@@ -15,6 +15,49 @@ import { DataDir } from '../manager/data-dir.ts';
 
 type Rule = { path: string; capabilities: string[]; deny?: boolean };
 
+const RULES_EXAMPLE = '[{"path": "app/**", "capabilities": ["read", "list"]}]';
+
+/**
+ * The rules of a policy file: a JSON list of rules, or an object with one (`{"rules": [...]}`, as
+ * `policy get --output json` prints a policy). Each rule is an object with a path and a list of
+ * capabilities; the managers check the rest (globs, capability names) and say what is wrong.
+ */
+export function policyRulesFrom(text: string, file: string): Rule[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new Error(`${file} is not JSON: a policy file holds a list of rules, such as ${RULES_EXAMPLE}`);
+  }
+  const rules =
+    parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed) && 'rules' in parsed
+      ? (parsed as { rules: unknown }).rules
+      : parsed;
+  if (!Array.isArray(rules))
+    throw new Error(
+      `${file} holds ${describeJson(rules)}, not a list of rules: write them as ${RULES_EXAMPLE} (or {"rules": [...]})`,
+    );
+  for (const [k, rule] of rules.entries()) {
+    const r = rule as Partial<Record<keyof Rule, unknown>> | null;
+    if (r === null || typeof r !== 'object' || Array.isArray(r))
+      throw new Error(
+        `rule ${k + 1} of ${file} is ${describeJson(rule)}, not an object such as ${RULES_EXAMPLE.slice(1, -1)}`,
+      );
+    if (typeof r.path !== 'string') throw new Error(`rule ${k + 1} of ${file} has no "path" (a glob of secret names)`);
+    if (!Array.isArray(r.capabilities) || !r.capabilities.every((c) => typeof c === 'string'))
+      throw new Error(`rule ${k + 1} of ${file} has no "capabilities" list (read, write, list, delete, admin, sudo)`);
+    if (r.deny !== undefined && typeof r.deny !== 'boolean')
+      throw new Error(`rule ${k + 1} of ${file}: "deny" is true or false`);
+  }
+  return rules as Rule[];
+}
+
+function describeJson(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
+}
+
 export function policyCommands(): Command {
   const policy = new Command('policy').description('manage policies (rules of path globs and capabilities)');
   addClientOptions(policy.command('put <name>'))
@@ -23,13 +66,7 @@ export function policyCommands(): Command {
     )
     .requiredOption('--file <file>', 'the rules, as JSON (- for stdin)')
     .action(async (name: string, flags: ClientFlags & { file: string }) => {
-      const text = readFileSync(flags.file === '-' ? 0 : flags.file, 'utf8');
-      let rules: Rule[];
-      try {
-        rules = JSON.parse(text) as Rule[];
-      } catch {
-        throw new Error(`${flags.file} is not JSON: it should hold a list of rules`);
-      }
+      const rules = policyRulesFrom(readFileSync(flags.file === '-' ? 0 : flags.file, 'utf8'), flags.file);
       const client = clientFrom(flags, process.env);
       try {
         print(flags, await client.putPolicy(name, rules), () => `policy ${printable(name)}: ${rules.length} rule(s)`);

@@ -106,6 +106,13 @@ export function secretCommands(): Command {
         } while (token !== '');
         // The store lists in its keys' order (keyed tags of the names), not alphabetically.
         secrets.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+        // Nothing to print is an answer, but often a surprise: say why it may be empty (on stderr).
+        if (secrets.length === 0 && flags.output !== 'json') {
+          process.stderr.write(
+            `coffer: no secrets${prefix ? ` under ${printable(prefix)}` : ''} that this identity may list (listing needs the list capability on the names, not only read)\n`,
+          );
+          return;
+        }
         print(flags, secrets, () =>
           secrets.map((s) => `${printable(s.name)}\tv${s.currentVersion}${s.deleted ? '\t(deleted)' : ''}`).join('\n'),
         );

@@ -125,6 +125,32 @@ test("the coffer CLI against npm start's local cluster: every secret operation, 
     assert.equal(await ok(['secret', 'get', 'app/db/password'], '', reader), values[0]);
     await fails(['secret', 'get', 'app/api-key'], /PERMISSION_DENIED: .*denied by policy "app-reader"/, '', reader);
     await fails(['secret', 'put', 'app/db/password'], /PERMISSION_DENIED: .*may not write/, 'x', reader);
+    // A policy file holding one rule as an object, not a list: the error says what to write.
+    writeFileSync(join(root, 'object.json'), JSON.stringify({ path: 'app/**', capabilities: ['read'] }));
+    await fails(
+      ['policy', 'put', 'bad', '--file', join(root, 'object.json')],
+      /holds an object, not a list of rules: write them as \[\{"path"/,
+    );
+    // What `policy get --output json` prints is taken back; read without list lists nothing, and says why.
+    writeFileSync(
+      join(root, 'read-only.json'),
+      JSON.stringify({ name: 'app-read-only', rules: [{ path: 'app/**', capabilities: ['read'] }] }),
+    );
+    await ok(['policy', 'put', 'app-read-only', '--file', join(root, 'read-only.json')]);
+    const exported = JSON.parse(await ok(['policy', 'get', 'app-read-only', '--output', 'json'])) as object;
+    writeFileSync(join(root, 'exported.json'), JSON.stringify(exported));
+    await ok(['policy', 'put', 'app-read-only', '--file', join(root, 'exported.json')]);
+    const readOnlyOut = join(root, 'read-only');
+    await ok(['identity', 'issue', 'read-only', '--policy', 'app-read-only', '--out', readOnlyOut]);
+    const readOnly = readEnv(join(readOnlyOut, 'client.env'));
+    assert.equal(await ok(['secret', 'get', 'app/db/password'], '', readOnly), values[0]);
+    const listed = await coffer(readOnly, ['secret', 'ls', 'app/']);
+    assert.equal(listed.code, 0);
+    assert.equal(listed.stdout, '', 'no empty line');
+    assert.match(
+      listed.stderr,
+      /no secrets under app\/ that this identity may list \(listing needs the list capability/,
+    );
     await ok(['identity', 'revoke', 'reader']);
     await fails(['secret', 'get', 'app/db/password'], /PERMISSION_DENIED: .*revoked/, '', reader);
     assert.match(await ok(['identity', 'ls']), /reader\tapp-reader\trevoked/);
