@@ -38,7 +38,7 @@ export function healthCommand(): Command {
           );
         } else {
           process.stderr.write(
-            `coffer: ${answer.address} is not healthy: ${printable(answer.status)} (locked, no leader known, or still catching up; its log says which)\n`,
+            `coffer: ${answer.address} is not healthy: ${printable(answer.status)} (locked, no leader known, still catching up, or removed from the cluster; its log says which)\n`,
           );
         }
       }

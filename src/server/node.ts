@@ -267,7 +267,7 @@ export class CofferNode {
       clusterId: config.clusterId,
       facts: () => ({
         raft: manager.status().raft,
-        removed: state.cluster.removed.has(config.nodeId),
+        removed: trust.selfRemoved(),
         auditBroken: audit.broken !== null,
         replicaFailed: manager.replicaFailure() !== null,
       }),
@@ -309,6 +309,7 @@ export class CofferNode {
       onSnapshot: (message, chunks) => manager.receiveSnapshot(message, chunks),
       admits: (peer, spki) => trust.admits(peer, spki),
       onRefused: (peer) => trust.askAbout(peer),
+      onRemoved: (peer) => trust.noteRemovedBy(peer),
       keysOf: (peer) => trust.knownKeys(peer),
       logger: log.child({ component: 'transport' }),
     });

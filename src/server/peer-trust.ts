@@ -2,6 +2,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { packr } from '../codec/msgpack.ts';
 import type { ClusterState, MemberKey } from '../state/cluster-state.ts';
 import type { ConfState, NodeId } from '../raft/types.ts';
+import { removedDetails } from '../transport/peer-transport.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
 import type { Logger } from '../util/logger.ts';
@@ -43,6 +44,30 @@ export class PeerTrust {
   readonly #bootstrapKeys = new Map<NodeId, string[]>();
   readonly #vouched = new Map<NodeId, { keys: string[]; address: string; untilMs: number; by: NodeId }>();
   readonly #askedAtMs = new Map<NodeId, number>();
+  #removedBy: NodeId | null = null;
+
+  /**
+   * The member that refused this manager's stream as removed from the cluster (null: none has).
+   * A member says so from its applied state, and a removed id never comes back, so one is enough.
+   */
+  get removedBy(): NodeId | null {
+    return this.#removedBy;
+  }
+
+  /** `peer` refused this manager as removed (see PeerTransportOptions.onRemoved). */
+  noteRemovedBy(peer: NodeId): void {
+    if (this.#removedBy !== null) return;
+    this.#removedBy = peer;
+    this.#options.logger.warn(
+      { event: 'removed-from-cluster', by: peer },
+      `manager ${peer} says this manager was removed from the cluster: it serves no request from now on; delete its data directory, or join the cluster again with a new one`,
+    );
+  }
+
+  /** Whether this manager is out of the cluster: its own applied state says so, or a member did. */
+  selfRemoved(): boolean {
+    return this.#removedBy !== null || this.#options.cluster.removed.has(this.#options.selfId);
+  }
   readonly #clients = new Map<NodeId, grpc.Client>();
 
   constructor(options: PeerTrustOptions) {
@@ -57,7 +82,7 @@ export class PeerTrust {
   /** Null if `peer` holding a certificate with key `spki` may talk Raft to this manager; else why not. */
   admits(peer: NodeId, spki: string): string | null {
     const cluster = this.#options.cluster;
-    if (cluster.removed.has(peer)) return `manager ${peer} was removed from the cluster`;
+    if (cluster.removed.has(peer)) return removedDetails(peer);
     const conf = this.#options.confState();
     if (conf === null) return 'this manager is locked';
     const known = conf.voters.length + conf.learners.length > 0;

@@ -115,7 +115,7 @@ function refusedBeforeRunning(ctx: RequestContext, identity: Identity | null): S
     );
   if (identity === null || identity.role !== 'client') return null;
   // A removed manager may not know it is out of date; it sends clients elsewhere.
-  if (ctx.state.cluster.removed.has(ctx.nodeId))
+  if (ctx.trust.selfRemoved())
     return new ServiceError(
       grpc.status.UNAVAILABLE,
       `manager ${ctx.nodeId} was removed from the cluster; ask another manager`,

@@ -49,6 +49,12 @@ export interface PeerTransportOptions {
   readonly admits: (peer: NodeId, spki: string) => string | null;
   /** A stream was refused for who sent it: the server may ask its members about that manager. */
   readonly onRefused?: (peer: NodeId) => void;
+  /**
+   * `peer` refused this manager's stream because this manager was removed from the cluster (its
+   * applied state says so). A removed manager often never applies its own removal: the leader
+   * stops replicating to it once the change applies, so this is how it learns.
+   */
+  readonly onRemoved?: (peer: NodeId) => void;
   /** The keys a peer's certificate may hold (empty: not known), checked when dialling it. */
   readonly keysOf?: (peer: NodeId) => readonly string[];
   readonly logger: Logger;
@@ -66,6 +72,11 @@ export interface PeerTransportStats {
   snapshotsSent: number;
   /** Bytes of state store records streamed after snapshot descriptors. */
   snapshotRecordBytesSent: number;
+}
+
+/** What a manager answers a removed manager's Raft stream; the removed one recognizes it (onRemoved). */
+export function removedDetails(id: NodeId): string {
+  return `manager ${id} was removed from the cluster`;
 }
 
 /**
@@ -169,7 +180,7 @@ export class PeerTransport {
   disconnect(peer: NodeId): void {
     this.#inbound.get(peer)?.({
       code: grpc.status.PERMISSION_DENIED,
-      details: `manager ${peer} was removed from the cluster`,
+      details: removedDetails(peer),
     });
   }
 
@@ -507,6 +518,8 @@ class PeerLink {
         raft(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<RaftFrame>;
       }
     ).raft((error) => {
+      if (error?.code === grpc.status.PERMISSION_DENIED && error.details === removedDetails(this.#options.selfId))
+        this.#options.onRemoved?.(this.#peer);
       if (this.#call === call)
         this.#broken(
           error === null ? 'the peer ended the stream' : `${grpc.status[error.code] ?? error.code}: ${error.details}`,
