@@ -205,6 +205,8 @@ export class LevelStateStore implements StateStore {
           if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
             await writing;
             writing = batch.write();
+            // Awaited at the next batch or at the end; until then its failure is not unhandled.
+            writing.catch(() => undefined);
             batch = this.#db.batch();
             bytes = 0;
           }
@@ -274,15 +276,16 @@ export class LevelStateStore implements StateStore {
       ...(snapshot === undefined ? {} : { snapshot }),
       highWaterMarkBytes: STATE_RANGE_PAGE_BYTES,
     });
-    // After a full page, the next one is read while the caller takes this one (a snapshot stream
-    // then waits for LevelDB and for its consumer at once, not in turn); a short page ends reading.
+    // The next page is read while the caller takes this one (a snapshot stream then waits for
+    // LevelDB and for its consumer at once, not in turn). An empty page ends the range, as before.
     let next: ReturnType<typeof iterator.nextv> | null = null;
     try {
       let page = await iterator.nextv(STATE_RANGE_PAGE_RECORDS);
       while (page.length > 0) {
-        next = fullPage(page) ? iterator.nextv(STATE_RANGE_PAGE_RECORDS) : null;
+        next = iterator.nextv(STATE_RANGE_PAGE_RECORDS);
+        // Awaited below, or in `finally` if the caller stops first: never an unhandled rejection.
+        next.catch(() => undefined);
         for (const [key, value] of page) yield { key: key.subarray(PREFIX_BYTES), value };
-        if (next === null) return;
         page = await next;
         next = null;
       }
@@ -305,12 +308,4 @@ function prefixOf(generation: number): Buffer {
   b[0] = DATA_TAG;
   b.writeUInt32BE(generation, 1);
   return b;
-}
-
-/** Whether a page ended at a page limit (more may follow), not at the end of the range. */
-function fullPage(page: ReadonlyArray<readonly [Uint8Array, Uint8Array]>): boolean {
-  if (page.length >= STATE_RANGE_PAGE_RECORDS) return true;
-  let bytes = 0;
-  for (const [key, value] of page) bytes += key.byteLength + value.byteLength;
-  return bytes >= STATE_RANGE_PAGE_BYTES;
 }
