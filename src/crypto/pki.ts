@@ -10,7 +10,8 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { isIP } from 'node:net';
-import forge from 'node-forge';
+import { createRequire } from 'node:module';
+import type Forge from 'node-forge';
 import { CryptoError } from './errors.ts';
 import { CA_KEY_BITS, LEAF_KEY_BITS, newRsaKey, newRsaKeyAsync, type RsaKeyPem } from './rsa-key.ts';
 
@@ -43,6 +44,13 @@ export interface KeyAndCertificate {
 export const CA_VALIDITY_DAYS = 3650;
 export const MANAGER_CERT_VALIDITY_DAYS = 90;
 export const CLIENT_CERT_VALIDITY_DAYS = 365;
+/** node-forge, loaded at its first use: only making a certificate needs it, and loading it cost every start about 20 ms. */
+let forgeLoaded: typeof Forge | null = null;
+function forge(): typeof Forge {
+  forgeLoaded ??= createRequire(import.meta.url)('node-forge') as typeof Forge;
+  return forgeLoaded;
+}
+
 const DAY_MS = 24 * 3600 * 1000;
 
 /** DER DigestInfo of a SHA-256 digest, up to the digest itself (RFC 8017, section 9.2, note 1). */
@@ -55,10 +63,10 @@ const SHA256_DIGEST_INFO_PREFIX = Buffer.from('3031300d0609608648016503040201050
  * RSASSA-PKCS1-v1_5 over SHA-256 that forge makes: DigestInfo, padded as a signature, with the
  * private key.
  */
-function signNatively(cert: forge.pki.Certificate, keyPem: string): void {
+function signNatively(cert: Forge.pki.Certificate, keyPem: string): void {
   const key = createPrivateKey(keyPem);
   const signer = {
-    sign(md: forge.md.MessageDigest): string {
+    sign(md: Forge.md.MessageDigest): string {
       const digest = Buffer.from(md.digest().getBytes(), 'binary');
       const signature = privateEncrypt(
         { key, padding: constants.RSA_PKCS1_PADDING },
@@ -67,7 +75,7 @@ function signNatively(cert: forge.pki.Certificate, keyPem: string): void {
       return signature.toString('binary');
     },
   };
-  cert.sign(signer as unknown as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
+  cert.sign(signer as unknown as Forge.pki.rsa.PrivateKey, forge().md.sha256.create());
 }
 
 function serialNumber(): string {
@@ -96,8 +104,8 @@ function caCertificateFor(
   nowMs: number,
   gen: number,
 ): KeyAndCertificate {
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
+  const cert = forge().pki.createCertificate();
+  cert.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = new Date(nowMs - 60_000);
   cert.validity.notAfter = new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS);
@@ -110,7 +118,7 @@ function caCertificateFor(
     { name: 'subjectKeyIdentifier' },
   ]);
   signNatively(cert, key.privatePem);
-  return { keyPem: key.privatePem, certPem: forge.pki.certificateToPem(cert) };
+  return { keyPem: key.privatePem, certPem: forge().pki.certificateToPem(cert) };
 }
 
 export interface IssueOptions {
@@ -127,7 +135,7 @@ export interface IssueOptions {
   readonly serial?: string;
 }
 
-function caSubject(clusterId: string, gen: number): forge.pki.CertificateField[] {
+function caSubject(clusterId: string, gen: number): Forge.pki.CertificateField[] {
   return [
     {
       name: 'commonName',
@@ -144,9 +152,9 @@ function caSubject(clusterId: string, gen: number): forge.pki.CertificateField[]
  * of the new one through it. Valid no longer than either CA.
  */
 export function crossSignCa(newCaCertPem: string, oldCa: KeyAndCertificate): string {
-  const fresh = forge.pki.certificateFromPem(newCaCertPem);
-  const old = forge.pki.certificateFromPem(oldCa.certPem);
-  const cert = forge.pki.createCertificate();
+  const fresh = forge().pki.certificateFromPem(newCaCertPem);
+  const old = forge().pki.certificateFromPem(oldCa.certPem);
+  const cert = forge().pki.createCertificate();
   cert.publicKey = fresh.publicKey;
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = fresh.validity.notBefore;
@@ -159,7 +167,7 @@ export function crossSignCa(newCaCertPem: string, oldCa: KeyAndCertificate): str
     { name: 'subjectKeyIdentifier' },
   ]);
   signNatively(cert, oldCa.keyPem);
-  return forge.pki.certificateToPem(cert);
+  return forge().pki.certificateToPem(cert);
 }
 
 /** Whether `caCertPem` issued (signed) `certPem`. */
@@ -187,11 +195,11 @@ export function newLeafKeyAsync(): Promise<RsaKeyPem> {
 
 /** A certificate for a public key made elsewhere (a joining manager keeps its private key). */
 export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
-  const caCert = forge.pki.certificateFromPem(ca.certPem);
-  const cert = forge.pki.createCertificate();
-  let publicKey: forge.pki.PublicKey;
+  const caCert = forge().pki.certificateFromPem(ca.certPem);
+  const cert = forge().pki.createCertificate();
+  let publicKey: Forge.pki.PublicKey;
   try {
-    publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
+    publicKey = forge().pki.publicKeyFromPem(publicKeyPem);
   } catch (error) {
     throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not an RSA public key in PEM form', {
       cause: error,
@@ -221,7 +229,7 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
     ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
   ]);
   signNatively(cert, ca.keyPem);
-  return forge.pki.certificateToPem(cert);
+  return forge().pki.certificateToPem(cert);
 }
 
 /**
@@ -229,8 +237,8 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
  * joins, so the leader can check that the address answers with the joiner's key.
  */
 export function selfSignedCertificate(key: { privatePem: string; publicPem: string }, nowMs: number): string {
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(key.publicPem);
+  const cert = forge().pki.createCertificate();
+  cert.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = new Date(nowMs - 60_000);
   cert.validity.notAfter = new Date(nowMs + DAY_MS);
@@ -238,7 +246,7 @@ export function selfSignedCertificate(key: { privatePem: string; publicPem: stri
   cert.setSubject(subject);
   cert.setIssuer(subject);
   signNatively(cert, key.privatePem);
-  return forge.pki.certificateToPem(cert);
+  return forge().pki.certificateToPem(cert);
 }
 
 /** Reads the identity fields of a certificate (PEM or DER). */
