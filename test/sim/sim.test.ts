@@ -58,6 +58,8 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     'crashesBeforeSnapshotSwitch',
     'crashesAfterSnapshotSwitch',
     'installsCheckedAfterCrash',
+    // The small parts (policy writes), checked against the log and across nodes.
+    'smallPartsChecked',
   ]) {
     assert.ok((totals[key] ?? 0) > 0, `no ${key} in 12 seeds: the simulator is not exercising it`);
   }

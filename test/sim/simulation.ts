@@ -17,7 +17,9 @@
  * die on either side of that batch and at any write of its store. A start opens the store as the
  * crash left it, `reset()`s the state, restores the newest snapshot and replays the log. The
  * checker demands that every committed secret.put is applied exactly once on every node
- * (applied-secrets.ts says what an entry puts).
+ * (applied-secrets.ts says what an entry puts), and that every node's policies are what the
+ * committed policy writes give (applied-policies.ts), with the same small parts' image as every
+ * other node's at the same index.
  *
  * Snapshots go as the replica's do (src/replica/replica.ts): one a node takes for itself is the
  * state's descriptor, saved after `sync` made the store durable through the applied index; one a
@@ -35,7 +37,7 @@
 import { createHash } from 'node:crypto';
 import { RaftError } from '../../src/raft/errors.ts';
 import { RawNode } from '../../src/raft/raw-node.ts';
-import type { ConfChange, Message, NodeId, Ready, Snapshot, SnapshotMessage } from '../../src/raft/types.ts';
+import type { ConfChange, Entry, Message, NodeId, Ready, Snapshot, SnapshotMessage } from '../../src/raft/types.ts';
 import type { StateRecord } from '../../src/kv/state-store.ts';
 import { AssertionError } from '../../src/util/assert.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -45,6 +47,7 @@ import { MinHeap } from './heap.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import type { RecordKeys } from '../../src/crypto/record-seal.ts';
 import { encodePut, putOf, readSecret, secretNames, simRecordKeys } from './applied-secrets.ts';
+import { encodePolicyPut, POLICY_TEXT_PREFIX, policyNames, policyOf, readPolicy } from './applied-policies.ts';
 import { SimCrash, SimStateDisk, type CrashPoint } from './state-disk.ts';
 
 /** Simulated time units per tick; messages take a few units, so several fit in a tick. */
@@ -71,6 +74,12 @@ const SNAPSHOT_CRASH: Readonly<Record<Exclude<CrashPoint, 'write'>, number>> = {
 };
 /** The state store's record of its applied index (AppliedState's APPLIED_KEY): read to know where a replay skips to. */
 const APPLIED_INDEX_KEY = Buffer.from([0x00, 0x61]);
+/**
+ * One proposal in this many of the chaos workload writes a policy (a small part) instead of a
+ * secret. Chosen by the proposal's number, not drawn, with a text of the same length as a put's:
+ * the workload adds no draws and its entries split into appends as before.
+ */
+const POLICY_WRITE_EVERY = 6;
 
 export interface SimOptions {
   readonly seed: number;
@@ -132,6 +141,8 @@ export interface SimStats {
   crashesAfterSnapshotSwitch: number;
   /** ... starts after a crash in a snapshot's install whose store was checked (old content, or the snapshot's records whole). */
   installsCheckedAfterCrash: number;
+  /** ... checks of a node's small parts (its policies against the committed log, its image against other nodes'). */
+  smallPartsChecked: number;
 }
 
 export interface SimResult {
@@ -269,6 +280,7 @@ export class Simulation {
     crashesBeforeSnapshotSwitch: 0,
     crashesAfterSnapshotSwitch: 0,
     installsCheckedAfterCrash: 0,
+    smallPartsChecked: 0,
   };
   /** The records streamed beside a snapshot message (applied-state mode), read from the sender's view when it was sent. */
   readonly #streams = new WeakMap<Message, readonly StateRecord[]>();
@@ -314,6 +326,7 @@ export class Simulation {
       for (const node of this.#nodes.values()) {
         if (node.applied === null) continue;
         await this.#checkAllSecrets(node, true);
+        this.#checkSmallParts(node);
         this.#countSkipped(node);
       }
     } catch (error) {
@@ -513,6 +526,7 @@ export class Simulation {
     node.skippedCounted = 0;
     this.#record(`state ${node.id} store at ${node.storedAtStart}, snapshot at ${node.appliedIndex}`);
     await this.#checkAllSecrets(node);
+    this.#checkSmallParts(node);
   }
 
   /**
@@ -552,6 +566,20 @@ export class Simulation {
   /** The index a node's applied state holds the secrets of: its applied index, or the store's while the replay is below it. */
   #stateIndex(node: SimNode): number {
     return Math.max(node.appliedIndex, node.storedAtStart);
+  }
+
+  /** The index a node's applied state holds the small parts of: its applied index (they are replayed from the snapshot). */
+  #smallPartsIndex(node: SimNode): number {
+    return node.appliedIndex;
+  }
+
+  /** A node's policies against the committed log applied once, and its small parts' image against other nodes' at the same index. */
+  #checkSmallParts(node: SimNode): void {
+    const state = node.applied!;
+    const index = this.#smallPartsIndex(node);
+    for (const name of policyNames()) this.#checker.onPolicyRead(node.id, index, name, readPolicy(state, name));
+    this.#checker.onSmallPartsImage(node.id, index, smallPartsDigest(state));
+    this.stats.smallPartsChecked++;
   }
 
   /**
@@ -780,6 +808,7 @@ export class Simulation {
         );
         if (!restored) return;
         await this.#checkAllSecrets(node);
+        this.#checkSmallParts(node);
         applied = true;
       }
     }
@@ -789,16 +818,8 @@ export class Simulation {
       node.appliedIndex = entry.index;
       if (state !== null) {
         applied = true;
-        const put = entry.kind === 'normal' ? putOf(entry.data) : null;
-        if (put !== null) {
-          const result = state.apply({ index: entry.index, ...encodePut(put) });
-          if (!result.ok)
-            throw new SafetyViolation(
-              'core-assertion',
-              `node ${node.id}: AppliedState refused the put of entry ${entry.index}: ${'reason' in result ? result.reason : JSON.stringify(result)}`,
-            );
-          touched.add(put.name);
-        }
+        const put = this.#applyToState(node, state, entry);
+        if (put !== null) touched.add(put);
       }
       this.#onApplied(entry.index, entry.kind === 'conf-change' ? entry.change : null);
     }
@@ -815,6 +836,22 @@ export class Simulation {
     raw.advance();
     if (snapshots.length > 0) await this.#sendSnapshots(node, snapshots);
     if (applied) await this.#commitState(node, touched);
+  }
+
+  /** Applies a normal entry's command (a secret put, or a policy write) to the node's state; the secret it put, or null. */
+  #applyToState(node: SimNode, state: AppliedState, entry: Entry): string | null {
+    if (entry.kind !== 'normal') return null;
+    const put = putOf(entry.data);
+    const policy = put === null ? policyOf(entry.data) : null;
+    const command = put !== null ? encodePut(put) : policy !== null ? encodePolicyPut(policy) : null;
+    if (command === null) return null;
+    const result = state.apply({ index: entry.index, ...command });
+    if (!result.ok)
+      throw new SafetyViolation(
+        'core-assertion',
+        `node ${node.id}: AppliedState refused the ${command.kind} of entry ${entry.index}: ${'reason' in result ? result.reason : JSON.stringify(result)}`,
+      );
+    return put?.name ?? null;
   }
 
   /**
@@ -902,7 +939,7 @@ export class Simulation {
   /**
    * After a Ready's applies and advance, as the barrier's afterApply does: the state's changes and
    * the applied index in one batch (not synced), each side of it a point where the node may die.
-   * Then the versions of the names this Ready wrote are read back and checked.
+   * Then the versions of the names this Ready wrote are read back and checked, and the small parts.
    */
   async #commitState(node: SimNode, touched: ReadonlySet<string>): Promise<void> {
     const state = node.applied!;
@@ -919,6 +956,7 @@ export class Simulation {
     const index = this.#stateIndex(node);
     // The versions only (their values are read at every start, snapshot restored and run's end).
     for (const name of touched) this.#checker.onSecretRead(node.id, index, name, readSecret(state, name, 'none'));
+    this.#checkSmallParts(node);
     if (this.#phase === 'chaos' && this.#random.float() < STATE_CRASH_AFTER_COMMIT) {
       this.stats.crashesAfterStateCommit++;
       this.#crash(node, 'after committing the state batch, before the next Ready');
@@ -1135,7 +1173,9 @@ export class Simulation {
     const writes = r.int(3);
     for (let k = 0; k < writes; k++) {
       const target = leader !== null && r.float() < 0.8 ? leader : this.#pick(up);
-      if (target) await this.#propose(target, `v${this.#options.seed}.${++this.#proposalSeq}`);
+      const seq = ++this.#proposalSeq;
+      const prefix = seq % POLICY_WRITE_EVERY === 0 ? POLICY_TEXT_PREFIX : 'v';
+      if (target) await this.#propose(target, `${prefix}${this.#options.seed}.${seq}`);
     }
     if (r.float() < 0.3) {
       const target = this.#pick(up);
@@ -1541,6 +1581,11 @@ async function secretsDigest(state: AppliedState): Promise<string> {
   const records: StateRecord[] = [];
   for await (const record of state.snapshotRecords()) records.push(record);
   return digestOf(records);
+}
+
+/** A digest of a state's small parts (its descriptor: the cluster and access images), as nodes at the same index must share. */
+function smallPartsDigest(state: AppliedState): string {
+  return createHash('sha256').update(state.descriptor()).digest('hex').slice(0, 16);
 }
 
 function digestOf(records: readonly StateRecord[]): string {
