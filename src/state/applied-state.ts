@@ -162,7 +162,9 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     const through = Math.max(this.#appliedThrough, side.appliedIndex ?? 0);
     // A restart's replay below what the store held (the fallback path) writes no image: the one
     // stored is the state at the stored index, and an image of an earlier index would claim it.
-    const current = through >= this.#committedThrough;
+    // Judged by the replica's applied index, where the small parts are: the secrets' own index
+    // starts at what the store held (their replay is skipped), so it is never below it.
+    const current = (side.appliedIndex ?? through) >= this.#committedThrough;
     const extra: StateWrite[] = [
       { type: 'put', key: APPLIED_KEY, value: u64(Math.max(through, this.#committedThrough)) },
     ];

@@ -1,7 +1,8 @@
 /**
  * What the simulator's entries mean to a real AppliedState: every normal entry with data (a
  * proposal's text, such as `v7.12`) is a `secret.put` of that text, as its value, to one of a few
- * names chosen by the text; empty entries (a new leader's) and membership changes put nothing.
+ * names chosen by the text, except a policy write (applied-policies.ts: its text starts with
+ * POLICY_TEXT_PREFIX); empty entries (a new leader's) and membership changes put nothing.
  * The checker derives the same puts from the committed log (what applying it once gives), the
  * nodes apply them through AppliedState and read them back through its secrets API.
  */
@@ -10,6 +11,7 @@ import { Keyring } from '../../src/crypto/keyring.ts';
 import type { AppliedState } from '../../src/state/applied-state.ts';
 import { encodeSecretCommand } from '../../src/state/secret-store.ts';
 import { RefusalError } from '../../src/state/state-part.ts';
+import { POLICY_TEXT_PREFIX } from './applied-policies.ts';
 
 /** The commands' time (applying must not read a clock), and the time reads are made at. */
 export const SECRET_NOW_MS = 1_700_000_000_000;
@@ -19,9 +21,9 @@ const NAMES = 5;
 
 const decoder = new TextDecoder();
 
-/** The secret a normal entry's data puts, or null (an empty entry). */
+/** The secret a normal entry's data puts, or null (an empty entry, or a policy write). */
 export function putOf(data: Uint8Array): { readonly name: string; readonly value: string } | null {
-  if (data.byteLength === 0) return null;
+  if (data.byteLength === 0 || data[0] === POLICY_TEXT_PREFIX.charCodeAt(0)) return null;
   const value = decoder.decode(data);
   return { name: secretNameOf(value), value };
 }

@@ -126,3 +126,55 @@ test('a put applied twice, one not applied, or a wrong value violates applied-ex
   c.onSecretsImage(2, 4, 'aa');
   violates('applied-exactly-once', () => c.onSecretsImage(3, 4, 'bb'));
 });
+
+test('a policy write lost, one of beyond the index, or small parts that differ at one index violate small-parts', async () => {
+  const { policyOf } = await import('./applied-policies.ts');
+  const c = new Checker();
+  // Two writes to one policy (found by trying texts), committed at 1 and 3; entry 2 is a secret put.
+  const texts: string[] = [];
+  const name = policyOf(encoder.encode('a0'))!.name;
+  for (let k = 0; texts.length < 2; k++) {
+    const write = policyOf(encoder.encode(`a${k}`))!;
+    if (
+      write.name === name &&
+      (texts.length === 0 || write.rulesText !== policyOf(encoder.encode(texts[0]!))!.rulesText)
+    )
+      texts.push(`a${k}`);
+  }
+  const rules = texts.map((t) => policyOf(encoder.encode(t))!.rulesText);
+  const log = new Map([
+    [1, entry(1, 1, texts[0]!)],
+    [2, entry(2, 1, 'v1')],
+    [3, entry(3, 1, texts[1]!)],
+  ]);
+  c.onCommit(1, 1, 0, 3, (i) => log.get(i));
+  c.onPolicyRead(1, 0, name, null);
+  c.onPolicyRead(1, 2, name, rules[0]!);
+  c.onPolicyRead(1, 3, name, rules[1]!);
+  const message = (run: () => void): string => {
+    try {
+      run();
+    } catch (error) {
+      assert.ok(error instanceof SafetyViolation && error.property === 'small-parts', String(error));
+      return error.detail;
+    }
+    assert.fail('no violation');
+  };
+  // A start from an image that missed the write of entry 3 holds entry 1's rules at index 3.
+  assert.match(
+    message(() => c.onPolicyRead(2, 3, name, rules[0]!)),
+    /node 2 .*index 3.*entries 1\).*entry 3/,
+  );
+  assert.match(
+    message(() => c.onPolicyRead(2, 1, name, null)),
+    /no such policy.*entry 1/,
+  );
+  assert.match(
+    message(() => c.onPolicyRead(2, 2, name, rules[1]!)),
+    /entries 3\).*entry 1/,
+  );
+  violates('small-parts', () => c.onPolicyRead(2, 4, name, rules[1]!));
+  c.onSmallPartsImage(1, 3, 'aa');
+  c.onSmallPartsImage(2, 3, 'aa');
+  violates('small-parts', () => c.onSmallPartsImage(3, 3, 'bb'));
+});

@@ -5,6 +5,7 @@
  */
 import type { Entry, NodeId, Snapshot } from '../../src/raft/types.ts';
 import { putOf, VERSIONS_KEPT, type ReadVersion } from './applied-secrets.ts';
+import { policyOf, type PolicyWrite } from './applied-policies.ts';
 
 export type Property =
   | 'election-safety'
@@ -16,6 +17,7 @@ export type Property =
   | 'monotonic-commit'
   | 'read-linearizability'
   | 'applied-exactly-once'
+  | 'small-parts'
   | 'snapshot-install'
   | 'core-assertion'
   | 'liveness'
@@ -54,6 +56,8 @@ interface CommittedEntry {
   readonly key: string;
   /** The secret.put it carries (applied-secrets.ts), or null. */
   readonly put: { readonly name: string; readonly value: string } | null;
+  /** The policy write it carries (applied-policies.ts), or null. */
+  readonly policy: PolicyWrite | null;
   /** The term of the node that first reported it committed: the term of the committing leader. */
   readonly commitTerm: number;
 }
@@ -77,6 +81,10 @@ export class Checker {
   #committedPrefix = 0;
   /** Index -> a digest of the secrets' records (sealed, so byte-equal on every node) at that index, and who had it. */
   readonly #secretsAt = new Map<number, { digest: string; node: NodeId }>();
+  /** Policy name -> the committed indexes that write it, ascending. */
+  readonly #policyWritesByName = new Map<string, number[]>();
+  /** Index -> a digest of the small parts' image (cluster and access) at that index, and who had it. */
+  readonly #smallPartsAt = new Map<number, { digest: string; node: NodeId }>();
 
   constructor() {
     this.#stateAt.set(0, 0);
@@ -146,14 +154,10 @@ export class Checker {
     for (let index = fromExclusive + 1; index <= commit; index++) {
       const entry = entryAt(index);
       if (entry === undefined) continue; // covered by a snapshot just installed
-      this.#recordCommitted(
-        id,
-        index,
-        entry.term,
-        entryKey(entry),
-        term,
-        entry.kind === 'normal' ? putOf(entry.data) : null,
-      );
+      this.#recordCommitted(id, index, entry.term, entryKey(entry), term, {
+        put: entry.kind === 'normal' ? putOf(entry.data) : null,
+        policy: entry.kind === 'normal' ? policyOf(entry.data) : null,
+      });
     }
     if (commit > this.commitMax) this.commitMax = commit;
   }
@@ -164,18 +168,13 @@ export class Checker {
     entryTerm: number,
     key: string,
     commitTerm: number,
-    put: CommittedEntry['put'],
+    { put, policy }: Pick<CommittedEntry, 'put' | 'policy'>,
   ): void {
     const known = this.#committed.get(index);
     if (known === undefined) {
-      this.#committed.set(index, { term: entryTerm, key, commitTerm, put });
-      if (put !== null) {
-        const indexes = this.#putsByName.get(put.name) ?? [];
-        let at = indexes.length;
-        while (at > 0 && indexes[at - 1]! > index) at--;
-        indexes.splice(at, 0, index);
-        this.#putsByName.set(put.name, indexes);
-      }
+      this.#committed.set(index, { term: entryTerm, key, commitTerm, put, policy });
+      if (put !== null) insertSorted(this.#putsByName, put.name, index);
+      if (policy !== null) insertSorted(this.#policyWritesByName, policy.name, index);
       while (this.#committed.has(this.#committedPrefix + 1)) this.#committedPrefix++;
     } else if (known.term !== entryTerm || known.key !== key) {
       throw new SafetyViolation(
@@ -347,6 +346,49 @@ export class Checker {
     }
   }
 
+  /**
+   * The small parts applied once: a node whose small parts hold the effects of every committed
+   * entry up to `index` (and of none after it) holds under the policy `name` the rules of the last
+   * committed write to it up to `index` (`actual`: a canonical text, null for no such policy). A
+   * write lost (a restart from an image that missed it, a replay skipped) shows as the rules of
+   * an earlier write, or none; one applied from beyond `index` as the rules of a later one.
+   */
+  onPolicyRead(id: NodeId, index: number, name: string, actual: string | null): void {
+    if (index > this.#committedPrefix) {
+      throw new SafetyViolation(
+        'small-parts',
+        `node ${id} holds the small parts of index ${index}, but index ${this.#committedPrefix + 1} was never reported committed`,
+      );
+    }
+    const indexes = this.#policyWritesByName.get(name) ?? [];
+    let at = indexes.length;
+    while (at > 0 && indexes[at - 1]! > index) at--;
+    const last = at === 0 ? null : indexes[at - 1]!;
+    const expected = last === null ? null : this.#committed.get(last)!.policy!.rulesText;
+    if (actual === expected) return;
+    const writeOf = (rules: string | null): string => {
+      if (rules === null) return 'no such policy';
+      const writers = indexes.filter((i) => this.#committed.get(i)!.policy!.rulesText === rules);
+      return `rules ${rules} (written by ${writers.length === 0 ? 'no committed entry' : `entries ${writers.join(', ')}`})`;
+    };
+    throw new SafetyViolation(
+      'small-parts',
+      `node ${id} (its small parts at index ${index}): policy ${name} has ${writeOf(actual)}, where the committed log applied once gives ${expected === null ? 'no such policy' : `the rules of entry ${last}`}`,
+    );
+  }
+
+  /** All nodes whose small parts are at the same index hold the same image of them, byte for byte. */
+  onSmallPartsImage(id: NodeId, index: number, digest: string): void {
+    const known = this.#smallPartsAt.get(index);
+    if (known === undefined) this.#smallPartsAt.set(index, { digest, node: id });
+    else if (known.digest !== digest) {
+      throw new SafetyViolation(
+        'small-parts',
+        `node ${id} holds other small parts at index ${index} than node ${known.node} did there (digest ${digest}, not ${known.digest})`,
+      );
+    }
+  }
+
   /** ` (the put of entry N)` for a value some committed entry put, or ''. */
   #entryOf(value: string): string {
     for (const [index, entry] of this.#committed) if (entry.put?.value === value) return ` (the put of entry ${index})`;
@@ -362,4 +404,13 @@ export class Checker {
       );
     }
   }
+}
+
+/** Adds `index` to the ascending list of `name` (entries are reported committed out of order). */
+function insertSorted(byName: Map<string, number[]>, name: string, index: number): void {
+  const indexes = byName.get(name) ?? [];
+  let at = indexes.length;
+  while (at > 0 && indexes[at - 1]! > index) at--;
+  indexes.splice(at, 0, index);
+  byName.set(name, indexes);
 }

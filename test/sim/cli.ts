@@ -95,6 +95,10 @@ const totals = {
   crashesBeforeSnapshotSwitch: 0,
   crashesAfterSnapshotSwitch: 0,
   installsCheckedAfterCrash: 0,
+  imagesStored: 0,
+  restartsFromImage: 0,
+  restartsFromSnapshot: 0,
+  smallPartsChecked: 0,
 };
 
 function onResult(result: SimResult): void {
@@ -163,6 +167,11 @@ function finish(stoppedEarly = false): void {
       `sim: state store: ${totals.snapshotsStreamed} snapshots streamed; crashes at a write ${totals.crashesAtStateWrite}, ` +
         `writing a snapshot's records aside ${totals.crashesPreparingSnapshot}, before its switch ${totals.crashesBeforeSnapshotSwitch}, ` +
         `after its switch ${totals.crashesAfterSnapshotSwitch}; ${totals.installsCheckedAfterCrash} stores checked after a crash in an install`,
+    );
+  if (appliedState)
+    console.log(
+      `sim: restarts from the stored image ${totals.restartsFromImage}, from the snapshot and the log ${totals.restartsFromSnapshot}; ` +
+        `${totals.imagesStored} images of the small parts stored, ${totals.smallPartsChecked} checks of the small parts`,
     );
   if (failures.length > 0 || done !== count) {
     const missing = done !== count && !stoppedEarly ? ` (${count - done} did not report)` : '';

@@ -58,6 +58,12 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     'crashesBeforeSnapshotSwitch',
     'crashesAfterSnapshotSwitch',
     'installsCheckedAfterCrash',
+    // The small parts (policy writes): their image stored with the state batches, restarts from
+    // that image and restarts that fall back to the snapshot and the log, and the checks of them.
+    'imagesStored',
+    'restartsFromImage',
+    'restartsFromSnapshot',
+    'smallPartsChecked',
   ]) {
     assert.ok((totals[key] ?? 0) > 0, `no ${key} in 12 seeds: the simulator is not exercising it`);
   }

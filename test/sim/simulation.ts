@@ -14,10 +14,16 @@
  * its batches are not synced, so a crash may lose the newest of them, which the replay of the
  * Raft log (fsynced) must make good. As the replica does, each Ready is persisted, sent, applied,
  * advanced, and then the state batch (the changes and the applied index) is committed; a node may
- * die on either side of that batch and at any write of its store. A start opens the store as the
- * crash left it, `reset()`s the state, restores the newest snapshot and replays the log. The
- * checker demands that every committed secret.put is applied exactly once on every node
- * (applied-secrets.ts says what an entry puts).
+ * die on either side of that batch and at any write of its store. As the barrier does, a batch
+ * also carries the image of the small parts (cluster and access) when they changed or this life
+ * stored none yet. A start opens the store as the crash left it and `reset()`s the state; then,
+ * as the replica's start does, it restores the store's image if the store holds one at or after
+ * the newest snapshot (the state is then at the store's index: entries up to it are not applied
+ * again, neither secrets nor small parts), and otherwise restores the newest snapshot and replays
+ * the log. The checker demands that every committed secret.put is applied exactly once on every
+ * node (applied-secrets.ts says what an entry puts), and that every node's policies are what the
+ * committed policy writes give (applied-policies.ts), with the same small parts' image as every
+ * other node's at the same index.
  *
  * Snapshots go as the replica's do (src/replica/replica.ts): one a node takes for itself is the
  * state's descriptor, saved after `sync` made the store durable through the applied index; one a
@@ -35,7 +41,7 @@
 import { createHash } from 'node:crypto';
 import { RaftError } from '../../src/raft/errors.ts';
 import { RawNode } from '../../src/raft/raw-node.ts';
-import type { ConfChange, Message, NodeId, Ready, Snapshot, SnapshotMessage } from '../../src/raft/types.ts';
+import type { ConfChange, Entry, Message, NodeId, Ready, Snapshot, SnapshotMessage } from '../../src/raft/types.ts';
 import type { StateRecord } from '../../src/kv/state-store.ts';
 import { AssertionError } from '../../src/util/assert.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -45,6 +51,7 @@ import { MinHeap } from './heap.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
 import type { RecordKeys } from '../../src/crypto/record-seal.ts';
 import { encodePut, putOf, readSecret, secretNames, simRecordKeys } from './applied-secrets.ts';
+import { encodePolicyPut, POLICY_TEXT_PREFIX, policyNames, policyOf, readPolicy } from './applied-policies.ts';
 import { SimCrash, SimStateDisk, type CrashPoint } from './state-disk.ts';
 
 /** Simulated time units per tick; messages take a few units, so several fit in a tick. */
@@ -71,6 +78,12 @@ const SNAPSHOT_CRASH: Readonly<Record<Exclude<CrashPoint, 'write'>, number>> = {
 };
 /** The state store's record of its applied index (AppliedState's APPLIED_KEY): read to know where a replay skips to. */
 const APPLIED_INDEX_KEY = Buffer.from([0x00, 0x61]);
+/**
+ * One proposal in this many of the chaos workload writes a policy (a small part) instead of a
+ * secret. Chosen by the proposal's number, not drawn, with a text of the same length as a put's:
+ * the workload adds no draws and its entries split into appends as before.
+ */
+const POLICY_WRITE_EVERY = 6;
 
 export interface SimOptions {
   readonly seed: number;
@@ -132,6 +145,17 @@ export interface SimStats {
   crashesAfterSnapshotSwitch: number;
   /** ... starts after a crash in a snapshot's install whose store was checked (old content, or the snapshot's records whole). */
   installsCheckedAfterCrash: number;
+  /** ... state batches that carried a new image of the small parts. */
+  imagesStored: number;
+  /**
+   * ... restarts (every start but a node's first) that restored the store's image and applied
+   * nothing up to its index, and restarts that restored the snapshot and replayed the log (no
+   * image stored, as after a crash right after a snapshot's switch).
+   */
+  restartsFromImage: number;
+  restartsFromSnapshot: number;
+  /** ... checks of a node's small parts (its policies against the committed log, its image against other nodes'). */
+  smallPartsChecked: number;
 }
 
 export interface SimResult {
@@ -168,6 +192,14 @@ interface SimNode {
   applied: AppliedState | null;
   /** The index the state store held when this life started (the replay skips the secrets up to it). */
   storedAtStart: number;
+  /**
+   * The index this life's state was restored at from the store's image (0: from the snapshot):
+   * entries up to it are not handed to the state at all, as the replica's applied index starts
+   * there. The core (and the hash chain) still replays them from its snapshot.
+   */
+  imageThrough: number;
+  /** The store holds no image of this life's state yet (as the barrier's #imageStale): the next batch writes one. */
+  imageStale: boolean;
   /** Of this life's state's stats.skippedOnStart, how many are in the run's stats. */
   skippedCounted: number;
   /**
@@ -269,6 +301,10 @@ export class Simulation {
     crashesBeforeSnapshotSwitch: 0,
     crashesAfterSnapshotSwitch: 0,
     installsCheckedAfterCrash: 0,
+    imagesStored: 0,
+    restartsFromImage: 0,
+    restartsFromSnapshot: 0,
+    smallPartsChecked: 0,
   };
   /** The records streamed beside a snapshot message (applied-state mode), read from the sender's view when it was sent. */
   readonly #streams = new WeakMap<Message, readonly StateRecord[]>();
@@ -314,6 +350,7 @@ export class Simulation {
       for (const node of this.#nodes.values()) {
         if (node.applied === null) continue;
         await this.#checkAllSecrets(node, true);
+        this.#checkSmallParts(node);
         this.#countSkipped(node);
       }
     } catch (error) {
@@ -445,6 +482,8 @@ export class Simulation {
       stateDisk: this.#options.appliedState ? new SimStateDisk(this.#profile.stateUnsyncedMax) : null,
       applied: null,
       storedAtStart: 0,
+      imageThrough: 0,
+      imageStale: true,
       skippedCounted: 0,
       installing: null,
       prepared: null,
@@ -485,9 +524,11 @@ export class Simulation {
 
   /**
    * A life's applied state, as a manager starts one: the store opened as the crash left it,
-   * `reset()` (the index it holds), then the newest snapshot restored; the replica then replays
-   * the log after the snapshot (the core's first Readys), and the state skips the secrets part of
-   * what the store already held.
+   * `reset()` (the index it holds); then, as Replica.start with Barrier.restoreStored, the store's
+   * image if it holds one at or after the newest snapshot's index (the state is at the store's
+   * index, and nothing up to it is handed to the state again), else the newest snapshot: the
+   * replica then replays the log after it (the core's first Readys), and the state skips the
+   * secrets part of what the store already held.
    */
   async #startState(node: SimNode, snapshot: Snapshot | null): Promise<void> {
     const disk = node.stateDisk!;
@@ -498,21 +539,43 @@ export class Simulation {
     node.storedAtStart = stored === undefined ? 0 : Number(Buffer.from(stored).readBigUInt64BE(0));
     node.prepared = null;
     if (node.installing !== null) await this.#checkInterruptedInstall(node, state);
-    if (snapshot !== null) {
-      try {
-        await state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index);
-      } catch (error) {
-        // A persisted snapshot stands for the store's records: they must be there, durably.
+    const restart = node.incarnation > 1;
+    const image = await state.storedImage();
+    const snapshotIndex = snapshot?.metadata.index ?? 0;
+    if (image !== null && image.index >= snapshotIndex) {
+      // The image and the records are of the index the store holds, written in one batch.
+      if (image.index !== node.storedAtStart || image.index === 0)
         throw new SafetyViolation(
-          'snapshot-install',
-          `node ${node.id} cannot restore its snapshot at ${snapshot.metadata.index} over its state store (at ${node.storedAtStart}): ${(error as Error).message}`,
+          'core-assertion',
+          `node ${node.id}: the state store's image is of index ${image.index}, its applied index record says ${node.storedAtStart}`,
         );
+      await state.restore(image.image, image.index);
+      node.imageThrough = image.index;
+      node.imageStale = false;
+      if (restart) this.stats.restartsFromImage++;
+    } else {
+      node.imageThrough = 0;
+      node.imageStale = true;
+      if (restart) this.stats.restartsFromSnapshot++;
+      if (snapshot !== null) {
+        try {
+          await state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index);
+        } catch (error) {
+          // A persisted snapshot stands for the store's records: they must be there, durably.
+          throw new SafetyViolation(
+            'snapshot-install',
+            `node ${node.id} cannot restore its snapshot at ${snapshot.metadata.index} over its state store (at ${node.storedAtStart}): ${(error as Error).message}`,
+          );
+        }
       }
     }
     node.applied = state;
     node.skippedCounted = 0;
-    this.#record(`state ${node.id} store at ${node.storedAtStart}, snapshot at ${node.appliedIndex}`);
+    this.#record(
+      `state ${node.id} store at ${node.storedAtStart}, snapshot at ${node.appliedIndex}, from ${node.imageThrough > 0 ? 'its image' : 'the snapshot'}`,
+    );
     await this.#checkAllSecrets(node);
+    this.#checkSmallParts(node);
   }
 
   /**
@@ -552,6 +615,24 @@ export class Simulation {
   /** The index a node's applied state holds the secrets of: its applied index, or the store's while the replay is below it. */
   #stateIndex(node: SimNode): number {
     return Math.max(node.appliedIndex, node.storedAtStart);
+  }
+
+  /**
+   * The index a node's applied state holds the small parts of (and the replica's applied index,
+   * which the barrier commits with): the core's while it replays from the snapshot (the small
+   * parts are replayed with it), the image's while the core catches up to where the image was.
+   */
+  #smallPartsIndex(node: SimNode): number {
+    return Math.max(node.appliedIndex, node.imageThrough);
+  }
+
+  /** A node's policies against the committed log applied once, and its small parts' image against other nodes' at the same index. */
+  #checkSmallParts(node: SimNode): void {
+    const state = node.applied!;
+    const index = this.#smallPartsIndex(node);
+    for (const name of policyNames()) this.#checker.onPolicyRead(node.id, index, name, readPolicy(state, name));
+    this.#checker.onSmallPartsImage(node.id, index, smallPartsDigest(state));
+    this.stats.smallPartsChecked++;
   }
 
   /**
@@ -779,7 +860,11 @@ export class Simulation {
           state.restore(decodeSnapshotImage(snapshot), snapshot.metadata.index),
         );
         if (!restored) return;
+        // The store's image (if any) is not of this state: the next batch writes one (the barrier's restore).
+        node.imageThrough = 0;
+        node.imageStale = true;
         await this.#checkAllSecrets(node);
+        this.#checkSmallParts(node);
         applied = true;
       }
     }
@@ -789,15 +874,10 @@ export class Simulation {
       node.appliedIndex = entry.index;
       if (state !== null) {
         applied = true;
-        const put = entry.kind === 'normal' ? putOf(entry.data) : null;
-        if (put !== null) {
-          const result = state.apply({ index: entry.index, ...encodePut(put) });
-          if (!result.ok)
-            throw new SafetyViolation(
-              'core-assertion',
-              `node ${node.id}: AppliedState refused the put of entry ${entry.index}: ${'reason' in result ? result.reason : JSON.stringify(result)}`,
-            );
-          touched.add(put.name);
+        // Started from the store's image: entries up to its index are in it (the replica hands them to no one).
+        if (entry.index > node.imageThrough) {
+          const put = this.#applyToState(node, state, entry);
+          if (put !== null) touched.add(put);
         }
       }
       this.#onApplied(entry.index, entry.kind === 'conf-change' ? entry.change : null);
@@ -815,6 +895,22 @@ export class Simulation {
     raw.advance();
     if (snapshots.length > 0) await this.#sendSnapshots(node, snapshots);
     if (applied) await this.#commitState(node, touched);
+  }
+
+  /** Applies a normal entry's command (a secret put, or a policy write) to the node's state; the secret it put, or null. */
+  #applyToState(node: SimNode, state: AppliedState, entry: Entry): string | null {
+    if (entry.kind !== 'normal') return null;
+    const put = putOf(entry.data);
+    const policy = put === null ? policyOf(entry.data) : null;
+    const command = put !== null ? encodePut(put) : policy !== null ? encodePolicyPut(policy) : null;
+    if (command === null) return null;
+    const result = state.apply({ index: entry.index, ...command });
+    if (!result.ok)
+      throw new SafetyViolation(
+        'core-assertion',
+        `node ${node.id}: AppliedState refused the ${command.kind} of entry ${entry.index}: ${'reason' in result ? result.reason : JSON.stringify(result)}`,
+      );
+    return put?.name ?? null;
   }
 
   /**
@@ -893,16 +989,18 @@ export class Simulation {
         'snapshot-install',
         `node ${node.id}: Raft accepted the snapshot at ${index}, but no records were prepared for it`,
       );
-    // The store holds the snapshot's index now, not what it held at the start of this life.
+    // The store holds the snapshot's index now (and no image), not what it held at the start of this life.
     node.storedAtStart = 0;
+    node.imageThrough = 0;
     this.#record(`install ${node.id} snapshot ${index}`);
     return true;
   }
 
   /**
-   * After a Ready's applies and advance, as the barrier's afterApply does: the state's changes and
-   * the applied index in one batch (not synced), each side of it a point where the node may die.
-   * Then the versions of the names this Ready wrote are read back and checked.
+   * After a Ready's applies and advance, as the barrier's afterApply does: the state's changes, the
+   * applied index and the small parts' image when due, in one batch (not synced), each side of it a
+   * point where the node may die. Then the versions of the names this Ready wrote are read back
+   * and checked, and the small parts.
    */
   async #commitState(node: SimNode, touched: ReadonlySet<string>): Promise<void> {
     const state = node.applied!;
@@ -911,17 +1009,31 @@ export class Simulation {
       this.#crash(node, 'after applying, before committing the state batch');
       return;
     }
-    const committed = await this.#stateWrite(node, 'committing the state batch', () =>
-      state.commit({ appliedIndex: node.appliedIndex }),
-    );
+    const committed = await this.#stateWrite(node, 'committing the state batch', () => this.#commitBatch(node, state));
     if (!committed) return;
     this.#countSkipped(node);
     const index = this.#stateIndex(node);
     // The versions only (their values are read at every start, snapshot restored and run's end).
     for (const name of touched) this.#checker.onSecretRead(node.id, index, name, readSecret(state, name, 'none'));
+    this.#checkSmallParts(node);
     if (this.#phase === 'chaos' && this.#random.float() < STATE_CRASH_AFTER_COMMIT) {
       this.stats.crashesAfterStateCommit++;
       this.#crash(node, 'after committing the state batch, before the next Ready');
+    }
+  }
+
+  /**
+   * As the barrier's #commitInner: the state batch with the replica's applied index and, when the
+   * small parts changed or the store holds no image of this life's state yet, their image (the
+   * descriptor: what `restore` takes back at a start). The image counts as stored only if the
+   * state says the batch wrote it (not while a restart's replay is below what the store held).
+   */
+  async #commitBatch(node: SimNode, state: AppliedState): Promise<void> {
+    const image = node.imageStale || state.smallPartsChanged ? state.descriptor() : null;
+    const written = await state.commit({ appliedIndex: this.#smallPartsIndex(node), image });
+    if (written && image !== null) {
+      node.imageStale = false;
+      this.stats.imagesStored++;
     }
   }
 
@@ -1135,7 +1247,9 @@ export class Simulation {
     const writes = r.int(3);
     for (let k = 0; k < writes; k++) {
       const target = leader !== null && r.float() < 0.8 ? leader : this.#pick(up);
-      if (target) await this.#propose(target, `v${this.#options.seed}.${++this.#proposalSeq}`);
+      const seq = ++this.#proposalSeq;
+      const prefix = seq % POLICY_WRITE_EVERY === 0 ? POLICY_TEXT_PREFIX : 'v';
+      if (target) await this.#propose(target, `${prefix}${this.#options.seed}.${seq}`);
     }
     if (r.float() < 0.3) {
       const target = this.#pick(up);
@@ -1282,10 +1396,14 @@ export class Simulation {
     // not snapshot while its core is behind the state.
     const state = node.applied;
     if (state !== null && node.appliedIndex < node.storedAtStart) return;
-    // The descriptor stands for the store: the store is made durable through the applied index first.
+    // The descriptor stands for the store: the store is made durable through the applied index first
+    // (the barrier's syncState: its batch, with the image if due, then the synced write).
     if (
       state !== null &&
-      !(await this.#stateWrite(node, 'syncing before a snapshot', () => state.sync(node.appliedIndex)))
+      !(await this.#stateWrite(node, 'syncing before a snapshot', async () => {
+        await this.#commitBatch(node, state);
+        await state.sync(node.appliedIndex);
+      }))
     )
       return;
     const image = state === null ? null : state.descriptor();
@@ -1541,6 +1659,11 @@ async function secretsDigest(state: AppliedState): Promise<string> {
   const records: StateRecord[] = [];
   for await (const record of state.snapshotRecords()) records.push(record);
   return digestOf(records);
+}
+
+/** A digest of a state's small parts (its descriptor: the cluster and access images), as nodes at the same index must share. */
+function smallPartsDigest(state: AppliedState): string {
+  return createHash('sha256').update(state.descriptor()).digest('hex').slice(0, 16);
 }
 
 function digestOf(records: readonly StateRecord[]): string {

@@ -176,3 +176,42 @@ test('a crash at any write of the store (the write lost) costs nothing but a rep
     );
   }
 });
+
+test("a restart's replay below what the store held stores no image: the stored one stays the state at the store's index, and a later start from it loses no command", async () => {
+  const keys = testRecordKeys();
+  const { MemoryStateStore } = await import('../../src/kv/memory-state-store.ts');
+  const policy = (index: number, name: string, path: string) => ({
+    index,
+    ...encodeAccessCommand({
+      op: 'policy-put',
+      name,
+      rules: [{ path, capabilities: ['read'], deny: false }],
+    }),
+  });
+  const entries = [policy(1, 'first', 'app/a'), policy(2, 'second', 'app/b')];
+  const store = new MemoryStateStore();
+  const first = new AppliedState({ store, keys });
+  await first.reset();
+  for (const e of entries) {
+    first.apply(e);
+    assert.equal(first.smallPartsChanged, true);
+    assert.equal(await first.commit({ appliedIndex: e.index, image: first.descriptor() }), true);
+    assert.equal(first.smallPartsChanged, false, 'the image stored is the state');
+  }
+  // A restart that falls back to the snapshot (none here) and replays: its batch below the
+  // store's index 2 must not store the image of index 1 as the image of index 2.
+  const second = new AppliedState({ store, keys });
+  await second.reset();
+  second.apply(entries[0]!);
+  assert.equal(await second.commit({ appliedIndex: 1, image: second.descriptor() }), false, 'below: not written');
+  assert.equal(second.smallPartsChanged, true, 'still to store');
+  second.apply(entries[1]!);
+  assert.equal(await second.commit({ appliedIndex: 2, image: second.descriptor() }), true, 'caught up: written');
+  // A start from the stored image holds both commands.
+  const third = new AppliedState({ store, keys });
+  await third.reset();
+  const stored = await third.storedImage();
+  assert.equal(stored?.index, 2);
+  await third.restore(stored!.image, stored!.index);
+  assert.deepEqual([...third.access.policies.keys()].sort(), ['first', 'second']);
+});
