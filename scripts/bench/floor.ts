@@ -14,7 +14,8 @@ import { MANAGER_CHANNEL_OPTIONS } from '../../src/transport/tls.ts';
 import { runLoad, type LoadResult } from './load.ts';
 
 const identity = (b: Buffer): Buffer => b;
-const SERVICE: grpc.ServiceDefinition = {
+/** A unary echo of raw bytes (no protobuf): the service of both floors. */
+export const ECHO_SERVICE: grpc.ServiceDefinition = {
   echo: {
     path: '/bench.Echo/Echo',
     requestStream: false,
@@ -34,7 +35,7 @@ interface Material {
 
 function serve(material: Material): void {
   const server = new grpc.Server({ 'grpc.enable_channelz': 0 });
-  server.addService(SERVICE, {
+  server.addService(ECHO_SERVICE, {
     echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) =>
       callback(null, call.request),
   });
@@ -75,7 +76,7 @@ export async function measureFloor(options: {
       child.once('exit', (code) => reject(new Error(`the echo server exited (${code})`)));
       child.send({ caPem: ca.certPem, certPem: server.certPem, keyPem: server.keyPem });
     });
-    const Client = grpc.makeGenericClientConstructor(SERVICE, 'Echo');
+    const Client = grpc.makeGenericClientConstructor(ECHO_SERVICE, 'Echo');
     const stub = new Client(
       `127.0.0.1:${port}`,
       grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(client.keyPem), Buffer.from(client.certPem), {

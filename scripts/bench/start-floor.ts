@@ -14,23 +14,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { MANAGER_CHANNEL_OPTIONS } from '../../src/transport/tls.ts';
+import { ECHO_SERVICE } from './floor.ts';
 
 const SERVER = fileURLToPath(new URL('./start-floor-server.cjs', import.meta.url));
 const POLL_MS = 20;
 const ANSWER_WAIT_MS_MAX = 30_000;
-
-const identity = (b: Buffer): Buffer => b;
-const SERVICE: grpc.ServiceDefinition = {
-  echo: {
-    path: '/bench.Echo/Echo',
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: identity,
-    requestDeserialize: identity,
-    responseSerialize: identity,
-    responseDeserialize: identity,
-  },
-};
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -53,7 +41,7 @@ export async function measureStartFloor(runs = 5): Promise<number[]> {
   writeFileSync(join(dir, 'ca.crt'), ca.certPem);
   writeFileSync(join(dir, 'server.crt'), server.certPem);
   writeFileSync(join(dir, 'server.key'), server.keyPem, { mode: 0o600 });
-  const Client = grpc.makeGenericClientConstructor(SERVICE, 'Echo');
+  const Client = grpc.makeGenericClientConstructor(ECHO_SERVICE, 'Echo');
   const times: number[] = [];
   try {
     for (let run = 0; run < runs; run++) {

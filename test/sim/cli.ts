@@ -12,7 +12,7 @@ import { availableParallelism } from 'node:os';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { runSimulation, type SimResult } from './simulation.ts';
+import { emptySimStats, runSimulation, type SimResult } from './simulation.ts';
 
 const { values } = parseArgs({
   options: {
@@ -81,29 +81,12 @@ if (values.worker) {
 const started = Date.now();
 const failures: SimResult[] = [];
 let done = 0;
-const totals = {
-  messages: 0,
-  leaders: 0,
-  crashes: 0,
-  snapshotsInstalled: 0,
-  readsServed: 0,
-  confChangesApplied: 0,
-  transfers: 0,
-  snapshotsStreamed: 0,
-  crashesAtStateWrite: 0,
-  crashesPreparingSnapshot: 0,
-  crashesBeforeSnapshotSwitch: 0,
-  crashesAfterSnapshotSwitch: 0,
-  installsCheckedAfterCrash: 0,
-  imagesStored: 0,
-  restartsFromImage: 0,
-  restartsFromSnapshot: 0,
-  smallPartsChecked: 0,
-};
+const totals = emptySimStats();
 
 function onResult(result: SimResult): void {
   done++;
-  for (const key of Object.keys(totals) as (keyof typeof totals)[]) totals[key] += result.stats[key];
+  for (const key of Object.keys(totals) as (keyof typeof totals)[])
+    totals[key] = key === 'highestTerm' ? Math.max(totals[key], result.stats[key]) : totals[key] + result.stats[key];
   if (!result.ok) {
     failures.push(result);
     console.error(`FAIL seed ${result.seed} (${result.nodes} nodes): ${result.property}: ${result.message}`);

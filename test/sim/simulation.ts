@@ -158,6 +158,47 @@ export interface SimStats {
   smallPartsChecked: number;
 }
 
+/** Every count at zero: a simulation's start, and the CLI's totals over seeds. */
+export function emptySimStats(): SimStats {
+  return {
+    events: 0,
+    messages: 0,
+    dropped: 0,
+    leaders: 0,
+    highestTerm: 0,
+    committed: 0,
+    crashes: 0,
+    crashesMidReady: 0,
+    crashesAfterEarlyAppends: 0,
+    restarts: 0,
+    partitions: 0,
+    snapshotsTaken: 0,
+    snapshotsInstalled: 0,
+    readsServed: 0,
+    readsRefused: 0,
+    confChangesApplied: 0,
+    transfers: 0,
+    proposals: 0,
+    stateBatches: 0,
+    stateBatchesLost: 0,
+    crashesBeforeStateCommit: 0,
+    crashesAfterStateCommit: 0,
+    crashesAtStateWrite: 0,
+    skippedOnStart: 0,
+    secretsChecked: 0,
+    snapshotsStreamed: 0,
+    snapshotBatchesAside: 0,
+    crashesPreparingSnapshot: 0,
+    crashesBeforeSnapshotSwitch: 0,
+    crashesAfterSnapshotSwitch: 0,
+    installsCheckedAfterCrash: 0,
+    imagesStored: 0,
+    restartsFromImage: 0,
+    restartsFromSnapshot: 0,
+    smallPartsChecked: 0,
+  };
+}
+
 export interface SimResult {
   readonly seed: number;
   readonly nodes: number;
@@ -269,43 +310,7 @@ export class Simulation {
   #probe: { leader: NodeId; term: number; isolated: NodeId; healAt: number; checkAt: number } | null = null;
   #traceHash = 0x811c9dc5;
   readonly #trace: string[] | null;
-  readonly stats: SimStats = {
-    events: 0,
-    messages: 0,
-    dropped: 0,
-    leaders: 0,
-    highestTerm: 0,
-    committed: 0,
-    crashes: 0,
-    crashesMidReady: 0,
-    crashesAfterEarlyAppends: 0,
-    restarts: 0,
-    partitions: 0,
-    snapshotsTaken: 0,
-    snapshotsInstalled: 0,
-    readsServed: 0,
-    readsRefused: 0,
-    confChangesApplied: 0,
-    transfers: 0,
-    proposals: 0,
-    stateBatches: 0,
-    stateBatchesLost: 0,
-    crashesBeforeStateCommit: 0,
-    crashesAfterStateCommit: 0,
-    crashesAtStateWrite: 0,
-    skippedOnStart: 0,
-    secretsChecked: 0,
-    snapshotsStreamed: 0,
-    snapshotBatchesAside: 0,
-    crashesPreparingSnapshot: 0,
-    crashesBeforeSnapshotSwitch: 0,
-    crashesAfterSnapshotSwitch: 0,
-    installsCheckedAfterCrash: 0,
-    imagesStored: 0,
-    restartsFromImage: 0,
-    restartsFromSnapshot: 0,
-    smallPartsChecked: 0,
-  };
+  readonly stats: SimStats = emptySimStats();
   /** The records streamed beside a snapshot message (applied-state mode), read from the sender's view when it was sent. */
   readonly #streams = new WeakMap<Message, readonly StateRecord[]>();
 
