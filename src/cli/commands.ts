@@ -418,6 +418,9 @@ async function serve(
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  // Started by `coffer dev` (an IPC channel to it): stop when it goes, even by kill -9, so no
+  // manager outlives the dev cluster that started it.
+  if (process.channel !== undefined) process.once('disconnect', () => stop('coffer dev exited'));
 }
 
 program.parseAsync(process.argv).catch((error: unknown) => {

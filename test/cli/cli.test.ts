@@ -202,7 +202,22 @@ test("the coffer CLI against npm start's local cluster: every secret operation, 
     assert.match(verify.stdout, /audit log broken at line \d+: its contents were altered/);
 
     // No value anywhere on disk or in the logs, raw, hex or base64.
+    // Killing dev takes its manager processes with it; wait for them before reading their files.
+    const managerPids = [...procs.log('dev').matchAll(/ pid (\d+) /g)].map((m) => Number(m[1]));
+    assert.equal(managerPids.length, 3);
     await procs.kill('dev');
+    await eventually('the managers to stop with dev', 20_000, async () =>
+      managerPids.every((pid) => {
+        try {
+          process.kill(pid, 0);
+          return false;
+        } catch {
+          return true;
+        }
+      })
+        ? true
+        : undefined,
+    );
     const haystacks = [...filesUnder(dir).map((p) => readFileSync(p)), Buffer.from(procs.log('dev'))];
     for (const value of values) {
       for (const form of [value, Buffer.from(value).toString('hex'), Buffer.from(value).toString('base64')]) {
