@@ -32,6 +32,8 @@ import { createLogger } from '../util/logger.ts';
 
 /** The exit status of a manager whose replica stopped on an error (sysexits EX_SOFTWARE). */
 const EXIT_REPLICA_FAILED = 70;
+/** The exit status of a manager that learned it was removed from the cluster (sysexits EX_NOPERM). */
+const EXIT_REMOVED = 77;
 
 const program = new Command('coffer')
   .description('Coffer: a replicated, encrypted secret store')
@@ -236,6 +238,10 @@ program
     "quorum lost for good: start a one-member cluster from this manager's data; every other member is removed, new managers join it",
   )
   .option(
+    '--wait-when-removed',
+    'once this manager learns it was removed from the cluster, stay up (serving nothing, health NOT_SERVING) instead of exiting with status 77',
+  )
+  .option(
     '--new-audit-log',
     "this manager's audit log is missing or does not verify (it will not start on it): move what is left aside and start a new log",
   )
@@ -247,6 +253,7 @@ program
         forceNewCluster?: boolean;
         unlockKeyFile?: string;
         newAuditLog?: boolean;
+        waitWhenRemoved?: boolean;
       } & SnapshotFlags,
     ) => {
       const { join: through, listen } = options;
@@ -375,6 +382,7 @@ async function serve(
     forceNewCluster?: boolean;
     unlockKeyFile?: string;
     newAuditLog?: boolean;
+    waitWhenRemoved?: boolean;
   } & SnapshotFlags,
 ): Promise<void> {
   const logger = createLogger({ component: 'coffer' });
@@ -396,6 +404,20 @@ async function serve(
       process.exitCode = EXIT_REPLICA_FAILED;
       void node.stop().finally(() => process.exit(EXIT_REPLICA_FAILED));
     },
+    // Its log says why (removed-from-cluster); a manager that can never serve again does not
+    // linger looking alive, unless asked to (to be inspected).
+    ...(options.waitWhenRemoved === true
+      ? {}
+      : {
+          onRemoved: () => {
+            logger.error(
+              { event: 'exiting-removed' },
+              `this manager was removed from the cluster: exiting (status ${EXIT_REMOVED}). Delete its data directory, or join the cluster again with a new one; --wait-when-removed keeps it up`,
+            );
+            process.exitCode = EXIT_REMOVED;
+            void node.stop().finally(() => process.exit(EXIT_REMOVED));
+          },
+        }),
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
     ...(options.listen === undefined ? {} : { listen: options.listen }),
     ...(unlockKey === undefined ? {} : { unlockKey }),

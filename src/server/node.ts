@@ -80,6 +80,12 @@ export interface NodeOptions {
    * exits; a test may look. Without it the manager stays up, NOT_SERVING, refusing requests.
    */
   readonly onFatal?: (error: Error) => void;
+  /**
+   * This manager learned it was removed from the cluster (a member refused it as removed, or it
+   * applied its own removal); called once. The CLI exits unless told to wait; without it the
+   * manager stays up, NOT_SERVING, refusing every request as removed.
+   */
+  readonly onRemoved?: () => void;
 }
 
 /**
@@ -112,6 +118,7 @@ export class CofferNode {
   readonly #leaderDuties: LeaderDuties;
   readonly #anchoring: AuditAnchoring;
   readonly #options: NodeOptions;
+  #removalReported = false;
   readonly #connectionLimits: ConnectionLimits;
   #housekeeping: NodeJS.Timeout | null = null;
   #housekeepingBusy = false;
@@ -509,6 +516,11 @@ export class CofferNode {
     this.#housekeepingBusy = true;
     try {
       this.health.update();
+      this.trust.checkOutOfConfiguration();
+      if (!this.#removalReported && this.trust.selfRemoved()) {
+        this.#removalReported = true;
+        this.#options.onRemoved?.();
+      }
       await this.#certificate.followCas();
       await this.#certificate.recordOwnKey();
       await this.#certificate.maybeRenew();

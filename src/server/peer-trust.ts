@@ -1,4 +1,4 @@
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { packr } from '../codec/msgpack.ts';
 import type { ClusterState, MemberKey } from '../state/cluster-state.ts';
 import type { ConfState, NodeId } from '../raft/types.ts';
@@ -45,6 +45,7 @@ export class PeerTrust {
   readonly #vouched = new Map<NodeId, { keys: string[]; address: string; untilMs: number; by: NodeId }>();
   readonly #askedAtMs = new Map<NodeId, number>();
   #removedBy: NodeId | null = null;
+  #outOfConfAskedAtMs = -Infinity;
 
   /**
    * The member that refused this manager's stream as removed from the cluster (null: none has).
@@ -62,6 +63,33 @@ export class PeerTrust {
       { event: 'removed-from-cluster', by: peer },
       `manager ${peer} says this manager was removed from the cluster: it serves no request from now on; delete its data directory, or join the cluster again with a new one`,
     );
+  }
+
+  /**
+   * A manager that applied a membership change leaving itself out, but not the removal record
+   * that follows it (the leader stops replicating to it in between), would sit silent: not a
+   * member, it never campaigns, so no member refuses it. It asks the voters it knows instead (at
+   * most once per VOUCH_ASK_INTERVAL_MS); a member refuses a removed manager by saying so. A joiner
+   * that restored a snapshot from before its own addition asks too, and is answered, harmlessly.
+   */
+  checkOutOfConfiguration(): void {
+    if (this.selfRemoved()) return;
+    const conf = this.#options.confState();
+    const self = this.#options.selfId;
+    if (conf === null || conf.voters.length + conf.learners.length === 0) return;
+    if (conf.voters.includes(self) || conf.learners.includes(self)) return;
+    const now = Date.now();
+    if (this.#outOfConfAskedAtMs + VOUCH_ASK_INTERVAL_MS > now) return;
+    this.#outOfConfAskedAtMs = now;
+    for (const member of conf.voters) {
+      void this.#ask(member).then(
+        () => undefined,
+        (error: grpc.ServiceError) => {
+          if (error.code === grpc.status.PERMISSION_DENIED && error.details === removedDetails(self))
+            this.noteRemovedBy(member);
+        },
+      );
+    }
   }
 
   /** Whether this manager is out of the cluster: its own applied state says so, or a member did. */

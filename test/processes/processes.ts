@@ -102,6 +102,11 @@ export class Processes {
     return this.running(name) ? this.#children.get(name)!.pid : undefined;
   }
 
+  /** The exit status of a process that exited by itself (null: running, unknown, or killed by a signal). */
+  exitCode(name: string): number | null {
+    return this.#children.get(name)?.exitCode ?? null;
+  }
+
   running(name: string): boolean {
     const child = this.#children.get(name);
     return child !== undefined && child.exitCode === null && child.signalCode === null;

@@ -187,9 +187,10 @@ test('three manager processes made by coffer init and coffer join elect, replica
     await client.call(address(leaderNow), 'Cluster', 'removeMember', { nodeId: removedId });
     await procs.kill(`m${removed + 1}`);
     await client.call(address(leaderNow), 'Secrets', 'put', { name: 'after/removal', value: Buffer.from('x') });
-    procs.start(`m${removed + 1}`, ['server', '--data', data(removed)]);
+    procs.start(`m${removed + 1}`, ['server', '--data', data(removed), '--wait-when-removed']);
     // Back up, it learns from the members that refuse its streams that it was removed, and then
     // serves nothing, not even stale reads of what it held: every request is refused, saying why.
+    // (Asked to wait when removed; else it exits: test/processes/membership.test.ts.)
     const removedMessage = /manager \d+ was removed from the cluster; ask another manager/;
     await eventually('the removed manager to be up and refuse requests as removed', 30_000, async () => {
       try {
@@ -206,6 +207,13 @@ test('three manager processes made by coffer init and coffer join elect, replica
       'the removed manager serves no read, stale or not',
     );
     assert.deepEqual((await client.status(address(leaderNow))).voters.includes(removedId), false);
+    const health = await coffer(['health', '--addr', address(removed)], '', {
+      COFFER_CA: join(adminDir, 'ca.crt'),
+      COFFER_CERT: join(adminDir, 'admin.crt'),
+      COFFER_KEY: join(adminDir, 'admin.key'),
+    });
+    assert.equal(health.code, 1, `${health.stdout}${health.stderr}`);
+    assert.match(health.stderr, /is not healthy: NOT_SERVING/, 'a removed manager that waits is not healthy');
     // Its own certificate and key, opened from its data directory, no longer get a Raft stream.
     const store = await KeyStore.read(new DataDir(data(removed)).keyStore);
     const credentials = managerChannelCredentials(
