@@ -147,8 +147,11 @@ export function devCommand(): Command {
       },
       3,
     )
-    .option('--metrics', 'each manager also serves Prometheus metrics over HTTP on a free port (printed)')
-    .action(async (flags: { dir: string; managers: number; metrics?: boolean }) => {
+    .option(
+      '--no-metrics',
+      'do not serve Prometheus metrics (by default each manager serves them on a free loopback port, printed)',
+    )
+    .action(async (flags: { dir: string; managers: number; metrics: boolean }) => {
       const dir = resolve(flags.dir);
       const layoutFile = join(dir, 'dev.json');
       const logDir = join(dir, 'logs');
@@ -172,7 +175,7 @@ export function devCommand(): Command {
           data,
           listen,
           join(logDir, `m${k + 1}.log`),
-          flags.metrics === true ? `127.0.0.1:${await freePort()}` : null,
+          flags.metrics ? `127.0.0.1:${await freePort()}` : null,
           onExit,
         );
       const exited = (m: ManagerProcess) => (m.running ? null : `${m.name} stopped; its log: ${m.logFile}`);

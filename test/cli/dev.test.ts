@@ -71,6 +71,9 @@ test('npm start (coffer dev) runs each manager as its own process: kill -9 the l
     for (const m of managers) pids.add(m.pid);
     assert.equal(new Set(managers.map((m) => m.pid)).size, 3, 'three processes, not one');
     assert.ok(!managers.some((m) => m.pid === first.child.pid), 'no manager runs in the dev process');
+    // Metrics are on by default, on loopback.
+    assert.ok(managers.every((m) => m.metrics?.startsWith('http://127.0.0.1:')));
+    assert.match(await (await fetch(managers[0]!.metrics!)).text(), /^coffer_raft_term\{/m);
     const env = readEnv(join(dir, 'client.env'));
     const ok = async (args: string[], input = '') => {
       const r = await coffer(args, input, env);
@@ -118,8 +121,8 @@ test('npm start (coffer dev) runs each manager as its own process: kill -9 the l
     assert.equal(await first.exited(), 0);
     for (const pid of pids) assert.ok(!alive(pid), `manager process ${pid} outlived coffer dev`);
 
-    // A second run reuses the cluster (with metrics this time); killing dev by -9 takes its managers with it.
-    const second = new DevRun(['--dir', dir, '--metrics']);
+    // A second run reuses the cluster (without metrics, as asked); killing dev by -9 takes its managers with it.
+    const second = new DevRun(['--dir', dir, '--no-metrics']);
     runs.push(second);
     const again2 = await second.managers();
     for (const m of again2) pids.add(m.pid);
@@ -129,8 +132,7 @@ test('npm start (coffer dev) runs each manager as its own process: kill -9 the l
     );
     assert.equal(await ok(['secret', 'get', 'app/one']), 'first value');
     assert.equal(await ok(['secret', 'get', 'app/two']), 'second value');
-    const metrics = await (await fetch(again2[0]!.metrics!)).text();
-    assert.match(metrics, /^coffer_raft_term\{/m);
+    assert.ok(again2.every((m) => m.metrics === null));
     second.child.kill('SIGKILL');
     await second.exited();
     await eventually('the managers to stop after coffer dev was killed', 20_000, async () =>
