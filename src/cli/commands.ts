@@ -2,7 +2,7 @@
  * The `coffer` command line's commands (main.ts starts it). With main.ts, the only module that reads argv,
  * stdin or the environment, and that exits the process.
  */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { ClientError } from '../client/client.ts';
 import { KeyStore } from '../crypto/key-store.ts';
@@ -23,10 +23,13 @@ import { sendUnlockKey, waitForUnlockKey } from './unlock.ts';
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
 import { durationSeconds, secretCommands } from './secret-commands.ts';
 import { printable } from './printable.ts';
+import { addJoinOptions, addServeOptions, sanOption } from './manager-options.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { createKeyFile } from '../crypto/root-key.ts';
 import { DataDir, isManagerDataDir } from '../manager/data-dir.ts';
 import { initCluster, joinCluster } from '../server/bootstrap.ts';
+import { normalizeExtraHosts } from '../server/manager-hosts.ts';
+import { readNodeConfig } from '../server/node-config.ts';
 import { CofferNode } from '../server/node.ts';
 import { createLogger } from '../util/logger.ts';
 
@@ -47,6 +50,7 @@ program
   .requiredOption('--data <dir>', "the new manager's data directory")
   .requiredOption('--listen <host:port>', 'where the manager will serve gRPC')
   .option('--advertise <host:port>', 'where other managers reach it (default: --listen)')
+  .addOption(sanOption())
   .option('--key-file <path>', 'the key file that wraps the root key, outside the data directory (default: <data>.key)')
   .option(
     '--autolock',
@@ -87,6 +91,7 @@ program
       data: string;
       listen: string;
       advertise?: string;
+      san?: string[];
       keyFile?: string;
       autolock?: boolean;
       adminDir?: string;
@@ -110,6 +115,7 @@ program
         listen: options.listen,
         managerCertValidityDays: options.certValidityDays,
         ...(options.advertise === undefined ? {} : { advertise: options.advertise }),
+        extraHosts: options.san ?? [],
         ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
         ...(options.autolock === true ? { autolock: true } : {}),
         ...(options.unlockKeyFile === undefined ? {} : { unlockKey: readUnlockKeyFile(options.unlockKeyFile) }),
@@ -147,88 +153,44 @@ program
     },
   );
 
-program
-  .command('join')
-  .description('add a manager to a cluster (as a learner, promoted to voter once caught up), then serve')
-  .requiredOption('--data <dir>', "the new manager's data directory (must not hold a manager yet)")
-  .requiredOption('--listen <host:port>', 'where this manager serves gRPC')
-  .requiredOption('--join <host:port>', 'any manager of the cluster')
-  .option('--token <token>', 'a manager join token (CFRTKN-1-...)')
-  .option('--token-file <path>', 'a file holding the join token (instead of --token)')
-  .option(
-    '--join-retry <seconds>',
-    'keep trying this long while the cluster is not ready for a join (unreachable, no leader, another change in flight)',
-    (v) => parsePositive(v, '--join-retry', true),
-    120,
-  )
-  .option('--advertise <host:port>', 'where other managers reach it (default: --listen)')
-  .option(
-    '--key-file <path>',
-    'the key file: used if it exists (e.g. a Docker secret), created otherwise (default: <data>.key)',
-  )
-  .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) =>
-    parsePositive(v, '--snapshot-every'),
-  )
-  .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) =>
-    parsePositive(v, '--snapshot-tail', true),
-  )
-  .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
-  .option(
-    '--identity-requests-per-second <n>',
-    'requests one client identity may make of this manager per second (0: no limit; default 5000)',
-    (v) => parsePositive(v, '--identity-requests-per-second', true),
-  )
-  .option(
-    '--identity-write-bytes-per-minute <bytes>',
-    'bytes of secret values one client identity may write through this manager per minute (0: no limit; default 1 GiB)',
-    (v) => parsePositive(v, '--identity-write-bytes-per-minute', true),
-  )
-  .action(async (options: JoinFlags & { join: string; listen: string } & SnapshotFlags) => {
-    await join(options);
-    await serve(options);
-  });
+addServeOptions(
+  addJoinOptions(
+    program
+      .command('join')
+      .description('add a manager to a cluster (as a learner, promoted to voter once caught up), then serve')
+      .requiredOption('--data <dir>', "the new manager's data directory (must not hold a manager yet)")
+      .requiredOption('--listen <host:port>', 'where this manager serves gRPC')
+      .requiredOption('--join <host:port>', 'any manager of the cluster')
+      .option(
+        '--key-file <path>',
+        'the key file: used if it exists (e.g. a Docker secret), created otherwise (default: <data>.key)',
+      ),
+  ),
+).action(async (options: JoinFlags & { join: string; listen: string } & SnapshotFlags) => {
+  await join(options);
+  await serve(options);
+});
 
-program
-  .command('server')
-  .description(
-    'run a manager (an autolocked one reads its unlock key from stdin); with --join, first join a cluster if --data holds no manager yet',
-  )
-  .requiredOption('--data <dir>', "the manager's data directory")
-  .option('--key-file <path>', 'the key file (default: <data>.key)')
-  .option(
-    '--join <host:port>',
-    'if --data holds no manager yet: join the cluster through this manager first (then --listen and a token are needed)',
-  )
-  .option(
-    '--listen <host:port>',
-    'where this manager serves gRPC (default: the address given at init or join); needed with --join',
-  )
-  .option('--advertise <host:port>', 'with --join: where other managers reach it (default: --listen)')
-  .option('--token <token>', 'with --join: a manager join token')
-  .option('--token-file <path>', 'with --join: a file holding the join token')
-  .option(
-    '--join-retry <seconds>',
-    'keep trying this long while the cluster is not ready for a join (unreachable, no leader, another change in flight)',
-    (v) => parsePositive(v, '--join-retry', true),
-    120,
-  )
-  .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) =>
-    parsePositive(v, '--snapshot-every'),
-  )
-  .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) =>
-    parsePositive(v, '--snapshot-tail', true),
-  )
-  .option('--metrics-listen <host:port>', 'serve Prometheus metrics over HTTP here (GET /metrics)')
-  .option(
-    '--identity-requests-per-second <n>',
-    'requests one client identity may make of this manager per second (0: no limit; default 5000)',
-    (v) => parsePositive(v, '--identity-requests-per-second', true),
-  )
-  .option(
-    '--identity-write-bytes-per-minute <bytes>',
-    'bytes of secret values one client identity may write through this manager per minute (0: no limit; default 1 GiB)',
-    (v) => parsePositive(v, '--identity-write-bytes-per-minute', true),
-  )
+addServeOptions(
+  addJoinOptions(
+    program
+      .command('server')
+      .description(
+        'run a manager (an autolocked one reads its unlock key from stdin); with --join, first join a cluster if --data holds no manager yet',
+      )
+      .requiredOption('--data <dir>', "the manager's data directory")
+      .option('--key-file <path>', 'the key file (default: <data>.key)')
+      .option(
+        '--join <host:port>',
+        'if --data holds no manager yet: join the cluster through this manager first (then --listen and a token are needed)',
+      )
+      .option(
+        '--listen <host:port>',
+        'where this manager serves gRPC (default: the address given at init or join); needed with --join',
+      ),
+    'with --join: ',
+  ),
+)
   .option(
     '--unlock-key-file <path>',
     'an autolocked manager: read the unlock key from this file (e.g. a Docker secret); otherwise from stdin, or else it waits for coffer unlock',
@@ -262,9 +224,24 @@ program
           if (options[flag] !== undefined)
             throw new Error(`--${flag === 'tokenFile' ? 'token-file' : flag} is only for joining: it needs --join`);
         }
+        // The names are fixed when the certificate is first made; a later --san would be ignored.
+        if (options.san !== undefined)
+          throw new Error(
+            "--san is only for joining: it needs --join (a manager's names are set at init or join, and kept at renewal)",
+          );
       } else if (!isManagerDataDir(options.data)) {
         if (listen === undefined) throw new Error('--join needs --listen: where this manager will serve');
         await join({ ...options, join: through, listen });
+      } else {
+        // A later start of a joined manager (compose runs the same command on every boot): the
+        // join options are not used again. Names added to the command since are not in the
+        // certificate, and clients that dial them would fail the host-name check: say so.
+        const named = (await readNodeConfig(options.data)).extraHosts ?? [];
+        const missing = normalizeExtraHosts(options.san ?? []).filter((name) => !named.includes(name));
+        if (missing.length > 0)
+          process.stderr.write(
+            `coffer: warning: this manager joined before; its certificate keeps the names it was made with, not --san ${missing.join(', ')}\n`,
+          );
       }
       await serve(options);
     },
@@ -320,6 +297,7 @@ interface JoinFlags {
   joinRetry?: number;
   listen?: string;
   advertise?: string;
+  san?: string[];
   token?: string;
   tokenFile?: string;
   keyFile?: string;
@@ -340,6 +318,7 @@ async function join(options: JoinFlags & { join: string; listen: string }): Prom
     join: options.join,
     token,
     ...(options.advertise === undefined ? {} : { advertise: options.advertise }),
+    extraHosts: options.san ?? [],
     ...(options.keyFile === undefined ? {} : { keyFile: options.keyFile }),
     retryMs: (options.joinRetry ?? 0) * 1000,
     onRetry: (error) => process.stderr.write(`coffer: cannot join yet: ${error.message}; retrying\n`),
@@ -365,13 +344,6 @@ interface SnapshotFlags {
   metricsListen?: string;
   identityRequestsPerSecond?: number;
   identityWriteBytesPerMinute?: number;
-}
-
-function parsePositive(value: string, flag: string, zeroOk = false): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < (zeroOk ? 0 : 1))
-    throw new InvalidArgumentError(`${flag} takes a whole number${zeroOk ? '' : ' above 0'}`);
-  return n;
 }
 
 async function serve(

@@ -6,6 +6,7 @@ import { restoreBackup } from '../server/restore.ts';
 import { readKeyLine, readTextKeyFile, readUnlockKeyFile } from './key-input.ts';
 import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
 import { progress } from './progress.ts';
+import { sanOption } from './manager-options.ts';
 
 /**
  * A file written whole or not at all, as its bytes arrive: a new temporary file (mode 600) that
@@ -107,6 +108,7 @@ export function snapshotCommands(): Command {
     .requiredOption('--data <dir>', "the new manager's data directory (must not hold a manager)")
     .requiredOption('--listen <host:port>', 'where the new manager will serve gRPC')
     .option('--advertise <host:port>', 'where other managers reach it (default: --listen)')
+    .addOption(sanOption())
     .option('--key-file <path>', 'the key file to wrap the root key with (used if it exists; default: <data>.key)')
     .option('--autolock', 'wrap the root key with a new unlock key instead of a key file')
     .option('--recovery-key-file <path>', 'read the recovery key from this file')
@@ -119,6 +121,7 @@ export function snapshotCommands(): Command {
           data: string;
           listen: string;
           advertise?: string;
+          san?: string[];
           keyFile?: string;
           autolock?: boolean;
           recoveryKeyFile?: string;
@@ -148,6 +151,7 @@ export function snapshotCommands(): Command {
           dataDir: flags.data,
           listen: flags.listen,
           ...(flags.advertise === undefined ? {} : { advertise: flags.advertise }),
+          extraHosts: flags.san ?? [],
           ...(flags.keyFile === undefined ? {} : { keyFile: flags.keyFile }),
           ...(flags.autolock === true ? { autolock: true } : {}),
         });

@@ -26,7 +26,8 @@ import { MANAGER_CHANNEL_OPTIONS, policyChannelCredentials } from '../transport/
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { decodeMembers } from './peer-trust.ts';
 import { ServiceError } from './errors.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig } from './node-config.ts';
+import { managerCertificateHosts, normalizeExtraHosts } from './manager-hosts.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, splitHostPort, writeNodeConfig } from './node-config.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
 
@@ -34,6 +35,8 @@ export interface InitOptions {
   readonly dataDir: string;
   readonly listen: string;
   readonly advertise?: string;
+  /** Names for the manager's certificate besides the advertise host (`--san`): DNS names or IPs. */
+  readonly extraHosts?: readonly string[];
   readonly keyFile?: string;
   readonly autolock?: boolean;
   /** Where the admin client identity goes (ca.crt, admin.crt, admin.key); default `<data dir>-admin`. */
@@ -78,6 +81,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
   const advertise = options.advertise ?? options.listen;
   splitHostPort(options.listen);
   splitHostPort(advertise);
+  const extraHosts = normalizeExtraHosts(options.extraHosts ?? []);
   const clusterId = randomUUID();
   const now = Date.now();
   const ca = createCa(clusterId, now);
@@ -91,7 +95,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     role: 'manager',
     clusterId,
     nowMs: now,
-    hosts: [hostOf(advertise)],
+    hosts: managerCertificateHosts(advertise, extraHosts),
     validityDays,
   });
   const dir = new DataDir(options.dataDir);
@@ -130,6 +134,7 @@ export async function initCluster(options: InitOptions): Promise<InitOutcome> {
     clusterId,
     listen: options.listen,
     advertise,
+    extraHosts,
     bootstrap: true,
     initialJoinTokenHash: joinTokenHash(token.secret).toString('hex'),
     initialJoinTokenExpiresAtMs: now + joinTokenTtlMs,
@@ -164,6 +169,11 @@ export interface JoinOptions {
   readonly dataDir: string;
   readonly listen: string;
   readonly advertise?: string;
+  /**
+   * Names to ask for in the manager's certificate besides the advertise host (`--san`); the
+   * leader checks them again, and the manager keeps them at every renewal.
+   */
+  readonly extraHosts?: readonly string[];
   /** Any manager of the cluster (host:port); a follower sends the joiner on to the leader. */
   readonly join: string;
   readonly token: string;
@@ -220,6 +230,7 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
   const advertise = options.advertise ?? options.listen;
   splitHostPort(options.listen);
   splitHostPort(advertise);
+  const extraHosts = normalizeExtraHosts(options.extraHosts ?? []);
   const deadline = Date.now() + (options.deadlineMs ?? 30_000);
   // The key is made in the thread pool while the CA certificate is fetched (or was begun before
   // the command line loaded its modules: startLeafKeyEarly).
@@ -243,7 +254,7 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
         const response = await callJoin(
           address,
           caPem,
-          { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem },
+          { tokenSecret: token.secret, address: advertise, publicKeyPem: key.publicPem, extraHosts },
           deadline,
         );
         const members = decodeMembers(response.members);
@@ -263,6 +274,7 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
           clusterId: response.clusterId,
           listen: options.listen,
           advertise,
+          extraHosts,
           bootstrap: false,
           initialJoinTokenHash: null,
           initialAdmin: null,

@@ -7,7 +7,8 @@ import type { Logger } from '../util/logger.ts';
 import type { ClusterCa } from './cluster-ca.ts';
 import type { StateCommand } from './context.ts';
 import { DataDir } from '../manager/data-dir.ts';
-import { TLS_CERT_SECRET, TLS_KEY_SECRET, hostOf } from './node-config.ts';
+import { managerCertificateHosts } from './manager-hosts.ts';
+import { TLS_CERT_SECRET, TLS_KEY_SECRET } from './node-config.ts';
 
 /** Renew a manager certificate once less than this share of its lifetime is left. */
 export const CERT_RENEW_REMAINING_SHARE = 1 / 3;
@@ -17,6 +18,8 @@ export interface ManagerCertificateOptions {
   readonly nodeId: number;
   readonly clusterId: string;
   readonly advertise: string;
+  /** Names the certificate carries besides the advertise host (`--san`), kept at every renewal. */
+  readonly extraHosts: readonly string[];
   readonly validityDays: number;
   readonly cas: ClusterCa;
   readonly cluster: ClusterState;
@@ -113,7 +116,9 @@ export class ManagerCertificate {
       role: 'manager',
       clusterId: o.clusterId,
       nowMs: now,
-      hosts: [hostOf(o.advertise)],
+      // The names the first certificate had (init's or the leader's at join): a client that
+      // checks host names must not lose this manager when its certificate is renewed.
+      hosts: managerCertificateHosts(o.advertise, o.extraHosts),
       validityDays: o.validityDays,
     });
     const renewed = identityOf(certPem);

@@ -10,7 +10,8 @@ import type { Manager } from '../manager/manager.ts';
 import { ProposalRefused } from '../manager/errors.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import type { ServiceContext } from './context.ts';
-import { hostOf, splitHostPort } from './node-config.ts';
+import { managerCertificateHosts, normalizeExtraHosts } from './manager-hosts.ts';
+import { splitHostPort } from './node-config.ts';
 import { encodeMembers } from './peer-trust.ts';
 import { LeaderRedirect, noteTarget, unary, type Call } from './rpc.ts';
 
@@ -129,7 +130,7 @@ export function joinService(
     joinCluster: unary(
       ctx,
       'Join.JoinCluster',
-      async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string }>) => {
+      async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string; extraHosts: string[] }>) => {
         const source = sourceHost(call.getPeer());
         const wait = attempts.refusal(source);
         if (wait !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, wait);
@@ -160,6 +161,20 @@ export function joinService(
           ctx.log.warn({ event: 'join-refused', source, reason: refusal }, 'refused a join');
           throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
         }
+        // The joiner chooses the names its certificate carries, and nothing here checks that it
+        // owns them: a token holder could have a certificate for `vault.example.com`, or for
+        // another manager's host, and so pass the host-name check of a client that dials there.
+        // That is acceptable only because the token already grants more: a joined manager holds
+        // the root key and, through the replicated state, the CA key, so it could sign itself
+        // any certificate. Hand out join tokens as manager rights. What is checked is the form
+        // (each a DNS name or an IP address, no wildcard) and the count, so a name cannot be
+        // abused to make the certificate, or anything that prints it, large or odd.
+        let extraHosts: string[];
+        try {
+          extraHosts = normalizeExtraHosts(call.request.extraHosts);
+        } catch (error) {
+          throw new ServiceError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+        }
         const status = ctx.replica.raftStatus();
         if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
         if (status.role !== 'leader') {
@@ -189,7 +204,7 @@ export function joinService(
             role: 'manager',
             clusterId: ctx.clusterId,
             nowMs,
-            hosts: [hostOf(address)],
+            hosts: managerCertificateHosts(address, extraHosts),
             validityDays: deps.managerCertValidityDays,
           });
         } catch (error) {

@@ -16,6 +16,11 @@ export interface NodeConfig {
   readonly listen: string;
   /** Where other managers dial it (host:port); the listen address unless set. */
   readonly advertise: string;
+  /**
+   * Names its certificate carries besides the advertise host (`--san`; src/server/manager-hosts.ts),
+   * named again at every renewal. Absent in data directories made before `--san`: none.
+   */
+  readonly extraHosts?: readonly string[];
   /** The cluster's first manager: bootstraps a one-voter cluster on its first start. */
   readonly bootstrap: boolean;
   /** The join token made at init (its hash), installed by the first leader. */

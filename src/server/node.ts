@@ -28,6 +28,7 @@ import { type AppliedOk, type ServiceContext, type StateCommand, signingOrUnavai
 import { ServiceError } from './errors.ts';
 import { HealthService } from './health.ts';
 import { LeaderDuties } from './leader-duties.ts';
+import { normalizeExtraHosts } from './manager-hosts.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
 import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
 import {
@@ -160,6 +161,7 @@ export class CofferNode {
         nodeId: config.nodeId,
         clusterId: config.clusterId,
         advertise: config.advertise,
+        extraHosts: config.extraHosts ?? [],
         validityDays: config.managerCertValidityDays,
         cas,
         cluster: state.cluster,
@@ -290,6 +292,9 @@ export class CofferNode {
     // with it (test/server/heap-residency.test.ts searches the live buffers).
     Buffer.poolSize = 0;
     let config = await readNodeConfig(options.dataDir);
+    // Checked at start, not at the first renewal weeks later: an edited node.json that names
+    // something no certificate may name stops the manager now, saying which name.
+    config = { ...config, extraHosts: normalizeExtraHosts(config.extraHosts ?? []) };
     const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
     const state = new AppliedState({ store: await new DataDir(options.dataDir).openStateStore() });
     const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });

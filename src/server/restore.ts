@@ -8,7 +8,8 @@ import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';
 import type { NodeId } from '../raft/types.ts';
 import { AppliedState, type AppliedResult } from '../state/applied-state.ts';
-import { CA_KEY_SECRET, TLS_KEY_SECRET, hostOf, splitHostPort, writeNodeConfig } from './node-config.ts';
+import { managerCertificateHosts, normalizeExtraHosts } from './manager-hosts.ts';
+import { CA_KEY_SECRET, TLS_KEY_SECRET, splitHostPort, writeNodeConfig } from './node-config.ts';
 
 export interface RestoreOptions {
   /** The backup file's path (format 1 or 2). */
@@ -19,6 +20,8 @@ export interface RestoreOptions {
   readonly dataDir: string;
   readonly listen: string;
   readonly advertise?: string;
+  /** Names for the new manager's certificate besides the advertise host (`--san`). */
+  readonly extraHosts?: readonly string[];
   readonly keyFile?: string;
   readonly autolock?: boolean;
 }
@@ -58,6 +61,8 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreOut
   const advertise = options.advertise ?? options.listen;
   splitHostPort(options.listen);
   splitHostPort(advertise);
+  // Checked before the backup is read, which can take minutes: a wrong name fails at once.
+  normalizeExtraHosts(options.extraHosts ?? []);
   const dir = new DataDir(options.dataDir);
   if (dir.isManager()) throw new Error(`${options.dataDir} already holds a manager: restore into a new directory`);
   const { backup, handle } = await readBackupFile(options.file);
@@ -170,6 +175,7 @@ async function writeRestored(
   },
 ): Promise<RestoreOutcome> {
   const { state, barrier } = opened;
+  const extraHosts = normalizeExtraHosts(options.extraHosts ?? []);
   const retired = [...new Set([...state.cluster.addresses.keys()])].filter((id) => !state.cluster.removed.has(id));
   const taken = new Set<NodeId>([...state.cluster.addresses.keys(), ...state.cluster.removed]);
   let nodeId = 0;
@@ -180,7 +186,7 @@ async function writeRestored(
     role: 'manager',
     clusterId: opened.clusterId,
     nowMs: Date.now(),
-    hosts: [hostOf(advertise)],
+    hosts: managerCertificateHosts(advertise, extraHosts),
     validityDays: MANAGER_CERT_VALIDITY_DAYS,
   });
   const keyFile = options.autolock === true ? null : (options.keyFile ?? dir.defaultKeyFile);
@@ -208,6 +214,7 @@ async function writeRestored(
     clusterId: opened.clusterId,
     listen: options.listen,
     advertise,
+    extraHosts,
     bootstrap: false,
     initialJoinTokenHash: null,
     initialAdmin: null,

@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
+import { checkServerIdentity, connect } from 'node:tls';
 import { identityOf } from '../../src/crypto/pki.ts';
 import { AdminClient, eventually } from '../processes/processes.ts';
 import { ComposeRun, HOST_ADDRESS, REPO, loadCompose, type ComposeModel } from './compose-harness.ts';
@@ -81,6 +83,24 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
       );
       assert.ok(service.raw.command.includes('--key-file'), `${name} is told where its key file is`);
     }
+    // Every manager's certificate names localhost and 127.0.0.1, so clients that check host names
+    // reach the published ports from the host; init makes m1's, the others' joins make theirs.
+    // The autolock file replaces the commands whole, so it is checked too.
+    const autolock = loadCompose(COMPOSE, root, { profiles: ['five'], overrides: [AUTOLOCK] });
+    for (const [file, services] of [
+      ['docker-compose.yml', model.services],
+      ['docker-compose.autolock.yml', autolock.services],
+    ] as const) {
+      for (const [name, service] of services) {
+        if (name === 'm1') continue;
+        const sans = service.raw.command.flatMap((arg, k, all) => (all[k - 1] === '--san' ? [arg] : []));
+        assert.deepEqual(
+          sans,
+          ['localhost', '127.0.0.1'],
+          `${file}: ${name}'s certificate names localhost and 127.0.0.1`,
+        );
+      }
+    }
     const dockerfile = readFileSync(join(REPO, 'cluster/Dockerfile'), 'utf8');
     assert.match(dockerfile, /^FROM node:20-slim$/m);
     assert.match(dockerfile, /^USER node$/m, 'the manager runs as a non-root user');
@@ -112,12 +132,40 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
 });
 
 /**
+ * A TLS handshake with `address` as a standard client makes it: trusting `caPem` and checking the
+ * certificate against `name` (a DNS name or an IP address) with Node's default check.
+ */
+function standardHandshake(address: string, caPem: string, name: string): Promise<'ok' | string> {
+  const [host, port] = [
+    address.slice(0, address.lastIndexOf(':')),
+    Number(address.slice(address.lastIndexOf(':') + 1)),
+  ];
+  return new Promise((resolve) => {
+    const socket = connect(
+      {
+        host,
+        port,
+        ca: caPem,
+        ALPNProtocols: ['h2'],
+        ...(isIP(name) === 0 ? { servername: name } : {}),
+        checkServerIdentity: (_host, cert) => checkServerIdentity(name, cert),
+      },
+      () => {
+        socket.destroy();
+        resolve('ok');
+      },
+    );
+    socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+  });
+}
+
+/**
  * `docker compose up --wait`, the checks, `stop`, and `up` again, as local processes; `check` adds
  * what a variant must also hold (with the admin client and the published addresses), after each up.
  */
 async function upTwice(
   overrides: readonly string[],
-  check: (client: AdminClient, published: string[], round: number) => Promise<void>,
+  check: (client: AdminClient, published: string[], round: number, caPem: string) => Promise<void>,
 ): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-compose-'));
   let run: ComposeRun | null = null;
@@ -157,7 +205,8 @@ async function upTwice(
       /^CFRREC-1-/,
       'init wrote the recovery key to the shared volume, not its log',
     );
-    await check(client, published, 1);
+    const caPem = readFileSync(join(adminDir, 'ca.crt'), 'utf8');
+    await check(client, published, 1, caPem);
 
     // docker compose stop, then up again: init finds the cluster and does nothing; m2 and m3 serve
     // what they hold instead of joining again; no member is added.
@@ -185,7 +234,7 @@ async function upTwice(
       ).value.toString(),
     );
     assert.equal(got, 'compose-value-1');
-    await check(again, published, 2);
+    await check(again, published, 2, caPem);
     process.stderr.write(
       `# compose${overrides.length === 0 ? '' : ' (with an override)'}: cluster up and healthy in ${upMs} ms\n`,
     );
@@ -206,9 +255,15 @@ async function upTwice(
 test('docker compose up, run as local processes in the order of depends_on: three voters, a write through one manager read on the others, every healthcheck passes; then the same commands again (a restart) change nothing', {
   timeout: 360_000,
 }, async () => {
-  await upTwice([], async (client, published) => {
-    for (const address of published)
+  await upTwice([], async (client, published, _round, caPem) => {
+    for (const address of published) {
       assert.equal((await client.call<{ protection: string }>(address, 'Keys', 'status', {})).protection, 'key-file');
+      // A client that checks host names (any gRPC library but Coffer's own) dials the published
+      // port as localhost or 127.0.0.1: both names are in the certificate; another name is not.
+      assert.equal(await standardHandshake(address, caPem, 'localhost'), 'ok', `${address} as localhost`);
+      assert.equal(await standardHandshake(address, caPem, '127.0.0.1'), 'ok', `${address} as 127.0.0.1`);
+      assert.equal(await standardHandshake(address, caPem, 'm9.example'), 'ERR_TLS_CERT_ALTNAME_INVALID');
+    }
   });
 });
 
