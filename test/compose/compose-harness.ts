@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, chownSync, createWriteStream, linkSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
-import { isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 
@@ -14,10 +14,19 @@ import { parse } from 'yaml';
  * them: each as soon as its depends_on conditions hold, all at once otherwise. A published port is
  * a TCP forwarder on HOST_ADDRESS. No restart policy is emulated: a correct file brings the
  * cluster up without a crash, so a long-running service that exits fails the run.
+ *
+ * Users, when the tests run as root: every process runs as the image's USER (uid 1000 for node),
+ * as in a container; a named volume starts out owned by that user (the Dockerfile chowns /data
+ * and /shared, and Docker fills a new volume from the image); a secret is a hard link to the
+ * file, so it shows the host file's owner and mode as compose's bind mount does, whatever the
+ * host directory's permissions. Run as another user, the harness cannot switch, and every
+ * process runs as that user.
  */
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(REPO, 'src/cli/main.ts');
+/** The users of the base image (node:20-slim's /etc/passwd) a Dockerfile's USER may name. */
+const IMAGE_USERS: Readonly<Record<string, { uid: number; gid: number }>> = { node: { uid: 1000, gid: 1000 } };
 /** The Docker host's address, where published ports listen (not 127.0.0.1: other tests use it). */
 export const HOST_ADDRESS = '127.0.0.2';
 const OWN_HOSTS = new Set(['0.0.0.0', '127.0.0.1', 'localhost']);
@@ -37,13 +46,20 @@ export interface ComposeService {
   readonly ports: ReadonlyArray<{ published: number; target: number }>;
   /** Container path -> local path, for volumes and secrets. */
   readonly mounts: ReadonlyMap<string, string>;
+  /** Local path of each secret as this service sees it -> the host file it is (a hard link, made at start). */
+  readonly secretLinks: ReadonlyMap<string, string>;
   readonly secrets: readonly string[];
+
   /** As written in the file, before any rewriting (for checks on what the file says). */
   readonly raw: { command: string[]; environment: Record<string, string>; healthcheck: string[] | null };
 }
 
 export interface ComposeModel {
   readonly services: ReadonlyMap<string, ComposeService>;
+  /** The directory the compose file is moved to: volumes, secrets, logs. */
+  readonly root: string;
+  /** The Dockerfile's USER as uid and gid, or null if it names none (root). */
+  readonly user: { readonly uid: number; readonly gid: number } | null;
   /** Secret name -> local file. */
   readonly secretFiles: ReadonlyMap<string, string>;
   readonly entrypoint: string[];
@@ -58,6 +74,23 @@ export function dockerfileEntrypoint(dockerfile: string): string[] {
     .find((l) => /^ENTRYPOINT\s/.test(l));
   if (line === undefined) throw new Error(`${dockerfile} has no ENTRYPOINT`);
   return JSON.parse(line.replace(/^ENTRYPOINT\s+/, '')) as string[];
+}
+
+/** The Dockerfile's USER, as uid and gid (a name the base image has, or numbers); null for none. */
+export function dockerfileUser(dockerfile: string): { uid: number; gid: number } | null {
+  const lines = readFileSync(dockerfile, 'utf8')
+    .split('\n')
+    .filter((l) => /^USER\s/.test(l));
+  const user = lines
+    .at(-1)
+    ?.replace(/^USER\s+/, '')
+    .trim();
+  if (user === undefined || user === 'root' || user === '0') return null;
+  const known = IMAGE_USERS[user];
+  if (known !== undefined) return known;
+  const numeric = /^(\d+)(?::(\d+))?$/.exec(user);
+  if (numeric === null) throw new Error(`USER ${user}: the harness knows ${Object.keys(IMAGE_USERS).join(', ')} only`);
+  return { uid: Number(numeric[1]), gid: Number(numeric[2] ?? numeric[1]) };
 }
 
 function durationMs(value: unknown, fallbackMs: number): number {
@@ -108,11 +141,13 @@ export function loadCompose(
     (doc.services[names[0]!]!['build'] as { dockerfile?: string } | undefined)?.dockerfile ?? 'Dockerfile',
   );
   const entrypoint = dockerfileEntrypoint(dockerfile);
+  const user = dockerfileUser(dockerfile);
   const services = new Map<string, ComposeService>();
   for (const name of names) {
     const s = doc.services[name]!;
     const own = addressOf.get(name)!;
     const mounts = new Map<string, string>();
+    const secretLinks = new Map<string, string>();
     for (const volume of (s['volumes'] as string[] | undefined) ?? []) {
       const [source, target] = volume.split(':') as [string, string];
       if (source.startsWith('.') || source.startsWith('/')) mounts.set(target, resolve(root, source));
@@ -135,7 +170,10 @@ export function loadCompose(
       const local = secretFiles.get(source);
       if (local === undefined)
         throw new Error(`service ${name} uses secret ${source}, which is not declared under secrets:`);
-      mounts.set(target, local);
+      // The service's own view of the file (a bind mount in compose), linked when it starts.
+      const seen = join(root, 'mounts', name, target);
+      mounts.set(target, seen);
+      secretLinks.set(seen, local);
       secrets.push(source);
     }
     const rewrite = (arg: string): string => {
@@ -208,12 +246,13 @@ export function loadCompose(
         return { published: published!, target: target! };
       }),
       mounts,
+      secretLinks,
       secrets,
       raw: { command: rawCommand, environment: rawEnv, healthcheck: health?.test ?? null },
     });
   }
   checkAcyclic(services);
-  return { services, secretFiles, entrypoint, volumeDirs };
+  return { services, root, user, secretFiles, entrypoint, volumeDirs };
 }
 
 interface ComposeDocument {
@@ -279,13 +318,75 @@ export class ComposeRun {
     readonly logDir: string,
   ) {}
 
+  /** The uid and gid the services run as: the image's USER when the tests run as root, else none (this process's). */
+  get user(): { readonly uid: number; readonly gid: number } | null {
+    return this.model.user !== null && process.getuid?.() === 0 ? this.model.user : null;
+  }
+
+  /** A named volume as Docker makes it: empty, owned by the image's user (the Dockerfile chowns /data and /shared). */
+  #makeVolume(dir: string): void {
+    // The volumes' parent as the Docker host has it (/var/lib/docker/volumes): anyone may pass.
+    mkdirSync(dirname(dir), { recursive: true, mode: 0o755 });
+    mkdirSync(dir, { mode: 0o700 });
+    const user = this.user;
+    if (user !== null) chownSync(dir, user.uid, user.gid);
+  }
+
+  /** The environment and the user a process of `service` gets. */
+  #spawnOptions(service: ComposeService): { env: Record<string, string>; uid?: number; gid?: number } {
+    const user = this.user;
+    const env: Record<string, string> = {
+      PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+      HOME: user === null ? (process.env['HOME'] ?? '/tmp') : join(this.model.root, 'home'),
+      ...service.environment,
+    };
+    return user === null ? { env } : { env, uid: user.uid, gid: user.gid };
+  }
+
+  /** Compose's bind mount of each secret: a hard link shows the host file's own owner and mode. */
+  #mountSecrets(service: ComposeService): void {
+    for (const [seen, file] of service.secretLinks) {
+      let source: ReturnType<typeof statSync>;
+      try {
+        source = statSync(file);
+      } catch {
+        throw new Error(`service ${service.name}: the secret file ${file} does not exist`);
+      }
+      mkdirSync(dirname(seen), { recursive: true, mode: 0o755 });
+      try {
+        if (statSync(seen).ino === source.ino) continue;
+        rmSync(seen);
+      } catch {}
+      linkSync(file, seen);
+    }
+  }
+
+  /** What the services need before any starts: volumes, logs, a home, and (as root) a path the image's user can walk. */
+  #prepare(): void {
+    mkdirSync(this.logDir, { recursive: true });
+    const user = this.user;
+    if (user !== null) {
+      chmodSync(this.model.root, 0o755);
+      mkdirSync(join(this.model.root, 'home'), { recursive: true, mode: 0o700 });
+      chownSync(join(this.model.root, 'home'), user.uid, user.gid);
+    }
+    for (const dir of this.model.volumeDirs.values()) {
+      let exists = true;
+      try {
+        statSync(dir);
+      } catch {
+        exists = false;
+      }
+      if (!exists) this.#makeVolume(dir);
+    }
+  }
+
   /**
    * Starts every service as Compose would, and resolves once each has started and each one-shot
    * has finished; with `wait`, also once every healthcheck passes (docker compose up --wait).
    */
   async up(timeoutMs: number, options: { wait?: boolean } = {}): Promise<void> {
-    mkdirSync(this.logDir, { recursive: true });
-    for (const dir of this.model.volumeDirs.values()) mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.#prepare();
     const deadline = Date.now() + timeoutMs;
     const started = new Map<string, Promise<void>>();
     const start = (name: string): Promise<void> => {
@@ -317,14 +418,10 @@ export class ComposeRun {
 
   #start(service: ComposeService): void {
     this.#check();
-    const env: Record<string, string> = {
-      PATH: process.env['PATH'] ?? '/usr/bin:/bin',
-      HOME: process.env['HOME'] ?? '/tmp',
-      ...service.environment,
-    };
+    this.#mountSecrets(service);
     const child = spawn(service.command[0]!, service.command.slice(1), {
       cwd: REPO,
-      env,
+      ...this.#spawnOptions(service),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const log = createWriteStream(join(this.logDir, `${service.name}.log`), { flags: 'a' });
@@ -402,14 +499,9 @@ export class ComposeRun {
     const service = this.model.services.get(name)!;
     const check = service.healthcheck!;
     return new Promise((done) => {
-      const env: Record<string, string> = {
-        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
-        HOME: process.env['HOME'] ?? '/tmp',
-        ...service.environment,
-      };
       const child = spawn(check.command[0]!, check.command.slice(1), {
         cwd: REPO,
-        env,
+        ...this.#spawnOptions(service),
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let output = '';
