@@ -1,11 +1,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { identityOf } from '../../src/crypto/pki.ts';
-import { AdminClient, eventually } from '../processes/processes.ts';
+import { AdminClient, coffer, eventually } from '../processes/processes.ts';
 import { ComposeRun, HOST_ADDRESS, REPO, loadCompose, type ComposeModel } from './compose-harness.ts';
 
 const COMPOSE = { text: readFileSync(join(REPO, 'docker-compose.yml'), 'utf8'), dir: REPO };
@@ -74,6 +85,17 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
     assert.deepEqual([...model.services.keys()], ['init', 'm1', 'm2', 'm3', 'm4', 'm5']);
     assert.deepEqual(model.entrypoint, ['coffer']);
     assert.deepEqual(model.user, { uid: CONTAINER_UID, gid: CONTAINER_UID }, 'the image runs as node, uid 1000');
+    // The tools service: not started by up; the admin identity, and the shared volume read-write.
+    const tools = model.allServices.get('tools');
+    assert.ok(tools !== undefined, 'a tools service');
+    assert.deepEqual(tools.profiles, ['tools']);
+    assert.equal(tools.oneShot, true);
+    assert.deepEqual(tools.ports, []);
+    assert.deepEqual(tools.secrets, [], 'tools gets no key file');
+    assert.ok(tools.mounts.has('/shared') && !tools.readOnly.has('/shared'), 'tools mounts /shared read-write');
+    assert.equal(tools.raw.environment['COFFER_CERT'], '/shared/admin/admin.crt');
+    assert.equal(tools.raw.environment['COFFER_KEY'], '/shared/admin/admin.key');
+    assertNoSecretMaterial(model, JSON.stringify(tools.raw), 'the tools service');
     const published = new Set<number>();
     for (const [name, service] of model.services) {
       const env = JSON.stringify(service.raw.environment);
@@ -104,6 +126,7 @@ test('docker-compose.yml and cluster/Dockerfile: managers with healthchecks, res
         `${name} gets its key file as a secret`,
       );
       assert.ok(service.raw.command.includes('--key-file'), `${name} is told where its key file is`);
+      assert.ok(service.readOnly.has('/shared'), `${name} mounts /shared read-only: only init and tools write it`);
     }
     const dockerfile = readFileSync(join(REPO, 'cluster/Dockerfile'), 'utf8');
     assert.match(dockerfile, /^FROM node:20-slim$/m);
@@ -352,6 +375,98 @@ test('scripts/compose-secrets.sh run as a user who is neither root nor uid 1000 
     const m2 = statSync(join(work, 'my secrets', 'm2.key'));
     assert.deepEqual([m2.uid, m2.gid, m2.mode & 0o777], [CONTAINER_UID, CONTAINER_UID, 0o600]);
   } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('the tools service (docker compose run --rm tools ...): admin commands with the admin identity; the recovery key removed from the shared volume; the join token rotated where managers read it, the old one refused, and a manager that lost its volume joins again with the new one', {
+  timeout: 360_000,
+}, async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-compose-tools-'));
+  let run: ComposeRun | null = null;
+  let admin: AdminClient | null = null;
+  try {
+    makeSecrets(root);
+    const model = loadCompose(COMPOSE, root);
+    assert.ok(!model.services.has('tools'), 'up does not start tools');
+    run = new ComposeRun(model, join(root, 'logs'));
+    await run.up(UP_TIMEOUT_MS, { wait: true });
+    const shared = model.volumeDirs.get('shared')!;
+
+    // docker compose run --rm tools: its own command, cluster status.
+    const status = await run.runOnce('tools');
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /leader/);
+
+    // The recovery key: copied out (docker compose cp m1:/shared/recovery-key .), then removed
+    // with: docker compose run --rm --entrypoint rm tools /shared/recovery-key
+    assert.match(readFileSync(join(shared, 'recovery-key'), 'utf8'), /^CFRREC-1-/);
+    const removed = await run.runOnce('tools', ['/shared/recovery-key'], { entrypoint: ['rm'] });
+    assert.equal(removed.code, 0, removed.stderr);
+    assert.equal(existsSync(join(shared, 'recovery-key')), false, 'the recovery key is gone from the shared volume');
+
+    // docker compose run --rm tools cluster rotate-join-token --token-file /shared/join-token
+    const oldToken = readFileSync(join(shared, 'join-token'), 'utf8');
+    const rotated = await run.runOnce('tools', ['cluster', 'rotate-join-token', '--token-file', '/shared/join-token']);
+    assert.equal(rotated.code, 0, rotated.stderr);
+    assert.match(rotated.stdout, /manager join token written to \S*join-token/);
+    assert.doesNotMatch(rotated.stdout + rotated.stderr, /CFRTKN-/, 'the token is in the file only');
+    const newToken = readFileSync(join(shared, 'join-token'), 'utf8');
+    assert.match(newToken, /^CFRTKN-1-/);
+    assert.notEqual(newToken, oldToken);
+    const tokenStat = statSync(join(shared, 'join-token'));
+    assert.equal(tokenStat.mode & 0o777, 0o600);
+    if (run.user !== null) assert.equal(tokenStat.uid, run.user.uid, 'written by the tools container, as node');
+
+    // The old token is refused: a new manager that tries it.
+    writeFileSync(join(root, 'old-token'), oldToken, { mode: 0o600 });
+    const m1 = `${model.services.get('m1')!.address}:7400`;
+    const stranger = await coffer([
+      'join',
+      '--data',
+      join(root, 'stranger'),
+      '--listen',
+      '127.0.0.40:7400',
+      '--join',
+      m1,
+      '--token-file',
+      join(root, 'old-token'),
+    ]);
+    assert.equal(stranger.code, 1, stranger.stderr);
+    assert.match(stranger.stderr, /the join token is not valid: it was rotated/);
+
+    // m3 loses its volume. Its old id is removed (its data is gone for good), then it starts
+    // again on an empty volume: it joins through m1 with the token in /shared/join-token.
+    const published = MANAGERS.map((name) => `${HOST_ADDRESS}:${model.services.get(name)!.ports[0]!.published}`);
+    const adminDir = join(shared, 'admin');
+    admin = new AdminClient(adminDir, identityOf(readFileSync(join(adminDir, 'admin.crt'), 'utf8')).clusterId);
+    const client = admin;
+    const lostId = (await client.status(published[2]!)).nodeId;
+    await run.stop('m3');
+    const removal = await run.runOnce('tools', ['cluster', 'remove', String(lostId)]);
+    assert.equal(removal.code, 0, removal.stderr);
+    run.removeVolume('m3-data');
+    run.start('m3');
+    await run.waitHealthy('m3', UP_TIMEOUT_MS);
+    assert.equal(run.log('m3').match(/joined cluster/g)?.length, 2, 'm3 joined twice: at the first up, and now');
+    const voters = await eventually('three voters again, m3 with a new id', 60_000, async () => {
+      const s = await client.status(published[0]!);
+      return s.voters.length === 3 && s.learners.length === 0 ? [...s.voters] : undefined;
+    });
+    assert.ok(!voters.includes(lostId), `the lost id ${lostId} is not a voter`);
+    assert.ok(voters.includes((await client.status(published[2]!)).nodeId));
+    const after = await run.runOnce('tools');
+    assert.equal(after.code, 0, after.stderr);
+    for (const name of MANAGERS) assert.equal((await run.healthcheck(name)).code, 0, `the healthcheck of ${name}`);
+  } catch (error) {
+    const logs =
+      run === null
+        ? ''
+        : [...run.model.services.keys()].map((name) => `--- ${name}\n${run!.log(name).slice(-2500)}`).join('\n');
+    throw new Error(`${(error as Error).message}\n${logs}`, { cause: error });
+  } finally {
+    admin?.close();
+    await run?.down();
     rmSync(root, { recursive: true, force: true });
   }
 });
