@@ -7,11 +7,13 @@ import { generateUnlockKey } from '../crypto/unlock-key.ts';
 import { AUDIT_FILE, verifyAuditDir, type AuditAnchor } from '../audit/audit-log.ts';
 import { identityOf, newLeafKey } from '../crypto/pki.ts';
 import { durationSeconds } from './secret-commands.ts';
-import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import { clientFrom, print } from './client-config.ts';
+import { addClientOptions, type ClientFlags } from './client-flags.ts';
 import { readKeyLine, readUnlockKeyFile } from './key-input.ts';
 import { printable, printableJson } from './printable.ts';
 import { readAuditKey } from '../server/audit-key.ts';
 import { DataDir } from '../manager/data-dir.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 
 type Rule = { path: string; capabilities: string[]; deny?: boolean };
 
@@ -490,7 +492,10 @@ export function clusterCommands(): Command {
     .option('--uses <n>', 'how many managers may join with it (default: any number until it expires)', (v) =>
       positiveInteger(v, '--uses'),
     )
-    .option('--token-file <path>', 'write the token to this file (mode 600) instead of printing it')
+    .option(
+      '--token-file <path>',
+      'write the token to this file (mode 600, replacing it whole, e.g. the file managers join with) instead of printing it',
+    )
     .action(async (flags: ClientFlags & { ttl?: number; uses?: number; tokenFile?: string }) => {
       const reply = await withClient(flags, (c) =>
         c.rotateJoinToken({
@@ -500,7 +505,9 @@ export function clusterCommands(): Command {
       );
       const until = new Date(reply.expiresAtMs).toISOString();
       if (flags.tokenFile !== undefined) {
-        writeFileSync(flags.tokenFile, `${reply.token}\n`, { mode: 0o600 });
+        // Replaced whole, by a rename: managers read this file when they join (compose's
+        // /shared/join-token), and one must never read half a token.
+        await writeFileAtomic(flags.tokenFile, `${reply.token}\n`, 0o600);
         print(
           flags,
           { tokenFile: flags.tokenFile, expiresAtMs: reply.expiresAtMs },

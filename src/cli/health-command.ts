@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { HEALTH_CHECK_TIMEOUT_MS, checkHealth } from '../client/health-client.ts';
-import { addClientOptions, clientMaterialFrom, type ClientFlags } from './client-config.ts';
+import { addClientOptions, clientMaterialFrom, type ClientFlags } from './client-flags.ts';
 import { printable, printableJson } from './printable.ts';
 
 /**

@@ -1,15 +1,24 @@
 /**
- * The `coffer` command (the commands are in commands.ts). A manager joining a cluster needs a new
- * RSA key, 0.2-0.4 s of prime search on a slow core: for `join`, and for `server --join` while
- * --data holds no manager yet, it is begun here, in the thread pool, before the commands' modules
- * load (about 0.3 s), rather than after them.
+ * The `coffer` command (the commands are in commands.ts). Two commands start differently:
+ *
+ * - `coffer health` is what a container healthcheck runs, every few seconds on every manager: it
+ *   loads only its own command (health-main.ts: commander, grpc-js, the TLS checks), not every
+ *   other command's modules, which cost each check about half a second of CPU.
+ * - A manager joining a cluster needs a new RSA key, 0.2-0.4 s of prime search on a slow core:
+ *   for `join`, and for `server --join` while --data holds no manager yet, it is begun here, in
+ *   the thread pool, before the commands' modules load (about 0.3 s), rather than after them.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startLeafKeyEarly } from '../crypto/rsa-key.ts';
 
-if (joiningManager(process.argv.slice(2))) startLeafKeyEarly();
-await import('./commands.ts');
+const args = process.argv.slice(2);
+if (args[0] === 'health') {
+  await import('./health-main.ts');
+} else {
+  if (joiningManager(args)) startLeafKeyEarly();
+  await import('./commands.ts');
+}
 
 /** Whether these arguments make a manager that joins a cluster (a wrong guess costs a key made in vain, no more). */
 function joiningManager(args: readonly string[]): boolean {

@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { Command } from 'commander';
-import { addClientOptions, clientFrom, type ClientFlags } from './client-config.ts';
+import { clientFrom } from './client-config.ts';
+import { addClientOptions, type ClientFlags } from './client-flags.ts';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 

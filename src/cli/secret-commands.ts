@@ -2,7 +2,8 @@ import { createReadStream, readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { SecretMetadataReply } from '../client/client.ts';
-import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import { clientFrom, print } from './client-config.ts';
+import { addClientOptions, type ClientFlags } from './client-flags.ts';
 import {
   formatFromName,
   type ImportFailure,

@@ -4,7 +4,8 @@ import { Command, Option } from 'commander';
 import { readBackupFile, type BackupFile } from '../backup/backup-stream.ts';
 import { restoreBackup } from '../server/restore.ts';
 import { readKeyLine, readTextKeyFile, readUnlockKeyFile } from './key-input.ts';
-import { addClientOptions, clientFrom, print, type ClientFlags } from './client-config.ts';
+import { clientFrom, print } from './client-config.ts';
+import { addClientOptions, type ClientFlags } from './client-flags.ts';
 import { progress } from './progress.ts';
 import { sanOption } from './manager-options.ts';
 

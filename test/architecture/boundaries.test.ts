@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, normalize, relative } from 'node:path';
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { importsOf } from './imports.ts';
 
 // The dependency arrows of src/ point one way (STYLE: server -> state -> raft; storage and
 // transport plug in from outside), and the server layer is composed in one place: services get a
@@ -18,15 +19,6 @@ function sourceFiles(dir: string): string[] {
     else if (name.endsWith('.ts')) out.push(path);
   }
   return out;
-}
-
-/** Relative imports of a file (static, dynamic and re-exports), resolved to paths under src/. */
-export function importsOf(file: string, text = readFileSync(file, 'utf8')): string[] {
-  const code = text.replace(/\/\*[\s\S]*?\*\/|^\s*\/\/.*$/gm, '');
-  const specifiers = [...code.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|^\s*import\s+)['"](\.[^'"]+)['"]/gm)].map(
-    (m) => m[1]!,
-  );
-  return specifiers.map((s) => normalize(join(dirname(file), s)));
 }
 
 const files = sourceFiles(SRC);

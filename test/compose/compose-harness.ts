@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, chownSync, createWriteStream, linkSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
-import { isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 
@@ -14,10 +14,21 @@ import { parse } from 'yaml';
  * them: each as soon as its depends_on conditions hold, all at once otherwise. A published port is
  * a TCP forwarder on HOST_ADDRESS. No restart policy is emulated: a correct file brings the
  * cluster up without a crash, so a long-running service that exits fails the run.
+ *
+ * Users, when the tests run as root: every process runs as the image's USER (uid 1000 for node),
+ * as in a container; a named volume starts out owned by that user (the Dockerfile chowns /data
+ * and /shared, and Docker fills a new volume from the image); a secret is a hard link to the
+ * file, so it shows the host file's owner and mode as compose's bind mount does, whatever the
+ * host directory's permissions. Run as another user, the harness cannot switch, and every
+ * process runs as that user.
  */
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(REPO, 'src/cli/main.ts');
+/** The users of the base image (node:20-slim's /etc/passwd) a Dockerfile's USER may name. */
+const IMAGE_USERS: Readonly<Record<string, { uid: number; gid: number }>> = { node: { uid: 1000, gid: 1000 } };
+/** Programs of the base image the harness runs besides coffer (as `docker compose run --entrypoint`). */
+const IMAGE_TOOLS = new Set(['rm', 'cat']);
 /** The Docker host's address, where published ports listen (not 127.0.0.1: other tests use it). */
 export const HOST_ADDRESS = '127.0.0.2';
 const OWN_HOSTS = new Set(['0.0.0.0', '127.0.0.1', 'localhost']);
@@ -37,13 +48,30 @@ export interface ComposeService {
   readonly ports: ReadonlyArray<{ published: number; target: number }>;
   /** Container path -> local path, for volumes and secrets. */
   readonly mounts: ReadonlyMap<string, string>;
+  /** Container paths mounted read-only (`:ro`). */
+  readonly readOnly: ReadonlySet<string>;
+  /** Local path of each secret as this service sees it -> the host file it is (a hard link, made at start). */
+  readonly secretLinks: ReadonlyMap<string, string>;
   readonly secrets: readonly string[];
+  /** The profiles that enable it (none: always enabled). */
+  readonly profiles: readonly string[];
+  /** Rewrites a container argument (a path under a mount, a service's host:port) to the local one. */
+  readonly rewrite: (arg: string) => string;
+  /** argv for a command run in this service's container: `coffer` or a tool of the image. */
+  readonly argv: (command: readonly string[]) => string[];
   /** As written in the file, before any rewriting (for checks on what the file says). */
   readonly raw: { command: string[]; environment: Record<string, string>; healthcheck: string[] | null };
 }
 
 export interface ComposeModel {
+  /** The services of the active profiles: what `up` starts. */
   readonly services: ReadonlyMap<string, ComposeService>;
+  /** Every service of the file, for `run` (which enables the profile of the service it names). */
+  readonly allServices: ReadonlyMap<string, ComposeService>;
+  /** The directory the compose file is moved to: volumes, secrets, logs. */
+  readonly root: string;
+  /** The Dockerfile's USER as uid and gid, or null if it names none (root). */
+  readonly user: { readonly uid: number; readonly gid: number } | null;
   /** Secret name -> local file. */
   readonly secretFiles: ReadonlyMap<string, string>;
   readonly entrypoint: string[];
@@ -58,6 +86,23 @@ export function dockerfileEntrypoint(dockerfile: string): string[] {
     .find((l) => /^ENTRYPOINT\s/.test(l));
   if (line === undefined) throw new Error(`${dockerfile} has no ENTRYPOINT`);
   return JSON.parse(line.replace(/^ENTRYPOINT\s+/, '')) as string[];
+}
+
+/** The Dockerfile's USER, as uid and gid (a name the base image has, or numbers); null for none. */
+export function dockerfileUser(dockerfile: string): { uid: number; gid: number } | null {
+  const lines = readFileSync(dockerfile, 'utf8')
+    .split('\n')
+    .filter((l) => /^USER\s/.test(l));
+  const user = lines
+    .at(-1)
+    ?.replace(/^USER\s+/, '')
+    .trim();
+  if (user === undefined || user === 'root' || user === '0') return null;
+  const known = IMAGE_USERS[user];
+  if (known !== undefined) return known;
+  const numeric = /^(\d+)(?::(\d+))?$/.exec(user);
+  if (numeric === null) throw new Error(`USER ${user}: the harness knows ${Object.keys(IMAGE_USERS).join(', ')} only`);
+  return { uid: Number(numeric[1]), gid: Number(numeric[2] ?? numeric[1]) };
 }
 
 function durationMs(value: unknown, fallbackMs: number): number {
@@ -87,7 +132,8 @@ export function loadCompose(
     secretFiles.set(name, isAbsolute(secret.file) ? secret.file : resolve(root, secret.file));
   }
   const volumeDirs = new Map(Object.keys(doc.volumes ?? {}).map((name) => [name, join(root, 'volumes', name)]));
-  const names = Object.keys(doc.services).filter((name) => {
+  const all = Object.keys(doc.services);
+  const names = all.filter((name) => {
     const p = doc.services[name]!['profiles'] as string[] | undefined;
     return p === undefined || p.some((x) => profiles.has(x));
   });
@@ -108,13 +154,19 @@ export function loadCompose(
     (doc.services[names[0]!]!['build'] as { dockerfile?: string } | undefined)?.dockerfile ?? 'Dockerfile',
   );
   const entrypoint = dockerfileEntrypoint(dockerfile);
-  const services = new Map<string, ComposeService>();
-  for (const name of names) {
+  const user = dockerfileUser(dockerfile);
+  const allServices = new Map<string, ComposeService>();
+  for (const name of all) {
     const s = doc.services[name]!;
     const own = addressOf.get(name)!;
     const mounts = new Map<string, string>();
+    const readOnly = new Set<string>();
+    const secretLinks = new Map<string, string>();
     for (const volume of (s['volumes'] as string[] | undefined) ?? []) {
-      const [source, target] = volume.split(':') as [string, string];
+      const [source, target, mode] = volume.split(':') as [string, string, string | undefined];
+      if (mode === 'ro') readOnly.add(target);
+      else if (mode !== undefined && mode !== 'rw')
+        throw new Error(`service ${name}: volume ${volume}: the harness reads ro and rw only`);
       if (source.startsWith('.') || source.startsWith('/')) mounts.set(target, resolve(root, source));
       else {
         const dir = volumeDirs.get(source);
@@ -135,12 +187,18 @@ export function loadCompose(
       const local = secretFiles.get(source);
       if (local === undefined)
         throw new Error(`service ${name} uses secret ${source}, which is not declared under secrets:`);
-      mounts.set(target, local);
+      // The service's own view of the file (a bind mount in compose), linked when it starts.
+      const seen = join(root, 'mounts', name, target);
+      mounts.set(target, seen);
+      secretLinks.set(seen, local);
       secrets.push(source);
     }
     const rewrite = (arg: string): string => {
       const eq = /^(--[^=]+=)(.*)$/.exec(arg);
       if (eq !== null) return eq[1]! + rewrite(eq[2]!);
+      // A list of managers (COFFER_ADDR=m1:7400,m2:7400): each one.
+      if (arg.includes(',') && arg.split(',').every((part) => /^[^:/,]+:\d+$/.test(part)))
+        return arg.split(',').map(rewrite).join(',');
       const hostPort = /^([^:/]+):(\d+)$/.exec(arg);
       if (hostPort !== null) {
         const host = hostPort[1]!;
@@ -153,10 +211,19 @@ export function loadCompose(
         if ((arg === target || arg.startsWith(`${target}/`)) && target.length > best.length) best = target;
       return best === '' ? arg : mounts.get(best)! + arg.slice(best.length);
     };
-    const replaceEntrypoint = (argv: string[]): string[] => {
+    const replaceEntrypoint = (argv: readonly string[]): string[] => {
+      if (argv[0] !== undefined && IMAGE_TOOLS.has(argv[0])) return [argv[0], ...argv.slice(1)];
       if (argv[0] !== 'coffer')
-        throw new Error(`service ${name}: the harness runs the coffer command only, not ${argv[0]}`);
+        throw new Error(
+          `service ${name}: the harness runs the coffer command and ${[...IMAGE_TOOLS].join(', ')} only, not ${argv[0]}`,
+        );
       return [process.execPath, '--import', 'tsx', CLI, ...argv.slice(1)];
+    };
+    /** The local argv of a command in this container: the program, then each argument rewritten. */
+    const argv = (command: readonly string[]): string[] => {
+      const local = replaceEntrypoint(command);
+      const fixed = local.length - (command.length - 1);
+      return local.map((a, k) => (k < fixed ? a : rewrite(a)));
     };
     const rawCommand = [
       ...((s['entrypoint'] as string[] | undefined) ?? entrypoint),
@@ -178,7 +245,7 @@ export function loadCompose(
       if (!Array.isArray(health.test) || health.test[0] !== 'CMD')
         throw new Error(`service ${name}: the healthcheck test must be ["CMD", ...]`);
       healthcheck = {
-        command: replaceEntrypoint(health.test.slice(1)).map((a, k) => (k < 4 ? a : rewrite(a))),
+        command: argv(health.test.slice(1)),
         intervalMs: durationMs(health.start_interval ?? health.interval, 5000),
         timeoutMs: durationMs(health.timeout, 30_000),
         startPeriodMs: durationMs(health.start_period, 0),
@@ -191,13 +258,13 @@ export function loadCompose(
       for (const [dep, how] of Object.entries((deps ?? {}) as Record<string, { condition?: Condition }>))
         dependsOn.set(dep, how.condition ?? 'service_started');
     for (const dep of dependsOn.keys())
-      if (!names.includes(dep))
+      if (names.includes(name) && !names.includes(dep))
         throw new Error(`service ${name} depends on ${dep}, which is not a service (of the active profiles)`);
     const restart = String(s['restart'] ?? 'no');
-    services.set(name, {
+    allServices.set(name, {
       name,
       address: own,
-      command: replaceEntrypoint(rawCommand).map((a, k) => (k < 4 ? a : rewrite(a))),
+      command: argv(rawCommand),
       environment: Object.fromEntries(Object.entries(rawEnv).map(([k, v]) => [k, rewrite(v)])),
       healthcheck,
       dependsOn,
@@ -208,12 +275,18 @@ export function loadCompose(
         return { published: published!, target: target! };
       }),
       mounts,
+      readOnly,
+      secretLinks,
       secrets,
+      profiles: (s['profiles'] as string[] | undefined) ?? [],
+      rewrite,
+      argv,
       raw: { command: rawCommand, environment: rawEnv, healthcheck: health?.test ?? null },
     });
   }
+  const services = new Map(names.map((name) => [name, allServices.get(name)!]));
   checkAcyclic(services);
-  return { services, secretFiles, entrypoint, volumeDirs };
+  return { services, allServices, root, user, secretFiles, entrypoint, volumeDirs };
 }
 
 interface ComposeDocument {
@@ -273,19 +346,83 @@ export class ComposeRun {
   /** A long-running service that exited: the run has failed. */
   #died: Error | null = null;
   #down = false;
+  /** Long-running services stopped on purpose (docker compose stop NAME): their exit is no failure. */
+  readonly #stopped = new Set<string>();
 
   constructor(
     readonly model: ComposeModel,
     readonly logDir: string,
   ) {}
 
+  /** The uid and gid the services run as: the image's USER when the tests run as root, else none (this process's). */
+  get user(): { readonly uid: number; readonly gid: number } | null {
+    return this.model.user !== null && process.getuid?.() === 0 ? this.model.user : null;
+  }
+
+  /** A named volume as Docker makes it: empty, owned by the image's user (the Dockerfile chowns /data and /shared). */
+  #makeVolume(dir: string): void {
+    // The volumes' parent as the Docker host has it (/var/lib/docker/volumes): anyone may pass.
+    mkdirSync(dirname(dir), { recursive: true, mode: 0o755 });
+    mkdirSync(dir, { mode: 0o700 });
+    const user = this.user;
+    if (user !== null) chownSync(dir, user.uid, user.gid);
+  }
+
+  /** The environment and the user a process of `service` gets. */
+  #spawnOptions(service: ComposeService): { env: Record<string, string>; uid?: number; gid?: number } {
+    const user = this.user;
+    const env: Record<string, string> = {
+      PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+      HOME: user === null ? (process.env['HOME'] ?? '/tmp') : join(this.model.root, 'home'),
+      ...service.environment,
+    };
+    return user === null ? { env } : { env, uid: user.uid, gid: user.gid };
+  }
+
+  /** Compose's bind mount of each secret: a hard link shows the host file's own owner and mode. */
+  #mountSecrets(service: ComposeService): void {
+    for (const [seen, file] of service.secretLinks) {
+      let source: ReturnType<typeof statSync>;
+      try {
+        source = statSync(file);
+      } catch {
+        throw new Error(`service ${service.name}: the secret file ${file} does not exist`);
+      }
+      mkdirSync(dirname(seen), { recursive: true, mode: 0o755 });
+      try {
+        if (statSync(seen).ino === source.ino) continue;
+        rmSync(seen);
+      } catch {}
+      linkSync(file, seen);
+    }
+  }
+
+  /** What the services need before any starts: volumes, logs, a home, and (as root) a path the image's user can walk. */
+  #prepare(): void {
+    mkdirSync(this.logDir, { recursive: true });
+    const user = this.user;
+    if (user !== null) {
+      chmodSync(this.model.root, 0o755);
+      mkdirSync(join(this.model.root, 'home'), { recursive: true, mode: 0o700 });
+      chownSync(join(this.model.root, 'home'), user.uid, user.gid);
+    }
+    for (const dir of this.model.volumeDirs.values()) {
+      let exists = true;
+      try {
+        statSync(dir);
+      } catch {
+        exists = false;
+      }
+      if (!exists) this.#makeVolume(dir);
+    }
+  }
+
   /**
    * Starts every service as Compose would, and resolves once each has started and each one-shot
    * has finished; with `wait`, also once every healthcheck passes (docker compose up --wait).
    */
   async up(timeoutMs: number, options: { wait?: boolean } = {}): Promise<void> {
-    mkdirSync(this.logDir, { recursive: true });
-    for (const dir of this.model.volumeDirs.values()) mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.#prepare();
     const deadline = Date.now() + timeoutMs;
     const started = new Map<string, Promise<void>>();
     const start = (name: string): Promise<void> => {
@@ -317,14 +454,11 @@ export class ComposeRun {
 
   #start(service: ComposeService): void {
     this.#check();
-    const env: Record<string, string> = {
-      PATH: process.env['PATH'] ?? '/usr/bin:/bin',
-      HOME: process.env['HOME'] ?? '/tmp',
-      ...service.environment,
-    };
+    this.#stopped.delete(service.name);
+    this.#mountSecrets(service);
     const child = spawn(service.command[0]!, service.command.slice(1), {
       cwd: REPO,
-      env,
+      ...this.#spawnOptions(service),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const log = createWriteStream(join(this.logDir, `${service.name}.log`), { flags: 'a' });
@@ -333,13 +467,91 @@ export class ComposeRun {
     this.#children.set(service.name, child);
     this.#exits.set(service.name, new Promise((done) => child.once('exit', (code) => done(code))));
     child.once('exit', (code, signal) => {
-      if (!service.oneShot && !this.#down && this.#children.get(service.name) === child) {
+      if (
+        !service.oneShot &&
+        !this.#down &&
+        !this.#stopped.has(service.name) &&
+        this.#children.get(service.name) === child
+      ) {
         this.#died ??= new Error(
           `service ${service.name} exited (code ${code}, signal ${signal}); its log:\n${this.log(service.name).slice(-3000)}`,
         );
       }
     });
-    for (const port of service.ports) this.#forward(port.published, service.address, port.target);
+    // Published once per run: a service started again keeps its forwarder.
+    if (!this.#published.has(service.name))
+      for (const port of service.ports) this.#forward(port.published, service.address, port.target);
+    this.#published.add(service.name);
+  }
+
+  readonly #published = new Set<string>();
+
+  /** docker compose stop NAME: SIGTERM, SIGKILL after a grace period. */
+  async stop(name: string, graceMs = 5000): Promise<void> {
+    this.#stopped.add(name);
+    const child = this.#children.get(name);
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    const gone = this.#exits.get(name)!;
+    process.kill(child.pid!, 'SIGTERM');
+    const timer = setTimeout(
+      () => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'),
+      graceMs,
+    );
+    await gone;
+    clearTimeout(timer);
+  }
+
+  /** docker compose up -d NAME, for a service of this run that was stopped (its dependencies are up). */
+  start(name: string): void {
+    if (this.running(name)) throw new Error(`service ${name} is running`);
+    this.#start(this.model.services.get(name)!);
+  }
+
+  /** docker volume rm: the volume is gone, and the next start of a service that mounts it gets a new, empty one. */
+  removeVolume(volume: string): void {
+    const dir = this.model.volumeDirs.get(volume);
+    if (dir === undefined) throw new Error(`no volume ${volume}`);
+    for (const [name, service] of this.model.services)
+      if (this.running(name) && [...service.mounts.values()].includes(dir))
+        throw new Error(`volume ${volume} is in use by ${name}`);
+    rmSync(dir, { recursive: true, force: true });
+    this.#makeVolume(dir);
+  }
+
+  /**
+   * docker compose run --rm [--entrypoint ENTRYPOINT] NAME [COMMAND...]: one process in a new
+   * container of the service (of any profile: naming it enables its profile), with its
+   * environment, volumes and user; its output returned, not logged.
+   */
+  runOnce(
+    name: string,
+    command?: readonly string[],
+    options: { entrypoint?: readonly string[]; timeoutMs?: number } = {},
+  ): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const service = this.model.allServices.get(name);
+    if (service === undefined) throw new Error(`no service ${name}`);
+    this.#prepare();
+    this.#mountSecrets(service);
+    const argv = service.argv([
+      ...(options.entrypoint ?? service.raw.command.slice(0, this.model.entrypoint.length)),
+      ...(command ?? service.raw.command.slice(this.model.entrypoint.length)),
+    ]);
+    return new Promise((done) => {
+      const child = spawn(argv[0]!, argv.slice(1), {
+        cwd: REPO,
+        ...this.#spawnOptions(service),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const timer = setTimeout(() => process.kill(child.pid!, 'SIGKILL'), options.timeoutMs ?? 60_000);
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        done({ code, stdout, stderr });
+      });
+    });
   }
 
   #forward(published: number, address: string, target: number): void {
@@ -402,14 +614,9 @@ export class ComposeRun {
     const service = this.model.services.get(name)!;
     const check = service.healthcheck!;
     return new Promise((done) => {
-      const env: Record<string, string> = {
-        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
-        HOME: process.env['HOME'] ?? '/tmp',
-        ...service.environment,
-      };
       const child = spawn(check.command[0]!, check.command.slice(1), {
         cwd: REPO,
-        env,
+        ...this.#spawnOptions(service),
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let output = '';
