@@ -15,7 +15,7 @@ export type HealthAnswer =
  * grpc.health.v1.Health/Check, encoded by hand. A container healthcheck starts this client every
  * few seconds on every manager; loading health.proto through @grpc/proto-loader (protobufjs)
  * cost each start about 100 ms of CPU, more than the check itself. The two messages are one
- * field each (grpc-health-check's proto/health/v1/health.proto), and a test holds this codec to
+ * field each (health.proto in the grpc-health-check package), and a test holds this codec to
  * the library's.
  */
 const CHECK_PATH = '/grpc.health.v1.Health/Check';
