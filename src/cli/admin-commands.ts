@@ -20,6 +20,33 @@ type Rule = { path: string; capabilities: string[]; deny?: boolean };
 const RULES_EXAMPLE = '[{"path": "app/**", "capabilities": ["read", "list"]}]';
 
 /**
+ * What `coffer policy put --help` shows after the options: a rules file that uses `**`, `*` and a
+ * deny, and why each name is or is not covered (the ranking is src/state/policy.ts's).
+ */
+export const POLICY_PUT_HELP = `
+A policy file is a JSON list of rules. A rule has a "path" glob over secret names (or sys/ paths),
+"capabilities" (read, write, list, delete, admin, sudo), and "deny": true to forbid instead of
+allow. In a path, * matches within one segment and ** matches across segments (any number of
+them). Nothing is allowed unless a rule allows it; for each capability, the matching rule with
+the most literal characters (not / or *) decides, and a deny wins a tie.
+
+Example, rules.json:
+  [
+    {"path": "app/**", "capabilities": ["read", "list"]},
+    {"path": "app/*/db", "capabilities": ["read", "write"]},
+    {"path": "app/prod/**", "capabilities": ["read", "write"], "deny": true}
+  ]
+
+  app/**       read and list app/db, app/web/db and app/web/eu/db (any depth)
+  app/*/db     read and write app/web/db, not app/web/eu/db (* stays in one segment)
+  app/prod/**  nothing under app/prod/ is read or written: for app/prod/db it outranks app/*/db
+               (7 literal characters to 5); listing app/prod/ stays allowed by app/**
+
+  coffer policy put app-team --file rules.json
+  coffer policy get app-team          # the rules as stored (normal form)
+`;
+
+/**
  * The rules of a policy file: a JSON list of rules, or an object with one (`{"rules": [...]}`, as
  * `policy get --output json` prints a policy). Each rule is an object with a path and a list of
  * capabilities; the managers check the rest (globs, capability names) and say what is wrong.
@@ -63,10 +90,9 @@ function describeJson(value: unknown): string {
 export function policyCommands(): Command {
   const policy = new Command('policy').description('manage policies (rules of path globs and capabilities)');
   addClientOptions(policy.command('put <name>'))
-    .description(
-      'create or replace a policy from a JSON file: [{"path": "app/**", "capabilities": ["read"], "deny": false}, ...]',
-    )
+    .description('create or replace a policy from a JSON file of rules (an example follows the options)')
     .requiredOption('--file <file>', 'the rules, as JSON (- for stdin)')
+    .addHelpText('after', POLICY_PUT_HELP)
     .action(async (name: string, flags: ClientFlags & { file: string }) => {
       const rules = policyRulesFrom(readFileSync(flags.file === '-' ? 0 : flags.file, 'utf8'), flags.file);
       const client = clientFrom(flags, process.env);
@@ -76,34 +102,40 @@ export function policyCommands(): Command {
         client.close();
       }
     });
-  addClientOptions(policy.command('get <name>')).action(async (name: string, flags: ClientFlags) => {
-    const client = clientFrom(flags, process.env);
-    try {
-      const reply = await client.getPolicy(name);
-      print(flags, reply, () => printableJson(JSON.stringify(reply.rules, null, 2)));
-    } finally {
-      client.close();
-    }
-  });
-  addClientOptions(policy.command('ls')).action(async (flags: ClientFlags) => {
-    const client = clientFrom(flags, process.env);
-    try {
-      const reply = await client.listPolicies();
-      print(flags, reply.policies, () =>
-        reply.policies.map((p) => `${printable(p.name)}\t${p.rules.length} rule(s)`).join('\n'),
-      );
-    } finally {
-      client.close();
-    }
-  });
-  addClientOptions(policy.command('rm <name>')).action(async (name: string, flags: ClientFlags) => {
-    const client = clientFrom(flags, process.env);
-    try {
-      print(flags, await client.removePolicy(name), () => `policy ${printable(name)} removed`);
-    } finally {
-      client.close();
-    }
-  });
+  addClientOptions(policy.command('get <name>'))
+    .description('print the rules of a policy (the JSON that policy put --file takes)')
+    .action(async (name: string, flags: ClientFlags) => {
+      const client = clientFrom(flags, process.env);
+      try {
+        const reply = await client.getPolicy(name);
+        print(flags, reply, () => printableJson(JSON.stringify(reply.rules, null, 2)));
+      } finally {
+        client.close();
+      }
+    });
+  addClientOptions(policy.command('ls'))
+    .description('list the policies with their number of rules (the built-in root policy first)')
+    .action(async (flags: ClientFlags) => {
+      const client = clientFrom(flags, process.env);
+      try {
+        const reply = await client.listPolicies();
+        print(flags, reply.policies, () =>
+          reply.policies.map((p) => `${printable(p.name)}\t${p.rules.length} rule(s)`).join('\n'),
+        );
+      } finally {
+        client.close();
+      }
+    });
+  addClientOptions(policy.command('rm <name>'))
+    .description('remove a policy; identities bound to it lose what it allowed')
+    .action(async (name: string, flags: ClientFlags) => {
+      const client = clientFrom(flags, process.env);
+      try {
+        print(flags, await client.removePolicy(name), () => `policy ${printable(name)} removed`);
+      } finally {
+        client.close();
+      }
+    });
   return policy;
 }
 
@@ -184,22 +216,24 @@ export function identityCommands(): Command {
         client.close();
       }
     });
-  addClientOptions(identity.command('ls')).action(async (flags: ClientFlags) => {
-    const client = clientFrom(flags, process.env);
-    try {
-      const reply = await client.listIdentities();
-      print(flags, reply.identities, () =>
-        reply.identities
-          .map(
-            (i) =>
-              `${printable(i.name)}\t${i.policies.map(printable).join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`,
-          )
-          .join('\n'),
-      );
-    } finally {
-      client.close();
-    }
-  });
+  addClientOptions(identity.command('ls'))
+    .description('list the identities you administer: policies, and live certificates or revoked')
+    .action(async (flags: ClientFlags) => {
+      const client = clientFrom(flags, process.env);
+      try {
+        const reply = await client.listIdentities();
+        print(flags, reply.identities, () =>
+          reply.identities
+            .map(
+              (i) =>
+                `${printable(i.name)}\t${i.policies.map(printable).join(',') || '-'}\t${i.revoked ? 'revoked' : `${i.certificates} certificate(s)`}`,
+            )
+            .join('\n'),
+        );
+      } finally {
+        client.close();
+      }
+    });
   return identity;
 }
 
@@ -273,6 +307,9 @@ function parseAnchor(value: string): AuditAnchor {
 export function auditCommands(): Command {
   const audit = new Command('audit').description('the audit log of a manager');
   addClientOptions(audit.command('tail'))
+    .description(
+      "the last records of the manager asked's audit log: time, identity, method, target, outcome, status (--output json: every field, and timeMs)",
+    )
     .option('-n, --count <n>', 'records', (v) => Number(v), 20)
     .action(async (flags: ClientFlags & { count: number }) => {
       const client = clientFrom(flags, process.env);

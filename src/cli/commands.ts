@@ -38,7 +38,8 @@ const EXIT_REPLICA_FAILED = 70;
 /** The exit status of a manager that learned it was removed from the cluster (sysexits EX_NOPERM). */
 const EXIT_REMOVED = 77;
 
-const program = new Command('coffer')
+/** The whole command tree, built when this module loads; `runCli` parses argv with it (tests walk it). */
+export const program = new Command('coffer')
   .description('Coffer: a replicated, encrypted secret store')
   .version('0.1.0')
   .showHelpAfterError()
@@ -417,15 +418,21 @@ async function serve(
   if (process.channel !== undefined) process.once('disconnect', () => stop('coffer dev exited'));
 }
 
-program.parseAsync(process.argv).catch((error: unknown) => {
-  const message =
-    error instanceof ClientError
-      ? `${grpcStatus[error.code] ?? error.code}: ${error.message}`
-      : error instanceof Error
-        ? error.message
-        : String(error);
-  // A server's details (and names in them) are others' text: escaped like every other.
-  process.stderr.write(`coffer: ${printable(message)}\n`);
-  // Exit now: a failed command must not linger on open handles.
-  process.exit(1);
-});
+/** Runs the command `argv` names; a failure is printed (escaped) and exits 1. */
+export function runCli(argv: readonly string[]): Promise<void> {
+  return program.parseAsync(argv).then(
+    () => undefined,
+    (error: unknown) => {
+      const message =
+        error instanceof ClientError
+          ? `${grpcStatus[error.code] ?? error.code}: ${error.message}`
+          : error instanceof Error
+            ? error.message
+            : String(error);
+      // A server's details (and names in them) are others' text: escaped like every other.
+      process.stderr.write(`coffer: ${printable(message)}\n`);
+      // Exit now: a failed command must not linger on open handles.
+      process.exit(1);
+    },
+  );
+}

@@ -17,7 +17,8 @@ if (args[0] === 'health') {
   await import('./health-main.ts');
 } else {
   if (joiningManager(args)) startLeafKeyEarly();
-  await import('./commands.ts');
+  const { runCli } = await import('./commands.ts');
+  await runCli(process.argv);
 }
 
 /** Whether these arguments make a manager that joins a cluster (a wrong guess costs a key made in vain, no more). */
