@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 
 // The client flags and the files they name, apart from the client itself: `coffer health` (a
 // container healthcheck, started every few seconds) needs them without loading every service.
@@ -11,7 +11,12 @@ export function addClientOptions(command: Command): Command {
     .option('--ca <file>', 'the cluster CA certificate (default: $COFFER_CA)')
     .option('--cert <file>', "this client's certificate (default: $COFFER_CERT)")
     .option('--key <file>', "this client's private key (default: $COFFER_KEY)")
-    .option('--output <format>', 'text or json', 'text');
+    .addOption(outputOption());
+}
+
+/** `--output text|json`: anything else is refused by name before the command runs. */
+export function outputOption(): Option {
+  return new Option('--output <format>', 'text or json').choices(['text', 'json']).default('text');
 }
 
 export interface ClientFlags {

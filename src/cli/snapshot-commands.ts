@@ -1,11 +1,11 @@
 import { accessSync, closeSync, constants, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { readBackupFile, type BackupFile } from '../backup/backup-stream.ts';
 import { restoreBackup } from '../server/restore.ts';
 import { readKeyLine, readTextKeyFile, readUnlockKeyFile } from './key-input.ts';
 import { clientFrom, print } from './client-config.ts';
-import { addClientOptions, type ClientFlags } from './client-flags.ts';
+import { addClientOptions, outputOption, type ClientFlags } from './client-flags.ts';
 import { progress } from './progress.ts';
 import { sanOption } from './manager-options.ts';
 
@@ -114,7 +114,7 @@ export function snapshotCommands(): Command {
     .option('--autolock', 'wrap the root key with a new unlock key instead of a key file')
     .option('--recovery-key-file <path>', 'read the recovery key from this file')
     .option('--unlock-key-file <path>', 'read the unlock key from this file (a backup made by an autolocked manager)')
-    .addOption(new Option('--output <format>', 'text or json').choices(['text', 'json']).default('text'))
+    .addOption(outputOption())
     .action(
       async (
         file: string,

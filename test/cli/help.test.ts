@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import type { Command } from 'commander';
 import { POLICY_PUT_HELP, policyRulesFrom } from '../../src/cli/admin-commands.ts';
 import { program } from '../../src/cli/commands.ts';
+import { coffer } from '../processes/processes.ts';
 import { decide, policyProblem, type Capability } from '../../src/state/policy.ts';
 
 /** Every command under `root`, with its full name (`coffer policy get`). */
@@ -16,6 +17,14 @@ test('every command and subcommand of coffer --help has a description', () => {
   assert.ok(all.length > 40, `the tree was walked (${all.length} commands)`);
   const bare = all.filter(({ command }) => command.description().trim() === '').map(({ name }) => name);
   assert.deepEqual(bare, [], 'commands without help text');
+});
+
+test('--output takes only text or json, on every command that has it', () => {
+  const withOutput = walk(program).flatMap(({ name, command }) =>
+    command.options.filter((o) => o.long === '--output').map((o) => ({ name, choices: o.argChoices })),
+  );
+  assert.ok(withOutput.length > 30, `found --output on ${withOutput.length} commands`);
+  for (const { name, choices } of withOutput) assert.deepEqual(choices, ['text', 'json'], name);
 });
 
 test('coffer policy put --help shows a rules file: a ** glob, a * glob and a deny rule', () => {
@@ -45,4 +54,11 @@ test('the example of coffer policy put --help is a valid policy, and decides as 
   assert.ok(!allowed('write', 'app/web/eu/db'), '* stays within one segment');
   assert.ok(!allowed('read', 'app/prod/db') && !allowed('write', 'app/prod/db'), 'the deny outranks app/*/db');
   assert.ok(allowed('list', 'app/prod/db'), 'the deny names read and write only');
+});
+
+test('coffer policy ls --output yaml is refused before anything is sent, naming the choices', async () => {
+  const r = await coffer(['policy', 'ls', '--output', 'yaml', '--addr', '127.0.0.1:1']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /argument 'yaml' is invalid\. Allowed choices are text, json/);
+  assert.equal(r.stdout, '');
 });
