@@ -60,6 +60,36 @@ async function checkBackupFile(path: string): Promise<BackupFile> {
   }
 }
 
+/**
+ * The key of a backup, from stdin (prompted on a terminal). The header says which keys open it,
+ * so the prompt, and the error when stdin closes first (`< /dev/null`, a script), name that key
+ * and the flag that gives it from a file.
+ */
+async function askForBackupKey(file: string): Promise<string> {
+  const { backup, handle } = await readBackupFile(file);
+  await handle.close();
+  const keys = [
+    backup.header.recovery === null ? null : { what: 'its recovery key (CFRREC-1-...)', flag: '--recovery-key-file' },
+    backup.header.unlock === null
+      ? null
+      : { what: 'the unlock key of the cluster it was made from (CFRKEY-1-...)', flag: '--unlock-key-file' },
+  ].filter((k) => k !== null);
+  if (keys.length === 0) throw new Error(`the backup ${file} holds no wrapped key: nothing can open it`);
+  const prompt =
+    keys.length === 2
+      ? 'recovery key (or unlock key): '
+      : keys[0]!.flag === '--recovery-key-file'
+        ? 'recovery key: '
+        : 'unlock key: ';
+  try {
+    return await readKeyLine(prompt, 'the key');
+  } catch {
+    throw new Error(
+      `the backup ${file} opens with ${keys.map((k) => k.what).join(' or ')}: give it with ${keys.map((k) => `${k.flag} FILE`).join(' or ')}, or as one line on stdin (a terminal is prompted for it); stdin closed before a key was given`,
+    );
+  }
+}
+
 export function snapshotCommands(): Command {
   const snapshot = new Command('snapshot').description(
     'backups: save the whole cluster to a file, restore a new cluster from one',
@@ -142,7 +172,7 @@ export function snapshotCommands(): Command {
             ? readTextKeyFile(flags.recoveryKeyFile, 'recovery key')
             : flags.unlockKeyFile !== undefined
               ? readUnlockKeyFile(flags.unlockKeyFile)
-              : await readKeyLine('recovery key (or unlock key): ');
+              : await askForBackupKey(file);
         const key = /^CFRKEY-/i.test(text) ? { unlockKey: text } : { recoveryKey: text };
         const bar = progress('restoring');
         const outcome = await restoreBackup({
