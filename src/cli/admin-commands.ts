@@ -414,7 +414,7 @@ export function auditCommands(): Command {
   return audit;
 }
 
-interface MemberStatusReply {
+export interface MemberStatusReply {
   nodeId: number;
   address: string;
   role: string;
@@ -473,6 +473,28 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
     ),
   );
   const keys = await withClient(flags, (c) => c.keyStatus()).catch(() => null);
+  const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
+  return [
+    `manager ${String(s.nodeId)}: ${printable(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
+    keys === null
+      ? `keyring term ${String(s.keyringTerm)}`
+      : `keyring term ${keys.activeTerm}, rotated ${new Date(keys.activeCreatedAtMs).toISOString()}; root key generation ${keys.rootGeneration}; autolock ${keys.protection === 'unlock-key' ? 'on' : 'off'}; recovery key ${keys.hasRecoveryKey ? 'set' : 'NOT SET (coffer key rotate-recovery)'}`,
+    `certificate ${printable(s.certificateSerial)} valid until ${expiry}`,
+    `members (health and lag as seen by ${view}):`,
+    ...membersTable(members, own),
+  ].join('\n');
+}
+
+/**
+ * The members table of `coffer cluster status`: a header and a row per member, every column as
+ * wide as its widest cell, so each cell starts under its header whatever the node ids' lengths.
+ * One cell per column: a cell holding several values would not line up under several headers.
+ * `own[k]` is member k's own Cluster.Status reply (term, indexes, certificate), null if none came.
+ */
+export function membersTable(
+  members: readonly MemberStatusReply[],
+  own: ReadonlyArray<Record<string, unknown> | null | undefined>,
+): string[] {
   const day = (ms: unknown) => new Date(Number(ms)).toISOString().slice(0, 10);
   const rows = members.map((m, k) => {
     const o = own[k];
@@ -483,29 +505,19 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
       m.healthy ? 'healthy' : 'unreachable',
       String(m.matchIndex),
       String(m.lag),
-      o === null || o === undefined
-        ? 'no answer (down or locked)'
-        : `${String(o.term)} ${String(o.commitIndex)}/${String(o.appliedIndex)} ${day(o.certificateNotAfterMs)}`,
+      ...(o === null || o === undefined
+        ? ['-', '-', 'no answer (down or locked)']
+        : [String(o.term), `${String(o.commitIndex)}/${String(o.appliedIndex)}`, day(o.certificateNotAfterMs)]),
     ];
   });
-  const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG', 'TERM COMMIT/APPLIED CERT-EXPIRES'];
+  const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG', 'TERM', 'COMMIT/APPLIED', 'CERT-EXPIRES'];
   const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
   const line = (cells: string[]) =>
     cells
       .map((c, k) => c.padEnd(widths[k]!))
       .join('  ')
       .trimEnd();
-  const expiry = new Date(Number(s.certificateNotAfterMs)).toISOString();
-  return [
-    `manager ${String(s.nodeId)}: ${printable(s.role)}, term ${String(s.term)}, leader ${String(s.leaderId)}, commit ${String(s.commitIndex)}, applied ${String(s.appliedIndex)}, unlocked`,
-    keys === null
-      ? `keyring term ${String(s.keyringTerm)}`
-      : `keyring term ${keys.activeTerm}, rotated ${new Date(keys.activeCreatedAtMs).toISOString()}; root key generation ${keys.rootGeneration}; autolock ${keys.protection === 'unlock-key' ? 'on' : 'off'}; recovery key ${keys.hasRecoveryKey ? 'set' : 'NOT SET (coffer key rotate-recovery)'}`,
-    `certificate ${printable(s.certificateSerial)} valid until ${expiry}`,
-    `members (health and lag as seen by ${view}):`,
-    line(header),
-    ...rows.map(line),
-  ].join('\n');
+  return [line(header), ...rows.map(line)];
 }
 
 export function clusterCommands(): Command {
