@@ -46,6 +46,12 @@ function sign(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions
   }
 }
 
+/** An audit record's time in milliseconds since the epoch (0 if the line holds no valid time). */
+export function timeMsOf(time: unknown): number {
+  const ms = typeof time === 'string' ? Date.parse(time) : Number.NaN;
+  return Number.isSafeInteger(ms) ? ms : 0;
+}
+
 function invalid(message: string): ServiceError {
   return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
 }
@@ -250,7 +256,9 @@ export function accessServices(ctx: ServiceContext): {
       let first = records.length;
       while (first > 0 && bytes + JSON.stringify(records[first - 1]).length <= AUDIT_TAIL_BYTES_MAX)
         bytes += JSON.stringify(records[--first]).length;
-      return { records: records.slice(first) };
+      // time_ms: the record's time as every other time of the API (milliseconds), beside the
+      // string the hash chain covers.
+      return { records: records.slice(first).map((r) => ({ ...r, timeMs: timeMsOf(r.time) })) };
     }),
     verify: unary(ctx, 'Audit.Verify', async (call: Call<object>) => {
       authorize(ctx, call, 'admin', 'sys/audit');
