@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { identityOf, type Identity } from '../crypto/pki.ts';
+import { errorDetailsOf, type ErrorDetails, type ErrorMetadata } from '../transport/error-details.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../transport/tls.ts';
 
@@ -51,22 +52,42 @@ function failoverError(tried: ReadonlyArray<{ address: string; error: grpc.Servi
       unreached.length === 0
         ? ''
         : ` (${unreached.length === 1 ? 'another manager' : `${unreached.length} other managers`} could not be reached: ${unreached.map((t) => t.address).join(', ')})`;
-    return new ClientError(answered.error.code, `${answered.error.details || answered.error.message}${others}`);
+    return new ClientError(
+      answered.error.code,
+      `${answered.error.details || answered.error.message}${others}`,
+      errorDetailsOf(answered.error.metadata),
+    );
   }
   const last = tried[tried.length - 1]!.error;
-  if (tried.length === 1) return new ClientError(last.code, last.details || last.message);
+  if (tried.length === 1) return ClientError.from(last);
   return new ClientError(
     last.code,
     `no manager could be reached (${tried.map((t) => t.address).join(', ')}): ${last.details || last.message}`,
+    errorDetailsOf(last.metadata),
   );
 }
 
+/**
+ * A failed call: its gRPC status, the manager's message (for people), and the manager's stable
+ * `reason` with its `metadata` (for programs: branch on these, never on the message). The reason
+ * list is docs/errors.md; `reason` is '' when no manager answered (a connection failure) or the
+ * one that did sent none (a manager older than reasons).
+ */
 export class ClientError extends Error {
   override name = 'ClientError';
   readonly code: grpc.status;
-  constructor(code: grpc.status, message: string) {
+  readonly reason: string;
+  readonly metadata: ErrorMetadata;
+  constructor(code: grpc.status, message: string, details: ErrorDetails | null = null) {
     super(message);
     this.code = code;
+    this.reason = details?.reason ?? '';
+    this.metadata = details?.metadata ?? {};
+  }
+
+  /** A manager's answer (or a connection failure), with the details its trailers carry. */
+  static from(error: grpc.ServiceError): ClientError {
+    return new ClientError(error.code, error.details || error.message, errorDetailsOf(error.metadata));
   }
 }
 
@@ -164,7 +185,7 @@ export class CofferClient {
         const failed = error as grpc.ServiceError;
         tried.push({ address: addresses[at]!, error: failed });
         // Not retried elsewhere: this answer is the outcome, whatever came before it.
-        if (!safeToRetry(failed, idempotent)) throw new ClientError(failed.code, failed.details || failed.message);
+        if (!safeToRetry(failed, idempotent)) throw ClientError.from(failed);
       }
     }
     throw failoverError(tried);
@@ -527,8 +548,7 @@ export class CofferClient {
         if (!(error instanceof Error && 'code' in error && typeof error.code === 'number')) throw error;
         const failed = error as grpc.ServiceError;
         tried.push({ address: addresses[at]!, error: failed });
-        if (messages.length > 0 || received > 0 || !safeToRetry(failed, true))
-          throw new ClientError(failed.code, failed.details || failed.message);
+        if (messages.length > 0 || received > 0 || !safeToRetry(failed, true)) throw ClientError.from(failed);
       }
     }
     throw failoverError(tried);

@@ -23,16 +23,26 @@ export type RefusalSource = 'state' | 'barrier' | 'key-op';
 /**
  * A proposal the leader answered with a refusal (Proposer reads every outcome in one place).
  * `code` is the refusing layer's own: a state machine's refusal code, a barrier payload code, or
- * NOT_CHANGED / NOT_APPLIED.
+ * NOT_CHANGED / NOT_APPLIED. A state machine's refusal may name a finer `reasonCode` and
+ * `metadata` (facts for programs, never a secret's value), which the server sends on.
  */
 export class ProposalRefused extends Error {
   override name = 'ProposalRefused';
   readonly source: RefusalSource;
   readonly code: string;
+  readonly reasonCode: string | undefined;
+  readonly metadata: Readonly<Record<string, string>> | undefined;
 
-  constructor(source: RefusalSource, code: string, message: string) {
+  constructor(
+    source: RefusalSource,
+    code: string,
+    message: string,
+    detail: { reasonCode?: string; metadata?: Readonly<Record<string, string>> } = {},
+  ) {
     super(message);
     this.source = source;
     this.code = code;
+    this.reasonCode = detail.reasonCode;
+    this.metadata = detail.metadata;
   }
 }

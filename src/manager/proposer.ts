@@ -18,6 +18,8 @@ export interface LeaderLink<Result> {
 export interface StateRefusal {
   readonly code: string;
   readonly reason: string;
+  readonly reasonCode?: string;
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 export interface ProposerOptions<Result> {
@@ -129,7 +131,11 @@ export class Proposer<Result> {
     switch (outcome.type) {
       case 'applied': {
         const refusal = this.#refusalOf(outcome.result);
-        if (refusal !== null) throw new ProposalRefused('state', refusal.code, refusal.reason);
+        if (refusal !== null)
+          throw new ProposalRefused('state', refusal.code, refusal.reason, {
+            ...(refusal.reasonCode === undefined ? {} : { reasonCode: refusal.reasonCode }),
+            ...(refusal.metadata === undefined ? {} : { metadata: refusal.metadata }),
+          });
         return outcome;
       }
       case 'key-op':

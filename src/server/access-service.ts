@@ -1,4 +1,4 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import {
   CLIENT_CERT_VALIDITY_DAYS,
   identityOf,
@@ -22,7 +22,7 @@ import {
   type Capability,
   type PolicyRule,
 } from '../state/policy.ts';
-import { ServiceError } from './errors.ts';
+import { refuse, type ServiceError } from './errors.ts';
 import type { ServiceContext } from './context.ts';
 import { authenticateClient, authorize, noteTarget, unary, type Call } from './rpc.ts';
 import type { Identity } from '../crypto/pki.ts';
@@ -41,7 +41,7 @@ function sign(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions
   try {
     return signCertificate(ca, publicKeyPem, options);
   } catch (error) {
-    if (error instanceof CryptoError) throw invalid(`public_key_pem: ${error.message}`);
+    if (error instanceof CryptoError) throw invalid(`public_key_pem: ${error.message}`, { field: 'public_key_pem' });
     throw error;
   }
 }
@@ -52,9 +52,12 @@ export function timeMsOf(time: unknown): number {
   return Number.isSafeInteger(ms) ? ms : 0;
 }
 
-function invalid(message: string): ServiceError {
-  return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
+function invalid(message: string, metadata: Readonly<Record<string, string>> = {}): ServiceError {
+  return refuse('INVALID_ARGUMENT', message, metadata);
 }
+
+const POLICY_NAME_RULE = 'a policy name is a lower-case letter then up to 63 of [a-z0-9_-]';
+const IDENTITY_NAME_RULE = 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]';
 
 /** The Policies, Identities and Audit services (coffer.v1): who may do what, and the record of it. */
 export function accessServices(ctx: ServiceContext): {
@@ -68,7 +71,7 @@ export function accessServices(ctx: ServiceContext): {
   const write = async (command: AccessCommand, caller: Identity): Promise<void> => {
     // Refused here if it surely would be where it applies (same rule, this manager's state).
     const refusal = accessGuard(access, command, { name: caller.id, key: caller.spki });
-    if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
+    if (refusal !== null) throw refuse('GRANT_NOT_HELD', refusal);
     await ctx.propose(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
   };
   const policyReply = (name: string, rules: readonly PolicyRule[]) => ({
@@ -79,11 +82,10 @@ export function accessServices(ctx: ServiceContext): {
   const policies: grpc.UntypedServiceImplementation = {
     put: unary(ctx, 'Policies.Put', async (call: Call<{ name: string; rules: RuleMessage[] }>) => {
       const { name, rules } = call.request;
-      if (!POLICY_NAME_PATTERN.test(name))
-        throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
+      if (!POLICY_NAME_PATTERN.test(name)) throw refuse('INVALID_NAME', POLICY_NAME_RULE, { field: 'name' });
       const caller = authorize(ctx, call, 'admin', `sys/policies/${name}`);
       const problem = policyProblem({ name, rules });
-      if (problem !== null) throw invalid(`policy "${name}": ${problem}`);
+      if (problem !== null) throw refuse('INVALID_POLICY', `policy "${name}": ${problem}`);
       // Stored in normal form (redundant ** collapsed): what Policies.Get shows is what ranks.
       await write(
         {
@@ -99,12 +101,11 @@ export function accessServices(ctx: ServiceContext): {
     }),
     get: unary(ctx, 'Policies.Get', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!POLICY_NAME_PATTERN.test(name))
-        throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
+      if (!POLICY_NAME_PATTERN.test(name)) throw refuse('INVALID_NAME', POLICY_NAME_RULE, { field: 'name' });
       authorize(ctx, call, 'admin', `sys/policies/${name}`);
       await ctx.readPoint();
       const policy = name === ROOT_POLICY.name ? ROOT_POLICY : access.policies.get(name);
-      if (policy === undefined) throw new ServiceError(grpc.status.NOT_FOUND, `policy "${name}" does not exist`);
+      if (policy === undefined) throw refuse('POLICY_NOT_FOUND', `policy "${name}" does not exist`);
       return policyReply(policy.name, policy.rules);
     }),
     list: unary(ctx, 'Policies.List', async (call: Call<object>) => {
@@ -118,9 +119,8 @@ export function accessServices(ctx: ServiceContext): {
     }),
     remove: unary(ctx, 'Policies.Remove', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!POLICY_NAME_PATTERN.test(name))
-        throw invalid('a policy name is a lower-case letter then up to 63 of [a-z0-9_-]');
-      if (name === ROOT_POLICY.name) throw invalid('the root policy is built in');
+      if (!POLICY_NAME_PATTERN.test(name)) throw refuse('INVALID_NAME', POLICY_NAME_RULE, { field: 'name' });
+      if (name === ROOT_POLICY.name) throw invalid('the root policy is built in', { field: 'name' });
       const caller = authorize(ctx, call, 'admin', `sys/policies/${name}`);
       await write({ op: 'policy-remove', name }, caller);
       return {};
@@ -135,24 +135,31 @@ export function accessServices(ctx: ServiceContext): {
         call: Call<{ name: string; policies: string[]; publicKeyPem: string; validityDays: number; reissue?: boolean }>,
       ) => {
         const { name, policies, publicKeyPem, validityDays } = call.request;
-        if (!IDENTITY_NAME_PATTERN.test(name))
-          throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
+        if (!IDENTITY_NAME_PATTERN.test(name)) throw refuse('INVALID_NAME', IDENTITY_NAME_RULE, { field: 'name' });
         if (policies.length > IDENTITY_POLICIES_MAX)
-          throw invalid(`an identity has at most ${IDENTITY_POLICIES_MAX} policies`);
+          throw invalid(`an identity has at most ${IDENTITY_POLICIES_MAX} policies`, {
+            field: 'policies',
+            limit: String(IDENTITY_POLICIES_MAX),
+          });
         for (const policy of policies)
           if (!POLICY_NAME_PATTERN.test(policy))
-            throw invalid(
+            throw refuse(
+              'INVALID_NAME',
               `policy name ${JSON.stringify(policy.slice(0, 64))}: a lower-case letter then up to 63 of [a-z0-9_-]`,
+              { field: 'policies' },
             );
         const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
         // Granting a policy needs the right to administer it: no one hands out more than they hold.
         for (const policy of policies) authorize(ctx, call, 'admin', `sys/policies/${policy}`);
         for (const policy of policies) {
           if (policy !== ROOT_POLICY.name && !access.policies.has(policy))
-            throw new ServiceError(grpc.status.FAILED_PRECONDITION, `policy "${policy}" does not exist; put it first`);
+            throw refuse('UNKNOWN_POLICY', `policy "${policy}" does not exist; put it first`, { policy });
         }
         if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX)
-          throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
+          throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`, {
+            field: 'validity_days',
+            limit: String(CLIENT_CERT_VALIDITY_DAYS_MAX),
+          });
         const nowMs = Date.now();
         const ca = ctx.pki.signing();
         const certificatePem = sign(ca, publicKeyPem, {
@@ -192,7 +199,10 @@ export function accessServices(ctx: ServiceContext): {
       const caller = authenticateClient(ctx, call);
       const { publicKeyPem, validityDays } = call.request;
       if (validityDays > CLIENT_CERT_VALIDITY_DAYS_MAX)
-        throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`);
+        throw invalid(`validity_days is at most ${CLIENT_CERT_VALIDITY_DAYS_MAX}`, {
+          field: 'validity_days',
+          limit: String(CLIENT_CERT_VALIDITY_DAYS_MAX),
+        });
       noteTarget(call, `sys/identities/${caller.id}`);
       const nowMs = Date.now();
       const ca = ctx.pki.signing();
@@ -221,8 +231,7 @@ export function accessServices(ctx: ServiceContext): {
     }),
     revoke: unary(ctx, 'Identities.Revoke', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!IDENTITY_NAME_PATTERN.test(name))
-        throw invalid('an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]');
+      if (!IDENTITY_NAME_PATTERN.test(name)) throw refuse('INVALID_NAME', IDENTITY_NAME_RULE, { field: 'name' });
       const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
       await write({ op: 'identity-revoke', name }, caller);
       ctx.log.info({ event: 'identity-revoked', identity: name }, `revoked identity ${name}`);

@@ -1,7 +1,7 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { encodeBackup } from '../backup/backup-file.ts';
 import { encodeBackupStream } from '../backup/backup-stream.ts';
-import { ServiceError } from './errors.ts';
+import { refuse, type ServiceError } from './errors.ts';
 import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import type { ServiceContext } from './context.ts';
@@ -25,14 +25,14 @@ export function backupService(
   return {
     save: serverStream(ctx, 'Backup.Save', async (call: Call<object>) => {
       authorize(ctx, call, 'sudo', 'sys/backup');
-      if (ctx.replica.locked) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+      if (ctx.replica.locked) throw refuse('MANAGER_LOCKED', 'this manager is locked');
       await ctx.readPoint();
       const ca = ctx.pki.signing();
       const recoveryPublicKey = ctx.state.cluster.recoveryPublicKey;
       const unopenable = (unlockKek: Buffer | null): ServiceError | null =>
         recoveryPublicKey === null && unlockKek === null
-          ? new ServiceError(
-              grpc.status.FAILED_PRECONDITION,
+          ? refuse(
+              'NO_RECOVERY_KEY',
               'nothing could open this backup: the cluster has no recovery key and this manager is not autolocked; make one with coffer key rotate-recovery',
             )
           : null;

@@ -1,6 +1,6 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { ClusterState } from '../state/cluster-state.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import { nextCa } from './cluster-ca.ts';
 import type { ServiceContext } from './context.ts';
 import { authorize, requireCaller, unary, type Call } from './rpc.ts';
@@ -21,13 +21,13 @@ export function caHandlers(ctx: ServiceContext): grpc.UntypedServiceImplementati
       await ctx.readPoint();
       const cas = ctx.state.cluster.cas;
       if (cas.length === 0)
-        throw new ServiceError(
-          grpc.status.UNAVAILABLE,
+        throw refuse(
+          'CA_NOT_READY',
           'the cluster CA is not in the replicated state yet (the leader installs it a moment after it starts); retry',
         );
       if (cas.length > 1)
-        throw new ServiceError(
-          grpc.status.FAILED_PRECONDITION,
+        throw refuse(
+          'CA_ROTATION_IN_PROGRESS',
           `CA generation ${cas[0]!.gen} is still trusted beside ${cas[1]!.gen}: retire it first (coffer ca retire)`,
         );
       const next = await nextCa(ctx.clusterId, ctx.pki.signing(), Date.now());
@@ -43,20 +43,18 @@ export function caHandlers(ctx: ServiceContext): grpc.UntypedServiceImplementati
       await ctx.readPoint();
       const cluster = ctx.state.cluster;
       if (cluster.cas.length < 2)
-        throw new ServiceError(
-          grpc.status.FAILED_PRECONDITION,
-          'no CA rotation is in progress: there is one CA (coffer ca rotate starts one)',
-        );
+        throw refuse('NO_CA_ROTATION', 'no CA rotation is in progress: there is one CA (coffer ca rotate starts one)');
       const old = cluster.cas[0]!;
       const active = cluster.cas[1]!;
       const status = ctx.replica.raftStatus();
-      if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+      if (status === null) throw refuse('MANAGER_LOCKED', 'this manager is locked');
       const members = [...status.confState.voters, ...status.confState.learners];
       const behind = members.filter((id) => !(cluster.memberKeys.get(id) ?? []).some((k) => k.caGen >= active.gen));
       if (behind.length > 0)
-        throw new ServiceError(
-          grpc.status.FAILED_PRECONDITION,
+        throw refuse(
+          'MANAGERS_NOT_MOVED',
           `managers ${behind.join(', ')} have no certificate of CA generation ${active.gen} yet (a running manager moves within a second or two; a stopped one when it starts): retry`,
+          { managers: behind.join(',') },
         );
       const stranded = [...ctx.state.access.identities.values()]
         .filter((i) => !i.revoked && !i.keys.some((k) => k.caGen >= active.gen))
@@ -65,9 +63,10 @@ export function caHandlers(ctx: ServiceContext): grpc.UntypedServiceImplementati
         const named =
           stranded.slice(0, NAMED_IN_REFUSAL_MAX).join(', ') +
           (stranded.length > NAMED_IN_REFUSAL_MAX ? ` and ${stranded.length - NAMED_IN_REFUSAL_MAX} more` : '');
-        throw new ServiceError(
-          grpc.status.FAILED_PRECONDITION,
+        throw refuse(
+          'IDENTITIES_NOT_MOVED',
           `identities ${named} have no certificate of CA generation ${active.gen}: each renews with coffer identity renew (or is issued again); retire anyway with --force, and they stop working`,
+          { identities: String(stranded.length) },
         );
       }
       await ctx.propose(ClusterState.encode({ kind: 'cluster.ca-retire', gen: old.gen }));

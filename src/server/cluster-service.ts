@@ -1,4 +1,4 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
 import {
   JOIN_TOKEN_TTL_MS_DEFAULT,
@@ -11,7 +11,7 @@ import {
 import { ClusterState } from '../state/cluster-state.ts';
 import { caHandlers } from './ca-service.ts';
 import type { ServiceContext } from './context.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import { isHealthy, type MemberOp, type MemberOpResult } from './membership.ts';
 import { authorize, requireCaller, requireMember, unary, type Call } from './rpc.ts';
 
@@ -32,7 +32,7 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
     unary(ctx, method, async (call: Call<{ nodeId: number; force?: boolean }>) => {
       authorize(ctx, call, 'sudo', 'sys/cluster');
       if (!(call.request.nodeId > 0))
-        throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'node_id names the manager (see coffer cluster status)');
+        throw refuse('INVALID_ARGUMENT', 'node_id names the manager (see coffer cluster status)');
       const result = await deps.runMemberOp({ op, nodeId: call.request.nodeId, force: call.request.force === true });
       return { voters: result.voters, learners: result.learners };
     });
@@ -43,7 +43,7 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
       if (identity.role === 'client') authorize(ctx, call, 'admin', 'sys/cluster');
       else requireMember(ctx, call);
       const status = ctx.replica.raftStatus();
-      if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+      if (status === null) throw refuse('MANAGER_LOCKED', 'this manager is locked');
       const certificate = identityOf(deps.certificatePem());
       return {
         nodeId: status.id,
@@ -87,8 +87,7 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
     rotateJoinToken: unary(ctx, 'Cluster.RotateJoinToken', async (call: Call<{ ttlSeconds: number; uses: number }>) => {
       authorize(ctx, call, 'sudo', 'sys/cluster');
       const ttlMs = call.request.ttlSeconds === 0 ? JOIN_TOKEN_TTL_MS_DEFAULT : call.request.ttlSeconds * 1000;
-      if (ttlMs > JOIN_TOKEN_TTL_MS_MAX)
-        throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'ttl_seconds is at most 365 days');
+      if (ttlMs > JOIN_TOKEN_TTL_MS_MAX) throw refuse('INVALID_ARGUMENT', 'ttl_seconds is at most 365 days');
       const token = newJoinToken(ctx.pki.activeCertPem());
       const expiresAtMs = Date.now() + ttlMs;
       await ctx.propose(

@@ -1,4 +1,3 @@
-import * as grpc from '@grpc/grpc-js';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { Manager } from '../manager/manager.ts';
 import type { NodeMetrics } from '../metrics/metrics.ts';
@@ -7,7 +6,7 @@ import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
 import type { Logger } from '../util/logger.ts';
 import type { AnonymousAudit } from './anonymous-audit.ts';
 import type { SigningCa } from './cluster-ca.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import type { PeerTrust } from './peer-trust.ts';
 import type { IdentityRateLimiter } from './rate-limit.ts';
 
@@ -75,9 +74,6 @@ export interface ServicePki {
 /** The signing CA, or UNAVAILABLE: a manager that joined has the CA once it has the replicated state. */
 export function signingOrUnavailable(signing: SigningCa | null): SigningCa {
   if (signing === null)
-    throw new ServiceError(
-      grpc.status.UNAVAILABLE,
-      'this manager has not received the cluster CA yet; retry on another manager',
-    );
+    throw refuse('CA_NOT_READY', 'this manager has not received the cluster CA yet; retry on another manager');
   return signing;
 }

@@ -3,17 +3,108 @@ import { CryptoError } from '../crypto/errors.ts';
 import { ManagerError, ProposalRefused } from '../manager/errors.ts';
 import { RaftError } from '../raft/errors.ts';
 import { ReplicaError } from '../replica/replica.ts';
-import { RefusalError, type RefusalCode } from '../state/state-part.ts';
+import { REFUSAL_REASON_CODES, RefusalError, type RefusalCode, type RefusalReason } from '../state/state-part.ts';
+import {
+  ERROR_METADATA_ENTRIES_MAX,
+  ERROR_METADATA_KEY_PATTERN,
+  ERROR_REASON_PATTERN,
+  type ErrorMetadata,
+} from '../transport/error-details.ts';
 
-/** A refusal with its gRPC status and a message that says what to do; never a stack or a secret. */
+/**
+ * The reasons the server names itself (`refuse`), each with the one status it comes with. The
+ * state machine's refusals, the Raft core's, the replica's, the manager's and the crypto layer's
+ * carry their own stable codes, which become reasons as they are (`toStatus`). docs/errors.md
+ * lists them all; clients branch on them, never on the message.
+ */
+export const SERVICE_REASONS = {
+  // Who is asking.
+  UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
+  WRONG_ROLE: grpc.status.PERMISSION_DENIED,
+  IDENTITY_UNKNOWN: grpc.status.PERMISSION_DENIED,
+  IDENTITY_REVOKED: grpc.status.PERMISSION_DENIED,
+  CERTIFICATE_REVOKED: grpc.status.PERMISSION_DENIED,
+  POLICY_DENIED: grpc.status.PERMISSION_DENIED,
+  GRANT_NOT_HELD: grpc.status.PERMISSION_DENIED,
+  NOT_A_MEMBER: grpc.status.PERMISSION_DENIED,
+  JOIN_TOKEN_REFUSED: grpc.status.PERMISSION_DENIED,
+  // What is asked.
+  MALFORMED_REQUEST: grpc.status.INVALID_ARGUMENT,
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  INVALID_NAME: grpc.status.INVALID_ARGUMENT,
+  INVALID_POLICY: grpc.status.INVALID_ARGUMENT,
+  VALUE_TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
+  QUOTA_EXCEEDED: grpc.status.RESOURCE_EXHAUSTED,
+  RATE_LIMITED: grpc.status.RESOURCE_EXHAUSTED,
+  POLICY_NOT_FOUND: grpc.status.NOT_FOUND,
+  UNKNOWN_POLICY: grpc.status.FAILED_PRECONDITION,
+  MEMBER_NOT_FOUND: grpc.status.NOT_FOUND,
+  // The state of this manager or of the cluster.
+  NO_LEADER: grpc.status.UNAVAILABLE,
+  LEADER_ADDRESS_UNKNOWN: grpc.status.UNAVAILABLE,
+  JOIN_THROUGH_LEADER: grpc.status.FAILED_PRECONDITION,
+  MANAGER_LOCKED: grpc.status.UNAVAILABLE,
+  MANAGER_REMOVED: grpc.status.UNAVAILABLE,
+  AUDIT_UNAVAILABLE: grpc.status.UNAVAILABLE,
+  CA_NOT_READY: grpc.status.UNAVAILABLE,
+  JOIN_TOKEN_NOT_READY: grpc.status.UNAVAILABLE,
+  ADDRESS_NOT_PROVEN: grpc.status.FAILED_PRECONDITION,
+  NO_RECOVERY_KEY: grpc.status.FAILED_PRECONDITION,
+  CA_ROTATION_IN_PROGRESS: grpc.status.FAILED_PRECONDITION,
+  NO_CA_ROTATION: grpc.status.FAILED_PRECONDITION,
+  MANAGERS_NOT_MOVED: grpc.status.FAILED_PRECONDITION,
+  IDENTITIES_NOT_MOVED: grpc.status.FAILED_PRECONDITION,
+  ALREADY_VOTER: grpc.status.FAILED_PRECONDITION,
+  ALREADY_LEARNER: grpc.status.FAILED_PRECONDITION,
+  LEARNER_BEHIND: grpc.status.FAILED_PRECONDITION,
+  LAST_VOTER: grpc.status.FAILED_PRECONDITION,
+  QUORUM_AT_RISK: grpc.status.FAILED_PRECONDITION,
+  NO_TRANSFER_TARGET: grpc.status.FAILED_PRECONDITION,
+  NOT_A_VOTER: grpc.status.FAILED_PRECONDITION,
+  TRANSFER_TIMEOUT: grpc.status.UNAVAILABLE,
+  INTERNAL: grpc.status.INTERNAL,
+} as const satisfies Record<string, grpc.status>;
+export type ServiceReason = keyof typeof SERVICE_REASONS;
+
+/**
+ * The reason of a state refusal that names no reason of its own (src/state/state-part.ts); most
+ * do name one (SECRET_NOT_FOUND rather than NOT_FOUND).
+ */
+export const REFUSAL_CODE_REASONS: Readonly<Record<RefusalCode, string>> = {
+  INVALID: 'INVALID_ARGUMENT',
+  NOT_FOUND: 'NOT_FOUND',
+  EXPIRED: 'VERSION_EXPIRED',
+  DELETED: 'SECRET_DELETED',
+  DESTROYED: 'VERSION_DESTROYED',
+  CAS_MISMATCH: 'CAS_MISMATCH',
+  EXISTS: 'ALREADY_EXISTS',
+  LIMIT: 'LIMIT_EXCEEDED',
+  DENIED: 'PERMISSION_DENIED',
+  PRECONDITION: 'FAILED_PRECONDITION',
+};
+
+/**
+ * A refusal with its gRPC status, a message that says what to do (never a stack or a secret), a
+ * stable reason and facts for programs (ErrorInfo metadata; never a secret's value).
+ */
 export class ServiceError extends Error {
   override name = 'ServiceError';
   readonly status: grpc.status;
+  readonly reason: string;
+  readonly metadata: ErrorMetadata;
 
-  constructor(status: grpc.status, message: string) {
+  /** Without a reason, the status's name stands for one: made so only outside the server (a joiner's errors). */
+  constructor(status: grpc.status, message: string, reason?: string, metadata: ErrorMetadata = {}) {
     super(message);
     this.status = status;
+    this.reason = reason ?? grpc.status[status] ?? 'UNKNOWN';
+    this.metadata = metadata;
   }
+}
+
+/** A refusal by its reason: the status is the reason's (SERVICE_REASONS). */
+export function refuse(reason: ServiceReason, message: string, metadata: ErrorMetadata = {}): ServiceError {
+  return new ServiceError(SERVICE_REASONS[reason], message, reason, metadata);
 }
 
 const REFUSAL_CODES: ReadonlySet<string> = new Set<RefusalCode>([
@@ -55,44 +146,88 @@ export function refusalStatus(code: RefusalCode): grpc.status {
   }
 }
 
-/** The one place where internal error codes become gRPC statuses. */
-export function toStatus(error: unknown): { code: grpc.status; details: string } {
-  if (error instanceof ServiceError) return { code: error.status, details: error.message };
-  if (error instanceof RefusalError) return { code: refusalStatus(error.code), details: error.message };
+/** What a refused request answers: status, message, reason and metadata (the trailers rpc.ts sends). */
+export interface ErrorStatus {
+  readonly code: grpc.status;
+  readonly details: string;
+  readonly reason: string;
+  readonly metadata: ErrorMetadata;
+}
+
+/** An internal code as a reason: it already is one when it is UPPER_SNAKE (a bound on what travels). */
+function reasonFrom(code: string, otherwise: string): string {
+  return ERROR_REASON_PATTERN.test(code) ? code : otherwise;
+}
+
+/**
+ * A state refusal's status. Its finer reason and metadata may come from the leader (a forwarded
+ * proposal's result, msgpack): a reason is kept only if it is one of the refusal code's, metadata
+ * only as lowerCamelCase keys to strings, at most ERROR_METADATA_ENTRIES_MAX.
+ */
+function refused(code: RefusalCode, details: string, reason: unknown, metadata: unknown): ErrorStatus {
+  const known =
+    typeof reason === 'string' &&
+    Object.hasOwn(REFUSAL_REASON_CODES, reason) &&
+    REFUSAL_REASON_CODES[reason as RefusalReason] === code;
+  const facts: Record<string, string> = {};
+  if (metadata !== null && typeof metadata === 'object')
+    for (const [key, value] of Object.entries(metadata).slice(0, ERROR_METADATA_ENTRIES_MAX))
+      if (ERROR_METADATA_KEY_PATTERN.test(key) && typeof value === 'string') facts[key] = value;
+  return {
+    code: refusalStatus(code),
+    details,
+    reason: known ? (reason as RefusalReason) : REFUSAL_CODE_REASONS[code],
+    metadata: facts,
+  };
+}
+
+/** The one place where internal errors become gRPC statuses and reasons. */
+export function toStatus(error: unknown): ErrorStatus {
+  const status = (code: grpc.status, details: string, reason: string, metadata: ErrorMetadata = {}) => ({
+    code,
+    details,
+    reason,
+    metadata,
+  });
+  if (error instanceof ServiceError) return status(error.status, error.message, error.reason, error.metadata);
+  if (error instanceof RefusalError) return refused(error.code, error.message, error.reasonCode, error.metadata);
   if (error instanceof ProposalRefused) {
     // The applied state's refusals carry their own code; the barrier's and keyring operations' are preconditions.
-    const known = error.source === 'state' && REFUSAL_CODES.has(error.code);
-    return {
-      code: known ? refusalStatus(error.code as RefusalCode) : grpc.status.FAILED_PRECONDITION,
-      details: error.message,
-    };
+    if (error.source === 'state' && REFUSAL_CODES.has(error.code))
+      return refused(error.code as RefusalCode, error.message, error.reasonCode, error.metadata);
+    return status(grpc.status.FAILED_PRECONDITION, error.message, reasonFrom(error.code, 'FAILED_PRECONDITION'));
   }
   if (error instanceof RaftError) {
     switch (error.code) {
       case 'NOT_LEADER':
       case 'TRANSFER_IN_PROGRESS':
-        return { code: grpc.status.UNAVAILABLE, details: `${error.message}; retry` };
+        return status(
+          grpc.status.UNAVAILABLE,
+          `${error.message}; retry`,
+          error.code,
+          error.leader === 0 ? {} : { leaderId: String(error.leader) },
+        );
       case 'ENTRY_TOO_LARGE':
       case 'PROPOSALS_BACKLOGGED':
-        return { code: grpc.status.RESOURCE_EXHAUSTED, details: error.message };
+        return status(grpc.status.RESOURCE_EXHAUSTED, error.message, error.code);
       default:
-        return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
+        return status(grpc.status.FAILED_PRECONDITION, error.message, error.code);
     }
   }
   if (error instanceof ReplicaError) {
     if (error.code === 'PROPOSAL_LOST')
-      return { code: grpc.status.ABORTED, details: `${error.message}; check before retrying` };
-    return { code: grpc.status.UNAVAILABLE, details: error.message };
+      return status(grpc.status.ABORTED, `${error.message}; check before retrying`, error.code);
+    return status(grpc.status.UNAVAILABLE, error.message, error.code);
   }
   if (error instanceof ManagerError) {
     if (error.code === 'MANAGER_LOCKED' || error.code === 'MANAGER_STOPPED' || error.code === 'NO_LEADER')
-      return { code: grpc.status.UNAVAILABLE, details: error.message };
-    return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
+      return status(grpc.status.UNAVAILABLE, error.message, error.code);
+    return status(grpc.status.FAILED_PRECONDITION, error.message, error.code);
   }
   if (error instanceof CryptoError) {
     if (error.code === 'KEY_USES_EXHAUSTED' || error.code === 'KEYRING_EMPTY')
-      return { code: grpc.status.UNAVAILABLE, details: error.message };
-    return { code: grpc.status.FAILED_PRECONDITION, details: error.message };
+      return status(grpc.status.UNAVAILABLE, error.message, error.code);
+    return status(grpc.status.FAILED_PRECONDITION, error.message, error.code);
   }
-  return { code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' };
+  return status(grpc.status.INTERNAL, 'internal error; the manager logged it', 'INTERNAL');
 }

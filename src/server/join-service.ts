@@ -1,11 +1,11 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { X509Certificate } from 'node:crypto';
 import { connect } from 'node:tls';
 import { ClusterState } from '../state/cluster-state.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { identityOf, joinTokenHash, signCertificate, spkiDigest } from '../crypto/pki.ts';
 import type { NodeId } from '../raft/types.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import type { Manager } from '../manager/manager.ts';
 import { ProposalRefused } from '../manager/errors.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
@@ -78,8 +78,8 @@ export function proveAddress(address: string, spki: string, timeoutMs = JOIN_ADD
     const fail = (why: string): void => {
       socket.destroy();
       reject(
-        new ServiceError(
-          grpc.status.FAILED_PRECONDITION,
+        refuse(
+          'ADDRESS_NOT_PROVEN',
           `the joiner's address ${address} did not answer with the joiner's key (${why}); give an --advertise address the cluster can reach`,
         ),
       );
@@ -133,7 +133,7 @@ export function joinService(
       async (call: Call<{ tokenSecret: Buffer; address: string; publicKeyPem: string; extraHosts: string[] }>) => {
         const source = sourceHost(call.getPeer());
         const wait = attempts.refusal(source);
-        if (wait !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, wait);
+        if (wait !== null) throw refuse('RATE_LIMITED', wait);
         const { tokenSecret, address, publicKeyPem } = call.request;
         if (
           tokenSecret.byteLength > TOKEN_SECRET_BYTES_MAX ||
@@ -141,25 +141,22 @@ export function joinService(
           publicKeyPem.length > PUBLIC_KEY_PEM_CHARS_MAX
         ) {
           attempts.failed(source);
-          throw new ServiceError(
-            grpc.status.INVALID_ARGUMENT,
+          throw refuse(
+            'INVALID_ARGUMENT',
             'a join request holds a token secret, a host:port and a PEM public key; this one is too large',
           );
         }
         const cluster = ctx.state.cluster;
         // None yet: a new cluster's leader installs the token from init a moment after its election.
         if (cluster.joinTokenHash === null)
-          throw new ServiceError(
-            grpc.status.UNAVAILABLE,
-            'this manager has no join token installed yet; retry in a moment',
-          );
+          throw refuse('JOIN_TOKEN_NOT_READY', 'this manager has no join token installed yet; retry in a moment');
         const tokenHash = joinTokenHash(tokenSecret);
         const nowMs = Date.now();
         const refusal = cluster.joinTokenRefusal(tokenHash, nowMs);
         if (refusal !== null) {
           attempts.failed(source);
           ctx.log.warn({ event: 'join-refused', source, reason: refusal }, 'refused a join');
-          throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
+          throw refuse('JOIN_TOKEN_REFUSED', refusal);
         }
         // The joiner chooses the names its certificate carries, and nothing here checks that it
         // owns them: a token holder could have a certificate for `vault.example.com`, or for
@@ -173,26 +170,25 @@ export function joinService(
         try {
           extraHosts = normalizeExtraHosts(call.request.extraHosts);
         } catch (error) {
-          throw new ServiceError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+          throw refuse('INVALID_ARGUMENT', (error as Error).message, { field: 'extra_hosts' });
         }
         const status = ctx.replica.raftStatus();
-        if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+        if (status === null) throw refuse('MANAGER_LOCKED', 'this manager is locked');
         if (status.role !== 'leader') {
           const leaderAddress = status.lead === 0 ? undefined : ctx.addressOf(status.lead);
-          if (leaderAddress === undefined)
-            throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry in a moment');
+          if (leaderAddress === undefined) throw refuse('NO_LEADER', 'no leader is known; retry in a moment');
           throw new LeaderRedirect(leaderAddress);
         }
         try {
           splitHostPort(address);
         } catch (error) {
-          throw new ServiceError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+          throw refuse('INVALID_ARGUMENT', (error as Error).message);
         }
         let spki: string;
         try {
           spki = spkiDigest(publicKeyPem);
         } catch {
-          throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'public_key_pem is not a public key in PEM form');
+          throw refuse('INVALID_ARGUMENT', 'public_key_pem is not a public key in PEM form');
         }
         await proveAddress(address, spki);
         const nodeId = freshNodeId(ctx, status.confState.voters, status.confState.learners);
@@ -208,8 +204,7 @@ export function joinService(
             validityDays: deps.managerCertValidityDays,
           });
         } catch (error) {
-          if (error instanceof CryptoError)
-            throw new ServiceError(grpc.status.INVALID_ARGUMENT, `public_key_pem: ${error.message}`);
+          if (error instanceof CryptoError) throw refuse('INVALID_ARGUMENT', `public_key_pem: ${error.message}`);
           throw error;
         }
         try {
@@ -227,7 +222,7 @@ export function joinService(
           if (!(error instanceof ProposalRefused) || error.source !== 'state') throw error;
           // Where the join applies, the token was found expired, used up or replaced.
           attempts.failed(source);
-          throw new ServiceError(grpc.status.PERMISSION_DENIED, error.message);
+          throw refuse('JOIN_TOKEN_REFUSED', error.message);
         }
         await ctx.proposeConfChange({ type: 'add-learner', nodeId });
         const root = deps.manager.rootKeyForJoiner();

@@ -1,7 +1,7 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { parseUnlockKey } from '../crypto/unlock-key.ts';
 import { ClusterState } from '../state/cluster-state.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import type { KeyOperation } from '../manager/manager.ts';
 import type { KeyOperationDone } from '../manager/proposer.ts';
 import type { ServiceContext } from './context.ts';
@@ -19,7 +19,7 @@ export interface KeyOperations {
  */
 export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.UntypedServiceImplementation {
   const run = async (op: KeyOperation): Promise<{ detail: string; activeTerm: number }> => {
-    if (ctx.replica.locked) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+    if (ctx.replica.locked) throw refuse('MANAGER_LOCKED', 'this manager is locked');
     const { detail } = await keys.keyOperation(op);
     // The leader applied it; this manager (a follower, maybe) catches up before it answers.
     await ctx.readPoint();
@@ -37,11 +37,7 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
     autolockOff: op('AutolockOff', () => ({ op: 'autolock-off' })),
     destroy: op('Destroy', (call) => {
       const term = call.request.term ?? 0;
-      if (!(term > 0))
-        throw new ServiceError(
-          grpc.status.INVALID_ARGUMENT,
-          'term names the data key to destroy (see coffer key status)',
-        );
+      if (!(term > 0)) throw refuse('INVALID_ARGUMENT', 'term names the data key to destroy (see coffer key status)');
       return { op: 'destroy', term };
     }),
     rotateUnlock: unary(ctx, 'Keys.RotateUnlock', async (call: Call<{ unlockKey?: string }>) => {
@@ -50,8 +46,8 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
       try {
         parseUnlockKey(unlockKey);
       } catch (error) {
-        throw new ServiceError(
-          grpc.status.INVALID_ARGUMENT,
+        throw refuse(
+          'INVALID_ARGUMENT',
           `unlock_key: ${(error as Error).message} (coffer key rotate-unlock makes one)`,
         );
       }
@@ -62,8 +58,8 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
       authorize(ctx, call, 'sudo', 'sys/keys');
       const publicKey = call.request.publicKey ?? Buffer.alloc(0);
       if (publicKey.byteLength !== 32)
-        throw new ServiceError(
-          grpc.status.INVALID_ARGUMENT,
+        throw refuse(
+          'INVALID_ARGUMENT',
           'public_key is the 32-byte X25519 public half of the new recovery key (coffer key rotate-recovery makes the pair)',
         );
       await ctx.propose(ClusterState.encode({ kind: 'cluster.recovery-key', publicKey }));
@@ -72,7 +68,7 @@ export function keysService(ctx: ServiceContext, keys: KeyOperations): grpc.Unty
     status: unary(ctx, 'Keys.Status', async (call: Call<object>) => {
       authorize(ctx, call, 'admin', 'sys/keys');
       const status = ctx.replica.status();
-      if (status.keys === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+      if (status.keys === null) throw refuse('MANAGER_LOCKED', 'this manager is locked');
       return {
         activeTerm: status.keys.activeTerm,
         activeCreatedAtMs: status.keys.activeCreatedAtMs,

@@ -4,9 +4,10 @@ import { packr } from '../codec/msgpack.ts';
 import type { LeaderLink } from '../manager/proposer.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
+import { errorDetailsOf } from '../transport/error-details.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from '../transport/tls.ts';
-import { ServiceError } from './errors.ts';
+import { ServiceError, refuse } from './errors.ts';
 import {
   TRANSFER_WAIT_MS,
   decodeMemberOpResult,
@@ -66,14 +67,15 @@ export class GrpcLeaderLink implements LeaderLink<AppliedResult> {
   }
 
   #call(leader: NodeId, body: ProposeBody): Promise<Buffer> {
-    if (leader === 0)
-      return Promise.reject(new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected'));
+    if (leader === 0) return Promise.reject(refuse('NO_LEADER', 'no leader is known; retry once one is elected'));
     let client = this.#clients.get(leader);
     if (client === undefined) {
       const address = this.#options.addressOf(leader);
       if (address === undefined)
         return Promise.reject(
-          new ServiceError(grpc.status.UNAVAILABLE, `the leader ${leader} has no known address yet; retry`),
+          refuse('LEADER_ADDRESS_UNKNOWN', `the leader ${leader} has no known address yet; retry`, {
+            leaderId: String(leader),
+          }),
         );
       const { Peer } = services();
       client = new Peer.Client(
@@ -87,14 +89,20 @@ export class GrpcLeaderLink implements LeaderLink<AppliedResult> {
     return new Promise((resolve, reject) => {
       (client as unknown as ProposeClient).propose(body, { deadline }, (error, response) => {
         // The leader refusing this manager is not the client's fault: INTERNAL, not PERMISSION_DENIED.
-        if (error !== null)
+        // Otherwise the leader's reason and metadata go on to the client (a connection failure has none).
+        if (error !== null) {
+          const details = errorDetailsOf(error.metadata);
           reject(
-            new ServiceError(
-              error.code === grpc.status.PERMISSION_DENIED ? grpc.status.INTERNAL : error.code,
-              `forwarding to the leader ${leader}: ${error.details}`,
-            ),
+            error.code === grpc.status.PERMISSION_DENIED
+              ? refuse('INTERNAL', `forwarding to the leader ${leader}: ${error.details}`)
+              : new ServiceError(
+                  error.code,
+                  `forwarding to the leader ${leader}: ${error.details}`,
+                  details?.reason,
+                  details?.metadata,
+                ),
           );
-        else resolve(response!.result);
+        } else resolve(response!.result);
       });
     });
   }

@@ -1,8 +1,7 @@
-import * as grpc from '@grpc/grpc-js';
 import { packr } from '../codec/msgpack.ts';
 import { ClusterState } from '../state/cluster-state.ts';
 import type { ConfChange, NodeId, Status } from '../raft/types.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
 import type { StateCommand } from './context.ts';
@@ -58,7 +57,7 @@ export function decodeMemberOp(data: Buffer): MemberOp {
     (value.nodeId as number) < 0 ||
     typeof value.force !== 'boolean'
   ) {
-    throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership operation');
+    throw refuse('INVALID_ARGUMENT', 'malformed membership operation');
   }
   return { op: value.op as MemberOp['op'], nodeId: value.nodeId as number, force: value.force };
 }
@@ -81,8 +80,7 @@ export function decodeMemberOpResult(data: Buffer): MemberOpResult {
 export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<MemberOpResult> {
   const status = statusOf(deps);
   if (status.role !== 'leader') {
-    if (status.lead === 0)
-      throw new ServiceError(grpc.status.UNAVAILABLE, 'no leader is known; retry once one is elected');
+    if (status.lead === 0) throw refuse('NO_LEADER', 'no leader is known; retry once one is elected');
     return deps.forwardMemberOp(status.lead, op);
   }
   const { voters, learners } = status.confState;
@@ -101,7 +99,9 @@ export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<M
     return resultOf(statusOf(deps));
   }
   if (op.op !== 'transfer' && !isVoter && !isLearner)
-    throw new ServiceError(grpc.status.NOT_FOUND, `manager ${op.nodeId} is not a member of this cluster`);
+    throw refuse('MEMBER_NOT_FOUND', `manager ${op.nodeId} is not a member of this cluster`, {
+      nodeId: String(op.nodeId),
+    });
 
   if (op.op === 'transfer') {
     await transferLeadership(deps, status, op.nodeId);
@@ -116,12 +116,13 @@ export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<M
     return deps.forwardMemberOp(successor, { ...op, force: true });
   }
   if (op.op === 'promote') {
-    if (isVoter) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a voter`);
+    if (isVoter) throw refuse('ALREADY_VOTER', `manager ${op.nodeId} is already a voter`);
     const match = status.progress?.get(op.nodeId)?.match ?? 0;
     if (match < status.commit && !op.force) {
-      throw new ServiceError(
-        grpc.status.FAILED_PRECONDITION,
+      throw refuse(
+        'LEARNER_BEHIND',
         `manager ${op.nodeId} is ${status.commit - match} entries behind the commit index; promote it once it has caught up (or with --force)`,
+        { entriesBehind: String(status.commit - match) },
       );
     }
     await deps.propose(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: false }));
@@ -130,7 +131,7 @@ export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<M
   }
   if (isVoter) checkQuorumAfterLosing(status, op.nodeId, op.force);
   if (op.op === 'demote') {
-    if (isLearner) throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${op.nodeId} is already a learner`);
+    if (isLearner) throw refuse('ALREADY_LEARNER', `manager ${op.nodeId} is already a learner`);
     await deps.propose(ClusterState.encode({ kind: 'cluster.hold-learner', id: op.nodeId, held: true }));
     await deps.proposeConfChange({ type: 'add-learner', nodeId: op.nodeId });
     return resultOf(statusOf(deps));
@@ -146,7 +147,7 @@ export async function runMemberOp(deps: MembershipDeps, op: MemberOp): Promise<M
 
 function statusOf(deps: MembershipDeps): Status {
   const status = deps.replica.raftStatus();
-  if (status === null) throw new ServiceError(grpc.status.UNAVAILABLE, 'this manager is locked');
+  if (status === null) throw refuse('MANAGER_LOCKED', 'this manager is locked');
   return status;
 }
 
@@ -161,15 +162,15 @@ export function isHealthy(status: Status, id: NodeId): boolean {
 
 function checkQuorumAfterLosing(status: Status, leaving: NodeId, force: boolean): void {
   const remaining = status.confState.voters.filter((id) => id !== leaving);
-  if (remaining.length === 0)
-    throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${leaving} is the last voter`);
+  if (remaining.length === 0) throw refuse('LAST_VOTER', `manager ${leaving} is the last voter`);
   const healthy = remaining.filter((id) => isHealthy(status, id));
   const needed = Math.floor(remaining.length / 2) + 1;
   if (healthy.length < needed && !force) {
-    throw new ServiceError(
-      grpc.status.FAILED_PRECONDITION,
+    throw refuse(
+      'QUORUM_AT_RISK',
       `without manager ${leaving} the ${remaining.length} voters left need ${needed} healthy to keep a quorum, and only ${healthy.length} (${healthy.join(', ')}) are; ` +
         'bring the others back first, or use --force if they are gone for good',
+      { votersNeeded: String(needed), votersHealthy: String(healthy.length) },
     );
   }
 }
@@ -183,13 +184,12 @@ async function transferLeadership(deps: MembershipDeps, status: Status, to: Node
   if (target === 0) {
     const candidates = status.confState.voters.filter((id) => id !== status.id && isHealthy(status, id));
     candidates.sort((a, b) => (status.progress?.get(b)?.match ?? 0) - (status.progress?.get(a)?.match ?? 0));
-    if (candidates.length === 0)
-      throw new ServiceError(grpc.status.FAILED_PRECONDITION, 'no other healthy voter can take over leadership');
+    if (candidates.length === 0) throw refuse('NO_TRANSFER_TARGET', 'no other healthy voter can take over leadership');
     target = candidates[0]!;
   }
   if (target === status.id) return target;
   if (!status.confState.voters.includes(target))
-    throw new ServiceError(grpc.status.FAILED_PRECONDITION, `manager ${target} is not a voter; only voters can lead`);
+    throw refuse('NOT_A_VOTER', `manager ${target} is not a voter; only voters can lead`);
   deps.replica.transferLeadership(target);
   const deadline = Date.now() + TRANSFER_WAIT_MS;
   while (Date.now() < deadline) {
@@ -197,8 +197,8 @@ async function transferLeadership(deps: MembershipDeps, status: Status, to: Node
     const now = deps.replica.raftStatus();
     if (now !== null && now.role !== 'leader' && now.lead === target) return target;
   }
-  throw new ServiceError(
-    grpc.status.UNAVAILABLE,
+  throw refuse(
+    'TRANSFER_TIMEOUT',
     `leadership did not move to manager ${target} within ${TRANSFER_WAIT_MS} ms: it may be behind or unreachable; this manager still leads`,
   );
 }

@@ -184,7 +184,8 @@ export class CofferNode {
     this.proposer = new Proposer<AppliedResult>({
       manager,
       leader: this.#leaderLink,
-      refusalOf: (result) => (result.ok ? null : { code: result.code, reason: result.reason }),
+      // A refusal forwarded from the leader arrives as msgpack: its finer reason and metadata with it.
+      refusalOf: (result) => (result.ok ? null : result),
       logger: log,
     });
     this.#leaderDuties = new LeaderDuties({

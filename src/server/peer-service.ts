@@ -1,10 +1,10 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import type { BarrierResult } from '../barrier/barrier.ts';
 import { packr } from '../codec/msgpack.ts';
 import type { ConfChange, ConfChangeType } from '../raft/types.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import type { RequestContext } from './context.ts';
-import { ServiceError } from './errors.ts';
+import { refuse } from './errors.ts';
 import { decodeMemberOp, encodeMemberOpResult, type MemberOp, type MemberOpResult } from './membership.ts';
 import { encodeMembers, type MemberEntry } from './peer-trust.ts';
 import { requireMember, unary, type Call } from './rpc.ts';
@@ -43,7 +43,7 @@ export function peerService(ctx: RequestContext, deps: PeerServiceDeps): grpc.Un
           await deps.acceptConfChange(decodeConfChange(call.request.confChange));
           return { result: packr.pack({ type: 'none' }) };
         }
-        throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'a proposal needs a payload or a membership change');
+        throw refuse('INVALID_ARGUMENT', 'a proposal needs a payload or a membership change');
       },
     ),
     members: unary(ctx, 'Peer.Members', async (call: Call<object>) => {
@@ -60,9 +60,9 @@ function decodeConfChange(data: Buffer): ConfChange {
   } catch {
     change = null;
   }
-  if (!Array.isArray(change)) throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
+  if (!Array.isArray(change)) throw refuse('INVALID_ARGUMENT', 'malformed membership change');
   const [type, nodeId] = change as [ConfChangeType, number];
   if (!CONF_TYPES.includes(type) || !Number.isSafeInteger(nodeId) || nodeId <= 0)
-    throw new ServiceError(grpc.status.INVALID_ARGUMENT, 'malformed membership change');
+    throw refuse('INVALID_ARGUMENT', 'malformed membership change');
   return { type, nodeId };
 }

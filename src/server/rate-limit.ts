@@ -62,6 +62,12 @@ interface Buckets {
   writes: Bucket | null;
 }
 
+/** A request or write over its rate: what to tell the client, and in how many ms it could pass. */
+export interface RateRefusal {
+  readonly message: string;
+  readonly retryAfterMs: number;
+}
+
 /**
  * Per-identity rate limits at one manager's edge: requests per second and bytes written per
  * minute, each a token bucket whose burst is one period's worth. Local to the manager (not
@@ -92,19 +98,22 @@ export class IdentityRateLimiter {
       throw new TypeError(`rate limit identitiesMax must be a whole number above 0: got ${this.#identitiesMax}`);
   }
 
-  /** One request by `identity`: null if it may go on, or why not (for RESOURCE_EXHAUSTED). */
-  request(identity: string): string | null {
+  /** One request by `identity`: null if it may go on, or why not and when to retry (RESOURCE_EXHAUSTED). */
+  request(identity: string): RateRefusal | null {
     if (this.#requestsPerSecond === 0) return null;
     const now = this.#nowMs();
     const buckets = this.#buckets(identity);
     buckets.requests ??= new Bucket(this.#requestsPerSecond, this.#requestsPerSecond / 1000, now);
     const waitMs = buckets.requests.take(1, now);
     if (waitMs === 0) return null;
-    return `identity "${identity}" exceeded ${this.#requestsPerSecond} requests/s on this manager (--identity-requests-per-second); retry in ${waitMs} ms`;
+    return {
+      message: `identity "${identity}" exceeded ${this.#requestsPerSecond} requests/s on this manager (--identity-requests-per-second); retry in ${waitMs} ms`,
+      retryAfterMs: waitMs,
+    };
   }
 
-  /** `bytes` of secret values written by `identity`: null if they may go, or why not. */
-  write(identity: string, bytes: number): string | null {
+  /** `bytes` of secret values written by `identity`: null if they may go, or why not and when to retry. */
+  write(identity: string, bytes: number): RateRefusal | null {
     if (this.#writeBytesPerMinute === 0 || bytes <= 0) return null;
     const now = this.#nowMs();
     const buckets = this.#buckets(identity);
@@ -112,7 +121,10 @@ export class IdentityRateLimiter {
     const waitMs = buckets.writes.take(bytes, now);
     if (waitMs === 0) return null;
     const wait = waitMs < 1000 ? `${waitMs} ms` : `${Math.ceil(waitMs / 1000)} s`;
-    return `identity "${identity}" exceeded ${formatBytes(this.#writeBytesPerMinute)} of writes per minute on this manager (--identity-write-bytes-per-minute); retry in ${wait}`;
+    return {
+      message: `identity "${identity}" exceeded ${formatBytes(this.#writeBytesPerMinute)} of writes per minute on this manager (--identity-write-bytes-per-minute); retry in ${wait}`,
+      retryAfterMs: waitMs,
+    };
   }
 
   /** Identities tracked now (at most identitiesMax). */

@@ -2,12 +2,13 @@ import * as grpc from '@grpc/grpc-js';
 import type { Identity } from '../crypto/pki.ts';
 import type { Capability } from '../state/policy.ts';
 import { callerIdentity } from '../transport/auth.ts';
+import { errorTrailers } from '../transport/error-details.ts';
 import { isMalformedRequest } from '../transport/proto.ts';
 import { boundedSource } from './anonymous-audit.ts';
-import { ServiceError, toStatus } from './errors.ts';
+import { ServiceError, refuse, toStatus, type ErrorStatus } from './errors.ts';
 import type { RequestContext } from './context.ts';
 
-/** The identity made by `coffer init`; until policies exist it is the only client allowed. */
+/** The identity made by `coffer init`, bound to the built-in root policy (every capability on every path). */
 export const ADMIN_IDENTITY = 'admin';
 /** Trailing metadata key a follower sets when a joiner must go to the leader. */
 export const LEADER_ADDRESS_METADATA = 'coffer-leader-address';
@@ -64,7 +65,7 @@ function begin(
   method: string,
   call: Call<unknown> & { getPeer(): string },
   options: MethodOptions,
-): Promise<{ code: grpc.status; details: string }> | { identity: Identity | null; target: string } {
+): Promise<ErrorStatus> | { identity: Identity | null; target: string } {
   const identity = callerIdentity(call, ctx.clusterId);
   if (identity === null && options.anonymous !== true) {
     const started = performance.now();
@@ -73,7 +74,8 @@ function begin(
     return ctx.anonymousAudit
       .record({ method, source: call.getPeer(), outcome: 'denied', code: 'UNAUTHENTICATED' })
       .then(
-        () => ({ code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_DETAILS }),
+        // The reason and nothing else: a caller who proved nothing learns nothing more.
+        () => toStatus(refuse('UNAUTHENTICATED', UNAUTHENTICATED_DETAILS)),
         (auditError: unknown) => auditFailed(ctx, method, auditError, started),
       );
   }
@@ -86,21 +88,16 @@ function begin(
 function malformed(ctx: RequestContext, method: string, call: Call<unknown>): ServiceError | null {
   if (!isMalformedRequest(call.request)) return null;
   ctx.metrics.refused('malformed');
-  return new ServiceError(grpc.status.INVALID_ARGUMENT, `the request is not a valid ${method} message (protobuf)`);
+  return refuse('MALFORMED_REQUEST', `the request is not a valid ${method} message (protobuf)`);
 }
 
-function auditFailed(
-  ctx: RequestContext,
-  method: string,
-  auditError: unknown,
-  started: number,
-): { code: grpc.status; details: string } {
+function auditFailed(ctx: RequestContext, method: string, auditError: unknown, started: number): ErrorStatus {
   ctx.log.error(
     { event: 'audit-failed', method, err: auditError, durationMs: Math.round(performance.now() - started) },
     'the audit record could not be written: the request fails',
   );
   ctx.metrics.auditFailed();
-  return { code: grpc.status.UNAVAILABLE, details: 'the audit log cannot be written; the request was refused' };
+  return toStatus(refuse('AUDIT_UNAVAILABLE', 'the audit log cannot be written; the request was refused'));
 }
 
 /**
@@ -109,21 +106,17 @@ function auditFailed(
  */
 function refusedBeforeRunning(ctx: RequestContext, identity: Identity | null): ServiceError | null {
   if (ctx.audit.broken !== null)
-    return new ServiceError(
-      grpc.status.UNAVAILABLE,
-      'the audit log cannot be written; requests are refused until it can',
-    );
+    return refuse('AUDIT_UNAVAILABLE', 'the audit log cannot be written; requests are refused until it can');
   if (identity === null || identity.role !== 'client') return null;
   // A removed manager may not know it is out of date; it sends clients elsewhere.
   if (ctx.trust.selfRemoved())
-    return new ServiceError(
-      grpc.status.UNAVAILABLE,
-      `manager ${ctx.nodeId} was removed from the cluster; ask another manager`,
-    );
+    return refuse('MANAGER_REMOVED', `manager ${ctx.nodeId} was removed from the cluster; ask another manager`, {
+      nodeId: String(ctx.nodeId),
+    });
   const limited = ctx.rateLimit.request(identity.id);
   if (limited === null) return null;
   ctx.metrics.refused('rate-limited');
-  return new ServiceError(grpc.status.RESOURCE_EXHAUSTED, limited);
+  return refuse('RATE_LIMITED', limited.message, { retryAfterMs: String(limited.retryAfterMs) });
 }
 
 /**
@@ -148,7 +141,7 @@ export function unary<Request, Response>(
     const started = performance.now();
     const context = begin(ctx, method, call, options);
     if (context instanceof Promise) {
-      void context.then((status) => callback({ code: status.code, details: status.details }));
+      void context.then((status) => callback(serviceErrorOf(status)));
       return;
     }
     const refusal = malformed(ctx, method, call) ?? (audited ? refusedBeforeRunning(ctx, context.identity) : null);
@@ -169,12 +162,11 @@ export function unary<Request, Response>(
           return wipe();
         }
         wipe();
-        const metadata = error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined;
-        callback({ code: status.code, details: status.details, ...(metadata === undefined ? {} : { metadata }) });
+        callback(serviceErrorOf(status, error instanceof LeaderRedirect ? redirectMetadata(error.address) : undefined));
       })
       .catch((error: unknown) => {
         ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-        callback({ code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
+        callback(serviceErrorOf(toStatus(null)));
       });
   };
 }
@@ -193,8 +185,8 @@ async function finishRequest(
   started: number,
   error: unknown,
   audited: boolean,
-): Promise<{ code: grpc.status; details: string }> {
-  let status = error === null ? { code: grpc.status.OK, details: '' } : toStatus(error);
+): Promise<ErrorStatus> {
+  let status: ErrorStatus = error === null ? OK : toStatus(error);
   if (status.code === grpc.status.INTERNAL)
     ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
   if (status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAUTHENTICATED)
@@ -262,7 +254,7 @@ export function serverStream<Request, Message>(
     const started = performance.now();
     const context = begin(ctx, method, call, {});
     if (context instanceof Promise) {
-      void context.then((status) => call.emit('error', { code: status.code, details: status.details }));
+      void context.then((status) => call.emit('error', serviceErrorOf(status)));
       return;
     }
     const refusal = malformed(ctx, method, call) ?? refusedBeforeRunning(ctx, context.identity);
@@ -276,7 +268,7 @@ export function serverStream<Request, Message>(
         const status = await finishRequest(ctx, method, call, context, started, error, true);
         // emit('error') sends the status; destroy() would drop it and leave the client waiting.
         if (status.code !== grpc.status.OK) {
-          call.emit('error', { code: status.code, details: status.details });
+          call.emit('error', serviceErrorOf(status));
           return;
         }
         let cancelled = call.cancelled;
@@ -304,7 +296,7 @@ export function serverStream<Request, Message>(
       })
       .catch((error: unknown) => {
         ctx.log.error({ event: 'rpc-failed', method, err: error }, 'request failed');
-        call.emit('error', { code: grpc.status.INTERNAL, details: 'internal error; the manager logged it' });
+        call.emit('error', serviceErrorOf(toStatus(null)));
       });
   };
 }
@@ -312,7 +304,12 @@ export function serverStream<Request, Message>(
 export class LeaderRedirect extends ServiceError {
   readonly address: string;
   constructor(address: string) {
-    super(grpc.status.FAILED_PRECONDITION, `this manager is not the leader; join through the leader at ${address}`);
+    const redirect = refuse(
+      'JOIN_THROUGH_LEADER',
+      `this manager is not the leader; join through the leader at ${address}`,
+      { leaderAddress: address },
+    );
+    super(redirect.status, redirect.message, redirect.reason, redirect.metadata);
     this.address = address;
   }
 }
@@ -323,9 +320,23 @@ export function redirectMetadata(address: string): grpc.Metadata {
   return metadata;
 }
 
+const OK: ErrorStatus = { code: grpc.status.OK, details: '', reason: '', metadata: {} };
+
+/**
+ * A refusal as grpc-js sends it: status, message, and the trailers that carry its reason and
+ * metadata (grpc-status-details-bin, coffer-error-reason), added to `trailers` if given.
+ */
+function serviceErrorOf(status: ErrorStatus, trailers?: grpc.Metadata): Partial<grpc.StatusObject> {
+  return {
+    code: status.code,
+    details: status.details,
+    metadata: errorTrailers(status.code, status.details, status, trailers),
+  };
+}
+
 export function requireCaller(ctx: RequestContext, call: Call<unknown>): Identity {
   const identity = callerIdentity(call, ctx.clusterId);
-  if (identity === null) throw new ServiceError(grpc.status.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS);
+  if (identity === null) throw refuse('UNAUTHENTICATED', UNAUTHENTICATED_DETAILS);
   noteCaller(call, identity);
   return identity;
 }
@@ -337,12 +348,11 @@ export function requireCaller(ctx: RequestContext, call: Call<unknown>): Identit
  */
 export function requireMember(ctx: RequestContext, call: Call<unknown>): number {
   const identity = requireCaller(ctx, call);
-  if (identity.role !== 'manager')
-    throw new ServiceError(grpc.status.PERMISSION_DENIED, 'this method is for managers only');
+  if (identity.role !== 'manager') throw refuse('WRONG_ROLE', 'this method is for managers only');
   const id = Number(identity.id);
   const refusal = ctx.trust.admits(id, identity.spki);
-  if (refusal === 'this manager is locked') throw new ServiceError(grpc.status.UNAVAILABLE, refusal);
-  if (refusal !== null) throw new ServiceError(grpc.status.PERMISSION_DENIED, refusal);
+  if (refusal === 'this manager is locked') throw refuse('MANAGER_LOCKED', refusal);
+  if (refusal !== null) throw refuse('NOT_A_MEMBER', refusal);
   return id;
 }
 
@@ -359,10 +369,12 @@ export function authorize(ctx: RequestContext, call: Call<unknown>, capability: 
       decision.rule === null
         ? 'no policy allows it'
         : `denied by policy "${decision.rule.policy}", rule "${decision.rule.path}"`;
-    throw new ServiceError(
-      grpc.status.PERMISSION_DENIED,
-      `identity "${identity.id}" may not ${capability} "${path}": ${why}`,
-    );
+    // What the message says, for programs: the capability and path asked for, and the deny rule if one decided.
+    throw refuse('POLICY_DENIED', `identity "${identity.id}" may not ${capability} "${path}": ${why}`, {
+      capability,
+      path,
+      ...(decision.rule === null ? {} : { policy: decision.rule.policy, rule: decision.rule.path }),
+    });
   }
   return identity;
 }
@@ -371,20 +383,16 @@ export function authorize(ctx: RequestContext, call: Call<unknown>, capability: 
 export function authenticateClient(ctx: RequestContext, call: Call<unknown>): Identity {
   const identity = requireCaller(ctx, call);
   if (identity.role !== 'client')
-    throw new ServiceError(
-      grpc.status.PERMISSION_DENIED,
-      'this method is for clients; a manager certificate may not call it',
-    );
+    throw refuse('WRONG_ROLE', 'this method is for clients; a manager certificate may not call it');
   const access = ctx.state.access;
   if (!access.certificateValid(identity.id, identity.spki)) {
     const known = access.identities.get(identity.id);
-    throw new ServiceError(
-      grpc.status.PERMISSION_DENIED,
-      known === undefined
-        ? `identity "${identity.id}" is not known to this cluster (yet)`
-        : known.revoked
-          ? `the certificate of identity "${identity.id}" was revoked`
-          : `this certificate was not issued to identity "${identity.id}" by this cluster, or it was revoked`,
+    if (known === undefined)
+      throw refuse('IDENTITY_UNKNOWN', `identity "${identity.id}" is not known to this cluster (yet)`);
+    if (known.revoked) throw refuse('IDENTITY_REVOKED', `the certificate of identity "${identity.id}" was revoked`);
+    throw refuse(
+      'CERTIFICATE_REVOKED',
+      `this certificate was not issued to identity "${identity.id}" by this cluster, or it was revoked`,
     );
   }
   return identity;

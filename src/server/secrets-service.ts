@@ -1,4 +1,4 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import {
   CHARSETS,
@@ -14,28 +14,35 @@ import {
 } from '../state/limits.ts';
 import { QUOTAS_PATH } from '../state/applied-state.ts';
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
-import { ServiceError } from './errors.ts';
+import { refuse, type ServiceError } from './errors.ts';
 import type { ServiceContext } from './context.ts';
 import { WIPE_AFTER_REPLY, authenticateClient, authorize, unary, type Call } from './rpc.ts';
 
 type Cas = { version: number } | null;
 
-function invalid(message: string): ServiceError {
-  return new ServiceError(grpc.status.INVALID_ARGUMENT, message);
+function invalid(message: string, metadata: Readonly<Record<string, string>> = {}): ServiceError {
+  return refuse('INVALID_ARGUMENT', message, metadata);
 }
 
 /** Checked before anything else of the request is used: an invalid name is never authorized, audited or logged. */
 function checkName(name: string): void {
   const problem = secretNameProblem(name);
   if (problem !== null)
-    throw invalid(`secret name ${JSON.stringify(name.slice(0, 64))}${name.length > 64 ? '...' : ''}: ${problem}`);
+    throw refuse(
+      'INVALID_NAME',
+      `secret name ${JSON.stringify(name.slice(0, 64))}${name.length > 64 ? '...' : ''}: ${problem}`,
+      { field: 'name', limit: String(SECRET_NAME_BYTES_MAX) },
+    );
 }
 
 function expiry(ttlSeconds: number, expireAtMs: number, nowMs: number): number | null {
-  if (ttlSeconds !== 0 && expireAtMs !== 0) throw invalid('give ttl_seconds or expire_at_ms, not both');
+  if (ttlSeconds !== 0 && expireAtMs !== 0)
+    throw invalid('give ttl_seconds or expire_at_ms, not both', { field: 'ttl_seconds' });
   const at = ttlSeconds !== 0 ? nowMs + ttlSeconds * 1000 : expireAtMs !== 0 ? expireAtMs : null;
   if (at !== null && (at <= nowMs || at > nowMs + TTL_MS_MAX))
-    throw invalid('an expiry must be in the future and at most ten years ahead');
+    throw invalid('an expiry must be in the future and at most ten years ahead', {
+      field: ttlSeconds !== 0 ? 'ttl_seconds' : 'expire_at_ms',
+    });
   return at;
 }
 
@@ -75,11 +82,16 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
   ): Promise<number> => {
     checkName(name);
     if (value.byteLength > SECRET_VALUE_BYTES_MAX)
-      throw new ServiceError(
-        grpc.status.RESOURCE_EXHAUSTED,
+      throw refuse(
+        'VALUE_TOO_LARGE',
         `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`,
+        { limit: String(SECRET_VALUE_BYTES_MAX), bytes: String(value.byteLength) },
       );
-    if (versionsKept > VERSIONS_KEPT_MAX) throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`);
+    if (versionsKept > VERSIONS_KEPT_MAX)
+      throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`, {
+        field: 'versions_kept',
+        limit: String(VERSIONS_KEPT_MAX),
+      });
     const nowMs = Date.now();
     const command: SecretCommand = {
       op: 'put',
@@ -94,11 +106,11 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
     const caller = authenticateClient(ctx, call);
     const exempt = ctx.state.access.decide(caller.id, 'sudo', QUOTAS_PATH).allowed;
     const overQuota = exempt ? null : store.putQuotaProblem(caller.id, command);
-    if (overQuota !== null) throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, overQuota);
+    if (overQuota !== null) throw refuse('QUOTA_EXCEEDED', overQuota.reason, overQuota.metadata);
     const overRate = ctx.rateLimit.write(caller.id, value.byteLength);
     if (overRate !== null) {
       ctx.metrics.refused('rate-limited');
-      throw new ServiceError(grpc.status.RESOURCE_EXHAUSTED, overRate);
+      throw refuse('RATE_LIMITED', overRate.message, { retryAfterMs: String(overRate.retryAfterMs) });
     }
     return write(call, command);
   };
@@ -132,9 +144,13 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         authorize(ctx, call, 'write', r.name);
         const charset = (r.charset === '' ? 'alphanumeric' : r.charset) as Charset;
         // An own property: "constructor" or "__proto__" are in every object, not charsets.
-        if (!Object.hasOwn(CHARSETS, charset)) throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`);
+        if (!Object.hasOwn(CHARSETS, charset))
+          throw invalid(`charset is one of ${Object.keys(CHARSETS).join(', ')}`, { field: 'charset' });
         if (r.length < 1 || r.length > GENERATE_LENGTH_MAX)
-          throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`);
+          throw invalid(`length is between 1 and ${GENERATE_LENGTH_MAX}`, {
+            field: 'length',
+            limit: String(GENERATE_LENGTH_MAX),
+          });
         const value = generateValue(r.length, charset);
         try {
           return { version: await put(call, r.name, value, r.cas, r.ttlSeconds, 0, 0) };
@@ -150,8 +166,8 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         const r = call.request;
         checkName(r.name);
         authorize(ctx, call, 'read', r.name);
-        if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both');
-        if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+        if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both', { field: 'label' });
+        if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!, { field: 'label' });
         const applied = await readPoint(r.stale);
         // Checked again at the read point: a revocation committed before the read is honoured here too.
         authorize(ctx, call, 'read', r.name);
@@ -178,10 +194,17 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         const r = call.request;
         authenticateClient(ctx, call);
         if (Buffer.byteLength(r.prefix) > SECRET_NAME_BYTES_MAX)
-          throw invalid(`a prefix has at most ${SECRET_NAME_BYTES_MAX} bytes`);
+          throw invalid(`a prefix has at most ${SECRET_NAME_BYTES_MAX} bytes`, {
+            field: 'prefix',
+            limit: String(SECRET_NAME_BYTES_MAX),
+          });
         if (Buffer.byteLength(r.pageToken) > SECRET_NAME_BYTES_MAX)
-          throw invalid('page_token is the next_page_token of an earlier answer');
-        if (r.pageSize > LIST_PAGE_SIZE_MAX) throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`);
+          throw invalid('page_token is the next_page_token of an earlier answer', { field: 'page_token' });
+        if (r.pageSize > LIST_PAGE_SIZE_MAX)
+          throw invalid(`page_size is at most ${LIST_PAGE_SIZE_MAX}`, {
+            field: 'page_size',
+            limit: String(LIST_PAGE_SIZE_MAX),
+          });
         const applied = await readPoint(r.stale);
         const identity = authenticateClient(ctx, call);
         // Names the caller may not list are left out, not refused: a listing shows what one may see.
@@ -221,7 +244,7 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
     destroy: unary(ctx, 'Secrets.Destroy', async (call: Call<{ name: string; versions: number[] }>) => {
       checkName(call.request.name);
       authorize(ctx, call, 'delete', call.request.name);
-      if (call.request.versions.length === 0) throw invalid('name the versions to destroy');
+      if (call.request.versions.length === 0) throw invalid('name the versions to destroy', { field: 'versions' });
       return {
         version: await write(call, { op: 'destroy', name: call.request.name, versions: call.request.versions }),
       };
@@ -229,15 +252,15 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
     label: unary(ctx, 'Secrets.Label', async (call: Call<{ name: string; label: string; version: number }>) => {
       const r = call.request;
       checkName(r.name);
-      if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!, { field: 'label' });
       authorize(ctx, call, 'write', r.name);
-      if (r.version === 0) throw invalid('name the version the label points at');
+      if (r.version === 0) throw invalid('name the version the label points at', { field: 'version' });
       return { version: await write(call, { op: 'label', name: r.name, label: r.label, version: r.version }) };
     }),
     unlabel: unary(ctx, 'Secrets.Unlabel', async (call: Call<{ name: string; label: string }>) => {
       const r = call.request;
       checkName(r.name);
-      if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!);
+      if (labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!, { field: 'label' });
       authorize(ctx, call, 'write', r.name);
       return { version: await write(call, { op: 'unlabel', name: r.name, label: r.label }) };
     }),

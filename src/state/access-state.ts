@@ -11,6 +11,7 @@ import {
 import {
   certificateRefusal,
   refusal,
+  refusedAs,
   type Authority,
   type DecodedCommand,
   type EncodedCommand,
@@ -134,7 +135,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
     const revoked = certificateRefusal(this, actor, 'change');
     if (revoked !== null) return revoked;
     const refused = this.#guard?.(this, command, actor) ?? null;
-    return refused === null ? null : refusal('DENIED', refused);
+    return refused === null ? null : refusedAs('GRANT_NOT_HELD', refused);
   }
 
   apply(command: AccessCommand): AccessResult {
@@ -143,7 +144,8 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         this.policies.set(command.name, { name: command.name, rules: command.rules });
         return APPLIED;
       case 'policy-remove':
-        if (!this.policies.delete(command.name)) return refusal('NOT_FOUND', `policy "${command.name}" does not exist`);
+        if (!this.policies.delete(command.name))
+          return refusedAs('POLICY_NOT_FOUND', `policy "${command.name}" does not exist`);
         return APPLIED;
       case 'identity-issue': {
         const record = this.identities.get(command.name);
@@ -159,8 +161,8 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
           return APPLIED;
         }
         if (command.reissue !== true)
-          return refusal(
-            'EXISTS',
+          return refusedAs(
+            'IDENTITY_EXISTS',
             `identity "${command.name}" exists; re-issuing it (a new certificate, its policies replaced) is a separate act: coffer identity issue --reissue`,
           );
         record.policies = [...command.policies];
@@ -170,7 +172,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       case 'identity-renew': {
         const record = this.identities.get(command.name);
         if (record === undefined || record.revoked)
-          return refusal('NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
+          return refusedAs('IDENTITY_NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
         addIdentityKey(record, {
           key: command.key,
           serial: command.serial,
@@ -181,7 +183,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       }
       case 'identity-revoke': {
         const record = this.identities.get(command.name);
-        if (record === undefined) return refusal('NOT_FOUND', `identity "${command.name}" does not exist`);
+        if (record === undefined) return refusedAs('IDENTITY_NOT_FOUND', `identity "${command.name}" does not exist`);
         record.keys = [];
         record.revoked = true;
         return APPLIED;

@@ -2,7 +2,14 @@ import { timingSafeEqual } from 'node:crypto';
 import { packr } from '../codec/msgpack.ts';
 import type { NodeId } from '../raft/types.ts';
 import type { Actor } from './access-state.ts';
-import { refusal, type DecodedCommand, type EncodedCommand, type Refusal, type StatePart } from './state-part.ts';
+import {
+  refusal,
+  refusedAs,
+  type DecodedCommand,
+  type EncodedCommand,
+  type Refusal,
+  type StatePart,
+} from './state-part.ts';
 
 /** A cluster CA: the certificate and key managers sign with, replicated so a rotation applies everywhere at one index. */
 export interface CaRecord {
@@ -242,7 +249,7 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
       case 'cluster.join': {
         const { id } = command;
         const tokenRefusal = this.joinTokenRefusal(command.tokenHash, command.nowMs);
-        if (tokenRefusal !== null) return refusal('DENIED', tokenRefusal);
+        if (tokenRefusal !== null) return refusedAs('JOIN_TOKEN_REFUSED', tokenRefusal);
         if (this.removed.has(id) || this.addresses.has(id)) return refusal('PRECONDITION', `manager id ${id} is taken`);
         if (this.joinTokenUsesLeft !== null) this.joinTokenUsesLeft--;
         this.addresses.set(id, command.address);

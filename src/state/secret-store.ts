@@ -15,6 +15,7 @@ import {
   RefusalError,
   certificateRefusal,
   refusal,
+  refusedAs,
   type Authority,
   type DecodedCommand,
   type EncodedCommand,
@@ -262,7 +263,10 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     if (revoked !== null) return revoked;
     for (const capability of needed.capabilities) {
       if (!authority.decide(actor.name, capability, needed.name).allowed)
-        return refusal('DENIED', `identity "${actor.name}" may not ${capability} "${needed.name}"`);
+        return refusedAs('POLICY_DENIED', `identity "${actor.name}" may not ${capability} "${needed.name}"`, {
+          capability,
+          path: needed.name,
+        });
     }
     return null;
   }
@@ -320,17 +324,19 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       case 'delete':
       case 'undelete': {
         const secret = this.#load(command.name);
-        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusedAs('SECRET_NOT_FOUND', `secret "${command.name}" does not exist`);
         secret.deleted = command.op === 'delete';
         this.#save(secret);
         return { ok: true, version: secret.lastVersion };
       }
       case 'destroy': {
         const secret = this.#load(command.name);
-        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusedAs('SECRET_NOT_FOUND', `secret "${command.name}" does not exist`);
         for (const n of command.versions) {
           if (!secret.versions.some((v) => v.version === n))
-            return refusal('NOT_FOUND', `secret "${command.name}" has no version ${n}`);
+            return refusedAs('VERSION_NOT_FOUND', `secret "${command.name}" has no version ${n}`, {
+              version: String(n),
+            });
         }
         for (const v of secret.versions) if (command.versions.includes(v.version)) this.#wipe(secret, v);
         this.#save(secret);
@@ -338,10 +344,12 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       }
       case 'label': {
         const secret = this.#load(command.name);
-        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusedAs('SECRET_NOT_FOUND', `secret "${command.name}" does not exist`);
         const version = secret.versions.find((v) => v.version === command.version);
         if (version === undefined)
-          return refusal('NOT_FOUND', `secret "${command.name}" has no version ${command.version}`);
+          return refusedAs('VERSION_NOT_FOUND', `secret "${command.name}" has no version ${command.version}`, {
+            version: String(command.version),
+          });
         if (version.wiped)
           return refusal('DESTROYED', `secret "${command.name}": version ${command.version} was destroyed`);
         const userLabels = [...secret.labels.keys()].filter((l) => !isReservedLabel(l));
@@ -350,7 +358,9 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
           !isReservedLabel(command.label) &&
           userLabels.length >= USER_LABELS_MAX
         ) {
-          return refusal('LIMIT', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`);
+          return refusedAs('TOO_MANY_LABELS', `secret "${command.name}" already has ${USER_LABELS_MAX} labels`, {
+            limit: String(USER_LABELS_MAX),
+          });
         }
         secret.labels.set(command.label, command.version);
         this.#save(secret);
@@ -358,11 +368,13 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       }
       case 'unlabel': {
         const secret = this.#load(command.name);
-        if (secret === undefined) return refusal('NOT_FOUND', `secret "${command.name}" does not exist`);
+        if (secret === undefined) return refusedAs('SECRET_NOT_FOUND', `secret "${command.name}" does not exist`);
         if (isReservedLabel(command.label))
           return refusal('INVALID', `the label "${command.label}" is kept by the store; move it instead`);
         if (!secret.labels.delete(command.label))
-          return refusal('NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`);
+          return refusedAs('LABEL_NOT_FOUND', `secret "${command.name}" has no label "${command.label}"`, {
+            label: command.label,
+          });
         this.#save(secret);
         return { ok: true, version: secret.lastVersion };
       }
@@ -409,16 +421,18 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     let secret = loaded === null ? this.#load(command.name) : loaded.secret;
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
     if (command.cas !== null && command.cas !== (secret?.lastVersion ?? 0)) {
-      return refusal(
+      // The version it is at is no secret from one who may write it (and so read its metadata).
+      return refusedAs(
         'CAS_MISMATCH',
         command.cas === 0
           ? `secret "${command.name}" already exists (version ${secret?.lastVersion})`
           : `secret "${command.name}" is at version ${secret?.lastVersion ?? 0}, not ${command.cas}`,
+        { currentVersion: String(secret?.lastVersion ?? 0), expectedVersion: String(command.cas) },
       );
     }
     if (writer !== null && !quotaExempt) {
       const problem = this.#quotaProblem(writer, secret, command);
-      if (problem !== null) return refusal('LIMIT', problem);
+      if (problem !== null) return problem;
     }
     if (secret === undefined) {
       secret = {
@@ -471,12 +485,13 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    * The same check against this manager's state, for the server edge to refuse early (before a
    * doomed put takes a log entry); the verdict that counts is the one where the command applies.
    */
-  putQuotaProblem(writer: string, command: Extract<SecretCommand, { op: 'put' }>): string | null {
+  putQuotaProblem(writer: string, command: Extract<SecretCommand, { op: 'put' }>): Refusal | null {
     return this.#quotaProblem(writer, this.#load(command.name), command);
   }
 
   /**
-   * Why a put by `writer` would take it past a quota, or null. A new secret counts once for its
+   * Why a put by `writer` would take it past a quota (QUOTA_EXCEEDED, naming the quota and its
+   * limit), or null. A new secret counts once for its
    * creator; the value's bytes count for the writer, less what the versions it drops (versions
    * kept) held for the same writer, so a put that frees as much as it adds always passes.
    */
@@ -484,10 +499,14 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     writer: string,
     secret: SecretRecord | undefined,
     command: Extract<SecretCommand, { op: 'put' }>,
-  ): string | null {
+  ): Refusal | null {
     const usage = this.usage(writer);
     if (secret === undefined && usage.secrets >= this.#identitySecretsMax) {
-      return `identity "${writer}" has created ${usage.secrets} secrets, the most one identity may (IDENTITY_SECRETS_MAX); write new versions of its secrets instead (a name stays taken after delete and destroy)`;
+      return refusedAs(
+        'QUOTA_EXCEEDED',
+        `identity "${writer}" has created ${usage.secrets} secrets, the most one identity may (IDENTITY_SECRETS_MAX); write new versions of its secrets instead (a name stays taken after delete and destroy)`,
+        { quota: 'IDENTITY_SECRETS_MAX', limit: String(this.#identitySecretsMax) },
+      );
     }
     let freed = 0;
     if (secret !== undefined) {
@@ -497,7 +516,11 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     }
     const after = usage.valueBytes - freed + command.value.byteLength;
     if (after > this.#identityValueBytesMax && after > usage.valueBytes) {
-      return `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#identityValueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`;
+      return refusedAs(
+        'QUOTA_EXCEEDED',
+        `identity "${writer}" holds ${formatBytes(usage.valueBytes)} of secret values; this value of ${formatBytes(command.value.byteLength)} would take it past ${formatBytes(this.#identityValueBytesMax)}, the most one identity may (IDENTITY_VALUE_BYTES_MAX); destroy old versions or lower versions_kept`,
+        { quota: 'IDENTITY_VALUE_BYTES_MAX', limit: String(this.#identityValueBytesMax) },
+      );
     }
     return null;
   }
@@ -675,21 +698,23 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     nowMs: number,
   ): { value: Buffer; version: number } {
     const secret = this.#load(name);
-    if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
+    if (secret === undefined) throw RefusalError.as('SECRET_NOT_FOUND', `secret "${name}" does not exist`);
     if (secret.deleted) throw new RefusalError('DELETED', `secret "${name}" is deleted; undelete it to read it`);
     let number = selector.version;
     if (number === undefined) {
       const label = selector.label ?? 'current';
       number = secret.labels.get(label);
-      if (number === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" has no label "${label}"`);
+      if (number === undefined)
+        throw RefusalError.as('LABEL_NOT_FOUND', `secret "${name}" has no label "${label}"`, { label });
     }
     const version = secret.versions.find((v) => v.version === number);
     if (version === undefined) {
-      throw new RefusalError(
-        'NOT_FOUND',
+      throw RefusalError.as(
+        'VERSION_NOT_FOUND',
         number > secret.lastVersion || number < 1
           ? `secret "${name}" has no version ${number}`
           : `secret "${name}": version ${number} is no longer kept (the last ${secret.versionsKept} are)`,
+        { version: String(number) },
       );
     }
     if (version.expired || (version.expireAtMs !== null && version.expireAtMs <= nowMs))
@@ -703,13 +728,13 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
 
   metadata(name: string): SecretMetadata {
     const secret = this.#load(name);
-    if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
+    if (secret === undefined) throw RefusalError.as('SECRET_NOT_FOUND', `secret "${name}" does not exist`);
     return metadataOf(secret);
   }
 
   versions(name: string, nowMs: number): VersionMetadata[] {
     const secret = this.#load(name);
-    if (secret === undefined) throw new RefusalError('NOT_FOUND', `secret "${name}" does not exist`);
+    if (secret === undefined) throw RefusalError.as('SECRET_NOT_FOUND', `secret "${name}" does not exist`);
     return secret.versions.map((v) => ({
       version: v.version,
       createdAtMs: v.createdAtMs,

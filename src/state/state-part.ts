@@ -46,24 +46,79 @@ export const REFUSAL_CODES: readonly RefusalCode[] = [
   'PRECONDITION',
 ];
 
+/**
+ * The finer reason of a refusal, where its code alone would leave a program guessing (NOT_FOUND:
+ * of what?). Stable UPPER_SNAKE names, which the server sends as the error's reason
+ * (src/server/errors.ts); each belongs to one code.
+ */
+export const REFUSAL_REASON_CODES = {
+  SECRET_NOT_FOUND: 'NOT_FOUND',
+  VERSION_NOT_FOUND: 'NOT_FOUND',
+  LABEL_NOT_FOUND: 'NOT_FOUND',
+  POLICY_NOT_FOUND: 'NOT_FOUND',
+  IDENTITY_NOT_FOUND: 'NOT_FOUND',
+  IDENTITY_EXISTS: 'EXISTS',
+  CAS_MISMATCH: 'CAS_MISMATCH',
+  QUOTA_EXCEEDED: 'LIMIT',
+  TOO_MANY_LABELS: 'LIMIT',
+  POLICY_DENIED: 'DENIED',
+  CERTIFICATE_REVOKED: 'DENIED',
+  GRANT_NOT_HELD: 'DENIED',
+  JOIN_TOKEN_REFUSED: 'DENIED',
+} as const satisfies Record<string, RefusalCode>;
+export type RefusalReason = keyof typeof REFUSAL_REASON_CODES;
+
+/** Facts about a refusal for programs (a limit, the current version): never a secret's value. */
+export type RefusalMetadata = Readonly<Record<string, string>>;
+
 /** A refused command (or read): the same shape from every part, so callers need no part-specific checks. */
 export interface Refusal {
   readonly ok: false;
   readonly code: RefusalCode;
+  /** What went wrong and what to do, for people. */
   readonly reason: string;
+  readonly reasonCode?: RefusalReason;
+  readonly metadata?: RefusalMetadata;
 }
 
 export function refusal(code: RefusalCode, reason: string): Refusal {
   return { ok: false, code, reason };
 }
 
+/** A refusal by its finer reason (its code follows from it). */
+export function refusedAs(reasonCode: RefusalReason, reason: string, metadata?: RefusalMetadata): Refusal {
+  return {
+    ok: false,
+    code: REFUSAL_REASON_CODES[reasonCode],
+    reason,
+    reasonCode,
+    ...(metadata === undefined ? {} : { metadata }),
+  };
+}
+
 /** A refusal thrown by a read (a command returns its refusal as a result instead). */
 export class RefusalError extends Error {
   override name = 'RefusalError';
   readonly code: RefusalCode;
-  constructor(code: RefusalCode, message: string) {
+  readonly reasonCode: RefusalReason | undefined;
+  readonly metadata: RefusalMetadata | undefined;
+  constructor(
+    code: RefusalCode,
+    message: string,
+    detail: { reasonCode?: RefusalReason; metadata?: RefusalMetadata } = {},
+  ) {
     super(message);
     this.code = code;
+    this.reasonCode = detail.reasonCode;
+    this.metadata = detail.metadata;
+  }
+
+  /** A read refused by its finer reason (its code follows from it). */
+  static as(reasonCode: RefusalReason, message: string, metadata?: RefusalMetadata): RefusalError {
+    return new RefusalError(REFUSAL_REASON_CODES[reasonCode], message, {
+      reasonCode,
+      ...(metadata === undefined ? {} : { metadata }),
+    });
   }
 }
 
@@ -100,7 +155,10 @@ export interface Authority {
 export function certificateRefusal(authority: Authority, actor: Actor, what: string): Refusal | null {
   return authority.certificateValid(actor.name, actor.key)
     ? null
-    : refusal('DENIED', `the certificate of identity "${actor.name}" was revoked before this ${what} applied`);
+    : refusedAs(
+        'CERTIFICATE_REVOKED',
+        `the certificate of identity "${actor.name}" was revoked before this ${what} applied`,
+      );
 }
 
 /**

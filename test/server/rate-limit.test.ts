@@ -21,10 +21,10 @@ test("requests: a burst of one second's worth, then refused with the limit and t
   const clock = fakeClock();
   const limiter = new IdentityRateLimiter({ requestsPerSecond: 1000, nowMs: clock.now });
   for (let k = 0; k < 1000; k++) assert.equal(limiter.request('ci'), null, `request ${k}`);
-  assert.equal(
-    limiter.request('ci'),
-    'identity "ci" exceeded 1000 requests/s on this manager (--identity-requests-per-second); retry in 1 ms',
-  );
+  assert.deepEqual(limiter.request('ci'), {
+    message: 'identity "ci" exceeded 1000 requests/s on this manager (--identity-requests-per-second); retry in 1 ms',
+    retryAfterMs: 1,
+  });
   assert.equal(limiter.request('ops'), null, 'each identity has its own bucket');
   clock.advance(1);
   assert.equal(limiter.request('ci'), null, 'one token a millisecond at 1000/s');
@@ -42,10 +42,11 @@ test('writes: bytes per minute, a refusal that says when to retry; a write large
   const limiter = new IdentityRateLimiter({ writeBytesPerMinute: 60_000, nowMs: clock.now });
   assert.equal(limiter.write('ci', 50_000), null);
   assert.equal(limiter.write('ci', 10_000), null);
-  assert.equal(
-    limiter.write('ci', 1000),
-    'identity "ci" exceeded 58.5 KiB of writes per minute on this manager (--identity-write-bytes-per-minute); retry in 1 s',
-  );
+  assert.deepEqual(limiter.write('ci', 1000), {
+    message:
+      'identity "ci" exceeded 58.5 KiB of writes per minute on this manager (--identity-write-bytes-per-minute); retry in 1 s',
+    retryAfterMs: 1000,
+  });
   clock.advance(999);
   assert.notEqual(limiter.write('ci', 1000), null);
   clock.advance(1);
@@ -55,7 +56,7 @@ test('writes: bytes per minute, a refusal that says when to retry; a write large
   assert.equal(limiter.write('ci', 100_000), null, 'more than the bucket holds, on a full bucket');
   clock.advance(30_000);
   assert.match(
-    limiter.write('ci', 1) ?? '',
+    limiter.write('ci', 1)?.message ?? '',
     /retry in 11 s$/,
     'in debt: 40,000 under, 30,000 back since: 10,001 bytes short at 1000 a second',
   );

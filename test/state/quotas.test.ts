@@ -220,14 +220,16 @@ test('the edge can ask the same question before proposing (the apply-time verdic
   const store = newSecretStore({ identityValueBytesMax: 1000, identitySecretsMax: 1 });
   apply(store, put('a', 900), ci);
   assert.equal(store.putQuotaProblem('ci', put('a', 100) as Extract<SecretCommand, { op: 'put' }>), null);
-  assert.match(
-    store.putQuotaProblem('ci', put('a', 101) as Extract<SecretCommand, { op: 'put' }>) ?? '',
-    /IDENTITY_VALUE_BYTES_MAX/,
+  const bytes = store.putQuotaProblem('ci', put('a', 101) as Extract<SecretCommand, { op: 'put' }>);
+  assert.match(bytes?.reason ?? '', /IDENTITY_VALUE_BYTES_MAX/);
+  assert.deepEqual(
+    [bytes?.code, bytes?.reasonCode, bytes?.metadata],
+    ['LIMIT', 'QUOTA_EXCEEDED', { quota: 'IDENTITY_VALUE_BYTES_MAX', limit: '1000' }],
+    'a program reads which quota and its limit without parsing the message',
   );
-  assert.match(
-    store.putQuotaProblem('ci', put('b', 1) as Extract<SecretCommand, { op: 'put' }>) ?? '',
-    /IDENTITY_SECRETS_MAX/,
-  );
+  const count = store.putQuotaProblem('ci', put('b', 1) as Extract<SecretCommand, { op: 'put' }>);
+  assert.match(count?.reason ?? '', /IDENTITY_SECRETS_MAX/);
+  assert.deepEqual(count?.metadata, { quota: 'IDENTITY_SECRETS_MAX', limit: '1' });
   assert.equal(store.putQuotaProblem('ops', put('b', 1000) as Extract<SecretCommand, { op: 'put' }>), null);
 });
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { packr } from '../../src/codec/msgpack.ts';
 import { AppliedState, type AppliedResult, type AnyStatePart } from '../../src/state/applied-state.ts';
-import { REFUSAL_CODES } from '../../src/state/state-part.ts';
+import { REFUSAL_CODES, REFUSAL_REASON_CODES } from '../../src/state/state-part.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 import { randomCommand, type RandomCommand } from './random-commands.ts';
 
@@ -41,10 +41,21 @@ function assertResultShape(result: AppliedResult, what: string): void {
   assert.equal(typeof result.reason, 'string', `${what}: a refusal says why`);
   assert.ok(result.reason.length > 0, `${what}: a refusal says why`);
   assert.deepEqual(
-    Object.keys(result).sort(),
+    Object.keys(result)
+      .filter((k) => k !== 'reasonCode' && k !== 'metadata')
+      .sort(),
     ['code', 'ok', 'reason'],
-    `${what}: a refusal is {ok, code, reason}, the same from every part`,
+    `${what}: a refusal is {ok, code, reason, reasonCode?, metadata?}, the same from every part`,
   );
+  if (result.reasonCode !== undefined)
+    assert.equal(
+      REFUSAL_REASON_CODES[result.reasonCode],
+      result.code,
+      `${what}: its finer reason is one of its code's`,
+    );
+  if (result.metadata !== undefined)
+    for (const [key, value] of Object.entries(result.metadata))
+      assert.ok(/^[a-z][a-zA-Z0-9]*$/.test(key) && typeof value === 'string', `${what}: metadata ${key}`);
 }
 
 test('the table: one part per prefix, cluster, secrets and access, in image order', () => {
