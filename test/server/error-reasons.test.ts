@@ -136,3 +136,27 @@ test('docs/errors.md lists every reason the server names', () => {
   ].filter((reason) => !doc.includes(`\`${reason}\``));
   assert.deepEqual(missing, []);
 });
+
+test('api.proto: every rpc has a comment, every reason the protos name is a documented one, and the stale "until policies exist" is gone', () => {
+  const api = readFileSync(join(root, 'proto/coffer/v1/api.proto'), 'utf8');
+  const peer = readFileSync(join(root, 'proto/coffer/v1/peer.proto'), 'utf8');
+  const doc = readFileSync(join(root, 'docs/errors.md'), 'utf8');
+  const lines = api.split('\n');
+  const bare = lines
+    .map((line, k) => ({ line, above: lines[k - 1] ?? '' }))
+    .filter(({ line, above }) => /^\s*rpc /.test(line) && !/^\s*\/\//.test(above))
+    .map(({ line }) => line.trim());
+  assert.deepEqual(bare, [], 'rpcs without a comment');
+  assert.doesNotMatch(api, /until policies exist/);
+  const statusNames = new Set(Object.keys(grpc.status).filter((k) => Number.isNaN(Number(k))));
+  const comments = [...api.matchAll(/\/\/.*$/gm), ...peer.matchAll(/\/\/.*$/gm)].map((m) => m[0]).join('\n');
+  const named = new Set([...comments.matchAll(/\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b/g)].map((m) => m[0]));
+  const unknown = [...named].filter((r) => !statusNames.has(r) && !doc.includes(`\`${r}\``));
+  assert.deepEqual(unknown, [], 'reasons named in the protos that docs/errors.md does not list');
+  // Every reason a client of the API can meet is named where the calls are described.
+  const peerOnly = new Set(['NOT_A_MEMBER', 'JOIN_TOKEN_REFUSED', 'JOIN_TOKEN_NOT_READY', 'JOIN_THROUGH_LEADER']);
+  const unnamed = Object.keys(SERVICE_REASONS).filter(
+    (r) => !(peerOnly.has(r) || r === 'ADDRESS_NOT_PROVEN' ? peer : api).includes(r),
+  );
+  assert.deepEqual(unnamed, [], 'reasons the protos never mention');
+});
