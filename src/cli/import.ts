@@ -357,7 +357,20 @@ export const RATE_LIMIT_RETRIES = 20;
 const PAUSE_MIN_MS = 50;
 const PAUSE_MAX_MS = 60_000;
 
-/** What a rate-limit refusal says to wait (ms, 0 if it does not say), or null if it is no rate limit (a quota). */
+/**
+ * What a rate-limit refusal says to wait (ms, 0 if it does not say), or null if it is no rate
+ * limit (a quota). From the error's reason and metadata (RATE_LIMITED, retryAfterMs); from its
+ * message only when it has no reason (a manager older than reasons).
+ */
+export function rateLimitWaitHintMs(error: ClientError): number | null {
+  if (error.reason === 'RATE_LIMITED') {
+    const ms = Number(error.metadata['retryAfterMs'] ?? 0);
+    return Number.isFinite(ms) && ms >= 0 ? ms : 0;
+  }
+  return error.reason === '' ? rateLimitHintMs(error.message) : null;
+}
+
+/** What a rate-limit refusal's message says to wait (ms, 0 if it does not say), or null if it is no rate limit (a quota). */
 export function rateLimitHintMs(message: string): number | null {
   const hint = /retry in (\d+(?:\.\d+)?) ?(ms|s)\b/.exec(message);
   if (hint !== null) return Number(hint[1]) * (hint[2] === 's' ? 1000 : 1);
@@ -457,8 +470,8 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
             }
             if (!lost) unavailable ??= message;
           }
-          if (code === grpcStatus.RESOURCE_EXHAUSTED) {
-            const hintMs = rateLimitHintMs(message);
+          if (code === grpcStatus.RESOURCE_EXHAUSTED && error instanceof ClientError) {
+            const hintMs = rateLimitWaitHintMs(error);
             if (hintMs !== null && rateTries < RATE_LIMIT_RETRIES) {
               summary.retries++;
               // Every put waits what the cluster named; fewer go at once; this line backs off further.
@@ -468,7 +481,12 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
               continue;
             }
           }
-          if (code === grpcStatus.FAILED_PRECONDITION && options.ifAbsent === true) {
+          // With --if-absent every put is cas 0: a compare-and-set refusal means the name exists.
+          if (
+            code === grpcStatus.FAILED_PRECONDITION &&
+            options.ifAbsent === true &&
+            ((error as ClientError).reason === 'CAS_MISMATCH' || (error as ClientError).reason === '')
+          ) {
             summary.existing++;
             return;
           }

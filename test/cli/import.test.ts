@@ -311,6 +311,38 @@ test('retries: a rate limit pauses and retries (its hint read), UNAVAILABLE a fe
     'waits follow the hint',
   );
 
+  // A manager that sends reasons: the wait comes from retryAfterMs, whatever the message says;
+  // a quota (QUOTA_EXCEEDED) is not retried even if its message mentions a rate.
+  waits.length = 0;
+  const reasoned = new Map<string, number>();
+  const byReason = await importSecrets(
+    lines([
+      ['r', '1'],
+      ['q', '2'],
+    ]),
+    {
+      concurrency: 1,
+      sleep,
+      put: async (name) => {
+        const k = (reasoned.get(name) ?? 0) + 1;
+        reasoned.set(name, k);
+        if (name === 'q')
+          throw new ClientError(status.RESOURCE_EXHAUSTED, 'a quota, at its rate', {
+            reason: 'QUOTA_EXCEEDED',
+            metadata: { quota: 'IDENTITY_SECRETS_MAX', limit: '1' },
+          });
+        if (k === 1)
+          throw new ClientError(status.RESOURCE_EXHAUSTED, 'slow down', {
+            reason: 'RATE_LIMITED',
+            metadata: { retryAfterMs: '700' },
+          });
+        return {};
+      },
+    },
+  );
+  assert.deepEqual([byReason.imported, reasoned.get('r'), reasoned.get('q')], [1, 2, 1]);
+  assert.ok(waits.length > 0 && waits.every((w) => w >= 700), `waits ${waits.join(', ')} follow retryAfterMs`);
+
   let calls = 0;
   const down = await importSecrets(lines(Array.from({ length: 100 }, (_, k): [string, string] => [`s/${k}`, 'v'])), {
     concurrency: 4,
