@@ -28,7 +28,7 @@ function sanName(value: string, before: string[] | undefined): string[] {
 export function sanOption(when = ''): Option {
   return new Option(
     '--san <name>',
-    `${when}another name for this manager's certificate, a DNS name or an IP address, for clients that check host names (repeatable, up to ${MANAGER_EXTRA_HOSTS_MAX}; the advertise host is always named, and localhost too when it is a loopback address)`,
+    `${when}another name for this manager's certificate, a DNS name or an IP address, for clients that check host names (repeatable, up to ${MANAGER_EXTRA_HOSTS_MAX}; the advertise host, localhost and 127.0.0.1 are always named)`,
   ).argParser(sanName);
 }
 

@@ -1,4 +1,4 @@
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import { hostOf } from './node-config.ts';
 
 /**
@@ -7,13 +7,12 @@ import { hostOf } from './node-config.ts';
  * curl). Coffer's own clients identify a manager by its certificate's fields and key, not by a
  * name, so for them the names change nothing.
  *
- * A certificate names the advertise host, the names given with `--san` (extra hosts), and
- * `localhost` when the advertise host is a loopback address, so that a client on the same host
- * can dial `localhost:PORT`. The same names are used at init, at join (by the leader that signs)
+ * A certificate names the advertise host, `localhost` and `127.0.0.1` (so that a client on the
+ * same host can dial `localhost:PORT`), and the names given with `--san` (extra hosts). The same names are used at init, at join (by the leader that signs)
  * and at every renewal, so a renewed certificate names what the first one named.
  */
 
-/** Extra names a manager may ask for: its advertise host is one more, and `localhost` maybe another. */
+/** Extra names a manager may ask for (its advertise host, `localhost` and `127.0.0.1` come on top). */
 export const MANAGER_EXTRA_HOSTS_MAX = 16;
 /** The longest DNS name (RFC 1035, section 2.3.4: 255 octets on the wire, 253 characters written). */
 const DNS_NAME_CHARS_MAX = 253;
@@ -58,23 +57,16 @@ export function normalizeExtraHosts(names: readonly string[]): string[] {
   return out;
 }
 
-const LOOPBACK = new BlockList();
-LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
-LOOPBACK.addAddress('::1', 'ipv6');
-
-/** Whether `host` is a loopback address (127.0.0.0/8 or ::1), where `localhost` reaches the manager too. */
-export function isLoopbackAddress(host: string): boolean {
-  const family = isIP(host);
-  return family !== 0 && LOOPBACK.check(host, family === 4 ? 'ipv4' : 'ipv6');
-}
+/** Names every manager's certificate carries: a client on the manager's own host dials one of them. */
+export const LOOPBACK_HOSTS: readonly string[] = ['localhost', '127.0.0.1'];
 
 /**
  * Every name of a manager's certificate: the host of its advertise address first (what other
- * managers dial), `localhost` when that host is a loopback address, then the extra names (already
- * checked by normalizeExtraHosts), each once.
+ * managers dial), then `localhost` and `127.0.0.1` whatever it advertises (a client on the same
+ * host dials those; only a process on the client's own host answers there, so naming them vouches
+ * for nothing remote), then the extra names (already checked by normalizeExtraHosts), each once.
  */
 export function managerCertificateHosts(advertise: string, extraHosts: readonly string[]): string[] {
-  const host = hostOf(advertise);
-  const names = [host, ...(isLoopbackAddress(host) ? ['localhost'] : []), ...extraHosts];
+  const names = [hostOf(advertise), ...LOOPBACK_HOSTS, ...extraHosts];
   return names.filter((name, k) => names.indexOf(name) === k);
 }

@@ -54,13 +54,18 @@ test('a certificate name is an IP address or a DNS name without a wildcard; at m
   assert.throws(() => normalizeExtraHosts(['ok.example', '*.example']), /certificate name \(--san\): .*wildcard/);
 });
 
-test("a manager's certificate names its advertise host, localhost when that is a loopback address, then the extra names", () => {
+test("a manager's certificate names its advertise host, then localhost and 127.0.0.1 whatever it advertises, then the extra names", () => {
   assert.deepEqual(managerCertificateHosts('127.0.0.1:7401', []), ['127.0.0.1', 'localhost']);
-  assert.deepEqual(managerCertificateHosts('127.0.0.12:7400', []), ['127.0.0.12', 'localhost']);
-  assert.deepEqual(managerCertificateHosts('[::1]:7400', []), ['::1', 'localhost']);
-  assert.deepEqual(managerCertificateHosts('10.0.0.5:7400', []), ['10.0.0.5']);
+  assert.deepEqual(managerCertificateHosts('127.0.0.12:7400', []), ['127.0.0.12', 'localhost', '127.0.0.1']);
+  assert.deepEqual(managerCertificateHosts('[::1]:7400', []), ['::1', 'localhost', '127.0.0.1']);
+  assert.deepEqual(managerCertificateHosts('10.0.0.5:7400', []), ['10.0.0.5', 'localhost', '127.0.0.1']);
   assert.deepEqual(managerCertificateHosts('m1:7400', ['localhost', '127.0.0.1']), ['m1', 'localhost', '127.0.0.1']);
-  assert.deepEqual(managerCertificateHosts('127.0.0.1:7400', ['localhost', '127.0.0.1']), ['127.0.0.1', 'localhost']);
+  assert.deepEqual(managerCertificateHosts('m1:7400', ['coffer.example']), [
+    'm1',
+    'localhost',
+    '127.0.0.1',
+    'coffer.example',
+  ]);
 });
 
 /** The names (DNS and IP) in the certificate a manager serves right now, and its serial. */
