@@ -15,7 +15,7 @@ variables to DIR/client.env):
         python3 examples/python/coffer_client.py localhost:7401 app/greeting
 
 The host you dial must be a name in the manager's certificate: a manager names its advertise
-host, `localhost` when that is a loopback address, and what `--san` added at init or join. When
+host, `localhost` and `127.0.0.1`, and what `--san` added at init or join. When
 you must dial another address (a tunnel, a load balancer), set COFFER_SERVER_NAME to a name the
 certificate holds: the certificate is then checked against that name instead.
 """
@@ -97,7 +97,7 @@ def list_names(secrets, prefix):
             return names
 
 
-def demo(secrets, name):
+def demo(secrets, name, forbidden):
     # A real program would not print a secret's value; this demo writes its own.
     first = put(secrets, name, b"hello from python")
     print(f"put {name}: version {first}")
@@ -122,21 +122,51 @@ def demo(secrets, name):
     print(f"list {prefix}: " + ", ".join(list_names(secrets, prefix)))
     value, version = get(secrets, name)
     print(f"get {name}: {value.decode()!r} (version {version})")
+
+    # Refusals carry a status code for the kind, a message for people, and a stable reason for
+    # programs (the coffer-error-reason trailer; also google.rpc.ErrorInfo in grpc-status-details-bin).
+    missing = name + "-missing"
+    try:
+        get(secrets, missing)
+        print(f"get {missing}: found, but it was never written")
+        return 1
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        print(f"get {missing}: refused, {error.code().name} ({reason(error)}): {error.details()}")
+    if forbidden is not None:
+        try:
+            put(secrets, forbidden, b"not allowed")
+            print(f"put {forbidden}: accepted, but this identity may not write it")
+            return 1
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            print(f"put {forbidden}: refused, {error.code().name} ({reason(error)}): {error.details()}")
     return 0
 
 
+def reason(error):
+    """The refusal's stable reason, from the plain trailer every Coffer error carries."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "coffer-error-reason":
+            return value
+    return "no reason given"
+
+
 def main(argv):
-    if len(argv) not in (2, 3):
-        print(f"usage: {argv[0]} HOST:PORT [SECRET_NAME]", file=sys.stderr)
+    if len(argv) not in (2, 3, 4):
+        print(f"usage: {argv[0]} HOST:PORT [SECRET_NAME [A_NAME_THIS_IDENTITY_MAY_NOT_WRITE]]", file=sys.stderr)
         return 2
     missing = [v for v in ("COFFER_CA", "COFFER_CERT", "COFFER_KEY") if not os.environ.get(v)]
     if missing:
         print(f"error: set {', '.join(missing)} (paths to PEM files)", file=sys.stderr)
         return 2
-    name = argv[2] if len(argv) == 3 else "demo/greeting"
+    name = argv[2] if len(argv) >= 3 else "demo/greeting"
+    forbidden = argv[3] if len(argv) == 4 else None
     try:
         with connect(argv[1]) as channel:
-            return demo(Secrets(channel), name)
+            return demo(Secrets(channel), name, forbidden)
     except grpc.RpcError as error:
         # A refused handshake (a name the certificate does not hold, another CA) is UNAVAILABLE;
         # a client certificate the cluster does not accept is UNAUTHENTICATED.

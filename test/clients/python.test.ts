@@ -70,22 +70,27 @@ function runExample(
   address: string,
   secretName: string,
   serverName?: string,
+  forbiddenName?: string,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(python, [EXAMPLE, address, secretName], {
-      env: {
-        ...process.env,
-        PYTHONPATH: generated,
-        PYTHONDONTWRITEBYTECODE: '1',
-        COFFER_CA: identity.ca,
-        COFFER_CERT: identity.cert,
-        COFFER_KEY: identity.key,
-        ...(serverName === undefined ? {} : { COFFER_SERVER_NAME: serverName }),
+    const child = spawn(
+      python,
+      [EXAMPLE, address, secretName, ...(forbiddenName === undefined ? [] : [forbiddenName])],
+      {
+        env: {
+          ...process.env,
+          PYTHONPATH: generated,
+          PYTHONDONTWRITEBYTECODE: '1',
+          COFFER_CA: identity.ca,
+          COFFER_CERT: identity.cert,
+          COFFER_KEY: identity.key,
+          ...(serverName === undefined ? {} : { COFFER_SERVER_NAME: serverName }),
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: PYTHON_RUN_TIMEOUT_MS,
+        killSignal: 'SIGKILL',
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: PYTHON_RUN_TIMEOUT_MS,
-      killSignal: 'SIGKILL',
-    });
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -205,9 +210,11 @@ test('the Python example client (grpcio, protoc messages, host names checked) pu
     // Every manager, dialled as localhost: a follower forwards the writes and answers the reads.
     for (let k = 0; k < 3; k++) {
       const name = `python/m${k + 1}/greeting`;
-      const run = await runExample(python, generated, identity, `localhost:${ports[k]}`, name);
+      const forbidden = `elsewhere/m${k + 1}`;
+      const run = await runExample(python, generated, identity, `localhost:${ports[k]}`, name, undefined, forbidden);
       assert.equal(run.code, 0, `manager ${k + 1} at localhost:${ports[k]}: ${run.stderr}`);
-      assert.deepEqual(run.stdout.trimEnd().split('\n'), [
+      const lines = run.stdout.trimEnd().split('\n');
+      assert.deepEqual(lines.slice(0, 7), [
         `put ${name}: version 1`,
         `get ${name}: 'hello from python' (version 1)`,
         'cas put at version 1: version 2',
@@ -216,6 +223,13 @@ test('the Python example client (grpcio, protoc messages, host names checked) pu
         `list python/m${k + 1}/: ${name}`,
         `get ${name}: 'updated from python' (version 2)`,
       ]);
+      // Refusals reach Python with their status and their reason (the coffer-error-reason trailer).
+      assert.match(lines[7] ?? '', new RegExp(`^get ${name}-missing: refused, NOT_FOUND \\(SECRET_NOT_FOUND\\): `));
+      assert.match(
+        lines[8] ?? '',
+        new RegExp(`^put ${forbidden}: refused, PERMISSION_DENIED \\(POLICY_DENIED\\): .*may not write`),
+      );
+      assert.equal(lines.length, 9, run.stdout);
     }
     // What Python wrote, Node reads: the same secrets, on another manager.
     const written = await client.call<{ value: Buffer; version: number }>(address(2), 'Secrets', 'get', {
