@@ -195,6 +195,8 @@ const termCountKey = (term: number): Buffer => {
   return key;
 };
 
+/** Usage record keys a store keeps made (one per identity that wrote lately); beyond, it starts over. */
+const USAGE_KEYS_CACHED = 1024;
 /** Records one re-seal command names at most (the leader proposes batches until none is left). */
 export const RESEAL_RECORDS_MAX = 256;
 const EMPTY = Buffer.alloc(0);
@@ -258,6 +260,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   /** The record requiredCapabilities read for a put, for the apply of that same command object. */
   #loadedForCommand: { readonly command: SecretCommand; readonly secret: SecretRecord | undefined } | null = null;
   #seq = 0;
+  readonly #usageKeys = new Map<string, Buffer>();
+  #usageKeysUnder: Buffer | null = null;
 
   constructor(options: SecretStoreOptions) {
     this.#records = options.records;
@@ -456,7 +460,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     command: Extract<SecretCommand, { op: 'put' }>,
     writer: string | null,
     quotaExempt: boolean,
-    loaded: { readonly secret: SecretRecord | undefined } | null,
+    loaded: { readonly secret: SecretRecord | undefined; readonly nk?: Buffer } | null,
   ): SecretResult {
     let secret = loaded === null ? this.#load(command.name) : loaded.secret;
     const current = secret === undefined || secret.deleted ? 0 : (secret.labels.get('current') ?? 0);
@@ -477,7 +481,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     if (secret === undefined) {
       secret = {
         name: command.name,
-        key: nameKey(this.#keys.indexKey, command.name),
+        key: loaded?.nk ?? nameKey(this.#keys.indexKey, command.name),
         versions: [],
         lastVersion: 0,
         labels: new Map(),
@@ -544,12 +548,14 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       for (let k = 0; k < command.items.length; k++) {
         const item = command.items[k]!;
         const put: Extract<SecretCommand, { op: 'put' }> = { op: 'put', ...item, nowMs: command.nowMs };
-        const secret = this.#load(item.name);
+        // The name's key is made once for the item (an HMAC per segment): to load, and to create.
+        const nk = nameKey(this.#keys.indexKey, item.name);
+        const secret = this.#loadKey(nk);
         const refused =
           actor === null
             ? null
             : capabilitiesRefusal(authority!, actor, item.name, putCapabilities(secret, item.versionsKept));
-        const result = refused ?? this.#put(put, actor?.name ?? null, quotaExempt, { secret });
+        const result = refused ?? this.#put(put, actor?.name ?? null, quotaExempt, { secret, nk });
         if (!result.ok) return batchItemRefusal(result, k, command.items.length, item.name);
         versions.push(result.version);
       }
@@ -605,8 +611,22 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     return null;
   }
 
+  /**
+   * The key of an identity's usage record. Kept per identity (a put reads and writes it up to four
+   * times; its tag is an HMAC): for the index key it was made under, at most USAGE_KEYS_CACHED.
+   */
   #usageKey(identity: string): Buffer {
-    return Buffer.concat([USAGE, keyedTag(this.#keys.indexKey, 'identity', identity)]);
+    const indexKey = this.#keys.indexKey;
+    if (this.#usageKeysUnder !== indexKey || this.#usageKeys.size >= USAGE_KEYS_CACHED) {
+      this.#usageKeys.clear();
+      this.#usageKeysUnder = indexKey;
+    }
+    let key = this.#usageKeys.get(identity);
+    if (key === undefined) {
+      key = Buffer.concat([USAGE, keyedTag(indexKey, 'identity', identity)]);
+      this.#usageKeys.set(identity, key);
+    }
+    return key;
   }
 
   #charge(identity: string | null, secrets: number, valueBytes: number): void {
