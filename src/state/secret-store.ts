@@ -133,6 +133,12 @@ interface SecretRecord {
   updatedAtMs: number;
   /** The identity charged for the secret (null: the leader's own). */
   readonly creator: string | null;
+  /**
+   * The keyring term its stored metadata record is sealed under (null: none stored yet): a save
+   * moves the count of records per term without reading that record again (a miss in LevelDB
+   * costs about 15 us, and a batch of puts saves hundreds of new secrets).
+   */
+  sealedTerm: number | null;
 }
 
 /** What an identity is charged for (IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX). */
@@ -490,13 +496,15 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         createdAtMs: command.nowMs,
         updatedAtMs: command.nowMs,
         creator: writer,
+        sealedTerm: null,
       };
       this.#charge(writer, 1, 0);
     }
     if (command.versionsKept !== null) secret.versionsKept = command.versionsKept;
     const version = secret.lastVersion + 1;
     const key = valueKey(secret.key, version);
-    this.#putSealed(key, command.value);
+    // A new version's number was never used (versions only go up; lastVersion outlives wipes): no record is there.
+    this.#putSealed(key, command.value, null);
     if (command.expireAtMs !== null) this.#records.put(expiryKey(command.expireAtMs, secret.key, version), EMPTY);
     secret.versions.push({
       version,
@@ -647,13 +655,22 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     version.wiped = true;
   }
 
-  /** Seals `plaintext` as the record at `key` under the active term, keeping the count of records per term. */
-  #putSealed(key: Uint8Array, plaintext: Uint8Array): void {
-    const old = this.#records.get(key);
-    if (old !== undefined) this.#countTerm(recordTerm(old), -1);
+  /**
+   * Seals `plaintext` as the record at `key` under the active term, keeping the count of records
+   * per term; returns that term. `oldTerm`: the term of the record it replaces, if the caller
+   * knows it (null: there is none), else it is read.
+   */
+  #putSealed(key: Uint8Array, plaintext: Uint8Array, oldTerm?: number | null): number {
+    if (oldTerm === undefined) {
+      const old = this.#records.get(key);
+      oldTerm = old === undefined ? null : recordTerm(old);
+    }
+    if (oldTerm !== null) this.#countTerm(oldTerm, -1);
     const sealed = this.#seal(key, plaintext);
-    this.#countTerm(recordTerm(sealed), 1);
+    const term = recordTerm(sealed);
+    this.#countTerm(term, 1);
     this.#records.put(key, sealed);
+    return term;
   }
 
   #delSealed(key: Uint8Array): void {
@@ -725,7 +742,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
 
   #save(secret: SecretRecord): void {
     const key = metaKey(secret.key);
-    this.#putSealed(key, this.#encodeMeta(secret));
+    secret.sealedTerm = this.#putSealed(key, this.#encodeMeta(secret), secret.sealedTerm);
   }
 
   #encodeMeta(secret: SecretRecord): Buffer {
@@ -776,6 +793,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       createdAtMs,
       updatedAtMs,
       creator,
+      sealedTerm: recordTerm(sealed),
       versions: versions.map(([version, created, expireAtMs, wiped, expired, writer, valueBytes]) => ({
         version,
         createdAtMs: created,
@@ -982,6 +1000,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         createdAtMs,
         updatedAtMs,
         creator: typeof creator === 'string' ? creator : null,
+        sealedTerm: null,
       };
       for (const [version, value, created, expireAtMs, expired, writer] of [...versions].sort((a, b) => a[0] - b[0])) {
         secret.versions.push({
