@@ -3,7 +3,7 @@
  * three-member etcd cluster (127.0.0.1, TLS with client certificates, fsync on), both up for the
  * whole run and measured phase by phase, Coffer then etcd (this machine's speed drifts):
  *   - load: N secrets of 256 random bytes, named scale/d{k % 1000}/s{k}; Coffer through
- *     `coffer secret import`'s code from a JSON-lines file, 256 puts in flight (loadCoffer), etcd
+ *     `coffer secret import`'s code from a JSON-lines file, batches of 256 puts, 4 in flight (loadCoffer), etcd
  *     by transactions of 128 puts, 2 in flight (loadEtcd);
  *   - leader and follower RSS (/proc VmRSS, and the leader's peak VmHWM), and disk bytes per
  *     secret (du of the leader's data directory, divided by N);
@@ -113,7 +113,8 @@ async function loadSecrets(
 
 /**
  * Coffer's loader: `coffer secret import`'s own code (src/cli/import.ts) reading a JSON-lines
- * file of the N secrets, 256 puts in flight to the leader, its retries on rate limits and
+ * file of the N secrets, in batches of 256 puts (Secrets.PutBatch, one Raft entry each), 4 in
+ * flight to the leader (the import's default), with its retries on rate limits and
  * unavailability. The file is written first, outside the timing.
  */
 export async function loadCoffer(
@@ -135,6 +136,7 @@ export async function loadCoffer(
     const summary = await importSecrets(parseImport(createReadStream(file), { format: 'jsonl' }), {
       concurrency: 256,
       put: (name, value) => target.put(leader, name, value),
+      putBatch: (items) => target.putBatch(leader, items),
     });
     const loadSeconds = (performance.now() - started) / 1000;
     if (summary.imported !== count)

@@ -115,6 +115,11 @@ export class CofferTarget implements Target {
     await this.#clients[at]!.put(key, value);
   }
 
+  /** A batch of puts as one write (Secrets.PutBatch), as `coffer secret import` sends them. */
+  async putBatch(at: number, items: ReadonlyArray<{ name: string; value: Buffer }>): Promise<void> {
+    await this.#clients[at]!.putBatch(items);
+  }
+
   async get(at: number, key: string, stale: boolean): Promise<void> {
     await this.#clients[at]!.get(key, { stale });
   }

@@ -1,14 +1,24 @@
 /**
  * `coffer secret import`: secrets from JSON lines or a .env file, read line by line (never the
- * whole file), each line checked here first, then sent as concurrent puts in a bounded window so
- * the leader's group commit batches them. A bad line is reported (its number and why, never its
- * value) and skipped; the good ones still go.
+ * whole file), each line checked here first, then sent in batches of puts (Secrets.PutBatch: one
+ * Raft command each, all or none), a few batches in flight. A batch the cluster refuses for one of
+ * its items is sent again line by line, so the good lines go in and each bad one is reported with
+ * the cluster's own message. A bad line is reported (its number and why, never its value) and
+ * skipped; the good ones still go.
  */
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { ClientError } from '../client/client.ts';
-import { SECRET_VALUE_BYTES_MAX, TTL_MS_MAX, VERSIONS_KEPT_MAX, secretNameProblem } from '../state/limits.ts';
+import {
+  PUT_BATCH_BYTES_MAX,
+  PUT_BATCH_ITEMS_MAX,
+  SECRET_VALUE_BYTES_MAX,
+  TTL_MS_MAX,
+  VERSIONS_KEPT_MAX,
+  putBatchItemBytes,
+  secretNameProblem,
+} from '../state/limits.ts';
 
 export type ImportFormat = 'jsonl' | 'env';
 
@@ -318,6 +328,11 @@ export type PutFunction = (
   options: { cas?: number; ttlSeconds?: number; versionsKept?: number },
 ) => Promise<unknown>;
 
+/** A batch of puts as the client sends it (Secrets.PutBatch): all or none; throws ClientError when refused. */
+export type PutBatchFunction = (
+  items: ReadonlyArray<{ name: string; value: Buffer; cas?: number; ttlSeconds?: number; versionsKept?: number }>,
+) => Promise<unknown>;
+
 export interface ImportFailure {
   readonly line: number;
   readonly name: string | null;
@@ -338,14 +353,21 @@ export interface ImportSummary {
   existing: number;
   bad: number;
   refused: number;
-  /** Rate-limit and UNAVAILABLE retries made. */
+  /** Rate-limit and UNAVAILABLE retries made (of puts and of batches). */
   retries: number;
+  /** Batches the cluster applied. */
+  batches: number;
+  /** Batches refused for one of their items (or not known to the cluster), then sent line by line. */
+  batchesSplit: number;
   /** The first line not sent after the cluster stayed unavailable (null: it never did). */
   stoppedAtLine: number | null;
   failures: ImportFailure[];
   /** Failures beyond the first FAILURES_LISTED_MAX, counted but not listed. */
   failuresOmitted: number;
 }
+
+/** Batches in flight unless --batches says otherwise: a few keep the leader busy while one waits its fsync. */
+export const IMPORT_BATCHES_IN_FLIGHT_DEFAULT = 4;
 
 /** Failures kept for the summary: a file of a million bad lines must not fill memory. */
 export const FAILURES_LISTED_MAX = 10_000;
@@ -392,7 +414,14 @@ const jitter = (ms: number): number => Math.min(PAUSE_MAX_MS, Math.max(0, ms)) *
 export interface ImportOptions {
   /** Omitted with dryRun. */
   readonly put?: PutFunction;
+  /** With it, lines go in batches (and line by line only when a batch is refused); without, as puts. */
+  readonly putBatch?: PutBatchFunction;
+  /** Single puts in flight (without putBatch; and while a refused batch is sent again line by line). */
   readonly concurrency: number;
+  /** Batches in flight (IMPORT_BATCHES_IN_FLIGHT_DEFAULT). */
+  readonly batchesInFlight?: number;
+  /** Items per batch, 1 to PUT_BATCH_ITEMS_MAX (the default); 1 sends single puts, as without putBatch. */
+  readonly batchItemsMax?: number;
   /** cas 0: only create; a name that exists is counted in `existing`, not as a failure. */
   readonly ifAbsent?: boolean;
   readonly dryRun?: boolean;
@@ -417,6 +446,8 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
     bad: 0,
     refused: 0,
     retries: 0,
+    batches: 0,
+    batchesSplit: 0,
     stoppedAtLine: null,
     failures: [],
     failuresOmitted: 0,
@@ -506,9 +537,160 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
     }
   };
 
+  /** The options of a line's put (or batch item): cas 0 with ifAbsent, its expiry and versions kept. */
+  const putOptions = (entry: ImportEntry): { cas?: number; ttlSeconds?: number; versionsKept?: number } => ({
+    ...(options.ifAbsent === true ? { cas: 0 } : {}),
+    ...(entry.ttlSeconds === undefined ? {} : { ttlSeconds: entry.ttlSeconds }),
+    ...(entry.versionsKept === undefined ? {} : { versionsKept: entry.versionsKept }),
+  });
+
+  /**
+   * The lines of a refused batch, one put each (each with its own retries and report); lines of
+   * one name one after the other in file order, at most `window` puts in flight.
+   */
+  const sendOneByOne = async (entries: readonly ImportEntry[]): Promise<void> => {
+    const chains = new Map<string, ImportEntry[]>();
+    for (const entry of entries) {
+      const chain = chains.get(entry.name);
+      if (chain === undefined) chains.set(entry.name, [entry]);
+      else chain.push(entry);
+    }
+    const queue = [...chains.values()];
+    const worker = async (): Promise<void> => {
+      for (let chain = queue.shift(); chain !== undefined; chain = queue.shift())
+        for (const entry of chain) await send(entry);
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(window, queue.length)) }, worker));
+  };
+
+  const batchItemsMax = options.batchItemsMax ?? PUT_BATCH_ITEMS_MAX;
+  if (!(Number.isSafeInteger(batchItemsMax) && batchItemsMax >= 1 && batchItemsMax <= PUT_BATCH_ITEMS_MAX))
+    throw new TypeError(`batchItemsMax is 1 to ${PUT_BATCH_ITEMS_MAX}`);
+  const batchesInFlight = options.batchesInFlight ?? IMPORT_BATCHES_IN_FLIGHT_DEFAULT;
+  /** Whether lines go in batches: a cluster that does not know PutBatch (UNIMPLEMENTED) turns it off. */
+  let batching = options.putBatch !== undefined && batchItemsMax > 1;
+  /** Batches let in flight: as `window` for puts, halved by a rate-limit refusal, grown back by one per batch applied. */
+  let batchWindow = batchesInFlight;
+
+  /**
+   * One batch: sent, and retried as a put is (rate limits, UNAVAILABLE, ABORTED). Refused for any
+   * other reason (an item's name, rights, cas, a quota; a batch too large), its lines are sent
+   * again one by one so the good ones go in and each bad one is reported with the cluster's
+   * message. Every value is wiped once its line is answered.
+   */
+  const sendBatch = async (entries: readonly ImportEntry[]): Promise<void> => {
+    let unavailableTries = 0;
+    let rateTries = 0;
+    const finish = (): void => {
+      for (const entry of entries) {
+        entry.value.fill(0);
+        advance(entry.lines);
+      }
+    };
+    for (;;) {
+      const wait = pauseUntil - Date.now();
+      if (wait > 0) await sleep(wait);
+      try {
+        await options.putBatch!(
+          entries.map((entry) => ({ name: entry.name, value: entry.value, ...putOptions(entry) })),
+        );
+        summary.imported += entries.length;
+        summary.batches++;
+        if (batchWindow < batchesInFlight) batchWindow++;
+        finish();
+        return;
+      } catch (error) {
+        const code = error instanceof ClientError ? error.code : null;
+        const message = error instanceof Error ? error.message : String(error);
+        const lost = code === grpcStatus.ABORTED;
+        if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED || lost) {
+          if (unavailableTries < UNAVAILABLE_RETRIES) {
+            summary.retries++;
+            await sleep(jitter(250 * 2 ** unavailableTries++));
+            continue;
+          }
+          if (!lost) {
+            // The cluster stayed unavailable: the import stops, and this batch's lines are reported as a put's would be.
+            unavailable ??= message;
+            for (const entry of entries)
+              fail({
+                line: entry.line,
+                name: entry.name,
+                kind: 'refused',
+                code: grpcStatus[code!] ?? null,
+                reason: message,
+              });
+            finish();
+            return;
+          }
+        }
+        if (code === grpcStatus.RESOURCE_EXHAUSTED && error instanceof ClientError) {
+          const hintMs = rateLimitWaitHintMs(error);
+          if (hintMs !== null && rateTries < RATE_LIMIT_RETRIES) {
+            summary.retries++;
+            pauseUntil = Math.max(pauseUntil, Date.now() + jitter(hintMs));
+            batchWindow = Math.max(1, Math.floor(batchWindow / 2));
+            await sleep(jitter(rateLimitWaitMs(hintMs, rateTries++)));
+            continue;
+          }
+        }
+        // An older cluster: every batch from now on goes line by line.
+        if (code === grpcStatus.UNIMPLEMENTED) batching = false;
+        // Refused for one item (or dropped by leader changes every time): line by line, so good lines
+        // are never lost; each put has its own retries and its own report.
+        summary.batchesSplit++;
+        await sendOneByOne(entries);
+        return;
+      }
+    }
+  };
+
   const inFlight = new Set<Promise<void>>();
-  /** The last put of each name in flight: the next of that name waits for it. */
+  /** The last put or batch in flight holding each name: the next line of that name waits for it. */
   const lastOfName = new Map<string, Promise<void>>();
+  /** Lines gathered for the next batch, and their bytes of names and values. */
+  let pending: ImportEntry[] = [];
+  let pendingBytes = 0;
+
+  /** Starts `task` once the put or batch before it of each of `names` is answered, within the window. */
+  const start = (names: readonly string[], task: () => Promise<void>): void => {
+    const before = [...new Set(names)].flatMap((name) => {
+      const last = lastOfName.get(name);
+      return last === undefined ? [] : [last];
+    });
+    const running: Promise<void> = (before.length === 0 ? task() : Promise.all(before).then(task)).finally(() => {
+      inFlight.delete(running);
+      for (const name of names) if (lastOfName.get(name) === running) lastOfName.delete(name);
+    });
+    inFlight.add(running);
+    for (const name of names) lastOfName.set(name, running);
+  };
+
+  /** Waits for room in the window; false if the import stopped (the cluster stayed unavailable). */
+  const room = async (limit: () => number): Promise<boolean> => {
+    while (inFlight.size >= limit() && unavailable === null) await Promise.race(inFlight);
+    return unavailable === null;
+  };
+
+  /** Sends the gathered lines as a batch (or, with batching off, one by one). False if the import stopped. */
+  const flush = async (): Promise<boolean> => {
+    if (pending.length === 0) return unavailable === null;
+    const entries = pending;
+    pending = [];
+    pendingBytes = 0;
+    if (!(await room(() => batchWindow))) {
+      summary.stoppedAtLine = entries[0]!.line;
+      for (const entry of entries) entry.value.fill(0);
+      return false;
+    }
+    // Batching may have been turned off (UNIMPLEMENTED) while these waited: then line by line.
+    start(
+      entries.map((entry) => entry.name),
+      () => (batching ? sendBatch(entries) : sendOneByOne(entries)),
+    );
+    return true;
+  };
+
   for await (const item of parsed) {
     summary.lines = Math.max(summary.lines, item.line + item.lines - 1);
     if ('skipped' in item) {
@@ -526,19 +708,29 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
       advance(item.lines);
       continue;
     }
-    while (inFlight.size >= window && unavailable === null) await Promise.race(inFlight);
-    if (unavailable !== null) {
+    if (batching) {
+      const bytes = putBatchItemBytes(item.name, item.value);
+      if (pending.length >= batchItemsMax || pendingBytes + bytes > PUT_BATCH_BYTES_MAX) {
+        if (!(await flush())) {
+          item.value.fill(0);
+          break;
+        }
+      }
+      pending.push(item);
+      pendingBytes += bytes;
+      continue;
+    }
+    if (!(await room(() => window))) {
       item.value.fill(0);
       summary.stoppedAtLine = item.line;
       break;
     }
-    const before = lastOfName.get(item.name);
-    const task: Promise<void> = (before === undefined ? send(item) : before.then(() => send(item))).finally(() => {
-      inFlight.delete(task);
-      if (lastOfName.get(item.name) === task) lastOfName.delete(item.name);
-    });
-    inFlight.add(task);
-    lastOfName.set(item.name, task);
+    start([item.name], () => send(item));
+  }
+  if (pending.length > 0 && unavailable === null) await flush();
+  else if (pending.length > 0) {
+    summary.stoppedAtLine ??= pending[0]!.line;
+    for (const entry of pending) entry.value.fill(0);
   }
   await Promise.all(inFlight);
   // Answers come in any order; the list reads in file order.

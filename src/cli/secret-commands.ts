@@ -5,6 +5,7 @@ import type { SecretMetadataReply } from '../client/client.ts';
 import { clientFrom, print } from './client-config.ts';
 import { addClientOptions, type ClientFlags } from './client-flags.ts';
 import {
+  IMPORT_BATCHES_IN_FLIGHT_DEFAULT,
   formatFromName,
   type ImportFailure,
   type ImportFormat,
@@ -12,6 +13,7 @@ import {
   parseImport,
   prefixProblem,
 } from './import.ts';
+import { PUT_BATCH_BYTES_MAX, PUT_BATCH_ITEMS_MAX, formatBytes } from '../state/limits.ts';
 import { printable } from './printable.ts';
 import { progress } from './progress.ts';
 
@@ -233,7 +235,10 @@ export function secretCommands(): Command {
   return secret;
 }
 
-/** Puts in flight at once by default: enough for the leader to batch many into one fsync. */
+/**
+ * Single puts in flight at once by default (lines of a refused batch sent again one by one, or
+ * every line with --batch-items 1): enough for the leader to gather many into one fsync.
+ */
 export const IMPORT_CONCURRENCY_DEFAULT = 32;
 
 /** Lines in a file (for the progress bar), counted without keeping any. */
@@ -254,6 +259,15 @@ const describeFailure = (f: ImportFailure): string =>
     f.kind === 'bad' ? `skipped: ${f.reason}` : `refused: ${f.code ?? 'error'}: ${f.reason}`
   }`;
 
+/** A commander parser of whole numbers from `min` to `max`. */
+function wholeNumber(min: number, max: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${min} to ${max}`);
+    return n;
+  };
+}
+
 function importCommand(): Command {
   const command = addClientOptions(new Command('import').argument('<file>'))
     .description(
@@ -267,13 +281,21 @@ function importCommand(): Command {
     )
     .option('--prefix <prefix>', 'put before every name (e.g. app/prod/: KEY becomes app/prod/KEY)')
     .option(
+      '--batches <n>',
+      'batches of puts in flight at once, 1 to 64 (each one Raft entry, all or none)',
+      wholeNumber(1, 64),
+      IMPORT_BATCHES_IN_FLIGHT_DEFAULT,
+    )
+    .option(
+      '--batch-items <n>',
+      `lines per batch, 1 to ${PUT_BATCH_ITEMS_MAX} (and at most ${formatBytes(PUT_BATCH_BYTES_MAX)} of names and values); 1: single puts`,
+      wholeNumber(1, PUT_BATCH_ITEMS_MAX),
+      PUT_BATCH_ITEMS_MAX,
+    )
+    .option(
       '--concurrency <n>',
-      'puts in flight at once, 1 to 1024',
-      (v) => {
-        const n = Number(v);
-        if (!Number.isSafeInteger(n) || n < 1 || n > 1024) throw new InvalidArgumentError('1 to 1024');
-        return n;
-      },
+      'single puts in flight at once, 1 to 1024: lines of a refused batch sent one by one, or every line with --batch-items 1',
+      wholeNumber(1, 1024),
       IMPORT_CONCURRENCY_DEFAULT,
     )
     .option('--if-absent', 'only create: a name that exists is left alone (counted, not a failure)')
@@ -287,6 +309,8 @@ function importCommand(): Command {
         format?: ImportFormat;
         prefix?: string;
         concurrency: number;
+        batches: number;
+        batchItems: number;
         ifAbsent?: boolean;
         dryRun?: boolean;
       },
@@ -328,8 +352,15 @@ function importCommand(): Command {
             prefix,
           }),
           {
-            ...(client === null ? {} : { put: (name, value, options) => client.put(name, value, options) }),
+            ...(client === null
+              ? {}
+              : {
+                  put: (name, value, options) => client.put(name, value, options),
+                  putBatch: (items) => client.putBatch(items),
+                }),
             concurrency: flags.concurrency,
+            batchesInFlight: flags.batches,
+            batchItemsMax: flags.batchItems,
             ifAbsent: flags.ifAbsent === true,
             dryRun,
             onProgress: (done) => bar.update(done, total),

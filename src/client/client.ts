@@ -239,6 +239,37 @@ export class CofferClient {
     );
   }
 
+  /**
+   * Many puts as one write, all or none (Secrets.PutBatch): at most PUT_BATCH_ITEMS_MAX items and
+   * PUT_BATCH_BYTES_MAX bytes of names and values. Answers the version each item made, in order;
+   * a refusal names the item (metadata `item`, from 1) and none of the batch is applied.
+   */
+  putBatch(
+    items: ReadonlyArray<{
+      name: string;
+      value: Uint8Array;
+      cas?: number;
+      ttlSeconds?: number;
+      versionsKept?: number;
+    }>,
+  ): Promise<{ versions: number[] }> {
+    return this.call(
+      'Secrets',
+      'putBatch',
+      {
+        items: items.map((item) => ({
+          name: item.name,
+          // Buffers are sent as they are, not copied: the caller can then wipe the only copies it made.
+          value: Buffer.isBuffer(item.value) ? item.value : Buffer.from(item.value),
+          ...(item.cas === undefined ? {} : { cas: { version: item.cas } }),
+          ttlSeconds: item.ttlSeconds ?? 0,
+          versionsKept: item.versionsKept ?? 0,
+        })),
+      },
+      false,
+    );
+  }
+
   get(
     name: string,
     options: { version?: number; label?: string; stale?: boolean } = {},

@@ -21,6 +21,11 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
   /** latin1 strings are a one-to-one image of byte strings: usable as Map keys. */
   readonly #changes = new Map<string, Uint8Array | null>();
   #bytes = 0;
+  /**
+   * While a savepoint is open: what each key changed since held among the changes before its first
+   * change (ABSENT: it was not among them, reads went to the store). Null: no savepoint open.
+   */
+  #undo: Map<string, Uint8Array | null | typeof ABSENT> | null = null;
 
   constructor(store: Store) {
     this.#store = store;
@@ -38,6 +43,38 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
 
   del(key: Uint8Array): void {
     this.#set(key, null);
+  }
+
+  /**
+   * Opens a savepoint: the changes made after it can be undone together (`rollback`) or kept
+   * (`release`). A command that must apply all or nothing (a batch of puts) writes between the
+   * two, synchronously: one savepoint at a time, never open across a commit's await.
+   */
+  savepoint(): void {
+    assert(this.#undo === null, 'a savepoint is already open');
+    this.#undo = new Map();
+  }
+
+  /** Undoes every change since the savepoint (the changes are as they were when it opened), and closes it. */
+  rollback(): void {
+    const undo = this.#undo;
+    assert(undo !== null, 'rollback without a savepoint');
+    this.#undo = null;
+    for (const [k, old] of undo) {
+      const now = this.#changes.get(k);
+      this.#bytes -= k.length + (now?.byteLength ?? 0);
+      if (old === ABSENT) this.#changes.delete(k);
+      else {
+        this.#changes.set(k, old);
+        this.#bytes += k.length + (old?.byteLength ?? 0);
+      }
+    }
+  }
+
+  /** Keeps the changes since the savepoint, and closes it. */
+  release(): void {
+    assert(this.#undo !== null, 'release without a savepoint');
+    this.#undo = null;
   }
 
   /** Changes not yet committed. */
@@ -65,6 +102,7 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
    * them. Reads during the write still see them; a failed write keeps them for a retry.
    */
   async commit(extra: readonly StateWrite[] = [], options?: { readonly sync?: boolean }): Promise<void> {
+    assert(this.#undo === null, 'a commit with a savepoint open');
     const batch = [...this.changes(), ...extra];
     const committed = new Map(this.#changes);
     await this.#store.write(batch, options);
@@ -133,11 +171,15 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
   #set(key: Uint8Array, value: Uint8Array | null): void {
     const k = latin1(key);
     const old = this.#changes.get(k);
+    if (this.#undo !== null && !this.#undo.has(k)) this.#undo.set(k, this.#changes.has(k) ? old! : ABSENT);
     if (old !== undefined) this.#bytes -= k.length + (old?.byteLength ?? 0);
     this.#changes.set(k, value);
     this.#bytes += k.length + (value?.byteLength ?? 0);
   }
 }
+
+/** A key that was not among the changes when a savepoint opened (distinct from null: a delete). */
+const ABSENT: unique symbol = Symbol('absent');
 
 function latin1(key: Uint8Array): string {
   return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('latin1');

@@ -34,6 +34,7 @@ export const SERVICE_REASONS = {
   INVALID_NAME: grpc.status.INVALID_ARGUMENT,
   INVALID_POLICY: grpc.status.INVALID_ARGUMENT,
   VALUE_TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
+  BATCH_TOO_LARGE: grpc.status.RESOURCE_EXHAUSTED,
   QUOTA_EXCEEDED: grpc.status.RESOURCE_EXHAUSTED,
   RATE_LIMITED: grpc.status.RESOURCE_EXHAUSTED,
   POLICY_NOT_FOUND: grpc.status.NOT_FOUND,
@@ -100,6 +101,22 @@ export class ServiceError extends Error {
     this.reason = reason ?? grpc.status[status] ?? 'UNKNOWN';
     this.metadata = metadata;
   }
+}
+
+/**
+ * The same refusal (status, reason) said of a part of the request: its message framed by `prefix`
+ * and `suffix`, `metadata` added (a batch of puts names the item a refusal is about).
+ */
+export function refusalAbout(
+  error: ServiceError,
+  prefix: string,
+  suffix: string,
+  metadata: ErrorMetadata,
+): ServiceError {
+  return new ServiceError(error.status, `${prefix}${error.message}${suffix}`, error.reason, {
+    ...error.metadata,
+    ...metadata,
+  });
 }
 
 /** A refusal by its reason: the status is the reason's (SERVICE_REASONS). */

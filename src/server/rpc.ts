@@ -19,8 +19,17 @@ export type Call<Request> = {
   getPeer(): string;
 };
 
-/** Who a request was from and what it was about, as the handler learned it (for the audit log). */
-const auditContext = new WeakMap<object, { identity: Identity | null; target: string }>();
+/**
+ * Who a request was from and what it was about, as the handler learned it (for the audit log):
+ * one target, or for a request about many names (a batch of puts) one target per name, each
+ * audited as a record of its own.
+ */
+interface AuditContext {
+  identity: Identity | null;
+  target: string;
+  targets: readonly string[];
+}
+const auditContext = new WeakMap<object, AuditContext>();
 
 /** An audited target is at most this long: names are validated before they are noted, this is the backstop. */
 export const AUDIT_TARGET_CHARS_MAX = 512;
@@ -36,6 +45,15 @@ function noteCaller(call: object, identity: Identity, target?: string): void {
 export function noteTarget(call: object, target: string): void {
   const context = auditContext.get(call);
   if (context !== undefined) context.target = boundedTarget(target);
+}
+
+/**
+ * Records the names a request is about, one audit record each (a batch of puts: every access to a
+ * name is audited, as single puts would be). Names are validated before they are noted.
+ */
+export function noteTargets(call: object, targets: readonly string[]): void {
+  const context = auditContext.get(call);
+  if (context !== undefined) context.targets = targets.map(boundedTarget);
 }
 
 function boundedTarget(target: string): string {
@@ -65,7 +83,7 @@ function begin(
   method: string,
   call: Call<unknown> & { getPeer(): string },
   options: MethodOptions,
-): Promise<ErrorStatus> | { identity: Identity | null; target: string } {
+): Promise<ErrorStatus> | AuditContext {
   const identity = callerIdentity(call, ctx.clusterId);
   if (identity === null && options.anonymous !== true) {
     const started = performance.now();
@@ -79,7 +97,7 @@ function begin(
         (auditError: unknown) => auditFailed(ctx, method, auditError, started),
       );
   }
-  const context = { identity, target: '' };
+  const context: AuditContext = { identity, target: '', targets: [] };
   auditContext.set(call, context);
   return context;
 }
@@ -181,7 +199,7 @@ async function finishRequest(
   ctx: RequestContext,
   method: string,
   call: Call<unknown> & { getPeer(): string },
-  context: { identity: Identity | null; target: string },
+  context: AuditContext,
   started: number,
   error: unknown,
   audited: boolean,
@@ -200,10 +218,18 @@ async function finishRequest(
           : 'failed';
     const code = grpc.status[status.code] ?? String(status.code);
     try {
-      if (context.identity !== null)
+      const identity = context.identity;
+      // One record per name noted (appended in order, fsynced together), else one for the request.
+      if (identity !== null && context.targets.length > 0)
+        await Promise.all(
+          context.targets.map((target) =>
+            ctx.audit.append({ identity: identity.id, role: identity.role, method, target, outcome, code }),
+          ),
+        );
+      else if (identity !== null)
         await ctx.audit.append({
-          identity: context.identity.id,
-          role: context.identity.role,
+          identity: identity.id,
+          role: identity.role,
           method,
           target: context.target,
           outcome,

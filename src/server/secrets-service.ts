@@ -4,21 +4,35 @@ import {
   CHARSETS,
   GENERATE_LENGTH_MAX,
   LIST_PAGE_SIZE_MAX,
+  PUT_BATCH_BYTES_MAX,
+  PUT_BATCH_ITEMS_MAX,
   SECRET_NAME_BYTES_MAX,
   SECRET_VALUE_BYTES_MAX,
   TTL_MS_MAX,
   VERSIONS_KEPT_MAX,
+  formatBytes,
   labelProblem,
+  putBatchItemBytes,
   secretNameProblem,
   type Charset,
 } from '../state/limits.ts';
 import { QUOTAS_PATH } from '../state/applied-state.ts';
 import { encodeSecretCommand, type SecretCommand, type SecretMetadata } from '../state/secret-store.ts';
-import { refuse, type ServiceError } from './errors.ts';
+import { ServiceError, refusalAbout, refuse } from './errors.ts';
 import type { ServiceContext } from './context.ts';
-import { WIPE_AFTER_REPLY, authenticateClient, authorize, unary, type Call } from './rpc.ts';
+import { WIPE_AFTER_REPLY, authenticateClient, authorize, noteTargets, unary, type Call } from './rpc.ts';
 
 type Cas = { version: number } | null;
+
+/** A put as the API carries it (PutSecretRequest), alone or as an item of a batch. */
+interface PutRequest {
+  name: string;
+  value: Buffer;
+  cas: Cas;
+  ttlSeconds: number;
+  expireAtMs: number;
+  versionsKept: number;
+}
 
 function invalid(message: string, metadata: Readonly<Record<string, string>> = {}): ServiceError {
   return refuse('INVALID_ARGUMENT', message, metadata);
@@ -33,6 +47,47 @@ function checkName(name: string): void {
       `secret name ${JSON.stringify(name.slice(0, 64))}${name.length > 64 ? '...' : ''}: ${problem}`,
       { field: 'name', limit: String(SECRET_NAME_BYTES_MAX) },
     );
+}
+
+/**
+ * A put's command, its value and fields checked against the limits (its name was checked before):
+ * VALUE_TOO_LARGE, then versions kept, then the expiry.
+ */
+function putCommand(r: PutRequest, nowMs: number): Extract<SecretCommand, { op: 'put' }> {
+  if (r.value.byteLength > SECRET_VALUE_BYTES_MAX)
+    throw refuse(
+      'VALUE_TOO_LARGE',
+      `the value has ${r.value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`,
+      { limit: String(SECRET_VALUE_BYTES_MAX), bytes: String(r.value.byteLength) },
+    );
+  if (r.versionsKept > VERSIONS_KEPT_MAX)
+    throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`, {
+      field: 'versions_kept',
+      limit: String(VERSIONS_KEPT_MAX),
+    });
+  return {
+    op: 'put',
+    name: r.name,
+    value: r.value,
+    cas: r.cas === null ? null : r.cas.version,
+    expireAtMs: expiry(r.ttlSeconds, r.expireAtMs, nowMs),
+    versionsKept: r.versionsKept === 0 ? null : r.versionsKept,
+    nowMs,
+  };
+}
+
+/**
+ * Runs a check of item `k` of a batch: its refusal names the item (from 1, in the message and in
+ * metadata `item`), and, once the name is known to be valid, the name.
+ */
+function forItem<T>(k: number, count: number, name: string | null, check: () => T): T {
+  try {
+    return check();
+  } catch (error) {
+    if (!(error instanceof ServiceError)) throw error;
+    const which = name === null ? `item ${k + 1} of ${count}` : `item ${k + 1} of ${count} (${JSON.stringify(name)})`;
+    throw refusalAbout(error, `${which}: `, '; no item of the batch was applied', { item: String(k + 1) });
+  }
 }
 
 function expiry(ttlSeconds: number, expireAtMs: number, nowMs: number): number | null {
@@ -71,37 +126,10 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
   /** Linearizable unless stale: waits until this manager has applied every write committed before. */
   const readPoint = (stale: boolean): Promise<number> => ctx.readPoint(stale);
 
-  const put = async (
-    call: Call<unknown>,
-    name: string,
-    value: Buffer,
-    cas: Cas,
-    ttlSeconds: number,
-    expireAtMs: number,
-    versionsKept: number,
-  ): Promise<number> => {
-    checkName(name);
-    if (value.byteLength > SECRET_VALUE_BYTES_MAX)
-      throw refuse(
-        'VALUE_TOO_LARGE',
-        `the value has ${value.byteLength} bytes; a secret value has at most ${SECRET_VALUE_BYTES_MAX}`,
-        { limit: String(SECRET_VALUE_BYTES_MAX), bytes: String(value.byteLength) },
-      );
-    if (versionsKept > VERSIONS_KEPT_MAX)
-      throw invalid(`versions_kept is at most ${VERSIONS_KEPT_MAX}`, {
-        field: 'versions_kept',
-        limit: String(VERSIONS_KEPT_MAX),
-      });
-    const nowMs = Date.now();
-    const command: SecretCommand = {
-      op: 'put',
-      name,
-      value,
-      cas: cas === null ? null : cas.version,
-      expireAtMs: expiry(ttlSeconds, expireAtMs, nowMs),
-      versionsKept: versionsKept === 0 ? null : versionsKept,
-      nowMs,
-    };
+  const put = async (call: Call<unknown>, r: PutRequest): Promise<number> => {
+    checkName(r.name);
+    const command = putCommand(r, Date.now());
+    const value = r.value;
     // Refused here when it surely would be where it applies (a quota), or over this manager's rate: no log entry spent.
     const caller = authenticateClient(ctx, call);
     const exempt = ctx.state.access.decide(caller.id, 'sudo', QUOTAS_PATH).allowed;
@@ -132,9 +160,70 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         const r = call.request;
         checkName(r.name);
         authorize(ctx, call, 'write', r.name);
-        return { version: await put(call, r.name, r.value, r.cas, r.ttlSeconds, r.expireAtMs, r.versionsKept) };
+        return { version: await put(call, r) };
       },
     ),
+    putBatch: unary(ctx, 'Secrets.PutBatch', async (call: Call<{ items: PutRequest[] }>) => {
+      const items = call.request.items;
+      const count = items.length;
+      if (count === 0) throw invalid('a batch needs at least one item', { field: 'items' });
+      if (count > PUT_BATCH_ITEMS_MAX)
+        throw refuse(
+          'BATCH_TOO_LARGE',
+          `a batch has ${count} items; at most ${PUT_BATCH_ITEMS_MAX} (PUT_BATCH_ITEMS_MAX): send the rest in another batch`,
+          { limit: String(PUT_BATCH_ITEMS_MAX), items: String(count) },
+        );
+      // Names first, every one: an invalid name is never authorized, audited or logged. Then every
+      // name is audited (one record each, with the batch's outcome), as single puts would be.
+      for (const [k, item] of items.entries()) forItem(k, count, null, () => checkName(item.name));
+      noteTargets(
+        call,
+        items.map((item) => item.name),
+      );
+      for (const [k, item] of items.entries())
+        forItem(k, count, item.name, () => authorize(ctx, call, 'write', item.name));
+      const nowMs = Date.now();
+      const commands = items.map((item, k) => forItem(k, count, item.name, () => putCommand(item, nowMs)));
+      const bytes = items.reduce((sum, item) => sum + putBatchItemBytes(item.name, item.value), 0);
+      if (bytes > PUT_BATCH_BYTES_MAX)
+        throw refuse(
+          'BATCH_TOO_LARGE',
+          `a batch has ${formatBytes(bytes)} of names and values; at most ${formatBytes(PUT_BATCH_BYTES_MAX)} (PUT_BATCH_BYTES_MAX, one Raft entry): send fewer items`,
+          { limit: String(PUT_BATCH_BYTES_MAX), bytes: String(bytes) },
+        );
+      // On this manager's state, refused early what would surely be refused where the batch applies
+      // (a delete right a put needs, a quota, each item alone); the verdict that counts is the apply's.
+      const caller = authenticateClient(ctx, call);
+      const exempt = ctx.state.access.decide(caller.id, 'sudo', QUOTAS_PATH).allowed;
+      for (const [k, command] of commands.entries())
+        forItem(k, count, command.name, () => {
+          const check = store.putEdgeCheck(exempt ? null : caller.id, command);
+          if (check.capabilities.includes('delete')) authorize(ctx, call, 'delete', command.name);
+          if (check.quota !== null) throw refuse('QUOTA_EXCEEDED', check.quota.reason, check.quota.metadata);
+        });
+      const valueBytes = items.reduce((sum, item) => sum + item.value.byteLength, 0);
+      const overRate = ctx.rateLimit.write(caller.id, valueBytes);
+      if (overRate !== null) {
+        ctx.metrics.refused('rate-limited');
+        throw refuse('RATE_LIMITED', overRate.message, { retryAfterMs: String(overRate.retryAfterMs) });
+      }
+      const batch: SecretCommand = {
+        op: 'put-batch',
+        items: commands.map(({ name, value, cas, expireAtMs, versionsKept }) => ({
+          name,
+          value,
+          cas,
+          expireAtMs,
+          versionsKept,
+        })),
+        nowMs,
+      };
+      const result = await ctx.propose(encodeSecretCommand(batch, { name: caller.id, key: caller.spki }));
+      const versions = 'versions' in result ? result.versions : undefined;
+      if (versions === undefined || versions.length !== count)
+        throw refuse('INTERNAL', `a batch of ${count} puts was answered with ${versions?.length ?? 'no'} versions`);
+      return { versions };
+    }),
     generate: unary(
       ctx,
       'Secrets.Generate',
@@ -153,7 +242,16 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
           });
         const value = generateValue(r.length, charset);
         try {
-          return { version: await put(call, r.name, value, r.cas, r.ttlSeconds, 0, 0) };
+          return {
+            version: await put(call, {
+              name: r.name,
+              value,
+              cas: r.cas,
+              ttlSeconds: r.ttlSeconds,
+              expireAtMs: 0,
+              versionsKept: 0,
+            }),
+          };
         } finally {
           value.fill(0);
         }

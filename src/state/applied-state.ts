@@ -232,8 +232,12 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     }
     // Quotas bound what a client can take; an identity that may change them (`sudo` on
     // `sys/quotas`: root) is counted, not limited (it could issue itself more identities anyway).
-    if (part === this.secrets && actor !== null && this.access.decide(actor.name, 'sudo', QUOTAS_PATH).allowed)
-      return this.secrets.apply(decoded.command as SecretCommand, actor, command.index, { quotaExempt: true });
+    // A batch of puts authorizes its items as they apply, so the secrets part gets the authority too.
+    if (part === this.secrets)
+      return this.secrets.apply(decoded.command as SecretCommand, actor, command.index, {
+        quotaExempt: actor !== null && this.access.decide(actor.name, 'sudo', QUOTAS_PATH).allowed,
+        authority: this.access,
+      });
     return part.apply(decoded.command, actor, command.index);
   }
 

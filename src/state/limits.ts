@@ -48,6 +48,38 @@ export const IDENTITY_SECRETS_MAX = 10_000;
  */
 export const IDENTITY_VALUE_BYTES_MAX = 256 * 1024 * 1024;
 
+/**
+ * A batch of puts (Secrets.PutBatch, `secret.put-batch`): at most 256 items, applied as one Raft
+ * command, all or none. 256 is twice etcd's default transaction size (128 operations) and bounds
+ * the work one entry makes at apply (two sealed records and a usage update per item).
+ */
+export const PUT_BATCH_ITEMS_MAX = 256;
+/**
+ * What a batch's command may add around its names and values before it stops fitting one Raft
+ * entry (`entryBytesMax`, 1 MiB: src/raft/config.ts). Per item msgpack spends at most 68 bytes
+ * (a map of five keys: 40 bytes of keys, string and bin headers of 3 and 5, cas and expiry of 9
+ * each, versions kept of 2): 17 KiB for 256 items. Then the actor (an identity name of at most
+ * 128 characters and a 64-character key), the op and time, the barrier's seal (term, nonce, tag,
+ * the kind) and the payload frame, and Raft's 16 bytes per entry: under 1 KiB. 64 KiB leaves
+ * more than twice that; test/state/put-batch.test.ts seals a worst-case batch and checks it fits.
+ */
+export const PUT_BATCH_ENVELOPE_BYTES_MAX = 64 * 1024;
+/** The names and values of a batch together: 1 MiB less the envelope (960 KiB). */
+export const PUT_BATCH_BYTES_MAX = 1024 * 1024 - PUT_BATCH_ENVELOPE_BYTES_MAX;
+/** The per-item framing PUT_BATCH_ENVELOPE_BYTES_MAX allows for (see above). */
+export const PUT_BATCH_ITEM_FRAMING_BYTES_MAX = 68;
+// The arithmetic above, checked where it is made: 256 items' framing plus 4 KiB for the rest.
+if (PUT_BATCH_ITEMS_MAX * PUT_BATCH_ITEM_FRAMING_BYTES_MAX + 4096 > PUT_BATCH_ENVELOPE_BYTES_MAX)
+  throw new Error('PUT_BATCH_ENVELOPE_BYTES_MAX leaves no room for the framing of PUT_BATCH_ITEMS_MAX items');
+// Every single put fits a batch alone: the import can always put a line that fits a Put into a batch.
+if (SECRET_VALUE_BYTES_MAX + SECRET_NAME_BYTES_MAX > PUT_BATCH_BYTES_MAX)
+  throw new Error('PUT_BATCH_BYTES_MAX is smaller than one put of the largest value and name');
+
+/** The bytes a batch item counts against PUT_BATCH_BYTES_MAX: its name (UTF-8) and its value. */
+export function putBatchItemBytes(name: string, value: Uint8Array): number {
+  return Buffer.byteLength(name) + value.byteLength;
+}
+
 /** Why a secret name is not acceptable, or null. */
 export function secretNameProblem(name: string): string | null {
   if (typeof name !== 'string' || name.length === 0) return 'a secret name is required';

@@ -10,6 +10,7 @@ import {
   EnvParser,
   type ImportEntry,
   type ParsedLine,
+  type PutBatchFunction,
   RATE_LIMIT_RETRIES,
   UNAVAILABLE_RETRIES,
   formatFromName,
@@ -21,7 +22,7 @@ import {
   rateLimitHintMs,
   rateLimitWaitMs,
 } from '../../src/cli/import.ts';
-import { SECRET_VALUE_BYTES_MAX } from '../../src/state/limits.ts';
+import { PUT_BATCH_BYTES_MAX, SECRET_VALUE_BYTES_MAX } from '../../src/state/limits.ts';
 import { coffer } from '../processes/processes.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
 
@@ -378,6 +379,224 @@ test('retries: a rate limit pauses and retries (its hint read), UNAVAILABLE a fe
   assert.deepEqual([dry.valid, dry.imported], [1, 0]);
 });
 
+/** A batch as the mock saw it: names and values (copied before they are wiped). */
+type SeenBatch = Array<[string, string]>;
+
+test('batches: lines grouped up to the item and byte limits, a few in flight, lines of a name in file order across batches, values wiped', async () => {
+  let inFlight = 0;
+  let most = 0;
+  const seen: SeenBatch[] = [];
+  const stored: Array<[string, string]> = [];
+  const sent: Buffer[] = [];
+  const putBatch: PutBatchFunction = async (items) => {
+    inFlight++;
+    most = Math.max(most, inFlight);
+    seen.push(items.map((i) => [i.name, i.value.toString()]));
+    sent.push(...items.map((i) => i.value));
+    // The earlier a batch, the slower its answer: a later batch of the same names must still wait for it.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, 30 - 10 * seen.length)));
+    stored.push(...items.map((i): [string, string] => [i.name, i.value.toString()]));
+    inFlight--;
+    return { versions: items.map(() => 1) };
+  };
+  const summary = await importSecrets(
+    lines(Array.from({ length: 600 }, (_, k): [string, string] => [`n/${k % 7}`, `v${k}`])),
+    {
+      concurrency: 8,
+      batchesInFlight: 3,
+      putBatch,
+      put: async () => assert.fail('no single put: no batch was refused'),
+    },
+  );
+  assert.deepEqual(
+    seen.map((b) => b.length),
+    [256, 256, 88],
+    'full batches of PUT_BATCH_ITEMS_MAX, the rest at the end',
+  );
+  assert.deepEqual([summary.imported, summary.batches, summary.batchesSplit], [600, 3, 0]);
+  assert.ok(most <= 3);
+  for (let k = 0; k < 7; k++)
+    assert.deepEqual(
+      stored.filter(([n]) => n === `n/${k}`).map(([, v]) => v),
+      Array.from({ length: 600 }, (_, j) => j)
+        .filter((j) => j % 7 === k)
+        .map((j) => `v${j}`),
+      'the lines of one name in file order, across batches',
+    );
+  assert.ok(
+    sent.every((b) => b.every((byte) => byte === 0)),
+    'every value wiped once its batch is answered',
+  );
+
+  // Bytes: values of 100 KiB, 9 to a batch (10 would pass PUT_BATCH_BYTES_MAX); distinct names go
+  // several batches at once, and --batch-items bounds the items.
+  seen.length = 0;
+  most = 0;
+  const big = 'x'.repeat(100 * 1024);
+  await importSecrets(lines(Array.from({ length: 20 }, (_, k): [string, string] => [`big/${k}`, big])), {
+    concurrency: 8,
+    batchesInFlight: 4,
+    putBatch,
+  });
+  assert.ok(9 * (100 * 1024 + 6) <= PUT_BATCH_BYTES_MAX && 10 * 100 * 1024 > PUT_BATCH_BYTES_MAX);
+  assert.deepEqual(
+    seen.map((b) => b.length),
+    [9, 9, 2],
+  );
+  assert.ok(most >= 2, 'batches of different names go at once');
+  seen.length = 0;
+  await importSecrets(lines(Array.from({ length: 10 }, (_, k): [string, string] => [`few/${k}`, 'v'])), {
+    concurrency: 8,
+    batchItemsMax: 4,
+    putBatch,
+  });
+  assert.deepEqual(
+    seen.map((b) => b.length),
+    [4, 4, 2],
+  );
+});
+
+test("a batch refused for one of its items is sent again line by line: the good lines go in, the bad one is reported with the cluster's message", async () => {
+  const stored = new Map<string, string[]>();
+  const keep = (name: string, value: Buffer) => stored.set(name, [...(stored.get(name) ?? []), value.toString()]);
+  let batchCalls = 0;
+  const summary = await importSecrets(
+    lines([
+      ['ok/a', '1'],
+      ['denied/x', '2'],
+      ['ok/b', '3'],
+      ['ok/a', '4'],
+      ['ok/c', '5'],
+    ]),
+    {
+      concurrency: 4,
+      batchItemsMax: 4,
+      putBatch: async (items) => {
+        batchCalls++;
+        const bad = items.findIndex((i) => i.name.startsWith('denied/'));
+        if (bad >= 0)
+          throw new ClientError(
+            status.PERMISSION_DENIED,
+            `item ${bad + 1} of ${items.length} ("denied/x"): may not write "denied/x"; no item of the batch was applied`,
+            { reason: 'POLICY_DENIED', metadata: { item: String(bad + 1) } },
+          );
+        for (const i of items) keep(i.name, i.value);
+        return {};
+      },
+      put: async (name, value) => {
+        if (name.startsWith('denied/')) throw new ClientError(status.PERMISSION_DENIED, 'may not write "denied/x"');
+        keep(name, value);
+        return {};
+      },
+    },
+  );
+  assert.equal(batchCalls, 2);
+  assert.deepEqual([summary.imported, summary.refused, summary.batches, summary.batchesSplit], [4, 1, 1, 1]);
+  assert.deepEqual(
+    summary.failures.map((f) => [f.line, f.name, f.code, f.reason]),
+    [[2, 'denied/x', 'PERMISSION_DENIED', 'may not write "denied/x"']],
+    "the single put's message, not the batch's",
+  );
+  assert.deepEqual(stored.get('ok/a'), ['1', '4'], 'file order kept through the split');
+  assert.deepEqual([...stored.keys()].sort(), ['ok/a', 'ok/b', 'ok/c']);
+
+  // --if-absent: a batch refused because one name exists goes line by line; the others go in.
+  const existing = new Set(['old']);
+  const absent = await importSecrets(
+    lines([
+      ['new1', '1'],
+      ['old', '2'],
+      ['new2', '3'],
+    ]),
+    {
+      concurrency: 2,
+      ifAbsent: true,
+      putBatch: async (items) => {
+        assert.ok(items.every((i) => i.cas === 0));
+        const found = items.findIndex((i) => existing.has(i.name));
+        if (found >= 0)
+          throw new ClientError(status.FAILED_PRECONDITION, `item ${found + 1}: secret "old" already exists`, {
+            reason: 'CAS_MISMATCH',
+            metadata: { item: String(found + 1) },
+          });
+        return {};
+      },
+      put: async (name, _value, options) => {
+        assert.equal(options.cas, 0);
+        if (existing.has(name))
+          throw new ClientError(status.FAILED_PRECONDITION, 'secret "old" already exists', {
+            reason: 'CAS_MISMATCH',
+            metadata: {},
+          });
+        existing.add(name);
+        return {};
+      },
+    },
+  );
+  assert.deepEqual([absent.imported, absent.existing, absent.refused, absent.batchesSplit], [2, 1, 0, 1]);
+  assert.ok(existing.has('new1') && existing.has('new2'));
+
+  // A cluster that does not know PutBatch: one try, then every line as a put.
+  let unimplemented = 0;
+  let puts = 0;
+  const old = await importSecrets(lines(Array.from({ length: 30 }, (_, k): [string, string] => [`s/${k}`, 'v'])), {
+    concurrency: 4,
+    batchItemsMax: 10,
+    batchesInFlight: 1,
+    putBatch: async () => {
+      unimplemented++;
+      throw new ClientError(
+        status.UNIMPLEMENTED,
+        'The server does not implement the method /coffer.v1.Secrets/PutBatch',
+      );
+    },
+    put: async () => {
+      puts++;
+      return {};
+    },
+  });
+  assert.deepEqual([old.imported, unimplemented, puts], [30, 1, 30]);
+});
+
+test('batches are retried as puts are: a rate limit pauses them, UNAVAILABLE a few times then the import stops at the first line not sent', async () => {
+  const waits: number[] = [];
+  const sleep = async (ms: number) => {
+    waits.push(ms);
+  };
+  let tries = 0;
+  const limited = await importSecrets(lines(Array.from({ length: 20 }, (_, k): [string, string] => [`r/${k}`, 'v'])), {
+    concurrency: 4,
+    sleep,
+    putBatch: async () => {
+      if (++tries <= 2)
+        throw new ClientError(status.RESOURCE_EXHAUSTED, 'slow down', {
+          reason: 'RATE_LIMITED',
+          metadata: { retryAfterMs: '300' },
+        });
+      return {};
+    },
+  });
+  assert.deepEqual([limited.imported, limited.retries, limited.batchesSplit, tries], [20, 2, 0, 3]);
+  assert.ok(waits.length > 0 && waits.every((w) => w >= 300), `waits ${waits.join(', ')} follow retryAfterMs`);
+
+  let calls = 0;
+  const down = await importSecrets(lines(Array.from({ length: 100 }, (_, k): [string, string] => [`s/${k}`, 'v'])), {
+    concurrency: 4,
+    batchItemsMax: 10,
+    batchesInFlight: 2,
+    sleep,
+    putBatch: async () => {
+      calls++;
+      throw new ClientError(status.UNAVAILABLE, 'no leader is known; retry once one is elected');
+    },
+    put: async () => assert.fail('an unavailable cluster is not asked line by line'),
+  });
+  assert.equal(down.imported, 0);
+  assert.ok(down.stoppedAtLine !== null && down.stoppedAtLine <= 31, `stopped at ${down.stoppedAtLine}`);
+  assert.ok(calls <= 3 * (UNAVAILABLE_RETRIES + 1), `${calls} calls: the import stopped`);
+  assert.ok(down.failures.length >= 10 && down.failures.every((f) => f.code === 'UNAVAILABLE'));
+});
+
 test('coffer secret import against a three-manager cluster: good lines stored, bad and denied lines named, no value printed, exit statuses; 2,000 lines timed', {
   timeout: 180_000,
 }, async (t) => {
@@ -490,8 +709,15 @@ test('coffer secret import against a three-manager cluster: good lines stored, b
     );
     const timed = await run(['secret', 'import', many, '--output', 'json']);
     assert.equal(timed.code, 0, timed.stderr);
-    const result = JSON.parse(timed.stdout) as { imported: number; linesPerSecond: number; seconds: number };
+    const result = JSON.parse(timed.stdout) as {
+      imported: number;
+      linesPerSecond: number;
+      seconds: number;
+      batches: number;
+      batchesSplit: number;
+    };
     assert.equal(result.imported, 2000);
+    assert.deepEqual([result.batches, result.batchesSplit], [8, 0], 'in batches of 256');
     t.diagnostic(`2,000 lines in ${result.seconds} s: ${result.linesPerSecond} lines/s`);
     assert.equal((await run(['secret', 'get', 'load/s1999'])).stdout, `v1999-${'x'.repeat(64)}`);
   } finally {
@@ -515,7 +741,8 @@ test("coffer secret import under the cluster's rate limit: refusals paused and r
       file,
       Array.from({ length: 200 }, (_, k) => JSON.stringify({ name: `rl/s${k}`, value: `v${k}` })).join('\n'),
     );
-    const r = await coffer(['secret', 'import', file, '--output', 'json'], '', admin);
+    // Batches of 2: 100 requests, well over the 40 a second allowed (one batch of 200 would pass).
+    const r = await coffer(['secret', 'import', file, '--output', 'json', '--batch-items', '2'], '', admin);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const summary = JSON.parse(r.stdout) as { imported: number; retries: number; refused: number };
     assert.equal(summary.imported, 200);

@@ -156,3 +156,37 @@ test('property: a range with a limit over pending puts and deletes equals the sa
 });
 
 const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('latin1');
+
+test('a rollback undoes every change since the savepoint (puts, deletes, changes of pending keys) and their bytes; a release keeps them', async () => {
+  const store = mapStore();
+  await store.write([{ type: 'put', key: b('stored'), value: b('s0') }]);
+  const set = new WriteSet(store);
+  set.put(b('pending'), b('p0'));
+  set.del(b('gone'));
+  const before = { changes: set.changes(), bytes: set.bytes };
+
+  set.savepoint();
+  assert.throws(() => set.savepoint(), /already open/, 'one savepoint at a time');
+  set.put(b('pending'), b('p1-longer'));
+  set.put(b('pending'), b('p2'));
+  set.put(b('gone'), b('back'));
+  set.del(b('stored'));
+  set.put(b('new'), b('n0'));
+  assert.equal(set.get(b('stored')), undefined);
+  await assert.rejects(set.commit(), /savepoint open/, 'never committed half-decided');
+  set.rollback();
+  assert.deepEqual(set.changes(), before.changes);
+  assert.equal(set.bytes, before.bytes);
+  assert.deepEqual(set.get(b('stored')), b('s0'), 'the store shows through again');
+  assert.equal(set.get(b('new')), undefined);
+  assert.equal(set.get(b('gone')), undefined, 'a delete pending before stays a delete');
+
+  set.savepoint();
+  set.put(b('new'), b('n1'));
+  set.release();
+  assert.deepEqual(set.get(b('new')), b('n1'));
+  assert.throws(() => set.rollback(), /without a savepoint/);
+  await set.commit();
+  assert.deepEqual(store.map.get('new'), b('n1'));
+  assert.deepEqual(store.map.get('pending'), b('p0'));
+});
