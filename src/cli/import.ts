@@ -470,48 +470,63 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
   let window = options.concurrency;
   let unavailable: string | null = null;
 
+  /** The options of a line's put (or batch item): cas 0 with ifAbsent, its expiry and versions kept. */
+  const putOptions = (entry: ImportEntry): { cas?: number; ttlSeconds?: number; versionsKept?: number } => ({
+    ...(options.ifAbsent === true ? { cas: 0 } : {}),
+    ...(entry.ttlSeconds === undefined ? {} : { ttlSeconds: entry.ttlSeconds }),
+    ...(entry.versionsKept === undefined ? {} : { versionsKept: entry.versionsKept }),
+  });
+
+  /**
+   * After a failed put or batch: how long to wait before sending it again, or null (not a
+   * refusal worth retrying, or its retries are spent). UNAVAILABLE, a deadline and ABORTED (a
+   * leader change dropped it, or left its outcome unknown: at worst one more version with the
+   * same value) back off from 250 ms; a rate limit pauses every put for the wait the cluster
+   * named, and `narrow` halves the caller's window.
+   */
+  const retryWaitMs = (
+    error: unknown,
+    tries: { unavailable: number; rate: number },
+    narrow: () => void,
+  ): number | null => {
+    if (!(error instanceof ClientError)) return null;
+    if (
+      error.code === grpcStatus.UNAVAILABLE ||
+      error.code === grpcStatus.DEADLINE_EXCEEDED ||
+      error.code === grpcStatus.ABORTED
+    )
+      return tries.unavailable < UNAVAILABLE_RETRIES ? jitter(250 * 2 ** tries.unavailable++) : null;
+    if (error.code !== grpcStatus.RESOURCE_EXHAUSTED) return null;
+    const hintMs = rateLimitWaitHintMs(error);
+    if (hintMs === null || tries.rate >= RATE_LIMIT_RETRIES) return null;
+    pauseUntil = Math.max(pauseUntil, Date.now() + jitter(hintMs));
+    narrow();
+    return jitter(rateLimitWaitMs(hintMs, tries.rate++));
+  };
+
   const send = async (entry: ImportEntry): Promise<void> => {
     const put = options.put!;
-    let unavailableTries = 0;
-    let rateTries = 0;
+    const tries = { unavailable: 0, rate: 0 };
     try {
       for (;;) {
         const wait = pauseUntil - Date.now();
         if (wait > 0) await sleep(wait);
         try {
-          await put(entry.name, entry.value, {
-            ...(options.ifAbsent === true ? { cas: 0 } : {}),
-            ...(entry.ttlSeconds === undefined ? {} : { ttlSeconds: entry.ttlSeconds }),
-            ...(entry.versionsKept === undefined ? {} : { versionsKept: entry.versionsKept }),
-          });
+          await put(entry.name, entry.value, putOptions(entry));
           summary.imported++;
           if (window < options.concurrency) window++;
           return;
         } catch (error) {
           const code = error instanceof ClientError ? error.code : null;
           const message = error instanceof Error ? error.message : String(error);
-          // ABORTED: a leader change dropped the put (or left its outcome unknown). Sent again like
-          // an unavailable one: at worst the secret gets one more version with the same value.
-          const lost = code === grpcStatus.ABORTED;
-          if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED || lost) {
-            if (unavailableTries < UNAVAILABLE_RETRIES) {
-              summary.retries++;
-              await sleep(jitter(250 * 2 ** unavailableTries++));
-              continue;
-            }
-            if (!lost) unavailable ??= message;
+          const retryMs = retryWaitMs(error, tries, () => (window = Math.max(1, Math.floor(window / 2))));
+          if (retryMs !== null) {
+            summary.retries++;
+            await sleep(retryMs);
+            continue;
           }
-          if (code === grpcStatus.RESOURCE_EXHAUSTED && error instanceof ClientError) {
-            const hintMs = rateLimitWaitHintMs(error);
-            if (hintMs !== null && rateTries < RATE_LIMIT_RETRIES) {
-              summary.retries++;
-              // Every put waits what the cluster named; fewer go at once; this line backs off further.
-              pauseUntil = Math.max(pauseUntil, Date.now() + jitter(hintMs));
-              window = Math.max(1, Math.floor(window / 2));
-              await sleep(jitter(rateLimitWaitMs(hintMs, rateTries++)));
-              continue;
-            }
-          }
+          // Unavailable through every retry: the import stops sending (a dropped put is only reported).
+          if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) unavailable ??= message;
           // With --if-absent every put is cas 0: a compare-and-set refusal means the name exists.
           if (
             code === grpcStatus.FAILED_PRECONDITION &&
@@ -536,13 +551,6 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
       advance(entry.lines);
     }
   };
-
-  /** The options of a line's put (or batch item): cas 0 with ifAbsent, its expiry and versions kept. */
-  const putOptions = (entry: ImportEntry): { cas?: number; ttlSeconds?: number; versionsKept?: number } => ({
-    ...(options.ifAbsent === true ? { cas: 0 } : {}),
-    ...(entry.ttlSeconds === undefined ? {} : { ttlSeconds: entry.ttlSeconds }),
-    ...(entry.versionsKept === undefined ? {} : { versionsKept: entry.versionsKept }),
-  });
 
   /**
    * The lines of a refused batch, one put each (each with its own retries and report); lines of
@@ -579,8 +587,7 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
    * message. Every value is wiped once its line is answered.
    */
   const sendBatch = async (entries: readonly ImportEntry[]): Promise<void> => {
-    let unavailableTries = 0;
-    let rateTries = 0;
+    const tries = { unavailable: 0, rate: 0 };
     const finish = (): void => {
       for (const entry of entries) {
         entry.value.fill(0);
@@ -602,37 +609,25 @@ export async function importSecrets(parsed: AsyncIterable<ParsedLine>, options: 
       } catch (error) {
         const code = error instanceof ClientError ? error.code : null;
         const message = error instanceof Error ? error.message : String(error);
-        const lost = code === grpcStatus.ABORTED;
-        if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED || lost) {
-          if (unavailableTries < UNAVAILABLE_RETRIES) {
-            summary.retries++;
-            await sleep(jitter(250 * 2 ** unavailableTries++));
-            continue;
-          }
-          if (!lost) {
-            // The cluster stayed unavailable: the import stops, and this batch's lines are reported as a put's would be.
-            unavailable ??= message;
-            for (const entry of entries)
-              fail({
-                line: entry.line,
-                name: entry.name,
-                kind: 'refused',
-                code: grpcStatus[code!] ?? null,
-                reason: message,
-              });
-            finish();
-            return;
-          }
+        const retryMs = retryWaitMs(error, tries, () => (batchWindow = Math.max(1, Math.floor(batchWindow / 2))));
+        if (retryMs !== null) {
+          summary.retries++;
+          await sleep(retryMs);
+          continue;
         }
-        if (code === grpcStatus.RESOURCE_EXHAUSTED && error instanceof ClientError) {
-          const hintMs = rateLimitWaitHintMs(error);
-          if (hintMs !== null && rateTries < RATE_LIMIT_RETRIES) {
-            summary.retries++;
-            pauseUntil = Math.max(pauseUntil, Date.now() + jitter(hintMs));
-            batchWindow = Math.max(1, Math.floor(batchWindow / 2));
-            await sleep(jitter(rateLimitWaitMs(hintMs, rateTries++)));
-            continue;
-          }
+        if (code === grpcStatus.UNAVAILABLE || code === grpcStatus.DEADLINE_EXCEEDED) {
+          // The cluster stayed unavailable: the import stops, and this batch's lines are reported as a put's would be.
+          unavailable ??= message;
+          for (const entry of entries)
+            fail({
+              line: entry.line,
+              name: entry.name,
+              kind: 'refused',
+              code: grpcStatus[code] ?? null,
+              reason: message,
+            });
+          finish();
+          return;
         }
         // An older cluster: every batch from now on goes line by line.
         if (code === grpcStatus.UNIMPLEMENTED) batching = false;
