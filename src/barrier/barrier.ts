@@ -36,6 +36,8 @@ export interface InnerStateMachine<Result> {
   commit?(side?: { appliedIndex: number; image: Uint8Array | null; marks?: Uint8Array }): Promise<boolean>;
   /** Whether the part of the state the barrier's image holds changed since the image was stored. */
   readonly smallPartsChanged?: boolean;
+  /** See StateMachine.batchedChanges (src/replica/replica.ts). */
+  readonly batchedChanges?: number;
   /** The barrier's image and marks the store holds, and the index they and the store are at. */
   storedImage?(): Promise<{ index: number; image: Uint8Array; marks: Uint8Array | undefined } | null>;
   /** Rewrites the store's files so deleted records leave the disk. */
@@ -271,6 +273,10 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
   }
 
   // ---- the state machine ---------------------------------------------------------------
+
+  get batchedChanges(): number {
+    return this.#inner.batchedChanges ?? 0;
+  }
 
   apply(entry: Entry): BarrierResult<Result> {
     this.#appliedIndex = entry.index;

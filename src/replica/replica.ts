@@ -40,6 +40,13 @@ export interface StateMachine<Result> {
   /** A snapshot made by `snapshot()` is now durable. */
   snapshotDurable?(): Promise<void>;
   /**
+   * Changes applied beyond one per entry since the process started (a batch of 256 puts in one
+   * entry adds 255), so that snapshots come after `snapshotEveryEntries` changes, not entries: a
+   * state loaded in batches is otherwise a few hundred entries, and a new member is sent the log
+   * and applies every batch instead of being streamed the records. Absent: one change per entry.
+   */
+  readonly batchedChanges?: number;
+  /**
    * A state whose bulk lives in a store of its own: `snapshot()` is then a small descriptor that
    * stands for the store, and a snapshot sent to another manager is that descriptor plus the
    * store's records as a stream of chunks, both as of the moment of the call (synchronous).
@@ -120,7 +127,10 @@ export interface ReplicaOptions<Result> {
   /** Founding voters, used only when the storage is empty (a brand-new cluster). */
   readonly bootstrapVoters?: readonly NodeId[];
   readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
-  /** Take a snapshot and compact after this many applied entries (10,000: docs/design.md, "Snapshots and compaction"). */
+  /**
+   * Take a snapshot and compact after this many applied changes (10,000: docs/design.md, "Snapshots
+   * and compaction"): an entry is one change, a batch of puts one per item (`batchedChanges`).
+   */
   readonly snapshotEveryEntries?: number;
   /** ... or once the entries applied since the last snapshot hold this many bytes, if sooner. */
   readonly snapshotEveryBytes?: number;
@@ -243,6 +253,8 @@ export class Replica<Result> {
   #readSeq = 0;
   #applied: number;
   #lastSnapshotIndex: number;
+  /** The state machine's `batchedChanges` when the last snapshot was due (see #changesSinceSnapshot). */
+  #batchedAtSnapshot = 0;
   /** A periodic snapshot being built in the background (see #maybeSnapshot), and one built, to save. */
   #building: Promise<void> | null = null;
   #built: { at: SnapshotMetadata; data: Uint8Array | null; error: unknown } | null = null;
@@ -277,6 +289,22 @@ export class Replica<Result> {
     this.#readContextPrefix = `${options.id}.${options.random.int(2 ** 31).toString(36)}`;
     this.#applied = applied;
     this.#lastSnapshotIndex = applied;
+    this.#batchedAtSnapshot = this.#batchedChanges();
+  }
+
+  #batchedChanges(): number {
+    return this.#stateMachine.batchedChanges ?? 0;
+  }
+
+  /** Changes applied since the last snapshot: entries, plus what batches added beyond one each. */
+  #changesSinceSnapshot(): number {
+    return this.#applied - this.#lastSnapshotIndex + (this.#batchedChanges() - this.#batchedAtSnapshot);
+  }
+
+  #snapshotCounted(index: number): void {
+    this.#lastSnapshotIndex = index;
+    this.#batchedAtSnapshot = this.#batchedChanges();
+    this.#bytesSinceSnapshot = 0;
   }
 
   /** Loads the storage, restores the state machine from the snapshot and starts the node. */
@@ -694,8 +722,7 @@ export class Replica<Result> {
     const outcomes: Array<() => void> = [];
     if (ready.snapshot !== null) {
       this.#applied = ready.snapshot.metadata.index;
-      this.#lastSnapshotIndex = this.#applied;
-      this.#bytesSinceSnapshot = 0;
+      this.#snapshotCounted(this.#applied);
       for (const [index, proposal] of this.#proposals) {
         if (index <= this.#applied) {
           this.#proposals.delete(index);
@@ -782,8 +809,7 @@ export class Replica<Result> {
     }
     if (
       this.#building !== null ||
-      (this.#applied - this.#lastSnapshotIndex < this.#snapshotEvery &&
-        this.#bytesSinceSnapshot < this.#snapshotEveryBytes)
+      (this.#changesSinceSnapshot() < this.#snapshotEvery && this.#bytesSinceSnapshot < this.#snapshotEveryBytes)
     )
       return;
     const at = this.#raw.snapshotPoint();
@@ -791,8 +817,7 @@ export class Replica<Result> {
     // A state machine whose image is at hand (in memory) is snapshotted at once.
     if (!(image instanceof Promise)) return this.#save(at, image, null);
     // Counted from the point taken: the next is due an interval after it, not after the save.
-    this.#lastSnapshotIndex = at.index;
-    this.#bytesSinceSnapshot = 0;
+    this.#snapshotCounted(at.index);
     const building = image.then(
       (data) => {
         this.#built = { at, data, error: null };
@@ -852,10 +877,7 @@ export class Replica<Result> {
     await this.#stateMachine.syncState?.(this.#applied);
     await this.#storage.saveSnapshot(snapshot, compactTo);
     if (compactTo > status.firstIndex - 1) this.#raw.compact(compactTo);
-    if (this.#lastSnapshotIndex < index) {
-      this.#lastSnapshotIndex = index;
-      this.#bytesSinceSnapshot = 0;
-    }
+    if (this.#lastSnapshotIndex < index) this.#snapshotCounted(index);
     this.stats.snapshots++;
     reached('replica:snapshot-saved');
     if (request?.reclaimDisk === true) {

@@ -91,6 +91,7 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
   #committedThrough = 0;
   readonly #keys = new AttachedKeys();
   #smallPartsChanged = false;
+  #batchedChanges = 0;
   /** Records a leader streamed for a snapshot at `index`, written aside until Raft accepts it. */
   #prepared: { readonly index: number; readonly content: PreparedContent } | null = null;
 
@@ -183,6 +184,11 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
    * Whether a command of the small parts (cluster, access) applied since the last commit that
    * stored an image: the barrier then stores a new image with the next commit.
    */
+  /** Changes applied beyond one per command since this process started: a batch of n puts adds n - 1 (see StateMachine.batchedChanges). */
+  get batchedChanges(): number {
+    return this.#batchedChanges;
+  }
+
   get smallPartsChanged(): boolean {
     return this.#smallPartsChanged;
   }
@@ -233,11 +239,14 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     // Quotas bound what a client can take; an identity that may change them (`sudo` on
     // `sys/quotas`: root) is counted, not limited (it could issue itself more identities anyway).
     // A batch of puts authorizes its items as they apply, so the secrets part gets the authority too.
-    if (part === this.secrets)
-      return this.secrets.apply(decoded.command as SecretCommand, actor, command.index, {
+    if (part === this.secrets) {
+      const secretCommand = decoded.command as SecretCommand;
+      if (secretCommand.op === 'put-batch') this.#batchedChanges += Math.max(0, secretCommand.items.length - 1);
+      return this.secrets.apply(secretCommand, actor, command.index, {
         quotaExempt: actor !== null && this.access.decide(actor.name, 'sudo', QUOTAS_PATH).allowed,
         authority: this.access,
       });
+    }
     return part.apply(decoded.command, actor, command.index);
   }
 

@@ -193,6 +193,33 @@ test('every N applied entries a snapshot is stored and the log compacted, and a 
   }
 });
 
+/** A list machine whose entries are batches: `a,b,c` applies three values (as a batch of puts does). */
+class BatchMachine extends ListMachine {
+  batchedChanges = 0;
+  override apply(entry: Entry): number {
+    if (entry.kind !== 'normal' || entry.data.byteLength === 0) return this.values.length;
+    const items = decoder.decode(entry.data).split(',');
+    this.values.push(...items);
+    this.batchedChanges += items.length - 1;
+    return this.values.length;
+  }
+}
+
+test('snapshots count changes, not entries: entries that each apply a batch bring one after N changes, and without batches the cadence is the entries', async () => {
+  const batched = await single(new MemoryStorage(), new BatchMachine(), 100);
+  // 30 entries of 10 changes each: 300 changes, three snapshots (entries alone would give none).
+  for (let k = 0; k < 30; k++)
+    await batched.replica.propose(encoder.encode(Array.from({ length: 10 }, (_, i) => `v${k}.${i}`).join(',')));
+  assert.equal(batched.machine.values.length, 300);
+  assert.equal(batched.replica.stats.snapshots, 3, 'a snapshot per 100 changes');
+  await batched.replica.stop();
+
+  const plain = await single(new MemoryStorage(), new ListMachine(), 100);
+  for (let k = 0; k < 30; k++) await plain.replica.propose(encoder.encode(`v${k}`));
+  assert.equal(plain.replica.stats.snapshots, 0, '30 entries of one change each are under 100');
+  await plain.replica.stop();
+});
+
 test('large entries: a snapshot every N bytes of applied entries bounds the log in memory, the tail is bounded by bytes too, and a restart restores every value', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'coffer-replica-'));
   // 16 KiB entries; a snapshot every 256 KiB (about 16 entries, far below the 10,000-entry count)

@@ -255,3 +255,19 @@ test('the largest batch the limits allow, sealed and framed as the log carries i
   const framing = entryBytes - items.reduce((sum, i) => sum + i.name.length + i.value.byteLength, 0);
   assert.ok(framing < 32 * 1024, `the envelope took ${framing} bytes: well within PUT_BATCH_ENVELOPE_BYTES_MAX`);
 });
+
+test('a batch counts its items as changes for the snapshot cadence: n items add n - 1 beyond its entry, a single put adds none', () => {
+  const state = new AppliedState({ keys: testRecordKeys() });
+  let index = 0;
+  const step = (command: SecretCommand) => {
+    const { kind, data } = encodeSecretCommand(command, null);
+    return state.apply({ index: ++index, kind, data });
+  };
+  assert.equal(state.batchedChanges, 0);
+  assert.ok(step(batch(item('app/a', '1'), item('app/b', '2'), item('app/c', '3'))).ok);
+  assert.equal(state.batchedChanges, 2);
+  assert.ok(step(put('app/d', '4')).ok);
+  assert.equal(state.batchedChanges, 2, 'one put is one change: its entry counts it');
+  assert.ok(step(batch(...Array.from({ length: 10 }, (_, k) => item(`app/n${k}`, 'x')))).ok);
+  assert.equal(state.batchedChanges, 11);
+});
