@@ -11,7 +11,7 @@ import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
 import { KeyState, decodeKeyStateInto, decodeMarksInto, encodeKeyState, encodeMarks } from './key-state.ts';
 import { decodeRecordChunks, encodeRecordChunks } from '../kv/record-chunks.ts';
-import type { StateRecord } from '../kv/state-store.ts';
+import type { RecordStream, StateRecord } from '../kv/state-store.ts';
 import {
   COMMAND_KIND_PATTERN,
   PayloadError,
@@ -57,9 +57,9 @@ export interface InnerStateMachine<Result> {
    * and the records as of the same moment, to stream to another manager beside it.
    */
   descriptor?(): Uint8Array;
-  snapshotRecords?(): AsyncIterableIterator<StateRecord>;
+  snapshotPages?(): AsyncIterableIterator<readonly StateRecord[]>;
   /** Writes the records a leader streams for its snapshot at `index` aside, until `installSnapshot`. */
-  prepareSnapshot?(index: number, records: AsyncIterable<StateRecord>): Promise<void>;
+  prepareSnapshot?(index: number, records: RecordStream): Promise<void>;
   /** Switches to the records prepared for the snapshot at `index`, if there are (true). */
   installSnapshot?(index: number): Promise<boolean>;
   /** Drops the records prepared for the snapshot at `index`, if they are still aside. */
@@ -501,10 +501,10 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
    * null when the inner state has no records apart (the snapshot's data is then the whole image).
    */
   snapshotStream(): { readonly data: Uint8Array; readonly records: SnapshotChunks } | null {
-    const snapshotRecords = this.#inner.snapshotRecords;
+    const snapshotPages = this.#inner.snapshotPages;
     const data = this.#sealedDescriptor();
-    if (data === null || snapshotRecords === undefined) return null;
-    const records = snapshotRecords.call(this.#inner);
+    if (data === null || snapshotPages === undefined) return null;
+    const records = snapshotPages.call(this.#inner);
     const chunks = encodeRecordChunks(records);
     return {
       data,

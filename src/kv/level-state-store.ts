@@ -2,8 +2,10 @@ import { Level } from 'level';
 import { assert } from '../util/assert.ts';
 import {
   StateStoreError,
+  isPage,
   prefixEnd,
   type PreparedContent,
+  type RecordStream,
   type KeyRange,
   type StateRecord,
   type StateStore,
@@ -125,6 +127,10 @@ export class LevelStateStore implements StateStore {
     return this.#range(range, this.#prefix, undefined);
   }
 
+  pages(range: KeyRange): AsyncIterable<readonly StateRecord[]> {
+    return this.#pages(range, this.#prefix, undefined);
+  }
+
   async write(changes: readonly StateWrite[], options: { readonly sync?: boolean } = {}): Promise<void> {
     assert(!this.#replacing, () => `a write to the state store in ${this.path} while a snapshot is installed`);
     if (changes.length === 0) return;
@@ -153,11 +159,12 @@ export class LevelStateStore implements StateStore {
     return {
       get: async (key) => db.get(Buffer.concat([prefix, key]), { snapshot }),
       range: (range) => this.#range(range, prefix, snapshot),
+      pages: (range) => this.#pages(range, prefix, snapshot),
       close: () => snapshot.close(),
     };
   }
 
-  async replaceAll(records: AsyncIterable<StateRecord>): Promise<void> {
+  async replaceAll(records: RecordStream): Promise<void> {
     assert(!this.#replacing, () => `two snapshot installs at once in ${this.path}`);
     this.#replacing = true;
     try {
@@ -172,7 +179,7 @@ export class LevelStateStore implements StateStore {
    * switch in `install` is, and LevelDB's log is written in order, so a synced write makes every
    * earlier one durable). The current generation is untouched, and writes to it go on meanwhile.
    */
-  async prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent> {
+  async prepare(records: RecordStream): Promise<PreparedContent> {
     const token = ++this.#prepareToken;
     const previous = this.#prepareRun;
     let finished!: () => void;
@@ -186,6 +193,21 @@ export class LevelStateStore implements StateStore {
     const clear = (): Promise<void> =>
       this.#db.clear({ gte: prefix, lt: prefixOf(generation + 1) }).catch(() => undefined);
     let count = 0;
+    // A batch keeps references to what it is given only for 'write' listeners and prewrite hooks: none here.
+    assert(
+      this.#db.listenerCount('write') === 0 && (this.#db.hooks.prewrite as unknown as { noop: boolean }).noop,
+      'the state store has write listeners or hooks: a snapshot install cannot reuse its key buffer',
+    );
+    let scratch = Buffer.allocUnsafe(PREFIX_BYTES + 1024);
+    prefix.copy(scratch, 0);
+    const prefixed = (key: Uint8Array): Buffer => {
+      if (PREFIX_BYTES + key.byteLength > scratch.byteLength) {
+        scratch = Buffer.allocUnsafe(2 * (PREFIX_BYTES + key.byteLength));
+        prefix.copy(scratch, 0);
+      }
+      scratch.set(key, PREFIX_BYTES);
+      return scratch.subarray(0, PREFIX_BYTES + key.byteLength);
+    };
     try {
       // The prepare before this one stops at its next record and clears what it wrote.
       await previous;
@@ -197,18 +219,22 @@ export class LevelStateStore implements StateStore {
       // which LevelDB takes the two does not matter); never more than one, so memory stays bounded.
       let writing: Promise<void> = Promise.resolve();
       try {
-        for await (const record of records) {
+        for await (const item of records) {
           if (token !== this.#prepareToken) throw replaced();
-          batch.put(Buffer.concat([prefix, record.key]), Buffer.from(record.value));
-          count++;
-          bytes += record.key.byteLength + record.value.byteLength;
-          if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
-            await writing;
-            writing = batch.write();
-            // Awaited at the next batch or at the end; until then its failure is not unhandled.
-            writing.catch(() => undefined);
-            batch = this.#db.batch();
-            bytes = 0;
+          for (const record of isPage(item) ? item : [item]) {
+            // LevelDB copies a put's key and value into its batch at once, so the prefixed key is
+            // built in one scratch buffer and the value passed as the view it came as.
+            batch.put(prefixed(record.key), asBuffer(record.value));
+            count++;
+            bytes += record.key.byteLength + record.value.byteLength;
+            if (batch.length >= STATE_REPLACE_BATCH_RECORDS_MAX || bytes >= STATE_REPLACE_BATCH_BYTES_MAX) {
+              await writing;
+              writing = batch.write();
+              // Awaited at the next batch or at the end; until then its failure is not unhandled.
+              writing.catch(() => undefined);
+              batch = this.#db.batch();
+              bytes = 0;
+            }
           }
         }
       } finally {
@@ -265,6 +291,14 @@ export class LevelStateStore implements StateStore {
   }
 
   async *#range(range: KeyRange, prefix: Buffer, snapshot: Snapshot | undefined): AsyncGenerator<StateRecord> {
+    for await (const page of this.#pages(range, prefix, snapshot)) yield* page;
+  }
+
+  async *#pages(
+    range: KeyRange,
+    prefix: Buffer,
+    snapshot: Snapshot | undefined,
+  ): AsyncGenerator<readonly StateRecord[]> {
     const gte = Buffer.concat([prefix, range.gte ?? Buffer.alloc(0)]);
     const lt = range.lt !== undefined ? Buffer.concat([prefix, range.lt]) : prefixEnd(prefix);
     if (range.limit !== undefined && range.limit <= 0) return;
@@ -285,7 +319,7 @@ export class LevelStateStore implements StateStore {
         next = iterator.nextv(STATE_RANGE_PAGE_RECORDS);
         // Awaited below, or in `finally` if the caller stops first: never an unhandled rejection.
         next.catch(() => undefined);
-        for (const [key, value] of page) yield { key: key.subarray(PREFIX_BYTES), value };
+        yield page.map(([key, value]) => ({ key: key.subarray(PREFIX_BYTES), value }));
         page = await next;
         next = null;
       }
@@ -295,6 +329,10 @@ export class LevelStateStore implements StateStore {
       await iterator.close();
     }
   }
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 function u32(n: number): Buffer {

@@ -1,13 +1,19 @@
 import { assert, assertIndex } from '../util/assert.ts';
 import {
   StateStoreError,
+  isPage,
+  pagesOf,
   type KeyRange,
   type PreparedContent,
+  type RecordStream,
   type StateRecord,
   type StateStore,
   type StateView,
   type StateWrite,
 } from './state-store.ts';
+
+/** Records per page of `pages` (the memory store has them at hand; a page only bounds a step). */
+const MEMORY_PAGE_RECORDS = 1024;
 
 /**
  * One version of the content: values by latin1 key (latin1 strings are a one-to-one image of byte
@@ -53,6 +59,10 @@ export class MemoryStateStore implements StateStore {
     return rangeOf(() => this.#hold(), range);
   }
 
+  pages(range: KeyRange): AsyncIterable<readonly StateRecord[]> {
+    return pagesOf(this.range(range), MEMORY_PAGE_RECORDS);
+  }
+
   /** Applies every change at once, before the returned promise resolves (in call order). */
   async write(changes: readonly StateWrite[], _options?: { readonly sync?: boolean }): Promise<void> {
     this.#assertOpen();
@@ -94,6 +104,9 @@ export class MemoryStateStore implements StateStore {
           return version;
         }, range);
       },
+      pages(range) {
+        return pagesOf(this.range(range), MEMORY_PAGE_RECORDS);
+      },
       close: async () => {
         if (closed) return;
         closed = true;
@@ -106,7 +119,7 @@ export class MemoryStateStore implements StateStore {
    * Builds the new content aside and switches to it when `records` ends; if `records` throws, the
    * old content stays whole and the error propagates. Writes while it runs are refused.
    */
-  async replaceAll(records: AsyncIterable<StateRecord>): Promise<void> {
+  async replaceAll(records: RecordStream): Promise<void> {
     this.#assertOpen();
     assert(!this.#replacing, 'two replaceAll calls at once on the memory state store');
     this.#replacing = true;
@@ -117,15 +130,15 @@ export class MemoryStateStore implements StateStore {
     }
   }
 
-  async prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent> {
+  async prepare(records: RecordStream): Promise<PreparedContent> {
     this.#assertOpen();
     // A newer prepare discards the one before it.
     const generation = ++this.#preparing;
     const values = new Map<string, Buffer>();
-    for await (const record of records) {
+    for await (const item of records) {
       if (generation !== this.#preparing)
         throw new StateStoreError('a newer snapshot replaced this one while it was written');
-      values.set(latin1(record.key), Buffer.from(record.value));
+      for (const record of isPage(item) ? item : [item]) values.set(latin1(record.key), Buffer.from(record.value));
     }
     this.#assertOpen();
     let done = false;

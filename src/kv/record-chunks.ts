@@ -1,4 +1,4 @@
-import { StateStoreError, type StateRecord } from './state-store.ts';
+import { StateStoreError, isPage, type RecordStream, type StateRecord } from './state-store.ts';
 
 /**
  * Records of a state store as a stream of chunks (a snapshot sent to another manager). A chunk is
@@ -21,20 +21,22 @@ export const RECORD_CHUNK_FORMAT = 0x01;
 
 const LENGTH_BYTES = 4;
 
-/** Packs records, in the order given, into chunks of about `chunkBytes`. */
+/** Packs records (one at a time or in pages), in the order given, into chunks of about `chunkBytes`. */
 export async function* encodeRecordChunks(
-  records: AsyncIterable<StateRecord>,
+  records: RecordStream,
   chunkBytes = RECORD_CHUNK_BYTES,
 ): AsyncGenerator<Uint8Array> {
   let items: StateRecord[] = [];
   let bytes = 1;
-  for await (const record of records) {
-    items.push(record);
-    bytes += 2 * LENGTH_BYTES + record.key.byteLength + record.value.byteLength;
-    if (bytes >= chunkBytes) {
-      yield packChunk(items, bytes);
-      items = [];
-      bytes = 1;
+  for await (const item of records) {
+    for (const record of isPage(item) ? item : [item]) {
+      items.push(record);
+      bytes += 2 * LENGTH_BYTES + record.key.byteLength + record.value.byteLength;
+      if (bytes >= chunkBytes) {
+        yield packChunk(items, bytes);
+        items = [];
+        bytes = 1;
+      }
     }
   }
   if (items.length > 0) yield packChunk(items, bytes);
@@ -59,10 +61,10 @@ function packChunk(records: readonly StateRecord[], bytes: number): Buffer {
 /**
  * The records of chunks from another manager, checked: a chunk of another format, one cut short,
  * a key out of bounds, or keys out of ascending order, stop the stream with a StateStoreError that
- * says what was wrong (nothing is installed from a stream that fails). The records are views of
- * the chunk's bytes, not copies.
+ * says what was wrong (nothing is installed from a stream that fails). Each chunk's records come
+ * as one page, checked whole before it is given; they are views of the chunk's bytes, not copies.
  */
-export async function* decodeRecordChunks(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<StateRecord> {
+export async function* decodeRecordChunks(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<readonly StateRecord[]> {
   let last: Buffer | null = null;
   let chunkNumber = 0;
   for await (const bytes of chunks) {
@@ -88,6 +90,7 @@ export async function* decodeRecordChunks(chunks: AsyncIterable<Uint8Array>): As
       at += length;
       return out;
     };
+    const page: StateRecord[] = [];
     while (at < chunk.byteLength) {
       const key = field('key');
       if (key.byteLength === 0 || key.byteLength > RECORD_KEY_BYTES_MAX)
@@ -98,7 +101,8 @@ export async function* decodeRecordChunks(chunks: AsyncIterable<Uint8Array>): As
       if (last !== null && Buffer.compare(last, key) >= 0)
         throw new StateStoreError(`snapshot chunk ${chunkNumber} holds keys out of order`);
       last = key;
-      yield { key, value };
+      page.push({ key, value });
     }
+    if (page.length > 0) yield page;
   }
 }

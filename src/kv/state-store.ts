@@ -33,11 +33,49 @@ export interface StateRecord {
   readonly value: Uint8Array;
 }
 
+/**
+ * Records in key order, one at a time or a page (an array) at a time, as a snapshot install takes
+ * them: a stream of pages costs one asynchronous step per page.
+ */
+export type RecordStream = AsyncIterable<StateRecord | readonly StateRecord[]>;
+
+/** Pages of at most `pageRecords` records, for a store whose records come one at a time. */
+export async function* pagesOf(
+  records: AsyncIterable<StateRecord>,
+  pageRecords: number,
+): AsyncGenerator<readonly StateRecord[]> {
+  let page: StateRecord[] = [];
+  for await (const record of records) {
+    page.push(record);
+    if (page.length >= pageRecords) {
+      yield page;
+      page = [];
+    }
+  }
+  if (page.length > 0) yield page;
+}
+
+/** The records of a stream one by one (pages taken apart), for a consumer that wants them so. */
+export async function* recordsOf(stream: RecordStream): AsyncGenerator<StateRecord> {
+  for await (const item of stream) {
+    if (isPage(item)) yield* item;
+    else yield item;
+  }
+}
+
+export function isPage(item: StateRecord | readonly StateRecord[]): item is readonly StateRecord[] {
+  return Array.isArray(item);
+}
 /** Reads of the store as it was at one moment (a snapshot); it must be closed. */
 export interface StateView {
   get(key: Uint8Array): Promise<Uint8Array | undefined>;
   /** Records in key order (or reverse), read in pages; stop early by breaking out of the loop. */
   range(range: KeyRange): AsyncIterable<StateRecord>;
+  /**
+   * The same records as `range`, a page (an array, in order) at a time: a snapshot's stream then
+   * takes one asynchronous step per page rather than one per record (`range` is for requests).
+   */
+  pages(range: KeyRange): AsyncIterable<readonly StateRecord[]>;
   close(): Promise<void>;
 }
 
@@ -53,14 +91,14 @@ export interface StateStore extends StateView {
    * aside and switched to atomically, so a crash in the middle leaves the old content whole.
    * The same as `prepare` then `install`.
    */
-  replaceAll(records: AsyncIterable<StateRecord>): Promise<void>;
+  replaceAll(records: RecordStream): Promise<void>;
   /**
    * Writes what `records` yields aside, as a content to switch to later (a snapshot streamed from
    * a leader, before Raft has accepted it): the store goes on serving reads and writes meanwhile.
    * One prepared content at a time: a new one discards the one before. Nothing of it is visible
    * until `install`; a crash before that leaves nothing of it.
    */
-  prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent>;
+  prepare(records: RecordStream): Promise<PreparedContent>;
   /** Rewrites the files so deleted and replaced records leave the disk (LevelDB keeps them until a compaction). */
   reclaim?(): Promise<void>;
 }

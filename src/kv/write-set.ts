@@ -119,6 +119,19 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
    * applied sees them, however long it pages.
    */
   range(this: WriteSet<StateStore>, range: KeyRange): AsyncIterableIterator<StateRecord> {
+    return this.#overlaid(range, overlay);
+  }
+
+  /** The records of `range` as `range` gives them, a page at a time (a snapshot's stream). */
+  pages(this: WriteSet<StateStore>, range: KeyRange): AsyncIterableIterator<readonly StateRecord[]> {
+    return this.#overlaid(range, overlayPages);
+  }
+
+  #overlaid<T>(
+    this: WriteSet<StateStore>,
+    range: KeyRange,
+    merge: (view: StateView, pending: Pending, range: KeyRange) => AsyncGenerator<T>,
+  ): AsyncIterableIterator<T> {
     // Taken now, not at the first step of the iteration: the caller's moment is the point.
     const inRange = (key: Buffer): boolean =>
       (range.gte === undefined || compareKeys(key, range.gte) >= 0) &&
@@ -128,7 +141,7 @@ export class WriteSet<Store extends Pick<StateStore, 'getSync' | 'write'> = Stat
       .filter(([key]) => inRange(key))
       .sort(([a], [b]) => compareKeys(a, b) * (range.reverse === true ? -1 : 1));
     const view = this.#store.view();
-    const records = overlay(view, pending, range);
+    const records = merge(view, pending, range);
     // The view is open from now: a range never read is closed by `return()` (which a `for await`
     // that stops early calls), not only one that was begun.
     let begun = false;
@@ -185,12 +198,11 @@ function latin1(key: Uint8Array): string {
   return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('latin1');
 }
 
+/** Uncommitted changes in a range, in the range's order (null: a delete). */
+type Pending = ReadonlyArray<readonly [Buffer, Uint8Array | null]>;
+
 /** The view's records in a range with the pending changes laid over them (deletes hide, puts replace). */
-async function* overlay(
-  view: StateView,
-  pending: ReadonlyArray<readonly [Buffer, Uint8Array | null]>,
-  range: KeyRange,
-): AsyncGenerator<StateRecord> {
+async function* overlay(view: StateView, pending: Pending, range: KeyRange): AsyncGenerator<StateRecord> {
   const limit = range.limit ?? Number.POSITIVE_INFINITY;
   const before = (a: Uint8Array, b: Uint8Array): boolean => compareKeys(a, b) * (range.reverse === true ? -1 : 1) < 0;
   let given = 0;
@@ -220,6 +232,57 @@ async function* overlay(
       yield { key, value };
       if (++given >= limit) return;
     }
+  } finally {
+    await view.close();
+  }
+}
+
+/** `overlay`, a page at a time: each page of the view with the pending changes that fall in it laid over it. */
+async function* overlayPages(
+  view: StateView,
+  pending: Pending,
+  range: KeyRange,
+): AsyncGenerator<readonly StateRecord[]> {
+  const limit = range.limit ?? Number.POSITIVE_INFINITY;
+  const before = (a: Uint8Array, b: Uint8Array): boolean => compareKeys(a, b) * (range.reverse === true ? -1 : 1) < 0;
+  let given = 0;
+  let p = 0;
+  try {
+    if (limit <= 0) return;
+    const storedLimit = range.limit === undefined ? undefined : range.limit + pending.length;
+    for await (const page of view.pages({ ...range, limit: storedLimit })) {
+      // Nothing pending falls before this page's end: the page as the view gave it (the usual case).
+      const last = page[page.length - 1];
+      if (
+        (last === undefined || p >= pending.length || before(last.key, pending[p]![0])) &&
+        given + page.length <= limit
+      ) {
+        given += page.length;
+        if (page.length > 0) yield page;
+        continue;
+      }
+      const out: StateRecord[] = [];
+      for (const record of page) {
+        while (p < pending.length && before(pending[p]![0], record.key)) {
+          const [key, value] = pending[p++]!;
+          if (value !== null && given++ < limit) out.push({ key, value });
+        }
+        if (p < pending.length && compareKeys(pending[p]![0], record.key) === 0) {
+          const [key, value] = pending[p++]!;
+          if (value !== null && given++ < limit) out.push({ key, value });
+        } else if (given++ < limit) out.push(record);
+      }
+      if (out.length > 0) yield out;
+      if (given >= limit) return;
+    }
+    const rest: StateRecord[] = [];
+    for (; p < pending.length && given < limit; p++) {
+      const [key, value] = pending[p]!;
+      if (value === null) continue;
+      rest.push({ key, value });
+      given++;
+    }
+    if (rest.length > 0) yield rest;
   } finally {
     await view.close();
   }

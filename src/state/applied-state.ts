@@ -7,6 +7,8 @@ import type { RecordKeys } from '../crypto/record-seal.ts';
 import { MemoryStateStore } from '../kv/memory-state-store.ts';
 import {
   StateStoreError,
+  isPage,
+  type RecordStream,
   type PreparedContent,
   type StateRecord,
   type StateStore,
@@ -63,7 +65,7 @@ const IMAGE_VERSION = 1;
 /**
  * The version of the image `descriptor` writes: `[2, cluster image, null, access image]`: the
  * secrets are the state store's records at (or after) the snapshot's index, on this manager's
- * disk or streamed beside the descriptor (`snapshotRecords`).
+ * disk or streamed beside the descriptor (`snapshotPages`).
  */
 const DESCRIPTOR_VERSION = 2;
 
@@ -255,7 +257,7 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
    * are the store's records, taken now, synchronously (no record is read). Kept on this manager,
    * it stands for the store it sits beside, which holds this index or a later one (the replica
    * syncs the store before it saves a snapshot: `sync`). Sent to another manager, it goes with
-   * `snapshotRecords()` taken in the same turn.
+   * `snapshotPages()` taken in the same turn.
    */
   descriptor(): Uint8Array {
     const images = this.parts.map((part) => {
@@ -271,8 +273,8 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
    * The secrets' records as of now (the same moment as a `descriptor()` taken in this turn): what
    * a snapshot streams to another manager beside its descriptor.
    */
-  snapshotRecords(): AsyncIterableIterator<StateRecord> {
-    return this.secrets.records();
+  snapshotPages(): AsyncIterableIterator<readonly StateRecord[]> {
+    return this.secrets.recordPages();
   }
 
   /**
@@ -280,15 +282,17 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
    * serving); `installSnapshot(index)` switches to them once Raft accepts the snapshot. Records
    * not of the secrets part are refused, and the applied index is written with them.
    */
-  async prepareSnapshot(index: number, records: AsyncIterable<StateRecord>): Promise<void> {
+  async prepareSnapshot(index: number, records: RecordStream): Promise<void> {
     const previous = this.#prepared;
     this.#prepared = null;
     await previous?.content.discard();
-    async function* checked(): AsyncGenerator<StateRecord> {
-      for await (const record of records) {
-        if (!SecretStore.holdsKey(record.key))
-          throw new StateStoreError('a streamed snapshot holds a record that is not one of the secrets');
-        yield record;
+    // Checked a page at a time, as they come: one step per page, not per record.
+    async function* checked(): AsyncGenerator<StateRecord | readonly StateRecord[]> {
+      for await (const item of records) {
+        for (const record of isPage(item) ? item : [item])
+          if (!SecretStore.holdsKey(record.key))
+            throw new StateStoreError('a streamed snapshot holds a record that is not one of the secrets');
+        yield item;
       }
       yield { key: APPLIED_KEY, value: u64(index) };
     }

@@ -8,7 +8,7 @@ import {
   segmentsKey,
   type RecordKeys,
 } from '../crypto/record-seal.ts';
-import { prefixEnd, type KeyRange, type StateRecord } from '../kv/state-store.ts';
+import { prefixEnd, type KeyRange, type RecordStream, type StateRecord } from '../kv/state-store.ts';
 import { assert } from '../util/assert.ts';
 import { actorOf, type Actor } from './access-state.ts';
 import {
@@ -234,7 +234,8 @@ export interface SecretRecords {
   rollback(): void;
   release(): void;
   range(range: KeyRange): AsyncIterableIterator<StateRecord>;
-  replaceAll(records: AsyncIterable<StateRecord>): Promise<void>;
+  pages(range: KeyRange): AsyncIterableIterator<readonly StateRecord[]>;
+  replaceAll(records: RecordStream): Promise<void>;
 }
 
 export interface SecretStoreOptions extends IdentityQuotas {
@@ -927,6 +928,11 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
    */
   records(): AsyncIterableIterator<StateRecord> {
     return this.#records.range({ gte: PART_PREFIX, lt: prefixEnd(PART_PREFIX)! });
+  }
+
+  /** The same records a page at a time (what a snapshot streams). */
+  recordPages(): AsyncIterableIterator<readonly StateRecord[]> {
+    return this.#records.pages({ gte: PART_PREFIX, lt: prefixEnd(PART_PREFIX)! });
   }
 
   /** Whether a record streamed from another manager may be one of this part's (its key says so). */

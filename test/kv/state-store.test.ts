@@ -156,6 +156,46 @@ for (const kind of kinds) {
     }
   });
 
+  test(`${kind.name}: prepare and replaceAll take pages as well as records, and copy what they keep (the sender reuses its buffers)`, async () => {
+    const store = await kind.open();
+    try {
+      const scratch = Buffer.alloc(8);
+      async function* pages(): AsyncGenerator<StateRecord | readonly StateRecord[]> {
+        for (let p = 0; p < 5; p++) {
+          const page: StateRecord[] = [];
+          for (let k = 0; k < 1000; k++) {
+            const n = p * 1000 + k;
+            page.push({ key: s(`p${String(n).padStart(5, '0')}`), value: s(`v${n}`) });
+          }
+          yield page;
+          // A single record between pages, then a buffer reused after it was given.
+          scratch.write(`q${p}-value`, 'latin1');
+          yield { key: s(`p${String(p * 1000 + 999).padStart(5, '0')}~`), value: scratch.subarray(0, 8) };
+        }
+      }
+      const prepared = await store.prepare(pages());
+      scratch.fill(0);
+      assert.equal(prepared.records, 5005);
+      assert.equal(store.getSync(s('p00000')), undefined, 'nothing visible before install');
+      await prepared.install();
+      assert.equal(Buffer.from(store.getSync(s('p04321'))!).toString(), 'v4321');
+      assert.equal(
+        Buffer.from(store.getSync(s('p00999~'))!).toString(),
+        'q0-value',
+        'the value as given, not the buffer reused',
+      );
+      assert.equal((await collect(store.range({}))).length, 5005);
+      await store.replaceAll(
+        (async function* () {
+          yield [{ key: s('only'), value: s('one') }];
+        })(),
+      );
+      assert.deepEqual(await collect(store.range({})), ['6f6e6c79=one']);
+    } finally {
+      await store.close();
+    }
+  });
+
   test(`${kind.name}: prepare writes a content aside while writes go on; install switches to it, discard drops it, a newer prepare replaces an older one`, async () => {
     const store = await kind.open();
     try {
@@ -232,6 +272,38 @@ for (const kind of kinds) {
         }
         assert.equal(n, expected);
       }
+      // Pages give the same records as the range, in order, in more than one page; the view's too.
+      for (const source of [store, view]) {
+        const paged: string[] = [];
+        let pages = 0;
+        for await (const page of source.pages({ gte: key(100), lt: key(4999), reverse: source === view })) {
+          assert.ok(page.length > 0, 'no empty page');
+          pages++;
+          paged.push(
+            ...(await collect(
+              (async function* () {
+                yield* page;
+              })(),
+            )),
+          );
+        }
+        assert.deepEqual(
+          paged,
+          await collect(source.range({ gte: key(100), lt: key(4999), reverse: source === view })),
+        );
+        assert.ok(pages >= 4, `${pages} pages for 4,899 records of 600 bytes`);
+      }
+      assert.deepEqual(
+        (
+          await collect(
+            (async function* () {
+              for await (const page of store.pages({ limit: 3 })) yield* page;
+            })(),
+          )
+        ).length,
+        3,
+        'a limit holds across pages',
+      );
       for (const stopAt of [1, 1023, 1024, 1500, 3000]) {
         let n = 0;
         for await (const _ of store.range({})) if (++n === stopAt) break;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { StateStore, StateWrite } from '../../src/kv/state-store.ts';
+import { pagesOf, type KeyRange, type StateStore, type StateWrite } from '../../src/kv/state-store.ts';
 import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
 import { WriteSet } from '../../src/kv/write-set.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -152,10 +152,37 @@ test('property: a range with a limit over pending puts and deletes equals the sa
     const sorted = [...reference].sort(([x], [y]) => (x < y ? -1 : 1));
     const expected = (reverse ? sorted.reverse() : sorted).slice(0, limit).map(([key, value]) => `${key}=${value}`);
     assert.deepEqual(got, expected, `round ${round}, limit ${limit}${reverse ? ', reverse' : ''}`);
+    // The same a page at a time, over a store whose pages hold three records (pages with and
+    // without pending changes in them), with no limit and with this one.
+    const paged = new WriteSet(pagedBy(store, 3));
+    for (const [key, value] of set.changes().map((c) => [c.key, c.type === 'put' ? c.value : null] as const))
+      if (value === null) paged.del(key);
+      else paged.put(key, value);
+    for (const pageLimit of [undefined, limit]) {
+      const fromPages: string[] = [];
+      for await (const page of paged.pages({ ...(pageLimit === undefined ? {} : { limit: pageLimit }), reverse }))
+        for (const record of page) fromPages.push(`${latin1(record.key)}=${latin1(record.value)}`);
+      const all = (reverse ? sorted : [...sorted]).map(([key, value]) => `${key}=${value}`);
+      assert.deepEqual(
+        fromPages,
+        pageLimit === undefined ? all : expected,
+        `pages, round ${round}, limit ${pageLimit}${reverse ? ', reverse' : ''}`,
+      );
+    }
   }
 });
 
 const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('latin1');
+
+/** The store with views whose pages hold `size` records. */
+function pagedBy(store: MemoryStateStore, size: number): StateStore {
+  return Object.assign(Object.create(store) as MemoryStateStore, {
+    view: () => {
+      const view = store.view();
+      return { ...view, pages: (range: KeyRange) => pagesOf(view.range(range), size) };
+    },
+  });
+}
 
 test('a rollback undoes every change since the savepoint (puts, deletes, changes of pending keys) and their bytes; a release keeps them', async () => {
   const store = mapStore();

@@ -934,9 +934,10 @@ export class Simulation {
       }
       const at = raw.snapshotPoint();
       const data = encodeSnapshotState(node.state, state.descriptor());
-      const view = state.snapshotRecords();
+      const view = state.snapshotPages();
       const records: StateRecord[] = [];
-      for await (const record of view) records.push({ key: Buffer.from(record.key), value: Buffer.from(record.value) });
+      for await (const page of view)
+        for (const record of page) records.push({ key: Buffer.from(record.key), value: Buffer.from(record.value) });
       const streamed: SnapshotMessage = { ...message, snapshot: { metadata: at, data } };
       this.#streams.set(streamed, records);
       // The sender's records at its applied point: any node's at that index must be the same.
@@ -1662,7 +1663,7 @@ function decodeSnapshotImage(snapshot: Snapshot): Uint8Array {
 /** A digest of a state's secrets records (a point-in-time view), as nodes at the same index must share. */
 async function secretsDigest(state: AppliedState): Promise<string> {
   const records: StateRecord[] = [];
-  for await (const record of state.snapshotRecords()) records.push(record);
+  for await (const page of state.snapshotPages()) records.push(...page);
   return digestOf(records);
 }
 

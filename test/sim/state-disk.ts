@@ -39,8 +39,10 @@
 import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
 import {
   StateStoreError,
+  recordsOf,
   type KeyRange,
   type PreparedContent,
+  type RecordStream,
   type StateRecord,
   type StateStore,
   type StateView,
@@ -145,6 +147,11 @@ export class SimStateDisk implements StateStore {
     return this.#live.range(range);
   }
 
+  pages(range: KeyRange): AsyncIterable<readonly StateRecord[]> {
+    this.#assertAlive();
+    return this.#live.pages(range);
+  }
+
   view(): StateView {
     this.#assertAlive();
     return this.#live.view();
@@ -165,7 +172,8 @@ export class SimStateDisk implements StateStore {
     this.#append(batch, options?.sync === true);
   }
 
-  async replaceAll(records: AsyncIterable<StateRecord>): Promise<void> {
+  async replaceAll(stream: RecordStream): Promise<void> {
+    const records = recordsOf(stream);
     this.#assertAlive();
     if (this.dieAtWrite?.('write') === true) throw new SimCrash('write', 'died at a replacement of the state store');
     const all: StateRecord[] = [];
@@ -174,7 +182,8 @@ export class SimStateDisk implements StateStore {
     this.stats.batches++;
   }
 
-  async prepare(records: AsyncIterable<StateRecord>): Promise<PreparedContent> {
+  async prepare(stream: RecordStream): Promise<PreparedContent> {
+    const records = recordsOf(stream);
     this.#assertAlive();
     const token = ++this.#prepareToken;
     this.stats.prepares++;

@@ -52,7 +52,7 @@ test('a descriptor and streamed records rebuild the state on another store; a cu
     assert.equal(Buffer.from(descriptor).includes('stream-value'), false, 'and holds no value');
     const chunks = async (): Promise<Uint8Array[]> => {
       const out: Uint8Array[] = [];
-      for await (const chunk of encodeRecordChunks(leader.snapshotRecords(), 300)) out.push(chunk);
+      for await (const chunk of encodeRecordChunks(leader.snapshotPages(), 300)) out.push(chunk);
       return out;
     };
     const streamed = await chunks();
