@@ -58,9 +58,11 @@ export class Processes {
 
   /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
   start(name: string, args: string[], prefix: readonly string[] = [], input = ''): ChildProcess {
+    // COFFER_NODE_ARGS: extra options for node (a profile: `--cpu-prof --cpu-prof-dir=DIR`).
+    const nodeArgs = (process.env['COFFER_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
     const argv = this.#compiled
-      ? [process.execPath, COMPILED_CLI, ...args]
-      : [process.execPath, '--import', 'tsx', CLI, ...args];
+      ? [process.execPath, ...nodeArgs, COMPILED_CLI, ...args]
+      : [process.execPath, ...nodeArgs, '--import', 'tsx', CLI, ...args];
     const child =
       prefix.length === 0
         ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
