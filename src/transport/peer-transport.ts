@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Message, NodeId, SnapshotMessage } from '../raft/types.ts';
 import type { Logger } from '../util/logger.ts';
 import { callerIdentity } from './auth.ts';
+import { widenReceiveWindows } from './receive-window.ts';
 import { services, type RaftFrame } from './proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials, type TlsMaterial } from './tls.ts';
 import { WireError, decodeMessages, decodeSnapshotHeader, encodeMessages, encodeSnapshotHeader } from './wire.ts';
@@ -68,6 +69,8 @@ export interface PeerTransportStats {
   messagesReceived: number;
   malformedDropped: number;
   refusedStreams: number;
+  /** Inbound streams whose HTTP/2 receive windows were widened (see receive-window.ts). */
+  windowsWidened: number;
   reconnects: number;
   snapshotsSent: number;
   /** Bytes of state store records streamed after snapshot descriptors. */
@@ -94,6 +97,7 @@ export class PeerTransport {
     messagesReceived: 0,
     malformedDropped: 0,
     refusedStreams: 0,
+    windowsWidened: 0,
     reconnects: 0,
     snapshotsSent: 0,
     snapshotRecordBytesSent: 0,
@@ -225,6 +229,8 @@ export class PeerTransport {
     // and a leader heartbeats it at once (a restarted follower then knows its leader).
     this.#links.get(peer)?.wake();
     options.onReachable?.(peer);
+    // Snapshot chunks of 1 MiB would otherwise cross in 64 KiB windows, each waiting a round trip.
+    if (widenReceiveWindows(call)) this.stats.windowsWidened++;
     // Headers now tell the caller its stream was accepted (its backoff starts over).
     call.sendMetadata(new grpc.Metadata());
     let snapshot: {

@@ -17,6 +17,11 @@ test('three managers over mutual-TLS gRPC elect a leader, replicate, fail over, 
     for (let k = 0; k < 20; k++) await cluster.put(`k${k}`, `v${k}`);
     await cluster.converged();
     for (const member of cluster.members.values()) assert.equal(member.machine.map.get('k19'), 'v19');
+    for (const member of cluster.members.values())
+      assert.ok(
+        member.transport.stats.windowsWidened >= 1,
+        "each manager widens the HTTP/2 receive windows of its peers' streams (grpc-js still shows a call's session)",
+      );
 
     const old = await cluster.leader();
     await cluster.stop(old.id);
@@ -128,6 +133,11 @@ test("a Raft stream is refused without a certificate, with another CA's, an expi
     // heartbeat from 9 (claiming to be 9 on 9's stream) reached the manager.
     assert.equal(await raftStreamStatus(port, asManager('9')), grpc.status.OK);
     assert.equal(member.transport.stats.refusedStreams, 5);
+    assert.equal(
+      member.transport.stats.windowsWidened,
+      1,
+      'only the accepted stream widened its windows, none that was refused',
+    );
     assert.equal(member.transport.stats.messagesReceived, 1);
   } finally {
     await cluster.destroy();
