@@ -50,8 +50,10 @@ export function addJoinOptions(command: Command, when = ''): Command {
 /** The options of running a manager, for `join` (which serves once joined) and `server`. */
 export function addServeOptions(command: Command): Command {
   return command
-    .option('--snapshot-every <entries>', 'snapshot after this many applied entries', (v) =>
-      parsePositive(v, '--snapshot-every'),
+    .option(
+      '--snapshot-every <changes>',
+      'snapshot after this many applied changes (an entry, or one put of a batch)',
+      (v) => parsePositive(v, '--snapshot-every'),
     )
     .option('--snapshot-tail <entries>', 'entries kept behind a snapshot for slow followers', (v) =>
       parsePositive(v, '--snapshot-tail', true),
