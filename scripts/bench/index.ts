@@ -1,8 +1,10 @@
 /**
  * npm run bench -- [suite ...] [--full] [--secrets N]. Suites: cluster (Coffer beside etcd),
- * scale (Coffer beside etcd with many secrets; --secrets), storage. With no suite named, runs them all.
+ * scale (Coffer beside etcd with many secrets; --secrets), storage, profile (where a request's CPU
+ * goes, by part). With no suite named, runs them all.
  */
 import { benchCluster } from './cluster.ts';
+import { benchProfile } from './profile.ts';
 import { benchScale } from './scale.ts';
 import { benchStorage } from './storage.ts';
 
@@ -14,6 +16,7 @@ const SUITES: Record<string, () => Promise<void>> = {
   cluster: () => benchCluster(args),
   scale: () => benchScale(args),
   storage: benchStorage,
+  profile: benchProfile,
 };
 
 for (const name of asked) {

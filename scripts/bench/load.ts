@@ -17,11 +17,11 @@ export interface LoadResult {
 
 const CLOCK_TICKS_PER_SECOND = 100;
 
-/** User + system CPU seconds a process has used (Linux /proc). */
-export function cpuSeconds(pid: number | undefined): number {
+/** User + system CPU seconds a process has used (Linux /proc), or one of its threads' (`statPath`). */
+export function cpuSeconds(pid: number | undefined, statPath = `/proc/${pid}/stat`): number {
   if (pid === undefined) return 0;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(statPath, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
   } catch {
@@ -57,7 +57,7 @@ export async function runLoad(options: {
 }): Promise<LoadResult> {
   const latencies: number[] = [];
   let errors = 0;
-  const cpuBefore = options.pids().map(cpuSeconds);
+  const cpuBefore = options.pids().map((pid) => cpuSeconds(pid));
   const clientBefore = process.cpuUsage();
   const start = performance.now();
   const end = start + options.seconds * 1000;
@@ -77,7 +77,7 @@ export async function runLoad(options: {
   };
   await Promise.all(Array.from({ length: options.inflight }, (_, w) => worker(w)));
   const seconds = (performance.now() - start) / 1000;
-  const cpuAfter = options.pids().map(cpuSeconds);
+  const cpuAfter = options.pids().map((pid) => cpuSeconds(pid));
   const client = process.cpuUsage(clientBefore);
   const serverCpuSeconds = cpuAfter.reduce((sum, c, k) => sum + Math.max(0, c - (cpuBefore[k] ?? 0)), 0);
   latencies.sort((a, b) => a - b);
