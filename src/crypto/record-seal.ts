@@ -122,6 +122,31 @@ function checkShape(sealed: Uint8Array, what: string): void {
  * text or length.
  */
 export function nameKey(indexKey: Uint8Array, name: string): Buffer {
+  let cache = nameKeyCaches.get(indexKey);
+  if (cache === undefined) {
+    cache = new Map();
+    nameKeyCaches.set(indexKey, cache);
+  }
+  const cached = cache.get(name);
+  // A copy: a caller may wipe or change what it is given; the cache keeps its own.
+  if (cached !== undefined) return Buffer.from(cached);
+  const computed = computeNameKey(indexKey, name);
+  if (cache.size >= NAME_KEY_CACHE_NAMES) cache.delete(cache.keys().next().value!);
+  cache.set(name, Buffer.from(computed));
+  return computed;
+}
+
+/**
+ * Name keys computed lately, per index key (a rotated index key has its own, and the cache of
+ * one no longer held goes with it): a write computes its name's key where it is authorized and
+ * again where it applies, one HMAC per segment each time (about 15 us a write on the leader,
+ * `npm run bench -- profile`). At most this many names per index key, the oldest dropped first.
+ * Names are not secret (the audit log keeps them readable); the cache holds no value.
+ */
+export const NAME_KEY_CACHE_NAMES = 4096;
+const nameKeyCaches = new WeakMap<Uint8Array, Map<string, Buffer>>();
+
+function computeNameKey(indexKey: Uint8Array, name: string): Buffer {
   const segments = name.split('/');
   const out = Buffer.allocUnsafe(segments.length * NAME_TAG_BYTES);
   // A chain: each segment's tag is an HMAC of the previous full digest and the segment.

@@ -6,11 +6,13 @@ import forge from 'node-forge';
 import type { AddressInfo } from 'node:net';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import {
+  CERTIFICATE_CACHE_ENTRIES,
   caDigest,
   createCa,
   formatJoinToken,
   identityOf,
   issueCertificate,
+  issuedBy,
   joinTokenHash,
   joinTokenMatches,
   newJoinToken,
@@ -151,4 +153,31 @@ test("certificates are signed by OpenSSL with the very signature forge's own RSA
   assert.ok(serialAt > 0);
   der[serialAt]! ^= 0x01;
   assert.equal(new X509Certificate(der).verify(new X509Certificate(ca.certPem).publicKey), false);
+});
+
+test('parsed certificates are remembered by their bytes: the same answers as parsing, nothing shared between two certificates or two CAs, and a remembered identity cannot be changed', () => {
+  const other = createCa('cluster-2', now);
+  const a = issueCertificate(ca, { id: 'alice', role: 'client', clusterId: 'cluster-1', nowMs: now });
+  const b = issueCertificate(other, { id: 'bob', role: 'client', clusterId: 'cluster-2', nowMs: now });
+  for (let round = 0; round < 2; round++) {
+    assert.equal(identityOf(a.certPem).id, 'alice');
+    assert.equal(identityOf(b.certPem).id, 'bob');
+    // The DER a TLS socket gives is the same certificate as its PEM.
+    assert.deepEqual(identityOf(Buffer.from(new X509Certificate(a.certPem).raw)), identityOf(a.certPem));
+    assert.equal(issuedBy(a.certPem, ca.certPem), true);
+    assert.equal(issuedBy(a.certPem, other.certPem), false, 'a forged issuer is not taken for the real one');
+    assert.equal(issuedBy(b.certPem, ca.certPem), false);
+    assert.equal(issuedBy(b.certPem, other.certPem), true);
+  }
+  const remembered = identityOf(a.certPem);
+  assert.throws(() => {
+    (remembered as { id: string }).id = 'root';
+  }, TypeError);
+  assert.equal(identityOf(a.certPem).id, 'alice');
+  // Asked many times over, in turns, the answers stay right.
+  for (let k = 0; k < CERTIFICATE_CACHE_ENTRIES + 5; k++)
+    assert.equal(
+      issuedBy(k % 2 === 0 ? a.certPem : b.certPem, k % 3 === 0 ? ca.certPem : other.certPem),
+      (k % 2 === 0) === (k % 3 === 0),
+    );
 });

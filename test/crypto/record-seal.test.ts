@@ -2,7 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import { Keyring } from '../../src/crypto/keyring.ts';
+import { KEY_BYTES, NONCE_BYTES, open, seal } from '../../src/crypto/aead.ts';
 import {
+  NAME_KEY_CACHE_NAMES,
   NAME_TAG_BYTES,
   keyedTag,
   nameKey,
@@ -84,4 +86,37 @@ test('name keys: a tag per segment, shared by names under one parent; no segment
   assert.equal(abc.includes(Buffer.from('app')), false);
   assert.notDeepEqual(nameKey(Keyring.create('c1', 0).indexKey, 'app/db/password'), abc, 'another cluster, other tags');
   assert.notDeepEqual(keyedTag(index, 'identity', 'ci'), keyedTag(index, 'other', 'ci'));
+});
+
+test('name keys are cached per index key: the same tags as computed afresh, another index key never gets them, a caller changing its copy changes nothing, and the cache stays bounded', () => {
+  const index = Keyring.create('c1', 0).indexKey;
+  const other = Keyring.create('c2', 0).indexKey;
+  const first = nameKey(index, 'app/db/password');
+  const again = nameKey(index, 'app/db/password');
+  assert.deepEqual(again, first);
+  assert.notEqual(again, first, 'each call gets its own buffer');
+  // The other index key's tags are its own, asked after the first was cached (and the reverse).
+  const otherTags = nameKey(other, 'app/db/password');
+  assert.notDeepEqual(otherTags, first);
+  assert.deepEqual(nameKey(index, 'app/db/password'), first);
+  // A caller wiping what it got does not wipe the cache.
+  again.fill(0);
+  assert.deepEqual(nameKey(index, 'app/db/password'), first);
+  // Past the bound the oldest go; every answer is still right.
+  const names = Array.from({ length: NAME_KEY_CACHE_NAMES + 10 }, (_, k) => `bulk/n${k}`);
+  const tags = names.map((name) => nameKey(index, name));
+  assert.deepEqual(nameKey(index, names[0]!), tags[0], 'recomputed after it was dropped');
+  assert.deepEqual(nameKey(index, names.at(-1)!), tags.at(-1));
+  assert.notDeepEqual(tags[0], tags[1]);
+});
+
+test('seals draw a fresh nonce each, across refills of the nonce pool, and every seal opens', () => {
+  const key = Buffer.alloc(KEY_BYTES, 7);
+  const nonces = new Set<string>();
+  for (let k = 0; k < 2000; k++) {
+    const sealed = seal(key, Buffer.from(`value ${k}`), Buffer.from('aad'));
+    nonces.add(sealed.subarray(0, NONCE_BYTES).toString('hex'));
+    assert.equal(open(key, sealed, Buffer.from('aad'), 'a test value').toString(), `value ${k}`);
+  }
+  assert.equal(nonces.size, 2000, 'no nonce twice (the pool holds 341: five refills)');
 });
