@@ -205,7 +205,7 @@ export class LevelStorage implements RaftStorage {
       }
       if (update.hardState !== null)
         batch.push({ type: 'put', key: KEY_HARD_STATE, value: encodeHardState(update.hardState) });
-      if (batch.length > 0) await this.#db.batch(batch, { sync: update.sync !== false });
+      if (batch.length > 0) await this.#write(batch, update.sync !== false);
     });
   }
 
@@ -231,8 +231,23 @@ export class LevelStorage implements RaftStorage {
         this.#firstIndex = last === this.#lastIndex ? 0 : last + 1;
         if (this.#firstIndex === 0) this.#lastIndex = 0;
       }
-      await this.#db.batch(batch, { sync: true });
+      await this.#write(batch, true);
     });
+  }
+
+  /**
+   * One atomic write, through a chained batch: abstract-level's array form checks and re-encodes
+   * every operation in JavaScript and classic-level then reads each one's fields one native call
+   * at a time (about 45 us a write on a busy leader, `npm run bench -- profile`); a chained batch
+   * takes each operation in one native call.
+   */
+  async #write(batch: Batch, sync: boolean): Promise<void> {
+    const chained = this.#db.batch();
+    for (const op of batch) {
+      if (op.type === 'put') chained.put(op.key, op.value);
+      else chained.del(op.key);
+    }
+    await chained.write({ sync });
   }
 
   /** Compacts every key range, so deleted entries and snapshots leave LevelDB's files. */
