@@ -13,6 +13,8 @@ export interface LoadResult {
   readonly serverCpuSeconds: number;
   /** CPU of the load generator (this process) over the run, in seconds. */
   readonly clientCpuSeconds: number;
+  /** With `bucketMs`: the requests answered in each interval of the run (by when they began), and the slowest. */
+  readonly buckets?: ReadonlyArray<{ readonly ops: number; readonly maxMs: number }>;
 }
 
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -54,8 +56,11 @@ export async function runLoad(options: {
   pids: () => Array<number | undefined>;
   /** Stop early when this settles (`seconds` is then the most it runs). */
   until?: Promise<unknown>;
+  /** Also count the requests per interval of this many milliseconds (`buckets`). */
+  bucketMs?: number;
 }): Promise<LoadResult> {
   const latencies: number[] = [];
+  const buckets: Array<{ ops: number; maxMs: number }> = [];
   let errors = 0;
   const cpuBefore = options.pids().map((pid) => cpuSeconds(pid));
   const clientBefore = process.cpuUsage();
@@ -69,7 +74,14 @@ export async function runLoad(options: {
       const t0 = performance.now();
       try {
         await options.op(w, n++);
-        latencies.push(performance.now() - t0);
+        const ms = performance.now() - t0;
+        latencies.push(ms);
+        if (options.bucketMs !== undefined) {
+          const at = Math.floor((t0 - start) / options.bucketMs);
+          while (buckets.length <= at) buckets.push({ ops: 0, maxMs: 0 });
+          buckets[at]!.ops++;
+          buckets[at]!.maxMs = Math.max(buckets[at]!.maxMs, ms);
+        }
       } catch {
         errors++;
       }
@@ -91,5 +103,6 @@ export async function runLoad(options: {
     p999Ms: percentile(latencies, 0.999),
     serverCpuSeconds,
     clientCpuSeconds: (client.user + client.system) / 1e6,
+    ...(options.bucketMs === undefined ? {} : { buckets }),
   };
 }

@@ -43,6 +43,8 @@ import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts'
 
 const STEADY_SECONDS = Number(process.env['BENCH_SECONDS'] ?? 10);
 const WRITE_INFLIGHT = 16;
+/** The catch-up's writes are also counted per interval of this many milliseconds. */
+const CATCH_UP_BUCKET_MS = 500;
 const MB = 1e6;
 
 interface Figures {
@@ -228,6 +230,7 @@ async function measureRun(
       op: write,
       pids: pidsOf(target),
       until: caughtUp,
+      bucketMs: CATCH_UP_BUCKET_MS,
     });
     await caughtUp;
     const catchUpMs = performance.now() - added.startedAt;
@@ -235,6 +238,14 @@ async function measureRun(
     set(target, { steady, duringCatchUp, catchUpMs, snapshotStreamed });
     log(
       `  ${target.name}: a new member caught up in ${fmt(catchUpMs)} ms (${snapshotStreamed ? 'a snapshot was streamed' : 'no snapshot: the log was sent'}); write p99 ${fmt(duringCatchUp.p99Ms, 1)} ms meanwhile, ${fmt(steady.p99Ms, 1)} ms steady`,
+    );
+    // Where in the catch-up the writes slowed (its start and join, or the records' stream).
+    log(
+      `    writes answered per ${CATCH_UP_BUCKET_MS} ms of the catch-up (and the slowest, ms): ${(
+        duringCatchUp.buckets ?? []
+      )
+        .map((b) => `${b.ops}/${fmt(b.maxMs)}`)
+        .join(' ')}`,
     );
   }
   return { secrets, coffer: figures.get(coffer) as Figures, etcd: figures.get(etcd) as Figures };
