@@ -21,11 +21,25 @@ export const BACKUP_DEADLINE_MS = 60 * 60 * 1000;
 
 type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup';
 
+/**
+ * The reasons a manager refuses a request with before it is ever proposed (docs/errors.md): a
+ * write refused with one of them may go to another manager without the risk of a double write.
+ */
+const REFUSED_BEFORE_PROPOSING: ReadonlySet<string> = new Set([
+  'NO_LEADER',
+  'LEADER_ADDRESS_UNKNOWN',
+  'MANAGER_LOCKED',
+  'MANAGER_REMOVED',
+]);
+
 /** Errors after which a call may be sent to another manager without risking a double write. */
-function safeToRetry(error: grpc.ServiceError, idempotent: boolean): boolean {
+export function safeToRetry(error: grpc.ServiceError, idempotent: boolean): boolean {
   if (error.code !== grpc.status.UNAVAILABLE && error.code !== grpc.status.DEADLINE_EXCEEDED) return false;
   if (idempotent) return true;
-  // A write is retried only when it certainly never reached a leader.
+  // A write is retried only when it certainly never reached a leader: by the manager's reason,
+  // or by the message where there is none (no manager reached, or one older than reasons) or the
+  // reason does not tell (the audit log refuses with one reason before a request runs and after).
+  if (REFUSED_BEFORE_PROPOSING.has(errorDetailsOf(error.metadata)?.reason ?? '')) return true;
   return /No connection established|no leader is known|is locked|refused until it can/.test(error.details);
 }
 

@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { status } from '@grpc/grpc-js';
-import { ClientError, CofferClient } from '../../src/client/client.ts';
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { ClientError, CofferClient, safeToRetry } from '../../src/client/client.ts';
+import { ERROR_REASON_TRAILER } from '../../src/transport/error-details.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
 import { eventually } from '../processes/processes.ts';
 
@@ -55,4 +56,43 @@ test("with a majority down, a write's error is the live manager's answer, naming
   } finally {
     await cluster.stop();
   }
+});
+
+test('a write goes to another manager only after a refusal that says it was never proposed: by the reason, or by the message where no reason tells', () => {
+  const failure = (code: status, details: string, reason?: string): ServiceError => {
+    const metadata = new Metadata();
+    if (reason !== undefined) metadata.set(ERROR_REASON_TRAILER, reason);
+    return Object.assign(new Error(details), { code, details, metadata });
+  };
+  // Refused before proposing, whatever the message says.
+  for (const reason of ['NO_LEADER', 'LEADER_ADDRESS_UNKNOWN', 'MANAGER_LOCKED', 'MANAGER_REMOVED'])
+    assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'worded otherwise', reason), false), true, reason);
+  // Leadership moved while it ran, or the audit failed after it ran: it may have been applied.
+  assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'leadership moved', 'NOT_LEADER'), false), false);
+  assert.equal(
+    safeToRetry(
+      failure(status.UNAVAILABLE, 'the audit log cannot be written; the request was refused', 'AUDIT_UNAVAILABLE'),
+      false,
+    ),
+    false,
+  );
+  // The audit log refusing before the request ran says so in its message (one reason for both).
+  assert.equal(
+    safeToRetry(
+      failure(
+        status.UNAVAILABLE,
+        'the audit log cannot be written; requests are refused until it can',
+        'AUDIT_UNAVAILABLE',
+      ),
+      false,
+    ),
+    true,
+  );
+  // No manager reached at all; a manager older than reasons.
+  assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'No connection established'), false), true);
+  assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'no leader is known; retry'), false), true);
+  assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'something else'), false), false);
+  // Not UNAVAILABLE: never sent on, reads or writes; reads (idempotent) on any UNAVAILABLE.
+  assert.equal(safeToRetry(failure(status.FAILED_PRECONDITION, 'cas', 'CAS_MISMATCH'), true), false);
+  assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'leadership moved', 'NOT_LEADER'), true), true);
 });

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { CofferClient } from '../../src/client/client.ts';
 import { KeyStore } from '../../src/crypto/key-store.ts';
 import { DataDir } from '../../src/manager/data-dir.ts';
 import { readKeyFile } from '../../src/crypto/root-key.ts';
@@ -207,6 +208,21 @@ test('three manager processes made by coffer init and coffer join elect, replica
       'the removed manager serves no read, stale or not',
     );
     assert.deepEqual((await client.status(address(leaderNow))).voters.includes(removedId), false);
+    // A client that lists the removed manager first still writes, once, through a member (it
+    // knows the members, or takes the removed one's MANAGER_REMOVED as never proposed).
+    const failover = new CofferClient({
+      caPem: readFileSync(join(adminDir, 'ca.crt'), 'utf8'),
+      certPem: readFileSync(join(adminDir, 'admin.crt'), 'utf8'),
+      keyPem: readFileSync(join(adminDir, 'admin.key'), 'utf8'),
+      addresses: [address(removed), address(leaderNow)],
+      deadlineMs: 5_000,
+    });
+    try {
+      assert.equal((await failover.put('after/removal/failover', Buffer.from('once'))).version, 1);
+      assert.equal((await failover.get('after/removal/failover')).value.toString(), 'once');
+    } finally {
+      failover.close();
+    }
     const health = await coffer(['health', '--addr', address(removed)], '', {
       COFFER_CA: join(adminDir, 'ca.crt'),
       COFFER_CERT: join(adminDir, 'admin.crt'),
