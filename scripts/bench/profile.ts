@@ -52,7 +52,6 @@ export async function benchProfile(): Promise<void> {
     `\nProfile: three Coffer managers with --cpu-prof (every ${SAMPLE_INTERVAL_US} us), ${INFLIGHT} requests in flight, ${WARM_UP_SECONDS} s warm-up and ${SECONDS} s measured per load`,
   );
   const coffer = await CofferTarget.start(join(root, 'coffer'), 3);
-  let stopped = false;
   try {
     const leader = await coffer.leader();
     const follower = (leader + 1) % coffer.size;
@@ -88,12 +87,9 @@ export async function benchProfile(): Promise<void> {
     }
     // A profile is written when its process exits normally: SIGTERM, and wait for each to go.
     const profiled = [leader, follower].map((at) => ({ at, pid: coffer.pid(at)! }));
-    for (const { pid } of pids()
-      .map((pid) => ({ pid }))
-      .filter((p) => p.pid !== undefined))
-      process.kill(pid!, 'SIGTERM');
-    for (const pid of pids()) if (pid !== undefined) await exited(pid, 30_000);
-    stopped = true;
+    const running = pids().filter((pid): pid is number => pid !== undefined);
+    for (const pid of running) process.kill(pid, 'SIGTERM');
+    for (const pid of running) await exited(pid, 30_000);
     const profileOf = (pid: number): CpuProfile => {
       const file = readdirSync(out).find((name) => name.includes(`.${pid}.`) && name.endsWith('.cpuprofile'));
       if (file === undefined) throw new Error(`manager ${pid} wrote no profile in ${out} (did it exit on SIGTERM?)`);
@@ -102,7 +98,6 @@ export async function benchProfile(): Promise<void> {
     const roles = profiled.map(({ at, pid }) => ({
       role: at === leader ? 'leader' : 'follower',
       at,
-      pid,
       profile: profileOf(pid),
     }));
     const cells = new Map<string, PartTimes>();
@@ -148,9 +143,7 @@ export async function benchProfile(): Promise<void> {
     );
     console.log(`\nprofiles and JSON: ${out}`);
   } finally {
-    if (!stopped)
-      for (const pid of Array.from({ length: coffer.size }, (_, k) => coffer.pid(k)))
-        if (pid) process.kill(pid, 'SIGTERM');
+    // Managers still up (a run that failed) are killed: their profiles are of no use.
     await coffer.stop();
     rmSync(root, { recursive: true, force: true });
   }

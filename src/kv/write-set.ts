@@ -203,41 +203,10 @@ type Pending = ReadonlyArray<readonly [Buffer, Uint8Array | null]>;
 
 /** The view's records in a range with the pending changes laid over them (deletes hide, puts replace). */
 async function* overlay(view: StateView, pending: Pending, range: KeyRange): AsyncGenerator<StateRecord> {
-  const limit = range.limit ?? Number.POSITIVE_INFINITY;
-  const before = (a: Uint8Array, b: Uint8Array): boolean => compareKeys(a, b) * (range.reverse === true ? -1 : 1) < 0;
-  let given = 0;
-  let p = 0;
-  try {
-    if (limit <= 0) return;
-    // The store's records, as many as the limit could need: each pending change hides or replaces
-    // at most one of them. (Unbounded, a range of one record read a whole page of 1 MiB.)
-    const storedLimit = range.limit === undefined ? undefined : range.limit + pending.length;
-    for await (const record of view.range({ ...range, limit: storedLimit })) {
-      while (p < pending.length && before(pending[p]![0], record.key)) {
-        const [key, value] = pending[p++]!;
-        if (value === null) continue;
-        yield { key, value };
-        if (++given >= limit) return;
-      }
-      if (p < pending.length && compareKeys(pending[p]![0], record.key) === 0) {
-        const [key, value] = pending[p++]!;
-        if (value === null) continue;
-        yield { key, value };
-      } else yield record;
-      if (++given >= limit) return;
-    }
-    for (; p < pending.length; p++) {
-      const [key, value] = pending[p]!;
-      if (value === null) continue;
-      yield { key, value };
-      if (++given >= limit) return;
-    }
-  } finally {
-    await view.close();
-  }
+  for await (const page of overlayPages(view, pending, range)) yield* page;
 }
 
-/** `overlay`, a page at a time: each page of the view with the pending changes that fall in it laid over it. */
+/** `overlay` a page at a time: each page of the view with the pending changes that fall in it laid over it. */
 async function* overlayPages(
   view: StateView,
   pending: Pending,
@@ -249,6 +218,8 @@ async function* overlayPages(
   let p = 0;
   try {
     if (limit <= 0) return;
+    // The store's records, as many as the limit could need: each pending change hides or replaces
+    // at most one of them. (Unbounded, a range of one record read a whole page of 1 MiB.)
     const storedLimit = range.limit === undefined ? undefined : range.limit + pending.length;
     for await (const page of view.pages({ ...range, limit: storedLimit })) {
       // Nothing pending falls before this page's end: the page as the view gave it (the usual case).

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { LevelStateStore } from '../../src/kv/level-state-store.ts';
 import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
-import { prefixEnd, type StateRecord, type StateStore, type StateWrite } from '../../src/kv/state-store.ts';
+import { prefixEnd, recordsOf, type StateRecord, type StateStore, type StateWrite } from '../../src/kv/state-store.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
 
 /** One conformance suite for both StateStores: the applier and the snapshots rely on every line of it. */
@@ -25,9 +25,11 @@ const s = (text: string): Buffer => Buffer.from(text);
 const put = (key: Buffer, value: Buffer): StateWrite => ({ type: 'put', key, value });
 const del = (key: Buffer): StateWrite => ({ type: 'del', key });
 
+const line = (r: StateRecord): string => `${Buffer.from(r.key).toString('hex')}=${Buffer.from(r.value).toString()}`;
+
 async function collect(records: AsyncIterable<StateRecord>): Promise<string[]> {
   const out: string[] = [];
-  for await (const r of records) out.push(`${Buffer.from(r.key).toString('hex')}=${Buffer.from(r.value).toString()}`);
+  for await (const r of records) out.push(line(r));
   return out;
 }
 
@@ -279,13 +281,7 @@ for (const kind of kinds) {
         for await (const page of source.pages({ gte: key(100), lt: key(4999), reverse: source === view })) {
           assert.ok(page.length > 0, 'no empty page');
           pages++;
-          paged.push(
-            ...(await collect(
-              (async function* () {
-                yield* page;
-              })(),
-            )),
-          );
+          paged.push(...page.map(line));
         }
         assert.deepEqual(
           paged,
@@ -293,17 +289,7 @@ for (const kind of kinds) {
         );
         assert.ok(pages >= 4, `${pages} pages for 4,899 records of 600 bytes`);
       }
-      assert.deepEqual(
-        (
-          await collect(
-            (async function* () {
-              for await (const page of store.pages({ limit: 3 })) yield* page;
-            })(),
-          )
-        ).length,
-        3,
-        'a limit holds across pages',
-      );
+      assert.deepEqual((await collect(recordsOf(store.pages({ limit: 3 })))).length, 3, 'a limit holds across pages');
       for (const stopAt of [1, 1023, 1024, 1500, 3000]) {
         let n = 0;
         for await (const _ of store.range({})) if (++n === stopAt) break;
