@@ -117,6 +117,13 @@ interface VersionRecord {
   readonly writer: string | null;
   /** The value's size (what the writer is charged). */
   readonly valueBytes: number;
+  /**
+   * The keyring term its value record is sealed under, so a wipe moves the count of records per
+   * term without reading the record (a read of a version written thousands of puts ago misses
+   * LevelDB's memtable and cost about 20 us of every put that drops one). Null: not known (a
+   * record written before versions kept it; read when wiped).
+   */
+  valueTerm: number | null;
 }
 
 /** A secret's record, as decoded from its sealed metadata record. */
@@ -438,8 +445,9 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
           if (sealed === undefined || recordTerm(sealed) >= command.belowTerm) continue;
           if (recordTerm(sealed) >= this.#keys.activeTerm) continue;
           const plaintext = openRecord(this.#keys, key, sealed, 'a record being re-sealed');
-          this.#putSealed(key, plaintext);
+          const term = this.#putSealed(key, plaintext);
           plaintext.fill(0);
+          if (key[1] === VALUE[1]) this.#valueResealed(key, term);
           resealed++;
         }
         return { ok: true, version: resealed };
@@ -505,7 +513,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     const version = secret.lastVersion + 1;
     const key = valueKey(secret.key, version);
     // A new version's number was never used (versions only go up; lastVersion outlives wipes): no record is there.
-    this.#putSealed(key, command.value, null);
+    const valueTerm = this.#putSealed(key, command.value, null);
     if (command.expireAtMs !== null) this.#records.put(expiryKey(command.expireAtMs, secret.key, version), EMPTY);
     secret.versions.push({
       version,
@@ -515,6 +523,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       expired: false,
       writer,
       valueBytes: command.value.byteLength,
+      valueTerm,
     });
     this.#charge(writer, 0, command.value.byteLength);
     secret.lastVersion = version;
@@ -651,7 +660,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   #wipe(secret: SecretRecord, version: VersionRecord): void {
     if (version.wiped) return;
     this.#charge(version.writer, 0, -version.valueBytes);
-    this.#delSealed(valueKey(secret.key, version.version));
+    this.#delSealed(valueKey(secret.key, version.version), version.valueTerm);
     if (version.expireAtMs !== null) this.#records.del(expiryKey(version.expireAtMs, secret.key, version.version));
     version.wiped = true;
   }
@@ -674,10 +683,14 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     return term;
   }
 
-  #delSealed(key: Uint8Array): void {
-    const old = this.#records.get(key);
-    if (old === undefined) return;
-    this.#countTerm(recordTerm(old), -1);
+  /** Deletes the sealed record at `key`; `term`: the term it is sealed under, if the caller knows it (else it is read). */
+  #delSealed(key: Uint8Array, term: number | null = null): void {
+    if (term === null) {
+      const old = this.#records.get(key);
+      if (old === undefined) return;
+      term = recordTerm(old);
+    }
+    this.#countTerm(term, -1);
     this.#records.del(key);
   }
 
@@ -737,6 +750,17 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     return { command: { op: 'reseal', belowTerm, keys }, last: keys[keys.length - 1]! };
   }
 
+  /** A value record now sealed under `term`: its secret's record says so (a wipe trusts it). */
+  #valueResealed(key: Uint8Array, term: number): void {
+    const nk = Buffer.from(key.subarray(VALUE.length, key.byteLength - 4));
+    const number = Buffer.from(key.buffer, key.byteOffset, key.byteLength).readUInt32BE(key.byteLength - 4);
+    const secret = this.#loadKey(nk);
+    const version = secret?.versions.find((v) => v.version === number && !v.wiped);
+    assert(version !== undefined, "a stored value record belongs to a kept version of its secret's record");
+    version.valueTerm = term;
+    this.#save(secret!);
+  }
+
   #seal(key: Uint8Array, plaintext: Uint8Array): Buffer {
     return sealRecord(this.#keys, key, plaintext, { index: this.#index, seq: this.#seq++ });
   }
@@ -756,7 +780,16 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       secret.createdAtMs,
       secret.updatedAtMs,
       secret.creator,
-      secret.versions.map((v) => [v.version, v.createdAtMs, v.expireAtMs, v.wiped, v.expired, v.writer, v.valueBytes]),
+      secret.versions.map((v) => [
+        v.version,
+        v.createdAtMs,
+        v.expireAtMs,
+        v.wiped,
+        v.expired,
+        v.writer,
+        v.valueBytes,
+        v.valueTerm,
+      ]),
     ]);
   }
 
@@ -782,7 +815,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         number,
         number,
         string | null,
-        Array<[number, number, number | null, boolean, boolean, string | null, number]>,
+        Array<[number, number, number | null, boolean, boolean, string | null, number, (number | null)?]>,
       ];
     return {
       name,
@@ -795,7 +828,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       updatedAtMs,
       creator,
       sealedTerm: recordTerm(sealed),
-      versions: versions.map(([version, created, expireAtMs, wiped, expired, writer, valueBytes]) => ({
+      versions: versions.map(([version, created, expireAtMs, wiped, expired, writer, valueBytes, valueTerm]) => ({
         version,
         createdAtMs: created,
         expireAtMs,
@@ -803,6 +836,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         expired,
         writer,
         valueBytes,
+        valueTerm: valueTerm ?? null,
       })),
     };
   }
@@ -1017,11 +1051,14 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
           expired,
           writer: typeof writer === 'string' ? writer : null,
           valueBytes: value?.byteLength ?? 0,
+          valueTerm: value === null ? null : this.#keys.activeTerm,
         });
         if (value === null) continue;
         charge(writer, 0, value.byteLength);
         const key = valueKey(nk, version);
-        put(key, this.#seal(key, value));
+        const sealed = this.#seal(key, value);
+        assert(recordTerm(sealed) === this.#keys.activeTerm, 'an imported value is sealed under the active term');
+        put(key, sealed);
         if (expireAtMs !== null) put(expiryKey(expireAtMs, nk, version), EMPTY);
       }
       const key = metaKey(nk);

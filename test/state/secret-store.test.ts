@@ -1,8 +1,11 @@
 import { newSecretStore, testRecordKeys } from './stores.ts';
+import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
+import { WriteSet } from '../../src/kv/write-set.ts';
+import { recordTerm } from '../../src/crypto/record-seal.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  type SecretStore,
+  SecretStore,
   encodeSecretCommand,
   type SecretCommand,
   type SecretResult,
@@ -254,6 +257,80 @@ test('records per keyring term are counted; a re-seal moves them to the active t
   assert.deepEqual(await store.termsInUse(), [{ term: 2, records: 10 }]);
   for (let k = 1; k < 4; k++) assert.equal(store.read(`s${k}`, {}, T0).value.toString(), `v${k}`);
   assert.equal(store.read('s0', { version: 1 }, T0).value.toString(), 'v0');
+});
+
+test("the counts per term are the stored records' own terms through dropped versions, re-seals, destroys and expiry", async () => {
+  const keys = testRecordKeys() as ReturnType<typeof testRecordKeys> & {
+    addTerm(t: number, k: Buffer, ms: number): void;
+  };
+  const records = new WriteSet(new MemoryStateStore());
+  const store = new SecretStore({ records, keys });
+  // The truth: every sealed record's own term, read from the records themselves.
+  const truth = async (): Promise<Map<number, number>> => {
+    const counts = new Map<number, number>();
+    for await (const r of records.range({ gte: Buffer.from('sm'), lt: Buffer.from('sw') })) {
+      if (r.key[1] !== 0x6d && r.key[1] !== 0x76) continue; // sm, sv only
+      counts.set(recordTerm(r.value), (counts.get(recordTerm(r.value)) ?? 0) + 1);
+    }
+    return counts;
+  };
+  const check = async (when: string): Promise<void> => {
+    const counted = new Map((await store.termsInUse()).map((t) => [t.term, t.records]));
+    assert.deepEqual(counted, await truth(), when);
+  };
+  let seed = 7;
+  const random = (n: number): number => {
+    seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
+    return Math.floor((seed / 2_147_483_648) * n); // the high bits: an LCG's low bits cycle
+  };
+  let nowMs = T0;
+  let valuesResealed = 0;
+  for (let term = 1; term <= 3; term++) {
+    if (term > 1) keys.addTerm(term, Buffer.alloc(32, term), 0);
+    for (let k = 0; k < 120; k++) {
+      const name = `s${random(12)}`;
+      const roll = random(10);
+      nowMs += 10;
+      if (roll < 6)
+        apply(
+          store,
+          put(name, `v${k}`, { versionsKept: 1 + random(3), nowMs, expireAtMs: roll === 0 ? nowMs + 50 : null }),
+        );
+      else if (roll < 8) apply(store, { op: 'destroy', name, versions: [1 + random(8)] });
+      else {
+        const sweep = await store.expiryCommand(nowMs);
+        if (sweep !== null) apply(store, sweep);
+      }
+      if (k === 20 && term > 1) {
+        // A re-seal half way: values it moves are then dropped by later puts, destroys and sweeps.
+        let cursor: Uint8Array | null = null;
+        for (;;) {
+          const next = await store.resealCommand(term, cursor, 5);
+          if (next === null) break;
+          const result = apply(store, next.command);
+          assert.ok(result.ok);
+          for (const key of next.command.keys) if (key[1] === 0x76) valuesResealed++;
+          cursor = next.last;
+        }
+        await check(`after the re-seal to term ${term}`);
+        assert.equal((await store.termsInUse()).length, 1, 'only the active term seals records after a whole re-seal');
+      }
+    }
+    await check(`after term ${term}'s commands`);
+  }
+  for (let k = 0; k < 12; k++) {
+    let kept: number[] = [];
+    try {
+      kept = store.versions(`s${k}`, nowMs).map((v) => v.version);
+    } catch {} // never written: the names are drawn at random
+    if (kept.length > 0) assert.ok(apply(store, { op: 'destroy', name: `s${k}`, versions: kept }).ok);
+  }
+  assert.ok(valuesResealed >= 5, `values were re-sealed, then dropped (${valuesResealed})`);
+  await check('after every version is destroyed');
+  const values: unknown[] = [];
+  for await (const r of records.range({ gte: Buffer.from('sv'), lt: Buffer.from('sw') })) values.push(r);
+  assert.equal(values.length, 0, 'no value record is left');
+  assert.ok((await store.termsInUse()).length === 1, "the secrets' metadata records are left, counted");
 });
 
 test('a put checked (requiredCapabilities) and then applied reads the secret once; a record read for another command is never reused', () => {
