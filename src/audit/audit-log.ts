@@ -1,5 +1,5 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { mkdir, open, readFile, rename, truncate } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readFile, rename, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** One audited request. No secret values: names, identities, outcomes only. */
@@ -184,6 +184,11 @@ async function readOrNull(path: string): Promise<string | null> {
   }
 }
 
+/** Writes all of `bytes` at the end of a file opened for appending. */
+async function writeAll(handle: FileHandle, bytes: Buffer): Promise<void> {
+  for (let at = 0; at < bytes.length; ) at += (await handle.write(bytes, at, bytes.length - at)).bytesWritten;
+}
+
 /** Syncs a directory, so the files just made or renamed in it are durable. */
 async function syncDir(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
@@ -222,6 +227,12 @@ export class AuditLog {
   #durable: { seq: number; hash: string };
   /** The log's length up to that record: a failed batch is cut back to it. */
   #durableBytes = 0;
+  /**
+   * The log, open for appending between batches (opening and closing it per batch cost about as
+   * much as the write), and which file that is (device and inode): every batch checks that the
+   * log's path still names it, so records never go on into a file moved away or removed.
+   */
+  #file: { readonly handle: FileHandle; readonly id: string } | null = null;
   /** The head: the sequence number it holds, when it was last written, and a write under way. */
   #headSeq = -1;
   #headWrittenMs = -Infinity;
@@ -321,6 +332,14 @@ export class AuditLog {
     if (this.#headWriting !== null) await this.#headWriting;
   }
 
+  /** Settles, then closes the log's file (a manager's shutdown). Appends after this open it again. */
+  async close(): Promise<void> {
+    await this.settled();
+    const file = this.#file;
+    this.#file = null;
+    await file?.handle.close();
+  }
+
   /**
    * The head follows the log off the requests' path, and at most every HEAD_INTERVAL_MS (each
    * write is a synced file and a rename: once per batch it cost as much as the log itself). It
@@ -386,6 +405,20 @@ export class AuditLog {
     });
   }
 
+  /** The log's file, opened for appending if it is not open. */
+  async #openFile(): Promise<{ readonly handle: FileHandle; readonly id: string }> {
+    if (this.#file !== null) return this.#file;
+    const handle = await open(join(this.dir, AUDIT_FILE), 'a', 0o600);
+    try {
+      const opened = await handle.stat({ bigint: true });
+      this.#file = { handle, id: `${opened.dev}:${opened.ino}` };
+      return this.#file;
+    } catch (error) {
+      await handle.close().catch(() => {});
+      throw error;
+    }
+  }
+
   async #flush(): Promise<void> {
     if (this.#flushing) return;
     this.#flushing = true;
@@ -400,13 +433,15 @@ export class AuditLog {
             await truncate(join(this.dir, AUDIT_FILE), this.#durableBytes);
             this.#cutPending = false;
           }
-          const file = await open(join(this.dir, AUDIT_FILE), 'a', 0o600);
-          try {
-            await file.writeFile(text);
-            await file.datasync();
-          } finally {
-            await file.close();
-          }
+          const file = await this.#openFile();
+          // The path is checked beside the write: a batch written to a file the path no longer
+          // names (moved, removed, replaced) fails, and the next batch opens what the path names.
+          const [named] = await Promise.all([
+            stat(join(this.dir, AUDIT_FILE), { bigint: true }),
+            writeAll(file.handle, Buffer.from(text, 'utf8')).then(() => file.handle.datasync()),
+          ]);
+          if (`${named.dev}:${named.ino}` !== file.id)
+            throw Object.assign(new Error(`${AUDIT_FILE} was moved or replaced while open`), { code: 'EMOVED' });
           const last = batch[batch.length - 1]!.record;
           this.#durableBytes += Buffer.byteLength(text);
           this.#durable = { seq: last.seq, hash: last.hash };
@@ -417,11 +452,19 @@ export class AuditLog {
         } catch (error) {
           this.failures += batch.length;
           this.#broken = error as Error;
-          // The chain continues from the last durable record; a partly written batch is cut off.
-          await truncate(join(this.dir, AUDIT_FILE), this.#durableBytes).then(
+          // The chain continues from the last durable record; a partly written batch is cut off
+          // the file it went to, which is then closed (the next batch opens what the path names).
+          const file = this.#file;
+          this.#file = null;
+          const cut =
+            file === null
+              ? truncate(join(this.dir, AUDIT_FILE), this.#durableBytes)
+              : file.handle.truncate(this.#durableBytes);
+          await cut.then(
             () => (this.#cutPending = false),
             () => (this.#cutPending = true),
           );
+          await file?.handle.close().catch(() => {});
           this.#seq = this.#durable.seq;
           this.#prev = this.#durable.hash;
           for (const item of [...batch, ...this.#pending])

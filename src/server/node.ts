@@ -557,7 +557,7 @@ export class CofferNode {
     await this.#listener?.close();
     this.server.forceShutdown();
     this.context.anonymousAudit.flush();
-    await this.audit.settled();
+    await this.audit.close();
     await this.manager.stop();
     await this.state.close();
   }

@@ -41,7 +41,7 @@ test("a manager's first start makes its audit key and log; later starts reopen t
       outcome: 'allowed',
       code: 'OK',
     });
-    await first.settled();
+    await first.close();
     const again = await openManagerAuditLog(manager, dir, 1, log);
     assert.deepEqual(manager.map.get(AUDIT_KEY_SECRET), key, 'the key is kept');
     assert.deepEqual(again.anchor, first.anchor);

@@ -28,7 +28,7 @@ async function logWith(records: number): Promise<{ dir: string; root: string }> 
   const dir = join(root, 'audit');
   const log = await AuditLog.open(dir, 1, KEY, { newLog: true });
   await Promise.all(Array.from({ length: records }, (_, k) => log.append(event(k))));
-  await log.settled(); // the head is written after the records are answered
+  await log.close(); // the head is written after the records are answered
   return { dir, root };
 }
 
@@ -38,6 +38,7 @@ test('records chain: a whole log verifies, and a reopened log continues the chai
     assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 10, firstBroken: null });
     const again = await AuditLog.open(dir, 1, KEY);
     await again.append(event(10));
+    await again.close();
     const report = await verifyAuditDir(dir, KEY);
     assert.equal(report.ok, true);
     assert.equal(report.records, 11);
@@ -76,22 +77,64 @@ test('when the log cannot be written, appends fail and the log says it is broken
   const { dir, root } = await logWith(3);
   try {
     const log = await AuditLog.open(dir, 1, KEY);
+    await log.append(event(3)); // the log's file is open from here on
+    await log.settled(); // and its head written
     renameSync(dir, `${dir}.away`);
     writeFileSync(dir, 'not a directory');
     await assert.rejects(
-      log.append(event(3)),
+      log.append(event(4)),
       (e: unknown) => e instanceof AuditError && /cannot be written/.test(e.message),
     );
     assert.notEqual(log.broken, null);
+    assert.equal(
+      readFileSync(join(`${dir}.away`, AUDIT_FILE), 'utf8')
+        .trimEnd()
+        .split('\n').length,
+      4,
+      'the refused record was cut off the file it went to',
+    );
     rmSync(dir);
     renameSync(`${dir}.away`, dir);
-    await log.append(event(4));
+    await log.append(event(5));
     assert.equal(log.broken, null);
+    await log.close();
     const report = await verifyAuditDir(dir, KEY);
     assert.equal(report.ok, true, JSON.stringify(report));
-    assert.equal(report.records, 4, 'the failed record was never written; the chain goes on from the last durable one');
+    assert.equal(report.records, 5, 'the failed record was never written; the chain goes on from the last durable one');
   } finally {
     rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a log file moved away, removed or replaced while open takes no more records: the batch fails, and nothing of it stays in the moved file', async () => {
+  for (const how of ['moved', 'removed', 'replaced'] as const) {
+    const { dir, root } = await logWith(3);
+    try {
+      const log = await AuditLog.open(dir, 1, KEY);
+      await log.append(event(3));
+      const aside = join(root, 'aside.log');
+      if (how === 'removed') rmSync(join(dir, AUDIT_FILE));
+      else renameSync(join(dir, AUDIT_FILE), aside);
+      // Replaced: a copy of it put at its path (the same records; another file).
+      if (how === 'replaced') writeFileSync(join(dir, AUDIT_FILE), readFileSync(aside));
+      await assert.rejects(
+        log.append(event(4)),
+        (e: unknown) => e instanceof AuditError && /cannot be written/.test(e.message),
+        `${how}: the record is refused, not written where nobody looks`,
+      );
+      assert.notEqual(log.broken, null);
+      if (how !== 'removed')
+        assert.equal(readFileSync(aside, 'utf8').trimEnd().split('\n').length, 4, 'the moved file ends at record 4');
+      // What the path names is written from the next batch on (a new file: the chain there shows the gap).
+      await log.append(event(5));
+      assert.equal(log.broken, null);
+      await log.close();
+      const report = await verifyAuditDir(dir, KEY);
+      if (how === 'replaced') assert.equal(report.records, 5, 'the copy goes on from the last durable record');
+      else assert.equal(report.ok, false, `${how}: the log at the path does not verify without its first records`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   }
 });
 
@@ -102,7 +145,7 @@ test('a crash between the log and its head, or in the middle of a line, leaves a
     const lagging = readFileSync(join(dir, AUDIT_HEAD_FILE));
     const more = await AuditLog.open(dir, 1, KEY);
     await more.append(event(4));
-    await more.settled();
+    await more.close();
     writeFileSync(join(dir, AUDIT_HEAD_FILE), lagging);
     const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
     // And a partial line at the end (crash mid-write).
@@ -118,7 +161,7 @@ test('a crash between the log and its head, or in the middle of a line, leaves a
     assert.equal(report.ok, true, JSON.stringify(report));
     assert.equal(report.records, 6);
     // Its head is rewritten on a timer: let it land before the directory is removed.
-    await log.settled();
+    await log.close();
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -144,6 +187,7 @@ test('while the head cannot be written the log stays broken, even as records sti
     const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8')) as { seq: number };
     assert.equal(head.seq, 4);
     assert.equal((await verifyAuditDir(dir, KEY)).ok, true);
+    await log.close();
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -182,6 +226,7 @@ test("the layout: each line is a record's JSON with its hash last; the head carr
       AuditLog.open(dir, 1, other),
       (e: unknown) => e instanceof AuditError && /does not verify/.test(e.message),
     );
+    await log.close();
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -199,7 +244,7 @@ test('a new log moves what was there aside (an older, unkeyed log; or one whose 
     assert.match(readFileSync(join(dir, log.archived[0]!), 'utf8'), /"identity":"a"/);
     assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 0, firstBroken: null });
     await log.append(event(1));
-    await log.settled();
+    await log.close();
     assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 1, firstBroken: null });
   } finally {
     rmSync(root, { recursive: true, force: true });

@@ -23,7 +23,7 @@ async function logWith(records: number): Promise<{ dir: string; root: string; lo
   const dir = join(root, 'audit');
   const log = await AuditLog.open(dir, 1, KEY, { newLog: true });
   for (let k = 0; k < records; k++) await log.append(event(k));
-  await log.settled();
+  await log.close();
   return { dir, root, log };
 }
 
@@ -156,7 +156,7 @@ test('tamper: an older head copied back over a log truncated to it is caught by 
   try {
     const oldHead = readFileSync(join(dir, AUDIT_HEAD_FILE));
     for (let k = 5; k < 8; k++) await log.append(event(k));
-    await log.settled();
+    await log.close();
     const lines = linesOf(dir);
     const eighth = JSON.parse(lines[7]!) as { seq: number; hash: string };
     // The anchor the cluster replicated: the manager's latest record.
@@ -201,7 +201,7 @@ test('tamper: bytes that decode to the same text (invalid UTF-8 for a U+FFFD) ar
   const { dir, root, log } = await logWith(0);
   try {
     await log.append({ ...event(0), target: 'app/\uFFFD' });
-    await log.settled();
+    await log.close();
     const bytes = readFileSync(join(dir, AUDIT_FILE));
     const at = bytes.indexOf(Buffer.from('\uFFFD'));
     writeFileSync(

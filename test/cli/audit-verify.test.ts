@@ -32,7 +32,7 @@ async function managerWithLog(
       outcome: k === 1 ? 'denied' : 'allowed',
       code: 'OK',
     });
-  await log.settled();
+  await log.close();
   return { data, unlockKey, anchor: log.anchor };
 }
 

@@ -58,6 +58,7 @@ test('audit tail text: a record whose fields hold newlines, tabs and escapes pri
       });
     }
     const records = (await log.tail(100)) as unknown as Array<Record<string, unknown>>;
+    await log.close();
     const text = formatAuditTail(records);
     const lines = text.split('\n');
     assert.equal(lines.length, NASTY.length, 'one line per record');
