@@ -199,7 +199,14 @@ export class CofferClient {
         const failed = error as grpc.ServiceError;
         tried.push({ address: addresses[at]!, error: failed });
         // Not retried elsewhere: this answer is the outcome, whatever came before it.
-        if (!safeToRetry(failed, idempotent)) throw ClientError.from(failed);
+        if (!safeToRetry(failed, idempotent)) {
+          // A manager that let the deadline pass (paused, cut off, overloaded) or dropped the call
+          // is not asked first next time: with it still preferred, every later call would wait
+          // out its deadline there too, while the others serve.
+          if (failed.code === grpc.status.DEADLINE_EXCEEDED || failed.code === grpc.status.UNAVAILABLE)
+            this.#preferred = (at + 1) % addresses.length;
+          throw ClientError.from(failed);
+        }
       }
     }
     throw failoverError(tried);

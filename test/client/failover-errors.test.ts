@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { join } from 'node:path';
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { ClientError, CofferClient, safeToRetry } from '../../src/client/client.ts';
@@ -95,4 +96,36 @@ test('a write goes to another manager only after a refusal that says it was neve
   // Not UNAVAILABLE: never sent on, reads or writes; reads (idempotent) on any UNAVAILABLE.
   assert.equal(safeToRetry(failure(status.FAILED_PRECONDITION, 'cas', 'CAS_MISMATCH'), true), false);
   assert.equal(safeToRetry(failure(status.UNAVAILABLE, 'leadership moved', 'NOT_LEADER'), true), true);
+});
+
+test('a manager that let a write time out is not asked first by the next call: the write is not retried (it may have been applied), the next one goes elsewhere', {
+  timeout: 90_000,
+}, async () => {
+  // A black hole: it takes connections and never answers (a paused manager looks the same).
+  const held: Socket[] = [];
+  const hole = createServer((socket) => held.push(socket));
+  await new Promise<void>((resolve) => hole.listen(0, '127.0.0.1', resolve));
+  const cluster = await InProcessCluster.start(3);
+  try {
+    await cluster.servesReads(0);
+    const read = (name: string) => readFileSync(join(cluster.adminDir, name), 'utf8');
+    const pem = { caPem: read('ca.crt'), certPem: read('admin.crt'), keyPem: read('admin.key') };
+    const holeAddress = `127.0.0.1:${(hole.address() as AddressInfo).port}`;
+    const client = new CofferClient({ ...pem, addresses: [holeAddress, ...cluster.addresses], deadlineMs: 1_000 });
+    try {
+      await assert.rejects(
+        client.put('app/key', Buffer.from('v1')),
+        (error: unknown) => error instanceof ClientError && error.code === status.DEADLINE_EXCEEDED,
+        'the write that timed out is not sent again elsewhere',
+      );
+      const reply = await client.put('app/key', Buffer.from('v2'));
+      assert.equal(reply.version, 1, 'the next write went to a manager that answers (and the first never applied)');
+    } finally {
+      client.close();
+    }
+  } finally {
+    await cluster.stop();
+    for (const socket of held) socket.destroy();
+    hole.close();
+  }
 });
