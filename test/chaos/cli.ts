@@ -1,35 +1,102 @@
-// npm run chaos -- [--managers 5] [--duration S] [--nemesis kill-leader,partition,...] [--seed N]
+// npm run chaos -- --help
 import { parseArgs } from 'node:util';
+import { checkHistory } from './linearizability.ts';
+import { readHistoryFile } from './history-file.ts';
 import { NEMESES, formatSummary, runChaos, type NemesisName } from './run.ts';
 
-const { values } = parseArgs({
-  options: {
-    managers: { type: 'string', default: '3' },
-    duration: { type: 'string', default: '60' },
-    nemesis: { type: 'string', default: NEMESES.join(',') },
-    seed: { type: 'string' },
-    clients: { type: 'string', default: '5' },
-    network: { type: 'string', default: 'auto' },
-  },
-});
+const HELP = `Usage: npm run chaos -- [options]
+
+Starts a cluster of manager processes, runs a recorded workload (puts, compare-and-sets, linearizable
+and stale reads from several clients on a few hot keys and a growing key set) while nemeses inject
+faults, heals, then checks: linearizability of every key, stale reads' weaker promise, no
+acknowledged write lost, every manager converged to one state digest. Prints failover times and
+availability per fault. Exits 0 when every check passes, 1 on an anomaly, 2 on bad options.
+
+Options:
+  --managers N         managers in the cluster (default 3; 5 for a five-manager run)
+  --duration S         seconds of workload and faults (default 60)
+  --nemesis LIST       comma-separated, from: ${NEMESES.join(', ')}
+                       (default: all of them)
+  --seed N             the seed of the workload and the faults (default: random, printed)
+  --clients N          concurrent clients (default 5)
+  --network MODE       auto (default): a network namespace per manager where this process may make
+                       them (root), else loopback; loopback; netns (refuse to run without them).
+                       Partitions need namespaces.
+  --history FILE       write the run's history to FILE as JSON lines, pass or fail (the format is
+                       described in test/chaos/history-file.ts); a failed run keeps its history in
+                       chaos-runs/ in any case
+  --state-dump DIR     write each manager's final state (applied index, state digest, every key's
+                       version and value as it holds them) to DIR/<manager>.json before cleanup
+  --check FILE         check a history file again (no cluster): linearizability and stale reads
+  --help               print this and exit
+`;
+
+function fail(message: string): never {
+  console.error(`chaos: ${message}\n(npm run chaos -- --help lists the options)`);
+  process.exit(2);
+}
+
+let parsed: ReturnType<typeof parse>;
+function parse() {
+  return parseArgs({
+    strict: true,
+    options: {
+      managers: { type: 'string', default: '3' },
+      duration: { type: 'string', default: '60' },
+      nemesis: { type: 'string', default: NEMESES.join(',') },
+      seed: { type: 'string' },
+      clients: { type: 'string', default: '5' },
+      network: { type: 'string', default: 'auto' },
+      history: { type: 'string' },
+      'state-dump': { type: 'string' },
+      check: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+}
+try {
+  parsed = parse();
+} catch (error) {
+  fail((error as Error).message);
+}
+const { values } = parsed;
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+if (values.check !== undefined) {
+  const { ops, faults } = readHistoryFile(values.check);
+  const verdict = checkHistory(ops);
+  for (const key of verdict.keys)
+    if (!key.linearizable)
+      console.log(
+        `key ${key.key}: ${key.undecided === true ? 'UNDECIDED' : 'NOT linearizable'}: ${key.explanation ?? ''}`,
+      );
+  for (const anomaly of verdict.staleAnomalies) console.log(`stale read anomaly: ${anomaly}`);
+  console.log(
+    `${values.check}: ${ops.length} operations on ${verdict.keys.length} keys, ${faults.length} faults: ${verdict.linearizable ? 'linearizable' : 'ANOMALY'}`,
+  );
+  process.exit(verdict.linearizable ? 0 : 1);
+}
+const count = (name: string, text: string, least: number): number => {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < least) fail(`--${name} takes a whole number of at least ${least}, not "${text}"`);
+  return n;
+};
 const nemeses = values.nemesis.split(',').filter((n) => n !== '');
 const unknown = nemeses.filter((n) => !(NEMESES as readonly string[]).includes(n));
-if (unknown.length > 0) {
-  console.error(`chaos: unknown nemesis ${unknown.join(', ')}; known: ${NEMESES.join(', ')}`);
-  process.exit(2);
-}
-if (!['auto', 'loopback', 'netns'].includes(values.network)) {
-  console.error('chaos: --network takes auto, loopback or netns');
-  process.exit(2);
-}
-const seed = values.seed === undefined ? Math.floor(Math.random() * 1e9) : Number(values.seed);
+if (unknown.length > 0) fail(`unknown nemesis ${unknown.join(', ')}; known: ${NEMESES.join(', ')}`);
+if (!['auto', 'loopback', 'netns'].includes(values.network)) fail('--network takes auto, loopback or netns');
+const seed = values.seed === undefined ? Math.floor(Math.random() * 1e9) : count('seed', values.seed, 0);
 const summary = await runChaos({
-  managers: Number(values.managers),
-  durationS: Number(values.duration),
+  managers: count('managers', values.managers, 1),
+  durationS: count('duration', values.duration, 1),
   nemeses: nemeses as NemesisName[],
   seed,
-  clients: Number(values.clients),
+  clients: count('clients', values.clients, 1),
   network: values.network as 'auto' | 'loopback' | 'netns',
+  ...(values.history === undefined ? {} : { historyFile: values.history }),
+  ...(values['state-dump'] === undefined ? {} : { stateDumpDir: values['state-dump'] }),
   log: (line) => console.log(line),
 });
 console.log(formatSummary(summary));

@@ -33,6 +33,10 @@ export interface Operation {
   readonly readValue?: string | null;
   /** get: answered from the manager's own state, without a read index. */
   readonly stale?: boolean;
+  /** cas fail: the version the manager said the key was at (its refusal, CAS_MISMATCH). */
+  readonly currentVersion?: number;
+  /** info: when the client gave up on it (its completion stays at Infinity for the checker). */
+  readonly gaveUpMs?: number;
 }
 
 interface State {

@@ -15,9 +15,19 @@ export const NEMESES = [
 export type NemesisName = (typeof NEMESES)[number];
 
 export interface FaultRecord {
+  /** When the fault began, and when it was healed (ms since the workload began). */
   readonly atMs: number;
+  readonly endMs: number;
   readonly nemesis: NemesisName;
+  /** The managers it struck (their names), as far as the nemesis knows. */
+  readonly targets: readonly string[];
   readonly detail: string;
+}
+
+/** What one injection did. */
+export interface Fault {
+  readonly detail: string;
+  readonly targets: readonly string[];
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -42,10 +52,23 @@ function admin(c: ProcessCluster): CofferClient {
 }
 
 /**
- * Injects one fault and heals it (except where healing is the point of a later step). Returns a
- * line describing what was done, or null when nothing could be (no leader known, say).
+ * Injects one fault and heals it (except where healing is the point of a later step). Returns
+ * what was done and to whom, or null when nothing could be (no leader known, say).
  */
 export async function injectFault(
+  c: ProcessCluster,
+  nemesis: NemesisName,
+  random: Random,
+  hooks: { killedLeader(): void },
+): Promise<Fault | null> {
+  const detail = await inject(c, nemesis, random, hooks);
+  if (detail === null) return null;
+  // The managers a fault names are its targets (a fault on the whole cluster names them all).
+  const named = c.managers.filter((m) => new RegExp(`\\b${m.name}\\b`).test(detail)).map((m) => m.name);
+  return { detail, targets: nemesis === 'restart-all' ? c.managers.map((m) => m.name) : named };
+}
+
+async function inject(
   c: ProcessCluster,
   nemesis: NemesisName,
   random: Random,

@@ -6,6 +6,8 @@ import { eventually } from '../processes/processes.ts';
 import { checkHistory, describe, type HistoryVerdict, type Operation } from './linearizability.ts';
 import { NetworkNamespaces } from './netns.ts';
 import { injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';
+import { availability, formatAvailability, type KindAvailability } from './availability.ts';
+import { writeHistoryFile } from './history-file.ts';
 import { ProcessCluster } from './process-cluster.ts';
 import { Workload } from './workload.ts';
 
@@ -22,6 +24,10 @@ export interface ChaosOptions {
   readonly checkStepsMax?: number;
   /** Where the history goes (kept on failure). */
   readonly outDir?: string;
+  /** Write the history here as JSON lines (history-file.ts), pass or fail. */
+  readonly historyFile?: string;
+  /** Write each manager's final state (digest, applied index, every key's version and value) here, before cleanup. */
+  readonly stateDumpDir?: string;
   readonly log?: (line: string) => void;
   /** auto (default): a network namespace per manager where this process may make them, else loopback. */
   readonly network?: 'auto' | 'loopback' | 'netns';
@@ -38,6 +44,8 @@ export interface ChaosSummary {
   readonly verdict: HistoryVerdict;
   readonly ok: boolean;
   readonly historyFile: string | null;
+  /** Availability per nemesis kind (availability.ts). */
+  readonly availability: readonly KindAvailability[];
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -92,10 +100,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       const at = workload.now();
       const fault = await injectFault(c, nemesis, random, { killedLeader: () => kills.push(workload.now()) });
       if (fault === null) continue;
-      faults.push({ atMs: at, nemesis, detail: fault });
-      log(`  ${(at / 1000).toFixed(1)} s: ${fault}`);
+      faults.push({ atMs: at, endMs: workload.now(), nemesis, targets: fault.targets, detail: fault.detail });
+      log(`  ${(at / 1000).toFixed(1)} s: ${fault.detail}`);
     }
     while (workload.now() < end) await sleep(200);
+    const runEndMs = workload.now();
     // Heal: every link restored, every manager running and answering.
     await network?.heal();
     for (const m of c.managers) {
@@ -144,6 +153,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     }
     reader.close();
     const history = [...workload.history, ...final];
+    if (options.stateDumpDir !== undefined)
+      await dumpStates(
+        c,
+        options.stateDumpDir,
+        final.map((op) => op.key),
+      );
     const verdict = checkHistory(history, options.checkStepsMax);
     // No acknowledged write lost: each key's final version covers every acknowledged version.
     const lostWrites: string[] = [];
@@ -162,18 +177,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     const count = (outcome: Operation['outcome']) => workload.history.filter((op) => op.outcome === outcome).length;
     const ok = verdict.linearizable && converged && lostWrites.length === 0;
     let historyFile: string | null = null;
-    if (!ok || options.outDir !== undefined) {
+    if (options.historyFile !== undefined) {
+      writeHistoryFile(options.historyFile, history, faults);
+      historyFile = options.historyFile;
+    } else if (!ok || options.outDir !== undefined) {
       const dir = options.outDir ?? join(process.cwd(), 'chaos-runs');
       mkdirSync(dir, { recursive: true });
-      historyFile = join(dir, `history-seed-${options.seed}-${Date.now()}.json`);
-      writeFileSync(
-        historyFile,
-        JSON.stringify({
-          seed: options.seed,
-          faults,
-          history: history.map((op) => ({ ...op, completeMs: op.completeMs === Infinity ? null : op.completeMs })),
-        }),
-      );
+      historyFile = join(dir, `history-seed-${options.seed}-${Date.now()}.jsonl`);
+      writeHistoryFile(historyFile, history, faults);
     }
     return {
       seed: options.seed,
@@ -186,11 +197,47 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       verdict,
       ok,
       historyFile,
+      availability: availability(workload.history, faults, runEndMs).perKind,
     };
   } finally {
     process.off('SIGINT', interrupted);
     process.off('SIGTERM', interrupted);
     await cleanUp();
+  }
+}
+
+/**
+ * Each manager's final state, written before cleanup so convergence can be checked again from
+ * outside: its status (applied index, state digest) and every key's version and value as that
+ * manager holds them (a stale read there: its own state, no read index).
+ */
+async function dumpStates(c: ProcessCluster, dir: string, keys: readonly string[]): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  // One point for all: the cluster's own housekeeping (audit anchors) still takes log entries,
+  // so the statuses are read until every manager answers at one applied index.
+  const statuses = await eventually('every manager at one applied index, for the state dump', 30_000, async () => {
+    const all = await Promise.all(c.managers.map((m) => c.status(m, { withStateDigest: true })));
+    return new Set(all.map((s) => s.appliedIndex)).size === 1 ? all : undefined;
+  });
+  for (const [k, m] of c.managers.entries()) {
+    const status = statuses[k]!;
+    const client = c.client(m, 5000);
+    const values: Record<string, { version: number; value: string | null }> = {};
+    try {
+      for (const key of keys) {
+        const reply = await client
+          .get(key, { stale: true })
+          .catch((e: Error) => (/does not exist/.test(e.message) ? null : Promise.reject(e)));
+        values[key] =
+          reply === null ? { version: 0, value: null } : { version: reply.version, value: reply.value.toString() };
+      }
+    } finally {
+      client.close();
+    }
+    writeFileSync(
+      join(dir, `${m.name}.json`),
+      `${JSON.stringify({ manager: m.name, nodeId: status.nodeId, role: status.role, appliedIndex: status.appliedIndex, stateDigest: status.stateDigest, keys: values }, null, 1)}\n`,
+    );
   }
 }
 
@@ -201,6 +248,8 @@ export function formatSummary(s: ChaosSummary): string {
     `failovers (kill -9 of the leader to the first acknowledged write): ${s.failoversMs.length === 0 ? 'none' : s.failoversMs.map((ms) => (Number.isFinite(ms) ? `${Math.round(ms)} ms` : 'no write after')).join(', ')}`,
     `converged: ${s.converged ? 'yes, same state digest on every manager' : 'NO'}`,
     `lost acknowledged writes: ${s.lostWrites.length === 0 ? 'none' : s.lostWrites.join('; ')}`,
+    ...formatAvailability(s.availability),
+    ...(s.historyFile === null ? [] : [`history: ${s.historyFile} (npm run chaos -- --check FILE checks it again)`]),
   ];
   for (const key of s.verdict.keys) {
     if (key.undecided === true)
