@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { checkHistory } from './linearizability.ts';
 import { readHistoryFile } from './history-file.ts';
 import { NEMESES, formatSummary, runChaos, type NemesisName } from './run.ts';
+import { soak } from './soak.ts';
 
 const HELP = `Usage: npm run chaos -- [options]
 
@@ -28,6 +29,10 @@ Options:
   --state-dump DIR     write each manager's final state (applied index, state digest, every key's
                        version and value as it holds them) to DIR/<manager>.json before cleanup
   --check FILE         check a history file again (no cluster): linearizability and stale reads
+  --soak MINUTES       run seeds back to back (from --seed, or a random one, counting up), each of
+                       --duration seconds, until MINUTES of runs are done; every run's history goes
+                       to chaos-results/soak-<time>/, and a ledger line per run (seed, minutes,
+                       operations, anomalies, lost writes, availability) to chaos-results/ledger.jsonl
   --help               print this and exit
 `;
 
@@ -50,6 +55,7 @@ function parse() {
       history: { type: 'string' },
       'state-dump': { type: 'string' },
       check: { type: 'string' },
+      soak: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -88,6 +94,18 @@ const unknown = nemeses.filter((n) => !(NEMESES as readonly string[]).includes(n
 if (unknown.length > 0) fail(`unknown nemesis ${unknown.join(', ')}; known: ${NEMESES.join(', ')}`);
 if (!['auto', 'loopback', 'netns'].includes(values.network)) fail('--network takes auto, loopback or netns');
 const seed = values.seed === undefined ? Math.floor(Math.random() * 1e9) : count('seed', values.seed, 0);
+if (values.soak !== undefined) {
+  const ok = await soak({
+    minutes: count('soak', values.soak, 1),
+    firstSeed: seed,
+    managers: count('managers', values.managers, 1),
+    durationS: count('duration', values.duration, 1),
+    nemeses: nemeses as NemesisName[],
+    clients: count('clients', values.clients, 1),
+    network: values.network as 'auto' | 'loopback' | 'netns',
+  });
+  process.exit(ok ? 0 : 1);
+}
 const summary = await runChaos({
   managers: count('managers', values.managers, 1),
   durationS: count('duration', values.duration, 1),
