@@ -1,4 +1,5 @@
 // npm run chaos -- --help
+import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { checkHistory } from './linearizability.ts';
 import { readHistoryFile } from './history-file.ts';
@@ -23,6 +24,9 @@ Options:
   --network MODE       auto (default): a network namespace per manager where this process may make
                        them (root), else loopback; loopback; netns (refuse to run without them).
                        Partitions need namespaces.
+  --sources            run the managers from the sources through tsx (default: \`npm run build\`
+                       first, then the compiled JavaScript, as installed managers run: start times,
+                       and so availability after restarts, are a production manager's)
   --history FILE       write the run's history to FILE as JSON lines, pass or fail (the format is
                        described in test/chaos/history-file.ts); a failed run keeps its history in
                        chaos-runs/ in any case
@@ -56,6 +60,7 @@ function parse() {
       'state-dump': { type: 'string' },
       check: { type: 'string' },
       soak: { type: 'string' },
+      sources: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
   });
@@ -93,6 +98,12 @@ const nemeses = values.nemesis.split(',').filter((n) => n !== '');
 const unknown = nemeses.filter((n) => !(NEMESES as readonly string[]).includes(n));
 if (unknown.length > 0) fail(`unknown nemesis ${unknown.join(', ')}; known: ${NEMESES.join(', ')}`);
 if (!['auto', 'loopback', 'netns'].includes(values.network)) fail('--network takes auto, loopback or netns');
+const compiled = !values.sources;
+if (compiled && values.check === undefined) {
+  const built = spawnSync('npm', ['run', '--silent', 'build'], { stdio: 'inherit' });
+  if (built.status !== 0)
+    fail('npm run build failed: the managers would run stale code (--sources runs them through tsx)');
+}
 const seed = values.seed === undefined ? Math.floor(Math.random() * 1e9) : count('seed', values.seed, 0);
 if (values.soak !== undefined) {
   const ok = await soak({
@@ -103,6 +114,7 @@ if (values.soak !== undefined) {
     nemeses: nemeses as NemesisName[],
     clients: count('clients', values.clients, 1),
     network: values.network as 'auto' | 'loopback' | 'netns',
+    compiled,
   });
   process.exit(ok ? 0 : 1);
 }
@@ -113,6 +125,7 @@ const summary = await runChaos({
   seed,
   clients: count('clients', values.clients, 1),
   network: values.network as 'auto' | 'loopback' | 'netns',
+  compiled,
   ...(values.history === undefined ? {} : { historyFile: values.history }),
   ...(values['state-dump'] === undefined ? {} : { stateDumpDir: values['state-dump'] }),
   log: (line) => console.log(line),

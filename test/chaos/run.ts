@@ -31,6 +31,8 @@ export interface ChaosOptions {
   readonly log?: (line: string) => void;
   /** auto (default): a network namespace per manager where this process may make them, else loopback. */
   readonly network?: 'auto' | 'loopback' | 'netns';
+  /** Managers run the JavaScript `npm run build` made (dist/), as installed ones do; else the sources through tsx. */
+  readonly compiled?: boolean;
 }
 
 export interface ChaosSummary {
@@ -83,11 +85,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       log('chaos: partitions need network namespaces; the partition nemesis is left out of this run');
     }
     log(
-      `chaos: seed ${options.seed}, ${options.managers} managers on ${where}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
+      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
     );
     process.once('SIGINT', interrupted);
     process.once('SIGTERM', interrupted);
-    cluster = await ProcessCluster.start(root, options.managers, { network });
+    cluster = await ProcessCluster.start(root, options.managers, { network, compiled: options.compiled === true });
     const c = cluster;
     const workload = new Workload(c, { clients: options.clients ?? 5, keys: options.keys ?? 3, random: random.fork() });
     workload.start();

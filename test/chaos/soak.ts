@@ -15,6 +15,7 @@ export interface SoakOptions {
   readonly nemeses: readonly NemesisName[];
   readonly clients: number;
   readonly network: 'auto' | 'loopback' | 'netns';
+  readonly compiled: boolean;
   /** Where the ledger and the histories go (default chaos-results/ in the working directory). */
   readonly resultsDir?: string;
 }
@@ -53,6 +54,7 @@ export async function soak(options: SoakOptions): Promise<boolean> {
       seed,
       clients: options.clients,
       network: options.network,
+      compiled: options.compiled,
       historyFile: join(dir, `history-seed-${seed}.jsonl`),
       log: (line) => console.log(line),
     });
