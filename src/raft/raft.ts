@@ -94,6 +94,17 @@ export class Raft {
     this.becomeFollower(this.term, NONE);
   }
 
+  /**
+   * Until the first tick: a node that starts knows no leader. If every voter restarted at once
+   * (a power cut, a redeploy), waiting a randomized election timeout (1 to 2 s at 100 ms ticks)
+   * before anyone campaigns only adds to the outage, so at its first tick a voter that has heard
+   * no leader yet campaigns in its turn by id, as when a leader's connection breaks. (Not at
+   * construction: the membership of a log without a snapshot is known only once its entries are
+   * applied.) One that starts into a working cluster costs nothing: its pre-vote is refused by
+   * the voters that hear their leader, and the leader's heartbeat finds it.
+   */
+  #firstTick = true;
+
   // -------------------------------------------------------------------------------------------
   // Views
   // -------------------------------------------------------------------------------------------
@@ -213,6 +224,10 @@ export class Raft {
   // -------------------------------------------------------------------------------------------
 
   tick(): void {
+    if (this.#firstTick) {
+      this.#firstTick = false;
+      if (this.role === 'follower' && this.lead === NONE && this.promotable()) this.#campaignInTurn(NONE);
+    }
     if (this.role === 'leader') this.#tickLeader();
     else this.#tickElection();
   }
@@ -1007,20 +1022,24 @@ export class Raft {
       if (pr !== undefined && pr.state === 'replicate') pr.becomeProbe();
       return;
     }
-    if (this.role === 'follower' && peer === this.lead && this.lead !== NONE) {
-      // The followers that lost the same leader take turns by id, a tick apart, instead of
-      // drawing lots: two that campaigned in the same tick would split the vote and wait a full
-      // randomized election timeout (1 to 2 s at 100 ms ticks). When one's turn comes while a
-      // lower one is already campaigning, it has voted for it already, or grants it now. If the
-      // lower ones cannot win (down, cut off, behind), the next in turn still goes alone, up to
-      // leaderLostCampaignTicksMax turns (4 by default: every follower of five voters).
-      let rank = 0;
-      for (const id of this.voters) if (id !== peer && id < this.id) rank++;
-      const base = this.config.electionTimeoutTicks;
-      this.electionElapsed = base;
-      this.randomizedElectionTimeout =
-        base + 1 + Math.min(rank, Math.max(0, this.config.leaderLostCampaignTicksMax - 1));
-    }
+    if (this.role === 'follower' && peer === this.lead && this.lead !== NONE) this.#campaignInTurn(peer);
+  }
+
+  /**
+   * Campaign within a few ticks, in turn by id among the voters other than `lost` (a leader
+   * whose connection broke; NONE at start). The followers that lost the same leader take turns,
+   * a tick apart, instead of drawing lots: two that campaigned in the same tick would split the
+   * vote and wait a full randomized election timeout (1 to 2 s at 100 ms ticks). When one's turn
+   * comes while a lower one is already campaigning, it has voted for it already, or grants it
+   * now. If the lower ones cannot win (down, cut off, behind), the next in turn still goes alone,
+   * up to leaderLostCampaignTicksMax turns (4 by default: every follower of five voters).
+   */
+  #campaignInTurn(lost: NodeId): void {
+    let rank = 0;
+    for (const id of this.voters) if (id !== lost && id < this.id) rank++;
+    const base = this.config.electionTimeoutTicks;
+    this.electionElapsed = base;
+    this.randomizedElectionTimeout = base + 1 + Math.min(rank, Math.max(0, this.config.leaderLostCampaignTicksMax - 1));
   }
 
   /** The transport finished (or failed) sending a snapshot to `peer`. */

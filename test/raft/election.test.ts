@@ -263,3 +263,54 @@ test('a restarted follower learns its leader from the heartbeat its reconnection
   c.process(1);
   assert.equal(c.queue.filter((m) => m.type === 'heartbeat').length, 0);
 });
+
+test('voters that all restart at once elect a leader within a few ticks of starting, not after an election timeout', () => {
+  // Not in the paper: a node that starts knows no leader and campaigns at its turn by id (as when
+  // its transport reports the leader lost); pre-vote (thesis §9.6) still decides who may win.
+  for (const voters of [
+    [1, 2, 3],
+    [1, 2, 3, 4, 5],
+  ]) {
+    for (let seed = 1; seed <= 50; seed++) {
+      const c = new Cluster({ voters, seed });
+      c.elect(voters[seed % voters.length]!);
+      c.propose(c.leader()!, 'a');
+      c.deliverAll();
+      const term = c.raw(c.leader()!).status().term;
+      for (const id of voters) c.crash(id);
+      for (const id of voters) c.restart(id);
+      const ticks = c.tickUntil(() => c.leader() !== null, 3 * ELECTION_TICKS);
+      assert.ok(
+        ticks !== null && ticks <= RAFT_CONFIG_DEFAULTS.leaderLostCampaignTicksMax + 1,
+        `${voters.length} voters, seed ${seed}: a leader took ${ticks ?? 'more than 30'} ticks`,
+      );
+      assert.ok(c.raw(c.leader()!).status().term > term);
+      assertAgreedLeader(c, c.leader()!);
+    }
+  }
+});
+
+test('a voter restarted into a working cluster campaigns at once but deposes no one: same leader, same term', () => {
+  // Reference: Ongaro thesis §9.6 (pre-vote) and §4.2.3 (voters that hear a leader refuse).
+  // (One that hears the leader's heartbeat before its first tick does not campaign at all.)
+  let campaigned = 0;
+  for (const restarted of [1, 2, 3]) {
+    const c = new Cluster({ voters: [1, 2, 3, 4, 5], seed: 17 });
+    c.elect(4);
+    c.tickAll(2);
+    const term = c.raw(4).status().term;
+    c.crash(restarted);
+    c.tickAll(2);
+    let preVotes = 0;
+    c.restart(restarted);
+    c.tickAll(3 * ELECTION_TICKS, (m: Message) => {
+      if (m.type === 'pre-vote' && m.from === restarted) preVotes++;
+      return true;
+    });
+    if (preVotes > 0) campaigned++;
+    assert.equal(c.leader(), 4, `node ${restarted}'s start left the leader in place`);
+    for (const id of [1, 2, 3, 4, 5]) assert.equal(c.raw(id).status().term, term, `node ${id}'s term`);
+    assertAgreedLeader(c, 4);
+  }
+  assert.ok(campaigned > 0, 'a restarted voter campaigned after its start');
+});
