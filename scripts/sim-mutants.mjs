@@ -25,8 +25,9 @@ const { values } = parseArgs({
 const MUTANTS = [
   {
     name: 'commit-by-counting-old-terms',
-    // Caught at seed 3776 (731 before the simulator's workload wrote policies: a snapshot then streams
-    // fewer records, so fewer crash draws, and the runs differ from there; the bug needs a rare one).
+    // Caught at seed 1103 since voters campaign at their first tick; 3776 before, 731 before the
+    // simulator's workload wrote policies (a snapshot then streams fewer records, so fewer crash
+    // draws, and the runs differ from there; the bug needs a rare one).
     seeds: 5700,
     what: 'the leader commits an entry of an older term by counting its replicas (Figure 8)',
     file: 'src/raft/raft.ts',
@@ -58,9 +59,11 @@ const MUTANTS = [
   },
   {
     name: 'vote-ignores-log-up-to-date',
-    // Caught at seed 1037 (1763 before the workload wrote policies, 396 before the simulator streamed
-    // snapshots: its runs changed each time, and the bug needs a rare one).
-    seeds: 1560,
+    // Caught at seed 7249 since voters campaign at their first tick (elections after restarts go in
+    // turn by id, so a stale candidate wins a real vote more rarely); 1037 before, 1763 before the
+    // workload wrote policies, 396 before the simulator streamed snapshots: its runs changed each
+    // time, and the bug needs a rare one. About 16 minutes on one core.
+    seeds: 11000,
     what: 'a voter grants its vote without checking that the candidate log is at least as up to date (§5.4.1)',
     file: 'src/raft/raft.ts',
     from: 'if (canVote && this.log.isUpToDate(m.lastIndex, m.lastTerm)) {',
