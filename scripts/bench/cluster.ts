@@ -109,46 +109,50 @@ async function measure(
       pids,
     });
   }
+  // One cell: its rounds, each system in turn within a round; each run is logged as it ends.
+  const runRounds = async (
+    cellOf: (target: Target) => { rounds: LoadResult[] },
+    inflight: number,
+    op: (target: Target, leader: number) => (worker: number) => Promise<void>,
+    describe: (target: Target, round: number, result: LoadResult) => string,
+  ): Promise<void> => {
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const target of targets) {
+        const result = await runLoad({
+          inflight,
+          seconds: options.seconds,
+          op: op(target, leaders.get(target)!),
+          pids: pidsOf(target),
+        });
+        cellOf(target).rounds.push(result);
+        log(`${describe(target, round, result)}${result.errors > 0 ? `, ${result.errors} errors` : ''}`);
+      }
+    }
+  };
   for (const bytes of options.sizes) {
     const value = randomBytes(bytes);
     for (const inflight of options.inflights) {
       for (const target of targets) results.get(target)!.writes.push({ bytes, inflight, rounds: [] });
-      for (let round = 1; round <= options.rounds; round++) {
-        for (const target of targets) {
-          const leader = leaders.get(target)!;
-          const result = await runLoad({
-            inflight,
-            seconds: options.seconds,
-            op: () => target.put(leader, key(), value),
-            pids: pidsOf(target),
-          });
-          results.get(target)!.writes.at(-1)!.rounds.push(result);
-          log(
-            `  ${target.name} writes ${bytes} B x${inflight}, round ${round}/${options.rounds}: ${fmt(result.opsPerSecond)}/s, p99 ${fmt(result.p99Ms, 1)} ms${result.errors > 0 ? `, ${result.errors} errors` : ''}`,
-          );
-        }
-      }
+      await runRounds(
+        (target) => results.get(target)!.writes.at(-1)!,
+        inflight,
+        (target, leader) => () => target.put(leader, key(), value),
+        (target, round, result) =>
+          `  ${target.name} writes ${bytes} B x${inflight}, round ${round}/${options.rounds}: ${fmt(result.opsPerSecond)}/s, p99 ${fmt(result.p99Ms, 1)} ms`,
+      );
     }
   }
   for (const kind of ['linearizable', 'stale'] as const) {
     for (const where of ['leader', 'spread'] as const) {
       const inflight = 64;
       for (const target of targets) results.get(target)!.reads.push({ kind, where, inflight, rounds: [] });
-      for (let round = 1; round <= options.rounds; round++) {
-        for (const target of targets) {
-          const leader = leaders.get(target)!;
-          const result = await runLoad({
-            inflight,
-            seconds: options.seconds,
-            op: (w) => target.get(where === 'leader' ? leader : w % target.size, key(), kind === 'stale'),
-            pids: pidsOf(target),
-          });
-          results.get(target)!.reads.at(-1)!.rounds.push(result);
-          log(
-            `  ${target.name} ${kind} reads at the ${where === 'leader' ? 'leader' : 'members, spread'}, round ${round}/${options.rounds}: ${fmt(result.opsPerSecond)}/s${result.errors > 0 ? `, ${result.errors} errors` : ''}`,
-          );
-        }
-      }
+      await runRounds(
+        (target) => results.get(target)!.reads.at(-1)!,
+        inflight,
+        (target, leader) => (w) => target.get(where === 'leader' ? leader : w % target.size, key(), kind === 'stale'),
+        (target, round, result) =>
+          `  ${target.name} ${kind} reads at the ${where === 'leader' ? 'leader' : 'members, spread'}, round ${round}/${options.rounds}: ${fmt(result.opsPerSecond)}/s`,
+      );
     }
   }
   // Failover: kill -9 of the leader, then writes through a client that knows every member until
