@@ -25,7 +25,7 @@ test('npm run chaos -- --help prints the options and exits 0; an unknown option 
 
 // The short chaos run of `npm test`; `npm run chaos` runs longer ones.
 // Partitions need network namespaces (root); without them the run says so and goes on without.
-test('a short chaos run (three manager processes; kills, pauses, full restarts, partitions, leadership transfers, membership changes) stays linearizable, loses nothing and converges', {
+test('a short chaos run (three manager processes; kills, pauses, full restarts, partitions, link faults, leadership transfers, membership changes) stays linearizable, loses nothing and converges', {
   timeout: 300_000,
 }, async () => {
   const out = mkdtempSync(join(tmpdir(), 'coffer-chaos-out-'));

@@ -19,6 +19,12 @@ Options:
   --duration S         seconds of workload and faults (default 60)
   --nemesis LIST       comma-separated, from: ${NEMESES.join(', ')}
                        (default: all of them)
+                       kill-leader, kill-minority (kill -9, restarted later), pause (SIGSTOP, SIGCONT),
+                       restart-all, transfer-leader, membership (demote/promote, replace a member);
+                       network namespaces only: partition (blackhole routes), and through a
+                       fault-injecting proxy on every link: delay (with jitter), bandwidth (a limit
+                       per direction), stall (one direction's bytes held, then released), reset
+                       (connections cut mid-stream)
   --seed N             the seed of the workload and the faults (default: random, printed)
   --clients N          concurrent clients (default 5)
   --network MODE       auto (default): a network namespace per manager where this process may make

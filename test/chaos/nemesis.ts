@@ -11,8 +11,17 @@ export const NEMESES = [
   'partition',
   'transfer-leader',
   'membership',
+  'delay',
+  'bandwidth',
+  'stall',
+  'reset',
 ] as const;
 export type NemesisName = (typeof NEMESES)[number];
+
+/** Nemeses that need a network namespace per manager (and, but for partition, the link proxies). */
+export const NETWORK_NEMESES: readonly NemesisName[] = ['partition', 'delay', 'bandwidth', 'stall', 'reset'];
+/** Nemeses that act through the link proxies (link-proxy.ts). */
+export const LINK_NEMESES: readonly NemesisName[] = ['delay', 'bandwidth', 'stall', 'reset'];
 
 export interface FaultRecord {
   /** When the fault began, and when it was healed (ms since the workload began). */
@@ -124,6 +133,78 @@ async function inject(
     }
     case 'membership':
       return random.float() < 0.5 ? demotePromote(c, random) : replaceMember(c, random);
+    case 'delay':
+    case 'bandwidth':
+    case 'stall':
+    case 'reset':
+      return linkFault(c, nemesis, random);
+  }
+}
+
+/**
+ * A bad network between managers, through the link proxies: on every link, or on the links of
+ * one manager (the leader when there is one). Faults last a fault's time and are then cleared.
+ */
+async function linkFault(
+  c: ProcessCluster,
+  nemesis: 'delay' | 'bandwidth' | 'stall' | 'reset',
+  random: Random,
+): Promise<string> {
+  const links = c.links!;
+  const leader = await c.leader();
+  const centre = leader ?? c.managers[random.int(c.managers.length)]!;
+  const everyLink = random.float() < 0.4;
+  const others = c.managers.filter((m) => m !== centre);
+  const pairs: [Manager, Manager][] = everyLink
+    ? c.managers.flatMap((a) => c.managers.filter((b) => b !== a).map((b): [Manager, Manager] => [a, b]))
+    : others.flatMap((m): [Manager, Manager][] => [
+        [centre, m],
+        [m, centre],
+      ]);
+  const role = leader === null ? '' : ' (the leader)';
+  const where = everyLink ? 'every link' : `the links of ${centre.name}${role}`;
+  const durationMs = faultMs(random);
+  try {
+    switch (nemesis) {
+      case 'delay': {
+        // Mostly a slow network; sometimes slower than a heartbeat interval.
+        const delayMs = [10, 30, 60, 120, 250, 500][random.int(6)]!;
+        const jitterMs = Math.round(delayMs * random.float());
+        for (const [a, b] of pairs) links.set(a.slot, b.slot, { delayMs, jitterMs });
+        await sleep(durationMs);
+        return `delay ${delayMs} ms + up to ${jitterMs} ms jitter on ${where}; cleared`;
+      }
+      case 'bandwidth': {
+        const kibPerS = [16, 64, 256, 1024][random.int(4)]!;
+        for (const [a, b] of pairs) links.set(a.slot, b.slot, { bytesPerS: kibPerS * 1024 });
+        await sleep(durationMs);
+        return `bandwidth ${kibPerS} KiB/s each way on ${where}; cleared`;
+      }
+      case 'stall': {
+        // One direction only: the centre's bytes out, or the bytes in to it.
+        const out = random.float() < 0.5;
+        const oneWay = pairs.filter(([a, b]) => (everyLink ? random.float() < 0.5 : out ? a === centre : b === centre));
+        for (const [a, b] of oneWay) links.set(a.slot, b.slot, { stalled: true });
+        await sleep(durationMs);
+        for (const [a, b] of oneWay) links.set(a.slot, b.slot, { stalled: false });
+        const what = everyLink
+          ? `${oneWay.map(([a, b]) => `${a.name}->${b.name}`).join(', ') || 'no link (none drawn)'}`
+          : `${out ? 'out of' : 'into'} ${centre.name}${role}`;
+        return `stall the bytes ${what} for ${durationMs} ms (held, then released in order)`;
+      }
+      case 'reset': {
+        // Connections cut mid-stream, again and again while the fault lasts.
+        const until = Date.now() + durationMs;
+        let cut = 0;
+        while (Date.now() < until) {
+          for (const [a, b] of pairs) if (a.slot < b.slot) cut += links.reset(a.slot, b.slot);
+          await sleep(100 + random.int(600));
+        }
+        return `reset connections on ${where} for ${durationMs} ms (${cut} cut mid-stream)`;
+      }
+    }
+  } finally {
+    links.clear();
   }
 }
 

@@ -52,6 +52,16 @@ export class NetworkNamespaces {
     }
   }
 
+  /** Null when links can go through proxies (proxyLinks needs nft); otherwise why not. */
+  static linkProxiesUnavailableBecause(): string | null {
+    try {
+      execFileSync('nft', ['--version'], { stdio: 'ignore' });
+      return null;
+    } catch {
+      return 'nft (Debian package nftables) is not installed';
+    }
+  }
+
   /** Removes namespaces and bridges of harnesses that are no longer running. */
   static sweepStale(): string[] {
     const removed: string[] = [];
@@ -125,6 +135,44 @@ export class NetworkNamespaces {
     return `${this.#subnet}.${11 + k}`;
   }
 
+  /**
+   * The address that stands for manager `to` to manager `from` once links go through proxies
+   * (see proxyLinks): on the bridge, in the harness's namespace.
+   */
+  linkAddress(from: number, to: number): string {
+    return `${this.#subnet}.${100 + from * 10 + to}`;
+  }
+
+  /**
+   * Sends what each manager addresses to another (TCP to `port`) to that link's own address on
+   * the bridge instead (a DNAT rule in the sender's namespace), where a LinkProxies listens.
+   * Partitions keep working: a cut link drops the link's address as well as the manager's.
+   */
+  proxyLinks(port: number): void {
+    if (this.#size > 10) throw new Error('link addresses are laid out for at most 10 managers');
+    for (let from = 0; from < this.#size; from++) {
+      const rules: string[] = [];
+      for (let to = 0; to < this.#size; to++) {
+        if (from === to) continue;
+        ip(['addr', 'add', `${this.linkAddress(from, to)}/32`, 'dev', this.#bridge()]);
+        rules.push(`ip daddr ${this.host(to)} tcp dport ${port} dnat to ${this.linkAddress(from, to)}`);
+      }
+      const ruleset = [
+        'table ip coffer_links {',
+        '  chain out {',
+        '    type nat hook output priority -100; policy accept;',
+        ...rules.map((r) => `    ${r}`),
+        '  }',
+        '}',
+        '',
+      ].join('\n');
+      execFileSync('ip', ['netns', 'exec', this.namespace(from), 'nft', '-f', '-'], {
+        input: ruleset,
+        stdio: ['pipe', 'ignore', 'pipe'],
+      });
+    }
+  }
+
   /** The command prefix that runs a program inside manager k's namespace (same PID: ip execs). */
   prefix(k: number): string[] {
     return ['ip', 'netns', 'exec', this.namespace(k)];
@@ -132,7 +180,8 @@ export class NetworkNamespaces {
 
   /** Manager `from` can no longer send to manager `to` (TCP between them fails both ways). */
   async cut(from: number, to: number): Promise<void> {
-    await run('ip', ['-n', this.namespace(from), 'route', 'replace', 'blackhole', `${this.host(to)}/32`]);
+    for (const address of [this.host(to), this.linkAddress(from, to)])
+      await run('ip', ['-n', this.namespace(from), 'route', 'replace', 'blackhole', `${address}/32`]);
   }
 
   /** No traffic between the groups; inside each group, and to the harness, traffic flows. */

@@ -2,6 +2,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CofferClient } from '../../src/client/client.ts';
 import { Processes, coffer, eventually, freePort, type StatusReply } from '../processes/processes.ts';
+import type { LinkProxies } from './link-proxy.ts';
 import type { NetworkNamespaces } from './netns.ts';
 
 export interface Manager {
@@ -13,7 +14,7 @@ export interface Manager {
   readonly address: string;
 }
 
-const PORT_IN_NAMESPACE = 7400;
+export const PORT_IN_NAMESPACE = 7400;
 
 /**
  * A cluster of manager processes made with coffer init and join, that the chaos harness kills,
@@ -31,6 +32,8 @@ export class ProcessCluster {
   joinTokenFile = '';
   /** Printed by init: opens backups. */
   recoveryKey = '';
+  /** The proxies on the links between managers, when the run put them there (link-proxy.ts). */
+  links: LinkProxies | null = null;
   readonly #network: NetworkNamespaces | null;
   #flags: string[] = [];
   #status = new Map<string, CofferClient>();

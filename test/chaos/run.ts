@@ -5,10 +5,11 @@ import { SeededRandom } from '../../src/util/prng.ts';
 import { eventually } from '../processes/processes.ts';
 import { checkHistory, describe, type HistoryVerdict, type Operation } from './linearizability.ts';
 import { NetworkNamespaces } from './netns.ts';
-import { injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';
+import { LINK_NEMESES, NETWORK_NEMESES, injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';
+import { LinkProxies } from './link-proxy.ts';
 import { availability, formatAvailability, type KindAvailability } from './availability.ts';
 import { writeHistoryFile } from './history-file.ts';
-import { ProcessCluster } from './process-cluster.ts';
+import { PORT_IN_NAMESPACE, ProcessCluster } from './process-cluster.ts';
 import { Workload } from './workload.ts';
 
 export { NEMESES, type NemesisName } from './nemesis.ts';
@@ -63,8 +64,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
   const root = mkdtempSync(join(tmpdir(), 'coffer-chaos-'));
   let cluster: ProcessCluster | null = null;
   let network: NetworkNamespaces | null = null;
+  let links: LinkProxies | null = null;
   const cleanUp = async (): Promise<void> => {
     await cluster?.stop();
+    await links?.close();
     network?.destroy();
     rmSync(root, { recursive: true, force: true });
   };
@@ -80,17 +83,37 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
         ? `loopback (no network namespaces: ${why})`
         : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
     let nemeses = options.nemeses;
-    if (network === null && nemeses.includes('partition')) {
-      nemeses = nemeses.filter((n) => n !== 'partition');
-      log('chaos: partitions need network namespaces; the partition nemesis is left out of this run');
+    if (network === null && nemeses.some((n) => NETWORK_NEMESES.includes(n))) {
+      log(
+        `chaos: ${nemeses.filter((n) => NETWORK_NEMESES.includes(n)).join(', ')} need network namespaces; left out of this run`,
+      );
+      nemeses = nemeses.filter((n) => !NETWORK_NEMESES.includes(n));
+    }
+    const noProxies = NetworkNamespaces.linkProxiesUnavailableBecause();
+    if (network !== null && noProxies !== null && nemeses.some((n) => LINK_NEMESES.includes(n))) {
+      log(`chaos: ${noProxies}; ${LINK_NEMESES.join(', ')} left out of this run`);
+      nemeses = nemeses.filter((n) => !LINK_NEMESES.includes(n));
+    }
+    // Link faults go through a proxy on every link between managers, in place before they start.
+    if (network !== null && nemeses.some((n) => LINK_NEMESES.includes(n))) {
+      const net = network;
+      net.proxyLinks(PORT_IN_NAMESPACE);
+      links = await LinkProxies.start({
+        size: options.managers,
+        port: PORT_IN_NAMESPACE,
+        managerHost: (k) => net.host(k),
+        linkAddress: (from, to) => net.linkAddress(from, to),
+        random: random.fork(),
+      });
     }
     log(
-      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
+      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}${links === null ? '' : ', a fault-injecting proxy on every link'}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
     );
     process.once('SIGINT', interrupted);
     process.once('SIGTERM', interrupted);
     cluster = await ProcessCluster.start(root, options.managers, { network, compiled: options.compiled === true });
     const c = cluster;
+    c.links = links;
     const workload = new Workload(c, { clients: options.clients ?? 5, keys: options.keys ?? 3, random: random.fork() });
     workload.start();
     const faults: FaultRecord[] = [];
@@ -109,6 +132,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     const runEndMs = workload.now();
     // Heal: every link restored, every manager running and answering.
     await network?.heal();
+    links?.clear();
     for (const m of c.managers) {
       c.resume(m);
       c.restart(m);
