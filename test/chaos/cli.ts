@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { checkHistory } from './linearizability.ts';
 import { readHistoryFile } from './history-file.ts';
+import { checkExpiry } from './expiry.ts';
 import { NEMESES, formatSummary, runChaos, type NemesisName } from './run.ts';
 import { soak } from './soak.ts';
 
@@ -82,8 +83,10 @@ if (values.help) {
   process.exit(0);
 }
 if (values.check !== undefined) {
-  const { ops, faults } = readHistoryFile(values.check);
+  const { ops, faults, probes } = readHistoryFile(values.check);
   const verdict = checkHistory(ops);
+  const expiryProblems = checkExpiry(probes);
+  for (const problem of expiryProblems) console.log(`expiry: ${problem}`);
   for (const key of verdict.keys)
     if (!key.linearizable)
       console.log(
@@ -91,9 +94,9 @@ if (values.check !== undefined) {
       );
   for (const anomaly of verdict.staleAnomalies) console.log(`stale read anomaly: ${anomaly}`);
   console.log(
-    `${values.check}: ${ops.length} operations on ${verdict.keys.length} keys, ${faults.length} faults: ${verdict.linearizable ? 'linearizable' : 'ANOMALY'}`,
+    `${values.check}: ${ops.length} operations on ${verdict.keys.length} keys, ${faults.length} faults, ${probes.length} expiry probes: ${verdict.linearizable && expiryProblems.length === 0 ? 'linearizable, expiry kept' : 'ANOMALY'}`,
   );
-  process.exit(verdict.linearizable ? 0 : 1);
+  process.exit(verdict.linearizable && expiryProblems.length === 0 ? 0 : 1);
 }
 const count = (name: string, text: string, least: number): number => {
   const n = Number(text);

@@ -15,8 +15,17 @@
  * refusal's reason is always that the version differed: other refusals are not recorded as
  * fail). An `info` is a request whose outcome is unknown (it may take effect at any later time),
  * at the time its client gave up. A get with `"stale":true` was served without a read index.
+ *
+ * Expiry probes (expiry.ts: keys written once with a time to live, then read) are lines of their
+ * own, one per request, kept apart from the operations the linearizability checker takes:
+ *
+ *   {"process":"ttl","type":"ok","f":"put","key":"chaos/ttl/4","value":"ttl-4","ttl":2000,"manager":"m2","start":...,"time":...}
+ *   {"process":"ttl","type":"ok","f":"get","key":"chaos/ttl/4","value":null,"stale":false,"manager":"m1","start":...,"time":...}
+ *
+ * `start` is when the request was sent, `time` when it was answered (a get's value null: not found).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import type { ExpiryProbe } from './expiry.ts';
 import type { Operation } from './linearizability.ts';
 import type { FaultRecord } from './nemesis.ts';
 
@@ -26,8 +35,28 @@ const ns = (ms: number): number => Math.round(ms * NS_PER_MS);
 type Line = Record<string, unknown> & { readonly time: number };
 
 /** The lines of a history, in time order (at equal times, completions before invocations). */
-export function historyLines(ops: readonly Operation[], faults: readonly FaultRecord[]): string[] {
+export function historyLines(
+  ops: readonly Operation[],
+  faults: readonly FaultRecord[],
+  probes: readonly ExpiryProbe[] = [],
+): string[] {
   const events: Array<{ line: Line; order: number }> = [];
+  for (const probe of probes)
+    events.push({
+      line: {
+        process: 'ttl',
+        type: 'ok',
+        f: probe.kind,
+        key: probe.key,
+        value: probe.value,
+        ...(probe.ttlMs === undefined ? {} : { ttl: probe.ttlMs }),
+        ...(probe.kind === 'get' ? { stale: probe.stale === true } : {}),
+        manager: probe.manager,
+        start: ns(probe.invokeMs),
+        time: ns(probe.completeMs),
+      },
+      order: 0,
+    });
   for (const op of ops) {
     const base = { process: op.process, f: op.kind, key: op.key };
     const invoke: Line = {
@@ -70,20 +99,30 @@ export function historyLines(ops: readonly Operation[], faults: readonly FaultRe
   return events.map((e) => JSON.stringify(e.line));
 }
 
-export function writeHistoryFile(file: string, ops: readonly Operation[], faults: readonly FaultRecord[]): void {
-  writeFileSync(file, `${historyLines(ops, faults).join('\n')}\n`);
+export function writeHistoryFile(
+  file: string,
+  ops: readonly Operation[],
+  faults: readonly FaultRecord[],
+  probes: readonly ExpiryProbe[] = [],
+): void {
+  writeFileSync(file, `${historyLines(ops, faults, probes).join('\n')}\n`);
 }
 
 /**
  * The operations and faults of a history file, as the checker takes them. Each completion is
  * matched to the open invocation of its process; an info's completion goes to Infinity.
  */
-export function readHistoryFile(file: string): { ops: Operation[]; faults: FaultRecord[] } {
+export function readHistoryFile(file: string): { ops: Operation[]; faults: FaultRecord[]; probes: ExpiryProbe[] } {
   return parseHistoryLines(readFileSync(file, 'utf8').split('\n'));
 }
 
-export function parseHistoryLines(lines: readonly string[]): { ops: Operation[]; faults: FaultRecord[] } {
+export function parseHistoryLines(lines: readonly string[]): {
+  ops: Operation[];
+  faults: FaultRecord[];
+  probes: ExpiryProbe[];
+} {
   const ops: Operation[] = [];
+  const probes: ExpiryProbe[] = [];
   const faults: FaultRecord[] = [];
   const open = new Map<number, Line>();
   let id = 0;
@@ -98,6 +137,21 @@ export function parseHistoryLines(lines: readonly string[]): { ops: Operation[];
         nemesis: line['kind'] as FaultRecord['nemesis'],
         targets: line['targets'] as string[],
         detail: String(line['detail'] ?? ''),
+      });
+      continue;
+    }
+    if (line['process'] === 'ttl') {
+      const kind = line['f'];
+      if (kind !== 'put' && kind !== 'get') throw new Error(`${where}: an expiry probe is a put or a get`);
+      probes.push({
+        kind,
+        key: String(line['key']),
+        value: typeof line['value'] === 'string' ? line['value'] : null,
+        ...(typeof line['ttl'] === 'number' ? { ttlMs: line['ttl'] } : {}),
+        ...(line['stale'] === true ? { stale: true } : {}),
+        manager: String(line['manager'] ?? ''),
+        invokeMs: Number(line['start']) / NS_PER_MS,
+        completeMs: line.time / NS_PER_MS,
       });
       continue;
     }
@@ -134,5 +188,5 @@ export function parseHistoryLines(lines: readonly string[]): { ops: Operation[];
     };
     ops.push(op);
   }
-  return { ops, faults };
+  return { ops, faults, probes };
 }

@@ -15,6 +15,7 @@ export const NEMESES = [
   'bandwidth',
   'stall',
   'reset',
+  'clock-skew',
 ] as const;
 export type NemesisName = (typeof NEMESES)[number];
 
@@ -133,6 +134,20 @@ async function inject(
     }
     case 'membership':
       return random.float() < 0.5 ? demotePromote(c, random) : replaceMember(c, random);
+    case 'clock-skew': {
+      // One manager's wall clock off by minutes, either way, long enough for TTLs to expire
+      // under it; Raft's ticks run on the monotonic clock and should not notice.
+      const clocks = c.clocks!;
+      const leader = await c.leader();
+      const victim =
+        leader !== null && random.float() < 0.5 ? leader : c.managers[random.int(c.managers.length)]!;
+      const offsetS = (random.float() < 0.5 ? -1 : 1) * [30, 120, 300, 900][random.int(4)]!;
+      const durationMs = faultMs(random) + 4000;
+      clocks.set(victim.name, offsetS);
+      await sleep(durationMs);
+      clocks.set(victim.name, 0);
+      return `clock of ${victim.name}${victim === leader ? ' (the leader)' : ''} ${Math.abs(offsetS)} s ${offsetS < 0 ? 'behind' : 'ahead'} for ${durationMs} ms, then true again`;
+    }
     case 'delay':
     case 'bandwidth':
     case 'stall':

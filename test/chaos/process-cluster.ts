@@ -2,6 +2,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CofferClient } from '../../src/client/client.ts';
 import { Processes, coffer, eventually, freePort, type StatusReply } from '../processes/processes.ts';
+import type { ManagerClocks } from './clocks.ts';
 import type { LinkProxies } from './link-proxy.ts';
 import type { NetworkNamespaces } from './netns.ts';
 
@@ -34,6 +35,8 @@ export class ProcessCluster {
   recoveryKey = '';
   /** The proxies on the links between managers, when the run put them there (link-proxy.ts). */
   links: LinkProxies | null = null;
+  /** Managers' wall clocks, when the run may skew them (clocks.ts); set before start. */
+  readonly clocks: ManagerClocks | null;
   readonly #network: NetworkNamespaces | null;
   #flags: string[] = [];
   #status = new Map<string, CofferClient>();
@@ -42,20 +45,29 @@ export class ProcessCluster {
   constructor(
     readonly root: string,
     network: NetworkNamespaces | null = null,
-    options: { readonly compiled?: boolean } = {},
+    options: { readonly compiled?: boolean; readonly clocks?: ManagerClocks | null } = {},
   ) {
     this.procs = new Processes(root, options);
     this.#network = network;
+    this.clocks = options.clocks ?? null;
   }
 
   /** `compiled`: managers run the CLI `npm run build` made (see Processes). */
   static async start(
     root: string,
     size: number,
-    options: { snapshotEvery?: number; network?: NetworkNamespaces | null; compiled?: boolean } = {},
+    options: {
+      snapshotEvery?: number;
+      network?: NetworkNamespaces | null;
+      compiled?: boolean;
+      clocks?: ManagerClocks | null;
+    } = {},
   ): Promise<ProcessCluster> {
     const network = options.network ?? null;
-    const cluster = new ProcessCluster(root, network, { compiled: options.compiled === true });
+    const cluster = new ProcessCluster(root, network, {
+      compiled: options.compiled === true,
+      clocks: options.clocks ?? null,
+    });
     for (let k = 0; k < size; k++) {
       const address = network === null ? `127.0.0.1:${await freePort()}` : `${network.host(k)}:${PORT_IN_NAMESPACE}`;
       cluster.managers.push({ name: `m${k + 1}`, slot: k, data: join(root, `m${k + 1}`), address });
@@ -104,7 +116,13 @@ export class ProcessCluster {
   }
 
   #start(m: Manager, args: string[], input = ''): void {
-    this.procs.start(m.name, [...args, ...this.#flags], this.#network?.prefix(m.slot) ?? [], input);
+    this.procs.start(
+      m.name,
+      [...args, ...this.#flags],
+      this.#network?.prefix(m.slot) ?? [],
+      input,
+      this.clocks?.env(m.name) ?? {},
+    );
   }
 
   #join(m: Manager, via: Manager): void {

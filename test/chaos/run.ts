@@ -7,8 +7,10 @@ import { checkHistory, describe, type HistoryVerdict, type Operation } from './l
 import { NetworkNamespaces } from './netns.ts';
 import { LINK_NEMESES, NETWORK_NEMESES, injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';
 import { LinkProxies } from './link-proxy.ts';
+import { ManagerClocks, fakeTimeLibrary } from './clocks.ts';
 import { availability, formatAvailability, type KindAvailability } from './availability.ts';
 import { writeHistoryFile } from './history-file.ts';
+import { checkExpiry } from './expiry.ts';
 import { PORT_IN_NAMESPACE, ProcessCluster } from './process-cluster.ts';
 import { Workload } from './workload.ts';
 
@@ -44,6 +46,8 @@ export interface ChaosSummary {
   readonly failoversMs: readonly number[];
   readonly converged: boolean;
   readonly lostWrites: readonly string[];
+  /** Expiry probes (expiry.ts): how many, and what broke the TTL promise. */
+  readonly expiry: { readonly probes: number; readonly problems: readonly string[] };
   readonly verdict: HistoryVerdict;
   readonly ok: boolean;
   readonly historyFile: string | null;
@@ -65,6 +69,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
   let cluster: ProcessCluster | null = null;
   let network: NetworkNamespaces | null = null;
   let links: LinkProxies | null = null;
+  let clocks: ManagerClocks | null = null;
   const cleanUp = async (): Promise<void> => {
     await cluster?.stop();
     await links?.close();
@@ -94,6 +99,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       log(`chaos: ${noProxies}; ${LINK_NEMESES.join(', ')} left out of this run`);
       nemeses = nemeses.filter((n) => !LINK_NEMESES.includes(n));
     }
+    const fakeTime = fakeTimeLibrary();
+    if (fakeTime === null && nemeses.includes('clock-skew')) {
+      log('chaos: clock-skew needs libfaketime (Debian package faketime); left out of this run');
+      nemeses = nemeses.filter((n) => n !== 'clock-skew');
+    }
+    if (fakeTime !== null && nemeses.includes('clock-skew')) clocks = new ManagerClocks(root, fakeTime);
     // Link faults go through a proxy on every link between managers, in place before they start.
     if (network !== null && nemeses.some((n) => LINK_NEMESES.includes(n))) {
       const net = network;
@@ -107,11 +118,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       });
     }
     log(
-      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}${links === null ? '' : ', a fault-injecting proxy on every link'}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
+      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}${links === null ? '' : ', a fault-injecting proxy on every link'}${clocks === null ? '' : ', wall clocks skewable (libfaketime)'}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
     );
     process.once('SIGINT', interrupted);
     process.once('SIGTERM', interrupted);
-    cluster = await ProcessCluster.start(root, options.managers, { network, compiled: options.compiled === true });
+    cluster = await ProcessCluster.start(root, options.managers, {
+      network,
+      compiled: options.compiled === true,
+      clocks,
+    });
     const c = cluster;
     c.links = links;
     const workload = new Workload(c, { clients: options.clients ?? 5, keys: options.keys ?? 3, random: random.fork() });
@@ -133,6 +148,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     // Heal: every link restored, every manager running and answering.
     await network?.heal();
     links?.clear();
+    clocks?.reset();
     for (const m of c.managers) {
       c.resume(m);
       c.restart(m);
@@ -201,16 +217,17 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       return first - k;
     });
     const count = (outcome: Operation['outcome']) => workload.history.filter((op) => op.outcome === outcome).length;
-    const ok = verdict.linearizable && converged && lostWrites.length === 0;
+    const expiryProblems = checkExpiry(workload.expiryProbes);
+    const ok = verdict.linearizable && converged && lostWrites.length === 0 && expiryProblems.length === 0;
     let historyFile: string | null = null;
     if (options.historyFile !== undefined) {
-      writeHistoryFile(options.historyFile, history, faults);
+      writeHistoryFile(options.historyFile, history, faults, workload.expiryProbes);
       historyFile = options.historyFile;
     } else if (!ok || options.outDir !== undefined) {
       const dir = options.outDir ?? join(process.cwd(), 'chaos-runs');
       mkdirSync(dir, { recursive: true });
       historyFile = join(dir, `history-seed-${options.seed}-${Date.now()}.jsonl`);
-      writeHistoryFile(historyFile, history, faults);
+      writeHistoryFile(historyFile, history, faults, workload.expiryProbes);
     }
     return {
       seed: options.seed,
@@ -220,6 +237,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       failoversMs,
       converged,
       lostWrites,
+      expiry: { probes: workload.expiryProbes.length, problems: expiryProblems },
       verdict,
       ok,
       historyFile,
@@ -274,6 +292,7 @@ export function formatSummary(s: ChaosSummary): string {
     `failovers (kill -9 of the leader to the first acknowledged write): ${s.failoversMs.length === 0 ? 'none' : s.failoversMs.map((ms) => (Number.isFinite(ms) ? `${Math.round(ms)} ms` : 'no write after')).join(', ')}`,
     `converged: ${s.converged ? 'yes, same state digest on every manager' : 'NO'}`,
     `lost acknowledged writes: ${s.lostWrites.length === 0 ? 'none' : s.lostWrites.join('; ')}`,
+    `expiry (${s.expiry.probes} probes of keys with a 2 s TTL): ${s.expiry.problems.length === 0 ? 'never served late, never gone early' : `${s.expiry.problems.length} BROKEN: ${s.expiry.problems.slice(0, 5).join('; ')}${s.expiry.problems.length > 5 ? '; ...' : ''}`}`,
     ...formatAvailability(s.availability),
     ...(s.historyFile === null ? [] : [`history: ${s.historyFile} (npm run chaos -- --check FILE checks it again)`]),
   ];

@@ -1,6 +1,7 @@
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { ClientError, CofferClient } from '../../src/client/client.ts';
-import type { Random } from '../../src/util/prng.ts';
+import { SeededRandom, type Random } from '../../src/util/prng.ts';
+import { probeExpiry, type ExpiryProbe } from './expiry.ts';
 import type { Operation } from './linearizability.ts';
 import type { ProcessCluster } from './process-cluster.ts';
 
@@ -34,6 +35,9 @@ const GROWING_RECENT = 8;
  */
 export class Workload {
   readonly history: Operation[] = [];
+  /** Expiry probes (expiry.ts): their own keys, checked apart from the history. */
+  readonly expiryProbes: ExpiryProbe[] = [];
+  readonly #names: string[];
   readonly #random: Random;
   readonly #clients: CofferClient[];
   readonly #keys: string[];
@@ -48,6 +52,7 @@ export class Workload {
   constructor(cluster: ProcessCluster, options: { clients: number; roaming?: number; keys: number; random: Random }) {
     this.#random = options.random;
     this.#clients = cluster.managers.map((m) => cluster.client(m, 2000));
+    this.#names = cluster.managers.map((m) => m.name);
     const addresses = cluster.managers.map((m) => m.address);
     this.#roaming = Array.from(
       { length: options.roaming ?? 2 },
@@ -74,6 +79,15 @@ export class Workload {
     this.#running = true;
     for (let c = 0; c < this.#clientsCount; c++) this.#loops.push(this.#loop(null));
     for (const client of this.#roaming) this.#loops.push(this.#loop(client));
+    this.#loops.push(
+      probeExpiry({
+        clients: this.#clients.map((client, k) => ({ name: this.#names[k]!, client })),
+        random: new SeededRandom(this.#random.int(2 ** 31)),
+        now: () => this.now(),
+        running: () => this.#running,
+        probes: this.expiryProbes,
+      }),
+    );
   }
 
   async stop(): Promise<void> {

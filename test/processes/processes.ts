@@ -57,7 +57,13 @@ export class Processes {
   }
 
   /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
-  start(name: string, args: string[], prefix: readonly string[] = [], input = ''): ChildProcess {
+  start(
+    name: string,
+    args: string[],
+    prefix: readonly string[] = [],
+    input = '',
+    env: Readonly<Record<string, string>> = {},
+  ): ChildProcess {
     // COFFER_NODE_ARGS: extra options for node (a profile: `--cpu-prof --cpu-prof-dir=DIR`).
     const nodeArgs = (process.env['COFFER_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
     const argv = this.#compiled
@@ -65,8 +71,8 @@ export class Processes {
       : [process.execPath, ...nodeArgs, '--import', 'tsx', CLI, ...args];
     const child =
       prefix.length === 0
-        ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
-        : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+        ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+        : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
