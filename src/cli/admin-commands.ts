@@ -1,3 +1,4 @@
+import { CLOCK_OFFSET_WARN_MS } from '../server/cluster-clock.ts';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
@@ -480,6 +481,11 @@ async function clusterStatusText(flags: ClientFlags, s: Record<string, unknown>)
       ? `keyring term ${String(s.keyringTerm)}`
       : `keyring term ${keys.activeTerm}, rotated ${new Date(keys.activeCreatedAtMs).toISOString()}; root key generation ${keys.rootGeneration}; autolock ${keys.protection === 'unlock-key' ? 'on' : 'off'}; recovery key ${keys.hasRecoveryKey ? 'set' : 'NOT SET (coffer key rotate-recovery)'}`,
     `certificate ${printable(s.certificateSerial)} valid until ${expiry}`,
+    ...(Math.abs(Number(s.clockOffsetMs ?? 0)) >= CLOCK_OFFSET_WARN_MS
+      ? [
+          `host clock ${hostClock(Number(s.clockOffsetMs))} from the cluster's time (the median of the members' clocks, which this manager uses): fix its time source (NTP)`,
+        ]
+      : []),
     `members (health and lag as seen by ${view}):`,
     ...membersTable(members, own),
   ].join('\n');
@@ -506,11 +512,27 @@ export function membersTable(
       String(m.matchIndex),
       String(m.lag),
       ...(o === null || o === undefined
-        ? ['-', '-', 'no answer (down or locked)']
-        : [String(o.term), `${String(o.commitIndex)}/${String(o.appliedIndex)}`, day(o.certificateNotAfterMs)]),
+        ? ['-', '-', '-', 'no answer (down or locked)']
+        : [
+            String(o.term),
+            `${String(o.commitIndex)}/${String(o.appliedIndex)}`,
+            hostClock(Number(o.clockOffsetMs ?? 0)),
+            day(o.certificateNotAfterMs),
+          ]),
     ];
   });
-  const header = ['NODE', 'ADDRESS', 'ROLE', 'HEALTH', 'MATCH', 'LAG', 'TERM', 'COMMIT/APPLIED', 'CERT-EXPIRES'];
+  const header = [
+    'NODE',
+    'ADDRESS',
+    'ROLE',
+    'HEALTH',
+    'MATCH',
+    'LAG',
+    'TERM',
+    'COMMIT/APPLIED',
+    'HOST-CLOCK',
+    'CERT-EXPIRES',
+  ];
   const widths = header.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k]!.length)));
   const line = (cells: string[]) =>
     cells
@@ -518,6 +540,16 @@ export function membersTable(
       .join('  ')
       .trimEnd();
   return [line(header), ...rows.map(line)];
+}
+
+/**
+ * A member's host clock against the cluster's time: "in step" within CLOCK_OFFSET_WARN_MS, else how
+ * far off (the member itself reads the cluster's time: `offsetMs` is what it adds to its clock).
+ */
+export function hostClock(offsetMs: number): string {
+  if (!Number.isFinite(offsetMs) || Math.abs(offsetMs) < CLOCK_OFFSET_WARN_MS) return 'in step';
+  const seconds = -offsetMs / 1000;
+  return `${seconds > 0 ? '+' : ''}${seconds.toFixed(1)} s off`;
 }
 
 export function clusterCommands(): Command {

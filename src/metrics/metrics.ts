@@ -9,6 +9,8 @@ export interface MetricsSource {
   keyringTerm(): number;
   locked(): boolean;
   auditBroken(): boolean;
+  /** What this manager adds to its host clock to read the cluster's time, ms (cluster-clock.ts). */
+  clockOffsetMs(): number;
   transport(): {
     messagesSent: number;
     messagesDropped: number;
@@ -72,6 +74,11 @@ export class NodeMetrics implements ReplicaObserver {
     live('coffer_locked', '1 while the manager waits for its unlock key.', (s) => (s.locked() ? 1 : 0));
     live('coffer_audit_broken', '1 while the audit log cannot be written (requests are refused).', (s) =>
       s.auditBroken() ? 1 : 0,
+    );
+    live(
+      'coffer_clock_offset_seconds',
+      "The cluster's time (the median of the members' clocks) minus this host's clock; far from 0, fix the host's NTP.",
+      (s) => s.clockOffsetMs() / 1000,
     );
     live('coffer_peer_messages_sent_total', 'Raft messages sent to peers.', (s) => s.transport().messagesSent);
     live(

@@ -160,7 +160,7 @@ export function accessServices(ctx: ServiceContext): {
             field: 'validity_days',
             limit: String(CLIENT_CERT_VALIDITY_DAYS_MAX),
           });
-        const nowMs = Date.now();
+        const nowMs = ctx.clock.now();
         const ca = ctx.pki.signing();
         const certificatePem = sign(ca, publicKeyPem, {
           id: name,
@@ -204,7 +204,7 @@ export function accessServices(ctx: ServiceContext): {
           limit: String(CLIENT_CERT_VALIDITY_DAYS_MAX),
         });
       noteTarget(call, `sys/identities/${caller.id}`);
-      const nowMs = Date.now();
+      const nowMs = ctx.clock.now();
       const ca = ctx.pki.signing();
       const certificatePem = sign(ca, publicKeyPem, {
         id: caller.id,

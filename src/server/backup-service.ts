@@ -59,7 +59,7 @@ export function backupService(
         file = encodeBackup(
           {
             clusterId: ctx.clusterId,
-            createdAtMs: Date.now(),
+            createdAtMs: ctx.clock.now(),
             index: material.index,
             term: material.term,
             rootGen: material.rootGen,
@@ -103,7 +103,7 @@ async function* streamedBackup(
     const pieces = encodeBackupStream(
       {
         clusterId: ctx.clusterId,
-        createdAtMs: Date.now(),
+        createdAtMs: ctx.clock.now(),
         index: material.index,
         term: material.term,
         rootGen: material.rootGen,

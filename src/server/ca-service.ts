@@ -30,7 +30,7 @@ export function caHandlers(ctx: ServiceContext): grpc.UntypedServiceImplementati
           'CA_ROTATION_IN_PROGRESS',
           `CA generation ${cas[0]!.gen} is still trusted beside ${cas[1]!.gen}: retire it first (coffer ca retire)`,
         );
-      const next = await nextCa(ctx.clusterId, ctx.pki.signing(), Date.now());
+      const next = await nextCa(ctx.clusterId, ctx.pki.signing(), ctx.clock.now());
       await ctx.propose(ClusterState.encode({ kind: 'cluster.ca-add', ca: next }));
       ctx.log.warn(
         { event: 'ca-rotated', generation: next.gen },

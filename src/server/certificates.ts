@@ -28,6 +28,8 @@ export interface ManagerCertificateOptions {
   propose(command: StateCommand): Promise<unknown>;
   /** Called once a new certificate is in use: links made with the old one are redone. */
   onRenewed(): void;
+  /** The cluster's wall-clock time (cluster-clock.ts). */
+  readonly now: () => number;
   readonly log: Logger;
 }
 
@@ -103,7 +105,7 @@ export class ManagerCertificate {
     const signing = o.cas.signing();
     if (signing === null) return;
     const identity = identityOf(this.#leafPem);
-    const now = Date.now();
+    const now = o.now();
     const lifetime = identity.notAfterMs - identity.notBeforeMs;
     const expiring = identity.notAfterMs - now <= lifetime * CERT_RENEW_REMAINING_SHARE;
     const underOldCa = o.cluster.cas.length > 0 && !issuedBy(this.#leafPem, signing.certPem);

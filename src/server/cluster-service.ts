@@ -59,6 +59,7 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
         keyringTerm: ctx.replica.status().keys?.activeTerm ?? 0,
         certificateNotAfterMs: certificate.notAfterMs,
         certificateSerial: certificate.serial,
+        clockOffsetMs: ctx.clock.now() - Date.now(),
         snapshotIndex: status.firstIndex - 1,
         snapshotsSent: deps.snapshotsSent(),
         // A full image of the state: only when asked (at 100,000 secrets it stalled the manager long
@@ -89,7 +90,7 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
       const ttlMs = call.request.ttlSeconds === 0 ? JOIN_TOKEN_TTL_MS_DEFAULT : call.request.ttlSeconds * 1000;
       if (ttlMs > JOIN_TOKEN_TTL_MS_MAX) throw refuse('INVALID_ARGUMENT', 'ttl_seconds is at most 365 days');
       const token = newJoinToken(ctx.pki.activeCertPem());
-      const expiresAtMs = Date.now() + ttlMs;
+      const expiresAtMs = ctx.clock.now() + ttlMs;
       await ctx.propose(
         ClusterState.encode({
           kind: 'cluster.join-token',

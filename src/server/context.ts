@@ -26,6 +26,11 @@ export interface RequestContext {
   readonly trust: PeerTrust;
   readonly log: Logger;
   readonly metrics: NodeMetrics;
+  /**
+   * The cluster's wall-clock time (cluster-clock.ts): what every decision by wall time reads
+   * (TTL stamps and expiry, token and certificate validity), never the host's clock alone.
+   */
+  readonly clock: { now(): number };
 }
 
 /** A command of the applied state as the state encodes it (`SecretStore.encode...`, `ClusterState.encode`). */

@@ -151,7 +151,7 @@ export function joinService(
         if (cluster.joinTokenHash === null)
           throw refuse('JOIN_TOKEN_NOT_READY', 'this manager has no join token installed yet; retry in a moment');
         const tokenHash = joinTokenHash(tokenSecret);
-        const nowMs = Date.now();
+        const nowMs = ctx.clock.now();
         const refusal = cluster.joinTokenRefusal(tokenHash, nowMs);
         if (refusal !== null) {
           attempts.failed(source);

@@ -18,6 +18,8 @@ export interface LeaderDutiesOptions {
   readonly manager: Pick<Manager<AppliedResult>, 'raftStatus' | 'status' | 'forcedOut'>;
   propose(command: StateCommand): Promise<unknown>;
   proposeConfChange(change: ConfChange): Promise<void>;
+  /** The cluster's wall-clock time (cluster-clock.ts). */
+  readonly now: () => number;
   readonly log: Logger;
 }
 
@@ -90,13 +92,13 @@ export class LeaderDuties {
           key: admin.key,
           serial: admin.serial,
           caGen: 1,
-          nowMs: Date.now(),
+          nowMs: this.#o.now(),
         }),
       );
     }
     await this.#maybePromote();
     // The sweep names the versions it found expired (at most EXPIRY_SWEEP_VERSIONS_MAX; the next tick takes the rest).
-    const sweep = await state.secrets.expiryCommand(Date.now());
+    const sweep = await state.secrets.expiryCommand(this.#o.now());
     if (sweep !== null) await this.#o.propose(encodeSecretCommand(sweep));
     await this.#reseal();
   }

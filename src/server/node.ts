@@ -28,6 +28,8 @@ import { type AppliedOk, type ServiceContext, type StateCommand, signingOrUnavai
 import { ServiceError } from './errors.ts';
 import { HealthService } from './health.ts';
 import { LeaderDuties } from './leader-duties.ts';
+import { ClockProbe } from './clock-probe.ts';
+import { CLOCK_PROBE_INTERVAL_MS, ClusterClock } from './cluster-clock.ts';
 import { normalizeExtraHosts } from './manager-hosts.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
 import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
@@ -122,6 +124,9 @@ export class CofferNode {
   #removalReported = false;
   readonly #connectionLimits: ConnectionLimits;
   #housekeeping: NodeJS.Timeout | null = null;
+  #clockProbing: NodeJS.Timeout | null = null;
+  /** The cluster's wall-clock time: the median of the members' clocks (cluster-clock.ts). */
+  readonly clock = new ClusterClock();
   #housekeepingBusy = false;
   #listener: GuardedListener | null = null;
   #metricsServer: HttpServer | null = null;
@@ -167,6 +172,7 @@ export class CofferNode {
         cluster: state.cluster,
         manager,
         propose,
+        now: () => this.clock.now(),
         onRenewed: () => {
           transport.reconnectAll();
           trust.reset();
@@ -195,6 +201,7 @@ export class CofferNode {
       manager,
       propose,
       proposeConfChange: (change) => this.proposer.confChange(change),
+      now: () => this.clock.now(),
       log,
     });
     this.#anchoring = new AuditAnchoring({
@@ -232,6 +239,7 @@ export class CofferNode {
       trust,
       log,
       metrics,
+      clock: this.clock,
       propose,
       proposeConfChange: (change) => this.proposer.confChange(change),
       readPoint: async (stale = false) => (stale ? (manager.status().raft?.applied ?? 0) : manager.linearizableRead()),
@@ -365,6 +373,7 @@ export class CofferNode {
       keyringTerm: () => manager.status().keys?.activeTerm ?? 0,
       locked: () => manager.locked,
       auditBroken: () => node?.audit.broken !== null && node?.audit.broken !== undefined,
+      clockOffsetMs: () => node?.clock.offsetMs() ?? 0,
       transport: () => transport.stats,
     });
     let metricsServer: HttpServer | null = null;
@@ -456,6 +465,17 @@ export class CofferNode {
     made(node);
     await node.#listen();
     node.#housekeeping = setInterval(() => void node.#housekeep(), HOUSEKEEPING_INTERVAL_MS);
+    const clockProbe = new ClockProbe({
+      clock: node.clock,
+      selfId: config.nodeId,
+      members: () => {
+        const conf = manager.raftStatus()?.confState;
+        return conf === undefined ? [] : [...conf.voters, ...conf.learners];
+      },
+      client: (member) => node.trust.peerClient(member),
+      log,
+    });
+    node.#clockProbing = setInterval(() => clockProbe.round(), CLOCK_PROBE_INTERVAL_MS);
     const listen = options.listen ?? config.listen;
     log.info(
       { event: 'started', nodeId: config.nodeId, listen, port: node.boundPort },
@@ -550,6 +570,7 @@ export class CofferNode {
 
   async stop(): Promise<void> {
     if (this.#housekeeping !== null) clearInterval(this.#housekeeping);
+    if (this.#clockProbing !== null) clearInterval(this.#clockProbing);
     this.#metricsServer?.close();
     this.transport.close();
     this.trust.close();

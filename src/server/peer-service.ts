@@ -50,6 +50,11 @@ export function peerService(ctx: RequestContext, deps: PeerServiceDeps): grpc.Un
       requireMember(ctx, call);
       return { members: encodeMembers(deps.members()) };
     }),
+    // The host's clock, uncorrected: a corrected one would feed the median back into itself.
+    clock: unary(ctx, 'Peer.Clock', async (call: Call<object>) => {
+      requireMember(ctx, call);
+      return { wallMs: Date.now() };
+    }),
   };
 }
 

@@ -197,24 +197,11 @@ export class PeerTrust {
   }
 
   #ask(member: NodeId): Promise<MemberEntry[]> {
-    const address =
-      this.#options.cluster.addresses.get(member) ?? this.#options.bootstrap.find(([id]) => id === member)?.[1];
-    if (address === undefined || address === '')
-      return Promise.reject(new Error(`no address is known for manager ${member}`));
-    let client = this.#clients.get(member);
-    if (client === undefined) {
-      const { Peer } = services();
-      // The member must prove it is the one this manager knows (its recorded key), not any CA-signed manager.
-      client = new Peer.Client(
-        address,
-        managerChannelCredentials(this.#options.tls(), {
-          clusterId: this.#options.clusterId,
-          nodeId: String(member),
-          keys: () => this.#stateKeys(member),
-        }),
-        MANAGER_CHANNEL_OPTIONS,
-      );
-      this.#clients.set(member, client);
+    let client: grpc.Client;
+    try {
+      client = this.peerClient(member);
+    } catch (error) {
+      return Promise.reject(error);
     }
     const stub = client as unknown as {
       members(
@@ -233,6 +220,31 @@ export class PeerTrust {
         }
       });
     });
+  }
+
+  /**
+   * A Peer client of `member` that proves the member is the one this manager knows (its recorded
+   * key), not any CA-signed manager; one per member, closed by reset(). Throws if no address is known.
+   */
+  peerClient(member: NodeId): grpc.Client {
+    const address =
+      this.#options.cluster.addresses.get(member) ?? this.#options.bootstrap.find(([id]) => id === member)?.[1];
+    if (address === undefined || address === '') throw new Error(`no address is known for manager ${member}`);
+    let client = this.#clients.get(member);
+    if (client === undefined) {
+      const { Peer } = services();
+      client = new Peer.Client(
+        address,
+        managerChannelCredentials(this.#options.tls(), {
+          clusterId: this.#options.clusterId,
+          nodeId: String(member),
+          keys: () => this.#stateKeys(member),
+        }),
+        MANAGER_CHANNEL_OPTIONS,
+      );
+      this.#clients.set(member, client);
+    }
+    return client;
   }
 
   /** After a certificate renewal: channels made with the old one are closed. */

@@ -128,7 +128,7 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
 
   const put = async (call: Call<unknown>, r: PutRequest): Promise<number> => {
     checkName(r.name);
-    const command = putCommand(r, Date.now());
+    const command = putCommand(r, ctx.clock.now());
     const value = r.value;
     // Refused here when it surely would be where it applies (a quota), or over this manager's rate: no log entry spent.
     const caller = authenticateClient(ctx, call);
@@ -182,7 +182,7 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
       );
       for (const [k, item] of items.entries())
         forItem(k, count, item.name, () => authorize(ctx, call, 'write', item.name));
-      const nowMs = Date.now();
+      const nowMs = ctx.clock.now();
       const commands = items.map((item, k) => forItem(k, count, item.name, () => putCommand(item, nowMs)));
       const bytes = items.reduce((sum, item) => sum + putBatchItemBytes(item.name, item.value), 0);
       if (bytes > PUT_BATCH_BYTES_MAX)
@@ -272,7 +272,7 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         const found = store.read(
           r.name,
           r.version !== 0 ? { version: r.version } : r.label !== '' ? { label: r.label } : {},
-          Date.now(),
+          ctx.clock.now(),
         );
         // Opened for this reply only, and zeroed once the reply is serialized.
         return {
@@ -322,7 +322,7 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
       authorize(ctx, call, 'read', call.request.name);
       const applied = await readPoint(call.request.stale);
       authorize(ctx, call, 'read', call.request.name);
-      const nowMs = Date.now();
+      const nowMs = ctx.clock.now();
       return {
         secret: metadataReply(store.metadata(call.request.name)),
         versions: store.versions(call.request.name, nowMs).map((v) => ({ ...v, expireAtMs: v.expireAtMs ?? 0 })),

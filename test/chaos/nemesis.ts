@@ -139,8 +139,7 @@ async function inject(
       // under it; Raft's ticks run on the monotonic clock and should not notice.
       const clocks = c.clocks!;
       const leader = await c.leader();
-      const victim =
-        leader !== null && random.float() < 0.5 ? leader : c.managers[random.int(c.managers.length)]!;
+      const victim = leader !== null && random.float() < 0.5 ? leader : c.managers[random.int(c.managers.length)]!;
       const offsetS = (random.float() < 0.5 ? -1 : 1) * [30, 120, 300, 900][random.int(4)]!;
       const durationMs = faultMs(random) + 4000;
       clocks.set(victim.name, offsetS);

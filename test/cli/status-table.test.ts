@@ -17,6 +17,7 @@ const own = (term: number, commitIndex: number) => ({
   commitIndex,
   appliedIndex: commitIndex,
   certificateNotAfterMs: Date.UTC(2026, 0, 31),
+  clockOffsetMs: term === 3 ? 300_000 : 12,
 });
 
 test('cluster status: every cell of the members table starts under its header, with long and short node ids', () => {
@@ -38,12 +39,13 @@ test('cluster status: every cell of the members table starts under its header, w
     'LAG',
     'TERM',
     'COMMIT/APPLIED',
+    'HOST-CLOCK',
     'CERT-EXPIRES',
   ]);
   const starts = names.map((name) => header.indexOf(name));
   const cells = [
-    ['829408580', '10.0.0.1:7001', 'leader', 'healthy', '120', '0', '12', '1234567/1234567', '2026-01-31'],
-    ['1', '127.0.0.1:7002', 'voter', 'healthy', '7', '113', '3', '9/9', '2026-01-31'],
+    ['829408580', '10.0.0.1:7001', 'leader', 'healthy', '120', '0', '12', '1234567/1234567', 'in step', '2026-01-31'],
+    ['1', '127.0.0.1:7002', 'voter', 'healthy', '7', '113', '3', '9/9', '-300.0 s off', '2026-01-31'],
     [
       '42',
       'manager-three.example.internal:7003',
@@ -51,6 +53,7 @@ test('cluster status: every cell of the members table starts under its header, w
       'unreachable',
       '0',
       '0',
+      '-',
       '-',
       '-',
       'no answer (down or locked)',

@@ -72,7 +72,10 @@ export class Processes {
     const child =
       prefix.length === 0
         ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } })
-        : spawn(prefix[0]!, [...prefix.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+        : spawn(prefix[0]!, [...prefix.slice(1), ...argv], {
+            stdio: ['pipe', 'pipe', 'pipe'],
+            env: { ...process.env, ...env },
+          });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
