@@ -98,6 +98,13 @@ export async function createCaAsync(clusterId: string, nowMs: number, gen: numbe
   return caCertificateFor(await newRsaKeyAsync(CA_KEY_BITS), clusterId, nowMs, gen);
 }
 
+/**
+ * How far back a certificate's validity starts: TLS checks validity by each host's own clock
+ * (OpenSSL, not the cluster's time), so a host whose clock is up to this far behind still
+ * accepts a certificate, and the CA above it, the moment it is issued. An hour, as public CAs do.
+ */
+export const CERT_BACKDATE_MS = 3_600_000;
+
 function caCertificateFor(
   key: { privatePem: string; publicPem: string },
   clusterId: string,
@@ -107,7 +114,7 @@ function caCertificateFor(
   const cert = forge().pki.createCertificate();
   cert.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
-  cert.validity.notBefore = new Date(nowMs - 60_000);
+  cert.validity.notBefore = new Date(nowMs - CERT_BACKDATE_MS);
   cert.validity.notAfter = new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS);
   const subject = caSubject(clusterId, gen);
   cert.setSubject(subject);
@@ -231,8 +238,10 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
   const days =
     options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
   const notAfterMs = options.notAfterMs ?? options.nowMs + days * DAY_MS;
-  // Backdated a little for clocks that lag: an hour, or a tenth of a short lifetime.
-  cert.validity.notBefore = new Date(Math.min(options.nowMs, notAfterMs) - Math.min(3600_000, (days * DAY_MS) / 10));
+  // Backdated for clocks that lag: an hour, or a tenth of a short lifetime.
+  cert.validity.notBefore = new Date(
+    Math.min(options.nowMs, notAfterMs) - Math.min(CERT_BACKDATE_MS, (days * DAY_MS) / 10),
+  );
   cert.validity.notAfter = new Date(notAfterMs);
   cert.setSubject([
     { name: 'commonName', value: options.id },
@@ -261,7 +270,7 @@ export function selfSignedCertificate(key: { privatePem: string; publicPem: stri
   const cert = forge().pki.createCertificate();
   cert.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
-  cert.validity.notBefore = new Date(nowMs - 60_000);
+  cert.validity.notBefore = new Date(nowMs - CERT_BACKDATE_MS);
   cert.validity.notAfter = new Date(nowMs + DAY_MS);
   const subject = [{ name: 'commonName', value: 'coffer joining manager' }];
   cert.setSubject(subject);

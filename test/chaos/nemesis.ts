@@ -1,4 +1,6 @@
-import { CofferClient } from '../../src/client/client.ts';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import { ClientError, CofferClient } from '../../src/client/client.ts';
+import { identityOf, newLeafKey } from '../../src/crypto/pki.ts';
 import type { Random } from '../../src/util/prng.ts';
 import { eventually } from '../processes/processes.ts';
 import type { Manager, ProcessCluster } from './process-cluster.ts';
@@ -32,14 +34,18 @@ export interface FaultRecord {
   /** The managers it struck (their names), as far as the nemesis knows. */
   readonly targets: readonly string[];
   readonly detail: string;
+  /** What a check made during the fault found wrong (none: empty or absent). */
+  readonly problems?: readonly string[];
 }
 
 /** What one injection did. */
 export interface Fault {
   readonly detail: string;
   readonly targets: readonly string[];
+  readonly problems?: readonly string[];
 }
 
+const DAY_MS = 86_400_000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** How long a fault lasts before it is healed. */
@@ -71,11 +77,12 @@ export async function injectFault(
   random: Random,
   hooks: { killedLeader(): void },
 ): Promise<Fault | null> {
-  const detail = await inject(c, nemesis, random, hooks);
+  const problems: string[] = [];
+  const detail = await inject(c, nemesis, random, hooks, problems);
   if (detail === null) return null;
   // The managers a fault names are its targets (a fault on the whole cluster names them all).
   const named = c.managers.filter((m) => new RegExp(`\\b${m.name}\\b`).test(detail)).map((m) => m.name);
-  return { detail, targets: nemesis === 'restart-all' ? c.managers.map((m) => m.name) : named };
+  return { detail, targets: nemesis === 'restart-all' ? c.managers.map((m) => m.name) : named, problems };
 }
 
 async function inject(
@@ -83,6 +90,7 @@ async function inject(
   nemesis: NemesisName,
   random: Random,
   hooks: { killedLeader(): void },
+  problems: string[],
 ): Promise<string | null> {
   const names = (ms: readonly Manager[]) => ms.map((m) => m.name).join(', ');
   switch (nemesis) {
@@ -142,10 +150,15 @@ async function inject(
       const victim = leader !== null && random.float() < 0.5 ? leader : c.managers[random.int(c.managers.length)]!;
       const offsetS = (random.float() < 0.5 ? -1 : 1) * [30, 120, 300, 900][random.int(4)]!;
       const durationMs = faultMs(random) + 4000;
+      const startedMs = Date.now();
       clocks.set(victim.name, offsetS);
-      await sleep(durationMs);
+      // libfaketime reads the offset at most once a second: then a certificate is issued there.
+      await sleep(1500);
+      const issued = await issueUnderSkew(c, victim);
+      problems.push(...issued.problems);
+      await sleep(Math.max(0, durationMs - (Date.now() - startedMs)));
       clocks.set(victim.name, 0);
-      return `clock of ${victim.name}${victim === leader ? ' (the leader)' : ''} ${Math.abs(offsetS)} s ${offsetS < 0 ? 'behind' : 'ahead'} for ${durationMs} ms, then true again`;
+      return `clock of ${victim.name}${victim === leader ? ' (the leader)' : ''} ${Math.abs(offsetS)} s ${offsetS < 0 ? 'behind' : 'ahead'} for ${durationMs} ms, then true again; ${issued.detail}`;
     }
     case 'delay':
     case 'bandwidth':
@@ -153,6 +166,67 @@ async function inject(
     case 'reset':
       return linkFault(c, nemesis, random);
   }
+}
+
+let skewIdentities = 0;
+
+/**
+ * Issues a client certificate through the manager whose clock is off, then checks it: valid
+ * from now and for its lifetime by true time (the cluster's time stamps it, not the host's), and
+ * accepted by every manager (a call there is refused for lack of policy, not of authentication).
+ */
+async function issueUnderSkew(c: ProcessCluster, victim: Manager): Promise<{ detail: string; problems: string[] }> {
+  const name = `chaos-skew-${process.pid}-${++skewIdentities}`;
+  const key = newLeafKey();
+  const issuer = c.client(victim, 10_000);
+  let issued: { certificatePem: string; notAfterMs: number };
+  const askedMs = Date.now();
+  try {
+    issued = await issuer.issueIdentity(name, [], key.publicPem, 1);
+  } catch (error) {
+    const detail = `issuing a certificate there failed (${(error as Error).message.slice(0, 80)})`;
+    // Refused for want of a valid certificate: the admin's, judged by the skewed host's clock.
+    const refused = error instanceof ClientError && error.code === grpcStatus.UNAUTHENTICATED;
+    return { detail, problems: refused ? [`${victim.name} refused the admin's certificate: ${detail}`] : [] };
+  } finally {
+    issuer.close();
+  }
+  const problems: string[] = [];
+  const { notBeforeMs, notAfterMs } = identityOf(issued.certificatePem);
+  const expectedAfterMs = askedMs + DAY_MS;
+  if (notBeforeMs > Date.now())
+    problems.push(
+      `a certificate issued at ${victim.name} starts ${Math.round((notBeforeMs - Date.now()) / 1000)} s in the future`,
+    );
+  if (Math.abs(notAfterMs - expectedAfterMs) > 60_000)
+    problems.push(
+      `a one-day certificate issued at ${victim.name} ends ${Math.round((notAfterMs - expectedAfterMs) / 1000)} s off a day from now`,
+    );
+  for (const m of c.managers) {
+    const client = new CofferClient({
+      addresses: [m.address],
+      caPem: c.adminPem().caPem,
+      certPem: issued.certificatePem,
+      keyPem: key.privatePem,
+      deadlineMs: 5000,
+    });
+    try {
+      await client.get('chaos/k0');
+      problems.push(`${m.name} served a certificate without policies`);
+    } catch (error) {
+      const code = error instanceof ClientError ? error.code : -1;
+      if (code === grpcStatus.UNAUTHENTICATED)
+        problems.push(
+          `${m.name} refused a certificate issued at ${victim.name}: ${(error as Error).message.slice(0, 100)}`,
+        );
+    } finally {
+      client.close();
+    }
+  }
+  return {
+    detail: `a certificate issued there ends ${Math.round((notAfterMs - expectedAfterMs) / 1000)} s off true time`,
+    problems,
+  };
 }
 
 /**

@@ -16,7 +16,9 @@ import {
   joinTokenHash,
   joinTokenMatches,
   newJoinToken,
+  newLeafKey,
   parseJoinToken,
+  selfSignedCertificate,
   type KeyAndCertificate,
 } from '../../src/crypto/pki.ts';
 
@@ -180,4 +182,24 @@ test('parsed certificates are remembered by their bytes: the same answers as par
       issuedBy(k % 2 === 0 ? a.certPem : b.certPem, k % 3 === 0 ? ca.certPem : other.certPem),
       (k % 2 === 0) === (k % 3 === 0),
     );
+});
+
+test('a host whose clock is up to an hour behind accepts the CA and a certificate the moment they are issued (TLS checks by its own clock)', () => {
+  const issuedAtMs = Date.now();
+  const freshCa = createCa('cluster-skew', issuedAtMs);
+  const leaf = issueCertificate(freshCa, { id: 'app', role: 'client', clusterId: 'cluster-skew', nowMs: issuedAtMs });
+  const behindMs = issuedAtMs - 59 * 60_000;
+  for (const [what, pem] of [
+    ['the CA', freshCa.certPem],
+    ['the leaf', leaf.certPem],
+  ] as const) {
+    const cert = new X509Certificate(pem);
+    assert.ok(
+      Date.parse(cert.validFrom) <= behindMs,
+      `${what} is valid at a host 59 minutes behind: ${cert.validFrom}`,
+    );
+  }
+  // The joiner's self-signed certificate too (the leader checks it by its own clock).
+  const self = new X509Certificate(selfSignedCertificate(newLeafKey(), issuedAtMs));
+  assert.ok(Date.parse(self.validFrom) <= behindMs);
 });
