@@ -131,6 +131,13 @@ test('link proxies between namespaces: traffic goes through them, and they delay
     assert.ok(Date.now() - sentAt >= 400, `limited: ${Date.now() - sentAt} ms`);
     proxies.clear();
 
+    // A backlog built under a limit does not outlast it: 64 KiB at 1 KiB/s would take a minute.
+    proxies.set(0, 1, { bytesPerS: 1024 });
+    say(`send ${64 * 1024}`);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    proxies.clear();
+    await lines.next(new RegExp(`^bytes ${bytesBefore + 2 * 64 * 1024}$`), 5000);
+
     // Reset: the connection is cut mid-stream, with a reset.
     assert.equal(proxies.reset(0, 1), 1);
     await lines.next(/^error ECONNRESET$/);

@@ -25,7 +25,7 @@ const HELD_BYTES_MAX = 4 * 1024 * 1024;
  * lets each chunk go.
  */
 class Direction {
-  readonly #queue: { chunk: Buffer; dueMs: number }[] = [];
+  readonly #queue: { readonly chunk: Buffer; dueMs: number }[] = [];
   #heldBytes = 0;
   #lastDueMs = 0;
   #timer: NodeJS.Timeout | null = null;
@@ -54,6 +54,22 @@ class Direction {
     this.#queue.push({ chunk, dueMs: due });
     this.#heldBytes += chunk.length;
     if (this.#heldBytes > HELD_BYTES_MAX) this.source.pause();
+    this.pump();
+  }
+
+  /**
+   * The link's fault changed: what it holds is due no later than the new fault would make it (a
+   * backlog built under a bandwidth limit or a long delay does not outlast the fault), in order.
+   */
+  reschedule(): void {
+    const f = this.fault();
+    const now = Date.now();
+    let last = 0;
+    for (const item of this.#queue) {
+      item.dueMs = Math.max(last, Math.min(item.dueMs, now + f.delayMs));
+      last = item.dueMs;
+    }
+    this.#lastDueMs = Math.min(this.#lastDueMs, Math.max(now, last));
     this.pump();
   }
 
@@ -174,13 +190,13 @@ export class LinkProxies {
   set(from: number, to: number, change: Partial<LinkFault>): void {
     const before = this.fault(from, to);
     this.#faults.set(linkKey(from, to), { ...before, ...change });
-    if (before.stalled && change.stalled === false) this.#pumpAll();
+    this.#rescheduleAll();
   }
 
   /** Every link back to passing bytes as they come; held bytes are released. */
   clear(): void {
     this.#faults.clear();
-    this.#pumpAll();
+    this.#rescheduleAll();
   }
 
   /** Resets every open connection between the two managers (both ends see ECONNRESET). */
@@ -197,8 +213,9 @@ export class LinkProxies {
     return open.length;
   }
 
-  #pumpAll(): void {
-    for (const set of this.#connections.values()) for (const conn of set) for (const d of conn.directions) d.pump();
+  #rescheduleAll(): void {
+    for (const set of this.#connections.values())
+      for (const conn of set) for (const d of conn.directions) d.reschedule();
   }
 
   async close(): Promise<void> {
