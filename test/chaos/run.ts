@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -140,7 +140,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       const at = workload.now();
       const fault = await injectFault(c, nemesis, random, { killedLeader: () => kills.push(workload.now()) });
       if (fault === null) continue;
-      faults.push({ atMs: at, endMs: workload.now(), nemesis, targets: fault.targets, detail: fault.detail });
+      faults.push({
+        atMs: at,
+        endMs: workload.now(),
+        nemesis,
+        targets: fault.targets,
+        detail: fault.detail,
+        ...(fault.problems === undefined || fault.problems.length === 0 ? {} : { problems: fault.problems }),
+      });
+      for (const problem of fault.problems ?? []) log(`    PROBLEM: ${problem}`);
       log(`  ${(at / 1000).toFixed(1)} s: ${fault.detail}`);
     }
     while (workload.now() < end) await sleep(200);
@@ -167,6 +175,31 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       converged = true;
     } catch (error) {
       log(`  not converged: ${(error as Error).message}`);
+      // What each manager says, and the end of its log, in the run's output (CI keeps nothing else).
+      for (const m of c.managers) {
+        const status = await c.status(m, { withStateDigest: true }).then(
+          (s) =>
+            `${s.role}, term ${s.term}, leader ${s.leaderId}, commit ${s.commitIndex}, applied ${s.appliedIndex}, digest ${s.stateDigest.slice(0, 12)}`,
+          (e: Error) => `no status (${e.message.slice(0, 80)})`,
+        );
+        log(`  ${m.name}: ${status}`);
+        const tail = c.procs
+          .log(m.name)
+          .split('\n')
+          .filter((line) => line !== '' && !line.includes('"event":"rpc"'))
+          .slice(-12);
+        for (const line of tail) log(`    ${line.slice(0, 300)}`);
+      }
+      if (options.outDir !== undefined || options.historyFile === undefined) {
+        const keep = join(
+          options.outDir ?? join(process.cwd(), 'chaos-runs'),
+          `logs-seed-${options.seed}-${Date.now()}`,
+        );
+        mkdirSync(keep, { recursive: true });
+        for (const file of readdirSync(root))
+          if (file.endsWith('.log')) copyFileSync(join(root, file), join(keep, file));
+        log(`  manager logs kept in ${keep}`);
+      }
     }
     // Final linearizable reads of every key, part of the history.
     const final: Operation[] = [];
@@ -218,7 +251,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     });
     const count = (outcome: Operation['outcome']) => workload.history.filter((op) => op.outcome === outcome).length;
     const expiryProblems = checkExpiry(workload.expiryProbes);
-    const ok = verdict.linearizable && converged && lostWrites.length === 0 && expiryProblems.length === 0;
+    const faultProblems = faults.flatMap((f) => f.problems ?? []);
+    const ok =
+      verdict.linearizable &&
+      converged &&
+      lostWrites.length === 0 &&
+      expiryProblems.length === 0 &&
+      faultProblems.length === 0;
     let historyFile: string | null = null;
     if (options.historyFile !== undefined) {
       writeHistoryFile(options.historyFile, history, faults, workload.expiryProbes);
@@ -292,6 +331,7 @@ export function formatSummary(s: ChaosSummary): string {
     `failovers (kill -9 of the leader to the first acknowledged write): ${s.failoversMs.length === 0 ? 'none' : s.failoversMs.map((ms) => (Number.isFinite(ms) ? `${Math.round(ms)} ms` : 'no write after')).join(', ')}`,
     `converged: ${s.converged ? 'yes, same state digest on every manager' : 'NO'}`,
     `lost acknowledged writes: ${s.lostWrites.length === 0 ? 'none' : s.lostWrites.join('; ')}`,
+    ...s.faults.flatMap((f) => (f.problems ?? []).map((p) => `PROBLEM during ${f.nemesis}: ${p}`)),
     `expiry (${s.expiry.probes} probes of keys with a 2 s TTL): ${s.expiry.problems.length === 0 ? 'never served late, never gone early' : `${s.expiry.problems.length} BROKEN: ${s.expiry.problems.slice(0, 5).join('; ')}${s.expiry.problems.length > 5 ? '; ...' : ''}`}`,
     ...formatAvailability(s.availability),
     ...(s.historyFile === null ? [] : [`history: ${s.historyFile} (npm run chaos -- --check FILE checks it again)`]),
