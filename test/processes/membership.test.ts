@@ -41,9 +41,9 @@ test('coffer cluster status, transfer-leader, demote, promote and remove on thre
     assert.equal((status.stdout.match(/ leader +healthy/g) ?? []).length, 1, status.stdout);
     assert.match(status.stdout, /keyring term \d+, rotated \d{4}-\d\d-\d\dT.*autolock off; recovery key set/);
     assert.equal(
-      (status.stdout.match(/ \d+ +\d+\/\d+ +\d{4}-\d\d-\d\d/g) ?? []).length,
+      (status.stdout.match(/ \d+ +\d+\/\d+ +in step +\d{4}-\d\d-\d\d/g) ?? []).length,
       3,
-      `each member's own term, commit/applied and certificate expiry:\n${status.stdout}`,
+      `each member's own term, commit/applied, host clock and certificate expiry:\n${status.stdout}`,
     );
 
     // Leadership to a named voter, asked of a manager that is neither.
