@@ -85,8 +85,11 @@ if (values.help) {
 if (values.check !== undefined) {
   const { ops, faults, probes } = readHistoryFile(values.check);
   const verdict = checkHistory(ops);
-  const expiryProblems = checkExpiry(probes);
-  for (const problem of expiryProblems) console.log(`expiry: ${problem}`);
+  const expiryProblems = [
+    ...checkExpiry(probes),
+    ...faults.flatMap((f) => (f.problems ?? []).map((p) => `during ${f.nemesis}: ${p}`)),
+  ];
+  for (const problem of expiryProblems) console.log(`problem: ${problem}`);
   for (const key of verdict.keys)
     if (!key.linearizable)
       console.log(
@@ -94,7 +97,7 @@ if (values.check !== undefined) {
       );
   for (const anomaly of verdict.staleAnomalies) console.log(`stale read anomaly: ${anomaly}`);
   console.log(
-    `${values.check}: ${ops.length} operations on ${verdict.keys.length} keys, ${faults.length} faults, ${probes.length} expiry probes: ${verdict.linearizable && expiryProblems.length === 0 ? 'linearizable, expiry kept' : 'ANOMALY'}`,
+    `${values.check}: ${ops.length} operations on ${verdict.keys.length} keys, ${faults.length} faults, ${probes.length} expiry probes: ${verdict.linearizable && expiryProblems.length === 0 ? 'linearizable, expiry kept, no problem found during faults' : 'ANOMALY'}`,
   );
   process.exit(verdict.linearizable && expiryProblems.length === 0 ? 0 : 1);
 }

@@ -91,6 +91,7 @@ export function historyLines(
         start: ns(fault.atMs),
         end: ns(fault.endMs),
         detail: fault.detail,
+        ...(fault.problems === undefined ? {} : { problems: fault.problems }),
         time: ns(fault.atMs),
       },
       order: 2,
@@ -137,6 +138,7 @@ export function parseHistoryLines(lines: readonly string[]): {
         nemesis: line['kind'] as FaultRecord['nemesis'],
         targets: line['targets'] as string[],
         detail: String(line['detail'] ?? ''),
+        ...(Array.isArray(line['problems']) ? { problems: (line['problems'] as unknown[]).map(String) } : {}),
       });
       continue;
     }
