@@ -21,7 +21,10 @@ Options:
   --nemesis LIST       comma-separated, from: ${NEMESES.join(', ')}
                        (default: all of them)
                        kill-leader, kill-minority (kill -9, restarted later), pause (SIGSTOP, SIGCONT),
-                       restart-all, transfer-leader, membership (demote/promote, replace a member);
+                       restart-all, transfer-leader, membership (demote/promote, replace a member),
+                       rotate-kill (a key operation, a kill -9 inside it), snapshot-kill (a kill -9
+                       inside a snapshot's transfer or install), clock-skew (one manager's wall
+                       clock minutes off, with libfaketime);
                        network namespaces only: partition (blackhole routes), and through a
                        fault-injecting proxy on every link: delay (with jitter), bandwidth (a limit
                        per direction), stall (one direction's bytes held, then released), reset

@@ -18,6 +18,8 @@ export const NEMESES = [
   'stall',
   'reset',
   'clock-skew',
+  'rotate-kill',
+  'snapshot-kill',
 ] as const;
 export type NemesisName = (typeof NEMESES)[number];
 
@@ -160,12 +162,76 @@ async function inject(
       clocks.set(victim.name, 0);
       return `clock of ${victim.name}${victim === leader ? ' (the leader)' : ''} ${Math.abs(offsetS)} s ${offsetS < 0 ? 'behind' : 'ahead'} for ${durationMs} ms, then true again; ${issued.detail}`;
     }
+    case 'rotate-kill':
+      return rotateKill(c, random);
+    case 'snapshot-kill':
+      return snapshotKill(c, random);
     case 'delay':
     case 'bandwidth':
     case 'stall':
     case 'reset':
       return linkFault(c, nemesis, random);
   }
+}
+
+/**
+ * A key operation (rotate the data key, rewrap every record under it, or rotate the root key)
+ * with a kill -9 of a manager (the leader half the time) a moment after it was asked for:
+ * inside the operation or the re-seal that follows it.
+ */
+async function rotateKill(c: ProcessCluster, random: Random): Promise<string> {
+  const op = (['rotate', 'rewrap', 'rewrap', 'rotateRoot'] as const)[random.int(4)]!;
+  const leader = await c.leader();
+  const victim = leader !== null && random.float() < 0.5 ? leader : c.managers[random.int(c.managers.length)]!;
+  const client = admin(c);
+  const asked = client.keyOp(op).then(
+    (reply) => `done (term ${reply.activeTerm})`,
+    (error: Error) => `refused or cut off (${error.message.slice(0, 60)})`,
+  );
+  const afterMs = random.int(400);
+  await sleep(afterMs);
+  await c.kill(victim);
+  const outcome = await asked;
+  client.close();
+  await sleep(faultMs(random));
+  c.restart(victim);
+  return `key ${op}, kill -9 ${victim.name}${victim === leader ? ' (the leader)' : ''} ${afterMs} ms after: ${outcome}; restarted`;
+}
+
+/**
+ * A follower that has to be sent a snapshot, killed (or its leader killed) while it is sent:
+ * the follower is stopped until the leader's log starts past what it has, restarted, and a
+ * moment later one of the two is killed. With link proxies, the link is slowed to stretch the
+ * transfer.
+ */
+async function snapshotKill(c: ProcessCluster, random: Random): Promise<string> {
+  const leader = await c.leader();
+  if (leader === null) return 'snapshot and kill: no leader, skipped';
+  const followers = c.managers.filter((m) => m !== leader);
+  const follower = followers[random.int(followers.length)]!;
+  const had = await c.status(follower).catch(() => null);
+  if (had === null) return `snapshot and kill: ${follower.name} does not answer, skipped`;
+  await c.kill(follower);
+  const compacted = await eventually(`${leader.name}'s log to start past ${follower.name}'s`, 30_000, async () => {
+    const s = await c.status(leader);
+    return s.role === 'leader' && s.snapshotIndex > had.appliedIndex ? s : undefined;
+  }).catch(() => null);
+  if (compacted === null) {
+    c.restart(follower);
+    return `snapshot and kill: ${leader.name}'s log did not move past ${follower.name}'s within 30 s; ${follower.name} restarted`;
+  }
+  const slow = c.links !== null;
+  if (slow) c.links!.set(leader.slot, follower.slot, { bytesPerS: 32 * 1024 });
+  c.restart(follower);
+  const afterMs = 300 + random.int(2000);
+  await sleep(afterMs);
+  const sent = (await c.status(leader).catch(() => null))?.snapshotsSent;
+  const victim = random.float() < 0.5 ? follower : leader;
+  await c.kill(victim);
+  c.links?.set(leader.slot, follower.slot, { bytesPerS: 0 });
+  await sleep(faultMs(random));
+  c.restart(victim);
+  return `${follower.name} stopped until ${leader.name} (the leader) compacted past index ${had.appliedIndex}, restarted${slow ? ' behind a 32 KiB/s link' : ''}, then kill -9 ${victim.name} ${afterMs} ms later (snapshots sent by ${leader.name}: ${sent ?? 'unknown'}); restarted`;
 }
 
 let skewIdentities = 0;
