@@ -35,6 +35,8 @@ import { createLogger } from '../util/logger.ts';
 
 /** The exit status of a manager whose replica stopped on an error (sysexits EX_SOFTWARE). */
 const EXIT_REPLICA_FAILED = 70;
+/** EX_TEMPFAIL: start me again (after a full disk had room again). */
+const EXIT_RESTART = 75;
 /** The exit status of a manager that learned it was removed from the cluster (sysexits EX_NOPERM). */
 const EXIT_REMOVED = 77;
 
@@ -376,6 +378,12 @@ async function serve(
     onFatal: () => {
       process.exitCode = EXIT_REPLICA_FAILED;
       void node.stop().finally(() => process.exit(EXIT_REPLICA_FAILED));
+    },
+    // A full disk: the manager waited, refusing requests, until space came back; it exits so
+    // its supervisor starts it again from disk (the path a kill -9 takes, and tests).
+    onDiskSpaceBack: () => {
+      process.exitCode = EXIT_RESTART;
+      void node.stop().finally(() => process.exit(EXIT_RESTART));
     },
     // Its log says why (removed-from-cluster); a manager that can never serve again does not
     // linger looking alive, unless asked to (to be inspected).

@@ -158,6 +158,15 @@ export function devCommand(): Command {
       let stopping = false;
       const onExit = (m: ManagerProcess, how: string): void => {
         if (stopping) return;
+        // Code 75: the manager waited out a full disk and asks to be started again from disk,
+        // as a supervisor (compose's restart policy, systemd) would.
+        if (how === 'exit code 75') {
+          process.stdout.write(
+            `coffer dev: ${m.name} (${m.listen}) had disk space again and asked to be started again: starting it\n`,
+          );
+          m.start();
+          return;
+        }
         process.stdout.write(
           `coffer dev: ${m.name} (${m.listen}) stopped (${how}); the other managers carry on. Press Enter to start it again (its log: ${m.logFile})\n`,
         );

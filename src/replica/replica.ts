@@ -1,4 +1,5 @@
 import { RaftError } from '../raft/errors.ts';
+import { isDiskFull } from '../util/disk-full.ts';
 import { entryBytes } from '../raft/log.ts';
 import { RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
@@ -180,7 +181,7 @@ const READ_CONTEXTS_MAX = 64;
 /** Reads waiting locally for their read index before the replica refuses more. */
 export const LOCAL_READS_MAX = 65_536;
 
-export type ReplicaErrorCode = 'PROPOSAL_LOST' | 'READ_REFUSED' | 'REPLICA_STOPPED' | 'REPLICA_FAILED';
+export type ReplicaErrorCode = 'PROPOSAL_LOST' | 'READ_REFUSED' | 'REPLICA_STOPPED' | 'REPLICA_FAILED' | 'DISK_FULL';
 
 export class ReplicaError extends Error {
   override name = 'ReplicaError';
@@ -531,6 +532,11 @@ export class Replica<Result> {
   }
 
   #stoppedError(): ReplicaError {
+    if (this.#failure !== null && isDiskFull(this.#failure))
+      return new ReplicaError(
+        'DISK_FULL',
+        "this manager's disk is full: it serves nothing until space is freed in its data directory, then resumes by itself; another manager can serve",
+      );
     return this.#failure === null
       ? new ReplicaError('REPLICA_STOPPED', 'the replica is stopped')
       : new ReplicaError(

@@ -24,6 +24,8 @@ export interface HealthFacts {
   readonly auditBroken: boolean;
   /** The replica stopped on an error (it refuses every request until the manager restarts). */
   readonly replicaFailed?: boolean;
+  /** The replica stopped because the disk is full: the data directory to free space in. */
+  readonly diskFull?: string | null;
   /** The commit index HEALTH_APPLY_GRACE_MS ago (CommitSamples), when known. */
   readonly committedBefore?: number;
 }
@@ -72,6 +74,11 @@ export function healthOf(facts: HealthFacts): { status: ServingStatus; reason: s
   const raft = facts.raft;
   if (raft === null) return { status: 'NOT_SERVING', reason: 'locked' };
   if (facts.removed) return { status: 'NOT_SERVING', reason: 'removed from the cluster' };
+  if (facts.diskFull !== undefined && facts.diskFull !== null)
+    return {
+      status: 'NOT_SERVING',
+      reason: `disk full: free space in ${facts.diskFull} (the manager resumes by itself once there is)`,
+    };
   if (facts.auditBroken) return { status: 'NOT_SERVING', reason: 'the audit log cannot be written' };
   if (facts.replicaFailed === true) return { status: 'NOT_SERVING', reason: 'the replica stopped on an error' };
   if (raft.lead === 0) return { status: 'NOT_SERVING', reason: 'no leader known' };

@@ -28,6 +28,8 @@ import { type AppliedOk, type ServiceContext, type StateCommand, signingOrUnavai
 import { ServiceError } from './errors.ts';
 import { HealthService } from './health.ts';
 import { LeaderDuties } from './leader-duties.ts';
+import { isDiskFull } from '../util/disk-full.ts';
+import { DISK_FREE_RESUME_BYTES, watchDiskSpace } from './disk-space.ts';
 import { ClockProbe } from './clock-probe.ts';
 import { CLOCK_PROBE_INTERVAL_MS, ClusterClock } from './cluster-clock.ts';
 import { normalizeExtraHosts } from './manager-hosts.ts';
@@ -84,6 +86,12 @@ export interface NodeOptions {
    */
   readonly onFatal?: (error: Error) => void;
   /**
+   * The disk filled and this manager stopped on it (it stays up meanwhile, refusing requests with
+   * DISK_FULL, health NOT_SERVING saying why); now DISK_FREE_RESUME_BYTES are free again and it
+   * should be started again from disk: the CLI exits with EXIT_RESTART for its supervisor.
+   */
+  readonly onDiskSpaceBack?: () => void;
+  /**
    * This manager learned it was removed from the cluster (a member refused it as removed, or it
    * applied its own removal); called once. The CLI exits unless told to wait; without it the
    * manager stays up, NOT_SERVING, refusing every request as removed.
@@ -125,6 +133,8 @@ export class CofferNode {
   readonly #connectionLimits: ConnectionLimits;
   #housekeeping: NodeJS.Timeout | null = null;
   #clockProbing: NodeJS.Timeout | null = null;
+  /** While the disk is full: watches for space to come back (disk-space.ts). */
+  #diskWatch: { stop(): void } | null = null;
   /** The cluster's wall-clock time: the median of the members' clocks (cluster-clock.ts). */
   readonly clock = new ClusterClock();
   #housekeepingBusy = false;
@@ -288,6 +298,7 @@ export class CofferNode {
         removed: trust.selfRemoved(),
         auditBroken: audit.broken !== null,
         replicaFailed: manager.replicaFailure() !== null,
+        diskFull: isDiskFull(manager.replicaFailure()) || isDiskFull(audit.broken) ? this.#options.dataDir : null,
       }),
       log,
       metrics,
@@ -350,6 +361,15 @@ export class CofferNode {
       ...(options.snapshotTailBytesMax === undefined ? {} : { snapshotTailBytesMax: options.snapshotTailBytesMax }),
       observer: metrics,
       onReplicaFailure: (error) => {
+        if (isDiskFull(error)) {
+          log.error(
+            { event: 'disk-full', dataDir: options.dataDir, reason: error.message },
+            `the disk of ${options.dataDir} is full: this manager refuses every request (DISK_FULL) until ${DISK_FREE_RESUME_BYTES >> 20} MiB are free there, then starts again from what is on disk`,
+          );
+          if (node !== null && node.#diskWatch === null)
+            node.#diskWatch = watchDiskSpace(options.dataDir, log, () => options.onDiskSpaceBack?.());
+          return;
+        }
         log.fatal(
           { event: 'replica-failed', reason: error.message, stack: error.stack },
           'the replica stopped on an error it cannot recover from: this manager refuses every request until it is restarted',
@@ -571,6 +591,7 @@ export class CofferNode {
   async stop(): Promise<void> {
     if (this.#housekeeping !== null) clearInterval(this.#housekeeping);
     if (this.#clockProbing !== null) clearInterval(this.#clockProbing);
+    this.#diskWatch?.stop();
     this.#metricsServer?.close();
     this.transport.close();
     this.trust.close();

@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import { isDiskFull } from '../util/disk-full.ts';
 import type { Identity } from '../crypto/pki.ts';
 import type { Capability } from '../state/policy.ts';
 import { callerIdentity } from '../transport/auth.ts';
@@ -115,6 +116,14 @@ function auditFailed(ctx: RequestContext, method: string, auditError: unknown, s
     'the audit record could not be written: the request fails',
   );
   ctx.metrics.auditFailed();
+  // A full disk says so, and where the rest of the cluster can serve.
+  if (isDiskFull(auditError))
+    return toStatus(
+      refuse(
+        'DISK_FULL',
+        "this manager's disk is full, so its audit log cannot be written: the request was refused (another manager can serve; this one resumes once space is freed)",
+      ),
+    );
   return toStatus(refuse('AUDIT_UNAVAILABLE', 'the audit log cannot be written; the request was refused'));
 }
 

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { isDiskFull } from '../../src/util/disk-full.ts';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import assert from 'node:assert/strict';
@@ -82,6 +83,22 @@ test('health is SERVING only for an unlocked manager that knows a leader and has
     status: 'NOT_SERVING',
     reason: 'the replica stopped on an error',
   });
+  // A full disk says so, and where, whichever part hit it first (the audit log or the replica).
+  for (const failed of [{ auditBroken: true }, { replicaFailed: true }])
+    assert.deepEqual(healthOf({ ...facts, raft: RAFT, ...failed, diskFull: '/var/lib/coffer' }), {
+      status: 'NOT_SERVING',
+      reason: 'disk full: free space in /var/lib/coffer (the manager resumes by itself once there is)',
+    });
+});
+
+test('a full disk is told from other errors: ENOSPC and EDQUOT by code, in a message, or down a cause chain', () => {
+  assert.equal(isDiskFull(Object.assign(new Error('write failed'), { code: 'ENOSPC' })), true);
+  assert.equal(isDiskFull(new Error('IO error: /d/state/000003.log: No space left on device')), true);
+  assert.equal(isDiskFull(new Error('the audit log in /d/audit cannot be written (EDQUOT)')), true);
+  assert.equal(isDiskFull(new Error('outer', { cause: new Error('inner', { cause: { code: 'ENOSPC' } }) })), true);
+  assert.equal(isDiskFull(Object.assign(new Error('permission denied'), { code: 'EACCES' })), false);
+  assert.equal(isDiskFull(new Error('IO error: corruption')), false);
+  assert.equal(isDiskFull(null), false);
 });
 
 test('the commit index of HEALTH_APPLY_GRACE_MS ago: unknown until the samples reach that far, then the newest sample at or before it; a flood of checks keeps few samples', () => {
