@@ -24,7 +24,8 @@ Options:
                        restart-all, transfer-leader, membership (demote/promote, replace a member),
                        rotate-kill (a key operation, a kill -9 inside it), snapshot-kill (a kill -9
                        inside a snapshot's transfer or install), clock-skew (one manager's wall
-                       clock minutes off, with libfaketime);
+                       clock minutes off, with libfaketime), disk-full (as root: one manager's
+                       data directory, a tmpfs, filled, then freed);
                        network namespaces only: partition (blackhole routes), and through a
                        fault-injecting proxy on every link: delay (with jitter), bandwidth (a limit
                        per direction), stall (one direction's bytes held, then released), reset

@@ -20,6 +20,7 @@ export const NEMESES = [
   'clock-skew',
   'rotate-kill',
   'snapshot-kill',
+  'disk-full',
 ] as const;
 export type NemesisName = (typeof NEMESES)[number];
 
@@ -164,6 +165,8 @@ async function inject(
     }
     case 'rotate-kill':
       return rotateKill(c, random);
+    case 'disk-full':
+      return diskFull(c, random, problems);
     case 'snapshot-kill':
       return snapshotKill(c, random);
     case 'delay':
@@ -232,6 +235,51 @@ async function snapshotKill(c: ProcessCluster, random: Random): Promise<string> 
   await sleep(faultMs(random));
   c.restart(victim);
   return `${follower.name} stopped until ${leader.name} (the leader) compacted past index ${had.appliedIndex}, restarted${slow ? ' behind a 32 KiB/s link' : ''}, then kill -9 ${victim.name} ${afterMs} ms later (snapshots sent by ${leader.name}: ${sent ?? 'unknown'}); restarted`;
+}
+
+/**
+ * One manager's disk filled (the leader half the time) under load: it must refuse requests with
+ * DISK_FULL while full; once space is freed it exits with code 75 and the harness, as its
+ * supervisor, starts it again. What it does otherwise is a problem of the fault.
+ */
+async function diskFull(c: ProcessCluster, random: Random, problems: string[]): Promise<string> {
+  const disks = c.disks!;
+  const leader = await c.leader();
+  const candidates = c.managers.filter((m) => disks.has(m.data) && c.procs.running(m.name));
+  if (candidates.length === 0)
+    return 'disk full: no running manager on a disk of its own (replaced ones are not), skipped';
+  const victim =
+    leader !== null && candidates.includes(leader) && random.float() < 0.5
+      ? leader
+      : candidates[random.int(candidates.length)]!;
+  const filler = disks.fill(victim.data);
+  const client = c.client(victim, 2000);
+  let refusedMs: number | null = null;
+  const startedMs = Date.now();
+  const untilMs = startedMs + Math.max(faultMs(random), 2000);
+  try {
+    while (Date.now() < untilMs || (refusedMs === null && Date.now() < startedMs + 15_000)) {
+      const error = await client.get('chaos/k0').then(
+        () => null,
+        (e: unknown) => e,
+      );
+      if (refusedMs === null && error instanceof ClientError && error.reason === 'DISK_FULL')
+        refusedMs = Date.now() - startedMs;
+      await sleep(200);
+    }
+  } finally {
+    client.close();
+  }
+  if (refusedMs === null) problems.push(`${victim.name}'s disk was full for 15 s and it never refused with DISK_FULL`);
+  disks.free(filler);
+  const exited = await eventually(`${victim.name} to exit once its disk has room`, 15_000, async () =>
+    c.procs.running(victim.name) ? undefined : true,
+  ).catch(() => false);
+  const code = c.procs.exitCode(victim.name);
+  if (!exited) problems.push(`${victim.name} did not exit within 15 s of its disk having room again`);
+  else if (code !== 75) problems.push(`${victim.name} exited with code ${code} after its disk had room (75 expected)`);
+  c.restart(victim);
+  return `disk of ${victim.name}${victim === leader ? ' (the leader)' : ''} filled: ${refusedMs === null ? 'never refused' : `DISK_FULL after ${refusedMs} ms`}; freed, ${exited ? `exit code ${code}` : 'still running'}, started again`;
 }
 
 let skewIdentities = 0;

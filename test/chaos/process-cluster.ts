@@ -1,8 +1,9 @@
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CofferClient } from '../../src/client/client.ts';
 import { Processes, coffer, eventually, freePort, type StatusReply } from '../processes/processes.ts';
 import type { ManagerClocks } from './clocks.ts';
+import type { ManagerDisks } from './disks.ts';
 import type { LinkProxies } from './link-proxy.ts';
 import type { NetworkNamespaces } from './netns.ts';
 
@@ -37,6 +38,8 @@ export class ProcessCluster {
   links: LinkProxies | null = null;
   /** Managers' wall clocks, when the run may skew them (clocks.ts); set before start. */
   readonly clocks: ManagerClocks | null;
+  /** Managers' data directories on small filesystems of their own, when the run fills them (disks.ts). */
+  readonly disks: ManagerDisks | null;
   readonly #network: NetworkNamespaces | null;
   #flags: string[] = [];
   #status = new Map<string, CofferClient>();
@@ -45,11 +48,16 @@ export class ProcessCluster {
   constructor(
     readonly root: string,
     network: NetworkNamespaces | null = null,
-    options: { readonly compiled?: boolean; readonly clocks?: ManagerClocks | null } = {},
+    options: {
+      readonly compiled?: boolean;
+      readonly clocks?: ManagerClocks | null;
+      readonly disks?: ManagerDisks | null;
+    } = {},
   ) {
     this.procs = new Processes(root, options);
     this.#network = network;
     this.clocks = options.clocks ?? null;
+    this.disks = options.disks ?? null;
   }
 
   /** `compiled`: managers run the CLI `npm run build` made (see Processes). */
@@ -61,16 +69,19 @@ export class ProcessCluster {
       network?: NetworkNamespaces | null;
       compiled?: boolean;
       clocks?: ManagerClocks | null;
+      disks?: ManagerDisks | null;
     } = {},
   ): Promise<ProcessCluster> {
     const network = options.network ?? null;
     const cluster = new ProcessCluster(root, network, {
       compiled: options.compiled === true,
       clocks: options.clocks ?? null,
+      disks: options.disks ?? null,
     });
     for (let k = 0; k < size; k++) {
       const address = network === null ? `127.0.0.1:${await freePort()}` : `${network.host(k)}:${PORT_IN_NAMESPACE}`;
       cluster.managers.push({ name: `m${k + 1}`, slot: k, data: join(root, `m${k + 1}`), address });
+      if (cluster.disks !== null) cluster.disks.mount(join(root, `m${k + 1}`));
     }
     cluster.#flags = ['--snapshot-every', String(options.snapshotEvery ?? 500), '--snapshot-tail', '50'];
     const first = cluster.managers[0]!;
@@ -200,7 +211,11 @@ export class ProcessCluster {
    */
   async replace(manager: Manager, via: Manager): Promise<void> {
     await this.kill(manager);
-    rmSync(manager.data, { recursive: true, force: true });
+    // A mount point (disks.ts) cannot be removed: its content can.
+    if (this.disks?.has(manager.data) === true)
+      for (const entry of readdirSync(manager.data))
+        rmSync(join(manager.data, entry), { recursive: true, force: true });
+    else rmSync(manager.data, { recursive: true, force: true });
     rmSync(`${manager.data}.key`, { force: true });
     this.#status.get(manager.name)?.close();
     this.#status.delete(manager.name);

@@ -8,6 +8,7 @@ import { NetworkNamespaces } from './netns.ts';
 import { LINK_NEMESES, NETWORK_NEMESES, injectFault, type FaultRecord, type NemesisName } from './nemesis.ts';
 import { LinkProxies } from './link-proxy.ts';
 import { ManagerClocks, fakeTimeLibrary } from './clocks.ts';
+import { ManagerDisks, smallDisksUnavailableBecause } from './disks.ts';
 import { availability, formatAvailability, type KindAvailability } from './availability.ts';
 import { writeHistoryFile } from './history-file.ts';
 import { checkExpiry } from './expiry.ts';
@@ -70,9 +71,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
   let network: NetworkNamespaces | null = null;
   let links: LinkProxies | null = null;
   let clocks: ManagerClocks | null = null;
+  let disks: ManagerDisks | null = null;
   const cleanUp = async (): Promise<void> => {
     await cluster?.stop();
     await links?.close();
+    disks?.unmountAll();
     network?.destroy();
     rmSync(root, { recursive: true, force: true });
   };
@@ -105,6 +108,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       nemeses = nemeses.filter((n) => n !== 'clock-skew');
     }
     if (fakeTime !== null && nemeses.includes('clock-skew')) clocks = new ManagerClocks(root, fakeTime);
+    const noDisks = smallDisksUnavailableBecause();
+    if (noDisks !== null && nemeses.includes('disk-full')) {
+      log(`chaos: disk-full needs a tmpfs per manager: ${noDisks}; left out of this run`);
+      nemeses = nemeses.filter((n) => n !== 'disk-full');
+    }
+    if (noDisks === null && nemeses.includes('disk-full')) disks = new ManagerDisks();
     // Link faults go through a proxy on every link between managers, in place before they start.
     if (network !== null && nemeses.some((n) => LINK_NEMESES.includes(n))) {
       const net = network;
@@ -118,7 +127,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       });
     }
     log(
-      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}${links === null ? '' : ', a fault-injecting proxy on every link'}${clocks === null ? '' : ', wall clocks skewable (libfaketime)'}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
+      `chaos: seed ${options.seed}, ${options.managers} managers (${options.compiled === true ? 'compiled' : 'sources through tsx'}) on ${where}${links === null ? '' : ', a fault-injecting proxy on every link'}${clocks === null ? '' : ', wall clocks skewable (libfaketime)'}${disks === null ? '' : ', data directories on 256 MiB tmpfs'}, ${options.durationS} s, nemeses ${nemeses.join(',')}`,
     );
     process.once('SIGINT', interrupted);
     process.once('SIGTERM', interrupted);
@@ -126,6 +135,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       network,
       compiled: options.compiled === true,
       clocks,
+      disks,
     });
     const c = cluster;
     c.links = links;
