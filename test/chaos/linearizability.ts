@@ -39,6 +39,9 @@ export interface Operation {
   readonly gaveUpMs?: number;
 }
 
+/** The value an unknown-outcome write leaves when no read ever returned it (see checkKey). */
+const UNREAD = '\u0001unread';
+
 interface State {
   readonly version: number;
   readonly value: string | null;
@@ -116,13 +119,66 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
   const zobrist = ops.map(() => [next32(), next32()] as const);
   let hashLow = 0;
   let hashHigh = 0;
-  const toggle = (op: Operation): void => {
-    const [low, high] = zobrist[index.get(op.id)!]!;
+  // Symmetry: an unknown-outcome write whose value no read ever returned leaves a state that no
+  // read can tell from another such write's (its value is never read, so it is kept as one
+  // token), and two such writes of one class (any put; a cas expecting one version) that are both
+  // placeable are interchangeable from then on (both return at infinity, and the known operations
+  // placed are the same). So the memo counts how many of each class are placed instead of naming
+  // them: with tens of unknown outcomes, naming them multiplied the states by the subsets.
+  const readValues = new Set(ops.filter((op) => op.kind === 'get').map((op) => op.readValue ?? null));
+  const unreadClass = new Map<number, string>();
+  for (const op of ops)
+    if (op.outcome === 'info' && op.kind !== 'get' && !readValues.has(op.value ?? null))
+      unreadClass.set(op.id, op.kind === 'put' ? 'put' : `cas@${op.expectedVersion}`);
+  const placedOfClass = new Map<string, number>();
+  const classWords = new Map<string, readonly [number, number]>();
+  const classWord = (cls: string, n: number): readonly [number, number] => {
+    const name = `${cls}#${n}`;
+    let words = classWords.get(name);
+    if (words === undefined) {
+      words = n === 0 ? [0, 0] : [next32(), next32()];
+      classWords.set(name, words);
+    }
+    return words;
+  };
+  /** Places or removes `op` in the memo's hash: by name, or by its class's count. */
+  const toggle = (op: Operation, placing: boolean): void => {
+    const cls = unreadClass.get(op.id);
+    let low: number;
+    let high: number;
+    if (cls === undefined) [low, high] = zobrist[index.get(op.id)!]!;
+    else {
+      const before = placedOfClass.get(cls) ?? 0;
+      const after = before + (placing ? 1 : -1);
+      placedOfClass.set(cls, after);
+      const [l0, h0] = classWord(cls, before);
+      const [l1, h1] = classWord(cls, after);
+      low = l0 ^ l1;
+      high = h0 ^ h1;
+    }
     hashLow = (hashLow ^ low) >>> 0;
     hashHigh = (hashHigh ^ high) >>> 0;
   };
+  /** The state `op` leaves, with an unread write's value kept as one token. */
+  const stepOf = (from: State, op: Operation): State | null => {
+    const next = step(from, op);
+    return next !== null && next !== from && unreadClass.has(op.id) ? { version: next.version, value: UNREAD } : next;
+  };
+  // Known operations not yet placed that pin a version: reads of it, refused CAS expecting it.
+  const readsLeftAt = new Map<number, number>();
+  const refusalsLeftExpecting = new Map<number, number>();
+  const count = (op: Operation, by: 1 | -1): void => {
+    if (op.outcome === 'ok' && op.kind === 'get')
+      readsLeftAt.set(op.version ?? 0, (readsLeftAt.get(op.version ?? 0) ?? 0) + by);
+    else if (op.outcome === 'fail' && op.kind === 'cas')
+      refusalsLeftExpecting.set(
+        op.expectedVersion ?? 0,
+        (refusalsLeftExpecting.get(op.expectedVersion ?? 0) ?? 0) + by,
+      );
+  };
+  for (const op of ops) count(op, 1);
   const seen = new Set<string>();
-  const stack: Array<{ entry: Entry; state: State }> = [];
+  const stack: Array<{ entry: Entry; state: State; forced: boolean }> = [];
   let state: State = { version: 0, value: null };
   let entry = head.next;
   let best = 0;
@@ -152,20 +208,34 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
         linearizable: false,
         undecided: true,
         operations: ops.length,
-        explanation: `search gave up after ${stepsMax} steps (undecided)`,
+        explanation: `search gave up after ${stepsMax} steps (undecided: ${seen.size} states, at most ${best} of ${ops.length} placed)`,
       };
     if (entry === null) throw new Error('unreachable: ran past the end of the history');
     if (entry.isCall) {
-      const next = step(state, entry.op);
+      const next = stepOf(state, entry.op);
       // An unknown-outcome operation that would change nothing here (a CAS on another version) is
       // as good as not placed: trying it at every point only multiplies the search.
       const pointless = next !== null && entry.op.outcome === 'info' && next === state;
       if (next !== null && !pointless) {
-        toggle(entry.op);
+        toggle(entry.op, true);
         const memo = `${next.version}|${next.value ?? '\u0000'}|${hashLow}|${hashHigh}`;
         if (!seen.has(memo)) {
           seen.add(memo);
-          stack.push({ entry, state });
+          // Some known operations are placed without loss of generality: nothing has to come
+          // before them (they are reached before any return), and if nothing works after them,
+          // nothing works at this level, so the search goes back past them at once:
+          // - one that changes nothing here (a read of this version, a refused CAS): in any
+          //   order that works, what comes ahead of it changes nothing either (versions only grow);
+          // - an acknowledged write of the next version when no operation left must see this
+          //   version (a read of it) or must not see the next one (a refused CAS expecting it):
+          //   nothing else can make the next version, and nothing left needs to come before it.
+          const known = entry.op.outcome !== 'info';
+          const forced =
+            known &&
+            (next === state ||
+              ((readsLeftAt.get(state.version) ?? 0) === 0 && (refusalsLeftExpecting.get(next.version) ?? 0) === 0));
+          stack.push({ entry, state, forced });
+          count(entry.op, -1);
           state = next;
           lift(entry);
           if (entry.op.outcome !== 'info') knownLeft--;
@@ -176,12 +246,21 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
           entry = head.next;
           continue;
         }
-        toggle(entry.op);
+        toggle(entry.op, false);
       }
       entry = entry.next;
     } else {
-      // A return whose call could not be placed before it: undo the last choice.
-      const top = stack.pop();
+      // A return whose call could not be placed before it: undo the last choice (and the ones
+      // placed without loss of generality, whose level has no better choice).
+      let top = stack.pop();
+      while (top !== undefined && top.forced) {
+        toggle(top.entry.op, false);
+        state = top.state;
+        unlift(top.entry);
+        count(top.entry.op, 1);
+        knownLeft++;
+        top = stack.pop();
+      }
       if (top === undefined) {
         const left = ops.filter((op) => !bestOrder.includes(op));
         return {
@@ -191,9 +270,10 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
           explanation: `linearized at most ${best} of ${ops.length}: ${bestOrder.map(describe).join(' -> ')}; none of these fits next: ${left.slice(0, 6).map(describe).join(', ')}`,
         };
       }
-      toggle(top.entry.op);
+      toggle(top.entry.op, false);
       state = top.state;
       unlift(top.entry);
+      count(top.entry.op, 1);
       if (top.entry.op.outcome !== 'info') knownLeft++;
       entry = top.entry.next;
     }
