@@ -253,7 +253,7 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
       // A return whose call could not be placed before it: undo the last choice (and the ones
       // placed without loss of generality, whose level has no better choice).
       let top = stack.pop();
-      while (top !== undefined && top.forced) {
+      while (top?.forced === true) {
         toggle(top.entry.op, false);
         state = top.state;
         unlift(top.entry);
