@@ -47,7 +47,7 @@ Options:
   --soak MINUTES       run seeds back to back (from --seed, or a random one, counting up), each of
                        --duration seconds, until MINUTES of runs are done; every run's history goes
                        to chaos-results/soak-<time>/, and a ledger line per run (seed, minutes,
-                       operations, anomalies, lost writes, availability) to chaos-results/ledger.jsonl
+                       operations, anomalies, lost writes, expiry and fault problems, availability) to chaos-results/ledger.jsonl
   --help               print this and exit
 `;
 

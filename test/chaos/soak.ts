@@ -30,6 +30,9 @@ export interface LedgerLine {
   readonly anomalies: number;
   readonly undecidedKeys: number;
   readonly lostWrites: number;
+  /** TTLs served late or gone early (expiry.ts), and what checks during faults found wrong. */
+  readonly expiryProblems: number;
+  readonly faultProblems: number;
   readonly converged: boolean;
   readonly ok: boolean;
   readonly availability: ReadonlyArray<{ nemesis: string; writeGapMaxMs: number; readGapMaxMs: number }>;
@@ -72,6 +75,8 @@ export async function soak(options: SoakOptions): Promise<boolean> {
         summary.verdict.staleAnomalies.length,
       undecidedKeys: summary.verdict.keys.filter((k) => k.undecided === true).length,
       lostWrites: summary.lostWrites.length,
+      expiryProblems: summary.expiry.problems.length,
+      faultProblems: summary.faults.reduce((n, f) => n + (f.problems?.length ?? 0), 0),
       converged: summary.converged,
       ok: summary.ok,
       availability: summary.availability.map((k) => ({
