@@ -159,8 +159,20 @@ export function checkKey(key: string, ops: readonly Operation[], stepsMax = 100_
     hashLow = (hashLow ^ low) >>> 0;
     hashHigh = (hashHigh ^ high) >>> 0;
   };
+  // Versions are made once each: a version an acknowledged write made, or one a read saw with
+  // another value, cannot be made by an unknown-outcome write (versions only grow, so that write
+  // would have had to make another version). Trying it there only grows chains that fail later.
+  const madeBy = new Map<number, string | null>();
+  for (const op of ops) {
+    if (op.outcome === 'ok' && op.kind !== 'get' && op.version !== undefined) madeBy.set(op.version, op.value ?? null);
+    if (op.outcome === 'ok' && op.kind === 'get' && (op.version ?? 0) > 0 && !madeBy.has(op.version!))
+      madeBy.set(op.version!, op.readValue ?? null);
+  }
+  const takenFor = (op: Operation, version: number): boolean =>
+    op.outcome === 'info' && op.kind !== 'get' && madeBy.has(version) && madeBy.get(version) !== (op.value ?? null);
   /** The state `op` leaves, with an unread write's value kept as one token. */
   const stepOf = (from: State, op: Operation): State | null => {
+    if (takenFor(op, from.version + 1) && step(from, op) !== from) return null;
     const next = step(from, op);
     return next !== null && next !== from && unreadClass.has(op.id) ? { version: next.version, value: UNREAD } : next;
   };
