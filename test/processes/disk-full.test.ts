@@ -1,43 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ClientError } from '../../src/client/client.ts';
+import { ManagerDisks, smallDisksUnavailableBecause } from '../chaos/disks.ts';
 import { ProcessCluster } from '../chaos/process-cluster.ts';
 import { eventually } from './processes.ts';
-
-/** Why a small filesystem cannot be mounted here, or null. */
-function cannotMount(): string | null {
-  if (process.platform !== 'linux') return 'not Linux';
-  if (process.getuid?.() !== 0) return 'not root (mounting a tmpfs needs CAP_SYS_ADMIN)';
-  return null;
-}
-
-/** Writes a file until the filesystem has no room left; returns its path. */
-function fill(dir: string): string {
-  const path = join(dir, 'filler');
-  const fd = openSync(path, 'w');
-  try {
-    for (const size of [1 << 20, 4096, 1])
-      for (;;) {
-        try {
-          writeSync(fd, Buffer.alloc(size, 1));
-        } catch {
-          break;
-        }
-      }
-  } finally {
-    closeSync(fd);
-  }
-  return path;
-}
 
 test('a full disk: the manager stays up refusing requests with DISK_FULL and health says why, the others go on, nothing is lost or corrupted, and once space is freed it starts again by itself and catches up', {
   timeout: 240_000,
 }, async () => {
-  const why = cannotMount();
+  const why = smallDisksUnavailableBecause();
   if (why !== null) {
     // Without root the test cannot make a small filesystem; it must say why.
     assert.match(why, /root|Linux/);
@@ -45,15 +19,15 @@ test('a full disk: the manager stays up refusing requests with DISK_FULL and hea
   }
   const root = mkdtempSync(join(tmpdir(), 'coffer-disk-full-'));
   const small = join(root, 'm2');
-  mkdirSync(small);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', small]);
+  const disks = new ManagerDisks(48);
+  disks.mount(small);
   let c: ProcessCluster | null = null;
   try {
     c = await ProcessCluster.start(root, 3);
     const [m1, m2] = [c.managers[0]!, c.managers[1]!];
     const writer = c.client(m1, 5000);
     for (let k = 0; k < 20; k++) await writer.put(`disk/${k}`, Buffer.from(`before-${k}`));
-    const filler = fill(small);
+    const filler = disks.fill(small);
     // Writes go on through the others (a majority); the full manager stops on its first write.
     for (let k = 0; k < 200; k++) await writer.put(`disk/${k % 40}`, Buffer.from(`during-${k}`));
     const full = c.client(m2, 3000);
@@ -71,7 +45,7 @@ test('a full disk: the manager stays up refusing requests with DISK_FULL and hea
     );
     assert.ok(c.procs.running(m2.name), 'it stays up while the disk is full');
     // Space freed: it exits for its supervisor (code 75), which starts it again from disk.
-    unlinkSync(filler);
+    disks.free(filler);
     await eventually('the manager to exit for a restart', 20_000, async () =>
       c!.procs.running(m2.name) ? undefined : true,
     );
@@ -93,7 +67,7 @@ test('a full disk: the manager stays up refusing requests with DISK_FULL and hea
     writer.close();
   } finally {
     await c?.stop();
-    execFileSync('umount', ['-l', small]);
+    disks.unmountAll();
     rmSync(root, { recursive: true, force: true });
   }
 });
