@@ -1,3 +1,4 @@
+import { rolePolicies } from './auth-config.ts';
 import type { AccessCommand, AccessGuard, AccessState, Actor } from './access-state.ts';
 import { ROOT_POLICY, decide, policyWithinRights, type Capability, type Policy } from './policy.ts';
 
@@ -68,5 +69,31 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
       return command.name === actor.name
         ? null
         : `identity "${actor.name}" may renew only its own certificate, not "${command.name}"'s`;
+    case 'identity-forget': {
+      const record = state.identities.get(command.name);
+      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
+    }
+    case 'identity-login':
+      // A manager makes a login once it checked the proof; no client may name one.
+      return 'a login is made by the manager that checked its proof, not named by a client';
+    case 'auth-method-put':
+    case 'auth-method-remove':
+      return may('admin', `sys/auth/${command.name}`);
+    case 'auth-role-put': {
+      // A role hands out its policies to whoever logs in: it is a grant like an identity's.
+      const existing = state.authRoles.get(command.name);
+      return (
+        may('admin', `sys/auth/roles/${command.name}`) ??
+        canGrantAll(rolePolicies(command.role)) ??
+        (existing === undefined ? null : canGrantAll(rolePolicies(existing)))
+      );
+    }
+    case 'auth-role-remove': {
+      const existing = state.authRoles.get(command.name);
+      return (
+        may('admin', `sys/auth/roles/${command.name}`) ??
+        (existing === undefined ? null : canGrantAll(rolePolicies(existing)))
+      );
+    }
   }
 };

@@ -1,5 +1,17 @@
 import { packr } from '../codec/msgpack.ts';
 import {
+  AUTH_METHODS,
+  AUTH_ROLES_MAX,
+  LOGIN_IDENTITY_PATTERN,
+  LOGIN_KEYS_MAX,
+  LOGIN_SUBJECT_PATTERN,
+  authMethodProblem,
+  authRoleProblem,
+  type AuthMethod,
+  type AuthMethodConfig,
+  type AuthRole,
+} from './auth-config.ts';
+import {
   ROOT_POLICY,
   decide,
   policyProblem,
@@ -50,7 +62,30 @@ export type AccessCommand =
       readonly nowMs: number;
     }
   /** Every certificate of the identity is refused from the index this applies at. */
-  | { readonly op: 'identity-revoke'; readonly name: string };
+  | { readonly op: 'identity-revoke'; readonly name: string }
+  /**
+   * A login (src/server/auth/): a manager checked the subject's proof against the role and
+   * certified the key until `notAfterMs`. Made by managers only, never named by a client.
+   */
+  | {
+      readonly op: 'identity-login';
+      readonly name: string;
+      readonly role: string;
+      readonly generation: number;
+      readonly subject: string;
+      readonly policies: readonly string[];
+      readonly key: string;
+      readonly serial: string;
+      readonly caGen: number;
+      readonly nowMs: number;
+      readonly notAfterMs: number;
+    }
+  /** A revoked login identity is forgotten: its subject may log in again. */
+  | { readonly op: 'identity-forget'; readonly name: string }
+  | { readonly op: 'auth-method-put'; readonly name: AuthMethod; readonly config: AuthMethodConfig }
+  | { readonly op: 'auth-method-remove'; readonly name: AuthMethod }
+  | { readonly op: 'auth-role-put'; readonly name: string; readonly role: Omit<AuthRole, 'generation'> }
+  | { readonly op: 'auth-role-remove'; readonly name: string };
 
 /** What an access command returns when it applies (a refusal otherwise). */
 export interface AccessApplied {
@@ -67,6 +102,10 @@ export interface IdentityKey {
   readonly issuedAtMs: number;
   /** The generation of the cluster CA that certified it: retiring that CA retires the key. */
   readonly caGen: number;
+  /** When its certificate ends (logins: what the request edge checks; 0 = not recorded). */
+  readonly notAfterMs: number;
+  /** Logins: the generation of the role it logged in with (0 for certificates issued by hand). */
+  readonly roleGeneration: number;
 }
 
 export interface IdentityRecord {
@@ -76,6 +115,10 @@ export interface IdentityRecord {
   keys: IdentityKey[];
   revoked: boolean;
   readonly createdAtMs: number;
+  /** Login identities: the role they log in with (null for identities issued by hand). */
+  readonly role: string | null;
+  /** Login identities: the subject as the method named it (a token's claim, an LDAP username). */
+  readonly subject: string;
 }
 
 export const IDENTITY_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
@@ -103,6 +146,11 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   readonly prefix = 'access.';
   readonly policies = new Map<string, Policy>();
   readonly identities = new Map<string, IdentityRecord>();
+  /** Login methods (at most one of each kind) and roles (src/state/auth-config.ts). */
+  readonly authMethods = new Map<AuthMethod, AuthMethodConfig>();
+  readonly authRoles = new Map<string, AuthRole>();
+  /** The generation the next new role gets (a role removed and put again is a new role). */
+  #roleGenerationNext = 1;
   readonly #guard: AccessGuard | null;
 
   /** `guard` checks a client's access command against the state it applies to (see `authorize`). */
@@ -149,7 +197,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         return APPLIED;
       case 'identity-issue': {
         const record = this.identities.get(command.name);
-        const key = { key: command.key, serial: command.serial, issuedAtMs: command.nowMs, caGen: command.caGen };
+        const key = issuedKey(command);
         if (record === undefined || record.revoked) {
           this.identities.set(command.name, {
             name: command.name,
@@ -157,6 +205,8 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
             keys: [key],
             revoked: false,
             createdAtMs: command.nowMs,
+            role: null,
+            subject: '',
           });
           return APPLIED;
         }
@@ -173,12 +223,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         const record = this.identities.get(command.name);
         if (record === undefined || record.revoked)
           return refusedAs('IDENTITY_NOT_FOUND', `identity "${command.name}" does not exist or was revoked`);
-        addIdentityKey(record, {
-          key: command.key,
-          serial: command.serial,
-          issuedAtMs: command.nowMs,
-          caGen: command.caGen,
-        });
+        addIdentityKey(record, issuedKey(command));
         return APPLIED;
       }
       case 'identity-revoke': {
@@ -188,7 +233,82 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         record.revoked = true;
         return APPLIED;
       }
+      case 'identity-login':
+        return this.#login(command);
+      case 'identity-forget': {
+        const record = this.identities.get(command.name);
+        if (record === undefined || record.role === null)
+          return refusedAs('IDENTITY_NOT_FOUND', `no login identity "${command.name}" is known`);
+        if (!record.revoked)
+          return refusal(
+            'PRECONDITION',
+            `identity "${command.name}" is not revoked: revoke it first (coffer identity revoke)`,
+          );
+        this.identities.delete(command.name);
+        return APPLIED;
+      }
+      case 'auth-method-put':
+        this.authMethods.set(command.name, command.config);
+        return APPLIED;
+      case 'auth-method-remove':
+        if (!this.authMethods.delete(command.name))
+          return refusedAs('AUTH_METHOD_NOT_FOUND', `the ${command.name} login method is not configured`);
+        return APPLIED;
+      case 'auth-role-put': {
+        const existing = this.authRoles.get(command.name);
+        if (existing === undefined && this.authRoles.size >= AUTH_ROLES_MAX)
+          return refusedAs('QUOTA_EXCEEDED', `at most ${AUTH_ROLES_MAX} login roles`, {
+            limit: String(AUTH_ROLES_MAX),
+          });
+        // A changed role keeps its generation (its logins go on); a new one gets the next.
+        const generation = existing?.generation ?? this.#roleGenerationNext++;
+        this.authRoles.set(command.name, { ...command.role, name: command.name, generation });
+        return APPLIED;
+      }
+      case 'auth-role-remove':
+        if (!this.authRoles.delete(command.name))
+          return refusedAs('ROLE_NOT_FOUND', `login role "${command.name}" does not exist`);
+        return APPLIED;
     }
+  }
+
+  /** A login applies: the role still exists (the same one), the identity is not revoked. */
+  #login(command: Extract<AccessCommand, { op: 'identity-login' }>): AccessResult {
+    const role = this.authRoles.get(command.role);
+    if (role === undefined || role.generation !== command.generation)
+      return refusedAs('ROLE_NOT_FOUND', `login role "${command.role}" was removed while this login was made`);
+    const key: IdentityKey = {
+      key: command.key,
+      serial: command.serial,
+      issuedAtMs: command.nowMs,
+      caGen: command.caGen,
+      notAfterMs: command.notAfterMs,
+      roleGeneration: command.generation,
+    };
+    const record = this.identities.get(command.name);
+    if (record?.revoked === true)
+      return refusedAs(
+        'IDENTITY_REVOKED',
+        `identity "${command.name}" was revoked; an administrator lifts that with coffer identity forget`,
+      );
+    if (record === undefined) {
+      this.identities.set(command.name, {
+        name: command.name,
+        policies: [...command.policies],
+        keys: [key],
+        revoked: false,
+        createdAtMs: command.nowMs,
+        role: command.role,
+        subject: command.subject,
+      });
+      return APPLIED;
+    }
+    // The policies of the latest login (a group left, a role changed); ended certificates go.
+    record.policies = [...command.policies];
+    record.keys = [...record.keys.filter((k) => k.key !== key.key && k.notAfterMs > command.nowMs), key].slice(
+      -LOGIN_KEYS_MAX,
+    );
+    return APPLIED;
   }
 
   /** A CA generation was retired: keys it certified stop working (their certificates no longer verify anyway). */
@@ -199,7 +319,16 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   /** Whether a certificate with public key `key` (SPKI digest) may act as `name` (listed, not revoked). */
   certificateValid(name: string, key: string): boolean {
     const record = this.identities.get(name);
-    return record !== undefined && !record.revoked && record.keys.some((k) => k.key === key);
+    if (record === undefined || record.revoked) return false;
+    const listed = record.keys.find((k) => k.key === key);
+    if (listed === undefined) return false;
+    // A login's certificate works while its role does (the same role: removed and put again is another).
+    return record.role === null || this.authRoles.get(record.role)?.generation === listed.roleGeneration;
+  }
+
+  /** The key an identity's certificate is listed with (its end, its role's generation), if it is. */
+  certificateKey(name: string, key: string): IdentityKey | undefined {
+    return this.identities.get(name)?.keys.find((k) => k.key === key);
   }
 
   /** The policies an identity has, as they are now (names that no longer exist grant nothing). */
@@ -223,30 +352,62 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       [...this.identities.values()].map((i) => [
         i.name,
         i.policies,
-        i.keys.map((k) => [k.key, k.serial, k.issuedAtMs, k.caGen]),
+        i.keys.map((k) => [k.key, k.serial, k.issuedAtMs, k.caGen, k.notAfterMs, k.roleGeneration]),
         i.revoked,
         i.createdAtMs,
+        i.role,
+        i.subject,
       ]),
+      [...this.authMethods.values()],
+      [...this.authRoles.values()],
+      this.#roleGenerationNext,
     ];
   }
 
   restore(image: unknown): void {
-    const [policies, identities] = image as [
+    // Images from before logins have two elements, and shorter identity and key tuples.
+    const [policies, identities, methods = [], roles = [], roleGenerationNext = 1] = image as [
       Array<[string, PolicyRule[]]>,
-      Array<[string, string[], unknown[], boolean, number]>,
+      Array<[string, string[], unknown[], boolean, number, (string | null)?, string?]>,
+      AuthMethodConfig[]?,
+      AuthRole[]?,
+      number?,
     ];
     this.policies.clear();
     for (const [name, rules] of policies) this.policies.set(name, { name, rules });
     this.identities.clear();
-    for (const [name, ps, keys, revoked, createdAtMs] of identities) {
+    for (const [name, ps, keys, revoked, createdAtMs, role = null, subject = ''] of identities) {
       // Images from before keys were recorded list serials (strings): those certificates are not
       // bound to a key, so they are not accepted; such identities must be issued again.
       const bound = keys
-        .filter((k): k is [string, string, number, number] => Array.isArray(k))
-        .map(([key, serial, issuedAtMs, caGen]) => ({ key, serial, issuedAtMs, caGen }));
-      this.identities.set(name, { name, policies: ps, keys: bound, revoked, createdAtMs });
+        .filter((k): k is [string, string, number, number, number?, number?] => Array.isArray(k))
+        .map(([key, serial, issuedAtMs, caGen, notAfterMs = 0, roleGeneration = 0]) => ({
+          key,
+          serial,
+          issuedAtMs,
+          caGen,
+          notAfterMs,
+          roleGeneration,
+        }));
+      this.identities.set(name, { name, policies: ps, keys: bound, revoked, createdAtMs, role, subject });
     }
+    this.authMethods.clear();
+    for (const config of methods) this.authMethods.set(config.method, config);
+    this.authRoles.clear();
+    for (const role of roles) this.authRoles.set(role.name, role);
+    this.#roleGenerationNext = roleGenerationNext;
   }
+}
+
+function issuedKey(command: { key: string; serial: string; nowMs: number; caGen: number }): IdentityKey {
+  return {
+    key: command.key,
+    serial: command.serial,
+    issuedAtMs: command.nowMs,
+    caGen: command.caGen,
+    notAfterMs: 0,
+    roleGeneration: 0,
+  };
 }
 
 function addIdentityKey(record: IdentityRecord, key: IdentityKey): void {
@@ -298,9 +459,63 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
     }
     case 'identity-revoke':
       return { op: 'identity-revoke', name };
+    case 'identity-forget':
+      return { op: 'identity-forget', name };
+    case 'identity-login':
+      return checkedLogin(name, c);
+    case 'auth-method-put': {
+      const config = c['config'] as Record<string, unknown> | null;
+      if (typeof config !== 'object' || config === null || config['method'] !== name)
+        return 'a method configuration names its method';
+      const problem = authMethodProblem(config);
+      return (
+        problem ?? { op: 'auth-method-put', name: name as AuthMethod, config: config as unknown as AuthMethodConfig }
+      );
+    }
+    case 'auth-method-remove':
+      if (!(AUTH_METHODS as readonly string[]).includes(name)) return `the method is one of ${AUTH_METHODS.join(', ')}`;
+      return { op: 'auth-method-remove', name: name as AuthMethod };
+    case 'auth-role-put': {
+      const role = c['role'] as Record<string, unknown> | null;
+      if (typeof role !== 'object' || role === null || role['name'] !== name) return 'a role names itself';
+      const problem = authRoleProblem(role);
+      return problem ?? { op: 'auth-role-put', name, role: role as unknown as Omit<AuthRole, 'generation'> };
+    }
+    case 'auth-role-remove':
+      return { op: 'auth-role-remove', name };
     default:
       return `unknown access operation ${String(c['op']).slice(0, 40)}`;
   }
+}
+
+function checkedLogin(name: string, c: Record<string, unknown>): AccessCommand | string {
+  const { role, generation, subject, policies, key, serial, caGen, nowMs, notAfterMs } = c;
+  if (!LOGIN_IDENTITY_PATTERN.test(name)) return 'a login identity is ROLE:SUBJECT';
+  if (typeof role !== 'string' || !name.startsWith(`${role}:`)) return 'a login names its role';
+  if (typeof subject !== 'string' || !LOGIN_SUBJECT_PATTERN.test(subject)) return 'a login names its subject';
+  if (typeof key !== 'string' || !KEY_PATTERN.test(key)) return 'a login names its public key (a SHA-256 digest)';
+  if (typeof serial !== 'string' || !SERIAL_PATTERN.test(serial)) return 'a login names its serial';
+  for (const n of [generation, caGen, nowMs, notAfterMs])
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) return 'a login needs its generation, CA and times';
+  if (
+    !Array.isArray(policies) ||
+    policies.length > IDENTITY_POLICIES_MAX ||
+    !policies.every((p) => typeof p === 'string')
+  )
+    return `policies are at most ${IDENTITY_POLICIES_MAX} names`;
+  return {
+    op: 'identity-login',
+    name,
+    role,
+    generation: generation as number,
+    subject,
+    policies: policies as string[],
+    key,
+    serial,
+    caGen: caGen as number,
+    nowMs: nowMs as number,
+    notAfterMs: notAfterMs as number,
+  };
 }
 
 export function actorOf(raw: unknown): Actor | null | string {
