@@ -217,6 +217,15 @@ export function identityCommands(): Command {
         client.close();
       }
     });
+  addClientOptions(identity.command('forget <name>'))
+    .description('forget a revoked login identity (ROLE:SUBJECT), so its subject may log in again')
+    .action(async (name: string, flags: ClientFlags) => {
+      print(
+        flags,
+        await withClient(flags, (c) => c.forgetIdentity(name)),
+        () => `identity ${printable(name)} forgotten`,
+      );
+    });
   addClientOptions(identity.command('ls'))
     .description('list the identities you administer: policies, and live certificates or revoked')
     .action(async (flags: ClientFlags) => {
@@ -239,7 +248,7 @@ export function identityCommands(): Command {
 }
 
 /** An identity's files: the trusted CAs, its certificate and key (mode 600), and a client.env for them. */
-function writeIdentityDir(
+export function writeIdentityDir(
   dir: string,
   name: string,
   issued: { caCertificatePem: string; certificatePem: string },
@@ -440,7 +449,7 @@ function parseNodeId(value: string): number {
   return id;
 }
 
-async function withClient<T>(flags: ClientFlags, run: (client: CofferClient) => Promise<T>): Promise<T> {
+export async function withClient<T>(flags: ClientFlags, run: (client: CofferClient) => Promise<T>): Promise<T> {
   const client = clientFrom(flags, process.env);
   try {
     return await run(client);

@@ -15,6 +15,7 @@ import {
   keyCommands,
   policyCommands,
 } from './admin-commands.ts';
+import { authCommands, loginCommands } from './auth-commands.ts';
 import { devCommand } from './dev.ts';
 import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
@@ -286,6 +287,8 @@ program.addCommand(devCommand());
 program.addCommand(secretCommands());
 program.addCommand(policyCommands());
 program.addCommand(identityCommands());
+program.addCommand(authCommands());
+program.addCommand(loginCommands());
 program.addCommand(auditCommands());
 program.addCommand(clusterCommands());
 program.addCommand(caCommands());

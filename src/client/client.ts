@@ -19,7 +19,7 @@ export const MEMBERS_REFRESH_MS = 60_000;
 /** The longest a backup stream may take (a million secrets are most of a gigabyte). */
 export const BACKUP_DEADLINE_MS = 60 * 60 * 1000;
 
-type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup';
+type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup' | 'Auth';
 
 /**
  * The reasons a manager refuses a request with before it is ever proposed (docs/errors.md): a
@@ -58,7 +58,7 @@ function reachedNoManager(error: grpc.ServiceError): boolean {
  * known" from the one manager still up) says more than the connection refused by the next one
  * tried, which is only the last; with no answer at all, every manager tried is named.
  */
-function failoverError(tried: ReadonlyArray<{ address: string; error: grpc.ServiceError }>): ClientError {
+export function failoverError(tried: ReadonlyArray<{ address: string; error: grpc.ServiceError }>): ClientError {
   const answered = tried.find((t) => !reachedNoManager(t.error));
   const unreached = tried.filter((t) => reachedNoManager(t.error));
   if (answered !== undefined) {
@@ -186,6 +186,16 @@ export class CofferClient {
   }
 
   async call<Response>(service: ServiceName, method: string, request: object, idempotent: boolean): Promise<Response> {
+    // A certificate that ended is refused by every manager's TLS with a bare UNAUTHENTICATED: say why here.
+    const notAfterMs = identityOf(this.#options.certPem).notAfterMs;
+    if (notAfterMs <= Date.now()) {
+      const name = identityOf(this.#options.certPem).id;
+      throw new ClientError(
+        grpc.status.UNAUTHENTICATED,
+        `the certificate of identity "${name}" ended at ${new Date(notAfterMs).toISOString()}: ${name.includes(':') ? 'log in again (coffer login)' : 'have it issued again (coffer identity issue --reissue)'}`,
+        { reason: 'CERTIFICATE_EXPIRED', metadata: { notAfterMs: String(notAfterMs) } },
+      );
+    }
     await this.#knowMembers();
     const addresses = this.#options.addresses;
     const tried: Array<{ address: string; error: grpc.ServiceError }> = [];
@@ -423,6 +433,41 @@ export class CofferClient {
     return this.call('Identities', 'revoke', { name }, true);
   }
 
+  /** A revoked login identity is forgotten, so its subject may log in again. */
+  forgetIdentity(name: string): Promise<object> {
+    return this.call('Identities', 'forget', { name }, true);
+  }
+
+  // ---- logins: methods and roles -------------------------------------------------------------
+
+  configureAuthMethod(config: AuthMethodSettings): Promise<AuthMethodSettings> {
+    return this.call('Auth', 'configureMethod', config, true);
+  }
+
+  getAuthMethod(method: string): Promise<AuthMethodSettings> {
+    return this.call('Auth', 'getMethod', { method }, true);
+  }
+
+  removeAuthMethod(method: string): Promise<object> {
+    return this.call('Auth', 'removeMethod', { method }, true);
+  }
+
+  putAuthRole(role: AuthRoleSettings): Promise<AuthRoleSettings> {
+    return this.call('Auth', 'putRole', role, true);
+  }
+
+  getAuthRole(name: string): Promise<AuthRoleSettings> {
+    return this.call('Auth', 'getRole', { name }, true);
+  }
+
+  listAuthRoles(): Promise<{ roles: AuthRoleSettings[] }> {
+    return this.call('Auth', 'listRoles', {}, true);
+  }
+
+  removeAuthRole(name: string): Promise<object> {
+    return this.call('Auth', 'removeRole', { name }, true);
+  }
+
   listIdentities(): Promise<{
     identities: Array<{
       name: string;
@@ -636,4 +681,38 @@ export interface SecretMetadataReply {
   createdAtMs: number;
   updatedAtMs: number;
   labels: Array<{ label: string; version: number }>;
+}
+
+/** A login method's settings, as Auth.ConfigureMethod takes them (fields of the other methods left out). */
+export interface AuthMethodSettings {
+  readonly method: 'jwt' | 'oidc' | 'ldap';
+  readonly discoveryUrl?: string;
+  readonly discoveryCaPem?: string;
+  readonly staticJwks?: string;
+  readonly boundIssuer?: string;
+  readonly algorithms?: readonly string[];
+  readonly clientId?: string;
+  readonly url?: string;
+  readonly startTls?: boolean;
+  readonly caPem?: string;
+  readonly userDnTemplate?: string;
+  readonly groupBaseDn?: string;
+  readonly groupFilter?: string;
+  readonly groupNameAttribute?: string;
+}
+
+/** A login role, as Auth.PutRole takes it (empty and zero fields take their defaults). */
+export interface AuthRoleSettings {
+  readonly name: string;
+  readonly method: 'jwt' | 'oidc' | 'ldap';
+  readonly boundAudiences?: readonly string[];
+  readonly boundSubject?: string;
+  readonly boundClaims?: ReadonlyArray<{ claim: string; values: readonly string[] }>;
+  readonly userClaim?: string;
+  readonly groupsClaim?: string;
+  readonly policies?: readonly string[];
+  readonly groupPolicies?: ReadonlyArray<{ group: string; policies: readonly string[] }>;
+  readonly ttlSeconds?: number;
+  readonly maxTtlSeconds?: number;
+  readonly totpRequired?: boolean;
 }

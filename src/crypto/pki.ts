@@ -371,3 +371,54 @@ export function joinTokenMatches(secret: Uint8Array, storedHash: Uint8Array): bo
   const presented = joinTokenHash(secret);
   return storedHash.byteLength === presented.byteLength && timingSafeEqual(presented, storedHash);
 }
+
+/** A certification request (PKCS #10) is at most this many characters of PEM. */
+export const CERTIFICATION_REQUEST_CHARS_MAX = 16 * 1024;
+
+/**
+ * A certification request (PKCS #10, PEM) for a key pair, signed with its private key: what a
+ * client sends to log in, proving it holds the key the certificate will name.
+ */
+export function certificationRequest(key: { privatePem: string; publicPem: string }, commonName: string): string {
+  const csr = forge().pki.createCertificationRequest();
+  csr.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
+  csr.setSubject([{ name: 'commonName', value: commonName }]);
+  signNatively(csr as unknown as Forge.pki.Certificate, key.privatePem);
+  return forge().pki.certificationRequestToPem(csr);
+}
+
+/**
+ * The public key (SPKI PEM) of a certification request whose signature verifies with it: its
+ * sender holds the private key. Only an RSA key of at least 2048 bits is taken (what Coffer's
+ * certificates hold). Throws CERTIFICATE_INVALID saying what is wrong.
+ */
+export function publicKeyOfRequest(csrPem: string): string {
+  if (csrPem.length > CERTIFICATION_REQUEST_CHARS_MAX)
+    throw new CryptoError(
+      'CERTIFICATE_INVALID',
+      `the certification request is over ${CERTIFICATION_REQUEST_CHARS_MAX} characters`,
+    );
+  let csr: Forge.pki.CertificateSigningRequest;
+  try {
+    csr = forge().pki.certificationRequestFromPem(csrPem);
+  } catch (error) {
+    throw new CryptoError(
+      'CERTIFICATE_INVALID',
+      'the certification request is not a PKCS #10 request with an RSA key in PEM form',
+      { cause: error },
+    );
+  }
+  let verified = false;
+  try {
+    verified = csr.verify();
+  } catch {
+    verified = false;
+  }
+  if (!verified || csr.publicKey === null)
+    throw new CryptoError('CERTIFICATE_INVALID', 'the certification request is not signed by the key it names');
+  const publicPem = forge().pki.publicKeyToPem(csr.publicKey);
+  const bits = createPublicKey(publicPem).asymmetricKeyDetails?.modulusLength ?? 0;
+  if (bits < 2048)
+    throw new CryptoError('CERTIFICATE_INVALID', `the certification request's RSA key has ${bits} bits; at least 2048`);
+  return publicPem;
+}

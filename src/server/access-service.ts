@@ -14,6 +14,7 @@ import {
   type AccessCommand,
 } from '../state/access-state.ts';
 import { accessGuard } from '../state/access-guard.ts';
+import { LOGIN_IDENTITY_PATTERN } from '../state/auth-config.ts';
 import {
   POLICY_NAME_PATTERN,
   ROOT_POLICY,
@@ -57,7 +58,8 @@ function invalid(message: string, metadata: Readonly<Record<string, string>> = {
 }
 
 const POLICY_NAME_RULE = 'a policy name is a lower-case letter then up to 63 of [a-z0-9_-]';
-const IDENTITY_NAME_RULE = 'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-]';
+const IDENTITY_NAME_RULE =
+  'an identity name is a letter or digit then up to 127 of [A-Za-z0-9._@-] (a login identity: ROLE:SUBJECT)';
 
 /** The Policies, Identities and Audit services (coffer.v1): who may do what, and the record of it. */
 export function accessServices(ctx: ServiceContext): {
@@ -231,10 +233,26 @@ export function accessServices(ctx: ServiceContext): {
     }),
     revoke: unary(ctx, 'Identities.Revoke', async (call: Call<{ name: string }>) => {
       const { name } = call.request;
-      if (!IDENTITY_NAME_PATTERN.test(name)) throw refuse('INVALID_NAME', IDENTITY_NAME_RULE, { field: 'name' });
+      if (!IDENTITY_NAME_PATTERN.test(name) && !LOGIN_IDENTITY_PATTERN.test(name))
+        throw refuse('INVALID_NAME', IDENTITY_NAME_RULE, { field: 'name' });
       const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
       await write({ op: 'identity-revoke', name }, caller);
       ctx.log.info({ event: 'identity-revoked', identity: name }, `revoked identity ${name}`);
+      return {};
+    }),
+    forget: unary(ctx, 'Identities.Forget', async (call: Call<{ name: string }>) => {
+      const { name } = call.request;
+      if (!LOGIN_IDENTITY_PATTERN.test(name))
+        throw refuse(
+          'INVALID_NAME',
+          'a login identity is ROLE:SUBJECT (identities issued by hand are issued again instead)',
+          {
+            field: 'name',
+          },
+        );
+      const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
+      await write({ op: 'identity-forget', name }, caller);
+      ctx.log.info({ event: 'identity-forgotten', identity: name }, `forgot login identity ${name}`);
       return {};
     }),
     list: unary(ctx, 'Identities.List', async (call: Call<object>) => {
@@ -247,7 +265,9 @@ export function accessServices(ctx: ServiceContext): {
           .map((i) => ({
             name: i.name,
             policies: i.policies,
-            certificates: i.keys.length,
+            // Certificates that still work: a login's end after an hour or so.
+            certificates: i.keys.filter((k) => k.notAfterMs === 0 || k.notAfterMs > ctx.clock.now()).length,
+            role: i.role ?? '',
             revoked: i.revoked,
             createdAtMs: i.createdAtMs,
           })),

@@ -13,59 +13,15 @@ import type { ServiceContext } from './context.ts';
 import { managerCertificateHosts, normalizeExtraHosts } from './manager-hosts.ts';
 import { splitHostPort } from './node-config.ts';
 import { encodeMembers } from './peer-trust.ts';
+import { FailedAttempts, sourceHost } from './failed-attempts.ts';
 import { LeaderRedirect, noteTarget, unary, type Call } from './rpc.ts';
 
-/** Failed join attempts a source address may make within JOIN_FAILURE_WINDOW_MS before it is refused outright. */
-export const JOIN_FAILURES_PER_SOURCE_MAX = 5;
-export const JOIN_FAILURE_WINDOW_MS = 60_000;
-/** Sources whose failures are remembered (oldest forgotten first): a bound on memory, not on attackers. */
-const JOIN_SOURCES_TRACKED_MAX = 4096;
 /** How long the leader waits for a joiner's address to answer with the joiner's key. */
 export const JOIN_ADDRESS_PROOF_TIMEOUT_MS = 3000;
 /** Sizes a join request may have: a token secret is 24 bytes, an RSA public key well under 1 KiB. */
 const TOKEN_SECRET_BYTES_MAX = 64;
 const PUBLIC_KEY_PEM_CHARS_MAX = 4096;
 const ADDRESS_CHARS_MAX = 300;
-
-/**
- * Failed joins per source address, so a token cannot be guessed at network speed. Local to each
- * manager (joins go to the leader anyway); counted in a sliding window.
- */
-export class JoinAttempts {
-  readonly #failures = new Map<string, number[]>();
-  readonly #nowMs: () => number;
-
-  constructor(nowMs: () => number = Date.now) {
-    this.#nowMs = nowMs;
-  }
-
-  /** Null if `source` may try; else how long it must wait, in a message. */
-  refusal(source: string): string | null {
-    const recent = this.#recent(source);
-    if (recent.length < JOIN_FAILURES_PER_SOURCE_MAX) return null;
-    const waitS = Math.ceil((recent[0]! + JOIN_FAILURE_WINDOW_MS - this.#nowMs()) / 1000);
-    return `too many failed joins from ${source}: ${JOIN_FAILURES_PER_SOURCE_MAX} in ${JOIN_FAILURE_WINDOW_MS / 1000} s; try again in ${waitS} s`;
-  }
-
-  failed(source: string): void {
-    const recent = this.#recent(source);
-    this.#failures.delete(source);
-    if (this.#failures.size >= JOIN_SOURCES_TRACKED_MAX) this.#failures.delete(this.#failures.keys().next().value!);
-    this.#failures.set(source, [...recent, this.#nowMs()]);
-  }
-
-  #recent(source: string): number[] {
-    const since = this.#nowMs() - JOIN_FAILURE_WINDOW_MS;
-    return (this.#failures.get(source) ?? []).filter((t) => t > since);
-  }
-}
-
-/** The host part of grpc-js's peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"). */
-export function sourceHost(peer: string): string {
-  const withoutScheme = peer.replace(/^(ipv4|ipv6|unix):/, '');
-  const at = withoutScheme.lastIndexOf(':');
-  return (at > 0 ? withoutScheme.slice(0, at) : withoutScheme).replace(/^\[|\]$/g, '').slice(0, 64);
-}
 
 /**
  * Dials the address a joiner gave and checks that it answers TLS with the joiner's own key (the
@@ -122,7 +78,7 @@ export function joinService(
     readonly managerCertValidityDays: number;
   },
 ): grpc.UntypedServiceImplementation {
-  const attempts = new JoinAttempts();
+  const attempts = new FailedAttempts();
   return {
     getCaCertificate: unary(ctx, 'Join.GetCaCertificate', async () => ({ pem: ctx.pki.activeCertPem() }), {
       anonymous: true,

@@ -72,7 +72,8 @@ export interface MethodOptions {
   readonly anonymous?: boolean;
 }
 
-const UNAUTHENTICATED_DETAILS = "a certificate issued by this cluster's CA is required";
+export const UNAUTHENTICATED_DETAILS =
+  "a certificate issued by this cluster's CA is required, within its dates (a login's certificate that ended: log in again)";
 
 /**
  * How every request starts: the caller is authenticated from its TLS certificate first; one
@@ -420,12 +421,27 @@ export function authenticateClient(ctx: RequestContext, call: Call<unknown>): Id
   const identity = requireCaller(ctx, call);
   if (identity.role !== 'client')
     throw refuse('WRONG_ROLE', 'this method is for clients; a manager certificate may not call it');
+  // TLS checks a certificate's dates when a connection opens; a connection may outlive it (a
+  // login's certificate lasts an hour), so every request checks again, by the cluster's time.
+  const nowMs = ctx.clock.now();
+  if (identity.notAfterMs <= nowMs)
+    throw refuse(
+      'CERTIFICATE_EXPIRED',
+      `the certificate of identity "${identity.id}" ended at ${new Date(identity.notAfterMs).toISOString()}: ${identity.id.includes(':') ? 'log in again (coffer login)' : 'renew it (coffer identity renew) before it ends'}`,
+      { notAfterMs: String(identity.notAfterMs) },
+    );
   const access = ctx.state.access;
   if (!access.certificateValid(identity.id, identity.spki)) {
     const known = access.identities.get(identity.id);
     if (known === undefined)
       throw refuse('IDENTITY_UNKNOWN', `identity "${identity.id}" is not known to this cluster (yet)`);
     if (known.revoked) throw refuse('IDENTITY_REVOKED', `the certificate of identity "${identity.id}" was revoked`);
+    if (known.role !== null && access.certificateKey(identity.id, identity.spki) !== undefined)
+      throw refuse(
+        'ROLE_REVOKED',
+        `login role "${known.role}" was removed (or replaced): the certificates its logins got no longer work`,
+        { role: known.role },
+      );
     throw refuse(
       'CERTIFICATE_REVOKED',
       `this certificate was not issued to identity "${identity.id}" by this cluster, or it was revoked`,

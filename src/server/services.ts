@@ -6,6 +6,7 @@ import { callerIdentity } from '../transport/auth.ts';
 import { assert } from '../util/assert.ts';
 import { isMalformedRequest, methodPath, packageDefinition, services, tolerantService } from '../transport/proto.ts';
 import { accessServices } from './access-service.ts';
+import { authService } from './auth/auth-service.ts';
 import { backupService } from './backup-service.ts';
 import { clusterService, type ClusterServiceDeps } from './cluster-service.ts';
 import type { RequestContext, ServiceContext } from './context.ts';
@@ -15,6 +16,7 @@ import { peerService, type PeerServiceDeps } from './peer-service.ts';
 import { secretsService } from './secrets-service.ts';
 
 export { ADMIN_IDENTITY, LEADER_ADDRESS_METADATA } from './rpc.ts';
+import { UNAUTHENTICATED_DETAILS } from './rpc.ts';
 
 /** The services clients call, as gRPC reflection lists them. */
 export const CLIENT_SERVICES = [
@@ -25,6 +27,7 @@ export const CLIENT_SERVICES = [
   'coffer.v1.Audit',
   'coffer.v1.Keys',
   'coffer.v1.Backup',
+  'coffer.v1.Auth',
 ];
 
 /** Everything the services of a manager's port are made from: the service context and a few narrow extras. */
@@ -39,7 +42,7 @@ export interface ServiceParts {
 
 /** Adds every service of a manager's port to `server` (health is added by HealthService). */
 export function registerServices(server: grpc.Server, parts: ServiceParts): void {
-  const { Peer, Join, Secrets, Policies, Identities, Audit, Keys, Backup, Cluster } = services();
+  const { Peer, Join, Secrets, Policies, Identities, Audit, Keys, Backup, Cluster, Auth } = services();
   const { ctx } = parts;
   server.addService(Peer.service, peerService(ctx, parts.peer));
   server.addService(
@@ -53,6 +56,7 @@ export function registerServices(server: grpc.Server, parts: ServiceParts): void
   server.addService(Audit.service, access.audit);
   server.addService(Keys.service, keysService(ctx, parts.keys));
   server.addService(Backup.service, backupService(ctx, parts.manager));
+  server.addService(Auth.service, authService(ctx));
   // Reflection lets generic tools (grpcurl, Postman) list and call the client API; manager-only
   // services stay out of the list. It describes the schema only, which is public anyway.
   addReflection(guardedServer(server, ctx));
@@ -105,7 +109,7 @@ function addReflection(server: Pick<grpc.Server, 'addService'>): void {
 function guardedServer(server: grpc.Server, ctx: RequestContext): Pick<grpc.Server, 'addService'> {
   const refusal = {
     code: grpc.status.UNAUTHENTICATED,
-    details: "a certificate issued by this cluster's CA is required",
+    details: UNAUTHENTICATED_DETAILS,
   };
   return {
     addService: (service, implementation) => {

@@ -41,6 +41,7 @@ export function services(): {
   Audit: LoadedService;
   Keys: LoadedService;
   Backup: LoadedService;
+  Auth: LoadedService;
 } {
   if (cache === null) {
     const definition = packageDefinition();
@@ -53,7 +54,7 @@ export function services(): {
         cache[name] = { service: tolerantService(Client.service), Client };
     }
   }
-  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup } = cache;
+  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth } = cache;
   if (
     Peer === undefined ||
     Join === undefined ||
@@ -63,11 +64,12 @@ export function services(): {
     Identities === undefined ||
     Audit === undefined ||
     Keys === undefined ||
-    Backup === undefined
+    Backup === undefined ||
+    Auth === undefined
   ) {
     throw new Error('proto/coffer/v1 lacks a service');
   }
-  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup };
+  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth };
 }
 
 /**

@@ -140,7 +140,7 @@ export interface StatusReply {
   snapshotsSent: number;
 }
 
-export type ServiceName = 'Cluster' | 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Keys' | 'Backup';
+export type ServiceName = 'Cluster' | 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Keys' | 'Backup' | 'Auth';
 
 /** A client holding the admin identity made by `coffer init` (or any identity, from PEM). */
 export class AdminClient {

@@ -11,6 +11,7 @@ import { PROTO_ROOT, services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { AdminClient, eventually } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
+import { UNAUTHENTICATED_DETAILS } from '../../src/server/rpc.ts';
 
 // Every error a manager sends carries a reason and metadata twice: as a google.rpc.Status holding a
 // google.rpc.ErrorInfo in grpc-status-details-bin (decoded here with protobufjs from
@@ -224,7 +225,7 @@ test('a caller without a certificate of the cluster gets UNAUTHENTICATED as its 
     );
     const refused = await refusal(call, 'UNAUTHENTICATED', 'UNAUTHENTICATED');
     assert.deepEqual(refused.metadata, {}, 'no metadata');
-    assert.equal(refused.details, "a certificate issued by this cluster's CA is required");
+    assert.equal(refused.details, UNAUTHENTICATED_DETAILS);
     assert.deepEqual(
       refused.trailerKeys.filter((k) => k.startsWith('coffer-') || k.endsWith('-bin')),
       ['coffer-error-reason', 'grpc-status-details-bin'],

@@ -1,0 +1,179 @@
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  customFetch,
+  errors,
+  jwtVerify,
+  type FetchImplementation,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
+import type { JwtMethodConfig } from '../../state/auth-config.ts';
+import { refuse, type ServiceError } from '../errors.ts';
+import { FetchError, httpsGet, httpsGetJson } from './https-get.ts';
+
+/** Seconds of clock difference allowed on `exp` and `nbf` (the issuer's clock and the cluster's). */
+export const TOKEN_LEEWAY_SECONDS = 60;
+/** A fetched key set is used this long before it is fetched again. */
+export const JWKS_CACHE_MS = 10 * 60_000;
+/** After a fetch, an unknown key id waits this long before it may cause another (an attacker's random kid cannot flood the issuer). */
+export const JWKS_REFETCH_COOLDOWN_MS = 10_000;
+/** A discovery document is fetched again after this long. */
+export const DISCOVERY_CACHE_MS = 60 * 60_000;
+
+interface KeySource {
+  readonly configText: string;
+  readonly issuer: string;
+  readonly getKey: JWTVerifyGetKey;
+  readonly fetchedAtMs: number;
+}
+
+/**
+ * Checks JSON Web Tokens for the jwt and oidc methods, with jose: the keys come from the method's
+ * static JWKS, or from its issuer (discovery document, then JWKS; cached, fetched again on an
+ * unknown key id after a cool-down, each fetch bounded in time and size and tried a few times).
+ * Every refusal says what was wrong, as a ServiceError with a stable reason.
+ */
+export class JwtVerifier {
+  readonly #sources = new Map<string, KeySource>();
+  readonly #monotonicMs: () => number;
+
+  constructor(monotonicMs: () => number = () => performance.now()) {
+    this.#monotonicMs = monotonicMs;
+  }
+
+  /**
+   * The token's claims if it is signed by the method's issuer with an accepted algorithm, is for
+   * one of `audiences`, and is valid at `nowMs` (the cluster's time). Throws a ServiceError.
+   */
+  async verify(
+    config: JwtMethodConfig,
+    audiences: readonly string[],
+    token: string,
+    nowMs: number,
+  ): Promise<JWTPayload> {
+    if (token === '' || token.length > 16 * 1024 || token.split('.').length !== 3)
+      throw refuse('TOKEN_INVALID', 'the token is not a signed JWT (three base64url parts, at most 16 KiB)', {
+        field: 'jwt',
+      });
+    const source = await this.#source(config);
+    try {
+      const { payload } = await jwtVerify(token, source.getKey, {
+        issuer: source.issuer,
+        audience: [...audiences],
+        algorithms: [...config.algorithms],
+        currentDate: new Date(nowMs),
+        clockTolerance: TOKEN_LEEWAY_SECONDS,
+        requiredClaims: ['exp'],
+      });
+      return payload;
+    } catch (error) {
+      throw tokenRefusal(error);
+    }
+  }
+
+  /** Forgets what was fetched for a method (its configuration changed or was removed). */
+  forget(method: string): void {
+    this.#sources.delete(method);
+  }
+
+  async #source(config: JwtMethodConfig): Promise<KeySource> {
+    const configText = JSON.stringify(config);
+    const known = this.#sources.get(config.method);
+    if (
+      known !== undefined &&
+      known.configText === configText &&
+      (config.discoveryUrl === '' || this.#monotonicMs() - known.fetchedAtMs < DISCOVERY_CACHE_MS)
+    )
+      return known;
+    const source =
+      config.discoveryUrl === '' ? staticSource(config, configText) : await this.#discover(config, configText);
+    this.#sources.set(config.method, source);
+    return source;
+  }
+
+  async #discover(config: JwtMethodConfig, configText: string): Promise<KeySource> {
+    let document: Record<string, unknown>;
+    try {
+      document = await httpsGetJson(config.discoveryUrl, config.discoveryCaPem);
+    } catch (error) {
+      throw unreachable(error);
+    }
+    const issuer = document['issuer'];
+    const jwksUri = document['jwks_uri'];
+    if (typeof issuer !== 'string' || typeof jwksUri !== 'string' || !jwksUri.startsWith('https://'))
+      throw refuse(
+        'ISSUER_UNREACHABLE',
+        `the discovery document at ${config.discoveryUrl} names no issuer or no https:// jwks_uri`,
+      );
+    if (config.boundIssuer !== '' && issuer !== config.boundIssuer)
+      throw refuse(
+        'ISSUER_UNREACHABLE',
+        `the discovery document names issuer ${JSON.stringify(issuer.slice(0, 200))}, not the configured ${config.boundIssuer}`,
+      );
+    const fetchWithCa: FetchImplementation = async (url) => {
+      const { status, body } = await httpsGet(url, config.discoveryCaPem);
+      return new Response(new Uint8Array(body), { status, headers: { 'content-type': 'application/json' } });
+    };
+    const getKey = createRemoteJWKSet(new URL(jwksUri), {
+      cacheMaxAge: JWKS_CACHE_MS,
+      cooldownDuration: JWKS_REFETCH_COOLDOWN_MS,
+      [customFetch]: fetchWithCa,
+    });
+    return { configText, issuer, getKey, fetchedAtMs: this.#monotonicMs() };
+  }
+}
+
+function staticSource(config: JwtMethodConfig, configText: string): KeySource {
+  const jwks = JSON.parse(config.staticJwks) as Parameters<typeof createLocalJWKSet>[0];
+  return { configText, issuer: config.boundIssuer, getKey: createLocalJWKSet(jwks), fetchedAtMs: 0 };
+}
+
+function unreachable(error: unknown): ServiceError {
+  const why = error instanceof FetchError ? error.message : (error as Error).message;
+  return refuse('ISSUER_UNREACHABLE', `the issuer's keys could not be fetched: ${why.slice(0, 300)}; retry`);
+}
+
+/** A jose error as the refusal a client reads. */
+function tokenRefusal(error: unknown): ServiceError {
+  if (error instanceof errors.JWTExpired)
+    return refuse('TOKEN_EXPIRED', 'the token expired: get a new one from its issuer', { field: 'jwt' });
+  if (error instanceof errors.JWTClaimValidationFailed) {
+    switch (error.claim) {
+      case 'nbf':
+      case 'iat':
+        return refuse('TOKEN_NOT_YET_VALID', `the token is not valid yet (${error.claim} is in the future)`, {
+          field: 'jwt',
+        });
+      case 'iss':
+        return refuse('TOKEN_ISSUER_MISMATCH', "the token's issuer (iss) is not the configured issuer", {
+          field: 'jwt',
+        });
+      case 'aud':
+        return refuse('TOKEN_AUDIENCE_MISMATCH', "the token's audience (aud) is not one this role accepts", {
+          field: 'jwt',
+        });
+      default:
+        return refuse('TOKEN_INVALID', `the token's ${error.claim} claim is missing or invalid`, { field: 'jwt' });
+    }
+  }
+  if (error instanceof errors.JOSEAlgNotAllowed)
+    return refuse('TOKEN_ALGORITHM_REFUSED', "the token's signature algorithm is not one this method accepts", {
+      field: 'jwt',
+    });
+  if (error instanceof errors.JWSSignatureVerificationFailed)
+    return refuse('TOKEN_SIGNATURE_INVALID', "the token's signature does not verify with the issuer's key", {
+      field: 'jwt',
+    });
+  if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys)
+    return refuse(
+      'TOKEN_KEY_UNKNOWN',
+      "no key of the issuer matches the token's key id and algorithm (a key the issuer does not publish, or one for another algorithm)",
+      { field: 'jwt' },
+    );
+  if (error instanceof errors.JWKSTimeout || error instanceof errors.JWKSInvalid || error instanceof FetchError)
+    return unreachable(error);
+  if (error instanceof errors.JOSEError)
+    return refuse('TOKEN_INVALID', `the token is not a valid signed JWT (${error.code})`, { field: 'jwt' });
+  return unreachable(error);
+}
