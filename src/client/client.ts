@@ -468,6 +468,15 @@ export class CofferClient {
     return this.call('Auth', 'removeRole', { name }, true);
   }
 
+  /** A TOTP secret for a login identity: shown this once. */
+  enrollTotp(identity: string): Promise<{ identity: string; secret: string; otpauthUri: string }> {
+    return this.call('Auth', 'enrollTotp', { identity }, false);
+  }
+
+  removeTotp(identity: string): Promise<object> {
+    return this.call('Auth', 'removeTotp', { identity }, true);
+  }
+
   listIdentities(): Promise<{
     identities: Array<{
       name: string;

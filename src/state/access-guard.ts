@@ -76,6 +76,12 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
     case 'identity-login':
       // A manager makes a login once it checked the proof; no client may name one.
       return 'a login is made by the manager that checked its proof, not named by a client';
+    case 'totp-enroll':
+    case 'totp-remove': {
+      // Whoever could revoke the identity may set its second factor.
+      const record = state.identities.get(command.name);
+      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
+    }
     case 'auth-method-put':
     case 'auth-method-remove':
       return may('admin', `sys/auth/${command.name}`);

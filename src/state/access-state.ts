@@ -79,7 +79,12 @@ export type AccessCommand =
       readonly caGen: number;
       readonly nowMs: number;
       readonly notAfterMs: number;
+      /** The TOTP time step of the code the login gave (0: none): a step at or before the last one used is refused. */
+      readonly totpStep: number;
     }
+  /** A TOTP secret (base32) for a login identity, made by the manager that enrolled it. */
+  | { readonly op: 'totp-enroll'; readonly name: string; readonly secret: string; readonly nowMs: number }
+  | { readonly op: 'totp-remove'; readonly name: string }
   /** A revoked login identity is forgotten: its subject may log in again. */
   | { readonly op: 'identity-forget'; readonly name: string }
   | { readonly op: 'auth-method-put'; readonly name: AuthMethod; readonly config: AuthMethodConfig }
@@ -121,6 +126,16 @@ export interface IdentityRecord {
   readonly subject: string;
 }
 
+export interface TotpEnrolment {
+  /** Base32, as authenticator apps take it. */
+  readonly secret: string;
+  readonly enrolledAtMs: number;
+  /** The time step of the last code a login used (a code is good once). */
+  lastTimeStep: number;
+}
+
+export const TOTP_SECRET_PATTERN = /^[A-Z2-7]{16,128}$/;
+
 export const IDENTITY_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
 /** Policies bound to one identity. */
 export const IDENTITY_POLICIES_MAX = 32;
@@ -149,6 +164,11 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   /** Login methods (at most one of each kind) and roles (src/state/auth-config.ts). */
   readonly authMethods = new Map<AuthMethod, AuthMethodConfig>();
   readonly authRoles = new Map<string, AuthRole>();
+  /**
+   * TOTP enrolments by login identity. The secrets are sealed wherever they rest (the log, the
+   * snapshots, backups) and held in memory while a manager runs, as the CA key is.
+   */
+  readonly totp = new Map<string, TotpEnrolment>();
   /** The generation the next new role gets (a role removed and put again is a new role). */
   #roleGenerationNext = 1;
   readonly #guard: AccessGuard | null;
@@ -247,6 +267,13 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         this.identities.delete(command.name);
         return APPLIED;
       }
+      case 'totp-enroll':
+        this.totp.set(command.name, { secret: command.secret, enrolledAtMs: command.nowMs, lastTimeStep: 0 });
+        return APPLIED;
+      case 'totp-remove':
+        if (!this.totp.delete(command.name))
+          return refusedAs('IDENTITY_NOT_FOUND', `identity "${command.name}" has no TOTP enrolment`);
+        return APPLIED;
       case 'auth-method-put':
         this.authMethods.set(command.name, command.config);
         return APPLIED;
@@ -286,11 +313,20 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       roleGeneration: command.generation,
     };
     const record = this.identities.get(command.name);
+    const enrolment = this.totp.get(command.name);
+    if (command.totpStep > 0 && (enrolment === undefined || command.totpStep <= enrolment.lastTimeStep))
+      return refusedAs(
+        'TOTP_REUSED',
+        enrolment === undefined
+          ? `identity "${command.name}" has no TOTP enrolment any more`
+          : 'this TOTP code was used by another login: wait for the next code',
+      );
     if (record?.revoked === true)
       return refusedAs(
         'IDENTITY_REVOKED',
         `identity "${command.name}" was revoked; an administrator lifts that with coffer identity forget`,
       );
+    if (enrolment !== undefined && command.totpStep > 0) enrolment.lastTimeStep = command.totpStep;
     if (record === undefined) {
       this.identities.set(command.name, {
         name: command.name,
@@ -361,17 +397,19 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       [...this.authMethods.values()],
       [...this.authRoles.values()],
       this.#roleGenerationNext,
+      [...this.totp].map(([name, t]) => [name, t.secret, t.enrolledAtMs, t.lastTimeStep]),
     ];
   }
 
   restore(image: unknown): void {
     // Images from before logins have two elements, and shorter identity and key tuples.
-    const [policies, identities, methods = [], roles = [], roleGenerationNext = 1] = image as [
+    const [policies, identities, methods = [], roles = [], roleGenerationNext = 1, totp = []] = image as [
       Array<[string, PolicyRule[]]>,
       Array<[string, string[], unknown[], boolean, number, (string | null)?, string?]>,
       AuthMethodConfig[]?,
       AuthRole[]?,
       number?,
+      Array<[string, string, number, number]>?,
     ];
     this.policies.clear();
     for (const [name, rules] of policies) this.policies.set(name, { name, rules });
@@ -396,6 +434,9 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
     this.authRoles.clear();
     for (const role of roles) this.authRoles.set(role.name, role);
     this.#roleGenerationNext = roleGenerationNext;
+    this.totp.clear();
+    for (const [name, secret, enrolledAtMs, lastTimeStep] of totp)
+      this.totp.set(name, { secret, enrolledAtMs, lastTimeStep });
   }
 }
 
@@ -461,6 +502,15 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
       return { op: 'identity-revoke', name };
     case 'identity-forget':
       return { op: 'identity-forget', name };
+    case 'totp-enroll': {
+      const { secret, nowMs } = c;
+      if (!LOGIN_IDENTITY_PATTERN.test(name)) return 'a TOTP enrolment is for a login identity (ROLE:SUBJECT)';
+      if (typeof secret !== 'string' || !TOTP_SECRET_PATTERN.test(secret) || typeof nowMs !== 'number')
+        return 'a TOTP enrolment holds a base32 secret and a time';
+      return { op: 'totp-enroll', name, secret, nowMs };
+    }
+    case 'totp-remove':
+      return { op: 'totp-remove', name };
     case 'identity-login':
       return checkedLogin(name, c);
     case 'auth-method-put': {
@@ -489,7 +539,7 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
 }
 
 function checkedLogin(name: string, c: Record<string, unknown>): AccessCommand | string {
-  const { role, generation, subject, policies, key, serial, caGen, nowMs, notAfterMs } = c;
+  const { role, generation, subject, policies, key, serial, caGen, nowMs, notAfterMs, totpStep = 0 } = c;
   if (!LOGIN_IDENTITY_PATTERN.test(name)) return 'a login identity is ROLE:SUBJECT';
   if (typeof role !== 'string' || !name.startsWith(`${role}:`)) return 'a login names its role';
   if (typeof subject !== 'string' || !LOGIN_SUBJECT_PATTERN.test(subject)) return 'a login names its subject';
@@ -503,8 +553,11 @@ function checkedLogin(name: string, c: Record<string, unknown>): AccessCommand |
     !policies.every((p) => typeof p === 'string')
   )
     return `policies are at most ${IDENTITY_POLICIES_MAX} names`;
+  if (typeof totpStep !== 'number' || !Number.isSafeInteger(totpStep) || totpStep < 0)
+    return 'a login names its TOTP step';
   return {
     op: 'identity-login',
+    totpStep,
     name,
     role,
     generation: generation as number,

@@ -6,6 +6,7 @@ import { accessGuard } from '../../state/access-guard.ts';
 import {
   AUTH_METHODS,
   AUTH_ROLE_NAME_PATTERN,
+  LOGIN_IDENTITY_PATTERN,
   LOGIN_TTL_SECONDS_DEFAULT,
   LOGIN_TTL_SECONDS_MIN,
   authMethodProblem,
@@ -19,6 +20,7 @@ import {
 import type { ServiceContext } from '../context.ts';
 import { refuse, ServiceError } from '../errors.ts';
 import { FailedAttempts, sourceHost } from '../failed-attempts.ts';
+import { generateSecret, generateURI, verify as verifyTotp } from 'otplib';
 import { authorize, noteTarget, unary, type Call } from '../rpc.ts';
 import { JwtVerifier } from './jwt-verifier.ts';
 import { ldapLogin } from './ldap-verifier.ts';
@@ -57,6 +59,9 @@ type RoleMessage = {
  */
 export const LOGIN_FAILURES_PER_SOURCE_MAX = 30;
 
+/** RFC 6238's defaults, which every authenticator app takes: SHA-1, 6 digits, 30 s. */
+export const TOTP_PERIOD_SECONDS = 30;
+
 const ROLE_NAME_RULE = 'a role name is a lower-case letter then up to 63 of [a-z0-9_-]';
 
 /**
@@ -91,6 +96,30 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
       claims,
       groups: role.groupsClaim === '' ? [] : claimStrings(claims[role.groupsClaim]),
     };
+  };
+
+  /** The time step of a good TOTP code of `name`'s enrolment, not used before; else a refusal. */
+  const checkTotp = async (name: string, code: string): Promise<number> => {
+    const enrolment = access.totp.get(name);
+    if (enrolment === undefined)
+      throw refuse(
+        'TOTP_REQUIRED',
+        `this role requires a TOTP code, and identity ${name} has none enrolled: an administrator enrols it (coffer auth totp enroll ${name})`,
+      );
+    if (code === '')
+      throw refuse('TOTP_REQUIRED', 'this role requires a TOTP code: give the current one (--totp-code)');
+    if (!/^\d{6}$/.test(code)) throw refuse('TOTP_INVALID', 'a TOTP code is 6 digits', { field: 'totp_code' });
+    const result = await verifyTotp({
+      secret: enrolment.secret,
+      token: code,
+      epoch: Math.floor(ctx.clock.now() / 1000),
+      // A code of the step before or after is taken too (clocks of phones drift).
+      epochTolerance: TOTP_PERIOD_SECONDS,
+      afterTimeStep: enrolment.lastTimeStep,
+    }).catch(() => ({ valid: false as const }));
+    if (!result.valid || !('timeStep' in result))
+      throw refuse('TOTP_INVALID', 'the TOTP code is wrong, too old, or was used already: wait for the next one');
+    return (result as { timeStep: number }).timeStep;
   };
 
   const login = async (call: Call<LoginRequest>) => {
@@ -140,6 +169,15 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
     const name = loginIdentityName(role.name, proven.subject);
     // The audit record of a login names the identity it made (the subject), whatever the outcome from here.
     noteTarget(call, `sys/auth/roles/${role.name} as ${name}`);
+    let totpStep = 0;
+    if (role.totpRequired) {
+      try {
+        totpStep = await checkTotp(name, request.totpCode);
+      } catch (error) {
+        failures.failed(source);
+        throw error;
+      }
+    }
     const policies = loginPolicies(role, proven.groups);
     const ttlSeconds =
       request.ttlSeconds === 0
@@ -170,6 +208,7 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
         caGen: ca.gen,
         nowMs,
         notAfterMs,
+        totpStep,
       }),
     );
     ctx.log.info(
@@ -188,6 +227,34 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
 
   return {
     login: unary(ctx, 'Auth.Login', login, { anonymous: true }),
+    enrollTotp: unary(ctx, 'Auth.EnrollTotp', async (call: Call<{ identity: string }>) => {
+      const name = call.request.identity;
+      if (!LOGIN_IDENTITY_PATTERN.test(name))
+        throw refuse('INVALID_NAME', 'a TOTP enrolment is for a login identity, ROLE:SUBJECT', { field: 'identity' });
+      const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
+      // 160 random bits (RFC 4226's recommendation), made here and replicated sealed.
+      const secret = generateSecret({ length: 20 });
+      await write({ op: 'totp-enroll', name, secret, nowMs: ctx.clock.now() }, caller);
+      ctx.log.info({ event: 'totp-enrolled', identity: name }, `enrolled a TOTP secret for ${name}`);
+      return {
+        identity: name,
+        secret,
+        otpauthUri: generateURI({
+          issuer: `Coffer ${ctx.clusterId}`,
+          label: name,
+          secret,
+          period: TOTP_PERIOD_SECONDS,
+        }),
+      };
+    }),
+    removeTotp: unary(ctx, 'Auth.RemoveTotp', async (call: Call<{ identity: string }>) => {
+      const name = call.request.identity;
+      if (!LOGIN_IDENTITY_PATTERN.test(name))
+        throw refuse('INVALID_NAME', 'a TOTP enrolment is for a login identity, ROLE:SUBJECT', { field: 'identity' });
+      const caller = authorize(ctx, call, 'admin', `sys/identities/${name}`);
+      await write({ op: 'totp-remove', name }, caller);
+      return {};
+    }),
     configureMethod: unary(ctx, 'Auth.ConfigureMethod', async (call: Call<MethodMessage>) => {
       const method = call.request.method;
       if (!(AUTH_METHODS as readonly string[]).includes(method))

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { Client, InvalidCredentialsError, escapeFilter } from 'ldapts';
 import type { LdapMethodConfig } from '../../state/auth-config.ts';
 import { refuse } from '../errors.ts';
@@ -27,7 +28,14 @@ export async function ldapLogin(
   // success: it proves nothing.
   if (password.length === 0 || password.length > LDAP_PASSWORD_CHARS_MAX)
     throw refuse('INVALID_ARGUMENT', `password: 1 to ${LDAP_PASSWORD_CHARS_MAX} characters`, { field: 'password' });
-  const tlsOptions = config.caPem === '' ? {} : { ca: config.caPem };
+  // StartTLS checks the server's certificate against the URL's host (ldapts would check
+  // "localhost" without it); an IP address is matched against the certificate's IP names.
+  const host = new URL(config.url).hostname.replace(/^\[|\]$/g, '');
+  const tlsOptions = {
+    host,
+    ...(isIP(host) === 0 ? { servername: host } : {}),
+    ...(config.caPem === '' ? {} : { ca: config.caPem }),
+  };
   const client = new Client({
     url: config.url,
     timeout: LDAP_TIMEOUT_MS,
