@@ -398,3 +398,59 @@ test('coffer login jwt writes client.env, the key (0600) and the certificate, wh
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /audience/);
 });
+
+test('coffer run --login-role logs in, hands the child its secrets and a login it keeps fresh until the child exits', {
+  timeout: 90_000,
+}, async () => {
+  await admin.putAuthRole({
+    name: 'runner',
+    method: 'jwt',
+    boundAudiences: ['coffer'],
+    policies: ['app-read'],
+    ttlSeconds: 12,
+  });
+  const tokenFile = join(dir, 'run-token');
+  writeFileSync(tokenFile, await token({ sub: 'repo:acme/job' }), { mode: 0o600 });
+  const loginDir = join(dir, 'run-login');
+  const env = { COFFER_ADDR: cluster.addresses.join(','), COFFER_CA: join(cluster.adminDir, 'ca.crt') };
+  // The child copies its certificate at the start and after the first certificate's 12 s are
+  // nearly over; a renewal (at two thirds) must have replaced it by then.
+  const script = `cp "$COFFER_CERT" "${dir}/first.crt"; sleep 11; cp "$COFFER_CERT" "${dir}/last.crt"; printf '%s' "$APP_DB"`;
+  const run = await coffer(
+    [
+      'run',
+      '--login-role',
+      'runner',
+      '--login-token-file',
+      tokenFile,
+      '--login-dir',
+      loginDir,
+      '--env',
+      'APP_DB=app/db',
+      '--',
+      'sh',
+      '-c',
+      script,
+    ],
+    '',
+    env,
+  );
+  assert.equal(run.code, 0, run.stderr);
+  assert.equal(run.stdout, 'app-password');
+  const first = readFileSync(join(dir, 'first.crt'), 'utf8');
+  const last = readFileSync(join(dir, 'last.crt'), 'utf8');
+  assert.notEqual(last, first, 'the certificate was renewed while the child ran');
+  assert.equal(statSync(join(loginDir, 'client.key')).mode & 0o777, 0o600);
+  // The renewed login works (the key beside it is its key).
+  const renewed = new CofferClient({
+    addresses: cluster.addresses,
+    caPem: readFileSync(join(loginDir, 'ca.crt'), 'utf8'),
+    certPem: readFileSync(join(loginDir, 'client.crt'), 'utf8'),
+    keyPem: readFileSync(join(loginDir, 'client.key'), 'utf8'),
+  });
+  try {
+    assert.equal(Buffer.from((await renewed.get('app/db')).value).toString(), 'app-password');
+  } finally {
+    renewed.close();
+  }
+});
