@@ -303,7 +303,9 @@ function parseIdentity(cert: string | Buffer): Identity {
       `the certificate's role (OU) is "${role ?? ''}", not manager or client`,
     );
   return {
-    id: fields.get('CN') ?? '',
+    // X509Certificate.subject escapes RFC 2253's specials with a backslash (a login subject may
+    // hold "+", as in alice+ops@example.com): the id is the name as it was certified.
+    id: (fields.get('CN') ?? '').replace(/\\(.)/g, '$1'),
     role,
     clusterId: fields.get('O') ?? '',
     serial: x509.serialNumber.toLowerCase(),

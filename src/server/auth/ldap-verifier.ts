@@ -40,7 +40,8 @@ export async function ldapLogin(
     url: config.url,
     timeout: LDAP_TIMEOUT_MS,
     connectTimeout: LDAP_TIMEOUT_MS,
-    strictDN: true,
+    // Not strict: an Active Directory UPN ("alice@corp.example") is not a DN. The username is plain characters only.
+    strictDN: false,
     ...(config.url.startsWith('ldaps://') ? { tlsOptions } : {}),
   });
   const dn = config.userDnTemplate.replaceAll('{{username}}', username);

@@ -1,0 +1,65 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import {
+  certificationRequest,
+  createCa,
+  identityOf,
+  newLeafKey,
+  publicKeyOfRequest,
+  signCertificate,
+  spkiDigest,
+} from '../../src/crypto/pki.ts';
+import { CryptoError } from '../../src/crypto/errors.ts';
+
+// What a login certifies: the key of a certification request its sender signed, under a name
+// that comes back from the certificate exactly as it went in.
+
+test('a certification request gives its key only when signed by that key, RSA of 2048 bits or more', () => {
+  const key = newLeafKey();
+  assert.equal(spkiDigest(publicKeyOfRequest(certificationRequest(key, 'me'))), spkiDigest(key.publicPem));
+  const other = newLeafKey();
+  const forged = certificationRequest({ privatePem: key.privatePem, publicPem: other.publicPem }, 'me');
+  assert.throws(
+    () => publicKeyOfRequest(forged),
+    (e: unknown) => e instanceof CryptoError && /not signed by the key/.test(e.message),
+  );
+  const small = generateKeyPairSync('rsa', {
+    modulusLength: 1024,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  assert.throws(
+    () => publicKeyOfRequest(certificationRequest({ privatePem: small.privateKey, publicPem: small.publicKey }, 'me')),
+    /1024 bits; at least 2048/,
+  );
+  assert.throws(
+    () => publicKeyOfRequest('-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----'),
+    CryptoError,
+  );
+  assert.throws(() => publicKeyOfRequest('x'.repeat(20_000)), /over 16384 characters/);
+  // One byte of the signed body changed: the signature no longer covers it.
+  const good = certificationRequest(key, 'me');
+  const body = Buffer.from(good.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  body[40] = body[40]! ^ 0x01;
+  const tampered = `-----BEGIN CERTIFICATE REQUEST-----\n${body.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END CERTIFICATE REQUEST-----\n`;
+  assert.throws(() => publicKeyOfRequest(tampered), CryptoError);
+});
+
+test('login identity names come back from the certificate as they were certified, RFC 2253 specials included', () => {
+  const ca = createCa('c1', Date.now());
+  for (const id of [
+    'people:alice+ops@example.com',
+    'k8s:system:serviceaccount:ns:sa',
+    `ci:${'r'.repeat(250)}`,
+    'a=b:c,d',
+  ]) {
+    const cert = signCertificate(ca, newLeafKey().publicPem, {
+      id,
+      role: 'client',
+      clusterId: 'c1',
+      nowMs: Date.now(),
+    });
+    assert.equal(identityOf(cert).id, id);
+  }
+});
