@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import type { AuthMethodSettings, AuthRoleSettings } from '../client/client.ts';
 import { login, type LoginProof } from '../client/login.ts';
+import { oidcCodeFlow } from './oidc-flow.ts';
 import { withClient, writeIdentityDir } from './admin-commands.ts';
 import { print } from './client-config.ts';
 import { addClientOptions, outputOption, type ClientFlags } from './client-flags.ts';
@@ -343,5 +344,49 @@ export function loginCommands(): Command {
         ...(flags.totpCode === undefined ? {} : { totpCode: flags.totpCode }),
       });
     });
+  addLoginOptions(loginCommand.command('oidc'))
+    .description(
+      'log in as a person through an OpenID provider: sign in in a browser (authorization code with PKCE, loopback redirect)',
+    )
+    .requiredOption('--issuer <url>', "the provider's issuer, https://... exactly as it names itself")
+    .requiredOption(
+      '--client-id <id>',
+      'the public client registered for the CLI (the one coffer auth oidc configure was given)',
+    )
+    .option('--issuer-ca <file>', "CA certificates to trust for the provider's HTTPS (default: the system's)")
+    .option('--scope <scopes>', "the scopes to ask for, space-separated (default 'openid email groups')")
+    .option('--open', 'also open the URL in a browser (xdg-open or open); it is printed either way')
+    .option('--timeout <duration>', 'how long to wait for the browser to come back (default 300s)', durationSeconds)
+    .action(
+      async (
+        flags: LoginFlags & {
+          issuer: string;
+          clientId: string;
+          issuerCa?: string;
+          scope?: string;
+          open?: boolean;
+          timeout?: number;
+          totpCode?: string;
+        },
+      ) => {
+        if (flags.timeout === 0) throw new InvalidArgumentError('--timeout: give the browser some time (e.g. 5m)');
+        // Where to log in is checked before the browser is sent anywhere, not after the user signed in.
+        loginTarget(flags);
+        const idToken = await oidcCodeFlow({
+          issuer: flags.issuer,
+          clientId: flags.clientId,
+          issuerCaPem: flags.issuerCa === undefined ? '' : readFileFor(flags.issuerCa, 'issuer CA'),
+          ...(flags.scope === undefined ? {} : { scope: flags.scope }),
+          ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout * 1000 }),
+          openBrowser: flags.open === true,
+          tell: (line) => process.stderr.write(`${line}\n`),
+        });
+        await loginAndWrite(flags, {
+          role: flags.role,
+          jwt: idToken,
+          ...(flags.totpCode === undefined ? {} : { totpCode: flags.totpCode }),
+        });
+      },
+    );
   return loginCommand;
 }

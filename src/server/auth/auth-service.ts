@@ -264,7 +264,6 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
       const problem = authMethodProblem(config as unknown as Record<string, unknown>);
       if (problem !== null) throw refuse('INVALID_ARGUMENT', `the ${method} method: ${problem}`);
       await write({ op: 'auth-method-put', name: method as AuthMethod, config }, caller);
-      verifier.forget(method);
       ctx.log.info({ event: 'auth-method-configured', method }, `the ${method} login method was configured`);
       return methodMessage(config);
     }),
@@ -285,7 +284,6 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
         throw refuse('INVALID_ARGUMENT', `method: one of ${AUTH_METHODS.join(', ')}`, { field: 'method' });
       const caller = authorize(ctx, call, 'admin', `sys/auth/${method}`);
       await write({ op: 'auth-method-remove', name: method as AuthMethod }, caller);
-      verifier.forget(method);
       return {};
     }),
     putRole: unary(ctx, 'Auth.PutRole', async (call: Call<RoleMessage>) => {

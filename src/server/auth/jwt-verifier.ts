@@ -22,7 +22,8 @@ export const JWKS_REFETCH_COOLDOWN_MS = 10_000;
 export const DISCOVERY_CACHE_MS = 60 * 60_000;
 
 interface KeySource {
-  readonly configText: string;
+  /** The configuration as applied: each apply makes a new object (on every manager), so a method configured again, even the same way, is fetched again. */
+  readonly config: JwtMethodConfig;
   readonly issuer: string;
   readonly getKey: JWTVerifyGetKey;
   readonly fetchedAtMs: number;
@@ -72,27 +73,20 @@ export class JwtVerifier {
     }
   }
 
-  /** Forgets what was fetched for a method (its configuration changed or was removed). */
-  forget(method: string): void {
-    this.#sources.delete(method);
-  }
-
   async #source(config: JwtMethodConfig): Promise<KeySource> {
-    const configText = JSON.stringify(config);
     const known = this.#sources.get(config.method);
     if (
       known !== undefined &&
-      known.configText === configText &&
+      known.config === config &&
       (config.discoveryUrl === '' || this.#monotonicMs() - known.fetchedAtMs < DISCOVERY_CACHE_MS)
     )
       return known;
-    const source =
-      config.discoveryUrl === '' ? staticSource(config, configText) : await this.#discover(config, configText);
+    const source = config.discoveryUrl === '' ? staticSource(config) : await this.#discover(config);
     this.#sources.set(config.method, source);
     return source;
   }
 
-  async #discover(config: JwtMethodConfig, configText: string): Promise<KeySource> {
+  async #discover(config: JwtMethodConfig): Promise<KeySource> {
     let document: Record<string, unknown>;
     try {
       document = await httpsGetJson(config.discoveryUrl, config.discoveryCaPem);
@@ -120,13 +114,13 @@ export class JwtVerifier {
       cooldownDuration: JWKS_REFETCH_COOLDOWN_MS,
       [customFetch]: fetchWithCa,
     });
-    return { configText, issuer, getKey, fetchedAtMs: this.#monotonicMs() };
+    return { config, issuer, getKey, fetchedAtMs: this.#monotonicMs() };
   }
 }
 
-function staticSource(config: JwtMethodConfig, configText: string): KeySource {
+function staticSource(config: JwtMethodConfig): KeySource {
   const jwks = JSON.parse(config.staticJwks) as Parameters<typeof createLocalJWKSet>[0];
-  return { configText, issuer: config.boundIssuer, getKey: createLocalJWKSet(jwks), fetchedAtMs: 0 };
+  return { config, issuer: config.boundIssuer, getKey: createLocalJWKSet(jwks), fetchedAtMs: 0 };
 }
 
 function unreachable(error: unknown): ServiceError {
@@ -168,7 +162,7 @@ function tokenRefusal(error: unknown): ServiceError {
   if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys)
     return refuse(
       'TOKEN_KEY_UNKNOWN',
-      "no key of the issuer matches the token's key id and algorithm (a key the issuer does not publish, or one for another algorithm)",
+      "no key of the issuer matches the token's key id and algorithm (a key the issuer does not publish, or one for another algorithm; if the issuer has just rotated its keys, retry in 10 s)",
       { field: 'jwt' },
     );
   if (error instanceof errors.JWKSTimeout || error instanceof errors.JWKSInvalid || error instanceof FetchError)

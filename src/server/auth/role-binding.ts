@@ -35,6 +35,12 @@ export function subjectOf(role: AuthRole, claims: Readonly<Record<string, unknow
       `the token's ${role.userClaim} claim (the role's user claim) is missing or not 1 to 255 of [A-Za-z0-9._@:/+=-]`,
       { claim: role.userClaim },
     );
+  // An address the provider has not verified is only what someone typed: it must not become
+  // somebody's identity (OpenID Connect Core 5.1, email_verified).
+  if (role.userClaim === 'email' && claims['email_verified'] !== true)
+    throw refuse('LOGIN_NOT_BOUND', "the token's email is not verified by its issuer (email_verified is not true)", {
+      claim: 'email_verified',
+    });
   return value;
 }
 
