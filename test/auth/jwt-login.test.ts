@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWTPayload } from 'jose';
+import { SignJWT, exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWTPayload } from 'jose';
 import { ClientError, CofferClient } from '../../src/client/client.ts';
 import { login, type LoginResult } from '../../src/client/login.ts';
 import { certificationRequest, newLeafKey } from '../../src/crypto/pki.ts';
@@ -232,6 +232,20 @@ test('every bad token is refused with its reason, and nothing is issued', { time
   }
   assert.equal((await admin.listIdentities()).identities.length, identitiesBefore, 'no identity was made');
   await refused(loginAt(await token(), { role: 'nope' }), 'ROLE_NOT_FOUND', grpc.status.NOT_FOUND);
+  // An algorithm the method accepts but the key does not allow (its JWK says RS256): no key matches.
+  const method = await admin.getAuthMethod('jwt');
+  await admin.configureAuthMethod({ ...method, algorithms: ['RS256', 'PS256'] });
+  try {
+    // The same RSA key, used for PS256 (WebCrypto binds a key object to one algorithm).
+    const samePsKey = (await importJWK(await exportJWK(signingKey), 'PS256')) as CryptoKey;
+    await refused(
+      loginAt(await token({}, { alg: 'PS256', key: samePsKey })),
+      'TOKEN_KEY_UNKNOWN',
+      grpc.status.UNAUTHENTICATED,
+    );
+  } finally {
+    await admin.configureAuthMethod(method);
+  }
 });
 
 test('a certification request must be signed by the key it names', { timeout: 30_000 }, async () => {

@@ -166,6 +166,13 @@ test('wrong, unknown, empty and crafted credentials are refused; a user outside 
     'LOGIN_NOT_BOUND',
     grpc.status.PERMISSION_DENIED,
   );
+  // A person removed from the directory cannot log in any more.
+  await slapd.removeUser('carol');
+  await refused(
+    loginAs({ role: 'staff', username: 'carol', password: PASSWORDS.carol }),
+    'LDAP_CREDENTIALS_INVALID',
+    grpc.status.UNAUTHENTICATED,
+  );
   assert.match(logs, /"event":"login"/, 'the managers’ logs were captured');
   assert.doesNotMatch(logs, /Secret-\d|not-her-password/, 'no password in the managers’ logs');
 });
