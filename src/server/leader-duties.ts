@@ -1,6 +1,6 @@
 import type { Manager } from '../manager/manager.ts';
 import type { ConfChange } from '../raft/types.ts';
-import { encodeAccessCommand } from '../state/access-state.ts';
+import { LOGIN_PRUNE_NAMES_MAX, encodeAccessCommand } from '../state/access-state.ts';
 import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
 import { ClusterState } from '../state/cluster-state.ts';
 import { ROOT_POLICY } from '../state/policy.ts';
@@ -31,6 +31,10 @@ export interface LeaderDutiesOptions {
  * versions in the command, so every manager wipes the same ones), and after a rewrap re-seals the
  * records still sealed under older keyring terms.
  */
+/** How often the leader looks for login identities to drop, and how long after their last certificate ended. */
+export const LOGIN_PRUNE_INTERVAL_MS = 60_000;
+export const LOGIN_PRUNE_GRACE_MS = 60 * 60_000;
+
 /** Re-seal commands one run of the duties proposes at most (RESEAL_RECORDS_MAX records each). */
 const RESEAL_BATCHES_PER_RUN = 8;
 
@@ -38,6 +42,8 @@ export class LeaderDuties {
   readonly #o: LeaderDutiesOptions;
   /** Where the background re-seal goes on from (a record key), or null: from the start. */
   #resealCursor: Uint8Array | null = null;
+  /** When logins were last looked at for pruning (monotonic ms). */
+  #lastPruneMs = Number.NEGATIVE_INFINITY;
 
   constructor(options: LeaderDutiesOptions) {
     this.#o = options;
@@ -100,6 +106,7 @@ export class LeaderDuties {
     // The sweep names the versions it found expired (at most EXPIRY_SWEEP_VERSIONS_MAX; the next tick takes the rest).
     const sweep = await state.secrets.expiryCommand(this.#o.now());
     if (sweep !== null) await this.#o.propose(encodeSecretCommand(sweep));
+    await this.#pruneLogins();
     await this.#reseal();
   }
 
@@ -127,6 +134,25 @@ export class LeaderDuties {
       this.#resealCursor = next.last;
       await this.#o.propose(encodeSecretCommand(next.command));
     }
+  }
+
+  /**
+   * Login identities whose certificates have all ended are dropped (a CI system whose subjects
+   * name each branch would otherwise grow the state for ever): looked for once a minute, a grace
+   * of LOGIN_PRUNE_GRACE_MS after the last certificate ended.
+   */
+  async #pruneLogins(): Promise<void> {
+    const nowMonotonicMs = performance.now();
+    if (nowMonotonicMs - this.#lastPruneMs < LOGIN_PRUNE_INTERVAL_MS) return;
+    this.#lastPruneMs = nowMonotonicMs;
+    const nowMs = this.#o.now() - LOGIN_PRUNE_GRACE_MS;
+    const names = this.#o.state.access.endedLogins(nowMs, LOGIN_PRUNE_NAMES_MAX);
+    if (names.length === 0) return;
+    await this.#o.propose(encodeAccessCommand({ op: 'identity-prune', name: '', names, nowMs }));
+    this.#o.log.info(
+      { event: 'logins-pruned', count: names.length },
+      `dropped ${names.length} login identities whose certificates all ended`,
+    );
   }
 
   /** Promotes a learner to voter once it has every committed entry (one change at a time). */

@@ -74,8 +74,9 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
       return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
     }
     case 'identity-login':
-      // A manager makes a login once it checked the proof; no client may name one.
-      return 'a login is made by the manager that checked its proof, not named by a client';
+    case 'identity-prune':
+      // A manager makes a login once it checked the proof, and the leader prunes; no client names either.
+      return 'logins are made and pruned by managers, not named by a client';
     case 'totp-enroll':
     case 'totp-remove': {
       // Whoever could revoke the identity may set its second factor.

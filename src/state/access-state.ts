@@ -87,6 +87,11 @@ export type AccessCommand =
   | { readonly op: 'totp-remove'; readonly name: string }
   /** A revoked login identity is forgotten: its subject may log in again. */
   | { readonly op: 'identity-forget'; readonly name: string }
+  /**
+   * The leader drops login identities whose every certificate had ended by `nowMs` (named, as the
+   * expiry sweep names versions, so every manager drops the same ones); revoked ones are kept.
+   */
+  | { readonly op: 'identity-prune'; readonly name: ''; readonly names: readonly string[]; readonly nowMs: number }
   | { readonly op: 'auth-method-put'; readonly name: AuthMethod; readonly config: AuthMethodConfig }
   | { readonly op: 'auth-method-remove'; readonly name: AuthMethod }
   | { readonly op: 'auth-role-put'; readonly name: string; readonly role: Omit<AuthRole, 'generation'> }
@@ -267,6 +272,12 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         this.identities.delete(command.name);
         return APPLIED;
       }
+      case 'identity-prune':
+        for (const name of command.names) {
+          const record = this.identities.get(name);
+          if (record !== undefined && loginEnded(record, command.nowMs)) this.identities.delete(name);
+        }
+        return APPLIED;
       case 'totp-enroll':
         this.totp.set(command.name, { secret: command.secret, enrolledAtMs: command.nowMs, lastTimeStep: 0 });
         return APPLIED;
@@ -362,6 +373,16 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
     return record.role === null || this.authRoles.get(record.role)?.generation === listed.roleGeneration;
   }
 
+  /** Up to `max` login identities whose every certificate had ended by `nowMs` (not revoked): what a prune may drop. */
+  endedLogins(nowMs: number, max: number): string[] {
+    const ended: string[] = [];
+    for (const record of this.identities.values()) {
+      if (ended.length >= max) break;
+      if (loginEnded(record, nowMs)) ended.push(record.name);
+    }
+    return ended;
+  }
+
   /** The key an identity's certificate is listed with (its end, its role's generation), if it is. */
   certificateKey(name: string, key: string): IdentityKey | undefined {
     return this.identities.get(name)?.keys.find((k) => k.key === key);
@@ -440,6 +461,14 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   }
 }
 
+/** A login identity, not revoked, none of whose certificates works at `nowMs`. */
+function loginEnded(record: IdentityRecord, nowMs: number): boolean {
+  return record.role !== null && !record.revoked && record.keys.every((k) => k.notAfterMs <= nowMs);
+}
+
+/** Login identities one prune names at most. */
+export const LOGIN_PRUNE_NAMES_MAX = 256;
+
 function issuedKey(command: { key: string; serial: string; nowMs: number; caGen: number }): IdentityKey {
   return {
     key: command.key,
@@ -513,6 +542,18 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
       return { op: 'totp-remove', name };
     case 'identity-login':
       return checkedLogin(name, c);
+    case 'identity-prune': {
+      const { names, nowMs } = c;
+      if (
+        name !== '' ||
+        !Array.isArray(names) ||
+        names.length > LOGIN_PRUNE_NAMES_MAX ||
+        !names.every((n) => typeof n === 'string' && LOGIN_IDENTITY_PATTERN.test(n)) ||
+        typeof nowMs !== 'number'
+      )
+        return `a prune names at most ${LOGIN_PRUNE_NAMES_MAX} login identities, and a time`;
+      return { op: 'identity-prune', name: '', names: names as string[], nowMs };
+    }
     case 'auth-method-put': {
       const config = c['config'] as Record<string, unknown> | null;
       if (typeof config !== 'object' || config === null || config['method'] !== name)
