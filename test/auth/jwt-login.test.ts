@@ -427,9 +427,9 @@ test('coffer run --login-role logs in, hands the child its secrets and a login i
   writeFileSync(tokenFile, await token({ sub: 'repo:acme/job' }), { mode: 0o600 });
   const loginDir = join(dir, 'run-login');
   const env = { COFFER_ADDR: cluster.addresses.join(','), COFFER_CA: join(cluster.adminDir, 'ca.crt') };
-  // The child copies its certificate at the start and after the first certificate's 12 s are
+  // The child copies its certificate at the start and after the first certificate's 10 s are
   // nearly over; a renewal (at two thirds) must have replaced it by then.
-  const script = `cp "$COFFER_CERT" "${dir}/first.crt"; sleep 11; cp "$COFFER_CERT" "${dir}/last.crt"; printf '%s' "$APP_DB"`;
+  const script = `cp "$COFFER_CERT" "${dir}/first.crt"; sleep 8.5; cp "$COFFER_CERT" "${dir}/last.crt"; printf '%s' "$APP_DB"`;
   const run = await coffer(
     [
       'run',

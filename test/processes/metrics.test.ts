@@ -119,6 +119,7 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
     };
     assert.deepEqual(listed.listServicesResponse.service.map((s) => s.name).sort(), [
       'coffer.v1.Audit',
+      'coffer.v1.Auth',
       'coffer.v1.Backup',
       'coffer.v1.Cluster',
       'coffer.v1.Identities',
