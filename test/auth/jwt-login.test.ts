@@ -421,7 +421,7 @@ test('coffer run --login-role logs in, hands the child its secrets and a login i
     method: 'jwt',
     boundAudiences: ['coffer'],
     policies: ['app-read'],
-    ttlSeconds: 12,
+    ttlSeconds: 10,
   });
   const tokenFile = join(dir, 'run-token');
   writeFileSync(tokenFile, await token({ sub: 'repo:acme/job' }), { mode: 0o600 });
