@@ -374,21 +374,57 @@ test('a login certificate that ends is refused on a connection opened before, sa
   }
 });
 
-test('coffer login jwt writes client.env, the key (0600) and the certificate, which the CLI then uses', {
+test('coffer auth jwt configure and coffer auth role put (the scripts contract), then coffer login jwt writes client.env, the key (0600) and the certificate, which the CLI then uses', {
   timeout: 60_000,
 }, async () => {
+  const env = { COFFER_ADDR: cluster.addresses.join(','), COFFER_CA: join(cluster.adminDir, 'ca.crt') };
+  const adminEnv = {
+    ...env,
+    COFFER_CERT: join(cluster.adminDir, 'admin.crt'),
+    COFFER_KEY: join(cluster.adminDir, 'admin.key'),
+  };
+  const jwksFile = join(dir, 'jwks.json');
+  writeFileSync(jwksFile, (await admin.getAuthMethod('jwt')).staticJwks ?? '');
+  const configured = await coffer(
+    ['auth', 'jwt', 'configure', '--static-keys', jwksFile, '--bound-issuer', ISSUER, '--output', 'json'],
+    '',
+    adminEnv,
+  );
+  assert.equal(configured.code, 0, configured.stderr);
+  const put = await coffer(
+    [
+      'auth',
+      'role',
+      'put',
+      'cli',
+      '--method',
+      'jwt',
+      '--bound-audience',
+      'coffer',
+      '--bound-subject',
+      'repo:acme/*',
+      '--policy',
+      'app-read',
+      '--ttl',
+      '1h',
+    ],
+    '',
+    adminEnv,
+  );
+  assert.equal(put.code, 0, put.stderr);
+  const shown = await coffer(['auth', 'role', 'get', 'cli', '--output', 'json'], '', adminEnv);
+  assert.equal((JSON.parse(shown.stdout) as { ttlSeconds: number }).ttlSeconds, 3600);
   const tokenFile = join(dir, 'token');
   writeFileSync(tokenFile, `${await token({ sub: 'repo:acme/cli' })}\n`, { mode: 0o600 });
   const out = join(dir, 'login');
-  const env = { COFFER_ADDR: cluster.addresses.join(','), COFFER_CA: join(cluster.adminDir, 'ca.crt') };
   const done = await coffer(
-    ['login', 'jwt', '--role', 'ci', '--token-file', tokenFile, '--out', out, '--output', 'json'],
+    ['login', 'jwt', '--role', 'cli', '--token-file', tokenFile, '--out', out, '--output', 'json'],
     '',
     env,
   );
   assert.equal(done.code, 0, done.stderr);
   const reply = JSON.parse(done.stdout) as { identity: string; policies: string[] };
-  assert.equal(reply.identity, 'ci:repo:acme/cli');
+  assert.equal(reply.identity, 'cli:repo:acme/cli');
   const clientEnv = Object.fromEntries(
     readFileSync(join(out, 'client.env'), 'utf8')
       .trim()
