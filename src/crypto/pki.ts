@@ -7,6 +7,7 @@ import {
   privateEncrypt,
   randomBytes,
   timingSafeEqual,
+  verify,
   type KeyObject,
 } from 'node:crypto';
 import { isIP } from 'node:net';
@@ -305,7 +306,8 @@ function parseIdentity(cert: string | Buffer): Identity {
   return {
     // X509Certificate.subject escapes RFC 2253's specials with a backslash (a login subject may
     // hold "+", as in alice+ops@example.com): the id is the name as it was certified.
-    id: (fields.get('CN') ?? '').replace(/\\(.)/g, '$1'),
+    // Only those specials: OpenSSL writes other characters as \\XX, which no certified name holds.
+    id: (fields.get('CN') ?? '').replace(/\\([,+"\\<>;=# ])/g, '$1'),
     role,
     clusterId: fields.get('O') ?? '',
     serial: x509.serialNumber.toLowerCase(),
@@ -374,6 +376,9 @@ export function joinTokenMatches(secret: Uint8Array, storedHash: Uint8Array): bo
   return storedHash.byteLength === presented.byteLength && timingSafeEqual(presented, storedHash);
 }
 
+/** The RSA key sizes a certification request may hold. */
+export const CSR_KEY_BITS_MIN = 2048;
+export const CSR_KEY_BITS_MAX = 4096;
 /** A certification request (PKCS #10) is at most this many characters of PEM. */
 export const CERTIFICATION_REQUEST_CHARS_MAX = 16 * 1024;
 
@@ -410,17 +415,28 @@ export function publicKeyOfRequest(csrPem: string): string {
       { cause: error },
     );
   }
-  let verified = false;
-  try {
-    verified = csr.verify();
-  } catch {
-    verified = false;
-  }
-  if (!verified || csr.publicKey === null)
-    throw new CryptoError('CERTIFICATE_INVALID', 'the certification request is not signed by the key it names');
+  if (csr.publicKey === null)
+    throw new CryptoError('CERTIFICATE_INVALID', 'the certification request names no RSA public key');
+  // The key's size is checked before anything is computed with it: a modulus or an exponent of
+  // tens of thousands of bits would keep the manager's loop busy for seconds (anyone may send one).
   const publicPem = forge().pki.publicKeyToPem(csr.publicKey);
-  const bits = createPublicKey(publicPem).asymmetricKeyDetails?.modulusLength ?? 0;
-  if (bits < 2048)
-    throw new CryptoError('CERTIFICATE_INVALID', `the certification request's RSA key has ${bits} bits; at least 2048`);
+  const key = createPublicKey(publicPem);
+  const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+  const exponent = key.asymmetricKeyDetails?.publicExponent ?? 0n;
+  if (bits < CSR_KEY_BITS_MIN || bits > CSR_KEY_BITS_MAX || exponent !== 65537n)
+    throw new CryptoError(
+      'CERTIFICATE_INVALID',
+      `the certification request's RSA key has ${bits} bits and exponent ${exponent}; ${CSR_KEY_BITS_MIN} to ${CSR_KEY_BITS_MAX} bits and exponent 65537 are taken`,
+    );
+  // Then the signature, by OpenSSL, over the request's signed part (PKCS #1 v1.5 with SHA-256, as
+  // certificationRequest signs; other algorithms are refused).
+  // forge keeps the signed part as it was parsed (certificationRequestInfo, untyped in its types).
+  const info = (csr as unknown as { certificationRequestInfo?: Forge.asn1.Asn1 }).certificationRequestInfo;
+  if (info === undefined) throw new CryptoError('CERTIFICATE_INVALID', 'the certification request has no signed part');
+  const signedPart = Buffer.from(forge().asn1.toDer(info).getBytes(), 'binary');
+  const signature = Buffer.from(csr.signature as string, 'binary');
+  const sha256WithRsa = '1.2.840.113549.1.1.11';
+  if (csr.signatureOid !== sha256WithRsa || !verify('sha256', signedPart, key, signature))
+    throw new CryptoError('CERTIFICATE_INVALID', 'the certification request is not signed by the key it names');
   return publicPem;
 }

@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
+import { createRequire } from 'node:module';
+import type Forge from 'node-forge';
 import {
   certificationRequest,
   createCa,
@@ -31,7 +33,7 @@ test('a certification request gives its key only when signed by that key, RSA of
   });
   assert.throws(
     () => publicKeyOfRequest(certificationRequest({ privatePem: small.privateKey, publicPem: small.publicKey }, 'me')),
-    /1024 bits; at least 2048/,
+    /1024 bits and exponent 65537; 2048 to 4096/,
   );
   assert.throws(
     () => publicKeyOfRequest('-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----'),
@@ -62,4 +64,32 @@ test('login identity names come back from the certificate as they were certified
     });
     assert.equal(identityOf(cert).id, id);
   }
+});
+
+test('a certification request with a huge key is refused before any work is done with it', () => {
+  // A 16,000-bit modulus and exponent: forge's JavaScript RSA would take seconds on it.
+  const forge = createRequire(import.meta.url)('node-forge') as typeof Forge;
+  const n = new forge.jsbn.BigInteger(`f${'ab'.repeat(1999)}1`, 16);
+  const e = new forge.jsbn.BigInteger(`c${'d3'.repeat(1999)}5`, 16);
+  const csr = forge.pki.createCertificationRequest();
+  csr.publicKey = forge.pki.setRsaPublicKey(n, e);
+  csr.setSubject([{ name: 'commonName', value: 'x' }]);
+  (csr as unknown as { signature: string; signatureOid: string }).signatureOid = '1.2.840.113549.1.1.11';
+  (csr as unknown as { signature: string }).signature = 'x'.repeat(256);
+  const pem = forge.pki.certificationRequestToPem(csr);
+  // Refused by the size check, which comes before the signature is computed.
+  assert.throws(() => publicKeyOfRequest(pem), /has 16000 bits and exponent/);
+  const exponent3 = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicExponent: 3,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  assert.throws(
+    () =>
+      publicKeyOfRequest(
+        certificationRequest({ privatePem: exponent3.privateKey, publicPem: exponent3.publicKey }, 'x'),
+      ),
+    /exponent 3;/,
+  );
 });
