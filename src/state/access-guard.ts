@@ -36,6 +36,12 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
     }
     return null;
   };
+  /** What the role of a login identity (ROLE:SUBJECT) gives, or nothing for another name. */
+  const loginRolePolicies = (name: string): string[] => {
+    const at = name.indexOf(':');
+    const role = at < 0 ? undefined : state.authRoles.get(name.slice(0, at));
+    return role === undefined ? [] : rolePolicies(role);
+  };
   switch (command.op) {
     case 'policy-put': {
       const existing = state.policies.get(command.name);
@@ -62,8 +68,12 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
       );
     }
     case 'identity-revoke': {
+      // A login identity's role's policies count too: its record may not exist (yet, or any more).
       const record = state.identities.get(command.name);
-      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
+      return (
+        may('admin', `sys/identities/${command.name}`) ??
+        canGrantAll([...loginRolePolicies(command.name), ...(record?.policies ?? [])])
+      );
     }
     case 'identity-renew':
       return command.name === actor.name
@@ -79,13 +89,21 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
       return 'logins are made and pruned by managers, not named by a client';
     case 'totp-enroll':
     case 'totp-remove': {
-      // Whoever could revoke the identity may set its second factor.
+      // Whoever may set a subject's second factor may log in as it with its password: they must
+      // be able to grant what its role gives (the identity's record may not exist yet, or any more).
       const record = state.identities.get(command.name);
-      return may('admin', `sys/identities/${command.name}`) ?? canGrantAll(record?.policies ?? []);
+      return (
+        may('admin', `sys/identities/${command.name}`) ??
+        canGrantAll([...loginRolePolicies(command.name), ...(record?.policies ?? [])])
+      );
     }
     case 'auth-method-put':
-    case 'auth-method-remove':
-      return may('admin', `sys/auth/${command.name}`);
+    case 'auth-method-remove': {
+      // Who sets a method's keys or server decides who logs in under every role of that method:
+      // they must be able to grant everything those roles give.
+      const granted = [...state.authRoles.values()].filter((r) => r.method === command.name).flatMap(rolePolicies);
+      return may('admin', `sys/auth/${command.name}`) ?? canGrantAll([...new Set(granted)]);
+    }
     case 'auth-role-put': {
       // A role hands out its policies to whoever logs in: it is a grant like an identity's.
       const existing = state.authRoles.get(command.name);

@@ -7,6 +7,7 @@ import {
   LOGIN_SUBJECT_PATTERN,
   authMethodProblem,
   authRoleProblem,
+  rolePolicies,
   type AuthMethod,
   type AuthMethodConfig,
   type AuthRole,
@@ -253,7 +254,22 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       }
       case 'identity-revoke': {
         const record = this.identities.get(command.name);
-        if (record === undefined) return refusedAs('IDENTITY_NOT_FOUND', `identity "${command.name}" does not exist`);
+        if (record === undefined) {
+          // A login identity may be shut out before it ever logs in (or after it was pruned).
+          const at = command.name.indexOf(':');
+          if (at < 0 || !LOGIN_IDENTITY_PATTERN.test(command.name))
+            return refusedAs('IDENTITY_NOT_FOUND', `identity "${command.name}" does not exist`);
+          this.identities.set(command.name, {
+            name: command.name,
+            policies: [],
+            keys: [],
+            revoked: true,
+            createdAtMs: 0,
+            role: command.name.slice(0, at),
+            subject: command.name.slice(at + 1),
+          });
+          return APPLIED;
+        }
         record.keys = [];
         record.revoked = true;
         return APPLIED;
@@ -392,7 +408,11 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
   policiesOf(name: string): Policy[] {
     const record = this.identities.get(name);
     if (record === undefined) return [];
+    // A login holds what its role gives now: a role narrowed after the login narrows it at once.
+    const role = record.role === null ? null : this.authRoles.get(record.role);
+    const given = role === undefined ? new Set<string>() : role === null ? null : new Set(rolePolicies(role));
     return record.policies
+      .filter((p) => given === null || given.has(p))
       .map((p) => (p === ROOT_POLICY.name ? ROOT_POLICY : this.policies.get(p)))
       .filter((p): p is Policy => p !== undefined);
   }

@@ -178,3 +178,97 @@ test('a prune drops login identities whose certificates all ended, and keeps liv
   assert.ok(state.access.identities.has('ci:revoked'), 'a revoked subject stays revoked');
   assert.ok(state.access.identities.has('narrow'), 'an identity issued by hand is never pruned');
 });
+
+test('setting a method or a second factor is a grant too: an auth administrator cannot reach what the roles give', () => {
+  const { state, apply } = cluster();
+  const AUTH_ADMIN: Actor = { name: 'auth-admin', key: key(3) };
+  apply(
+    {
+      op: 'policy-put',
+      name: 'auth-admin',
+      rules: [
+        { path: 'sys/auth/**', capabilities: ['admin'], deny: false },
+        { path: 'sys/identities/**', capabilities: ['admin'], deny: false },
+      ],
+    },
+    ROOT,
+  );
+  apply(
+    {
+      op: 'identity-issue',
+      name: 'auth-admin',
+      policies: ['auth-admin'],
+      key: AUTH_ADMIN.key,
+      serial: '03',
+      caGen: 1,
+      nowMs: T0,
+    },
+    ROOT,
+  );
+  // Pointing the jwt method at keys of their own would let them log in as any subject of role ci (policy app).
+  const ownKeys = apply(
+    {
+      op: 'auth-method-put',
+      name: 'jwt',
+      config: {
+        method: 'jwt',
+        discoveryUrl: '',
+        discoveryCaPem: '',
+        staticJwks: '{"keys":[{"kty":"OKP"}]}',
+        boundIssuer: 'me',
+        algorithms: ['EdDSA'],
+        clientId: '',
+      },
+    },
+    AUTH_ADMIN,
+  );
+  assert.equal(ownKeys.ok, false, 'an auth administrator re-keyed a method whose roles grant more than they hold');
+  assert.equal(ownKeys.reasonCode, 'GRANT_NOT_HELD');
+  // The ldap method has no role: configuring it grants nothing yet.
+  assert.equal(
+    apply(
+      {
+        op: 'auth-method-put',
+        name: 'ldap',
+        config: {
+          method: 'ldap',
+          url: 'ldaps://ldap.example:636',
+          startTls: false,
+          caPem: '',
+          userDnTemplate: 'uid={{username}}',
+          groupBaseDn: '',
+          groupFilter: '(member={{dn}})',
+          groupNameAttribute: 'cn',
+        },
+      },
+      AUTH_ADMIN,
+    ).ok,
+    true,
+  );
+  // A second factor of a subject of role ci, whose record does not exist yet: the role's policies decide.
+  const totp = apply(
+    { op: 'totp-enroll', name: 'ci:someone', secret: 'JBSWY3DPEHPK3PXPJBSWY3DP', nowMs: T0 },
+    AUTH_ADMIN,
+  );
+  assert.equal(totp.reasonCode, 'GRANT_NOT_HELD');
+  assert.equal(state.access.totp.has('ci:someone'), false);
+  assert.equal(
+    apply({ op: 'totp-enroll', name: 'ci:someone', secret: 'JBSWY3DPEHPK3PXPJBSWY3DP', nowMs: T0 }, ROOT).ok,
+    true,
+  );
+});
+
+test('a subject can be shut out before it ever logs in; a role narrowed after a login narrows it at once', () => {
+  const { state, apply } = cluster();
+  assert.equal(apply({ op: 'identity-revoke', name: 'ci:future' }, ROOT).ok, true);
+  assert.equal(apply(loginOf('future', 1, T0), null).reasonCode, 'IDENTITY_REVOKED');
+  assert.equal(apply({ op: 'identity-revoke', name: 'nobody' }, ROOT).reasonCode, 'IDENTITY_NOT_FOUND');
+  apply({ op: 'policy-put', name: 'extra', rules: [{ path: 'extra/**', capabilities: ['read'], deny: false }] }, ROOT);
+  const role = state.access.authRoles.get('ci')!;
+  apply({ op: 'auth-role-put', name: 'ci', role: { ...role, policies: ['app', 'extra'] } }, ROOT);
+  apply(loginOf('a', 2, T0, { policies: ['app', 'extra'] }), null);
+  assert.equal(state.access.decide('ci:a', 'read', 'extra/x').allowed, true);
+  apply({ op: 'auth-role-put', name: 'ci', role: { ...role, policies: ['app'] } }, ROOT);
+  assert.equal(state.access.decide('ci:a', 'read', 'extra/x').allowed, false, 'the role no longer gives extra');
+  assert.equal(state.access.decide('ci:a', 'read', 'app/x').allowed, true);
+});
