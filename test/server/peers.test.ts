@@ -80,6 +80,11 @@ function attack(from: number, to: number, term: number, lastIndex: number): Mess
 test("a manager certificate of the cluster CA for an id that is not a member, or for a member's id with another key, cannot talk Raft or propose", {
   timeout: 60_000,
 }, async () => {
+  // The cluster's start waits for the leader to count three voters; a follower may apply the last
+  // membership change a moment later (seen on a loaded machine): compare from when all agree.
+  await eventually('every manager to know the three voters', 10_000, async () =>
+    cluster.nodes.every((n) => n.manager.raftStatus()?.confState.voters.length === 3) ? true : undefined,
+  );
   const before = cluster.nodes.map((n) => n.manager.raftStatus()!);
   const leaderId = before.find((s) => s.role === 'leader')!.id;
   for (const [k, node] of cluster.nodes.entries()) {
