@@ -241,6 +241,23 @@ test('a role that requires TOTP: enrol, then each code works once', { timeout: 6
   assert.doesNotMatch(logs, new RegExp(enrolled.secret), 'the TOTP secret is not logged');
   await admin.removeTotp('admins:alice');
   await refused(loginAs({ ...proof, totpCode: code }), 'TOTP_REQUIRED', grpc.status.UNAUTHENTICATED);
+  // Guessing: after 5 wrong codes in a minute, even the right one is refused for that subject.
+  const bob = { role: 'admins', username: 'bob', password: PASSWORDS.bob };
+  const again = await admin.enrollTotp('admins:bob');
+  const first = cluster.addresses.slice(0, 1);
+  for (let k = 0; k < 5; k++)
+    await refused(
+      login({ addresses: first, caPem: caPem() }, { ...bob, totpCode: String(100000 + k) }),
+      'TOTP_INVALID',
+      grpc.status.UNAUTHENTICATED,
+    );
+  const right = await generate({ secret: again.secret, epoch: Math.floor(Date.now() / 1000) });
+  const locked = await refused(
+    login({ addresses: first, caPem: caPem() }, { ...bob, totpCode: right }),
+    'RATE_LIMITED',
+    grpc.status.RESOURCE_EXHAUSTED,
+  );
+  assert.match(locked.message, /too many failed TOTP codes of admins:bob/);
 });
 
 test('coffer login ldap reads the password from stdin, never from the command line', { timeout: 60_000 }, async () => {

@@ -59,6 +59,9 @@ type RoleMessage = {
  */
 export const LOGIN_FAILURES_PER_SOURCE_MAX = 30;
 
+/** Wrong TOTP codes one login identity may give in a minute on one manager (from any address). */
+export const TOTP_FAILURES_PER_IDENTITY_MAX = 5;
+
 /** RFC 6238's defaults, which every authenticator app takes: SHA-1, 6 digits, 30 s. */
 export const TOTP_PERIOD_SECONDS = 30;
 
@@ -75,6 +78,7 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
   const verifier = new JwtVerifier();
   // Failed logins per source address: a password or a TOTP code cannot be guessed at network speed.
   const failures = new FailedAttempts(undefined, 'logins', LOGIN_FAILURES_PER_SOURCE_MAX);
+  const totpFailures = new FailedAttempts(undefined, 'TOTP codes of', TOTP_FAILURES_PER_IDENTITY_MAX);
 
   const write = async (command: Parameters<typeof encodeAccessCommand>[0], caller: { id: string; spki: string }) => {
     const refusal = accessGuard(access, command, { name: caller.id, key: caller.spki });
@@ -86,7 +90,10 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
   const prove = async (role: AuthRole, config: AuthMethodConfig, request: LoginRequest): Promise<ProvenSubject> => {
     if (config.method === 'ldap') {
       const { groups } = await ldapLogin(config, request.username, request.password);
-      return { sub: request.username, subject: request.username, claims: { groups }, groups };
+      // LDAP and Active Directory match names without regard to case: so does the identity, or
+      // ALICE would be another subject than a revoked alice.
+      const username = request.username.toLowerCase();
+      return { sub: username, subject: username, claims: { groups }, groups };
     }
     const payload = await verifier.verify(config, role.boundAudiences, request.jwt, ctx.clock.now());
     const claims = payload as Record<string, unknown>;
@@ -108,6 +115,10 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
       );
     if (code === '')
       throw refuse('TOTP_REQUIRED', 'this role requires a TOTP code: give the current one (--totp-code)');
+    // Codes are guessed per subject too (from many addresses, with one stolen password).
+    const waiting = totpFailures.refusal(name);
+    if (waiting !== null) throw refuse('RATE_LIMITED', waiting);
+    const succeeded = totpFailures.attempt(name);
     if (!/^\d{6}$/.test(code)) throw refuse('TOTP_INVALID', 'a TOTP code is 6 digits', { field: 'totp_code' });
     const result = await verifyTotp({
       secret: enrolment.secret,
@@ -119,6 +130,7 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
     }).catch(() => ({ valid: false as const }));
     if (!result.valid || !('timeStep' in result))
       throw refuse('TOTP_INVALID', 'the TOTP code is wrong, too old, or was used already: wait for the next one');
+    succeeded();
     return (result as { timeStep: number }).timeStep;
   };
 
@@ -127,6 +139,8 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
     const source = sourceHost(call.getPeer());
     const waiting = failures.refusal(source);
     if (waiting !== null) throw refuse('RATE_LIMITED', waiting);
+    // Counted as a failure until it succeeds: logins sent all at once cannot all pass the check.
+    const succeeded = failures.attempt(source);
     if (!AUTH_ROLE_NAME_PATTERN.test(request.role))
       throw refuse('INVALID_ARGUMENT', `role: ${ROLE_NAME_RULE}`, { field: 'role' });
     if (request.csrPem === '')
@@ -162,8 +176,12 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
       const refusal = bindingRefusal(role, proven);
       if (refusal !== null) throw refusal;
     } catch (error) {
-      if (error instanceof ServiceError && error.reason !== 'ISSUER_UNREACHABLE' && error.reason !== 'LDAP_UNREACHABLE')
-        failures.failed(source);
+      // An issuer or LDAP server that cannot be reached is not the caller's failure.
+      if (
+        error instanceof ServiceError &&
+        (error.reason === 'ISSUER_UNREACHABLE' || error.reason === 'LDAP_UNREACHABLE')
+      )
+        succeeded();
       throw error;
     }
     const name = loginIdentityName(role.name, proven.subject);
@@ -171,13 +189,9 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
     noteTarget(call, `sys/auth/roles/${role.name} as ${name}`);
     let totpStep = 0;
     if (role.totpRequired) {
-      try {
-        totpStep = await checkTotp(name, request.totpCode);
-      } catch (error) {
-        failures.failed(source);
-        throw error;
-      }
+      totpStep = await checkTotp(name, request.totpCode);
     }
+    succeeded();
     const policies = loginPolicies(role, proven.groups);
     const ttlSeconds =
       request.ttlSeconds === 0
@@ -222,6 +236,7 @@ export function authService(ctx: ServiceContext): grpc.UntypedServiceImplementat
       policies,
       serial: issued.serial,
       notAfterMs: issued.notAfterMs,
+      ttlSeconds,
     };
   };
 
