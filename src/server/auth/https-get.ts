@@ -17,12 +17,17 @@ export class FetchError extends Error {
  * body. Bounded in time and size; transient failures are tried again. Redirects are not followed:
  * the keys that sign tokens come from where the configuration says.
  */
-export async function httpsGet(url: string, caPem: string): Promise<{ status: number; body: Buffer }> {
+export async function httpsGet(
+  url: string,
+  caPem: string,
+  signal?: AbortSignal,
+): Promise<{ status: number; body: Buffer }> {
   if (!url.startsWith('https://')) throw new FetchError(`${url}: only https:// URLs are fetched`);
   let lastError: unknown = null;
   for (let attempt = 1; attempt <= FETCH_TRIES_MAX; attempt++) {
+    if (signal?.aborted === true) throw new FetchError(`${url}: given up`);
     try {
-      const answer = await getOnce(url, caPem);
+      const answer = await getOnce(url, caPem, signal);
       if (answer.status < 500) return answer;
       lastError = new FetchError(`${url} answered HTTP ${answer.status}`);
     } catch (error) {
@@ -35,8 +40,25 @@ export async function httpsGet(url: string, caPem: string): Promise<{ status: nu
     : new FetchError(`${url}: ${(lastError as Error | null)?.message ?? 'failed'}`);
 }
 
-function getOnce(url: string, caPem: string): Promise<{ status: number; body: Buffer }> {
+function getOnce(url: string, caPem: string, signal?: AbortSignal): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
+    // A whole answer within the time, not only bytes now and then: an issuer that dribbles its
+    // answer must not hold a login (or a fetch slot) for ever.
+    const deadline = setTimeout(
+      () => req.destroy(new FetchError(`${url}: no whole answer within ${FETCH_TIMEOUT_MS} ms`)),
+      FETCH_TIMEOUT_MS,
+    );
+    const abort = (): void => void req.destroy(new FetchError(`${url}: given up`));
+    signal?.addEventListener('abort', abort, { once: true });
+    const settle =
+      <T>(done: (value: T) => void) =>
+      (value: T): void => {
+        clearTimeout(deadline);
+        signal?.removeEventListener('abort', abort);
+        done(value);
+      };
+    resolve = settle(resolve);
+    reject = settle(reject);
     const req = request(
       url,
       {

@@ -9,8 +9,8 @@ import {
   type JWTVerifyGetKey,
 } from 'jose';
 import type { JwtMethodConfig } from '../../state/auth-config.ts';
-import { refuse, type ServiceError } from '../errors.ts';
-import { FetchError, httpsGet, httpsGetJson } from './https-get.ts';
+import { refuse, ServiceError } from '../errors.ts';
+import { FETCH_TIMEOUT_MS, FetchError, httpsGet, httpsGetJson } from './https-get.ts';
 
 /** Seconds of clock difference allowed on `exp` and `nbf` (the issuer's clock and the cluster's). */
 export const TOKEN_LEEWAY_SECONDS = 60;
@@ -18,6 +18,8 @@ export const TOKEN_LEEWAY_SECONDS = 60;
 export const JWKS_CACHE_MS = 10 * 60_000;
 /** After a fetch, an unknown key id waits this long before it may cause another (an attacker's random kid cannot flood the issuer). */
 export const JWKS_REFETCH_COOLDOWN_MS = 10_000;
+/** After a failed discovery, logins are refused with the same error this long before another fetch. */
+export const DISCOVERY_RETRY_AFTER_MS = 5_000;
 /** A discovery document is fetched again after this long. */
 export const DISCOVERY_CACHE_MS = 60 * 60_000;
 
@@ -37,6 +39,8 @@ interface KeySource {
  */
 export class JwtVerifier {
   readonly #sources = new Map<string, KeySource>();
+  readonly #pending = new Map<string, { config: JwtMethodConfig; promise: Promise<KeySource> }>();
+  readonly #failures = new Map<string, { config: JwtMethodConfig; error: ServiceError; atMs: number }>();
   readonly #monotonicMs: () => number;
 
   constructor(monotonicMs: () => number = () => performance.now()) {
@@ -81,9 +85,40 @@ export class JwtVerifier {
       (config.discoveryUrl === '' || this.#monotonicMs() - known.fetchedAtMs < DISCOVERY_CACHE_MS)
     )
       return known;
-    const source = config.discoveryUrl === '' ? staticSource(config) : await this.#discover(config);
-    this.#sources.set(config.method, source);
-    return source;
+    if (config.discoveryUrl === '') {
+      const source = staticSource(config);
+      this.#sources.set(config.method, source);
+      return source;
+    }
+    // One discovery at a time per method; after a failure, logins get the same refusal for a
+    // few seconds instead of each starting a fetch of its own (an issuer that is down).
+    const failed = this.#failures.get(config.method);
+    if (
+      failed !== undefined &&
+      failed.config === config &&
+      this.#monotonicMs() - failed.atMs < DISCOVERY_RETRY_AFTER_MS
+    )
+      throw failed.error;
+    const pending = this.#pending.get(config.method);
+    if (pending !== undefined && pending.config === config) return pending.promise;
+    const promise = this.#discover(config).then(
+      (source) => {
+        this.#sources.set(config.method, source);
+        this.#failures.delete(config.method);
+        return source;
+      },
+      (error: unknown) => {
+        if (error instanceof ServiceError)
+          this.#failures.set(config.method, { config, error, atMs: this.#monotonicMs() });
+        throw error;
+      },
+    );
+    this.#pending.set(config.method, { config, promise });
+    try {
+      return await promise;
+    } finally {
+      if (this.#pending.get(config.method)?.promise === promise) this.#pending.delete(config.method);
+    }
   }
 
   async #discover(config: JwtMethodConfig): Promise<KeySource> {
@@ -105,13 +140,22 @@ export class JwtVerifier {
         'ISSUER_UNREACHABLE',
         `the discovery document names issuer ${JSON.stringify(issuer.slice(0, 200))}, not the configured ${config.boundIssuer}`,
       );
-    const fetchWithCa: FetchImplementation = async (url) => {
-      const { status, body } = await httpsGet(url, config.discoveryCaPem);
+    const fetchWithCa: FetchImplementation = async (url, options) => {
+      const { status, body } = await httpsGet(url, config.discoveryCaPem, options.signal);
+      // Anything but the keys is the issuer's trouble, not a bad token.
+      if (status !== 200) throw new FetchError(`${url} answered HTTP ${status}`);
       return new Response(new Uint8Array(body), { status, headers: { 'content-type': 'application/json' } });
     };
-    const getKey = createRemoteJWKSet(new URL(jwksUri), {
+    let jwksUrl: URL;
+    try {
+      jwksUrl = new URL(jwksUri);
+    } catch {
+      throw refuse('ISSUER_UNREACHABLE', `the discovery document's jwks_uri is not a URL`);
+    }
+    const getKey = createRemoteJWKSet(jwksUrl, {
       cacheMaxAge: JWKS_CACHE_MS,
       cooldownDuration: JWKS_REFETCH_COOLDOWN_MS,
+      timeoutDuration: FETCH_TIMEOUT_MS,
       [customFetch]: fetchWithCa,
     });
     return { config, issuer, getKey, fetchedAtMs: this.#monotonicMs() };
@@ -165,7 +209,13 @@ function tokenRefusal(error: unknown): ServiceError {
       "no key of the issuer matches the token's key id and algorithm (a key the issuer does not publish, or one for another algorithm; if the issuer has just rotated its keys, retry in 10 s)",
       { field: 'jwt' },
     );
-  if (error instanceof errors.JWKSTimeout || error instanceof errors.JWKSInvalid || error instanceof FetchError)
+  // The issuer's key set could not be had (a timeout, not JSON, not a key set): not the token's fault.
+  if (
+    error instanceof errors.JWKSTimeout ||
+    error instanceof errors.JWKSInvalid ||
+    error instanceof FetchError ||
+    (error instanceof errors.JOSEError && /JSON Web Key Set/.test(error.message))
+  )
     return unreachable(error);
   if (error instanceof errors.JOSEError)
     return refuse('TOKEN_INVALID', `the token is not a valid signed JWT (${error.code})`, { field: 'jwt' });
