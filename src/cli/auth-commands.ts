@@ -145,6 +145,28 @@ export function authCommands(): Command {
       });
   }
 
+  const totp = auth.command('totp').description('a second factor for roles that require one (--totp)');
+  addClientOptions(totp.command('enroll <identity>'))
+    .description('make a TOTP secret for a login identity (ROLE:SUBJECT); its otpauth URI is shown this once')
+    .action(async (identity: string, flags: ClientFlags) => {
+      const reply = await withClient(flags, (c) => c.enrollTotp(identity));
+      print(
+        flags,
+        reply,
+        () =>
+          `TOTP enrolled for ${printable(reply.identity)}; add it to an authenticator app (shown once):\n${reply.otpauthUri}`,
+      );
+    });
+  addClientOptions(totp.command('remove <identity>'))
+    .description("remove a login identity's TOTP enrolment (a role that requires one refuses it until enrolled again)")
+    .action(async (identity: string, flags: ClientFlags) => {
+      print(
+        flags,
+        await withClient(flags, (c) => c.removeTotp(identity)),
+        () => `TOTP of ${printable(identity)} removed`,
+      );
+    });
+
   const role = auth
     .command('role')
     .description('roles: which subjects of a method log in, with which policies, for how long');
@@ -310,7 +332,7 @@ function addLoginOptions(command: Command): Command {
     .requiredOption('--role <name>', 'the role to log in with')
     .requiredOption('--out <dir>', 'where to write client.env, the key and the certificate')
     .option('--ttl <duration>', "a shorter certificate than the role's", durationSeconds)
-    .option('--totp-code <code>', 'the current TOTP code, when the role requires one (else asked for)')
+    .option('--totp-code <code>', 'the current TOTP code, when the role requires one')
     .option('--addr <host:port,...>', 'managers to log in at (default: $COFFER_ADDR)')
     .option('--ca <file>', 'the cluster CA certificate (default: $COFFER_CA)')
     .addOption(outputOption());

@@ -1,11 +1,21 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ClientError } from '../client/client.ts';
 import { login, type LoginResult } from '../client/login.ts';
 
 /** A certificate is renewed once this share of its life has passed (an hour's at 40 minutes). */
 export const RENEW_AT_FRACTION = 2 / 3;
-/** After a failed renewal, the next try comes this long after (at most; never past the end). */
-export const RENEW_RETRY_MS = 5_000;
+/** After failed renewals, tries come 1 s, 2 s, 4 s ... apart, at most this far. */
+export const RENEW_RETRY_MS = 30_000;
+/** Refusals a renewal does not try again after: the role, the subject or the method changed. */
+const PERMANENT_REFUSALS: ReadonlySet<string> = new Set([
+  'ROLE_NOT_FOUND',
+  'AUTH_METHOD_NOT_CONFIGURED',
+  'LOGIN_NOT_BOUND',
+  'IDENTITY_REVOKED',
+  'TOKEN_AUDIENCE_MISMATCH',
+  'TOKEN_ISSUER_MISMATCH',
+]);
 
 /**
  * A workload's login that stays fresh: logs in with a token read from a file (read again at each
@@ -18,14 +28,19 @@ export class LoginSession {
   #current: LoginResult;
   #timer: NodeJS.Timeout | null = null;
   #stopped = false;
+  #failures = 0;
+  /** When the current certificate ends, by this machine's clock. */
+  #endsAtMs: number;
 
-  private constructor(options: LoginSessionOptions, first: LoginResult) {
+  private constructor(options: LoginSessionOptions, first: LoginResult, startedMs: number) {
     this.#options = options;
     this.#current = first;
+    this.#endsAtMs = startedMs + first.ttlSeconds * 1000;
   }
 
   static async start(options: LoginSessionOptions): Promise<LoginSession> {
-    const session = new LoginSession(options, await loginWith(options));
+    const startedMs = Date.now();
+    const session = new LoginSession(options, await loginWith(options), startedMs);
     session.#write();
     session.#schedule(session.#renewDelayMs());
     return session;
@@ -51,10 +66,9 @@ export class LoginSession {
     this.#timer = null;
   }
 
+  /** From now (the reply just arrived), by this machine's clock: two thirds of the life granted. */
   #renewDelayMs(): number {
-    const issuedAtMs = Date.now();
-    const lifeMs = Math.max(0, this.#current.notAfterMs - issuedAtMs);
-    return Math.max(1_000, Math.floor(lifeMs * RENEW_AT_FRACTION));
+    return Math.max(1_000, Math.floor(this.#current.ttlSeconds * 1000 * RENEW_AT_FRACTION));
   }
 
   #schedule(delayMs: number): void {
@@ -64,16 +78,26 @@ export class LoginSession {
   }
 
   async #renew(): Promise<void> {
+    const startedMs = Date.now();
     try {
       this.#current = await loginWith(this.#options);
+      this.#failures = 0;
+      this.#endsAtMs = startedMs + this.#current.ttlSeconds * 1000;
       if (this.#stopped) return;
       this.#write();
       this.#options.onRenewed?.(this.#current);
       this.#schedule(this.#renewDelayMs());
     } catch (error) {
-      const leftMs = this.#current.notAfterMs - Date.now();
-      this.#options.onError?.(error as Error, leftMs);
-      this.#schedule(Math.max(1_000, Math.min(RENEW_RETRY_MS, leftMs / 2)));
+      const leftMs = this.#endsAtMs - Date.now();
+      const reason = error instanceof ClientError ? error.reason : '';
+      // Trying again cannot help these: the role, the subject or the method changed.
+      const permanent = PERMANENT_REFUSALS.has(reason);
+      this.#options.onError?.(error as Error, leftMs, permanent);
+      if (permanent) return;
+      // Growing pauses (1 s, 2 s, 4 s ... at most RENEW_RETRY_MS), so a refusal does not become a
+      // flood that trips the per-address limit for everyone behind this address.
+      this.#failures++;
+      this.#schedule(Math.min(RENEW_RETRY_MS, 1_000 * 2 ** (this.#failures - 1)));
     }
   }
 
@@ -107,8 +131,8 @@ export interface LoginSessionOptions {
   readonly dir: string;
   readonly ttlSeconds?: number;
   readonly onRenewed?: (result: LoginResult) => void;
-  /** A renewal failed; it is tried again while the certificate lasts (`leftMs`). */
-  readonly onError?: (error: Error, leftMs: number) => void;
+  /** A renewal failed; unless `permanent`, it is tried again (the certificate has `leftMs` left). */
+  readonly onError?: (error: Error, leftMs: number, permanent: boolean) => void;
 }
 
 function loginWith(options: LoginSessionOptions): Promise<LoginResult> {

@@ -118,6 +118,9 @@ async function startSession(flags: ClientFlags & RunLoginFlags): Promise<{ sessi
   if (addr === '') throw new Error('addr is not set: pass --addr or set COFFER_ADDR');
   if (ca === '') throw new Error('ca is not set: pass --ca (the cluster CA certificate) or set COFFER_CA');
   const made = flags.loginDir === undefined ? mkdtempSync(join(tmpdir(), 'coffer-login-')) : null;
+  const removeMade = (): void => {
+    if (made !== null) rmSync(made, { recursive: true, force: true });
+  };
   const session = await LoginSession.start({
     addresses: addr
       .split(',')
@@ -127,16 +130,19 @@ async function startSession(flags: ClientFlags & RunLoginFlags): Promise<{ sessi
     role: flags.loginRole!,
     tokenFile: flags.loginTokenFile,
     dir: flags.loginDir ?? made!,
-    onError: (error, leftMs) =>
+    onError: (error, leftMs, permanent) =>
       process.stderr.write(
-        `coffer run: renewing the login failed (${error.message}); the certificate has ${Math.max(0, Math.round(leftMs / 1000))} s left, trying again\n`,
+        `coffer run: renewing the login failed (${error.message}); the certificate has ${Math.max(0, Math.round(leftMs / 1000))} s left${permanent ? ': not trying again' : ', trying again'}\n`,
       ),
+  }).catch((error: unknown) => {
+    removeMade();
+    throw error;
   });
   return {
     session,
     stop: () => {
       session.stop();
-      if (made !== null) rmSync(made, { recursive: true, force: true });
+      removeMade();
     },
   };
 }

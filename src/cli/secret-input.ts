@@ -1,4 +1,5 @@
 import { createInterface } from 'node:readline';
+import { StringDecoder } from 'node:string_decoder';
 
 /**
  * One line that must not show: on a terminal it is read with echo off (raw mode), else one line of
@@ -29,13 +30,22 @@ export function readSecretLine(prompt: string, what: string): Promise<string> {
       if (error === null) resolve(typed);
       else reject(error);
     };
+    // A character may come split over two reads; arrow keys and the like come as escape
+    // sequences (ESC [ ... letter), which are not part of what is typed.
+    const decoder = new StringDecoder('utf8');
+    let inEscape = false;
     const onData = (chunk: Buffer): void => {
-      for (const char of chunk.toString('utf8')) {
-        if (char === '\r' || char === '\n') return finish(null);
-        if (char === '\u0003') return finish(new Error('interrupted'));
-        if (char === '\u0004') return finish(typed === '' ? new Error(`no ${what} given`) : null);
-        if (char === '\u007f' || char === '\b') typed = typed.slice(0, -1);
-        else typed += char;
+      for (const char of decoder.write(chunk)) {
+        if (inEscape) {
+          if (/[A-Za-z~]/.test(char)) inEscape = false;
+          continue;
+        }
+        if (char === '\u001b') inEscape = true;
+        else if (char === '\r' || char === '\n') return finish(null);
+        else if (char === '\u0003') return finish(new Error('interrupted'));
+        else if (char === '\u0004') return finish(typed === '' ? new Error(`no ${what} given`) : null);
+        else if (char === '\u007f' || char === '\b') typed = [...typed].slice(0, -1).join('');
+        else if (char >= ' ') typed += char;
       }
     };
     input.on('data', onData);

@@ -25,6 +25,8 @@ export interface LoginResult {
   readonly caCertificatePem: string;
   readonly serial: string;
   readonly notAfterMs: number;
+  /** The certificate's life as granted (seconds), to renew by this machine's clock. */
+  readonly ttlSeconds: number;
 }
 
 /** The cluster id a CA certificate names (its O), which every manager's certificate must carry too. */
@@ -91,6 +93,7 @@ export async function login(
         caCertificatePem: reply['caCertificatePem'] as string,
         serial: reply['serial'] as string,
         notAfterMs: Number(reply['notAfterMs']),
+        ttlSeconds: Number(reply['ttlSeconds']),
       };
     } catch (error) {
       const failed = error as grpc.ServiceError;
