@@ -42,6 +42,13 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
     const role = at < 0 ? undefined : state.authRoles.get(name.slice(0, at));
     return role === undefined ? [] : rolePolicies(role);
   };
+  /** Null if the actor may renew or revoke lease `id`: its owner, or `write` on sys/leases/DB/ROLE. */
+  const leaseRefusal = (id: string): string | null => {
+    const lease = state.leases.leases.get(id);
+    if (lease === undefined) return null; // gone meanwhile: the command changes nothing for it
+    if (lease.owner === actor.name) return null;
+    return may('write', `sys/leases/${lease.db}/${lease.role}`);
+  };
   switch (command.op) {
     case 'policy-put': {
       const existing = state.policies.get(command.name);
@@ -96,6 +103,26 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
         may('admin', `sys/identities/${command.name}`) ??
         canGrantAll([...loginRolePolicies(command.name), ...(record?.policies ?? [])])
       );
+    }
+    case 'db-configure':
+    case 'db-remove':
+      return may('admin', `sys/db/${command.name}`);
+    case 'db-role-put':
+    case 'db-role-remove':
+      return may('admin', `sys/db/${command.name.replace('/', '/roles/')}`);
+    case 'lease-open':
+    case 'lease-activate':
+    case 'lease-revoked':
+      // Managers make users and report them gone; no client names either.
+      return 'leases are opened and closed by managers, not named by a client';
+    case 'lease-renew':
+      return leaseRefusal(command.name);
+    case 'lease-revoke': {
+      for (const id of command.ids) {
+        const refusal = leaseRefusal(id);
+        if (refusal !== null) return refusal;
+      }
+      return null;
     }
     case 'auth-method-put':
     case 'auth-method-remove': {

@@ -1,4 +1,5 @@
 import { packr } from '../codec/msgpack.ts';
+import { LEASE_OPS, LeaseBook, checkedLeaseCommand, type LeaseCommand } from './leases.ts';
 import {
   AUTH_METHODS,
   AUTH_ROLES_MAX,
@@ -96,7 +97,9 @@ export type AccessCommand =
   | { readonly op: 'auth-method-put'; readonly name: AuthMethod; readonly config: AuthMethodConfig }
   | { readonly op: 'auth-method-remove'; readonly name: AuthMethod }
   | { readonly op: 'auth-role-put'; readonly name: string; readonly role: Omit<AuthRole, 'generation'> }
-  | { readonly op: 'auth-role-remove'; readonly name: string };
+  | { readonly op: 'auth-role-remove'; readonly name: string }
+  /** Databases, their roles and the leases of the users made in them (src/state/leases.ts). */
+  | LeaseCommand;
 
 /** What an access command returns when it applies (a refusal otherwise). */
 export interface AccessApplied {
@@ -175,6 +178,8 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
    * snapshots, backups) and held in memory while a manager runs, as the CA key is.
    */
   readonly totp = new Map<string, TotpEnrolment>();
+  /** Dynamic database credentials: databases, roles, leases. */
+  readonly leases = new LeaseBook();
   /** The generation the next new role gets (a role removed and put again is a new role). */
   #roleGenerationNext = 1;
   readonly #guard: AccessGuard | null;
@@ -323,6 +328,11 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
         if (!this.authRoles.delete(command.name))
           return refusedAs('ROLE_NOT_FOUND', `login role "${command.name}" does not exist`);
         return APPLIED;
+      default: {
+        // The rest are the lease book's (databases, roles, leases).
+        const outcome = this.leases.apply(command);
+        return 'ok' in outcome ? APPLIED : refusal(outcome.refused, outcome.reason);
+      }
     }
   }
 
@@ -439,18 +449,20 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
       [...this.authRoles.values()],
       this.#roleGenerationNext,
       [...this.totp].map(([name, t]) => [name, t.secret, t.enrolledAtMs, t.lastTimeStep]),
+      this.leases.snapshot(),
     ];
   }
 
   restore(image: unknown): void {
     // Images from before logins have two elements, and shorter identity and key tuples.
-    const [policies, identities, methods = [], roles = [], roleGenerationNext = 1, totp = []] = image as [
+    const [policies, identities, methods = [], roles = [], roleGenerationNext = 1, totp = [], leases] = image as [
       Array<[string, PolicyRule[]]>,
       Array<[string, string[], unknown[], boolean, number, (string | null)?, string?]>,
       AuthMethodConfig[]?,
       AuthRole[]?,
       number?,
       Array<[string, string, number, number]>?,
+      unknown?,
     ];
     this.policies.clear();
     for (const [name, rules] of policies) this.policies.set(name, { name, rules });
@@ -478,6 +490,7 @@ export class AccessState implements StatePart<AccessCommand, AccessApplied>, Aut
     this.totp.clear();
     for (const [name, secret, enrolledAtMs, lastTimeStep] of totp)
       this.totp.set(name, { secret, enrolledAtMs, lastTimeStep });
+    this.leases.restore(leases);
   }
 }
 
@@ -595,6 +608,7 @@ function checkedAccessCommand(c: Record<string, unknown>): AccessCommand | strin
     case 'auth-role-remove':
       return { op: 'auth-role-remove', name };
     default:
+      if (LEASE_OPS.has(String(c['op']))) return checkedLeaseCommand(c);
       return `unknown access operation ${String(c['op']).slice(0, 40)}`;
   }
 }
