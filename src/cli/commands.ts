@@ -16,6 +16,7 @@ import {
   policyCommands,
 } from './admin-commands.ts';
 import { authCommands, loginCommands } from './auth-commands.ts';
+import { credsCommands, dbCommands, leaseCommands } from './db-commands.ts';
 import { devCommand } from './dev.ts';
 import { healthCommand } from './health-command.ts';
 import { runCommand } from './run-command.ts';
@@ -289,6 +290,9 @@ program.addCommand(policyCommands());
 program.addCommand(identityCommands());
 program.addCommand(authCommands());
 program.addCommand(loginCommands());
+program.addCommand(dbCommands());
+program.addCommand(credsCommands());
+program.addCommand(leaseCommands());
 program.addCommand(auditCommands());
 program.addCommand(clusterCommands());
 program.addCommand(caCommands());

@@ -19,7 +19,17 @@ export const MEMBERS_REFRESH_MS = 60_000;
 /** The longest a backup stream may take (a million secrets are most of a gigabyte). */
 export const BACKUP_DEADLINE_MS = 60 * 60 * 1000;
 
-type ServiceName = 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Cluster' | 'Keys' | 'Backup' | 'Auth';
+type ServiceName =
+  | 'Secrets'
+  | 'Policies'
+  | 'Identities'
+  | 'Audit'
+  | 'Cluster'
+  | 'Keys'
+  | 'Backup'
+  | 'Auth'
+  | 'Database'
+  | 'Leases';
 
 /**
  * The reasons a manager refuses a request with before it is ever proposed (docs/errors.md): a
@@ -468,6 +478,47 @@ export class CofferClient {
     return this.call('Auth', 'removeRole', { name }, true);
   }
 
+  // ---- dynamic database credentials ---------------------------------------------------------
+
+  /** The admin connection string is checked by the cluster before it is stored, and never shown again. */
+  configureDatabase(name: string, url: string): Promise<{ name: string; urlRedacted: string }> {
+    return this.call('Database', 'configure', { name, url }, true);
+  }
+
+  removeDatabase(name: string): Promise<object> {
+    return this.call('Database', 'remove', { name }, true);
+  }
+
+  putDatabaseRole(role: DatabaseRoleSettings): Promise<DatabaseRoleSettings> {
+    return this.call('Database', 'putRole', role, true);
+  }
+
+  removeDatabaseRole(db: string, role: string): Promise<object> {
+    return this.call('Database', 'removeRole', { db, role }, true);
+  }
+
+  /** A new database user under a lease: the password is in this answer only. */
+  getCredentials(
+    db: string,
+    role: string,
+    ttlSeconds = 0,
+  ): Promise<{ username: string; password: string; leaseId: string; ttlSeconds: number; expiresAtMs: number }> {
+    return this.call('Database', 'getCredentials', { db, role, ttlSeconds }, false);
+  }
+
+  renewLease(leaseId: string, incrementSeconds = 0): Promise<LeaseReply> {
+    return this.call('Leases', 'renew', { leaseId, incrementSeconds }, false);
+  }
+
+  /** Revokes one lease (`{ leaseId }`) or every lease under a prefix (`{ prefix }`). */
+  revokeLeases(target: { leaseId: string } | { prefix: string }): Promise<{ leaseIds: string[]; revoked: boolean }> {
+    return this.call('Leases', 'revoke', target, true);
+  }
+
+  listLeases(prefix = ''): Promise<{ leases: LeaseReply[] }> {
+    return this.call('Leases', 'list', { prefix }, true);
+  }
+
   /** A TOTP secret for a login identity: shown this once. */
   enrollTotp(identity: string): Promise<{ identity: string; secret: string; otpauthUri: string }> {
     return this.call('Auth', 'enrollTotp', { identity }, false);
@@ -724,4 +775,27 @@ export interface AuthRoleSettings {
   readonly ttlSeconds?: number;
   readonly maxTtlSeconds?: number;
   readonly totpRequired?: boolean;
+}
+
+/** A database role, as Database.PutRole takes it. */
+export interface DatabaseRoleSettings {
+  readonly db: string;
+  readonly role: string;
+  readonly creationSql: string;
+  readonly revocationSql?: string;
+  readonly renewSql?: string;
+  readonly defaultTtlSeconds?: number;
+  readonly maxTtlSeconds?: number;
+}
+
+export interface LeaseReply {
+  readonly leaseId: string;
+  readonly db: string;
+  readonly role: string;
+  readonly username: string;
+  readonly owner: string;
+  readonly issuedAtMs: number;
+  readonly expiresAtMs: number;
+  readonly maxExpiresAtMs: number;
+  readonly state: string;
 }

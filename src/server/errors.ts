@@ -48,6 +48,11 @@ export const SERVICE_REASONS = {
   LDAP_UNREACHABLE: grpc.status.UNAVAILABLE,
   AUTH_METHOD_NOT_CONFIGURED: grpc.status.FAILED_PRECONDITION,
   ROLE_NOT_FOUND: grpc.status.NOT_FOUND,
+  // Dynamic database credentials.
+  DB_UNREACHABLE: grpc.status.UNAVAILABLE,
+  DB_REFUSED: grpc.status.FAILED_PRECONDITION,
+  DB_ROLE_NOT_FOUND: grpc.status.NOT_FOUND,
+  LEASE_NOT_FOUND: grpc.status.NOT_FOUND,
   // What is asked.
   MALFORMED_REQUEST: grpc.status.INVALID_ARGUMENT,
   INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,

@@ -9,6 +9,7 @@ import type { Logger } from '../util/logger.ts';
 import type { ClusterCa } from './cluster-ca.ts';
 import type { StateCommand } from './context.ts';
 import type { NodeConfig } from './node-config.ts';
+import { revokeUser } from './db/postgres-engine.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
 
 export interface LeaderDutiesOptions {
@@ -35,6 +36,15 @@ export interface LeaderDutiesOptions {
 export const LOGIN_PRUNE_INTERVAL_MS = 60_000;
 export const LOGIN_PRUNE_GRACE_MS = 60 * 60_000;
 
+/** A lease opened and not activated this long after is revoked (its manager died while making the user). */
+export const LEASE_PENDING_GRACE_MS = 60_000;
+/** Leases one run revokes at most; the next run takes the rest. */
+const LEASES_REVOKED_PER_RUN_MAX = 64;
+/** The longest pause between tries of a lease whose database fails. */
+const LEASE_RETRY_MAX_MS = 60_000;
+/** The engine's own statements, for a lease whose role was removed. */
+const DEFAULT_TEMPLATES = { creationSql: '', revocationSql: '', renewSql: '' } as const;
+
 /** Re-seal commands one run of the duties proposes at most (RESEAL_RECORDS_MAX records each). */
 const RESEAL_BATCHES_PER_RUN = 8;
 
@@ -42,6 +52,10 @@ export class LeaderDuties {
   readonly #o: LeaderDutiesOptions;
   /** Where the background re-seal goes on from (a record key), or null: from the start. */
   #resealCursor: Uint8Array | null = null;
+  /** The lease revocation under way, if one is. */
+  #revoking: Promise<void> | null = null;
+  /** Leases whose revocation failed: how often, and when to try again (monotonic ms). */
+  readonly #leaseRetries = new Map<string, { failures: number; nextAtMs: number }>();
   /** When logins were last looked at for pruning (monotonic ms). */
   #lastPruneMs = Number.NEGATIVE_INFINITY;
 
@@ -107,6 +121,14 @@ export class LeaderDuties {
     const sweep = await state.secrets.expiryCommand(this.#o.now());
     if (sweep !== null) await this.#o.propose(encodeSecretCommand(sweep));
     await this.#pruneLogins();
+    // Revoking talks to databases, which may be slow or down: it runs beside the other duties.
+    if (this.#revoking === null)
+      this.#revoking = this.#revokeLeases()
+        .catch((error: unknown) =>
+          // Leadership lost while proposing, say: the next leader finds the same leases due.
+          this.#o.log.warn({ event: 'lease-revoke-failed', err: error }, 'revoking leases failed; will try again'),
+        )
+        .finally(() => (this.#revoking = null));
     await this.#reseal();
   }
 
@@ -153,6 +175,46 @@ export class LeaderDuties {
       { event: 'logins-pruned', count: names.length },
       `dropped ${names.length} login identities whose certificates all ended`,
     );
+  }
+
+  /**
+   * Leases that are due (ended, asked to be revoked, or opened and never activated): each user is
+   * revoked in its database (idempotently: a user already gone is fine), then the leases are
+   * dropped through the log. A database that fails is tried again later, 1 s, 2 s, 4 s ... up to
+   * a minute apart per lease; the leases stay (overdue) until it answers, so a new leader takes
+   * over what is due.
+   */
+  async #revokeLeases(): Promise<void> {
+    const book = this.#o.state.access.leases;
+    const nowMs = this.#o.now();
+    const monotonicMs = performance.now();
+    const due = book
+      .due(nowMs, LEASE_PENDING_GRACE_MS, LEASES_REVOKED_PER_RUN_MAX)
+      .filter((lease) => (this.#leaseRetries.get(lease.id)?.nextAtMs ?? 0) <= monotonicMs);
+    if (due.length === 0) return;
+    const revoked: string[] = [];
+    for (const lease of due) {
+      const database = book.databases.get(lease.db);
+      const role = book.roles.get(`${lease.db}/${lease.role}`);
+      try {
+        if (database !== undefined) await revokeUser({ url: database.url }, role ?? DEFAULT_TEMPLATES, lease.username);
+        revoked.push(lease.id);
+        this.#leaseRetries.delete(lease.id);
+      } catch (error) {
+        const failures = (this.#leaseRetries.get(lease.id)?.failures ?? 0) + 1;
+        this.#leaseRetries.set(lease.id, {
+          failures,
+          nextAtMs: monotonicMs + Math.min(LEASE_RETRY_MAX_MS, 1000 * 2 ** (failures - 1)),
+        });
+        this.#o.log.warn(
+          { event: 'lease-revoke-failed', lease: lease.id, db: lease.db, failures, err: error },
+          `revoking lease ${lease.id} failed (${failures} times); trying again`,
+        );
+      }
+    }
+    if (revoked.length === 0) return;
+    await this.#o.propose(encodeAccessCommand({ op: 'lease-revoked', name: '', ids: revoked }));
+    this.#o.log.info({ event: 'leases-revoked', count: revoked.length }, `revoked ${revoked.length} leases`);
   }
 
   /** Promotes a learner to voter once it has every committed entry (one change at a time). */

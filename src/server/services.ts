@@ -8,6 +8,7 @@ import { isMalformedRequest, methodPath, packageDefinition, services, tolerantSe
 import { accessServices } from './access-service.ts';
 import { authService } from './auth/auth-service.ts';
 import { backupService } from './backup-service.ts';
+import { databaseServices } from './db/db-service.ts';
 import { clusterService, type ClusterServiceDeps } from './cluster-service.ts';
 import type { RequestContext, ServiceContext } from './context.ts';
 import { joinService } from './join-service.ts';
@@ -28,6 +29,8 @@ export const CLIENT_SERVICES = [
   'coffer.v1.Keys',
   'coffer.v1.Backup',
   'coffer.v1.Auth',
+  'coffer.v1.Database',
+  'coffer.v1.Leases',
 ];
 
 /** Everything the services of a manager's port are made from: the service context and a few narrow extras. */
@@ -42,7 +45,8 @@ export interface ServiceParts {
 
 /** Adds every service of a manager's port to `server` (health is added by HealthService). */
 export function registerServices(server: grpc.Server, parts: ServiceParts): void {
-  const { Peer, Join, Secrets, Policies, Identities, Audit, Keys, Backup, Cluster, Auth } = services();
+  const { Peer, Join, Secrets, Policies, Identities, Audit, Keys, Backup, Cluster, Auth, Database, Leases } =
+    services();
   const { ctx } = parts;
   server.addService(Peer.service, peerService(ctx, parts.peer));
   server.addService(
@@ -57,6 +61,9 @@ export function registerServices(server: grpc.Server, parts: ServiceParts): void
   server.addService(Keys.service, keysService(ctx, parts.keys));
   server.addService(Backup.service, backupService(ctx, parts.manager));
   server.addService(Auth.service, authService(ctx));
+  const db = databaseServices(ctx);
+  server.addService(Database.service, db.database);
+  server.addService(Leases.service, db.leases);
   // Reflection lets generic tools (grpcurl, Postman) list and call the client API; manager-only
   // services stay out of the list. It describes the schema only, which is public anyway.
   addReflection(guardedServer(server, ctx));

@@ -42,6 +42,8 @@ export function services(): {
   Keys: LoadedService;
   Backup: LoadedService;
   Auth: LoadedService;
+  Database: LoadedService;
+  Leases: LoadedService;
 } {
   if (cache === null) {
     const definition = packageDefinition();
@@ -54,7 +56,7 @@ export function services(): {
         cache[name] = { service: tolerantService(Client.service), Client };
     }
   }
-  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth } = cache;
+  const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth, Database, Leases } = cache;
   if (
     Peer === undefined ||
     Join === undefined ||
@@ -65,11 +67,13 @@ export function services(): {
     Audit === undefined ||
     Keys === undefined ||
     Backup === undefined ||
-    Auth === undefined
+    Auth === undefined ||
+    Database === undefined ||
+    Leases === undefined
   ) {
     throw new Error('proto/coffer/v1 lacks a service');
   }
-  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth };
+  return { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth, Database, Leases };
 }
 
 /**

@@ -122,8 +122,10 @@ test('a manager serves Prometheus metrics (Raft progress, latency histograms, RP
       'coffer.v1.Auth',
       'coffer.v1.Backup',
       'coffer.v1.Cluster',
+      'coffer.v1.Database',
       'coffer.v1.Identities',
       'coffer.v1.Keys',
+      'coffer.v1.Leases',
       'coffer.v1.Policies',
       'coffer.v1.Secrets',
     ]);
