@@ -11,6 +11,8 @@ export interface MetricsSource {
   auditBroken(): boolean;
   /** What this manager adds to its host clock to read the cluster's time, ms (cluster-clock.ts). */
   clockOffsetMs(): number;
+  /** Leases held, and those past their end (by LEASE_OVERDUE_MS) that the leader has not revoked yet. */
+  leases(): { held: number; overdue: number };
   transport(): {
     messagesSent: number;
     messagesDropped: number;
@@ -79,6 +81,16 @@ export class NodeMetrics implements ReplicaObserver {
       'coffer_clock_offset_seconds',
       "The cluster's time (the median of the members' clocks) minus this host's clock; far from 0, fix the host's NTP.",
       (s) => s.clockOffsetMs() / 1000,
+    );
+    live(
+      'coffer_leases',
+      'Leases of dynamic credentials held (pending, active or being revoked).',
+      (s) => s.leases().held,
+    );
+    live(
+      'coffer_leases_overdue',
+      'Leases past their end by 30 s or more that are not revoked yet (their database cannot be reached, say).',
+      (s) => s.leases().overdue,
     );
     live('coffer_peer_messages_sent_total', 'Raft messages sent to peers.', (s) => s.transport().messagesSent);
     live(

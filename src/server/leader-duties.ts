@@ -9,7 +9,7 @@ import type { Logger } from '../util/logger.ts';
 import type { ClusterCa } from './cluster-ca.ts';
 import type { StateCommand } from './context.ts';
 import type { NodeConfig } from './node-config.ts';
-import { revokeUser } from './db/postgres-engine.ts';
+import { DatabaseEngineError, revokeUser } from './db/postgres-engine.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
 
 export interface LeaderDutiesOptions {
@@ -41,7 +41,7 @@ export const LEASE_PENDING_GRACE_MS = 60_000;
 /** Leases one run revokes at most; the next run takes the rest. */
 const LEASES_REVOKED_PER_RUN_MAX = 64;
 /** The longest pause between tries of a lease whose database fails. */
-const LEASE_RETRY_MAX_MS = 60_000;
+const LEASE_RETRY_MAX_MS = 10_000;
 /** The engine's own statements, for a lease whose role was removed. */
 const DEFAULT_TEMPLATES = { creationSql: '', revocationSql: '', renewSql: '' } as const;
 
@@ -181,7 +181,7 @@ export class LeaderDuties {
    * Leases that are due (ended, asked to be revoked, or opened and never activated): each user is
    * revoked in its database (idempotently: a user already gone is fine), then the leases are
    * dropped through the log. A database that fails is tried again later, 1 s, 2 s, 4 s ... up to
-   * a minute apart per lease; the leases stay (overdue) until it answers, so a new leader takes
+   * 10 s apart per lease; the leases stay (overdue) until it answers, so a new leader takes
    * over what is due.
    */
   async #revokeLeases(): Promise<void> {
@@ -193,7 +193,11 @@ export class LeaderDuties {
       .filter((lease) => (this.#leaseRetries.get(lease.id)?.nextAtMs ?? 0) <= monotonicMs);
     if (due.length === 0) return;
     const revoked: string[] = [];
+    // A database that cannot be reached is not asked again in this run (each try may wait out a
+    // connect timeout): its other leases wait for the next.
+    const unreachable = new Set<string>();
     for (const lease of due) {
+      if (unreachable.has(lease.db)) continue;
       const database = book.databases.get(lease.db);
       const role = book.roles.get(`${lease.db}/${lease.role}`);
       try {
@@ -201,6 +205,7 @@ export class LeaderDuties {
         revoked.push(lease.id);
         this.#leaseRetries.delete(lease.id);
       } catch (error) {
+        if (error instanceof DatabaseEngineError && error.code === 'DB_UNREACHABLE') unreachable.add(lease.db);
         const failures = (this.#leaseRetries.get(lease.id)?.failures ?? 0) + 1;
         this.#leaseRetries.set(lease.id, {
           failures,

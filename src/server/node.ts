@@ -394,6 +394,13 @@ export class CofferNode {
       locked: () => manager.locked,
       auditBroken: () => node?.audit.broken !== null && node?.audit.broken !== undefined,
       clockOffsetMs: () => node?.clock.offsetMs() ?? 0,
+      leases: () => {
+        const leases = state.access.leases.leases;
+        const overdueBefore = (node?.clock.now() ?? Date.now()) - LEASE_OVERDUE_MS;
+        let overdue = 0;
+        for (const lease of leases.values()) if (lease.expiresAtMs < overdueBefore) overdue++;
+        return { held: leases.size, overdue };
+      },
       transport: () => transport.stats,
     });
     let metricsServer: HttpServer | null = null;
@@ -604,6 +611,9 @@ export class CofferNode {
     await this.state.close();
   }
 }
+
+/** A lease this long past its end and not revoked counts as overdue (the metric coffer_leases_overdue). */
+const LEASE_OVERDUE_MS = 30_000;
 
 /** The first certificate of a PEM bundle. */
 function firstPem(pem: string): string {

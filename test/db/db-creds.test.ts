@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { ClientError, CofferClient } from '../../src/client/client.ts';
+import { newLeafKey } from '../../src/crypto/pki.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { coffer, eventually } from '../processes/processes.ts';
 import { InProcessCluster } from '../server/in-process-cluster.ts';
@@ -131,7 +132,7 @@ test('a renewal moves the end, never past the maximum; revoking by id and by pre
   assert.equal(missing.reason, 'LEASE_NOT_FOUND');
 });
 
-test('the database down at expiry: the lease stays due, and is revoked once it returns', {
+test('the database down at expiry: the lease stays due, the metrics count it overdue, and it is revoked once the database returns', {
   timeout: 120_000,
 }, async () => {
   const creds = await admin.getCredentials('main', 'brief');
@@ -142,20 +143,53 @@ test('the database down at expiry: the lease stays due, and is revoked once it r
     const lease = (await admin.listLeases('main/brief/')).leases.find((l) => l.leaseId === creds.leaseId);
     assert.ok(lease !== undefined, 'a lease whose user could not be dropped is not forgotten');
     assert.ok(lease.expiresAtMs < Date.now());
+    // The metrics say so (overdue: 30 s past its end).
+    await eventually('the lease to count as overdue', 40_000, async () => {
+      const text = await cluster.nodes[0]!.metrics.text();
+      return /coffer_leases_overdue\{[^}]*\} [1-9]/.test(text) ? true : undefined;
+    });
   } finally {
     await pg.restart();
   }
-  await eventually('the leader to revoke it once the database is back', 60_000, async () =>
+  await eventually('the leader to revoke it once the database is back', 90_000, async () =>
     (await admin.listLeases('main/brief/')).leases.some((l) => l.leaseId === creds.leaseId) ? undefined : true,
   );
   assert.equal(await pg.canLogin(creds.username, creds.password), false);
+  assert.match(await cluster.nodes[0]!.metrics.text(), /coffer_leases_overdue\{[^}]*\} 0/);
 });
 
 test('another identity may not renew or revoke a lease it does not own; bad input is refused with its reason', {
   timeout: 60_000,
 }, async () => {
   const creds = await admin.getCredentials('main', 'readonly');
+  await admin.putPolicy('readonly-creds', [{ path: 'sys/db/main/creds/readonly', capabilities: ['read'] }]);
+  const key = newLeafKey();
+  const issued = await admin.issueIdentity('other-app', ['readonly-creds'], key.publicPem);
+  const other = new CofferClient({
+    addresses: cluster.addresses,
+    caPem: issued.caCertificatePem,
+    certPem: issued.certificatePem,
+    keyPem: key.privatePem,
+  });
   try {
+    // It may get credentials of its own, but not touch the admin's lease, nor learn whether one exists.
+    const own = await eventually('the new identity to be known', 10_000, async () =>
+      other.getCredentials('main', 'readonly').catch(() => undefined),
+    );
+    await other.revokeLeases({ leaseId: own.leaseId });
+    for (const attempt of [
+      () => other.renewLease(creds.leaseId),
+      () => other.revokeLeases({ leaseId: creds.leaseId }),
+      () => other.renewLease('main/readonly/00000000000000000000000000000000'),
+      () => other.revokeLeases({ prefix: 'main/' }),
+    ]) {
+      const error = await attempt().then(
+        () => assert.fail('another identity touched a lease it does not own'),
+        (e: unknown) => e as ClientError,
+      );
+      assert.equal(error.code, grpc.status.PERMISSION_DENIED, error.message);
+    }
+    assert.ok((await admin.listLeases('main/readonly/')).leases.some((l) => l.leaseId === creds.leaseId));
     const refused = await admin.getCredentials('main', 'nope').then(
       () => assert.fail('a missing role gave credentials'),
       (e: unknown) => e as ClientError,
@@ -175,6 +209,7 @@ test('another identity may not renew or revoke a lease it does not own; bad inpu
     assert.equal(unreachable.reason, 'DB_UNREACHABLE');
     assert.doesNotMatch(unreachable.message, /x:y@/, 'the message does not show the password');
   } finally {
+    other.close();
     await admin.revokeLeases({ leaseId: creds.leaseId });
   }
 });
