@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
-import { ClientError, CofferClient } from '../../src/client/client.ts';
+import { type ClientError, CofferClient } from '../../src/client/client.ts';
 import { newLeafKey } from '../../src/crypto/pki.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { coffer, eventually } from '../processes/processes.ts';

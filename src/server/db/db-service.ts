@@ -4,7 +4,7 @@ import { encodeAccessCommand, type AccessCommand } from '../../state/access-stat
 import { accessGuard } from '../../state/access-guard.ts';
 import { DB_NAME_PATTERN, dbRoleProblem, type DbRole, type Lease } from '../../state/leases.ts';
 import type { ServiceContext } from '../context.ts';
-import { refuse, ServiceError } from '../errors.ts';
+import { refuse, type ServiceError } from '../errors.ts';
 import { authorize, authenticateClient, noteTarget, unary, type Call } from '../rpc.ts';
 import {
   DatabaseEngineError,
