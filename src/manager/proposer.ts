@@ -4,6 +4,9 @@ import type { Logger } from '../util/logger.ts';
 import { ManagerError, ProposalRefused } from './errors.ts';
 import type { KeyOperation, Manager } from './manager.ts';
 
+/** How long a membership change waits for the previous one to be applied before it is refused. */
+export const CONF_CHANGE_WAIT_MS = 3_000;
+
 /**
  * How a manager that does not lead reaches the leader with a proposal it sealed. The server
  * implements it over mutual-TLS gRPC (Peer.Propose); tests of managers in one process call the
@@ -91,10 +94,24 @@ export class Proposer<Result> {
   }
 
   /** A membership change, proposed on the leader; resolves once applied there. */
+  /**
+   * A membership change through the leader. Raft takes one at a time: refused while the previous
+   * one is not applied yet (milliseconds after it committed), which is tried again here for up to
+   * CONF_CHANGE_WAIT_MS rather than handed to the caller (the refused change never reached the log).
+   */
   async confChange(change: ConfChange): Promise<void> {
-    const lead = this.#leadOrNull();
-    if (lead === null) return this.#manager.proposeConfChange(change);
-    await this.#link().proposeConfChange(lead, change);
+    const deadline = performance.now() + CONF_CHANGE_WAIT_MS;
+    for (;;) {
+      try {
+        const lead = this.#leadOrNull();
+        if (lead === null) return await this.#manager.proposeConfChange(change);
+        return await this.#link().proposeConfChange(lead, change);
+      } catch (error) {
+        const pending = /is not applied yet/.test((error as Error).message ?? '');
+        if (!pending || performance.now() >= deadline) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
   }
 
   /** On the leader: a payload another manager sealed and forwarded. The outcome goes back to it unread. */
