@@ -1,7 +1,6 @@
-import { createHash, generateKeyPair as generateRsaKeyPair, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer, request as httpsRequest, type Server } from 'node:https';
-import { promisify } from 'node:util';
 import {
   calculateJwkThumbprint,
   exportJWK,
@@ -13,8 +12,8 @@ import {
   type JWTHeaderParameters,
   type JWTPayload,
 } from 'jose';
-import forge from 'node-forge';
 import Provider, { type Account, type AdapterPayload, type ClientMetadata, type Configuration } from 'oidc-provider';
+import { makeTlsMaterial } from './test-tls.ts';
 
 /**
  * A real OpenID provider (oidc-provider 8) on https://127.0.0.1:PORT for tests, with a browser the
@@ -116,7 +115,7 @@ export class TestOidcProvider {
    * path must match: http://localhost:PORT/callback or another path is refused (error page).
    */
   static async start(options: TestOidcProviderOptions): Promise<TestOidcProvider> {
-    const tls = await makeTlsMaterial();
+    const tls = await makeTlsMaterial('OIDC');
     // The issuer names the port, so the server listens before the provider exists; until then it answers 503.
     let harness: TestOidcProvider | null = null;
     const server = createServer({ key: tls.keyPem, cert: tls.certPem }, (req, res) => {
@@ -741,70 +740,4 @@ function plainGet(url: URL): Promise<void> {
     req.on('error', (error) => reject(new Error(`GET ${url.href} (the client's redirect_uri): ${error.message}`)));
     req.end();
   });
-}
-
-/** A CA and a certificate it signed for 127.0.0.1 (and localhost), both new for this run. */
-async function makeTlsMaterial(): Promise<{ caPem: string; certPem: string; keyPem: string }> {
-  const [caKey, serverKey] = await Promise.all([newRsaPem(), newRsaPem()]);
-  const now = Date.now();
-  const notBefore = new Date(now - 3600_000);
-  const notAfter = new Date(now + 7 * 24 * 3600_000);
-
-  const caPrivate = forge.pki.privateKeyFromPem(caKey.privatePem);
-  const ca = forge.pki.createCertificate();
-  ca.publicKey = forge.pki.publicKeyFromPem(caKey.publicPem);
-  ca.serialNumber = serial();
-  ca.validity.notBefore = notBefore;
-  ca.validity.notAfter = notAfter;
-  const caName = [{ name: 'commonName', value: `Coffer test OIDC CA ${randomBytes(4).toString('hex')}` }];
-  ca.setSubject(caName);
-  ca.setIssuer(caName);
-  ca.setExtensions([
-    { name: 'basicConstraints', cA: true, critical: true },
-    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
-  ]);
-  ca.sign(caPrivate, forge.md.sha256.create());
-
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(serverKey.publicPem);
-  cert.serialNumber = serial();
-  cert.validity.notBefore = notBefore;
-  cert.validity.notAfter = notAfter;
-  cert.setSubject([{ name: 'commonName', value: '127.0.0.1' }]);
-  cert.setIssuer(caName);
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: false },
-    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'extKeyUsage', serverAuth: true },
-    {
-      name: 'subjectAltName',
-      altNames: [
-        { type: 7, ip: '127.0.0.1' },
-        { type: 2, value: 'localhost' },
-      ],
-    },
-  ]);
-  cert.sign(caPrivate, forge.md.sha256.create());
-  return {
-    caPem: forge.pki.certificateToPem(ca),
-    certPem: forge.pki.certificateToPem(cert),
-    keyPem: serverKey.privatePem,
-  };
-}
-
-/** An RSA key from OpenSSL (forge's JavaScript key generation takes seconds). */
-async function newRsaPem(): Promise<{ privatePem: string; publicPem: string }> {
-  const { privateKey, publicKey } = await promisify(generateRsaKeyPair)('rsa', {
-    modulusLength: 2048,
-    publicKeyEncoding: { type: 'spki', format: 'pem' },
-    privateKeyEncoding: { type: 'pkcs1', format: 'pem' },
-  });
-  return { privatePem: privateKey, publicPem: publicKey };
-}
-
-function serial(): string {
-  const bytes = randomBytes(16);
-  bytes[0] = bytes[0]! & 0x7f; // a positive DER integer
-  return bytes.toString('hex');
 }

@@ -1,12 +1,11 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { createHash, generateKeyPair, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { Attribute, Change, Client, EqualityFilter, NoSuchObjectError } from 'ldapts';
-import forge from 'node-forge';
 import { freePort } from '../../processes/processes.ts';
+import { makeTlsMaterial } from './test-tls.ts';
 
 /**
  * A real OpenLDAP server (Debian's slapd) on 127.0.0.1 for tests of the LDAP login: the manager
@@ -126,7 +125,7 @@ export class Slapd {
       log: join(dir, 'slapd.log'),
     };
     await mkdir(paths.data, { recursive: true });
-    const tls = await makeTlsMaterial();
+    const tls = await makeTlsMaterial('LDAP');
     await writeFile(paths.ca, tls.caPem);
     await writeFile(paths.cert, tls.certPem);
     await writeFile(paths.key, tls.keyPem, { mode: 0o600 });
@@ -533,71 +532,4 @@ async function logTail(path: string, from: number): Promise<string> {
     (error: Error) => `(unreadable: ${error.message})`,
   );
   return text.length > 4000 ? `...${text.slice(-4000)}` : text;
-}
-
-/** A CA and a certificate it signed for 127.0.0.1 and localhost, both new for this run. */
-async function makeTlsMaterial(): Promise<{ caPem: string; certPem: string; keyPem: string }> {
-  const [caKey, serverKey] = await Promise.all([newRsaPem(), newRsaPem()]);
-  const now = Date.now();
-  const notBefore = new Date(now - 3600_000);
-  const notAfter = new Date(now + 7 * 24 * 3600_000);
-
-  const caPrivate = forge.pki.privateKeyFromPem(caKey.privatePem);
-  const ca = forge.pki.createCertificate();
-  ca.publicKey = forge.pki.publicKeyFromPem(caKey.publicPem);
-  ca.serialNumber = serial();
-  ca.validity.notBefore = notBefore;
-  ca.validity.notAfter = notAfter;
-  const caName = [{ name: 'commonName', value: `Coffer test LDAP CA ${randomBytes(4).toString('hex')}` }];
-  ca.setSubject(caName);
-  ca.setIssuer(caName);
-  ca.setExtensions([
-    { name: 'basicConstraints', cA: true, critical: true },
-    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
-  ]);
-  ca.sign(caPrivate, forge.md.sha256.create());
-
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(serverKey.publicPem);
-  cert.serialNumber = serial();
-  cert.validity.notBefore = notBefore;
-  cert.validity.notAfter = notAfter;
-  cert.setSubject([{ name: 'commonName', value: '127.0.0.1' }]);
-  cert.setIssuer(caName);
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: false },
-    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'extKeyUsage', serverAuth: true },
-    {
-      // localhost too: Node's tls.connect checks a StartTLS upgrade (no host given) against 'localhost'.
-      name: 'subjectAltName',
-      altNames: [
-        { type: 7, ip: '127.0.0.1' },
-        { type: 2, value: 'localhost' },
-      ],
-    },
-  ]);
-  cert.sign(caPrivate, forge.md.sha256.create());
-  return {
-    caPem: forge.pki.certificateToPem(ca),
-    certPem: forge.pki.certificateToPem(cert),
-    keyPem: serverKey.privatePem,
-  };
-}
-
-/** An RSA key from OpenSSL (forge's JavaScript key generation takes seconds). */
-async function newRsaPem(): Promise<{ privatePem: string; publicPem: string }> {
-  const { privateKey, publicKey } = await promisify(generateKeyPair)('rsa', {
-    modulusLength: 2048,
-    publicKeyEncoding: { type: 'spki', format: 'pem' },
-    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
-  });
-  return { privatePem: privateKey, publicPem: publicKey };
-}
-
-function serial(): string {
-  const bytes = randomBytes(16);
-  bytes[0] = bytes[0]! & 0x7f; // a positive DER integer
-  return bytes.toString('hex');
 }
