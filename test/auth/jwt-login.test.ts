@@ -27,12 +27,7 @@ before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'coffer-jwt-'));
   cluster = await InProcessCluster.start(3);
   await cluster.servesReads(0);
-  admin = new CofferClient({
-    addresses: cluster.addresses,
-    caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'),
-    certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'),
-    keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8'),
-  });
+  admin = cluster.adminClient();
   const pair = await generateKeyPair('RS256', { extractable: true });
   signingKey = pair.privateKey;
   otherKey = (await generateKeyPair('RS256')).privateKey;

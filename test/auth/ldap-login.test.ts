@@ -44,12 +44,7 @@ before(async () => {
     logger: createLogger({ level: 'debug', format: 'json', destination: sink }),
   });
   await cluster.servesReads(0);
-  admin = new CofferClient({
-    addresses: cluster.addresses,
-    caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'),
-    certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'),
-    keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8'),
-  });
+  admin = cluster.adminClient();
   await admin.configureAuthMethod({
     method: 'ldap',
     url: slapd.ldapsUrl,

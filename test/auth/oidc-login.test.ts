@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { decodeProtectedHeader } from 'jose';
-import { ClientError, CofferClient } from '../../src/client/client.ts';
+import { ClientError, type CofferClient } from '../../src/client/client.ts';
 import { login, type LoginResult } from '../../src/client/login.ts';
 import { JWKS_REFETCH_COOLDOWN_MS } from '../../src/server/auth/jwt-verifier.ts';
 import { coffer, eventually } from '../processes/processes.ts';
@@ -43,12 +43,7 @@ before(async () => {
   writeFileSync(issuerCaFile, provider.caPem);
   cluster = await InProcessCluster.start(3);
   await cluster.servesReads(0);
-  admin = new CofferClient({
-    addresses: cluster.addresses,
-    caPem: caPem(),
-    certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'),
-    keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8'),
-  });
+  admin = cluster.adminClient();
   env = { COFFER_ADDR: cluster.addresses.join(','), COFFER_CA: join(cluster.adminDir, 'ca.crt') };
   await admin.configureAuthMethod({
     method: 'oidc',

@@ -1,6 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -42,12 +42,7 @@ before(async () => {
     logger: createLogger({ level: 'debug', format: 'json', destination: sink }),
   });
   await cluster.servesReads(0);
-  admin = new CofferClient({
-    addresses: cluster.addresses,
-    caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'),
-    certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'),
-    keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8'),
-  });
+  admin = cluster.adminClient();
   await admin.configureDatabase('main', pg.adminUrl);
   await admin.putDatabaseRole({
     db: 'main',
@@ -259,12 +254,7 @@ test('the leader lost while leases are due (three made at once): the next leader
   await new Promise((resolve) => setTimeout(resolve, 8_000));
   await cluster.nodes[leaderAt]!.stop();
   const others = cluster.addresses.filter((_, k) => k !== leaderAt);
-  const survivor = new CofferClient({
-    addresses: others,
-    caPem: readFileSync(join(cluster.adminDir, 'ca.crt'), 'utf8'),
-    certPem: readFileSync(join(cluster.adminDir, 'admin.crt'), 'utf8'),
-    keyPem: readFileSync(join(cluster.adminDir, 'admin.key'), 'utf8'),
-  });
+  const survivor = cluster.adminClient(others);
   try {
     await eventually('the new leader to revoke every due lease', 60_000, async () => {
       const left = (await survivor.listLeases('main/brief/').catch(() => ({ leases: [{}] }))).leases;

@@ -1,7 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
+import { CofferClient } from '../../src/client/client.ts';
 import { initCluster, joinCluster } from '../../src/server/bootstrap.ts';
 import { CofferNode, type NodeOptions } from '../../src/server/node.ts';
 import { createLogger } from '../../src/util/logger.ts';
@@ -74,6 +75,17 @@ export class InProcessCluster {
         if ((error as { code?: number }).code === status.NOT_FOUND) return true;
         throw error;
       }
+    });
+  }
+
+  /** A CofferClient as the admin identity `init` made, over every manager (or those given); the caller closes it. */
+  adminClient(addresses: readonly string[] = this.addresses): CofferClient {
+    const read = (name: string): string => readFileSync(join(this.adminDir, name), 'utf8');
+    return new CofferClient({
+      addresses,
+      caPem: read('ca.crt'),
+      certPem: read('admin.crt'),
+      keyPem: read('admin.key'),
     });
   }
 
