@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import type { LeaseReply } from '../client/client.ts';
+import type { LeaseReply, StaticRoleReply } from '../client/client.ts';
 import { withClient } from './admin-commands.ts';
 import { print } from './client-config.ts';
 import { addClientOptions, type ClientFlags } from './client-flags.ts';
@@ -103,7 +103,78 @@ export function dbCommands(): Command {
         () => `role ${printable(name)} removed`,
       );
     });
+  staticCommands(db);
   return db;
+}
+
+function staticLine(r: StaticRoleReply): string {
+  const last = r.lastRotatedAtMs === 0 ? 'not rotated yet' : `rotated ${time(r.lastRotatedAtMs)}`;
+  const next = r.nextRotationAtMs === 0 ? 'due now' : `next ${time(r.nextRotationAtMs)}`;
+  return `static role ${printable(r.db)}/${printable(r.role)}: user ${printable(r.username)}, every ${r.rotationPeriodSeconds}s; ${last}, ${next}${r.rotationInProgress ? ' (rotation in progress)' : ''}`;
+}
+
+/** `coffer db static ...` and `coffer db rotate`: existing users whose passwords Coffer rotates. */
+function staticCommands(db: Command): void {
+  const statics = db
+    .command('static')
+    .description('static roles: an existing user whose password Coffer rotates (kept as sys/db/NAME/static/ROLE)');
+  addClientOptions(statics.command('put <db-role>'))
+    .description("take over an existing user's password: rotated now, then every --rotation-period and on demand")
+    .requiredOption('--username <user>', 'the existing database user (not the admin of the connection string)')
+    .option('--rotation-period <duration>', 'how often (default 24h; at least 1m)', durationSeconds)
+    .option(
+      '--rotation-sql-file <file>',
+      'the SQL that sets the password (default: ALTER ROLE "{{name}}" WITH PASSWORD \'{{password}}\')',
+    )
+    .action(
+      async (
+        name: string,
+        flags: ClientFlags & { username: string; rotationPeriod?: number; rotationSqlFile?: string },
+      ) => {
+        const { db: dbName, role: roleName } = dbRole(name);
+        const rotationSql =
+          flags.rotationSqlFile === undefined ? '' : await readTextFile(flags.rotationSqlFile, 'rotation SQL');
+        const reply = await withClient(flags, (c) =>
+          c.putStaticRole({
+            db: dbName,
+            role: roleName,
+            username: flags.username,
+            rotationSql,
+            rotationPeriodSeconds: flags.rotationPeriod ?? 0,
+          }),
+        );
+        print(flags, reply, () => staticLine(reply));
+      },
+    );
+  addClientOptions(statics.command('get <db-role>'))
+    .description('a static role: its user, period, last and next rotation')
+    .action(async (name: string, flags: ClientFlags) => {
+      const { db: dbName, role: roleName } = dbRole(name);
+      const reply = await withClient(flags, (c) => c.getStaticRole(dbName, roleName));
+      print(flags, reply, () => staticLine(reply));
+    });
+  addClientOptions(statics.command('rm <db-role>'))
+    .description('stop rotating (the user keeps its last password, and the secret stays until deleted)')
+    .action(async (name: string, flags: ClientFlags) => {
+      const { db: dbName, role: roleName } = dbRole(name);
+      print(
+        flags,
+        await withClient(flags, (c) => c.removeStaticRole(dbName, roleName)),
+        () => `static role ${printable(name)} removed`,
+      );
+    });
+  addClientOptions(db.command('rotate <db-role>'))
+    .description("rotate a static role's password now (at most once every 30 s)")
+    .action(async (name: string, flags: ClientFlags) => {
+      const { db: dbName, role: roleName } = dbRole(name);
+      const reply = await withClient(flags, (c) => c.rotateStaticRole(dbName, roleName));
+      print(flags, reply, () =>
+        reply.rotated
+          ? staticLine(reply)
+          : `${staticLine(reply)}\nasked for: the rotation was not done yet (see coffer db static get)`,
+      );
+      if (!reply.rotated) process.exitCode = 1;
+    });
 }
 
 /** `coffer creds get NAME/ROLE`: a new database user, under a lease. */

@@ -506,6 +506,24 @@ export class CofferClient {
     return this.call('Database', 'getCredentials', { db, role, ttlSeconds }, false);
   }
 
+  /** An existing user whose password the cluster rotates; the answer comes after its first rotation. */
+  putStaticRole(role: StaticRoleSettings): Promise<StaticRoleReply> {
+    return this.call('Database', 'putStaticRole', role, true);
+  }
+
+  getStaticRole(db: string, role: string): Promise<StaticRoleReply> {
+    return this.call('Database', 'getStaticRole', { db, role }, true);
+  }
+
+  removeStaticRole(db: string, role: string): Promise<object> {
+    return this.call('Database', 'removeStaticRole', { db, role }, true);
+  }
+
+  /** Rotates a static role's password now; `rotated` is false if it was not done within the wait. */
+  rotateStaticRole(db: string, role: string): Promise<StaticRoleReply> {
+    return this.call('Database', 'rotateStaticRole', { db, role }, true);
+  }
+
   renewLease(leaseId: string, incrementSeconds = 0): Promise<LeaseReply> {
     return this.call('Leases', 'renew', { leaseId, incrementSeconds }, false);
   }
@@ -786,6 +804,21 @@ export interface DatabaseRoleSettings {
   readonly renewSql?: string;
   readonly defaultTtlSeconds?: number;
   readonly maxTtlSeconds?: number;
+}
+
+export interface StaticRoleSettings {
+  readonly db: string;
+  readonly role: string;
+  readonly username: string;
+  readonly rotationSql?: string;
+  readonly rotationPeriodSeconds: number;
+}
+
+export interface StaticRoleReply extends Required<StaticRoleSettings> {
+  readonly lastRotatedAtMs: number;
+  readonly nextRotationAtMs: number;
+  readonly rotationInProgress: boolean;
+  readonly rotated: boolean;
 }
 
 export interface LeaseReply {

@@ -10,6 +10,7 @@ import type { ClusterCa } from './cluster-ca.ts';
 import type { StateCommand } from './context.ts';
 import type { NodeConfig } from './node-config.ts';
 import { DatabaseEngineError, revokeUser } from './db/postgres-engine.ts';
+import { type RotationStep, StaticRotator } from './db/static-rotation.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
 
 export interface LeaderDutiesOptions {
@@ -22,6 +23,8 @@ export interface LeaderDutiesOptions {
   /** The cluster's wall-clock time (cluster-clock.ts). */
   readonly now: () => number;
   readonly log: Logger;
+  /** Tests only: where a static role's rotation stops, standing for a crash (static-rotation.ts). */
+  readonly rotationFailpoint?: (step: RotationStep) => Promise<void>;
 }
 
 /**
@@ -60,11 +63,21 @@ export class LeaderDuties {
   #revoking: Promise<void> | null = null;
   /** Leases whose revocation failed: how often, and when to try again (monotonic ms). */
   readonly #leaseRetries = new Map<string, { failures: number; nextAtMs: number }>();
+  readonly #rotator: StaticRotator;
+  /** The static roles' rotations under way, if they are. */
+  #rotating: Promise<void> | null = null;
   /** When logins were last looked at for pruning (monotonic ms). */
   #lastPruneMs = Number.NEGATIVE_INFINITY;
 
   constructor(options: LeaderDutiesOptions) {
     this.#o = options;
+    this.#rotator = new StaticRotator({
+      state: options.state,
+      propose: options.propose,
+      now: options.now,
+      log: options.log,
+      ...(options.rotationFailpoint === undefined ? {} : { failpoint: options.rotationFailpoint }),
+    });
   }
 
   /** Does what is due, if this manager leads with a keyring; one command at a time. */
@@ -136,6 +149,17 @@ export class LeaderDuties {
         )
         .finally(() => (this.#revoking = null));
     }
+    // Rotations of static roles' passwords talk to databases too: beside the other duties.
+    if (this.#rotating === null)
+      this.#rotating = this.#rotator
+        .run()
+        .catch((error: unknown) =>
+          this.#o.log.warn(
+            { event: 'static-rotation-failed', err: error },
+            'rotating static roles failed; will try again',
+          ),
+        )
+        .finally(() => (this.#rotating = null));
     await this.#reseal();
   }
 

@@ -31,6 +31,7 @@ import { LeaderDuties } from './leader-duties.ts';
 import { isDiskFull } from '../util/disk-full.ts';
 import { DISK_FREE_RESUME_BYTES, watchDiskSpace } from './disk-space.ts';
 import { ClockProbe } from './clock-probe.ts';
+import type { RotationStep } from './db/static-rotation.ts';
 import { CLOCK_PROBE_INTERVAL_MS, ClusterClock } from './cluster-clock.ts';
 import { normalizeExtraHosts } from './manager-hosts.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
@@ -85,6 +86,8 @@ export interface NodeOptions {
    * exits; a test may look. Without it the manager stays up, NOT_SERVING, refusing requests.
    */
   readonly onFatal?: (error: Error) => void;
+  /** Tests only: where a static role's password rotation stops, standing for a crash at that step. */
+  readonly rotationFailpoint?: (step: RotationStep) => Promise<void>;
   /**
    * The disk filled and this manager stopped on it (it stays up meanwhile, refusing requests with
    * DISK_FULL, health NOT_SERVING saying why); now DISK_FREE_RESUME_BYTES are free again and it
@@ -213,6 +216,7 @@ export class CofferNode {
       proposeConfChange: (change) => this.proposer.confChange(change),
       now: () => this.clock.now(),
       log,
+      ...(options.rotationFailpoint === undefined ? {} : { rotationFailpoint: options.rotationFailpoint }),
     });
     this.#anchoring = new AuditAnchoring({
       nodeId: config.nodeId,

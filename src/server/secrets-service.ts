@@ -1,3 +1,5 @@
+import { STATIC_SECRET_NAME_PATTERN } from '../state/static-roles.ts';
+import { awaitStaticRotation } from './db/static-service.ts';
 import type * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import {
@@ -266,7 +268,11 @@ export function secretsService(ctx: ServiceContext): grpc.UntypedServiceImplemen
         authorize(ctx, call, 'read', r.name);
         if (r.version !== 0 && r.label !== '') throw invalid('give a version or a label, not both', { field: 'label' });
         if (r.label !== '' && labelProblem(r.label) !== null) throw invalid(labelProblem(r.label)!, { field: 'label' });
-        const applied = await readPoint(r.stale);
+        // A static database role's password is read at the read point always, never while its
+        // rotation is under way (the database may already have the next one).
+        const staticPassword = STATIC_SECRET_NAME_PATTERN.test(r.name);
+        const applied = await readPoint(r.stale && !staticPassword);
+        if (staticPassword) await awaitStaticRotation(ctx, r.name);
         // Checked again at the read point: a revocation committed before the read is honoured here too.
         authorize(ctx, call, 'read', r.name);
         const found = store.read(

@@ -110,6 +110,14 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
     case 'db-role-put':
     case 'db-role-remove':
       return may('admin', `sys/db/${command.name.replace('/', '/roles/')}`);
+    case 'static-role-put':
+    case 'static-role-remove':
+    case 'static-rotate-request':
+      return may('admin', `sys/db/${command.name.replace('/', '/static-roles/')}`);
+    case 'static-rotate-begin':
+    case 'static-rotate-done':
+      // The leader rotates; a client only asks for it (static-rotate-request).
+      return 'rotations are begun and finished by the leader, not named by a client';
     case 'lease-open':
     case 'lease-activate':
     case 'lease-revoked':

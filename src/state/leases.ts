@@ -10,6 +10,8 @@
  * own with its image inside the access part's.
  */
 
+import { STATIC_ROLE_OPS, StaticRoleBook, checkedStaticRoleCommand, type StaticRoleCommand } from './static-roles.ts';
+
 export const DB_NAME_PATTERN = /^[a-z][a-z0-9_-]{0,63}$/;
 export const LEASE_ID_PATTERN = /^[a-z][a-z0-9_-]{0,63}\/[a-z][a-z0-9_-]{0,63}\/[0-9a-f]{32}$/;
 /** A database user Coffer made: `v-ROLE-RANDOM-SECONDS`, lower case, at most 63 characters. */
@@ -80,7 +82,9 @@ export type LeaseCommand =
   /** Asked for (a client, or the leader for a pending lease that was never activated): the leader revokes them. */
   | { readonly op: 'lease-revoke'; readonly name: ''; readonly ids: readonly string[] }
   /** The leader's report that the database no longer has these users: the leases go. */
-  | { readonly op: 'lease-revoked'; readonly name: ''; readonly ids: readonly string[] };
+  | { readonly op: 'lease-revoked'; readonly name: ''; readonly ids: readonly string[] }
+  /** Static roles: existing users whose passwords are rotated (static-roles.ts). */
+  | StaticRoleCommand;
 
 export const LEASE_OPS: ReadonlySet<string> = new Set([
   'db-configure',
@@ -92,6 +96,7 @@ export const LEASE_OPS: ReadonlySet<string> = new Set([
   'lease-renew',
   'lease-revoke',
   'lease-revoked',
+  ...STATIC_ROLE_OPS,
 ]);
 
 export type LeaseOutcome =
@@ -105,9 +110,16 @@ export class LeaseBook {
   readonly databases = new Map<string, Database>();
   readonly roles = new Map<string, DbRole>();
   readonly leases = new Map<string, Lease>();
+  readonly statics = new StaticRoleBook();
 
   apply(command: LeaseCommand): LeaseOutcome {
     switch (command.op) {
+      case 'static-role-put':
+      case 'static-role-remove':
+      case 'static-rotate-request':
+      case 'static-rotate-begin':
+      case 'static-rotate-done':
+        return this.statics.apply(command, (db) => this.databases.has(db));
       case 'db-configure':
         if (!this.databases.has(command.name) && this.databases.size >= DATABASES_MAX)
           return { refused: 'LIMIT', reason: `at most ${DATABASES_MAX} databases` };
@@ -121,6 +133,12 @@ export class LeaseBook {
           return {
             refused: 'PRECONDITION',
             reason: `database "${command.name}" has ${held} leases: revoke them first (coffer lease revoke --prefix ${command.name})`,
+          };
+        const rotated = [...this.statics.roles.values()].filter((r) => r.db === command.name).length;
+        if (rotated > 0)
+          return {
+            refused: 'PRECONDITION',
+            reason: `database "${command.name}" has ${rotated} static roles: remove them first (coffer db static rm)`,
           };
         this.databases.delete(command.name);
         for (const key of [...this.roles.keys()]) if (key.startsWith(`${command.name}/`)) this.roles.delete(key);
@@ -207,14 +225,21 @@ export class LeaseBook {
   }
 
   snapshot(): unknown {
-    return [[...this.databases.values()], [...this.roles.entries()], [...this.leases.values()].map((l) => ({ ...l }))];
+    return [
+      [...this.databases.values()],
+      [...this.roles.entries()],
+      [...this.leases.values()].map((l) => ({ ...l })),
+      this.statics.snapshot(),
+    ];
   }
 
   restore(image: unknown): void {
-    const [databases = [], roles = [], leases = []] = (image ?? []) as [
+    // Images from before static roles have three elements.
+    const [databases = [], roles = [], leases = [], statics = []] = (image ?? []) as [
       Database[]?,
       Array<[string, DbRole]>?,
       Lease[]?,
+      unknown?,
     ];
     this.databases.clear();
     for (const db of databases) this.databases.set(db.name, db);
@@ -222,6 +247,7 @@ export class LeaseBook {
     for (const [name, role] of roles) this.roles.set(name, role);
     this.leases.clear();
     for (const lease of leases) this.leases.set(lease.id, { ...lease });
+    this.statics.restore(statics);
   }
 }
 
@@ -254,6 +280,7 @@ export function dbRoleProblem(role: Record<string, unknown>): string | null {
 
 /** A decoded lease command checked field by field (it came through the log), or what is wrong. */
 export function checkedLeaseCommand(c: Record<string, unknown>): LeaseCommand | string {
+  if (STATIC_ROLE_OPS.has(String(c['op']))) return checkedStaticRoleCommand(c);
   const name = c['name'];
   if (typeof name !== 'string') return 'a name is required';
   switch (c['op']) {

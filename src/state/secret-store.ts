@@ -22,6 +22,7 @@ import {
   type Refusal,
   type StatePart,
 } from './state-part.ts';
+import { STATIC_SECRET_NAME_PATTERN } from './static-roles.ts';
 import {
   IDENTITY_SECRETS_MAX,
   IDENTITY_VALUE_BYTES_MAX,
@@ -98,6 +99,8 @@ export interface VersionMetadata {
 export interface SecretMetadata {
   readonly name: string;
   readonly currentVersion: number;
+  /** The highest version ever written (a compare-and-set names it). */
+  readonly lastVersion: number;
   readonly versionsKept: number;
   readonly deleted: boolean;
   readonly createdAtMs: number;
@@ -1118,6 +1121,7 @@ function metadataOf(secret: SecretRecord): SecretMetadata {
   return {
     name: secret.name,
     currentVersion: secret.labels.get('current') ?? 0,
+    lastVersion: secret.lastVersion,
     versionsKept: secret.versionsKept,
     deleted: secret.deleted,
     createdAtMs: secret.createdAtMs,
@@ -1139,6 +1143,14 @@ function capabilitiesRefusal(
   name: string,
   capabilities: readonly Capability[],
 ): Refusal | null {
+  // A static database role's password: only its rotation writes it (a client's value, or a
+  // label moved, would have readers use a password the database does not accept).
+  if (capabilities.includes('write') && STATIC_SECRET_NAME_PATTERN.test(name))
+    return refusedAs(
+      'NAME_RESERVED',
+      `"${name}" holds a static database role's password: only its rotation writes it (coffer db rotate)`,
+      { path: name },
+    );
   for (const capability of capabilities) {
     if (!authority.decide(actor.name, capability, name).allowed)
       return refusedAs('POLICY_DENIED', `identity "${actor.name}" may not ${capability} "${name}"`, {

@@ -69,6 +69,7 @@ export const REFUSAL_REASON_CODES = {
   TOTP_REUSED: 'DENIED',
   GRANT_NOT_HELD: 'DENIED',
   JOIN_TOKEN_REFUSED: 'DENIED',
+  NAME_RESERVED: 'DENIED',
 } as const satisfies Record<string, RefusalCode>;
 export type RefusalReason = keyof typeof REFUSAL_REASON_CODES;
 

@@ -16,6 +16,7 @@ import {
   redactedUrl,
   renewUser,
 } from './postgres-engine.ts';
+import { isStaticRole, staticCredentials, staticRoleMethods } from './static-service.ts';
 
 const NAME_RULE = 'a database or role name is a lower-case letter then up to 63 of [a-z0-9_-]';
 /** How long Leases.Revoke waits for the leader to have revoked what it asked for. */
@@ -109,6 +110,7 @@ export function databaseServices(ctx: ServiceContext): {
   };
 
   const database: grpc.UntypedServiceImplementation = {
+    ...staticRoleMethods(ctx),
     configure: unary(ctx, 'Database.Configure', async (call: Call<{ name: string; url: string }>) => {
       const { name, url } = call.request;
       checkName(name, 'name');
@@ -170,6 +172,7 @@ export function databaseServices(ctx: ServiceContext): {
         const { db, role: roleName, ttlSeconds } = call.request;
         checkName(db, 'db');
         checkName(roleName, 'role');
+        if (isStaticRole(ctx, db, roleName)) return staticCredentials(ctx, call, db, roleName);
         const caller = authorize(ctx, call, 'read', `sys/db/${db}/creds/${roleName}`);
         await ctx.readPoint();
         const role = book.roles.get(`${db}/${roleName}`);

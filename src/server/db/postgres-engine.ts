@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto';
 import pg from 'pg';
+import { STATIC_USERNAME_PATTERN } from '../../state/static-roles.ts';
 
 /**
  * The PostgreSQL side of dynamic database credentials: with the admin connection string an
@@ -55,6 +56,9 @@ const PLACEHOLDER = /\{\{\s*([^{}]*?)\s*\}\}/g;
 const PASSWORD_FRAGMENT_MIN = 6;
 /** A message from the server or a socket is cut to this many characters. */
 const MESSAGE_CHARS_MAX = 300;
+
+/** The rotation of a static role's password when the role names none. */
+export const DEFAULT_ROTATION_SQL = `ALTER ROLE "{{name}}" WITH PASSWORD '{{password}}';`;
 
 /** The renewal run when a role names none: the role's password keeps working until the new time. */
 export const DEFAULT_RENEW_SQL = `ALTER ROLE "{{name}}" VALID UNTIL '{{expiration}}';`;
@@ -288,6 +292,58 @@ export async function revokeUser(config: DbConnectionConfig, templates: DbRoleTe
   });
 }
 
+/**
+ * Sets a static role's user's password: the rotation template (default DEFAULT_ROTATION_SQL)
+ * with {{name}} and {{password}}, in one transaction. `mayProceed` is asked before each statement
+ * and before COMMIT: once it says no (the rotation's time to send ran out), nothing more is sent
+ * and the transaction is dropped, so a late statement cannot land.
+ */
+export async function rotatePassword(
+  config: DbConnectionConfig,
+  rotationSql: string,
+  user: { readonly name: string; readonly password: string },
+  mayProceed: () => boolean,
+): Promise<void> {
+  const statements = templateStatements(
+    'rotation',
+    renderTemplate(rotationSql || DEFAULT_ROTATION_SQL, { name: user.name, password: user.password }),
+  );
+  await withSession(config, [user.password], (session) =>
+    inTransaction(session, 'rotation template', statements, mayProceed),
+  );
+}
+
+/** Refuses a rotation template that could not be run (DB_TEMPLATE_INVALID), without a database. */
+export function checkRotationTemplate(rotationSql: string): void {
+  const sample = { name: 'check_user', password: newPassword() };
+  const sql = rotationSql || DEFAULT_ROTATION_SQL;
+  const used = new Set([...sql.matchAll(PLACEHOLDER)].map((match) => match[1]));
+  for (const key of ['name', 'password'])
+    if (!used.has(key))
+      throw new DatabaseEngineError('DB_TEMPLATE_INVALID', `the rotation template must use {{${key}}}`);
+  templateStatements('rotation', renderTemplate(sql, sample));
+}
+
+/**
+ * Whether `name` is a user of the database, and whether it is the admin the URL logs in as (whose
+ * password Coffer must not rotate: it would lock itself out).
+ */
+export async function describeUser(
+  config: DbConnectionConfig,
+  name: string,
+): Promise<{ readonly exists: boolean; readonly isAdmin: boolean }> {
+  return withSession(config, [], async (session) => {
+    const result = await step(
+      session,
+      'SELECT rolname = current_user AS is_admin FROM pg_catalog.pg_roles WHERE rolname = $1',
+      [name],
+      'looking up the user',
+    );
+    const row = result.rows[0] as { is_admin?: unknown } | undefined;
+    return { exists: row !== undefined, isAdmin: row?.is_admin === true };
+  });
+}
+
 /** Connects as the admin and runs SELECT 1: DB_UNREACHABLE unless the URL works. */
 export async function checkConnection(config: DbConnectionConfig): Promise<void> {
   await withSession(config, [], (session) => step(session, 'SELECT 1', [], 'SELECT 1'));
@@ -322,8 +378,8 @@ function randomString(alphabet: string, length: number): string {
 }
 
 function assertUsername(name: string): void {
-  if (name.length > DB_USERNAME_MAX || !DB_USERNAME_PATTERN.test(name))
-    throw new TypeError('not a username newUsername makes: templates put it into SQL unquoted');
+  if (name.length > DB_USERNAME_MAX || !(DB_USERNAME_PATTERN.test(name) || STATIC_USERNAME_PATTERN.test(name)))
+    throw new TypeError('not a username newUsername makes nor a static role may name: templates put it into SQL');
 }
 
 function expirationOf(ms: number): string {
@@ -553,10 +609,25 @@ async function step(session: Session, sql: string, params: readonly unknown[], w
  * them: no parameters, so a `$1` in a template means what it means to PostgreSQL). On an error the
  * transaction is rolled back; if the connection is what failed, dropping it rolls back instead.
  */
-async function inTransaction(session: Session, what: string, statements: readonly Statement[]): Promise<void> {
+async function inTransaction(
+  session: Session,
+  what: string,
+  statements: readonly Statement[],
+  mayProceed: () => boolean = () => true,
+): Promise<void> {
   const { client, secrets } = session;
+  const stopIfLate = (): void => {
+    // Dropping the connection (close(), after this throws) rolls the transaction back.
+    if (!mayProceed())
+      throw new DatabaseEngineError(
+        'DB_UNREACHABLE',
+        `the ${what} ran out of its time to be sent; it was not committed`,
+      );
+  };
+  stopIfLate();
   await step(session, 'BEGIN', [], `BEGIN before the ${what}`);
   for (const [index, statement] of statements.entries()) {
+    stopIfLate();
     try {
       await client.query(statement.text);
     } catch (error) {
@@ -567,6 +638,7 @@ async function inTransaction(session: Session, what: string, statements: readonl
       throw unreachableOrRefused(error, `statement ${index + 1} of ${statements.length} of the ${what}`, secrets);
     }
   }
+  stopIfLate();
   try {
     await client.query('COMMIT');
   } catch (error) {

@@ -1,0 +1,151 @@
+import { ProposalRefused } from '../../manager/errors.ts';
+import { encodeAccessCommand } from '../../state/access-state.ts';
+import type { AppliedState } from '../../state/applied-state.ts';
+import { encodeSecretCommand } from '../../state/secret-store.ts';
+import {
+  STATIC_ROTATION_SEND_WINDOW_MS,
+  STATIC_ROTATION_SPACING_MS,
+  type PendingRotation,
+  type StaticRole,
+  staticSecretName,
+} from '../../state/static-roles.ts';
+import type { Logger } from '../../util/logger.ts';
+import type { StateCommand } from '../context.ts';
+import { DatabaseEngineError, newPassword, rotatePassword } from './postgres-engine.ts';
+
+/** Versions of a static role's secret kept: the password in use and the one before it. */
+export const STATIC_SECRET_VERSIONS_KEPT = 2;
+/** The longest pause between tries of a rotation whose database fails. */
+const ROTATION_RETRY_MAX_MS = 10_000;
+
+/**
+ * Where a rotation stops in a test, to stand for a crash at that point (the promise never
+ * settles, and the test stops the manager): after the begin is committed, after the database
+ * took the password, after the secret's version is written.
+ */
+export type RotationStep = 'begun' | 'database-set' | 'secret-written';
+
+export interface StaticRotatorOptions {
+  readonly state: AppliedState;
+  propose(command: StateCommand): Promise<unknown>;
+  /** The cluster's wall-clock time. */
+  readonly now: () => number;
+  readonly log: Logger;
+  /** Tests only: called after each step of a rotation. */
+  readonly failpoint?: (step: RotationStep) => Promise<void>;
+}
+
+/**
+ * The leader's rotations of static database roles' passwords (two-phase, see
+ * src/state/static-roles.ts): begins what is due, and finishes what a previous leader began.
+ * One role at a time; a database that fails is tried again 1 s, 2 s, 4 s ... up to 10 s later.
+ */
+export class StaticRotator {
+  readonly #o: StaticRotatorOptions;
+  readonly #retries = new Map<string, { failures: number; nextAtMs: number }>();
+
+  constructor(options: StaticRotatorOptions) {
+    this.#o = options;
+  }
+
+  async run(): Promise<void> {
+    const book = this.#o.state.access.leases.statics;
+    const monotonicMs = performance.now();
+    for (const role of book.due(this.#o.now())) {
+      const name = `${role.db}/${role.role}`;
+      if ((this.#retries.get(name)?.nextAtMs ?? 0) > monotonicMs) continue;
+      try {
+        await this.#rotate(role);
+        this.#retries.delete(name);
+      } catch (error) {
+        const failures = (this.#retries.get(name)?.failures ?? 0) + 1;
+        this.#retries.set(name, {
+          failures,
+          nextAtMs: performance.now() + Math.min(ROTATION_RETRY_MAX_MS, 1000 * 2 ** (failures - 1)),
+        });
+        this.#o.log.warn(
+          { event: 'static-rotation-failed', role: name, failures, err: error },
+          `rotating the password of static role ${name} failed (${failures} times); trying again`,
+        );
+      }
+    }
+  }
+
+  async #rotate(role: StaticRole): Promise<void> {
+    const { state, log } = this.#o;
+    const name = `${role.db}/${role.role}`;
+    const database = state.access.leases.databases.get(role.db);
+    if (database === undefined) return; // a database with static roles cannot be removed; defensive
+    const pending = await this.#pendingToSend(role);
+    if (pending === null) return; // not yet: the spacing since the last begin
+    await this.#step('begun');
+    const { startedAtMs, password, baseVersion } = pending;
+    await rotatePassword(
+      { url: database.url },
+      role.rotationSql,
+      { name: role.username, password },
+      () => this.#o.now() - startedAtMs < STATIC_ROTATION_SEND_WINDOW_MS,
+    );
+    await this.#step('database-set');
+    const secretName = staticSecretName(role.db, role.role);
+    try {
+      await this.#o.propose(
+        encodeSecretCommand({
+          op: 'put',
+          name: secretName,
+          value: Buffer.from(password, 'utf8'),
+          cas: baseVersion,
+          expireAtMs: null,
+          versionsKept: STATIC_SECRET_VERSIONS_KEPT,
+          nowMs: this.#o.now(),
+        }),
+      );
+    } catch (error) {
+      // Only rotations write this secret: a version past the base is this rotation's, written
+      // before a crash (a leader that finishes another's rotation gets here).
+      if (!(error instanceof ProposalRefused && error.code === 'CAS_MISMATCH')) throw error;
+    }
+    await this.#step('secret-written');
+    await this.#o.propose(encodeAccessCommand({ op: 'static-rotate-done', name, startedAtMs, nowMs: this.#o.now() }));
+    log.info(
+      { event: 'static-role-rotated', role: name, username: role.username },
+      `rotated the password of ${role.username} (static role ${name})`,
+    );
+  }
+
+  /**
+   * The rotation to send now: the pending one while its window lasts, else a new one begun
+   * (through the log) once the spacing since the last begin allows; null while it does not.
+   */
+  async #pendingToSend(role: StaticRole): Promise<PendingRotation | null> {
+    const nowMs = this.#o.now();
+    if (role.pending !== null && nowMs - role.pending.startedAtMs < STATIC_ROTATION_SEND_WINDOW_MS) return role.pending;
+    if (role.lastBeganAtMs !== 0 && nowMs < role.lastBeganAtMs + STATIC_ROTATION_SPACING_MS) return null;
+    const name = `${role.db}/${role.role}`;
+    const secrets = this.#o.state.secrets;
+    const secretName = staticSecretName(role.db, role.role);
+    let baseVersion = 0;
+    try {
+      baseVersion = secrets.metadata(secretName).lastVersion;
+    } catch {
+      // Not written yet: the first rotation's version is 1.
+    }
+    if (role.pending !== null)
+      log(this.#o.log, name, 'a rotation ran out of its time to reach the database; beginning it again');
+    await this.#o.propose(
+      encodeAccessCommand({ op: 'static-rotate-begin', name, password: newPassword(), nowMs, baseVersion }),
+    );
+    const begun = this.#o.state.access.leases.statics.roles.get(name)?.pending ?? null;
+    if (begun === null || begun.startedAtMs !== nowMs)
+      throw new DatabaseEngineError('DB_UNREACHABLE', `the rotation of ${name} was not recorded as begun`);
+    return begun;
+  }
+
+  async #step(step: RotationStep): Promise<void> {
+    if (this.#o.failpoint !== undefined) await this.#o.failpoint(step);
+  }
+}
+
+function log(logger: Logger, role: string, message: string): void {
+  logger.warn({ event: 'static-rotation-restarted', role }, `static role ${role}: ${message}`);
+}
