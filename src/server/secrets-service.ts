@@ -1,5 +1,5 @@
 import { STATIC_SECRET_NAME_PATTERN } from '../state/static-roles.ts';
-import { awaitStaticRotation } from './db/static-service.ts';
+import { awaitStaticRotation } from './db/static-role-methods.ts';
 import type * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import {

@@ -16,7 +16,7 @@ import {
   redactedUrl,
   renewUser,
 } from './postgres-engine.ts';
-import { isStaticRole, staticCredentials, staticRoleMethods } from './static-service.ts';
+import { isStaticRole, staticCredentials, staticRoleMethods } from './static-role-methods.ts';
 
 const NAME_RULE = 'a database or role name is a lower-case letter then up to 63 of [a-z0-9_-]';
 /** How long Leases.Revoke waits for the leader to have revoked what it asked for. */

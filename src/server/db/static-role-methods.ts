@@ -207,6 +207,8 @@ export function staticRoleMethods(ctx: ServiceContext): grpc.UntypedServiceImple
       const { db, role } = call.request;
       checkNames(db, role);
       const caller = authorize(ctx, call, 'admin', `sys/db/${db}/static-roles/${role}`);
+      await ctx.readPoint();
+      existing(db, role);
       await write({ op: 'static-role-remove', name: `${db}/${role}` }, caller);
       return { name: `${db}/${role}`, urlRedacted: '' };
     }),
