@@ -12,7 +12,12 @@ export interface MetricsSource {
   /** What this manager adds to its host clock to read the cluster's time, ms (cluster-clock.ts). */
   clockOffsetMs(): number;
   /** Leases held, and those past their end (by LEASE_OVERDUE_MS) that the leader has not revoked yet. */
-  leases(): { held: number; overdue: number };
+  /**
+   * Leases held, and those past their end (by LEASE_OVERDUE_MS) that the leader has not revoked
+   * yet; static roles whose rotation is pending or due for as long (their password is not served
+   * while pending).
+   */
+  leases(): { held: number; overdue: number; rotationsOverdue: number };
   transport(): {
     messagesSent: number;
     messagesDropped: number;
@@ -91,6 +96,11 @@ export class NodeMetrics implements ReplicaObserver {
       'coffer_leases_overdue',
       'Leases past their end by 30 s or more that are not revoked yet (their database cannot be reached, say).',
       (s) => s.leases().overdue,
+    );
+    live(
+      'coffer_static_rotations_overdue',
+      "Static database roles whose password rotation is pending or due for 30 s or more (their database cannot be reached, say; a pending one's password is not served).",
+      (s) => s.leases().rotationsOverdue,
     );
     live('coffer_peer_messages_sent_total', 'Raft messages sent to peers.', (s) => s.transport().messagesSent);
     live(

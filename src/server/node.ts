@@ -32,6 +32,7 @@ import { isDiskFull } from '../util/disk-full.ts';
 import { DISK_FREE_RESUME_BYTES, watchDiskSpace } from './disk-space.ts';
 import { ClockProbe } from './clock-probe.ts';
 import type { RotationStep } from './db/static-rotation.ts';
+import { StaticRoleBook } from '../state/static-roles.ts';
 import { CLOCK_PROBE_INTERVAL_MS, ClusterClock } from './cluster-clock.ts';
 import { normalizeExtraHosts } from './manager-hosts.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
@@ -403,7 +404,15 @@ export class CofferNode {
         const overdueBefore = (node?.clock.now() ?? Date.now()) - LEASE_OVERDUE_MS;
         let overdue = 0;
         for (const lease of leases.values()) if (lease.expiresAtMs < overdueBefore) overdue++;
-        return { held: leases.size, overdue };
+        let rotationsOverdue = 0;
+        for (const role of state.access.leases.statics.roles.values()) {
+          // A role never rotated begins within a second (and is pending from then on).
+          const since =
+            role.pending?.startedAtMs ??
+            (role.lastRotatedAtMs === 0 ? Number.POSITIVE_INFINITY : StaticRoleBook.nextRotationAtMs(role));
+          if (since < overdueBefore) rotationsOverdue++;
+        }
+        return { held: leases.size, overdue, rotationsOverdue };
       },
       transport: () => transport.stats,
     });
