@@ -45,7 +45,7 @@ let crashRolesMadeAtMs = 0;
 before(async () => {
   pgDir = mkdtempSync(join(tmpdir(), 'coffer-pg-'));
   pg = await TestPostgres.start(pgDir);
-  for (const user of ['app_owner', 'scheduled', ...STEPS.map(crashUser)])
+  for (const user of ['app_owner', 'scheduled', 'downtime', ...STEPS.map(crashUser)])
     await pg.query(`CREATE ROLE ${user} LOGIN PASSWORD '${INITIAL_PASSWORD}'`);
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -67,6 +67,7 @@ before(async () => {
       rotationPeriodSeconds: 3600,
     });
   await admin.putStaticRole({ db: 'main', role: 'scheduled', username: 'scheduled', rotationPeriodSeconds: 60 });
+  await admin.putStaticRole({ db: 'main', role: 'downtime', username: 'downtime', rotationPeriodSeconds: 3600 });
   firstScheduled = await labelled('scheduled');
   crashRolesMadeAtMs = Date.now();
 });
@@ -237,6 +238,41 @@ test('a manager crash at each step of a rotation: the next leader finishes it; r
         : undefined,
     );
   }
+});
+
+test('the database down during a rotation: the password is not served; once it is back, a new begin finishes it', {
+  timeout: 120_000,
+}, async () => {
+  const before = await labelled('downtime');
+  const stoppedAtMs = Date.now();
+  await pg.stopServer();
+  const requested = admin.rotateStaticRole('main', 'downtime').catch((e: unknown) => code(e));
+  try {
+    // Its begin is in the log, the database never took the password: nobody gets one meanwhile.
+    await eventually('the rotation to be pending', 30_000, async () =>
+      (await admin.getStaticRole('main', 'downtime')).rotationInProgress ? true : undefined,
+    );
+    const read = await admin.getCredentials('main', 'downtime').then(
+      () => 'handed out',
+      (e: unknown) => code(e),
+    );
+    assert.equal(read, `${grpc.status.UNAVAILABLE}/ROTATION_IN_PROGRESS`);
+    // Past its 10 s to reach the database: that password may never be sent any more.
+    await new Promise((resolve) => setTimeout(resolve, 11_000));
+  } finally {
+    await pg.restart();
+  }
+  await requested;
+  await eventually('the rotation begun again and finished', 60_000, async () => {
+    const role = await admin.getStaticRole('main', 'downtime');
+    return !role.rotationInProgress && role.lastRotatedAtMs >= stoppedAtMs ? true : undefined;
+  });
+  const after = await labelled('downtime');
+  assert.notEqual(after.current, before.current);
+  assert.equal(after.previous, before.current);
+  assert.equal(await pg.canLogin('downtime', after.current), true);
+  assert.equal(await pg.canLogin('downtime', before.current), false);
+  assert.match(logs, /static-rotation-restarted/);
 });
 
 test('on demand and on schedule: coffer db rotate, then the period; previous is the password before', {

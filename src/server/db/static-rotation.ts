@@ -51,13 +51,17 @@ export class StaticRotator {
   async run(): Promise<void> {
     const book = this.#o.state.access.leases.statics;
     const monotonicMs = performance.now();
+    // A database that cannot be reached is not asked again in this run (each try may wait out a
+    // connect timeout): its other roles wait for the next.
+    const unreachable = new Set<string>();
     for (const role of book.due(this.#o.now())) {
       const name = `${role.db}/${role.role}`;
-      if ((this.#retries.get(name)?.nextAtMs ?? 0) > monotonicMs) continue;
+      if (unreachable.has(role.db) || (this.#retries.get(name)?.nextAtMs ?? 0) > monotonicMs) continue;
       try {
         await this.#rotate(role);
         this.#retries.delete(name);
       } catch (error) {
+        if (error instanceof DatabaseEngineError && error.code === 'DB_UNREACHABLE') unreachable.add(role.db);
         const failures = (this.#retries.get(name)?.failures ?? 0) + 1;
         this.#retries.set(name, {
           failures,
