@@ -4,17 +4,14 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { coffer, eventually } from '../processes/processes.ts';
-
-const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+import { CLI_ARGV, coffer, eventually } from '../processes/processes.ts';
 
 /** `coffer dev` with its stdin open (Enter restarts managers) and its output collected. */
 class DevRun {
   readonly child: ChildProcess;
   output = '';
   constructor(args: string[]) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', CLI, 'dev', ...args], {
+    this.child = spawn(process.execPath, [...CLI_ARGV, 'dev', ...args], {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     this.child.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));

@@ -4,6 +4,7 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
+import { CLI_ARGV } from '../processes/processes.ts';
 
 /**
  * docker compose without Docker: each service of a compose file runs as a local process, its
@@ -24,7 +25,6 @@ import { parse } from 'yaml';
  */
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = join(REPO, 'src/cli/main.ts');
 /** The users of the base image (node:20-slim's /etc/passwd) a Dockerfile's USER may name. */
 const IMAGE_USERS: Readonly<Record<string, { uid: number; gid: number }>> = { node: { uid: 1000, gid: 1000 } };
 /** Programs of the base image the harness runs besides coffer (as `docker compose run --entrypoint`). */
@@ -217,7 +217,7 @@ export function loadCompose(
         throw new Error(
           `service ${name}: the harness runs the coffer command and ${[...IMAGE_TOOLS].join(', ')} only, not ${argv[0]}`,
         );
-      return [process.execPath, '--import', 'tsx', CLI, ...argv.slice(1)];
+      return [process.execPath, ...CLI_ARGV, ...argv.slice(1)];
     };
     /** The local argv of a command in this container: the program, then each argument rewritten. */
     const argv = (command: readonly string[]): string[] => {

@@ -5,11 +5,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { ClientError, type LeaseReply } from '../../src/client/client.ts';
 import { type IssuedCredentials, type KeeperClock, type LeaseApi, LeaseKeeper } from '../../src/cli/lease-keeper.ts';
-import { coffer } from '../processes/processes.ts';
+import { CLI_ARGV, coffer } from '../processes/processes.ts';
 import { DbCluster } from './support/db-cluster.ts';
 
 // `coffer run --creds PREFIX=DB/ROLE`: the child gets a database user under a lease, renewed while
@@ -257,7 +256,6 @@ describe('the lease keeper (a fake clock)', () => {
 
 // ---- coffer run --creds, the real CLI against PostgreSQL -------------------------------------------
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 /** The child scripts load pg by its path: they run with no node_modules of their own. */
 const PG_MODULE = createRequire(import.meta.url).resolve('pg');
 
@@ -395,7 +393,7 @@ setTimeout(async () => {
   }, async () => {
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', CLI, 'run', '--creds', 'PG=main/app', '--', 'sh', '-c', 'echo ready; exec sleep 30'],
+      [...CLI_ARGV, 'run', '--creds', 'PG=main/app', '--', 'sh', '-c', 'echo ready; exec sleep 30'],
       { env: { ...process.env, ...db.adminEnv() }, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let stdout = '';
