@@ -120,6 +120,10 @@ describe('usernames, passwords, templates and URLs', () => {
     // Values not of their form never reach SQL: a bug of the caller.
     assert.throws(() => renderTemplate('{{name}}', { name: 'x"; DROP TABLE t; --' }), TypeError);
     assert.throws(() => renderTemplate('{{name}}', { name: 'V-APP-1' }), TypeError);
+    // A static role's user is an existing one: upper case may be, a quote of either kind never.
+    assert.equal(renderTemplate('"{{name}}"', { name: 'App_Owner.2' }, 'static'), '"App_Owner.2"');
+    for (const crafted of ['bob"; DROP ROLE x; --', "o'hara", 'a\\b', ''])
+      assert.throws(() => renderTemplate('{{name}}', { name: crafted }, 'static'), TypeError);
     assert.throws(() => renderTemplate('{{password}}', { name, password: "pw'" + 'a'.repeat(20) }), TypeError);
     assert.throws(() => renderTemplate('{{expiration}}', { name, expiration: "2030-01-01' OR 1=1" }), TypeError);
     assert.throws(() => renderTemplate('{{expiration}}', { name, expiration: '2030-01-01T00:00:00' }), TypeError);

@@ -123,7 +123,7 @@ test('a static role takes over an existing user: rotated at once, the password i
   assert.ok(!logs.includes(creds.password));
 });
 
-test('refused: a user that does not exist, the admin Coffer logs in as, a second role on one user, a client writing the secret', {
+test('refused: a user that does not exist, the admin Coffer logs in as, a superuser or role administrator, a client writing the secret', {
   timeout: 60_000,
 }, async () => {
   const missing = await admin
@@ -140,6 +140,18 @@ test('refused: a user that does not exist, the admin Coffer logs in as, a second
       (e: unknown) => `${code(e)} ${(e as Error).message}`,
     );
   assert.match(self, /^3\/INVALID_ARGUMENT .*lock Coffer out/);
+  await pg.query(`CREATE ROLE boss LOGIN SUPERUSER PASSWORD '${INITIAL_PASSWORD}'`);
+  await pg.query(`CREATE ROLE hr LOGIN CREATEROLE PASSWORD '${INITIAL_PASSWORD}'`);
+  for (const username of ['boss', 'hr']) {
+    const privileged = await admin
+      .putStaticRole({ db: 'main', role: username, username, rotationPeriodSeconds: 3600 })
+      .then(
+        () => 'made',
+        (e: unknown) => `${code(e)} ${(e as Error).message}`,
+      );
+    assert.match(privileged, /^3\/INVALID_ARGUMENT .*superuser or may create roles/);
+    assert.equal(await pg.canLogin(username, INITIAL_PASSWORD), true);
+  }
   const short = await admin
     .putStaticRole({ db: 'main', role: 'short', username: 'scheduled', rotationPeriodSeconds: 5 })
     .then(

@@ -165,8 +165,9 @@ export function newPassword(): string {
 export function renderTemplate(
   sql: string,
   values: { readonly name: string; readonly password?: string; readonly expiration?: string },
+  nameRule: NameRule = 'generated',
 ): string {
-  assertUsername(values.name);
+  assertUsername(values.name, nameRule);
   if (values.password !== undefined && !PASSWORD_PATTERN.test(values.password))
     throw new TypeError('renderTemplate: the password is not one newPassword makes');
   if (
@@ -306,7 +307,7 @@ export async function rotatePassword(
 ): Promise<void> {
   const statements = templateStatements(
     'rotation',
-    renderTemplate(rotationSql || DEFAULT_ROTATION_SQL, { name: user.name, password: user.password }),
+    renderTemplate(rotationSql || DEFAULT_ROTATION_SQL, { name: user.name, password: user.password }, 'static'),
   );
   await withSession(config, [user.password], (session) =>
     inTransaction(session, 'rotation template', statements, mayProceed),
@@ -321,26 +322,28 @@ export function checkRotationTemplate(rotationSql: string): void {
   for (const key of ['name', 'password'])
     if (!used.has(key))
       throw new DatabaseEngineError('DB_TEMPLATE_INVALID', `the rotation template must use {{${key}}}`);
-  templateStatements('rotation', renderTemplate(sql, sample));
+  templateStatements('rotation', renderTemplate(sql, sample, 'static'));
 }
 
 /**
- * Whether `name` is a user of the database, and whether it is the admin the URL logs in as (whose
- * password Coffer must not rotate: it would lock itself out).
+ * Whether `name` is a user of the database; whether it is the admin the URL logs in as (whose
+ * password Coffer must not rotate: it would lock itself out); whether it may administer roles (a
+ * superuser, CREATEROLE, or the right to bypass row security: whoever may read its password would
+ * hold that power).
  */
 export async function describeUser(
   config: DbConnectionConfig,
   name: string,
-): Promise<{ readonly exists: boolean; readonly isAdmin: boolean }> {
+): Promise<{ readonly exists: boolean; readonly isAdmin: boolean; readonly isPrivileged: boolean }> {
   return withSession(config, [], async (session) => {
     const result = await step(
       session,
-      'SELECT rolname = current_user AS is_admin FROM pg_catalog.pg_roles WHERE rolname = $1',
+      'SELECT rolname = current_user AS is_admin, (rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication) AS privileged FROM pg_catalog.pg_roles WHERE rolname = $1',
       [name],
       'looking up the user',
     );
-    const row = result.rows[0] as { is_admin?: unknown } | undefined;
-    return { exists: row !== undefined, isAdmin: row?.is_admin === true };
+    const row = result.rows[0] as { is_admin?: unknown; privileged?: unknown } | undefined;
+    return { exists: row !== undefined, isAdmin: row?.is_admin === true, isPrivileged: row?.privileged === true };
   });
 }
 
@@ -377,9 +380,17 @@ function randomString(alphabet: string, length: number): string {
   return out;
 }
 
-function assertUsername(name: string): void {
-  if (name.length > DB_USERNAME_MAX || !(DB_USERNAME_PATTERN.test(name) || STATIC_USERNAME_PATTERN.test(name)))
-    throw new TypeError('not a username newUsername makes nor a static role may name: templates put it into SQL');
+/** 'generated': a name newUsername made; 'static': an existing user a static role names (no quote of either kind). */
+type NameRule = 'generated' | 'static';
+
+function assertUsername(name: string, rule: NameRule): void {
+  const pattern = rule === 'generated' ? DB_USERNAME_PATTERN : STATIC_USERNAME_PATTERN;
+  if (name.length > DB_USERNAME_MAX || !pattern.test(name))
+    throw new TypeError(
+      rule === 'generated'
+        ? 'not a username newUsername makes: templates put it into SQL'
+        : "not a static role's username: templates put it into SQL",
+    );
 }
 
 function expirationOf(ms: number): string {

@@ -192,6 +192,15 @@ export function staticRoleMethods(ctx: ServiceContext): grpc.UntypedServiceImple
           `"${config.username}" is the user Coffer logs in to database "${m.db}" as: rotating its password would lock Coffer out`,
           { field: 'username' },
         );
+      // Whoever may read a static role's password holds its user's rights: a user that
+      // administers the database is not handed over this way (a delegated admin of static roles
+      // would make itself superuser). Such a password stays with the people who hold it.
+      if (user.isPrivileged)
+        throw refuse(
+          'INVALID_ARGUMENT',
+          `"${config.username}" is a superuser or may create roles, bypass row security or replicate: Coffer does not take over such users' passwords`,
+          { field: 'username' },
+        );
       await write({ op: 'static-role-put', name: `${m.db}/${m.role}`, staticRole: config }, caller);
       const { role } = await waitFor(m.db, m.role, FIRST_ROTATION_WAIT_MS, (r) => r.lastRotatedAtMs !== 0);
       return reply(role, role.lastRotatedAtMs !== 0);
