@@ -642,7 +642,9 @@ export function clusterCommands(): Command {
 export function keyCommands(): Command {
   const key = new Command('key').description('the keyring: data keys, the root key and the unlock key');
   addClientOptions(key.command('status'))
-    .description('the active data key term, live and destroyed terms, root and unlock generations')
+    .description(
+      'the active data key term, live and destroyed terms, root and unlock generations, the rotation schedule',
+    )
     .action(async (flags: ClientFlags) => {
       const s = await withClient(flags, (c) => c.keyStatus());
       print(flags, s, () =>
@@ -654,8 +656,26 @@ export function keyCommands(): Command {
             ? 'no rewrap yet'
             : `last rewrap at index ${s.lastRewrapIndex} under term ${s.lastRewrapTerm}`,
           `records sealed per term: ${s.recordsByTerm.map((r) => `term ${r.term}: ${r.records}`).join(', ') || 'none'}`,
+          keyScheduleText(s.schedulePeriodMs, s.nextRotationAtMs),
         ].join('\n'),
       );
+    });
+  addClientOptions(key.command('schedule'))
+    .description(
+      'rotate the data key, then rewrap, every --every (1h to 365d; e.g. 30d), done by the leader; --off ends it',
+    )
+    .option(
+      '--every <duration>',
+      'how old the data key may get (e.g. 30d, 12h; at least 1h, at most 365d)',
+      durationSeconds,
+    )
+    .option('--off', 'no scheduled rotation')
+    .action(async (flags: ClientFlags & { every?: number; off?: boolean }) => {
+      if ((flags.every === undefined) === (flags.off !== true))
+        throw new InvalidArgumentError('give --every DURATION (e.g. --every 30d) or --off');
+      const periodMs = flags.off === true ? null : flags.every! * 1000;
+      const reply = await withClient(flags, (c) => c.keySchedule(periodMs));
+      print(flags, reply, () => keyScheduleText(reply.periodMs, reply.nextRotationAtMs));
     });
   const simple = (name: string, op: 'rotate' | 'rewrap' | 'rotateRoot', description: string) =>
     addClientOptions(key.command(name))
@@ -700,6 +720,25 @@ export function keyCommands(): Command {
     .description('a new unlock key for every manager (turns autolock on); printed once')
     .action(async (flags: ClientFlags) => rotateUnlock(flags, 'unlock key'));
   return key;
+}
+
+/** The data key's rotation schedule, as `coffer key status` and `coffer key schedule` print it. */
+function keyScheduleText(periodMs: number, nextRotationAtMs: number): string {
+  if (periodMs === 0) return 'scheduled rotation: off (coffer key schedule --every 30d)';
+  const next = nextRotationAtMs <= Date.now() ? 'due now' : `next due ${new Date(nextRotationAtMs).toISOString()}`;
+  return `scheduled rotation: every ${durationText(periodMs)}, then a rewrap; ${next}`;
+}
+
+/** A duration in ms in the largest unit that divides it whole (`30d`, `36h`, `90m`, `5s`, `1500ms`). */
+function durationText(ms: number): string {
+  for (const [unit, unitMs] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const)
+    if (ms % unitMs === 0) return `${ms / unitMs}${unit}`;
+  return `${ms}ms`;
 }
 
 /**

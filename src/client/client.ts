@@ -638,6 +638,15 @@ export class CofferClient {
     return this.call('Keys', 'rotateUnlock', { unlockKey }, false);
   }
 
+  /**
+   * The data key's scheduled rotation: every `periodMs` (1 hour to 365 days) the leader rotates
+   * the data key and rewraps; null turns it off. Answers with the schedule as applied and when
+   * the next rotation is due (0s when off).
+   */
+  keySchedule(periodMs: number | null): Promise<{ periodMs: number; nextRotationAtMs: number }> {
+    return this.call('Keys', 'schedule', periodMs === null ? { off: true } : { periodMs }, true);
+  }
+
   /** Backups made from now on open with the recovery key of this X25519 public key. */
   rotateRecovery(publicKey: Buffer): Promise<object> {
     return this.call('Keys', 'rotateRecovery', { publicKey }, false);
@@ -741,6 +750,10 @@ export class CofferClient {
     lastRewrapIndex: number;
     lastRewrapTerm: number;
     recordsByTerm: Array<{ term: number; records: number }>;
+    /** The data key's rotation schedule, 0 when there is none (coffer key schedule). */
+    schedulePeriodMs: number;
+    /** When the next scheduled rotation is due, 0 without a schedule. */
+    nextRotationAtMs: number;
   }> {
     return this.call('Keys', 'status', {}, true);
   }

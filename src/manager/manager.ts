@@ -31,7 +31,12 @@ export interface ManagerOptions<Result> {
   readonly bootstrapVoters?: readonly NodeId[];
   readonly logger?: Logger;
   readonly tickIntervalMs?: number;
-  readonly keyRotationIntervalMs?: number;
+  /**
+   * How old the active data key may get before the leader rotates it (default
+   * KEY_ROTATION_INTERVAL_MS); a function is asked each time (a schedule the replicated state
+   * holds). Infinity: never by age (a key near its use limit is still rotated).
+   */
+  readonly keyRotationIntervalMs?: number | (() => number);
   readonly nowMs?: () => number;
   readonly raft?: Partial<Omit<RaftConfigInput, 'id' | 'random'>>;
   readonly snapshotEveryEntries?: number;
@@ -337,7 +342,8 @@ export class Manager<Result> {
   #maybeRotate(running: Running<Result>): void {
     if (this.#rotationInFlight || running.replica.raw.basicStatus().role !== 'leader') return;
     const nowMs = this.#now();
-    if (!running.barrier.needsRotation(nowMs, this.#options.keyRotationIntervalMs ?? KEY_ROTATION_INTERVAL_MS)) return;
+    const interval = this.#options.keyRotationIntervalMs ?? KEY_ROTATION_INTERVAL_MS;
+    if (!running.barrier.needsRotation(nowMs, typeof interval === 'function' ? interval() : interval)) return;
     this.#rotationInFlight = true;
     running.replica
       .propose(running.barrier.rotatePayload(nowMs))

@@ -11,6 +11,7 @@ import type { StateCommand } from './context.ts';
 import type { NodeConfig } from './node-config.ts';
 import { DatabaseEngineError, revokeUser } from './db/postgres-engine.ts';
 import { type RotationStep, StaticRotator } from './db/static-rotation.ts';
+import type { KeySchedule } from './key-schedule.ts';
 import { ADMIN_IDENTITY } from './rpc.ts';
 
 export interface LeaderDutiesOptions {
@@ -25,6 +26,8 @@ export interface LeaderDutiesOptions {
   readonly log: Logger;
   /** Tests only: where a static role's rotation stops, standing for a crash (static-rotation.ts). */
   readonly rotationFailpoint?: (step: RotationStep) => Promise<void>;
+  /** The data key's scheduled rotation and rewrap, through the proposer's keyOperation (key-schedule.ts). */
+  readonly keySchedule: Pick<KeySchedule, 'run'>;
 }
 
 /**
@@ -160,6 +163,7 @@ export class LeaderDuties {
           ),
         )
         .finally(() => (this.#rotating = null));
+    await this.#o.keySchedule.run();
     await this.#reseal();
   }
 

@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { randomInt } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import type { AuditLog } from '../audit/audit-log.ts';
-import { Manager } from '../manager/manager.ts';
+import { KEY_ROTATION_INTERVAL_MS, Manager } from '../manager/manager.ts';
 import { Proposer } from '../manager/proposer.ts';
 import { NodeMetrics } from '../metrics/metrics.ts';
 import type { ConfChange, NodeId } from '../raft/types.ts';
@@ -27,6 +27,7 @@ import { ClusterCa, type SigningCa } from './cluster-ca.ts';
 import { type AppliedOk, type ServiceContext, type StateCommand, signingOrUnavailable } from './context.ts';
 import { ServiceError } from './errors.ts';
 import { HealthService } from './health.ts';
+import { KeySchedule, type KeyScheduleStep } from './key-schedule.ts';
 import { LeaderDuties } from './leader-duties.ts';
 import { isDiskFull } from '../util/disk-full.ts';
 import { DISK_FREE_RESUME_BYTES, watchDiskSpace } from './disk-space.ts';
@@ -89,6 +90,13 @@ export interface NodeOptions {
   readonly onFatal?: (error: Error) => void;
   /** Tests only: where a static role's password rotation stops, standing for a crash at that step. */
   readonly rotationFailpoint?: (step: RotationStep) => Promise<void>;
+  /** Tests only: where the data key's scheduled rotation stops, standing for a crash at that step. */
+  readonly keyScheduleFailpoint?: (step: KeyScheduleStep) => Promise<void>;
+  /**
+   * Tests only: the cluster clock (a test moves the cluster's time with one of its own, rather
+   * than waiting an hour for a scheduled rotation). Default: a ClusterClock of this host's clocks.
+   */
+  readonly clock?: ClusterClock;
   /**
    * The disk filled and this manager stopped on it (it stays up meanwhile, refusing requests with
    * DISK_FULL, health NOT_SERVING saying why); now DISK_FREE_RESUME_BYTES are free again and it
@@ -139,8 +147,11 @@ export class CofferNode {
   #clockProbing: NodeJS.Timeout | null = null;
   /** While the disk is full: watches for space to come back (disk-space.ts). */
   #diskWatch: { stop(): void } | null = null;
-  /** The cluster's wall-clock time: the median of the members' clocks (cluster-clock.ts). */
-  readonly clock = new ClusterClock();
+  /**
+   * The cluster's wall-clock time: the median of the members' clocks (cluster-clock.ts). The
+   * keyring stamps new data keys with it, so the key schedule judges their age by the same clock.
+   */
+  readonly clock: ClusterClock;
   #housekeepingBusy = false;
   #listener: GuardedListener | null = null;
   #metricsServer: HttpServer | null = null;
@@ -155,14 +166,16 @@ export class CofferNode {
       transport: PeerTransport;
       trust: PeerTrust;
       cas: ClusterCa;
+      clock: ClusterClock;
     },
     own: { certPem: string; keyPem: string },
     log: Logger,
     audit: AuditLog,
     metrics: NodeMetrics,
   ) {
-    const { manager, state, transport, trust, cas } = parts;
+    const { manager, state, transport, trust, cas, clock } = parts;
     this.#options = options;
+    this.clock = clock;
     this.config = config;
     this.manager = manager;
     this.state = state;
@@ -218,6 +231,14 @@ export class CofferNode {
       now: () => this.clock.now(),
       log,
       ...(options.rotationFailpoint === undefined ? {} : { rotationFailpoint: options.rotationFailpoint }),
+      keySchedule: new KeySchedule({
+        cluster: state.cluster,
+        manager,
+        keyOperation: (operation) => this.proposer.keyOperation(operation),
+        now: () => this.clock.now(),
+        log,
+        ...(options.keyScheduleFailpoint === undefined ? {} : { failpoint: options.keyScheduleFailpoint }),
+      }),
     });
     this.#anchoring = new AuditAnchoring({
       nodeId: config.nodeId,
@@ -323,6 +344,7 @@ export class CofferNode {
     const log = options.logger ?? createLogger({ component: `manager-${config.nodeId}` });
     const state = new AppliedState({ store: await new DataDir(options.dataDir).openStateStore() });
     const metrics = new NodeMetrics({ nodeId: config.nodeId, clusterId: config.clusterId });
+    const clock = options.clock ?? new ClusterClock();
     let node: CofferNode | null = null;
     const bootstrapPeers = new Map(config.peers.map(([id, address]) => [id, address]));
     const trust: PeerTrust = new PeerTrust({
@@ -357,6 +379,11 @@ export class CofferNode {
       peers: transport,
       inner: state,
       random: new SeededRandom(randomInt(2 ** 31)),
+      // New data keys are stamped with the cluster's time, which the key schedule reads.
+      nowMs: () => clock.now(),
+      // With a schedule (coffer key schedule), it alone rotates by age, then rewraps (key-schedule.ts).
+      keyRotationIntervalMs: () =>
+        state.cluster.keySchedulePeriodMs === null ? KEY_ROTATION_INTERVAL_MS : Number.POSITIVE_INFINITY,
       ...(config.bootstrap ? { bootstrapVoters: [config.nodeId] } : {}),
       logger: log,
       ...(options.tickIntervalMs === undefined ? {} : { tickIntervalMs: options.tickIntervalMs }),
@@ -446,7 +473,7 @@ export class CofferNode {
       const started = await CofferNode.#serve(
         options,
         config,
-        { manager, state, transport, trust },
+        { manager, state, transport, trust, clock },
         log,
         metrics,
         (made) => (node = made),
@@ -471,7 +498,13 @@ export class CofferNode {
   static async #serve(
     options: NodeOptions,
     config: NodeConfig,
-    parts: { manager: Manager<AppliedResult>; state: AppliedState; transport: PeerTransport; trust: PeerTrust },
+    parts: {
+      manager: Manager<AppliedResult>;
+      state: AppliedState;
+      transport: PeerTransport;
+      trust: PeerTrust;
+      clock: ClusterClock;
+    },
     log: Logger,
     metrics: NodeMetrics,
     made: (node: CofferNode) => void,

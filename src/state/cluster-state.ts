@@ -30,6 +30,20 @@ export interface MemberKey {
 export const MEMBER_KEYS_MAX = 2;
 /** CAs trusted at once: the active one and, during a rotation, the one it replaces. */
 export const CAS_MAX = 2;
+/** The shortest period of the data key's scheduled rotation (each one rewraps: every manager snapshots). */
+export const KEY_SCHEDULE_PERIOD_MIN_MS = 60 * 60_000;
+/** The longest period of the data key's scheduled rotation. */
+export const KEY_SCHEDULE_PERIOD_MAX_MS = 365 * 24 * 60 * 60_000;
+
+/** Whether `periodMs` is a period the data key's rotation may be scheduled at (whole ms, within the limits). */
+export function isKeySchedulePeriod(periodMs: unknown): periodMs is number {
+  return (
+    typeof periodMs === 'number' &&
+    Number.isSafeInteger(periodMs) &&
+    periodMs >= KEY_SCHEDULE_PERIOD_MIN_MS &&
+    periodMs <= KEY_SCHEDULE_PERIOD_MAX_MS
+  );
+}
 
 /** The commands of the cluster part (every kind starts with `cluster.`). */
 export type ClusterCommand =
@@ -72,7 +86,12 @@ export type ClusterCommand =
       readonly key: MemberKey;
     }
   | { readonly kind: 'cluster.hold-learner'; readonly id: NodeId; readonly held: boolean }
-  | { readonly kind: 'cluster.recovery-key'; readonly publicKey: Uint8Array };
+  | { readonly kind: 'cluster.recovery-key'; readonly publicKey: Uint8Array }
+  /**
+   * The data key's scheduled rotation: the leader rotates, then rewraps, once the active term is
+   * `periodMs` old (key-schedule.ts); null turns it off.
+   */
+  | { readonly kind: 'cluster.key-schedule'; readonly periodMs: number | null };
 
 /** What a cluster command returns when it applies (a refusal otherwise). */
 export interface ClusterApplied {
@@ -83,8 +102,9 @@ export type ClusterResult = ClusterApplied | Refusal;
 /**
  * Replicated facts about the cluster itself: where each manager listens, which managers were
  * removed (their certificates are refused for good), and the hash of the current manager join
- * token (replacing it makes the old token stop working on every manager at once), and which
- * learners an operator demoted (the leader does not promote those on its own).
+ * token (replacing it makes the old token stop working on every manager at once), which
+ * learners an operator demoted (the leader does not promote those on its own), and the data key's
+ * rotation schedule.
  */
 export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
   readonly prefix = 'cluster.';
@@ -104,6 +124,8 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
   readonly heldLearners = new Set<NodeId>();
   /** The public half of the recovery key: backups wrap the root key for it. */
   recoveryPublicKey: Buffer | null = null;
+  /** How old the active data key may get before the leader rotates and rewraps it, or null: no schedule. */
+  keySchedulePeriodMs: number | null = null;
   readonly #onCaRetired: (gen: number) => void;
 
   /** `onCaRetired` runs when a CA generation is retired, at the same index (AppliedState retires the identity keys it certified). */
@@ -155,6 +177,8 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
         return { kind: command.kind, data: packr.pack([command.id, command.held]) };
       case 'cluster.recovery-key':
         return { kind: command.kind, data: packr.pack([command.publicKey]) };
+      case 'cluster.key-schedule':
+        return { kind: command.kind, data: packr.pack([command.periodMs]) };
     }
   }
 
@@ -265,6 +289,10 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
         this.recoveryPublicKey = Buffer.from(command.publicKey);
         return APPLIED;
       }
+      case 'cluster.key-schedule': {
+        this.keySchedulePeriodMs = command.periodMs;
+        return APPLIED;
+      }
     }
   }
 
@@ -304,6 +332,7 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
       [...this.memberKeys].map(([id, keys]) => [id, keys.map((k) => [k.key, k.caGen])]),
       [this.joinTokenExpiresAtMs, this.joinTokenUsesLeft],
       [...this.auditAnchors].map(([id, a]) => [id, a.seq, a.hash, a.resets]),
+      this.keySchedulePeriodMs,
     ];
   }
 
@@ -319,6 +348,7 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
       memberKeys = [],
       [tokenExpiresAtMs, tokenUsesLeft] = [null, null],
       anchors = [],
+      keySchedulePeriodMs = null,
     ] = image as [
       Array<[number, string]>,
       number[],
@@ -329,6 +359,7 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
       Array<[number, Array<[string, number]>]>?,
       [number | null, number | null]?,
       Array<[number, number, string, number]>?,
+      (number | null)?,
     ];
     this.addresses.clear();
     for (const [id, address] of addresses) this.addresses.set(id, address);
@@ -342,6 +373,7 @@ export class ClusterState implements StatePart<ClusterCommand, ClusterApplied> {
     this.heldLearners.clear();
     for (const id of held) this.heldLearners.add(id);
     this.recoveryPublicKey = recovery === null ? null : Buffer.from(recovery);
+    this.keySchedulePeriodMs = keySchedulePeriodMs;
     this.cas = cas.map(([gen, certPem, keyPem, crossPem]) => ({ gen, certPem, keyPem, crossPem }));
     this.memberKeys.clear();
     for (const [id, keys] of memberKeys)
@@ -455,6 +487,12 @@ function decodeClusterCommand(kind: string, data: Uint8Array): ClusterCommand | 
       if (!(publicKey instanceof Uint8Array) || publicKey.byteLength !== 32)
         return 'a recovery public key has 32 bytes';
       return { kind, publicKey };
+    }
+    case 'cluster.key-schedule': {
+      const [periodMs] = fields as unknown[];
+      if (periodMs !== null && !isKeySchedulePeriod(periodMs))
+        return 'a key schedule is a period of 1 h to 365 d in ms, or null (off)';
+      return { kind, periodMs };
     }
     default:
       return `unknown cluster command ${kind.slice(0, 60)}`;

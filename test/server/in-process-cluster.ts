@@ -19,8 +19,14 @@ export class InProcessCluster {
   /** The join token made at init. */
   joinToken = '';
 
-  /** `options` are given to every manager (limits, say; a logger, else a silent one). */
-  static async start(size = 3, options: Partial<NodeOptions> = {}): Promise<InProcessCluster> {
+  /**
+   * `options` are given to every manager (limits, say; a logger, else a silent one), or made for
+   * each by its index (from 0), for what each needs its own of (a clock).
+   */
+  static async start(
+    size = 3,
+    options: Partial<NodeOptions> | ((index: number) => Partial<NodeOptions>) = {},
+  ): Promise<InProcessCluster> {
     const cluster = new InProcessCluster();
     try {
       await cluster.#start(size, options);
@@ -31,8 +37,12 @@ export class InProcessCluster {
     return cluster;
   }
 
-  async #start(size: number, options: Partial<NodeOptions>): Promise<void> {
-    const logger = options.logger ?? createLogger({ level: 'silent' });
+  async #start(size: number, options: Partial<NodeOptions> | ((index: number) => Partial<NodeOptions>)): Promise<void> {
+    const silent = createLogger({ level: 'silent' });
+    const optionsOf = (index: number): Partial<NodeOptions> => {
+      const own = typeof options === 'function' ? options(index) : options;
+      return { ...own, logger: own.logger ?? silent };
+    };
     const ports = await Promise.all(Array.from({ length: size }, () => freePort()));
     for (const port of ports) this.addresses.push(`127.0.0.1:${port}`);
     const init = await initCluster({ dataDir: join(this.root, 'm1'), listen: this.addresses[0]! });
@@ -40,7 +50,7 @@ export class InProcessCluster {
     this.clusterId = init.clusterId;
     this.joinToken = init.joinToken;
     this.admin = new AdminClient(init.adminDir, init.clusterId);
-    this.nodes.push(await CofferNode.start({ ...options, dataDir: join(this.root, 'm1'), logger, tickIntervalMs: 50 }));
+    this.nodes.push(await CofferNode.start({ ...optionsOf(0), dataDir: join(this.root, 'm1'), tickIntervalMs: 50 }));
     await eventually('a leader with a join token', 20_000, async () =>
       this.nodes[0]!.state.cluster.joinTokenHash !== null && this.nodes[0]!.manager.raftStatus()?.role === 'leader'
         ? true
@@ -54,7 +64,7 @@ export class InProcessCluster {
         token: init.joinToken,
       });
       this.nodes.push(
-        await CofferNode.start({ ...options, dataDir: join(this.root, `m${k + 1}`), logger, tickIntervalMs: 50 }),
+        await CofferNode.start({ ...optionsOf(k), dataDir: join(this.root, `m${k + 1}`), tickIntervalMs: 50 }),
       );
       await eventually(`manager ${k + 1} to become a voter`, 30_000, async () =>
         this.nodes[0]!.manager.raftStatus()?.confState.voters.length === k + 1 ? true : undefined,
