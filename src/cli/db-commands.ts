@@ -223,7 +223,7 @@ export function leaseCommands(): Command {
       print(flags, reply, () =>
         reply.leaseIds.length === 0
           ? 'no such lease'
-          : `${reply.leaseIds.length} lease(s) ${reply.revoked ? 'revoked' : 'due: the leader revokes them once the database answers'}`,
+          : `${reply.leaseIds.length} lease(s) ${reply.revoked ? 'revoked' : 'due: the leader revokes them soon (once the database answers; a user still being made, a minute after its lease opened)'}`,
       );
     });
   addClientOptions(lease.command('list'))

@@ -3,6 +3,7 @@ import type { ConfChange } from '../raft/types.ts';
 import { LOGIN_PRUNE_NAMES_MAX, encodeAccessCommand } from '../state/access-state.ts';
 import type { AppliedResult, AppliedState } from '../state/applied-state.ts';
 import { ClusterState } from '../state/cluster-state.ts';
+import { LEASE_PENDING_GRACE_MS } from '../state/leases.ts';
 import { ROOT_POLICY } from '../state/policy.ts';
 import { encodeSecretCommand } from '../state/secret-store.ts';
 import type { Logger } from '../util/logger.ts';
@@ -42,8 +43,6 @@ export interface LeaderDutiesOptions {
 export const LOGIN_PRUNE_INTERVAL_MS = 60_000;
 export const LOGIN_PRUNE_GRACE_MS = 60 * 60_000;
 
-/** A lease opened and not activated this long after is revoked (its manager died while making the user). */
-export const LEASE_PENDING_GRACE_MS = 60_000;
 /** How often the leader looks for due leases. */
 const LEASE_SCAN_INTERVAL_MS = 1_000;
 /** Leases one run revokes at most; the next run takes the rest. */

@@ -24,6 +24,15 @@ export const DB_URL_CHARS_MAX = 4096;
 /** Lease lifetimes: at least 10 s, at most 30 days. */
 export const LEASE_TTL_SECONDS_MIN = 10;
 export const LEASE_TTL_SECONDS_MAX = 30 * 24 * 3600;
+/**
+ * A lease opened and never activated is revoked this long after it was opened (its manager died
+ * while making the user, or the lease was revoked while it was being made), and not sooner: a
+ * creation commits only within LEASE_CREATE_WINDOW_MS of the lease's opening, so by then the user
+ * exists or never will, and the revocation finds it.
+ */
+export const LEASE_PENDING_GRACE_MS = 60_000;
+/** The manager making a lease's user sends its statements and COMMIT only within this long of the lease's opening. */
+export const LEASE_CREATE_WINDOW_MS = 30_000;
 /** Leases one revoke command names at most. */
 export const LEASE_IDS_PER_COMMAND_MAX = 256;
 
@@ -59,6 +68,12 @@ export interface Lease {
   expiresAtMs: number;
   readonly maxExpiresAtMs: number;
   state: LeaseState;
+  /**
+   * Whether its user was reported made (lease-activate). One that never was may still be in the
+   * making (a transaction not yet committed): it is revoked only after the pending grace, when no
+   * creation may commit any more (LEASE_CREATE_WINDOW_MS). Absent in images from before: taken as made.
+   */
+  activated?: boolean;
 }
 
 export type LeaseCommand =
@@ -172,6 +187,7 @@ export class LeaseBook {
           expiresAtMs: command.expiresAtMs,
           maxExpiresAtMs: command.maxExpiresAtMs,
           state: 'pending',
+          activated: false,
         });
         return OK;
       }
@@ -180,6 +196,7 @@ export class LeaseBook {
         if (lease === undefined || lease.state !== 'pending')
           return { refused: 'NOT_FOUND', reason: `lease ${command.name} is not pending (revoked meanwhile?)` };
         lease.state = 'active';
+        lease.activated = true;
         return OK;
       }
       case 'lease-renew': {
@@ -203,18 +220,18 @@ export class LeaseBook {
   }
 
   /**
-   * Leases the leader must revoke at `nowMs`: asked for, ended, or pending (never activated) for
-   * longer than `pendingGraceMs`; oldest end first, at most `max`.
+   * Leases the leader must revoke at `nowMs`: asked for, or ended; oldest end first, at most
+   * `max`. A lease whose user was never reported made is due only `pendingGraceMs` after it was
+   * opened, whatever else: its user may still be in the making, and a revocation that found no
+   * user before the creation committed would leave one that no lease names. After the grace
+   * (longer than the window a creation may commit in), the user exists or never will.
    */
   due(nowMs: number, pendingGraceMs: number, max: number): Lease[] {
     const due: Lease[] = [];
     for (const lease of this.leases.values()) {
-      if (
-        lease.state === 'revoking' ||
-        lease.expiresAtMs <= nowMs ||
-        (lease.state === 'pending' && lease.issuedAtMs + pendingGraceMs <= nowMs)
-      )
-        due.push(lease);
+      const made = lease.activated !== false;
+      if (!made && lease.issuedAtMs + pendingGraceMs > nowMs) continue;
+      if (!made || lease.state === 'revoking' || lease.expiresAtMs <= nowMs) due.push(lease);
     }
     return due.sort((a, b) => a.expiresAtMs - b.expiresAtMs || a.id.localeCompare(b.id)).slice(0, max);
   }

@@ -129,6 +129,30 @@ test('the leader finds due: asked to revoke, ended, or pending too long; a datab
   assert.deepEqual(book.withPrefix('main/readonly/').length, 3);
 });
 
+test('a lease whose user is still being made is not revoked before the pending grace, even when asked to or ended: a revocation that finds no user yet would leave one', () => {
+  const { state, apply } = cluster();
+  apply({ ...open(4), expiresAtMs: T0 + 10_000 } as AccessCommand, null);
+  apply({ op: 'lease-revoke', name: '', ids: [ID(4)] }, ROOT);
+  const book = state.access.leases;
+  assert.equal(book.leases.get(ID(4))?.state, 'revoking');
+  // Asked to be revoked, and past its end: still not due while a creation might commit.
+  assert.deepEqual(book.due(T0 + 30_000, 60_000, 10), []);
+  // The creation's report comes too late: the lease stays revoking, never active.
+  assert.equal(apply({ op: 'lease-activate', name: ID(4) }, null).ok, false);
+  assert.deepEqual(
+    book.due(T0 + 60_000, 60_000, 10).map((l) => l.id),
+    [ID(4)],
+  );
+  // An image from before the flag: its leases count as made (revoked at once, as then).
+  const image = structuredClone(book.snapshot()) as unknown[][];
+  for (const lease of image[2] as Array<Record<string, unknown>>) delete lease['activated'];
+  book.restore(image);
+  assert.deepEqual(
+    book.due(T0 + 1_000, 60_000, 10).map((l) => l.id),
+    [ID(4)],
+  );
+});
+
 test('a snapshot keeps databases, roles and leases; an access image from before leases restores with none', () => {
   const { state, apply } = cluster();
   apply(open(1), null);

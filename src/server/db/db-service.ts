@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
 import { encodeAccessCommand, type AccessCommand } from '../../state/access-state.ts';
 import { accessGuard } from '../../state/access-guard.ts';
-import { DB_NAME_PATTERN, dbRoleProblem, type DbRole, type Lease } from '../../state/leases.ts';
+import { DB_NAME_PATTERN, LEASE_CREATE_WINDOW_MS, dbRoleProblem, type DbRole, type Lease } from '../../state/leases.ts';
 import type { ServiceContext } from '../context.ts';
 import { refuse, type ServiceError } from '../errors.ts';
 import { authorize, authenticateClient, noteTarget, unary, type Call } from '../rpc.ts';
@@ -200,8 +200,11 @@ export function databaseServices(ctx: ServiceContext): {
             maxExpiresAtMs: nowMs + role.maxTtlSeconds * 1000,
           }),
         );
+        // Within its window only: after it, the leader may already have revoked a lease never
+        // activated, and a user committed then would be one no lease names.
+        const inWindow = (): boolean => ctx.clock.now() - nowMs < LEASE_CREATE_WINDOW_MS;
         try {
-          await createUserRetrying({ url: database.url }, role, { name: username, password, expiresAtMs });
+          await createUserRetrying({ url: database.url }, role, { name: username, password, expiresAtMs }, inWindow);
         } catch (error) {
           // Nothing was made (the creation ran in one transaction); the leader drops the lease.
           await ctx.propose(encodeAccessCommand({ op: 'lease-revoke', name: '', ids: [id] })).catch(() => undefined);
@@ -242,6 +245,8 @@ export function databaseServices(ctx: ServiceContext): {
         throw engineRefusal(error);
       });
       await ctx.propose(encodeAccessCommand(command, { name: caller.id, key: caller.spki }));
+      // The leader applied it; this manager (a follower, maybe) catches up, so the reply says the new end.
+      await ctx.readPoint();
       return leaseReply(book.leases.get(leaseId) ?? lease);
     }),
     revoke: unary(ctx, 'Leases.Revoke', async (call: Call<{ leaseId: string; prefix: string }>) => {

@@ -217,7 +217,9 @@ export function checkTemplates(templates: DbRoleTemplates): void {
 
 /**
  * Creates the user: the creation template, rendered, in one transaction; on any error it is
- * rolled back, so the database has the whole role or none of it. After DB_UNREACHABLE the outcome
+ * rolled back, so the database has the whole role or none of it. `mayProceed` is asked before
+ * each statement and before COMMIT: once it says no, the transaction is dropped (the lease's
+ * window to commit in has passed; see LEASE_CREATE_WINDOW_MS). After DB_UNREACHABLE the outcome
  * may be unknown (the connection went while COMMIT was on its way): revokeUser, which is
  * idempotent, settles it.
  */
@@ -225,13 +227,16 @@ export async function createUser(
   config: DbConnectionConfig,
   templates: DbRoleTemplates,
   user: { readonly name: string; readonly password: string; readonly expiresAtMs: number },
+  mayProceed: () => boolean = () => true,
 ): Promise<void> {
   const statements = creationStatements(templates, {
     name: user.name,
     password: user.password,
     expiration: expirationOf(user.expiresAtMs),
   });
-  await withSession(config, [user.password], (session) => inTransaction(session, 'creation template', statements));
+  await withSession(config, [user.password], (session) =>
+    inTransaction(session, 'creation template', statements, mayProceed),
+  );
 }
 
 /** Moves the user's expiry (its VALID UNTIL, by default) to `expiresAtMs`. DB_REFUSED if the role is gone. */
