@@ -1,13 +1,17 @@
 // npm run chaos -- --help
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { checkHistory } from './linearizability.ts';
 import { readHistoryFile } from './history-file.ts';
 import { checkExpiry } from './expiry.ts';
+import { isLeaseHistory } from './leases.ts';
+import { checkFile as checkLeaseFile, leasesMain } from './leases-run.ts';
 import { NEMESES, formatSummary, runChaos, type NemesisName } from './run.ts';
 import { soak } from './soak.ts';
 
 const HELP = `Usage: npm run chaos -- [options]
+       npm run chaos -- leases [options]   (dynamic database credentials under faults: leases --help)
 
 Starts a cluster of manager processes, runs a recorded workload (puts, compare-and-sets, linearizable
 and stale reads from several clients on a few hot keys and a growing key set) while nemeses inject
@@ -44,6 +48,7 @@ Options:
   --state-dump DIR     write each manager's final state (applied index, state digest, every key's
                        version and value as it holds them) to DIR/<manager>.json before cleanup
   --check FILE         check a history file again (no cluster): linearizability and stale reads
+                       (a lease run's history: its lease rules)
   --soak MINUTES       run seeds back to back (from --seed, or a random one, counting up), each of
                        --duration seconds, until MINUTES of runs are done; every run's history goes
                        to chaos-results/soak-<time>/, and a ledger line per run (seed, minutes,
@@ -55,6 +60,9 @@ function fail(message: string): never {
   console.error(`chaos: ${message}\n(npm run chaos -- --help lists the options)`);
   process.exit(2);
 }
+
+// The leases run has options of its own (leases-run.ts).
+if (process.argv[2] === 'leases') process.exit(await leasesMain(process.argv.slice(3)));
 
 let parsed: ReturnType<typeof parse>;
 function parse() {
@@ -86,6 +94,8 @@ if (values.help) {
   process.stdout.write(HELP);
   process.exit(0);
 }
+if (values.check !== undefined && isLeaseHistory(readFileSync(values.check, 'utf8')))
+  process.exit(checkLeaseFile(values.check));
 if (values.check !== undefined) {
   const { ops, faults, probes } = readHistoryFile(values.check);
   const verdict = checkHistory(ops);
