@@ -129,6 +129,14 @@ export class LeaseKeeper {
   async acquire(label: string, db: string, role: string): Promise<IssuedCredentials> {
     const askedMs = this.#clock.nowMs();
     const issued = await this.#options.api().getCredentials(db, role, 0);
+    // A static role's password has no lease: nothing to renew or revoke. It changes at the role's
+    // next rotation (ttl_seconds from now), which a long-running child should know.
+    if (issued.leaseId === '') {
+      this.#options.report(
+        `${printable(label)}: static role ${printable(db)}/${printable(role)} (no lease); its password is rotated at ${iso(issued.expiresAtMs)}`,
+      );
+      return issued;
+    }
     const lease: HeldLease = {
       leaseId: issued.leaseId,
       label,

@@ -140,8 +140,14 @@ async function readAndRun(
           ...(w.label === undefined ? {} : { label: w.label }),
           ...(w.version === undefined ? {} : { version: w.version }),
         });
-        env[w.variable] = reply.value.toString('utf8');
+        const value = reply.value.toString('utf8');
         reply.value.fill(0);
+        // An environment variable cannot hold a NUL byte; the error spawn would throw quotes the value.
+        if (value.includes('\0'))
+          throw new Error(
+            `--env ${w.variable}: the secret ${w.name} holds a NUL byte, which no environment variable can hold`,
+          );
+        env[w.variable] = value;
       }
       for (const c of creds) {
         if (early !== null) break;
@@ -162,7 +168,17 @@ async function readAndRun(
     if (creds.length === 0) clients.close();
     keeper.start();
     const [program, ...args] = command as [string, ...string[]];
-    const started = spawn(program, args, { env, stdio: 'inherit' });
+    let started: ChildProcess;
+    try {
+      started = spawn(program, args, { env, stdio: 'inherit' });
+    } catch (error) {
+      // Thrown at once (a bad argument): its message may quote the environment, so only its code is told.
+      await keeper.revokeAll();
+      process.stderr.write(
+        `coffer run: cannot start ${program}: ${(error as NodeJS.ErrnoException).code ?? 'error'}\n`,
+      );
+      return 127;
+    }
     child = started;
     const code = await new Promise<number>((resolve) => {
       started.on('error', (error) => {

@@ -107,10 +107,19 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
     case 'db-configure':
     case 'db-remove':
       return may('admin', `sys/db/${command.name}`);
+    // SQL templates run as the database's admin: whoever writes one holds the admin's power over
+    // that database, so writing one needs `admin` on the database as well as on the role.
     case 'db-role-put':
+      return (
+        may('admin', `sys/db/${command.name.replace('/', '/roles/')}`) ?? may('admin', `sys/db/${command.dbRole.db}`)
+      );
     case 'db-role-remove':
       return may('admin', `sys/db/${command.name.replace('/', '/roles/')}`);
     case 'static-role-put':
+      return (
+        may('admin', `sys/db/${command.name.replace('/', '/static-roles/')}`) ??
+        (command.staticRole.rotationSql === '' ? null : may('admin', `sys/db/${command.staticRole.db}`))
+      );
     case 'static-role-remove':
     case 'static-rotate-request':
       return may('admin', `sys/db/${command.name.replace('/', '/static-roles/')}`);

@@ -10,7 +10,13 @@
  * own with its image inside the access part's.
  */
 
-import { STATIC_ROLE_OPS, StaticRoleBook, checkedStaticRoleCommand, type StaticRoleCommand } from './static-roles.ts';
+import {
+  STATIC_ROLE_OPS,
+  StaticRoleBook,
+  checkedStaticRoleCommand,
+  serverOfUrl,
+  type StaticRoleCommand,
+} from './static-roles.ts';
 
 export const DB_NAME_PATTERN = /^[a-z][a-z0-9_-]{0,63}$/;
 export const LEASE_ID_PATTERN = /^[a-z][a-z0-9_-]{0,63}\/[a-z][a-z0-9_-]{0,63}\/[0-9a-f]{32}$/;
@@ -134,7 +140,10 @@ export class LeaseBook {
       case 'static-rotate-request':
       case 'static-rotate-begin':
       case 'static-rotate-done':
-        return this.statics.apply(command, (db) => this.databases.has(db));
+        return this.statics.apply(command, (db) => {
+          const database = this.databases.get(db);
+          return database === undefined ? undefined : serverOfUrl(database.url);
+        });
       case 'db-configure':
         if (!this.databases.has(command.name) && this.databases.size >= DATABASES_MAX)
           return { refused: 'LIMIT', reason: `at most ${DATABASES_MAX} databases` };

@@ -54,6 +54,8 @@ export interface StaticRoleConfig {
 }
 
 export interface PendingRotation {
+  /** The user it sets the password of (the role's when it began; the role's user cannot change while it is pending). */
+  readonly username: string;
   readonly password: string;
   readonly startedAtMs: number;
   /** The secret's last version when it began: its write is compare-and-set on it. */
@@ -77,6 +79,8 @@ export type StaticRoleCommand =
   | {
       readonly op: 'static-rotate-begin';
       readonly name: string;
+      /** The user the leader read in the role: a role changed meanwhile refuses the begin. */
+      readonly username: string;
       readonly password: string;
       readonly nowMs: number;
       readonly baseVersion: number;
@@ -101,20 +105,25 @@ const OK: StaticOutcome = Object.freeze({ ok: true });
 export class StaticRoleBook {
   readonly roles = new Map<string, StaticRole>();
 
-  apply(command: StaticRoleCommand, databaseExists: (db: string) => boolean): StaticOutcome {
+  /**
+   * `serverOf(db)`: the server a configured database is on (host:port of its URL), or undefined if
+   * it is not configured. Users belong to a server, not to one of its databases: two configured
+   * databases on one server share them.
+   */
+  apply(command: StaticRoleCommand, serverOf: (db: string) => string | undefined): StaticOutcome {
     switch (command.op) {
       case 'static-role-put': {
         const config = command.staticRole;
-        if (!databaseExists(config.db))
-          return { refused: 'NOT_FOUND', reason: `database "${config.db}" is not configured` };
+        const server = serverOf(config.db);
+        if (server === undefined) return { refused: 'NOT_FOUND', reason: `database "${config.db}" is not configured` };
         const existing = this.roles.get(command.name);
         if (existing === undefined && this.roles.size >= STATIC_ROLES_MAX)
           return { refused: 'LIMIT', reason: `at most ${STATIC_ROLES_MAX} static roles` };
         for (const other of this.roles.values())
-          if (other.db === config.db && other.username === config.username && other !== existing)
+          if (serverOf(other.db) === server && other.username === config.username && other !== existing)
             return {
               refused: 'PRECONDITION',
-              reason: `user "${config.username}" of database "${config.db}" is already rotated by static role ${other.db}/${other.role}`,
+              reason: `user "${config.username}" of the server of database "${config.db}" is already rotated by static role ${other.db}/${other.role}`,
             };
         if (existing !== undefined && existing.pending !== null && existing.username !== config.username)
           return { refused: 'PRECONDITION', reason: 'a rotation is in progress: change the user when it is done' };
@@ -147,13 +156,20 @@ export class StaticRoleBook {
       case 'static-rotate-begin': {
         const role = this.roles.get(command.name);
         if (role === undefined) return { refused: 'NOT_FOUND', reason: `static role "${command.name}" does not exist` };
+        if (role.username !== command.username)
+          return { refused: 'PRECONDITION', reason: `static role ${command.name} now rotates another user` };
         const allowedAtMs = role.lastBeganAtMs + STATIC_ROTATION_SPACING_MS;
         if (role.lastBeganAtMs !== 0 && command.nowMs < allowedAtMs)
           return {
             refused: 'PRECONDITION',
             reason: `the last rotation began at ${new Date(role.lastBeganAtMs).toISOString()}: the next may begin from ${new Date(allowedAtMs).toISOString()}`,
           };
-        role.pending = { password: command.password, startedAtMs: command.nowMs, baseVersion: command.baseVersion };
+        role.pending = {
+          username: command.username,
+          password: command.password,
+          startedAtMs: command.nowMs,
+          baseVersion: command.baseVersion,
+        };
         role.lastBeganAtMs = command.nowMs;
         return OK;
       }
@@ -206,6 +222,16 @@ const text = (value: unknown, max: number): value is string => typeof value === 
 const time = (value: unknown): value is number =>
   typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 
+/** The server a database URL names (host:port, 5432 by default), for telling that two databases share their users. */
+export function serverOfUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.hostname.toLowerCase()}:${parsed.port === '' ? '5432' : parsed.port}`;
+  } catch {
+    return url;
+  }
+}
+
 /** What is wrong with a static role as written, or null. */
 export function staticRoleProblem(config: Record<string, unknown>): string | null {
   const { db, role, username, rotationSql, rotationPeriodSeconds } = config;
@@ -244,11 +270,12 @@ export function checkedStaticRoleCommand(c: Record<string, unknown>): StaticRole
     case 'static-rotate-request':
       return time(c['nowMs']) ? { op: 'static-rotate-request', name, nowMs: c['nowMs'] } : 'a request has its time';
     case 'static-rotate-begin': {
-      const { password, nowMs, baseVersion } = c;
+      const { username, password, nowMs, baseVersion } = c;
+      if (typeof username !== 'string' || !STATIC_USERNAME_PATTERN.test(username)) return 'a rotation names its user';
       if (typeof password !== 'string' || !PASSWORD_PATTERN.test(password))
         return 'a rotation carries a password the leader made';
       if (!time(nowMs) || !time(baseVersion)) return 'a rotation has its time and base version';
-      return { op: 'static-rotate-begin', name, password, nowMs, baseVersion };
+      return { op: 'static-rotate-begin', name, username, password, nowMs, baseVersion };
     }
     case 'static-rotate-done':
       if (!time(c['startedAtMs']) || !time(c['nowMs'])) return 'a finished rotation names its begin and its end';

@@ -45,7 +45,7 @@ let crashRolesMadeAtMs = 0;
 before(async () => {
   pgDir = mkdtempSync(join(tmpdir(), 'coffer-pg-'));
   pg = await TestPostgres.start(pgDir);
-  for (const user of ['app_owner', 'scheduled', 'downtime', ...STEPS.map(crashUser)])
+  for (const user of ['app_owner', 'scheduled', 'downtime', 'successor', ...STEPS.map(crashUser)])
     await pg.query(`CREATE ROLE ${user} LOGIN PASSWORD '${INITIAL_PASSWORD}'`);
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -151,6 +151,18 @@ test('refused: a user that does not exist, the admin Coffer logs in as, a superu
       );
     assert.match(privileged, /^3\/INVALID_ARGUMENT .*superuser or may create roles/);
     assert.equal(await pg.canLogin(username, INITIAL_PASSWORD), true);
+  }
+  // Rights held through a role it is a member of count as its own.
+  await pg.query(`CREATE ROLE deputy LOGIN PASSWORD '${INITIAL_PASSWORD}' IN ROLE boss`);
+  await pg.query(`CREATE ROLE shell LOGIN PASSWORD '${INITIAL_PASSWORD}' IN ROLE pg_execute_server_program`);
+  for (const username of ['deputy', 'shell']) {
+    const privileged = await admin
+      .putStaticRole({ db: 'main', role: username, username, rotationPeriodSeconds: 3600 })
+      .then(
+        () => 'made',
+        (e: unknown) => code(e),
+      );
+    assert.equal(privileged, '3/INVALID_ARGUMENT', username);
   }
   const short = await admin
     .putStaticRole({ db: 'main', role: 'short', username: 'scheduled', rotationPeriodSeconds: 5 })
@@ -330,4 +342,37 @@ test('on demand and on schedule: coffer db rotate, then the period; previous is 
   const shown = await coffer(['db', 'static', 'get', 'main/scheduled'], '', env);
   assert.match(shown.stdout, /next 20/);
   for (const password of [first.current, later.current, afterOwner.current]) assert.ok(!logs.includes(password));
+});
+
+test("a static role given another user: nothing is served until that user's first rotation, and the old user's passwords are not kept", {
+  timeout: 90_000,
+}, async () => {
+  const role = 'crash-begun';
+  const old = await labelled(role);
+  const put = admin.putStaticRole({ db: 'main', role, username: 'successor', rotationPeriodSeconds: 3600 });
+  // Until the new user's first rotation, neither the old user's password nor anything is handed out.
+  await eventually('the role to name its new user', 10_000, async () =>
+    (await admin.getStaticRole('main', role)).username === 'successor' ? true : undefined,
+  );
+  const meanwhile = await admin.getCredentials('main', role).then(
+    async (c) =>
+      c.username === 'successor' && (await pg.canLogin('successor', c.password)) ? 'good' : 'wrong password',
+    (e: unknown) => code(e),
+  );
+  assert.ok(
+    meanwhile === 'good' || meanwhile === `${grpc.status.UNAVAILABLE}/ROTATION_IN_PROGRESS`,
+    `handed out: ${meanwhile}`,
+  );
+  const reply = await put;
+  if (!reply.rotated)
+    await eventually("the new user's first rotation", 60_000, async () =>
+      (await admin.getStaticRole('main', role)).lastRotatedAtMs > 0 ? true : undefined,
+    );
+  const creds = await admin.getCredentials('main', role);
+  assert.equal(creds.username, 'successor');
+  assert.equal(await pg.canLogin('successor', creds.password), true);
+  const now = await labelled(role);
+  assert.equal(now.current, creds.password);
+  assert.equal(now.previous, null, "the old user's password is not kept as previous");
+  assert.notEqual(now.current, old.current);
 });

@@ -69,9 +69,10 @@ const putRole = (role = 'owner', username = 'app_owner'): AccessCommand => ({
   name: `main/${role}`,
   staticRole: config(role, username),
 });
-const begin = (nowMs: number, baseVersion = 0, password = PASSWORD): AccessCommand => ({
+const begin = (nowMs: number, baseVersion = 0, password = PASSWORD, username = 'app_owner'): AccessCommand => ({
   op: 'static-rotate-begin',
   name: 'main/owner',
+  username,
   password,
   nowMs,
   baseVersion,
@@ -121,6 +122,19 @@ test('a static role is due at once; a rotation is pending from its begin to its 
   assert.equal(apply(done(next, next + 50), null).ok, true);
   assert.equal(statics.roles.get('main/owner')!.requestedAtMs, 0);
   assert.deepEqual(statics.due(next + 100), []);
+});
+
+test("a begin names the role's user: one read before the role changed to another user is refused", () => {
+  const { state, apply } = cluster();
+  apply(putRole(), DBA);
+  apply(putRole('owner', 'other_user'), DBA);
+  const stale = apply(begin(T0, 0, PASSWORD, 'app_owner'), null);
+  assert.equal(stale.ok, false);
+  assert.match(stale.reason ?? '', /now rotates another user/);
+  assert.equal(apply(begin(T0, 0, PASSWORD, 'other_user'), null).ok, true);
+  assert.equal(state.access.leases.statics.roles.get('main/owner')!.pending!.username, 'other_user');
+  // While pending, the user cannot change.
+  assert.equal(apply(putRole('owner', 'third_user'), DBA).ok, false);
 });
 
 test('a rotation begins (or begins again) only the spacing after the previous began', () => {
@@ -227,10 +241,59 @@ test('static role commands are checked in form where they apply: usernames that 
     { op: 'static-role-put', name: 'main/owner', staticRole: { ...config(), username: 'v-readonly-x' } },
     { op: 'static-role-put', name: 'main/owner', staticRole: { ...config(), rotationPeriodSeconds: 59 } },
     { op: 'static-role-put', name: 'main/other', staticRole: config() },
-    { op: 'static-rotate-begin', name: 'main/owner', password: "abc'; --", nowMs: T0, baseVersion: 0 },
-    { op: 'static-rotate-begin', name: 'main/owner', password: 'short', nowMs: T0, baseVersion: 0 },
+    {
+      op: 'static-rotate-begin',
+      name: 'main/owner',
+      username: 'app_owner',
+      password: "abc'; --",
+      nowMs: T0,
+      baseVersion: 0,
+    },
+    {
+      op: 'static-rotate-begin',
+      name: 'main/owner',
+      username: 'app_owner',
+      password: 'short',
+      nowMs: T0,
+      baseVersion: 0,
+    },
+    { op: 'static-rotate-begin', name: 'main/owner', username: 'x"y', password: PASSWORD, nowMs: T0, baseVersion: 0 },
     { op: 'static-rotate-done', name: 'main/owner', startedAtMs: -1, nowMs: T0 },
   ];
   for (const command of bad) assert.equal(typeof checkedLeaseCommand(command), 'string', JSON.stringify(command));
   assert.equal(typeof checkedLeaseCommand(putRole() as unknown as Record<string, unknown>), 'object');
+});
+
+test('a rotation SQL of its own (it runs as the database admin) needs admin on the database too; users are one per server, across configured databases', () => {
+  const { apply } = cluster();
+  const custom: AccessCommand = {
+    op: 'static-role-put',
+    name: 'main/owner',
+    staticRole: { ...config(), rotationSql: `ALTER ROLE "{{name}}" PASSWORD '{{password}}' SUPERUSER` },
+  };
+  const refused = apply(custom, DBA);
+  assert.equal(refused.ok, false);
+  assert.match(refused.reason ?? '', /may not admin "sys\/db\/main"/);
+  assert.equal(apply(putRole(), DBA).ok, true);
+  assert.equal(apply(custom, ROOT).ok, true);
+  // Another name for the same server (its users are the same users).
+  assert.equal(apply({ op: 'db-configure', name: 'again', url: 'postgres://admin:pw@127.0.0.1/other' }, ROOT).ok, true);
+  const twice = apply(
+    {
+      op: 'static-role-put',
+      name: 'again/owner',
+      staticRole: { ...config(), db: 'again' },
+    },
+    ROOT,
+  );
+  assert.equal(twice.ok, false);
+  assert.match(twice.reason ?? '', /already rotated by static role main\/owner/);
+  assert.equal(
+    apply({ op: 'db-configure', name: 'elsewhere', url: 'postgres://admin:pw@10.0.0.2:5432/app' }, ROOT).ok,
+    true,
+  );
+  assert.equal(
+    apply({ op: 'static-role-put', name: 'elsewhere/owner', staticRole: { ...config(), db: 'elsewhere' } }, ROOT).ok,
+    true,
+  );
 });

@@ -172,9 +172,10 @@ export function databaseServices(ctx: ServiceContext): {
         const { db, role: roleName, ttlSeconds } = call.request;
         checkName(db, 'db');
         checkName(roleName, 'role');
+        // At the read point first: a static role made a moment ago is one on every manager.
+        await ctx.readPoint();
         if (isStaticRole(ctx, db, roleName)) return staticCredentials(ctx, call, db, roleName);
         const caller = authorize(ctx, call, 'read', `sys/db/${db}/creds/${roleName}`);
-        await ctx.readPoint();
         const role = book.roles.get(`${db}/${roleName}`);
         const database = book.databases.get(db);
         if (role === undefined || database === undefined)

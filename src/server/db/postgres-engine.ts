@@ -315,7 +315,17 @@ export async function rotatePassword(
     renderTemplate(rotationSql || DEFAULT_ROTATION_SQL, { name: user.name, password: user.password }, 'static'),
   );
   await withSession(config, [user.password], (session) =>
-    inTransaction(session, 'rotation template', statements, mayProceed),
+    inTransaction(session, 'rotation template', statements, mayProceed, async () => {
+      // Checked again at every rotation, inside its transaction (the template may have granted
+      // something, or a right was granted since the role was written): a password whose reader
+      // would hold the database's administration is not set, and not handed out.
+      const facts = await userFacts(session, user.name);
+      if (facts === null || facts.isAdmin || facts.isPrivileged)
+        throw new DatabaseEngineError(
+          'DB_REFUSED',
+          `user "${user.name}" ${facts === null ? 'does not exist' : facts.isAdmin ? "is Coffer's admin" : "is (or is a member of) a superuser or a role that may create roles, bypass row security, replicate or reach the server's files"}: its password was not rotated`,
+        );
+    }),
   );
 }
 
@@ -341,15 +351,29 @@ export async function describeUser(
   name: string,
 ): Promise<{ readonly exists: boolean; readonly isAdmin: boolean; readonly isPrivileged: boolean }> {
   return withSession(config, [], async (session) => {
-    const result = await step(
-      session,
-      'SELECT rolname = current_user AS is_admin, (rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication) AS privileged FROM pg_catalog.pg_roles WHERE rolname = $1',
-      [name],
-      'looking up the user',
-    );
-    const row = result.rows[0] as { is_admin?: unknown; privileged?: unknown } | undefined;
-    return { exists: row !== undefined, isAdmin: row?.is_admin === true, isPrivileged: row?.privileged === true };
+    const row = await userFacts(session, name);
+    return { exists: row !== null, isAdmin: row?.isAdmin === true, isPrivileged: row?.isPrivileged === true };
   });
+}
+
+/**
+ * The user's row: whether it is the admin, and whether it (or a role it is a member of, directly
+ * or not) is a superuser, may create roles, bypass row security or replicate, or is one of the
+ * roles that reach the server's files and programs (a way to superuser). Null: no such user.
+ */
+const USER_FACTS_SQL = `SELECT u.rolname = current_user AS is_admin,
+  EXISTS (
+    SELECT 1 FROM pg_catalog.pg_roles r
+    WHERE pg_catalog.pg_has_role(u.oid, r.oid, 'MEMBER')
+      AND (r.rolsuper OR r.rolcreaterole OR r.rolbypassrls OR r.rolreplication
+        OR r.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files'))
+  ) AS privileged
+FROM pg_catalog.pg_roles u WHERE u.rolname = $1`;
+
+async function userFacts(session: Session, name: string): Promise<{ isAdmin: boolean; isPrivileged: boolean } | null> {
+  const result = await step(session, USER_FACTS_SQL, [name], 'looking up the user');
+  const row = result.rows[0] as { is_admin?: unknown; privileged?: unknown } | undefined;
+  return row === undefined ? null : { isAdmin: row.is_admin === true, isPrivileged: row.privileged === true };
 }
 
 /** Connects as the admin and runs SELECT 1: DB_UNREACHABLE unless the URL works. */
@@ -630,6 +654,7 @@ async function inTransaction(
   what: string,
   statements: readonly Statement[],
   mayProceed: () => boolean = () => true,
+  beforeCommit: () => Promise<void> = async () => {},
 ): Promise<void> {
   const { client, secrets } = session;
   const stopIfLate = (): void => {
@@ -654,6 +679,8 @@ async function inTransaction(
       throw unreachableOrRefused(error, `statement ${index + 1} of ${statements.length} of the ${what}`, secrets);
     }
   }
+  // A refusal here drops the connection (close(), after this throws): the transaction is rolled back.
+  await beforeCommit();
   stopIfLate();
   try {
     await client.query('COMMIT');

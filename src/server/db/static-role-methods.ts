@@ -69,7 +69,11 @@ export async function awaitStaticRotation(
   const [, , db, , role] = secretName.split('/');
   const statics = ctx.state.access.leases.statics;
   const deadline = performance.now() + waitMs;
-  while (statics.roles.get(`${db}/${role}`)?.pending != null) {
+  // Under way, or never done for the role's user (a new role, or one whose user was changed: the
+  // secret holds no password of this user yet).
+  const rotating = (r: StaticRole | undefined): boolean =>
+    r !== undefined && (r.pending !== null || r.lastRotatedAtMs === 0);
+  while (rotating(statics.roles.get(`${db}/${role}`))) {
     if (performance.now() >= deadline)
       throw refuse(
         'ROTATION_IN_PROGRESS',
@@ -97,6 +101,8 @@ export async function staticCredentials(
   authorize(ctx, call, 'read', secretName);
   noteTarget(call, secretName);
   await awaitStaticRotation(ctx, secretName);
+  // Checked again after the wait: a revocation committed meanwhile is honoured.
+  authorize(ctx, call, 'read', secretName);
   const role = ctx.state.access.leases.statics.roles.get(`${db}/${roleName}`);
   if (role === undefined) throw refuse('STATIC_ROLE_NOT_FOUND', `static role ${db}/${roleName} does not exist`);
   const nowMs = ctx.clock.now();
@@ -201,9 +207,11 @@ export function staticRoleMethods(ctx: ServiceContext): grpc.UntypedServiceImple
           `"${config.username}" is a superuser or may create roles, bypass row security or replicate: Coffer does not take over such users' passwords`,
           { field: 'username' },
         );
+      const putAtMs = ctx.clock.now();
       await write({ op: 'static-role-put', name: `${m.db}/${m.role}`, staticRole: config }, caller);
       const { role } = await waitFor(m.db, m.role, FIRST_ROTATION_WAIT_MS, (r) => r.lastRotatedAtMs !== 0);
-      return reply(role, role.lastRotatedAtMs !== 0);
+      // `rotated`: by this put (a new role, or a new user); an update that kept the user says false.
+      return reply(role, role.lastRotatedAtMs >= putAtMs);
     }),
     getStaticRole: unary(ctx, 'Database.GetStaticRole', async (call: Call<{ db: string; role: string }>) => {
       const { db, role } = call.request;

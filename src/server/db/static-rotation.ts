@@ -75,53 +75,87 @@ export class StaticRotator {
     }
   }
 
-  async #rotate(role: StaticRole): Promise<void> {
+  async #rotate(due: StaticRole): Promise<void> {
     const { state, log } = this.#o;
-    const name = `${role.db}/${role.role}`;
-    const database = state.access.leases.databases.get(role.db);
-    if (database === undefined) return; // a database with static roles cannot be removed; defensive
-    const pending = await this.#pendingToSend(role);
+    const name = `${due.db}/${due.role}`;
+    const pending = await this.#pendingToSend(due);
     if (pending === null) return; // not yet: the spacing since the last begin
     await this.#step('begun');
-    const { startedAtMs, password, baseVersion } = pending;
+    // From the state as it is now (the role object `due` gave may have been replaced since): the
+    // pending rotation names its user, which cannot change while it is pending.
+    const role = state.access.leases.statics.roles.get(name);
+    const database = state.access.leases.databases.get(due.db);
+    if (role === undefined || database === undefined || role.pending?.startedAtMs !== pending.startedAtMs) return;
+    const { startedAtMs, password, baseVersion, username } = pending;
     await rotatePassword(
       { url: database.url },
       role.rotationSql,
-      { name: role.username, password },
+      { name: username, password },
       () => this.#o.now() - startedAtMs < STATIC_ROTATION_SEND_WINDOW_MS,
     );
     await this.#step('database-set');
-    const secretName = staticSecretName(role.db, role.role);
-    try {
-      await this.#o.propose(
-        encodeSecretCommand({
-          op: 'put',
-          name: secretName,
-          value: Buffer.from(password, 'utf8'),
-          cas: baseVersion,
-          expireAtMs: null,
-          versionsKept: STATIC_SECRET_VERSIONS_KEPT,
-          nowMs: this.#o.now(),
-        }),
-      );
-    } catch (error) {
-      // Only rotations write this secret: a version past the base is this rotation's, written
-      // before a crash (a leader that finishes another's rotation gets here).
-      if (!(error instanceof ProposalRefused && error.code === 'CAS_MISMATCH')) throw error;
-    }
+    await this.#writeSecret(role, pending);
     await this.#step('secret-written');
     await this.#o.propose(encodeAccessCommand({ op: 'static-rotate-done', name, startedAtMs, nowMs: this.#o.now() }));
     log.info(
-      { event: 'static-role-rotated', role: name, username: role.username },
-      `rotated the password of ${role.username} (static role ${name})`,
+      { event: 'static-role-rotated', role: name, username },
+      `rotated the password of ${username} (static role ${name})`,
     );
+  }
+
+  /**
+   * The secret's next version, compare-and-set on the version the rotation began from. Refused
+   * for that version, it was written already (this rotation's write, before a crash) or by a
+   * deposed leader's late write of an older rotation: the secret's value tells which, and in the
+   * second case it is written again over it. A role's first rotation keeps one version only: any
+   * older ones are another user's passwords (the role's user was changed).
+   */
+  async #writeSecret(role: StaticRole, pending: PendingRotation): Promise<void> {
+    const secretName = staticSecretName(role.db, role.role);
+    let cas = pending.baseVersion;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.#o.propose(
+          encodeSecretCommand({
+            op: 'put',
+            name: secretName,
+            value: Buffer.from(pending.password, 'utf8'),
+            cas,
+            expireAtMs: null,
+            versionsKept: role.lastRotatedAtMs === 0 ? 1 : STATIC_SECRET_VERSIONS_KEPT,
+            nowMs: this.#o.now(),
+          }),
+        );
+        return;
+      } catch (error) {
+        if (!(error instanceof ProposalRefused && error.code === 'CAS_MISMATCH')) throw error;
+      }
+      const secrets = this.#o.state.secrets;
+      let written = false;
+      try {
+        const current = secrets.read(secretName, {}, this.#o.now()).value;
+        written = current.equals(Buffer.from(pending.password, 'utf8'));
+        current.fill(0);
+      } catch {
+        // Its current version deleted or destroyed by a client: not this rotation's; written over.
+      }
+      if (written) return;
+      cas = secrets.metadata(secretName).lastVersion;
+      this.#o.log.warn(
+        { event: 'static-rotation-overwritten', role: `${role.db}/${role.role}` },
+        `the secret of static role ${role.db}/${role.role} was written by an older rotation meanwhile; writing this one again`,
+      );
+    }
+    throw new DatabaseEngineError('DB_UNREACHABLE', `the secret ${secretName} kept changing; will try again`);
   }
 
   /**
    * The rotation to send now: the pending one while its window lasts, else a new one begun
    * (through the log) once the spacing since the last begin allows; null while it does not.
    */
-  async #pendingToSend(role: StaticRole): Promise<PendingRotation | null> {
+  async #pendingToSend(due: StaticRole): Promise<PendingRotation | null> {
+    const role = this.#o.state.access.leases.statics.roles.get(`${due.db}/${due.role}`);
+    if (role === undefined) return null; // removed meanwhile
     const nowMs = this.#o.now();
     if (role.pending !== null && nowMs - role.pending.startedAtMs < STATIC_ROTATION_SEND_WINDOW_MS) return role.pending;
     if (role.lastBeganAtMs !== 0 && nowMs < role.lastBeganAtMs + STATIC_ROTATION_SPACING_MS) return null;
@@ -137,7 +171,14 @@ export class StaticRotator {
     if (role.pending !== null)
       log(this.#o.log, name, 'a rotation ran out of its time to reach the database; beginning it again');
     await this.#o.propose(
-      encodeAccessCommand({ op: 'static-rotate-begin', name, password: newPassword(), nowMs, baseVersion }),
+      encodeAccessCommand({
+        op: 'static-rotate-begin',
+        name,
+        username: role.username,
+        password: newPassword(),
+        nowMs,
+        baseVersion,
+      }),
     );
     const begun = this.#o.state.access.leases.statics.roles.get(name)?.pending ?? null;
     if (begun === null || begun.startedAtMs !== nowMs)
