@@ -212,12 +212,7 @@ test('another identity may not renew or revoke a lease it does not own; bad inpu
 test('coffer db configure, db role put, creds get --output json, lease list and revoke (the scripts contract)', {
   timeout: 60_000,
 }, async () => {
-  const env = {
-    COFFER_ADDR: cluster.addresses.join(','),
-    COFFER_CA: join(cluster.adminDir, 'ca.crt'),
-    COFFER_CERT: join(cluster.adminDir, 'admin.crt'),
-    COFFER_KEY: join(cluster.adminDir, 'admin.key'),
-  };
+  const env = cluster.adminEnv();
   const urlFile = join(dir, 'url');
   writeFileSync(urlFile, pg.adminUrl, { mode: 0o600 });
   const sqlFile = join(dir, 'create.sql');

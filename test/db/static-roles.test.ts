@@ -302,12 +302,7 @@ test('the database down during a rotation: the password is not served; once it i
 test('on demand and on schedule: coffer db rotate, then the period; previous is the password before', {
   timeout: 150_000,
 }, async () => {
-  const env = {
-    COFFER_ADDR: cluster.addresses.join(','),
-    COFFER_CA: join(cluster.adminDir, 'ca.crt'),
-    COFFER_CERT: join(cluster.adminDir, 'admin.crt'),
-    COFFER_KEY: join(cluster.adminDir, 'admin.key'),
-  };
+  const env = cluster.adminEnv();
   // Written again from the CLI, as it is: its rotation state stays.
   const put = await coffer(
     ['db', 'static', 'put', 'main/scheduled', '--username', 'scheduled', '--rotation-period', '1m'],

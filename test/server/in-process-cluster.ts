@@ -99,6 +99,16 @@ export class InProcessCluster {
     });
   }
 
+  /** The environment the coffer CLI reads to act as the admin identity `init` made, on every manager. */
+  adminEnv(): Record<string, string> {
+    return {
+      COFFER_ADDR: this.addresses.join(','),
+      COFFER_CA: join(this.adminDir, 'ca.crt'),
+      COFFER_CERT: join(this.adminDir, 'admin.crt'),
+      COFFER_KEY: join(this.adminDir, 'admin.key'),
+    };
+  }
+
   /** The address of a manager that is not the leader. */
   follower(): string {
     const at = this.nodes.findIndex((n) => n.manager.raftStatus()?.role !== 'leader');

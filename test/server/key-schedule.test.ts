@@ -387,12 +387,7 @@ test('a leader that rotated on schedule and stopped before its rewrap: the next 
 test('coffer key schedule --every / --off and coffer key status; off, the schedule rotates no more', {
   timeout: 120_000,
 }, async () => {
-  const env = {
-    COFFER_ADDR: cluster.addresses.join(','),
-    COFFER_CA: join(cluster.adminDir, 'ca.crt'),
-    COFFER_CERT: join(cluster.adminDir, 'admin.crt'),
-    COFFER_KEY: join(cluster.adminDir, 'admin.key'),
-  };
+  const env = cluster.adminEnv();
   const ok = async (args: string[]): Promise<string> => {
     const r = await coffer(args, '', env);
     assert.equal(r.code, 0, `coffer ${args.join(' ')}: ${r.stderr}`);

@@ -4,7 +4,8 @@ import { encodeAccessCommand, type AccessCommand } from '../../state/access-stat
 import { accessGuard } from '../../state/access-guard.ts';
 import { DB_NAME_PATTERN, LEASE_CREATE_WINDOW_MS, dbRoleProblem, type DbRole, type Lease } from '../../state/leases.ts';
 import type { ServiceContext } from '../context.ts';
-import { refuse, type ServiceError } from '../errors.ts';
+import { refuse } from '../errors.ts';
+import { engineRefusal } from './engine-refusal.ts';
 import { authorize, authenticateClient, noteTarget, unary, type Call } from '../rpc.ts';
 import {
   DatabaseEngineError,
@@ -31,16 +32,6 @@ type RoleMessage = {
   defaultTtlSeconds: number;
   maxTtlSeconds: number;
 };
-
-/** A database engine failure as the client reads it (never with the admin URL's password). */
-function engineRefusal(error: unknown): ServiceError {
-  if (error instanceof DatabaseEngineError) {
-    if (error.code === 'DB_UNREACHABLE') return refuse('DB_UNREACHABLE', error.message);
-    if (error.code === 'DB_REFUSED') return refuse('DB_REFUSED', error.message);
-    return refuse('INVALID_ARGUMENT', error.message);
-  }
-  throw error;
-}
 
 /**
  * PostgreSQL refuses concurrent changes to one object's privileges ("tuple concurrently updated",

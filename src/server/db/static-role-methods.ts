@@ -11,9 +11,10 @@ import {
   staticSecretName,
 } from '../../state/static-roles.ts';
 import type { ServiceContext } from '../context.ts';
-import { refuse, type ServiceError } from '../errors.ts';
+import { refuse } from '../errors.ts';
+import { engineRefusal } from './engine-refusal.ts';
 import { authorize, noteTarget, unary, type Call } from '../rpc.ts';
-import { DatabaseEngineError, checkRotationTemplate, describeUser } from './postgres-engine.ts';
+import { checkRotationTemplate, describeUser } from './postgres-engine.ts';
 
 /** How long a read of a static role's password waits for a rotation under way before it is refused. */
 export const ROTATION_READ_WAIT_MS = 5_000;
@@ -28,15 +29,6 @@ type StaticRoleRequest = {
   rotationSql: string;
   rotationPeriodSeconds: number;
 };
-
-function engineRefusal(error: unknown): ServiceError {
-  if (error instanceof DatabaseEngineError) {
-    if (error.code === 'DB_UNREACHABLE') return refuse('DB_UNREACHABLE', error.message);
-    if (error.code === 'DB_REFUSED') return refuse('DB_REFUSED', error.message);
-    return refuse('INVALID_ARGUMENT', error.message);
-  }
-  throw error;
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 

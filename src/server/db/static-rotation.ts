@@ -86,7 +86,7 @@ export class StaticRotator {
     const role = state.access.leases.statics.roles.get(name);
     const database = state.access.leases.databases.get(due.db);
     if (role === undefined || database === undefined || role.pending?.startedAtMs !== pending.startedAtMs) return;
-    const { startedAtMs, password, baseVersion, username } = pending;
+    const { startedAtMs, password, username } = pending;
     await rotatePassword(
       { url: database.url },
       role.rotationSql,
