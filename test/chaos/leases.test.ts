@@ -306,7 +306,7 @@ test('a short lease run (kills of the leader and others, pauses, partitions): no
   try {
     const summary = await runLeasesChaos({
       managers: 3,
-      durationS: 50,
+      durationS: 30,
       seed: 22,
       compiled: TEST_COMPILED,
       historyFile,

@@ -259,9 +259,14 @@ export function databaseServices(ctx: ServiceContext): {
       }
       for (let at = 0; at < ids.length; at += 256)
         await write({ op: 'lease-revoke', name: '', ids: ids.slice(at, at + 256) }, caller);
-      // Wait (bounded) for the leader to have revoked them.
+      // Wait (bounded) for the leader to have revoked them; not for leases whose user was never
+      // reported made, which the leader revokes only after the pending grace (leases.ts).
       const deadline = performance.now() + REVOKE_WAIT_MS;
-      while (ids.some((id) => book.leases.has(id)) && performance.now() < deadline) {
+      const awaited = (id: string): boolean => {
+        const lease = book.leases.get(id);
+        return lease !== undefined && lease.activated !== false;
+      };
+      while (ids.some(awaited) && performance.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 100));
         await ctx.readPoint();
       }
