@@ -19,7 +19,7 @@ export interface LeaderDutiesOptions {
   readonly config: NodeConfig;
   readonly state: AppliedState;
   readonly cas: ClusterCa;
-  readonly manager: Pick<Manager<AppliedResult>, 'raftStatus' | 'status' | 'forcedOut'>;
+  readonly manager: Pick<Manager<AppliedResult>, 'raftStatus' | 'status' | 'forcedOut' | 'linearizableRead'>;
   propose(command: StateCommand): Promise<unknown>;
   proposeConfChange(change: ConfChange): Promise<void>;
   /** The cluster's wall-clock time (cluster-clock.ts). */
@@ -144,7 +144,11 @@ export class LeaderDuties {
     // Looked for once a second, not every run: finding what is due reads every lease.
     if (this.#revoking === null && performance.now() - this.#lastLeaseScanMs >= LEASE_SCAN_INTERVAL_MS) {
       this.#lastLeaseScanMs = performance.now();
-      this.#revoking = this.#revokeLeases()
+      // A leader new to its term may not have applied every committed entry yet (a renewal, say):
+      // what it finds due is read only once it has (a linearizable read waits for that).
+      this.#revoking = this.#o.manager
+        .linearizableRead()
+        .then(() => this.#revokeLeases())
         .catch((error: unknown) =>
           // Leadership lost while proposing, say: the next leader finds the same leases due.
           this.#o.log.warn({ event: 'lease-revoke-failed', err: error }, 'revoking leases failed; will try again'),
@@ -153,8 +157,9 @@ export class LeaderDuties {
     }
     // Rotations of static roles' passwords talk to databases too: beside the other duties.
     if (this.#rotating === null)
-      this.#rotating = this.#rotator
-        .run()
+      this.#rotating = this.#o.manager
+        .linearizableRead()
+        .then(() => this.#rotator.run())
         .catch((error: unknown) =>
           this.#o.log.warn(
             { event: 'static-rotation-failed', err: error },
