@@ -32,8 +32,9 @@ import {
   type LeaseVerdict,
 } from './leases.ts';
 import { LeaseWorkload } from './leases-workload.ts';
-import { injectFault, NETWORK_NEMESES, type NemesisName } from './nemesis.ts';
-import { NetworkNamespaces } from './netns.ts';
+import { injectFault, type NemesisName } from './nemesis.ts';
+import type { NetworkNamespaces } from './netns.ts';
+import { chaosNetwork } from './run.ts';
 import { ProcessCluster } from './process-cluster.ts';
 
 /** The faults a lease run may draw: kills, pauses, partitions (namespaces only), restarts of every manager. */
@@ -156,18 +157,10 @@ export async function runLeasesChaos(options: LeasesChaosOptions): Promise<Lease
   process.once('SIGINT', interrupted);
   process.once('SIGTERM', interrupted);
   try {
-    const why = options.network === 'loopback' ? 'asked for' : NetworkNamespaces.unavailableBecause();
-    if (why !== null && options.network === 'netns') throw new Error(`network namespaces are not available: ${why}`);
-    if (why === null) network = NetworkNamespaces.create(options.managers);
-    const where =
-      network === null
-        ? `loopback (no network namespaces: ${why})`
-        : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
-    let nemeses = [...(options.nemeses ?? LEASE_NEMESES)];
-    if (network === null && nemeses.some((n) => NETWORK_NEMESES.includes(n))) {
-      log(`chaos: ${nemeses.filter((n) => NETWORK_NEMESES.includes(n)).join(', ')} need network namespaces; left out`);
-      nemeses = nemeses.filter((n) => !NETWORK_NEMESES.includes(n));
-    }
+    const chosen = chaosNetwork(options.network, options.managers, options.nemeses ?? LEASE_NEMESES, log);
+    network = chosen.network;
+    const { where } = chosen;
+    const nemeses = [...chosen.nemeses];
     pg = await TestPostgres.start(pgDir);
     await pg.query('CREATE TABLE orders (id int PRIMARY KEY, item text)');
     let url = pg.adminUrl;

@@ -402,29 +402,31 @@ export class LeaseWorkload {
     this.#probes.add(probe);
   }
 
-  async #pollRoles(): Promise<void> {
+  /** Once a second while polling: `record` of what `read` answered (a poll without an answer tells nothing). */
+  async #poll<T>(read: () => Promise<T>, record: (answer: T, start: number, end: number) => void): Promise<void> {
     while (this.#polling) {
       const start = Date.now();
       try {
-        const users = await this.users();
-        this.events.push({ f: 'roles', start, end: Date.now(), users });
+        const answer = await read();
+        record(answer, start, Date.now());
       } catch {
-        // A poll without an answer tells nothing.
+        // No answer (no leader for now, say): nothing learned.
       }
       await sleep(Math.max(0, start + 1000 - Date.now()));
     }
   }
 
-  async #pollList(): Promise<void> {
-    while (this.#polling) {
-      const start = Date.now();
-      try {
-        const leases = await this.leases();
-        this.events.push({ f: 'list', start, end: Date.now(), leases });
-      } catch {
-        // No leader for now, say: nothing learned.
-      }
-      await sleep(Math.max(0, start + 1000 - Date.now()));
-    }
+  #pollRoles(): Promise<void> {
+    return this.#poll(
+      () => this.users(),
+      (users, start, end) => this.events.push({ f: 'roles', start, end, users }),
+    );
+  }
+
+  #pollList(): Promise<void> {
+    return this.#poll(
+      () => this.leases(),
+      (leases, start, end) => this.events.push({ f: 'list', start, end, leases }),
+    );
   }
 }

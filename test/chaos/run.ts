@@ -59,6 +59,31 @@ export interface ChaosSummary {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
+ * The network of a run: a namespace per manager when asked for or available, else loopback (an
+ * error if namespaces were asked for and are not there); without namespaces, the nemeses that
+ * need them are left out, and `log` says so. `where` says which, for the summary.
+ */
+export function chaosNetwork(
+  mode: 'auto' | 'loopback' | 'netns' | undefined,
+  managers: number,
+  nemeses: readonly NemesisName[],
+  log: (line: string) => void,
+): { network: NetworkNamespaces | null; where: string; nemeses: readonly NemesisName[] } {
+  const why = mode === 'loopback' ? 'asked for' : NetworkNamespaces.unavailableBecause();
+  if (why !== null && mode === 'netns') throw new Error(`network namespaces are not available: ${why}`);
+  const network = why === null ? NetworkNamespaces.create(managers) : null;
+  const where =
+    network === null
+      ? `loopback (no network namespaces: ${why})`
+      : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
+  if (network !== null || !nemeses.some((n) => NETWORK_NEMESES.includes(n))) return { network, where, nemeses };
+  log(
+    `chaos: ${nemeses.filter((n) => NETWORK_NEMESES.includes(n)).join(', ')} need network namespaces; left out of this run`,
+  );
+  return { network, where, nemeses: nemeses.filter((n) => !NETWORK_NEMESES.includes(n)) };
+}
+
+/**
  * One chaos run: a cluster of manager processes, a recorded workload, faults from the chosen
  * nemeses, then healing and the checks: linearizability (and the stale-read promise), no
  * acknowledged write lost, every manager converged to the same state, failover times.
@@ -83,20 +108,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     void cleanUp().then(() => process.exit(130));
   };
   try {
-    const why = options.network === 'loopback' ? 'asked for' : NetworkNamespaces.unavailableBecause();
-    if (why !== null && options.network === 'netns') throw new Error(`network namespaces are not available: ${why}`);
-    if (why === null) network = NetworkNamespaces.create(options.managers);
-    const where =
-      network === null
-        ? `loopback (no network namespaces: ${why})`
-        : `network namespaces, one per manager, bridged on ${network.host(0).replace(/\.\d+$/, '.0/24')}`;
-    let nemeses = options.nemeses;
-    if (network === null && nemeses.some((n) => NETWORK_NEMESES.includes(n))) {
-      log(
-        `chaos: ${nemeses.filter((n) => NETWORK_NEMESES.includes(n)).join(', ')} need network namespaces; left out of this run`,
-      );
-      nemeses = nemeses.filter((n) => !NETWORK_NEMESES.includes(n));
-    }
+    const chosen = chaosNetwork(options.network, options.managers, options.nemeses, log);
+    network = chosen.network;
+    const { where } = chosen;
+    let nemeses = chosen.nemeses;
     const noProxies = NetworkNamespaces.linkProxiesUnavailableBecause();
     if (network !== null && noProxies !== null && nemeses.some((n) => LINK_NEMESES.includes(n))) {
       log(`chaos: ${noProxies}; ${LINK_NEMESES.join(', ')} left out of this run`);
