@@ -701,13 +701,32 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     return run;
   }
 
+  /**
+   * Whether answers to the entries just applied wait for `afterApply`: a snapshot was asked for
+   * (a rewrap, a destroy: durable before they are answered), or this manager's key record is to
+   * be rewrapped. The inner state's records need not be written first: the log holds them.
+   */
+  answersWaitForAfterApply(): boolean {
+    return this.#snapshotRequest !== null || this.#adoption() !== null;
+  }
+
+  /** What `#adopt` would do now (null: nothing). */
+  #adoption(): { readonly targetRootGen: number; readonly unlockDue: boolean } | null {
+    const local = this.#local;
+    const unlock = this.#keys.unlock;
+    const targetRootGen = Math.max(local.rootGen, Math.min(this.#durableRootGen, this.#keys.rootGen));
+    const unlockDue = unlock !== null && unlock.gen > local.unlockGen;
+    return !unlockDue && targetRootGen === local.rootGen ? null : { targetRootGen, unlockDue };
+  }
+
   async #adopt(): Promise<void> {
     const keys = this.#keys;
     const local = this.#local;
     const unlock = keys.unlock;
-    const targetRootGen = Math.max(local.rootGen, Math.min(this.#durableRootGen, keys.rootGen));
-    const unlockDue = unlock !== null && unlock.gen > local.unlockGen;
-    if (!unlockDue && targetRootGen === local.rootGen) return;
+    const adoption = this.#adoption();
+    if (adoption === null) return;
+    const targetRootGen = adoption.targetRootGen;
+    const unlockDue = unlock !== null && adoption.unlockDue;
     const rootKey = keys.roots.get(targetRootGen);
     assert(rootKey !== undefined, () => `root generation ${targetRootGen} is not known`);
     let kek: Buffer | null = null;

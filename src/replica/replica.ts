@@ -38,6 +38,12 @@ export interface StateMachine<Result> {
    * durable before their proposers hear back; may ask for a snapshot at once.
    */
   afterApply?(): Promise<SnapshotRequest | null>;
+  /**
+   * Whether the entries just applied have local effects or a snapshot to make durable before
+   * their proposers hear back; false lets the replica answer them before `afterApply` (which
+   * then only writes what the log already holds). Absent: answers always wait for `afterApply`.
+   */
+  answersWaitForAfterApply?(): boolean;
   /** A snapshot made by `snapshot()` is now durable. */
   snapshotDurable?(): Promise<void>;
   /**
@@ -613,19 +619,28 @@ export class Replica<Result> {
         await this.#stateMachine.installSnapshot?.(ready.snapshot.metadata.index);
         this.#releaseSnapshotWaiters();
       }
+      // The core says whether the write must be synced: entries, a snapshot, a new term or vote
+      // must (they are acknowledged after this write); a hard state where only the commit index
+      // moved is written, not synced (a lost commit index is learnt again from the leader; the
+      // leader's acknowledgement of its own entries comes after its write, so a lone voter
+      // commits in a Ready of its own). Such a write is not waited for before the committed
+      // entries are applied: they are in this log already (and on a majority), and a restart
+      // whose store is ahead of the commit index it finds applies nothing twice (see `start`).
+      // It is waited for before the messages go and before the next write, so writes stay in order.
+      let commitIndexWrite: Promise<void> | null = null;
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
-        // The core says whether the write must be synced: entries, a snapshot, a new term or vote
-        // must (they are acknowledged after this write); a hard state where only the commit index
-        // moved is written, not synced (a lost commit index is learnt again from the leader; the
-        // leader's acknowledgement of its own entries comes after its write, so a lone voter
-        // commits in a Ready of its own).
-        await this.#storage.save({
+        const write = this.#storage.save({
           hardState: ready.hardState,
           entries: ready.entries,
           snapshot: ready.snapshot,
           sync: ready.mustSync,
         });
+        if (!ready.mustSync && ready.entries.length === 0 && ready.snapshot === null) {
+          commitIndexWrite = write;
+          // Awaited below; until then a failure is not unhandled.
+          write.catch(() => undefined);
+        } else await write;
         const observer = this.#observer;
         if (observer !== null) {
           const now = performance.now();
@@ -640,16 +655,30 @@ export class Replica<Result> {
         this.stats.entriesPersisted += ready.entries.length;
       }
       if (this.#stopped) return;
-      // 2. Send (what did not go out early).
-      if (late.length > 0) this.#peers.send(late);
-      // 3. Apply; local effects and snapshots are durable before proposers hear back.
-      if (ready.snapshot !== null) await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
+      if (commitIndexWrite === null) {
+        // 2. Send (what did not go out early).
+        if (late.length > 0) this.#peers.send(late);
+        // 3. Apply; local effects and snapshots are durable before proposers hear back.
+        if (ready.snapshot !== null)
+          await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
+      }
       const outcomes = this.#apply(ready);
+      // Proposers hear back now when all the entries did was change the state's records: the
+      // log holds them (a restart applies again what the store had not written), so the
+      // store's write need not come first. Local effects (a key record to rewrap) and a
+      // snapshot the state asked for are made durable first, in afterApply.
+      const answeredEarly = outcomes.length > 0 && this.#stateMachine.answersWaitForAfterApply?.() === false;
+      if (answeredEarly) for (const settle of outcomes) settle();
+      if (commitIndexWrite !== null) {
+        await commitIndexWrite;
+        if (this.#stopped) return;
+        if (late.length > 0) this.#peers.send(late);
+      }
       this.#raw.advance();
       if (snapshots.length > 0) await this.#sendSnapshots(snapshots);
       const request = (await this.#stateMachine.afterApply?.()) ?? null;
       await this.#maybeSnapshot(request);
-      for (const settle of outcomes) settle();
+      if (!answeredEarly) for (const settle of outcomes) settle();
     }
   }
 

@@ -271,6 +271,10 @@ test('unlock-key rotation: afterwards only the new key opens each manager; root-
     assert.match(await cluster.operator(leader).key({ op: 'rotate-root' }), /root key generation 2 is current/);
     await cluster.put('k2', 'after-root-rotation');
     const unlockKey = await cluster.operator(leader).rotateUnlock();
+    // A local effect (the leader's key record rewrapped under the new unlock key) is durable
+    // before the operator hears back, though a secret's write is answered before its records are.
+    const answeredAt = await KeyStore.read(new DataDir(cluster.dataDir(leader.id)).keyStore);
+    assert.equal(answeredAt.unlockGen, 1, "the leader's key record was not rewrapped when the rotation was answered");
     await cluster.converged();
     await cluster.stopAll();
     for (const id of cluster.ids) {

@@ -139,6 +139,89 @@ test('a write is synced when the core says it must be (entries, a snapshot, a ne
     assert.ok(write.answered <= k, `proposal ${k} was answered before its entry was synced`);
 });
 
+/** A storage that holds commit-only writes (unsynced, no entries) until released. */
+class HeldCommitStorage extends MemoryStorage {
+  holding = false;
+  readonly held: Array<() => void> = [];
+  override async save(update: StorageUpdate): Promise<void> {
+    if (this.holding && update.sync === false && update.entries.length === 0 && update.snapshot === null)
+      await new Promise<void>((resolve) => this.held.push(resolve));
+    await super.save(update);
+  }
+  release(): void {
+    this.holding = false;
+    for (const resolve of this.held.splice(0)) resolve();
+  }
+}
+
+/**
+ * A list whose afterApply, after entries were applied, is held until released (a store's write
+ * of what they changed), and which says whether answers wait for it.
+ */
+class HeldAfterApplyMachine extends ListMachine {
+  answersWait = false;
+  holding = false;
+  readonly held: Array<() => void> = [];
+  #applied = false;
+  override apply(entry: Entry): number {
+    this.#applied = true;
+    return super.apply(entry);
+  }
+  answersWaitForAfterApply(): boolean {
+    return this.answersWait;
+  }
+  async afterApply(): Promise<null> {
+    const applied = this.#applied;
+    this.#applied = false;
+    if (this.holding && applied) await new Promise<void>((resolve) => this.held.push(resolve));
+    return null;
+  }
+  release(): void {
+    this.holding = false;
+    for (const resolve of this.held.splice(0)) resolve();
+  }
+}
+
+/** Whether `promise` settles within `ms` (the loop gets every turn it needs meanwhile). */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  const settled = await Promise.race([promise.then(() => true), late]);
+  clearTimeout(timer);
+  return settled;
+}
+
+test("a proposal is answered before its commit index is written and before the state's afterApply, unless the state says it has local effects to make durable first", async () => {
+  const storage = new HeldCommitStorage();
+  const machine = new HeldAfterApplyMachine();
+  const { replica } = await single(storage, machine);
+  // Nothing local to make durable: answered while the commit index write and afterApply are held.
+  storage.holding = true;
+  machine.holding = true;
+  const first = replica.propose(encoder.encode('a'));
+  assert.ok(await settlesWithin(first, 2000), 'the proposal was answered while its commit index write was held');
+  assert.equal(await first, 1);
+  assert.equal(storage.held.length, 1, 'the commit-only write was still held when the proposal was answered');
+  assert.deepEqual(machine.values, ['a']);
+  storage.release();
+  machine.release();
+  await replica.settled();
+  // Local effects to make durable: the answer waits for the commit index write, then for afterApply.
+  machine.answersWait = true;
+  storage.holding = true;
+  machine.holding = true;
+  const second = replica.propose(encoder.encode('b'));
+  assert.ok(!(await settlesWithin(second, 200)), 'answered before the commit index write and afterApply');
+  assert.deepEqual(machine.values, ['a', 'b'], 'applied meanwhile (the write of its commit index is not waited for)');
+  storage.release();
+  assert.ok(!(await settlesWithin(second, 200)), 'answered before afterApply made its effects durable');
+  machine.release();
+  assert.equal(await second, 2);
+  await replica.stop();
+});
+
 test('a replica restarted on its LevelDB directory re-applies its log and ends in the same state', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'coffer-replica-'));
   try {

@@ -47,6 +47,7 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     'stateBatchesLost',
     'crashesBeforeStateCommit',
     'crashesAfterStateCommit',
+    'crashesBeforeCommitIndexWrite',
     'crashesAtStateWrite',
     'skippedOnStart',
     'secretsChecked',

@@ -66,6 +66,8 @@ const READY_ROUNDS_MAX = 1_000;
 const STATE_CRASH_BEFORE_COMMIT = 0.003;
 const STATE_CRASH_AFTER_COMMIT = 0.003;
 const STATE_CRASH_AT_WRITE = 0.003;
+/** ... and that it dies after applying a commit-only Ready, before writing its commit index. */
+const COMMIT_INDEX_CRASH = 0.003;
 /**
  * ... and, in a streamed snapshot's install, that it dies at a batch of records written aside, at
  * the switch, and right after the switch (before the snapshot is persisted). Installs are few (a
@@ -130,6 +132,11 @@ export interface SimStats {
   crashesBeforeStateCommit: number;
   /** ... crashes after the state batch was committed, before the next Ready was persisted. */
   crashesAfterStateCommit: number;
+  /**
+   * ... crashes after a commit-only Ready's entries were applied and their state batch committed,
+   * before its commit index was written (the replica applies and answers such a Ready first).
+   */
+  crashesBeforeCommitIndexWrite: number;
   /** ... crashes at a write of the state store (the write lost; after a snapshot's content, before its index). */
   crashesAtStateWrite: number;
   /** ... replayed secret commands the state store already held at a restart (skipped, not applied again). */
@@ -182,6 +189,7 @@ export function emptySimStats(): SimStats {
     stateBatches: 0,
     stateBatchesLost: 0,
     crashesBeforeStateCommit: 0,
+    crashesBeforeCommitIndexWrite: 0,
     crashesAfterStateCommit: 0,
     crashesAtStateWrite: 0,
     skippedOnStart: 0,
@@ -754,6 +762,27 @@ export class Simulation {
           return;
         }
       }
+      if (
+        this.#phase === 'chaos' &&
+        node.applied !== null &&
+        !ready.mustSync &&
+        ready.entries.length === 0 &&
+        ready.snapshot === null &&
+        ready.committedEntries.length > 0 &&
+        this.#random.float() < COMMIT_INDEX_CRASH
+      ) {
+        // The replica applies a commit-only Ready (and answers its proposers) before its write of
+        // the commit index, which is not synced and not waited for: a crash before that write
+        // leaves the state's store ahead of the commit index on disk. The restart must apply
+        // nothing twice (the store's index wins) and lose nothing (the entries are in the log).
+        this.#noteCommit(node, ready);
+        await this.#finishReady(node, ready, { send: false });
+        if (node.raw === null) return; // it crashed committing the state batch
+        this.stats.crashesMidReady++;
+        this.stats.crashesBeforeCommitIndexWrite++;
+        this.#crash(node, 'after applying a commit-only Ready, before writing its commit index');
+        return;
+      }
       const commitAdvanced = this.#persist(node, ready);
       if (
         commitAdvanced &&
@@ -791,7 +820,6 @@ export class Simulation {
 
   /** Writes the Ready to the node's disk and checks what it wrote; true if commit advanced. */
   #persist(node: SimNode, ready: Ready): boolean {
-    const raw = node.raw!;
     // The Ready contract's sync rule: synced exactly when it holds entries, a snapshot, or a term
     // or vote other than the one on disk (a commit-only write need not be).
     const onDisk = node.disk.hardState;
@@ -810,24 +838,27 @@ export class Simulation {
     for (const entry of ready.entries)
       this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
     const hard = ready.hardState;
-    if (hard !== null) {
-      this.#checker.onDurableHardState(node.id, hard.term, hard.commit);
-      if (hard.commit > node.seenCommit) {
-        this.#checker.onCommit(node.id, hard.term, node.seenCommit, hard.commit, (i) => raw.entry(i));
-        node.seenCommit = hard.commit;
-        if (hard.commit > this.stats.committed) this.stats.committed = hard.commit;
-        return true;
-      }
-    }
-    return false;
+    if (hard !== null) this.#checker.onDurableHardState(node.id, hard.term, hard.commit);
+    return this.#noteCommit(node, ready);
   }
 
-  async #finishReady(node: SimNode, ready: Ready): Promise<void> {
+  /** Tells the checker the commit index a Ready carries, if it moved; true if it did. */
+  #noteCommit(node: SimNode, ready: Ready): boolean {
+    const raw = node.raw!;
+    const hard = ready.hardState;
+    if (hard === null || hard.commit <= node.seenCommit) return false;
+    this.#checker.onCommit(node.id, hard.term, node.seenCommit, hard.commit, (i) => raw.entry(i));
+    node.seenCommit = hard.commit;
+    if (hard.commit > this.stats.committed) this.stats.committed = hard.commit;
+    return true;
+  }
+
+  async #finishReady(node: SimNode, ready: Ready, options: { readonly send: boolean } = { send: true }): Promise<void> {
     const raw = node.raw!;
     let votedFor: NodeId = 0;
     // Applied-state mode: snapshots go streamed, as of the point applied once this Ready is advanced.
     const snapshots: SnapshotMessage[] = [];
-    for (const message of ready.messages) {
+    for (const message of options.send ? ready.messages : []) {
       if (message.type === 'append') continue; // sent before the write (#processReady)
       if (message.type === 'snapshot' && node.applied !== null) {
         snapshots.push(message);
