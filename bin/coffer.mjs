@@ -1,4 +1,6 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=32
+// (The flag: a manager's young generation may grow to 32 MiB, see src/cli/node-flags.ts; `env -S`
+// splits the line, as GNU and BSD env do.)
 // The `coffer` command. Runs the compiled JavaScript in dist/ (`npm run build`; what the
 // container image ships) when it is there and not older than the sources; otherwise the
 // TypeScript sources through tsx (development: no build step needed, and a stale build is never
