@@ -353,13 +353,13 @@ export class CofferNode {
       cluster: state.cluster,
       confState: () => manager.raftStatus()?.confState ?? null,
       bootstrap: config.peers.map(([id, address, keys = []]) => [id, address, keys]),
-      tls: () => node!.tls,
+      tls: () => node?.tls ?? null,
       logger: log.child({ component: 'peer-trust' }),
     });
     const transport: PeerTransport = new PeerTransport({
       selfId: config.nodeId,
       clusterId: config.clusterId,
-      tls: () => node!.tls,
+      tls: () => node?.tls ?? null,
       addressOf: (peer) => state.cluster.addresses.get(peer) ?? bootstrapPeers.get(peer) ?? trust.vouchedAddress(peer),
       onMessage: (message) => manager.step(message),
       onUnreachable: (peer) => manager.reportUnreachable(peer),

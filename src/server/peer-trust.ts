@@ -26,7 +26,8 @@ export interface PeerTrustOptions {
   readonly confState: () => ConfState | null;
   /** Members as the leader told a joiner, until its own state knows them: [id, address, keys]. */
   readonly bootstrap: readonly MemberEntry[];
-  readonly tls: () => TlsMaterial;
+  /** This manager's certificate and key; null while it is still starting. */
+  readonly tls: () => TlsMaterial | null;
   readonly logger: Logger;
 }
 
@@ -232,10 +233,12 @@ export class PeerTrust {
     if (address === undefined || address === '') throw new Error(`no address is known for manager ${member}`);
     let client = this.#clients.get(member);
     if (client === undefined) {
+      const tls = this.#options.tls();
+      if (tls === null) throw new Error('this manager is still starting: its TLS material is not loaded yet');
       const { Peer } = services();
       client = new Peer.Client(
         address,
-        managerChannelCredentials(this.#options.tls(), {
+        managerChannelCredentials(tls, {
           clusterId: this.#options.clusterId,
           nodeId: String(member),
           keys: () => this.#stateKeys(member),

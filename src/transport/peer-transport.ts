@@ -26,7 +26,11 @@ const RECONNECT_DELAY_MS_MAX = 2000;
 export interface PeerTransportOptions {
   readonly selfId: NodeId;
   readonly clusterId: string;
-  readonly tls: () => TlsMaterial;
+  /**
+   * This manager's certificate and key; null while it is still starting (its Raft loop may run,
+   * and want to send, before its TLS material is loaded): links then wait and retry.
+   */
+  readonly tls: () => TlsMaterial | null;
   /** Where a peer listens (host:port), from the replicated membership. */
   readonly addressOf: (peer: NodeId) => string | undefined;
   /** A validated message for this manager. */
@@ -499,6 +503,11 @@ class PeerLink {
       return null;
     }
     if (this.#client === null) {
+      const tls = this.#options.tls();
+      if (tls === null) {
+        this.#fail('this manager is still starting (its TLS material is not loaded yet)');
+        return null;
+      }
       const { Peer } = services();
       const keysOf = this.#options.keysOf;
       const expect = {
@@ -506,7 +515,7 @@ class PeerLink {
         nodeId: String(this.#peer),
         ...(keysOf === undefined ? {} : { keys: () => keysOf(this.#peer) }),
       };
-      this.#client = new Peer.Client(address, managerChannelCredentials(this.#options.tls(), expect), {
+      this.#client = new Peer.Client(address, managerChannelCredentials(tls, expect), {
         ...MANAGER_CHANNEL_OPTIONS,
         'grpc.keepalive_time_ms': 2000,
         'grpc.keepalive_timeout_ms': 1000,

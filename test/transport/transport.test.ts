@@ -5,6 +5,11 @@ import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { encodeMessages } from '../../src/transport/wire.ts';
+import { PeerTransport } from '../../src/transport/peer-transport.ts';
+import type { TlsMaterial } from '../../src/transport/tls.ts';
+import type { NodeId } from '../../src/raft/types.ts';
+import { createLogger } from '../../src/util/logger.ts';
+import { eventually } from '../processes/processes.ts';
 import { GrpcCluster } from './grpc-cluster.ts';
 
 test('three managers over mutual-TLS gRPC elect a leader, replicate, fail over, and a far-behind manager catches up by snapshot', {
@@ -197,6 +202,44 @@ test('a message that claims another sender than the certificate, or does not dec
       'the manager is still running',
     );
   } finally {
+    await cluster.destroy();
+  }
+});
+
+test('a manager still starting (no TLS material yet) that sends to a peer drops the messages and retries, not crashes; once its material is loaded they reach the peer', {
+  timeout: 60_000,
+}, async () => {
+  const cluster = new GrpcCluster([1]);
+  let sender: PeerTransport | null = null;
+  try {
+    await cluster.init();
+    const member = await cluster.start(1);
+    let tls: TlsMaterial | null = null;
+    const unreachable: NodeId[] = [];
+    sender = new PeerTransport({
+      selfId: 2,
+      clusterId: cluster.clusterId,
+      tls: () => tls,
+      addressOf: (peer) => (peer === 1 ? `127.0.0.1:${member.port}` : undefined),
+      onMessage: () => {},
+      onUnreachable: (peer) => unreachable.push(peer),
+      onSnapshotSent: () => {},
+      admits: () => null,
+      logger: createLogger({ level: 'silent' }),
+    });
+    const heartbeat = { type: 'heartbeat', from: 2, to: 1, term: 1, commit: 0, readSeq: 0 } as const;
+    sender.send([heartbeat]);
+    assert.equal(sender.stats.messagesDropped, 1, 'dropped (Raft sends again), not thrown');
+    assert.deepEqual(unreachable, [1], 'the core hears the peer is unreachable for now');
+    assert.equal(member.transport.stats.messagesReceived, 0);
+    tls = cluster.material(2);
+    await eventually('the heartbeat sent once the material is loaded', 20_000, async () => {
+      sender!.send([heartbeat]);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return member.transport.stats.messagesReceived > 0 ? true : undefined;
+    });
+  } finally {
+    sender?.close();
     await cluster.destroy();
   }
 });
