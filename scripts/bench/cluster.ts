@@ -209,10 +209,14 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
     targets.push(await EtcdTarget.start(join(root, 'etcd'), 3));
     const measured = await measure(targets, options, log);
     for (const target of targets) all[target.name] = measured.get(target)!;
-  } finally {
+  } catch (error) {
+    // The members' logs and data stay for a look at what went wrong.
+    console.error(`the benchmark failed; the members' logs and data are kept in ${root}`);
     for (const target of targets) await target.stop();
-    rmSync(root, { recursive: true, force: true });
+    throw error;
   }
+  for (const target of targets) await target.stop();
+  rmSync(root, { recursive: true, force: true });
   const floorAfter = await measureFloor({ seconds, inflights: [1, 64], bytes: 256 });
   const floor = [
     ...floorBefore.map((f) => ({ ...f, when: 'before' })),
