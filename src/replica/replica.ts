@@ -667,14 +667,16 @@ export class Replica<Result> {
       // log holds them (a restart applies again what the store had not written), so the
       // store's write need not come first. Local effects (a key record to rewrap) and a
       // snapshot the state asked for are made durable first, in afterApply.
-      const answeredEarly = outcomes.length > 0 && this.#stateMachine.answersWaitForAfterApply?.() === false;
-      if (answeredEarly) for (const settle of outcomes) settle();
       if (commitIndexWrite !== null) {
         await commitIndexWrite;
         if (this.#stopped) return;
         if (late.length > 0) this.#peers.send(late);
       }
+      // After advance: the core applies a committed membership change there, and an answer
+      // must not come before it (a demote answered while the member still counted as a voter).
       this.#raw.advance();
+      const answeredEarly = outcomes.length > 0 && this.#stateMachine.answersWaitForAfterApply?.() === false;
+      if (answeredEarly) for (const settle of outcomes) settle();
       if (snapshots.length > 0) await this.#sendSnapshots(snapshots);
       const request = (await this.#stateMachine.afterApply?.()) ?? null;
       await this.#maybeSnapshot(request);
