@@ -630,51 +630,33 @@ export class Replica<Result> {
       let commitIndexWrite: Promise<void> | null = null;
       if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
         const startMs = performance.now();
-        const write = this.#storage.save({
-          hardState: ready.hardState,
-          entries: ready.entries,
-          snapshot: ready.snapshot,
-          sync: ready.mustSync,
-        });
+        const written = this.#storage
+          .save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot, sync: ready.mustSync })
+          .then(() => this.#notePersisted(ready, startMs));
         if (!ready.mustSync && ready.entries.length === 0 && ready.snapshot === null) {
-          commitIndexWrite = write;
+          commitIndexWrite = written;
           // Awaited below; until then a failure is not unhandled.
-          write.catch(() => undefined);
-        } else await write;
-        const observer = this.#observer;
-        if (observer !== null) {
-          const now = performance.now();
-          observer.persisted((now - startMs) / 1000, ready.entries.length);
-          for (const entry of ready.entries) {
-            const proposal = this.#proposals.get(entry.index);
-            if (proposal !== undefined && proposal.term === entry.term)
-              observer.proposed((now - proposal.startMs) / 1000);
-          }
-        }
-        if (ready.mustSync) this.stats.syncs++;
-        this.stats.entriesPersisted += ready.entries.length;
+          written.catch(() => undefined);
+        } else await written;
       }
       if (this.#stopped) return;
-      if (commitIndexWrite === null) {
-        // 2. Send (what did not go out early).
-        if (late.length > 0) this.#peers.send(late);
-        // 3. Apply; local effects and snapshots are durable before proposers hear back.
-        if (ready.snapshot !== null)
-          await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
-      }
+      // 2. Send (what did not go out early); a commit-only write's messages go once it is done.
+      if (commitIndexWrite === null && late.length > 0) this.#peers.send(late);
+      // 3. Apply.
+      if (ready.snapshot !== null) await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
       const outcomes = this.#apply(ready);
-      // Proposers hear back now when all the entries did was change the state's records: the
-      // log holds them (a restart applies again what the store had not written), so the
-      // store's write need not come first. Local effects (a key record to rewrap) and a
-      // snapshot the state asked for are made durable first, in afterApply.
       if (commitIndexWrite !== null) {
         await commitIndexWrite;
         if (this.#stopped) return;
         if (late.length > 0) this.#peers.send(late);
       }
-      // After advance: the core applies a committed membership change there, and an answer
-      // must not come before it (a demote answered while the member still counted as a voter).
       this.#raw.advance();
+      // Proposers hear back after the advance (where the core applies a committed membership
+      // change: a demote answered before it still counted as a voter), and before afterApply
+      // when all the entries did was change the state's records: the log holds them (a restart
+      // applies again what the store had not written), so the store's write need not come
+      // first. Local effects (a key record to rewrap) and a snapshot the state asked for are
+      // made durable first, in afterApply.
       const answeredEarly = outcomes.length > 0 && this.#stateMachine.answersWaitForAfterApply?.() === false;
       if (answeredEarly) for (const settle of outcomes) settle();
       if (snapshots.length > 0) await this.#sendSnapshots(snapshots);
@@ -682,6 +664,21 @@ export class Replica<Result> {
       await this.#maybeSnapshot(request);
       if (!answeredEarly) for (const settle of outcomes) settle();
     }
+  }
+
+  /** Counts a Ready's write, once it is done, and tells the observer how long it and its proposals took. */
+  #notePersisted(ready: Ready, startMs: number): void {
+    const observer = this.#observer;
+    if (observer !== null) {
+      const now = performance.now();
+      observer.persisted((now - startMs) / 1000, ready.entries.length);
+      for (const entry of ready.entries) {
+        const proposal = this.#proposals.get(entry.index);
+        if (proposal !== undefined && proposal.term === entry.term) observer.proposed((now - proposal.startMs) / 1000);
+      }
+    }
+    if (ready.mustSync) this.stats.syncs++;
+    this.stats.entriesPersisted += ready.entries.length;
   }
 
   /**

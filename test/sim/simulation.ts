@@ -134,7 +134,7 @@ export interface SimStats {
   crashesAfterStateCommit: number;
   /**
    * ... crashes after a commit-only Ready's entries were applied and their state batch committed,
-   * before its commit index was written (the replica applies and answers such a Ready first).
+   * before its commit index was written (the replica applies such a Ready while that write runs).
    */
   crashesBeforeCommitIndexWrite: number;
   /** ... crashes at a write of the state store (the write lost; after a snapshot's content, before its index). */
@@ -771,9 +771,9 @@ export class Simulation {
         ready.committedEntries.length > 0 &&
         this.#random.float() < COMMIT_INDEX_CRASH
       ) {
-        // The replica applies a commit-only Ready (and answers its proposers) before its write of
-        // the commit index, which is not synced and not waited for: a crash before that write
-        // leaves the state's store ahead of the commit index on disk. The restart must apply
+        // The replica applies a commit-only Ready while its write of the commit index (not
+        // synced) runs: a crash before that write lands leaves the state's store ahead of the
+        // commit index on disk. The restart must apply
         // nothing twice (the store's index wins) and lose nothing (the entries are in the log).
         this.#noteCommit(node, ready);
         await this.#finishReady(node, ready, { send: false });
