@@ -20,6 +20,7 @@ import { percentile, runLoad, type LoadResult } from './load.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
 import { fmt, table } from './format.ts';
 import { measureFloor } from './floor.ts';
+import { FLOOR_LEVEL_NAMES, measureReplicationFloor } from './replication-floor.ts';
 
 const KEYS = 1000;
 /**
@@ -222,6 +223,12 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
     ...floorBefore.map((f) => ({ ...f, when: 'before' })),
     ...floorAfter.map((f) => ({ ...f, when: 'after' })),
   ];
+  const replicationFloor = await measureReplicationFloor({
+    seconds,
+    warmUpSeconds: Math.min(WARM_UP_SECONDS, 10),
+    inflights: [1, 64, 256],
+    bytes: 256,
+  });
   const c = all.coffer;
   const e = all.etcd;
   const rounds = `medians of ${options.rounds} rounds; ratio: the median of the rounds' ratios, and their range`;
@@ -362,6 +369,31 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
       ];
     }),
   );
+  table(
+    'The floor under a replicated write: three bare Node processes (grpc-js, same TLS and load; a leader batches, sends to two followers, answers once it and one follower have fdatasynced; see replication-floor.ts), measured after the clusters',
+    [
+      'level, in flight',
+      'writes/s',
+      'p50 ms',
+      'p99 ms',
+      'server CPU s per 1,000',
+      'coffer: w/s, CPU',
+      'etcd: w/s, CPU',
+    ],
+    replicationFloor.map(({ level, inflight, result }) => {
+      const at = (s: SystemResults) => s.writes.find((w) => w.bytes === 256 && w.inflight === inflight)?.rounds ?? [];
+      const both = (s: SystemResults) => `${fmt(med(at(s), (l) => l.opsPerSecond))}, ${fmt(med(at(s), cpuPer1000), 3)}`;
+      return [
+        `${FLOOR_LEVEL_NAMES[level]}, ${inflight}`,
+        fmt(result.opsPerSecond),
+        fmt(result.p50Ms, 2),
+        fmt(result.p99Ms, 2),
+        fmt((result.serverCpuSeconds / result.ops) * 1000, 3),
+        both(c),
+        both(e),
+      ];
+    }),
+  );
   // The goals (issue 19), met or not, from the rounds' median ratios above.
   const writesAt = (s: SystemResults, inflight: number): Rounds =>
     s.writes.find((w) => w.bytes === 256 && w.inflight === inflight)!.rounds;
@@ -425,7 +457,10 @@ export async function benchCluster(args: readonly string[]): Promise<void> {
   mkdirSync(out, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const jsonFile = join(out, `cluster-${stamp}.json`);
-  writeFileSync(jsonFile, JSON.stringify({ etcdVersion, options, coffer: c, etcd: e, grpcFloor: floor }, null, 2));
+  writeFileSync(
+    jsonFile,
+    JSON.stringify({ etcdVersion, options, coffer: c, etcd: e, grpcFloor: floor, replicationFloor }, null, 2),
+  );
   const pngFile = join(out, `cluster-${stamp}.png`);
   await drawChart(pngFile, {
     title: 'Writes, 256 B: p99 latency against throughput (1, 16, 64, 256 in flight; medians of rounds)',

@@ -1,10 +1,11 @@
 /**
  * npm run bench -- [suite ...] [--full] [--secrets N]. Suites: cluster (Coffer beside etcd),
  * scale (Coffer beside etcd with many secrets; --secrets), storage, profile (where a request's CPU
- * goes, by part). With no suite named, runs them all.
+ * goes, by part), floor (what bare Node parts do here). With no suite named, runs them all.
  */
 import { benchCluster } from './cluster.ts';
 import { benchProfile } from './profile.ts';
+import { benchFloor } from './replication-floor.ts';
 import { benchScale } from './scale.ts';
 import { benchStorage } from './storage.ts';
 
@@ -17,6 +18,7 @@ const SUITES: Record<string, () => Promise<void>> = {
   scale: () => benchScale(args),
   storage: benchStorage,
   profile: benchProfile,
+  floor: benchFloor,
 };
 
 for (const name of asked) {
