@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { request } from 'node:https';
-import { decodeJwt } from 'jose';
+import type { decodeJwt } from 'jose';
 import { FETCH_TIMEOUT_MS, FETCHED_BYTES_MAX, httpsGetJson } from '../server/auth/https-get.ts';
 
 /**
@@ -84,7 +84,9 @@ export async function oidcCodeFlow(options: OidcFlowOptions): Promise<string> {
   const idToken = tokens['id_token'];
   if (typeof idToken !== 'string' || idToken === '')
     throw new Error('the token endpoint answered no id_token: is the openid scope asked for (--scope)?');
-  checkIdToken(idToken, { nonce, issuer: options.issuer, clientId: options.clientId });
+  // jose is loaded here, not when the CLI starts (every command, `coffer server` included, loads this file).
+  const { decodeJwt } = await import('jose');
+  checkIdToken(decodeJwt, idToken, { nonce, issuer: options.issuer, clientId: options.clientId });
   return idToken;
 }
 
@@ -311,10 +313,14 @@ function postForm(url: string, caPem: string, form: Record<string, string>): Pro
  * code) is refused here. Its signature, issuer, audience and lifetime are the cluster's to check,
  * with the provider's keys; the issuer and audience are read here too, to say early what is wrong.
  */
-function checkIdToken(idToken: string, expect: { nonce: string; issuer: string; clientId: string }): void {
+function checkIdToken(
+  decode: typeof decodeJwt,
+  idToken: string,
+  expect: { nonce: string; issuer: string; clientId: string },
+): void {
   let claims: ReturnType<typeof decodeJwt>;
   try {
-    claims = decodeJwt(idToken);
+    claims = decode(idToken);
   } catch {
     throw new Error('the provider answered an id_token that is not a JWT');
   }

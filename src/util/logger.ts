@@ -1,5 +1,6 @@
 import { pino, type Logger, type LoggerOptions, type DestinationStream } from 'pino';
-import pretty from 'pino-pretty';
+import { createRequire } from 'node:module';
+import type PinoPretty from 'pino-pretty';
 
 /**
  * The one way Coffer makes loggers. Redaction is configured here, once, so no component can
@@ -56,6 +57,13 @@ export function logFormat(env: NodeJS.ProcessEnv = process.env, isTerminal = pro
   const chosen = env['COFFER_LOG_FORMAT'];
   if (chosen === 'json' || chosen === 'pretty') return chosen;
   return isTerminal ? 'pretty' : 'json';
+}
+
+let prettyLoaded: typeof PinoPretty | null = null;
+/** pino-pretty, loaded when a logger prints for people: a manager writing JSON starts without it. */
+function pretty(options: PinoPretty.PrettyOptions): ReturnType<typeof PinoPretty> {
+  prettyLoaded ??= createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
+  return prettyLoaded(options);
 }
 
 export function createLogger(settings: LoggerSettings = {}): Logger {

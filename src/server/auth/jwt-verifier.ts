@@ -1,16 +1,15 @@
-import {
-  createLocalJWKSet,
-  createRemoteJWKSet,
-  customFetch,
-  errors,
-  jwtVerify,
-  type FetchImplementation,
-  type JWTPayload,
-  type JWTVerifyGetKey,
-} from 'jose';
+import type { FetchImplementation, JWTPayload, JWTVerifyGetKey } from 'jose';
 import type { JwtMethodConfig } from '../../state/auth-config.ts';
 import { refuse, ServiceError } from '../errors.ts';
 import { FETCH_TIMEOUT_MS, FetchError, httpsGet, httpsGetJson } from './https-get.ts';
+
+type Jose = typeof import('jose');
+let joseLoaded: Jose | null = null;
+/** jose, loaded at the first login that needs it: a manager that never verifies a JWT starts without it. */
+async function loadJose(): Promise<Jose> {
+  joseLoaded ??= await import('jose');
+  return joseLoaded;
+}
 
 /** Seconds of clock difference allowed on `exp` and `nbf` (the issuer's clock and the cluster's). */
 export const TOKEN_LEEWAY_SECONDS = 60;
@@ -61,9 +60,10 @@ export class JwtVerifier {
       throw refuse('TOKEN_INVALID', 'the token is not a signed JWT (three base64url parts, at most 16 KiB)', {
         field: 'jwt',
       });
-    const source = await this.#source(config);
+    const jose = await loadJose();
+    const source = await this.#source(config, jose);
     try {
-      const { payload } = await jwtVerify(token, source.getKey, {
+      const { payload } = await jose.jwtVerify(token, source.getKey, {
         issuer: source.issuer,
         audience: [...audiences],
         algorithms: [...config.algorithms],
@@ -73,11 +73,11 @@ export class JwtVerifier {
       });
       return payload;
     } catch (error) {
-      throw tokenRefusal(error);
+      throw tokenRefusal(error, jose);
     }
   }
 
-  async #source(config: JwtMethodConfig): Promise<KeySource> {
+  async #source(config: JwtMethodConfig, jose: Jose): Promise<KeySource> {
     const known = this.#sources.get(config.method);
     if (
       known !== undefined &&
@@ -86,7 +86,7 @@ export class JwtVerifier {
     )
       return known;
     if (config.discoveryUrl === '') {
-      const source = staticSource(config);
+      const source = staticSource(config, jose);
       this.#sources.set(config.method, source);
       return source;
     }
@@ -101,7 +101,7 @@ export class JwtVerifier {
       throw failed.error;
     const pending = this.#pending.get(config.method);
     if (pending !== undefined && pending.config === config) return pending.promise;
-    const promise = this.#discover(config).then(
+    const promise = this.#discover(config, jose).then(
       (source) => {
         this.#sources.set(config.method, source);
         this.#failures.delete(config.method);
@@ -121,7 +121,7 @@ export class JwtVerifier {
     }
   }
 
-  async #discover(config: JwtMethodConfig): Promise<KeySource> {
+  async #discover(config: JwtMethodConfig, jose: Jose): Promise<KeySource> {
     let document: Record<string, unknown>;
     try {
       document = await httpsGetJson(config.discoveryUrl, config.discoveryCaPem);
@@ -152,19 +152,19 @@ export class JwtVerifier {
     } catch {
       throw refuse('ISSUER_UNREACHABLE', `the discovery document's jwks_uri is not a URL`);
     }
-    const getKey = createRemoteJWKSet(jwksUrl, {
+    const getKey = jose.createRemoteJWKSet(jwksUrl, {
       cacheMaxAge: JWKS_CACHE_MS,
       cooldownDuration: JWKS_REFETCH_COOLDOWN_MS,
       timeoutDuration: FETCH_TIMEOUT_MS,
-      [customFetch]: fetchWithCa,
+      [jose.customFetch]: fetchWithCa,
     });
     return { config, issuer, getKey, fetchedAtMs: this.#monotonicMs() };
   }
 }
 
-function staticSource(config: JwtMethodConfig): KeySource {
-  const jwks = JSON.parse(config.staticJwks) as Parameters<typeof createLocalJWKSet>[0];
-  return { config, issuer: config.boundIssuer, getKey: createLocalJWKSet(jwks), fetchedAtMs: 0 };
+function staticSource(config: JwtMethodConfig, jose: Jose): KeySource {
+  const jwks = JSON.parse(config.staticJwks) as Parameters<Jose['createLocalJWKSet']>[0];
+  return { config, issuer: config.boundIssuer, getKey: jose.createLocalJWKSet(jwks), fetchedAtMs: 0 };
 }
 
 function unreachable(error: unknown): ServiceError {
@@ -173,7 +173,7 @@ function unreachable(error: unknown): ServiceError {
 }
 
 /** A jose error as the refusal a client reads. */
-function tokenRefusal(error: unknown): ServiceError {
+function tokenRefusal(error: unknown, { errors }: Jose): ServiceError {
   if (error instanceof errors.JWTExpired)
     return refuse('TOKEN_EXPIRED', 'the token expired: get a new one from its issuer', { field: 'jwt' });
   if (error instanceof errors.JWTClaimValidationFailed) {

@@ -1,5 +1,4 @@
 import { isIP } from 'node:net';
-import { Client, InvalidCredentialsError, escapeFilter } from 'ldapts';
 import type { LdapMethodConfig } from '../../state/auth-config.ts';
 import { refuse } from '../errors.ts';
 
@@ -36,6 +35,8 @@ export async function ldapLogin(
     ...(isIP(host) === 0 ? { servername: host } : {}),
     ...(config.caPem === '' ? {} : { ca: config.caPem }),
   };
+  // ldapts is loaded at the first LDAP login: a manager that never uses LDAP starts without it.
+  const { Client, InvalidCredentialsError, escapeFilter } = await import('ldapts');
   const client = new Client({
     url: config.url,
     timeout: LDAP_TIMEOUT_MS,

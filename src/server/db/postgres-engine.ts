@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto';
-import pg from 'pg';
+import { createRequire } from 'node:module';
+import type pg from 'pg';
 import { STATIC_USERNAME_PATTERN } from '../../state/static-roles.ts';
 
 /**
@@ -13,6 +14,18 @@ import { STATIC_USERNAME_PATTERN } from '../../state/static-roles.ts';
  * replaced, the SQLSTATE and PostgreSQL's own message, and never a password or the SQL that was
  * run (a rendered creation template holds the new role's password).
  */
+
+let pgLoaded: typeof pg | null = null;
+/** The pg driver, loaded at the first connection: a manager with no database role starts without it. */
+function pgDriver(): typeof pg {
+  pgLoaded ??= createRequire(import.meta.url)('pg') as typeof pg;
+  return pgLoaded;
+}
+
+/** A PostgreSQL error (only a connection made through pgDriver can have raised one). */
+function isDatabaseError(error: unknown): error is pg.DatabaseError {
+  return pgLoaded !== null && error instanceof pgLoaded.DatabaseError;
+}
 
 /** Connecting, TLS and the admin's authentication together give up after this long. */
 export const DB_CONNECT_TIMEOUT_MS = 5_000;
@@ -583,7 +596,7 @@ async function withSession<T>(
     throw new DatabaseEngineError('DB_UNREACHABLE', `${target} is not a postgres:// or postgresql:// URL`);
   let client: pg.Client;
   try {
-    client = new pg.Client({
+    client = new (pgDriver().Client)({
       // The URL's own parameters (sslmode, host=...) win over these, as pg merges them.
       connectionString: config.url,
       connectionTimeoutMillis: DB_CONNECT_TIMEOUT_MS,
@@ -675,7 +688,7 @@ async function inTransaction(
       // A statement the server refused leaves the connection usable: roll back here. Any other
       // failure (a timeout, a dead socket) may have left a statement in flight, and a ROLLBACK
       // would queue behind it; close() drops the connection and the server rolls back.
-      if (error instanceof pg.DatabaseError) await client.query('ROLLBACK').catch(() => undefined);
+      if (isDatabaseError(error)) await client.query('ROLLBACK').catch(() => undefined);
       throw unreachableOrRefused(error, `statement ${index + 1} of ${statements.length} of the ${what}`, secrets);
     }
   }
@@ -685,7 +698,7 @@ async function inTransaction(
   try {
     await client.query('COMMIT');
   } catch (error) {
-    const unknown = error instanceof pg.DatabaseError ? '' : ' (whether it committed is unknown)';
+    const unknown = isDatabaseError(error) ? '' : ' (whether it committed is unknown)';
     throw unreachableOrRefused(error, `COMMIT of the ${what}${unknown}`, secrets);
   }
 }
@@ -713,7 +726,7 @@ async function terminateSessions(session: Session, oid: string): Promise<void> {
     );
   } catch (error) {
     const hint =
-      error instanceof pg.DatabaseError && error.code === '42501'
+      isDatabaseError(error) && error.code === '42501'
         ? ' (the admin must be a superuser or a member of pg_signal_backend)'
         : '';
     throw unreachableOrRefused(error, `ending the role's sessions${hint}`, session.secrets);
@@ -724,13 +737,13 @@ async function terminateSessions(session: Session, oid: string): Promise<void> {
 function unreachableOrRefused(error: unknown, what: string, secrets: readonly string[]): DatabaseEngineError {
   const sqlState = sqlStateOf(error);
   const text = describe(error, secrets);
-  if (error instanceof pg.DatabaseError && sqlState !== undefined && !UNREACHABLE_SQLSTATE.test(sqlState))
+  if (isDatabaseError(error) && sqlState !== undefined && !UNREACHABLE_SQLSTATE.test(sqlState))
     return new DatabaseEngineError('DB_REFUSED', `the database refused ${what}: ${text}`, sqlState);
   return new DatabaseEngineError('DB_UNREACHABLE', `the database did not complete ${what}: ${text}; retry`, sqlState);
 }
 
 function sqlStateOf(error: unknown): string | undefined {
-  return error instanceof pg.DatabaseError && typeof error.code === 'string' ? error.code : undefined;
+  return isDatabaseError(error) && typeof error.code === 'string' ? error.code : undefined;
 }
 
 /**
@@ -747,7 +760,7 @@ function describe(error: unknown, secrets: readonly string[]): string {
   // Scrubbed before being cut: a secret cut in two would no longer be found.
   const clean = (text: string) => scrub(text, secrets).slice(0, MESSAGE_CHARS_MAX);
   const parts = [typeof e.code === 'string' ? clean(e.code) : '', clean(message)];
-  if (error instanceof pg.DatabaseError) {
+  if (isDatabaseError(error)) {
     if (typeof e.detail === 'string') parts.push(`(${clean(e.detail)})`);
     if (typeof e.hint === 'string') parts.push(`(hint: ${clean(e.hint)})`);
   }
