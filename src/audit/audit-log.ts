@@ -113,11 +113,17 @@ interface Head {
   readonly seq: number;
   readonly hash: string;
   readonly node: number;
+  /**
+   * The log's length in bytes through record `seq` (its line's newline included): where a start
+   * resumes checking the chain. Null in a head written before it was kept (the whole log is then
+   * checked once, and the next head carries it).
+   */
+  readonly bytes: number | null;
 }
 
-/** The head's text: `{"seq":N,"hash":"<hex>","node":N,"mac":"<hex>"}`, the MAC over the bytes before it. */
-function headText(key: Uint8Array, head: Head): string {
-  const body = JSON.stringify({ seq: head.seq, hash: head.hash, node: head.node });
+/** The head's text: `{"seq":N,"hash":"<hex>","node":N,"bytes":N,"mac":"<hex>"}`, the MAC over the bytes before it. */
+function headText(key: Uint8Array, head: Head & { readonly bytes: number }): string {
+  const body = JSON.stringify({ seq: head.seq, hash: head.hash, node: head.node, bytes: head.bytes });
   return withLast(body, 'mac', headMac(key, body));
 }
 
@@ -140,10 +146,11 @@ function openHead(text: string, key: Uint8Array): Head | string {
     h.seq! < 0 ||
     typeof h.hash !== 'string' ||
     !HEX64.test(h.hash) ||
-    !Number.isSafeInteger(h.node)
+    !Number.isSafeInteger(h.node) ||
+    (h.bytes !== undefined && (!Number.isSafeInteger(h.bytes) || h.bytes! < 0))
   )
     return `${AUDIT_HEAD_FILE} has a field missing or of the wrong type`;
-  return { seq: h.seq!, hash: h.hash, node: h.node! };
+  return { seq: h.seq!, hash: h.hash, node: h.node!, bytes: h.bytes ?? null };
 }
 
 function isRecord(value: unknown): value is AuditRecord {
@@ -301,29 +308,25 @@ export class AuditLog {
         await file.close();
       }
       const genesis = genesisHash(key, node);
-      await writeHead(dir, key, { seq: 0, hash: genesis, node });
+      await writeHead(dir, key, { seq: 0, hash: genesis, node, bytes: 0 });
       await syncDir(dir);
       const log = new AuditLog(dir, node, key, 0, genesis, archived);
       log.#headSeq = 0;
       return log;
     }
-    const head = await readOrNull(join(dir, AUDIT_HEAD_FILE));
-    const text = await readOrNull(path);
-    const complete = text === null ? null : completeLines(text);
-    const report = verifyAuditLog(complete, head, key);
-    if (!report.ok) {
+    const report = await checkLog(dir, key, { fromHead: true });
+    // A last line cut short by a crash is cut off; anything else wrong stops the start.
+    const torn = !report.ok && report.completeBytes > 0 && /incomplete last line/.test(report.firstBroken!.problem);
+    if (!report.ok && !torn) {
       const where = report.firstBroken!.line === 0 ? '' : `at line ${report.firstBroken!.line}: `;
       throw new AuditError(
         `the audit log in ${dir} does not verify (${where}${report.firstBroken!.problem}); this manager will not add to it. Keep it as evidence; restore it from a copy, or start a new log beside it (coffer server --new-audit-log)`,
       );
     }
-    if (complete!.length !== text!.length) await truncate(path, Buffer.byteLength(complete!));
-    const lines = complete!.split('\n').filter((l) => l !== '');
-    const last = lines[lines.length - 1];
-    const resume = last === undefined ? { seq: 0, hash: genesisHash(key, node) } : (JSON.parse(last) as AuditRecord);
-    const log = new AuditLog(dir, node, key, resume.seq, resume.hash, []);
-    log.#durableBytes = Buffer.byteLength(complete!);
-    log.#headSeq = (JSON.parse(head!) as Head).seq;
+    if (torn) await truncate(path, report.completeBytes);
+    const log = new AuditLog(dir, node, key, report.last.seq, report.last.hash, []);
+    log.#durableBytes = report.completeBytes;
+    log.#headSeq = report.headSeq;
     return log;
   }
 
@@ -369,7 +372,9 @@ export class AuditLog {
     const { seq, hash } = this.#durable;
     if (seq === this.#headSeq) return;
     this.#headWrittenMs = performance.now();
-    this.#headWriting = writeHead(this.dir, this.#key, { seq, hash, node: this.#node })
+    // The log's length through the durable record: moved with it, after each batch's write.
+    const bytes = this.#durableBytes;
+    this.#headWriting = writeHead(this.dir, this.#key, { seq, hash, node: this.#node, bytes })
       .then(() => {
         this.#headSeq = seq;
         this.#headBroken = null;
@@ -491,14 +496,47 @@ export class AuditLog {
     }
   }
 
-  /** The last `count` records. */
+  /** The last `count` records, read back from the log's end (what is read grows with `count`, not with the log). */
   async tail(count: number): Promise<AuditRecord[]> {
-    const text = completeLines((await readOrNull(join(this.dir, AUDIT_FILE))) ?? '');
-    return text
-      .split('\n')
-      .filter((l) => l !== '')
-      .slice(-count)
-      .map((l) => JSON.parse(l) as AuditRecord);
+    let handle: FileHandle;
+    try {
+      handle = await open(join(this.dir, AUDIT_FILE), 'r');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw error;
+    }
+    try {
+      let position = (await handle.stat()).size;
+      let bytes = Buffer.alloc(0);
+      // Back a chunk at a time until the bytes hold `count` complete lines and the line end before them.
+      const enough = (): boolean => {
+        let newlines = 0;
+        for (let at = bytes.indexOf(10); at !== -1; at = bytes.indexOf(10, at + 1)) newlines++;
+        return newlines > count;
+      };
+      while (position > 0 && !enough()) {
+        const from = Math.max(0, position - TAIL_CHUNK_BYTES);
+        const chunk = Buffer.allocUnsafe(position - from);
+        await handle.read(chunk, 0, chunk.length, from);
+        bytes = Buffer.concat([chunk, bytes]);
+        position = from;
+      }
+      // A first line read only in part (its start is further back) is left out.
+      const first = position === 0 ? 0 : bytes.indexOf(10) + 1;
+      let text: string;
+      try {
+        text = UTF8.decode(bytes.subarray(first));
+      } catch {
+        throw new AuditError(`${join(this.dir, AUDIT_FILE)} is not UTF-8 text: it was altered`);
+      }
+      return completeLines(text)
+        .split('\n')
+        .filter((l) => l !== '')
+        .slice(-count)
+        .map((l) => JSON.parse(l) as AuditRecord);
+    } finally {
+      await handle.close();
+    }
   }
 
   /**
@@ -508,9 +546,11 @@ export class AuditLog {
    */
   async verify(anchor: AuditAnchor | null = null): Promise<VerifyReport> {
     try {
-      const head = await readOrNull(join(this.dir, AUDIT_HEAD_FILE));
-      const text = await readOrNull(join(this.dir, AUDIT_FILE));
-      return verifyAuditLog(text === null ? null : completeLines(text), head, this.#key, anchor);
+      const report = await checkLog(this.dir, this.#key, { anchor });
+      // A last line still being written is not a fault of the log.
+      if (!report.ok && report.completeBytes > 0 && /incomplete last line/.test(report.firstBroken!.problem))
+        return { ok: true, records: report.records, firstBroken: null };
+      return reportOf(report);
     } catch (error) {
       if (error instanceof AuditError)
         return { ok: false, records: 0, firstBroken: { line: 0, problem: error.message } };
@@ -520,7 +560,7 @@ export class AuditLog {
 }
 
 /** Replaces the head atomically (a crash leaves the old head or the new one, never an empty file). */
-async function writeHead(dir: string, key: Uint8Array, head: Head): Promise<void> {
+async function writeHead(dir: string, key: Uint8Array, head: Head & { readonly bytes: number }): Promise<void> {
   const temporary = join(dir, `${AUDIT_HEAD_FILE}.tmp`);
   const file = await open(temporary, 'w', 0o600);
   try {
@@ -539,98 +579,278 @@ export interface VerifyReport {
   readonly firstBroken: { readonly line: number; readonly problem: string } | null;
 }
 
+/** A check's report, without where a manager would resume. */
+function reportOf(check: LogCheck): VerifyReport {
+  return { ok: check.ok, records: check.records, firstBroken: check.firstBroken };
+}
+
+/** The log's end is read back this many bytes at a time for its last records. */
+const TAIL_CHUNK_BYTES = 64 * 1024;
+
+/** The log is read this many bytes at a time when it is checked: memory stays bounded whatever its size. */
+const READ_CHUNK_BYTES = 1024 * 1024;
+
 /**
- * Checks an audit log (`text`, null if the file is missing) with its head (`head`, the text of
- * audit.head, null if missing) under the manager's audit key: the head's MAC; each record's
- * hash over its exact bytes, its link to the one before, consecutive sequence numbers, the
- * manager's node id; that the log reaches the head and holds the record it names; and, given
- * the cluster's anchor, that it reaches the anchor and holds that record too.
+ * The complete lines of an open log from byte `from` on, a chunk at a time: each line's bytes
+ * without its newline (a view valid until the next line is asked for) and the offset just past
+ * its newline. A last line without its newline is not yielded.
  */
-export function verifyAuditLog(
-  text: string | null,
-  head: string | null,
-  key: Uint8Array,
-  anchor: AuditAnchor | null = null,
-): VerifyReport {
-  const fail = (line: number, records: number, problem: string): VerifyReport => ({
-    ok: false,
-    records,
-    firstBroken: { line, problem },
-  });
-  if (text === null)
-    return fail(
-      0,
-      0,
-      `${AUDIT_FILE} is missing: a manager's log is made with its head and never removed, so it was deleted`,
-    );
-  if (head === null)
-    return fail(
-      0,
-      0,
-      `${AUDIT_HEAD_FILE} is missing: a manager's head is made with its log and only ever replaced, so it was deleted`,
-    );
-  const opened = openHead(head, key);
-  if (typeof opened === 'string') return fail(0, 0, opened);
-  const lines = text.split('\n');
-  const partial = lines.pop()!; // '' when the text ends with a newline
-  let prev = genesisHash(key, opened.node);
-  let seq = 0;
-  let headHash = opened.seq === 0 ? prev : null;
-  let anchorHash = anchor?.seq === 0 ? prev : null;
-  for (const [k, line] of lines.entries()) {
-    const broken = (problem: string): VerifyReport => fail(k + 1, k, problem);
+async function* linesOf(handle: FileHandle, from: number): AsyncGenerator<{ bytes: Buffer; end: number }> {
+  const chunk = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+  let carry = Buffer.alloc(0);
+  let position = from;
+  for (;;) {
+    const { bytesRead } = await handle.read(chunk, 0, READ_CHUNK_BYTES, position);
+    if (bytesRead === 0) return;
+    const data =
+      carry.length === 0 ? chunk.subarray(0, bytesRead) : Buffer.concat([carry, chunk.subarray(0, bytesRead)]);
+    const dataStart = position - carry.length;
+    position += bytesRead;
+    let lineStart = 0;
+    for (let newline = data.indexOf(10); newline !== -1; newline = data.indexOf(10, lineStart)) {
+      yield { bytes: data.subarray(lineStart, newline), end: dataStart + newline + 1 };
+      lineStart = newline + 1;
+    }
+    // The start of a line still being read is kept (copied: the chunk is read into again).
+    carry = Buffer.from(data.subarray(lineStart));
+  }
+}
+
+/** A point of the chain: a record's sequence number and hash (record 0: the genesis hash). */
+interface ChainPoint {
+  readonly seq: number;
+  readonly hash: string;
+}
+
+/**
+ * Checks records one line at a time, each against the chain so far: its bytes are UTF-8, it is a
+ * record whose hash is last, it follows the record before it, its sequence number is the next,
+ * it names this manager, and its hash covers its exact bytes under the key. Notes the hashes of
+ * the records the head and the anchor name as they go by.
+ */
+class ChainCheck {
+  readonly #key: Uint8Array;
+  readonly #node: number;
+  #last: ChainPoint;
+  headHash: string | null = null;
+  anchorHash: string | null = null;
+
+  constructor(
+    key: Uint8Array,
+    node: number,
+    from: ChainPoint,
+    readonly headSeq: number,
+    readonly anchor: AuditAnchor | null,
+  ) {
+    this.#key = key;
+    this.#node = node;
+    this.#last = from;
+    this.#note();
+  }
+
+  get last(): ChainPoint {
+    return this.#last;
+  }
+
+  /** What is wrong with the next line, or null once it has joined the chain. */
+  next(bytes: Buffer): string | null {
+    let line: string;
+    try {
+      line = UTF8.decode(bytes);
+    } catch {
+      return 'not UTF-8 text: it was altered';
+    }
     const split = splitLast(line, 'hash');
     let record: unknown;
     try {
       record = JSON.parse(line);
     } catch {
-      return broken('not a JSON record');
+      return 'not a JSON record';
     }
     if (split === null || !isRecord(record))
-      return broken('not an audit record (a field is missing or of the wrong type, or the hash is not the last field)');
+      return 'not an audit record (a field is missing or of the wrong type, or the hash is not the last field)';
+    const { seq, hash: prev } = this.#last;
     if (record.prev !== prev)
-      return broken(`it does not follow the record before it (a record was removed, inserted or reordered)`);
-    if (record.seq !== seq + 1) return broken(`sequence number ${record.seq} after ${seq}`);
-    if (record.node !== opened.node)
-      return broken(`it names manager ${record.node}, but this is manager ${opened.node}'s log`);
-    if (!sameHex(recordHash(key, prev, split.body), split.hex))
-      return broken("its contents were altered (the hash does not match its bytes under this manager's key)");
-    prev = split.hex;
-    seq = record.seq;
-    if (seq === opened.seq) headHash = prev;
-    if (seq === anchor?.seq) anchorHash = prev;
+      return `it does not follow the record before it (a record was removed, inserted or reordered)`;
+    if (record.seq !== seq + 1) return `sequence number ${record.seq} after ${seq}`;
+    if (record.node !== this.#node) return `it names manager ${record.node}, but this is manager ${this.#node}'s log`;
+    if (!sameHex(recordHash(this.#key, prev, split.body), split.hex))
+      return "its contents were altered (the hash does not match its bytes under this manager's key)";
+    this.#last = { seq: record.seq, hash: split.hex };
+    this.#note();
+    return null;
   }
-  const records = lines.length;
-  if (partial !== '')
-    return fail(
-      records + 1,
-      records,
-      'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log',
-    );
-  // The head is written after the log, so it may lag; a log shorter than it was cut.
-  if (opened.seq > seq)
-    return fail(
-      records + 1,
-      records,
-      `the log ends at record ${seq}, but the head says ${opened.seq}: it was truncated`,
-    );
-  if (headHash === null || !sameHex(headHash, opened.hash))
-    return fail(opened.seq, records, `record ${opened.seq} is not the one the head names: the log was replaced`);
-  if (anchor !== null) {
-    if (anchor.seq > seq)
-      return fail(
-        records + 1,
-        records,
-        `the log ends at record ${seq}, but the cluster's anchor is record ${anchor.seq}: it was truncated (and any head that agrees with it is an older one put back)`,
-      );
-    if (anchorHash === null || !sameHex(anchorHash, anchor.hash))
-      return fail(
-        anchor.seq,
-        records,
-        `record ${anchor.seq} is not the one the cluster's anchor names: the log was replaced or rewritten`,
-      );
+
+  #note(): void {
+    if (this.#last.seq === this.headSeq) this.headHash = this.#last.hash;
+    if (this.#last.seq === this.anchor?.seq) this.anchorHash = this.#last.hash;
   }
-  return { ok: true, records, firstBroken: null };
+}
+
+/** What checking a log found, and where a manager resumes it. */
+interface LogCheck extends VerifyReport {
+  /** The log's length through its last complete line (a last line being written is beyond it). */
+  readonly completeBytes: number;
+  /** The log's last complete record. */
+  readonly last: ChainPoint;
+  readonly headSeq: number;
+}
+
+/**
+ * Checks the audit log in `dir` with its head under the manager's audit key, reading it a chunk
+ * at a time: the head's MAC; each record (ChainCheck); that the log reaches the head and holds
+ * the record it names; and, given the cluster's anchor, that it reaches the anchor and holds that
+ * record too. The head is read before the log, so the log read holds every record the head names.
+ *
+ * `fromHead` (a manager's start) checks only the records from the head's on: that the record
+ * ending where the head says is the one it names, and every record after it (at most about
+ * HEAD_INTERVAL_MS of them). A start then takes the same time whatever the log's length; the
+ * records before the head were checked as they were written and are checked whole by `verify`
+ * (`coffer audit verify`). A head from before it kept the log's length gets the whole check.
+ */
+async function checkLog(
+  dir: string,
+  key: Uint8Array,
+  options: { anchor?: AuditAnchor | null; fromHead?: boolean } = {},
+): Promise<LogCheck> {
+  const anchor = options.anchor ?? null;
+  const nothing = { completeBytes: 0, last: { seq: 0, hash: '' }, headSeq: 0 };
+  const fail = (line: number, records: number, problem: string): LogCheck => ({
+    ok: false,
+    records,
+    firstBroken: { line, problem },
+    ...nothing,
+  });
+  const headFile = await readOrNull(join(dir, AUDIT_HEAD_FILE));
+  let handle: FileHandle;
+  try {
+    handle = await open(join(dir, AUDIT_FILE), 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    return fail(
+      0,
+      0,
+      `${AUDIT_FILE} is missing: a manager's log is made with its head and never removed, so it was deleted`,
+    );
+  }
+  try {
+    if (headFile === null)
+      return fail(
+        0,
+        0,
+        `${AUDIT_HEAD_FILE} is missing: a manager's head is made with its log and only ever replaced, so it was deleted`,
+      );
+    const head = openHead(headFile, key);
+    if (typeof head === 'string') return fail(0, 0, head);
+    const genesis = { seq: 0, hash: genesisHash(key, head.node) };
+    let from = { point: genesis, offset: 0 };
+    if (options.fromHead === true && head.bytes !== null && head.seq > 0) {
+      const size = (await handle.stat()).size;
+      if (size < head.bytes)
+        return fail(
+          head.seq,
+          0,
+          `the log is ${size} bytes long, but the head's record ${head.seq} ends at byte ${head.bytes}: it was truncated`,
+        );
+      const problem = await headRecordProblem(handle, { ...head, bytes: head.bytes }, key);
+      if (problem !== null) return fail(head.seq, 0, problem);
+      from = { point: { seq: head.seq, hash: head.hash }, offset: head.bytes };
+    }
+    const chain = new ChainCheck(key, head.node, from.point, head.seq, anchor);
+    let completeBytes = from.offset;
+    let records = 0;
+    for await (const { bytes, end } of linesOf(handle, from.offset)) {
+      const problem = chain.next(bytes);
+      // A line's number is its record's sequence number, in a log that holds together up to it.
+      if (problem !== null) return fail(from.point.seq + records + 1, records, problem);
+      records++;
+      completeBytes = end;
+    }
+    const { seq } = chain.last;
+    const done = { completeBytes, last: chain.last, headSeq: head.seq };
+    if ((await handle.stat()).size > completeBytes)
+      return {
+        ...fail(
+          seq + 1,
+          records,
+          'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log',
+        ),
+        ...done,
+      };
+    // The head is written after the log, so it may lag; a log shorter than it was cut.
+    if (head.seq > seq)
+      return fail(seq + 1, records, `the log ends at record ${seq}, but the head says ${head.seq}: it was truncated`);
+    if (chain.headHash === null || !sameHex(chain.headHash, head.hash))
+      return fail(head.seq, records, `record ${head.seq} is not the one the head names: the log was replaced`);
+    if (anchor !== null) {
+      if (anchor.seq > seq)
+        return fail(
+          seq + 1,
+          records,
+          `the log ends at record ${seq}, but the cluster's anchor is record ${anchor.seq}: it was truncated (and any head that agrees with it is an older one put back)`,
+        );
+      if (chain.anchorHash === null || !sameHex(chain.anchorHash, anchor.hash))
+        return fail(
+          anchor.seq,
+          records,
+          `record ${anchor.seq} is not the one the cluster's anchor names: the log was replaced or rewritten`,
+        );
+    }
+    return { ok: true, records, firstBroken: null, ...done };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * What is wrong with the record a head names, as the log holds it: the line that ends at the
+ * head's byte count must be record `seq`, with the head's hash, and that hash must cover its
+ * bytes under the key (its `prev` among them, so the record before it is bound too).
+ */
+async function headRecordProblem(
+  handle: FileHandle,
+  head: Head & { readonly bytes: number },
+  key: Uint8Array,
+): Promise<string | null> {
+  const where = `the record the head names (${head.seq}, ending at byte ${head.bytes})`;
+  if (head.bytes < 1) return `${where}: no record ends there, so the head is not this log's`;
+  // Read back from the head's byte count until the newline before the record's line (or the log's start).
+  let start = head.bytes - 1;
+  let tail = Buffer.alloc(0);
+  for (;;) {
+    const from = Math.max(0, start - READ_CHUNK_BYTES);
+    const chunk = Buffer.allocUnsafe(start - from);
+    if (chunk.length > 0) await handle.read(chunk, 0, chunk.length, from);
+    tail = Buffer.concat([chunk, tail]);
+    const newline = chunk.lastIndexOf(10);
+    if (newline !== -1 || from === 0) {
+      const line = tail.subarray(newline + 1);
+      const last = Buffer.alloc(1);
+      await handle.read(last, 0, 1, head.bytes - 1);
+      if (last[0] !== 10) return `${where}: the log has no line end there, so it was rewritten`;
+      let text: string;
+      try {
+        text = UTF8.decode(line);
+      } catch {
+        return `${where} is not UTF-8 text: it was altered`;
+      }
+      const split = splitLast(text, 'hash');
+      let record: unknown;
+      try {
+        record = JSON.parse(text);
+      } catch {
+        return `${where} is not a JSON record: the log was rewritten`;
+      }
+      if (split === null || !isRecord(record) || record.seq !== head.seq || record.node !== head.node)
+        return `${where} is not there: the log was rewritten`;
+      if (!sameHex(split.hex, head.hash))
+        return `record ${head.seq} is not the one the head names: the log was replaced`;
+      if (!sameHex(recordHash(key, record.prev, split.body), split.hex))
+        return `${where}: its contents were altered (the hash does not match its bytes under this manager's key)`;
+      return null;
+    }
+    start = from;
+  }
 }
 
 /** Verifies the log in a directory, with its head, under the manager's audit key (and the cluster's anchor). */
@@ -640,9 +860,7 @@ export async function verifyAuditDir(
   anchor: AuditAnchor | null = null,
 ): Promise<VerifyReport> {
   try {
-    const head = await readOrNull(join(dir, AUDIT_HEAD_FILE));
-    const text = await readOrNull(join(dir, AUDIT_FILE));
-    return verifyAuditLog(text, head, key, anchor);
+    return reportOf(await checkLog(dir, key, { anchor }));
   } catch (error) {
     if (error instanceof AuditError) return { ok: false, records: 0, firstBroken: { line: 0, problem: error.message } };
     throw error;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -193,7 +193,7 @@ test('while the head cannot be written the log stays broken, even as records sti
   }
 });
 
-test("the layout: each line is a record's JSON with its hash last; the head carries seq, hash, node and its MAC last; the anchor is the last durable record", async () => {
+test("the layout: each line is a record's JSON with its hash last; the head carries seq, hash, node, the log's length through that record, and its MAC last; the anchor is the last durable record", async () => {
   const { dir, root } = await logWith(2);
   try {
     const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
@@ -215,7 +215,9 @@ test("the layout: each line is a record's JSON with its hash last; the head carr
       assert.match(line, /,"hash":"[0-9a-f]{64}"\}$/);
     }
     const head = readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8');
-    assert.match(head, /^\{"seq":2,"hash":"[0-9a-f]{64}","node":1,"mac":"[0-9a-f]{64}"\}$/);
+    assert.match(head, /^\{"seq":2,"hash":"[0-9a-f]{64}","node":1,"bytes":\d+,"mac":"[0-9a-f]{64}"\}$/);
+    // The head's bytes: the log's length through the record it names (here the last).
+    assert.equal((JSON.parse(head) as { bytes: number }).bytes, readFileSync(join(dir, AUDIT_FILE)).length);
     const log = await AuditLog.open(dir, 1, KEY);
     assert.deepEqual(log.anchor, { seq: 2, hash: (JSON.parse(lines[1]!) as { hash: string }).hash });
     assert.equal((await log.verify(log.anchor)).ok, true);
@@ -246,6 +248,131 @@ test('a new log moves what was there aside (an older, unkeyed log; or one whose 
     await log.append(event(1));
     await log.close();
     assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 1, firstBroken: null });
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+/** The head as a manager before 2026-12 wrote it: no byte count, under the same MAC. */
+function headWithoutBytes(dir: string): void {
+  const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), 'utf8')) as {
+    seq: number;
+    hash: string;
+    node: number;
+  };
+  const body = JSON.stringify({ seq: head.seq, hash: head.hash, node: head.node });
+  const mac = createHmac('sha256', KEY).update('audit-head\n').update(body).digest('hex');
+  writeFileSync(join(dir, AUDIT_HEAD_FILE), `${body.slice(0, -1)},"mac":"${mac}"}`);
+}
+
+/** Rewrites record `seq`'s identity (same length) without its hash: an alteration only the chain shows. */
+function alterRecord(dir: string, seq: number): void {
+  const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').split('\n');
+  lines[seq - 1] = lines[seq - 1]!.replace('"identity":"user-', '"identity":"usXr-');
+  writeFileSync(join(dir, AUDIT_FILE), lines.join('\n'));
+}
+
+test("a start checks the log from its head's record on, so it takes the same time however long the log is; verify checks it whole", async () => {
+  const { dir, root } = await logWith(40);
+  try {
+    // A record altered before the head's: a start does not read it (it was checked when written)...
+    alterRecord(dir, 10);
+    const log = await AuditLog.open(dir, 1, KEY);
+    await log.append(event(40));
+    await log.close();
+    // ...and the whole check finds it, at its line.
+    const report = await verifyAuditDir(dir, KEY);
+    assert.equal(report.ok, false);
+    assert.equal(report.firstBroken?.line, 10);
+    assert.match(report.firstBroken?.problem ?? '', /altered/);
+    assert.equal((await log.verify()).firstBroken?.line, 10);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("a start refuses a log whose head's record, or any record after it, was altered, and one cut short of its head", async () => {
+  for (const damage of ['head record', 'after the head', 'cut'] as const) {
+    const { dir, root } = await logWith(12);
+    try {
+      const head = readFileSync(join(dir, AUDIT_HEAD_FILE));
+      // Two more records past the head (a crash before the head caught up).
+      const more = await AuditLog.open(dir, 1, KEY);
+      await more.append(event(12));
+      await more.append(event(13));
+      await more.close();
+      writeFileSync(join(dir, AUDIT_HEAD_FILE), head);
+      if (damage === 'head record') alterRecord(dir, 12);
+      if (damage === 'after the head') alterRecord(dir, 14);
+      if (damage === 'cut') {
+        const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
+        writeFileSync(
+          join(dir, AUDIT_FILE),
+          lines
+            .slice(0, 11)
+            .map((l) => `${l}\n`)
+            .join(''),
+        );
+      }
+      await assert.rejects(
+        AuditLog.open(dir, 1, KEY),
+        (e: unknown) =>
+          e instanceof AuditError &&
+          (damage === 'cut' ? /truncated/ : damage === 'head record' ? /head names/ : /altered/).test(e.message),
+        damage,
+      );
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  }
+});
+
+test("a head without the log's length (an older manager's) gets the whole check once; the next head carries it", async () => {
+  const { dir, root } = await logWith(6);
+  try {
+    headWithoutBytes(dir);
+    alterRecord(dir, 2);
+    await assert.rejects(AuditLog.open(dir, 1, KEY), /does not verify \(at line 2/);
+    alterRecord(dir, 2); // app/X back... not: restore the record from scratch instead
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  const fresh = await logWith(6);
+  try {
+    headWithoutBytes(fresh.dir);
+    const log = await AuditLog.open(fresh.dir, 1, KEY);
+    await log.append(event(6));
+    await log.close();
+    const head = JSON.parse(readFileSync(join(fresh.dir, AUDIT_HEAD_FILE), 'utf8')) as { seq: number; bytes: number };
+    assert.deepEqual(head.seq, 7);
+    assert.equal(head.bytes, readFileSync(join(fresh.dir, AUDIT_FILE)).length);
+    assert.equal((await verifyAuditDir(fresh.dir, KEY)).ok, true);
+  } finally {
+    rmSync(fresh.root, { recursive: true, force: true });
+  }
+});
+
+test('a log longer than a read is checked across the reads, and its last records read back across them', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-audit-'));
+  const dir = join(root, 'audit');
+  try {
+    const log = await AuditLog.open(dir, 1, KEY, { newLog: true });
+    // About 2.3 MiB of records, with names that make lines of different lengths, some multi-byte.
+    const long = (k: number) => ({ ...event(k), target: `app/${'\u00e9'.repeat(k % 50)}${'x'.repeat(k % 300)}k${k}` });
+    for (let k = 0; k < 8000; k += 500)
+      await Promise.all(Array.from({ length: 500 }, (_, j) => log.append(long(k + j))));
+    await log.close();
+    assert.ok(readFileSync(join(dir, AUDIT_FILE)).length > 2 * 1024 * 1024);
+    assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 8000, firstBroken: null });
+    const last = await log.tail(700);
+    assert.deepEqual(
+      last.map((r) => r.seq),
+      Array.from({ length: 700 }, (_, k) => 7301 + k),
+    );
+    assert.equal(last[699]!.target, long(7999).target);
+    // A record altered past the first read is found at its own line.
+    alterRecord(dir, 6000);
+    assert.equal((await verifyAuditDir(dir, KEY)).firstBroken?.line, 6000);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
