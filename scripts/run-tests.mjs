@@ -2,7 +2,7 @@
 // Runs every test/**/*.test.ts with node's own test runner (through tsx), so CI reads node's
 // summary. Node 20's `--test` does not expand globs itself, hence this small finder.
 // Usage: node scripts/run-tests.mjs [path-substring ...]
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
@@ -22,13 +22,10 @@ if (files.length === 0) {
   console.error(`no test files match ${JSON.stringify(filters)}`);
   process.exit(1);
 }
-// The CLI the tests start is the compiled one (dist/, as `npm run build` makes it and an install
+// The CLI the tests start is the compiled one (dist/cli/coffer.mjs, as `npm run build` makes it and an install
 // runs): a start through tsx compiles the sources again each time, about 1.2 s of CPU more, and
 // the suite starts a few hundred. dist/ is made afresh, so no file of a removed source lingers.
-rmSync('dist', { recursive: true, force: true });
-const build = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], {
-  stdio: 'inherit',
-});
+const build = spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit' });
 if (build.status !== 0) {
   console.error('the build failed (npm run build): the tests run the compiled CLI');
   process.exit(1);

@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { fmt, table } from './format.ts';
 import { cpuSeconds, runLoad, type LoadResult } from './load.ts';
 import { PARTS, monotonicMicros, partTimes, type CpuProfile, type PartTimes } from './profile-parts.ts';
@@ -48,6 +49,9 @@ export async function benchProfile(): Promise<void> {
   mkdirSync(out, { recursive: true });
   const root = mkdtempSync(join(tmpdir(), 'coffer-profile-'));
   process.env['COFFER_NODE_ARGS'] = `--cpu-prof --cpu-prof-dir=${out} --cpu-prof-interval=${SAMPLE_INTERVAL_US}`;
+  // The managers run the build's module per source, not its bundle: a sample's part is told by
+  // the file its function comes from (profile-parts.ts). The code run is the same.
+  process.env['COFFER_COMPILED_CLI'] = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
   console.log(
     `\nProfile: three Coffer managers with --cpu-prof (every ${SAMPLE_INTERVAL_US} us), ${INFLIGHT} requests in flight, ${WARM_UP_SECONDS} s warm-up and ${SECONDS} s measured per load`,
   );
@@ -146,6 +150,8 @@ export async function benchProfile(): Promise<void> {
     // Managers still up (a run that failed) are killed: their profiles are of no use.
     await coffer.stop();
     rmSync(root, { recursive: true, force: true });
+    delete process.env['COFFER_COMPILED_CLI'];
+    delete process.env['COFFER_NODE_ARGS'];
   }
 }
 

@@ -9,8 +9,13 @@ import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/tr
 import { withManagerFlags } from '../../src/cli/node-flags.ts';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-/** The CLI as `npm run build` compiles it. */
-export const COMPILED_CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+/**
+ * The CLI as `npm run build` makes it: one bundled module, as the coffer bin and the image run it.
+ * COFFER_COMPILED_CLI names another (the CPU profile bench runs dist/cli/main.js, a module per
+ * source, to tell a request's parts apart by file).
+ */
+export const COMPILED_CLI = fileURLToPath(new URL('../../dist/cli/coffer.mjs', import.meta.url));
+const compiledCli = (): string => process.env['COFFER_COMPILED_CLI'] ?? COMPILED_CLI;
 
 /**
  * Whether tests start the CLI compiled: scripts/run-tests.mjs (npm test) builds dist/ first and
@@ -80,7 +85,7 @@ export class Processes {
     // A manager's node flags (the coffer bin's first line holds them too), for every command:
     // they only bound how far the young generation may grow.
     const node = [process.execPath, ...withManagerFlags(nodeArgs)];
-    const argv = this.#compiled ? [...node, COMPILED_CLI, ...args] : [...node, '--import', 'tsx', CLI, ...args];
+    const argv = this.#compiled ? [...node, compiledCli(), ...args] : [...node, '--import', 'tsx', CLI, ...args];
     const [program, ...rest] = [...prefix, ...argv];
     const child = spawn(program!, rest, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
