@@ -316,14 +316,13 @@ export class AuditLog {
     }
     const report = await checkLog(dir, key, { fromHead: true });
     // A last line cut short by a crash is cut off; anything else wrong stops the start.
-    const torn = !report.ok && report.completeBytes > 0 && /incomplete last line/.test(report.firstBroken!.problem);
-    if (!report.ok && !torn) {
+    if (!report.ok && !report.onlyTorn) {
       const where = report.firstBroken!.line === 0 ? '' : `at line ${report.firstBroken!.line}: `;
       throw new AuditError(
         `the audit log in ${dir} does not verify (${where}${report.firstBroken!.problem}); this manager will not add to it. Keep it as evidence; restore it from a copy, or start a new log beside it (coffer server --new-audit-log)`,
       );
     }
-    if (torn) await truncate(path, report.completeBytes);
+    if (report.onlyTorn) await truncate(path, report.completeBytes);
     const log = new AuditLog(dir, node, key, report.last.seq, report.last.hash, []);
     log.#durableBytes = report.completeBytes;
     log.#headSeq = report.headSeq;
@@ -548,8 +547,7 @@ export class AuditLog {
     try {
       const report = await checkLog(this.dir, this.#key, { anchor });
       // A last line still being written is not a fault of the log.
-      if (!report.ok && report.completeBytes > 0 && /incomplete last line/.test(report.firstBroken!.problem))
-        return { ok: true, records: report.records, firstBroken: null };
+      if (report.onlyTorn) return { ok: true, records: report.records, firstBroken: null };
       return reportOf(report);
     } catch (error) {
       if (error instanceof AuditError)
@@ -694,6 +692,12 @@ interface LogCheck extends VerifyReport {
   /** The log's last complete record. */
   readonly last: ChainPoint;
   readonly headSeq: number;
+  /**
+   * The only thing wrong is a last line without its newline (a crash while it was written, or a
+   * batch being written as the log was read): `verify` of a live log and a start take the log
+   * without it; an offline check reports it.
+   */
+  readonly onlyTorn: boolean;
 }
 
 /**
@@ -714,7 +718,7 @@ async function checkLog(
   options: { anchor?: AuditAnchor | null; fromHead?: boolean } = {},
 ): Promise<LogCheck> {
   const anchor = options.anchor ?? null;
-  const nothing = { completeBytes: 0, last: { seq: 0, hash: '' }, headSeq: 0 };
+  const nothing = { completeBytes: 0, last: { seq: 0, hash: '' }, headSeq: 0, onlyTorn: false };
   const fail = (line: number, records: number, problem: string): LogCheck => ({
     ok: false,
     records,
@@ -767,16 +771,8 @@ async function checkLog(
       completeBytes = end;
     }
     const { seq } = chain.last;
-    const done = { completeBytes, last: chain.last, headSeq: head.seq };
-    if ((await handle.stat()).size > completeBytes)
-      return {
-        ...fail(
-          seq + 1,
-          records,
-          'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log',
-        ),
-        ...done,
-      };
+    // A last line without its newline is reported once the complete records have passed every check.
+    const torn = (await handle.stat()).size > completeBytes;
     // The head is written after the log, so it may lag; a log shorter than it was cut.
     if (head.seq > seq)
       return fail(seq + 1, records, `the log ends at record ${seq}, but the head says ${head.seq}: it was truncated`);
@@ -796,7 +792,18 @@ async function checkLog(
           `record ${anchor.seq} is not the one the cluster's anchor names: the log was replaced or rewritten`,
         );
     }
-    return { ok: true, records, firstBroken: null, ...done };
+    const done = { completeBytes, last: chain.last, headSeq: head.seq };
+    if (torn)
+      return {
+        ...fail(
+          seq + 1,
+          records,
+          'an incomplete last line: a crash while it was written (the manager cuts it off when it starts), or bytes appended to the log',
+        ),
+        ...done,
+        onlyTorn: true,
+      };
+    return { ok: true, records, firstBroken: null, ...done, onlyTorn: false };
   } finally {
     await handle.close();
   }

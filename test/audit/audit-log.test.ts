@@ -377,3 +377,18 @@ test('a log longer than a read is checked across the reads, and its last records
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test('a torn last line does not hide a cut: a log cut short of its head and left with half a line is refused, whatever its head', async () => {
+  for (const head of ['with its length', 'without it'] as const) {
+    const { dir, root } = await logWith(10);
+    try {
+      if (head === 'without it') headWithoutBytes(dir);
+      const lines = readFileSync(join(dir, AUDIT_FILE), 'utf8').trimEnd().split('\n');
+      writeFileSync(join(dir, AUDIT_FILE), `${lines.slice(0, 7).join('\n')}\n${lines[7]!.slice(0, 40)}`);
+      await assert.rejects(AuditLog.open(dir, 1, KEY), /truncated/, head);
+      assert.match((await verifyAuditDir(dir, KEY)).firstBroken?.problem ?? '', /truncated/, head);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  }
+});
