@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const compiled = join(root, 'dist', 'cli', 'coffer.mjs');
+const compiled = join(root, 'dist', 'run', 'coffer.mjs');
 
 /** The newest modification time of the files under `dir` (0 if it does not exist). */
 function newestMs(dir) {

@@ -3,7 +3,7 @@
 // 1. tsc compiles src/ to dist/ (type-checked, one module per source): what the CPU profile bench
 //    runs, since it tells a request's parts apart by the file each function comes from.
 // 2. esbuild bundles the CLI and everything it imports from src/ into one module,
-//    dist/cli/coffer.mjs, with the packages left to node_modules: what the `coffer` bin, the image
+//    dist/run/coffer.mjs (and the chunks it loads when needed), with the packages left to node_modules: what the `coffer` bin, the image
 //    and the tests run. Loading some 140 modules one by one cost every manager start and restart
 //    about 0.1 s more than loading one (docs/design.md, "Where a restart and a catch-up spend
 //    their time"). It sits at the same depth as the sources, so it finds proto/ as they do.
@@ -24,8 +24,14 @@ if (tsc.status !== 0) {
   process.exit(1);
 }
 await build({
-  entryPoints: ['src/cli/main.ts'],
-  outfile: join(out, 'cli', 'coffer.mjs'),
+  entryPoints: { coffer: 'src/cli/main.ts' },
+  // Split at the CLI's dynamic imports: `coffer health` (a container's health check, every few
+  // seconds) still loads only its own command's code and packages, and a joining manager starts
+  // its RSA key before the commands' packages load (src/cli/main.ts).
+  splitting: true,
+  outdir: join(out, 'run'),
+  chunkNames: 'chunk-[hash]',
+  outExtension: { '.js': '.mjs' },
   bundle: true,
   platform: 'node',
   format: 'esm',

@@ -22,7 +22,7 @@ if (files.length === 0) {
   console.error(`no test files match ${JSON.stringify(filters)}`);
   process.exit(1);
 }
-// The CLI the tests start is the compiled one (dist/cli/coffer.mjs, as `npm run build` makes it and an install
+// The CLI the tests start is the compiled one (dist/run/coffer.mjs, as `npm run build` makes it and an install
 // runs): a start through tsx compiles the sources again each time, about 1.2 s of CPU more, and
 // the suite starts a few hundred. dist/ is made afresh, so no file of a removed source lingers.
 const build = spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit' });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 /**
  * `npm run build` (scripts/build.mjs) compiles src/ to JavaScript, a module per source, and
- * bundles the CLI into one module, dist/cli/coffer.mjs (what the coffer bin and the container
+ * bundles the CLI into one module, dist/run/coffer.mjs (what the coffer bin and the container
  * image run, without tsx). The build goes to a directory beside src/ (at the same depth, as dist/
  * is, so the compiled code finds proto/ as the sources do), and both forms of the CLI must run.
  */
@@ -37,11 +37,15 @@ test('the build compiles every source to JavaScript that imports no .ts file, bu
       assert.ok(file.endsWith('.js') || file.endsWith('.mjs'), `${file}: only JavaScript`);
       assert.doesNotMatch(readFileSync(file, 'utf8'), /from '\.{1,2}\/[^']*\.ts'/, `${file} imports a .ts file`);
     }
-    // The bundle holds Coffer's own code; the packages stay in node_modules (native ones among them).
-    const bundle = readFileSync(join(OUT, 'cli', 'coffer.mjs'), 'utf8');
-    assert.doesNotMatch(bundle, /from ['"]\.{1,2}\//, 'the bundle imports no file of the build');
-    assert.match(bundle, /from ['"]@grpc\/grpc-js['"]/);
-    for (const cli of [join(OUT, 'cli', 'main.js'), join(OUT, 'cli', 'coffer.mjs')]) {
+    // The bundle holds Coffer's own code, split where the CLI imports a command's code when it
+    // runs; the packages stay in node_modules (native ones among them).
+    for (const file of filesUnder(join(OUT, 'run')).filter((f) => f.endsWith('.mjs')))
+      assert.doesNotMatch(readFileSync(file, 'utf8'), /from ['"]\.\.\//, `${file} imports a file outside the bundle`);
+    // What every start loads (the health check's included) holds none of a manager's packages.
+    const entry = readFileSync(join(OUT, 'run', 'coffer.mjs'), 'utf8');
+    for (const pkg of ['level', 'pino', 'prom-client', 'msgpackr'])
+      assert.doesNotMatch(entry, new RegExp(`from ['"]${pkg}['"]`), `the entry module loads ${pkg} at every start`);
+    for (const cli of [join(OUT, 'cli', 'main.js'), join(OUT, 'run', 'coffer.mjs')]) {
       const version = spawnSync(process.execPath, [cli, '--version'], { encoding: 'utf8' });
       assert.equal(version.status, 0, version.stderr);
       assert.equal(version.stdout.trim(), JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version);

@@ -14,7 +14,7 @@ const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
  * COFFER_COMPILED_CLI names another (the CPU profile bench runs dist/cli/main.js, a module per
  * source, to tell a request's parts apart by file).
  */
-export const COMPILED_CLI = fileURLToPath(new URL('../../dist/cli/coffer.mjs', import.meta.url));
+export const COMPILED_CLI = fileURLToPath(new URL('../../dist/run/coffer.mjs', import.meta.url));
 const compiledCli = (): string => process.env['COFFER_COMPILED_CLI'] ?? COMPILED_CLI;
 
 /**
