@@ -27,7 +27,7 @@ export const ECHO_SERVICE: grpc.ServiceDefinition = {
   },
 };
 
-interface Material {
+export interface Material {
   readonly caPem: string;
   readonly certPem: string;
   readonly keyPem: string;

@@ -30,7 +30,7 @@ import { crc32 } from 'node:zlib';
 import { open, seal } from '../../src/crypto/aead.ts';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import { MANAGER_CHANNEL_OPTIONS } from '../../src/transport/tls.ts';
-import { measureFloor } from './floor.ts';
+import { measureFloor, type Material } from './floor.ts';
 import { fmt, table } from './format.ts';
 import { runLoad, type LoadResult } from './load.ts';
 
@@ -64,12 +64,6 @@ const SERVICE: grpc.ServiceDefinition = {
     responseDeserialize: identity,
   },
 };
-
-interface Material {
-  readonly caPem: string;
-  readonly certPem: string;
-  readonly keyPem: string;
-}
 
 interface MemberSetup {
   readonly material: Material;
