@@ -149,7 +149,21 @@ interface SecretRecord {
    * costs about 15 us, and a batch of puts saves hundreds of new secrets).
    */
   sealedTerm: number | null;
+  /**
+   * The newest version's value, sealed as its own record would be (same key as associated data,
+   * so it opens only as that version of this secret), kept inside the secret's record when it
+   * has at most INLINE_VALUE_BYTES_MAX bytes: a secret with one version is one record, and reading
+   * the current version is one LevelDB read. A newer version moves it out to its own record,
+   * bytes unchanged. Null: every kept value is a record of its own.
+   */
+  inline: { readonly version: number; sealed: Buffer } | null;
 }
+
+/**
+ * Largest value kept inside its secret's record (a larger one is always a record of its own, so
+ * listing and metadata reads do not open large values' ciphertext along with the metadata).
+ */
+export const INLINE_VALUE_BYTES_MAX = 4096;
 
 /** What an identity is charged for (IDENTITY_SECRETS_MAX, IDENTITY_VALUE_BYTES_MAX). */
 export interface IdentityUsage {
@@ -192,8 +206,9 @@ export const EXPIRY_SWEEP_VERSIONS_MAX = 1_000;
 /**
  * The secrets part's records in the state store. Every key starts with `s`; the second byte is
  * the record's kind. `nameKey` is the name's keyed tags (src/crypto/record-seal.ts), never its text.
- *   s m <nameKey>                         sealed metadata: name, versions, labels, flags
- *   s v <nameKey> <version u32>           sealed value of one version
+ *   s m <nameKey>                         sealed metadata: name, versions, labels, flags, and the
+ *                                         newest value (sealed again) if it is small: see `inline`
+ *   s v <nameKey> <version u32>           sealed value of one version (any other kept version)
  *   s x <expireAtMs u64> <nameKey> <ver>  expiry index (empty value): what the sweep wipes next
  *   s u <identity tag>                    quota usage of one identity: secrets, value bytes (6 bytes each)
  *   s t <term u32>                        how many records are sealed under a keyring term (6 bytes)
@@ -447,10 +462,16 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
           const sealed = this.#records.get(key);
           if (sealed === undefined || recordTerm(sealed) >= command.belowTerm) continue;
           if (recordTerm(sealed) >= this.#keys.activeTerm) continue;
-          const plaintext = openRecord(this.#keys, key, sealed, 'a record being re-sealed');
-          const term = this.#putSealed(key, plaintext);
-          plaintext.fill(0);
-          if (key[1] === VALUE[1]) this.#valueResealed(key, term);
+          if (key[1] === META[1]) {
+            // Its value inside, if any, is sealed under the same term (see #save), and moves with it.
+            const nk = Buffer.from(key.subarray(META.length));
+            this.#save(this.#decodeMeta(nk, key, sealed));
+          } else {
+            const plaintext = openRecord(this.#keys, key, sealed, 'a record being re-sealed');
+            const term = this.#putSealed(key, plaintext);
+            plaintext.fill(0);
+            this.#valueResealed(key, term);
+          }
           resealed++;
         }
         return { ok: true, version: resealed };
@@ -509,6 +530,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         updatedAtMs: command.nowMs,
         creator: writer,
         sealedTerm: null,
+        inline: null,
       };
       this.#charge(writer, 1, 0);
     }
@@ -516,7 +538,13 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     const version = secret.lastVersion + 1;
     const key = valueKey(secret.key, version);
     // A new version's number was never used (versions only go up; lastVersion outlives wipes): no record is there.
-    const valueTerm = this.#putSealed(key, command.value, null);
+    let valueTerm: number;
+    let inlined: Buffer | null = null;
+    if (command.value.byteLength <= INLINE_VALUE_BYTES_MAX) {
+      inlined = this.#seal(key, command.value);
+      valueTerm = recordTerm(inlined);
+      this.#countTerm(valueTerm, 1);
+    } else valueTerm = this.#putSealed(key, command.value, null);
     if (command.expireAtMs !== null) this.#records.put(expiryKey(command.expireAtMs, secret.key, version), EMPTY);
     secret.versions.push({
       version,
@@ -542,6 +570,10 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       for (const [label, at] of secret.labels) if (at === old.version) secret.labels.delete(label);
     }
     secret.versions = secret.versions.filter((v) => v.version > oldest);
+    // The value that was inside, if still kept, moves out to its own record (the same bytes: it
+    // was sealed for that record's key), and the new one takes its place.
+    if (secret.inline !== null) this.#records.put(valueKey(secret.key, secret.inline.version), secret.inline.sealed);
+    secret.inline = inlined === null ? null : { version, sealed: inlined };
     this.#save(secret);
     return { ok: true, version };
   }
@@ -663,7 +695,10 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   #wipe(secret: SecretRecord, version: VersionRecord): void {
     if (version.wiped) return;
     this.#charge(version.writer, 0, -version.valueBytes);
-    this.#delSealed(valueKey(secret.key, version.version), version.valueTerm);
+    if (secret.inline?.version === version.version) {
+      this.#countTerm(recordTerm(secret.inline.sealed), -1);
+      secret.inline = null;
+    } else this.#delSealed(valueKey(secret.key, version.version), version.valueTerm);
     if (version.expireAtMs !== null) this.#records.del(expiryKey(version.expireAtMs, secret.key, version.version));
     version.wiped = true;
   }
@@ -769,6 +804,22 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   #save(secret: SecretRecord): void {
+    const inline = secret.inline;
+    const active = this.#keys.activeTerm;
+    if (inline !== null && recordTerm(inline.sealed) !== active) {
+      // A value inside is kept under the term its secret's record is sealed under, so a re-seal
+      // finds it by that record's term alone (resealCommand reads no record's content).
+      const key = valueKey(secret.key, inline.version);
+      const plaintext = openRecord(this.#keys, key, inline.sealed, 'a secret value being re-sealed');
+      const before = recordTerm(inline.sealed);
+      inline.sealed = this.#seal(key, plaintext);
+      plaintext.fill(0);
+      this.#countTerm(before, -1);
+      this.#countTerm(active, 1);
+      const version = secret.versions.find((v) => v.version === inline.version);
+      assert(version !== undefined && !version.wiped, "a secret's inline value is one of its kept versions");
+      version.valueTerm = active;
+    }
     const key = metaKey(secret.key);
     secret.sealedTerm = this.#putSealed(key, this.#encodeMeta(secret), secret.sealedTerm);
   }
@@ -793,6 +844,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         v.valueBytes,
         v.valueTerm,
       ]),
+      secret.inline === null ? null : [secret.inline.version, secret.inline.sealed],
     ]);
   }
 
@@ -808,7 +860,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   }
 
   #decodeMeta(nk: Buffer, key: Uint8Array, sealed: Uint8Array): SecretRecord {
-    const [name, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator, versions] =
+    const [name, lastVersion, labels, deleted, versionsKept, createdAtMs, updatedAtMs, creator, versions, inline] =
       packr.unpack(openRecord(this.#keys, key, sealed, "a secret's record")) as [
         string,
         number,
@@ -819,6 +871,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         number,
         string | null,
         Array<[number, number, number | null, boolean, boolean, string | null, number, (number | null)?]>,
+        // Absent in a record written before values were kept inside.
+        ([number, Uint8Array] | null)?,
       ];
     return {
       name,
@@ -831,6 +885,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       updatedAtMs,
       creator,
       sealedTerm: recordTerm(sealed),
+      inline: inline == null ? null : { version: inline[0], sealed: Buffer.from(inline[1]) },
       versions: versions.map(([version, created, expireAtMs, wiped, expired, writer, valueBytes, valueTerm]) => ({
         version,
         createdAtMs: created,
@@ -877,7 +932,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       throw new RefusalError('EXPIRED', `secret "${name}": version ${number} expired`);
     if (version.wiped) throw new RefusalError('DESTROYED', `secret "${name}": version ${number} was destroyed`);
     const key = valueKey(secret.key, number);
-    const sealed = this.#records.get(key);
+    const sealed = secret.inline?.version === number ? secret.inline.sealed : this.#records.get(key);
     assert(sealed !== undefined, () => `the value record of a kept version (${number}) is missing`);
     return { value: openRecord(this.#keys, key, sealed, 'a secret value'), version: number };
   }
@@ -1044,6 +1099,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
         updatedAtMs,
         creator: typeof creator === 'string' ? creator : null,
         sealedTerm: null,
+        inline: null,
       };
       for (const [version, value, created, expireAtMs, expired, writer] of [...versions].sort((a, b) => a[0] - b[0])) {
         secret.versions.push({

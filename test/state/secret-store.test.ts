@@ -1,10 +1,12 @@
 import { newSecretStore, testRecordKeys } from './stores.ts';
 import { MemoryStateStore } from '../../src/kv/memory-state-store.ts';
 import { WriteSet } from '../../src/kv/write-set.ts';
-import { recordTerm } from '../../src/crypto/record-seal.ts';
+import { nameKey, openRecord, recordTerm, sealRecord } from '../../src/crypto/record-seal.ts';
+import { packr } from '../../src/codec/msgpack.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  INLINE_VALUE_BYTES_MAX,
   SecretStore,
   encodeSecretCommand,
   type SecretCommand,
@@ -212,20 +214,32 @@ test('at rest: no secret name, value or identity in the store, only sealed recor
 test('a record moved to another key (one secret swapped for another) does not open', async () => {
   const keys = testRecordKeys();
   const store = newSecretStore({}, keys);
-  apply(store, put('a', 'value of a'));
-  apply(store, put('b', 'value of b'));
+  // Version 1 of each moves out to a record of its own when version 2 comes; version 2 stays
+  // inside its secret's record.
+  for (const version of [1, 2]) {
+    apply(store, put('a', `value ${version} of a`));
+    apply(store, put('b', `value ${version} of b`));
+  }
   const image = (await store.snapshot()) as Array<[Uint8Array, Uint8Array]>;
-  const values = image.filter(([k]) => k[0] === 0x73 && k[1] === 0x76);
-  assert.equal(values.length, 2);
-  const swapped = image.map(([k, v]): [Uint8Array, Uint8Array] => {
-    if (Buffer.compare(k, values[0]![0]) === 0) return [k, values[1]![1]];
-    if (Buffer.compare(k, values[1]![0]) === 0) return [k, values[0]![1]];
-    return [k, v];
-  });
-  const copy = newSecretStore({}, keys);
-  await copy.restore(swapped, 10);
-  assert.throws(() => copy.read('a', {}, T0), /authentication failed/);
-  assert.throws(() => copy.read('b', {}, T0), /authentication failed/);
+  const swap = (kind: number): Array<[Uint8Array, Uint8Array]> => {
+    const pair = image.filter(([k]) => k[0] === 0x73 && k[1] === kind);
+    assert.equal(pair.length, 2);
+    return image.map(([k, v]): [Uint8Array, Uint8Array] => {
+      if (Buffer.compare(k, pair[0]![0]) === 0) return [k, pair[1]![1]];
+      if (Buffer.compare(k, pair[1]![0]) === 0) return [k, pair[0]![1]];
+      return [k, v];
+    });
+  };
+  const values = newSecretStore({}, keys);
+  await values.restore(swap(0x76), 10);
+  assert.throws(() => values.read('a', { version: 1 }, T0), /authentication failed/);
+  assert.throws(() => values.read('b', { version: 1 }, T0), /authentication failed/);
+  assert.equal(values.read('a', {}, T0).value.toString(), 'value 2 of a', 'the records not moved still open');
+  // The secrets' records, with the values inside them, swapped: neither opens.
+  const metas = newSecretStore({}, keys);
+  await metas.restore(swap(0x6d), 10);
+  assert.throws(() => metas.read('a', {}, T0), /authentication failed/);
+  assert.throws(() => metas.read('b', { version: 1 }, T0), /authentication failed/);
 });
 
 test('records per keyring term are counted; a re-seal moves them to the active term, in batches, and reads still work', async () => {
@@ -251,7 +265,9 @@ test('records per keyring term are counted; a re-seal moves them to the active t
     apply(store, next.command);
     cursor = next.last;
   }
-  assert.equal(batches, 3);
+  // Six records under term 1 (five secrets' records, with the values inside, and s0's first value,
+  // moved out when its second came), three a batch.
+  assert.equal(batches, 2);
   assert.equal(store.recordsSealedUnder(1), 0);
   assert.equal(store.recordsSealedUnder(2), 10);
   assert.deepEqual(await store.termsInUse(), [{ term: 2, records: 10 }]);
@@ -265,15 +281,27 @@ test("the counts per term are the stored records' own terms through dropped vers
   };
   const records = new WriteSet(new MemoryStateStore());
   const store = new SecretStore({ records, keys });
-  // The truth: every sealed record's own term, read from the records themselves.
+  // The truth: every sealed record's own term, read from the records themselves, and the term of
+  // each value kept inside a secret's record (opened here), which must be its record's own.
   const truth = async (): Promise<Map<number, number>> => {
     const counts = new Map<number, number>();
+    const count = (term: number): void => {
+      counts.set(term, (counts.get(term) ?? 0) + 1);
+    };
     for await (const r of records.range({ gte: Buffer.from('sm'), lt: Buffer.from('sw') })) {
       if (r.key[1] !== 0x6d && r.key[1] !== 0x76) continue; // sm, sv only
-      counts.set(recordTerm(r.value), (counts.get(recordTerm(r.value)) ?? 0) + 1);
+      count(recordTerm(r.value));
+      if (r.key[1] !== 0x6d) continue;
+      const fields = packr.unpack(openRecord(keys, r.key, r.value, 'a secret record')) as unknown[];
+      const inside = fields[9] as [number, Uint8Array] | null | undefined;
+      if (inside == null) continue;
+      assert.equal(recordTerm(inside[1]), recordTerm(r.value), "a value inside is under its record's term");
+      inlineSeen++;
+      count(recordTerm(inside[1]));
     }
     return counts;
   };
+  let inlineSeen = 0;
   const check = async (when: string): Promise<void> => {
     const counted = new Map((await store.termsInUse()).map((t) => [t.term, t.records]));
     assert.deepEqual(counted, await truth(), when);
@@ -326,10 +354,14 @@ test("the counts per term are the stored records' own terms through dropped vers
     if (kept.length > 0) assert.ok(apply(store, { op: 'destroy', name: `s${k}`, versions: kept }).ok);
   }
   assert.ok(valuesResealed >= 5, `values were re-sealed, then dropped (${valuesResealed})`);
+  assert.ok(inlineSeen >= 20, `values inside secrets' records were counted (${inlineSeen})`);
   await check('after every version is destroyed');
   const values: unknown[] = [];
   for await (const r of records.range({ gte: Buffer.from('sv'), lt: Buffer.from('sw') })) values.push(r);
   assert.equal(values.length, 0, 'no value record is left');
+  inlineSeen = 0;
+  await truth();
+  assert.equal(inlineSeen, 0, "no value is left inside a secret's record");
   assert.ok((await store.termsInUse()).length === 1, "the secrets' metadata records are left, counted");
 });
 
@@ -351,4 +383,79 @@ test('a put checked (requiredCapabilities) and then applied reads the secret onc
   // A put applied without a check (a manager's own) reads afresh, not what the last check read.
   assert.deepEqual(store.apply(put('k', 'five')), { ok: true, version: 4 });
   assert.equal(store.read('k', { label: 'previous' }, T0).value.toString(), 'four');
+});
+
+test("a small value lives inside its secret's record: one record a secret; a newer version moves it out unchanged; a large one is its own record", async () => {
+  const keys = testRecordKeys();
+  const store = newSecretStore({}, keys);
+  const stored = async (): Promise<{ metas: number; values: number }> => {
+    const out = { metas: 0, values: 0 };
+    for await (const r of store.records()) {
+      if (r.key[1] === 0x6d) out.metas++;
+      if (r.key[1] === 0x76) out.values++;
+    }
+    return out;
+  };
+  for (let k = 0; k < 10; k++) apply(store, put(`app/s${k}`, `value ${k}`));
+  assert.deepEqual(await stored(), { metas: 10, values: 0 }, 'ten secrets of one small version: ten records');
+  apply(store, put('app/s0', 'second'));
+  assert.deepEqual(await stored(), { metas: 10, values: 1 }, 'the first version moved out');
+  assert.equal(store.read('app/s0', { version: 1 }, T0).value.toString(), 'value 0');
+  assert.equal(store.read('app/s0', {}, T0).value.toString(), 'second');
+  const large = 'x'.repeat(INLINE_VALUE_BYTES_MAX + 1);
+  apply(store, put('app/large', large));
+  assert.deepEqual(await stored(), { metas: 11, values: 2 }, 'a value over the limit is a record of its own');
+  assert.equal(store.read('app/large', {}, T0).value.toString(), large);
+  // Kept one at a time: the version inside is dropped with its version, nothing moves out.
+  apply(store, put('app/one', 'a', { versionsKept: 1 }));
+  apply(store, put('app/one', 'b', { versionsKept: 1 }));
+  assert.deepEqual(await stored(), { metas: 12, values: 2 });
+  assert.equal(store.read('app/one', {}, T0).value.toString(), 'b');
+  // Destroyed, the value inside goes: the record holds no ciphertext of it.
+  apply(store, { op: 'destroy', name: 'app/one', versions: [2] });
+  assert.throws(() => store.read('app/one', {}, T0), /destroyed/);
+  let inside = 0;
+  for (const r of (await store.snapshot()) as Array<[Uint8Array, Uint8Array]>) {
+    if (r[0][1] !== 0x6d) continue;
+    const fields = packr.unpack(openRecord(keys, r[0], r[1], 'a record')) as unknown[];
+    if (fields[0] === 'app/one') assert.equal(fields[9], null);
+    else inside++;
+  }
+  assert.equal(inside, 11, 'the other secrets were opened and checked the same way');
+});
+
+test('a secret stored before values lived inside their records (metadata and value apart) reads, and takes new versions', async () => {
+  const keys = testRecordKeys();
+  const nk = nameKey(keys.indexKey, 'old/one');
+  const mk = Buffer.concat([Buffer.from('sm'), nk]);
+  const version = Buffer.alloc(4);
+  version.writeUInt32BE(1);
+  const vk = Buffer.concat([Buffer.from('sv'), nk, version]);
+  // The record as the layout before wrote it: nine fields, no tenth.
+  const meta = packr.pack([
+    'old/one',
+    1,
+    [['current', 1]],
+    false,
+    10,
+    T0,
+    T0,
+    null,
+    [[1, T0, null, false, false, null, 3, 1]],
+  ]);
+  const count = Buffer.alloc(6);
+  count.writeUIntBE(2, 0, 6);
+  const termKey = Buffer.concat([Buffer.from('st'), Buffer.from([0, 0, 0, 1])]);
+  const image: Array<[Uint8Array, Uint8Array]> = [
+    [mk, sealRecord(keys, mk, meta, { index: 1, seq: 1 })],
+    [termKey, count],
+    [vk, sealRecord(keys, vk, Buffer.from('old'), { index: 1, seq: 0 })],
+  ];
+  const store = newSecretStore({}, keys);
+  await store.restore(image, 1);
+  assert.equal(store.read('old/one', {}, T0).value.toString(), 'old');
+  assert.deepEqual(apply(store, put('old/one', 'new')), { ok: true, version: 2 });
+  assert.equal(store.read('old/one', {}, T0).value.toString(), 'new');
+  assert.equal(store.read('old/one', { version: 1 }, T0).value.toString(), 'old');
+  assert.equal(store.recordsSealedUnder(1), 3, 'its record, its old value, the new value inside');
 });
