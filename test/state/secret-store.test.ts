@@ -459,3 +459,53 @@ test('a secret stored before values lived inside their records (metadata and val
   assert.equal(store.read('old/one', { version: 1 }, T0).value.toString(), 'old');
   assert.equal(store.recordsSealedUnder(1), 3, 'its record, its old value, the new value inside');
 });
+
+test('a secret record kept opened serves only while the store holds its very bytes: not after a rollback, a restore or a swap', async () => {
+  const records = new WriteSet(new MemoryStateStore());
+  const store = new SecretStore({ records, keys: testRecordKeys() });
+  apply(store, put('k', 'one'));
+  apply(store, put('k', 'two')); // written twice: kept opened from here on
+  const atTwo = (await store.snapshot()) as Array<[Uint8Array, Uint8Array]>;
+  // A batch that writes k, then is refused: its write is rolled back, and so is what was kept.
+  const refused = apply(store, {
+    op: 'put-batch',
+    nowMs: T0,
+    items: [
+      { name: 'k', value: Buffer.from('three'), cas: null, expireAtMs: null, versionsKept: null },
+      { name: 'k', value: Buffer.from('four'), cas: 1, expireAtMs: null, versionsKept: null },
+    ],
+  });
+  assert.equal(refused.ok, false);
+  assert.equal(store.read('k', {}, T0).value.toString(), 'two');
+  assert.deepEqual(
+    store.versions('k', T0).map((v) => v.version),
+    [1, 2],
+  );
+  // Written again, then the store restored to an image from before: the image is what reads.
+  assert.deepEqual(apply(store, put('k', 'three')), { ok: true, version: 3 });
+  assert.equal(store.metadata('k').lastVersion, 3);
+  await records.commit();
+  await store.restore(atTwo, 10);
+  assert.equal(store.metadata('k').lastVersion, 2);
+  assert.equal(store.read('k', {}, T0).value.toString(), 'two');
+  // Two secrets' records swapped under the store's feet: neither is served from what was kept.
+  apply(store, put('j', 'one'));
+  apply(store, put('j', 'two'));
+  store.read('j', {}, T0);
+  await records.commit();
+  const image = (await store.snapshot()) as Array<[Uint8Array, Uint8Array]>;
+  const metas = image.filter(([k]) => k[0] === 0x73 && k[1] === 0x6d);
+  assert.equal(metas.length, 2);
+  await store.restore(
+    image.map(([k, v]): [Uint8Array, Uint8Array] =>
+      Buffer.compare(k, metas[0]![0]) === 0
+        ? [k, metas[1]![1]]
+        : Buffer.compare(k, metas[1]![0]) === 0
+          ? [k, metas[0]![1]]
+          : [k, v],
+    ),
+    20,
+  );
+  assert.throws(() => store.read('k', {}, T0), /authentication failed/);
+  assert.throws(() => store.metadata('j'), /authentication failed/);
+});
