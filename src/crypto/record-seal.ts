@@ -146,16 +146,53 @@ export function nameKey(indexKey: Uint8Array, name: string): Buffer {
 export const NAME_KEY_CACHE_NAMES = 4096;
 const nameKeyCaches = new WeakMap<Uint8Array, Map<string, Buffer>>();
 
+/**
+ * The chains of parents computed lately, per index key: a name's key is its parent's chain and one
+ * HMAC more, so a new name under a known parent (a load of `app/...`, a new version's first write)
+ * costs one HMAC, not one per segment (each about 10-20 us: a new MAC context per call). At most
+ * this many parents per index key, the oldest dropped first. Parents' names are not secret either.
+ */
+export const NAME_PARENT_CHAINS_CACHED = 1024;
+const parentChainCaches = new WeakMap<Uint8Array, Map<string, NameChain>>();
+
+/** A path's chain: the full digest of its last segment (the next segment's HMAC input) and its tags. */
+interface NameChain {
+  readonly digest: Buffer;
+  readonly tags: Buffer;
+}
+const CHAIN_ROOT: NameChain = { digest: Buffer.from('coffer/1|name'), tags: Buffer.alloc(0) };
+
 function computeNameKey(indexKey: Uint8Array, name: string): Buffer {
-  const segments = name.split('/');
-  const out = Buffer.allocUnsafe(segments.length * NAME_TAG_BYTES);
-  // A chain: each segment's tag is an HMAC of the previous full digest and the segment.
-  let chain: Buffer = Buffer.from('coffer/1|name');
-  for (const [k, segment] of segments.entries()) {
-    chain = createHmac('sha256', indexKey).update(chain).update(segment).digest();
-    chain.copy(out, k * NAME_TAG_BYTES, 0, NAME_TAG_BYTES);
+  let parents = parentChainCaches.get(indexKey);
+  if (parents === undefined) {
+    parents = new Map();
+    parentChainCaches.set(indexKey, parents);
   }
-  return out;
+  return chainOf(indexKey, name, parents, false).tags;
+}
+
+/**
+ * The chain of `path` (split at every '/', empty segments included): each segment's tag is an
+ * HMAC of the previous full digest and the segment. Parents are taken from, and kept in, `parents`.
+ */
+function chainOf(indexKey: Uint8Array, path: string, parents: Map<string, NameChain>, keep: boolean): NameChain {
+  const kept = keep ? parents.get(path) : undefined;
+  if (kept !== undefined) return kept;
+  const slash = path.lastIndexOf('/');
+  const parent = slash < 0 ? CHAIN_ROOT : chainOf(indexKey, path.slice(0, slash), parents, true);
+  const digest = createHmac('sha256', indexKey)
+    .update(parent.digest)
+    .update(path.slice(slash + 1))
+    .digest();
+  const tags = Buffer.allocUnsafe(parent.tags.byteLength + NAME_TAG_BYTES);
+  parent.tags.copy(tags, 0);
+  digest.copy(tags, parent.tags.byteLength, 0, NAME_TAG_BYTES);
+  const chain = { digest, tags };
+  if (keep) {
+    if (parents.size >= NAME_PARENT_CHAINS_CACHED) parents.delete(parents.keys().next().value!);
+    parents.set(path, chain);
+  }
+  return chain;
 }
 
 /** The key of a name prefix made of whole segments (`a/b/` → the tags of `a` and `a/b`); '' → empty. */

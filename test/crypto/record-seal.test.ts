@@ -1,10 +1,12 @@
 import { test } from 'node:test';
+import { createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import { Keyring } from '../../src/crypto/keyring.ts';
 import { KEY_BYTES, NONCE_BYTES, open, seal } from '../../src/crypto/aead.ts';
 import {
   NAME_KEY_CACHE_NAMES,
+  NAME_PARENT_CHAINS_CACHED,
   NAME_TAG_BYTES,
   keyedTag,
   nameKey,
@@ -119,4 +121,37 @@ test('seals draw a fresh nonce each, across refills of the nonce pool, and every
     assert.equal(open(key, sealed, Buffer.from('aad'), 'a test value').toString(), `value ${k}`);
   }
   assert.equal(nonces.size, 2000, 'no nonce twice (the pool holds 341: five refills)');
+});
+
+test('name keys made from kept parents are the chain made segment by segment, for every shape of name and past the cache bounds', () => {
+  // The chain as first defined: one HMAC per segment of the previous full digest and the segment.
+  const reference = (indexKey: Buffer, name: string): Buffer => {
+    const segments = name.split('/');
+    const out = Buffer.alloc(segments.length * NAME_TAG_BYTES);
+    let chain: Buffer = Buffer.from('coffer/1|name');
+    for (const [k, segment] of segments.entries()) {
+      chain = createHmac('sha256', indexKey).update(chain).update(segment).digest();
+      chain.copy(out, k * NAME_TAG_BYTES, 0, NAME_TAG_BYTES);
+    }
+    return out;
+  };
+  const index = Keyring.create('c1', 0).indexKey;
+  let seed = 11;
+  const random = (n: number): number => {
+    seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
+    return Math.floor((seed / 2_147_483_648) * n);
+  };
+  const names = ['', '/', 'a', 'a/', '/a', 'a//b', 'app/db/password', 'é/ü/∑'];
+  // More parents and names than either cache keeps, so both evict while they are checked.
+  for (let k = 0; k < NAME_PARENT_CHAINS_CACHED + NAME_KEY_CACHE_NAMES; k++) {
+    const depth = 1 + random(4);
+    names.push(Array.from({ length: depth }, () => `s${random(k < 2000 ? 3000 : 40)}`).join('/'));
+  }
+  for (const name of names) assert.deepEqual(nameKey(index, name), reference(index, name), name);
+  // Again, from the caches where they still hold the names and parents.
+  for (const name of names.slice(-500)) assert.deepEqual(nameKey(index, name), reference(index, name), name);
+  // What a caller is given is its own: changing it changes no later answer.
+  nameKey(index, 'app/db/password').fill(0);
+  assert.deepEqual(nameKey(index, 'app/db/other'), reference(index, 'app/db/other'));
+  assert.deepEqual(nameKey(index, 'app/db/password'), reference(index, 'app/db/password'));
 });
