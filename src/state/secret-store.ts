@@ -305,6 +305,8 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
   #loadedForCommand: { readonly command: SecretCommand; readonly secret: SecretRecord | undefined } | null = null;
   #seq = 0;
   readonly #usageKeys = new Map<string, Buffer>();
+  /** The command being applied's changes to the counts of records per term, by term. */
+  readonly #termDeltas = new Map<number, number>();
   /** Secrets' records opened lately, by name key (latin1), oldest first: OPENED_SECRETS_CACHED. */
   readonly #opened = new Map<string, { readonly sealed: Uint8Array; readonly secret: SecretRecord }>();
   #usageKeysUnder: Buffer | null = null;
@@ -401,6 +403,23 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     // it applies, nothing written between): read once, not twice. Taken here whatever the command.
     const loaded = this.#loadedForCommand;
     this.#loadedForCommand = null;
+    let result: SecretResult;
+    try {
+      result = this.#applyCommand(command, actor, options, loaded);
+    } catch (error) {
+      this.#termDeltas.clear();
+      throw error;
+    }
+    this.#writeTermCounts();
+    return result;
+  }
+
+  #applyCommand(
+    command: SecretCommand,
+    actor: Actor | null,
+    options: { readonly quotaExempt?: boolean; readonly authority?: Authority },
+    loaded: { readonly command: SecretCommand; readonly secret: SecretRecord | undefined } | null,
+  ): SecretResult {
     switch (command.op) {
       case 'put':
         return this.#put(
@@ -629,7 +648,11 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       this.#records.release();
       released = true;
     } finally {
-      if (!released) this.#records.rollback();
+      if (!released) {
+        this.#records.rollback();
+        // The batch's changes to the counts go with its records.
+        this.#termDeltas.clear();
+      }
     }
     return { ok: true, version: versions[versions.length - 1]!, versions };
   }
@@ -746,17 +769,32 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     this.#records.del(key);
   }
 
+  /** Counts a record more (1) or less (-1) under `term`: written when the command ends (#writeTermCounts). */
   #countTerm(term: number, delta: number): void {
-    const key = termCountKey(term);
-    const stored = this.#records.get(key);
-    const count = (stored === undefined ? 0 : Buffer.from(stored).readUIntBE(0, 6)) + delta;
-    assert(count >= 0, () => `the count of records sealed under keyring term ${term} went below zero`);
-    if (count === 0) this.#records.del(key);
-    else {
-      const value = Buffer.alloc(6);
-      value.writeUIntBE(count, 0, 6);
-      this.#records.put(key, value);
+    this.#termDeltas.set(term, (this.#termDeltas.get(term) ?? 0) + delta);
+  }
+
+  /**
+   * Writes the command's changes to the counts of records per term, once per term: a put seals
+   * its value and its secret's record and drops the record it replaces and the oldest value, so
+   * under one term its changes add up to nothing, and four reads and writes of the count became
+   * none (about 8% of a put's apply in a `--cpu-prof` of an in-process run).
+   */
+  #writeTermCounts(): void {
+    for (const [term, delta] of this.#termDeltas) {
+      if (delta === 0) continue;
+      const key = termCountKey(term);
+      const stored = this.#records.get(key);
+      const count = (stored === undefined ? 0 : Buffer.from(stored).readUIntBE(0, 6)) + delta;
+      assert(count >= 0, () => `the count of records sealed under keyring term ${term} went below zero`);
+      if (count === 0) this.#records.del(key);
+      else {
+        const value = Buffer.alloc(6);
+        value.writeUIntBE(count, 0, 6);
+        this.#records.put(key, value);
+      }
     }
+    this.#termDeltas.clear();
   }
 
   /**
