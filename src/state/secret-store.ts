@@ -501,7 +501,7 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
             this.#save(this.#decodeMeta(nk, key, sealed));
           } else {
             const plaintext = openRecord(this.#keys, key, sealed, 'a record being re-sealed');
-            const term = this.#putSealed(key, plaintext);
+            const term = recordTerm(this.#putSealed(key, plaintext));
             plaintext.fill(0);
             this.#valueResealed(key, term);
           }
@@ -574,10 +574,9 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
     let valueTerm: number;
     let inlined: Buffer | null = null;
     if (command.value.byteLength <= INLINE_VALUE_BYTES_MAX) {
-      inlined = this.#seal(key, command.value);
+      inlined = this.#sealCounted(key, command.value);
       valueTerm = recordTerm(inlined);
-      this.#countTerm(valueTerm, 1);
-    } else valueTerm = this.#putSealed(key, command.value, null);
+    } else valueTerm = recordTerm(this.#putSealed(key, command.value, null));
     if (command.expireAtMs !== null) this.#records.put(expiryKey(command.expireAtMs, secret.key, version), EMPTY);
     secret.versions.push({
       version,
@@ -742,20 +741,25 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
 
   /**
    * Seals `plaintext` as the record at `key` under the active term, keeping the count of records
-   * per term; returns that term. `oldTerm`: the term of the record it replaces, if the caller
-   * knows it (null: there is none), else it is read.
+   * per term; returns the sealed bytes. `oldTerm`: the term of the record it replaces, if the
+   * caller knows it (null: there is none), else it is read.
    */
-  #putSealed(key: Uint8Array, plaintext: Uint8Array, oldTerm?: number | null): number {
+  #putSealed(key: Uint8Array, plaintext: Uint8Array, oldTerm?: number | null): Buffer {
     if (oldTerm === undefined) {
       const old = this.#records.get(key);
       oldTerm = old === undefined ? null : recordTerm(old);
     }
     if (oldTerm !== null) this.#countTerm(oldTerm, -1);
-    const sealed = this.#seal(key, plaintext);
-    const term = recordTerm(sealed);
-    this.#countTerm(term, 1);
+    const sealed = this.#sealCounted(key, plaintext);
     this.#records.put(key, sealed);
-    return term;
+    return sealed;
+  }
+
+  /** Seals `plaintext` for the record at `key` under the active term, and counts it there (where it is kept is the caller's). */
+  #sealCounted(key: Uint8Array, plaintext: Uint8Array): Buffer {
+    const sealed = this.#seal(key, plaintext);
+    this.#countTerm(recordTerm(sealed), 1);
+    return sealed;
   }
 
   /** Deletes the sealed record at `key`; `term`: the term it is sealed under, if the caller knows it (else it is read). */
@@ -863,22 +867,17 @@ export class SecretStore implements StatePart<SecretCommand, SecretApplied> {
       // finds it by that record's term alone (resealCommand reads no record's content).
       const key = valueKey(secret.key, inline.version);
       const plaintext = openRecord(this.#keys, key, inline.sealed, 'a secret value being re-sealed');
-      const before = recordTerm(inline.sealed);
-      inline.sealed = this.#seal(key, plaintext);
+      this.#countTerm(recordTerm(inline.sealed), -1);
+      inline.sealed = this.#sealCounted(key, plaintext);
       plaintext.fill(0);
-      this.#countTerm(before, -1);
-      this.#countTerm(active, 1);
       const version = secret.versions.find((v) => v.version === inline.version);
       assert(version !== undefined && !version.wiped, "a secret's inline value is one of its kept versions");
       version.valueTerm = active;
     }
     const key = metaKey(secret.key);
     const existed = secret.sealedTerm !== null;
-    if (existed) this.#countTerm(secret.sealedTerm!, -1);
-    const sealed = this.#seal(key, this.#encodeMeta(secret));
+    const sealed = this.#putSealed(key, this.#encodeMeta(secret), secret.sealedTerm);
     secret.sealedTerm = recordTerm(sealed);
-    this.#countTerm(secret.sealedTerm, 1);
-    this.#records.put(key, sealed);
     // Kept as it is (no caller changes a record after saving it), unless it is a new secret's: a
     // load of many new secrets would only churn the records kept (a run of 20,000 new secrets
     // spent 15-25% more CPU keeping them, in the young generation's copies), and a secret written
