@@ -37,10 +37,17 @@ test('the build compiles every source to JavaScript that imports no .ts file, bu
       assert.ok(file.endsWith('.js') || file.endsWith('.mjs'), `${file}: only JavaScript`);
       assert.doesNotMatch(readFileSync(file, 'utf8'), /from '\.{1,2}\/[^']*\.ts'/, `${file} imports a .ts file`);
     }
-    // The bundle holds Coffer's own code, split where the CLI imports a command's code when it
-    // runs; the packages stay in node_modules (native ones among them).
-    for (const file of filesUnder(join(OUT, 'run')).filter((f) => f.endsWith('.mjs')))
+    // The bundle holds Coffer's own code and most packages, split where the CLI imports a
+    // command's code when it runs. Packages with a native addon stay in node_modules: bundled,
+    // classic-level would not find its LevelDB, and msgpackr would go without its native decoder.
+    const chunks = filesUnder(join(OUT, 'run')).filter((f) => f.endsWith('.mjs'));
+    const bundled = chunks.map((f) => readFileSync(f, 'utf8')).join('\n');
+    for (const file of chunks)
       assert.doesNotMatch(readFileSync(file, 'utf8'), /from ['"]\.\.\//, `${file} imports a file outside the bundle`);
+    for (const pkg of ['@grpc/grpc-js', 'grpc-health-check', 'protobufjs'])
+      assert.ok(bundled.includes(`// node_modules/${pkg}/`), `${pkg} is not in the bundle`);
+    for (const pkg of ['classic-level', 'msgpackr'])
+      assert.ok(!bundled.includes(`// node_modules/${pkg}/`), `${pkg} was bundled: it must load from node_modules`);
     // What every start loads (the health check's included) holds none of a manager's packages.
     const entry = readFileSync(join(OUT, 'run', 'coffer.mjs'), 'utf8');
     for (const pkg of ['level', 'pino', 'prom-client', 'msgpackr'])
