@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { drawChart } from './chart.ts';
 import { percentile, runLoad, type LoadResult } from './load.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
-import { fmt, table } from './format.ts';
+import { fmt, median, table } from './format.ts';
 import { measureFloor } from './floor.ts';
 import { FLOOR_LEVEL_NAMES, measureReplicationFloor } from './replication-floor.ts';
 
@@ -44,13 +44,6 @@ interface SystemResults {
 
 /** A ratio as printed: `1.23x`. */
 const times = (x: number): string => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
-
-function median(xs: readonly number[]): number {
-  const sorted = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** A figure of a cell: its median over the rounds. */
 const med = (rounds: Rounds, figure: (r: LoadResult) => number): number => median(rounds.map(figure));

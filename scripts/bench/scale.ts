@@ -8,7 +8,8 @@
  *   - leader and follower RSS (/proc VmRSS, and the leader's peak VmHWM), and disk bytes per
  *     secret (du of the leader's data directory, divided by N);
  *   - restart: kill -9 of a follower, then from the spawn of its process to the first
- *     linearizable read it serves (a client of that member only);
+ *     linearizable read it serves (a client of that member only); the median of RESTART_ROUNDS,
+ *     the two systems taking turns;
  *   - catch-up: a new member is added (coffer join; etcd member add and start), from the spawn of
  *     its process until it has applied the leader's applied index as of just before it was added;
  *     whether the leader streamed it a snapshot is reported;
@@ -36,7 +37,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { importSecrets, parseImport } from '../../src/cli/import.ts';
 import { drawBars, type Panel } from './chart.ts';
-import { fmt, table } from './format.ts';
+import { fmt, median, table } from './format.ts';
 import { rssBytes, runLoad, type LoadResult } from './load.ts';
 import { measureStartFloor } from './start-floor.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
@@ -46,6 +47,8 @@ const WRITE_INFLIGHT = 16;
 /** The catch-up's writes are also counted per interval of this many milliseconds. */
 const CATCH_UP_BUCKET_MS = 500;
 const MB = 1e6;
+/** Restarts of a follower per system, taking turns with the other system's. */
+const RESTART_ROUNDS = 3;
 
 interface Figures {
   loadSeconds: number;
@@ -56,7 +59,9 @@ interface Figures {
   /** The larger of the two followers'. */
   followerRssBytes: number;
   leaderDiskBytes: number;
+  /** The median of restartsMs. */
   restartMs: number;
+  restartsMs: number[];
   catchUpMs: number;
   snapshotStreamed: boolean;
   steady: LoadResult;
@@ -199,15 +204,25 @@ async function measureRun(
       `  ${target.name}: leader RSS ${fmt(f.leaderRssBytes! / MB)} MB (peak ${fmt(f.leaderPeakRssBytes! / MB)}), follower ${fmt(f.followerRssBytes! / MB)} MB, ${fmt(f.leaderDiskBytes! / secrets)} bytes on disk per secret`,
     );
   }
+  // One restart is one draw of the machine's speed: RESTART_ROUNDS of them, the two systems taking
+  // turns (Coffer, etcd, Coffer, ...), and the median of each is the figure.
+  const restartsMs = new Map<Target, number[]>(targets.map((t) => [t, []]));
+  for (let round = 0; round < RESTART_ROUNDS; round++) {
+    for (const target of targets) {
+      const follower = ((await target.leader()) + 1) % target.size;
+      await target.kill(follower);
+      const startedAt = performance.now();
+      target.restart(follower);
+      await target.ready(follower, 600_000);
+      restartsMs.get(target)!.push(performance.now() - startedAt);
+      await settle(1000);
+    }
+  }
   for (const target of targets) {
-    const follower = ((await target.leader()) + 1) % target.size;
-    await target.kill(follower);
-    const startedAt = performance.now();
-    target.restart(follower);
-    await target.ready(follower, 600_000);
-    set(target, { restartMs: performance.now() - startedAt });
+    const times = restartsMs.get(target)!;
+    set(target, { restartMs: median(times), restartsMs: times });
     log(
-      `  ${target.name}: a follower restarted to its first linearizable read in ${fmt(figures.get(target)!.restartMs!)} ms`,
+      `  ${target.name}: a follower restarted to its first linearizable read in ${fmt(median(times))} ms (median of ${times.length}: ${times.map((t) => fmt(t)).join(', ')} ms)`,
     );
   }
   for (const target of targets) {
@@ -394,7 +409,7 @@ export async function benchScale(args: readonly string[]): Promise<void> {
   for (const [k, run] of runs.entries()) report(run, runs[k - 1]);
   // What any Node gRPC manager pays before its own start work: the restart figure's floor here.
   const startFloorMs = await measureStartFloor();
-  const floorMedianMs = [...startFloorMs].sort((a, b) => a - b)[Math.floor(startFloorMs.length / 2)]!;
+  const floorMedianMs = median(startFloorMs);
   console.log(
     `\nthe floor under a restart here: an empty grpc-js server over mutual TLS answers ${fmt(floorMedianMs)} ms after its spawn (median of ${startFloorMs.length}: ${startFloorMs.map((t) => fmt(t)).join(', ')} ms); the rest of Coffer's restart is its own start work`,
   );
