@@ -2,17 +2,21 @@
 // dist/ (or OUT, a directory beside src/: the build test's).
 // 1. tsc compiles src/ to dist/ (type-checked, one module per source): what the CPU profile bench
 //    runs, since it tells a request's parts apart by the file each function comes from.
-// 2. esbuild bundles the CLI, everything it imports from src/ and most packages into one module,
-//    dist/run/coffer.mjs (and the chunks it loads when needed): what the `coffer` bin, the image
-//    and the tests run. Node's loader pays per module (resolving, reading, compiling apart, and
-//    for a CommonJS package imported from ESM, a scan of its exports): bundling our 140 modules
-//    saved a restart about 0.1 s, and the packages (some 200 modules more) another 0.1 s
-//    (docs/design.md, "Where a restart and a catch-up spend their time"). It sits at the same
-//    depth as the sources, so it finds proto/ as they do.
+// 2. esbuild bundles the command line, everything it imports from src/ and most packages into
+//    one CommonJS module, dist/run/coffer-cli.cjs. Node's loader pays per module (resolving,
+//    reading, compiling apart, and for a CommonJS package imported from ESM, a scan of its
+//    exports): bundling our 140 modules saved a restart about 0.1 s, and the packages (some 200
+//    modules more) another 0.1 s (docs/design.md, "Where a restart and a catch-up spend their
+//    time"). It sits at the same depth as the sources, so it finds proto/ as they do.
+// 3. esbuild builds dist/run/coffer.mjs, the entry (src/cli/compiled-entry.ts): what the `coffer`
+//    bin, the image and the tests run. It loads the bundle with a V8 code cache beside it.
+// 4. The entry, run once with the managers' node flags, loads a manager's modules and writes that
+//    cache, dist/run/coffer-cli.code-cache (src/cli/code-cache.ts): a restart 0.28 s shorter.
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { build } from 'esbuild';
 
 const out = process.argv[2] ?? 'dist';
@@ -26,6 +30,7 @@ if (tsc.status !== 0) {
   console.error('tsc failed: nothing is bundled from sources that do not compile');
   process.exit(1);
 }
+
 /**
  * Packages left to node_modules, each for a reason: a native addon found beside the package's own
  * files (classic-level's LevelDB; msgpackr's native decoder, msgpackr-extract, which a bundled
@@ -61,40 +66,60 @@ const packageDirname = {
       const text = await readFile(args.path, 'utf8');
       if (!text.includes('__dirname')) return undefined;
       const specifier = relative(join(process.cwd(), 'node_modules'), args.path).split('\\').join('/');
-      const resolved = `require('node:path').dirname(require.resolve(${JSON.stringify(specifier)}))`;
+      const resolved = `__coffer_packageDir(${JSON.stringify(specifier)})`;
       return { contents: text.replaceAll('__dirname', resolved), loader: 'js', resolveDir: dirname(args.path) };
     });
   },
 };
 
+const run = join(out, 'run');
 await build({
-  entryPoints: { coffer: 'src/cli/main.ts' },
-  // Split at the CLI's dynamic imports: `coffer health` (a container's health check, every few
-  // seconds) still loads only its own command's code and packages, and a joining manager starts
-  // its RSA key before the commands' packages load (src/cli/main.ts).
-  splitting: true,
-  outdir: join(out, 'run'),
-  chunkNames: 'chunk-[hash]',
+  // One module: `coffer health` (a container's health check, every few seconds) still runs only
+  // its own command's code and packages, since esbuild runs a module imported with import() only
+  // when it is, and a joining manager starts its RSA key before the commands' modules run
+  // (src/cli/run.ts).
+  entryPoints: { 'coffer-cli': 'src/cli/run.ts' },
+  outdir: run,
+  outExtension: { '.js': '.cjs' },
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  external: LEFT_TO_NODE_MODULES,
+  plugins: [packageDirname],
+  // import.meta.url of our modules (the protos are found from it) is the bundle's; a package that
+  // reads files beside itself gets its directory (packageDirname). Text in the banner is not
+  // bundled: require.resolve there is Node's, at run time.
+  define: { 'import.meta.url': '__coffer_importMetaUrl' },
+  banner: {
+    js: [
+      "const __coffer_importMetaUrl = require('node:url').pathToFileURL(__filename).href;",
+      "const __coffer_packageDir = (file) => require('node:path').dirname(require.resolve(file));",
+    ].join(' '),
+  },
+  // Stack traces name the sources when node runs with --enable-source-maps (the entry then loads
+  // the bundle with Node's own loader, which reads the map).
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});
+await build({
+  entryPoints: { coffer: 'src/cli/compiled-entry.ts' },
+  outdir: run,
   outExtension: { '.js': '.mjs' },
   bundle: true,
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  external: LEFT_TO_NODE_MODULES,
-  plugins: [packageDirname],
-  // The packages bundled are mostly CommonJS: they get a `require` (for Node's own modules and the
-  // packages left out), and `__filename` and `__dirname` of the chunk.
-  banner: {
-    js: [
-      "import { createRequire as __coffer_createRequire } from 'node:module';",
-      "import { fileURLToPath as __coffer_fileURLToPath } from 'node:url';",
-      "import { dirname as __coffer_dirname } from 'node:path';",
-      'const require = __coffer_createRequire(import.meta.url);',
-      'const __filename = __coffer_fileURLToPath(import.meta.url);',
-      'const __dirname = __coffer_dirname(__filename);',
-    ].join(' '),
-  },
-  // Stack traces name the sources when node runs with --enable-source-maps.
-  sourcemap: 'linked',
   logLevel: 'warning',
 });
+// The cache is checked against V8's flags: it is made with the managers' (the bin's first line
+// holds the same, and the tests start managers with them).
+const { MANAGER_NODE_FLAGS } = await import(pathToFileURL(join(out, 'cli', 'node-flags.js')).href);
+const cached = spawnSync(process.execPath, [...MANAGER_NODE_FLAGS, join(run, 'coffer.mjs')], {
+  env: { ...process.env, COFFER_BUILD_CODE_CACHE: '1' },
+  encoding: 'utf8',
+});
+if (cached.status !== 0 || !existsSync(join(run, 'coffer-cli.code-cache'))) {
+  console.error(`the code cache was not made: ${cached.stdout}${cached.stderr}`);
+  process.exit(1);
+}

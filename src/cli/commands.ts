@@ -1,5 +1,5 @@
 /**
- * The `coffer` command line's commands (main.ts starts it). With main.ts, the only module that reads argv,
+ * The `coffer` command line's commands (run.ts starts it). With run.ts and the entries (main.ts, compiled-entry.ts), the only modules that read argv,
  * stdin or the environment, and that exits the process.
  */
 import { Command, Option } from 'commander';

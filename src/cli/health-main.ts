@@ -1,5 +1,5 @@
 /**
- * `coffer health` on its own (main.ts starts it for that command): the same command as in the
+ * `coffer health` on its own (run.ts starts it for that command): the same command as in the
  * full command line (commands.ts lists it in `coffer --help`), with only the modules a check
  * needs, because a container healthcheck starts it every few seconds.
  */

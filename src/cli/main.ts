@@ -1,31 +1,8 @@
 /**
- * The `coffer` command (the commands are in commands.ts). Two commands start differently:
- *
- * - `coffer health` is what a container healthcheck runs, every few seconds on every manager: it
- *   loads only its own command (health-main.ts: commander, grpc-js, the TLS checks), not every
- *   other command's modules, which cost each check about half a second of CPU.
- * - A manager joining a cluster needs a new RSA key, 0.2-0.4 s of prime search on a slow core:
- *   for `join`, and for `server --join` while --data holds no manager yet, it is begun here, in
- *   the thread pool, before the commands' modules load (about 0.3 s), rather than after them.
+ * The `coffer` command as the sources run it (tsx) and as the module-per-source build does
+ * (dist/cli/main.js); an installed coffer runs the bundle through compiled-entry.ts. What it
+ * runs is in run.ts.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { startLeafKeyEarly } from '../crypto/rsa-key.ts';
+import { main } from './run.ts';
 
-const args = process.argv.slice(2);
-if (args[0] === 'health') {
-  await import('./health-main.ts');
-} else {
-  if (joiningManager(args)) startLeafKeyEarly();
-  const { runCli } = await import('./commands.ts');
-  await runCli(process.argv);
-}
-
-/** Whether these arguments make a manager that joins a cluster (a wrong guess costs a key made in vain, no more). */
-function joiningManager(args: readonly string[]): boolean {
-  if (args[0] === 'join') return true;
-  if (args[0] !== 'server' || !args.some((a) => a === '--join' || a.startsWith('--join='))) return false;
-  const at = args.indexOf('--data');
-  const data = at >= 0 ? args[at + 1] : args.find((a) => a.startsWith('--data='))?.slice('--data='.length);
-  return data !== undefined && !existsSync(join(data, 'node.json'));
-}
+await main(process.argv);

@@ -40,7 +40,7 @@ let early: Promise<RsaKeyPem> | null = null;
 /**
  * Starts making a joining manager's leaf key now, in the thread pool: the command line calls it
  * before it loads the rest of its modules (about 0.3 s), so the key is made meanwhile instead of
- * after (src/cli/main.ts). Idempotent.
+ * after (src/cli/run.ts). Idempotent.
  */
 export function startLeafKeyEarly(): void {
   if (early !== null) return;

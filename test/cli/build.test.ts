@@ -1,14 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { MANAGER_NODE_FLAGS } from '../../src/cli/node-flags.ts';
 
 /**
  * `npm run build` (scripts/build.mjs) compiles src/ to JavaScript, a module per source, and
- * bundles the CLI into one module, dist/run/coffer.mjs (what the coffer bin and the container
- * image run, without tsx). The build goes to a directory beside src/ (at the same depth, as dist/
- * is, so the compiled code finds proto/ as the sources do), and both forms of the CLI must run.
+ * bundles the CLI into one module, dist/run/coffer-cli.cjs, run by the entry dist/run/coffer.mjs
+ * (what the coffer bin and the container image run, without tsx) with the code cache the build
+ * made. The build goes to a directory beside src/ (at the same depth, as dist/ is, so the
+ * compiled code finds proto/ as the sources do), and both forms of the CLI must run.
  */
 
 const REPO = join(import.meta.dirname, '..', '..');
@@ -33,33 +35,70 @@ test('the build compiles every source to JavaScript that imports no .ts file, bu
     assert.equal(built.status, 0, `build: ${built.stdout}${built.stderr}`);
     const files = filesUnder(OUT);
     assert.ok(files.some((f) => f.endsWith(join('cli', 'main.js'))));
-    for (const file of files.filter((f) => !f.endsWith('.map'))) {
-      assert.ok(file.endsWith('.js') || file.endsWith('.mjs'), `${file}: only JavaScript`);
+    for (const file of files.filter((f) => !f.endsWith('.map') && !f.endsWith('.code-cache'))) {
+      assert.ok(/\.(c|m)?js$/.test(file), `${file}: only JavaScript`);
       assert.doesNotMatch(readFileSync(file, 'utf8'), /from '\.{1,2}\/[^']*\.ts'/, `${file} imports a .ts file`);
     }
-    // The bundle holds Coffer's own code and most packages, split where the CLI imports a
-    // command's code when it runs. Packages with a native addon stay in node_modules: bundled,
-    // classic-level would not find its LevelDB, and msgpackr would go without its native decoder.
-    const chunks = filesUnder(join(OUT, 'run')).filter((f) => f.endsWith('.mjs'));
-    const bundled = chunks.map((f) => readFileSync(f, 'utf8')).join('\n');
-    for (const file of chunks)
-      assert.doesNotMatch(readFileSync(file, 'utf8'), /from ['"]\.\.\//, `${file} imports a file outside the bundle`);
+    // The bundle holds Coffer's own code and most packages. Packages with a native addon stay in
+    // node_modules: bundled, classic-level would not find its LevelDB, and msgpackr would go
+    // without its native decoder.
+    const run = join(OUT, 'run');
+    assert.deepEqual(readdirSync(run).sort(), [
+      'coffer-cli.cjs',
+      'coffer-cli.cjs.map',
+      'coffer-cli.code-cache',
+      'coffer.mjs',
+    ]);
+    const bundled = readFileSync(join(run, 'coffer-cli.cjs'), 'utf8');
+    assert.doesNotMatch(bundled, /require\(['"]\.\.\//, 'the bundle requires a file outside it');
     for (const pkg of ['@grpc/grpc-js', 'grpc-health-check', 'protobufjs'])
       assert.ok(bundled.includes(`// node_modules/${pkg}/`), `${pkg} is not in the bundle`);
     for (const pkg of ['classic-level', 'msgpackr'])
       assert.ok(!bundled.includes(`// node_modules/${pkg}/`), `${pkg} was bundled: it must load from node_modules`);
-    // What every start loads (the health check's included) holds none of a manager's packages.
-    const entry = readFileSync(join(OUT, 'run', 'coffer.mjs'), 'utf8');
-    for (const pkg of ['level', 'pino', 'prom-client', 'msgpackr'])
-      assert.doesNotMatch(entry, new RegExp(`from ['"]${pkg}['"]`), `the entry module loads ${pkg} at every start`);
-    for (const cli of [join(OUT, 'cli', 'main.js'), join(OUT, 'run', 'coffer.mjs')]) {
-      const version = spawnSync(process.execPath, [cli, '--version'], { encoding: 'utf8' });
-      assert.equal(version.status, 0, version.stderr);
-      assert.equal(version.stdout.trim(), JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version);
+    // The entry only loads the bundle: no package of its own.
+    const entry = readFileSync(join(run, 'coffer.mjs'), 'utf8');
+    assert.doesNotMatch(entry, /from ['"](?!node:)[^'"]+['"]/, 'the entry imports a package');
+    const version = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version;
+    for (const cli of [join(OUT, 'cli', 'main.js'), join(run, 'coffer.mjs')]) {
+      const printed = spawnSync(process.execPath, [...MANAGER_NODE_FLAGS, cli, '--version'], { encoding: 'utf8' });
+      assert.equal(printed.status, 0, printed.stderr);
+      assert.equal(printed.stdout.trim(), version);
       const help = spawnSync(process.execPath, [cli, 'secret', 'import', '--help'], { encoding: 'utf8' });
       assert.equal(help.status, 0, help.stderr);
       assert.match(help.stdout, /import/);
     }
+
+    // The code cache: V8 takes it under the managers' flags, refuses it under others (the bundle
+    // is then compiled as without one), and a cache made from other bytes than the bundle's is
+    // not given to V8 at all (V8 itself compares only the source's length).
+    const cacheState = (flags: readonly string[], cache: string): string => {
+      const script = `import { loadBundle } from ${JSON.stringify(join(REPO, 'src', 'cli', 'code-cache.ts'))};
+process.stdout.write(loadBundle(${JSON.stringify(join(run, 'coffer-cli.cjs'))}, ${JSON.stringify(cache)}).cache);`;
+      const checked = spawnSync(process.execPath, [...flags, '--import', 'tsx', '--input-type=module', '-e', script], {
+        encoding: 'utf8',
+        cwd: REPO,
+      });
+      assert.equal(checked.status, 0, checked.stderr);
+      return checked.stdout;
+    };
+    const cache = join(run, 'coffer-cli.code-cache');
+    assert.equal(cacheState(MANAGER_NODE_FLAGS, cache), 'used');
+    assert.equal(cacheState([], cache), 'rejected');
+    const forged = join(OUT, 'forged.code-cache');
+    const bytes = readFileSync(cache);
+    bytes[0]! ^= 1; // the digest of another bundle, with V8's bytes unchanged
+    writeFileSync(forged, bytes);
+    assert.equal(cacheState(MANAGER_NODE_FLAGS, forged), 'stale');
+    assert.equal(cacheState(MANAGER_NODE_FLAGS, join(OUT, 'none')), 'absent');
+    // A bundle changed after its cache was made runs its own code, not the cache's.
+    const changed = bundled.replace(`version("${version}"`, `version("9.9.9"`);
+    assert.notEqual(changed, bundled, 'the bundle names its version where this test looks for it');
+    writeFileSync(join(run, 'coffer-cli.cjs'), changed);
+    const printed = spawnSync(process.execPath, [...MANAGER_NODE_FLAGS, join(run, 'coffer.mjs'), '--version'], {
+      encoding: 'utf8',
+    });
+    assert.equal(printed.status, 0, printed.stderr);
+    assert.equal(printed.stdout.trim(), '9.9.9');
   } finally {
     rmSync(OUT, { recursive: true, force: true });
   }

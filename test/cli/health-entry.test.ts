@@ -34,7 +34,7 @@ test('coffer health imports only its own modules: not the other commands, not th
     'crypto/rsa-key.ts',
     'transport/tls.ts',
   ]);
-  const main = importsOf(join(SRC, 'cli/main.ts')).map((f) => relative(SRC, f));
+  const main = importsOf(join(SRC, 'cli/run.ts')).map((f) => relative(SRC, f));
   assert.ok(main.includes('cli/health-main.ts') && main.includes('cli/commands.ts'), main.join(', '));
 });
 
