@@ -6,8 +6,8 @@
 //    one CommonJS module, dist/run/coffer-cli.cjs. Node's loader pays per module (resolving,
 //    reading, compiling apart, and for a CommonJS package imported from ESM, a scan of its
 //    exports): bundling our 140 modules saved a restart about 0.1 s, and the packages (some 200
-//    modules more) another 0.1 s (docs/design.md, "Where a restart and a catch-up spend their
-//    time"). It sits at the same depth as the sources, so it finds proto/ as they do.
+//    modules more) another 0.1 s (docs/benchmarks.md, "Start: what a restart and a new member
+//    spend before serving"). It sits at the same depth as the sources, so it finds proto/ as they do.
 // 3. esbuild builds dist/run/coffer.mjs, the entry (src/cli/compiled-entry.ts): what the `coffer`
 //    bin, the image and the tests run. It loads the bundle with a V8 code cache beside it.
 // 4. The entry, run once with the managers' node flags, loads a manager's modules and writes that

@@ -3,8 +3,9 @@
  * cache beside it (coffer-cli.code-cache), made by the build: the bytecode of what a manager's
  * start compiles, so a start deserializes it instead of parsing and compiling some 2.5 MB of
  * JavaScript again. A follower's restart to its first linearizable read: median 1,097 ms without,
- * 814 ms with (docs/design.md, "Where a restart and a catch-up spend their time"). Node 20 has no
- * compile cache of its own for modules (Node 22's `module.enableCompileCache` is one).
+ * 814 ms with (docs/benchmarks.md, "Start: what a restart and a new member spend before
+ * serving"). Node 20 has no compile cache of its own for modules (Node 22's
+ * `module.enableCompileCache` is one).
  *
  * The cache is trusted as the code beside it is: it is made by the build and read from the
  * directory the bundle is in, never from a data or temporary directory (bytecode given to V8 is
