@@ -199,10 +199,27 @@ export class PeerTransport {
   ): void => {
     const options = this.#options;
     const identity = callerIdentity(call, options.clusterId);
+    let snapshot: {
+      header: ReturnType<typeof decodeSnapshotHeader>;
+      parts: Buffer[];
+      received: number;
+      total: number;
+    } | null = null;
+    /** The records of a snapshot being received after its descriptor. */
+    let records: ChunkQueue | null = null;
+    const abandonRecords = (reason: string): void => {
+      records?.fail(new WireError(reason));
+      records = null;
+    };
     let finished = false;
     const finish = (error: { code: grpc.status; details: string } | null): void => {
       if (finished) return;
       finished = true;
+      // Ended here (replaced by the peer's new stream, refused, or the peer removed): a snapshot
+      // whose records were coming on it is failed now, not when grpc-js closes the call. A
+      // receive that never ended would hold every later snapshot, and their paused streams the
+      // peer's heartbeats and votes.
+      abandonRecords("the stream ended before the snapshot's records did");
       if (this.#inbound.get(peer) === finish) this.#inbound.delete(peer);
       callback(error, error === null ? {} : undefined);
     };
@@ -237,18 +254,6 @@ export class PeerTransport {
     if (widenReceiveWindows(call)) this.stats.windowsWidened++;
     // Headers now tell the caller its stream was accepted (its backoff starts over).
     call.sendMetadata(new grpc.Metadata());
-    let snapshot: {
-      header: ReturnType<typeof decodeSnapshotHeader>;
-      parts: Buffer[];
-      received: number;
-      total: number;
-    } | null = null;
-    /** The records of a snapshot being received after its descriptor. */
-    let records: ChunkQueue | null = null;
-    const abandonRecords = (reason: string): void => {
-      records?.fail(new WireError(reason));
-      records = null;
-    };
     const checkSender = (message: Message): void => {
       if (message.from !== peer || message.to !== options.selfId)
         throw new WireError(
