@@ -28,6 +28,8 @@ export interface LoadedBundle {
   readonly exports: Readonly<Record<string, unknown>>;
   readonly cache: CodeCacheState;
   readonly script: vm.Script | null;
+  /** The SHA-256 of the bundle's bytes (null when Node's own loader read it). */
+  readonly digest: Buffer | null;
 }
 
 const DIGEST_BYTES = 32;
@@ -44,13 +46,14 @@ function digestOf(source: Buffer): Buffer {
 export function loadBundle(bundlePath: string, cachePath: string): LoadedBundle {
   const require = createRequire(bundlePath);
   if (process.execArgv.includes('--enable-source-maps'))
-    return { exports: require(bundlePath) as Record<string, unknown>, cache: 'absent', script: null };
+    return { exports: require(bundlePath) as Record<string, unknown>, cache: 'absent', script: null, digest: null };
   const source = readFileSync(bundlePath);
+  const digest = digestOf(source);
   let cachedData: Buffer | undefined;
   let cache: CodeCacheState = 'absent';
   if (existsSync(cachePath)) {
     const file = readFileSync(cachePath);
-    if (file.length > DIGEST_BYTES && file.subarray(0, DIGEST_BYTES).equals(digestOf(source)))
+    if (file.length > DIGEST_BYTES && file.subarray(0, DIGEST_BYTES).equals(digest))
       cachedData = file.subarray(DIGEST_BYTES);
     else cache = 'stale';
   }
@@ -72,16 +75,16 @@ export function loadBundle(bundlePath: string, cachePath: string): LoadedBundle 
     dirname: string,
   ) => void;
   run.call(module.exports, module.exports, require, module, bundlePath, dirname(bundlePath));
-  return { exports: module.exports, cache, script };
+  return { exports: module.exports, cache, script, digest };
 }
 
 /** Writes the code cache of a loaded bundle (what it has compiled so far), behind the bundle's digest. */
-export function writeCodeCache(bundle: LoadedBundle, bundlePath: string, cachePath: string): number {
-  if (bundle.script === null)
+export function writeCodeCache(bundle: LoadedBundle, cachePath: string): number {
+  if (bundle.script === null || bundle.digest === null)
     throw new Error('the bundle was loaded by Node (--enable-source-maps): no cache to write');
   const data = bundle.script.createCachedData();
   const partial = `${cachePath}.partial`;
-  writeFileSync(partial, Buffer.concat([digestOf(readFileSync(bundlePath)), data]));
+  writeFileSync(partial, Buffer.concat([bundle.digest, data]));
   renameSync(partial, cachePath);
   return data.length;
 }

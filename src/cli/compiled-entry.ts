@@ -19,7 +19,7 @@ if (typeof main !== 'function' || typeof loadManagerModules !== 'function')
   throw new Error(`${BUNDLE} is not the command line's bundle: run npm run build again`);
 if (process.env['COFFER_BUILD_CODE_CACHE'] === '1') {
   await (loadManagerModules as () => Promise<void>)();
-  const bytes = writeCodeCache(bundle, BUNDLE, CACHE);
+  const bytes = writeCodeCache(bundle, CACHE);
   process.stdout.write(`code cache: ${bytes} bytes in ${CACHE}\n`);
 } else {
   await (main as (argv: readonly string[]) => Promise<void>)(process.argv);

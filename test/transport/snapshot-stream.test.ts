@@ -134,6 +134,7 @@ test('a snapshot stream paused for a slow reader flows again when the stream end
     outcomes.push(readAll(chunksOf!));
     call.emit('close');
     assert.match(String(await within(2000, outcomes[0]!)), /^failed after \d+ bytes: /);
+    assert.equal(call.paused, false, 'the stream was resumed');
   } finally {
     transport.close();
   }
