@@ -181,6 +181,8 @@ export class PeerTransport {
     this.#links.clear();
   }
 
+  /** Inbound streams accepted so far (numbers them in debug logs). */
+  #inboundStreams = 0;
   /** Open inbound streams by peer: at most one each, cut when the peer is removed. */
   readonly #inbound = new Map<NodeId, (error: { code: grpc.status; details: string } | null) => void>();
 
@@ -212,9 +214,22 @@ export class PeerTransport {
       records = null;
     };
     let finished = false;
+    let stream = 0;
+    let framesReceived = 0;
     const finish = (error: { code: grpc.status; details: string } | null): void => {
       if (finished) return;
       finished = true;
+      if (stream !== 0)
+        options.logger.debug(
+          {
+            event: 'peer-stream-in-ended',
+            peer,
+            stream,
+            framesReceived,
+            code: error === null ? 'OK' : grpc.status[error.code],
+          },
+          'an inbound Raft stream ended',
+        );
       // Ended here (replaced by the peer's new stream, refused, or the peer removed): a snapshot
       // whose records were coming on it is failed now, not when grpc-js closes the call. A
       // receive that never ended would hold every later snapshot, and their paused streams the
@@ -244,6 +259,11 @@ export class PeerTransport {
       return refuse(grpc.status.PERMISSION_DENIED, refusal);
     }
     // One stream per peer: a reconnecting peer replaces its old stream.
+    stream = ++this.#inboundStreams;
+    options.logger.debug(
+      { event: 'peer-stream-in', peer, stream, replacing: this.#inbound.has(peer) },
+      'accepted an inbound Raft stream',
+    );
     this.#inbound.get(peer)?.(null);
     this.#inbound.set(peer, finish);
     // The peer is up (again): the link to it retries now instead of at the end of its backoff,
@@ -267,6 +287,7 @@ export class PeerTransport {
     };
     call.on('data', (frame: RaftFrame) => {
       if (finished) return;
+      framesReceived++;
       // Checked on every frame: a removal applied, a key retired, or a certificate expired, ends the stream.
       const refusal = options.admits(peer, identity.spki);
       if (refusal !== null) return refuse(grpc.status.PERMISSION_DENIED, refusal);
@@ -454,6 +475,8 @@ class PeerLink {
   #closed = false;
   /** Ends a write that waits for 'drain' (set while one does). */
   #wakeWriter: (() => void) | null = null;
+  /** Streams opened to the peer so far (numbers them in debug logs). */
+  #streams = 0;
 
   constructor(peer: NodeId, options: PeerTransportOptions, stats: PeerTransportStats) {
     this.#peer = peer;
@@ -546,9 +569,15 @@ class PeerLink {
         );
     });
     call.on('error', () => undefined); // reported through the callback above
+    const stream = ++this.#streams;
+    this.#options.logger.debug({ event: 'peer-stream-open', peer: this.#peer, stream }, 'opening a Raft stream');
     // The server sends headers once it has accepted the stream: only then does the backoff reset.
     call.on('metadata', () => {
       this.#delayMs = RECONNECT_DELAY_MS_MIN;
+      this.#options.logger.debug(
+        { event: 'peer-stream-accepted', peer: this.#peer, stream },
+        'a Raft stream was accepted',
+      );
     });
     this.#call = call;
     return call;
@@ -614,6 +643,15 @@ class PeerLink {
     message: SnapshotMessage,
     records: SnapshotChunks | null,
   ): Promise<boolean> {
+    this.#options.logger.debug(
+      {
+        event: 'snapshot-sending',
+        peer: this.#peer,
+        index: message.snapshot.metadata.index,
+        records: records !== null,
+      },
+      'sending a snapshot',
+    );
     const header = encodeSnapshotHeader(message, records !== null);
     const data = message.snapshot.data;
     const total = data.byteLength;
@@ -667,6 +705,7 @@ class PeerLink {
       if (this.#call !== call) return resolve(false);
       const flushed = call.write(frame);
       if (flushed) return resolve(true);
+      this.#options.logger.debug({ event: 'peer-stream-full', peer: this.#peer }, 'waiting for a Raft stream to drain');
       const done = (): void => {
         call.off('drain', done);
         call.off('close', done);
@@ -715,6 +754,16 @@ class PeerLink {
   /** New credentials or address: the next message opens a new connection. */
   reset(): void {
     const call = this.#call;
+    this.#options.logger.debug(
+      {
+        event: 'peer-stream-reset',
+        peer: this.#peer,
+        hadCall: call !== null,
+        flushing: this.#flushing,
+        queued: this.#queue.length,
+      },
+      'resetting the link to a peer',
+    );
     this.#call = null;
     this.#wakeWriter?.();
     call?.end();
