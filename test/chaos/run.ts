@@ -92,6 +92,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
   const log = options.log ?? (() => undefined);
   const random = new SeededRandom(options.seed);
   const root = mkdtempSync(join(tmpdir(), 'coffer-chaos-'));
+  // The managers log at debug unless told otherwise: their streams' and links' events are what a
+  // failed run's kept logs and printed tails have to tell (a stream one way dead, a link waiting).
+  const logLevelBefore = process.env['COFFER_LOG_LEVEL'];
+  process.env['COFFER_LOG_LEVEL'] ??= 'debug';
   let cluster: ProcessCluster | null = null;
   let network: NetworkNamespaces | null = null;
   let links: LinkProxies | null = null;
@@ -103,6 +107,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     disks?.unmountAll();
     network?.destroy();
     rmSync(root, { recursive: true, force: true });
+    if (logLevelBefore === undefined) delete process.env['COFFER_LOG_LEVEL'];
   };
   const interrupted = (): void => {
     void cleanUp().then(() => process.exit(130));
@@ -204,15 +209,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
       for (const m of c.managers) {
         const status = await c.status(m, { withStateDigest: true }).then(
           (s) =>
-            `${s.role}, term ${s.term}, leader ${s.leaderId}, commit ${s.commitIndex}, applied ${s.appliedIndex}, digest ${s.stateDigest.slice(0, 12)}`,
+            `${s.role}, term ${s.term}, leader ${s.leaderId}, commit ${s.commitIndex}, applied ${s.appliedIndex}, log ${s.firstIndex}..${s.lastIndex}, digest ${s.stateDigest.slice(0, 12)}` +
+            (s.role === 'leader'
+              ? `; members (its view): ${s.members.map((p) => `${p.nodeId} ${p.role} match ${p.matchIndex}${p.healthy ? '' : ' unhealthy'}`).join(', ')}`
+              : ''),
           (e: Error) => `no status (${e.message.slice(0, 80)})`,
         );
         log(`  ${m.name}: ${status}`);
         const tail = c.procs
           .log(m.name)
           .split('\n')
-          .filter((line) => line !== '' && !line.includes('"event":"rpc"'))
-          .slice(-12);
+          .filter((line) => line !== '' && !line.includes('"event":"rpc"') && !line.includes('"event":"propose"'))
+          .slice(-16);
         for (const line of tail) log(`    ${line.slice(0, 300)}`);
       }
       if (options.outDir !== undefined || options.historyFile === undefined) {

@@ -155,6 +155,10 @@ export interface StatusReply {
   certificateNotAfterMs: number;
   snapshotIndex: number;
   snapshotsSent: number;
+  firstIndex: number;
+  lastIndex: number;
+  /** The voters and learners, with what this manager knows of each (a leader: their progress). */
+  members: { nodeId: number; role: string; healthy: boolean; matchIndex: number; lag: number }[];
 }
 
 export type ServiceName = 'Cluster' | 'Secrets' | 'Policies' | 'Identities' | 'Audit' | 'Keys' | 'Backup' | 'Auth';
