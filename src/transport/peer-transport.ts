@@ -22,6 +22,16 @@ export const SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 export const SNAPSHOT_BYTES_MAX = 512 * 1024 * 1024;
 const RECONNECT_DELAY_MS_MIN = 50;
 const RECONNECT_DELAY_MS_MAX = 2000;
+/**
+ * A stream the peer has not accepted (its handler sends headers at once) this long after it was
+ * opened is given up and dialled again on a new connection. A short chaos run ended with a
+ * follower whose stream to the leader was opened during a fault and never reached the leader's
+ * handler, while grpc-js reported nothing: its connection's pings were answered, the call never
+ * failed, and every answer the follower wrote for the rest of the run went nowhere, so it was
+ * never caught up. Five election timeouts: a link held up by a bad network still accepts its
+ * stream well within it.
+ */
+export const PEER_STREAM_ACCEPT_TIMEOUT_MS = 5000;
 
 export interface PeerTransportOptions {
   readonly selfId: NodeId;
@@ -64,6 +74,8 @@ export interface PeerTransportOptions {
   readonly keysOf?: (peer: NodeId) => readonly string[];
   readonly logger: Logger;
   readonly random?: () => number;
+  /** PEER_STREAM_ACCEPT_TIMEOUT_MS unless set (a test shortens it). */
+  readonly streamAcceptTimeoutMs?: number;
 }
 
 export interface PeerTransportStats {
@@ -556,11 +568,13 @@ class PeerLink {
         'grpc.max_reconnect_backoff_ms': RECONNECT_DELAY_MS_MAX,
       });
     }
+    let acceptTimer: NodeJS.Timeout | undefined;
     const call = (
       this.#client as unknown as {
         raft(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<RaftFrame>;
       }
     ).raft((error) => {
+      clearTimeout(acceptTimer);
       if (error?.code === grpc.status.PERMISSION_DENIED && error.details === removedDetails(this.#options.selfId))
         this.#options.onRemoved?.(this.#peer);
       if (this.#call === call)
@@ -572,7 +586,23 @@ class PeerLink {
     const stream = ++this.#streams;
     this.#options.logger.debug({ event: 'peer-stream-open', peer: this.#peer, stream }, 'opening a Raft stream');
     // The server sends headers once it has accepted the stream: only then does the backoff reset.
+    const acceptTimeoutMs = this.#options.streamAcceptTimeoutMs ?? PEER_STREAM_ACCEPT_TIMEOUT_MS;
+    acceptTimer = setTimeout(() => {
+      if (this.#call !== call) return;
+      this.#options.logger.warn(
+        { event: 'peer-stream-not-accepted', peer: this.#peer, stream, waitedMs: acceptTimeoutMs },
+        `manager ${this.#peer} did not accept the Raft stream within ${acceptTimeoutMs} ms; dialling it again on a new connection`,
+      );
+      // The channel that carried it goes too: the next stream is dialled on a new connection.
+      const client = this.#client;
+      this.#client = null;
+      this.#broken(`the stream was not accepted within ${acceptTimeoutMs} ms`);
+      call.cancel();
+      client?.close();
+    }, acceptTimeoutMs);
+    acceptTimer.unref();
     call.on('metadata', () => {
+      clearTimeout(acceptTimer);
       this.#delayMs = RECONNECT_DELAY_MS_MIN;
       this.#options.logger.debug(
         { event: 'peer-stream-accepted', peer: this.#peer, stream },

@@ -91,3 +91,74 @@ test('a link whose peer accepted TCP and then went silent recovers once a real p
     server.forceShutdown();
   }
 });
+
+test('a stream the peer never accepts is given up and dialled again on a new connection, where the messages get through', {
+  timeout: 60_000,
+}, async () => {
+  const port = await freePort();
+  const logger = createLogger({ level: 'silent' });
+  const received: Message[] = [];
+  const receiver = new PeerTransport({
+    selfId: 2,
+    clusterId,
+    tls: () => material(2),
+    addressOf: () => undefined,
+    onMessage: (message) => received.push(message),
+    onUnreachable: () => undefined,
+    onSnapshotSent: () => undefined,
+    admits: () => null,
+    logger,
+  });
+  // The first stream reaches a handler that neither accepts nor reads it: the connection is up and
+  // answers pings, the call never fails (how a follower's stream to its leader was lost in a chaos
+  // run). Later streams reach the real handler.
+  const held: grpc.sendUnaryData<object>[] = [];
+  let streams = 0;
+  const server = new grpc.Server();
+  server.addService(services().Peer.service, {
+    raft: (call: Parameters<PeerTransport['handleRaftStream']>[0], callback: grpc.sendUnaryData<object>) => {
+      streams++;
+      if (streams === 1) held.push(callback);
+      else receiver.handleRaftStream(call, callback);
+    },
+    propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+  });
+  await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) =>
+      e === null ? resolve(p) : reject(e),
+    ),
+  );
+  const unreachable: number[] = [];
+  const sender = new PeerTransport({
+    selfId: 1,
+    clusterId,
+    tls: () => material(1),
+    addressOf: () => `127.0.0.1:${port}`,
+    onMessage: () => assert.fail('the sender receives nothing'),
+    onUnreachable: (peer) => unreachable.push(peer),
+    onSnapshotSent: () => undefined,
+    admits: () => null,
+    logger,
+    streamAcceptTimeoutMs: 500,
+  });
+  try {
+    const deadline = Date.now() + 15_000;
+    let sent = 0;
+    while (!received.some((m) => m.type === 'heartbeat')) {
+      assert.ok(
+        Date.now() < deadline,
+        `no message got through in 15 s: ${streams} stream(s) reached the peer (${JSON.stringify(sender.stats)})`,
+      );
+      sender.send([{ type: 'heartbeat', from: 1, to: 2, term: 1, commit: sent++, readSeq: 0 }]);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(streams, 2, 'the unaccepted stream was replaced by one new stream');
+    assert.deepEqual(unreachable.slice(0, 1), [2], 'the core was told the peer was unreachable meanwhile');
+    assert.ok(sender.stats.reconnects >= 1);
+  } finally {
+    sender.close();
+    receiver.close();
+    for (const callback of held) callback(null, {});
+    server.forceShutdown();
+  }
+});
