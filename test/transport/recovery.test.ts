@@ -4,7 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createServer, type Socket } from 'node:net';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
 import type { Message } from '../../src/raft/types.ts';
-import { PeerTransport } from '../../src/transport/peer-transport.ts';
+import { PeerTransport, type PeerTransportOptions } from '../../src/transport/peer-transport.ts';
 import { services } from '../../src/transport/proto.ts';
 import { RenewableServerCredentials, type TlsMaterial } from '../../src/transport/tls.ts';
 import { createLogger } from '../../src/util/logger.ts';
@@ -16,26 +16,49 @@ const material = (id: number): TlsMaterial => {
   const leaf = issueCertificate(ca, { id: String(id), role: 'manager', clusterId, nowMs: Date.now() });
   return { caPem: ca.certPem, certPem: leaf.certPem, keyPem: leaf.keyPem };
 };
+const logger = createLogger({ level: 'silent' });
+
+/** Manager `selfId`'s transport: admits every manager of the CA, ignores what a test does not ask about. */
+const transport = (selfId: number, options: Partial<PeerTransportOptions>): PeerTransport =>
+  new PeerTransport({
+    selfId,
+    clusterId,
+    tls: () => material(selfId),
+    addressOf: () => undefined,
+    onMessage: () => undefined,
+    onUnreachable: () => undefined,
+    onSnapshotSent: () => undefined,
+    admits: () => null,
+    logger,
+    ...options,
+  });
+
+/** A Peer server of manager 2 at `port` whose Raft streams go to `raft`. */
+async function peerServer(port: number, raft: PeerTransport['handleRaftStream']): Promise<grpc.Server> {
+  const server = new grpc.Server();
+  server.addService(services().Peer.service, {
+    raft,
+    propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+  });
+  await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) =>
+      e === null ? resolve(p) : reject(e),
+    ),
+  );
+  return server;
+}
 
 test('a link whose peer accepted TCP and then went silent recovers once a real peer answers at that address', {
   timeout: 60_000,
 }, async () => {
   const port = await freePort();
-  const logger = createLogger({ level: 'silent' });
   // 1. A peer that accepts connections and never says a word (a hung process, a black hole).
   const sockets: Socket[] = [];
   const silent = createServer((socket) => sockets.push(socket));
   await new Promise<void>((resolve) => silent.listen(port, '127.0.0.1', resolve));
-  const sender = new PeerTransport({
-    selfId: 1,
-    clusterId,
-    tls: () => material(1),
+  const sender = transport(1, {
     addressOf: () => `127.0.0.1:${port}`,
     onMessage: () => assert.fail('the sender receives nothing'),
-    onUnreachable: () => undefined,
-    onSnapshotSent: () => undefined,
-    admits: () => null,
-    logger,
   });
   const big = (n: number): Message => ({
     type: 'append',
@@ -54,27 +77,8 @@ test('a link whose peer accepted TCP and then went silent recovers once a real p
 
   // 2. The real peer comes up at the same address.
   const received: Message[] = [];
-  const receiver = new PeerTransport({
-    selfId: 2,
-    clusterId,
-    tls: () => material(2),
-    addressOf: () => undefined,
-    onMessage: (message) => received.push(message),
-    onUnreachable: () => undefined,
-    onSnapshotSent: () => undefined,
-    admits: () => null,
-    logger,
-  });
-  const server = new grpc.Server();
-  server.addService(services().Peer.service, {
-    raft: receiver.handleRaftStream,
-    propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }),
-  });
-  await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) =>
-      e === null ? resolve(p) : reject(e),
-    ),
-  );
+  const receiver = transport(2, { onMessage: (message) => received.push(message) });
+  const server = await peerServer(port, receiver.handleRaftStream);
   try {
     const deadline = Date.now() + 20_000;
     while (!received.some((m) => m.type === 'heartbeat')) {
@@ -96,49 +100,23 @@ test('a stream the peer never accepts is given up and dialled again on a new con
   timeout: 60_000,
 }, async () => {
   const port = await freePort();
-  const logger = createLogger({ level: 'silent' });
   const received: Message[] = [];
-  const receiver = new PeerTransport({
-    selfId: 2,
-    clusterId,
-    tls: () => material(2),
-    addressOf: () => undefined,
-    onMessage: (message) => received.push(message),
-    onUnreachable: () => undefined,
-    onSnapshotSent: () => undefined,
-    admits: () => null,
-    logger,
-  });
+  const receiver = transport(2, { onMessage: (message) => received.push(message) });
   // The first stream reaches a handler that neither accepts nor reads it: the connection is up and
   // answers pings, the call never fails (how a follower's stream to its leader was lost in a chaos
   // run). Later streams reach the real handler.
   const held: grpc.sendUnaryData<object>[] = [];
   let streams = 0;
-  const server = new grpc.Server();
-  server.addService(services().Peer.service, {
-    raft: (call: Parameters<PeerTransport['handleRaftStream']>[0], callback: grpc.sendUnaryData<object>) => {
-      streams++;
-      if (streams === 1) held.push(callback);
-      else receiver.handleRaftStream(call, callback);
-    },
-    propose: (_c: unknown, cb: grpc.sendUnaryData<object>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+  const server = await peerServer(port, (call, callback) => {
+    streams++;
+    if (streams === 1) held.push(callback);
+    else receiver.handleRaftStream(call, callback);
   });
-  await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`127.0.0.1:${port}`, new RenewableServerCredentials(material(2)).credentials, (e, p) =>
-      e === null ? resolve(p) : reject(e),
-    ),
-  );
   const unreachable: number[] = [];
-  const sender = new PeerTransport({
-    selfId: 1,
-    clusterId,
-    tls: () => material(1),
+  const sender = transport(1, {
     addressOf: () => `127.0.0.1:${port}`,
     onMessage: () => assert.fail('the sender receives nothing'),
     onUnreachable: (peer) => unreachable.push(peer),
-    onSnapshotSent: () => undefined,
-    admits: () => null,
-    logger,
     streamAcceptTimeoutMs: 1000,
   });
   try {
