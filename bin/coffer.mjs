@@ -1,6 +1,7 @@
-#!/usr/bin/env -S node --max-semi-space-size=32
-// (The flag: a manager's young generation may grow to 32 MiB, see src/cli/node-flags.ts; `env -S`
-// splits the line, as GNU and BSD env do.)
+#!/usr/bin/env node
+// No V8 flags here: under any V8 flag, V8 refuses the code cache Node ships for its own modules,
+// and every start compiles http2, tls, net and the rest again (about 80 ms of each start,
+// docs/benchmarks.md, "A 32 MiB young generation", undone).
 // The `coffer` command. Runs the compiled JavaScript in dist/ (`npm run build`; what the
 // container image ships) when it is there and not older than the sources; otherwise the
 // TypeScript sources through tsx (development: no build step needed, and a stale build is never

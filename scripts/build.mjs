@@ -10,13 +10,12 @@
 //    spend before serving"). It sits at the same depth as the sources, so it finds proto/ as they do.
 // 3. esbuild builds dist/run/coffer.mjs, the entry (src/cli/compiled-entry.ts): what the `coffer`
 //    bin, the image and the tests run. It loads the bundle with a V8 code cache beside it.
-// 4. The entry, run once with the managers' node flags, loads a manager's modules and writes that
+// 4. The entry, run once with no node flags (as every start runs), loads a manager's modules and writes that
 //    cache, dist/run/coffer-cli.code-cache (src/cli/code-cache.ts): a restart 0.28 s shorter.
 import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { build } from 'esbuild';
 
 const out = process.argv[2] ?? 'dist';
@@ -112,10 +111,9 @@ await build({
   target: 'node20',
   logLevel: 'warning',
 });
-// The cache is checked against V8's flags: it is made with the managers' (the bin's first line
-// holds the same, and the tests start managers with them).
-const { MANAGER_NODE_FLAGS } = await import(pathToFileURL(join(out, 'cli', 'node-flags.js')).href);
-const cached = spawnSync(process.execPath, [...MANAGER_NODE_FLAGS, join(run, 'coffer.mjs')], {
+// The cache is checked against V8's flags: it is made with none, as the bin, `npm start` and the
+// tests run node (any V8 flag also makes V8 refuse Node's own code cache for its modules).
+const cached = spawnSync(process.execPath, [join(run, 'coffer.mjs')], {
   env: { ...process.env, COFFER_BUILD_CODE_CACHE: '1' },
   encoding: 'utf8',
 });

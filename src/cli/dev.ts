@@ -6,7 +6,6 @@ import { createInterface } from 'node:readline';
 import { Command, InvalidArgumentError } from 'commander';
 import { CofferClient } from '../client/client.ts';
 import { initCluster } from '../server/bootstrap.ts';
-import { withManagerFlags } from './node-flags.ts';
 
 /** What the first run made, in DIR/dev.json; later runs start the same managers. */
 interface DevLayout {
@@ -65,9 +64,8 @@ class ManagerProcess {
       ...(this.metricsListen === null ? [] : ['--metrics-listen', this.metricsListen]),
     ];
     const log = openSync(this.logFile, 'a', 0o600);
-    // The same node, loader flags (tsx's, when run from sources) and entry script as this
-    // process, with a manager's own node flags (src/cli/node-flags.ts).
-    const child = spawn(process.execPath, [...withManagerFlags(process.execArgv), process.argv[1]!, ...args], {
+    // The same node, loader flags (tsx's, when run from sources) and entry script as this process.
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
       stdio: ['ignore', log, log, 'ipc'],
       env: { ...process.env, COFFER_LOG_LEVEL: process.env['COFFER_LOG_LEVEL'] ?? 'info' },
     });

@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MANAGER_NODE_FLAGS } from '../../src/cli/node-flags.ts';
 
 /**
  * `npm run build` (scripts/build.mjs) compiles src/ to JavaScript, a module per source, and
@@ -60,7 +59,7 @@ test('the build compiles every source to JavaScript that imports no .ts file, bu
     assert.doesNotMatch(entry, /from ['"](?!node:)[^'"]+['"]/, 'the entry imports a package');
     const version = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version;
     for (const cli of [join(OUT, 'cli', 'main.js'), join(run, 'coffer.mjs')]) {
-      const printed = spawnSync(process.execPath, [...MANAGER_NODE_FLAGS, cli, '--version'], { encoding: 'utf8' });
+      const printed = spawnSync(process.execPath, [cli, '--version'], { encoding: 'utf8' });
       assert.equal(printed.status, 0, printed.stderr);
       assert.equal(printed.stdout.trim(), version);
       const help = spawnSync(process.execPath, [cli, 'secret', 'import', '--help'], { encoding: 'utf8' });
@@ -68,8 +67,8 @@ test('the build compiles every source to JavaScript that imports no .ts file, bu
       assert.match(help.stdout, /import/);
     }
 
-    // The code cache: V8 takes it under the managers' flags, refuses it under others (the bundle
-    // is then compiled as without one), and a cache made from other bytes than the bundle's is
+    // The code cache: V8 takes it with no node flags (as the bin runs node), refuses it under any
+    // V8 flag (the bundle is then compiled as without one), and a cache made from other bytes than the bundle's is
     // not given to V8 at all (V8 itself compares only the source's length).
     const cacheState = (flags: readonly string[], cache: string): string => {
       const script = `import { loadBundle } from ${JSON.stringify(join(REPO, 'src', 'cli', 'code-cache.ts'))};
@@ -82,19 +81,19 @@ process.stdout.write(loadBundle(${JSON.stringify(join(run, 'coffer-cli.cjs'))}, 
       return checked.stdout;
     };
     const cache = join(run, 'coffer-cli.code-cache');
-    assert.equal(cacheState(MANAGER_NODE_FLAGS, cache), 'used');
-    assert.equal(cacheState([], cache), 'rejected');
+    assert.equal(cacheState([], cache), 'used');
+    assert.equal(cacheState(['--max-semi-space-size=32'], cache), 'rejected');
     const forged = join(OUT, 'forged.code-cache');
     const bytes = readFileSync(cache);
     bytes[0]! ^= 1; // the digest of another bundle, with V8's bytes unchanged
     writeFileSync(forged, bytes);
-    assert.equal(cacheState(MANAGER_NODE_FLAGS, forged), 'stale');
-    assert.equal(cacheState(MANAGER_NODE_FLAGS, join(OUT, 'none')), 'absent');
+    assert.equal(cacheState([], forged), 'stale');
+    assert.equal(cacheState([], join(OUT, 'none')), 'absent');
     // A bundle changed after its cache was made runs its own code, not the cache's.
     const changed = bundled.replace(`version("${version}"`, `version("9.9.9"`);
     assert.notEqual(changed, bundled, 'the bundle names its version where this test looks for it');
     writeFileSync(join(run, 'coffer-cli.cjs'), changed);
-    const printed = spawnSync(process.execPath, [...MANAGER_NODE_FLAGS, join(run, 'coffer.mjs'), '--version'], {
+    const printed = spawnSync(process.execPath, [join(run, 'coffer.mjs'), '--version'], {
       encoding: 'utf8',
     });
     assert.equal(printed.status, 0, printed.stderr);
@@ -102,4 +101,9 @@ process.stdout.write(loadBundle(${JSON.stringify(join(run, 'coffer-cli.cjs'))}, 
   } finally {
     rmSync(OUT, { recursive: true, force: true });
   }
+});
+
+test('the coffer bin starts node with no flags: the build makes its code cache for that, and V8 refuses it under any flag', () => {
+  const first = readFileSync(join(REPO, 'bin', 'coffer.mjs'), 'utf8').split('\n')[0];
+  assert.equal(first, '#!/usr/bin/env node');
 });

@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { services } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
-import { withManagerFlags } from '../../src/cli/node-flags.ts';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 /**
@@ -82,9 +81,7 @@ export class Processes {
   ): ChildProcess {
     // COFFER_NODE_ARGS: extra options for node (a profile: `--cpu-prof --cpu-prof-dir=DIR`).
     const nodeArgs = (process.env['COFFER_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
-    // A manager's node flags (the coffer bin's first line holds them too), for every command:
-    // they only bound how far the young generation may grow.
-    const node = [process.execPath, ...withManagerFlags(nodeArgs)];
+    const node = [process.execPath, ...nodeArgs];
     const argv = this.#compiled ? [...node, compiledCli(), ...args] : [...node, '--import', 'tsx', CLI, ...args];
     const [program, ...rest] = [...prefix, ...argv];
     const child = spawn(program!, rest, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
