@@ -166,11 +166,6 @@ function isRecord(value: unknown): value is AuditRecord {
   );
 }
 
-/** The complete lines of a log's text: a last line without its newline (a crash, or a write under way) is left out. */
-function completeLines(text: string): string {
-  return text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
-}
-
 const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
@@ -506,29 +501,38 @@ export class AuditLog {
     }
     try {
       let position = (await handle.stat()).size;
-      let bytes = Buffer.alloc(0);
-      // Back a chunk at a time until the bytes hold `count` complete lines and the line end before them.
-      const enough = (): boolean => {
-        let newlines = 0;
-        for (let at = bytes.indexOf(10); at !== -1; at = bytes.indexOf(10, at + 1)) newlines++;
-        return newlines > count;
-      };
-      while (position > 0 && !enough()) {
+      // Back a chunk at a time until the chunks hold `count` complete lines and the line end
+      // before them; a run without a line end longer than a record can be stops the read.
+      const chunks: Buffer[] = [];
+      let newlines = 0;
+      let runBytes = 0;
+      while (position > 0 && newlines <= count) {
         const from = Math.max(0, position - TAIL_CHUNK_BYTES);
         const chunk = Buffer.allocUnsafe(position - from);
         await handle.read(chunk, 0, chunk.length, from);
-        bytes = Buffer.concat([chunk, bytes]);
+        chunks.push(chunk);
         position = from;
+        const scan = scanBackward(chunk, runBytes);
+        newlines += scan.newlines;
+        runBytes = scan.leadingRunBytes;
+        if (scan.longestRunBytes > AUDIT_LINE_BYTES_MAX)
+          throw new AuditError(
+            `${join(this.dir, AUDIT_FILE)} has more than ${AUDIT_LINE_BYTES_MAX} bytes without a line end after byte ${position}, where a record is at most that long: it was altered`,
+          );
       }
-      // A first line read only in part (its start is further back) is left out.
+      const bytes = Buffer.concat(chunks.reverse());
+      // A first line read only in part (its start is further back) is left out, and so is a last
+      // line still being written, before decoding: it may end inside a character.
       const first = position === 0 ? 0 : bytes.indexOf(10) + 1;
+      const end = bytes.lastIndexOf(10) + 1;
+      if (end <= first) return [];
       let text: string;
       try {
-        text = UTF8.decode(bytes.subarray(first));
+        text = UTF8.decode(bytes.subarray(first, end));
       } catch {
         throw new AuditError(`${join(this.dir, AUDIT_FILE)} is not UTF-8 text: it was altered`);
       }
-      return completeLines(text)
+      return text
         .split('\n')
         .filter((l) => l !== '')
         .slice(-count)
@@ -555,6 +559,31 @@ export class AuditLog {
       throw error;
     }
   }
+}
+
+/**
+ * The line ends in `chunk` (read backwards through a file) and its runs without one: the run
+ * before its first line end, joined to `followingRunBytes` if it has none, and the longest run,
+ * the one that continues past its end (`followingRunBytes`, read before) included.
+ */
+export function scanBackward(
+  chunk: Uint8Array,
+  followingRunBytes: number,
+): { newlines: number; leadingRunBytes: number; longestRunBytes: number } {
+  const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  let newlines = 0;
+  let longestRunBytes = 0;
+  let segmentEnd = bytes.length;
+  let following = followingRunBytes;
+  // A negative offset would count from the end: the search stops at the chunk's first byte.
+  for (let at = bytes.lastIndexOf(10); at !== -1; at = at === 0 ? -1 : bytes.lastIndexOf(10, at - 1)) {
+    newlines++;
+    longestRunBytes = Math.max(longestRunBytes, segmentEnd - at - 1 + following);
+    following = 0;
+    segmentEnd = at;
+  }
+  const leadingRunBytes = segmentEnd + following;
+  return { newlines, leadingRunBytes, longestRunBytes: Math.max(longestRunBytes, leadingRunBytes) };
 }
 
 /** Replaces the head atomically (a crash leaves the old head or the new one, never an empty file). */
@@ -589,11 +618,25 @@ const TAIL_CHUNK_BYTES = 64 * 1024;
 const READ_CHUNK_BYTES = 1024 * 1024;
 
 /**
+ * The longest line a record can make, with a wide margin: its fields are bounded (a target of at
+ * most 512 characters, JSON-escaped at most 6 bytes each; names, methods, times and two hashes of
+ * 64 hex digits), so a record's line stays under 8 KiB. A longer run of bytes without a line end
+ * is not a record, nor a record torn by a crash (at most one record's bytes): the log was altered.
+ * Readers stop there instead of holding the run in memory (a file of a gigabyte without a line end
+ * would otherwise be read whole, and a start would have cut it off as a torn last line).
+ */
+export const AUDIT_LINE_BYTES_MAX = 64 * 1024;
+
+/**
  * The complete lines of an open log from byte `from` on, a chunk at a time: each line's bytes
  * without its newline (a view valid until the next line is asked for) and the offset just past
- * its newline. A last line without its newline is not yielded.
+ * its newline. A last line without its newline is not yielded. A run of more than
+ * AUDIT_LINE_BYTES_MAX bytes without a newline ends the lines with `tooLong` (its start's offset as `end`).
  */
-async function* linesOf(handle: FileHandle, from: number): AsyncGenerator<{ bytes: Buffer; end: number }> {
+async function* linesOf(
+  handle: FileHandle,
+  from: number,
+): AsyncGenerator<{ bytes: Buffer; end: number; tooLong?: true }> {
   const chunk = Buffer.allocUnsafe(READ_CHUNK_BYTES);
   let carry = Buffer.alloc(0);
   let position = from;
@@ -611,6 +654,10 @@ async function* linesOf(handle: FileHandle, from: number): AsyncGenerator<{ byte
     }
     // The start of a line still being read is kept (copied: the chunk is read into again).
     carry = Buffer.from(data.subarray(lineStart));
+    if (carry.length > AUDIT_LINE_BYTES_MAX) {
+      yield { bytes: carry.subarray(0, 0), end: dataStart + lineStart, tooLong: true };
+      return;
+    }
   }
 }
 
@@ -763,7 +810,13 @@ async function checkLog(
     const chain = new ChainCheck(key, head.node, from.point, head.seq, anchor);
     let completeBytes = from.offset;
     let records = 0;
-    for await (const { bytes, end } of linesOf(handle, from.offset)) {
+    for await (const { bytes, end, tooLong } of linesOf(handle, from.offset)) {
+      if (tooLong === true)
+        return fail(
+          from.point.seq + records + 1,
+          records,
+          `more than ${AUDIT_LINE_BYTES_MAX} bytes from byte ${end} on without a line end, where a record is at most that long: the log was altered`,
+        );
       const problem = chain.next(bytes);
       // A line's number is its record's sequence number, in a log that holds together up to it.
       if (problem !== null) return fail(from.point.seq + records + 1, records, problem);

@@ -1,15 +1,26 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   AUDIT_FILE,
   AUDIT_HEAD_FILE,
+  AUDIT_LINE_BYTES_MAX,
   AuditError,
   AuditLog,
   HEAD_INTERVAL_MS,
+  scanBackward,
   verifyAuditDir,
 } from '../../src/audit/audit-log.ts';
 
@@ -391,4 +402,56 @@ test('a torn last line does not hide a cut: a log cut short of its head and left
       rmSync(root, { recursive: true, force: true });
     }
   }
+});
+
+test('bytes without a line end, more than a record can be, are reported where they start: not read whole, nor cut off at a start as a torn line', async () => {
+  const { dir, root } = await logWith(5);
+  const path = join(dir, AUDIT_FILE);
+  try {
+    const log = await AuditLog.open(dir, 1, KEY);
+    appendFileSync(path, 'x'.repeat(AUDIT_LINE_BYTES_MAX * 3));
+    await assert.rejects(log.tail(3), (error: unknown) => {
+      assert.ok(error instanceof AuditError);
+      assert.match(error.message, /without a line end/);
+      return true;
+    });
+    await log.close();
+    const report = await verifyAuditDir(dir, KEY);
+    assert.equal(report.ok, false);
+    assert.equal(report.firstBroken?.line, 6, 'reported at the line after the last record');
+    assert.match(report.firstBroken?.problem ?? '', /without a line end.*the log was altered/);
+    const bytes = statSync(path).size;
+    await assert.rejects(AuditLog.open(dir, 1, KEY), /without a line end/);
+    assert.equal(statSync(path).size, bytes, 'a start cuts nothing off');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('tail leaves out a last line still being written, even one cut inside a character', async () => {
+  const { dir, root } = await logWith(5);
+  try {
+    const log = await AuditLog.open(dir, 1, KEY);
+    const line = Buffer.from('{"seq":6,"identity":"\u00e9l\u00e9onore","target":"app/\u00e9', 'utf8');
+    assert.equal(line[line.length - 2], 0xc3, 'the line ends in a two-byte character');
+    appendFileSync(join(dir, AUDIT_FILE), line.subarray(0, line.length - 1)); // half of the last é
+    assert.deepEqual(
+      (await log.tail(10)).map((r) => r.seq),
+      [1, 2, 3, 4, 5],
+    );
+    await log.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a backward scan counts line ends and finds the longest run without one, across chunks', () => {
+  assert.deepEqual(scanBackward(Buffer.from('ab\ncdef\ng'), 3), {
+    newlines: 2,
+    leadingRunBytes: 2,
+    longestRunBytes: 4,
+  });
+  assert.deepEqual(scanBackward(Buffer.from('xyz'), 5), { newlines: 0, leadingRunBytes: 8, longestRunBytes: 8 });
+  assert.deepEqual(scanBackward(Buffer.from('\nab'), 0), { newlines: 1, leadingRunBytes: 0, longestRunBytes: 2 });
+  assert.deepEqual(scanBackward(Buffer.from('a\n\n'), 7), { newlines: 2, leadingRunBytes: 1, longestRunBytes: 7 });
 });
