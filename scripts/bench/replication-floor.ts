@@ -19,7 +19,7 @@
  *   node --import tsx scripts/bench/replication-floor.ts member   (a member; the benchmark forks three)
  */
 import * as grpc from '@grpc/grpc-js';
-import { ClassicLevel } from 'classic-level';
+import { Level } from 'level';
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants, fdatasync, mkdtempSync, openSync, rmSync, write } from 'node:fs';
@@ -120,12 +120,12 @@ const writeDurably = (fd: number, bytes: Buffer): Promise<void> =>
 /** A member's local work on a batch: what it stores, and (sealed) opens first. */
 class LocalStore {
   readonly #logFd: number;
-  readonly #state: ClassicLevel<string, Buffer> | null;
+  readonly #state: Level<string, Buffer> | null;
   readonly #sealed: boolean;
 
   constructor(dir: string, level: FloorLevel) {
     this.#logFd = openSync(join(dir, 'log'), 'a');
-    this.#state = level === 'bare' ? null : new ClassicLevel(join(dir, 'state'), { valueEncoding: 'buffer' });
+    this.#state = level === 'bare' ? null : new Level(join(dir, 'state'), { valueEncoding: 'buffer' });
     this.#sealed = level === 'sealed';
   }
 
