@@ -192,10 +192,13 @@ export type ReplicaErrorCode = 'PROPOSAL_LOST' | 'READ_REFUSED' | 'REPLICA_STOPP
 export class ReplicaError extends Error {
   override name = 'ReplicaError';
   readonly code: ReplicaErrorCode;
+  /** Why the Raft core refused a read (READ_REFUSED from the core; null otherwise). */
+  readonly readRefusal: ReadRefusalReason | null;
 
-  constructor(code: ReplicaErrorCode, message: string) {
+  constructor(code: ReplicaErrorCode, message: string, readRefusal: ReadRefusalReason | null = null) {
     super(message);
     this.code = code;
+    this.readRefusal = readRefusal;
   }
 }
 
@@ -803,7 +806,11 @@ export class Replica<Result> {
     for (const refusal of ready.readRefusals) {
       const waiters = this.#takeReadBatch(refusal.context);
       if (waiters === null) continue;
-      const error = new ReplicaError('READ_REFUSED', `the read was refused: ${describeRefusal(refusal.reason)}`);
+      const error = new ReplicaError(
+        'READ_REFUSED',
+        `the read was refused: ${describeRefusal(refusal.reason)}`,
+        refusal.reason,
+      );
       for (const waiter of waiters) waiter.reject(error);
     }
     // The reads that arrived meanwhile go out in the next Ready.

@@ -38,6 +38,7 @@ import { CLOCK_PROBE_INTERVAL_MS, ClusterClock } from './cluster-clock.ts';
 import { normalizeExtraHosts } from './manager-hosts.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
 import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
+import { readOnceLed } from './read-point.ts';
 import {
   CA_KEY_SECRET,
   TLS_CERT_SECRET,
@@ -278,7 +279,8 @@ export class CofferNode {
       clock: this.clock,
       propose,
       proposeConfChange: (change) => this.proposer.confChange(change),
-      readPoint: async (stale = false) => (stale ? (manager.status().raft?.applied ?? 0) : manager.linearizableRead()),
+      readPoint: async (stale = false) =>
+        stale ? (manager.status().raft?.applied ?? 0) : readOnceLed(() => manager.linearizableRead()),
       replica: manager,
       pki: { signing: () => this.ca, trustPem: () => cas.trustPem(), activeCertPem: () => cas.activeCertPem() },
       addressOf: (id) => this.addressOf(id),

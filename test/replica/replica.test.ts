@@ -471,7 +471,12 @@ test('a proposal to a replica that is not the leader is refused at once with NOT
   );
   await assert.rejects(
     replica.linearizableRead(),
-    (e: unknown) => e instanceof ReplicaError && e.code === 'READ_REFUSED' && /no leader/.test(e.message),
+    // The reason travels with the error: a server waits out this one (src/server/read-point.ts).
+    (e: unknown) =>
+      e instanceof ReplicaError &&
+      e.code === 'READ_REFUSED' &&
+      e.readRefusal === 'no-leader' &&
+      /no leader/.test(e.message),
   );
   await replica.stop();
 });
