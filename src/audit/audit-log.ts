@@ -227,7 +227,7 @@ export class AuditLog {
   readonly #key: Buffer;
   #seq: number;
   #prev: string;
-  #pending: Array<{ line: string; record: AuditRecord; done: (error: Error | null) => void }> = [];
+  #pending: PendingRecord[] = [];
   #flushing = false;
   #broken: Error | null = null;
   /** A failed batch could not be cut off the log: it must be, before anything more is appended. */
@@ -250,6 +250,8 @@ export class AuditLog {
   /** The last head write failed (cleared only by a head write that works). */
   #headBroken: Error | null = null;
   failures = 0;
+  /** Writes made to the log (each durable on return; at most AUDIT_LINE_BYTES_MAX bytes each). */
+  writes = 0;
   /** Files an `open` with `newLog` moved aside (their new names), for the manager to log. */
   readonly archived: readonly string[];
 
@@ -426,13 +428,30 @@ export class AuditLog {
     }
   }
 
+  /**
+   * The pending records to write next, oldest first: as many as fit in AUDIT_LINE_BYTES_MAX
+   * bytes (at least one). A crash tears at most the write under way, so what it leaves without a
+   * line end (part of a record, or blocks a file system filled with zeros) stays within the bound
+   * a check and a start allow for a torn last line.
+   */
+  #nextBatch(): PendingRecord[] {
+    let bytes = 0;
+    let count = 0;
+    while (count < this.#pending.length) {
+      const lineBytes = Buffer.byteLength(this.#pending[count]!.line);
+      if (count > 0 && bytes + lineBytes > AUDIT_LINE_BYTES_MAX) break;
+      bytes += lineBytes;
+      count++;
+    }
+    return this.#pending.splice(0, count);
+  }
+
   async #flush(): Promise<void> {
     if (this.#flushing) return;
     this.#flushing = true;
     try {
       while (this.#pending.length > 0) {
-        const batch = this.#pending;
-        this.#pending = [];
+        const batch = this.#nextBatch();
         const text = batch.map((b) => b.line).join('');
         try {
           // What a failed batch left must go first: records appended after it would follow a broken line.
@@ -451,6 +470,7 @@ export class AuditLog {
             throw Object.assign(new Error(`${AUDIT_FILE} was moved, removed or replaced while open`), {
               code: named === undefined ? 'ENOENT' : 'EMOVED',
             });
+          this.writes++;
           const last = batch[batch.length - 1]!.record;
           this.#durableBytes += Buffer.byteLength(text);
           this.#durable = { seq: last.seq, hash: last.hash };
@@ -508,8 +528,10 @@ export class AuditLog {
       let runBytes = 0;
       while (position > 0 && newlines <= count) {
         const from = Math.max(0, position - TAIL_CHUNK_BYTES);
-        const chunk = Buffer.allocUnsafe(position - from);
-        await handle.read(chunk, 0, chunk.length, from);
+        const buffer = Buffer.allocUnsafe(position - from);
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, from);
+        // A file cut meanwhile (a failed batch taken off) reads short: only what was read counts.
+        const chunk = buffer.subarray(0, bytesRead);
         chunks.push(chunk);
         position = from;
         const scan = scanBackward(chunk, runBytes);
@@ -517,7 +539,7 @@ export class AuditLog {
         runBytes = scan.leadingRunBytes;
         if (scan.longestRunBytes > AUDIT_LINE_BYTES_MAX)
           throw new AuditError(
-            `${join(this.dir, AUDIT_FILE)} has more than ${AUDIT_LINE_BYTES_MAX} bytes without a line end after byte ${position}, where a record is at most that long: it was altered`,
+            `${join(this.dir, AUDIT_FILE)} has more than ${AUDIT_LINE_BYTES_MAX} bytes without a line end between byte ${position} and its end, where a record is at most that long: it was altered`,
           );
       }
       const bytes = Buffer.concat(chunks.reverse());
@@ -609,6 +631,13 @@ export interface VerifyReport {
 /** A check's report, without where a manager would resume. */
 function reportOf(check: LogCheck): VerifyReport {
   return { ok: check.ok, records: check.records, firstBroken: check.firstBroken };
+}
+
+/** A record appended and not yet durable: its line, and who waits for it. */
+interface PendingRecord {
+  readonly line: string;
+  readonly record: AuditRecord;
+  readonly done: (error: Error | null) => void;
 }
 
 /** The log's end is read back this many bytes at a time for its last records. */

@@ -100,6 +100,8 @@ export class Manager<Result> {
   #rotationInFlight = false;
   #messagesDroppedLocked = 0;
   #lastLeader = 0;
+  /** When a leader was last known here, or this manager started if none since (performance.now()). */
+  #leaderSeenAtMs = performance.now();
   #localSecrets = new Map<string, Buffer>();
   #unlockPublished = false;
 
@@ -271,6 +273,7 @@ export class Manager<Result> {
     }
     const timer = setInterval(() => this.#onTick(), options.tickIntervalMs ?? TICK_INTERVAL_MS);
     this.#running = { replica, barrier, storage, local, timer };
+    this.#leaderSeenAtMs = performance.now();
   }
 
   #onTick(): void {
@@ -278,6 +281,7 @@ export class Manager<Result> {
     if (running === null || this.#stopped) return;
     running.replica.tick();
     const { lead, term } = running.replica.raw.basicStatus();
+    if (lead !== 0) this.#leaderSeenAtMs = performance.now();
     if (lead !== this.#lastLeader) {
       this.#lastLeader = lead;
       this.#log.info(
@@ -532,6 +536,15 @@ export class Manager<Result> {
       keys: running?.barrier.status() ?? null,
       keyStore: { rootGen: this.#store.rootGen, unlockGen: this.#store.unlockGen, protection: this.#store.protection },
     };
+  }
+
+  /**
+   * Milliseconds since this manager last knew a leader (checked each tick), or since it started
+   * if it has known none since: a manager cut off from the majority for long is told apart from
+   * one that is starting or whose cluster is electing.
+   */
+  leaderSeenAgoMs(): number {
+    return performance.now() - this.#leaderSeenAtMs;
   }
 
   /** Resolves once this manager has applied every write committed before the call. */

@@ -6,6 +6,7 @@ import {
   type IssueOptions,
   type KeyAndCertificate,
 } from '../crypto/pki.ts';
+import { AuditError } from '../audit/audit-log.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import {
   IDENTITY_NAME_PATTERN,
@@ -279,7 +280,11 @@ export function accessServices(ctx: ServiceContext): {
     tail: unary(ctx, 'Audit.Tail', async (call: Call<{ count: number }>) => {
       authorize(ctx, call, 'admin', 'sys/audit');
       const count = call.request.count === 0 ? 20 : Math.min(call.request.count, AUDIT_TAIL_RECORDS_MAX);
-      const records = await ctx.audit.tail(count);
+      const records = await ctx.audit.tail(count).catch((error: unknown) => {
+        if (error instanceof AuditError)
+          throw refuse('AUDIT_LOG_ALTERED', `${error.message}; coffer audit verify on this manager says where`);
+        throw error;
+      });
       // The newest records that fit in one reply (a client takes 4 MiB by default).
       let bytes = 0;
       let first = records.length;

@@ -38,7 +38,7 @@ import { CLOCK_PROBE_INTERVAL_MS, ClusterClock } from './cluster-clock.ts';
 import { normalizeExtraHosts } from './manager-hosts.ts';
 import { GrpcLeaderLink } from './leader-link.ts';
 import { runMemberOp, type MemberOp, type MemberOpResult } from './membership.ts';
-import { readOnceLed } from './read-point.ts';
+import { READ_LEADER_WAIT_MS, readOnceLed } from './read-point.ts';
 import {
   CA_KEY_SECRET,
   TLS_CERT_SECRET,
@@ -280,7 +280,11 @@ export class CofferNode {
       propose,
       proposeConfChange: (change) => this.proposer.confChange(change),
       readPoint: async (stale = false) =>
-        stale ? (manager.status().raft?.applied ?? 0) : readOnceLed(() => manager.linearizableRead()),
+        stale
+          ? (manager.status().raft?.applied ?? 0)
+          : readOnceLed(() => manager.linearizableRead(), {
+              waitable: () => manager.leaderSeenAgoMs() < READ_LEADER_WAIT_MS,
+            }),
       replica: manager,
       pki: { signing: () => this.ca, trustPem: () => cas.trustPem(), activeCertPem: () => cas.activeCertPem() },
       addressOf: (id) => this.addressOf(id),

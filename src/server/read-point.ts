@@ -6,8 +6,9 @@ import type { ReadRefusalReason } from '../raft/index.ts';
  * or whose cluster is electing, knows no leader (or one that has not committed an entry of its
  * term) for a moment. The read is asked again until one answers, as etcd holds a request through
  * an election, instead of failing at once with UNAVAILABLE and making every client retry. Past
- * this it fails as before (NO_LEADER's UNAVAILABLE): a manager cut off from the majority does not
- * hold its clients longer than this.
+ * this it fails as before (UNAVAILABLE, READ_REFUSED). A manager that has known no leader for
+ * longer than this (cut off from the majority, or removed) does not wait at all: its clients are
+ * told at once, and move on to another manager.
  */
 export const READ_LEADER_WAIT_MS = 3000;
 /** How often a read refused for want of a leader is asked again meanwhile. */
@@ -35,6 +36,8 @@ export function sharedSleep(): (ms: number) => Promise<void> {
 const sleepShared = sharedSleep();
 
 export interface ReadWaitOptions {
+  /** Whether a refused read may wait now (false: a manager that has known no leader for long). */
+  readonly waitable?: () => boolean;
   readonly waitMs?: number;
   readonly retryMs?: number;
   readonly nowMs?: () => number;
@@ -47,19 +50,23 @@ export async function readOnceLed(read: () => Promise<number>, options: ReadWait
   const retryMs = options.retryMs ?? READ_LEADER_RETRY_MS;
   const nowMs = options.nowMs ?? (() => performance.now());
   const sleep = options.sleep ?? sleepShared;
+  const waitable = options.waitable ?? (() => true);
   const startMs = nowMs();
   const deadline = startMs + waitMs;
+  let waited = false;
   for (;;) {
     try {
       return await read();
     } catch (error) {
       if (!(error instanceof ReplicaError && error.readRefusal !== null && WAITED_OUT.has(error.readRefusal)))
         throw error;
+      if (!waited && !waitable()) throw error;
       if (nowMs() + retryMs > deadline) {
+        if (!waited) throw error;
         const waitedMs = Math.round(nowMs() - startMs);
-        if (waitedMs === 0) throw error;
         throw new ReplicaError(error.code, `${error.message} (after ${waitedMs} ms of waiting)`, error.readRefusal);
       }
+      waited = true;
       await sleep(retryMs);
     }
   }

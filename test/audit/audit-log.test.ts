@@ -455,3 +455,20 @@ test('a backward scan counts line ends and finds the longest run without one, ac
   assert.deepEqual(scanBackward(Buffer.from('\nab'), 0), { newlines: 1, leadingRunBytes: 0, longestRunBytes: 2 });
   assert.deepEqual(scanBackward(Buffer.from('a\n\n'), 7), { newlines: 2, leadingRunBytes: 1, longestRunBytes: 7 });
 });
+
+test('records appended together are written at most 64 KiB at a time, so a crash tears no more than a check allows for a torn last line', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'coffer-audit-'));
+  const dir = join(root, 'audit');
+  try {
+    const log = await AuditLog.open(dir, 1, KEY, { newLog: true });
+    const wide = (k: number) => ({ ...event(k), target: `app/${'x'.repeat(400)}${k}` });
+    await Promise.all(Array.from({ length: 600 }, (_, k) => log.append(wide(k))));
+    await log.close();
+    const bytes = statSync(join(dir, AUDIT_FILE)).size;
+    assert.ok(bytes > 4 * AUDIT_LINE_BYTES_MAX, `${bytes} bytes`);
+    assert.ok(log.writes >= Math.ceil(bytes / AUDIT_LINE_BYTES_MAX), `${log.writes} writes for ${bytes} bytes`);
+    assert.deepEqual(await verifyAuditDir(dir, KEY), { ok: true, records: 600, firstBroken: null });
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

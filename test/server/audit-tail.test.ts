@@ -1,6 +1,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { AUDIT_FILE, AUDIT_LINE_BYTES_MAX } from '../../src/audit/audit-log.ts';
 import { coffer } from '../processes/processes.ts';
 import { InProcessCluster } from './in-process-cluster.ts';
 
@@ -48,4 +51,20 @@ test('coffer audit tail --output json prints timeMs for every record; the text o
   const text = await coffer(['audit', 'tail', '-n', '5'], '', env);
   assert.equal(text.code, 0, text.stderr);
   for (const line of text.stdout.trim().split('\n')) assert.equal(line.split('\t').length, 6, line);
+});
+
+// Last: it leaves this manager's log altered.
+test('Audit.Tail over bytes no record makes (a run without a line end) is DATA_LOSS, AUDIT_LOG_ALTERED, saying what to run', async () => {
+  const node = cluster.nodes[0]!;
+  await node.audit.settled();
+  appendFileSync(join(node.audit.dir, AUDIT_FILE), 'x'.repeat(AUDIT_LINE_BYTES_MAX * 2));
+  await assert.rejects(
+    cluster.admin.call(cluster.addresses[0]!, 'Audit', 'tail', { count: 50 }),
+    (error: grpc.ServiceError) => {
+      assert.equal(grpc.status[error.code], 'DATA_LOSS', error.details);
+      assert.match(error.details, /without a line end.*coffer audit verify/);
+      assert.equal(error.metadata.get('coffer-error-reason')[0], 'AUDIT_LOG_ALTERED');
+      return true;
+    },
+  );
 });

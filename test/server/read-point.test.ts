@@ -90,3 +90,21 @@ test('reads waiting for a leader share one timer: one refused later joins the wa
   assert.notEqual(sleep(10), first, 'once it has fired, a wait starts a new one');
   await sleep(10);
 });
+
+test('a manager that has known no leader for longer than the wait refuses at once: its clients move on to another', async () => {
+  const c = clock();
+  let asked = 0;
+  const error = refused('no-leader');
+  await assert.rejects(
+    readOnceLed(
+      async () => {
+        asked++;
+        throw error;
+      },
+      { ...c.options, waitable: () => false },
+    ),
+    (thrown: unknown) => thrown === error,
+  );
+  assert.equal(asked, 1);
+  assert.deepEqual(c.slept, []);
+});
