@@ -10,8 +10,9 @@
 //    spend before serving"). It sits at the same depth as the sources, so it finds proto/ as they do.
 // 3. esbuild builds dist/run/coffer.mjs, the entry (src/cli/compiled-entry.ts): what the `coffer`
 //    bin, the image and the tests run. It loads the bundle with a V8 code cache beside it.
-// 4. The entry, run once with no node flags (as every start runs), loads a manager's modules and writes that
-//    cache, dist/run/coffer-cli.code-cache (src/cli/code-cache.ts): a restart 0.28 s shorter.
+// 4. The entry, run once with no node flags (as every start runs), loads a manager's modules and
+//    writes that cache, dist/run/coffer-cli.code-cache (src/cli/code-cache.ts): a restart 0.28 s
+//    shorter.
 import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
