@@ -17,6 +17,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { build } from 'esbuild';
 
 const out = process.argv[2] ?? 'dist';
@@ -72,6 +73,11 @@ const packageDirname = {
   },
 };
 
+// The coffer.v1 schema as the compiled sources parse it, compiled into the bundle as JSON
+// (src/transport/proto.ts reads it back): a start then parses no .proto text.
+const { parseApiProtos } = await import(pathToFileURL(join(out, 'transport', 'proto.js')).href);
+const apiSchemaJson = JSON.stringify(parseApiProtos().toJSON());
+
 const run = join(out, 'run');
 await build({
   // One module: `coffer health` (a container's health check, every few seconds) still runs only
@@ -90,7 +96,7 @@ await build({
   // import.meta.url of our modules (the protos are found from it) is the bundle's; a package that
   // reads files beside itself gets its directory (packageDirname). Text in the banner is not
   // bundled: require.resolve there is Node's, at run time.
-  define: { 'import.meta.url': '__coffer_importMetaUrl' },
+  define: { 'import.meta.url': '__coffer_importMetaUrl', COFFER_API_SCHEMA_JSON: JSON.stringify(apiSchemaJson) },
   banner: {
     js: [
       "const __coffer_importMetaUrl = require('node:url').pathToFileURL(__filename).href;",

@@ -26,8 +26,8 @@ export async function main(argv: readonly string[]): Promise<void> {
 }
 
 /**
- * Loads the modules a manager's start loads, and runs nothing: the build calls it to make the
- * bundle's code cache (code-cache.ts), so what it compiled is what a start compiles.
+ * Loads the modules a manager's start loads, and makes the API's services (no I/O): the build
+ * calls it to make the bundle's code cache (code-cache.ts), so what it compiled is what a start compiles.
  */
 export async function loadManagerModules(): Promise<void> {
   await import('./commands.ts');
@@ -35,6 +35,8 @@ export async function loadManagerModules(): Promise<void> {
   await import('../server/auth/auth-service.ts');
   await import('../server/db/db-service.ts');
   await import('../server/leader-duties.ts');
+  // The API's services, made from the schema compiled into the bundle: their making is compiled now too.
+  (await import('../transport/proto.ts')).services();
 }
 
 /** Whether these arguments make a manager that joins a cluster (a wrong guess costs a key made in vain, no more). */

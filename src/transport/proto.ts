@@ -1,11 +1,20 @@
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
 
 /** Where the .proto files live (the repository's proto/ folder). */
 export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
 
-const LOADER_OPTIONS: protoLoader.Options = {
+/** The files of the coffer.v1 package, relative to PROTO_ROOT. */
+export const API_PROTO_FILES: readonly string[] = ['coffer/v1/peer.proto', 'coffer/v1/api.proto'];
+
+/**
+ * How messages look in JavaScript (proto-loader's options, which the client and server code and
+ * reflection share): camelCase fields, 64-bit integers as numbers, enums by name, bytes as
+ * Buffers, absent fields as their defaults, and a oneof's set field named.
+ */
+const LOADER_OPTIONS = {
   keepCase: false,
   longs: Number,
   enums: String,
@@ -13,7 +22,7 @@ const LOADER_OPTIONS: protoLoader.Options = {
   defaults: true,
   oneofs: true,
   includeDirs: [PROTO_ROOT],
-};
+} as const satisfies protoLoader.Options;
 
 /** A loaded service: its definition (for a server) and its client constructor. */
 export interface LoadedService {
@@ -21,13 +30,87 @@ export interface LoadedService {
   readonly Client: grpc.ServiceClientConstructor;
 }
 
+/**
+ * The schema as the build compiled it in (`npm run build` defines it: the JSON of the root that
+ * parseApiProtos gives), so an installed manager or command does not parse proto/ at its start.
+ * Absent under tsx (development and tests), which parse the files.
+ */
+declare const COFFER_API_SCHEMA_JSON: string | undefined;
+
+/**
+ * The coffer.v1 files parsed, with field names in camelCase, every type resolved. The build
+ * compiles its JSON in (scripts/build.mjs); under tsx each process parses the files.
+ */
+export function parseApiProtos(): protobuf.Root {
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => (target.startsWith('/') ? target : `${PROTO_ROOT}${target}`);
+  root.loadSync([...API_PROTO_FILES], { keepCase: LOADER_OPTIONS.keepCase });
+  root.resolveAll();
+  return root;
+}
+
+function apiSchema(): protobuf.Root {
+  const compiled = typeof COFFER_API_SCHEMA_JSON === 'string' ? COFFER_API_SCHEMA_JSON : undefined;
+  if (compiled === undefined) return parseApiProtos();
+  const root = protobuf.Root.fromJSON(JSON.parse(compiled));
+  root.resolveAll();
+  return root;
+}
+
 let cache: Record<string, LoadedService> | null = null;
 let definitionCache: protoLoader.PackageDefinition | null = null;
 
-/** The loaded coffer.v1 package definition (gRPC reflection describes the API from it). */
+/**
+ * The coffer.v1 package definition as proto-loader makes it, with each type's descriptor (gRPC
+ * reflection describes the API from it). Made at reflection's first call only: describing every
+ * type costs a start tens of milliseconds that serving does not need (see `services`).
+ */
 export function packageDefinition(): protoLoader.PackageDefinition {
-  definitionCache ??= protoLoader.loadSync(['coffer/v1/peer.proto', 'coffer/v1/api.proto'], LOADER_OPTIONS);
+  definitionCache ??= protoLoader.loadSync([...API_PROTO_FILES], LOADER_OPTIONS);
   return definitionCache;
+}
+
+/**
+ * A method's definition as proto-loader's would be for serving and calling: its path, whether
+ * each side streams, and (de)serializers with the same conversions. Left out: the descriptors
+ * of its types, which only reflection reads.
+ */
+function methodDefinition(service: protobuf.Service, method: protobuf.Method): grpc.MethodDefinition<object, object> {
+  const request = method.resolvedRequestType;
+  const response = method.resolvedResponseType;
+  if (request === null || response === null)
+    throw new Error(`${service.fullName}.${method.name}: its request or response type did not resolve`);
+  const serialize = (type: protobuf.Type) => (value: object) => {
+    if (Array.isArray(value))
+      throw new Error(`Failed to serialize message: expected object with ${type.name} structure, got array instead`);
+    return type.encode(type.fromObject(value)).finish() as Buffer;
+  };
+  const deserialize = (type: protobuf.Type) => (bytes: Buffer) => type.toObject(type.decode(bytes), LOADER_OPTIONS);
+  return {
+    path: `/${service.fullName.slice(1)}/${method.name}`,
+    requestStream: method.requestStream === true,
+    responseStream: method.responseStream === true,
+    requestSerialize: serialize(request),
+    requestDeserialize: deserialize(request),
+    responseSerialize: serialize(response),
+    responseDeserialize: deserialize(response),
+    originalName: method.name.charAt(0).toLowerCase() + method.name.slice(1),
+  };
+}
+
+/** The services of the coffer.v1 package in `root` (a test compares them with proto-loader's). */
+export function servicesOf(root: protobuf.Root): Record<string, LoadedService> {
+  const namespace = root.lookup('coffer.v1');
+  if (!(namespace instanceof protobuf.Namespace)) throw new Error('proto/coffer/v1 lacks the coffer.v1 package');
+  const loaded: Record<string, LoadedService> = {};
+  for (const service of namespace.nestedArray) {
+    if (!(service instanceof protobuf.Service)) continue;
+    const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
+    for (const method of service.methodsArray) definition[method.name] = methodDefinition(service, method);
+    const Client = grpc.makeGenericClientConstructor(definition, service.name);
+    loaded[service.name] = { service: tolerantService(Client.service), Client };
+  }
+  return loaded;
 }
 
 /** Loads the coffer.v1 services once. */
@@ -45,17 +128,7 @@ export function services(): {
   Database: LoadedService;
   Leases: LoadedService;
 } {
-  if (cache === null) {
-    const definition = packageDefinition();
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-      coffer: { v1: Record<string, grpc.ServiceClientConstructor> };
-    };
-    cache = {};
-    for (const [name, Client] of Object.entries(loaded.coffer.v1)) {
-      if (typeof Client === 'function' && 'service' in Client)
-        cache[name] = { service: tolerantService(Client.service), Client };
-    }
-  }
+  cache ??= servicesOf(apiSchema());
   const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth, Database, Leases } = cache;
   if (
     Peer === undefined ||

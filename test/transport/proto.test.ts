@@ -1,0 +1,110 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type * as grpc from '@grpc/grpc-js';
+import protobuf from 'protobufjs';
+import { packageDefinition, parseApiProtos, servicesOf } from '../../src/transport/proto.ts';
+
+/**
+ * The services a manager and the client use are made from the schema by src/transport/proto.ts
+ * (the build compiles the schema in as JSON), not by proto-loader, which describes every type for
+ * reflection at a start's cost. They must encode and decode exactly as proto-loader's would.
+ */
+
+/** A message of `type` with every field set (each oneof's first member), nested messages to `depth`. */
+function sample(type: protobuf.Type, depth: number): Record<string, unknown> {
+  const value: Record<string, unknown> = {};
+  const skipped = new Set<string>();
+  for (const oneof of type.oneofsArray) for (const name of oneof.oneof.slice(1)) skipped.add(name);
+  for (const field of type.fieldsArray) {
+    if (skipped.has(field.name)) continue;
+    const one = scalar(field, depth);
+    if (one === undefined) continue;
+    if (field instanceof protobuf.MapField) value[field.name] = { k1: one, k2: one };
+    else value[field.name] = field.repeated ? [one, one] : one;
+  }
+  return value;
+}
+
+function scalar(field: protobuf.Field, depth: number): unknown {
+  const resolved = field.resolve().resolvedType;
+  if (resolved instanceof protobuf.Type) return depth > 0 ? sample(resolved, depth - 1) : undefined;
+  if (resolved instanceof protobuf.Enum) return Object.keys(resolved.values).at(-1);
+  switch (field.type) {
+    case 'string':
+      return `${field.name} ü`;
+    case 'bytes':
+      return Buffer.from([1, 0, 255, field.id]);
+    case 'bool':
+      return true;
+    case 'double':
+    case 'float':
+      return 1.5;
+    default:
+      return field.type.includes('64') ? 2 ** 40 + field.id : 300 + field.id;
+  }
+}
+
+function methodsOf(
+  services: Record<string, { service: grpc.ServiceDefinition }>,
+): Map<string, grpc.MethodDefinition<object, object>> {
+  const methods = new Map<string, grpc.MethodDefinition<object, object>>();
+  for (const { service } of Object.values(services))
+    for (const method of Object.values(service))
+      methods.set(method.path, method as grpc.MethodDefinition<object, object>);
+  return methods;
+}
+
+test("every coffer.v1 method, from the parsed schema and from its compiled JSON, encodes and decodes as proto-loader's", () => {
+  const parsed = parseApiProtos();
+  const compiled = protobuf.Root.fromJSON(JSON.parse(JSON.stringify(parsed.toJSON())));
+  compiled.resolveAll();
+  const reference = packageDefinition();
+  const referenceMethods = new Map<
+    string,
+    grpc.MethodDefinition<object, object> & {
+      requestType: { type: { name: string } };
+      responseType: { type: { name: string } };
+    }
+  >();
+  for (const [name, definition] of Object.entries(reference)) {
+    if (!name.startsWith('coffer.v1.') || 'format' in definition) continue;
+    for (const method of Object.values(definition as Record<string, never>))
+      referenceMethods.set((method as { path: string }).path, method);
+  }
+  assert.ok(referenceMethods.size >= 60, `proto-loader sees ${referenceMethods.size} methods`);
+  for (const root of [parsed, compiled]) {
+    const methods = methodsOf(servicesOf(root));
+    assert.deepEqual([...methods.keys()].sort(), [...referenceMethods.keys()].sort(), 'the same methods, by path');
+    for (const [path, method] of methods) {
+      const expected = referenceMethods.get(path)!;
+      assert.equal(method.requestStream, expected.requestStream, path);
+      assert.equal(method.responseStream, expected.responseStream, path);
+      assert.equal(method.originalName, expected.originalName, path);
+      const pairs = [
+        [
+          method.requestSerialize,
+          method.requestDeserialize,
+          expected.requestSerialize,
+          expected.requestDeserialize,
+          expected.requestType.type.name,
+        ],
+        [
+          method.responseSerialize,
+          method.responseDeserialize,
+          expected.responseSerialize,
+          expected.responseDeserialize,
+          expected.responseType.type.name,
+        ],
+      ] as const;
+      for (const [serialize, deserialize, referenceSerialize, referenceDeserialize, typeName] of pairs) {
+        const type = parsed.lookupType(`coffer.v1.${typeName}`);
+        const value = sample(type, 3);
+        const bytes = serialize(value);
+        assert.ok(Buffer.isBuffer(bytes), `${path}: grpc-js is given a Buffer`);
+        assert.deepEqual(bytes, referenceSerialize(value), `${path} ${typeName}: the same bytes`);
+        assert.deepEqual(deserialize(bytes), referenceDeserialize(bytes), `${path} ${typeName}: the same object back`);
+        assert.deepEqual(deserialize(Buffer.alloc(0)), referenceDeserialize(Buffer.alloc(0)), `${path}: the defaults`);
+      }
+    }
+  }
+});
