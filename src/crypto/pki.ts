@@ -52,6 +52,15 @@ function forge(): typeof Forge {
   return forgeLoaded;
 }
 
+/**
+ * Loads what making a certificate needs (node-forge), now rather than at the first certificate: a
+ * joining manager calls it while its key is still being made in the thread pool, where the main
+ * thread would only wait (loading it took 0.05 s idle, 0.1 s beside a loaded cluster).
+ */
+export function loadCertificateMaker(): void {
+  forge();
+}
+
 const DAY_MS = 24 * 3600 * 1000;
 
 /** DER DigestInfo of a SHA-256 digest, up to the digest itself (RFC 8017, section 9.2, note 1). */

@@ -11,6 +11,7 @@ import {
   formatJoinToken,
   identityOf,
   issueCertificate,
+  loadCertificateMaker,
   joinTokenHash,
   newJoinToken,
   parseJoinToken,
@@ -244,6 +245,8 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
       `the manager at ${options.join} presents a CA certificate that does not match the join token: refusing to trust it (a wrong address, or someone in the middle)`,
     );
   }
+  // The proof below makes a certificate: its code loads while the key may still be in the making.
+  loadCertificateMaker();
   const key = await leafKey;
   // The leader checks that the address this manager advertises answers with this key.
   const proof = await serveKeyProof(options.listen, key);

@@ -49,12 +49,27 @@ export function parseApiProtos(): protobuf.Root {
   return root;
 }
 
+/**
+ * The schema from its JSON (parseApiProtos().toJSON()), its types resolved as they are first
+ * used: protobufjs's own fromJSON resolves every field of every type at once, generating each
+ * type's constructor (about 20 ms of a start; a manager uses a few dozen of the types).
+ */
+export function apiSchemaFromJson(json: protobuf.INamespace): protobuf.Root {
+  const root = new protobuf.Root();
+  if (json.nested === undefined) throw new Error('the compiled API schema is empty');
+  root.addJSON(json.nested);
+  // What resolveAll does besides resolving: each field's features by its edition (proto3's packed
+  // repeated scalars among them). protobufjs has it as an internal method; a version without
+  // it gets resolveAll, slower and the same (test/transport/proto.test.ts compares the bytes).
+  const features = root as unknown as { _resolveFeaturesRecursive?: (edition: string) => void; _edition: string };
+  if (typeof features._resolveFeaturesRecursive === 'function') features._resolveFeaturesRecursive(features._edition);
+  else root.resolveAll();
+  return root;
+}
+
 function apiSchema(): protobuf.Root {
   const compiled = typeof COFFER_API_SCHEMA_JSON === 'string' ? COFFER_API_SCHEMA_JSON : undefined;
-  if (compiled === undefined) return parseApiProtos();
-  const root = protobuf.Root.fromJSON(JSON.parse(compiled));
-  root.resolveAll();
-  return root;
+  return compiled === undefined ? parseApiProtos() : apiSchemaFromJson(JSON.parse(compiled) as protobuf.INamespace);
 }
 
 let cache: Record<string, LoadedService> | null = null;
@@ -76,16 +91,29 @@ export function packageDefinition(): protoLoader.PackageDefinition {
  * of its types, which only reflection reads.
  */
 function methodDefinition(service: protobuf.Service, method: protobuf.Method): grpc.MethodDefinition<object, object> {
-  const request = method.resolvedRequestType;
-  const response = method.resolvedResponseType;
-  if (request === null || response === null)
-    throw new Error(`${service.fullName}.${method.name}: its request or response type did not resolve`);
-  const serialize = (type: protobuf.Type) => (value: object) => {
+  // Resolved at the method's first use (a type's fields as it is first encoded or decoded).
+  const typeOf = (side: 'request' | 'response'): (() => protobuf.Type) => {
+    let type: protobuf.Type | null = null;
+    return () => {
+      if (type !== null) return type;
+      method.resolve();
+      type = side === 'request' ? method.resolvedRequestType : method.resolvedResponseType;
+      if (type === null) throw new Error(`${service.fullName}.${method.name}: its ${side} type did not resolve`);
+      return type;
+    };
+  };
+  const serialize = (typeNow: () => protobuf.Type) => (value: object) => {
+    const type = typeNow();
     if (Array.isArray(value))
       throw new Error(`Failed to serialize message: expected object with ${type.name} structure, got array instead`);
     return type.encode(type.fromObject(value)).finish() as Buffer;
   };
-  const deserialize = (type: protobuf.Type) => (bytes: Buffer) => type.toObject(type.decode(bytes), LOADER_OPTIONS);
+  const deserialize = (typeNow: () => protobuf.Type) => (bytes: Buffer) => {
+    const type = typeNow();
+    return type.toObject(type.decode(bytes), LOADER_OPTIONS);
+  };
+  const request = typeOf('request');
+  const response = typeOf('response');
   return {
     path: `/${service.fullName.slice(1)}/${method.name}`,
     requestStream: method.requestStream === true,
