@@ -73,10 +73,11 @@ const packageDirname = {
   },
 };
 
-// The coffer.v1 schema as the compiled sources parse it, compiled into the bundle as JSON
-// (src/transport/proto.ts reads it back): a start then parses no .proto text.
-const { parseApiProtos } = await import(pathToFileURL(join(out, 'transport', 'proto.js')).href);
+// The coffer.v1 schema and gRPC reflection's, as the compiled sources parse them, compiled into
+// the bundle as JSON (src/transport/proto.ts reads them back): a start then parses no .proto text.
+const { parseApiProtos, parseReflectionProtos } = await import(pathToFileURL(join(out, 'transport', 'proto.js')).href);
 const apiSchemaJson = JSON.stringify(parseApiProtos().toJSON());
+const reflectionSchemaJson = JSON.stringify(parseReflectionProtos().toJSON());
 
 const run = join(out, 'run');
 await build({
@@ -96,7 +97,11 @@ await build({
   // import.meta.url of our modules (the protos are found from it) is the bundle's; a package that
   // reads files beside itself gets its directory (packageDirname). Text in the banner is not
   // bundled: require.resolve there is Node's, at run time.
-  define: { 'import.meta.url': '__coffer_importMetaUrl', COFFER_API_SCHEMA_JSON: JSON.stringify(apiSchemaJson) },
+  define: {
+    'import.meta.url': '__coffer_importMetaUrl',
+    COFFER_API_SCHEMA_JSON: JSON.stringify(apiSchemaJson),
+    COFFER_REFLECTION_SCHEMA_JSON: JSON.stringify(reflectionSchemaJson),
+  },
   banner: {
     js: [
       "const __coffer_importMetaUrl = require('node:url').pathToFileURL(__filename).href;",

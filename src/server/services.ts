@@ -4,7 +4,14 @@ import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import { callerIdentity } from '../transport/auth.ts';
 import { assert } from '../util/assert.ts';
-import { isMalformedRequest, methodPath, packageDefinition, services, tolerantService } from '../transport/proto.ts';
+import {
+  isMalformedRequest,
+  methodPath,
+  packageDefinition,
+  reflectionServices,
+  services,
+  tolerantService,
+} from '../transport/proto.ts';
 import { accessServices } from './access-service.ts';
 import { authService } from './auth/auth-service.ts';
 import { backupService } from './backup-service.ts';
@@ -73,36 +80,33 @@ export function registerServices(server: grpc.Server, parts: ServiceParts): void
 /**
  * Adds gRPC reflection, built at its first call: indexing the schema takes about 60 ms that every
  * start would otherwise spend before serving, and most managers never answer a reflection call.
- * The services and method names come from a reflection over no files (cheap); each call goes to
- * the same method of the reflection over the whole schema.
+ * Its two services are added as the package defines them (reflectionServices: from its schema,
+ * compiled into the build), each method handing its calls to the same method of the reflection
+ * over the whole schema, made when the first call comes.
  */
 function addReflection(server: Pick<grpc.Server, 'addService'>): void {
-  const methodsOf = (reflection: ReflectionService): Map<string, grpc.UntypedHandleCall> => {
+  let whole: Map<string, grpc.UntypedHandleCall> | null = null;
+  const reflectionOverSchema = (): Map<string, grpc.UntypedHandleCall> => {
     const methods = new Map<string, grpc.UntypedHandleCall>();
-    reflection.addToServer({
+    new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }).addToServer({
       addService: (service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) => {
         for (const [name, handler] of Object.entries(implementation)) methods.set(service[name]!.path, handler);
       },
     } as Pick<grpc.Server, 'addService'> as grpc.Server);
     return methods;
   };
-  let whole: Map<string, grpc.UntypedHandleCall> | null = null;
-  const placeholder = new ReflectionService({}, { services: [] });
-  placeholder.addToServer({
-    addService: (service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) => {
-      const lazy: grpc.UntypedServiceImplementation = {};
-      for (const name of Object.keys(implementation)) {
-        const path = service[name]!.path;
-        lazy[name] = ((call: unknown, callback: unknown) => {
-          whole ??= methodsOf(new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }));
-          const handler = whole.get(path);
-          assert(handler !== undefined, () => `the reflection over the schema has no method ${path}`);
-          return (handler as (call: unknown, callback: unknown) => void)(call, callback);
-        }) as grpc.UntypedHandleCall;
-      }
-      server.addService(service, lazy);
-    },
-  } as Pick<grpc.Server, 'addService'> as grpc.Server);
+  for (const service of reflectionServices()) {
+    const lazy: grpc.UntypedServiceImplementation = {};
+    for (const [name, method] of Object.entries(service)) {
+      lazy[name] = ((call: unknown, callback: unknown) => {
+        whole ??= reflectionOverSchema();
+        const handler = whole.get(method.path);
+        assert(handler !== undefined, () => `the reflection over the schema has no method ${method.path}`);
+        return (handler as (call: unknown, callback: unknown) => void)(call, callback);
+      }) as grpc.UntypedHandleCall;
+    }
+    server.addService(service, lazy);
+  }
 }
 
 /**

@@ -1,3 +1,5 @@
+import { createRequire } from 'node:module';
+import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -36,27 +38,58 @@ export interface LoadedService {
  * Absent under tsx (development and tests), which parse the files.
  */
 declare const COFFER_API_SCHEMA_JSON: string | undefined;
+/** gRPC reflection's own schema (its v1 and v1alpha services), compiled in the same way. */
+declare const COFFER_REFLECTION_SCHEMA_JSON: string | undefined;
 
-/**
- * The coffer.v1 files parsed, with field names in camelCase, every type resolved. The build
- * compiles its JSON in (scripts/build.mjs); under tsx each process parses the files.
- */
-export function parseApiProtos(): protobuf.Root {
+/** `files` under `dir` parsed, field names in camelCase (as proto-loader's default), every type resolved. */
+function parseProtos(dir: string, files: readonly string[]): protobuf.Root {
   const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => (target.startsWith('/') ? target : `${PROTO_ROOT}${target}`);
-  root.loadSync([...API_PROTO_FILES], { keepCase: LOADER_OPTIONS.keepCase });
+  root.resolvePath = (_origin, target) => (isAbsolute(target) ? target : join(dir, target));
+  root.loadSync([...files], { keepCase: false });
   root.resolveAll();
   return root;
 }
+
+/**
+ * The coffer.v1 files parsed. The build compiles its JSON in (scripts/build.mjs); under tsx
+ * each process parses the files.
+ */
+export function parseApiProtos(): protobuf.Root {
+  return parseProtos(PROTO_ROOT, API_PROTO_FILES);
+}
+
+/** The files of gRPC reflection's services, in @grpc/reflection's proto/ folder. */
+const REFLECTION_PROTO_FILES: readonly string[] = [
+  'grpc/reflection/v1/reflection.proto',
+  'grpc/reflection/v1alpha/reflection.proto',
+];
+
+/** gRPC reflection's two services parsed from the package's own files (the build compiles them in too). */
+export function parseReflectionProtos(): protobuf.Root {
+  const entry = createRequire(import.meta.url).resolve('@grpc/reflection');
+  return parseProtos(join(dirname(entry), '..', 'proto'), REFLECTION_PROTO_FILES);
+}
+
+/**
+ * How @grpc/reflection's handlers expect its messages (its PROTO_LOADER_OPTS; a test compares
+ * these definitions with the ones the package makes for itself).
+ */
+const REFLECTION_MESSAGE_OPTIONS = {
+  longs: String,
+  enums: String,
+  bytes: Array,
+  defaults: true,
+  oneofs: true,
+} as const satisfies protobuf.IConversionOptions;
 
 /**
  * The schema from its JSON (parseApiProtos().toJSON()), its types resolved as they are first
  * used: protobufjs's own fromJSON resolves every field of every type at once, generating each
  * type's constructor (about 20 ms of a start; a manager uses a few dozen of the types).
  */
-export function apiSchemaFromJson(json: protobuf.INamespace): protobuf.Root {
+export function schemaFromJson(json: protobuf.INamespace): protobuf.Root {
   const root = new protobuf.Root();
-  if (json.nested === undefined) throw new Error('the compiled API schema is empty');
+  if (json.nested === undefined) throw new Error('a compiled schema is empty');
   root.addJSON(json.nested);
   // What resolveAll does besides resolving: each field's features by its edition (proto3's packed
   // repeated scalars among them). protobufjs has it as an internal method; a version without
@@ -69,7 +102,7 @@ export function apiSchemaFromJson(json: protobuf.INamespace): protobuf.Root {
 
 function apiSchema(): protobuf.Root {
   const compiled = typeof COFFER_API_SCHEMA_JSON === 'string' ? COFFER_API_SCHEMA_JSON : undefined;
-  return compiled === undefined ? parseApiProtos() : apiSchemaFromJson(JSON.parse(compiled) as protobuf.INamespace);
+  return compiled === undefined ? parseApiProtos() : schemaFromJson(JSON.parse(compiled) as protobuf.INamespace);
 }
 
 let cache: Record<string, LoadedService> | null = null;
@@ -90,7 +123,11 @@ export function packageDefinition(): protoLoader.PackageDefinition {
  * each side streams, and (de)serializers with the same conversions. Left out: the descriptors
  * of its types, which only reflection reads.
  */
-function methodDefinition(service: protobuf.Service, method: protobuf.Method): grpc.MethodDefinition<object, object> {
+function methodDefinition(
+  service: protobuf.Service,
+  method: protobuf.Method,
+  conversion: protobuf.IConversionOptions,
+): grpc.MethodDefinition<object, object> {
   // Resolved at the method's first use (a type's fields as it is first encoded or decoded).
   const typeOf = (side: 'request' | 'response'): (() => protobuf.Type) => {
     let type: protobuf.Type | null = null;
@@ -110,7 +147,7 @@ function methodDefinition(service: protobuf.Service, method: protobuf.Method): g
   };
   const deserialize = (typeNow: () => protobuf.Type) => (bytes: Buffer) => {
     const type = typeNow();
-    return type.toObject(type.decode(bytes), LOADER_OPTIONS);
+    return type.toObject(type.decode(bytes), conversion);
   };
   const request = typeOf('request');
   const response = typeOf('response');
@@ -134,11 +171,36 @@ export function servicesOf(root: protobuf.Root): Record<string, LoadedService> {
   for (const service of namespace.nestedArray) {
     if (!(service instanceof protobuf.Service)) continue;
     const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
-    for (const method of service.methodsArray) definition[method.name] = methodDefinition(service, method);
+    for (const method of service.methodsArray)
+      definition[method.name] = methodDefinition(service, method, LOADER_OPTIONS);
     const Client = grpc.makeGenericClientConstructor(definition, service.name);
     loaded[service.name] = { service: tolerantService(Client.service), Client };
   }
   return loaded;
+}
+
+/**
+ * gRPC reflection's services (v1 and v1alpha) as @grpc/reflection defines them when it adds
+ * itself to a server, from `root` (parseReflectionProtos, or its compiled JSON): a start gets the
+ * definitions without the package parsing its files (about 10 ms), and the package is asked to
+ * add itself at the first reflection call only.
+ */
+export function reflectionServicesOf(root: protobuf.Root): grpc.ServiceDefinition[] {
+  return ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'].map((name) => {
+    const service = root.lookupService(name);
+    const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
+    for (const method of service.methodsArray)
+      definition[method.name] = methodDefinition(service, method, REFLECTION_MESSAGE_OPTIONS);
+    return definition as grpc.ServiceDefinition;
+  });
+}
+
+/** reflectionServicesOf the compiled reflection schema (parsed from the package's files under tsx). */
+export function reflectionServices(): grpc.ServiceDefinition[] {
+  const compiled = typeof COFFER_REFLECTION_SCHEMA_JSON === 'string' ? COFFER_REFLECTION_SCHEMA_JSON : undefined;
+  return reflectionServicesOf(
+    compiled === undefined ? parseReflectionProtos() : schemaFromJson(JSON.parse(compiled) as protobuf.INamespace),
+  );
 }
 
 /** Loads the coffer.v1 services once. */

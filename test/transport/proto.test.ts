@@ -2,7 +2,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import { apiSchemaFromJson, packageDefinition, parseApiProtos, servicesOf } from '../../src/transport/proto.ts';
+import { ReflectionService } from '@grpc/reflection';
+import {
+  packageDefinition,
+  parseApiProtos,
+  parseReflectionProtos,
+  reflectionServicesOf,
+  schemaFromJson,
+  servicesOf,
+} from '../../src/transport/proto.ts';
 
 /**
  * The services a manager and the client use are made from the schema by src/transport/proto.ts
@@ -57,7 +65,7 @@ function methodsOf(
 test("every coffer.v1 method, from the parsed schema and from its compiled JSON, encodes and decodes as proto-loader's", () => {
   const parsed = parseApiProtos();
   // As the build compiles it in and a start reads it back (types resolved at their first use).
-  const compiled = apiSchemaFromJson(JSON.parse(JSON.stringify(parsed.toJSON())) as protobuf.INamespace);
+  const compiled = schemaFromJson(JSON.parse(JSON.stringify(parsed.toJSON())) as protobuf.INamespace);
   const reference = packageDefinition();
   const referenceMethods = new Map<
     string,
@@ -104,6 +112,46 @@ test("every coffer.v1 method, from the parsed schema and from its compiled JSON,
         assert.deepEqual(bytes, referenceSerialize(value), `${path} ${typeName}: the same bytes`);
         assert.deepEqual(deserialize(bytes), referenceDeserialize(bytes), `${path} ${typeName}: the same object back`);
         assert.deepEqual(deserialize(Buffer.alloc(0)), referenceDeserialize(Buffer.alloc(0)), `${path}: the defaults`);
+      }
+    }
+  }
+});
+
+test("gRPC reflection's services, from its parsed schema and from the compiled JSON, are defined, encode and decode as the package's own", () => {
+  const own = new Map<string, grpc.MethodDefinition<object, object>>();
+  new ReflectionService({}, { services: [] }).addToServer({
+    addService: (service: grpc.ServiceDefinition) => {
+      for (const method of Object.values(service))
+        own.set(method.path, method as grpc.MethodDefinition<object, object>);
+    },
+  } as unknown as grpc.Server);
+  assert.equal(own.size, 2, 'v1 and v1alpha, one method each');
+  const parsed = parseReflectionProtos();
+  const compiled = schemaFromJson(JSON.parse(JSON.stringify(parsed.toJSON())) as protobuf.INamespace);
+  for (const root of [parsed, compiled]) {
+    const ours = new Map<string, grpc.MethodDefinition<object, object>>();
+    for (const service of reflectionServicesOf(root))
+      for (const method of Object.values(service))
+        ours.set(method.path, method as grpc.MethodDefinition<object, object>);
+    assert.deepEqual([...ours.keys()].sort(), [...own.keys()].sort());
+    for (const [path, method] of ours) {
+      const expected = own.get(path)!;
+      assert.equal(method.requestStream, expected.requestStream, path);
+      assert.equal(method.responseStream, expected.responseStream, path);
+      const version = path.includes('v1alpha') ? 'v1alpha' : 'v1';
+      for (const [side, typeName] of [
+        ['request', 'ServerReflectionRequest'],
+        ['response', 'ServerReflectionResponse'],
+      ] as const) {
+        const value = sample(parsed.lookupType(`grpc.reflection.${version}.${typeName}`), 3);
+        const serialize = side === 'request' ? method.requestSerialize : method.responseSerialize;
+        const deserialize = side === 'request' ? method.requestDeserialize : method.responseDeserialize;
+        const expectedSerialize = side === 'request' ? expected.requestSerialize : expected.responseSerialize;
+        const expectedDeserialize = side === 'request' ? expected.requestDeserialize : expected.responseDeserialize;
+        const bytes = serialize(value);
+        assert.ok(bytes.length > 10, `${path} ${side}: the sample has fields`);
+        assert.deepEqual(bytes, expectedSerialize(value), `${path} ${side}: the same bytes`);
+        assert.deepEqual(deserialize(bytes), expectedDeserialize(bytes), `${path} ${side}: the same object back`);
       }
     }
   }
