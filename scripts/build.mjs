@@ -73,11 +73,13 @@ const packageDirname = {
   },
 };
 
-// The coffer.v1 schema and gRPC reflection's, as the compiled sources parse them, compiled into
-// the bundle as JSON (src/transport/proto.ts reads them back): a start then parses no .proto text.
-const { parseApiProtos, parseReflectionProtos } = await import(pathToFileURL(join(out, 'transport', 'proto.js')).href);
-const apiSchemaJson = JSON.stringify(parseApiProtos().toJSON());
-const reflectionSchemaJson = JSON.stringify(parseReflectionProtos().toJSON());
+// The schemas a start needs (coffer.v1's, gRPC reflection's and the health protocol's), as the
+// compiled sources parse them, compiled into the bundle as JSON (src/transport/proto.ts reads them
+// back): a start then parses no .proto text.
+const { parseSchemas } = await import(pathToFileURL(join(out, 'transport', 'proto.js')).href);
+const schemasJson = JSON.stringify(
+  Object.fromEntries(Object.entries(parseSchemas()).map(([n, root]) => [n, root.toJSON()])),
+);
 
 const run = join(out, 'run');
 await build({
@@ -99,8 +101,7 @@ await build({
   // bundled: require.resolve there is Node's, at run time.
   define: {
     'import.meta.url': '__coffer_importMetaUrl',
-    COFFER_API_SCHEMA_JSON: JSON.stringify(apiSchemaJson),
-    COFFER_REFLECTION_SCHEMA_JSON: JSON.stringify(reflectionSchemaJson),
+    COFFER_SCHEMAS_JSON: JSON.stringify(schemasJson),
   },
   banner: {
     js: [

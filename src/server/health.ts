@@ -1,10 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
-import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import type { HealthImplementation, ServingStatus } from 'grpc-health-check';
 import type { NodeMetrics } from '../metrics/metrics.ts';
 import type { BasicStatus } from '../raft/types.ts';
 import type { Logger } from '../util/logger.ts';
 import { callerIdentity } from '../transport/auth.ts';
-import { isMalformedRequest, methodPath, tolerantService } from '../transport/proto.ts';
+import { assert } from '../util/assert.ts';
+import { healthService, isMalformedRequest, methodPath, tolerantService } from '../transport/proto.ts';
 
 /** The service name of a manager's overall health, as the gRPC health protocol defines it. */
 export const OVERALL_HEALTH = '';
@@ -103,22 +104,57 @@ export interface HealthServiceDeps {
 }
 
 export class HealthService {
-  readonly #implementation = new HealthImplementation({ [OVERALL_HEALTH]: 'NOT_SERVING' });
+  /**
+   * grpc-health-check's implementation, loaded at the first health call: the package parses its
+   * .proto file when loaded (about 20 ms of every start otherwise). The service's definition
+   * comes from the schema compiled into the build (healthService); the status kept here until
+   * then is the implementation's first.
+   */
+  #implementation: Promise<{ health: HealthImplementation; handlers: grpc.UntypedServiceImplementation }> | null = null;
   readonly #deps: HealthServiceDeps;
   #last: ServingStatus = 'NOT_SERVING';
   readonly #commits = new CommitSamples();
 
   constructor(deps: HealthServiceDeps) {
     this.#deps = deps;
-    this.#implementation.addToServer({
-      // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
-      // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
-      addService: (service, implementation) =>
-        deps.server.addService(
-          tolerantService(service as grpc.ServiceDefinition),
-          this.#guard(service as grpc.ServiceDefinition, implementation as grpc.UntypedServiceImplementation),
-        ),
+    const service = healthService();
+    const later: grpc.UntypedServiceImplementation = {};
+    for (const [name, method] of Object.entries(service)) {
+      later[name] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+        this.#loaded()
+          .then(({ handlers }) => {
+            // The package names its handlers as grpc-js allows, by the method's name in camelCase.
+            const handler = handlers[name] ?? handlers[method.originalName ?? name];
+            assert(handler !== undefined, () => `grpc-health-check has no handler for ${method.path}`);
+            (handler as (call: unknown, callback?: unknown) => void)(call, callback);
+          })
+          .catch((error: unknown) => {
+            const status = {
+              code: grpc.status.INTERNAL,
+              details: `the health service could not answer: ${(error as Error).message}`,
+            };
+            if (callback !== undefined) callback(status);
+            else call.emit('error', status);
+          });
+      }) as grpc.UntypedHandleCall;
+    }
+    // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
+    // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
+    deps.server.addService(tolerantService(service), this.#guard(service, later));
+  }
+
+  #loaded(): Promise<{ health: HealthImplementation; handlers: grpc.UntypedServiceImplementation }> {
+    this.#implementation ??= import('grpc-health-check').then(({ HealthImplementation }) => {
+      const health = new HealthImplementation({ [OVERALL_HEALTH]: this.#last });
+      let handlers: grpc.UntypedServiceImplementation = {};
+      health.addToServer({
+        addService: (_service: unknown, implementation: grpc.UntypedServiceImplementation) => {
+          handlers = implementation;
+        },
+      } as unknown as grpc.Server);
+      return { health, handlers };
     });
+    return this.#implementation;
   }
 
   /** Recomputes the status; the implementation tells watchers when it changes. */
@@ -129,7 +165,8 @@ export class HealthService {
     if (status !== this.#last) {
       this.#deps.log.info({ event: 'health', status, reason }, `health: ${status} (${reason})`);
       this.#last = status;
-      this.#implementation.setStatus(OVERALL_HEALTH, status);
+      // Once loaded, the implementation tells its watchers (none can watch before it is).
+      void this.#implementation?.then(({ health }) => health.setStatus(OVERALL_HEALTH, this.#last));
     }
     return status;
   }

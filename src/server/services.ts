@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
 import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import { callerIdentity } from '../transport/auth.ts';
@@ -85,10 +84,11 @@ export function registerServices(server: grpc.Server, parts: ServiceParts): void
  * over the whole schema, made when the first call comes.
  */
 function addReflection(server: Pick<grpc.Server, 'addService'>): void {
-  let whole: Map<string, grpc.UntypedHandleCall> | null = null;
-  const reflectionOverSchema = (): Map<string, grpc.UntypedHandleCall> => {
+  let whole: Promise<Map<string, grpc.UntypedHandleCall>> | null = null;
+  const reflectionOverSchema = async (): Promise<Map<string, grpc.UntypedHandleCall>> => {
+    const [{ ReflectionService }, definition] = await Promise.all([import('@grpc/reflection'), packageDefinition()]);
     const methods = new Map<string, grpc.UntypedHandleCall>();
-    new ReflectionService(packageDefinition(), { services: CLIENT_SERVICES }).addToServer({
+    new ReflectionService(definition, { services: CLIENT_SERVICES }).addToServer({
       addService: (service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) => {
         for (const [name, handler] of Object.entries(implementation)) methods.set(service[name]!.path, handler);
       },
@@ -98,11 +98,21 @@ function addReflection(server: Pick<grpc.Server, 'addService'>): void {
   for (const service of reflectionServices()) {
     const lazy: grpc.UntypedServiceImplementation = {};
     for (const [name, method] of Object.entries(service)) {
-      lazy[name] = ((call: unknown, callback: unknown) => {
+      // ServerReflectionInfo is a stream both ways: its calls are held until the reflection is made.
+      lazy[name] = ((call: grpc.ServerDuplexStream<unknown, unknown>) => {
         whole ??= reflectionOverSchema();
-        const handler = whole.get(method.path);
-        assert(handler !== undefined, () => `the reflection over the schema has no method ${method.path}`);
-        return (handler as (call: unknown, callback: unknown) => void)(call, callback);
+        whole
+          .then((methods) => {
+            const handler = methods.get(method.path);
+            assert(handler !== undefined, () => `the reflection over the schema has no method ${method.path}`);
+            (handler as (call: unknown) => void)(call);
+          })
+          .catch((error: unknown) =>
+            call.emit('error', {
+              code: grpc.status.INTERNAL,
+              details: `gRPC reflection could not answer: ${(error as Error).message}`,
+            }),
+          );
       }) as grpc.UntypedHandleCall;
     }
     server.addService(service, lazy);

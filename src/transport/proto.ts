@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
 /** Where the .proto files live (the repository's proto/ folder). */
@@ -16,7 +16,7 @@ export const API_PROTO_FILES: readonly string[] = ['coffer/v1/peer.proto', 'coff
  * reflection share): camelCase fields, 64-bit integers as numbers, enums by name, bytes as
  * Buffers, absent fields as their defaults, and a oneof's set field named.
  */
-const LOADER_OPTIONS = {
+export const LOADER_OPTIONS = {
   keepCase: false,
   longs: Number,
   enums: String,
@@ -33,19 +33,38 @@ export interface LoadedService {
 }
 
 /**
- * The schema as the build compiled it in (`npm run build` defines it: the JSON of the root that
- * parseApiProtos gives), so an installed manager or command does not parse proto/ at its start.
- * Absent under tsx (development and tests), which parse the files.
+ * The schemas as the build compiled them in (`npm run build` defines this: the JSON of the roots
+ * that parseSchemas gives), so an installed manager or command parses no .proto file at its
+ * start. Absent under tsx (development and tests), which parse the files.
  */
-declare const COFFER_API_SCHEMA_JSON: string | undefined;
-/** gRPC reflection's own schema (its v1 and v1alpha services), compiled in the same way. */
-declare const COFFER_REFLECTION_SCHEMA_JSON: string | undefined;
+declare const COFFER_SCHEMAS_JSON: string | undefined;
 
-/** `files` under `dir` parsed, field names in camelCase (as proto-loader's default), every type resolved. */
-function parseProtos(dir: string, files: readonly string[]): protobuf.Root {
+/** Which schema: the API's (coffer.v1), gRPC reflection's, or the health protocol's. */
+export type SchemaName = 'api' | 'reflection' | 'health';
+
+/** Every schema parsed from its files (what the build compiles in as JSON). */
+export function parseSchemas(): Record<SchemaName, protobuf.Root> {
+  return { api: parseApiProtos(), reflection: parseReflectionProtos(), health: parseHealthProtos() };
+}
+
+let compiledSchemas: Record<SchemaName, protobuf.INamespace> | null = null;
+
+/** A schema from what the build compiled in, or parsed from its files under tsx. */
+function schema(name: SchemaName): protobuf.Root {
+  if (typeof COFFER_SCHEMAS_JSON !== 'string')
+    return name === 'api' ? parseApiProtos() : name === 'reflection' ? parseReflectionProtos() : parseHealthProtos();
+  compiledSchemas ??= JSON.parse(COFFER_SCHEMAS_JSON) as Record<SchemaName, protobuf.INamespace>;
+  return schemaFromJson(compiledSchemas[name]);
+}
+
+/**
+ * `files` under `dir` parsed, every type resolved; field names in camelCase unless `keepCase`
+ * (proto-loader's option, which the health package sets).
+ */
+function parseProtos(dir: string, files: readonly string[], keepCase = false): protobuf.Root {
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => (isAbsolute(target) ? target : join(dir, target));
-  root.loadSync([...files], { keepCase: false });
+  root.loadSync([...files], { keepCase });
   root.resolveAll();
   return root;
 }
@@ -69,6 +88,20 @@ export function parseReflectionProtos(): protobuf.Root {
   const entry = createRequire(import.meta.url).resolve('@grpc/reflection');
   return parseProtos(join(dirname(entry), '..', 'proto'), REFLECTION_PROTO_FILES);
 }
+
+/** The health protocol's service parsed from grpc-health-check's own file, its field names kept as that package keeps them. */
+export function parseHealthProtos(): protobuf.Root {
+  const entry = createRequire(import.meta.url).resolve('grpc-health-check');
+  return parseProtos(join(dirname(entry), '..', '..', 'proto'), ['health/v1/health.proto'], true);
+}
+
+/** How grpc-health-check's handlers expect its messages (the options it loads its file with). */
+const HEALTH_MESSAGE_OPTIONS = {
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+} as const satisfies protobuf.IConversionOptions;
 
 /**
  * How @grpc/reflection's handlers expect its messages (its PROTO_LOADER_OPTS; a test compares
@@ -100,21 +133,18 @@ export function schemaFromJson(json: protobuf.INamespace): protobuf.Root {
   return root;
 }
 
-function apiSchema(): protobuf.Root {
-  const compiled = typeof COFFER_API_SCHEMA_JSON === 'string' ? COFFER_API_SCHEMA_JSON : undefined;
-  return compiled === undefined ? parseApiProtos() : schemaFromJson(JSON.parse(compiled) as protobuf.INamespace);
-}
-
 let cache: Record<string, LoadedService> | null = null;
 let definitionCache: protoLoader.PackageDefinition | null = null;
 
 /**
  * The coffer.v1 package definition as proto-loader makes it, with each type's descriptor (gRPC
  * reflection describes the API from it). Made at reflection's first call only: describing every
- * type costs a start tens of milliseconds that serving does not need (see `services`).
+ * type costs a start tens of milliseconds that serving does not need (see `services`), and
+ * proto-loader itself is loaded then (another 15-20 ms of a start).
  */
-export function packageDefinition(): protoLoader.PackageDefinition {
-  definitionCache ??= protoLoader.loadSync([...API_PROTO_FILES], LOADER_OPTIONS);
+export async function packageDefinition(): Promise<protoLoader.PackageDefinition> {
+  const { loadSync } = await import('@grpc/proto-loader');
+  definitionCache ??= loadSync([...API_PROTO_FILES], LOADER_OPTIONS);
   return definitionCache;
 }
 
@@ -197,10 +227,24 @@ export function reflectionServicesOf(root: protobuf.Root): grpc.ServiceDefinitio
 
 /** reflectionServicesOf the compiled reflection schema (parsed from the package's files under tsx). */
 export function reflectionServices(): grpc.ServiceDefinition[] {
-  const compiled = typeof COFFER_REFLECTION_SCHEMA_JSON === 'string' ? COFFER_REFLECTION_SCHEMA_JSON : undefined;
-  return reflectionServicesOf(
-    compiled === undefined ? parseReflectionProtos() : schemaFromJson(JSON.parse(compiled) as protobuf.INamespace),
-  );
+  return reflectionServicesOf(schema('reflection'));
+}
+
+/** grpc.health.v1.Health as grpc-health-check defines it when it adds itself to a server, from `root`. */
+export function healthServiceOf(root: protobuf.Root): grpc.ServiceDefinition {
+  const service = root.lookupService('grpc.health.v1.Health');
+  const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
+  for (const method of service.methodsArray)
+    definition[method.name] = methodDefinition(service, method, HEALTH_MESSAGE_OPTIONS);
+  return definition as grpc.ServiceDefinition;
+}
+
+/**
+ * The health service's definition from the compiled schema: grpc-health-check parses its file
+ * when it is loaded (about 20 ms), which a manager then does at its first health call only.
+ */
+export function healthService(): grpc.ServiceDefinition {
+  return healthServiceOf(schema('health'));
 }
 
 /** Loads the coffer.v1 services once. */
@@ -218,7 +262,7 @@ export function services(): {
   Database: LoadedService;
   Leases: LoadedService;
 } {
-  cache ??= servicesOf(apiSchema());
+  cache ??= servicesOf(schema('api'));
   const { Peer, Join, Secrets, Cluster, Policies, Identities, Audit, Keys, Backup, Auth, Database, Leases } = cache;
   if (
     Peer === undefined ||

@@ -12,7 +12,7 @@ const RECORDER = fileURLToPath(new URL('./fixtures/record-loads.mjs', import.met
  * Loads what `coffer server` loads (the CLI's commands and the manager's server), without
  * starting one, and lists the modules the process loaded.
  */
-test('a manager starts without the PostgreSQL, LDAP, JWT and pretty-printing packages', () => {
+test('a manager starts without the PostgreSQL, LDAP, JWT, pretty-printing, proto-loader, reflection and health packages', () => {
   // The same list the build loads to make the bundle's code cache (src/cli/run.ts).
   const script = "const { loadManagerModules } = await import('./src/cli/run.ts'); await loadManagerModules();";
   const run = spawnSync(
@@ -40,6 +40,10 @@ test('a manager starts without the PostgreSQL, LDAP, JWT and pretty-printing pac
     '/node_modules/ldapts/',
     '/node_modules/jose/',
     '/node_modules/pino-pretty/',
+    // Made from the compiled schemas; the packages load at the first reflection or health call.
+    '/node_modules/@grpc/proto-loader/',
+    '/node_modules/@grpc/reflection/',
+    '/node_modules/grpc-health-check/',
   ])
     assert.deepEqual(
       loaded.filter((m) => m.includes(lazy)),

@@ -11,13 +11,14 @@
  * and reflection as the server registers them), so a new method is fuzzed without a change here.
  */
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { issueCertificate, newLeafKey, parseJoinToken } from '../../src/crypto/pki.ts';
 import { ADMIN_IDENTITY } from '../../src/server/rpc.ts';
-import { packageDefinition } from '../../src/transport/proto.ts';
+import { API_PROTO_FILES, LOADER_OPTIONS } from '../../src/transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, managerChannelCredentials } from '../../src/transport/tls.ts';
 import { createLogger } from '../../src/util/logger.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -152,7 +153,8 @@ type AnyMethod = grpc.MethodDefinition<unknown, unknown> & { requestType?: { typ
 
 /** Every method the managers serve: each coffer.v1 service in the protos, health and reflection. */
 export function discoverMethods(): FuzzMethod[] {
-  const definition = packageDefinition();
+  // proto-loader's definition (with each type's descriptor), as reflection is given it.
+  const definition = protoLoader.loadSync([...API_PROTO_FILES], LOADER_OPTIONS);
   const messageType = (name: string): MessageDescriptor | null => {
     const entry = definition[name];
     return entry !== undefined && 'format' in entry ? (entry.type as MessageDescriptor) : null;

@@ -3,9 +3,12 @@ import assert from 'node:assert/strict';
 import type * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
 import {
   packageDefinition,
+  healthServiceOf,
   parseApiProtos,
+  parseHealthProtos,
   parseReflectionProtos,
   reflectionServicesOf,
   schemaFromJson,
@@ -62,11 +65,11 @@ function methodsOf(
   return methods;
 }
 
-test("every coffer.v1 method, from the parsed schema and from its compiled JSON, encodes and decodes as proto-loader's", () => {
+test("every coffer.v1 method, from the parsed schema and from its compiled JSON, encodes and decodes as proto-loader's", async () => {
   const parsed = parseApiProtos();
   // As the build compiles it in and a start reads it back (types resolved at their first use).
   const compiled = schemaFromJson(JSON.parse(JSON.stringify(parsed.toJSON())) as protobuf.INamespace);
-  const reference = packageDefinition();
+  const reference = await packageDefinition();
   const referenceMethods = new Map<
     string,
     grpc.MethodDefinition<object, object> & {
@@ -152,6 +155,56 @@ test("gRPC reflection's services, from its parsed schema and from the compiled J
         assert.ok(bytes.length > 10, `${path} ${side}: the sample has fields`);
         assert.deepEqual(bytes, expectedSerialize(value), `${path} ${side}: the same bytes`);
         assert.deepEqual(deserialize(bytes), expectedDeserialize(bytes), `${path} ${side}: the same object back`);
+      }
+    }
+  }
+});
+
+test("the health protocol's service, from its parsed schema and from the compiled JSON, is defined, encodes and decodes as grpc-health-check's own", () => {
+  let own: grpc.ServiceDefinition | null = null;
+  new HealthImplementation({}).addToServer({
+    addService: (service: grpc.ServiceDefinition) => {
+      own = service;
+    },
+  } as unknown as grpc.Server);
+  const expected = own as unknown as Record<string, grpc.MethodDefinition<object, object>>;
+  assert.deepEqual(Object.keys(expected).sort(), ['Check', 'List', 'Watch']);
+  const parsed = parseHealthProtos();
+  const compiled = schemaFromJson(JSON.parse(JSON.stringify(parsed.toJSON())) as protobuf.INamespace);
+  const samples: Record<string, [object, object]> = {
+    Check: [{ service: 'coffer' }, { status: 'NOT_SERVING' }],
+    Watch: [{ service: '' }, { status: 'SERVING' }],
+    List: [{}, { statuses: { '': { status: 'SERVING' }, a: { status: 'SERVICE_UNKNOWN' } } }],
+  };
+  for (const root of [parsed, compiled]) {
+    const ours = healthServiceOf(root) as unknown as Record<string, grpc.MethodDefinition<object, object>>;
+    assert.deepEqual(Object.keys(ours).sort(), Object.keys(expected).sort());
+    for (const [name, method] of Object.entries(ours)) {
+      const theirs = expected[name]!;
+      assert.equal(method.path, theirs.path);
+      assert.equal(method.requestStream, theirs.requestStream, name);
+      assert.equal(method.responseStream, theirs.responseStream, name);
+      const [request, response] = samples[name]!;
+      for (const [value, ourSerialize, ourDeserialize, theirSerialize, theirDeserialize] of [
+        [
+          request,
+          method.requestSerialize,
+          method.requestDeserialize,
+          theirs.requestSerialize,
+          theirs.requestDeserialize,
+        ],
+        [
+          response,
+          method.responseSerialize,
+          method.responseDeserialize,
+          theirs.responseSerialize,
+          theirs.responseDeserialize,
+        ],
+      ] as const) {
+        const bytes = ourSerialize(value);
+        assert.deepEqual(bytes, theirSerialize(value), `${name}: the same bytes`);
+        assert.deepEqual(ourDeserialize(bytes), theirDeserialize(bytes), `${name}: the same object back`);
+        assert.deepEqual(ourDeserialize(bytes), theirDeserialize(theirSerialize(value)));
       }
     }
   }
