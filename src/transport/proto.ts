@@ -42,6 +42,13 @@ declare const COFFER_SCHEMAS_JSON: string | undefined;
 /** Which schema: the API's (coffer.v1), gRPC reflection's, or the health protocol's. */
 export type SchemaName = 'api' | 'reflection' | 'health';
 
+/** How each schema is parsed from its files. */
+const SCHEMA_PARSERS: Record<SchemaName, () => protobuf.Root> = {
+  api: parseApiProtos,
+  reflection: parseReflectionProtos,
+  health: parseHealthProtos,
+};
+
 /** Every schema parsed from its files (what the build compiles in as JSON). */
 export function parseSchemas(): Record<SchemaName, protobuf.Root> {
   return { api: parseApiProtos(), reflection: parseReflectionProtos(), health: parseHealthProtos() };
@@ -51,8 +58,7 @@ let compiledSchemas: Record<SchemaName, protobuf.INamespace> | null = null;
 
 /** A schema from what the build compiled in, or parsed from its files under tsx. */
 function schema(name: SchemaName): protobuf.Root {
-  if (typeof COFFER_SCHEMAS_JSON !== 'string')
-    return name === 'api' ? parseApiProtos() : name === 'reflection' ? parseReflectionProtos() : parseHealthProtos();
+  if (typeof COFFER_SCHEMAS_JSON !== 'string') return SCHEMA_PARSERS[name]();
   compiledSchemas ??= JSON.parse(COFFER_SCHEMAS_JSON) as Record<SchemaName, protobuf.INamespace>;
   return schemaFromJson(compiledSchemas[name]);
 }
@@ -193,6 +199,13 @@ function methodDefinition(
   };
 }
 
+/** Each method of `service` by its name, its messages converted with `conversion`. */
+function serviceDefinition(service: protobuf.Service, conversion: protobuf.IConversionOptions): grpc.ServiceDefinition {
+  const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
+  for (const method of service.methodsArray) definition[method.name] = methodDefinition(service, method, conversion);
+  return definition as grpc.ServiceDefinition;
+}
+
 /** The services of the coffer.v1 package in `root` (a test compares them with proto-loader's). */
 export function servicesOf(root: protobuf.Root): Record<string, LoadedService> {
   const namespace = root.lookup('coffer.v1');
@@ -200,10 +213,7 @@ export function servicesOf(root: protobuf.Root): Record<string, LoadedService> {
   const loaded: Record<string, LoadedService> = {};
   for (const service of namespace.nestedArray) {
     if (!(service instanceof protobuf.Service)) continue;
-    const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
-    for (const method of service.methodsArray)
-      definition[method.name] = methodDefinition(service, method, LOADER_OPTIONS);
-    const Client = grpc.makeGenericClientConstructor(definition, service.name);
+    const Client = grpc.makeGenericClientConstructor(serviceDefinition(service, LOADER_OPTIONS), service.name);
     loaded[service.name] = { service: tolerantService(Client.service), Client };
   }
   return loaded;
@@ -218,10 +228,7 @@ export function servicesOf(root: protobuf.Root): Record<string, LoadedService> {
 export function reflectionServicesOf(root: protobuf.Root): grpc.ServiceDefinition[] {
   return ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'].map((name) => {
     const service = root.lookupService(name);
-    const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
-    for (const method of service.methodsArray)
-      definition[method.name] = methodDefinition(service, method, REFLECTION_MESSAGE_OPTIONS);
-    return definition as grpc.ServiceDefinition;
+    return serviceDefinition(service, REFLECTION_MESSAGE_OPTIONS);
   });
 }
 
@@ -233,10 +240,7 @@ export function reflectionServices(): grpc.ServiceDefinition[] {
 /** grpc.health.v1.Health as grpc-health-check defines it when it adds itself to a server, from `root`. */
 export function healthServiceOf(root: protobuf.Root): grpc.ServiceDefinition {
   const service = root.lookupService('grpc.health.v1.Health');
-  const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
-  for (const method of service.methodsArray)
-    definition[method.name] = methodDefinition(service, method, HEALTH_MESSAGE_OPTIONS);
-  return definition as grpc.ServiceDefinition;
+  return serviceDefinition(service, HEALTH_MESSAGE_OPTIONS);
 }
 
 /**
