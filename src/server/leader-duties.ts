@@ -231,11 +231,21 @@ export class LeaderDuties {
       .due(nowMs, LEASE_PENDING_GRACE_MS, LEASES_REVOKED_PER_RUN_MAX)
       .filter((lease) => (this.#leaseRetries.get(lease.id)?.nextAtMs ?? 0) <= monotonicMs);
     if (due.length === 0) return;
+    // A lease due only because it ended may be renewed by another manager while this one looks:
+    // the log decides which came first. Its end is marked through the log, and only those still
+    // ended when the mark applied are revoked; one whose renewal applied first stays.
+    const ended = due.filter((lease) => lease.state === 'active').map((lease) => lease.id);
+    if (ended.length > 0)
+      await this.#o.propose(encodeAccessCommand({ op: 'lease-expire', name: '', ids: ended, endedByMs: nowMs }));
+    const revoking = due.filter((lease) => {
+      const now = book.leases.get(lease.id);
+      return now !== undefined && now.state !== 'active';
+    });
     const revoked: string[] = [];
     // A database that cannot be reached is not asked again in this run (each try may wait out a
     // connect timeout): its other leases wait for the next.
     const unreachable = new Set<string>();
-    for (const lease of due) {
+    for (const lease of revoking) {
       if (unreachable.has(lease.db)) continue;
       const database = book.databases.get(lease.db);
       const role = book.roles.get(`${lease.db}/${lease.role}`);

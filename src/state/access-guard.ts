@@ -129,6 +129,7 @@ export const accessGuard: AccessGuard = (state: AccessState, command: AccessComm
       return 'rotations are begun and finished by the leader, not named by a client';
     case 'lease-open':
     case 'lease-activate':
+    case 'lease-expire':
     case 'lease-revoked':
       // Managers make users and report them gone; no client names either.
       return 'leases are opened and closed by managers, not named by a client';

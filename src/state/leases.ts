@@ -102,6 +102,12 @@ export type LeaseCommand =
   | { readonly op: 'lease-renew'; readonly name: string; readonly expiresAtMs: number }
   /** Asked for (a client, or the leader for a pending lease that was never activated): the leader revokes them. */
   | { readonly op: 'lease-revoke'; readonly name: ''; readonly ids: readonly string[] }
+  /**
+   * The leader found these leases ended by `endedByMs` (its clock): those still ended when this
+   * applies are revoked. One renewed meanwhile (its renewal applied first) stays active: a renewal
+   * the cluster acknowledged is never undone by a revocation decided before it.
+   */
+  | { readonly op: 'lease-expire'; readonly name: ''; readonly ids: readonly string[]; readonly endedByMs: number }
   /** The leader's report that the database no longer has these users: the leases go. */
   | { readonly op: 'lease-revoked'; readonly name: ''; readonly ids: readonly string[] }
   /** Static roles: existing users whose passwords are rotated (static-roles.ts). */
@@ -116,6 +122,7 @@ export const LEASE_OPS: ReadonlySet<string> = new Set([
   'lease-activate',
   'lease-renew',
   'lease-revoke',
+  'lease-expire',
   'lease-revoked',
   ...STATIC_ROLE_OPS,
 ]);
@@ -220,6 +227,13 @@ export class LeaseBook {
         for (const id of command.ids) {
           const lease = this.leases.get(id);
           if (lease !== undefined) lease.state = 'revoking';
+        }
+        return OK;
+      case 'lease-expire':
+        for (const id of command.ids) {
+          const lease = this.leases.get(id);
+          if (lease !== undefined && lease.state === 'active' && lease.expiresAtMs <= command.endedByMs)
+            lease.state = 'revoking';
         }
         return OK;
       case 'lease-revoked':
@@ -355,6 +369,10 @@ export function checkedLeaseCommand(c: Record<string, unknown>): LeaseCommand | 
     case 'lease-revoked':
       if (name !== '' || !ids(c['ids'])) return `at most ${LEASE_IDS_PER_COMMAND_MAX} lease ids`;
       return { op: c['op'], name: '', ids: c['ids'] };
+    case 'lease-expire':
+      if (name !== '' || !ids(c['ids']) || !count(c['endedByMs']))
+        return `at most ${LEASE_IDS_PER_COMMAND_MAX} lease ids and the time they had ended by`;
+      return { op: 'lease-expire', name: '', ids: c['ids'], endedByMs: c['endedByMs'] };
     default:
       return `unknown lease operation ${String(c['op']).slice(0, 40)}`;
   }

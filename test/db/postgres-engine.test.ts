@@ -240,25 +240,38 @@ describe('the PostgreSQL engine against a real server', TIMEOUT, () => {
     },
   );
 
-  it('renew moves VALID UNTIL (default and custom SQL); renewing a revoked user is refused', TIMEOUT, async () => {
-    const user = await created(TEMPLATES, 60_000);
-    const later = user.expiresAtMs + 2 * HOUR;
-    await renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later });
-    assert.equal(await validUntil(user.name), later);
-    assert.equal(await postgres.canLogin(user.name, user.password), true);
+  it(
+    'renew moves VALID UNTIL (default and custom SQL), never backwards, concurrent renewals end at the latest; renewing a revoked user is refused',
+    TIMEOUT,
+    async () => {
+      const user = await created(TEMPLATES, 60_000);
+      const later = user.expiresAtMs + 2 * HOUR;
+      await renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later });
+      assert.equal(await validUntil(user.name), later);
+      assert.equal(await postgres.canLogin(user.name, user.password), true);
 
-    // A custom renewal, and a renewal to the past (what a lease cut short would do): no login.
-    const custom = { ...TEMPLATES, renewSql: `ALTER ROLE "{{name}}" VALID UNTIL '{{expiration}}'; SELECT 1;` };
-    const past = Date.now() - 60_000;
-    await renewUser(config, custom, { name: user.name, expiresAtMs: past });
-    assert.equal(await validUntil(user.name), past);
-    assert.equal(await postgres.canLogin(user.name, user.password), false);
+      const custom = { ...TEMPLATES, renewSql: `ALTER ROLE "{{name}}" VALID UNTIL '{{expiration}}'; SELECT 1;` };
+      await renewUser(config, custom, { name: user.name, expiresAtMs: later + HOUR });
+      assert.equal(await validUntil(user.name), later + HOUR);
 
-    await revokeUser(config, TEMPLATES, user.name);
-    const error = await refusal(renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later }), 'DB_REFUSED');
-    assert.equal(error.sqlState, '42704');
-    assert.match(error.message, /statement 1 of 1 of the renewal template: 42704 role .* does not exist/);
-  });
+      // A renewal decided earlier and arriving late (its manager was paused), or one to the past:
+      // the end a later renewal set stands, and the user still logs in.
+      await renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later });
+      await renewUser(config, custom, { name: user.name, expiresAtMs: Date.now() - 60_000 });
+      assert.equal(await validUntil(user.name), later + HOUR);
+      assert.equal(await postgres.canLogin(user.name, user.password), true);
+
+      // Renewals at once, in no order: the latest end is the one kept (each waits for the one before).
+      const ends = [5, 2, 9, 1, 7, 3, 8, 4, 6].map((n) => later + HOUR + n * 60_000);
+      await Promise.all(ends.map((expiresAtMs) => renewUser(config, TEMPLATES, { name: user.name, expiresAtMs })));
+      assert.equal(await validUntil(user.name), Math.max(...ends));
+
+      await revokeUser(config, TEMPLATES, user.name);
+      const error = await refusal(renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later }), 'DB_REFUSED');
+      assert.equal(error.sqlState, '42704');
+      assert.match(error.message, /statement 1 of 1 of the renewal template: 42704 role .* does not exist/);
+    },
+  );
 
   it('revoke ends open sessions, drops the user, and is idempotent', TIMEOUT, async () => {
     const user = await created();

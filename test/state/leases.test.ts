@@ -167,3 +167,29 @@ test('a snapshot keeps databases, roles and leases; an access image from before 
   assert.equal(old.access.leases.leases.size, 0);
   assert.equal(old.access.leases.databases.size, 0);
 });
+
+test('an end the leader found is marked through the log: a renewal applied first keeps the lease, one applied after is refused; only managers mark', () => {
+  const { state, apply } = cluster();
+  const book = state.access.leases;
+  for (const n of [5, 6]) {
+    apply(open(n), null);
+    apply({ op: 'lease-activate', name: ID(n) }, null);
+  }
+  const endedBy = T0 + 3_600_000;
+  // Lease 5 is renewed before the leader's mark applies; lease 6 is not.
+  assert.equal(apply({ op: 'lease-renew', name: ID(5), expiresAtMs: T0 + 3_700_000 }, APP).ok, true);
+  const expire: AccessCommand = { op: 'lease-expire', name: '', ids: [ID(5), ID(6)], endedByMs: endedBy };
+  assert.equal(apply(expire, APP).reasonCode, 'GRANT_NOT_HELD', 'a client cannot mark a lease ended');
+  assert.equal(book.leases.get(ID(6))?.state, 'active');
+  assert.equal(apply(expire, null).ok, true);
+  assert.equal(book.leases.get(ID(5))?.state, 'active', 'renewed before the mark: it stays');
+  assert.equal(book.leases.get(ID(5))?.expiresAtMs, T0 + 3_700_000);
+  assert.equal(book.leases.get(ID(6))?.state, 'revoking');
+  // A renewal that comes after the mark is refused: its client is told, not acknowledged.
+  assert.equal(apply({ op: 'lease-renew', name: ID(6), expiresAtMs: T0 + 3_700_000 }, APP).ok, false);
+  assert.equal(book.leases.get(ID(6))?.expiresAtMs, T0 + 3_600_000);
+  assert.deepEqual(
+    book.due(endedBy, 60_000, 10).map((l) => l.id),
+    [ID(6)],
+  );
+});

@@ -223,6 +223,12 @@ export function databaseServices(ctx: ServiceContext): {
       if (lease?.owner !== caller.id) authorizeLeases(call, leaseId);
       if (lease === undefined || lease.state !== 'active')
         throw refuse('LEASE_NOT_FOUND', `lease ${leaseId.slice(0, 200)} does not exist, or is being revoked`);
+      // An ended lease is not brought back: its user no longer logs in, and the leader is revoking it.
+      if (lease.expiresAtMs <= ctx.clock.now())
+        throw refuse(
+          'LEASE_NOT_FOUND',
+          `lease ${leaseId} ended at ${new Date(lease.expiresAtMs).toISOString()}: get new credentials`,
+        );
       const role = book.roles.get(`${lease.db}/${lease.role}`);
       const database = book.databases.get(lease.db);
       if (role === undefined || database === undefined)

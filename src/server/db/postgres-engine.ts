@@ -248,25 +248,50 @@ export async function createUser(
     expiration: expirationOf(user.expiresAtMs),
   });
   await withSession(config, [user.password], (session) =>
-    inTransaction(session, 'creation template', statements, mayProceed),
+    inTransaction(session, 'creation template', statements, { mayProceed }),
   );
 }
 
-/** Moves the user's expiry (its VALID UNTIL, by default) to `expiresAtMs`. DB_REFUSED if the role is gone. */
+/**
+ * Moves the user's expiry (its VALID UNTIL, by default) to `expiresAtMs`; never earlier than the
+ * VALID UNTIL it has (then nothing is run). DB_REFUSED if the role is gone.
+ */
 export async function renewUser(
   config: DbConnectionConfig,
   templates: DbRoleTemplates,
   user: { readonly name: string; readonly expiresAtMs: number },
 ): Promise<void> {
+  const expiration = expirationOf(user.expiresAtMs);
   const statements = templateStatements(
     'renewal',
-    renderTemplate(templates.renewSql || DEFAULT_RENEW_SQL, {
-      name: user.name,
-      expiration: expirationOf(user.expiresAtMs),
+    renderTemplate(templates.renewSql || DEFAULT_RENEW_SQL, { name: user.name, expiration }),
+  );
+  await withSession(config, [], (session) =>
+    inTransaction(session, 'renewal template', statements, {
+      // Renewals of one user, one at a time, and never backwards: one decided earlier but late to
+      // arrive (its manager paused, say) must not shorten what a later one set, which the lease
+      // may already say. By VALID UNTIL, where the default templates keep the end.
+      beforeStatements: async () => {
+        await step(
+          session,
+          'SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), pg_catalog.hashtext($2))',
+          [RENEWAL_LOCK_CLASS, user.name],
+          'waiting for other renewals of the user',
+        );
+        const { rows } = await step(
+          session,
+          'SELECT rolvaliduntil >= $2::timestamptz AS covered FROM pg_catalog.pg_roles WHERE rolname = $1',
+          [user.name, expiration],
+          "reading the user's end",
+        );
+        return (rows[0] as { covered?: unknown } | undefined)?.covered !== true;
+      },
     }),
   );
-  await withSession(config, [], (session) => inTransaction(session, 'renewal template', statements));
 }
+
+/** Renewals lock (class, user) for their transaction: the class keeps clear of other advisory locks. */
+const RENEWAL_LOCK_CLASS = 'coffer-lease-renewal';
 
 /**
  * Takes the user away: no new logins (NOLOGIN, committed first), its open sessions ended, the
@@ -328,16 +353,19 @@ export async function rotatePassword(
     renderTemplate(rotationSql || DEFAULT_ROTATION_SQL, { name: user.name, password: user.password }, 'static'),
   );
   await withSession(config, [user.password], (session) =>
-    inTransaction(session, 'rotation template', statements, mayProceed, async () => {
-      // Checked again at every rotation, inside its transaction (the template may have granted
-      // something, or a right was granted since the role was written): a password whose reader
-      // would hold the database's administration is not set, and not handed out.
-      const facts = await userFacts(session, user.name);
-      if (facts === null || facts.isAdmin || facts.isPrivileged)
-        throw new DatabaseEngineError(
-          'DB_REFUSED',
-          `user "${user.name}" ${facts === null ? 'does not exist' : facts.isAdmin ? "is Coffer's admin" : "is (or is a member of) a superuser or a role that may create roles, bypass row security, replicate or reach the server's files"}: its password was not rotated`,
-        );
+    inTransaction(session, 'rotation template', statements, {
+      mayProceed,
+      beforeCommit: async () => {
+        // Checked again at every rotation, inside its transaction (the template may have granted
+        // something, or a right was granted since the role was written): a password whose reader
+        // would hold the database's administration is not set, and not handed out.
+        const facts = await userFacts(session, user.name);
+        if (facts === null || facts.isAdmin || facts.isPrivileged)
+          throw new DatabaseEngineError(
+            'DB_REFUSED',
+            `user "${user.name}" ${facts === null ? 'does not exist' : facts.isAdmin ? "is Coffer's admin" : "is (or is a member of) a superuser or a role that may create roles, bypass row security, replicate or reach the server's files"}: its password was not rotated`,
+          );
+      },
     }),
   );
 }
@@ -657,6 +685,15 @@ async function step(session: Session, sql: string, params: readonly unknown[], w
   }
 }
 
+interface TransactionHooks {
+  /** Checked before BEGIN, each statement and COMMIT: false drops the transaction uncommitted. */
+  readonly mayProceed?: () => boolean;
+  /** Run after BEGIN: false commits without the statements (there is nothing left for them to do). */
+  readonly beforeStatements?: () => Promise<boolean>;
+  /** Run before COMMIT: throwing drops the transaction. */
+  readonly beforeCommit?: () => Promise<void>;
+}
+
 /**
  * The statements in BEGIN ... COMMIT, one at a time (the simple query protocol, as psql sends
  * them: no parameters, so a `$1` in a template means what it means to PostgreSQL). On an error the
@@ -666,9 +703,9 @@ async function inTransaction(
   session: Session,
   what: string,
   statements: readonly Statement[],
-  mayProceed: () => boolean = () => true,
-  beforeCommit: () => Promise<void> = async () => {},
+  hooks: TransactionHooks = {},
 ): Promise<void> {
+  const { mayProceed = () => true, beforeStatements = async () => true, beforeCommit = async () => {} } = hooks;
   const { client, secrets } = session;
   const stopIfLate = (): void => {
     // Dropping the connection (close(), after this throws) rolls the transaction back.
@@ -680,7 +717,9 @@ async function inTransaction(
   };
   stopIfLate();
   await step(session, 'BEGIN', [], `BEGIN before the ${what}`);
-  for (const [index, statement] of statements.entries()) {
+  // A failure here drops the connection (close(), after this throws): the transaction is rolled back.
+  const run = await beforeStatements();
+  for (const [index, statement] of run ? statements.entries() : []) {
     stopIfLate();
     try {
       await client.query(statement.text);
