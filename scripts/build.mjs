@@ -85,8 +85,7 @@ const run = join(out, 'run');
 await build({
   // One module: `coffer health` (a container's health check, every few seconds) still runs only
   // its own command's code and packages, since esbuild runs a module imported with import() only
-  // when it is, and a joining manager starts its RSA key before the commands' modules run
-  // (src/cli/run.ts).
+  // when it is (src/cli/run.ts).
   entryPoints: { 'coffer-cli': 'src/cli/run.ts' },
   outdir: run,
   outExtension: { '.js': '.cjs' },

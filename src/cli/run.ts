@@ -1,17 +1,10 @@
 /**
  * What the `coffer` command runs (main.ts runs it from the sources; the build's entry from the
- * bundle, see code-cache.ts). Two commands start differently:
- *
- * - `coffer health` is what a container healthcheck runs, every few seconds on every manager: it
- *   loads only its own command (health-main.ts: commander, grpc-js, the TLS checks), not every
- *   other command's modules, which cost each check about half a second of CPU.
- * - A manager joining a cluster needs a new RSA key, 0.2-0.4 s of prime search on a slow core:
- *   for `join`, and for `server --join` while --data holds no manager yet, it is begun here, in
- *   the thread pool, before the commands' modules load (about 0.3 s), rather than after them.
+ * bundle, see code-cache.ts). `coffer health` starts differently: it is what a container
+ * healthcheck runs, every few seconds on every manager, and loads only its own command
+ * (health-main.ts: commander, grpc-js, the TLS checks), not every other command's modules, which
+ * cost each check about half a second of CPU.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { startLeafKeyEarly } from '../crypto/rsa-key.ts';
 
 /** Runs the command line `argv` (node's, as process.argv: the command's arguments from the third). */
 export async function main(argv: readonly string[]): Promise<void> {
@@ -20,7 +13,6 @@ export async function main(argv: readonly string[]): Promise<void> {
     await import('./health-main.ts');
     return;
   }
-  if (joiningManager(args)) startLeafKeyEarly();
   const { runCli } = await import('./commands.ts');
   await runCli(argv);
 }
@@ -37,13 +29,4 @@ export async function loadManagerModules(): Promise<void> {
   await import('../server/leader-duties.ts');
   // The API's services, made from the schema compiled into the bundle: their making is compiled now too.
   (await import('../transport/proto.ts')).services();
-}
-
-/** Whether these arguments make a manager that joins a cluster (a wrong guess costs a key made in vain, no more). */
-function joiningManager(args: readonly string[]): boolean {
-  if (args[0] === 'join') return true;
-  if (args[0] !== 'server' || !args.some((a) => a === '--join' || a.startsWith('--join='))) return false;
-  const at = args.indexOf('--data');
-  const data = at >= 0 ? args[at + 1] : args.find((a) => a.startsWith('--data='))?.slice('--data='.length);
-  return data !== undefined && !existsSync(join(data, 'node.json'));
 }

@@ -1,11 +1,10 @@
 import {
   X509Certificate,
-  constants,
   createHash,
   createPrivateKey,
   createPublicKey,
-  privateEncrypt,
   randomBytes,
+  sign,
   timingSafeEqual,
   verify,
   type KeyObject,
@@ -14,7 +13,7 @@ import { isIP } from 'node:net';
 import { createRequire } from 'node:module';
 import type Forge from 'node-forge';
 import { CryptoError } from './errors.ts';
-import { CA_KEY_BITS, LEAF_KEY_BITS, newRsaKey, newRsaKeyAsync, type RsaKeyPem } from './rsa-key.ts';
+import { CA_KEY_BITS, newLeafKeyPair, newRsaKey, newRsaKeyAsync, type KeyPairPem } from './key-pairs.ts';
 
 /** What a certificate says about its holder. */
 export type Role = 'manager' | 'client';
@@ -63,29 +62,135 @@ export function loadCertificateMaker(): void {
 
 const DAY_MS = 24 * 3600 * 1000;
 
-/** DER DigestInfo of a SHA-256 digest, up to the digest itself (RFC 8017, section 9.2, note 1). */
-const SHA256_DIGEST_INFO_PREFIX = Buffer.from('3031300d060960864801650304020105000420', 'hex');
+const OID_SHA256_WITH_RSA = '1.2.840.113549.1.1.11';
+const OID_ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
+const OID_ECDSA_WITH_SHA384 = '1.2.840.10045.4.3.3';
+
+/** The public keys Coffer certifies: RSA of these sizes (exponent 65537), or ECDSA on these curves. */
+export const RSA_KEY_BITS_MIN = 2048;
+export const RSA_KEY_BITS_MAX = 4096;
+export const EC_KEY_CURVES: readonly string[] = ['prime256v1', 'secp384r1'];
 
 /**
- * Signs a certificate forge has built with OpenSSL's RSA instead of forge's own (JavaScript big
- * numbers: about 0.1 s for a 2048-bit key and 0.3 s for the CA's 3072 on this machine's cores,
- * during which a leader issuing a joiner's certificate served nothing). The signature is the same
- * RSASSA-PKCS1-v1_5 over SHA-256 that forge makes: DigestInfo, padded as a signature, with the
- * private key.
+ * What is wrong with a public key for a certificate, or null. Checked before anything is computed
+ * with it: a modulus or an exponent of tens of thousands of bits would keep a manager's loop busy
+ * for seconds (anyone may send one).
  */
-function signNatively(cert: Forge.pki.Certificate, keyPem: string): void {
-  const key = createPrivateKey(keyPem);
-  const signer = {
-    sign(md: Forge.md.MessageDigest): string {
-      const digest = Buffer.from(md.digest().getBytes(), 'binary');
-      const signature = privateEncrypt(
-        { key, padding: constants.RSA_PKCS1_PADDING },
-        Buffer.concat([SHA256_DIGEST_INFO_PREFIX, digest]),
-      );
-      return signature.toString('binary');
-    },
+export function publicKeyProblem(key: KeyObject): string | null {
+  if (key.asymmetricKeyType === 'rsa') {
+    const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+    const exponent = key.asymmetricKeyDetails?.publicExponent ?? 0n;
+    return bits < RSA_KEY_BITS_MIN || bits > RSA_KEY_BITS_MAX || exponent !== 65537n
+      ? `the RSA key has ${bits} bits and exponent ${exponent}; ${RSA_KEY_BITS_MIN} to ${RSA_KEY_BITS_MAX} bits and exponent 65537 are taken`
+      : null;
+  }
+  if (key.asymmetricKeyType === 'ec') {
+    const curve = key.asymmetricKeyDetails?.namedCurve ?? '';
+    return EC_KEY_CURVES.includes(curve)
+      ? null
+      : `the ECDSA key is on curve ${curve || '(unnamed)'}; P-256 (prime256v1) and P-384 (secp384r1) are taken`;
+  }
+  return `the key is ${key.asymmetricKeyType ?? 'of no known type'}; RSA and ECDSA (P-256, P-384) keys are taken`;
+}
+
+/** A PEM public key (SPKI) that Coffer certifies, or CERTIFICATE_INVALID saying why not. */
+function acceptedPublicKey(pem: string): KeyObject {
+  // Node would take a private key here and derive its public half; whoever sent one gave it away.
+  if (pem.includes('PRIVATE KEY'))
+    throw new CryptoError('CERTIFICATE_INVALID', 'a public key is wanted here, not a private one');
+  let key: KeyObject;
+  try {
+    key = createPublicKey(pem);
+  } catch (error) {
+    throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not a public key in PEM form (SPKI)', {
+      cause: error,
+    });
+  }
+  const problem = publicKeyProblem(key);
+  if (problem !== null) throw new CryptoError('CERTIFICATE_INVALID', problem);
+  return key;
+}
+
+type Asn1 = Forge.asn1.Asn1;
+
+/** The parts of forge its type definitions leave out. */
+interface ForgeUntyped {
+  readonly pki: {
+    getTBSCertificate(cert: Forge.pki.Certificate): Asn1;
+    getCertificationRequestInfo(csr: Forge.pki.CertificateSigningRequest): Asn1;
   };
-  cert.sign(signer as unknown as Forge.pki.rsa.PrivateKey, forge().md.sha256.create());
+  readonly asn1: {
+    fromDer(bytes: string, options: { strict: boolean; decodeBitStrings: boolean; parseAllBytes: boolean }): Asn1;
+  };
+}
+const untyped = (): ForgeUntyped => forge() as unknown as ForgeUntyped;
+
+/** The AlgorithmIdentifier of the signature `signer` makes with SHA-256: RSA PKCS #1 v1.5, or ECDSA (no parameters). */
+function signatureAlgorithm(signer: KeyObject): Asn1 {
+  const { asn1 } = forge();
+  const oid = (text: string): Asn1 =>
+    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer(text).getBytes());
+  if (signer.asymmetricKeyType === 'rsa')
+    return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
+      oid(OID_SHA256_WITH_RSA),
+      asn1.create(asn1.Class.UNIVERSAL, asn1.Type.NULL, false, ''),
+    ]);
+  if (signer.asymmetricKeyType === 'ec')
+    return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [oid(OID_ECDSA_WITH_SHA256)]);
+  throw new CryptoError('CERTIFICATE_INVALID', `cannot sign with a ${signer.asymmetricKeyType ?? 'typeless'} key`);
+}
+
+/** A key's SubjectPublicKeyInfo as forge's ASN.1, byte for byte as OpenSSL encodes it. */
+function publicKeyInfo(key: KeyObject): Asn1 {
+  const der = key.export({ type: 'spki', format: 'der' });
+  return untyped().asn1.fromDer(der.toString('binary'), { strict: true, decodeBitStrings: false, parseAllBytes: true });
+}
+
+/**
+ * The DER of `body` (a TBSCertificate or a CertificationRequestInfo) signed by `signer`: the body,
+ * the algorithm, the signature. forge encodes names, dates and extensions; OpenSSL signs (forge's
+ * own RSA took 0.1-0.3 s a signature, during which a leader issuing a certificate served nothing,
+ * and forge knows no ECDSA).
+ */
+function signedDer(body: Asn1, signer: KeyObject): Buffer {
+  const { asn1 } = forge();
+  const bodyDer = Buffer.from(asn1.toDer(body).getBytes(), 'binary');
+  const signature = sign('sha256', bodyDer, signer);
+  const whole = asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
+    body,
+    signatureAlgorithm(signer),
+    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.BITSTRING, false, `\u0000${signature.toString('binary')}`),
+  ]);
+  return Buffer.from(asn1.toDer(whole).getBytes(), 'binary');
+}
+
+/** A forge RSA key that stands in while forge encodes a body; the subject's real SPKI replaces it (forge reads only RSA keys). */
+let standIn: Forge.pki.PublicKey | null = null;
+function standInKey(): Forge.pki.PublicKey {
+  const { pki, jsbn } = forge();
+  standIn ??= pki.setRsaPublicKey(new jsbn.BigInteger('3', 10), new jsbn.BigInteger('3', 10));
+  return standIn;
+}
+
+/**
+ * The PEM of a certificate forge has filled in (names, dates, extensions), for `subject`'s public
+ * key, signed by `signerPem`'s private key.
+ */
+function finishCertificate(cert: Forge.pki.Certificate, subject: KeyObject, signerPem: string): string {
+  const signer = createPrivateKey(signerPem);
+  cert.publicKey ??= standInKey();
+  // forge writes an algorithm and the stand-in's SPKI; both are replaced by the real ones.
+  cert.siginfo.algorithmOid = OID_SHA256_WITH_RSA;
+  const tbs = untyped().pki.getTBSCertificate(cert);
+  const fields = tbs.value as Asn1[];
+  fields[2] = signatureAlgorithm(signer);
+  fields[6] = publicKeyInfo(subject);
+  return new X509Certificate(signedDer(tbs, signer)).toString();
+}
+
+function pemOf(label: string, der: Buffer): string {
+  const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
+  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
 }
 
 function serialNumber(): string {
@@ -134,8 +239,7 @@ function caCertificateFor(
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
     { name: 'subjectKeyIdentifier' },
   ]);
-  signNatively(cert, key.privatePem);
-  return { keyPem: key.privatePem, certPem: forge().pki.certificateToPem(cert) };
+  return { keyPem: key.privatePem, certPem: finishCertificate(cert, createPublicKey(key.publicPem), key.privatePem) };
 }
 
 export interface IssueOptions {
@@ -183,8 +287,7 @@ export function crossSignCa(newCaCertPem: string, oldCa: KeyAndCertificate): str
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
     { name: 'subjectKeyIdentifier' },
   ]);
-  signNatively(cert, oldCa.keyPem);
-  return forge().pki.certificateToPem(cert);
+  return finishCertificate(cert, createPublicKey(newCaCertPem), oldCa.keyPem);
 }
 
 /** Whether `caCertPem` issued (signed) `certPem`. */
@@ -217,33 +320,20 @@ function remember<T>(cache: Map<string, T>, key: string, value: T): void {
 
 /** A new key and a certificate for it, signed by the CA. */
 export function issueCertificate(ca: KeyAndCertificate, options: IssueOptions): KeyAndCertificate {
-  const key = newRsaKey(LEAF_KEY_BITS);
+  const key = newLeafKey();
   return { keyPem: key.privatePem, certPem: signCertificate(ca, key.publicPem, options) };
 }
 
-/** A new private key for a leaf certificate, and its public half (SPKI PEM) to have signed. */
-export function newLeafKey(): { privatePem: string; publicPem: string } {
-  return newRsaKey(LEAF_KEY_BITS);
-}
-
-/** newLeafKey made in the thread pool, for a running manager (a renewal must not stall its loop). */
-export function newLeafKeyAsync(): Promise<RsaKeyPem> {
-  return newRsaKeyAsync(LEAF_KEY_BITS);
+/** A new private key for a leaf certificate (ECDSA P-256, key-pairs.ts), and its public half (SPKI PEM) to have signed. */
+export function newLeafKey(): KeyPairPem {
+  return newLeafKeyPair();
 }
 
 /** A certificate for a public key made elsewhere (a joining manager keeps its private key). */
 export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
   const caCert = forge().pki.certificateFromPem(ca.certPem);
+  const subject = acceptedPublicKey(publicKeyPem);
   const cert = forge().pki.createCertificate();
-  let publicKey: Forge.pki.PublicKey;
-  try {
-    publicKey = forge().pki.publicKeyFromPem(publicKeyPem);
-  } catch (error) {
-    throw new CryptoError('CERTIFICATE_INVALID', 'the public key is not an RSA public key in PEM form', {
-      cause: error,
-    });
-  }
-  cert.publicKey = publicKey;
   cert.serialNumber = options.serial ?? serialNumber();
   const days =
     options.validityDays ?? (options.role === 'manager' ? MANAGER_CERT_VALIDITY_DAYS : CLIENT_CERT_VALIDITY_DAYS);
@@ -268,8 +358,7 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
     { name: 'extKeyUsage', serverAuth: options.role === 'manager', clientAuth: true },
     ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
   ]);
-  signNatively(cert, ca.keyPem);
-  return forge().pki.certificateToPem(cert);
+  return finishCertificate(cert, subject, ca.keyPem);
 }
 
 /**
@@ -278,15 +367,13 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
  */
 export function selfSignedCertificate(key: { privatePem: string; publicPem: string }, nowMs: number): string {
   const cert = forge().pki.createCertificate();
-  cert.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = new Date(nowMs - CERT_BACKDATE_MS);
   cert.validity.notAfter = new Date(nowMs + DAY_MS);
   const subject = [{ name: 'commonName', value: 'coffer joining manager' }];
   cert.setSubject(subject);
   cert.setIssuer(subject);
-  signNatively(cert, key.privatePem);
-  return forge().pki.certificateToPem(cert);
+  return finishCertificate(cert, createPublicKey(key.publicPem), key.privatePem);
 }
 
 /** Reads the identity fields of a certificate (PEM or DER). */
@@ -385,9 +472,6 @@ export function joinTokenMatches(secret: Uint8Array, storedHash: Uint8Array): bo
   return storedHash.byteLength === presented.byteLength && timingSafeEqual(presented, storedHash);
 }
 
-/** The RSA key sizes a certification request may hold. */
-export const CSR_KEY_BITS_MIN = 2048;
-export const CSR_KEY_BITS_MAX = 4096;
 /** A certification request (PKCS #10) is at most this many characters of PEM. */
 export const CERTIFICATION_REQUEST_CHARS_MAX = 16 * 1024;
 
@@ -397,16 +481,34 @@ export const CERTIFICATION_REQUEST_CHARS_MAX = 16 * 1024;
  */
 export function certificationRequest(key: { privatePem: string; publicPem: string }, commonName: string): string {
   const csr = forge().pki.createCertificationRequest();
-  csr.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
+  csr.publicKey = standInKey();
   csr.setSubject([{ name: 'commonName', value: commonName }]);
-  signNatively(csr as unknown as Forge.pki.Certificate, key.privatePem);
-  return forge().pki.certificationRequestToPem(csr);
+  const info = untyped().pki.getCertificationRequestInfo(csr);
+  (info.value as Asn1[])[2] = publicKeyInfo(createPublicKey(key.publicPem));
+  return pemOf('CERTIFICATE REQUEST', signedDer(info, createPrivateKey(key.privatePem)));
+}
+
+/** Where a DER element at `offset` ends, and where its contents start; null if it does not fit in `der`. */
+function derElement(der: Buffer, offset: number): { contentsAt: number; end: number } | null {
+  if (offset + 2 > der.length) return null;
+  const first = der[offset + 1]!;
+  let length = first;
+  let at = offset + 2;
+  if (first & 0x80) {
+    const bytes = first & 0x7f;
+    if (bytes === 0 || bytes > 3 || at + bytes > der.length) return null;
+    length = 0;
+    for (let i = 0; i < bytes; i++) length = length * 256 + der[at + i]!;
+    at += bytes;
+  }
+  return at + length <= der.length ? { contentsAt: at, end: at + length } : null;
 }
 
 /**
  * The public key (SPKI PEM) of a certification request whose signature verifies with it: its
- * sender holds the private key. Only an RSA key of at least 2048 bits is taken (what Coffer's
- * certificates hold). Throws CERTIFICATE_INVALID saying what is wrong.
+ * sender holds the private key. Only keys Coffer certifies are taken (publicKeyProblem), signed
+ * with SHA-256 (PKCS #1 v1.5 for RSA; ECDSA with SHA-256, or SHA-384 for P-384). Throws
+ * CERTIFICATE_INVALID saying what is wrong.
  */
 export function publicKeyOfRequest(csrPem: string): string {
   if (csrPem.length > CERTIFICATION_REQUEST_CHARS_MAX)
@@ -414,38 +516,70 @@ export function publicKeyOfRequest(csrPem: string): string {
       'CERTIFICATE_INVALID',
       `the certification request is over ${CERTIFICATION_REQUEST_CHARS_MAX} characters`,
     );
-  let csr: Forge.pki.CertificateSigningRequest;
+  const notRequest = (cause?: unknown): CryptoError =>
+    new CryptoError('CERTIFICATE_INVALID', 'the certification request is not a PKCS #10 request in PEM form', {
+      cause,
+    });
+  const body =
+    /^\s*-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([A-Za-z0-9+/=\s]+)-----END (?:NEW )?CERTIFICATE REQUEST-----\s*$/.exec(
+      csrPem,
+    );
+  if (body === null) throw notRequest();
+  const der = Buffer.from(body[1]!.replace(/\s+/g, ''), 'base64');
+  const { asn1 } = forge();
+  let request: Asn1;
   try {
-    csr = forge().pki.certificationRequestFromPem(csrPem);
+    request = untyped().asn1.fromDer(der.toString('binary'), {
+      strict: true,
+      decodeBitStrings: false,
+      parseAllBytes: true,
+    });
   } catch (error) {
-    throw new CryptoError(
-      'CERTIFICATE_INVALID',
-      'the certification request is not a PKCS #10 request with an RSA key in PEM form',
-      { cause: error },
-    );
+    throw notRequest(error);
   }
-  if (csr.publicKey === null)
-    throw new CryptoError('CERTIFICATE_INVALID', 'the certification request names no RSA public key');
-  // The key's size is checked before anything is computed with it: a modulus or an exponent of
-  // tens of thousands of bits would keep the manager's loop busy for seconds (anyone may send one).
-  const publicPem = forge().pki.publicKeyToPem(csr.publicKey);
-  const key = createPublicKey(publicPem);
-  const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
-  const exponent = key.asymmetricKeyDetails?.publicExponent ?? 0n;
-  if (bits < CSR_KEY_BITS_MIN || bits > CSR_KEY_BITS_MAX || exponent !== 65537n)
-    throw new CryptoError(
-      'CERTIFICATE_INVALID',
-      `the certification request's RSA key has ${bits} bits and exponent ${exponent}; ${CSR_KEY_BITS_MIN} to ${CSR_KEY_BITS_MAX} bits and exponent 65537 are taken`,
-    );
-  // Then the signature, by OpenSSL, over the request's signed part (PKCS #1 v1.5 with SHA-256, as
-  // certificationRequest signs; other algorithms are refused).
-  // forge keeps the signed part as it was parsed (certificationRequestInfo, untyped in its types).
-  const info = (csr as unknown as { certificationRequestInfo?: Forge.asn1.Asn1 }).certificationRequestInfo;
-  if (info === undefined) throw new CryptoError('CERTIFICATE_INVALID', 'the certification request has no signed part');
-  const signedPart = Buffer.from(forge().asn1.toDer(info).getBytes(), 'binary');
-  const signature = Buffer.from(csr.signature as string, 'binary');
-  const sha256WithRsa = '1.2.840.113549.1.1.11';
-  if (csr.signatureOid !== sha256WithRsa || !verify('sha256', signedPart, key, signature))
+  // CertificationRequest: the signed part (its bytes as sent), the algorithm, the signature.
+  const outer = derElement(der, 0);
+  const signedPart = outer === null ? null : derElement(der, outer.contentsAt);
+  const parts = Array.isArray(request.value) ? request.value : [];
+  const [info, algorithm, signatureBits] = parts;
+  const infoParts = Array.isArray(info?.value) ? info.value : [];
+  const algorithmOid = Array.isArray(algorithm?.value) ? algorithm.value[0] : undefined;
+  if (
+    outer === null ||
+    signedPart === null ||
+    parts.length !== 3 ||
+    infoParts.length < 3 ||
+    algorithmOid?.type !== asn1.Type.OID ||
+    signatureBits?.type !== asn1.Type.BITSTRING ||
+    typeof signatureBits.value !== 'string' ||
+    !signatureBits.value.startsWith('\u0000')
+  )
+    throw notRequest();
+  let key: KeyObject;
+  try {
+    const spki = Buffer.from(asn1.toDer(infoParts[2]!).getBytes(), 'binary');
+    key = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+  } catch (error) {
+    throw new CryptoError('CERTIFICATE_INVALID', 'the certification request names no public key Coffer can read', {
+      cause: error,
+    });
+  }
+  const problem = publicKeyProblem(key);
+  if (problem !== null) throw new CryptoError('CERTIFICATE_INVALID', `the certification request: ${problem}`);
+  // Then the signature, by OpenSSL, over the signed part exactly as sent.
+  const oid = asn1.derToOid(algorithmOid.value as string);
+  const hash =
+    key.asymmetricKeyType === 'rsa'
+      ? oid === OID_SHA256_WITH_RSA
+        ? 'sha256'
+        : null
+      : oid === OID_ECDSA_WITH_SHA256
+        ? 'sha256'
+        : oid === OID_ECDSA_WITH_SHA384
+          ? 'sha384'
+          : null;
+  const signature = Buffer.from(signatureBits.value.slice(1), 'binary');
+  if (hash === null || !verify(hash, der.subarray(outer.contentsAt, signedPart.end), key, signature))
     throw new CryptoError('CERTIFICATE_INVALID', 'the certification request is not signed by the key it names');
-  return publicPem;
+  return key.export({ type: 'spki', format: 'pem' }).toString();
 }

@@ -12,6 +12,7 @@ import {
   identityOf,
   issueCertificate,
   loadCertificateMaker,
+  newLeafKey,
   joinTokenHash,
   newJoinToken,
   parseJoinToken,
@@ -20,7 +21,6 @@ import {
 import { DataDir } from '../manager/data-dir.ts';
 import { Manager } from '../manager/manager.ts';
 import { generateRecoveryKey } from '../crypto/recovery-key.ts';
-import { takeLeafKey } from '../crypto/rsa-key.ts';
 import type { NodeId } from '../raft/types.ts';
 import { services } from '../transport/proto.ts';
 import { MANAGER_CHANNEL_OPTIONS, policyChannelCredentials } from '../transport/tls.ts';
@@ -233,21 +233,17 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
   splitHostPort(advertise);
   const extraHosts = normalizeExtraHosts(options.extraHosts ?? []);
   const deadline = Date.now() + (options.deadlineMs ?? 30_000);
-  // The key is made in the thread pool while the CA certificate is fetched (or was begun before
-  // the command line loaded its modules: startLeafKeyEarly).
-  const leafKey = takeLeafKey();
-  // Left behind if the fetch fails: its own failure then is not an unhandled rejection.
-  leafKey.catch(() => undefined);
-  const caPem = await fetchCaCertificate(options.join, deadline);
+  const caFetch = fetchCaCertificate(options.join, deadline);
+  // The proof below makes a certificate: its code loads while the CA certificate is on its way.
+  loadCertificateMaker();
+  const caPem = await caFetch;
   if (caDigest(caPem) !== token.caDigest) {
     throw new ServiceError(
       grpc.status.PERMISSION_DENIED,
       `the manager at ${options.join} presents a CA certificate that does not match the join token: refusing to trust it (a wrong address, or someone in the middle)`,
     );
   }
-  // The proof below makes a certificate: its code loads while the key may still be in the making.
-  loadCertificateMaker();
-  const key = await leafKey;
+  const key = newLeafKey();
   // The leader checks that the address this manager advertises answers with this key.
   const proof = await serveKeyProof(options.listen, key);
   try {

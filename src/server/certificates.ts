@@ -1,4 +1,4 @@
-import { identityOf, issuedBy, newLeafKeyAsync, signCertificate } from '../crypto/pki.ts';
+import { identityOf, issuedBy, newLeafKey, signCertificate } from '../crypto/pki.ts';
 import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import { ClusterState } from '../state/cluster-state.ts';
@@ -111,8 +111,7 @@ export class ManagerCertificate {
     const underOldCa = o.cluster.cas.length > 0 && !issuedBy(this.#leafPem, signing.certPem);
     if (!expiring && !underOldCa) return;
     if ((o.manager.raftStatus()?.lead ?? 0) === 0) return;
-    // Made in the thread pool: 0.1-0.4 s of prime search would stall this manager's heartbeats.
-    const key = await newLeafKeyAsync();
+    const key = newLeafKey(); // ECDSA P-256: about 0.1 ms, on the loop
     const certPem = signCertificate(signing, key.publicPem, {
       id: String(o.nodeId),
       role: 'manager',

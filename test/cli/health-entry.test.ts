@@ -30,8 +30,8 @@ test('coffer health imports only its own modules: not the other commands, not th
     'cli/printable.ts',
     'client/health-client.ts',
     'crypto/errors.ts',
+    'crypto/key-pairs.ts',
     'crypto/pki.ts',
-    'crypto/rsa-key.ts',
     'transport/tls.ts',
   ]);
   const main = importsOf(join(SRC, 'cli/run.ts')).map((f) => relative(SRC, f));

@@ -17,9 +17,32 @@ import { CryptoError } from '../../src/crypto/errors.ts';
 // What a login certifies: the key of a certification request its sender signed, under a name
 // that comes back from the certificate exactly as it went in.
 
-test('a certification request gives its key only when signed by that key, RSA of 2048 bits or more', () => {
+const pair = (
+  type: 'rsa' | 'ec',
+  options: { modulusLength?: number; namedCurve?: string; publicExponent?: number },
+) => {
+  const { privateKey, publicKey } = generateKeyPairSync(type as 'rsa', {
+    ...(options as { modulusLength: number }),
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  return { privatePem: privateKey, publicPem: publicKey };
+};
+
+test('a certification request gives its key only when signed by that key: ECDSA on P-256 or P-384, or RSA of 2048 to 4096 bits', () => {
   const key = newLeafKey();
   assert.equal(spkiDigest(publicKeyOfRequest(certificationRequest(key, 'me'))), spkiDigest(key.publicPem));
+  // Keys other clients make (Coffer's own are P-256) are taken too, each with its signature.
+  for (const other of [pair('rsa', { modulusLength: 2048 }), pair('ec', { namedCurve: 'secp384r1' })])
+    assert.equal(spkiDigest(publicKeyOfRequest(certificationRequest(other, 'me'))), spkiDigest(other.publicPem));
+  assert.throws(
+    () => publicKeyOfRequest(certificationRequest(pair('ec', { namedCurve: 'secp521r1' }), 'me')),
+    /curve secp521r1; P-256 \(prime256v1\) and P-384/,
+  );
+  assert.throws(
+    () => publicKeyOfRequest(certificationRequest(pair('ec', { namedCurve: 'secp256k1' }), 'me')),
+    /curve secp256k1/,
+  );
   const other = newLeafKey();
   const forged = certificationRequest({ privatePem: key.privatePem, publicPem: other.publicPem }, 'me');
   assert.throws(
@@ -92,4 +115,20 @@ test('a certification request with a huge key is refused before any work is done
       ),
     /exponent 3;/,
   );
+});
+
+test('a certificate is signed only for a public key Coffer takes: a weak RSA key, an odd curve, a private key or garbage are refused', () => {
+  const ca = createCa('c1', Date.now());
+  const options = { id: 'x', role: 'client', clusterId: 'c1', nowMs: Date.now() } as const;
+  const refused = (publicPem: string, pattern: RegExp) =>
+    assert.throws(
+      () => signCertificate(ca, publicPem, options),
+      (e: unknown) => e instanceof CryptoError && e.code === 'CERTIFICATE_INVALID' && pattern.test(e.message),
+    );
+  refused(pair('rsa', { modulusLength: 1024 }).publicPem, /1024 bits/);
+  refused(pair('ec', { namedCurve: 'secp521r1' }).publicPem, /curve secp521r1/);
+  refused(newLeafKey().privatePem, /a public key is wanted/);
+  refused('-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n', /not a public key in PEM form/);
+  for (const good of [newLeafKey(), pair('rsa', { modulusLength: 2048 }), pair('ec', { namedCurve: 'secp384r1' })])
+    assert.equal(identityOf(signCertificate(ca, good.publicPem, options)).spki, spkiDigest(good.publicPem));
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
 import { connect, createServer, type TLSSocket } from 'node:tls';
 import forge from 'node-forge';
 import type { AddressInfo } from 'node:net';
@@ -128,33 +128,54 @@ test('a join token pins the CA certificate and carries a secret; the cluster kee
   assert.notEqual(caDigest(createCa('cluster-1', now).certPem), parsed.caDigest, 'another CA has another digest');
 });
 
-test("certificates are signed by OpenSSL with the very signature forge's own RSA would make (PKCS#1 v1.5 is deterministic), and a changed byte breaks it", () => {
+test("the CA's certificate is signed by OpenSSL with the very signature forge's own RSA would make (PKCS#1 v1.5 is deterministic); a leaf carries its own ECDSA key byte for byte, every field as asked, the CA's signature; a changed byte breaks either", () => {
   const leaf = issueCertificate(ca, {
     id: '7',
     role: 'manager',
     clusterId: 'cluster-1',
-    hosts: ['127.0.0.1'],
+    hosts: ['127.0.0.1', 'm7.example'],
     nowMs: now,
   });
-  for (const [pem, signerKeyPem] of [
-    [leaf.certPem, ca.keyPem],
-    [ca.certPem, ca.keyPem],
-  ] as const) {
-    const parsed = forge.pki.certificateFromPem(pem);
-    const md = forge.md.sha256.create();
-    md.update(forge.asn1.toDer(parsed.tbsCertificate).getBytes());
-    const byForge = forge.pki.privateKeyFromPem(signerKeyPem).sign(md);
-    assert.equal(
-      Buffer.from(parsed.signature as string, 'binary').toString('hex'),
-      Buffer.from(byForge, 'binary').toString('hex'),
-    );
-    assert.equal(new X509Certificate(pem).verify(new X509Certificate(ca.certPem).publicKey), true);
+  const caCert = new X509Certificate(ca.certPem);
+  const parsed = forge.pki.certificateFromPem(ca.certPem);
+  const md = forge.md.sha256.create();
+  md.update(forge.asn1.toDer(parsed.tbsCertificate).getBytes());
+  const byForge = forge.pki.privateKeyFromPem(ca.keyPem).sign(md);
+  assert.equal(
+    Buffer.from(parsed.signature as string, 'binary').toString('hex'),
+    Buffer.from(byForge, 'binary').toString('hex'),
+  );
+  assert.equal(caCert.verify(caCert.publicKey), true);
+  assert.equal(caCert.ca, true);
+
+  const cert = new X509Certificate(leaf.certPem);
+  const key = createPrivateKey(leaf.keyPem);
+  assert.equal(key.asymmetricKeyType, 'ec');
+  assert.deepEqual(
+    cert.publicKey.export({ type: 'spki', format: 'der' }),
+    createPublicKey(key).export({ type: 'spki', format: 'der' }),
+  );
+  assert.equal(cert.checkPrivateKey(key), true);
+  assert.equal(cert.subject, 'CN=7\nO=cluster-1\nOU=manager');
+  assert.equal(cert.issuer, caCert.subject);
+  assert.equal(cert.subjectAltName, 'IP Address:127.0.0.1, DNS:m7.example');
+  assert.deepEqual(cert.keyUsage, ['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2'], 'server and client authentication');
+  assert.equal(cert.ca, false);
+  assert.ok(Date.parse(cert.validTo) - now > 89 * 24 * 3600 * 1000);
+  assert.equal(cert.verify(caCert.publicKey), true);
+  assert.equal(issuedBy(leaf.certPem, ca.certPem), true);
+  // A self-signed proof certificate is signed with its own (ECDSA) key.
+  const proofKey = newLeafKey();
+  const proof = new X509Certificate(selfSignedCertificate(proofKey, now));
+  assert.equal(proof.verify(createPublicKey(proofKey.publicPem)), true);
+
+  for (const pem of [leaf.certPem, ca.certPem]) {
+    const der = Buffer.from(new X509Certificate(pem).raw);
+    const serialAt = der.indexOf(Buffer.from(new X509Certificate(pem).serialNumber, 'hex'));
+    assert.ok(serialAt > 0);
+    der[serialAt]! ^= 0x01;
+    assert.equal(new X509Certificate(der).verify(caCert.publicKey), false);
   }
-  const der = Buffer.from(new X509Certificate(leaf.certPem).raw);
-  const serialAt = der.indexOf(Buffer.from(new X509Certificate(leaf.certPem).serialNumber, 'hex'));
-  assert.ok(serialAt > 0);
-  der[serialAt]! ^= 0x01;
-  assert.equal(new X509Certificate(der).verify(new X509Certificate(ca.certPem).publicKey), false);
 });
 
 test('parsed certificates are remembered by their bytes: the same answers as parsing, nothing shared between two certificates or two CAs, and a remembered identity cannot be changed', () => {

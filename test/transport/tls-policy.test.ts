@@ -42,17 +42,23 @@ const tls12 = (ciphers: string): tls.ConnectionOptions => ({ minVersion: 'TLSv1.
 
 /** What a server must refuse and accept; checked again after a certificate renewal. */
 async function checkServerPolicy(port: number, when: string): Promise<void> {
+  // The manager's key is ECDSA (P-256): the suites it could do with it if it let them.
   for (const weak of [
-    'AES128-SHA',
-    'ECDHE-RSA-AES128-SHA',
+    'ECDHE-ECDSA-AES128-SHA',
+    'ECDHE-ECDSA-AES256-SHA',
+    'ECDHE-ECDSA-AES128-SHA256',
+    'ECDHE-ECDSA-AES256-SHA384',
     'AES128-GCM-SHA256',
-    'ECDHE-RSA-AES128-SHA256',
     'DHE-RSA-AES128-GCM-SHA256',
   ]) {
     const result = await handshake(port, tls12(weak));
     assert.equal(result.ok, false, `${when}: TLS 1.2 with ${weak} must be refused, got ${JSON.stringify(result)}`);
   }
-  for (const strong of ['ECDHE-RSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-RSA-CHACHA20-POLY1305']) {
+  for (const strong of [
+    'ECDHE-ECDSA-AES128-GCM-SHA256',
+    'ECDHE-ECDSA-AES256-GCM-SHA384',
+    'ECDHE-ECDSA-CHACHA20-POLY1305',
+  ]) {
     const result = await handshake(port, tls12(strong));
     assert.deepEqual(result, { ok: true, protocol: 'TLSv1.2', cipher: strong }, `${when}: TLS 1.2 with ${strong}`);
   }
@@ -163,7 +169,7 @@ function dialAsJoiner(ca: KeyAndCertificate, dataDir: string): (address: string)
   };
 }
 
-test("Coffer's own channels (manager and join) refuse a server that offers only a CBC suite in TLS 1.2, and finish the handshake with ECDHE-RSA-AES128-GCM-SHA256", {
+test("Coffer's own channels (manager and join) refuse a server that offers only a CBC suite in TLS 1.2, and finish the handshake with ECDHE-ECDSA-AES128-GCM-SHA256", {
   timeout: 60_000,
 }, async () => {
   const ca = createCa(CLUSTER_ID, Date.now());
@@ -173,7 +179,7 @@ test("Coffer's own channels (manager and join) refuse a server that offers only 
       ['manager channel', dialAsClient(ca)],
       ['join', dialAsJoiner(ca, join(root, 'joiner'))],
     ] as const) {
-      const weak = await clientHandshakeAgainst(ca, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-SHA' }, dial);
+      const weak = await clientHandshakeAgainst(ca, { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-SHA' }, dial);
       assert.equal(weak.secured, 0, `${what}: no handshake finished with a CBC-SHA1 suite`);
       assert.ok(
         weak.failed.length > 0 && weak.failed.every((message) => /no shared cipher|NO_SHARED_CIPHER/i.test(message)),
@@ -181,7 +187,7 @@ test("Coffer's own channels (manager and join) refuse a server that offers only 
       );
       const strong = await clientHandshakeAgainst(
         ca,
-        { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-GCM-SHA256' },
+        { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256' },
         dial,
       );
       assert.ok(strong.secured > 0, `${what}: the control handshake finished (failures: ${strong.failed.join('; ')})`);
