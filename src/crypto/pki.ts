@@ -13,7 +13,7 @@ import { isIP } from 'node:net';
 import { createRequire } from 'node:module';
 import type Forge from 'node-forge';
 import { CryptoError } from './errors.ts';
-import { CA_KEY_BITS, newLeafKeyPair, newRsaKey, newRsaKeyAsync, type KeyPairPem } from './key-pairs.ts';
+import { newCaKeyPair, newLeafKeyPair, type KeyPairPem } from './key-pairs.ts';
 
 /** What a certificate says about its holder. */
 export type Role = 'manager' | 'client';
@@ -172,20 +172,68 @@ function standInKey(): Forge.pki.PublicKey {
   return standIn;
 }
 
+/** Names and key identifier put into a certificate as they are, where forge would re-encode them. */
+interface Spliced {
+  /** The issuer's Name, from its certificate (tbsFields): byte for byte what the chain matches. */
+  readonly issuer?: Asn1;
+  readonly subject?: Asn1;
+}
+
 /**
  * The PEM of a certificate forge has filled in (names, dates, extensions), for `subject`'s public
  * key, signed by `signerPem`'s private key.
  */
-function finishCertificate(cert: Forge.pki.Certificate, subject: KeyObject, signerPem: string): string {
+function finishCertificate(
+  cert: Forge.pki.Certificate,
+  subject: KeyObject,
+  signerPem: string,
+  spliced: Spliced = {},
+): string {
   const signer = createPrivateKey(signerPem);
-  cert.publicKey ??= standInKey();
+  cert.publicKey = standInKey();
   // forge writes an algorithm and the stand-in's SPKI; both are replaced by the real ones.
   cert.siginfo.algorithmOid = OID_SHA256_WITH_RSA;
   const tbs = untyped().pki.getTBSCertificate(cert);
   const fields = tbs.value as Asn1[];
   fields[2] = signatureAlgorithm(signer);
+  if (spliced.issuer !== undefined) fields[3] = spliced.issuer;
+  if (spliced.subject !== undefined) fields[5] = spliced.subject;
   fields[6] = publicKeyInfo(subject);
   return new X509Certificate(signedDer(tbs, signer)).toString();
+}
+
+/** A certificate's TBSCertificate fields as forge's ASN.1, whatever its key (forge's own parser reads only RSA). */
+function tbsFields(certPem: string): Asn1[] {
+  const der = new X509Certificate(certPem).raw;
+  const cert = untyped().asn1.fromDer(der.toString('binary'), {
+    strict: true,
+    decodeBitStrings: false,
+    parseAllBytes: true,
+  });
+  const fields = ((cert.value as Asn1[])[0]?.value ?? []) as Asn1[];
+  // Version 3 (explicit [0]) first, as every certificate Coffer makes: then the subject is the sixth.
+  if (fields.length < 7 || fields[0]!.tagClass !== forge().asn1.Class.CONTEXT_SPECIFIC)
+    throw new CryptoError('CERTIFICATE_INVALID', 'the CA certificate is not an X.509 version 3 certificate');
+  return fields;
+}
+
+/** A CA certificate's subject Name (what the certificates it issues name as their issuer). */
+function subjectName(caCertPem: string): Asn1 {
+  return tbsFields(caCertPem)[5]!;
+}
+
+/** The subjectKeyIdentifier extension for a key: SHA-1 of its subjectPublicKey bits (RFC 5280, 4.2.1.2, method 1). */
+function subjectKeyIdentifier(key: KeyObject): { id: string; name: string; value: Asn1 } {
+  const { asn1 } = forge();
+  const bits = (publicKeyInfo(key).value as Asn1[])[1]!.value as string;
+  const digest = createHash('sha1')
+    .update(Buffer.from(bits.slice(1), 'binary'))
+    .digest();
+  return {
+    id: '2.5.29.14',
+    name: 'subjectKeyIdentifier',
+    value: asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OCTETSTRING, false, digest.toString('binary')),
+  };
 }
 
 function pemOf(label: string, der: Buffer): string {
@@ -201,16 +249,12 @@ function serialNumber(): string {
 }
 
 /**
- * A new cluster CA (self-signed, RSA 3072, ten years). Generations after the first carry their
- * number in the name, so a leaf's issuer names one CA even while two are trusted.
+ * A new cluster CA (self-signed, ECDSA P-256, ten years). Generations after the first carry their
+ * number in the name, so a leaf's issuer names one CA even while two are trusted. A CA made
+ * before keeps its RSA key: it issues as before.
  */
 export function createCa(clusterId: string, nowMs: number, gen = 1): KeyAndCertificate {
-  return caCertificateFor(newRsaKey(CA_KEY_BITS), clusterId, nowMs, gen);
-}
-
-/** createCa with the key made off the event loop (an RSA 3072 key takes up to seconds: a running manager must keep its heartbeats going). */
-export async function createCaAsync(clusterId: string, nowMs: number, gen: number): Promise<KeyAndCertificate> {
-  return caCertificateFor(await newRsaKeyAsync(CA_KEY_BITS), clusterId, nowMs, gen);
+  return caCertificateFor(newCaKeyPair(), clusterId, nowMs, gen);
 }
 
 /**
@@ -220,14 +264,10 @@ export async function createCaAsync(clusterId: string, nowMs: number, gen: numbe
  */
 export const CERT_BACKDATE_MS = 3_600_000;
 
-function caCertificateFor(
-  key: { privatePem: string; publicPem: string },
-  clusterId: string,
-  nowMs: number,
-  gen: number,
-): KeyAndCertificate {
+/** A CA certificate for a key pair made elsewhere (tests: an RSA CA, as clusters made before P-256 CAs have). */
+export function caCertificateFor(key: KeyPairPem, clusterId: string, nowMs: number, gen: number): KeyAndCertificate {
+  const publicKey = createPublicKey(key.publicPem);
   const cert = forge().pki.createCertificate();
-  cert.publicKey = forge().pki.publicKeyFromPem(key.publicPem);
   cert.serialNumber = serialNumber();
   cert.validity.notBefore = new Date(nowMs - CERT_BACKDATE_MS);
   cert.validity.notAfter = new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS);
@@ -237,9 +277,9 @@ function caCertificateFor(
   cert.setExtensions([
     { name: 'basicConstraints', cA: true, critical: true },
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
+    subjectKeyIdentifier(publicKey),
   ]);
-  return { keyPem: key.privatePem, certPem: finishCertificate(cert, createPublicKey(key.publicPem), key.privatePem) };
+  return { keyPem: key.privatePem, certPem: finishCertificate(cert, publicKey, key.privatePem) };
 }
 
 export interface IssueOptions {
@@ -273,21 +313,21 @@ function caSubject(clusterId: string, gen: number): Forge.pki.CertificateField[]
  * of the new one through it. Valid no longer than either CA.
  */
 export function crossSignCa(newCaCertPem: string, oldCa: KeyAndCertificate): string {
-  const fresh = forge().pki.certificateFromPem(newCaCertPem);
-  const old = forge().pki.certificateFromPem(oldCa.certPem);
+  const fresh = new X509Certificate(newCaCertPem);
+  const old = new X509Certificate(oldCa.certPem);
   const cert = forge().pki.createCertificate();
-  cert.publicKey = fresh.publicKey;
   cert.serialNumber = serialNumber();
-  cert.validity.notBefore = fresh.validity.notBefore;
-  cert.validity.notAfter = new Date(Math.min(fresh.validity.notAfter.getTime(), old.validity.notAfter.getTime()));
-  cert.setSubject(fresh.subject.attributes);
-  cert.setIssuer(old.subject.attributes);
+  cert.validity.notBefore = new Date(fresh.validFrom);
+  cert.validity.notAfter = new Date(Math.min(Date.parse(fresh.validTo), Date.parse(old.validTo)));
   cert.setExtensions([
     { name: 'basicConstraints', cA: true, critical: true },
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
+    subjectKeyIdentifier(fresh.publicKey),
   ]);
-  return finishCertificate(cert, createPublicKey(newCaCertPem), oldCa.keyPem);
+  return finishCertificate(cert, fresh.publicKey, oldCa.keyPem, {
+    issuer: subjectName(oldCa.certPem),
+    subject: subjectName(newCaCertPem),
+  });
 }
 
 /** Whether `caCertPem` issued (signed) `certPem`. */
@@ -331,7 +371,6 @@ export function newLeafKey(): KeyPairPem {
 
 /** A certificate for a public key made elsewhere (a joining manager keeps its private key). */
 export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
-  const caCert = forge().pki.certificateFromPem(ca.certPem);
   const subject = acceptedPublicKey(publicKeyPem);
   const cert = forge().pki.createCertificate();
   cert.serialNumber = options.serial ?? serialNumber();
@@ -348,7 +387,6 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
     { name: 'organizationName', value: options.clusterId },
     { shortName: 'OU', value: options.role },
   ]);
-  cert.setIssuer(caCert.subject.attributes);
   const altNames = (options.hosts ?? []).map((host) =>
     isIP(host) !== 0 ? { type: 7, ip: host } : { type: 2, value: host },
   );
@@ -358,7 +396,7 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
     { name: 'extKeyUsage', serverAuth: options.role === 'manager', clientAuth: true },
     ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
   ]);
-  return finishCertificate(cert, subject, ca.keyPem);
+  return finishCertificate(cert, subject, ca.keyPem, { issuer: subjectName(ca.certPem) });
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { CaRecord, ClusterState } from '../state/cluster-state.ts';
-import { createCaAsync, crossSignCa, issuedBy, type KeyAndCertificate } from '../crypto/pki.ts';
+import { createCa, crossSignCa, issuedBy, type KeyAndCertificate } from '../crypto/pki.ts';
 
 /** A CA this manager can sign with: the replicated one, or before it is installed, its own. */
 export interface SigningCa extends KeyAndCertificate {
@@ -77,6 +77,6 @@ export class ClusterCa {
 /** The next CA generation: a new key and certificate, cross-signed by the active CA. */
 export async function nextCa(clusterId: string, active: SigningCa, nowMs: number): Promise<CaRecord> {
   const gen = active.gen + 1;
-  const made = await createCaAsync(clusterId, nowMs, gen);
+  const made = createCa(clusterId, nowMs, gen);
   return { gen, certPem: made.certPem, keyPem: made.keyPem, crossPem: crossSignCa(made.certPem, active) };
 }

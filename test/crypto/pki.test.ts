@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { connect, createServer, type TLSSocket } from 'node:tls';
 import forge from 'node-forge';
 import type { AddressInfo } from 'node:net';
 import { CryptoError } from '../../src/crypto/errors.ts';
 import {
   CERTIFICATE_CACHE_ENTRIES,
+  caCertificateFor,
   caDigest,
   createCa,
   formatJoinToken,
@@ -128,7 +129,27 @@ test('a join token pins the CA certificate and carries a secret; the cluster kee
   assert.notEqual(caDigest(createCa('cluster-1', now).certPem), parsed.caDigest, 'another CA has another digest');
 });
 
-test("the CA's certificate is signed by OpenSSL with the very signature forge's own RSA would make (PKCS#1 v1.5 is deterministic); a leaf carries its own ECDSA key byte for byte, every field as asked, the CA's signature; a changed byte breaks either", () => {
+test("an RSA CA (as clusters made before have) signs as forge's own RSA would (PKCS#1 v1.5 is deterministic); a P-256 CA and its leaves carry their own keys byte for byte, every field as asked; a changed byte breaks any of them", () => {
+  const rsa = generateKeyPairSync('rsa', {
+    modulusLength: 3072,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const rsaCa = caCertificateFor({ privatePem: rsa.privateKey, publicPem: rsa.publicKey }, 'cluster-1', now, 1);
+  const rsaLeaf = issueCertificate(rsaCa, { id: '8', role: 'client', clusterId: 'cluster-1', nowMs: now });
+  for (const pem of [rsaCa.certPem, rsaLeaf.certPem]) {
+    const der = Buffer.from(new X509Certificate(pem).raw);
+    // forge reads the RSA CA; the leaf's tbs is taken from the DER (forge reads no ECDSA key).
+    const fields = forge.asn1.fromDer(der.toString('binary')).value as forge.asn1.Asn1[];
+    const md = forge.md.sha256.create();
+    md.update(forge.asn1.toDer(fields[0]!).getBytes());
+    const byForge = forge.pki.privateKeyFromPem(rsaCa.keyPem).sign(md);
+    const signature = (fields[2]!.value as string).slice(1);
+    assert.equal(Buffer.from(signature, 'binary').toString('hex'), Buffer.from(byForge, 'binary').toString('hex'));
+    assert.equal(new X509Certificate(pem).verify(new X509Certificate(rsaCa.certPem).publicKey), true);
+  }
+  assert.equal(forge.pki.certificateFromPem(rsaCa.certPem).verify(forge.pki.certificateFromPem(rsaCa.certPem)), true);
+
   const leaf = issueCertificate(ca, {
     id: '7',
     role: 'manager',
@@ -137,16 +158,11 @@ test("the CA's certificate is signed by OpenSSL with the very signature forge's 
     nowMs: now,
   });
   const caCert = new X509Certificate(ca.certPem);
-  const parsed = forge.pki.certificateFromPem(ca.certPem);
-  const md = forge.md.sha256.create();
-  md.update(forge.asn1.toDer(parsed.tbsCertificate).getBytes());
-  const byForge = forge.pki.privateKeyFromPem(ca.keyPem).sign(md);
-  assert.equal(
-    Buffer.from(parsed.signature as string, 'binary').toString('hex'),
-    Buffer.from(byForge, 'binary').toString('hex'),
-  );
+  assert.equal(createPrivateKey(ca.keyPem).asymmetricKeyDetails?.namedCurve, 'prime256v1');
   assert.equal(caCert.verify(caCert.publicKey), true);
   assert.equal(caCert.ca, true);
+  assert.equal(caCert.subject, caCert.issuer);
+  assert.equal(caCert.checkPrivateKey(createPrivateKey(ca.keyPem)), true);
 
   const cert = new X509Certificate(leaf.certPem);
   const key = createPrivateKey(leaf.keyPem);
@@ -164,17 +180,22 @@ test("the CA's certificate is signed by OpenSSL with the very signature forge's 
   assert.ok(Date.parse(cert.validTo) - now > 89 * 24 * 3600 * 1000);
   assert.equal(cert.verify(caCert.publicKey), true);
   assert.equal(issuedBy(leaf.certPem, ca.certPem), true);
+  assert.equal(issuedBy(leaf.certPem, rsaCa.certPem), false);
   // A self-signed proof certificate is signed with its own (ECDSA) key.
   const proofKey = newLeafKey();
   const proof = new X509Certificate(selfSignedCertificate(proofKey, now));
   assert.equal(proof.verify(createPublicKey(proofKey.publicPem)), true);
 
-  for (const pem of [leaf.certPem, ca.certPem]) {
+  for (const [pem, issuer] of [
+    [leaf.certPem, ca.certPem],
+    [ca.certPem, ca.certPem],
+    [rsaLeaf.certPem, rsaCa.certPem],
+  ] as const) {
     const der = Buffer.from(new X509Certificate(pem).raw);
     const serialAt = der.indexOf(Buffer.from(new X509Certificate(pem).serialNumber, 'hex'));
     assert.ok(serialAt > 0);
     der[serialAt]! ^= 0x01;
-    assert.equal(new X509Certificate(der).verify(caCert.publicKey), false);
+    assert.equal(new X509Certificate(der).verify(new X509Certificate(issuer).publicKey), false);
   }
 });
 
