@@ -86,9 +86,17 @@ export function publicKeyProblem(key: KeyObject): string | null {
   }
   if (key.asymmetricKeyType === 'ec') {
     const curve = key.asymmetricKeyDetails?.namedCurve ?? '';
-    return EC_KEY_CURVES.includes(curve)
-      ? null
-      : `the ECDSA key is on curve ${curve || '(unnamed)'}; P-256 (prime256v1) and P-384 (secp384r1) are taken`;
+    if (!EC_KEY_CURVES.includes(curve))
+      return `the ECDSA key is on curve ${curve || '(unnamed)'}; P-256 (prime256v1) and P-384 (secp384r1) are taken`;
+    // As RFC 5480 has it (and strict verifiers, Go's among them, want): the curve named by its
+    // OID, not spelled out in parameters, and the point uncompressed.
+    const [algorithm, point] = publicKeyInfo(key).value as Asn1[];
+    const parameters = (algorithm?.value as Asn1[] | undefined)?.[1];
+    if (parameters?.type !== forge().asn1.Type.OID)
+      return 'the ECDSA key spells its curve out in parameters; name it (a named-curve key)';
+    if (typeof point?.value !== 'string' || point.value.charCodeAt(1) !== 0x04)
+      return 'the ECDSA key is compressed; send its uncompressed point';
+    return null;
   }
   return `the key is ${key.asymmetricKeyType ?? 'of no known type'}; RSA and ECDSA (P-256, P-384) keys are taken`;
 }
@@ -392,7 +400,8 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
   );
   cert.setExtensions([
     { name: 'basicConstraints', cA: false, critical: true },
-    { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+    // keyEncipherment is for RSA key transport; RFC 5480 forbids it for an ECDSA key.
+    { name: 'keyUsage', digitalSignature: true, keyEncipherment: subject.asymmetricKeyType === 'rsa', critical: true },
     { name: 'extKeyUsage', serverAuth: options.role === 'manager', clientAuth: true },
     ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
   ]);
@@ -605,7 +614,12 @@ export function publicKeyOfRequest(csrPem: string): string {
   const problem = publicKeyProblem(key);
   if (problem !== null) throw new CryptoError('CERTIFICATE_INVALID', `the certification request: ${problem}`);
   // Then the signature, by OpenSSL, over the signed part exactly as sent.
-  const oid = asn1.derToOid(algorithmOid.value as string);
+  let oid: string;
+  try {
+    oid = typeof algorithmOid.value === 'string' ? asn1.derToOid(algorithmOid.value) : '';
+  } catch {
+    oid = '';
+  }
   const hash =
     key.asymmetricKeyType === 'rsa'
       ? oid === OID_SHA256_WITH_RSA

@@ -38,7 +38,7 @@ export const CLIENT_CERT_VALIDITY_DAYS_MAX = 825;
 
 type RuleMessage = { path: string; capabilities: string[]; deny: boolean };
 
-/** Signs a client's public key; a key that is not an RSA public key in PEM is the caller's mistake. */
+/** Signs a client's public key; a key Coffer does not take (pki.ts, publicKeyProblem) is the caller's mistake. */
 function sign(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
   try {
     return signCertificate(ca, publicKeyPem, options);

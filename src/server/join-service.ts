@@ -18,7 +18,7 @@ import { LeaderRedirect, noteTarget, unary, type Call } from './rpc.ts';
 
 /** How long the leader waits for a joiner's address to answer with the joiner's key. */
 export const JOIN_ADDRESS_PROOF_TIMEOUT_MS = 3000;
-/** Sizes a join request may have: a token secret is 24 bytes, an RSA public key well under 1 KiB. */
+/** Sizes a join request may have: a token secret is 24 bytes, a public key (P-256, or RSA up to 4096 bits) under 1 KiB. */
 const TOKEN_SECRET_BYTES_MAX = 64;
 const PUBLIC_KEY_PEM_CHARS_MAX = 4096;
 const ADDRESS_CHARS_MAX = 300;

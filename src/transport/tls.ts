@@ -20,7 +20,8 @@ export const TLS_MIN_VERSION: SecureVersion = 'TLSv1.2';
  * The suites Coffer offers and accepts. TLS 1.3: all three of its suites (AEAD, forward secrecy
  * by construction). TLS 1.2: only ECDHE key exchange (forward secrecy) with AES-GCM or
  * ChaCha20-Poly1305 (AEAD: no CBC, no SHA-1 MAC, no static RSA key exchange, no finite-field DHE).
- * Coffer's certificates are RSA; the ECDSA suites are there for a later certificate type.
+ * Coffer's keys are ECDSA (P-256); the RSA suites serve a cluster whose CA is from before, or a
+ * client's own RSA key.
  * The TLS 1.3 names must stay in the list: Node turns TLS 1.3 off when `ciphers` names none.
  * grpc-js reads suites only from GRPC_SSL_CIPHER_SUITES (at import), so they are passed explicitly.
  */

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
+import { ECDH, X509Certificate, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type Forge from 'node-forge';
 import {
@@ -13,6 +13,8 @@ import {
   spkiDigest,
 } from '../../src/crypto/pki.ts';
 import { CryptoError } from '../../src/crypto/errors.ts';
+
+const forgeLib = (): typeof Forge => createRequire(import.meta.url)('node-forge') as typeof Forge;
 
 // What a login certifies: the key of a certification request its sender signed, under a name
 // that comes back from the certificate exactly as it went in.
@@ -131,4 +133,84 @@ test('a certificate is signed only for a public key Coffer takes: a weak RSA key
   refused('-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n', /not a public key in PEM form/);
   for (const good of [newLeafKey(), pair('rsa', { modulusLength: 2048 }), pair('ec', { namedCurve: 'secp384r1' })])
     assert.equal(identityOf(signCertificate(ca, good.publicPem, options)).spki, spkiDigest(good.publicPem));
+});
+
+/** A P-256 public key with its curve spelled out in parameters (openssl ecparam -param_enc explicit): a public key only. */
+const EXPLICIT_CURVE_KEY = `-----BEGIN PUBLIC KEY-----
+MIIBSzCCAQMGByqGSM49AgEwgfcCAQEwLAYHKoZIzj0BAQIhAP////8AAAABAAAA
+AAAAAAAAAAAA////////////////MFsEIP////8AAAABAAAAAAAAAAAAAAAA////
+///////////8BCBaxjXYqjqT57PrvVV2mIa8ZR0GsMxTsPY7zjw+J9JgSwMVAMSd
+NgiG5wSTamZ44ROdJreBn36QBEEEaxfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5
+RdiYwpZP40Li/hp/m47n60p8D54WK84zV2sxXs7LtkBoN79R9QIhAP////8AAAAA
+//////////+85vqtpxeehPO5ysL8YyVRAgEBA0IABPpWYjBdF4pbnx9B7tPogqPF
+5SVaTiUrsV9KDMApzZB3G/QvsL/NVu01hxPfCNBUSV04qs6O3Spkgo3LZgB/Hlk=
+-----END PUBLIC KEY-----
+`;
+
+test('an ECDSA key is certified only as RFC 5480 has it: its curve named, its point uncompressed', () => {
+  const ca = createCa('c1', Date.now());
+  const options = { id: 'x', role: 'client', clusterId: 'c1', nowMs: Date.now() } as const;
+  assert.throws(() => signCertificate(ca, EXPLICIT_CURVE_KEY, options), /spells its curve out/);
+  const raw = createPublicKey(newLeafKey().publicPem).export({ format: 'der', type: 'spki' }).subarray(-65);
+  const point = ECDH.convertKey(raw, 'prime256v1', undefined, undefined, 'compressed') as Buffer;
+  const compressed = createPublicKey({
+    key: Buffer.concat([Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'), point]),
+    format: 'der',
+    type: 'spki',
+  });
+  assert.throws(
+    () => signCertificate(ca, compressed.export({ type: 'spki', format: 'pem' }).toString(), options),
+    /compressed/,
+  );
+});
+
+/** The keyUsage bits of a certificate (digitalSignature 0x80, keyEncipherment 0x20). */
+function keyUsageBits(certPem: string): number {
+  const der = new X509Certificate(certPem).raw;
+  const cert = forgeLib().asn1.fromDer(der.toString('binary'));
+  const tbs = (cert.value as Forge.asn1.Asn1[])[0]!.value as Forge.asn1.Asn1[];
+  const extensions = ((tbs[7]!.value as Forge.asn1.Asn1[])[0]!.value as Forge.asn1.Asn1[]).map(
+    (e) => e.value as Forge.asn1.Asn1[],
+  );
+  const keyUsage = extensions.find((e) => forgeLib().asn1.derToOid(e[0]!.value as string) === '2.5.29.15')!;
+  const bits = forgeLib().asn1.fromDer(
+    keyUsage[keyUsage.length - 1]!.value as string,
+    { decodeBitStrings: false } as never,
+  );
+  return (bits.value as string).charCodeAt(1);
+}
+
+test('a leaf for an ECDSA key may sign only; one for an RSA key may also encipher keys (RFC 5480)', () => {
+  const ca = createCa('c1', Date.now());
+  const options = { id: 'x', role: 'client', clusterId: 'c1', nowMs: Date.now() } as const;
+  assert.equal(keyUsageBits(signCertificate(ca, newLeafKey().publicPem, options)), 0x80);
+  assert.equal(keyUsageBits(signCertificate(ca, pair('rsa', { modulusLength: 2048 }).publicPem, options)), 0xa0);
+});
+
+test('a certification request whose algorithm is not a plain OID is refused as malformed, not thrown', () => {
+  const forge = forgeLib();
+  const good = certificationRequest(newLeafKey(), 'me');
+  const der = Buffer.from(good.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  const request = forge.asn1.fromDer(der.toString('binary'));
+  const parts = request.value as Forge.asn1.Asn1[];
+  const algorithm = parts[1]!.value as Forge.asn1.Asn1[];
+  const pemOf = (asn1: Forge.asn1.Asn1): string =>
+    `-----BEGIN CERTIFICATE REQUEST-----\n${Buffer.from(forge.asn1.toDer(asn1).getBytes(), 'binary').toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
+  // A constructed OID (its value parsed as elements), then an OID too long for a number.
+  algorithm[0] = forge.asn1.create(forge.asn1.Class.UNIVERSAL, forge.asn1.Type.OID, true, [
+    forge.asn1.create(forge.asn1.Class.UNIVERSAL, forge.asn1.Type.OID, false, '\u002a'),
+  ]);
+  const refused = (pem: string) =>
+    assert.throws(
+      () => publicKeyOfRequest(pem),
+      (e: unknown) => e instanceof CryptoError && e.code === 'CERTIFICATE_INVALID',
+    );
+  refused(pemOf(request));
+  algorithm[0] = forge.asn1.create(
+    forge.asn1.Class.UNIVERSAL,
+    forge.asn1.Type.OID,
+    false,
+    `\u002a${'\u00ff'.repeat(12)}\u0001`,
+  );
+  refused(pemOf(request));
 });

@@ -257,14 +257,49 @@ describe('the PostgreSQL engine against a real server', TIMEOUT, () => {
       // A renewal decided earlier and arriving late (its manager was paused), or one to the past:
       // the end a later renewal set stands, and the user still logs in.
       await renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later });
-      await renewUser(config, custom, { name: user.name, expiresAtMs: Date.now() - 60_000 });
+      await renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: Date.now() - 60_000 });
       assert.equal(await validUntil(user.name), later + HOUR);
       assert.equal(await postgres.canLogin(user.name, user.password), true);
+      // A role's own renew SQL runs whatever VALID UNTIL says (it may keep the end elsewhere).
+      await renewUser(config, custom, { name: user.name, expiresAtMs: later });
+      assert.equal(await validUntil(user.name), later);
 
       // Renewals at once, in no order: the latest end is the one kept (each waits for the one before).
       const ends = [5, 2, 9, 1, 7, 3, 8, 4, 6].map((n) => later + HOUR + n * 60_000);
       await Promise.all(ends.map((expiresAtMs) => renewUser(config, TEMPLATES, { name: user.name, expiresAtMs })));
-      assert.equal(await validUntil(user.name), Math.max(...ends));
+      const latest = Math.max(...ends);
+      assert.equal(await validUntil(user.name), latest);
+
+      // A renewal that waits for another (which holds the user's renewal lock and commits a later
+      // end meanwhile) reads that end after the wait, even when the admin's sessions are
+      // REPEATABLE READ by default (a DBA's choice: its snapshot would be from before the wait).
+      await postgres.query(`ALTER ROLE ${ADMIN_USER} SET default_transaction_isolation = 'repeatable read'`);
+      const holder = await postgres.connect(ADMIN_USER, ADMIN_PASSWORD);
+      try {
+        await holder.query('BEGIN');
+        await holder.query('SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))', [
+          'coffer-lease-renewal',
+          user.name,
+        ]);
+        const waiting = renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: latest + HOUR });
+        // Until it waits on the lock (its session's BEGIN and first statement sent).
+        const deadline = Date.now() + 10_000;
+        for (;;) {
+          const { rows } = await postgres.query(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+          );
+          if ((rows[0] as { n: number }).n > 0) break;
+          assert.ok(Date.now() < deadline, 'the renewal never waited on the lock');
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        await holder.query(`ALTER ROLE "${user.name}" VALID UNTIL '${new Date(latest + 2 * HOUR).toISOString()}'`);
+        await holder.query('COMMIT');
+        await waiting;
+        assert.equal(await validUntil(user.name), latest + 2 * HOUR, 'the waiting renewal moved the end back');
+      } finally {
+        await holder.end().catch(() => undefined);
+        await postgres.query(`ALTER ROLE ${ADMIN_USER} RESET default_transaction_isolation`);
+      }
 
       await revokeUser(config, TEMPLATES, user.name);
       const error = await refusal(renewUser(config, TEMPLATES, { name: user.name, expiresAtMs: later }), 'DB_REFUSED');

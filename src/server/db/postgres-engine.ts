@@ -270,7 +270,10 @@ export async function renewUser(
     inTransaction(session, 'renewal template', statements, {
       // Renewals of one user, one at a time, and never backwards: one decided earlier but late to
       // arrive (its manager paused, say) must not shorten what a later one set, which the lease
-      // may already say. By VALID UNTIL, where the default templates keep the end.
+      // may already say. Read committed, so the end read after the lock is the last one written
+      // (under REPEATABLE READ the snapshot would be taken before the wait). By VALID UNTIL, for
+      // the default template only: a role's own renew SQL may keep the end elsewhere, and runs.
+      readCommitted: true,
       beforeStatements: async () => {
         await step(
           session,
@@ -284,7 +287,7 @@ export async function renewUser(
           [user.name, expiration],
           "reading the user's end",
         );
-        return (rows[0] as { covered?: unknown } | undefined)?.covered !== true;
+        return templates.renewSql !== '' || (rows[0] as { covered?: unknown } | undefined)?.covered !== true;
       },
     }),
   );
@@ -690,6 +693,8 @@ interface TransactionHooks {
   readonly mayProceed?: () => boolean;
   /** Run after BEGIN: false commits without the statements (there is nothing left for them to do). */
   readonly beforeStatements?: () => Promise<boolean>;
+  /** READ COMMITTED whatever the database's default: each statement sees what committed before it. */
+  readonly readCommitted?: boolean;
   /** Run before COMMIT: throwing drops the transaction. */
   readonly beforeCommit?: () => Promise<void>;
 }
@@ -705,7 +710,12 @@ async function inTransaction(
   statements: readonly Statement[],
   hooks: TransactionHooks = {},
 ): Promise<void> {
-  const { mayProceed = () => true, beforeStatements = async () => true, beforeCommit = async () => {} } = hooks;
+  const {
+    mayProceed = () => true,
+    beforeStatements = async () => true,
+    beforeCommit = async () => {},
+    readCommitted = false,
+  } = hooks;
   const { client, secrets } = session;
   const stopIfLate = (): void => {
     // Dropping the connection (close(), after this throws) rolls the transaction back.
@@ -716,7 +726,7 @@ async function inTransaction(
       );
   };
   stopIfLate();
-  await step(session, 'BEGIN', [], `BEGIN before the ${what}`);
+  await step(session, readCommitted ? 'BEGIN ISOLATION LEVEL READ COMMITTED' : 'BEGIN', [], `BEGIN before the ${what}`);
   // A failure here drops the connection (close(), after this throws): the transaction is rolled back.
   const run = await beforeStatements();
   for (const [index, statement] of run ? statements.entries() : []) {
