@@ -1,7 +1,7 @@
 import { RaftError } from '../raft/errors.ts';
 import { isDiskFull } from '../util/disk-full.ts';
 import { entryBytes } from '../raft/log.ts';
-import { RawNode } from '../raft/raw-node.ts';
+import { COMMITTED_ENTRIES_BYTES_MAX, RawNode } from '../raft/raw-node.ts';
 import type { RaftConfigInput } from '../raft/config.ts';
 import type {
   ConfChange,
@@ -666,6 +666,11 @@ export class Replica<Result> {
       const request = (await this.#stateMachine.afterApply?.()) ?? null;
       await this.#maybeSnapshot(request);
       if (!answeredEarly) for (const settle of outcomes) settle();
+      // A Ready near its cap of committed entries (a follower given a long tail after a
+      // snapshot, about 1 ms an entry to apply): requests and messages waiting on this loop are
+      // served between such Readys, not after all of them (a poll waited 0.4-0.7 s).
+      if (this.#raw.hasReady() && committedBytes(ready) >= COMMITTED_ENTRIES_BYTES_MAX / 2)
+        await new Promise(setImmediate);
     }
   }
 
@@ -981,6 +986,13 @@ export function followersNeed(status: Status): number | null {
     need = need === null ? index : Math.min(need, index);
   }
   return need;
+}
+
+/** The bytes of the committed entries a Ready hands out, as the core counts them against its cap. */
+function committedBytes(ready: Ready): number {
+  let bytes = 0;
+  for (const entry of ready.committedEntries) bytes += entryBytes(entry);
+  return bytes;
 }
 
 function describeRefusal(reason: ReadRefusalReason): string {

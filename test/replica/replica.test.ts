@@ -13,6 +13,7 @@ import {
   type StateMachine,
 } from '../../src/replica/replica.ts';
 import { RaftError } from '../../src/raft/errors.ts';
+import { COMMITTED_ENTRIES_BYTES_MAX } from '../../src/raft/raw-node.ts';
 import type { Entry, Message, ProgressStatus, ReadIndexMessage, Status } from '../../src/raft/types.ts';
 import { LevelStorage } from '../../src/storage/level-storage.ts';
 import { MemoryStorage } from '../../src/storage/memory-storage.ts';
@@ -842,4 +843,55 @@ test('streamed snapshots are received one at a time: a second waits until the fi
   assert.deepEqual(calls.slice(-2), ['prepare 5', 'discard 5']);
   assert.ok(!calls.includes('install 5'));
   await replica.stop();
+});
+
+test('a long committed tail is applied a capped Ready at a time, and the loop lets other work run between those Readys', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'coffer-replica-'));
+  try {
+    let storage = await LevelStorage.open(dir);
+    const first = await single(storage);
+    const value = 'x'.repeat(1024);
+    const entries = Math.ceil((6 * COMMITTED_ENTRIES_BYTES_MAX) / 1024);
+    for (let k = 0; k < entries; k += 50)
+      await Promise.all(
+        Array.from({ length: Math.min(50, entries - k) }, (_, j) =>
+          first.replica.propose(encoder.encode(`${k + j}${value}`)),
+        ),
+      );
+    await first.replica.stop();
+    await storage.close();
+
+    // On restart the whole log is a committed tail to apply. Other work (here a chain of
+    // setImmediate turns) counts how often the loop let it run while the tail was applied.
+    let turns = 0;
+    let running = true;
+    const spin = (): void => {
+      turns++;
+      if (running) setImmediate(spin);
+    };
+    const seen: number[] = [];
+    const machine = new (class extends ListMachine {
+      override apply(entry: Entry): number {
+        seen.push(turns);
+        return super.apply(entry);
+      }
+    })();
+    storage = await LevelStorage.open(dir);
+    setImmediate(spin);
+    const second = await single(storage, machine);
+    running = false;
+    assert.equal(second.machine.values.length, entries);
+    // Entries applied between two of those turns: one Ready's worth at most (its cap, plus one).
+    const runs = new Map<number, number>();
+    for (const at of seen) runs.set(at, (runs.get(at) ?? 0) + 1);
+    assert.ok(runs.size >= 5, `the loop let other work run between Readys (${runs.size} runs)`);
+    assert.ok(
+      Math.max(...runs.values()) <= COMMITTED_ENTRIES_BYTES_MAX / 1024 + 1,
+      `at most one Ready's entries at once: ${[...runs.values()].join(', ')}`,
+    );
+    await second.replica.stop();
+    await storage.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
