@@ -12,8 +12,7 @@ export interface KeyPairPem {
  * 0.1-0.7 s idle and up to 2 s beside a loaded cluster (a joining manager waited for it), and the
  * CA's RSA 3072 up to seconds. Each TLS handshake signs with a leaf key in a fraction of RSA's time.
  */
-export const LEAF_KEY_CURVE = 'prime256v1';
-export const CA_KEY_CURVE = 'prime256v1';
+export const KEY_CURVE = 'prime256v1';
 
 function pem(privateKey: KeyObject, publicKey: KeyObject): KeyPairPem {
   return {
@@ -22,14 +21,8 @@ function pem(privateKey: KeyObject, publicKey: KeyObject): KeyPairPem {
   };
 }
 
-/** A new leaf key (ECDSA P-256). */
-export function newLeafKeyPair(): KeyPairPem {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: LEAF_KEY_CURVE });
-  return pem(privateKey, publicKey);
-}
-
-/** A new cluster CA key (ECDSA P-256). */
-export function newCaKeyPair(): KeyPairPem {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: CA_KEY_CURVE });
+/** A new key pair (ECDSA P-256), for the CA or a leaf certificate. */
+export function newKeyPair(): KeyPairPem {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: KEY_CURVE });
   return pem(privateKey, publicKey);
 }

@@ -13,7 +13,7 @@ import { isIP } from 'node:net';
 import { createRequire } from 'node:module';
 import type Forge from 'node-forge';
 import { CryptoError } from './errors.ts';
-import { newCaKeyPair, newLeafKeyPair, type KeyPairPem } from './key-pairs.ts';
+import { newKeyPair, type KeyPairPem } from './key-pairs.ts';
 
 /** What a certificate says about its holder. */
 export type Role = 'manager' | 'client';
@@ -65,6 +65,12 @@ const DAY_MS = 24 * 3600 * 1000;
 const OID_SHA256_WITH_RSA = '1.2.840.113549.1.1.11';
 const OID_ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
 const OID_ECDSA_WITH_SHA384 = '1.2.840.10045.4.3.3';
+/** The hash a certification request's signature is checked with, by its key's type and its algorithm. */
+const REQUEST_SIGNATURE_HASHES: Readonly<Record<string, string>> = {
+  [`rsa ${OID_SHA256_WITH_RSA}`]: 'sha256',
+  [`ec ${OID_ECDSA_WITH_SHA256}`]: 'sha256',
+  [`ec ${OID_ECDSA_WITH_SHA384}`]: 'sha384',
+};
 
 /** The public keys Coffer certifies: RSA of these sizes (exponent 65537), or ECDSA on these curves. */
 export const RSA_KEY_BITS_MIN = 2048;
@@ -262,7 +268,7 @@ function serialNumber(): string {
  * before keeps its RSA key: it issues as before.
  */
 export function createCa(clusterId: string, nowMs: number, gen = 1): KeyAndCertificate {
-  return caCertificateFor(newCaKeyPair(), clusterId, nowMs, gen);
+  return caCertificateFor(newKeyPair(), clusterId, nowMs, gen);
 }
 
 /**
@@ -373,9 +379,7 @@ export function issueCertificate(ca: KeyAndCertificate, options: IssueOptions): 
 }
 
 /** A new private key for a leaf certificate (ECDSA P-256, key-pairs.ts), and its public half (SPKI PEM) to have signed. */
-export function newLeafKey(): KeyPairPem {
-  return newLeafKeyPair();
-}
+export const newLeafKey: () => KeyPairPem = newKeyPair;
 
 /** A certificate for a public key made elsewhere (a joining manager keeps its private key). */
 export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, options: IssueOptions): string {
@@ -620,16 +624,7 @@ export function publicKeyOfRequest(csrPem: string): string {
   } catch {
     oid = '';
   }
-  const hash =
-    key.asymmetricKeyType === 'rsa'
-      ? oid === OID_SHA256_WITH_RSA
-        ? 'sha256'
-        : null
-      : oid === OID_ECDSA_WITH_SHA256
-        ? 'sha256'
-        : oid === OID_ECDSA_WITH_SHA384
-          ? 'sha384'
-          : null;
+  const hash = REQUEST_SIGNATURE_HASHES[`${key.asymmetricKeyType} ${oid}`] ?? null;
   const signature = Buffer.from(signatureBits.value.slice(1), 'binary');
   if (hash === null || !verify(hash, der.subarray(outer.contentsAt, signedPart.end), key, signature))
     throw new CryptoError('CERTIFICATE_INVALID', 'the certification request is not signed by the key it names');

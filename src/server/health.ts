@@ -4,8 +4,8 @@ import type { NodeMetrics } from '../metrics/metrics.ts';
 import type { BasicStatus } from '../raft/types.ts';
 import type { Logger } from '../util/logger.ts';
 import { callerIdentity } from '../transport/auth.ts';
-import { assert } from '../util/assert.ts';
 import { healthService, isMalformedRequest, methodPath, tolerantService } from '../transport/proto.ts';
+import { lazyHandlers } from './lazy-handlers.ts';
 
 /** The service name of a manager's overall health, as the gRPC health protocol defines it. */
 export const OVERALL_HEALTH = '';
@@ -118,26 +118,11 @@ export class HealthService {
   constructor(deps: HealthServiceDeps) {
     this.#deps = deps;
     const service = healthService();
-    const later: grpc.UntypedServiceImplementation = {};
-    for (const [name, method] of Object.entries(service)) {
-      later[name] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
-        this.#loaded()
-          .then(({ handlers }) => {
-            // The package names its handlers as grpc-js allows, by the method's name in camelCase.
-            const handler = handlers[name] ?? handlers[method.originalName ?? name];
-            assert(handler !== undefined, () => `grpc-health-check has no handler for ${method.path}`);
-            (handler as (call: unknown, callback?: unknown) => void)(call, callback);
-          })
-          .catch((error: unknown) => {
-            const status = {
-              code: grpc.status.INTERNAL,
-              details: `the health service could not answer: ${(error as Error).message}`,
-            };
-            if (callback !== undefined) callback(status);
-            else call.emit('error', status);
-          });
-      }) as grpc.UntypedHandleCall;
-    }
+    const later = lazyHandlers(service, 'the health service', async () => {
+      const { handlers } = await this.#loaded();
+      // The package names its handlers as grpc-js allows, by the method's name in camelCase.
+      return (name, method) => handlers[name] ?? handlers[method.originalName ?? name];
+    });
     // Tolerant decoding: a request that does not decode reaches the guard (INVALID_ARGUMENT once
     // the caller is authenticated) instead of being answered INTERNAL by grpc-js, before any check.
     deps.server.addService(tolerantService(service), this.#guard(service, later));

@@ -2,7 +2,6 @@ import * as grpc from '@grpc/grpc-js';
 import type { Manager } from '../manager/manager.ts';
 import type { AppliedResult } from '../state/applied-state.ts';
 import { callerIdentity } from '../transport/auth.ts';
-import { assert } from '../util/assert.ts';
 import {
   isMalformedRequest,
   methodPath,
@@ -18,6 +17,7 @@ import { databaseServices } from './db/db-service.ts';
 import { clusterService, type ClusterServiceDeps } from './cluster-service.ts';
 import type { RequestContext, ServiceContext } from './context.ts';
 import { joinService } from './join-service.ts';
+import { lazyHandlers, type HandlerFinder } from './lazy-handlers.ts';
 import { keysService, type KeyOperations } from './keys-service.ts';
 import { peerService, type PeerServiceDeps } from './peer-service.ts';
 import { secretsService } from './secrets-service.ts';
@@ -95,28 +95,14 @@ function addReflection(server: Pick<grpc.Server, 'addService'>): void {
     } as Pick<grpc.Server, 'addService'> as grpc.Server);
     return methods;
   };
-  for (const service of reflectionServices()) {
-    const lazy: grpc.UntypedServiceImplementation = {};
-    for (const [name, method] of Object.entries(service)) {
-      // ServerReflectionInfo is a stream both ways: its calls are held until the reflection is made.
-      lazy[name] = ((call: grpc.ServerDuplexStream<unknown, unknown>) => {
-        whole ??= reflectionOverSchema();
-        whole
-          .then((methods) => {
-            const handler = methods.get(method.path);
-            assert(handler !== undefined, () => `the reflection over the schema has no method ${method.path}`);
-            (handler as (call: unknown) => void)(call);
-          })
-          .catch((error: unknown) =>
-            call.emit('error', {
-              code: grpc.status.INTERNAL,
-              details: `gRPC reflection could not answer: ${(error as Error).message}`,
-            }),
-          );
-      }) as grpc.UntypedHandleCall;
-    }
-    server.addService(service, lazy);
-  }
+  // ServerReflectionInfo is a stream both ways: its calls are held until the reflection is made.
+  const load = async (): Promise<HandlerFinder> => {
+    whole ??= reflectionOverSchema();
+    const methods = await whole;
+    return (_name, method) => methods.get(method.path);
+  };
+  for (const service of reflectionServices())
+    server.addService(service, lazyHandlers(service, 'gRPC reflection', load));
 }
 
 /**

@@ -51,7 +51,10 @@ const SCHEMA_PARSERS: Record<SchemaName, () => protobuf.Root> = {
 
 /** Every schema parsed from its files (what the build compiles in as JSON). */
 export function parseSchemas(): Record<SchemaName, protobuf.Root> {
-  return { api: parseApiProtos(), reflection: parseReflectionProtos(), health: parseHealthProtos() };
+  return Object.fromEntries(Object.entries(SCHEMA_PARSERS).map(([name, parse]) => [name, parse()])) as Record<
+    SchemaName,
+    protobuf.Root
+  >;
 }
 
 let compiledSchemas: Record<SchemaName, protobuf.INamespace> | null = null;

@@ -1,14 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
-import { LEAF_KEY_CURVE, newLeafKeyPair } from '../../src/crypto/key-pairs.ts';
+import { KEY_CURVE, newKeyPair } from '../../src/crypto/key-pairs.ts';
 
 test('a leaf key is a P-256 pair whose halves match, never the same twice', () => {
-  const keys = [newLeafKeyPair(), newLeafKeyPair(), newLeafKeyPair()];
+  const keys = [newKeyPair(), newKeyPair(), newKeyPair()];
   for (const key of keys) {
     const privateKey = createPrivateKey(key.privatePem);
     assert.equal(privateKey.asymmetricKeyType, 'ec');
-    assert.equal(privateKey.asymmetricKeyDetails?.namedCurve, LEAF_KEY_CURVE);
+    assert.equal(privateKey.asymmetricKeyDetails?.namedCurve, KEY_CURVE);
     const signature = sign('sha256', Buffer.from('proof'), privateKey);
     assert.ok(verify('sha256', Buffer.from('proof'), createPublicKey(key.publicPem), signature), 'the halves match');
   }
