@@ -4,7 +4,6 @@ import {
   createPrivateKey,
   createPublicKey,
   randomBytes,
-  sign,
   timingSafeEqual,
   verify,
   type KeyObject,
@@ -12,6 +11,7 @@ import {
 import { isIP } from 'node:net';
 import { createRequire } from 'node:module';
 import type Forge from 'node-forge';
+import * as der from './der.ts';
 import { CryptoError } from './errors.ts';
 import { newKeyPair, type KeyPairPem } from './key-pairs.ts';
 
@@ -51,19 +51,9 @@ function forge(): typeof Forge {
   return forgeLoaded;
 }
 
-/**
- * Loads what making a certificate needs (node-forge), now rather than at the first certificate: a
- * joining manager calls it while its key is still being made in the thread pool, where the main
- * thread would only wait (loading it took 0.05 s idle, 0.1 s beside a loaded cluster).
- */
-export function loadCertificateMaker(): void {
-  forge();
-}
-
 const DAY_MS = 24 * 3600 * 1000;
 
-const OID_SHA256_WITH_RSA = '1.2.840.113549.1.1.11';
-const OID_ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
+const { OID_SHA256_WITH_RSA, OID_ECDSA_WITH_SHA256 } = der;
 const OID_ECDSA_WITH_SHA384 = '1.2.840.10045.4.3.3';
 /** The hash a certification request's signature is checked with, by its key's type and its algorithm. */
 const REQUEST_SIGNATURE_HASHES: Readonly<Record<string, string>> = {
@@ -139,43 +129,32 @@ interface ForgeUntyped {
 }
 const untyped = (): ForgeUntyped => forge() as unknown as ForgeUntyped;
 
-/** The AlgorithmIdentifier of the signature `signer` makes with SHA-256: RSA PKCS #1 v1.5, or ECDSA (no parameters). */
+/** DER as forge's ASN.1 (strict: the whole of it, nothing re-encoded). */
+function forgeAsn1(bytes: Buffer): Asn1 {
+  return untyped().asn1.fromDer(bytes.toString('binary'), {
+    strict: true,
+    decodeBitStrings: false,
+    parseAllBytes: true,
+  });
+}
+
+/** The AlgorithmIdentifier of the signature `signer` makes with SHA-256, as forge's ASN.1. */
 function signatureAlgorithm(signer: KeyObject): Asn1 {
-  const { asn1 } = forge();
-  const oid = (text: string): Asn1 =>
-    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer(text).getBytes());
-  if (signer.asymmetricKeyType === 'rsa')
-    return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
-      oid(OID_SHA256_WITH_RSA),
-      asn1.create(asn1.Class.UNIVERSAL, asn1.Type.NULL, false, ''),
-    ]);
-  if (signer.asymmetricKeyType === 'ec')
-    return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [oid(OID_ECDSA_WITH_SHA256)]);
-  throw new CryptoError('CERTIFICATE_INVALID', `cannot sign with a ${signer.asymmetricKeyType ?? 'typeless'} key`);
+  return forgeAsn1(der.signatureAlgorithmDer(signer));
 }
 
 /** A key's SubjectPublicKeyInfo as forge's ASN.1, byte for byte as OpenSSL encodes it. */
 function publicKeyInfo(key: KeyObject): Asn1 {
-  const der = key.export({ type: 'spki', format: 'der' });
-  return untyped().asn1.fromDer(der.toString('binary'), { strict: true, decodeBitStrings: false, parseAllBytes: true });
+  return forgeAsn1(key.export({ type: 'spki', format: 'der' }));
 }
 
 /**
- * The DER of `body` (a TBSCertificate or a CertificationRequestInfo) signed by `signer`: the body,
- * the algorithm, the signature. forge encodes names, dates and extensions; OpenSSL signs (forge's
- * own RSA took 0.1-0.3 s a signature, during which a leader issuing a certificate served nothing,
- * and forge knows no ECDSA).
+ * The DER of `body` (a TBSCertificate) signed by `signer`. forge encodes names, dates and
+ * extensions; OpenSSL signs (forge's own RSA took 0.1-0.3 s a signature, during which a leader
+ * issuing a certificate served nothing, and forge knows no ECDSA).
  */
 function signedDer(body: Asn1, signer: KeyObject): Buffer {
-  const { asn1 } = forge();
-  const bodyDer = Buffer.from(asn1.toDer(body).getBytes(), 'binary');
-  const signature = sign('sha256', bodyDer, signer);
-  const whole = asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
-    body,
-    signatureAlgorithm(signer),
-    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.BITSTRING, false, `\u0000${signature.toString('binary')}`),
-  ]);
-  return Buffer.from(asn1.toDer(whole).getBytes(), 'binary');
+  return der.signed(Buffer.from(forge().asn1.toDer(body).getBytes(), 'binary'), signer);
 }
 
 /** A forge RSA key that stands in while forge encodes a body; the subject's real SPKI replaces it (forge reads only RSA keys). */
@@ -218,12 +197,7 @@ function finishCertificate(
 
 /** A certificate's TBSCertificate fields as forge's ASN.1, whatever its key (forge's own parser reads only RSA). */
 function tbsFields(certPem: string): Asn1[] {
-  const der = new X509Certificate(certPem).raw;
-  const cert = untyped().asn1.fromDer(der.toString('binary'), {
-    strict: true,
-    decodeBitStrings: false,
-    parseAllBytes: true,
-  });
+  const cert = forgeAsn1(new X509Certificate(certPem).raw);
   const fields = ((cert.value as Asn1[])[0]?.value ?? []) as Asn1[];
   // Version 3 (explicit [0]) first, as every certificate Coffer makes: then the subject is the sixth.
   if (fields.length < 7 || fields[0]!.tagClass !== forge().asn1.Class.CONTEXT_SPECIFIC)
@@ -417,14 +391,19 @@ export function signCertificate(ca: KeyAndCertificate, publicKeyPem: string, opt
  * joins, so the leader can check that the address answers with the joiner's key.
  */
 export function selfSignedCertificate(key: { privatePem: string; publicPem: string }, nowMs: number): string {
-  const cert = forge().pki.createCertificate();
-  cert.serialNumber = serialNumber();
-  cert.validity.notBefore = new Date(nowMs - CERT_BACKDATE_MS);
-  cert.validity.notAfter = new Date(nowMs + DAY_MS);
-  const subject = [{ name: 'commonName', value: 'coffer joining manager' }];
-  cert.setSubject(subject);
-  cert.setIssuer(subject);
-  return finishCertificate(cert, createPublicKey(key.publicPem), key.privatePem);
+  // Written as DER here, not with forge: a joining manager then never loads forge (der.ts says why).
+  const signer = createPrivateKey(key.privatePem);
+  const name = der.commonNameOnly('coffer joining manager');
+  const tbs = der.sequence(
+    der.context(0, der.smallInteger(2)), // version 3
+    der.unsignedInteger(Buffer.from(serialNumber(), 'hex')),
+    der.signatureAlgorithmDer(signer),
+    name,
+    der.sequence(der.time(new Date(nowMs - CERT_BACKDATE_MS)), der.time(new Date(nowMs + DAY_MS))),
+    name,
+    createPublicKey(key.publicPem).export({ type: 'spki', format: 'der' }),
+  );
+  return new X509Certificate(der.signed(tbs, signer)).toString();
 }
 
 /** Reads the identity fields of a certificate (PEM or DER). */
@@ -531,12 +510,15 @@ export const CERTIFICATION_REQUEST_CHARS_MAX = 16 * 1024;
  * client sends to log in, proving it holds the key the certificate will name.
  */
 export function certificationRequest(key: { privatePem: string; publicPem: string }, commonName: string): string {
-  const csr = forge().pki.createCertificationRequest();
-  csr.publicKey = standInKey();
-  csr.setSubject([{ name: 'commonName', value: commonName }]);
-  const info = untyped().pki.getCertificationRequestInfo(csr);
-  (info.value as Asn1[])[2] = publicKeyInfo(createPublicKey(key.publicPem));
-  return pemOf('CERTIFICATE REQUEST', signedDer(info, createPrivateKey(key.privatePem)));
+  // CertificationRequestInfo (RFC 2986): version 0, the subject, the key, no attributes; DER
+  // written here, so a client logging in does not load forge.
+  const info = der.sequence(
+    der.smallInteger(0),
+    der.commonNameOnly(commonName),
+    createPublicKey(key.publicPem).export({ type: 'spki', format: 'der' }),
+    der.context(0),
+  );
+  return pemOf('CERTIFICATE REQUEST', der.signed(info, createPrivateKey(key.privatePem)));
 }
 
 /** Where a DER element at `offset` ends, and where its contents start; null if it does not fit in `der`. */
@@ -576,21 +558,17 @@ export function publicKeyOfRequest(csrPem: string): string {
       csrPem,
     );
   if (body === null) throw notRequest();
-  const der = Buffer.from(body[1]!.replace(/\s+/g, ''), 'base64');
+  const requestDer = Buffer.from(body[1]!.replace(/\s+/g, ''), 'base64');
   const { asn1 } = forge();
   let request: Asn1;
   try {
-    request = untyped().asn1.fromDer(der.toString('binary'), {
-      strict: true,
-      decodeBitStrings: false,
-      parseAllBytes: true,
-    });
+    request = forgeAsn1(requestDer);
   } catch (error) {
     throw notRequest(error);
   }
   // CertificationRequest: the signed part (its bytes as sent), the algorithm, the signature.
-  const outer = derElement(der, 0);
-  const signedPart = outer === null ? null : derElement(der, outer.contentsAt);
+  const outer = derElement(requestDer, 0);
+  const signedPart = outer === null ? null : derElement(requestDer, outer.contentsAt);
   const parts = Array.isArray(request.value) ? request.value : [];
   const [info, algorithm, signatureBits] = parts;
   const infoParts = Array.isArray(info?.value) ? info.value : [];
@@ -626,7 +604,7 @@ export function publicKeyOfRequest(csrPem: string): string {
   }
   const hash = REQUEST_SIGNATURE_HASHES[`${key.asymmetricKeyType} ${oid}`] ?? null;
   const signature = Buffer.from(signatureBits.value.slice(1), 'binary');
-  if (hash === null || !verify(hash, der.subarray(outer.contentsAt, signedPart.end), key, signature))
+  if (hash === null || !verify(hash, requestDer.subarray(outer.contentsAt, signedPart.end), key, signature))
     throw new CryptoError('CERTIFICATE_INVALID', 'the certification request is not signed by the key it names');
   return key.export({ type: 'spki', format: 'pem' }).toString();
 }

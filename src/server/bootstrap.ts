@@ -11,7 +11,6 @@ import {
   formatJoinToken,
   identityOf,
   issueCertificate,
-  loadCertificateMaker,
   newLeafKey,
   joinTokenHash,
   newJoinToken,
@@ -233,10 +232,7 @@ async function joinOnce(options: JoinOptions): Promise<{ nodeId: NodeId; cluster
   splitHostPort(advertise);
   const extraHosts = normalizeExtraHosts(options.extraHosts ?? []);
   const deadline = Date.now() + (options.deadlineMs ?? 30_000);
-  const caFetch = fetchCaCertificate(options.join, deadline);
-  // The proof below makes a certificate: its code loads while the CA certificate is on its way.
-  loadCertificateMaker();
-  const caPem = await caFetch;
+  const caPem = await fetchCaCertificate(options.join, deadline);
   if (caDigest(caPem) !== token.caDigest) {
     throw new ServiceError(
       grpc.status.PERMISSION_DENIED,
