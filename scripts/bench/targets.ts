@@ -6,7 +6,7 @@
  * per member so requests go where the benchmark says.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as https from 'node:https';
 import { join } from 'node:path';
 import { noop } from 'cockatiel';
@@ -45,6 +45,12 @@ export interface Target {
    * catching up is the caller's to time.
    */
   addMember(): Promise<{ at: number; startedAt: number }>;
+  /**
+   * Member `at` leaves the cluster (removed through the leader, then stopped and its data wiped);
+   * the next `addMember` joins a new member in its place, so each catch-up starts from the same
+   * number of members.
+   */
+  removeMember(at: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -86,6 +92,8 @@ export class CofferTarget implements Target {
   readonly name = 'coffer' as const;
   readonly #clients: CofferClient[];
   readonly #anywhere: CofferClient;
+  /** The slot of a member removed, which the next added member takes. */
+  #removed: number | null = null;
 
   private constructor(readonly cluster: ProcessCluster) {
     this.#clients = cluster.managers.map((m) => cluster.client(m, 10_000));
@@ -197,10 +205,34 @@ export class CofferTarget implements Target {
 
   async addMember(): Promise<{ at: number; startedAt: number }> {
     const leader = this.cluster.managers[await this.leader()]!;
+    const removed = this.#removed;
+    if (removed !== null) {
+      // A new manager (new id, empty data directory) joins at the removed one's address.
+      this.#removed = null;
+      const manager = this.cluster.managers[removed]!;
+      const startedAt = performance.now();
+      await this.cluster.replace(manager, leader);
+      this.#clients[removed] = this.cluster.client(manager, 10_000);
+      return { at: removed, startedAt };
+    }
     const startedAt = performance.now();
     const added = await this.cluster.add(leader);
     this.#clients.push(this.cluster.client(added, 10_000));
     return { at: this.cluster.managers.length - 1, startedAt };
+  }
+
+  async removeMember(at: number): Promise<void> {
+    const manager = this.cluster.managers[at]!;
+    const { nodeId } = await this.cluster.status(manager);
+    const admin = this.cluster.client(this.cluster.managers[await this.leader()]!, 10_000);
+    try {
+      await admin.removeMember(nodeId);
+    } finally {
+      admin.close();
+    }
+    await this.cluster.kill(manager);
+    this.#clients[at]!.close();
+    this.#removed = at;
   }
 
   async stop(): Promise<void> {
@@ -244,6 +276,9 @@ export class EtcdTarget implements Target {
   readonly #credentials: { rootCertificate: Buffer; privateKey: Buffer; certChain: Buffer };
   readonly #clients: Etcd3[];
   readonly #logDir: string;
+  /** The slot of a member removed, which the next added member takes. */
+  #removed: number | null = null;
+  #replacements = 0;
 
   private constructor(
     members: EtcdMember[],
@@ -489,12 +524,15 @@ export class EtcdTarget implements Target {
   }
 
   async addMember(): Promise<{ at: number; startedAt: number }> {
-    const k = this.#members.length;
+    // A removed member's slot is taken again (a new name, ports and data directory).
+    const k = this.#removed ?? this.#members.length;
+    const replacing = this.#removed !== null;
+    this.#removed = null;
     const m: EtcdMember = {
-      name: `e${k + 1}`,
+      name: replacing ? `e${k + 1}r${++this.#replacements}` : `e${k + 1}`,
       clientUrl: `https://127.0.0.1:${await freePort()}`,
       peerUrl: `https://127.0.0.1:${await freePort()}`,
-      dataDir: join(this.#logDir, `e${k + 1}`),
+      dataDir: join(this.#logDir, replacing ? `e${k + 1}r${this.#replacements}` : `e${k + 1}`),
       process: null,
     };
     // etcd refuses a new member ("unhealthy cluster") until every member has been connected for
@@ -508,7 +546,8 @@ export class EtcdTarget implements Target {
         throw error;
       }
     });
-    this.#members.push(m);
+    if (replacing) this.#members[k] = m;
+    else this.#members.push(m);
     const base = this.#args;
     const initial = this.#members.map((x) => `${x.name}=${x.peerUrl}`).join(',');
     // The new member starts with the whole membership and joins an existing cluster.
@@ -519,10 +558,33 @@ export class EtcdTarget implements Target {
       args[args.indexOf('--initial-cluster-state') + 1] = 'existing';
       return args;
     };
-    this.#clients.push(this.#client([m.clientUrl], 10_000));
+    if (replacing) this.#clients[k] = this.#client([m.clientUrl], 10_000);
+    else this.#clients.push(this.#client([m.clientUrl], 10_000));
     const startedAt = performance.now();
     this.restart(k);
     return { at: k, startedAt };
+  }
+
+  async removeMember(at: number): Promise<void> {
+    const m = this.#members[at]!;
+    const client = this.#clients[await this.leader()]!;
+    const listed = await client.cluster.memberList({});
+    const id = listed.members.find((x) => x.peerURLs.includes(m.peerUrl))?.ID;
+    if (id === undefined) throw new Error(`etcd member ${m.name} is not in the member list`);
+    // The same strict reconfiguration check as for an add: retried while etcd calls it unhealthy.
+    await eventually(`etcd to remove member ${m.name}`, 60_000, async () => {
+      try {
+        await client.cluster.memberRemove({ ID: id });
+        return true;
+      } catch (error) {
+        if (/unhealthy cluster/.test(String(error))) return undefined;
+        throw error;
+      }
+    });
+    await this.kill(at);
+    this.#clients[at]!.close();
+    rmSync(m.dataDir, { recursive: true, force: true });
+    this.#removed = at;
   }
 
   async stop(): Promise<void> {
