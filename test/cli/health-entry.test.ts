@@ -29,6 +29,7 @@ test('coffer health imports only its own modules: not the other commands, not th
     'cli/health-main.ts',
     'cli/printable.ts',
     'client/health-client.ts',
+    'crypto/der.ts',
     'crypto/errors.ts',
     'crypto/key-pairs.ts',
     'crypto/pki.ts',
