@@ -106,7 +106,8 @@ function summarize(
   rounds: readonly CatchUp[],
 ): Pick<Figures, 'catchUpMs' | 'snapshotStreamed' | 'steady' | 'duringCatchUp' | 'catchUps'> {
   const byGrowth = [...rounds].sort((a, b) => p99Growth(a) - p99Growth(b));
-  const middle = byGrowth[Math.floor((byGrowth.length - 1) / 2)]!;
+  // The middle round; of an even number, the upper of the two (the worse growth, not the better).
+  const middle = byGrowth[byGrowth.length >> 1]!;
   return {
     catchUpMs: median(rounds.map((r) => r.catchUpMs)),
     snapshotStreamed: rounds.every((r) => r.snapshotStreamed),

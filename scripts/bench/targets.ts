@@ -211,7 +211,7 @@ export class CofferTarget implements Target {
       this.#removed = null;
       const manager = this.cluster.managers[removed]!;
       const startedAt = performance.now();
-      await this.cluster.replace(manager, leader);
+      this.cluster.rejoin(manager, leader);
       this.#clients[removed] = this.cluster.client(manager, 10_000);
       return { at: removed, startedAt };
     }
@@ -230,7 +230,8 @@ export class CofferTarget implements Target {
     } finally {
       admin.close();
     }
-    await this.cluster.kill(manager);
+    // Stopped and wiped here, as etcd's member is, not in the next catch-up's time.
+    await this.cluster.retire(manager);
     this.#clients[at]!.close();
     this.#removed = at;
   }
@@ -528,11 +529,12 @@ export class EtcdTarget implements Target {
     const k = this.#removed ?? this.#members.length;
     const replacing = this.#removed !== null;
     this.#removed = null;
+    const name = replacing ? `e${k + 1}r${++this.#replacements}` : `e${k + 1}`;
     const m: EtcdMember = {
-      name: replacing ? `e${k + 1}r${++this.#replacements}` : `e${k + 1}`,
+      name,
       clientUrl: `https://127.0.0.1:${await freePort()}`,
       peerUrl: `https://127.0.0.1:${await freePort()}`,
-      dataDir: join(this.#logDir, replacing ? `e${k + 1}r${this.#replacements}` : `e${k + 1}`),
+      dataDir: join(this.#logDir, name),
       process: null,
     };
     // etcd refuses a new member ("unhealthy cluster") until every member has been connected for

@@ -10,7 +10,8 @@ import { CryptoError } from './errors.ts';
  *
  * Only what those structures need: lengths of any size, SEQUENCE, SET, INTEGER (unsigned, from
  * bytes or a small number), OBJECT IDENTIFIER, UTF8String, UTCTime/GeneralizedTime, BIT STRING,
- * NULL, and context-specific tags.
+ * NULL, and context-specific tags. And one reader, `elementAt`: where an element's bytes are
+ * (a certification request's signature is checked over its signed part exactly as sent).
  */
 
 const TAG_INTEGER = 0x02;
@@ -22,6 +23,25 @@ const TAG_UTC_TIME = 0x17;
 const TAG_GENERALIZED_TIME = 0x18;
 const TAG_SEQUENCE = 0x30;
 const TAG_SET = 0x31;
+
+/**
+ * Where the element at `offset` of `bytes` starts its contents and where it ends; null if its
+ * header or contents do not fit in `bytes` (lengths of up to three bytes: 16 MiB).
+ */
+export function elementAt(bytes: Uint8Array, offset: number): { contentsAt: number; end: number } | null {
+  if (offset + 2 > bytes.length) return null;
+  const first = bytes[offset + 1]!;
+  let length = first;
+  let at = offset + 2;
+  if (first & 0x80) {
+    const count = first & 0x7f;
+    if (count === 0 || count > 3 || at + count > bytes.length) return null;
+    length = 0;
+    for (let i = 0; i < count; i++) length = length * 256 + bytes[at + i]!;
+    at += count;
+  }
+  return at + length <= bytes.length ? { contentsAt: at, end: at + length } : null;
+}
 
 /** An element: its tag byte and its contents (already DER). */
 export function element(tag: number, contents: Uint8Array): Buffer {

@@ -121,7 +121,6 @@ type Asn1 = Forge.asn1.Asn1;
 interface ForgeUntyped {
   readonly pki: {
     getTBSCertificate(cert: Forge.pki.Certificate): Asn1;
-    getCertificationRequestInfo(csr: Forge.pki.CertificateSigningRequest): Asn1;
   };
   readonly asn1: {
     fromDer(bytes: string, options: { strict: boolean; decodeBitStrings: boolean; parseAllBytes: boolean }): Asn1;
@@ -521,22 +520,6 @@ export function certificationRequest(key: { privatePem: string; publicPem: strin
   return pemOf('CERTIFICATE REQUEST', der.signed(info, createPrivateKey(key.privatePem)));
 }
 
-/** Where a DER element at `offset` ends, and where its contents start; null if it does not fit in `der`. */
-function derElement(der: Buffer, offset: number): { contentsAt: number; end: number } | null {
-  if (offset + 2 > der.length) return null;
-  const first = der[offset + 1]!;
-  let length = first;
-  let at = offset + 2;
-  if (first & 0x80) {
-    const bytes = first & 0x7f;
-    if (bytes === 0 || bytes > 3 || at + bytes > der.length) return null;
-    length = 0;
-    for (let i = 0; i < bytes; i++) length = length * 256 + der[at + i]!;
-    at += bytes;
-  }
-  return at + length <= der.length ? { contentsAt: at, end: at + length } : null;
-}
-
 /**
  * The public key (SPKI PEM) of a certification request whose signature verifies with it: its
  * sender holds the private key. Only keys Coffer certifies are taken (publicKeyProblem), signed
@@ -567,8 +550,8 @@ export function publicKeyOfRequest(csrPem: string): string {
     throw notRequest(error);
   }
   // CertificationRequest: the signed part (its bytes as sent), the algorithm, the signature.
-  const outer = derElement(requestDer, 0);
-  const signedPart = outer === null ? null : derElement(requestDer, outer.contentsAt);
+  const outer = der.elementAt(requestDer, 0);
+  const signedPart = outer === null ? null : der.elementAt(requestDer, outer.contentsAt);
   const parts = Array.isArray(request.value) ? request.value : [];
   const [info, algorithm, signatureBits] = parts;
   const infoParts = Array.isArray(info?.value) ? info.value : [];

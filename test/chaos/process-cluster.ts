@@ -210,6 +210,12 @@ export class ProcessCluster {
    * its data wiped; a new manager with a new id joins in its place, at the same address.
    */
   async replace(manager: Manager, via: Manager): Promise<void> {
+    await this.retire(manager);
+    this.rejoin(manager, via);
+  }
+
+  /** The first half of `replace`: `manager` is killed and its data wiped. */
+  async retire(manager: Manager): Promise<void> {
     await this.kill(manager);
     // A mount point (disks.ts) cannot be removed: its content can.
     if (this.disks?.has(manager.data) === true)
@@ -219,6 +225,10 @@ export class ProcessCluster {
     rmSync(`${manager.data}.key`, { force: true });
     this.#status.get(manager.name)?.close();
     this.#status.delete(manager.name);
+  }
+
+  /** The second half of `replace`: a new manager (new id, new data directory) joins at a retired one's address. */
+  rejoin(manager: Manager, via: Manager): void {
     manager.data = join(this.root, `${manager.name}-r${++this.#replacements}`);
     this.#join(manager, via);
   }

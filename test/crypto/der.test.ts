@@ -20,6 +20,21 @@ test('DER: lengths in short and long form, as X.690 writes them', () => {
   assert.throws(() => der.element(0x1f, Buffer.alloc(0)), /low tag number/);
 });
 
+test('DER: an element read back where it was written; one that does not fit is null', () => {
+  for (const size of [0, 5, 127, 128, 300, 70_000]) {
+    const written = der.sequence(der.element(0x04, Buffer.alloc(size, 7)));
+    const outer = der.elementAt(written, 0);
+    assert.deepEqual(outer && { end: outer.end }, { end: written.length }, `size ${size}`);
+    const inner = der.elementAt(written, outer!.contentsAt);
+    assert.equal(inner!.end - inner!.contentsAt, size, `size ${size}`);
+  }
+  const cut = der.element(0x04, Buffer.alloc(300, 7)).subarray(0, 200);
+  assert.equal(der.elementAt(cut, 0), null);
+  assert.equal(der.elementAt(Buffer.of(0x30), 0), null);
+  assert.equal(der.elementAt(Buffer.of(0x30, 0x84, 1, 0, 0, 0), 0), null, 'a four-byte length');
+  assert.equal(der.elementAt(Buffer.of(0x30, 0x80), 0), null, 'an indefinite length');
+});
+
 test('DER: object identifiers, integers and times', () => {
   assert.equal(hex(der.oid('1.2.840.10045.4.3.2')), '06082a8648ce3d040302');
   assert.equal(hex(der.oid('2.5.4.3')), '0603550403');
