@@ -17,7 +17,13 @@
  *   - writes to the leader (16 in flight, 256 B, over the loaded secrets): p50 and p99 for
  *     STEADY_SECONDS just before the new member is added (after WARM_UP_SECONDS of the same
  *     writes, not measured), and over the catch-up; the table shows the round whose p99 grew by
- *     the median ratio.
+ *     the median ratio;
+ *   - the floor under that growth (catch-up-floor.ts): the same steady writes, then two bare Node
+ *     processes move the N names and values over mutual TLS from one LevelDB to a fresh one (the
+ *     pulling one spawned inside the timing, as a new member is) instead of a new member joining;
+ *     CATCH_UP_ROUNDS rounds beside each system, taking turns, from three members; the medians of
+ *     the move's time and of the write p99 growth;
+ *   - the server CPU (all members) over the catch-up of the round in the table.
  * Prints a table per N (figure, etcd's, the ratio, the goal, met or not), then the floor under a
  * restart here (start-floor.ts: an empty grpc-js server's spawn to first answer), and writes JSON
  * and a PNG bar chart to bench-results/.
@@ -41,6 +47,7 @@ import { join } from 'node:path';
 import { importSecrets, parseImport } from '../../src/cli/import.ts';
 import { drawBars, type Panel } from './chart.ts';
 import { fmt, median, table } from './format.ts';
+import { CatchUpFloor } from './catch-up-floor.ts';
 import { rssBytes, runLoad, type LoadResult } from './load.ts';
 import { measureStartFloor } from './start-floor.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
@@ -88,6 +95,19 @@ interface Figures {
   steady: LoadResult;
   duringCatchUp: LoadResult;
   catchUps: CatchUp[];
+  /** The floor's rounds (catch-up-floor.ts) under this system's writes, and their medians. */
+  floorRounds: FloorRound[];
+  floorMoveMs: number;
+  floorP99Growth: number;
+}
+
+/** One round of the floor: the bare parts move the secrets while the writes go on. */
+interface FloorRound {
+  moveMs: number;
+  /** CPU of the two bare processes over the move. */
+  cpuSeconds: number;
+  steady: LoadResult;
+  duringMove: LoadResult;
 }
 
 /** One round: a new member's catch-up, and the writes before and during it. */
@@ -297,6 +317,35 @@ async function measureRun(
       );
     }
   }
+  // The floor under the catch-up's cost to the writes: the bare parts move the same secrets beside
+  // each system under the same writes, from three members again, the systems taking turns.
+  const floor = await CatchUpFloor.prepare(secrets);
+  try {
+    for (const target of targets) {
+      await target.removeMember(target.size - 1);
+      await settle(2000);
+    }
+    const floorRounds = new Map<Target, FloorRound[]>(targets.map((t) => [t, []]));
+    for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
+      for (const target of targets) {
+        const moved = await floorRound(target, secrets, floor);
+        floorRounds.get(target)!.push(moved);
+        log(
+          `  ${target.name}, floor round ${round + 1}: the bare parts moved ${fmt(secrets)} names and values in ${fmt(moved.moveMs)} ms (${fmt(moved.cpuSeconds, 2)} CPU s); write p99 ${fmt(moved.duringMove.p99Ms, 1)} ms meanwhile, ${fmt(moved.steady.p99Ms, 1)} ms steady (${p99Growth({ steady: moved.steady, duringCatchUp: moved.duringMove }).toFixed(2)}x)`,
+        );
+      }
+    }
+    for (const target of targets) {
+      const rounds = floorRounds.get(target)!;
+      set(target, {
+        floorRounds: rounds,
+        floorMoveMs: median(rounds.map((r) => r.moveMs)),
+        floorP99Growth: median(rounds.map((r) => r.duringMove.p99Ms / r.steady.p99Ms)),
+      });
+    }
+  } finally {
+    floor.remove();
+  }
   for (const target of targets) {
     const rounds = catchUps.get(target)!;
     set(target, summarize(rounds));
@@ -335,6 +384,35 @@ async function catchUpRound(target: Target, secrets: number, warmUpSeconds: numb
   const catchUpMs = performance.now() - added.startedAt;
   const snapshotStreamed = (await target.snapshotsSent(leader)) > snapshotsBefore;
   return { catchUpMs, snapshotStreamed, steady, duringCatchUp };
+}
+
+/** The catch-up round's steady writes, then the floor's bare move (instead of a new member) under the same writes. */
+async function floorRound(target: Target, secrets: number, floor: CatchUpFloor): Promise<FloorRound> {
+  const leader = await target.leader();
+  const value = randomBytes(256);
+  const write = () => target.put(leader, secretName(Math.floor(Math.random() * secrets)), value);
+  const pair = await floor.ready();
+  try {
+    await runLoad({ inflight: WRITE_INFLIGHT, seconds: ROUND_WARM_UP_SECONDS, op: write, pids: pidsOf(target) });
+    const steady = await runLoad({
+      inflight: WRITE_INFLIGHT,
+      seconds: STEADY_SECONDS,
+      op: write,
+      pids: pidsOf(target),
+    });
+    const { done } = pair.go();
+    const duringMove = await runLoad({
+      inflight: WRITE_INFLIGHT,
+      seconds: 1_800,
+      op: write,
+      pids: pidsOf(target),
+      until: done,
+    });
+    const { moveMs, cpuSeconds } = await done;
+    return { moveMs, cpuSeconds, steady, duringMove };
+  } finally {
+    pair.stop();
+  }
 }
 
 const ratio = (a: number, b: number): number => (b > 0 ? a / b : NaN);
@@ -408,6 +486,30 @@ function report(run: Run, smaller: Run | undefined): void {
     '-',
     '<= 2.00x (its own)',
     verdict(p99Growth(c) <= 2),
+  ]);
+  lines.push([
+    `server CPU during the catch-up, s (that round)`,
+    fmt(c.duringCatchUp.serverCpuSeconds, 1),
+    fmt(e.duringCatchUp.serverCpuSeconds, 1),
+    times(ratio(c.duringCatchUp.serverCpuSeconds, e.duringCatchUp.serverCpuSeconds)),
+    '',
+    '',
+  ]);
+  lines.push([
+    `the floor: bare parts moved the names and values, ms (median of ${c.floorRounds.length})`,
+    fmt(c.floorMoveMs),
+    fmt(e.floorMoveMs),
+    '-',
+    '',
+    '',
+  ]);
+  lines.push([
+    `the floor: write p99 while they moved / steady p99 (median of ${c.floorRounds.length})`,
+    times(c.floorP99Growth),
+    times(e.floorP99Growth),
+    '-',
+    '',
+    '',
   ]);
   lines.push([
     'a snapshot was streamed to the new member',
