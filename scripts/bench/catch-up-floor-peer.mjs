@@ -1,13 +1,16 @@
 // The bare parts of a catch-up (catch-up-floor.ts): plain JavaScript on Node, node:http2 over
 // mutual TLS and LevelDB (the `level` package), nothing of Coffer. Three modes:
-//   fill DB COUNT        writes COUNT records (the scale bench's names, 256 random bytes) into DB
+//   fill DB COUNT        writes COUNT records (the scale bench's names, 256 random bytes) into DB,
+//                        compacts it, prints "filled"
 //   serve DB DIR         the leader's part, started before the timing: listens on 127.0.0.1 (prints
 //                        "port N"); to each request it streams every record of DB (read in pages
 //                        of 1,024 through one iterator) in chunks of 1 MiB, flow-controlled
-//   pull DIR PORT        the new member, started inside the timing: connects, asks for the
-//                        records, writes them into a fresh LevelDB in DIR (chained batches of
-//                        1,024, the last synced), prints "pulled N" and stays
-// serve and pull stay until killed, so that the benchmark can read their CPU time.
+//   pull DIR PORT        the new member, started inside the timing: connects (with the receive
+//                        windows Coffer's Raft streams use), asks for the records, writes them
+//                        into a fresh LevelDB in DIR (chained batches of 1,024; the last, which
+//                        always holds a marker, synced), prints "pulled N" and stays
+// Each stays until killed (the benchmark reads their CPU time first), or until its stdin ends
+// (the benchmark that started it is gone).
 // DIR holds ca.crt, server.crt/key and client.crt/key (written by catch-up-floor.ts).
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -22,6 +25,13 @@ const PAGE_RECORDS = 1024;
 const BATCH_RECORDS = 1024;
 const ENCODING = { keyEncoding: 'buffer', valueEncoding: 'buffer' };
 const secretName = (k) => `scale/d${k % 1000}/s${k}`;
+/** As Coffer's peer streams widen them (src/transport/receive-window.ts). */
+const STREAM_WINDOW_BYTES = 1024 * 1024;
+const SESSION_WINDOW_BYTES = 2 * 1024 * 1024;
+const DONE_MARKER = Buffer.from('floor/done');
+
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
 
 async function fill(dbDir, count) {
   const db = new Level(dbDir, ENCODING);
@@ -32,7 +42,10 @@ async function fill(dbDir, count) {
       batch.put(Buffer.from(secretName(k)), randomBytes(256));
     await batch.write();
   }
+  await db.compactRange(Buffer.from('scale/'), Buffer.from('scale0'));
   await db.close();
+  process.stdout.write('filled\n');
+  stayUntilKilled();
 }
 
 function tls(dir, who) {
@@ -90,7 +103,9 @@ async function pull(dir, port) {
   const session = http2.connect(`https://127.0.0.1:${port}`, {
     ...tls(dir, 'client'),
     checkServerIdentity: () => undefined,
+    settings: { initialWindowSize: STREAM_WINDOW_BYTES },
   });
+  session.once('connect', () => session.setLocalWindowSize(SESSION_WINDOW_BYTES));
   const stream = session.request({ ':method': 'POST', ':path': '/records' });
   stream.end();
   const [headers] = await once(stream, 'response');
@@ -117,10 +132,11 @@ async function pull(dir, port) {
     }
   }
   if (carry.length > 0) throw new Error(`the stream ended inside a record (${carry.length} bytes left)`);
+  batch.put(DONE_MARKER, Buffer.from(String(records)));
   await batch.write({ sync: true });
+  process.stdout.write(`pulled ${records}\n`);
   session.close();
   await db.close();
-  process.stdout.write(`pulled ${records}\n`);
   stayUntilKilled();
 }
 

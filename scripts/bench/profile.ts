@@ -8,7 +8,8 @@
  * fsyncs, V8's helpers), so what the main thread does not show is visible as the difference.
  * The profiles are kept (open them in Chrome's DevTools or any .cpuprofile viewer).
  *
- *   npm run bench -- profile           (PROFILE_SECONDS, default 10; PROFILE_WARM_UP_SECONDS, default 20)
+ *   npm run bench -- profile    (PROFILE_SECONDS, default 10; PROFILE_WARM_UP_SECONDS, default 20;
+ *                                PROFILE_INFLIGHT, default 64; PROFILE_KEYS, default 1,000)
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,12 +19,22 @@ import { fileURLToPath } from 'node:url';
 import { fmt, table } from './format.ts';
 import { cpuSeconds, runLoad, type LoadResult } from './load.ts';
 import { PARTS, monotonicMicros, partTimes, type CpuProfile, type PartTimes } from './profile-parts.ts';
+import { PUT_BATCH_ITEMS_MAX } from '../../src/state/limits.ts';
 import { CofferTarget } from './targets.ts';
 
 const SECONDS = Number(process.env['PROFILE_SECONDS'] ?? 10);
 const WARM_UP_SECONDS = Number(process.env['PROFILE_WARM_UP_SECONDS'] ?? 20);
-const INFLIGHT = 64;
-const KEYS = 1000;
+function positiveWhole(name: string, otherwise: number): number {
+  const text = process.env[name];
+  if (text === undefined) return otherwise;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} wants a positive whole number, not ${text}`);
+  return value;
+}
+/** Requests in flight (PROFILE_INFLIGHT; the scale bench's writes run 16). */
+const INFLIGHT = positiveWhole('PROFILE_INFLIGHT', 64);
+/** Secrets written before the loads and then written and read at random (PROFILE_KEYS). */
+const KEYS = positiveWhole('PROFILE_KEYS', 1000);
 /** Sampling interval of the profiles, microseconds (V8's default is 1,000). */
 const SAMPLE_INTERVAL_US = 500;
 
@@ -53,7 +64,7 @@ export async function benchProfile(): Promise<void> {
   // the file its function comes from (profile-parts.ts). The code run is the same.
   process.env['COFFER_COMPILED_CLI'] = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
   console.log(
-    `\nProfile: three Coffer managers with --cpu-prof (every ${SAMPLE_INTERVAL_US} us), ${INFLIGHT} requests in flight, ${WARM_UP_SECONDS} s warm-up and ${SECONDS} s measured per load`,
+    `\nProfile: three Coffer managers with --cpu-prof (every ${SAMPLE_INTERVAL_US} us), ${INFLIGHT} requests in flight over ${fmt(KEYS)} secrets, ${WARM_UP_SECONDS} s warm-up and ${SECONDS} s measured per load`,
   );
   const coffer = await CofferTarget.start(join(root, 'coffer'), 3);
   try {
@@ -62,9 +73,10 @@ export async function benchProfile(): Promise<void> {
     const value = randomBytes(256);
     const key = () => `bench/k${Math.floor(Math.random() * KEYS)}`;
     const pids = () => Array.from({ length: coffer.size }, (_, k) => coffer.pid(k));
-    for (let k = 0; k < KEYS; k += 64)
-      await Promise.all(
-        Array.from({ length: Math.min(64, KEYS - k) }, (_, j) => coffer.put(leader, `bench/k${k + j}`, value)),
+    for (let k = 0; k < KEYS; k += PUT_BATCH_ITEMS_MAX)
+      await coffer.putBatch(
+        leader,
+        Array.from({ length: Math.min(PUT_BATCH_ITEMS_MAX, KEYS - k) }, (_, j) => ({ name: `bench/k${k + j}`, value })),
       );
     const phases: Phase[] = [];
     for (const name of ['write', 'read'] as const) {

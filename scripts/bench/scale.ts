@@ -15,14 +15,15 @@
  *     whether the leader streamed it a snapshot is reported; CATCH_UP_ROUNDS rounds, the two
  *     systems taking turns, the member of one round removed before the next; the median;
  *   - writes to the leader (16 in flight, 256 B, over the loaded secrets): p50 and p99 for
- *     STEADY_SECONDS just before the new member is added (after WARM_UP_SECONDS of the same
- *     writes, not measured), and over the catch-up; the table shows the round whose p99 grew by
- *     the median ratio;
- *   - the floor under that growth (catch-up-floor.ts): the same steady writes, then two bare Node
- *     processes move the N names and values over mutual TLS from one LevelDB to a fresh one (the
- *     pulling one spawned inside the timing, as a new member is) instead of a new member joining;
- *     CATCH_UP_ROUNDS rounds beside each system, taking turns, from three members; the medians of
- *     the move's time and of the write p99 growth;
+ *     STEADY_SECONDS just before the new member is added (after ROUND_WARM_UP_SECONDS of the
+ *     same writes, not measured), and over the catch-up; the table shows the round whose p99 grew
+ *     by the median ratio;
+ *   - the floor under that growth (catch-up-floor.ts), in each round just before each system's
+ *     catch-up, from the same three members: the same steady writes (the first round's after
+ *     WARM_UP_SECONDS of them), then two bare Node processes move the N names and values over
+ *     mutual TLS from one LevelDB to a fresh one (the pulling one spawned inside the timing, as a
+ *     new member is) instead of a member joining; the medians of the move's time, its CPU and the
+ *     write p99 growth;
  *   - the server CPU (all members) over the catch-up of the round in the table.
  * Prints a table per N (figure, etcd's, the ratio, the goal, met or not), then the floor under a
  * restart here (start-floor.ts: an empty grpc-js server's spawn to first answer), and writes JSON
@@ -47,7 +48,7 @@ import { join } from 'node:path';
 import { importSecrets, parseImport } from '../../src/cli/import.ts';
 import { drawBars, type Panel } from './chart.ts';
 import { fmt, median, table } from './format.ts';
-import { CatchUpFloor } from './catch-up-floor.ts';
+import { CatchUpFloor, FLOOR_STEP_MS_MAX } from './catch-up-floor.ts';
 import { rssBytes, runLoad, type LoadResult } from './load.ts';
 import { measureStartFloor } from './start-floor.ts';
 import { CofferTarget, EtcdTarget, ensureEtcd, type Target } from './targets.ts';
@@ -73,7 +74,7 @@ const RESTART_ROUNDS = 3;
  * catch-up at 100,000 secrets ranged over 1.0x-1.4x etcd's. BENCH_CATCH_UP_ROUNDS overrides.
  */
 const CATCH_UP_ROUNDS = Number(process.env['BENCH_CATCH_UP_ROUNDS'] ?? 3);
-/** Unmeasured writes before each round after the first (the first has WARM_UP_SECONDS). */
+/** Unmeasured writes before each catch-up and each floor after the first (which has WARM_UP_SECONDS). */
 const ROUND_WARM_UP_SECONDS = 3;
 
 interface Figures {
@@ -98,6 +99,7 @@ interface Figures {
   /** The floor's rounds (catch-up-floor.ts) under this system's writes, and their medians. */
   floorRounds: FloorRound[];
   floorMoveMs: number;
+  floorCpuSeconds: number;
   floorP99Growth: number;
 }
 
@@ -118,6 +120,7 @@ interface CatchUp {
   duringCatchUp: LoadResult;
 }
 
+const floorGrowth = (round: FloorRound): number => round.duringMove.p99Ms / round.steady.p99Ms;
 const p99Growth = (round: { steady: LoadResult; duringCatchUp: LoadResult }): number =>
   round.duringCatchUp.p99Ms / round.steady.p99Ms;
 
@@ -295,56 +298,50 @@ async function measureRun(
     );
   }
   const catchUps = new Map<Target, CatchUp[]>(targets.map((t) => [t, []]));
-  for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
-    for (const target of targets) {
-      // The member the round before added leaves first: every round starts from three members.
-      if (round > 0) {
-        await target.removeMember(target.size - 1);
-        await settle(2000);
-      }
-      const caughtUp = await catchUpRound(target, secrets, round === 0 ? WARM_UP_SECONDS : ROUND_WARM_UP_SECONDS);
-      catchUps.get(target)!.push(caughtUp);
-      log(
-        `  ${target.name}, round ${round + 1}: a new member caught up in ${fmt(caughtUp.catchUpMs)} ms (${caughtUp.snapshotStreamed ? 'a snapshot was streamed' : 'no snapshot: the log was sent'}); write p99 ${fmt(caughtUp.duringCatchUp.p99Ms, 1)} ms meanwhile, ${fmt(caughtUp.steady.p99Ms, 1)} ms steady (${p99Growth(caughtUp).toFixed(2)}x)`,
-      );
-      // Where in the catch-up the writes slowed (its start and join, or the records' stream).
-      log(
-        `    writes answered per ${CATCH_UP_BUCKET_MS} ms of the catch-up (and the slowest, ms): ${(
-          caughtUp.duringCatchUp.buckets ?? []
-        )
-          .map((b) => `${b.ops}/${fmt(b.maxMs)}`)
-          .join(' ')}`,
-      );
-    }
-  }
-  // The floor under the catch-up's cost to the writes: the bare parts move the same secrets beside
-  // each system under the same writes, from three members again, the systems taking turns.
+  const floorRounds = new Map<Target, FloorRound[]>(targets.map((t) => [t, []]));
+  // The floor under the catch-up's cost to the writes (catch-up-floor.ts): in each round, just
+  // before a system's catch-up, the bare parts move the same secrets beside its writes instead.
   const floor = await CatchUpFloor.prepare(secrets);
   try {
-    for (const target of targets) {
-      await target.removeMember(target.size - 1);
-      await settle(2000);
-    }
-    const floorRounds = new Map<Target, FloorRound[]>(targets.map((t) => [t, []]));
     for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
       for (const target of targets) {
-        const moved = await floorRound(target, secrets, floor);
+        // The member the round before added leaves first: every round starts from three members.
+        if (round > 0) {
+          await target.removeMember(target.size - 1);
+          await settle(2000);
+        }
+        // The first round's floor warms each system up as its catch-up did before the floor came.
+        const moved = await floorRound(target, secrets, floor, round === 0 ? WARM_UP_SECONDS : ROUND_WARM_UP_SECONDS);
         floorRounds.get(target)!.push(moved);
         log(
-          `  ${target.name}, floor round ${round + 1}: the bare parts moved ${fmt(secrets)} names and values in ${fmt(moved.moveMs)} ms (${fmt(moved.cpuSeconds, 2)} CPU s); write p99 ${fmt(moved.duringMove.p99Ms, 1)} ms meanwhile, ${fmt(moved.steady.p99Ms, 1)} ms steady (${p99Growth({ steady: moved.steady, duringCatchUp: moved.duringMove }).toFixed(2)}x)`,
+          `  ${target.name}, round ${round + 1}, the floor: bare processes moved ${fmt(secrets)} names and values in ${fmt(moved.moveMs)} ms (${fmt(moved.cpuSeconds, 2)} CPU s); write p99 ${fmt(moved.duringMove.p99Ms, 1)} ms meanwhile, ${fmt(moved.steady.p99Ms, 1)} ms steady (${floorGrowth(moved).toFixed(2)}x)`,
+        );
+        const caughtUp = await catchUpRound(target, secrets, ROUND_WARM_UP_SECONDS);
+        catchUps.get(target)!.push(caughtUp);
+        log(
+          `  ${target.name}, round ${round + 1}: a new member caught up in ${fmt(caughtUp.catchUpMs)} ms (${caughtUp.snapshotStreamed ? 'a snapshot was streamed' : 'no snapshot: the log was sent'}); write p99 ${fmt(caughtUp.duringCatchUp.p99Ms, 1)} ms meanwhile, ${fmt(caughtUp.steady.p99Ms, 1)} ms steady (${p99Growth(caughtUp).toFixed(2)}x)`,
+        );
+        // Where in the catch-up the writes slowed (its start and join, or the records' stream).
+        log(
+          `    writes answered per ${CATCH_UP_BUCKET_MS} ms of the catch-up (and the slowest, ms): ${(
+            caughtUp.duringCatchUp.buckets ?? []
+          )
+            .map((b) => `${b.ops}/${fmt(b.maxMs)}`)
+            .join(' ')}`,
         );
       }
     }
-    for (const target of targets) {
-      const rounds = floorRounds.get(target)!;
-      set(target, {
-        floorRounds: rounds,
-        floorMoveMs: median(rounds.map((r) => r.moveMs)),
-        floorP99Growth: median(rounds.map((r) => r.duringMove.p99Ms / r.steady.p99Ms)),
-      });
-    }
   } finally {
     floor.remove();
+  }
+  for (const target of targets) {
+    const rounds = floorRounds.get(target)!;
+    set(target, {
+      floorRounds: rounds,
+      floorMoveMs: median(rounds.map((r) => r.moveMs)),
+      floorCpuSeconds: median(rounds.map((r) => r.cpuSeconds)),
+      floorP99Growth: median(rounds.map(floorGrowth)),
+    });
   }
   for (const target of targets) {
     const rounds = catchUps.get(target)!;
@@ -387,13 +384,18 @@ async function catchUpRound(target: Target, secrets: number, warmUpSeconds: numb
 }
 
 /** The catch-up round's steady writes, then the floor's bare move (instead of a new member) under the same writes. */
-async function floorRound(target: Target, secrets: number, floor: CatchUpFloor): Promise<FloorRound> {
+async function floorRound(
+  target: Target,
+  secrets: number,
+  floor: CatchUpFloor,
+  warmUpSeconds: number,
+): Promise<FloorRound> {
   const leader = await target.leader();
   const value = randomBytes(256);
   const write = () => target.put(leader, secretName(Math.floor(Math.random() * secrets)), value);
   const pair = await floor.ready();
   try {
-    await runLoad({ inflight: WRITE_INFLIGHT, seconds: ROUND_WARM_UP_SECONDS, op: write, pids: pidsOf(target) });
+    await runLoad({ inflight: WRITE_INFLIGHT, seconds: warmUpSeconds, op: write, pids: pidsOf(target) });
     const steady = await runLoad({
       inflight: WRITE_INFLIGHT,
       seconds: STEADY_SECONDS,
@@ -403,7 +405,7 @@ async function floorRound(target: Target, secrets: number, floor: CatchUpFloor):
     const { done } = pair.go();
     const duringMove = await runLoad({
       inflight: WRITE_INFLIGHT,
-      seconds: 1_800,
+      seconds: FLOOR_STEP_MS_MAX / 1000,
       op: write,
       pids: pidsOf(target),
       until: done,
@@ -411,7 +413,7 @@ async function floorRound(target: Target, secrets: number, floor: CatchUpFloor):
     const { moveMs, cpuSeconds } = await done;
     return { moveMs, cpuSeconds, steady, duringMove };
   } finally {
-    pair.stop();
+    await pair.stop();
   }
 }
 
@@ -496,9 +498,17 @@ function report(run: Run, smaller: Run | undefined): void {
     '',
   ]);
   lines.push([
-    `the floor: bare parts moved the names and values, ms (median of ${c.floorRounds.length})`,
+    `the floor beside its writes: bare processes moved the names and values, spawn to synced, ms (median of ${c.floorRounds.length})`,
     fmt(c.floorMoveMs),
     fmt(e.floorMoveMs),
+    '-',
+    '',
+    '',
+  ]);
+  lines.push([
+    'the floor: CPU of its two processes over the move, s (median)',
+    fmt(c.floorCpuSeconds, 1),
+    fmt(e.floorCpuSeconds, 1),
     '-',
     '',
     '',
@@ -534,8 +544,17 @@ function report(run: Run, smaller: Run | undefined): void {
   console.log(
     '(the write rows are those of the round whose p99 grew by the median ratio; each round of either system is in the log above and in the JSON)',
   );
-  const failed = c.steady.errors + c.duringCatchUp.errors + e.steady.errors + e.duringCatchUp.errors;
-  if (failed > 0) console.log(`(${failed} writes failed during the steady and catch-up loads: not in the latencies)`);
+  const floorErrors = (f: Figures): number =>
+    f.floorRounds.reduce((sum, r) => sum + r.steady.errors + r.duringMove.errors, 0);
+  const failed =
+    c.steady.errors +
+    c.duringCatchUp.errors +
+    e.steady.errors +
+    e.duringCatchUp.errors +
+    floorErrors(c) +
+    floorErrors(e);
+  if (failed > 0)
+    console.log(`(${failed} writes failed during the steady, catch-up and floor loads: not in the latencies)`);
 }
 
 function panels(runs: readonly Run[]): Panel[] {
