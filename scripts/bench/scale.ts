@@ -356,18 +356,26 @@ async function measureRun(
   return { secrets, coffer: figures.get(coffer) as Figures, etcd: figures.get(etcd) as Figures };
 }
 
-/** A steady write load, then a new member added under the same load until it has caught up. */
-async function catchUpRound(target: Target, secrets: number, warmUpSeconds: number): Promise<CatchUp> {
+/**
+ * The writes a round measures (16 in flight to the leader, over the loaded secrets): `warmUpSeconds`
+ * of them unmeasured, then STEADY_SECONDS measured; `write` goes on under what the round adds.
+ */
+async function steadyWrites(
+  target: Target,
+  secrets: number,
+  warmUpSeconds: number,
+): Promise<{ leader: number; write: () => Promise<void>; steady: LoadResult }> {
   const leader = await target.leader();
   const value = randomBytes(256);
   const write = () => target.put(leader, secretName(Math.floor(Math.random() * secrets)), value);
   await runLoad({ inflight: WRITE_INFLIGHT, seconds: warmUpSeconds, op: write, pids: pidsOf(target) });
-  const steady = await runLoad({
-    inflight: WRITE_INFLIGHT,
-    seconds: STEADY_SECONDS,
-    op: write,
-    pids: pidsOf(target),
-  });
+  const steady = await runLoad({ inflight: WRITE_INFLIGHT, seconds: STEADY_SECONDS, op: write, pids: pidsOf(target) });
+  return { leader, write, steady };
+}
+
+/** A steady write load, then a new member added under the same load until it has caught up. */
+async function catchUpRound(target: Target, secrets: number, warmUpSeconds: number): Promise<CatchUp> {
+  const { leader, write, steady } = await steadyWrites(target, secrets, warmUpSeconds);
   const snapshotsBefore = await target.snapshotsSent(leader);
   const goal = await target.applied(leader);
   const added = await target.addMember();
@@ -393,18 +401,9 @@ async function floorRound(
   floor: CatchUpFloor,
   warmUpSeconds: number,
 ): Promise<FloorRound> {
-  const leader = await target.leader();
-  const value = randomBytes(256);
-  const write = () => target.put(leader, secretName(Math.floor(Math.random() * secrets)), value);
   const pair = await floor.ready();
   try {
-    await runLoad({ inflight: WRITE_INFLIGHT, seconds: warmUpSeconds, op: write, pids: pidsOf(target) });
-    const steady = await runLoad({
-      inflight: WRITE_INFLIGHT,
-      seconds: STEADY_SECONDS,
-      op: write,
-      pids: pidsOf(target),
-    });
+    const { write, steady } = await steadyWrites(target, secrets, warmUpSeconds);
     const { done } = pair.go();
     const duringMove = await runLoad({
       inflight: WRITE_INFLIGHT,
