@@ -24,6 +24,7 @@ const CHUNK_BYTES = 1024 * 1024;
 const PAGE_RECORDS = 1024;
 const BATCH_RECORDS = 1024;
 const ENCODING = { keyEncoding: 'buffer', valueEncoding: 'buffer' };
+/** The scale bench's names (scale.ts's secretName; this file is plain JavaScript and cannot import it). */
 const secretName = (k) => `scale/d${k % 1000}/s${k}`;
 /** As Coffer's peer streams widen them (src/transport/receive-window.ts). */
 const STREAM_WINDOW_BYTES = 1024 * 1024;

@@ -91,7 +91,6 @@ interface Figures {
   restartsMs: number[];
   /** The median of the rounds' catch-ups. */
   catchUpMs: number;
-  snapshotStreamed: boolean;
   /** The round whose write p99 grew by the median ratio (its steady load, and its load during the catch-up). */
   steady: LoadResult;
   duringCatchUp: LoadResult;
@@ -128,15 +127,12 @@ const p99Growth = (round: { steady: LoadResult; duringCatchUp: LoadResult }): nu
   round.duringCatchUp.p99Ms / round.steady.p99Ms;
 
 /** The rounds' figures: the median catch-up, and the round of the median p99 growth. */
-function summarize(
-  rounds: readonly CatchUp[],
-): Pick<Figures, 'catchUpMs' | 'snapshotStreamed' | 'steady' | 'duringCatchUp' | 'catchUps'> {
+function summarize(rounds: readonly CatchUp[]): Pick<Figures, 'catchUpMs' | 'steady' | 'duringCatchUp' | 'catchUps'> {
   const byGrowth = [...rounds].sort((a, b) => p99Growth(a) - p99Growth(b));
   // The middle round; of an even number, the upper of the two (the worse growth, not the better).
   const middle = byGrowth[byGrowth.length >> 1]!;
   return {
     catchUpMs: median(rounds.map((r) => r.catchUpMs)),
-    snapshotStreamed: rounds.every((r) => r.snapshotStreamed),
     steady: middle.steady,
     duringCatchUp: middle.duringCatchUp,
     catchUps: [...rounds],
