@@ -36,6 +36,8 @@ export interface InnerStateMachine<Result> {
   commit?(side?: { appliedIndex: number; image: Uint8Array | null; marks?: Uint8Array }): Promise<boolean>;
   /** Whether the part of the state the barrier's image holds changed since the image was stored. */
   readonly smallPartsChanged?: boolean;
+  /** Bytes of changes applied and not yet committed (held in memory until `commit`). */
+  readonly pendingBytes?: number;
   /** See StateMachine.batchedChanges (src/replica/replica.ts). */
   readonly batchedChanges?: number;
   /** The barrier's image and marks the store holds, and the index they and the store are at. */
@@ -96,6 +98,12 @@ export type BarrierResult<Result> =
   | { readonly type: 'refused'; readonly code: string; readonly message: string }
   /** Entries without a payload: a new leader's empty entry, membership changes. */
   | { readonly type: 'none' };
+
+/**
+ * Bytes of applied changes the inner state may hold in memory when `afterApply` is asked to defer
+ * its write (about 500 puts of 256 B): past this, it writes at once.
+ */
+export const STATE_PENDING_BYTES_MAX = 256 * 1024;
 
 /** Encryptions a snapshot may make between two reservations (see `sealCommand`). */
 const USES_SLACK = 64;
@@ -543,6 +551,17 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     await this.#inner.discardSnapshot?.(index);
   }
 
+  /** Whether the inner state holds changes, or side records, that `writeState` would commit. */
+  get statePending(): boolean {
+    if (this.#inner.commit === undefined) return false;
+    return (this.#inner.pendingBytes ?? 0) > 0 || this.#marksChanged || this.#imageStale;
+  }
+
+  /** Commits what `afterApply` left in memory (not synced: the log holds it). */
+  async writeState(): Promise<void> {
+    await this.#commitInner();
+  }
+
   /** Makes the inner state's store durable through every entry applied, up to `appliedIndex`. */
   async syncState(appliedIndex: number): Promise<void> {
     await this.#commitInner();
@@ -669,9 +688,18 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
       this.#requestSnapshot('destroyed-by-snapshot', true);
   }
 
-  /** Local effects of what was just applied; then, whether the replica must snapshot now. */
-  async afterApply(): Promise<SnapshotRequest | null> {
-    await this.#commitInner();
+  /**
+   * Local effects of what was just applied; then, whether the replica must snapshot now. The
+   * inner state's changes are committed with them, unless `deferState` lets them wait in memory
+   * (nothing is answered after them, and they stay under STATE_PENDING_BYTES_MAX): the log holds
+   * those entries, and the applied index is written in the same batch as their changes, later.
+   */
+  async afterApply(options: { readonly deferState?: boolean } = {}): Promise<SnapshotRequest | null> {
+    const mayWait =
+      options.deferState === true &&
+      !this.answersWaitForAfterApply() &&
+      (this.#inner.pendingBytes ?? Number.POSITIVE_INFINITY) < STATE_PENDING_BYTES_MAX;
+    if (!mayWait) await this.#commitInner();
     await this.adoptLocally();
     const request = this.#snapshotRequest;
     this.#snapshotRequest = null;

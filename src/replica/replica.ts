@@ -6,6 +6,7 @@ import type { RaftConfigInput } from '../raft/config.ts';
 import type {
   ConfChange,
   Entry,
+  HardState,
   Message,
   NodeId,
   Ready,
@@ -37,7 +38,14 @@ export interface StateMachine<Result> {
    * Local effects of the entries just applied (e.g. rewrapping this manager's key record), made
    * durable before their proposers hear back; may ask for a snapshot at once.
    */
-  afterApply?(): Promise<SnapshotRequest | null>;
+  afterApply?(options?: { readonly deferState?: boolean }): Promise<SnapshotRequest | null>;
+  /**
+   * Whether entries applied hold changes the state's store has not written yet (`afterApply`
+   * with `deferState` may leave them in memory: the log holds them, and reads see them).
+   */
+  readonly statePending?: boolean;
+  /** Writes the changes `afterApply` left in memory (not synced: the log holds them). */
+  writeState?(): Promise<void>;
   /**
    * Whether the entries just applied have local effects or a snapshot to make durable before
    * their proposers hear back; false lets the replica answer them before `afterApply` (which
@@ -235,6 +243,16 @@ export class Replica<Result> {
   readonly #snapshotTailBytes: number;
   /** Followers sent a snapshot, and the ticks left for their answer (see reportSnapshot). */
   readonly #snapshotAcks = new Map<NodeId, number>();
+  /**
+   * A tick passed since the state's store was last written: the next Ready writes it (or the loop
+   * does, if none comes and changes are pending). In between, Readys leave their changes in memory
+   * (afterApply's `deferState`): each write is a trip to the thread pool that the Ready loop waits
+   * for, and under load it came once per Ready. Reads see the changes in memory; the log holds
+   * them for a restart to apply again.
+   */
+  #stateWriteDue = true;
+  /** The newest hard state whose only change was the commit index, while no write has carried it. */
+  #hardStateUnwritten: HardState | null = null;
   /** Bytes of the entries applied since the last snapshot (entryBytes). */
   #bytesSinceSnapshot = 0;
   /** Proposals by index, with the term they must be applied in. */
@@ -388,6 +406,7 @@ export class Replica<Result> {
 
   tick(): void {
     this.#raw.tick();
+    this.#stateWriteDue = true;
     for (const [peer, left] of this.#snapshotAcks) {
       if (left > 1) this.#snapshotAcks.set(peer, left - 1);
       else {
@@ -518,6 +537,9 @@ export class Replica<Result> {
     await this.settled();
     // A background snapshot still reading the state: let it end before the state is closed.
     while (this.#building !== null) await this.#building;
+    // What the last Readys left in memory is written, so that a restart need not apply it again.
+    // A failure here loses nothing: the log holds those entries.
+    if (this.#failure === null) await this.#writeLeftovers().catch(() => undefined);
     this.#releaseSnapshotWaiters();
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
@@ -584,15 +606,27 @@ export class Replica<Result> {
       .finally(() => {
         this.#running = false;
         // Work that arrived between the loop's last check and now must not wait for a tick.
-        if (!this.#stopped && (this.#raw.hasReady() || this.#built !== null)) this.#kick();
+        if (!this.#stopped && this.#hasWork()) this.#kick();
       });
   }
 
+  #hasWork(): boolean {
+    return (
+      this.#raw.hasReady() ||
+      this.#built !== null ||
+      (this.#stateWriteDue && (this.#stateMachine.statePending === true || this.#hardStateUnwritten !== null))
+    );
+  }
+
   async #loop(): Promise<void> {
-    while (!this.#stopped && (this.#raw.hasReady() || this.#built !== null)) {
+    while (!this.#stopped && this.#hasWork()) {
       if (!this.#raw.hasReady()) {
-        // Only a background snapshot to save.
-        await this.#saveBuilt();
+        if (this.#built !== null) await this.#saveBuilt();
+        else {
+          // A tick after they were applied: the state's pending changes, and the commit index.
+          this.#stateWriteDue = false;
+          await this.#writeLeftovers();
+        }
         continue;
       }
       const ready = this.#raw.ready();
@@ -619,40 +653,35 @@ export class Replica<Result> {
       // snapshot is persisted: a crash between leaves a store ahead of the log, which the replay
       // skips; the other order would leave a persisted snapshot whose records are not there.
       if (ready.snapshot !== null) {
+        // A snapshot replaces the state's store: what earlier Readys left in memory goes first.
+        await this.#stateMachine.writeState?.();
         await this.#stateMachine.installSnapshot?.(ready.snapshot.metadata.index);
         this.#releaseSnapshotWaiters();
       }
       // The core says whether the write must be synced: entries, a snapshot, a new term or vote
-      // must (they are acknowledged after this write); a hard state where only the commit index
-      // moved is written, not synced (a lost commit index is learnt again from the leader; the
-      // leader's acknowledgement of its own entries comes after its write, so a lone voter
-      // commits in a Ready of its own). Such a write is not waited for before the committed
-      // entries are applied: they are in this log already (and on a majority), and a restart
-      // whose store is ahead of the commit index it finds applies nothing twice (see `start`).
-      // It is waited for before the messages go and before the next write, so writes stay in order.
-      let commitIndexWrite: Promise<void> | null = null;
-      if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
+      // must (they are acknowledged after this write). A hard state where only the commit index
+      // moved is not written on its own (it was a trip to the thread pool in every round of a
+      // write, on every manager): it goes with the next write, or a tick's (#hardStateUnwritten).
+      // A commit index lost with a crash is learnt again from the leader (a lone voter commits
+      // its log again with its next term's first entry); the committed entries are in this log
+      // already (and on a majority), and a restart whose state's store is ahead of the commit
+      // index it finds applies nothing twice (see `start`).
+      const commitOnly =
+        ready.hardState !== null && !ready.mustSync && ready.entries.length === 0 && ready.snapshot === null;
+      if (commitOnly) this.#hardStateUnwritten = ready.hardState;
+      else if (ready.hardState !== null || ready.entries.length > 0 || ready.snapshot !== null) {
+        const hardState = ready.hardState ?? this.#hardStateUnwritten;
+        this.#hardStateUnwritten = null;
         const startMs = performance.now();
-        const written = this.#storage
-          .save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot, sync: ready.mustSync })
-          .then(() => this.#notePersisted(ready, startMs));
-        if (!ready.mustSync && ready.entries.length === 0 && ready.snapshot === null) {
-          commitIndexWrite = written;
-          // Awaited below; until then a failure is not unhandled.
-          written.catch(() => undefined);
-        } else await written;
+        await this.#storage.save({ hardState, entries: ready.entries, snapshot: ready.snapshot, sync: ready.mustSync });
+        this.#notePersisted(ready, startMs);
       }
       if (this.#stopped) return;
-      // 2. Send (what did not go out early); a commit-only write's messages go once it is done.
-      if (commitIndexWrite === null && late.length > 0) this.#peers.send(late);
+      // 2. Send what did not go out early.
+      if (late.length > 0) this.#peers.send(late);
       // 3. Apply.
       if (ready.snapshot !== null) await this.#stateMachine.restore(ready.snapshot.data, ready.snapshot.metadata.index);
       const outcomes = this.#apply(ready);
-      if (commitIndexWrite !== null) {
-        await commitIndexWrite;
-        if (this.#stopped) return;
-        if (late.length > 0) this.#peers.send(late);
-      }
       this.#raw.advance();
       // Proposers hear back after the advance (where the core applies a committed membership
       // change: a demote answered before it still counted as a voter), and before afterApply
@@ -663,7 +692,9 @@ export class Replica<Result> {
       const answeredEarly = outcomes.length > 0 && this.#stateMachine.answersWaitForAfterApply?.() === false;
       if (answeredEarly) for (const settle of outcomes) settle();
       if (snapshots.length > 0) await this.#sendSnapshots(snapshots);
-      const request = (await this.#stateMachine.afterApply?.()) ?? null;
+      const deferState = !this.#stateWriteDue;
+      this.#stateWriteDue = false;
+      const request = (await this.#stateMachine.afterApply?.({ deferState })) ?? null;
       await this.#maybeSnapshot(request);
       if (!answeredEarly) for (const settle of outcomes) settle();
       // A Ready near its cap of committed entries (a follower given a long tail after a
@@ -672,6 +703,15 @@ export class Replica<Result> {
       if (this.#raw.hasReady() && committedBytes(ready) >= COMMITTED_ENTRIES_BYTES_MAX / 2)
         await new Promise(setImmediate);
     }
+  }
+
+  /** Writes what Readys left for later: the state's changes held in memory, and a commit index (neither synced). */
+  async #writeLeftovers(): Promise<void> {
+    if (this.#stateMachine.statePending === true) await this.#stateMachine.writeState?.();
+    const hardState = this.#hardStateUnwritten;
+    if (hardState === null) return;
+    this.#hardStateUnwritten = null;
+    await this.#storage.save({ hardState, entries: [], snapshot: null, sync: false });
   }
 
   /** Counts a Ready's write, once it is done, and tells the observer how long it and its proposals took. */

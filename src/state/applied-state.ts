@@ -191,6 +191,11 @@ export class AppliedState implements InnerStateMachine<AppliedResult> {
     return this.#batchedChanges;
   }
 
+  /** Bytes of changes applied and not yet committed. */
+  get pendingBytes(): number {
+    return this.#records.bytes;
+  }
+
   get smallPartsChanged(): boolean {
     return this.#smallPartsChanged;
   }

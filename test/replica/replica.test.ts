@@ -104,56 +104,53 @@ class RecordingStorage extends MemoryStorage {
   }
 }
 
-test('a write is synced when the core says it must be (entries, a snapshot, a new term or vote); only commit-only writes go unsynced', async () => {
+test('a write is synced when the core says it must be (entries, a snapshot, a new term or vote); a commit index alone is not written by a Ready but carried by the next write', async () => {
   const storage = new RecordingStorage();
   const { replica } = await single(storage);
   for (let k = 0; k < 20; k++) {
     await replica.propose(encoder.encode(`v${k}`));
     storage.answered++;
   }
+  const commit = replica.raw.basicStatus().commit;
+  const writesBeforeStop = storage.writes.length;
   await replica.stop();
   let last = { term: 0, vote: 0 };
   let votes = 0;
+  let commitOnDisk = 0;
   for (const [n, write] of storage.writes.entries()) {
     const newTermOrVote = write.term !== null && (write.term !== last.term || write.vote !== last.vote);
     if (newTermOrVote) votes++;
-    if (write.entries > 0 || write.snapshot || newTermOrVote)
+    if (n < writesBeforeStop)
       assert.ok(
-        write.sync,
-        `write ${n} (${JSON.stringify(write)}) holds what votes and acknowledgements rest on: it is synced`,
+        write.sync && (write.entries > 0 || write.snapshot || newTermOrVote),
+        `write ${n} (${JSON.stringify(write)}) was made by a Ready: it holds entries, a snapshot or a new term or vote, and is synced`,
       );
-    else
-      assert.ok(
-        !write.sync && write.commit !== null,
-        `write ${n} (${JSON.stringify(write)}) only moves the commit index: written, not synced`,
-      );
+    if (write.commit !== null) {
+      assert.ok(write.commit >= commitOnDisk, `write ${n} moved the commit index on disk back`);
+      commitOnDisk = write.commit;
+    }
     if (write.term !== null) last = { term: write.term, vote: write.vote! };
   }
   assert.ok(votes >= 2, "the bootstrap term and the campaign's new term and vote were written (synced)");
-  assert.ok(
-    storage.writes.some((w) => !w.sync),
-    'commit-only writes happened (and were not synced)',
+  // Each entry's write carries the commit index its predecessor reached (the single voter
+  // commits an entry in the Ready after its write): the commit index lags the log by one write.
+  const entryWrites = storage.writes.filter((w) => w.entries > 0);
+  for (const [k, write] of entryWrites.slice(-19).entries())
+    assert.ok(
+      (write.commit ?? 0) >= 2 + k,
+      `entry write ${k} carried commit ${write.commit}, behind the entries before it`,
+    );
+  // The last commit index reached the disk when the replica stopped: a write of its own, not synced.
+  const final = storage.writes.at(-1)!;
+  assert.deepEqual(
+    { commit: final.commit, entries: final.entries, sync: final.sync },
+    { commit, entries: 0, sync: false },
+    `the stop wrote the commit index ${commit} (the writes: ${storage.writes.length - writesBeforeStop} after the stop)`,
   );
   // Each proposal was answered only after the synced write of its entry.
-  const entryWrites = storage.writes.filter((w) => w.entries > 0);
   for (const [k, write] of entryWrites.slice(-20).entries())
     assert.ok(write.answered <= k, `proposal ${k} was answered before its entry was synced`);
 });
-
-/** A storage that holds commit-only writes (unsynced, no entries) until released. */
-class HeldCommitStorage extends MemoryStorage {
-  holding = false;
-  readonly held: Array<() => void> = [];
-  override async save(update: StorageUpdate): Promise<void> {
-    if (this.holding && update.sync === false && update.entries.length === 0 && update.snapshot === null)
-      await new Promise<void>((resolve) => this.held.push(resolve));
-    await super.save(update);
-  }
-  release(): void {
-    this.holding = false;
-    for (const resolve of this.held.splice(0)) resolve();
-  }
-}
 
 /**
  * A list whose afterApply, after entries were applied, is held until released (a store's write
@@ -195,10 +192,9 @@ async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boo
 }
 
 test("a proposal is answered before the state's afterApply, unless the state says it has local effects to make durable first", async () => {
-  const storage = new HeldCommitStorage();
   const machine = new HeldAfterApplyMachine();
-  const { replica } = await single(storage, machine);
-  // Nothing local to make durable: answered while afterApply is held (once its commit index is written).
+  const { replica } = await single(new MemoryStorage(), machine);
+  // Nothing local to make durable: answered while afterApply is held.
   machine.holding = true;
   const first = replica.propose(encoder.encode('a'));
   assert.ok(await settlesWithin(first, 2000), 'the proposal was answered while afterApply was held');
@@ -207,18 +203,75 @@ test("a proposal is answered before the state's afterApply, unless the state say
   assert.deepEqual(machine.values, ['a']);
   machine.release();
   await replica.settled();
-  // Local effects to make durable: the answer waits for the commit index write, then for afterApply.
+  // Local effects to make durable: the answer waits for afterApply.
   machine.answersWait = true;
-  storage.holding = true;
   machine.holding = true;
   const second = replica.propose(encoder.encode('b'));
-  assert.ok(!(await settlesWithin(second, 200)), 'answered before the commit index write and afterApply');
-  assert.deepEqual(machine.values, ['a', 'b'], 'applied meanwhile (the write of its commit index is not waited for)');
-  storage.release();
   assert.ok(!(await settlesWithin(second, 200)), 'answered before afterApply made its effects durable');
+  assert.deepEqual(machine.values, ['a', 'b'], 'applied meanwhile');
   machine.release();
   assert.equal(await second, 2);
   await replica.stop();
+});
+
+/** A list that, asked to, leaves its applied values unwritten until a write that is not deferred (a state store's batch). */
+class DeferringMachine extends ListMachine {
+  written = 0;
+  deferred = 0;
+  readonly writes: Array<{ values: number; by: 'afterApply' | 'writeState' }> = [];
+  get statePending(): boolean {
+    return this.values.length > this.written;
+  }
+  async afterApply(options: { readonly deferState?: boolean } = {}): Promise<null> {
+    if (options.deferState === true) this.deferred++;
+    else if (this.statePending) this.#write('afterApply');
+    return null;
+  }
+  async writeState(): Promise<void> {
+    this.#write('writeState');
+  }
+  #write(by: 'afterApply' | 'writeState'): void {
+    this.written = this.values.length;
+    this.writes.push({ values: this.written, by });
+  }
+}
+
+test("the state's store is written once per tick while Readys come, and a tick with no Ready writes what is left, with the commit index", async () => {
+  const storage = new RecordingStorage();
+  const machine = new DeferringMachine();
+  const { replica } = await single(storage, machine);
+  replica.tick();
+  await replica.settled();
+  const writesBefore = machine.writes.length;
+  // No tick: every Ready after the first defers.
+  for (let k = 0; k < 10; k++) await replica.propose(encoder.encode(`v${k}`));
+  await replica.settled();
+  const duringProposals = machine.writes.slice(writesBefore);
+  assert.ok(duringProposals.length <= 1, `10 proposals without a tick wrote the state ${duringProposals.length} times`);
+  assert.ok(machine.deferred >= 9, `only ${machine.deferred} Readys deferred the state's write`);
+  assert.ok(machine.statePending, 'values applied since the last write are still pending');
+  // A tick, and no Ready: the loop writes the state and the commit index.
+  const storageWrites = storage.writes.length;
+  replica.tick();
+  await replica.settled();
+  assert.deepEqual(machine.writes.at(-1), { values: 10, by: 'writeState' }, 'the tick wrote every value applied');
+  assert.equal(machine.statePending, false);
+  const commitWrites = storage.writes.slice(storageWrites);
+  assert.deepEqual(
+    commitWrites.map((w) => ({ commit: w.commit, entries: w.entries, sync: w.sync })),
+    [{ commit: replica.raw.basicStatus().commit, entries: 0, sync: false }],
+    'the tick wrote the commit index once, not synced',
+  );
+  // Nothing pending: a further tick writes nothing.
+  const before = [machine.writes.length, storage.writes.length];
+  replica.tick();
+  await replica.settled();
+  assert.deepEqual([machine.writes.length, storage.writes.length], before, 'an idle tick wrote again');
+  // Values applied and not yet written are written when the replica stops.
+  await replica.propose(encoder.encode('last'));
+  await replica.settled();
+  await replica.stop();
+  assert.deepEqual(machine.writes.at(-1), { values: 11, by: 'writeState' }, 'the stop wrote the last value');
 });
 
 test('a replica restarted on its LevelDB directory re-applies its log and ends in the same state', async () => {

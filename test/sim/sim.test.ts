@@ -46,8 +46,10 @@ test('the simulated runs really inject every kind of fault and exercise every fe
     // a write of the store, replays that skipped what the store held, checks of the secrets.
     'stateBatchesLost',
     'crashesBeforeStateCommit',
+    'stateCommitsDeferred',
     'crashesAfterStateCommit',
     'crashesBeforeCommitIndexWrite',
+    'commitIndexWritesLeft',
     'crashesAtStateWrite',
     'skippedOnStart',
     'secretsChecked',

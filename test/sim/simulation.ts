@@ -41,7 +41,16 @@
 import { createHash } from 'node:crypto';
 import { RaftError } from '../../src/raft/errors.ts';
 import { RawNode } from '../../src/raft/raw-node.ts';
-import type { ConfChange, Entry, Message, NodeId, Ready, Snapshot, SnapshotMessage } from '../../src/raft/types.ts';
+import type {
+  ConfChange,
+  Entry,
+  HardState,
+  Message,
+  NodeId,
+  Ready,
+  Snapshot,
+  SnapshotMessage,
+} from '../../src/raft/types.ts';
 import type { StateRecord } from '../../src/kv/state-store.ts';
 import { AssertionError } from '../../src/util/assert.ts';
 import { SeededRandom } from '../../src/util/prng.ts';
@@ -49,6 +58,7 @@ import { Checker, SafetyViolation, type Property } from './checker.ts';
 import { MemoryRaftState } from '../../src/storage/memory-storage.ts';
 import { MinHeap } from './heap.ts';
 import { AppliedState } from '../../src/state/applied-state.ts';
+import { STATE_PENDING_BYTES_MAX } from '../../src/barrier/barrier.ts';
 import type { RecordKeys } from '../../src/crypto/record-seal.ts';
 import { encodePut, putOf, readSecret, secretNames, simRecordKeys } from './applied-secrets.ts';
 import { encodePolicyPut, POLICY_TEXT_PREFIX, policyNames, policyOf, readPolicy } from './applied-policies.ts';
@@ -66,8 +76,16 @@ const READY_ROUNDS_MAX = 1_000;
 const STATE_CRASH_BEFORE_COMMIT = 0.003;
 const STATE_CRASH_AFTER_COMMIT = 0.003;
 const STATE_CRASH_AT_WRITE = 0.003;
+/**
+ * ... and that a Ready leaves its state changes in memory for a later one to commit (the
+ * replica's `deferState`: a tick decides it there; a seeded draw here), while they stay under
+ * the barrier's bound.
+ */
+const STATE_COMMIT_DEFERRED = 0.5;
 /** ... and that it dies after applying a commit-only Ready, before writing its commit index. */
 const COMMIT_INDEX_CRASH = 0.003;
+/** ... and that a commit-only hard state is left for the next write to carry (the replica leaves every one). */
+const COMMIT_INDEX_LEFT_UNWRITTEN = 0.5;
 /**
  * ... and, in a streamed snapshot's install, that it dies at a batch of records written aside, at
  * the switch, and right after the switch (before the snapshot is persisted). Installs are few (a
@@ -130,6 +148,10 @@ export interface SimStats {
   stateBatchesLost: number;
   /** ... crashes after a Ready's applies, before its state batch was committed. */
   crashesBeforeStateCommit: number;
+  /** ... Readys whose state changes were left in memory for a later Ready's batch. */
+  stateCommitsDeferred: number;
+  /** Commit-only hard states left for a later write to carry. */
+  commitIndexWritesLeft: number;
   /** ... crashes after the state batch was committed, before the next Ready was persisted. */
   crashesAfterStateCommit: number;
   /**
@@ -189,6 +211,8 @@ export function emptySimStats(): SimStats {
     stateBatches: 0,
     stateBatchesLost: 0,
     crashesBeforeStateCommit: 0,
+    stateCommitsDeferred: 0,
+    commitIndexWritesLeft: 0,
     crashesBeforeCommitIndexWrite: 0,
     crashesAfterStateCommit: 0,
     crashesAtStateWrite: 0,
@@ -233,6 +257,8 @@ interface SimNode {
   appliedIndex: number;
   state: number;
   seenCommit: number;
+  /** A commit-only hard state not written yet (as the replica's #hardStateUnwritten): the next write carries it. */
+  hardStateUnwritten: HardState | null;
   ledTerm: number;
   /** Crash after persisting the next Ready, before sending it. */
   doomed: boolean;
@@ -489,6 +515,7 @@ export class Simulation {
       appliedIndex: 0,
       state: 0,
       seenCommit: 0,
+      hardStateUnwritten: null,
       ledTerm: 0,
       doomed: false,
       reads: new Map(),
@@ -670,6 +697,7 @@ export class Simulation {
     node.raw = null;
     node.inFlight = null;
     node.inFlightUnpersisted = false;
+    node.hardStateUnwritten = null;
     node.incarnation++;
     node.applied = null;
     if (node.stateDisk !== null && !node.stateDisk.dead) {
@@ -741,8 +769,12 @@ export class Simulation {
       for (const message of ready.messages) if (message.type === 'append') this.#send(message);
       // A streamed snapshot's records become the store before the snapshot is persisted (the
       // replica's order): a crash between leaves a store ahead of the log, which the replay skips.
-      if (ready.snapshot !== null && node.applied !== null && !(await this.#installSnapshot(node, ready.snapshot)))
-        return;
+      if (ready.snapshot !== null && node.applied !== null) {
+        // What earlier Readys left in memory is committed first (the replica's writeState).
+        const state = node.applied;
+        if (!(await this.#stateWrite(node, 'committing the state batch', () => this.#commitBatch(node, state)))) return;
+        if (!(await this.#installSnapshot(node, ready.snapshot))) return;
+      }
       if (this.#phase === 'chaos' && ready.entries.length > 0 && raw.basicStatus().role === 'leader') {
         const roll = this.#random.float();
         if (roll < 0.01) {
@@ -833,11 +865,20 @@ export class Simulation {
         'core-assertion',
         `node ${node.id}: a Ready with ${ready.entries.length} entries and hard state ${JSON.stringify(next)} (on disk ${JSON.stringify(onDisk)}) says mustSync ${ready.mustSync}`,
       );
-    node.disk.save({ hardState: ready.hardState, entries: ready.entries, snapshot: ready.snapshot });
+    // A commit-only hard state may be left for the next write to carry (the replica's rule; a
+    // tick decides there, a seeded draw here); a crash meanwhile loses it.
+    const commitOnly = next !== null && !mustSync;
+    if (commitOnly && this.#random.float() < COMMIT_INDEX_LEFT_UNWRITTEN) {
+      node.hardStateUnwritten = next;
+      this.stats.commitIndexWritesLeft++;
+      return this.#noteCommit(node, ready);
+    }
+    const hard = next ?? node.hardStateUnwritten;
+    node.hardStateUnwritten = null;
+    node.disk.save({ hardState: hard, entries: ready.entries, snapshot: ready.snapshot });
     if (ready.snapshot !== null) node.installing = null;
     for (const entry of ready.entries)
       this.#checker.onEntryPersisted(node.id, entry, node.disk.termAt(entry.index - 1));
-    const hard = ready.hardState;
     if (hard !== null) this.#checker.onDurableHardState(node.id, hard.term, hard.commit);
     return this.#noteCommit(node, ready);
   }
@@ -1046,8 +1087,15 @@ export class Simulation {
       this.#crash(node, 'after applying, before committing the state batch');
       return;
     }
-    const committed = await this.#stateWrite(node, 'committing the state batch', () => this.#commitBatch(node, state));
-    if (!committed) return;
+    // Left in memory, as the barrier may (reads see the changes; a crash loses them to the replay).
+    const deferred = state.pendingBytes < STATE_PENDING_BYTES_MAX && this.#random.float() < STATE_COMMIT_DEFERRED;
+    if (deferred) this.stats.stateCommitsDeferred++;
+    else {
+      const committed = await this.#stateWrite(node, 'committing the state batch', () =>
+        this.#commitBatch(node, state),
+      );
+      if (!committed) return;
+    }
     this.#countSkipped(node);
     const index = this.#stateIndex(node);
     // The versions only (their values are read at every start, snapshot restored and run's end).
