@@ -100,8 +100,9 @@ export type BarrierResult<Result> =
   | { readonly type: 'none' };
 
 /**
- * Bytes of applied changes the inner state may hold in memory when `afterApply` is asked to defer
- * its write (about 500 puts of 256 B): past this, it writes at once.
+ * Bytes of applied changes (keys and sealed records) the inner state may hold in memory when
+ * `afterApply` is asked to defer its write: a put of a 256-B value counts about 520, so about 500
+ * puts. Past this, it writes at once.
  */
 export const STATE_PENDING_BYTES_MAX = 256 * 1024;
 
@@ -551,10 +552,13 @@ export class Barrier<Result> implements StateMachine<BarrierResult<Result>> {
     await this.#inner.discardSnapshot?.(index);
   }
 
-  /** Whether the inner state holds changes, or side records, that `writeState` would commit. */
+  /**
+   * Whether the inner state holds applied changes not yet committed. The side records (the
+   * applied index, the marks, the image) go with the next commit of changes, or a snapshot's
+   * sync: alone they would only save a restart the replay of entries that changed nothing.
+   */
   get statePending(): boolean {
-    if (this.#inner.commit === undefined) return false;
-    return (this.#inner.pendingBytes ?? 0) > 0 || this.#marksChanged || this.#imageStale;
+    return this.#inner.commit !== undefined && (this.#inner.pendingBytes ?? 0) > 0;
   }
 
   /** Commits what `afterApply` left in memory (not synced: the log holds it). */

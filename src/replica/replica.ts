@@ -16,7 +16,7 @@ import type {
   Status,
 } from '../raft/types.ts';
 import type { RaftStorage } from '../storage/types.ts';
-import { assert } from '../util/assert.ts';
+import { AssertionError, assert } from '../util/assert.ts';
 import { reached } from '../util/crash-points.ts';
 import type { Random } from '../util/prng.ts';
 
@@ -538,8 +538,11 @@ export class Replica<Result> {
     // A background snapshot still reading the state: let it end before the state is closed.
     while (this.#building !== null) await this.#building;
     // What the last Readys left in memory is written, so that a restart need not apply it again.
-    // A failure here loses nothing: the log holds those entries.
-    if (this.#failure === null) await this.#writeLeftovers().catch(() => undefined);
+    // A failed write loses nothing (the log holds those entries); a broken invariant still throws.
+    if (this.#failure === null)
+      await this.#writeLeftovers().catch((error: unknown) => {
+        if (error instanceof AssertionError) throw error;
+      });
     this.#releaseSnapshotWaiters();
     const stopped = new ReplicaError('REPLICA_STOPPED', 'the replica stopped before the request finished');
     for (const { waiter } of this.#proposals.values()) waiter.reject(stopped);
@@ -653,7 +656,8 @@ export class Replica<Result> {
       // snapshot is persisted: a crash between leaves a store ahead of the log, which the replay
       // skips; the other order would leave a persisted snapshot whose records are not there.
       if (ready.snapshot !== null) {
-        // A snapshot replaces the state's store: what earlier Readys left in memory goes first.
+        // A snapshot replaces the state's store: what earlier Readys left in memory goes first
+        // (AppliedState's install commits them too; a whole image's restore would not).
         await this.#stateMachine.writeState?.();
         await this.#stateMachine.installSnapshot?.(ready.snapshot.metadata.index);
         this.#releaseSnapshotWaiters();
@@ -695,6 +699,9 @@ export class Replica<Result> {
       const deferState = !this.#stateWriteDue;
       this.#stateWriteDue = false;
       const request = (await this.#stateMachine.afterApply?.({ deferState })) ?? null;
+      // A tick passed: a commit index no write carried goes now (a leader's heartbeats make a
+      // Ready every tick, so the idle branch above would never write it).
+      if (!deferState) await this.#writeHardStateLeft();
       await this.#maybeSnapshot(request);
       if (!answeredEarly) for (const settle of outcomes) settle();
       // A Ready near its cap of committed entries (a follower given a long tail after a
@@ -708,6 +715,11 @@ export class Replica<Result> {
   /** Writes what Readys left for later: the state's changes held in memory, and a commit index (neither synced). */
   async #writeLeftovers(): Promise<void> {
     if (this.#stateMachine.statePending === true) await this.#stateMachine.writeState?.();
+    await this.#writeHardStateLeft();
+  }
+
+  /** Writes a commit-only hard state no write has carried, if there is one (not synced). */
+  async #writeHardStateLeft(): Promise<void> {
     const hardState = this.#hardStateUnwritten;
     if (hardState === null) return;
     this.#hardStateUnwritten = null;

@@ -274,6 +274,74 @@ test("the state's store is written once per tick while Readys come, and a tick w
   assert.deepEqual(machine.writes.at(-1), { values: 11, by: 'writeState' }, 'the stop wrote the last value');
 });
 
+/** A list that runs a callback in each afterApply (a test keeps the loop busy with it). */
+class CallbackMachine extends ListMachine {
+  onAfterApply: (() => void) | null = null;
+  async afterApply(): Promise<null> {
+    this.onAfterApply?.();
+    return null;
+  }
+}
+
+test('a commit index no write carried goes to the disk with the first Ready after a tick, though heartbeats keep the loop from idling', async () => {
+  const storage = new RecordingStorage();
+  const machine = new CallbackMachine();
+  const replica = await Replica.start({
+    id: 2,
+    storage,
+    stateMachine: machine,
+    peers: { send: () => undefined },
+    random: new SeededRandom(1),
+    bootstrapVoters: [1, 2, 3],
+  });
+  await replica.settled();
+  const heartbeat = (commit: number) =>
+    replica.step({ type: 'heartbeat', from: 1, to: 2, term: 1, commit, readSeq: 0 });
+  heartbeat(3);
+  await replica.settled();
+  replica.step({
+    type: 'append',
+    from: 1,
+    to: 2,
+    term: 1,
+    prevIndex: 3,
+    prevTerm: 1,
+    entries: [{ kind: 'normal', term: 1, index: 4, data: encoder.encode('a') }],
+    commit: 3,
+  });
+  await replica.settled();
+  const commits = () => storage.writes.filter((w) => w.commit !== null).map((w) => w.commit!);
+  assert.equal(Math.max(...commits()), 3, 'the entry was written with the commit index it came with');
+  // The leader commits the entry: the follower applies it, and writes no commit index for it yet.
+  heartbeat(4);
+  await replica.settled();
+  assert.equal(replica.raw.basicStatus().commit, 4);
+  assert.equal(Math.max(...commits()), 3, 'a Ready wrote a commit index alone');
+  // Heartbeats keep coming (each Ready's afterApply steps the next), as a leader's come every
+  // tick: the loop never idles, so the first Ready after the tick must write it.
+  let beats = 0;
+  machine.onAfterApply = () => {
+    if (beats++ < 5) heartbeat(4);
+  };
+  heartbeat(4);
+  replica.tick();
+  await replica.settled();
+  assert.ok(beats > 5, `only ${beats} heartbeats went through the loop`);
+  const last = storage.writes.at(-1)!;
+  assert.deepEqual(
+    { commit: last.commit, entries: last.entries, sync: last.sync },
+    { commit: 4, entries: 0, sync: false },
+    'a Ready after the tick wrote the commit index, not synced',
+  );
+  machine.onAfterApply = null;
+  const writes = storage.writes.length;
+  replica.tick();
+  heartbeat(4);
+  await replica.settled();
+  assert.equal(storage.writes.length, writes, 'with nothing left, a tick wrote again');
+  await replica.stop();
+});
+
 test('a replica restarted on its LevelDB directory re-applies its log and ends in the same state', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'coffer-replica-'));
   try {

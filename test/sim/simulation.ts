@@ -78,8 +78,9 @@ const STATE_CRASH_AFTER_COMMIT = 0.003;
 const STATE_CRASH_AT_WRITE = 0.003;
 /**
  * ... and that a Ready leaves its state changes in memory for a later one to commit (the
- * replica's `deferState`: a tick decides it there; a seeded draw here), while they stay under
- * the barrier's bound.
+ * replica's `deferState`: a tick decides it there, and the barrier commits anyway when answers
+ * wait for its local effects; a seeded draw here, more often than a tick would), while they stay
+ * under the barrier's bound.
  */
 const STATE_COMMIT_DEFERRED = 0.5;
 /** ... and that it dies after applying a commit-only Ready, before writing its commit index. */
@@ -803,9 +804,9 @@ export class Simulation {
         ready.committedEntries.length > 0 &&
         this.#random.float() < COMMIT_INDEX_CRASH
       ) {
-        // The replica applies a commit-only Ready while its write of the commit index (not
-        // synced) runs: a crash before that write lands leaves the state's store ahead of the
-        // commit index on disk. The restart must apply
+        // The replica applies a commit-only Ready without writing its commit index (the next
+        // write carries it): a crash before that leaves the state's store ahead of the commit
+        // index on disk. The restart must apply
         // nothing twice (the store's index wins) and lose nothing (the entries are in the log).
         this.#noteCommit(node, ready);
         await this.#finishReady(node, ready, { send: false });
