@@ -665,7 +665,7 @@ export class Replica<Result> {
       // The core says whether the write must be synced: entries, a snapshot, a new term or vote
       // must (they are acknowledged after this write). A hard state where only the commit index
       // moved is not written on its own (it was a trip to the thread pool in every round of a
-      // write, on every manager): it goes with the next write, or a tick's (#hardStateUnwritten).
+      // write, on every manager): it goes with the next write, or once a tick passed (#hardStateUnwritten).
       // A commit index lost with a crash is learnt again from the leader (a lone voter commits
       // its log again with its next term's first entry); the committed entries are in this log
       // already (and on a majority), and a restart whose state's store is ahead of the commit
