@@ -64,7 +64,7 @@ const PROFILER_THREAD = 'v8:ProfEvntProc';
  * profiles (a sample every 500 us costs it about a quarter of a follower's main thread), so it
  * is taken out of the other threads' row and shown apart.
  */
-function profilerCpuSeconds(pid: number | undefined): number {
+export function profilerCpuSeconds(pid: number | undefined): number {
   if (pid === undefined) return 0;
   let seconds = 0;
   let tasks: string[];
