@@ -88,6 +88,12 @@ async function pollMember<C>(
   }
 }
 
+/** `npm run build` in a checkout of Coffer (this one, or a worktree of another commit). */
+export function buildTree(dir: string): void {
+  const built = spawnSync('npm', ['run', '--silent', 'build'], { cwd: dir, stdio: 'inherit' });
+  if (built.status !== 0) throw new Error(`npm run build failed in ${dir}: the managers would run stale code`);
+}
+
 export class CofferTarget implements Target {
   readonly name = 'coffer' as const;
   readonly #clients: CofferClient[];
@@ -104,15 +110,24 @@ export class CofferTarget implements Target {
     });
   }
 
-  static async start(root: string, size: number): Promise<CofferTarget> {
+  /**
+   * Three (or `size`) managers of this tree's build, which this builds first; or, with `cli`, of
+   * the compiled CLI given (another build, made by the caller: the pair benchmark's base).
+   */
+  static async start(root: string, size: number, options: { readonly cli?: string } = {}): Promise<CofferTarget> {
     mkdirSync(root, { recursive: true });
     // As etcd runs at --log-level error: no line per request (the managers' logs would otherwise
     // flow through this process, which is also the load generator).
     process.env['COFFER_LOG_LEVEL'] ??= 'warn';
     // Managers run compiled JavaScript, as the coffer bin and the image do (tsx is for development).
-    const built = spawnSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
-    if (built.status !== 0) throw new Error('npm run build failed: the managers would run stale code');
-    return new CofferTarget(await ProcessCluster.start(root, size, { snapshotEvery: 10_000, compiled: true }));
+    if (options.cli === undefined) buildTree(ROOT);
+    return new CofferTarget(
+      await ProcessCluster.start(root, size, {
+        snapshotEvery: 10_000,
+        compiled: true,
+        ...(options.cli === undefined ? {} : { cli: options.cli }),
+      }),
+    );
   }
 
   get size(): number {

@@ -50,6 +50,7 @@ export class ProcessCluster {
     network: NetworkNamespaces | null = null,
     options: {
       readonly compiled?: boolean;
+      readonly cli?: string;
       readonly clocks?: ManagerClocks | null;
       readonly disks?: ManagerDisks | null;
     } = {},
@@ -68,6 +69,8 @@ export class ProcessCluster {
       snapshotEvery?: number;
       network?: NetworkNamespaces | null;
       compiled?: boolean;
+      /** A compiled CLI of another build for the managers (the pair benchmark's base). */
+      cli?: string;
       clocks?: ManagerClocks | null;
       disks?: ManagerDisks | null;
     } = {},
@@ -75,6 +78,7 @@ export class ProcessCluster {
     const network = options.network ?? null;
     const cluster = new ProcessCluster(root, network, {
       compiled: options.compiled === true,
+      ...(options.cli === undefined ? {} : { cli: options.cli }),
       clocks: options.clocks ?? null,
       disks: options.disks ?? null,
     });

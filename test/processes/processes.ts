@@ -59,16 +59,19 @@ export function coffer(
 export class Processes {
   readonly #children = new Map<string, ChildProcess>();
   readonly #compiled: boolean;
+  readonly #cli: string | null;
 
   /**
    * `compiled`: run the CLI compiled by `npm run build` (dist/), as an installed coffer runs, not
-   * the sources through tsx (the benchmarks time process starts).
+   * the sources through tsx (the benchmarks time process starts). `cli`: a compiled CLI of
+   * another build (the pair benchmark runs a base commit's beside the working tree's).
    */
   constructor(
     readonly logDir: string,
-    options: { readonly compiled?: boolean } = {},
+    options: { readonly compiled?: boolean; readonly cli?: string } = {},
   ) {
-    this.#compiled = options.compiled ?? TEST_COMPILED;
+    this.#cli = options.cli ?? null;
+    this.#compiled = this.#cli !== null || (options.compiled ?? TEST_COMPILED);
   }
 
   /** Starts `coffer ARGS`; `prefix` runs it through another program that execs it (ip netns exec). */
@@ -82,7 +85,9 @@ export class Processes {
     // COFFER_NODE_ARGS: extra options for node (a profile: `--cpu-prof --cpu-prof-dir=DIR`).
     const nodeArgs = (process.env['COFFER_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
     const node = [process.execPath, ...nodeArgs];
-    const argv = this.#compiled ? [...node, compiledCli(), ...args] : [...node, '--import', 'tsx', CLI, ...args];
+    const argv = this.#compiled
+      ? [...node, this.#cli ?? compiledCli(), ...args]
+      : [...node, '--import', 'tsx', CLI, ...args];
     const [program, ...rest] = [...prefix, ...argv];
     const child = spawn(program!, rest, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const log = createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
