@@ -5,7 +5,8 @@
  * run at once share the drift, and their ratio in each round is what a change did.
  *
  * The base commit (default HEAD, so a tree with no changes gives the noise of the method itself)
- * is checked out in a git worktree beside this one and built there; three managers of each build
+ * is checked out in a git worktree beside this one and built there (with this tree's node_modules:
+ * a base whose dependencies differ needs its own `npm ci` first); three managers of each build
  * start (their data directories made by this tree's `coffer init`: nearby commits, one format),
  * each is loaded with the same secrets, and in every round one load generator (this process)
  * sends the same closed-loop puts to both leaders at once. The first round warms both up and is
