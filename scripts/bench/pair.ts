@@ -22,7 +22,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PUT_BATCH_ITEMS_MAX } from '../../src/state/limits.ts';
-import { fmt, table } from './format.ts';
+import { fmt, median, table } from './format.ts';
 import { cpuSeconds, runLoad, type LoadResult } from './load.ts';
 import { CofferTarget, buildTree } from './targets.ts';
 
@@ -46,13 +46,6 @@ export interface PairRound {
 }
 
 const total = (side: PairSide): number => side.cpuUsPerWrite.reduce((a, b) => a + b, 0);
-
-export function median(values: readonly number[]): number {
-  if (values.length === 0) throw new RangeError('the median of no values');
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** The ratios the pair benchmark reports, tree over base, per counted round and as medians. */
 export function pairRatios(rounds: readonly PairRound[]): {
@@ -98,7 +91,7 @@ async function startSide(root: string, cli?: string): Promise<Side> {
   return { target, leader, pids: () => order.map((k) => target.pid(k)) };
 }
 
-async function measure(side: Side, value: Buffer): Promise<() => PairSide> {
+async function measure(side: Side, value: Buffer): Promise<PairSide> {
   const before = side.pids().map((pid) => cpuSeconds(pid));
   const result: LoadResult = await runLoad({
     inflight: INFLIGHT,
@@ -107,12 +100,12 @@ async function measure(side: Side, value: Buffer): Promise<() => PairSide> {
     pids: side.pids,
   });
   const after = side.pids().map((pid) => cpuSeconds(pid));
-  return () => ({
+  return {
     opsPerSecond: result.opsPerSecond,
     p50Ms: result.p50Ms,
     p99Ms: result.p99Ms,
     cpuUsPerWrite: after.map((a, k) => ((a - before[k]!) * 1e6) / Math.max(1, result.ops)),
-  });
+  };
 }
 
 function git(args: string[], cwd = ROOT): string {
@@ -149,11 +142,11 @@ export async function benchPair(args: readonly string[]): Promise<void> {
     const rounds: PairRound[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       // The side whose load starts first changes each round (its workers go first in this process).
-      const [treeDone, baseDone] =
+      const [treeSide, baseSide] =
         round % 2 === 0
           ? await Promise.all([measure(tree, value), measure(base, value)])
           : await Promise.all([measure(base, value), measure(tree, value)]).then(([b, t]) => [t, b] as const);
-      const r = { tree: treeDone!(), base: baseDone!() };
+      const r: PairRound = { tree: treeSide, base: baseSide };
       const note = round === 0 ? ' (warm-up, not counted)' : '';
       console.log(
         `  round ${round + 1}${note}: tree ${fmt(r.tree.opsPerSecond)} w/s, ${fmt(total(r.tree))} us a write; base ${fmt(r.base.opsPerSecond)} w/s, ${fmt(total(r.base))} us; CPU ratio ${(total(r.tree) / total(r.base)).toFixed(3)}`,
