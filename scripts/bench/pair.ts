@@ -21,7 +21,6 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PUT_BATCH_ITEMS_MAX } from '../../src/state/limits.ts';
 import { fmt, median, table } from './format.ts';
 import { cpuSeconds, runLoad, type LoadResult } from './load.ts';
 import { CofferTarget, buildTree } from './targets.ts';
@@ -78,14 +77,7 @@ interface Side {
 async function startSide(root: string, cli?: string): Promise<Side> {
   const target = await CofferTarget.start(root, 3, cli === undefined ? {} : { cli });
   const leader = await target.leader();
-  const value = randomBytes(256);
-  for (let k = 0; k < KEYS; k += PUT_BATCH_ITEMS_MAX) {
-    const items = Array.from({ length: Math.min(PUT_BATCH_ITEMS_MAX, KEYS - k) }, (_, j) => ({
-      name: `bench/k${k + j}`,
-      value,
-    }));
-    await target.putBatch(leader, items);
-  }
+  await target.putNumbered(leader, KEYS, randomBytes(256));
   // The leader first, then the followers.
   const order = [leader, ...[0, 1, 2].filter((k) => k !== leader)];
   return { target, leader, pids: () => order.map((k) => target.pid(k)) };

@@ -19,7 +19,6 @@ import { fileURLToPath } from 'node:url';
 import { fmt, table } from './format.ts';
 import { cpuSeconds, runLoad, type LoadResult } from './load.ts';
 import { PARTS, monotonicMicros, partTimes, type CpuProfile, type PartTimes } from './profile-parts.ts';
-import { PUT_BATCH_ITEMS_MAX } from '../../src/state/limits.ts';
 import { CofferTarget } from './targets.ts';
 
 const SECONDS = Number(process.env['PROFILE_SECONDS'] ?? 10);
@@ -104,11 +103,7 @@ export async function benchProfile(): Promise<void> {
     const value = randomBytes(256);
     const key = () => `bench/k${Math.floor(Math.random() * KEYS)}`;
     const pids = () => Array.from({ length: coffer.size }, (_, k) => coffer.pid(k));
-    for (let k = 0; k < KEYS; k += PUT_BATCH_ITEMS_MAX)
-      await coffer.putBatch(
-        leader,
-        Array.from({ length: Math.min(PUT_BATCH_ITEMS_MAX, KEYS - k) }, (_, j) => ({ name: `bench/k${k + j}`, value })),
-      );
+    await coffer.putNumbered(leader, KEYS, value);
     const phases: Phase[] = [];
     for (const name of ['write', 'read'] as const) {
       const op = name === 'write' ? () => coffer.put(leader, key(), value) : () => coffer.get(follower, key(), false);

@@ -13,6 +13,7 @@ import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 import { CofferClient } from '../../src/client/client.ts';
 import { createCa, issueCertificate } from '../../src/crypto/pki.ts';
+import { PUT_BATCH_ITEMS_MAX } from '../../src/state/limits.ts';
 import { ProcessCluster } from '../../test/chaos/process-cluster.ts';
 import { eventually, freePort } from '../../test/processes/processes.ts';
 
@@ -136,6 +137,18 @@ export class CofferTarget implements Target {
 
   async put(at: number, key: string, value: Buffer): Promise<void> {
     await this.#clients[at]!.put(key, value);
+  }
+
+  /** Writes `count` secrets `bench/k0`, `bench/k1`, ... (all `value`) through `at`, in full PutBatch requests. */
+  async putNumbered(at: number, count: number, value: Buffer): Promise<void> {
+    for (let k = 0; k < count; k += PUT_BATCH_ITEMS_MAX)
+      await this.putBatch(
+        at,
+        Array.from({ length: Math.min(PUT_BATCH_ITEMS_MAX, count - k) }, (_, j) => ({
+          name: `bench/k${k + j}`,
+          value,
+        })),
+      );
   }
 
   /** A batch of puts as one write (Secrets.PutBatch), as `coffer secret import` sends them. */
